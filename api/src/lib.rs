@@ -1,0 +1,28 @@
+//! `rustmesh-api`: Istio's `networking.istio.io` API as Rust types.
+//!
+//! - [`VirtualService`], [`DestinationRule`] and [`Sidecar`] read Istio's own YAML unchanged
+//!   (camelCase, `0.5s` durations, `oneOf` fields such as `StringMatch`).
+//! - [`parse::load`] reads multi-document YAML and reports errors with field path and line.
+//! - [`validate::Validate`] checks what the schema cannot (weights, regexes, subsets, hosts).
+//! - [`crd`] generates the CRDs checked in under `crds/`.
+#![forbid(unsafe_code)]
+
+pub mod common;
+pub mod crd;
+pub mod destination_rule;
+pub mod duration;
+pub mod error;
+mod locate;
+pub mod parse;
+pub mod sidecar;
+pub mod status;
+pub mod validate;
+pub mod virtual_service;
+
+pub use destination_rule::{DestinationRule, DestinationRuleSpec};
+pub use duration::Duration;
+pub use error::{Error, FieldError};
+pub use parse::{IstioObject, load, load_all};
+pub use sidecar::{Sidecar, SidecarSpec};
+pub use status::IstioStatus;
+pub use virtual_service::{VirtualService, VirtualServiceSpec};

@@ -1,0 +1,265 @@
+//! Reading Istio YAML (or JSON) documents into typed objects.
+//!
+//! Unknown fields are refused by design (a typo such as `wieght` is an error naming the field and
+//! line, never silently dropped); the CRD schemas are structural, so the API server prunes or rejects
+//! them the same way.
+
+use crate::error::{Error, FieldError, ObjectRef};
+use crate::locate::LineIndex;
+use crate::validate::Validate;
+use crate::{DestinationRule, Sidecar, VirtualService};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// The API group of every kind here.
+pub const GROUP: &str = "networking.istio.io";
+/// Versions served, newest first; `v1` is stored. All share one schema, as in Istio.
+pub const VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
+
+/// A `networking.istio.io` object of any supported kind.
+#[derive(Clone, Debug, PartialEq)]
+pub enum IstioObject {
+    VirtualService(VirtualService),
+    DestinationRule(DestinationRule),
+    Sidecar(Sidecar),
+}
+
+impl IstioObject {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            IstioObject::VirtualService(_) => "VirtualService",
+            IstioObject::DestinationRule(_) => "DestinationRule",
+            IstioObject::Sidecar(_) => "Sidecar",
+        }
+    }
+
+    pub fn metadata(&self) -> &kube::core::ObjectMeta {
+        match self {
+            IstioObject::VirtualService(o) => &o.metadata,
+            IstioObject::DestinationRule(o) => &o.metadata,
+            IstioObject::Sidecar(o) => &o.metadata,
+        }
+    }
+
+    /// Checks the rules the schema cannot express. Field paths start at `spec`.
+    pub fn validate(&self) -> Vec<FieldError> {
+        match self {
+            IstioObject::VirtualService(o) => o.spec.validate(),
+            IstioObject::DestinationRule(o) => o.spec.validate(),
+            IstioObject::Sidecar(o) => o.spec.validate(),
+        }
+    }
+}
+
+const TOP_LEVEL_FIELDS: [&str; 5] = ["apiVersion", "kind", "metadata", "spec", "status"];
+const METADATA_FIELDS: [&str; 15] = [
+    "name",
+    "namespace",
+    "generateName",
+    "labels",
+    "annotations",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "finalizers",
+    "ownerReferences",
+    "managedFields",
+    "selfLink",
+];
+
+/// Parses and validates every document of a YAML stream. Each entry is one document's outcome,
+/// so one bad object does not hide the good ones. Empty documents are skipped.
+pub fn load_all(text: &str) -> Vec<Result<IstioObject, Error>> {
+    let index = LineIndex::new(text);
+    let mut out = Vec::new();
+    for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
+        let mut object = ObjectRef {
+            document: i + 1,
+            ..ObjectRef::default()
+        };
+        let value = match serde_norway::Value::deserialize(doc) {
+            Ok(serde_norway::Value::Null) => continue,
+            Ok(v) => v,
+            Err(e) => {
+                let mut error = FieldError::new("", e.to_string());
+                error.line = e.location().map(|l| l.line());
+                out.push(Err(Error::Parse { object, error }));
+                // After a syntax error the stream cannot be trusted further.
+                break;
+            }
+        };
+        out.push(
+            load_value(value, &mut object)
+                .map_err(|e| with_lines(e, &index, i))
+                .and_then(|obj| {
+                    let errors = obj.validate();
+                    if errors.is_empty() {
+                        Ok(obj)
+                    } else {
+                        Err(with_lines(
+                            Error::Invalid {
+                                object: object.clone(),
+                                errors,
+                            },
+                            &index,
+                            i,
+                        ))
+                    }
+                }),
+        );
+    }
+    out
+}
+
+/// Like [`load_all`], but stops at the first bad document.
+pub fn load(text: &str) -> Result<Vec<IstioObject>, Error> {
+    load_all(text).into_iter().collect()
+}
+
+fn with_lines(mut err: Error, index: &LineIndex, doc: usize) -> Error {
+    let fill = |e: &mut FieldError| {
+        if e.line.is_none() {
+            e.line = index.line_of(doc, &e.field);
+        }
+    };
+    match &mut err {
+        Error::Parse { error, .. } => fill(error),
+        Error::Invalid { errors, .. } => errors.iter_mut().for_each(fill),
+        Error::Render(_) => {}
+    }
+    err
+}
+
+fn parse_error(object: &ObjectRef, field: impl Into<String>, message: impl Into<String>) -> Error {
+    Error::Parse {
+        object: object.clone(),
+        error: FieldError::new(field, message),
+    }
+}
+
+fn load_value(value: serde_norway::Value, object: &mut ObjectRef) -> Result<IstioObject, Error> {
+    let serde_norway::Value::Mapping(map) = &value else {
+        return Err(parse_error(
+            object,
+            "",
+            "expected a mapping with apiVersion, kind, metadata and spec",
+        ));
+    };
+    for key in map.keys() {
+        let name = key.as_str().unwrap_or("<non-string key>");
+        if !TOP_LEVEL_FIELDS.contains(&name) {
+            return Err(parse_error(
+                object,
+                name,
+                format!(
+                    "unknown field `{name}`, expected one of {}",
+                    TOP_LEVEL_FIELDS.join(", ")
+                ),
+            ));
+        }
+    }
+    let str_field = |name: &str| map.get(name).and_then(|v| v.as_str()).map(str::to_string);
+    let kind = str_field("kind")
+        .ok_or_else(|| parse_error(object, "kind", "required string field is missing"))?;
+    object.kind = Some(kind.clone());
+    if let Some(meta) = map.get("metadata").and_then(|m| m.as_mapping()) {
+        object.name = meta
+            .get("name")
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        object.namespace = meta
+            .get("namespace")
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        for key in meta.keys() {
+            let name = key.as_str().unwrap_or("<non-string key>");
+            if !METADATA_FIELDS.contains(&name) {
+                return Err(parse_error(
+                    object,
+                    format!("metadata.{name}"),
+                    format!("unknown field `{name}`"),
+                ));
+            }
+        }
+    }
+    let api_version = str_field("apiVersion")
+        .ok_or_else(|| parse_error(object, "apiVersion", "required string field is missing"))?;
+    let version_ok = api_version
+        .split_once('/')
+        .is_some_and(|(g, v)| g == GROUP && VERSIONS.contains(&v));
+    if !version_ok {
+        return Err(parse_error(
+            object,
+            "apiVersion",
+            format!(
+                "unsupported apiVersion `{api_version}`, expected {GROUP}/v1, /v1beta1 or /v1alpha3"
+            ),
+        ));
+    }
+    if object.name.is_none() {
+        return Err(parse_error(
+            object,
+            "metadata.name",
+            "required string field is missing",
+        ));
+    }
+    match kind.as_str() {
+        "VirtualService" => typed(value, object).map(IstioObject::VirtualService),
+        "DestinationRule" => typed(value, object).map(IstioObject::DestinationRule),
+        "Sidecar" => typed(value, object).map(IstioObject::Sidecar),
+        other => Err(parse_error(
+            object,
+            "kind",
+            format!(
+                "unsupported kind `{other}`, expected VirtualService, DestinationRule or Sidecar"
+            ),
+        )),
+    }
+}
+
+fn typed<T: DeserializeOwned>(value: serde_norway::Value, object: &ObjectRef) -> Result<T, Error> {
+    // Through JSON's data model: YAML's own would demand `!tags` for enums such as StringMatch.
+    let value = serde_json::to_value(value)
+        .map_err(|e| parse_error(object, "", format!("not representable as JSON: {e}")))?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut field = e.path().to_string();
+        if field == "." {
+            field.clear();
+        }
+        let message = e.inner().to_string();
+        // serde reports an unknown field at its parent; name the field itself.
+        if let Some(name) = message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split('`').next())
+            && !field.ends_with(name)
+        {
+            field = if field.is_empty() {
+                name.to_string()
+            } else {
+                format!("{field}.{name}")
+            };
+        }
+        parse_error(object, field, message)
+    })
+}
+
+/// Parses one object of a known type from YAML or JSON, without the kind dispatch. Errors name the
+/// field path and line. Used for single objects such as a `spec` embedded in a test or a ConfigMap.
+pub fn from_yaml<T: DeserializeOwned>(text: &str) -> Result<T, Error> {
+    let object = ObjectRef {
+        document: 1,
+        ..ObjectRef::default()
+    };
+    let value: serde_norway::Value = serde_norway::from_str(text).map_err(|e| {
+        let mut error = FieldError::new("", e.to_string());
+        error.line = e.location().map(|l| l.line());
+        Error::Parse {
+            object: object.clone(),
+            error,
+        }
+    })?;
+    typed(value, &object).map_err(|e| with_lines(e, &LineIndex::new(text), 0))
+}

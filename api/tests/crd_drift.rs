@@ -1,0 +1,70 @@
+//! The CRD YAML under `crds/` must be exactly what the Rust types generate.
+
+use std::path::Path;
+
+#[test]
+fn checked_in_crds_match_the_types() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    let mut drift = Vec::new();
+    for (file, crd) in rustmesh_api::crd::all() {
+        let want = rustmesh_api::crd::render(&crd).unwrap();
+        let have = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+        if want != have {
+            let diff = similar::TextDiff::from_lines(&have, &want);
+            let shown: String = diff
+                .unified_diff()
+                .context_radius(2)
+                .header("checked in", "generated")
+                .to_string();
+            drift.push(format!(
+                "crds/{file}:\n{}",
+                shown.lines().take(40).collect::<Vec<_>>().join("\n")
+            ));
+        }
+    }
+    assert!(
+        drift.is_empty(),
+        "CRD YAML is out of date; run `cargo run -p rustmesh-api --bin crdgen` and commit.\n{}",
+        drift.join("\n")
+    );
+}
+
+#[test]
+fn every_kind_serves_three_versions_and_stores_v1() {
+    for (file, crd) in rustmesh_api::crd::all() {
+        assert_eq!(crd.spec.group, "networking.istio.io", "{file}");
+        let versions: Vec<_> = crd
+            .spec
+            .versions
+            .iter()
+            .map(|v| (v.name.as_str(), v.served, v.storage))
+            .collect();
+        assert_eq!(
+            versions,
+            [
+                ("v1", true, true),
+                ("v1beta1", true, false),
+                ("v1alpha3", true, false)
+            ],
+            "{file}"
+        );
+        let schema = crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap();
+        let spec = &schema.properties.as_ref().unwrap()["spec"];
+        assert!(
+            spec.properties.as_ref().is_some_and(|p| !p.is_empty()),
+            "{file}: spec schema is empty"
+        );
+        // Structural: no field may be left untyped except where explicitly preserved.
+        let text = serde_json::to_string(&crd).unwrap();
+        assert!(
+            !text.contains("x-kubernetes-preserve-unknown-fields"),
+            "{file} preserves unknown fields"
+        );
+    }
+}

@@ -1,0 +1,49 @@
+//! Ports, identities and addresses every part of the mesh agrees on.
+//!
+//! These are Istio's values, so that existing tooling, dashboards and habits keep working:
+//! the webhook writes them into the injected pod, the capture step programs iptables with them,
+//! and the proxy binds them.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// `virtualOutbound`: every outbound TCP connection of the pod is redirected here.
+pub const OUTBOUND_CAPTURE_PORT: u16 = 15001;
+/// `virtualInbound`: every inbound TCP connection of the pod is redirected here.
+pub const INBOUND_CAPTURE_PORT: u16 = 15006;
+/// Admin API (`/config_dump`, `/listeners`, `/clusters`, `/stats`), bound to localhost only.
+pub const ADMIN_PORT: u16 = 15000;
+/// Status port of the agent (Istio's pilot-agent); excluded from inbound capture.
+pub const AGENT_STATUS_PORT: u16 = 15020;
+/// Readiness: `GET /healthz/ready`.
+pub const HEALTH_PORT: u16 = 15021;
+/// DNS proxy (UDP and TCP), the target of the init step's DNS capture.
+pub const DNS_PORT: u16 = 15053;
+/// Prometheus scrape endpoint: `GET /stats/prometheus`.
+pub const PROMETHEUS_PORT: u16 = 15090;
+/// HBONE tunnel port; Istio always excludes it from capture, and so do we.
+pub const TUNNEL_PORT: u16 = 15008;
+
+/// The proxy runs as this uid and gid (`istio-proxy`); the capture rules never redirect its traffic.
+pub const PROXY_UID: u32 = 1337;
+/// See [`PROXY_UID`].
+pub const PROXY_GID: u32 = 1337;
+
+/// Source address of inbound passthrough connections to the app, so the capture rules let them through.
+pub const INBOUND_PASSTHROUGH_SOURCE_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6));
+/// IPv6 counterpart of [`INBOUND_PASSTHROUGH_SOURCE_V4`] (Istio uses `::6`).
+pub const INBOUND_PASSTHROUGH_SOURCE_V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6));
+
+/// Inbound ports the capture step leaves alone by default (`-d`), as injected by Istio.
+pub const DEFAULT_EXCLUDED_INBOUND_PORTS: [u16; 3] =
+    [PROMETHEUS_PORT, HEALTH_PORT, AGENT_STATUS_PORT];
+
+/// The default DNS domain of the cluster.
+pub const DEFAULT_DOMAIN_SUFFIX: &str = "cluster.local";
+
+/// The ConfigMap, in each injected namespace, that carries the proxies' configuration.
+/// The operator writes it; the webhook mounts it into every sidecar; the sidecar watches it live.
+pub const PROXY_CONFIGMAP: &str = "rustmesh-proxy-config";
+/// Where the webhook mounts [`PROXY_CONFIGMAP`] in the sidecar (the copy used at start).
+pub const PROXY_CONFIG_MOUNT: &str = "/etc/rustmesh/config";
+/// Where the webhook mounts the pod's labels and annotations (downward API), as Istio does.
+pub const POD_INFO_MOUNT: &str = "/etc/istio/pod";
