@@ -12,8 +12,14 @@ pub struct LineIndex {
 }
 
 enum Frame {
-    Map { path: String, key: Option<String> },
-    Seq { path: String, index: usize },
+    Map {
+        path: String,
+        key: Option<(String, usize)>,
+    },
+    Seq {
+        path: String,
+        index: usize,
+    },
 }
 
 fn child_path(parent: &str, key: &str) -> String {
@@ -43,16 +49,16 @@ impl LineIndex {
                     if let Some(Frame::Map { key, .. }) = stack.last_mut()
                         && key.is_none()
                     {
-                        *key = Some(value.into_owned());
+                        *key = Some((value.into_owned(), line));
                         continue;
                     }
-                    if let Some(path) = index.value_path(&mut stack) {
-                        index.record(doc, path, line);
+                    if let Some((path, at)) = index.value_path(&mut stack) {
+                        index.record(doc, path, at.unwrap_or(line));
                     }
                 }
                 Event::MappingStart(..) | Event::SequenceStart(..) => {
-                    let path = index.value_path(&mut stack).unwrap_or_default();
-                    index.record(doc, path.clone(), line);
+                    let (path, at) = index.value_path(&mut stack).unwrap_or_default();
+                    index.record(doc, path.clone(), at.unwrap_or(line));
                     stack.push(if matches!(event, Event::MappingStart(..)) {
                         Frame::Map { path, key: None }
                     } else {
@@ -71,15 +77,18 @@ impl LineIndex {
         index
     }
 
-    /// The path of the value that starts now, advancing the parent container past it.
-    fn value_path(&self, stack: &mut [Frame]) -> Option<String> {
+    /// The path of the value that starts now, advancing the parent container past it, and the
+    /// line of its key when it has one (an error about a field points at the field's name).
+    fn value_path(&self, stack: &mut [Frame]) -> Option<(String, Option<usize>)> {
         match stack.last_mut() {
-            None => Some(String::new()),
-            Some(Frame::Map { path, key }) => key.take().map(|k| child_path(path, &k)),
+            None => Some((String::new(), None)),
+            Some(Frame::Map { path, key }) => key
+                .take()
+                .map(|(k, line)| (child_path(path, &k), Some(line))),
             Some(Frame::Seq { path, index }) => {
                 let p = format!("{path}[{index}]");
                 *index += 1;
-                Some(p)
+                Some((p, None))
             }
         }
     }

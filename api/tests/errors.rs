@@ -1,0 +1,222 @@
+//! Bad documents: every error names the field and the line, and one bad object never hides others.
+
+use rustmesh_api::{Error, load, load_all};
+
+/// The single field error of a load that must fail, as (field, line, message).
+fn only_error(text: &str) -> (String, Option<usize>, String) {
+    let err = load(text).expect_err("document should be refused");
+    let fields = err.field_errors();
+    assert_eq!(fields.len(), 1, "expected one finding, got: {err}");
+    (
+        fields[0].field.clone(),
+        fields[0].line,
+        fields[0].message.clone(),
+    )
+}
+
+const HEAD: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\n  namespace: bookinfo\n";
+
+#[test]
+fn wrong_type_names_field_and_line() {
+    let text = format!(
+        "{HEAD}spec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination:\n        host: reviews\n      weight: ninety\n"
+    );
+    let (field, line, msg) = only_error(&text);
+    assert_eq!(field, "spec.http[0].route[0].weight");
+    assert_eq!(line, Some(12));
+    assert!(msg.contains("invalid type"), "{msg}");
+    // The Display form carries all of it for a terminal user.
+    let shown = load(&text).unwrap_err().to_string();
+    assert!(
+        shown.contains("document 1 (VirtualService bookinfo/reviews)")
+            && shown.contains("line 12")
+            && shown.contains("weight"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn typo_in_a_field_name_is_refused_not_dropped() {
+    let text = format!(
+        "{HEAD}spec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination:\n        host: reviews\n      wieght: 90\n"
+    );
+    let (field, line, msg) = only_error(&text);
+    assert_eq!(field, "spec.http[0].route[0].wieght");
+    assert_eq!(line, Some(12));
+    assert!(msg.contains("unknown field `wieght`"), "{msg}");
+}
+
+#[test]
+fn unknown_top_level_and_metadata_fields_are_refused() {
+    let (field, line, _) = only_error(&format!("{HEAD}specs:\n  hosts: [reviews]\n"));
+    assert_eq!((field.as_str(), line), ("specs", Some(6)));
+    let text = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata:\n  name: x\n  lables:\n    a: b\nspec:\n  egress:\n  - hosts: [\"./*\"]\n";
+    let (field, line, _) = only_error(text);
+    assert_eq!((field.as_str(), line), ("metadata.lables", Some(5)));
+}
+
+#[test]
+fn string_match_is_one_of() {
+    let text = format!(
+        "{HEAD}spec:\n  hosts: [reviews]\n  http:\n  - match:\n    - uri:\n        exact: /a\n        prefix: /b\n    route:\n    - destination:\n        host: reviews\n"
+    );
+    let (field, line, _) = only_error(&text);
+    assert!(field.starts_with("spec.http[0].match[0].uri"), "{field}");
+    assert_eq!(line, Some(10));
+}
+
+#[test]
+fn bad_duration_names_field() {
+    let text = format!(
+        "{HEAD}spec:\n  hosts: [reviews]\n  http:\n  - timeout: 10 seconds\n    route:\n    - destination:\n        host: reviews\n"
+    );
+    let (field, line, msg) = only_error(&text);
+    assert_eq!((field.as_str(), line), ("spec.http[0].timeout", Some(9)));
+    assert!(msg.contains("invalid duration"), "{msg}");
+}
+
+#[test]
+fn weights_must_add_up_to_100() {
+    let text = format!(
+        "{HEAD}spec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination:\n        host: reviews\n        subset: v1\n      weight: 90\n    - destination:\n        host: reviews\n        subset: v2\n      weight: 5\n"
+    );
+    let err = load(&text).unwrap_err();
+    assert!(matches!(err, Error::Invalid { .. }), "{err}");
+    let (field, line, msg) = only_error(&text);
+    assert_eq!((field.as_str(), line), ("spec.http[0].route", Some(9)));
+    assert!(msg.contains("add up to 95"), "{msg}");
+}
+
+#[test]
+fn semantic_rules_each_name_their_field() {
+    let cases = [
+        // (spec body, field, line)
+        (
+            "  hosts: [reviews]\n  http:\n  - match:\n    - uri:\n        regex: \"([a-z\"\n    route:\n    - destination:\n        host: reviews\n",
+            "spec.http[0].match[0].uri.regex",
+            11,
+        ),
+        (
+            "  hosts: [reviews]\n  http:\n  - route:\n    - destination:\n        host: reviews\n    redirect:\n      uri: /x\n",
+            "spec.http[0]",
+            9,
+        ),
+        (
+            "  hosts: [reviews]\n  http:\n  - retries:\n      attempts: 2\n      retryOn: 5xx,sometimes\n    route:\n    - destination:\n        host: reviews\n",
+            "spec.http[0].retries.retryOn",
+            11,
+        ),
+        (
+            "  hosts: [reviews]\n  http:\n  - fault:\n      abort:\n        httpStatus: 700\n    route:\n    - destination:\n        host: reviews\n",
+            "spec.http[0].fault.abort.httpStatus",
+            11,
+        ),
+        (
+            "  hosts: [reviews]\n  http:\n  - route:\n    - destination:\n        host: reviews\n    mirrorPercentage:\n      value: 150\n",
+            "spec.http[0].mirrorPercentage.value",
+            13,
+        ),
+        (
+            "  hosts: [reviews]\n  http:\n  - match:\n    - headers:\n        End-User:\n          exact: x\n    route:\n    - destination:\n        host: reviews\n",
+            "spec.http[0].match[0].headers.End-User",
+            11,
+        ),
+        (
+            "  hosts: [\"reviews*\"]\n  http:\n  - route:\n    - destination:\n        host: reviews\n",
+            "spec.hosts[0]",
+            7,
+        ),
+    ];
+    for (body, field, line) in cases {
+        let text = format!("{HEAD}spec:\n{body}");
+        let (f, l, msg) = only_error(&text);
+        assert_eq!(
+            (f.as_str(), l),
+            (field, Some(line)),
+            "for:\n{body}\nmessage: {msg}"
+        );
+    }
+}
+
+#[test]
+fn destination_rule_and_sidecar_rules() {
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: r\nspec:\n  host: reviews\n  subsets:\n  - name: v1\n  - name: v1\n";
+    let (f, l, msg) = only_error(dr);
+    assert_eq!((f.as_str(), l), ("spec.subsets[1].name", Some(9)));
+    assert!(msg.contains("defined twice"), "{msg}");
+
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: r\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      consistentHash:\n        httpHeaderName: x\n        useSourceIp: true\n";
+    let (f, l, _) = only_error(dr);
+    assert_eq!(
+        (f.as_str(), l),
+        ("spec.trafficPolicy.loadBalancer.consistentHash", Some(9))
+    );
+
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: r\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      simple: FASTEST\n";
+    let (f, l, msg) = only_error(dr);
+    assert_eq!(
+        (f.as_str(), l),
+        ("spec.trafficPolicy.loadBalancer.simple", Some(9))
+    );
+    assert!(
+        msg.contains("FASTEST") && msg.contains("LEAST_REQUEST"),
+        "{msg}"
+    );
+
+    let sc = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata:\n  name: s\nspec:\n  egress:\n  - hosts:\n    - reviews.default.svc.cluster.local\n";
+    let (f, l, msg) = only_error(sc);
+    assert_eq!((f.as_str(), l), ("spec.egress[0].hosts[0]", Some(8)));
+    assert!(msg.contains("namespace/dnsName"), "{msg}");
+
+    let sc = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata:\n  name: s\nspec:\n  outboundTrafficPolicy:\n    mode: DENY_ALL\n";
+    let (f, l, _) = only_error(sc);
+    assert_eq!(
+        (f.as_str(), l),
+        ("spec.outboundTrafficPolicy.mode", Some(7))
+    );
+}
+
+#[test]
+fn kind_version_and_syntax_errors() {
+    let (f, l, msg) = only_error(
+        "apiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata:\n  name: x\nspec: {}\n",
+    );
+    assert_eq!((f.as_str(), l), ("apiVersion", Some(1)));
+    assert!(msg.contains("v1beta1"), "{msg}");
+    let (f, l, _) = only_error(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: x\nspec: {}\n",
+    );
+    assert_eq!((f.as_str(), l), ("kind", Some(2)));
+    let (f, _, _) =
+        only_error("apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {}\nspec: {}\n");
+    assert_eq!(f, "metadata.name");
+    let (f, l, _) = only_error(
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata:\n  name: x\n   bad: indent\n",
+    );
+    assert_eq!((f.as_str(), l), ("", Some(5)));
+}
+
+#[test]
+fn one_bad_document_does_not_hide_the_good_ones() {
+    let good = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: ok\nspec:\n  host: reviews\n";
+    let bad = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: bad\nspec:\n  hots: reviews\n";
+    let text = format!("{good}---\n{bad}---\n{good}");
+    let results = load_all(&text);
+    assert_eq!(results.len(), 3);
+    assert!(results[0].is_ok() && results[2].is_ok());
+    let err = results[1].as_ref().unwrap_err();
+    let f = err.field_errors()[0];
+    // Lines count from the start of the stream, so they point into the right document.
+    assert_eq!((f.field.as_str(), f.line), ("spec.hots", Some(13)));
+    assert!(
+        err.to_string()
+            .starts_with("document 2 (DestinationRule bad)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn json_input_is_read_too() {
+    let text = r#"{"apiVersion":"networking.istio.io/v1","kind":"VirtualService","metadata":{"name":"r"},"spec":{"hosts":["r"],"http":[{"route":[{"destination":{"host":"r"}}]}]}}"#;
+    assert_eq!(load(text).unwrap().len(), 1);
+}
