@@ -4,6 +4,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+pub use rustmesh_xds::types::Percent;
+
 /// Istio's `StringMatch`: exactly one of `exact`, `prefix` or `regex` (RE2 syntax).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -24,14 +26,6 @@ impl StringMatch {
                 .unwrap_or(false),
         }
     }
-}
-
-/// A percentage in `[0.0, 100.0]`, written `{value: 0.1}` as in Istio.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Percent {
-    #[serde(default)]
-    pub value: f64,
 }
 
 /// A port on a destination service: `{number: 9080}`.

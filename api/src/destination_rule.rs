@@ -2,9 +2,9 @@
 //! outlier detection, TLS. Shapes follow <https://istio.io/latest/docs/reference/config/networking/destination-rule/>.
 
 use crate::common::{PortSelector, WorkloadSelector};
-use crate::duration::Duration;
 use crate::status::IstioStatus;
 use kube::CustomResource;
+use rustmesh_xds::duration::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -10,7 +10,6 @@
 pub mod common;
 pub mod crd;
 pub mod destination_rule;
-pub mod duration;
 pub mod error;
 mod locate;
 pub mod parse;
@@ -20,9 +19,9 @@ pub mod validate;
 pub mod virtual_service;
 
 pub use destination_rule::{DestinationRule, DestinationRuleSpec};
-pub use duration::Duration;
 pub use error::{Error, FieldError};
 pub use parse::{IstioObject, load, load_all};
+pub use rustmesh_xds::duration::{self, Duration};
 pub use sidecar::{Sidecar, SidecarSpec};
 pub use status::IstioStatus;
 pub use virtual_service::{VirtualService, VirtualServiceSpec};

@@ -2,9 +2,9 @@
 //! Field names and shapes follow <https://istio.io/latest/docs/reference/config/networking/virtual-service/>.
 
 use crate::common::{Destination, Percent, StringMatch};
-use crate::duration::Duration;
 use crate::status::IstioStatus;
 use kube::CustomResource;
+use rustmesh_xds::duration::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

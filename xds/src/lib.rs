@@ -1,1 +1,24 @@
+//! `rustmesh-xds`: the proxy's configuration model, shared by the operator (which renders it),
+//! the proxy (which runs it) and `proxy-config` (which shows it).
+//!
+//! The shapes and names follow Envoy's and Istio's, so `/config_dump` and the `proxy-config`
+//! tables read the way users of Istio know them: listeners `virtualOutbound` (0.0.0.0:15001),
+//! `virtualInbound` (0.0.0.0:15006), `0.0.0.0_9080`; routes `9080`; clusters
+//! `outbound|9080|v1|reviews.default.svc.cluster.local`, `inbound|9080||`, `PassthroughCluster`,
+//! `BlackHoleCluster`, `InboundPassthroughClusterIpv4`.
+#![forbid(unsafe_code)]
+
+pub mod address;
+pub mod cluster;
+pub mod config;
+pub mod duration;
+pub mod error;
+pub mod listener;
+pub mod names;
+pub mod route;
+pub mod types;
 pub mod well_known;
+
+pub use config::ProxyConfig;
+pub use duration::Duration;
+pub use error::Error;

@@ -3,9 +3,8 @@
 //! Istio accepts protobuf's `<seconds>s` form and Go's `time.ParseDuration` forms; both are read
 //! here. Output is always the protobuf form (`"0.5s"`, `"60s"`), which every Istio version accepts.
 
-use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::{borrow::Cow, fmt, str::FromStr};
+use std::{fmt, str::FromStr};
 
 /// A non-negative duration read from Istio's string form.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -147,8 +146,9 @@ impl<'de> Deserialize<'de> for Duration {
     }
 }
 
-impl JsonSchema for Duration {
-    fn schema_name() -> Cow<'static, str> {
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for Duration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
         "Duration".into()
     }
 
@@ -156,8 +156,8 @@ impl JsonSchema for Duration {
         true
     }
 
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
             "type": "string",
             "description": "A duration such as \"0.5s\", \"10s\", \"250ms\" or \"1m30s\"."
         })

@@ -1,0 +1,261 @@
+//! Clusters (where traffic goes) and their endpoints.
+
+use crate::address::{Address, SocketAddress};
+use crate::duration::Duration;
+use serde::{Deserialize, Serialize};
+
+/// How a cluster finds its endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DiscoveryType {
+    /// Endpoints listed in the config's `endpoints` under the cluster's `edsClusterConfig.serviceName`.
+    Eds,
+    /// Endpoints listed inline in `loadAssignment` (inbound clusters: 127.0.0.1:<port>).
+    Static,
+    /// The connection's original destination (`PassthroughCluster`, `InboundPassthroughClusterIpv4`).
+    OriginalDst,
+    /// Endpoints resolved from DNS names in `loadAssignment`.
+    StrictDns,
+}
+
+/// Load-balancing algorithm.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LbPolicy {
+    RoundRobin,
+    /// Istio's default: power of two choices on active requests.
+    #[default]
+    LeastRequest,
+    Random,
+    /// Consistent hash (keys from the route's `hashPolicy`).
+    RingHash,
+    Maglev,
+    /// The original destination decides (ORIGINAL_DST clusters).
+    ClusterProvided,
+}
+
+/// The protocol used towards the upstream for HTTP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum UpstreamProtocol {
+    /// Same as the downstream request (Istio's `useDownstreamProtocolConfig`).
+    #[default]
+    UseDownstream,
+    Http1,
+    Http2,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// A cluster: `outbound|9080|v1|reviews.default.svc.cluster.local`, `inbound|9080||`,
+/// `PassthroughCluster`, `BlackHoleCluster`, `InboundPassthroughClusterIpv4`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Cluster {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub type_: DiscoveryType,
+    #[serde(default = "ten_seconds")]
+    pub connect_timeout: Duration,
+    #[serde(default)]
+    pub lb_policy: LbPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eds_cluster_config: Option<EdsClusterConfig>,
+    /// Endpoints for STATIC and STRICT_DNS clusters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_assignment: Option<ClusterLoadAssignment>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breakers: Option<CircuitBreakers>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Source address for upstream connections (127.0.0.6 for inbound passthrough).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_bind_config: Option<BindConfig>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub upstream_protocol: UpstreamProtocol,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub common_http_protocol_options: Option<HttpProtocolOptions>,
+    /// The service and DestinationRule behind the cluster (the SERVICE FQDN / DESTINATION RULE columns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<ClusterMetadata>,
+}
+
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Where an EDS cluster's endpoints are listed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EdsClusterConfig {
+    pub service_name: String,
+}
+
+/// Upstream source address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BindConfig {
+    pub source_address: SocketAddress,
+}
+
+/// Limits from a DestinationRule's connectionPool (Envoy's defaults are effectively unlimited).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CircuitBreakers {
+    pub thresholds: Vec<Thresholds>,
+}
+
+/// One priority's limits.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Thresholds {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+}
+
+/// Ejection of failing endpoints.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutlierDetection {
+    #[serde(
+        default,
+        rename = "consecutive5xx",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub consecutive_5xx: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_gateway_failure: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_local_origin_failure: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection_time: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_percent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_health_percent: Option<u32>,
+}
+
+/// HTTP connection options towards the upstream.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpProtocolOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
+}
+
+/// What a cluster stands for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterMetadata {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
+    /// `name.namespace` of the DestinationRule applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_rule: Option<String>,
+}
+
+/// A Kubernetes service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceRef {
+    pub host: String,
+    pub name: String,
+    pub namespace: String,
+}
+
+/// The endpoints of a cluster.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterLoadAssignment {
+    pub cluster_name: String,
+    #[serde(default)]
+    pub endpoints: Vec<LocalityLbEndpoints>,
+}
+
+impl ClusterLoadAssignment {
+    /// Every endpoint, whatever its locality.
+    pub fn lb_endpoints(&self) -> impl Iterator<Item = &LbEndpoint> {
+        self.endpoints.iter().flat_map(|l| l.lb_endpoints.iter())
+    }
+}
+
+/// Endpoints of one locality.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityLbEndpoints {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<Locality>,
+    pub lb_endpoints: Vec<LbEndpoint>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub priority: u32,
+}
+
+/// Region / zone / sub-zone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Locality {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub region: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zone: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sub_zone: String,
+}
+
+/// Health as the control plane reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum HealthStatus {
+    #[default]
+    Healthy,
+    Unhealthy,
+    Draining,
+    Unknown,
+}
+
+/// One endpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LbEndpoint {
+    pub endpoint: Endpoint,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub health_status: HealthStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancing_weight: Option<u32>,
+}
+
+/// An endpoint's address (and, for STRICT_DNS, its host name).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Endpoint {
+    pub address: Address,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+impl LbEndpoint {
+    pub fn new(addr: std::net::SocketAddr) -> Self {
+        LbEndpoint {
+            endpoint: Endpoint {
+                address: Address::new(addr.ip(), addr.port()),
+                hostname: None,
+            },
+            health_status: HealthStatus::Healthy,
+            load_balancing_weight: None,
+        }
+    }
+}
