@@ -1,0 +1,657 @@
+//! What is injected: the `istio-init` and `istio-proxy` containers, their volumes, labels and the
+//! status annotation, expressed as an RFC 6902 JSON Patch against the submitted pod.
+
+use std::collections::BTreeMap;
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile,
+    DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
+    Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, Probe, ResourceRequirements,
+    SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use rustmesh_xds::well_known;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::names::*;
+use crate::settings::{InjectionSettings, Resources};
+use crate::values;
+
+/// The result of [`inject`]: the patch and the warnings to return to the user.
+#[derive(Debug)]
+pub struct Injection {
+    /// RFC 6902 patch against the submitted pod.
+    pub patch: Patch,
+    /// Problems with the pod's annotations that were worked around (the defaults were used).
+    pub warnings: Vec<String>,
+}
+
+/// The `sidecar.istio.io/status` annotation, field for field as Istio writes it.
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarStatus {
+    /// Injected init containers.
+    pub init_containers: Option<Vec<String>>,
+    /// Injected containers.
+    pub containers: Option<Vec<String>>,
+    /// Injected volumes.
+    pub volumes: Option<Vec<String>>,
+    /// Injected image pull secrets (never any).
+    pub image_pull_secrets: Option<Vec<String>>,
+    /// The revision that injected.
+    pub revision: String,
+}
+
+/// Builds the injection patch for `pod` (which [`crate::decide`] said to inject).
+///
+/// Never fails on user input: a bad annotation adds a warning and its default is used.
+pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Injection {
+    let mut warnings = Vec::new();
+    let empty = BTreeMap::new();
+    let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
+    let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+    let default_spec = Default::default();
+    let spec = pod.spec.as_ref().unwrap_or(&default_spec);
+    let native = settings.use_native_sidecars();
+
+    // --- per-pod options from annotations -------------------------------------------------
+    let hold = hold_application(annotations, settings, &mut warnings);
+    let proxy_config_json = proxy_config_env(annotations);
+    check_app_ports(pod, settings, &mut warnings);
+
+    // --- containers -----------------------------------------------------------------------
+    let init = init_container(annotations, settings, &mut warnings);
+    let mut sidecar =
+        sidecar_container(pod, annotations, settings, proxy_config_json, &mut warnings);
+    if native {
+        sidecar.restart_policy = Some("Always".to_owned());
+        sidecar.startup_probe = Some(Probe {
+            http_get: Some(readiness_get(settings)),
+            initial_delay_seconds: Some(0),
+            period_seconds: Some(1),
+            timeout_seconds: Some(3),
+            failure_threshold: Some(600),
+            ..Default::default()
+        });
+    } else if hold {
+        sidecar.lifecycle = Some(Lifecycle {
+            post_start: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(WAIT_COMMAND.iter().map(|s| s.to_string()).collect()),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+
+    let volumes = injected_volumes();
+    let status = SidecarStatus {
+        init_containers: Some(if native {
+            vec![
+                INIT_CONTAINER_NAME.to_owned(),
+                SIDECAR_CONTAINER_NAME.to_owned(),
+            ]
+        } else {
+            vec![INIT_CONTAINER_NAME.to_owned()]
+        }),
+        containers: (!native).then(|| vec![SIDECAR_CONTAINER_NAME.to_owned()]),
+        volumes: Some(volumes.iter().map(|v| v.name.clone()).collect()),
+        image_pull_secrets: None,
+        revision: settings.revision.clone(),
+    };
+
+    // --- the patch ------------------------------------------------------------------------
+    let mut ops = Vec::new();
+
+    let mut new_labels = BTreeMap::new();
+    new_labels.insert(LABEL_TLS_MODE, "istio".to_owned());
+    new_labels.insert(LABEL_REV, settings.revision.clone());
+    if let Some(name) = canonical_name(pod) {
+        new_labels.insert(LABEL_CANONICAL_NAME, name);
+    }
+    new_labels.insert(LABEL_CANONICAL_REVISION, canonical_revision(labels));
+    add_map_entries(&mut ops, "labels", pod.metadata.labels.as_ref(), new_labels);
+
+    let mut new_annotations = BTreeMap::new();
+    new_annotations.insert(
+        ANNOTATION_STATUS,
+        serde_json::to_string(&status).unwrap_or_default(),
+    );
+    if let Some(first) = spec.containers.first() {
+        new_annotations.insert(ANNOTATION_DEFAULT_CONTAINER, first.name.clone());
+    }
+    add_map_entries(
+        &mut ops,
+        "annotations",
+        pod.metadata.annotations.as_ref(),
+        new_annotations,
+    );
+
+    // istio-init runs first of all init containers; a native sidecar right after it, so that
+    // the app's own init containers already have the proxy.
+    let mut new_inits = vec![to_value(&init)];
+    if native {
+        new_inits.push(to_value(&sidecar));
+    }
+    match &spec.init_containers {
+        None => ops.push(add(&["spec", "initContainers"], Value::Array(new_inits))),
+        Some(_) => {
+            for (i, c) in new_inits.into_iter().enumerate() {
+                ops.push(add(&["spec", "initContainers", &i.to_string()], c));
+            }
+        }
+    }
+    if !native {
+        // First container: started first by the kubelet (and held with postStart when asked).
+        ops.push(add(&["spec", "containers", "0"], to_value(&sidecar)));
+    }
+    let volume_values: Vec<Value> = volumes.iter().map(to_value).collect();
+    match &spec.volumes {
+        None => ops.push(add(&["spec", "volumes"], Value::Array(volume_values))),
+        Some(_) => {
+            for v in volume_values {
+                ops.push(add(&["spec", "volumes", "-"], v));
+            }
+        }
+    }
+
+    Injection {
+        patch: Patch(ops),
+        warnings,
+    }
+}
+
+fn to_value<T: Serialize>(v: &T) -> Value {
+    // Serialising k8s-openapi types into a Value cannot fail (string keys, no non-finite floats).
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+fn add(tokens: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: PointerBuf::from_tokens(tokens.iter().copied()),
+        value,
+    })
+}
+
+/// Adds entries to `/metadata/<field>`: the whole map when it is absent, else each key not
+/// already set (a user's own value wins).
+fn add_map_entries(
+    ops: &mut Vec<PatchOperation>,
+    field: &str,
+    existing: Option<&BTreeMap<String, String>>,
+    new: BTreeMap<&str, String>,
+) {
+    match existing {
+        None => {
+            let map: serde_json::Map<String, Value> = new
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), Value::String(v)))
+                .collect();
+            ops.push(add(&["metadata", field], Value::Object(map)));
+        }
+        Some(existing) => {
+            for (k, v) in new {
+                if !existing.contains_key(k) {
+                    ops.push(add(&["metadata", field, k], Value::String(v)));
+                }
+            }
+        }
+    }
+}
+
+/// `istio-init`: programs the capture rules with `istio-iptables`, as root with NET_ADMIN/NET_RAW.
+fn init_container(
+    annotations: &BTreeMap<String, String>,
+    settings: &InjectionSettings,
+    warnings: &mut Vec<String>,
+) -> Container {
+    let mut annotation =
+        |key: &str, parse: fn(&str) -> Result<String, String>, default: String| match annotations
+            .get(key)
+        {
+            None => default,
+            Some(v) => parse(v).unwrap_or_else(|e| {
+                warnings.push(format!("annotation {key} ignored: {e}"));
+                default
+            }),
+        };
+    let include_ranges = annotation(
+        ANNOTATION_INCLUDE_OUTBOUND_IP_RANGES,
+        values::parse_cidrs_or_wildcard,
+        "*".to_owned(),
+    );
+    let exclude_ranges = annotation(
+        ANNOTATION_EXCLUDE_OUTBOUND_IP_RANGES,
+        values::parse_cidrs_or_wildcard,
+        String::new(),
+    );
+    let include_inbound = annotation(
+        ANNOTATION_INCLUDE_INBOUND_PORTS,
+        values::parse_ports_or_wildcard,
+        "*".to_owned(),
+    );
+    let exclude_inbound_extra = annotation(
+        ANNOTATION_EXCLUDE_INBOUND_PORTS,
+        |v| values::parse_ports(v).map(|p| values::join(&p)),
+        String::new(),
+    );
+    let exclude_outbound = annotation(
+        ANNOTATION_EXCLUDE_OUTBOUND_PORTS,
+        |v| values::parse_ports(v).map(|p| values::join(&p)),
+        String::new(),
+    );
+
+    // The proxy's own ports are always excluded; the user's are appended, as Istio does.
+    let mut exclude_inbound = settings.excluded_inbound_ports();
+    for p in values::parse_ports(&exclude_inbound_extra).unwrap_or_default() {
+        if !exclude_inbound.contains(&p) {
+            exclude_inbound.push(p);
+        }
+    }
+
+    let mut args: Vec<String> = vec![
+        "istio-iptables".into(),
+        "-p".into(),
+        settings.outbound_port.to_string(),
+        "-z".into(),
+        settings.inbound_port.to_string(),
+        "-u".into(),
+        well_known::PROXY_UID.to_string(),
+        "-m".into(),
+        "REDIRECT".into(),
+        "-i".into(),
+        include_ranges,
+        "-x".into(),
+        exclude_ranges,
+        "-b".into(),
+        include_inbound,
+        "-d".into(),
+        values::join(&exclude_inbound),
+    ];
+    if !exclude_outbound.is_empty() {
+        args.push("-o".into());
+        args.push(exclude_outbound);
+    }
+    args.push(format!("--log_output_level={}", settings.log_level));
+
+    Container {
+        name: INIT_CONTAINER_NAME.to_owned(),
+        image: Some(settings.image.clone()),
+        image_pull_policy: pull_policy(settings),
+        args: Some(args),
+        resources: Some(resources(&settings.init_resources)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+                drop: Some(vec!["ALL".into()]),
+            }),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(false),
+            run_as_group: Some(0),
+            run_as_non_root: Some(false),
+            run_as_user: Some(0),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// `istio-proxy`: the sidecar itself.
+fn sidecar_container(
+    pod: &Pod,
+    annotations: &BTreeMap<String, String>,
+    settings: &InjectionSettings,
+    proxy_config_json: Option<String>,
+    warnings: &mut Vec<String>,
+) -> Container {
+    let empty = Vec::new();
+    let app_containers = pod.spec.as_ref().map_or(&empty, |s| &s.containers);
+    let pod_ports: Vec<&ContainerPort> = app_containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .collect();
+    let app_names: Vec<&str> = app_containers.iter().map(|c| c.name.as_str()).collect();
+
+    let field = |name: &str, path: &str| EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                api_version: Some("v1".to_owned()),
+                field_path: path.to_owned(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let plain = |name: &str, value: String| EnvVar {
+        name: name.to_owned(),
+        value: Some(value),
+        ..Default::default()
+    };
+    let mut env = vec![
+        field("POD_NAME", "metadata.name"),
+        field("POD_NAMESPACE", "metadata.namespace"),
+        field("INSTANCE_IP", "status.podIP"),
+        field("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        field("HOST_IP", "status.hostIP"),
+        plain(
+            "ISTIO_META_POD_PORTS",
+            serde_json::to_string(&pod_ports).unwrap_or_else(|_| "[]".into()),
+        ),
+        plain("ISTIO_META_APP_CONTAINERS", app_names.join(",")),
+        plain("ISTIO_META_CLUSTER_ID", settings.cluster_id.clone()),
+        plain("ISTIO_META_MESH_ID", settings.mesh_id.clone()),
+        plain("ISTIO_META_INTERCEPTION_MODE", "REDIRECT".to_owned()),
+        plain("PROXY_CONFIGMAP", well_known::PROXY_CONFIGMAP.to_owned()),
+    ];
+    if let Some(pc) = proxy_config_json {
+        env.push(plain("PROXY_CONFIG", pc));
+    }
+
+    let mut res = settings.proxy_resources.clone();
+    for (key, slot) in [
+        (ANNOTATION_PROXY_CPU, &mut res.cpu),
+        (ANNOTATION_PROXY_MEMORY, &mut res.memory),
+        (ANNOTATION_PROXY_CPU_LIMIT, &mut res.cpu_limit),
+        (ANNOTATION_PROXY_MEMORY_LIMIT, &mut res.memory_limit),
+    ] {
+        if let Some(v) = annotations.get(key) {
+            let v = v.trim();
+            match values::check_quantity(v) {
+                Ok(()) => *slot = v.to_owned(),
+                Err(e) => warnings.push(format!(
+                    "annotation {key} ignored ({e}); using the default {slot}"
+                )),
+            }
+        }
+    }
+
+    let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        read_only: read_only.then_some(true),
+        ..Default::default()
+    };
+
+    Container {
+        name: SIDECAR_CONTAINER_NAME.to_owned(),
+        image: Some(settings.image.clone()),
+        image_pull_policy: pull_policy(settings),
+        args: Some(vec![
+            "run".into(),
+            "--config-dir".into(),
+            well_known::PROXY_CONFIG_MOUNT.into(),
+        ]),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            container_port: i32::from(settings.prometheus_port),
+            name: Some(PROMETHEUS_PORT_NAME.to_owned()),
+            protocol: Some("TCP".to_owned()),
+            ..Default::default()
+        }]),
+        readiness_probe: Some(Probe {
+            http_get: Some(readiness_get(settings)),
+            initial_delay_seconds: Some(1),
+            period_seconds: Some(2),
+            timeout_seconds: Some(3),
+            failure_threshold: Some(30),
+            ..Default::default()
+        }),
+        resources: Some(resources(&res)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_group: Some(i64::from(well_known::PROXY_GID)),
+            run_as_non_root: Some(true),
+            run_as_user: Some(i64::from(well_known::PROXY_UID)),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            mount(VOLUME_ENVOY, ENVOY_SCRATCH_MOUNT, false),
+            mount(VOLUME_PODINFO, well_known::POD_INFO_MOUNT, false),
+            mount(
+                well_known::PROXY_CONFIGMAP,
+                well_known::PROXY_CONFIG_MOUNT,
+                true,
+            ),
+        ]),
+        ..Default::default()
+    }
+}
+
+fn readiness_get(settings: &InjectionSettings) -> HTTPGetAction {
+    HTTPGetAction {
+        path: Some(READINESS_PATH.to_owned()),
+        port: IntOrString::Int(i32::from(settings.health_port)),
+        scheme: Some("HTTP".to_owned()),
+        ..Default::default()
+    }
+}
+
+fn injected_volumes() -> Vec<Volume> {
+    let file = |path: &str, field: &str| DownwardAPIVolumeFile {
+        path: path.to_owned(),
+        field_ref: Some(ObjectFieldSelector {
+            api_version: Some("v1".to_owned()),
+            field_path: field.to_owned(),
+        }),
+        ..Default::default()
+    };
+    vec![
+        Volume {
+            name: VOLUME_ENVOY.to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".to_owned()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: VOLUME_PODINFO.to_owned(),
+            downward_api: Some(DownwardAPIVolumeSource {
+                items: Some(vec![
+                    file("labels", "metadata.labels"),
+                    file("annotations", "metadata.annotations"),
+                ]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: well_known::PROXY_CONFIGMAP.to_owned(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: well_known::PROXY_CONFIGMAP.to_owned(),
+                optional: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ]
+}
+
+fn pull_policy(settings: &InjectionSettings) -> Option<String> {
+    (!settings.image_pull_policy.is_empty()).then(|| settings.image_pull_policy.clone())
+}
+
+fn resources(r: &Resources) -> ResourceRequirements {
+    let pair = |cpu: &str, mem: &str| {
+        BTreeMap::from([
+            ("cpu".to_owned(), Quantity(cpu.to_owned())),
+            ("memory".to_owned(), Quantity(mem.to_owned())),
+        ])
+    };
+    ResourceRequirements {
+        requests: Some(pair(&r.cpu, &r.memory)),
+        limits: Some(pair(&r.cpu_limit, &r.memory_limit)),
+        ..Default::default()
+    }
+}
+
+/// `holdApplicationUntilProxyStarts` from `proxy.istio.io/config` (YAML or JSON), else the setting.
+fn hold_application(
+    annotations: &BTreeMap<String, String>,
+    settings: &InjectionSettings,
+    warnings: &mut Vec<String>,
+) -> bool {
+    let default = settings.hold_application_until_proxy_starts;
+    let Some(raw) = annotations.get(ANNOTATION_PROXY_CONFIG) else {
+        return default;
+    };
+    match serde_norway::from_str::<serde_norway::Value>(raw) {
+        Ok(serde_norway::Value::Mapping(m)) => match m.get("holdApplicationUntilProxyStarts") {
+            None => default,
+            Some(serde_norway::Value::Bool(b)) => *b,
+            Some(other) => {
+                warnings.push(format!(
+                    "annotation {ANNOTATION_PROXY_CONFIG}: holdApplicationUntilProxyStarts \
+                     is {other:?}, not a boolean; ignored"
+                ));
+                default
+            }
+        },
+        Ok(serde_norway::Value::Null) => default,
+        Ok(_) | Err(_) => {
+            warnings.push(format!(
+                "annotation {ANNOTATION_PROXY_CONFIG} ignored: not a YAML/JSON mapping"
+            ));
+            default
+        }
+    }
+}
+
+/// The `proxy.istio.io/config` annotation as compact JSON, passed to the proxy as `PROXY_CONFIG`.
+fn proxy_config_env(annotations: &BTreeMap<String, String>) -> Option<String> {
+    let raw = annotations.get(ANNOTATION_PROXY_CONFIG)?;
+    let v: serde_norway::Value = serde_norway::from_str(raw).ok()?;
+    if !v.is_mapping() {
+        return None;
+    }
+    let json: Value = serde_json::to_value(&v).ok()?;
+    serde_json::to_string(&json).ok()
+}
+
+/// Warns when an app container declares a port the sidecar owns: it would fail to bind, or be
+/// bypassed by the capture rules.
+fn check_app_ports(pod: &Pod, settings: &InjectionSettings, warnings: &mut Vec<String>) {
+    let reserved = [
+        (settings.outbound_port, "outbound capture"),
+        (settings.inbound_port, "inbound capture"),
+        (well_known::ADMIN_PORT, "admin"),
+        (settings.status_port, "status"),
+        (settings.health_port, "readiness"),
+        (settings.prometheus_port, "Prometheus"),
+        (well_known::DNS_PORT, "DNS"),
+    ];
+    let Some(spec) = &pod.spec else { return };
+    for c in &spec.containers {
+        for p in c.ports.iter().flatten() {
+            if let Some((_, what)) = reserved
+                .iter()
+                .find(|(r, _)| i32::from(*r) == p.container_port)
+            {
+                warnings.push(format!(
+                    "container {:?} port {} is the sidecar's {what} port",
+                    c.name, p.container_port
+                ));
+            }
+        }
+    }
+}
+
+/// `service.istio.io/canonical-name`: the label if set, else `app.kubernetes.io/name`, else
+/// `app`, else the workload's name derived from the pod's (generate)name.
+fn canonical_name(pod: &Pod) -> Option<String> {
+    let labels = pod.metadata.labels.as_ref();
+    let get = |k: &str| {
+        labels
+            .and_then(|l| l.get(k))
+            .filter(|v| !v.is_empty())
+            .cloned()
+    };
+    get(LABEL_CANONICAL_NAME)
+        .or_else(|| get("app.kubernetes.io/name"))
+        .or_else(|| get("app"))
+        .or_else(|| workload_name(pod))
+        .filter(|n| crate::settings::is_label_value(n))
+}
+
+/// `productpage-v1-64794f5db4-` with `pod-template-hash=64794f5db4` → `productpage-v1`.
+fn workload_name(pod: &Pod) -> Option<String> {
+    let meta = &pod.metadata;
+    if let Some(generate) = meta.generate_name.as_deref().filter(|g| !g.is_empty()) {
+        let base = generate.trim_end_matches('-');
+        let hash = meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("pod-template-hash"));
+        let base = match hash {
+            Some(h) => base.strip_suffix(&format!("-{h}")).unwrap_or(base),
+            None => base,
+        };
+        return Some(base.to_owned());
+    }
+    meta.name.clone().filter(|n| !n.is_empty())
+}
+
+/// `service.istio.io/canonical-revision`: the label if set, else `app.kubernetes.io/version`,
+/// else `version`, else `latest`.
+fn canonical_revision(labels: &BTreeMap<String, String>) -> String {
+    [
+        LABEL_CANONICAL_REVISION,
+        "app.kubernetes.io/version",
+        "version",
+    ]
+    .iter()
+    .find_map(|k| labels.get(*k).filter(|v| !v.is_empty()).cloned())
+    .unwrap_or_else(|| "latest".to_owned())
+}
+
+/// Convenience for tests and callers: the value of `json!` for a patch, as the API server sees it.
+pub fn patch_json(patch: &Patch) -> Value {
+    serde_json::to_value(patch).unwrap_or_else(|_| json!([]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pointer_escaping() {
+        let op = add(&["metadata", "annotations", ANNOTATION_STATUS], Value::Null);
+        let PatchOperation::Add(a) = op else {
+            unreachable!()
+        };
+        assert_eq!(
+            a.path.as_str(),
+            "/metadata/annotations/sidecar.istio.io~1status"
+        );
+        let op = add(&["metadata", "labels", "a~b"], Value::Null);
+        let PatchOperation::Add(a) = op else {
+            unreachable!()
+        };
+        assert_eq!(a.path.as_str(), "/metadata/labels/a~0b");
+    }
+
+    #[test]
+    fn workload_names() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"generateName": "productpage-v1-64794f5db4-",
+                         "labels": {"pod-template-hash": "64794f5db4"}}
+        }))
+        .unwrap();
+        assert_eq!(workload_name(&pod).as_deref(), Some("productpage-v1"));
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "solo"}})).unwrap();
+        assert_eq!(canonical_name(&pod).as_deref(), Some("solo"));
+    }
+}

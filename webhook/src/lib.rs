@@ -1,0 +1,21 @@
+//! `rustmesh-webhook`: the mutating admission webhook that injects `istio-init` and `istio-proxy`
+//! into pods, the way Istio's sidecar injector does.
+//!
+//! The admission decision is a pure function ([`review`]) of an `AdmissionRequest<Pod>` and the
+//! [`InjectionSettings`]; the HTTPS server ([`server`]), certificates ([`tls`]) and the
+//! Kubernetes watches ([`kube_sync`]) are thin layers around it.
+#![forbid(unsafe_code)]
+
+pub mod decide;
+pub mod error;
+pub mod inject;
+pub mod names;
+pub mod review;
+pub mod settings;
+pub mod values;
+
+pub use decide::{Decision, Why, decide};
+pub use error::{Error, Result};
+pub use inject::{Injection, SidecarStatus, inject};
+pub use review::{Outcome, review, review_body, review_in_namespace};
+pub use settings::{InjectionSettings, NativeSidecars};

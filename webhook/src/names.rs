@@ -1,0 +1,62 @@
+//! Istio's label, annotation, container and volume names, as the injector reads and writes them.
+//! (Ports, uids and mount paths are shared with the proxy and live in `rustmesh_xds::well_known`.)
+
+/// Pod label (and annotation) that opts a pod in or out.
+pub const LABEL_INJECT: &str = "sidecar.istio.io/inject";
+/// Namespace label that opts a namespace in (`enabled`).
+pub const LABEL_ISTIO_INJECTION: &str = "istio-injection";
+/// Namespace or pod label that selects a control-plane revision.
+pub const LABEL_REV: &str = "istio.io/rev";
+/// Pod label set on injected pods, read by peers for auto mTLS.
+pub const LABEL_TLS_MODE: &str = "security.istio.io/tlsMode";
+/// Pod label naming the canonical service.
+pub const LABEL_CANONICAL_NAME: &str = "service.istio.io/canonical-name";
+/// Pod label naming the canonical revision.
+pub const LABEL_CANONICAL_REVISION: &str = "service.istio.io/canonical-revision";
+
+/// Annotation written on injected pods; its presence means "already injected".
+pub const ANNOTATION_STATUS: &str = "sidecar.istio.io/status";
+/// Per-pod proxy configuration (YAML or JSON `ProxyConfig`); we read `holdApplicationUntilProxyStarts`.
+pub const ANNOTATION_PROXY_CONFIG: &str = "proxy.istio.io/config";
+/// Which container `kubectl logs/exec` picks by default (the sidecar is first, so we set it).
+pub const ANNOTATION_DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
+
+/// `sidecar.istio.io/proxyCPU`: requests.cpu of the sidecar.
+pub const ANNOTATION_PROXY_CPU: &str = "sidecar.istio.io/proxyCPU";
+/// `sidecar.istio.io/proxyMemory`: requests.memory of the sidecar.
+pub const ANNOTATION_PROXY_MEMORY: &str = "sidecar.istio.io/proxyMemory";
+/// `sidecar.istio.io/proxyCPULimit`: limits.cpu of the sidecar.
+pub const ANNOTATION_PROXY_CPU_LIMIT: &str = "sidecar.istio.io/proxyCPULimit";
+/// `sidecar.istio.io/proxyMemoryLimit`: limits.memory of the sidecar.
+pub const ANNOTATION_PROXY_MEMORY_LIMIT: &str = "sidecar.istio.io/proxyMemoryLimit";
+
+/// Outbound IP ranges to capture (`-i`), `*` for all.
+pub const ANNOTATION_INCLUDE_OUTBOUND_IP_RANGES: &str =
+    "traffic.sidecar.istio.io/includeOutboundIPRanges";
+/// Outbound IP ranges never captured (`-x`).
+pub const ANNOTATION_EXCLUDE_OUTBOUND_IP_RANGES: &str =
+    "traffic.sidecar.istio.io/excludeOutboundIPRanges";
+/// Inbound ports to capture (`-b`), `*` for all.
+pub const ANNOTATION_INCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeInboundPorts";
+/// Inbound ports never captured (`-d`, appended to the proxy's own ports).
+pub const ANNOTATION_EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
+/// Outbound ports never captured (`-o`).
+pub const ANNOTATION_EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
+
+/// The init container that programs the capture rules.
+pub const INIT_CONTAINER_NAME: &str = "istio-init";
+/// The sidecar container.
+pub const SIDECAR_CONTAINER_NAME: &str = "istio-proxy";
+/// Downward-API volume with the pod's labels and annotations.
+pub const VOLUME_PODINFO: &str = "istio-podinfo";
+/// Writable scratch space of the sidecar (its root filesystem is read-only).
+pub const VOLUME_ENVOY: &str = "istio-envoy";
+/// Where [`VOLUME_ENVOY`] is mounted.
+pub const ENVOY_SCRATCH_MOUNT: &str = "/etc/istio/proxy";
+/// Name of the sidecar's Prometheus port.
+pub const PROMETHEUS_PORT_NAME: &str = "http-envoy-prom";
+/// Readiness path of the sidecar.
+pub const READINESS_PATH: &str = "/healthz/ready";
+/// Command of the `postStart` hook that holds the app until the proxy is ready
+/// (`proxy wait`, like Istio's `pilot-agent wait`).
+pub const WAIT_COMMAND: [&str; 2] = ["proxy", "wait"];

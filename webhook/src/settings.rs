@@ -1,0 +1,478 @@
+//! Injection settings: what image to inject, which ports, which resources, which revision.
+//!
+//! They come from the `data` of a ConfigMap (watched, so a change needs no restart) or from a
+//! YAML/JSON file; every key is optional and falls back to [`InjectionSettings::default`].
+//! The keys are listed in [`KEYS`] and in the README.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rustmesh_xds::well_known;
+
+use crate::error::{Error, Result};
+use crate::values::{check_quantity, parse_flag, parse_ports};
+
+/// Whether the sidecar is injected as a Kubernetes native sidecar (an init container with
+/// `restartPolicy: Always`, Kubernetes >= 1.29) or as the first regular container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum NativeSidecars {
+    /// Always a regular container (works on every Kubernetes version).
+    #[default]
+    Off,
+    /// Always a native sidecar.
+    On,
+    /// Native when the API server reports version >= 1.29 at the webhook's start.
+    /// The server resolves this to `On`/`Off` (see [`InjectionSettings::resolve`]);
+    /// an unresolved `Auto` is treated as `Off`.
+    Auto,
+}
+
+/// CPU and memory requests and limits of an injected container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resources {
+    /// `requests.cpu`.
+    pub cpu: String,
+    /// `requests.memory`.
+    pub memory: String,
+    /// `limits.cpu`.
+    pub cpu_limit: String,
+    /// `limits.memory`.
+    pub memory_limit: String,
+}
+
+/// Everything the injector needs to know that is not in the pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InjectionSettings {
+    /// Image of both `istio-init` and `istio-proxy` (the `proxy` binary).
+    pub image: String,
+    /// `imagePullPolicy` of the injected containers; empty leaves it to Kubernetes.
+    pub image_pull_policy: String,
+    /// The control-plane revision this webhook injects for (`istio.io/rev`).
+    pub revision: String,
+    /// Native sidecars or a regular first container.
+    pub native_sidecars: NativeSidecars,
+    /// `ISTIO_META_CLUSTER_ID`.
+    pub cluster_id: String,
+    /// `ISTIO_META_MESH_ID`.
+    pub mesh_id: String,
+    /// Port that outbound traffic is redirected to (`-p`).
+    pub outbound_port: u16,
+    /// Port that inbound traffic is redirected to (`-z`).
+    pub inbound_port: u16,
+    /// Readiness port of the proxy (`/healthz/ready`).
+    pub health_port: u16,
+    /// Prometheus port of the proxy (`http-envoy-prom`).
+    pub prometheus_port: u16,
+    /// Agent status port (excluded from inbound capture).
+    pub status_port: u16,
+    /// Requests/limits of `istio-proxy` (per-pod annotations override them).
+    pub proxy_resources: Resources,
+    /// Requests/limits of `istio-init`.
+    pub init_resources: Resources,
+    /// Default of `holdApplicationUntilProxyStarts` for pods that don't say.
+    pub hold_application_until_proxy_starts: bool,
+    /// `--log_output_level` given to `istio-iptables`.
+    pub log_level: String,
+}
+
+impl Default for InjectionSettings {
+    fn default() -> Self {
+        InjectionSettings {
+            image: format!("ghcr.io/rustmesh/proxy:{}", env!("CARGO_PKG_VERSION")),
+            image_pull_policy: "IfNotPresent".to_owned(),
+            revision: "default".to_owned(),
+            native_sidecars: NativeSidecars::Off,
+            cluster_id: "Kubernetes".to_owned(),
+            mesh_id: well_known::DEFAULT_DOMAIN_SUFFIX.to_owned(),
+            outbound_port: well_known::OUTBOUND_CAPTURE_PORT,
+            inbound_port: well_known::INBOUND_CAPTURE_PORT,
+            health_port: well_known::HEALTH_PORT,
+            prometheus_port: well_known::PROMETHEUS_PORT,
+            status_port: well_known::AGENT_STATUS_PORT,
+            proxy_resources: Resources {
+                cpu: "100m".to_owned(),
+                memory: "128Mi".to_owned(),
+                cpu_limit: "2".to_owned(),
+                memory_limit: "1Gi".to_owned(),
+            },
+            init_resources: Resources {
+                cpu: "10m".to_owned(),
+                memory: "40Mi".to_owned(),
+                cpu_limit: "2".to_owned(),
+                memory_limit: "1Gi".to_owned(),
+            },
+            hold_application_until_proxy_starts: false,
+            log_level: "default:info".to_owned(),
+        }
+    }
+}
+
+/// Every key the settings ConfigMap/file may hold.
+pub const KEYS: &[&str] = &[
+    "image",
+    "imagePullPolicy",
+    "revision",
+    "nativeSidecars",
+    "clusterId",
+    "meshId",
+    "outboundPort",
+    "inboundPort",
+    "healthPort",
+    "prometheusPort",
+    "statusPort",
+    "proxyCPU",
+    "proxyMemory",
+    "proxyCPULimit",
+    "proxyMemoryLimit",
+    "initCPU",
+    "initMemory",
+    "initCPULimit",
+    "initMemoryLimit",
+    "holdApplicationUntilProxyStarts",
+    "logLevel",
+];
+
+impl InjectionSettings {
+    /// Inbound ports never redirected to the proxy (`-d`): its own Prometheus, readiness and
+    /// status ports. With default ports this is `well_known::DEFAULT_EXCLUDED_INBOUND_PORTS`.
+    pub fn excluded_inbound_ports(&self) -> Vec<u16> {
+        vec![self.prometheus_port, self.health_port, self.status_port]
+    }
+
+    /// Whether to inject a native sidecar. An unresolved [`NativeSidecars::Auto`] means no.
+    pub fn use_native_sidecars(&self) -> bool {
+        self.native_sidecars == NativeSidecars::On
+    }
+
+    /// Resolves [`NativeSidecars::Auto`] with what the server learnt from the API server's
+    /// `/version` at start (`None` when it could not ask).
+    pub fn resolve(mut self, cluster_supports_native_sidecars: Option<bool>) -> Self {
+        if self.native_sidecars == NativeSidecars::Auto {
+            self.native_sidecars = match cluster_supports_native_sidecars {
+                Some(true) => NativeSidecars::On,
+                _ => NativeSidecars::Off,
+            };
+        }
+        self
+    }
+
+    /// Builds settings from a ConfigMap's `data`: defaults, overridden by each key present.
+    /// An unknown key or a bad value is an error naming the key, so that a typo never silently
+    /// falls back to a default.
+    pub fn from_map(data: &BTreeMap<String, String>) -> Result<Self> {
+        let mut s = InjectionSettings::default();
+        for (key, raw) in data {
+            let value = raw.trim();
+            let non_empty = || {
+                if value.is_empty() {
+                    Err(Error::setting(key, "must not be empty"))
+                } else {
+                    Ok(value.to_owned())
+                }
+            };
+            let port = || match parse_ports(value) {
+                Ok(p) if p.len() == 1 => Ok(p[0]),
+                _ => Err(Error::setting(
+                    key,
+                    format!("{value:?} is not a port number (1-65535)"),
+                )),
+            };
+            let quantity = || {
+                check_quantity(value)
+                    .map(|()| value.to_owned())
+                    .map_err(|e| Error::setting(key, e))
+            };
+            match key.as_str() {
+                "image" => {
+                    s.image = non_empty()?;
+                    if s.image.chars().any(char::is_whitespace) {
+                        return Err(Error::setting(key, "must not contain whitespace"));
+                    }
+                }
+                "imagePullPolicy" => {
+                    s.image_pull_policy = match value {
+                        "" | "Always" | "IfNotPresent" | "Never" => value.to_owned(),
+                        _ => {
+                            return Err(Error::setting(
+                                key,
+                                format!("{value:?} is not one of Always, IfNotPresent, Never"),
+                            ));
+                        }
+                    }
+                }
+                "revision" => {
+                    let v = non_empty()?;
+                    if !is_label_value(&v) {
+                        return Err(Error::setting(
+                            key,
+                            format!("{v:?} is not a valid label value"),
+                        ));
+                    }
+                    s.revision = v;
+                }
+                "nativeSidecars" => {
+                    s.native_sidecars = match value.to_ascii_lowercase().as_str() {
+                        "auto" => NativeSidecars::Auto,
+                        other => match parse_flag(other) {
+                            Some(true) => NativeSidecars::On,
+                            Some(false) => NativeSidecars::Off,
+                            None => {
+                                return Err(Error::setting(
+                                    key,
+                                    format!("{value:?} is not one of true, false, auto"),
+                                ));
+                            }
+                        },
+                    }
+                }
+                "clusterId" => s.cluster_id = non_empty()?,
+                "meshId" => s.mesh_id = non_empty()?,
+                "outboundPort" => s.outbound_port = port()?,
+                "inboundPort" => s.inbound_port = port()?,
+                "healthPort" => s.health_port = port()?,
+                "prometheusPort" => s.prometheus_port = port()?,
+                "statusPort" => s.status_port = port()?,
+                "proxyCPU" => s.proxy_resources.cpu = quantity()?,
+                "proxyMemory" => s.proxy_resources.memory = quantity()?,
+                "proxyCPULimit" => s.proxy_resources.cpu_limit = quantity()?,
+                "proxyMemoryLimit" => s.proxy_resources.memory_limit = quantity()?,
+                "initCPU" => s.init_resources.cpu = quantity()?,
+                "initMemory" => s.init_resources.memory = quantity()?,
+                "initCPULimit" => s.init_resources.cpu_limit = quantity()?,
+                "initMemoryLimit" => s.init_resources.memory_limit = quantity()?,
+                "holdApplicationUntilProxyStarts" => {
+                    s.hold_application_until_proxy_starts = parse_flag(value).ok_or_else(|| {
+                        Error::setting(key, format!("{value:?} is not true or false"))
+                    })?
+                }
+                "logLevel" => {
+                    let v = non_empty()?;
+                    if v.chars().any(char::is_whitespace) {
+                        return Err(Error::setting(key, "must not contain whitespace"));
+                    }
+                    s.log_level = v;
+                }
+                _ => {
+                    return Err(Error::setting(
+                        key,
+                        format!("unknown key; known keys: {}", KEYS.join(", ")),
+                    ));
+                }
+            }
+        }
+        s.check_ports()?;
+        Ok(s)
+    }
+
+    fn check_ports(&self) -> Result<()> {
+        let named = [
+            ("outboundPort", self.outbound_port),
+            ("inboundPort", self.inbound_port),
+            ("healthPort", self.health_port),
+            ("prometheusPort", self.prometheus_port),
+            ("statusPort", self.status_port),
+        ];
+        for (i, (a, pa)) in named.iter().enumerate() {
+            for (b, pb) in &named[i + 1..] {
+                if pa == pb {
+                    return Err(Error::setting(
+                        *b,
+                        format!("port {pb} is already used by `{a}`"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads settings from a YAML or JSON file holding either a flat map of the keys or a whole
+    /// ConfigMap manifest (its `data` is used). Scalars (numbers, booleans) are accepted as
+    /// their text.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text).map_err(|e| match e {
+            Error::SettingsFile { reason, .. } => Error::SettingsFile {
+                path: path.to_owned(),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses settings from YAML/JSON text; see [`InjectionSettings::from_file`].
+    pub fn from_yaml(text: &str) -> Result<Self> {
+        let file_err = |reason: String| Error::SettingsFile {
+            path: "<inline>".into(),
+            reason,
+        };
+        let doc: serde_norway::Value =
+            serde_norway::from_str(text).map_err(|e| file_err(e.to_string()))?;
+        let map = match &doc {
+            serde_norway::Value::Null => return Ok(Self::default()),
+            serde_norway::Value::Mapping(m) => m,
+            _ => return Err(file_err("expected a mapping of settings".to_owned())),
+        };
+        let is_configmap = map
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .is_some_and(|k| k == "ConfigMap");
+        let data = if is_configmap {
+            match map.get("data") {
+                None | Some(serde_norway::Value::Null) => return Ok(Self::default()),
+                Some(serde_norway::Value::Mapping(m)) => m,
+                Some(_) => return Err(file_err("ConfigMap `data` is not a mapping".to_owned())),
+            }
+        } else {
+            map
+        };
+        let mut flat = BTreeMap::new();
+        for (k, v) in data {
+            let key = k
+                .as_str()
+                .ok_or_else(|| file_err(format!("key {k:?} is not a string")))?;
+            let value = match v {
+                serde_norway::Value::String(s) => s.clone(),
+                serde_norway::Value::Bool(b) => b.to_string(),
+                serde_norway::Value::Number(n) => n.to_string(),
+                _ => {
+                    return Err(Error::setting(
+                        key,
+                        "value must be a string, number or boolean",
+                    ));
+                }
+            };
+            flat.insert(key.to_owned(), value);
+        }
+        Self::from_map(&flat)
+    }
+}
+
+/// A Kubernetes label value: at most 63 characters, alphanumerics, `-`, `_`, `.`, starting and
+/// ending with an alphanumeric.
+pub(crate) fn is_label_value(v: &str) -> bool {
+    v.len() <= 63
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && v.bytes().next().is_none_or(|b| b.is_ascii_alphanumeric())
+        && v.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_use_the_well_known_values() {
+        let s = InjectionSettings::default();
+        assert_eq!(
+            s.excluded_inbound_ports(),
+            well_known::DEFAULT_EXCLUDED_INBOUND_PORTS.to_vec()
+        );
+        assert_eq!(s.outbound_port, 15001);
+        assert_eq!(s.inbound_port, 15006);
+        assert_eq!(s.revision, "default");
+        assert!(!s.use_native_sidecars());
+        assert_eq!(InjectionSettings::from_map(&BTreeMap::new()).unwrap(), s);
+    }
+
+    #[test]
+    fn keys_override_defaults() {
+        let s = InjectionSettings::from_map(&map(&[
+            ("image", "registry.local/proxy:1.2"),
+            ("imagePullPolicy", "Always"),
+            ("revision", "canary"),
+            ("nativeSidecars", "auto"),
+            ("clusterId", "east"),
+            ("meshId", "mesh1"),
+            ("proxyCPU", "50m"),
+            ("proxyMemoryLimit", "512Mi"),
+            ("holdApplicationUntilProxyStarts", "true"),
+        ]))
+        .unwrap();
+        assert_eq!(s.image, "registry.local/proxy:1.2");
+        assert_eq!(s.image_pull_policy, "Always");
+        assert_eq!(s.revision, "canary");
+        assert_eq!(s.native_sidecars, NativeSidecars::Auto);
+        assert!(!s.use_native_sidecars());
+        assert!(s.clone().resolve(Some(true)).use_native_sidecars());
+        assert!(!s.clone().resolve(Some(false)).use_native_sidecars());
+        assert!(!s.clone().resolve(None).use_native_sidecars());
+        assert_eq!(s.proxy_resources.cpu, "50m");
+        assert_eq!(s.proxy_resources.memory, "128Mi");
+        assert_eq!(s.proxy_resources.memory_limit, "512Mi");
+        assert!(s.hold_application_until_proxy_starts);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (k, v) in [
+            ("imagePullPolicy", "Sometimes"),
+            ("proxyCPU", "lots"),
+            ("outboundPort", "0"),
+            ("image", ""),
+            ("revision", "-bad-"),
+            ("nativeSidecars", "maybe"),
+            ("imagge", "typo"),
+        ] {
+            let err = InjectionSettings::from_map(&map(&[(k, v)])).unwrap_err();
+            assert!(err.to_string().contains(k), "{err} should name {k}");
+        }
+        let err = InjectionSettings::from_map(&map(&[("healthPort", "15001")])).unwrap_err();
+        assert!(err.to_string().contains("outboundPort"), "{err}");
+    }
+
+    #[test]
+    fn file_forms() {
+        let flat =
+            InjectionSettings::from_yaml("image: a/b:1\nproxyCPU: 1\nnativeSidecars: true\n")
+                .unwrap();
+        assert_eq!(flat.image, "a/b:1");
+        assert_eq!(flat.proxy_resources.cpu, "1");
+        assert!(flat.use_native_sidecars());
+
+        let cm = InjectionSettings::from_yaml(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata:\n  revision: canary\n",
+        )
+        .unwrap();
+        assert_eq!(cm.revision, "canary");
+
+        let json = InjectionSettings::from_yaml(r#"{"meshId": "m"}"#).unwrap();
+        assert_eq!(json.mesh_id, "m");
+        assert_eq!(
+            InjectionSettings::from_yaml("").unwrap(),
+            InjectionSettings::default()
+        );
+        assert!(InjectionSettings::from_yaml("[1, 2]").is_err());
+        assert!(InjectionSettings::from_yaml("image: [a]").is_err());
+    }
+
+    #[test]
+    fn from_file_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("settings.yaml");
+        std::fs::write(&path, "image: [").unwrap();
+        let err = InjectionSettings::from_file(&path).unwrap_err();
+        assert!(err.to_string().contains("settings.yaml"), "{err}");
+        let err = InjectionSettings::from_file(&dir.path().join("missing")).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn label_values() {
+        assert!(is_label_value("default"));
+        assert!(is_label_value("1-22_3.x"));
+        assert!(!is_label_value("-a"));
+        assert!(!is_label_value("a b"));
+        assert!(!is_label_value(&"a".repeat(64)));
+    }
+}
