@@ -1,0 +1,13 @@
+//! rustmesh's sidecar binary, as a library: the capture step (`proxy istio-iptables`) and the
+//! socket helpers the sidecar's listeners use to learn where a captured connection was going.
+//!
+//! `main.rs` only parses the command line and calls in here.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod capture;
+mod error;
+pub mod socket;
+
+pub use error::{Error, Result};

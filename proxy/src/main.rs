@@ -1,0 +1,48 @@
+//! `proxy`: rustmesh's sidecar binary. The work is done in the `rustmesh_proxy` library.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use rustmesh_proxy::capture::IstioIptablesArgs;
+
+#[derive(Debug, Parser)]
+#[command(name = "proxy", version, about = "rustmesh sidecar proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The capture step (Istio's istio-init): program iptables to send the pod's traffic to the sidecar.
+    IstioIptables(IstioIptablesArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::IstioIptables(args) => {
+            rustmesh_proxy::capture::run(&args, &mut std::io::stdout().lock())?
+        }
+    }
+    Ok(())
+}
