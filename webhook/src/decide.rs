@@ -92,8 +92,8 @@ impl Decision {
 ///    MutatingWebhookConfiguration's `namespaceSelector`/`objectSelector` already filtered.
 ///
 /// Then, when wanted, the revision: the pod's `istio.io/rev` label, else `default` for
-/// `istio-injection=enabled`, else the namespace's `istio.io/rev`, else `default`. Only the webhook
-/// of that revision injects.
+/// `istio-injection=enabled`, else the namespace's `istio.io/rev`, else (namespace unknown) this
+/// webhook's own revision, else `default`. Only the webhook of that revision injects.
 pub fn decide(
     pod: &Pod,
     namespace_labels: Option<&BTreeMap<String, String>>,
@@ -151,6 +151,8 @@ pub fn decide(
         (Some(r), _, _) => r.as_str(),
         (None, Some("enabled"), _) => "default",
         (None, _, Some(r)) => r.as_str(),
+        // Namespace unknown: the webhook configuration of this revision selected the pod.
+        _ if namespace_labels.is_none() => revision,
         _ => "default",
     };
     if wanted != revision {

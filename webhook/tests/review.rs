@@ -1,0 +1,664 @@
+//! The admission review over real AdmissionReview documents (tests/fixtures/*.json).
+//! Every test APPLIES the returned JSON Patch to the submitted pod and asserts on the result.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::core::admission::{AdmissionRequest, AdmissionReview};
+use rustmesh_webhook::settings::NativeSidecars;
+use rustmesh_webhook::{InjectionSettings, Outcome, SidecarStatus, review, review_body};
+use serde_json::{Value, json};
+
+fn fixture(name: &str) -> Value {
+    let path = format!("{}/tests/fixtures/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn no_namespace(_: &str) -> Option<BTreeMap<String, String>> {
+    None
+}
+
+/// Runs the body through the webhook; returns the `response` object and the outcome.
+fn run_doc(doc: &Value, settings: &InjectionSettings) -> (Value, Outcome) {
+    let body = serde_json::to_vec(doc).unwrap();
+    let out = review_body(&body, settings, &no_namespace).expect("a review answers");
+    assert_eq!(out.review["kind"], "AdmissionReview");
+    assert_eq!(out.review["apiVersion"], doc["apiVersion"]);
+    let resp = out.review["response"].clone();
+    assert_eq!(resp["uid"], doc["request"]["uid"], "uid is echoed");
+    assert_eq!(resp["allowed"], true, "the webhook never denies");
+    (resp, out.outcome)
+}
+
+fn patch_of(resp: &Value) -> Option<json_patch::Patch> {
+    let b64 = resp.get("patch")?.as_str().expect("patch is base64 text");
+    assert_eq!(resp["patchType"], "JSONPatch");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    Some(serde_json::from_slice(&bytes).expect("patch is an RFC 6902 document"))
+}
+
+/// Applies the response's patch to the request's object.
+fn apply(doc: &Value, resp: &Value) -> Value {
+    let mut object = doc["request"]["object"].clone();
+    let patch = patch_of(resp).expect("a patch");
+    json_patch::patch(&mut object, &patch).expect("the patch applies to the submitted pod");
+    object
+}
+
+fn injected(name: &str, settings: &InjectionSettings) -> (Pod, Value) {
+    let doc = fixture(name);
+    let (resp, outcome) = run_doc(&doc, settings);
+    assert_eq!(outcome, Outcome::Injected, "{name}: {resp}");
+    let pod_json = apply(&doc, &resp);
+    let pod: Pod = serde_json::from_value(pod_json).expect("the result is a valid pod");
+    (pod, resp)
+}
+
+fn untouched(name: &str, settings: &InjectionSettings) -> Value {
+    let doc = fixture(name);
+    let (resp, _) = run_doc(&doc, settings);
+    assert!(
+        resp.get("patch").is_none(),
+        "{name} must not be patched: {resp}"
+    );
+    resp
+}
+
+fn defaults() -> InjectionSettings {
+    InjectionSettings::default()
+}
+
+fn container<'a>(list: &'a [Container], name: &str) -> &'a Container {
+    list.iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+fn env(c: &Container) -> BTreeMap<String, Value> {
+    c.env
+        .iter()
+        .flatten()
+        .map(|e| {
+            let v = match (&e.value, &e.value_from) {
+                (Some(v), _) => json!(v),
+                (None, Some(from)) => json!(from.field_ref.as_ref().unwrap().field_path),
+                _ => Value::Null,
+            };
+            (e.name.clone(), v)
+        })
+        .collect()
+}
+
+fn names(list: &[Container]) -> Vec<&str> {
+    list.iter().map(|c| c.name.as_str()).collect()
+}
+
+fn status(pod: &Pod) -> SidecarStatus {
+    let raw = &pod.metadata.annotations.as_ref().unwrap()["sidecar.istio.io/status"];
+    serde_json::from_str(raw).unwrap()
+}
+
+const DEFAULT_INIT_ARGS: [&str; 18] = [
+    "istio-iptables",
+    "-p",
+    "15001",
+    "-z",
+    "15006",
+    "-u",
+    "1337",
+    "-m",
+    "REDIRECT",
+    "-i",
+    "*",
+    "-x",
+    "",
+    "-b",
+    "*",
+    "-d",
+    "15090,15021,15020",
+    "--log_output_level=default:info",
+];
+
+#[test]
+fn deployment_pod_gets_init_container_and_sidecar_first() {
+    let (pod, resp) = injected("deployment-pod", &defaults());
+    assert!(resp.get("warnings").is_none(), "{resp}");
+    let spec = pod.spec.as_ref().unwrap();
+
+    // Sidecar first, the app containers after it in their order.
+    assert_eq!(
+        names(&spec.containers),
+        ["istio-proxy", "productpage", "log-shipper"]
+    );
+    assert_eq!(
+        names(spec.init_containers.as_ref().unwrap()),
+        ["istio-init"]
+    );
+
+    // istio-init.
+    let init = &spec.init_containers.as_ref().unwrap()[0];
+    assert_eq!(init.args.as_ref().unwrap(), &DEFAULT_INIT_ARGS);
+    assert_eq!(init.image, Some(defaults().image));
+    let sc = init.security_context.as_ref().unwrap();
+    let caps = sc.capabilities.as_ref().unwrap();
+    assert_eq!(caps.add.as_deref().unwrap(), ["NET_ADMIN", "NET_RAW"]);
+    assert_eq!(caps.drop.as_deref().unwrap(), ["ALL"]);
+    assert_eq!(sc.run_as_user, Some(0));
+    assert_eq!(sc.run_as_group, Some(0));
+    assert_eq!(sc.run_as_non_root, Some(false));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.privileged, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(false));
+
+    // istio-proxy.
+    let proxy = container(&spec.containers, "istio-proxy");
+    assert_eq!(
+        proxy.args.as_deref().unwrap(),
+        ["run", "--config-dir", "/etc/rustmesh/config"]
+    );
+    assert_eq!(proxy.image, Some(defaults().image));
+    let sc = proxy.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_user, Some(1337));
+    assert_eq!(sc.run_as_group, Some(1337));
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref().unwrap(),
+        ["ALL"]
+    );
+    assert!(sc.capabilities.as_ref().unwrap().add.is_none());
+    let port = &proxy.ports.as_ref().unwrap()[0];
+    assert_eq!(
+        (port.container_port, port.name.as_deref()),
+        (15090, Some("http-envoy-prom"))
+    );
+    let probe = proxy.readiness_probe.as_ref().unwrap();
+    let get = probe.http_get.as_ref().unwrap();
+    assert_eq!(get.path.as_deref(), Some("/healthz/ready"));
+    assert_eq!(
+        get.port,
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(15021)
+    );
+    assert_eq!(probe.initial_delay_seconds, Some(1));
+    assert_eq!(probe.period_seconds, Some(2));
+    assert_eq!(probe.failure_threshold, Some(30));
+    assert!(proxy.lifecycle.is_none(), "no hold unless asked");
+    let res = proxy.resources.as_ref().unwrap();
+    assert_eq!(res.requests.as_ref().unwrap()["cpu"].0, "100m");
+    assert_eq!(res.requests.as_ref().unwrap()["memory"].0, "128Mi");
+    assert_eq!(res.limits.as_ref().unwrap()["cpu"].0, "2");
+    assert_eq!(res.limits.as_ref().unwrap()["memory"].0, "1Gi");
+
+    let env = env(proxy);
+    assert_eq!(env["POD_NAME"], "metadata.name");
+    assert_eq!(env["POD_NAMESPACE"], "metadata.namespace");
+    assert_eq!(env["INSTANCE_IP"], "status.podIP");
+    assert_eq!(env["SERVICE_ACCOUNT"], "spec.serviceAccountName");
+    assert_eq!(env["HOST_IP"], "status.hostIP");
+    assert_eq!(env["ISTIO_META_APP_CONTAINERS"], "productpage,log-shipper");
+    assert_eq!(env["ISTIO_META_CLUSTER_ID"], "Kubernetes");
+    assert_eq!(env["ISTIO_META_MESH_ID"], "cluster.local");
+    assert_eq!(env["PROXY_CONFIGMAP"], "rustmesh-proxy-config");
+    let ports: Value = serde_json::from_str(env["ISTIO_META_POD_PORTS"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        ports,
+        json!([
+            {"containerPort": 9080, "name": "http", "protocol": "TCP"},
+            {"containerPort": 2020, "name": "metrics", "protocol": "TCP"}
+        ])
+    );
+
+    let mounts: BTreeMap<&str, (&str, Option<bool>)> = proxy
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| (m.name.as_str(), (m.mount_path.as_str(), m.read_only)))
+        .collect();
+    assert_eq!(mounts["istio-podinfo"].0, "/etc/istio/pod");
+    assert_eq!(
+        mounts["rustmesh-proxy-config"],
+        ("/etc/rustmesh/config", Some(true))
+    );
+    assert_eq!(mounts["istio-envoy"].0, "/etc/istio/proxy");
+
+    // Volumes: the pod's own first, then ours.
+    let vols = spec.volumes.as_ref().unwrap();
+    let vol_names: Vec<&str> = vols.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(
+        vol_names,
+        [
+            "tmp",
+            "kube-api-access-7xk2p",
+            "istio-envoy",
+            "istio-podinfo",
+            "rustmesh-proxy-config"
+        ]
+    );
+    let cm = vols[4].config_map.as_ref().unwrap();
+    assert_eq!(
+        (cm.name.as_str(), cm.optional),
+        ("rustmesh-proxy-config", Some(true))
+    );
+    let podinfo = vols[3]
+        .downward_api
+        .as_ref()
+        .unwrap()
+        .items
+        .as_ref()
+        .unwrap();
+    let paths: Vec<(&str, &str)> = podinfo
+        .iter()
+        .map(|i| {
+            (
+                i.path.as_str(),
+                i.field_ref.as_ref().unwrap().field_path.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            ("labels", "metadata.labels"),
+            ("annotations", "metadata.annotations")
+        ]
+    );
+    assert!(vols[2].empty_dir.is_some());
+
+    // The app containers are untouched: probes, mounts, ports.
+    let doc = fixture("deployment-pod");
+    let original: Pod = serde_json::from_value(doc["request"]["object"].clone()).unwrap();
+    let orig_spec = original.spec.unwrap();
+    assert_eq!(&spec.containers[1..], &orig_spec.containers[..]);
+
+    // Metadata: annotations kept and added, Istio's labels added.
+    let ann = pod.metadata.annotations.as_ref().unwrap();
+    assert_eq!(
+        ann["kubectl.kubernetes.io/restartedAt"],
+        "2024-05-01T10:00:00Z"
+    );
+    assert_eq!(
+        ann["kubectl.kubernetes.io/default-container"],
+        "productpage"
+    );
+    assert_eq!(
+        ann["sidecar.istio.io/status"],
+        r#"{"initContainers":["istio-init"],"containers":["istio-proxy"],"volumes":["istio-envoy","istio-podinfo","rustmesh-proxy-config"],"imagePullSecrets":null,"revision":"default"}"#
+    );
+    let labels = pod.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels["security.istio.io/tlsMode"], "istio");
+    assert_eq!(labels["service.istio.io/canonical-name"], "productpage");
+    assert_eq!(labels["service.istio.io/canonical-revision"], "v1");
+    assert_eq!(labels["istio.io/rev"], "default");
+    assert_eq!(labels["app"], "productpage");
+}
+
+#[test]
+fn existing_init_containers_run_after_istio_init_and_volumes_are_appended() {
+    let (pod, _) = injected("existing-init-containers", &defaults());
+    let spec = pod.spec.unwrap();
+    assert_eq!(
+        names(spec.init_containers.as_ref().unwrap()),
+        ["istio-init", "wait-for-db", "migrate"]
+    );
+    assert_eq!(names(&spec.containers), ["istio-proxy", "reviews"]);
+    let vols: Vec<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(
+        vols,
+        [
+            "wlp-output",
+            "tmp",
+            "kube-api-access-7xk2p",
+            "istio-envoy",
+            "istio-podinfo",
+            "rustmesh-proxy-config"
+        ]
+    );
+    // Workload name from generateName minus the pod-template-hash.
+    assert_eq!(
+        pod.metadata.labels.unwrap()["service.istio.io/canonical-name"],
+        "reviews"
+    );
+}
+
+#[test]
+fn bare_pod_gets_annotations_labels_volumes_and_init_containers_created() {
+    let doc = fixture("bare-pod");
+    for absent in ["initContainers", "volumes"] {
+        assert!(doc["request"]["object"]["spec"].get(absent).is_none());
+    }
+    assert!(
+        doc["request"]["object"]["metadata"]
+            .get("annotations")
+            .is_none()
+    );
+    let (pod, _) = injected("bare-pod", &defaults());
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(
+        names(spec.init_containers.as_ref().unwrap()),
+        ["istio-init"]
+    );
+    assert_eq!(names(&spec.containers), ["istio-proxy", "nginx"]);
+    assert_eq!(spec.volumes.as_ref().unwrap().len(), 3);
+    assert_eq!(status(&pod).revision, "default");
+    let labels = pod.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels["service.istio.io/canonical-name"], "nginx");
+    assert_eq!(labels["service.istio.io/canonical-revision"], "latest");
+}
+
+#[test]
+fn left_alone_host_network_opt_outs_already_injected() {
+    for name in [
+        "host-network",
+        "opt-out-label",
+        "opt-out-annotation",
+        "label-false-annotation-true",
+        "already-injected",
+        "update-operation",
+    ] {
+        let resp = untouched(name, &defaults());
+        assert!(resp.get("warnings").is_none(), "{name}: {resp}");
+    }
+}
+
+#[test]
+fn pod_label_beats_pod_annotation() {
+    let (pod, _) = injected("label-true-annotation-false", &defaults());
+    assert_eq!(pod.spec.unwrap().containers[0].name, "istio-proxy");
+    untouched("label-false-annotation-true", &defaults());
+}
+
+#[test]
+fn revision_label_match_and_mismatch() {
+    untouched("revision-canary", &defaults());
+    let canary = InjectionSettings {
+        revision: "canary".into(),
+        ..defaults()
+    };
+    let (pod, _) = injected("revision-canary", &canary);
+    assert_eq!(status(&pod).revision, "canary");
+    assert_eq!(pod.metadata.labels.unwrap()["istio.io/rev"], "canary");
+    // A pod without a revision label: with no namespace lookup, the canary webhook trusts its
+    // own webhook configuration's namespaceSelector (istio.io/rev=canary) that sent it here.
+    injected("deployment-pod", &canary);
+}
+
+#[test]
+fn namespace_labels_when_known() {
+    let doc = fixture("deployment-pod");
+    let body = serde_json::to_vec(&doc).unwrap();
+    let cases: [(&[(&str, &str)], &str, Outcome); 5] = [
+        (
+            &[("istio-injection", "enabled")],
+            "default",
+            Outcome::Injected,
+        ),
+        (
+            &[("istio-injection", "disabled")],
+            "default",
+            Outcome::Skipped,
+        ),
+        (&[("istio.io/rev", "canary")], "canary", Outcome::Injected),
+        (&[("istio.io/rev", "canary")], "default", Outcome::Skipped),
+        (&[], "default", Outcome::Skipped),
+    ];
+    for (labels, revision, expected) in cases {
+        let labels: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let lookup = |ns: &str| {
+            assert_eq!(ns, "bookinfo");
+            Some(labels.clone())
+        };
+        let settings = InjectionSettings {
+            revision: revision.into(),
+            ..defaults()
+        };
+        let out = review_body(&body, &settings, &lookup).unwrap();
+        assert_eq!(out.outcome, expected, "{labels:?} rev {revision}");
+    }
+}
+
+#[test]
+fn v1beta1_is_answered_as_v1beta1() {
+    let doc = fixture("v1beta1");
+    let (resp, outcome) = run_doc(&doc, &defaults());
+    assert_eq!(outcome, Outcome::Injected);
+    assert_eq!(resp["uid"], "b1e5c7a0-0000-4000-8000-00000000beta");
+    let pod: Pod = serde_json::from_value(apply(&doc, &resp)).unwrap();
+    assert_eq!(pod.spec.unwrap().containers[0].name, "istio-proxy");
+}
+
+#[test]
+fn traffic_and_resource_annotations() {
+    let (pod, resp) = injected("traffic-and-resources", &defaults());
+    assert!(resp.get("warnings").is_none(), "{resp}");
+    let spec = pod.spec.unwrap();
+    let init = &spec.init_containers.as_ref().unwrap()[0];
+    assert_eq!(
+        init.args.as_deref().unwrap(),
+        [
+            "istio-iptables",
+            "-p",
+            "15001",
+            "-z",
+            "15006",
+            "-u",
+            "1337",
+            "-m",
+            "REDIRECT",
+            "-i",
+            "10.96.0.0/12,10.244.0.0/16",
+            "-x",
+            "10.96.0.1/32",
+            "-b",
+            "9080,9443",
+            "-d",
+            "15090,15021,15020,9443",
+            "-o",
+            "3306,6379",
+            "--log_output_level=default:info",
+        ]
+    );
+    let res = spec.containers[0].resources.as_ref().unwrap();
+    assert_eq!(res.requests.as_ref().unwrap()["cpu"].0, "250m");
+    assert_eq!(res.requests.as_ref().unwrap()["memory"].0, "256Mi");
+    assert_eq!(res.limits.as_ref().unwrap()["cpu"].0, "1");
+    assert_eq!(res.limits.as_ref().unwrap()["memory"].0, "512Mi");
+}
+
+#[test]
+fn bad_annotations_allow_with_warnings_and_defaults() {
+    let (pod, resp) = injected("bad-annotations", &defaults());
+    let warnings: Vec<&str> = resp["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    for needle in [
+        "sidecar.istio.io/proxyCPU",
+        "sidecar.istio.io/proxyMemoryLimit",
+        "excludeOutboundIPRanges",
+        "excludeInboundPorts",
+        "proxy.istio.io/config",
+        "port 15000",
+    ] {
+        assert!(
+            warnings.iter().any(|w| w.contains(needle)),
+            "no warning about {needle}: {warnings:?}"
+        );
+    }
+    let spec = pod.spec.unwrap();
+    let res = spec.containers[0].resources.as_ref().unwrap();
+    assert_eq!(res.requests.as_ref().unwrap()["cpu"].0, "100m");
+    assert_eq!(res.limits.as_ref().unwrap()["memory"].0, "1Gi");
+    assert_eq!(
+        spec.init_containers.unwrap()[0].args.as_deref().unwrap(),
+        DEFAULT_INIT_ARGS
+    );
+}
+
+#[test]
+fn hold_application_until_proxy_starts() {
+    let (pod, _) = injected("hold-application", &defaults());
+    let proxy = &pod.spec.as_ref().unwrap().containers[0];
+    assert_eq!(proxy.name, "istio-proxy");
+    let cmd = proxy
+        .lifecycle
+        .as_ref()
+        .unwrap()
+        .post_start
+        .as_ref()
+        .unwrap()
+        .exec
+        .as_ref()
+        .unwrap()
+        .command
+        .as_deref()
+        .unwrap();
+    assert_eq!(cmd, ["proxy", "wait"]);
+    assert!(
+        env(proxy)["PROXY_CONFIG"]
+            .as_str()
+            .unwrap()
+            .contains("holdApplicationUntilProxyStarts")
+    );
+
+    // The setting gives the default for pods that don't say.
+    let hold = InjectionSettings {
+        hold_application_until_proxy_starts: true,
+        ..defaults()
+    };
+    let (pod, _) = injected("bare-pod", &hold);
+    assert!(pod.spec.unwrap().containers[0].lifecycle.is_some());
+}
+
+#[test]
+fn native_sidecar_is_an_init_container_after_istio_init() {
+    let native = InjectionSettings {
+        native_sidecars: NativeSidecars::On,
+        ..defaults()
+    };
+    let (pod, _) = injected("existing-init-containers", &native);
+    let spec = pod.spec.as_ref().unwrap();
+    let inits = spec.init_containers.as_ref().unwrap();
+    assert_eq!(
+        names(inits),
+        ["istio-init", "istio-proxy", "wait-for-db", "migrate"]
+    );
+    assert_eq!(inits[1].restart_policy.as_deref(), Some("Always"));
+    assert!(inits[1].startup_probe.is_some());
+    assert_eq!(names(&spec.containers), ["reviews"]);
+    let st = status(&pod);
+    assert_eq!(
+        st.init_containers.as_deref().unwrap(),
+        ["istio-init", "istio-proxy"]
+    );
+    assert_eq!(st.containers, None);
+
+    // Same for a pod with no init containers; `Auto` unresolved means off.
+    let (pod, _) = injected("bare-pod", &native);
+    assert_eq!(
+        names(pod.spec.as_ref().unwrap().init_containers.as_ref().unwrap()),
+        ["istio-init", "istio-proxy"]
+    );
+    let auto = InjectionSettings {
+        native_sidecars: NativeSidecars::Auto,
+        ..defaults()
+    };
+    let (pod, _) = injected("bare-pod", &auto);
+    assert_eq!(pod.spec.unwrap().containers[0].name, "istio-proxy");
+}
+
+#[test]
+fn settings_flow_into_the_containers() {
+    let settings = InjectionSettings::from_yaml(
+        "image: registry.local/rustmesh/proxy:9\nimagePullPolicy: Always\nclusterId: east\nmeshId: mesh1\n\
+         initCPU: 20m\nlogLevel: default:debug\n",
+    )
+    .unwrap();
+    let (pod, _) = injected("bare-pod", &settings);
+    let spec = pod.spec.unwrap();
+    let init = &spec.init_containers.as_ref().unwrap()[0];
+    let proxy = &spec.containers[0];
+    for c in [init, proxy] {
+        assert_eq!(c.image.as_deref(), Some("registry.local/rustmesh/proxy:9"));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
+    }
+    assert_eq!(
+        init.resources.as_ref().unwrap().requests.as_ref().unwrap()["cpu"].0,
+        "20m"
+    );
+    assert_eq!(
+        init.args.as_ref().unwrap().last().unwrap(),
+        "--log_output_level=default:debug"
+    );
+    let env = env(proxy);
+    assert_eq!(env["ISTIO_META_CLUSTER_ID"], "east");
+    assert_eq!(env["ISTIO_META_MESH_ID"], "mesh1");
+}
+
+#[test]
+fn not_a_pod_and_unparsable_pod_are_allowed_with_a_warning() {
+    let resp = untouched("not-a-pod", &defaults());
+    assert!(
+        resp["warnings"][0].as_str().unwrap().contains("Service"),
+        "{resp}"
+    );
+    let resp = untouched("unparsable-pod", &defaults());
+    let w = resp["warnings"][0].as_str().unwrap();
+    assert!(w.contains("spec.containers"), "{w}");
+}
+
+/// Re-submitting an injected pod changes nothing, for every fixture that injects and in both
+/// sidecar modes.
+#[test]
+fn injecting_twice_changes_nothing() {
+    let native = InjectionSettings {
+        native_sidecars: NativeSidecars::On,
+        ..defaults()
+    };
+    for settings in [defaults(), native] {
+        for name in [
+            "deployment-pod",
+            "existing-init-containers",
+            "bare-pod",
+            "label-true-annotation-false",
+            "v1beta1",
+            "traffic-and-resources",
+            "bad-annotations",
+            "hold-application",
+        ] {
+            let mut doc = fixture(name);
+            let (resp, _) = run_doc(&doc, &settings);
+            doc["request"]["object"] = apply(&doc, &resp);
+            let (again, outcome) = run_doc(&doc, &settings);
+            assert_eq!(outcome, Outcome::Skipped, "{name}");
+            assert!(again.get("patch").is_none(), "{name}: {again}");
+        }
+    }
+}
+
+/// The pure function on kube's typed request gives the same answer as the body handler.
+#[test]
+fn typed_review_matches_the_body_handler() {
+    let doc = fixture("deployment-pod");
+    let typed: AdmissionReview<Pod> = serde_json::from_value(doc.clone()).unwrap();
+    let req: AdmissionRequest<Pod> = typed.try_into().unwrap();
+    let resp = review(req, &defaults());
+    assert!(resp.allowed);
+    let patch: json_patch::Patch = serde_json::from_slice(resp.patch.as_ref().unwrap()).unwrap();
+    let (body_resp, _) = run_doc(&doc, &defaults());
+    assert_eq!(patch, patch_of(&body_resp).unwrap());
+}
