@@ -75,13 +75,13 @@ pub enum Error {
     /// The text is not YAML, or does not have the shape of the kind it claims to be.
     #[error("{object}: {error}")]
     Parse {
-        object: ObjectRef,
+        object: Box<ObjectRef>,
         error: FieldError,
     },
     /// The object has the right shape but breaks a rule (weights, regexes, subsets...).
     #[error("{object}: {}", join(errors))]
     Invalid {
-        object: ObjectRef,
+        object: Box<ObjectRef>,
         errors: Vec<FieldError>,
     },
     /// Writing the CRDs failed.

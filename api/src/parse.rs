@@ -19,9 +19,9 @@ pub const VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
 /// A `networking.istio.io` object of any supported kind.
 #[derive(Clone, Debug, PartialEq)]
 pub enum IstioObject {
-    VirtualService(VirtualService),
-    DestinationRule(DestinationRule),
-    Sidecar(Sidecar),
+    VirtualService(Box<VirtualService>),
+    DestinationRule(Box<DestinationRule>),
+    Sidecar(Box<Sidecar>),
 }
 
 impl IstioObject {
@@ -86,7 +86,10 @@ pub fn load_all(text: &str) -> Vec<Result<IstioObject, Error>> {
             Err(e) => {
                 let mut error = FieldError::new("", e.to_string());
                 error.line = e.location().map(|l| l.line());
-                out.push(Err(Error::Parse { object, error }));
+                out.push(Err(Error::Parse {
+                    object: Box::new(object),
+                    error,
+                }));
                 // After a syntax error the stream cannot be trusted further.
                 break;
             }
@@ -101,7 +104,7 @@ pub fn load_all(text: &str) -> Vec<Result<IstioObject, Error>> {
                     } else {
                         Err(with_lines(
                             Error::Invalid {
-                                object: object.clone(),
+                                object: Box::new(object.clone()),
                                 errors,
                             },
                             &index,
@@ -135,7 +138,7 @@ fn with_lines(mut err: Error, index: &LineIndex, doc: usize) -> Error {
 
 fn parse_error(object: &ObjectRef, field: impl Into<String>, message: impl Into<String>) -> Error {
     Error::Parse {
-        object: object.clone(),
+        object: Box::new(object.clone()),
         error: FieldError::new(field, message),
     }
 }
@@ -207,9 +210,11 @@ fn load_value(value: serde_norway::Value, object: &mut ObjectRef) -> Result<Isti
         ));
     }
     match kind.as_str() {
-        "VirtualService" => typed(value, object).map(IstioObject::VirtualService),
-        "DestinationRule" => typed(value, object).map(IstioObject::DestinationRule),
-        "Sidecar" => typed(value, object).map(IstioObject::Sidecar),
+        "VirtualService" => typed(value, object).map(|o| IstioObject::VirtualService(Box::new(o))),
+        "DestinationRule" => {
+            typed(value, object).map(|o| IstioObject::DestinationRule(Box::new(o)))
+        }
+        "Sidecar" => typed(value, object).map(|o| IstioObject::Sidecar(Box::new(o))),
         other => Err(parse_error(
             object,
             "kind",
@@ -257,7 +262,7 @@ pub fn from_yaml<T: DeserializeOwned>(text: &str) -> Result<T, Error> {
         let mut error = FieldError::new("", e.to_string());
         error.line = e.location().map(|l| l.line());
         Error::Parse {
-            object: object.clone(),
+            object: Box::new(object.clone()),
             error,
         }
     })?;

@@ -10,6 +10,7 @@ use crate::destination_rule::*;
 use crate::error::FieldError;
 use crate::sidecar::{EgressHost, SidecarPort, SidecarSpec};
 use crate::virtual_service::*;
+use rustmesh_xds::route::regex_problem;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Something that can check itself. Paths in the findings start at `spec`.
@@ -48,11 +49,8 @@ impl Findings {
     fn string_match(&mut self, field: &str, m: &StringMatch) {
         match m {
             StringMatch::Regex(r) => {
-                if let Err(e) = regex::Regex::new(r) {
-                    self.err(
-                        format!("{field}.regex"),
-                        format!("invalid regex {r:?}: {}", first_line(&e.to_string())),
-                    );
+                if let Some(problem) = regex_problem(r) {
+                    self.err(format!("{field}.regex"), problem);
                 }
             }
             StringMatch::Exact(s) | StringMatch::Prefix(s)
@@ -191,15 +189,6 @@ impl Findings {
             self.err(field, format!("{value:?} is not an IP address or CIDR"));
         }
     }
-}
-
-fn first_line(s: &str) -> String {
-    s.lines()
-        .filter(|l| !l.trim().is_empty())
-        .last()
-        .unwrap_or(s)
-        .trim()
-        .to_string()
 }
 
 /// RFC 1123 label: what a namespace name may be.
@@ -379,16 +368,9 @@ fn http_route(f: &mut Findings, p: &str, r: &HttpRoute) {
             );
         }
         if let Some(rr) = &rw.uri_regex_rewrite
-            && let Err(e) = regex::Regex::new(&rr.match_)
+            && let Some(problem) = regex_problem(&rr.match_)
         {
-            f.err(
-                format!("{p}.rewrite.uriRegexRewrite.match"),
-                format!(
-                    "invalid regex {:?}: {}",
-                    rr.match_,
-                    first_line(&e.to_string())
-                ),
-            );
+            f.err(format!("{p}.rewrite.uriRegexRewrite.match"), problem);
         }
     }
     if let Some(retry) = &r.retries {

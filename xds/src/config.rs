@@ -351,16 +351,8 @@ impl Checker {
     }
 
     fn regex(&mut self, p: &str, re: &str) {
-        if let Err(e) = regex::Regex::new(re) {
-            let msg = e.to_string();
-            let last = msg
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .last()
-                .unwrap_or(&msg)
-                .trim()
-                .to_string();
-            self.err(p.to_string(), format!("invalid regex {re:?}: {last}"));
+        if let Some(problem) = crate::route::regex_problem(re) {
+            self.err(p.to_string(), problem);
         }
     }
 

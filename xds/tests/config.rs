@@ -159,7 +159,8 @@ fn dangling_references_are_refused_naming_the_field() {
 
 #[test]
 fn consistency_rules() {
-    let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+    type Mutation = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(Mutation, &str)> = vec![
         (
             Box::new(|v| v["listeners"][1]["name"] = json!("virtualOutbound")),
             "listeners[1].name",

@@ -1,0 +1,30 @@
+//! Property tests: loading a configuration never panics; an invalid one is refused with a reason.
+
+use proptest::prelude::*;
+use rustmesh_xds::ProxyConfig;
+
+const PRODUCTPAGE: &str = include_str!("fixtures/productpage.json");
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_text_never_panics(text in "\\PC{0,300}") {
+        if let Err(e) = ProxyConfig::from_json(&text) {
+            prop_assert!(!e.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn mutated_fixture_is_loaded_or_refused_with_a_reason(at in 0usize..60_000, len in 0usize..30, insert in "[\\[\\]{}\":,a-zA-Z0-9|._ ]{0,10}") {
+        let mut bytes = PRODUCTPAGE.as_bytes().to_vec();
+        let at = at % (bytes.len() + 1);
+        let end = (at + len).min(bytes.len());
+        bytes.splice(at..end, insert.bytes());
+        let text = String::from_utf8_lossy(&bytes);
+        match ProxyConfig::from_json(&text) {
+            Ok(config) => prop_assert!(config.validate().is_ok()),
+            Err(e) => prop_assert!(!e.to_string().is_empty()),
+        }
+    }
+}
