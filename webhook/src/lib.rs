@@ -9,9 +9,13 @@
 pub mod decide;
 pub mod error;
 pub mod inject;
+pub mod kube_sync;
+pub mod metrics;
 pub mod names;
 pub mod review;
+pub mod server;
 pub mod settings;
+pub mod tls;
 pub mod values;
 
 pub use decide::{Decision, Why, decide};
