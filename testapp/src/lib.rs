@@ -1,0 +1,24 @@
+//! A bookinfo-style test peer for rustmesh's proxy tests, benchmarks and end-to-end suite.
+//!
+//! - [`server`]: HTTP/1.1 and h2c (prior knowledge) on the same port; every answer is a JSON
+//!   [`server::Report`] naming the service, version and pod and echoing the request, so a test can
+//!   see which backend answered and what the proxy changed. `/status/<code>` answers that status,
+//!   `/delay/<ms>` waits first, `?upstream=<url>` calls another service (productpage -> reviews -> ratings).
+//! - [`tcp`]: a TCP echo server and a server-first one (sends a banner before reading, like MySQL).
+//! - [`client`]: sends N requests and counts answers per backend and status.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod server;
+pub mod tcp;
+
+/// Errors of the test app.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid URL {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("request to {url} failed: {reason}")]
+    Request { url: String, reason: String },
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}

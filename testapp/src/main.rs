@@ -1,0 +1,147 @@
+use clap::{Parser, Subcommand};
+use rustmesh_testapp::{client, server, tcp};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A bookinfo-style test peer: servers that say who they are, and a client that counts answers.
+#[derive(Parser)]
+#[command(name = "testapp", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve HTTP (HTTP/1.1 + h2c), TCP echo and server-first ports until killed.
+    Serve {
+        /// HTTP ports (repeatable).
+        #[arg(long = "http", value_delimiter = ',')]
+        http: Vec<u16>,
+        /// TCP echo ports.
+        #[arg(long = "tcp-echo", value_delimiter = ',')]
+        tcp_echo: Vec<u16>,
+        /// Server-first ports: a banner is written before anything is read.
+        #[arg(long = "server-first", value_delimiter = ',')]
+        server_first: Vec<u16>,
+        #[arg(long, env = "SERVICE_NAME", default_value = "testapp")]
+        service: String,
+        #[arg(long, env = "SERVICE_VERSION", default_value = "v1")]
+        version: String,
+        #[arg(long, env = "POD_NAME", default_value = "")]
+        pod: String,
+        /// Address to bind (0.0.0.0 for pods; 127.0.0.1 to be reachable only through the sidecar).
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: std::net::IpAddr,
+    },
+    /// Send N GET requests and print a JSON summary (answers per backend and status, latency).
+    Get {
+        url: String,
+        #[arg(short = 'n', long, default_value_t = 1)]
+        requests: u64,
+        #[arg(short = 'c', long, default_value_t = 1)]
+        concurrency: usize,
+        /// Header `name:value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Use HTTP/2 with prior knowledge (h2c).
+        #[arg(long)]
+        h2c: bool,
+        /// Print the single response body instead of a summary (with -n 1).
+        #[arg(long)]
+        body: bool,
+    },
+    /// Send a line over TCP and print what comes back.
+    Tcp {
+        addr: String,
+        #[arg(long, default_value = "ping")]
+        send: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Serve {
+            http,
+            tcp_echo,
+            server_first,
+            service,
+            version,
+            pod,
+            bind,
+        } => {
+            let pod = if pod.is_empty() {
+                std::env::var("HOSTNAME").unwrap_or_default()
+            } else {
+                pod
+            };
+            let id = Arc::new(server::Identity {
+                service: service.clone(),
+                version,
+                pod,
+            });
+            let mut tasks = tokio::task::JoinSet::new();
+            for port in http {
+                let l = tokio::net::TcpListener::bind((bind, port)).await?;
+                tasks.spawn(server::serve_http(l, id.clone()));
+            }
+            for port in tcp_echo {
+                let l = tokio::net::TcpListener::bind((bind, port)).await?;
+                tasks.spawn(tcp::serve_echo(l));
+            }
+            for port in server_first {
+                let l = tokio::net::TcpListener::bind((bind, port)).await?;
+                tasks.spawn(tcp::serve_server_first(
+                    l,
+                    format!("hello from {service}\n"),
+                ));
+            }
+            anyhow::ensure!(
+                !tasks.is_empty(),
+                "nothing to serve: give --http, --tcp-echo or --server-first"
+            );
+            eprintln!("testapp: serving");
+            while let Some(res) = tasks.join_next().await {
+                res??;
+            }
+            Ok(())
+        }
+        Command::Get {
+            url,
+            requests,
+            concurrency,
+            headers,
+            h2c,
+            body,
+        } => {
+            let headers: Vec<(String, String)> = headers
+                .iter()
+                .map(|h| {
+                    let (k, v) = h
+                        .split_once(':')
+                        .ok_or_else(|| anyhow::anyhow!("header {h:?} is not name:value"))?;
+                    Ok((k.trim().to_string(), v.trim().to_string()))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            if body {
+                let (status, bytes) = client::fetch(&url, &headers, h2c).await?;
+                println!("{}", String::from_utf8_lossy(&bytes));
+                anyhow::ensure!(status < 400, "status {status}");
+                return Ok(());
+            }
+            let summary = client::run(&url, requests, concurrency, headers, h2c).await;
+            println!("{}", serde_json::to_string(&summary)?);
+            Ok(())
+        }
+        Command::Tcp { addr, send } => {
+            let mut s = tokio::net::TcpStream::connect(&addr).await?;
+            s.write_all(send.as_bytes()).await?;
+            s.shutdown().await?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).await?;
+            print!("{out}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! The HTTP side: one handler for HTTP/1.1 and h2c.
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Who this server is.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Identity {
+    pub service: String,
+    pub version: String,
+    pub pod: String,
+}
+
+/// What the server saw and who answered. Every response body is one of these.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub service: String,
+    pub version: String,
+    pub pod: String,
+    pub method: String,
+    pub path: String,
+    #[serde(default)]
+    pub query: String,
+    /// `HTTP/1.1` or `HTTP/2.0`.
+    pub protocol: String,
+    /// Lower-case header names; repeated headers joined with `,`.
+    pub headers: BTreeMap<String, String>,
+    /// The address the connection came from (for a sidecar-captured inbound call: 127.0.0.6 or the peer).
+    pub peer: String,
+    /// The local address the connection was accepted on.
+    pub local: String,
+    pub body_bytes: usize,
+    /// The answer of `?upstream=<url>`, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<Box<Report>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_error: Option<String>,
+}
+
+const MAX_BODY: usize = 1 << 20;
+
+/// Serves HTTP/1.1 and h2c on `listener` until the task is dropped.
+pub async fn serve_http(listener: TcpListener, id: Arc<Identity>) -> std::io::Result<()> {
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let local = stream.local_addr()?;
+        let id = id.clone();
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |req| handle(req, id.clone(), peer, local));
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}
+
+fn json(status: StatusCode, report: &Report) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header(
+            "x-served-by",
+            format!("{}/{}", report.service, report.version),
+        )
+        .body(Full::new(Bytes::from(
+            serde_json::to_vec(report).unwrap_or_default(),
+        )))
+        .expect("static response parts are valid")
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    id: Arc<Identity>,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let (parts, body) = req.into_parts();
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in &parts.headers {
+        let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        headers
+            .entry(name.as_str().to_string())
+            .and_modify(|e| {
+                e.push(',');
+                e.push_str(&v);
+            })
+            .or_insert(v);
+    }
+    if let Some(host) = parts.uri.authority() {
+        headers
+            .entry("host".into())
+            .or_insert_with(|| host.to_string());
+    }
+    let body_bytes = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes().len(),
+        Err(_) => {
+            return Ok(Response::builder()
+                .status(StatusCode::PAYLOAD_TOO_LARGE)
+                .body(Full::new(Bytes::from_static(b"body too large\n")))
+                .expect("static response"));
+        }
+    };
+    let path = parts.uri.path().to_string();
+    let query = parts.uri.query().unwrap_or_default().to_string();
+    let mut report = Report {
+        service: id.service.clone(),
+        version: id.version.clone(),
+        pod: id.pod.clone(),
+        method: parts.method.to_string(),
+        path: path.clone(),
+        query: query.clone(),
+        protocol: format!("{:?}", parts.version),
+        headers,
+        peer: peer.to_string(),
+        local: local.to_string(),
+        body_bytes,
+        upstream: None,
+        upstream_error: None,
+    };
+    let mut status = StatusCode::OK;
+    if let Some(code) = path.strip_prefix("/status/") {
+        status = code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::BAD_REQUEST);
+    } else if let Some(ms) = path.strip_prefix("/delay/") {
+        match ms.parse::<u64>() {
+            Ok(ms) => tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await,
+            Err(_) => status = StatusCode::BAD_REQUEST,
+        }
+    }
+    if let Some(upstream) = query_param(&query, "upstream") {
+        // Forward what Istio's bookinfo forwards: the user and tracing headers.
+        let forward: Vec<(String, String)> = ["end-user", "x-request-id", "x-b3-traceid"]
+            .iter()
+            .filter_map(|h| report.headers.get(*h).map(|v| (h.to_string(), v.clone())))
+            .collect();
+        match crate::client::fetch(upstream, &forward, false).await {
+            Ok((code, body)) => {
+                status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
+                match serde_json::from_slice::<Report>(&body) {
+                    Ok(r) => report.upstream = Some(Box::new(r)),
+                    Err(_) => {
+                        report.upstream_error = Some(String::from_utf8_lossy(&body).into_owned())
+                    }
+                }
+            }
+            Err(e) => {
+                status = StatusCode::BAD_GATEWAY;
+                report.upstream_error = Some(e.to_string());
+            }
+        }
+    }
+    Ok(json(status, &report))
+}
