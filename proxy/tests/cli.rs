@@ -5,25 +5,9 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-/// The arguments Istio's injector gives `istio-init` (seed 004).
-const ISTIO_INIT_ARGS: &[&str] = &[
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    "1337",
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021,15020",
-];
+mod support;
+
+use support::ISTIO_INIT_ARGS;
 
 fn proxy(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_proxy"))
@@ -223,6 +207,13 @@ fn dry_run_of_the_variants() {
     );
     assert!(
         nat_block(&out, 1).contains(&"-A ISTIO_OUTPUT -d fd00::/8 -j ISTIO_REDIRECT".to_string())
+    );
+
+    // A repeated flag overrides the earlier one, as in Istio.
+    let out = stdout(&proxy(&["-b", "*", "-b", "8080", "--dry-run"]));
+    assert!(
+        out.contains("-A ISTIO_INBOUND -p tcp -m tcp --dport 8080 -j ISTIO_IN_REDIRECT"),
+        "{out}"
     );
 
     // No inbound ports: nothing jumps from PREROUTING.

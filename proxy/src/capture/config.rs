@@ -17,7 +17,11 @@ use crate::{Error, Result};
 /// Command-line flags of `proxy istio-iptables`, compatible with the arguments Istio's injector
 /// gives its `istio-init` container.
 #[derive(Debug, Clone, clap::Args)]
-#[command(about = "Program iptables so that the pod's TCP traffic goes through the sidecar")]
+// A repeated flag overrides the earlier one, as with Istio's (pflag) command line.
+#[command(
+    about = "Program iptables so that the pod's TCP traffic goes through the sidecar",
+    args_override_self = true
+)]
 pub struct IstioIptablesArgs {
     /// Port to which all outbound TCP traffic is redirected.
     #[arg(short = 'p', long = "envoy-port", value_name = "PORT",
