@@ -137,6 +137,19 @@ fn golden_nat_rules_are_the_seeds_plus_the_dns_rules() {
 }
 
 #[test]
+fn readme_shows_the_default_rules() {
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    let golden = std::fs::read_to_string(golden("istio-iptables-default.rules")).unwrap();
+    assert_same_lines(
+        &nat_block(&readme, 0),
+        &nat_block(&golden, 0),
+        "README vs golden file",
+    );
+}
+
+#[test]
 fn dry_run_shows_the_ipv6_counterpart() {
     let out = stdout(&proxy(&["--dry-run"]));
     let v4 = nat_block(&out, 0);
