@@ -6,6 +6,7 @@
 //! Kubernetes watches ([`kube_sync`]) are thin layers around it.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod decide;
 pub mod error;
 pub mod inject;
@@ -18,6 +19,7 @@ pub mod settings;
 pub mod tls;
 pub mod values;
 
+pub use app::{Args, Webhook, run};
 pub use decide::{Decision, Why, decide};
 pub use error::{Error, Result};
 pub use inject::{Injection, SidecarStatus, inject};

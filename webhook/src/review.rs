@@ -68,7 +68,7 @@ pub fn review_in_namespace(
         }
     );
 
-    if req.kind.group != "" || req.kind.kind != "Pod" {
+    if !req.kind.group.is_empty() || req.kind.kind != "Pod" {
         let warning = format!(
             "rustmesh-webhook only handles Pods, got {}/{} {}; allowed unchanged",
             req.kind.group, req.kind.version, req.kind.kind
@@ -283,7 +283,7 @@ fn invalid_response(uid: &str, warning: String) -> AdmissionResponse {
 /// Serialises the response as an `AdmissionReview` of the request's `apiVersion`, with the
 /// patch base64-encoded as the API server's Go client expects `[]byte`.
 pub fn response_document(types: &TypeMeta, resp: AdmissionResponse) -> Value {
-    let mut response = serde_json::to_value(&resp).unwrap_or_else(|_| Value::Null);
+    let mut response = serde_json::to_value(&resp).unwrap_or(Value::Null);
     if let Some(obj) = response.as_object_mut() {
         if let Some(patch) = resp.patch.as_ref() {
             obj.insert(

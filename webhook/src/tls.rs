@@ -110,6 +110,8 @@ pub struct Issued {
     pub certified: CertifiedKey,
     /// The leaf certificate, PEM.
     pub cert_pem: String,
+    /// Its private key, PKCS#8 PEM.
+    pub key_pem: String,
     /// End of validity.
     pub not_after: SystemTime,
     /// When to issue the next one: two thirds into the validity.
@@ -180,6 +182,7 @@ impl Authority {
         let not_before_time = set_validity(&mut params, now, validity_days);
         let cert = params.signed_by(&key, &self.issuer).map_err(Error::tls)?;
 
+        let key_pem = key.serialize_pem();
         let key_der = PrivateKeyDer::try_from(key.serialize_der()).map_err(Error::tls)?;
         let chain = vec![cert.der().clone(), self.ca_der.clone()];
         let certified = CertifiedKey::from_der(chain, key_der, &provider()).map_err(Error::tls)?;
@@ -191,6 +194,7 @@ impl Authority {
         Ok(Issued {
             certified,
             cert_pem: cert.pem(),
+            key_pem,
             not_after: not_after_time,
             renew_at: not_before_time + lifetime * 2 / 3,
         })

@@ -396,7 +396,8 @@ fn revision_label_match_and_mismatch() {
 fn namespace_labels_when_known() {
     let doc = fixture("deployment-pod");
     let body = serde_json::to_vec(&doc).unwrap();
-    let cases: [(&[(&str, &str)], &str, Outcome); 5] = [
+    type Labels<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(Labels, &str, Outcome); 5] = [
         (
             &[("istio-injection", "enabled")],
             "default",

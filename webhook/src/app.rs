@@ -1,0 +1,355 @@
+//! The command line and the wiring: certificates, settings, Kubernetes watches, the server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::kube_sync;
+use crate::metrics::Metrics;
+use crate::server::{self, AppState, ServerHandle};
+use crate::settings::InjectionSettings;
+use crate::tls::{self, Authority, CertFiles, CertResolver};
+
+/// `webhook`: the rustmesh sidecar injector (a mutating admission webhook).
+#[derive(Clone, Debug, clap::Parser)]
+#[command(name = "webhook", version, about)]
+pub struct Args {
+    /// Address of the HTTPS listener (`POST /inject`, `/healthz`, `/readyz`, `/metrics`).
+    #[arg(long, env = "WEBHOOK_LISTEN", default_value = "0.0.0.0:9443")]
+    pub listen: SocketAddr,
+
+    /// Optional plain-HTTP listener for `/healthz`, `/readyz` and `/metrics` only.
+    #[arg(long, env = "WEBHOOK_OPS_LISTEN")]
+    pub ops_listen: Option<SocketAddr>,
+
+    /// Name of the webhook's Service (the generated certificate's DNS names).
+    #[arg(long, env = "WEBHOOK_SERVICE", default_value = "rustmesh-webhook")]
+    pub service: String,
+
+    /// Namespace of the webhook (its Service and settings ConfigMap).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "rustmesh-system")]
+    pub namespace: String,
+
+    /// Extra DNS name or IP address for the generated certificate (repeatable).
+    #[arg(long = "extra-san")]
+    pub extra_sans: Vec<String>,
+
+    /// Serving certificate (PEM, e.g. a mounted Secret's `tls.crt`); with `--tls-key-file`.
+    /// Without both, a CA and certificate are generated at start.
+    #[arg(long, env = "WEBHOOK_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// Private key of `--tls-cert-file` (PEM, e.g. `tls.key`).
+    #[arg(long, env = "WEBHOOK_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// How often to check the mounted certificate files for a change, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub tls_reload_interval_secs: u64,
+
+    /// Validity of the generated serving certificate, in days; it is renewed two thirds in.
+    #[arg(long, default_value_t = 365)]
+    pub cert_validity_days: u32,
+
+    /// MutatingWebhookConfiguration whose `caBundle` gets the generated CA (and is kept so).
+    /// Ignored with `--tls-cert-file` (whoever issues that certificate owns the bundle).
+    #[arg(long, env = "WEBHOOK_CONFIG_NAME")]
+    pub webhook_config: Option<String>,
+
+    /// Settings file (YAML/JSON: flat keys, or a ConfigMap manifest). Read once at start.
+    #[arg(long, env = "WEBHOOK_SETTINGS_FILE")]
+    pub settings_file: Option<PathBuf>,
+
+    /// Settings ConfigMap in `--namespace`, watched: changes apply without restart.
+    #[arg(long, env = "WEBHOOK_SETTINGS_CONFIGMAP")]
+    pub settings_configmap: Option<String>,
+
+    /// Look namespaces' labels up (a cached watch of all namespaces) instead of trusting the
+    /// webhook configuration's namespaceSelector alone. Needs list/watch on namespaces.
+    #[arg(long, env = "WEBHOOK_NAMESPACE_LOOKUP")]
+    pub namespace_lookup: bool,
+
+    /// Largest accepted request body in bytes; larger ones get 413.
+    #[arg(long, default_value_t = server::DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+
+    /// Time to receive a request body, in seconds; slower ones get 408.
+    #[arg(long, default_value_t = server::DEFAULT_REQUEST_TIMEOUT.as_secs())]
+    pub request_timeout_secs: u64,
+}
+
+/// A started webhook: the HTTPS server and its background tasks.
+pub struct Webhook {
+    /// Where the HTTPS server listens.
+    pub local_addr: SocketAddr,
+    /// Where the plain ops listener listens, when enabled.
+    pub ops_addr: Option<SocketAddr>,
+    /// The generated CA (PEM), `None` with a mounted certificate.
+    pub ca_pem: Option<String>,
+    /// The handler state (settings, metrics, readiness).
+    pub state: AppState,
+    authority: Option<Arc<Authority>>,
+    dns_names: Vec<String>,
+    cert_validity_days: u32,
+    resolver: Arc<CertResolver>,
+    server: ServerHandle,
+    tasks: Vec<JoinHandle<()>>,
+    ops_shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Webhook {
+    /// Sets everything up and starts serving. Kubernetes is only contacted when a flag asks for
+    /// it (`--webhook-config` with a generated certificate, `--settings-configmap`,
+    /// `--namespace-lookup`); without them the webhook runs anywhere.
+    pub async fn start(args: Args) -> Result<Webhook> {
+        let mounted = match (&args.tls_cert_file, &args.tls_key_file) {
+            (Some(cert), Some(key)) => Some(CertFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(Error::Flag {
+                    flag: "--tls-cert-file/--tls-key-file",
+                    reason: "give both or neither".to_owned(),
+                });
+            }
+        };
+        if mounted.is_some() && args.webhook_config.is_some() {
+            tracing::warn!(
+                "--webhook-config ignored: with a mounted certificate its issuer owns the caBundle"
+            );
+        }
+        let patch_ca_bundle = mounted.is_none() && args.webhook_config.is_some();
+        let needs_kube =
+            patch_ca_bundle || args.settings_configmap.is_some() || args.namespace_lookup;
+
+        // Settings: file, else defaults; the ConfigMap (if any) replaces them once listed.
+        let initial = match &args.settings_file {
+            Some(path) => InjectionSettings::from_file(path)?,
+            None => InjectionSettings::default(),
+        };
+
+        let client = if needs_kube {
+            Some(kube::Client::try_default().await?)
+        } else {
+            None
+        };
+        let native = match &client {
+            Some(c) => kube_sync::probe_native_sidecars(c).await,
+            None => None,
+        };
+
+        let ready = Arc::new(AtomicBool::new(args.settings_configmap.is_none()));
+        let state = AppState {
+            settings: Arc::new(ArcSwap::from_pointee(initial.resolve(native))),
+            metrics: Arc::new(Metrics::new()),
+            namespaces: None,
+            ready: ready.clone(),
+            max_body_bytes: args.max_body_bytes,
+            request_timeout: Duration::from_secs(args.request_timeout_secs.max(1)),
+        };
+        let mut state = state;
+        let mut tasks = Vec::new();
+
+        // Certificates.
+        let dns_names = tls::service_dns_names(&args.service, &args.namespace, &args.extra_sans);
+        let (resolver, authority) = match &mounted {
+            Some(files) => {
+                let key = tls::load_pem_files(&files.cert, &files.key)?;
+                let resolver = CertResolver::new(key);
+                tasks.push(tokio::spawn(tls::reload_files(
+                    resolver.clone(),
+                    files.clone(),
+                    Duration::from_secs(args.tls_reload_interval_secs.max(1)),
+                )));
+                (resolver, None)
+            }
+            None => {
+                let now = SystemTime::now();
+                let authority = Arc::new(Authority::generate(now)?);
+                let issued = authority.issue(&dns_names, args.cert_validity_days, now)?;
+                let resolver = CertResolver::new(issued.certified);
+                tasks.push(tokio::spawn(tls::rotate(
+                    authority.clone(),
+                    resolver.clone(),
+                    dns_names.clone(),
+                    args.cert_validity_days,
+                    issued.renew_at,
+                )));
+                (resolver, Some(authority))
+            }
+        };
+        let ca_pem = authority.as_ref().map(|a| a.ca_pem().to_owned());
+
+        // Kubernetes.
+        if let Some(client) = &client {
+            if let (true, Some(name), Some(ca)) = (patch_ca_bundle, &args.webhook_config, &ca_pem) {
+                tasks.push(tokio::spawn(kube_sync::keep_ca_bundle(
+                    client.clone(),
+                    name.clone(),
+                    ca.clone(),
+                )));
+            }
+            if let Some(name) = &args.settings_configmap {
+                tasks.push(tokio::spawn(kube_sync::watch_settings(
+                    client.clone(),
+                    args.namespace.clone(),
+                    name.clone(),
+                    state.settings.clone(),
+                    native,
+                    ready.clone(),
+                )));
+            }
+            if args.namespace_lookup {
+                let (lookup, feed) = kube_sync::namespace_cache(client.clone());
+                state.namespaces = Some(lookup);
+                tasks.push(tokio::spawn(feed));
+            }
+        }
+
+        // Listeners.
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .map_err(|source| Error::Listen {
+                addr: args.listen.to_string(),
+                source,
+            })?;
+        let tls_config = tls::server_config(resolver.clone())?;
+        let server = server::serve_tls(listener, tls_config, server::router(state.clone()));
+        let local_addr = server.local_addr;
+
+        let (ops_addr, ops_shutdown) = match args.ops_listen {
+            Some(addr) => {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| Error::Listen {
+                        addr: addr.to_string(),
+                        source,
+                    })?;
+                let bound = l.local_addr().ok();
+                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                let app = server::ops_router(state.clone());
+                tasks.push(tokio::spawn(async move {
+                    let stop = async move {
+                        let _ = rx.await;
+                    };
+                    if let Err(e) = server::serve_plain(l, app, stop).await {
+                        tracing::error!(error = %e, "ops listener failed");
+                    }
+                }));
+                (bound, Some(tx))
+            }
+            None => (None, None),
+        };
+
+        tracing::info!(
+            addr = %local_addr,
+            certificate = if mounted.is_some() { "mounted" } else { "generated" },
+            settings_configmap = ?args.settings_configmap,
+            namespace_lookup = args.namespace_lookup,
+            "webhook serving"
+        );
+        Ok(Webhook {
+            local_addr,
+            ops_addr,
+            ca_pem,
+            state,
+            authority,
+            dns_names,
+            cert_validity_days: args.cert_validity_days,
+            resolver,
+            server,
+            tasks,
+            ops_shutdown,
+        })
+    }
+
+    /// Issues a new serving certificate from the generated CA now and serves it to new
+    /// connections (also done automatically before expiry, and on SIGHUP). No-op with a mounted
+    /// certificate.
+    pub fn renew_certificate(&self) -> Result<()> {
+        if let Some(authority) = &self.authority {
+            let issued =
+                authority.issue(&self.dns_names, self.cert_validity_days, SystemTime::now())?;
+            self.resolver.set(issued.certified);
+            tracing::info!("serving certificate renewed on request");
+        }
+        Ok(())
+    }
+
+    /// The certificate chain currently served (DER, leaf first).
+    pub fn served_chain(&self) -> Vec<Vec<u8>> {
+        self.resolver
+            .current()
+            .cert
+            .iter()
+            .map(|c| c.as_ref().to_vec())
+            .collect()
+    }
+
+    /// Stops: not ready, stop accepting, let in-flight requests finish, stop the watches.
+    pub async fn shutdown(self) {
+        self.state.ready.store(false, Ordering::Release);
+        if let Some(tx) = self.ops_shutdown {
+            let _ = tx.send(());
+        }
+        self.server.shutdown().await;
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Runs the webhook until SIGTERM or Ctrl-C; SIGHUP renews a generated certificate.
+pub async fn run(args: Args) -> Result<()> {
+    // kube's client and our server both use ring; make it the process default too, so that no
+    // dependency can pick another provider (or panic for lack of one).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let webhook = Webhook::start(args).await?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    loop {
+        let hup = async {
+            match hangup.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let stop = async {
+            match term.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = hup => {
+                if let Err(e) = webhook.renew_certificate() {
+                    tracing::error!(error = %e, "renewing the certificate");
+                }
+            }
+            _ = stop => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!("shutting down");
+    webhook.shutdown().await;
+    Ok(())
+}
