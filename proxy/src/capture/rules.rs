@@ -187,10 +187,13 @@ impl NatTable {
 ///   `ISTIO_OUTPUT_DNS` before `ISTIO_OUTPUT` sees it; that chain returns the proxy's uids and gids
 ///   (the proxy's own upstream queries) and redirects everything else to the DNS port (15053) on
 ///   localhost. A separate chain leaves Istio's `ISTIO_OUTPUT` rules unchanged and lets the UDP
-///   jump stay narrow (Istio's `OUTPUT -p tcp` jump never sees UDP).
+///   jump stay narrow (Istio's `OUTPUT -p tcp` jump never sees UDP). Excluding port 53 with `-o`
+///   leaves DNS uncaptured, as it does in Istio.
 pub fn nat_table(cfg: &CaptureConfig, family: Family) -> NatTable {
+    // Excluding port 53 with `-o` excludes DNS from capture too, as in Istio.
+    let redirect_dns = cfg.redirect_dns && !cfg.outbound_exclude_ports.contains(&DNS);
     let mut chains = vec![ISTIO_INBOUND, ISTIO_IN_REDIRECT, ISTIO_OUTPUT];
-    if cfg.redirect_dns {
+    if redirect_dns {
         chains.push(ISTIO_OUTPUT_DNS);
     }
     chains.push(ISTIO_REDIRECT);
@@ -238,7 +241,7 @@ pub fn nat_table(cfg: &CaptureConfig, family: Family) -> NatTable {
     );
 
     // DNS, ahead of the TCP jump so that TCP port 53 reaches it.
-    if cfg.redirect_dns {
+    if redirect_dns {
         t.push(
             "OUTPUT",
             format!("-p udp -m udp --dport {DNS} -j {ISTIO_OUTPUT_DNS}"),
@@ -503,6 +506,21 @@ mod tests {
         );
         assert!(at("-A ISTIO_OUTPUT -d 10.0.0.0/8 -j RETURN") < redirect);
         assert!(at("-A ISTIO_OUTPUT -d 169.254.169.254/32 -j RETURN") < redirect);
+    }
+
+    #[test]
+    fn excluding_port_53_leaves_dns_alone() {
+        let table = nat_table(
+            &config(|a| a.outbound_exclude_ports = "53".into()),
+            Family::V4,
+        );
+        assert!(!table.chains.contains(&ISTIO_OUTPUT_DNS));
+        let all = lines(&table);
+        assert!(
+            !all.iter().any(|l| l.contains(ISTIO_OUTPUT_DNS)),
+            "{all:#?}"
+        );
+        assert!(all.contains(&"-A ISTIO_OUTPUT -p tcp -m tcp --dport 53 -j RETURN".to_string()));
     }
 
     #[test]
