@@ -16,6 +16,7 @@ pub mod error;
 pub mod listener;
 pub mod names;
 pub mod route;
+pub mod scope;
 pub mod types;
 pub mod well_known;
 

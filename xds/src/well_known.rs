@@ -47,3 +47,11 @@ pub const PROXY_CONFIGMAP: &str = "rustmesh-proxy-config";
 pub const PROXY_CONFIG_MOUNT: &str = "/etc/rustmesh/config";
 /// Where the webhook mounts the pod's labels and annotations (downward API), as Istio does.
 pub const POD_INFO_MOUNT: &str = "/etc/istio/pod";
+
+/// Annotation on [`PROXY_CONFIGMAP`] carrying the hash of its whole content; the operator rewrites
+/// the ConfigMap only when the content it renders hashes differently from what is there.
+pub const CONFIG_HASH_ANNOTATION: &str = "rustmesh.io/config-hash";
+/// Field manager of every server-side apply the operator makes.
+pub const OPERATOR_FIELD_MANAGER: &str = "rustmesh-operator";
+/// The mesh's root namespace (Istio's): its Sidecar without selector is every namespace's default.
+pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
