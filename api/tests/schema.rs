@@ -1,0 +1,80 @@
+//! The generated CRD schemas accept the same Istio YAML the Rust types read, and reject what the
+//! API server should reject. This is what `kubectl apply` meets, so it must agree with the types.
+
+use rustmesh_api::crd;
+use serde_json::Value;
+use std::path::Path;
+
+fn schema_for(kind: &str) -> jsonschema::Validator {
+    let (_, crd) = crd::all()
+        .into_iter()
+        .find(|(_, c)| c.spec.names.kind == kind)
+        .unwrap();
+    let schema = serde_json::to_value(
+        crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap(),
+    )
+    .unwrap();
+    jsonschema::options().build(&schema).unwrap()
+}
+
+fn documents(text: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    serde_norway::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+#[test]
+fn every_valid_fixture_passes_its_crd_schema() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/valid");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        for doc in documents(&std::fs::read_to_string(&path).unwrap()) {
+            let kind = doc["kind"].as_str().unwrap().to_string();
+            let validator = schema_for(&kind);
+            let errors: Vec<String> = validator
+                .iter_errors(&doc)
+                .map(|e| format!("{}: {e}", e.instance_path()))
+                .collect();
+            assert!(
+                errors.is_empty(),
+                "{}: {kind} rejected by its CRD schema: {errors:?}",
+                path.display()
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 8);
+}
+
+#[test]
+fn the_schema_rejects_what_the_types_reject() {
+    let vs = schema_for("VirtualService");
+    let doc = |spec: Value| serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "r"}, "spec": spec});
+    // A StringMatch with two kinds violates oneOf.
+    let two = doc(
+        serde_json::json!({"hosts": ["r"], "http": [{"match": [{"uri": {"exact": "/a", "prefix": "/b"}}], "route": [{"destination": {"host": "r"}}]}]}),
+    );
+    assert!(!vs.is_valid(&two));
+    // A weight that is not an integer.
+    let w = doc(
+        serde_json::json!({"hosts": ["r"], "http": [{"route": [{"destination": {"host": "r"}, "weight": "ninety"}]}]}),
+    );
+    assert!(!vs.is_valid(&w));
+    // A destination without host.
+    let h = doc(
+        serde_json::json!({"hosts": ["r"], "http": [{"route": [{"destination": {"subset": "v1"}}]}]}),
+    );
+    assert!(!vs.is_valid(&h));
+    let dr = schema_for("DestinationRule");
+    let bad_lb = serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "r"}, "spec": {"host": "r", "trafficPolicy": {"loadBalancer": {"simple": "FASTEST"}}}});
+    assert!(!dr.is_valid(&bad_lb));
+}
