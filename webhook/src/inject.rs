@@ -166,6 +166,19 @@ pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Injection {
     }
 }
 
+/// The first volume of the pod whose name the injection would add again (the API server would
+/// refuse the duplicate).
+pub fn conflicting_volume(pod: &Pod) -> Option<String> {
+    let ours = [VOLUME_ENVOY, VOLUME_PODINFO, well_known::PROXY_CONFIGMAP];
+    pod.spec
+        .as_ref()?
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| ours.contains(&v.name.as_str()))
+        .map(|v| v.name.clone())
+}
+
 fn to_value<T: Serialize>(v: &T) -> Value {
     // Serialising k8s-openapi types into a Value cannot fail (string keys, no non-finite floats).
     serde_json::to_value(v).unwrap_or(Value::Null)

@@ -70,7 +70,7 @@ pub fn review_in_namespace(
 
     if !req.kind.group.is_empty() || req.kind.kind != "Pod" {
         let warning = format!(
-            "rustmesh-webhook only handles Pods, got {}/{} {}; allowed unchanged",
+            "only Pods are handled, got {}/{} {}; allowed unchanged",
             req.kind.group, req.kind.version, req.kind.kind
         );
         return (with_warnings(resp, vec![warning]), Outcome::Invalid);
@@ -85,9 +85,17 @@ pub fn review_in_namespace(
         let warning = "admission request has no object; pod allowed without sidecar".to_owned();
         return (with_warnings(resp, vec![warning]), Outcome::Invalid);
     };
-    if pod.spec.is_none() {
-        let warning = "pod has no spec; allowed without sidecar".to_owned();
-        return (with_warnings(resp, vec![warning]), Outcome::Invalid);
+    match &pod.spec {
+        None => {
+            let warning = "pod has no spec; allowed without sidecar".to_owned();
+            return (with_warnings(resp, vec![warning]), Outcome::Invalid);
+        }
+        // The API server will refuse it anyway; a sidecar must not make it look valid.
+        Some(spec) if spec.containers.is_empty() => {
+            let warning = "pod has no containers; allowed without sidecar".to_owned();
+            return (with_warnings(resp, vec![warning]), Outcome::Invalid);
+        }
+        Some(_) => {}
     }
 
     let settings_revision = settings.revision.as_str();
@@ -97,6 +105,13 @@ pub fn review_in_namespace(
             (skipped(resp, &format!("skipped: {why}")), Outcome::Skipped)
         }
         Decision::Inject(why) => {
+            if let Some(name) = crate::inject::conflicting_volume(pod) {
+                let warning = format!(
+                    "pod already has a volume named {name:?}, which the sidecar needs; \
+                     allowed without sidecar"
+                );
+                return (with_warnings(resp, vec![warning]), Outcome::Invalid);
+            }
             let injection = inject(pod, settings);
             tracing::debug!(pod = %who, reason = %why, ops = injection.patch.0.len(), "injecting");
             let patch_bytes = match serde_json::to_vec(&injection.patch) {
@@ -236,6 +251,12 @@ pub fn review_body(
     if is_pod && req.operation == Operation::Create {
         match object {
             None | Some(Value::Null) => {}
+            // The patch adds under `/metadata/...`; without a metadata object it could not apply.
+            Some(obj) if obj.get("metadata").is_none_or(|m| !m.is_object()) => {
+                return Ok(invalid(
+                    "pod has no `metadata` object; allowed without sidecar".to_owned(),
+                ));
+            }
             Some(obj) => match serde_path_to_error::deserialize::<_, Pod>(obj) {
                 Ok(pod) => req.object = Some(pod),
                 Err(e) => {

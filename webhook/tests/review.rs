@@ -663,3 +663,21 @@ fn typed_review_matches_the_body_handler() {
     let (body_resp, _) = run_doc(&doc, &defaults());
     assert_eq!(patch, patch_of(&body_resp).unwrap());
 }
+
+/// A pod that already has a volume named like ours (but was never injected) is left alone with a
+/// warning: a duplicate volume name would make the API server refuse the pod.
+#[test]
+fn volume_name_conflict_is_not_injected() {
+    let mut doc = fixture("bare-pod");
+    doc["request"]["object"]["spec"]["volumes"] = json!([{"name": "istio-envoy", "emptyDir": {}}]);
+    let (resp, outcome) = run_doc(&doc, &defaults());
+    assert_eq!(outcome, Outcome::Invalid);
+    assert!(resp.get("patch").is_none());
+    assert!(
+        resp["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("istio-envoy"),
+        "{resp}"
+    );
+}
