@@ -147,6 +147,15 @@ impl Webhook {
 
         let client = if needs_kube {
             Some(kube::Client::try_default().await?)
+        } else if initial.native_sidecars == crate::settings::NativeSidecars::Auto {
+            // Only needed for the /version probe: without a cluster, `auto` means off.
+            match kube::Client::try_default().await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "nativeSidecars: auto, but no Kubernetes API to ask; native sidecars off");
+                    None
+                }
+            }
         } else {
             None
         };
