@@ -63,40 +63,66 @@ pub fn ca_bundle_patch(config: &MutatingWebhookConfiguration, ca_pem: &str) -> O
 pub async fn keep_ca_bundle(client: kube::Client, name: String, ca_pem: String) {
     let api: Api<MutatingWebhookConfiguration> = Api::all(client);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = watcher::watcher(api.clone(), config)
+    let objects = watcher::watcher(api.clone(), config)
         .default_backoff()
-        .applied_objects()
-        .boxed();
-    while let Some(event) = events.next().await {
+        .applied_objects();
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    };
+    let patcher = |patch: Patch| {
+        let api = api.clone();
+        let params = params.clone();
+        let name = name.clone();
+        async move {
+            // kube's `Patch::Json` carries its own json-patch version: convert through JSON.
+            let converted = serde_json::to_value(&patch)
+                .and_then(serde_json::from_value)
+                .map_err(|e| e.to_string())?;
+            api.patch(&name, &params, &kube::api::Patch::<()>::Json(converted))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    };
+    ca_bundle_loop(objects, &ca_pem, patcher).await;
+}
+
+/// The body of [`keep_ca_bundle`] over any stream of observed configurations and any patcher:
+/// for each version of the object whose bundle is not `ca_pem`, sends the patch. Returns the
+/// number of patches that succeeded when the stream ends (never, for a real watch).
+pub async fn ca_bundle_loop<S, E, P, F>(objects: S, ca_pem: &str, patcher: P) -> usize
+where
+    S: futures::Stream<Item = std::result::Result<MutatingWebhookConfiguration, E>>,
+    E: std::fmt::Display,
+    P: Fn(Patch) -> F,
+    F: std::future::Future<Output = std::result::Result<(), String>>,
+{
+    let mut objects = std::pin::pin!(objects);
+    let mut patched = 0;
+    while let Some(event) = objects.next().await {
         let obj = match event {
             Ok(obj) => obj,
             Err(e) => {
-                tracing::warn!(webhook_config = %name, error = %e, "watching the webhook configuration");
+                tracing::warn!(error = %e, "watching the webhook configuration");
                 continue;
             }
         };
-        let Some(patch) = ca_bundle_patch(&obj, &ca_pem) else {
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        let Some(patch) = ca_bundle_patch(&obj, ca_pem) else {
             continue;
         };
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_owned()),
-            ..Default::default()
-        };
-        // kube's `Patch::Json` carries its own json-patch version: convert through JSON.
-        let kube_patch = match serde_json::to_value(&patch).and_then(serde_json::from_value) {
-            Ok(p) => kube::api::Patch::<()>::Json(p),
-            Err(e) => {
-                tracing::error!(error = %e, "converting the caBundle patch");
-                continue;
+        match patcher(patch).await {
+            Ok(()) => {
+                patched += 1;
+                tracing::info!(webhook_config = %name, "caBundle patched");
             }
-        };
-        match api.patch(&name, &params, &kube_patch).await {
-            Ok(_) => tracing::info!(webhook_config = %name, "caBundle patched"),
             Err(e) => {
                 tracing::warn!(webhook_config = %name, error = %e, "patching caBundle failed; retrying on the next change")
             }
         }
     }
+    patched
 }
 
 // --- settings ConfigMap -----------------------------------------------------------------------
@@ -127,18 +153,36 @@ pub async fn watch_settings(
 ) {
     let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = watcher::watcher(api, config).default_backoff().boxed();
+    let events = watcher::watcher(api, config).default_backoff();
+    settings_loop(events, &store, cluster_supports_native_sidecars, &ready).await;
+}
+
+/// The body of [`watch_settings`] over any stream of watch events: a listing that does not
+/// contain the ConfigMap, or its deletion, means defaults; a bad version keeps the previous
+/// settings. Returns the number of settings versions refused when the stream ends.
+pub async fn settings_loop<S, E>(
+    events: S,
+    store: &ArcSwap<InjectionSettings>,
+    cluster_supports_native_sidecars: Option<bool>,
+    ready: &AtomicBool,
+) -> usize
+where
+    S: futures::Stream<Item = std::result::Result<Event<ConfigMap>, E>>,
+    E: std::fmt::Display,
+{
+    let mut events = std::pin::pin!(events);
     let mut seen_in_listing = false;
-    let apply = |cm: Option<&ConfigMap>| match apply_settings(
-        &store,
-        cm,
-        cluster_supports_native_sidecars,
-    ) {
-        Ok(()) => {
-            tracing::info!(configmap = %format!("{namespace}/{name}"), present = cm.is_some(), "injection settings applied")
-        }
-        Err(e) => {
-            tracing::error!(configmap = %format!("{namespace}/{name}"), error = %e, "invalid injection settings; keeping the previous ones")
+    let mut refused = 0;
+    let mut apply = |cm: Option<&ConfigMap>| {
+        let which = cm
+            .and_then(|c| c.metadata.name.clone())
+            .unwrap_or_else(|| "<absent>".to_owned());
+        match apply_settings(store, cm, cluster_supports_native_sidecars) {
+            Ok(()) => tracing::info!(configmap = %which, "injection settings applied"),
+            Err(e) => {
+                refused += 1;
+                tracing::error!(configmap = %which, error = %e, "invalid injection settings; keeping the previous ones")
+            }
         }
     };
     while let Some(event) = events.next().await {
@@ -159,6 +203,7 @@ pub async fn watch_settings(
             Err(e) => tracing::warn!(error = %e, "watching the settings ConfigMap"),
         }
     }
+    refused
 }
 
 // --- namespaces -------------------------------------------------------------------------------
@@ -334,6 +379,124 @@ mod tests {
 
         apply_settings(&store, None, None).unwrap();
         assert_eq!(**store.load(), InjectionSettings::default());
+    }
+
+    fn configmap(data: Value) -> ConfigMap {
+        serde_json::from_value(
+            json!({"metadata": {"name": "rustmesh-sidecar-injector"}, "data": data}),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn settings_events_apply_refuse_and_fall_back_to_defaults() {
+        let store = ArcSwap::from_pointee(InjectionSettings::default());
+        let ready = AtomicBool::new(false);
+
+        // Listed, then changed, then broken, then deleted.
+        let events: Vec<std::result::Result<Event<ConfigMap>, String>> = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(configmap(json!({"image": "a/b:1"})))),
+            Ok(Event::InitDone),
+        ];
+        assert_eq!(
+            settings_loop(futures::stream::iter(events), &store, None, &ready).await,
+            0
+        );
+        assert!(ready.load(Ordering::Acquire));
+        assert_eq!(store.load().image, "a/b:1");
+
+        let events: Vec<std::result::Result<Event<ConfigMap>, String>> = vec![
+            Ok(Event::Apply(configmap(
+                json!({"image": "a/b:2", "revision": "canary"}),
+            ))),
+            Err("connection reset".to_owned()),
+            Ok(Event::Apply(configmap(
+                json!({"image": "a/b:3", "imagePullPolicy": "Sometimes"}),
+            ))),
+        ];
+        assert_eq!(
+            settings_loop(futures::stream::iter(events), &store, None, &ready).await,
+            1
+        );
+        assert_eq!(
+            store.load().image,
+            "a/b:2",
+            "the bad version is refused whole"
+        );
+        assert_eq!(store.load().revision, "canary");
+
+        let events: Vec<std::result::Result<Event<ConfigMap>, String>> =
+            vec![Ok(Event::Delete(configmap(json!({}))))];
+        settings_loop(futures::stream::iter(events), &store, None, &ready).await;
+        assert_eq!(**store.load(), InjectionSettings::default());
+    }
+
+    #[tokio::test]
+    async fn a_listing_without_the_configmap_means_defaults_and_ready() {
+        let store = ArcSwap::from_pointee(InjectionSettings {
+            image: "stale".into(),
+            ..InjectionSettings::default()
+        });
+        let ready = AtomicBool::new(false);
+        let events: Vec<std::result::Result<Event<ConfigMap>, String>> =
+            vec![Ok(Event::Init), Ok(Event::InitDone)];
+        settings_loop(futures::stream::iter(events), &store, Some(true), &ready).await;
+        assert!(ready.load(Ordering::Acquire));
+        assert_eq!(**store.load(), InjectionSettings::default());
+    }
+
+    /// A fake API server: applies each patch to its copy of the object, like the real one would.
+    #[tokio::test]
+    async fn ca_bundle_is_patched_and_re_patched_when_reset() {
+        let server = std::sync::Mutex::new(mwc(&[None, None]));
+        let patcher = |patch: Patch| {
+            let result = {
+                let mut obj = server.lock().unwrap();
+                json_patch::patch(&mut obj, &patch).map_err(|e| e.to_string())
+            };
+            std::future::ready(result)
+        };
+        let observed = |doc: &Value| -> std::result::Result<MutatingWebhookConfiguration, String> {
+            Ok(serde_json::from_value(doc.clone()).unwrap())
+        };
+
+        // First sight: patched. The watch then sees our own write: nothing to do.
+        let first = observed(&server.lock().unwrap());
+        assert_eq!(
+            ca_bundle_loop(futures::stream::iter([first]), CA, &patcher).await,
+            1
+        );
+        let after = observed(&server.lock().unwrap());
+        assert_eq!(
+            ca_bundle_loop(futures::stream::iter([after]), CA, &patcher).await,
+            0
+        );
+
+        // Someone re-applies the manifest without caBundle: patched back.
+        *server.lock().unwrap() = mwc(&[None, None]);
+        let reset = observed(&server.lock().unwrap());
+        let watch_error = Err("410 Gone".to_owned());
+        assert_eq!(
+            ca_bundle_loop(futures::stream::iter([watch_error, reset]), CA, &patcher).await,
+            1
+        );
+        let done: MutatingWebhookConfiguration =
+            serde_json::from_value(server.lock().unwrap().clone()).unwrap();
+        assert!(
+            done.webhooks
+                .unwrap()
+                .iter()
+                .all(|w| w.client_config.ca_bundle.as_ref().unwrap().0 == CA.as_bytes())
+        );
+
+        // A failing API call is counted as not patched and does not stop the loop.
+        let failing = |_: Patch| std::future::ready(Err::<(), String>("forbidden".to_owned()));
+        let stale = observed(&mwc(&[None]));
+        assert_eq!(
+            ca_bundle_loop(futures::stream::iter([stale.clone(), stale]), CA, failing).await,
+            0
+        );
     }
 
     #[test]
