@@ -1,0 +1,170 @@
+//! `rustmeshctl`: istioctl-style views of a rustmesh sidecar.
+//!
+//! `rustmeshctl proxy-config (pc) listeners|routes|clusters|endpoints|all|config-dump` reads a
+//! proxy's configuration (the `rustmesh-xds` [`ProxyConfig`] it serves) and prints the tables
+//! `istioctl proxy-config` prints, same columns, same alignment, same texts. The configuration
+//! comes from the proxy's admin API (directly with `--admin-url`, or through a port-forward to a
+//! pod), or from a file. The table code is pure: [`render`] turns what was read into text.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cli;
+pub mod clusters;
+pub mod endpoints;
+pub mod error;
+pub mod fetch;
+pub mod listeners;
+pub mod routes;
+pub mod table;
+
+pub use error::Error;
+pub use rustmesh_xds::ProxyConfig;
+
+use cli::{Command, DumpOutput, Output, ProxyConfigArgs, SourceArgs, View};
+use fetch::{AdminUrl, Fetched, KubeOptions, PodRef, Source};
+use serde::Serialize;
+use std::io::Write;
+
+/// Runs a parsed command line, writing the result to `out`.
+pub async fn run(cli: cli::Cli, out: &mut dyn Write) -> Result<(), Error> {
+    match cli.command {
+        Command::ProxyConfig(args) => proxy_config(args, out).await,
+    }
+}
+
+async fn proxy_config(args: ProxyConfigArgs, out: &mut dyn Write) -> Result<(), Error> {
+    let source = source(&args.source, args.view.pod())?;
+    let kube = KubeOptions {
+        kubeconfig: args.source.kubeconfig.clone(),
+        context: args.source.context.clone(),
+    };
+    let fetched = fetch::fetch(
+        &source,
+        &kube,
+        needs_clusters(&args.view),
+        args.source.timeout,
+    )
+    .await?;
+    let text = render(&args.view, &fetched)?;
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        // `| head` closing the pipe is not an error.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Output(e.to_string())),
+        _ => Ok(()),
+    }
+}
+
+/// Exactly one of a pod, `--admin-url` and `--file`.
+pub fn source(args: &SourceArgs, pod: Option<&str>) -> Result<Source, Error> {
+    match (pod, &args.admin_url, &args.file) {
+        (Some(p), None, None) => Ok(Source::Pod(PodRef::parse(p, args.namespace.as_deref())?)),
+        (None, Some(url), None) => Ok(Source::Admin(AdminUrl::parse(url)?)),
+        (None, None, Some(file)) => Ok(Source::File(file.clone())),
+        (None, None, None) => Err(Error::Usage(
+            "say which proxy to read: give a pod name, --admin-url URL or --file FILE".into(),
+        )),
+        _ => Err(Error::Usage(
+            "give only one of a pod name, --admin-url and --file".into(),
+        )),
+    }
+}
+
+/// Whether the view shows endpoint health (from `/clusters?format=json`).
+pub fn needs_clusters(view: &View) -> bool {
+    match view {
+        View::Endpoints(_) => true,
+        View::All(a) => a.output == Output::Short,
+        _ => false,
+    }
+}
+
+/// JSON as istioctl prints it (four-space indentation), with a final newline.
+fn json<T: Serialize + ?Sized>(value: &T) -> String {
+    let mut buf = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
+    value
+        .serialize(&mut ser)
+        .expect("configuration always serialises");
+    buf.push(b'\n');
+    String::from_utf8(buf).expect("serde_json writes UTF-8")
+}
+
+fn yaml<T: Serialize + ?Sized>(value: &T) -> String {
+    serde_norway::to_string(value).expect("configuration always serialises")
+}
+
+fn structured<T: Serialize + ?Sized>(output: Output, value: &T) -> Option<String> {
+    match output {
+        Output::Short => None,
+        Output::Json => Some(json(value)),
+        Output::Yaml => Some(yaml(value)),
+    }
+}
+
+/// The text a view prints for what was read.
+pub fn render(view: &View, fetched: &Fetched) -> Result<String, Error> {
+    let config = &fetched.config;
+    Ok(match view {
+        View::Listeners(a) => {
+            let filter = listeners::ListenerFilter {
+                address: a.address.clone(),
+                port: a.port,
+                kind: a.kind,
+            };
+            structured(a.output, &listeners::select(config, &filter))
+                .unwrap_or_else(|| listeners::table(config, &filter, a.verbose).render())
+        }
+        View::Routes(a) => {
+            let filter = routes::RouteFilter {
+                name: a.name.clone(),
+            };
+            structured(a.output, &routes::select(config, &filter))
+                .unwrap_or_else(|| routes::table(config, &filter, a.verbose).render())
+        }
+        View::Clusters(a) => {
+            let filter = clusters::ClusterFilter {
+                fqdn: a.fqdn.clone(),
+                port: a.port,
+                subset: a.subset.clone(),
+                direction: a.direction.map(Into::into),
+            };
+            structured(a.output, &clusters::select(config, &filter))
+                .unwrap_or_else(|| clusters::table(config, &filter).render())
+        }
+        View::Endpoints(a) => {
+            let filter = endpoints::EndpointFilter {
+                address: a.address.clone(),
+                port: a.port,
+                cluster: a.cluster.clone(),
+                status: a.status.clone(),
+            };
+            let live = live_clusters(fetched);
+            structured(a.output, &endpoints::select(&live, &filter))
+                .unwrap_or_else(|| endpoints::table(&live, &filter).render())
+        }
+        View::All(a) => structured(a.output, config).unwrap_or_else(|| all(fetched)),
+        View::ConfigDump(a) => match a.output {
+            DumpOutput::Json => json(config),
+            DumpOutput::Yaml => yaml(config),
+        },
+    })
+}
+
+fn live_clusters(fetched: &Fetched) -> admin::Clusters {
+    fetched
+        .clusters
+        .clone()
+        .unwrap_or_else(|| admin::Clusters::from_config(&fetched.config))
+}
+
+/// `all`: clusters, listeners, routes and endpoints, separated by blank lines (istioctl's order).
+pub fn all(fetched: &Fetched) -> String {
+    let config = &fetched.config;
+    [
+        clusters::table(config, &Default::default()).render(),
+        listeners::table(config, &Default::default(), true).render(),
+        routes::table(config, &Default::default(), true).render(),
+        endpoints::table(&live_clusters(fetched), &Default::default()).render(),
+    ]
+    .join("\n")
+}
