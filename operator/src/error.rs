@@ -1,0 +1,30 @@
+//! The crate's one error type.
+
+/// What can go wrong in the operator. Each variant names what it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call to the Kubernetes API failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The kubeconfig / in-cluster configuration could not be loaded.
+    #[error("kubernetes client configuration: {0}")]
+    ClientConfig(String),
+    /// A rendered configuration failed `ProxyConfig::validate` (a renderer bug: nothing is written).
+    #[error("rendered configuration for scope {scope} is invalid: {source}")]
+    InvalidRender {
+        scope: String,
+        source: rustmesh_xds::Error,
+    },
+    /// A command-line flag has a value the operator cannot use.
+    #[error("flag --{flag}: {message}")]
+    Flag { flag: &'static str, message: String },
+    /// Compressing or serialising a configuration failed.
+    #[error("encoding {what}: {message}")]
+    Encode { what: String, message: String },
+    /// Binding or serving the metrics/health port failed.
+    #[error("serving {what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,476 @@
+//! The in-memory index of everything the renderer reads, fed by watch events (or by tests).
+//!
+//! Every update returns what it [`Affects`]: the injected namespaces whose ConfigMap must be
+//! re-rendered, and whether the CR statuses must be recomputed. An update that changes nothing
+//! the renderer reads (a status write, a pod's readiness, a resourceVersion bump) affects nothing,
+//! which is also what stops the operator's own status writes from looping.
+
+use k8s_openapi::api::core::v1::{Endpoints, Service};
+use kube::ResourceExt;
+use rustmesh_api::sidecar::{EgressHost, OutboundTrafficPolicyMode};
+use rustmesh_api::{DestinationRule, Sidecar, VirtualService};
+use rustmesh_xds::well_known::{DEFAULT_DOMAIN_SUFFIX, DEFAULT_ROOT_NAMESPACE};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Labels of a Kubernetes object.
+pub type Labels = BTreeMap<String, String>;
+
+/// `namespace/name` of a namespaced object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    pub fn of<K: kube::Resource>(obj: &K) -> Self {
+        ObjKey::new(obj.namespace().unwrap_or_default(), obj.name_any())
+    }
+}
+
+impl std::fmt::Display for ObjKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Mesh-wide settings (Istio's MeshConfig parts the renderer uses).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshConfig {
+    /// The root namespace: its Sidecar without selector is the default of every namespace.
+    pub root_namespace: String,
+    pub domain_suffix: String,
+    /// Mesh-wide `outboundTrafficPolicy.mode`, unless a Sidecar says otherwise.
+    pub outbound_policy: OutboundTrafficPolicyMode,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            root_namespace: DEFAULT_ROOT_NAMESPACE.to_string(),
+            domain_suffix: DEFAULT_DOMAIN_SUFFIX.to_string(),
+            outbound_policy: OutboundTrafficPolicyMode::AllowAny,
+        }
+    }
+}
+
+/// The kinds the index holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Service,
+    Endpoints,
+    Pod,
+    Namespace,
+    VirtualService,
+    DestinationRule,
+    Sidecar,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 7] = [
+        Kind::Service,
+        Kind::Endpoints,
+        Kind::Pod,
+        Kind::Namespace,
+        Kind::VirtualService,
+        Kind::DestinationRule,
+        Kind::Sidecar,
+    ];
+}
+
+/// One object as the index stores it (pods and namespaces by their labels only).
+#[derive(Clone, Debug)]
+pub enum Object {
+    Service(Box<Service>),
+    Endpoints(Box<Endpoints>),
+    Pod { key: ObjKey, labels: Labels },
+    Namespace { name: String, labels: Labels },
+    VirtualService(Box<VirtualService>),
+    DestinationRule(Box<DestinationRule>),
+    Sidecar(Box<Sidecar>),
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Service(_) => Kind::Service,
+            Object::Endpoints(_) => Kind::Endpoints,
+            Object::Pod { .. } => Kind::Pod,
+            Object::Namespace { .. } => Kind::Namespace,
+            Object::VirtualService(_) => Kind::VirtualService,
+            Object::DestinationRule(_) => Kind::DestinationRule,
+            Object::Sidecar(_) => Kind::Sidecar,
+        }
+    }
+
+    fn key(&self) -> ObjKey {
+        match self {
+            Object::Service(o) => ObjKey::of(o.as_ref()),
+            Object::Endpoints(o) => ObjKey::of(o.as_ref()),
+            Object::Pod { key, .. } => key.clone(),
+            Object::Namespace { name, .. } => ObjKey::new("", name.clone()),
+            Object::VirtualService(o) => ObjKey::of(o.as_ref()),
+            Object::DestinationRule(o) => ObjKey::of(o.as_ref()),
+            Object::Sidecar(o) => ObjKey::of(o.as_ref()),
+        }
+    }
+}
+
+/// What an update requires.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Affects {
+    /// Injected namespaces whose ConfigMap must be re-rendered.
+    pub namespaces: BTreeSet<String>,
+    /// Whether CR statuses (validation) must be recomputed.
+    pub statuses: bool,
+}
+
+impl Affects {
+    pub fn merge(&mut self, other: Affects) {
+        self.namespaces.extend(other.namespaces);
+        self.statuses |= other.statuses;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.namespaces.is_empty() && !self.statuses
+    }
+}
+
+/// Label that turns injection on for a namespace.
+pub const INJECTION_LABEL: &str = "istio-injection";
+/// Revision label: its presence turns injection on too.
+pub const REVISION_LABEL: &str = "istio.io/rev";
+/// Service annotation narrowing which namespaces see the service (Istio's).
+pub const SERVICE_EXPORT_TO_ANNOTATION: &str = "networking.istio.io/exportTo";
+
+/// Whether a namespace with these labels gets sidecars (and so a ConfigMap).
+pub fn is_injected(labels: &Labels) -> bool {
+    match labels.get(INJECTION_LABEL).map(String::as_str) {
+        Some("enabled") => true,
+        Some(_) => false,
+        None => labels.contains_key(REVISION_LABEL),
+    }
+}
+
+/// Everything the renderer reads.
+#[derive(Clone, Debug, Default)]
+pub struct Index {
+    pub mesh: MeshConfig,
+    pub services: BTreeMap<ObjKey, Service>,
+    pub endpoints: BTreeMap<ObjKey, Endpoints>,
+    pub pods: BTreeMap<ObjKey, Labels>,
+    pub namespaces: BTreeMap<String, Labels>,
+    pub virtual_services: BTreeMap<ObjKey, VirtualService>,
+    pub destination_rules: BTreeMap<ObjKey, DestinationRule>,
+    pub sidecars: BTreeMap<ObjKey, Sidecar>,
+}
+
+impl Index {
+    pub fn new(mesh: MeshConfig) -> Self {
+        Index {
+            mesh,
+            ..Index::default()
+        }
+    }
+
+    /// Namespaces that get a ConfigMap, sorted.
+    pub fn injected_namespaces(&self) -> impl Iterator<Item = &str> {
+        self.namespaces
+            .iter()
+            .filter(|(_, l)| is_injected(l))
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// Adds or replaces an object.
+    pub fn apply(&mut self, obj: Object) -> Affects {
+        let old = self.get(obj.kind(), &obj.key());
+        if old.as_ref().is_some_and(|o| same_content(o, &obj)) {
+            self.store(obj);
+            return Affects::default();
+        }
+        let mut affects = old.map(|o| self.affects(&o)).unwrap_or_default();
+        self.store(obj.clone());
+        affects.merge(self.affects(&obj));
+        affects
+    }
+
+    /// Removes an object (a no-op when it is not there).
+    pub fn delete(&mut self, kind: Kind, key: &ObjKey) -> Affects {
+        let Some(old) = self.get(kind, key) else {
+            return Affects::default();
+        };
+        let mut affects = self.affects(&old);
+        self.remove(kind, key);
+        // Visibility may have depended on the removed object (a Sidecar, a namespace): what it
+        // affected before removal is what is re-rendered.
+        affects.merge(self.affects(&old));
+        affects
+    }
+
+    /// Replaces every object of a kind at once (a watch (re)list finished): objects missing from
+    /// `objects` are deleted, the others applied. Nothing is ever removed before the full list is
+    /// known, so a resync never renders an empty mesh.
+    pub fn replace_kind(&mut self, kind: Kind, objects: Vec<Object>) -> Affects {
+        let keep: BTreeSet<ObjKey> = objects.iter().map(Object::key).collect();
+        let mut affects = Affects::default();
+        for key in self.keys(kind) {
+            if !keep.contains(&key) {
+                affects.merge(self.delete(kind, &key));
+            }
+        }
+        for o in objects {
+            affects.merge(self.apply(o));
+        }
+        affects
+    }
+
+    fn keys(&self, kind: Kind) -> Vec<ObjKey> {
+        match kind {
+            Kind::Service => self.services.keys().cloned().collect(),
+            Kind::Endpoints => self.endpoints.keys().cloned().collect(),
+            Kind::Pod => self.pods.keys().cloned().collect(),
+            Kind::Namespace => self
+                .namespaces
+                .keys()
+                .map(|n| ObjKey::new("", n.clone()))
+                .collect(),
+            Kind::VirtualService => self.virtual_services.keys().cloned().collect(),
+            Kind::DestinationRule => self.destination_rules.keys().cloned().collect(),
+            Kind::Sidecar => self.sidecars.keys().cloned().collect(),
+        }
+    }
+
+    fn get(&self, kind: Kind, key: &ObjKey) -> Option<Object> {
+        Some(match kind {
+            Kind::Service => Object::Service(Box::new(self.services.get(key)?.clone())),
+            Kind::Endpoints => Object::Endpoints(Box::new(self.endpoints.get(key)?.clone())),
+            Kind::Pod => Object::Pod {
+                key: key.clone(),
+                labels: self.pods.get(key)?.clone(),
+            },
+            Kind::Namespace => Object::Namespace {
+                name: key.name.clone(),
+                labels: self.namespaces.get(&key.name)?.clone(),
+            },
+            Kind::VirtualService => {
+                Object::VirtualService(Box::new(self.virtual_services.get(key)?.clone()))
+            }
+            Kind::DestinationRule => {
+                Object::DestinationRule(Box::new(self.destination_rules.get(key)?.clone()))
+            }
+            Kind::Sidecar => Object::Sidecar(Box::new(self.sidecars.get(key)?.clone())),
+        })
+    }
+
+    fn store(&mut self, obj: Object) {
+        let key = obj.key();
+        match obj {
+            Object::Service(o) => {
+                self.services.insert(key, *o);
+            }
+            Object::Endpoints(o) => {
+                self.endpoints.insert(key, *o);
+            }
+            Object::Pod { labels, .. } => {
+                self.pods.insert(key, labels);
+            }
+            Object::Namespace { name, labels } => {
+                self.namespaces.insert(name, labels);
+            }
+            Object::VirtualService(o) => {
+                self.virtual_services.insert(key, *o);
+            }
+            Object::DestinationRule(o) => {
+                self.destination_rules.insert(key, *o);
+            }
+            Object::Sidecar(o) => {
+                self.sidecars.insert(key, *o);
+            }
+        }
+    }
+
+    fn remove(&mut self, kind: Kind, key: &ObjKey) {
+        match kind {
+            Kind::Service => drop(self.services.remove(key)),
+            Kind::Endpoints => drop(self.endpoints.remove(key)),
+            Kind::Pod => drop(self.pods.remove(key)),
+            Kind::Namespace => drop(self.namespaces.remove(&key.name)),
+            Kind::VirtualService => drop(self.virtual_services.remove(key)),
+            Kind::DestinationRule => drop(self.destination_rules.remove(key)),
+            Kind::Sidecar => drop(self.sidecars.remove(key)),
+        }
+    }
+
+    /// What an object (as it is or was) touches, given the rest of the index.
+    fn affects(&self, obj: &Object) -> Affects {
+        match obj {
+            Object::Service(s) => Affects {
+                namespaces: self.namespaces_seeing(&ObjKey::of(s.as_ref()).namespace),
+                statuses: true,
+            },
+            Object::Endpoints(e) => Affects {
+                namespaces: self.namespaces_seeing(&ObjKey::of(e.as_ref()).namespace),
+                statuses: false,
+            },
+            Object::Pod { key, .. } => Affects {
+                namespaces: self.namespaces_seeing(&key.namespace),
+                statuses: false,
+            },
+            Object::Namespace { name, .. } => Affects {
+                namespaces: [name.clone()].into(),
+                statuses: false,
+            },
+            Object::VirtualService(vs) => Affects {
+                namespaces: self
+                    .exported_to(&ObjKey::of(vs.as_ref()).namespace, &vs.spec.export_to),
+                statuses: true,
+            },
+            Object::DestinationRule(dr) => Affects {
+                namespaces: self
+                    .exported_to(&ObjKey::of(dr.as_ref()).namespace, &dr.spec.export_to),
+                statuses: true,
+            },
+            Object::Sidecar(sc) => {
+                let ns = ObjKey::of(sc.as_ref()).namespace;
+                let namespaces = if ns == self.mesh.root_namespace {
+                    self.injected_namespaces().map(str::to_string).collect()
+                } else {
+                    self.injected_only([ns])
+                };
+                Affects {
+                    namespaces,
+                    statuses: true,
+                }
+            }
+        }
+    }
+
+    fn injected_only(&self, names: impl IntoIterator<Item = String>) -> BTreeSet<String> {
+        names
+            .into_iter()
+            .filter(|n| self.namespaces.get(n).is_some_and(is_injected))
+            .collect()
+    }
+
+    /// Injected namespaces an `exportTo` list reaches (empty or `*`: all).
+    fn exported_to(&self, own: &str, export_to: &[String]) -> BTreeSet<String> {
+        if export_to.is_empty() || export_to.iter().any(|e| e == "*") {
+            return self.injected_namespaces().map(str::to_string).collect();
+        }
+        self.injected_only(export_to.iter().map(
+            |e| {
+                if e == "." { own.to_string() } else { e.clone() }
+            },
+        ))
+    }
+
+    /// Injected namespaces one of whose scopes may see services of `namespace`: the namespace
+    /// itself (inbound), namespaces whose Sidecars' egress hosts may name it, and namespaces
+    /// seeing a VirtualService whose destinations are in it. A superset is harmless (the content
+    /// hash stops the write); a subset would be a bug.
+    pub fn namespaces_seeing(&self, namespace: &str) -> BTreeSet<String> {
+        let suffix = format!(".{namespace}.svc.{}", self.mesh.domain_suffix);
+        let root_default = self.sidecars.iter().find(|(k, s)| {
+            k.namespace == self.mesh.root_namespace && s.spec.workload_selector.is_none()
+        });
+        let mut out = BTreeSet::new();
+        for n in self.injected_namespaces() {
+            let own: Vec<&Sidecar> = self
+                .sidecars
+                .iter()
+                .filter(|(k, _)| k.namespace == n)
+                .map(|(_, s)| s)
+                .collect();
+            let has_default = own.iter().any(|s| s.spec.workload_selector.is_none());
+            let mut effective = own.clone();
+            if !has_default {
+                match root_default {
+                    Some((_, s)) => effective.push(s),
+                    None => {
+                        out.insert(n.to_string());
+                        continue;
+                    }
+                }
+            }
+            let sees = n == namespace
+                || effective.iter().any(|s| {
+                    s.spec.egress.is_empty()
+                        || s.spec.egress.iter().flat_map(|e| &e.hosts).any(|h| {
+                            EgressHost::parse(h).is_some_and(|eh| match eh.namespace {
+                                "*" => true,
+                                "." => n == namespace,
+                                "~" => false,
+                                other => other == namespace,
+                            })
+                        })
+                });
+            if sees {
+                out.insert(n.to_string());
+            }
+        }
+        // VirtualService destinations pull services into scopes that otherwise do not see them.
+        for (key, vs) in &self.virtual_services {
+            let into_ns = vs_destination_hosts(vs)
+                .any(|h| h.ends_with(&suffix) || (!h.contains('.') && key.namespace == namespace));
+            if into_ns {
+                out.extend(self.exported_to(&key.namespace, &vs.spec.export_to));
+            }
+        }
+        out
+    }
+}
+
+/// Every destination host a VirtualService names (routes and mirrors).
+pub fn vs_destination_hosts(vs: &VirtualService) -> impl Iterator<Item = &str> {
+    let http = vs.spec.http.iter().flat_map(|r| {
+        r.route
+            .iter()
+            .map(|d| d.destination.host.as_str())
+            .chain(r.mirror.iter().map(|m| m.host.as_str()))
+            .chain(r.mirrors.iter().map(|m| m.destination.host.as_str()))
+    });
+    let tcp = vs
+        .spec
+        .tcp
+        .iter()
+        .flat_map(|r| r.route.iter().map(|d| d.destination.host.as_str()));
+    let tls = vs
+        .spec
+        .tls
+        .iter()
+        .flat_map(|r| r.route.iter().map(|d| d.destination.host.as_str()));
+    http.chain(tcp).chain(tls)
+}
+
+/// Whether two versions of an object differ in anything the renderer or validation reads.
+fn same_content(a: &Object, b: &Object) -> bool {
+    match (a, b) {
+        (Object::Service(x), Object::Service(y)) => {
+            x.spec == y.spec
+                && x.annotations().get(SERVICE_EXPORT_TO_ANNOTATION)
+                    == y.annotations().get(SERVICE_EXPORT_TO_ANNOTATION)
+        }
+        (Object::Endpoints(x), Object::Endpoints(y)) => x.subsets == y.subsets,
+        (Object::Pod { labels: x, .. }, Object::Pod { labels: y, .. }) => x == y,
+        (Object::Namespace { labels: x, .. }, Object::Namespace { labels: y, .. }) => {
+            is_injected(x) == is_injected(y)
+        }
+        (Object::VirtualService(x), Object::VirtualService(y)) => {
+            x.spec == y.spec && x.metadata.creation_timestamp == y.metadata.creation_timestamp
+        }
+        (Object::DestinationRule(x), Object::DestinationRule(y)) => {
+            x.spec == y.spec && x.metadata.creation_timestamp == y.metadata.creation_timestamp
+        }
+        (Object::Sidecar(x), Object::Sidecar(y)) => {
+            x.spec == y.spec && x.metadata.creation_timestamp == y.metadata.creation_timestamp
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,23 @@
+//! `rustmesh-operator`: the control plane (Istio's istiod/pilot part).
+//!
+//! - [`index`]: the in-memory index of Services, Endpoints, pods' labels, namespaces and the
+//!   Istio CRDs, updated by watch events and testable without an API server;
+//! - [`render`]: the pure renderer `render(index, scope) -> ProxyConfig`;
+//! - [`validation`]: each Istio object's verdict and the status conditions written back;
+//! - [`configmap`]: the ConfigMap contract (keys, compression, hashing) and the reader RBAC;
+//! - [`controller`]: watchers feeding the index, debounced re-rendering of the affected
+//!   namespaces, server-side apply, leader election, metrics and health.
+#![forbid(unsafe_code)]
+
+pub mod configmap;
+pub mod error;
+pub mod fixtures;
+pub mod index;
+pub mod protocol;
+pub mod registry;
+pub mod render;
+pub mod validation;
+
+pub use error::Error;
+pub use index::{Index, MeshConfig, ObjKey};
+pub use render::{MeshView, Scope, render, render_view};

@@ -1,0 +1,222 @@
+//! The service registry as the renderer reads it: each Service with its ports (protocol chosen the
+//! Istio way) and, per port, its ready endpoints with the labels of the pods behind them.
+
+use crate::index::{Index, Labels, ObjKey, SERVICE_EXPORT_TO_ANNOTATION};
+use crate::protocol::Protocol;
+use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+use rustmesh_xds::names::service_fqdn;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+/// One Service.
+#[derive(Clone, Debug)]
+pub struct Svc {
+    pub name: String,
+    pub namespace: String,
+    pub fqdn: String,
+    /// `None` for headless services.
+    pub cluster_ip: Option<IpAddr>,
+    pub ports: Vec<SvcPort>,
+    /// From the `networking.istio.io/exportTo` annotation; empty means everywhere.
+    pub export_to: Vec<String>,
+}
+
+impl Svc {
+    pub fn headless(&self) -> bool {
+        self.cluster_ip.is_none()
+    }
+
+    pub fn port(&self, number: u16) -> Option<&SvcPort> {
+        self.ports.iter().find(|p| p.port == number)
+    }
+
+    /// Whether a client in `namespace` may see this service.
+    pub fn exported_to(&self, namespace: &str) -> bool {
+        exported(&self.export_to, &self.namespace, namespace)
+    }
+}
+
+/// Istio's `exportTo` rule: empty or `*` is everywhere, `.` the object's own namespace, `~` nowhere.
+pub fn exported(export_to: &[String], own: &str, client: &str) -> bool {
+    export_to.is_empty()
+        || export_to
+            .iter()
+            .any(|e| e == "*" || (e == "." && own == client) || e == client)
+}
+
+/// One port of a Service.
+#[derive(Clone, Debug)]
+pub struct SvcPort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// The numeric target port, when it can be known (a named targetPort is resolved through
+    /// the Endpoints ports).
+    pub target_port: Option<u16>,
+    /// Ready endpoints, sorted by address.
+    pub endpoints: Vec<Ep>,
+}
+
+/// One ready endpoint of a port.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ep {
+    pub ip: IpAddr,
+    pub port: u16,
+    /// The pod behind the address (Endpoints `targetRef`), when known.
+    pub pod: Option<ObjKey>,
+    pub labels: Labels,
+}
+
+/// All services, by FQDN.
+#[derive(Clone, Debug, Default)]
+pub struct Registry {
+    /// Sorted by FQDN.
+    pub services: Vec<Svc>,
+    by_fqdn: HashMap<String, usize>,
+}
+
+impl Registry {
+    pub fn build(index: &Index) -> Self {
+        let mut services: Vec<Svc> = index
+            .services
+            .iter()
+            .filter_map(|(key, svc)| {
+                convert(
+                    key,
+                    svc,
+                    index.endpoints.get(key),
+                    &index.pods,
+                    &index.mesh.domain_suffix,
+                )
+            })
+            .collect();
+        services.sort_by(|a, b| a.fqdn.cmp(&b.fqdn));
+        let by_fqdn = services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.fqdn.clone(), i))
+            .collect();
+        Registry { services, by_fqdn }
+    }
+
+    pub fn get(&self, fqdn: &str) -> Option<&Svc> {
+        self.by_fqdn.get(fqdn).map(|i| &self.services[*i])
+    }
+}
+
+fn convert(
+    key: &ObjKey,
+    svc: &Service,
+    endpoints: Option<&Endpoints>,
+    pods: &BTreeMap<ObjKey, Labels>,
+    domain_suffix: &str,
+) -> Option<Svc> {
+    let spec = svc.spec.as_ref()?;
+    // ExternalName services have no endpoints the mesh can reach by address: not rendered.
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return None;
+    }
+    let cluster_ip = match spec.cluster_ip.as_deref() {
+        None | Some("") | Some("None") => None,
+        Some(ip) => Some(ip.parse().ok()?),
+    };
+    let export_to = svc
+        .annotations()
+        .get(SERVICE_EXPORT_TO_ANNOTATION)
+        .map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let single_port = spec.ports.as_ref().is_some_and(|p| p.len() == 1);
+    let mut ports = Vec::new();
+    for p in spec.ports.iter().flatten() {
+        let Ok(number) = u16::try_from(p.port) else {
+            continue;
+        };
+        let protocol = Protocol::of_service_port(
+            number,
+            p.name.as_deref(),
+            p.protocol.as_deref(),
+            p.app_protocol.as_deref(),
+        );
+        if protocol == Protocol::Udp {
+            continue; // UDP and SCTP ports get no listener and no cluster
+        }
+        let endpoints = port_endpoints(endpoints, p.name.as_deref(), single_port, pods);
+        let target_port = match &p.target_port {
+            None => Some(number),
+            Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),
+            Some(IntOrString::String(s)) => match s.parse::<u16>() {
+                Ok(n) => Some(n),
+                Err(_) => endpoints.first().map(|e| e.port),
+            },
+        };
+        ports.push(SvcPort {
+            name: p.name.clone().filter(|n| !n.is_empty()),
+            port: number,
+            protocol,
+            target_port,
+            endpoints,
+        });
+    }
+    ports.sort_by_key(|p| p.port);
+    Some(Svc {
+        name: key.name.clone(),
+        namespace: key.namespace.clone(),
+        fqdn: service_fqdn(&key.name, &key.namespace, domain_suffix),
+        cluster_ip,
+        ports,
+        export_to,
+    })
+}
+
+/// The ready addresses of the Endpoints subsets that carry the port named `name` (Kubernetes
+/// matches Service and Endpoints ports by name; a single-port Service may leave it empty).
+fn port_endpoints(
+    endpoints: Option<&Endpoints>,
+    name: Option<&str>,
+    single_port: bool,
+    pods: &BTreeMap<ObjKey, Labels>,
+) -> Vec<Ep> {
+    let want = name.unwrap_or_default();
+    let mut out = Vec::new();
+    for subset in endpoints.iter().flat_map(|e| e.subsets.iter().flatten()) {
+        let ports = subset.ports.as_deref().unwrap_or_default();
+        let port = ports
+            .iter()
+            .find(|p| p.name.as_deref().unwrap_or_default() == want)
+            .or_else(|| (single_port && ports.len() == 1).then(|| &ports[0]));
+        let Some(port) = port.and_then(|p| u16::try_from(p.port).ok()) else {
+            continue;
+        };
+        for addr in subset.addresses.iter().flatten() {
+            let Ok(ip) = addr.ip.parse::<IpAddr>() else {
+                continue;
+            };
+            let pod = addr
+                .target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .and_then(|r| Some(ObjKey::new(r.namespace.clone()?, r.name.clone()?)));
+            let labels = pod
+                .as_ref()
+                .and_then(|k| pods.get(k))
+                .cloned()
+                .unwrap_or_default();
+            out.push(Ep {
+                ip,
+                port,
+                pod,
+                labels,
+            });
+        }
+    }
+    out.sort_by(|a, b| (a.ip, a.port).cmp(&(b.ip, b.port)));
+    out.dedup_by(|a, b| a.ip == b.ip && a.port == b.port);
+    out
+}

@@ -1,0 +1,344 @@
+//! Clusters and endpoints: `outbound|<port>|<subset>|<fqdn>` with the DestinationRule's traffic
+//! policy, `inbound|<port>||`, and the three static clusters.
+
+use super::{ClusterParts, Ctx};
+use rustmesh_api::common::labels_match;
+use rustmesh_api::destination_rule::{
+    ConnectionPoolSettings, DestinationRuleSpec, H2UpgradePolicy, LoadBalancerSettings,
+    OutlierDetection as DrOutlier, SimpleLb, Subset,
+};
+use rustmesh_xds::address::SocketAddress;
+use rustmesh_xds::cluster::{
+    BindConfig, CircuitBreakers, Cluster, ClusterLoadAssignment, ClusterMetadata, DiscoveryType,
+    EdsClusterConfig, HttpProtocolOptions, LbEndpoint, LbPolicy, LocalityLbEndpoints,
+    OutlierDetection, ServiceRef, Thresholds, UpstreamProtocol,
+};
+use rustmesh_xds::duration::Duration;
+use rustmesh_xds::names::{BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER_V4, PASSTHROUGH_CLUSTER};
+use rustmesh_xds::route::{HashCookie, HashPolicy};
+use rustmesh_xds::well_known::INBOUND_PASSTHROUGH_SOURCE_V4;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+
+/// Envoy's connect timeout when the DestinationRule sets none (Istio's mesh default).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration(std::time::Duration::from_secs(10));
+
+/// The parts of a traffic policy that apply to one port (and subset).
+#[derive(Clone, Copy, Default)]
+pub struct Policy<'a> {
+    pub lb: Option<&'a LoadBalancerSettings>,
+    pub pool: Option<&'a ConnectionPoolSettings>,
+    pub outlier: Option<&'a DrOutlier>,
+}
+
+/// Istio's `MergeTrafficPolicy`: the top-level policy, replaced whole by its port-level settings
+/// for `port`; then each field the subset sets; then the subset's port-level settings, whole.
+pub fn merged_policy<'a>(
+    dr: &'a DestinationRuleSpec,
+    port: u16,
+    subset: Option<&'a Subset>,
+) -> Policy<'a> {
+    let mut p = Policy::default();
+    if let Some(tp) = &dr.traffic_policy {
+        p = Policy {
+            lb: tp.load_balancer.as_ref(),
+            pool: tp.connection_pool.as_ref(),
+            outlier: tp.outlier_detection.as_ref(),
+        };
+        if let Some(pl) = tp
+            .port_level_settings
+            .iter()
+            .find(|pl| pl.port.is_some_and(|n| n.number == u32::from(port)))
+        {
+            p = Policy {
+                lb: pl.load_balancer.as_ref(),
+                pool: pl.connection_pool.as_ref(),
+                outlier: pl.outlier_detection.as_ref(),
+            };
+        }
+    }
+    if let Some(stp) = subset.and_then(|s| s.traffic_policy.as_ref()) {
+        if stp.load_balancer.is_some() {
+            p.lb = stp.load_balancer.as_ref();
+        }
+        if stp.connection_pool.is_some() {
+            p.pool = stp.connection_pool.as_ref();
+        }
+        if stp.outlier_detection.is_some() {
+            p.outlier = stp.outlier_detection.as_ref();
+        }
+        if let Some(pl) = stp
+            .port_level_settings
+            .iter()
+            .find(|pl| pl.port.is_some_and(|n| n.number == u32::from(port)))
+        {
+            p = Policy {
+                lb: pl.load_balancer.as_ref(),
+                pool: pl.connection_pool.as_ref(),
+                outlier: pl.outlier_detection.as_ref(),
+            };
+        }
+    }
+    p
+}
+
+/// The route hash policy of a consistent-hash load balancer.
+pub fn hash_policy_for(lb: Option<&LoadBalancerSettings>) -> Option<HashPolicy> {
+    let ch = lb?.consistent_hash.as_ref()?;
+    Some(if let Some(h) = &ch.http_header_name {
+        HashPolicy {
+            header_name: Some(h.clone()),
+            ..HashPolicy::default()
+        }
+    } else if let Some(c) = &ch.http_cookie {
+        HashPolicy {
+            cookie: Some(HashCookie {
+                name: c.name.clone(),
+                path: c.path.clone(),
+                ttl: c.ttl,
+            }),
+            ..HashPolicy::default()
+        }
+    } else if ch.use_source_ip == Some(true) {
+        HashPolicy {
+            source_ip: true,
+            ..HashPolicy::default()
+        }
+    } else {
+        HashPolicy {
+            query_parameter_name: Some(ch.http_query_parameter_name.clone()?),
+            ..HashPolicy::default()
+        }
+    })
+}
+
+fn lb_policy(lb: Option<&LoadBalancerSettings>) -> LbPolicy {
+    let Some(lb) = lb else {
+        return LbPolicy::LeastRequest;
+    };
+    if let Some(ch) = &lb.consistent_hash {
+        return if ch.maglev.is_some() {
+            LbPolicy::Maglev
+        } else {
+            LbPolicy::RingHash
+        };
+    }
+    match lb.simple {
+        Some(SimpleLb::RoundRobin) => LbPolicy::RoundRobin,
+        Some(SimpleLb::Random) => LbPolicy::Random,
+        _ => LbPolicy::LeastRequest,
+    }
+}
+
+fn to_u32(v: Option<i32>) -> Option<u32> {
+    v.and_then(|n| u32::try_from(n).ok())
+}
+
+/// Istio's circuit breaker: every threshold at its maximum unless the connection pool limits it.
+fn circuit_breakers(pool: Option<&ConnectionPoolSettings>) -> CircuitBreakers {
+    let tcp = pool.and_then(|p| p.tcp.as_ref());
+    let http = pool.and_then(|p| p.http.as_ref());
+    CircuitBreakers {
+        thresholds: vec![Thresholds {
+            max_connections: Some(to_u32(tcp.and_then(|t| t.max_connections)).unwrap_or(u32::MAX)),
+            max_pending_requests: Some(
+                to_u32(http.and_then(|h| h.http1_max_pending_requests)).unwrap_or(u32::MAX),
+            ),
+            max_requests: Some(to_u32(http.and_then(|h| h.http2_max_requests)).unwrap_or(u32::MAX)),
+            max_retries: Some(to_u32(http.and_then(|h| h.max_retries)).unwrap_or(u32::MAX)),
+        }],
+    }
+}
+
+fn outlier_detection(o: Option<&DrOutlier>) -> Option<OutlierDetection> {
+    let o = o?;
+    Some(OutlierDetection {
+        consecutive_5xx: o.consecutive_5xx_errors,
+        // The deprecated `consecutiveErrors` counts gateway errors only (Istio's reading).
+        consecutive_gateway_failure: o
+            .consecutive_gateway_errors
+            .or(to_u32(o.consecutive_errors)),
+        consecutive_local_origin_failure: o.consecutive_local_origin_failures,
+        interval: o.interval,
+        base_ejection_time: o.base_ejection_time,
+        max_ejection_percent: to_u32(o.max_ejection_percent),
+        min_health_percent: to_u32(o.min_health_percent),
+    })
+}
+
+/// `inbound|<port>||`: STATIC to the app on 127.0.0.1.
+pub fn inbound_cluster(
+    name: &str,
+    ip: IpAddr,
+    target: u16,
+    services: &BTreeSet<(String, String, String)>,
+) -> Cluster {
+    Cluster {
+        name: name.to_string(),
+        type_: DiscoveryType::Static,
+        connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        lb_policy: LbPolicy::RoundRobin,
+        eds_cluster_config: None,
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: name.to_string(),
+            endpoints: vec![LocalityLbEndpoints {
+                locality: None,
+                lb_endpoints: vec![LbEndpoint::new(SocketAddr::new(ip, target))],
+                priority: 0,
+            }],
+        }),
+        circuit_breakers: None,
+        outlier_detection: None,
+        upstream_bind_config: None,
+        upstream_protocol: UpstreamProtocol::UseDownstream,
+        common_http_protocol_options: None,
+        metadata: (!services.is_empty()).then(|| ClusterMetadata {
+            services: services
+                .iter()
+                .map(|(host, name, namespace)| ServiceRef {
+                    host: host.clone(),
+                    name: name.clone(),
+                    namespace: namespace.clone(),
+                })
+                .collect(),
+            subset: None,
+            destination_rule: None,
+        }),
+    }
+}
+
+fn bare(name: &str, type_: DiscoveryType, lb_policy: LbPolicy) -> Cluster {
+    Cluster {
+        name: name.to_string(),
+        type_,
+        connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        lb_policy,
+        eds_cluster_config: None,
+        load_assignment: None,
+        circuit_breakers: None,
+        outlier_detection: None,
+        upstream_bind_config: None,
+        upstream_protocol: UpstreamProtocol::UseDownstream,
+        common_http_protocol_options: None,
+        metadata: None,
+    }
+}
+
+/// PassthroughCluster (ORIGINAL_DST), BlackHoleCluster (STATIC, no endpoints),
+/// InboundPassthroughClusterIpv4 (ORIGINAL_DST from 127.0.0.6).
+pub fn static_clusters() -> Vec<Cluster> {
+    let passthrough = bare(
+        PASSTHROUGH_CLUSTER,
+        DiscoveryType::OriginalDst,
+        LbPolicy::ClusterProvided,
+    );
+    let mut blackhole = bare(
+        BLACKHOLE_CLUSTER,
+        DiscoveryType::Static,
+        LbPolicy::RoundRobin,
+    );
+    blackhole.load_assignment = Some(ClusterLoadAssignment {
+        cluster_name: BLACKHOLE_CLUSTER.to_string(),
+        endpoints: Vec::new(),
+    });
+    let mut inbound = bare(
+        INBOUND_PASSTHROUGH_CLUSTER_V4,
+        DiscoveryType::OriginalDst,
+        LbPolicy::ClusterProvided,
+    );
+    inbound.upstream_bind_config = Some(BindConfig {
+        source_address: SocketAddress {
+            address: INBOUND_PASSTHROUGH_SOURCE_V4,
+            port_value: 0,
+        },
+    });
+    vec![passthrough, blackhole, inbound]
+}
+
+impl<'v, 'a> Ctx<'v, 'a> {
+    /// Every wanted outbound cluster, sorted by name, with the endpoints of the EDS ones.
+    pub(super) fn build_clusters(&self) -> ClusterParts {
+        let mut clusters = Vec::new();
+        let mut endpoints = Vec::new();
+        for (name, w) in &self.wanted {
+            let dr = self.destination_rule_for(w.svc);
+            let subset = w
+                .subset
+                .and_then(|s| dr.and_then(|(_, d)| d.spec.subsets.iter().find(|x| x.name == s)));
+            let policy = dr
+                .map(|(_, d)| merged_policy(&d.spec, w.port.port, subset))
+                .unwrap_or_default();
+            let passthrough = w.svc.headless()
+                || policy
+                    .lb
+                    .is_some_and(|lb| lb.simple == Some(SimpleLb::Passthrough));
+            let tcp = policy.pool.and_then(|p| p.tcp.as_ref());
+            let http = policy.pool.and_then(|p| p.http.as_ref());
+            let mut c = if passthrough {
+                bare(name, DiscoveryType::OriginalDst, LbPolicy::ClusterProvided)
+            } else {
+                let mut c = bare(name, DiscoveryType::Eds, lb_policy(policy.lb));
+                c.eds_cluster_config = Some(EdsClusterConfig {
+                    service_name: name.clone(),
+                });
+                let selector = subset.map(|s| &s.labels);
+                let lb_endpoints: Vec<LbEndpoint> = w
+                    .port
+                    .endpoints
+                    .iter()
+                    .filter(|e| selector.is_none_or(|sel| labels_match(sel, &e.labels)))
+                    .map(|e| LbEndpoint::new(SocketAddr::new(e.ip, e.port)))
+                    .collect();
+                endpoints.push(ClusterLoadAssignment {
+                    cluster_name: name.clone(),
+                    endpoints: if lb_endpoints.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![LocalityLbEndpoints {
+                            locality: None,
+                            lb_endpoints,
+                            priority: 0,
+                        }]
+                    },
+                });
+                c
+            };
+            c.connect_timeout = tcp
+                .and_then(|t| t.connect_timeout)
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+            c.circuit_breakers = Some(circuit_breakers(policy.pool));
+            c.outlier_detection = outlier_detection(policy.outlier);
+            c.upstream_protocol = if w.port.protocol.is_http2()
+                || (http.and_then(|h| h.h2_upgrade_policy) == Some(H2UpgradePolicy::Upgrade)
+                    && w.port.protocol.listener() == crate::protocol::ListenerProtocol::Http)
+            {
+                UpstreamProtocol::Http2
+            } else {
+                UpstreamProtocol::UseDownstream
+            };
+            if http.and_then(|h| h.use_client_protocol) == Some(true) {
+                c.upstream_protocol = UpstreamProtocol::UseDownstream;
+            }
+            let idle = http.and_then(|h| h.idle_timeout);
+            let per_conn =
+                to_u32(http.and_then(|h| h.max_requests_per_connection)).filter(|n| *n > 0);
+            if idle.is_some() || per_conn.is_some() {
+                c.common_http_protocol_options = Some(HttpProtocolOptions {
+                    idle_timeout: idle,
+                    max_requests_per_connection: per_conn,
+                });
+            }
+            c.metadata = Some(ClusterMetadata {
+                services: vec![ServiceRef {
+                    host: w.svc.fqdn.clone(),
+                    name: w.svc.name.clone(),
+                    namespace: w.svc.namespace.clone(),
+                }],
+                subset: w.subset.map(str::to_string),
+                destination_rule: dr.map(|(k, _)| format!("{}.{}", k.name, k.namespace)),
+            });
+            clusters.push(c);
+        }
+        (clusters, endpoints)
+    }
+}

@@ -1,0 +1,1045 @@
+//! The pure renderer: from the index and a scope to the full [`ProxyConfig`] of that scope's pods,
+//! built the way Istio builds a sidecar's listeners, routes, clusters and endpoints.
+//!
+//! A *scope* is a namespace (its pods share one configuration), narrowed by the namespace-wide
+//! Sidecar (or the root namespace's), or a Sidecar with a `workloadSelector` (its own scope).
+//! Everything is sorted, so equal inputs give byte-equal output and the content hash only changes
+//! when the configuration does.
+//!
+//! Decisions beyond Istio's documented behaviour:
+//! - inbound listeners/clusters of the namespace scope are the union over the namespace's services
+//!   whose pods use that scope (one configuration serves every pod); a port a pod does not serve
+//!   is refused by the kernel exactly as with passthrough;
+//! - headless services get ORIGINAL_DST clusters (Istio's `Passthrough` resolution), their HTTP
+//!   ports a virtual host on the port's route table, their TCP/auto ports one listener per ready
+//!   endpoint address; ExternalName services are not rendered;
+//! - a destination that does not resolve in this scope (host not in the registry, port missing,
+//!   subset not defined by the DestinationRule this scope uses) is routed to `BlackHoleCluster`
+//!   (Istio: a cluster that does not exist; both answer 503);
+//! - not rendered (no field in the proxy model): TLS settings and TLS routes, CORS, delegate
+//!   VirtualServices, `derivePort`, `http2Error` aborts; TCP route matches on `sourceLabels`
+//!   are skipped (a TCP proxy cannot express them).
+
+mod clusters;
+mod routes;
+
+use crate::index::{Index, Kind, Labels, ObjKey};
+use crate::protocol::{ListenerProtocol, Protocol};
+use crate::registry::{Registry, Svc, SvcPort, exported};
+use crate::validation::{Validation, age_key, resolve_host};
+use rustmesh_api::sidecar::{
+    EgressHost, IstioEgressListener, OutboundTrafficPolicyMode, host_matches,
+};
+use rustmesh_api::{DestinationRule, Sidecar, VirtualService};
+use rustmesh_xds::ProxyConfig;
+use rustmesh_xds::address::{Address, CidrRange};
+use rustmesh_xds::cluster::{Cluster, ClusterLoadAssignment};
+use rustmesh_xds::config::DnsEntry;
+use rustmesh_xds::duration::Duration;
+use rustmesh_xds::listener::{
+    FilterChain, FilterChainMatch, HTTP_PROTOCOLS, HttpConnectionManager, Listener, NetworkFilter,
+    RAW_BUFFER, Rds, TcpProxy, TrafficDirection,
+};
+use rustmesh_xds::names::{
+    self, BLACKHOLE_CLUSTER, ClusterName, INBOUND_PASSTHROUGH_CLUSTER_V4, PASSTHROUGH_CLUSTER,
+    VIRTUAL_INBOUND, VIRTUAL_OUTBOUND,
+};
+use rustmesh_xds::route::{RouteConfiguration, WeightedClusters};
+use rustmesh_xds::scope::{self as xscope, ScopeIndex, ScopeSelector};
+use rustmesh_xds::well_known;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+/// Which configuration: a namespace's default scope, or one selector Sidecar's.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Scope {
+    pub namespace: String,
+    /// Name of the Sidecar with a workloadSelector; `None` for the namespace scope.
+    pub sidecar: Option<String>,
+}
+
+impl Scope {
+    pub fn namespace(ns: &str) -> Self {
+        Scope {
+            namespace: ns.to_string(),
+            sidecar: None,
+        }
+    }
+
+    pub fn sidecar(ns: &str, name: &str) -> Self {
+        Scope {
+            namespace: ns.to_string(),
+            sidecar: Some(name.to_string()),
+        }
+    }
+
+    /// The ConfigMap key of this scope's configuration.
+    pub fn key(&self) -> String {
+        match &self.sidecar {
+            None => xscope::DEFAULT_SCOPE_KEY.to_string(),
+            Some(name) => xscope::sidecar_scope_key(name),
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.key())
+    }
+}
+
+/// The index prepared for rendering: services normalised, Istio objects validated and ordered.
+/// Build it once per batch and render every affected scope from it.
+pub struct MeshView<'a> {
+    pub index: &'a Index,
+    pub registry: Registry,
+    pub validation: Validation,
+    virtual_services: Vec<(&'a ObjKey, &'a VirtualService)>,
+    destination_rules: Vec<(&'a ObjKey, &'a DestinationRule)>,
+    sidecars: Vec<(&'a ObjKey, &'a Sidecar)>,
+}
+
+impl<'a> MeshView<'a> {
+    pub fn new(index: &'a Index) -> Self {
+        let registry = Registry::build(index);
+        let validation = Validation::compute(index, &registry);
+        let mut virtual_services: Vec<_> = index
+            .virtual_services
+            .iter()
+            .filter(|(k, _)| validation.accepted(Kind::VirtualService, k))
+            .collect();
+        virtual_services.sort_by_key(|(_, v)| age_key(&v.metadata));
+        let mut destination_rules: Vec<_> = index
+            .destination_rules
+            .iter()
+            .filter(|(k, _)| validation.accepted(Kind::DestinationRule, k))
+            .collect();
+        destination_rules.sort_by_key(|(_, d)| age_key(&d.metadata));
+        let mut sidecars: Vec<_> = index
+            .sidecars
+            .iter()
+            .filter(|(k, _)| validation.accepted(Kind::Sidecar, k))
+            .collect();
+        sidecars.sort_by_key(|(_, s)| age_key(&s.metadata));
+        MeshView {
+            index,
+            registry,
+            validation,
+            virtual_services,
+            destination_rules,
+            sidecars,
+        }
+    }
+
+    fn domain_suffix(&self) -> &str {
+        &self.index.mesh.domain_suffix
+    }
+
+    /// The namespace-wide Sidecar of `ns`, else the root namespace's.
+    fn default_sidecar(&self, ns: &str) -> Option<&'a Sidecar> {
+        let without_selector = |n: &str| {
+            self.sidecars
+                .iter()
+                .find(|(k, s)| k.namespace == n && s.spec.workload_selector.is_none())
+        };
+        without_selector(ns)
+            .or_else(|| without_selector(&self.index.mesh.root_namespace))
+            .map(|(_, s)| *s)
+    }
+
+    /// Sidecars of `ns` with a workloadSelector, in precedence order (oldest first).
+    fn selector_sidecars(&self, ns: &str) -> Vec<&'a Sidecar> {
+        self.sidecars
+            .iter()
+            .filter(|(k, s)| {
+                k.namespace == ns
+                    && s.spec
+                        .workload_selector
+                        .as_ref()
+                        .is_some_and(|w| !w.labels.is_empty())
+            })
+            .map(|(_, s)| *s)
+            .collect()
+    }
+
+    /// The ConfigMap's table of contents for `ns`.
+    pub fn scope_index(&self, ns: &str) -> ScopeIndex {
+        ScopeIndex {
+            selectors: self
+                .selector_sidecars(ns)
+                .into_iter()
+                .map(|s| {
+                    let name = s.metadata.name.clone().unwrap_or_default();
+                    ScopeSelector {
+                        key: xscope::sidecar_scope_key(&name),
+                        sidecar: name,
+                        labels: s
+                            .spec
+                            .workload_selector
+                            .as_ref()
+                            .map(|w| w.labels.clone())
+                            .unwrap_or_default(),
+                    }
+                })
+                .collect(),
+            ..ScopeIndex::default()
+        }
+    }
+
+    /// Every scope of a namespace: the namespace scope first, then one per selector Sidecar.
+    pub fn scopes(&self, ns: &str) -> Vec<Scope> {
+        let mut out = vec![Scope::namespace(ns)];
+        out.extend(
+            self.scope_index(ns)
+                .selectors
+                .into_iter()
+                .map(|s| Scope::sidecar(ns, &s.sidecar)),
+        );
+        out
+    }
+
+    fn sidecar_of(&self, scope: &Scope) -> Option<&'a Sidecar> {
+        match &scope.sidecar {
+            None => self.default_sidecar(&scope.namespace),
+            Some(name) => self
+                .sidecars
+                .iter()
+                .find(|(k, _)| k.namespace == scope.namespace && &k.name == name)
+                .map(|(_, s)| *s),
+        }
+    }
+}
+
+/// Renders one scope from the raw index (convenience for tests and one-off renders).
+pub fn render(index: &Index, scope: &Scope) -> ProxyConfig {
+    render_view(&MeshView::new(index), scope)
+}
+
+/// One service port visible from the scope, with the protocol its listener uses.
+#[derive(Clone, Copy)]
+struct Visible<'v> {
+    svc: &'v Svc,
+    port: &'v SvcPort,
+    protocol: Protocol,
+}
+
+/// Everything one render needs, plus the clusters it has referenced so far.
+struct Ctx<'v, 'a> {
+    view: &'v MeshView<'a>,
+    scope: &'v Scope,
+    sidecar: Option<&'a Sidecar>,
+    selector: Option<&'v Labels>,
+    mode: OutboundTrafficPolicyMode,
+    /// Clusters routes point at, by name, with what they stand for.
+    wanted: BTreeMap<String, Wanted<'v>>,
+}
+
+#[derive(Clone, Copy)]
+struct Wanted<'v> {
+    svc: &'v Svc,
+    port: &'v SvcPort,
+    subset: Option<&'v str>,
+}
+
+/// Renders one scope.
+pub fn render_view(view: &MeshView<'_>, scope: &Scope) -> ProxyConfig {
+    let sidecar = view.sidecar_of(scope);
+    let selector = sidecar
+        .and_then(|s| s.spec.workload_selector.as_ref())
+        .map(|w| &w.labels)
+        .filter(|_| scope.sidecar.is_some());
+    let mode = sidecar
+        .and_then(|s| s.spec.outbound_traffic_policy.as_ref())
+        .map(|p| p.mode)
+        .unwrap_or(view.index.mesh.outbound_policy);
+    let mut ctx = Ctx {
+        view,
+        scope,
+        sidecar,
+        selector,
+        mode,
+        wanted: BTreeMap::new(),
+    };
+    let visible = ctx.visible_ports();
+
+    // Outbound listeners and route tables.
+    let mut listeners: BTreeMap<(IpAddr, u16), Listener> = BTreeMap::new();
+    let mut routes: BTreeMap<String, RouteConfiguration> = BTreeMap::new();
+    let mut http_ports: BTreeMap<u16, Vec<Visible>> = BTreeMap::new();
+    for v in &visible {
+        match v.protocol.listener() {
+            ListenerProtocol::Http => http_ports.entry(v.port.port).or_default().push(*v),
+            ListenerProtocol::Auto => {
+                // Auto ports also answer on the port's shared route table, as in Istio.
+                http_ports.entry(v.port.port).or_default();
+            }
+            _ => {}
+        }
+    }
+    for v in &visible {
+        if v.protocol.listener() == ListenerProtocol::Auto
+            && let Some(list) = http_ports.get_mut(&v.port.port)
+            && !list.is_empty()
+        {
+            list.push(*v);
+        }
+    }
+    for (port, members) in &http_ports {
+        if members.is_empty() {
+            continue; // only auto services on this port: they have their own listeners
+        }
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        listeners.insert((any, *port), ctx.http_port_listener(*port));
+        routes.insert(port.to_string(), ctx.port_route_table(*port, members));
+    }
+    for v in &visible {
+        let lp = v.protocol.listener();
+        if !matches!(lp, ListenerProtocol::Tcp | ListenerProtocol::Auto) {
+            continue;
+        }
+        let ips: Vec<IpAddr> = match v.svc.cluster_ip {
+            Some(ip) => vec![ip],
+            None => v.port.endpoints.iter().map(|e| e.ip).collect(),
+        };
+        for ip in ips {
+            let key = (ip, v.port.port);
+            if listeners.contains_key(&key) {
+                continue;
+            }
+            let tcp_chain = ctx.tcp_chain(v);
+            let listener = if lp == ListenerProtocol::Tcp {
+                outbound_listener(ip, v.port.port, vec![tcp_chain], None, false)
+            } else {
+                let route_name = names::outbound_route_name(v.port.port, Some(&v.svc.fqdn));
+                routes
+                    .entry(route_name.clone())
+                    .or_insert_with(|| ctx.service_route_table(v, &route_name));
+                let http_chain = FilterChain {
+                    name: None,
+                    filter_chain_match: FilterChainMatch {
+                        transport_protocol: Some(RAW_BUFFER.to_string()),
+                        application_protocols: http_protocols(),
+                        ..FilterChainMatch::default()
+                    },
+                    filters: vec![hcm(
+                        names::outbound_stat_prefix(ip, v.port.port),
+                        route_name,
+                    )],
+                };
+                outbound_listener(ip, v.port.port, vec![http_chain], Some(tcp_chain), true)
+            };
+            listeners.insert(key, listener);
+        }
+    }
+
+    // Clusters for every visible port (and every subset its DestinationRule defines).
+    for v in &visible {
+        ctx.want_service_port(v.svc, v.port);
+    }
+    let (inbound_chains, inbound_clusters) = ctx.inbound();
+    let (mut clusters, endpoints) = ctx.build_clusters();
+    clusters.extend(inbound_clusters);
+    clusters.extend(static_clusters());
+
+    let mut all_listeners = vec![ctx.virtual_outbound(), virtual_inbound(inbound_chains)];
+    all_listeners.extend(listeners.into_values());
+
+    let mut config = ProxyConfig {
+        version_info: String::new(),
+        listeners: all_listeners,
+        routes: routes.into_values().collect(),
+        clusters,
+        endpoints,
+        dns: dns_entries(&visible, &scope.namespace),
+    };
+    config.version_info = crate::configmap::content_hash(&config);
+    config
+}
+
+fn http_protocols() -> Vec<String> {
+    HTTP_PROTOCOLS.iter().map(|s| s.to_string()).collect()
+}
+
+fn hcm(stat_prefix: String, route: String) -> NetworkFilter {
+    NetworkFilter::HttpConnectionManager(Box::new(HttpConnectionManager {
+        stat_prefix,
+        rds: Some(Rds {
+            route_config_name: route,
+        }),
+        ..HttpConnectionManager::default()
+    }))
+}
+
+fn tcp_proxy(stat_prefix: &str, cluster: &str) -> NetworkFilter {
+    NetworkFilter::TcpProxy(TcpProxy {
+        stat_prefix: stat_prefix.to_string(),
+        cluster: Some(cluster.to_string()),
+        ..TcpProxy::default()
+    })
+}
+
+/// How long an outbound listener sniffs for HTTP before treating the connection as TCP.
+fn sniff_timeout() -> Duration {
+    Duration::from_millis(100)
+}
+
+fn outbound_listener(
+    ip: IpAddr,
+    port: u16,
+    chains: Vec<FilterChain>,
+    default: Option<FilterChain>,
+    sniffs: bool,
+) -> Listener {
+    Listener {
+        name: names::listener_name(ip, port),
+        address: Address::new(ip, port),
+        traffic_direction: TrafficDirection::Outbound,
+        use_original_dst: false,
+        bind_to_port: false,
+        filter_chains: chains,
+        default_filter_chain: default,
+        listener_filters_timeout: sniffs.then(sniff_timeout),
+    }
+}
+
+impl<'v, 'a> Ctx<'v, 'a> {
+    fn ns(&self) -> &str {
+        &self.scope.namespace
+    }
+
+    fn catch_all_cluster(&self) -> &'static str {
+        match self.mode {
+            OutboundTrafficPolicyMode::AllowAny => PASSTHROUGH_CLUSTER,
+            OutboundTrafficPolicyMode::RegistryOnly => BLACKHOLE_CLUSTER,
+        }
+    }
+
+    /// The egress listener of the Sidecar that governs `port`: the one bound to that port, else
+    /// the one without a port. `None` inside `Some` means the port is not exposed at all.
+    fn egress_for(&self, port: u16) -> Option<Option<&'a IstioEgressListener>> {
+        let sc = self.sidecar?;
+        if sc.spec.egress.is_empty() {
+            return None; // ingress-only Sidecar: egress unrestricted
+        }
+        let by_port = sc
+            .spec
+            .egress
+            .iter()
+            .find(|e| e.port.as_ref().is_some_and(|p| p.number == u32::from(port)));
+        Some(by_port.or_else(|| sc.spec.egress.iter().find(|e| e.port.is_none())))
+    }
+
+    fn visible_ports(&self) -> Vec<Visible<'v>> {
+        let mut out = Vec::new();
+        for svc in &self.view.registry.services {
+            if !svc.exported_to(self.ns()) && svc.namespace != self.ns() {
+                continue;
+            }
+            for port in &svc.ports {
+                let mut protocol = port.protocol;
+                match self.egress_for(port.port) {
+                    None => {}
+                    Some(None) => continue,
+                    Some(Some(listener)) => {
+                        let exposed = listener.hosts.iter().any(|h| {
+                            EgressHost::parse(h)
+                                .is_some_and(|eh| eh.exposes(self.ns(), &svc.namespace, &svc.fqdn))
+                        });
+                        if !exposed {
+                            continue;
+                        }
+                        if let Some(p) = listener.port.as_ref().and_then(|p| p.protocol.as_deref())
+                        {
+                            protocol = Protocol::parse(p);
+                        }
+                    }
+                }
+                if protocol.listener() == ListenerProtocol::None {
+                    continue;
+                }
+                if port.port == well_known::OUTBOUND_CAPTURE_PORT
+                    || port.port == well_known::INBOUND_CAPTURE_PORT
+                {
+                    continue;
+                }
+                out.push(Visible {
+                    svc,
+                    port,
+                    protocol,
+                });
+            }
+        }
+        out
+    }
+
+    /// Whether the scope's Sidecar egress selects a VirtualService (namespace part against the
+    /// VirtualService's namespace, host part against its hosts), as Istio's egress listeners do.
+    fn egress_selects(&self, vs_ns: &str, vs_hosts: &[String]) -> bool {
+        let Some(sc) = self.sidecar else { return true };
+        if sc.spec.egress.is_empty() {
+            return true;
+        }
+        sc.spec
+            .egress
+            .iter()
+            .flat_map(|e| &e.hosts)
+            .filter_map(|h| EgressHost::parse(h))
+            .any(|eh| {
+                let ns_ok = match eh.namespace {
+                    "*" => true,
+                    "~" => false,
+                    "." => vs_ns == self.ns(),
+                    other => other == vs_ns,
+                };
+                ns_ok
+                    && vs_hosts
+                        .iter()
+                        .any(|h| host_matches(eh.host, h) || host_matches(h, eh.host))
+            })
+    }
+
+    /// The VirtualService that routes `fqdn` for this scope: visible (exportTo), for the mesh
+    /// (`gateways` empty or `mesh`), selected by the Sidecar; an exact host beats a wildcard,
+    /// a longer wildcard a shorter one, then the oldest wins.
+    fn virtual_service_for(&self, fqdn: &str) -> Option<(&'a ObjKey, &'a VirtualService)> {
+        let suffix = self.view.domain_suffix();
+        let mut best: Option<((u8, usize), (&'a ObjKey, &'a VirtualService))> = None;
+        for (key, vs) in &self.view.virtual_services {
+            if !exported(&vs.spec.export_to, &key.namespace, self.ns()) {
+                continue;
+            }
+            if !(vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh")) {
+                continue;
+            }
+            let hosts: Vec<String> = vs
+                .spec
+                .hosts
+                .iter()
+                .map(|h| resolve_host(h, &key.namespace, suffix))
+                .collect();
+            let rank = hosts
+                .iter()
+                .filter(|h| host_matches(h, fqdn))
+                .map(|h| {
+                    if h == fqdn {
+                        (0u8, 0usize)
+                    } else {
+                        (1, usize::MAX - h.len())
+                    }
+                })
+                .min();
+            let Some(rank) = rank else { continue };
+            if !self.egress_selects(&key.namespace, &hosts) {
+                continue;
+            }
+            // `virtual_services` is oldest first, so a strict comparison keeps the oldest.
+            if best.as_ref().is_none_or(|(r, _)| rank < *r) {
+                best = Some((rank, (*key, *vs)));
+            }
+        }
+        best.map(|(_, v)| v)
+    }
+
+    /// The DestinationRule for `svc` in this scope: the scope's namespace first, then the
+    /// service's, then the root namespace's; an exact host beats a wildcard, then the oldest.
+    fn destination_rule_for(&self, svc: &Svc) -> Option<(&'a ObjKey, &'a DestinationRule)> {
+        let suffix = self.view.domain_suffix();
+        let root = &self.view.index.mesh.root_namespace;
+        let mut best: Option<((u8, u8, usize), (&'a ObjKey, &'a DestinationRule))> = None;
+        for (key, dr) in &self.view.destination_rules {
+            let ns_rank = if key.namespace == self.ns() {
+                0
+            } else if key.namespace == svc.namespace {
+                1
+            } else if &key.namespace == root {
+                2
+            } else {
+                continue;
+            };
+            if key.namespace != self.ns()
+                && !exported(&dr.spec.export_to, &key.namespace, self.ns())
+            {
+                continue;
+            }
+            if let Some(sel) = &dr.spec.workload_selector
+                && !sel.match_labels.is_empty()
+            {
+                let applies = self
+                    .selector
+                    .is_some_and(|l| sel.match_labels.iter().all(|(k, v)| l.get(k) == Some(v)));
+                if !applies || key.namespace != self.ns() {
+                    continue;
+                }
+            }
+            let host = resolve_host(&dr.spec.host, &key.namespace, suffix);
+            if !host_matches(&host, &svc.fqdn) {
+                continue;
+            }
+            let host_rank = if host == svc.fqdn {
+                (0u8, 0usize)
+            } else {
+                (1, usize::MAX - host.len())
+            };
+            let rank = (ns_rank, host_rank.0, host_rank.1);
+            if best.as_ref().is_none_or(|(r, _)| rank < *r) {
+                best = Some((rank, (*key, *dr)));
+            }
+        }
+        best.map(|(_, v)| v)
+    }
+
+    /// Registers the default cluster of a port and one per subset of its DestinationRule.
+    fn want_service_port(&mut self, svc: &'v Svc, port: &'v SvcPort) {
+        let name = ClusterName::outbound(port.port, "", &svc.fqdn).to_string();
+        self.wanted.insert(
+            name,
+            Wanted {
+                svc,
+                port,
+                subset: None,
+            },
+        );
+        if let Some((_, dr)) = self.destination_rule_for(svc) {
+            for s in &dr.spec.subsets {
+                let name = ClusterName::outbound(port.port, &s.name, &svc.fqdn).to_string();
+                self.wanted.insert(
+                    name,
+                    Wanted {
+                        svc,
+                        port,
+                        subset: Some(s.name.as_str()),
+                    },
+                );
+            }
+        }
+    }
+
+    /// The `0.0.0.0_<port>` listener of an HTTP port.
+    fn http_port_listener(&self, port: u16) -> Listener {
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let chain = FilterChain {
+            name: None,
+            filter_chain_match: FilterChainMatch {
+                application_protocols: http_protocols(),
+                ..FilterChainMatch::default()
+            },
+            filters: vec![hcm(
+                names::outbound_stat_prefix(any, port),
+                names::outbound_route_name(port, None),
+            )],
+        };
+        let catch_all = self.catch_all_cluster();
+        let default = FilterChain {
+            name: Some(match self.mode {
+                OutboundTrafficPolicyMode::AllowAny => "PassthroughFilterChain".to_string(),
+                OutboundTrafficPolicyMode::RegistryOnly => "BlackHoleFilterChain".to_string(),
+            }),
+            filter_chain_match: FilterChainMatch::default(),
+            filters: vec![tcp_proxy(catch_all, catch_all)],
+        };
+        outbound_listener(any, port, vec![chain], Some(default), true)
+    }
+
+    /// The TCP chain of a TCP or auto port: to the service's cluster, or where the
+    /// VirtualService's first applicable `tcp` rule sends it.
+    fn tcp_chain(&mut self, v: &Visible<'v>) -> FilterChain {
+        let default = ClusterName::outbound(v.port.port, "", &v.svc.fqdn).to_string();
+        let (cluster, weighted) = self
+            .tcp_route(v)
+            .unwrap_or_else(|| (Some(default.clone()), None));
+        let stat_prefix = cluster.clone().unwrap_or_else(|| default.clone());
+        let idle_timeout = self.tcp_idle_timeout(v);
+        FilterChain {
+            name: None,
+            filter_chain_match: FilterChainMatch::default(),
+            filters: vec![NetworkFilter::TcpProxy(TcpProxy {
+                stat_prefix,
+                cluster,
+                weighted_clusters: weighted,
+                idle_timeout,
+            })],
+        }
+    }
+
+    fn tcp_idle_timeout(&self, v: &Visible<'v>) -> Option<Duration> {
+        let (_, dr) = self.destination_rule_for(v.svc)?;
+        let policy = clusters::merged_policy(&dr.spec, v.port.port, None);
+        policy.pool?.tcp.as_ref()?.idle_timeout
+    }
+
+    fn tcp_route(&mut self, v: &Visible<'v>) -> Option<(Option<String>, Option<WeightedClusters>)> {
+        let (key, vs) = self.virtual_service_for(&v.svc.fqdn)?;
+        let rule = vs.spec.tcp.iter().find(|r| {
+            r.match_.is_empty()
+                || r.match_.iter().any(|m| {
+                    m.port.is_none_or(|p| p == u32::from(v.port.port))
+                        && (m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
+                        && m.source_labels.is_empty()
+                        && m.source_namespace.as_deref().is_none_or(|n| n == self.ns())
+                        && (m.destination_subnets.is_empty()
+                            || m.destination_subnets.iter().any(|s| {
+                                v.svc
+                                    .cluster_ip
+                                    .is_some_and(|ip| parse_cidr(s).is_some_and(|c| c.contains(ip)))
+                            }))
+                })
+        })?;
+        let dests: Vec<(String, u32)> = rule
+            .route
+            .iter()
+            .filter(|d| rule.route.len() == 1 || d.weight.unwrap_or(0) > 0)
+            .map(|d| {
+                let c = self.cluster_for(&d.destination, &key.namespace, v.port.port);
+                (
+                    c,
+                    d.weight.and_then(|w| u32::try_from(w).ok()).unwrap_or(100),
+                )
+            })
+            .collect();
+        match dests.as_slice() {
+            [] => None,
+            [(c, _)] => Some((Some(c.clone()), None)),
+            many => Some((
+                None,
+                Some(WeightedClusters {
+                    clusters: many
+                        .iter()
+                        .map(|(name, weight)| rustmesh_xds::route::ClusterWeight {
+                            name: name.clone(),
+                            weight: *weight,
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            )),
+        }
+    }
+
+    /// The cluster a destination resolves to in this scope, registered for rendering;
+    /// `BlackHoleCluster` when it does not resolve.
+    fn cluster_for(
+        &mut self,
+        d: &rustmesh_api::common::Destination,
+        vs_namespace: &str,
+        current_port: u16,
+    ) -> String {
+        let host = resolve_host(&d.host, vs_namespace, self.view.domain_suffix());
+        let Some(svc) = self.view.registry.get(&host) else {
+            return BLACKHOLE_CLUSTER.to_string();
+        };
+        let port = match d.port {
+            Some(p) => u16::try_from(p.number).ok().and_then(|n| svc.port(n)),
+            None if svc.ports.len() == 1 => svc.ports.first(),
+            None => svc.port(current_port),
+        };
+        let Some(port) = port else {
+            return BLACKHOLE_CLUSTER.to_string();
+        };
+        let subset = match d.subset.as_deref() {
+            None => None,
+            Some(name) => {
+                let dr = self.destination_rule_for(svc);
+                match dr.and_then(|(_, dr)| dr.spec.subsets.iter().find(|s| s.name == name)) {
+                    Some(s) => Some(s.name.as_str()),
+                    None => return BLACKHOLE_CLUSTER.to_string(),
+                }
+            }
+        };
+        let name = ClusterName::outbound(port.port, subset.unwrap_or(""), &svc.fqdn).to_string();
+        // Register the destination service's port (default cluster and subsets) for rendering.
+        let svc: &'v Svc = self.view_svc(&svc.fqdn);
+        let port: &'v SvcPort = svc.port(port.port).expect("port exists");
+        self.want_service_port(svc, port);
+        name
+    }
+
+    fn view_svc(&self, fqdn: &str) -> &'v Svc {
+        self.view.registry.get(fqdn).expect("service exists")
+    }
+
+    fn virtual_outbound(&self) -> Listener {
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let catch_all = self.catch_all_cluster();
+        Listener {
+            name: VIRTUAL_OUTBOUND.to_string(),
+            address: Address::new(any, well_known::OUTBOUND_CAPTURE_PORT),
+            traffic_direction: TrafficDirection::Outbound,
+            use_original_dst: true,
+            bind_to_port: true,
+            filter_chains: vec![
+                FilterChain {
+                    name: Some("virtualOutbound-blackhole".to_string()),
+                    filter_chain_match: FilterChainMatch {
+                        destination_port: Some(well_known::OUTBOUND_CAPTURE_PORT),
+                        ..FilterChainMatch::default()
+                    },
+                    filters: vec![tcp_proxy(BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER)],
+                },
+                FilterChain {
+                    name: Some("virtualOutbound-catchall-tcp".to_string()),
+                    filter_chain_match: FilterChainMatch::default(),
+                    filters: vec![tcp_proxy(catch_all, catch_all)],
+                },
+            ],
+            default_filter_chain: None,
+            listener_filters_timeout: None,
+        }
+    }
+
+    /// Inbound ports of this scope: from the Sidecar's `ingress` when it has one, else from the
+    /// namespace's services whose pods use this scope. Returns the virtualInbound chains for the
+    /// ports and their `inbound|<port>||` clusters.
+    fn inbound(&self) -> (Vec<FilterChain>, Vec<Cluster>) {
+        // port -> (listener protocols, services, endpoint)
+        let mut ports: BTreeMap<u16, InboundPort> = BTreeMap::new();
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let ingress = self
+            .sidecar
+            .map(|s| s.spec.ingress.as_slice())
+            .unwrap_or(&[]);
+        if !ingress.is_empty() {
+            for ing in ingress {
+                let Ok(number) = u16::try_from(ing.port.number) else {
+                    continue;
+                };
+                let protocol = ing
+                    .port
+                    .protocol
+                    .as_deref()
+                    .map(Protocol::parse)
+                    .unwrap_or_else(|| {
+                        Protocol::of_service_port(number, ing.port.name.as_deref(), None, None)
+                    });
+                let target = ing
+                    .default_endpoint
+                    .as_deref()
+                    .and_then(|e| e.rsplit_once(':'))
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .or_else(|| ing.port.target_port.and_then(|t| u16::try_from(t).ok()))
+                    .unwrap_or(number);
+                let entry = ports.entry(number).or_insert_with(|| InboundPort {
+                    protocols: BTreeSet::new(),
+                    services: BTreeSet::new(),
+                    target,
+                });
+                entry.protocols.insert(protocol.listener());
+            }
+        } else {
+            let index = self.view.scope_index(self.ns());
+            let my_key = self.scope.key();
+            for svc in self
+                .view
+                .registry
+                .services
+                .iter()
+                .filter(|s| s.namespace == self.ns())
+            {
+                let pods: Vec<&Labels> = svc
+                    .ports
+                    .iter()
+                    .flat_map(|p| &p.endpoints)
+                    .filter(|e| e.pod.is_some())
+                    .map(|e| &e.labels)
+                    .collect();
+                let mine = if pods.is_empty() {
+                    self.scope.sidecar.is_none()
+                } else {
+                    pods.iter()
+                        .any(|l| xscope::select_scope(&index, l) == my_key)
+                };
+                if !mine {
+                    continue;
+                }
+                for p in &svc.ports {
+                    let lp = p.protocol.listener();
+                    let Some(target) = p.target_port else {
+                        continue;
+                    };
+                    if lp == ListenerProtocol::None || is_proxy_port(target) {
+                        continue;
+                    }
+                    let entry = ports.entry(target).or_insert_with(|| InboundPort {
+                        protocols: BTreeSet::new(),
+                        services: BTreeSet::new(),
+                        target,
+                    });
+                    entry.protocols.insert(lp);
+                    entry.services.insert((
+                        svc.fqdn.clone(),
+                        svc.name.clone(),
+                        svc.namespace.clone(),
+                    ));
+                }
+            }
+        }
+        let mut chains = Vec::new();
+        let mut clusters = Vec::new();
+        for (port, ip) in &ports {
+            let cluster = ClusterName::inbound(*port).to_string();
+            let chain_name = names::listener_name(IpAddr::V4(Ipv4Addr::UNSPECIFIED), *port);
+            let http = ip.protocols.contains(&ListenerProtocol::Http)
+                || ip.protocols.contains(&ListenerProtocol::Auto);
+            if http {
+                chains.push(FilterChain {
+                    name: Some(chain_name.clone()),
+                    filter_chain_match: FilterChainMatch {
+                        destination_port: Some(*port),
+                        transport_protocol: Some(RAW_BUFFER.to_string()),
+                        application_protocols: http_protocols(),
+                        ..FilterChainMatch::default()
+                    },
+                    filters: vec![NetworkFilter::HttpConnectionManager(Box::new(
+                        HttpConnectionManager {
+                            stat_prefix: format!("inbound_0.0.0.0_{port}"),
+                            rds: None,
+                            route_config: Some(routes::inbound_route_table(&cluster, *port)),
+                            ..HttpConnectionManager::default()
+                        },
+                    ))],
+                });
+            }
+            chains.push(FilterChain {
+                name: Some(chain_name),
+                filter_chain_match: FilterChainMatch {
+                    destination_port: Some(*port),
+                    ..FilterChainMatch::default()
+                },
+                filters: vec![tcp_proxy(&cluster, &cluster)],
+            });
+            clusters.push(clusters::inbound_cluster(
+                &cluster,
+                loopback,
+                ip.target,
+                &ip.services,
+            ));
+        }
+        (chains, clusters)
+    }
+}
+
+struct InboundPort {
+    protocols: BTreeSet<ListenerProtocol>,
+    /// (fqdn, name, namespace)
+    services: BTreeSet<(String, String, String)>,
+    /// Where the app listens (127.0.0.1:<target>).
+    target: u16,
+}
+
+fn is_proxy_port(port: u16) -> bool {
+    [
+        well_known::OUTBOUND_CAPTURE_PORT,
+        well_known::INBOUND_CAPTURE_PORT,
+        well_known::ADMIN_PORT,
+        well_known::AGENT_STATUS_PORT,
+        well_known::HEALTH_PORT,
+        well_known::DNS_PORT,
+        well_known::PROMETHEUS_PORT,
+        well_known::TUNNEL_PORT,
+    ]
+    .contains(&port)
+}
+
+fn parse_cidr(s: &str) -> Option<CidrRange> {
+    let (ip, len) = match s.split_once('/') {
+        Some((ip, len)) => (ip.parse::<IpAddr>().ok()?, len.parse::<u8>().ok()?),
+        None => {
+            let ip: IpAddr = s.parse().ok()?;
+            (ip, if ip.is_ipv4() { 32 } else { 128 })
+        }
+    };
+    Some(CidrRange {
+        address_prefix: ip,
+        prefix_len: len,
+    })
+}
+
+fn virtual_inbound(port_chains: Vec<FilterChain>) -> Listener {
+    let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let mut chains = vec![FilterChain {
+        name: Some("virtualInbound-blackhole".to_string()),
+        filter_chain_match: FilterChainMatch {
+            destination_port: Some(well_known::INBOUND_CAPTURE_PORT),
+            ..FilterChainMatch::default()
+        },
+        filters: vec![tcp_proxy(BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER)],
+    }];
+    chains.extend(port_chains);
+    chains.push(FilterChain {
+        name: Some(VIRTUAL_INBOUND.to_string()),
+        filter_chain_match: FilterChainMatch {
+            prefix_ranges: vec![CidrRange {
+                address_prefix: any,
+                prefix_len: 0,
+            }],
+            ..FilterChainMatch::default()
+        },
+        filters: vec![tcp_proxy(
+            INBOUND_PASSTHROUGH_CLUSTER_V4,
+            INBOUND_PASSTHROUGH_CLUSTER_V4,
+        )],
+    });
+    Listener {
+        name: VIRTUAL_INBOUND.to_string(),
+        address: Address::new(any, well_known::INBOUND_CAPTURE_PORT),
+        traffic_direction: TrafficDirection::Inbound,
+        use_original_dst: true,
+        bind_to_port: true,
+        filter_chains: chains,
+        default_filter_chain: None,
+        listener_filters_timeout: None,
+    }
+}
+
+/// PassthroughCluster, BlackHoleCluster, InboundPassthroughClusterIpv4.
+fn static_clusters() -> Vec<Cluster> {
+    clusters::static_clusters()
+}
+
+/// The DNS table: every visible service, by FQDN with the short forms a client may use.
+fn dns_entries(visible: &[Visible<'_>], client_ns: &str) -> Vec<DnsEntry> {
+    let mut by_fqdn: BTreeMap<&str, DnsEntry> = BTreeMap::new();
+    for v in visible {
+        by_fqdn.entry(&v.svc.fqdn).or_insert_with(|| {
+            let svc = v.svc;
+            let mut aliases = vec![
+                format!("{}.{}", svc.name, svc.namespace),
+                format!("{}.{}.svc", svc.name, svc.namespace),
+            ];
+            if svc.namespace == client_ns {
+                aliases.push(svc.name.clone());
+            }
+            aliases.sort();
+            let mut addresses: Vec<IpAddr> = match svc.cluster_ip {
+                Some(ip) => vec![ip],
+                None => svc
+                    .ports
+                    .iter()
+                    .flat_map(|p| p.endpoints.iter().map(|e| e.ip))
+                    .collect(),
+            };
+            addresses.sort();
+            addresses.dedup();
+            DnsEntry {
+                name: svc.fqdn.clone(),
+                aliases,
+                addresses,
+            }
+        });
+    }
+    by_fqdn
+        .into_values()
+        .filter(|d| !d.addresses.is_empty())
+        .collect()
+}
+
+/// The content of a scope's configuration minus `versionInfo`, for callers that need to compare.
+pub fn without_version(mut config: ProxyConfig) -> ProxyConfig {
+    config.version_info.clear();
+    config
+}
+
+/// Endpoints and cluster lists, for [`clusters`] to fill.
+type ClusterParts = (Vec<Cluster>, Vec<ClusterLoadAssignment>);
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,872 @@
+//! Field-by-field tests of the renderer against the seeds' cases and the productpage fixture.
+
+use super::*;
+use crate::fixtures::{bookinfo, istio, namespace, workload};
+use crate::index::Object;
+use rustmesh_xds::cluster::LbPolicy;
+use rustmesh_xds::listener::NetworkFilter;
+use rustmesh_xds::route::{Route, VirtualHost};
+
+const FIXTURE: &str = include_str!("../../../xds/tests/fixtures/productpage.json");
+
+fn fixture() -> ProxyConfig {
+    ProxyConfig::from_json(FIXTURE).expect("fixture is valid")
+}
+
+fn rendered(index: &Index, scope: &Scope) -> ProxyConfig {
+    let c = render(index, scope);
+    if let Err(e) = c.validate() {
+        panic!("render of {scope} does not validate: {e}\n{}", c.to_json());
+    }
+    c
+}
+
+fn vhost<'c>(c: &'c ProxyConfig, table: &str, name: &str) -> &'c VirtualHost {
+    c.route(table)
+        .unwrap_or_else(|| panic!("route table {table} missing"))
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("vhost {name} missing in {table}"))
+}
+
+fn tcp_dest(f: &NetworkFilter) -> String {
+    f.destination()
+}
+
+fn endpoint_ips(c: &ProxyConfig, cluster: &str) -> Vec<String> {
+    let cl = c
+        .cluster(cluster)
+        .unwrap_or_else(|| panic!("cluster {cluster} missing"));
+    c.load_assignment(cl)
+        .map(|la| {
+            la.lb_endpoints()
+                .map(|e| e.endpoint.address.socket_addr().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn reviews_vs() -> &'static str {
+    r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+  namespace: default
+spec:
+  hosts:
+  - reviews
+  http:
+  - name: jason
+    match:
+    - headers:
+        end-user:
+          exact: jason
+    route:
+    - destination:
+        host: reviews
+        subset: v2
+  - name: shift
+    route:
+    - destination:
+        host: reviews
+        subset: v1
+      weight: 90
+    - destination:
+        host: reviews
+        subset: v2
+      weight: 10
+"#
+}
+
+#[test]
+fn productpage_matches_the_fixture() {
+    let index = bookinfo();
+    let got = rendered(&index, &Scope::namespace("default"));
+    let want = fixture();
+
+    // Outbound listeners and virtualOutbound: exactly as in the fixture.
+    for l in &want.listeners {
+        if l.name == "virtualInbound" {
+            continue;
+        }
+        assert_eq!(got.listener(&l.name), Some(l), "listener {}", l.name);
+    }
+    assert_eq!(got.listeners.len(), want.listeners.len());
+    // Route tables: exactly.
+    for r in &want.routes {
+        assert_eq!(got.route(&r.name), Some(r), "route table {}", r.name);
+    }
+    assert_eq!(got.routes.len(), want.routes.len());
+    // Clusters: exactly, except the inbound cluster's metadata, which for a namespace scope lists
+    // every service whose pods use the scope (the fixture is one pod's view).
+    for c in &want.clusters {
+        let g = got
+            .cluster(&c.name)
+            .unwrap_or_else(|| panic!("cluster {}", c.name));
+        if c.name == "inbound|9080||" {
+            let mut g = g.clone();
+            g.metadata = c.metadata.clone();
+            assert_eq!(&g, c);
+        } else {
+            assert_eq!(g, c, "cluster {}", c.name);
+        }
+    }
+    // Endpoints and DNS, by name.
+    for e in &want.endpoints {
+        let g = got
+            .endpoints
+            .iter()
+            .find(|x| x.cluster_name == e.cluster_name);
+        assert_eq!(g, Some(e), "endpoints {}", e.cluster_name);
+    }
+    assert_eq!(got.endpoints.len(), want.endpoints.len());
+    let mut want_dns = want.dns.clone();
+    want_dns.sort_by(|a, b| a.name.cmp(&b.name));
+    assert_eq!(got.dns, want_dns);
+    // virtualInbound: the 9080 chains as in the fixture, plus the namespace's other ports.
+    let vi = got.listener("virtualInbound").unwrap();
+    let wi = want.listener("virtualInbound").unwrap();
+    for chain in &wi.filter_chains {
+        assert!(
+            vi.filter_chains.contains(chain),
+            "inbound chain {:?}",
+            chain.name
+        );
+    }
+    assert_eq!(vi.filter_chains.first(), wi.filter_chains.first());
+    assert_eq!(vi.filter_chains.last(), wi.filter_chains.last());
+}
+
+#[test]
+fn productpage_selector_scope_is_the_fixture_exactly() {
+    let mut index = bookinfo();
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata:
+  name: productpage
+  namespace: default
+spec:
+  workloadSelector:
+    labels: {app: productpage}
+  egress:
+  - hosts: ["*/*"]
+"#,
+    );
+    let got = rendered(&index, &Scope::sidecar("default", "productpage"));
+    let mut want = fixture();
+    let sort = |c: &mut ProxyConfig| {
+        c.version_info.clear();
+        c.listeners.sort_by(|a, b| a.name.cmp(&b.name));
+        c.routes.sort_by(|a, b| a.name.cmp(&b.name));
+        c.clusters.sort_by(|a, b| a.name.cmp(&b.name));
+        c.endpoints
+            .sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+        c.dns.sort_by(|a, b| a.name.cmp(&b.name));
+    };
+    let mut got = got;
+    sort(&mut got);
+    sort(&mut want);
+    assert_eq!(got, want);
+    // The namespace scope no longer serves productpage's port for that pod's services.
+    let ns_scope = rendered(&index, &Scope::namespace("default"));
+    let inbound = ns_scope.cluster("inbound|9080||").unwrap();
+    let services: Vec<_> = inbound
+        .metadata
+        .as_ref()
+        .unwrap()
+        .services
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(services, ["details", "ratings", "reviews"]);
+}
+
+#[test]
+fn reviews_weighted_with_header_match_and_subset_endpoints() {
+    let mut index = bookinfo();
+    istio(&mut index, reviews_vs());
+    let c = rendered(&index, &Scope::namespace("default"));
+    let vh = vhost(&c, "9080", "reviews.default.svc.cluster.local:9080");
+    assert_eq!(vh.routes.len(), 2);
+    let jason = &vh.routes[0];
+    assert_eq!(jason.name.as_deref(), Some("jason"));
+    assert_eq!(jason.match_.prefix.as_deref(), Some("/"));
+    assert_eq!(jason.match_.headers.len(), 1);
+    assert_eq!(jason.match_.headers[0].name, "end-user");
+    assert_eq!(
+        jason.match_.headers[0].string_match,
+        Some(rustmesh_xds::route::StringMatcher::exact("jason"))
+    );
+    let action = jason.route.as_ref().unwrap();
+    assert_eq!(
+        action.cluster.as_deref(),
+        Some("outbound|9080|v2|reviews.default.svc.cluster.local")
+    );
+    assert_eq!(action.timeout, Some(Duration::ZERO));
+    assert_eq!(action.retry_policy, Some(routes::default_retry_policy()));
+    assert_eq!(jason.virtual_service.as_deref(), Some("reviews.default"));
+
+    let shift = vh.routes[1].route.as_ref().unwrap();
+    let w = shift.weighted_clusters.as_ref().unwrap();
+    let pairs: Vec<_> = w
+        .clusters
+        .iter()
+        .map(|c| (c.name.as_str(), c.weight))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("outbound|9080|v1|reviews.default.svc.cluster.local", 90),
+            ("outbound|9080|v2|reviews.default.svc.cluster.local", 10)
+        ]
+    );
+    assert_eq!(
+        endpoint_ips(&c, "outbound|9080|v2|reviews.default.svc.cluster.local"),
+        ["10.244.0.33:9080"]
+    );
+    assert_eq!(
+        endpoint_ips(&c, "outbound|9080||reviews.default.svc.cluster.local").len(),
+        3
+    );
+    let v3 = c
+        .cluster("outbound|9080|v3|reviews.default.svc.cluster.local")
+        .unwrap();
+    let md = v3.metadata.as_ref().unwrap();
+    assert_eq!(md.subset.as_deref(), Some("v3"));
+    assert_eq!(md.destination_rule.as_deref(), Some("reviews.default"));
+    // Other services keep their default route.
+    let ratings = vhost(&c, "9080", "ratings.default.svc.cluster.local:9080");
+    assert_eq!(ratings.routes[0].name.as_deref(), Some("default"));
+}
+
+#[test]
+fn tcp_service_gets_a_cluster_ip_listener_and_tcp_routes() {
+    let mut index = bookinfo();
+    let c = rendered(&index, &Scope::namespace("default"));
+    let l = c.listener("10.96.20.1_27017").unwrap();
+    assert!(!l.bind_to_port);
+    assert_eq!(l.filter_chains.len(), 1);
+    assert!(l.default_filter_chain.is_none());
+    assert_eq!(
+        tcp_dest(&l.filter_chains[0].filters[0]),
+        "outbound|27017||mongodb.default.svc.cluster.local"
+    );
+    assert!(c.listener("0.0.0.0_27017").is_none());
+
+    workload(
+        &mut index,
+        "default",
+        "mongodb-replica",
+        Some("10.96.20.2"),
+        &[("mongo", 27017, 27017)],
+        &[("mongodb-r-1", "10.244.0.41", &[("app", "mongodb-replica")])],
+    );
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: mongo, namespace: default}
+spec:
+  hosts: [mongodb]
+  tcp:
+  - match:
+    - port: 27017
+    route:
+    - destination: {host: mongodb}
+      weight: 80
+    - destination: {host: mongodb-replica}
+      weight: 20
+"#,
+    );
+    let c = rendered(&index, &Scope::namespace("default"));
+    let l = c.listener("10.96.20.1_27017").unwrap();
+    let NetworkFilter::TcpProxy(t) = &l.filter_chains[0].filters[0] else {
+        panic!("tcp proxy expected")
+    };
+    let w = t.weighted_clusters.as_ref().unwrap();
+    assert_eq!(
+        w.clusters
+            .iter()
+            .map(|c| (c.name.as_str(), c.weight))
+            .collect::<Vec<_>>(),
+        [
+            ("outbound|27017||mongodb.default.svc.cluster.local", 80),
+            (
+                "outbound|27017||mongodb-replica.default.svc.cluster.local",
+                20
+            )
+        ]
+    );
+}
+
+#[test]
+fn auto_protocol_port_gets_both_chains_like_seed_004() {
+    let mut index = Index::default();
+    namespace(&mut index, "test", true);
+    workload(
+        &mut index,
+        "test",
+        "nginx",
+        Some("10.102.168.134"),
+        &[("", 80, 80)],
+        &[("nginx-1", "10.244.0.73", &[("app", "nginx")])],
+    );
+    let c = rendered(&index, &Scope::namespace("test"));
+    let l = c.listener("10.102.168.134_80").unwrap();
+    assert_eq!(l.filter_chains.len(), 1);
+    let http = &l.filter_chains[0];
+    assert_eq!(
+        http.filter_chain_match.transport_protocol.as_deref(),
+        Some("raw_buffer")
+    );
+    assert_eq!(
+        http.filter_chain_match.application_protocols,
+        ["http/1.0", "http/1.1", "h2c"]
+    );
+    assert_eq!(
+        http.filters[0].destination(),
+        "Route: nginx.test.svc.cluster.local:80"
+    );
+    let tcp = l.default_filter_chain.as_ref().unwrap();
+    assert_eq!(
+        tcp.filters[0].destination(),
+        "outbound|80||nginx.test.svc.cluster.local"
+    );
+    assert_eq!(l.listener_filters_timeout, Some(Duration::from_millis(100)));
+    let rt = c.route("nginx.test.svc.cluster.local:80").unwrap();
+    assert_eq!(rt.virtual_hosts.len(), 1);
+    assert_eq!(rt.virtual_hosts[0].domains, ["*"]);
+    let r = rt.virtual_hosts[0].routes[0].route.as_ref().unwrap();
+    assert_eq!(
+        r.cluster.as_deref(),
+        Some("outbound|80||nginx.test.svc.cluster.local")
+    );
+    // No HTTP service on 80: no 0.0.0.0_80 listener, no `80` table.
+    assert!(c.listener("0.0.0.0_80").is_none() && c.route("80").is_none());
+    // Inbound: an auto port accepts HTTP and TCP.
+    let vi = c.listener("virtualInbound").unwrap();
+    let on_80: Vec<_> = vi
+        .filter_chains
+        .iter()
+        .filter(|f| f.filter_chain_match.destination_port == Some(80))
+        .collect();
+    assert_eq!(on_80.len(), 2);
+}
+
+#[test]
+fn sidecar_limits_egress_to_own_namespace() {
+    let mut index = bookinfo();
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: default}
+spec:
+  egress:
+  - hosts: ["./*"]
+"#,
+    );
+    let c = rendered(&index, &Scope::namespace("default"));
+    assert!(c.listener("10.96.0.10_53").is_none());
+    assert!(
+        c.route("kube-dns.kube-system.svc.cluster.local:9153")
+            .is_none()
+    );
+    assert!(c.clusters.iter().all(|cl| !cl.name.contains("kube-system")));
+    assert!(c.dns.iter().all(|d| !d.name.contains("kube-system")));
+    assert!(
+        c.cluster("outbound|9080||reviews.default.svc.cluster.local")
+            .is_some()
+    );
+    // Still ALLOW_ANY: the catch-alls pass through.
+    assert_eq!(
+        vhost(&c, "9080", "allow_any").routes[0]
+            .route
+            .as_ref()
+            .unwrap()
+            .cluster
+            .as_deref(),
+        Some("PassthroughCluster")
+    );
+}
+
+#[test]
+fn egress_port_narrows_ports_and_root_sidecar_is_the_default() {
+    let mut index = bookinfo();
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: istio-system}
+spec:
+  egress:
+  - port: {number: 9080, protocol: HTTP, name: http}
+    hosts: ["./reviews.default.svc.cluster.local"]
+  - hosts: ["kube-system/*"]
+"#,
+    );
+    let c = rendered(&index, &Scope::namespace("default"));
+    let table = c.route("9080").unwrap();
+    let names: Vec<_> = table
+        .virtual_hosts
+        .iter()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["allow_any", "reviews.default.svc.cluster.local:9080"]
+    );
+    assert!(c.listener("10.96.0.10_53").is_some());
+    assert!(c.listener("10.96.20.1_27017").is_none());
+}
+
+#[test]
+fn registry_only_blackholes_the_catch_alls() {
+    let mut index = bookinfo();
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: default}
+spec:
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+"#,
+    );
+    let c = rendered(&index, &Scope::namespace("default"));
+    let vo = c.listener("virtualOutbound").unwrap();
+    assert_eq!(
+        vo.filter_chains[1].filters[0].destination(),
+        "BlackHoleCluster"
+    );
+    let l = c.listener("0.0.0.0_9080").unwrap();
+    let d = l.default_filter_chain.as_ref().unwrap();
+    assert_eq!(d.filters[0].destination(), "BlackHoleCluster");
+    let table = c.route("9080").unwrap();
+    assert_eq!(table.virtual_hosts[0].name, "block_all");
+    let r = &table.virtual_hosts[0].routes[0];
+    assert_eq!(r.direct_response.as_ref().unwrap().status, 502);
+    assert!(r.route.is_none());
+
+    // The mesh-wide default applies when no Sidecar says otherwise.
+    let mut index = bookinfo();
+    index.mesh.outbound_policy = OutboundTrafficPolicyMode::RegistryOnly;
+    let c = rendered(&index, &Scope::namespace("default"));
+    assert_eq!(c.route("9080").unwrap().virtual_hosts[0].name, "block_all");
+}
+
+#[test]
+fn fault_timeout_retries_and_other_http_actions() {
+    let mut index = bookinfo();
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  http:
+  - name: slow
+    match:
+    - headers:
+        end-user: {exact: jason}
+      uri: {prefix: /ratings}
+      method: {exact: GET}
+      queryParams:
+        debug: {exact: "1"}
+      withoutHeaders:
+        x-canary: {prefix: "yes"}
+      ignoreUriCase: true
+      sourceLabels: {app: productpage}
+    fault:
+      delay:
+        percentage: {value: 100.0}
+        fixedDelay: 7s
+      abort:
+        httpStatus: 500
+        percentage: {value: 10}
+    timeout: 0.5s
+    retries:
+      attempts: 3
+      perTryTimeout: 2s
+      retryOn: gateway-error,503
+    rewrite:
+      uri: /v2/ratings
+      authority: ratings.internal
+    headers:
+      request:
+        set: {x-a: "1"}
+        add: {x-b: "2"}
+        remove: [x-c]
+    mirror: {host: details}
+    mirrorPercentage: {value: 5}
+    route:
+    - destination: {host: ratings}
+  - name: no-retry
+    match:
+    - uri: {regex: "/r/[0-9]+"}
+    retries: {attempts: 0}
+    route:
+    - destination: {host: ratings}
+      headers:
+        response:
+          remove: [server]
+  - name: moved
+    match:
+    - uri: {exact: /old}
+    redirect: {uri: /new, redirectCode: 302}
+  - name: ok
+    match:
+    - uri: {exact: /health}
+    directResponse: {status: 200, body: {string: ok}}
+"#,
+    );
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings-policy, namespace: default}
+spec:
+  host: ratings
+"#,
+    );
+    let c = rendered(&index, &Scope::namespace("default"));
+    let vh = vhost(&c, "9080", "ratings.default.svc.cluster.local:9080");
+    assert_eq!(vh.routes.len(), 4);
+    let slow = &vh.routes[0];
+    let m = &slow.match_;
+    assert_eq!(m.prefix.as_deref(), Some("/ratings"));
+    assert_eq!(m.case_sensitive, Some(false));
+    let hn: Vec<_> = m
+        .headers
+        .iter()
+        .map(|h| (h.name.as_str(), h.invert_match))
+        .collect();
+    assert_eq!(
+        hn,
+        [(":method", false), ("end-user", false), ("x-canary", true)]
+    );
+    assert_eq!(m.query_parameters[0].name, "debug");
+    assert_eq!(m.source_labels["app"], "productpage");
+    let f = slow.fault.as_ref().unwrap();
+    assert_eq!(
+        f.delay.as_ref().unwrap().fixed_delay,
+        Duration::from_secs(7)
+    );
+    assert_eq!(f.delay.as_ref().unwrap().percentage.value, 100.0);
+    assert_eq!(f.abort.as_ref().unwrap().http_status, Some(500));
+    assert_eq!(f.abort.as_ref().unwrap().percentage.value, 10.0);
+    let a = slow.route.as_ref().unwrap();
+    assert_eq!(a.timeout, Some(Duration::from_millis(500)));
+    let rp = a.retry_policy.as_ref().unwrap();
+    assert_eq!(
+        (
+            rp.num_retries,
+            rp.retry_on.as_str(),
+            rp.retriable_status_codes.as_slice()
+        ),
+        (3, "gateway-error,retriable-status-codes", &[503u16][..])
+    );
+    assert_eq!(rp.per_try_timeout, Some(Duration::from_secs(2)));
+    assert_eq!(a.prefix_rewrite.as_deref(), Some("/v2/ratings"));
+    assert_eq!(a.host_rewrite_literal.as_deref(), Some("ratings.internal"));
+    assert_eq!(a.request_mirror_policies.len(), 1);
+    assert_eq!(
+        a.request_mirror_policies[0].cluster,
+        "outbound|9080||details.default.svc.cluster.local"
+    );
+    assert_eq!(a.request_mirror_policies[0].percentage.unwrap().value, 5.0);
+    assert_eq!(slow.request_headers_to_add.len(), 2);
+    assert_eq!(slow.request_headers_to_remove, ["x-c"]);
+
+    let no_retry = &vh.routes[1];
+    assert!(no_retry.route.as_ref().unwrap().retry_policy.is_none());
+    assert_eq!(
+        no_retry.match_.safe_regex.as_ref().unwrap().regex,
+        "/r/[0-9]+"
+    );
+    assert_eq!(no_retry.response_headers_to_remove, ["server"]);
+    let moved: &Route = &vh.routes[2];
+    let rd = moved.redirect.as_ref().unwrap();
+    assert_eq!(
+        (rd.path_redirect.as_deref(), rd.response_code),
+        (Some("/new"), 302)
+    );
+    assert_eq!(moved.match_.path.as_deref(), Some("/old"));
+    let ok = vh.routes[3].direct_response.as_ref().unwrap();
+    assert_eq!((ok.status, ok.body.as_deref()), (200, Some("ok")));
+}
+
+#[test]
+fn export_to_hides_a_virtual_service_from_other_namespaces() {
+    let mut index = bookinfo();
+    namespace(&mut index, "other", true);
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  exportTo: ["."]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v3}
+"#,
+    );
+    let own = rendered(&index, &Scope::namespace("default"));
+    let r = &vhost(&own, "9080", "reviews.default.svc.cluster.local:9080").routes[0];
+    assert_eq!(
+        r.route.as_ref().unwrap().cluster.as_deref(),
+        Some("outbound|9080|v3|reviews.default.svc.cluster.local")
+    );
+    let other = rendered(&index, &Scope::namespace("other"));
+    let vh = vhost(&other, "9080", "reviews.default.svc.cluster.local:9080");
+    assert_eq!(vh.routes[0].name.as_deref(), Some("default"));
+    assert!(vh.routes[0].virtual_service.is_none());
+    // From another namespace the short name is not a domain.
+    assert!(!vh.domains.contains(&"reviews".to_string()));
+    assert!(vh.domains.contains(&"reviews.default".to_string()));
+}
+
+#[test]
+fn an_invalid_virtual_service_is_left_out_and_the_rest_renders() {
+    let mut index = bookinfo();
+    istio(&mut index, reviews_vs());
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  http:
+  - route:
+    - destination: {host: ratings, subset: v9}
+"#,
+    );
+    let c = rendered(&index, &Scope::namespace("default"));
+    let ratings = vhost(&c, "9080", "ratings.default.svc.cluster.local:9080");
+    assert_eq!(ratings.routes[0].name.as_deref(), Some("default"));
+    let reviews = vhost(&c, "9080", "reviews.default.svc.cluster.local:9080");
+    assert_eq!(reviews.routes[0].name.as_deref(), Some("jason"));
+}
+
+#[test]
+fn destination_rule_policies_reach_clusters_and_routes() {
+    let mut index = bookinfo();
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings, namespace: default}
+spec:
+  host: ratings.default.svc.cluster.local
+  trafficPolicy:
+    loadBalancer:
+      consistentHash:
+        httpCookie: {name: user, path: /, ttl: 0s}
+    connectionPool:
+      tcp: {maxConnections: 100, connectTimeout: 0.03s}
+      http:
+        http1MaxPendingRequests: 10
+        http2MaxRequests: 1000
+        maxRequestsPerConnection: 10
+        maxRetries: 3
+        idleTimeout: 60s
+    outlierDetection:
+      consecutive5xxErrors: 7
+      interval: 300s
+      baseEjectionTime: 900s
+      maxEjectionPercent: 100
+    portLevelSettings:
+    - port: {number: 9999}
+      loadBalancer: {simple: RANDOM}
+  subsets:
+  - name: rr
+    labels: {version: v1}
+    trafficPolicy:
+      loadBalancer: {simple: ROUND_ROBIN}
+  - name: maglev
+    labels: {version: v1}
+    trafficPolicy:
+      loadBalancer:
+        consistentHash:
+          httpHeaderName: x-user
+          maglev: {tableSize: 65537}
+"#,
+    );
+    let c = rendered(&index, &Scope::namespace("default"));
+    let base = c
+        .cluster("outbound|9080||ratings.default.svc.cluster.local")
+        .unwrap();
+    assert_eq!(base.lb_policy, LbPolicy::RingHash);
+    assert_eq!(base.connect_timeout, Duration::from_millis(30));
+    let t = &base.circuit_breakers.as_ref().unwrap().thresholds[0];
+    assert_eq!(
+        (
+            t.max_connections,
+            t.max_pending_requests,
+            t.max_requests,
+            t.max_retries
+        ),
+        (Some(100), Some(10), Some(1000), Some(3))
+    );
+    let o = base.outlier_detection.as_ref().unwrap();
+    assert_eq!(o.consecutive_5xx, Some(7));
+    assert_eq!(o.base_ejection_time, Some(Duration::from_secs(900)));
+    let http = base.common_http_protocol_options.as_ref().unwrap();
+    assert_eq!(http.max_requests_per_connection, Some(10));
+    assert_eq!(http.idle_timeout, Some(Duration::from_secs(60)));
+    // Subset overrides the load balancer, keeps the rest.
+    let rr = c
+        .cluster("outbound|9080|rr|ratings.default.svc.cluster.local")
+        .unwrap();
+    assert_eq!(rr.lb_policy, LbPolicy::RoundRobin);
+    assert_eq!(rr.outlier_detection, base.outlier_detection);
+    let mg = c
+        .cluster("outbound|9080|maglev|ratings.default.svc.cluster.local")
+        .unwrap();
+    assert_eq!(mg.lb_policy, LbPolicy::Maglev);
+    // The default route carries the cookie hash policy.
+    let route = &vhost(&c, "9080", "ratings.default.svc.cluster.local:9080").routes[0];
+    let hp = &route.route.as_ref().unwrap().hash_policy;
+    assert_eq!(hp.len(), 1);
+    assert_eq!(hp[0].cookie.as_ref().unwrap().name, "user");
+}
+
+#[test]
+fn headless_services_use_original_dst_and_per_endpoint_listeners() {
+    let mut index = Index::default();
+    namespace(&mut index, "db", true);
+    workload(
+        &mut index,
+        "db",
+        "cassandra",
+        None,
+        &[("tcp-cql", 9042, 9042), ("http-admin", 8080, 8080)],
+        &[
+            ("cassandra-0", "10.244.1.10", &[("app", "cassandra")]),
+            ("cassandra-1", "10.244.1.11", &[("app", "cassandra")]),
+        ],
+    );
+    let c = rendered(&index, &Scope::namespace("db"));
+    let cl = c
+        .cluster("outbound|9042||cassandra.db.svc.cluster.local")
+        .unwrap();
+    assert_eq!(cl.type_, rustmesh_xds::cluster::DiscoveryType::OriginalDst);
+    assert!(c.listener("10.244.1.10_9042").is_some());
+    assert!(c.listener("10.244.1.11_9042").is_some());
+    let vh = vhost(&c, "8080", "cassandra.db.svc.cluster.local:8080");
+    assert!(!vh.domains.iter().any(|d| d.starts_with("10.")));
+    let dns = c
+        .dns
+        .iter()
+        .find(|d| d.name.starts_with("cassandra"))
+        .unwrap();
+    assert_eq!(dns.addresses.len(), 2);
+}
+
+#[test]
+fn rendering_is_deterministic_and_order_independent() {
+    let mut a = bookinfo();
+    istio(&mut a, reviews_vs());
+    // The same objects added in reverse order.
+    let mut b = Index::default();
+    let objects: Vec<Object> = {
+        let mut v: Vec<Object> = Vec::new();
+        v.extend(a.namespaces.iter().map(|(n, l)| Object::Namespace {
+            name: n.clone(),
+            labels: l.clone(),
+        }));
+        v.extend(
+            a.services
+                .values()
+                .map(|s| Object::Service(Box::new(s.clone()))),
+        );
+        v.extend(
+            a.endpoints
+                .values()
+                .map(|s| Object::Endpoints(Box::new(s.clone()))),
+        );
+        v.extend(a.pods.iter().map(|(k, l)| Object::Pod {
+            key: k.clone(),
+            labels: l.clone(),
+        }));
+        v.extend(
+            a.virtual_services
+                .values()
+                .map(|s| Object::VirtualService(Box::new(s.clone()))),
+        );
+        v.extend(
+            a.destination_rules
+                .values()
+                .map(|s| Object::DestinationRule(Box::new(s.clone()))),
+        );
+        v
+    };
+    for o in objects.into_iter().rev() {
+        b.apply(o);
+    }
+    let ca = rendered(&a, &Scope::namespace("default"));
+    let cb = rendered(&b, &Scope::namespace("default"));
+    assert_eq!(ca.to_json(), cb.to_json());
+    assert_eq!(ca.version_info, cb.version_info);
+    assert_eq!(ca.version_info.len(), 16);
+    // Content changes change the hash.
+    istio(
+        &mut b,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  http:
+  - timeout: 1s
+    route:
+    - destination: {host: ratings}
+"#,
+    );
+    assert_ne!(
+        rendered(&b, &Scope::namespace("default")).version_info,
+        ca.version_info
+    );
+}
+
+#[test]
+fn unresolvable_destinations_go_to_the_blackhole() {
+    let mut index = bookinfo();
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: details, namespace: default}
+spec:
+  hosts: [details]
+  http:
+  - route:
+    - destination: {host: nowhere.example.com}
+"#,
+    );
+    let c = rendered(&index, &Scope::namespace("default"));
+    let r = &vhost(&c, "9080", "details.default.svc.cluster.local:9080").routes[0];
+    assert_eq!(
+        r.route.as_ref().unwrap().cluster.as_deref(),
+        Some("BlackHoleCluster")
+    );
+}

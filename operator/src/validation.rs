@@ -1,0 +1,392 @@
+//! Validation of the Istio objects, with the checks that need the rest of the mesh, and the
+//! status conditions written back to each object.
+//!
+//! Decisions (as Istio does):
+//! - an object with an error is left out of rendering entirely; the rest of the mesh is
+//!   unaffected. The last good version is **not** kept: what is in the cluster is what is
+//!   rendered, so deleting or fixing the object is the only way back (no hidden state);
+//! - a destination subset that no DestinationRule defines is an **error** ("unknown subset");
+//! - a destination host that is not in the registry is a **warning** (routes to it answer 503,
+//!   through `BlackHoleCluster`); so is a VirtualService host no service matches;
+//! - of several namespace-wide Sidecars in one namespace (or several DestinationRules for the
+//!   same host in one namespace) the oldest applies; the others get `Accepted=False`, reason
+//!   `Conflict`.
+
+use crate::index::{Index, Kind, ObjKey};
+use crate::registry::{Registry, exported};
+use kube::core::ObjectMeta;
+use rustmesh_api::common::Destination;
+use rustmesh_api::sidecar::host_matches;
+use rustmesh_api::status::{Condition, IstioStatus, ValidationMessage};
+use rustmesh_api::validate::Validate;
+use rustmesh_api::{DestinationRule, VirtualService};
+use std::collections::BTreeMap;
+
+/// How serious a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Error,
+    Warning,
+}
+
+/// One finding about one field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub level: Level,
+    pub field: String,
+    pub message: String,
+}
+
+/// The outcome for one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// Whether the object is rendered.
+    pub accepted: bool,
+    /// `Accepted`, `Invalid` or `Conflict`.
+    pub reason: &'static str,
+    pub findings: Vec<Finding>,
+}
+
+/// Verdicts of every Istio object in the index.
+#[derive(Clone, Debug, Default)]
+pub struct Validation {
+    pub verdicts: BTreeMap<(Kind, ObjKey), Verdict>,
+}
+
+/// Sort key: oldest first, then namespace and name (Istio's precedence rule).
+pub fn age_key(meta: &ObjectMeta) -> (bool, Option<String>, String, String) {
+    let created = meta.creation_timestamp.as_ref().map(|t| {
+        // RFC 3339 in UTC sorts in time order as text.
+        t.0.to_string()
+    });
+    (
+        created.is_none(),
+        created,
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Istio's short-name expansion: a name without dots is `<name>.<namespace>.svc.<suffix>`;
+/// anything with a dot, `*` or an IP is taken as written.
+pub fn resolve_host(host: &str, namespace: &str, domain_suffix: &str) -> String {
+    if host == "*" || host.contains('.') || host.parse::<std::net::IpAddr>().is_ok() {
+        host.to_string()
+    } else {
+        format!("{host}.{namespace}.svc.{domain_suffix}")
+    }
+}
+
+impl Validation {
+    pub fn compute(index: &Index, registry: &Registry) -> Self {
+        let suffix = &index.mesh.domain_suffix;
+        let mut verdicts = BTreeMap::new();
+
+        // DestinationRules: their own rules, then conflicts, then (warning) unknown hosts.
+        let mut drs: Vec<(&ObjKey, &DestinationRule)> = index.destination_rules.iter().collect();
+        drs.sort_by_key(|(_, d)| age_key(&d.metadata));
+        let mut claimed: BTreeMap<(String, String), ObjKey> = BTreeMap::new();
+        for (key, dr) in &drs {
+            let mut findings = own_findings(dr.spec.validate());
+            let host = resolve_host(&dr.spec.host, &key.namespace, suffix);
+            let mut reason = None;
+            if findings.is_empty() && dr.spec.workload_selector.is_none() {
+                match claimed.get(&(key.namespace.clone(), host.clone())) {
+                    Some(first) => {
+                        findings.push(Finding {
+                            level: Level::Error,
+                            field: "spec.host".into(),
+                            message: format!(
+                                "DestinationRule {first} (older) already applies to host {host} in this namespace; this one is ignored"
+                            ),
+                        });
+                        reason = Some("Conflict");
+                    }
+                    None => {
+                        claimed.insert((key.namespace.clone(), host.clone()), (*key).clone());
+                    }
+                }
+            }
+            if !registry_has(registry, &host) {
+                findings.push(Finding {
+                    level: Level::Warning,
+                    field: "spec.host".into(),
+                    message: format!("host {host} matches no service in the registry"),
+                });
+            }
+            verdicts.insert(
+                (Kind::DestinationRule, (*key).clone()),
+                verdict(findings, reason),
+            );
+        }
+        let accepted_drs: Vec<(&ObjKey, &DestinationRule)> = drs
+            .iter()
+            .filter(|(k, _)| verdicts[&(Kind::DestinationRule, (*k).clone())].accepted)
+            .copied()
+            .collect();
+
+        for (key, vs) in &index.virtual_services {
+            let mut findings = own_findings(vs.spec.validate());
+            if findings.is_empty() {
+                vs_cross_checks(vs, key, registry, &accepted_drs, suffix, &mut findings);
+            }
+            verdicts.insert((Kind::VirtualService, key.clone()), verdict(findings, None));
+        }
+
+        let mut sidecars: Vec<_> = index.sidecars.iter().collect();
+        sidecars.sort_by_key(|(_, s)| age_key(&s.metadata));
+        let mut defaults: BTreeMap<String, ObjKey> = BTreeMap::new();
+        for (key, sc) in sidecars {
+            let mut findings = own_findings(sc.spec.validate());
+            let mut reason = None;
+            if findings.is_empty() && sc.spec.workload_selector.is_none() {
+                if let Some(first) = defaults.get(&key.namespace) {
+                    findings.push(Finding {
+                        level: Level::Error,
+                        field: "spec.workloadSelector".into(),
+                        message: format!(
+                            "Sidecar {first} (older) is already the namespace-wide Sidecar of {}; only one without workloadSelector applies",
+                            key.namespace
+                        ),
+                    });
+                    reason = Some("Conflict");
+                } else {
+                    defaults.insert(key.namespace.clone(), key.clone());
+                }
+            }
+            verdicts.insert((Kind::Sidecar, key.clone()), verdict(findings, reason));
+        }
+        Validation { verdicts }
+    }
+
+    /// Whether the object is rendered. Objects not validated (unknown) are not.
+    pub fn accepted(&self, kind: Kind, key: &ObjKey) -> bool {
+        self.verdicts
+            .get(&(kind, key.clone()))
+            .is_some_and(|v| v.accepted)
+    }
+}
+
+fn registry_has(registry: &Registry, host: &str) -> bool {
+    if host.starts_with('*') {
+        registry
+            .services
+            .iter()
+            .any(|s| host_matches(host, &s.fqdn))
+    } else {
+        registry.get(host).is_some()
+    }
+}
+
+fn own_findings(errors: Vec<rustmesh_api::FieldError>) -> Vec<Finding> {
+    errors
+        .into_iter()
+        .map(|e| Finding {
+            level: Level::Error,
+            field: e.field,
+            message: e.message,
+        })
+        .collect()
+}
+
+fn verdict(findings: Vec<Finding>, conflict: Option<&'static str>) -> Verdict {
+    let accepted = !findings.iter().any(|f| f.level == Level::Error);
+    Verdict {
+        accepted,
+        reason: if accepted {
+            "Accepted"
+        } else {
+            conflict.unwrap_or("Invalid")
+        },
+        findings,
+    }
+}
+
+fn vs_cross_checks(
+    vs: &VirtualService,
+    key: &ObjKey,
+    registry: &Registry,
+    drs: &[(&ObjKey, &DestinationRule)],
+    suffix: &str,
+    findings: &mut Vec<Finding>,
+) {
+    for (i, h) in vs.spec.hosts.iter().enumerate() {
+        let host = resolve_host(h, &key.namespace, suffix);
+        if !registry_has(registry, &host) {
+            findings.push(Finding {
+                level: Level::Warning,
+                field: format!("spec.hosts[{i}]"),
+                message: format!(
+                    "host {host} matches no service in the registry; no routes are rendered for it"
+                ),
+            });
+        }
+    }
+    let mut check = |field: String, d: &Destination| {
+        let host = resolve_host(&d.host, &key.namespace, suffix);
+        let svc = registry.get(&host);
+        if svc.is_none() {
+            findings.push(Finding {
+                level: Level::Warning,
+                field: format!("{field}.host"),
+                message: format!(
+                    "destination host {host} is not in the service registry; requests to it fail with 503"
+                ),
+            });
+        }
+        if let (Some(svc), Some(port)) = (svc, d.port)
+            && u16::try_from(port.number)
+                .ok()
+                .and_then(|p| svc.port(p))
+                .is_none()
+        {
+            findings.push(Finding {
+                level: Level::Warning,
+                field: format!("{field}.port.number"),
+                message: format!("service {host} has no port {}", port.number),
+            });
+        }
+        if let Some(subset) = &d.subset {
+            let defined = drs.iter().any(|(dk, dr)| {
+                let dr_host = resolve_host(&dr.spec.host, &dk.namespace, suffix);
+                host_matches(&dr_host, &host)
+                    && (dk.namespace == key.namespace
+                        || exported(&dr.spec.export_to, &dk.namespace, &key.namespace))
+                    && dr.spec.subsets.iter().any(|s| &s.name == subset)
+            });
+            if !defined {
+                findings.push(Finding {
+                    level: Level::Error,
+                    field: format!("{field}.subset"),
+                    message: format!(
+                        "unknown subset {subset:?}: no DestinationRule visible to namespace {} defines it for host {host}",
+                        key.namespace
+                    ),
+                });
+            }
+        }
+    };
+    for (i, r) in vs.spec.http.iter().enumerate() {
+        for (j, d) in r.route.iter().enumerate() {
+            check(
+                format!("spec.http[{i}].route[{j}].destination"),
+                &d.destination,
+            );
+        }
+        if let Some(m) = &r.mirror {
+            check(format!("spec.http[{i}].mirror"), m);
+        }
+        for (j, m) in r.mirrors.iter().enumerate() {
+            check(
+                format!("spec.http[{i}].mirrors[{j}].destination"),
+                &m.destination,
+            );
+        }
+    }
+    for (i, r) in vs.spec.tcp.iter().enumerate() {
+        for (j, d) in r.route.iter().enumerate() {
+            check(
+                format!("spec.tcp[{i}].route[{j}].destination"),
+                &d.destination,
+            );
+        }
+    }
+    for (i, r) in vs.spec.tls.iter().enumerate() {
+        for (j, d) in r.route.iter().enumerate() {
+            check(
+                format!("spec.tls[{i}].route[{j}].destination"),
+                &d.destination,
+            );
+        }
+    }
+}
+
+/// The status to write for a verdict. `previous` is the object's current status: a condition
+/// whose status did not change keeps its `lastTransitionTime`, so an unchanged verdict produces
+/// an identical status (and no write).
+pub fn status_for(
+    verdict: &Verdict,
+    generation: Option<i64>,
+    previous: Option<&IstioStatus>,
+    now: &str,
+) -> IstioStatus {
+    let first_error = verdict
+        .findings
+        .iter()
+        .find(|f| f.level == Level::Error)
+        .map(|f| format!("{}: {}", f.field, f.message));
+    let warnings = verdict
+        .findings
+        .iter()
+        .filter(|f| f.level == Level::Warning)
+        .count();
+    let (status, reason, message) = if verdict.accepted {
+        let message = if warnings == 0 {
+            "valid; rendered into the proxies' configuration".to_string()
+        } else {
+            format!("valid with {warnings} warning(s); see validationMessages")
+        };
+        ("True", verdict.reason, message)
+    } else {
+        let errors = verdict
+            .findings
+            .iter()
+            .filter(|f| f.level == Level::Error)
+            .count();
+        let mut message = first_error.unwrap_or_default();
+        if errors > 1 {
+            message.push_str(&format!(" (and {} more error(s))", errors - 1));
+        }
+        ("False", verdict.reason, message)
+    };
+    let reconciled_message = if verdict.accepted {
+        "included in the rendered configuration".to_string()
+    } else {
+        "left out of the rendered configuration; the rest of the mesh is unaffected".to_string()
+    };
+    let conditions = [
+        ("Accepted", status, reason, message),
+        (
+            "Reconciled",
+            status,
+            if verdict.accepted {
+                "Reconciled"
+            } else {
+                verdict.reason
+            },
+            reconciled_message,
+        ),
+    ]
+    .into_iter()
+    .map(|(type_, status, reason, message)| {
+        let prev = previous
+            .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
+            .filter(|c| c.status == status)
+            .and_then(|c| c.last_transition_time.clone());
+        Condition {
+            type_: type_.to_string(),
+            status: status.to_string(),
+            reason: Some(reason.to_string()),
+            message: Some(message),
+            last_transition_time: Some(prev.unwrap_or_else(|| now.to_string())),
+            observed_generation: generation,
+        }
+    })
+    .collect();
+    IstioStatus {
+        conditions,
+        validation_messages: verdict
+            .findings
+            .iter()
+            .map(|f| ValidationMessage {
+                level: match f.level {
+                    Level::Error => "Error".into(),
+                    Level::Warning => "Warning".into(),
+                },
+                field: f.field.clone(),
+                message: f.message.clone(),
+            })
+            .collect(),
+        observed_generation: generation,
+    }
+}
