@@ -7,7 +7,10 @@
 #![warn(missing_docs)]
 
 pub mod capture;
+pub mod dns;
 mod error;
+pub mod http;
+pub mod metrics;
 pub mod socket;
 
 pub use error::{Error, Result};

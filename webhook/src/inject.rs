@@ -81,7 +81,7 @@ pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Injection {
         sidecar.lifecycle = Some(Lifecycle {
             post_start: Some(LifecycleHandler {
                 exec: Some(ExecAction {
-                    command: Some(WAIT_COMMAND.iter().map(|s| s.to_string()).collect()),
+                    command: Some(wait_command(settings)),
                 }),
                 ..Default::default()
             }),
@@ -443,6 +443,19 @@ fn sidecar_container(
     }
 }
 
+/// `proxy wait` (implemented in the proxy crate: polls `http://127.0.0.1:15021/healthz/ready`
+/// until 200), with `--url` only when the readiness port is not the default.
+fn wait_command(settings: &InjectionSettings) -> Vec<String> {
+    let mut cmd: Vec<String> = WAIT_COMMAND.iter().map(|s| s.to_string()).collect();
+    if settings.health_port != well_known::HEALTH_PORT {
+        cmd.push(format!(
+            "--url=http://127.0.0.1:{}{READINESS_PATH}",
+            settings.health_port
+        ));
+    }
+    cmd
+}
+
 fn readiness_get(settings: &InjectionSettings) -> HTTPGetAction {
     HTTPGetAction {
         path: Some(READINESS_PATH.to_owned()),
@@ -654,6 +667,24 @@ mod tests {
             unreachable!()
         };
         assert_eq!(a.path.as_str(), "/metadata/labels/a~0b");
+    }
+
+    #[test]
+    fn wait_command_follows_the_health_port() {
+        let default = InjectionSettings::default();
+        assert_eq!(wait_command(&default), ["proxy", "wait"]);
+        let custom = InjectionSettings {
+            health_port: 16021,
+            ..InjectionSettings::default()
+        };
+        assert_eq!(
+            wait_command(&custom),
+            [
+                "proxy",
+                "wait",
+                "--url=http://127.0.0.1:16021/healthz/ready"
+            ]
+        );
     }
 
     #[test]

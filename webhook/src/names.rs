@@ -58,5 +58,5 @@ pub const PROMETHEUS_PORT_NAME: &str = "http-envoy-prom";
 /// Readiness path of the sidecar.
 pub const READINESS_PATH: &str = "/healthz/ready";
 /// Command of the `postStart` hook that holds the app until the proxy is ready
-/// (`proxy wait`, like Istio's `pilot-agent wait`).
+/// (`proxy wait`, like Istio's `pilot-agent wait`; implemented in the proxy crate).
 pub const WAIT_COMMAND: [&str; 2] = ["proxy", "wait"];

@@ -1,0 +1,118 @@
+//! A pooled client for one upstream endpoint, HTTP/1.1 or h2c (prior knowledge), built on
+//! hyper-util's client. The connector always dials the endpoint's address, whatever the URI says,
+//! so the request keeps its logical authority (`Host` for HTTP/1.1, `:authority` for HTTP/2).
+
+use crate::http::UpstreamError;
+use crate::http::body::{ProxyBody, boxed};
+use http::{Request, Response, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// Dials one fixed address (a `tower::Service<Uri>`, as hyper-util's client wants).
+#[derive(Clone, Debug)]
+pub struct FixedConnector {
+    addr: SocketAddr,
+    connect_timeout: Duration,
+}
+
+impl tower::Service<Uri> for FixedConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<TokioIo<TcpStream>>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let (addr, timeout) = (self.addr, self.connect_timeout);
+        Box::pin(async move {
+            let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout")
+                })??;
+            let _ = stream.set_nodelay(true);
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
+/// A connection pool to one endpoint.
+#[derive(Clone, Debug)]
+pub struct EndpointClient {
+    addr: SocketAddr,
+    http2: bool,
+    client: Client<FixedConnector, ProxyBody>,
+}
+
+impl EndpointClient {
+    /// A pool to `addr` speaking HTTP/1.1, or h2c with prior knowledge when `http2`.
+    pub fn new(addr: SocketAddr, http2: bool, connect_timeout: Duration) -> Self {
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_idle_timeout(Duration::from_secs(60))
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(http2);
+        let client = b.build(FixedConnector {
+            addr,
+            connect_timeout,
+        });
+        EndpointClient {
+            addr,
+            http2,
+            client,
+        }
+    }
+
+    /// The endpoint's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether this pool speaks HTTP/2.
+    pub fn is_http2(&self) -> bool {
+        self.http2
+    }
+
+    /// Sends a request prepared by the HTTP layer (absolute URI, `host` set).
+    pub async fn send(&self, mut req: Request<ProxyBody>) -> Result<Response<ProxyBody>, UpstreamError> {
+        if self.http2 {
+            *req.version_mut() = Version::HTTP_2;
+            // HTTP/2 carries the authority in `:authority` (from the URI).
+            req.headers_mut().remove(http::header::HOST);
+        } else {
+            *req.version_mut() = Version::HTTP_11;
+        }
+        let endpoint = Some(self.addr);
+        match self.client.request(req).await {
+            Ok(resp) => Ok(resp.map(boxed)),
+            Err(e) => Err(classify(&e, endpoint)),
+        }
+    }
+}
+
+/// Sorts a hyper-util client error into Envoy's failure kinds.
+pub fn classify(e: &hyper_util::client::legacy::Error, endpoint: Option<SocketAddr>) -> UpstreamError {
+    let mut reason = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        reason.push_str(": ");
+        reason.push_str(&s.to_string());
+        src = s.source();
+    }
+    if e.is_connect() {
+        return UpstreamError::ConnectFailure { endpoint, reason };
+    }
+    let lower = reason.to_ascii_lowercase();
+    if lower.contains("refused stream") || lower.contains("refused_stream") {
+        return UpstreamError::RefusedStream { endpoint };
+    }
+    UpstreamError::Reset { endpoint, reason }
+}

@@ -1,0 +1,240 @@
+//! HTTP routing with VirtualService semantics, as a library independent of the listeners.
+//!
+//! The listener plumbing accepts a connection, picks an `http_connection_manager` filter chain
+//! and calls [`serve_connection`] with the connection and an [`HttpContext`]: the compiled route
+//! table (swappable), the cluster manager as an [`Upstreams`], metrics, and the connection's
+//! addresses. Everything else (virtual host and route matching, faults, redirects, rewrites,
+//! header changes, retries, timeouts, mirrors, hash keys, upgrades, metrics and access logs)
+//! happens here.
+//!
+//! * [`route`]: the route engine ([`RouteTable`]), compiled once per configuration snapshot.
+//! * [`hash`]: hash-policy keys and the ring hash / Maglev endpoint tables.
+//! * [`limits`]: connection-pool limits ([`limits::CircuitBreaker`]) for the cluster manager.
+//! * [`client`]: a pooled HTTP/1.1 or h2c client for one endpoint ([`client::EndpointClient`]).
+
+pub mod body;
+pub mod client;
+pub mod hash;
+pub mod headers;
+pub mod limits;
+pub mod rng;
+pub mod route;
+mod server;
+
+pub use body::{BoxError, ProxyBody};
+pub use rng::Rng;
+pub use route::{RouteError, RouteTable};
+pub use server::serve_connection;
+
+use crate::metrics::{Destinations, Metrics, Reporter, WorkloadInfo};
+use arc_swap::ArcSwap;
+use http::{Request, Response};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A boxed, sendable future (what [`Upstreams::request`] returns).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An upstream's answer and the endpoint that gave it (for the previous-hosts retry predicate).
+pub struct UpstreamResponse {
+    /// The response. Keep its extensions: hyper's `OnUpgrade` there carries WebSocket upgrades.
+    pub response: Response<ProxyBody>,
+    /// The endpoint that answered.
+    pub endpoint: SocketAddr,
+}
+
+/// Why a cluster could not produce a response. Each maps to Envoy's local reply and flag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// The route names a cluster the cluster manager does not have (503, flag `NC`).
+    #[error("cluster {0:?} not found")]
+    ClusterNotFound(String),
+    /// No endpoint to send to (503 `no healthy upstream`, flag `UH`).
+    #[error("no healthy upstream")]
+    NoHealthyUpstream,
+    /// Connection-pool limits reached (503 with `x-envoy-overloaded: true`, flag `UO`).
+    #[error("upstream connection pool overflow")]
+    Overflow,
+    /// Connecting failed (503, flag `UF`; retried under `connect-failure`).
+    #[error("upstream connect error: {reason}")]
+    ConnectFailure {
+        /// The endpoint tried, if one was picked.
+        endpoint: Option<SocketAddr>,
+        /// What failed.
+        reason: String,
+    },
+    /// The upstream reset the stream or closed the connection before the response headers
+    /// (503, flag `UC`; retried under `reset`).
+    #[error("upstream reset: {reason}")]
+    Reset {
+        /// The endpoint tried.
+        endpoint: Option<SocketAddr>,
+        /// What happened.
+        reason: String,
+    },
+    /// HTTP/2 REFUSED_STREAM (503, flag `UR`... retried under `refused-stream`).
+    #[error("upstream refused the stream")]
+    RefusedStream {
+        /// The endpoint tried.
+        endpoint: Option<SocketAddr>,
+    },
+}
+
+impl UpstreamError {
+    /// The endpoint involved, if any.
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        match self {
+            UpstreamError::ConnectFailure { endpoint, .. }
+            | UpstreamError::Reset { endpoint, .. }
+            | UpstreamError::RefusedStream { endpoint } => *endpoint,
+            _ => None,
+        }
+    }
+}
+
+/// What the HTTP layer needs from the cluster manager: send one request to a cluster.
+///
+/// The implementation picks an endpoint (load balancer; with `hash` set, the cluster's ring
+/// hash / Maglev table; never one of `exclude_hosts` when another is available), enforces the
+/// cluster's connection-pool limits ([`limits::CircuitBreaker`]) and sends `req` over a pooled
+/// connection ([`client::EndpointClient`]).
+///
+/// The request arrives ready to send: hop-by-hop headers removed, route changes applied, URI in
+/// absolute form (`http://<authority><path>`), `host` set, `version` as received downstream
+/// (the implementation sets the version it uses upstream: `UseDownstream`, `HTTP1`, `HTTP2`).
+/// Its extensions hold a [`DownstreamInfo`] (for `ORIGINAL_DST` clusters). Errors are reported
+/// as [`UpstreamError`] so retries and local replies follow Envoy's.
+pub trait Upstreams: Send + Sync + 'static {
+    /// Sends `req` to `cluster`.
+    fn request<'a>(
+        &'a self,
+        cluster: &'a str,
+        hash: Option<u64>,
+        exclude_hosts: &'a [SocketAddr],
+        req: Request<ProxyBody>,
+    ) -> BoxFuture<'a, Result<UpstreamResponse, UpstreamError>>;
+}
+
+/// The downstream connection a request came on, in the request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DownstreamInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Where the client was connecting (the original destination for captured connections).
+    pub local: SocketAddr,
+}
+
+/// Where access-log lines go (one JSON object per line).
+#[derive(Clone)]
+pub struct AccessLog(Arc<dyn Fn(&str) + Send + Sync>);
+
+impl AccessLog {
+    /// Lines to standard output, as Istio's `/dev/stdout` access log.
+    pub fn stdout() -> Self {
+        AccessLog(Arc::new(|line| println!("{line}")))
+    }
+
+    /// Lines to a function (tests, files).
+    pub fn new(f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        AccessLog(Arc::new(f))
+    }
+
+    pub(crate) fn write(&self, line: &str) {
+        (self.0)(line)
+    }
+}
+
+impl Default for AccessLog {
+    fn default() -> Self {
+        AccessLog::stdout()
+    }
+}
+
+impl std::fmt::Debug for AccessLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessLog")
+    }
+}
+
+/// Limits and timeouts of the HTTP server side.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Largest request head (HTTP/1.1 request line + headers; HTTP/2 header list); larger → 431.
+    pub max_request_headers_bytes: usize,
+    /// Most request headers (HTTP/1.1); more → 431.
+    pub max_request_headers: usize,
+    /// Time allowed to receive a whole HTTP/1.1 request head (slowloris); then the connection closes.
+    pub header_read_timeout: Duration,
+    /// Request body bytes kept for retries and mirrors; larger bodies are neither retried nor mirrored whole.
+    pub retry_buffer_bytes: usize,
+    /// HTTP/2 concurrent streams per downstream connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            max_request_headers_bytes: 60 * 1024,
+            max_request_headers: 100,
+            header_read_timeout: Duration::from_secs(10),
+            retry_buffer_bytes: 1024 * 1024,
+            max_concurrent_streams: 1024,
+        }
+    }
+}
+
+/// Routes of a listener, swapped atomically when a new configuration arrives; requests on open
+/// connections use the table current when they start.
+pub type SharedRoutes = Arc<ArcSwap<RouteTable>>;
+
+/// Everything [`serve_connection`] needs besides the connection.
+#[derive(Clone)]
+pub struct HttpContext {
+    /// The route table (compiled with this pod's labels, see [`RouteTable::compile`]).
+    pub routes: SharedRoutes,
+    /// The cluster manager.
+    pub upstreams: Arc<dyn Upstreams>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// This pod's workload (metric labels).
+    pub workload: Arc<WorkloadInfo>,
+    /// Cluster → service (metric labels).
+    pub destinations: Arc<Destinations>,
+    /// `source` for outbound (15001) connections, `destination` for inbound (15006).
+    pub reporter: Reporter,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The connection's (original) destination address.
+    pub local: SocketAddr,
+    /// Server limits.
+    pub settings: Arc<HttpSettings>,
+    /// Random source for weights, percentages, jitter and request ids (seed it in tests).
+    pub rng: Arc<Rng>,
+    /// Access log sink, used when the connection manager's `accessLog` is true.
+    pub access_log: AccessLog,
+}
+
+impl std::fmt::Debug for HttpContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpContext")
+            .field("routes", &self.routes.load().name)
+            .field("reporter", &self.reporter)
+            .field("peer", &self.peer)
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a downstream connection ended with an error (protocol errors, I/O errors, timeouts).
+#[derive(Debug, thiserror::Error)]
+#[error("http connection from {peer}: {source}")]
+pub struct ConnectionError {
+    /// The client.
+    pub peer: SocketAddr,
+    /// What hyper reported.
+    #[source]
+    pub source: BoxError,
+}

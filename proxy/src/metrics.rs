@@ -1,0 +1,573 @@
+//! Istio's standard metrics, with Istio's names, labels and buckets, so existing dashboards and
+//! alerts work unchanged:
+//!
+//! | metric | type | recorded |
+//! | --- | --- | --- |
+//! | `istio_requests_total` | counter | once per HTTP/gRPC request, when its response ends |
+//! | `istio_request_duration_milliseconds` | histogram | same time, request start to response end |
+//! | `istio_request_bytes` | histogram | request body bytes |
+//! | `istio_response_bytes` | histogram | response body bytes |
+//! | `istio_tcp_connections_opened_total` | counter | TCP proxying: connection accepted |
+//! | `istio_tcp_connections_closed_total` | counter | TCP proxying: connection closed |
+//! | `istio_tcp_sent_bytes_total` | counter | TCP proxying: bytes sent to the downstream |
+//! | `istio_tcp_received_bytes_total` | counter | TCP proxying: bytes received from the downstream |
+//!
+//! One [`Metrics`] per proxy owns the prometheus [`Registry`]; the HTTP code records through it,
+//! the TCP proxy calls [`Metrics::tcp_opened`], [`Metrics::tcp_bytes`] and
+//! [`Metrics::tcp_closed`], other parts register their own metrics with
+//! [`Metrics::register`], and `/stats/prometheus` serves [`Metrics::encode`].
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use rustmesh_xds::ProxyConfig;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+/// Istio's `istio_request_duration_milliseconds` buckets.
+pub const DURATION_BUCKETS_MS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+    30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// Istio's `istio_request_bytes` / `istio_response_bytes` buckets.
+pub const SIZE_BUCKETS: [f64; 10] = [1.0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
+
+const UNKNOWN: &str = "unknown";
+
+/// Which side of the call this proxy is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reporter {
+    /// The client's sidecar (outbound, 15001).
+    Source,
+    /// The server's sidecar (inbound, 15006).
+    Destination,
+}
+
+impl Reporter {
+    /// `source` or `destination`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reporter::Source => "source",
+            Reporter::Destination => "destination",
+        }
+    }
+}
+
+/// The workload this proxy runs beside.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkloadInfo {
+    /// Workload name (the Deployment's, like Istio's `source_workload`).
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// The pod's labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl WorkloadInfo {
+    /// `app` label (or `app.kubernetes.io/name`), else `unknown`.
+    pub fn app(&self) -> &str {
+        self.labels
+            .get("app")
+            .or_else(|| self.labels.get("app.kubernetes.io/name"))
+            .map(String::as_str)
+            .unwrap_or(UNKNOWN)
+    }
+
+    /// `version` label (or `app.kubernetes.io/version`), else `unknown`.
+    pub fn version(&self) -> &str {
+        self.labels
+            .get("version")
+            .or_else(|| self.labels.get("app.kubernetes.io/version"))
+            .map(String::as_str)
+            .unwrap_or(UNKNOWN)
+    }
+
+    /// Workload name, else `unknown`.
+    pub fn workload(&self) -> &str {
+        if self.name.is_empty() {
+            UNKNOWN
+        } else {
+            &self.name
+        }
+    }
+
+    /// Namespace, else `unknown`.
+    pub fn workload_namespace(&self) -> &str {
+        if self.namespace.is_empty() {
+            UNKNOWN
+        } else {
+            &self.namespace
+        }
+    }
+}
+
+/// The service behind a cluster (from the cluster's metadata).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DestinationService {
+    /// `reviews.default.svc.cluster.local`.
+    pub host: String,
+    /// `reviews`.
+    pub name: String,
+    /// `default`.
+    pub namespace: String,
+    /// DestinationRule subset (`v1`), used as `destination_version` when known.
+    pub subset: Option<String>,
+}
+
+/// Cluster name → service, for the `destination_service*` labels.
+#[derive(Debug, Clone, Default)]
+pub struct Destinations(HashMap<String, DestinationService>);
+
+impl Destinations {
+    /// Reads every cluster's metadata.
+    pub fn from_config(config: &ProxyConfig) -> Self {
+        let mut map = HashMap::new();
+        for c in &config.clusters {
+            if let Some(md) = &c.metadata
+                && let Some(s) = md.services.first()
+            {
+                map.insert(
+                    c.name.clone(),
+                    DestinationService {
+                        host: s.host.clone(),
+                        name: s.name.clone(),
+                        namespace: s.namespace.clone(),
+                        subset: md.subset.clone().filter(|s| !s.is_empty()),
+                    },
+                );
+            }
+        }
+        Destinations(map)
+    }
+
+    /// The service behind `cluster`.
+    pub fn get(&self, cluster: &str) -> Option<&DestinationService> {
+        self.0.get(cluster)
+    }
+
+    /// Adds or replaces one entry (tests, hand-made configs).
+    pub fn insert(&mut self, cluster: impl Into<String>, service: DestinationService) {
+        self.0.insert(cluster.into(), service);
+    }
+}
+
+/// Labels of the HTTP metrics (Istio's standard set).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[allow(missing_docs)]
+pub struct HttpLabels {
+    pub reporter: String,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub source_app: String,
+    pub source_version: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_principal: String,
+    pub destination_app: String,
+    pub destination_version: String,
+    pub destination_service: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
+    pub request_protocol: String,
+    pub response_code: String,
+    pub grpc_response_status: String,
+    pub response_flags: String,
+    pub connection_security_policy: String,
+}
+
+/// Labels of the TCP metrics (Istio's standard set).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[allow(missing_docs)]
+pub struct TcpLabels {
+    pub reporter: String,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub source_app: String,
+    pub source_version: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_principal: String,
+    pub destination_app: String,
+    pub destination_version: String,
+    pub destination_service: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
+    pub request_protocol: String,
+    pub response_flags: String,
+    pub connection_security_policy: String,
+}
+
+/// The peer-independent part of a label set: who reports, this workload, the destination service.
+#[derive(Debug, Clone)]
+pub struct Peers<'a> {
+    /// Which side reports.
+    pub reporter: Reporter,
+    /// This proxy's workload.
+    pub own: &'a WorkloadInfo,
+    /// The service of the cluster used (outbound), or this workload's service (inbound).
+    pub service: Option<&'a DestinationService>,
+    /// `mutual_tls` or `none` (Istio's `connection_security_policy`; only the destination side
+    /// knows it, the source side reports `unknown`).
+    pub security_policy: &'a str,
+}
+
+struct Common {
+    source_workload: String,
+    source_workload_namespace: String,
+    source_app: String,
+    source_version: String,
+    destination_workload: String,
+    destination_workload_namespace: String,
+    destination_app: String,
+    destination_version: String,
+    destination_service: String,
+    destination_service_name: String,
+    destination_service_namespace: String,
+}
+
+impl Peers<'_> {
+    fn common(&self) -> Common {
+        let unknown = || UNKNOWN.to_string();
+        let svc = self.service;
+        let (host, name, ns) = match svc {
+            Some(s) => (s.host.clone(), s.name.clone(), s.namespace.clone()),
+            None => (unknown(), unknown(), unknown()),
+        };
+        match self.reporter {
+            // Without peer metadata exchange the peer workload is unknown; the service is known.
+            Reporter::Source => Common {
+                source_workload: self.own.workload().into(),
+                source_workload_namespace: self.own.workload_namespace().into(),
+                source_app: self.own.app().into(),
+                source_version: self.own.version().into(),
+                destination_workload: unknown(),
+                destination_workload_namespace: ns.clone(),
+                destination_app: unknown(),
+                destination_version: svc
+                    .and_then(|s| s.subset.clone())
+                    .unwrap_or_else(unknown),
+                destination_service: host,
+                destination_service_name: name,
+                destination_service_namespace: ns,
+            },
+            Reporter::Destination => Common {
+                source_workload: unknown(),
+                source_workload_namespace: unknown(),
+                source_app: unknown(),
+                source_version: unknown(),
+                destination_workload: self.own.workload().into(),
+                destination_workload_namespace: self.own.workload_namespace().into(),
+                destination_app: self.own.app().into(),
+                destination_version: self.own.version().into(),
+                destination_service: host,
+                destination_service_name: name,
+                destination_service_namespace: ns,
+            },
+        }
+    }
+
+    /// The HTTP label set for one finished request.
+    pub fn http_labels(
+        &self,
+        protocol: &str,
+        response_code: u16,
+        response_flags: &str,
+        grpc_status: Option<&str>,
+    ) -> HttpLabels {
+        let c = self.common();
+        HttpLabels {
+            reporter: self.reporter.as_str().into(),
+            source_workload: c.source_workload,
+            source_workload_namespace: c.source_workload_namespace,
+            source_principal: UNKNOWN.into(),
+            source_app: c.source_app,
+            source_version: c.source_version,
+            destination_workload: c.destination_workload,
+            destination_workload_namespace: c.destination_workload_namespace,
+            destination_principal: UNKNOWN.into(),
+            destination_app: c.destination_app,
+            destination_version: c.destination_version,
+            destination_service: c.destination_service,
+            destination_service_name: c.destination_service_name,
+            destination_service_namespace: c.destination_service_namespace,
+            request_protocol: protocol.into(),
+            response_code: response_code.to_string(),
+            grpc_response_status: grpc_status.unwrap_or("").into(),
+            response_flags: if response_flags.is_empty() {
+                "-".into()
+            } else {
+                response_flags.into()
+            },
+            connection_security_policy: self.security_policy.into(),
+        }
+    }
+
+    /// The TCP label set for one connection.
+    pub fn tcp_labels(&self, response_flags: &str) -> TcpLabels {
+        let c = self.common();
+        TcpLabels {
+            reporter: self.reporter.as_str().into(),
+            source_workload: c.source_workload,
+            source_workload_namespace: c.source_workload_namespace,
+            source_principal: UNKNOWN.into(),
+            source_app: c.source_app,
+            source_version: c.source_version,
+            destination_workload: c.destination_workload,
+            destination_workload_namespace: c.destination_workload_namespace,
+            destination_principal: UNKNOWN.into(),
+            destination_app: c.destination_app,
+            destination_version: c.destination_version,
+            destination_service: c.destination_service,
+            destination_service_name: c.destination_service_name,
+            destination_service_namespace: c.destination_service_namespace,
+            request_protocol: "tcp".into(),
+            response_flags: if response_flags.is_empty() {
+                "-".into()
+            } else {
+                response_flags.into()
+            },
+            connection_security_policy: self.security_policy.into(),
+        }
+    }
+}
+
+/// Builds histograms with fixed buckets.
+#[derive(Clone, Copy)]
+pub struct Buckets(&'static [f64]);
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
+}
+
+/// The proxy's metrics and the registry that serves them.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<HttpLabels, Counter>,
+    duration: Family<HttpLabels, Histogram, Buckets>,
+    request_bytes: Family<HttpLabels, Histogram, Buckets>,
+    response_bytes: Family<HttpLabels, Histogram, Buckets>,
+    tcp_opened: Family<TcpLabels, Counter>,
+    tcp_closed: Family<TcpLabels, Counter>,
+    tcp_sent: Family<TcpLabels, Counter>,
+    tcp_received: Family<TcpLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// One finished HTTP request, for [`Metrics::record_request`].
+#[derive(Debug, Clone, Copy)]
+pub struct RequestSample {
+    /// Request start to response end.
+    pub duration: std::time::Duration,
+    /// Request body bytes.
+    pub request_bytes: u64,
+    /// Response body bytes.
+    pub response_bytes: u64,
+}
+
+impl Metrics {
+    /// A registry with Istio's metric families registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<HttpLabels, Counter>::default();
+        let duration = Family::new_with_constructor(Buckets(&DURATION_BUCKETS_MS));
+        let request_bytes = Family::new_with_constructor(Buckets(&SIZE_BUCKETS));
+        let response_bytes = Family::new_with_constructor(Buckets(&SIZE_BUCKETS));
+        let tcp_opened = Family::<TcpLabels, Counter>::default();
+        let tcp_closed = Family::<TcpLabels, Counter>::default();
+        let tcp_sent = Family::<TcpLabels, Counter>::default();
+        let tcp_received = Family::<TcpLabels, Counter>::default();
+        // Counters get `_total` appended by the encoder.
+        registry.register(
+            "istio_requests",
+            "Requests handled by the proxy",
+            requests.clone(),
+        );
+        registry.register(
+            "istio_request_duration_milliseconds",
+            "Request duration in milliseconds",
+            duration.clone(),
+        );
+        registry.register(
+            "istio_request_bytes",
+            "Request body size in bytes",
+            request_bytes.clone(),
+        );
+        registry.register(
+            "istio_response_bytes",
+            "Response body size in bytes",
+            response_bytes.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_opened",
+            "TCP connections opened",
+            tcp_opened.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_closed",
+            "TCP connections closed",
+            tcp_closed.clone(),
+        );
+        registry.register(
+            "istio_tcp_sent_bytes",
+            "Bytes sent to the downstream of TCP connections",
+            tcp_sent.clone(),
+        );
+        registry.register(
+            "istio_tcp_received_bytes",
+            "Bytes received from the downstream of TCP connections",
+            tcp_received.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            requests,
+            duration,
+            request_bytes,
+            response_bytes,
+            tcp_opened,
+            tcp_closed,
+            tcp_sent,
+            tcp_received,
+        }
+    }
+
+    /// Registers more metrics (admin, config swaps...) into the same registry.
+    pub fn register(&self, f: impl FnOnce(&mut Registry)) {
+        f(&mut self.lock());
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        match self.registry.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Everything, in the Prometheus/OpenMetrics text format (for `/stats/prometheus`).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.lock());
+        out
+    }
+
+    /// Records one finished HTTP request.
+    pub fn record_request(&self, labels: &HttpLabels, sample: RequestSample) {
+        self.requests.get_or_create(labels).inc();
+        self.duration
+            .get_or_create(labels)
+            .observe(sample.duration.as_secs_f64() * 1000.0);
+        self.request_bytes
+            .get_or_create(labels)
+            .observe(sample.request_bytes as f64);
+        self.response_bytes
+            .get_or_create(labels)
+            .observe(sample.response_bytes as f64);
+    }
+
+    /// `istio_requests_total` for exactly these labels.
+    pub fn requests_total(&self, labels: &HttpLabels) -> u64 {
+        self.requests.get_or_create(labels).get()
+    }
+
+    /// A TCP connection was accepted and is being proxied.
+    pub fn tcp_opened(&self, labels: &TcpLabels) {
+        self.tcp_opened.get_or_create(labels).inc();
+    }
+
+    /// Bytes moved on a proxied TCP connection since the last call (`sent` = to the downstream).
+    pub fn tcp_bytes(&self, labels: &TcpLabels, sent: u64, received: u64) {
+        if sent > 0 {
+            self.tcp_sent.get_or_create(labels).inc_by(sent);
+        }
+        if received > 0 {
+            self.tcp_received.get_or_create(labels).inc_by(received);
+        }
+    }
+
+    /// A proxied TCP connection closed.
+    pub fn tcp_closed(&self, labels: &TcpLabels) {
+        self.tcp_closed.get_or_create(labels).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_labels_are_istios() {
+        let m = Metrics::new();
+        let own = WorkloadInfo {
+            name: "productpage-v1".into(),
+            namespace: "default".into(),
+            labels: [("app", "productpage"), ("version", "v1")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let svc = DestinationService {
+            host: "reviews.default.svc.cluster.local".into(),
+            name: "reviews".into(),
+            namespace: "default".into(),
+            subset: Some("v2".into()),
+        };
+        let peers = Peers {
+            reporter: Reporter::Source,
+            own: &own,
+            service: Some(&svc),
+            security_policy: "unknown",
+        };
+        let l = peers.http_labels("http", 200, "", None);
+        m.record_request(
+            &l,
+            RequestSample {
+                duration: std::time::Duration::from_millis(3),
+                request_bytes: 10,
+                response_bytes: 20,
+            },
+        );
+        let t = peers.tcp_labels("");
+        m.tcp_opened(&t);
+        m.tcp_bytes(&t, 5, 7);
+        m.tcp_closed(&t);
+        let text = m.encode();
+        for needle in [
+            "istio_requests_total{reporter=\"source\",source_workload=\"productpage-v1\"",
+            "source_app=\"productpage\",source_version=\"v1\"",
+            "destination_service=\"reviews.default.svc.cluster.local\"",
+            "destination_version=\"v2\"",
+            "response_code=\"200\",grpc_response_status=\"\",response_flags=\"-\"",
+            "istio_request_duration_milliseconds_bucket{",
+            "istio_request_duration_milliseconds_bucket{le=\"5.0\",reporter=\"source\"",
+            "istio_request_bytes_sum{",
+            "istio_response_bytes_count{",
+            "istio_tcp_connections_opened_total{",
+            "istio_tcp_connections_closed_total{",
+            "istio_tcp_sent_bytes_total{",
+            "istio_tcp_received_bytes_total{",
+            "request_protocol=\"tcp\"",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        assert_eq!(m.requests_total(&l), 1);
+    }
+}
