@@ -46,7 +46,7 @@ pub struct SidecarStatus {
     pub revision: String,
 }
 
-/// Builds the injection patch for `pod` (which [`crate::decide`] said to inject).
+/// Builds the injection patch for `pod` (which [`crate::decide()`] said to inject).
 ///
 /// Never fails on user input: a bad annotation adds a warning and its default is used.
 pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Injection {

@@ -1,7 +1,7 @@
 //! `rustmesh-webhook`: the mutating admission webhook that injects `istio-init` and `istio-proxy`
 //! into pods, the way Istio's sidecar injector does.
 //!
-//! The admission decision is a pure function ([`review`]) of an `AdmissionRequest<Pod>` and the
+//! The admission decision is a pure function ([`review()`]) of an `AdmissionRequest<Pod>` and the
 //! [`InjectionSettings`]; the HTTPS server ([`server`]), certificates ([`tls`]) and the
 //! Kubernetes watches ([`kube_sync`]) are thin layers around it.
 #![forbid(unsafe_code)]
