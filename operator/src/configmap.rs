@@ -237,3 +237,127 @@ pub fn reader_role_binding(namespace: &str) -> RoleBinding {
         }]),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{self, bookinfo, istio};
+    use crate::index::Index;
+    use rustmesh_xds::scope::{DEFAULT_SCOPE_KEY, select_scope, sidecar_scope_key};
+
+    #[test]
+    fn configmap_carries_the_index_and_one_gzip_per_scope() {
+        let mut index = bookinfo();
+        istio(
+            &mut index,
+            r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: ratings, namespace: default}
+spec:
+  workloadSelector: {labels: {app: ratings}}
+  egress: [{hosts: ["./*"]}]
+"#,
+        );
+        let view = MeshView::new(&index);
+        let r = render_namespace(&view, "default").unwrap();
+        let cm = config_map(&r);
+        assert_eq!(cm.metadata.name.as_deref(), Some(PROXY_CONFIGMAP));
+        let bin = cm.binary_data.as_ref().unwrap();
+        let keys: Vec<_> = bin.keys().map(String::as_str).collect();
+        assert_eq!(keys, [DEFAULT_SCOPE_KEY, "sidecar-ratings.json.gz"]);
+        let idx = ScopeIndex::from_json(&cm.data.as_ref().unwrap()[SCOPE_INDEX_KEY]).unwrap();
+        let ratings_pod: BTreeMap<String, String> =
+            [("app".to_string(), "ratings".to_string())].into();
+        assert_eq!(
+            select_scope(&idx, &ratings_pod),
+            sidecar_scope_key("ratings")
+        );
+        assert_eq!(select_scope(&idx, &BTreeMap::new()), DEFAULT_SCOPE_KEY);
+        // What the proxy reads back is exactly what was rendered, and valid.
+        let default = decode(&bin[DEFAULT_SCOPE_KEY].0).unwrap();
+        assert_eq!(default, r.scopes[DEFAULT_SCOPE_KEY].0);
+        let narrowed = decode(&bin["sidecar-ratings.json.gz"].0).unwrap();
+        assert!(narrowed.listener("10.96.0.10_53").is_none());
+        // The live-content hash matches the annotation only for the exact content.
+        let annotated = &cm.metadata.annotations.as_ref().unwrap()[CONFIG_HASH_ANNOTATION];
+        assert_eq!(&configmap_hash(&cm), annotated);
+        let mut edited = cm.clone();
+        edited
+            .data
+            .as_mut()
+            .unwrap()
+            .insert(SCOPE_INDEX_KEY.into(), "{}".into());
+        assert_ne!(&configmap_hash(&edited), annotated);
+        // Encoding is deterministic.
+        assert_eq!(encode(&default).unwrap(), encode(&default).unwrap());
+    }
+
+    #[test]
+    fn reader_rbac_is_limited_to_the_one_configmap() {
+        let role = reader_role("shop");
+        let rule = &role.rules.as_ref().unwrap()[0];
+        assert_eq!(
+            rule.resource_names.as_deref(),
+            Some(&[PROXY_CONFIGMAP.to_string()][..])
+        );
+        assert_eq!(rule.verbs, ["get", "list", "watch"]);
+        assert_eq!(
+            rule.resources.as_deref(),
+            Some(&["configmaps".to_string()][..])
+        );
+        let rb = reader_role_binding("shop");
+        assert_eq!(rb.role_ref.name, READER_ROLE);
+        assert_eq!(
+            rb.subjects.as_ref().unwrap()[0].name,
+            "system:serviceaccounts:shop"
+        );
+    }
+
+    /// 1000 services with 10 endpoints each in one namespace: the ConfigMap stays well under
+    /// the API server's 1 MiB object limit thanks to gzip.
+    #[test]
+    fn thousand_services_fit_in_a_configmap() {
+        let mut index = Index::default();
+        fixtures::namespace(&mut index, "mesh", true);
+        for i in 0..1000u32 {
+            let name = format!("svc-{i:04}");
+            let ip = format!("10.96.{}.{}", i / 250, i % 250 + 1);
+            let pods: Vec<(String, String)> = (0..10u32)
+                .map(|j| {
+                    let n = i * 10 + j;
+                    (
+                        format!("{name}-{j}"),
+                        format!("10.{}.{}.{}", 100 + n / 65536, (n / 256) % 256, n % 256),
+                    )
+                })
+                .collect();
+            let pod_refs: Vec<(&str, &str, &[(&str, &str)])> = pods
+                .iter()
+                .map(|(p, ip)| (p.as_str(), ip.as_str(), &[("app", "x")][..]))
+                .collect();
+            fixtures::workload(
+                &mut index,
+                "mesh",
+                &name,
+                Some(&ip),
+                &[("http", 9080, 9080)],
+                &pod_refs,
+            );
+        }
+        let view = MeshView::new(&index);
+        let r = render_namespace(&view, "mesh").unwrap();
+        let config = &r.scopes[DEFAULT_SCOPE_KEY].0;
+        assert_eq!(config.route("9080").unwrap().virtual_hosts.len(), 1001);
+        assert_eq!(config.endpoints.len(), 1000);
+        let raw = serde_json::to_vec(config).unwrap().len();
+        let cm = serde_json::to_vec(&config_map(&r)).unwrap().len();
+        assert!(
+            raw > 1 << 20,
+            "the uncompressed config ({raw} B) should need compression"
+        );
+        assert!(cm < 1 << 20, "ConfigMap is {cm} bytes, over 1 MiB");
+        assert!(r.payload_bytes() <= cm);
+        eprintln!("1000 services x 10 endpoints: JSON {raw} B, ConfigMap {cm} B");
+    }
+}

@@ -174,14 +174,19 @@ fn reparse_unvalidated(yaml: &str) -> Vec<IstioObject> {
 /// details, productpage, ratings, reviews (v1/v2/v3) on 9080 (`http`), mongodb on 27017 (`mongo`),
 /// kube-dns 53 (`dns-tcp`) and 9153 (`metrics`), and the reviews DestinationRule with subsets.
 pub fn bookinfo() -> Index {
+    bookinfo_in("default")
+}
+
+/// [`bookinfo`] with the application in namespace `ns`.
+pub fn bookinfo_in(ns: &str) -> Index {
     let mut index = Index::default();
-    namespace(&mut index, "default", true);
+    namespace(&mut index, ns, true);
     namespace(&mut index, "kube-system", false);
     namespace(&mut index, "istio-system", false);
     let http = [("http", 9080, 9080)];
     workload(
         &mut index,
-        "default",
+        ns,
         "details",
         Some("10.96.10.1"),
         &http,
@@ -193,7 +198,7 @@ pub fn bookinfo() -> Index {
     );
     workload(
         &mut index,
-        "default",
+        ns,
         "productpage",
         Some("10.96.10.2"),
         &http,
@@ -205,7 +210,7 @@ pub fn bookinfo() -> Index {
     );
     workload(
         &mut index,
-        "default",
+        ns,
         "ratings",
         Some("10.96.10.3"),
         &http,
@@ -217,7 +222,7 @@ pub fn bookinfo() -> Index {
     );
     workload(
         &mut index,
-        "default",
+        ns,
         "reviews",
         Some("10.96.10.4"),
         &http,
@@ -241,7 +246,7 @@ pub fn bookinfo() -> Index {
     );
     workload(
         &mut index,
-        "default",
+        ns,
         "mongodb",
         Some("10.96.20.1"),
         &[("mongo", 27017, 27017)],
@@ -281,22 +286,24 @@ pub fn bookinfo() -> Index {
     );
     istio(
         &mut index,
-        r#"
+        &format!(
+            r#"
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata:
   name: reviews
-  namespace: default
+  namespace: {ns}
 spec:
   host: reviews
   subsets:
   - name: v1
-    labels: {version: v1}
+    labels: {{version: v1}}
   - name: v2
-    labels: {version: v2}
+    labels: {{version: v2}}
   - name: v3
-    labels: {version: v3}
-"#,
+    labels: {{version: v3}}
+"#
+        ),
     );
     index
 }

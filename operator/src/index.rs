@@ -474,3 +474,140 @@ fn same_content(a: &Object, b: &Object) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{self, bookinfo, istio};
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn changes_map_to_the_namespaces_that_see_them() {
+        let mut index = bookinfo();
+        fixtures::namespace(&mut index, "shop", true);
+        // No Sidecars: every injected namespace sees everything.
+        let svc = fixtures::service(
+            "kube-system",
+            "metrics",
+            Some("10.96.5.5"),
+            &[("http", 80, 80)],
+        );
+        let a = index.apply(Object::Service(Box::new(svc.clone())));
+        assert_eq!(a.namespaces, set(&["default", "shop"]));
+        assert!(a.statuses);
+        // Same content again: nothing to do.
+        assert!(index.apply(Object::Service(Box::new(svc))).is_empty());
+        // `shop` narrows its view to itself: kube-system changes no longer concern it.
+        istio(
+            &mut index,
+            r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: shop}
+spec:
+  egress: [{hosts: ["./*"]}]
+"#,
+        );
+        let svc = fixtures::service(
+            "kube-system",
+            "metrics",
+            Some("10.96.5.5"),
+            &[("http", 81, 81)],
+        );
+        assert_eq!(
+            index.apply(Object::Service(Box::new(svc))).namespaces,
+            set(&["default"])
+        );
+        // A change in `shop` concerns `shop` (and namespaces seeing it).
+        let a = index.apply(Object::Pod {
+            key: ObjKey::new("shop", "cart-1"),
+            labels: [("app".to_string(), "cart".to_string())].into(),
+        });
+        assert_eq!(a.namespaces, set(&["default", "shop"]));
+        // Same labels: nothing.
+        let again = index.apply(Object::Pod {
+            key: ObjKey::new("shop", "cart-1"),
+            labels: [("app".to_string(), "cart".to_string())].into(),
+        });
+        assert!(again.is_empty());
+    }
+
+    #[test]
+    fn virtual_service_export_to_bounds_its_effect() {
+        let mut index = bookinfo();
+        fixtures::namespace(&mut index, "shop", true);
+        let before = index.clone();
+        istio(
+            &mut index,
+            r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: r, namespace: default}
+spec:
+  hosts: [reviews]
+  exportTo: ["."]
+  http: [{route: [{destination: {host: reviews}}]}]
+"#,
+        );
+        let mut index2 = before;
+        let vs = index.virtual_services.values().next().unwrap().clone();
+        let a = index2.apply(Object::VirtualService(Box::new(vs.clone())));
+        assert_eq!(a.namespaces, set(&["default"]));
+        // Changing exportTo to `*` affects the old and the new audience.
+        let mut wider = vs;
+        wider.spec.export_to = vec!["*".into()];
+        let a = index2.apply(Object::VirtualService(Box::new(wider)));
+        assert_eq!(a.namespaces, set(&["default", "shop"]));
+        // A root-namespace Sidecar concerns every injected namespace.
+        let a = {
+            let mut i = index2.clone();
+            istio(
+                &mut i,
+                "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: istio-system}\nspec:\n  egress: [{hosts: [\"./*\"]}]\n",
+            );
+            let sc = i.sidecars.values().next().unwrap().clone();
+            index2.apply(Object::Sidecar(Box::new(sc)))
+        };
+        assert_eq!(a.namespaces, set(&["default", "shop"]));
+    }
+
+    #[test]
+    fn relist_replaces_a_kind_without_emptying_it_first() {
+        let mut index = bookinfo();
+        let keep = index
+            .services
+            .get(&ObjKey::new("default", "reviews"))
+            .unwrap()
+            .clone();
+        let a = index.replace_kind(Kind::Service, vec![Object::Service(Box::new(keep))]);
+        assert_eq!(index.services.len(), 1);
+        assert!(a.namespaces.contains("default"));
+        // Unchanged relist: nothing affected.
+        let same: Vec<Object> = index
+            .services
+            .values()
+            .map(|s| Object::Service(Box::new(s.clone())))
+            .collect();
+        assert!(index.replace_kind(Kind::Service, same).is_empty());
+    }
+
+    #[test]
+    fn injection_labels() {
+        let l = |pairs: &[(&str, &str)]| -> Labels {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(is_injected(&l(&[("istio-injection", "enabled")])));
+        assert!(is_injected(&l(&[("istio.io/rev", "canary")])));
+        assert!(!is_injected(&l(&[
+            ("istio-injection", "disabled"),
+            ("istio.io/rev", "x")
+        ])));
+        assert!(!is_injected(&l(&[])));
+    }
+}

@@ -390,3 +390,190 @@ pub fn status_for(
         observed_generation: generation,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{bookinfo, istio};
+
+    fn verdict_of(index: &Index, kind: Kind, ns: &str, name: &str) -> Verdict {
+        let registry = Registry::build(index);
+        Validation::compute(index, &registry).verdicts[&(kind, ObjKey::new(ns, name))].clone()
+    }
+
+    #[test]
+    fn unknown_subset_is_an_error_naming_the_field() {
+        let mut index = bookinfo();
+        istio(
+            &mut index,
+            r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v9}
+"#,
+        );
+        let v = verdict_of(&index, Kind::VirtualService, "default", "reviews");
+        assert!(!v.accepted);
+        assert_eq!(v.reason, "Invalid");
+        assert_eq!(
+            v.findings[0].field,
+            "spec.http[0].route[0].destination.subset"
+        );
+        assert!(v.findings[0].message.contains("unknown subset \"v9\""));
+        let s = status_for(&v, Some(3), None, "2024-01-01T00:00:00Z");
+        let accepted = &s.conditions[0];
+        assert_eq!(
+            (accepted.type_.as_str(), accepted.status.as_str()),
+            ("Accepted", "False")
+        );
+        assert_eq!(accepted.reason.as_deref(), Some("Invalid"));
+        assert!(
+            accepted
+                .message
+                .as_deref()
+                .unwrap()
+                .starts_with("spec.http[0].route[0].destination.subset: unknown subset")
+        );
+        assert_eq!(s.conditions[1].type_, "Reconciled");
+        assert_eq!(s.conditions[1].status, "False");
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(s.validation_messages[0].level, "Error");
+    }
+
+    #[test]
+    fn unknown_host_is_a_warning_and_the_object_is_accepted() {
+        let mut index = bookinfo();
+        istio(
+            &mut index,
+            r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ext, namespace: default}
+spec:
+  hosts: [api.example.com]
+  http:
+  - route:
+    - destination: {host: api.example.com}
+"#,
+        );
+        let v = verdict_of(&index, Kind::VirtualService, "default", "ext");
+        assert!(v.accepted);
+        assert_eq!(v.findings.len(), 2);
+        assert!(v.findings.iter().all(|f| f.level == Level::Warning));
+        let s = status_for(&v, None, None, "t0");
+        assert_eq!(s.conditions[0].status, "True");
+        assert_eq!(s.conditions[1].reason.as_deref(), Some("Reconciled"));
+        assert_eq!(s.validation_messages.len(), 2);
+    }
+
+    #[test]
+    fn own_rules_weights_and_regexes_make_an_object_invalid() {
+        let mut index = bookinfo();
+        istio(
+            &mut index,
+            r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bad, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match:
+    - uri: {regex: "(("}
+    route:
+    - destination: {host: reviews, subset: v1}
+      weight: 60
+    - destination: {host: reviews, subset: v2}
+      weight: 60
+"#,
+        );
+        let v = verdict_of(&index, Kind::VirtualService, "default", "bad");
+        assert!(!v.accepted);
+        let fields: Vec<_> = v.findings.iter().map(|f| f.field.as_str()).collect();
+        assert!(
+            fields.contains(&"spec.http[0].match[0].uri.regex"),
+            "{fields:?}"
+        );
+        assert!(fields.contains(&"spec.http[0].route"), "{fields:?}");
+    }
+
+    #[test]
+    fn second_namespace_wide_sidecar_and_duplicate_rule_conflict() {
+        let mut index = bookinfo();
+        istio(
+            &mut index,
+            r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: a, namespace: default, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec:
+  egress: [{hosts: ["./*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: b, namespace: default, creationTimestamp: "2024-02-01T00:00:00Z"}
+spec:
+  egress: [{hosts: ["*/*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews-again, namespace: default, creationTimestamp: "2030-01-01T00:00:00Z"}
+spec:
+  host: reviews.default.svc.cluster.local
+"#,
+        );
+        assert!(verdict_of(&index, Kind::Sidecar, "default", "a").accepted);
+        let b = verdict_of(&index, Kind::Sidecar, "default", "b");
+        assert_eq!((b.accepted, b.reason), (false, "Conflict"));
+        // Objects without a creationTimestamp sort last: bookinfo's `reviews` yields.
+        let dr = verdict_of(&index, Kind::DestinationRule, "default", "reviews");
+        assert_eq!((dr.accepted, dr.reason), (false, "Conflict"));
+        assert!(dr.findings[0].message.contains("default/reviews-again"));
+        assert!(verdict_of(&index, Kind::DestinationRule, "default", "reviews-again").accepted);
+    }
+
+    #[test]
+    fn unchanged_verdict_keeps_transition_time_so_status_is_stable() {
+        let v = Verdict {
+            accepted: true,
+            reason: "Accepted",
+            findings: vec![],
+        };
+        let first = status_for(&v, Some(1), None, "t0");
+        let again = status_for(&v, Some(1), Some(&first), "t1");
+        assert_eq!(first, again);
+        let bad = Verdict {
+            accepted: false,
+            reason: "Invalid",
+            findings: vec![Finding {
+                level: Level::Error,
+                field: "spec.hosts".into(),
+                message: "x".into(),
+            }],
+        };
+        let changed = status_for(&bad, Some(2), Some(&first), "t2");
+        assert_eq!(
+            changed.conditions[0].last_transition_time.as_deref(),
+            Some("t2")
+        );
+    }
+
+    #[test]
+    fn short_names_expand_only_without_dots() {
+        assert_eq!(
+            resolve_host("reviews", "default", "cluster.local"),
+            "reviews.default.svc.cluster.local"
+        );
+        assert_eq!(
+            resolve_host("reviews.default", "x", "cluster.local"),
+            "reviews.default"
+        );
+        assert_eq!(resolve_host("*", "x", "cluster.local"), "*");
+        assert_eq!(resolve_host("10.0.0.1", "x", "cluster.local"), "10.0.0.1");
+    }
+}
