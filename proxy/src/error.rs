@@ -44,6 +44,63 @@ pub enum Error {
     /// Writing the dry-run output failed.
     #[error("could not write the output: {0}")]
     Output(#[source] io::Error),
+
+    /// A listening socket of the sidecar could not be bound.
+    #[error("could not listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which listener (`virtualOutbound`, `admin`, ...).
+        what: &'static str,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// What the operating system said.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A configuration file could not be read.
+    #[error("cannot read {path}: {source}")]
+    ConfigRead {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A configuration document (or the scope index, or the pod labels) was refused. The error
+    /// names the field (and line, for syntax errors).
+    #[error("{origin}: {source}")]
+    ConfigInvalid {
+        /// Where the document came from (file, and ConfigMap key).
+        origin: String,
+        /// What is wrong.
+        #[source]
+        source: rustmesh_xds::Error,
+    },
+
+    /// A configuration is valid JSON and consistent, but the proxy cannot run it.
+    #[error("{field}: {message}")]
+    ConfigCompile {
+        /// Field path, e.g. `listeners[2].filterChains[1].filterChainMatch`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// The async runtime or a signal handler could not be set up.
+    #[error("could not start the runtime: {0}")]
+    Runtime(#[source] io::Error),
+
+    /// `proxy wait` gave up.
+    #[error("{url} did not answer 200 within {timeout:?}: {last}")]
+    WaitTimeout {
+        /// The URL polled.
+        url: String,
+        /// How long it waited.
+        timeout: std::time::Duration,
+        /// The last answer or error.
+        last: String,
+    },
 }
 
 /// `Result` with this crate's [`Error`].

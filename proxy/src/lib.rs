@@ -6,11 +6,21 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod capture;
+pub mod cluster;
+pub mod config;
 pub mod dns;
+pub mod drain;
 mod error;
 pub mod http;
 pub mod metrics;
+pub mod proxy;
+pub mod sidecar;
+pub mod snapshot;
+pub mod sniff;
 pub mod socket;
+pub mod stats;
+pub mod wait;
 
 pub use error::{Error, Result};

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use rustmesh_proxy::capture::IstioIptablesArgs;
+use rustmesh_proxy::sidecar::RunArgs;
+use rustmesh_proxy::wait::WaitArgs;
 
 #[derive(Debug, Parser)]
 #[command(name = "proxy", version, about = "rustmesh sidecar proxy")]
@@ -17,6 +19,11 @@ struct Cli {
 enum Command {
     /// The capture step (Istio's istio-init): program iptables to send the pod's traffic to the sidecar.
     IstioIptables(IstioIptablesArgs),
+    /// The sidecar: the 15001/15006 capture listeners, admin (15000), readiness (15021) and
+    /// Prometheus (15090); the configuration is watched and swapped live; SIGTERM drains.
+    Run(RunArgs),
+    /// Block until the sidecar is ready (the postStart hook of holdApplicationUntilProxyStarts).
+    Wait(WaitArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +50,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::IstioIptables(args) => {
             rustmesh_proxy::capture::run(&args, &mut std::io::stdout().lock())?
         }
+        Command::Run(args) => rustmesh_proxy::sidecar::run(&args)?,
+        Command::Wait(args) => rustmesh_proxy::wait::run(&args)?,
     }
     Ok(())
 }

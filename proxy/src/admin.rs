@@ -1,0 +1,600 @@
+//! The sidecar's HTTP endpoints (hyper, HTTP/1.1):
+//!
+//! | port | path | what |
+//! | --- | --- | --- |
+//! | 127.0.0.1:15000 | `/config_dump` | the current `ProxyConfig` JSON (503 before the first) |
+//! | | `/listeners` | `name::address` lines; `?format=json`: `{"listenerStatuses": [...]}` |
+//! | | `/clusters` | Envoy's `cluster::host::stat::value` lines; `?format=json`: `{"clusterStatuses": [...]}` |
+//! | | `/stats` | `name: value` lines (`?filter=<regex>`); `/stats/prometheus` |
+//! | | `/ready` | `LIVE` 200 once a configuration is loaded; `PRE_INITIALIZING` / `DRAINING` 503 |
+//! | | `/quitquitquit` (POST) | drain and exit, like SIGTERM |
+//! | 0.0.0.0:15021 | `/healthz/ready` | 200 once a configuration is loaded and while not draining |
+//! | 0.0.0.0:15090 | `/stats/prometheus` | every metric, Prometheus text |
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use crate::cluster::{Kind, UpstreamCluster};
+use crate::drain;
+use crate::snapshot::{Snapshot, Store};
+use crate::stats::Metrics;
+use crate::{Error, Result};
+
+/// What the endpoints read.
+pub struct AdminState {
+    /// The current configuration.
+    pub store: Arc<Store>,
+    /// Counters.
+    pub metrics: Metrics,
+    /// Istio's metrics and the registry every metric is in (`/stats/prometheus`).
+    pub prometheus: Arc<crate::metrics::Metrics>,
+    /// Whether draining has started.
+    pub draining: drain::Flag,
+    /// Notified by `POST /quitquitquit`.
+    pub quit: Arc<Notify>,
+    /// The capture listeners' bound addresses (name, address), for `/listeners`.
+    pub bound: Vec<(String, SocketAddr)>,
+}
+
+/// Which endpoints a port serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoints {
+    /// Everything (15000, localhost only).
+    Admin,
+    /// `/healthz/ready` (15021).
+    Health,
+    /// `/stats/prometheus` (15090).
+    Prometheus,
+}
+
+/// One bound HTTP endpoint server.
+pub struct Server {
+    what: &'static str,
+    listener: std::net::TcpListener,
+    endpoints: Endpoints,
+    state: Arc<AdminState>,
+}
+
+impl Server {
+    /// Binds `addr`. Fails at once when it cannot be used.
+    pub fn bind(
+        what: &'static str,
+        addr: SocketAddr,
+        endpoints: Endpoints,
+        state: Arc<AdminState>,
+    ) -> Result<Self> {
+        let listener = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|source| Error::Bind { what, addr, source })?;
+        Ok(Server {
+            what,
+            listener,
+            endpoints,
+            state,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves until the process exits.
+    pub async fn run(self) {
+        let listener = match tokio::net::TcpListener::from_std(self.listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(what = self.what, "cannot serve: {e}");
+                return;
+            }
+        };
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(what = self.what, "accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let state = self.state.clone();
+            let endpoints = self.endpoints;
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(handle(&state, endpoints, &req)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    response(status, "text/plain; charset=utf-8", body)
+}
+
+fn response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+fn json_response(v: &Value) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_string_pretty(v).unwrap_or_default();
+    body.push('\n');
+    response(StatusCode::OK, "application/json", body)
+}
+
+fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then_some(v)
+    })
+}
+
+/// Answers one request (the routing of every port).
+pub fn handle(
+    state: &AdminState,
+    endpoints: Endpoints,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let json = query_param(req, "format") == Some("json");
+    match (endpoints, req.method(), path) {
+        (Endpoints::Prometheus | Endpoints::Admin, &Method::GET, "/stats/prometheus") => response(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            state.prometheus.encode(),
+        ),
+        (Endpoints::Health | Endpoints::Admin, &Method::GET, "/healthz/ready") => {
+            let (status, word) = readiness(state);
+            text(status, format!("{word}\n"))
+        }
+        (Endpoints::Admin, &Method::GET, "/ready") => {
+            let (status, word) = readiness(state);
+            text(status, format!("{word}\n"))
+        }
+        (Endpoints::Admin, &Method::GET, "/config_dump") => match state.store.load() {
+            Some(s) => json_response(&config_dump(
+                &s,
+                query_param(req, "include_eds").is_some(),
+                query_param(req, "mask"),
+            )),
+            None => not_loaded(),
+        },
+        (Endpoints::Admin, &Method::GET, "/listeners") => {
+            let snapshot = state.store.load();
+            if json {
+                json_response(&listeners_json(state, snapshot.as_deref()))
+            } else {
+                text(StatusCode::OK, listeners_text(state, snapshot.as_deref()))
+            }
+        }
+        (Endpoints::Admin, &Method::GET, "/clusters") => match state.store.load() {
+            Some(s) if json => json_response(&clusters_json(Some(&s))),
+            Some(s) => text(StatusCode::OK, clusters_text(Some(&s))),
+            None => not_loaded(),
+        },
+        (Endpoints::Admin, &Method::GET, "/stats") => {
+            let filter = match query_param(req, "filter").map(regex::Regex::new) {
+                None => None,
+                Some(Ok(re)) => Some(re),
+                Some(Err(e)) => {
+                    return text(StatusCode::BAD_REQUEST, format!("invalid filter: {e}\n"));
+                }
+            };
+            let lines = stats_lines(state);
+            let body: String = lines
+                .into_iter()
+                .filter(|(name, _)| filter.as_ref().is_none_or(|re| re.is_match(name)))
+                .map(|(name, value)| format!("{name}: {value}\n"))
+                .collect();
+            text(StatusCode::OK, body)
+        }
+        (Endpoints::Admin, &Method::POST, "/quitquitquit") => {
+            state.quit.notify_one();
+            text(StatusCode::OK, "OK\n")
+        }
+        (Endpoints::Admin, &Method::GET, "/") => text(
+            StatusCode::OK,
+            "rustmesh sidecar admin\n  /config_dump\n  /listeners[?format=json]\n  /clusters[?format=json]\n  \
+             /stats[?filter=<regex>]\n  /stats/prometheus\n  /ready\n  POST /quitquitquit\n",
+        ),
+        (_, &Method::GET, _) => text(StatusCode::NOT_FOUND, "not found\n"),
+        _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+    }
+}
+
+fn not_loaded() -> Response<Full<Bytes>> {
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no configuration loaded yet\n",
+    )
+}
+
+/// `/config_dump`: the `ProxyConfig` being served, bare (as `ProxyConfig::to_json` writes it).
+/// As in Envoy, endpoints (`endpoints`) only with `include_eds`; `mask=a,b` keeps only those
+/// top-level fields (and `versionInfo`). The contract `rustmeshctl` reads (`ctl/src/admin.rs`).
+fn config_dump(snapshot: &Snapshot, include_eds: bool, mask: Option<&str>) -> Value {
+    let mut doc = serde_json::to_value(&*snapshot.config).unwrap_or_default();
+    if let Some(obj) = doc.as_object_mut() {
+        if !include_eds {
+            obj.remove("endpoints");
+        }
+        if let Some(mask) = mask {
+            let keep: Vec<&str> = mask.split(',').collect();
+            obj.retain(|k, _| k == "versionInfo" || keep.contains(&k.as_str()));
+        }
+    }
+    doc
+}
+
+fn readiness(state: &AdminState) -> (StatusCode, &'static str) {
+    if state.draining.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "DRAINING")
+    } else if state.store.is_loaded() {
+        (StatusCode::OK, "LIVE")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "PRE_INITIALIZING")
+    }
+}
+
+fn listeners_text(state: &AdminState, snapshot: Option<&Snapshot>) -> String {
+    let mut out = String::new();
+    for (name, addr) in &state.bound {
+        out.push_str(&format!("{name}::{addr}\n"));
+    }
+    for l in snapshot.iter().flat_map(|s| &s.listeners) {
+        if !state.bound.iter().any(|(n, _)| *n == l.name) {
+            out.push_str(&format!("{}::{}\n", l.name, l.address));
+        }
+    }
+    out
+}
+
+fn socket_address(a: SocketAddr) -> Value {
+    json!({"socketAddress": {"address": a.ip().to_string(), "portValue": a.port()}})
+}
+
+fn listeners_json(state: &AdminState, snapshot: Option<&Snapshot>) -> Value {
+    let mut statuses: Vec<Value> = state
+        .bound
+        .iter()
+        .map(|(name, addr)| json!({"name": name, "localAddress": socket_address(*addr)}))
+        .collect();
+    for l in snapshot.iter().flat_map(|s| &s.listeners) {
+        if !state.bound.iter().any(|(n, _)| *n == l.name) {
+            statuses.push(json!({"name": l.name, "localAddress": socket_address(l.address)}));
+        }
+    }
+    json!({"listenerStatuses": statuses})
+}
+
+fn health_word(e: &crate::cluster::Endpoint) -> &'static str {
+    use rustmesh_xds::cluster::HealthStatus;
+    match e.health {
+        HealthStatus::Healthy => "HEALTHY",
+        HealthStatus::Unhealthy => "UNHEALTHY",
+        HealthStatus::Draining => "DRAINING",
+        HealthStatus::Unknown => "UNKNOWN",
+    }
+}
+
+fn clusters_text(snapshot: Option<&Snapshot>) -> String {
+    let mut out = String::new();
+    let Some(s) = snapshot else {
+        return out;
+    };
+    for c in s.clusters.sorted() {
+        let n = &c.name;
+        out.push_str(&format!("{n}::observability_name::{n}\n"));
+        if let Some(t) = c
+            .def
+            .circuit_breakers
+            .as_ref()
+            .and_then(|cb| cb.thresholds.first())
+        {
+            for (k, v) in [
+                ("max_connections", t.max_connections),
+                ("max_pending_requests", t.max_pending_requests),
+                ("max_requests", t.max_requests),
+                ("max_retries", t.max_retries),
+            ] {
+                if let Some(v) = v {
+                    out.push_str(&format!("{n}::default_priority::{k}::{v}\n"));
+                }
+            }
+        }
+        out.push_str(&format!("{n}::added_via_api::true\n"));
+        for e in &c.endpoints {
+            let h = format!("{n}::{}", e.addr);
+            for (stat, value, _) in e.stats.snapshot() {
+                out.push_str(&format!("{h}::{stat}::{value}\n"));
+            }
+            out.push_str(&format!(
+                "{h}::hostname::{}\n",
+                e.hostname.as_deref().unwrap_or("")
+            ));
+            let flags = if e.usable() {
+                "healthy".to_string()
+            } else {
+                format!("/eds_{}", health_word(e).to_ascii_lowercase())
+            };
+            out.push_str(&format!("{h}::health_flags::{flags}\n"));
+            out.push_str(&format!("{h}::weight::{}\n", e.weight));
+            let loc = e.locality.clone().unwrap_or_default();
+            out.push_str(&format!("{h}::region::{}\n", loc.region));
+            out.push_str(&format!("{h}::zone::{}\n", loc.zone));
+            out.push_str(&format!("{h}::sub_zone::{}\n", loc.sub_zone));
+            out.push_str(&format!("{h}::canary::false\n"));
+            out.push_str(&format!("{h}::priority::{}\n", e.priority));
+            out.push_str(&format!("{h}::success_rate::-1\n"));
+            out.push_str(&format!("{h}::local_origin_success_rate::-1\n"));
+        }
+    }
+    out
+}
+
+fn cluster_json(c: &UpstreamCluster) -> Value {
+    let hosts: Vec<Value> = c
+        .endpoints
+        .iter()
+        .map(|e| {
+            let stats: Vec<Value> = e
+                .stats
+                .snapshot()
+                .iter()
+                .map(|(name, value, gauge)| {
+                    if *gauge {
+                        json!({"type": "GAUGE", "name": name, "value": value.to_string()})
+                    } else {
+                        json!({"name": name, "value": value.to_string()})
+                    }
+                })
+                .collect();
+            let loc = e.locality.clone().unwrap_or_default();
+            json!({
+                "address": socket_address(e.addr),
+                "stats": stats,
+                "healthStatus": {"edsHealthStatus": health_word(e), "failedOutlierCheck": false},
+                "weight": e.weight,
+                "priority": e.priority,
+                "hostname": e.hostname.clone().unwrap_or_default(),
+                "locality": {"region": loc.region, "zone": loc.zone, "subZone": loc.sub_zone},
+            })
+        })
+        .collect();
+    let mut v = json!({
+        "name": c.name,
+        "observabilityName": c.name,
+        "addedViaApi": true,
+        "hostStatuses": hosts,
+    });
+    if c.kind == Kind::OriginalDst {
+        v["type"] = json!("ORIGINAL_DST");
+    }
+    v
+}
+
+fn clusters_json(snapshot: Option<&Snapshot>) -> Value {
+    let statuses: Vec<Value> = snapshot
+        .map(|s| {
+            s.clusters
+                .sorted()
+                .into_iter()
+                .map(|c| cluster_json(c))
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({"clusterStatuses": statuses})
+}
+
+fn stats_lines(state: &AdminState) -> Vec<(String, String)> {
+    let mut lines = Vec::new();
+    if let Some(s) = state.store.load() {
+        for c in s.clusters.sorted() {
+            let p = format!("cluster.{}", c.name);
+            let st = &c.stats;
+            for (k, v) in [
+                ("upstream_cx_total", st.cx_total.get()),
+                ("upstream_cx_active", st.cx_active.get().max(0) as u64),
+                ("upstream_cx_connect_fail", st.cx_connect_fail.get()),
+                ("upstream_cx_connect_timeout", st.cx_connect_timeout.get()),
+                ("upstream_cx_none_healthy", st.cx_none_healthy.get()),
+                ("upstream_cx_rx_bytes_total", st.cx_rx_bytes.get()),
+                ("upstream_cx_tx_bytes_total", st.cx_tx_bytes.get()),
+                ("upstream_cx_idle_timeout", st.cx_idle_timeout.get()),
+                ("membership_healthy", c.usable_endpoints().len() as u64),
+                ("membership_total", c.endpoints.len() as u64),
+            ] {
+                lines.push((format!("{p}.{k}"), v.to_string()));
+            }
+        }
+        for l in &s.listeners {
+            let p = format!("listener.{}", l.name);
+            let st = &l.stats;
+            for (k, v) in [
+                ("downstream_cx_total", st.cx_total.get()),
+                ("downstream_cx_active", st.cx_active.get().max(0) as u64),
+                ("downstream_cx_rx_bytes_total", st.cx_rx_bytes.get()),
+                ("downstream_cx_tx_bytes_total", st.cx_tx_bytes.get()),
+            ] {
+                lines.push((format!("{p}.{k}"), v.to_string()));
+            }
+        }
+    }
+    let (applied, rejected) = state.metrics.config_reload_counts();
+    lines.push((
+        "rustmesh.config_reloads.applied".into(),
+        applied.to_string(),
+    ));
+    lines.push((
+        "rustmesh.config_reloads.rejected".into(),
+        rejected.to_string(),
+    ));
+    lines.push((
+        "rustmesh.config.version".into(),
+        state
+            .store
+            .load()
+            .map(|s| s.version().to_string())
+            .unwrap_or_default(),
+    ));
+    // Envoy's server.state: 0 live, 1 draining, 2 pre-initializing.
+    let server_state = match readiness(state).1 {
+        "LIVE" => 0,
+        "DRAINING" => 1,
+        _ => 2,
+    };
+    lines.push(("server.state".into(), server_state.to_string()));
+    lines.sort();
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ClusterManager;
+    use crate::proxy::RefuseHttp;
+    use rustmesh_xds::ProxyConfig;
+
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let status = out[9..12].parse().unwrap();
+        let body = out.split_once("\r\n\r\n").unwrap().1.to_string();
+        (status, body)
+    }
+
+    #[tokio::test]
+    async fn endpoints_before_and_after_the_first_configuration() {
+        let prometheus = Arc::new(crate::metrics::Metrics::new());
+        let mut metrics = Metrics::default();
+        prometheus.register(|r| metrics = Metrics::register(r));
+        let store = Arc::new(Store::new());
+        let (signal, _watch) = drain::channel();
+        let state = Arc::new(AdminState {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            prometheus,
+            draining: signal.flag(),
+            quit: Arc::new(Notify::new()),
+            bound: vec![("virtualOutbound".into(), "0.0.0.0:15001".parse().unwrap())],
+        });
+        let admin = Server::bind(
+            "admin",
+            "127.0.0.1:0".parse().unwrap(),
+            Endpoints::Admin,
+            state.clone(),
+        )
+        .unwrap();
+        let health = Server::bind(
+            "health",
+            "127.0.0.1:0".parse().unwrap(),
+            Endpoints::Health,
+            state.clone(),
+        )
+        .unwrap();
+        let (a, h) = (admin.local_addr().unwrap(), health.local_addr().unwrap());
+        tokio::spawn(admin.run());
+        tokio::spawn(health.run());
+
+        assert_eq!(get(a, "/ready").await, (503, "PRE_INITIALIZING\n".into()));
+        assert_eq!(get(h, "/healthz/ready").await.0, 503);
+        assert_eq!(get(a, "/config_dump").await.0, 503);
+        assert_eq!(get(a, "/clusters?format=json").await.0, 503);
+        assert_eq!(
+            get(h, "/config_dump").await.0,
+            404,
+            "only readiness on 15021"
+        );
+
+        let doc = serde_json::json!({
+            "versionInfo": "v7",
+            "clusters": [{"name": "outbound|80||web", "type": "STATIC", "loadAssignment": {"clusterName": "outbound|80||web",
+                "endpoints": [{"lbEndpoints": [{"endpoint": {"address": {"socketAddress": {"address": "10.0.0.9", "portValue": 80}}}}]}]}}],
+        });
+        let config = ProxyConfig::from_json(&doc.to_string()).unwrap();
+        let snapshot = Snapshot::compile(
+            config,
+            &ClusterManager::new(metrics.clone()),
+            &metrics,
+            &RefuseHttp::new(metrics.clone()),
+        )
+        .unwrap();
+        snapshot.clusters.get("outbound|80||web").unwrap().endpoints[0]
+            .stats
+            .cx_total
+            .fetch_add(3, std::sync::atomic::Ordering::Relaxed);
+        store.swap(Arc::new(snapshot));
+
+        assert_eq!(get(a, "/ready").await, (200, "LIVE\n".into()));
+        assert_eq!(get(h, "/healthz/ready").await.0, 200);
+        let (status, dump) = get(a, "/config_dump?include_eds").await;
+        assert_eq!(status, 200);
+        assert_eq!(ProxyConfig::from_json(&dump).unwrap().version_info, "v7");
+        let (_, masked) = get(a, "/config_dump?mask=listeners").await;
+        let v: Value = serde_json::from_str(&masked).unwrap();
+        assert_eq!(v, json!({"versionInfo": "v7", "listeners": []}));
+
+        let (_, clusters) = get(a, "/clusters?format=json").await;
+        let v: Value = serde_json::from_str(&clusters).unwrap();
+        let host = &v["clusterStatuses"][0]["hostStatuses"][0];
+        assert_eq!(v["clusterStatuses"][0]["name"], "outbound|80||web");
+        assert_eq!(host["address"]["socketAddress"]["address"], "10.0.0.9");
+        assert_eq!(host["address"]["socketAddress"]["portValue"], 80);
+        assert_eq!(host["healthStatus"]["edsHealthStatus"], "HEALTHY");
+        assert!(
+            host["stats"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"name": "cx_total", "value": "3"}))
+        );
+        let (_, text) = get(a, "/clusters").await;
+        assert!(
+            text.contains("outbound|80||web::10.0.0.9:80::cx_total::3\n"),
+            "{text}"
+        );
+        assert!(text.contains("outbound|80||web::10.0.0.9:80::health_flags::healthy\n"));
+
+        let (_, listeners) = get(a, "/listeners").await;
+        assert_eq!(listeners, "virtualOutbound::0.0.0.0:15001\n");
+        let (_, stats) = get(a, "/stats?filter=^server").await;
+        assert_eq!(stats, "server.state: 0\n");
+        let (_, prom) = get(a, "/stats/prometheus").await;
+        assert!(
+            prom.contains("# TYPE rustmesh_config_reloads counter"),
+            "{prom}"
+        );
+
+        signal.start();
+        assert_eq!(get(a, "/ready").await, (503, "DRAINING\n".into()));
+        assert_eq!(get(h, "/healthz/ready").await.0, 503);
+    }
+}

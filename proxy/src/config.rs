@@ -1,0 +1,506 @@
+//! Where the sidecar's configuration comes from, and how a new one replaces the old.
+//!
+//! * `--config FILE`: a `ProxyConfig` JSON document.
+//! * `--config-dir DIR` (default `/etc/rustmesh/config`, the ConfigMap the webhook mounts): the
+//!   operator's layout (`rustmesh_xds::scope`): `scopes.json` lists the scopes, and the pod's
+//!   own labels (`--pod-labels`, default `/etc/istio/pod/labels`, downward-API format) select
+//!   the key, `default.json.gz` or `sidecar-<name>.json.gz` (gzip of the JSON). Without
+//!   `scopes.json`, `DIR/config.json` (plain JSON) or `DIR/default.json.gz` is used.
+//!
+//! The [`Watcher`] reads the inputs every poll interval (500 ms by default) and hashes them;
+//! when the hash changes it validates the document (`ProxyConfig::from_json`), compiles it
+//! ([`Snapshot::compile`]: filter chains, clusters, HTTP routes) and swaps it in. A document
+//! that fails is refused with a log line naming the field, counted
+//! (`rustmesh_config_reloads_total{result="rejected"}`, `rustmesh_config_rejected` = 1), and
+//! the previous configuration keeps serving. Kubelet updates a ConfigMap volume by re-pointing
+//! the `..data` symlink; the files are read through it, and the read is retried if `..data`
+//! moved while reading, so one poll never mixes two versions. Writers of `--config FILE`
+//! should replace the file atomically (write elsewhere, then rename), as kubelet does.
+
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustmesh_xds::ProxyConfig;
+use rustmesh_xds::scope::{self, DEFAULT_SCOPE_KEY, SCOPE_INDEX_KEY, ScopeIndex};
+
+use crate::cluster::ClusterManager;
+use crate::proxy::HttpHandler;
+use crate::snapshot::{Snapshot, Store};
+use crate::stats::Metrics;
+use crate::{Error, Result};
+
+/// Default poll interval.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// A configuration larger than this (after gunzip) is refused.
+pub const MAX_CONFIG_BYTES: u64 = 64 * 1024 * 1024;
+/// Plain-JSON key read from a config directory without `scopes.json`.
+pub const PLAIN_CONFIG_KEY: &str = "config.json";
+
+/// Where to read the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// One JSON file.
+    File(PathBuf),
+    /// A mounted ConfigMap, and the pod's labels file.
+    Dir {
+        /// The mount.
+        dir: PathBuf,
+        /// Downward-API labels (`key="value"` lines); a missing file means no labels.
+        pod_labels: PathBuf,
+    },
+}
+
+/// A document read from the source.
+#[derive(Clone, Debug)]
+pub struct Document {
+    /// The JSON text.
+    pub text: String,
+    /// Where it came from, for messages (`/etc/rustmesh/config/sidecar-db.json.gz`).
+    pub origin: String,
+    /// Hash of every input that went into choosing and reading it.
+    pub hash: u64,
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    let file = std::fs::File::open(path).map_err(|source| Error::ConfigRead {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| Error::ConfigRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(Error::ConfigRead {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(format!("larger than {MAX_CONFIG_BYTES} bytes")),
+        });
+    }
+    Ok(bytes)
+}
+
+fn invalid(origin: &Path, source: rustmesh_xds::Error) -> Error {
+    Error::ConfigInvalid {
+        origin: origin.display().to_string(),
+        source,
+    }
+}
+
+fn utf8(path: &Path, bytes: Vec<u8>) -> Result<String> {
+    String::from_utf8(bytes).map_err(|e| Error::ConfigRead {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })
+}
+
+impl ConfigSource {
+    /// Reads the current document.
+    pub fn read(&self) -> Result<Document> {
+        match self {
+            ConfigSource::File(path) => {
+                let bytes = read_file(path)?;
+                let hash = hash_of(&[&bytes]);
+                Ok(Document {
+                    text: utf8(path, bytes)?,
+                    origin: path.display().to_string(),
+                    hash,
+                })
+            }
+            ConfigSource::Dir { dir, pod_labels } => {
+                // Retry while kubelet swaps `..data` under us.
+                let data_link = dir.join("..data");
+                let mut last = None;
+                for _ in 0..5 {
+                    let before = std::fs::read_link(&data_link).ok();
+                    let result = read_dir(dir, pod_labels);
+                    let after = std::fs::read_link(&data_link).ok();
+                    if before == after {
+                        return result;
+                    }
+                    last = Some(result);
+                }
+                last.unwrap_or_else(|| read_dir(dir, pod_labels))
+            }
+        }
+    }
+}
+
+fn read_dir(dir: &Path, labels_path: &Path) -> Result<Document> {
+    let labels_bytes = match std::fs::read(labels_path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => {
+            return Err(Error::ConfigRead {
+                path: labels_path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let index_path = dir.join(SCOPE_INDEX_KEY);
+    let (index_bytes, key, why) = match std::fs::read(&index_path) {
+        Ok(index_bytes) => {
+            let index_text = utf8(&index_path, index_bytes.clone())?;
+            let index = ScopeIndex::from_json(&index_text).map_err(|e| invalid(&index_path, e))?;
+            let labels_text = utf8(labels_path, labels_bytes.clone())?;
+            let labels: BTreeMap<String, String> =
+                scope::parse_pod_labels(&labels_text).map_err(|e| invalid(labels_path, e))?;
+            let key = scope::select_scope(&index, &labels).to_string();
+            let why = format!("scope {key:?} selected by the pod's labels");
+            (index_bytes, key, why)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key =
+                if dir.join(PLAIN_CONFIG_KEY).exists() || !dir.join(DEFAULT_SCOPE_KEY).exists() {
+                    PLAIN_CONFIG_KEY
+                } else {
+                    DEFAULT_SCOPE_KEY
+                };
+            (Vec::new(), key.to_string(), format!("no {SCOPE_INDEX_KEY}"))
+        }
+        Err(source) => {
+            return Err(Error::ConfigRead {
+                path: index_path,
+                source,
+            });
+        }
+    };
+    if key.contains('/') || key.starts_with('.') {
+        return Err(Error::ConfigCompile {
+            field: format!("{}: key", index_path.display()),
+            message: format!("{key:?} is not a ConfigMap key"),
+        });
+    }
+    let path = dir.join(&key);
+    let raw = read_file(&path)?;
+    let hash = hash_of(&[&labels_bytes, &index_bytes, key.as_bytes(), &raw]);
+    let bytes = if key.ends_with(".gz") {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(raw.as_slice())
+            .take(MAX_CONFIG_BYTES + 1)
+            .read_to_end(&mut out)
+            .map_err(|source| Error::ConfigRead {
+                path: path.clone(),
+                source,
+            })?;
+        out
+    } else {
+        raw
+    };
+    tracing::trace!(path = %path.display(), why, "configuration read");
+    Ok(Document {
+        text: utf8(&path, bytes)?,
+        origin: path.display().to_string(),
+        hash,
+    })
+}
+
+fn hash_of(parts: &[&[u8]]) -> u64 {
+    let mut h = DefaultHasher::new();
+    for p in parts {
+        p.hash(&mut h);
+    }
+    h.finish()
+}
+
+/// What one poll did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The inputs did not change.
+    Unchanged,
+    /// A new configuration serves (its `versionInfo`).
+    Applied(String),
+    /// The new document was refused (the reason, naming the field).
+    Rejected(String),
+}
+
+/// Polls a [`ConfigSource`] and swaps good configurations into a [`Store`].
+pub struct Watcher {
+    source: ConfigSource,
+    store: Arc<Store>,
+    clusters: Arc<ClusterManager>,
+    metrics: Metrics,
+    http: Arc<dyn HttpHandler>,
+    interval: Duration,
+    last: Option<u64>,
+}
+
+impl Watcher {
+    /// A watcher; nothing is read until [`Watcher::poll`] or [`Watcher::run`].
+    pub fn new(
+        source: ConfigSource,
+        store: Arc<Store>,
+        clusters: Arc<ClusterManager>,
+        metrics: Metrics,
+        http: Arc<dyn HttpHandler>,
+        interval: Duration,
+    ) -> Self {
+        Watcher {
+            source,
+            store,
+            clusters,
+            metrics,
+            http,
+            interval,
+            last: None,
+        }
+    }
+
+    /// Reads the source once; applies the document if it changed and is good.
+    pub fn poll(&mut self) -> Outcome {
+        let document = self.source.read();
+        let hash = match &document {
+            Ok(d) => d.hash,
+            Err(e) => hash_of(&[e.to_string().as_bytes()]),
+        };
+        if self.last == Some(hash) {
+            return Outcome::Unchanged;
+        }
+        self.last = Some(hash);
+        let result = document.and_then(|d| {
+            let config =
+                ProxyConfig::from_json(&d.text).map_err(|source| Error::ConfigInvalid {
+                    origin: d.origin.clone(),
+                    source,
+                })?;
+            let snapshot = Snapshot::compile(config, &self.clusters, &self.metrics, &*self.http)
+                .map_err(|e| match e {
+                    Error::ConfigCompile { field, message } => Error::ConfigCompile {
+                        field: format!("{}: {field}", d.origin),
+                        message,
+                    },
+                    other => other,
+                })?;
+            Ok((snapshot, d.origin))
+        });
+        match result {
+            Ok((snapshot, origin)) => {
+                let version = snapshot.version().to_string();
+                let snapshot = Arc::new(snapshot);
+                self.clusters.commit(&snapshot.clusters);
+                self.store.swap(snapshot.clone());
+                self.metrics.config_reload(true);
+                tracing::info!(
+                    version,
+                    origin,
+                    listeners = snapshot.listeners.len(),
+                    clusters = snapshot.clusters.len(),
+                    "configuration applied"
+                );
+                Outcome::Applied(version)
+            }
+            Err(e) => {
+                self.metrics.config_reload(false);
+                let serving = self.store.load();
+                match &serving {
+                    Some(s) => tracing::warn!(
+                        serving = s.version(),
+                        "configuration refused, the previous one keeps serving: {e}"
+                    ),
+                    None => tracing::warn!("no configuration yet (not ready): {e}"),
+                }
+                Outcome::Rejected(e.to_string())
+            }
+        }
+    }
+
+    /// Polls forever (reads run on the blocking pool).
+    pub async fn run(mut self) {
+        loop {
+            tokio::time::sleep(self.interval).await;
+            self = match tokio::task::spawn_blocking(move || {
+                self.poll();
+                self
+            })
+            .await
+            {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::error!("configuration watcher stopped: {e}");
+                    return;
+                }
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::RefuseHttp;
+    use serde_json::json;
+    use std::io::Write;
+
+    fn doc(version: &str, cluster: &str) -> String {
+        json!({
+            "versionInfo": version,
+            "listeners": [{"name": "virtualOutbound", "address": {"socketAddress": {"address": "0.0.0.0", "portValue": 15001}},
+                "useOriginalDst": true, "trafficDirection": "OUTBOUND",
+                "filterChains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy",
+                    "typedConfig": {"statPrefix": "x", "cluster": cluster}}]}]}],
+            "clusters": [{"name": "PassthroughCluster", "type": "ORIGINAL_DST", "lbPolicy": "CLUSTER_PROVIDED"}],
+        })
+        .to_string()
+    }
+
+    fn watcher(source: ConfigSource) -> (Watcher, Arc<Store>, Metrics) {
+        let metrics = Metrics::default();
+        let store = Arc::new(Store::new());
+        let w = Watcher::new(
+            source,
+            store.clone(),
+            Arc::new(ClusterManager::new(metrics.clone())),
+            metrics.clone(),
+            Arc::new(RefuseHttp::new(metrics.clone())),
+            DEFAULT_POLL_INTERVAL,
+        );
+        (w, store, metrics)
+    }
+
+    /// Writes atomically, like kubelet and editors that rename.
+    fn write(path: &Path, text: &[u8]) {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    #[test]
+    fn file_source_applies_refuses_and_keeps_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let (mut w, store, metrics) = watcher(ConfigSource::File(path.clone()));
+
+        assert!(matches!(w.poll(), Outcome::Rejected(r) if r.contains("config.json")));
+        assert!(store.load().is_none());
+        assert_eq!(
+            w.poll(),
+            Outcome::Unchanged,
+            "the same problem is reported once"
+        );
+
+        write(&path, doc("v1", "PassthroughCluster").as_bytes());
+        assert_eq!(w.poll(), Outcome::Applied("v1".into()));
+        assert_eq!(w.poll(), Outcome::Unchanged);
+        let v1 = store.load().unwrap();
+
+        write(&path, b"{\"versionInfo\": \"v2\", \"listeners\": [");
+        let Outcome::Rejected(reason) = w.poll() else {
+            panic!()
+        };
+        assert!(reason.contains("line 1"), "{reason}");
+        assert_eq!(store.load().unwrap().version(), "v1");
+
+        write(&path, doc("v3", "nope").as_bytes());
+        let Outcome::Rejected(reason) = w.poll() else {
+            panic!()
+        };
+        assert!(
+            reason.contains("listeners[0].filterChains[0].filters[0].typedConfig.cluster")
+                && reason.contains("\"nope\""),
+            "{reason}"
+        );
+        assert!(Arc::ptr_eq(&store.load().unwrap(), &v1));
+        assert_eq!(metrics.config_reload_counts(), (1, 3));
+
+        write(&path, doc("v4", "PassthroughCluster").as_bytes());
+        assert_eq!(w.poll(), Outcome::Applied("v4".into()));
+    }
+
+    fn gzip(text: &str) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(text.as_bytes()).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// A ConfigMap volume as kubelet lays it out: `..<timestamp>/` holding the files, `..data`
+    /// pointing at it, and each key a symlink through `..data`.
+    fn publish(dir: &Path, generation: u32, files: &[(&str, Vec<u8>)]) {
+        let ts = dir.join(format!("..gen{generation}"));
+        std::fs::create_dir(&ts).unwrap();
+        for (k, v) in files {
+            std::fs::write(ts.join(k), v).unwrap();
+        }
+        let tmp = dir.join("..data_tmp");
+        std::os::unix::fs::symlink(ts.file_name().unwrap(), &tmp).unwrap();
+        std::fs::rename(&tmp, dir.join("..data")).unwrap();
+        for (k, _) in files {
+            let link = dir.join(k);
+            if link.symlink_metadata().is_err() {
+                std::os::unix::fs::symlink(Path::new("..data").join(k), &link).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn configmap_dir_selects_the_scope_by_pod_labels_and_follows_data_swaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let labels = dir.path().join("labels");
+        std::fs::write(&labels, "app=\"ratings\"\nversion=\"v1\"\n").unwrap();
+        let mount = dir.path().join("config");
+        std::fs::create_dir(&mount).unwrap();
+        let index = json!({"version": 1, "default": "default.json.gz",
+            "selectors": [{"key": "sidecar-ratings.json.gz", "sidecar": "ratings", "labels": {"app": "ratings"}}]})
+        .to_string();
+        publish(
+            &mount,
+            1,
+            &[
+                ("scopes.json", index.clone().into_bytes()),
+                (
+                    "default.json.gz",
+                    gzip(&doc("default-1", "PassthroughCluster")),
+                ),
+                (
+                    "sidecar-ratings.json.gz",
+                    gzip(&doc("ratings-1", "PassthroughCluster")),
+                ),
+            ],
+        );
+        let (mut w, store, _) = watcher(ConfigSource::Dir {
+            dir: mount.clone(),
+            pod_labels: labels.clone(),
+        });
+        assert_eq!(w.poll(), Outcome::Applied("ratings-1".into()));
+        publish(
+            &mount,
+            2,
+            &[
+                ("scopes.json", index.into_bytes()),
+                (
+                    "default.json.gz",
+                    gzip(&doc("default-2", "PassthroughCluster")),
+                ),
+                (
+                    "sidecar-ratings.json.gz",
+                    gzip(&doc("ratings-2", "PassthroughCluster")),
+                ),
+            ],
+        );
+        assert_eq!(w.poll(), Outcome::Applied("ratings-2".into()));
+        // Relabelled pod: the default scope.
+        std::fs::write(&labels, "app=\"reviews\"\n").unwrap();
+        assert_eq!(w.poll(), Outcome::Applied("default-2".into()));
+        assert_eq!(store.load().unwrap().version(), "default-2");
+    }
+
+    #[test]
+    fn dir_without_index_reads_config_json() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            doc("plain", "PassthroughCluster"),
+        )
+        .unwrap();
+        let (mut w, _, _) = watcher(ConfigSource::Dir {
+            dir: dir.path().to_path_buf(),
+            pod_labels: dir.path().join("no-labels"),
+        });
+        assert_eq!(w.poll(), Outcome::Applied("plain".into()));
+    }
+}

@@ -1,0 +1,604 @@
+//! Filter chain matching, as Envoy does it.
+//!
+//! Criteria are applied in Envoy's order, each narrowing the chains left by the previous one:
+//!
+//! 1. **destination port**: the chains naming the connection's port, if any does; otherwise the
+//!    chains naming no port. If chains name the port but none of them matches the later
+//!    criteria, the *default chain* is used, never the port-less chains (Envoy's rule, which
+//!    keeps e.g. a STRICT mTLS port from falling through to a passthrough chain);
+//! 2. **destination address** (`prefixRanges`): the chains with the longest range containing
+//!    the address; a chain without ranges counts as `0.0.0.0/0` and `::/0`;
+//! 3. **transport protocol**: the chains naming the sniffed one (`tls`, `raw_buffer`), else
+//!    those naming none;
+//! 4. **application protocols**: for the first sniffed protocol that some chain names, those
+//!    chains; else the chains naming none.
+//!
+//! Whatever is left is one chain (two chains with the same criteria are refused when the
+//! configuration is loaded, as Envoy does); nothing left means the default chain, if any.
+//! Sniffing is needed only when a chain left after steps 1–2 names a transport or application
+//! protocol ([`FilterChains::needs_sniff`]), so server-first protocols on plain TCP ports never
+//! wait.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustmesh_xds::address::CidrRange;
+use rustmesh_xds::listener::{FilterChain, FilterChainMatch, HttpConnectionManager, NetworkFilter};
+
+use crate::cluster::{Clusters, UpstreamCluster, lb};
+use crate::sniff::Detected;
+
+/// Envoy's default `idleTimeout` of `tcp_proxy`: one hour.
+pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// What a chain does with a connection.
+#[derive(Debug)]
+pub enum Terminal {
+    /// `envoy.filters.network.tcp_proxy`.
+    Tcp(TcpRoute),
+    /// `envoy.filters.network.http_connection_manager`.
+    Http(Arc<HttpConnectionManager>),
+}
+
+/// A compiled `tcp_proxy`: its cluster(s), resolved.
+#[derive(Debug)]
+pub struct TcpRoute {
+    /// `statPrefix`.
+    pub stat_prefix: String,
+    /// One cluster with weight 1, or the weighted clusters.
+    pub clusters: Vec<(Arc<UpstreamCluster>, u32)>,
+    total_weight: u64,
+    /// `idleTimeout` (default one hour); `None` for `0s`, which disables it.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl TcpRoute {
+    /// The cluster for one connection: the only one, or one drawn in proportion to the weights.
+    pub fn pick_cluster(&self) -> &Arc<UpstreamCluster> {
+        self.pick_with(lb::random())
+    }
+
+    fn pick_with(&self, draw: u64) -> &Arc<UpstreamCluster> {
+        if self.clusters.len() == 1 || self.total_weight == 0 {
+            return &self.clusters[0].0;
+        }
+        let mut point = draw % self.total_weight;
+        for (c, w) in &self.clusters {
+            if point < u64::from(*w) {
+                return c;
+            }
+            point -= u64::from(*w);
+        }
+        &self.clusters[self.clusters.len() - 1].0
+    }
+}
+
+/// One compiled filter chain.
+#[derive(Debug)]
+pub struct Chain {
+    /// The chain's `name`, or `<listener>[<index>]` / `<listener>[default]` when it has none.
+    pub name: String,
+    /// Its match criteria, as configured.
+    pub matcher: FilterChainMatch,
+    /// Its ranges, with "none" spelled `0.0.0.0/0` and `::/0` (Envoy's reading).
+    ranges: Vec<CidrRange>,
+    /// What it does.
+    pub terminal: Terminal,
+}
+
+/// The filter chains of a listener, compiled.
+#[derive(Debug, Default)]
+pub struct FilterChains {
+    chains: Vec<Arc<Chain>>,
+    by_port: HashMap<u16, Vec<usize>>,
+    any_port: Vec<usize>,
+    default: Option<Arc<Chain>>,
+}
+
+/// A compile error: (field path, message).
+pub type CompileError = (String, String);
+
+const ANY_V4: CidrRange = CidrRange {
+    address_prefix: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    prefix_len: 0,
+};
+const ANY_V6: CidrRange = CidrRange {
+    address_prefix: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    prefix_len: 0,
+};
+
+impl FilterChains {
+    /// Compiles `filter_chains` and `default_filter_chain` of a listener; `path` is the
+    /// listener's field path (`listeners[3]`) for errors, `name` its name.
+    pub fn compile(
+        path: &str,
+        name: &str,
+        chains: &[FilterChain],
+        default: Option<&FilterChain>,
+        clusters: &Clusters,
+    ) -> Result<Self, CompileError> {
+        let mut out = FilterChains::default();
+        for (i, fc) in chains.iter().enumerate() {
+            let p = format!("{path}.filterChains[{i}]");
+            let chain = compile_chain(&p, fc, format!("{name}[{i}]"), clusters)?;
+            if let Some((j, _)) = out
+                .chains
+                .iter()
+                .enumerate()
+                .find(|(_, other)| same_criteria(other, &chain))
+            {
+                return Err((
+                    format!("{p}.filterChainMatch"),
+                    format!(
+                        "the same criteria as filterChains[{j}]: a connection could match either (Envoy refuses this too)"
+                    ),
+                ));
+            }
+            match chain.matcher.destination_port {
+                Some(port) => out.by_port.entry(port).or_default().push(i),
+                None => out.any_port.push(i),
+            }
+            out.chains.push(Arc::new(chain));
+        }
+        if let Some(fc) = default {
+            let p = format!("{path}.defaultFilterChain");
+            out.default = Some(Arc::new(compile_chain(
+                &p,
+                fc,
+                format!("{name}[default]"),
+                clusters,
+            )?));
+        }
+        Ok(out)
+    }
+
+    /// Every chain, in configuration order (the default chain last).
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Chain>> {
+        self.chains.iter().chain(self.default.iter())
+    }
+
+    /// Steps 1 and 2: the chains left for a connection to `dst`, and whether chains named the
+    /// port (then the default chain, not the port-less chains, is the fallback).
+    fn by_destination(&self, dst: SocketAddr) -> impl Iterator<Item = &Arc<Chain>> + Clone {
+        let group: &[usize] = match self.by_port.get(&dst.port()) {
+            Some(g) => g,
+            None => &self.any_port,
+        };
+        let ip = dst.ip().to_canonical();
+        let longest = move |c: &Chain| {
+            c.ranges
+                .iter()
+                .filter(|r| r.contains(ip))
+                .map(|r| r.prefix_len)
+                .max()
+        };
+        let best = group.iter().filter_map(|i| longest(&self.chains[*i])).max();
+        group
+            .iter()
+            .map(|i| &self.chains[*i])
+            .filter(move |c| best.is_some() && longest(c) == best)
+    }
+
+    /// Whether choosing among the chains for `dst` needs the sniffed protocol.
+    pub fn needs_sniff(&self, dst: SocketAddr) -> bool {
+        self.by_destination(dst).any(|c| {
+            c.matcher.transport_protocol.is_some() || !c.matcher.application_protocols.is_empty()
+        })
+    }
+
+    /// The chain for a connection to `dst` whose first bytes were `detected` (use
+    /// [`Detected::raw`] when sniffing was not needed), else the default chain.
+    pub fn select(&self, dst: SocketAddr, detected: &Detected) -> Option<&Arc<Chain>> {
+        self.select_chain(dst, detected).or(self.default.as_ref())
+    }
+
+    fn select_chain(&self, dst: SocketAddr, detected: &Detected) -> Option<&Arc<Chain>> {
+        let left = self.by_destination(dst);
+        // 3. Transport protocol.
+        let transport = detected.transport.as_str();
+        let named = left
+            .clone()
+            .any(|c| c.matcher.transport_protocol.as_deref() == Some(transport));
+        let left = left.filter(move |c| match &c.matcher.transport_protocol {
+            Some(t) => named && t == transport,
+            None => !named,
+        });
+        // 4. Application protocols: the first sniffed one some chain names.
+        let wanted = detected
+            .application_protocols
+            .iter()
+            .find(|p| {
+                left.clone()
+                    .any(|c| c.matcher.application_protocols.contains(p))
+            })
+            .cloned();
+        let mut left = left.filter(move |c| match &wanted {
+            Some(p) => c.matcher.application_protocols.contains(p),
+            None => c.matcher.application_protocols.is_empty(),
+        });
+        left.next()
+    }
+}
+
+fn same_criteria(a: &Chain, b: &Chain) -> bool {
+    let (ma, mb) = (&a.matcher, &b.matcher);
+    let sorted = |v: &[String]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    };
+    ma.destination_port == mb.destination_port
+        && ma.transport_protocol == mb.transport_protocol
+        && sorted(&ma.application_protocols) == sorted(&mb.application_protocols)
+        && a.ranges.iter().any(|r| b.ranges.contains(r))
+}
+
+fn compile_chain(
+    path: &str,
+    fc: &FilterChain,
+    fallback_name: String,
+    clusters: &Clusters,
+) -> Result<Chain, CompileError> {
+    let mut ranges: Vec<CidrRange> = fc
+        .filter_chain_match
+        .prefix_ranges
+        .iter()
+        .map(|r| normalise(*r))
+        .collect();
+    if ranges.is_empty() {
+        ranges = vec![ANY_V4, ANY_V6];
+    }
+    let Some(filter) = fc.filters.last() else {
+        return Err((format!("{path}.filters"), "no terminal filter".into()));
+    };
+    let fp = format!("{path}.filters[{}].typedConfig", fc.filters.len() - 1);
+    let terminal = match filter {
+        NetworkFilter::TcpProxy(t) => {
+            let cluster = |field: String, name: &str| {
+                clusters
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| (field, format!("cluster {name:?} is not defined")))
+            };
+            let list = match (&t.cluster, &t.weighted_clusters) {
+                (Some(c), _) => vec![(cluster(format!("{fp}.cluster"), c)?, 1)],
+                (None, Some(w)) => w
+                    .clusters
+                    .iter()
+                    .enumerate()
+                    .map(|(i, cw)| {
+                        Ok((
+                            cluster(
+                                format!("{fp}.weightedClusters.clusters[{i}].name"),
+                                &cw.name,
+                            )?,
+                            cw.weight,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, CompileError>>()?,
+                (None, None) => {
+                    return Err((fp, "tcp_proxy needs cluster or weightedClusters".into()));
+                }
+            };
+            if list.is_empty() {
+                return Err((
+                    format!("{fp}.weightedClusters.clusters"),
+                    "at least one cluster is required".into(),
+                ));
+            }
+            let total_weight = list.iter().map(|(_, w)| u64::from(*w)).sum();
+            let idle_timeout = match t.idle_timeout {
+                None => Some(DEFAULT_TCP_IDLE_TIMEOUT),
+                Some(d) if d.as_std().is_zero() => None,
+                Some(d) => Some(d.as_std()),
+            };
+            Terminal::Tcp(TcpRoute {
+                stat_prefix: t.stat_prefix.clone(),
+                clusters: list,
+                total_weight,
+                idle_timeout,
+            })
+        }
+        NetworkFilter::HttpConnectionManager(h) => Terminal::Http(Arc::new((**h).clone())),
+    };
+    Ok(Chain {
+        name: fc.name.clone().unwrap_or(fallback_name),
+        matcher: fc.filter_chain_match.clone(),
+        ranges,
+        terminal,
+    })
+}
+
+/// Clears the host bits of a range, so `10.1.2.3/16` and `10.1.0.0/16` are the same range.
+fn normalise(r: CidrRange) -> CidrRange {
+    let address_prefix = match r.address_prefix {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(r.prefix_len.min(32)))
+                .unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(r.prefix_len.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
+        }
+    };
+    CidrRange {
+        address_prefix,
+        prefix_len: r.prefix_len,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ClusterManager;
+    use crate::sniff::Transport;
+    use crate::stats::Metrics;
+    use rustmesh_xds::ProxyConfig;
+    use serde_json::json;
+
+    fn tcp(cluster: &str) -> serde_json::Value {
+        json!([{"name": "envoy.filters.network.tcp_proxy", "typedConfig": {"statPrefix": cluster, "cluster": cluster}}])
+    }
+
+    fn http() -> serde_json::Value {
+        json!([{"name": "envoy.filters.network.http_connection_manager",
+                "typedConfig": {"statPrefix": "h", "routeConfig": {"name": "r", "virtualHosts": []}}}])
+    }
+
+    /// A config with one listener made of `chains` (and `default`), and clusters for every name.
+    fn chains(chains: serde_json::Value, default: Option<serde_json::Value>) -> FilterChains {
+        let mut listener = json!({"name": "l", "address": {"socketAddress": {"address": "0.0.0.0", "portValue": 15006}},
+            "filterChains": chains});
+        if let Some(d) = default {
+            listener["defaultFilterChain"] = d;
+        }
+        let names = [
+            "a",
+            "b",
+            "c",
+            "d",
+            "e",
+            "default",
+            "BlackHoleCluster",
+            "InboundPassthroughClusterIpv4",
+        ];
+        let clusters: Vec<_> = names
+            .iter()
+            .map(|n| json!({"name": n, "type": "STATIC", "loadAssignment": {"clusterName": n, "endpoints": []}}))
+            .collect();
+        let config = ProxyConfig::from_json(
+            &json!({"listeners": [listener], "clusters": clusters}).to_string(),
+        )
+        .unwrap();
+        let clusters = ClusterManager::new(Metrics::default()).build(&config);
+        let l = &config.listeners[0];
+        FilterChains::compile(
+            "listeners[0]",
+            &l.name,
+            &l.filter_chains,
+            l.default_filter_chain.as_ref(),
+            &clusters,
+        )
+        .unwrap()
+    }
+
+    fn dst(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn apps(protocols: &[&str]) -> Detected {
+        Detected {
+            transport: Transport::RawBuffer,
+            application_protocols: protocols.iter().map(|p| p.to_string()).collect(),
+            server_name: None,
+        }
+    }
+
+    fn tls() -> Detected {
+        Detected {
+            transport: Transport::Tls,
+            ..Detected::default()
+        }
+    }
+
+    fn chosen(fc: &FilterChains, to: &str, d: &Detected) -> Option<String> {
+        fc.select(dst(to), d).map(|c| match &c.terminal {
+            Terminal::Tcp(t) => t.clusters[0].0.name.clone(),
+            Terminal::Http(_) => format!("http:{}", c.name),
+        })
+    }
+
+    /// The inbound listener as Istio renders it (seed 000): port chains with HTTP and TCP
+    /// variants, a blackhole for the listener's own port, and the passthrough catch-all.
+    fn virtual_inbound() -> FilterChains {
+        chains(
+            json!([
+                {"name": "blackhole", "filterChainMatch": {"destinationPort": 15006}, "filters": tcp("BlackHoleCluster")},
+                {"name": "9080-http", "filterChainMatch": {"destinationPort": 9080, "transportProtocol": "raw_buffer",
+                    "applicationProtocols": ["http/1.0", "http/1.1", "h2c"]}, "filters": http()},
+                {"name": "9080-tcp", "filterChainMatch": {"destinationPort": 9080, "transportProtocol": "raw_buffer"}, "filters": tcp("a")},
+                {"name": "9080-tls", "filterChainMatch": {"destinationPort": 9080, "transportProtocol": "tls"}, "filters": tcp("b")},
+                {"name": "passthrough", "filterChainMatch": {"prefixRanges": [{"addressPrefix": "0.0.0.0", "prefixLen": 0}]},
+                    "filters": tcp("InboundPassthroughClusterIpv4")},
+            ]),
+            None,
+        )
+    }
+
+    #[test]
+    fn istio_inbound_chains() {
+        let fc = virtual_inbound();
+        let to = "10.244.0.22:9080";
+        assert!(fc.needs_sniff(dst(to)));
+        assert_eq!(
+            chosen(&fc, to, &apps(&["http/1.1"])).as_deref(),
+            Some("http:9080-http")
+        );
+        assert_eq!(
+            chosen(&fc, to, &apps(&["h2c"])).as_deref(),
+            Some("http:9080-http")
+        );
+        assert_eq!(
+            chosen(&fc, to, &Detected::raw()).as_deref(),
+            Some("a"),
+            "TCP on an HTTP port"
+        );
+        assert_eq!(chosen(&fc, to, &tls()).as_deref(), Some("b"));
+        // Other ports: the passthrough, no sniffing.
+        assert!(!fc.needs_sniff(dst("10.244.0.22:3306")));
+        assert_eq!(
+            chosen(&fc, "10.244.0.22:3306", &Detected::raw()).as_deref(),
+            Some("InboundPassthroughClusterIpv4")
+        );
+        assert_eq!(
+            chosen(&fc, "10.244.0.22:15006", &Detected::raw()).as_deref(),
+            Some("BlackHoleCluster")
+        );
+        // An IPv6 destination: the passthrough only covers IPv4, nothing matches.
+        assert_eq!(chosen(&fc, "[fd00::1]:3306", &Detected::raw()), None);
+    }
+
+    #[test]
+    fn a_port_that_names_chains_never_falls_back_to_port_less_chains() {
+        // Like STRICT mTLS: port 9080 takes TLS only. Plain text must not reach the catch-all.
+        let fc = chains(
+            json!([
+                {"filterChainMatch": {"destinationPort": 9080, "transportProtocol": "tls"}, "filters": tcp("a")},
+                {"filters": tcp("b")},
+            ]),
+            Some(json!({"filters": tcp("default")})),
+        );
+        assert_eq!(
+            chosen(&fc, "10.0.0.1:9080", &Detected::raw()).as_deref(),
+            Some("default")
+        );
+        assert_eq!(chosen(&fc, "10.0.0.1:9080", &tls()).as_deref(), Some("a"));
+        assert_eq!(
+            chosen(&fc, "10.0.0.1:9090", &Detected::raw()).as_deref(),
+            Some("b")
+        );
+    }
+
+    #[test]
+    fn longest_prefix_wins_and_no_ranges_means_everything() {
+        let fc = chains(
+            json!([
+                {"filterChainMatch": {"prefixRanges": [{"addressPrefix": "10.0.0.0", "prefixLen": 8}]}, "filters": tcp("a")},
+                {"filterChainMatch": {"prefixRanges": [{"addressPrefix": "10.1.0.0", "prefixLen": 16},
+                                                       {"addressPrefix": "192.168.0.0", "prefixLen": 16}]}, "filters": tcp("b")},
+                {"filterChainMatch": {"prefixRanges": [{"addressPrefix": "10.1.2.3", "prefixLen": 32}]}, "filters": tcp("c")},
+                {"filterChainMatch": {"prefixRanges": [{"addressPrefix": "fd00::", "prefixLen": 8}]}, "filters": tcp("d")},
+                {"filterChainMatch": {"destinationPort": 53}, "filters": tcp("e")},
+            ]),
+            None,
+        );
+        assert_eq!(
+            chosen(&fc, "10.9.9.9:80", &Detected::raw()).as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            chosen(&fc, "10.1.9.9:80", &Detected::raw()).as_deref(),
+            Some("b")
+        );
+        assert_eq!(
+            chosen(&fc, "192.168.3.4:80", &Detected::raw()).as_deref(),
+            Some("b")
+        );
+        assert_eq!(
+            chosen(&fc, "10.1.2.3:80", &Detected::raw()).as_deref(),
+            Some("c")
+        );
+        assert_eq!(
+            chosen(&fc, "[fd12::1]:80", &Detected::raw()).as_deref(),
+            Some("d")
+        );
+        assert_eq!(chosen(&fc, "172.16.0.1:80", &Detected::raw()), None);
+        assert_eq!(
+            chosen(&fc, "10.1.2.3:53", &Detected::raw()).as_deref(),
+            Some("e"),
+            "port first"
+        );
+        // IPv4-mapped addresses (dual-stack sockets) match IPv4 ranges.
+        assert_eq!(
+            chosen(&fc, "[::ffff:10.1.2.3]:80", &Detected::raw()).as_deref(),
+            Some("c")
+        );
+    }
+
+    #[test]
+    fn application_protocol_order_and_fallback() {
+        let fc = chains(
+            json!([
+                {"filterChainMatch": {"applicationProtocols": ["h2c"]}, "filters": tcp("a")},
+                {"filterChainMatch": {"applicationProtocols": ["http/1.1", "http/1.0"]}, "filters": tcp("b")},
+            ]),
+            Some(json!({"filters": tcp("default")})),
+        );
+        assert!(fc.needs_sniff(dst("10.0.0.1:9080")));
+        assert_eq!(
+            chosen(&fc, "10.0.0.1:9080", &apps(&["h2c"])).as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            chosen(&fc, "10.0.0.1:9080", &apps(&["http/1.0"])).as_deref(),
+            Some("b")
+        );
+        // ALPN order: the first protocol some chain names wins.
+        assert_eq!(
+            chosen(&fc, "10.0.0.1:9080", &apps(&["spdy", "http/1.1", "h2c"])).as_deref(),
+            Some("b")
+        );
+        assert_eq!(
+            chosen(&fc, "10.0.0.1:9080", &Detected::raw()).as_deref(),
+            Some("default"),
+            "server-first TCP on an HTTP listener goes to the default chain (PassthroughCluster)"
+        );
+    }
+
+    #[test]
+    fn duplicate_criteria_are_refused() {
+        let config = ProxyConfig::from_json(
+            &json!({"listeners": [{"name": "l", "address": {"socketAddress": {"address": "0.0.0.0", "portValue": 1}},
+                "filterChains": [
+                    {"filterChainMatch": {"destinationPort": 80}, "filters": tcp("a")},
+                    {"filterChainMatch": {"destinationPort": 80, "prefixRanges": [{"addressPrefix": "0.0.0.0", "prefixLen": 0}]}, "filters": tcp("a")},
+                ]}],
+                "clusters": [{"name": "a", "type": "STATIC", "loadAssignment": {"clusterName": "a", "endpoints": []}}]})
+            .to_string(),
+        )
+        .unwrap();
+        let clusters = ClusterManager::new(Metrics::default()).build(&config);
+        let l = &config.listeners[0];
+        let err = FilterChains::compile("listeners[0]", "l", &l.filter_chains, None, &clusters)
+            .unwrap_err();
+        assert_eq!(err.0, "listeners[0].filterChains[1].filterChainMatch");
+    }
+
+    #[test]
+    fn weighted_tcp_clusters_follow_weights() {
+        let fc = chains(
+            json!([{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typedConfig": {"statPrefix": "w",
+                "weightedClusters": {"clusters": [{"name": "a", "weight": 90}, {"name": "b", "weight": 10}]},
+                "idleTimeout": "0s"}}]}]),
+            None,
+        );
+        let chain = fc.select(dst("10.0.0.1:1"), &Detected::raw()).unwrap();
+        let Terminal::Tcp(route) = &chain.terminal else {
+            panic!()
+        };
+        assert_eq!(route.idle_timeout, None, "0s disables the idle timeout");
+        let mut a = 0;
+        for i in 0..1000u64 {
+            if route.pick_with(lb::mix(i)).name == "a" {
+                a += 1;
+            }
+        }
+        assert!((850..950).contains(&a), "{a}");
+    }
+}

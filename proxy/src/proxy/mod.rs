@@ -1,0 +1,428 @@
+//! The capture listeners and what they do with a connection (the shape of ztunnel's and
+//! linkerd2-proxy's `proxy` modules): [`outbound`] (`virtualOutbound`, 15001) and [`inbound`]
+//! (`virtualInbound`, 15006) bind in `new()` (a bad address fails at start) and serve in
+//! `run()`. Both hand each connection to [`dispatch`]: filter chain ([`chain`]), sniffing when a
+//! chain needs it ([`crate::sniff`]), then the chain's terminal filter: [`tcp`] proxying, or the
+//! HTTP connection manager through the [`HttpHandler`] seam.
+//!
+//! The original destination is looked up through the [`OrigDst`] trait, so tests can hand the
+//! listeners a fake ([`crate::socket::FixedAddrs`]) instead of a redirected socket.
+
+pub mod chain;
+pub mod inbound;
+pub mod outbound;
+pub mod tcp;
+
+use std::any::Any;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustmesh_xds::ProxyConfig;
+use rustmesh_xds::listener::HttpConnectionManager;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::cluster::Clusters;
+use crate::drain;
+use crate::metrics::{Metrics as IstioMetrics, Reporter, WorkloadInfo};
+use crate::snapshot::{CompiledListener, Snapshot, Store};
+use crate::sniff::{self, Detected};
+use crate::socket::{ClientAddr, FixedAddrs, OrigDst, OrigDstAddr};
+use crate::stats::{Metrics, Refusal};
+use crate::{Error, Result};
+
+use self::chain::Terminal;
+
+/// A boxed future, as [`HttpHandler::serve`] returns.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Everything the HTTP connection manager gets for one connection whose filter chain is
+/// `http_connection_manager`.
+pub struct HttpConnection {
+    /// The accepted downstream connection. Bytes looked at by the sniffer were only peeked:
+    /// they are all still unread.
+    pub stream: TcpStream,
+    /// What the sniffer saw (`http/1.1`, `http/1.0`, `h2c`; empty when the chain did not need
+    /// sniffing, e.g. a port declared HTTP).
+    pub detected: Detected,
+    /// The chain's `http_connection_manager` configuration.
+    pub hcm: Arc<HttpConnectionManager>,
+    /// The configuration this connection started on; keep using it until the connection ends
+    /// (its `http` field holds what [`HttpHandler::compile`] built from it).
+    pub snapshot: Arc<Snapshot>,
+    /// The cluster manager as of this snapshot: look clusters up by name, then
+    /// `target()`/`pick(hash)`, `connect()`, and `Endpoint::start_request()` for stats.
+    pub clusters: Clusters,
+    /// The listener that matched (virtual listener, or the capture listener itself).
+    pub listener: Arc<CompiledListener>,
+    /// The filter chain's name.
+    pub chain: String,
+    /// `source` (outbound, 15001) or `destination` (inbound, 15006), for Istio's metrics.
+    pub reporter: Reporter,
+    /// Where the client was going (before capture).
+    pub orig_dst: OrigDstAddr,
+    /// Who the client is.
+    pub client: ClientAddr,
+    /// Resolves when the sidecar starts draining (SIGTERM): finish in-flight requests, stop
+    /// keep-alive (`Connection: close`, HTTP/2 GOAWAY). Holding it delays the exit.
+    pub drain: drain::Watch,
+}
+
+/// The seam to the HTTP connection manager (`crate::http`), so the listeners do not depend
+/// on it: `proxy run` builds one with [`crate::sidecar::http_handler`].
+pub trait HttpHandler: Send + Sync + 'static {
+    /// Compiles the HTTP side of a new configuration (route tables, regexes). An error
+    /// refuses the whole configuration (the previous one keeps serving). The result is kept in
+    /// [`Snapshot::http`].
+    fn compile(&self, config: &ProxyConfig) -> Result<Arc<dyn Any + Send + Sync>> {
+        let _ = config;
+        Ok(Arc::new(()))
+    }
+
+    /// Serves one connection until it ends.
+    fn serve(&self, conn: HttpConnection) -> BoxFuture<io::Result<()>>;
+}
+
+/// The [`HttpHandler`] of a build without the HTTP connection manager: an HTTP chain's
+/// connection is closed, logged (once at `warn`, then at `debug`) and counted
+/// (`rustmesh_listener_downstream_cx_refused_total{reason="http_unavailable"}`).
+pub struct RefuseHttp {
+    metrics: Metrics,
+    warned: AtomicBool,
+}
+
+impl RefuseHttp {
+    /// A refusing handler counting into `metrics`.
+    pub fn new(metrics: Metrics) -> Self {
+        RefuseHttp {
+            metrics,
+            warned: AtomicBool::new(false),
+        }
+    }
+}
+
+impl HttpHandler for RefuseHttp {
+    fn serve(&self, conn: HttpConnection) -> BoxFuture<io::Result<()>> {
+        self.metrics
+            .refused(&conn.listener.name, Refusal::HttpUnavailable);
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                listener = %conn.listener.name, chain = %conn.chain, orig_dst = %conn.orig_dst,
+                "an HTTP filter chain matched, but this build has no HTTP connection manager: \
+                 connection closed (further ones are logged at debug)"
+            );
+        } else {
+            tracing::debug!(listener = %conn.listener.name, chain = %conn.chain,
+                orig_dst = %conn.orig_dst, "HTTP chain: connection closed (no HTTP connection manager)");
+        }
+        Box::pin(async move {
+            drop(conn);
+            Ok(())
+        })
+    }
+}
+
+/// What every listener shares.
+pub struct Shared {
+    /// The current configuration.
+    pub store: Arc<Store>,
+    /// Envoy-style counters (listeners, clusters).
+    pub metrics: Metrics,
+    /// Istio's standard metrics (`istio_tcp_*` are recorded by the TCP proxy), and the registry.
+    pub istio: Arc<IstioMetrics>,
+    /// This pod's workload (labels of Istio's metrics).
+    pub workload: Arc<WorkloadInfo>,
+    /// The HTTP connection manager.
+    pub http: Arc<dyn HttpHandler>,
+}
+
+/// Binds a capture listener on `addr`; when `addr` is `0.0.0.0`, also on `[::]` (IPv6 only)
+/// if the host has IPv6, as Istio binds both for dual-stack pods. An unavailable IPv6 is not an
+/// error; any other failure is.
+pub(crate) fn bind(what: &'static str, addr: SocketAddr) -> Result<Vec<std::net::TcpListener>> {
+    let mut out = vec![bind_one(what, addr, false)?];
+    if addr.ip() == IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED) {
+        let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), addr.port());
+        match bind_one(what, v6, true) {
+            Ok(l) => out.push(l),
+            Err(Error::Bind { source, .. })
+                if matches!(
+                    source.raw_os_error(),
+                    Some(libc_errno::EAFNOSUPPORT | libc_errno::EADDRNOTAVAIL)
+                ) =>
+            {
+                tracing::debug!(%v6, "no IPv6 here: {source}");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+mod libc_errno {
+    pub const EAFNOSUPPORT: i32 = nix::errno::Errno::EAFNOSUPPORT as i32;
+    pub const EADDRNOTAVAIL: i32 = nix::errno::Errno::EADDRNOTAVAIL as i32;
+}
+
+fn bind_one(what: &'static str, addr: SocketAddr, v6only: bool) -> Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let fail = |source: io::Error| Error::Bind { what, addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(fail)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(v6only).map_err(fail)?;
+    }
+    socket.set_reuse_address(true).map_err(fail)?;
+    socket.bind(&addr.into()).map_err(fail)?;
+    socket.listen(1024).map_err(fail)?;
+    socket.set_nonblocking(true).map_err(fail)?;
+    Ok(socket.into())
+}
+
+/// Accepts on every socket until draining starts, handing each connection to `handle` on its
+/// own task with a drain watch. Returns when all sockets are closed (new connections are then
+/// refused by the kernel).
+pub(crate) async fn accept_loop<F, Fut>(
+    what: &'static str,
+    sockets: Vec<std::net::TcpListener>,
+    drain: drain::Watch,
+    handle: F,
+) where
+    F: Fn(TcpStream, drain::Watch) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    for socket in sockets {
+        let listener = match TcpListener::from_std(socket) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(what, "cannot register the listening socket: {e}");
+                continue;
+            }
+        };
+        let drain = drain.clone();
+        let handle = handle.clone();
+        tasks.spawn(async move {
+            let local = listener.local_addr().ok();
+            loop {
+                tokio::select! {
+                    biased;
+                    () = drain.signaled() => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => {
+                            tokio::spawn(handle(stream, drain.clone()));
+                        }
+                        Err(e) => {
+                            // EMFILE and friends: back off a little instead of spinning.
+                            tracing::warn!(what, ?local, "accept failed: {e}");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                    },
+                }
+            }
+            tracing::info!(what, ?local, "stopped accepting");
+        });
+    }
+    drop(drain);
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Whether `ip` is an address of this host (network namespace): loopback, unspecified, the
+/// accepted socket's own address, or an interface address.
+pub(crate) fn is_local(ip: IpAddr, stream: &TcpStream) -> bool {
+    let ip = ip.to_canonical();
+    if ip.is_loopback() || ip.is_unspecified() {
+        return true;
+    }
+    if stream
+        .local_addr()
+        .is_ok_and(|l| l.ip().to_canonical() == ip)
+    {
+        return true;
+    }
+    nix::ifaddrs::getifaddrs()
+        .map(|addrs| {
+            addrs.into_iter().any(|a| {
+                a.address.is_some_and(|s| {
+                    s.as_sockaddr_in()
+                        .map(|v4| IpAddr::V4(v4.ip()) == ip)
+                        .or_else(|| s.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()) == ip))
+                        .unwrap_or(false)
+                })
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// The addresses the kernel knows for a redirected connection (`SO_ORIGINAL_DST`, peer).
+pub fn kernel_addrs(stream: &TcpStream) -> io::Result<FixedAddrs> {
+    Ok(FixedAddrs {
+        orig_dst: stream.orig_dst_addr()?,
+        client: stream.client_addr()?,
+    })
+}
+
+/// Both addresses of an accepted connection, with IPv4-mapped addresses made plain IPv4.
+pub(crate) fn addresses(conn: &impl OrigDst) -> io::Result<(OrigDstAddr, ClientAddr)> {
+    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    Ok((
+        OrigDstAddr(canonical(conn.orig_dst_addr()?.0)),
+        ClientAddr(canonical(conn.client_addr()?.0)),
+    ))
+}
+
+/// Gauge held up while a connection is open.
+struct ActiveGauge(prometheus_client::metrics::gauge::Gauge);
+
+impl ActiveGauge {
+    fn new(g: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        g.inc();
+        ActiveGauge(g.clone())
+    }
+}
+
+impl Drop for ActiveGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Handles one connection on `listener` (a virtual listener, or a capture listener's own
+/// chains): picks the filter chain, sniffing first if a candidate chain needs the protocol,
+/// then runs the chain's terminal filter.
+#[allow(clippy::too_many_arguments)]
+pub async fn dispatch(
+    shared: &Shared,
+    reporter: Reporter,
+    snapshot: Arc<Snapshot>,
+    listener: Arc<CompiledListener>,
+    stream: TcpStream,
+    orig_dst: OrigDstAddr,
+    client: ClientAddr,
+    drain: drain::Watch,
+) {
+    listener.stats.cx_total.inc();
+    let _active = ActiveGauge::new(&listener.stats.cx_active);
+    let detected = if listener.chains.needs_sniff(orig_dst.0) {
+        match sniff::sniff(&stream, listener.sniff_timeout).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(listener = %listener.name, %client, "connection lost while sniffing: {e}");
+                return;
+            }
+        }
+    } else {
+        Detected::raw()
+    };
+    let Some(chain) = listener.chains.select(orig_dst.0, &detected).cloned() else {
+        shared
+            .metrics
+            .refused(&listener.name, Refusal::NoFilterChain);
+        tracing::debug!(listener = %listener.name, %orig_dst, %client, ?detected,
+            "no filter chain matches and there is no default chain: connection closed");
+        return;
+    };
+    tracing::trace!(listener = %listener.name, chain = %chain.name, %orig_dst, %client, ?detected, "filter chain");
+    match &chain.terminal {
+        Terminal::Tcp(route) => {
+            let conn = tcp::Conn {
+                reporter,
+                snapshot: &snapshot,
+                listener: &listener,
+                chain: &chain.name,
+                orig_dst,
+                client,
+            };
+            tcp::proxy(shared, conn, route, stream).await
+        }
+        Terminal::Http(hcm) => {
+            let conn = HttpConnection {
+                stream,
+                detected,
+                hcm: hcm.clone(),
+                clusters: snapshot.clusters.clone(),
+                snapshot,
+                listener: listener.clone(),
+                chain: chain.name.clone(),
+                reporter,
+                orig_dst,
+                client,
+                drain,
+            };
+            if let Err(e) = shared.http.serve(conn).await {
+                tracing::debug!(listener = %listener.name, %client, "HTTP connection ended: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A sidecar in a test process: listeners on loopback, fake original destinations.
+
+    use super::*;
+    use crate::cluster::ClusterManager;
+    use crate::snapshot::Snapshot;
+
+    /// Shared state with `doc` loaded.
+    pub fn shared(doc: serde_json::Value) -> Arc<Shared> {
+        let metrics = Metrics::default();
+        let http = Arc::new(RefuseHttp::new(metrics.clone()));
+        let store = Arc::new(Store::new());
+        let config = ProxyConfig::from_json(&doc.to_string()).unwrap();
+        let snapshot = Snapshot::compile(
+            config,
+            &ClusterManager::new(metrics.clone()),
+            &metrics,
+            &*http,
+        )
+        .unwrap();
+        store.swap(Arc::new(snapshot));
+        Arc::new(Shared {
+            store,
+            metrics,
+            istio: Arc::new(IstioMetrics::new()),
+            workload: Arc::new(WorkloadInfo::default()),
+            http,
+        })
+    }
+
+    /// A loopback server that answers each connection with `name`, then echoes until EOF.
+    pub async fn named_server(name: &'static str) -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let _ = s.write_all(format!("{name}\n").as_bytes()).await;
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// Reads what the server behind a connection says first (its name), or `None` when the
+    /// connection is closed without a word.
+    pub async fn first_line(stream: &mut TcpStream) -> Option<String> {
+        use tokio::io::AsyncBufReadExt;
+        let mut line = String::new();
+        let mut reader = tokio::io::BufReader::new(stream);
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            reader.read_line(&mut line),
+        )
+        .await
+        .expect("an answer or a close")
+        .ok()?;
+        (n > 0).then(|| line.trim().to_string())
+    }
+}

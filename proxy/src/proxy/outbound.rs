@@ -1,0 +1,311 @@
+//! `virtualOutbound`: the listener the capture rules send every outbound connection of the app
+//! to (default `0.0.0.0:15001`, and `[::]:15001` when the host has IPv6).
+//!
+//! For each connection it reads the original destination (`SO_ORIGINAL_DST`, through
+//! [`OrigDst`]) and:
+//!
+//! 1. closes it if the destination is this very listener (the port, on a local address): a
+//!    loop, which Istio's config also blackholes with a `destinationPort: 15001` chain;
+//! 2. hands it to the virtual listener for the destination: `<ip>_<port>` if there is one,
+//!    else `0.0.0.0_<port>` (or `[::]_<port>`);
+//! 3. else keeps it on `virtualOutbound`'s own chains: `PassthroughCluster` under `ALLOW_ANY`,
+//!    `BlackHoleCluster` under `REGISTRY_ONLY`, as the control plane rendered it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use super::{Shared, accept_loop, addresses, bind, dispatch, is_local, kernel_addrs};
+use crate::Result;
+use crate::drain;
+use crate::metrics::Reporter;
+use crate::socket::OrigDst;
+use crate::stats::Refusal;
+
+/// The bound `virtualOutbound` listener.
+pub struct Outbound {
+    sockets: Vec<std::net::TcpListener>,
+    port: u16,
+    shared: Arc<Shared>,
+}
+
+impl Outbound {
+    /// Binds `addr` (see [`super::bind`]). Fails at once when the address cannot be used.
+    pub fn new(addr: SocketAddr, shared: Arc<Shared>) -> Result<Self> {
+        let sockets = bind("virtualOutbound", addr)?;
+        let port = sockets[0].local_addr().map_or(addr.port(), |a| a.port());
+        Ok(Outbound {
+            sockets,
+            port,
+            shared,
+        })
+    }
+
+    /// The bound addresses.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.sockets
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves until draining starts: waits for the first configuration (connections wait in
+    /// the kernel's backlog meanwhile), then accepts.
+    pub async fn run(self, drain: drain::Watch) {
+        self.run_with(drain, kernel_addrs).await
+    }
+
+    /// [`Outbound::run`] with another way of learning a connection's addresses (tests).
+    pub async fn run_with<F, A>(self, drain: drain::Watch, lookup: F)
+    where
+        F: Fn(&TcpStream) -> std::io::Result<A> + Clone + Send + Sync + 'static,
+        A: OrigDst + Send + Sync + 'static,
+    {
+        tokio::select! {
+            () = self.shared.store.loaded() => {}
+            () = drain.signaled() => return,
+        }
+        let Outbound {
+            sockets,
+            port,
+            shared,
+        } = self;
+        accept_loop("virtualOutbound", sockets, drain, move |stream, drain| {
+            let shared = shared.clone();
+            let lookup = lookup.clone();
+            async move {
+                match lookup(&stream) {
+                    Ok(addrs) => serve(&shared, port, stream, &addrs, drain).await,
+                    Err(e) => {
+                        shared
+                            .metrics
+                            .refused("virtualOutbound", Refusal::NoOriginalDst);
+                        tracing::warn!("virtualOutbound: no original destination: {e}");
+                    }
+                }
+            }
+        })
+        .await
+    }
+}
+
+/// Handles one connection accepted on the outbound capture port `own_port`.
+pub async fn serve(
+    shared: &Shared,
+    own_port: u16,
+    stream: TcpStream,
+    addrs: &impl OrigDst,
+    drain: drain::Watch,
+) {
+    let (orig_dst, client) = match addresses(addrs) {
+        Ok(a) => a,
+        Err(e) => {
+            shared
+                .metrics
+                .refused("virtualOutbound", Refusal::NoOriginalDst);
+            tracing::warn!("virtualOutbound: no original destination: {e}");
+            return;
+        }
+    };
+    let Some(snapshot) = shared.store.load() else {
+        return;
+    };
+    let Some(virtual_outbound) = snapshot.virtual_outbound.clone() else {
+        shared
+            .metrics
+            .refused("virtualOutbound", Refusal::NoListener);
+        tracing::warn!(%orig_dst, %client, "the configuration has no virtualOutbound listener: connection closed");
+        return;
+    };
+    if orig_dst.0.port() == own_port && is_local(orig_dst.0.ip(), &stream) {
+        shared
+            .metrics
+            .refused(&virtual_outbound.name, Refusal::Loop);
+        tracing::debug!(%orig_dst, %client, "connection to the outbound listener itself: closed");
+        return;
+    }
+    let listener = snapshot
+        .listener_for(orig_dst.0)
+        .cloned()
+        .unwrap_or(virtual_outbound.clone());
+    if !Arc::ptr_eq(&listener, &virtual_outbound) {
+        // Counted on the capture listener too, as Envoy counts the accept.
+        virtual_outbound.stats.cx_total.inc();
+    }
+    dispatch(
+        shared,
+        Reporter::Source,
+        snapshot,
+        listener,
+        stream,
+        orig_dst,
+        client,
+        drain,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::testing::{first_line, named_server, shared};
+    use crate::socket::{ClientAddr, FixedAddrs, OrigDstAddr};
+    use serde_json::json;
+
+    fn tcp(cluster: &str) -> serde_json::Value {
+        json!([{"name": "envoy.filters.network.tcp_proxy", "typedConfig": {"statPrefix": cluster, "cluster": cluster}}])
+    }
+
+    fn static_cluster(name: &str, addr: Option<SocketAddr>) -> serde_json::Value {
+        let endpoints: Vec<_> = addr
+            .into_iter()
+            .map(|a| json!({"lbEndpoints": [{"endpoint": {"address": {"socketAddress": {"address": a.ip(), "portValue": a.port()}}}}]}))
+            .collect();
+        json!({"name": name, "type": "STATIC", "connectTimeout": "5s",
+               "loadAssignment": {"clusterName": name, "endpoints": endpoints}})
+    }
+
+    /// The outbound side of a pod: `10.96.0.5_7000` → exact, `0.0.0.0_7000` → wildcard,
+    /// everything else → `catch_all` (PassthroughCluster or BlackHoleCluster).
+    async fn pod(catch_all: &str) -> (Arc<Shared>, tokio::net::TcpListener, SocketAddr) {
+        let exact = named_server("exact").await;
+        let wildcard = named_server("wildcard").await;
+        let passthrough_target = named_server("passthrough").await;
+        let doc = json!({
+            "versionInfo": "test",
+            "listeners": [
+                {"name": "virtualOutbound", "address": {"socketAddress": {"address": "0.0.0.0", "portValue": 15001}},
+                 "useOriginalDst": true, "trafficDirection": "OUTBOUND",
+                 "filterChains": [
+                    {"filterChainMatch": {"destinationPort": 15001}, "filters": tcp("BlackHoleCluster")},
+                    {"filters": tcp(catch_all)}]},
+                {"name": "10.96.0.5_7000", "address": {"socketAddress": {"address": "10.96.0.5", "portValue": 7000}},
+                 "bindToPort": false, "trafficDirection": "OUTBOUND", "filterChains": [{"filters": tcp("exact")}]},
+                {"name": "0.0.0.0_7000", "address": {"socketAddress": {"address": "0.0.0.0", "portValue": 7000}},
+                 "bindToPort": false, "trafficDirection": "OUTBOUND", "filterChains": [{"filters": tcp("wildcard")}]},
+            ],
+            "clusters": [
+                static_cluster("exact", Some(exact)),
+                static_cluster("wildcard", Some(wildcard)),
+                static_cluster("BlackHoleCluster", None),
+                {"name": "PassthroughCluster", "type": "ORIGINAL_DST", "lbPolicy": "CLUSTER_PROVIDED"},
+            ],
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        (shared(doc), listener, passthrough_target)
+    }
+
+    /// Connects to the test listener and serves the accepted side as if its original
+    /// destination were `orig_dst`; returns the client side.
+    async fn connect_as(
+        shared: &Arc<Shared>,
+        listener: &tokio::net::TcpListener,
+        orig_dst: SocketAddr,
+    ) -> TcpStream {
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, peer) = listener.accept().await.unwrap();
+        let fake = FixedAddrs {
+            orig_dst: OrigDstAddr(orig_dst),
+            client: ClientAddr(peer),
+        };
+        let shared = shared.clone();
+        let (_signal, watch) = drain::channel();
+        tokio::spawn(async move { serve(&shared, 15001, accepted, &fake, watch).await });
+        client
+    }
+
+    #[tokio::test]
+    async fn dispatch_by_original_destination() {
+        let (shared, listener, passthrough) = pod("PassthroughCluster").await;
+        for (to, expected) in [
+            ("10.96.0.5:7000".parse().unwrap(), Some("exact")),
+            ("10.96.0.6:7000".parse().unwrap(), Some("wildcard")),
+            ("[fd00::5]:7000".parse().unwrap(), Some("wildcard")),
+            (passthrough, Some("passthrough")),
+            ("10.96.0.5:15001".parse().unwrap(), None),
+        ] {
+            let mut c = connect_as(&shared, &listener, to).await;
+            assert_eq!(first_line(&mut c).await.as_deref(), expected, "to {to}");
+        }
+        let snapshot = shared.store.load().unwrap();
+        let vo = snapshot.virtual_outbound.as_ref().unwrap();
+        // 10.96.0.5:15001 is not local: the blackhole chain closed it, not the loop guard.
+        assert_eq!(
+            shared
+                .metrics
+                .refused_count("virtualOutbound", Refusal::Loop),
+            0
+        );
+        assert_eq!(
+            shared
+                .metrics
+                .refused_count("virtualOutbound", Refusal::NoHealthyUpstream),
+            1
+        );
+        assert_eq!(vo.stats.cx_total.get(), 5);
+    }
+
+    #[tokio::test]
+    async fn loop_to_itself_is_closed() {
+        let (shared, listener, _) = pod("PassthroughCluster").await;
+        let mut c = connect_as(&shared, &listener, "127.0.0.1:15001".parse().unwrap()).await;
+        assert_eq!(first_line(&mut c).await, None);
+        assert_eq!(
+            shared
+                .metrics
+                .refused_count("virtualOutbound", Refusal::Loop),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn registry_only_refuses_unknown_destinations() {
+        let (shared, listener, passthrough) = pod("BlackHoleCluster").await;
+        let mut c = connect_as(&shared, &listener, passthrough).await;
+        assert_eq!(first_line(&mut c).await, None);
+        let mut c = connect_as(&shared, &listener, "10.96.0.5:7000".parse().unwrap()).await;
+        assert_eq!(first_line(&mut c).await.as_deref(), Some("exact"));
+    }
+
+    #[tokio::test]
+    async fn http_chains_are_refused_until_the_http_side_exists() {
+        let backend = named_server("never").await;
+        let doc = json!({
+            "listeners": [
+                {"name": "virtualOutbound", "address": {"socketAddress": {"address": "0.0.0.0", "portValue": 15001}},
+                 "useOriginalDst": true, "trafficDirection": "OUTBOUND", "filterChains": [{"filters": tcp("PassthroughCluster")}]},
+                {"name": "0.0.0.0_9080", "address": {"socketAddress": {"address": "0.0.0.0", "portValue": 9080}},
+                 "bindToPort": false, "listenerFiltersTimeout": "5s",
+                 "filterChains": [{"filterChainMatch": {"applicationProtocols": ["http/1.1"]},
+                    "filters": [{"name": "envoy.filters.network.http_connection_manager",
+                        "typedConfig": {"statPrefix": "x", "routeConfig": {"name": "r", "virtualHosts": []}}}]}],
+                 "defaultFilterChain": {"filters": tcp("b")}},
+            ],
+            "clusters": [
+                {"name": "PassthroughCluster", "type": "ORIGINAL_DST", "lbPolicy": "CLUSTER_PROVIDED"},
+                static_cluster("b", Some(backend)),
+            ],
+        });
+        let shared = shared(doc);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut c = connect_as(&shared, &listener, "10.0.0.1:9080".parse().unwrap()).await;
+        use tokio::io::AsyncWriteExt;
+        c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(first_line(&mut c).await, None);
+        assert_eq!(
+            shared
+                .metrics
+                .refused_count("0.0.0.0_9080", Refusal::HttpUnavailable),
+            1
+        );
+        // A non-HTTP client on the same port goes to the default chain.
+        let mut c = connect_as(&shared, &listener, "10.0.0.1:9080".parse().unwrap()).await;
+        c.write_all(b"\x00binary\n").await.unwrap();
+        assert_eq!(first_line(&mut c).await.as_deref(), Some("never"));
+    }
+}

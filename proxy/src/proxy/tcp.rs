@@ -1,0 +1,372 @@
+//! `tcp_proxy`: connect to the chain's cluster (one, or weighted) within its `connectTimeout`,
+//! then copy bytes both ways until both sides are done.
+//!
+//! Half-close is kept: when one side finishes sending (EOF), the other side's write half is
+//! shut down and the opposite direction carries on until it ends too. `idleTimeout` (default
+//! one hour, `0s` for none) closes a connection with no bytes either way for that long. Bytes
+//! count into the listener's (`downstream_cx_rx/tx_bytes`) and the cluster's
+//! (`upstream_cx_rx/tx_bytes`) counters as they flow. Each direction has one fixed 16 KiB buffer.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::Shared;
+use super::chain::TcpRoute;
+use crate::metrics::{Peers, Reporter};
+use crate::snapshot::{CompiledListener, Snapshot};
+use crate::socket::{ClientAddr, OrigDstAddr};
+use crate::stats::Refusal;
+
+/// Size of each direction's copy buffer.
+pub const BUFFER_SIZE: usize = 16 * 1024;
+
+/// How a proxied connection ended, and the bytes it carried.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Ended {
+    /// Why it ended.
+    pub reason: EndReason,
+    /// Bytes from downstream to upstream.
+    pub sent: u64,
+    /// Bytes from upstream to downstream.
+    pub received: u64,
+}
+
+/// Why a proxied connection ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// Both directions finished (EOF each way).
+    Closed,
+    /// `idleTimeout` expired.
+    Idle,
+    /// A side failed (reset...).
+    Error(String),
+}
+
+/// A connection's context for [`proxy`].
+pub struct Conn<'a> {
+    /// `source` (outbound) or `destination` (inbound).
+    pub reporter: Reporter,
+    /// The configuration the connection started on.
+    pub snapshot: &'a Snapshot,
+    /// The listener that matched.
+    pub listener: &'a CompiledListener,
+    /// The chain's name.
+    pub chain: &'a str,
+    /// Where the client was going.
+    pub orig_dst: OrigDstAddr,
+    /// Who the client is.
+    pub client: ClientAddr,
+}
+
+/// Proxies `downstream` to the route's cluster. Records Envoy-style counters (listener,
+/// cluster, endpoint) and Istio's `istio_tcp_*` metrics (response flags `UH` when no upstream
+/// was found, `UF` when connecting failed).
+pub async fn proxy(shared: &Shared, conn: Conn<'_>, route: &TcpRoute, mut downstream: TcpStream) {
+    let Conn {
+        reporter,
+        snapshot,
+        listener,
+        chain,
+        orig_dst,
+        client,
+    } = conn;
+    let cluster = route.pick_cluster();
+    let peers = Peers {
+        reporter,
+        own: &shared.workload,
+        service: snapshot.destinations.get(&cluster.name),
+        security_policy: match reporter {
+            Reporter::Source => "unknown",
+            Reporter::Destination => "none",
+        },
+    };
+    let refuse = |refusal: Refusal, flags: &str| {
+        shared.metrics.refused(&listener.name, refusal);
+        let labels = peers.tcp_labels(flags);
+        shared.istio.tcp_opened(&labels);
+        shared.istio.tcp_closed(&labels);
+    };
+    let target = match cluster.target(orig_dst.0, None) {
+        Ok(t) => t,
+        Err(e) => {
+            refuse(Refusal::NoHealthyUpstream, "UH");
+            tracing::debug!(listener = %listener.name, chain, %orig_dst, %client, "{e}: connection closed");
+            return;
+        }
+    };
+    let upstream = match cluster.connect(target).await {
+        Ok(u) => u,
+        Err(e) => {
+            refuse(Refusal::UpstreamConnectFailed, "UF");
+            tracing::info!(listener = %listener.name, chain, %orig_dst, %client, "{e}: connection closed");
+            return;
+        }
+    };
+    let labels = peers.tcp_labels("");
+    shared.istio.tcp_opened(&labels);
+    let (mut up, target, _active) = upstream.into_parts();
+    let _load = target.endpoint.as_ref().map(|e| e.hold());
+    let _ = downstream.set_nodelay(true);
+    let ended = copy(
+        &mut downstream,
+        &mut up,
+        Counters {
+            down_rx: &listener.stats.cx_rx_bytes,
+            down_tx: &listener.stats.cx_tx_bytes,
+            up_rx: &cluster.stats.cx_rx_bytes,
+            up_tx: &cluster.stats.cx_tx_bytes,
+        },
+        route.idle_timeout,
+    )
+    .await;
+    // `ended.sent` is downstream → upstream: Istio's "received from the downstream".
+    shared.istio.tcp_bytes(&labels, ended.received, ended.sent);
+    if ended.reason == EndReason::Idle {
+        cluster.stats.cx_idle_timeout.inc();
+    }
+    shared.istio.tcp_closed(&labels);
+    tracing::debug!(listener = %listener.name, chain, cluster = %cluster.name, upstream = %target.addr,
+        %orig_dst, %client, ?ended, "TCP connection done");
+}
+
+/// The counters bytes are added to.
+pub struct Counters<'a> {
+    /// Bytes read from downstream.
+    pub down_rx: &'a Counter,
+    /// Bytes written to downstream.
+    pub down_tx: &'a Counter,
+    /// Bytes read from upstream.
+    pub up_rx: &'a Counter,
+    /// Bytes written to upstream.
+    pub up_tx: &'a Counter,
+}
+
+/// Copies both ways with half-close until both directions end, a side fails, or nothing moves
+/// for `idle` (`None`: no idle limit).
+pub async fn copy<A, B>(
+    a: &mut A,
+    b: &mut B,
+    counters: Counters<'_>,
+    idle: Option<Duration>,
+) -> Ended
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    let activity = AtomicU64::new(0);
+    let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
+    let mut a = Counted {
+        io: a,
+        rx: counters.down_rx,
+        tx: counters.down_tx,
+        total: &sent,
+        activity: &activity,
+        start,
+    };
+    let mut b = Counted {
+        io: b,
+        rx: counters.up_rx,
+        tx: counters.up_tx,
+        total: &received,
+        activity: &activity,
+        start,
+    };
+    let copying =
+        tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, BUFFER_SIZE, BUFFER_SIZE);
+    let why = match idle {
+        None => reason(copying.await),
+        Some(idle) => {
+            let watchdog = async {
+                loop {
+                    let last = Duration::from_millis(activity.load(Ordering::Relaxed));
+                    let deadline = start + last + idle;
+                    if Instant::now() >= deadline {
+                        return;
+                    }
+                    tokio::time::sleep_until(deadline).await;
+                }
+            };
+            tokio::select! {
+                result = copying => reason(result),
+                () = watchdog => EndReason::Idle,
+            }
+        }
+    };
+    Ended {
+        reason: why,
+        sent: sent.load(Ordering::Relaxed),
+        received: received.load(Ordering::Relaxed),
+    }
+}
+
+fn reason(result: io::Result<(u64, u64)>) -> EndReason {
+    match result {
+        Ok(_) => EndReason::Closed,
+        Err(e) => EndReason::Error(e.to_string()),
+    }
+}
+
+/// A stream that counts its bytes and notes when they moved.
+struct Counted<'a, S> {
+    io: &'a mut S,
+    rx: &'a Counter,
+    tx: &'a Counter,
+    total: &'a AtomicU64,
+    activity: &'a AtomicU64,
+    start: Instant,
+}
+
+impl<S> Counted<'_, S> {
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.activity.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut *self.io).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.rx.inc_by(n as u64);
+            self.total.fetch_add(n as u64, Ordering::Relaxed);
+            self.touch();
+        }
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut *self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = poll
+            && n > 0
+        {
+            self.tx.inc_by(n as u64);
+            self.touch();
+        }
+        poll
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn counters() -> [Counter; 4] {
+        Default::default()
+    }
+
+    #[tokio::test]
+    async fn half_close_both_ways_and_counts() {
+        let (mut client, mut proxy_down) = tokio::io::duplex(64);
+        let (mut proxy_up, mut server) = tokio::io::duplex(64);
+        let c = counters();
+        let proxying = async {
+            copy(
+                &mut proxy_down,
+                &mut proxy_up,
+                Counters {
+                    down_rx: &c[0],
+                    down_tx: &c[1],
+                    up_rx: &c[2],
+                    up_tx: &c[3],
+                },
+                Some(Duration::from_secs(60)),
+            )
+            .await
+        };
+        let talking = async {
+            client.write_all(b"request").await.unwrap();
+            client.shutdown().await.unwrap();
+            // The server sees the EOF, and only then answers: the reply must still come back.
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"request");
+            server.write_all(b"reply after EOF").await.unwrap();
+            server.shutdown().await.unwrap();
+            let mut reply = Vec::new();
+            client.read_to_end(&mut reply).await.unwrap();
+            assert_eq!(reply, b"reply after EOF");
+        };
+        let (ended, ()) = tokio::join!(proxying, talking);
+        assert_eq!(
+            ended,
+            Ended {
+                reason: EndReason::Closed,
+                sent: 7,
+                received: 15
+            }
+        );
+        assert_eq!(
+            c.iter().map(Counter::get).collect::<Vec<_>>(),
+            [7, 15, 15, 7]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_closes_a_silent_connection_but_not_a_busy_one() {
+        let (mut client, mut down) = tokio::io::duplex(64);
+        let (mut up, mut server) = tokio::io::duplex(64);
+        let c = counters();
+        let proxying = copy(
+            &mut down,
+            &mut up,
+            Counters {
+                down_rx: &c[0],
+                down_tx: &c[1],
+                up_rx: &c[2],
+                up_tx: &c[3],
+            },
+            Some(Duration::from_secs(10)),
+        );
+        let chatting = async {
+            // Busy for 30 s (a byte every 5 s), then silent.
+            for _ in 0..6 {
+                client.write_all(b"x").await.unwrap();
+                let mut b = [0u8; 1];
+                server.read_exact(&mut b).await.unwrap();
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            std::future::pending::<()>().await;
+        };
+        let started = Instant::now();
+        let ended = tokio::select! {
+            e = proxying => e,
+            () = chatting => unreachable!(),
+        };
+        assert_eq!(ended.reason, EndReason::Idle);
+        assert_eq!((ended.sent, ended.received), (6, 0));
+        assert!(
+            started.elapsed() >= Duration::from_secs(35),
+            "not closed while busy"
+        );
+    }
+}

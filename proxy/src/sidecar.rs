@@ -1,0 +1,342 @@
+//! `proxy run`: the sidecar. Binds every port first (a bad address fails at start), loads the
+//! configuration and watches it ([`crate::config`]), serves the capture listeners
+//! ([`crate::proxy`]) and the admin, readiness and Prometheus endpoints ([`crate::admin`]), and
+//! on SIGTERM (or SIGINT, or `POST /quitquitquit`) drains: readiness turns 503, the capture
+//! listeners close (new connections are refused), open connections may finish for up to
+//! `--drain-timeout`, then the process exits 0.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustmesh_xds::well_known;
+use tokio::sync::Notify;
+
+use crate::admin::{AdminState, Endpoints, Server};
+use crate::cluster::ClusterManager;
+use crate::config::{ConfigSource, DEFAULT_POLL_INTERVAL, Watcher};
+use crate::metrics::{Metrics as IstioMetrics, WorkloadInfo};
+use crate::proxy::inbound::Inbound;
+use crate::proxy::outbound::Outbound;
+use crate::proxy::{HttpHandler, RefuseHttp, Shared};
+use crate::snapshot::Store;
+use crate::stats::Metrics;
+use crate::{Error, Result, drain};
+
+/// Istio's `terminationDrainDuration` default.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn duration(s: &str) -> std::result::Result<Duration, String> {
+    s.parse::<rustmesh_xds::Duration>()
+        .map(|d| d.as_std())
+        .map_err(|e| e.to_string())
+}
+
+/// Flags of `proxy run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// A ProxyConfig JSON file (instead of --config-dir). Replace it atomically (rename) to
+    /// change the configuration.
+    #[arg(long, value_name = "FILE", conflicts_with = "config_dir")]
+    pub config: Option<PathBuf>,
+    /// The mounted ConfigMap (scopes.json + <key>.json.gz, or config.json) [default:
+    /// /etc/rustmesh/config].
+    #[arg(long, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// The pod's labels (downward API, `key="value"` lines), which pick the scope in
+    /// --config-dir [default: /etc/istio/pod/labels].
+    #[arg(long, value_name = "FILE")]
+    pub pod_labels: Option<PathBuf>,
+    /// How often the configuration is checked for changes.
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = duration)]
+    pub config_poll_interval: Duration,
+    /// Port of virtualOutbound, where the capture rules send outbound connections.
+    #[arg(long, default_value_t = well_known::OUTBOUND_CAPTURE_PORT)]
+    pub outbound_port: u16,
+    /// Port of virtualInbound, where the capture rules send inbound connections.
+    #[arg(long, default_value_t = well_known::INBOUND_CAPTURE_PORT)]
+    pub inbound_port: u16,
+    /// Admin API port (on 127.0.0.1): /config_dump, /listeners, /clusters, /stats, /ready.
+    #[arg(long, default_value_t = well_known::ADMIN_PORT)]
+    pub admin_port: u16,
+    /// Readiness port: GET /healthz/ready.
+    #[arg(long, default_value_t = well_known::HEALTH_PORT)]
+    pub health_port: u16,
+    /// Prometheus port: GET /stats/prometheus.
+    #[arg(long, default_value_t = well_known::PROMETHEUS_PORT)]
+    pub prometheus_port: u16,
+    /// On SIGTERM, how long open connections may take to finish before the exit.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
+    pub drain_timeout: Duration,
+}
+
+impl RunArgs {
+    /// Where the configuration is read from.
+    pub fn source(&self) -> ConfigSource {
+        match &self.config {
+            Some(file) => ConfigSource::File(file.clone()),
+            None => ConfigSource::Dir {
+                dir: self
+                    .config_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(well_known::PROXY_CONFIG_MOUNT)),
+                pod_labels: self
+                    .pod_labels
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(well_known::POD_INFO_MOUNT).join("labels")),
+            },
+        }
+    }
+}
+
+impl Default for RunArgs {
+    fn default() -> Self {
+        RunArgs {
+            config: None,
+            config_dir: None,
+            pod_labels: None,
+            config_poll_interval: DEFAULT_POLL_INTERVAL,
+            outbound_port: well_known::OUTBOUND_CAPTURE_PORT,
+            inbound_port: well_known::INBOUND_CAPTURE_PORT,
+            admin_port: well_known::ADMIN_PORT,
+            health_port: well_known::HEALTH_PORT,
+            prometheus_port: well_known::PROMETHEUS_PORT,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+/// The HTTP connection manager the listeners hand HTTP chains to, built once at start, with
+/// what it may need: Istio's metrics (whose registry everything is in), this pod's workload,
+/// and the store (to follow route changes per request, if it wants Envoy's RDS behaviour).
+///
+/// Until `crate::http` provides an [`HttpHandler`], HTTP chains are refused ([`RefuseHttp`]).
+pub fn http_handler(
+    istio: &Arc<IstioMetrics>,
+    workload: &Arc<WorkloadInfo>,
+    store: &Arc<Store>,
+    metrics: &Metrics,
+) -> Arc<dyn HttpHandler> {
+    let _ = (istio, workload, store);
+    Arc::new(RefuseHttp::new(metrics.clone()))
+}
+
+/// This pod's workload, for the labels of Istio's metrics: `ISTIO_META_WORKLOAD_NAME` (else the
+/// pod name without its ReplicaSet and pod suffixes, as Istio guesses), `POD_NAMESPACE`, and
+/// the labels file (downward API; none if it cannot be read).
+pub fn workload_info(labels_file: &std::path::Path) -> WorkloadInfo {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let name = env("ISTIO_META_WORKLOAD_NAME")
+        .or_else(|| env("POD_NAME").map(|pod| workload_from_pod_name(&pod)))
+        .unwrap_or_default();
+    let labels = std::fs::read_to_string(labels_file)
+        .ok()
+        .and_then(|t| rustmesh_xds::scope::parse_pod_labels(&t).ok())
+        .unwrap_or_default();
+    WorkloadInfo {
+        name,
+        namespace: env("POD_NAMESPACE").unwrap_or_default(),
+        labels,
+    }
+}
+
+/// `productpage-v1-6c886ff494-7vxhs` → `productpage-v1` (Deployment pods); other names as
+/// they are.
+fn workload_from_pod_name(pod: &str) -> String {
+    let parts: Vec<&str> = pod.split('-').collect();
+    let hashy = |s: &str| {
+        s.len() >= 5
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    };
+    if parts.len() >= 3 && hashy(parts[parts.len() - 1]) && hashy(parts[parts.len() - 2]) {
+        parts[..parts.len() - 2].join("-")
+    } else {
+        pod.to_string()
+    }
+}
+
+/// Runs the sidecar until SIGTERM and the drain are done.
+pub fn run(args: &RunArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("proxy")
+        .build()
+        .map_err(Error::Runtime)?;
+    let result = runtime.block_on(serve(args.clone()));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// [`run`] on the current runtime.
+pub async fn serve(args: RunArgs) -> Result<()> {
+    // One registry for everything: Istio's metrics own it, ours are registered into it.
+    let istio = Arc::new(IstioMetrics::new());
+    let mut metrics = Metrics::default();
+    istio.register(|registry| metrics = Metrics::register(registry));
+    let source = args.source();
+    let labels_file = match &source {
+        ConfigSource::Dir { pod_labels, .. } => pod_labels.clone(),
+        ConfigSource::File(_) => args
+            .pod_labels
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(well_known::POD_INFO_MOUNT).join("labels")),
+    };
+    let workload = Arc::new(workload_info(&labels_file));
+    let store = Arc::new(Store::new());
+    let http = http_handler(&istio, &workload, &store, &metrics);
+
+    let clusters = Arc::new(ClusterManager::new(metrics.clone()));
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        istio: istio.clone(),
+        workload,
+        http: http.clone(),
+    });
+
+    // Everything is bound before anything is served: a bad address fails the start.
+    let any = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+    let outbound = Outbound::new(any(args.outbound_port), shared.clone())?;
+    let inbound = Inbound::new(any(args.inbound_port), shared.clone())?;
+    let (signal, watch) = drain::channel();
+    let quit = Arc::new(Notify::new());
+    let mut bound: Vec<(String, SocketAddr)> = Vec::new();
+    for a in outbound.local_addrs() {
+        bound.push((rustmesh_xds::names::VIRTUAL_OUTBOUND.into(), a));
+    }
+    for a in inbound.local_addrs() {
+        bound.push((rustmesh_xds::names::VIRTUAL_INBOUND.into(), a));
+    }
+    let state = Arc::new(AdminState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        prometheus: istio,
+        draining: signal.flag(),
+        quit: quit.clone(),
+        bound,
+    });
+    let servers = [
+        Server::bind(
+            "admin",
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), args.admin_port),
+            Endpoints::Admin,
+            state.clone(),
+        )?,
+        Server::bind(
+            "readiness",
+            any(args.health_port),
+            Endpoints::Health,
+            state.clone(),
+        )?,
+        Server::bind(
+            "prometheus",
+            any(args.prometheus_port),
+            Endpoints::Prometheus,
+            state.clone(),
+        )?,
+    ];
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(Error::Runtime)?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(Error::Runtime)?;
+    tracing::info!(
+        outbound = ?outbound.local_addrs(),
+        inbound = ?inbound.local_addrs(),
+        admin = args.admin_port,
+        readiness = args.health_port,
+        prometheus = args.prometheus_port,
+        ?source,
+        "sidecar started"
+    );
+
+    let mut watcher = Watcher::new(
+        source,
+        store.clone(),
+        clusters,
+        metrics.clone(),
+        http,
+        args.config_poll_interval,
+    );
+    watcher.poll();
+    tokio::spawn(watcher.run());
+    for server in servers {
+        tokio::spawn(server.run());
+    }
+    let listeners = tokio::spawn({
+        let (o, i) = (watch.clone(), watch.clone());
+        async move {
+            tokio::join!(outbound.run(o), inbound.run(i));
+        }
+    });
+    drop(watch);
+
+    let why = tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+        () = quit.notified() => "/quitquitquit",
+    };
+    tracing::info!(
+        why,
+        drain_timeout = ?args.drain_timeout,
+        "draining: no new connections, open ones may finish"
+    );
+    signal.start();
+    let _ = listeners.await;
+    match tokio::time::timeout(args.drain_timeout, signal.drained()).await {
+        Ok(()) => tracing::info!("drained: every connection finished"),
+        Err(_) => tracing::info!(
+            open = signal.watches(),
+            "drain timeout: closing the connections still open"
+        ),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workload_names_from_pod_names() {
+        assert_eq!(
+            workload_from_pod_name("productpage-v1-6c886ff494-7vxhs"),
+            "productpage-v1"
+        );
+        assert_eq!(workload_from_pod_name("web-0"), "web-0");
+        assert_eq!(workload_from_pod_name("standalone"), "standalone");
+    }
+
+    #[test]
+    fn flags_and_defaults() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let a = Cli::parse_from(["proxy"]).run;
+        assert_eq!(
+            a.source(),
+            ConfigSource::Dir {
+                dir: "/etc/rustmesh/config".into(),
+                pod_labels: "/etc/istio/pod/labels".into()
+            }
+        );
+        assert_eq!(a.drain_timeout, Duration::from_secs(5));
+        assert_eq!((a.outbound_port, a.inbound_port), (15001, 15006));
+        let a = Cli::parse_from([
+            "proxy",
+            "--config",
+            "/tmp/c.json",
+            "--drain-timeout",
+            "1m30s",
+        ])
+        .run;
+        assert_eq!(a.source(), ConfigSource::File("/tmp/c.json".into()));
+        assert_eq!(a.drain_timeout, Duration::from_secs(90));
+        assert!(Cli::try_parse_from(["proxy", "--config", "a", "--config-dir", "b"]).is_err());
+        assert!(Cli::try_parse_from(["proxy", "--drain-timeout", "soon"]).is_err());
+    }
+}

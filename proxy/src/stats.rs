@@ -1,0 +1,347 @@
+//! The sidecar's own counters (TCP, listeners, clusters, configuration reloads), in one
+//! Prometheus registry shared with the HTTP metrics.
+//!
+//! Names follow Envoy's Prometheus export (`envoy_cluster_upstream_cx_total{cluster_name=...}`,
+//! `envoy_listener_downstream_cx_total{listener=...}`), which is what Istio's `/stats/prometheus`
+//! shows for them; Istio's own `istio_*` metrics are registered by the HTTP side
+//! (`crate::metrics`) into the same [`Registry`] (see [`Metrics::register`]).
+//!
+//! Hot paths never touch a family's map: a cluster or listener fetches its handles
+//! ([`ClusterStats`], [`ListenerStats`]) once, when a configuration is compiled, and then only
+//! increments atomics. A cluster or listener that keeps its name across configurations keeps
+//! its counters.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// `{cluster_name="..."}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    /// The cluster's name.
+    pub cluster_name: String,
+}
+
+/// `{listener="..."}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// The listener's name (`virtualOutbound`, `0.0.0.0_9080`).
+    pub listener: String,
+}
+
+/// `{listener="...", reason="..."}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// The listener's name.
+    pub listener: String,
+    /// Why the connection was closed without being proxied.
+    pub reason: String,
+}
+
+/// `{result="applied"|"rejected"}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `applied` or `rejected`.
+    pub result: String,
+}
+
+/// Why a connection was closed without being proxied (the `reason` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its original destination was the listener itself (a loop).
+    Loop,
+    /// No filter chain matched and there is no default chain.
+    NoFilterChain,
+    /// The chain is HTTP and this build has no HTTP connection manager.
+    HttpUnavailable,
+    /// The cluster is `BlackHoleCluster` or has no healthy endpoint.
+    NoHealthyUpstream,
+    /// Connecting to the upstream failed or timed out.
+    UpstreamConnectFailed,
+    /// No configuration has the listener (for example no `virtualOutbound`).
+    NoListener,
+    /// The original destination could not be read.
+    NoOriginalDst,
+}
+
+impl Refusal {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Loop => "loop",
+            Refusal::NoFilterChain => "no_filter_chain",
+            Refusal::HttpUnavailable => "http_unavailable",
+            Refusal::NoHealthyUpstream => "no_healthy_upstream",
+            Refusal::UpstreamConnectFailed => "upstream_connect_failed",
+            Refusal::NoListener => "no_listener",
+            Refusal::NoOriginalDst => "no_original_dst",
+        }
+    }
+}
+
+/// The families, registered once.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    cluster_cx_total: Family<ClusterLabels, Counter>,
+    cluster_cx_active: Family<ClusterLabels, Gauge>,
+    cluster_cx_connect_fail: Family<ClusterLabels, Counter>,
+    cluster_cx_connect_timeout: Family<ClusterLabels, Counter>,
+    cluster_cx_none_healthy: Family<ClusterLabels, Counter>,
+    cluster_cx_rx_bytes: Family<ClusterLabels, Counter>,
+    cluster_cx_tx_bytes: Family<ClusterLabels, Counter>,
+    cluster_cx_idle_timeout: Family<ClusterLabels, Counter>,
+    listener_cx_total: Family<ListenerLabels, Counter>,
+    listener_cx_active: Family<ListenerLabels, Gauge>,
+    listener_cx_rx_bytes: Family<ListenerLabels, Counter>,
+    listener_cx_tx_bytes: Family<ListenerLabels, Counter>,
+    listener_refused: Family<RefusedLabels, Counter>,
+    config_reloads: Family<ReloadLabels, Counter>,
+    config_rejected: Gauge,
+}
+
+/// Handles of one cluster's counters.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterStats {
+    /// Upstream connections opened.
+    pub cx_total: Counter,
+    /// Upstream connections open now.
+    pub cx_active: Gauge,
+    /// Connection attempts that failed (refused, unreachable, timed out).
+    pub cx_connect_fail: Counter,
+    /// Connection attempts that timed out (`connectTimeout`).
+    pub cx_connect_timeout: Counter,
+    /// Connections that found no healthy endpoint.
+    pub cx_none_healthy: Counter,
+    /// Bytes received from upstreams.
+    pub cx_rx_bytes: Counter,
+    /// Bytes sent to upstreams.
+    pub cx_tx_bytes: Counter,
+    /// TCP proxy connections closed by `idleTimeout`.
+    pub cx_idle_timeout: Counter,
+}
+
+/// Handles of one listener's counters.
+#[derive(Clone, Debug, Default)]
+pub struct ListenerStats {
+    /// Connections accepted (bound listeners) or handed over (virtual listeners).
+    pub cx_total: Counter,
+    /// Connections open now.
+    pub cx_active: Gauge,
+    /// Bytes received from downstream clients.
+    pub cx_rx_bytes: Counter,
+    /// Bytes sent to downstream clients.
+    pub cx_tx_bytes: Counter,
+}
+
+impl Metrics {
+    /// Registers the families into `registry`. Call once at start, before the registry is
+    /// shared for scraping; the HTTP side registers its own into the same registry.
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let m = Metrics::default();
+        let cluster = [
+            (
+                "envoy_cluster_upstream_cx",
+                "Upstream connections opened",
+                &m.cluster_cx_total,
+            ),
+            (
+                "envoy_cluster_upstream_cx_connect_fail",
+                "Upstream connection failures",
+                &m.cluster_cx_connect_fail,
+            ),
+            (
+                "envoy_cluster_upstream_cx_connect_timeout",
+                "Upstream connection timeouts",
+                &m.cluster_cx_connect_timeout,
+            ),
+            (
+                "envoy_cluster_upstream_cx_none_healthy",
+                "Connections that found no healthy upstream",
+                &m.cluster_cx_none_healthy,
+            ),
+            (
+                "envoy_cluster_upstream_cx_rx_bytes",
+                "Bytes received from upstreams",
+                &m.cluster_cx_rx_bytes,
+            ),
+            (
+                "envoy_cluster_upstream_cx_tx_bytes",
+                "Bytes sent to upstreams",
+                &m.cluster_cx_tx_bytes,
+            ),
+            (
+                "envoy_cluster_upstream_cx_idle_timeout",
+                "TCP proxy connections closed for idleness",
+                &m.cluster_cx_idle_timeout,
+            ),
+        ];
+        for (name, help, family) in cluster {
+            registry.register(name, help, family.clone());
+        }
+        registry.register(
+            "envoy_cluster_upstream_cx_active",
+            "Upstream connections open",
+            m.cluster_cx_active.clone(),
+        );
+        let listener = [
+            (
+                "envoy_listener_downstream_cx",
+                "Downstream connections",
+                &m.listener_cx_total,
+            ),
+            (
+                "envoy_listener_downstream_cx_rx_bytes",
+                "Bytes received from downstream",
+                &m.listener_cx_rx_bytes,
+            ),
+            (
+                "envoy_listener_downstream_cx_tx_bytes",
+                "Bytes sent to downstream",
+                &m.listener_cx_tx_bytes,
+            ),
+        ];
+        for (name, help, family) in listener {
+            registry.register(name, help, family.clone());
+        }
+        registry.register(
+            "envoy_listener_downstream_cx_active",
+            "Downstream connections open",
+            m.listener_cx_active.clone(),
+        );
+        registry.register(
+            "rustmesh_listener_downstream_cx_refused",
+            "Connections closed without being proxied, by reason",
+            m.listener_refused.clone(),
+        );
+        registry.register(
+            "rustmesh_config_reloads",
+            "Configuration documents applied or rejected",
+            m.config_reloads.clone(),
+        );
+        registry.register(
+            "rustmesh_config_rejected",
+            "1 while the newest configuration document is refused and an older one serves",
+            m.config_rejected.clone(),
+        );
+        m
+    }
+
+    /// The handles of a cluster's counters.
+    pub fn cluster(&self, name: &str) -> ClusterStats {
+        let l = ClusterLabels {
+            cluster_name: name.to_string(),
+        };
+        ClusterStats {
+            cx_total: self.cluster_cx_total.get_or_create_owned(&l),
+            cx_active: self.cluster_cx_active.get_or_create_owned(&l),
+            cx_connect_fail: self.cluster_cx_connect_fail.get_or_create_owned(&l),
+            cx_connect_timeout: self.cluster_cx_connect_timeout.get_or_create_owned(&l),
+            cx_none_healthy: self.cluster_cx_none_healthy.get_or_create_owned(&l),
+            cx_rx_bytes: self.cluster_cx_rx_bytes.get_or_create_owned(&l),
+            cx_tx_bytes: self.cluster_cx_tx_bytes.get_or_create_owned(&l),
+            cx_idle_timeout: self.cluster_cx_idle_timeout.get_or_create_owned(&l),
+        }
+    }
+
+    /// The handles of a listener's counters.
+    pub fn listener(&self, name: &str) -> ListenerStats {
+        let l = ListenerLabels {
+            listener: name.to_string(),
+        };
+        ListenerStats {
+            cx_total: self.listener_cx_total.get_or_create_owned(&l),
+            cx_active: self.listener_cx_active.get_or_create_owned(&l),
+            cx_rx_bytes: self.listener_cx_rx_bytes.get_or_create_owned(&l),
+            cx_tx_bytes: self.listener_cx_tx_bytes.get_or_create_owned(&l),
+        }
+    }
+
+    /// Counts a connection closed without being proxied. Off the hot path (a refusal).
+    pub fn refused(&self, listener: &str, reason: Refusal) {
+        self.listener_refused
+            .get_or_create(&RefusedLabels {
+                listener: listener.to_string(),
+                reason: reason.as_str().to_string(),
+            })
+            .inc();
+    }
+
+    /// How many connections `listener` refused for `reason` so far.
+    pub fn refused_count(&self, listener: &str, reason: Refusal) -> u64 {
+        self.listener_refused
+            .get_or_create(&RefusedLabels {
+                listener: listener.to_string(),
+                reason: reason.as_str().to_string(),
+            })
+            .get()
+    }
+
+    /// Records a configuration reload.
+    pub fn config_reload(&self, applied: bool) {
+        let result = if applied { "applied" } else { "rejected" };
+        self.config_reloads
+            .get_or_create(&ReloadLabels {
+                result: result.to_string(),
+            })
+            .inc();
+        self.config_rejected.set(i64::from(!applied));
+    }
+
+    /// (applied, rejected) reload counts.
+    pub fn config_reload_counts(&self) -> (u64, u64) {
+        let get = |r: &str| {
+            self.config_reloads
+                .get_or_create(&ReloadLabels {
+                    result: r.to_string(),
+                })
+                .get()
+        };
+        (get("applied"), get("rejected"))
+    }
+}
+
+/// The registry as Prometheus text (what `/stats/prometheus` serves).
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_share_counters_by_name_and_show_in_the_registry() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        let a = m.cluster("outbound|9080||reviews.default.svc.cluster.local");
+        a.cx_total.inc();
+        let again = m.cluster("outbound|9080||reviews.default.svc.cluster.local");
+        again.cx_total.inc();
+        assert_eq!(a.cx_total.get(), 2);
+        m.listener("virtualOutbound").cx_rx_bytes.inc_by(10);
+        m.refused("virtualOutbound", Refusal::Loop);
+        m.config_reload(false);
+        let text = encode(&registry);
+        assert!(
+            text.contains(
+                "envoy_cluster_upstream_cx_total{cluster_name=\"outbound|9080||reviews.default.svc.cluster.local\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "envoy_listener_downstream_cx_rx_bytes_total{listener=\"virtualOutbound\"} 10"
+        ));
+        assert!(text.contains(
+            "rustmesh_listener_downstream_cx_refused_total{listener=\"virtualOutbound\",reason=\"loop\"} 1"
+        ));
+        assert!(text.contains("rustmesh_config_reloads_total{result=\"rejected\"} 1"));
+        assert!(text.contains("rustmesh_config_rejected 1"));
+        m.config_reload(true);
+        assert_eq!(m.config_reload_counts(), (1, 1));
+    }
+}
