@@ -69,7 +69,10 @@ pub enum Error {
     PodForbidden { pod: String, namespace: String },
 
     /// No usable kubeconfig (or in-cluster configuration).
-    #[error("cannot load the Kubernetes configuration: {0}")]
+    #[error(
+        "cannot load the Kubernetes configuration (give --kubeconfig, or reach a proxy without \
+         Kubernetes with --admin-url or --file): {0}"
+    )]
     KubeConfig(String),
 
     /// Any other failure talking to the Kubernetes API.

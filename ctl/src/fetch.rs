@@ -446,10 +446,19 @@ async fn fetch_pod(
             action: action.clone(),
             reason: "the port-forward gave no stream".into(),
         })?;
-    let port_error = forwarder.take_error(ADMIN_PORT);
+    // The kubelet says on the port's error channel why it could not connect (often while the
+    // data stream stays open), so watch it alongside the HTTP exchange.
+    let (said_tx, mut said) = tokio::sync::watch::channel(None::<String>);
+    if let Some(port_error) = forwarder.take_error(ADMIN_PORT) {
+        tokio::spawn(async move {
+            if let Some(message) = port_error.await {
+                let _ = said_tx.send(Some(message));
+            }
+        });
+    }
     let target = format!("in pod {namespace}/{name}");
     let origin = format!("pod {namespace}/{name}");
-    let result = within(timeout, async {
+    let exchange = async {
         let mut conn = AdminConnection::over(
             stream,
             format!("127.0.0.1:{ADMIN_PORT}"),
@@ -459,6 +468,13 @@ async fn fetch_pod(
         .await
         .map_err(Failure::Transport)?;
         read_all(&mut conn, &origin, want_clusters).await
+    };
+    let mut watch = said.clone();
+    let result = within(timeout, async {
+        tokio::select! {
+            r = exchange => r,
+            Ok(m) = watch.wait_for(Option::is_some) => Err(Failure::Transport(m.clone().unwrap_or_default())),
+        }
     })
     .await;
     forwarder.abort();
@@ -466,16 +482,14 @@ async fn fetch_pod(
         Ok(f) => Ok(f),
         Err(Failure::Error(e)) => Err(e),
         Err(Failure::Transport(reason)) => {
-            // The kubelet says on the port's error channel why it could not connect.
-            let said = match port_error {
-                Some(f) => tokio::time::timeout(Duration::from_secs(2), f)
+            // The message may come just after the stream broke.
+            let message =
+                tokio::time::timeout(Duration::from_secs(2), said.wait_for(Option::is_some))
                     .await
                     .ok()
-                    .flatten(),
-                None => None,
-            };
+                    .and_then(|r| r.ok().and_then(|m| m.clone()));
             Err(port_forward_failure(
-                said.as_deref(),
+                message.as_deref(),
                 &reason,
                 name,
                 &namespace,

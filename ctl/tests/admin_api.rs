@@ -5,72 +5,11 @@
 
 mod support;
 
-use rustmesh_ctl::admin::Clusters;
 use serde_json::Value;
-use support::{Reply, closed_port, ctl, failure, fixture_text, serve, squash, stdout};
-
-/// The contract's `GET /config_dump`: the document; `endpoints` only with `include_eds`;
-/// `mask=a,b` keeps those top-level fields (and `versionInfo`).
-fn config_dump(document: &str, query: &str) -> Reply {
-    let mut doc: Value = serde_json::from_str(document).unwrap();
-    let params: Vec<(&str, &str)> = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| p.split_once('=').unwrap_or((p, "")))
-        .collect();
-    let obj = doc.as_object_mut().unwrap();
-    if !params.iter().any(|(k, _)| *k == "include_eds") {
-        obj.remove("endpoints");
-    }
-    if let Some((_, mask)) = params.iter().find(|(k, _)| *k == "mask") {
-        let keep: Vec<&str> = mask.split(',').collect();
-        obj.retain(|k, _| k == "versionInfo" || keep.contains(&k.as_str()));
-    }
-    Reply::json(200, serde_json::to_string_pretty(&doc).unwrap())
-}
-
-/// Live health for the productpage sidecar: reviews v2's endpoint ejected by outlier detection,
-/// reviews v3's endpoint reported unhealthy by the control plane.
-fn live_clusters() -> String {
-    let config = rustmesh_ctl::ProxyConfig::from_json(&fixture_text("productpage")).unwrap();
-    let mut live = Clusters::from_config(&config);
-    for c in &mut live.cluster_statuses {
-        for h in &mut c.host_statuses {
-            if c.name == "outbound|9080|v2|reviews.default.svc.cluster.local" {
-                h.health_status.failed_outlier_check = true;
-            }
-            if c.name == "outbound|9080|v3|reviews.default.svc.cluster.local" {
-                h.health_status.eds_health_status = "UNHEALTHY".into();
-            }
-        }
-    }
-    serde_json::to_string(&live).unwrap()
-}
-
-/// A proxy serving the productpage fixture.
-fn productpage_proxy() -> support::Server {
-    let document = fixture_text("productpage");
-    let live = live_clusters();
-    serve(move |method, target| {
-        assert_eq!(method, "GET");
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        match (path, query) {
-            ("/config_dump", q) => config_dump(&document, q),
-            ("/clusters", "format=json") => Reply::json(200, live.clone()),
-            _ => Reply::text(404, "not found\n"),
-        }
-    })
-}
-
-fn golden(fixture: &str, view: &str) -> String {
-    std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/golden")
-            .join(fixture)
-            .join(format!("{view}.txt")),
-    )
-    .unwrap()
-}
+use support::{
+    Reply, closed_port, config_dump, ctl, failure, fixture_text, golden, productpage_proxy, serve,
+    squash, stdout,
+};
 
 #[test]
 fn the_stub_follows_the_contract() {

@@ -6,6 +6,8 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use rustmesh_ctl::admin::Clusters;
+use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -164,4 +166,99 @@ pub fn closed_port() -> u16 {
 /// Collapses runs of spaces, for comparisons that ignore alignment.
 pub fn squash(line: &str) -> String {
     line.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The contract's `GET /config_dump`: the document; `endpoints` only with `include_eds`;
+/// `mask=a,b` keeps those top-level fields (and `versionInfo`).
+pub fn config_dump(document: &str, query: &str) -> Reply {
+    let mut doc: Value = serde_json::from_str(document).unwrap();
+    let params: Vec<(&str, &str)> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .collect();
+    let obj = doc.as_object_mut().unwrap();
+    if !params.iter().any(|(k, _)| *k == "include_eds") {
+        obj.remove("endpoints");
+    }
+    if let Some((_, mask)) = params.iter().find(|(k, _)| *k == "mask") {
+        let keep: Vec<&str> = mask.split(',').collect();
+        obj.retain(|k, _| k == "versionInfo" || keep.contains(&k.as_str()));
+    }
+    Reply::json(200, serde_json::to_string_pretty(&doc).unwrap())
+}
+
+/// Live health for the productpage sidecar: reviews v2's endpoint ejected by outlier detection,
+/// reviews v3's endpoint reported unhealthy by the control plane.
+pub fn live_clusters() -> String {
+    let config = rustmesh_ctl::ProxyConfig::from_json(&fixture_text("productpage")).unwrap();
+    let mut live = Clusters::from_config(&config);
+    for c in &mut live.cluster_statuses {
+        for h in &mut c.host_statuses {
+            if c.name == "outbound|9080|v2|reviews.default.svc.cluster.local" {
+                h.health_status.failed_outlier_check = true;
+            }
+            if c.name == "outbound|9080|v3|reviews.default.svc.cluster.local" {
+                h.health_status.eds_health_status = "UNHEALTHY".into();
+            }
+        }
+    }
+    serde_json::to_string(&live).unwrap()
+}
+
+/// A proxy serving the productpage fixture.
+pub fn productpage_proxy() -> Server {
+    let document = fixture_text("productpage");
+    let live = live_clusters();
+    serve(move |method, target| {
+        assert_eq!(method, "GET");
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        match (path, query) {
+            ("/config_dump", q) => config_dump(&document, q),
+            ("/clusters", "format=json") => Reply::json(200, live.clone()),
+            _ => Reply::text(404, "not found\n"),
+        }
+    })
+}
+
+/// A golden table (`tests/golden/<fixture>/<view>.txt`).
+pub fn golden(fixture: &str, view: &str) -> String {
+    std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(fixture)
+            .join(format!("{view}.txt")),
+    )
+    .unwrap()
+}
+
+/// A kubeconfig whose current context points at `server_url`, namespace `default`.
+pub fn kubeconfig(dir: &tempfile::TempDir, server_url: &str) -> String {
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: fake
+  cluster:
+    server: {}
+contexts:
+- name: fake
+  context:
+    cluster: fake
+    user: dev
+    namespace: default
+current-context: fake
+users:
+- name: dev
+  user:
+    token: dev-token
+",
+            server_url
+        ),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
 }
