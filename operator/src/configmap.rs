@@ -332,7 +332,7 @@ spec:
                     )
                 })
                 .collect();
-            let pod_refs: Vec<(&str, &str, &[(&str, &str)])> = pods
+            let pod_refs: Vec<fixtures::PodSpec<'_>> = pods
                 .iter()
                 .map(|(p, ip)| (p.as_str(), ip.as_str(), &[("app", "x")][..]))
                 .collect();

@@ -93,6 +93,9 @@ pub fn pod(index: &mut Index, ns: &str, name: &str, labels: &[(&str, &str)]) {
     });
 }
 
+/// A pod behind a service: `(pod name, ip, labels)`.
+pub type PodSpec<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
 /// Adds a service with its endpoints and the pods behind them: `pods` are
 /// `(pod name, ip, labels)`; every pod serves every port.
 pub fn workload(
@@ -101,7 +104,7 @@ pub fn workload(
     name: &str,
     cluster_ip: Option<&str>,
     ports: &[PortSpec<'_>],
-    pods: &[(&str, &str, &[(&str, &str)])],
+    pods: &[PodSpec<'_>],
 ) {
     index.apply(Object::Service(Box::new(service(
         ns, name, cluster_ip, ports,

@@ -323,8 +323,12 @@ impl Index {
                 namespaces: self.namespaces_seeing(&key.namespace),
                 statuses: false,
             },
-            Object::Namespace { name, .. } => Affects {
-                namespaces: [name.clone()].into(),
+            Object::Namespace { name, labels } => Affects {
+                namespaces: if is_injected(labels) {
+                    [name.clone()].into()
+                } else {
+                    BTreeSet::new()
+                },
                 statuses: false,
             },
             Object::VirtualService(vs) => Affects {

@@ -9,15 +9,21 @@
 //!   namespaces, server-side apply, leader election, metrics and health.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod configmap;
+pub mod controller;
+pub mod debounce;
 pub mod error;
 pub mod fixtures;
 pub mod index;
+pub mod leader;
+pub mod metrics;
 pub mod protocol;
 pub mod registry;
 pub mod render;
 pub mod validation;
 
+pub use cli::{Args, run};
 pub use error::Error;
 pub use index::{Index, MeshConfig, ObjKey};
 pub use render::{MeshView, Scope, render, render_view};

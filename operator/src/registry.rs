@@ -216,7 +216,7 @@ fn port_endpoints(
             });
         }
     }
-    out.sort_by(|a, b| (a.ip, a.port).cmp(&(b.ip, b.port)));
+    out.sort_by_key(|e| (e.ip, e.port));
     out.dedup_by(|a, b| a.ip == b.ip && a.port == b.port);
     out
 }

@@ -503,7 +503,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
     /// a longer wildcard a shorter one, then the oldest wins.
     fn virtual_service_for(&self, fqdn: &str) -> Option<(&'a ObjKey, &'a VirtualService)> {
         let suffix = self.view.domain_suffix();
-        let mut best: Option<((u8, usize), (&'a ObjKey, &'a VirtualService))> = None;
+        let mut best: Option<(VsRank, VsRef<'a>)> = None;
         for (key, vs) in &self.view.virtual_services {
             if !exported(&vs.spec.export_to, &key.namespace, self.ns()) {
                 continue;
@@ -545,7 +545,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
     fn destination_rule_for(&self, svc: &Svc) -> Option<(&'a ObjKey, &'a DestinationRule)> {
         let suffix = self.view.domain_suffix();
         let root = &self.view.index.mesh.root_namespace;
-        let mut best: Option<((u8, u8, usize), (&'a ObjKey, &'a DestinationRule))> = None;
+        let mut best: Option<(DrRank, DrRef<'a>)> = None;
         for (key, dr) in &self.view.destination_rules {
             let ns_rank = if key.namespace == self.ns() {
                 0
@@ -916,6 +916,13 @@ impl<'v, 'a> Ctx<'v, 'a> {
         (chains, clusters)
     }
 }
+
+/// Precedence of a VirtualService for a host (lower wins).
+type VsRank = (u8, usize);
+type VsRef<'a> = (&'a ObjKey, &'a VirtualService);
+/// Precedence of a DestinationRule for a service (lower wins).
+type DrRank = (u8, u8, usize);
+type DrRef<'a> = (&'a ObjKey, &'a DestinationRule);
 
 struct InboundPort {
     protocols: BTreeSet<ListenerProtocol>,

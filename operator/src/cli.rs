@@ -1,0 +1,151 @@
+//! Command-line flags (each also readable from the environment).
+
+use crate::controller::Settings;
+use crate::error::Error;
+use crate::index::MeshConfig;
+use crate::leader::LeaseConfig;
+use clap::Parser;
+use rustmesh_api::sidecar::OutboundTrafficPolicyMode;
+use rustmesh_xds::well_known::{DEFAULT_DOMAIN_SUFFIX, DEFAULT_ROOT_NAMESPACE};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The rustmesh control plane: renders each injected namespace's proxy configuration.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "operator", version)]
+pub struct Args {
+    /// The mesh root namespace: its Sidecar without workloadSelector is every namespace's default.
+    #[arg(long, env = "ROOT_NAMESPACE", default_value = DEFAULT_ROOT_NAMESPACE)]
+    pub root_namespace: String,
+    /// The cluster's DNS domain.
+    #[arg(long, env = "DOMAIN_SUFFIX", default_value = DEFAULT_DOMAIN_SUFFIX)]
+    pub domain_suffix: String,
+    /// Mesh-wide outboundTrafficPolicy: ALLOW_ANY or REGISTRY_ONLY (a Sidecar may override it).
+    #[arg(long, env = "OUTBOUND_TRAFFIC_POLICY", default_value = "ALLOW_ANY")]
+    pub outbound_traffic_policy: String,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:15014")]
+    pub metrics_addr: SocketAddr,
+    /// Quiet period after a change before re-rendering (milliseconds).
+    #[arg(long, env = "DEBOUNCE_MS", default_value_t = 100)]
+    pub debounce_ms: u64,
+    /// Longest a change waits for a re-render while changes keep coming (milliseconds).
+    #[arg(long, env = "DEBOUNCE_MAX_MS", default_value_t = 1000)]
+    pub debounce_max_ms: u64,
+    /// Run without leader election (a single replica).
+    #[arg(long, env = "NO_LEADER_ELECTION")]
+    pub no_leader_election: bool,
+    /// Namespace of the leader Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = DEFAULT_ROOT_NAMESPACE)]
+    pub lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, env = "LEASE_NAME", default_value = "rustmesh-operator")]
+    pub lease_name: String,
+    /// This replica's identity in the Lease (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Lease duration in seconds: how long a dead leader blocks the other replica.
+    #[arg(long, env = "LEASE_DURATION_SECS", default_value_t = 15)]
+    pub lease_duration_secs: u64,
+}
+
+impl Args {
+    /// Checks the flags and turns them into settings.
+    pub fn settings(&self) -> Result<Settings, Error> {
+        let outbound_policy = match self.outbound_traffic_policy.to_ascii_uppercase().as_str() {
+            "ALLOW_ANY" => OutboundTrafficPolicyMode::AllowAny,
+            "REGISTRY_ONLY" => OutboundTrafficPolicyMode::RegistryOnly,
+            other => {
+                return Err(Error::Flag {
+                    flag: "outbound-traffic-policy",
+                    message: format!("{other:?} is not ALLOW_ANY or REGISTRY_ONLY"),
+                });
+            }
+        };
+        if self.root_namespace.is_empty() {
+            return Err(Error::Flag {
+                flag: "root-namespace",
+                message: "must not be empty".into(),
+            });
+        }
+        if self.debounce_ms == 0 || self.debounce_max_ms < self.debounce_ms {
+            return Err(Error::Flag {
+                flag: "debounce-max-ms",
+                message: format!(
+                    "{} must be at least --debounce-ms {} (and both above 0)",
+                    self.debounce_max_ms, self.debounce_ms
+                ),
+            });
+        }
+        if self.lease_duration_secs < 3 {
+            return Err(Error::Flag {
+                flag: "lease-duration-secs",
+                message: "must be at least 3".into(),
+            });
+        }
+        let identity = self
+            .identity
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| format!("operator-{}", std::process::id()));
+        let duration = Duration::from_secs(self.lease_duration_secs);
+        Ok(Settings {
+            mesh: MeshConfig {
+                root_namespace: self.root_namespace.clone(),
+                domain_suffix: self.domain_suffix.clone(),
+                outbound_policy,
+            },
+            metrics_addr: self.metrics_addr,
+            debounce_quiet: Duration::from_millis(self.debounce_ms),
+            debounce_max: Duration::from_millis(self.debounce_max_ms),
+            lease: (!self.no_leader_election).then(|| LeaseConfig {
+                namespace: self.lease_namespace.clone(),
+                name: self.lease_name.clone(),
+                identity: identity.clone(),
+                duration,
+                renew_every: duration / 3,
+            }),
+            identity,
+        })
+    }
+}
+
+/// Runs the operator with these flags.
+pub async fn run(args: Args) -> Result<(), Error> {
+    crate::controller::run(args.settings()?).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_are_checked_and_named() {
+        let ok = Args::try_parse_from(["operator", "--identity", "op-0"]).unwrap();
+        let s = ok.settings().unwrap();
+        assert_eq!(s.mesh.root_namespace, "istio-system");
+        assert_eq!(s.mesh.outbound_policy, OutboundTrafficPolicyMode::AllowAny);
+        assert_eq!(s.lease.as_ref().unwrap().identity, "op-0");
+        assert_eq!(
+            s.lease.as_ref().unwrap().renew_every,
+            Duration::from_secs(5)
+        );
+        let bad = Args::try_parse_from(["operator", "--outbound-traffic-policy", "DENY"]).unwrap();
+        let e = bad.settings().unwrap_err().to_string();
+        assert!(e.contains("--outbound-traffic-policy"), "{e}");
+        let single = Args::try_parse_from([
+            "operator",
+            "--no-leader-election",
+            "--outbound-traffic-policy",
+            "registry_only",
+        ])
+        .unwrap()
+        .settings()
+        .unwrap();
+        assert!(single.lease.is_none());
+        assert_eq!(
+            single.mesh.outbound_policy,
+            OutboundTrafficPolicyMode::RegistryOnly
+        );
+    }
+}

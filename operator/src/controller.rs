@@ -1,0 +1,765 @@
+//! The live part: watchers feed the [`Index`], changes are debounced, the affected namespaces are
+//! re-rendered and their ConfigMaps server-side applied when (and only when) their content hash
+//! differs from what is in the cluster; CR statuses are applied the same way.
+//!
+//! Guarantees:
+//! - nothing is written before every watch has finished its initial list (a resync never writes
+//!   an empty configuration: a relist replaces a kind atomically when it completes);
+//! - only the Lease holder writes; the other replica keeps its index warm;
+//! - a ConfigMap edited or deleted by hand is re-applied (the ConfigMaps are watched too and their
+//!   live content hash compared with the rendered one).
+
+use crate::configmap::{self, RenderedNamespace};
+use crate::debounce::{Batch, Debouncer};
+use crate::error::Error;
+use crate::index::{Affects, Index, Kind, MeshConfig, ObjKey, Object};
+use crate::leader::{self, LeaseConfig};
+use crate::metrics::{Health, Metrics};
+use crate::render::MeshView;
+use crate::validation::status_for;
+use futures::StreamExt;
+use futures::stream::{BoxStream, SelectAll};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Pod, Service};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, Resource, ResourceExt};
+use rustmesh_api::status::IstioStatus;
+use rustmesh_api::{DestinationRule, Sidecar, VirtualService};
+use rustmesh_xds::well_known::{OPERATOR_FIELD_MANAGER, PROXY_CONFIGMAP};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Everything `run` needs, from the command line.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub mesh: MeshConfig,
+    pub metrics_addr: SocketAddr,
+    pub debounce_quiet: Duration,
+    pub debounce_max: Duration,
+    /// `None` disables leader election (a single replica).
+    pub lease: Option<LeaseConfig>,
+    pub identity: String,
+}
+
+/// One watch event, kind-independent.
+#[derive(Debug)]
+pub enum WatchEvent {
+    Apply(Object),
+    Delete(Kind, ObjKey),
+    Init,
+    InitApply(Object),
+    InitDone,
+}
+
+/// What the streams deliver to the loop.
+#[derive(Debug)]
+pub enum Msg {
+    Index(Kind, WatchEvent),
+    ConfigMap(Box<Event<ConfigMap>>),
+    WatchError(String, String),
+}
+
+/// The loop's state, separate from I/O so that its decisions can be tested.
+pub struct State {
+    pub index: Index,
+    relists: BTreeMap<Kind, Vec<Object>>,
+    synced: BTreeSet<Kind>,
+    configmaps_synced: bool,
+    /// Content hash of each namespace's live ConfigMap (absent: none in the cluster).
+    pub live: BTreeMap<String, String>,
+    pub debouncer: Debouncer,
+}
+
+impl State {
+    pub fn new(mesh: MeshConfig, debouncer: Debouncer) -> Self {
+        State {
+            index: Index::new(mesh),
+            relists: BTreeMap::new(),
+            synced: BTreeSet::new(),
+            configmaps_synced: false,
+            live: BTreeMap::new(),
+            debouncer,
+        }
+    }
+
+    /// Whether every watch has listed once.
+    pub fn synced(&self) -> bool {
+        self.configmaps_synced && Kind::ALL.iter().all(|k| self.synced.contains(k))
+    }
+
+    /// Applies one message; returns true when this message completed the initial sync.
+    pub fn handle(&mut self, msg: Msg, now: Instant) -> bool {
+        let was = self.synced();
+        let affects = match msg {
+            Msg::Index(kind, ev) => match ev {
+                WatchEvent::Apply(o) => self.index.apply(o),
+                WatchEvent::Delete(k, key) => self.index.delete(k, &key),
+                WatchEvent::Init => {
+                    self.relists.insert(kind, Vec::new());
+                    Affects::default()
+                }
+                WatchEvent::InitApply(o) => {
+                    self.relists.entry(kind).or_default().push(o);
+                    Affects::default()
+                }
+                WatchEvent::InitDone => {
+                    let objects = self.relists.remove(&kind).unwrap_or_default();
+                    self.synced.insert(kind);
+                    self.index.replace_kind(kind, objects)
+                }
+            },
+            Msg::ConfigMap(ev) => {
+                let mut dirty = BTreeSet::new();
+                match *ev {
+                    Event::Apply(cm) | Event::InitApply(cm) => {
+                        let ns = cm.namespace().unwrap_or_default();
+                        self.live.insert(ns.clone(), configmap::configmap_hash(&cm));
+                        dirty.insert(ns);
+                    }
+                    Event::Delete(cm) => {
+                        let ns = cm.namespace().unwrap_or_default();
+                        self.live.remove(&ns);
+                        dirty.insert(ns);
+                    }
+                    Event::Init => {}
+                    Event::InitDone => self.configmaps_synced = true,
+                }
+                // Only injected namespaces are ours to restore; the hash check in the flush
+                // decides whether anything is written.
+                dirty.retain(|ns| {
+                    self.index
+                        .namespaces
+                        .get(ns)
+                        .is_some_and(crate::index::is_injected)
+                });
+                Affects {
+                    namespaces: dirty,
+                    statuses: false,
+                }
+            }
+            Msg::WatchError(..) => Affects::default(),
+        };
+        self.debouncer
+            .note(affects.namespaces, affects.statuses, now);
+        let now_synced = !was && self.synced();
+        if now_synced {
+            self.note_everything(now);
+        }
+        now_synced
+    }
+
+    /// Marks every injected namespace and every status for re-rendering.
+    pub fn note_everything(&mut self, now: Instant) {
+        let all: Vec<String> = self
+            .index
+            .injected_namespaces()
+            .map(str::to_string)
+            .collect();
+        self.debouncer.note(all, true, now);
+    }
+}
+
+/// The server-side-apply body of a CR status (only `status` is owned by the operator).
+pub fn status_patch(kind: Kind, status: &IstioStatus) -> serde_json::Value {
+    let kind = match kind {
+        Kind::VirtualService => "VirtualService",
+        Kind::DestinationRule => "DestinationRule",
+        _ => "Sidecar",
+    };
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": kind,
+        "status": status,
+    })
+}
+
+/// The status changes to write: `(kind, key, new status)` for each object whose computed status
+/// differs from the one it carries.
+pub fn status_changes(view: &MeshView<'_>, now: &str) -> Vec<(Kind, ObjKey, IstioStatus, bool)> {
+    let mut out = Vec::new();
+    for ((kind, key), verdict) in &view.validation.verdicts {
+        let (meta, current) = match kind {
+            Kind::VirtualService => {
+                let o = &view.index.virtual_services[key];
+                (&o.metadata, o.status.as_ref())
+            }
+            Kind::DestinationRule => {
+                let o = &view.index.destination_rules[key];
+                (&o.metadata, o.status.as_ref())
+            }
+            Kind::Sidecar => {
+                let o = &view.index.sidecars[key];
+                (&o.metadata, o.status.as_ref())
+            }
+            _ => continue,
+        };
+        let desired = status_for(verdict, meta.generation, current, now);
+        if current != Some(&desired) {
+            let newly_invalid = !verdict.accepted
+                && current
+                    .and_then(|c| c.conditions.iter().find(|c| c.type_ == "Accepted"))
+                    .is_none_or(|c| c.status != "False");
+            out.push((*kind, key.clone(), desired, newly_invalid));
+        }
+    }
+    out
+}
+
+fn index_stream<K, F>(
+    stream: impl futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static,
+    kind: Kind,
+    to_object: F,
+) -> BoxStream<'static, Msg>
+where
+    K: Resource + Send + 'static,
+    F: Fn(K) -> Object + Send + Sync + 'static,
+{
+    stream
+        .map(move |ev| match ev {
+            Ok(Event::Apply(o)) => Msg::Index(kind, WatchEvent::Apply(to_object(o))),
+            Ok(Event::InitApply(o)) => Msg::Index(kind, WatchEvent::InitApply(to_object(o))),
+            Ok(Event::Delete(o)) => {
+                let key = match to_object(o) {
+                    Object::Namespace { name, .. } => ObjKey::new("", name),
+                    Object::Pod { key, .. } => key,
+                    other => object_key(&other),
+                };
+                Msg::Index(kind, WatchEvent::Delete(kind, key))
+            }
+            Ok(Event::Init) => Msg::Index(kind, WatchEvent::Init),
+            Ok(Event::InitDone) => Msg::Index(kind, WatchEvent::InitDone),
+            Err(e) => Msg::WatchError(format!("{kind:?}"), e.to_string()),
+        })
+        .boxed()
+}
+
+fn object_key(o: &Object) -> ObjKey {
+    match o {
+        Object::Service(s) => ObjKey::of(s.as_ref()),
+        Object::Endpoints(e) => ObjKey::of(e.as_ref()),
+        Object::VirtualService(v) => ObjKey::of(v.as_ref()),
+        Object::DestinationRule(d) => ObjKey::of(d.as_ref()),
+        Object::Sidecar(s) => ObjKey::of(s.as_ref()),
+        Object::Pod { key, .. } => key.clone(),
+        Object::Namespace { name, .. } => ObjKey::new("", name.clone()),
+    }
+}
+
+fn streams(client: &Client) -> SelectAll<BoxStream<'static, Msg>> {
+    let cfg = || watcher::Config::default();
+    let mut all = SelectAll::new();
+    all.push(index_stream(
+        watcher::watcher(Api::<Service>::all(client.clone()), cfg()).default_backoff(),
+        Kind::Service,
+        |s| Object::Service(Box::new(s)),
+    ));
+    all.push(index_stream(
+        watcher::watcher(Api::<Endpoints>::all(client.clone()), cfg()).default_backoff(),
+        Kind::Endpoints,
+        |e| Object::Endpoints(Box::new(e)),
+    ));
+    all.push(index_stream(
+        watcher::watcher(Api::<PartialObjectMeta<Pod>>::all(client.clone()), cfg())
+            .default_backoff(),
+        Kind::Pod,
+        |p| Object::Pod {
+            key: ObjKey::new(p.namespace().unwrap_or_default(), p.name_any()),
+            labels: p.labels().clone(),
+        },
+    ));
+    all.push(index_stream(
+        watcher::watcher(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            cfg(),
+        )
+        .default_backoff(),
+        Kind::Namespace,
+        |n| Object::Namespace {
+            name: n.name_any(),
+            labels: n.labels().clone(),
+        },
+    ));
+    all.push(index_stream(
+        watcher::watcher(Api::<VirtualService>::all(client.clone()), cfg()).default_backoff(),
+        Kind::VirtualService,
+        |v| Object::VirtualService(Box::new(v)),
+    ));
+    all.push(index_stream(
+        watcher::watcher(Api::<DestinationRule>::all(client.clone()), cfg()).default_backoff(),
+        Kind::DestinationRule,
+        |d| Object::DestinationRule(Box::new(d)),
+    ));
+    all.push(index_stream(
+        watcher::watcher(Api::<Sidecar>::all(client.clone()), cfg()).default_backoff(),
+        Kind::Sidecar,
+        |s| Object::Sidecar(Box::new(s)),
+    ));
+    all.push(
+        watcher::watcher(
+            Api::<ConfigMap>::all(client.clone()),
+            cfg().fields(&format!("metadata.name={PROXY_CONFIGMAP}")),
+        )
+        .default_backoff()
+        .map(|ev| match ev {
+            Ok(ev) => Msg::ConfigMap(Box::new(ev)),
+            Err(e) => Msg::WatchError("ConfigMap".into(), e.to_string()),
+        })
+        .boxed(),
+    );
+    all
+}
+
+/// Performs the writes of a batch.
+struct Writer {
+    client: Client,
+    metrics: Arc<Metrics>,
+    recorder: Recorder,
+    rbac_done: BTreeSet<String>,
+}
+
+impl Writer {
+    fn pp() -> PatchParams {
+        PatchParams::apply(OPERATOR_FIELD_MANAGER).force()
+    }
+
+    async fn flush(&mut self, state: &mut State, batch: Batch) {
+        let started = Instant::now();
+        let view = MeshView::new(&state.index);
+        let injected: BTreeSet<String> = state
+            .index
+            .injected_namespaces()
+            .map(str::to_string)
+            .collect();
+        let mut wrote = false;
+        for ns in batch.namespaces.iter().filter(|n| injected.contains(*n)) {
+            let t = Instant::now();
+            let rendered = configmap::render_namespace(&view, ns);
+            self.metrics
+                .render_seconds
+                .observe(t.elapsed().as_secs_f64());
+            let rendered = match rendered {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(namespace = %ns, error = %e, "render failed; ConfigMap left as it is");
+                    self.metrics.error("render");
+                    self.metrics.reconcile("error");
+                    continue;
+                }
+            };
+            for (key, (_, gz)) in &rendered.scopes {
+                self.metrics.scope_bytes(ns, key, gz.len());
+            }
+            if !self.rbac_done.contains(ns) {
+                match self.apply_rbac(ns).await {
+                    Ok(()) => {
+                        self.rbac_done.insert(ns.clone());
+                    }
+                    Err(e) => {
+                        tracing::warn!(namespace = %ns, error = %e, "applying the reader Role failed");
+                        self.metrics.error("rbac");
+                    }
+                }
+            }
+            let hash = rendered.hash();
+            if state.live.get(ns) == Some(&hash) {
+                self.metrics.reconcile("unchanged");
+                continue;
+            }
+            match self.apply_configmap(&rendered).await {
+                Ok(()) => {
+                    tracing::info!(namespace = %ns, hash = %hash, bytes = rendered.payload_bytes(), "ConfigMap applied");
+                    state.live.insert(ns.clone(), hash);
+                    self.metrics.reconcile("written");
+                    wrote = true;
+                }
+                Err(e) => {
+                    tracing::warn!(namespace = %ns, error = %e, "applying the ConfigMap failed; retrying");
+                    self.metrics.error("apply");
+                    self.metrics.reconcile("error");
+                    state.debouncer.note([ns.clone()], false, Instant::now());
+                }
+            }
+        }
+        if wrote && let Some(since) = batch.since {
+            self.metrics
+                .change_to_write_seconds
+                .observe(since.elapsed().as_secs_f64());
+        }
+        if batch.statuses {
+            let now = k8s_openapi::jiff::Timestamp::now().to_string();
+            for (kind, key, status, newly_invalid) in status_changes(&view, &now) {
+                if let Err(e) = self.apply_status(kind, &key, &status).await {
+                    tracing::warn!(object = %key, ?kind, error = %e, "status write failed");
+                    self.metrics.error("status");
+                    continue;
+                }
+                self.metrics.status_writes.inc();
+                if newly_invalid {
+                    self.publish_invalid(&state.index, kind, &key, &status)
+                        .await;
+                }
+            }
+        }
+        tracing::debug!(elapsed = ?started.elapsed(), "flush done");
+    }
+
+    async fn apply_configmap(&self, r: &RenderedNamespace) -> Result<(), kube::Error> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &r.namespace);
+        api.patch(
+            PROXY_CONFIGMAP,
+            &Self::pp(),
+            &Patch::Apply(configmap::config_map(r)),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn apply_rbac(&self, ns: &str) -> Result<(), kube::Error> {
+        let roles: Api<Role> = Api::namespaced(self.client.clone(), ns);
+        roles
+            .patch(
+                configmap::READER_ROLE,
+                &Self::pp(),
+                &Patch::Apply(configmap::reader_role(ns)),
+            )
+            .await?;
+        let bindings: Api<RoleBinding> = Api::namespaced(self.client.clone(), ns);
+        bindings
+            .patch(
+                configmap::READER_ROLE,
+                &Self::pp(),
+                &Patch::Apply(configmap::reader_role_binding(ns)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn apply_status(
+        &self,
+        kind: Kind,
+        key: &ObjKey,
+        status: &IstioStatus,
+    ) -> Result<(), kube::Error> {
+        let body = Patch::Apply(status_patch(kind, status));
+        let c = self.client.clone();
+        match kind {
+            Kind::VirtualService => Api::<VirtualService>::namespaced(c, &key.namespace)
+                .patch_status(&key.name, &Self::pp(), &body)
+                .await
+                .map(|_| ()),
+            Kind::DestinationRule => Api::<DestinationRule>::namespaced(c, &key.namespace)
+                .patch_status(&key.name, &Self::pp(), &body)
+                .await
+                .map(|_| ()),
+            _ => Api::<Sidecar>::namespaced(c, &key.namespace)
+                .patch_status(&key.name, &Self::pp(), &body)
+                .await
+                .map(|_| ()),
+        }
+    }
+
+    async fn publish_invalid(&self, index: &Index, kind: Kind, key: &ObjKey, status: &IstioStatus) {
+        let reference = match kind {
+            Kind::VirtualService => index.virtual_services.get(key).map(|o| o.object_ref(&())),
+            Kind::DestinationRule => index.destination_rules.get(key).map(|o| o.object_ref(&())),
+            _ => index.sidecars.get(key).map(|o| o.object_ref(&())),
+        };
+        let Some(reference) = reference else { return };
+        let note = status.conditions.first().and_then(|c| c.message.clone());
+        let ev = KubeEvent {
+            type_: EventType::Warning,
+            reason: "Invalid".into(),
+            note,
+            action: "Validate".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &reference).await {
+            tracing::debug!(error = %e, "event not recorded");
+            self.metrics.error("event");
+        }
+    }
+}
+
+/// Resolves when SIGTERM or Ctrl-C arrives.
+async fn termination() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async {
+                match term.as_mut() {
+                    Some(t) => { t.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs the operator until SIGTERM.
+pub async fn run(settings: Settings) -> Result<(), Error> {
+    let client = Client::try_default().await?;
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let listener = tokio::net::TcpListener::bind(settings.metrics_addr)
+        .await
+        .map_err(|source| Error::Io {
+            what: format!("metrics on {}", settings.metrics_addr),
+            source,
+        })?;
+    let app = crate::metrics::router(Health {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    });
+    let mut http_shutdown = shutdown_rx.clone();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_shutdown.changed().await;
+            })
+            .await;
+    });
+
+    let leader = Arc::new(AtomicBool::new(settings.lease.is_none()));
+    let (leader_tx, mut leader_rx) = watch::channel(settings.lease.is_none());
+    let election = settings.lease.clone().map(|cfg| {
+        let api = Api::namespaced(client.clone(), &cfg.namespace);
+        tokio::spawn(leader::run(
+            api,
+            cfg,
+            leader.clone(),
+            leader_tx,
+            shutdown_rx.clone(),
+        ))
+    });
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: OPERATOR_FIELD_MANAGER.into(),
+            instance: Some(settings.identity.clone()),
+        },
+    );
+    let mut writer = Writer {
+        client: client.clone(),
+        metrics: metrics.clone(),
+        recorder,
+        rbac_done: BTreeSet::new(),
+    };
+    let mut state = State::new(
+        settings.mesh.clone(),
+        Debouncer::new(settings.debounce_quiet, settings.debounce_max),
+    );
+    let mut events = streams(&client);
+    let term = termination();
+    tokio::pin!(term);
+    tracing::info!(identity = %settings.identity, "operator started; waiting for the initial sync");
+    loop {
+        let deadline = state.debouncer.deadline();
+        let can_write = state.synced() && leader.load(Ordering::SeqCst);
+        tokio::select! {
+            msg = events.next() => {
+                let Some(msg) = msg else { break };
+                if let Msg::WatchError(kind, e) = &msg {
+                    tracing::warn!(%kind, error = %e, "watch error; retrying with backoff");
+                    metrics.error("watch");
+                }
+                if state.handle(msg, Instant::now()) {
+                    ready.store(true, Ordering::SeqCst);
+                    metrics.synced.set(1);
+                    tracing::info!(
+                        services = state.index.services.len(),
+                        namespaces = state.index.injected_namespaces().count(),
+                        "initial sync complete"
+                    );
+                }
+            }
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending::<()>().await,
+                }
+            }, if can_write => {
+                if let Some(batch) = state.debouncer.take_due(Instant::now()) {
+                    writer.flush(&mut state, batch).await;
+                }
+            }
+            changed = leader_rx.changed() => {
+                if changed.is_ok() {
+                    let is_leader = *leader_rx.borrow();
+                    metrics.leader.set(i64::from(is_leader));
+                    if is_leader {
+                        // A new leader checks everything against the cluster.
+                        writer.rbac_done.clear();
+                        state.note_everything(Instant::now());
+                    }
+                }
+            }
+            _ = &mut term => {
+                tracing::info!("SIGTERM: shutting down");
+                break;
+            }
+        }
+    }
+    let _ = shutdown_tx.send(true);
+    if let Some(e) = election {
+        let _ = e.await;
+    }
+    let _ = server.await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{bookinfo, istio};
+
+    fn fast() -> Debouncer {
+        Debouncer::new(Duration::from_millis(10), Duration::from_millis(50))
+    }
+
+    #[test]
+    fn nothing_is_due_before_every_watch_listed_and_relists_are_atomic() {
+        let mut state = State::new(MeshConfig::default(), fast());
+        let t0 = Instant::now();
+        let source = bookinfo();
+        // Namespaces list first.
+        state.handle(Msg::Index(Kind::Namespace, WatchEvent::Init), t0);
+        for (name, labels) in &source.namespaces {
+            state.handle(
+                Msg::Index(
+                    Kind::Namespace,
+                    WatchEvent::InitApply(Object::Namespace {
+                        name: name.clone(),
+                        labels: labels.clone(),
+                    }),
+                ),
+                t0,
+            );
+        }
+        assert!(state.index.namespaces.is_empty(), "buffered until InitDone");
+        state.handle(Msg::Index(Kind::Namespace, WatchEvent::InitDone), t0);
+        assert_eq!(state.index.namespaces.len(), 3);
+        for kind in Kind::ALL.iter().filter(|k| **k != Kind::Namespace) {
+            assert!(!state.synced());
+            state.handle(Msg::Index(*kind, WatchEvent::Init), t0);
+            state.handle(Msg::Index(*kind, WatchEvent::InitDone), t0);
+        }
+        assert!(!state.synced(), "ConfigMaps not listed yet");
+        let done = state.handle(Msg::ConfigMap(Box::new(Event::InitDone)), t0);
+        assert!(done && state.synced());
+        let batch = state
+            .debouncer
+            .take_due(t0 + Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(batch.namespaces.iter().collect::<Vec<_>>(), ["default"]);
+        assert!(batch.statuses);
+    }
+
+    #[test]
+    fn a_hand_edited_or_deleted_configmap_is_marked_for_restoring() {
+        let mut state = State::new(MeshConfig::default(), fast());
+        state.index = bookinfo();
+        let t0 = Instant::now();
+        let view = MeshView::new(&state.index);
+        let r = configmap::render_namespace(&view, "default").unwrap();
+        let cm = configmap::config_map(&r);
+        state.live.insert("default".into(), r.hash());
+        let mut edited = cm.clone();
+        edited
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("scopes.json".into(), "{}".into());
+        state.handle(Msg::ConfigMap(Box::new(Event::Apply(edited))), t0);
+        assert_ne!(state.live["default"], r.hash());
+        let b = state
+            .debouncer
+            .take_due(t0 + Duration::from_secs(1))
+            .unwrap();
+        assert!(b.namespaces.contains("default"));
+        state.handle(Msg::ConfigMap(Box::new(Event::Delete(cm))), t0);
+        assert!(!state.live.contains_key("default"));
+        // Not-injected namespaces are not ours.
+        let mut foreign = configmap::config_map(&r);
+        foreign.metadata.namespace = Some("kube-system".into());
+        state.handle(
+            Msg::ConfigMap(Box::new(Event::Apply(foreign))),
+            t0 + Duration::from_secs(2),
+        );
+        let b = state
+            .debouncer
+            .take_due(t0 + Duration::from_secs(3))
+            .unwrap();
+        assert_eq!(b.namespaces.iter().collect::<Vec<_>>(), ["default"]);
+    }
+
+    #[test]
+    fn status_patches_are_computed_only_when_they_change() {
+        let mut index = bookinfo();
+        istio(
+            &mut index,
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r, namespace: default, generation: 2}\nspec:\n  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews, subset: v9}}]}]\n",
+        );
+        let view = MeshView::new(&index);
+        let changes = status_changes(&view, "t0");
+        let (kind, key, status, newly_invalid) = changes
+            .iter()
+            .find(|(k, key, ..)| *k == Kind::VirtualService && key.name == "r")
+            .unwrap()
+            .clone();
+        assert!(newly_invalid);
+        let body = status_patch(kind, &status);
+        assert_eq!(body["apiVersion"], "networking.istio.io/v1");
+        assert_eq!(body["kind"], "VirtualService");
+        assert_eq!(body["status"]["conditions"][0]["type"], "Accepted");
+        assert_eq!(body["status"]["conditions"][0]["status"], "False");
+        assert_eq!(body["status"]["conditions"][0]["reason"], "Invalid");
+        assert_eq!(body["status"]["observedGeneration"], 2);
+        assert!(body.get("spec").is_none(), "status apply must not own spec");
+        // Once the object carries that status, nothing more is written.
+        index.virtual_services.get_mut(&key).unwrap().status = Some(status);
+        let view = MeshView::new(&index);
+        assert!(
+            status_changes(&view, "t1")
+                .iter()
+                .all(|(_, k, ..)| k != &key)
+        );
+    }
+
+    #[test]
+    fn configmap_apply_body_is_complete_and_managed() {
+        let index = bookinfo();
+        let view = MeshView::new(&index);
+        let r = configmap::render_namespace(&view, "default").unwrap();
+        let body = serde_json::to_value(configmap::config_map(&r)).unwrap();
+        assert_eq!(body["apiVersion"], "v1");
+        assert_eq!(body["kind"], "ConfigMap");
+        assert_eq!(body["metadata"]["name"], PROXY_CONFIGMAP);
+        assert_eq!(body["metadata"]["namespace"], "default");
+        assert_eq!(
+            body["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            OPERATOR_FIELD_MANAGER
+        );
+        assert!(body["metadata"]["annotations"]["rustmesh.io/config-hash"].is_string());
+        assert!(body["binaryData"]["default.json.gz"].is_string());
+        assert!(body["data"]["scopes.json"].is_string());
+    }
+}

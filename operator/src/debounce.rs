@@ -1,0 +1,128 @@
+//! Debouncing of changes: a burst of watch events becomes one re-render. A batch is flushed once
+//! no change arrived for `quiet`, or at the latest `max` after its first change, so a steady
+//! trickle of events cannot postpone a write forever. Pure (time is passed in) and unit-tested.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// What is waiting to be re-rendered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub namespaces: BTreeSet<String>,
+    pub statuses: bool,
+    /// When the first change of the batch arrived (for the change→write latency metric).
+    pub since: Option<Instant>,
+}
+
+/// Collects changes until they are due.
+#[derive(Clone, Debug)]
+pub struct Debouncer {
+    quiet: Duration,
+    max: Duration,
+    batch: Batch,
+    last: Option<Instant>,
+}
+
+impl Debouncer {
+    pub fn new(quiet: Duration, max: Duration) -> Self {
+        Debouncer {
+            quiet,
+            max: max.max(quiet),
+            batch: Batch::default(),
+            last: None,
+        }
+    }
+
+    /// Records a change.
+    pub fn note(
+        &mut self,
+        namespaces: impl IntoIterator<Item = String>,
+        statuses: bool,
+        now: Instant,
+    ) {
+        let before = self.batch.namespaces.len();
+        self.batch.namespaces.extend(namespaces);
+        let grew = self.batch.namespaces.len() > before || (statuses && !self.batch.statuses);
+        self.batch.statuses |= statuses;
+        if !grew && self.batch.since.is_none() {
+            return;
+        }
+        self.batch.since.get_or_insert(now);
+        self.last = Some(now);
+    }
+
+    /// When the pending batch becomes due; `None` when nothing is pending.
+    pub fn deadline(&self) -> Option<Instant> {
+        let since = self.batch.since?;
+        let last = self.last.unwrap_or(since);
+        Some((last + self.quiet).min(since + self.max))
+    }
+
+    /// Takes the batch if it is due at `now`.
+    pub fn take_due(&mut self, now: Instant) -> Option<Batch> {
+        if self.deadline()? <= now {
+            self.last = None;
+            Some(std::mem::take(&mut self.batch))
+        } else {
+            None
+        }
+    }
+
+    /// Whether anything is pending.
+    pub fn pending(&self) -> bool {
+        self.batch.since.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_burst_becomes_one_batch_after_the_quiet_period() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut d = Debouncer::new(ms(100), ms(1000));
+        assert_eq!(d.deadline(), None);
+        d.note(ns(&["a"]), false, t0);
+        d.note(ns(&["b"]), true, t0 + ms(50));
+        assert_eq!(
+            d.take_due(t0 + ms(120)),
+            None,
+            "still inside the quiet period"
+        );
+        let b = d.take_due(t0 + ms(150)).expect("due");
+        assert_eq!(
+            b.namespaces.into_iter().collect::<Vec<_>>(),
+            ns(&["a", "b"])
+        );
+        assert!(b.statuses);
+        assert_eq!(b.since, Some(t0));
+        assert!(!d.pending());
+        assert_eq!(d.take_due(t0 + ms(10_000)), None);
+    }
+
+    #[test]
+    fn a_steady_trickle_is_flushed_at_the_maximum_delay() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut d = Debouncer::new(ms(100), ms(300));
+        for i in 0..10 {
+            d.note(ns(&[&format!("n{i}")]), false, t0 + ms(i * 50));
+        }
+        assert_eq!(d.deadline(), Some(t0 + ms(300)));
+        assert!(d.take_due(t0 + ms(300)).is_some());
+    }
+
+    #[test]
+    fn nothing_new_starts_no_batch() {
+        let t0 = Instant::now();
+        let mut d = Debouncer::new(Duration::from_millis(10), Duration::from_millis(10));
+        d.note(Vec::new(), false, t0);
+        assert!(!d.pending());
+    }
+}
