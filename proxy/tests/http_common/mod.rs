@@ -1,0 +1,605 @@
+//! Shared by the `http_*` tests: real upstream servers on loopback that report who they are,
+//! a test cluster manager ([`TestUpstreams`]) built on the library's `EndpointClient`,
+//! `CircuitBreaker` and `RingHash`, a proxy started with `serve_connection` on a loopback
+//! listener, and HTTP/1.1 and h2c clients.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustmesh_proxy::http::body::{ProxyBody, boxed};
+use rustmesh_proxy::http::client::EndpointClient;
+use rustmesh_proxy::http::hash::RingHash;
+use rustmesh_proxy::http::limits::CircuitBreaker;
+use rustmesh_proxy::http::{
+    AccessLog, BoxFuture, HttpContext, HttpSettings, Rng, RouteTable, UpstreamError,
+    UpstreamResponse, Upstreams, serve_connection,
+};
+use rustmesh_proxy::metrics::{Destinations, Metrics, Reporter, WorkloadInfo};
+use rustmesh_xds::cluster::Thresholds;
+use rustmesh_xds::listener::HttpConnectionManager;
+use rustmesh_xds::route::RouteConfiguration;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// How a test upstream behaves.
+#[derive(Clone, Debug, Default)]
+pub struct Behavior {
+    /// Answer every request with this status.
+    pub status: Option<u16>,
+    /// Wait this long before answering.
+    pub delay: Option<Duration>,
+    /// Serve h2c only (prior knowledge); otherwise HTTP/1.1 and h2c.
+    pub http2: bool,
+}
+
+/// What an upstream saw of one request.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub version: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A running upstream.
+#[derive(Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Requests fully answered (after any delay).
+    pub finished: Arc<AtomicUsize>,
+    pub hits: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// A body fed from a channel (streaming responses, gRPC-shaped answers).
+pub struct ChannelBody(pub mpsc::Receiver<Frame<Bytes>>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|f| f.map(Ok))
+    }
+}
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn up_full(b: impl Into<Bytes>) -> UpBody {
+    Full::new(b.into()).boxed()
+}
+
+/// Starts an upstream named `name` on loopback.
+pub async fn upstream(name: &str, behavior: Behavior) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = Upstream {
+        name: name.to_string(),
+        addr: listener.local_addr().unwrap(),
+        seen: Arc::default(),
+        finished: Arc::default(),
+        hits: Arc::default(),
+    };
+    let u = up.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let u = u.clone();
+            let b = behavior.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let u = u.clone();
+                    let b = b.clone();
+                    async move { Ok::<_, Infallible>(serve(u, b, req).await) }
+                });
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = builder
+                    .http2()
+                    .max_concurrent_streams(1000)
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    up
+}
+
+async fn serve(u: Upstream, b: Behavior, mut req: Request<Incoming>) -> Response<UpBody> {
+    u.hits.fetch_add(1, Ordering::SeqCst);
+    let path = req.uri().path().to_string();
+    let version = format!("{:?}", req.version());
+    // WebSocket: accept and echo every message.
+    if path == "/ws" {
+        let key = req
+            .headers()
+            .get("sec-websocket-key")
+            .cloned()
+            .unwrap_or_else(|| http::HeaderValue::from_static(""));
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = on_upgrade.await {
+                let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    tokio_tungstenite::tungstenite::protocol::Role::Server,
+                    None,
+                )
+                .await;
+                echo_ws(ws).await;
+            }
+        });
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header(
+                "sec-websocket-accept",
+                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+            )
+            .body(up_full(""))
+            .unwrap();
+    }
+    let grpc = req
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        // Echo each request data frame as it arrives, then trailers with grpc-status 0.
+        let (tx, rx) = mpsc::channel(16);
+        let mut body = req.into_body();
+        tokio::spawn(async move {
+            while let Some(Ok(f)) = body.frame().await {
+                if let Ok(d) = f.into_data()
+                    && tx.send(Frame::data(d)).await.is_err()
+                {
+                    return;
+                }
+            }
+            let mut t = HeaderMap::new();
+            t.insert("grpc-status", "0".parse().unwrap());
+            t.insert("grpc-message", "echoed".parse().unwrap());
+            let _ = tx.send(Frame::trailers(t)).await;
+        });
+        return Response::builder()
+            .header("content-type", "application/grpc")
+            .header("x-upstream", u.name.as_str())
+            .body(ChannelBody(rx).boxed())
+            .unwrap();
+    }
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    u.seen.lock().unwrap().push(Seen {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        version: version.clone(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    });
+    let mut delay = b.delay;
+    if let Some(ms) = path.strip_prefix("/delay/") {
+        delay = ms.parse().ok().map(Duration::from_millis);
+    }
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    let mut status = b.status.unwrap_or(200);
+    if let Some(code) = path.strip_prefix("/status/") {
+        status = code.parse().unwrap_or(400);
+    }
+    let headers: BTreeMap<String, String> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+        .collect();
+    let report = json!({
+        "upstream": u.name,
+        "method": parts.method.as_str(),
+        "uri": parts.uri.to_string(),
+        "path": parts.uri.path(),
+        "version": version,
+        "headers": headers,
+        "body_len": body.len(),
+    });
+    u.finished.fetch_add(1, Ordering::SeqCst);
+    let builder = Response::builder()
+        .status(status)
+        .header("x-upstream", u.name.as_str())
+        .header("x-upstream-only", "remove-me")
+        .header("content-type", "application/json");
+    if path == "/chunked" {
+        // A streamed, chunked answer: three chunks, no content-length.
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            for c in ["one,", "two,", "three"] {
+                let _ = tx.send(Frame::data(Bytes::from_static(c.as_bytes()))).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        return builder.body(ChannelBody(rx).boxed()).unwrap();
+    }
+    if path == "/echo" {
+        return builder.body(up_full(body)).unwrap();
+    }
+    builder.body(up_full(report.to_string())).unwrap()
+}
+
+async fn echo_ws<S>(mut ws: tokio_tungstenite::WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    while let Some(Ok(m)) = ws.next().await {
+        match m {
+            Message::Text(t) => {
+                if ws
+                    .send(Message::Text(format!("echo:{t}").into()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Message::Close(_) => return,
+            _ => {}
+        }
+    }
+}
+
+/// One cluster of [`TestUpstreams`].
+pub struct TestCluster {
+    pub endpoints: Vec<EndpointClient>,
+    pub breaker: CircuitBreaker,
+    rr: AtomicUsize,
+    ring: RingHash,
+}
+
+/// A cluster manager for tests: round robin (skipping excluded hosts), ring hash when a hash is
+/// given, connection-pool limits, real pooled HTTP/1.1 or h2c connections.
+#[derive(Default)]
+pub struct TestUpstreams {
+    pub clusters: HashMap<String, TestCluster>,
+    pub requests: Mutex<Vec<(String, Option<u64>, Vec<SocketAddr>)>>,
+}
+
+impl TestUpstreams {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a cluster over these upstreams.
+    pub fn cluster(mut self, name: &str, ups: &[&Upstream]) -> Self {
+        self.add(name, ups, false, None);
+        self
+    }
+
+    /// Adds an h2c cluster.
+    pub fn cluster_h2(mut self, name: &str, ups: &[&Upstream]) -> Self {
+        self.add(name, ups, true, None);
+        self
+    }
+
+    /// Adds a cluster with connection-pool limits.
+    pub fn cluster_limited(mut self, name: &str, ups: &[&Upstream], t: Thresholds) -> Self {
+        self.add(name, ups, false, Some(t));
+        self
+    }
+
+    /// Adds a cluster with these raw addresses (e.g. nothing listening).
+    pub fn cluster_addrs(mut self, name: &str, addrs: &[SocketAddr]) -> Self {
+        let eps: Vec<EndpointClient> = addrs
+            .iter()
+            .map(|a| EndpointClient::new(*a, false, Duration::from_secs(2)))
+            .collect();
+        self.insert(name, eps, None);
+        self
+    }
+
+    fn add(&mut self, name: &str, ups: &[&Upstream], http2: bool, t: Option<Thresholds>) {
+        let eps = ups
+            .iter()
+            .map(|u| EndpointClient::new(u.addr, http2, Duration::from_secs(2)))
+            .collect();
+        self.insert(name, eps, t);
+    }
+
+    fn insert(&mut self, name: &str, eps: Vec<EndpointClient>, t: Option<Thresholds>) {
+        let ring = RingHash::new(&eps.iter().map(|e| (e.addr(), 1)).collect::<Vec<_>>());
+        self.clusters.insert(
+            name.to_string(),
+            TestCluster {
+                endpoints: eps,
+                breaker: CircuitBreaker::new(t.as_ref()),
+                rr: AtomicUsize::new(0),
+                ring,
+            },
+        );
+    }
+}
+
+impl Upstreams for TestUpstreams {
+    fn request<'a>(
+        &'a self,
+        cluster: &'a str,
+        hash: Option<u64>,
+        exclude_hosts: &'a [SocketAddr],
+        req: Request<ProxyBody>,
+    ) -> BoxFuture<'a, Result<UpstreamResponse, UpstreamError>> {
+        Box::pin(async move {
+            self.requests
+                .lock()
+                .unwrap()
+                .push((cluster.to_string(), hash, exclude_hosts.to_vec()));
+            let c = self
+                .clusters
+                .get(cluster)
+                .ok_or_else(|| UpstreamError::ClusterNotFound(cluster.to_string()))?;
+            if c.endpoints.is_empty() {
+                return Err(UpstreamError::NoHealthyUpstream);
+            }
+            let ep = match hash {
+                Some(h) => {
+                    let addr = c
+                        .ring
+                        .pick(h, exclude_hosts)
+                        .or_else(|| c.ring.pick(h, &[]))
+                        .expect("non-empty ring");
+                    c.endpoints.iter().find(|e| e.addr() == addr).unwrap()
+                }
+                None => {
+                    let n = c.endpoints.len();
+                    let start = c.rr.fetch_add(1, Ordering::SeqCst);
+                    (0..n)
+                        .map(|i| &c.endpoints[(start + i) % n])
+                        .find(|e| !exclude_hosts.contains(&e.addr()))
+                        .unwrap_or(&c.endpoints[start % n])
+                }
+            };
+            let permit = c
+                .breaker
+                .acquire(ep.is_http2())
+                .await
+                .map_err(|_| UpstreamError::Overflow)?;
+            let resp = ep.send(req).await?;
+            let (parts, body) = resp.into_parts();
+            Ok(UpstreamResponse {
+                response: Response::from_parts(parts, permit.attach(body)),
+                endpoint: ep.addr(),
+            })
+        })
+    }
+}
+
+/// A running proxy.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    pub upstreams: Arc<TestUpstreams>,
+    pub log: Arc<Mutex<Vec<String>>>,
+    pub routes: rustmesh_proxy::http::SharedRoutes,
+}
+
+/// Options for [`start_proxy`].
+pub struct Options {
+    pub labels: BTreeMap<String, String>,
+    pub settings: HttpSettings,
+    pub seed: u64,
+    pub access_log: bool,
+    pub reporter: Reporter,
+    pub destinations: Destinations,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            labels: [("app", "productpage"), ("version", "v1")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            settings: HttpSettings::default(),
+            seed: 42,
+            access_log: false,
+            reporter: Reporter::Source,
+            destinations: Destinations::default(),
+        }
+    }
+}
+
+/// Starts `serve_connection` on a loopback listener.
+pub async fn start_proxy(rc: RouteConfiguration, ups: TestUpstreams, opts: Options) -> Proxy {
+    let table = RouteTable::compile(&rc, &opts.labels).expect("routes compile");
+    let routes = Arc::new(arc_swap::ArcSwap::from_pointee(table));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let upstreams = Arc::new(ups);
+    let log: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = log.clone();
+    let hcm = HttpConnectionManager {
+        stat_prefix: "outbound_0.0.0.0_9080".into(),
+        access_log: opts.access_log,
+        ..Default::default()
+    };
+    let base = HttpContext {
+        routes: routes.clone(),
+        upstreams: upstreams.clone(),
+        metrics: metrics.clone(),
+        workload: Arc::new(WorkloadInfo {
+            name: "productpage-v1".into(),
+            namespace: "default".into(),
+            labels: opts.labels.clone(),
+        }),
+        destinations: Arc::new(opts.destinations),
+        reporter: opts.reporter,
+        peer: addr,
+        local: addr,
+        settings: Arc::new(opts.settings),
+        rng: Arc::new(Rng::seeded(opts.seed)),
+        access_log: AccessLog::new(move |l| sink.lock().unwrap().push(l.to_string())),
+    };
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else {
+                return;
+            };
+            let mut ctx = base.clone();
+            ctx.peer = peer;
+            let hcm = hcm.clone();
+            tokio::spawn(async move {
+                let _ = serve_connection(stream, &hcm, ctx).await;
+            });
+        }
+    });
+    Proxy {
+        addr,
+        metrics,
+        upstreams,
+        log,
+        routes,
+    }
+}
+
+/// An answer as a test sees it.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub trailers: Option<HeaderMap>,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+    /// Which upstream answered (`x-upstream`).
+    pub fn upstream(&self) -> String {
+        self.headers
+            .get("x-upstream")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// A header the upstream received.
+    pub fn upstream_header(&self, name: &str) -> Option<String> {
+        self.json()["headers"][name].as_str().map(str::to_string)
+    }
+}
+
+/// HTTP clients to the proxy.
+#[derive(Clone)]
+pub struct Clients {
+    pub h1: Client<HttpConnector, ProxyBody>,
+    pub h2: Client<HttpConnector, ProxyBody>,
+}
+
+impl Clients {
+    pub fn new() -> Self {
+        Clients {
+            h1: Client::builder(TokioExecutor::new()).build_http(),
+            h2: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http(),
+        }
+    }
+}
+
+impl Default for Clients {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Builds a request to the proxy for `host` + `path`.
+pub fn request(proxy: SocketAddr, host: &str, path: &str) -> http::request::Builder {
+    Request::builder()
+        .uri(format!("http://{proxy}{path}"))
+        .header("host", host)
+}
+
+/// Sends and reads the whole answer.
+pub async fn send(client: &Client<HttpConnector, ProxyBody>, req: Request<ProxyBody>) -> Answer {
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .expect("answer within 30 s")
+        .expect("request succeeds");
+    let (parts, body) = resp.into_parts();
+    let collected = body.collect().await.expect("body");
+    let trailers = collected.trailers().cloned();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: collected.to_bytes(),
+        trailers,
+    }
+}
+
+/// GET `path` on `host` over HTTP/1.1.
+pub async fn get(c: &Clients, proxy: SocketAddr, host: &str, path: &str) -> Answer {
+    send(
+        &c.h1,
+        request(proxy, host, path).body(empty_body()).unwrap(),
+    )
+    .await
+}
+
+pub fn empty_body() -> ProxyBody {
+    boxed(http_body_util::Empty::<Bytes>::new())
+}
+
+pub fn body(b: impl Into<Bytes>) -> ProxyBody {
+    boxed(Full::new(b.into()))
+}
+
+/// Reads the route table JSON into the model type.
+pub fn routes(v: Value) -> RouteConfiguration {
+    serde_json::from_value(v).expect("route configuration JSON")
+}
+
+/// A one-vhost route table for `domains` with these routes (JSON).
+pub fn vhost(domains: &[&str], routes_json: Value) -> RouteConfiguration {
+    routes(json!({
+        "name": "9080",
+        "virtualHosts": [{
+            "name": "test",
+            "domains": domains,
+            "routes": routes_json,
+            "includeRequestAttemptCount": true,
+        }]
+    }))
+}
