@@ -149,6 +149,7 @@ pub struct ListenersArgs {
     /// Only inbound or outbound listeners, or (as istioctl) HTTP, TCP or HTTP+TCP ones.
     #[arg(long = "type", value_name = "TYPE", value_parser = clap::value_parser!(ListenerType))]
     pub kind: Option<ListenerType>,
+    /// `short`: the table; `json`, `yaml`: the selected configuration.
     #[arg(short = 'o', long, value_enum, default_value_t)]
     pub output: Output,
     /// MATCH and DESTINATION columns (`--verbose=false`: one TYPE column per listener).
@@ -163,6 +164,7 @@ pub struct RoutesArgs {
     /// Only the route table with this name (e.g. 9080).
     #[arg(long)]
     pub name: Option<String>,
+    /// `short`: the table; `json`, `yaml`: the selected configuration.
     #[arg(short = 'o', long, value_enum, default_value_t)]
     pub output: Output,
     /// One row per route (`--verbose=false`: route tables and their virtual host count).
@@ -186,6 +188,7 @@ pub struct ClustersArgs {
     /// Only inbound or outbound clusters.
     #[arg(long, value_enum)]
     pub direction: Option<DirectionArg>,
+    /// `short`: the table; `json`, `yaml`: the selected configuration.
     #[arg(short = 'o', long, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -206,6 +209,7 @@ pub struct EndpointsArgs {
     /// Only endpoints with this status (healthy, unhealthy, draining, timeout, degraded, unknown).
     #[arg(long, value_parser = crate::endpoints::parse_status)]
     pub status: Option<String>,
+    /// `short`: the table; `json`, `yaml`: the selected configuration.
     #[arg(short = 'o', long, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -214,7 +218,7 @@ pub struct EndpointsArgs {
 pub struct AllArgs {
     /// Pod, as `<pod>[.<namespace>]`.
     pub pod: Option<String>,
-    /// `json`/`yaml` print the whole configuration.
+    /// `short`: the four tables; `json`, `yaml`: the whole configuration.
     #[arg(short = 'o', long, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -223,6 +227,7 @@ pub struct AllArgs {
 pub struct DumpArgs {
     /// Pod, as `<pod>[.<namespace>]`.
     pub pod: Option<String>,
+    /// `json` or `yaml`.
     #[arg(short = 'o', long, value_enum, default_value_t)]
     pub output: DumpOutput,
 }

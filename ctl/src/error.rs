@@ -57,7 +57,8 @@ pub enum Error {
     /// RBAC refused `create pods/portforward`.
     #[error(
         "you may not port-forward to pod {namespace}/{pod}: ask for the RBAC permission to \
-         create pods/portforward in namespace {namespace}"
+         create pods/portforward in namespace {namespace} (get pods/portforward before Kubernetes \
+         1.35, which authorizes the WebSocket port-forward as a get)"
     )]
     PortForwardForbidden { pod: String, namespace: String },
 

@@ -644,7 +644,8 @@ mod tests {
             )
             .to_string(),
             "you may not port-forward to pod default/x: ask for the RBAC permission to create \
-             pods/portforward in namespace default"
+             pods/portforward in namespace default (get pods/portforward before Kubernetes 1.35, which \
+             authorizes the WebSocket port-forward as a get)"
         );
         assert_eq!(
             kube_error(

@@ -23,6 +23,11 @@ fn the_stub_follows_the_contract() {
     let mut keys: Vec<&String> = masked.as_object().unwrap().keys().collect();
     keys.sort();
     assert_eq!(keys, ["clusters", "listeners", "versionInfo"]);
+    let bad = config_dump(&fixture_text("productpage"), "mask=listners");
+    assert_eq!(
+        (bad.status, bad.body.as_str()),
+        (400, "mask: unknown field \"listners\"\n")
+    );
 }
 
 #[test]

@@ -127,7 +127,8 @@ fn rbac_forbids_port_forward() {
     assert_eq!(
         run(&api, &["listeners", "locked"]),
         "Error: you may not port-forward to pod default/locked: ask for the RBAC permission to \
-         create pods/portforward in namespace default"
+         create pods/portforward in namespace default (get pods/portforward before Kubernetes \
+         1.35, which authorizes the WebSocket port-forward as a get)"
     );
     let asked = api.requests();
     assert_eq!(asked[0], "GET /api/v1/namespaces/default/pods/locked");

@@ -169,7 +169,7 @@ pub fn squash(line: &str) -> String {
 }
 
 /// The contract's `GET /config_dump`: the document; `endpoints` only with `include_eds`;
-/// `mask=a,b` keeps those top-level fields (and `versionInfo`).
+/// `mask=a,b` keeps those top-level fields (and `versionInfo`), 400 for an unknown one.
 pub fn config_dump(document: &str, query: &str) -> Reply {
     let mut doc: Value = serde_json::from_str(document).unwrap();
     let params: Vec<(&str, &str)> = query
@@ -183,6 +183,10 @@ pub fn config_dump(document: &str, query: &str) -> Reply {
     }
     if let Some((_, mask)) = params.iter().find(|(k, _)| *k == "mask") {
         let keep: Vec<&str> = mask.split(',').collect();
+        let fields = ["listeners", "routes", "clusters", "endpoints", "dns"];
+        if let Some(bad) = keep.iter().find(|k| !fields.contains(k)) {
+            return Reply::text(400, format!("mask: unknown field {bad:?}\n"));
+        }
         obj.retain(|k, _| k == "versionInfo" || keep.contains(&k.as_str()));
     }
     Reply::json(200, serde_json::to_string_pretty(&doc).unwrap())
