@@ -222,6 +222,7 @@ fn vs_cross_checks(
             });
         }
     }
+    let mut extra = Vec::new();
     let mut check = |field: String, d: &Destination| {
         let host = resolve_host(&d.host, &key.namespace, suffix);
         let svc = registry.get(&host);
@@ -267,6 +268,18 @@ fn vs_cross_checks(
         }
     };
     for (i, r) in vs.spec.http.iter().enumerate() {
+        // Envoy (and the proxy) redirect only with these codes; Istio's API allows any 3xx.
+        if let Some(code) = r.redirect.as_ref().and_then(|rd| rd.redirect_code)
+            && ![301, 302, 303, 307, 308].contains(&code)
+        {
+            check_findings_push(
+                &mut extra,
+                format!("spec.http[{i}].redirect.redirectCode"),
+                format!(
+                    "{code} is not one of the redirect codes the proxy supports (301, 302, 303, 307, 308)"
+                ),
+            );
+        }
         for (j, d) in r.route.iter().enumerate() {
             check(
                 format!("spec.http[{i}].route[{j}].destination"),
@@ -299,6 +312,15 @@ fn vs_cross_checks(
             );
         }
     }
+    findings.extend(extra);
+}
+
+fn check_findings_push(out: &mut Vec<Finding>, field: String, message: String) {
+    out.push(Finding {
+        level: Level::Error,
+        field,
+        message,
+    });
 }
 
 /// The status to write for a verdict. `previous` is the object's current status: a condition
@@ -561,6 +583,18 @@ spec:
             changed.conditions[0].last_transition_time.as_deref(),
             Some("t2")
         );
+    }
+
+    #[test]
+    fn redirect_codes_the_proxy_cannot_send_are_errors() {
+        let mut index = bookinfo();
+        istio(
+            &mut index,
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r, namespace: default}\nspec:\n  hosts: [reviews]\n  http: [{redirect: {uri: /x, redirectCode: 300}}]\n",
+        );
+        let v = verdict_of(&index, Kind::VirtualService, "default", "r");
+        assert!(!v.accepted);
+        assert_eq!(v.findings[0].field, "spec.http[0].redirect.redirectCode");
     }
 
     #[test]
