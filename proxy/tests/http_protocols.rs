@@ -1,0 +1,350 @@
+//! Protocol handling of `serve_connection`: WebSocket upgrades, chunked bodies, gRPC-shaped
+//! streaming over h2c with trailers, hop-by-hop headers, request limits (431), slowloris, bad
+//! chunking (400) and invalid HTTP/2 frames, with real clients and upstreams on loopback.
+
+mod http_common;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use http_body_util::BodyExt;
+use http_common::*;
+use hyper::body::Frame;
+use rustmesh_proxy::http::HttpSettings;
+use rustmesh_proxy::http::body::boxed;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+fn istio_retry() -> serde_json::Value {
+    json!({ "retryOn": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+            "numRetries": 2, "retriableStatusCodes": [503], "retryPreviousHosts": true })
+}
+
+async fn proxy_to(up: &Upstream, h2: bool, settings: HttpSettings) -> Proxy {
+    let rc = vhost(
+        &["svc", "svc:9080"],
+        json!([{ "match": { "prefix": "/" }, "route": { "cluster": "c", "timeout": "0s", "retryPolicy": istio_retry() } }]),
+    );
+    let ups = if h2 {
+        TestUpstreams::new().cluster_h2("c", &[up])
+    } else {
+        TestUpstreams::new().cluster("c", &[up])
+    };
+    start_proxy(
+        rc,
+        ups,
+        Options {
+            settings,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn websocket_upgrade_echoes() {
+    let up = upstream("ws", Behavior::default()).await;
+    let p = proxy_to(&up, false, HttpSettings::default()).await;
+    let stream = TcpStream::connect(p.addr).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async("ws://svc:9080/ws", stream)
+        .await
+        .expect("websocket handshake through the proxy");
+    assert_eq!(resp.status(), 101);
+    for msg in ["hello", "world"] {
+        ws.send(tokio_tungstenite::tungstenite::Message::Text(msg.into()))
+            .await
+            .unwrap();
+        let back = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("echo in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(back.into_text().unwrap().as_str(), format!("echo:{msg}"));
+    }
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn chunked_bodies_both_ways() {
+    let up = upstream("u", Behavior::default()).await;
+    let p = proxy_to(&up, false, HttpSettings::default()).await;
+    let c = Clients::new();
+    // Downstream chunked request (no length known), echoed back.
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        for part in ["alpha-", "beta-", "gamma"] {
+            tx.send(Frame::data(Bytes::from_static(part.as_bytes())))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let r = send(
+        &c.h1,
+        request(p.addr, "svc", "/echo")
+            .method("POST")
+            .body(boxed(ChannelBody(rx)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.text(), "alpha-beta-gamma");
+    let seen = up.seen().pop().unwrap();
+    assert_eq!(seen.body, "alpha-beta-gamma");
+    assert_eq!(seen.headers["transfer-encoding"], "chunked");
+    // Upstream chunked response, streamed down chunked.
+    let r = get(&c, p.addr, "svc", "/chunked").await;
+    assert_eq!(r.text(), "one,two,three");
+    assert_eq!(r.headers["transfer-encoding"], "chunked");
+}
+
+#[tokio::test]
+async fn grpc_streaming_with_trailers_over_h2c() {
+    let up = upstream("grpc", Behavior::default()).await;
+    let p = proxy_to(&up, true, HttpSettings::default()).await;
+    let stream = TcpStream::connect(p.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = mpsc::channel(4);
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("http://svc:9080/helloworld.Greeter/SayHello")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(boxed(ChannelBody(rx)))
+        .unwrap();
+    // gRPC length-prefixed messages.
+    let msg = |s: &str| {
+        let mut b = vec![0u8];
+        b.extend_from_slice(&(s.len() as u32).to_be_bytes());
+        b.extend_from_slice(s.as_bytes());
+        Bytes::from(b)
+    };
+    tx.send(Frame::data(msg("first"))).await.unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+        .await
+        .expect("response headers while the request still streams")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/grpc");
+    let mut body = resp.into_body();
+    // The first message comes back before the second is sent: streaming both ways.
+    let f = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("first echo in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.into_data().unwrap(), msg("first"));
+    tx.send(Frame::data(msg("second"))).await.unwrap();
+    drop(tx);
+    let rest = tokio::time::timeout(Duration::from_secs(5), body.collect())
+        .await
+        .expect("end in time")
+        .unwrap();
+    let trailers = rest.trailers().cloned().expect("grpc trailers");
+    assert_eq!(rest.to_bytes(), msg("second"));
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["grpc-message"], "echoed");
+    // Metrics see a gRPC request with its status from the trailers.
+    let text = p.metrics.encode();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{") && l.contains("request_protocol=\"grpc\""))
+        .unwrap_or_else(|| panic!("no grpc sample in\n{text}"));
+    assert!(line.contains("grpc_response_status=\"0\""), "{line}");
+    assert!(line.ends_with(" 1"), "{line}");
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_not_forwarded() {
+    let up = upstream("u", Behavior::default()).await;
+    let p = proxy_to(&up, false, HttpSettings::default()).await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(
+        b"GET /a HTTP/1.1\r\nHost: svc\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\n\
+          Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers, deflate\r\n\
+          X-End: 2\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let first = read_response(&mut s).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    // Keep-alive: a second request on the same connection.
+    s.write_all(b"GET /b HTTP/1.1\r\nHost: svc\r\n\r\n")
+        .await
+        .unwrap();
+    let second = read_response(&mut s).await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    let seen = up.seen();
+    let h = &seen[0].headers;
+    for gone in ["connection", "x-hop", "keep-alive", "proxy-connection"] {
+        assert!(!h.contains_key(gone), "{gone} was forwarded: {h:?}");
+    }
+    assert_eq!(h["te"], "trailers");
+    assert_eq!(h["x-end"], "2");
+    assert_eq!(seen.len(), 2);
+}
+
+/// Reads one HTTP/1.1 response with a content-length body.
+async fn read_response(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("response in time")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return text;
+            }
+        }
+    }
+    String::from_utf8_lossy(&buf).to_string()
+}
+
+/// Reads until the peer closes (or `limit` passes); true when it closed.
+async fn closed_within(s: &mut TcpStream, limit: Duration) -> (bool, Vec<u8>) {
+    let mut all = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Err(_) => return (false, all),
+            Ok(Ok(0)) | Ok(Err(_)) => return (true, all),
+            Ok(Ok(n)) => all.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let up = upstream("u", Behavior::default()).await;
+    let p = proxy_to(&up, false, HttpSettings::default()).await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    let big = "a".repeat(70 * 1024);
+    let req = format!("GET / HTTP/1.1\r\nHost: svc\r\nX-Big: {big}\r\n\r\n");
+    // The proxy may answer and close before reading everything; ignore write errors.
+    let _ = s.write_all(req.as_bytes()).await;
+    let (_, bytes) = closed_within(&mut s, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+    assert_eq!(up.hits(), 0);
+    // Under the limit the same kind of request passes.
+    let c = Clients::new();
+    let ok = send(
+        &c.h1,
+        request(p.addr, "svc", "/")
+            .header("x-big", "a".repeat(30 * 1024))
+            .body(empty_body())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+}
+
+#[tokio::test]
+async fn slowloris_is_closed() {
+    let up = upstream("u", Behavior::default()).await;
+    let settings = HttpSettings {
+        header_read_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let p = proxy_to(&up, false, settings).await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: svc\r\n")
+        .await
+        .unwrap();
+    // Dribble a header line every 200 ms for up to 15 s; the proxy must hang up first.
+    let mut closed = false;
+    for i in 0..75 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if s.write_all(format!("X-{i}: y\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            closed = true;
+            break;
+        }
+        let mut probe = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(1), s.read(&mut probe)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(_)) => {
+                // A 408 before closing is fine too.
+                closed = closed_within(&mut s, Duration::from_secs(5)).await.0;
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(closed, "the connection stayed open");
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test]
+async fn bad_chunking_is_400() {
+    let up = upstream("u", Behavior::default()).await;
+    let p = proxy_to(&up, false, HttpSettings::default()).await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (_, bytes) = closed_within(&mut s, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+}
+
+#[tokio::test]
+async fn invalid_h2_frames_end_the_connection() {
+    let up = upstream("u", Behavior::default()).await;
+    let p = proxy_to(&up, true, HttpSettings::default()).await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    // A SETTINGS frame whose length is not a multiple of 6: FRAME_SIZE_ERROR.
+    s.write_all(&[0, 0, 5, 4, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5])
+        .await
+        .unwrap();
+    let (closed, bytes) = closed_within(&mut s, Duration::from_secs(10)).await;
+    assert!(closed, "connection still open");
+    // The server's frames: its SETTINGS, then a GOAWAY (type 7).
+    let mut i = 0;
+    let mut types = Vec::new();
+    while i + 9 <= bytes.len() {
+        let len = (usize::from(bytes[i]) << 16)
+            | (usize::from(bytes[i + 1]) << 8)
+            | usize::from(bytes[i + 2]);
+        types.push(bytes[i + 3]);
+        i += 9 + len;
+    }
+    assert!(types.contains(&7), "no GOAWAY among frame types {types:?}");
+    // The proxy still serves other connections.
+    assert_eq!(get(&Clients::new(), p.addr, "svc", "/").await.status, 200);
+    let _: SocketAddr = p.addr;
+}
