@@ -10,11 +10,15 @@
 //! listen in a pod from this process: a thread joins the pod's namespace (`setns` changes only
 //! the calling thread) and binds there; the socket stays in that namespace.
 //!
+//! [`sidecar`] adds the real `proxy run` in a pod, and servers and clients on in-namespace threads.
+//!
 //! Everything needs root (or CAP_NET_ADMIN + CAP_SYS_ADMIN), `ip`, `iptables-restore`,
 //! `iptables-save`, `setpriv`, `bash` and `timeout`. Without them [`skip`] says why and the
 //! tests return early; `RUSTMESH_REQUIRE_NETNS=1` turns that into a failure (for CI).
 
 #![allow(dead_code)] // Each test file uses a part.
+
+pub mod sidecar;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
