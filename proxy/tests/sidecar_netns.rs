@@ -694,3 +694,31 @@ fn sigterm_drains_open_connections_and_exits_zero() {
     let log = proxy.log();
     assert!(log.contains("drained: every connection finished"), "{log}");
 }
+
+/// IPv6: outbound passthrough by the IPv6 original destination (`[::]:15001`), and inbound
+/// passthrough to the app from `::6` (`InboundPassthroughClusterIpv6`).
+#[test]
+fn ipv6_outbound_and_inbound_passthrough() {
+    if support::skip() {
+        return;
+    }
+    if support::which("ip6tables-restore").is_none() {
+        eprintln!("skipping: ip6tables-restore is not installed");
+        return;
+    }
+    let mut net = Net::dual_stack();
+    let (a, b, c) = (net.pod(), net.pod(), net.pod());
+    let outside = c.serve("[::]:8000", "c-8000");
+    let app = b.serve("[::]:7001", "b-7001");
+    let scratch = Scratch::new();
+    let _pa = sidecar(&a, &scratch, &Doc::new("v1", "PassthroughCluster"), &[]);
+    let _pb = sidecar(&b, &scratch, &Doc::new("v1", "PassthroughCluster"), &[]);
+
+    assert_eq!(a.talk(c.at6(8000), "over-v6").unwrap(), "c-8000 over-v6");
+    assert_eq!(
+        outside.saw("over-v6").unwrap().peer.ip(),
+        std::net::IpAddr::V6(a.ip6.unwrap())
+    );
+    assert_eq!(a.talk(b.at6(7001), "to-b-v6").unwrap(), "b-7001 to-b-v6");
+    assert_eq!(app.saw("to-b-v6").unwrap().peer.ip().to_string(), "::6");
+}
