@@ -620,6 +620,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
         let chain = FilterChain {
             name: None,
             filter_chain_match: FilterChainMatch {
+                transport_protocol: Some(RAW_BUFFER.to_string()),
                 application_protocols: http_protocols(),
                 ..FilterChainMatch::default()
             },

@@ -30,8 +30,25 @@ fn vhost<'c>(c: &'c ProxyConfig, table: &str, name: &str) -> &'c VirtualHost {
         .unwrap_or_else(|| panic!("vhost {name} missing in {table}"))
 }
 
-fn tcp_dest(f: &NetworkFilter) -> String {
-    f.destination()
+/// The DESTINATION column of `proxy-config listeners`: cluster(s) or route table.
+fn dest(f: &NetworkFilter) -> String {
+    match f {
+        NetworkFilter::TcpProxy(t) => match (&t.cluster, &t.weighted_clusters) {
+            (Some(c), _) => c.clone(),
+            (None, Some(w)) => w
+                .clusters
+                .iter()
+                .map(|c| format!("{}:{}", c.name, c.weight))
+                .collect::<Vec<_>>()
+                .join(","),
+            (None, None) => String::new(),
+        },
+        NetworkFilter::HttpConnectionManager(h) => match (&h.rds, &h.route_config) {
+            (Some(r), _) => format!("Route: {}", r.route_config_name),
+            (None, Some(rc)) => format!("Inline Route: {}", rc.name),
+            (None, None) => String::new(),
+        },
+    }
 }
 
 fn endpoint_ips(c: &ProxyConfig, cluster: &str) -> Vec<String> {
@@ -253,7 +270,7 @@ fn tcp_service_gets_a_cluster_ip_listener_and_tcp_routes() {
     assert_eq!(l.filter_chains.len(), 1);
     assert!(l.default_filter_chain.is_none());
     assert_eq!(
-        tcp_dest(&l.filter_chains[0].filters[0]),
+        dest(&l.filter_chains[0].filters[0]),
         "outbound|27017||mongodb.default.svc.cluster.local"
     );
     assert!(c.listener("0.0.0.0_27017").is_none());
@@ -327,15 +344,15 @@ fn auto_protocol_port_gets_both_chains_like_seed_004() {
     );
     assert_eq!(
         http.filter_chain_match.application_protocols,
-        ["http/1.0", "http/1.1", "h2c"]
+        rustmesh_xds::listener::HTTP_PROTOCOLS
     );
     assert_eq!(
-        http.filters[0].destination(),
+        dest(&http.filters[0]),
         "Route: nginx.test.svc.cluster.local:80"
     );
     let tcp = l.default_filter_chain.as_ref().unwrap();
     assert_eq!(
-        tcp.filters[0].destination(),
+        dest(&tcp.filters[0]),
         "outbound|80||nginx.test.svc.cluster.local"
     );
     assert_eq!(l.listener_filters_timeout, Some(Duration::from_millis(100)));
@@ -443,13 +460,10 @@ spec:
     );
     let c = rendered(&index, &Scope::namespace("default"));
     let vo = c.listener("virtualOutbound").unwrap();
-    assert_eq!(
-        vo.filter_chains[1].filters[0].destination(),
-        "BlackHoleCluster"
-    );
+    assert_eq!(dest(&vo.filter_chains[1].filters[0]), "BlackHoleCluster");
     let l = c.listener("0.0.0.0_9080").unwrap();
     let d = l.default_filter_chain.as_ref().unwrap();
-    assert_eq!(d.filters[0].destination(), "BlackHoleCluster");
+    assert_eq!(dest(&d.filters[0]), "BlackHoleCluster");
     let table = c.route("9080").unwrap();
     assert_eq!(table.virtual_hosts[0].name, "block_all");
     let r = &table.virtual_hosts[0].routes[0];
@@ -868,5 +882,154 @@ spec:
     assert_eq!(
         r.route.as_ref().unwrap().cluster.as_deref(),
         Some("BlackHoleCluster")
+    );
+}
+
+#[test]
+fn weighted_virtual_service_on_an_auto_port_like_seed_002() {
+    let mut index = Index::default();
+    namespace(&mut index, "istio-demo", true);
+    workload(
+        &mut index,
+        "istio-demo",
+        "publictest",
+        Some("10.1.122.241"),
+        &[("", 9000, 9000)],
+        &[
+            (
+                "publictest-v1",
+                "10.244.0.53",
+                &[("app", "publictest"), ("version", "v1")],
+            ),
+            (
+                "publictest-v2",
+                "10.244.0.54",
+                &[("app", "publictest"), ("version", "v2")],
+            ),
+        ],
+    );
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: publictest, namespace: istio-demo}
+spec:
+  host: publictest
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: publictest, namespace: istio-demo}
+spec:
+  hosts: [publictest]
+  http:
+  - name: publictest-route
+    route:
+    - destination: {host: publictest, subset: v1}
+      weight: 90
+    - destination: {host: publictest, subset: v2}
+      weight: 10
+"#,
+    );
+    let c = rendered(&index, &Scope::namespace("istio-demo"));
+    let l = c.listener("10.1.122.241_9000").unwrap();
+    assert_eq!(
+        dest(&l.filter_chains[0].filters[0]),
+        "Route: publictest.istio-demo.svc.cluster.local:9000"
+    );
+    let rt = c
+        .route("publictest.istio-demo.svc.cluster.local:9000")
+        .unwrap();
+    let r = &rt.virtual_hosts[0].routes[0];
+    assert_eq!(r.name.as_deref(), Some("publictest-route"));
+    assert_eq!(r.virtual_service.as_deref(), Some("publictest.istio-demo"));
+    let w = r
+        .route
+        .as_ref()
+        .unwrap()
+        .weighted_clusters
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        w.clusters
+            .iter()
+            .map(|c| (c.name.as_str(), c.weight))
+            .collect::<Vec<_>>(),
+        [
+            (
+                "outbound|9000|v1|publictest.istio-demo.svc.cluster.local",
+                90
+            ),
+            (
+                "outbound|9000|v2|publictest.istio-demo.svc.cluster.local",
+                10
+            )
+        ]
+    );
+    assert_eq!(
+        endpoint_ips(
+            &c,
+            "outbound|9000|v1|publictest.istio-demo.svc.cluster.local"
+        ),
+        ["10.244.0.53:9000"]
+    );
+}
+
+#[test]
+fn selector_scopes_split_the_namespace_and_get_their_own_policy() {
+    let mut index = bookinfo();
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: ratings, namespace: default}
+spec:
+  workloadSelector: {labels: {app: ratings}}
+  egress:
+  - hosts: ["./reviews.default.svc.cluster.local"]
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+"#,
+    );
+    let view = MeshView::new(&index);
+    assert_eq!(
+        view.scopes("default"),
+        [
+            Scope::namespace("default"),
+            Scope::sidecar("default", "ratings")
+        ]
+    );
+    let narrow = render_view(&view, &Scope::sidecar("default", "ratings"));
+    narrow.validate().unwrap();
+    let names: Vec<_> = narrow
+        .route("9080")
+        .unwrap()
+        .virtual_hosts
+        .iter()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["block_all", "reviews.default.svc.cluster.local:9080"]
+    );
+    // Inbound of the selector scope: only the ratings service.
+    let inbound = narrow.cluster("inbound|9080||").unwrap();
+    let svcs: Vec<_> = inbound
+        .metadata
+        .as_ref()
+        .unwrap()
+        .services
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(svcs, ["ratings"]);
+    // The namespace scope is unaffected by the selector Sidecar's policy.
+    let wide = render_view(&view, &Scope::namespace("default"));
+    assert_eq!(
+        wide.route("9080").unwrap().virtual_hosts[0].name,
+        "allow_any"
     );
 }
