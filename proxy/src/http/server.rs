@@ -9,7 +9,7 @@ use crate::http::route::{
 use crate::http::{
     ConnectionError, DownstreamInfo, HttpContext, UpstreamError, UpstreamResponse, hash, route,
 };
-use crate::metrics::{Peers, RequestSample, Reporter};
+use crate::metrics::{Peers, Reporter, RequestSample};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, LOCATION, SET_COOKIE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
@@ -127,7 +127,8 @@ fn grpc_reply(code: u32, message: &str) -> Response<ProxyBody> {
     let mut r = Response::new(empty());
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    r.headers_mut().insert("grpc-status", HeaderValue::from(code));
+    r.headers_mut()
+        .insert("grpc-status", HeaderValue::from(code));
     if let Ok(v) = HeaderValue::from_str(message) {
         r.headers_mut().insert("grpc-message", v);
     }
@@ -242,6 +243,15 @@ async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyBo
     };
     let route = m.route;
     ex.route_name = route.name.clone();
+    // Choose the cluster first, so faults and local replies are counted against it too.
+    let chosen = match &route.action {
+        Action::Forward(fwd) => {
+            let (cluster, weighted) = fwd.clusters.choose(&ctx.rng);
+            ex.cluster = Some(cluster.to_string());
+            Some((cluster, weighted))
+        }
+        _ => None,
+    };
     let fault = route::decide_fault(route.fault.as_ref(), &ctx.rng);
     if let Some(d) = fault.delay {
         ex.flags.push("DI");
@@ -283,7 +293,12 @@ async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyBo
             conn.finish(ex, resp)
         }
         Action::Forward(fwd) => {
+            let Some((cluster, weighted)) = chosen else {
+                unreachable!("chosen for forward actions")
+            };
             let target = Target {
+                cluster,
+                weighted,
                 scheme: &scheme,
                 authority: &authority,
                 path: &path,
@@ -298,6 +313,8 @@ async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyBo
 }
 
 struct Target<'a> {
+    cluster: &'a str,
+    weighted: Option<&'a rustmesh_xds::route::ClusterWeight>,
     scheme: &'a str,
     authority: &'a str,
     path: &'a str,
@@ -360,8 +377,7 @@ async fn forward(
 ) -> Response<ProxyBody> {
     let ctx = &conn.ctx;
     let grpc = ex.grpc;
-    let (cluster, weighted) = fwd.clusters.choose(&ctx.rng);
-    ex.cluster = Some(cluster.to_string());
+    let (cluster, weighted) = (t.cluster, t.weighted);
     let (mut parts, body) = req.into_parts();
     let downstream_upgrade = if t.upgrade {
         parts.extensions.remove::<OnUpgrade>()
@@ -377,17 +393,23 @@ async fn forward(
         h.insert("x-forwarded-proto", v);
     }
     if let Some(w) = weighted {
-        headers::apply(&mut h, &w.request_headers_to_add, &w.request_headers_to_remove);
+        headers::apply(
+            &mut h,
+            &w.request_headers_to_add,
+            &w.request_headers_to_remove,
+        );
     }
     headers::apply(
         &mut h,
         &route.request_headers_to_add,
         &route.request_headers_to_remove,
     );
-    let path_and_query = route.rewrite_path(t.path, t.query).unwrap_or_else(|| match t.query {
-        Some(q) => format!("{}?{q}", t.path),
-        None => t.path.to_string(),
-    });
+    let path_and_query = route
+        .rewrite_path(t.path, t.query)
+        .unwrap_or_else(|| match t.query {
+            Some(q) => format!("{}?{q}", t.path),
+            None => t.path.to_string(),
+        });
     let upstream_authority = fwd
         .host_rewrite
         .clone()
@@ -416,7 +438,10 @@ async fn forward(
             local: ctx.local,
         },
     };
-    let retry = fwd.retry.as_ref().filter(|r| r.num_retries > 0 && !t.upgrade);
+    let retry = fwd
+        .retry
+        .as_ref()
+        .filter(|r| r.num_retries > 0 && !t.upgrade);
     let replay = retry.is_some() || !fwd.mirrors.is_empty();
     let log = ReplayLog::new(
         boxed(body),
@@ -652,10 +677,7 @@ impl Conn {
         } else {
             None
         };
-        let service = ex
-            .cluster
-            .as_deref()
-            .and_then(|c| ctx.destinations.get(c));
+        let service = ex.cluster.as_deref().and_then(|c| ctx.destinations.get(c));
         let peers = Peers {
             reporter: ctx.reporter,
             own: &ctx.workload,
@@ -716,9 +738,7 @@ impl Conn {
 
 /// `2026-11-21T16:32:15.123Z` without a date library (civil-from-days, Howard Hinnant's).
 fn rfc3339(t: SystemTime) -> String {
-    let d = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() as i64;
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
