@@ -314,6 +314,29 @@ impl UpstreamCluster {
             .map(|i| self.usable[i].clone())
     }
 
+    /// [`UpstreamCluster::pick`] avoiding `exclude` (the hosts a retry already tried, Istio's
+    /// `previous_hosts` predicate); when every usable endpoint is excluded, any may be picked.
+    pub fn pick_excluding(
+        &self,
+        hash: Option<u64>,
+        exclude: &[SocketAddr],
+    ) -> Option<Arc<Endpoint>> {
+        if exclude.is_empty() || self.kind != Kind::Balanced {
+            return self.pick(hash);
+        }
+        let left: Vec<Arc<Endpoint>> = self
+            .usable
+            .iter()
+            .filter(|e| !exclude.contains(&e.addr))
+            .cloned()
+            .collect();
+        if left.is_empty() {
+            return self.pick(hash);
+        }
+        let mut rng = lb::random;
+        lb::pick(self.def.lb_policy, &left, &self.rr, hash, &mut rng).map(|i| left[i].clone())
+    }
+
     /// Where a connection whose original destination is `orig_dst` goes in this cluster.
     pub fn target(&self, orig_dst: SocketAddr, hash: Option<u64>) -> Result<Target, UpstreamError> {
         let target = match self.kind {
@@ -721,6 +744,31 @@ mod tests {
             .map(|e| e.stats.rq_success.load(Ordering::Relaxed))
             .sum();
         assert_eq!(after, 1);
+    }
+
+    #[test]
+    fn retries_avoid_previous_hosts_while_others_are_left() {
+        let c = config(serde_json::json!({
+            "clusters": [eds("a", "ROUND_ROBIN")],
+            "endpoints": [endpoints("a", &[("10.0.0.1:80", "HEALTHY", 0), ("10.0.0.2:80", "HEALTHY", 0)])],
+        }));
+        let clusters = manager().build(&c);
+        let a = clusters.get("a").unwrap();
+        let tried: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        for _ in 0..10 {
+            assert_eq!(
+                a.pick_excluding(None, &[tried]).unwrap().addr.to_string(),
+                "10.0.0.2:80"
+            );
+        }
+        let both = [
+            "10.0.0.1:80".parse().unwrap(),
+            "10.0.0.2:80".parse().unwrap(),
+        ];
+        assert!(
+            a.pick_excluding(None, &both).is_some(),
+            "all tried: any will do"
+        );
     }
 
     #[test]
