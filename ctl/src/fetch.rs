@@ -18,8 +18,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// The sidecar container the webhook injects (`rustmesh-webhook`'s `SIDECAR_CONTAINER_NAME`).
-pub const SIDECAR_CONTAINER: &str = "istio-proxy";
+/// The sidecar container the webhook injects.
+pub use rustmesh_xds::well_known::SIDECAR_CONTAINER_NAME as SIDECAR_CONTAINER;
 
 /// Where to read the proxy's state from.
 #[derive(Clone, Debug, PartialEq, Eq)]

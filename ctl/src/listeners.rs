@@ -324,7 +324,7 @@ pub fn table(config: &ProxyConfig, filter: &ListenerFilter, verbose: bool) -> Ta
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustmesh_xds::listener::{HTTP_PROTOCOLS, RAW_BUFFER};
+    use rustmesh_xds::listener::RAW_BUFFER;
 
     fn fcm(json: &str) -> FilterChainMatch {
         serde_json::from_str(json).unwrap()
@@ -344,10 +344,9 @@ mod tests {
             "Trans: raw_buffer; App: http/1.1,h2c"
         );
         assert_eq!(
-            describe_match(&FilterChainMatch {
-                application_protocols: HTTP_PROTOCOLS.iter().map(|s| s.to_string()).collect(),
-                ..Default::default()
-            }),
+            describe_match(&fcm(
+                r#"{"applicationProtocols":["http/1.0","http/1.1","h2c"]}"#
+            )),
             "App: HTTP"
         );
         assert_eq!(

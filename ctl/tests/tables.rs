@@ -198,9 +198,7 @@ fn rows_the_issue_names() {
         "0.0.0.0 15001 ALL PassthroughCluster",
         "0.0.0.0 15006 Addr: *:9080 Cluster: inbound|9080||",
         "10.96.0.10 53 ALL Cluster: outbound|53||kube-dns.kube-system.svc.cluster.local",
-        // The fixture's 9080 chain matches `http/1.0,http/1.1,h2c` with no transport protocol,
-        // which istioctl names `App: HTTP` (seed 000).
-        "0.0.0.0 9080 App: HTTP Route: 9080",
+        "0.0.0.0 9080 Trans: raw_buffer; App: http/1.1,h2c Route: 9080",
         "0.0.0.0 9080 ALL PassthroughCluster",
     ] {
         assert!(
@@ -210,8 +208,8 @@ fn rows_the_issue_names() {
         );
     }
 
-    // The same listener with the chain match current Istio writes (raw_buffer, http/1.1 and h2c)
-    // gives the row the issue quotes.
+    // Older Istio matched `http/1.0,http/1.1,h2c` without a transport protocol; istioctl names
+    // that `App: HTTP` (seed 000).
     let mut config = ProxyConfig::from_json(&fixture_text("productpage")).unwrap();
     let l = config
         .listeners
@@ -219,8 +217,8 @@ fn rows_the_issue_names() {
         .find(|l| l.name == "0.0.0.0_9080")
         .unwrap();
     let m = &mut l.filter_chains[0].filter_chain_match;
-    m.transport_protocol = Some("raw_buffer".into());
-    m.application_protocols = vec!["http/1.1".into(), "h2c".into()];
+    m.transport_protocol = None;
+    m.application_protocols = vec!["http/1.0".into(), "http/1.1".into(), "h2c".into()];
     let filter = rustmesh_ctl::listeners::ListenerFilter {
         port: Some(9080),
         ..Default::default()
@@ -230,7 +228,7 @@ fn rows_the_issue_names() {
         rows,
         [
             "ADDRESSES PORT MATCH DESTINATION",
-            "0.0.0.0 9080 Trans: raw_buffer; App: http/1.1,h2c Route: 9080",
+            "0.0.0.0 9080 App: HTTP Route: 9080",
             "0.0.0.0 9080 ALL PassthroughCluster",
         ]
     );

@@ -1,12 +1,11 @@
 //! Istio's label, annotation, container and volume names, as the injector reads and writes them.
-//! (Ports, uids and mount paths are shared with the proxy and live in `rustmesh_xds::well_known`.)
+//! (Ports, uids, mount paths and the names other parts use too live in `rustmesh_xds::well_known`
+//! and are re-exported here.)
 
-/// Pod label (and annotation) that opts a pod in or out.
-pub const LABEL_INJECT: &str = "sidecar.istio.io/inject";
-/// Namespace label that opts a namespace in (`enabled`).
-pub const LABEL_ISTIO_INJECTION: &str = "istio-injection";
-/// Namespace or pod label that selects a control-plane revision.
-pub const LABEL_REV: &str = "istio.io/rev";
+pub use rustmesh_xds::well_known::{
+    INIT_CONTAINER_NAME, LABEL_INJECT, LABEL_ISTIO_INJECTION, LABEL_REV, SIDECAR_CONTAINER_NAME,
+};
+
 /// Pod label set on injected pods, read by peers for auto mTLS.
 pub const LABEL_TLS_MODE: &str = "security.istio.io/tlsMode";
 /// Pod label naming the canonical service.
@@ -43,10 +42,6 @@ pub const ANNOTATION_EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/exc
 /// Outbound ports never captured (`-o`).
 pub const ANNOTATION_EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
 
-/// The init container that programs the capture rules.
-pub const INIT_CONTAINER_NAME: &str = "istio-init";
-/// The sidecar container.
-pub const SIDECAR_CONTAINER_NAME: &str = "istio-proxy";
 /// Downward-API volume with the pod's labels and annotations.
 pub const VOLUME_PODINFO: &str = "istio-podinfo";
 /// Writable scratch space of the sidecar (its root filesystem is read-only).

@@ -99,8 +99,8 @@ impl FilterChainMatch {
 pub const RAW_BUFFER: &str = "raw_buffer";
 /// Transport protocol value for TLS.
 pub const TLS: &str = "tls";
-/// The application protocols Istio lists for plain HTTP chains.
-pub const HTTP_PROTOCOLS: [&str; 3] = ["http/1.0", "http/1.1", "h2c"];
+/// The application protocols Istio lists for plain HTTP chains (HTTP/1.0 falls to the TCP chain).
+pub const HTTP_PROTOCOLS: [&str; 2] = ["http/1.1", "h2c"];
 
 /// A terminal network filter, written as Envoy writes it: `{"name": ..., "typedConfig": {...}}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -55,3 +55,14 @@ pub const CONFIG_HASH_ANNOTATION: &str = "rustmesh.io/config-hash";
 pub const OPERATOR_FIELD_MANAGER: &str = "rustmesh-operator";
 /// The mesh's root namespace (Istio's): its Sidecar without selector is every namespace's default.
 pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
+
+/// The injected sidecar container (and the container `rustmeshctl` talks to).
+pub const SIDECAR_CONTAINER_NAME: &str = "istio-proxy";
+/// The injected init container that programs the capture rules.
+pub const INIT_CONTAINER_NAME: &str = "istio-init";
+/// Namespace label that opts a namespace into injection (`enabled`).
+pub const LABEL_ISTIO_INJECTION: &str = "istio-injection";
+/// Namespace or pod label that selects a control-plane revision.
+pub const LABEL_REV: &str = "istio.io/rev";
+/// Pod label (and annotation) that opts a pod in or out of injection.
+pub const LABEL_INJECT: &str = "sidecar.istio.io/inject";

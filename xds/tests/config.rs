@@ -1,7 +1,7 @@
 //! The proxy configuration model against a realistic document: the bookinfo productpage sidecar
 //! of seeds 000/003, with Istio's listener, route and cluster names.
 
-use rustmesh_xds::listener::NetworkFilter;
+use rustmesh_xds::listener::{HTTP_PROTOCOLS, NetworkFilter};
 use rustmesh_xds::names::{self, ClusterName};
 use rustmesh_xds::{Error, ProxyConfig};
 use serde_json::{Value, json};
@@ -41,6 +41,10 @@ fn istio_names_are_where_users_expect_them() {
     assert_eq!(
         http.default_filter_chain.as_ref().unwrap().filters[0].destination(),
         "PassthroughCluster"
+    );
+    assert_eq!(
+        http.filter_chains[0].filter_chain_match.application_protocols,
+        HTTP_PROTOCOLS
     );
     let dns = c.listener("10.96.0.10_53").unwrap();
     assert_eq!(
