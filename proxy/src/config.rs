@@ -54,15 +54,43 @@ pub enum ConfigSource {
     },
 }
 
-/// A document read from the source.
+/// A document read from the source, still as stored (decoded by [`Document::text`] only when
+/// its hash says it changed).
 #[derive(Clone, Debug)]
 pub struct Document {
-    /// The JSON text.
-    pub text: String,
-    /// Where it came from, for messages (`/etc/rustmesh/config/sidecar-db.json.gz`).
-    pub origin: String,
+    /// The file's bytes.
+    pub raw: Vec<u8>,
+    /// Whether they are gzipped (`.gz` keys).
+    pub gzip: bool,
+    /// The file.
+    pub path: PathBuf,
     /// Hash of every input that went into choosing and reading it.
     pub hash: u64,
+}
+
+impl Document {
+    /// Where it came from, for messages (`/etc/rustmesh/config/sidecar-db.json.gz`).
+    pub fn origin(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// The JSON text (gunzipped if needed).
+    pub fn text(&self) -> Result<String> {
+        let bytes = if self.gzip {
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(self.raw.as_slice())
+                .take(MAX_CONFIG_BYTES + 1)
+                .read_to_end(&mut out)
+                .map_err(|source| Error::ConfigRead {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            out
+        } else {
+            self.raw.clone()
+        };
+        utf8(&self.path, bytes)
+    }
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>> {
@@ -105,11 +133,12 @@ impl ConfigSource {
     pub fn read(&self) -> Result<Document> {
         match self {
             ConfigSource::File(path) => {
-                let bytes = read_file(path)?;
-                let hash = hash_of(&[&bytes]);
+                let raw = read_file(path)?;
+                let hash = hash_of(&[&raw]);
                 Ok(Document {
-                    text: utf8(path, bytes)?,
-                    origin: path.display().to_string(),
+                    raw,
+                    gzip: false,
+                    path: path.clone(),
                     hash,
                 })
             }
@@ -180,23 +209,11 @@ fn read_dir(dir: &Path, labels_path: &Path) -> Result<Document> {
     let path = dir.join(&key);
     let raw = read_file(&path)?;
     let hash = hash_of(&[&labels_bytes, &index_bytes, key.as_bytes(), &raw]);
-    let bytes = if key.ends_with(".gz") {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(raw.as_slice())
-            .take(MAX_CONFIG_BYTES + 1)
-            .read_to_end(&mut out)
-            .map_err(|source| Error::ConfigRead {
-                path: path.clone(),
-                source,
-            })?;
-        out
-    } else {
-        raw
-    };
     tracing::trace!(path = %path.display(), why, "configuration read");
     Ok(Document {
-        text: utf8(&path, bytes)?,
-        origin: path.display().to_string(),
+        raw,
+        gzip: key.ends_with(".gz"),
+        path,
         hash,
     })
 }
@@ -264,20 +281,21 @@ impl Watcher {
         }
         self.last = Some(hash);
         let result = document.and_then(|d| {
+            let origin = d.origin();
             let config =
-                ProxyConfig::from_json(&d.text).map_err(|source| Error::ConfigInvalid {
-                    origin: d.origin.clone(),
+                ProxyConfig::from_json(&d.text()?).map_err(|source| Error::ConfigInvalid {
+                    origin: origin.clone(),
                     source,
                 })?;
             let snapshot = Snapshot::compile(config, &self.clusters, &self.metrics, &*self.http)
                 .map_err(|e| match e {
                     Error::ConfigCompile { field, message } => Error::ConfigCompile {
-                        field: format!("{}: {field}", d.origin),
+                        field: format!("{origin}: {field}"),
                         message,
                     },
                     other => other,
                 })?;
-            Ok((snapshot, d.origin))
+            Ok((snapshot, origin))
         });
         match result {
             Ok((snapshot, origin)) => {
