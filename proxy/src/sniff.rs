@@ -87,7 +87,7 @@ impl Detected {
             && self
                 .application_protocols
                 .iter()
-                .any(|p| rustmesh_xds::listener::HTTP_PROTOCOLS.contains(&p.as_str()))
+                .any(|p| ["http/1.0", "http/1.1", "h2c"].contains(&p.as_str()))
     }
 }
 

@@ -464,6 +464,28 @@ mod tests {
         assert_eq!(chosen(&fc, "[fd00::1]:3306", &Detected::raw()), None);
     }
 
+    /// Envoy's rule has a consequence for configurations: when a port's HTTP chain names
+    /// `transportProtocol: raw_buffer`, its TCP fallback chain must name it too (as Istio renders
+    /// it), or plain TCP (and HTTP/1.0, which the HTTP chain does not list) finds no chain.
+    #[test]
+    fn a_tcp_fallback_without_transport_is_shadowed_by_a_raw_buffer_http_chain() {
+        let fc = chains(
+            json!([
+                {"name": "9080-http", "filterChainMatch": {"destinationPort": 9080, "transportProtocol": "raw_buffer",
+                    "applicationProtocols": ["http/1.1", "h2c"]}, "filters": http()},
+                {"name": "9080-tcp", "filterChainMatch": {"destinationPort": 9080}, "filters": tcp("a")},
+            ]),
+            None,
+        );
+        assert_eq!(
+            chosen(&fc, "10.0.0.1:9080", &apps(&["http/1.1"])).as_deref(),
+            Some("http:9080-http")
+        );
+        assert_eq!(chosen(&fc, "10.0.0.1:9080", &Detected::raw()), None);
+        assert_eq!(chosen(&fc, "10.0.0.1:9080", &apps(&["http/1.0"])), None);
+        assert_eq!(chosen(&fc, "10.0.0.1:9080", &tls()).as_deref(), Some("a"));
+    }
+
     #[test]
     fn a_port_that_names_chains_never_falls_back_to_port_less_chains() {
         // Like STRICT mTLS: port 9080 takes TLS only. Plain text must not reach the catch-all.
