@@ -92,7 +92,12 @@ impl ResolvConf {
                     let addr = value
                         .parse::<SocketAddr>()
                         .ok()
-                        .or_else(|| value.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
+                        .or_else(|| {
+                            value
+                                .parse::<IpAddr>()
+                                .ok()
+                                .map(|ip| SocketAddr::new(ip, 53))
+                        })
                         .ok_or_else(|| DnsError::BadNameserver {
                             line: i + 1,
                             value: value.to_string(),
@@ -220,7 +225,12 @@ pub enum Decision {
 
 /// Decides on one packet: answer from `table`, forward, or drop. `max_udp` is the largest
 /// answer that fits (512, or the client's EDNS size) for UDP; `None` for TCP.
-pub fn decide(packet: &[u8], table: &DnsTable, search: &[String], max_udp: Option<usize>) -> Decision {
+pub fn decide(
+    packet: &[u8],
+    table: &DnsTable,
+    search: &[String],
+    max_udp: Option<usize>,
+) -> Decision {
     let Ok(query) = Message::from_vec(packet) else {
         return Decision::Drop;
     };
@@ -325,11 +335,24 @@ pub struct DnsServer {
 impl DnsServer {
     /// Binds UDP and TCP on `addr` (production: 127.0.0.1:15053). With port 0 the TCP listener
     /// takes the port UDP got.
-    pub async fn bind(addr: SocketAddr, table: DnsTable, resolv: ResolvConf) -> Result<Self, DnsError> {
+    pub async fn bind(
+        addr: SocketAddr,
+        table: DnsTable,
+        resolv: ResolvConf,
+    ) -> Result<Self, DnsError> {
         let bind_err = |source| DnsError::Bind { addr, source };
-        let udp = UdpSocket::bind(addr).await.map_err(bind_err)?;
-        let udp_addr = udp.local_addr().map_err(bind_err)?;
-        let tcp = TcpListener::bind(udp_addr).await.map_err(bind_err)?;
+        // With port 0, UDP picks a port that TCP may not have free: try again a few times.
+        let mut tries = if addr.port() == 0 { 20 } else { 1 };
+        let (udp, tcp) = loop {
+            tries -= 1;
+            let udp = UdpSocket::bind(addr).await.map_err(bind_err)?;
+            let udp_addr = udp.local_addr().map_err(bind_err)?;
+            match TcpListener::bind(udp_addr).await {
+                Ok(tcp) => break (udp, tcp),
+                Err(e) if tries > 0 && e.kind() == std::io::ErrorKind::AddrInUse => continue,
+                Err(e) => return Err(bind_err(e)),
+            }
+        };
         Ok(DnsServer {
             udp: Arc::new(udp),
             tcp,
@@ -474,7 +497,11 @@ async fn write_frame(stream: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> 
     stream.write_all(&out).await
 }
 
-async fn tcp_client(mut stream: TcpStream, table: SharedTable, resolv: Arc<ResolvConf>) -> Option<()> {
+async fn tcp_client(
+    mut stream: TcpStream,
+    table: SharedTable,
+    resolv: Arc<ResolvConf>,
+) -> Option<()> {
     loop {
         let query = read_frame(&mut stream).await?;
         let answer = match decide(&query, &table.load(), &resolv.search, None) {
@@ -559,12 +586,28 @@ mod tests {
     fn answers_names_aliases_and_expansions() {
         let t = table();
         let search = vec!["default.svc.cluster.local".to_string()];
-        let a = answer(decide(&query("reviews.default.svc.cluster.local.", RecordType::A), &t, &search, Some(512)));
+        let a = answer(decide(
+            &query("reviews.default.svc.cluster.local.", RecordType::A),
+            &t,
+            &search,
+            Some(512),
+        ));
         assert_eq!(a.metadata.id, 7);
         assert_eq!(a.answers.len(), 1);
-        assert_eq!(&a.answers[0].data, &RData::A(A("10.96.10.4".parse().unwrap())));
-        let a = answer(decide(&query("REVIEWS.", RecordType::AAAA), &t, &search, None));
-        assert_eq!(&a.answers[0].data, &RData::AAAA(AAAA("fd00::4".parse().unwrap())));
+        assert_eq!(
+            &a.answers[0].data,
+            &RData::A(A("10.96.10.4".parse().unwrap()))
+        );
+        let a = answer(decide(
+            &query("REVIEWS.", RecordType::AAAA),
+            &t,
+            &search,
+            None,
+        ));
+        assert_eq!(
+            &a.answers[0].data,
+            &RData::AAAA(AAAA("fd00::4".parse().unwrap()))
+        );
         let a = answer(decide(
             &query("reviews.default.default.svc.cluster.local.", RecordType::A),
             &t,
@@ -581,7 +624,10 @@ mod tests {
             decide(&query("reviews.", RecordType::MX), &t, &search, Some(512)),
             Decision::Forward
         );
-        assert_eq!(decide(b"\x00\x01garbage", &t, &search, Some(512)), Decision::Drop);
+        assert_eq!(
+            decide(b"\x00\x01garbage", &t, &search, Some(512)),
+            Decision::Drop
+        );
         assert_eq!(decide(&[], &t, &search, Some(512)), Decision::Drop);
     }
 }
