@@ -174,11 +174,19 @@ pub fn handle(
             text(status, format!("{word}\n"))
         }
         (Endpoints::Admin, &Method::GET, "/config_dump") => match state.store.load() {
-            Some(s) => json_response(&config_dump(
+            Some(s) => match config_dump(
                 &s,
                 query_param(req, "include_eds").is_some(),
                 query_param(req, "mask"),
-            )),
+            ) {
+                Ok(doc) => json_response(&doc),
+                Err(field) => text(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "mask: unknown field {field:?} (listeners, routes, clusters, endpoints, dns)\n"
+                    ),
+                ),
+            },
             None => not_loaded(),
         },
         (Endpoints::Admin, &Method::GET, "/listeners") => {
@@ -233,19 +241,28 @@ fn not_loaded() -> Response<Full<Bytes>> {
 
 /// `/config_dump`: the `ProxyConfig` being served, bare (as `ProxyConfig::to_json` writes it).
 /// As in Envoy, endpoints (`endpoints`) only with `include_eds`; `mask=a,b` keeps only those
-/// top-level fields (and `versionInfo`). The contract `rustmeshctl` reads (`ctl/src/admin.rs`).
-fn config_dump(snapshot: &Snapshot, include_eds: bool, mask: Option<&str>) -> Value {
+/// top-level fields (and `versionInfo`; an unknown name is the `Err`). The contract
+/// `rustmeshctl` reads: `ctl/README.md`, "Admin API contract".
+fn config_dump(
+    snapshot: &Snapshot,
+    include_eds: bool,
+    mask: Option<&str>,
+) -> std::result::Result<Value, String> {
+    const FIELDS: [&str; 5] = ["listeners", "routes", "clusters", "endpoints", "dns"];
     let mut doc = serde_json::to_value(&*snapshot.config).unwrap_or_default();
+    let keep: Option<Vec<&str>> = mask.map(|m| m.split(',').filter(|f| !f.is_empty()).collect());
+    if let Some(unknown) = keep.iter().flatten().find(|f| !FIELDS.contains(f)) {
+        return Err(unknown.to_string());
+    }
     if let Some(obj) = doc.as_object_mut() {
         if !include_eds {
             obj.remove("endpoints");
         }
-        if let Some(mask) = mask {
-            let keep: Vec<&str> = mask.split(',').collect();
+        if let Some(keep) = keep {
             obj.retain(|k, _| k == "versionInfo" || keep.contains(&k.as_str()));
         }
     }
-    doc
+    Ok(doc)
 }
 
 fn readiness(state: &AdminState) -> (StatusCode, &'static str) {
@@ -562,6 +579,12 @@ mod tests {
         let (_, masked) = get(a, "/config_dump?mask=listeners").await;
         let v: Value = serde_json::from_str(&masked).unwrap();
         assert_eq!(v, json!({"versionInfo": "v7", "listeners": []}));
+        let (status, body) = get(a, "/config_dump?mask=listeners,lisenters").await;
+        assert_eq!(status, 400);
+        assert!(body.contains("\"lisenters\""), "{body}");
+        let (_, dump) = get(a, "/config_dump").await;
+        let v: Value = serde_json::from_str(&dump).unwrap();
+        assert!(v.get("endpoints").is_none(), "EDS only with include_eds");
 
         let (_, clusters) = get(a, "/clusters?format=json").await;
         let v: Value = serde_json::from_str(&clusters).unwrap();
