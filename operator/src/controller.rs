@@ -38,6 +38,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// How long a failed write waits before it is retried.
+const RETRY_DELAY: Duration = Duration::from_secs(2);
+
 /// Everything `run` needs, from the command line.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -352,6 +355,7 @@ impl Writer {
                     tracing::error!(namespace = %ns, error = %e, "render failed; ConfigMap left as it is");
                     self.metrics.error("render");
                     self.metrics.reconcile("error");
+                    self.publish_render_error(ns, &e.to_string()).await;
                     continue;
                 }
             };
@@ -398,8 +402,11 @@ impl Writer {
             let now = k8s_openapi::jiff::Timestamp::now().to_string();
             for (kind, key, status, newly_invalid) in status_changes(&view, &now) {
                 if let Err(e) = self.apply_status(kind, &key, &status).await {
-                    tracing::warn!(object = %key, ?kind, error = %e, "status write failed");
+                    tracing::warn!(object = %key, ?kind, error = %e, "status write failed; retrying");
                     self.metrics.error("status");
+                    state
+                        .debouncer
+                        .note(Vec::new(), true, Instant::now() + RETRY_DELAY);
                     continue;
                 }
                 self.metrics.status_writes.inc();
@@ -464,6 +471,27 @@ impl Writer {
                 .patch_status(&key.name, &Self::pp(), &body)
                 .await
                 .map(|_| ()),
+        }
+    }
+
+    /// A Warning Event on the Namespace whose configuration could not be rendered.
+    async fn publish_render_error(&self, ns: &str, message: &str) {
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Namespace".into()),
+            name: Some(ns.to_string()),
+            ..Default::default()
+        };
+        let ev = KubeEvent {
+            type_: EventType::Warning,
+            reason: "RenderFailed".into(),
+            note: Some(message.chars().take(1000).collect()),
+            action: "Render".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &reference).await {
+            tracing::debug!(error = %e, "event not recorded");
+            self.metrics.error("event");
         }
     }
 

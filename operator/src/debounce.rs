@@ -119,6 +119,16 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_noted_in_the_future_waits_until_then() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut d = Debouncer::new(ms(100), ms(1000));
+        d.note(ns(&["a"]), false, t0 + ms(2000));
+        assert_eq!(d.take_due(t0 + ms(1000)), None);
+        assert!(d.take_due(t0 + ms(2100)).is_some());
+    }
+
+    #[test]
     fn nothing_new_starts_no_batch() {
         let t0 = Instant::now();
         let mut d = Debouncer::new(Duration::from_millis(10), Duration::from_millis(10));

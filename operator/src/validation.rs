@@ -133,6 +133,46 @@ impl Validation {
             verdicts.insert((Kind::VirtualService, key.clone()), verdict(findings, None));
         }
 
+        // Several VirtualServices for one host: sidecars use the oldest (as Istio does without
+        // delegation); the others are told so.
+        let mut by_host: BTreeMap<String, Vec<(&ObjKey, &VirtualService)>> = BTreeMap::new();
+        for (key, vs) in &index.virtual_services {
+            let mesh = vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh");
+            if !mesh || !verdicts[&(Kind::VirtualService, key.clone())].accepted {
+                continue;
+            }
+            for h in &vs.spec.hosts {
+                by_host
+                    .entry(resolve_host(h, &key.namespace, suffix))
+                    .or_default()
+                    .push((key, vs));
+            }
+        }
+        for (host, mut list) in by_host {
+            list.sort_by_key(|(_, v)| age_key(&v.metadata));
+            let Some((first, _)) = list.first().map(|(k, v)| ((*k).clone(), *v)) else {
+                continue;
+            };
+            for (key, vs) in list.iter().skip(1) {
+                let field = vs
+                    .spec
+                    .hosts
+                    .iter()
+                    .position(|h| resolve_host(h, &key.namespace, suffix) == host)
+                    .map(|i| format!("spec.hosts[{i}]"))
+                    .unwrap_or_else(|| "spec.hosts".into());
+                if let Some(v) = verdicts.get_mut(&(Kind::VirtualService, (*key).clone())) {
+                    v.findings.push(Finding {
+                        level: Level::Warning,
+                        field,
+                        message: format!(
+                            "host {host} is also routed by VirtualService {first} (older); where both are visible, sidecars use only the oldest"
+                        ),
+                    });
+                }
+            }
+        }
+
         let mut sidecars: Vec<_> = index.sidecars.iter().collect();
         sidecars.sort_by_key(|(_, s)| age_key(&s.metadata));
         let mut defaults: BTreeMap<String, ObjKey> = BTreeMap::new();
@@ -595,6 +635,24 @@ spec:
         let v = verdict_of(&index, Kind::VirtualService, "default", "r");
         assert!(!v.accepted);
         assert_eq!(v.findings[0].field, "spec.http[0].redirect.redirectCode");
+    }
+
+    #[test]
+    fn a_second_virtual_service_for_a_host_is_warned() {
+        let mut index = bookinfo();
+        istio(
+            &mut index,
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a, namespace: default, creationTimestamp: \"2024-01-01T00:00:00Z\"}\nspec:\n  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews}}]}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: b, namespace: default, creationTimestamp: \"2024-02-01T00:00:00Z\"}\nspec:\n  hosts: [reviews.default.svc.cluster.local]\n  http: [{route: [{destination: {host: reviews}}]}]\n",
+        );
+        assert!(
+            verdict_of(&index, Kind::VirtualService, "default", "a")
+                .findings
+                .is_empty()
+        );
+        let b = verdict_of(&index, Kind::VirtualService, "default", "b");
+        assert!(b.accepted);
+        assert_eq!(b.findings[0].field, "spec.hosts[0]");
+        assert!(b.findings[0].message.contains("default/a"));
     }
 
     #[test]
