@@ -28,8 +28,8 @@ use std::sync::{Mutex, MutexGuard};
 
 /// Istio's `istio_request_duration_milliseconds` buckets.
 pub const DURATION_BUCKETS_MS: [f64; 19] = [
-    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
-    30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
 
 /// Istio's `istio_request_bytes` / `istio_response_bytes` buckets.
@@ -249,9 +249,7 @@ impl Peers<'_> {
                 destination_workload: unknown(),
                 destination_workload_namespace: ns.clone(),
                 destination_app: unknown(),
-                destination_version: svc
-                    .and_then(|s| s.subset.clone())
-                    .unwrap_or_else(unknown),
+                destination_version: svc.and_then(|s| s.subset.clone()).unwrap_or_else(unknown),
                 destination_service: host,
                 destination_service_name: name,
                 destination_service_namespace: ns,

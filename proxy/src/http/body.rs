@@ -179,7 +179,7 @@ impl Body for ReplayBody {
                 return Poll::Ready(Some(Ok(f)));
             }
             return Poll::Ready(Some(Err(
-                "request body was larger than the retry/mirror buffer".into()
+                "request body was larger than the retry/mirror buffer".into(),
             )));
         }
         if let Some(e) = &st.error {
@@ -371,7 +371,9 @@ mod tests {
     }
 
     fn chunks(c: &[&'static str]) -> ProxyBody {
-        boxed(Chunks(c.iter().map(|s| Bytes::from_static(s.as_bytes())).collect()))
+        boxed(Chunks(
+            c.iter().map(|s| Bytes::from_static(s.as_bytes())).collect(),
+        ))
     }
 
     async fn read(b: ReplayBody) -> Result<Bytes, BoxError> {

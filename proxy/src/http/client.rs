@@ -82,7 +82,10 @@ impl EndpointClient {
     }
 
     /// Sends a request prepared by the HTTP layer (absolute URI, `host` set).
-    pub async fn send(&self, mut req: Request<ProxyBody>) -> Result<Response<ProxyBody>, UpstreamError> {
+    pub async fn send(
+        &self,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
         if self.http2 {
             *req.version_mut() = Version::HTTP_2;
             // HTTP/2 carries the authority in `:authority` (from the URI).
@@ -99,7 +102,10 @@ impl EndpointClient {
 }
 
 /// Sorts a hyper-util client error into Envoy's failure kinds.
-pub fn classify(e: &hyper_util::client::legacy::Error, endpoint: Option<SocketAddr>) -> UpstreamError {
+pub fn classify(
+    e: &hyper_util::client::legacy::Error,
+    endpoint: Option<SocketAddr>,
+) -> UpstreamError {
     let mut reason = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {

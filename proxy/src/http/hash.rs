@@ -219,7 +219,11 @@ impl Maglev {
                     (offset, skip)
                 })
                 .collect();
-            let max_w = endpoints.iter().map(|(_, w)| (*w).max(1)).max().unwrap_or(1);
+            let max_w = endpoints
+                .iter()
+                .map(|(_, w)| (*w).max(1))
+                .max()
+                .unwrap_or(1);
             let mut next = vec![0u64; n];
             let mut credit = vec![0u64; n];
             let mut filled = 0;
@@ -278,9 +282,16 @@ mod tests {
             .collect()
     }
 
-    fn stickiness<T>(build: impl Fn(&[(SocketAddr, u32)]) -> T, pick: impl Fn(&T, u64) -> SocketAddr) {
+    fn stickiness<T>(
+        build: impl Fn(&[(SocketAddr, u32)]) -> T,
+        pick: impl Fn(&T, u64) -> SocketAddr,
+    ) {
         let all = eps(5);
-        let fewer: Vec<_> = all.iter().copied().filter(|(a, _)| *a != all[2].0).collect();
+        let fewer: Vec<_> = all
+            .iter()
+            .copied()
+            .filter(|(a, _)| *a != all[2].0)
+            .collect();
         let (all_t, fewer_t) = (build(&all), build(&fewer));
         let mut counts: HashMap<SocketAddr, usize> = HashMap::new();
         let mut moved_off_survivors = 0;
@@ -298,7 +309,10 @@ mod tests {
             assert!(*c > 500, "unbalanced: {counts:?}");
         }
         // Keys on surviving endpoints stay (Maglev may move a few).
-        assert!(moved_off_survivors < 250, "{moved_off_survivors} keys moved");
+        assert!(
+            moved_off_survivors < 250,
+            "{moved_off_survivors} keys moved"
+        );
     }
 
     #[test]
@@ -368,7 +382,11 @@ mod tests {
             "/",
         );
         let c = without.set_cookie.unwrap();
-        assert!(c.set_cookie().starts_with("session=\""), "{}", c.set_cookie());
+        assert!(
+            c.set_cookie().starts_with("session=\""),
+            "{}",
+            c.set_cookie()
+        );
         assert!(c.set_cookie().contains("Max-Age=60; Path=/; HttpOnly"));
         // The generated cookie, sent back, hashes the same.
         let mut back = HeaderMap::new();
@@ -381,12 +399,38 @@ mod tests {
             query_parameter_name: Some("u".into()),
             ..Default::default()
         };
-        assert!(request_hash(std::slice::from_ref(&q), &HeaderMap::new(), Some("u=1"), None, "a", "/").hash.is_some());
-        assert!(request_hash(&[q], &HeaderMap::new(), None, None, "a", "/").hash.is_none());
+        assert!(
+            request_hash(
+                std::slice::from_ref(&q),
+                &HeaderMap::new(),
+                Some("u=1"),
+                None,
+                "a",
+                "/"
+            )
+            .hash
+            .is_some()
+        );
+        assert!(
+            request_hash(&[q], &HeaderMap::new(), None, None, "a", "/")
+                .hash
+                .is_none()
+        );
         let ip = HashPolicy {
             source_ip: true,
             ..Default::default()
         };
-        assert!(request_hash(&[ip], &HeaderMap::new(), None, Some("::1".parse().unwrap()), "a", "/").hash.is_some());
+        assert!(
+            request_hash(
+                &[ip],
+                &HeaderMap::new(),
+                None,
+                Some("::1".parse().unwrap()),
+                "a",
+                "/"
+            )
+            .hash
+            .is_some()
+        );
     }
 }

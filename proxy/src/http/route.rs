@@ -51,7 +51,13 @@ pub enum StringMatch {
 impl StringMatch {
     fn compile(m: &StringMatcher, field: &str) -> Result<Self, (String, String)> {
         let ic = m.ignore_case;
-        let lower = |s: &String| if ic { s.to_ascii_lowercase() } else { s.clone() };
+        let lower = |s: &String| {
+            if ic {
+                s.to_ascii_lowercase()
+            } else {
+                s.clone()
+            }
+        };
         if m.kinds() != 1 {
             return Err((
                 field.to_string(),
@@ -348,12 +354,8 @@ impl RouteTable {
             }
         }
         // Longest first; stable, so equal lengths keep configuration order.
-        table
-            .suffixes
-            .sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        table
-            .prefixes
-            .sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+        table.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         Ok(table)
     }
 
@@ -434,7 +436,10 @@ fn compile_header(h: &HeaderMatcher, field: &str) -> Result<HeaderCondition, (St
     })
 }
 
-fn compile_query(q: &QueryParameterMatcher, field: &str) -> Result<QueryCondition, (String, String)> {
+fn compile_query(
+    q: &QueryParameterMatcher,
+    field: &str,
+) -> Result<QueryCondition, (String, String)> {
     let string_match = match (&q.string_match, q.present_match) {
         (Some(sm), None) => Some(StringMatch::compile(sm, &format!("{field}.stringMatch"))?),
         (None, Some(_)) => None,
@@ -486,9 +491,10 @@ fn compile_route(
     let path = match (&m.prefix, &m.path, &m.safe_regex) {
         (Some(p), None, None) => PathMatch::Prefix(p.clone()),
         (None, Some(p), None) => PathMatch::Exact(p.clone()),
-        (None, None, Some(re)) => {
-            PathMatch::Regex(full_regex(&re.regex, &format!("{rp}.match.safeRegex.regex"))?)
-        }
+        (None, None, Some(re)) => PathMatch::Regex(full_regex(
+            &re.regex,
+            &format!("{rp}.match.safeRegex.regex"),
+        )?),
         _ => {
             return Err((
                 format!("{rp}.match"),
@@ -526,7 +532,10 @@ fn compile_route(
                 (None, Some(w)) => {
                     let total: u64 = w.clusters.iter().map(|c| u64::from(c.weight)).sum();
                     if total == 0 {
-                        return Err((format!("{ap}.weightedClusters"), "weights add up to 0".into()));
+                        return Err((
+                            format!("{ap}.weightedClusters"),
+                            "weights add up to 0".into(),
+                        ));
                     }
                     ClusterChoice::Weighted {
                         clusters: w.clusters.clone(),
@@ -547,7 +556,8 @@ fn compile_route(
                         return Err((field, problem));
                     }
                     Some(RegexRewrite {
-                        pattern: Regex::new(&rr.pattern.regex).map_err(|e| (field, e.to_string()))?,
+                        pattern: Regex::new(&rr.pattern.regex)
+                            .map_err(|e| (field, e.to_string()))?,
                         substitution: substitution(&rr.substitution),
                     })
                 }
@@ -1061,9 +1071,7 @@ mod tests {
         assert_eq!(e.field, "virtualHosts[1].domains[0]");
         let mut bad = vh("a", &["x"]);
         bad.routes[0].match_ = XRouteMatch {
-            safe_regex: Some(RegexMatcher {
-                regex: "(".into(),
-            }),
+            safe_regex: Some(RegexMatcher { regex: "(".into() }),
             ..Default::default()
         };
         let e = RouteTable::compile(

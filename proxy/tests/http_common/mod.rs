@@ -264,11 +264,8 @@ where
     while let Some(Ok(m)) = ws.next().await {
         match m {
             Message::Text(t) => {
-                if ws
-                    .send(Message::Text(format!("echo:{t}").into()))
-                    .await
-                    .is_err()
-                {
+                let echo = Message::Text(format!("echo:{t}").into());
+                if ws.send(echo).await.is_err() {
                     return;
                 }
             }
@@ -286,12 +283,15 @@ pub struct TestCluster {
     ring: RingHash,
 }
 
+/// One call of [`Upstreams::request`]: cluster, hash, excluded hosts.
+pub type Sent = (String, Option<u64>, Vec<SocketAddr>);
+
 /// A cluster manager for tests: round robin (skipping excluded hosts), ring hash when a hash is
 /// given, connection-pool limits, real pooled HTTP/1.1 or h2c connections.
 #[derive(Default)]
 pub struct TestUpstreams {
     pub clusters: HashMap<String, TestCluster>,
-    pub requests: Mutex<Vec<(String, Option<u64>, Vec<SocketAddr>)>>,
+    pub requests: Mutex<Vec<Sent>>,
 }
 
 impl TestUpstreams {
