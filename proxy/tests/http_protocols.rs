@@ -348,3 +348,36 @@ async fn invalid_h2_frames_end_the_connection() {
     assert_eq!(get(&Clients::new(), p.addr, "svc", "/").await.status, 200);
     let _: SocketAddr = p.addr;
 }
+
+#[tokio::test]
+async fn drain_finishes_in_flight_requests_then_closes() {
+    let up = upstream("u", Behavior::default()).await;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let rc = vhost(
+        &["svc"],
+        json!([{ "match": { "prefix": "/" }, "route": { "cluster": "c" } }]),
+    );
+    let p = start_proxy(
+        rc,
+        TestUpstreams::new().cluster("c", &[&up]),
+        Options {
+            drain: Some(rx),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(b"GET /delay/500 HTTP/1.1\r\nHost: svc\r\n\r\n")
+        .await
+        .unwrap();
+    // Drain once the request is in flight at the upstream.
+    while up.hits() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tx.send(true).unwrap();
+    let (closed, bytes) = closed_within(&mut s, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+    assert!(closed, "the connection ends after the in-flight answer");
+}

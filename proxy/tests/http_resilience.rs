@@ -427,3 +427,38 @@ async fn connection_pool_overflow_is_503_overloaded() {
         "overflowed requests never reached the upstream"
     );
 }
+
+#[tokio::test]
+async fn endpoint_clients_pool_connections_through_the_cluster_managers_dialer() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let v1 = upstream("v1", Behavior::default()).await;
+    let dials = Arc::new(AtomicUsize::new(0));
+    let counter = dials.clone();
+    let dialer: rustmesh_proxy::http::client::Dialer = Arc::new(move |addr| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Box::pin(tokio::net::TcpStream::connect(addr))
+    });
+    let mut ups = TestUpstreams::new().cluster("c", &[&v1]);
+    ups.clusters.get_mut("c").unwrap().endpoints =
+        vec![rustmesh_proxy::http::client::EndpointClient::with_dialer(
+            v1.addr,
+            false,
+            Duration::from_secs(2),
+            dialer,
+        )];
+    let rc = vhost(
+        &["svc"],
+        json!([{ "match": { "prefix": "/" }, "route": { "cluster": "c" } }]),
+    );
+    let p = start_proxy(rc, ups, Options::default()).await;
+    let c = Clients::new();
+    for _ in 0..5 {
+        assert_eq!(get(&c, p.addr, "svc", "/").await.upstream(), "v1");
+    }
+    assert_eq!(
+        dials.load(Ordering::SeqCst),
+        1,
+        "one pooled upstream connection"
+    );
+}

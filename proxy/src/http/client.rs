@@ -10,15 +10,35 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
+/// How an [`EndpointClient`] opens a connection to its endpoint: the cluster manager's own
+/// dialer (source address such as 127.0.0.6, socket options, connection counters), given the
+/// endpoint's address.
+pub type Dialer = Arc<
+    dyn Fn(SocketAddr) -> Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Dials one fixed address (a `tower::Service<Uri>`, as hyper-util's client wants).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct FixedConnector {
     addr: SocketAddr,
     connect_timeout: Duration,
+    dialer: Option<Dialer>,
+}
+
+impl std::fmt::Debug for FixedConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FixedConnector")
+            .field("addr", &self.addr)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl tower::Service<Uri> for FixedConnector {
@@ -32,12 +52,15 @@ impl tower::Service<Uri> for FixedConnector {
 
     fn call(&mut self, _: Uri) -> Self::Future {
         let (addr, timeout) = (self.addr, self.connect_timeout);
+        let dial: Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send>> =
+            match &self.dialer {
+                Some(d) => d(addr),
+                None => Box::pin(TcpStream::connect(addr)),
+            };
         Box::pin(async move {
-            let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-                .await
-                .map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout")
-                })??;
+            let stream = tokio::time::timeout(timeout, dial).await.map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout")
+            })??;
             let _ = stream.set_nodelay(true);
             Ok(TokioIo::new(stream))
         })
@@ -55,6 +78,25 @@ pub struct EndpointClient {
 impl EndpointClient {
     /// A pool to `addr` speaking HTTP/1.1, or h2c with prior knowledge when `http2`.
     pub fn new(addr: SocketAddr, http2: bool, connect_timeout: Duration) -> Self {
+        Self::build(addr, http2, connect_timeout, None)
+    }
+
+    /// Like [`EndpointClient::new`], opening connections with `dialer`.
+    pub fn with_dialer(
+        addr: SocketAddr,
+        http2: bool,
+        connect_timeout: Duration,
+        dialer: Dialer,
+    ) -> Self {
+        Self::build(addr, http2, connect_timeout, Some(dialer))
+    }
+
+    fn build(
+        addr: SocketAddr,
+        http2: bool,
+        connect_timeout: Duration,
+        dialer: Option<Dialer>,
+    ) -> Self {
         let mut b = Client::builder(TokioExecutor::new());
         b.pool_idle_timeout(Duration::from_secs(60))
             .pool_timer(TokioTimer::new())
@@ -63,6 +105,7 @@ impl EndpointClient {
         let client = b.build(FixedConnector {
             addr,
             connect_timeout,
+            dialer,
         });
         EndpointClient {
             addr,

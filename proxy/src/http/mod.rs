@@ -24,7 +24,7 @@ mod server;
 pub use body::{BoxError, ProxyBody};
 pub use rng::Rng;
 pub use route::{RouteError, RouteTable};
-pub use server::serve_connection;
+pub use server::{serve_connection, serve_connection_with_drain};
 
 use crate::metrics::{Destinations, Metrics, Reporter, WorkloadInfo};
 use arc_swap::ArcSwap;

@@ -39,6 +39,22 @@ pub async fn serve_connection<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    serve_connection_with_drain(io, hcm, ctx, std::future::pending()).await
+}
+
+/// [`serve_connection`], draining gracefully once `drain` resolves (SIGTERM): requests in
+/// flight finish, HTTP/1.1 answers carry `Connection: close` and stop keep-alive, HTTP/2 sends
+/// GOAWAY; then the connection ends.
+pub async fn serve_connection_with_drain<IO, D>(
+    io: IO,
+    hcm: &HttpConnectionManager,
+    ctx: HttpContext,
+    drain: D,
+) -> Result<(), ConnectionError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    D: std::future::Future<Output = ()>,
+{
     let peer = ctx.peer;
     let settings = ctx.settings.clone();
     let conn = Arc::new(Conn {
@@ -63,10 +79,17 @@ where
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(settings.max_request_headers_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(settings.max_concurrent_streams);
-    builder
-        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-        .await
-        .map_err(|source| ConnectionError { peer, source })
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::pin!(drain);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = &mut drain => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    result.map_err(|source| ConnectionError { peer, source })
 }
 
 struct Conn {

@@ -17,7 +17,7 @@ use rustmesh_proxy::http::hash::RingHash;
 use rustmesh_proxy::http::limits::CircuitBreaker;
 use rustmesh_proxy::http::{
     AccessLog, BoxFuture, HttpContext, HttpSettings, Rng, RouteTable, UpstreamError,
-    UpstreamResponse, Upstreams, serve_connection,
+    UpstreamResponse, Upstreams, serve_connection, serve_connection_with_drain,
 };
 use rustmesh_proxy::metrics::{Destinations, Metrics, Reporter, WorkloadInfo};
 use rustmesh_xds::cluster::Thresholds;
@@ -419,6 +419,8 @@ pub struct Options {
     pub access_log: bool,
     pub reporter: Reporter,
     pub destinations: Destinations,
+    /// Drain signal: connections drain gracefully once it turns true.
+    pub drain: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Default for Options {
@@ -433,6 +435,7 @@ impl Default for Options {
             access_log: false,
             reporter: Reporter::Source,
             destinations: Destinations::default(),
+            drain: None,
         }
     }
 }
@@ -445,6 +448,7 @@ pub async fn start_proxy(rc: RouteConfiguration, ups: TestUpstreams, opts: Optio
     let addr = listener.local_addr().unwrap();
     let metrics = Arc::new(Metrics::new());
     let upstreams = Arc::new(ups);
+    let drain = opts.drain.clone();
     let log: Arc<Mutex<Vec<String>>> = Arc::default();
     let sink = log.clone();
     let hcm = HttpConnectionManager {
@@ -477,8 +481,20 @@ pub async fn start_proxy(rc: RouteConfiguration, ups: TestUpstreams, opts: Optio
             let mut ctx = base.clone();
             ctx.peer = peer;
             let hcm = hcm.clone();
+            let drain = drain.clone();
             tokio::spawn(async move {
-                let _ = serve_connection(stream, &hcm, ctx).await;
+                let Some(mut rx) = drain else {
+                    let _ = serve_connection(stream, &hcm, ctx).await;
+                    return;
+                };
+                let signal = async move {
+                    while !*rx.borrow_and_update() {
+                        if rx.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                };
+                let _ = serve_connection_with_drain(stream, &hcm, ctx, signal).await;
             });
         }
     });
