@@ -416,3 +416,60 @@ async fn productpage_fixture_routes_by_host_with_and_without_port() {
         "passthrough"
     );
 }
+
+#[tokio::test]
+async fn consistent_hash_keeps_users_on_one_endpoint_and_generates_cookies() {
+    let a = upstream("a", Behavior::default()).await;
+    let b = upstream("b", Behavior::default()).await;
+    let c3 = upstream("c", Behavior::default()).await;
+    let rc = vhost(
+        &["reviews"],
+        json!([
+            { "match": { "prefix": "/cookie" }, "route": { "cluster": "ring",
+                "hashPolicy": [ { "cookie": { "name": "sticky", "path": "/", "ttl": "3600s" } } ] } },
+            { "match": { "prefix": "/" }, "route": { "cluster": "ring",
+                "hashPolicy": [ { "headerName": "x-user" } ] } }
+        ]),
+    );
+    let ups = TestUpstreams::new().cluster("ring", &[&a, &b, &c3]);
+    let p = start_proxy(rc, ups, Options::default()).await;
+    let c = Clients::new();
+    let mut owners = std::collections::BTreeSet::new();
+    for user in 0..12 {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..4 {
+            let r = send(
+                &c.h1,
+                request(p.addr, "reviews", "/")
+                    .header("x-user", format!("user-{user}"))
+                    .body(empty_body())
+                    .unwrap(),
+            )
+            .await;
+            seen.insert(r.upstream());
+        }
+        assert_eq!(seen.len(), 1, "user-{user} moved between {seen:?}");
+        owners.extend(seen);
+    }
+    assert!(owners.len() >= 2, "12 users all hashed to {owners:?}");
+    // No cookie sent: the proxy makes one up, and sending it back keeps the endpoint.
+    let first = get(&c, p.addr, "reviews", "/cookie").await;
+    let set = first.headers["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        set.starts_with("sticky=\"") && set.contains("Max-Age=3600; Path=/; HttpOnly"),
+        "{set}"
+    );
+    let value = set.split(';').next().unwrap().to_string();
+    for _ in 0..4 {
+        let again = send(
+            &c.h1,
+            request(p.addr, "reviews", "/cookie")
+                .header("cookie", value.as_str())
+                .body(empty_body())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(again.upstream(), first.upstream());
+        assert!(!again.headers.contains_key("set-cookie"));
+    }
+}
