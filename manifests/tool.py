@@ -468,6 +468,11 @@ def main() -> int:
     except CheckFailed as e:
         print(f"FAIL  {e}", file=sys.stderr)
         return 1
+    except Exception as e:  # Helm's errors (render, values) name the template and line
+        if type(e).__module__.startswith("helm_python"):
+            print(f"FAIL  helm: {e}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":
