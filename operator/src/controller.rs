@@ -772,6 +772,145 @@ mod tests {
         );
     }
 
+    /// Requests seen by the fake API server: (method, uri, content type, JSON body).
+    type RequestLog = Arc<std::sync::Mutex<Vec<(String, String, String, serde_json::Value)>>>;
+
+    /// A fake API server: records every request and answers with a plausible object.
+    fn fake_api() -> (Client, RequestLog) {
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = log.clone();
+        let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let seen = seen.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let bytes = body.collect_bytes().await.unwrap_or_default();
+                let body: serde_json::Value =
+                    serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+                let content_type = parts
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                seen.lock().unwrap().push((
+                    parts.method.to_string(),
+                    parts.uri.to_string(),
+                    content_type,
+                    body.clone(),
+                ));
+                let mut answer = body;
+                if answer.get("metadata").is_none() {
+                    let name = parts
+                        .uri
+                        .path()
+                        .split('/')
+                        .rev()
+                        .nth(1)
+                        .unwrap_or("x")
+                        .to_string();
+                    answer["metadata"] = json!({"name": name});
+                }
+                if answer["kind"] == "DestinationRule" {
+                    answer["spec"] = json!({"host": "h"});
+                } else if answer.get("spec").is_none() && answer["kind"] != "ConfigMap" {
+                    answer["spec"] = json!({});
+                }
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .status(200)
+                        .header("content-type", "application/json")
+                        .body(kube::client::Body::from(
+                            serde_json::to_vec(&answer).unwrap(),
+                        ))
+                        .unwrap(),
+                )
+            }
+        });
+        (Client::new(svc, "default"), log)
+    }
+
+    #[tokio::test]
+    async fn a_flush_applies_configmap_rbac_and_status_once() {
+        let (client, log) = fake_api();
+        let metrics = Arc::new(Metrics::new());
+        let mut writer = Writer {
+            client: client.clone(),
+            metrics: metrics.clone(),
+            recorder: Recorder::new(
+                client,
+                Reporter {
+                    controller: OPERATOR_FIELD_MANAGER.into(),
+                    instance: Some("test".into()),
+                },
+            ),
+            rbac_done: BTreeSet::new(),
+        };
+        let mut state = State::new(MeshConfig::default(), fast());
+        state.index = bookinfo();
+        istio(
+            &mut state.index,
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r, namespace: default}\nspec:\n  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews, subset: v9}}]}]\n",
+        );
+        let t0 = Instant::now();
+        state.note_everything(t0);
+        let batch = state
+            .debouncer
+            .take_due(t0 + Duration::from_secs(1))
+            .unwrap();
+        writer.flush(&mut state, batch).await;
+        let requests = log.lock().unwrap().clone();
+        let find = |path: &str| {
+            requests
+                .iter()
+                .find(|(m, uri, ..)| m == "PATCH" && uri.contains(path))
+                .unwrap_or_else(|| panic!("no PATCH of {path} in {requests:#?}"))
+                .clone()
+        };
+        let (_, uri, ct, body) =
+            find("/api/v1/namespaces/default/configmaps/rustmesh-proxy-config");
+        assert!(uri.contains("fieldManager=rustmesh-operator") && uri.contains("force=true"));
+        assert_eq!(ct, "application/apply-patch+yaml");
+        assert!(body["binaryData"]["default.json.gz"].is_string());
+        find(
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles/rustmesh-proxy-config-reader",
+        );
+        find(
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings/rustmesh-proxy-config-reader",
+        );
+        let (_, _, _, status) =
+            find("/apis/networking.istio.io/v1/namespaces/default/virtualservices/r/status");
+        assert_eq!(status["status"]["conditions"][0]["reason"], "Invalid");
+        assert!(
+            requests
+                .iter()
+                .any(|(m, uri, ..)| m == "POST" && uri.contains("events"))
+        );
+        assert!(
+            metrics
+                .render()
+                .contains("reconciles_total{result=\"written\"} 1")
+        );
+
+        // The same content again: no ConfigMap write (the live hash matches).
+        log.lock().unwrap().clear();
+        state.note_everything(t0 + Duration::from_secs(2));
+        let batch = state
+            .debouncer
+            .take_due(t0 + Duration::from_secs(5))
+            .unwrap();
+        writer.flush(&mut state, batch).await;
+        let again = log.lock().unwrap().clone();
+        assert!(
+            !again.iter().any(|(_, uri, ..)| uri.contains("configmaps")),
+            "{again:#?}"
+        );
+        assert!(
+            metrics
+                .render()
+                .contains("reconciles_total{result=\"unchanged\"} 1")
+        );
+    }
+
     #[test]
     fn configmap_apply_body_is_complete_and_managed() {
         let index = bookinfo();
