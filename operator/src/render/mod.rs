@@ -899,14 +899,26 @@ impl<'v, 'a> Ctx<'v, 'a> {
                     ))],
                 });
             }
-            chains.push(FilterChain {
-                name: Some(chain_name),
-                filter_chain_match: FilterChainMatch {
-                    destination_port: Some(*port),
-                    ..FilterChainMatch::default()
-                },
-                filters: vec![tcp_proxy(&cluster, &cluster)],
-            });
+            // With an HTTP chain naming `raw_buffer`, Envoy's matching (and the proxy's) no longer
+            // considers chains without a transport protocol for plain-text connections: the TCP
+            // fallback names `raw_buffer` too, and TLS gets its own chain (Istio's inbound shape:
+            // `Trans: raw_buffer; Addr: *:80` and `Trans: tls; Addr: *:80`).
+            let transports: &[Option<&str>] = if http {
+                &[Some(RAW_BUFFER), Some(rustmesh_xds::listener::TLS)]
+            } else {
+                &[None]
+            };
+            for transport in transports {
+                chains.push(FilterChain {
+                    name: Some(chain_name.clone()),
+                    filter_chain_match: FilterChainMatch {
+                        destination_port: Some(*port),
+                        transport_protocol: transport.map(str::to_string),
+                        ..FilterChainMatch::default()
+                    },
+                    filters: vec![tcp_proxy(&cluster, &cluster)],
+                });
+            }
             clusters.push(clusters::inbound_cluster(
                 &cluster,
                 loopback,
