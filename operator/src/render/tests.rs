@@ -427,7 +427,6 @@ fn auto_protocol_port_gets_both_chains_like_seed_004() {
         ]
     );
     // A TCP-only port keeps one chain that takes everything.
-    let mut index = index;
     workload(
         &mut index,
         "test",
