@@ -79,6 +79,7 @@ pub struct State {
     configmaps_synced: bool,
     /// Content hash of each namespace's live ConfigMap (absent: none in the cluster).
     pub live: BTreeMap<String, String>,
+    cm_relist: Option<BTreeMap<String, String>>,
     pub debouncer: Debouncer,
 }
 
@@ -90,6 +91,7 @@ impl State {
             synced: BTreeSet::new(),
             configmaps_synced: false,
             live: BTreeMap::new(),
+            cm_relist: None,
             debouncer,
         }
     }
@@ -123,7 +125,7 @@ impl State {
             Msg::ConfigMap(ev) => {
                 let mut dirty = BTreeSet::new();
                 match *ev {
-                    Event::Apply(cm) | Event::InitApply(cm) => {
+                    Event::Apply(cm) => {
                         let ns = cm.namespace().unwrap_or_default();
                         self.live.insert(ns.clone(), configmap::configmap_hash(&cm));
                         dirty.insert(ns);
@@ -133,8 +135,25 @@ impl State {
                         self.live.remove(&ns);
                         dirty.insert(ns);
                     }
-                    Event::Init => {}
-                    Event::InitDone => self.configmaps_synced = true,
+                    Event::Init => self.cm_relist = Some(BTreeMap::new()),
+                    Event::InitApply(cm) => {
+                        let ns = cm.namespace().unwrap_or_default();
+                        self.cm_relist
+                            .get_or_insert_with(BTreeMap::new)
+                            .insert(ns, configmap::configmap_hash(&cm));
+                    }
+                    Event::InitDone => {
+                        // A relist is the whole truth: ConfigMaps deleted while the watch was
+                        // down disappear from `live` (and are restored).
+                        let listed = self.cm_relist.take().unwrap_or_default();
+                        for ns in self.live.keys().chain(listed.keys()) {
+                            if self.live.get(ns) != listed.get(ns) {
+                                dirty.insert(ns.clone());
+                            }
+                        }
+                        self.live = listed;
+                        self.configmaps_synced = true;
+                    }
                 }
                 // Only injected namespaces are ours to restore; the hash check in the flush
                 // decides whether anything is written.
@@ -725,18 +744,31 @@ mod tests {
         assert!(b.namespaces.contains("default"));
         state.handle(Msg::ConfigMap(Box::new(Event::Delete(cm))), t0);
         assert!(!state.live.contains_key("default"));
+        // A relist that no longer has it (deleted while the watch was down) marks it too.
+        state.live.insert("default".into(), r.hash());
+        state.debouncer.take_due(t0 + Duration::from_secs(10));
+        state.handle(
+            Msg::ConfigMap(Box::new(Event::Init)),
+            t0 + Duration::from_secs(11),
+        );
+        state.handle(
+            Msg::ConfigMap(Box::new(Event::InitDone)),
+            t0 + Duration::from_secs(11),
+        );
+        assert!(state.live.is_empty());
+        let b = state
+            .debouncer
+            .take_due(t0 + Duration::from_secs(12))
+            .unwrap();
+        assert!(b.namespaces.contains("default"));
         // Not-injected namespaces are not ours.
         let mut foreign = configmap::config_map(&r);
         foreign.metadata.namespace = Some("kube-system".into());
         state.handle(
             Msg::ConfigMap(Box::new(Event::Apply(foreign))),
-            t0 + Duration::from_secs(2),
+            t0 + Duration::from_secs(20),
         );
-        let b = state
-            .debouncer
-            .take_due(t0 + Duration::from_secs(3))
-            .unwrap();
-        assert_eq!(b.namespaces.iter().collect::<Vec<_>>(), ["default"]);
+        assert!(!state.debouncer.pending());
     }
 
     #[test]
