@@ -289,7 +289,7 @@ async fn per_try_timeout_moves_on_to_another_host() {
     let rc = vhost(
         &["reviews"],
         json!([{ "match": { "prefix": "/" }, "route": { "cluster": "c", "timeout": "10s", "retryPolicy": {
-            "retryOn": "5xx", "numRetries": 2, "perTryTimeout": "0.2s", "retryPreviousHosts": true } } }]),
+            "retryOn": "5xx", "numRetries": 2, "perTryTimeout": "1s", "retryPreviousHosts": true } } }]),
     );
     let p = start_proxy(
         rc,
