@@ -28,6 +28,10 @@ use std::io::{Read, Write};
 
 /// Name of the Role (and RoleBinding) letting a namespace's pods read [`PROXY_CONFIGMAP`].
 pub const READER_ROLE: &str = "rustmesh-proxy-config-reader";
+/// Largest payload written: the API server refuses objects over 1 MiB (3 MiB request limit,
+/// 1.5 MiB etcd value by default, 1 MiB for ConfigMaps); the rest is left for metadata.
+pub const MAX_PAYLOAD_BYTES: usize = 1_000_000;
+
 /// Label put on everything the operator writes.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", OPERATOR_FIELD_MANAGER);
 

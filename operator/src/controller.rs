@@ -392,6 +392,18 @@ impl Writer {
                     }
                 }
             }
+            if rendered.payload_bytes() > configmap::MAX_PAYLOAD_BYTES {
+                let msg = format!(
+                    "the rendered configuration takes {} bytes, over the ConfigMap limit of {}; narrow the namespace's view with a Sidecar (egress hosts)",
+                    rendered.payload_bytes(),
+                    configmap::MAX_PAYLOAD_BYTES
+                );
+                tracing::error!(namespace = %ns, "{msg}");
+                self.metrics.error("too_large");
+                self.metrics.reconcile("error");
+                self.publish_render_error(ns, &msg).await;
+                continue;
+            }
             let hash = rendered.hash();
             if state.live.get(ns) == Some(&hash) {
                 self.metrics.reconcile("unchanged");
