@@ -43,7 +43,9 @@ fn istio_names_are_where_users_expect_them() {
         "PassthroughCluster"
     );
     assert_eq!(
-        http.filter_chains[0].filter_chain_match.application_protocols,
+        http.filter_chains[0]
+            .filter_chain_match
+            .application_protocols,
         HTTP_PROTOCOLS
     );
     let dns = c.listener("10.96.0.10_53").unwrap();
