@@ -187,6 +187,107 @@ async fn round(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, kube::Error>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value, json};
+    use std::sync::Mutex;
+
+    /// A fake API server holding one Lease, with resourceVersion checks (409 on a stale write).
+    fn fake_leases() -> (kube::Client, Arc<Mutex<Option<Value>>>) {
+        let stored: Arc<Mutex<Option<Value>>> = Arc::new(Mutex::new(None));
+        let shared = stored.clone();
+        let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let shared = shared.clone();
+            async move {
+                let method = req.method().clone();
+                let bytes = req.into_body().collect_bytes().await.unwrap_or_default();
+                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let mut lease = shared.lock().unwrap();
+                let status = |code: u16, reason: &str| {
+                    (
+                        code,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                               "reason": reason, "code": code, "message": reason}),
+                    )
+                };
+                let (code, answer) = match method.as_str() {
+                    "GET" => match lease.as_ref() {
+                        Some(l) => (200, l.clone()),
+                        None => status(404, "NotFound"),
+                    },
+                    "POST" if lease.is_none() => {
+                        let mut l = body;
+                        l["metadata"]["resourceVersion"] = json!("1");
+                        *lease = Some(l.clone());
+                        (201, l)
+                    }
+                    "POST" => status(409, "AlreadyExists"),
+                    "PUT" => {
+                        let current = lease
+                            .as_ref()
+                            .map(|l| l["metadata"]["resourceVersion"].clone());
+                        if current == Some(body["metadata"]["resourceVersion"].clone()) {
+                            let next: u64 = current
+                                .and_then(|v| v.as_str().and_then(|s| s.parse().ok()))
+                                .unwrap_or(0)
+                                + 1;
+                            let mut l = body;
+                            l["metadata"]["resourceVersion"] = json!(next.to_string());
+                            *lease = Some(l.clone());
+                            (200, l)
+                        } else {
+                            status(409, "Conflict")
+                        }
+                    }
+                    _ => status(405, "MethodNotAllowed"),
+                };
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .status(code)
+                        .header("content-type", "application/json")
+                        .body(kube::client::Body::from(
+                            serde_json::to_vec(&answer).unwrap(),
+                        ))
+                        .unwrap(),
+                )
+            }
+        });
+        (kube::Client::new(svc, "istio-system"), stored)
+    }
+
+    fn cfg(identity: &str) -> LeaseConfig {
+        LeaseConfig {
+            namespace: "istio-system".into(),
+            name: "rustmesh-operator".into(),
+            identity: identity.into(),
+            duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn two_replicas_one_leader_and_takeover_after_expiry() {
+        let (client, stored) = fake_leases();
+        let api: Api<Lease> = Api::namespaced(client, "istio-system");
+        assert!(round(&api, &cfg("a")).await.unwrap(), "a creates the Lease");
+        assert!(
+            !round(&api, &cfg("b")).await.unwrap(),
+            "b follows a fresh holder"
+        );
+        assert!(round(&api, &cfg("a")).await.unwrap(), "a renews");
+        // a stops renewing: its renewTime ages past the lease duration.
+        {
+            let mut l = stored.lock().unwrap();
+            let l = l.as_mut().unwrap();
+            l["spec"]["renewTime"] = json!("2020-01-01T00:00:00.000000Z");
+        }
+        assert!(
+            round(&api, &cfg("b")).await.unwrap(),
+            "b takes over an expired Lease"
+        );
+        assert!(!round(&api, &cfg("a")).await.unwrap(), "a now follows");
+        let l = stored.lock().unwrap().clone().unwrap();
+        assert_eq!(l["spec"]["holderIdentity"], "b");
+        assert_eq!(l["spec"]["leaseTransitions"], 1);
+    }
 
     fn spec(holder: &str, renewed: Timestamp, secs: i32) -> LeaseSpec {
         LeaseSpec {
