@@ -39,7 +39,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // Each error's message already ends with its cause; `{:#}` would print it twice.
+            eprintln!("error: {err}");
             ExitCode::FAILURE
         }
     }
