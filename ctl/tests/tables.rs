@@ -196,7 +196,9 @@ fn rows_the_issue_names() {
     let rows = squashed_rows(&table("productpage", &["listeners"]));
     for want in [
         "0.0.0.0 15001 ALL PassthroughCluster",
-        "0.0.0.0 15006 Addr: *:9080 Cluster: inbound|9080||",
+        // Where the port also has an HTTP chain, the TCP fallback names its transport, as in
+        // seed 004 (`Trans: raw_buffer; Addr: *:80`).
+        "0.0.0.0 15006 Trans: raw_buffer; Addr: *:9080 Cluster: inbound|9080||",
         "10.96.0.10 53 ALL Cluster: outbound|53||kube-dns.kube-system.svc.cluster.local",
         "0.0.0.0 9080 Trans: raw_buffer; App: http/1.1,h2c Route: 9080",
         "0.0.0.0 9080 ALL PassthroughCluster",
@@ -219,6 +221,38 @@ fn rows_the_issue_names() {
     let m = &mut l.filter_chains[0].filter_chain_match;
     m.transport_protocol = None;
     m.application_protocols = vec!["http/1.0".into(), "http/1.1".into(), "h2c".into()];
+    // A TCP-only inbound port has a single chain matched on the port alone.
+    let inbound = config
+        .listeners
+        .iter_mut()
+        .find(|l| l.name == "virtualInbound")
+        .unwrap();
+    inbound.filter_chains.retain(|fc| {
+        let m = &fc.filter_chain_match;
+        m.destination_port != Some(9080)
+            || m.transport_protocol.as_deref() == Some("raw_buffer")
+                && m.application_protocols.is_empty()
+    });
+    for fc in &mut inbound.filter_chains {
+        if fc.filter_chain_match.destination_port == Some(9080) {
+            fc.filter_chain_match.transport_protocol = None;
+        }
+    }
+    let inbound_rows = squashed_rows(
+        &rustmesh_ctl::listeners::table(
+            &config,
+            &rustmesh_ctl::listeners::ListenerFilter {
+                port: Some(15006),
+                ..Default::default()
+            },
+            true,
+        )
+        .render(),
+    );
+    assert!(
+        inbound_rows.contains(&"0.0.0.0 15006 Addr: *:9080 Cluster: inbound|9080||".to_string()),
+        "{inbound_rows:?}"
+    );
     let filter = rustmesh_ctl::listeners::ListenerFilter {
         port: Some(9080),
         ..Default::default()

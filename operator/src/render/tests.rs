@@ -9,42 +9,9 @@ use rustmesh_xds::route::{Route, VirtualHost};
 
 const FIXTURE: &str = include_str!("../../../xds/tests/fixtures/productpage.json");
 
-/// The productpage fixture, with one deliberate difference: where a port has an HTTP chain
-/// naming `raw_buffer`, the fixture's TCP fallback chain (no transport protocol) would be
-/// shadowed for plain-text connections (Envoy's rule, pinned by the proxy's
-/// `a_tcp_fallback_without_transport_is_shadowed_by_a_raw_buffer_http_chain`), so the renderer
-/// emits Istio's inbound shape instead: a `raw_buffer` TCP chain and a `tls` one.
+/// The productpage fixture (bookinfo's productpage sidecar, in Istio's shapes).
 fn fixture() -> ProxyConfig {
-    let mut c = ProxyConfig::from_json(FIXTURE).expect("fixture is valid");
-    for l in &mut c.listeners {
-        if l.name != "virtualInbound" {
-            continue;
-        }
-        let http_ports: Vec<u16> = l
-            .filter_chains
-            .iter()
-            .filter(|f| f.filter_chain_match.transport_protocol.as_deref() == Some("raw_buffer"))
-            .filter(|f| !f.filter_chain_match.application_protocols.is_empty())
-            .filter_map(|f| f.filter_chain_match.destination_port)
-            .collect();
-        let mut chains = Vec::new();
-        for f in l.filter_chains.drain(..) {
-            let m = &f.filter_chain_match;
-            let shadowed = m.transport_protocol.is_none()
-                && m.destination_port.is_some_and(|p| http_ports.contains(&p));
-            if shadowed {
-                for t in ["raw_buffer", "tls"] {
-                    let mut g = f.clone();
-                    g.filter_chain_match.transport_protocol = Some(t.to_string());
-                    chains.push(g);
-                }
-            } else {
-                chains.push(f);
-            }
-        }
-        l.filter_chains = chains;
-    }
-    c
+    ProxyConfig::from_json(FIXTURE).expect("fixture is valid")
 }
 
 fn rendered(index: &Index, scope: &Scope) -> ProxyConfig {
