@@ -7,6 +7,9 @@
                               kustomize base from the chart (default values + createNamespace)
     tool.py render [--set k=v ...] [--namespace NS] [--crds]
                               print the chart's manifests (a `helm template` without helm)
+    tool.py install --kubeconfig FILE [--set k=v ...] [--namespace NS] [--chart DIR]
+                              `helm upgrade --install rustmesh` without helm (Helm's own
+                              install/upgrade actions); the namespace is created if missing
 
 The chart is rendered by Helm's own engine (Helm v4 as a library: PyPI's helm-python-sdk); the
 kustomize overlays by `kubectl kustomize` (KUBECTL, or the kubectl 1.20 from the e2e cache, plus
@@ -449,6 +452,32 @@ def cmd_render(sets: list[str], namespace: str, with_crds: bool) -> int:
     return 0
 
 
+def cmd_install(kubeconfig: str, sets: list[str], namespace: str, chart: str) -> int:
+    import helm_python as helm
+
+    values = parse_set(sets)
+    cfg = helm.Config(kubeconfig_path=kubeconfig, namespace=namespace)
+    try:
+        cfg.status(RELEASE)
+        exists = True
+    except helm.HelmNotFoundError:
+        exists = False
+    except helm.HelmError as e:
+        # No release storage yet (the namespace is missing) reads as "no release".
+        if "not found" not in str(e).lower():
+            raise
+        exists = False
+    if exists:
+        rel = cfg.upgrade(chart, RELEASE, values, namespace=namespace, timeout=300)
+        action = "upgraded"
+    else:
+        rel = cfg.install(chart, RELEASE, values, namespace=namespace, timeout=300, create_namespace=True)
+        action = "installed"
+    version = rel.get("version") if isinstance(rel, dict) else None
+    print(f"{action} release {RELEASE} in {namespace}" + (f" (revision {version})" if version else ""))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -458,12 +487,19 @@ def main() -> int:
     r.add_argument("--set", action="append", default=[], help="Helm --set expression")
     r.add_argument("--namespace", default=NAMESPACE)
     r.add_argument("--crds", action="store_true", help="include the CRDs first")
+    i = sub.add_parser("install")
+    i.add_argument("--kubeconfig", required=True)
+    i.add_argument("--set", action="append", default=[], help="Helm --set expression")
+    i.add_argument("--namespace", default=NAMESPACE)
+    i.add_argument("--chart", default=str(CHART))
     args = ap.parse_args()
     try:
         if args.cmd == "check":
             return cmd_check()
         if args.cmd == "update":
             return cmd_update()
+        if args.cmd == "install":
+            return cmd_install(args.kubeconfig, args.set, args.namespace, args.chart)
         return cmd_render(args.set, args.namespace, args.crds)
     except CheckFailed as e:
         print(f"FAIL  {e}", file=sys.stderr)
