@@ -7,8 +7,6 @@
 {{- define "rustmesh.webhook" -}}rustmesh-webhook{{ include "rustmesh.suffix" . }}{{- end -}}
 {{/* The MutatingWebhookConfiguration and the webhook's settings ConfigMap share this name. */}}
 {{- define "rustmesh.injector" -}}rustmesh-sidecar-injector{{ include "rustmesh.suffix" . }}{{- end -}}
-{{/* Istio's mesh ConfigMap name: istio, istio-<revision>. */}}
-{{- define "rustmesh.meshConfigMap" -}}istio{{ include "rustmesh.suffix" . }}{{- end -}}
 {{- define "rustmesh.revision" -}}{{ .Values.revision | default "default" }}{{- end -}}
 
 {{/* An image: <hub>/<name>:<tag>, or the value itself when it has a "/". */}}
