@@ -10,8 +10,35 @@ use crate::{DestinationRule, Sidecar, VirtualService};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
+/// Removes `null` from every `enum` list (schemars writes it for optional enums, next to
+/// `nullable: true`). Kubernetes 1.20's kubectl refuses such a CRD (`unknown object type "nil"`)
+/// and its API server mangles the versions; `nullable` alone says the same thing.
+fn drop_null_enum_values(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if let Some(serde_json::Value::Array(values)) = map.get_mut("enum") {
+                values.retain(|v| !v.is_null());
+            }
+            map.values_mut().for_each(drop_null_enum_values);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_null_enum_values),
+        _ => {}
+    }
+}
+
 /// Adds the older served versions to a generated single-version CRD.
 fn serve_all_versions(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            let mut value = serde_json::to_value(&*schema).expect("a schema serialises");
+            drop_null_enum_values(&mut value);
+            *schema = serde_json::from_value(value).expect("the cleaned schema reads back");
+        }
+    }
     let stored = crd.spec.versions[0].clone();
     crd.spec.versions = VERSIONS
         .iter()
