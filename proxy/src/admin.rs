@@ -351,10 +351,18 @@ fn clusters_text(snapshot: Option<&Snapshot>) -> String {
                 "{h}::hostname::{}\n",
                 e.hostname.as_deref().unwrap_or("")
             ));
-            let flags = if e.usable() {
+            // Envoy's flags: `healthy`, or each reason a host is out joined by '/'.
+            let mut out_because = Vec::new();
+            if c.is_ejected(e) {
+                out_because.push("/failed_outlier_check".to_string());
+            }
+            if !e.usable() {
+                out_because.push(format!("/eds_{}", health_word(e).to_ascii_lowercase()));
+            }
+            let flags = if out_because.is_empty() {
                 "healthy".to_string()
             } else {
-                format!("/eds_{}", health_word(e).to_ascii_lowercase())
+                out_because.concat()
             };
             out.push_str(&format!("{h}::health_flags::{flags}\n"));
             out.push_str(&format!("{h}::weight::{}\n", e.weight));
@@ -392,7 +400,7 @@ fn cluster_json(c: &UpstreamCluster) -> Value {
             json!({
                 "address": socket_address(e.addr),
                 "stats": stats,
-                "healthStatus": {"edsHealthStatus": health_word(e), "failedOutlierCheck": false},
+                "healthStatus": {"edsHealthStatus": health_word(e), "failedOutlierCheck": c.is_ejected(e)},
                 "weight": e.weight,
                 "priority": e.priority,
                 "hostname": e.hostname.clone().unwrap_or_default(),

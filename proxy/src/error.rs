@@ -101,6 +101,10 @@ pub enum Error {
         /// The last answer or error.
         last: String,
     },
+
+    /// The DNS proxy could not start.
+    #[error("DNS proxy: {0}")]
+    Dns(#[source] Box<crate::dns::DnsError>),
 }
 
 /// `Result` with this crate's [`Error`].

@@ -16,10 +16,12 @@ use tokio::sync::Notify;
 use crate::admin::{AdminState, Endpoints, Server};
 use crate::cluster::ClusterManager;
 use crate::config::{ConfigSource, DEFAULT_POLL_INTERVAL, Watcher};
+use crate::dns::{DnsServer, DnsTable, ResolvConf, SharedTable};
+use crate::http::handler::ConnectionManager;
 use crate::metrics::{Metrics as IstioMetrics, WorkloadInfo};
 use crate::proxy::inbound::Inbound;
 use crate::proxy::outbound::Outbound;
-use crate::proxy::{HttpHandler, RefuseHttp, Shared};
+use crate::proxy::{HttpHandler, Shared};
 use crate::snapshot::Store;
 use crate::stats::Metrics;
 use crate::{Error, Result, drain};
@@ -66,6 +68,13 @@ pub struct RunArgs {
     /// Prometheus port: GET /stats/prometheus.
     #[arg(long, default_value_t = well_known::PROMETHEUS_PORT)]
     pub prometheus_port: u16,
+    /// Port of the DNS proxy on 127.0.0.1 (UDP and TCP), where the capture rules send the
+    /// app's DNS queries; 0 turns it off.
+    #[arg(long, default_value_t = well_known::DNS_PORT)]
+    pub dns_port: u16,
+    /// The resolvers the DNS proxy forwards unknown names to.
+    #[arg(long, value_name = "FILE", default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
     /// On SIGTERM, how long open connections may take to finish before the exit.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
     pub drain_timeout: Duration,
@@ -102,24 +111,21 @@ impl Default for RunArgs {
             admin_port: well_known::ADMIN_PORT,
             health_port: well_known::HEALTH_PORT,
             prometheus_port: well_known::PROMETHEUS_PORT,
+            dns_port: well_known::DNS_PORT,
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
 }
 
-/// The HTTP connection manager the listeners hand HTTP chains to, built once at start, with
-/// what it may need: Istio's metrics (whose registry everything is in), this pod's workload,
-/// and the store (to follow route changes per request, if it wants Envoy's RDS behaviour).
-///
-/// Until `crate::http` provides an [`HttpHandler`], HTTP chains are refused ([`RefuseHttp`]).
+/// The HTTP connection manager the listeners hand HTTP chains to, built once at start with
+/// Istio's metrics (whose registry everything is in) and this pod's workload (metric labels,
+/// `sourceLabels`).
 pub fn http_handler(
     istio: &Arc<IstioMetrics>,
     workload: &Arc<WorkloadInfo>,
-    store: &Arc<Store>,
-    metrics: &Metrics,
 ) -> Arc<dyn HttpHandler> {
-    let _ = (istio, workload, store);
-    Arc::new(RefuseHttp::new(metrics.clone()))
+    Arc::new(ConnectionManager::new(istio.clone(), workload.clone()))
 }
 
 /// This pod's workload, for the labels of Istio's metrics: `ISTIO_META_WORKLOAD_NAME` (else the
@@ -157,6 +163,16 @@ fn workload_from_pod_name(pod: &str) -> String {
     }
 }
 
+/// Keeps the DNS proxy's table equal to the `dns` entries of the current configuration.
+async fn follow_dns(store: Arc<Store>, table: SharedTable) {
+    let mut seen = None;
+    loop {
+        let current = store.changed(seen.as_ref()).await;
+        table.store(Arc::new(DnsTable::new(&current.config.dns)));
+        seen = Some(current);
+    }
+}
+
 /// Runs the sidecar until SIGTERM and the drain are done.
 pub fn run(args: &RunArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -185,7 +201,7 @@ pub async fn serve(args: RunArgs) -> Result<()> {
     };
     let workload = Arc::new(workload_info(&labels_file));
     let store = Arc::new(Store::new());
-    let http = http_handler(&istio, &workload, &store, &metrics);
+    let http = http_handler(&istio, &workload);
 
     let clusters = Arc::new(ClusterManager::new(metrics.clone()));
     let shared = Arc::new(Shared {
@@ -237,6 +253,21 @@ pub async fn serve(args: RunArgs) -> Result<()> {
             state.clone(),
         )?,
     ];
+    let dns = match args.dns_port {
+        0 => None,
+        port => {
+            let resolv = ResolvConf::read(&args.resolv_conf).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "DNS proxy: no upstream resolvers, only mesh names are answered");
+                ResolvConf::default()
+            });
+            let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+            Some(
+                DnsServer::bind(addr, DnsTable::default(), resolv)
+                    .await
+                    .map_err(|e| Error::Dns(Box::new(e)))?,
+            )
+        }
+    };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(Error::Runtime)?;
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -263,6 +294,10 @@ pub async fn serve(args: RunArgs) -> Result<()> {
     tokio::spawn(watcher.run());
     for server in servers {
         tokio::spawn(server.run());
+    }
+    if let Some(dns) = dns {
+        tokio::spawn(follow_dns(store.clone(), dns.table()));
+        tokio::spawn(dns.run());
     }
     let listeners = tokio::spawn({
         let (o, i) = (watch.clone(), watch.clone());

@@ -226,6 +226,23 @@ impl Store {
         self.loaded.notify_waiters();
     }
 
+    /// Resolves with the current snapshot once it is not `seen` (compared by pointer): at once
+    /// if it already differs, else at the next swap. Followers of the configuration (the DNS
+    /// table) loop on it.
+    pub async fn changed(&self, seen: Option<&Arc<Snapshot>>) -> Arc<Snapshot> {
+        loop {
+            let notified = self.loaded.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(current) = self.load()
+                && seen.is_none_or(|s| !Arc::ptr_eq(s, &current))
+            {
+                return current;
+            }
+            notified.await;
+        }
+    }
+
     /// Resolves once a configuration is loaded.
     pub async fn loaded(&self) {
         loop {

@@ -92,6 +92,8 @@ pub struct Metrics {
     cluster_cx_rx_bytes: Family<ClusterLabels, Counter>,
     cluster_cx_tx_bytes: Family<ClusterLabels, Counter>,
     cluster_cx_idle_timeout: Family<ClusterLabels, Counter>,
+    cluster_outlier_ejections: Family<ClusterLabels, Counter>,
+    cluster_rq_overflow: Family<ClusterLabels, Counter>,
     listener_cx_total: Family<ListenerLabels, Counter>,
     listener_cx_active: Family<ListenerLabels, Gauge>,
     listener_cx_rx_bytes: Family<ListenerLabels, Counter>,
@@ -120,6 +122,10 @@ pub struct ClusterStats {
     pub cx_tx_bytes: Counter,
     /// TCP proxy connections closed by `idleTimeout`.
     pub cx_idle_timeout: Counter,
+    /// Endpoints ejected by outlier detection.
+    pub outlier_ejections: Counter,
+    /// HTTP requests refused by the connection-pool limits.
+    pub rq_overflow: Counter,
 }
 
 /// Handles of one listener's counters.
@@ -175,6 +181,16 @@ impl Metrics {
                 "envoy_cluster_upstream_cx_idle_timeout",
                 "TCP proxy connections closed for idleness",
                 &m.cluster_cx_idle_timeout,
+            ),
+            (
+                "envoy_cluster_outlier_detection_ejections_enforced",
+                "Endpoints ejected by outlier detection",
+                &m.cluster_outlier_ejections,
+            ),
+            (
+                "envoy_cluster_upstream_rq_pending_overflow",
+                "Requests refused by the connection-pool limits (503, x-envoy-overloaded)",
+                &m.cluster_rq_overflow,
             ),
         ];
         for (name, help, family) in cluster {
@@ -242,6 +258,8 @@ impl Metrics {
             cx_rx_bytes: self.cluster_cx_rx_bytes.get_or_create_owned(&l),
             cx_tx_bytes: self.cluster_cx_tx_bytes.get_or_create_owned(&l),
             cx_idle_timeout: self.cluster_cx_idle_timeout.get_or_create_owned(&l),
+            outlier_ejections: self.cluster_outlier_ejections.get_or_create_owned(&l),
+            rq_overflow: self.cluster_rq_overflow.get_or_create_owned(&l),
         }
     }
 

@@ -437,7 +437,11 @@ async fn endpoint_clients_pool_connections_through_the_cluster_managers_dialer()
     let counter = dials.clone();
     let dialer: rustmesh_proxy::http::client::Dialer = Arc::new(move |addr| {
         counter.fetch_add(1, Ordering::SeqCst);
-        Box::pin(tokio::net::TcpStream::connect(addr))
+        Box::pin(async move {
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .map(rustmesh_proxy::http::client::Dialed::from)
+        })
     });
     let mut ups = TestUpstreams::new().cluster("c", &[&v1]);
     ups.clusters.get_mut("c").unwrap().endpoints =

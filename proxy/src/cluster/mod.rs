@@ -17,6 +17,7 @@
 //! `priority` that has any is used.
 
 pub mod lb;
+pub mod outlier;
 
 use std::collections::HashMap;
 use std::io;
@@ -57,6 +58,8 @@ pub struct EndpointStats {
     pub rq_timeout: AtomicU64,
     /// What LEAST_REQUEST compares: requests in flight plus open TCP proxy connections.
     load: AtomicU64,
+    /// Outlier detection's view of the endpoint (consecutive errors, ejection).
+    pub outlier: outlier::HostState,
 }
 
 impl EndpointStats {
@@ -91,8 +94,10 @@ pub struct Endpoint {
     pub locality: Option<Locality>,
     /// Host name, for STRICT_DNS endpoints.
     pub hostname: Option<String>,
-    /// Counters.
+    /// Counters and outlier state.
     pub stats: Arc<EndpointStats>,
+    /// HTTP connection pools to it (kept while the cluster's definition is unchanged).
+    pub pools: Arc<crate::http::upstreams::EndpointPools>,
 }
 
 impl Endpoint {
@@ -228,6 +233,13 @@ pub struct UpstreamCluster {
     rr: AtomicUsize,
     /// Prometheus counters.
     pub stats: ClusterStats,
+    /// Connection-pool limits (a DestinationRule's `connectionPool`).
+    pub breaker: Arc<crate::http::limits::CircuitBreaker>,
+    /// Outlier detection, when the cluster has it.
+    pub outlier: Option<outlier::Policy>,
+    /// Until when (see [`outlier::now_ms`]) some endpoint may be ejected: before that, picks
+    /// filter out ejected endpoints; after it, nothing is ejected and picks take the fast path.
+    ejected_until: AtomicU64,
 }
 
 /// Where a connection goes: an address, and the endpoint it is (not for ORIGINAL_DST).
@@ -309,9 +321,68 @@ impl UpstreamCluster {
         if self.kind != Kind::Balanced {
             return None;
         }
+        let candidates = self.candidates();
         let mut rng = lb::random;
-        lb::pick(self.def.lb_policy, &self.usable, &self.rr, hash, &mut rng)
-            .map(|i| self.usable[i].clone())
+        lb::pick(self.def.lb_policy, &candidates, &self.rr, hash, &mut rng)
+            .map(|i| candidates[i].clone())
+    }
+
+    /// The usable endpoints outlier detection has not ejected (all of them in panic mode).
+    fn candidates(&self) -> std::borrow::Cow<'_, [Arc<Endpoint>]> {
+        use std::borrow::Cow;
+        let Some(policy) = &self.outlier else {
+            return Cow::Borrowed(&self.usable);
+        };
+        let now = outlier::now_ms();
+        if now >= self.ejected_until.load(Ordering::Relaxed) {
+            return Cow::Borrowed(&self.usable);
+        }
+        let left: Vec<Arc<Endpoint>> = self
+            .usable
+            .iter()
+            .filter(|e| !e.stats.outlier.is_ejected(now))
+            .cloned()
+            .collect();
+        if outlier::panic(policy, left.len(), self.usable.len()) {
+            Cow::Borrowed(&self.usable)
+        } else {
+            Cow::Owned(left)
+        }
+    }
+
+    /// Whether outlier detection keeps `e` out of load balancing now.
+    pub fn is_ejected(&self, e: &Endpoint) -> bool {
+        self.outlier.is_some() && e.stats.outlier.is_ejected(outlier::now_ms())
+    }
+
+    /// Tells outlier detection how a request to (or a connection attempt to) `e` went; ejects
+    /// it when its errors reach the cluster's thresholds and the cluster may lose it.
+    pub fn report(&self, e: &Endpoint, outcome: outlier::Outcome) {
+        let Some(policy) = &self.outlier else {
+            return;
+        };
+        if !e.stats.outlier.record(policy, outcome) {
+            return;
+        }
+        let now = outlier::now_ms();
+        if e.stats.outlier.is_ejected(now) {
+            return;
+        }
+        let ejected = self
+            .usable
+            .iter()
+            .filter(|o| o.stats.outlier.is_ejected(now))
+            .count();
+        if !outlier::may_eject(policy, ejected, self.usable.len()) {
+            tracing::debug!(cluster = %self.name, endpoint = %e.addr, ejected,
+                "outlier: not ejected (maxEjectionPercent reached)");
+            return;
+        }
+        let until = e.stats.outlier.eject(policy, now);
+        self.ejected_until.fetch_max(until, Ordering::Relaxed);
+        self.stats.outlier_ejections.inc();
+        tracing::info!(cluster = %self.name, endpoint = %e.addr,
+            for_ms = until - now, "outlier: endpoint ejected");
     }
 
     /// [`UpstreamCluster::pick`] avoiding `exclude` (the hosts a retry already tried, Istio's
@@ -325,7 +396,7 @@ impl UpstreamCluster {
             return self.pick(hash);
         }
         let left: Vec<Arc<Endpoint>> = self
-            .usable
+            .candidates()
             .iter()
             .filter(|e| !exclude.contains(&e.addr))
             .cloned()
@@ -439,6 +510,7 @@ impl UpstreamCluster {
                 self.stats.cx_connect_fail.inc();
                 if let Some(ep) = &target.endpoint {
                     ep.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                    self.report(ep, outlier::Outcome::LocalFailure);
                 }
                 Err(e)
             }
@@ -542,6 +614,17 @@ impl ClusterManager {
                     .collect()
             })
             .unwrap_or_default();
+        // Pools (open connections) survive an endpoint change, not a change of how to
+        // connect (protocol, timeouts, source address).
+        let old_pools: HashMap<SocketAddr, Arc<crate::http::upstreams::EndpointPools>> = old
+            .filter(|c| c.def == *def)
+            .map(|c| {
+                c.endpoints
+                    .iter()
+                    .map(|e| (e.addr, e.pools.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut endpoints = Vec::new();
         if kind == Kind::Balanced
             && let Some(la) = &assignment
@@ -557,6 +640,7 @@ impl ClusterManager {
                         locality: locality.locality.clone(),
                         hostname: e.endpoint.hostname.clone(),
                         stats: old_stats.get(&addr).cloned().unwrap_or_default(),
+                        pools: old_pools.get(&addr).cloned().unwrap_or_default(),
                     }));
                 }
             }
@@ -566,11 +650,26 @@ impl ClusterManager {
             .filter(|e| e.usable())
             .map(|e| e.priority)
             .min();
-        let usable = endpoints
+        let usable: Vec<Arc<Endpoint>> = endpoints
             .iter()
             .filter(|e| e.usable() && Some(e.priority) == best)
             .cloned()
             .collect();
+        let breaker = match old {
+            Some(o) if o.def.circuit_breakers == def.circuit_breakers => o.breaker.clone(),
+            _ => Arc::new(crate::http::limits::CircuitBreaker::new(
+                def.circuit_breakers
+                    .as_ref()
+                    .and_then(|cb| cb.thresholds.first()),
+            )),
+        };
+        let outlier = outlier::Policy::from_def(def.outlier_detection.as_ref());
+        // Ejections carried over with the endpoints' state.
+        let ejected_until = usable
+            .iter()
+            .map(|e| e.stats.outlier.ejected_until())
+            .max()
+            .unwrap_or(0);
         UpstreamCluster {
             name: def.name.clone(),
             def: def.clone(),
@@ -581,6 +680,9 @@ impl ClusterManager {
             usable,
             rr: AtomicUsize::new(old.map_or(0, |c| c.rr.load(Ordering::Relaxed))),
             stats: self.metrics.cluster(&def.name),
+            breaker,
+            outlier,
+            ejected_until: AtomicU64::new(ejected_until),
         }
     }
 }

@@ -19,10 +19,80 @@ use tokio::net::TcpStream;
 /// dialer (source address such as 127.0.0.6, socket options, connection counters), given the
 /// endpoint's address.
 pub type Dialer = Arc<
-    dyn Fn(SocketAddr) -> Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send>>
+    dyn Fn(SocketAddr) -> Pin<Box<dyn Future<Output = std::io::Result<Dialed>> + Send>>
         + Send
         + Sync,
 >;
+
+/// A connection a [`Dialer`] opened, and whatever must live as long as it (the cluster
+/// manager's `cx_active` accounting).
+pub struct Dialed {
+    /// The connection.
+    pub stream: TcpStream,
+    /// Dropped when the pool closes the connection.
+    pub guard: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl From<TcpStream> for Dialed {
+    fn from(stream: TcpStream) -> Self {
+        Dialed {
+            stream,
+            guard: None,
+        }
+    }
+}
+
+/// A pooled connection: the stream and its guard.
+pub struct PooledIo {
+    io: TokioIo<TcpStream>,
+    _guard: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl hyper::rt::Read for PooledIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for PooledIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+}
+
+impl hyper_util::client::legacy::connect::Connection for PooledIo {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        self.io.connected()
+    }
+}
 
 /// Dials one fixed address (a `tower::Service<Uri>`, as hyper-util's client wants).
 #[derive(Clone)]
@@ -42,9 +112,9 @@ impl std::fmt::Debug for FixedConnector {
 }
 
 impl tower::Service<Uri> for FixedConnector {
-    type Response = TokioIo<TcpStream>;
+    type Response = PooledIo;
     type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = std::io::Result<TokioIo<TcpStream>>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<PooledIo>> + Send>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
@@ -52,17 +122,20 @@ impl tower::Service<Uri> for FixedConnector {
 
     fn call(&mut self, _: Uri) -> Self::Future {
         let (addr, timeout) = (self.addr, self.connect_timeout);
-        let dial: Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send>> =
-            match &self.dialer {
-                Some(d) => d(addr),
-                None => Box::pin(TcpStream::connect(addr)),
-            };
+        let dial: Pin<Box<dyn Future<Output = std::io::Result<Dialed>> + Send>> = match &self.dialer
+        {
+            Some(d) => d(addr),
+            None => Box::pin(async move { TcpStream::connect(addr).await.map(Dialed::from) }),
+        };
         Box::pin(async move {
-            let stream = tokio::time::timeout(timeout, dial).await.map_err(|_| {
+            let dialed = tokio::time::timeout(timeout, dial).await.map_err(|_| {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout")
             })??;
-            let _ = stream.set_nodelay(true);
-            Ok(TokioIo::new(stream))
+            let _ = dialed.stream.set_nodelay(true);
+            Ok(PooledIo {
+                io: TokioIo::new(dialed.stream),
+                _guard: dialed.guard,
+            })
         })
     }
 }

@@ -11,15 +11,21 @@
 //! * [`hash`]: hash-policy keys and the ring hash / Maglev endpoint tables.
 //! * [`limits`]: connection-pool limits ([`limits::CircuitBreaker`]) for the cluster manager.
 //! * [`client`]: a pooled HTTP/1.1 or h2c client for one endpoint ([`client::EndpointClient`]).
+//! * [`upstreams`]: the cluster manager as [`Upstreams`] (endpoint pick, limits, pools,
+//!   outlier detection feedback).
+//! * [`handler`]: the sidecar's [`crate::proxy::HttpHandler`]: route tables compiled per
+//!   configuration, one [`serve_connection_with_drain`] per HTTP filter chain connection.
 
 pub mod body;
 pub mod client;
+pub mod handler;
 pub mod hash;
 pub mod headers;
 pub mod limits;
 pub mod rng;
 pub mod route;
 mod server;
+pub mod upstreams;
 
 pub use body::{BoxError, ProxyBody};
 pub use rng::Rng;

@@ -99,6 +99,11 @@ fn up_full(b: impl Into<Bytes>) -> UpBody {
 /// Starts an upstream named `name` on loopback.
 pub async fn upstream(name: &str, behavior: Behavior) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    upstream_on(listener, name, behavior)
+}
+
+/// Starts an upstream named `name` on `listener` (on the current runtime).
+pub fn upstream_on(listener: TcpListener, name: &str, behavior: Behavior) -> Upstream {
     let up = Upstream {
         name: name.to_string(),
         addr: listener.local_addr().unwrap(),

@@ -1,0 +1,203 @@
+//! The HTTP connection manager as the listeners' [`HttpHandler`]: what `proxy run` hands every
+//! `http_connection_manager` filter chain to.
+//!
+//! * [`HttpHandler::compile`] compiles every route table of a configuration, the named ones
+//!   (`routes`, reached through `rds.routeConfigName`) and those inline in a listener's
+//!   `routeConfig` (inbound `inbound|9080||`), with this pod's labels (for `sourceLabels`). A
+//!   table that does not compile (a bad regex...) refuses the whole configuration, naming the
+//!   table and field; the previous configuration keeps serving.
+//! * [`HttpHandler::serve`] runs [`serve_connection_with_drain`] on the connection with the
+//!   route table of its filter chain and the snapshot's clusters ([`ClusterUpstreams`]). A
+//!   connection keeps the snapshot (routes and clusters) it was accepted on; new connections
+//!   get the new configuration. An `rds` name without a table answers every request
+//!   `404 NR`, as Envoy does before the table arrives.
+
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustmesh_xds::ProxyConfig;
+use rustmesh_xds::listener::{HttpConnectionManager, NetworkFilter};
+use rustmesh_xds::route::RouteConfiguration;
+
+use crate::http::upstreams::{ClusterUpstreams, PassthroughPools};
+use crate::http::{
+    AccessLog, HttpContext, HttpSettings, Rng, RouteTable, serve_connection_with_drain,
+};
+use crate::metrics::{Metrics as IstioMetrics, WorkloadInfo};
+use crate::proxy::{BoxFuture, HttpConnection, HttpHandler};
+use crate::{Error, Result};
+
+/// The route tables of one configuration.
+#[derive(Debug, Default)]
+pub struct CompiledRoutes {
+    /// Named tables (`routes`), by name.
+    named: HashMap<String, Arc<RouteTable>>,
+    /// Inline tables, by name; several only when differently defined tables share a name.
+    inline: HashMap<String, Vec<(RouteConfiguration, Arc<RouteTable>)>>,
+}
+
+impl CompiledRoutes {
+    /// The table a connection manager uses.
+    pub fn table(&self, hcm: &HttpConnectionManager) -> Option<Arc<RouteTable>> {
+        if let Some(rc) = &hcm.route_config {
+            let found = self.inline.get(&rc.name)?;
+            return match found.as_slice() {
+                [(_, t)] => Some(t.clone()),
+                many => many.iter().find(|(c, _)| c == rc).map(|(_, t)| t.clone()),
+            };
+        }
+        let name = &hcm.rds.as_ref()?.route_config_name;
+        self.named.get(name).cloned()
+    }
+
+    /// Names of the compiled tables (named, then inline), for logs and tests.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.named.keys().cloned().collect();
+        v.extend(self.inline.keys().cloned());
+        v.sort();
+        v
+    }
+}
+
+/// Compiles the route tables of `config` for a pod with `labels`.
+pub fn compile_routes(
+    config: &ProxyConfig,
+    labels: &BTreeMap<String, String>,
+) -> Result<CompiledRoutes> {
+    let fail = |path: String, e: crate::http::RouteError| Error::ConfigCompile {
+        field: format!("{path}.{}", e.field),
+        message: format!("route table {:?}: {}", e.table, e.message),
+    };
+    let mut out = CompiledRoutes::default();
+    for (i, rc) in config.routes.iter().enumerate() {
+        let t = RouteTable::compile(rc, labels).map_err(|e| fail(format!("routes[{i}]"), e))?;
+        out.named.insert(rc.name.clone(), Arc::new(t));
+    }
+    for (li, l) in config.listeners.iter().enumerate() {
+        let chains = l
+            .filter_chains
+            .iter()
+            .enumerate()
+            .map(|(ci, c)| (format!("listeners[{li}].filterChains[{ci}]"), c))
+            .chain(
+                l.default_filter_chain
+                    .iter()
+                    .map(|c| (format!("listeners[{li}].defaultFilterChain"), c)),
+            );
+        for (path, chain) in chains {
+            for (fi, f) in chain.filters.iter().enumerate() {
+                let NetworkFilter::HttpConnectionManager(h) = f else {
+                    continue;
+                };
+                let Some(rc) = &h.route_config else {
+                    continue;
+                };
+                let slot = out.inline.entry(rc.name.clone()).or_default();
+                if slot.iter().any(|(c, _)| c == rc) {
+                    continue;
+                }
+                let t = RouteTable::compile(rc, labels).map_err(|e| {
+                    fail(format!("{path}.filters[{fi}].typedConfig.routeConfig"), e)
+                })?;
+                slot.push((rc.clone(), Arc::new(t)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The sidecar's HTTP connection manager.
+pub struct ConnectionManager {
+    istio: Arc<IstioMetrics>,
+    workload: Arc<WorkloadInfo>,
+    settings: Arc<HttpSettings>,
+    rng: Arc<Rng>,
+    access_log: AccessLog,
+    passthrough: Arc<PassthroughPools>,
+}
+
+impl ConnectionManager {
+    /// A connection manager recording Istio's metrics into `istio` for `workload` (whose labels
+    /// also drive `sourceLabels` matches).
+    pub fn new(istio: Arc<IstioMetrics>, workload: Arc<WorkloadInfo>) -> Self {
+        ConnectionManager {
+            istio,
+            workload,
+            settings: Arc::new(HttpSettings::default()),
+            rng: Arc::new(Rng::from_entropy()),
+            access_log: AccessLog::stdout(),
+            passthrough: Arc::new(PassthroughPools::default()),
+        }
+    }
+
+    /// Access-log lines (when a connection manager has `accessLog`) go to `log`.
+    pub fn with_access_log(mut self, log: AccessLog) -> Self {
+        self.access_log = log;
+        self
+    }
+
+    /// Server limits other than the defaults.
+    pub fn with_settings(mut self, settings: HttpSettings) -> Self {
+        self.settings = Arc::new(settings);
+        self
+    }
+}
+
+impl HttpHandler for ConnectionManager {
+    fn compile(&self, config: &ProxyConfig) -> Result<Arc<dyn Any + Send + Sync>> {
+        Ok(Arc::new(compile_routes(config, &self.workload.labels)?))
+    }
+
+    fn serve(&self, conn: HttpConnection) -> BoxFuture<io::Result<()>> {
+        let routes = conn
+            .snapshot
+            .http
+            .downcast_ref::<CompiledRoutes>()
+            .and_then(|r| r.table(&conn.hcm));
+        let table = routes.unwrap_or_else(|| {
+            let name = conn
+                .hcm
+                .rds
+                .as_ref()
+                .map(|r| r.route_config_name.clone())
+                .unwrap_or_default();
+            tracing::debug!(listener = %conn.listener.name, route = %name,
+                "no route table: every request gets 404 NR");
+            let empty = RouteConfiguration {
+                name,
+                ..Default::default()
+            };
+            Arc::new(
+                RouteTable::compile(&empty, &self.workload.labels)
+                    .expect("an empty route table compiles"),
+            )
+        });
+        let ctx = HttpContext {
+            routes: Arc::new(ArcSwap::new(table)),
+            upstreams: Arc::new(ClusterUpstreams::new(
+                conn.clusters.clone(),
+                self.passthrough.clone(),
+            )),
+            metrics: self.istio.clone(),
+            workload: self.workload.clone(),
+            destinations: conn.snapshot.destinations.clone(),
+            reporter: conn.reporter,
+            peer: conn.client.0,
+            local: conn.orig_dst.0,
+            settings: self.settings.clone(),
+            rng: self.rng.clone(),
+            access_log: self.access_log.clone(),
+        };
+        Box::pin(async move {
+            let HttpConnection {
+                stream, hcm, drain, ..
+            } = conn;
+            let result = serve_connection_with_drain(stream, &hcm, ctx, drain.signaled()).await;
+            drop(drain);
+            result.map_err(|e| io::Error::other(e.to_string()))
+        })
+    }
+}

@@ -1,0 +1,191 @@
+//! The cluster manager as the HTTP layer's [`Upstreams`]: one request to a cluster picks an
+//! endpoint (load balancer, consistent hash, previous-host avoidance, outlier ejection), passes
+//! the cluster's connection-pool limits, and goes out over a pooled connection to that endpoint,
+//! opened by the cluster's own dialer (so source address, `connectTimeout` and the connection
+//! counters are the TCP proxy's). The outcome feeds the endpoint's stats and outlier detection.
+//!
+//! Pools: each endpoint of an EDS/STATIC cluster keeps an HTTP/1.1 and an h2c pool
+//! ([`EndpointPools`]); they survive configuration changes that keep the endpoint and the
+//! cluster's definition. ORIGINAL_DST clusters (`PassthroughCluster`, inbound passthrough) pool
+//! per destination address in a bounded table ([`PassthroughPools`]).
+//!
+//! The upstream protocol is the cluster's `upstreamProtocol`: `HTTP1`, `HTTP2` (h2c with prior
+//! knowledge), or `USE_DOWNSTREAM` (Istio's default: HTTP/2 requests go out as h2c, the rest as
+//! HTTP/1.1).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use http::{Request, Response, Version};
+use rustmesh_xds::cluster::UpstreamProtocol;
+
+use crate::cluster::outlier::Outcome;
+use crate::cluster::{Clusters, Endpoint, Kind, RequestOutcome, Target, UpstreamCluster};
+use crate::http::client::{Dialed, Dialer, EndpointClient};
+use crate::http::{
+    BoxFuture, DownstreamInfo, ProxyBody, UpstreamError, UpstreamResponse, Upstreams,
+};
+
+/// An endpoint's HTTP connection pools, made on first use.
+#[derive(Debug, Default)]
+pub struct EndpointPools {
+    http1: OnceLock<EndpointClient>,
+    http2: OnceLock<EndpointClient>,
+}
+
+impl EndpointPools {
+    fn get(&self, cluster: &Arc<UpstreamCluster>, target: Target, http2: bool) -> EndpointClient {
+        let slot = if http2 { &self.http2 } else { &self.http1 };
+        slot.get_or_init(|| client(cluster, target, http2)).clone()
+    }
+}
+
+/// Pools of ORIGINAL_DST clusters, by (cluster, destination, protocol). Bounded: when full it
+/// starts over (open connections finish; later requests open new ones).
+#[derive(Debug, Default)]
+pub struct PassthroughPools {
+    pools: Mutex<HashMap<(String, SocketAddr, bool), EndpointClient>>,
+}
+
+/// Most destinations [`PassthroughPools`] keeps pools for.
+pub const MAX_PASSTHROUGH_POOLS: usize = 1024;
+
+impl PassthroughPools {
+    fn get(&self, cluster: &Arc<UpstreamCluster>, dst: SocketAddr, http2: bool) -> EndpointClient {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (cluster.name.clone(), dst, http2);
+        if let Some(c) = pools.get(&key) {
+            return c.clone();
+        }
+        if pools.len() >= MAX_PASSTHROUGH_POOLS {
+            pools.clear();
+        }
+        let target = Target {
+            addr: dst,
+            endpoint: None,
+        };
+        let c = client(cluster, target, http2);
+        pools.insert(key, c.clone());
+        c
+    }
+}
+
+/// A pool whose connections are opened by the cluster's dialer.
+fn client(cluster: &Arc<UpstreamCluster>, target: Target, http2: bool) -> EndpointClient {
+    let c = cluster.clone();
+    let addr = target.addr;
+    let dialer: Dialer = Arc::new(move |_addr| {
+        let (c, target) = (c.clone(), target.clone());
+        Box::pin(async move {
+            let upstream = c.connect(target).await.map_err(std::io::Error::other)?;
+            let (stream, _, guard) = upstream.into_parts();
+            Ok(Dialed {
+                stream,
+                guard: Some(Box::new(guard)),
+            })
+        })
+    });
+    // The dialer enforces connectTimeout; the pool's own limit is only a backstop.
+    EndpointClient::with_dialer(addr, http2, cluster.connect_timeout * 2, dialer)
+}
+
+/// The clusters of one configuration snapshot, as [`Upstreams`].
+#[derive(Clone)]
+pub struct ClusterUpstreams {
+    clusters: Clusters,
+    passthrough: Arc<PassthroughPools>,
+}
+
+impl ClusterUpstreams {
+    /// Requests go to `clusters`; ORIGINAL_DST pools come from `passthrough` (shared by every
+    /// connection of the sidecar).
+    pub fn new(clusters: Clusters, passthrough: Arc<PassthroughPools>) -> Self {
+        ClusterUpstreams {
+            clusters,
+            passthrough,
+        }
+    }
+}
+
+fn wants_http2(cluster: &UpstreamCluster, version: Version) -> bool {
+    match cluster.def.upstream_protocol {
+        UpstreamProtocol::Http2 => true,
+        UpstreamProtocol::Http1 => false,
+        UpstreamProtocol::UseDownstream => version == Version::HTTP_2,
+    }
+}
+
+fn no_healthy(cluster: &UpstreamCluster) -> UpstreamError {
+    cluster.stats.cx_none_healthy.inc();
+    UpstreamError::NoHealthyUpstream
+}
+
+impl Upstreams for ClusterUpstreams {
+    fn request<'a>(
+        &'a self,
+        cluster: &'a str,
+        hash: Option<u64>,
+        exclude_hosts: &'a [SocketAddr],
+        req: Request<ProxyBody>,
+    ) -> BoxFuture<'a, Result<UpstreamResponse, UpstreamError>> {
+        Box::pin(async move {
+            let c = self
+                .clusters
+                .get(cluster)
+                .ok_or_else(|| UpstreamError::ClusterNotFound(cluster.to_string()))?
+                .clone();
+            let http2 = wants_http2(&c, req.version());
+            let (pool, endpoint): (EndpointClient, Option<Arc<Endpoint>>) = match c.kind {
+                Kind::BlackHole => return Err(no_healthy(&c)),
+                Kind::OriginalDst => {
+                    let dst = req
+                        .extensions()
+                        .get::<DownstreamInfo>()
+                        .map(|d| d.local)
+                        .ok_or_else(|| no_healthy(&c))?;
+                    (self.passthrough.get(&c, dst, http2), None)
+                }
+                Kind::Balanced => {
+                    let e = c
+                        .pick_excluding(hash, exclude_hosts)
+                        .ok_or_else(|| no_healthy(&c))?;
+                    let target = Target {
+                        addr: e.addr,
+                        endpoint: Some(e.clone()),
+                    };
+                    (e.pools.get(&c, target, http2), Some(e))
+                }
+            };
+            let permit = c.breaker.acquire(http2).await.map_err(|_| {
+                c.stats.rq_overflow.inc();
+                UpstreamError::Overflow
+            })?;
+            let guard = endpoint.as_ref().map(|e| e.start_request());
+            let result = pool.send(req).await;
+            let outcome = match &result {
+                Ok(resp) => Some(Outcome::Status(resp.status().as_u16())),
+                // A connect failure was reported by the dialer already.
+                Err(UpstreamError::Reset { .. }) => Some(Outcome::LocalFailure),
+                Err(_) => None,
+            };
+            if let Some(e) = &endpoint {
+                if let Some(o) = outcome {
+                    c.report(e, o);
+                }
+                if let Some(g) = guard {
+                    g.finish(match outcome {
+                        Some(Outcome::Status(s)) if s < 500 => RequestOutcome::Success,
+                        _ => RequestOutcome::Error,
+                    });
+                }
+            }
+            let resp = result?;
+            let (parts, body) = resp.into_parts();
+            Ok(UpstreamResponse {
+                response: Response::from_parts(parts, permit.attach(body)),
+                endpoint: endpoint.map_or(pool.addr(), |e| e.addr),
+            })
+        })
+    }
+}
