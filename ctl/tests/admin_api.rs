@@ -1,7 +1,7 @@
-//! `rustmeshctl --admin-url` against a running admin API. The proxy's admin server is not built
-//! yet, so a small HTTP server here plays it, following the contract in `ctl/README.md`
-//! ("Admin API contract") to the letter; the real `rustmeshctl` binary talks to it. Also every
-//! error a user meets on this path, as the exact sentence printed.
+//! `rustmeshctl --admin-url` against a running admin API: a small HTTP server here plays it,
+//! following the contract in `ctl/README.md` ("Admin API contract") to the letter, so that every
+//! error a user meets on this path can be provoked and its exact sentence checked
+//! (`tests/real_proxy.rs` runs the same tables against the real sidecar).
 
 mod support;
 
