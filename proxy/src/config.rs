@@ -26,12 +26,17 @@ use std::time::Duration;
 
 use rustmesh_xds::ProxyConfig;
 use rustmesh_xds::scope::{self, DEFAULT_SCOPE_KEY, SCOPE_INDEX_KEY, ScopeIndex};
+use tokio::sync::watch;
 
 use crate::cluster::ClusterManager;
 use crate::proxy::HttpHandler;
 use crate::snapshot::{Snapshot, Store};
 use crate::stats::Metrics;
 use crate::{Error, Result};
+
+pub mod api;
+
+use api::{ApiTarget, ApiView};
 
 /// Default poll interval.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -58,38 +63,45 @@ pub enum ConfigSource {
 /// its hash says it changed).
 #[derive(Clone, Debug)]
 pub struct Document {
-    /// The file's bytes.
+    /// The stored bytes.
     pub raw: Vec<u8>,
     /// Whether they are gzipped (`.gz` keys).
     pub gzip: bool,
-    /// The file.
-    pub path: PathBuf,
-    /// Hash of every input that went into choosing and reading it.
+    /// Where it came from, for messages (`/etc/rustmesh/config/sidecar-db.json.gz`, or
+    /// `configmap shop/rustmesh-proxy-config, key default.json.gz`).
+    pub origin: String,
+    /// Hash of every input that went into choosing and reading it: the pod's labels, the
+    /// index, the key and the stored bytes. The same content hashes the same whether it was
+    /// read from the mount or the API, so switching between them re-applies nothing.
     pub hash: u64,
 }
 
 impl Document {
-    /// Where it came from, for messages (`/etc/rustmesh/config/sidecar-db.json.gz`).
+    /// Where it came from, for messages.
     pub fn origin(&self) -> String {
-        self.path.display().to_string()
+        self.origin.clone()
     }
 
     /// The JSON text (gunzipped if needed).
     pub fn text(&self) -> Result<String> {
+        let decode = |message: String| Error::ConfigDecode {
+            origin: self.origin.clone(),
+            message,
+        };
         let bytes = if self.gzip {
             let mut out = Vec::new();
             flate2::read::GzDecoder::new(self.raw.as_slice())
                 .take(MAX_CONFIG_BYTES + 1)
                 .read_to_end(&mut out)
-                .map_err(|source| Error::ConfigRead {
-                    path: self.path.clone(),
-                    source,
-                })?;
+                .map_err(|e| decode(format!("not gzip: {e}")))?;
+            if out.len() as u64 > MAX_CONFIG_BYTES {
+                return Err(decode(format!("larger than {MAX_CONFIG_BYTES} bytes")));
+            }
             out
         } else {
             self.raw.clone()
         };
-        utf8(&self.path, bytes)
+        String::from_utf8(bytes).map_err(|e| decode(format!("not UTF-8: {e}")))
     }
 }
 
@@ -114,18 +126,11 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn invalid(origin: &Path, source: rustmesh_xds::Error) -> Error {
+fn invalid(origin: impl Into<String>, source: rustmesh_xds::Error) -> Error {
     Error::ConfigInvalid {
-        origin: origin.display().to_string(),
+        origin: origin.into(),
         source,
     }
-}
-
-fn utf8(path: &Path, bytes: Vec<u8>) -> Result<String> {
-    String::from_utf8(bytes).map_err(|e| Error::ConfigRead {
-        path: path.to_path_buf(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-    })
 }
 
 impl ConfigSource {
@@ -138,7 +143,7 @@ impl ConfigSource {
                 Ok(Document {
                     raw,
                     gzip: false,
-                    path: path.clone(),
+                    origin: path.display().to_string(),
                     hash,
                 })
             }
@@ -161,59 +166,115 @@ impl ConfigSource {
     }
 }
 
-fn read_dir(dir: &Path, labels_path: &Path) -> Result<Document> {
-    let labels_bytes = match std::fs::read(labels_path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(source) => {
-            return Err(Error::ConfigRead {
-                path: labels_path.to_path_buf(),
-                source,
-            });
+/// One ConfigMap's keys, as the proxy reads them: the mounted directory ([`MountedKeys`]) or
+/// the object from the API (`api::ObjectKeys`).
+pub(crate) trait Keys {
+    /// The stored bytes of `key` (for `binaryData`, decoded), `None` when there is no such key.
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Where `key` is, for messages.
+    fn origin(&self, key: &str) -> String;
+}
+
+/// The mounted ConfigMap volume: one file per key.
+struct MountedKeys<'a>(&'a Path);
+
+impl Keys for MountedKeys<'_> {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.0.join(key);
+        match read_file(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(Error::ConfigRead { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
-    };
-    let index_path = dir.join(SCOPE_INDEX_KEY);
-    let (index_bytes, key, why) = match std::fs::read(&index_path) {
-        Ok(index_bytes) => {
-            let index_text = utf8(&index_path, index_bytes.clone())?;
-            let index = ScopeIndex::from_json(&index_text).map_err(|e| invalid(&index_path, e))?;
-            let labels_text = utf8(labels_path, labels_bytes.clone())?;
-            let labels: BTreeMap<String, String> =
-                scope::parse_pod_labels(&labels_text).map_err(|e| invalid(labels_path, e))?;
-            let key = scope::select_scope(&index, &labels).to_string();
-            let why = format!("scope {key:?} selected by the pod's labels");
-            (index_bytes, key, why)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key =
-                if dir.join(PLAIN_CONFIG_KEY).exists() || !dir.join(DEFAULT_SCOPE_KEY).exists() {
-                    PLAIN_CONFIG_KEY
-                } else {
-                    DEFAULT_SCOPE_KEY
-                };
-            (Vec::new(), key.to_string(), format!("no {SCOPE_INDEX_KEY}"))
-        }
-        Err(source) => {
-            return Err(Error::ConfigRead {
-                path: index_path,
-                source,
-            });
-        }
-    };
-    if key.contains('/') || key.starts_with('.') {
-        return Err(Error::ConfigCompile {
-            field: format!("{}: key", index_path.display()),
-            message: format!("{key:?} is not a ConfigMap key"),
-        });
     }
-    let path = dir.join(&key);
-    let raw = read_file(&path)?;
-    let hash = hash_of(&[&labels_bytes, &index_bytes, key.as_bytes(), &raw]);
-    tracing::trace!(path = %path.display(), why, "configuration read");
+
+    fn origin(&self, key: &str) -> String {
+        self.0.join(key).display().to_string()
+    }
+}
+
+/// Reads the pod's labels file (downward API); a missing file means no labels.
+pub(crate) fn read_labels(labels_path: &Path) -> Result<Vec<u8>> {
+    match std::fs::read(labels_path) {
+        Ok(b) => Ok(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(Error::ConfigRead {
+            path: labels_path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn read_dir(dir: &Path, labels_path: &Path) -> Result<Document> {
+    let labels = read_labels(labels_path)?;
+    select_document(&MountedKeys(dir), &labels, labels_path)
+}
+
+/// Picks this pod's document out of a ConfigMap (the operator's layout, `rustmesh_xds::scope`):
+/// with `scopes.json`, the scope the pod's labels select; without it, `config.json` (plain
+/// JSON), else `default.json.gz`. The same for the mount and the API object.
+pub(crate) fn select_document(
+    keys: &impl Keys,
+    labels_bytes: &[u8],
+    labels_path: &Path,
+) -> Result<Document> {
+    let index_bytes = keys.get(SCOPE_INDEX_KEY)?;
+    let (key, why) = match &index_bytes {
+        Some(index_bytes) => {
+            let index_origin = keys.origin(SCOPE_INDEX_KEY);
+            let index_text = std::str::from_utf8(index_bytes).map_err(|e| Error::ConfigDecode {
+                origin: index_origin.clone(),
+                message: format!("not UTF-8: {e}"),
+            })?;
+            let index =
+                ScopeIndex::from_json(index_text).map_err(|e| invalid(index_origin.clone(), e))?;
+            let labels_text =
+                std::str::from_utf8(labels_bytes).map_err(|e| Error::ConfigDecode {
+                    origin: labels_path.display().to_string(),
+                    message: format!("not UTF-8: {e}"),
+                })?;
+            let labels: BTreeMap<String, String> = scope::parse_pod_labels(labels_text)
+                .map_err(|e| invalid(labels_path.display().to_string(), e))?;
+            let key = scope::select_scope(&index, &labels).to_string();
+            if key.contains('/') || key.starts_with('.') {
+                return Err(Error::ConfigCompile {
+                    field: format!("{index_origin}: key"),
+                    message: format!("{key:?} is not a ConfigMap key"),
+                });
+            }
+            let why = format!("scope {key:?} selected by the pod's labels");
+            (key, why)
+        }
+        None => {
+            let key = if keys.get(PLAIN_CONFIG_KEY)?.is_some()
+                || keys.get(DEFAULT_SCOPE_KEY)?.is_none()
+            {
+                PLAIN_CONFIG_KEY
+            } else {
+                DEFAULT_SCOPE_KEY
+            };
+            (key.to_string(), format!("no {SCOPE_INDEX_KEY}"))
+        }
+    };
+    let origin = keys.origin(&key);
+    let raw = keys.get(&key)?.ok_or_else(|| Error::ConfigMissing {
+        origin: origin.clone(),
+    })?;
+    let hash = hash_of(&[
+        labels_bytes,
+        index_bytes.as_deref().unwrap_or_default(),
+        key.as_bytes(),
+        &raw,
+    ]);
+    tracing::trace!(origin, why, "configuration read");
     Ok(Document {
         raw,
         gzip: key.ends_with(".gz"),
-        path,
+        origin,
         hash,
     })
 }
@@ -237,7 +298,8 @@ pub enum Outcome {
     Rejected(String),
 }
 
-/// Polls a [`ConfigSource`] and swaps good configurations into a [`Store`].
+/// Polls a [`ConfigSource`] (and, with [`Watcher::follow_api`], the ConfigMap through the API)
+/// and swaps good configurations into a [`Store`].
 pub struct Watcher {
     source: ConfigSource,
     store: Arc<Store>,
@@ -246,6 +308,21 @@ pub struct Watcher {
     http: Arc<dyn HttpHandler>,
     interval: Duration,
     last: Option<u64>,
+    api: Option<ApiFollow>,
+}
+
+/// The API side of a [`Watcher`].
+struct ApiFollow {
+    target: ApiTarget,
+    feed: watch::Receiver<ApiView>,
+    /// The last poll used the API's copy.
+    live: bool,
+    /// The configuration serving came from the API's copy.
+    serving_from_api: bool,
+    /// After falling back to the mount while serving the API's copy: the mount's hash then.
+    /// The mount may lag the API by a minute, so what it shows at that moment is not applied
+    /// (it could be older than what serves); the next change of it is.
+    mount_baseline: Option<u64>,
 }
 
 impl Watcher {
@@ -266,12 +343,98 @@ impl Watcher {
             http,
             interval,
             last: None,
+            api: None,
+        }
+    }
+
+    /// Also follows `target` through the API ([`api::follow`]'s `feed`): while the watch is
+    /// live its copy is used (the labels still come from the source's labels file) and a
+    /// change is applied as soon as it is heard; while it is not (starting, unreachable,
+    /// forbidden) the source is polled as without it. Only for [`ConfigSource::Dir`].
+    pub fn follow_api(&mut self, target: ApiTarget, feed: watch::Receiver<ApiView>) {
+        self.api = Some(ApiFollow {
+            target,
+            feed,
+            live: false,
+            serving_from_api: false,
+            mount_baseline: None,
+        });
+    }
+
+    fn labels_path(&self) -> PathBuf {
+        match &self.source {
+            ConfigSource::Dir { pod_labels, .. } => pod_labels.clone(),
+            ConfigSource::File(_) => PathBuf::new(),
         }
     }
 
     /// Reads the source once; applies the document if it changed and is good.
     pub fn poll(&mut self) -> Outcome {
-        let document = self.source.read();
+        let labels_path = self.labels_path();
+        let mut from_api = false;
+        let document = match &mut self.api {
+            None => self.source.read(),
+            Some(api) => {
+                let view = api.feed.borrow().clone();
+                match view {
+                    ApiView::Live(object) => {
+                        if !api.live {
+                            tracing::info!(
+                                "following {} through the API (changes apply as they are heard)",
+                                api.target
+                            );
+                            self.metrics.config_api_live(true);
+                        }
+                        api.live = true;
+                        api.mount_baseline = None;
+                        from_api = true;
+                        api::read(object.as_deref(), &api.target, &labels_path)
+                    }
+                    ApiView::Pending | ApiView::Down(_) => {
+                        if api.live {
+                            let why = match &view {
+                                ApiView::Down(why) => why.as_str(),
+                                _ => "not listed yet",
+                            };
+                            tracing::warn!(
+                                "lost the API watch of {} ({why}); following the mounted copy \
+                                 until it is back",
+                                api.target
+                            );
+                            self.metrics.config_api_live(false);
+                        }
+                        api.live = false;
+                        let document = self.source.read();
+                        if api.serving_from_api {
+                            let hash = match &document {
+                                Ok(d) => d.hash,
+                                Err(e) => hash_of(&[e.to_string().as_bytes()]),
+                            };
+                            match api.mount_baseline {
+                                None => {
+                                    api.mount_baseline = Some(hash);
+                                    return Outcome::Unchanged;
+                                }
+                                Some(b) if b == hash => return Outcome::Unchanged,
+                                Some(_) => {}
+                            }
+                        }
+                        document
+                    }
+                }
+            }
+        };
+        let outcome = self.apply(document);
+        if let (Some(api), Outcome::Applied(_)) = (&mut self.api, &outcome) {
+            api.serving_from_api = from_api;
+            if !from_api {
+                api.mount_baseline = None;
+            }
+        }
+        outcome
+    }
+
+    fn apply(&mut self, document: Result<Document>) -> Outcome {
         let hash = match &document {
             Ok(d) => d.hash,
             Err(e) => hash_of(&[e.to_string().as_bytes()]),
@@ -328,17 +491,39 @@ impl Watcher {
         }
     }
 
-    /// Polls forever (reads run on the blocking pool).
+    /// Polls every interval, and at once when the API's copy changes, forever (reads run on
+    /// the blocking pool).
     pub async fn run(mut self) {
+        let mut feed = self.api.as_ref().map(|a| a.feed.clone());
         loop {
-            tokio::time::sleep(self.interval).await;
+            let heard = match feed.as_mut() {
+                Some(f) => tokio::select! {
+                    () = tokio::time::sleep(self.interval) => false,
+                    changed = f.changed() => {
+                        if changed.is_err() {
+                            feed = None;
+                        }
+                        true
+                    }
+                },
+                None => {
+                    tokio::time::sleep(self.interval).await;
+                    false
+                }
+            };
+            let started = std::time::Instant::now();
             self = match tokio::task::spawn_blocking(move || {
-                self.poll();
-                self
+                let outcome = self.poll();
+                (self, outcome)
             })
             .await
             {
-                Ok(w) => w,
+                Ok((w, outcome)) => {
+                    if heard && matches!(outcome, Outcome::Applied(_)) {
+                        tracing::debug!(elapsed = ?started.elapsed(), "API change applied");
+                    }
+                    w
+                }
                 Err(e) => {
                     tracing::error!("configuration watcher stopped: {e}");
                     return;
@@ -520,5 +705,119 @@ mod tests {
             pod_labels: dir.path().join("no-labels"),
         });
         assert_eq!(w.poll(), Outcome::Applied("plain".into()));
+    }
+    fn object(
+        index: &str,
+        files: &[(&str, Vec<u8>)],
+    ) -> Arc<k8s_openapi::api::core::v1::ConfigMap> {
+        Arc::new(k8s_openapi::api::core::v1::ConfigMap {
+            data: Some(BTreeMap::from([(
+                SCOPE_INDEX_KEY.to_string(),
+                index.to_string(),
+            )])),
+            binary_data: Some(
+                files
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.clone())))
+                    .collect(),
+            ),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn api_copy_wins_while_live_and_a_lagging_mount_never_rolls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let labels = dir.path().join("labels");
+        std::fs::write(&labels, "app=\"ratings\"\n").unwrap();
+        let mount = dir.path().join("config");
+        std::fs::create_dir(&mount).unwrap();
+        let index = json!({"version": 1, "default": "default.json.gz",
+            "selectors": [{"key": "sidecar-ratings.json.gz", "sidecar": "ratings", "labels": {"app": "ratings"}}]})
+        .to_string();
+        let files = |v: &str| {
+            vec![
+                (
+                    "default.json.gz",
+                    gzip(&doc(&format!("default-{v}"), "PassthroughCluster")),
+                ),
+                (
+                    "sidecar-ratings.json.gz",
+                    gzip(&doc(&format!("ratings-{v}"), "PassthroughCluster")),
+                ),
+            ]
+        };
+        let with_index = |v: &str| {
+            let mut f = vec![("scopes.json", index.clone().into_bytes())];
+            f.extend(files(v));
+            f
+        };
+        publish(&mount, 1, &with_index("1"));
+        let (mut w, store, metrics) = watcher(ConfigSource::Dir {
+            dir: mount.clone(),
+            pod_labels: labels.clone(),
+        });
+        let target = ApiTarget {
+            namespace: "shop".into(),
+            name: "rustmesh-proxy-config".into(),
+        };
+        let (tx, rx) = watch::channel(ApiView::Pending);
+        w.follow_api(target, rx);
+
+        // Starting: the mount serves at once.
+        assert_eq!(w.poll(), Outcome::Applied("ratings-1".into()));
+        // The API lists the same content: nothing to re-apply.
+        tx.send_replace(ApiView::Live(Some(object(&index, &files("1")))));
+        assert_eq!(w.poll(), Outcome::Unchanged);
+        assert_eq!(metrics.config_api_live_value(), 1);
+        // A change heard through the API applies, though the mount still has the old one.
+        tx.send_replace(ApiView::Live(Some(object(&index, &files("2")))));
+        assert_eq!(w.poll(), Outcome::Applied("ratings-2".into()));
+        // The pod is relabelled: the API copy's default scope.
+        std::fs::write(&labels, "app=\"reviews\"\n").unwrap();
+        assert_eq!(w.poll(), Outcome::Applied("default-2".into()));
+        std::fs::write(&labels, "app=\"ratings\"\n").unwrap();
+        assert_eq!(w.poll(), Outcome::Applied("ratings-2".into()));
+
+        // A bad document from the API is refused like a bad file.
+        let mut bad = files("3");
+        bad[1].1 = gzip(&doc("ratings-3", "nope"));
+        tx.send_replace(ApiView::Live(Some(object(&index, &bad))));
+        let Outcome::Rejected(reason) = w.poll() else {
+            panic!()
+        };
+        assert!(
+            reason.starts_with(
+                "configmap shop/rustmesh-proxy-config, key sidecar-ratings.json.gz: listeners[0]"
+            ) && reason.contains("\"nope\""),
+            "{reason}"
+        );
+        assert_eq!(store.load().unwrap().version(), "ratings-2");
+        assert_eq!(metrics.config_reload_counts(), (4, 1));
+        // Not gzip.
+        let mut bad = files("4");
+        bad[1].1 = b"not gzip".to_vec();
+        tx.send_replace(ApiView::Live(Some(object(&index, &bad))));
+        assert!(matches!(w.poll(), Outcome::Rejected(r) if r.contains("not gzip")));
+        // Deleted by hand: refused, the last good one serves (the operator restores it).
+        tx.send_replace(ApiView::Live(None));
+        assert!(matches!(w.poll(), Outcome::Rejected(r) if r.ends_with("not found")));
+        tx.send_replace(ApiView::Live(Some(object(&index, &files("2")))));
+        assert_eq!(w.poll(), Outcome::Applied("ratings-2".into()));
+
+        // The API goes away: the mount (still at 1, it lags) does not roll the proxy back...
+        tx.send_replace(ApiView::Down("connection refused".into()));
+        assert_eq!(w.poll(), Outcome::Unchanged);
+        assert_eq!(w.poll(), Outcome::Unchanged);
+        assert_eq!(store.load().unwrap().version(), "ratings-2");
+        assert_eq!(metrics.config_api_live_value(), 0);
+        // ...but its next change applies.
+        publish(&mount, 2, &with_index("5"));
+        assert_eq!(w.poll(), Outcome::Applied("ratings-5".into()));
+        publish(&mount, 3, &with_index("6"));
+        assert_eq!(w.poll(), Outcome::Applied("ratings-6".into()));
+        // The API is back with a newer copy.
+        tx.send_replace(ApiView::Live(Some(object(&index, &files("7")))));
+        assert_eq!(w.poll(), Outcome::Applied("ratings-7".into()));
     }
 }

@@ -78,6 +78,31 @@ pub enum Error {
         source: rustmesh_xds::Error,
     },
 
+    /// A stored configuration (or the index, or the labels) could not be decoded (gzip, UTF-8).
+    #[error("cannot decode {origin}: {message}")]
+    ConfigDecode {
+        /// Where it came from (file, or ConfigMap and key).
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// The key (or the ConfigMap) the pod's configuration should be in does not exist.
+    #[error("{origin}: not found")]
+    ConfigMissing {
+        /// The file, or ConfigMap and key.
+        origin: String,
+    },
+
+    /// The Kubernetes API could not be used (no in-cluster credentials, unreachable, forbidden).
+    #[error("Kubernetes API, {what}: {message}")]
+    Kube {
+        /// What was being done (`watch configmap shop/rustmesh-proxy-config`).
+        what: String,
+        /// What went wrong, with the advice the proxy has.
+        message: String,
+    },
+
     /// A configuration is valid JSON and consistent, but the proxy cannot run it.
     #[error("{field}: {message}")]
     ConfigCompile {

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 
 use crate::admin::{AdminState, Endpoints, Server};
 use crate::cluster::ClusterManager;
+use crate::config::api::{self, ApiTarget};
 use crate::config::{ConfigSource, DEFAULT_POLL_INTERVAL, Watcher};
 use crate::dns::{DnsServer, DnsTable, ResolvConf, SharedTable};
 use crate::http::handler::ConnectionManager;
@@ -50,6 +51,17 @@ pub struct RunArgs {
     /// --config-dir [default: /etc/istio/pod/labels].
     #[arg(long, value_name = "FILE")]
     pub pod_labels: Option<PathBuf>,
+    /// Follow this ConfigMap (in --config-namespace) through the Kubernetes API: changes apply
+    /// as soon as the API server has them. The mounted --config-dir serves at start and
+    /// whenever the API cannot be used. The webhook sets PROXY_CONFIGMAP=rustmesh-proxy-config.
+    #[arg(long, value_name = "NAME", env = "PROXY_CONFIGMAP")]
+    pub config_configmap: Option<String>,
+    /// Namespace of --config-configmap (the pod's).
+    #[arg(long, value_name = "NS", env = "POD_NAMESPACE")]
+    pub config_namespace: Option<String>,
+    /// Never use the API: only poll the mounted --config-dir.
+    #[arg(long)]
+    pub no_api_watch: bool,
     /// How often the configuration is checked for changes.
     #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = duration)]
     pub config_poll_interval: Duration,
@@ -81,6 +93,19 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The ConfigMap to follow through the API: with --config-configmap and --config-namespace
+    /// both set, reading --config-dir (not --config), and without --no-api-watch.
+    pub fn api_target(&self) -> Option<ApiTarget> {
+        let set = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+        if self.config.is_some() || self.no_api_watch {
+            return None;
+        }
+        Some(ApiTarget {
+            name: set(&self.config_configmap)?,
+            namespace: set(&self.config_namespace)?,
+        })
+    }
+
     /// Where the configuration is read from.
     pub fn source(&self) -> ConfigSource {
         match &self.config {
@@ -105,6 +130,9 @@ impl Default for RunArgs {
             config: None,
             config_dir: None,
             pod_labels: None,
+            config_configmap: None,
+            config_namespace: None,
+            no_api_watch: false,
             config_poll_interval: DEFAULT_POLL_INTERVAL,
             outbound_port: well_known::OUTBOUND_CAPTURE_PORT,
             inbound_port: well_known::INBOUND_CAPTURE_PORT,
@@ -279,6 +307,7 @@ pub async fn serve(args: RunArgs) -> Result<()> {
         readiness = args.health_port,
         prometheus = args.prometheus_port,
         ?source,
+        api = ?args.api_target().map(|t| t.to_string()),
         "sidecar started"
     );
 
@@ -290,6 +319,17 @@ pub async fn serve(args: RunArgs) -> Result<()> {
         http,
         args.config_poll_interval,
     );
+    match args.api_target() {
+        Some(target) => {
+            let feed = api::follow(target.clone(), None);
+            watcher.follow_api(target, feed);
+        }
+        None if args.config.is_none() && !args.no_api_watch => tracing::info!(
+            "not following the configuration through the API (needs --config-configmap and \
+             --config-namespace, or PROXY_CONFIGMAP and POD_NAMESPACE); polling the mount"
+        ),
+        None => {}
+    }
     watcher.poll();
     tokio::spawn(watcher.run());
     for server in servers {
@@ -370,6 +410,32 @@ mod tests {
         ])
         .run;
         assert_eq!(a.source(), ConfigSource::File("/tmp/c.json".into()));
+        assert_eq!(a.api_target(), None, "--config never uses the API");
+        let a = Cli::parse_from([
+            "proxy",
+            "--config-configmap",
+            "rustmesh-proxy-config",
+            "--config-namespace",
+            "shop",
+        ])
+        .run;
+        assert_eq!(
+            a.api_target(),
+            Some(ApiTarget {
+                namespace: "shop".into(),
+                name: "rustmesh-proxy-config".into()
+            })
+        );
+        let a = Cli::parse_from([
+            "proxy",
+            "--config-configmap",
+            "rustmesh-proxy-config",
+            "--config-namespace",
+            "shop",
+            "--no-api-watch",
+        ])
+        .run;
+        assert_eq!(a.api_target(), None);
         assert_eq!(a.drain_timeout, Duration::from_secs(90));
         assert!(Cli::try_parse_from(["proxy", "--config", "a", "--config-dir", "b"]).is_err());
         assert!(Cli::try_parse_from(["proxy", "--drain-timeout", "soon"]).is_err());

@@ -101,6 +101,7 @@ pub struct Metrics {
     listener_refused: Family<RefusedLabels, Counter>,
     config_reloads: Family<ReloadLabels, Counter>,
     config_rejected: Gauge,
+    config_api_live: Gauge,
 }
 
 /// Handles of one cluster's counters.
@@ -241,6 +242,11 @@ impl Metrics {
             "1 while the newest configuration document is refused and an older one serves",
             m.config_rejected.clone(),
         );
+        registry.register(
+            "rustmesh_config_api_live",
+            "1 while the configuration is followed through the Kubernetes API, 0 while the mounted copy is",
+            m.config_api_live.clone(),
+        );
         m
     }
 
@@ -305,6 +311,16 @@ impl Metrics {
             })
             .inc();
         self.config_rejected.set(i64::from(!applied));
+    }
+
+    /// Whether the configuration is followed through the API (else the mounted copy).
+    pub fn config_api_live(&self, live: bool) {
+        self.config_api_live.set(i64::from(live));
+    }
+
+    /// 1 while the configuration is followed through the API.
+    pub fn config_api_live_value(&self) -> i64 {
+        self.config_api_live.get()
     }
 
     /// (applied, rejected) reload counts.
