@@ -411,6 +411,7 @@ mod tests {
         .run;
         assert_eq!(a.source(), ConfigSource::File("/tmp/c.json".into()));
         assert_eq!(a.api_target(), None, "--config never uses the API");
+        assert_eq!(a.drain_timeout, Duration::from_secs(90));
         let a = Cli::parse_from([
             "proxy",
             "--config-configmap",
@@ -436,7 +437,6 @@ mod tests {
         ])
         .run;
         assert_eq!(a.api_target(), None);
-        assert_eq!(a.drain_timeout, Duration::from_secs(90));
         assert!(Cli::try_parse_from(["proxy", "--config", "a", "--config-dir", "b"]).is_err());
         assert!(Cli::try_parse_from(["proxy", "--drain-timeout", "soon"]).is_err());
     }
