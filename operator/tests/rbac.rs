@@ -4,7 +4,10 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
 use serde::Deserialize;
 
 fn documents() -> Vec<serde_json::Value> {
-    let text = include_str!("../rbac.yaml");
+    parse(include_str!("../rbac.yaml"))
+}
+
+fn parse(text: &str) -> Vec<serde_json::Value> {
     serde_norway::Deserializer::from_str(text)
         .map(|d| serde_json::to_value(serde_norway::Value::deserialize(d).unwrap()).unwrap())
         .collect()
@@ -37,15 +40,9 @@ fn allows(
     })
 }
 
-#[test]
-fn rbac_covers_the_controller_and_no_more() {
-    let docs = documents();
-    let cr: ClusterRole = docs
-        .iter()
-        .find(|d| d["kind"] == "ClusterRole")
-        .map(|d| serde_json::from_value(d.clone()).unwrap())
-        .unwrap();
-    let rules = cr.rules.unwrap();
+/// What the controller does with the cluster-wide rules, and nothing more.
+fn check_cluster_rules(rules: &[PolicyRule]) {
+    let rules = rules.to_vec();
     for res in ["services", "endpoints", "pods", "namespaces"] {
         assert!(allows(&rules, "", res, "watch", None), "{res}");
         assert!(
@@ -93,6 +90,49 @@ fn rbac_covers_the_controller_and_no_more() {
         Some(reader)
     ));
     assert!(allows(&rules, "events.k8s.io", "events", "create", None));
+    // The reader Role grants only what the operator holds (no bind/escalate): RBAC's
+    // escalation check would refuse it otherwise.
+    let reader = rustmesh_operator::configmap::reader_role("shop");
+    for rule in reader.rules.unwrap() {
+        for verb in &rule.verbs {
+            for name in rule.resource_names.as_deref().unwrap() {
+                assert!(
+                    allows(&rules, "", "configmaps", verb, Some(name)),
+                    "the operator cannot grant {verb} on configmap {name}"
+                );
+            }
+        }
+    }
+    let cm = rustmesh_xds::well_known::PROXY_CONFIGMAP;
+    let reader = rustmesh_operator::configmap::READER_ROLE;
+    for verb in ["delete", "deletecollection", "bind", "escalate"] {
+        for (group, res, name) in [
+            ("", "configmaps", cm),
+            ("rbac.authorization.k8s.io", "roles", reader),
+            ("rbac.authorization.k8s.io", "rolebindings", reader),
+        ] {
+            assert!(
+                !allows(&rules, group, res, verb, Some(name)),
+                "{verb} {res}"
+            );
+        }
+    }
+    assert!(
+        !allows(&rules, "", "configmaps", "list", None),
+        "only the one ConfigMap"
+    );
+    assert!(!allows(&rules, "", "secrets", "get", None));
+}
+
+#[test]
+fn rbac_covers_the_controller_and_no_more() {
+    let docs = documents();
+    let cr: ClusterRole = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole")
+        .map(|d| serde_json::from_value(d.clone()).unwrap())
+        .unwrap();
+    check_cluster_rules(&cr.rules.unwrap());
     let role: Role = docs
         .iter()
         .find(|d| d["kind"] == "Role")
@@ -113,4 +153,17 @@ fn rbac_covers_the_controller_and_no_more() {
         "create",
         None
     ));
+}
+
+/// The install manifests (the kustomize base, generated from the Helm chart by
+/// `manifests/check --update`) give the operator the same least privilege.
+#[test]
+fn install_manifests_grant_the_same() {
+    let docs = parse(include_str!("../../manifests/kustomize/base/operator.yaml"));
+    let cr: ClusterRole = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "rustmesh-operator")
+        .map(|d| serde_json::from_value(d.clone()).unwrap())
+        .expect("ClusterRole rustmesh-operator in the kustomize base");
+    check_cluster_rules(&cr.rules.unwrap());
 }
