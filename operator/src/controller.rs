@@ -387,8 +387,13 @@ impl Writer {
                         self.rbac_done.insert(ns.clone());
                     }
                     Err(e) => {
-                        tracing::warn!(namespace = %ns, error = %e, "applying the reader Role failed");
+                        tracing::warn!(namespace = %ns, error = %e, "applying the reader Role failed; retrying");
                         self.metrics.error("rbac");
+                        // Retried even when the ConfigMap itself is unchanged: without the
+                        // Role the namespace's proxies cannot follow it through the API.
+                        state
+                            .debouncer
+                            .note([ns.clone()], false, Instant::now() + RETRY_DELAY);
                     }
                 }
             }
@@ -821,10 +826,16 @@ mod tests {
 
     /// A fake API server: records every request and answers with a plausible object.
     fn fake_api() -> (Client, RequestLog) {
+        fake_api_refusing(Arc::new(std::sync::atomic::AtomicBool::new(false)))
+    }
+
+    /// While `refuse_roles` is set, writes of Roles and RoleBindings are forbidden (403).
+    fn fake_api_refusing(refuse_roles: Arc<std::sync::atomic::AtomicBool>) -> (Client, RequestLog) {
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = log.clone();
         let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
             let seen = seen.clone();
+            let refuse_roles = refuse_roles.clone();
             async move {
                 let (parts, body) = req.into_parts();
                 let bytes = body.collect_bytes().await.unwrap_or_default();
@@ -854,6 +865,22 @@ mod tests {
                         .to_string();
                     answer["metadata"] = json!({"name": name});
                 }
+                if refuse_roles.load(std::sync::atomic::Ordering::SeqCst)
+                    && parts
+                        .uri
+                        .path()
+                        .contains("/apis/rbac.authorization.k8s.io/")
+                {
+                    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "reason": "Forbidden", "code": 403, "message": "roles is forbidden"});
+                    return Ok(http::Response::builder()
+                        .status(403)
+                        .header("content-type", "application/json")
+                        .body(kube::client::Body::from(
+                            serde_json::to_vec(&status).unwrap(),
+                        ))
+                        .unwrap());
+                }
                 if answer["kind"] == "DestinationRule" {
                     answer["spec"] = json!({"host": "h"});
                 } else if answer.get("spec").is_none() && answer["kind"] != "ConfigMap" {
@@ -871,6 +898,58 @@ mod tests {
             }
         });
         (Client::new(svc, "default"), log)
+    }
+
+    #[tokio::test]
+    async fn a_refused_reader_role_is_retried_though_the_configmap_is_unchanged() {
+        let refuse = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (client, log) = fake_api_refusing(refuse.clone());
+        let metrics = Arc::new(Metrics::new());
+        let mut writer = Writer {
+            client: client.clone(),
+            metrics: metrics.clone(),
+            recorder: Recorder::new(
+                client,
+                Reporter {
+                    controller: OPERATOR_FIELD_MANAGER.into(),
+                    instance: Some("test".into()),
+                },
+            ),
+            rbac_done: BTreeSet::new(),
+        };
+        let mut state = State::new(MeshConfig::default(), fast());
+        state.index = bookinfo();
+        let t0 = Instant::now();
+        state.note_everything(t0);
+        let batch = state
+            .debouncer
+            .take_due(t0 + Duration::from_secs(1))
+            .unwrap();
+        writer.flush(&mut state, batch).await;
+        assert!(metrics.render().contains("errors_total{kind=\"rbac\"} 1"));
+        assert!(!writer.rbac_done.contains("default"));
+        // A retry is due for the namespace, after the retry delay.
+        let retry = state
+            .debouncer
+            .take_due(Instant::now() + RETRY_DELAY + Duration::from_secs(1))
+            .expect("a retry is scheduled");
+        assert!(retry.namespaces.contains("default"));
+        refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+        log.lock().unwrap().clear();
+        writer.flush(&mut state, retry).await;
+        let requests = log.lock().unwrap().clone();
+        assert!(
+            requests.iter().any(|(m, uri, ..)| m == "PATCH"
+                && uri.contains("/namespaces/default/roles/rustmesh-proxy-config-reader")),
+            "{requests:#?}"
+        );
+        assert!(
+            !requests
+                .iter()
+                .any(|(_, uri, ..)| uri.contains("configmaps")),
+            "the ConfigMap is unchanged: {requests:#?}"
+        );
+        assert!(writer.rbac_done.contains("default"));
     }
 
     #[tokio::test]
