@@ -107,6 +107,59 @@ fn configmap(ns: &str, n: &str) -> ConfigMap {
     }
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` on 127.0.0.1:port, the body of a 200 answer.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// The real `proxy run`, configured only as the webhook configures it (PROXY_CONFIGMAP,
+/// POD_NAMESPACE, the mounts), with the service account's kubeconfig in place of the in-cluster
+/// credentials. Killed when dropped.
+struct Sidecar {
+    child: std::process::Child,
+    admin: u16,
+    prometheus: u16,
+    log: std::path::PathBuf,
+}
+
+impl Sidecar {
+    fn version(&self) -> Option<String> {
+        let dump = http_get(self.admin, "/config_dump")?;
+        let v: serde_json::Value = serde_json::from_str(&dump).ok()?;
+        v["versionInfo"].as_str().map(str::to_string)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 async fn until<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
     loop {
@@ -285,6 +338,60 @@ async fn body(admin: Client, ns: &str) {
         granted.elapsed()
     );
 
+    // The real binary, as injected: the API's copy, not the mount's.
+    let mut kc = Kubeconfig::read_from(kubeconfig_path()).unwrap();
+    for a in &mut kc.auth_infos {
+        a.auth_info = Some(serde_json::from_value(json!({"token": token})).unwrap());
+    }
+    let kc_path = dir.path().join("sa.kubeconfig");
+    std::fs::write(&kc_path, serde_json::to_string(&kc).unwrap()).unwrap();
+    let log = dir.path().join("sidecar.log");
+    let (admin_port, prometheus) = (free_port(), free_port());
+    let sidecar = Sidecar {
+        child: std::process::Command::new(env!("CARGO_BIN_EXE_proxy"))
+            .args(["run", "--config-dir"])
+            .arg(&mount)
+            .arg("--pod-labels")
+            .arg(&labels)
+            .args(["--outbound-port", &free_port().to_string()])
+            .args(["--inbound-port", &free_port().to_string()])
+            .args(["--admin-port", &admin_port.to_string()])
+            .args(["--health-port", &free_port().to_string()])
+            .args(["--prometheus-port", &prometheus.to_string()])
+            .args(["--dns-port", "0"])
+            .env("KUBECONFIG", &kc_path)
+            .env("PROXY_CONFIGMAP", CM)
+            .env("POD_NAMESPACE", ns)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+        admin: admin_port,
+        prometheus,
+        log,
+    };
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(30);
+    while sidecar.version().as_deref() != Some("ratings-api-1") {
+        assert!(
+            Instant::now() < deadline,
+            "proxy run never served the API's copy (serving {:?}):\n{}",
+            sidecar.version(),
+            sidecar.log()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!(
+        "proxy run: serving the API's copy {:?} after start",
+        started.elapsed()
+    );
+    let metrics_text = http_get(sidecar.prometheus, "/stats/prometheus").unwrap();
+    assert!(
+        metrics_text.contains("rustmesh_config_api_live 1"),
+        "{metrics_text}"
+    );
+
     // Only that ConfigMap: not another one, not a list without naming it.
     let sa_cms: Api<ConfigMap> = Api::namespaced(sa_client.clone(), ns);
     let forbidden =
@@ -298,6 +405,7 @@ async fn body(admin: Client, ns: &str) {
     // Updates: from the request to the new configuration serving.
     let apply = PatchParams::apply("rustmesh-cfgwatch-test").force();
     let mut times = Vec::new();
+    let mut binary_times = Vec::new();
     for n in 2..=11 {
         let want = format!("ratings-api-{n}");
         let started = Instant::now();
@@ -314,18 +422,33 @@ async fn body(admin: Client, ns: &str) {
         })
         .await;
         let serving = started.elapsed();
-        println!("update {n}: written in {written:?}, serving in {serving:?}");
+        let deadline = started + Duration::from_secs(10);
+        while sidecar.version().as_deref() != Some(want.as_str()) {
+            assert!(
+                Instant::now() < deadline,
+                "proxy run: {want}:\n{}",
+                sidecar.log()
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let binary = started.elapsed();
+        println!(
+            "update {n}: written in {written:?}, serving in {serving:?} (watcher), {binary:?} (proxy run, seen through its admin API)"
+        );
         times.push(serving);
+        binary_times.push(binary);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    times.sort();
-    println!(
-        "ConfigMap update → new configuration serving, {} updates: min {:?}, median {:?}, max {:?}",
-        times.len(),
-        times[0],
-        times[times.len() / 2],
-        times[times.len() - 1]
-    );
+    for (what, mut times) in [("watcher", times), ("proxy run", binary_times)] {
+        times.sort();
+        println!(
+            "ConfigMap update → new configuration serving ({what}), {} updates: min {:?}, median {:?}, max {:?}",
+            times.len(),
+            times[0],
+            times[times.len() / 2],
+            times[times.len() - 1]
+        );
+    }
 
     // A bad document is refused; the last good one serves.
     let (_, rejected) = metrics.config_reload_counts();
@@ -357,10 +480,113 @@ async fn body(admin: Client, ns: &str) {
         || (version().as_deref() == Some("ratings-api-13")).then_some(()),
     )
     .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sidecar.version().as_deref() != Some("ratings-api-13") {
+        assert!(Instant::now() < deadline, "proxy run:\n{}", sidecar.log());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let log = sidecar.log();
+    assert!(
+        log.contains("following configmap") && log.contains("configuration refused"),
+        "{log}"
+    );
+    drop(sidecar);
     // Relabelled pod: the default scope of the API's copy.
     std::fs::write(&labels, "app=\"reviews\"\n").unwrap();
     until("the default scope serves", Duration::from_secs(10), || {
         (version().as_deref() == Some("default-api-13")).then_some(())
     })
     .await;
+}
+
+/// No cluster needed: `proxy run` whose API server does not answer serves the mounted copy,
+/// says why, follows the mount's changes, and reports `rustmesh_config_api_live 0`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_api_falls_back_to_the_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path().join("config");
+    std::fs::create_dir(&mount).unwrap();
+    let write_mount = |n: &str| {
+        std::fs::write(mount.join("scopes.json"), INDEX).unwrap();
+        for (k, v) in configmap("x", n).binary_data.unwrap() {
+            let tmp = mount.join(format!("{k}.tmp"));
+            std::fs::write(&tmp, v.0).unwrap();
+            std::fs::rename(&tmp, mount.join(k)).unwrap();
+        }
+    };
+    write_mount("mount-0");
+    let labels = dir.path().join("labels");
+    std::fs::write(&labels, "app=\"ratings\"\n").unwrap();
+    // An API server address nothing listens on.
+    let closed = free_port();
+    let kc_path = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kc_path,
+        json!({"apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "c", "cluster": {"server": format!("https://127.0.0.1:{closed}"), "insecure-skip-tls-verify": true}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+            "current-context": "c"})
+        .to_string(),
+    )
+    .unwrap();
+    let log = dir.path().join("sidecar.log");
+    let (admin_port, prometheus) = (free_port(), free_port());
+    let sidecar = Sidecar {
+        child: std::process::Command::new(env!("CARGO_BIN_EXE_proxy"))
+            .args(["run", "--config-dir"])
+            .arg(&mount)
+            .arg("--pod-labels")
+            .arg(&labels)
+            .args(["--outbound-port", &free_port().to_string()])
+            .args(["--inbound-port", &free_port().to_string()])
+            .args(["--admin-port", &admin_port.to_string()])
+            .args(["--health-port", &free_port().to_string()])
+            .args(["--prometheus-port", &prometheus.to_string()])
+            .args(["--dns-port", "0"])
+            .env("KUBECONFIG", &kc_path)
+            .env("PROXY_CONFIGMAP", CM)
+            .env("POD_NAMESPACE", "shop")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+        admin: admin_port,
+        prometheus,
+        log,
+    };
+    let wait = |want: &'static str| {
+        let sidecar = &sidecar;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while sidecar.version().as_deref() != Some(want) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{want}: serving {:?}\n{}",
+                    sidecar.version(),
+                    sidecar.log()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    wait("ratings-mount-0").await;
+    // The failure is logged once with what was tried.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sidecar
+        .log()
+        .contains("Kubernetes API, watch configmap shop/rustmesh-proxy-config")
+    {
+        assert!(Instant::now() < deadline, "{}", sidecar.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(sidecar.log().contains("following the mounted copy"));
+    write_mount("mount-1");
+    wait("ratings-mount-1").await;
+    let metrics_text = http_get(sidecar.prometheus, "/stats/prometheus").unwrap();
+    assert!(
+        metrics_text.contains("rustmesh_config_api_live 0"),
+        "{metrics_text}"
+    );
 }
