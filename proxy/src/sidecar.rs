@@ -18,6 +18,7 @@ use crate::cluster::ClusterManager;
 use crate::config::api::{self, ApiTarget};
 use crate::config::{ConfigSource, DEFAULT_POLL_INTERVAL, Watcher};
 use crate::dns::{DnsServer, DnsTable, ResolvConf, SharedTable};
+use crate::http::HttpSettings;
 use crate::http::handler::ConnectionManager;
 use crate::metrics::{Metrics as IstioMetrics, WorkloadInfo};
 use crate::proxy::inbound::Inbound;
@@ -87,6 +88,24 @@ pub struct RunArgs {
     /// The resolvers the DNS proxy forwards unknown names to.
     #[arg(long, value_name = "FILE", default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
+    /// Largest HTTP request head (request line and headers; HTTP/2 header list) in KiB; larger
+    /// requests get 431 (Envoy's `max_request_headers_kb`).
+    #[arg(long, value_name = "KIB", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=8192))]
+    pub max_request_headers_kb: u32,
+    /// Most headers in an HTTP request; more get 431 (Envoy's `max_headers_count`).
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub max_request_headers_count: u32,
+    /// Time allowed for an HTTP/1.1 request head to arrive, then the connection is closed
+    /// (Envoy's `request_headers_timeout`; stops slowloris).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    pub request_headers_timeout: Duration,
+    /// Request body bytes kept for retries and mirrors, in KiB (Envoy's
+    /// `per_request_buffer_limit_bytes`); larger bodies are streamed and not retried.
+    #[arg(long, value_name = "KIB", default_value_t = 1024)]
+    pub retry_buffer_kb: u32,
+    /// HTTP/2 streams at once per downstream connection.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
     /// On SIGTERM, how long open connections may take to finish before the exit.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
     pub drain_timeout: Duration,
@@ -104,6 +123,17 @@ impl RunArgs {
             name: set(&self.config_configmap)?,
             namespace: set(&self.config_namespace)?,
         })
+    }
+
+    /// The HTTP server limits these flags set.
+    pub fn http_settings(&self) -> HttpSettings {
+        HttpSettings {
+            max_request_headers_bytes: self.max_request_headers_kb as usize * 1024,
+            max_request_headers: self.max_request_headers_count as usize,
+            header_read_timeout: self.request_headers_timeout,
+            retry_buffer_bytes: self.retry_buffer_kb as usize * 1024,
+            max_concurrent_streams: self.max_concurrent_streams,
+        }
     }
 
     /// Where the configuration is read from.
@@ -141,6 +171,11 @@ impl Default for RunArgs {
             prometheus_port: well_known::PROMETHEUS_PORT,
             dns_port: well_known::DNS_PORT,
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            max_request_headers_kb: 60,
+            max_request_headers_count: 100,
+            request_headers_timeout: Duration::from_secs(10),
+            retry_buffer_kb: 1024,
+            max_concurrent_streams: 1024,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
@@ -152,8 +187,9 @@ impl Default for RunArgs {
 pub fn http_handler(
     istio: &Arc<IstioMetrics>,
     workload: &Arc<WorkloadInfo>,
+    settings: HttpSettings,
 ) -> Arc<dyn HttpHandler> {
-    Arc::new(ConnectionManager::new(istio.clone(), workload.clone()))
+    Arc::new(ConnectionManager::new(istio.clone(), workload.clone()).with_settings(settings))
 }
 
 /// This pod's workload, for the labels of Istio's metrics: `ISTIO_META_WORKLOAD_NAME` (else the
@@ -229,7 +265,7 @@ pub async fn serve(args: RunArgs) -> Result<()> {
     };
     let workload = Arc::new(workload_info(&labels_file));
     let store = Arc::new(Store::new());
-    let http = http_handler(&istio, &workload);
+    let http = http_handler(&istio, &workload, args.http_settings());
 
     let clusters = Arc::new(ClusterManager::new(metrics.clone()));
     let shared = Arc::new(Shared {
@@ -439,5 +475,38 @@ mod tests {
         assert_eq!(a.api_target(), None);
         assert!(Cli::try_parse_from(["proxy", "--config", "a", "--config-dir", "b"]).is_err());
         assert!(Cli::try_parse_from(["proxy", "--drain-timeout", "soon"]).is_err());
+        // HTTP limits: defaults are Envoy's, flags change them, nonsense is refused.
+        let d = Cli::parse_from(["proxy"]).run.http_settings();
+        let e = crate::http::HttpSettings::default();
+        assert_eq!(
+            (
+                d.max_request_headers_bytes,
+                d.max_request_headers,
+                d.header_read_timeout
+            ),
+            (
+                e.max_request_headers_bytes,
+                e.max_request_headers,
+                e.header_read_timeout
+            )
+        );
+        assert_eq!(
+            (d.retry_buffer_bytes, d.max_concurrent_streams),
+            (e.retry_buffer_bytes, e.max_concurrent_streams)
+        );
+        let s = Cli::parse_from([
+            "proxy",
+            "--max-request-headers-kb",
+            "8",
+            "--request-headers-timeout",
+            "2s",
+        ])
+        .run
+        .http_settings();
+        assert_eq!(
+            (s.max_request_headers_bytes, s.header_read_timeout),
+            (8192, Duration::from_secs(2))
+        );
+        assert!(Cli::try_parse_from(["proxy", "--max-request-headers-kb", "0"]).is_err());
     }
 }

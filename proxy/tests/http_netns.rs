@@ -238,9 +238,13 @@ fn server_doc() -> String {
 }
 
 fn start_sidecar(pod: &Pod, scratch: &Scratch, doc: &str) -> Sidecar {
+    start_sidecar_with(pod, scratch, doc, &[])
+}
+
+fn start_sidecar_with(pod: &Pod, scratch: &Scratch, doc: &str, flags: &[&str]) -> Sidecar {
     let config = scratch.write(&format!("{}.json", pod.ns.name), doc);
     pod.capture(ISTIO_INIT_ARGS);
-    let s = pod.start_sidecar(scratch, &config, &[]);
+    let s = pod.start_sidecar(scratch, &config, flags);
     eventually(pod, &s, "/ready", "ready", |status, _| status == 200);
     s
 }
@@ -667,4 +671,191 @@ fn dns_proxy_answers_mesh_names_to_captured_queries() {
             .collect();
         assert_eq!(ips, [VIP], "{name}: {m:?}");
     }
+}
+
+/// The two-sidecar path of the first test, for protocols: a gRPC bidirectional stream (h2c,
+/// trailers, each message echoed before the next is sent), a WebSocket upgrade echoing
+/// messages, and the HTTP limits set by flags (431 for a head over `--max-request-headers-kb`).
+#[test]
+fn grpc_streams_websockets_and_limits_through_two_sidecars() {
+    use bytes::Bytes;
+    use futures::{SinkExt, StreamExt};
+    use http_body_util::BodyExt;
+    use http_common::ChannelBody;
+    use hyper::body::Frame;
+    if support::skip() {
+        return;
+    }
+    let mut net = Net::new();
+    let (client, server) = (net.pod(), net.pod());
+    let scratch = Scratch::new();
+    let up = serve_http(&server, PORT, "reviews-v1", Behavior::default());
+    let _server_sidecar = start_sidecar(&server, &scratch, &server_doc());
+    let cluster = format!("outbound|{PORT}||{}", fqdn("reviews"));
+    let vhost = json!({"name": format!("{}:{PORT}", fqdn("reviews")), "domains": domains("reviews"), "routes": [
+        {"name": "default", "match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s"}}]});
+    let (mut c, mut e) = subset_cluster(
+        "reviews",
+        "",
+        &[SocketAddr::new(server.ip.into(), PORT)],
+        json!({}),
+    );
+    c["name"] = json!(cluster);
+    c["edsClusterConfig"]["serviceName"] = json!(cluster);
+    e["clusterName"] = json!(cluster);
+    let _client_sidecar = start_sidecar_with(
+        &client,
+        &scratch,
+        &client_doc(vec![vhost], vec![(c, e)], json!([])),
+        &["--max-request-headers-kb", "4"],
+    );
+
+    // gRPC: a bidirectional stream through both sidecars.
+    let (first, second, trailers) = in_pod(&client, || async {
+        let stream = tokio::net::TcpStream::connect(vip()).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://reviews:{PORT}/helloworld.Greeter/SayHello"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(rustmesh_proxy::http::body::boxed(ChannelBody(rx)))
+            .unwrap();
+        let msg = |s: &str| {
+            let mut b = vec![0u8];
+            b.extend_from_slice(&(s.len() as u32).to_be_bytes());
+            b.extend_from_slice(s.as_bytes());
+            Bytes::from(b)
+        };
+        tx.send(Frame::data(msg("first"))).await.unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+            .await
+            .expect("response headers while the request still streams")
+            .unwrap();
+        let mut body = resp.into_body();
+        let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("the first echo before the second message is sent")
+            .unwrap()
+            .unwrap()
+            .into_data()
+            .unwrap();
+        tx.send(Frame::data(msg("second"))).await.unwrap();
+        drop(tx);
+        let rest = tokio::time::timeout(Duration::from_secs(10), body.collect())
+            .await
+            .expect("the stream ends")
+            .unwrap();
+        let trailers = rest.trailers().cloned().expect("grpc trailers");
+        (
+            first == msg("first"),
+            rest.to_bytes() == msg("second"),
+            trailers["grpc-status"].to_str().unwrap().to_string(),
+        )
+    });
+    assert!(first && second, "both messages echoed in order");
+    assert_eq!(trailers, "0", "grpc-status from the app's trailers");
+
+    // WebSocket: the upgrade crosses both sidecars, then messages flow both ways.
+    let echoes = in_pod(&client, || async {
+        let stream = tokio::net::TcpStream::connect(vip()).await.unwrap();
+        let (mut ws, resp) =
+            tokio_tungstenite::client_async(format!("ws://reviews:{PORT}/ws"), stream)
+                .await
+                .expect("websocket handshake through two sidecars");
+        assert_eq!(resp.status(), 101);
+        let mut echoes = Vec::new();
+        for m in ["hello", "mesh"] {
+            ws.send(tokio_tungstenite::tungstenite::Message::Text(m.into()))
+                .await
+                .unwrap();
+            let back = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .expect("echo in time")
+                .unwrap()
+                .unwrap();
+            echoes.push(back.into_text().unwrap().to_string());
+        }
+        echoes
+    });
+    assert_eq!(echoes, ["echo:hello", "echo:mesh"]);
+
+    // Limits from flags: a 6 KiB header is over --max-request-headers-kb 4.
+    let hits = up.up.hits();
+    let big = "x".repeat(6 * 1024);
+    let a = get_many(&client, "reviews:9080", "/", 1, &[("x-big", &big)]);
+    assert_eq!(a[0].0, 431, "{a:?}");
+    let small = "x".repeat(2 * 1024);
+    let a = get_many(&client, "reviews:9080", "/", 1, &[("x-big", &small)]);
+    assert_eq!(a[0], (200, "reviews-v1".to_string()));
+    assert_eq!(
+        up.up.hits(),
+        hits + 1,
+        "the refused request never reached the app"
+    );
+}
+
+/// A server-first protocol (the server greets, as MySQL does) on a port whose listener has an
+/// HTTP chain: the client sends nothing, so the sniffer gives up after
+/// `listenerFiltersTimeout` and the connection falls back to the TCP default chain: the
+/// greeting arrives and bytes flow both ways.
+#[test]
+fn server_first_protocols_fall_back_to_tcp() {
+    use std::io::{BufRead, BufReader, Write};
+    if support::skip() {
+        return;
+    }
+    let mut net = Net::new();
+    let (client, server) = (net.pod(), net.pod());
+    let scratch = Scratch::new();
+    const DB: u16 = 3306;
+    let listener = server
+        .ns
+        .enter(|| std::net::TcpListener::bind(("0.0.0.0", DB)))
+        .unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                conn.write_all(b"HELLO from the database\n").unwrap();
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    let _ = conn.write_all(format!("echo:{line}").as_bytes());
+                    line.clear();
+                }
+            });
+        }
+    });
+    let cluster = format!("outbound|{DB}||{}", fqdn("db"));
+    let mut doc: Value = serde_json::from_str(&client_doc(vec![], vec![], json!([]))).unwrap();
+    let mut l = outbound_http_listener();
+    l["name"] = json!(format!("0.0.0.0_{DB}"));
+    l["address"] = address("0.0.0.0", DB);
+    l["defaultFilterChain"] = json!({"name": "tcp", "filters": tcp_proxy(&cluster)});
+    doc["listeners"].as_array_mut().unwrap().push(l);
+    doc["clusters"].as_array_mut().unwrap().push(json!({"name": cluster, "type": "STATIC",
+        "connectTimeout": "2s", "loadAssignment": {"clusterName": cluster, "endpoints": [{"lbEndpoints": [
+        {"endpoint": {"address": address(&server.ip.to_string(), DB)}}]}]}}));
+    let _sidecar = start_sidecar(&client, &scratch, &doc.to_string());
+    let (greeting, echo) = client.ns.enter(move || {
+        let s = std::net::TcpStream::connect((VIP, DB)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut greeting = String::new();
+        r.read_line(&mut greeting).unwrap();
+        (&s).write_all(b"SELECT 1\n").unwrap();
+        let mut echo = String::new();
+        r.read_line(&mut echo).unwrap();
+        (greeting, echo)
+    });
+    assert_eq!(greeting, "HELLO from the database\n");
+    assert_eq!(echo, "echo:SELECT 1\n");
 }

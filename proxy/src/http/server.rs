@@ -158,6 +158,16 @@ fn grpc_reply(code: u32, message: &str) -> Response<ProxyBody> {
     r
 }
 
+/// The size of a request head: request line and `name: value` header lines.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 11;
+    req.headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + line
+}
+
 /// A reply made by the proxy itself (`text/plain`, or a trailers-only gRPC answer for gRPC requests).
 fn local_reply(code: u16, body: &str, grpc: bool) -> Response<ProxyBody> {
     if grpc {
@@ -250,6 +260,12 @@ async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyBo
         flags: Vec::new(),
         request_body: None,
     };
+    // hyper's HTTP/1 read buffer cannot go below 8 KiB, so smaller limits are enforced here,
+    // on the head as received (request line and headers), as Envoy's max_request_headers_kb.
+    if head_size(&req) > ctx.settings.max_request_headers_bytes {
+        let grpc = ex.grpc;
+        return conn.finish(ex, local_reply(431, "", grpc));
+    }
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
     let view = RequestView {
         method: req.method(),
