@@ -1,0 +1,224 @@
+//! Scenario 5: the outbound traffic policy. An "external" server (a pod of a namespace without
+//! injection, in no Service: the mesh's registry does not know it) is reached through
+//! `PassthroughCluster` under ALLOW_ANY and blocked (`BlackHoleCluster`) under REGISTRY_ONLY,
+//! mesh-wide (the operator's `OUTBOUND_TRAFFIC_POLICY`, the install's
+//! `meshConfig.outboundTrafficPolicy.mode`) and per Sidecar (which overrides the mesh). A
+//! Sidecar with `egress.hosts: ["./*"]` hides the other namespaces' services from its workloads.
+
+use crate::with_restore;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, Patch, PatchParams};
+use rustmesh_e2e::sample::{self, EXTERNAL_PORT, HTTP_PORT};
+use rustmesh_e2e::{Ctx, MESH_NAMESPACE, poll, setup};
+use std::time::Duration;
+
+const OWN_NAMESPACE_ONLY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata:
+  name: default
+spec:
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+  egress:
+  - hosts: ["./*"]
+"#;
+
+const ALLOW_ANY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata:
+  name: default
+spec:
+  outboundTrafficPolicy: {mode: ALLOW_ANY}
+"#;
+
+struct Setup {
+    ns: String,
+    pod: String,
+    external: String,
+    own: String,
+    other: String,
+}
+
+/// Waits until `n` requests to `url` from the client all succeed (`ok`) or all fail.
+async fn until(ctx: &Ctx, s: &Setup, url: &str, ok: bool, what: &str) {
+    poll(
+        what,
+        Duration::from_secs(180),
+        Duration::from_millis(200),
+        || async {
+            let r = ctx
+                .http_load(&s.ns, &s.pod, "productpage", url, 5, 1, &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            let done = if ok {
+                r.status(200) == 5
+            } else {
+                r.failed() == 5
+            };
+            if done {
+                Ok(Some(()))
+            } else {
+                Err(format!("{:?} errors {}", r.statuses, r.errors))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    ctx.log(format!("{what}: yes"));
+}
+
+async fn mesh_policy(ctx: &Ctx, mode: &str) {
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), MESH_NAMESPACE);
+    let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "operator", "env": [{"name": "OUTBOUND_TRAFFIC_POLICY", "value": mode}]}
+    ]}}}});
+    api.patch(
+        "rustmesh-operator",
+        &PatchParams::default(),
+        &Patch::Strategic(patch),
+    )
+    .await
+    .unwrap();
+    ctx.wait_mesh_ready(Duration::from_secs(180)).await.unwrap();
+    ctx.log(format!(
+        "operator restarted with OUTBOUND_TRAFFIC_POLICY={mode}"
+    ));
+}
+
+#[tokio::test]
+async fn s5_outbound_traffic_policy_and_sidecar_egress_hosts() {
+    let Some(ctx) = setup("s5_egress").await else {
+        return;
+    };
+    let ns = ctx.fresh_namespace("e2e-egress", true).await.unwrap();
+    let other = ctx.fresh_namespace("e2e-other", true).await.unwrap();
+    let outside = ctx.fresh_namespace("e2e-external", false).await.unwrap();
+    let client = sample::productpage();
+    sample::deploy(&ctx, &ns, &[client.clone(), sample::reviews("v1")])
+        .await
+        .unwrap();
+    sample::deploy(&ctx, &other, &[sample::details()])
+        .await
+        .unwrap();
+    sample::deploy(&ctx, &outside, &[sample::external()])
+        .await
+        .unwrap();
+    let ext_ip = sample::pod_ip(&ctx, &outside, "app=external")
+        .await
+        .unwrap();
+    let s = Setup {
+        pod: ctx.pod_name(&ns, &client.selector()).await.unwrap(),
+        external: format!("http://{ext_ip}:{EXTERNAL_PORT}/"),
+        own: format!(
+            "http://{}:{HTTP_PORT}/",
+            ctx.cluster_ip(&ns, "reviews").await.unwrap()
+        ),
+        other: format!(
+            "http://{}:{HTTP_PORT}/",
+            ctx.cluster_ip(&other, "details").await.unwrap()
+        ),
+        ns: ns.clone(),
+    };
+
+    ctx.wait_endpoints(&ns, &s.pod, "reviews", &ns, HTTP_PORT, 1)
+        .await
+        .unwrap();
+    ctx.wait_endpoints(&ns, &s.pod, "details", &other, HTTP_PORT, 1)
+        .await
+        .unwrap();
+    // ALLOW_ANY (the install's default): the unknown destination passes through.
+    let r = ctx
+        .http_get(&ns, &s.pod, "productpage", &s.external, &[])
+        .await
+        .unwrap();
+    assert_eq!(r.service, "external", "{r:?}");
+    let r = ctx
+        .http_get(&ns, &s.pod, "productpage", &s.other, &[])
+        .await
+        .unwrap();
+    assert_eq!(r.service, "details", "another namespace's service: {r:?}");
+
+    // Per Sidecar: REGISTRY_ONLY, and only this namespace's services.
+    ctx.apply_istio(&ns, OWN_NAMESPACE_ONLY).await.unwrap();
+    until(
+        &ctx,
+        &s,
+        &s.external,
+        false,
+        "Sidecar REGISTRY_ONLY blocks the external server",
+    )
+    .await;
+    until(
+        &ctx,
+        &s,
+        &s.other,
+        false,
+        "Sidecar egress ./* hides (and blocks) e2e-other/details",
+    )
+    .await;
+    let r = ctx
+        .http_get(&ns, &s.pod, "productpage", &s.own, &[])
+        .await
+        .unwrap();
+    assert_eq!(r.service, "reviews", "own namespace still routed: {r:?}");
+    let routes = ctx.proxy_config(&ns, &s.pod, &["routes"]).await.unwrap();
+    eprintln!(
+        "$ rustmeshctl proxy-config routes {} -n {ns}\n{routes}",
+        s.pod
+    );
+    assert!(
+        routes.contains(&format!("reviews.{ns}")),
+        "own service in the routes:\n{routes}"
+    );
+    assert!(
+        !routes.contains(&format!("details.{other}")),
+        "other namespace hidden:\n{routes}"
+    );
+
+    // Mesh-wide REGISTRY_ONLY, and a Sidecar's ALLOW_ANY overriding it.
+    ctx.delete_istio(&ns).await.unwrap();
+    until(
+        &ctx,
+        &s,
+        &s.external,
+        true,
+        "Sidecar gone: external reachable again",
+    )
+    .await;
+    with_restore(
+        async {
+            mesh_policy(&ctx, "REGISTRY_ONLY").await;
+            until(
+                &ctx,
+                &s,
+                &s.external,
+                false,
+                "mesh-wide REGISTRY_ONLY blocks the external server",
+            )
+            .await;
+            let r = ctx
+                .http_get(&ns, &s.pod, "productpage", &s.other, &[])
+                .await
+                .unwrap();
+            assert_eq!(
+                r.service, "details",
+                "registered services still reachable: {r:?}"
+            );
+            ctx.apply_istio(&ns, ALLOW_ANY).await.unwrap();
+            until(
+                &ctx,
+                &s,
+                &s.external,
+                true,
+                "Sidecar ALLOW_ANY overrides the mesh's REGISTRY_ONLY",
+            )
+            .await;
+        },
+        mesh_policy(&ctx, "ALLOW_ANY"),
+    )
+    .await;
+    for n in [&ns, &other, &outside] {
+        ctx.delete_namespace(n).await;
+    }
+}

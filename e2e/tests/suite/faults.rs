@@ -1,0 +1,353 @@
+//! Scenario 7: faults. The webhook down with failurePolicy Ignore (pods start uninjected) and
+//! Fail (creation refused with the API server's message); the operator restarted during steady
+//! traffic (no failed request); a bad VirtualService (its status says why, and the routes in
+//! force keep serving).
+
+use crate::with_restore;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use rustmesh_api::VirtualService;
+use rustmesh_e2e::sample::{self, HTTP_PORT};
+use rustmesh_e2e::{Ctx, MESH_NAMESPACE, Summary, TESTAPP_IMAGE, poll, setup};
+use std::time::{Duration, Instant};
+
+const WEBHOOK_CONFIG: &str = "rustmesh-sidecar-injector";
+
+async fn failure_policy(ctx: &Ctx, policy: &str) {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(ctx.client.clone());
+    let cfg = api.get(WEBHOOK_CONFIG).await.unwrap();
+    let ops: Vec<_> = (0..cfg.webhooks.unwrap_or_default().len())
+        .map(|i| serde_json::json!({"op": "replace", "path": format!("/webhooks/{i}/failurePolicy"), "value": policy}))
+        .collect();
+    let patch: kube::api::Patch<()> =
+        Patch::Json(serde_json::from_value(serde_json::Value::Array(ops)).unwrap());
+    api.patch(WEBHOOK_CONFIG, &PatchParams::default(), &patch)
+        .await
+        .unwrap();
+}
+
+async fn webhook_replicas(ctx: &Ctx, n: i32) {
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), MESH_NAMESPACE);
+    api.patch(
+        "rustmesh-webhook",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"replicas": n}})),
+    )
+    .await
+    .unwrap();
+}
+
+fn bare_pod(name: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": name, "image": TESTAPP_IMAGE, "imagePullPolicy": "IfNotPresent",
+                "args": ["serve", "--http", "9080"],
+            }],
+        },
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn s7_webhook_down_failure_policy_ignore_and_fail() {
+    let Some(ctx) = setup("s7_webhook_down").await else {
+        return;
+    };
+    let ns = ctx.fresh_namespace("e2e-webhook-down", true).await.unwrap();
+    let pods = ctx.pods(&ns);
+    with_restore(
+        async {
+            webhook_replicas(&ctx, 0).await;
+            ctx.wait_no_pods(MESH_NAMESPACE, "app.kubernetes.io/name=rustmesh-webhook", Duration::from_secs(60))
+                .await
+                .unwrap();
+            ctx.log("webhook scaled to 0");
+
+            failure_policy(&ctx, "Ignore").await;
+            pods.create(&PostParams::default(), &bare_pod("ignored")).await.unwrap();
+            let pod = poll("pod ignored Running", Duration::from_secs(120), Duration::from_millis(500), || async {
+                let p = pods.get("ignored").await.map_err(|e| e.to_string())?;
+                if sample::pod_ready(&p) { Ok(Some(p)) } else { Err(sample::describe(&p)) }
+            })
+            .await
+            .unwrap();
+            let (init, containers) = sample::container_names(&pod);
+            ctx.log(format!("failurePolicy Ignore, webhook down: pod started with init {init:?}, containers {containers:?}"));
+            assert!(init.is_empty() && containers == ["ignored"], "uninjected: {init:?} {containers:?}");
+
+            failure_policy(&ctx, "Fail").await;
+            let err = pods
+                .create(&PostParams::default(), &bare_pod("refused"))
+                .await
+                .expect_err("with failurePolicy Fail and no webhook the pod must be refused");
+            ctx.log(format!("failurePolicy Fail, webhook down: {err}"));
+            let text = err.to_string();
+            assert!(
+                text.contains("failed calling webhook") && text.contains("sidecar-injector.rustmesh.io"),
+                "the refusal names the webhook: {text}"
+            );
+            assert!(pods.get_opt("refused").await.unwrap().is_none());
+        },
+        async {
+            failure_policy(&ctx, "Fail").await;
+            webhook_replicas(&ctx, 1).await;
+            ctx.wait_mesh_ready(Duration::from_secs(180)).await.unwrap();
+        },
+    )
+    .await;
+    // Up again: injection works at once.
+    let pod = poll(
+        "a pod injected after the webhook is back",
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        || async {
+            let _ = pods.delete("again", &DeleteParams::default()).await;
+            let p = pods
+                .create(&PostParams::default(), &bare_pod("again"))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Some(p))
+        },
+    )
+    .await
+    .unwrap();
+    let (init, _) = sample::container_names(&pod);
+    assert_eq!(
+        init,
+        ["istio-init"],
+        "injected again once the webhook is back"
+    );
+    ctx.delete_namespace(&ns).await;
+}
+
+#[tokio::test]
+async fn s7_operator_restart_under_steady_traffic_fails_no_request() {
+    let Some(ctx) = setup("s7_operator_restart").await else {
+        return;
+    };
+    let ns = ctx.fresh_namespace("e2e-steady", true).await.unwrap();
+    let client = sample::productpage();
+    sample::deploy(&ctx, &ns, &[client.clone(), sample::reviews("v1")])
+        .await
+        .unwrap();
+    let pod = ctx.pod_name(&ns, &client.selector()).await.unwrap();
+    let url = format!(
+        "http://{}:{HTTP_PORT}/",
+        ctx.cluster_ip(&ns, "reviews").await.unwrap()
+    );
+    ctx.wait_endpoints(&ns, &pod, "reviews", &ns, HTTP_PORT, 1)
+        .await
+        .unwrap();
+    let operator_pods = ctx.pods(MESH_NAMESPACE);
+    let selector = "app.kubernetes.io/name=rustmesh-operator";
+    let old: Vec<String> = operator_pods
+        .list(&ListParams::default().labels(selector))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert!(!old.is_empty(), "an operator pod runs");
+
+    let restarted = std::cell::Cell::new(false);
+    let traffic = async {
+        let mut total = Summary::default();
+        let start = Instant::now();
+        // Batches until the operator is back (and at least 3), so traffic spans the restart.
+        let mut batches = 0;
+        while batches < 3 || !restarted.get() {
+            let s = ctx
+                .http_load(&ns, &pod, "productpage", &url, 300, 2, &[])
+                .await
+                .unwrap();
+            total.requests += s.requests;
+            total.errors += s.errors;
+            for (k, v) in s.statuses {
+                *total.statuses.entry(k).or_default() += v;
+            }
+            batches += 1;
+            assert!(
+                start.elapsed() < Duration::from_secs(300),
+                "operator never came back"
+            );
+        }
+        total
+    };
+    let restart = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for name in &old {
+            operator_pods
+                .delete(name, &DeleteParams::default())
+                .await
+                .unwrap();
+        }
+        ctx.log(format!("deleted operator pod(s) {old:?}"));
+        poll(
+            "a new operator pod ready",
+            Duration::from_secs(180),
+            Duration::from_millis(500),
+            || async {
+                let pods = ctx
+                    .pods_with(MESH_NAMESPACE, selector)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let new_ready = pods.iter().any(|p| {
+                    !old.contains(p.metadata.name.as_ref().unwrap()) && sample::pod_ready(p)
+                });
+                if new_ready {
+                    Ok(Some(()))
+                } else {
+                    Err("waiting".into())
+                }
+            },
+        )
+        .await
+        .unwrap();
+        ctx.log("new operator pod ready");
+        restarted.set(true);
+    };
+    let (total, ()) = tokio::join!(traffic, restart);
+    ctx.log(format!(
+        "during the restart: {} requests, statuses {:?}, errors {}",
+        total.requests, total.statuses, total.errors
+    ));
+    assert_eq!(
+        total.failed(),
+        0,
+        "no request failed while the operator restarted: {total:?}"
+    );
+    ctx.delete_namespace(&ns).await;
+}
+
+const ALL_TO_V1: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: reviews
+spec:
+  host: reviews
+  subsets:
+  - name: v1
+    labels: {version: v1}
+  - name: v2
+    labels: {version: v2}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v1}
+"#;
+
+#[tokio::test]
+async fn s7_bad_virtual_service_reports_why_and_routes_keep_serving() {
+    let Some(ctx) = setup("s7_bad_vs").await else {
+        return;
+    };
+    let ns = ctx.fresh_namespace("e2e-badvs", true).await.unwrap();
+    let client = sample::productpage();
+    sample::deploy(
+        &ctx,
+        &ns,
+        &[client.clone(), sample::reviews("v1"), sample::reviews("v2")],
+    )
+    .await
+    .unwrap();
+    let pod = ctx.pod_name(&ns, &client.selector()).await.unwrap();
+    let url = format!(
+        "http://{}:{HTTP_PORT}/",
+        ctx.cluster_ip(&ns, "reviews").await.unwrap()
+    );
+
+    ctx.apply_istio(&ns, ALL_TO_V1).await.unwrap();
+    poll(
+        "all requests to v1",
+        Duration::from_secs(180),
+        Duration::from_millis(200),
+        || async {
+            let s = ctx
+                .http_load(&ns, &pod, "productpage", &url, 40, 4, &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            if s.backend("reviews/v1") == 40 {
+                Ok(Some(()))
+            } else {
+                Err(format!("{:?}", s.backends))
+            }
+        },
+    )
+    .await
+    .unwrap();
+
+    // Weights adding up to 110: the API server accepts it (the schema cannot say), the
+    // operator refuses it and says why in the status.
+    let bad = serde_json::json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "reviews-bad", "namespace": ns},
+        "spec": {"hosts": ["reviews"], "http": [{"route": [
+            {"destination": {"host": "reviews", "subset": "v1"}, "weight": 60},
+            {"destination": {"host": "reviews", "subset": "v2"}, "weight": 50},
+        ]}]},
+    });
+    ctx.apply_raw_virtual_service(&ns, "reviews-bad", &bad)
+        .await
+        .unwrap();
+    let api: Api<VirtualService> = Api::namespaced(ctx.client.clone(), &ns);
+    let condition = poll(
+        "status of reviews-bad",
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+        || async {
+            let vs = api.get("reviews-bad").await.map_err(|e| e.to_string())?;
+            let cond = vs
+                .status
+                .unwrap_or_default()
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Accepted");
+            match cond {
+                Some(c) => Ok(Some(c)),
+                None => Err("no Accepted condition yet".into()),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    ctx.log(format!(
+        "reviews-bad Accepted={} reason={:?} message={:?}",
+        condition.status, condition.reason, condition.message
+    ));
+    assert_eq!(condition.status, "False", "{condition:?}");
+    let message = condition.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("weight"),
+        "the message names the weights: {message}"
+    );
+
+    // The good routes keep serving (checked twice, a few seconds apart, past the operator's
+    // debounce and a config poll).
+    for _ in 0..2 {
+        let s = ctx
+            .http_load(&ns, &pod, "productpage", &url, 100, 4, &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            s.backend("reviews/v1"),
+            100,
+            "routes in force keep serving: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    ctx.delete_namespace(&ns).await;
+}
