@@ -95,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let live = poll(
         "the VirtualService in force",
-        Duration::from_secs(120),
+        Duration::from_secs(60),
         Duration::from_millis(200),
         || async {
             let s = load(40, &[]).await.map_err(|e| e.to_string())?;
