@@ -21,9 +21,7 @@ use crate::dns::{DnsServer, DnsTable, ResolvConf, SharedTable};
 use crate::http::HttpSettings;
 use crate::http::handler::ConnectionManager;
 use crate::metrics::{Metrics as IstioMetrics, WorkloadInfo};
-use crate::proxy::inbound::Inbound;
-use crate::proxy::outbound::Outbound;
-use crate::proxy::{HttpHandler, Shared};
+use crate::proxy::{Direction, HttpHandler, Shared, VirtualListener};
 use crate::snapshot::Store;
 use crate::stats::Metrics;
 use crate::{Error, Result, drain};
@@ -278,8 +276,9 @@ pub async fn serve(args: RunArgs) -> Result<()> {
 
     // Everything is bound before anything is served: a bad address fails the start.
     let any = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
-    let outbound = Outbound::new(any(args.outbound_port), shared.clone())?;
-    let inbound = Inbound::new(any(args.inbound_port), shared.clone())?;
+    let outbound =
+        VirtualListener::new(Direction::Outbound, any(args.outbound_port), shared.clone())?;
+    let inbound = VirtualListener::new(Direction::Inbound, any(args.inbound_port), shared.clone())?;
     let (signal, watch) = drain::channel();
     let quit = Arc::new(Notify::new());
     let mut bound: Vec<(String, SocketAddr)> = Vec::new();

@@ -12,84 +12,14 @@
 //! (a loop) is closed, and so is one coming from the passthrough source addresses (the
 //! sidecar's own passthrough connection captured again would loop forever).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
 use rustmesh_xds::well_known::{INBOUND_PASSTHROUGH_SOURCE_V4, INBOUND_PASSTHROUGH_SOURCE_V6};
 use tokio::net::TcpStream;
 
-use super::{Shared, accept_loop, addresses, bind, dispatch, is_local, kernel_addrs};
-use crate::Result;
+use super::{Shared, addresses, dispatch, is_local};
 use crate::drain;
 use crate::metrics::Reporter;
 use crate::socket::OrigDst;
 use crate::stats::Refusal;
-
-/// The bound `virtualInbound` listener.
-pub struct Inbound {
-    sockets: Vec<std::net::TcpListener>,
-    port: u16,
-    shared: Arc<Shared>,
-}
-
-impl Inbound {
-    /// Binds `addr` (see [`super::bind`]). Fails at once when the address cannot be used.
-    pub fn new(addr: SocketAddr, shared: Arc<Shared>) -> Result<Self> {
-        let sockets = bind("virtualInbound", addr)?;
-        let port = sockets[0].local_addr().map_or(addr.port(), |a| a.port());
-        Ok(Inbound {
-            sockets,
-            port,
-            shared,
-        })
-    }
-
-    /// The bound addresses.
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.sockets
-            .iter()
-            .filter_map(|s| s.local_addr().ok())
-            .collect()
-    }
-
-    /// Serves until draining starts (after the first configuration is loaded).
-    pub async fn run(self, drain: drain::Watch) {
-        self.run_with(drain, kernel_addrs).await
-    }
-
-    /// [`Inbound::run`] with another way of learning a connection's addresses (tests).
-    pub async fn run_with<F, A>(self, drain: drain::Watch, lookup: F)
-    where
-        F: Fn(&TcpStream) -> std::io::Result<A> + Clone + Send + Sync + 'static,
-        A: OrigDst + Send + Sync + 'static,
-    {
-        tokio::select! {
-            () = self.shared.store.loaded() => {}
-            () = drain.signaled() => return,
-        }
-        let Inbound {
-            sockets,
-            port,
-            shared,
-        } = self;
-        accept_loop("virtualInbound", sockets, drain, move |stream, drain| {
-            let shared = shared.clone();
-            let lookup = lookup.clone();
-            async move {
-                match lookup(&stream) {
-                    Ok(addrs) => serve(&shared, port, stream, &addrs, drain).await,
-                    Err(e) => {
-                        shared
-                            .metrics
-                            .refused("virtualInbound", Refusal::NoOriginalDst);
-                        tracing::warn!("virtualInbound: no original destination: {e}");
-                    }
-                }
-            }
-        })
-        .await
-    }
-}
 
 /// Handles one connection accepted on the inbound capture port `own_port`.
 pub async fn serve(
@@ -146,6 +76,7 @@ mod tests {
     use crate::proxy::testing::{first_line, shared};
     use crate::socket::{ClientAddr, FixedAddrs, OrigDstAddr};
     use serde_json::json;
+    use std::net::SocketAddr;
     use tokio::io::AsyncWriteExt;
 
     fn tcp(cluster: &str) -> serde_json::Value {

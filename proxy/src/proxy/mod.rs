@@ -1,7 +1,8 @@
 //! The capture listeners and what they do with a connection (the shape of ztunnel's and
-//! linkerd2-proxy's `proxy` modules): [`outbound`] (`virtualOutbound`, 15001) and [`inbound`]
-//! (`virtualInbound`, 15006) bind in `new()` (a bad address fails at start) and serve in
-//! `run()`. Both hand each connection to [`dispatch`]: filter chain ([`chain`]), sniffing when a
+//! linkerd2-proxy's `proxy` modules): a [`VirtualListener`] binds in `new()` (a bad address
+//! fails at start) and accepts in `run()`; what a connection means is per direction,
+//! [`outbound::serve`] (`virtualOutbound`, 15001) and [`inbound::serve`] (`virtualInbound`,
+//! 15006). Both hand each connection to [`dispatch`]: filter chain ([`chain`]), sniffing when a
 //! chain needs it ([`crate::sniff`]), then the chain's terminal filter: [`tcp`] proxying, or the
 //! HTTP connection manager through the [`HttpHandler`] seam.
 //!
@@ -122,6 +123,103 @@ impl HttpHandler for RefuseHttp {
             drop(conn);
             Ok(())
         })
+    }
+}
+
+/// Which capture listener a [`VirtualListener`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// `virtualOutbound` (15001): [`outbound::serve`].
+    Outbound,
+    /// `virtualInbound` (15006): [`inbound::serve`].
+    Inbound,
+}
+
+impl Direction {
+    /// The listener's name, as in Istio's configuration.
+    pub fn listener_name(self) -> &'static str {
+        match self {
+            Direction::Outbound => rustmesh_xds::names::VIRTUAL_OUTBOUND,
+            Direction::Inbound => rustmesh_xds::names::VIRTUAL_INBOUND,
+        }
+    }
+}
+
+/// A bound capture listener (`virtualOutbound` or `virtualInbound`): [`VirtualListener::new`]
+/// binds, so a bad address fails at start; [`VirtualListener::run`] waits for the first
+/// configuration (connections wait in the kernel's backlog meanwhile), then accepts until
+/// draining starts and hands each connection to its direction's `serve`.
+pub struct VirtualListener {
+    direction: Direction,
+    sockets: Vec<std::net::TcpListener>,
+    port: u16,
+    shared: Arc<Shared>,
+}
+
+impl VirtualListener {
+    /// Binds `addr` (see [`bind`]).
+    pub fn new(direction: Direction, addr: SocketAddr, shared: Arc<Shared>) -> Result<Self> {
+        let sockets = bind(direction.listener_name(), addr)?;
+        let port = sockets[0].local_addr().map_or(addr.port(), |a| a.port());
+        Ok(VirtualListener {
+            direction,
+            sockets,
+            port,
+            shared,
+        })
+    }
+
+    /// The bound addresses.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.sockets
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves until draining starts.
+    pub async fn run(self, drain: drain::Watch) {
+        self.run_with(drain, kernel_addrs).await
+    }
+
+    /// [`VirtualListener::run`] with another way of learning a connection's addresses (tests).
+    pub async fn run_with<F, A>(self, drain: drain::Watch, lookup: F)
+    where
+        F: Fn(&TcpStream) -> std::io::Result<A> + Clone + Send + Sync + 'static,
+        A: OrigDst + Send + Sync + 'static,
+    {
+        tokio::select! {
+            () = self.shared.store.loaded() => {}
+            () = drain.signaled() => return,
+        }
+        let VirtualListener {
+            direction,
+            sockets,
+            port,
+            shared,
+        } = self;
+        let name = direction.listener_name();
+        accept_loop(name, sockets, drain, move |stream, drain| {
+            let shared = shared.clone();
+            let lookup = lookup.clone();
+            async move {
+                match lookup(&stream) {
+                    Ok(addrs) => match direction {
+                        Direction::Outbound => {
+                            outbound::serve(&shared, port, stream, &addrs, drain).await
+                        }
+                        Direction::Inbound => {
+                            inbound::serve(&shared, port, stream, &addrs, drain).await
+                        }
+                    },
+                    Err(e) => {
+                        shared.metrics.refused(name, Refusal::NoOriginalDst);
+                        tracing::warn!("{name}: no original destination: {e}");
+                    }
+                }
+            }
+        })
+        .await
     }
 }
 

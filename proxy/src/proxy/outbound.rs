@@ -11,84 +11,15 @@
 //! 3. else keeps it on `virtualOutbound`'s own chains: `PassthroughCluster` under `ALLOW_ANY`,
 //!    `BlackHoleCluster` under `REGISTRY_ONLY`, as the control plane rendered it.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use super::{Shared, accept_loop, addresses, bind, dispatch, is_local, kernel_addrs};
-use crate::Result;
+use super::{Shared, addresses, dispatch, is_local};
 use crate::drain;
 use crate::metrics::Reporter;
 use crate::socket::OrigDst;
 use crate::stats::Refusal;
-
-/// The bound `virtualOutbound` listener.
-pub struct Outbound {
-    sockets: Vec<std::net::TcpListener>,
-    port: u16,
-    shared: Arc<Shared>,
-}
-
-impl Outbound {
-    /// Binds `addr` (see [`super::bind`]). Fails at once when the address cannot be used.
-    pub fn new(addr: SocketAddr, shared: Arc<Shared>) -> Result<Self> {
-        let sockets = bind("virtualOutbound", addr)?;
-        let port = sockets[0].local_addr().map_or(addr.port(), |a| a.port());
-        Ok(Outbound {
-            sockets,
-            port,
-            shared,
-        })
-    }
-
-    /// The bound addresses.
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.sockets
-            .iter()
-            .filter_map(|s| s.local_addr().ok())
-            .collect()
-    }
-
-    /// Serves until draining starts: waits for the first configuration (connections wait in
-    /// the kernel's backlog meanwhile), then accepts.
-    pub async fn run(self, drain: drain::Watch) {
-        self.run_with(drain, kernel_addrs).await
-    }
-
-    /// [`Outbound::run`] with another way of learning a connection's addresses (tests).
-    pub async fn run_with<F, A>(self, drain: drain::Watch, lookup: F)
-    where
-        F: Fn(&TcpStream) -> std::io::Result<A> + Clone + Send + Sync + 'static,
-        A: OrigDst + Send + Sync + 'static,
-    {
-        tokio::select! {
-            () = self.shared.store.loaded() => {}
-            () = drain.signaled() => return,
-        }
-        let Outbound {
-            sockets,
-            port,
-            shared,
-        } = self;
-        accept_loop("virtualOutbound", sockets, drain, move |stream, drain| {
-            let shared = shared.clone();
-            let lookup = lookup.clone();
-            async move {
-                match lookup(&stream) {
-                    Ok(addrs) => serve(&shared, port, stream, &addrs, drain).await,
-                    Err(e) => {
-                        shared
-                            .metrics
-                            .refused("virtualOutbound", Refusal::NoOriginalDst);
-                        tracing::warn!("virtualOutbound: no original destination: {e}");
-                    }
-                }
-            }
-        })
-        .await
-    }
-}
 
 /// Handles one connection accepted on the outbound capture port `own_port`.
 pub async fn serve(
@@ -152,6 +83,7 @@ mod tests {
     use crate::proxy::testing::{first_line, named_server, shared};
     use crate::socket::{ClientAddr, FixedAddrs, OrigDstAddr};
     use serde_json::json;
+    use std::net::SocketAddr;
 
     fn tcp(cluster: &str) -> serde_json::Value {
         json!([{"name": "envoy.filters.network.tcp_proxy", "typedConfig": {"statPrefix": cluster, "cluster": cluster}}])
