@@ -119,10 +119,12 @@ impl Validation {
                 verdict(findings, reason),
             );
         }
-        let accepted_drs: Vec<(&ObjKey, &DestinationRule)> = drs
+        // With their hosts resolved once: every subset destination of every VirtualService is
+        // checked against them (resolving there made validation quadratic in allocations).
+        let accepted_drs: Vec<(&ObjKey, &DestinationRule, String)> = drs
             .iter()
             .filter(|(k, _)| verdicts[&(Kind::DestinationRule, (*k).clone())].accepted)
-            .copied()
+            .map(|(k, d)| (*k, *d, resolve_host(&d.spec.host, &k.namespace, suffix)))
             .collect();
 
         for (key, vs) in &index.virtual_services {
@@ -246,7 +248,7 @@ fn vs_cross_checks(
     vs: &VirtualService,
     key: &ObjKey,
     registry: &Registry,
-    drs: &[(&ObjKey, &DestinationRule)],
+    drs: &[(&ObjKey, &DestinationRule, String)],
     suffix: &str,
     findings: &mut Vec<Finding>,
 ) {
@@ -288,9 +290,8 @@ fn vs_cross_checks(
             });
         }
         if let Some(subset) = &d.subset {
-            let defined = drs.iter().any(|(dk, dr)| {
-                let dr_host = resolve_host(&dr.spec.host, &dk.namespace, suffix);
-                host_matches(&dr_host, &host)
+            let defined = drs.iter().any(|(dk, dr, dr_host)| {
+                host_matches(dr_host, &host)
                     && (dk.namespace == key.namespace
                         || exported(&dr.spec.export_to, &dk.namespace, &key.namespace))
                     && dr.spec.subsets.iter().any(|s| &s.name == subset)

@@ -47,7 +47,7 @@ use rustmesh_xds::names::{
 use rustmesh_xds::route::{RouteConfiguration, WeightedClusters};
 use rustmesh_xds::scope::{self as xscope, ScopeIndex, ScopeSelector};
 use rustmesh_xds::well_known;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 
 /// Which configuration: a namespace's default scope, or one selector Sidecar's.
@@ -97,6 +97,51 @@ pub struct MeshView<'a> {
     virtual_services: Vec<(&'a ObjKey, &'a VirtualService)>,
     destination_rules: Vec<(&'a ObjKey, &'a DestinationRule)>,
     sidecars: Vec<(&'a ObjKey, &'a Sidecar)>,
+    /// `spec.hosts` of each VirtualService, resolved (same order as `virtual_services`).
+    vs_hosts: Vec<Vec<String>>,
+    /// `spec.host` of each DestinationRule, resolved (same order as `destination_rules`).
+    dr_hosts: Vec<String>,
+    /// Which VirtualServices / DestinationRules can match a host: positions by exact host, plus
+    /// those with a wildcard host, so that a lookup does not scan (and re-resolve) all of them
+    /// for every service of the mesh.
+    vs_by_host: HostIndex,
+    dr_by_host: HostIndex,
+}
+
+/// Positions of objects by the hosts they name: exact hosts in a map, wildcards in a list.
+#[derive(Default)]
+struct HostIndex {
+    exact: HashMap<String, Vec<usize>>,
+    wildcard: Vec<usize>,
+}
+
+impl HostIndex {
+    fn build<'h>(hosts: impl Iterator<Item = (usize, &'h String)>) -> Self {
+        let mut index = HostIndex::default();
+        for (i, h) in hosts {
+            let list = if h.starts_with('*') {
+                &mut index.wildcard
+            } else {
+                index.exact.entry(h.clone()).or_default()
+            };
+            if list.last() != Some(&i) {
+                list.push(i);
+            }
+        }
+        index
+    }
+
+    /// Positions (ascending, i.e. oldest first) of the objects one of whose hosts may match
+    /// `fqdn` (`host_matches`: a host without a leading `*` only matches itself).
+    fn candidates(&self, fqdn: &str) -> Vec<usize> {
+        let mut out = self.wildcard.clone();
+        if let Some(exact) = self.exact.get(fqdn) {
+            out.extend(exact);
+            out.sort_unstable();
+            out.dedup();
+        }
+        out
+    }
 }
 
 impl<'a> MeshView<'a> {
@@ -121,6 +166,28 @@ impl<'a> MeshView<'a> {
             .filter(|(k, _)| validation.accepted(Kind::Sidecar, k))
             .collect();
         sidecars.sort_by_key(|(_, s)| age_key(&s.metadata));
+        let suffix = &index.mesh.domain_suffix;
+        let vs_hosts: Vec<Vec<String>> = virtual_services
+            .iter()
+            .map(|(key, vs)| {
+                vs.spec
+                    .hosts
+                    .iter()
+                    .map(|h| resolve_host(h, &key.namespace, suffix))
+                    .collect()
+            })
+            .collect();
+        let dr_hosts: Vec<String> = destination_rules
+            .iter()
+            .map(|(key, dr)| resolve_host(&dr.spec.host, &key.namespace, suffix))
+            .collect();
+        let vs_by_host = HostIndex::build(
+            vs_hosts
+                .iter()
+                .enumerate()
+                .flat_map(|(i, hosts)| hosts.iter().map(move |h| (i, h))),
+        );
+        let dr_by_host = HostIndex::build(dr_hosts.iter().enumerate());
         MeshView {
             index,
             registry,
@@ -128,6 +195,10 @@ impl<'a> MeshView<'a> {
             virtual_services,
             destination_rules,
             sidecars,
+            vs_hosts,
+            dr_hosts,
+            vs_by_host,
+            dr_by_host,
         }
     }
 
@@ -502,21 +573,16 @@ impl<'v, 'a> Ctx<'v, 'a> {
     /// (`gateways` empty or `mesh`), selected by the Sidecar; an exact host beats a wildcard,
     /// a longer wildcard a shorter one, then the oldest wins.
     fn virtual_service_for(&self, fqdn: &str) -> Option<(&'a ObjKey, &'a VirtualService)> {
-        let suffix = self.view.domain_suffix();
         let mut best: Option<(VsRank, VsRef<'a>)> = None;
-        for (key, vs) in &self.view.virtual_services {
+        for i in self.view.vs_by_host.candidates(fqdn) {
+            let (key, vs) = self.view.virtual_services[i];
             if !exported(&vs.spec.export_to, &key.namespace, self.ns()) {
                 continue;
             }
             if !(vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh")) {
                 continue;
             }
-            let hosts: Vec<String> = vs
-                .spec
-                .hosts
-                .iter()
-                .map(|h| resolve_host(h, &key.namespace, suffix))
-                .collect();
+            let hosts = &self.view.vs_hosts[i];
             let rank = hosts
                 .iter()
                 .filter(|h| host_matches(h, fqdn))
@@ -529,12 +595,12 @@ impl<'v, 'a> Ctx<'v, 'a> {
                 })
                 .min();
             let Some(rank) = rank else { continue };
-            if !self.egress_selects(&key.namespace, &hosts) {
+            if !self.egress_selects(&key.namespace, hosts) {
                 continue;
             }
             // `virtual_services` is oldest first, so a strict comparison keeps the oldest.
             if best.as_ref().is_none_or(|(r, _)| rank < *r) {
-                best = Some((rank, (*key, *vs)));
+                best = Some((rank, (key, vs)));
             }
         }
         best.map(|(_, v)| v)
@@ -543,10 +609,10 @@ impl<'v, 'a> Ctx<'v, 'a> {
     /// The DestinationRule for `svc` in this scope: the scope's namespace first, then the
     /// service's, then the root namespace's; an exact host beats a wildcard, then the oldest.
     fn destination_rule_for(&self, svc: &Svc) -> Option<(&'a ObjKey, &'a DestinationRule)> {
-        let suffix = self.view.domain_suffix();
         let root = &self.view.index.mesh.root_namespace;
         let mut best: Option<(DrRank, DrRef<'a>)> = None;
-        for (key, dr) in &self.view.destination_rules {
+        for i in self.view.dr_by_host.candidates(&svc.fqdn) {
+            let (key, dr) = self.view.destination_rules[i];
             let ns_rank = if key.namespace == self.ns() {
                 0
             } else if key.namespace == svc.namespace {
@@ -571,18 +637,18 @@ impl<'v, 'a> Ctx<'v, 'a> {
                     continue;
                 }
             }
-            let host = resolve_host(&dr.spec.host, &key.namespace, suffix);
-            if !host_matches(&host, &svc.fqdn) {
+            let host = &self.view.dr_hosts[i];
+            if !host_matches(host, &svc.fqdn) {
                 continue;
             }
-            let host_rank = if host == svc.fqdn {
+            let host_rank = if *host == svc.fqdn {
                 (0u8, 0usize)
             } else {
                 (1, usize::MAX - host.len())
             };
             let rank = (ns_rank, host_rank.0, host_rank.1);
             if best.as_ref().is_none_or(|(r, _)| rank < *r) {
-                best = Some((rank, (*key, *dr)));
+                best = Some((rank, (key, dr)));
             }
         }
         best.map(|(_, v)| v)

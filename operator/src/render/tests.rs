@@ -1070,3 +1070,55 @@ spec:
         "allow_any"
     );
 }
+
+/// Wildcard hosts: a VirtualService / DestinationRule for `*.default.svc.cluster.local` applies
+/// to every service it matches that has no exact one; an exact host beats it even when the
+/// wildcard object is older (VirtualServices and DestinationRules are looked up by host).
+#[test]
+fn wildcard_hosts_apply_where_no_exact_host_does() {
+    let mut index = bookinfo();
+    istio(&mut index, reviews_vs());
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a-wild, namespace: default}
+spec:
+  hosts: ["*.default.svc.cluster.local"]
+  http:
+  - name: wild
+    route:
+    - destination: {host: details}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: a-wild, namespace: default}
+spec:
+  host: "*.default.svc.cluster.local"
+  trafficPolicy:
+    loadBalancer: {simple: RANDOM}
+"#,
+    );
+    let c = rendered(&index, &Scope::namespace("default"));
+    let details = vhost(&c, "9080", "details.default.svc.cluster.local:9080");
+    assert_eq!(details.routes[0].name.as_deref(), Some("wild"));
+    let ratings = vhost(&c, "9080", "ratings.default.svc.cluster.local:9080");
+    assert_eq!(ratings.routes[0].name.as_deref(), Some("wild"));
+    let reviews = vhost(&c, "9080", "reviews.default.svc.cluster.local:9080");
+    assert_eq!(reviews.routes[0].name.as_deref(), Some("jason"));
+    let lb = |name: &str| c.cluster(name).unwrap().lb_policy;
+    assert_eq!(
+        lb("outbound|9080||details.default.svc.cluster.local"),
+        LbPolicy::Random
+    );
+    // reviews has its own (exact) DestinationRule, without a load-balancer setting.
+    assert_eq!(
+        lb("outbound|9080||reviews.default.svc.cluster.local"),
+        LbPolicy::LeastRequest
+    );
+    assert!(
+        c.cluster("outbound|9080|v1|reviews.default.svc.cluster.local")
+            .is_some()
+    );
+}
