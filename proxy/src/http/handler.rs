@@ -195,6 +195,9 @@ impl HttpHandler for ConnectionManager {
             let HttpConnection {
                 stream, hcm, drain, ..
             } = conn;
+            // As Envoy does for every accepted socket: a response's head and body are separate
+            // writes, and Nagle would hold the second until the first is acknowledged.
+            let _ = stream.set_nodelay(true);
             let result = serve_connection_with_drain(stream, &hcm, ctx, drain.signaled()).await;
             drop(drain);
             result.map_err(|e| io::Error::other(e.to_string()))
