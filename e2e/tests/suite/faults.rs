@@ -68,8 +68,17 @@ async fn s7_webhook_down_failure_policy_ignore_and_fail() {
                 .unwrap();
             ctx.log("webhook scaled to 0");
 
+            // The API server reads webhook configurations from a watch: a change takes a
+            // moment to apply, so each step retries until the new policy answers.
             failure_policy(&ctx, "Ignore").await;
-            pods.create(&PostParams::default(), &bare_pod("ignored")).await.unwrap();
+            poll("a pod created under Ignore", Duration::from_secs(60), Duration::from_millis(500), || async {
+                match pods.create(&PostParams::default(), &bare_pod("ignored")).await {
+                    Ok(_) => Ok(Some(())),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+            .await
+            .unwrap();
             let pod = poll("pod ignored Running", Duration::from_secs(120), Duration::from_millis(500), || async {
                 let p = pods.get("ignored").await.map_err(|e| e.to_string())?;
                 if sample::pod_ready(&p) { Ok(Some(p)) } else { Err(sample::describe(&p)) }
@@ -81,17 +90,35 @@ async fn s7_webhook_down_failure_policy_ignore_and_fail() {
             assert!(init.is_empty() && containers == ["ignored"], "uninjected: {init:?} {containers:?}");
 
             failure_policy(&ctx, "Fail").await;
-            let err = pods
-                .create(&PostParams::default(), &bare_pod("refused"))
-                .await
-                .expect_err("with failurePolicy Fail and no webhook the pod must be refused");
-            ctx.log(format!("failurePolicy Fail, webhook down: {err}"));
-            let text = err.to_string();
+            let err = poll("pod creation refused under Fail", Duration::from_secs(60), Duration::from_millis(500), || async {
+                match pods.create(&PostParams::default(), &bare_pod("refused")).await {
+                    Err(e) if e.to_string().contains("failed calling webhook") => Ok(Some(e)),
+                    Err(e) => Err(e.to_string()),
+                    Ok(_) => {
+                        // Still the old policy: undo and try again.
+                        let _ = pods.delete("refused", &DeleteParams::default().grace_period(0)).await;
+                        let _ = ctx.wait_no_pods(&ns, "app=refused", Duration::from_secs(30)).await;
+                        Err("created (the API server still had Ignore)".into())
+                    }
+                }
+            })
+            .await
+            .expect("with failurePolicy Fail and no webhook the pod must be refused");
+            let text = match &err {
+                kube::Error::Api(status) => status.message.clone(),
+                other => other.to_string(),
+            };
+            ctx.log(format!("failurePolicy Fail, webhook down: refused: {text}"));
             assert!(
                 text.contains("failed calling webhook") && text.contains("sidecar-injector.rustmesh.io"),
                 "the refusal names the webhook: {text}"
             );
-            assert!(pods.get_opt("refused").await.unwrap().is_none());
+            // Not created: the name is free (a pod from a try under the old policy is gone or going).
+            let refused = pods.get_opt("refused").await.unwrap();
+            assert!(
+                refused.is_none_or(|p| p.metadata.deletion_timestamp.is_some()),
+                "no pod was created by the refused request"
+            );
         },
         async {
             failure_policy(&ctx, "Fail").await;
@@ -151,6 +178,7 @@ async fn s7_operator_restart_under_steady_traffic_fails_no_request() {
         .unwrap()
         .items
         .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter_map(|p| p.metadata.name)
         .collect();
     assert!(!old.is_empty(), "an operator pod runs");
