@@ -621,7 +621,6 @@ impl Ctx {
             match o {
                 IstioObject::VirtualService(mut v) => {
                     v.metadata.namespace = Some(ns.into());
-                    v.metadata.managed_fields = None;
                     let api: Api<VirtualService> = Api::namespaced(self.client.clone(), ns);
                     api.patch(&v.name_any(), &pp, &Patch::Apply(&*v)).await?;
                 }
@@ -674,8 +673,7 @@ impl Ctx {
         Ok(())
     }
 
-    /// Waits for the watch to report a pod in `ns` with `selector` as deleted... (used after
-    /// deleting pods): returns once no pod matches.
+    /// Waits until no pod with these labels is left in `ns` (terminating pods count as gone).
     pub async fn wait_no_pods(&self, ns: &str, selector: &str, timeout: Duration) -> Result<()> {
         poll(
             &format!("no pods {selector} in {ns}"),
