@@ -310,6 +310,27 @@ impl Ctx {
         Ok(name.to_string())
     }
 
+    /// Creates the namespace, or keeps it when it exists; either way labelled like
+    /// [`Ctx::fresh_namespace`]'s.
+    pub async fn ensure_namespace(&self, name: &str, injected: bool) -> Result<()> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let mut labels = serde_json::json!({"rustmesh-e2e": "true"});
+        if injected {
+            labels["istio-injection"] = "enabled".into();
+        }
+        let ns = serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": labels},
+        });
+        api.patch(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(ns),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Deletes a namespace without waiting (called at the end of a passing test; a failing
     /// test leaves its namespace for inspection, and the next run deletes it first).
     pub async fn delete_namespace(&self, name: &str) {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 #[derive(Parser)]
 #[command(name = "demo")]
 struct Args {
-    /// Namespace for the sample (deleted and created again).
+    /// Namespace for the sample (created, or reused with its routing rules removed).
     #[arg(long, default_value = "bookinfo")]
     namespace: String,
 }
@@ -43,7 +43,10 @@ async fn main() -> anyhow::Result<()> {
     ctx.wait_mesh_ready(Duration::from_secs(180))
         .await
         .context("rustmesh is not installed (e2e/install)")?;
-    ctx.fresh_namespace(ns, true).await?;
+    // Kept when it exists (the sample is applied again and its routing rules removed), so a
+    // second run is quick.
+    ctx.ensure_namespace(ns, true).await?;
+    ctx.delete_istio(ns).await?;
     println!(
         "\n== kubectl create namespace {ns}; kubectl label namespace {ns} istio-injection=enabled"
     );
@@ -70,8 +73,14 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let pod = ctx.pod_name(ns, &sample::productpage().selector()).await?;
-    let reviews = ctx.cluster_ip(ns, "reviews").await?;
-    let url = format!("http://{reviews}:{HTTP_PORT}/");
+    if let Err(e) = ctx
+        .wait_endpoints(ns, &pod, "reviews", ns, HTTP_PORT, 3)
+        .await
+    {
+        println!("(the sidecar does not list reviews' endpoints yet: {e})");
+    }
+    // By name: the sidecar's DNS proxy answers for the mesh's services (the cluster has no DNS).
+    let url = format!("http://reviews:{HTTP_PORT}/");
     let load = |n: u64, headers: &'static [&'static str]| {
         let (ctx, pod, url) = (&ctx, pod.clone(), url.clone());
         async move {
@@ -121,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
         Err(e) => println!("not in force: {e}"),
     }
 
-    let echo = ctx.cluster_ip(ns, "tcp-echo").await?;
+    let echo = "tcp-echo"; // by name too
     println!("\n== TCP: testapp tcp {echo}:{TCP_PORT} --send hello-mesh");
     match ctx
         .tcp_send(

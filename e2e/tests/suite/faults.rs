@@ -400,3 +400,51 @@ async fn s7_bad_virtual_service_reports_why_and_routes_keep_serving() {
 async fn s7_bad_update_of_a_virtual_service_keeps_the_previous_routes() {
     bad_virtual_service("s7_bad_update", "e2e-badupdate", "reviews").await;
 }
+
+/// A namespace deleted and created again under the same name (a redeploy, a test run) must get
+/// the reader Role/RoleBinding again: without them its sidecars cannot follow their ConfigMap
+/// through the API and fall back to the kubelet's mounted copy (up to a minute behind).
+/// Fails today: the operator remembers that it applied them (`rbac_done` in
+/// operator/src/controller.rs, never forgotten when the namespace goes away), so it never
+/// applies them in the new namespace (listed as pending in e2e/run with this reason).
+#[tokio::test]
+async fn s7_recreated_namespace_gets_its_config_reader_role_again() {
+    let Some(ctx) = setup("s7_recreated_ns").await else {
+        return;
+    };
+    let name = "e2e-recreated";
+    let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(ctx.client.clone(), name);
+    let role_present = |what: &'static str| {
+        let roles = roles.clone();
+        async move {
+            poll(
+                what,
+                Duration::from_secs(60),
+                Duration::from_millis(500),
+                || async {
+                    match roles.get_opt("rustmesh-proxy-config-reader").await {
+                        Ok(Some(_)) => Ok(Some(())),
+                        Ok(None) => Err("no Role rustmesh-proxy-config-reader".to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                },
+            )
+            .await
+        }
+    };
+    let client = sample::productpage();
+    for round in ["first", "second"] {
+        // fresh_namespace deletes the namespace left by the round before and waits until it is gone.
+        let ns = ctx.fresh_namespace(name, true).await.unwrap();
+        sample::deploy(&ctx, &ns, std::slice::from_ref(&client))
+            .await
+            .unwrap();
+        let result = role_present("the reader Role in the namespace").await;
+        ctx.log(format!(
+            "{round} {ns}: reader Role {}",
+            if result.is_ok() { "present" } else { "missing" }
+        ));
+        result.unwrap_or_else(|e| panic!("{round} incarnation of {ns}: {e}"));
+    }
+    ctx.delete_namespace(name).await;
+}
