@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use http_common::{Behavior, Clients, Upstream, empty_body, request, send, upstream_on};
 use serde_json::{Value, json};
+use support::docs::{address, builtin_clusters, tcp_proxy, virtual_outbound};
 use support::sidecar::{Scratch, Sidecar, eventually};
 use support::{ISTIO_INIT_ARGS, Net, Pod};
 
@@ -95,25 +96,6 @@ fn vip() -> SocketAddr {
 
 // ---- configuration documents, as the operator renders them --------------------------------
 
-fn address(ip: &str, port: u16) -> Value {
-    json!({"socketAddress": {"address": ip, "portValue": port}})
-}
-
-fn tcp_proxy(cluster: &str) -> Value {
-    json!([{"name": "envoy.filters.network.tcp_proxy",
-            "typedConfig": {"statPrefix": cluster, "cluster": cluster}}])
-}
-
-fn virtual_outbound() -> Value {
-    json!({"name": "virtualOutbound", "address": address("0.0.0.0", 15001),
-    "trafficDirection": "OUTBOUND", "useOriginalDst": true,
-    "filterChains": [
-        {"name": "virtualOutbound-blackhole", "filterChainMatch": {"destinationPort": 15001},
-         "filters": tcp_proxy("BlackHoleCluster")},
-        {"name": "virtualOutbound-catchall-tcp", "filters": tcp_proxy("PassthroughCluster")},
-    ]})
-}
-
 /// `0.0.0.0_9080` (outbound): HTTP (sniffed) to route table `9080`, else passthrough.
 fn outbound_http_listener() -> Value {
     json!({"name": format!("0.0.0.0_{PORT}"), "address": address("0.0.0.0", PORT),
@@ -146,17 +128,6 @@ fn virtual_inbound(app_port: bool) -> Value {
         chains.retain(|c| !c["name"].as_str().unwrap().starts_with("0.0.0.0_"));
     }
     l
-}
-
-fn builtin_clusters() -> Vec<Value> {
-    vec![
-        json!({"name": "BlackHoleCluster", "type": "STATIC", "connectTimeout": "10s",
-            "loadAssignment": {"clusterName": "BlackHoleCluster", "endpoints": []}}),
-        json!({"name": "PassthroughCluster", "type": "ORIGINAL_DST", "connectTimeout": "10s",
-            "lbPolicy": "CLUSTER_PROVIDED"}),
-        json!({"name": "InboundPassthroughClusterIpv4", "type": "ORIGINAL_DST", "connectTimeout": "10s",
-            "lbPolicy": "CLUSTER_PROVIDED", "upstreamBindConfig": {"sourceAddress": {"address": "127.0.0.6", "portValue": 0}}}),
-    ]
 }
 
 fn fqdn(service: &str) -> String {
@@ -218,7 +189,7 @@ fn client_doc(vhosts: Vec<Value>, clusters: Vec<(Value, Value)>, dns: Value) -> 
         eps.push(e);
     }
     json!({"versionInfo": "client-1",
-        "listeners": [virtual_outbound(), virtual_inbound(false), outbound_http_listener()],
+        "listeners": [virtual_outbound("PassthroughCluster"), virtual_inbound(false), outbound_http_listener()],
         "routes": [{"name": PORT.to_string(), "virtualHosts": all_vhosts}],
         "clusters": cs, "endpoints": eps, "dns": dns})
     .to_string()
@@ -232,7 +203,7 @@ fn server_doc() -> String {
         "loadAssignment": {"clusterName": inbound, "endpoints": [{"lbEndpoints": [
             {"endpoint": {"address": address("127.0.0.1", PORT)}}]}]},
         "metadata": {"services": [{"host": fqdn("reviews"), "name": "reviews", "namespace": "default"}]}}));
-    json!({"versionInfo": "server-1", "listeners": [virtual_outbound(), virtual_inbound(true)],
+    json!({"versionInfo": "server-1", "listeners": [virtual_outbound("PassthroughCluster"), virtual_inbound(true)],
         "clusters": cs})
     .to_string()
 }
@@ -678,7 +649,6 @@ fn dns_proxy_answers_mesh_names_to_captured_queries() {
 /// messages, and the HTTP limits set by flags (431 for a head over `--max-request-headers-kb`).
 #[test]
 fn grpc_streams_websockets_and_limits_through_two_sidecars() {
-    use bytes::Bytes;
     use futures::{SinkExt, StreamExt};
     use http_body_util::BodyExt;
     use http_common::ChannelBody;
@@ -728,12 +698,7 @@ fn grpc_streams_websockets_and_limits_through_two_sidecars() {
             .header("te", "trailers")
             .body(rustmesh_proxy::http::body::boxed(ChannelBody(rx)))
             .unwrap();
-        let msg = |s: &str| {
-            let mut b = vec![0u8];
-            b.extend_from_slice(&(s.len() as u32).to_be_bytes());
-            b.extend_from_slice(s.as_bytes());
-            Bytes::from(b)
-        };
+        let msg = http_common::grpc_message;
         tx.send(Frame::data(msg("first"))).await.unwrap();
         let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
             .await

@@ -120,13 +120,7 @@ async fn grpc_streaming_with_trailers_over_h2c() {
         .header("te", "trailers")
         .body(boxed(ChannelBody(rx)))
         .unwrap();
-    // gRPC length-prefixed messages.
-    let msg = |s: &str| {
-        let mut b = vec![0u8];
-        b.extend_from_slice(&(s.len() as u32).to_be_bytes());
-        b.extend_from_slice(s.as_bytes());
-        Bytes::from(b)
-    };
+    let msg = http_common::grpc_message;
     tx.send(Frame::data(msg("first"))).await.unwrap();
     let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
         .await

@@ -16,31 +16,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::docs::{address, builtin_clusters, tcp_proxy, virtual_outbound};
 use support::sidecar::{Client, Scratch, Sidecar, eventually};
 use support::{As, ISTIO_INIT_ARGS, Net, Pod};
 
 // ---- configuration documents, as the operator renders them --------------------------------
-
-fn tcp_proxy(cluster: &str) -> Value {
-    json!([{"name": "envoy.filters.network.tcp_proxy",
-            "typedConfig": {"statPrefix": cluster, "cluster": cluster}}])
-}
-
-fn address(ip: &str, port: u16) -> Value {
-    json!({"socketAddress": {"address": ip, "portValue": port}})
-}
-
-/// `virtualOutbound`: the loop blackhole, then `catch_all` (`PassthroughCluster` for
-/// ALLOW_ANY, `BlackHoleCluster` for REGISTRY_ONLY).
-fn virtual_outbound(catch_all: &str) -> Value {
-    json!({"name": "virtualOutbound", "address": address("0.0.0.0", 15001),
-    "trafficDirection": "OUTBOUND", "useOriginalDst": true,
-    "filterChains": [
-        {"name": "virtualOutbound-blackhole", "filterChainMatch": {"destinationPort": 15001},
-         "filters": tcp_proxy("BlackHoleCluster")},
-        {"name": "virtualOutbound-catchall-tcp", "filters": tcp_proxy(catch_all)},
-    ]})
-}
 
 /// `virtualInbound`: the loop blackhole, `inbound|<port>||` for each declared port, and the
 /// IPv4/IPv6 passthroughs.
@@ -65,20 +45,6 @@ fn virtual_inbound(ports: &[u16]) -> Value {
 fn tcp_listener(ip: &str, port: u16, cluster: &str) -> Value {
     json!({"name": format!("{ip}_{port}"), "address": address(ip, port),
         "trafficDirection": "OUTBOUND", "bindToPort": false, "filterChains": [{"filters": tcp_proxy(cluster)}]})
-}
-
-/// The clusters every sidecar has.
-fn builtin_clusters() -> Vec<Value> {
-    vec![
-        json!({"name": "BlackHoleCluster", "type": "STATIC", "connectTimeout": "10s",
-            "loadAssignment": {"clusterName": "BlackHoleCluster", "endpoints": []}}),
-        json!({"name": "PassthroughCluster", "type": "ORIGINAL_DST", "connectTimeout": "10s",
-            "lbPolicy": "CLUSTER_PROVIDED"}),
-        json!({"name": "InboundPassthroughClusterIpv4", "type": "ORIGINAL_DST", "connectTimeout": "10s",
-            "lbPolicy": "CLUSTER_PROVIDED", "upstreamBindConfig": {"sourceAddress": {"address": "127.0.0.6", "portValue": 0}}}),
-        json!({"name": "InboundPassthroughClusterIpv6", "type": "ORIGINAL_DST", "connectTimeout": "10s",
-            "lbPolicy": "CLUSTER_PROVIDED", "upstreamBindConfig": {"sourceAddress": {"address": "::6", "portValue": 0}}}),
-    ]
 }
 
 /// An EDS cluster and its endpoints.

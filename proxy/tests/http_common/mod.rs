@@ -607,6 +607,14 @@ pub fn body(b: impl Into<Bytes>) -> ProxyBody {
     boxed(Full::new(b.into()))
 }
 
+/// One gRPC length-prefixed message (uncompressed) carrying `s`.
+pub fn grpc_message(s: &str) -> Bytes {
+    let mut b = vec![0u8];
+    b.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    b.extend_from_slice(s.as_bytes());
+    Bytes::from(b)
+}
+
 /// Reads the route table JSON into the model type.
 pub fn routes(v: Value) -> RouteConfiguration {
     serde_json::from_value(v).expect("route configuration JSON")

@@ -18,6 +18,7 @@
 
 #![allow(dead_code)] // Each test file uses a part.
 
+pub mod docs;
 pub mod sidecar;
 
 use std::fs::File;
