@@ -80,6 +80,10 @@ pub struct State {
     /// Content hash of each namespace's live ConfigMap (absent: none in the cluster).
     pub live: BTreeMap<String, String>,
     cm_relist: Option<BTreeMap<String, String>>,
+    /// Namespaces whose ConfigMap went away: their reader Role/RoleBinding may be gone too (a
+    /// namespace deleted and created again under the same name), so the next flush applies
+    /// them again.
+    pub rbac_stale: BTreeSet<String>,
     pub debouncer: Debouncer,
 }
 
@@ -92,6 +96,7 @@ impl State {
             configmaps_synced: false,
             live: BTreeMap::new(),
             cm_relist: None,
+            rbac_stale: BTreeSet::new(),
             debouncer,
         }
     }
@@ -133,6 +138,7 @@ impl State {
                     Event::Delete(cm) => {
                         let ns = cm.namespace().unwrap_or_default();
                         self.live.remove(&ns);
+                        self.rbac_stale.insert(ns.clone());
                         dirty.insert(ns);
                     }
                     Event::Init => self.cm_relist = Some(BTreeMap::new()),
@@ -149,6 +155,9 @@ impl State {
                         for ns in self.live.keys().chain(listed.keys()) {
                             if self.live.get(ns) != listed.get(ns) {
                                 dirty.insert(ns.clone());
+                            }
+                            if !listed.contains_key(ns) {
+                                self.rbac_stale.insert(ns.clone());
                             }
                         }
                         self.live = listed;
@@ -355,6 +364,9 @@ impl Writer {
 
     async fn flush(&mut self, state: &mut State, batch: Batch) {
         let started = Instant::now();
+        for ns in std::mem::take(&mut state.rbac_stale) {
+            self.rbac_done.remove(&ns);
+        }
         let view = MeshView::new(&state.index);
         let injected: BTreeSet<String> = state
             .index
@@ -950,6 +962,54 @@ mod tests {
             "the ConfigMap is unchanged: {requests:#?}"
         );
         assert!(writer.rbac_done.contains("default"));
+    }
+
+    #[tokio::test]
+    async fn a_namespace_recreated_under_the_same_name_gets_the_reader_role_again() {
+        let (client, log) = fake_api();
+        let mut writer = Writer {
+            client: client.clone(),
+            metrics: Arc::new(Metrics::new()),
+            recorder: Recorder::new(
+                client,
+                Reporter {
+                    controller: OPERATOR_FIELD_MANAGER.into(),
+                    instance: Some("test".into()),
+                },
+            ),
+            rbac_done: BTreeSet::new(),
+        };
+        let mut state = State::new(MeshConfig::default(), fast());
+        state.index = bookinfo();
+        let t0 = Instant::now();
+        state.note_everything(t0);
+        let due = |state: &mut State| {
+            state
+                .debouncer
+                .take_due(Instant::now() + Duration::from_secs(5))
+                .expect("a batch is due")
+        };
+        let batch = due(&mut state);
+        writer.flush(&mut state, batch).await;
+        let role_patches = |log: &RequestLog| {
+            log.lock()
+                .unwrap()
+                .iter()
+                .filter(|(m, uri, ..)| {
+                    m == "PATCH"
+                        && uri.contains("/namespaces/default/roles/rustmesh-proxy-config-reader")
+                })
+                .count()
+        };
+        assert_eq!(role_patches(&log), 1);
+        // The namespace is deleted with everything in it: the ConfigMap's delete event comes.
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = Some(PROXY_CONFIGMAP.into());
+        cm.metadata.namespace = Some("default".into());
+        state.handle(Msg::ConfigMap(Box::new(Event::Delete(cm))), Instant::now());
+        let batch = due(&mut state);
+        writer.flush(&mut state, batch).await;
+        assert_eq!(role_patches(&log), 2, "the Role is applied again");
     }
 
     #[tokio::test]
