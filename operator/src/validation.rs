@@ -20,7 +20,7 @@ use rustmesh_api::sidecar::host_matches;
 use rustmesh_api::status::{Condition, IstioStatus, ValidationMessage};
 use rustmesh_api::validate::Validate;
 use rustmesh_api::{DestinationRule, VirtualService};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// How serious a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -119,13 +119,14 @@ impl Validation {
                 verdict(findings, reason),
             );
         }
-        // With their hosts resolved once: every subset destination of every VirtualService is
-        // checked against them (resolving there made validation quadratic in allocations).
-        let accepted_drs: Vec<(&ObjKey, &DestinationRule, String)> = drs
-            .iter()
-            .filter(|(k, _)| verdicts[&(Kind::DestinationRule, (*k).clone())].accepted)
-            .map(|(k, d)| (*k, *d, resolve_host(&d.spec.host, &k.namespace, suffix)))
-            .collect();
+        // Every subset destination of every VirtualService is checked against them: resolved
+        // once and found by host (scanning them all per destination was quadratic).
+        let accepted_drs = HostedRules::new(
+            drs.iter()
+                .filter(|(k, _)| verdicts[&(Kind::DestinationRule, (*k).clone())].accepted)
+                .map(|(k, d)| (*k, *d, resolve_host(&d.spec.host, &k.namespace, suffix)))
+                .collect(),
+        );
 
         for (key, vs) in &index.virtual_services {
             let mut findings = own_findings(vs.spec.validate());
@@ -209,6 +210,46 @@ impl Validation {
     }
 }
 
+/// DestinationRules with their resolved hosts, by exact host plus the wildcard ones.
+struct HostedRules<'a> {
+    all: Vec<(&'a ObjKey, &'a DestinationRule, String)>,
+    exact: HashMap<String, Vec<usize>>,
+    wildcard: Vec<usize>,
+}
+
+impl<'a> HostedRules<'a> {
+    fn new(all: Vec<(&'a ObjKey, &'a DestinationRule, String)>) -> Self {
+        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut wildcard = Vec::new();
+        for (i, (_, _, host)) in all.iter().enumerate() {
+            if host.starts_with('*') {
+                wildcard.push(i);
+            } else {
+                exact.entry(host.clone()).or_default().push(i);
+            }
+        }
+        HostedRules {
+            all,
+            exact,
+            wildcard,
+        }
+    }
+
+    /// The rules whose host matches `host`.
+    fn matching(
+        &self,
+        host: &str,
+    ) -> impl Iterator<Item = &(&'a ObjKey, &'a DestinationRule, String)> {
+        self.exact
+            .get(host)
+            .into_iter()
+            .flatten()
+            .chain(&self.wildcard)
+            .map(|&i| &self.all[i])
+            .filter(move |(_, _, h)| host_matches(h, host))
+    }
+}
+
 fn registry_has(registry: &Registry, host: &str) -> bool {
     if host.starts_with('*') {
         registry
@@ -248,7 +289,7 @@ fn vs_cross_checks(
     vs: &VirtualService,
     key: &ObjKey,
     registry: &Registry,
-    drs: &[(&ObjKey, &DestinationRule, String)],
+    drs: &HostedRules<'_>,
     suffix: &str,
     findings: &mut Vec<Finding>,
 ) {
@@ -290,10 +331,9 @@ fn vs_cross_checks(
             });
         }
         if let Some(subset) = &d.subset {
-            let defined = drs.iter().any(|(dk, dr, dr_host)| {
-                host_matches(dr_host, &host)
-                    && (dk.namespace == key.namespace
-                        || exported(&dr.spec.export_to, &dk.namespace, &key.namespace))
+            let defined = drs.matching(&host).any(|(dk, dr, _)| {
+                (dk.namespace == key.namespace
+                    || exported(&dr.spec.export_to, &dk.namespace, &key.namespace))
                     && dr.spec.subsets.iter().any(|s| &s.name == subset)
             });
             if !defined {
@@ -462,6 +502,35 @@ mod tests {
     fn verdict_of(index: &Index, kind: Kind, ns: &str, name: &str) -> Verdict {
         let registry = Registry::build(index);
         Validation::compute(index, &registry).verdicts[&(kind, ObjKey::new(ns, name))].clone()
+    }
+
+    #[test]
+    fn subsets_are_found_through_wildcard_destination_rules() {
+        let mut index = bookinfo();
+        istio(
+            &mut index,
+            r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: all, namespace: default}
+spec:
+  host: "*.default.svc.cluster.local"
+  subsets:
+  - name: canary
+    labels: {track: canary}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  http:
+  - route:
+    - destination: {host: ratings, subset: canary}
+"#,
+        );
+        // Only the wildcard rule defines `canary` for ratings.
+        assert!(verdict_of(&index, Kind::VirtualService, "default", "ratings").accepted);
     }
 
     #[test]
