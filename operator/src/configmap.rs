@@ -60,7 +60,7 @@ pub fn encode(config: &ProxyConfig) -> Result<Vec<u8>, Error> {
         what: "configuration JSON".into(),
         message: e.to_string(),
     })?;
-    let mut enc = GzEncoder::new(Vec::new(), Compression::best());
+    let mut enc = GzEncoder::new(Vec::new(), Compression::default());
     enc.write_all(&json)
         .and_then(|()| enc.finish())
         .map_err(|e| Error::Encode {
