@@ -434,10 +434,14 @@ impl Writer {
                     wrote = true;
                 }
                 Err(e) => {
-                    tracing::warn!(namespace = %ns, error = %e, "applying the ConfigMap failed; retrying");
+                    tracing::warn!(namespace = %ns, error = %e, "applying the ConfigMap failed; retrying in 2 s");
                     self.metrics.error("apply");
                     self.metrics.reconcile("error");
-                    state.debouncer.note([ns.clone()], false, Instant::now());
+                    // Not at once: a namespace being deleted refuses every write until it is
+                    // gone, and an immediate retry spun at ~10 writes a second.
+                    state
+                        .debouncer
+                        .note([ns.clone()], false, Instant::now() + RETRY_DELAY);
                 }
             }
         }
@@ -843,6 +847,14 @@ mod tests {
 
     /// While `refuse_roles` is set, writes of Roles and RoleBindings are forbidden (403).
     fn fake_api_refusing(refuse_roles: Arc<std::sync::atomic::AtomicBool>) -> (Client, RequestLog) {
+        fake_api_refusing_under("/apis/rbac.authorization.k8s.io/", refuse_roles)
+    }
+
+    /// A fake API server answering 403 to requests under `refused_path` while `refuse` is set.
+    fn fake_api_refusing_under(
+        refused_path: &'static str,
+        refuse_roles: Arc<std::sync::atomic::AtomicBool>,
+    ) -> (Client, RequestLog) {
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = log.clone();
         let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
@@ -878,10 +890,7 @@ mod tests {
                     answer["metadata"] = json!({"name": name});
                 }
                 if refuse_roles.load(std::sync::atomic::Ordering::SeqCst)
-                    && parts
-                        .uri
-                        .path()
-                        .contains("/apis/rbac.authorization.k8s.io/")
+                    && parts.uri.path().contains(refused_path)
                 {
                     let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                         "reason": "Forbidden", "code": 403, "message": "roles is forbidden"});
@@ -962,6 +971,48 @@ mod tests {
             "the ConfigMap is unchanged: {requests:#?}"
         );
         assert!(writer.rbac_done.contains("default"));
+    }
+
+    #[tokio::test]
+    async fn a_refused_configmap_write_is_retried_after_the_delay_not_at_once() {
+        let refuse = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (client, _log) = fake_api_refusing_under("/configmaps/", refuse);
+        let metrics = Arc::new(Metrics::new());
+        let mut writer = Writer {
+            client: client.clone(),
+            metrics: metrics.clone(),
+            recorder: Recorder::new(
+                client,
+                Reporter {
+                    controller: OPERATOR_FIELD_MANAGER.into(),
+                    instance: Some("test".into()),
+                },
+            ),
+            rbac_done: BTreeSet::new(),
+        };
+        let mut state = State::new(MeshConfig::default(), fast());
+        state.index = bookinfo();
+        let t0 = Instant::now();
+        state.note_everything(t0);
+        let batch = state
+            .debouncer
+            .take_due(t0 + Duration::from_secs(1))
+            .unwrap();
+        let flushed = Instant::now();
+        writer.flush(&mut state, batch).await;
+        assert!(metrics.render().contains("errors_total{kind=\"apply\"} 1"));
+        assert!(
+            state
+                .debouncer
+                .take_due(flushed + RETRY_DELAY / 2)
+                .is_none(),
+            "no retry before the delay"
+        );
+        let retry = state
+            .debouncer
+            .take_due(Instant::now() + RETRY_DELAY + Duration::from_secs(1))
+            .expect("a retry after the delay");
+        assert!(retry.namespaces.contains("default"));
     }
 
     #[tokio::test]
