@@ -395,6 +395,16 @@ def cmd_check() -> int:
     else:
         ok.append("kustomize base == chart templates (generated copy is current)")
 
+    # The control plane's own namespace must not ask for injection: `istio.io/rev` or
+    # `istio-injection=enabled` on it would inject the webhook's and operator's pods and make the
+    # operator write a proxy configuration there.
+    ns_labels = [d.get("metadata", {}).get("labels", {}) for docs in want_base.values() for d in docs if d.get("kind") == "Namespace"]
+    meshed = [l for l in ns_labels if "istio.io/rev" in l or l.get("istio-injection") == "enabled"]
+    if meshed:
+        problems.append(f"the chart's Namespace asks for sidecar injection: {meshed}")
+    elif ns_labels:
+        ok.append("the control plane's Namespace carries no injection label")
+
     overlay_dirs = sorted(p.name for p in (KUSTOMIZE / "overlays").iterdir() if p.is_dir())
     if sorted(OVERLAYS) != overlay_dirs:
         problems.append(f"overlays {overlay_dirs} != the ones tool.py knows {sorted(OVERLAYS)}")

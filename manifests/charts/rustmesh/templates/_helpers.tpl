@@ -15,8 +15,16 @@
 {{- if contains "/" $img -}}{{ $img }}{{- else -}}{{ $g.hub }}/{{ $img }}:{{ $g.tag }}{{- end -}}
 {{- end -}}
 
-{{/* Labels of every object. `component` is the part's name. */}}
+{{/* Labels of every object but the Namespace. `component` is the part's name. */}}
 {{- define "rustmesh.labels" -}}
+{{ include "rustmesh.namespaceLabels" . }}
+istio.io/rev: {{ include "rustmesh.revision" (index . 0) }}
+{{- end -}}
+
+{{/* The same without `istio.io/rev`: on a Namespace that label asks for sidecar injection (and
+     for a proxy configuration from the operator), which the control plane's own namespace must
+     not get. */}}
+{{- define "rustmesh.namespaceLabels" -}}
 {{- $ := index . 0 -}}
 app.kubernetes.io/name: {{ index . 1 }}
 app.kubernetes.io/instance: {{ $.Release.Name }}
@@ -24,7 +32,6 @@ app.kubernetes.io/version: {{ $.Chart.AppVersion | quote }}
 app.kubernetes.io/part-of: rustmesh
 app.kubernetes.io/managed-by: {{ $.Release.Service }}
 helm.sh/chart: {{ $.Chart.Name }}-{{ $.Chart.Version }}
-istio.io/rev: {{ include "rustmesh.revision" $ }}
 {{- end -}}
 
 {{- define "rustmesh.selector" -}}
