@@ -468,6 +468,10 @@ impl Writer {
                 }
             }
         }
+        // What was accepted now is what an invalid update of it will fall back to.
+        let validation = view.validation.clone();
+        drop(view);
+        state.index.remember_accepted(&validation);
         tracing::debug!(elapsed = ?started.elapsed(), "flush done");
     }
 

@@ -170,6 +170,17 @@ pub struct Index {
     pub virtual_services: BTreeMap<ObjKey, VirtualService>,
     pub destination_rules: BTreeMap<ObjKey, DestinationRule>,
     pub sidecars: BTreeMap<ObjKey, Sidecar>,
+    /// The last accepted version of each Istio object, rendered in place of an invalid update
+    /// (kept in memory: after an operator restart an invalid object is simply left out).
+    pub last_good: LastGood,
+}
+
+/// Last accepted versions of the Istio objects (see [`Index::remember_accepted`]).
+#[derive(Clone, Debug, Default)]
+pub struct LastGood {
+    pub virtual_services: BTreeMap<ObjKey, VirtualService>,
+    pub destination_rules: BTreeMap<ObjKey, DestinationRule>,
+    pub sidecars: BTreeMap<ObjKey, Sidecar>,
 }
 
 impl Index {
@@ -302,9 +313,50 @@ impl Index {
             Kind::Endpoints => drop(self.endpoints.remove(key)),
             Kind::Pod => drop(self.pods.remove(key)),
             Kind::Namespace => drop(self.namespaces.remove(&key.name)),
-            Kind::VirtualService => drop(self.virtual_services.remove(key)),
-            Kind::DestinationRule => drop(self.destination_rules.remove(key)),
-            Kind::Sidecar => drop(self.sidecars.remove(key)),
+            Kind::VirtualService => {
+                self.virtual_services.remove(key);
+                self.last_good.virtual_services.remove(key);
+            }
+            Kind::DestinationRule => {
+                self.destination_rules.remove(key);
+                self.last_good.destination_rules.remove(key);
+            }
+            Kind::Sidecar => {
+                self.sidecars.remove(key);
+                self.last_good.sidecars.remove(key);
+            }
+        }
+    }
+
+    /// Remembers the current version of every object `validation` accepted, as the one to
+    /// render should a later update of it be invalid.
+    pub fn remember_accepted(&mut self, validation: &crate::validation::Validation) {
+        for ((kind, key), verdict) in &validation.verdicts {
+            if !verdict.accepted {
+                continue;
+            }
+            match kind {
+                Kind::VirtualService => {
+                    if let Some(o) = self.virtual_services.get(key) {
+                        self.last_good
+                            .virtual_services
+                            .insert(key.clone(), o.clone());
+                    }
+                }
+                Kind::DestinationRule => {
+                    if let Some(o) = self.destination_rules.get(key) {
+                        self.last_good
+                            .destination_rules
+                            .insert(key.clone(), o.clone());
+                    }
+                }
+                Kind::Sidecar => {
+                    if let Some(o) = self.sidecars.get(key) {
+                        self.last_good.sidecars.insert(key.clone(), o.clone());
+                    }
+                }
+                _ => {}
+            }
         }
     }
 

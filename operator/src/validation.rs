@@ -45,6 +45,9 @@ pub struct Verdict {
     /// `Accepted`, `Invalid` or `Conflict`.
     pub reason: &'static str,
     pub findings: Vec<Finding>,
+    /// For an invalid update of an object that was accepted before: the generation of that last
+    /// accepted version, which keeps being rendered in its place.
+    pub serving_previous: Option<i64>,
 }
 
 /// Verdicts of every Istio object in the index.
@@ -275,6 +278,7 @@ fn own_findings(errors: Vec<rustmesh_api::FieldError>) -> Vec<Finding> {
 fn verdict(findings: Vec<Finding>, conflict: Option<&'static str>) -> Verdict {
     let accepted = !findings.iter().any(|f| f.level == Level::Error);
     Verdict {
+        serving_previous: None,
         accepted,
         reason: if accepted {
             "Accepted"
@@ -442,10 +446,14 @@ pub fn status_for(
         }
         ("False", verdict.reason, message)
     };
-    let reconciled_message = if verdict.accepted {
-        "included in the rendered configuration".to_string()
-    } else {
-        "left out of the rendered configuration; the rest of the mesh is unaffected".to_string()
+    let reconciled_message = match (verdict.accepted, verdict.serving_previous) {
+        (true, _) => "included in the rendered configuration".to_string(),
+        (false, Some(g)) => format!(
+            "this version is left out; the last accepted version (generation {g}) keeps serving"
+        ),
+        (false, None) => {
+            "left out of the rendered configuration; the rest of the mesh is unaffected".to_string()
+        }
     };
     let conditions = [
         ("Accepted", status, reason, message),
@@ -672,6 +680,7 @@ spec:
     #[test]
     fn unchanged_verdict_keeps_transition_time_so_status_is_stable() {
         let v = Verdict {
+            serving_previous: None,
             accepted: true,
             reason: "Accepted",
             findings: vec![],
@@ -680,6 +689,7 @@ spec:
         let again = status_for(&v, Some(1), Some(&first), "t1");
         assert_eq!(first, again);
         let bad = Verdict {
+            serving_previous: None,
             accepted: false,
             reason: "Invalid",
             findings: vec![Finding {

@@ -392,10 +392,8 @@ async fn s7_bad_virtual_service_reports_why_and_routes_keep_serving() {
 }
 
 /// The same, but the bad version replaces the good VirtualService itself (a typo in an update).
-/// Issue #7: "traffic keeps the previous routes". The operator leaves an invalid object out of
-/// the rendered configuration (operator/README.md, "Status conditions"), so the routes fall back
-/// to the default (all versions) instead: this test fails until the last good version of an
-/// object is kept (it is in e2e/run's PENDING list, with that reason).
+/// Issue #7: "traffic keeps the previous routes": the operator renders the last accepted version
+/// of an object whose update is invalid (operator/README.md, "Status conditions").
 #[tokio::test]
 async fn s7_bad_update_of_a_virtual_service_keeps_the_previous_routes() {
     bad_virtual_service("s7_bad_update", "e2e-badupdate", "reviews").await;
@@ -404,9 +402,8 @@ async fn s7_bad_update_of_a_virtual_service_keeps_the_previous_routes() {
 /// A namespace deleted and created again under the same name (a redeploy, a test run) must get
 /// the reader Role/RoleBinding again: without them its sidecars cannot follow their ConfigMap
 /// through the API and fall back to the kubelet's mounted copy (up to a minute behind).
-/// Fails today: the operator remembers that it applied them (`rbac_done` in
-/// operator/src/controller.rs, never forgotten when the namespace goes away), so it never
-/// applies them in the new namespace (listed as pending in e2e/run with this reason).
+/// (The operator once remembered per name that it had applied them; it now applies them again
+/// when the namespace's ConfigMap goes away.)
 #[tokio::test]
 async fn s7_recreated_namespace_gets_its_config_reader_role_again() {
     let Some(ctx) = setup("s7_recreated_ns").await else {

@@ -144,27 +144,62 @@ impl HostIndex {
     }
 }
 
+/// The version of each object of one kind to render: the current one when accepted, else the
+/// last accepted one when the current is `Invalid` (noted in its verdict), else none.
+fn pick_versions<'a, T>(
+    kind: Kind,
+    current: &'a BTreeMap<ObjKey, T>,
+    last_good: &'a BTreeMap<ObjKey, T>,
+    validation: &mut Validation,
+    generation: impl Fn(&T) -> Option<i64>,
+) -> Vec<(&'a ObjKey, &'a T)> {
+    let mut out = Vec::with_capacity(current.len());
+    for (key, obj) in current {
+        let Some(verdict) = validation.verdicts.get_mut(&(kind, key.clone())) else {
+            continue;
+        };
+        if verdict.accepted {
+            out.push((key, obj));
+        } else if verdict.reason == "Invalid"
+            && let Some(previous) = last_good.get(key)
+        {
+            verdict.serving_previous = Some(generation(previous).unwrap_or(0));
+            out.push((key, previous));
+        }
+    }
+    out
+}
+
 impl<'a> MeshView<'a> {
     pub fn new(index: &'a Index) -> Self {
         let registry = Registry::build(index);
-        let validation = Validation::compute(index, &registry);
-        let mut virtual_services: Vec<_> = index
-            .virtual_services
-            .iter()
-            .filter(|(k, _)| validation.accepted(Kind::VirtualService, k))
-            .collect();
+        let mut validation = Validation::compute(index, &registry);
+        // An accepted object is rendered as it is; an invalid update of an object accepted
+        // before renders that last accepted version instead (its status says so); a conflict
+        // (a second namespace-wide Sidecar...) is left out whatever it was.
+        let mut virtual_services = pick_versions(
+            Kind::VirtualService,
+            &index.virtual_services,
+            &index.last_good.virtual_services,
+            &mut validation,
+            |o| o.metadata.generation,
+        );
         virtual_services.sort_by_key(|(_, v)| age_key(&v.metadata));
-        let mut destination_rules: Vec<_> = index
-            .destination_rules
-            .iter()
-            .filter(|(k, _)| validation.accepted(Kind::DestinationRule, k))
-            .collect();
+        let mut destination_rules = pick_versions(
+            Kind::DestinationRule,
+            &index.destination_rules,
+            &index.last_good.destination_rules,
+            &mut validation,
+            |o| o.metadata.generation,
+        );
         destination_rules.sort_by_key(|(_, d)| age_key(&d.metadata));
-        let mut sidecars: Vec<_> = index
-            .sidecars
-            .iter()
-            .filter(|(k, _)| validation.accepted(Kind::Sidecar, k))
-            .collect();
+        let mut sidecars = pick_versions(
+            Kind::Sidecar,
+            &index.sidecars,
+            &index.last_good.sidecars,
+            &mut validation,
+            |o| o.metadata.generation,
+        );
         sidecars.sort_by_key(|(_, s)| age_key(&s.metadata));
         let suffix = &index.mesh.domain_suffix;
         let vs_hosts: Vec<Vec<String>> = virtual_services

@@ -692,6 +692,68 @@ spec:
 }
 
 #[test]
+fn an_invalid_update_keeps_the_last_accepted_version_serving() {
+    let weights = |c: &ProxyConfig| -> Vec<(String, u32)> {
+        let vh = vhost(c, "9080", "reviews.default.svc.cluster.local:9080");
+        let w = vh.routes[1]
+            .route
+            .as_ref()
+            .unwrap()
+            .weighted_clusters
+            .as_ref()
+            .unwrap();
+        w.clusters
+            .iter()
+            .map(|c| (c.name.clone(), c.weight))
+            .collect()
+    };
+    let mut index = bookinfo();
+    istio(&mut index, reviews_vs());
+    let good = weights(&rendered(&index, &Scope::namespace("default")));
+    assert_eq!(good[0].1, 90);
+    // The operator remembers what it accepted (after each flush).
+    let v = MeshView::new(&index).validation.clone();
+    index.remember_accepted(&v);
+    // An update with weights summing to 110.
+    istio(
+        &mut index,
+        &reviews_vs().replace("weight: 10", "weight: 20"),
+    );
+    let view = MeshView::new(&index);
+    let key = ObjKey::new("default", "reviews");
+    let verdict = &view.validation.verdicts[&(Kind::VirtualService, key.clone())];
+    assert!(!verdict.accepted);
+    assert_eq!(verdict.reason, "Invalid");
+    assert!(verdict.serving_previous.is_some());
+    let status = crate::validation::status_for(verdict, Some(2), None, "now");
+    let reconciled = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Reconciled")
+        .unwrap();
+    assert!(
+        reconciled
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("last accepted version"),
+        "{reconciled:?}"
+    );
+    drop(view);
+    assert_eq!(
+        weights(&rendered(&index, &Scope::namespace("default"))),
+        good,
+        "the previous routes keep serving"
+    );
+    // Deleting the object forgets its last good version: nothing of it is rendered.
+    index.delete(Kind::VirtualService, &key);
+    let c = rendered(&index, &Scope::namespace("default"));
+    let vh = vhost(&c, "9080", "reviews.default.svc.cluster.local:9080");
+    assert_eq!(vh.routes[0].name.as_deref(), Some("default"));
+    assert!(index.last_good.virtual_services.is_empty());
+}
+
+#[test]
 fn an_invalid_virtual_service_is_left_out_and_the_rest_renders() {
     let mut index = bookinfo();
     istio(&mut index, reviews_vs());
