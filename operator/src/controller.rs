@@ -925,14 +925,11 @@ mod tests {
         (Client::new(svc, "default"), log)
     }
 
-    #[tokio::test]
-    async fn a_refused_reader_role_is_retried_though_the_configmap_is_unchanged() {
-        let refuse = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let (client, log) = fake_api_refusing(refuse.clone());
-        let metrics = Arc::new(Metrics::new());
-        let mut writer = Writer {
+    /// A writer on `client`, counting into `metrics`.
+    fn test_writer(client: Client, metrics: Arc<Metrics>) -> Writer {
+        Writer {
             client: client.clone(),
-            metrics: metrics.clone(),
+            metrics,
             recorder: Recorder::new(
                 client,
                 Reporter {
@@ -941,7 +938,15 @@ mod tests {
                 },
             ),
             rbac_done: BTreeSet::new(),
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_reader_role_is_retried_though_the_configmap_is_unchanged() {
+        let refuse = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (client, log) = fake_api_refusing(refuse.clone());
+        let metrics = Arc::new(Metrics::new());
+        let mut writer = test_writer(client, metrics.clone());
         let mut state = State::new(MeshConfig::default(), fast());
         state.index = bookinfo();
         let t0 = Instant::now();
@@ -982,18 +987,7 @@ mod tests {
         let refuse = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let (client, _log) = fake_api_refusing_under("/configmaps/", refuse);
         let metrics = Arc::new(Metrics::new());
-        let mut writer = Writer {
-            client: client.clone(),
-            metrics: metrics.clone(),
-            recorder: Recorder::new(
-                client,
-                Reporter {
-                    controller: OPERATOR_FIELD_MANAGER.into(),
-                    instance: Some("test".into()),
-                },
-            ),
-            rbac_done: BTreeSet::new(),
-        };
+        let mut writer = test_writer(client, metrics.clone());
         let mut state = State::new(MeshConfig::default(), fast());
         state.index = bookinfo();
         let t0 = Instant::now();
@@ -1022,18 +1016,7 @@ mod tests {
     #[tokio::test]
     async fn a_namespace_recreated_under_the_same_name_gets_the_reader_role_again() {
         let (client, log) = fake_api();
-        let mut writer = Writer {
-            client: client.clone(),
-            metrics: Arc::new(Metrics::new()),
-            recorder: Recorder::new(
-                client,
-                Reporter {
-                    controller: OPERATOR_FIELD_MANAGER.into(),
-                    instance: Some("test".into()),
-                },
-            ),
-            rbac_done: BTreeSet::new(),
-        };
+        let mut writer = test_writer(client, Arc::new(Metrics::new()));
         let mut state = State::new(MeshConfig::default(), fast());
         state.index = bookinfo();
         let t0 = Instant::now();
@@ -1071,18 +1054,7 @@ mod tests {
     async fn a_flush_applies_configmap_rbac_and_status_once() {
         let (client, log) = fake_api();
         let metrics = Arc::new(Metrics::new());
-        let mut writer = Writer {
-            client: client.clone(),
-            metrics: metrics.clone(),
-            recorder: Recorder::new(
-                client,
-                Reporter {
-                    controller: OPERATOR_FIELD_MANAGER.into(),
-                    instance: Some("test".into()),
-                },
-            ),
-            rbac_done: BTreeSet::new(),
-        };
+        let mut writer = test_writer(client, metrics.clone());
         let mut state = State::new(MeshConfig::default(), fast());
         state.index = bookinfo();
         istio(
