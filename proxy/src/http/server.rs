@@ -9,7 +9,7 @@ use crate::http::route::{
 use crate::http::{
     ConnectionError, DownstreamInfo, HttpContext, UpstreamError, UpstreamResponse, hash, route,
 };
-use crate::metrics::{Peers, Reporter, RequestSample};
+use crate::metrics::{DestinationService, Peers, Reporter, RequestHandles, RequestSample};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, LOCATION, SET_COOKIE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
@@ -20,7 +20,7 @@ use hyper_util::server::conn::auto;
 use rustmesh_xds::listener::HttpConnectionManager;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -61,6 +61,7 @@ where
         ctx,
         access_log: hcm.access_log,
         route_name_prefix: hcm.stat_prefix.clone(),
+        metric_handles: Mutex::new(Vec::new()),
     });
     let svc = hyper::service::service_fn(move |req| {
         let conn = conn.clone();
@@ -96,7 +97,24 @@ struct Conn {
     ctx: HttpContext,
     access_log: bool,
     route_name_prefix: String,
+    /// Metric handles by what varies between the requests of one connection. The connection
+    /// holds its configuration (and so the `DestinationService`s) for its whole life, so the
+    /// service's address identifies it here.
+    metric_handles: Mutex<Vec<(MetricKey, RequestHandles)>>,
 }
+
+/// What picks a request's metric label set within one connection.
+#[derive(PartialEq, Eq)]
+struct MetricKey {
+    service: usize,
+    grpc: bool,
+    code: u16,
+    flags: String,
+    grpc_status: Option<String>,
+}
+
+/// Distinct label sets a connection keeps handles for (then it looks them up each time).
+const MAX_CACHED_LABEL_SETS: usize = 16;
 
 /// What is known about one request, for metrics and the access log.
 struct Exchange {
@@ -717,35 +735,67 @@ impl Conn {
             None
         };
         let service = ex.cluster.as_deref().and_then(|c| ctx.destinations.get(c));
-        let peers = Peers {
-            reporter: ctx.reporter,
-            own: &ctx.workload,
-            service,
-            security_policy: match ctx.reporter {
-                Reporter::Source => "unknown",
-                Reporter::Destination => "none",
-            },
-        };
-        let labels = peers.http_labels(
-            if ex.grpc { "grpc" } else { "http" },
+        let key = MetricKey {
+            service: service.map_or(0, |s| s as *const DestinationService as usize),
+            grpc: ex.grpc,
             code,
-            &flags,
-            grpc_status.as_deref(),
-        );
+            flags,
+            grpc_status,
+        };
+        let handles = {
+            let mut cache = self
+                .metric_handles
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match cache.iter().find(|(k, _)| *k == key) {
+                Some((_, h)) => h.clone(),
+                None => {
+                    let peers = Peers {
+                        reporter: ctx.reporter,
+                        own: &ctx.workload,
+                        service,
+                        security_policy: match ctx.reporter {
+                            Reporter::Source => "unknown",
+                            Reporter::Destination => "none",
+                        },
+                    };
+                    let labels = peers.http_labels(
+                        if key.grpc { "grpc" } else { "http" },
+                        key.code,
+                        &key.flags,
+                        key.grpc_status.as_deref(),
+                    );
+                    let h = ctx.metrics.request_handles(&labels);
+                    if cache.len() < MAX_CACHED_LABEL_SETS {
+                        cache.push((
+                            MetricKey {
+                                service: key.service,
+                                grpc: key.grpc,
+                                code: key.code,
+                                flags: key.flags.clone(),
+                                grpc_status: key.grpc_status.clone(),
+                            },
+                            h.clone(),
+                        ));
+                    }
+                    h
+                }
+            }
+        };
+        let MetricKey {
+            flags, grpc_status, ..
+        } = key;
         let request_bytes = ex
             .request_body
             .as_ref()
             .map(|l| l.bytes_received())
             .unwrap_or(0);
         let duration = ex.start.elapsed();
-        ctx.metrics.record_request(
-            &labels,
-            RequestSample {
-                duration,
-                request_bytes,
-                response_bytes: end.bytes,
-            },
-        );
+        handles.record(RequestSample {
+            duration,
+            request_bytes,
+            response_bytes: end.bytes,
+        });
         if self.access_log {
             let line = serde_json::json!({
                 "start_time": rfc3339(ex.wall_start),
