@@ -432,13 +432,56 @@ impl UpstreamCluster {
         &self.usable
     }
 
+    /// The source address for a connection to `dst` (see [`ClusterDialer::source_for`]).
+    pub fn source_for(&self, dst: IpAddr) -> Option<SocketAddr> {
+        self.dialer().source_for(dst)
+    }
+
+    /// What opening connections for this cluster needs, without the cluster itself.
+    pub fn dialer(&self) -> ClusterDialer {
+        ClusterDialer {
+            name: self.name.clone(),
+            connect_timeout: self.connect_timeout,
+            bind: self
+                .def
+                .upstream_bind_config
+                .map(|b| SocketAddr::from(b.source_address)),
+            stats: self.stats.clone(),
+        }
+    }
+
+    /// Opens a connection to `target` ([`ClusterDialer::connect`]); a failure to connect to an
+    /// endpoint counts for outlier detection.
+    pub async fn connect(&self, target: Target) -> Result<Upstream, UpstreamError> {
+        let endpoint = target.endpoint.clone();
+        let result = self.dialer().connect(target).await;
+        if result.is_err()
+            && let Some(ep) = &endpoint
+        {
+            self.report(ep, outlier::Outcome::LocalFailure);
+        }
+        result
+    }
+}
+
+/// What opening a connection for a cluster needs: its name, `connectTimeout`, source address
+/// and counters, but not the cluster. The HTTP pools keep one: holding the cluster there would
+/// keep every replaced version of it alive (cluster → endpoints → pools → dialer → cluster).
+#[derive(Clone, Debug)]
+pub struct ClusterDialer {
+    name: String,
+    connect_timeout: Duration,
+    bind: Option<SocketAddr>,
+    stats: ClusterStats,
+}
+
+impl ClusterDialer {
     /// The source address for a connection to `dst`: `upstreamBindConfig`, switched to the
     /// other family's inbound passthrough source (127.0.0.6 <-> ::6) when `dst` is of the other
     /// family, since an inbound passthrough connection must come from one of those for the
     /// capture rules to let it through.
     pub fn source_for(&self, dst: IpAddr) -> Option<SocketAddr> {
-        let bind = self.def.upstream_bind_config?.source_address;
-        let src = SocketAddr::from(bind);
+        let src = self.bind?;
         if src.is_ipv4() == dst.is_ipv4() {
             return Some(src);
         }
@@ -510,7 +553,6 @@ impl UpstreamCluster {
                 self.stats.cx_connect_fail.inc();
                 if let Some(ep) = &target.endpoint {
                     ep.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
-                    self.report(ep, outlier::Outcome::LocalFailure);
                 }
                 Err(e)
             }

@@ -1,8 +1,8 @@
 //! The cluster manager as the HTTP layer's [`Upstreams`]: one request to a cluster picks an
 //! endpoint (load balancer, consistent hash, previous-host avoidance, outlier ejection), passes
 //! the cluster's connection-pool limits, and goes out over a pooled connection to that endpoint,
-//! opened by the cluster's own dialer (so source address, `connectTimeout` and the connection
-//! counters are the TCP proxy's). The outcome feeds the endpoint's stats and outlier detection.
+//! opened by the cluster's own dialer ([`crate::cluster::ClusterDialer`]: source address,
+//! `connectTimeout` and the connection counters are the TCP proxy's). The outcome feeds the endpoint's stats and outlier detection.
 //!
 //! Pools: each endpoint of an EDS/STATIC cluster keeps an HTTP/1.1 and an h2c pool
 //! ([`EndpointPools`]); they survive configuration changes that keep the endpoint and the
@@ -35,7 +35,7 @@ pub struct EndpointPools {
 }
 
 impl EndpointPools {
-    fn get(&self, cluster: &Arc<UpstreamCluster>, target: Target, http2: bool) -> EndpointClient {
+    fn get(&self, cluster: &UpstreamCluster, target: Target, http2: bool) -> EndpointClient {
         let slot = if http2 { &self.http2 } else { &self.http1 };
         slot.get_or_init(|| client(cluster, target, http2)).clone()
     }
@@ -52,7 +52,7 @@ pub struct PassthroughPools {
 pub const MAX_PASSTHROUGH_POOLS: usize = 1024;
 
 impl PassthroughPools {
-    fn get(&self, cluster: &Arc<UpstreamCluster>, dst: SocketAddr, http2: bool) -> EndpointClient {
+    fn get(&self, cluster: &UpstreamCluster, dst: SocketAddr, http2: bool) -> EndpointClient {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         let key = (cluster.name.clone(), dst, http2);
         if let Some(c) = pools.get(&key) {
@@ -72,8 +72,9 @@ impl PassthroughPools {
 }
 
 /// A pool whose connections are opened by the cluster's dialer.
-fn client(cluster: &Arc<UpstreamCluster>, target: Target, http2: bool) -> EndpointClient {
-    let c = cluster.clone();
+fn client(cluster: &UpstreamCluster, target: Target, http2: bool) -> EndpointClient {
+    // The dialer, not the cluster: the pool lives in the cluster's endpoints.
+    let c = cluster.dialer();
     let addr = target.addr;
     let dialer: Dialer = Arc::new(move |_addr| {
         let (c, target) = (c.clone(), target.clone());
@@ -165,8 +166,9 @@ impl Upstreams for ClusterUpstreams {
             let result = pool.send(req).await;
             let outcome = match &result {
                 Ok(resp) => Some(Outcome::Status(resp.status().as_u16())),
-                // A connect failure was reported by the dialer already.
-                Err(UpstreamError::Reset { .. }) => Some(Outcome::LocalFailure),
+                Err(UpstreamError::Reset { .. } | UpstreamError::ConnectFailure { .. }) => {
+                    Some(Outcome::LocalFailure)
+                }
                 Err(_) => None,
             };
             if let Some(e) = &endpoint {
@@ -187,5 +189,105 @@ impl Upstreams for ClusterUpstreams {
                 endpoint: endpoint.map_or(pool.addr(), |e| e.addr),
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ClusterManager;
+    use crate::stats::Metrics;
+    use http_body_util::BodyExt;
+    use rustmesh_xds::ProxyConfig;
+
+    fn config(endpoints: &[SocketAddr]) -> ProxyConfig {
+        let lb: Vec<serde_json::Value> = endpoints
+            .iter()
+            .map(|a| serde_json::json!({"endpoint": {"address": {"socketAddress": {"address": a.ip().to_string(), "portValue": a.port()}}}}))
+            .collect();
+        ProxyConfig::from_json(
+            &serde_json::json!({
+                "clusters": [{"name": "c", "type": "EDS", "connectTimeout": "1s", "edsClusterConfig": {"serviceName": "c"}}],
+                "endpoints": [{"clusterName": "c", "endpoints": [{"lbEndpoints": lb}]}],
+            })
+            .to_string(),
+        )
+        .unwrap()
+    }
+
+    /// A server answering 200 to every HTTP/1.1 request.
+    async fn server() -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                        ))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn get(up: &ClusterUpstreams) -> u16 {
+        let req = http::Request::builder()
+            .uri("http://svc/")
+            .body(crate::http::body::boxed(http_body_util::Empty::<
+                bytes::Bytes,
+            >::new()))
+            .unwrap();
+        let r = up.request("c", None, &[], req).await.unwrap();
+        let status = r.response.status().as_u16();
+        let _ = r.response.into_body().collect().await;
+        status
+    }
+
+    /// Pools survive an endpoint change, and the replaced cluster is freed: the pools must not
+    /// hold the cluster they live in (cluster → endpoints → pools → dialer → cluster).
+    #[tokio::test]
+    async fn replaced_clusters_are_freed_while_their_pools_live_on() {
+        let (a, b) = (server().await, server().await);
+        let manager = ClusterManager::new(Metrics::default());
+        let first = manager.build(&config(&[a]));
+        manager.commit(&first);
+        let passthrough = Arc::new(PassthroughPools::default());
+        let up = ClusterUpstreams::new(first.clone(), passthrough.clone());
+        assert_eq!(get(&up).await, 200);
+        let old = Arc::downgrade(first.get("c").unwrap());
+        let pool_of_a = first.get("c").unwrap().endpoints[0].pools.clone();
+        drop((up, first));
+        let second = manager.build(&config(&[a, b]));
+        manager.commit(&second);
+        assert!(
+            old.upgrade().is_none(),
+            "the replaced cluster is still alive"
+        );
+        let c = second.get("c").unwrap();
+        let kept = c.endpoints.iter().find(|e| e.addr == a).unwrap();
+        assert!(
+            Arc::ptr_eq(&kept.pools, &pool_of_a),
+            "a's pool carried over"
+        );
+        let up = ClusterUpstreams::new(second.clone(), passthrough);
+        for _ in 0..4 {
+            assert_eq!(get(&up).await, 200);
+        }
+        // Two endpoints, four requests, one connection each at most: the pool was reused.
+        let opened: u64 = c
+            .endpoints
+            .iter()
+            .map(|e| e.stats.cx_total.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+        assert!(
+            opened <= 2,
+            "{opened} connections for 5 sequential requests"
+        );
     }
 }
