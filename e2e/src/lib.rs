@@ -13,7 +13,7 @@
 pub mod sample;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use kube::api::{
     AttachParams, DeleteParams, ListParams, Patch, PatchParams, PostParams, ResourceExt,
 };
@@ -307,6 +307,22 @@ impl Ctx {
         }))
         .map_err(|e| Error::Other(e.to_string()))?;
         api.create(&PostParams::default(), &ns).await?;
+        // Pods are refused until the service-account controller has created "default"; the
+        // ReplicaSet controller would retry, but only after a back-off that slows every test.
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), name);
+        poll(
+            &format!("namespace {name}'s default service account"),
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            || async {
+                match accounts.get_opt("default").await {
+                    Ok(Some(_)) => Ok(Some(())),
+                    Ok(None) => Err("not created yet".into()),
+                    Err(e) => Err(e.to_string()),
+                }
+            },
+        )
+        .await?;
         Ok(name.to_string())
     }
 
