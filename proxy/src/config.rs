@@ -4,8 +4,10 @@
 //! * `--config-dir DIR` (default `/etc/rustmesh/config`, the ConfigMap the webhook mounts): the
 //!   operator's layout (`rustmesh_xds::scope`): `scopes.json` lists the scopes, and the pod's
 //!   own labels (`--pod-labels`, default `/etc/istio/pod/labels`, downward-API format) select
-//!   the key, `default.json.gz` or `sidecar-<name>.json.gz` (gzip of the JSON). Without
-//!   `scopes.json`, `DIR/config.json` (plain JSON) or `DIR/default.json.gz` is used.
+//!   the key, `default.json.gz` or `sidecar-<name>.json.gz` (gzip of the JSON). When the index
+//!   lists endpoint parts for that key (`default.eds-03.json.gz`...), they are read with it and
+//!   put back together before validation; a missing or bad part refuses the whole document.
+//!   Without `scopes.json`, `DIR/config.json` (plain JSON) or `DIR/default.json.gz` is used.
 //!
 //! The [`Watcher`] reads the inputs every poll interval (500 ms by default) and hashes them;
 //! when the hash changes it validates the document (`ProxyConfig::from_json`), compiles it
@@ -25,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustmesh_xds::ProxyConfig;
-use rustmesh_xds::scope::{self, DEFAULT_SCOPE_KEY, SCOPE_INDEX_KEY, ScopeIndex};
+use rustmesh_xds::scope::{self, DEFAULT_SCOPE_KEY, EndpointPart, SCOPE_INDEX_KEY, ScopeIndex};
 use tokio::sync::watch;
 
 use crate::cluster::ClusterManager;
@@ -71,9 +73,22 @@ pub struct Document {
     /// `configmap shop/rustmesh-proxy-config, key default.json.gz`).
     pub origin: String,
     /// Hash of every input that went into choosing and reading it: the pod's labels, the
-    /// index, the key and the stored bytes. The same content hashes the same whether it was
-    /// read from the mount or the API, so switching between them re-applies nothing.
+    /// index, the key and the stored bytes (endpoint parts included). The same content hashes
+    /// the same whether it was read from the mount or the API, so switching between them
+    /// re-applies nothing.
     pub hash: u64,
+    /// A split configuration (`rustmesh_xds::scope`, index version 2): its endpoint parts
+    /// (gzipped) and its `versionInfo`; `None` when `raw` is the whole configuration.
+    pub split: Option<Split>,
+}
+
+/// The rest of a split configuration.
+#[derive(Clone, Debug)]
+pub struct Split {
+    /// `versionInfo` of the assembled configuration (from the index).
+    pub version_info: String,
+    /// Endpoint parts: where each came from, and its gzipped bytes.
+    pub parts: Vec<(String, Vec<u8>)>,
 }
 
 impl Document {
@@ -82,27 +97,54 @@ impl Document {
         self.origin.clone()
     }
 
-    /// The JSON text (gunzipped if needed).
+    /// The JSON text of the scope's own key (gunzipped if needed).
     pub fn text(&self) -> Result<String> {
-        let decode = |message: String| Error::ConfigDecode {
-            origin: self.origin.clone(),
-            message,
-        };
-        let bytes = if self.gzip {
-            let mut out = Vec::new();
-            flate2::read::GzDecoder::new(self.raw.as_slice())
-                .take(MAX_CONFIG_BYTES + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| decode(format!("not gzip: {e}")))?;
-            if out.len() as u64 > MAX_CONFIG_BYTES {
-                return Err(decode(format!("larger than {MAX_CONFIG_BYTES} bytes")));
-            }
-            out
-        } else {
-            self.raw.clone()
-        };
-        String::from_utf8(bytes).map_err(|e| decode(format!("not UTF-8: {e}")))
+        decode_text(&self.raw, self.gzip, &self.origin)
     }
+
+    /// The configuration, validated: the document itself, or for a split configuration the
+    /// scope's part with its endpoint parts put back in (each refused naming its key).
+    pub fn config(&self) -> Result<ProxyConfig> {
+        let invalid = |origin: &str, source| Error::ConfigInvalid {
+            origin: origin.to_string(),
+            source,
+        };
+        let text = self.text()?;
+        let Some(split) = &self.split else {
+            return ProxyConfig::from_json(&text).map_err(|e| invalid(&self.origin, e));
+        };
+        let base =
+            ProxyConfig::from_json_unvalidated(&text).map_err(|e| invalid(&self.origin, e))?;
+        let mut parts = Vec::with_capacity(split.parts.len());
+        for (origin, raw) in &split.parts {
+            let text = decode_text(raw, true, origin)?;
+            parts.push(EndpointPart::from_json(&text).map_err(|e| invalid(origin, e))?);
+        }
+        base.with_parts(parts, split.version_info.clone())
+            .map_err(|e| invalid(&self.origin, e))
+    }
+}
+
+/// Gunzips (when `gzip`) and checks UTF-8, refusing more than [`MAX_CONFIG_BYTES`].
+fn decode_text(raw: &[u8], gzip: bool, origin: &str) -> Result<String> {
+    let decode = |message: String| Error::ConfigDecode {
+        origin: origin.to_string(),
+        message,
+    };
+    let bytes = if gzip {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(raw)
+            .take(MAX_CONFIG_BYTES + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| decode(format!("not gzip: {e}")))?;
+        if out.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(decode(format!("larger than {MAX_CONFIG_BYTES} bytes")));
+        }
+        out
+    } else {
+        raw.to_vec()
+    };
+    String::from_utf8(bytes).map_err(|e| decode(format!("not UTF-8: {e}")))
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>> {
@@ -145,6 +187,7 @@ impl ConfigSource {
                     gzip: false,
                     origin: path.display().to_string(),
                     hash,
+                    split: None,
                 })
             }
             ConfigSource::Dir { dir, pod_labels } => {
@@ -223,6 +266,7 @@ pub(crate) fn select_document(
     labels_path: &Path,
 ) -> Result<Document> {
     let index_bytes = keys.get(SCOPE_INDEX_KEY)?;
+    let mut parts = None;
     let (key, why) = match &index_bytes {
         Some(index_bytes) => {
             let index_origin = keys.origin(SCOPE_INDEX_KEY);
@@ -240,13 +284,9 @@ pub(crate) fn select_document(
             let labels: BTreeMap<String, String> = scope::parse_pod_labels(labels_text)
                 .map_err(|e| invalid(labels_path.display().to_string(), e))?;
             let key = scope::select_scope(&index, &labels).to_string();
-            if key.contains('/') || key.starts_with('.') {
-                return Err(Error::ConfigCompile {
-                    field: format!("{index_origin}: key"),
-                    message: format!("{key:?} is not a ConfigMap key"),
-                });
-            }
+            check_key(&key, &index_origin)?;
             let why = format!("scope {key:?} selected by the pod's labels");
+            parts = index.parts.get(&key).cloned();
             (key, why)
         }
         None => {
@@ -264,19 +304,53 @@ pub(crate) fn select_document(
     let raw = keys.get(&key)?.ok_or_else(|| Error::ConfigMissing {
         origin: origin.clone(),
     })?;
-    let hash = hash_of(&[
+    let mut hashed: Vec<&[u8]> = vec![
         labels_bytes,
         index_bytes.as_deref().unwrap_or_default(),
         key.as_bytes(),
         &raw,
-    ]);
+    ];
+    let split = match parts {
+        None => None,
+        Some(p) => {
+            let mut read = Vec::with_capacity(p.endpoints.len());
+            for part_key in &p.endpoints {
+                check_key(part_key, &keys.origin(SCOPE_INDEX_KEY))?;
+                let origin = keys.origin(part_key);
+                let bytes = keys.get(part_key)?.ok_or_else(|| Error::ConfigMissing {
+                    origin: origin.clone(),
+                })?;
+                read.push((origin, bytes));
+            }
+            Some(Split {
+                version_info: p.version_info,
+                parts: read,
+            })
+        }
+    };
+    if let Some(split) = &split {
+        hashed.extend(split.parts.iter().map(|(_, b)| b.as_slice()));
+    }
+    let hash = hash_of(&hashed);
     tracing::trace!(origin, why, "configuration read");
     Ok(Document {
         raw,
         gzip: key.ends_with(".gz"),
         origin,
         hash,
+        split,
     })
+}
+
+/// Refuses a key from the index that could not be a ConfigMap key (a path).
+fn check_key(key: &str, index_origin: &str) -> Result<()> {
+    if key.contains('/') || key.starts_with('.') {
+        return Err(Error::ConfigCompile {
+            field: format!("{index_origin}: key"),
+            message: format!("{key:?} is not a ConfigMap key"),
+        });
+    }
+    Ok(())
 }
 
 fn hash_of(parts: &[&[u8]]) -> u64 {
@@ -445,11 +519,7 @@ impl Watcher {
         self.last = Some(hash);
         let result = document.and_then(|d| {
             let origin = d.origin();
-            let config =
-                ProxyConfig::from_json(&d.text()?).map_err(|source| Error::ConfigInvalid {
-                    origin: origin.clone(),
-                    source,
-                })?;
+            let config = d.config()?;
             let snapshot = Snapshot::compile(config, &self.clusters, &self.metrics, &*self.http)
                 .map_err(|e| match e {
                     Error::ConfigCompile { field, message } => Error::ConfigCompile {
@@ -638,6 +708,137 @@ mod tests {
                 std::os::unix::fs::symlink(Path::new("..data").join(k), &link).unwrap();
             }
         }
+    }
+
+    #[test]
+    fn split_configuration_is_assembled_from_its_endpoint_parts() {
+        const A: &str = "outbound|80||a.shop.svc.cluster.local";
+        const B: &str = "outbound|80||b.shop.svc.cluster.local";
+        let eds = |name: &str| {
+            json!({"name": name, "type": "EDS", "lbPolicy": "ROUND_ROBIN",
+                "edsClusterConfig": {"serviceName": name}})
+        };
+        let base = json!({
+            "listeners": [{"name": "virtualOutbound", "address": {"socketAddress": {"address": "0.0.0.0", "portValue": 15001}},
+                "useOriginalDst": true, "trafficDirection": "OUTBOUND",
+                "filterChains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy",
+                    "typedConfig": {"statPrefix": "x", "cluster": A}}]}]}],
+            "clusters": [eds(A), eds(B)],
+        })
+        .to_string();
+        let part = |cluster: &str, ip: &str| {
+            json!({"endpoints": [{"clusterName": cluster, "endpoints": [{"lbEndpoints": [
+                {"endpoint": {"address": {"socketAddress": {"address": ip, "portValue": 8080}}}}]}]}]})
+            .to_string()
+        };
+        let index = |version: &str| {
+            json!({"version": 2, "default": "default.json.gz", "parts": {"default.json.gz": {
+                "versionInfo": version, "endpoints": ["default.eds-00.json.gz", "default.eds-01.json.gz"]}}})
+            .to_string()
+            .into_bytes()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mount = dir.path().join("config");
+        std::fs::create_dir(&mount).unwrap();
+        publish(
+            &mount,
+            1,
+            &[
+                ("scopes.json", index("v1")),
+                ("default.json.gz", gzip(&base)),
+                ("default.eds-00.json.gz", gzip(&part(B, "10.0.0.2"))),
+                ("default.eds-01.json.gz", gzip(&part(A, "10.0.0.1"))),
+            ],
+        );
+        let (mut w, store, _) = watcher(ConfigSource::Dir {
+            dir: mount.clone(),
+            pod_labels: dir.path().join("no-labels"),
+        });
+        assert_eq!(w.poll(), Outcome::Applied("v1".into()));
+        let addresses = |store: &Store| {
+            let snapshot = store.load().unwrap();
+            snapshot
+                .config
+                .endpoints
+                .iter()
+                .map(|c| {
+                    let ip = c
+                        .lb_endpoints()
+                        .next()
+                        .unwrap()
+                        .endpoint
+                        .address
+                        .socket_address
+                        .address
+                        .to_string();
+                    format!("{}={ip}", c.cluster_name)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            addresses(&store),
+            [format!("{A}=10.0.0.1"), format!("{B}=10.0.0.2")]
+        );
+        // Only an endpoint part changes (and the version in the index): applied.
+        publish(
+            &mount,
+            2,
+            &[
+                ("scopes.json", index("v2")),
+                ("default.json.gz", gzip(&base)),
+                ("default.eds-00.json.gz", gzip(&part(B, "10.0.0.9"))),
+                ("default.eds-01.json.gz", gzip(&part(A, "10.0.0.1"))),
+            ],
+        );
+        assert_eq!(w.poll(), Outcome::Applied("v2".into()));
+        assert_eq!(addresses(&store)[1], format!("{B}=10.0.0.9"));
+        // A missing part, or a part that is not one, is refused naming its key; v2 keeps serving.
+        publish(
+            &mount,
+            3,
+            &[
+                ("scopes.json", index("v3")),
+                ("default.json.gz", gzip(&base)),
+                ("default.eds-01.json.gz", gzip(&part(A, "10.0.0.1"))),
+            ],
+        );
+        let Outcome::Rejected(why) = w.poll() else {
+            panic!("a missing part must be refused")
+        };
+        assert!(why.contains("default.eds-00.json.gz"), "{why}");
+        publish(
+            &mount,
+            4,
+            &[
+                ("scopes.json", index("v4")),
+                ("default.json.gz", gzip(&base)),
+                ("default.eds-00.json.gz", gzip(&base)),
+                ("default.eds-01.json.gz", gzip(&part(A, "10.0.0.1"))),
+            ],
+        );
+        let Outcome::Rejected(why) = w.poll() else {
+            panic!("a part that is not an endpoint part must be refused")
+        };
+        assert!(
+            why.contains("default.eds-00.json.gz") && why.contains("unknown field"),
+            "{why}"
+        );
+        // The same assignment in two parts is refused too.
+        publish(
+            &mount,
+            5,
+            &[
+                ("scopes.json", index("v5")),
+                ("default.json.gz", gzip(&base)),
+                ("default.eds-00.json.gz", gzip(&part(A, "10.0.0.1"))),
+                ("default.eds-01.json.gz", gzip(&part(A, "10.0.0.1"))),
+            ],
+        );
+        let Outcome::Rejected(why) = w.poll() else {
+            panic!("an assignment given twice must be refused")
+        };
+        assert!(why.contains("given twice"), "{why}");
+        assert_eq!(store.load().unwrap().version(), "v2");
     }
 
     #[test]

@@ -47,23 +47,48 @@ pub struct DnsEntry {
 impl ProxyConfig {
     /// Reads and validates a JSON document. Errors name the field (and line for syntax errors).
     pub fn from_json(text: &str) -> Result<Self, Error> {
-        let de = &mut serde_json::Deserializer::from_str(text);
-        let config: ProxyConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let inner = e.inner();
-            Error::Parse {
-                field: e.path().to_string(),
-                line: inner.line(),
-                column: inner.column(),
-                message: inner
-                    .to_string()
-                    .split(" at line ")
-                    .next()
-                    .unwrap_or_default()
-                    .to_string(),
-            }
-        })?;
+        let config: ProxyConfig = parse(text)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Reads a configuration without validating it: the scope's own part of a split
+    /// configuration, whose endpoints are still to come ([`ProxyConfig::with_parts`]).
+    pub fn from_json_unvalidated(text: &str) -> Result<Self, Error> {
+        parse(text)
+    }
+
+    /// Puts a split configuration back together (see [`crate::scope`]): adds the endpoint parts'
+    /// assignments (sorted by cluster name, as rendered), sets `versionInfo`, then validates the
+    /// whole. An assignment given twice is refused, naming the cluster.
+    pub fn with_parts(
+        mut self,
+        parts: Vec<crate::scope::EndpointPart>,
+        version_info: String,
+    ) -> Result<Self, Error> {
+        for part in parts {
+            self.endpoints.extend(part.endpoints);
+        }
+        self.endpoints
+            .sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+        let twice: Vec<(String, String)> = self
+            .endpoints
+            .windows(2)
+            .enumerate()
+            .filter(|(_, w)| w[0].cluster_name == w[1].cluster_name)
+            .map(|(i, w)| {
+                (
+                    format!("endpoints[{}].clusterName", i + 1),
+                    format!("endpoints of {:?} are given twice", w[1].cluster_name),
+                )
+            })
+            .collect();
+        if !twice.is_empty() {
+            return Err(Error::Invalid(twice));
+        }
+        self.version_info = version_info;
+        self.validate()?;
+        Ok(self)
     }
 
     /// Pretty JSON, as written into the ConfigMap and shown by `/config_dump`.
@@ -108,6 +133,25 @@ impl ProxyConfig {
             Err(Error::Invalid(v.errors))
         }
     }
+}
+
+/// Deserialises JSON with errors naming the field, line and column.
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Error> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let inner = e.inner();
+        Error::Parse {
+            field: e.path().to_string(),
+            line: inner.line(),
+            column: inner.column(),
+            message: inner
+                .to_string()
+                .split(" at line ")
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        }
+    })
 }
 
 #[derive(Default)]

@@ -9,10 +9,21 @@
 //! - `data["scopes.json"]`: the [`ScopeIndex`], which lists the selector scopes in the order they
 //!   are tried (Istio's rule: the oldest Sidecar wins, then the name).
 //!
-//! Each `.json.gz` value is the gzip (RFC 1952) of the compact JSON of a `ProxyConfig`, whose
-//! `versionInfo` is the content hash. A pod picks its key with [`select_scope`] from its own
-//! labels (the webhook mounts them at `/etc/istio/pod/labels`, read with [`parse_pod_labels`]).
+//! Each `.json.gz` value is the gzip (RFC 1952) of compact JSON. A pod picks its key with
+//! [`select_scope`] from its own labels (the webhook mounts them at `/etc/istio/pod/labels`, read
+//! with [`parse_pod_labels`]).
+//!
+//! Since index version 2 a scope's configuration may be split, as Envoy receives endpoints (EDS)
+//! apart from listeners, routes and clusters: `ScopeIndex::parts[key]` then names the scope's
+//! endpoint parts (`default.eds-03.json.gz`, each an [`EndpointPart`]: the `ClusterLoadAssignment`s
+//! of the clusters whose host hashes to that part, [`endpoint_part_of`]) and carries the
+//! configuration's `versionInfo` (a hash of every part). The scope's own key then holds the
+//! configuration without its endpoints; the proxy puts them back together
+//! ([`crate::ProxyConfig::with_parts`]) before validating. So an endpoint change rewrites one small
+//! part instead of the whole configuration. A key with no `parts` entry holds a whole
+//! configuration (version 1 layout).
 
+use crate::cluster::ClusterLoadAssignment;
 use crate::error::Error;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -21,8 +32,13 @@ use std::collections::BTreeMap;
 pub const SCOPE_INDEX_KEY: &str = "scopes.json";
 /// Key (in `binaryData`) of the namespace scope's configuration.
 pub const DEFAULT_SCOPE_KEY: &str = "default.json.gz";
-/// Version of the [`ScopeIndex`] format; a proxy refuses an index with a newer major version.
-pub const SCOPE_INDEX_VERSION: u32 = 1;
+/// Version of the [`ScopeIndex`] format; a proxy refuses an index with a newer version.
+/// Version 2 added [`ScopeIndex::parts`] (endpoints in parts of their own).
+pub const SCOPE_INDEX_VERSION: u32 = 2;
+/// Endpoint parts hold about this many `ClusterLoadAssignment`s (see [`endpoint_part_count`]).
+pub const ASSIGNMENTS_PER_PART: usize = 128;
+/// At most this many endpoint parts per scope.
+pub const MAX_ENDPOINT_PARTS: usize = 64;
 
 /// Key (in `binaryData`) of the configuration for the Sidecar `name` (which has a workloadSelector).
 pub fn sidecar_scope_key(name: &str) -> String {
@@ -39,6 +55,9 @@ pub struct ScopeIndex {
     /// Selector scopes, tried in order; the first whose labels the pod carries wins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub selectors: Vec<ScopeSelector>,
+    /// Scopes whose endpoints are in parts of their own, by scope key (version 2).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parts: BTreeMap<String, ScopeParts>,
 }
 
 impl Default for ScopeIndex {
@@ -47,8 +66,64 @@ impl Default for ScopeIndex {
             version: SCOPE_INDEX_VERSION,
             default: DEFAULT_SCOPE_KEY.to_string(),
             selectors: Vec::new(),
+            parts: BTreeMap::new(),
         }
     }
+}
+
+/// How one scope's configuration is split.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScopeParts {
+    /// The assembled configuration's `versionInfo`.
+    pub version_info: String,
+    /// Keys of the endpoint parts ([`EndpointPart`]), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+}
+
+/// One endpoint part: the `ClusterLoadAssignment`s of some of a scope's EDS clusters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndpointPart {
+    pub endpoints: Vec<ClusterLoadAssignment>,
+}
+
+impl EndpointPart {
+    /// Reads an endpoint part's JSON (errors name the field, line and column).
+    pub fn from_json(text: &str) -> Result<Self, Error> {
+        crate::config::parse(text)
+    }
+}
+
+/// Key (in `binaryData`) of endpoint part `n` of the scope stored under `scope_key`:
+/// `default.json.gz` -> `default.eds-03.json.gz`.
+pub fn endpoint_part_key(scope_key: &str, n: usize) -> String {
+    let stem = scope_key.strip_suffix(".json.gz").unwrap_or(scope_key);
+    format!("{stem}.eds-{n:02}.json.gz")
+}
+
+/// How many endpoint parts a scope with `assignments` EDS clusters gets: a power of two, about
+/// [`ASSIGNMENTS_PER_PART`] assignments each, at most [`MAX_ENDPOINT_PARTS`].
+pub fn endpoint_part_count(assignments: usize) -> usize {
+    assignments
+        .div_ceil(ASSIGNMENTS_PER_PART)
+        .max(1)
+        .next_power_of_two()
+        .min(MAX_ENDPOINT_PARTS)
+}
+
+/// The part holding a cluster's endpoints: by a stable hash (FNV-1a) of the cluster's host (the
+/// last `|`-separated field of `outbound|<port>|<subset>|<host>`), so all the clusters of one
+/// service share a part and an endpoint change of a service rewrites one part.
+pub fn endpoint_part_of(cluster_name: &str, parts: usize) -> usize {
+    let host = cluster_name.rsplit('|').next().unwrap_or(cluster_name);
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in host.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % parts.max(1) as u64) as usize
 }
 
 /// One Sidecar with a workloadSelector and the key of its configuration.
@@ -66,13 +141,7 @@ pub struct ScopeSelector {
 impl ScopeIndex {
     /// Reads `data["scopes.json"]`.
     pub fn from_json(text: &str) -> Result<Self, Error> {
-        let de = &mut serde_json::Deserializer::from_str(text);
-        let index: ScopeIndex = serde_path_to_error::deserialize(de).map_err(|e| Error::Parse {
-            field: e.path().to_string(),
-            line: e.inner().line(),
-            column: e.inner().column(),
-            message: e.inner().to_string(),
-        })?;
+        let index: ScopeIndex = crate::config::parse(text)?;
         if index.version > SCOPE_INDEX_VERSION {
             return Err(Error::Invalid(vec![(
                 "version".into(),
@@ -214,6 +283,59 @@ mod tests {
         assert_eq!(l["security.istio.io/tlsMode"], "istio");
         assert_eq!(l["note"], "a \"b\"\n");
         assert!(parse_pod_labels("app=reviews").is_err());
+    }
+
+    #[test]
+    fn version_1_indexes_still_read_and_parts_round_trip() {
+        let v1 = ScopeIndex::from_json(r#"{"version": 1, "default": "default.json.gz"}"#).unwrap();
+        assert!(v1.parts.is_empty());
+        let mut index = ScopeIndex::default();
+        index.parts.insert(
+            DEFAULT_SCOPE_KEY.into(),
+            ScopeParts {
+                version_info: "abc".into(),
+                endpoints: vec![endpoint_part_key(DEFAULT_SCOPE_KEY, 0)],
+            },
+        );
+        let json = index.to_json();
+        assert!(json.contains("\"default.eds-00.json.gz\""), "{json}");
+        assert_eq!(ScopeIndex::from_json(&json).unwrap(), index);
+        let bad = ScopeIndex::from_json(
+            r#"{"version": 2, "default": "default.json.gz", "parts": {"default.json.gz": {"endpoints": []}}}"#,
+        )
+        .unwrap_err();
+        assert!(bad.to_string().contains("versionInfo"), "{bad}");
+    }
+
+    #[test]
+    fn endpoint_parts_are_sized_and_keyed_by_host() {
+        assert_eq!(endpoint_part_count(0), 1);
+        assert_eq!(endpoint_part_count(128), 1);
+        assert_eq!(endpoint_part_count(129), 2);
+        assert_eq!(endpoint_part_count(3000), 32);
+        assert_eq!(endpoint_part_count(1_000_000), MAX_ENDPOINT_PARTS);
+        assert_eq!(
+            endpoint_part_key("sidecar-ratings.json.gz", 7),
+            "sidecar-ratings.eds-07.json.gz"
+        );
+        // Every subset cluster of a service lands in the same part.
+        let host = "reviews.default.svc.cluster.local";
+        let n = endpoint_part_of(&format!("outbound|9080||{host}"), 32);
+        for subset in ["v1", "v2", "v3"] {
+            assert_eq!(
+                endpoint_part_of(&format!("outbound|9080|{subset}|{host}"), 32),
+                n
+            );
+            assert_eq!(
+                endpoint_part_of(&format!("outbound|9081|{subset}|{host}"), 32),
+                n
+            );
+        }
+        // ... and hosts spread over the parts.
+        let used: std::collections::BTreeSet<usize> = (0..1000)
+            .map(|i| endpoint_part_of(&format!("outbound|80||svc-{i}.ns.svc.cluster.local"), 32))
+            .collect();
+        assert_eq!(used.len(), 32);
     }
 
     #[test]

@@ -298,3 +298,62 @@ fn an_empty_document_is_a_valid_empty_config() {
     let c = ProxyConfig::from_json("{}").unwrap();
     assert!(c.listeners.is_empty() && c.clusters.is_empty());
 }
+
+/// A configuration split the way the operator writes it (endpoints in parts keyed by host) is put
+/// back together exactly; a split that gives a cluster's endpoints twice, or a part that is not
+/// an endpoint part, is refused naming what is wrong.
+#[test]
+fn a_split_configuration_is_put_back_together() {
+    use rustmesh_xds::scope::{EndpointPart, endpoint_part_of};
+    let whole = ProxyConfig::from_json(PRODUCTPAGE).unwrap();
+    assert!(whole.endpoints.len() > 1, "the fixture has EDS clusters");
+    let mut base = whole.clone();
+    let endpoints = std::mem::take(&mut base.endpoints);
+    base.version_info.clear();
+    let mut parts = vec![EndpointPart::default(); 4];
+    for cla in endpoints {
+        parts[endpoint_part_of(&cla.cluster_name, 4)]
+            .endpoints
+            .push(cla);
+    }
+    // Parts are read back from their JSON, in any order.
+    let texts: Vec<String> = parts
+        .iter()
+        .rev()
+        .map(|p| serde_json::to_string(p).unwrap())
+        .collect();
+    let read: Vec<EndpointPart> = texts
+        .iter()
+        .map(|t| EndpointPart::from_json(t).unwrap())
+        .collect();
+    let base = ProxyConfig::from_json_unvalidated(&serde_json::to_string(&base).unwrap()).unwrap();
+    let assembled = base
+        .clone()
+        .with_parts(read.clone(), whole.version_info.clone())
+        .unwrap();
+    // Assembled endpoints come sorted by cluster name (the operator renders them so).
+    let mut expected = whole.clone();
+    expected
+        .endpoints
+        .sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+    assert_eq!(assembled, expected);
+
+    let mut twice = read.clone();
+    twice.push(
+        read.iter()
+            .find(|p| !p.endpoints.is_empty())
+            .unwrap()
+            .clone(),
+    );
+    let e = base
+        .clone()
+        .with_parts(twice, "v".into())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("are given twice"), "{e}");
+
+    let e = EndpointPart::from_json(r#"{"listeners": []}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("listeners"), "{e}");
+}

@@ -2,6 +2,7 @@
 
 use proptest::prelude::*;
 use rustmesh_xds::ProxyConfig;
+use rustmesh_xds::scope::{EndpointPart, ScopeIndex};
 
 const PRODUCTPAGE: &str = include_str!("fixtures/productpage.json");
 
@@ -25,6 +26,29 @@ proptest! {
         match ProxyConfig::from_json(&text) {
             Ok(config) => prop_assert!(config.validate().is_ok()),
             Err(e) => prop_assert!(!e.to_string().is_empty()),
+        }
+    }
+
+    /// The split layout's readers (endpoint parts, the scope index) and the assembly of a
+    /// mutated endpoint part with the fixture never panic, and a refusal says why.
+    #[test]
+    fn mutated_endpoint_parts_are_assembled_or_refused(at in 0usize..4_000, len in 0usize..20, insert in "[\\[\\]{}\":,a-zA-Z0-9|._ ]{0,10}") {
+        let whole = ProxyConfig::from_json(PRODUCTPAGE).unwrap();
+        let mut base = whole.clone();
+        let part = EndpointPart { endpoints: std::mem::take(&mut base.endpoints) };
+        let mut bytes = serde_json::to_vec(&part).unwrap();
+        let at = at % (bytes.len() + 1);
+        let end = (at + len).min(bytes.len());
+        bytes.splice(at..end, insert.bytes());
+        let text = String::from_utf8_lossy(&bytes);
+        match EndpointPart::from_json(&text).map_err(|e| e.to_string()).and_then(|p| {
+            base.with_parts(vec![p], "v".into()).map_err(|e| e.to_string())
+        }) {
+            Ok(config) => prop_assert!(config.validate().is_ok()),
+            Err(e) => prop_assert!(!e.is_empty()),
+        }
+        if let Err(e) = ScopeIndex::from_json(&text) {
+            prop_assert!(!e.to_string().is_empty());
         }
     }
 }
