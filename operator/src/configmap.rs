@@ -2,9 +2,14 @@
 //! and RoleBinding that let that namespace's pods read it (and nothing else).
 //!
 //! - ConfigMap [`PROXY_CONFIGMAP`] (`rustmesh-proxy-config`);
-//! - `data["scopes.json"]`: the [`ScopeIndex`] (which key a pod uses: [`select_scope`]);
+//! - `data["scopes.json"]`: the [`ScopeIndex`] (which key a pod uses: [`select_scope`]; and,
+//!   per scope, its `versionInfo` and endpoint parts);
 //! - `binaryData["default.json.gz"]`, `binaryData["sidecar-<name>.json.gz"]`: gzip of the compact
-//!   JSON of each scope's `ProxyConfig`, whose `versionInfo` is its content hash;
+//!   JSON of each scope's `ProxyConfig` without its endpoints;
+//! - `binaryData["default.eds-NN.json.gz"]`...: gzip of each endpoint part of the scope (the
+//!   `ClusterLoadAssignment`s of the clusters whose host hashes to part NN; the number of parts
+//!   grows with the number of clusters, about 128 each), so that an endpoint change rewrites
+//!   one part, as Envoy gets EDS apart from CDS/LDS/RDS ([`rustmesh_xds::scope`]);
 //! - annotation [`CONFIG_HASH_ANNOTATION`]: hash of the whole content; the operator applies only
 //!   when the live content hashes differently (so a hand edit or deletion is restored, and a
 //!   resync that changes nothing writes nothing).
@@ -12,7 +17,7 @@
 //! [`select_scope`]: rustmesh_xds::scope::select_scope
 
 use crate::error::Error;
-use crate::render::{MeshView, Scope, render_view};
+use crate::render::{EdsRecipes, MeshView, Scope, render_parts};
 use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
@@ -21,10 +26,16 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::core::ObjectMeta;
 use rustmesh_xds::ProxyConfig;
-use rustmesh_xds::scope::{SCOPE_INDEX_KEY, ScopeIndex};
+use rustmesh_xds::cluster::ClusterLoadAssignment;
+use rustmesh_xds::scope::{
+    EndpointPart, SCOPE_INDEX_KEY, ScopeIndex, ScopeParts, endpoint_part_count, endpoint_part_key,
+    endpoint_part_of,
+};
 use rustmesh_xds::well_known::{CONFIG_HASH_ANNOTATION, OPERATOR_FIELD_MANAGER, PROXY_CONFIGMAP};
-use std::collections::BTreeMap;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
+use std::sync::Arc;
 
 /// Name of the Role (and RoleBinding) letting a namespace's pods read [`PROXY_CONFIGMAP`].
 pub const READER_ROLE: &str = "rustmesh-proxy-config-reader";
@@ -54,14 +65,10 @@ pub fn content_hash(config: &ProxyConfig) -> String {
     format!("{:016x}", fnv1a(json, FNV_OFFSET))
 }
 
-/// gzip of the compact JSON (deterministic: no timestamp, no file name in the header).
-pub fn encode(config: &ProxyConfig) -> Result<Vec<u8>, Error> {
-    let json = serde_json::to_vec(config).map_err(|e| Error::Encode {
-        what: "configuration JSON".into(),
-        message: e.to_string(),
-    })?;
-    let mut enc = GzEncoder::new(Vec::new(), Compression::default());
-    enc.write_all(&json)
+/// gzip of bytes (deterministic: no timestamp, no file name in the header).
+fn gzip(bytes: &[u8]) -> Result<Vec<u8>, Error> {
+    let mut enc = GzEncoder::new(Vec::with_capacity(bytes.len() / 8), Compression::default());
+    enc.write_all(bytes)
         .and_then(|()| enc.finish())
         .map_err(|e| Error::Encode {
             what: "gzip".into(),
@@ -69,8 +76,16 @@ pub fn encode(config: &ProxyConfig) -> Result<Vec<u8>, Error> {
         })
 }
 
-/// Reads a `.json.gz` value back (what the proxy does), validating it.
-pub fn decode(bytes: &[u8]) -> Result<ProxyConfig, Error> {
+/// gzip of the compact JSON of a whole configuration (a version 1 value).
+pub fn encode(config: &ProxyConfig) -> Result<Vec<u8>, Error> {
+    let json = serde_json::to_vec(config).map_err(|e| Error::Encode {
+        what: "configuration JSON".into(),
+        message: e.to_string(),
+    })?;
+    gzip(&json)
+}
+
+fn gunzip(bytes: &[u8]) -> Result<String, Error> {
     let mut text = String::new();
     GzDecoder::new(bytes)
         .read_to_string(&mut text)
@@ -78,38 +93,290 @@ pub fn decode(bytes: &[u8]) -> Result<ProxyConfig, Error> {
             what: "gunzip".into(),
             message: e.to_string(),
         })?;
-    ProxyConfig::from_json(&text).map_err(|e| Error::Encode {
-        what: "configuration JSON".into(),
+    Ok(text)
+}
+
+fn decode_error(what: &str, e: rustmesh_xds::Error) -> Error {
+    Error::Encode {
+        what: what.to_string(),
         message: e.to_string(),
-    })
+    }
+}
+
+/// Reads a whole-configuration `.json.gz` value back, validating it.
+pub fn decode(bytes: &[u8]) -> Result<ProxyConfig, Error> {
+    ProxyConfig::from_json(&gunzip(bytes)?).map_err(|e| decode_error("configuration JSON", e))
+}
+
+/// Reads one scope's configuration out of a ConfigMap the way the proxy does: the scope's
+/// value, plus its endpoint parts when the index lists them, validated.
+pub fn read_scope(cm: &ConfigMap, key: &str) -> Result<ProxyConfig, Error> {
+    let missing = |k: &str| Error::Encode {
+        what: format!("key {k}"),
+        message: "not in the ConfigMap".into(),
+    };
+    let binary = |k: &str| {
+        cm.binary_data
+            .as_ref()
+            .and_then(|b| b.get(k))
+            .map(|b| b.0.as_slice())
+            .ok_or_else(|| missing(k))
+    };
+    let index = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(SCOPE_INDEX_KEY))
+        .ok_or_else(|| missing(SCOPE_INDEX_KEY))?;
+    let index = ScopeIndex::from_json(index).map_err(|e| decode_error(SCOPE_INDEX_KEY, e))?;
+    let text = gunzip(binary(key)?)?;
+    let Some(parts) = index.parts.get(key) else {
+        return ProxyConfig::from_json(&text).map_err(|e| decode_error(key, e));
+    };
+    let base = ProxyConfig::from_json_unvalidated(&text).map_err(|e| decode_error(key, e))?;
+    let mut read = Vec::new();
+    for k in &parts.endpoints {
+        let text = gunzip(binary(k)?)?;
+        read.push(EndpointPart::from_json(&text).map_err(|e| decode_error(k, e))?);
+    }
+    base.with_parts(read, parts.version_info.clone())
+        .map_err(|e| decode_error(key, e))
+}
+
+/// One stored value: its key, the hash and length of its JSON, and its gzip.
+#[derive(Clone, Debug)]
+pub struct Part {
+    pub key: String,
+    pub hash: u64,
+    pub json_len: usize,
+    pub gz: Arc<Vec<u8>>,
+}
+
+/// Gzips JSON values, reusing the gzip of a value already encoded with the same content: in
+/// this batch (the namespaces of an open mesh share most endpoint parts) or in the previous
+/// output of the same namespace (a change rarely touches every part).
+#[derive(Default)]
+pub struct Encoder {
+    known: HashMap<(u64, usize), Arc<Vec<u8>>>,
+    /// Endpoint parts' assignments by content, so that namespaces holding the same part share
+    /// one copy in memory too.
+    assignments: HashMap<(u64, usize), Arc<Vec<ClusterLoadAssignment>>>,
+}
+
+impl Encoder {
+    /// Remembers the parts of an earlier output as reusable.
+    pub fn reuse(&mut self, earlier: &RenderedNamespace) {
+        for scope in earlier.scopes.values() {
+            for part in std::iter::once(&scope.base).chain(&scope.parts) {
+                self.known
+                    .entry((part.hash, part.json_len))
+                    .or_insert_with(|| part.gz.clone());
+            }
+            for (part, endpoints) in scope.parts.iter().zip(&scope.endpoints) {
+                self.assignments
+                    .entry((part.hash, part.json_len))
+                    .or_insert_with(|| endpoints.clone());
+            }
+        }
+    }
+
+    fn part(&mut self, key: String, json: &[u8]) -> Result<Part, Error> {
+        let hash = fnv1a(json.iter().copied(), FNV_OFFSET);
+        let id = (hash, json.len());
+        let gz = match self.known.get(&id) {
+            Some(gz) => gz.clone(),
+            None => {
+                let gz = Arc::new(gzip(json)?);
+                self.known.insert(id, gz.clone());
+                gz
+            }
+        };
+        Ok(Part {
+            key,
+            hash,
+            json_len: json.len(),
+            gz,
+        })
+    }
+
+    fn json<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, Error> {
+        serde_json::to_vec(value).map_err(|e| Error::Encode {
+            what: what.into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// One endpoint part's value.
+    pub fn endpoint_part(
+        &mut self,
+        key: String,
+        endpoints: &[ClusterLoadAssignment],
+    ) -> Result<Part, Error> {
+        #[derive(Serialize)]
+        struct PartRef<'a> {
+            endpoints: &'a [ClusterLoadAssignment],
+        }
+        let json = Self::json("endpoint part JSON", &PartRef { endpoints })?;
+        self.part(key, &json)
+    }
+
+    /// The copy of an endpoint part's assignments already held for the same content, else
+    /// `endpoints` (remembered for the next namespace).
+    pub fn share(
+        &mut self,
+        part: &Part,
+        endpoints: Arc<Vec<ClusterLoadAssignment>>,
+    ) -> Arc<Vec<ClusterLoadAssignment>> {
+        self.assignments
+            .entry((part.hash, part.json_len))
+            .or_insert(endpoints)
+            .clone()
+    }
+
+    /// Encodes a rendered scope: its configuration without endpoints under `key`, the
+    /// endpoints in parts by host.
+    pub fn scope(
+        &mut self,
+        key: String,
+        mut config: ProxyConfig,
+        recipes: EdsRecipes,
+    ) -> Result<RenderedScope, Error> {
+        let endpoints = std::mem::take(&mut config.endpoints);
+        config.version_info.clear();
+        let base_json = Self::json("configuration JSON", &config)?;
+        let base = self.part(key.clone(), &base_json)?;
+        let n = endpoint_part_count(endpoints.len());
+        let mut grouped: Vec<Vec<ClusterLoadAssignment>> = vec![Vec::new(); n];
+        for cla in endpoints {
+            grouped[endpoint_part_of(&cla.cluster_name, n)].push(cla);
+        }
+        let mut parts = Vec::with_capacity(n);
+        let mut endpoints = Vec::with_capacity(n);
+        for (i, eps) in grouped.into_iter().enumerate() {
+            let part = self.endpoint_part(endpoint_part_key(&key, i), &eps)?;
+            endpoints.push(self.share(&part, Arc::new(eps)));
+            parts.push(part);
+        }
+        Ok(RenderedScope {
+            base,
+            parts,
+            endpoints,
+            recipes: Arc::new(recipes),
+        })
+    }
+}
+
+/// One scope as written: its configuration without endpoints, and its endpoint parts; plus
+/// what an endpoint change needs to redo only the parts it touches.
+#[derive(Clone, Debug)]
+pub struct RenderedScope {
+    /// `<key>`: the configuration without endpoints.
+    pub base: Part,
+    /// `<stem>.eds-NN.json.gz`, in order.
+    pub parts: Vec<Part>,
+    /// The assignments of each part (sorted by cluster name).
+    pub endpoints: Vec<Arc<Vec<ClusterLoadAssignment>>>,
+    /// How to recompute each EDS cluster's endpoints, by service FQDN.
+    pub recipes: Arc<EdsRecipes>,
+}
+
+impl RenderedScope {
+    /// The assembled configuration's `versionInfo`: a hash of every part's content.
+    pub fn version(&self) -> String {
+        let mut h = FNV_OFFSET;
+        for p in std::iter::once(&self.base).chain(&self.parts) {
+            h = fnv1a(p.hash.to_le_bytes(), h);
+        }
+        format!("{h:016x}")
+    }
+
+    /// Bytes of gzip written for this scope.
+    pub fn gz_bytes(&self) -> usize {
+        std::iter::once(&self.base)
+            .chain(&self.parts)
+            .map(|p| p.gz.len())
+            .sum()
+    }
+
+    /// The assembled configuration (what the proxy will serve), by decoding what is written.
+    pub fn config(&self) -> Result<ProxyConfig, Error> {
+        let base = ProxyConfig::from_json_unvalidated(&gunzip(&self.base.gz)?)
+            .map_err(|e| decode_error(&self.base.key, e))?;
+        let parts = self
+            .endpoints
+            .iter()
+            .map(|e| EndpointPart {
+                endpoints: e.as_ref().clone(),
+            })
+            .collect();
+        base.with_parts(parts, self.version())
+            .map_err(|e| decode_error(&self.base.key, e))
+    }
 }
 
 /// Everything rendered for one namespace.
 #[derive(Clone, Debug)]
 pub struct RenderedNamespace {
     pub namespace: String,
+    /// The index as written (with each scope's version and parts).
     pub index: ScopeIndex,
-    /// Key → (configuration, gzip bytes).
-    pub scopes: BTreeMap<String, (ProxyConfig, Vec<u8>)>,
+    /// By scope key.
+    pub scopes: BTreeMap<String, RenderedScope>,
 }
 
 impl RenderedNamespace {
+    /// Assembles the namespace's output (fills the index's `parts`).
+    pub fn new(
+        namespace: String,
+        mut index: ScopeIndex,
+        scopes: BTreeMap<String, RenderedScope>,
+    ) -> Self {
+        index.parts = scopes
+            .iter()
+            .map(|(key, s)| {
+                (
+                    key.clone(),
+                    ScopeParts {
+                        version_info: s.version(),
+                        endpoints: s.parts.iter().map(|p| p.key.clone()).collect(),
+                    },
+                )
+            })
+            .collect();
+        RenderedNamespace {
+            namespace,
+            index,
+            scopes,
+        }
+    }
+
     /// The ConfigMap's `data`.
     pub fn data(&self) -> BTreeMap<String, String> {
         [(SCOPE_INDEX_KEY.to_string(), self.index.to_json())].into()
     }
 
+    fn values(&self) -> BTreeMap<&str, &[u8]> {
+        self.scopes
+            .values()
+            .flat_map(|s| std::iter::once(&s.base).chain(&s.parts))
+            .map(|p| (p.key.as_str(), p.gz.as_slice()))
+            .collect()
+    }
+
     /// The ConfigMap's `binaryData`.
     pub fn binary_data(&self) -> BTreeMap<String, ByteString> {
-        self.scopes
-            .iter()
-            .map(|(k, (_, gz))| (k.clone(), ByteString(gz.clone())))
+        self.values()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
             .collect()
     }
 
     /// Hash of the whole ConfigMap content (see [`configmap_hash`]).
     pub fn hash(&self) -> String {
-        content_hash_of(&self.data(), &self.binary_data())
+        let data = self.data();
+        content_hash_of(
+            data.iter().map(|(k, v)| (k.as_str(), v.as_bytes())),
+            self.values(),
+        )
     }
 
     /// Bytes the ConfigMap's payload takes as the API server stores and serves it
@@ -120,9 +387,9 @@ impl RenderedNamespace {
             .map(|(k, v)| k.len() + v.len())
             .sum::<usize>()
             + self
-                .scopes
+                .values()
                 .iter()
-                .map(|(k, (_, gz))| k.len() + gz.len().div_ceil(3) * 4)
+                .map(|(k, gz)| k.len() + gz.len().div_ceil(3) * 4)
                 .sum::<usize>()
     }
 }
@@ -130,26 +397,35 @@ impl RenderedNamespace {
 /// Renders every scope of a namespace and checks each with `ProxyConfig::validate` (a failure is
 /// a renderer bug, reported as an error and nothing is written).
 pub fn render_namespace(view: &MeshView<'_>, namespace: &str) -> Result<RenderedNamespace, Error> {
+    render_namespace_with(view, namespace, &mut Encoder::default())
+}
+
+/// [`render_namespace`] with an [`Encoder`] shared across namespaces and batches.
+pub fn render_namespace_with(
+    view: &MeshView<'_>,
+    namespace: &str,
+    encoder: &mut Encoder,
+) -> Result<RenderedNamespace, Error> {
     let mut scopes = BTreeMap::new();
     for scope in view.scopes(namespace) {
-        let config = render_view(view, &scope);
+        let (config, recipes) = render_parts(view, &scope);
         config.validate().map_err(|source| Error::InvalidRender {
             scope: scope.to_string(),
             source,
         })?;
-        let gz = encode(&config)?;
-        scopes.insert(scope.key(), (config, gz));
+        let key = scope.key();
+        scopes.insert(key.clone(), encoder.scope(key, config, recipes)?);
     }
-    Ok(RenderedNamespace {
-        namespace: namespace.to_string(),
-        index: view.scope_index(namespace),
+    Ok(RenderedNamespace::new(
+        namespace.to_string(),
+        view.scope_index(namespace),
         scopes,
-    })
+    ))
 }
 
 /// Renders one scope and validates it.
 pub fn render_scope(view: &MeshView<'_>, scope: &Scope) -> Result<ProxyConfig, Error> {
-    let config = render_view(view, scope);
+    let config = crate::render::render_view(view, scope);
     config.validate().map_err(|source| Error::InvalidRender {
         scope: scope.to_string(),
         source,
@@ -157,24 +433,23 @@ pub fn render_scope(view: &MeshView<'_>, scope: &Scope) -> Result<ProxyConfig, E
     Ok(config)
 }
 
-fn content_hash_of(
-    data: &BTreeMap<String, String>,
-    binary: &BTreeMap<String, ByteString>,
+/// Hash of `data` then `binaryData` entries, each in key order.
+fn content_hash_of<'a>(
+    data: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    binary: impl IntoIterator<Item = (&'a str, &'a [u8])>,
 ) -> String {
     let mut h = FNV_OFFSET;
-    for (k, v) in data {
-        h = fnv1a(b"d:".iter().copied(), h);
-        h = fnv1a(k.bytes(), h);
-        h = fnv1a([0u8], h);
-        h = fnv1a(v.bytes(), h);
-        h = fnv1a([0u8], h);
-    }
-    for (k, v) in binary {
-        h = fnv1a(b"b:".iter().copied(), h);
-        h = fnv1a(k.bytes(), h);
-        h = fnv1a([0u8], h);
-        h = fnv1a(v.0.iter().copied(), h);
-        h = fnv1a([0u8], h);
+    for (tag, entries) in [
+        (b"d:", data.into_iter().collect::<Vec<_>>()),
+        (b"b:", binary.into_iter().collect()),
+    ] {
+        for (k, v) in entries {
+            h = fnv1a(tag.iter().copied(), h);
+            h = fnv1a(k.bytes(), h);
+            h = fnv1a([0u8], h);
+            h = fnv1a(v.iter().copied(), h);
+            h = fnv1a([0u8], h);
+        }
     }
     format!("{h:016x}")
 }
@@ -182,10 +457,17 @@ fn content_hash_of(
 /// Hash of a live ConfigMap's content, comparable with [`RenderedNamespace::hash`]: equal only
 /// when data and binaryData are exactly what the operator would write.
 pub fn configmap_hash(cm: &ConfigMap) -> String {
-    content_hash_of(
-        &cm.data.clone().unwrap_or_default(),
-        &cm.binary_data.clone().unwrap_or_default(),
-    )
+    let data = cm
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str(), v.as_bytes()));
+    let binary = cm
+        .binary_data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str(), v.0.as_slice()));
+    content_hash_of(data, binary)
 }
 
 fn managed_meta(name: &str, namespace: &str) -> ObjectMeta {
@@ -269,7 +551,15 @@ spec:
         assert_eq!(cm.metadata.name.as_deref(), Some(PROXY_CONFIGMAP));
         let bin = cm.binary_data.as_ref().unwrap();
         let keys: Vec<_> = bin.keys().map(String::as_str).collect();
-        assert_eq!(keys, [DEFAULT_SCOPE_KEY, "sidecar-ratings.json.gz"]);
+        assert_eq!(
+            keys,
+            [
+                "default.eds-00.json.gz",
+                DEFAULT_SCOPE_KEY,
+                "sidecar-ratings.eds-00.json.gz",
+                "sidecar-ratings.json.gz"
+            ]
+        );
         let idx = ScopeIndex::from_json(&cm.data.as_ref().unwrap()[SCOPE_INDEX_KEY]).unwrap();
         let ratings_pod: BTreeMap<String, String> =
             [("app".to_string(), "ratings".to_string())].into();
@@ -278,10 +568,24 @@ spec:
             sidecar_scope_key("ratings")
         );
         assert_eq!(select_scope(&idx, &BTreeMap::new()), DEFAULT_SCOPE_KEY);
-        // What the proxy reads back is exactly what was rendered, and valid.
-        let default = decode(&bin[DEFAULT_SCOPE_KEY].0).unwrap();
-        assert_eq!(default, r.scopes[DEFAULT_SCOPE_KEY].0);
-        let narrowed = decode(&bin["sidecar-ratings.json.gz"].0).unwrap();
+        // What the proxy reads back is exactly what was rendered, and valid; the version is
+        // the index's.
+        let default = read_scope(&cm, DEFAULT_SCOPE_KEY).unwrap();
+        let mut rendered = crate::render::render_view(&view, &Scope::namespace("default"));
+        rendered.version_info = r.scopes[DEFAULT_SCOPE_KEY].version();
+        assert_eq!(default, rendered);
+        assert_eq!(default, r.scopes[DEFAULT_SCOPE_KEY].config().unwrap());
+        assert_eq!(
+            idx.parts[DEFAULT_SCOPE_KEY].version_info,
+            default.version_info
+        );
+        assert!(!default.endpoints.is_empty());
+        // The scope's own value holds no endpoints: they are in the parts.
+        let base = gunzip(&bin[DEFAULT_SCOPE_KEY].0).unwrap();
+        let base = ProxyConfig::from_json_unvalidated(&base).unwrap();
+        assert!(base.endpoints.is_empty() && base.version_info.is_empty());
+        assert_eq!(base.clusters, default.clusters);
+        let narrowed = read_scope(&cm, "sidecar-ratings.json.gz").unwrap();
         assert!(narrowed.listener("10.96.0.10_53").is_none());
         // The live-content hash matches the annotation only for the exact content.
         let annotated = &cm.metadata.annotations.as_ref().unwrap()[CONFIG_HASH_ANNOTATION];
@@ -295,6 +599,8 @@ spec:
         assert_ne!(&configmap_hash(&edited), annotated);
         // Encoding is deterministic.
         assert_eq!(encode(&default).unwrap(), encode(&default).unwrap());
+        let again = render_namespace(&view, "default").unwrap();
+        assert_eq!(again.hash(), r.hash());
     }
 
     #[test]
@@ -351,7 +657,8 @@ spec:
         }
         let view = MeshView::new(&index);
         let r = render_namespace(&view, "mesh").unwrap();
-        let config = &r.scopes[DEFAULT_SCOPE_KEY].0;
+        let config = &r.scopes[DEFAULT_SCOPE_KEY].config().unwrap();
+        assert_eq!(r.scopes[DEFAULT_SCOPE_KEY].parts.len(), 8);
         assert_eq!(config.route("9080").unwrap().virtual_hosts.len(), 1001);
         assert_eq!(config.endpoints.len(), 1000);
         let raw = serde_json::to_vec(config).unwrap().len();

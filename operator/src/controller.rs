@@ -16,6 +16,7 @@ use crate::index::{Affects, Index, Kind, MeshConfig, ObjKey, Object};
 use crate::leader::{self, LeaseConfig};
 use crate::metrics::{Health, Metrics};
 use crate::render::MeshView;
+use crate::renderer::Renderer;
 use crate::validation::status_for;
 use futures::StreamExt;
 use futures::stream::{BoxStream, SelectAll};
@@ -172,15 +173,16 @@ impl State {
                         .get(ns)
                         .is_some_and(crate::index::is_injected)
                 });
-                Affects {
-                    namespaces: dirty,
-                    statuses: false,
-                }
+                Affects::full(dirty, false)
             }
             Msg::WatchError(..) => Affects::default(),
         };
-        self.debouncer
-            .note(affects.namespaces, affects.statuses, now);
+        self.debouncer.note_change(
+            affects.namespaces,
+            affects.statuses,
+            affects.endpoints_only,
+            now,
+        );
         let now_synced = !was && self.synced();
         if now_synced {
             self.note_everything(now);
@@ -355,6 +357,7 @@ struct Writer {
     metrics: Arc<Metrics>,
     recorder: Recorder,
     rbac_done: BTreeSet<String>,
+    renderer: Renderer,
 }
 
 impl Writer {
@@ -367,7 +370,11 @@ impl Writer {
         for ns in std::mem::take(&mut state.rbac_stale) {
             self.rbac_done.remove(&ns);
         }
-        let view = MeshView::new(&state.index);
+        // Built on first use: a batch of endpoint changes rendered incrementally needs none.
+        let mut view: Option<MeshView<'_>> = None;
+        let mut plan = self
+            .renderer
+            .plan(&state.index, batch.endpoints_only.as_ref());
         let injected: BTreeSet<String> = state
             .index
             .injected_namespaces()
@@ -376,12 +383,18 @@ impl Writer {
         let mut wrote = false;
         for ns in batch.namespaces.iter().filter(|n| injected.contains(*n)) {
             let t = Instant::now();
-            let rendered = configmap::render_namespace(&view, ns);
+            let rendered = self
+                .renderer
+                .render(&mut plan, &state.index, &mut view, ns)
+                .map(|(r, path)| (r.clone(), path));
             self.metrics
                 .render_seconds
                 .observe(t.elapsed().as_secs_f64());
             let rendered = match rendered {
-                Ok(r) => r,
+                Ok((r, path)) => {
+                    self.metrics.render_path(path.as_str());
+                    r
+                }
                 Err(e) => {
                     tracing::error!(namespace = %ns, error = %e, "render failed; ConfigMap left as it is");
                     self.metrics.error("render");
@@ -390,8 +403,8 @@ impl Writer {
                     continue;
                 }
             };
-            for (key, (_, gz)) in &rendered.scopes {
-                self.metrics.scope_bytes(ns, key, gz.len());
+            for (key, scope) in &rendered.scopes {
+                self.metrics.scope_bytes(ns, key, scope.gz_bytes());
             }
             if !self.rbac_done.contains(ns) {
                 match self.apply_rbac(ns).await {
@@ -451,8 +464,9 @@ impl Writer {
                 .observe(since.elapsed().as_secs_f64());
         }
         if batch.statuses {
+            let view = view.get_or_insert_with(|| MeshView::new(&state.index));
             let now = k8s_openapi::jiff::Timestamp::now().to_string();
-            for (kind, key, status, newly_invalid) in status_changes(&view, &now) {
+            for (kind, key, status, newly_invalid) in status_changes(view, &now) {
                 if let Err(e) = self.apply_status(kind, &key, &status).await {
                     tracing::warn!(object = %key, ?kind, error = %e, "status write failed; retrying");
                     self.metrics.error("status");
@@ -468,10 +482,13 @@ impl Writer {
                 }
             }
         }
-        // What was accepted now is what an invalid update of it will fall back to.
-        let validation = view.validation.clone();
-        drop(view);
-        state.index.remember_accepted(&validation);
+        // What was accepted now is what an invalid update of it will fall back to (without a
+        // view the batch changed no Istio object).
+        if let Some(view) = view {
+            let validation = view.validation.clone();
+            drop(view);
+            state.index.remember_accepted(&validation);
+        }
         tracing::debug!(elapsed = ?started.elapsed(), "flush done");
     }
 
@@ -646,6 +663,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         metrics: metrics.clone(),
         recorder,
         rbac_done: BTreeSet::new(),
+        renderer: Renderer::default(),
     };
     let mut state = State::new(
         settings.mesh.clone(),
@@ -938,6 +956,7 @@ mod tests {
                 },
             ),
             rbac_done: BTreeSet::new(),
+            renderer: Renderer::default(),
         }
     }
 

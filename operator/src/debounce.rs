@@ -2,6 +2,7 @@
 //! no change arrived for `quiet`, or at the latest `max` after its first change, so a steady
 //! trickle of events cannot postpone a write forever. Pure (time is passed in) and unit-tested.
 
+use crate::index::ObjKey;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,9 @@ pub struct Batch {
     pub statuses: bool,
     /// When the first change of the batch arrived (for the change→write latency metric).
     pub since: Option<Instant>,
+    /// When every change of the batch was an Endpoints change: those services (the batch may
+    /// then be rendered incrementally, [`crate::renderer`]).
+    pub endpoints_only: Option<BTreeSet<ObjKey>>,
 }
 
 /// Collects changes until they are due.
@@ -33,11 +37,22 @@ impl Debouncer {
         }
     }
 
-    /// Records a change.
+    /// Records a change that needs a full render of the namespaces.
     pub fn note(
         &mut self,
         namespaces: impl IntoIterator<Item = String>,
         statuses: bool,
+        now: Instant,
+    ) {
+        self.note_change(namespaces, statuses, None, now);
+    }
+
+    /// Records a change; `endpoints_only`: it was only the Endpoints of these services.
+    pub fn note_change(
+        &mut self,
+        namespaces: impl IntoIterator<Item = String>,
+        statuses: bool,
+        endpoints_only: Option<BTreeSet<ObjKey>>,
         now: Instant,
     ) {
         let before = self.batch.namespaces.len();
@@ -47,6 +62,16 @@ impl Debouncer {
         if !grew && self.batch.since.is_none() {
             return;
         }
+        let first = self.batch.since.is_none();
+        self.batch.endpoints_only = match (first, self.batch.endpoints_only.take(), endpoints_only)
+        {
+            (true, _, e) => e,
+            (false, Some(mut pending), Some(e)) => {
+                pending.extend(e);
+                Some(pending)
+            }
+            _ => None,
+        };
         self.batch.since.get_or_insert(now);
         self.last = Some(now);
     }
@@ -126,6 +151,31 @@ mod tests {
         d.note(ns(&["a"]), false, t0 + ms(2000));
         assert_eq!(d.take_due(t0 + ms(1000)), None);
         assert!(d.take_due(t0 + ms(2100)).is_some());
+    }
+
+    #[test]
+    fn a_batch_is_endpoints_only_while_every_change_is() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let key = |n: &str| ObjKey::new("shop", n);
+        let mut d = Debouncer::new(ms(10), ms(100));
+        d.note_change(ns(&["a", "b"]), false, Some([key("x")].into()), t0);
+        d.note_change(ns(&["a"]), false, Some([key("y")].into()), t0);
+        let b = d.take_due(t0 + ms(20)).unwrap();
+        assert_eq!(b.endpoints_only, Some([key("x"), key("y")].into()));
+        // Any other change in the batch, even to a namespace already in it, makes it full.
+        d.note_change(ns(&["a"]), false, Some([key("x")].into()), t0);
+        d.note(ns(&["a"]), false, t0);
+        assert_eq!(d.take_due(t0 + ms(20)).unwrap().endpoints_only, None);
+        d.note(ns(&["a"]), false, t0);
+        d.note_change(ns(&["a"]), false, Some([key("x")].into()), t0);
+        assert_eq!(d.take_due(t0 + ms(20)).unwrap().endpoints_only, None);
+        // A fresh batch after a full one starts over.
+        d.note_change(ns(&["a"]), false, Some([key("z")].into()), t0);
+        assert_eq!(
+            d.take_due(t0 + ms(20)).unwrap().endpoints_only,
+            Some([key("z")].into())
+        );
     }
 
     #[test]

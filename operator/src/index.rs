@@ -124,18 +124,48 @@ impl Object {
 }
 
 /// What an update requires.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Affects {
     /// Injected namespaces whose ConfigMap must be re-rendered.
     pub namespaces: BTreeSet<String>,
     /// Whether CR statuses (validation) must be recomputed.
     pub statuses: bool,
+    /// `Some`: the change was only to the Endpoints of these services (the namespaces may be
+    /// re-rendered incrementally); `None`: anything else.
+    pub endpoints_only: Option<BTreeSet<ObjKey>>,
+}
+
+impl Default for Affects {
+    /// Nothing: neutral when merged.
+    fn default() -> Self {
+        Affects {
+            namespaces: BTreeSet::new(),
+            statuses: false,
+            endpoints_only: Some(BTreeSet::new()),
+        }
+    }
 }
 
 impl Affects {
+    /// A change needing a full render of these namespaces.
+    pub fn full(namespaces: BTreeSet<String>, statuses: bool) -> Self {
+        Affects {
+            namespaces,
+            statuses,
+            endpoints_only: None,
+        }
+    }
+
     pub fn merge(&mut self, other: Affects) {
         self.namespaces.extend(other.namespaces);
         self.statuses |= other.statuses;
+        self.endpoints_only = match (self.endpoints_only.take(), other.endpoints_only) {
+            (Some(mut a), Some(b)) => {
+                a.extend(b);
+                Some(a)
+            }
+            _ => None,
+        };
     }
 
     pub fn is_empty(&self) -> bool {
@@ -363,36 +393,35 @@ impl Index {
     /// What an object (as it is or was) touches, given the rest of the index.
     fn affects(&self, obj: &Object) -> Affects {
         match obj {
-            Object::Service(s) => Affects {
-                namespaces: self.namespaces_seeing(&ObjKey::of(s.as_ref()).namespace),
-                statuses: true,
-            },
-            Object::Endpoints(e) => Affects {
-                namespaces: self.namespaces_seeing(&ObjKey::of(e.as_ref()).namespace),
-                statuses: false,
-            },
-            Object::Pod { key, .. } => Affects {
-                namespaces: self.namespaces_seeing(&key.namespace),
-                statuses: false,
-            },
-            Object::Namespace { name, labels } => Affects {
-                namespaces: if is_injected(labels) {
+            Object::Service(s) => Affects::full(
+                self.namespaces_seeing(&ObjKey::of(s.as_ref()).namespace),
+                true,
+            ),
+            Object::Endpoints(e) => {
+                let key = ObjKey::of(e.as_ref());
+                Affects {
+                    namespaces: self.namespaces_seeing(&key.namespace),
+                    statuses: false,
+                    endpoints_only: Some([key].into()),
+                }
+            }
+            Object::Pod { key, .. } => Affects::full(self.namespaces_seeing(&key.namespace), false),
+            Object::Namespace { name, labels } => Affects::full(
+                if is_injected(labels) {
                     [name.clone()].into()
                 } else {
                     BTreeSet::new()
                 },
-                statuses: false,
-            },
-            Object::VirtualService(vs) => Affects {
-                namespaces: self
-                    .exported_to(&ObjKey::of(vs.as_ref()).namespace, &vs.spec.export_to),
-                statuses: true,
-            },
-            Object::DestinationRule(dr) => Affects {
-                namespaces: self
-                    .exported_to(&ObjKey::of(dr.as_ref()).namespace, &dr.spec.export_to),
-                statuses: true,
-            },
+                false,
+            ),
+            Object::VirtualService(vs) => Affects::full(
+                self.exported_to(&ObjKey::of(vs.as_ref()).namespace, &vs.spec.export_to),
+                true,
+            ),
+            Object::DestinationRule(dr) => Affects::full(
+                self.exported_to(&ObjKey::of(dr.as_ref()).namespace, &dr.spec.export_to),
+                true,
+            ),
             Object::Sidecar(sc) => {
                 let ns = ObjKey::of(sc.as_ref()).namespace;
                 let namespaces = if ns == self.mesh.root_namespace {
@@ -400,10 +429,7 @@ impl Index {
                 } else {
                     self.injected_only([ns])
                 };
-                Affects {
-                    namespaces,
-                    statuses: true,
-                }
+                Affects::full(namespaces, true)
             }
         }
     }

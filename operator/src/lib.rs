@@ -4,7 +4,9 @@
 //!   Istio CRDs, updated by watch events and testable without an API server;
 //! - [`render`]: the pure renderer `render(index, scope) -> ProxyConfig`;
 //! - [`validation`]: each Istio object's verdict and the status conditions written back;
-//! - [`configmap`]: the ConfigMap contract (keys, compression, hashing) and the reader RBAC;
+//! - [`configmap`]: the ConfigMap contract (keys, endpoint parts, compression, hashing) and the
+//!   reader RBAC;
+//! - [`renderer`]: rendering batch after batch, endpoint-only batches incrementally;
 //! - [`controller`]: watchers feeding the index, debounced re-rendering of the affected
 //!   namespaces, server-side apply, leader election, metrics and health.
 #![forbid(unsafe_code)]
@@ -21,6 +23,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod registry;
 pub mod render;
+pub mod renderer;
 pub mod validation;
 
 pub use cli::{Args, run};

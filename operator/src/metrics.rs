@@ -24,6 +24,8 @@ pub struct Metrics {
     pub errors: Family<Labels, Counter>,
     /// Seconds to build the mesh view and render one namespace's scopes.
     pub render_seconds: Histogram,
+    /// Namespace renders by path (`full`, `endpoints`: only changed endpoints recomputed).
+    pub renders: Family<Labels, Counter>,
     /// Compressed bytes of each scope's configuration.
     pub config_bytes: Family<Labels, Gauge>,
     /// Seconds from the first change of a batch to the ConfigMap write it caused.
@@ -48,6 +50,7 @@ impl Metrics {
         let reconciles = Family::<Labels, Counter>::default();
         let errors = Family::<Labels, Counter>::default();
         let render_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let renders = Family::<Labels, Counter>::default();
         let config_bytes = Family::<Labels, Gauge>::default();
         let change_to_write_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 14));
         let status_writes = Counter::default();
@@ -63,6 +66,11 @@ impl Metrics {
             "render_seconds",
             "Seconds to render one namespace's scopes",
             render_seconds.clone(),
+        );
+        registry.register(
+            "renders",
+            "Namespace renders by path (full, or endpoints only)",
+            renders.clone(),
         );
         registry.register(
             "config_bytes",
@@ -86,6 +94,7 @@ impl Metrics {
             reconciles,
             errors,
             render_seconds,
+            renders,
             config_bytes,
             change_to_write_seconds,
             status_writes,
@@ -103,6 +112,12 @@ impl Metrics {
     pub fn reconcile(&self, result: &str) {
         self.reconciles
             .get_or_create(&vec![("result".to_string(), result.to_string())])
+            .inc();
+    }
+
+    pub fn render_path(&self, path: &str) {
+        self.renders
+            .get_or_create(&vec![("path".to_string(), path.to_string())])
             .inc();
     }
 

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 /// One Service.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Svc {
     pub name: String,
     pub namespace: String,
@@ -32,6 +32,23 @@ impl Svc {
         self.ports.iter().find(|p| p.port == number)
     }
 
+    /// Everything but the endpoints: equal shapes render the same listeners, routes and
+    /// clusters.
+    pub fn same_shape(&self, other: &Svc) -> bool {
+        self.name == other.name
+            && self.namespace == other.namespace
+            && self.fqdn == other.fqdn
+            && self.cluster_ip == other.cluster_ip
+            && self.export_to == other.export_to
+            && self.ports.len() == other.ports.len()
+            && self.ports.iter().zip(&other.ports).all(|(a, b)| {
+                a.name == b.name
+                    && a.port == b.port
+                    && a.protocol == b.protocol
+                    && a.target_port == b.target_port
+            })
+    }
+
     /// Whether a client in `namespace` may see this service.
     pub fn exported_to(&self, namespace: &str) -> bool {
         exported(&self.export_to, &self.namespace, namespace)
@@ -47,7 +64,7 @@ pub fn exported(export_to: &[String], own: &str, client: &str) -> bool {
 }
 
 /// One port of a Service.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SvcPort {
     pub name: Option<String>,
     pub port: u16,
@@ -103,6 +120,24 @@ impl Registry {
 
     pub fn get(&self, fqdn: &str) -> Option<&Svc> {
         self.by_fqdn.get(fqdn).map(|i| &self.services[*i])
+    }
+
+    /// One Service as [`Registry::build`] would see it now (`None`: not rendered, or absent).
+    pub fn service(index: &Index, key: &ObjKey) -> Option<Svc> {
+        convert(
+            key,
+            index.services.get(key)?,
+            index.endpoints.get(key),
+            &index.pods,
+            &index.mesh.domain_suffix,
+        )
+    }
+
+    /// Replaces the entry of a service whose shape did not change (only its endpoints).
+    pub fn update_endpoints(&mut self, svc: Svc) {
+        if let Some(i) = self.by_fqdn.get(&svc.fqdn) {
+            self.services[*i] = svc;
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Operator render benchmark: synthetic meshes put into the operator's own `Index`, rendered with
-//! its own code path (`MeshView::new` + `configmap::render_namespace` + the content hash, exactly
-//! what a flush does minus the API writes), full and after one endpoint change. Also the
+//! its own code path (the `Renderer` a flush uses: `MeshView::new` + render, validate, encode per
+//! namespace, or the incremental endpoint path; + the content hash, exactly what a flush does
+//! minus the API writes), full and after one endpoint change. Also the
 //! in-process cost of one admission review (`rustmesh_webhook::review_body`), without TLS/HTTP.
 //!
 //! Prints one JSON document on stdout, progress on stderr. Run by `bench/control-plane/run`,
@@ -16,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use rustmesh_operator::configmap::{self, RenderedNamespace};
 use rustmesh_operator::fixtures::{self, endpoints, namespace, pod, service};
-use rustmesh_operator::index::Object;
+use rustmesh_operator::index::{Affects, ObjKey, Object};
+use rustmesh_operator::renderer::{RenderPath, Renderer};
 use rustmesh_operator::{Index, MeshView, Scope, render_view};
 use rustmesh_webhook::{InjectionSettings, review_body};
 use serde_json::{Value, json};
@@ -171,36 +173,53 @@ spec:
 }
 
 /// What one flush computes: the content hash per namespace, the first namespace's rendering
-/// (for its sizes) and the payload bytes of all of them.
+/// (for its sizes), the payload bytes of all of them, and how many took the incremental path.
 struct Flush {
     first: Option<RenderedNamespace>,
     hashes: BTreeMap<String, String>,
     payload_bytes: usize,
+    incremental: usize,
 }
 
-/// The operator's flush without the API calls (controller.rs `Writer::flush`): one `MeshView`
-/// per batch, then per affected injected namespace `render_namespace` (render, validate, gzip),
-/// the size check and the content hash. Like the operator, it keeps no rendering afterwards
-/// (except the first namespace's when `keep_first`).
-fn flush(index: &Index, namespaces: &BTreeSet<String>, keep_first: bool) -> Flush {
-    let view = MeshView::new(index);
+/// The operator's flush without the API calls (controller.rs `Writer::flush`): the renderer
+/// plans the batch (`endpoints_only`: the services whose Endpoints were the only change), then
+/// renders each affected injected namespace (incrementally when it can, else `MeshView` once
+/// per batch + render, validate, encode), the size check and the content hash.
+fn flush(
+    renderer: &mut Renderer,
+    index: &Index,
+    namespaces: &BTreeSet<String>,
+    endpoints_only: Option<&BTreeSet<ObjKey>>,
+    keep_first: bool,
+) -> Flush {
+    let mut plan = renderer.plan(index, endpoints_only);
+    let mut view = None;
     let injected: BTreeSet<&str> = index.injected_namespaces().collect();
     let mut out = Flush {
         first: None,
         hashes: BTreeMap::new(),
         payload_bytes: 0,
+        incremental: 0,
     };
     for ns in namespaces.iter().filter(|n| injected.contains(n.as_str())) {
-        let r = configmap::render_namespace(&view, ns).expect("render");
+        let (r, path) = renderer
+            .render(&mut plan, index, &mut view, ns)
+            .expect("render");
         let bytes = r.payload_bytes();
         std::hint::black_box(bytes > configmap::MAX_PAYLOAD_BYTES);
         out.payload_bytes += bytes;
         out.hashes.insert(ns.clone(), r.hash());
+        out.incremental += usize::from(path == RenderPath::Endpoints);
         if keep_first && out.first.is_none() {
-            out.first = Some(r);
+            out.first = Some(r.clone());
         }
     }
     out
+}
+
+/// A full flush of every namespace by a fresh renderer (the operator's start).
+fn full_flush(index: &Index, namespaces: &BTreeSet<String>, keep_first: bool) -> Flush {
+    flush(&mut Renderer::default(), index, namespaces, None, keep_first)
 }
 
 /// CPU time of this thread (user + system), in seconds: what "on one core" means, and what
@@ -276,10 +295,19 @@ fn memory(n: usize, layout: Layout) -> Value {
     let mut index = mesh(n, layout);
     let after_index = status_kib("VmRSS:");
     let all: BTreeSet<String> = index.injected_namespaces().map(str::to_string).collect();
-    let hashes = flush(&index, &all, false).hashes;
+    // The operator keeps each namespace's last output (for incremental endpoint changes).
+    let mut renderer = Renderer::default();
+    let hashes = flush(&mut renderer, &index, &all, None, false).hashes;
     let affects = index.apply(service_endpoints(0, true));
-    let again = flush(&index, &affects.namespaces, false).hashes;
-    assert!(again.iter().any(|(ns, h)| hashes.get(ns) != Some(h)));
+    let again = flush(
+        &mut renderer,
+        &index,
+        &affects.namespaces,
+        affects.endpoints_only.as_ref(),
+        false,
+    );
+    assert!(again.incremental > 0);
+    assert!(again.hashes.iter().any(|(ns, h)| hashes.get(ns) != Some(h)));
     json!({
         "services": n, "layout": layout.name(),
         "rss_start_kib": base,
@@ -310,9 +338,10 @@ fn bench_size(n: usize, layout: Layout, quick: bool) -> Value {
     };
 
     // One full flush: every namespace, as at start (and its sizes).
-    let first = flush(&index, &namespaces, true);
+    let first = full_flush(&index, &namespaces, true);
     let ns0 = first.first.as_ref().expect("one namespace");
-    let (config, gz) = &ns0.scopes[&Scope::namespace(&ns0.namespace).key()];
+    let scope0 = &ns0.scopes[&Scope::namespace(&ns0.namespace).key()];
+    let config = &scope0.config().expect("what is written reads back");
     assert!(config.validate().is_ok());
     let json_bytes = serde_json::to_vec(config).expect("JSON").len();
     let cm_bytes = serde_json::to_vec(&configmap::config_map(ns0))
@@ -323,7 +352,8 @@ fn bench_size(n: usize, layout: Layout, quick: bool) -> Value {
         "namespaces": namespaces.len(),
         "listeners": config.listeners.len(), "clusters": config.clusters.len(),
         "endpoint_groups": config.endpoints.len(), "virtual_hosts_9080": vhosts,
-        "json_bytes": json_bytes, "gzip_bytes": gz.len(),
+        "json_bytes": json_bytes, "gzip_bytes": scope0.gz_bytes(),
+        "endpoint_parts": scope0.parts.len(),
         "configmap_payload_bytes": ns0.payload_bytes(),
         "configmap_object_bytes": cm_bytes,
         "over_configmap_limit": ns0.payload_bytes() > configmap::MAX_PAYLOAD_BYTES,
@@ -334,7 +364,7 @@ fn bench_size(n: usize, layout: Layout, quick: bool) -> Value {
 
     // Full flush, repeated: MeshView + every namespace.
     let full = time(min, budget, || {
-        std::hint::black_box(flush(&index, &namespaces, false));
+        std::hint::black_box(full_flush(&index, &namespaces, false));
     });
     eprintln!(
         "[{n}, {}] full flush ({} namespaces): median {:.1} ms CPU of {}",
@@ -366,28 +396,43 @@ fn bench_size(n: usize, layout: Layout, quick: bool) -> Value {
     drop(view);
 
     // One endpoint change of svc-0 (in ns-0), alternating between two addresses: apply to the
-    // index (which computes the affected namespaces), then flush those.
-    let mut moved = false;
-    let mut affected = 0;
-    let mut changed = 0;
-    let change = time(min, budget, || {
-        moved = !moved;
-        let affects = index.apply(service_endpoints(0, moved));
-        let f = flush(&index, &affects.namespaces, false);
-        affected = f.hashes.len();
-        changed = f
-            .hashes
-            .iter()
-            .filter(|(ns, h)| live.get(*ns) != Some(h))
-            .count();
-        live.extend(f.hashes);
-    });
-    assert!(changed >= 1, "an endpoint change must change a ConfigMap");
-    eprintln!(
-        "[{n}, {}] endpoint change: {affected} namespace(s) re-rendered, {changed} changed: median {:.1} ms CPU",
-        layout.name(),
-        median(&change.cpu) * 1e3
-    );
+    // index (which computes the affected namespaces and whether only endpoints changed), then
+    // flush those with the operator's renderer, which keeps its last output from the start.
+    // Twice: as the operator does it (incremental), and forced through the full path (what an
+    // endpoint change cost before, and what any other change costs).
+    let mut renderer = Renderer::default();
+    flush(&mut renderer, &index, &namespaces, None, false);
+    let mut endpoint_change = |index: &mut Index, incremental: bool| {
+        let mut moved = false;
+        let mut affected = 0;
+        let mut changed = 0;
+        let mut paths = 0;
+        let runs = time(min, budget, || {
+            moved = !moved;
+            let affects: Affects = index.apply(service_endpoints(0, moved));
+            let only = affects.endpoints_only.as_ref().filter(|_| incremental);
+            let f = flush(&mut renderer, index, &affects.namespaces, only, false);
+            affected = f.hashes.len();
+            paths = f.incremental;
+            changed = f
+                .hashes
+                .iter()
+                .filter(|(ns, h)| live.get(*ns) != Some(h))
+                .count();
+            live.extend(f.hashes);
+        });
+        assert!(changed >= 1, "an endpoint change must change a ConfigMap");
+        assert_eq!(paths, if incremental { affected } else { 0 });
+        eprintln!(
+            "[{n}, {}] endpoint change ({}): {affected} namespace(s) re-rendered, {changed} changed: median {:.2} ms CPU",
+            layout.name(),
+            if incremental { "incremental" } else { "full path" },
+            median(&runs.cpu) * 1e3
+        );
+        (runs, affected, changed)
+    };
+    let (change, affected, changed) = endpoint_change(&mut index, true);
+    let (change_full, _, _) = endpoint_change(&mut index, false);
 
     json!({
         "services": n, "endpoints_per_service": ENDPOINTS, "layout": layout.name(),
@@ -403,6 +448,7 @@ fn bench_size(n: usize, layout: Layout, quick: bool) -> Value {
         "endpoint_change": {
             "namespaces_rerendered": affected, "configmaps_changed": changed,
             "flush": stats_ms(&change),
+            "flush_full_path": stats_ms(&change_full),
         },
     })
 }

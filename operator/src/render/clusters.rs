@@ -1,7 +1,9 @@
 //! Clusters and endpoints: `outbound|<port>|<subset>|<fqdn>` with the DestinationRule's traffic
 //! policy, `inbound|<port>||`, and the three static clusters.
 
-use super::{ClusterParts, Ctx};
+use super::{ClusterParts, Ctx, EdsRecipe, EdsRecipes};
+use crate::index::Labels;
+use crate::registry::Ep;
 use rustmesh_api::common::labels_match;
 use rustmesh_api::destination_rule::{
     ConnectionPoolSettings, DestinationRuleSpec, H2UpgradePolicy, LoadBalancerSettings,
@@ -260,6 +262,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
     pub(super) fn build_clusters(&self) -> ClusterParts {
         let mut clusters = Vec::new();
         let mut endpoints = Vec::new();
+        let mut recipes = EdsRecipes::new();
         for (name, w) in &self.wanted {
             let dr = self.destination_rule_for(w.svc);
             let subset = w
@@ -282,25 +285,15 @@ impl<'v, 'a> Ctx<'v, 'a> {
                     service_name: name.clone(),
                 });
                 let selector = subset.map(|s| &s.labels);
-                let lb_endpoints: Vec<LbEndpoint> = w
-                    .port
-                    .endpoints
-                    .iter()
-                    .filter(|e| selector.is_none_or(|sel| labels_match(sel, &e.labels)))
-                    .map(|e| LbEndpoint::new(SocketAddr::new(e.ip, e.port)))
-                    .collect();
-                endpoints.push(ClusterLoadAssignment {
-                    cluster_name: name.clone(),
-                    endpoints: if lb_endpoints.is_empty() {
-                        Vec::new()
-                    } else {
-                        vec![LocalityLbEndpoints {
-                            locality: None,
-                            lb_endpoints,
-                            priority: 0,
-                        }]
-                    },
-                });
+                endpoints.push(load_assignment(name, &w.port.endpoints, selector));
+                recipes
+                    .entry(w.svc.fqdn.clone())
+                    .or_default()
+                    .push(EdsRecipe {
+                        cluster: name.clone(),
+                        port: w.port.port,
+                        selector: selector.cloned(),
+                    });
                 c
             };
             c.connect_timeout = tcp
@@ -339,6 +332,31 @@ impl<'v, 'a> Ctx<'v, 'a> {
             });
             clusters.push(c);
         }
-        (clusters, endpoints)
+        (clusters, endpoints, recipes)
+    }
+}
+
+/// The endpoints of an EDS cluster: the port's ready endpoints the subset's labels select.
+pub fn load_assignment(
+    cluster: &str,
+    endpoints: &[Ep],
+    selector: Option<&Labels>,
+) -> ClusterLoadAssignment {
+    let lb_endpoints: Vec<LbEndpoint> = endpoints
+        .iter()
+        .filter(|e| selector.is_none_or(|sel| labels_match(sel, &e.labels)))
+        .map(|e| LbEndpoint::new(SocketAddr::new(e.ip, e.port)))
+        .collect();
+    ClusterLoadAssignment {
+        cluster_name: cluster.to_string(),
+        endpoints: if lb_endpoints.is_empty() {
+            Vec::new()
+        } else {
+            vec![LocalityLbEndpoints {
+                locality: None,
+                lb_endpoints,
+                priority: 0,
+            }]
+        },
     }
 }

@@ -347,8 +347,40 @@ struct Wanted<'v> {
     subset: Option<&'v str>,
 }
 
-/// Renders one scope.
+/// How to recompute the endpoints of one EDS cluster when only its service's endpoints change
+/// (see [`crate::renderer`]): the cluster, the service port and the subset's labels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EdsRecipe {
+    pub cluster: String,
+    pub port: u16,
+    /// The subset's labels (`None`: every endpoint).
+    pub selector: Option<Labels>,
+}
+
+impl EdsRecipe {
+    /// The cluster's endpoints from its service as it is now (`None`: the service is gone).
+    pub fn assignment(&self, svc: Option<&Svc>) -> ClusterLoadAssignment {
+        let endpoints = svc
+            .and_then(|s| s.port(self.port))
+            .map(|p| p.endpoints.as_slice())
+            .unwrap_or_default();
+        clusters::load_assignment(&self.cluster, endpoints, self.selector.as_ref())
+    }
+}
+
+/// EDS recipes of a scope's clusters, by service FQDN.
+pub type EdsRecipes = HashMap<String, Vec<EdsRecipe>>;
+
+/// Renders one scope (its `versionInfo` is the content hash).
 pub fn render_view(view: &MeshView<'_>, scope: &Scope) -> ProxyConfig {
+    let (mut config, _) = render_parts(view, scope);
+    config.version_info = crate::configmap::content_hash(&config);
+    config
+}
+
+/// Renders one scope without `versionInfo` (the encoder sets it from the parts' hashes), with
+/// the recipes of its EDS clusters.
+pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsRecipes) {
     let sidecar = view.sidecar_of(scope);
     let selector = sidecar
         .and_then(|s| s.spec.workload_selector.as_ref())
@@ -443,14 +475,14 @@ pub fn render_view(view: &MeshView<'_>, scope: &Scope) -> ProxyConfig {
         ctx.want_service_port(v.svc, v.port);
     }
     let (inbound_chains, inbound_clusters) = ctx.inbound();
-    let (mut clusters, endpoints) = ctx.build_clusters();
+    let (mut clusters, endpoints, recipes) = ctx.build_clusters();
     clusters.extend(inbound_clusters);
     clusters.extend(static_clusters());
 
     let mut all_listeners = vec![ctx.virtual_outbound(), virtual_inbound(inbound_chains)];
     all_listeners.extend(listeners.into_values());
 
-    let mut config = ProxyConfig {
+    let config = ProxyConfig {
         version_info: String::new(),
         listeners: all_listeners,
         routes: routes.into_values().collect(),
@@ -458,8 +490,7 @@ pub fn render_view(view: &MeshView<'_>, scope: &Scope) -> ProxyConfig {
         endpoints,
         dns: dns_entries(&visible, &scope.namespace),
     };
-    config.version_info = crate::configmap::content_hash(&config);
-    config
+    (config, recipes)
 }
 
 fn http_protocols() -> Vec<String> {
@@ -936,20 +967,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
                 .iter()
                 .filter(|s| s.namespace == self.ns())
             {
-                let pods: Vec<&Labels> = svc
-                    .ports
-                    .iter()
-                    .flat_map(|p| &p.endpoints)
-                    .filter(|e| e.pod.is_some())
-                    .map(|e| &e.labels)
-                    .collect();
-                let mine = if pods.is_empty() {
-                    self.scope.sidecar.is_none()
-                } else {
-                    pods.iter()
-                        .any(|l| xscope::select_scope(&index, l) == my_key)
-                };
-                if !mine {
+                if !serves_scope(svc, &index, &my_key) {
                     continue;
                 }
                 for p in &svc.ports {
@@ -1044,6 +1062,22 @@ struct InboundPort {
     services: BTreeSet<(String, String, String)>,
     /// Where the app listens (127.0.0.1:<target>).
     target: u16,
+}
+
+/// Whether a service of the namespace counts as served by the pods of scope `key` (so its
+/// ports are that scope's inbound ports): some pod behind it selects that scope, or, with no
+/// pods known, the namespace scope.
+pub fn serves_scope(svc: &Svc, index: &ScopeIndex, key: &str) -> bool {
+    let mut pods = svc
+        .ports
+        .iter()
+        .flat_map(|p| &p.endpoints)
+        .filter(|e| e.pod.is_some())
+        .peekable();
+    if pods.peek().is_none() {
+        return key == index.default;
+    }
+    pods.any(|e| xscope::select_scope(index, &e.labels) == key)
 }
 
 fn is_proxy_port(port: u16) -> bool {
@@ -1159,8 +1193,8 @@ pub fn without_version(mut config: ProxyConfig) -> ProxyConfig {
     config
 }
 
-/// Endpoints and cluster lists, for [`clusters`] to fill.
-type ClusterParts = (Vec<Cluster>, Vec<ClusterLoadAssignment>);
+/// Cluster and endpoint lists and the EDS recipes, for [`clusters`] to fill.
+type ClusterParts = (Vec<Cluster>, Vec<ClusterLoadAssignment>, EdsRecipes);
 
 #[cfg(test)]
 mod tests;
