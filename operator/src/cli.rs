@@ -1,6 +1,6 @@
 //! Command-line flags (each also readable from the environment).
 
-use crate::controller::Settings;
+use crate::controller::{EndpointsSource, Settings};
 use crate::error::Error;
 use crate::index::MeshConfig;
 use crate::leader::LeaseConfig;
@@ -47,6 +47,10 @@ pub struct Args {
     /// Lease duration in seconds: how long a dead leader blocks the other replica.
     #[arg(long, env = "LEASE_DURATION_SECS", default_value_t = 15)]
     pub lease_duration_secs: u64,
+    /// Where endpoints come from: `auto` (EndpointSlices when the API server serves
+    /// discovery.k8s.io/v1, else Endpoints), `endpointslices` or `endpoints`.
+    #[arg(long, env = "ENDPOINTS_SOURCE", default_value = "auto")]
+    pub endpoints_source: String,
 }
 
 impl Args {
@@ -83,6 +87,17 @@ impl Args {
                 message: "must be at least 3".into(),
             });
         }
+        let endpoints_source = match self.endpoints_source.to_ascii_lowercase().as_str() {
+            "auto" => EndpointsSource::Auto,
+            "endpointslices" => EndpointsSource::EndpointSlices,
+            "endpoints" => EndpointsSource::Endpoints,
+            other => {
+                return Err(Error::Flag {
+                    flag: "endpoints-source",
+                    message: format!("{other:?} is not auto, endpointslices or endpoints"),
+                });
+            }
+        };
         let identity = self
             .identity
             .clone()
@@ -106,6 +121,7 @@ impl Args {
                 renew_every: duration / 3,
             }),
             identity,
+            endpoints_source,
         })
     }
 }
@@ -143,6 +159,13 @@ mod tests {
         .settings()
         .unwrap();
         assert!(single.lease.is_none());
+        assert_eq!(single.endpoints_source, EndpointsSource::Auto);
+        let e = Args::try_parse_from(["operator", "--endpoints-source", "slices"])
+            .unwrap()
+            .settings()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--endpoints-source"), "{e}");
         assert_eq!(
             single.mesh.outbound_policy,
             OutboundTrafficPolicyMode::RegistryOnly

@@ -21,6 +21,7 @@ use crate::validation::status_for;
 use futures::StreamExt;
 use futures::stream::{BoxStream, SelectAll};
 use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
@@ -52,6 +53,16 @@ pub struct Settings {
     /// `None` disables leader election (a single replica).
     pub lease: Option<LeaseConfig>,
     pub identity: String,
+    pub endpoints_source: EndpointsSource,
+}
+
+/// Which API the endpoints are read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointsSource {
+    /// EndpointSlices when the API server serves `discovery.k8s.io/v1`, else Endpoints.
+    Auto,
+    EndpointSlices,
+    Endpoints,
 }
 
 /// One watch event, kind-independent.
@@ -287,7 +298,41 @@ fn object_key(o: &Object) -> ObjKey {
     }
 }
 
-fn streams(client: &Client) -> SelectAll<BoxStream<'static, Msg>> {
+/// Whether the API server serves EndpointSlices (`discovery.k8s.io/v1`, Kubernetes 1.21+).
+async fn serves_endpoint_slices(client: &Client) -> bool {
+    match client.list_api_group_resources("discovery.k8s.io/v1").await {
+        Ok(list) => list.resources.iter().any(|r| r.name == "endpointslices"),
+        Err(e) => {
+            tracing::debug!(error = %e, "discovery.k8s.io/v1 not served");
+            false
+        }
+    }
+}
+
+/// EndpointSlices, merged per service into the Endpoints the index holds
+/// ([`crate::slices::SliceWatch`]).
+fn endpoint_slice_stream(client: &Client) -> BoxStream<'static, Msg> {
+    let mut adapter = crate::slices::SliceWatch::default();
+    watcher::watcher(
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .flat_map(move |ev| {
+        let msgs: Vec<Msg> = match ev {
+            Ok(ev) => adapter
+                .on(ev)
+                .into_iter()
+                .map(|w| Msg::Index(Kind::Endpoints, w))
+                .collect(),
+            Err(e) => vec![Msg::WatchError("EndpointSlice".into(), e.to_string())],
+        };
+        futures::stream::iter(msgs)
+    })
+    .boxed()
+}
+
+fn streams(client: &Client, slices: bool) -> SelectAll<BoxStream<'static, Msg>> {
     let cfg = || watcher::Config::default();
     let mut all = SelectAll::new();
     all.push(index_stream(
@@ -295,11 +340,15 @@ fn streams(client: &Client) -> SelectAll<BoxStream<'static, Msg>> {
         Kind::Service,
         |s| Object::Service(Box::new(s)),
     ));
-    all.push(index_stream(
-        watcher::watcher(Api::<Endpoints>::all(client.clone()), cfg()).default_backoff(),
-        Kind::Endpoints,
-        |e| Object::Endpoints(Box::new(e)),
-    ));
+    if slices {
+        all.push(endpoint_slice_stream(client));
+    } else {
+        all.push(index_stream(
+            watcher::watcher(Api::<Endpoints>::all(client.clone()), cfg()).default_backoff(),
+            Kind::Endpoints,
+            |e| Object::Endpoints(Box::new(e)),
+        ));
+    }
     all.push(index_stream(
         watcher::watcher(Api::<PartialObjectMeta<Pod>>::all(client.clone()), cfg())
             .default_backoff(),
@@ -669,7 +718,20 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         settings.mesh.clone(),
         Debouncer::new(settings.debounce_quiet, settings.debounce_max),
     );
-    let mut events = streams(&client);
+    let slices = match settings.endpoints_source {
+        EndpointsSource::Auto => serves_endpoint_slices(&client).await,
+        EndpointsSource::EndpointSlices => true,
+        EndpointsSource::Endpoints => false,
+    };
+    tracing::info!(
+        source = if slices {
+            "EndpointSlices"
+        } else {
+            "Endpoints"
+        },
+        "endpoints source"
+    );
+    let mut events = streams(&client, slices);
     let term = termination();
     tokio::pin!(term);
     tracing::info!(identity = %settings.identity, "operator started; waiting for the initial sync");

@@ -7,6 +7,7 @@
 //! - [`configmap`]: the ConfigMap contract (keys, endpoint parts, compression, hashing) and the
 //!   reader RBAC;
 //! - [`renderer`]: rendering batch after batch, endpoint-only batches incrementally;
+//! - [`slices`]: EndpointSlices merged per service into the Endpoints the index holds;
 //! - [`controller`]: watchers feeding the index, debounced re-rendering of the affected
 //!   namespaces, server-side apply, leader election, metrics and health.
 #![forbid(unsafe_code)]
@@ -24,6 +25,7 @@ pub mod protocol;
 pub mod registry;
 pub mod render;
 pub mod renderer;
+pub mod slices;
 pub mod validation;
 
 pub use cli::{Args, run};

@@ -50,6 +50,21 @@ fn check_cluster_rules(rules: &[PolicyRule]) {
             "{res} must stay read-only"
         );
     }
+    // EndpointSlices replace Endpoints where the API server serves them.
+    assert!(allows(
+        &rules,
+        "discovery.k8s.io",
+        "endpointslices",
+        "watch",
+        None
+    ));
+    assert!(!allows(
+        &rules,
+        "discovery.k8s.io",
+        "endpointslices",
+        "patch",
+        None
+    ));
     for res in ["virtualservices", "destinationrules", "sidecars"] {
         assert!(allows(&rules, "networking.istio.io", res, "list", None));
         assert!(allows(
