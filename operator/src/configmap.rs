@@ -160,6 +160,8 @@ pub struct Encoder {
     /// Endpoint parts' assignments by content, so that namespaces holding the same part share
     /// one copy in memory too.
     assignments: HashMap<(u64, usize), Arc<Vec<ClusterLoadAssignment>>>,
+    /// EDS recipes by content (in an open mesh every namespace has the same ones).
+    recipes: HashMap<u64, Vec<Arc<EdsRecipes>>>,
 }
 
 impl Encoder {
@@ -171,6 +173,7 @@ impl Encoder {
                     .entry((part.hash, part.json_len))
                     .or_insert_with(|| part.gz.clone());
             }
+            self.share_recipes(scope.recipes.clone());
             for (part, endpoints) in scope.parts.iter().zip(&scope.endpoints) {
                 self.assignments
                     .entry((part.hash, part.json_len))
@@ -232,6 +235,27 @@ impl Encoder {
             .clone()
     }
 
+    /// The copy of these recipes already held (equal content), else these.
+    fn share_recipes(&mut self, recipes: Arc<EdsRecipes>) -> Arc<EdsRecipes> {
+        let mut h = FNV_OFFSET;
+        for (host, list) in recipes.iter() {
+            h = fnv1a(host.bytes(), h);
+            for r in list {
+                h = fnv1a(r.cluster.bytes(), h);
+                h = fnv1a(r.port.to_le_bytes(), h);
+                for (k, v) in r.selector.iter().flat_map(|s| s.iter()) {
+                    h = fnv1a(k.bytes().chain(v.bytes()), h);
+                }
+            }
+        }
+        let same = self.recipes.entry(h).or_default();
+        if let Some(known) = same.iter().find(|k| ***k == *recipes) {
+            return known.clone();
+        }
+        same.push(recipes.clone());
+        recipes
+    }
+
     /// Encodes a rendered scope: its configuration without endpoints under `key`, the
     /// endpoints in parts by host.
     pub fn scope(
@@ -260,7 +284,7 @@ impl Encoder {
             base,
             parts,
             endpoints,
-            recipes: Arc::new(recipes),
+            recipes: self.share_recipes(Arc::new(recipes)),
         })
     }
 }

@@ -285,15 +285,13 @@ impl<'v, 'a> Ctx<'v, 'a> {
                     service_name: name.clone(),
                 });
                 let selector = subset.map(|s| &s.labels);
-                endpoints.push(load_assignment(name, &w.port.endpoints, selector));
+                endpoints.push(load_assignment(name, &w.port.endpoints, |labels| {
+                    selector.is_none_or(|sel| labels_match(sel, labels))
+                }));
                 recipes
                     .entry(w.svc.fqdn.clone())
                     .or_default()
-                    .push(EdsRecipe {
-                        cluster: name.clone(),
-                        port: w.port.port,
-                        selector: selector.cloned(),
-                    });
+                    .push(EdsRecipe::new(name, w.port.port, selector));
                 c
             };
             c.connect_timeout = tcp
@@ -336,15 +334,15 @@ impl<'v, 'a> Ctx<'v, 'a> {
     }
 }
 
-/// The endpoints of an EDS cluster: the port's ready endpoints the subset's labels select.
+/// The endpoints of an EDS cluster: the port's ready endpoints whose labels the subset selects.
 pub fn load_assignment(
     cluster: &str,
     endpoints: &[Ep],
-    selector: Option<&Labels>,
+    selects: impl Fn(&Labels) -> bool,
 ) -> ClusterLoadAssignment {
     let lb_endpoints: Vec<LbEndpoint> = endpoints
         .iter()
-        .filter(|e| selector.is_none_or(|sel| labels_match(sel, &e.labels)))
+        .filter(|e| selects(&e.labels))
         .map(|e| LbEndpoint::new(SocketAddr::new(e.ip, e.port)))
         .collect();
     ClusterLoadAssignment {

@@ -349,27 +349,42 @@ struct Wanted<'v> {
 
 /// How to recompute the endpoints of one EDS cluster when only its service's endpoints change
 /// (see [`crate::renderer`]): the cluster, the service port and the subset's labels.
+/// Kept for every EDS cluster of every namespace, so it is compact: the subset's labels as an
+/// exactly-sized list rather than a map (a `BTreeMap` node is ~0.5 KiB even for one label).
 #[derive(Clone, Debug, PartialEq)]
 pub struct EdsRecipe {
     pub cluster: String,
     pub port: u16,
     /// The subset's labels (`None`: every endpoint).
-    pub selector: Option<Labels>,
+    pub selector: Option<Box<[(String, String)]>>,
 }
 
 impl EdsRecipe {
+    pub fn new(cluster: &str, port: u16, selector: Option<&Labels>) -> Self {
+        EdsRecipe {
+            cluster: cluster.to_string(),
+            port,
+            selector: selector.map(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        }
+    }
+
     /// The cluster's endpoints from its service as it is now (`None`: the service is gone).
     pub fn assignment(&self, svc: Option<&Svc>) -> ClusterLoadAssignment {
         let endpoints = svc
             .and_then(|s| s.port(self.port))
             .map(|p| p.endpoints.as_slice())
             .unwrap_or_default();
-        clusters::load_assignment(&self.cluster, endpoints, self.selector.as_ref())
+        clusters::load_assignment(&self.cluster, endpoints, |labels| {
+            self.selector
+                .iter()
+                .flat_map(|s| s.iter())
+                .all(|(k, v)| labels.get(k) == Some(v))
+        })
     }
 }
 
 /// EDS recipes of a scope's clusters, by service FQDN.
-pub type EdsRecipes = HashMap<String, Vec<EdsRecipe>>;
+pub type EdsRecipes = BTreeMap<String, Vec<EdsRecipe>>;
 
 /// Renders one scope (its `versionInfo` is the content hash).
 pub fn render_view(view: &MeshView<'_>, scope: &Scope) -> ProxyConfig {
