@@ -121,6 +121,18 @@ impl State {
     /// Applies one message; returns true when this message completed the initial sync.
     pub fn handle(&mut self, msg: Msg, now: Instant) -> bool {
         let was = self.synced();
+        // A namespace that goes away or appears (again) has no reader Role of ours yet.
+        match &msg {
+            Msg::Index(Kind::Namespace, WatchEvent::Delete(_, key)) => {
+                self.rbac_stale.insert(key.name.clone());
+            }
+            Msg::Index(Kind::Namespace, WatchEvent::Apply(Object::Namespace { name, .. }))
+                if !self.index.namespaces.contains_key(name) =>
+            {
+                self.rbac_stale.insert(name.clone());
+            }
+            _ => {}
+        }
         let affects = match msg {
             Msg::Index(kind, ev) => match ev {
                 WatchEvent::Apply(o) => self.index.apply(o),
@@ -1129,6 +1141,34 @@ mod tests {
         let batch = due(&mut state);
         writer.flush(&mut state, batch).await;
         assert_eq!(role_patches(&log), 2, "the Role is applied again");
+        // That apply can reach the old namespace while it terminates (a patch of the Role that
+        // still exists succeeds), and the namespace controller deletes the Role after it. So
+        // the namespace's own delete and create events mark its RBAC for applying again too.
+        let labels = state.index.namespaces["default"].clone();
+        state.handle(
+            Msg::Index(
+                Kind::Namespace,
+                WatchEvent::Delete(Kind::Namespace, ObjKey::new("", "default")),
+            ),
+            Instant::now(),
+        );
+        state.handle(
+            Msg::Index(
+                Kind::Namespace,
+                WatchEvent::Apply(Object::Namespace {
+                    name: "default".into(),
+                    labels,
+                }),
+            ),
+            Instant::now(),
+        );
+        let batch = due(&mut state);
+        writer.flush(&mut state, batch).await;
+        assert_eq!(
+            role_patches(&log),
+            3,
+            "the recreated namespace gets the Role"
+        );
     }
 
     #[tokio::test]
