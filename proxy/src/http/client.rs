@@ -4,9 +4,10 @@
 
 use crate::http::UpstreamError;
 use crate::http::body::{ProxyBody, boxed};
+use crate::http::drive::ConnExecutor;
 use http::{Request, Response, Uri, Version};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -170,7 +171,7 @@ impl EndpointClient {
         connect_timeout: Duration,
         dialer: Option<Dialer>,
     ) -> Self {
-        let mut b = Client::builder(TokioExecutor::new());
+        let mut b = Client::builder(ConnExecutor::default());
         b.pool_idle_timeout(Duration::from_secs(60))
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())

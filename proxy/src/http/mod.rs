@@ -18,6 +18,7 @@
 
 pub mod body;
 pub mod client;
+pub mod drive;
 pub mod handler;
 pub mod hash;
 pub mod headers;

@@ -2,6 +2,7 @@
 //! chunked bodies and upgrades, or h2c with prior knowledge) and routes every request.
 
 use crate::http::body::{BodyEnd, ObservedBody, ProxyBody, ReplayLog, boxed, empty, full};
+use crate::http::drive::{BatchIo, ConnExecutor, Driven, Queue};
 use crate::http::headers;
 use crate::http::route::{
     AbortWith, Action, AttemptFailure, CompiledRoute, ForwardAction, RequestView, RouteTable,
@@ -15,7 +16,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustmesh_xds::listener::HttpConnectionManager;
 use std::convert::Infallible;
@@ -67,7 +68,12 @@ where
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(handle(conn, req).await) }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/2 streams run in this connection's task, and what a turn of it writes goes out in
+    // one system call (`drive`).
+    let queue = Arc::new(Queue::default());
+    let io = BatchIo::new(io);
+    let flush = io.flusher();
+    let mut builder = auto::Builder::new(ConnExecutor::for_connection(queue.clone()));
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -81,15 +87,18 @@ where
         .max_header_list_size(u32::try_from(settings.max_request_headers_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(settings.max_concurrent_streams);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    tokio::pin!(drain);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = &mut drain => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let main = async move {
+        tokio::pin!(conn);
+        tokio::pin!(drain);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            () = &mut drain => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
         }
     };
+    let result = Driven::new(main, queue, Some(flush), false).await;
     result.map_err(|source| ConnectionError { peer, source })
 }
 
