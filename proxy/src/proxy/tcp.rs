@@ -5,7 +5,11 @@
 //! shut down and the opposite direction carries on until it ends too. `idleTimeout` (default
 //! one hour, `0s` for none) closes a connection with no bytes either way for that long. Bytes
 //! count into the listener's (`downstream_cx_rx/tx_bytes`) and the cluster's
-//! (`upstream_cx_rx/tx_bytes`) counters as they flow. Each direction has one fixed 16 KiB buffer.
+//! (`upstream_cx_rx/tx_bytes`) counters as they flow.
+//!
+//! Each direction has one buffer of 16 KiB that doubles, up to 256 KiB, while reads fill it
+//! (bulk transfers: one read takes all the socket has, one write passes it on, instead of a
+//! read and a write per 16 KiB), and goes back to 16 KiB when a read brings less than that.
 
 use std::io;
 use std::pin::Pin;
@@ -25,8 +29,11 @@ use crate::snapshot::{CompiledListener, Snapshot};
 use crate::socket::{ClientAddr, OrigDstAddr};
 use crate::stats::Refusal;
 
-/// Size of each direction's copy buffer.
+/// Size of each direction's copy buffer to start with, and after a small read.
 pub const BUFFER_SIZE: usize = 16 * 1024;
+
+/// Largest size a direction's buffer grows to while reads fill it.
+pub const MAX_BUFFER_SIZE: usize = 256 * 1024;
 
 /// How a proxied connection ended, and the bytes it carried.
 #[derive(Debug, PartialEq, Eq)]
@@ -180,8 +187,7 @@ where
         activity: &activity,
         start,
     };
-    let copying =
-        tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, BUFFER_SIZE, BUFFER_SIZE);
+    let copying = bidirectional(&mut a, &mut b);
     let why = match idle {
         None => reason(copying.await),
         Some(idle) => {
@@ -208,11 +214,118 @@ where
     }
 }
 
-fn reason(result: io::Result<(u64, u64)>) -> EndReason {
+fn reason(result: io::Result<()>) -> EndReason {
     match result {
-        Ok(_) => EndReason::Closed,
+        Ok(()) => EndReason::Closed,
         Err(e) => EndReason::Error(e.to_string()),
     }
+}
+
+/// One direction of [`bidirectional`]: bytes read and not yet written are `buf[start..end]`.
+struct Direction {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The reader reached EOF.
+    read_done: bool,
+    /// Bytes were written since the last flush.
+    need_flush: bool,
+    /// The writer was shut down after EOF (the direction is done).
+    done: bool,
+}
+
+impl Direction {
+    fn new() -> Self {
+        Direction {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            read_done: false,
+            need_flush: false,
+            done: false,
+        }
+    }
+
+    /// Copies from `r` to `w` until `r`'s EOF has been passed on (`w` shut down).
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut r: Pin<&mut R>,
+        mut w: Pin<&mut W>,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            if self.start == self.end && !self.read_done {
+                if self.buf.is_empty() {
+                    self.buf = vec![0; BUFFER_SIZE];
+                }
+                let mut rb = ReadBuf::new(&mut self.buf);
+                match r.as_mut().poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        self.start = 0;
+                        self.end = n;
+                        if n == 0 {
+                            self.read_done = true;
+                        } else if n == self.buf.len() && n < MAX_BUFFER_SIZE {
+                            // More is probably waiting: take it in one read next time.
+                            self.buf.resize(n * 2, 0);
+                        } else if n < BUFFER_SIZE && self.buf.len() > BUFFER_SIZE {
+                            self.buf.truncate(BUFFER_SIZE);
+                            self.buf.shrink_to_fit();
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        if self.need_flush {
+                            std::task::ready!(w.as_mut().poll_flush(cx))?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
+            while self.start < self.end {
+                let n =
+                    std::task::ready!(w.as_mut().poll_write(cx, &self.buf[self.start..self.end]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.start += n;
+                self.need_flush = true;
+            }
+            if self.read_done {
+                std::task::ready!(w.as_mut().poll_shutdown(cx))?;
+                self.done = true;
+                self.buf = Vec::new();
+            }
+        }
+    }
+}
+
+/// Copies `a` to `b` and `b` to `a` until both directions reached EOF (each passed on as a
+/// shutdown of the other side's write half) or one fails.
+async fn bidirectional<A, B>(a: &mut A, b: &mut B) -> io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let (mut a_to_b, mut b_to_a) = (Direction::new(), Direction::new());
+    std::future::poll_fn(|cx| {
+        let ab = a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b))?;
+        let ba = b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))?;
+        match (ab, ba) {
+            (Poll::Ready(()), Poll::Ready(())) => Poll::Ready(Ok(())),
+            _ => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// A stream that counts its bytes and notes when they moved.
@@ -329,6 +442,58 @@ mod tests {
             c.iter().map(Counter::get).collect::<Vec<_>>(),
             [7, 15, 15, 7]
         );
+    }
+
+    #[tokio::test]
+    async fn bulk_bytes_arrive_whole_and_in_order_as_the_buffers_grow_and_shrink() {
+        let (mut client, mut proxy_down) = tokio::io::duplex(1 << 20);
+        let (mut proxy_up, mut server) = tokio::io::duplex(1 << 20);
+        let c = counters();
+        let proxying = async {
+            copy(
+                &mut proxy_down,
+                &mut proxy_up,
+                Counters {
+                    down_rx: &c[0],
+                    down_tx: &c[1],
+                    up_rx: &c[2],
+                    up_tx: &c[3],
+                },
+                None,
+            )
+            .await
+        };
+        // 3 MiB in writes of 1 MiB (reads fill the buffer: it grows), then small ones.
+        let data: Vec<u8> = (0..3 * 1024 * 1024 + 7).map(|i| (i % 251) as u8).collect();
+        let talking = async {
+            let writing = async {
+                for chunk in data.chunks(1 << 20) {
+                    client.write_all(chunk).await.unwrap();
+                }
+                for i in 0..100u8 {
+                    client.write_all(&[i; 10]).await.unwrap();
+                }
+                client.shutdown().await.unwrap();
+            };
+            let reading = async {
+                let mut got = Vec::new();
+                server.read_to_end(&mut got).await.unwrap();
+                got
+            };
+            let ((), got) = tokio::join!(writing, reading);
+            assert_eq!(got.len(), data.len() + 1000);
+            assert!(got[..data.len()] == data[..], "bulk bytes changed");
+            assert!(
+                got[data.len()..]
+                    .chunks(10)
+                    .enumerate()
+                    .all(|(i, c)| c == [i as u8; 10])
+            );
+            server.shutdown().await.unwrap();
+        };
+        let (ended, ()) = tokio::join!(proxying, talking);
+        assert_eq!(ended.reason, EndReason::Closed);
+        assert_eq!((ended.sent, ended.received), (data.len() as u64 + 1000, 0));
     }
 
     #[tokio::test(start_paused = true)]
