@@ -14,7 +14,7 @@ use crate::metrics::{DestinationService, Peers, Reporter, RequestHandles, Reques
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, LOCATION, SET_COOKIE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -187,7 +187,13 @@ fn grpc_reply(code: u32, message: &str) -> Response<ProxyBody> {
 
 /// The size of a request head: request line and `name: value` header lines.
 fn head_size<B>(req: &Request<B>) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 11;
+    let uri = req.uri();
+    // The length of the URI as written (`Display`), without writing it.
+    let uri_len = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path().len()
+        + uri.query().map_or(0, |q| q.len() + 1);
+    let line = req.method().as_str().len() + uri_len + 11;
     req.headers()
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
@@ -255,31 +261,50 @@ async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyBo
     let scheme = req.uri().scheme_str().unwrap_or("http").to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
-    let request_id = match header_str(req.headers(), "x-request-id") {
-        Some(id) if !id.is_empty() => id,
-        _ => {
-            let id = ctx.rng.uuid();
-            if let Ok(v) = HeaderValue::from_str(&id) {
-                req.headers_mut().insert("x-request-id", v);
-            }
-            id
+    // What only the access log reads is copied only when it is on.
+    let log = conn.access_log;
+    let has_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|id| !id.is_empty());
+    let request_id = if has_id {
+        let id = log.then(|| header_str(req.headers(), "x-request-id"));
+        id.flatten().unwrap_or_default()
+    } else {
+        let id = ctx.rng.uuid();
+        let kept = if log { id.clone() } else { String::new() };
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(id)) {
+            req.headers_mut().insert("x-request-id", v);
         }
+        kept
     };
     let mut ex = Exchange {
         start: Instant::now(),
         wall_start: SystemTime::now(),
         method: req.method().clone(),
-        path: req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| path.clone()),
+        path: if log {
+            req.uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| path.clone())
+        } else {
+            String::new()
+        },
         version: req.version(),
-        authority: authority.clone(),
+        authority: if log {
+            authority.clone()
+        } else {
+            String::new()
+        },
         grpc: is_grpc(req.headers()),
         request_id,
-        user_agent: header_str(req.headers(), "user-agent"),
-        forwarded_for: header_str(req.headers(), "x-forwarded-for"),
+        user_agent: log
+            .then(|| header_str(req.headers(), "user-agent"))
+            .flatten(),
+        forwarded_for: log
+            .then(|| header_str(req.headers(), "x-forwarded-for"))
+            .flatten(),
         route_name: None,
         cluster: None,
         upstream_host: None,
@@ -308,7 +333,9 @@ async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyBo
         return conn.finish(ex, local_reply(404, "", grpc));
     };
     let route = m.route;
-    ex.route_name = route.name.clone();
+    if log {
+        ex.route_name = route.name.clone();
+    }
     // Choose the cluster first, so faults and local replies are counted against it too.
     let chosen = match &route.action {
         Action::Forward(fwd) => {
@@ -400,6 +427,17 @@ struct Head {
 }
 
 impl Head {
+    /// The request for the only attempt (no copy of the headers).
+    fn into_request(self, body: ProxyBody) -> Request<ProxyBody> {
+        let mut r = Request::new(body);
+        *r.method_mut() = self.method;
+        *r.uri_mut() = self.uri;
+        *r.version_mut() = self.version;
+        *r.headers_mut() = self.headers;
+        r.extensions_mut().insert(self.info);
+        r
+    }
+
     fn request(&self, body: ProxyBody) -> Request<ProxyBody> {
         let mut r = Request::new(body);
         *r.method_mut() = self.method.clone();
@@ -509,21 +547,27 @@ async fn forward(
         .as_ref()
         .filter(|r| r.num_retries > 0 && !t.upgrade);
     let replay = retry.is_some() || !fwd.mirrors.is_empty();
-    let log = ReplayLog::new(
-        boxed(body),
-        if replay && !t.upgrade {
-            ctx.settings.retry_buffer_bytes
-        } else {
-            0
-        },
-    );
-    ex.request_body = Some(log.clone());
+    // A request without a body that is sent once needs no log.
+    let log = (replay || !body.is_end_stream()).then(|| {
+        ReplayLog::new(
+            boxed(body),
+            if replay && !t.upgrade {
+                ctx.settings.retry_buffer_bytes
+            } else {
+                0
+            },
+        )
+    });
+    ex.request_body = log.clone();
 
-    if !t.upgrade {
+    if !t.upgrade
+        && let Some(log) = &log
+    {
         for mirror in route::decide_mirrors(&fwd.mirrors, &ctx.rng) {
-            spawn_mirror(conn, mirror, &head, &log, hashed.hash, fwd.timeout);
+            spawn_mirror(conn, mirror, &head, log, hashed.hash, fwd.timeout);
         }
     }
+    let mut head = Some(head);
 
     let deadline = fwd.timeout.map(|d| Instant::now() + d);
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -531,7 +575,11 @@ async fn forward(
     let upstream_start = Instant::now();
     let (result, endpoint) = loop {
         attempt += 1;
-        let mut req = head.request(boxed(log.reader()));
+        let body = log.as_ref().map_or_else(empty, |l| boxed(l.reader()));
+        let mut req = match retry {
+            None => head.take().expect("one attempt").into_request(body),
+            Some(_) => head.as_ref().expect("kept for retries").request(body),
+        };
         if t.include_attempt_count {
             req.headers_mut()
                 .insert("x-envoy-attempt-count", HeaderValue::from(attempt));
@@ -564,7 +612,9 @@ async fn forward(
             }
             Attempt::PerTryTimeout => AttemptFailure::PerTryTimeout,
             Attempt::Done(Ok(r)) => {
-                tried.push(r.endpoint);
+                if retry.is_some() {
+                    tried.push(r.endpoint);
+                }
                 AttemptFailure::Status {
                     status: r.response.status().as_u16(),
                     grpc_status: r
@@ -576,7 +626,9 @@ async fn forward(
                 }
             }
             Attempt::Done(Err(e)) => {
-                if let Some(ep) = e.endpoint() {
+                if let Some(ep) = e.endpoint()
+                    && retry.is_some()
+                {
                     tried.push(ep);
                 }
                 match e {
@@ -591,12 +643,13 @@ async fn forward(
                 }
             }
         };
-        if log.downstream_error().is_some() {
+        if log.as_ref().is_some_and(|l| l.downstream_error().is_some()) {
             ex.flags.push("DPE");
             return local_reply(400, "downstream protocol error", grpc);
         }
         let wanted = retry.is_some_and(|r| r.should_retry(failure));
-        let budget = retry.is_some_and(|r| attempt <= r.num_retries) && log.replayable();
+        let budget = retry.is_some_and(|r| attempt <= r.num_retries)
+            && log.as_ref().is_none_or(|l| l.replayable());
         if wanted && budget {
             let r = retry.expect("wanted implies a policy");
             let mut pause = r.backoff(attempt, &ctx.rng);
