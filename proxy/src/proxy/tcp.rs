@@ -7,18 +7,22 @@
 //! count into the listener's (`downstream_cx_rx/tx_bytes`) and the cluster's
 //! (`upstream_cx_rx/tx_bytes`) counters as they flow.
 //!
-//! Each direction has one buffer of 16 KiB that doubles, up to 256 KiB, while reads fill it
-//! (bulk transfers: one read takes all the socket has, one write passes it on, instead of a
-//! read and a write per 16 KiB), and goes back to 16 KiB when a read brings less than that.
+//! Between two TCP sockets (the sidecar's case) bytes move with `splice(2)` through a pipe per
+//! direction (up to 256 KiB at a time), never through user space; without pipes (out of
+//! descriptors) and for other streams, each direction has one buffer of 16 KiB that doubles, up
+//! to 256 KiB, while reads fill it (bulk transfers: one read takes all the socket has, one write
+//! passes it on), and goes back to 16 KiB when a read brings less than that.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, splice};
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -122,7 +126,7 @@ pub async fn proxy(shared: &Shared, conn: Conn<'_>, route: &TcpRoute, mut downst
     let (mut up, target, _active) = upstream.into_parts();
     let _load = target.endpoint.as_ref().map(|e| e.hold());
     let _ = downstream.set_nodelay(true);
-    let ended = copy(
+    let ended = copy_tcp(
         &mut downstream,
         &mut up,
         Counters {
@@ -187,8 +191,22 @@ where
         activity: &activity,
         start,
     };
-    let copying = bidirectional(&mut a, &mut b);
-    let why = match idle {
+    let why = watch_idle(bidirectional(&mut a, &mut b), &activity, start, idle).await;
+    Ended {
+        reason: why,
+        sent: sent.load(Ordering::Relaxed),
+        received: received.load(Ordering::Relaxed),
+    }
+}
+
+/// Runs `copying` until it ends, or until `activity` (ms since `start`) is `idle` old.
+async fn watch_idle(
+    copying: impl std::future::Future<Output = io::Result<()>>,
+    activity: &AtomicU64,
+    start: Instant,
+    idle: Option<Duration>,
+) -> EndReason {
+    match idle {
         None => reason(copying.await),
         Some(idle) => {
             let watchdog = async {
@@ -206,11 +224,124 @@ where
                 () = watchdog => EndReason::Idle,
             }
         }
+    }
+}
+
+/// Capacity asked for each direction's pipe in [`copy_tcp`].
+const PIPE_SIZE: usize = 256 * 1024;
+
+/// A pipe for `splice(2)`: bytes move from one socket into it and on to the other socket as
+/// page references, without a copy into or out of user space.
+struct Pipe {
+    r: OwnedFd,
+    w: OwnedFd,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Self> {
+        let (r, w) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+        // Best effort: the default is 64 KiB.
+        let _ = nix::fcntl::fcntl(&w, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32));
+        Ok(Pipe { r, w })
+    }
+}
+
+/// One direction's counters in [`copy_tcp`].
+struct Way<'a> {
+    rx: &'a Counter,
+    tx: &'a Counter,
+    total: &'a AtomicU64,
+    activity: &'a AtomicU64,
+    start: Instant,
+}
+
+impl Way<'_> {
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.activity.store(ms, Ordering::Relaxed);
+    }
+}
+
+/// [`copy`] for two TCP sockets, moving the bytes with `splice(2)` through a pipe per
+/// direction; falls back to [`copy`] when the pipes cannot be made (e.g. out of descriptors).
+pub async fn copy_tcp(
+    a: &mut TcpStream,
+    b: &mut TcpStream,
+    counters: Counters<'_>,
+    idle: Option<Duration>,
+) -> Ended {
+    let (Ok(ab), Ok(ba)) = (Pipe::new(), Pipe::new()) else {
+        return copy(a, b, counters, idle).await;
     };
+    let start = Instant::now();
+    let activity = AtomicU64::new(0);
+    let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
+    let (a, b) = (&*a, &*b);
+    let a_to_b = Way {
+        rx: counters.down_rx,
+        tx: counters.up_tx,
+        total: &sent,
+        activity: &activity,
+        start,
+    };
+    let b_to_a = Way {
+        rx: counters.up_rx,
+        tx: counters.down_tx,
+        total: &received,
+        activity: &activity,
+        start,
+    };
+    let copying = async {
+        tokio::try_join!(
+            splice_one_way(a, b, &ab, a_to_b),
+            splice_one_way(b, a, &ba, b_to_a)
+        )
+        .map(|_| ())
+    };
+    let why = watch_idle(copying, &activity, start, idle).await;
     Ended {
         reason: why,
         sent: sent.load(Ordering::Relaxed),
         received: received.load(Ordering::Relaxed),
+    }
+}
+
+/// Moves bytes from `from` to `to` through `pipe` until `from`'s EOF, then shuts down `to`'s
+/// write half. The pipe is emptied before it is filled again, so `EAGAIN` always means a socket
+/// is not ready.
+async fn splice_one_way(
+    from: &TcpStream,
+    to: &TcpStream,
+    pipe: &Pipe,
+    way: Way<'_>,
+) -> io::Result<()> {
+    let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
+    loop {
+        let n = from
+            .async_io(Interest::READABLE, || {
+                splice(from, None, &pipe.w, None, PIPE_SIZE, flags).map_err(io::Error::from)
+            })
+            .await?;
+        if n == 0 {
+            return socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+        }
+        way.rx.inc_by(n as u64);
+        way.total.fetch_add(n as u64, Ordering::Relaxed);
+        way.touch();
+        let mut left = n;
+        while left > 0 {
+            let m = to
+                .async_io(Interest::WRITABLE, || {
+                    splice(&pipe.r, None, to, None, left, flags).map_err(io::Error::from)
+                })
+                .await?;
+            if m == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            left -= m;
+            way.tx.inc_by(m as u64);
+            way.touch();
+        }
     }
 }
 
@@ -494,6 +625,72 @@ mod tests {
         let (ended, ()) = tokio::join!(proxying, talking);
         assert_eq!(ended.reason, EndReason::Closed);
         assert_eq!((ended.sent, ended.received), (data.len() as u64 + 1000, 0));
+    }
+
+    /// A connected pair of loopback TCP sockets.
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+        (c.unwrap(), s.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn splice_relay_keeps_bytes_order_half_close_and_counts() {
+        let (mut client, mut proxy_down) = tcp_pair().await;
+        let (mut proxy_up, mut server) = tcp_pair().await;
+        let c = counters();
+        let proxying = async {
+            copy_tcp(
+                &mut proxy_down,
+                &mut proxy_up,
+                Counters {
+                    down_rx: &c[0],
+                    down_tx: &c[1],
+                    up_rx: &c[2],
+                    up_tx: &c[3],
+                },
+                Some(Duration::from_secs(60)),
+            )
+            .await
+        };
+        let data: Vec<u8> = (0..5 * 1024 * 1024 + 3).map(|i| (i % 253) as u8).collect();
+        let talking = async {
+            let (mut cr, mut cw) = client.split();
+            let writing = async {
+                cw.write_all(&data).await.unwrap();
+                cw.shutdown().await.unwrap();
+            };
+            let serving = async {
+                // The server reads to EOF, and only then answers: the answer must still arrive.
+                let mut got = Vec::new();
+                server.read_to_end(&mut got).await.unwrap();
+                assert!(got == data, "bytes changed on the way");
+                server.write_all(b"reply after EOF").await.unwrap();
+                server.shutdown().await.unwrap();
+            };
+            let reading = async {
+                let mut reply = Vec::new();
+                cr.read_to_end(&mut reply).await.unwrap();
+                reply
+            };
+            let ((), (), reply) = tokio::join!(writing, serving, reading);
+            assert_eq!(reply, b"reply after EOF");
+        };
+        let (ended, ()) = tokio::join!(proxying, talking);
+        let n = data.len() as u64;
+        assert_eq!(
+            ended,
+            Ended {
+                reason: EndReason::Closed,
+                sent: n,
+                received: 15
+            }
+        );
+        assert_eq!(
+            c.iter().map(Counter::get).collect::<Vec<_>>(),
+            [n, 15, 15, n]
+        );
     }
 
     #[tokio::test(start_paused = true)]
