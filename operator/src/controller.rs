@@ -412,6 +412,12 @@ fn streams(client: &Client, slices: bool) -> SelectAll<BoxStream<'static, Msg>> 
     all
 }
 
+/// Whether a write was refused because its namespace is being deleted (retrying is pointless:
+/// the namespace's delete event follows).
+fn namespace_terminating(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 403 && s.message.contains("because it is being terminated"))
+}
+
 /// Performs the writes of a batch.
 struct Writer {
     client: Client,
@@ -472,6 +478,11 @@ impl Writer {
                     Ok(()) => {
                         self.rbac_done.insert(ns.clone());
                     }
+                    Err(e) if namespace_terminating(&e) => {
+                        // Its delete event follows; a namespace created again under the same
+                        // name is a new one, rendered (and given a Role) from its create event.
+                        tracing::debug!(namespace = %ns, "namespace terminating: reader Role not applied, not retried");
+                    }
                     Err(e) => {
                         tracing::warn!(namespace = %ns, error = %e, "applying the reader Role failed; retrying");
                         self.metrics.error("rbac");
@@ -507,6 +518,10 @@ impl Writer {
                     self.metrics.reconcile("written");
                     wrote = true;
                 }
+                Err(e) if namespace_terminating(&e) => {
+                    tracing::debug!(namespace = %ns, "namespace terminating: ConfigMap not written, not retried");
+                    self.metrics.reconcile("skipped");
+                }
                 Err(e) => {
                     tracing::warn!(namespace = %ns, error = %e, "applying the ConfigMap failed; retrying in 2 s");
                     self.metrics.error("apply");
@@ -519,7 +534,7 @@ impl Writer {
                 }
             }
         }
-        if wrote && let Some(since) = batch.since {
+        if wrote && let Some(since) = batch.changed_at {
             self.metrics
                 .change_to_write_seconds
                 .observe(since.elapsed().as_secs_f64());
@@ -1169,6 +1184,29 @@ mod tests {
             3,
             "the recreated namespace gets the Role"
         );
+    }
+
+    #[test]
+    fn writes_into_a_terminating_namespace_are_recognised() {
+        let api = |code, message: &str| {
+            kube::Error::Api(
+                kube::core::Status::failure(message, "Forbidden")
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        assert!(namespace_terminating(&api(
+            403,
+            "configmaps \"rustmesh-proxy-config\" is forbidden: unable to create new content in namespace shop because it is being terminated"
+        )));
+        assert!(!namespace_terminating(&api(
+            403,
+            "configmaps is forbidden: User cannot create resource"
+        )));
+        assert!(!namespace_terminating(&api(
+            500,
+            "because it is being terminated"
+        )));
     }
 
     #[tokio::test]

@@ -11,8 +11,11 @@ use std::time::{Duration, Instant};
 pub struct Batch {
     pub namespaces: BTreeSet<String>,
     pub statuses: bool,
-    /// When the first change of the batch arrived (for the change→write latency metric).
+    /// When the batch started (its first note; a retry may be noted in the future).
     pub since: Option<Instant>,
+    /// When the first watched change of the batch arrived, for the change→write latency metric
+    /// (`None`: only retries and full re-checks, which no watched change caused).
+    pub changed_at: Option<Instant>,
     /// When every change of the batch was an Endpoints change: those services (the batch may
     /// then be rendered incrementally, [`crate::renderer`]).
     pub endpoints_only: Option<BTreeSet<ObjKey>>,
@@ -37,23 +40,35 @@ impl Debouncer {
         }
     }
 
-    /// Records a change that needs a full render of the namespaces.
+    /// Records work that needs a full render of the namespaces and that no watched change
+    /// caused (a retry, possibly due in the future; a full re-check).
     pub fn note(
         &mut self,
         namespaces: impl IntoIterator<Item = String>,
         statuses: bool,
         now: Instant,
     ) {
-        self.note_change(namespaces, statuses, None, now);
+        self.add(namespaces, statuses, None, now, false);
     }
 
-    /// Records a change; `endpoints_only`: it was only the Endpoints of these services.
+    /// Records a watched change; `endpoints_only`: it was only the Endpoints of these services.
     pub fn note_change(
         &mut self,
         namespaces: impl IntoIterator<Item = String>,
         statuses: bool,
         endpoints_only: Option<BTreeSet<ObjKey>>,
         now: Instant,
+    ) {
+        self.add(namespaces, statuses, endpoints_only, now, true);
+    }
+
+    fn add(
+        &mut self,
+        namespaces: impl IntoIterator<Item = String>,
+        statuses: bool,
+        endpoints_only: Option<BTreeSet<ObjKey>>,
+        now: Instant,
+        watched: bool,
     ) {
         let before = self.batch.namespaces.len();
         self.batch.namespaces.extend(namespaces);
@@ -73,6 +88,9 @@ impl Debouncer {
             _ => None,
         };
         self.batch.since.get_or_insert(now);
+        if watched {
+            self.batch.changed_at = Some(self.batch.changed_at.map_or(now, |t| t.min(now)));
+        }
         self.last = Some(now);
     }
 
@@ -150,7 +168,13 @@ mod tests {
         let mut d = Debouncer::new(ms(100), ms(1000));
         d.note(ns(&["a"]), false, t0 + ms(2000));
         assert_eq!(d.take_due(t0 + ms(1000)), None);
-        assert!(d.take_due(t0 + ms(2100)).is_some());
+        let b = d.take_due(t0 + ms(2100)).unwrap();
+        assert_eq!(b.changed_at, None, "a retry is no watched change");
+        // A watched change flushed with a retry keeps its own time for the latency metric.
+        d.note(ns(&["a"]), false, t0 + ms(4000));
+        d.note_change(ns(&["b"]), false, None, t0 + ms(3000));
+        let b = d.take_due(t0 + ms(4100)).unwrap();
+        assert_eq!(b.changed_at, Some(t0 + ms(3000)));
     }
 
     #[test]
