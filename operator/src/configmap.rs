@@ -27,6 +27,7 @@ use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject
 use kube::core::ObjectMeta;
 use rustmesh_xds::ProxyConfig;
 use rustmesh_xds::cluster::ClusterLoadAssignment;
+use rustmesh_xds::fnv::{self, OFFSET as FNV_OFFSET};
 use rustmesh_xds::scope::{
     EndpointPart, SCOPE_INDEX_KEY, ScopeIndex, ScopeParts, endpoint_part_count, endpoint_part_key,
     endpoint_part_of,
@@ -46,23 +47,12 @@ pub const MAX_PAYLOAD_BYTES: usize = 1_000_000;
 /// Label put on everything the operator writes.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", OPERATOR_FIELD_MANAGER);
 
-/// FNV-1a, 64 bits: stable across builds and platforms (unlike `DefaultHasher`).
-fn fnv1a(bytes: impl IntoIterator<Item = u8>, mut h: u64) -> u64 {
-    for b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-
 /// Hash of a configuration's content (its `versionInfo` excluded), as 16 hex digits.
 pub fn content_hash(config: &ProxyConfig) -> String {
     let mut c = config.clone();
     c.version_info.clear();
     let json = serde_json::to_vec(&c).expect("configuration always serialises");
-    format!("{:016x}", fnv1a(json, FNV_OFFSET))
+    format!("{:016x}", fnv::extend(FNV_OFFSET, json))
 }
 
 /// gzip of bytes (deterministic: no timestamp, no file name in the header).
@@ -183,7 +173,7 @@ impl Encoder {
     }
 
     fn part(&mut self, key: String, json: &[u8]) -> Result<Part, Error> {
-        let hash = fnv1a(json.iter().copied(), FNV_OFFSET);
+        let hash = fnv::extend(FNV_OFFSET, json.iter().copied());
         let id = (hash, json.len());
         let gz = match self.known.get(&id) {
             Some(gz) => gz.clone(),
@@ -239,12 +229,12 @@ impl Encoder {
     fn share_recipes(&mut self, recipes: Arc<EdsRecipes>) -> Arc<EdsRecipes> {
         let mut h = FNV_OFFSET;
         for (host, list) in recipes.iter() {
-            h = fnv1a(host.bytes(), h);
+            h = fnv::extend(h, host.bytes());
             for r in list {
-                h = fnv1a(r.cluster.bytes(), h);
-                h = fnv1a(r.port.to_le_bytes(), h);
+                h = fnv::extend(h, r.cluster.bytes());
+                h = fnv::extend(h, r.port.to_le_bytes());
                 for (k, v) in r.selector.iter().flat_map(|s| s.iter()) {
-                    h = fnv1a(k.bytes().chain(v.bytes()), h);
+                    h = fnv::extend(h, k.bytes().chain(v.bytes()));
                 }
             }
         }
@@ -308,7 +298,7 @@ impl RenderedScope {
     pub fn version(&self) -> String {
         let mut h = FNV_OFFSET;
         for p in std::iter::once(&self.base).chain(&self.parts) {
-            h = fnv1a(p.hash.to_le_bytes(), h);
+            h = fnv::extend(h, p.hash.to_le_bytes());
         }
         format!("{h:016x}")
     }
@@ -468,11 +458,11 @@ fn content_hash_of<'a>(
         (b"b:", binary.into_iter().collect()),
     ] {
         for (k, v) in entries {
-            h = fnv1a(tag.iter().copied(), h);
-            h = fnv1a(k.bytes(), h);
-            h = fnv1a([0u8], h);
-            h = fnv1a(v.iter().copied(), h);
-            h = fnv1a([0u8], h);
+            h = fnv::extend(h, tag.iter().copied());
+            h = fnv::extend(h, k.bytes());
+            h = fnv::extend(h, [0u8]);
+            h = fnv::extend(h, v.iter().copied());
+            h = fnv::extend(h, [0u8]);
         }
     }
     format!("{h:016x}")
@@ -506,8 +496,13 @@ fn managed_meta(name: &str, namespace: &str) -> ObjectMeta {
 /// The ConfigMap to server-side apply (complete: apply owns every key it lists, and keys of
 /// scopes that disappeared are dropped because they are no longer listed).
 pub fn config_map(r: &RenderedNamespace) -> ConfigMap {
+    config_map_with_hash(r, r.hash())
+}
+
+/// [`config_map`] with `r.hash()` already computed (it reads every byte of the payload).
+pub fn config_map_with_hash(r: &RenderedNamespace, hash: String) -> ConfigMap {
     let mut metadata = managed_meta(PROXY_CONFIGMAP, &r.namespace);
-    metadata.annotations = Some([(CONFIG_HASH_ANNOTATION.to_string(), r.hash())].into());
+    metadata.annotations = Some([(CONFIG_HASH_ANNOTATION.to_string(), hash)].into());
     ConfigMap {
         metadata,
         data: Some(r.data()),

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod duration;
 pub mod error;
+pub mod fnv;
 pub mod listener;
 pub mod names;
 pub mod route;

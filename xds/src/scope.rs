@@ -118,12 +118,7 @@ pub fn endpoint_part_count(assignments: usize) -> usize {
 /// service share a part and an endpoint change of a service rewrites one part.
 pub fn endpoint_part_of(cluster_name: &str, parts: usize) -> usize {
     let host = cluster_name.rsplit('|').next().unwrap_or(cluster_name);
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in host.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (h % parts.max(1) as u64) as usize
+    (crate::fnv::hash(host.as_bytes()) % parts.max(1) as u64) as usize
 }
 
 /// One Sidecar with a workloadSelector and the key of its configuration.

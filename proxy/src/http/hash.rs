@@ -12,16 +12,6 @@ use rustmesh_xds::route::HashPolicy;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-/// FNV-1a, 64 bit: stable across runs and Rust versions (unlike `DefaultHasher`).
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 /// A 64-bit finaliser (murmur3's), to spread FNV's output over the ring.
 fn mix(mut x: u64) -> u64 {
     x ^= x >> 33;
@@ -32,7 +22,7 @@ fn mix(mut x: u64) -> u64 {
 }
 
 fn hash_str(s: &str) -> u64 {
-    mix(fnv1a(s.as_bytes()))
+    mix(rustmesh_xds::fnv::hash(s.as_bytes()))
 }
 
 /// A cookie the proxy must set on the response (hash policy with `ttl` and no cookie sent).
@@ -114,7 +104,10 @@ pub fn request_hash(
                 .map(|v| v.as_bytes())
                 .collect();
             if !values.is_empty() {
-                fold(mix(fnv1a(&values.join(&b","[..]))), &mut out);
+                fold(
+                    mix(rustmesh_xds::fnv::hash(&values.join(&b","[..]))),
+                    &mut out,
+                );
             }
         } else if let Some(c) = &p.cookie {
             match cookie_value(headers, &c.name) {
