@@ -9,7 +9,7 @@
 //! - a ConfigMap edited or deleted by hand is re-applied (the ConfigMaps are watched too and their
 //!   live content hash compared with the rendered one).
 
-use crate::configmap::{self, RenderedNamespace};
+use crate::configmap;
 use crate::debounce::{Batch, Debouncer};
 use crate::error::Error;
 use crate::index::{Affects, Index, Kind, MeshConfig, ObjKey, Object};
@@ -494,10 +494,10 @@ impl Writer {
                     }
                 }
             }
-            if rendered.payload_bytes() > configmap::MAX_PAYLOAD_BYTES {
+            let bytes = rendered.payload_bytes();
+            if bytes > configmap::MAX_PAYLOAD_BYTES {
                 let msg = format!(
-                    "the rendered configuration takes {} bytes, over the ConfigMap limit of {}; narrow the namespace's view with a Sidecar (egress hosts)",
-                    rendered.payload_bytes(),
+                    "the rendered configuration takes {bytes} bytes, over the ConfigMap limit of {}; narrow the namespace's view with a Sidecar (egress hosts)",
                     configmap::MAX_PAYLOAD_BYTES
                 );
                 tracing::error!(namespace = %ns, "{msg}");
@@ -511,9 +511,12 @@ impl Writer {
                 self.metrics.reconcile("unchanged");
                 continue;
             }
-            match self.apply_configmap(&rendered).await {
+            match self
+                .apply_configmap(configmap::config_map_with_hash(&rendered, hash.clone()))
+                .await
+            {
                 Ok(()) => {
-                    tracing::info!(namespace = %ns, hash = %hash, bytes = rendered.payload_bytes(), "ConfigMap applied");
+                    tracing::info!(namespace = %ns, hash = %hash, bytes, "ConfigMap applied");
                     state.live.insert(ns.clone(), hash);
                     self.metrics.reconcile("written");
                     wrote = true;
@@ -568,15 +571,14 @@ impl Writer {
         tracing::debug!(elapsed = ?started.elapsed(), "flush done");
     }
 
-    async fn apply_configmap(&self, r: &RenderedNamespace) -> Result<(), kube::Error> {
-        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &r.namespace);
-        api.patch(
-            PROXY_CONFIGMAP,
-            &Self::pp(),
-            &Patch::Apply(configmap::config_map(r)),
-        )
-        .await
-        .map(|_| ())
+    async fn apply_configmap(&self, cm: ConfigMap) -> Result<(), kube::Error> {
+        let api: Api<ConfigMap> = Api::namespaced(
+            self.client.clone(),
+            cm.metadata.namespace.as_deref().unwrap_or_default(),
+        );
+        api.patch(PROXY_CONFIGMAP, &Self::pp(), &Patch::Apply(cm))
+            .await
+            .map(|_| ())
     }
 
     async fn apply_rbac(&self, ns: &str) -> Result<(), kube::Error> {

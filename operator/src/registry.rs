@@ -98,16 +98,8 @@ impl Registry {
     pub fn build(index: &Index) -> Self {
         let mut services: Vec<Svc> = index
             .services
-            .iter()
-            .filter_map(|(key, svc)| {
-                convert(
-                    key,
-                    svc,
-                    index.endpoints.get(key),
-                    &index.pods,
-                    &index.mesh.domain_suffix,
-                )
-            })
+            .keys()
+            .filter_map(|key| Self::service(index, key))
             .collect();
         services.sort_by(|a, b| a.fqdn.cmp(&b.fqdn));
         let by_fqdn = services

@@ -61,18 +61,17 @@ impl Slices {
                 touched.push(service);
             }
         }
-        touched
-            .into_iter()
-            .map(|s| {
-                let e = self.endpoints(&s);
-                (s, e)
-            })
-            .collect()
+        self.with_endpoints(touched)
     }
 
     /// Removes a slice; returns the service it belonged to with its endpoints now.
     pub fn delete(&mut self, slice: &EndpointSlice) -> Vec<(ObjKey, Option<Endpoints>)> {
-        self.remove(&slice_key(slice))
+        let touched = self.remove(&slice_key(slice));
+        self.with_endpoints(touched)
+    }
+
+    fn with_endpoints(&self, services: Vec<ObjKey>) -> Vec<(ObjKey, Option<Endpoints>)> {
+        services
             .into_iter()
             .map(|s| {
                 let e = self.endpoints(&s);
