@@ -107,6 +107,10 @@ pub struct RunArgs {
     /// On SIGTERM, how long open connections may take to finish before the exit.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
     pub drain_timeout: Duration,
+    /// Worker threads (Istio's `concurrency`): 0 uses every core the process may run on; 1
+    /// serves everything from one thread, with no cross-thread scheduling at all.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub concurrency: usize,
 }
 
 impl RunArgs {
@@ -175,6 +179,7 @@ impl Default for RunArgs {
             retry_buffer_kb: 1024,
             max_concurrent_streams: 1024,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            concurrency: 0,
         }
     }
 }
@@ -237,7 +242,18 @@ async fn follow_dns(store: Arc<Store>, table: SharedTable) {
 
 /// Runs the sidecar until SIGTERM and the drain are done.
 pub fn run(args: &RunArgs) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let workers = match args.concurrency {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    let runtime = builder
         .enable_all()
         .thread_name("proxy")
         .build()

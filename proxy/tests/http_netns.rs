@@ -296,8 +296,9 @@ fn weighted_subsets_and_header_routes_through_two_sidecars() {
     let scratch = Scratch::new();
     let v1 = serve_http(&s1, PORT, "reviews-v1", Behavior::default());
     let v2 = serve_http(&s2, PORT, "reviews-v2", Behavior::default());
-    let _sc1 = start_sidecar(&s1, &scratch, &server_doc());
-    let _sc2 = start_sidecar(&s2, &scratch, &server_doc());
+    // The server sidecars serve from one thread (`--concurrency 1`), the client's from one per core.
+    let _sc1 = start_sidecar_with(&s1, &scratch, &server_doc(), &["--concurrency", "1"]);
+    let _sc2 = start_sidecar_with(&s2, &scratch, &server_doc(), &["--concurrency", "1"]);
     let c1 = format!("outbound|{PORT}|v1|{}", fqdn("reviews"));
     let c2 = format!("outbound|{PORT}|v2|{}", fqdn("reviews"));
     let vhost = json!({"name": format!("{}:{PORT}", fqdn("reviews")), "domains": domains("reviews"), "routes": [
@@ -660,7 +661,9 @@ fn grpc_streams_websockets_and_limits_through_two_sidecars() {
     let (client, server) = (net.pod(), net.pod());
     let scratch = Scratch::new();
     let up = serve_http(&server, PORT, "reviews-v1", Behavior::default());
-    let _server_sidecar = start_sidecar(&server, &scratch, &server_doc());
+    // One thread (`--concurrency 1`): upgrades and streams on the single-threaded runtime too.
+    let _server_sidecar =
+        start_sidecar_with(&server, &scratch, &server_doc(), &["--concurrency", "1"]);
     let cluster = format!("outbound|{PORT}||{}", fqdn("reviews"));
     let vhost = json!({"name": format!("{}:{PORT}", fqdn("reviews")), "domains": domains("reviews"), "routes": [
         {"name": "default", "match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s"}}]});
