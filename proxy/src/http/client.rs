@@ -1,20 +1,38 @@
-//! A pooled client for one upstream endpoint, HTTP/1.1 or h2c (prior knowledge), built on
-//! hyper-util's client. The connector always dials the endpoint's address, whatever the URI says,
-//! so the request keeps its logical authority (`Host` for HTTP/1.1, `:authority` for HTTP/2).
+//! A pooled client for one upstream endpoint, HTTP/1.1 or h2c (prior knowledge). The connector
+//! always dials the endpoint's address, whatever the URI says, so the request keeps its logical
+//! authority (`Host` for HTTP/1.1, `:authority` for HTTP/2).
+//!
+//! * HTTP/1.1 ([`Http1Pool`]): hyper's connection API under a pool of our own. A connection goes
+//!   back to the pool when its response body has ended, from the task that read that end: no task
+//!   per request, as hyper-util's pool needs to wait for the connection to be ready again. A
+//!   request that finds its pooled connection closed before it could be written (the upstream
+//!   closed an idle connection) is sent again on another one.
+//! * h2c: hyper-util's client (one multiplexed connection, shared).
 
 use crate::http::UpstreamError;
 use crate::http::body::{ProxyBody, boxed};
 use crate::http::drive::ConnExecutor;
-use http::{Request, Response, Uri, Version};
+use bytes::Bytes;
+use http::{Method, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::client::conn::http1;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
+
+/// How long an HTTP/1.1 connection may sit unused in the pool (hyper-util's default, which the
+/// h2c pool keeps).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Most unused HTTP/1.1 connections kept per endpoint; more are closed as they come back.
+pub const MAX_IDLE: usize = 1024;
 
 /// How an [`EndpointClient`] opens a connection to its endpoint: the cluster manager's own
 /// dialer (source address such as 127.0.0.6, socket options, connection counters), given the
@@ -122,6 +140,14 @@ impl tower::Service<Uri> for FixedConnector {
     }
 
     fn call(&mut self, _: Uri) -> Self::Future {
+        self.dial()
+    }
+}
+
+impl FixedConnector {
+    /// Opens a connection to the endpoint (the dialer's, else a plain connect), within the
+    /// connect timeout, with `TCP_NODELAY`.
+    fn dial(&self) -> Pin<Box<dyn Future<Output = std::io::Result<PooledIo>> + Send>> {
         let (addr, timeout) = (self.addr, self.connect_timeout);
         let dial: Pin<Box<dyn Future<Output = std::io::Result<Dialed>> + Send>> = match &self.dialer
         {
@@ -145,8 +171,13 @@ impl tower::Service<Uri> for FixedConnector {
 #[derive(Clone, Debug)]
 pub struct EndpointClient {
     addr: SocketAddr,
-    http2: bool,
-    client: Client<FixedConnector, ProxyBody>,
+    pool: Pool,
+}
+
+#[derive(Clone, Debug)]
+enum Pool {
+    Http1(Arc<Http1Pool>),
+    Http2(Arc<Client<FixedConnector, ProxyBody>>),
 }
 
 impl EndpointClient {
@@ -171,21 +202,25 @@ impl EndpointClient {
         connect_timeout: Duration,
         dialer: Option<Dialer>,
     ) -> Self {
-        let mut b = Client::builder(ConnExecutor::default());
-        b.pool_idle_timeout(Duration::from_secs(60))
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .http2_only(http2);
-        let client = b.build(FixedConnector {
+        let connector = FixedConnector {
             addr,
             connect_timeout,
             dialer,
-        });
-        EndpointClient {
-            addr,
-            http2,
-            client,
-        }
+        };
+        let pool = if http2 {
+            let mut b = Client::builder(ConnExecutor::default());
+            b.pool_idle_timeout(IDLE_TIMEOUT)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .http2_only(true);
+            Pool::Http2(Arc::new(b.build(connector)))
+        } else {
+            Pool::Http1(Arc::new(Http1Pool {
+                connector,
+                idle: Mutex::new(Vec::new()),
+            }))
+        };
+        EndpointClient { addr, pool }
     }
 
     /// The endpoint's address.
@@ -195,7 +230,15 @@ impl EndpointClient {
 
     /// Whether this pool speaks HTTP/2.
     pub fn is_http2(&self) -> bool {
-        self.http2
+        matches!(self.pool, Pool::Http2(_))
+    }
+
+    /// HTTP/1.1 connections sitting unused in the pool (0 for h2c).
+    pub fn idle_connections(&self) -> usize {
+        match &self.pool {
+            Pool::Http1(p) => lock(&p.idle).len(),
+            Pool::Http2(_) => 0,
+        }
     }
 
     /// Sends a request prepared by the HTTP layer (absolute URI, `host` set).
@@ -203,19 +246,223 @@ impl EndpointClient {
         &self,
         mut req: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
-        if self.http2 {
-            *req.version_mut() = Version::HTTP_2;
-            // HTTP/2 carries the authority in `:authority` (from the URI).
-            req.headers_mut().remove(http::header::HOST);
-        } else {
-            *req.version_mut() = Version::HTTP_11;
-        }
-        let endpoint = Some(self.addr);
-        match self.client.request(req).await {
-            Ok(resp) => Ok(resp.map(boxed)),
-            Err(e) => Err(classify(&e, endpoint)),
+        match &self.pool {
+            Pool::Http2(client) => {
+                *req.version_mut() = Version::HTTP_2;
+                // HTTP/2 carries the authority in `:authority` (from the URI).
+                req.headers_mut().remove(http::header::HOST);
+                match client.request(req).await {
+                    Ok(resp) => Ok(resp.map(boxed)),
+                    Err(e) => Err(classify(&e, Some(self.addr))),
+                }
+            }
+            Pool::Http1(pool) => {
+                *req.version_mut() = Version::HTTP_11;
+                origin_form(&mut req);
+                pool.send(req).await
+            }
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The request target of an HTTP/1.1 request to an origin server: `/path?query` (the authority
+/// stays in `Host`); CONNECT keeps its authority-form.
+fn origin_form(req: &mut Request<ProxyBody>) {
+    if req.method() == Method::CONNECT {
+        return;
+    }
+    let pq = match req.uri().path_and_query() {
+        Some(_) if req.uri().scheme().is_none() && req.uri().authority().is_none() => return,
+        Some(pq) => pq.clone(),
+        None => http::uri::PathAndQuery::from_static("/"),
+    };
+    *req.uri_mut() = Uri::from(pq);
+}
+
+/// HTTP/1.1 connections to one endpoint: the unused ones, most recently used last.
+pub struct Http1Pool {
+    connector: FixedConnector,
+    idle: Mutex<Vec<Idle>>,
+}
+
+impl std::fmt::Debug for Http1Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http1Pool")
+            .field("connector", &self.connector)
+            .field("idle", &lock(&self.idle).len())
+            .finish()
+    }
+}
+
+struct Idle {
+    conn: http1::SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+impl Http1Pool {
+    /// The most recently used connection that can take a request now. Closed and expired ones
+    /// are dropped on the way (which closes them).
+    fn checkout(&self) -> Option<http1::SendRequest<ProxyBody>> {
+        let mut idle = lock(&self.idle);
+        while let Some(c) = idle.pop() {
+            if c.conn.is_ready() && c.since.elapsed() < IDLE_TIMEOUT {
+                return Some(c.conn);
+            }
+        }
+        None
+    }
+
+    /// Takes a connection back once its exchange is over.
+    fn checkin(&self, conn: http1::SendRequest<ProxyBody>) {
+        if conn.is_closed() {
+            return;
+        }
+        let mut idle = lock(&self.idle);
+        let now = Instant::now();
+        // The oldest are first: close the ones that waited too long.
+        let expired = idle
+            .iter()
+            .take_while(|c| now.duration_since(c.since) >= IDLE_TIMEOUT)
+            .count();
+        idle.drain(..expired);
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle { conn, since: now });
+        }
+    }
+
+    /// A new connection, its driving task spawned (holding the dialer's guard).
+    async fn connect(&self) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
+        let endpoint = Some(self.connector.addr);
+        let io = self
+            .connector
+            .dial()
+            .await
+            .map_err(|e| UpstreamError::ConnectFailure {
+                endpoint,
+                reason: e.to_string(),
+            })?;
+        let (conn, driver) = http1::Builder::new()
+            .handshake::<_, ProxyBody>(io)
+            .await
+            .map_err(|e| UpstreamError::ConnectFailure {
+                endpoint,
+                reason: chain(&e),
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = driver.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
+            }
+        });
+        Ok(conn)
+    }
+
+    async fn send(
+        self: &Arc<Self>,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
+        let endpoint = Some(self.connector.addr);
+        loop {
+            let (mut conn, pooled) = match self.checkout() {
+                Some(c) => (c, true),
+                None => (self.connect().await?, false),
+            };
+            match conn.try_send_request(req).await {
+                Ok(resp) => {
+                    let (parts, body) = resp.into_parts();
+                    // A 101 hands the connection over to the upgrade; it never comes back.
+                    let back = (parts.status != http::StatusCode::SWITCHING_PROTOCOLS)
+                        .then(|| (self.clone(), conn));
+                    return Ok(Response::from_parts(parts, boxed(Returning { body, back })));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never written: the pooled connection had closed meanwhile. Another one.
+                    Some(again) if pooled => req = again,
+                    _ => {
+                        return Err(UpstreamError::Reset {
+                            endpoint,
+                            reason: chain(e.error()),
+                        });
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// A response body that gives its connection back to the pool once it has ended.
+struct Returning {
+    body: Incoming,
+    back: Option<(Arc<Http1Pool>, http1::SendRequest<ProxyBody>)>,
+}
+
+impl Returning {
+    fn give_back(&mut self) {
+        if let Some((pool, conn)) = self.back.take() {
+            if conn.is_ready() {
+                pool.checkin(conn);
+            } else if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                // The connection's task has not yet taken in the end of the exchange (or the
+                // request body is still going): wait for it elsewhere.
+                rt.spawn(async move {
+                    let mut conn = conn;
+                    if conn.ready().await.is_ok() {
+                        pool.checkin(conn);
+                    }
+                });
+            }
+        }
+    }
+}
+
+impl Body for Returning {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        match &frame {
+            Poll::Ready(None) => self.give_back(),
+            Poll::Ready(Some(Err(_))) => self.back = None,
+            _ => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        // Dropped unfinished, the connection cannot carry another exchange (hyper closes it).
+        if self.body.is_end_stream() {
+            self.give_back();
+        }
+    }
+}
+
+/// An error and its sources, as one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut reason = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        reason.push_str(": ");
+        reason.push_str(&s.to_string());
+        src = s.source();
+    }
+    reason
 }
 
 /// Sorts a hyper-util client error into Envoy's failure kinds.
@@ -223,13 +470,7 @@ pub fn classify(
     e: &hyper_util::client::legacy::Error,
     endpoint: Option<SocketAddr>,
 ) -> UpstreamError {
-    let mut reason = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        reason.push_str(": ");
-        reason.push_str(&s.to_string());
-        src = s.source();
-    }
+    let reason = chain(e);
     if e.is_connect() {
         return UpstreamError::ConnectFailure { endpoint, reason };
     }
@@ -238,4 +479,219 @@ pub fn classify(
         return UpstreamError::RefusedStream { endpoint };
     }
     UpstreamError::Reset { endpoint, reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::body::{empty, full};
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+
+    /// What a raw HTTP/1.1 server saw: connections accepted and request heads read.
+    #[derive(Default)]
+    struct Seen {
+        connections: AtomicUsize,
+        heads: Mutex<Vec<String>>,
+    }
+
+    /// A keep-alive HTTP/1.1 server on loopback answering every request with `body`. With
+    /// `once`, it closes each connection 20 ms after its first answer, without saying so (as an
+    /// upstream whose idle timeout fires).
+    async fn server(body: &'static str, once: bool) -> (SocketAddr, Arc<Seen>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = Arc::new(Seen::default());
+        let s = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (sock, _) = l.accept().await.unwrap();
+                s.connections.fetch_add(1, Ordering::SeqCst);
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let mut r = BufReader::new(sock);
+                    loop {
+                        let mut head = String::new();
+                        loop {
+                            let mut line = String::new();
+                            if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            head.push_str(&line);
+                        }
+                        lock(&s.heads).push(head);
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        r.get_mut().write_all(answer.as_bytes()).await.unwrap();
+                        if once {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    fn get(uri: &str) -> Request<ProxyBody> {
+        Request::builder()
+            .uri(uri)
+            .header("host", "reviews.default.svc.cluster.local:9080")
+            .body(empty())
+            .unwrap()
+    }
+
+    async fn text(resp: Response<ProxyBody>) -> String {
+        let b = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn reuses_one_connection_and_sends_origin_form() {
+        let (addr, seen) = server("hello", false).await;
+        let c = EndpointClient::new(addr, false, Duration::from_secs(1));
+        for _ in 0..3 {
+            let resp = c
+                .send(get("http://reviews.default.svc.cluster.local:9080/r/1?x=2"))
+                .await
+                .unwrap();
+            assert_eq!(text(resp).await, "hello");
+            assert_eq!(
+                c.idle_connections(),
+                1,
+                "the connection is back in the pool"
+            );
+        }
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+        let heads = lock(&seen.heads).clone();
+        assert_eq!(heads.len(), 3);
+        for h in heads {
+            assert!(h.starts_with("GET /r/1?x=2 HTTP/1.1\r\n"), "{h}");
+            assert!(
+                h.to_ascii_lowercase()
+                    .contains("host: reviews.default.svc.cluster.local:9080\r\n"),
+                "{h}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_open_their_own_connections() {
+        let (addr, seen) = server("x", false).await;
+        let c = EndpointClient::new(addr, false, Duration::from_secs(1));
+        let a = c.send(get("http://a/1")).await.unwrap();
+        let b = c.send(get("http://a/2")).await.unwrap();
+        // Both bodies unread: neither connection is free for the other.
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+        assert_eq!(text(a).await, "x");
+        assert_eq!(text(b).await, "x");
+        assert_eq!(c.idle_connections(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_closed_its_idle_connection_costs_no_error() {
+        let (addr, seen) = server("again", true).await;
+        let c = EndpointClient::new(addr, false, Duration::from_secs(1));
+        for i in 1..=5 {
+            let resp = c.send(get("http://a/")).await.unwrap_or_else(|e| {
+                panic!("request {i}: {e}");
+            });
+            assert_eq!(text(resp).await, "again");
+            // The connection is pooled now; the upstream closes it meanwhile.
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_unread_does_not_return_its_connection() {
+        let (addr, seen) = server("0123456789", false).await;
+        let c = EndpointClient::new(addr, false, Duration::from_secs(1));
+        let mut resp = c.send(get("http://a/")).await.unwrap();
+        // Read nothing (or part of it) and drop.
+        let _ = resp.body_mut().size_hint();
+        drop(resp);
+        assert_eq!(c.idle_connections(), 0);
+        let resp = c.send(get("http://a/")).await.unwrap();
+        assert_eq!(text(resp).await, "0123456789");
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_body_goes_out_and_the_connection_comes_back() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let srv = tokio::spawn(async move {
+            let (mut sock, _) = l.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.ends_with(b"payload") {
+                let n = sock.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&buf[..n]);
+            }
+            sock.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .await
+                .unwrap();
+            // Keep the connection open: the client may reuse it.
+            (String::from_utf8(got).unwrap(), sock)
+        });
+        let c = EndpointClient::new(addr, false, Duration::from_secs(1));
+        let req = Request::builder()
+            .method("POST")
+            .uri("http://a/upload")
+            .header("host", "a")
+            .header("content-length", "7")
+            .body(full("payload"))
+            .unwrap();
+        let resp = c.send(req).await.unwrap();
+        assert_eq!(resp.status(), 204);
+        drop(resp);
+        let (got, _open) = srv.await.unwrap();
+        assert!(got.starts_with("POST /upload HTTP/1.1\r\n"), "{got}");
+        // An empty body has ended at once: the connection is reusable when the task catches up.
+        for _ in 0..100 {
+            if c.idle_connections() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(c.idle_connections(), 1);
+    }
+
+    #[tokio::test]
+    async fn refused_connections_are_connect_failures() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let c = EndpointClient::new(addr, false, Duration::from_secs(1));
+        match c.send(get("http://a/")).await {
+            Err(UpstreamError::ConnectFailure { endpoint, .. }) => {
+                assert_eq!(endpoint, Some(addr))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn origin_form_keeps_path_and_query_and_connect() {
+        let mut r = get("http://h:1/a/b?c=d");
+        origin_form(&mut r);
+        assert_eq!(r.uri(), "/a/b?c=d");
+        let mut r = get("http://h:1");
+        origin_form(&mut r);
+        assert_eq!(r.uri(), "/");
+        let mut r = get("h:443");
+        *r.method_mut() = Method::CONNECT;
+        origin_form(&mut r);
+        assert_eq!(r.uri(), "h:443");
+    }
 }
