@@ -181,6 +181,12 @@ fn explain(e: &watcher::Error) -> String {
     }
 }
 
+/// Whether a watcher event comes from an answer of the API server (every one but the start of
+/// a relist, which the watcher emits before it asks).
+fn answered<K>(event: &Event<K>) -> bool {
+    !matches!(event, Event::Init)
+}
+
 async fn run(client: Client, target: ApiTarget, tx: watch::Sender<ApiView>) {
     let api: Api<ConfigMap> = Api::namespaced(client, &target.namespace);
     let config = watcher::Config::default().fields(&target.field_selector());
@@ -191,7 +197,9 @@ async fn run(client: Client, target: ApiTarget, tx: watch::Sender<ApiView>) {
     while let Some(item) = stream.next().await {
         match item {
             Ok(event) => {
-                if failures > 0 {
+                // `Init` only says a (re)list starts; the API has answered once the list or
+                // a watch event comes back.
+                if failures > 0 && answered(&event) {
                     tracing::info!(failures, "API watch of {target} works again");
                     failures = 0;
                 }
@@ -244,6 +252,17 @@ mod tests {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         e.write_all(text.as_bytes()).unwrap();
         e.finish().unwrap()
+    }
+
+    #[test]
+    fn only_an_answer_of_the_api_ends_a_failure_streak() {
+        // After a 403 the watcher starts its relist with `Init` and fails again: that is no
+        // recovery (the log said "works again" between every two warnings).
+        assert!(!answered::<ConfigMap>(&Event::Init));
+        assert!(answered::<ConfigMap>(&Event::InitDone));
+        assert!(answered(&Event::InitApply(ConfigMap::default())));
+        assert!(answered(&Event::Apply(ConfigMap::default())));
+        assert!(answered(&Event::Delete(ConfigMap::default())));
     }
 
     fn target() -> ApiTarget {
