@@ -528,6 +528,16 @@ mod tests {
         Default::default()
     }
 
+    /// The four counters as the relay's `Counters`: down rx, down tx, up rx, up tx.
+    fn view(c: &[Counter; 4]) -> Counters<'_> {
+        Counters {
+            down_rx: &c[0],
+            down_tx: &c[1],
+            up_rx: &c[2],
+            up_tx: &c[3],
+        }
+    }
+
     #[tokio::test]
     async fn half_close_both_ways_and_counts() {
         let (mut client, mut proxy_down) = tokio::io::duplex(64);
@@ -537,12 +547,7 @@ mod tests {
             copy(
                 &mut proxy_down,
                 &mut proxy_up,
-                Counters {
-                    down_rx: &c[0],
-                    down_tx: &c[1],
-                    up_rx: &c[2],
-                    up_tx: &c[3],
-                },
+                view(&c),
                 Some(Duration::from_secs(60)),
             )
             .await
@@ -580,20 +585,7 @@ mod tests {
         let (mut client, mut proxy_down) = tokio::io::duplex(1 << 20);
         let (mut proxy_up, mut server) = tokio::io::duplex(1 << 20);
         let c = counters();
-        let proxying = async {
-            copy(
-                &mut proxy_down,
-                &mut proxy_up,
-                Counters {
-                    down_rx: &c[0],
-                    down_tx: &c[1],
-                    up_rx: &c[2],
-                    up_tx: &c[3],
-                },
-                None,
-            )
-            .await
-        };
+        let proxying = async { copy(&mut proxy_down, &mut proxy_up, view(&c), None).await };
         // 3 MiB in writes of 1 MiB (reads fill the buffer: it grows), then small ones.
         let data: Vec<u8> = (0..3 * 1024 * 1024 + 7).map(|i| (i % 251) as u8).collect();
         let talking = async {
@@ -644,12 +636,7 @@ mod tests {
             copy_tcp(
                 &mut proxy_down,
                 &mut proxy_up,
-                Counters {
-                    down_rx: &c[0],
-                    down_tx: &c[1],
-                    up_rx: &c[2],
-                    up_tx: &c[3],
-                },
+                view(&c),
                 Some(Duration::from_secs(60)),
             )
             .await
@@ -698,17 +685,7 @@ mod tests {
         let (mut client, mut down) = tokio::io::duplex(64);
         let (mut up, mut server) = tokio::io::duplex(64);
         let c = counters();
-        let proxying = copy(
-            &mut down,
-            &mut up,
-            Counters {
-                down_rx: &c[0],
-                down_tx: &c[1],
-                up_rx: &c[2],
-                up_tx: &c[3],
-            },
-            Some(Duration::from_secs(10)),
-        );
+        let proxying = copy(&mut down, &mut up, view(&c), Some(Duration::from_secs(10)));
         let chatting = async {
             // Busy for 30 s (a byte every 5 s), then silent.
             for _ in 0..6 {
