@@ -1,12 +1,13 @@
 //! Bodies: the request body shared by the first attempt, its retries and the mirrors (a bounded
 //! replay log), and the response body that reports its size and end for metrics and logs.
 
+use crate::http::lock;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
 /// Boxed error used by every body in the proxy.
@@ -71,13 +72,6 @@ impl Wake for WakeAll {
         for w in list {
             w.wake();
         }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }
 

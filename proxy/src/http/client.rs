@@ -9,9 +9,9 @@
 //!   closed an idle connection) is sent again on another one.
 //! * h2c: hyper-util's client (one multiplexed connection, shared).
 
-use crate::http::UpstreamError;
 use crate::http::body::{ProxyBody, boxed};
 use crate::http::drive::ConnExecutor;
+use crate::http::{UpstreamError, lock};
 use bytes::Bytes;
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -263,10 +263,6 @@ impl EndpointClient {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The request target of an HTTP/1.1 request to an origin server: `/path?query` (the authority

@@ -13,21 +13,18 @@
 //! out at its end ([`Flush`]). A connection's streams thus share its task (as in Envoy, one
 //! connection is served by one thread).
 
+use crate::http::lock;
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 type Spawned = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Futures spawned for a connection, waiting to join its task.
 #[derive(Default)]

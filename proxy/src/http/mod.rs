@@ -39,7 +39,7 @@ use http::{Request, Response};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// A boxed, sendable future (what [`Upstreams::request`] returns).
@@ -244,4 +244,10 @@ pub struct ConnectionError {
     /// What hyper reported.
     #[source]
     pub source: BoxError,
+}
+
+/// Locks `m`, going on with its data if a panic poisoned it (every lock of this module guards
+/// state that stays consistent between statements: queues, pools, caches).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -805,10 +805,7 @@ impl Conn {
             grpc_status,
         };
         let handles = {
-            let mut cache = self
-                .metric_handles
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut cache = crate::http::lock(&self.metric_handles);
             match cache.iter().find(|(k, _)| *k == key) {
                 Some((_, h)) => h.clone(),
                 None => {

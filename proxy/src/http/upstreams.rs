@@ -24,7 +24,7 @@ use crate::cluster::outlier::Outcome;
 use crate::cluster::{Clusters, Endpoint, Kind, RequestOutcome, Target, UpstreamCluster};
 use crate::http::client::{Dialed, Dialer, EndpointClient};
 use crate::http::{
-    BoxFuture, DownstreamInfo, ProxyBody, UpstreamError, UpstreamResponse, Upstreams,
+    BoxFuture, DownstreamInfo, ProxyBody, UpstreamError, UpstreamResponse, Upstreams, lock,
 };
 
 /// An endpoint's HTTP connection pools, made on first use.
@@ -53,7 +53,7 @@ pub const MAX_PASSTHROUGH_POOLS: usize = 1024;
 
 impl PassthroughPools {
     fn get(&self, cluster: &UpstreamCluster, dst: SocketAddr, http2: bool) -> EndpointClient {
-        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pools = lock(&self.pools);
         let key = (cluster.name.clone(), dst, http2);
         if let Some(c) = pools.get(&key) {
             return c.clone();
