@@ -6,9 +6,11 @@
 //!   `/delay/<ms>` waits first, `?upstream=<url>` calls another service (productpage -> reviews -> ratings).
 //! - [`tcp`]: a TCP echo server and a server-first one (sends a banner before reading, like MySQL).
 //! - [`client`]: sends N requests and counts answers per backend and status.
+//! - [`relay`]: the benchmark's floor, a byte relay on the capture ports (no HTTP).
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod relay;
 pub mod server;
 pub mod tcp;
 

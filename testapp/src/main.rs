@@ -1,5 +1,5 @@
 use clap::{Parser, Subcommand};
-use rustmesh_testapp::{client, server, tcp};
+use rustmesh_testapp::{client, relay, server, tcp};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -51,6 +51,16 @@ enum Command {
         #[arg(long)]
         body: bool,
     },
+    /// The benchmark's floor: relay bytes from the capture ports to where a sidecar would send
+    /// them (no HTTP). Run it as uid 1337 behind `proxy istio-iptables`.
+    Relay {
+        /// Outbound capture port: connects to the original destination.
+        #[arg(long, default_value_t = 15001)]
+        outbound: u16,
+        /// Inbound capture port: connects to 127.0.0.1 at the original port.
+        #[arg(long, default_value_t = 15006)]
+        inbound: u16,
+    },
     /// Send a line over TCP and print what comes back.
     Tcp {
         addr: String,
@@ -59,9 +69,23 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> anyhow::Result<()> {
+    let command = Cli::parse().command;
+    if let Command::Relay { outbound, inbound } = command {
+        // One thread and its own event loop, as lean as a proxy can be: no tokio runtime.
+        let any = std::net::Ipv4Addr::UNSPECIFIED;
+        let relay = relay::Relay::bind(&[
+            ((any, outbound).into(), relay::Side::Outbound),
+            ((any, inbound).into(), relay::Side::Inbound),
+        ])?;
+        eprintln!("testapp: relaying :{outbound} (outbound) and :{inbound} (inbound)");
+        return Ok(relay.run()?);
+    }
+    tokio::runtime::Runtime::new()?.block_on(run(command))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve {
             http,
             tcp_echo,
@@ -134,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&summary)?);
             Ok(())
         }
+        Command::Relay { .. } => unreachable!("main runs the relay without a runtime"),
         Command::Tcp { addr, send } => {
             let mut s = tokio::net::TcpStream::connect(&addr).await?;
             s.write_all(send.as_bytes()).await?;
