@@ -59,7 +59,9 @@ pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Injection {
     let native = settings.use_native_sidecars();
 
     // --- per-pod options from annotations -------------------------------------------------
-    let hold = hold_application(annotations, settings, &mut warnings);
+    let proxy_config = proxy_config_annotation(annotations, &mut warnings);
+    let hold = hold_application(proxy_config.as_ref(), settings, &mut warnings);
+    let concurrency = concurrency(proxy_config.as_ref(), &mut warnings);
     let proxy_config_json = proxy_config_env(annotations);
     check_app_ports(pod, settings, &mut warnings);
 
@@ -67,6 +69,12 @@ pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Injection {
     let init = init_container(annotations, settings, &mut warnings);
     let mut sidecar =
         sidecar_container(pod, annotations, settings, proxy_config_json, &mut warnings);
+    if let Some(n) = concurrency {
+        // As Istio's template: only a positive value is passed; otherwise the proxy uses the
+        // cores it may run on (its CPU affinity and cgroup limit).
+        let args = sidecar.args.get_or_insert_with(Vec::new);
+        args.extend(["--concurrency".to_owned(), n.to_string()]);
+    }
     if native {
         sidecar.restart_policy = Some("Always".to_owned());
         sidecar.startup_probe = Some(Probe {
@@ -524,34 +532,64 @@ fn resources(r: &Resources) -> ResourceRequirements {
     }
 }
 
-/// `holdApplicationUntilProxyStarts` from `proxy.istio.io/config` (YAML or JSON), else the setting.
-fn hold_application(
+/// The `proxy.istio.io/config` annotation (Istio's `ProxyConfig`, YAML or JSON) as a mapping; one
+/// warning when it is something else.
+fn proxy_config_annotation(
     annotations: &BTreeMap<String, String>,
-    settings: &InjectionSettings,
     warnings: &mut Vec<String>,
-) -> bool {
-    let default = settings.hold_application_until_proxy_starts;
-    let Some(raw) = annotations.get(ANNOTATION_PROXY_CONFIG) else {
-        return default;
-    };
+) -> Option<serde_norway::Mapping> {
+    let raw = annotations.get(ANNOTATION_PROXY_CONFIG)?;
     match serde_norway::from_str::<serde_norway::Value>(raw) {
-        Ok(serde_norway::Value::Mapping(m)) => match m.get("holdApplicationUntilProxyStarts") {
-            None => default,
-            Some(serde_norway::Value::Bool(b)) => *b,
-            Some(other) => {
-                warnings.push(format!(
-                    "annotation {ANNOTATION_PROXY_CONFIG}: holdApplicationUntilProxyStarts \
-                     is {other:?}, not a boolean; ignored"
-                ));
-                default
-            }
-        },
-        Ok(serde_norway::Value::Null) => default,
+        Ok(serde_norway::Value::Mapping(m)) => Some(m),
+        Ok(serde_norway::Value::Null) => None,
         Ok(_) | Err(_) => {
             warnings.push(format!(
                 "annotation {ANNOTATION_PROXY_CONFIG} ignored: not a YAML/JSON mapping"
             ));
+            None
+        }
+    }
+}
+
+/// `holdApplicationUntilProxyStarts` from `proxy.istio.io/config`, else the setting.
+fn hold_application(
+    proxy_config: Option<&serde_norway::Mapping>,
+    settings: &InjectionSettings,
+    warnings: &mut Vec<String>,
+) -> bool {
+    let default = settings.hold_application_until_proxy_starts;
+    match proxy_config.and_then(|m| m.get("holdApplicationUntilProxyStarts")) {
+        None => default,
+        Some(serde_norway::Value::Bool(b)) => *b,
+        Some(other) => {
+            warnings.push(format!(
+                "annotation {ANNOTATION_PROXY_CONFIG}: holdApplicationUntilProxyStarts \
+                 is {other:?}, not a boolean; ignored"
+            ));
             default
+        }
+    }
+}
+
+/// The most worker threads a pod may ask for (more than any node has cores).
+const MAX_CONCURRENCY: u64 = 1024;
+
+/// `concurrency` from `proxy.istio.io/config`: the proxy's worker threads when positive (Istio
+/// passes `--concurrency` only then); 0 or absent leaves the proxy's default.
+fn concurrency(
+    proxy_config: Option<&serde_norway::Mapping>,
+    warnings: &mut Vec<String>,
+) -> Option<u64> {
+    let v = proxy_config?.get("concurrency")?;
+    match v.as_u64() {
+        Some(0) => None,
+        Some(n) if n <= MAX_CONCURRENCY => Some(n),
+        _ => {
+            warnings.push(format!(
+                "annotation {ANNOTATION_PROXY_CONFIG}: concurrency is {v:?}, not a whole number \
+                 from 0 to {MAX_CONCURRENCY}; ignored (the proxy uses the cores it may run on)"
+            ));
+            None
         }
     }
 }
@@ -685,6 +723,77 @@ mod tests {
                 "--url=http://127.0.0.1:16021/healthz/ready"
             ]
         );
+    }
+
+    fn pod_with_proxy_config(config: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "annotations": {ANNOTATION_PROXY_CONFIG: config}},
+            "spec": {"containers": [{"name": "app", "image": "app"}]}
+        }))
+        .unwrap()
+    }
+
+    fn sidecar_args(inj: &Injection) -> Vec<String> {
+        let add = inj
+            .patch
+            .0
+            .iter()
+            .find_map(|op| match op {
+                PatchOperation::Add(a) if a.path.as_str().starts_with("/spec/containers") => {
+                    Some(a.value.clone())
+                }
+                _ => None,
+            })
+            .expect("the sidecar is added");
+        let c: Container = serde_json::from_value(add).unwrap();
+        assert_eq!(c.name, SIDECAR_CONTAINER_NAME);
+        c.args.unwrap_or_default()
+    }
+
+    #[test]
+    fn concurrency_from_the_proxy_config_annotation() {
+        let settings = InjectionSettings::default();
+        for (config, want) in [
+            ("concurrency: 2", Some("2")),
+            ("{\"concurrency\": 1}", Some("1")),
+            ("concurrency: 0", None), // Istio passes only a positive value
+            ("holdApplicationUntilProxyStarts: true", None),
+        ] {
+            let inj = inject(&pod_with_proxy_config(config), &settings);
+            let args = sidecar_args(&inj);
+            let got = args
+                .iter()
+                .position(|a| a == "--concurrency")
+                .map(|i| args[i + 1].as_str());
+            assert_eq!(got, want, "{config}");
+            assert!(inj.warnings.is_empty(), "{config}: {:?}", inj.warnings);
+        }
+    }
+
+    #[test]
+    fn a_bad_concurrency_is_a_warning_and_the_default() {
+        let settings = InjectionSettings::default();
+        for config in [
+            "concurrency: -1",
+            "concurrency: two",
+            "concurrency: 1.5",
+            "concurrency: 100000",
+        ] {
+            let inj = inject(&pod_with_proxy_config(config), &settings);
+            assert!(
+                !sidecar_args(&inj).contains(&"--concurrency".to_owned()),
+                "{config}"
+            );
+            assert_eq!(inj.warnings.len(), 1, "{config}: {:?}", inj.warnings);
+            assert!(
+                inj.warnings[0].contains("concurrency"),
+                "{:?}",
+                inj.warnings
+            );
+        }
+        // Not a mapping: one warning for the annotation, none per field.
+        let inj = inject(&pod_with_proxy_config("[1, 2]"), &settings);
+        assert_eq!(inj.warnings.len(), 1, "{:?}", inj.warnings);
     }
 
     #[test]

@@ -15,7 +15,8 @@ pub const LABEL_CANONICAL_REVISION: &str = "service.istio.io/canonical-revision"
 
 /// Annotation written on injected pods; its presence means "already injected".
 pub const ANNOTATION_STATUS: &str = "sidecar.istio.io/status";
-/// Per-pod proxy configuration (YAML or JSON `ProxyConfig`); we read `holdApplicationUntilProxyStarts`.
+/// Per-pod proxy configuration (YAML or JSON `ProxyConfig`); we read `holdApplicationUntilProxyStarts`
+/// and `concurrency`.
 pub const ANNOTATION_PROXY_CONFIG: &str = "proxy.istio.io/config";
 /// Which container `kubectl logs/exec` picks by default (the sidecar is first, so we set it).
 pub const ANNOTATION_DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";

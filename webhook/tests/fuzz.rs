@@ -95,6 +95,8 @@ const STRINGS: &[&str] = &[
     "\u{0}",
     "{\"holdApplicationUntilProxyStarts\": true}",
     "holdApplicationUntilProxyStarts: yes",
+    "{\"concurrency\": 2}",
+    "concurrency: -3",
     "99999999999999999999",
 ];
 
@@ -137,6 +139,8 @@ const ANNOTATION_VALUES: &[&str] = &[
     "[",
     "holdApplicationUntilProxyStarts: true",
     "holdApplicationUntilProxyStarts: 7",
+    "concurrency: 4",
+    "concurrency: 1e9",
     "canary",
     "default",
     "✓✓✓",
