@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::names::*;
-use crate::settings::{InjectionSettings, Resources};
+use crate::settings::{InjectionSettings, MAX_CONCURRENCY, Resources};
 use crate::values;
 
 /// The result of [`inject`]: the patch and the warnings to return to the user.
@@ -61,7 +61,7 @@ pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Injection {
     // --- per-pod options from annotations -------------------------------------------------
     let proxy_config = proxy_config_annotation(annotations, &mut warnings);
     let hold = hold_application(proxy_config.as_ref(), settings, &mut warnings);
-    let concurrency = concurrency(proxy_config.as_ref(), &mut warnings);
+    let concurrency = concurrency(proxy_config.as_ref(), settings, &mut warnings);
     let proxy_config_json = proxy_config_env(annotations);
     check_app_ports(pod, settings, &mut warnings);
 
@@ -571,27 +571,29 @@ fn hold_application(
     }
 }
 
-/// The most worker threads a pod may ask for (more than any node has cores).
-const MAX_CONCURRENCY: u64 = 1024;
-
-/// `concurrency` from `proxy.istio.io/config`: the proxy's worker threads when positive (Istio
-/// passes `--concurrency` only then); 0 or absent leaves the proxy's default.
+/// `concurrency` from `proxy.istio.io/config`, else the setting (Istio merges the pod's
+/// `ProxyConfig` over the mesh's): the proxy's worker threads when positive (Istio passes
+/// `--concurrency` only then); 0 leaves the proxy's default, one per core it may use.
 fn concurrency(
     proxy_config: Option<&serde_norway::Mapping>,
+    settings: &InjectionSettings,
     warnings: &mut Vec<String>,
-) -> Option<u64> {
-    let v = proxy_config?.get("concurrency")?;
-    match v.as_u64() {
-        Some(0) => None,
-        Some(n) if n <= MAX_CONCURRENCY => Some(n),
-        _ => {
-            warnings.push(format!(
-                "annotation {ANNOTATION_PROXY_CONFIG}: concurrency is {v:?}, not a whole number \
-                 from 0 to {MAX_CONCURRENCY}; ignored (the proxy uses the cores it may run on)"
-            ));
-            None
-        }
-    }
+) -> Option<u32> {
+    let n = match proxy_config.and_then(|m| m.get("concurrency")) {
+        None => settings.concurrency,
+        Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
+            Some(n) if n <= MAX_CONCURRENCY => n,
+            _ => {
+                warnings.push(format!(
+                    "annotation {ANNOTATION_PROXY_CONFIG}: concurrency is {v:?}, not a whole \
+                     number from 0 to {MAX_CONCURRENCY}; using the default {}",
+                    settings.concurrency
+                ));
+                settings.concurrency
+            }
+        },
+    };
+    (n > 0).then_some(n)
 }
 
 /// The `proxy.istio.io/config` annotation as compact JSON, passed to the proxy as `PROXY_CONFIG`.
@@ -794,6 +796,34 @@ mod tests {
         // Not a mapping: one warning for the annotation, none per field.
         let inj = inject(&pod_with_proxy_config("[1, 2]"), &settings);
         assert_eq!(inj.warnings.len(), 1, "{:?}", inj.warnings);
+    }
+
+    #[test]
+    fn the_concurrency_setting_is_the_default_a_pod_overrides() {
+        let settings = InjectionSettings {
+            concurrency: 2,
+            ..InjectionSettings::default()
+        };
+        let flag = |config: &str| {
+            let args = sidecar_args(&inject(&pod_with_proxy_config(config), &settings));
+            let at = args.iter().position(|a| a == "--concurrency");
+            at.map(|i| args[i + 1].clone())
+        };
+        assert_eq!(
+            flag("holdApplicationUntilProxyStarts: false").as_deref(),
+            Some("2")
+        );
+        assert_eq!(flag("concurrency: 4").as_deref(), Some("4"));
+        assert_eq!(
+            flag("concurrency: 0"),
+            None,
+            "the pod's 0 wins: the proxy's default"
+        );
+        assert_eq!(
+            flag("concurrency: lots").as_deref(),
+            Some("2"),
+            "a bad value: the setting"
+        );
     }
 
     #[test]

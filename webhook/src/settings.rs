@@ -71,6 +71,9 @@ pub struct InjectionSettings {
     pub init_resources: Resources,
     /// Default of `holdApplicationUntilProxyStarts` for pods that don't say.
     pub hold_application_until_proxy_starts: bool,
+    /// Default of `concurrency` (Istio's `meshConfig.defaultConfig.concurrency`) for pods that
+    /// don't say: the sidecar's worker threads; 0 passes nothing (one per core it may use).
+    pub concurrency: u32,
     /// `--log_output_level` given to `istio-iptables`.
     pub log_level: String,
 }
@@ -102,6 +105,7 @@ impl Default for InjectionSettings {
                 memory_limit: "1Gi".to_owned(),
             },
             hold_application_until_proxy_starts: false,
+            concurrency: 0,
             log_level: "default:info".to_owned(),
         }
     }
@@ -129,8 +133,12 @@ pub const KEYS: &[&str] = &[
     "initCPULimit",
     "initMemoryLimit",
     "holdApplicationUntilProxyStarts",
+    "concurrency",
     "logLevel",
 ];
+
+/// The most sidecar worker threads a setting or a pod may ask for (more than any node has cores).
+pub const MAX_CONCURRENCY: u32 = 1024;
 
 impl InjectionSettings {
     /// Inbound ports never redirected to the proxy (`-d`): its own Prometheus, readiness and
@@ -244,6 +252,21 @@ impl InjectionSettings {
                     s.hold_application_until_proxy_starts = parse_flag(value).ok_or_else(|| {
                         Error::setting(key, format!("{value:?} is not true or false"))
                     })?
+                }
+                "concurrency" => {
+                    s.concurrency = value
+                        .trim()
+                        .parse()
+                        .ok()
+                        .filter(|n| *n <= MAX_CONCURRENCY)
+                        .ok_or_else(|| {
+                            Error::setting(
+                                key,
+                                format!(
+                                    "{value:?} is not a whole number from 0 to {MAX_CONCURRENCY}"
+                                ),
+                            )
+                        })?
                 }
                 "logLevel" => {
                     let v = non_empty()?;
@@ -397,6 +420,7 @@ mod tests {
             ("proxyCPU", "50m"),
             ("proxyMemoryLimit", "512Mi"),
             ("holdApplicationUntilProxyStarts", "true"),
+            ("concurrency", "2"),
         ]))
         .unwrap();
         assert_eq!(s.image, "registry.local/proxy:1.2");
@@ -411,6 +435,7 @@ mod tests {
         assert_eq!(s.proxy_resources.memory, "128Mi");
         assert_eq!(s.proxy_resources.memory_limit, "512Mi");
         assert!(s.hold_application_until_proxy_starts);
+        assert_eq!(s.concurrency, 2);
     }
 
     #[test]
@@ -422,6 +447,8 @@ mod tests {
             ("image", ""),
             ("revision", "-bad-"),
             ("nativeSidecars", "maybe"),
+            ("concurrency", "-1"),
+            ("concurrency", "2000"),
             ("imagge", "typo"),
         ] {
             let err = InjectionSettings::from_map(&map(&[(k, v)])).unwrap_err();
