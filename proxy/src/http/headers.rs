@@ -5,6 +5,18 @@ use http::HeaderMap;
 use http::header::{CONNECTION, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
 use rustmesh_xds::route::{AppendAction, HeaderValueOption};
 
+// Names the proxy sets on requests or answers. Inserting under a `&'static str` copies the name
+// into a new buffer each time; these constants share their static bytes.
+/// The request's id (set when the client sent none).
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The downstream scheme, for the upstream.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// Milliseconds the upstream took, on the answer.
+pub const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-service-time");
+/// The attempt number, when the virtual host asks for it.
+pub const X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
+
 const KEEP_ALIVE: &str = "keep-alive";
 const PROXY_CONNECTION: &str = "proxy-connection";
 

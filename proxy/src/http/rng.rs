@@ -81,18 +81,26 @@ impl Rng {
 
     /// A random version-4 UUID, as Envoy writes `x-request-id`.
     pub fn uuid(&self) -> String {
-        let a = self.next_u64();
-        let b = self.next_u64();
-        let a = (a & 0xFFFF_FFFF_FFFF_0FFF) | 0x0000_0000_0000_4000;
-        let b = (b & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000;
-        format!(
-            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-            a >> 32,
-            (a >> 16) & 0xFFFF,
-            a & 0xFFFF,
-            b >> 48,
-            b & 0xFFFF_FFFF_FFFF
-        )
+        self.uuid_bytes().iter().map(|&b| char::from(b)).collect()
+    }
+
+    /// [`Rng::uuid`] as ASCII bytes on the stack: no allocation (one per request otherwise, and
+    /// three more to grow the string while formatting).
+    pub fn uuid_bytes(&self) -> [u8; 36] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let a = (self.next_u64() & 0xFFFF_FFFF_FFFF_0FFF) | 0x0000_0000_0000_4000;
+        let b = (self.next_u64() & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000;
+        let bits = (u128::from(a) << 64) | u128::from(b);
+        let mut out = [b'-'; 36];
+        let mut nibble = 0;
+        for (i, slot) in out.iter_mut().enumerate() {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                continue;
+            }
+            *slot = HEX[((bits >> (124 - 4 * nibble)) & 0xF) as usize];
+            nibble += 1;
+        }
+        out
     }
 }
 
@@ -125,6 +133,25 @@ mod tests {
             assert!(r.below(10) < 10);
         }
         assert_eq!(r.below(0), 0);
+    }
+
+    #[test]
+    fn uuid_digits_are_the_two_draws_in_order() {
+        let (r, check) = (Rng::seeded(3), Rng::seeded(3));
+        for _ in 0..100 {
+            let got = r.uuid();
+            let a = (check.next_u64() & 0xFFFF_FFFF_FFFF_0FFF) | 0x4000;
+            let b = (check.next_u64() & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000;
+            let want = format!(
+                "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+                a >> 32,
+                (a >> 16) & 0xFFFF,
+                a & 0xFFFF,
+                b >> 48,
+                b & 0xFFFF_FFFF_FFFF
+            );
+            assert_eq!(got, want);
+        }
     }
 
     #[test]

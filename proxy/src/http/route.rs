@@ -366,8 +366,15 @@ impl RouteTable {
 
     /// The virtual host for `host` (the `Host`/`:authority` value as sent, port included).
     pub fn select_vhost(&self, host: &str) -> Option<&CompiledVirtualHost> {
-        let host = host.to_ascii_lowercase();
-        if let Some(i) = self.exact.get(&host) {
+        // Hosts almost always arrive in lower case: copy only the ones that do not.
+        let lower;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = host.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            host
+        };
+        if let Some(i) = self.exact.get(host) {
             return Some(&self.vhosts[*i]);
         }
         for (suffix, i) in &self.suffixes {

@@ -252,32 +252,41 @@ fn error_reply(e: &UpstreamError, grpc: bool) -> (Response<ProxyBody>, &'static 
 async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyBody> {
     let ctx = &conn.ctx;
     let routes: Arc<RouteTable> = ctx.routes.load_full();
-    let authority = req
-        .uri()
+    // The URI and the Host header share hyper's read buffer: cloning them counts references,
+    // where copying authority, path and query into strings cost an allocation each.
+    let uri = req.uri().clone();
+    let host = match uri.authority() {
+        Some(_) => None,
+        None => req.headers().get(HOST).cloned(),
+    };
+    let authority = uri
         .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| header_str(req.headers(), "host"))
+        .map(|a| a.as_str())
+        .or_else(|| host.as_ref().and_then(|h| h.to_str().ok()))
         .unwrap_or_default();
-    let scheme = req.uri().scheme_str().unwrap_or("http").to_string();
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().map(str::to_string);
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let path = uri.path();
+    let query = uri.query();
     // What only the access log reads is copied only when it is on.
     let log = conn.access_log;
     let has_id = req
         .headers()
-        .get("x-request-id")
+        .get(&headers::X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|id| !id.is_empty());
     let request_id = if has_id {
-        let id = log.then(|| header_str(req.headers(), "x-request-id"));
+        let id = log.then(|| header_str(req.headers(), headers::X_REQUEST_ID.as_str()));
         id.flatten().unwrap_or_default()
     } else {
-        let id = ctx.rng.uuid();
-        let kept = if log { id.clone() } else { String::new() };
-        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(id)) {
-            req.headers_mut().insert("x-request-id", v);
+        let id = ctx.rng.uuid_bytes();
+        if let Ok(v) = HeaderValue::from_bytes(&id) {
+            req.headers_mut().insert(headers::X_REQUEST_ID, v);
         }
-        kept
+        if log {
+            String::from_utf8_lossy(&id).into_owned()
+        } else {
+            String::new()
+        }
     };
     let mut ex = Exchange {
         start: Instant::now(),
@@ -287,13 +296,13 @@ async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyBo
             req.uri()
                 .path_and_query()
                 .map(|p| p.as_str().to_string())
-                .unwrap_or_else(|| path.clone())
+                .unwrap_or_else(|| path.to_string())
         } else {
             String::new()
         },
         version: req.version(),
         authority: if log {
-            authority.clone()
+            authority.to_string()
         } else {
             String::new()
         },
@@ -321,10 +330,10 @@ async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyBo
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
     let view = RequestView {
         method: req.method(),
-        scheme: &scheme,
-        authority: &authority,
-        path: &path,
-        query: query.as_deref(),
+        scheme,
+        authority,
+        path,
+        query,
         headers: req.headers(),
     };
     let Some(m) = routes.find(&view) else {
@@ -360,8 +369,7 @@ async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyBo
     }
     match &route.action {
         Action::Redirect(rd) => {
-            let location =
-                route::redirect_location(rd, &scheme, &authority, &path, query.as_deref());
+            let location = route::redirect_location(rd, scheme, authority, path, query);
             let mut resp = Response::new(empty());
             *resp.status_mut() = status(rd.response_code);
             if let Ok(v) = HeaderValue::from_str(&location) {
@@ -392,10 +400,10 @@ async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyBo
             let target = Target {
                 cluster,
                 weighted,
-                scheme: &scheme,
-                authority: &authority,
-                path: &path,
-                query: query.as_deref(),
+                scheme,
+                authority,
+                path,
+                query,
                 include_attempt_count: m.vhost.include_request_attempt_count,
                 upgrade,
             };
@@ -491,10 +499,16 @@ async fn forward(
     let mut h = std::mem::take(&mut parts.headers);
     headers::strip_hop_by_hop(&mut h, t.upgrade);
     h.remove(http::header::EXPECT);
-    if !h.contains_key("x-forwarded-proto")
-        && let Ok(v) = HeaderValue::from_str(t.scheme)
-    {
-        h.insert("x-forwarded-proto", v);
+    if !h.contains_key(&headers::X_FORWARDED_PROTO) {
+        // The two schemes there are without an allocation; anything else as given.
+        let v = match t.scheme {
+            "http" => Ok(HeaderValue::from_static("http")),
+            "https" => Ok(HeaderValue::from_static("https")),
+            other => HeaderValue::from_str(other),
+        };
+        if let Ok(v) = v {
+            h.insert(headers::X_FORWARDED_PROTO, v);
+        }
     }
     if let Some(w) = weighted {
         headers::apply(
@@ -582,7 +596,7 @@ async fn forward(
         };
         if t.include_attempt_count {
             req.headers_mut()
-                .insert("x-envoy-attempt-count", HeaderValue::from(attempt));
+                .insert(headers::X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(attempt));
         }
         let exclude: Vec<SocketAddr> = if retry.is_some_and(|r| r.retry_previous_hosts) {
             tried.clone()
@@ -709,7 +723,7 @@ async fn forward(
         &route.response_headers_to_remove,
     );
     resp.headers_mut().insert(
-        "x-envoy-upstream-service-time",
+        headers::X_ENVOY_UPSTREAM_SERVICE_TIME,
         HeaderValue::from(service_time.as_millis() as u64),
     );
     if let Some(c) = &hashed.set_cookie
