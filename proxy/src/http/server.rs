@@ -500,7 +500,7 @@ async fn forward(
     headers::strip_hop_by_hop(&mut h, t.upgrade);
     h.remove(http::header::EXPECT);
     if !h.contains_key(&headers::X_FORWARDED_PROTO) {
-        // The two schemes there are without an allocation; anything else as given.
+        // http and https as static values (no allocation); any other scheme as given.
         let v = match t.scheme {
             "http" => Ok(HeaderValue::from_static("http")),
             "https" => Ok(HeaderValue::from_static("https")),
