@@ -269,16 +269,15 @@ async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyBo
     let query = uri.query();
     // What only the access log reads is copied only when it is on.
     let log = conn.access_log;
-    let has_id = req
+    let given = req
         .headers()
         .get(&headers::X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|id| !id.is_empty());
-    let request_id = if has_id {
-        let id = log.then(|| header_str(req.headers(), headers::X_REQUEST_ID.as_str()));
-        id.flatten().unwrap_or_default()
+        .filter(|id| !id.is_empty());
+    let request_id = if let Some(id) = given {
+        if log { id.to_owned() } else { String::new() }
     } else {
-        let id = ctx.rng.uuid_bytes();
+        let id = ctx.rng.uuid();
         if let Ok(v) = HeaderValue::from_bytes(&id) {
             req.headers_mut().insert(headers::X_REQUEST_ID, v);
         }
