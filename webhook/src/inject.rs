@@ -62,7 +62,7 @@ pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Injection {
     let proxy_config = proxy_config_annotation(annotations, &mut warnings);
     let hold = hold_application(proxy_config.as_ref(), settings, &mut warnings);
     let concurrency = concurrency(proxy_config.as_ref(), settings, &mut warnings);
-    let proxy_config_json = proxy_config_env(annotations);
+    let proxy_config_json = proxy_config.as_ref().and_then(proxy_config_env);
     check_app_ports(pod, settings, &mut warnings);
 
     // --- containers -----------------------------------------------------------------------
@@ -597,13 +597,8 @@ fn concurrency(
 }
 
 /// The `proxy.istio.io/config` annotation as compact JSON, passed to the proxy as `PROXY_CONFIG`.
-fn proxy_config_env(annotations: &BTreeMap<String, String>) -> Option<String> {
-    let raw = annotations.get(ANNOTATION_PROXY_CONFIG)?;
-    let v: serde_norway::Value = serde_norway::from_str(raw).ok()?;
-    if !v.is_mapping() {
-        return None;
-    }
-    let json: Value = serde_json::to_value(&v).ok()?;
+fn proxy_config_env(proxy_config: &serde_norway::Mapping) -> Option<String> {
+    let json: Value = serde_json::to_value(proxy_config).ok()?;
     serde_json::to_string(&json).ok()
 }
 
