@@ -13,6 +13,7 @@ use crate::configmap;
 use crate::debounce::{Batch, Debouncer};
 use crate::error::Error;
 use crate::index::{Affects, Index, Kind, MeshConfig, ObjKey, Object};
+use crate::kinds::{self, IstioKind, KindFn, for_kind};
 use crate::leader::{self, LeaseConfig};
 use crate::metrics::{Health, Metrics};
 use crate::render::MeshView;
@@ -30,7 +31,6 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource, ResourceExt};
 use rustmesh_api::status::IstioStatus;
-use rustmesh_api::{DestinationRule, Sidecar, VirtualService};
 use rustmesh_xds::well_known::{OPERATOR_FIELD_MANAGER, PROXY_CONFIGMAP};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -226,11 +226,7 @@ impl State {
 
 /// The server-side-apply body of a CR status (only `status` is owned by the operator).
 pub fn status_patch(kind: Kind, status: &IstioStatus) -> serde_json::Value {
-    let kind = match kind {
-        Kind::VirtualService => "VirtualService",
-        Kind::DestinationRule => "DestinationRule",
-        _ => "Sidecar",
-    };
+    let kind = kinds::kind_name(kind).unwrap_or_default();
     json!({
         "apiVersion": "networking.istio.io/v1",
         "kind": kind,
@@ -243,22 +239,18 @@ pub fn status_patch(kind: Kind, status: &IstioStatus) -> serde_json::Value {
 pub fn status_changes(view: &MeshView<'_>, now: &str) -> Vec<(Kind, ObjKey, IstioStatus, bool)> {
     let mut out = Vec::new();
     for ((kind, key), verdict) in &view.validation.verdicts {
-        let (meta, current) = match kind {
-            Kind::VirtualService => {
-                let o = &view.index.virtual_services[key];
-                (&o.metadata, o.status.as_ref())
+        struct Carried<'a>(&'a Index, &'a ObjKey);
+        impl<'a> KindFn for Carried<'a> {
+            type Out = (Option<i64>, Option<&'a IstioStatus>);
+            fn call<K: IstioKind>(self) -> Self::Out {
+                let o = &K::store(self.0).objects[self.1];
+                (o.meta().generation, o.status())
             }
-            Kind::DestinationRule => {
-                let o = &view.index.destination_rules[key];
-                (&o.metadata, o.status.as_ref())
-            }
-            Kind::Sidecar => {
-                let o = &view.index.sidecars[key];
-                (&o.metadata, o.status.as_ref())
-            }
-            _ => continue,
+        }
+        let Some((generation, current)) = for_kind(*kind, Carried(view.index, key)) else {
+            continue;
         };
-        let desired = status_for(verdict, meta.generation, current, now);
+        let desired = status_for(verdict, generation, current, now);
         if current != Some(&desired) {
             let newly_invalid = !verdict.accepted
                 && current
@@ -283,14 +275,7 @@ where
         .map(move |ev| match ev {
             Ok(Event::Apply(o)) => Msg::Index(kind, WatchEvent::Apply(to_object(o))),
             Ok(Event::InitApply(o)) => Msg::Index(kind, WatchEvent::InitApply(to_object(o))),
-            Ok(Event::Delete(o)) => {
-                let key = match to_object(o) {
-                    Object::Namespace { name, .. } => ObjKey::new("", name),
-                    Object::Pod { key, .. } => key,
-                    other => object_key(&other),
-                };
-                Msg::Index(kind, WatchEvent::Delete(kind, key))
-            }
+            Ok(Event::Delete(o)) => Msg::Index(kind, WatchEvent::Delete(kind, to_object(o).key())),
             Ok(Event::Init) => Msg::Index(kind, WatchEvent::Init),
             Ok(Event::InitDone) => Msg::Index(kind, WatchEvent::InitDone),
             Err(e) => Msg::WatchError(format!("{kind:?}"), e.to_string()),
@@ -298,15 +283,18 @@ where
         .boxed()
 }
 
-fn object_key(o: &Object) -> ObjKey {
-    match o {
-        Object::Service(s) => ObjKey::of(s.as_ref()),
-        Object::Endpoints(e) => ObjKey::of(e.as_ref()),
-        Object::VirtualService(v) => ObjKey::of(v.as_ref()),
-        Object::DestinationRule(d) => ObjKey::of(d.as_ref()),
-        Object::Sidecar(s) => ObjKey::of(s.as_ref()),
-        Object::Pod { key, .. } => key.clone(),
-        Object::Namespace { name, .. } => ObjKey::new("", name.clone()),
+/// The watch of one Istio kind, for every kind registered in [`kinds::for_kind`].
+struct IstioWatch<'a>(&'a Client);
+
+impl KindFn for IstioWatch<'_> {
+    type Out = BoxStream<'static, Msg>;
+    fn call<K: IstioKind>(self) -> Self::Out {
+        index_stream(
+            watcher::watcher(Api::<K>::all(self.0.clone()), watcher::Config::default())
+                .default_backoff(),
+            K::KIND,
+            K::into_object,
+        )
     }
 }
 
@@ -382,21 +370,11 @@ fn streams(client: &Client, slices: bool) -> SelectAll<BoxStream<'static, Msg>> 
             labels: n.labels().clone(),
         },
     ));
-    all.push(index_stream(
-        watcher::watcher(Api::<VirtualService>::all(client.clone()), cfg()).default_backoff(),
-        Kind::VirtualService,
-        |v| Object::VirtualService(Box::new(v)),
-    ));
-    all.push(index_stream(
-        watcher::watcher(Api::<DestinationRule>::all(client.clone()), cfg()).default_backoff(),
-        Kind::DestinationRule,
-        |d| Object::DestinationRule(Box::new(d)),
-    ));
-    all.push(index_stream(
-        watcher::watcher(Api::<Sidecar>::all(client.clone()), cfg()).default_backoff(),
-        Kind::Sidecar,
-        |s| Object::Sidecar(Box::new(s)),
-    ));
+    all.extend(
+        kinds::ISTIO_KINDS
+            .iter()
+            .filter_map(|k| for_kind(*k, IstioWatch(client))),
+    );
     all.push(
         watcher::watcher(
             Api::<ConfigMap>::all(client.clone()),
@@ -566,7 +544,7 @@ impl Writer {
         if let Some(view) = view {
             let validation = view.validation.clone();
             drop(view);
-            state.index.remember_accepted(&validation);
+            state.index.remember_accepted(validation.accepted_keys());
         }
         tracing::debug!(elapsed = ?started.elapsed(), "flush done");
     }
@@ -607,21 +585,23 @@ impl Writer {
         key: &ObjKey,
         status: &IstioStatus,
     ) -> Result<(), kube::Error> {
+        struct PatchStatus<'a>(&'a Client, &'a ObjKey, Patch<serde_json::Value>);
+        impl<'a> KindFn for PatchStatus<'a> {
+            type Out = futures::future::BoxFuture<'a, Result<(), kube::Error>>;
+            fn call<K: IstioKind>(self) -> Self::Out {
+                let PatchStatus(client, key, body) = self;
+                Box::pin(async move {
+                    Api::<K>::namespaced(client.clone(), &key.namespace)
+                        .patch_status(&key.name, &Writer::pp(), &body)
+                        .await
+                        .map(|_| ())
+                })
+            }
+        }
         let body = Patch::Apply(status_patch(kind, status));
-        let c = self.client.clone();
-        match kind {
-            Kind::VirtualService => Api::<VirtualService>::namespaced(c, &key.namespace)
-                .patch_status(&key.name, &Self::pp(), &body)
-                .await
-                .map(|_| ()),
-            Kind::DestinationRule => Api::<DestinationRule>::namespaced(c, &key.namespace)
-                .patch_status(&key.name, &Self::pp(), &body)
-                .await
-                .map(|_| ()),
-            _ => Api::<Sidecar>::namespaced(c, &key.namespace)
-                .patch_status(&key.name, &Self::pp(), &body)
-                .await
-                .map(|_| ()),
+        match for_kind(kind, PatchStatus(&self.client, key, body)) {
+            Some(write) => write.await,
+            None => Ok(()),
         }
     }
 
@@ -647,12 +627,16 @@ impl Writer {
     }
 
     async fn publish_invalid(&self, index: &Index, kind: Kind, key: &ObjKey, status: &IstioStatus) {
-        let reference = match kind {
-            Kind::VirtualService => index.virtual_services.get(key).map(|o| o.object_ref(&())),
-            Kind::DestinationRule => index.destination_rules.get(key).map(|o| o.object_ref(&())),
-            _ => index.sidecars.get(key).map(|o| o.object_ref(&())),
+        struct Reference<'a>(&'a Index, &'a ObjKey);
+        impl KindFn for Reference<'_> {
+            type Out = Option<k8s_openapi::api::core::v1::ObjectReference>;
+            fn call<K: IstioKind>(self) -> Self::Out {
+                Some(K::store(self.0).objects.get(self.1)?.object_ref(&()))
+            }
+        }
+        let Some(reference) = for_kind(kind, Reference(index, key)).flatten() else {
+            return;
         };
-        let Some(reference) = reference else { return };
         let note = status.conditions.first().and_then(|c| c.message.clone());
         let ev = KubeEvent {
             type_: EventType::Warning,
@@ -941,7 +925,7 @@ mod tests {
         assert_eq!(body["status"]["observedGeneration"], 2);
         assert!(body.get("spec").is_none(), "status apply must not own spec");
         // Once the object carries that status, nothing more is written.
-        index.virtual_services.get_mut(&key).unwrap().status = Some(status);
+        index.virtual_services.objects.get_mut(&key).unwrap().status = Some(status);
         let view = MeshView::new(&index);
         assert!(
             status_changes(&view, "t1")

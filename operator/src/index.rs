@@ -5,6 +5,7 @@
 //! the renderer reads (a status write, a pod's readiness, a resourceVersion bump) affects nothing,
 //! which is also what stops the operator's own status writes from looping.
 
+use crate::kinds::{IstioKind, KindFn, KindStore, for_kind};
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use kube::ResourceExt;
 use rustmesh_api::sidecar::{EgressHost, OutboundTrafficPolicyMode};
@@ -110,7 +111,8 @@ impl Object {
         }
     }
 
-    fn key(&self) -> ObjKey {
+    /// The object's key (`""` namespace for a Namespace).
+    pub fn key(&self) -> ObjKey {
         match self {
             Object::Service(o) => ObjKey::of(o.as_ref()),
             Object::Endpoints(o) => ObjKey::of(o.as_ref()),
@@ -197,20 +199,10 @@ pub struct Index {
     pub endpoints: BTreeMap<ObjKey, Endpoints>,
     pub pods: BTreeMap<ObjKey, Labels>,
     pub namespaces: BTreeMap<String, Labels>,
-    pub virtual_services: BTreeMap<ObjKey, VirtualService>,
-    pub destination_rules: BTreeMap<ObjKey, DestinationRule>,
-    pub sidecars: BTreeMap<ObjKey, Sidecar>,
-    /// The last accepted version of each Istio object, rendered in place of an invalid update
-    /// (kept in memory: after an operator restart an invalid object is simply left out).
-    pub last_good: LastGood,
-}
-
-/// Last accepted versions of the Istio objects (see [`Index::remember_accepted`]).
-#[derive(Clone, Debug, Default)]
-pub struct LastGood {
-    pub virtual_services: BTreeMap<ObjKey, VirtualService>,
-    pub destination_rules: BTreeMap<ObjKey, DestinationRule>,
-    pub sidecars: BTreeMap<ObjKey, Sidecar>,
+    /// The Istio kinds, each in its [`KindStore`] (see [`crate::kinds`]).
+    pub virtual_services: KindStore<VirtualService>,
+    pub destination_rules: KindStore<DestinationRule>,
+    pub sidecars: KindStore<Sidecar>,
 }
 
 impl Index {
@@ -282,9 +274,16 @@ impl Index {
                 .keys()
                 .map(|n| ObjKey::new("", n.clone()))
                 .collect(),
-            Kind::VirtualService => self.virtual_services.keys().cloned().collect(),
-            Kind::DestinationRule => self.destination_rules.keys().cloned().collect(),
-            Kind::Sidecar => self.sidecars.keys().cloned().collect(),
+            istio => {
+                struct Keys<'a>(&'a Index);
+                impl KindFn for Keys<'_> {
+                    type Out = Vec<ObjKey>;
+                    fn call<K: IstioKind>(self) -> Vec<ObjKey> {
+                        K::store(self.0).objects.keys().cloned().collect()
+                    }
+                }
+                for_kind(istio, Keys(self)).unwrap_or_default()
+            }
         }
     }
 
@@ -300,13 +299,16 @@ impl Index {
                 name: key.name.clone(),
                 labels: self.namespaces.get(&key.name)?.clone(),
             },
-            Kind::VirtualService => {
-                Object::VirtualService(Box::new(self.virtual_services.get(key)?.clone()))
+            istio => {
+                struct Get<'a>(&'a Index, &'a ObjKey);
+                impl KindFn for Get<'_> {
+                    type Out = Option<Object>;
+                    fn call<K: IstioKind>(self) -> Option<Object> {
+                        Some(K::store(self.0).objects.get(self.1)?.clone().into_object())
+                    }
+                }
+                for_kind(istio, Get(self, key))??
             }
-            Kind::DestinationRule => {
-                Object::DestinationRule(Box::new(self.destination_rules.get(key)?.clone()))
-            }
-            Kind::Sidecar => Object::Sidecar(Box::new(self.sidecars.get(key)?.clone())),
         })
     }
 
@@ -325,16 +327,14 @@ impl Index {
             Object::Namespace { name, labels } => {
                 self.namespaces.insert(name, labels);
             }
-            Object::VirtualService(o) => {
-                self.virtual_services.insert(key, *o);
-            }
-            Object::DestinationRule(o) => {
-                self.destination_rules.insert(key, *o);
-            }
-            Object::Sidecar(o) => {
-                self.sidecars.insert(key, *o);
-            }
+            Object::VirtualService(o) => self.put(key, *o),
+            Object::DestinationRule(o) => self.put(key, *o),
+            Object::Sidecar(o) => self.put(key, *o),
         }
+    }
+
+    fn put<K: IstioKind>(&mut self, key: ObjKey, obj: K) {
+        K::store_mut(self).objects.insert(key, obj);
     }
 
     fn remove(&mut self, kind: Kind, key: &ObjKey) {
@@ -343,50 +343,35 @@ impl Index {
             Kind::Endpoints => drop(self.endpoints.remove(key)),
             Kind::Pod => drop(self.pods.remove(key)),
             Kind::Namespace => drop(self.namespaces.remove(&key.name)),
-            Kind::VirtualService => {
-                self.virtual_services.remove(key);
-                self.last_good.virtual_services.remove(key);
-            }
-            Kind::DestinationRule => {
-                self.destination_rules.remove(key);
-                self.last_good.destination_rules.remove(key);
-            }
-            Kind::Sidecar => {
-                self.sidecars.remove(key);
-                self.last_good.sidecars.remove(key);
+            istio => {
+                struct Remove<'a>(&'a mut Index, &'a ObjKey);
+                impl KindFn for Remove<'_> {
+                    type Out = ();
+                    fn call<K: IstioKind>(self) {
+                        K::store_mut(self.0).remove(self.1);
+                    }
+                }
+                for_kind(istio, Remove(self, key));
             }
         }
     }
 
-    /// Remembers the current version of every object `validation` accepted, as the one to
-    /// render should a later update of it be invalid.
-    pub fn remember_accepted(&mut self, validation: &crate::validation::Validation) {
-        for ((kind, key), verdict) in &validation.verdicts {
-            if !verdict.accepted {
-                continue;
+    /// Remembers the current version of every object `validation` accepted
+    /// ([`crate::validation::Validation::accepted_keys`]), as the one to render should a later
+    /// update of it be invalid.
+    pub fn remember_accepted<'k>(
+        &mut self,
+        accepted: impl IntoIterator<Item = (Kind, &'k ObjKey)>,
+    ) {
+        struct Remember<'a>(&'a mut Index, &'a ObjKey);
+        impl KindFn for Remember<'_> {
+            type Out = ();
+            fn call<K: IstioKind>(self) {
+                K::store_mut(self.0).remember(self.1);
             }
-            match kind {
-                Kind::VirtualService => {
-                    if let Some(o) = self.virtual_services.get(key) {
-                        self.last_good
-                            .virtual_services
-                            .insert(key.clone(), o.clone());
-                    }
-                }
-                Kind::DestinationRule => {
-                    if let Some(o) = self.destination_rules.get(key) {
-                        self.last_good
-                            .destination_rules
-                            .insert(key.clone(), o.clone());
-                    }
-                }
-                Kind::Sidecar => {
-                    if let Some(o) = self.sidecars.get(key) {
-                        self.last_good.sidecars.insert(key.clone(), o.clone());
-                    }
-                }
-                _ => {}
-            }
+        }
+        for (kind, key) in accepted {
+            for_kind(kind, Remember(self, key));
         }
     }
 
@@ -414,27 +399,16 @@ impl Index {
                 },
                 false,
             ),
-            Object::VirtualService(vs) => Affects::full(
-                self.exported_to(&ObjKey::of(vs.as_ref()).namespace, &vs.spec.export_to),
-                true,
-            ),
-            Object::DestinationRule(dr) => Affects::full(
-                self.exported_to(&ObjKey::of(dr.as_ref()).namespace, &dr.spec.export_to),
-                true,
-            ),
-            Object::Sidecar(sc) => {
-                let ns = ObjKey::of(sc.as_ref()).namespace;
-                let namespaces = if ns == self.mesh.root_namespace {
-                    self.injected_namespaces().map(str::to_string).collect()
-                } else {
-                    self.injected_only([ns])
-                };
-                Affects::full(namespaces, true)
-            }
+            Object::VirtualService(o) => Affects::full(o.reach(self), true),
+            Object::DestinationRule(o) => Affects::full(o.reach(self), true),
+            Object::Sidecar(o) => Affects::full(o.reach(self), true),
         }
     }
 
-    fn injected_only(&self, names: impl IntoIterator<Item = String>) -> BTreeSet<String> {
+    pub(crate) fn injected_only(
+        &self,
+        names: impl IntoIterator<Item = String>,
+    ) -> BTreeSet<String> {
         names
             .into_iter()
             .filter(|n| self.namespaces.get(n).is_some_and(is_injected))
@@ -442,7 +416,7 @@ impl Index {
     }
 
     /// Injected namespaces an `exportTo` list reaches (empty or `*`: all).
-    fn exported_to(&self, own: &str, export_to: &[String]) -> BTreeSet<String> {
+    pub(crate) fn exported_to(&self, own: &str, export_to: &[String]) -> BTreeSet<String> {
         if export_to.is_empty() || export_to.iter().any(|e| e == "*") {
             return self.injected_namespaces().map(str::to_string).collect();
         }
@@ -459,13 +433,14 @@ impl Index {
     /// hash stops the write); a subset would be a bug.
     pub fn namespaces_seeing(&self, namespace: &str) -> BTreeSet<String> {
         let suffix = format!(".{namespace}.svc.{}", self.mesh.domain_suffix);
-        let root_default = self.sidecars.iter().find(|(k, s)| {
+        let root_default = self.sidecars.objects.iter().find(|(k, s)| {
             k.namespace == self.mesh.root_namespace && s.spec.workload_selector.is_none()
         });
         let mut out = BTreeSet::new();
         for n in self.injected_namespaces() {
             let own: Vec<&Sidecar> = self
                 .sidecars
+                .objects
                 .iter()
                 .filter(|(k, _)| k.namespace == n)
                 .map(|(_, s)| s)
@@ -498,7 +473,7 @@ impl Index {
             }
         }
         // VirtualService destinations pull services into scopes that otherwise do not see them.
-        for (key, vs) in &self.virtual_services {
+        for (key, vs) in &self.virtual_services.objects {
             let into_ns = vs_destination_hosts(vs)
                 .any(|h| h.ends_with(&suffix) || (!h.contains('.') && key.namespace == namespace));
             if into_ns {
@@ -635,7 +610,13 @@ spec:
 "#,
         );
         let mut index2 = before;
-        let vs = index.virtual_services.values().next().unwrap().clone();
+        let vs = index
+            .virtual_services
+            .objects
+            .values()
+            .next()
+            .unwrap()
+            .clone();
         let a = index2.apply(Object::VirtualService(Box::new(vs.clone())));
         assert_eq!(a.namespaces, set(&["default"]));
         // Changing exportTo to `*` affects the old and the new audience.
@@ -650,7 +631,7 @@ spec:
                 &mut i,
                 "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: istio-system}\nspec:\n  egress: [{hosts: [\"./*\"]}]\n",
             );
-            let sc = i.sidecars.values().next().unwrap().clone();
+            let sc = i.sidecars.objects.values().next().unwrap().clone();
             index2.apply(Object::Sidecar(Box::new(sc)))
         };
         assert_eq!(a.namespaces, set(&["default", "shop"]));

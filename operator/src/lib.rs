@@ -19,6 +19,7 @@ pub mod debounce;
 pub mod error;
 pub mod fixtures;
 pub mod index;
+pub mod kinds;
 pub mod leader;
 pub mod metrics;
 pub mod protocol;

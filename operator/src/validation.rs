@@ -86,7 +86,8 @@ impl Validation {
         let mut verdicts = BTreeMap::new();
 
         // DestinationRules: their own rules, then conflicts, then (warning) unknown hosts.
-        let mut drs: Vec<(&ObjKey, &DestinationRule)> = index.destination_rules.iter().collect();
+        let mut drs: Vec<(&ObjKey, &DestinationRule)> =
+            index.destination_rules.objects.iter().collect();
         drs.sort_by_key(|(_, d)| age_key(&d.metadata));
         let mut claimed: BTreeMap<(String, String), ObjKey> = BTreeMap::new();
         for (key, dr) in &drs {
@@ -131,7 +132,7 @@ impl Validation {
                 .collect(),
         );
 
-        for (key, vs) in &index.virtual_services {
+        for (key, vs) in &index.virtual_services.objects {
             let mut findings = own_findings(vs.spec.validate());
             if findings.is_empty() {
                 vs_cross_checks(vs, key, registry, &accepted_drs, suffix, &mut findings);
@@ -142,7 +143,7 @@ impl Validation {
         // Several VirtualServices for one host: sidecars use the oldest (as Istio does without
         // delegation); the others are told so.
         let mut by_host: BTreeMap<String, Vec<(&ObjKey, &VirtualService)>> = BTreeMap::new();
-        for (key, vs) in &index.virtual_services {
+        for (key, vs) in &index.virtual_services.objects {
             let mesh = vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh");
             if !mesh || !verdicts[&(Kind::VirtualService, key.clone())].accepted {
                 continue;
@@ -179,7 +180,7 @@ impl Validation {
             }
         }
 
-        let mut sidecars: Vec<_> = index.sidecars.iter().collect();
+        let mut sidecars: Vec<_> = index.sidecars.objects.iter().collect();
         sidecars.sort_by_key(|(_, s)| age_key(&s.metadata));
         let mut defaults: BTreeMap<String, ObjKey> = BTreeMap::new();
         for (key, sc) in sidecars {
@@ -203,6 +204,15 @@ impl Validation {
             verdicts.insert((Kind::Sidecar, key.clone()), verdict(findings, reason));
         }
         Validation { verdicts }
+    }
+
+    /// The objects accepted, with their kind (what [`crate::index::Index::remember_accepted`]
+    /// takes).
+    pub fn accepted_keys(&self) -> impl Iterator<Item = (Kind, &ObjKey)> {
+        self.verdicts
+            .iter()
+            .filter(|(_, v)| v.accepted)
+            .map(|((kind, key), _)| (*kind, key))
     }
 
     /// Whether the object is rendered. Objects not validated (unknown) are not.

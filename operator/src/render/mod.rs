@@ -23,7 +23,8 @@
 mod clusters;
 mod routes;
 
-use crate::index::{Index, Kind, Labels, ObjKey};
+use crate::index::{Index, Labels, ObjKey};
+use crate::kinds::{IstioKind, KindStore};
 use crate::protocol::{ListenerProtocol, Protocol};
 use crate::registry::{Registry, Svc, SvcPort, exported};
 use crate::validation::{Validation, age_key, resolve_host};
@@ -146,24 +147,21 @@ impl HostIndex {
 
 /// The version of each object of one kind to render: the current one when accepted, else the
 /// last accepted one when the current is `Invalid` (noted in its verdict), else none.
-fn pick_versions<'a, T>(
-    kind: Kind,
-    current: &'a BTreeMap<ObjKey, T>,
-    last_good: &'a BTreeMap<ObjKey, T>,
+fn pick_versions<'a, K: IstioKind>(
+    store: &'a KindStore<K>,
     validation: &mut Validation,
-    generation: impl Fn(&T) -> Option<i64>,
-) -> Vec<(&'a ObjKey, &'a T)> {
-    let mut out = Vec::with_capacity(current.len());
-    for (key, obj) in current {
-        let Some(verdict) = validation.verdicts.get_mut(&(kind, key.clone())) else {
+) -> Vec<(&'a ObjKey, &'a K)> {
+    let mut out = Vec::with_capacity(store.objects.len());
+    for (key, obj) in &store.objects {
+        let Some(verdict) = validation.verdicts.get_mut(&(K::KIND, key.clone())) else {
             continue;
         };
         if verdict.accepted {
             out.push((key, obj));
         } else if verdict.reason == "Invalid"
-            && let Some(previous) = last_good.get(key)
+            && let Some(previous) = store.last_good.get(key)
         {
-            verdict.serving_previous = Some(generation(previous).unwrap_or(0));
+            verdict.serving_previous = Some(previous.meta().generation.unwrap_or(0));
             out.push((key, previous));
         }
     }
@@ -177,29 +175,11 @@ impl<'a> MeshView<'a> {
         // An accepted object is rendered as it is; an invalid update of an object accepted
         // before renders that last accepted version instead (its status says so); a conflict
         // (a second namespace-wide Sidecar...) is left out whatever it was.
-        let mut virtual_services = pick_versions(
-            Kind::VirtualService,
-            &index.virtual_services,
-            &index.last_good.virtual_services,
-            &mut validation,
-            |o| o.metadata.generation,
-        );
+        let mut virtual_services = pick_versions(&index.virtual_services, &mut validation);
         virtual_services.sort_by_key(|(_, v)| age_key(&v.metadata));
-        let mut destination_rules = pick_versions(
-            Kind::DestinationRule,
-            &index.destination_rules,
-            &index.last_good.destination_rules,
-            &mut validation,
-            |o| o.metadata.generation,
-        );
+        let mut destination_rules = pick_versions(&index.destination_rules, &mut validation);
         destination_rules.sort_by_key(|(_, d)| age_key(&d.metadata));
-        let mut sidecars = pick_versions(
-            Kind::Sidecar,
-            &index.sidecars,
-            &index.last_good.sidecars,
-            &mut validation,
-            |o| o.metadata.generation,
-        );
+        let mut sidecars = pick_versions(&index.sidecars, &mut validation);
         sidecars.sort_by_key(|(_, s)| age_key(&s.metadata));
         let suffix = &index.mesh.domain_suffix;
         let vs_hosts: Vec<Vec<String>> = virtual_services

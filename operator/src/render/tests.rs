@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::fixtures::{bookinfo, istio, namespace, workload};
-use crate::index::Object;
+use crate::index::{Kind, Object};
 use rustmesh_xds::cluster::LbPolicy;
 use rustmesh_xds::listener::NetworkFilter;
 use rustmesh_xds::route::{Route, VirtualHost};
@@ -713,7 +713,7 @@ fn an_invalid_update_keeps_the_last_accepted_version_serving() {
     assert_eq!(good[0].1, 90);
     // The operator remembers what it accepted (after each flush).
     let v = MeshView::new(&index).validation.clone();
-    index.remember_accepted(&v);
+    index.remember_accepted(v.accepted_keys());
     // An update with weights summing to 110.
     istio(
         &mut index,
@@ -750,7 +750,7 @@ fn an_invalid_update_keeps_the_last_accepted_version_serving() {
     let c = rendered(&index, &Scope::namespace("default"));
     let vh = vhost(&c, "9080", "reviews.default.svc.cluster.local:9080");
     assert_eq!(vh.routes[0].name.as_deref(), Some("default"));
-    assert!(index.last_good.virtual_services.is_empty());
+    assert!(index.virtual_services.last_good.is_empty());
 }
 
 #[test]
@@ -921,11 +921,13 @@ fn rendering_is_deterministic_and_order_independent() {
         }));
         v.extend(
             a.virtual_services
+                .objects
                 .values()
                 .map(|s| Object::VirtualService(Box::new(s.clone()))),
         );
         v.extend(
             a.destination_rules
+                .objects
                 .values()
                 .map(|s| Object::DestinationRule(Box::new(s.clone()))),
         );

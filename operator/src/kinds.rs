@@ -1,0 +1,173 @@
+//! The Istio kinds the operator handles, behind one trait, and the one generic store they live in.
+//!
+//! Each networking.istio.io kind implements [`IstioKind`] (its tag in the index, where the index
+//! keeps it, which injected namespaces it reaches, its `status`) and is listed once in
+//! [`for_kind`] and [`ISTIO_KINDS`]; the index, the watches, the status writes and the events are
+//! generic over the trait, so they need no per-kind code. See "Adding an Istio kind" in the
+//! crate's README.
+
+use crate::index::{Index, Kind, ObjKey, Object};
+use kube::core::NamespaceResourceScope;
+use kube::{Resource, ResourceExt};
+use rustmesh_api::status::IstioStatus;
+use rustmesh_api::{DestinationRule, Sidecar, VirtualService};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+
+/// One Istio kind: a namespaced custom resource with an `IstioStatus`, stored in the [`Index`].
+pub trait IstioKind:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// The index's tag for this kind (verdicts, watch events and deletions are keyed by it).
+    const KIND: Kind;
+
+    /// The index's [`Object`] carrying this object.
+    fn into_object(self) -> Object;
+
+    /// Where the index keeps this kind.
+    fn store(index: &Index) -> &KindStore<Self>;
+    fn store_mut(index: &mut Index) -> &mut KindStore<Self>;
+
+    /// Injected namespaces whose configuration this object (as it is or was) may change.
+    fn reach(&self, index: &Index) -> BTreeSet<String>;
+
+    /// The status the object carries (the operator's last write, as watched).
+    fn status(&self) -> Option<&IstioStatus>;
+}
+
+/// The objects of one Istio kind: the current version of each, and the last accepted version
+/// rendered in place of an invalid update (kept in memory: after an operator restart an invalid
+/// object is simply left out).
+#[derive(Clone, Debug)]
+pub struct KindStore<T> {
+    pub objects: BTreeMap<ObjKey, T>,
+    pub last_good: BTreeMap<ObjKey, T>,
+}
+
+impl<T> Default for KindStore<T> {
+    fn default() -> Self {
+        KindStore {
+            objects: BTreeMap::new(),
+            last_good: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T: Clone> KindStore<T> {
+    /// Removes an object and its last accepted version.
+    pub fn remove(&mut self, key: &ObjKey) {
+        self.objects.remove(key);
+        self.last_good.remove(key);
+    }
+
+    /// Remembers the current version of `key` as the one to render should a later update of it
+    /// be invalid.
+    pub fn remember(&mut self, key: &ObjKey) {
+        if let Some(o) = self.objects.get(key) {
+            self.last_good.insert(key.clone(), o.clone());
+        }
+    }
+}
+
+/// A computation generic over the Istio kind, run for a runtime [`Kind`] by [`for_kind`].
+pub trait KindFn {
+    type Out;
+    fn call<K: IstioKind>(self) -> Self::Out;
+}
+
+/// Every Istio kind the operator handles (the watches and the readiness gate use this list).
+pub const ISTIO_KINDS: [Kind; 3] = [Kind::VirtualService, Kind::DestinationRule, Kind::Sidecar];
+
+/// The registration: runs `f` with the type of an Istio `kind`; `None` for the core kinds.
+pub fn for_kind<F: KindFn>(kind: Kind, f: F) -> Option<F::Out> {
+    Some(match kind {
+        Kind::VirtualService => f.call::<VirtualService>(),
+        Kind::DestinationRule => f.call::<DestinationRule>(),
+        Kind::Sidecar => f.call::<Sidecar>(),
+        Kind::Service | Kind::Endpoints | Kind::Pod | Kind::Namespace => return None,
+    })
+}
+
+/// The kind's name as the API server spells it (`VirtualService`).
+pub fn kind_name(kind: Kind) -> Option<String> {
+    struct Name;
+    impl KindFn for Name {
+        type Out = String;
+        fn call<K: IstioKind>(self) -> String {
+            K::kind(&()).into_owned()
+        }
+    }
+    for_kind(kind, Name)
+}
+
+impl IstioKind for VirtualService {
+    const KIND: Kind = Kind::VirtualService;
+    fn into_object(self) -> Object {
+        Object::VirtualService(Box::new(self))
+    }
+    fn store(index: &Index) -> &KindStore<Self> {
+        &index.virtual_services
+    }
+    fn store_mut(index: &mut Index) -> &mut KindStore<Self> {
+        &mut index.virtual_services
+    }
+    fn reach(&self, index: &Index) -> BTreeSet<String> {
+        index.exported_to(&ObjKey::of(self).namespace, &self.spec.export_to)
+    }
+    fn status(&self) -> Option<&IstioStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl IstioKind for DestinationRule {
+    const KIND: Kind = Kind::DestinationRule;
+    fn into_object(self) -> Object {
+        Object::DestinationRule(Box::new(self))
+    }
+    fn store(index: &Index) -> &KindStore<Self> {
+        &index.destination_rules
+    }
+    fn store_mut(index: &mut Index) -> &mut KindStore<Self> {
+        &mut index.destination_rules
+    }
+    fn reach(&self, index: &Index) -> BTreeSet<String> {
+        index.exported_to(&ObjKey::of(self).namespace, &self.spec.export_to)
+    }
+    fn status(&self) -> Option<&IstioStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl IstioKind for Sidecar {
+    const KIND: Kind = Kind::Sidecar;
+    fn into_object(self) -> Object {
+        Object::Sidecar(Box::new(self))
+    }
+    fn store(index: &Index) -> &KindStore<Self> {
+        &index.sidecars
+    }
+    fn store_mut(index: &mut Index) -> &mut KindStore<Self> {
+        &mut index.sidecars
+    }
+    /// A root-namespace Sidecar may be every namespace's default; any other only its own.
+    fn reach(&self, index: &Index) -> BTreeSet<String> {
+        let ns = self.namespace().unwrap_or_default();
+        if ns == index.mesh.root_namespace {
+            index.injected_namespaces().map(str::to_string).collect()
+        } else {
+            index.injected_only([ns])
+        }
+    }
+    fn status(&self) -> Option<&IstioStatus> {
+        self.status.as_ref()
+    }
+}
