@@ -125,6 +125,17 @@ impl Object {
     }
 }
 
+/// One watch event, kind-independent: what the watches (and the EndpointSlice merger) feed the
+/// index.
+#[derive(Debug)]
+pub enum WatchEvent {
+    Apply(Object),
+    Delete(Kind, ObjKey),
+    Init,
+    InitApply(Object),
+    InitDone,
+}
+
 /// What an update requires.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Affects {

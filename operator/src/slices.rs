@@ -9,7 +9,7 @@
 //! that everything after the watch (index, registry, renderer) stays the same. Slices without the
 //! service label (made by hand for something else) and FQDN slices are ignored.
 
-use crate::controller::WatchEvent;
+use crate::index::WatchEvent;
 use crate::index::{Kind, ObjKey, Object};
 use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort, EndpointSubset, Endpoints};
 use k8s_openapi::api::discovery::v1::EndpointSlice;

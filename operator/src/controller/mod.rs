@@ -1,0 +1,225 @@
+//! The live part: watchers feed the [`Index`], changes are debounced, the affected namespaces are
+//! re-rendered and their ConfigMaps server-side applied when (and only when) their content hash
+//! differs from what is in the cluster; CR statuses are applied the same way.
+//!
+//! Guarantees:
+//! - nothing is written before every watch has finished its initial list (a resync never writes
+//!   an empty configuration: a relist replaces a kind atomically when it completes);
+//! - only the Lease holder writes; the other replica keeps its index warm;
+//! - a ConfigMap edited or deleted by hand is re-applied (the ConfigMaps are watched too and their
+//!   live content hash compared with the rendered one).
+//!
+//! By job:
+//! - [`watches`]: the watch streams (one per kind, EndpointSlices merged by [`crate::slices`]),
+//!   turned into [`state::Msg`]s;
+//! - [`state`]: the loop's state and decisions ([`State::handle`]: relists, sync gate, live
+//!   ConfigMap hashes), pure and testable without an API server;
+//! - [`write`]: the writes of a batch (render, ConfigMap and reader RBAC by server-side apply,
+//!   retries);
+//! - [`status`]: the CR statuses (computed from the validation, applied with the field manager
+//!   `rustmesh-operator`) and `Invalid` events;
+//! - this module: the wiring ([`run`]: client, metrics and health server, leader election, the
+//!   loop).
+
+mod state;
+mod status;
+#[cfg(test)]
+mod tests;
+mod watches;
+mod write;
+
+pub use state::{Msg, State};
+pub use status::{status_changes, status_patch};
+
+use crate::debounce::Debouncer;
+use crate::error::Error;
+use crate::index::MeshConfig;
+use crate::leader::{self, LeaseConfig};
+use crate::metrics::{Health, Metrics};
+use crate::renderer::Renderer;
+use futures::StreamExt;
+use kube::Client;
+use kube::api::Api;
+use kube::runtime::events::{Recorder, Reporter};
+use rustmesh_xds::well_known::OPERATOR_FIELD_MANAGER;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use watches::{serves_endpoint_slices, streams};
+use write::Writer;
+
+/// Everything `run` needs, from the command line.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub mesh: MeshConfig,
+    pub metrics_addr: SocketAddr,
+    pub debounce_quiet: Duration,
+    pub debounce_max: Duration,
+    /// `None` disables leader election (a single replica).
+    pub lease: Option<LeaseConfig>,
+    pub identity: String,
+    pub endpoints_source: EndpointsSource,
+}
+
+/// Which API the endpoints are read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointsSource {
+    /// EndpointSlices when the API server serves `discovery.k8s.io/v1`, else Endpoints.
+    Auto,
+    EndpointSlices,
+    Endpoints,
+}
+
+/// Resolves when SIGTERM or Ctrl-C arrives.
+async fn termination() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async {
+                match term.as_mut() {
+                    Some(t) => { t.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs the operator until SIGTERM.
+pub async fn run(settings: Settings) -> Result<(), Error> {
+    let client = Client::try_default().await?;
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let listener = tokio::net::TcpListener::bind(settings.metrics_addr)
+        .await
+        .map_err(|source| Error::Io {
+            what: format!("metrics on {}", settings.metrics_addr),
+            source,
+        })?;
+    let app = crate::metrics::router(Health {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    });
+    let mut http_shutdown = shutdown_rx.clone();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_shutdown.changed().await;
+            })
+            .await;
+    });
+
+    let leader = Arc::new(AtomicBool::new(settings.lease.is_none()));
+    let (leader_tx, mut leader_rx) = watch::channel(settings.lease.is_none());
+    let election = settings.lease.clone().map(|cfg| {
+        let api = Api::namespaced(client.clone(), &cfg.namespace);
+        tokio::spawn(leader::run(
+            api,
+            cfg,
+            leader.clone(),
+            leader_tx,
+            shutdown_rx.clone(),
+        ))
+    });
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: OPERATOR_FIELD_MANAGER.into(),
+            instance: Some(settings.identity.clone()),
+        },
+    );
+    let mut writer = Writer {
+        client: client.clone(),
+        metrics: metrics.clone(),
+        recorder,
+        rbac_done: BTreeSet::new(),
+        renderer: Renderer::default(),
+    };
+    let mut state = State::new(
+        settings.mesh.clone(),
+        Debouncer::new(settings.debounce_quiet, settings.debounce_max),
+    );
+    let slices = match settings.endpoints_source {
+        EndpointsSource::Auto => serves_endpoint_slices(&client).await,
+        EndpointsSource::EndpointSlices => true,
+        EndpointsSource::Endpoints => false,
+    };
+    tracing::info!(
+        source = if slices {
+            "EndpointSlices"
+        } else {
+            "Endpoints"
+        },
+        "endpoints source"
+    );
+    let mut events = streams(&client, slices);
+    let term = termination();
+    tokio::pin!(term);
+    tracing::info!(identity = %settings.identity, "operator started; waiting for the initial sync");
+    loop {
+        let deadline = state.debouncer.deadline();
+        let can_write = state.synced() && leader.load(Ordering::SeqCst);
+        tokio::select! {
+            msg = events.next() => {
+                let Some(msg) = msg else { break };
+                if let Msg::WatchError(kind, e) = &msg {
+                    tracing::warn!(%kind, error = %e, "watch error; retrying with backoff");
+                    metrics.error("watch");
+                }
+                if state.handle(msg, Instant::now()) {
+                    ready.store(true, Ordering::SeqCst);
+                    metrics.synced.set(1);
+                    tracing::info!(
+                        services = state.index.services.len(),
+                        namespaces = state.index.injected_namespaces().count(),
+                        "initial sync complete"
+                    );
+                }
+            }
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending::<()>().await,
+                }
+            }, if can_write => {
+                if let Some(batch) = state.debouncer.take_due(Instant::now()) {
+                    writer.flush(&mut state, batch).await;
+                }
+            }
+            changed = leader_rx.changed() => {
+                if changed.is_ok() {
+                    let is_leader = *leader_rx.borrow();
+                    metrics.leader.set(i64::from(is_leader));
+                    if is_leader {
+                        // A new leader checks everything against the cluster.
+                        writer.rbac_done.clear();
+                        state.note_everything(Instant::now());
+                    }
+                }
+            }
+            _ = &mut term => {
+                tracing::info!("SIGTERM: shutting down");
+                break;
+            }
+        }
+    }
+    let _ = shutdown_tx.send(true);
+    if let Some(e) = election {
+        let _ = e.await;
+    }
+    let _ = server.await;
+    Ok(())
+}
