@@ -17,6 +17,7 @@
 //! [`select_scope`]: rustmesh_xds::scope::select_scope
 
 use crate::error::Error;
+use crate::index::Index;
 use crate::render::{EdsRecipes, MeshView, Scope, render_parts};
 use flate2::Compression;
 use flate2::read::GzDecoder;
@@ -437,9 +438,22 @@ pub fn render_namespace_with(
     ))
 }
 
+/// Renders one scope from the raw index (convenience for tests and one-off renders).
+pub fn render(index: &Index, scope: &Scope) -> ProxyConfig {
+    render_view(&MeshView::new(index), scope)
+}
+
+/// Renders one scope with its `versionInfo` set to the content hash ([`content_hash`]); the
+/// rendering itself is [`render_parts`].
+pub fn render_view(view: &MeshView<'_>, scope: &Scope) -> ProxyConfig {
+    let (mut config, _) = render_parts(view, scope);
+    config.version_info = content_hash(&config);
+    config
+}
+
 /// Renders one scope and validates it.
 pub fn render_scope(view: &MeshView<'_>, scope: &Scope) -> Result<ProxyConfig, Error> {
-    let config = crate::render::render_view(view, scope);
+    let config = render_view(view, scope);
     config.validate().map_err(|source| Error::InvalidRender {
         scope: scope.to_string(),
         source,
@@ -590,7 +604,7 @@ spec:
         // What the proxy reads back is exactly what was rendered, and valid; the version is
         // the index's.
         let default = read_scope(&cm, DEFAULT_SCOPE_KEY).unwrap();
-        let mut rendered = crate::render::render_view(&view, &Scope::namespace("default"));
+        let mut rendered = render_view(&view, &Scope::namespace("default"));
         rendered.version_info = r.scopes[DEFAULT_SCOPE_KEY].version();
         assert_eq!(default, rendered);
         assert_eq!(default, r.scopes[DEFAULT_SCOPE_KEY].config().unwrap());

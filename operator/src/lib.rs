@@ -1,15 +1,18 @@
 //! `rustmesh-operator`: the control plane (Istio's istiod/pilot part).
 //!
+//! Modules, each importing only those listed before it (no cycles):
 //! - [`index`]: the in-memory index of Services, Endpoints, pods' labels, namespaces and the
-//!   Istio CRDs, updated by watch events and testable without an API server;
-//! - [`render`]: the pure renderer `render(index, scope) -> ProxyConfig`;
+//!   Istio CRDs, updated by watch events and testable without an API server; [`index::kinds`]:
+//!   the one trait ([`index::kinds::IstioKind`]) and generic store every Istio kind goes through;
+//! - [`registry`]: the services and their endpoints as the renderer reads them;
 //! - [`validation`]: each Istio object's verdict and the status conditions written back;
-//! - [`configmap`]: the ConfigMap contract (keys, endpoint parts, compression, hashing) and the
-//!   reader RBAC;
+//! - [`render`](mod@render): the pure renderer (`render_parts(view, scope) -> ProxyConfig`);
+//! - [`configmap`]: the ConfigMap contract (keys, endpoint parts, compression, hashing, the
+//!   hashed [`render`](fn@render)/[`render_view`]) and the reader RBAC;
 //! - [`renderer`]: rendering batch after batch, endpoint-only batches incrementally;
 //! - [`slices`]: EndpointSlices merged per service into the Endpoints the index holds;
-//! - [`controller`]: watchers feeding the index, debounced re-rendering of the affected
-//!   namespaces, server-side apply, leader election, metrics and health.
+//! - [`controller`]: watches feeding the index, debounced re-rendering of the affected
+//!   namespaces, server-side apply, statuses, leader election, metrics and health.
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -19,7 +22,6 @@ pub mod debounce;
 pub mod error;
 pub mod fixtures;
 pub mod index;
-pub mod kinds;
 pub mod leader;
 pub mod metrics;
 pub mod protocol;
@@ -30,6 +32,7 @@ pub mod slices;
 pub mod validation;
 
 pub use cli::{Args, run};
+pub use configmap::{render, render_view};
 pub use error::Error;
 pub use index::{Index, MeshConfig, ObjKey};
-pub use render::{MeshView, Scope, render, render_view};
+pub use render::{MeshView, Scope};

@@ -4,7 +4,7 @@
 
 use rustmesh_operator::configmap::{config_map, read_scope, render_namespace};
 use rustmesh_operator::fixtures::{bookinfo_in, istio, namespace};
-use rustmesh_operator::render::render_view;
+use rustmesh_operator::render_view;
 use rustmesh_operator::{Index, MeshView};
 use std::path::Path;
 

@@ -326,8 +326,8 @@ fn bench_size(n: usize, layout: Layout, quick: bool) -> Value {
         layout.name(),
         t.elapsed().as_secs_f64(),
         namespaces.len(),
-        index.virtual_services.len(),
-        index.destination_rules.len()
+        index.virtual_services.objects.len(),
+        index.destination_rules.objects.len()
     );
     // At least 3 runs (1 with --quick), more while the budget lasts; big open meshes take
     // seconds per flush, so they get the minimum.

@@ -1,4 +1,4 @@
-//! The live part: watchers feed the [`Index`], changes are debounced, the affected namespaces are
+//! The live part: watchers feed the [`Index`](crate::index::Index), changes are debounced, the affected namespaces are
 //! re-rendered and their ConfigMaps server-side applied when (and only when) their content hash
 //! differs from what is in the cluster; CR statuses are applied the same way.
 //!
@@ -10,13 +10,13 @@
 //!   live content hash compared with the rendered one).
 //!
 //! By job:
-//! - [`watches`]: the watch streams (one per kind, EndpointSlices merged by [`crate::slices`]),
-//!   turned into [`state::Msg`]s;
-//! - [`state`]: the loop's state and decisions ([`State::handle`]: relists, sync gate, live
+//! - `watches`: the watch streams (one per kind, EndpointSlices merged by [`crate::slices`]),
+//!   turned into [`Msg`]s;
+//! - `state`: the loop's state and decisions ([`State::handle`]: relists, sync gate, live
 //!   ConfigMap hashes), pure and testable without an API server;
-//! - [`write`]: the writes of a batch (render, ConfigMap and reader RBAC by server-side apply,
+//! - `write`: the writes of a batch (render, ConfigMap and reader RBAC by server-side apply,
 //!   retries);
-//! - [`status`]: the CR statuses (computed from the validation, applied with the field manager
+//! - `status`: the CR statuses (computed from the validation, applied with the field manager
 //!   `rustmesh-operator`) and `Invalid` events;
 //! - this module: the wiring ([`run`]: client, metrics and health server, leader election, the
 //!   loop).
@@ -39,7 +39,7 @@ use crate::metrics::{Health, Metrics};
 use crate::renderer::Renderer;
 use futures::StreamExt;
 use kube::Client;
-use kube::api::Api;
+use kube::api::{Api, PatchParams};
 use kube::runtime::events::{Recorder, Reporter};
 use rustmesh_xds::well_known::OPERATOR_FIELD_MANAGER;
 use std::collections::BTreeSet;
@@ -93,6 +93,12 @@ async fn termination() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Server-side apply as the operator's field manager (`rustmesh-operator`), forcing ownership of
+/// the fields it writes: every write of the controller uses these.
+fn apply_params() -> PatchParams {
+    PatchParams::apply(OPERATOR_FIELD_MANAGER).force()
 }
 
 /// Runs the operator until SIGTERM.

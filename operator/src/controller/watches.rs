@@ -1,10 +1,10 @@
 //! The watch streams: one per kind the index holds (the Istio kinds from
-//! [`crate::kinds::ISTIO_KINDS`]), EndpointSlices merged into Endpoints, and the ConfigMaps the
+//! [`crate::index::kinds::ISTIO_KINDS`]), EndpointSlices merged into Endpoints, and the ConfigMaps the
 //! operator writes; each event becomes a [`Msg`].
 
 use super::state::Msg;
+use crate::index::kinds::{self, IstioKind, KindFn, for_kind};
 use crate::index::{Kind, ObjKey, Object, WatchEvent};
-use crate::kinds::{self, IstioKind, KindFn, for_kind};
 use futures::StreamExt;
 use futures::stream::{BoxStream, SelectAll};
 use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Pod, Service};

@@ -2,8 +2,9 @@
 //! content hash differs from the live one) and reader RBAC by server-side apply, then the
 //! statuses ([`super::status`]); failed writes are retried after [`RETRY_DELAY`].
 
+use super::apply_params;
 use super::state::State;
-use super::status::status_changes;
+use super::status::{apply_status, publish_invalid, status_changes};
 use crate::configmap;
 use crate::debounce::Batch;
 use crate::metrics::Metrics;
@@ -12,9 +13,9 @@ use crate::renderer::Renderer;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
-use rustmesh_xds::well_known::{OPERATOR_FIELD_MANAGER, PROXY_CONFIGMAP};
+use rustmesh_xds::well_known::PROXY_CONFIGMAP;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,10 +39,6 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn pp() -> PatchParams {
-        PatchParams::apply(OPERATOR_FIELD_MANAGER).force()
-    }
-
     pub(super) async fn flush(&mut self, state: &mut State, batch: Batch) {
         let started = Instant::now();
         for ns in std::mem::take(&mut state.rbac_stale) {
@@ -156,7 +153,7 @@ impl Writer {
             let view = view.get_or_insert_with(|| MeshView::new(&state.index));
             let now = k8s_openapi::jiff::Timestamp::now().to_string();
             for (kind, key, status, newly_invalid) in status_changes(view, &now) {
-                if let Err(e) = self.apply_status(kind, &key, &status).await {
+                if let Err(e) = apply_status(&self.client, kind, &key, &status).await {
                     tracing::warn!(object = %key, ?kind, error = %e, "status write failed; retrying");
                     self.metrics.error("status");
                     state
@@ -166,8 +163,15 @@ impl Writer {
                 }
                 self.metrics.status_writes.inc();
                 if newly_invalid {
-                    self.publish_invalid(&state.index, kind, &key, &status)
-                        .await;
+                    publish_invalid(
+                        &self.recorder,
+                        &self.metrics,
+                        &state.index,
+                        kind,
+                        &key,
+                        &status,
+                    )
+                    .await;
                 }
             }
         }
@@ -186,7 +190,7 @@ impl Writer {
             self.client.clone(),
             cm.metadata.namespace.as_deref().unwrap_or_default(),
         );
-        api.patch(PROXY_CONFIGMAP, &Self::pp(), &Patch::Apply(cm))
+        api.patch(PROXY_CONFIGMAP, &apply_params(), &Patch::Apply(cm))
             .await
             .map(|_| ())
     }
@@ -196,7 +200,7 @@ impl Writer {
         roles
             .patch(
                 configmap::READER_ROLE,
-                &Self::pp(),
+                &apply_params(),
                 &Patch::Apply(configmap::reader_role(ns)),
             )
             .await?;
@@ -204,7 +208,7 @@ impl Writer {
         bindings
             .patch(
                 configmap::READER_ROLE,
-                &Self::pp(),
+                &apply_params(),
                 &Patch::Apply(configmap::reader_role_binding(ns)),
             )
             .await?;

@@ -23,8 +23,8 @@
 mod clusters;
 mod routes;
 
+use crate::index::kinds::{IstioKind, KindStore};
 use crate::index::{Index, Labels, ObjKey};
-use crate::kinds::{IstioKind, KindStore};
 use crate::protocol::{ListenerProtocol, Protocol};
 use crate::registry::{Registry, Svc, SvcPort, exported};
 use crate::validation::{Validation, age_key, resolve_host};
@@ -296,11 +296,6 @@ impl<'a> MeshView<'a> {
     }
 }
 
-/// Renders one scope from the raw index (convenience for tests and one-off renders).
-pub fn render(index: &Index, scope: &Scope) -> ProxyConfig {
-    render_view(&MeshView::new(index), scope)
-}
-
 /// One service port visible from the scope, with the protocol its listener uses.
 #[derive(Clone, Copy)]
 struct Visible<'v> {
@@ -328,7 +323,7 @@ struct Wanted<'v> {
 }
 
 /// How to recompute the endpoints of one EDS cluster when only its service's endpoints change
-/// (see [`crate::renderer`]): the cluster, the service port and the subset's labels.
+/// (see the `renderer` module): the cluster, the service port and the subset's labels.
 /// Kept for every EDS cluster of every namespace, so it is compact: the subset's labels as an
 /// exactly-sized list rather than a map (a `BTreeMap` node is ~0.5 KiB even for one label).
 #[derive(Clone, Debug, PartialEq)]
@@ -366,14 +361,8 @@ impl EdsRecipe {
 /// EDS recipes of a scope's clusters, by service FQDN.
 pub type EdsRecipes = BTreeMap<String, Vec<EdsRecipe>>;
 
-/// Renders one scope (its `versionInfo` is the content hash).
-pub fn render_view(view: &MeshView<'_>, scope: &Scope) -> ProxyConfig {
-    let (mut config, _) = render_parts(view, scope);
-    config.version_info = crate::configmap::content_hash(&config);
-    config
-}
-
-/// Renders one scope without `versionInfo` (the encoder sets it from the parts' hashes), with
+/// Renders one scope without `versionInfo` (`configmap::render_view` sets it to the content
+/// hash, the encoder from the parts' hashes), with
 /// the recipes of its EDS clusters.
 pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsRecipes) {
     let sidecar = view.sidecar_of(scope);

@@ -1,6 +1,7 @@
 //! Field-by-field tests of the renderer against the seeds' cases and the productpage fixture.
 
 use super::*;
+use crate::configmap::{render, render_view};
 use crate::fixtures::{bookinfo, istio, namespace, workload};
 use crate::index::{Kind, Object};
 use rustmesh_xds::cluster::LbPolicy;

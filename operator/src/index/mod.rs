@@ -5,8 +5,10 @@
 //! the renderer reads (a status write, a pod's readiness, a resourceVersion bump) affects nothing,
 //! which is also what stops the operator's own status writes from looping.
 
-use crate::kinds::{IstioKind, KindFn, KindStore, for_kind};
+pub mod kinds;
+
 use k8s_openapi::api::core::v1::{Endpoints, Service};
+use kinds::{IstioKind, KindFn, KindStore, for_kind};
 use kube::ResourceExt;
 use rustmesh_api::sidecar::{EgressHost, OutboundTrafficPolicyMode};
 use rustmesh_api::{DestinationRule, Sidecar, VirtualService};
@@ -210,7 +212,7 @@ pub struct Index {
     pub endpoints: BTreeMap<ObjKey, Endpoints>,
     pub pods: BTreeMap<ObjKey, Labels>,
     pub namespaces: BTreeMap<String, Labels>,
-    /// The Istio kinds, each in its [`KindStore`] (see [`crate::kinds`]).
+    /// The Istio kinds, each in its [`KindStore`] (see [`crate::index::kinds`]).
     pub virtual_services: KindStore<VirtualService>,
     pub destination_rules: KindStore<DestinationRule>,
     pub sidecars: KindStore<Sidecar>,
@@ -368,7 +370,7 @@ impl Index {
     }
 
     /// Remembers the current version of every object `validation` accepted
-    /// ([`crate::validation::Validation::accepted_keys`]), as the one to render should a later
+    /// (`Validation::accepted_keys`), as the one to render should a later
     /// update of it be invalid.
     pub fn remember_accepted<'k>(
         &mut self,
