@@ -1,6 +1,6 @@
 //! `rustmesh-operator`: the control plane (Istio's istiod/pilot part).
 //!
-//! Modules, each importing only those listed before it (no cycles):
+//! Modules (the imports between them form no cycle; `cli` and `main` are the thin top):
 //! - [`index`]: the in-memory index of Services, Endpoints, pods' labels, namespaces and the
 //!   Istio CRDs, updated by watch events and testable without an API server; [`index::kinds`]:
 //!   the one trait ([`index::kinds::IstioKind`]) and generic store every Istio kind goes through;
