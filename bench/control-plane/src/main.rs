@@ -181,7 +181,7 @@ struct Flush {
     incremental: usize,
 }
 
-/// The operator's flush without the API calls (controller.rs `Writer::flush`): the renderer
+/// The operator's flush without the API calls (controller/write.rs `Writer::flush`): the renderer
 /// plans the batch (`endpoints_only`: the services whose Endpoints were the only change), then
 /// renders each affected injected namespace (incrementally when it can, else `MeshView` once
 /// per batch + render, validate, encode), the size check and the content hash.
