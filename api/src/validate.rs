@@ -539,6 +539,35 @@ fn policy_parts(
                     "only one of ringHash and maglev may be given",
                 );
             }
+            // Envoy's limits: a ring of at most 8M points, a prime Maglev table of at most
+            // 5000011 entries (0 is proto3's unset: the default).
+            let ring_sizes = [
+                (
+                    "ringHash.minimumRingSize",
+                    ch.ring_hash.as_ref().and_then(|r| r.minimum_ring_size),
+                ),
+                ("minimumRingSize", ch.minimum_ring_size),
+            ];
+            for (field, size) in ring_sizes {
+                if let Some(n) = size
+                    && n > MAX_RING_SIZE
+                {
+                    f.err(
+                        format!("{p}.loadBalancer.consistentHash.{field}"),
+                        format!("{n} is larger than {MAX_RING_SIZE}"),
+                    );
+                }
+            }
+            if let Some(n) = ch.maglev.as_ref().and_then(|m| m.table_size)
+                && n != 0
+            {
+                let field = format!("{p}.loadBalancer.consistentHash.maglev.tableSize");
+                if n > MAX_MAGLEV_TABLE_SIZE {
+                    f.err(field, format!("{n} is larger than {MAX_MAGLEV_TABLE_SIZE}"));
+                } else if !is_prime(n) {
+                    f.err(field, format!("{n} must be a prime number"));
+                }
+            }
             if let Some(c) = &ch.http_cookie
                 && c.name.is_empty()
             {
@@ -642,6 +671,19 @@ impl Validate for DestinationRuleSpec {
         f.export_to(&self.export_to);
         f.0
     }
+}
+
+/// Envoy's largest ring (`minimumRingSize`).
+const MAX_RING_SIZE: u64 = rustmesh_xds::cluster::RingHashLbConfig::MAX_RING_SIZE;
+/// Envoy's largest Maglev table (`maglev.tableSize`).
+const MAX_MAGLEV_TABLE_SIZE: u64 = rustmesh_xds::cluster::MaglevLbConfig::MAX_TABLE_SIZE;
+
+/// Trial division: enough for table sizes up to a few million.
+fn is_prime(n: u64) -> bool {
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 const PORT_PROTOCOLS: [&str; 11] = [

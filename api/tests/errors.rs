@@ -152,6 +152,53 @@ fn destination_rule_and_sidecar_rules() {
         ("spec.trafficPolicy.loadBalancer.consistentHash", Some(9))
     );
 
+    // Envoy's limits on the consistent-hash table sizes, each naming its field.
+    let ch = |body: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: r\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      consistentHash:\n        httpHeaderName: x\n{body}"
+        )
+    };
+    let (f, l, msg) = only_error(&ch("        maglev:\n          tableSize: 65536\n"));
+    assert_eq!(
+        (f.as_str(), l),
+        (
+            "spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize",
+            Some(12)
+        )
+    );
+    assert!(msg.contains("65536") && msg.contains("prime"), "{msg}");
+    let (f, _, msg) = only_error(&ch("        maglev:\n          tableSize: 5000077\n"));
+    assert_eq!(
+        f,
+        "spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize"
+    );
+    assert!(msg.contains("5000011"), "{msg}");
+    let (f, l, msg) = only_error(&ch(
+        "        ringHash:\n          minimumRingSize: 8388609\n",
+    ));
+    assert_eq!(
+        (f.as_str(), l),
+        (
+            "spec.trafficPolicy.loadBalancer.consistentHash.ringHash.minimumRingSize",
+            Some(12)
+        )
+    );
+    assert!(msg.contains("8388608"), "{msg}");
+    let (f, _, _) = only_error(&ch("        minimumRingSize: 9000000\n"));
+    assert_eq!(
+        f,
+        "spec.trafficPolicy.loadBalancer.consistentHash.minimumRingSize"
+    );
+    for ok in [
+        "        maglev:\n          tableSize: 65537\n",
+        "        maglev:\n          tableSize: 5000011\n",
+        "        maglev: {}\n",
+        "        ringHash:\n          minimumRingSize: 8388608\n",
+        "        minimumRingSize: 1024\n",
+    ] {
+        assert!(load(&ch(ok)).is_ok(), "{ok}");
+    }
+
     let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: r\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      simple: FASTEST\n";
     let (f, l, msg) = only_error(dr);
     assert_eq!(

@@ -61,6 +61,12 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     #[serde(default)]
     pub lb_policy: LbPolicy,
+    /// RING_HASH's ring size (absent: Envoy's defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_hash_lb_config: Option<RingHashLbConfig>,
+    /// MAGLEV's table size (absent: Envoy's default, 65537).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev_lb_config: Option<MaglevLbConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eds_cluster_config: Option<EdsClusterConfig>,
     /// Endpoints for STATIC and STRICT_DNS clusters.
@@ -80,6 +86,43 @@ pub struct Cluster {
     /// The service and DestinationRule behind the cluster (the SERVICE FQDN / DESTINATION RULE columns).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<ClusterMetadata>,
+}
+
+/// Envoy's `RingHashLbConfig`: how many points the ring of a RING_HASH cluster has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RingHashLbConfig {
+    /// At least this many points (Envoy's default 1024, at most 8M); Istio's
+    /// `consistentHash.ringHash.minimumRingSize` (or the deprecated `minimumRingSize`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_ring_size: Option<u64>,
+    /// At most this many points (Envoy's default and limit 8M).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maximum_ring_size: Option<u64>,
+}
+
+impl RingHashLbConfig {
+    /// Envoy's default minimum ring size.
+    pub const DEFAULT_MINIMUM_RING_SIZE: u64 = 1024;
+    /// Envoy's default, and limit, of both ring sizes (8M points).
+    pub const MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
+}
+
+/// Envoy's `MaglevLbConfig`: the size of a MAGLEV cluster's lookup table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MaglevLbConfig {
+    /// A prime, at most 5000011 (Envoy's default 65537); Istio's
+    /// `consistentHash.maglev.tableSize`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_size: Option<u64>,
+}
+
+impl MaglevLbConfig {
+    /// Envoy's default table size.
+    pub const DEFAULT_TABLE_SIZE: u64 = 65537;
+    /// Envoy's largest table size.
+    pub const MAX_TABLE_SIZE: u64 = 5_000_011;
 }
 
 fn ten_seconds() -> Duration {

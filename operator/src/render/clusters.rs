@@ -13,7 +13,7 @@ use rustmesh_xds::address::SocketAddress;
 use rustmesh_xds::cluster::{
     BindConfig, CircuitBreakers, Cluster, ClusterLoadAssignment, ClusterMetadata, DiscoveryType,
     EdsClusterConfig, HttpProtocolOptions, LbEndpoint, LbPolicy, LocalityLbEndpoints,
-    OutlierDetection, ServiceRef, Thresholds, UpstreamProtocol,
+    MaglevLbConfig, OutlierDetection, RingHashLbConfig, ServiceRef, Thresholds, UpstreamProtocol,
 };
 use rustmesh_xds::duration::Duration;
 use rustmesh_xds::names::{BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER_V4, PASSTHROUGH_CLUSTER};
@@ -132,6 +132,37 @@ fn lb_policy(lb: Option<&LoadBalancerSettings>) -> LbPolicy {
     }
 }
 
+/// The table sizes of a consistent-hash load balancer, as Istio sets them: MAGLEV's
+/// `maglev.tableSize`; RING_HASH's `ringHash.minimumRingSize`, else the deprecated top-level
+/// `minimumRingSize`. 0 (proto3's unset) and absent leave Envoy's defaults.
+fn hash_lb_configs(
+    lb: Option<&LoadBalancerSettings>,
+) -> (Option<RingHashLbConfig>, Option<MaglevLbConfig>) {
+    let Some(ch) = lb.and_then(|lb| lb.consistent_hash.as_ref()) else {
+        return (None, None);
+    };
+    if let Some(m) = &ch.maglev {
+        let table_size = m.table_size.filter(|n| *n > 0);
+        return (
+            None,
+            table_size.map(|n| MaglevLbConfig {
+                table_size: Some(n),
+            }),
+        );
+    }
+    let minimum = ch
+        .ring_hash
+        .as_ref()
+        .and_then(|r| r.minimum_ring_size)
+        .or(ch.minimum_ring_size)
+        .filter(|n| *n > 0);
+    let ring = minimum.map(|n| RingHashLbConfig {
+        minimum_ring_size: Some(n),
+        maximum_ring_size: None,
+    });
+    (ring, None)
+}
+
 fn to_u32(v: Option<i32>) -> Option<u32> {
     v.and_then(|n| u32::try_from(n).ok())
 }
@@ -180,6 +211,8 @@ pub fn inbound_cluster(
         type_: DiscoveryType::Static,
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         lb_policy: LbPolicy::RoundRobin,
+        ring_hash_lb_config: None,
+        maglev_lb_config: None,
         eds_cluster_config: None,
         load_assignment: Some(ClusterLoadAssignment {
             cluster_name: name.to_string(),
@@ -215,6 +248,8 @@ fn bare(name: &str, type_: DiscoveryType, lb_policy: LbPolicy) -> Cluster {
         type_,
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         lb_policy,
+        ring_hash_lb_config: None,
+        maglev_lb_config: None,
         eds_cluster_config: None,
         load_assignment: None,
         circuit_breakers: None,
@@ -281,6 +316,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
                 bare(name, DiscoveryType::OriginalDst, LbPolicy::ClusterProvided)
             } else {
                 let mut c = bare(name, DiscoveryType::Eds, lb_policy(policy.lb));
+                (c.ring_hash_lb_config, c.maglev_lb_config) = hash_lb_configs(policy.lb);
                 c.eds_cluster_config = Some(EdsClusterConfig {
                     service_name: name.clone(),
                 });

@@ -855,11 +855,91 @@ spec:
         .cluster("outbound|9080|maglev|ratings.default.svc.cluster.local")
         .unwrap();
     assert_eq!(mg.lb_policy, LbPolicy::Maglev);
+    assert_eq!(mg.maglev_lb_config.and_then(|m| m.table_size), Some(65537));
     // The default route carries the cookie hash policy.
     let route = &vhost(&c, "9080", "ratings.default.svc.cluster.local:9080").routes[0];
     let hp = &route.route.as_ref().unwrap().hash_policy;
     assert_eq!(hp.len(), 1);
     assert_eq!(hp[0].cookie.as_ref().unwrap().name, "user");
+}
+
+#[test]
+fn consistent_hash_table_sizes_reach_clusters() {
+    let mut index = bookinfo();
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings, namespace: default}
+spec:
+  host: ratings.default.svc.cluster.local
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {httpHeaderName: x-user}
+  subsets:
+  - name: ring
+    labels: {version: v1}
+    trafficPolicy:
+      loadBalancer:
+        consistentHash:
+          httpHeaderName: x-user
+          ringHash: {minimumRingSize: 2048}
+  - name: deprecated
+    labels: {version: v1}
+    trafficPolicy:
+      loadBalancer:
+        consistentHash: {httpHeaderName: x-user, minimumRingSize: 4096}
+  - name: maglev
+    labels: {version: v1}
+    trafficPolicy:
+      loadBalancer:
+        consistentHash:
+          httpHeaderName: x-user
+          maglev: {tableSize: 5003}
+  - name: maglev-default
+    labels: {version: v1}
+    trafficPolicy:
+      loadBalancer:
+        consistentHash: {httpHeaderName: x-user, maglev: {}}
+  - name: rr
+    labels: {version: v1}
+    trafficPolicy:
+      loadBalancer: {simple: ROUND_ROBIN}
+"#,
+    );
+    let c = rendered(&index, &Scope::namespace("default"));
+    let cluster = |subset: &str| {
+        c.cluster(&format!(
+            "outbound|9080|{subset}|ratings.default.svc.cluster.local"
+        ))
+        .unwrap()
+        .clone()
+    };
+    let ring_size = |subset: &str| {
+        let c = cluster(subset);
+        (
+            c.lb_policy,
+            c.ring_hash_lb_config.and_then(|r| r.minimum_ring_size),
+            c.maglev_lb_config.and_then(|m| m.table_size),
+        )
+    };
+    // Absent sizes leave Envoy's defaults to the proxy.
+    assert_eq!(ring_size(""), (LbPolicy::RingHash, None, None));
+    assert_eq!(ring_size("ring"), (LbPolicy::RingHash, Some(2048), None));
+    assert_eq!(
+        ring_size("deprecated"),
+        (LbPolicy::RingHash, Some(4096), None)
+    );
+    assert_eq!(ring_size("maglev"), (LbPolicy::Maglev, None, Some(5003)));
+    assert_eq!(ring_size("maglev-default"), (LbPolicy::Maglev, None, None));
+    assert_eq!(ring_size("rr"), (LbPolicy::RoundRobin, None, None));
+    // The rendered JSON names them as Envoy does, camelCase, and omits them when absent.
+    let json = serde_json::to_value(cluster("maglev")).unwrap();
+    assert_eq!(json["maglevLbConfig"]["tableSize"], 5003);
+    let json = serde_json::to_value(cluster("ring")).unwrap();
+    assert_eq!(json["ringHashLbConfig"]["minimumRingSize"], 2048);
+    assert!(json.get("maglevLbConfig").is_none());
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! Load balancers over a cluster's usable endpoints: ROUND_ROBIN, LEAST_REQUEST (power of two
-//! choices on active requests, Istio's default), RANDOM, and consistent hashing for RING_HASH and
-//! MAGLEV when a hash is given (weighted rendezvous hashing: the same key goes to the same
-//! endpoint, and only the keys of a removed endpoint move). Without a hash RING_HASH and MAGLEV
-//! behave like LEAST_REQUEST.
+//! choices on active requests, Istio's default), RANDOM, and the consistent-hash table of a
+//! RING_HASH or MAGLEV cluster ([`HashTable`]: a [`RingHash`] or a [`Maglev`] table, built once
+//! per endpoint set). A request without a hash key on a RING_HASH or MAGLEV cluster is balanced
+//! like LEAST_REQUEST.
 //!
 //! Weights (`loadBalancingWeight`, default 1) are honoured by every policy.
 
@@ -10,7 +10,12 @@ use std::cell::Cell;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use rustmesh_xds::cluster::LbPolicy;
+use std::net::SocketAddr;
+
+use rustmesh_xds::cluster::{Cluster, LbPolicy, MaglevLbConfig, RingHashLbConfig};
+
+use super::maglev::Maglev;
+use super::ring_hash::RingHash;
 
 /// What a balancer needs to know about a candidate.
 pub trait Candidate {
@@ -18,16 +23,65 @@ pub trait Candidate {
     fn weight(&self) -> u32;
     /// Active requests (and TCP connections) now: LEAST_REQUEST's measure.
     fn load(&self) -> u64;
-    /// A stable key for consistent hashing (the address).
-    fn key(&self) -> u64;
+}
+
+/// A RING_HASH or MAGLEV cluster's table over its usable endpoints, sized from the cluster's
+/// `ringHashLbConfig` / `maglevLbConfig` (Envoy's defaults when absent).
+#[derive(Debug, Clone)]
+pub enum HashTable {
+    /// RING_HASH.
+    Ring(RingHash),
+    /// MAGLEV.
+    Maglev(Maglev),
+}
+
+impl HashTable {
+    /// The table of `def` over `endpoints` (address and weight), `None` for the other policies
+    /// or without endpoints.
+    pub fn build(def: &Cluster, endpoints: &[(SocketAddr, u32)]) -> Option<HashTable> {
+        if endpoints.is_empty() {
+            return None;
+        }
+        match def.lb_policy {
+            LbPolicy::RingHash => {
+                let c = def.ring_hash_lb_config.unwrap_or_default();
+                let max = RingHashLbConfig::MAX_RING_SIZE;
+                let minimum = c
+                    .minimum_ring_size
+                    .unwrap_or(RingHashLbConfig::DEFAULT_MINIMUM_RING_SIZE)
+                    .min(max);
+                let maximum = c.maximum_ring_size.unwrap_or(max).min(max);
+                Some(HashTable::Ring(RingHash::new(endpoints, minimum, maximum)))
+            }
+            LbPolicy::Maglev => {
+                let size = def
+                    .maglev_lb_config
+                    .and_then(|c| c.table_size)
+                    .filter(|n| *n > 0)
+                    .unwrap_or(MaglevLbConfig::DEFAULT_TABLE_SIZE)
+                    .min(MaglevLbConfig::MAX_TABLE_SIZE);
+                Some(HashTable::Maglev(Maglev::new(endpoints, size)))
+            }
+            _ => None,
+        }
+    }
+
+    /// The endpoint (index into the list the table was built from) for `hash`, walking past
+    /// those `accept` refuses.
+    pub fn pick(&self, hash: u64, accept: impl Fn(usize) -> bool) -> Option<usize> {
+        match self {
+            HashTable::Ring(r) => r.pick(hash, accept),
+            HashTable::Maglev(m) => m.pick(hash, accept),
+        }
+    }
 }
 
 /// Picks an index into `endpoints` (which are all usable), or `None` when there are none.
+/// Consistent hashing is [`HashTable`]'s: here RING_HASH and MAGLEV are LEAST_REQUEST.
 pub fn pick<C: Candidate>(
     policy: LbPolicy,
     endpoints: &[C],
     rr: &AtomicUsize,
-    hash: Option<u64>,
     rng: &mut dyn FnMut() -> u64,
 ) -> Option<usize> {
     let n = endpoints.len();
@@ -48,9 +102,6 @@ pub fn pick<C: Candidate>(
             }
         }
         LbPolicy::Random => Some(weighted_random(endpoints, uniform, rng)),
-        LbPolicy::RingHash | LbPolicy::Maglev if hash.is_some() => {
-            Some(rendezvous(endpoints, hash.unwrap_or_default()))
-        }
         LbPolicy::LeastRequest
         | LbPolicy::RingHash
         | LbPolicy::Maglev
@@ -95,23 +146,6 @@ fn weighted_random<C: Candidate>(
     }
 }
 
-/// Weighted rendezvous (highest random weight) hashing: score = weight / -ln(u), u uniform in
-/// (0, 1) derived from (hash, endpoint key).
-fn rendezvous<C: Candidate>(endpoints: &[C], hash: u64) -> usize {
-    let mut best = 0;
-    let mut best_score = f64::MIN;
-    for (i, e) in endpoints.iter().enumerate() {
-        let x = mix(hash ^ mix(e.key()));
-        let u = ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        let score = f64::from(e.weight().max(1)) / -u.ln();
-        if score > best_score {
-            best_score = score;
-            best = i;
-        }
-    }
-    best
-}
-
 /// splitmix64's finaliser: a good 64-bit mixer.
 pub fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -146,7 +180,6 @@ mod tests {
     struct E {
         weight: u32,
         load: u64,
-        key: u64,
     }
 
     impl Candidate for E {
@@ -156,19 +189,10 @@ mod tests {
         fn load(&self) -> u64 {
             self.load
         }
-        fn key(&self) -> u64 {
-            self.key
-        }
     }
 
     fn eps(n: usize) -> Vec<E> {
-        (0..n)
-            .map(|i| E {
-                weight: 1,
-                load: 0,
-                key: i as u64 * 7919,
-            })
-            .collect()
+        (0..n).map(|_| E { weight: 1, load: 0 }).collect()
     }
 
     fn seeded(seed: u64) -> impl FnMut() -> u64 {
@@ -179,34 +203,31 @@ mod tests {
         }
     }
 
-    fn counts(policy: LbPolicy, endpoints: &[E], picks: usize, hash: Option<u64>) -> Vec<usize> {
+    fn counts(policy: LbPolicy, endpoints: &[E], picks: usize) -> Vec<usize> {
         let rr = AtomicUsize::new(0);
         let mut rng = seeded(42);
         let mut out = vec![0; endpoints.len()];
         for _ in 0..picks {
-            out[pick(policy, endpoints, &rr, hash, &mut rng).unwrap()] += 1;
+            out[pick(policy, endpoints, &rr, &mut rng).unwrap()] += 1;
         }
         out
     }
 
     #[test]
     fn round_robin_is_even_and_honours_weights() {
-        assert_eq!(
-            counts(LbPolicy::RoundRobin, &eps(3), 300, None),
-            [100, 100, 100]
-        );
+        assert_eq!(counts(LbPolicy::RoundRobin, &eps(3), 300), [100, 100, 100]);
         let mut e = eps(2);
         e[1].weight = 3;
-        assert_eq!(counts(LbPolicy::RoundRobin, &e, 400, None), [100, 300]);
+        assert_eq!(counts(LbPolicy::RoundRobin, &e, 400), [100, 300]);
     }
 
     #[test]
     fn random_spreads_in_proportion_to_weight() {
-        let c = counts(LbPolicy::Random, &eps(4), 4000, None);
+        let c = counts(LbPolicy::Random, &eps(4), 4000);
         assert!(c.iter().all(|n| (800..1200).contains(n)), "{c:?}");
         let mut e = eps(2);
         e[0].weight = 9;
-        let c = counts(LbPolicy::Random, &e, 1000, None);
+        let c = counts(LbPolicy::Random, &e, 1000);
         assert!(c[0] > 800 && c[1] > 50, "{c:?}");
     }
 
@@ -214,43 +235,64 @@ mod tests {
     fn least_request_avoids_the_busiest() {
         let mut e = eps(3);
         e[0].load = 5;
-        let c = counts(LbPolicy::LeastRequest, &e, 1000, None);
+        let c = counts(LbPolicy::LeastRequest, &e, 1000);
         assert_eq!(
             c[0], 0,
             "two distinct choices never both land on the busy one: {c:?}"
         );
         assert!(c[1] > 300 && c[2] > 300, "{c:?}");
         // All idle: spread over everyone.
-        let c = counts(LbPolicy::LeastRequest, &eps(3), 3000, None);
+        let c = counts(LbPolicy::LeastRequest, &eps(3), 3000);
         assert!(c.iter().all(|n| *n > 500), "{c:?}");
     }
 
     #[test]
-    fn hashing_is_sticky_and_moves_only_the_removed_endpoints_keys() {
-        let e = eps(5);
-        let rr = AtomicUsize::new(0);
-        let mut rng = seeded(1);
+    fn hash_policies_without_a_key_balance_like_least_request() {
+        let mut e = eps(3);
+        e[0].load = 5;
         for policy in [LbPolicy::RingHash, LbPolicy::Maglev] {
-            for key in 0..200u64 {
-                let a = pick(policy, &e, &rr, Some(key), &mut rng);
-                let b = pick(policy, &e, &rr, Some(key), &mut rng);
-                assert_eq!(a, b);
-            }
+            let c = counts(policy, &e, 1000);
+            assert_eq!(c[0], 0, "{c:?}");
+            assert!(c[1] > 300 && c[2] > 300, "{c:?}");
         }
-        let fewer: Vec<E> = e[..4].to_vec();
-        for key in 0..500u64 {
-            let before = pick(LbPolicy::RingHash, &e, &rr, Some(key), &mut rng).unwrap();
-            let after = pick(LbPolicy::RingHash, &fewer, &rr, Some(key), &mut rng).unwrap();
-            if before < 4 {
-                assert_eq!(before, after, "key {key} moved without need");
-            }
+    }
+
+    #[test]
+    fn hash_tables_are_built_for_their_policies_with_their_sizes() {
+        let eps: Vec<(SocketAddr, u32)> = (1..=3u8)
+            .map(|i| (SocketAddr::from(([10, 0, 0, i], 80)), 1))
+            .collect();
+        let def = |json: serde_json::Value| -> Cluster { serde_json::from_value(json).unwrap() };
+        let ring = def(serde_json::json!({"name": "c", "type": "EDS", "lbPolicy": "RING_HASH"}));
+        match HashTable::build(&ring, &eps) {
+            Some(HashTable::Ring(r)) => assert_eq!(r.len(), 3 * 342),
+            other => panic!("{other:?}"),
         }
-        // Keys spread over every endpoint.
-        let c = (0..1000u64).fold(vec![0; 5], |mut c, k| {
-            c[pick(LbPolicy::RingHash, &e, &rr, Some(k), &mut rng).unwrap()] += 1;
-            c
-        });
-        assert!(c.iter().all(|n| *n > 100), "{c:?}");
+        let ring = def(
+            serde_json::json!({"name": "c", "type": "EDS", "lbPolicy": "RING_HASH",
+            "ringHashLbConfig": {"minimumRingSize": 3000}}),
+        );
+        match HashTable::build(&ring, &eps) {
+            Some(HashTable::Ring(r)) => assert_eq!(r.len(), 3000),
+            other => panic!("{other:?}"),
+        }
+        let maglev = def(serde_json::json!({"name": "c", "type": "EDS", "lbPolicy": "MAGLEV"}));
+        match HashTable::build(&maglev, &eps) {
+            Some(HashTable::Maglev(m)) => assert_eq!(m.len(), 65537),
+            other => panic!("{other:?}"),
+        }
+        let maglev = def(
+            serde_json::json!({"name": "c", "type": "EDS", "lbPolicy": "MAGLEV",
+            "maglevLbConfig": {"tableSize": 251}}),
+        );
+        match HashTable::build(&maglev, &eps) {
+            Some(HashTable::Maglev(m)) => assert_eq!(m.len(), 251),
+            other => panic!("{other:?}"),
+        }
+        // No table for the other policies, nor without endpoints.
+        let rr = def(serde_json::json!({"name": "c", "type": "EDS", "lbPolicy": "ROUND_ROBIN"}));
+        assert!(HashTable::build(&rr, &eps).is_none());
+        assert!(HashTable::build(&maglev, &[]).is_none());
     }
 
     #[test]
@@ -258,9 +300,9 @@ mod tests {
         let rr = AtomicUsize::new(0);
         let mut rng = seeded(3);
         let none: Vec<E> = vec![];
-        assert_eq!(pick(LbPolicy::RoundRobin, &none, &rr, None, &mut rng), None);
+        assert_eq!(pick(LbPolicy::RoundRobin, &none, &rr, &mut rng), None);
         assert_eq!(
-            pick(LbPolicy::LeastRequest, &eps(1), &rr, None, &mut rng),
+            pick(LbPolicy::LeastRequest, &eps(1), &rr, &mut rng),
             Some(0)
         );
     }

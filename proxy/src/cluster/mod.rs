@@ -14,10 +14,14 @@
 //!   is closed.
 //!
 //! Endpoints that are `UNHEALTHY` or `DRAINING` are skipped; of the others, the lowest
-//! `priority` that has any is used.
+//! `priority` that has any is used. A RING_HASH or MAGLEV cluster builds its consistent-hash
+//! table ([`lb::HashTable`]) over those endpoints once, with the cluster; a request with a hash
+//! key is picked from it.
 
 pub mod lb;
+pub mod maglev;
 pub mod outlier;
+pub mod ring_hash;
 
 use std::collections::HashMap;
 use std::io;
@@ -134,12 +138,6 @@ impl lb::Candidate for Arc<Endpoint> {
     fn load(&self) -> u64 {
         self.stats.load.load(Ordering::Relaxed)
     }
-    fn key(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.addr.hash(&mut h);
-        h.finish()
-    }
 }
 
 /// How an HTTP request on an endpoint ended.
@@ -230,6 +228,8 @@ pub struct UpstreamCluster {
     pub endpoints: Vec<Arc<Endpoint>>,
     /// The usable endpoints of the best priority: what load balancing picks from.
     usable: Vec<Arc<Endpoint>>,
+    /// RING_HASH / MAGLEV: the table over `usable` (indices into it).
+    table: Option<lb::HashTable>,
     rr: AtomicUsize,
     /// Prometheus counters.
     pub stats: ClusterStats,
@@ -321,10 +321,37 @@ impl UpstreamCluster {
         if self.kind != Kind::Balanced {
             return None;
         }
+        if let (Some(hash), Some(table)) = (hash, &self.table) {
+            return self.pick_hashed(table, hash, &[]);
+        }
         let candidates = self.candidates();
         let mut rng = lb::random;
-        lb::pick(self.def.lb_policy, &candidates, &self.rr, hash, &mut rng)
-            .map(|i| candidates[i].clone())
+        lb::pick(self.def.lb_policy, &candidates, &self.rr, &mut rng).map(|i| candidates[i].clone())
+    }
+
+    /// The consistent-hash pick: the table's endpoint for `hash`, walking on (as Envoy does)
+    /// past ejected endpoints and, while another candidate is left, those in `exclude`.
+    fn pick_hashed(
+        &self,
+        table: &lb::HashTable,
+        hash: u64,
+        exclude: &[SocketAddr],
+    ) -> Option<Arc<Endpoint>> {
+        let candidates = self.candidates();
+        // Borrowed: every usable endpoint is a candidate (nothing ejected, or panic mode).
+        let all = matches!(candidates, std::borrow::Cow::Borrowed(_));
+        let is_candidate = |e: &Arc<Endpoint>| all || candidates.iter().any(|c| Arc::ptr_eq(c, e));
+        let exclude = if candidates.iter().all(|e| exclude.contains(&e.addr)) {
+            &[][..]
+        } else {
+            exclude
+        };
+        table
+            .pick(hash, |i| {
+                let e = &self.usable[i];
+                !exclude.contains(&e.addr) && is_candidate(e)
+            })
+            .map(|i| self.usable[i].clone())
     }
 
     /// The usable endpoints outlier detection has not ejected (all of them in panic mode).
@@ -395,6 +422,9 @@ impl UpstreamCluster {
         if exclude.is_empty() || self.kind != Kind::Balanced {
             return self.pick(hash);
         }
+        if let (Some(hash), Some(table)) = (hash, &self.table) {
+            return self.pick_hashed(table, hash, exclude);
+        }
         let left: Vec<Arc<Endpoint>> = self
             .candidates()
             .iter()
@@ -405,7 +435,7 @@ impl UpstreamCluster {
             return self.pick(hash);
         }
         let mut rng = lb::random;
-        lb::pick(self.def.lb_policy, &left, &self.rr, hash, &mut rng).map(|i| left[i].clone())
+        lb::pick(self.def.lb_policy, &left, &self.rr, &mut rng).map(|i| left[i].clone())
     }
 
     /// Where a connection whose original destination is `orig_dst` goes in this cluster.
@@ -697,6 +727,13 @@ impl ClusterManager {
             .filter(|e| e.usable() && Some(e.priority) == best)
             .cloned()
             .collect();
+        let table = (kind == Kind::Balanced)
+            .then(|| {
+                let weighted: Vec<(SocketAddr, u32)> =
+                    usable.iter().map(|e| (e.addr, e.weight)).collect();
+                lb::HashTable::build(def, &weighted)
+            })
+            .flatten();
         let breaker = match old {
             Some(o) if o.def.circuit_breakers == def.circuit_breakers => o.breaker.clone(),
             _ => Arc::new(crate::http::limits::CircuitBreaker::new(
@@ -720,6 +757,7 @@ impl ClusterManager {
             connect_timeout: def.connect_timeout.as_std(),
             endpoints,
             usable,
+            table,
             rr: AtomicUsize::new(old.map_or(0, |c| c.rr.load(Ordering::Relaxed))),
             stats: self.metrics.cluster(&def.name),
             breaker,
@@ -913,6 +951,99 @@ mod tests {
             a.pick_excluding(None, &both).is_some(),
             "all tried: any will do"
         );
+    }
+
+    /// Where each of `keys` goes in cluster `name`.
+    fn sticky_picks(clusters: &Clusters, name: &str, keys: u64) -> Vec<SocketAddr> {
+        let c = clusters.get(name).unwrap();
+        (0..keys)
+            .map(|k| c.pick(Some(lb::mix(k))).unwrap().addr)
+            .collect()
+    }
+
+    #[test]
+    fn consistent_hash_keys_stay_on_their_endpoint_across_a_reload() {
+        let addrs: Vec<String> = (1..=10).map(|i| format!("10.0.0.{i}:80")).collect();
+        let listed = |n: usize| -> Vec<(&str, &str, u32)> {
+            addrs[..n]
+                .iter()
+                .map(|a| (a.as_str(), "HEALTHY", 0))
+                .collect()
+        };
+        let cfg = |n: usize| {
+            // `small`: 81 points over 10 endpoints (9 each) and still 9 each over 9.
+            let mut small = eds("small", "RING_HASH");
+            small["ringHashLbConfig"] = serde_json::json!({"minimumRingSize": 81});
+            config(serde_json::json!({
+                "clusters": [eds("ring", "RING_HASH"), eds("maglev", "MAGLEV"), small],
+                "endpoints": [endpoints("ring", &listed(n)), endpoints("maglev", &listed(n)),
+                    endpoints("small", &listed(n))],
+            }))
+        };
+        let m = manager();
+        let before = m.build(&cfg(10));
+        m.commit(&before);
+        // The table is built with the cluster, at its size.
+        let table_len = |c: &Clusters, name: &str| match &c.get(name).unwrap().table {
+            Some(lb::HashTable::Ring(r)) => r.len(),
+            Some(lb::HashTable::Maglev(t)) => t.len(),
+            None => 0,
+        };
+        assert_eq!(table_len(&before, "ring"), 1030);
+        assert_eq!(table_len(&before, "maglev"), 65537);
+        assert_eq!(table_len(&before, "small"), 90);
+        let after = m.build(&cfg(9));
+        let removed: SocketAddr = addrs[9].parse().unwrap();
+        for (name, most) in [("small", 2000), ("maglev", 1900), ("ring", 1600)] {
+            let (b, a) = (
+                sticky_picks(&before, name, 2000),
+                sticky_picks(&after, name, 2000),
+            );
+            // A key always gets the same endpoint.
+            assert_eq!(b, sticky_picks(&before, name, 2000), "{name}");
+            let stayed = b.iter().zip(&a).filter(|(b, a)| b == a).count();
+            let on_removed = b.iter().filter(|b| **b == removed).count();
+            assert!(!a.contains(&removed), "{name}");
+            assert!(
+                stayed + on_removed >= most,
+                "{name}: {stayed} stayed, {on_removed} were on the removed endpoint"
+            );
+        }
+    }
+
+    #[test]
+    fn consistent_hash_walks_past_previous_hosts_and_ejected_endpoints() {
+        let mut maglev = eds("a", "MAGLEV");
+        maglev["outlierDetection"] =
+            serde_json::json!({"consecutive5xx": 1, "maxEjectionPercent": 100});
+        let c = config(serde_json::json!({
+            "clusters": [maglev],
+            "endpoints": [endpoints("a", &[("10.0.0.1:80", "HEALTHY", 0),
+                ("10.0.0.2:80", "HEALTHY", 0), ("10.0.0.3:80", "UNHEALTHY", 0)])],
+        }));
+        let clusters = manager().build(&c);
+        let a = clusters.get("a").unwrap();
+        let hash = Some(7);
+        let first = a.pick(hash).unwrap();
+        assert_ne!(
+            first.addr.to_string(),
+            "10.0.0.3:80",
+            "unhealthy: not in the table"
+        );
+        // A retry goes to the next endpoint along the table, the same one every time.
+        let next = a.pick_excluding(hash, &[first.addr]).unwrap();
+        assert_ne!(next.addr, first.addr);
+        assert_eq!(
+            a.pick_excluding(hash, &[first.addr]).unwrap().addr,
+            next.addr
+        );
+        // Every endpoint tried: the key's own.
+        let both = [first.addr, next.addr];
+        assert_eq!(a.pick_excluding(hash, &both).unwrap().addr, first.addr);
+        // Ejected: its keys walk on to the next endpoint too.
+        a.report(&first, outlier::Outcome::Status(503));
+        assert!(a.is_ejected(&first));
+        assert_eq!(a.pick(hash).unwrap().addr, next.addr);
     }
 
     #[test]

@@ -1,15 +1,10 @@
-//! Consistent hashing: the request key from a route's `hashPolicy` (header, cookie, source IP,
-//! query parameter), and the two pure endpoint tables Envoy uses with it, a ring hash
-//! (`RING_HASH`) and a Maglev table (`MAGLEV`).
-//!
-//! Both tables are built from an endpoint list and answer `pick(hash)`; the cluster manager
-//! keeps one per cluster and rebuilds it when the endpoints change. Stickiness: a key keeps its
-//! endpoint while that endpoint stays; removing an endpoint only moves the keys that were on it
-//! (ring hash exactly, Maglev almost exactly).
+//! The request's consistent-hash key from a route's `hashPolicy` (header, cookie, source IP,
+//! query parameter). The cluster turns the key into an endpoint with its ring hash or Maglev
+//! table (`cluster::ring_hash`, `cluster::maglev`).
 
 use http::HeaderMap;
 use rustmesh_xds::route::HashPolicy;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 /// A 64-bit finaliser (murmur3's), to spread FNV's output over the ring.
@@ -143,195 +138,10 @@ pub fn request_hash(
     out
 }
 
-/// Envoy's ring hash: each endpoint gets `weight`-proportional points on a 64-bit ring; a key
-/// goes to the first point at or after its hash.
-#[derive(Debug, Clone)]
-pub struct RingHash {
-    ring: Vec<(u64, usize)>,
-    endpoints: Vec<SocketAddr>,
-}
-
-impl RingHash {
-    /// Points per unit of weight (ketama's 160): a fixed number, so adding or removing an
-    /// endpoint moves only the keys of that endpoint.
-    pub const POINTS_PER_WEIGHT: u64 = 160;
-
-    /// Builds the ring for endpoints with weights (0 is treated as 1).
-    pub fn new(endpoints: &[(SocketAddr, u32)]) -> Self {
-        let mut ring = Vec::new();
-        for (i, (addr, w)) in endpoints.iter().enumerate() {
-            let points = Self::POINTS_PER_WEIGHT * u64::from((*w).clamp(1, 1000));
-            let key = addr.to_string();
-            for n in 0..points {
-                ring.push((hash_str(&format!("{key}_{n}")), i));
-            }
-        }
-        ring.sort_unstable();
-        RingHash {
-            ring,
-            endpoints: endpoints.iter().map(|(a, _)| *a).collect(),
-        }
-    }
-
-    /// The endpoint for `hash`, skipping endpoints in `exclude` (walking on along the ring).
-    pub fn pick(&self, hash: u64, exclude: &[SocketAddr]) -> Option<SocketAddr> {
-        if self.ring.is_empty() {
-            return None;
-        }
-        let start = self.ring.partition_point(|(h, _)| *h < hash);
-        (0..self.ring.len())
-            .map(|i| self.endpoints[self.ring[(start + i) % self.ring.len()].1])
-            .find(|a| !exclude.contains(a))
-    }
-}
-
-/// Envoy's Maglev table (prime size, default 65537): near-perfect balance and minimal
-/// disruption when endpoints change.
-#[derive(Debug, Clone)]
-pub struct Maglev {
-    table: Vec<usize>,
-    endpoints: Vec<SocketAddr>,
-}
-
-impl Maglev {
-    /// Envoy's default table size.
-    pub const DEFAULT_TABLE_SIZE: usize = 65537;
-
-    /// Builds the table (`table_size` should be a prime larger than the endpoint count).
-    pub fn new(endpoints: &[(SocketAddr, u32)], table_size: usize) -> Self {
-        let n = endpoints.len();
-        let m = table_size.max(1);
-        let mut table = vec![usize::MAX; if n == 0 { 0 } else { m }];
-        if n > 0 {
-            let params: Vec<(u64, u64)> = endpoints
-                .iter()
-                .map(|(a, _)| {
-                    let k = a.to_string();
-                    let offset = hash_str(&format!("{k}#offset")) % m as u64;
-                    let skip = hash_str(&format!("{k}#skip")) % (m as u64 - 1).max(1) + 1;
-                    (offset, skip)
-                })
-                .collect();
-            let max_w = endpoints
-                .iter()
-                .map(|(_, w)| (*w).max(1))
-                .max()
-                .unwrap_or(1);
-            let mut next = vec![0u64; n];
-            let mut credit = vec![0u64; n];
-            let mut filled = 0;
-            'outer: loop {
-                for i in 0..n {
-                    // Weighted Maglev: an endpoint takes a slot only once it has enough credit.
-                    credit[i] += u64::from(endpoints[i].1.max(1));
-                    if credit[i] < u64::from(max_w) {
-                        continue;
-                    }
-                    credit[i] -= u64::from(max_w);
-                    let (offset, skip) = params[i];
-                    loop {
-                        let slot = ((offset + next[i] * skip) % m as u64) as usize;
-                        next[i] += 1;
-                        if table[slot] == usize::MAX {
-                            table[slot] = i;
-                            filled += 1;
-                            break;
-                        }
-                    }
-                    if filled == m {
-                        break 'outer;
-                    }
-                }
-            }
-        }
-        Maglev {
-            table,
-            endpoints: endpoints.iter().map(|(a, _)| *a).collect(),
-        }
-    }
-
-    /// The endpoint for `hash`, skipping endpoints in `exclude` (probing the next slots).
-    pub fn pick(&self, hash: u64, exclude: &[SocketAddr]) -> Option<SocketAddr> {
-        if self.table.is_empty() {
-            return None;
-        }
-        let m = self.table.len();
-        let start = (hash % m as u64) as usize;
-        (0..m)
-            .map(|i| self.endpoints[self.table[(start + i) % m]])
-            .find(|a| !exclude.contains(a))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use rustmesh_xds::route::HashCookie;
-    use std::collections::HashMap;
-
-    fn eps(n: u16) -> Vec<(SocketAddr, u32)> {
-        (0..n)
-            .map(|i| (SocketAddr::from(([10, 0, 0, i as u8 + 1], 9080)), 1))
-            .collect()
-    }
-
-    fn stickiness<T>(
-        build: impl Fn(&[(SocketAddr, u32)]) -> T,
-        pick: impl Fn(&T, u64) -> SocketAddr,
-    ) {
-        let all = eps(5);
-        let fewer: Vec<_> = all
-            .iter()
-            .copied()
-            .filter(|(a, _)| *a != all[2].0)
-            .collect();
-        let (all_t, fewer_t) = (build(&all), build(&fewer));
-        let mut counts: HashMap<SocketAddr, usize> = HashMap::new();
-        let mut moved_off_survivors = 0;
-        for k in 0..5000u64 {
-            let h = hash_str(&format!("user-{k}"));
-            let before = pick(&all_t, h);
-            *counts.entry(before).or_default() += 1;
-            let after = pick(&fewer_t, h);
-            if before != all[2].0 && before != after {
-                moved_off_survivors += 1;
-            }
-        }
-        assert_eq!(counts.len(), 5);
-        for c in counts.values() {
-            assert!(*c > 500, "unbalanced: {counts:?}");
-        }
-        // Keys on surviving endpoints stay (Maglev may move a few).
-        assert!(
-            moved_off_survivors < 250,
-            "{moved_off_survivors} keys moved"
-        );
-    }
-
-    #[test]
-    fn ring_hash_is_sticky_and_balanced() {
-        stickiness(RingHash::new, |t, h| t.pick(h, &[]).unwrap());
-    }
-
-    #[test]
-    fn maglev_is_sticky_and_balanced() {
-        stickiness(|e| Maglev::new(e, 65537), |t, h| t.pick(h, &[]).unwrap());
-    }
-
-    #[test]
-    fn exclusion_and_empty() {
-        let e = eps(3);
-        let r = RingHash::new(&e);
-        let first = r.pick(42, &[]).unwrap();
-        let second = r.pick(42, &[first]).unwrap();
-        assert_ne!(first, second);
-        assert_eq!(r.pick(42, &[e[0].0, e[1].0, e[2].0]), None);
-        assert_eq!(RingHash::new(&[]).pick(1, &[]), None);
-        assert_eq!(Maglev::new(&[], 7).pick(1, &[]), None);
-        let m = Maglev::new(&e, 7);
-        let a = m.pick(3, &[]).unwrap();
-        assert_ne!(m.pick(3, &[a]).unwrap(), a);
-    }
 
     #[test]
     fn keys_from_policies() {

@@ -8,7 +8,8 @@
 //! happens here.
 //!
 //! * [`route`]: the route engine ([`RouteTable`]), compiled once per configuration snapshot.
-//! * [`hash`]: hash-policy keys and the ring hash / Maglev endpoint tables.
+//! * [`hash`]: hash-policy keys (the cluster's ring hash / Maglev table turns them into an
+//!   endpoint).
 //! * [`limits`]: connection-pool limits ([`limits::CircuitBreaker`]) for the cluster manager.
 //! * [`client`]: a pooled HTTP/1.1 or h2c client for one endpoint ([`client::EndpointClient`]).
 //! * [`upstreams`]: the cluster manager as [`Upstreams`] (endpoint pick, limits, pools,

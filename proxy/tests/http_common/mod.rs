@@ -11,9 +11,9 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustmesh_proxy::cluster::ring_hash::RingHash;
 use rustmesh_proxy::http::body::{ProxyBody, boxed};
 use rustmesh_proxy::http::client::EndpointClient;
-use rustmesh_proxy::http::hash::RingHash;
 use rustmesh_proxy::http::limits::CircuitBreaker;
 use rustmesh_proxy::http::{
     AccessLog, BoxFuture, HttpContext, HttpSettings, Rng, RouteTable, UpstreamError,
@@ -341,7 +341,8 @@ impl TestUpstreams {
     }
 
     fn insert(&mut self, name: &str, eps: Vec<EndpointClient>, t: Option<Thresholds>) {
-        let ring = RingHash::new(&eps.iter().map(|e| (e.addr(), 1)).collect::<Vec<_>>());
+        let weighted: Vec<_> = eps.iter().map(|e| (e.addr(), 1)).collect();
+        let ring = RingHash::new(&weighted, 1024, 1024 * 1024);
         self.clusters.insert(
             name.to_string(),
             TestCluster {
@@ -376,12 +377,12 @@ impl Upstreams for TestUpstreams {
             }
             let ep = match hash {
                 Some(h) => {
-                    let addr = c
+                    let i = c
                         .ring
-                        .pick(h, exclude_hosts)
-                        .or_else(|| c.ring.pick(h, &[]))
+                        .pick(h, |i| !exclude_hosts.contains(&c.endpoints[i].addr()))
+                        .or_else(|| c.ring.pick(h, |_| true))
                         .expect("non-empty ring");
-                    c.endpoints.iter().find(|e| e.addr() == addr).unwrap()
+                    &c.endpoints[i]
                 }
                 None => {
                     let n = c.endpoints.len();
