@@ -499,7 +499,7 @@ fn stats_lines(state: &AdminState) -> Vec<(String, String)> {
 mod tests {
     use super::*;
     use crate::cluster::ClusterManager;
-    use crate::proxy::RefuseHttp;
+    use crate::listener::RefuseHttp;
     use rustmesh_xds::ProxyConfig;
 
     async fn get(addr: SocketAddr, path: &str) -> (u16, String) {

@@ -31,7 +31,7 @@ use rustmesh_xds::scope::{self, DEFAULT_SCOPE_KEY, EndpointPart, SCOPE_INDEX_KEY
 use tokio::sync::watch;
 
 use crate::cluster::ClusterManager;
-use crate::proxy::HttpHandler;
+use crate::listener::HttpHandler;
 use crate::snapshot::{Snapshot, Store};
 use crate::stats::Metrics;
 use crate::{Error, Result};
@@ -606,7 +606,7 @@ impl Watcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::RefuseHttp;
+    use crate::listener::RefuseHttp;
     use serde_json::json;
     use std::io::Write;
 

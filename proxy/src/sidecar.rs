@@ -1,6 +1,6 @@
 //! `proxy run`: the sidecar. Binds every port first (a bad address fails at start), loads the
 //! configuration and watches it ([`crate::config`]), serves the capture listeners
-//! ([`crate::proxy`]) and the admin, readiness and Prometheus endpoints ([`crate::admin`]), and
+//! ([`crate::listener`]) and the admin, readiness and Prometheus endpoints ([`crate::admin`]), and
 //! on SIGTERM (or SIGINT, or `POST /quitquitquit`) drains: readiness turns 503, the capture
 //! listeners close (new connections are refused), open connections may finish for up to
 //! `--drain-timeout`, then the process exits 0.
@@ -20,8 +20,8 @@ use crate::config::{ConfigSource, DEFAULT_POLL_INTERVAL, Watcher};
 use crate::dns::{DnsServer, DnsTable, ResolvConf, SharedTable};
 use crate::http::HttpSettings;
 use crate::http::handler::ConnectionManager;
+use crate::listener::{Direction, HttpHandler, Shared, VirtualListener};
 use crate::metrics::{Metrics as IstioMetrics, WorkloadInfo};
-use crate::proxy::{Direction, HttpHandler, Shared, VirtualListener};
 use crate::snapshot::Store;
 use crate::stats::Metrics;
 use crate::{Error, Result, drain};

@@ -18,9 +18,9 @@ use rustmesh_xds::listener::{Listener, TrafficDirection};
 use tokio::sync::Notify;
 
 use crate::cluster::{ClusterManager, Clusters};
+use crate::listener::HttpHandler;
+use crate::listener::chain::FilterChains;
 use crate::metrics::Destinations;
-use crate::proxy::HttpHandler;
-use crate::proxy::chain::FilterChains;
 use crate::sniff::DEFAULT_SNIFF_TIMEOUT;
 use crate::stats::{ListenerStats, Metrics};
 use crate::{Error, Result};
@@ -260,7 +260,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::RefuseHttp;
+    use crate::listener::RefuseHttp;
     use serde_json::json;
 
     fn tcp(cluster: &str) -> serde_json::Value {

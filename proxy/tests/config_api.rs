@@ -33,7 +33,7 @@ use kube::{Api, Client, Config};
 use rustmesh_proxy::cluster::ClusterManager;
 use rustmesh_proxy::config::api::{self, ApiTarget, ApiView};
 use rustmesh_proxy::config::{ConfigSource, Watcher};
-use rustmesh_proxy::proxy::RefuseHttp;
+use rustmesh_proxy::listener::RefuseHttp;
 use rustmesh_proxy::snapshot::Store;
 use rustmesh_proxy::stats::Metrics;
 use serde_json::json;

@@ -26,8 +26,8 @@ use crate::http::upstreams::{ClusterUpstreams, PassthroughPools};
 use crate::http::{
     AccessLog, HttpContext, HttpSettings, Rng, RouteTable, serve_connection_with_drain,
 };
+use crate::listener::{BoxFuture, HttpConnection, HttpHandler};
 use crate::metrics::{Metrics as IstioMetrics, WorkloadInfo};
-use crate::proxy::{BoxFuture, HttpConnection, HttpHandler};
 use crate::{Error, Result};
 
 /// The route tables of one configuration.

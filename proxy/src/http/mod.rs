@@ -14,7 +14,7 @@
 //! * [`client`]: a pooled HTTP/1.1 or h2c client for one endpoint ([`client::EndpointClient`]).
 //! * [`upstreams`]: the cluster manager as [`Upstreams`] (endpoint pick, limits, pools,
 //!   outlier detection feedback).
-//! * [`handler`]: the sidecar's [`crate::proxy::HttpHandler`]: route tables compiled per
+//! * [`handler`]: the sidecar's [`crate::listener::HttpHandler`]: route tables compiled per
 //!   configuration, one [`serve_connection_with_drain`] per HTTP filter chain connection.
 
 pub mod body;

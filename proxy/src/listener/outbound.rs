@@ -80,7 +80,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::testing::{first_line, named_server, shared};
+    use crate::listener::testing::{first_line, named_server, shared};
     use crate::socket::{ClientAddr, FixedAddrs, OrigDstAddr};
     use serde_json::json;
     use std::net::SocketAddr;

@@ -73,7 +73,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::testing::{first_line, shared};
+    use crate::listener::testing::{first_line, shared};
     use crate::socket::{ClientAddr, FixedAddrs, OrigDstAddr};
     use serde_json::json;
     use std::net::SocketAddr;
