@@ -499,7 +499,7 @@ fn stats_lines(state: &AdminState) -> Vec<(String, String)> {
 mod tests {
     use super::*;
     use crate::cluster::ClusterManager;
-    use crate::listener::RefuseHttp;
+    use crate::http::handler::ConnectionManager;
     use rustmesh_xds::ProxyConfig;
 
     async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -570,7 +570,7 @@ mod tests {
             config,
             &ClusterManager::new(metrics.clone()),
             &metrics,
-            &RefuseHttp::new(metrics.clone()),
+            &ConnectionManager::default(),
         )
         .unwrap();
         snapshot.clusters.get("outbound|80||web").unwrap().endpoints[0]

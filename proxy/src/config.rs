@@ -31,7 +31,7 @@ use rustmesh_xds::scope::{self, DEFAULT_SCOPE_KEY, EndpointPart, SCOPE_INDEX_KEY
 use tokio::sync::watch;
 
 use crate::cluster::ClusterManager;
-use crate::listener::HttpHandler;
+use crate::http::handler::ConnectionManager;
 use crate::snapshot::{Snapshot, Store};
 use crate::stats::Metrics;
 use crate::{Error, Result};
@@ -379,7 +379,7 @@ pub struct Watcher {
     store: Arc<Store>,
     clusters: Arc<ClusterManager>,
     metrics: Metrics,
-    http: Arc<dyn HttpHandler>,
+    http: Arc<ConnectionManager>,
     interval: Duration,
     last: Option<u64>,
     api: Option<ApiFollow>,
@@ -406,7 +406,7 @@ impl Watcher {
         store: Arc<Store>,
         clusters: Arc<ClusterManager>,
         metrics: Metrics,
-        http: Arc<dyn HttpHandler>,
+        http: Arc<ConnectionManager>,
         interval: Duration,
     ) -> Self {
         Watcher {
@@ -520,7 +520,7 @@ impl Watcher {
         let result = document.and_then(|d| {
             let origin = d.origin();
             let config = d.config()?;
-            let snapshot = Snapshot::compile(config, &self.clusters, &self.metrics, &*self.http)
+            let snapshot = Snapshot::compile(config, &self.clusters, &self.metrics, &self.http)
                 .map_err(|e| match e {
                     Error::ConfigCompile { field, message } => Error::ConfigCompile {
                         field: format!("{origin}: {field}"),
@@ -606,7 +606,6 @@ impl Watcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::listener::RefuseHttp;
     use serde_json::json;
     use std::io::Write;
 
@@ -630,7 +629,7 @@ mod tests {
             store.clone(),
             Arc::new(ClusterManager::new(metrics.clone())),
             metrics.clone(),
-            Arc::new(RefuseHttp::new(metrics.clone())),
+            Arc::new(ConnectionManager::default()),
             DEFAULT_POLL_INTERVAL,
         );
         (w, store, metrics)

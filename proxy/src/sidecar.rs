@@ -20,7 +20,7 @@ use crate::config::{ConfigSource, DEFAULT_POLL_INTERVAL, Watcher};
 use crate::dns::{DnsServer, DnsTable, ResolvConf, SharedTable};
 use crate::http::HttpSettings;
 use crate::http::handler::ConnectionManager;
-use crate::listener::{Direction, HttpHandler, Shared, VirtualListener};
+use crate::listener::{Direction, Shared, VirtualListener};
 use crate::metrics::{Metrics as IstioMetrics, WorkloadInfo};
 use crate::snapshot::Store;
 use crate::stats::Metrics;
@@ -191,7 +191,7 @@ pub fn http_handler(
     istio: &Arc<IstioMetrics>,
     workload: &Arc<WorkloadInfo>,
     settings: HttpSettings,
-) -> Arc<dyn HttpHandler> {
+) -> Arc<ConnectionManager> {
     Arc::new(ConnectionManager::new(istio.clone(), workload.clone()).with_settings(settings))
 }
 

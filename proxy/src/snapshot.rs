@@ -6,7 +6,6 @@
 //! `ArcSwap` load), and keeps it to its end: a reload changes what *new* connections do, never
 //! an established one.
 
-use std::any::Any;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -18,7 +17,7 @@ use rustmesh_xds::listener::{Listener, TrafficDirection};
 use tokio::sync::Notify;
 
 use crate::cluster::{ClusterManager, Clusters};
-use crate::listener::HttpHandler;
+use crate::http::handler::{CompiledRoutes, ConnectionManager};
 use crate::listener::chain::FilterChains;
 use crate::metrics::Destinations;
 use crate::sniff::DEFAULT_SNIFF_TIMEOUT;
@@ -59,8 +58,8 @@ pub struct Snapshot {
     pub clusters: Clusters,
     /// Cluster → service, for the `destination_service*` labels of Istio's metrics.
     pub destinations: Arc<Destinations>,
-    /// Whatever the HTTP side compiled from this configuration ([`HttpHandler::compile`]).
-    pub http: Arc<dyn Any + Send + Sync>,
+    /// The route tables compiled from this configuration ([`ConnectionManager::compile`]).
+    pub http: CompiledRoutes,
     /// When it was applied.
     pub loaded_at: SystemTime,
 }
@@ -81,12 +80,12 @@ fn compile_error((field, message): (String, String)) -> Error {
 
 impl Snapshot {
     /// Compiles a validated configuration. Clusters come from `clusters` (not committed: the
-    /// caller commits once the snapshot is swapped in); `http` compiles the HTTP side.
+    /// caller commits once the snapshot is swapped in); `http` compiles the route tables.
     pub fn compile(
         config: ProxyConfig,
         clusters: &ClusterManager,
         metrics: &Metrics,
-        http: &dyn HttpHandler,
+        http: &ConnectionManager,
     ) -> Result<Snapshot> {
         let table = clusters.build(&config);
         let mut by_address = HashMap::new();
@@ -260,7 +259,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::listener::RefuseHttp;
     use serde_json::json;
 
     fn tcp(cluster: &str) -> serde_json::Value {
@@ -279,7 +277,7 @@ mod tests {
             config,
             &ClusterManager::new(metrics.clone()),
             &metrics,
-            &RefuseHttp::new(metrics.clone()),
+            &ConnectionManager::default(),
         )
     }
 
@@ -368,7 +366,7 @@ mod tests {
             config,
             &ClusterManager::new(metrics.clone()),
             &metrics,
-            &RefuseHttp::new(metrics.clone()),
+            &ConnectionManager::default(),
         )
         .unwrap();
         assert_eq!(s.virtual_inbound.as_ref().unwrap().name, "virtualInbound");

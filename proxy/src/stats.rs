@@ -54,8 +54,6 @@ pub enum Refusal {
     Loop,
     /// No filter chain matched and there is no default chain.
     NoFilterChain,
-    /// The chain is HTTP and this build has no HTTP connection manager.
-    HttpUnavailable,
     /// The cluster is `BlackHoleCluster` or has no healthy endpoint.
     NoHealthyUpstream,
     /// Connecting to the upstream failed or timed out.
@@ -72,7 +70,6 @@ impl Refusal {
         match self {
             Refusal::Loop => "loop",
             Refusal::NoFilterChain => "no_filter_chain",
-            Refusal::HttpUnavailable => "http_unavailable",
             Refusal::NoHealthyUpstream => "no_healthy_upstream",
             Refusal::UpstreamConnectFailed => "upstream_connect_failed",
             Refusal::NoListener => "no_listener",

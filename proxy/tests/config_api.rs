@@ -33,7 +33,7 @@ use kube::{Api, Client, Config};
 use rustmesh_proxy::cluster::ClusterManager;
 use rustmesh_proxy::config::api::{self, ApiTarget, ApiView};
 use rustmesh_proxy::config::{ConfigSource, Watcher};
-use rustmesh_proxy::listener::RefuseHttp;
+use rustmesh_proxy::http::handler::ConnectionManager;
 use rustmesh_proxy::snapshot::Store;
 use rustmesh_proxy::stats::Metrics;
 use serde_json::json;
@@ -274,7 +274,7 @@ async fn body(admin: Client, ns: &str) {
         store.clone(),
         Arc::new(ClusterManager::new(metrics.clone())),
         metrics.clone(),
-        Arc::new(RefuseHttp::new(metrics.clone())),
+        Arc::new(ConnectionManager::default()),
         Duration::from_millis(500),
     );
     let target = ApiTarget {

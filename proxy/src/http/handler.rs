@@ -1,18 +1,18 @@
-//! The HTTP connection manager as the listeners' [`HttpHandler`]: what `proxy run` hands every
-//! `http_connection_manager` filter chain to.
+//! The HTTP connection manager: what the listeners hand every `http_connection_manager` filter
+//! chain's connection to ([`HttpConnection`]).
 //!
-//! * [`HttpHandler::compile`] compiles every route table of a configuration, the named ones
+//! * [`ConnectionManager::compile`] compiles every route table of a configuration, the named ones
 //!   (`routes`, reached through `rds.routeConfigName`) and those inline in a listener's
 //!   `routeConfig` (inbound `inbound|9080||`), with this pod's labels (for `sourceLabels`). A
 //!   table that does not compile (a bad regex...) refuses the whole configuration, naming the
-//!   table and field; the previous configuration keeps serving.
-//! * [`HttpHandler::serve`] runs [`serve_connection_with_drain`] on the connection with the
+//!   table and field; the previous configuration keeps serving. The result is kept in the
+//!   snapshot ([`crate::snapshot::Snapshot::http`]).
+//! * [`ConnectionManager::serve`] runs [`serve_connection_with_drain`] on the connection with the
 //!   route table of its filter chain and the snapshot's clusters ([`ClusterUpstreams`]). A
 //!   connection keeps the snapshot (routes and clusters) it was accepted on; new connections
 //!   get the new configuration. An `rds` name without a table answers every request
 //!   `404 NR`, as Envoy does before the table arrives.
 
-use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::Arc;
@@ -22,13 +22,49 @@ use rustmesh_xds::ProxyConfig;
 use rustmesh_xds::listener::{HttpConnectionManager, NetworkFilter};
 use rustmesh_xds::route::RouteConfiguration;
 
+use crate::cluster::Clusters;
+use crate::drain;
 use crate::http::upstreams::{ClusterUpstreams, PassthroughPools};
 use crate::http::{
     AccessLog, HttpContext, HttpSettings, Rng, RouteTable, serve_connection_with_drain,
 };
-use crate::listener::{BoxFuture, HttpConnection, HttpHandler};
-use crate::metrics::{Metrics as IstioMetrics, WorkloadInfo};
+use crate::metrics::{Metrics as IstioMetrics, Reporter, WorkloadInfo};
+use crate::snapshot::{CompiledListener, Snapshot};
+use crate::sniff::Detected;
+use crate::socket::{ClientAddr, OrigDstAddr};
 use crate::{Error, Result};
+
+/// Everything the HTTP connection manager gets for one connection whose filter chain is
+/// `http_connection_manager`.
+pub struct HttpConnection {
+    /// The accepted downstream connection. Bytes looked at by the sniffer were only peeked:
+    /// they are all still unread.
+    pub stream: tokio::net::TcpStream,
+    /// What the sniffer saw (`http/1.1`, `http/1.0`, `h2c`; empty when the chain did not need
+    /// sniffing, e.g. a port declared HTTP).
+    pub detected: Detected,
+    /// The chain's `http_connection_manager` configuration.
+    pub hcm: Arc<HttpConnectionManager>,
+    /// The configuration this connection started on; keep using it until the connection ends
+    /// (its `http` field holds what [`ConnectionManager::compile`] built from it).
+    pub snapshot: Arc<Snapshot>,
+    /// The cluster manager as of this snapshot: look clusters up by name, then
+    /// `target()`/`pick(hash)`, `connect()`, and `Endpoint::start_request()` for stats.
+    pub clusters: Clusters,
+    /// The listener that matched (virtual listener, or the capture listener itself).
+    pub listener: Arc<CompiledListener>,
+    /// The filter chain's name.
+    pub chain: String,
+    /// `source` (outbound, 15001) or `destination` (inbound, 15006), for Istio's metrics.
+    pub reporter: Reporter,
+    /// Where the client was going (before capture).
+    pub orig_dst: OrigDstAddr,
+    /// Who the client is.
+    pub client: ClientAddr,
+    /// Resolves when the sidecar starts draining (SIGTERM): finish in-flight requests, stop
+    /// keep-alive (`Connection: close`, HTTP/2 GOAWAY). Holding it delays the exit.
+    pub drain: drain::Watch,
+}
 
 /// The route tables of one configuration.
 #[derive(Debug, Default)]
@@ -146,17 +182,27 @@ impl ConnectionManager {
     }
 }
 
-impl HttpHandler for ConnectionManager {
-    fn compile(&self, config: &ProxyConfig) -> Result<Arc<dyn Any + Send + Sync>> {
-        Ok(Arc::new(compile_routes(config, &self.workload.labels)?))
+impl Default for ConnectionManager {
+    /// A connection manager with a metrics registry of its own and no pod labels (tests).
+    fn default() -> Self {
+        ConnectionManager::new(
+            Arc::new(IstioMetrics::new()),
+            Arc::new(WorkloadInfo::default()),
+        )
+    }
+}
+
+impl ConnectionManager {
+    /// Compiles the HTTP side of a new configuration (its route tables, with this pod's
+    /// labels). An error refuses the whole configuration (the previous one keeps serving),
+    /// naming the table and field. The result is kept in the snapshot.
+    pub fn compile(&self, config: &ProxyConfig) -> Result<CompiledRoutes> {
+        compile_routes(config, &self.workload.labels)
     }
 
-    fn serve(&self, conn: HttpConnection) -> BoxFuture<io::Result<()>> {
-        let routes = conn
-            .snapshot
-            .http
-            .downcast_ref::<CompiledRoutes>()
-            .and_then(|r| r.table(&conn.hcm));
+    /// Serves one connection until it ends.
+    pub async fn serve(&self, conn: HttpConnection) -> io::Result<()> {
+        let routes = conn.snapshot.http.table(&conn.hcm);
         let table = routes.unwrap_or_else(|| {
             let name = conn
                 .hcm
@@ -191,16 +237,14 @@ impl HttpHandler for ConnectionManager {
             rng: self.rng.clone(),
             access_log: self.access_log.clone(),
         };
-        Box::pin(async move {
-            let HttpConnection {
-                stream, hcm, drain, ..
-            } = conn;
-            // As Envoy does for every accepted socket: a response's head and body are separate
-            // writes, and Nagle would hold the second until the first is acknowledged.
-            let _ = stream.set_nodelay(true);
-            let result = serve_connection_with_drain(stream, &hcm, ctx, drain.signaled()).await;
-            drop(drain);
-            result.map_err(|e| io::Error::other(e.to_string()))
-        })
+        let HttpConnection {
+            stream, hcm, drain, ..
+        } = conn;
+        // As Envoy does for every accepted socket: a response's head and body are separate
+        // writes, and Nagle would hold the second until the first is acknowledged.
+        let _ = stream.set_nodelay(true);
+        let result = serve_connection_with_drain(stream, &hcm, ctx, drain.signaled()).await;
+        drop(drain);
+        result.map_err(|e| io::Error::other(e.to_string()))
     }
 }

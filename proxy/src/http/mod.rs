@@ -14,8 +14,9 @@
 //! * [`client`]: a pooled HTTP/1.1 or h2c client for one endpoint ([`client::EndpointClient`]).
 //! * [`upstreams`]: the cluster manager as [`Upstreams`] (endpoint pick, limits, pools,
 //!   outlier detection feedback).
-//! * [`handler`]: the sidecar's [`crate::listener::HttpHandler`]: route tables compiled per
-//!   configuration, one [`serve_connection_with_drain`] per HTTP filter chain connection.
+//! * [`handler`]: the connection manager the listeners call ([`handler::ConnectionManager`]):
+//!   route tables compiled per configuration, one [`serve_connection_with_drain`] per HTTP
+//!   filter chain connection.
 
 pub mod body;
 pub mod client;

@@ -4,7 +4,7 @@
 //! [`outbound::serve`] (`virtualOutbound`, 15001) and [`inbound::serve`] (`virtualInbound`,
 //! 15006). Both hand each connection to [`dispatch`]: filter chain ([`chain`]), sniffing when a
 //! chain needs it ([`crate::sniff`]), then the chain's terminal filter: [`tcp`] proxying, or the
-//! HTTP connection manager through the [`HttpHandler`] seam.
+//! HTTP connection manager ([`ConnectionManager::serve`]).
 //!
 //! The original destination is looked up through the [`OrigDst`] trait, so tests can hand the
 //! listeners a fake ([`crate::socket::FixedAddrs`]) instead of a redirected socket.
@@ -14,20 +14,15 @@ pub mod inbound;
 pub mod outbound;
 pub mod tcp;
 
-use std::any::Any;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use rustmesh_xds::ProxyConfig;
-use rustmesh_xds::listener::HttpConnectionManager;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::cluster::Clusters;
 use crate::drain;
+use crate::http::handler::{ConnectionManager, HttpConnection};
 use crate::metrics::{Metrics as IstioMetrics, Reporter, WorkloadInfo};
 use crate::snapshot::{CompiledListener, Snapshot, Store};
 use crate::sniff::{self, Detected};
@@ -36,95 +31,6 @@ use crate::stats::{Metrics, Refusal};
 use crate::{Error, Result};
 
 use self::chain::Terminal;
-
-/// A boxed future, as [`HttpHandler::serve`] returns.
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
-/// Everything the HTTP connection manager gets for one connection whose filter chain is
-/// `http_connection_manager`.
-pub struct HttpConnection {
-    /// The accepted downstream connection. Bytes looked at by the sniffer were only peeked:
-    /// they are all still unread.
-    pub stream: TcpStream,
-    /// What the sniffer saw (`http/1.1`, `http/1.0`, `h2c`; empty when the chain did not need
-    /// sniffing, e.g. a port declared HTTP).
-    pub detected: Detected,
-    /// The chain's `http_connection_manager` configuration.
-    pub hcm: Arc<HttpConnectionManager>,
-    /// The configuration this connection started on; keep using it until the connection ends
-    /// (its `http` field holds what [`HttpHandler::compile`] built from it).
-    pub snapshot: Arc<Snapshot>,
-    /// The cluster manager as of this snapshot: look clusters up by name, then
-    /// `target()`/`pick(hash)`, `connect()`, and `Endpoint::start_request()` for stats.
-    pub clusters: Clusters,
-    /// The listener that matched (virtual listener, or the capture listener itself).
-    pub listener: Arc<CompiledListener>,
-    /// The filter chain's name.
-    pub chain: String,
-    /// `source` (outbound, 15001) or `destination` (inbound, 15006), for Istio's metrics.
-    pub reporter: Reporter,
-    /// Where the client was going (before capture).
-    pub orig_dst: OrigDstAddr,
-    /// Who the client is.
-    pub client: ClientAddr,
-    /// Resolves when the sidecar starts draining (SIGTERM): finish in-flight requests, stop
-    /// keep-alive (`Connection: close`, HTTP/2 GOAWAY). Holding it delays the exit.
-    pub drain: drain::Watch,
-}
-
-/// The seam to the HTTP connection manager (`crate::http`), so the listeners do not depend
-/// on it: `proxy run` builds one with [`crate::sidecar::http_handler`].
-pub trait HttpHandler: Send + Sync + 'static {
-    /// Compiles the HTTP side of a new configuration (route tables, regexes). An error
-    /// refuses the whole configuration (the previous one keeps serving). The result is kept in
-    /// [`Snapshot::http`].
-    fn compile(&self, config: &ProxyConfig) -> Result<Arc<dyn Any + Send + Sync>> {
-        let _ = config;
-        Ok(Arc::new(()))
-    }
-
-    /// Serves one connection until it ends.
-    fn serve(&self, conn: HttpConnection) -> BoxFuture<io::Result<()>>;
-}
-
-/// The [`HttpHandler`] of a build without the HTTP connection manager: an HTTP chain's
-/// connection is closed, logged (once at `warn`, then at `debug`) and counted
-/// (`rustmesh_listener_downstream_cx_refused_total{reason="http_unavailable"}`).
-pub struct RefuseHttp {
-    metrics: Metrics,
-    warned: AtomicBool,
-}
-
-impl RefuseHttp {
-    /// A refusing handler counting into `metrics`.
-    pub fn new(metrics: Metrics) -> Self {
-        RefuseHttp {
-            metrics,
-            warned: AtomicBool::new(false),
-        }
-    }
-}
-
-impl HttpHandler for RefuseHttp {
-    fn serve(&self, conn: HttpConnection) -> BoxFuture<io::Result<()>> {
-        self.metrics
-            .refused(&conn.listener.name, Refusal::HttpUnavailable);
-        if !self.warned.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                listener = %conn.listener.name, chain = %conn.chain, orig_dst = %conn.orig_dst,
-                "an HTTP filter chain matched, but this build has no HTTP connection manager: \
-                 connection closed (further ones are logged at debug)"
-            );
-        } else {
-            tracing::debug!(listener = %conn.listener.name, chain = %conn.chain,
-                orig_dst = %conn.orig_dst, "HTTP chain: connection closed (no HTTP connection manager)");
-        }
-        Box::pin(async move {
-            drop(conn);
-            Ok(())
-        })
-    }
-}
 
 /// Which capture listener a [`VirtualListener`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,7 +140,7 @@ pub struct Shared {
     /// This pod's workload (labels of Istio's metrics).
     pub workload: Arc<WorkloadInfo>,
     /// The HTTP connection manager.
-    pub http: Arc<dyn HttpHandler>,
+    pub http: Arc<ConnectionManager>,
 }
 
 /// Binds a capture listener on `addr`; when `addr` is `0.0.0.0`, also on `[::]` (IPv6 only)
@@ -463,26 +369,29 @@ pub(crate) mod testing {
     use super::*;
     use crate::cluster::ClusterManager;
     use crate::snapshot::Snapshot;
+    use rustmesh_xds::ProxyConfig;
 
     /// Shared state with `doc` loaded.
     pub fn shared(doc: serde_json::Value) -> Arc<Shared> {
         let metrics = Metrics::default();
-        let http = Arc::new(RefuseHttp::new(metrics.clone()));
+        let istio = Arc::new(IstioMetrics::new());
+        let workload = Arc::new(WorkloadInfo::default());
+        let http = Arc::new(ConnectionManager::new(istio.clone(), workload.clone()));
         let store = Arc::new(Store::new());
         let config = ProxyConfig::from_json(&doc.to_string()).unwrap();
         let snapshot = Snapshot::compile(
             config,
             &ClusterManager::new(metrics.clone()),
             &metrics,
-            &*http,
+            &http,
         )
         .unwrap();
         store.swap(Arc::new(snapshot));
         Arc::new(Shared {
             store,
             metrics,
-            istio: Arc::new(IstioMetrics::new()),
-            workload: Arc::new(WorkloadInfo::default()),
+            istio,
+            workload,
             http,
         })
     }

@@ -203,7 +203,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn http_chains_are_refused_until_the_http_side_exists() {
+    async fn http_chains_go_to_the_http_connection_manager() {
         let backend = named_server("never").await;
         let doc = json!({
             "listeners": [
@@ -228,12 +228,16 @@ mod tests {
         c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
             .await
             .unwrap();
-        assert_eq!(first_line(&mut c).await, None);
+        // The route table has no virtual host: the HTTP connection manager answers 404 (NR).
+        assert_eq!(
+            first_line(&mut c).await.as_deref(),
+            Some("HTTP/1.1 404 Not Found")
+        );
         assert_eq!(
             shared
                 .metrics
-                .refused_count("0.0.0.0_9080", Refusal::HttpUnavailable),
-            1
+                .refused_count("0.0.0.0_9080", Refusal::NoFilterChain),
+            0
         );
         // A non-HTTP client on the same port goes to the default chain.
         let mut c = connect_as(&shared, &listener, "10.0.0.1:9080".parse().unwrap()).await;
