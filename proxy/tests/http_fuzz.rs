@@ -8,11 +8,10 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use proptest::prelude::*;
+use rustmesh_proxy::cluster::ClusterManager;
 use rustmesh_proxy::http::route::{RequestView, RouteTable};
-use rustmesh_proxy::http::{
-    AccessLog, BoxFuture, HttpContext, HttpSettings, ProxyBody, Rng, UpstreamError,
-    UpstreamResponse, Upstreams, serve_connection,
-};
+use rustmesh_proxy::http::upstreams::{ClusterUpstreams, PassthroughPools};
+use rustmesh_proxy::http::{AccessLog, HttpContext, HttpSettings, Rng, serve_connection};
 use rustmesh_proxy::metrics::{Destinations, Metrics, Reporter, WorkloadInfo};
 use rustmesh_xds::route::{
     HeaderMatcher, QueryParameterMatcher, Route, RouteAction, RouteConfiguration, RouteMatch,
@@ -402,20 +401,6 @@ proptest! {
 }
 
 /// A cluster manager that has nothing to offer (the connection tests need no upstream).
-struct NoUpstreams;
-
-impl Upstreams for NoUpstreams {
-    fn request<'a>(
-        &'a self,
-        _: &'a str,
-        _: Option<u64>,
-        _: &'a [SocketAddr],
-        _: http::Request<ProxyBody>,
-    ) -> BoxFuture<'a, Result<UpstreamResponse, UpstreamError>> {
-        Box::pin(async { Err(UpstreamError::NoHealthyUpstream) })
-    }
-}
-
 /// Feeds `bytes` to `serve_connection`, then closes the client side; the connection must end
 /// (within a generous bound: a stuck task is the failure, not slowness).
 fn feed(bytes: &[u8]) {
@@ -428,7 +413,12 @@ fn feed(bytes: &[u8]) {
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let ctx = HttpContext {
             routes: Arc::new(arc_swap::ArcSwap::from_pointee(table)),
-            upstreams: Arc::new(NoUpstreams),
+            // No clusters: every upstream request is answered locally (503 `NC`).
+            upstreams: ClusterUpstreams::new(
+                ClusterManager::new(rustmesh_proxy::stats::Metrics::default())
+                    .build(&rustmesh_xds::ProxyConfig::from_json("{}").unwrap()),
+                Arc::new(PassthroughPools::default()),
+            ),
             metrics: Arc::new(Metrics::new()),
             workload: Arc::new(WorkloadInfo::default()),
             destinations: Arc::new(Destinations::default()),

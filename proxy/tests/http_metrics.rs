@@ -47,7 +47,7 @@ async fn requests_and_bytes_are_counted_exactly() {
         svc.clone(),
     );
     let ups =
-        TestUpstreams::new().cluster("outbound|9080|v1|reviews.default.svc.cluster.local", &[&v1]);
+        TestClusters::new().cluster("outbound|9080|v1|reviews.default.svc.cluster.local", &[&v1]);
     let p = start_proxy(
         rc,
         ups,
@@ -173,7 +173,7 @@ async fn flags_for_timeouts_overflow_and_no_upstream() {
             { "match": { "prefix": "/empty" }, "route": { "cluster": "empty" } }
         ]),
     );
-    let ups = TestUpstreams::new()
+    let ups = TestClusters::new()
         .cluster("slow", &[&slow])
         .cluster_addrs("empty", &[]);
     let p = start_proxy(

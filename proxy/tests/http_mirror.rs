@@ -34,7 +34,7 @@ async fn slow_mirror_never_delays_the_main_response() {
         json!([{ "match": { "prefix": "/" }, "route": { "cluster": "main",
             "requestMirrorPolicies": [ { "cluster": "shadow" } ] } }]),
     );
-    let ups = TestUpstreams::new()
+    let ups = TestClusters::new()
         .cluster("main", &[&main])
         .cluster("shadow", &[&shadow]);
     let p = start_proxy(rc, ups, Options::default()).await;
@@ -82,7 +82,7 @@ async fn mirror_percentage_and_failing_mirrors() {
                 "requestMirrorPolicies": [ { "cluster": "nowhere" }, { "cluster": "empty" } ] } }
         ]),
     );
-    let ups = TestUpstreams::new()
+    let ups = TestClusters::new()
         .cluster("main", &[&main])
         .cluster("shadow", &[&shadow])
         .cluster_addrs("empty", &[]);

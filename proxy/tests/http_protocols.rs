@@ -29,9 +29,9 @@ async fn proxy_to(up: &Upstream, h2: bool, settings: HttpSettings) -> Proxy {
         json!([{ "match": { "prefix": "/" }, "route": { "cluster": "c", "timeout": "0s", "retryPolicy": istio_retry() } }]),
     );
     let ups = if h2 {
-        TestUpstreams::new().cluster_h2("c", &[up])
+        TestClusters::new().cluster_h2("c", &[up])
     } else {
-        TestUpstreams::new().cluster("c", &[up])
+        TestClusters::new().cluster("c", &[up])
     };
     start_proxy(
         rc,
@@ -353,7 +353,7 @@ async fn drain_finishes_in_flight_requests_then_closes() {
     );
     let p = start_proxy(
         rc,
-        TestUpstreams::new().cluster("c", &[&up]),
+        TestClusters::new().cluster("c", &[&up]),
         Options {
             drain: Some(rx),
             ..Default::default()

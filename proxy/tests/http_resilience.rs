@@ -17,7 +17,7 @@ async fn route_timeout_gives_504() {
     );
     let p = start_proxy(
         rc,
-        TestUpstreams::new().cluster("slow", &[&slow]),
+        TestClusters::new().cluster("slow", &[&slow]),
         Options::default(),
     )
     .await;
@@ -39,7 +39,7 @@ async fn fault_delay_then_forward() {
     );
     let p = start_proxy(
         rc,
-        TestUpstreams::new().cluster("v1", &[&v1]),
+        TestClusters::new().cluster("v1", &[&v1]),
         Options::default(),
     )
     .await;
@@ -71,7 +71,7 @@ async fn fault_abort_with_status_and_percentage() {
     );
     let p = start_proxy(
         rc,
-        TestUpstreams::new().cluster("v1", &[&v1]),
+        TestClusters::new().cluster("v1", &[&v1]),
         Options::default(),
     )
     .await;
@@ -131,7 +131,7 @@ async fn retries_recover_from_a_failing_endpoint() {
             "retryOn": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
             "numRetries": 2, "retriableStatusCodes": [503], "retryPreviousHosts": true } } }]),
     );
-    let ups = TestUpstreams::new().cluster("details", &[&bad, &good]);
+    let ups = TestClusters::new().cluster("details", &[&bad, &good]);
     let p = start_proxy(rc, ups, Options::default()).await;
     let c = Clients::new();
     for i in 0..20 {
@@ -181,7 +181,7 @@ async fn retry_limit_returns_the_last_answer() {
     );
     let p = start_proxy(
         rc,
-        TestUpstreams::new().cluster("details", &[&bad]),
+        TestClusters::new().cluster("details", &[&bad]),
         Options::default(),
     )
     .await;
@@ -216,7 +216,7 @@ async fn previous_host_avoidance() {
     );
     let p = start_proxy(
         rc,
-        TestUpstreams::new().cluster("c", &[&bad, &good]),
+        TestClusters::new().cluster_ring_hash("c", &[&bad, &good]),
         Options::default(),
     )
     .await;
@@ -270,9 +270,12 @@ async fn previous_host_avoidance() {
         1,
         "the retry avoided the host already tried"
     );
-    let log = p.upstreams.requests.lock().unwrap().clone();
-    let last = log.last().unwrap();
-    assert_eq!(last.2, vec![bad.addr], "the retry excluded the first host");
+    // The retry went to the other host, which answered as the request's second attempt.
+    let last = good.seen().pop().unwrap();
+    assert_eq!(
+        last.headers["x-envoy-attempt-count"], "2",
+        "the retry excluded the first host"
+    );
 }
 
 #[tokio::test]
@@ -293,7 +296,7 @@ async fn per_try_timeout_moves_on_to_another_host() {
     );
     let p = start_proxy(
         rc,
-        TestUpstreams::new().cluster("c", &[&slow, &fast]),
+        TestClusters::new().cluster("c", &[&slow, &fast]),
         Options::default(),
     )
     .await;
@@ -312,7 +315,7 @@ async fn per_try_timeout_moves_on_to_another_host() {
     );
     let p = start_proxy(
         rc,
-        TestUpstreams::new().cluster("c", &[&slow]),
+        TestClusters::new().cluster("c", &[&slow]),
         Options::default(),
     )
     .await;
@@ -340,22 +343,11 @@ async fn connect_failures_are_retried_or_reported() {
             { "match": { "prefix": "/empty" }, "route": { "cluster": "empty" } }
         ]),
     );
-    let mut ups = TestUpstreams::new()
+    // The closed port first in the mixed cluster.
+    let ups = TestClusters::new()
         .cluster_addrs("dead", &[closed])
-        .cluster_addrs("empty", &[]);
-    ups = ups.cluster("mixed", &[&good]);
-    // Put the closed port first in the mixed cluster.
-    {
-        let m = ups.clusters.get_mut("mixed").unwrap();
-        m.endpoints.insert(
-            0,
-            rustmesh_proxy::http::client::EndpointClient::new(
-                closed,
-                false,
-                Duration::from_secs(2),
-            ),
-        );
-    }
+        .cluster_addrs("empty", &[])
+        .cluster_addrs("mixed", &[closed, good.addr]);
     let p = start_proxy(rc, ups, Options::default()).await;
     let c = Clients::new();
     for _ in 0..4 {
@@ -385,7 +377,7 @@ async fn connection_pool_overflow_is_503_overloaded() {
         &["svc"],
         json!([{ "match": { "prefix": "/" }, "route": { "cluster": "c" } }]),
     );
-    let ups = TestUpstreams::new().cluster_limited(
+    let ups = TestClusters::new().cluster_limited(
         "c",
         &[&slow],
         Thresholds {
@@ -430,27 +422,9 @@ async fn connection_pool_overflow_is_503_overloaded() {
 
 #[tokio::test]
 async fn endpoint_clients_pool_connections_through_the_cluster_managers_dialer() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
     let v1 = upstream("v1", Behavior::default()).await;
-    let dials = Arc::new(AtomicUsize::new(0));
-    let counter = dials.clone();
-    let dialer: rustmesh_proxy::http::client::Dialer = Arc::new(move |addr| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        Box::pin(async move {
-            tokio::net::TcpStream::connect(addr)
-                .await
-                .map(rustmesh_proxy::http::client::Dialed::from)
-        })
-    });
-    let mut ups = TestUpstreams::new().cluster("c", &[&v1]);
-    ups.clusters.get_mut("c").unwrap().endpoints =
-        vec![rustmesh_proxy::http::client::EndpointClient::with_dialer(
-            v1.addr,
-            false,
-            Duration::from_secs(2),
-            dialer,
-        )];
+    let ups = TestClusters::new().cluster("c", &[&v1]);
     let rc = vhost(
         &["svc"],
         json!([{ "match": { "prefix": "/" }, "route": { "cluster": "c" } }]),
@@ -460,9 +434,16 @@ async fn endpoint_clients_pool_connections_through_the_cluster_managers_dialer()
     for _ in 0..5 {
         assert_eq!(get(&c, p.addr, "svc", "/").await.upstream(), "v1");
     }
+    // The cluster's dialer counts every connection it opens, for the cluster and the endpoint.
+    let cluster = p.clusters.get("c").unwrap();
     assert_eq!(
-        dials.load(Ordering::SeqCst),
+        cluster.stats.cx_total.get(),
         1,
         "one pooled upstream connection"
+    );
+    assert_eq!(
+        cluster.endpoints[0].stats.cx_total.load(Ordering::Relaxed),
+        1,
+        "one pooled upstream connection to the endpoint"
     );
 }

@@ -36,7 +36,7 @@ async fn matches_uri_headers_query_and_method_in_order() {
             { "name": "default", "match": { "prefix": "/" }, "route": cluster("v1") }
         ]),
     );
-    let ups = TestUpstreams::new()
+    let ups = TestClusters::new()
         .cluster("v1", &[&v1])
         .cluster("v2", &[&v2])
         .cluster("v3", &[&v3]);
@@ -129,7 +129,7 @@ async fn h2c_uses_the_authority() {
             { "name": "reviews", "domains": ["reviews:9080"], "routes": [ { "match": { "prefix": "/" }, "route": cluster("v2") } ] }
         ]
     }));
-    let ups = TestUpstreams::new()
+    let ups = TestClusters::new()
         .cluster("v1", &[&v1])
         .cluster_h2("v2", &[&v2]);
     let p = start_proxy(rc, ups, Options::default()).await;
@@ -182,7 +182,7 @@ async fn source_labels_select_routes_for_this_pod_only() {
         ]),
     );
     let mk = || {
-        TestUpstreams::new()
+        TestClusters::new()
             .cluster("v1", &[&v1])
             .cluster("v2", &[&v2])
     };
@@ -216,7 +216,7 @@ async fn weighted_90_10_within_four_sigma() {
         json!([{ "match": { "prefix": "/" }, "route": { "weightedClusters": { "clusters": [
             { "name": "v1", "weight": 90 }, { "name": "v2", "weight": 10 } ] } } }]),
     );
-    let ups = TestUpstreams::new()
+    let ups = TestClusters::new()
         .cluster("v1", &[&v1])
         .cluster("v2", &[&v2]);
     let p = start_proxy(
@@ -257,7 +257,7 @@ async fn redirects_and_direct_responses() {
             { "match": { "prefix": "/" }, "directResponse": { "status": 502 } }
         ]),
     );
-    let p = start_proxy(rc, TestUpstreams::new(), Options::default()).await;
+    let p = start_proxy(rc, TestClusters::new(), Options::default()).await;
     let c = Clients::new();
     let r = get(&c, p.addr, "shop", "/old?x=1").await;
     assert_eq!(r.status, 302);
@@ -286,7 +286,7 @@ async fn rewrites_uri_and_authority() {
     );
     let p = start_proxy(
         rc,
-        TestUpstreams::new().cluster("v1", &[&v1]),
+        TestClusters::new().cluster("v1", &[&v1]),
         Options::default(),
     )
     .await;
@@ -327,7 +327,7 @@ async fn header_changes_both_ways_including_per_cluster() {
     );
     let p = start_proxy(
         rc,
-        TestUpstreams::new().cluster("v1", &[&v1]),
+        TestClusters::new().cluster("v1", &[&v1]),
         Options::default(),
     )
     .await;
@@ -378,7 +378,7 @@ async fn productpage_fixture_routes_by_host_with_and_without_port() {
     let reviews = upstream("reviews", Behavior::default()).await;
     let ratings = upstream("ratings", Behavior::default()).await;
     let passthrough = upstream("passthrough", Behavior::default()).await;
-    let ups = TestUpstreams::new()
+    let ups = TestClusters::new()
         .cluster(
             "outbound|9080||reviews.default.svc.cluster.local",
             &[&reviews],
@@ -431,7 +431,7 @@ async fn consistent_hash_keeps_users_on_one_endpoint_and_generates_cookies() {
                 "hashPolicy": [ { "headerName": "x-user" } ] } }
         ]),
     );
-    let ups = TestUpstreams::new().cluster("ring", &[&a, &b, &c3]);
+    let ups = TestClusters::new().cluster_ring_hash("ring", &[&a, &b, &c3]);
     let p = start_proxy(rc, ups, Options::default()).await;
     let c = Clients::new();
     let mut owners = std::collections::BTreeSet::new();

@@ -9,6 +9,7 @@
 //!   closed an idle connection) is sent again on another one.
 //! * h2c: hyper-util's client (one multiplexed connection, shared).
 
+use crate::cluster::{ActiveGuard, ClusterDialer, Target};
 use crate::http::body::{ProxyBody, boxed};
 use crate::http::drive::ConnExecutor;
 use crate::http::{UpstreamError, lock};
@@ -34,37 +35,11 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most unused HTTP/1.1 connections kept per endpoint; more are closed as they come back.
 pub const MAX_IDLE: usize = 1024;
 
-/// How an [`EndpointClient`] opens a connection to its endpoint: the cluster manager's own
-/// dialer (source address such as 127.0.0.6, socket options, connection counters), given the
-/// endpoint's address.
-pub type Dialer = Arc<
-    dyn Fn(SocketAddr) -> Pin<Box<dyn Future<Output = std::io::Result<Dialed>> + Send>>
-        + Send
-        + Sync,
->;
-
-/// A connection a [`Dialer`] opened, and whatever must live as long as it (the cluster
-/// manager's `cx_active` accounting).
-pub struct Dialed {
-    /// The connection.
-    pub stream: TcpStream,
-    /// Dropped when the pool closes the connection.
-    pub guard: Option<Box<dyn std::any::Any + Send + Sync>>,
-}
-
-impl From<TcpStream> for Dialed {
-    fn from(stream: TcpStream) -> Self {
-        Dialed {
-            stream,
-            guard: None,
-        }
-    }
-}
-
 /// A pooled connection: the stream and its guard.
 pub struct PooledIo {
     io: TokioIo<TcpStream>,
-    _guard: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// Counts the connection in the cluster's and endpoint's `cx_active` until it closes.
+    _guard: ActiveGuard,
 }
 
 impl hyper::rt::Read for PooledIo {
@@ -113,21 +88,15 @@ impl hyper_util::client::legacy::connect::Connection for PooledIo {
     }
 }
 
-/// Dials one fixed address (a `tower::Service<Uri>`, as hyper-util's client wants).
-#[derive(Clone)]
+/// Dials one fixed target through its cluster's dialer (source address, `connectTimeout`,
+/// connection counters), whatever the URI says (a `tower::Service<Uri>`, as hyper-util's
+/// client wants).
+#[derive(Clone, Debug)]
 pub struct FixedConnector {
     addr: SocketAddr,
     connect_timeout: Duration,
-    dialer: Option<Dialer>,
-}
-
-impl std::fmt::Debug for FixedConnector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FixedConnector")
-            .field("addr", &self.addr)
-            .field("connect_timeout", &self.connect_timeout)
-            .finish_non_exhaustive()
-    }
+    dialer: ClusterDialer,
+    target: Target,
 }
 
 impl tower::Service<Uri> for FixedConnector {
@@ -145,23 +114,24 @@ impl tower::Service<Uri> for FixedConnector {
 }
 
 impl FixedConnector {
-    /// Opens a connection to the endpoint (the dialer's, else a plain connect), within the
-    /// connect timeout, with `TCP_NODELAY`.
+    /// Opens a connection to the target with the cluster's dialer (which enforces
+    /// `connectTimeout`; the pool's own limit is only a backstop), with `TCP_NODELAY`.
     fn dial(&self) -> Pin<Box<dyn Future<Output = std::io::Result<PooledIo>> + Send>> {
-        let (addr, timeout) = (self.addr, self.connect_timeout);
-        let dial: Pin<Box<dyn Future<Output = std::io::Result<Dialed>> + Send>> = match &self.dialer
-        {
-            Some(d) => d(addr),
-            None => Box::pin(async move { TcpStream::connect(addr).await.map(Dialed::from) }),
-        };
+        let (dialer, target, timeout) = (
+            self.dialer.clone(),
+            self.target.clone(),
+            self.connect_timeout,
+        );
         Box::pin(async move {
-            let dialed = tokio::time::timeout(timeout, dial).await.map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout")
-            })??;
-            let _ = dialed.stream.set_nodelay(true);
+            let upstream = tokio::time::timeout(timeout, dialer.connect(target))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))?
+                .map_err(std::io::Error::other)?;
+            let (stream, _, guard) = upstream.into_parts();
+            let _ = stream.set_nodelay(true);
             Ok(PooledIo {
-                io: TokioIo::new(dialed.stream),
-                _guard: dialed.guard,
+                io: TokioIo::new(stream),
+                _guard: guard,
             })
         })
     }
@@ -181,31 +151,22 @@ enum Pool {
 }
 
 impl EndpointClient {
-    /// A pool to `addr` speaking HTTP/1.1, or h2c with prior knowledge when `http2`.
-    pub fn new(addr: SocketAddr, http2: bool, connect_timeout: Duration) -> Self {
-        Self::build(addr, http2, connect_timeout, None)
-    }
-
-    /// Like [`EndpointClient::new`], opening connections with `dialer`.
-    pub fn with_dialer(
-        addr: SocketAddr,
+    /// A pool to `target` speaking HTTP/1.1, or h2c with prior knowledge when `http2`, its
+    /// connections opened by `dialer` (the cluster's; the pools live in the cluster's
+    /// endpoints, so they hold the dialer, not the cluster). `connect_timeout` bounds a dial
+    /// on top of the dialer's own `connectTimeout`.
+    pub fn new(
+        dialer: ClusterDialer,
+        target: Target,
         http2: bool,
         connect_timeout: Duration,
-        dialer: Dialer,
     ) -> Self {
-        Self::build(addr, http2, connect_timeout, Some(dialer))
-    }
-
-    fn build(
-        addr: SocketAddr,
-        http2: bool,
-        connect_timeout: Duration,
-        dialer: Option<Dialer>,
-    ) -> Self {
+        let addr = target.addr;
         let connector = FixedConnector {
             addr,
             connect_timeout,
             dialer,
+            target,
         };
         let pool = if http2 {
             let mut b = Client::builder(ConnExecutor::default());
@@ -537,6 +498,30 @@ mod tests {
         (addr, seen)
     }
 
+    /// An HTTP/1.1 pool to `addr`, dialing through a STATIC cluster's dialer.
+    fn http1_client(addr: SocketAddr) -> EndpointClient {
+        let endpoint = serde_json::json!({"endpoint": {"address": {"socketAddress": {
+            "address": addr.ip().to_string(), "portValue": addr.port()}}}});
+        let config = rustmesh_xds::ProxyConfig::from_json(
+            &serde_json::json!({"clusters": [{"name": "c", "type": "STATIC", "connectTimeout": "1s",
+                "loadAssignment": {"clusterName": "c", "endpoints": [{"lbEndpoints": [endpoint]}]}}]})
+            .to_string(),
+        )
+        .unwrap();
+        let clusters =
+            crate::cluster::ClusterManager::new(crate::stats::Metrics::default()).build(&config);
+        let target = Target {
+            addr,
+            endpoint: None,
+        };
+        EndpointClient::new(
+            clusters.get("c").unwrap().dialer(),
+            target,
+            false,
+            Duration::from_secs(1),
+        )
+    }
+
     fn get(uri: &str) -> Request<ProxyBody> {
         Request::builder()
             .uri(uri)
@@ -553,7 +538,7 @@ mod tests {
     #[tokio::test]
     async fn reuses_one_connection_and_sends_origin_form() {
         let (addr, seen) = server("hello", false).await;
-        let c = EndpointClient::new(addr, false, Duration::from_secs(1));
+        let c = http1_client(addr);
         for _ in 0..3 {
             let resp = c
                 .send(get("http://reviews.default.svc.cluster.local:9080/r/1?x=2"))
@@ -582,7 +567,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_requests_open_their_own_connections() {
         let (addr, seen) = server("x", false).await;
-        let c = EndpointClient::new(addr, false, Duration::from_secs(1));
+        let c = http1_client(addr);
         let a = c.send(get("http://a/1")).await.unwrap();
         let b = c.send(get("http://a/2")).await.unwrap();
         // Both bodies unread: neither connection is free for the other.
@@ -595,7 +580,7 @@ mod tests {
     #[tokio::test]
     async fn an_upstream_that_closed_its_idle_connection_costs_no_error() {
         let (addr, seen) = server("again", true).await;
-        let c = EndpointClient::new(addr, false, Duration::from_secs(1));
+        let c = http1_client(addr);
         for i in 1..=5 {
             let resp = c.send(get("http://a/")).await.unwrap_or_else(|e| {
                 panic!("request {i}: {e}");
@@ -610,7 +595,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_dropped_unread_does_not_return_its_connection() {
         let (addr, seen) = server("0123456789", false).await;
-        let c = EndpointClient::new(addr, false, Duration::from_secs(1));
+        let c = http1_client(addr);
         let mut resp = c.send(get("http://a/")).await.unwrap();
         // Read nothing (or part of it) and drop.
         let _ = resp.body_mut().size_hint();
@@ -640,7 +625,7 @@ mod tests {
             // Keep the connection open: the client may reuse it.
             (String::from_utf8(got).unwrap(), sock)
         });
-        let c = EndpointClient::new(addr, false, Duration::from_secs(1));
+        let c = http1_client(addr);
         let req = Request::builder()
             .method("POST")
             .uri("http://a/upload")
@@ -668,7 +653,7 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         drop(l);
-        let c = EndpointClient::new(addr, false, Duration::from_secs(1));
+        let c = http1_client(addr);
         match c.send(get("http://a/")).await {
             Err(UpstreamError::ConnectFailure { endpoint, .. }) => {
                 assert_eq!(endpoint, Some(addr))

@@ -223,10 +223,7 @@ impl ConnectionManager {
         });
         let ctx = HttpContext {
             routes: Arc::new(ArcSwap::new(table)),
-            upstreams: Arc::new(ClusterUpstreams::new(
-                conn.clusters.clone(),
-                self.passthrough.clone(),
-            )),
+            upstreams: ClusterUpstreams::new(conn.clusters.clone(), self.passthrough.clone()),
             metrics: self.istio.clone(),
             workload: self.workload.clone(),
             destinations: conn.snapshot.destinations.clone(),

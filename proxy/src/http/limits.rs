@@ -1,5 +1,5 @@
 //! A cluster's connection-pool limits (a DestinationRule's `connectionPool`, Envoy's circuit
-//! breaker thresholds), for the cluster manager's [`Upstreams`](crate::http::Upstreams) to enforce.
+//! breaker thresholds), for the cluster manager ([`crate::http::upstreams::ClusterUpstreams`]) to enforce.
 //!
 //! * HTTP/1.1: each request needs a connection of its own. At most `maxConnections` run at once;
 //!   up to `http1MaxPendingRequests` (`maxPendingRequests`) more wait for one; beyond that the

@@ -2,7 +2,7 @@
 //!
 //! The listener plumbing accepts a connection, picks an `http_connection_manager` filter chain
 //! and calls [`serve_connection`] with the connection and an [`HttpContext`]: the compiled route
-//! table (swappable), the cluster manager as an [`Upstreams`], metrics, and the connection's
+//! table (swappable), the cluster manager ([`upstreams::ClusterUpstreams`]), metrics, and the connection's
 //! addresses. Everything else (virtual host and route matching, faults, redirects, rewrites,
 //! header changes, retries, timeouts, mirrors, hash keys, upgrades, metrics and access logs)
 //! happens here.
@@ -12,8 +12,8 @@
 //!   endpoint).
 //! * [`limits`]: connection-pool limits ([`limits::CircuitBreaker`]) for the cluster manager.
 //! * [`client`]: a pooled HTTP/1.1 or h2c client for one endpoint ([`client::EndpointClient`]).
-//! * [`upstreams`]: the cluster manager as [`Upstreams`] (endpoint pick, limits, pools,
-//!   outlier detection feedback).
+//! * [`upstreams`]: the cluster manager as the HTTP layer calls it
+//!   ([`upstreams::ClusterUpstreams`]: endpoint pick, limits, pools, outlier detection feedback).
 //! * [`handler`]: the connection manager the listeners call ([`handler::ConnectionManager`]):
 //!   route tables compiled per configuration, one [`serve_connection_with_drain`] per HTTP
 //!   filter chain connection.
@@ -37,15 +37,11 @@ pub use server::{serve_connection, serve_connection_with_drain};
 
 use crate::metrics::{Destinations, Metrics, Reporter, WorkloadInfo};
 use arc_swap::ArcSwap;
-use http::{Request, Response};
-use std::future::Future;
+use http::Response;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-
-/// A boxed, sendable future (what [`Upstreams::request`] returns).
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+use upstreams::ClusterUpstreams;
 
 /// An upstream's answer and the endpoint that gave it (for the previous-hosts retry predicate).
 pub struct UpstreamResponse {
@@ -102,29 +98,6 @@ impl UpstreamError {
             _ => None,
         }
     }
-}
-
-/// What the HTTP layer needs from the cluster manager: send one request to a cluster.
-///
-/// The implementation picks an endpoint (load balancer; with `hash` set, the cluster's ring
-/// hash / Maglev table; never one of `exclude_hosts` when another is available), enforces the
-/// cluster's connection-pool limits ([`limits::CircuitBreaker`]) and sends `req` over a pooled
-/// connection ([`client::EndpointClient`]).
-///
-/// The request arrives ready to send: hop-by-hop headers removed, route changes applied, URI in
-/// absolute form (`http://<authority><path>`), `host` set, `version` as received downstream
-/// (the implementation sets the version it uses upstream: `UseDownstream`, `HTTP1`, `HTTP2`).
-/// Its extensions hold a [`DownstreamInfo`] (for `ORIGINAL_DST` clusters). Errors are reported
-/// as [`UpstreamError`] so retries and local replies follow Envoy's.
-pub trait Upstreams: Send + Sync + 'static {
-    /// Sends `req` to `cluster`.
-    fn request<'a>(
-        &'a self,
-        cluster: &'a str,
-        hash: Option<u64>,
-        exclude_hosts: &'a [SocketAddr],
-        req: Request<ProxyBody>,
-    ) -> BoxFuture<'a, Result<UpstreamResponse, UpstreamError>>;
 }
 
 /// The downstream connection a request came on, in the request's extensions.
@@ -204,8 +177,8 @@ pub type SharedRoutes = Arc<ArcSwap<RouteTable>>;
 pub struct HttpContext {
     /// The route table (compiled with this pod's labels, see [`RouteTable::compile`]).
     pub routes: SharedRoutes,
-    /// The cluster manager.
-    pub upstreams: Arc<dyn Upstreams>,
+    /// The cluster manager (this connection's snapshot of it).
+    pub upstreams: ClusterUpstreams,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
     /// This pod's workload (metric labels).

@@ -1,4 +1,4 @@
-//! The cluster manager as the HTTP layer's [`Upstreams`]: one request to a cluster picks an
+//! The cluster manager as the HTTP layer sees it ([`ClusterUpstreams`]): one request to a cluster picks an
 //! endpoint (load balancer, consistent hash, previous-host avoidance, outlier ejection), passes
 //! the cluster's connection-pool limits, and goes out over a pooled connection to that endpoint,
 //! opened by the cluster's own dialer ([`crate::cluster::ClusterDialer`]: source address,
@@ -22,10 +22,8 @@ use rustmesh_xds::cluster::UpstreamProtocol;
 
 use crate::cluster::outlier::Outcome;
 use crate::cluster::{Clusters, Endpoint, Kind, RequestOutcome, Target, UpstreamCluster};
-use crate::http::client::{Dialed, Dialer, EndpointClient};
-use crate::http::{
-    BoxFuture, DownstreamInfo, ProxyBody, UpstreamError, UpstreamResponse, Upstreams, lock,
-};
+use crate::http::client::EndpointClient;
+use crate::http::{DownstreamInfo, ProxyBody, UpstreamError, UpstreamResponse, lock};
 
 /// An endpoint's HTTP connection pools, made on first use.
 #[derive(Debug, Default)]
@@ -71,27 +69,14 @@ impl PassthroughPools {
     }
 }
 
-/// A pool whose connections are opened by the cluster's dialer.
+/// A pool whose connections are opened by the cluster's dialer (not the cluster: the pool
+/// lives in the cluster's endpoints). The dialer enforces `connectTimeout`; the pool's own
+/// limit is only a backstop.
 fn client(cluster: &UpstreamCluster, target: Target, http2: bool) -> EndpointClient {
-    // The dialer, not the cluster: the pool lives in the cluster's endpoints.
-    let c = cluster.dialer();
-    let addr = target.addr;
-    let dialer: Dialer = Arc::new(move |_addr| {
-        let (c, target) = (c.clone(), target.clone());
-        Box::pin(async move {
-            let upstream = c.connect(target).await.map_err(std::io::Error::other)?;
-            let (stream, _, guard) = upstream.into_parts();
-            Ok(Dialed {
-                stream,
-                guard: Some(Box::new(guard)),
-            })
-        })
-    });
-    // The dialer enforces connectTimeout; the pool's own limit is only a backstop.
-    EndpointClient::with_dialer(addr, http2, cluster.connect_timeout * 2, dialer)
+    EndpointClient::new(cluster.dialer(), target, http2, cluster.connect_timeout * 2)
 }
 
-/// The clusters of one configuration snapshot, as [`Upstreams`].
+/// The clusters of one configuration snapshot, as the HTTP layer sends to them.
 #[derive(Clone)]
 pub struct ClusterUpstreams {
     clusters: Clusters,
@@ -122,72 +107,82 @@ fn no_healthy(cluster: &UpstreamCluster) -> UpstreamError {
     UpstreamError::NoHealthyUpstream
 }
 
-impl Upstreams for ClusterUpstreams {
-    fn request<'a>(
-        &'a self,
-        cluster: &'a str,
+impl ClusterUpstreams {
+    /// Sends `req` to `cluster`: picks an endpoint (load balancer; with `hash` set, the
+    /// cluster's ring hash / Maglev table; never one of `exclude_hosts` when another is
+    /// available), enforces the cluster's connection-pool limits
+    /// ([`crate::http::limits::CircuitBreaker`]) and sends over the endpoint's pooled
+    /// connection ([`EndpointClient`]); the outcome feeds the endpoint's stats and outlier
+    /// detection.
+    ///
+    /// The request arrives ready to send: hop-by-hop headers removed, route changes applied,
+    /// URI in absolute form (`http://<authority><path>`), `host` set, `version` as received
+    /// downstream (the version used upstream is the cluster's `upstreamProtocol`). Its
+    /// extensions hold a [`DownstreamInfo`] (for `ORIGINAL_DST` clusters). Errors are
+    /// [`UpstreamError`]s so retries and local replies follow Envoy's.
+    pub async fn request(
+        &self,
+        cluster: &str,
         hash: Option<u64>,
-        exclude_hosts: &'a [SocketAddr],
+        exclude_hosts: &[SocketAddr],
         req: Request<ProxyBody>,
-    ) -> BoxFuture<'a, Result<UpstreamResponse, UpstreamError>> {
-        Box::pin(async move {
-            let c = self
-                .clusters
-                .get(cluster)
-                .ok_or_else(|| UpstreamError::ClusterNotFound(cluster.to_string()))?
-                .clone();
-            let http2 = wants_http2(&c, req.version());
-            let (pool, endpoint): (EndpointClient, Option<Arc<Endpoint>>) = match c.kind {
-                Kind::BlackHole => return Err(no_healthy(&c)),
-                Kind::OriginalDst => {
-                    let dst = req
-                        .extensions()
-                        .get::<DownstreamInfo>()
-                        .map(|d| d.local)
-                        .ok_or_else(|| no_healthy(&c))?;
-                    (self.passthrough.get(&c, dst, http2), None)
-                }
-                Kind::Balanced => {
-                    let e = c
-                        .pick_excluding(hash, exclude_hosts)
-                        .ok_or_else(|| no_healthy(&c))?;
-                    let target = Target {
-                        addr: e.addr,
-                        endpoint: Some(e.clone()),
-                    };
-                    (e.pools.get(&c, target, http2), Some(e))
-                }
-            };
-            let permit = c.breaker.acquire(http2).await.map_err(|_| {
-                c.stats.rq_overflow.inc();
-                UpstreamError::Overflow
-            })?;
-            let guard = endpoint.as_ref().map(|e| e.start_request());
-            let result = pool.send(req).await;
-            let outcome = match &result {
-                Ok(resp) => Some(Outcome::Status(resp.status().as_u16())),
-                Err(UpstreamError::Reset { .. } | UpstreamError::ConnectFailure { .. }) => {
-                    Some(Outcome::LocalFailure)
-                }
-                Err(_) => None,
-            };
-            if let Some(e) = &endpoint {
-                if let Some(o) = outcome {
-                    c.report(e, o);
-                }
-                if let Some(g) = guard {
-                    g.finish(match outcome {
-                        Some(Outcome::Status(s)) if s < 500 => RequestOutcome::Success,
-                        _ => RequestOutcome::Error,
-                    });
-                }
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let c = self
+            .clusters
+            .get(cluster)
+            .ok_or_else(|| UpstreamError::ClusterNotFound(cluster.to_string()))?
+            .clone();
+        let http2 = wants_http2(&c, req.version());
+        let (pool, endpoint): (EndpointClient, Option<Arc<Endpoint>>) = match c.kind {
+            Kind::BlackHole => return Err(no_healthy(&c)),
+            Kind::OriginalDst => {
+                let dst = req
+                    .extensions()
+                    .get::<DownstreamInfo>()
+                    .map(|d| d.local)
+                    .ok_or_else(|| no_healthy(&c))?;
+                (self.passthrough.get(&c, dst, http2), None)
             }
-            let resp = result?;
-            let (parts, body) = resp.into_parts();
-            Ok(UpstreamResponse {
-                response: Response::from_parts(parts, permit.attach(body)),
-                endpoint: endpoint.map_or(pool.addr(), |e| e.addr),
-            })
+            Kind::Balanced => {
+                let e = c
+                    .pick_excluding(hash, exclude_hosts)
+                    .ok_or_else(|| no_healthy(&c))?;
+                let target = Target {
+                    addr: e.addr,
+                    endpoint: Some(e.clone()),
+                };
+                (e.pools.get(&c, target, http2), Some(e))
+            }
+        };
+        let permit = c.breaker.acquire(http2).await.map_err(|_| {
+            c.stats.rq_overflow.inc();
+            UpstreamError::Overflow
+        })?;
+        let guard = endpoint.as_ref().map(|e| e.start_request());
+        let result = pool.send(req).await;
+        let outcome = match &result {
+            Ok(resp) => Some(Outcome::Status(resp.status().as_u16())),
+            Err(UpstreamError::Reset { .. } | UpstreamError::ConnectFailure { .. }) => {
+                Some(Outcome::LocalFailure)
+            }
+            Err(_) => None,
+        };
+        if let Some(e) = &endpoint {
+            if let Some(o) = outcome {
+                c.report(e, o);
+            }
+            if let Some(g) = guard {
+                g.finish(match outcome {
+                    Some(Outcome::Status(s)) if s < 500 => RequestOutcome::Success,
+                    _ => RequestOutcome::Error,
+                });
+            }
+        }
+        let resp = result?;
+        let (parts, body) = resp.into_parts();
+        Ok(UpstreamResponse {
+            response: Response::from_parts(parts, permit.attach(body)),
+            endpoint: endpoint.map_or(pool.addr(), |e| e.addr),
         })
     }
 }

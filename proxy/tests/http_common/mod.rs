@@ -1,7 +1,8 @@
 //! Shared by the `http_*` tests: real upstream servers on loopback that report who they are,
-//! a test cluster manager ([`TestUpstreams`]) built on the library's `EndpointClient`,
-//! `CircuitBreaker` and `RingHash`, a proxy started with `serve_connection` on a loopback
-//! listener, and HTTP/1.1 and h2c clients.
+//! the clusters over them as configuration ([`TestClusters`], built by the real cluster manager,
+//! `ClusterManager::build`: load balancing, consistent hashing, limits and pools are the
+//! sidecar's), a proxy started with `serve_connection` on a loopback listener, and HTTP/1.1 and
+//! h2c clients.
 #![allow(dead_code)]
 
 use bytes::Bytes;
@@ -11,20 +12,20 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustmesh_proxy::cluster::ring_hash::RingHash;
+use rustmesh_proxy::cluster::{ClusterManager, Clusters};
 use rustmesh_proxy::http::body::{ProxyBody, boxed};
-use rustmesh_proxy::http::client::EndpointClient;
-use rustmesh_proxy::http::limits::CircuitBreaker;
+use rustmesh_proxy::http::upstreams::{ClusterUpstreams, PassthroughPools};
 use rustmesh_proxy::http::{
-    AccessLog, BoxFuture, HttpContext, HttpSettings, Rng, RouteTable, UpstreamError,
-    UpstreamResponse, Upstreams, serve_connection, serve_connection_with_drain,
+    AccessLog, HttpContext, HttpSettings, Rng, RouteTable, serve_connection,
+    serve_connection_with_drain,
 };
 use rustmesh_proxy::metrics::{Destinations, Metrics, Reporter, WorkloadInfo};
+use rustmesh_xds::ProxyConfig;
 use rustmesh_xds::cluster::Thresholds;
 use rustmesh_xds::listener::HttpConnectionManager;
 use rustmesh_xds::route::RouteConfiguration;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -280,139 +281,89 @@ where
     }
 }
 
-/// One cluster of [`TestUpstreams`].
-pub struct TestCluster {
-    pub endpoints: Vec<EndpointClient>,
-    pub breaker: CircuitBreaker,
-    rr: AtomicUsize,
-    ring: RingHash,
-}
-
-/// One call of [`Upstreams::request`]: cluster, hash, excluded hosts.
-pub type Sent = (String, Option<u64>, Vec<SocketAddr>);
-
-/// A cluster manager for tests: round robin (skipping excluded hosts), ring hash when a hash is
-/// given, connection-pool limits, real pooled HTTP/1.1 or h2c connections.
+/// The clusters a test proxy sends to, as configuration: STATIC clusters over the tests'
+/// loopback upstreams, built by the real cluster manager in [`start_proxy`].
 #[derive(Default)]
-pub struct TestUpstreams {
-    pub clusters: HashMap<String, TestCluster>,
-    pub requests: Mutex<Vec<Sent>>,
+pub struct TestClusters {
+    clusters: Vec<Value>,
 }
 
-impl TestUpstreams {
+impl TestClusters {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Adds a cluster over these upstreams.
-    pub fn cluster(mut self, name: &str, ups: &[&Upstream]) -> Self {
-        self.add(name, ups, false, None);
-        self
+    /// Adds a round-robin HTTP/1.1 cluster over these upstreams.
+    pub fn cluster(self, name: &str, ups: &[&Upstream]) -> Self {
+        self.add(name, &addrs(ups), "HTTP1", "ROUND_ROBIN", None)
     }
 
-    /// Adds an h2c cluster.
-    pub fn cluster_h2(mut self, name: &str, ups: &[&Upstream]) -> Self {
-        self.add(name, ups, true, None);
-        self
+    /// Adds a round-robin h2c cluster.
+    pub fn cluster_h2(self, name: &str, ups: &[&Upstream]) -> Self {
+        self.add(name, &addrs(ups), "HTTP2", "ROUND_ROBIN", None)
     }
 
-    /// Adds a cluster with connection-pool limits.
-    pub fn cluster_limited(mut self, name: &str, ups: &[&Upstream], t: Thresholds) -> Self {
-        self.add(name, ups, false, Some(t));
-        self
+    /// Adds an HTTP/1.1 `RING_HASH` cluster (consistent hashing when the route has a hash
+    /// policy).
+    pub fn cluster_ring_hash(self, name: &str, ups: &[&Upstream]) -> Self {
+        self.add(name, &addrs(ups), "HTTP1", "RING_HASH", None)
     }
 
-    /// Adds a cluster with these raw addresses (e.g. nothing listening).
-    pub fn cluster_addrs(mut self, name: &str, addrs: &[SocketAddr]) -> Self {
-        let eps: Vec<EndpointClient> = addrs
+    /// Adds a round-robin HTTP/1.1 cluster with connection-pool limits.
+    pub fn cluster_limited(self, name: &str, ups: &[&Upstream], t: Thresholds) -> Self {
+        self.add(name, &addrs(ups), "HTTP1", "ROUND_ROBIN", Some(t))
+    }
+
+    /// Adds a round-robin HTTP/1.1 cluster with these raw addresses (e.g. nothing listening),
+    /// in this order.
+    pub fn cluster_addrs(self, name: &str, addrs: &[SocketAddr]) -> Self {
+        self.add(name, addrs, "HTTP1", "ROUND_ROBIN", None)
+    }
+
+    fn add(
+        mut self,
+        name: &str,
+        addrs: &[SocketAddr],
+        protocol: &str,
+        lb: &str,
+        t: Option<Thresholds>,
+    ) -> Self {
+        let endpoints: Vec<Value> = addrs
             .iter()
-            .map(|a| EndpointClient::new(*a, false, Duration::from_secs(2)))
+            .map(|a| {
+                json!({"endpoint": {"address": {"socketAddress": {
+                "address": a.ip().to_string(), "portValue": a.port()}}}})
+            })
             .collect();
-        self.insert(name, eps, None);
+        let mut c = json!({
+            "name": name, "type": "STATIC", "connectTimeout": "2s", "lbPolicy": lb,
+            "upstreamProtocol": protocol,
+            "loadAssignment": {"clusterName": name, "endpoints": [{"lbEndpoints": endpoints}]},
+        });
+        if let Some(t) = t {
+            c["circuitBreakers"] = json!({"thresholds": [t]});
+        }
+        self.clusters.push(c);
         self
     }
 
-    fn add(&mut self, name: &str, ups: &[&Upstream], http2: bool, t: Option<Thresholds>) {
-        let eps = ups
-            .iter()
-            .map(|u| EndpointClient::new(u.addr, http2, Duration::from_secs(2)))
-            .collect();
-        self.insert(name, eps, t);
-    }
-
-    fn insert(&mut self, name: &str, eps: Vec<EndpointClient>, t: Option<Thresholds>) {
-        let weighted: Vec<_> = eps.iter().map(|e| (e.addr(), 1)).collect();
-        let ring = RingHash::new(&weighted, 1024, 1024 * 1024);
-        self.clusters.insert(
-            name.to_string(),
-            TestCluster {
-                endpoints: eps,
-                breaker: CircuitBreaker::new(t.as_ref()),
-                rr: AtomicUsize::new(0),
-                ring,
-            },
-        );
+    /// The configuration holding these clusters.
+    pub fn config(&self) -> ProxyConfig {
+        ProxyConfig::from_json(&json!({"clusters": self.clusters}).to_string())
+            .expect("test clusters are valid configuration")
     }
 }
 
-impl Upstreams for TestUpstreams {
-    fn request<'a>(
-        &'a self,
-        cluster: &'a str,
-        hash: Option<u64>,
-        exclude_hosts: &'a [SocketAddr],
-        req: Request<ProxyBody>,
-    ) -> BoxFuture<'a, Result<UpstreamResponse, UpstreamError>> {
-        Box::pin(async move {
-            self.requests
-                .lock()
-                .unwrap()
-                .push((cluster.to_string(), hash, exclude_hosts.to_vec()));
-            let c = self
-                .clusters
-                .get(cluster)
-                .ok_or_else(|| UpstreamError::ClusterNotFound(cluster.to_string()))?;
-            if c.endpoints.is_empty() {
-                return Err(UpstreamError::NoHealthyUpstream);
-            }
-            let ep = match hash {
-                Some(h) => {
-                    let i = c
-                        .ring
-                        .pick(h, |i| !exclude_hosts.contains(&c.endpoints[i].addr()))
-                        .or_else(|| c.ring.pick(h, |_| true))
-                        .expect("non-empty ring");
-                    &c.endpoints[i]
-                }
-                None => {
-                    let n = c.endpoints.len();
-                    let start = c.rr.fetch_add(1, Ordering::SeqCst);
-                    (0..n)
-                        .map(|i| &c.endpoints[(start + i) % n])
-                        .find(|e| !exclude_hosts.contains(&e.addr()))
-                        .unwrap_or(&c.endpoints[start % n])
-                }
-            };
-            let permit = c
-                .breaker
-                .acquire(ep.is_http2())
-                .await
-                .map_err(|_| UpstreamError::Overflow)?;
-            let resp = ep.send(req).await?;
-            let (parts, body) = resp.into_parts();
-            Ok(UpstreamResponse {
-                response: Response::from_parts(parts, permit.attach(body)),
-                endpoint: ep.addr(),
-            })
-        })
-    }
+fn addrs(ups: &[&Upstream]) -> Vec<SocketAddr> {
+    ups.iter().map(|u| u.addr).collect()
 }
 
 /// A running proxy.
 pub struct Proxy {
     pub addr: SocketAddr,
     pub metrics: Arc<Metrics>,
-    pub upstreams: Arc<TestUpstreams>,
+    /// The cluster manager's table the proxy sends to (stats, endpoints).
+    pub clusters: Clusters,
     pub log: Arc<Mutex<Vec<String>>>,
     pub routes: rustmesh_proxy::http::SharedRoutes,
 }
@@ -447,13 +398,16 @@ impl Default for Options {
 }
 
 /// Starts `serve_connection` on a loopback listener.
-pub async fn start_proxy(rc: RouteConfiguration, ups: TestUpstreams, opts: Options) -> Proxy {
+pub async fn start_proxy(rc: RouteConfiguration, ups: TestClusters, opts: Options) -> Proxy {
     let table = RouteTable::compile(&rc, &opts.labels).expect("routes compile");
     let routes = Arc::new(arc_swap::ArcSwap::from_pointee(table));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let metrics = Arc::new(Metrics::new());
-    let upstreams = Arc::new(ups);
+    let manager = ClusterManager::new(rustmesh_proxy::stats::Metrics::default());
+    let clusters = manager.build(&ups.config());
+    manager.commit(&clusters);
+    let upstreams = ClusterUpstreams::new(clusters.clone(), Arc::new(PassthroughPools::default()));
     let drain = opts.drain.clone();
     let log: Arc<Mutex<Vec<String>>> = Arc::default();
     let sink = log.clone();
@@ -464,7 +418,7 @@ pub async fn start_proxy(rc: RouteConfiguration, ups: TestUpstreams, opts: Optio
     };
     let base = HttpContext {
         routes: routes.clone(),
-        upstreams: upstreams.clone(),
+        upstreams,
         metrics: metrics.clone(),
         workload: Arc::new(WorkloadInfo {
             name: "productpage-v1".into(),
@@ -507,7 +461,7 @@ pub async fn start_proxy(rc: RouteConfiguration, ups: TestUpstreams, opts: Optio
     Proxy {
         addr,
         metrics,
-        upstreams,
+        clusters,
         log,
         routes,
     }
