@@ -6,10 +6,10 @@
 //!   `routeConfig` (inbound `inbound|9080||`), with this pod's labels (for `sourceLabels`). A
 //!   table that does not compile (a bad regex...) refuses the whole configuration, naming the
 //!   table and field; the previous configuration keeps serving. The result is kept in the
-//!   snapshot ([`crate::snapshot::Snapshot::http`]).
+//!   snapshot (`Snapshot::http`).
 //! * [`ConnectionManager::serve`] runs [`serve_connection_with_drain`] on the connection with the
 //!   route table of its filter chain and the snapshot's clusters ([`ClusterUpstreams`]). A
-//!   connection keeps the snapshot (routes and clusters) it was accepted on; new connections
+//!   connection keeps the routes and clusters of the configuration it was accepted on; new connections
 //!   get the new configuration. An `rds` name without a table answers every request
 //!   `404 NR`, as Envoy does before the table arrives.
 
@@ -28,33 +28,26 @@ use crate::http::upstreams::{ClusterUpstreams, PassthroughPools};
 use crate::http::{
     AccessLog, HttpContext, HttpSettings, Rng, RouteTable, serve_connection_with_drain,
 };
-use crate::metrics::{Metrics as IstioMetrics, Reporter, WorkloadInfo};
-use crate::snapshot::{CompiledListener, Snapshot};
-use crate::sniff::Detected;
+use crate::metrics::{Destinations, Metrics as IstioMetrics, Reporter, WorkloadInfo};
 use crate::socket::{ClientAddr, OrigDstAddr};
 use crate::{Error, Result};
 
 /// Everything the HTTP connection manager gets for one connection whose filter chain is
-/// `http_connection_manager`.
+/// `http_connection_manager`: the connection keeps the routes and clusters of the
+/// configuration it was accepted on until it ends.
 pub struct HttpConnection {
     /// The accepted downstream connection. Bytes looked at by the sniffer were only peeked:
     /// they are all still unread.
     pub stream: tokio::net::TcpStream,
-    /// What the sniffer saw (`http/1.1`, `http/1.0`, `h2c`; empty when the chain did not need
-    /// sniffing, e.g. a port declared HTTP).
-    pub detected: Detected,
     /// The chain's `http_connection_manager` configuration.
     pub hcm: Arc<HttpConnectionManager>,
-    /// The configuration this connection started on; keep using it until the connection ends
-    /// (its `http` field holds what [`ConnectionManager::compile`] built from it).
-    pub snapshot: Arc<Snapshot>,
-    /// The cluster manager as of this snapshot: look clusters up by name, then
-    /// `target()`/`pick(hash)`, `connect()`, and `Endpoint::start_request()` for stats.
+    /// The chain's route table ([`CompiledRoutes::table`]); `None` when the configuration has
+    /// no table of the `rds` name (every request gets `404 NR`).
+    pub routes: Option<Arc<RouteTable>>,
+    /// The cluster manager's table of the connection's configuration.
     pub clusters: Clusters,
-    /// The listener that matched (virtual listener, or the capture listener itself).
-    pub listener: Arc<CompiledListener>,
-    /// The filter chain's name.
-    pub chain: String,
+    /// Cluster → service of the connection's configuration, for Istio's metrics.
+    pub destinations: Arc<Destinations>,
     /// `source` (outbound, 15001) or `destination` (inbound, 15006), for Istio's metrics.
     pub reporter: Reporter,
     /// Where the client was going (before capture).
@@ -202,16 +195,23 @@ impl ConnectionManager {
 
     /// Serves one connection until it ends.
     pub async fn serve(&self, conn: HttpConnection) -> io::Result<()> {
-        let routes = conn.snapshot.http.table(&conn.hcm);
+        let HttpConnection {
+            stream,
+            hcm,
+            routes,
+            clusters,
+            destinations,
+            reporter,
+            orig_dst,
+            client,
+            drain,
+        } = conn;
         let table = routes.unwrap_or_else(|| {
-            let name = conn
-                .hcm
+            let name = hcm
                 .rds
                 .as_ref()
                 .map(|r| r.route_config_name.clone())
                 .unwrap_or_default();
-            tracing::debug!(listener = %conn.listener.name, route = %name,
-                "no route table: every request gets 404 NR");
             let empty = RouteConfiguration {
                 name,
                 ..Default::default()
@@ -223,20 +223,17 @@ impl ConnectionManager {
         });
         let ctx = HttpContext {
             routes: Arc::new(ArcSwap::new(table)),
-            upstreams: ClusterUpstreams::new(conn.clusters.clone(), self.passthrough.clone()),
+            upstreams: ClusterUpstreams::new(clusters, self.passthrough.clone()),
             metrics: self.istio.clone(),
             workload: self.workload.clone(),
-            destinations: conn.snapshot.destinations.clone(),
-            reporter: conn.reporter,
-            peer: conn.client.0,
-            local: conn.orig_dst.0,
+            destinations,
+            reporter,
+            peer: client.0,
+            local: orig_dst.0,
             settings: self.settings.clone(),
             rng: self.rng.clone(),
             access_log: self.access_log.clone(),
         };
-        let HttpConnection {
-            stream, hcm, drain, ..
-        } = conn;
         // As Envoy does for every accepted socket: a response's head and body are separate
         // writes, and Nagle would hold the second until the first is acknowledged.
         let _ = stream.set_nodelay(true);

@@ -2,14 +2,15 @@
 //! linkerd2-proxy's `proxy` modules): a [`VirtualListener`] binds in `new()` (a bad address
 //! fails at start) and accepts in `run()`; what a connection means is per direction,
 //! [`outbound::serve`] (`virtualOutbound`, 15001) and [`inbound::serve`] (`virtualInbound`,
-//! 15006). Both hand each connection to [`dispatch`]: filter chain ([`chain`]), sniffing when a
-//! chain needs it ([`crate::sniff`]), then the chain's terminal filter: [`tcp`] proxying, or the
-//! HTTP connection manager ([`ConnectionManager::serve`]).
+//! 15006). Both hand each connection to [`dispatch`]: filter chain (compiled with the
+//! configuration, [`crate::snapshot::chain`]), sniffing when a chain needs it
+//! ([`crate::sniff`]), then the chain's terminal filter: [`tcp`] proxying, or the HTTP
+//! connection manager ([`ConnectionManager::serve`]) with the chain's route table and the
+//! snapshot's clusters.
 //!
 //! The original destination is looked up through the [`OrigDst`] trait, so tests can hand the
 //! listeners a fake ([`crate::socket::FixedAddrs`]) instead of a redirected socket.
 
-pub mod chain;
 pub mod inbound;
 pub mod outbound;
 pub mod tcp;
@@ -30,7 +31,7 @@ use crate::socket::{ClientAddr, FixedAddrs, OrigDst, OrigDstAddr};
 use crate::stats::{Metrics, Refusal};
 use crate::{Error, Result};
 
-use self::chain::Terminal;
+use crate::snapshot::chain::Terminal;
 
 /// Which capture listener a [`VirtualListener`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -342,14 +343,17 @@ pub async fn dispatch(
             tcp::proxy(shared, conn, route, stream).await
         }
         Terminal::Http(hcm) => {
+            let routes = snapshot.http.table(hcm);
+            if routes.is_none() {
+                tracing::debug!(listener = %listener.name, chain = %chain.name,
+                    "no route table: every request gets 404 NR");
+            }
             let conn = HttpConnection {
                 stream,
-                detected,
                 hcm: hcm.clone(),
+                routes,
                 clusters: snapshot.clusters.clone(),
-                snapshot,
-                listener: listener.clone(),
-                chain: chain.name.clone(),
+                destinations: snapshot.destinations.clone(),
                 reporter,
                 orig_dst,
                 client,

@@ -27,8 +27,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::Shared;
-use super::chain::TcpRoute;
 use crate::metrics::{Peers, Reporter};
+use crate::snapshot::chain::TcpRoute;
 use crate::snapshot::{CompiledListener, Snapshot};
 use crate::socket::{ClientAddr, OrigDstAddr};
 use crate::stats::Refusal;

@@ -1,10 +1,13 @@
 //! A configuration compiled for serving, and the [`Store`] that swaps it atomically.
 //!
 //! A [`Snapshot`] is immutable: listeners indexed by address, filter chains compiled
-//! ([`FilterChains`]), clusters resolved ([`Clusters`]), HTTP state compiled by the HTTP side.
+//! ([`chain`], [`FilterChains`]), clusters resolved ([`Clusters`]), route tables compiled by
+//! the HTTP connection manager ([`CompiledRoutes`]).
 //! Each connection takes the current snapshot once, when it is accepted (a lock-free
 //! `ArcSwap` load), and keeps it to its end: a reload changes what *new* connections do, never
 //! an established one.
+
+pub mod chain;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -16,9 +19,9 @@ use rustmesh_xds::ProxyConfig;
 use rustmesh_xds::listener::{Listener, TrafficDirection};
 use tokio::sync::Notify;
 
+use self::chain::FilterChains;
 use crate::cluster::{ClusterManager, Clusters};
 use crate::http::handler::{CompiledRoutes, ConnectionManager};
-use crate::listener::chain::FilterChains;
 use crate::metrics::Destinations;
 use crate::sniff::DEFAULT_SNIFF_TIMEOUT;
 use crate::stats::{ListenerStats, Metrics};
