@@ -8,6 +8,9 @@
 //!   lists endpoint parts for that key (`default.eds-03.json.gz`...), they are read with it and
 //!   put back together before validation; a missing or bad part refuses the whole document.
 //!   Without `scopes.json`, `DIR/config.json` (plain JSON) or `DIR/default.json.gz` is used.
+//!   The format of the ConfigMap (gzip, size limit, index, reassembling the parts) is the
+//!   contract in [`rustmesh_xds::configmap`], shared with the operator that writes it; this
+//!   module fetches the keys (mount or API), picks the pod's scope and hashes the inputs.
 //!
 //! The [`Watcher`] reads the inputs every poll interval (500 ms by default) and hashes them;
 //! when the hash changes it validates the document (`ProxyConfig::from_json`), compiles it
@@ -27,7 +30,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustmesh_xds::ProxyConfig;
-use rustmesh_xds::scope::{self, DEFAULT_SCOPE_KEY, EndpointPart, SCOPE_INDEX_KEY, ScopeIndex};
+use rustmesh_xds::configmap::{self as contract, ConfigMapError};
+use rustmesh_xds::scope::{self, DEFAULT_SCOPE_KEY, SCOPE_INDEX_KEY};
 use tokio::sync::watch;
 
 use crate::cluster::ClusterManager;
@@ -42,8 +46,8 @@ use api::{ApiTarget, ApiView};
 
 /// Default poll interval.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
-/// A configuration larger than this (after gunzip) is refused.
-pub const MAX_CONFIG_BYTES: u64 = 64 * 1024 * 1024;
+/// A configuration larger than this (after gunzip) is refused: the contract's limit.
+pub const MAX_CONFIG_BYTES: u64 = contract::MAX_DECODED_BYTES;
 /// Plain-JSON key read from a config directory without `scopes.json`.
 pub const PLAIN_CONFIG_KEY: &str = "config.json";
 
@@ -99,52 +103,47 @@ impl Document {
 
     /// The JSON text of the scope's own key (gunzipped if needed).
     pub fn text(&self) -> Result<String> {
-        decode_text(&self.raw, self.gzip, &self.origin)
+        Ok(contract::decode_text(&self.origin, &self.raw, self.gzip)?)
     }
 
     /// The configuration, validated: the document itself, or for a split configuration the
     /// scope's part with its endpoint parts put back in (each refused naming its key).
     pub fn config(&self) -> Result<ProxyConfig> {
-        let invalid = |origin: &str, source| Error::ConfigInvalid {
-            origin: origin.to_string(),
-            source,
-        };
-        let text = self.text()?;
-        let Some(split) = &self.split else {
-            return ProxyConfig::from_json(&text).map_err(|e| invalid(&self.origin, e));
-        };
-        let base =
-            ProxyConfig::from_json_unvalidated(&text).map_err(|e| invalid(&self.origin, e))?;
-        let mut parts = Vec::with_capacity(split.parts.len());
-        for (origin, raw) in &split.parts {
-            let text = decode_text(raw, true, origin)?;
-            parts.push(EndpointPart::from_json(&text).map_err(|e| invalid(origin, e))?);
-        }
-        base.with_parts(parts, split.version_info.clone())
-            .map_err(|e| invalid(&self.origin, e))
+        let split = self.split.as_ref().map(|s| {
+            let parts = s.parts.iter().map(|(o, raw)| (o.as_str(), raw.as_slice()));
+            (s.version_info.as_str(), parts)
+        });
+        Ok(contract::assemble(&self.origin, &self.text()?, split)?)
     }
 }
 
-/// Gunzips (when `gzip`) and checks UTF-8, refusing more than [`MAX_CONFIG_BYTES`].
-fn decode_text(raw: &[u8], gzip: bool, origin: &str) -> Result<String> {
-    let decode = |message: String| Error::ConfigDecode {
-        origin: origin.to_string(),
-        message,
-    };
-    let bytes = if gzip {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(raw)
-            .take(MAX_CONFIG_BYTES + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| decode(format!("not gzip: {e}")))?;
-        if out.len() as u64 > MAX_CONFIG_BYTES {
-            return Err(decode(format!("larger than {MAX_CONFIG_BYTES} bytes")));
+/// The contract's errors name the value by its origin (a path, or ConfigMap and key).
+impl From<ConfigMapError> for Error {
+    fn from(e: ConfigMapError) -> Self {
+        match e {
+            ConfigMapError::NotGzip { key, message } => Error::ConfigDecode {
+                origin: key,
+                message: format!("not gzip: {message}"),
+            },
+            ConfigMapError::TooLarge { key, limit } => Error::ConfigDecode {
+                origin: key,
+                message: format!("larger than {limit} bytes"),
+            },
+            ConfigMapError::NotUtf8 { key, message } => Error::ConfigDecode {
+                origin: key,
+                message: format!("not UTF-8: {message}"),
+            },
+            ConfigMapError::Missing { key } => Error::ConfigMissing { origin: key },
+            ConfigMapError::Invalid { key, source } => Error::ConfigInvalid {
+                origin: key,
+                source,
+            },
+            ConfigMapError::NotAKey { key, named } => Error::ConfigCompile {
+                field: format!("{key}: key"),
+                message: format!("{named:?} is not a ConfigMap key"),
+            },
         }
-        out
-    } else {
-        raw.to_vec()
-    };
-    String::from_utf8(bytes).map_err(|e| decode(format!("not UTF-8: {e}")))
+    }
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>> {
@@ -270,12 +269,7 @@ pub(crate) fn select_document(
     let (key, why) = match &index_bytes {
         Some(index_bytes) => {
             let index_origin = keys.origin(SCOPE_INDEX_KEY);
-            let index_text = std::str::from_utf8(index_bytes).map_err(|e| Error::ConfigDecode {
-                origin: index_origin.clone(),
-                message: format!("not UTF-8: {e}"),
-            })?;
-            let index =
-                ScopeIndex::from_json(index_text).map_err(|e| invalid(index_origin.clone(), e))?;
+            let index = contract::read_index(&index_origin, index_bytes)?;
             let labels_text =
                 std::str::from_utf8(labels_bytes).map_err(|e| Error::ConfigDecode {
                     origin: labels_path.display().to_string(),
@@ -284,7 +278,7 @@ pub(crate) fn select_document(
             let labels: BTreeMap<String, String> = scope::parse_pod_labels(labels_text)
                 .map_err(|e| invalid(labels_path.display().to_string(), e))?;
             let key = scope::select_scope(&index, &labels).to_string();
-            check_key(&key, &index_origin)?;
+            contract::check_key(&index_origin, &key)?;
             let why = format!("scope {key:?} selected by the pod's labels");
             parts = index.parts.get(&key).cloned();
             (key, why)
@@ -315,7 +309,7 @@ pub(crate) fn select_document(
         Some(p) => {
             let mut read = Vec::with_capacity(p.endpoints.len());
             for part_key in &p.endpoints {
-                check_key(part_key, &keys.origin(SCOPE_INDEX_KEY))?;
+                contract::check_key(&keys.origin(SCOPE_INDEX_KEY), part_key)?;
                 let origin = keys.origin(part_key);
                 let bytes = keys.get(part_key)?.ok_or_else(|| Error::ConfigMissing {
                     origin: origin.clone(),
@@ -340,17 +334,6 @@ pub(crate) fn select_document(
         hash,
         split,
     })
-}
-
-/// Refuses a key from the index that could not be a ConfigMap key (a path).
-fn check_key(key: &str, index_origin: &str) -> Result<()> {
-    if key.contains('/') || key.starts_with('.') {
-        return Err(Error::ConfigCompile {
-            field: format!("{index_origin}: key"),
-            message: format!("{key:?} is not a ConfigMap key"),
-        });
-    }
-    Ok(())
 }
 
 fn hash_of(parts: &[&[u8]]) -> u64 {
@@ -608,7 +591,6 @@ mod tests {
     use super::*;
     use crate::proxy::RefuseHttp;
     use serde_json::json;
-    use std::io::Write;
 
     fn doc(version: &str, cluster: &str) -> String {
         json!({
@@ -686,9 +668,7 @@ mod tests {
     }
 
     fn gzip(text: &str) -> Vec<u8> {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        e.write_all(text.as_bytes()).unwrap();
-        e.finish().unwrap()
+        rustmesh_xds::configmap::gzip(text.as_bytes())
     }
 
     /// A ConfigMap volume as kubelet lays it out: `..<timestamp>/` holding the files, `..data`

@@ -79,9 +79,7 @@ fn doc(version: &str) -> String {
 }
 
 fn gzip(text: &str) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(text.as_bytes()).unwrap();
-    e.finish().unwrap()
+    rustmesh_xds::configmap::gzip(text.as_bytes())
 }
 
 /// The ConfigMap as the operator writes it, version `n` of both scopes.
