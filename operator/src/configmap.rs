@@ -1,5 +1,8 @@
-//! The ConfigMap contract: what the operator writes into each injected namespace, and the Role
-//! and RoleBinding that let that namespace's pods read it (and nothing else).
+//! What the operator writes into each injected namespace: the ConfigMap (in the format of
+//! [`rustmesh_xds::configmap`], the contract the proxy reads with), and the Role and RoleBinding
+//! that let that namespace's pods read it (and nothing else). This module only adds the
+//! operator's side: encoding every scope of a namespace with reuse across namespaces and
+//! batches ([`Encoder`]), the Kubernetes objects, and the live-content check.
 //!
 //! - ConfigMap [`PROXY_CONFIGMAP`] (`rustmesh-proxy-config`);
 //! - `data["scopes.json"]`: the [`ScopeIndex`] (which key a pod uses: [`select_scope`]; and,
@@ -10,7 +13,8 @@
 //!   `ClusterLoadAssignment`s of the clusters whose host hashes to part NN; the number of parts
 //!   grows with the number of clusters, about 128 each), so that an endpoint change rewrites
 //!   one part, as Envoy gets EDS apart from CDS/LDS/RDS ([`rustmesh_xds::scope`]);
-//! - annotation [`CONFIG_HASH_ANNOTATION`]: hash of the whole content; the operator applies only
+//! - annotation [`CONFIG_HASH_ANNOTATION`]: hash of the whole content
+//!   ([`rustmesh_xds::configmap::content_hash_of`]); the operator applies only
 //!   when the live content hashes differently (so a hand edit or deletion is restored, and a
 //!   resync that changes nothing writes nothing).
 //!
@@ -19,118 +23,43 @@
 use crate::error::Error;
 use crate::index::Index;
 use crate::render::{EdsRecipes, MeshView, Scope, render_parts};
-use flate2::Compression;
-use flate2::read::GzDecoder;
-use flate2::write::GzEncoder;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::core::ObjectMeta;
 use rustmesh_xds::ProxyConfig;
 use rustmesh_xds::cluster::ClusterLoadAssignment;
+use rustmesh_xds::configmap::{
+    self as contract, content_hash, content_hash_of, endpoint_part_json, gzip, scope_version,
+    split_endpoints, take_base, value_hash,
+};
 use rustmesh_xds::fnv::{self, OFFSET as FNV_OFFSET};
 use rustmesh_xds::scope::{
-    EndpointPart, SCOPE_INDEX_KEY, ScopeIndex, ScopeParts, endpoint_part_count, endpoint_part_key,
-    endpoint_part_of,
+    EndpointPart, SCOPE_INDEX_KEY, ScopeIndex, ScopeParts, endpoint_part_key,
 };
 use rustmesh_xds::well_known::{CONFIG_HASH_ANNOTATION, OPERATOR_FIELD_MANAGER, PROXY_CONFIGMAP};
-use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
 use std::sync::Arc;
+
+pub use rustmesh_xds::configmap::{MAX_PAYLOAD_BYTES, encode};
 
 /// Name of the Role (and RoleBinding) letting a namespace's pods read [`PROXY_CONFIGMAP`].
 pub const READER_ROLE: &str = "rustmesh-proxy-config-reader";
-/// Largest payload written: the API server refuses objects over 1 MiB (3 MiB request limit,
-/// 1.5 MiB etcd value by default, 1 MiB for ConfigMaps); the rest is left for metadata.
-pub const MAX_PAYLOAD_BYTES: usize = 1_000_000;
-
 /// Label put on everything the operator writes.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", OPERATOR_FIELD_MANAGER);
 
-/// Hash of a configuration's content (its `versionInfo` excluded), as 16 hex digits.
-pub fn content_hash(config: &ProxyConfig) -> String {
-    let mut c = config.clone();
-    c.version_info.clear();
-    let json = serde_json::to_vec(&c).expect("configuration always serialises");
-    format!("{:016x}", fnv::extend(FNV_OFFSET, json))
-}
-
-/// gzip of bytes (deterministic: no timestamp, no file name in the header).
-fn gzip(bytes: &[u8]) -> Result<Vec<u8>, Error> {
-    let mut enc = GzEncoder::new(Vec::with_capacity(bytes.len() / 8), Compression::default());
-    enc.write_all(bytes)
-        .and_then(|()| enc.finish())
-        .map_err(|e| Error::Encode {
-            what: "gzip".into(),
-            message: e.to_string(),
-        })
-}
-
-/// gzip of the compact JSON of a whole configuration (a version 1 value).
-pub fn encode(config: &ProxyConfig) -> Result<Vec<u8>, Error> {
-    let json = serde_json::to_vec(config).map_err(|e| Error::Encode {
-        what: "configuration JSON".into(),
-        message: e.to_string(),
-    })?;
-    gzip(&json)
-}
-
-fn gunzip(bytes: &[u8]) -> Result<String, Error> {
-    let mut text = String::new();
-    GzDecoder::new(bytes)
-        .read_to_string(&mut text)
-        .map_err(|e| Error::Encode {
-            what: "gunzip".into(),
-            message: e.to_string(),
-        })?;
-    Ok(text)
-}
-
-fn decode_error(what: &str, e: rustmesh_xds::Error) -> Error {
-    Error::Encode {
-        what: what.to_string(),
-        message: e.to_string(),
-    }
-}
-
-/// Reads a whole-configuration `.json.gz` value back, validating it.
-pub fn decode(bytes: &[u8]) -> Result<ProxyConfig, Error> {
-    ProxyConfig::from_json(&gunzip(bytes)?).map_err(|e| decode_error("configuration JSON", e))
-}
-
-/// Reads one scope's configuration out of a ConfigMap the way the proxy does: the scope's
-/// value, plus its endpoint parts when the index lists them, validated.
+/// Reads one scope's configuration out of a ConfigMap the way the proxy does
+/// ([`rustmesh_xds::configmap::read_scope`]).
 pub fn read_scope(cm: &ConfigMap, key: &str) -> Result<ProxyConfig, Error> {
-    let missing = |k: &str| Error::Encode {
-        what: format!("key {k}"),
-        message: "not in the ConfigMap".into(),
-    };
-    let binary = |k: &str| {
-        cm.binary_data
+    let get = |k: &str| {
+        let data = cm
+            .data
             .as_ref()
-            .and_then(|b| b.get(k))
-            .map(|b| b.0.as_slice())
-            .ok_or_else(|| missing(k))
+            .and_then(|d| d.get(k))
+            .map(|v| v.as_bytes());
+        data.or_else(|| cm.binary_data.as_ref()?.get(k).map(|b| b.0.as_slice()))
     };
-    let index = cm
-        .data
-        .as_ref()
-        .and_then(|d| d.get(SCOPE_INDEX_KEY))
-        .ok_or_else(|| missing(SCOPE_INDEX_KEY))?;
-    let index = ScopeIndex::from_json(index).map_err(|e| decode_error(SCOPE_INDEX_KEY, e))?;
-    let text = gunzip(binary(key)?)?;
-    let Some(parts) = index.parts.get(key) else {
-        return ProxyConfig::from_json(&text).map_err(|e| decode_error(key, e));
-    };
-    let base = ProxyConfig::from_json_unvalidated(&text).map_err(|e| decode_error(key, e))?;
-    let mut read = Vec::new();
-    for k in &parts.endpoints {
-        let text = gunzip(binary(k)?)?;
-        read.push(EndpointPart::from_json(&text).map_err(|e| decode_error(k, e))?);
-    }
-    base.with_parts(read, parts.version_info.clone())
-        .map_err(|e| decode_error(key, e))
+    Ok(contract::read_scope(get, key)?)
 }
 
 /// One stored value: its key, the hash and length of its JSON, and its gzip.
@@ -173,44 +102,25 @@ impl Encoder {
         }
     }
 
-    fn part(&mut self, key: String, json: &[u8]) -> Result<Part, Error> {
-        let hash = fnv::extend(FNV_OFFSET, json.iter().copied());
+    fn part(&mut self, key: String, json: &[u8]) -> Part {
+        let hash = value_hash(json);
         let id = (hash, json.len());
-        let gz = match self.known.get(&id) {
-            Some(gz) => gz.clone(),
-            None => {
-                let gz = Arc::new(gzip(json)?);
-                self.known.insert(id, gz.clone());
-                gz
-            }
-        };
-        Ok(Part {
+        let gz = self
+            .known
+            .entry(id)
+            .or_insert_with(|| Arc::new(gzip(json)))
+            .clone();
+        Part {
             key,
             hash,
             json_len: json.len(),
             gz,
-        })
-    }
-
-    fn json<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, Error> {
-        serde_json::to_vec(value).map_err(|e| Error::Encode {
-            what: what.into(),
-            message: e.to_string(),
-        })
+        }
     }
 
     /// One endpoint part's value.
-    pub fn endpoint_part(
-        &mut self,
-        key: String,
-        endpoints: &[ClusterLoadAssignment],
-    ) -> Result<Part, Error> {
-        #[derive(Serialize)]
-        struct PartRef<'a> {
-            endpoints: &'a [ClusterLoadAssignment],
-        }
-        let json = Self::json("endpoint part JSON", &PartRef { endpoints })?;
-        self.part(key, &json)
+    pub fn endpoint_part(&mut self, key: String, endpoints: &[ClusterLoadAssignment]) -> Part {
+        self.part(key, &endpoint_part_json(endpoints))
     }
 
     /// The copy of an endpoint part's assignments already held for the same content, else
@@ -247,36 +157,31 @@ impl Encoder {
         recipes
     }
 
-    /// Encodes a rendered scope: its configuration without endpoints under `key`, the
-    /// endpoints in parts by host.
+    /// Encodes a rendered scope as [`rustmesh_xds::configmap::encode_scope`] does (its
+    /// configuration without endpoints under `key`, the endpoints in parts by host), reusing
+    /// the gzip of values already encoded.
     pub fn scope(
         &mut self,
         key: String,
-        mut config: ProxyConfig,
+        config: ProxyConfig,
         recipes: EdsRecipes,
-    ) -> Result<RenderedScope, Error> {
-        let endpoints = std::mem::take(&mut config.endpoints);
-        config.version_info.clear();
-        let base_json = Self::json("configuration JSON", &config)?;
-        let base = self.part(key.clone(), &base_json)?;
-        let n = endpoint_part_count(endpoints.len());
-        let mut grouped: Vec<Vec<ClusterLoadAssignment>> = vec![Vec::new(); n];
-        for cla in endpoints {
-            grouped[endpoint_part_of(&cla.cluster_name, n)].push(cla);
-        }
-        let mut parts = Vec::with_capacity(n);
-        let mut endpoints = Vec::with_capacity(n);
+    ) -> RenderedScope {
+        let (base_json, endpoints) = take_base(config);
+        let base = self.part(key.clone(), &base_json);
+        let grouped = split_endpoints(endpoints);
+        let mut parts = Vec::with_capacity(grouped.len());
+        let mut endpoints = Vec::with_capacity(grouped.len());
         for (i, eps) in grouped.into_iter().enumerate() {
-            let part = self.endpoint_part(endpoint_part_key(&key, i), &eps)?;
+            let part = self.endpoint_part(endpoint_part_key(&key, i), &eps);
             endpoints.push(self.share(&part, Arc::new(eps)));
             parts.push(part);
         }
-        Ok(RenderedScope {
+        RenderedScope {
             base,
             parts,
             endpoints,
             recipes: self.share_recipes(Arc::new(recipes)),
-        })
+        }
     }
 }
 
@@ -297,11 +202,11 @@ pub struct RenderedScope {
 impl RenderedScope {
     /// The assembled configuration's `versionInfo`: a hash of every part's content.
     pub fn version(&self) -> String {
-        let mut h = FNV_OFFSET;
-        for p in std::iter::once(&self.base).chain(&self.parts) {
-            h = fnv::extend(h, p.hash.to_le_bytes());
-        }
-        format!("{h:016x}")
+        scope_version(
+            std::iter::once(&self.base)
+                .chain(&self.parts)
+                .map(|p| p.hash),
+        )
     }
 
     /// Bytes of gzip written for this scope.
@@ -314,8 +219,12 @@ impl RenderedScope {
 
     /// The assembled configuration (what the proxy will serve), by decoding what is written.
     pub fn config(&self) -> Result<ProxyConfig, Error> {
-        let base = ProxyConfig::from_json_unvalidated(&gunzip(&self.base.gz)?)
-            .map_err(|e| decode_error(&self.base.key, e))?;
+        let key = &self.base.key;
+        let base = ProxyConfig::from_json_unvalidated(&contract::gunzip(key, &self.base.gz)?)
+            .map_err(|source| contract::ConfigMapError::Invalid {
+                key: key.clone(),
+                source,
+            })?;
         let parts = self
             .endpoints
             .iter()
@@ -324,7 +233,11 @@ impl RenderedScope {
             })
             .collect();
         base.with_parts(parts, self.version())
-            .map_err(|e| decode_error(&self.base.key, e))
+            .map_err(|source| contract::ConfigMapError::Invalid {
+                key: key.clone(),
+                source,
+            })
+            .map_err(Error::from)
     }
 }
 
@@ -429,7 +342,7 @@ pub fn render_namespace_with(
             source,
         })?;
         let key = scope.key();
-        scopes.insert(key.clone(), encoder.scope(key, config, recipes)?);
+        scopes.insert(key.clone(), encoder.scope(key, config, recipes));
     }
     Ok(RenderedNamespace::new(
         namespace.to_string(),
@@ -443,7 +356,8 @@ pub fn render(index: &Index, scope: &Scope) -> ProxyConfig {
     render_view(&MeshView::new(index), scope)
 }
 
-/// Renders one scope with its `versionInfo` set to the content hash ([`content_hash`]); the
+/// Renders one scope with its `versionInfo` set to the content hash
+/// ([`rustmesh_xds::configmap::content_hash`]); the
 /// rendering itself is [`render_parts`].
 pub fn render_view(view: &MeshView<'_>, scope: &Scope) -> ProxyConfig {
     let (mut config, _) = render_parts(view, scope);
@@ -459,27 +373,6 @@ pub fn render_scope(view: &MeshView<'_>, scope: &Scope) -> Result<ProxyConfig, E
         source,
     })?;
     Ok(config)
-}
-
-/// Hash of `data` then `binaryData` entries, each in key order.
-fn content_hash_of<'a>(
-    data: impl IntoIterator<Item = (&'a str, &'a [u8])>,
-    binary: impl IntoIterator<Item = (&'a str, &'a [u8])>,
-) -> String {
-    let mut h = FNV_OFFSET;
-    for (tag, entries) in [
-        (b"d:", data.into_iter().collect::<Vec<_>>()),
-        (b"b:", binary.into_iter().collect()),
-    ] {
-        for (k, v) in entries {
-            h = fnv::extend(h, tag.iter().copied());
-            h = fnv::extend(h, k.bytes());
-            h = fnv::extend(h, [0u8]);
-            h = fnv::extend(h, v.iter().copied());
-            h = fnv::extend(h, [0u8]);
-        }
-    }
-    format!("{h:016x}")
 }
 
 /// Hash of a live ConfigMap's content, comparable with [`RenderedNamespace::hash`]: equal only
@@ -614,7 +507,7 @@ spec:
         );
         assert!(!default.endpoints.is_empty());
         // The scope's own value holds no endpoints: they are in the parts.
-        let base = gunzip(&bin[DEFAULT_SCOPE_KEY].0).unwrap();
+        let base = contract::gunzip(DEFAULT_SCOPE_KEY, &bin[DEFAULT_SCOPE_KEY].0).unwrap();
         let base = ProxyConfig::from_json_unvalidated(&base).unwrap();
         assert!(base.endpoints.is_empty() && base.version_info.is_empty());
         assert_eq!(base.clusters, default.clusters);
@@ -631,7 +524,7 @@ spec:
             .insert(SCOPE_INDEX_KEY.into(), "{}".into());
         assert_ne!(&configmap_hash(&edited), annotated);
         // Encoding is deterministic.
-        assert_eq!(encode(&default).unwrap(), encode(&default).unwrap());
+        assert_eq!(encode(&default), encode(&default));
         let again = render_namespace(&view, "default").unwrap();
         assert_eq!(again.hash(), r.hash());
     }

@@ -18,9 +18,9 @@ pub enum Error {
     /// A command-line flag has a value the operator cannot use.
     #[error("flag --{flag}: {message}")]
     Flag { flag: &'static str, message: String },
-    /// Compressing or serialising a configuration failed.
-    #[error("encoding {what}: {message}")]
-    Encode { what: String, message: String },
+    /// A ConfigMap does not hold a readable configuration (the error names the key).
+    #[error("reading the ConfigMap: {0}")]
+    ConfigMap(#[from] rustmesh_xds::configmap::ConfigMapError),
     /// Binding or serving the metrics/health port failed.
     #[error("serving {what}: {source}")]
     Io {

@@ -191,7 +191,7 @@ fn patch(
         }
         for p in touched {
             let key = next.parts[p].key.clone();
-            next.parts[p] = encoder.endpoint_part(key, &next.endpoints[p])?;
+            next.parts[p] = encoder.endpoint_part(key, &next.endpoints[p]);
             next.endpoints[p] = encoder.share(&next.parts[p], next.endpoints[p].clone());
         }
         scopes.insert(key.clone(), next);

@@ -15,45 +15,16 @@
 //! failure.
 
 use std::collections::BTreeMap;
-use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role, RoleBinding};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
+use kube::{Api, Client};
 use rustmesh_operator::configmap::{READER_ROLE, reader_role, reader_role_binding};
 use rustmesh_xds::well_known::{OPERATOR_FIELD_MANAGER, PROXY_CONFIGMAP};
 use serde::Deserialize;
 use serde_json::json;
-
-const ADMIN_KUBECONFIG: &str = "/var/lib/rustmesh-e2e/kubeconfig/admin.kubeconfig";
-
-fn kubeconfig_path() -> String {
-    std::env::var("RUSTMESH_KUBECONFIG").unwrap_or_else(|_| ADMIN_KUBECONFIG.into())
-}
-
-async fn config() -> Result<Config, String> {
-    let path = kubeconfig_path();
-    let kc = Kubeconfig::read_from(&path).map_err(|e| format!("{path}: {e}"))?;
-    Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .map_err(|e| format!("{path}: {e}"))
-}
-
-async fn admin_client() -> Result<Client, String> {
-    let client = Client::try_from(config().await?).map_err(|e| e.to_string())?;
-    match tokio::time::timeout(Duration::from_secs(5), client.apiserver_version()).await {
-        Ok(Ok(_)) => Ok(client),
-        Ok(Err(e)) => Err(format!("API server at {}: {e}", kubeconfig_path())),
-        Err(_) => Err(format!(
-            "API server at {} did not answer in 5 s",
-            kubeconfig_path()
-        )),
-    }
-}
 
 fn operator_rules() -> Vec<PolicyRule> {
     let text = include_str!("../../manifests/kustomize/base/operator.yaml");
@@ -72,39 +43,10 @@ fn forbidden<T>(r: Result<T, kube::Error>) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_install_rules_let_the_operator_write_the_reader_rbac_and_nothing_more() {
-    let admin = match admin_client().await {
-        Ok(c) => c,
-        Err(reason) => {
-            assert!(
-                std::env::var("RUSTMESH_E2E").as_deref() != Ok("1"),
-                "RUSTMESH_E2E=1 but no cluster: {reason}"
-            );
-            eprintln!(
-                "skipping: no Kubernetes cluster ({reason}); RUSTMESH_E2E=1 makes this a failure"
-            );
-            return;
-        }
+    let Some(admin) = rustmesh_testkit::cluster_or_skip().await else {
+        return;
     };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let ns = format!("rustmesh-oprbac-{}-{nanos:x}", std::process::id());
-    let namespaces: Api<Namespace> = Api::all(admin.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    let result = AssertUnwindSafe(body(admin.clone(), &ns))
-        .catch_unwind()
-        .await;
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+    rustmesh_testkit::in_namespace(&admin, "oprbac", body).await;
 }
 
 async fn body(admin: Client, ns: &str) {
@@ -160,7 +102,7 @@ async fn body(admin: Client, ns: &str) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let mut sa_config = config().await.unwrap();
+    let mut sa_config = rustmesh_testkit::config().await.unwrap();
     sa_config.auth_info = serde_json::from_value(json!({"token": token})).unwrap();
     let op = Client::try_from(sa_config).unwrap();
 

@@ -1,5 +1,6 @@
 //! The proxy follows its ConfigMap through a real API server: the local e2e cluster
-//! (`/var/lib/rustmesh-e2e/kubeconfig/admin.kubeconfig`, or `$RUSTMESH_KUBECONFIG`).
+//! (`/var/lib/rustmesh-e2e/kubeconfig/admin.kubeconfig`, or `$RUSTMESH_KUBECONFIG`), through the
+//! shared harness `rustmesh_testkit`.
 //!
 //! In a namespace of its own (created and deleted here) the test makes a service account, the
 //! ConfigMap `rustmesh-proxy-config` and a mounted copy on disk, and runs the proxy's
@@ -19,17 +20,15 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
+use kube::config::Kubeconfig;
+use kube::{Api, Client};
 use rustmesh_proxy::cluster::ClusterManager;
 use rustmesh_proxy::config::api::{self, ApiTarget, ApiView};
 use rustmesh_proxy::config::{ConfigSource, Watcher};
@@ -38,33 +37,8 @@ use rustmesh_proxy::snapshot::Store;
 use rustmesh_proxy::stats::Metrics;
 use serde_json::json;
 
-const ADMIN_KUBECONFIG: &str = "/var/lib/rustmesh-e2e/kubeconfig/admin.kubeconfig";
 const CM: &str = "rustmesh-proxy-config";
 const INDEX: &str = r#"{"version":1,"default":"default.json.gz","selectors":[{"key":"sidecar-ratings.json.gz","sidecar":"ratings","labels":{"app":"ratings"}}]}"#;
-
-fn kubeconfig_path() -> String {
-    std::env::var("RUSTMESH_KUBECONFIG").unwrap_or_else(|_| ADMIN_KUBECONFIG.into())
-}
-
-async fn config() -> Result<Config, String> {
-    let path = kubeconfig_path();
-    let kc = Kubeconfig::read_from(&path).map_err(|e| format!("{path}: {e}"))?;
-    Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .map_err(|e| format!("{path}: {e}"))
-}
-
-async fn admin_client() -> Result<Client, String> {
-    let client = Client::try_from(config().await?).map_err(|e| e.to_string())?;
-    match tokio::time::timeout(Duration::from_secs(5), client.apiserver_version()).await {
-        Ok(Ok(_)) => Ok(client),
-        Ok(Err(e)) => Err(format!("API server at {}: {e}", kubeconfig_path())),
-        Err(_) => Err(format!(
-            "API server at {} did not answer in 5 s",
-            kubeconfig_path()
-        )),
-    }
-}
 
 fn doc(version: &str) -> String {
     json!({
@@ -79,9 +53,7 @@ fn doc(version: &str) -> String {
 }
 
 fn gzip(text: &str) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(text.as_bytes()).unwrap();
-    e.finish().unwrap()
+    rustmesh_xds::configmap::gzip(text.as_bytes())
 }
 
 /// The ConfigMap as the operator writes it, version `n` of both scopes.
@@ -176,39 +148,10 @@ async fn until<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_follows_its_configmap_through_a_real_api_server() {
-    let admin = match admin_client().await {
-        Ok(c) => c,
-        Err(reason) => {
-            assert!(
-                std::env::var("RUSTMESH_E2E").as_deref() != Ok("1"),
-                "RUSTMESH_E2E=1 but no cluster: {reason}"
-            );
-            eprintln!(
-                "skipping: no Kubernetes cluster ({reason}); RUSTMESH_E2E=1 makes this a failure"
-            );
-            return;
-        }
+    let Some(admin) = rustmesh_testkit::cluster_or_skip().await else {
+        return;
     };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let ns = format!("rustmesh-cfgwatch-{}-{nanos:x}", std::process::id());
-    let namespaces: Api<Namespace> = Api::all(admin.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    let result = AssertUnwindSafe(body(admin.clone(), &ns))
-        .catch_unwind()
-        .await;
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+    rustmesh_testkit::in_namespace(&admin, "cfgwatch", body).await;
 }
 
 async fn body(admin: Client, ns: &str) {
@@ -249,7 +192,7 @@ async fn body(admin: Client, ns: &str) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let mut sa_config = config().await.unwrap();
+    let mut sa_config = rustmesh_testkit::config().await.unwrap();
     sa_config.auth_info = serde_json::from_value(json!({"token": token})).unwrap();
     let sa_client = Client::try_from(sa_config).unwrap();
 
@@ -339,7 +282,7 @@ async fn body(admin: Client, ns: &str) {
     );
 
     // The real binary, as injected: the API's copy, not the mount's.
-    let mut kc = Kubeconfig::read_from(kubeconfig_path()).unwrap();
+    let mut kc = Kubeconfig::read_from(rustmesh_testkit::kubeconfig_path()).unwrap();
     for a in &mut kc.auth_infos {
         a.auth_info = Some(serde_json::from_value(json!({"token": token})).unwrap());
     }

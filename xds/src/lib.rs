@@ -11,6 +11,7 @@
 pub mod address;
 pub mod cluster;
 pub mod config;
+pub mod configmap;
 pub mod duration;
 pub mod error;
 pub mod fnv;

@@ -246,12 +246,9 @@ mod tests {
     use super::*;
     use k8s_openapi::ByteString;
     use std::collections::BTreeMap;
-    use std::io::Write;
 
     fn gzip(text: &str) -> Vec<u8> {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        e.write_all(text.as_bytes()).unwrap();
-        e.finish().unwrap()
+        rustmesh_xds::configmap::gzip(text.as_bytes())
     }
 
     #[test]
