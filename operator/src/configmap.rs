@@ -523,6 +523,15 @@ spec:
             .unwrap()
             .insert(SCOPE_INDEX_KEY.into(), "{}".into());
         assert_ne!(&configmap_hash(&edited), annotated);
+        // The encoder writes exactly the contract's encoding of the scope.
+        let contract = contract::encode_scope(DEFAULT_SCOPE_KEY, &rendered);
+        let s = &r.scopes[DEFAULT_SCOPE_KEY];
+        let written: Vec<(String, Vec<u8>)> = std::iter::once(&s.base)
+            .chain(&s.parts)
+            .map(|p| (p.key.clone(), p.gz.to_vec()))
+            .collect();
+        assert_eq!(written, contract.values);
+        assert_eq!(idx.parts[DEFAULT_SCOPE_KEY], contract.parts);
         // Encoding is deterministic.
         assert_eq!(encode(&default), encode(&default));
         let again = render_namespace(&view, "default").unwrap();

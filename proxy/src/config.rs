@@ -14,8 +14,8 @@
 //!
 //! The [`Watcher`] reads the inputs every poll interval (500 ms by default) and hashes them;
 //! when the hash changes it validates the document (`ProxyConfig::from_json`), compiles it
-//! ([`Snapshot::compile`]: filter chains, clusters, HTTP routes) and swaps it in. A document
-//! that fails is refused with a log line naming the field, counted
+//! ([`crate::snapshot::Snapshot::compile`]: filter chains, clusters, HTTP routes) and swaps it
+//! in. A document that fails is refused with a log line naming the field, counted
 //! (`rustmesh_config_reloads_total{result="rejected"}`, `rustmesh_config_rejected` = 1), and
 //! the previous configuration keeps serving. Kubelet updates a ConfigMap volume by re-pointing
 //! the `..data` symlink; the files are read through it, and the read is retried if `..data`

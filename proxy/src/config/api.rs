@@ -6,7 +6,7 @@
 //! Role with `resourceNames` allow the list and the watch), with the in-cluster credentials of
 //! the pod's service account, and publishes what the API server says as an [`ApiView`]. The
 //! [`super::Watcher`] reads this pod's document out of it with the same selection as for the
-//! mounted copy ([`super::select_document`]), so both give the same document and the same hash.
+//! mounted copy (`super::select_document`), so both give the same document and the same hash.
 //!
 //! When the API cannot be used (no credentials, unreachable, forbidden by RBAC) the view is
 //! [`ApiView::Down`] with the reason, the failure is logged (the first one as a warning, repeats

@@ -1,5 +1,5 @@
 //! Choosing and decoding this pod's document: out of a ConfigMap's keys (mounted or from the
-//! API, behind [`Keys`]), the scope the pod's labels select, its endpoint parts, and the hash of
+//! API, behind `Keys`), the scope the pod's labels select, its endpoint parts, and the hash of
 //! every input; decoded and reassembled with the contract [`rustmesh_xds::configmap`], whose
 //! errors become the proxy's (naming the file or ConfigMap key).
 
