@@ -51,4 +51,31 @@ proptest! {
             prop_assert!(!e.to_string().is_empty());
         }
     }
+
+    #[test]
+    fn arbitrary_configmap_values_are_decoded_or_refused_naming_the_key(
+        raw in proptest::collection::vec(any::<u8>(), 0..2048),
+        gzipped in any::<bool>(),
+    ) {
+        use rustmesh_xds::configmap;
+        // Untrusted bytes as a ConfigMap value: never a panic; a refusal names the key.
+        if let Err(e) = configmap::decode_text("default.json.gz", &raw, gzipped) {
+            prop_assert!(e.to_string().contains("default.json.gz"), "{e}");
+        }
+        if let Err(e) = configmap::decode("default.json.gz", &raw) {
+            prop_assert!(e.to_string().contains("default.json.gz"), "{e}");
+        }
+        if let Err(e) = configmap::read_index("scopes.json", &raw) {
+            prop_assert!(e.to_string().contains("scopes.json"), "{e}");
+        }
+    }
+
+    #[test]
+    fn corrupted_gzip_of_a_real_document_is_decoded_or_refused(at in 0usize..4_000, byte in any::<u8>()) {
+        use rustmesh_xds::configmap;
+        let mut raw = configmap::gzip(PRODUCTPAGE.as_bytes());
+        let i = at % raw.len();
+        raw[i] = byte;
+        let _ = configmap::decode("default.json.gz", &raw);
+    }
 }
