@@ -172,6 +172,27 @@ pub fn random() -> u64 {
     })
 }
 
+/// Endpoints and keys shared by the consistent-hash tables' unit tests.
+#[cfg(test)]
+pub(crate) mod test_keys {
+    use super::mix;
+    use std::net::SocketAddr;
+
+    /// Endpoints `10.0.0.<i+1>:9080` with the given weights.
+    pub fn eps(weights: &[u32]) -> Vec<(SocketAddr, u32)> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (SocketAddr::from(([10, 0, 0, i as u8 + 1], 9080)), *w))
+            .collect()
+    }
+
+    /// A well-spread request key for test key `k`.
+    pub fn key(k: u64) -> u64 {
+        mix(k.wrapping_mul(0x9E37_79B9))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -98,21 +98,10 @@ impl Maglev {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::lb::test_keys::{eps, key};
     use rustmesh_xds::cluster::MaglevLbConfig;
 
     const SIZE: u64 = MaglevLbConfig::DEFAULT_TABLE_SIZE;
-
-    fn eps(weights: &[u32]) -> Vec<(SocketAddr, u32)> {
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, w)| (SocketAddr::from(([10, 0, 0, i as u8 + 1], 9080)), *w))
-            .collect()
-    }
-
-    fn key(k: u64) -> u64 {
-        mix(k.wrapping_mul(0x9E37_79B9))
-    }
 
     fn slots(m: &Maglev, n: usize) -> Vec<usize> {
         let mut c = vec![0; n];

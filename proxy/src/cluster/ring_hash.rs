@@ -95,22 +95,11 @@ impl RingHash {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::lb::test_keys::{eps, key};
     use rustmesh_xds::cluster::RingHashLbConfig;
 
     const MIN: u64 = RingHashLbConfig::DEFAULT_MINIMUM_RING_SIZE;
     const MAX: u64 = RingHashLbConfig::MAX_RING_SIZE;
-
-    fn eps(weights: &[u32]) -> Vec<(SocketAddr, u32)> {
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, w)| (SocketAddr::from(([10, 0, 0, i as u8 + 1], 9080)), *w))
-            .collect()
-    }
-
-    fn key(k: u64) -> u64 {
-        mix(k.wrapping_mul(0x9E37_79B9))
-    }
 
     fn counts(r: &RingHash, n: usize, keys: u64) -> Vec<usize> {
         let mut c = vec![0; n];
