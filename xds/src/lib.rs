@@ -15,6 +15,7 @@ pub mod configmap;
 pub mod duration;
 pub mod error;
 pub mod fnv;
+pub mod identity;
 pub mod listener;
 pub mod names;
 pub mod route;
