@@ -9,16 +9,22 @@
 //!
 //! Without a reachable cluster the test prints why and passes; with `RUSTMESH_E2E=1` that is a
 //! failure.
+//!
+//! A second test treats its namespace as the root namespace: the CA's self-signed root is created
+//! once (two replicas starting together end with one root), kept across restarts, overridden by
+//! a user's `cacerts`, refused by name when that Secret is incomplete, and its trust bundle is
+//! published as `istio-ca-root-cert`.
 
 use std::time::SystemTime;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use kube::api::PostParams;
 use kube::{Api, Client};
 use rcgen::{CertificateParams, KeyPair, SanType};
 use rustmesh_operator::ca::authority::{Authority, Material, SignError};
 use rustmesh_operator::ca::review::{AUDIENCE, AuthError, Reviewer};
+use rustmesh_operator::ca::root::{self, Source};
 use serde_json::json;
 
 async fn token(sas: &Api<ServiceAccount>, account: &str, audience: &str) -> String {
@@ -112,4 +118,73 @@ async fn body(admin: Client, ns: &str) {
     assert_eq!(reviewer.authenticate("").await, Err(AuthError::Missing));
     // The error never repeats the token.
     assert!(!err.to_string().contains(&kube_audience));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_is_created_once_kept_plugged_in_and_published() {
+    let Some(admin) = rustmesh_testkit::cluster_or_skip().await else {
+        return;
+    };
+    rustmesh_testkit::in_namespace(&admin, "caroot", root_body).await;
+}
+
+async fn root_body(admin: Client, ns: &str) {
+    // Two replicas start at once: one creates, the other reads the same root.
+    let (a, b) = tokio::join!(
+        root::load_or_create(&admin, ns, "cluster.local"),
+        root::load_or_create(&admin, ns, "cluster.local"),
+    );
+    let (a, a_source) = a.unwrap();
+    let (b, b_source) = b.unwrap();
+    assert_eq!(a, b, "one root for the mesh");
+    let sources = [a_source, b_source];
+    assert!(sources.contains(&Source::Created), "{sources:?}");
+    // A restart keeps it.
+    let (again, source) = root::load_or_create(&admin, ns, "cluster.local")
+        .await
+        .unwrap();
+    assert_eq!((again.clone(), source), (a.clone(), Source::SelfSigned));
+    Authority::new("cluster.local", &again).unwrap();
+
+    // The trust bundle reaches a namespace as istio-ca-root-cert.
+    root::publish_root(&admin, ns, &again.root_cert)
+        .await
+        .unwrap();
+    let cm = Api::<ConfigMap>::namespaced(admin.clone(), ns)
+        .get("istio-ca-root-cert")
+        .await
+        .unwrap();
+    assert_eq!(cm.data.unwrap()["root-cert.pem"], again.root_cert);
+
+    // A user's cacerts wins; an incomplete one is refused naming the Secret and the key.
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), ns);
+    let plugged = Material::self_signed_root("cluster.local", SystemTime::now()).unwrap();
+    let mut secret = root::secret_for(ns, &plugged);
+    secret.metadata.name = Some("cacerts".into());
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let (loaded, source) = root::load_or_create(&admin, ns, "cluster.local")
+        .await
+        .unwrap();
+    assert_eq!((loaded, source), (plugged, Source::Plugged));
+    secrets
+        .patch(
+            "cacerts",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Json::<()>(
+                serde_json::from_value(json!([{"op": "remove", "path": "/data/ca-key.pem"}]))
+                    .unwrap(),
+            ),
+        )
+        .await
+        .unwrap();
+    let err = root::load_or_create(&admin, ns, "cluster.local")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("Secret {ns}/cacerts: CA material ca-key.pem: missing")
+    );
 }
