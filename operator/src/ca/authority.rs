@@ -30,6 +30,10 @@ pub const MAX_WORKLOAD_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 /// Lifetime of the self-signed root created on first start (Istio's default, 10 years).
 pub const SELF_SIGNED_ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
+/// Lifetime of the CA's own serving certificate (renewed when the CA restarts; a sidecar
+/// verifies it against the mesh root, so its renewal needs nothing from the workloads).
+pub const SERVING_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// How far back a certificate's `notBefore` is set, so a peer whose clock runs slightly behind
 /// accepts it at once.
 pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
@@ -315,6 +319,34 @@ impl Authority {
         chain.push(leaf.pem());
         chain.extend(self.chain_after_leaf.iter().cloned());
         Ok(chain)
+    }
+
+    /// A TLS serving certificate for the CA's own endpoint, for `dns_names`, valid for
+    /// [`SERVING_TTL`] from `now`: the chain (leaf first) and the new key (PKCS#8 PEM, kept in
+    /// memory by the caller).
+    pub fn serving_certificate(
+        &self,
+        dns_names: &[String],
+        now: SystemTime,
+    ) -> Result<(Vec<String>, String), SignError> {
+        let signing = |e: rcgen::Error| SignError::Signing(e.to_string());
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(signing)?;
+        let mut params = CertificateParams::new(dns_names.to_vec()).map_err(signing)?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = to_offset(now - CLOCK_SKEW);
+        params.not_after = to_offset(now + SERVING_TTL);
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.issuer).map_err(signing)?;
+        let mut chain = vec![cert.pem()];
+        chain.extend(self.chain_after_leaf.iter().cloned());
+        Ok((chain, key.serialize_pem()))
     }
 }
 

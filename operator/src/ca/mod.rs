@@ -5,8 +5,11 @@
 //! - [`review`]: who the caller is: its projected service-account token (audience `istio-ca`)
 //!   checked by the API server's TokenReview;
 //! - [`root`]: where the CA's material lives (`cacerts` plug-in, or the self-signed
-//!   `istio-ca-secret` created on first start) and the `istio-ca-root-cert` ConfigMap.
+//!   `istio-ca-secret` created on first start) and the `istio-ca-root-cert` ConfigMap;
+//! - [`service`]: Istio's `IstioCertificateService/CreateCertificate` over gRPC and TLS
+//!   (port 15012): the decision core [`service::Ca`] and its server.
 
 pub mod authority;
 pub mod review;
 pub mod root;
+pub mod service;

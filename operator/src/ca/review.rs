@@ -13,7 +13,7 @@ use kube::{Api, Client};
 use rustmesh_xds::identity::SpiffeId;
 
 /// The audience workload tokens must be minted for (Istio's default `TOKEN_AUDIENCES`).
-pub const AUDIENCE: &str = "istio-ca";
+pub use rustmesh_xds::ca::TOKEN_AUDIENCE as AUDIENCE;
 
 /// The largest token accepted (bytes). Kubernetes tokens are about 1 KiB.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
