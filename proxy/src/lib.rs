@@ -14,6 +14,7 @@ pub mod dns;
 pub mod drain;
 mod error;
 pub mod http;
+pub mod identity;
 pub mod listener;
 pub mod metrics;
 pub mod sidecar;
