@@ -7,7 +7,10 @@
 //! header changes, retries, timeouts, mirrors, hash keys, upgrades, metrics and access logs)
 //! happens here.
 //!
-//! * [`route`]: the route engine ([`RouteTable`]), compiled once per configuration snapshot.
+//! * [`route`]: the route engine ([`RouteTable`]), compiled once per configuration snapshot
+//!   (`route/compile.rs`), matched per request (`route/matching.rs`), with the matched route's
+//!   decisions: weighted cluster, faults, mirrors, redirect, rewrite (`route/actions.rs`).
+//! * [`retry`]: the route's retry policy interpreted ([`retry::RetrySpec`]).
 //! * [`hash`]: hash-policy keys (the cluster's ring hash / Maglev table turns them into an
 //!   endpoint).
 //! * [`limits`]: connection-pool limits ([`limits::CircuitBreaker`]) for the cluster manager.
@@ -25,6 +28,7 @@ pub mod handler;
 pub mod hash;
 pub mod headers;
 pub mod limits;
+pub mod retry;
 pub mod rng;
 pub mod route;
 mod server;

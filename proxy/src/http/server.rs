@@ -4,8 +4,9 @@
 use crate::http::body::{BodyEnd, ObservedBody, ProxyBody, ReplayLog, boxed, empty, full};
 use crate::http::drive::{BatchIo, ConnExecutor, Driven, Queue};
 use crate::http::headers;
+use crate::http::retry::AttemptFailure;
 use crate::http::route::{
-    AbortWith, Action, AttemptFailure, CompiledRoute, ForwardAction, RequestView, RouteTable,
+    AbortWith, Action, CompiledRoute, ForwardAction, RequestView, RouteTable,
 };
 use crate::http::{
     ConnectionError, DownstreamInfo, HttpContext, UpstreamError, UpstreamResponse, hash, route,
