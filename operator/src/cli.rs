@@ -1,11 +1,12 @@
 //! Command-line flags (each also readable from the environment).
 
-use crate::controller::{EndpointsSource, Settings};
+use crate::controller::{CaSettings, EndpointsSource, Settings};
 use crate::error::Error;
 use crate::index::MeshConfig;
 use crate::leader::LeaseConfig;
 use clap::Parser;
 use rustmesh_api::sidecar::OutboundTrafficPolicyMode;
+use rustmesh_xds::identity::DEFAULT_TRUST_DOMAIN;
 use rustmesh_xds::well_known::{DEFAULT_DOMAIN_SUFFIX, DEFAULT_ROOT_NAMESPACE};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -51,6 +52,20 @@ pub struct Args {
     /// discovery.k8s.io/v1, else Endpoints), `endpointslices` or `endpoints`.
     #[arg(long, env = "ENDPOINTS_SOURCE", default_value = "auto")]
     pub endpoints_source: String,
+    /// Run the mesh CA (Istio's `ENABLE_CA_SERVER`): sign workload certificates and publish the
+    /// root as `istio-ca-root-cert` in every namespace.
+    #[arg(long, env = "ENABLE_CA_SERVER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub enable_ca_server: bool,
+    /// Where the CA's gRPC+TLS service listens.
+    #[arg(long, env = "CA_LISTEN_ADDR", default_value = "0.0.0.0:15012")]
+    pub ca_listen_addr: SocketAddr,
+    /// The mesh trust domain (SPIFFE ids `spiffe://<trust domain>/ns/<ns>/sa/<sa>`).
+    #[arg(long, env = "TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// DNS names of the CA's serving certificate (comma-separated); default: `istiod` and
+    /// `rustmesh-operator` Services in the root namespace.
+    #[arg(long, env = "CA_DNS_NAMES", value_delimiter = ',')]
+    pub ca_dns_names: Vec<String>,
 }
 
 impl Args {
@@ -104,6 +119,36 @@ impl Args {
             .or_else(|| std::env::var("HOSTNAME").ok())
             .unwrap_or_else(|| format!("operator-{}", std::process::id()));
         let duration = Duration::from_secs(self.lease_duration_secs);
+        let ca = if self.enable_ca_server {
+            // The trust domain must make valid SPIFFE ids.
+            rustmesh_xds::identity::SpiffeId::new(&self.trust_domain, "ns", "sa").map_err(|e| {
+                Error::Flag {
+                    flag: "trust-domain",
+                    message: e.to_string(),
+                }
+            })?;
+            let ns = &self.root_namespace;
+            let dns_names = if self.ca_dns_names.is_empty() {
+                ["istiod", "rustmesh-operator"]
+                    .iter()
+                    .flat_map(|svc| {
+                        [
+                            format!("{svc}.{ns}.svc"),
+                            format!("{svc}.{ns}.svc.{}", self.domain_suffix),
+                        ]
+                    })
+                    .collect()
+            } else {
+                self.ca_dns_names.clone()
+            };
+            Some(CaSettings {
+                addr: self.ca_listen_addr,
+                trust_domain: self.trust_domain.clone(),
+                dns_names,
+            })
+        } else {
+            None
+        };
         Ok(Settings {
             mesh: MeshConfig {
                 root_namespace: self.root_namespace.clone(),
@@ -122,6 +167,7 @@ impl Args {
             }),
             identity,
             endpoints_source,
+            ca,
         })
     }
 }
@@ -159,6 +205,21 @@ mod tests {
         .settings()
         .unwrap();
         assert!(single.lease.is_none());
+        let ca = s.ca.as_ref().expect("the CA runs by default");
+        assert_eq!(ca.trust_domain, "cluster.local");
+        assert_eq!(ca.addr.port(), 15012);
+        assert!(
+            ca.dns_names
+                .contains(&"istiod.istio-system.svc".to_string())
+        );
+        let no_ca = Args::try_parse_from(["operator", "--enable-ca-server", "false"]).unwrap();
+        assert!(no_ca.settings().unwrap().ca.is_none());
+        let e = Args::try_parse_from(["operator", "--trust-domain", "Bad/Domain"])
+            .unwrap()
+            .settings()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--trust-domain"), "{e}");
         assert_eq!(single.endpoints_source, EndpointsSource::Auto);
         let e = Args::try_parse_from(["operator", "--endpoints-source", "slices"])
             .unwrap()

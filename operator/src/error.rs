@@ -27,4 +27,7 @@ pub enum Error {
         what: String,
         source: std::io::Error,
     },
+    /// The mesh CA could not start (its Secret, its material or its port); the error names which.
+    #[error("mesh CA: {0}")]
+    Ca(String),
 }

@@ -11,6 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
+
+use crate::ca::service::CaMetrics;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 type Labels = Vec<(String, String)>;
@@ -36,6 +38,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// 1 once every watch has finished its initial list.
     pub synced: Gauge,
+    /// The mesh CA's counters, under Istio's names (`citadel_server_*`, no prefix).
+    pub ca: CaMetrics,
 }
 
 impl Default for Metrics {
@@ -46,7 +50,10 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("rustmesh_operator");
+        let mut root = Registry::default();
+        let ca = CaMetrics::default();
+        ca.register(&mut root);
+        let registry = root.sub_registry_with_prefix("rustmesh_operator");
         let reconciles = Family::<Labels, Counter>::default();
         let errors = Family::<Labels, Counter>::default();
         let render_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
@@ -90,7 +97,8 @@ impl Metrics {
         );
         registry.register("synced", "1 once every watch has listed", synced.clone());
         Metrics {
-            registry,
+            registry: root,
+            ca,
             reconciles,
             errors,
             render_seconds,

@@ -6,10 +6,12 @@
 //!   checked by the API server's TokenReview;
 //! - [`root`]: where the CA's material lives (`cacerts` plug-in, or the self-signed
 //!   `istio-ca-secret` created on first start) and the `istio-ca-root-cert` ConfigMap;
+//! - [`publish`]: keeps `istio-ca-root-cert` in every namespace (the leader writes);
 //! - [`service`]: Istio's `IstioCertificateService/CreateCertificate` over gRPC and TLS
 //!   (port 15012): the decision core [`service::Ca`] and its server.
 
 pub mod authority;
+pub mod publish;
 pub mod review;
 pub mod root;
 pub mod service;

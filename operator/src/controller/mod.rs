@@ -62,6 +62,60 @@ pub struct Settings {
     pub lease: Option<LeaseConfig>,
     pub identity: String,
     pub endpoints_source: EndpointsSource,
+    /// The mesh CA, or `None` when disabled (`--enable-ca-server=false`).
+    pub ca: Option<CaSettings>,
+}
+
+/// The mesh CA's settings.
+#[derive(Clone, Debug)]
+pub struct CaSettings {
+    /// Where the gRPC+TLS certificate service listens (Istio's 15012).
+    pub addr: SocketAddr,
+    /// The trust domain of the SPIFFE ids it signs.
+    pub trust_domain: String,
+    /// The DNS names of its serving certificate (the Services sidecars reach it by).
+    pub dns_names: Vec<String>,
+}
+
+/// Starts the mesh CA: its material from the root namespace (created on first start), its
+/// server (bound now, so a bad address fails at start), and the root publisher.
+async fn start_ca(
+    client: &Client,
+    settings: &Settings,
+    ca: &CaSettings,
+    metrics: &Metrics,
+    leader: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, Error> {
+    use crate::ca::{authority::Authority, publish, review::Reviewer, root, service};
+    let namespace = &settings.mesh.root_namespace;
+    let (material, source) = root::load_or_create(client, namespace, &ca.trust_domain)
+        .await
+        .map_err(|e| Error::Ca(e.to_string()))?;
+    let authority = Arc::new(
+        Authority::new(&ca.trust_domain, &material).map_err(|e| Error::Ca(e.to_string()))?,
+    );
+    tracing::info!(?source, trust_domain = %ca.trust_domain, addr = %ca.addr, "mesh CA ready");
+    let bundle = authority.root_bundle().to_string();
+    let service = Arc::new(service::Ca::new(
+        authority,
+        Reviewer::new(client.clone(), &ca.trust_domain),
+        metrics.ca.clone(),
+    ));
+    let server = service::CaServer::new(ca.addr, service, &ca.dns_names)
+        .await
+        .map_err(|e| Error::Ca(e.to_string()))?;
+    let mut stop = shutdown.clone();
+    let serving = tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.changed().await;
+        };
+        if let Err(e) = server.run(stopped).await {
+            tracing::error!(error = %e, "mesh CA stopped");
+        }
+    });
+    let publishing = tokio::spawn(publish::run(client.clone(), bundle, leader, shutdown));
+    Ok(vec![serving, publishing])
 }
 
 /// Which API the endpoints are read from.
@@ -139,6 +193,21 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
             shutdown_rx.clone(),
         ))
     });
+
+    let ca_tasks = match &settings.ca {
+        Some(ca) => {
+            start_ca(
+                &client,
+                &settings,
+                ca,
+                &metrics,
+                leader_rx.clone(),
+                shutdown_rx.clone(),
+            )
+            .await?
+        }
+        None => Vec::new(),
+    };
 
     let recorder = Recorder::new(
         client.clone(),
@@ -227,5 +296,8 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         let _ = e.await;
     }
     let _ = server.await;
+    for task in ca_tasks {
+        let _ = task.await;
+    }
     Ok(())
 }
