@@ -7,8 +7,9 @@
 //! | | `/clusters` | Envoy's `cluster::host::stat::value` lines; `?format=json`: `{"clusterStatuses": [...]}` |
 //! | | `/stats` | `name: value` lines (`?filter=<regex>`); `/stats/prometheus` |
 //! | | `/ready` | `LIVE` 200 once a configuration is loaded; `PRE_INITIALIZING` / `DRAINING` 503 |
+//! | | `/certs` | the workload certificate and the mesh root (Envoy's shape; never the key) |
 //! | | `/quitquitquit` (POST) | drain and exit, like SIGTERM |
-//! | 0.0.0.0:15021 | `/healthz/ready` | 200 once a configuration is loaded and while not draining |
+//! | 0.0.0.0:15021 | `/healthz/ready` | 200 once a configuration is loaded (and, with a mesh CA, a valid workload certificate is held) and while not draining |
 //! | 0.0.0.0:15090 | `/stats/prometheus` | every metric, Prometheus text |
 
 use std::convert::Infallible;
@@ -42,6 +43,9 @@ pub struct AdminState {
     pub quit: Arc<Notify>,
     /// The capture listeners' bound addresses (name, address), for `/listeners`.
     pub bound: Vec<(String, SocketAddr)>,
+    /// The workload certificate, when the sidecar has a mesh CA (`CA_ADDR`): readiness waits
+    /// for a valid one, `/certs` shows it.
+    pub identity: Option<Arc<crate::identity::Store>>,
 }
 
 /// Which endpoints a port serves.
@@ -218,6 +222,10 @@ pub fn handle(
                 .collect();
             text(StatusCode::OK, body)
         }
+        (Endpoints::Admin, &Method::GET, "/certs") => json_response(&certs_json(
+            state.identity.as_deref(),
+            std::time::SystemTime::now(),
+        )),
         (Endpoints::Admin, &Method::POST, "/quitquitquit") => {
             state.quit.notify_one();
             text(StatusCode::OK, "OK\n")
@@ -268,11 +276,60 @@ fn config_dump(
 fn readiness(state: &AdminState) -> (StatusCode, &'static str) {
     if state.draining.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "DRAINING")
+    } else if state.identity.as_ref().is_some_and(|id| !id.ready()) {
+        (StatusCode::SERVICE_UNAVAILABLE, "NO_CERTIFICATE")
     } else if state.store.is_loaded() {
         (StatusCode::OK, "LIVE")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "PRE_INITIALIZING")
     }
+}
+
+/// Envoy's `/certs` shape: the trust bundle (`ca_cert`) and the workload chain (`cert_chain`),
+/// each with serial, SANs, validity and days left. Never the key.
+pub fn certs_json(identity: Option<&crate::identity::Store>, now: std::time::SystemTime) -> Value {
+    let Some(cert) = identity.and_then(|i| i.current()) else {
+        return json!({"certificates": []});
+    };
+    let describe = |der: &[u8], path: &str| -> Value {
+        use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+        let Ok((_, c)) = X509Certificate::from_der(der) else {
+            return json!({"path": path, "error": "unparsable"});
+        };
+        let sans: Vec<Value> = c
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|s| {
+                s.value
+                    .general_names
+                    .iter()
+                    .map(|n| match n {
+                        GeneralName::URI(u) => json!({"uri": u}),
+                        GeneralName::DNSName(d) => json!({"dns": d}),
+                        other => json!({"other": other.to_string()}),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let not_after = c.validity().not_after.timestamp();
+        let now_secs = now
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_default();
+        json!({
+            "path": path,
+            "serial_number": c.raw_serial_as_string().replace(':', ""),
+            "subject_alt_names": sans,
+            "days_until_expiration": ((not_after - now_secs).max(0) / 86400).to_string(),
+            "valid_from": c.validity().not_before.to_rfc2822().unwrap_or_default(),
+            "expiration_time": c.validity().not_after.to_rfc2822().unwrap_or_default(),
+        })
+    };
+    json!({"certificates": [{
+        "ca_cert": cert.roots.iter().map(|r| describe(r, "ROOTCA")).collect::<Vec<_>>(),
+        "cert_chain": cert.chain.iter().map(|c| describe(c, "default")).collect::<Vec<_>>(),
+    }]})
 }
 
 fn listeners_text(state: &AdminState, snapshot: Option<&Snapshot>) -> String {
@@ -531,6 +588,7 @@ mod tests {
             draining: signal.flag(),
             quit: Arc::new(Notify::new()),
             bound: vec![("virtualOutbound".into(), "0.0.0.0:15001".parse().unwrap())],
+            identity: None,
         });
         let admin = Server::bind(
             "admin",
@@ -627,5 +685,27 @@ mod tests {
         signal.start();
         assert_eq!(get(a, "/ready").await, (503, "DRAINING\n".into()));
         assert_eq!(get(h, "/healthz/ready").await.0, 503);
+    }
+
+    #[test]
+    fn with_a_mesh_ca_readiness_waits_for_a_certificate() {
+        let prometheus = Arc::new(crate::metrics::Metrics::new());
+        let (signal, _watch) = drain::channel();
+        let mut state = AdminState {
+            store: Arc::new(Store::new()),
+            metrics: Metrics::default(),
+            prometheus,
+            draining: signal.flag(),
+            quit: Arc::new(Notify::new()),
+            bound: vec![],
+            identity: Some(Arc::new(crate::identity::Store::default())),
+        };
+        assert_eq!(readiness(&state).1, "NO_CERTIFICATE");
+        assert_eq!(
+            certs_json(state.identity.as_deref(), std::time::SystemTime::now()),
+            json!({"certificates": []})
+        );
+        state.identity = None;
+        assert_eq!(readiness(&state).1, "PRE_INITIALIZING");
     }
 }

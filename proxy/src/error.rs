@@ -130,6 +130,11 @@ pub enum Error {
     /// The DNS proxy could not start.
     #[error("DNS proxy: {0}")]
     Dns(#[source] Box<crate::dns::DnsError>),
+
+    /// The workload identity settings (`CA_ADDR` and what it needs) are incomplete or bad; names
+    /// the setting.
+    #[error("workload identity: {0}")]
+    Identity(String),
 }
 
 /// `Result` with this crate's [`Error`].

@@ -111,9 +111,65 @@ pub struct RunArgs {
     /// serves everything from one thread, with no cross-thread scheduling at all.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub concurrency: usize,
+    /// The mesh CA (`host:port`, Istio's `CA_ADDR`): with it the sidecar gets a workload
+    /// certificate for its SPIFFE id and is not ready until it holds a valid one. The webhook
+    /// sets it when the mesh CA is enabled.
+    #[arg(long, value_name = "HOST:PORT", env = "CA_ADDR")]
+    pub ca_addr: Option<String>,
+    /// The trust domain of the workload's SPIFFE id.
+    #[arg(long, value_name = "DOMAIN", env = "TRUST_DOMAIN", default_value = rustmesh_xds::identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// The pod's service account (the webhook sets it from `spec.serviceAccountName`).
+    #[arg(long, value_name = "NAME", env = "SERVICE_ACCOUNT")]
+    pub service_account: Option<String>,
+    /// Lifetime asked for the workload certificate (Istio's `SECRET_TTL`).
+    #[arg(long, value_name = "DURATION", env = "SECRET_TTL", default_value = "24h", value_parser = duration)]
+    pub secret_ttl: Duration,
+    /// The projected `istio-ca` service-account token.
+    #[arg(long, value_name = "FILE", default_value = crate::identity::ca_client::TOKEN_PATH)]
+    pub ca_token: PathBuf,
+    /// The mesh root (`root-cert.pem` of ConfigMap `istio-ca-root-cert`).
+    #[arg(long, value_name = "FILE", default_value = crate::identity::ca_client::ROOT_CERT_PATH)]
+    pub ca_root_cert: PathBuf,
 }
 
 impl RunArgs {
+    /// The CA client and the workload's identity, when `--ca-addr` is set; an error names the
+    /// missing or bad setting.
+    pub fn identity(
+        &self,
+    ) -> Result<
+        Option<(
+            crate::identity::ca_client::CaClient,
+            rustmesh_xds::identity::SpiffeId,
+        )>,
+    > {
+        let Some(addr) = self.ca_addr.clone().filter(|a| !a.is_empty()) else {
+            return Ok(None);
+        };
+        let bad = |what: &str, why: String| Error::Identity(format!("{what}: {why}"));
+        let namespace = self
+            .config_namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| bad("POD_NAMESPACE", "needed with CA_ADDR, not set".into()))?;
+        let account = self
+            .service_account
+            .clone()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| bad("SERVICE_ACCOUNT", "needed with CA_ADDR, not set".into()))?;
+        let id = rustmesh_xds::identity::SpiffeId::new(&self.trust_domain, &namespace, &account)
+            .map_err(|e| bad("the workload identity", e.to_string()))?;
+        let client = crate::identity::ca_client::CaClient::new(
+            &addr,
+            &self.ca_token,
+            &self.ca_root_cert,
+            self.secret_ttl,
+        )
+        .map_err(|e| bad("CA_ADDR", e.to_string()))?;
+        Ok(Some((client, id)))
+    }
+
     /// The ConfigMap to follow through the API: with --config-configmap and --config-namespace
     /// both set, reading --config-dir (not --config), and without --no-api-watch.
     pub fn api_target(&self) -> Option<ApiTarget> {
@@ -180,6 +236,12 @@ impl Default for RunArgs {
             max_concurrent_streams: 1024,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             concurrency: 0,
+            ca_addr: None,
+            trust_domain: rustmesh_xds::identity::DEFAULT_TRUST_DOMAIN.to_string(),
+            service_account: None,
+            secret_ttl: Duration::from_secs(24 * 3600),
+            ca_token: PathBuf::from(crate::identity::ca_client::TOKEN_PATH),
+            ca_root_cert: PathBuf::from(crate::identity::ca_client::ROOT_CERT_PATH),
         }
     }
 }
@@ -304,7 +366,12 @@ pub async fn serve(args: RunArgs) -> Result<()> {
     for a in inbound.local_addrs() {
         bound.push((rustmesh_xds::names::VIRTUAL_INBOUND.into(), a));
     }
+    let identity = args.identity()?;
+    let certs = identity
+        .as_ref()
+        .map(|_| Arc::new(crate::identity::Store::default()));
     let state = Arc::new(AdminState {
+        identity: certs.clone(),
         store: store.clone(),
         metrics: metrics.clone(),
         prometheus: istio,
@@ -383,6 +450,15 @@ pub async fn serve(args: RunArgs) -> Result<()> {
     }
     watcher.poll();
     tokio::spawn(watcher.run());
+    if let (Some((client, id)), Some(certs)) = (identity, certs) {
+        tracing::info!(identity = %id, "workload identity: asking the mesh CA for a certificate");
+        tokio::spawn(crate::identity::manager::run(
+            client,
+            id,
+            certs,
+            watch.clone(),
+        ));
+    }
     for server in servers {
         tokio::spawn(server.run());
     }
@@ -523,5 +599,31 @@ mod tests {
             (8192, Duration::from_secs(2))
         );
         assert!(Cli::try_parse_from(["proxy", "--max-request-headers-kb", "0"]).is_err());
+    }
+
+    #[test]
+    fn the_identity_needs_namespace_and_service_account_and_names_what_is_missing() {
+        let mut args = RunArgs::default();
+        assert!(
+            args.identity().unwrap().is_none(),
+            "no CA_ADDR: no identity"
+        );
+        args.ca_addr = Some("istiod.istio-system.svc:15012".into());
+        args.config_namespace = Some("bookinfo".into());
+        let e = args.identity().unwrap_err().to_string();
+        assert!(e.contains("SERVICE_ACCOUNT"), "{e}");
+        args.service_account = Some("reviews".into());
+        let (_, id) = args.identity().unwrap().unwrap();
+        assert_eq!(
+            id.to_string(),
+            "spiffe://cluster.local/ns/bookinfo/sa/reviews"
+        );
+        args.trust_domain = "Not A Domain".into();
+        let e = args.identity().unwrap_err().to_string();
+        assert!(e.contains("trust domain"), "{e}");
+        args.trust_domain = "cluster.local".into();
+        args.ca_addr = Some("istiod:notaport".into());
+        let e = args.identity().unwrap_err().to_string();
+        assert!(e.contains("CA_ADDR"), "{e}");
     }
 }

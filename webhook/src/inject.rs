@@ -8,12 +8,13 @@ use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile,
     DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
-    Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, Probe, ResourceRequirements,
-    SecurityContext, Volume, VolumeMount,
+    Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use rustmesh_xds::well_known;
+use rustmesh_xds::{ca, well_known};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -97,7 +98,7 @@ pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Injection {
         });
     }
 
-    let volumes = injected_volumes();
+    let volumes = injected_volumes(settings);
     let status = SidecarStatus {
         init_containers: Some(if native {
             vec![
@@ -177,7 +178,13 @@ pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Injection {
 /// The first volume of the pod whose name the injection would add again (the API server would
 /// refuse the duplicate).
 pub fn conflicting_volume(pod: &Pod) -> Option<String> {
-    let ours = [VOLUME_ENVOY, VOLUME_PODINFO, well_known::PROXY_CONFIGMAP];
+    let ours = [
+        VOLUME_ENVOY,
+        VOLUME_PODINFO,
+        well_known::PROXY_CONFIGMAP,
+        VOLUME_TOKEN,
+        VOLUME_ROOT_CERT,
+    ];
     pod.spec
         .as_ref()?
         .volumes
@@ -374,6 +381,10 @@ fn sidecar_container(
     if let Some(pc) = proxy_config_json {
         env.push(plain("PROXY_CONFIG", pc));
     }
+    if !settings.ca_address.is_empty() {
+        env.push(plain("CA_ADDR", settings.ca_address.clone()));
+        env.push(plain("TRUST_DOMAIN", settings.trust_domain.clone()));
+    }
 
     let mut res = settings.proxy_resources.clone();
     for (key, slot) in [
@@ -438,15 +449,22 @@ fn sidecar_container(
             run_as_user: Some(i64::from(well_known::PROXY_UID)),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![
-            mount(VOLUME_ENVOY, ENVOY_SCRATCH_MOUNT, false),
-            mount(VOLUME_PODINFO, well_known::POD_INFO_MOUNT, false),
-            mount(
-                well_known::PROXY_CONFIGMAP,
-                well_known::PROXY_CONFIG_MOUNT,
-                true,
-            ),
-        ]),
+        volume_mounts: Some({
+            let mut mounts = vec![
+                mount(VOLUME_ENVOY, ENVOY_SCRATCH_MOUNT, false),
+                mount(VOLUME_PODINFO, well_known::POD_INFO_MOUNT, false),
+                mount(
+                    well_known::PROXY_CONFIGMAP,
+                    well_known::PROXY_CONFIG_MOUNT,
+                    true,
+                ),
+            ];
+            if !settings.ca_address.is_empty() {
+                mounts.push(mount(VOLUME_TOKEN, ca::TOKEN_MOUNT, true));
+                mounts.push(mount(VOLUME_ROOT_CERT, ca::ROOT_CERT_MOUNT, true));
+            }
+            mounts
+        }),
         ..Default::default()
     }
 }
@@ -473,7 +491,7 @@ fn readiness_get(settings: &InjectionSettings) -> HTTPGetAction {
     }
 }
 
-fn injected_volumes() -> Vec<Volume> {
+fn injected_volumes(settings: &InjectionSettings) -> Vec<Volume> {
     let file = |path: &str, field: &str| DownwardAPIVolumeFile {
         path: path.to_owned(),
         field_ref: Some(ObjectFieldSelector {
@@ -482,7 +500,7 @@ fn injected_volumes() -> Vec<Volume> {
         }),
         ..Default::default()
     };
-    vec![
+    let mut volumes = vec![
         Volume {
             name: VOLUME_ENVOY.to_owned(),
             empty_dir: Some(EmptyDirVolumeSource {
@@ -511,7 +529,33 @@ fn injected_volumes() -> Vec<Volume> {
             }),
             ..Default::default()
         },
-    ]
+    ];
+    if !settings.ca_address.is_empty() {
+        volumes.push(Volume {
+            name: VOLUME_TOKEN.to_owned(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(ca::TOKEN_AUDIENCE.to_owned()),
+                        expiration_seconds: Some(ca::TOKEN_EXPIRATION_SECONDS),
+                        path: ca::TOKEN_FILE.to_owned(),
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        volumes.push(Volume {
+            name: VOLUME_ROOT_CERT.to_owned(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: well_known::CA_ROOT_CONFIGMAP.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    volumes
 }
 
 fn pull_policy(settings: &InjectionSettings) -> Option<String> {
@@ -831,5 +875,75 @@ mod tests {
         assert_eq!(workload_name(&pod).as_deref(), Some("productpage-v1"));
         let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "solo"}})).unwrap();
         assert_eq!(canonical_name(&pod).as_deref(), Some("solo"));
+    }
+
+    /// The sidecar container and the pod's volumes after applying the injection's patch.
+    fn injected(settings: &InjectionSettings) -> (Container, Vec<Volume>) {
+        let pod = pod_with_proxy_config("{}");
+        let mut doc = serde_json::to_value(&pod).unwrap();
+        json_patch::patch(&mut doc, &inject(&pod, settings).patch).unwrap();
+        let pod: Pod = serde_json::from_value(doc).unwrap();
+        let spec = pod.spec.unwrap();
+        let sidecar = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .find(|c| c.name == SIDECAR_CONTAINER_NAME)
+            .cloned()
+            .unwrap();
+        (sidecar, spec.volumes.unwrap_or_default())
+    }
+
+    #[test]
+    fn with_a_ca_the_sidecar_gets_istios_token_root_and_ca_address() {
+        let settings = InjectionSettings {
+            ca_address: "istiod.istio-system.svc:15012".into(),
+            trust_domain: "example.org".into(),
+            ..InjectionSettings::default()
+        };
+        let (sidecar, volumes) = injected(&settings);
+        let env: BTreeMap<String, String> = sidecar
+            .env
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| Some((e.name, e.value?)))
+            .collect();
+        assert_eq!(env["CA_ADDR"], "istiod.istio-system.svc:15012");
+        assert_eq!(env["TRUST_DOMAIN"], "example.org");
+        let mounts: BTreeMap<String, (String, Option<bool>)> = sidecar
+            .volume_mounts
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.name, (m.mount_path, m.read_only)))
+            .collect();
+        assert_eq!(
+            mounts["istio-token"],
+            ("/var/run/secrets/tokens".to_string(), Some(true))
+        );
+        assert_eq!(
+            mounts["istiod-ca-cert"],
+            ("/var/run/secrets/istio".to_string(), Some(true))
+        );
+        let token = volumes.iter().find(|v| v.name == "istio-token").unwrap();
+        let projection = token.projected.as_ref().unwrap().sources.as_ref().unwrap()[0]
+            .service_account_token
+            .clone()
+            .unwrap();
+        assert_eq!(projection.audience.as_deref(), Some("istio-ca"));
+        assert_eq!(projection.expiration_seconds, Some(43200));
+        assert_eq!(projection.path, "istio-token");
+        let root = volumes.iter().find(|v| v.name == "istiod-ca-cert").unwrap();
+        assert_eq!(root.config_map.as_ref().unwrap().name, "istio-ca-root-cert");
+    }
+
+    #[test]
+    fn without_a_ca_no_identity_is_set_up() {
+        let (sidecar, volumes) = injected(&InjectionSettings::default());
+        assert!(!sidecar.env.unwrap().iter().any(|e| e.name == "CA_ADDR"));
+        assert!(
+            !volumes
+                .iter()
+                .any(|v| v.name == "istio-token" || v.name == "istiod-ca-cert")
+        );
     }
 }

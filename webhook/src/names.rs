@@ -56,3 +56,8 @@ pub const READINESS_PATH: &str = "/healthz/ready";
 /// Command of the `postStart` hook that holds the app until the proxy is ready
 /// (`proxy wait`, like Istio's `pilot-agent wait`; implemented in the proxy crate).
 pub const WAIT_COMMAND: [&str; 2] = ["proxy", "wait"];
+
+/// The projected service-account token for the mesh CA (audience `istio-ca`), Istio's name.
+pub const VOLUME_TOKEN: &str = "istio-token";
+/// ConfigMap `istio-ca-root-cert` (the mesh trust bundle), Istio's volume name.
+pub const VOLUME_ROOT_CERT: &str = "istiod-ca-cert";

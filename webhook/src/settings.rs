@@ -76,6 +76,11 @@ pub struct InjectionSettings {
     pub concurrency: u32,
     /// `--log_output_level` given to `istio-iptables`.
     pub log_level: String,
+    /// The mesh CA's `host:port` (Istio's `global.caAddress`, `CA_ADDR` in the sidecar). Empty:
+    /// no workload identity is set up (no token or root volumes, no `CA_ADDR`).
+    pub ca_address: String,
+    /// The trust domain of workload identities (`meshConfig.trustDomain`).
+    pub trust_domain: String,
 }
 
 impl Default for InjectionSettings {
@@ -107,6 +112,8 @@ impl Default for InjectionSettings {
             hold_application_until_proxy_starts: false,
             concurrency: 0,
             log_level: "default:info".to_owned(),
+            ca_address: String::new(),
+            trust_domain: rustmesh_xds::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
         }
     }
 }
@@ -135,6 +142,8 @@ pub const KEYS: &[&str] = &[
     "holdApplicationUntilProxyStarts",
     "concurrency",
     "logLevel",
+    "caAddress",
+    "trustDomain",
 ];
 
 /// The most sidecar worker threads a setting or a pod may ask for (more than any node has cores).
@@ -232,6 +241,26 @@ impl InjectionSettings {
                             }
                         },
                     }
+                }
+                "caAddress" => {
+                    if !value.is_empty() {
+                        match value.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
+                            Some((h, Ok(p))) if !h.is_empty() && p != 0 => {}
+                            _ => {
+                                return Err(Error::setting(
+                                    key,
+                                    format!("{value:?} is not host:port"),
+                                ));
+                            }
+                        }
+                    }
+                    s.ca_address = value.to_owned();
+                }
+                "trustDomain" => {
+                    let v = non_empty()?;
+                    rustmesh_xds::identity::SpiffeId::new(&v, "ns", "sa")
+                        .map_err(|e| Error::setting(key, e.to_string()))?;
+                    s.trust_domain = v;
                 }
                 "clusterId" => s.cluster_id = non_empty()?,
                 "meshId" => s.mesh_id = non_empty()?,
@@ -501,5 +530,23 @@ mod tests {
         assert!(!is_label_value("-a"));
         assert!(!is_label_value("a b"));
         assert!(!is_label_value(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn the_ca_address_and_trust_domain_are_checked() {
+        let ok = InjectionSettings::from_yaml(
+            r#"{"caAddress": "istiod.istio-system.svc:15012", "trustDomain": "example.org"}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.ca_address, "istiod.istio-system.svc:15012");
+        assert_eq!(ok.trust_domain, "example.org");
+        for (bad, key) in [
+            (r#"{"caAddress": "istiod"}"#, "caAddress"),
+            (r#"{"caAddress": "istiod:0"}"#, "caAddress"),
+            (r#"{"trustDomain": "Example/Org"}"#, "trustDomain"),
+        ] {
+            let e = InjectionSettings::from_yaml(bad).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 }

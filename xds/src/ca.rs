@@ -21,6 +21,15 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// The audience of the token the sidecar presents (Istio's default `TOKEN_AUDIENCES`).
 pub const TOKEN_AUDIENCE: &str = "istio-ca";
 
+/// Where the injector mounts the projected `istio-ca` token (volume `istio-token`).
+pub const TOKEN_MOUNT: &str = "/var/run/secrets/tokens";
+/// The token's file name in [`TOKEN_MOUNT`].
+pub const TOKEN_FILE: &str = "istio-token";
+/// The token's lifetime asked of the kubelet (Istio's 12 h; the kubelet renews it at 80 %).
+pub const TOKEN_EXPIRATION_SECONDS: i64 = 43200;
+/// Where the injector mounts ConfigMap `istio-ca-root-cert` (volume `istiod-ca-cert`).
+pub const ROOT_CERT_MOUNT: &str = "/var/run/secrets/istio";
+
 /// `IstioCertificateRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct IstioCertificateRequest {

@@ -19,9 +19,9 @@ use rustmesh_xds::identity::SpiffeId;
 
 use super::cert::{CertError, WorkloadCert, parse_pem_certs};
 
-/// Where Istio's injector mounts the `istio-ca` token.
+/// Where the injector mounts the `istio-ca` token (Istio's path).
 pub const TOKEN_PATH: &str = "/var/run/secrets/tokens/istio-token";
-/// Where Istio's injector mounts the `istio-ca-root-cert` ConfigMap's `root-cert.pem`.
+/// Where the injector mounts the `istio-ca-root-cert` ConfigMap's `root-cert.pem`.
 pub const ROOT_CERT_PATH: &str = "/var/run/secrets/istio/root-cert.pem";
 /// Istio's default `CA_ADDR`.
 pub const DEFAULT_CA_ADDR: &str = "istiod.istio-system.svc:15012";
@@ -237,4 +237,19 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use rustmesh_xds::ca::{ROOT_CERT_MOUNT, TOKEN_FILE, TOKEN_MOUNT};
+    use rustmesh_xds::well_known::CA_ROOT_CERT_KEY;
+
+    #[test]
+    fn the_paths_are_where_the_injector_mounts() {
+        assert_eq!(super::TOKEN_PATH, format!("{TOKEN_MOUNT}/{TOKEN_FILE}"));
+        assert_eq!(
+            super::ROOT_CERT_PATH,
+            format!("{ROOT_CERT_MOUNT}/{CA_ROOT_CERT_KEY}")
+        );
+    }
 }

@@ -91,6 +91,9 @@ pub struct WorkloadCert {
     pub not_before: SystemTime,
     /// Valid until.
     pub not_after: SystemTime,
+    /// When it was received (the CA backdates `not_before` for clock skew, so the lifetime
+    /// the renewal is planned on starts here).
+    pub received: SystemTime,
     key: PrivatePkcs8KeyDer<'static>,
 }
 
@@ -172,6 +175,7 @@ impl WorkloadCert {
             serial: leaf.raw_serial_as_string().replace(':', ""),
             not_before: to_system(leaf.validity().not_before),
             not_after: to_system(leaf.validity().not_after),
+            received: now,
             chain: certs,
             roots,
             key,
@@ -183,13 +187,13 @@ impl WorkloadCert {
         PrivateKeyDer::Pkcs8(self.key.clone_key())
     }
 
-    /// When to renew: [`RENEW_AT`] of the way from `not_before` to `not_after`.
+    /// When to renew: [`RENEW_AT`] of the way from its receipt to `not_after`.
     pub fn renew_at(&self) -> SystemTime {
         let life = self
             .not_after
-            .duration_since(self.not_before)
+            .duration_since(self.received)
             .unwrap_or_default();
-        self.not_before + life.mul_f64(RENEW_AT)
+        self.received + life.mul_f64(RENEW_AT)
     }
 
     /// Whether it is valid at `now`.

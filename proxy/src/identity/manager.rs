@@ -112,3 +112,25 @@ pub async fn run(client: CaClient, identity: SpiffeId, store: Arc<Store>, drain:
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_the_cap() {
+        let now = SystemTime::now();
+        let waits: Vec<u64> = (0..8)
+            .map(|f| next_fetch(None, f, now).as_secs())
+            .collect();
+        assert_eq!(waits, vec![0, 1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(next_fetch(None, u32::MAX, now), RETRY_MAX);
+    }
+
+    #[test]
+    fn an_empty_store_is_not_ready() {
+        let store = Store::default();
+        assert!(!store.ready());
+        assert_eq!((store.generation(), store.failures()), (0, 0));
+    }
+}
