@@ -9,9 +9,11 @@
 //! | `egress` | 5: ALLOW_ANY / REGISTRY_ONLY (mesh-wide and per Sidecar), Sidecar `egress.hosts` |
 //! | `tcp` | 6: TCP through the mesh, inbound capture seen by the app and the sidecar's counters |
 //! | `faults` | 7: webhook down (failurePolicy Ignore / Fail), operator restart under traffic, bad VirtualService |
+//! | `identity` | 8: the mesh CA's root in a new namespace, a sidecar's certificate for its SPIFFE id |
 
 mod egress;
 mod faults;
+mod identity;
 mod injection;
 mod resilience;
 mod routing;

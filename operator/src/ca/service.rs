@@ -3,7 +3,7 @@
 //! transport so it is tested without a network.
 //!
 //! A request is answered in this order, each refusal counted under Istio's metric names
-//! (`citadel_server_*`) and answered with the gRPC code Istio's CA uses:
+//! (`citadel_server_*`, with the OpenMetrics `_total` suffix) and answered with the gRPC code Istio's CA uses:
 //! 1. the bearer token is reviewed by the API server ([`super::review`]): `UNAUTHENTICATED`;
 //! 2. metadata (Istio's impersonation) is not supported: `INVALID_ARGUMENT` naming the field;
 //! 3. the CSR is signed for exactly the token's identity ([`super::authority`]):
@@ -46,21 +46,22 @@ impl Authenticate for Reviewer {
     }
 }
 
-/// The CA's counters, Istio's names (no prefix, so dashboards built for istiod work).
+/// The CA's counters, named after Istio's `citadel_server_*_count` (no prefix); exposed in
+/// OpenMetrics form, so `citadel_server_csr_count` reads `citadel_server_csr_total`.
 #[derive(Clone, Default)]
 pub struct CaMetrics {
-    /// `citadel_server_csr_count`: every request.
+    /// `citadel_server_csr_total`: every request.
     pub csr: Counter,
-    /// `citadel_server_authentication_failure_count`.
+    /// `citadel_server_authentication_failure_total`.
     pub authentication_failure: Counter,
-    /// `citadel_server_csr_parsing_err_count`: CSRs that do not parse or verify.
+    /// `citadel_server_csr_parsing_err_total`: CSRs that do not parse or verify.
     pub csr_parsing_err: Counter,
-    /// `citadel_server_id_extraction_err_count`: names the caller may not have, unsupported
+    /// `citadel_server_id_extraction_err_total`: names the caller may not have, unsupported
     /// metadata, lifetimes over the maximum.
     pub id_extraction_err: Counter,
-    /// `citadel_server_csr_sign_err_count`: signing failures.
+    /// `citadel_server_csr_sign_err_total`: signing failures.
     pub csr_sign_err: Counter,
-    /// `citadel_server_success_cert_issuance_count`.
+    /// `citadel_server_success_cert_issuance_total`.
     pub success_cert_issuance: Counter,
 }
 

@@ -120,9 +120,7 @@ mod tests {
     #[test]
     fn retries_back_off_exponentially_up_to_the_cap() {
         let now = SystemTime::now();
-        let waits: Vec<u64> = (0..8)
-            .map(|f| next_fetch(None, f, now).as_secs())
-            .collect();
+        let waits: Vec<u64> = (0..8).map(|f| next_fetch(None, f, now).as_secs()).collect();
         assert_eq!(waits, vec![0, 1, 2, 4, 8, 16, 30, 30]);
         assert_eq!(next_fetch(None, u32::MAX, now), RETRY_MAX);
     }
