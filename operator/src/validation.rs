@@ -118,6 +118,7 @@ impl Validation {
                     message: format!("host {host} matches no service in the registry"),
                 });
             }
+            findings.extend(tls_not_implemented(&dr.spec));
             verdicts.insert(
                 (Kind::DestinationRule, (*key).clone()),
                 verdict(findings, reason),
@@ -297,6 +298,42 @@ fn verdict(findings: Vec<Finding>, conflict: Option<&'static str>) -> Verdict {
         },
         findings,
     }
+}
+
+/// A warning per `tls` setting of a DestinationRule: client TLS origination is not implemented
+/// yet (issue #16), so traffic stays plaintext; reported by field, never silently dropped.
+fn tls_not_implemented(spec: &rustmesh_api::destination_rule::DestinationRuleSpec) -> Vec<Finding> {
+    use rustmesh_api::destination_rule::TrafficPolicy;
+    fn policy(tp: &Option<TrafficPolicy>, at: &str, out: &mut Vec<String>) {
+        let Some(tp) = tp else { return };
+        if tp.tls.is_some() {
+            out.push(format!("{at}.tls"));
+        }
+        for (i, pl) in tp.port_level_settings.iter().enumerate() {
+            if pl.tls.is_some() {
+                out.push(format!("{at}.portLevelSettings[{i}].tls"));
+            }
+        }
+    }
+    let mut fields = Vec::new();
+    policy(&spec.traffic_policy, "spec.trafficPolicy", &mut fields);
+    for (i, subset) in spec.subsets.iter().enumerate() {
+        policy(
+            &subset.traffic_policy,
+            &format!("spec.subsets[{i}].trafficPolicy"),
+            &mut fields,
+        );
+    }
+    fields
+        .into_iter()
+        .map(|field| Finding {
+            level: Level::Warning,
+            field,
+            message: "TLS origination is not implemented yet: rustmesh sends this traffic \
+                      in plaintext (see docs/security.md)"
+                .into(),
+        })
+        .collect()
 }
 
 fn vs_cross_checks(
@@ -619,6 +656,47 @@ spec:
         assert_eq!(s.conditions[0].status, "True");
         assert_eq!(s.conditions[1].reason.as_deref(), Some("Reconciled"));
         assert_eq!(s.validation_messages.len(), 2);
+    }
+
+    #[test]
+    fn destination_rule_tls_is_reported_as_not_implemented_by_field() {
+        let mut index = bookinfo();
+        istio(
+            &mut index,
+            r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: mtls, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy:
+    tls: {mode: ISTIO_MUTUAL}
+    portLevelSettings:
+    - port: {number: 9080}
+      tls: {mode: DISABLE}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      tls: {mode: ISTIO_MUTUAL}
+"#,
+        );
+        let v = verdict_of(&index, Kind::DestinationRule, "default", "mtls");
+        assert!(v.accepted, "a warning, not a refusal");
+        let fields: Vec<&str> = v.findings.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.trafficPolicy.tls",
+                "spec.trafficPolicy.portLevelSettings[0].tls",
+                "spec.subsets[0].trafficPolicy.tls"
+            ]
+        );
+        assert!(
+            v.findings
+                .iter()
+                .all(|f| f.level == Level::Warning && f.message.contains("not implemented yet"))
+        );
     }
 
     #[test]
