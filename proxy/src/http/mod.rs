@@ -10,27 +10,23 @@
 //! * [`route`]: the route engine ([`RouteTable`]), compiled once per configuration snapshot.
 //! * [`hash`]: hash-policy keys (the cluster's ring hash / Maglev table turns them into an
 //!   endpoint).
-//! * [`limits`]: connection-pool limits ([`limits::CircuitBreaker`]) for the cluster manager.
-//! * [`client`]: a pooled HTTP/1.1 or h2c client for one endpoint ([`client::EndpointClient`]).
-//! * [`upstreams`]: the cluster manager as the HTTP layer calls it
-//!   ([`upstreams::ClusterUpstreams`]: endpoint pick, limits, pools, outlier detection feedback).
+//! * [`upstreams`]: the cluster manager as the HTTP layer calls it, its one call into the
+//!   clusters ([`upstreams::ClusterUpstreams`]: endpoint pick ([`crate::cluster`]), limits and
+//!   pooled connections ([`crate::pool`]), outlier detection feedback).
 //! * [`handler`]: the connection manager the listeners call ([`handler::ConnectionManager`]):
 //!   route tables compiled per configuration, one [`serve_connection_with_drain`] per HTTP
 //!   filter chain connection.
 
-pub mod body;
-pub mod client;
-pub mod drive;
 pub mod handler;
 pub mod hash;
 pub mod headers;
-pub mod limits;
 pub mod rng;
 pub mod route;
 mod server;
 pub mod upstreams;
 
-pub use body::{BoxError, ProxyBody};
+pub use crate::body::{BoxError, ProxyBody};
+pub use crate::pool::UpstreamError;
 pub use rng::Rng;
 pub use route::{RouteError, RouteTable};
 pub use server::{serve_connection, serve_connection_with_drain};
@@ -39,7 +35,7 @@ use crate::metrics::{Destinations, Metrics, Reporter, WorkloadInfo};
 use arc_swap::ArcSwap;
 use http::Response;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 use upstreams::ClusterUpstreams;
 
@@ -49,55 +45,6 @@ pub struct UpstreamResponse {
     pub response: Response<ProxyBody>,
     /// The endpoint that answered.
     pub endpoint: SocketAddr,
-}
-
-/// Why a cluster could not produce a response. Each maps to Envoy's local reply and flag.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UpstreamError {
-    /// The route names a cluster the cluster manager does not have (503, flag `NC`).
-    #[error("cluster {0:?} not found")]
-    ClusterNotFound(String),
-    /// No endpoint to send to (503 `no healthy upstream`, flag `UH`).
-    #[error("no healthy upstream")]
-    NoHealthyUpstream,
-    /// Connection-pool limits reached (503 with `x-envoy-overloaded: true`, flag `UO`).
-    #[error("upstream connection pool overflow")]
-    Overflow,
-    /// Connecting failed (503, flag `UF`; retried under `connect-failure`).
-    #[error("upstream connect error: {reason}")]
-    ConnectFailure {
-        /// The endpoint tried, if one was picked.
-        endpoint: Option<SocketAddr>,
-        /// What failed.
-        reason: String,
-    },
-    /// The upstream reset the stream or closed the connection before the response headers
-    /// (503, flag `UC`; retried under `reset`).
-    #[error("upstream reset: {reason}")]
-    Reset {
-        /// The endpoint tried.
-        endpoint: Option<SocketAddr>,
-        /// What happened.
-        reason: String,
-    },
-    /// HTTP/2 REFUSED_STREAM (503, flag `UR`... retried under `refused-stream`).
-    #[error("upstream refused the stream")]
-    RefusedStream {
-        /// The endpoint tried.
-        endpoint: Option<SocketAddr>,
-    },
-}
-
-impl UpstreamError {
-    /// The endpoint involved, if any.
-    pub fn endpoint(&self) -> Option<SocketAddr> {
-        match self {
-            UpstreamError::ConnectFailure { endpoint, .. }
-            | UpstreamError::Reset { endpoint, .. }
-            | UpstreamError::RefusedStream { endpoint } => *endpoint,
-            _ => None,
-        }
-    }
 }
 
 /// The downstream connection a request came on, in the request's extensions.
@@ -219,10 +166,4 @@ pub struct ConnectionError {
     /// What hyper reported.
     #[source]
     pub source: BoxError,
-}
-
-/// Locks `m`, going on with its data if a panic poisoned it (every lock of this module guards
-/// state that stays consistent between statements: queues, pools, caches).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

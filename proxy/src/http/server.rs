@@ -1,8 +1,8 @@
 //! The HTTP connection manager: serves one downstream connection (HTTP/1.1 with keep-alive,
 //! chunked bodies and upgrades, or h2c with prior knowledge) and routes every request.
 
-use crate::http::body::{BodyEnd, ObservedBody, ProxyBody, ReplayLog, boxed, empty, full};
-use crate::http::drive::{BatchIo, ConnExecutor, Driven, Queue};
+use crate::body::{BodyEnd, ObservedBody, ProxyBody, ReplayLog, boxed, empty, full};
+use crate::drive::{BatchIo, ConnExecutor, Driven, Queue};
 use crate::http::headers;
 use crate::http::route::{
     AbortWith, Action, AttemptFailure, CompiledRoute, ForwardAction, RequestView, RouteTable,
@@ -818,7 +818,7 @@ impl Conn {
             grpc_status,
         };
         let handles = {
-            let mut cache = crate::http::lock(&self.metric_handles);
+            let mut cache = crate::sync::lock(&self.metric_handles);
             match cache.iter().find(|(k, _)| *k == key) {
                 Some((_, h)) => h.clone(),
                 None => {
