@@ -182,6 +182,7 @@ impl ClusterManager {
 mod tests {
     use super::*;
     use crate::cluster::RequestOutcome;
+    use crate::cluster::splitmix;
     use crate::cluster::testing::{config, eds, endpoints, manager};
 
     #[test]
@@ -273,7 +274,7 @@ mod tests {
     fn sticky_picks(clusters: &Clusters, name: &str, keys: u64) -> Vec<SocketAddr> {
         let c = clusters.get(name).unwrap();
         (0..keys)
-            .map(|k| c.pick(Some(lb::mix(k))).unwrap().addr)
+            .map(|k| c.pick(Some(splitmix::mix(k))).unwrap().addr)
             .collect()
     }
 

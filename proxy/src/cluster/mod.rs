@@ -35,6 +35,7 @@ pub mod maglev;
 pub mod manager;
 pub mod outlier;
 pub mod ring_hash;
+pub mod splitmix;
 
 pub use endpoint::{Endpoint, LoadGuard, RequestGuard, RequestOutcome};
 pub use manager::ClusterManager;

@@ -30,31 +30,14 @@ pub use crate::pool::UpstreamError;
 pub use rng::Rng;
 pub use route::{RouteError, RouteTable};
 pub use server::{serve_connection, serve_connection_with_drain};
+pub use upstreams::{DownstreamInfo, UpstreamResponse};
 
 use crate::metrics::{Destinations, Metrics, Reporter, WorkloadInfo};
 use arc_swap::ArcSwap;
-use http::Response;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use upstreams::ClusterUpstreams;
-
-/// An upstream's answer and the endpoint that gave it (for the previous-hosts retry predicate).
-pub struct UpstreamResponse {
-    /// The response. Keep its extensions: hyper's `OnUpgrade` there carries WebSocket upgrades.
-    pub response: Response<ProxyBody>,
-    /// The endpoint that answered.
-    pub endpoint: SocketAddr,
-}
-
-/// The downstream connection a request came on, in the request's extensions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DownstreamInfo {
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// Where the client was connecting (the original destination for captured connections).
-    pub local: SocketAddr,
-}
 
 /// Where access-log lines go (one JSON object per line).
 #[derive(Clone)]

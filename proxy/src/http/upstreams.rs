@@ -25,9 +25,25 @@ use rustmesh_xds::cluster::UpstreamProtocol;
 use crate::body::ProxyBody;
 use crate::cluster::outlier::Outcome;
 use crate::cluster::{Clusters, Endpoint, Kind, RequestOutcome, UpstreamCluster};
-use crate::http::{DownstreamInfo, UpstreamResponse};
 use crate::pool::client::EndpointClient;
 use crate::pool::{PassthroughPools, UpstreamError};
+
+/// An upstream's answer and the endpoint that gave it (for the previous-hosts retry predicate).
+pub struct UpstreamResponse {
+    /// The response. Keep its extensions: hyper's `OnUpgrade` there carries WebSocket upgrades.
+    pub response: Response<ProxyBody>,
+    /// The endpoint that answered.
+    pub endpoint: SocketAddr,
+}
+
+/// The downstream connection a request came on, in the request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DownstreamInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Where the client was connecting (the original destination for captured connections).
+    pub local: SocketAddr,
+}
 
 /// The clusters of one configuration snapshot, as the HTTP layer sends to them.
 #[derive(Clone)]

@@ -12,7 +12,6 @@
 use crate::body::{ProxyBody, boxed};
 use crate::dial::{ActiveGuard, ClusterDialer, EndpointStats};
 use crate::drive::ConnExecutor;
-use crate::pool::UpstreamError;
 use crate::sync::lock;
 use bytes::Bytes;
 use http::{Method, Request, Response, Uri, Version};
@@ -28,6 +27,55 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
+
+/// Why a cluster could not produce a response. Each maps to Envoy's local reply and flag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// The route names a cluster the cluster manager does not have (503, flag `NC`).
+    #[error("cluster {0:?} not found")]
+    ClusterNotFound(String),
+    /// No endpoint to send to (503 `no healthy upstream`, flag `UH`).
+    #[error("no healthy upstream")]
+    NoHealthyUpstream,
+    /// Connection-pool limits reached (503 with `x-envoy-overloaded: true`, flag `UO`).
+    #[error("upstream connection pool overflow")]
+    Overflow,
+    /// Connecting failed (503, flag `UF`; retried under `connect-failure`).
+    #[error("upstream connect error: {reason}")]
+    ConnectFailure {
+        /// The endpoint tried, if one was picked.
+        endpoint: Option<SocketAddr>,
+        /// What failed.
+        reason: String,
+    },
+    /// The upstream reset the stream or closed the connection before the response headers
+    /// (503, flag `UC`; retried under `reset`).
+    #[error("upstream reset: {reason}")]
+    Reset {
+        /// The endpoint tried.
+        endpoint: Option<SocketAddr>,
+        /// What happened.
+        reason: String,
+    },
+    /// HTTP/2 REFUSED_STREAM (503, flag `UR`... retried under `refused-stream`).
+    #[error("upstream refused the stream")]
+    RefusedStream {
+        /// The endpoint tried.
+        endpoint: Option<SocketAddr>,
+    },
+}
+
+impl UpstreamError {
+    /// The endpoint involved, if any.
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        match self {
+            UpstreamError::ConnectFailure { endpoint, .. }
+            | UpstreamError::Reset { endpoint, .. }
+            | UpstreamError::RefusedStream { endpoint } => *endpoint,
+            _ => None,
+        }
+    }
+}
 
 /// How long an HTTP/1.1 connection may sit unused in the pool (hyper-util's default, which the
 /// h2c pool keeps).

@@ -10,8 +10,8 @@
 //!   opened by the cluster's dialer ([`crate::dial::ClusterDialer`]).
 //! * [`limits`]: a cluster's connection-pool limits ([`limits::CircuitBreaker`]).
 //!
-//! Errors are [`UpstreamError`]s, which the HTTP layer turns into Envoy's local replies and
-//! response flags.
+//! Errors are [`UpstreamError`]s (defined with the client, which reports most of them), which
+//! the HTTP layer turns into Envoy's local replies and response flags.
 
 pub mod client;
 pub mod limits;
@@ -24,54 +24,7 @@ use crate::dial::{ClusterDialer, EndpointStats};
 use crate::sync::lock;
 use client::EndpointClient;
 
-/// Why a cluster could not produce a response. Each maps to Envoy's local reply and flag.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UpstreamError {
-    /// The route names a cluster the cluster manager does not have (503, flag `NC`).
-    #[error("cluster {0:?} not found")]
-    ClusterNotFound(String),
-    /// No endpoint to send to (503 `no healthy upstream`, flag `UH`).
-    #[error("no healthy upstream")]
-    NoHealthyUpstream,
-    /// Connection-pool limits reached (503 with `x-envoy-overloaded: true`, flag `UO`).
-    #[error("upstream connection pool overflow")]
-    Overflow,
-    /// Connecting failed (503, flag `UF`; retried under `connect-failure`).
-    #[error("upstream connect error: {reason}")]
-    ConnectFailure {
-        /// The endpoint tried, if one was picked.
-        endpoint: Option<SocketAddr>,
-        /// What failed.
-        reason: String,
-    },
-    /// The upstream reset the stream or closed the connection before the response headers
-    /// (503, flag `UC`; retried under `reset`).
-    #[error("upstream reset: {reason}")]
-    Reset {
-        /// The endpoint tried.
-        endpoint: Option<SocketAddr>,
-        /// What happened.
-        reason: String,
-    },
-    /// HTTP/2 REFUSED_STREAM (503, flag `UR`... retried under `refused-stream`).
-    #[error("upstream refused the stream")]
-    RefusedStream {
-        /// The endpoint tried.
-        endpoint: Option<SocketAddr>,
-    },
-}
-
-impl UpstreamError {
-    /// The endpoint involved, if any.
-    pub fn endpoint(&self) -> Option<SocketAddr> {
-        match self {
-            UpstreamError::ConnectFailure { endpoint, .. }
-            | UpstreamError::Reset { endpoint, .. }
-            | UpstreamError::RefusedStream { endpoint } => *endpoint,
-            _ => None,
-        }
-    }
-}
+pub use client::UpstreamError;
 
 /// An endpoint's HTTP connection pools, made on first use.
 #[derive(Debug, Default)]
