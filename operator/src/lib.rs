@@ -15,6 +15,7 @@
 //!   namespaces, server-side apply, statuses, leader election, metrics and health.
 #![forbid(unsafe_code)]
 
+pub mod ca;
 pub mod cli;
 pub mod configmap;
 pub mod controller;

@@ -10,8 +10,8 @@
 //! [`pool`] (per-endpoint HTTP connection pools, circuit breaker) → [`dial`] (opening and
 //! counting upstream connections) → [`stats`], [`socket`]. Beside them: [`body`] (the body
 //! types) and [`drive`] (running a hyper connection in one task), used by `http` and `pool`;
-//! [`metrics`], [`admin`], [`config`], [`dns`], [`drain`], [`wait`], [`capture`]; [`sidecar`]
-//! wires them.
+//! [`metrics`], [`admin`], [`config`], [`identity`], [`dns`], [`drain`], [`wait`], [`capture`];
+//! [`sidecar`] wires them.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -27,6 +27,7 @@ pub mod drain;
 pub mod drive;
 mod error;
 pub mod http;
+pub mod identity;
 pub mod listener;
 pub mod metrics;
 pub mod pool;

@@ -9,12 +9,14 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod ca;
 pub mod cluster;
 pub mod config;
 pub mod configmap;
 pub mod duration;
 pub mod error;
 pub mod fnv;
+pub mod identity;
 pub mod listener;
 pub mod names;
 pub mod route;

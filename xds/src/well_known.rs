@@ -66,3 +66,8 @@ pub const LABEL_ISTIO_INJECTION: &str = "istio-injection";
 pub const LABEL_REV: &str = "istio.io/rev";
 /// Pod label (and annotation) that opts a pod in or out of injection.
 pub const LABEL_INJECT: &str = "sidecar.istio.io/inject";
+
+/// The ConfigMap in every namespace that carries the mesh's trust bundle (Istio's name).
+pub const CA_ROOT_CONFIGMAP: &str = "istio-ca-root-cert";
+/// Its key holding the PEM root certificate(s).
+pub const CA_ROOT_CERT_KEY: &str = "root-cert.pem";

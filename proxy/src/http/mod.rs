@@ -7,7 +7,18 @@
 //! header changes, retries, timeouts, mirrors, hash keys, upgrades, metrics and access logs)
 //! happens here.
 //!
-//! * [`route`]: the route engine ([`RouteTable`]), compiled once per configuration snapshot.
+//! A request passes these stages, one file each, in order: `server.rs` (the connection: hyper,
+//! drain), `request.rs` (head, request id, route match, faults, redirect and direct responses),
+//! `forward.rs` (the upstream request built once, its body kept for retries and mirrors, the
+//! mirrors, the answer's headers, upgrades), [`retry`] (the attempts), `reply.rs` (local
+//! replies, gRPC status mapping, an upstream error's reply and flag), `record.rs` (metrics and
+//! the access log when the response body ends).
+//!
+//! * [`route`]: the route engine ([`RouteTable`]), compiled once per configuration snapshot
+//!   (`route/compile.rs`), matched per request (`route/matching.rs`), with the matched route's
+//!   decisions: weighted cluster, faults, mirrors, redirect, rewrite (`route/actions.rs`).
+//! * [`retry`]: the route's retry policy ([`retry::RetrySpec`]: which failures `retryOn`
+//!   retries, back-off) and the attempts of one request ([`retry::RetryLoop`]).
 //! * [`hash`]: hash-policy keys (the cluster's ring hash / Maglev table turns them into an
 //!   endpoint).
 //! * [`upstreams`]: the cluster manager as the HTTP layer calls it, its one call into the
@@ -17,9 +28,14 @@
 //!   route tables compiled per configuration, one [`serve_connection_with_drain`] per HTTP
 //!   filter chain connection.
 
+mod forward;
 pub mod handler;
 pub mod hash;
 pub mod headers;
+mod record;
+mod reply;
+mod request;
+pub mod retry;
 pub mod rng;
 pub mod route;
 mod server;

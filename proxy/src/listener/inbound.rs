@@ -12,72 +12,59 @@
 //! (a loop) is closed, and so is one coming from the passthrough source addresses (the
 //! sidecar's own passthrough connection captured again would loop forever).
 
-use rustmesh_xds::well_known::{INBOUND_PASSTHROUGH_SOURCE_V4, INBOUND_PASSTHROUGH_SOURCE_V6};
-use tokio::net::TcpStream;
+use std::net::IpAddr;
 
-use super::{Shared, addresses, dispatch, is_local};
-use crate::drain;
+use rustmesh_xds::well_known::{INBOUND_PASSTHROUGH_SOURCE_V4, INBOUND_PASSTHROUGH_SOURCE_V6};
+
+use super::Decision;
 use crate::metrics::Reporter;
-use crate::socket::OrigDst;
+use crate::snapshot::Snapshot;
+use crate::socket::{ClientAddr, OrigDstAddr};
 use crate::stats::Refusal;
 
-/// Handles one connection accepted on the inbound capture port `own_port`.
-pub async fn serve(
-    shared: &Shared,
+/// Decides what `virtualInbound` (accepting on `own_port`) does with a connection from
+/// `client` to `orig_dst`: a pure function of the configuration and the addresses. `is_local`
+/// says whether an address belongs to this host; it is asked only when the port is the
+/// listener's own.
+pub fn decide(
+    snapshot: &Snapshot,
     own_port: u16,
-    stream: TcpStream,
-    addrs: &impl OrigDst,
-    drain: drain::Watch,
-) {
-    let (orig_dst, client) = match addresses(addrs) {
-        Ok(a) => a,
-        Err(e) => {
-            shared
-                .metrics
-                .refused("virtualInbound", Refusal::NoOriginalDst);
-            tracing::warn!("virtualInbound: no original destination: {e}");
-            return;
-        }
+    orig_dst: OrigDstAddr,
+    client: ClientAddr,
+    is_local: impl FnOnce(IpAddr) -> bool,
+) -> Decision {
+    let Some(listener) = &snapshot.virtual_inbound else {
+        return Decision::Refuse {
+            listener: rustmesh_xds::names::VIRTUAL_INBOUND.to_string(),
+            why: Refusal::NoListener,
+        };
     };
-    let Some(snapshot) = shared.store.load() else {
-        return;
-    };
-    let Some(listener) = snapshot.virtual_inbound.clone() else {
-        shared
-            .metrics
-            .refused("virtualInbound", Refusal::NoListener);
-        tracing::warn!(%orig_dst, %client, "the configuration has no virtualInbound listener: connection closed");
-        return;
-    };
-    let looped = orig_dst.0.port() == own_port && is_local(orig_dst.0.ip(), &stream);
     let recaptured =
         [INBOUND_PASSTHROUGH_SOURCE_V4, INBOUND_PASSTHROUGH_SOURCE_V6].contains(&client.0.ip());
-    if looped || recaptured {
-        shared.metrics.refused(&listener.name, Refusal::Loop);
-        tracing::debug!(%orig_dst, %client, "inbound loop: connection closed");
-        return;
+    if recaptured || (orig_dst.0.port() == own_port && is_local(orig_dst.0.ip())) {
+        return Decision::Refuse {
+            listener: listener.name.clone(),
+            why: Refusal::Loop,
+        };
     }
-    dispatch(
-        shared,
-        Reporter::Destination,
-        snapshot,
-        listener,
-        stream,
-        orig_dst,
-        client,
-        drain,
-    )
-    .await
+    Decision::Serve {
+        listener: listener.clone(),
+        reporter: Reporter::Destination,
+        accepted_by: None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::drain;
     use crate::listener::testing::{first_line, shared};
+    use crate::listener::{Direction, serve};
     use crate::socket::{ClientAddr, FixedAddrs, OrigDstAddr};
     use serde_json::json;
     use std::net::SocketAddr;
     use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
 
     fn tcp(cluster: &str) -> serde_json::Value {
         json!([{"name": "envoy.filters.network.tcp_proxy", "typedConfig": {"statPrefix": cluster, "cluster": cluster}}])
@@ -132,7 +119,9 @@ mod tests {
                     client: ClientAddr(client.unwrap_or(peer)),
                 };
                 let (_signal, watch) = drain::channel();
-                tokio::spawn(async move { serve(&shared, 15006, accepted, &fake, watch).await });
+                tokio::spawn(async move {
+                    serve(Direction::Inbound, &shared, 15006, accepted, &fake, watch).await
+                });
                 c
             }
         };
@@ -154,5 +143,80 @@ mod tests {
                 .refused_count("virtualInbound", Refusal::Loop),
             2
         );
+    }
+
+    #[test]
+    fn decisions_are_pure_functions_of_config_and_addresses() {
+        let doc = json!({
+            "listeners": [{"name": "virtualInbound", "address": {"socketAddress": {"address": "0.0.0.0", "portValue": 15006}},
+                "useOriginalDst": true, "trafficDirection": "INBOUND",
+                "filterChains": [{"filters": tcp("InboundPassthroughClusterIpv4")}]}],
+            "clusters": [{"name": "InboundPassthroughClusterIpv4", "type": "ORIGINAL_DST", "lbPolicy": "CLUSTER_PROVIDED"}],
+        });
+        let shared = shared(doc);
+        let snapshot = shared.store.load().unwrap();
+        let pod_ip: IpAddr = "10.244.0.22".parse().unwrap();
+        let local = |ip: IpAddr| ip == pod_ip;
+        let to = |s: &str| OrigDstAddr(s.parse().unwrap());
+        let from = |s: &str| ClientAddr(s.parse().unwrap());
+        let decide = |dst: &str, client: &str| match decide(
+            &snapshot,
+            15006,
+            to(dst),
+            from(client),
+            local,
+        ) {
+            Decision::Serve {
+                listener,
+                reporter,
+                accepted_by,
+            } => {
+                assert_eq!(reporter, Reporter::Destination);
+                assert!(accepted_by.is_none());
+                Ok(listener.name.clone())
+            }
+            Decision::Refuse { listener, why } => Err((listener, why)),
+        };
+        let loop_refusal = Err(("virtualInbound".to_string(), Refusal::Loop));
+        assert_eq!(
+            decide("10.244.0.22:9080", "10.244.0.9:40000"),
+            Ok("virtualInbound".into())
+        );
+        // The listener's own port on the pod's address: a loop; on another host's: served.
+        assert_eq!(
+            decide("10.244.0.22:15006", "10.244.0.9:40000"),
+            loop_refusal
+        );
+        assert_eq!(
+            decide("10.244.0.23:15006", "10.244.0.9:40000"),
+            Ok("virtualInbound".into())
+        );
+        // The sidecar's own passthrough connections (from 127.0.0.6 or ::6) captured again.
+        assert_eq!(decide("10.244.0.22:9080", "127.0.0.6:40000"), loop_refusal);
+        assert_eq!(decide("[fd00::22]:9080", "[::6]:40000"), loop_refusal);
+
+        let empty = shared_empty();
+        match super::decide(
+            &empty,
+            15006,
+            to("10.244.0.22:9080"),
+            from("10.244.0.9:1"),
+            local,
+        ) {
+            Decision::Refuse { listener, why } => {
+                assert_eq!(
+                    (listener.as_str(), why),
+                    ("virtualInbound", Refusal::NoListener)
+                )
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    fn shared_empty() -> std::sync::Arc<crate::snapshot::Snapshot> {
+        shared(json!({"listeners": [], "clusters": []}))
+            .store
+            .load()
+            .unwrap()
     }
 }

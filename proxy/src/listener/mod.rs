@@ -1,8 +1,9 @@
 //! The capture listeners and what they do with a connection (the shape of ztunnel's and
 //! linkerd2-proxy's `proxy` modules): a [`VirtualListener`] binds in `new()` (a bad address
 //! fails at start) and accepts in `run()`; what a connection means is per direction,
-//! [`outbound::serve`] (`virtualOutbound`, 15001) and [`inbound::serve`] (`virtualInbound`,
-//! 15006). Both hand each connection to [`dispatch`]: filter chain (compiled with the
+//! [`outbound::decide`] (`virtualOutbound`, 15001) and [`inbound::decide`] (`virtualInbound`,
+//! 15006), pure functions of the configuration and the addresses. [`serve`] asks them and hands
+//! each connection they accept to [`dispatch`]: filter chain (compiled with the
 //! configuration, [`crate::snapshot::chain`]), sniffing when a chain needs it
 //! ([`crate::sniff`]), then the chain's terminal filter: [`tcp`] proxying, or the HTTP
 //! connection manager ([`ConnectionManager::serve`]) with the chain's route table and the
@@ -36,9 +37,9 @@ use crate::snapshot::chain::Terminal;
 /// Which capture listener a [`VirtualListener`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
-    /// `virtualOutbound` (15001): [`outbound::serve`].
+    /// `virtualOutbound` (15001): [`outbound::decide`].
     Outbound,
-    /// `virtualInbound` (15006): [`inbound::serve`].
+    /// `virtualInbound` (15006): [`inbound::decide`].
     Inbound,
 }
 
@@ -111,14 +112,7 @@ impl VirtualListener {
             let lookup = lookup.clone();
             async move {
                 match lookup(&stream) {
-                    Ok(addrs) => match direction {
-                        Direction::Outbound => {
-                            outbound::serve(&shared, port, stream, &addrs, drain).await
-                        }
-                        Direction::Inbound => {
-                            inbound::serve(&shared, port, stream, &addrs, drain).await
-                        }
-                    },
+                    Ok(addrs) => serve(direction, &shared, port, stream, &addrs, drain).await,
                     Err(e) => {
                         shared.metrics.refused(name, Refusal::NoOriginalDst);
                         tracing::warn!("{name}: no original destination: {e}");
@@ -276,6 +270,81 @@ pub(crate) fn addresses(conn: &impl OrigDst) -> io::Result<(OrigDstAddr, ClientA
         OrigDstAddr(canonical(conn.orig_dst_addr()?.0)),
         ClientAddr(canonical(conn.client_addr()?.0)),
     ))
+}
+
+/// What a capture listener does with an accepted connection, decided by its direction's pure
+/// `decide` ([`outbound::decide`], [`inbound::decide`]) from the configuration and the addresses.
+#[derive(Debug)]
+pub enum Decision {
+    /// Close the connection, counted as refused by `listener` for `why`.
+    Refuse {
+        /// The listener that refuses (the capture listener's name if the configuration has none).
+        listener: String,
+        /// Why (the `reason` label of the refused counter).
+        why: Refusal,
+    },
+    /// Hand the connection to `listener`'s filter chains ([`dispatch`]).
+    Serve {
+        /// A virtual listener for the destination, or the capture listener's own chains.
+        listener: Arc<CompiledListener>,
+        /// Which side's Istio metrics the connection reports.
+        reporter: Reporter,
+        /// The capture listener that accepted it, when that is another listener (its
+        /// `cx_total` counts the accept too, as Envoy's does).
+        accepted_by: Option<Arc<CompiledListener>>,
+    },
+}
+
+/// Handles one connection accepted by the capture listener of `direction` on `own_port`: reads
+/// its addresses, asks the direction's `decide`, then refuses it or [`dispatch`]es it.
+pub async fn serve(
+    direction: Direction,
+    shared: &Shared,
+    own_port: u16,
+    stream: TcpStream,
+    addrs: &impl OrigDst,
+    drain: drain::Watch,
+) {
+    let name = direction.listener_name();
+    let (orig_dst, client) = match addresses(addrs) {
+        Ok(a) => a,
+        Err(e) => {
+            shared.metrics.refused(name, Refusal::NoOriginalDst);
+            tracing::warn!("{name}: no original destination: {e}");
+            return;
+        }
+    };
+    let Some(snapshot) = shared.store.load() else {
+        return;
+    };
+    let local = |ip| is_local(ip, &stream);
+    let decision = match direction {
+        Direction::Outbound => outbound::decide(&snapshot, own_port, orig_dst, client, local),
+        Direction::Inbound => inbound::decide(&snapshot, own_port, orig_dst, client, local),
+    };
+    match decision {
+        Decision::Refuse { listener, why } => {
+            shared.metrics.refused(&listener, why);
+            if why == Refusal::NoListener {
+                tracing::warn!(%orig_dst, %client, "the configuration has no {name} listener: connection closed");
+            } else {
+                tracing::debug!(%orig_dst, %client, reason = why.as_str(), "{name}: connection closed");
+            }
+        }
+        Decision::Serve {
+            listener,
+            reporter,
+            accepted_by,
+        } => {
+            if let Some(capture) = accepted_by {
+                capture.stats.cx_total.inc();
+            }
+            dispatch(
+                shared, reporter, snapshot, listener, stream, orig_dst, client, drain,
+            )
+            .await
+        }
+    }
 }
 
 /// Gauge held up while a connection is open.

@@ -1,8 +1,7 @@
 //! `virtualOutbound`: the listener the capture rules send every outbound connection of the app
 //! to (default `0.0.0.0:15001`, and `[::]:15001` when the host has IPv6).
 //!
-//! For each connection it reads the original destination (`SO_ORIGINAL_DST`, through
-//! [`OrigDst`]) and:
+//! For each connection, given its original destination (`SO_ORIGINAL_DST`), [`decide`]:
 //!
 //! 1. closes it if the destination is this very listener (the port, on a local address): a
 //!    loop, which Istio's config also blackholes with a `destinationPort: 15001` chain;
@@ -11,79 +10,62 @@
 //! 3. else keeps it on `virtualOutbound`'s own chains: `PassthroughCluster` under `ALLOW_ANY`,
 //!    `BlackHoleCluster` under `REGISTRY_ONLY`, as the control plane rendered it.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
-
-use super::{Shared, addresses, dispatch, is_local};
-use crate::drain;
+use super::Decision;
 use crate::metrics::Reporter;
-use crate::socket::OrigDst;
+use crate::snapshot::Snapshot;
+use crate::socket::{ClientAddr, OrigDstAddr};
 use crate::stats::Refusal;
 
-/// Handles one connection accepted on the outbound capture port `own_port`.
-pub async fn serve(
-    shared: &Shared,
+/// Decides what `virtualOutbound` (accepting on `own_port`) does with a connection to
+/// `orig_dst`: a pure function of the configuration and the addresses. `is_local` says whether
+/// an address belongs to this host; it is asked only when the port is the listener's own.
+pub fn decide(
+    snapshot: &Snapshot,
     own_port: u16,
-    stream: TcpStream,
-    addrs: &impl OrigDst,
-    drain: drain::Watch,
-) {
-    let (orig_dst, client) = match addresses(addrs) {
-        Ok(a) => a,
-        Err(e) => {
-            shared
-                .metrics
-                .refused("virtualOutbound", Refusal::NoOriginalDst);
-            tracing::warn!("virtualOutbound: no original destination: {e}");
-            return;
-        }
+    orig_dst: OrigDstAddr,
+    _client: ClientAddr,
+    is_local: impl FnOnce(IpAddr) -> bool,
+) -> Decision {
+    let Some(virtual_outbound) = &snapshot.virtual_outbound else {
+        return Decision::Refuse {
+            listener: rustmesh_xds::names::VIRTUAL_OUTBOUND.to_string(),
+            why: Refusal::NoListener,
+        };
     };
-    let Some(snapshot) = shared.store.load() else {
-        return;
-    };
-    let Some(virtual_outbound) = snapshot.virtual_outbound.clone() else {
-        shared
-            .metrics
-            .refused("virtualOutbound", Refusal::NoListener);
-        tracing::warn!(%orig_dst, %client, "the configuration has no virtualOutbound listener: connection closed");
-        return;
-    };
-    if orig_dst.0.port() == own_port && is_local(orig_dst.0.ip(), &stream) {
-        shared
-            .metrics
-            .refused(&virtual_outbound.name, Refusal::Loop);
-        tracing::debug!(%orig_dst, %client, "connection to the outbound listener itself: closed");
-        return;
+    if orig_dst.0.port() == own_port && is_local(orig_dst.0.ip()) {
+        return Decision::Refuse {
+            listener: virtual_outbound.name.clone(),
+            why: Refusal::Loop,
+        };
     }
-    let listener = snapshot
-        .listener_for(orig_dst.0)
-        .cloned()
-        .unwrap_or(virtual_outbound.clone());
-    if !Arc::ptr_eq(&listener, &virtual_outbound) {
-        // Counted on the capture listener too, as Envoy counts the accept.
-        virtual_outbound.stats.cx_total.inc();
+    match snapshot.listener_for(orig_dst.0) {
+        Some(listener) if !Arc::ptr_eq(listener, virtual_outbound) => Decision::Serve {
+            listener: listener.clone(),
+            reporter: Reporter::Source,
+            // Counted on the capture listener too, as Envoy counts the accept.
+            accepted_by: Some(virtual_outbound.clone()),
+        },
+        _ => Decision::Serve {
+            listener: virtual_outbound.clone(),
+            reporter: Reporter::Source,
+            accepted_by: None,
+        },
     }
-    dispatch(
-        shared,
-        Reporter::Source,
-        snapshot,
-        listener,
-        stream,
-        orig_dst,
-        client,
-        drain,
-    )
-    .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::drain;
     use crate::listener::testing::{first_line, named_server, shared};
+    use crate::listener::{Direction, Shared, serve};
     use crate::socket::{ClientAddr, FixedAddrs, OrigDstAddr};
     use serde_json::json;
     use std::net::SocketAddr;
+    use tokio::net::TcpStream;
 
     fn tcp(cluster: &str) -> serde_json::Value {
         json!([{"name": "envoy.filters.network.tcp_proxy", "typedConfig": {"statPrefix": cluster, "cluster": cluster}}])
@@ -145,7 +127,9 @@ mod tests {
         };
         let shared = shared.clone();
         let (_signal, watch) = drain::channel();
-        tokio::spawn(async move { serve(&shared, 15001, accepted, &fake, watch).await });
+        tokio::spawn(async move {
+            serve(Direction::Outbound, &shared, 15001, accepted, &fake, watch).await
+        });
         client
     }
 
@@ -243,5 +227,77 @@ mod tests {
         let mut c = connect_as(&shared, &listener, "10.0.0.1:9080".parse().unwrap()).await;
         c.write_all(b"\x00binary\n").await.unwrap();
         assert_eq!(first_line(&mut c).await.as_deref(), Some("never"));
+    }
+
+    /// The decision alone, without sockets: which listener, which reporter, what is counted.
+    #[tokio::test]
+    async fn decisions_are_pure_functions_of_config_and_addresses() {
+        let (shared, _listener, _) = pod("PassthroughCluster").await;
+        let snapshot = shared.store.load().unwrap();
+        let client = ClientAddr("10.244.0.9:40000".parse().unwrap());
+        let to = |s: &str| OrigDstAddr(s.parse().unwrap());
+        let served = |d: Decision| match d {
+            Decision::Serve {
+                listener,
+                reporter,
+                accepted_by,
+            } => {
+                assert_eq!(reporter, Reporter::Source);
+                (listener.name.clone(), accepted_by.map(|l| l.name.clone()))
+            }
+            Decision::Refuse { listener, why } => panic!("refused by {listener}: {why:?}"),
+        };
+        let never_local = |_| false;
+        let capture = Some("virtualOutbound".to_string());
+        for (dst, listener, accepted_by) in [
+            ("10.96.0.5:7000", "10.96.0.5_7000", capture.clone()),
+            ("10.96.0.6:7000", "0.0.0.0_7000", capture.clone()),
+            ("[fd00::5]:7000", "0.0.0.0_7000", capture.clone()),
+            // A destination without a listener stays on the capture listener's own chains.
+            ("10.1.2.3:8080", "virtualOutbound", None),
+            // 15001 on a remote address is not a loop: the capture listener's chains decide.
+            ("10.96.0.5:15001", "virtualOutbound", None),
+        ] {
+            assert_eq!(
+                served(decide(&snapshot, 15001, to(dst), client, never_local)),
+                (listener.to_string(), accepted_by),
+                "to {dst}"
+            );
+        }
+        // The listener's own port on a local address is a loop; the locality question is only
+        // asked for the own port.
+        match decide(&snapshot, 15001, to("10.244.0.9:15001"), client, |ip| {
+            ip == "10.244.0.9".parse::<IpAddr>().unwrap()
+        }) {
+            Decision::Refuse { listener, why } => {
+                assert_eq!((listener.as_str(), why), ("virtualOutbound", Refusal::Loop))
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+        let d = decide(&snapshot, 15001, to("10.96.0.5:7000"), client, |_| {
+            panic!("is_local asked for another port")
+        });
+        assert!(matches!(d, Decision::Serve { .. }));
+    }
+
+    #[test]
+    fn without_virtual_outbound_everything_is_refused() {
+        let shared = shared(json!({"listeners": [], "clusters": []}));
+        let snapshot = shared.store.load().unwrap();
+        match decide(
+            &snapshot,
+            15001,
+            OrigDstAddr("10.96.0.5:7000".parse().unwrap()),
+            ClientAddr("10.244.0.9:40000".parse().unwrap()),
+            |_| false,
+        ) {
+            Decision::Refuse { listener, why } => {
+                assert_eq!(
+                    (listener.as_str(), why),
+                    ("virtualOutbound", Refusal::NoListener)
+                )
+            }
+            other => panic!("not refused: {other:?}"),
+        }
     }
 }

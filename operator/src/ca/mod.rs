@@ -1,0 +1,15 @@
+//! The mesh CA (Istio's Citadel part of istiod): workload certificates for SPIFFE identities.
+//!
+//! - [`authority`]: the root or plugged-in intermediate and the pure signing of a CSR for an
+//!   authenticated identity (what is signed is decided here, never by the CSR);
+//! - [`review`]: who the caller is: its projected service-account token (audience `istio-ca`)
+//!   checked by the API server's TokenReview;
+//! - [`root`]: where the CA's material lives (`cacerts` plug-in, or the self-signed
+//!   `istio-ca-secret` created on first start) and the `istio-ca-root-cert` ConfigMap;
+//! - [`service`]: Istio's `IstioCertificateService/CreateCertificate` over gRPC and TLS
+//!   (port 15012): the decision core [`service::Ca`] and its server.
+
+pub mod authority;
+pub mod review;
+pub mod root;
+pub mod service;

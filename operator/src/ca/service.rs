@@ -1,0 +1,512 @@
+//! The CA as the sidecars reach it: Istio's `IstioCertificateService/CreateCertificate` over
+//! gRPC and TLS (port 15012), its decision core [`Ca::create_certificate`] kept apart from the
+//! transport so it is tested without a network.
+//!
+//! A request is answered in this order, each refusal counted under Istio's metric names
+//! (`citadel_server_*`) and answered with the gRPC code Istio's CA uses:
+//! 1. the bearer token is reviewed by the API server ([`super::review`]): `UNAUTHENTICATED`;
+//! 2. metadata (Istio's impersonation) is not supported: `INVALID_ARGUMENT` naming the field;
+//! 3. the CSR is signed for exactly the token's identity ([`super::authority`]):
+//!    `INVALID_ARGUMENT` for a bad CSR, a foreign name or a lifetime over the maximum.
+//!
+//! [`CaServer::new`] binds (a bad address fails at start) and [`CaServer::run`] serves. Neither
+//! the token nor any key is logged.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+use rustmesh_xds::ca::{
+    CREATE_CERTIFICATE, IstioCertificateRequest, IstioCertificateResponse, MAX_MESSAGE_BYTES,
+    SERVICE,
+};
+use rustmesh_xds::identity::SpiffeId;
+use tonic::{Code, Status};
+
+use super::authority::{Authority, SignError};
+use super::review::{AuthError, Reviewer};
+
+/// How the CA authenticates callers: the API server's TokenReview, or (unit tests only) a fixed
+/// answer.
+pub trait Authenticate: Send + Sync + 'static {
+    /// The identity `token` authenticates.
+    fn authenticate(&self, token: &str)
+    -> impl Future<Output = Result<SpiffeId, AuthError>> + Send;
+}
+
+impl Authenticate for Reviewer {
+    async fn authenticate(&self, token: &str) -> Result<SpiffeId, AuthError> {
+        Reviewer::authenticate(self, token).await
+    }
+}
+
+/// The CA's counters, Istio's names (no prefix, so dashboards built for istiod work).
+#[derive(Clone, Default)]
+pub struct CaMetrics {
+    /// `citadel_server_csr_count`: every request.
+    pub csr: Counter,
+    /// `citadel_server_authentication_failure_count`.
+    pub authentication_failure: Counter,
+    /// `citadel_server_csr_parsing_err_count`: CSRs that do not parse or verify.
+    pub csr_parsing_err: Counter,
+    /// `citadel_server_id_extraction_err_count`: names the caller may not have, unsupported
+    /// metadata, lifetimes over the maximum.
+    pub id_extraction_err: Counter,
+    /// `citadel_server_csr_sign_err_count`: signing failures.
+    pub csr_sign_err: Counter,
+    /// `citadel_server_success_cert_issuance_count`.
+    pub success_cert_issuance: Counter,
+}
+
+impl CaMetrics {
+    /// Registers the counters in `registry` (its root: the names carry no prefix).
+    pub fn register(&self, registry: &mut Registry) {
+        for (name, help, c) in [
+            ("citadel_server_csr", "CSRs received", &self.csr),
+            (
+                "citadel_server_authentication_failure",
+                "CSRs whose caller was not authenticated",
+                &self.authentication_failure,
+            ),
+            (
+                "citadel_server_csr_parsing_err",
+                "CSRs that did not parse or verify",
+                &self.csr_parsing_err,
+            ),
+            (
+                "citadel_server_id_extraction_err",
+                "CSRs asking for what the caller may not have",
+                &self.id_extraction_err,
+            ),
+            (
+                "citadel_server_csr_sign_err",
+                "CSRs that failed to sign",
+                &self.csr_sign_err,
+            ),
+            (
+                "citadel_server_success_cert_issuance",
+                "Certificates issued",
+                &self.success_cert_issuance,
+            ),
+        ] {
+            registry.register(name, help, c.clone());
+        }
+    }
+}
+
+/// The CA: an authority, how callers are authenticated, and its counters.
+pub struct Ca<A> {
+    authority: Arc<Authority>,
+    authenticator: A,
+    metrics: CaMetrics,
+}
+
+impl<A: Authenticate> Ca<A> {
+    /// A CA signing with `authority` for callers `authenticator` vouches for.
+    pub fn new(authority: Arc<Authority>, authenticator: A, metrics: CaMetrics) -> Self {
+        Ca {
+            authority,
+            authenticator,
+            metrics,
+        }
+    }
+
+    /// Answers one request whose `authorization` metadata was `authorization`.
+    pub async fn create_certificate(
+        &self,
+        authorization: Option<&str>,
+        request: &IstioCertificateRequest,
+    ) -> Result<IstioCertificateResponse, Status> {
+        self.metrics.csr.inc();
+        let token = authorization
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let identity = match self.authenticator.authenticate(token).await {
+            Ok(id) => id,
+            Err(e) => {
+                self.metrics.authentication_failure.inc();
+                tracing::info!(error = %e, "CA: request not authenticated");
+                return Err(Status::unauthenticated(format!(
+                    "request authentication failed: {e}"
+                )));
+            }
+        };
+        if let Some(field) = request
+            .metadata
+            .as_ref()
+            .and_then(|m| m.fields.keys().next())
+        {
+            self.metrics.id_extraction_err.inc();
+            return Err(Status::invalid_argument(format!(
+                "request metadata field {field:?} is not supported by rustmesh's CA \
+                 (no impersonation): send no metadata"
+            )));
+        }
+        let ttl = match u64::try_from(request.validity_duration) {
+            Ok(0) => None,
+            Ok(secs) => Some(Duration::from_secs(secs)),
+            Err(_) => {
+                self.metrics.id_extraction_err.inc();
+                return Err(Status::invalid_argument(format!(
+                    "validity_duration {} is negative",
+                    request.validity_duration
+                )));
+            }
+        };
+        match self
+            .authority
+            .sign(&request.csr, &identity, ttl, SystemTime::now())
+        {
+            Ok(cert_chain) => {
+                self.metrics.success_cert_issuance.inc();
+                tracing::debug!(%identity, "CA: certificate issued");
+                Ok(IstioCertificateResponse { cert_chain })
+            }
+            Err(e) => {
+                let counter = match &e {
+                    SignError::TooLarge(_) | SignError::Csr(_) => &self.metrics.csr_parsing_err,
+                    SignError::ForeignName { .. }
+                    | SignError::TrustDomain { .. }
+                    | SignError::TtlTooLong { .. } => &self.metrics.id_extraction_err,
+                    SignError::Signing(_) => &self.metrics.csr_sign_err,
+                };
+                counter.inc();
+                tracing::info!(%identity, error = %e, "CA: request refused");
+                let code = match e {
+                    SignError::Signing(_) => Code::Internal,
+                    _ => Code::InvalidArgument,
+                };
+                Err(Status::new(code, e.to_string()))
+            }
+        }
+    }
+}
+
+/// The gRPC service (a tower service tonic's server routes to).
+pub struct CertificateService<A> {
+    ca: Arc<Ca<A>>,
+}
+
+impl<A> Clone for CertificateService<A> {
+    fn clone(&self) -> Self {
+        CertificateService {
+            ca: self.ca.clone(),
+        }
+    }
+}
+
+impl<A> tonic::server::NamedService for CertificateService<A> {
+    const NAME: &'static str = SERVICE;
+}
+
+struct Unary<A>(Arc<Ca<A>>);
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<A: Authenticate> tonic::server::UnaryService<IstioCertificateRequest> for Unary<A> {
+    type Response = IstioCertificateResponse;
+    type Future = BoxFuture<Result<tonic::Response<IstioCertificateResponse>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<IstioCertificateRequest>) -> Self::Future {
+        let ca = self.0.clone();
+        Box::pin(async move {
+            let authorization = request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            ca.create_certificate(authorization.as_deref(), request.get_ref())
+                .await
+                .map(tonic::Response::new)
+        })
+    }
+}
+
+impl<A, B> tower::Service<http::Request<B>> for CertificateService<A>
+where
+    A: Authenticate,
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let ca = self.ca.clone();
+        Box::pin(async move {
+            if request.uri().path() != CREATE_CERTIFICATE {
+                return Ok(Status::unimplemented(format!(
+                    "{} is not a method of {SERVICE}",
+                    request.uri().path()
+                ))
+                .into_http());
+            }
+            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            Ok(grpc.unary(Unary(ca), request).await)
+        })
+    }
+}
+
+/// The CA's server: TLS with a certificate the CA issues itself (DNS names of its Services).
+pub struct CaServer<A> {
+    listener: tokio::net::TcpListener,
+    tls: tonic::transport::ServerTlsConfig,
+    service: CertificateService<A>,
+}
+
+/// Why the CA server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The address could not be bound.
+    #[error("CA: binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The serving certificate could not be made or loaded.
+    #[error("CA: serving certificate: {0}")]
+    Tls(String),
+    /// Serving failed.
+    #[error("CA: serving: {0}")]
+    Serve(String),
+}
+
+impl<A: Authenticate> CaServer<A> {
+    /// Binds `addr` and prepares TLS with a serving certificate for `dns_names`, issued by the
+    /// CA itself (so sidecars verify it with the mesh root they already trust).
+    pub async fn new(
+        addr: SocketAddr,
+        ca: Arc<Ca<A>>,
+        dns_names: &[String],
+    ) -> Result<Self, ServerError> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        let (chain, key) = ca
+            .authority
+            .serving_certificate(dns_names, SystemTime::now())
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(chain.concat(), key));
+        Ok(CaServer {
+            listener,
+            tls,
+            service: CertificateService { ca },
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let incoming = tonic::transport::server::TcpIncoming::from(self.listener);
+        tonic::transport::Server::builder()
+            .tls_config(self.tls)
+            .map_err(|e| ServerError::Tls(e.to_string()))?
+            .add_service(self.service)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+            .map_err(|e| ServerError::Serve(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::authority::Material;
+    use crate::ca::authority::tests::{csr, uri};
+    use std::collections::BTreeMap;
+
+    /// Vouches for one token only.
+    struct OneToken(&'static str, SpiffeId);
+
+    impl Authenticate for OneToken {
+        async fn authenticate(&self, token: &str) -> Result<SpiffeId, AuthError> {
+            if token == self.0 {
+                Ok(self.1.clone())
+            } else {
+                Err(AuthError::Rejected("unknown token".into()))
+            }
+        }
+    }
+
+    fn ca() -> (Ca<OneToken>, CaMetrics, SpiffeId) {
+        let who = SpiffeId::new("cluster.local", "bookinfo", "reviews").unwrap();
+        let authority = Authority::new(
+            "cluster.local",
+            &Material::self_signed_root("cluster.local", SystemTime::now()).unwrap(),
+        )
+        .unwrap();
+        let metrics = CaMetrics::default();
+        (
+            Ca::new(
+                Arc::new(authority),
+                OneToken("good", who.clone()),
+                metrics.clone(),
+            ),
+            metrics,
+            who,
+        )
+    }
+
+    fn request(csr: String) -> IstioCertificateRequest {
+        IstioCertificateRequest {
+            csr,
+            validity_duration: 0,
+            metadata: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn each_refusal_has_istios_code_and_counter() {
+        let (ca, m, who) = ca();
+        let good = request(csr(vec![uri(&who.to_string())]));
+
+        let e = ca.create_certificate(None, &good).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+        let e = ca
+            .create_certificate(Some("Bearer bad"), &good)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+        assert_eq!(m.authentication_failure.get(), 2);
+
+        let mut impersonating = good.clone();
+        impersonating.metadata = Some(prost_types::Struct {
+            fields: BTreeMap::from([("ImpersonatedIdentity".to_string(), Default::default())]),
+        });
+        let e = ca
+            .create_certificate(Some("Bearer good"), &impersonating)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message().contains("\"ImpersonatedIdentity\""),
+            "{}",
+            e.message()
+        );
+
+        let foreign = request(csr(vec![uri(
+            "spiffe://cluster.local/ns/bookinfo/sa/admin",
+        )]));
+        let e = ca
+            .create_certificate(Some("Bearer good"), &foreign)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("sa/admin"));
+        let mut negative = good.clone();
+        negative.validity_duration = -1;
+        assert_eq!(
+            ca.create_certificate(Some("Bearer good"), &negative)
+                .await
+                .unwrap_err()
+                .code(),
+            Code::InvalidArgument
+        );
+        assert_eq!(m.id_extraction_err.get(), 3);
+
+        let e = ca
+            .create_certificate(Some("Bearer good"), &request("garbage".into()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert_eq!(m.csr_parsing_err.get(), 1);
+
+        let ok = ca
+            .create_certificate(Some("Bearer good"), &good)
+            .await
+            .unwrap();
+        assert_eq!(ok.cert_chain.len(), 2);
+        assert_eq!((m.success_cert_issuance.get(), m.csr.get()), (1, 7));
+    }
+
+    #[tokio::test]
+    async fn served_over_grpc_and_tls_verified_with_the_mesh_root() {
+        let (ca, m, who) = ca();
+        let root = ca.authority.root_bundle().to_string();
+        let ca = Arc::new(ca);
+        let server = CaServer::new(
+            "127.0.0.1:0".parse().unwrap(),
+            ca,
+            &["istiod.istio-system.svc".to_string()],
+        )
+        .await
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+
+        let channel = tonic::transport::Channel::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(&root))
+                    .domain_name("istiod.istio-system.svc"),
+            )
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = tonic::client::Grpc::new(channel);
+        let call = |token: &'static str, path: &'static str| {
+            let mut req = tonic::Request::new(request(csr(vec![uri(&who.to_string())])));
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            let mut client = client.clone();
+            async move {
+                client.ready().await.unwrap();
+                client
+                    .unary::<_, IstioCertificateResponse, _>(
+                        req,
+                        http::uri::PathAndQuery::from_static(path),
+                        tonic_prost::ProstCodec::default(),
+                    )
+                    .await
+            }
+        };
+        let chain = call("good", CREATE_CERTIFICATE)
+            .await
+            .unwrap()
+            .into_inner()
+            .cert_chain;
+        assert_eq!(chain.len(), 2);
+        assert_eq!(chain[1].trim(), root.trim());
+        assert_eq!(
+            call("bad", CREATE_CERTIFICATE).await.unwrap_err().code(),
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            call("good", "/istio.v1.auth.IstioCertificateService/Other")
+                .await
+                .unwrap_err()
+                .code(),
+            Code::Unimplemented
+        );
+        assert_eq!(m.success_cert_issuance.get(), 1);
+        client.ready().await.unwrap();
+        let _ = stop.send(());
+        serving.await.unwrap().unwrap();
+    }
+}

@@ -1,0 +1,207 @@
+//! One request, from its head to the route's action: the request id, the head-size limit
+//! (431), virtual host and route (`http::route`, 404 `NR`), the cluster of a weighted choice, the
+//! fault's delay and abort, then the action: a redirect or a direct response answered here, or
+//! forwarding (`http/forward.rs`). Comes after the connection stage (`http/server.rs`, which
+//! calls [`handle`] for every request hyper reads); every answer goes through the recording
+//! stage (`http/record.rs`).
+
+use crate::body::{ProxyBody, empty};
+use crate::http::forward::{Target, forward};
+use crate::http::headers;
+use crate::http::record::{Exchange, header_str};
+use crate::http::reply::{grpc_reply, local_reply, status};
+use crate::http::route::{self, AbortWith, Action, RequestView, RouteTable};
+use crate::http::server::Conn;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, LOCATION};
+use http::{HeaderMap, Request, Response, Version};
+use hyper::body::Incoming;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// Whether the request is gRPC (`content-type: application/grpc*`): its local replies are then
+/// trailers-only gRPC answers.
+fn is_grpc(h: &HeaderMap) -> bool {
+    h.get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// The size of a request head: request line and `name: value` header lines.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let uri = req.uri();
+    // The length of the URI as written (`Display`), without writing it.
+    let uri_len = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path().len()
+        + uri.query().map_or(0, |q| q.len() + 1);
+    let line = req.method().as_str().len() + uri_len + 11;
+    req.headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + line
+}
+
+/// Answers one request (hyper calls this for each request of the connection).
+pub(super) async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    let ctx = &conn.ctx;
+    let routes: Arc<RouteTable> = ctx.routes.load_full();
+    // The URI and the Host header share hyper's read buffer: cloning them counts references,
+    // where copying authority, path and query into strings cost an allocation each.
+    let uri = req.uri().clone();
+    let host = match uri.authority() {
+        Some(_) => None,
+        None => req.headers().get(HOST).cloned(),
+    };
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| host.as_ref().and_then(|h| h.to_str().ok()))
+        .unwrap_or_default();
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let path = uri.path();
+    let query = uri.query();
+    // What only the access log reads is copied only when it is on.
+    let log = conn.access_log;
+    let given = req
+        .headers()
+        .get(&headers::X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| !id.is_empty());
+    let request_id = if let Some(id) = given {
+        if log { id.to_owned() } else { String::new() }
+    } else {
+        let id = ctx.rng.uuid();
+        if let Ok(v) = HeaderValue::from_bytes(&id) {
+            req.headers_mut().insert(headers::X_REQUEST_ID, v);
+        }
+        if log {
+            String::from_utf8_lossy(&id).into_owned()
+        } else {
+            String::new()
+        }
+    };
+    let mut ex = Exchange {
+        start: Instant::now(),
+        wall_start: SystemTime::now(),
+        method: req.method().clone(),
+        path: if log {
+            req.uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| path.to_string())
+        } else {
+            String::new()
+        },
+        version: req.version(),
+        authority: if log {
+            authority.to_string()
+        } else {
+            String::new()
+        },
+        grpc: is_grpc(req.headers()),
+        request_id,
+        user_agent: log
+            .then(|| header_str(req.headers(), "user-agent"))
+            .flatten(),
+        forwarded_for: log
+            .then(|| header_str(req.headers(), "x-forwarded-for"))
+            .flatten(),
+        route_name: None,
+        cluster: None,
+        upstream_host: None,
+        upstream_time: None,
+        flags: Vec::new(),
+        request_body: None,
+    };
+    // hyper's HTTP/1 read buffer cannot go below 8 KiB, so smaller limits are enforced here,
+    // on the head as received (request line and headers), as Envoy's max_request_headers_kb.
+    if head_size(&req) > ctx.settings.max_request_headers_bytes {
+        let grpc = ex.grpc;
+        return conn.finish(ex, local_reply(431, "", grpc));
+    }
+    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+    let view = RequestView {
+        method: req.method(),
+        scheme,
+        authority,
+        path,
+        query,
+        headers: req.headers(),
+    };
+    let Some(m) = routes.find(&view) else {
+        ex.flags.push("NR");
+        let grpc = ex.grpc;
+        return conn.finish(ex, local_reply(404, "", grpc));
+    };
+    let route = m.route;
+    if log {
+        ex.route_name = route.name.clone();
+    }
+    // Choose the cluster first, so faults and local replies are counted against it too.
+    let chosen = match &route.action {
+        Action::Forward(fwd) => {
+            let (cluster, weighted) = fwd.clusters.choose(&ctx.rng);
+            ex.cluster = Some(cluster.to_string());
+            Some((cluster, weighted))
+        }
+        _ => None,
+    };
+    let fault = route::decide_fault(route.fault.as_ref(), &ctx.rng);
+    if let Some(d) = fault.delay {
+        ex.flags.push("DI");
+        tokio::time::sleep(d).await;
+    }
+    if let Some(a) = fault.abort {
+        ex.flags.push("FI");
+        let resp = match a {
+            AbortWith::Http(code) => local_reply(code, "fault filter abort", ex.grpc),
+            AbortWith::Grpc(code) => grpc_reply(code, "fault filter abort"),
+        };
+        return conn.finish(ex, resp);
+    }
+    match &route.action {
+        Action::Redirect(rd) => {
+            let location = route::redirect_location(rd, scheme, authority, path, query);
+            let mut resp = Response::new(empty());
+            *resp.status_mut() = status(rd.response_code);
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(LOCATION, v);
+            }
+            resp.headers_mut()
+                .insert(CONTENT_LENGTH, HeaderValue::from(0));
+            headers::apply(
+                resp.headers_mut(),
+                &route.response_headers_to_add,
+                &route.response_headers_to_remove,
+            );
+            conn.finish(ex, resp)
+        }
+        Action::Direct { status: code, body } => {
+            let mut resp = local_reply(*code, body.as_deref().unwrap_or(""), false);
+            headers::apply(
+                resp.headers_mut(),
+                &route.response_headers_to_add,
+                &route.response_headers_to_remove,
+            );
+            conn.finish(ex, resp)
+        }
+        Action::Forward(fwd) => {
+            let Some((cluster, weighted)) = chosen else {
+                unreachable!("chosen for forward actions")
+            };
+            let target = Target {
+                cluster,
+                weighted,
+                scheme,
+                authority,
+                path,
+                query,
+                include_attempt_count: m.vhost.include_request_attempt_count,
+                upgrade,
+            };
+            let resp = forward(&conn, &mut ex, req, route, fwd, target).await;
+            conn.finish(ex, resp)
+        }
+    }
+}
