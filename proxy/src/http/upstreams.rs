@@ -210,8 +210,9 @@ mod tests {
         status
     }
 
-    /// Pools survive an endpoint change, and the replaced cluster is freed: the pools must not
-    /// hold the cluster they live in (cluster → endpoints → pools → dialer → cluster).
+    /// Pools survive an endpoint change, and the replaced cluster and endpoints are freed: the
+    /// pools must not hold the cluster or the endpoint they live in (cluster → endpoints →
+    /// pools → dialer → cluster; endpoint → pools → connector → endpoint).
     #[tokio::test]
     async fn replaced_clusters_are_freed_while_their_pools_live_on() {
         let (a, b) = (server().await, server().await);
@@ -222,6 +223,7 @@ mod tests {
         let up = ClusterUpstreams::new(first.clone(), passthrough.clone());
         assert_eq!(get(&up).await, 200);
         let old = Arc::downgrade(first.get("c").unwrap());
+        let old_endpoint = Arc::downgrade(&first.get("c").unwrap().endpoints[0]);
         let pool_of_a = first.get("c").unwrap().endpoints[0].pools.clone();
         drop((up, first));
         let second = manager.build(&config(&[a, b]));
@@ -229,6 +231,11 @@ mod tests {
         assert!(
             old.upgrade().is_none(),
             "the replaced cluster is still alive"
+        );
+        // Nor may the pools hold the endpoint they live in (endpoint → pools → endpoint).
+        assert!(
+            old_endpoint.upgrade().is_none(),
+            "the replaced endpoint is still alive"
         );
         let c = second.get("c").unwrap();
         let kept = c.endpoints.iter().find(|e| e.addr == a).unwrap();
