@@ -164,7 +164,6 @@ impl ClusterManager {
             def: def.clone(),
             assignment,
             kind,
-            connect_timeout: def.connect_timeout.as_std(),
             endpoints,
             usable,
             table,

@@ -44,7 +44,6 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use rustmesh_xds::cluster::{Cluster as ClusterDef, ClusterLoadAssignment};
 use tokio::net::TcpStream;
@@ -75,8 +74,6 @@ pub struct UpstreamCluster {
     pub assignment: Option<ClusterLoadAssignment>,
     /// How it finds upstreams.
     pub kind: Kind,
-    /// `connectTimeout`.
-    pub connect_timeout: Duration,
     /// Every listed endpoint (usable or not), for `/clusters`.
     pub endpoints: Vec<Arc<Endpoint>>,
     /// The usable endpoints of the best priority: what load balancing picks from.
