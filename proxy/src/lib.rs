@@ -2,26 +2,41 @@
 //! socket helpers the sidecar's listeners use to learn where a captured connection was going.
 //!
 //! `main.rs` only parses the command line and calls in here.
+//!
+//! The modules depend one way (`tests/module_graph.rs` checks it). A request's path, each module
+//! calling only the ones after it: [`listener`] (accept, original destination, filter chain,
+//! with [`snapshot`] the compiled configuration) → [`http`] (connection manager, route) or the
+//! TCP proxy → [`cluster`] (cluster by name, load balancing, outlier detection, endpoints) →
+//! [`pool`] (per-endpoint HTTP connection pools, circuit breaker) → [`dial`] (opening and
+//! counting upstream connections) → [`stats`], [`socket`]. Beside them: [`body`] (the body
+//! types) and [`drive`] (running a hyper connection in one task), used by `http` and `pool`;
+//! [`metrics`], [`admin`], [`config`], [`identity`], [`dns`], [`drain`], [`wait`], [`capture`];
+//! [`sidecar`] wires them.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod body;
 pub mod capture;
 pub mod cluster;
 pub mod config;
+pub mod dial;
 pub mod dns;
 pub mod drain;
+pub mod drive;
 mod error;
 pub mod http;
 pub mod identity;
 pub mod listener;
 pub mod metrics;
+pub mod pool;
 pub mod sidecar;
 pub mod snapshot;
 pub mod sniff;
 pub mod socket;
 pub mod stats;
+mod sync;
 pub mod wait;
 
 pub use error::{Error, Result};

@@ -10,9 +10,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use proptest::prelude::*;
 use rustmesh_proxy::cluster::ClusterManager;
 use rustmesh_proxy::http::route::{RequestView, RouteTable};
-use rustmesh_proxy::http::upstreams::{ClusterUpstreams, PassthroughPools};
+use rustmesh_proxy::http::upstreams::ClusterUpstreams;
 use rustmesh_proxy::http::{AccessLog, HttpContext, HttpSettings, Rng, serve_connection};
 use rustmesh_proxy::metrics::{Destinations, Metrics, Reporter, WorkloadInfo};
+use rustmesh_proxy::pool::PassthroughPools;
 use rustmesh_xds::route::{
     HeaderMatcher, QueryParameterMatcher, Route, RouteAction, RouteConfiguration, RouteMatch,
     StringMatcher, VirtualHost,

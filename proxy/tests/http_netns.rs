@@ -699,7 +699,7 @@ fn grpc_streams_websockets_and_limits_through_two_sidecars() {
             .uri(format!("http://reviews:{PORT}/helloworld.Greeter/SayHello"))
             .header("content-type", "application/grpc")
             .header("te", "trailers")
-            .body(rustmesh_proxy::http::body::boxed(ChannelBody(rx)))
+            .body(rustmesh_proxy::body::boxed(ChannelBody(rx)))
             .unwrap();
         let msg = http_common::grpc_message;
         tx.send(Frame::data(msg("first"))).await.unwrap();

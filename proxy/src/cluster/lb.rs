@@ -146,14 +146,6 @@ fn weighted_random<C: Candidate>(
     }
 }
 
-/// splitmix64's finaliser: a good 64-bit mixer.
-pub fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 thread_local! {
     // `RandomState::new()` draws fresh random keys per thread.
     static RNG: Cell<u64> =
@@ -175,7 +167,7 @@ pub fn random() -> u64 {
 /// Endpoints and keys shared by the consistent-hash tables' unit tests.
 #[cfg(test)]
 pub(crate) mod test_keys {
-    use super::mix;
+    use crate::cluster::splitmix::mix;
     use std::net::SocketAddr;
 
     /// Endpoints `10.0.0.<i+1>:9080` with the given weights.
@@ -196,6 +188,7 @@ pub(crate) mod test_keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::splitmix::mix;
 
     #[derive(Clone)]
     struct E {

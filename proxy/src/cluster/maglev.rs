@@ -7,7 +7,7 @@
 //! Memory: 4 bytes per slot (an endpoint index), 256 KiB at the default size; built only for
 //! MAGLEV clusters.
 
-use super::lb::mix;
+use super::splitmix::mix;
 use std::net::SocketAddr;
 
 /// The table: each slot names an endpoint by its index in the list it was built from.

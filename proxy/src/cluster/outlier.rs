@@ -107,8 +107,8 @@ pub fn now_ms() -> u64 {
         + 1
 }
 
-/// An endpoint's outlier state. Lives with the endpoint's stats, so it survives configuration
-/// changes that keep the endpoint.
+/// An endpoint's outlier state. Carried over with the endpoint's stats, so it survives
+/// configuration changes that keep the endpoint.
 #[derive(Debug, Default)]
 pub struct HostState {
     consecutive_5xx: AtomicU32,

@@ -15,7 +15,7 @@
 //!
 //! Memory: 16 bytes per point (hash and endpoint index), 16 KiB at the default size.
 
-use super::lb::mix;
+use super::splitmix::mix;
 use std::net::SocketAddr;
 
 /// The ring: points sorted by hash, each naming an endpoint by its index in the list the ring

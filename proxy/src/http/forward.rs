@@ -9,7 +9,7 @@
 //! come from `http/reply.rs`; the answer then goes through the recording stage
 //! (`http/record.rs`).
 
-use crate::http::body::{ProxyBody, ReplayLog, boxed, empty};
+use crate::body::{ProxyBody, ReplayLog, boxed, empty};
 use crate::http::hash::{self, HashOutcome};
 use crate::http::record::Exchange;
 use crate::http::reply::{error_reply, local_reply};

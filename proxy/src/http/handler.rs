@@ -24,11 +24,12 @@ use rustmesh_xds::route::RouteConfiguration;
 
 use crate::cluster::Clusters;
 use crate::drain;
-use crate::http::upstreams::{ClusterUpstreams, PassthroughPools};
+use crate::http::upstreams::ClusterUpstreams;
 use crate::http::{
     AccessLog, HttpContext, HttpSettings, Rng, RouteTable, serve_connection_with_drain,
 };
 use crate::metrics::{Destinations, Metrics as IstioMetrics, Reporter, WorkloadInfo};
+use crate::pool::PassthroughPools;
 use crate::socket::{ClientAddr, OrigDstAddr};
 use crate::{Error, Result};
 

@@ -21,22 +21,17 @@
 //!   retries, back-off) and the attempts of one request ([`retry::RetryLoop`]).
 //! * [`hash`]: hash-policy keys (the cluster's ring hash / Maglev table turns them into an
 //!   endpoint).
-//! * [`limits`]: connection-pool limits ([`limits::CircuitBreaker`]) for the cluster manager.
-//! * [`client`]: a pooled HTTP/1.1 or h2c client for one endpoint ([`client::EndpointClient`]).
-//! * [`upstreams`]: the cluster manager as the HTTP layer calls it
-//!   ([`upstreams::ClusterUpstreams`]: endpoint pick, limits, pools, outlier detection feedback).
+//! * [`upstreams`]: the cluster manager as the HTTP layer calls it, its one call into the
+//!   clusters ([`upstreams::ClusterUpstreams`]: endpoint pick ([`crate::cluster`]), limits and
+//!   pooled connections ([`crate::pool`]), outlier detection feedback).
 //! * [`handler`]: the connection manager the listeners call ([`handler::ConnectionManager`]):
 //!   route tables compiled per configuration, one [`serve_connection_with_drain`] per HTTP
 //!   filter chain connection.
 
-pub mod body;
-pub mod client;
-pub mod drive;
 mod forward;
 pub mod handler;
 pub mod hash;
 pub mod headers;
-pub mod limits;
 mod record;
 mod reply;
 mod request;
@@ -46,84 +41,19 @@ pub mod route;
 mod server;
 pub mod upstreams;
 
-pub use body::{BoxError, ProxyBody};
+pub use crate::body::{BoxError, ProxyBody};
+pub use crate::pool::UpstreamError;
 pub use rng::Rng;
 pub use route::{RouteError, RouteTable};
 pub use server::{serve_connection, serve_connection_with_drain};
+pub use upstreams::{DownstreamInfo, UpstreamResponse};
 
 use crate::metrics::{Destinations, Metrics, Reporter, WorkloadInfo};
 use arc_swap::ArcSwap;
-use http::Response;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 use upstreams::ClusterUpstreams;
-
-/// An upstream's answer and the endpoint that gave it (for the previous-hosts retry predicate).
-pub struct UpstreamResponse {
-    /// The response. Keep its extensions: hyper's `OnUpgrade` there carries WebSocket upgrades.
-    pub response: Response<ProxyBody>,
-    /// The endpoint that answered.
-    pub endpoint: SocketAddr,
-}
-
-/// Why a cluster could not produce a response. Each maps to Envoy's local reply and flag.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UpstreamError {
-    /// The route names a cluster the cluster manager does not have (503, flag `NC`).
-    #[error("cluster {0:?} not found")]
-    ClusterNotFound(String),
-    /// No endpoint to send to (503 `no healthy upstream`, flag `UH`).
-    #[error("no healthy upstream")]
-    NoHealthyUpstream,
-    /// Connection-pool limits reached (503 with `x-envoy-overloaded: true`, flag `UO`).
-    #[error("upstream connection pool overflow")]
-    Overflow,
-    /// Connecting failed (503, flag `UF`; retried under `connect-failure`).
-    #[error("upstream connect error: {reason}")]
-    ConnectFailure {
-        /// The endpoint tried, if one was picked.
-        endpoint: Option<SocketAddr>,
-        /// What failed.
-        reason: String,
-    },
-    /// The upstream reset the stream or closed the connection before the response headers
-    /// (503, flag `UC`; retried under `reset`).
-    #[error("upstream reset: {reason}")]
-    Reset {
-        /// The endpoint tried.
-        endpoint: Option<SocketAddr>,
-        /// What happened.
-        reason: String,
-    },
-    /// HTTP/2 REFUSED_STREAM (503, flag `UR`... retried under `refused-stream`).
-    #[error("upstream refused the stream")]
-    RefusedStream {
-        /// The endpoint tried.
-        endpoint: Option<SocketAddr>,
-    },
-}
-
-impl UpstreamError {
-    /// The endpoint involved, if any.
-    pub fn endpoint(&self) -> Option<SocketAddr> {
-        match self {
-            UpstreamError::ConnectFailure { endpoint, .. }
-            | UpstreamError::Reset { endpoint, .. }
-            | UpstreamError::RefusedStream { endpoint } => *endpoint,
-            _ => None,
-        }
-    }
-}
-
-/// The downstream connection a request came on, in the request's extensions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DownstreamInfo {
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// Where the client was connecting (the original destination for captured connections).
-    pub local: SocketAddr,
-}
 
 /// Where access-log lines go (one JSON object per line).
 #[derive(Clone)]
@@ -235,10 +165,4 @@ pub struct ConnectionError {
     /// What hyper reported.
     #[source]
     pub source: BoxError,
-}
-
-/// Locks `m`, going on with its data if a panic poisoned it (every lock of this module guards
-/// state that stays consistent between statements: queues, pools, caches).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -4,7 +4,7 @@
 //! fill it in (route, cluster, upstream host and time, response flags); [`Conn::finish`] wraps the
 //! response body so the recording happens when the body is done.
 
-use crate::http::body::{BodyEnd, ObservedBody, ProxyBody, ReplayLog, boxed};
+use crate::body::{BodyEnd, ObservedBody, ProxyBody, ReplayLog, boxed};
 use crate::http::server::Conn;
 use crate::metrics::{DestinationService, Peers, Reporter, RequestSample};
 use http::{HeaderMap, Method, Response, Version};
@@ -89,7 +89,7 @@ impl Conn {
             grpc_status,
         };
         let handles = {
-            let mut cache = crate::http::lock(&self.metric_handles);
+            let mut cache = crate::sync::lock(&self.metric_handles);
             match cache.iter().find(|(k, _)| *k == key) {
                 Some((_, h)) => h.clone(),
                 None => {

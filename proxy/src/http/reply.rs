@@ -5,8 +5,8 @@
 //! cluster's errors after the last attempt). The reply then goes to the recording stage
 //! (`http/record.rs`) like any upstream answer.
 
+use crate::body::{ProxyBody, empty, full};
 use crate::http::UpstreamError;
-use crate::http::body::{ProxyBody, empty, full};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 

@@ -5,7 +5,7 @@
 //! calls [`handle`] for every request hyper reads); every answer goes through the recording
 //! stage (`http/record.rs`).
 
-use crate::http::body::{ProxyBody, empty};
+use crate::body::{ProxyBody, empty};
 use crate::http::forward::{Target, forward};
 use crate::http::headers;
 use crate::http::record::{Exchange, header_str};

@@ -9,7 +9,7 @@
 //! headers, upgrades), [`retry`](crate::http::retry) (the attempts), `reply.rs` (local replies),
 //! `record.rs` (metrics and the access log when the response body ends).
 
-use crate::http::drive::{BatchIo, ConnExecutor, Driven, Queue};
+use crate::drive::{BatchIo, ConnExecutor, Driven, Queue};
 use crate::http::record::MetricKey;
 use crate::http::request::handle;
 use crate::http::{ConnectionError, HttpContext};

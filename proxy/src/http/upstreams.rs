@@ -1,79 +1,48 @@
-//! The cluster manager as the HTTP layer sees it ([`ClusterUpstreams`]): one request to a cluster picks an
-//! endpoint (load balancer, consistent hash, previous-host avoidance, outlier ejection), passes
-//! the cluster's connection-pool limits, and goes out over a pooled connection to that endpoint,
-//! opened by the cluster's own dialer ([`crate::cluster::ClusterDialer`]: source address,
-//! `connectTimeout` and the connection counters are the TCP proxy's). The outcome feeds the endpoint's stats and outlier detection.
+//! The cluster manager as the HTTP layer sees it ([`ClusterUpstreams`]), the one place the HTTP
+//! layer calls into the clusters: one request to a cluster picks an endpoint (load balancer,
+//! consistent hash, previous-host avoidance, outlier ejection), passes the cluster's
+//! connection-pool limits, and goes out over a pooled connection to that endpoint, opened by the
+//! cluster's own dialer ([`crate::dial::ClusterDialer`]: source address, `connectTimeout` and the
+//! connection counters are the TCP proxy's). The outcome feeds the endpoint's stats and outlier
+//! detection.
 //!
-//! Pools: each endpoint of an EDS/STATIC cluster keeps an HTTP/1.1 and an h2c pool
-//! ([`EndpointPools`]); they survive configuration changes that keep the endpoint and the
-//! cluster's definition. ORIGINAL_DST clusters (`PassthroughCluster`, inbound passthrough) pool
-//! per destination address in a bounded table ([`PassthroughPools`]).
+//! Pools ([`crate::pool`]): each endpoint of an EDS/STATIC cluster keeps an HTTP/1.1 and an h2c
+//! pool ([`EndpointPools`](crate::pool::EndpointPools)); they survive configuration changes
+//! that keep the endpoint and the cluster's definition. ORIGINAL_DST clusters
+//! (`PassthroughCluster`, inbound passthrough) pool per destination address in a bounded table
+//! ([`PassthroughPools`]).
 //!
 //! The upstream protocol is the cluster's `upstreamProtocol`: `HTTP1`, `HTTP2` (h2c with prior
 //! knowledge), or `USE_DOWNSTREAM` (Istio's default: HTTP/2 requests go out as h2c, the rest as
 //! HTTP/1.1).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use http::{Request, Response, Version};
 use rustmesh_xds::cluster::UpstreamProtocol;
 
+use crate::body::ProxyBody;
 use crate::cluster::outlier::Outcome;
-use crate::cluster::{Clusters, Endpoint, Kind, RequestOutcome, Target, UpstreamCluster};
-use crate::http::client::EndpointClient;
-use crate::http::{DownstreamInfo, ProxyBody, UpstreamError, UpstreamResponse, lock};
+use crate::cluster::{Clusters, Endpoint, Kind, RequestOutcome, UpstreamCluster};
+use crate::pool::client::EndpointClient;
+use crate::pool::{PassthroughPools, UpstreamError};
 
-/// An endpoint's HTTP connection pools, made on first use.
-#[derive(Debug, Default)]
-pub struct EndpointPools {
-    http1: OnceLock<EndpointClient>,
-    http2: OnceLock<EndpointClient>,
+/// An upstream's answer and the endpoint that gave it (for the previous-hosts retry predicate).
+pub struct UpstreamResponse {
+    /// The response. Keep its extensions: hyper's `OnUpgrade` there carries WebSocket upgrades.
+    pub response: Response<ProxyBody>,
+    /// The endpoint that answered.
+    pub endpoint: SocketAddr,
 }
 
-impl EndpointPools {
-    fn get(&self, cluster: &UpstreamCluster, target: Target, http2: bool) -> EndpointClient {
-        let slot = if http2 { &self.http2 } else { &self.http1 };
-        slot.get_or_init(|| client(cluster, target, http2)).clone()
-    }
-}
-
-/// Pools of ORIGINAL_DST clusters, by (cluster, destination, protocol). Bounded: when full it
-/// starts over (open connections finish; later requests open new ones).
-#[derive(Debug, Default)]
-pub struct PassthroughPools {
-    pools: Mutex<HashMap<(String, SocketAddr, bool), EndpointClient>>,
-}
-
-/// Most destinations [`PassthroughPools`] keeps pools for.
-pub const MAX_PASSTHROUGH_POOLS: usize = 1024;
-
-impl PassthroughPools {
-    fn get(&self, cluster: &UpstreamCluster, dst: SocketAddr, http2: bool) -> EndpointClient {
-        let mut pools = lock(&self.pools);
-        let key = (cluster.name.clone(), dst, http2);
-        if let Some(c) = pools.get(&key) {
-            return c.clone();
-        }
-        if pools.len() >= MAX_PASSTHROUGH_POOLS {
-            pools.clear();
-        }
-        let target = Target {
-            addr: dst,
-            endpoint: None,
-        };
-        let c = client(cluster, target, http2);
-        pools.insert(key, c.clone());
-        c
-    }
-}
-
-/// A pool whose connections are opened by the cluster's dialer (not the cluster: the pool
-/// lives in the cluster's endpoints). The dialer enforces `connectTimeout`; the pool's own
-/// limit is only a backstop.
-fn client(cluster: &UpstreamCluster, target: Target, http2: bool) -> EndpointClient {
-    EndpointClient::new(cluster.dialer(), target, http2, cluster.connect_timeout * 2)
+/// The downstream connection a request came on, in the request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DownstreamInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Where the client was connecting (the original destination for captured connections).
+    pub local: SocketAddr,
 }
 
 /// The clusters of one configuration snapshot, as the HTTP layer sends to them.
@@ -111,7 +80,7 @@ impl ClusterUpstreams {
     /// Sends `req` to `cluster`: picks an endpoint (load balancer; with `hash` set, the
     /// cluster's ring hash / Maglev table; never one of `exclude_hosts` when another is
     /// available), enforces the cluster's connection-pool limits
-    /// ([`crate::http::limits::CircuitBreaker`]) and sends over the endpoint's pooled
+    /// ([`crate::pool::limits::CircuitBreaker`]) and sends over the endpoint's pooled
     /// connection ([`EndpointClient`]); the outcome feeds the endpoint's stats and outlier
     /// detection.
     ///
@@ -141,17 +110,14 @@ impl ClusterUpstreams {
                     .get::<DownstreamInfo>()
                     .map(|d| d.local)
                     .ok_or_else(|| no_healthy(&c))?;
-                (self.passthrough.get(&c, dst, http2), None)
+                (self.passthrough.get(c.dialer(), dst, http2), None)
             }
             Kind::Balanced => {
                 let e = c
                     .pick_excluding(hash, exclude_hosts)
                     .ok_or_else(|| no_healthy(&c))?;
-                let target = Target {
-                    addr: e.addr,
-                    endpoint: Some(e.clone()),
-                };
-                (e.pools.get(&c, target, http2), Some(e))
+                let pool = e.pools.get(c.dialer(), e.addr, &e.stats, http2);
+                (pool, Some(e))
             }
         };
         let permit = c.breaker.acquire(http2).await.map_err(|_| {
@@ -234,9 +200,9 @@ mod tests {
     async fn get(up: &ClusterUpstreams) -> u16 {
         let req = http::Request::builder()
             .uri("http://svc/")
-            .body(crate::http::body::boxed(http_body_util::Empty::<
-                bytes::Bytes,
-            >::new()))
+            .body(crate::body::boxed(
+                http_body_util::Empty::<bytes::Bytes>::new(),
+            ))
             .unwrap();
         let r = up.request("c", None, &[], req).await.unwrap();
         let status = r.response.status().as_u16();
@@ -244,8 +210,9 @@ mod tests {
         status
     }
 
-    /// Pools survive an endpoint change, and the replaced cluster is freed: the pools must not
-    /// hold the cluster they live in (cluster → endpoints → pools → dialer → cluster).
+    /// Pools survive an endpoint change, and the replaced cluster and endpoints are freed: the
+    /// pools must not hold the cluster or the endpoint they live in (cluster → endpoints →
+    /// pools → dialer → cluster; endpoint → pools → connector → endpoint).
     #[tokio::test]
     async fn replaced_clusters_are_freed_while_their_pools_live_on() {
         let (a, b) = (server().await, server().await);
@@ -256,6 +223,7 @@ mod tests {
         let up = ClusterUpstreams::new(first.clone(), passthrough.clone());
         assert_eq!(get(&up).await, 200);
         let old = Arc::downgrade(first.get("c").unwrap());
+        let old_endpoint = Arc::downgrade(&first.get("c").unwrap().endpoints[0]);
         let pool_of_a = first.get("c").unwrap().endpoints[0].pools.clone();
         drop((up, first));
         let second = manager.build(&config(&[a, b]));
@@ -263,6 +231,11 @@ mod tests {
         assert!(
             old.upgrade().is_none(),
             "the replaced cluster is still alive"
+        );
+        // Nor may the pools hold the endpoint they live in (endpoint → pools → endpoint).
+        assert!(
+            old_endpoint.upgrade().is_none(),
+            "the replaced endpoint is still alive"
         );
         let c = second.get("c").unwrap();
         let kept = c.endpoints.iter().find(|e| e.addr == a).unwrap();

@@ -617,7 +617,7 @@ mod tests {
         assert_eq!(route.idle_timeout, None, "0s disables the idle timeout");
         let mut a = 0;
         for i in 0..1000u64 {
-            if route.pick_with(lb::mix(i)).name == "a" {
+            if route.pick_with(crate::cluster::splitmix::mix(i)).name == "a" {
                 a += 1;
             }
         }

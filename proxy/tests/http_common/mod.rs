@@ -12,14 +12,15 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustmesh_proxy::body::{ProxyBody, boxed};
 use rustmesh_proxy::cluster::{ClusterManager, Clusters};
-use rustmesh_proxy::http::body::{ProxyBody, boxed};
-use rustmesh_proxy::http::upstreams::{ClusterUpstreams, PassthroughPools};
+use rustmesh_proxy::http::upstreams::ClusterUpstreams;
 use rustmesh_proxy::http::{
     AccessLog, HttpContext, HttpSettings, Rng, RouteTable, serve_connection,
     serve_connection_with_drain,
 };
 use rustmesh_proxy::metrics::{Destinations, Metrics, Reporter, WorkloadInfo};
+use rustmesh_proxy::pool::PassthroughPools;
 use rustmesh_xds::ProxyConfig;
 use rustmesh_xds::cluster::Thresholds;
 use rustmesh_xds::listener::HttpConnectionManager;

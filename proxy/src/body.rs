@@ -1,7 +1,7 @@
 //! Bodies: the request body shared by the first attempt, its retries and the mirrors (a bounded
 //! replay log), and the response body that reports its size and end for metrics and logs.
 
-use crate::http::lock;
+use crate::sync::lock;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::BodyExt;

@@ -9,10 +9,10 @@
 //!   closed an idle connection) is sent again on another one.
 //! * h2c: hyper-util's client (one multiplexed connection, shared).
 
-use crate::cluster::{ActiveGuard, ClusterDialer, Target};
-use crate::http::body::{ProxyBody, boxed};
-use crate::http::drive::ConnExecutor;
-use crate::http::{UpstreamError, lock};
+use crate::body::{ProxyBody, boxed};
+use crate::dial::{ActiveGuard, ClusterDialer, EndpointStats};
+use crate::drive::ConnExecutor;
+use crate::sync::lock;
 use bytes::Bytes;
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -27,6 +27,55 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
+
+/// Why a cluster could not produce a response. Each maps to Envoy's local reply and flag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// The route names a cluster the cluster manager does not have (503, flag `NC`).
+    #[error("cluster {0:?} not found")]
+    ClusterNotFound(String),
+    /// No endpoint to send to (503 `no healthy upstream`, flag `UH`).
+    #[error("no healthy upstream")]
+    NoHealthyUpstream,
+    /// Connection-pool limits reached (503 with `x-envoy-overloaded: true`, flag `UO`).
+    #[error("upstream connection pool overflow")]
+    Overflow,
+    /// Connecting failed (503, flag `UF`; retried under `connect-failure`).
+    #[error("upstream connect error: {reason}")]
+    ConnectFailure {
+        /// The endpoint tried, if one was picked.
+        endpoint: Option<SocketAddr>,
+        /// What failed.
+        reason: String,
+    },
+    /// The upstream reset the stream or closed the connection before the response headers
+    /// (503, flag `UC`; retried under `reset`).
+    #[error("upstream reset: {reason}")]
+    Reset {
+        /// The endpoint tried.
+        endpoint: Option<SocketAddr>,
+        /// What happened.
+        reason: String,
+    },
+    /// HTTP/2 REFUSED_STREAM (503, flag `UR`... retried under `refused-stream`).
+    #[error("upstream refused the stream")]
+    RefusedStream {
+        /// The endpoint tried.
+        endpoint: Option<SocketAddr>,
+    },
+}
+
+impl UpstreamError {
+    /// The endpoint involved, if any.
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        match self {
+            UpstreamError::ConnectFailure { endpoint, .. }
+            | UpstreamError::Reset { endpoint, .. }
+            | UpstreamError::RefusedStream { endpoint } => *endpoint,
+            _ => None,
+        }
+    }
+}
 
 /// How long an HTTP/1.1 connection may sit unused in the pool (hyper-util's default, which the
 /// h2c pool keeps).
@@ -88,15 +137,15 @@ impl hyper_util::client::legacy::connect::Connection for PooledIo {
     }
 }
 
-/// Dials one fixed target through its cluster's dialer (source address, `connectTimeout`,
-/// connection counters), whatever the URI says (a `tower::Service<Uri>`, as hyper-util's
-/// client wants).
+/// Dials one fixed address through its cluster's dialer (source address, `connectTimeout`,
+/// connection counters, the endpoint's too when it is one), whatever the URI says (a
+/// `tower::Service<Uri>`, as hyper-util's client wants).
 #[derive(Clone, Debug)]
 pub struct FixedConnector {
     addr: SocketAddr,
     connect_timeout: Duration,
     dialer: ClusterDialer,
-    target: Target,
+    endpoint: Option<Arc<EndpointStats>>,
 }
 
 impl tower::Service<Uri> for FixedConnector {
@@ -114,20 +163,20 @@ impl tower::Service<Uri> for FixedConnector {
 }
 
 impl FixedConnector {
-    /// Opens a connection to the target with the cluster's dialer (which enforces
+    /// Opens a connection to the address with the cluster's dialer (which enforces
     /// `connectTimeout`; the pool's own limit is only a backstop), with `TCP_NODELAY`.
     fn dial(&self) -> Pin<Box<dyn Future<Output = std::io::Result<PooledIo>> + Send>> {
-        let (dialer, target, timeout) = (
+        let (dialer, addr, endpoint, timeout) = (
             self.dialer.clone(),
-            self.target.clone(),
+            self.addr,
+            self.endpoint.clone(),
             self.connect_timeout,
         );
         Box::pin(async move {
-            let upstream = tokio::time::timeout(timeout, dialer.connect(target))
+            let (stream, guard) = tokio::time::timeout(timeout, dialer.connect(addr, endpoint))
                 .await
                 .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))?
                 .map_err(std::io::Error::other)?;
-            let (stream, _, guard) = upstream.into_parts();
             let _ = stream.set_nodelay(true);
             Ok(PooledIo {
                 io: TokioIo::new(stream),
@@ -151,22 +200,23 @@ enum Pool {
 }
 
 impl EndpointClient {
-    /// A pool to `target` speaking HTTP/1.1, or h2c with prior knowledge when `http2`, its
+    /// A pool to `addr` speaking HTTP/1.1, or h2c with prior knowledge when `http2`, its
     /// connections opened by `dialer` (the cluster's; the pools live in the cluster's
-    /// endpoints, so they hold the dialer, not the cluster). `connect_timeout` bounds a dial
-    /// on top of the dialer's own `connectTimeout`.
+    /// endpoints, so they hold the dialer, not the cluster) and counted in `endpoint`'s stats
+    /// when `addr` is one of the cluster's endpoints. `connect_timeout` bounds a dial on top
+    /// of the dialer's own `connectTimeout`.
     pub fn new(
         dialer: ClusterDialer,
-        target: Target,
+        addr: SocketAddr,
+        endpoint: Option<Arc<EndpointStats>>,
         http2: bool,
         connect_timeout: Duration,
     ) -> Self {
-        let addr = target.addr;
         let connector = FixedConnector {
             addr,
             connect_timeout,
             dialer,
-            target,
+            endpoint,
         };
         let pool = if http2 {
             let mut b = Client::builder(ConnExecutor::default());
@@ -441,7 +491,7 @@ pub fn classify(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::body::{empty, full};
+    use crate::body::{empty, full};
     use http_body_util::BodyExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -498,28 +548,11 @@ mod tests {
         (addr, seen)
     }
 
-    /// An HTTP/1.1 pool to `addr`, dialing through a STATIC cluster's dialer.
+    /// An HTTP/1.1 pool to `addr`, dialing through a cluster's dialer (`connectTimeout` 1s).
     fn http1_client(addr: SocketAddr) -> EndpointClient {
-        let endpoint = serde_json::json!({"endpoint": {"address": {"socketAddress": {
-            "address": addr.ip().to_string(), "portValue": addr.port()}}}});
-        let config = rustmesh_xds::ProxyConfig::from_json(
-            &serde_json::json!({"clusters": [{"name": "c", "type": "STATIC", "connectTimeout": "1s",
-                "loadAssignment": {"clusterName": "c", "endpoints": [{"lbEndpoints": [endpoint]}]}}]})
-            .to_string(),
-        )
-        .unwrap();
-        let clusters =
-            crate::cluster::ClusterManager::new(crate::stats::Metrics::default()).build(&config);
-        let target = Target {
-            addr,
-            endpoint: None,
-        };
-        EndpointClient::new(
-            clusters.get("c").unwrap().dialer(),
-            target,
-            false,
-            Duration::from_secs(1),
-        )
+        let stats = crate::stats::Metrics::default().cluster("c");
+        let dialer = ClusterDialer::new("c".to_string(), Duration::from_secs(1), None, stats);
+        EndpointClient::new(dialer, addr, None, false, Duration::from_secs(1))
     }
 
     fn get(uri: &str) -> Request<ProxyBody> {

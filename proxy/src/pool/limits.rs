@@ -1,5 +1,6 @@
 //! A cluster's connection-pool limits (a DestinationRule's `connectionPool`, Envoy's circuit
-//! breaker thresholds), for the cluster manager ([`crate::http::upstreams::ClusterUpstreams`]) to enforce.
+//! breaker thresholds). Each cluster has one; the HTTP layer's call into the cluster
+//! ([`crate::http::upstreams::ClusterUpstreams`]) admits every request through it.
 //!
 //! * HTTP/1.1: each request needs a connection of its own. At most `maxConnections` run at once;
 //!   up to `http1MaxPendingRequests` (`maxPendingRequests`) more wait for one; beyond that the
@@ -10,7 +11,7 @@
 //! The [`Permit`] must be held until the response body ends; [`Permit::attach`] ties it to the
 //! body.
 
-use crate::http::body::{BoxError, ProxyBody};
+use crate::body::{BoxError, ProxyBody};
 use hyper::body::{Body, Frame, SizeHint};
 use rustmesh_xds::cluster::Thresholds;
 use std::pin::Pin;

@@ -13,7 +13,7 @@
 //! out at its end ([`Flush`]). A connection's streams thus share its task (as in Envoy, one
 //! connection is served by one thread).
 
-use crate::http::lock;
+use crate::sync::lock;
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::cell::RefCell;
 use std::future::Future;

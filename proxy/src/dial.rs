@@ -1,0 +1,227 @@
+//! Opening upstream TCP connections for a cluster ([`ClusterDialer`]: source address,
+//! `connectTimeout`, `TCP_NODELAY`) and counting them, in the cluster's counters and the
+//! endpoint's ([`EndpointStats`]), while they are open ([`ActiveGuard`]).
+//!
+//! The TCP proxy (through [`crate::cluster::UpstreamCluster::connect`]) and the HTTP
+//! connection pools ([`crate::pool`]) both dial here. The dialer knows nothing of the cluster
+//! it dials for beyond these: the pools live in the cluster's endpoints, and holding the
+//! cluster there would keep every replaced version of it alive.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rustmesh_xds::well_known::{INBOUND_PASSTHROUGH_SOURCE_V4, INBOUND_PASSTHROUGH_SOURCE_V6};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::stats::ClusterStats;
+
+/// Per-endpoint counters, shown by `/clusters`. Shared by the runtime objects of successive
+/// configurations while the endpoint stays in its cluster. The dialer counts connections; the
+/// cluster's request and load guards count requests and load.
+#[derive(Debug, Default)]
+pub struct EndpointStats {
+    /// Connections opened to the endpoint.
+    pub cx_total: AtomicU64,
+    /// Connections open now.
+    pub cx_active: AtomicU64,
+    /// Failed connection attempts.
+    pub cx_connect_fail: AtomicU64,
+    /// Requests sent (HTTP).
+    pub rq_total: AtomicU64,
+    /// Requests in flight (HTTP).
+    pub rq_active: AtomicU64,
+    /// Requests answered (any status the HTTP side counts as success).
+    pub rq_success: AtomicU64,
+    /// Requests that failed (5xx, reset).
+    pub rq_error: AtomicU64,
+    /// Requests that timed out.
+    pub rq_timeout: AtomicU64,
+    /// What LEAST_REQUEST compares: requests in flight plus open TCP proxy connections.
+    pub(crate) load: AtomicU64,
+}
+
+impl EndpointStats {
+    /// The counters `/clusters` shows, in its order: (name, value, is_gauge).
+    pub fn snapshot(&self) -> [(&'static str, u64, bool); 8] {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            ("cx_active", g(&self.cx_active), true),
+            ("cx_connect_fail", g(&self.cx_connect_fail), false),
+            ("cx_total", g(&self.cx_total), false),
+            ("rq_active", g(&self.rq_active), true),
+            ("rq_error", g(&self.rq_error), false),
+            ("rq_success", g(&self.rq_success), false),
+            ("rq_timeout", g(&self.rq_timeout), false),
+            ("rq_total", g(&self.rq_total), false),
+        ]
+    }
+}
+
+/// Why an upstream connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// `connectTimeout` expired.
+    #[error("connecting to {addr} (cluster {cluster:?}) timed out after {timeout:?}")]
+    Timeout {
+        /// The cluster.
+        cluster: String,
+        /// The address.
+        addr: SocketAddr,
+        /// The cluster's timeout.
+        timeout: Duration,
+    },
+    /// The connection was refused, unreachable...
+    #[error("connecting to {addr} (cluster {cluster:?}): {source}")]
+    Io {
+        /// The cluster.
+        cluster: String,
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Keeps an upstream connection counted as active (in the cluster's and the endpoint's
+/// `cx_active`) until dropped.
+#[derive(Debug)]
+pub struct ActiveGuard {
+    cluster: ClusterStats,
+    endpoint: Option<Arc<EndpointStats>>,
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.cluster.cx_active.dec();
+        if let Some(e) = &self.endpoint {
+            e.cx_active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What opening a connection for a cluster needs: its name, `connectTimeout`, source address
+/// and counters, but not the cluster. The HTTP pools keep one: holding the cluster there would
+/// keep every replaced version of it alive (cluster → endpoints → pools → dialer → cluster).
+#[derive(Clone, Debug)]
+pub struct ClusterDialer {
+    name: String,
+    connect_timeout: Duration,
+    bind: Option<SocketAddr>,
+    stats: ClusterStats,
+}
+
+impl ClusterDialer {
+    /// A dialer for the cluster `name`: connections give up after `connect_timeout`, leave from
+    /// `bind` (`upstreamBindConfig`) if set, and count into `stats`.
+    pub fn new(
+        name: String,
+        connect_timeout: Duration,
+        bind: Option<SocketAddr>,
+        stats: ClusterStats,
+    ) -> Self {
+        ClusterDialer {
+            name,
+            connect_timeout,
+            bind,
+            stats,
+        }
+    }
+
+    /// The cluster's name.
+    pub fn cluster(&self) -> &str {
+        &self.name
+    }
+
+    /// The cluster's `connectTimeout`.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// The source address for a connection to `dst`: `upstreamBindConfig`, switched to the
+    /// other family's inbound passthrough source (127.0.0.6 <-> ::6) when `dst` is of the other
+    /// family, since an inbound passthrough connection must come from one of those for the
+    /// capture rules to let it through.
+    pub fn source_for(&self, dst: IpAddr) -> Option<SocketAddr> {
+        let src = self.bind?;
+        if src.is_ipv4() == dst.is_ipv4() {
+            return Some(src);
+        }
+        match src.ip() {
+            ip if ip == INBOUND_PASSTHROUGH_SOURCE_V4 => {
+                Some(SocketAddr::new(INBOUND_PASSTHROUGH_SOURCE_V6, src.port()))
+            }
+            ip if ip == INBOUND_PASSTHROUGH_SOURCE_V6 => {
+                Some(SocketAddr::new(INBOUND_PASSTHROUGH_SOURCE_V4, src.port()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Opens a connection to `addr` within `connectTimeout`, from the cluster's source address
+    /// if it has one; `TCP_NODELAY` is set, as Envoy does. Counts into the cluster's counters
+    /// and, when the address is one of its endpoints, that endpoint's (`endpoint`); the guard
+    /// keeps the connection counted as active.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        endpoint: Option<Arc<EndpointStats>>,
+    ) -> Result<(TcpStream, ActiveGuard), ConnectError> {
+        let fail = |source: io::Error| ConnectError::Io {
+            cluster: self.name.clone(),
+            addr,
+            source,
+        };
+        self.stats.cx_total.inc();
+        if let Some(e) = &endpoint {
+            e.cx_total.fetch_add(1, Ordering::Relaxed);
+        }
+        let attempt = async {
+            let socket = if addr.is_ipv4() {
+                TcpSocket::new_v4()
+            } else {
+                TcpSocket::new_v6()
+            }?;
+            if let Some(src) = self.source_for(addr.ip()) {
+                socket.bind(src)?;
+            }
+            socket.set_nodelay(true)?;
+            socket.connect(addr).await
+        };
+        let result = match tokio::time::timeout(self.connect_timeout, attempt).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(fail(e)),
+            Err(_) => {
+                self.stats.cx_connect_timeout.inc();
+                Err(ConnectError::Timeout {
+                    cluster: self.name.clone(),
+                    addr,
+                    timeout: self.connect_timeout,
+                })
+            }
+        };
+        match result {
+            Ok(stream) => {
+                self.stats.cx_active.inc();
+                if let Some(e) = &endpoint {
+                    e.cx_active.fetch_add(1, Ordering::Relaxed);
+                }
+                let guard = ActiveGuard {
+                    cluster: self.stats.clone(),
+                    endpoint,
+                };
+                Ok((stream, guard))
+            }
+            Err(e) => {
+                self.stats.cx_connect_fail.inc();
+                if let Some(e) = &endpoint {
+                    e.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e)
+            }
+        }
+    }
+}
