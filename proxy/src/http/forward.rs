@@ -11,11 +11,11 @@
 
 use crate::body::{ProxyBody, ReplayLog, boxed, empty};
 use crate::http::hash::{self, HashOutcome};
+use crate::http::record::Conn;
 use crate::http::record::Exchange;
 use crate::http::reply::{error_reply, local_reply};
 use crate::http::retry::{AttemptFailure, Next, RetryLoop, Timeout};
 use crate::http::route::{self, CompiledRoute, ForwardAction};
-use crate::http::server::Conn;
 use crate::http::{DownstreamInfo, HttpContext, UpstreamError, UpstreamResponse, headers};
 use http::header::{HOST, HeaderValue, SET_COOKIE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};

@@ -5,11 +5,13 @@
 //! response body so the recording happens when the body is done.
 
 use crate::body::{BodyEnd, ObservedBody, ProxyBody, ReplayLog, boxed};
-use crate::http::server::Conn;
+use crate::http::HttpContext;
+use crate::metrics::RequestHandles;
 use crate::metrics::{DestinationService, Peers, Reporter, RequestSample};
 use http::{HeaderMap, Method, Response, Version};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 /// What is known about one request, for metrics and the access log.
@@ -30,6 +32,21 @@ pub(super) struct Exchange {
     pub(super) upstream_time: Option<Duration>,
     pub(super) flags: Vec<&'static str>,
     pub(super) request_body: Option<Arc<ReplayLog>>,
+}
+
+/// What the requests of one connection share: its context, whether it writes the access log,
+/// and the metric handles it has looked up.
+pub(super) struct Conn {
+    /// Routes, cluster manager, metrics, addresses, settings.
+    pub(super) ctx: HttpContext,
+    /// The connection manager's `accessLog`.
+    pub(super) access_log: bool,
+    /// The connection manager's `statPrefix` (the access log's `stat_prefix`).
+    pub(super) route_name_prefix: String,
+    /// Metric handles by what varies between the requests of one connection. The connection
+    /// holds its configuration (and so the `DestinationService`s) for its whole life, so the
+    /// service's address identifies it here.
+    pub(super) metric_handles: Mutex<Vec<(MetricKey, RequestHandles)>>,
 }
 
 /// What picks a request's metric label set within one connection.

@@ -8,10 +8,10 @@
 use crate::body::{ProxyBody, empty};
 use crate::http::forward::{Target, forward};
 use crate::http::headers;
+use crate::http::record::Conn;
 use crate::http::record::{Exchange, header_str};
 use crate::http::reply::{grpc_reply, local_reply, status};
 use crate::http::route::{self, AbortWith, Action, RequestView, RouteTable};
-use crate::http::server::Conn;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, LOCATION};
 use http::{HeaderMap, Request, Response, Version};
 use hyper::body::Incoming;

@@ -10,10 +10,9 @@
 //! `record.rs` (metrics and the access log when the response body ends).
 
 use crate::drive::{BatchIo, ConnExecutor, Driven, Queue};
-use crate::http::record::MetricKey;
+use crate::http::record::Conn;
 use crate::http::request::handle;
 use crate::http::{ConnectionError, HttpContext};
-use crate::metrics::RequestHandles;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustmesh_xds::listener::HttpConnectionManager;
@@ -96,19 +95,4 @@ where
     };
     let result = Driven::new(main, queue, Some(flush), false).await;
     result.map_err(|source| ConnectionError { peer, source })
-}
-
-/// What the requests of one connection share: its context, whether it writes the access log,
-/// and the metric handles it has looked up.
-pub(super) struct Conn {
-    /// Routes, cluster manager, metrics, addresses, settings.
-    pub(super) ctx: HttpContext,
-    /// The connection manager's `accessLog`.
-    pub(super) access_log: bool,
-    /// The connection manager's `statPrefix` (the access log's `stat_prefix`).
-    pub(super) route_name_prefix: String,
-    /// Metric handles by what varies between the requests of one connection. The connection
-    /// holds its configuration (and so the `DestinationService`s) for its whole life, so the
-    /// service's address identifies it here.
-    pub(super) metric_handles: Mutex<Vec<(MetricKey, RequestHandles)>>,
 }

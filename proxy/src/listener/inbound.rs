@@ -16,7 +16,7 @@ use std::net::IpAddr;
 
 use rustmesh_xds::well_known::{INBOUND_PASSTHROUGH_SOURCE_V4, INBOUND_PASSTHROUGH_SOURCE_V6};
 
-use super::Decision;
+use super::decision::Decision;
 use crate::metrics::Reporter;
 use crate::snapshot::Snapshot;
 use crate::socket::{ClientAddr, OrigDstAddr};

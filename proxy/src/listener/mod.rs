@@ -12,9 +12,14 @@
 //! The original destination is looked up through the [`OrigDst`] trait, so tests can hand the
 //! listeners a fake ([`crate::socket::FixedAddrs`]) instead of a redirected socket.
 
+mod decision;
 pub mod inbound;
 pub mod outbound;
+mod shared;
 pub mod tcp;
+
+pub use decision::Decision;
+pub use shared::Shared;
 
 use std::future::Future;
 use std::io;
@@ -24,12 +29,12 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::drain;
-use crate::http::handler::{ConnectionManager, HttpConnection};
-use crate::metrics::{Metrics as IstioMetrics, Reporter, WorkloadInfo};
-use crate::snapshot::{CompiledListener, Snapshot, Store};
+use crate::http::handler::HttpConnection;
+use crate::metrics::Reporter;
+use crate::snapshot::{CompiledListener, Snapshot};
 use crate::sniff::{self, Detected};
 use crate::socket::{ClientAddr, FixedAddrs, OrigDst, OrigDstAddr};
-use crate::stats::{Metrics, Refusal};
+use crate::stats::Refusal;
 use crate::{Error, Result};
 
 use crate::snapshot::chain::Terminal;
@@ -122,20 +127,6 @@ impl VirtualListener {
         })
         .await
     }
-}
-
-/// What every listener shares.
-pub struct Shared {
-    /// The current configuration.
-    pub store: Arc<Store>,
-    /// Envoy-style counters (listeners, clusters).
-    pub metrics: Metrics,
-    /// Istio's standard metrics (`istio_tcp_*` are recorded by the TCP proxy), and the registry.
-    pub istio: Arc<IstioMetrics>,
-    /// This pod's workload (labels of Istio's metrics).
-    pub workload: Arc<WorkloadInfo>,
-    /// The HTTP connection manager.
-    pub http: Arc<ConnectionManager>,
 }
 
 /// Binds a capture listener on `addr`; when `addr` is `0.0.0.0`, also on `[::]` (IPv6 only)
@@ -270,29 +261,6 @@ pub(crate) fn addresses(conn: &impl OrigDst) -> io::Result<(OrigDstAddr, ClientA
         OrigDstAddr(canonical(conn.orig_dst_addr()?.0)),
         ClientAddr(canonical(conn.client_addr()?.0)),
     ))
-}
-
-/// What a capture listener does with an accepted connection, decided by its direction's pure
-/// `decide` ([`outbound::decide`], [`inbound::decide`]) from the configuration and the addresses.
-#[derive(Debug)]
-pub enum Decision {
-    /// Close the connection, counted as refused by `listener` for `why`.
-    Refuse {
-        /// The listener that refuses (the capture listener's name if the configuration has none).
-        listener: String,
-        /// Why (the `reason` label of the refused counter).
-        why: Refusal,
-    },
-    /// Hand the connection to `listener`'s filter chains ([`dispatch`]).
-    Serve {
-        /// A virtual listener for the destination, or the capture listener's own chains.
-        listener: Arc<CompiledListener>,
-        /// Which side's Istio metrics the connection reports.
-        reporter: Reporter,
-        /// The capture listener that accepted it, when that is another listener (its
-        /// `cx_total` counts the accept too, as Envoy's does).
-        accepted_by: Option<Arc<CompiledListener>>,
-    },
 }
 
 /// Handles one connection accepted by the capture listener of `direction` on `own_port`: reads
@@ -441,7 +409,11 @@ pub(crate) mod testing {
 
     use super::*;
     use crate::cluster::ClusterManager;
+    use crate::http::handler::ConnectionManager;
+    use crate::metrics::{Metrics as IstioMetrics, WorkloadInfo};
     use crate::snapshot::Snapshot;
+    use crate::snapshot::Store;
+    use crate::stats::Metrics;
     use rustmesh_xds::ProxyConfig;
 
     /// Shared state with `doc` loaded.

@@ -13,7 +13,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::Decision;
+use super::decision::Decision;
 use crate::metrics::Reporter;
 use crate::snapshot::Snapshot;
 use crate::socket::{ClientAddr, OrigDstAddr};

@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::Shared;
+use super::shared::Shared;
 use crate::metrics::{Peers, Reporter};
 use crate::snapshot::chain::TcpRoute;
 use crate::snapshot::{CompiledListener, Snapshot};
