@@ -4,7 +4,8 @@
 //! - `GET /config_dump?include_eds` → `200`, the [`ProxyConfig`] document the proxy is serving,
 //!   as `ProxyConfig::to_json` writes it (bare, not wrapped), `endpoints` included;
 //! - `GET /clusters?format=json` → `200`, live endpoint health in Envoy's shape ([`Clusters`]);
-//! - either answers `503` while the proxy has no configuration loaded yet.
+//! - either answers `503` while the proxy has no configuration loaded yet;
+//! - `GET /certs` → `200`, the certificates in Envoy's shape (read in [`crate::secrets`]).
 
 use crate::error::Error;
 use rustmesh_xds::ProxyConfig;

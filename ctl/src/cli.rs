@@ -17,7 +17,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show a sidecar's listeners, routes, clusters and endpoints (as `istioctl proxy-config`).
+    /// Show a sidecar's listeners, routes, clusters, endpoints and certificates (as `istioctl
+    /// proxy-config`).
     #[command(name = "proxy-config", visible_alias = "pc")]
     ProxyConfig(ProxyConfigArgs),
 }
@@ -115,6 +116,10 @@ pub enum View {
     /// Endpoints and their live health (ENDPOINT STATUS OUTLIER CHECK CLUSTER).
     #[command(visible_aliases = ["endpoint", "ep"])]
     Endpoints(EndpointsArgs),
+    /// The sidecar's certificates, from its admin API's /certs (RESOURCE NAME TYPE STATUS VALID
+    /// CERT SERIAL NUMBER NOT AFTER NOT BEFORE); not available with --file.
+    #[command(visible_aliases = ["secrets", "s"])]
+    Secret(SecretArgs),
     /// Clusters, listeners, routes and endpoints, one table after the other.
     All(AllArgs),
     /// The whole configuration the proxy is serving.
@@ -130,6 +135,7 @@ impl View {
             View::Routes(a) => a.pod.as_deref(),
             View::Clusters(a) => a.pod.as_deref(),
             View::Endpoints(a) => a.pod.as_deref(),
+            View::Secret(a) => a.pod.as_deref(),
             View::All(a) => a.pod.as_deref(),
             View::ConfigDump(a) => a.pod.as_deref(),
         }
@@ -215,6 +221,15 @@ pub struct EndpointsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct SecretArgs {
+    /// Pod, as `<pod>[.<namespace>]`.
+    pub pod: Option<String>,
+    /// `short`: the table; `json`, `yaml`: the proxy's /certs document.
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
 pub struct AllArgs {
     /// Pod, as `<pod>[.<namespace>]`.
     pub pod: Option<String>,
@@ -268,6 +283,21 @@ mod tests {
         assert_eq!(l.kind, Some(ListenerType::Outbound));
         assert_eq!(l.output, Output::Json);
         assert!(l.verbose);
+    }
+
+    #[test]
+    fn secret_and_its_aliases() {
+        for alias in ["secret", "secrets", "s"] {
+            let cli =
+                Cli::try_parse_from(["rustmeshctl", "pc", alias, "productpage", "-o", "yaml"])
+                    .unwrap();
+            let Command::ProxyConfig(pc) = cli.command;
+            let View::Secret(s) = pc.view else {
+                panic!("{alias} is not secret")
+            };
+            assert_eq!(s.pod.as_deref(), Some("productpage"));
+            assert_eq!(s.output, Output::Yaml);
+        }
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub enum Error {
     )]
     MalformedClusters { origin: String, reason: String },
 
+    /// `/certs` did not have the documented shape.
+    #[error("the certificates from {origin} are not in the documented /certs shape: {reason}")]
+    MalformedCerts { origin: String, reason: String },
+
     /// `GET pods/<pod>` answered 404.
     #[error("pod {pod:?} not found in namespace {namespace:?}")]
     PodNotFound { pod: String, namespace: String },

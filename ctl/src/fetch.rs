@@ -4,6 +4,7 @@
 
 use crate::admin::{CLUSTERS_PATH, CONFIG_DUMP_PATH, Clusters, parse_config};
 use crate::error::Error;
+use crate::secrets::{CERTS_PATH, Certs};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
@@ -115,33 +116,57 @@ pub struct KubeOptions {
     pub context: Option<String>,
 }
 
+/// What to read besides the configuration (which is always read).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Want {
+    /// Live endpoint health (`/clusters?format=json`).
+    pub clusters: bool,
+    /// The certificates (`/certs`).
+    pub certs: bool,
+}
+
 /// What was read.
 #[derive(Clone, Debug)]
 pub struct Fetched {
     pub config: ProxyConfig,
     /// Live endpoint health, when asked for (derived from the configuration for `--file`).
     pub clusters: Option<Clusters>,
+    /// The proxy's certificates, when asked for (never from `--file`).
+    pub certs: Option<Certs>,
 }
 
-/// Reads the configuration and, when `want_clusters`, the endpoint health.
+/// Reads the configuration and what `want` asks for besides.
 pub async fn fetch(
     source: &Source,
     kube: &KubeOptions,
-    want_clusters: bool,
+    want: Want,
     timeout: Duration,
 ) -> Result<Fetched, Error> {
     match source {
         Source::File(path) => {
+            if want.certs {
+                return Err(Error::Usage(format!(
+                    "--file {} cannot show secrets: a configuration document holds no \
+                     certificates (the proxy keeps its certificate and key in memory and serves \
+                     them only on its admin API's /certs); read a running proxy with a pod name \
+                     or --admin-url",
+                    path.display()
+                )));
+            }
             let text = std::fs::read_to_string(path).map_err(|e| Error::ReadFile {
                 path: path.display().to_string(),
                 reason: e.to_string(),
             })?;
             let config = parse_config(&path.display().to_string(), &text)?;
-            let clusters = want_clusters.then(|| Clusters::from_config(&config));
-            Ok(Fetched { config, clusters })
+            let clusters = want.clusters.then(|| Clusters::from_config(&config));
+            Ok(Fetched {
+                config,
+                clusters,
+                certs: None,
+            })
         }
-        Source::Admin(url) => fetch_admin(url, want_clusters, timeout).await,
-        Source::Pod(pod) => fetch_pod(pod, kube, want_clusters, timeout).await,
+        Source::Admin(url) => fetch_admin(url, want, timeout).await,
+        Source::Pod(pod) => fetch_pod(pod, kube, want, timeout).await,
     }
 }
 
@@ -239,21 +264,31 @@ fn describe_hyper(e: &hyper::Error) -> String {
     }
 }
 
-/// Reads `/config_dump` (and `/clusters`) over an established connection.
+/// Reads `/config_dump` (and `/clusters`, `/certs`) over an established connection.
 async fn read_all(
     conn: &mut AdminConnection,
     origin: &str,
-    want_clusters: bool,
+    want: Want,
 ) -> Result<Fetched, Failure> {
     let text = conn.get(CONFIG_DUMP_PATH).await?;
     let config = parse_config(origin, &text).map_err(Failure::Error)?;
-    let clusters = if want_clusters {
+    let clusters = if want.clusters {
         let text = conn.get(CLUSTERS_PATH).await?;
         Some(Clusters::from_json(origin, &text).map_err(Failure::Error)?)
     } else {
         None
     };
-    Ok(Fetched { config, clusters })
+    let certs = if want.certs {
+        let text = conn.get(CERTS_PATH).await?;
+        Some(Certs::from_json(origin, &text).map_err(Failure::Error)?)
+    } else {
+        None
+    };
+    Ok(Fetched {
+        config,
+        clusters,
+        certs,
+    })
 }
 
 async fn within<T>(
@@ -268,11 +303,7 @@ async fn within<T>(
     })
 }
 
-async fn fetch_admin(
-    url: &AdminUrl,
-    want_clusters: bool,
-    timeout: Duration,
-) -> Result<Fetched, Error> {
+async fn fetch_admin(url: &AdminUrl, want: Want, timeout: Duration) -> Result<Fetched, Error> {
     let unreachable = |reason: String| Error::AdminUnreachable {
         url: url.url.clone(),
         reason,
@@ -301,7 +332,7 @@ async fn fetch_admin(
         )
         .await
         .map_err(Failure::Transport)?;
-        read_all(&mut conn, &url.url, want_clusters).await
+        read_all(&mut conn, &url.url, want).await
     };
     within(timeout, work).await.map_err(|f| match f {
         Failure::Transport(reason) => unreachable(reason),
@@ -406,7 +437,7 @@ pub fn kube_error(e: kube::Error, action: &str, pod: &str, namespace: &str) -> E
 async fn fetch_pod(
     pod_ref: &PodRef,
     opts: &KubeOptions,
-    want_clusters: bool,
+    want: Want,
     timeout: Duration,
 ) -> Result<Fetched, Error> {
     let client = kube_client(opts).await?;
@@ -467,7 +498,7 @@ async fn fetch_pod(
         )
         .await
         .map_err(Failure::Transport)?;
-        read_all(&mut conn, &origin, want_clusters).await
+        read_all(&mut conn, &origin, want).await
     };
     let mut watch = said.clone();
     let result = within(timeout, async {

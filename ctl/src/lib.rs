@@ -1,7 +1,8 @@
 //! `rustmeshctl`: istioctl-style views of a rustmesh sidecar.
 //!
-//! `rustmeshctl proxy-config (pc) listeners|routes|clusters|endpoints|all|config-dump` reads a
-//! proxy's configuration (the `rustmesh-xds` [`ProxyConfig`] it serves) and prints the tables
+//! `rustmeshctl proxy-config (pc) listeners|routes|clusters|endpoints|secret|all|config-dump`
+//! reads a proxy's configuration (the `rustmesh-xds` [`ProxyConfig`] it serves, and for `secret`
+//! its certificates from `/certs`) and prints the tables
 //! `istioctl proxy-config` prints, same columns, same alignment, same texts. The configuration
 //! comes from the proxy's admin API (directly with `--admin-url`, or through a port-forward to a
 //! pod), or from a file. The table code is pure: [`render`] turns what was read into text.
@@ -15,13 +16,14 @@ pub mod error;
 pub mod fetch;
 pub mod listeners;
 pub mod routes;
+pub mod secrets;
 pub mod table;
 
 pub use error::Error;
 pub use rustmesh_xds::ProxyConfig;
 
 use cli::{Command, DumpOutput, Output, ProxyConfigArgs, SourceArgs, View};
-use fetch::{AdminUrl, Fetched, KubeOptions, PodRef, Source};
+use fetch::{AdminUrl, Fetched, KubeOptions, PodRef, Source, Want};
 use serde::Serialize;
 use std::io::Write;
 
@@ -38,13 +40,7 @@ async fn proxy_config(args: ProxyConfigArgs, out: &mut dyn Write) -> Result<(), 
         kubeconfig: args.source.kubeconfig.clone(),
         context: args.source.context.clone(),
     };
-    let fetched = fetch::fetch(
-        &source,
-        &kube,
-        needs_clusters(&args.view),
-        args.source.timeout,
-    )
-    .await?;
+    let fetched = fetch::fetch(&source, &kube, wants(&args.view), args.source.timeout).await?;
     let text = render(&args.view, &fetched)?;
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         // `| head` closing the pipe is not an error.
@@ -68,12 +64,16 @@ pub fn source(args: &SourceArgs, pod: Option<&str>) -> Result<Source, Error> {
     }
 }
 
-/// Whether the view shows endpoint health (from `/clusters?format=json`).
-pub fn needs_clusters(view: &View) -> bool {
-    match view {
-        View::Endpoints(_) => true,
-        View::All(a) => a.output == Output::Short,
-        _ => false,
+/// What the view needs besides the configuration: endpoint health (from
+/// `/clusters?format=json`), certificates (from `/certs`).
+pub fn wants(view: &View) -> Want {
+    Want {
+        clusters: match view {
+            View::Endpoints(_) => true,
+            View::All(a) => a.output == Output::Short,
+            _ => false,
+        },
+        certs: matches!(view, View::Secret(_)),
     }
 }
 
@@ -141,6 +141,11 @@ pub fn render(view: &View, fetched: &Fetched) -> Result<String, Error> {
             let live = live_clusters(fetched);
             structured(a.output, &endpoints::select(&live, &filter))
                 .unwrap_or_else(|| endpoints::table(&live, &filter).render())
+        }
+        View::Secret(a) => {
+            let certs = fetched.certs.clone().unwrap_or_default();
+            structured(a.output, &certs)
+                .unwrap_or_else(|| secrets::render(&certs, std::time::SystemTime::now()))
         }
         View::All(a) => structured(a.output, config).unwrap_or_else(|| all(fetched)),
         View::ConfigDump(a) => match a.output {

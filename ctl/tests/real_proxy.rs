@@ -2,7 +2,8 @@
 //! this process (on free loopback ports, DNS proxy off) with the seeds' configurations, and the
 //! real `rustmeshctl` binary prints every table from its admin API. The tables must be the golden
 //! ones that the file-based tests check, so the admin API serves what the contract in
-//! `ctl/README.md` says; live state (endpoint health from outlier detection) shows up too.
+//! `ctl/README.md` says; live state (endpoint health from outlier detection) shows up too, and
+//! `secret` reads the real `/certs` (empty: no mesh CA here).
 
 mod support;
 
@@ -83,6 +84,12 @@ fn every_table_from_the_real_proxy_matches_the_golden_one() {
             let out = stdout(&ctl(&["pc", view, "--admin-url", &proxy.url()]));
             assert_eq!(out, golden(name, view), "{name}: proxy-config {view}");
         }
+        // Without a mesh CA the sidecar holds no certificate: istioctl's sentence.
+        let out = stdout(&ctl(&["pc", "secret", "--admin-url", &proxy.url()]));
+        assert_eq!(
+            out, "No active or warming secrets found.\n",
+            "{name}: secret"
+        );
         // config-dump is the document the proxy serves, as JSON.
         let dump = stdout(&ctl(&["pc", "config-dump", "--admin-url", &proxy.url()]));
         let dumped: serde_json::Value = serde_json::from_str(&dump).unwrap();

@@ -286,7 +286,8 @@ fn readiness(state: &AdminState) -> (StatusCode, &'static str) {
 }
 
 /// Envoy's `/certs` shape: the trust bundle (`ca_cert`) and the workload chain (`cert_chain`),
-/// each with serial, SANs, validity and days left. Never the key.
+/// each with serial, SANs, validity (RFC 3339 in UTC, `2026-12-05T05:00:00Z`, as Envoy writes
+/// its protobuf timestamps) and days left. Never the key.
 pub fn certs_json(identity: Option<&crate::identity::Store>, now: std::time::SystemTime) -> Value {
     let Some(cert) = identity.and_then(|i| i.current()) else {
         return json!({"certificates": []});
@@ -322,14 +323,28 @@ pub fn certs_json(identity: Option<&crate::identity::Store>, now: std::time::Sys
             "serial_number": c.raw_serial_as_string().replace(':', ""),
             "subject_alt_names": sans,
             "days_until_expiration": ((not_after - now_secs).max(0) / 86400).to_string(),
-            "valid_from": c.validity().not_before.to_rfc2822().unwrap_or_default(),
-            "expiration_time": c.validity().not_after.to_rfc2822().unwrap_or_default(),
+            "valid_from": rfc3339(c.validity().not_before),
+            "expiration_time": rfc3339(c.validity().not_after),
         })
     };
     json!({"certificates": [{
         "ca_cert": cert.roots.iter().map(|r| describe(r, "ROOTCA")).collect::<Vec<_>>(),
         "cert_chain": cert.chain.iter().map(|c| describe(c, "default")).collect::<Vec<_>>(),
     }]})
+}
+
+/// A certificate time as RFC 3339 in UTC (`2026-12-05T05:00:00Z`); RFC 5280 times are UTC.
+fn rfc3339(t: x509_parser::time::ASN1Time) -> String {
+    let d = t.to_datetime();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        d.year(),
+        d.month() as u8,
+        d.day(),
+        d.hour(),
+        d.minute(),
+        d.second()
+    )
 }
 
 fn listeners_text(state: &AdminState, snapshot: Option<&Snapshot>) -> String {
