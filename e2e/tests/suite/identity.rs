@@ -2,7 +2,8 @@
 //! `istio-ca-root-cert` in a namespace created after the install, an injected pod's sidecar
 //! obtains a certificate for exactly its SPIFFE id (`spiffe://cluster.local/ns/<ns>/sa/default`)
 //! through a real TokenReview of its projected `istio-ca` token, becomes ready only then, and
-//! shows it on its admin API's `/certs`; the CA counts the issuance.
+//! shows it on its admin API's `/certs` and in `rustmeshctl proxy-config secret`; the CA counts
+//! the issuance.
 
 use std::time::Duration;
 
@@ -67,6 +68,30 @@ async fn s8_a_sidecar_gets_its_workload_certificate_from_the_mesh_ca() {
     );
     assert_eq!(entry["ca_cert"].as_array().map(Vec::len), Some(1));
     assert!(!certs.to_string().contains("PRIVATE KEY"));
+    // What a user sees: `rustmeshctl proxy-config secret POD -n NS` (istioctl's table).
+    let table = ctx.proxy_config(&ns, &pod, &["secret"]).await.unwrap();
+    eprintln!("$ rustmeshctl proxy-config secret {pod} -n {ns}\n{table}");
+    let serial = entry["cert_chain"][0]["serial_number"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches('0')
+        .to_lowercase();
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(
+        rows.iter().any(|r| r[0] == "default"
+            && r.contains(&"ACTIVE")
+            && r.contains(&"true")
+            && r.contains(&serial.as_str())),
+        "the workload certificate's row in:\n{table}"
+    );
+    assert!(
+        rows.iter().any(|r| r[0] == "ROOTCA" && r.contains(&"true")),
+        "the root's row in:\n{table}"
+    );
 
     // The CA counted it (Istio's citadel_server_success_cert_issuance, OpenMetrics form).
     let operator = ctx
