@@ -6,82 +6,32 @@
 //! API server for a service account, reviewed by the API server, and the certificate the
 //! sidecar installs names exactly that service account.
 
-use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+mod ca_common;
 
-use rustmesh_operator::ca::authority::{Authority, Material};
-use rustmesh_operator::ca::review::{AuthError, Reviewer};
-use rustmesh_operator::ca::service::{Authenticate, Ca, CaMetrics, CaServer};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ca_common::{TD, Tokens, authority, eventually, files, start_ca};
+use rustmesh_operator::ca::review::Reviewer;
 use rustmesh_proxy::drain;
 use rustmesh_proxy::identity::ca_client::{CaClient, FetchError};
 use rustmesh_proxy::identity::cert::verify_chain;
 use rustmesh_proxy::identity::{Store, manager};
 use rustmesh_xds::identity::SpiffeId;
 
-const TD: &str = "cluster.local";
-
-struct FixedToken(SpiffeId);
-
-impl Authenticate for FixedToken {
-    async fn authenticate(&self, token: &str) -> Result<SpiffeId, AuthError> {
-        if token == "the-token" {
-            Ok(self.0.clone())
-        } else {
-            Err(AuthError::Rejected("unknown token".into()))
-        }
-    }
-}
-
 fn who() -> SpiffeId {
-    SpiffeId::new(TD, "bookinfo", "reviews").unwrap()
+    ca_common::id("bookinfo", "reviews")
 }
 
-fn authority() -> Arc<Authority> {
-    Arc::new(
-        Authority::new(
-            TD,
-            &Material::self_signed_root(TD, SystemTime::now()).unwrap(),
-        )
-        .unwrap(),
-    )
-}
-
-/// Starts the CA on `addr` (port 0: any); returns its address and a stopper.
-async fn start_ca<A: Authenticate>(
-    authority: Arc<Authority>,
-    auth: A,
-    addr: &str,
-) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let ca = Arc::new(Ca::new(authority, auth, CaMetrics::default()));
-    let server = CaServer::new(addr.parse().unwrap(), ca, &["localhost".to_string()])
-        .await
-        .unwrap();
-    let bound = server.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
-    (bound, stop)
-}
-
-fn files(dir: &Path, token: &str, root: &str) {
-    std::fs::write(dir.join("token"), token).unwrap();
-    std::fs::write(dir.join("root-cert.pem"), root).unwrap();
-}
-
-async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < Duration::from_secs(60), "never: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// The CA vouches for the token `the-token` as `id`.
+fn fixed_token(id: SpiffeId) -> Tokens {
+    Tokens::one("the-token", id)
 }
 
 #[tokio::test]
 async fn a_sidecar_gets_a_certificate_for_exactly_its_identity() {
     let authority = authority();
-    let (addr, _stop) = start_ca(authority.clone(), FixedToken(who()), "127.0.0.1:0").await;
+    let (addr, _stop) = start_ca(authority.clone(), fixed_token(who()), "127.0.0.1:0").await;
     let dir = tempfile::tempdir().unwrap();
     files(dir.path(), "the-token\n", authority.root_bundle());
     let client = CaClient::new(
@@ -126,7 +76,11 @@ async fn a_sidecar_gets_a_certificate_for_exactly_its_identity() {
         })
     ));
     // A CA whose certificate is not from the mesh root is not trusted.
-    files(dir.path(), "the-token", self::authority().root_bundle());
+    files(
+        dir.path(),
+        "the-token",
+        ca_common::authority().root_bundle(),
+    );
     assert!(matches!(
         client.fetch(&who()).await,
         Err(FetchError::Connect { .. })
@@ -143,7 +97,7 @@ async fn a_sidecar_gets_a_certificate_for_exactly_its_identity() {
 #[tokio::test]
 async fn renewal_survives_a_ca_outage_and_an_expired_certificate_is_not_served() {
     let authority = authority();
-    let (addr, stop) = start_ca(authority.clone(), FixedToken(who()), "127.0.0.1:0").await;
+    let (addr, stop) = start_ca(authority.clone(), fixed_token(who()), "127.0.0.1:0").await;
     let dir = tempfile::tempdir().unwrap();
     files(dir.path(), "the-token", authority.root_bundle());
     // Short-lived certificates so renewal and expiry happen within the test.
@@ -174,7 +128,7 @@ async fn renewal_survives_a_ca_outage_and_an_expired_certificate_is_not_served()
     assert!(!store.ready());
 
     // The CA comes back on the same address: the sidecar recovers by itself.
-    let (_, _stop) = start_ca(authority, FixedToken(who()), &addr.to_string()).await;
+    let (_, _stop) = start_ca(authority, fixed_token(who()), &addr.to_string()).await;
     eventually("recovery", || store.ready()).await;
     signal.start();
     running.await.unwrap();

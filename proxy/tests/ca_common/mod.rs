@@ -1,0 +1,113 @@
+//! The mesh CA the operator runs (`rustmesh_operator::ca`), started on loopback for the
+//! sidecar's identity tests, and the files a sidecar reads (token, root).
+//!
+//! Without a cluster the CA authenticates tokens from a fixed table (the one stand-in: the
+//! TokenReview step); everything else is the real CA server, gRPC and TLS.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use rustmesh_operator::ca::authority::{Authority, Material};
+use rustmesh_operator::ca::review::AuthError;
+use rustmesh_operator::ca::service::{Authenticate, Ca, CaMetrics, CaServer};
+use rustmesh_proxy::identity::WorkloadCert;
+use rustmesh_proxy::identity::ca_client::CaClient;
+use rustmesh_xds::identity::SpiffeId;
+
+pub const TD: &str = "cluster.local";
+
+/// Vouches for the tokens in its table.
+pub struct Tokens(pub BTreeMap<String, SpiffeId>);
+
+impl Tokens {
+    pub fn one(token: &str, id: SpiffeId) -> Self {
+        Tokens(BTreeMap::from([(token.to_string(), id)]))
+    }
+}
+
+impl Authenticate for Tokens {
+    async fn authenticate(&self, token: &str) -> Result<SpiffeId, AuthError> {
+        self.0
+            .get(token)
+            .cloned()
+            .ok_or_else(|| AuthError::Rejected("unknown token".into()))
+    }
+}
+
+pub fn id(ns: &str, sa: &str) -> SpiffeId {
+    SpiffeId::new(TD, ns, sa).unwrap()
+}
+
+/// A fresh mesh root.
+pub fn authority() -> Arc<Authority> {
+    Arc::new(
+        Authority::new(
+            TD,
+            &Material::self_signed_root(TD, SystemTime::now()).unwrap(),
+        )
+        .unwrap(),
+    )
+}
+
+/// Starts the CA on `addr` (port 0: any); returns its address and a stopper.
+pub async fn start_ca<A: Authenticate>(
+    authority: Arc<Authority>,
+    auth: A,
+    addr: &str,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let ca = Arc::new(Ca::new(authority, auth, CaMetrics::default()));
+    let server = CaServer::new(addr.parse().unwrap(), ca, &["localhost".to_string()])
+        .await
+        .unwrap();
+    let bound = server.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    (bound, stop)
+}
+
+/// Writes the token and root files a sidecar reads.
+pub fn files(dir: &Path, token: &str, root: &str) {
+    std::fs::write(dir.join("token"), token).unwrap();
+    std::fs::write(dir.join("root-cert.pem"), root).unwrap();
+}
+
+/// A client of the CA at `addr` reading its files from `dir`.
+pub fn client(addr: std::net::SocketAddr, dir: &Path, ttl: Duration) -> CaClient {
+    CaClient::new(
+        &format!("localhost:{}", addr.port()),
+        dir.join("token"),
+        dir.join("root-cert.pem"),
+        ttl,
+    )
+    .unwrap()
+}
+
+/// A workload certificate for `who`, issued by a CA with root `authority` through the real
+/// request path (key and CSR made by the sidecar's client).
+pub async fn issue(authority: &Arc<Authority>, who: &SpiffeId) -> WorkloadCert {
+    let (addr, _stop) = start_ca(
+        authority.clone(),
+        Tokens::one("t", who.clone()),
+        "127.0.0.1:0",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    files(dir.path(), "t", authority.root_bundle());
+    client(addr, dir.path(), Duration::from_secs(3600))
+        .fetch(who)
+        .await
+        .unwrap()
+}
+
+pub async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < Duration::from_secs(60), "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
