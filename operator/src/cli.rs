@@ -154,6 +154,13 @@ impl Args {
                 root_namespace: self.root_namespace.clone(),
                 domain_suffix: self.domain_suffix.clone(),
                 outbound_policy,
+                ca_host: ca.as_ref().and_then(|ca| {
+                    let fqdn_suffix = format!(".svc.{}", self.domain_suffix);
+                    ca.dns_names
+                        .iter()
+                        .find(|n| n.ends_with(&fqdn_suffix))
+                        .cloned()
+                }),
             },
             metrics_addr: self.metrics_addr,
             debounce_quiet: Duration::from_millis(self.debounce_ms),

@@ -451,6 +451,18 @@ pub async fn serve(args: RunArgs) -> Result<()> {
     watcher.poll();
     tokio::spawn(watcher.run());
     if let (Some((client, id)), Some(certs)) = (identity, certs) {
+        let names = store.clone();
+        let client = client.with_resolver(Arc::new(move |host: &str| {
+            let snapshot = names.load()?;
+            snapshot
+                .config
+                .dns
+                .iter()
+                .find(|e| e.name == host || e.aliases.iter().any(|a| a == host))?
+                .addresses
+                .first()
+                .copied()
+        }));
         tracing::info!(identity = %id, "workload identity: asking the mesh CA for a certificate");
         tokio::spawn(crate::identity::manager::run(
             client,

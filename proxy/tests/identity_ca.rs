@@ -95,6 +95,40 @@ async fn a_sidecar_gets_a_certificate_for_exactly_its_identity() {
 }
 
 #[tokio::test]
+async fn the_ca_is_found_through_the_mesh_name_table_where_the_cluster_has_no_dns() {
+    let authority = authority();
+    let (addr, _stop) = start_ca(authority.clone(), fixed_token(who()), "127.0.0.1:0").await;
+    let dir = tempfile::tempdir().unwrap();
+    files(dir.path(), "the-token", authority.root_bundle());
+    // Istio's CA_ADDR; the name resolves nowhere but in the mesh's own table.
+    let ca_addr = format!("istiod.istio-system.svc:{}", addr.port());
+    let client = |resolver: Option<rustmesh_proxy::identity::ca_client::Resolver>| {
+        let c = CaClient::new(
+            &ca_addr,
+            dir.path().join("token"),
+            dir.path().join("root-cert.pem"),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        match resolver {
+            Some(r) => c.with_resolver(r),
+            None => c,
+        }
+    };
+    let err = client(None).fetch(&who()).await.unwrap_err().to_string();
+    assert!(
+        err.contains("neither in the mesh's name table nor resolvable"),
+        "{err}"
+    );
+    let table = Arc::new(|host: &str| {
+        (host == "istiod.istio-system.svc").then_some(std::net::IpAddr::from([127, 0, 0, 1]))
+    });
+    // Found by name; the TLS name checked is still the host name, not the address.
+    let cert = client(Some(table)).fetch(&who()).await.unwrap();
+    assert_eq!(cert.identity, who());
+}
+
+#[tokio::test]
 async fn renewal_survives_a_ca_outage_and_an_expired_certificate_is_not_served() {
     let authority = authority();
     let (addr, stop) = start_ca(authority.clone(), fixed_token(who()), "127.0.0.1:0").await;

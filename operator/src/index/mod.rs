@@ -52,6 +52,10 @@ pub struct MeshConfig {
     pub domain_suffix: String,
     /// Mesh-wide `outboundTrafficPolicy.mode`, unless a Sidecar says otherwise.
     pub outbound_policy: OutboundTrafficPolicyMode,
+    /// The mesh CA's Service FQDN (`istiod.<root>.svc.<suffix>`): every scope's name table
+    /// answers it whatever its Sidecar's egress, so sidecars find the CA where the cluster has
+    /// no DNS (Istio's agent reaches istiod without going through the Sidecar's egress either).
+    pub ca_host: Option<String>,
 }
 
 impl Default for MeshConfig {
@@ -60,6 +64,7 @@ impl Default for MeshConfig {
             root_namespace: DEFAULT_ROOT_NAMESPACE.to_string(),
             domain_suffix: DEFAULT_DOMAIN_SUFFIX.to_string(),
             outbound_policy: OutboundTrafficPolicyMode::AllowAny,
+            ca_host: None,
         }
     }
 }

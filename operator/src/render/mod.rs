@@ -472,7 +472,11 @@ pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsReci
         routes: routes.into_values().collect(),
         clusters,
         endpoints,
-        dns: dns_entries(&visible, &scope.namespace),
+        dns: with_ca_name(
+            dns_entries(&visible, &scope.namespace),
+            view,
+            &scope.namespace,
+        ),
     };
     (config, recipes)
 }
@@ -1135,35 +1139,56 @@ fn static_clusters() -> Vec<Cluster> {
 }
 
 /// The DNS table: every visible service, by FQDN with the short forms a client may use.
+/// The name table plus the mesh CA's Service ([`crate::MeshConfig::ca_host`]), whether or not
+/// the scope's Sidecar makes it visible: the sidecar itself must find its CA.
+fn with_ca_name(mut dns: Vec<DnsEntry>, view: &MeshView<'_>, client_ns: &str) -> Vec<DnsEntry> {
+    let Some(host) = &view.index.mesh.ca_host else {
+        return dns;
+    };
+    if dns.iter().any(|d| &d.name == host) {
+        return dns;
+    }
+    if let Some(entry) = view.registry.get(host).map(|svc| dns_entry(svc, client_ns))
+        && !entry.addresses.is_empty()
+    {
+        let at = dns.partition_point(|d| d.name < entry.name);
+        dns.insert(at, entry);
+    }
+    dns
+}
+
+fn dns_entry(svc: &crate::registry::Svc, client_ns: &str) -> DnsEntry {
+    let mut aliases = vec![
+        format!("{}.{}", svc.name, svc.namespace),
+        format!("{}.{}.svc", svc.name, svc.namespace),
+    ];
+    if svc.namespace == client_ns {
+        aliases.push(svc.name.clone());
+    }
+    aliases.sort();
+    let mut addresses: Vec<IpAddr> = match svc.cluster_ip {
+        Some(ip) => vec![ip],
+        None => svc
+            .ports
+            .iter()
+            .flat_map(|p| p.endpoints.iter().map(|e| e.ip))
+            .collect(),
+    };
+    addresses.sort();
+    addresses.dedup();
+    DnsEntry {
+        name: svc.fqdn.clone(),
+        aliases,
+        addresses,
+    }
+}
+
 fn dns_entries(visible: &[Visible<'_>], client_ns: &str) -> Vec<DnsEntry> {
     let mut by_fqdn: BTreeMap<&str, DnsEntry> = BTreeMap::new();
     for v in visible {
-        by_fqdn.entry(&v.svc.fqdn).or_insert_with(|| {
-            let svc = v.svc;
-            let mut aliases = vec![
-                format!("{}.{}", svc.name, svc.namespace),
-                format!("{}.{}.svc", svc.name, svc.namespace),
-            ];
-            if svc.namespace == client_ns {
-                aliases.push(svc.name.clone());
-            }
-            aliases.sort();
-            let mut addresses: Vec<IpAddr> = match svc.cluster_ip {
-                Some(ip) => vec![ip],
-                None => svc
-                    .ports
-                    .iter()
-                    .flat_map(|p| p.endpoints.iter().map(|e| e.ip))
-                    .collect(),
-            };
-            addresses.sort();
-            addresses.dedup();
-            DnsEntry {
-                name: svc.fqdn.clone(),
-                aliases,
-                addresses,
-            }
-        });
+        by_fqdn
+            .entry(&v.svc.fqdn)
+            .or_insert_with(|| dns_entry(v.svc, client_ns));
     }
     by_fqdn
         .into_values()

@@ -453,6 +453,59 @@ spec:
 }
 
 #[test]
+fn the_mesh_ca_is_always_in_the_name_table_whatever_the_sidecar_egress() {
+    let mut index = bookinfo();
+    workload(
+        &mut index,
+        "istio-system",
+        "istiod",
+        Some("10.96.0.50"),
+        &[("grpc-ca", 15012, 15012)],
+        &[],
+    );
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: default}
+spec:
+  egress:
+  - hosts: ["./*"]
+"#,
+    );
+    // Without a CA the Sidecar hides istio-system entirely.
+    let c = rendered(&index, &Scope::namespace("default"));
+    assert!(c.dns.iter().all(|d| !d.name.contains("istio-system")));
+    // With the CA, only its name is added (no listener or cluster for it).
+    index.mesh.ca_host = Some("istiod.istio-system.svc.cluster.local".into());
+    let c = rendered(&index, &Scope::namespace("default"));
+    let entry = c
+        .dns
+        .iter()
+        .find(|d| d.name == "istiod.istio-system.svc.cluster.local")
+        .expect("the CA's name");
+    assert!(
+        entry
+            .aliases
+            .contains(&"istiod.istio-system.svc".to_string())
+    );
+    assert_eq!(
+        entry.addresses,
+        vec!["10.96.0.50".parse::<IpAddr>().unwrap()]
+    );
+    assert!(
+        c.clusters
+            .iter()
+            .all(|cl| !cl.name.contains("istio-system"))
+    );
+    let names: Vec<&str> = c.dns.iter().map(|d| d.name.as_str()).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "the table stays sorted");
+}
+
+#[test]
 fn egress_port_narrows_ports_and_root_sidecar_is_the_default() {
     let mut index = bookinfo();
     istio(

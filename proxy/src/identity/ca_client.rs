@@ -76,8 +76,12 @@ pub enum FetchError {
     Answer(#[from] CertError),
 }
 
+/// Looks a host name up in the mesh's own name table (the one the DNS proxy answers from), so
+/// the CA is found where the cluster has no DNS, as the app's names are.
+pub type Resolver = std::sync::Arc<dyn Fn(&str) -> Option<std::net::IpAddr> + Send + Sync>;
+
 /// A client of the mesh CA for one workload.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct CaClient {
     addr: String,
     host: String,
@@ -85,6 +89,18 @@ pub struct CaClient {
     token_path: PathBuf,
     root_path: PathBuf,
     ttl: Duration,
+    resolver: Option<Resolver>,
+}
+
+impl std::fmt::Debug for CaClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaClient")
+            .field("addr", &self.addr)
+            .field("token_path", &self.token_path)
+            .field("root_path", &self.root_path)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
 }
 
 fn read_limited(path: &Path, limit: u64) -> Result<String, String> {
@@ -127,7 +143,37 @@ impl CaClient {
             token_path: token_path.into(),
             root_path: root_path.into(),
             ttl,
+            resolver: None,
         })
+    }
+
+    /// Looks the CA's host up in `resolver` first (the mesh's name table), then in the system
+    /// resolver.
+    pub fn with_resolver(mut self, resolver: Resolver) -> Self {
+        self.resolver = Some(resolver);
+        self
+    }
+
+    /// The address to connect to: an IP literal as is, else the mesh's name table, else the
+    /// system resolver.
+    async fn resolve(&self) -> Result<std::net::SocketAddr, FetchError> {
+        if let Ok(ip) = self.host.parse::<std::net::IpAddr>() {
+            return Ok((ip, self.port).into());
+        }
+        if let Some(ip) = self.resolver.as_ref().and_then(|r| r(&self.host)) {
+            return Ok((ip, self.port).into());
+        }
+        tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| FetchError::Connect {
+                addr: self.addr.clone(),
+                reason: format!(
+                    "{} is neither in the mesh's name table nor resolvable",
+                    self.host
+                ),
+            })
     }
 
     /// The mesh trust bundle, read now.
@@ -174,6 +220,12 @@ impl CaClient {
         } else {
             self.host.clone()
         };
+        let target = self.resolve().await?;
+        let connector = tower::service_fn(move |_: http::Uri| async move {
+            tokio::net::TcpStream::connect(target)
+                .await
+                .map(hyper_util::rt::TokioIo::new)
+        });
         let channel =
             tonic::transport::Channel::from_shared(format!("https://{host}:{}", self.port))
                 .map_err(|e| connect(e.to_string()))?
@@ -185,7 +237,7 @@ impl CaClient {
                 .map_err(|e| connect(e.to_string()))?
                 .connect_timeout(REQUEST_TIMEOUT)
                 .timeout(REQUEST_TIMEOUT)
-                .connect()
+                .connect_with_connector(connector)
                 .await
                 .map_err(|e| connect(error_chain(&e)))?;
         let mut grpc = tonic::client::Grpc::new(channel)

@@ -59,7 +59,11 @@ pub async fn start_ca<A: Authenticate>(
     addr: &str,
 ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let ca = Arc::new(Ca::new(authority, auth, CaMetrics::default()));
-    let server = CaServer::new(addr.parse().unwrap(), ca, &["localhost".to_string()])
+    let names = [
+        "localhost".to_string(),
+        "istiod.istio-system.svc".to_string(),
+    ];
+    let server = CaServer::new(addr.parse().unwrap(), ca, &names)
         .await
         .unwrap();
     let bound = server.local_addr().unwrap();
