@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod backoff;
 pub mod ca;
 pub mod cluster;
 pub mod config;
