@@ -59,12 +59,13 @@ pub fn ca_bundle_patch(config: &MutatingWebhookConfiguration, ca_pem: &str) -> O
 
 /// Patches `ca_pem` into the named MutatingWebhookConfiguration and keeps it there: every change
 /// to the object (a Helm upgrade or `kubectl apply` resetting `caBundle`) is re-patched.
-/// Runs forever; API errors are logged and retried with the watcher's backoff.
+/// Runs forever; API errors are logged and retried on the API back-off
+/// (`rustmesh_xds::backoff`: 0.8 s doubling to 30 s, jittered).
 pub async fn keep_ca_bundle(client: kube::Client, name: String, ca_pem: String) {
     let api: Api<MutatingWebhookConfiguration> = Api::all(client);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let objects = watcher::watcher(api.clone(), config)
-        .default_backoff()
+        .backoff(rustmesh_xds::backoff::Backoff::api())
         .applied_objects();
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
@@ -153,7 +154,7 @@ pub async fn watch_settings(
 ) {
     let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let events = watcher::watcher(api, config).default_backoff();
+    let events = watcher::watcher(api, config).backoff(rustmesh_xds::backoff::Backoff::api());
     settings_loop(events, &store, cluster_supports_native_sidecars, &ready).await;
 }
 
@@ -220,7 +221,7 @@ pub fn namespace_cache(
     let (reader, writer) = reflector::store::<Namespace>();
     let api: Api<Namespace> = Api::all(client);
     let feed = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
-        .default_backoff()
+        .backoff(rustmesh_xds::backoff::Backoff::api())
         .for_each(|event| {
             if let Err(e) = event {
                 tracing::warn!(error = %e, "watching namespaces");

@@ -6,9 +6,13 @@
 //! `virtualInbound` (0.0.0.0:15006), `0.0.0.0_9080`; routes `9080`; clusters
 //! `outbound|9080|v1|reviews.default.svc.cluster.local`, `inbound|9080||`, `PassthroughCluster`,
 //! `BlackHoleCluster`, `InboundPassthroughClusterIpv4`.
+//!
+//! Also what the parts must agree on beyond the model: the ConfigMap contract (`configmap`,
+//! `scope`) and the back-off with which each retries the Kubernetes API (`backoff`).
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod backoff;
 pub mod ca;
 pub mod cluster;
 pub mod config;

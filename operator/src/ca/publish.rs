@@ -62,13 +62,13 @@ pub async fn run(
         Api::<Namespace>::all(client.clone()),
         watcher::Config::default(),
     )
-    .default_backoff()
+    .backoff(rustmesh_xds::backoff::Backoff::api())
     .filter_map(|e| async move { e.ok().map(Change::Namespace) });
     let configmaps = watcher::watcher(
         Api::<ConfigMap>::all(client.clone()),
         watcher::Config::default().fields(&format!("metadata.name={CA_ROOT_CONFIGMAP}")),
     )
-    .default_backoff()
+    .backoff(rustmesh_xds::backoff::Backoff::api())
     .filter_map(|e| async move { e.ok().map(Change::ConfigMap) });
     let mut changes = futures::stream::select(namespaces.boxed(), configmaps.boxed());
     let mut live: BTreeMap<String, bool> = BTreeMap::new();

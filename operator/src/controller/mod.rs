@@ -121,7 +121,9 @@ async fn start_ca(
 /// Which API the endpoints are read from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndpointsSource {
-    /// EndpointSlices when the API server serves `discovery.k8s.io/v1`, else Endpoints.
+    /// EndpointSlices when the API server serves `discovery.k8s.io/v1`, else Endpoints; a probe
+    /// that gets no answer is asked again with back-off before falling back to Endpoints
+    /// (`watches::decide`).
     Auto,
     EndpointSlices,
     Endpoints,

@@ -487,3 +487,126 @@ fn configmap_apply_body_is_complete_and_managed() {
     assert!(body["binaryData"]["default.json.gz"].is_string());
     assert!(body["data"]["scopes.json"].is_string());
 }
+
+/// A fake API server for the EndpointSlice probe: answers `discovery.k8s.io/v1` with `answers`
+/// in turn (status, body; the last one repeats), counting the requests.
+fn fake_discovery(
+    answers: Vec<(u16, serde_json::Value)>,
+) -> (Client, Arc<std::sync::atomic::AtomicUsize>) {
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+        assert_eq!(req.uri().path(), "/apis/discovery.k8s.io/v1");
+        let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let (status, body) = answers[n.min(answers.len() - 1)].clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(
+                http::Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(kube::client::Body::from(serde_json::to_vec(&body).unwrap()))
+                    .unwrap(),
+            )
+        }
+    });
+    (Client::new(svc, "default"), count)
+}
+
+fn discovery(resources: &[&str]) -> serde_json::Value {
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "discovery.k8s.io/v1",
+        "resources": resources.iter().map(|r| json!({"name": r, "singularName": "",
+            "namespaced": true, "kind": "EndpointSlice", "verbs": ["list", "watch"]}))
+            .collect::<Vec<_>>()})
+}
+
+fn status(code: u16, reason: &str) -> serde_json::Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
+        "code": code, "message": reason})
+}
+
+#[test]
+fn only_an_answer_decides_the_endpoints_source() {
+    use super::watches::{SLICE_PROBES, SlicesProbe, classify, decide};
+    let list = |r: &[&str]| serde_json::from_value(discovery(r)).unwrap();
+    assert_eq!(classify(Ok(list(&["endpointslices"]))), SlicesProbe::Served);
+    assert_eq!(classify(Ok(list(&["other"]))), SlicesProbe::NotServed);
+    let api =
+        |code: u16| kube::Error::Api(Box::new(serde_json::from_value(status(code, "x")).unwrap()));
+    assert_eq!(classify(Err(api(404))), SlicesProbe::NotServed);
+    for code in [500, 503, 403, 401, 429] {
+        assert!(
+            matches!(classify(Err(api(code))), SlicesProbe::Unknown(_)),
+            "{code}"
+        );
+    }
+    // A definitive answer decides at once; no answer is asked again, up to SLICE_PROBES.
+    assert_eq!(decide(&SlicesProbe::Served, 1), Some(true));
+    assert_eq!(decide(&SlicesProbe::NotServed, 1), Some(false));
+    let unknown = SlicesProbe::Unknown("connection refused".into());
+    for attempt in 1..SLICE_PROBES {
+        assert_eq!(decide(&unknown, attempt), None, "{attempt}");
+    }
+    assert_eq!(decide(&unknown, SLICE_PROBES), Some(false));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_endpointslice_probe_is_asked_again_and_ends_on_slices() {
+    let (client, probes) = fake_discovery(vec![
+        (503, status(503, "ServiceUnavailable")),
+        (200, discovery(&["endpointslices", "endpointslices/status"])),
+    ]);
+    assert!(serves_endpoint_slices(&client).await);
+    assert_eq!(probes.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    // Not served: one answer is enough.
+    let (client, probes) = fake_discovery(vec![(404, status(404, "NotFound"))]);
+    assert!(!serves_endpoint_slices(&client).await);
+    assert_eq!(probes.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // Never answered: Endpoints after SLICE_PROBES probes.
+    let (client, probes) = fake_discovery(vec![(500, status(500, "InternalError"))]);
+    assert!(!serves_endpoint_slices(&client).await);
+    assert_eq!(
+        probes.load(std::sync::atomic::Ordering::SeqCst),
+        super::watches::SLICE_PROBES as usize
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_watch_backs_off_while_the_api_fails() {
+    // Every request fails; each watch (one per kind) may ask only as often as the API back-off
+    // allows (kube-runtime's default_backoff() started over at every relist: ~50 a minute).
+    let log: Arc<std::sync::Mutex<std::collections::BTreeMap<String, u32>>> = Arc::default();
+    let seen = log.clone();
+    let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+        *seen
+            .lock()
+            .unwrap()
+            .entry(req.uri().path().to_string())
+            .or_default() += 1;
+        async move {
+            Ok::<_, std::convert::Infallible>(
+                http::Response::builder()
+                    .status(500)
+                    .header("content-type", "application/json")
+                    .body(kube::client::Body::from(
+                        serde_json::to_vec(&status(500, "InternalError")).unwrap(),
+                    ))
+                    .unwrap(),
+            )
+        }
+    });
+    let client = Client::new(svc, "default");
+    let mut events = streams(&client, true);
+    let window = Duration::from_secs(60);
+    let _ = tokio::time::timeout(window, async { while events.next().await.is_some() {} }).await;
+    let most = rustmesh_xds::backoff::Backoff::api().most_attempts(window);
+    let log = log.lock().unwrap();
+    assert!(log.len() >= 5, "{log:?}");
+    for (path, requests) in log.iter() {
+        assert!(
+            (2..=most).contains(requests),
+            "{path}: {requests} requests in {window:?}, the back-off allows at most {most}"
+        );
+    }
+}

@@ -10,19 +10,22 @@
 //!
 //! When the API cannot be used (no credentials, unreachable, forbidden by RBAC) the view is
 //! [`ApiView::Down`] with the reason, the failure is logged (the first one as a warning, repeats
-//! at debug), and the watcher is retried with kube-runtime's back-off (0.8 s doubling to 30 s,
-//! jittered); meanwhile the [`super::Watcher`] follows the mounted copy.
+//! at debug), and the watcher is retried with the API back-off ([`rustmesh_xds::backoff`]: 0.8 s
+//! doubling to 30 s, jittered, starting over after two minutes without a failure); meanwhile the
+//! [`super::Watcher`] follows the mounted copy. Not kube-runtime's `default_backoff()`: it starts
+//! over on the `Init` the watcher yields before every relist, so against an unreachable API it
+//! retried every 0.8–1.6 s, from every sidecar of the mesh.
 
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
+use rustmesh_xds::backoff::Backoff;
 use tokio::sync::watch;
 
 use super::{Document, Keys, MAX_CONFIG_BYTES, read_labels, select_document};
@@ -130,7 +133,7 @@ pub fn follow(target: ApiTarget, client: Option<Client>) -> watch::Receiver<ApiV
 }
 
 async fn connect(target: &ApiTarget, tx: &watch::Sender<ApiView>) -> Client {
-    let mut delay = Duration::from_millis(800);
+    let mut backoff = Backoff::api();
     let mut failures = 0u32;
     loop {
         match Client::try_default().await {
@@ -150,8 +153,8 @@ async fn connect(target: &ApiTarget, tx: &watch::Sender<ApiView>) -> Client {
                     tracing::debug!(failures, "{e}");
                 }
                 tx.send_replace(ApiView::Down(e.to_string()));
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
+                let pause = backoff.pause(tokio::time::Instant::now().into_std());
+                tokio::time::sleep(pause).await;
             }
         }
     }
@@ -190,7 +193,9 @@ fn answered<K>(event: &Event<K>) -> bool {
 async fn run(client: Client, target: ApiTarget, tx: watch::Sender<ApiView>) {
     let api: Api<ConfigMap> = Api::namespaced(client, &target.namespace);
     let config = watcher::Config::default().fields(&target.field_selector());
-    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    let mut stream = watcher::watcher(api, config)
+        .backoff(Backoff::api())
+        .boxed();
     // What the current (re)list has found so far; published whole at `InitDone`.
     let mut listing: Option<ConfigMap> = None;
     let mut failures = 0u32;
@@ -246,6 +251,8 @@ mod tests {
     use super::*;
     use k8s_openapi::ByteString;
     use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
     fn gzip(text: &str) -> Vec<u8> {
         rustmesh_xds::configmap::gzip(text.as_bytes())
@@ -260,6 +267,45 @@ mod tests {
         assert!(answered(&Event::InitApply(ConfigMap::default())));
         assert!(answered(&Event::Apply(ConfigMap::default())));
         assert!(answered(&Event::Delete(ConfigMap::default())));
+    }
+
+    /// A fake API server on a loopback port that accepts every connection and closes it at
+    /// once (an API server going down), counting the connections.
+    async fn dropping_api() -> (Client, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let seen = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((connection, _)) = listener.accept().await {
+                seen.fetch_add(1, Ordering::SeqCst);
+                drop(connection);
+            }
+        });
+        let client = Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        (client, accepted)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_api_is_retried_with_exponential_backoff() {
+        // Paused time: the back-off's sleeps pass at once, the connections are real. Every
+        // attempt fails; the schedule bounds how many there can be (9 in the first minute,
+        // where kube-runtime's default back-off, reset by every relist, made about 50).
+        let (client, attempts) = dropping_api().await;
+        let start = tokio::time::Instant::now();
+        let view = follow(target(), Some(client));
+        for window in [Duration::from_secs(60), Duration::from_secs(600)] {
+            tokio::time::sleep_until(start + window).await;
+            let made = attempts.load(Ordering::SeqCst) as u32;
+            let most = Backoff::api().most_attempts(window);
+            assert!(
+                made <= most,
+                "{made} connection attempts to an unreachable API within {window:?}; the \
+                 back-off allows at most {most}"
+            );
+            assert!(made >= 3, "the watch is retried: {made} attempts");
+            assert!(matches!(&*view.borrow(), ApiView::Down(_)));
+        }
     }
 
     fn target() -> ApiTarget {
