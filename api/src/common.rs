@@ -1,5 +1,6 @@
 //! Types shared by several kinds of `networking.istio.io`.
 
+use rustmesh_xds::regex::Anchor;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -16,13 +17,14 @@ pub enum StringMatch {
 }
 
 impl StringMatch {
-    /// Whether `value` matches. A regex that does not compile matches nothing; validation reports it.
+    /// Whether `value` matches. A regex that does not compile (or is over the size limits of
+    /// `rustmesh_xds::regex`) matches nothing; validation reports it.
     pub fn matches(&self, value: &str) -> bool {
         match self {
             StringMatch::Exact(s) => value == s,
             StringMatch::Prefix(s) => value.starts_with(s.as_str()),
-            StringMatch::Regex(r) => regex::Regex::new(&format!("^(?:{r})$"))
-                .map(|re| re.is_match(value))
+            StringMatch::Regex(r) => rustmesh_xds::regex::compile(r, Anchor::Whole)
+                .map(|c| c.regex.is_match(value))
                 .unwrap_or(false),
         }
     }

@@ -10,7 +10,7 @@ use crate::destination_rule::*;
 use crate::error::FieldError;
 use crate::sidecar::{EgressHost, SidecarPort, SidecarSpec};
 use crate::virtual_service::*;
-use rustmesh_xds::route::regex_problem;
+use rustmesh_xds::regex::{Anchor, RegexBudget};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Something that can check itself. Paths in the findings start at `spec`.
@@ -38,21 +38,31 @@ pub const RETRY_ON_POLICIES: [&str; 16] = [
     "unavailable",
 ];
 
-#[derive(Default)]
-struct Findings(Vec<FieldError>);
+/// The findings about one object, and its regexes counted together (one object may not compile
+/// to more than one proxy configuration may hold: [`rustmesh_xds::regex::CONFIG_SIZE_BUDGET`]).
+struct Findings(Vec<FieldError>, RegexBudget);
+
+impl Default for Findings {
+    fn default() -> Self {
+        Findings(Vec::new(), RegexBudget::new("object"))
+    }
+}
 
 impl Findings {
+    /// Compiles `re` as the proxy will (RE2 syntax, within `rustmesh_xds::regex`'s limits).
+    fn regex(&mut self, field: String, re: &str, anchor: Anchor) {
+        if let Err(problem) = self.1.compile(re, anchor) {
+            self.err(field, problem.to_string());
+        }
+    }
+
     fn err(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError::new(field, message));
     }
 
     fn string_match(&mut self, field: &str, m: &StringMatch) {
         match m {
-            StringMatch::Regex(r) => {
-                if let Some(problem) = regex_problem(r) {
-                    self.err(format!("{field}.regex"), problem);
-                }
-            }
+            StringMatch::Regex(r) => self.regex(format!("{field}.regex"), r, Anchor::Whole),
             StringMatch::Exact(s) | StringMatch::Prefix(s)
                 if s.is_empty() && field.ends_with("uri") =>
             {
@@ -367,10 +377,12 @@ fn http_route(f: &mut Findings, p: &str, r: &HttpRoute) {
                 "only one of uri and uriRegexRewrite may be given",
             );
         }
-        if let Some(rr) = &rw.uri_regex_rewrite
-            && let Some(problem) = regex_problem(&rr.match_)
-        {
-            f.err(format!("{p}.rewrite.uriRegexRewrite.match"), problem);
+        if let Some(rr) = &rw.uri_regex_rewrite {
+            f.regex(
+                format!("{p}.rewrite.uriRegexRewrite.match"),
+                &rr.match_,
+                Anchor::Search,
+            );
         }
     }
     if let Some(retry) = &r.retries {

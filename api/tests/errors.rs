@@ -267,3 +267,83 @@ fn json_input_is_read_too() {
     let text = r#"{"apiVersion":"networking.istio.io/v1","kind":"VirtualService","metadata":{"name":"r"},"spec":{"hosts":["r"],"http":[{"route":[{"destination":{"host":"r"}}]}]}}"#;
     assert_eq!(load(text).unwrap().len(), 1);
 }
+
+/// A VirtualService with one http route per regex (`uri: {regex: ...}`).
+fn routes_with_uri_regexes(regexes: &[&str]) -> String {
+    let mut text = format!("{HEAD}spec:\n  hosts: [reviews]\n  http:\n");
+    for re in regexes {
+        text.push_str(&format!(
+            "  - match:\n    - uri:\n        regex: '{re}'\n    route:\n    - destination:\n        host: reviews\n"
+        ));
+    }
+    text
+}
+
+#[test]
+fn a_regex_bomb_is_refused_naming_the_field() {
+    // `\w{60}` (Unicode word characters) compiles to megabytes; 300 of them took a sidecar to 1 GB.
+    let (field, line, msg) = only_error(&routes_with_uri_regexes(&[r"\w{60}"]));
+    assert_eq!(
+        (field.as_str(), line),
+        ("spec.http[0].match[0].uri.regex", Some(11))
+    );
+    assert!(
+        msg.contains(r#"regex "\\w{60}" compiles to more than 524288 bytes"#),
+        "{msg}"
+    );
+
+    let err = load(&routes_with_uri_regexes(&[r"\w{60}"; 300])).unwrap_err();
+    let fields = err.field_errors();
+    assert_eq!(fields.len(), 300, "{err}");
+    assert_eq!(fields[299].field, "spec.http[299].match[0].uri.regex");
+
+    let text = format!(
+        "{HEAD}spec:\n  hosts: [reviews]\n  http:\n  - match:\n    - headers:\n        x-id:\n          regex: '\\w{{60}}'\n    rewrite:\n      uriRegexRewrite:\n        match: '\\w{{60}}'\n        rewrite: /\n    route:\n    - destination:\n        host: reviews\n"
+    );
+    let err = load(&text).unwrap_err();
+    let fields: Vec<_> = err.field_errors().iter().map(|f| f.field.clone()).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.http[0].match[0].headers.x-id.regex",
+            "spec.http[0].rewrite.uriRegexRewrite.match"
+        ],
+        "{err}"
+    );
+}
+
+#[test]
+fn an_objects_regexes_cannot_add_up_past_the_budget() {
+    use rustmesh_xds::regex::{Anchor, CONFIG_SIZE_BUDGET, compile};
+    let medium = "[a-z]{4000}";
+    let size = compile(medium, Anchor::Whole).unwrap().size;
+    let fit = CONFIG_SIZE_BUDGET / size;
+    load(&routes_with_uri_regexes(&vec![medium; fit])).expect("within the budget");
+
+    let err = load(&routes_with_uri_regexes(&vec![medium; fit + 1])).unwrap_err();
+    let fields = err.field_errors();
+    assert_eq!(fields.len(), 1, "{err}");
+    assert_eq!(
+        fields[0].field,
+        format!("spec.http[{fit}].match[0].uri.regex")
+    );
+    assert!(
+        fields[0]
+            .message
+            .contains("brings the regexes of this object to")
+            && fields[0]
+                .message
+                .contains("over the budget of 16777216 bytes"),
+        "{}",
+        fields[0].message
+    );
+}
+
+#[test]
+fn istio_documented_regexes_are_accepted() {
+    // From Istio's VirtualService reference, tasks and samples.
+    let text = format!(
+        "{HEAD}spec:\n  hosts: [reviews]\n  http:\n  - match:\n    - uri:\n        regex: '^/api/v[0-9]+/.*'\n    - uri:\n        regex: '.*\\.jpg'\n    - headers:\n        cookie:\n          regex: '^(.*?;)?(user=jason)(;.*)?$'\n        end-user:\n          regex: '^(.*?;)?(email=[^;]*@some-company-name.com)(;.*)?$'\n    rewrite:\n      uriRegexRewrite:\n        match: '^/service/([^/]+)(/.*)$'\n        rewrite: '/\\2/instance/\\1'\n    route:\n    - destination:\n        host: reviews\n"
+    );
+    load(&text).unwrap_or_else(|e| panic!("{e}"));
+}

@@ -731,6 +731,72 @@ spec:
     }
 
     #[test]
+    fn a_regex_bomb_is_refused_with_accepted_false_naming_the_field() {
+        // `\w{60}` compiles to megabytes (300 such routes took a sidecar to 1 GB): refused here,
+        // so it is never rendered, and the status says which field and why.
+        let mut index = bookinfo();
+        istio(
+            &mut index,
+            r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bomb, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match:
+    - uri: {regex: '\w{60}'}
+    - headers: {x-id: {regex: '\w{60}'}}
+    route:
+    - destination: {host: reviews}
+"#,
+        );
+        let v = verdict_of(&index, Kind::VirtualService, "default", "bomb");
+        assert!(!v.accepted);
+        assert_eq!(v.reason, "Invalid");
+        let fields: Vec<_> = v.findings.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.http[0].match[0].uri.regex",
+                "spec.http[0].match[1].headers.x-id.regex"
+            ]
+        );
+        let status = status_for(&v, Some(1), None, "2026-01-01T00:00:00Z");
+        let accepted = &status.conditions[0];
+        assert_eq!(
+            (accepted.type_.as_str(), accepted.status.as_str()),
+            ("Accepted", "False")
+        );
+        let message = accepted.message.as_deref().unwrap();
+        assert!(
+            message.starts_with("spec.http[0].match[0].uri.regex: regex \"\\\\w{60}\" compiles to more than 524288 bytes"),
+            "{message}"
+        );
+
+        // Istio's documented regexes are accepted as before.
+        istio(
+            &mut index,
+            r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: documented, namespace: default}
+spec:
+  hosts: [ratings]
+  http:
+  - match:
+    - uri: {regex: '^/api/v[0-9]+/.*'}
+    - uri: {regex: '.*\.jpg'}
+    - headers: {cookie: {regex: '^(.*?;)?(user=jason)(;.*)?$'}}
+    route:
+    - destination: {host: ratings}
+"#,
+        );
+        let v = verdict_of(&index, Kind::VirtualService, "default", "documented");
+        assert!(v.accepted, "{:?}", v.findings);
+    }
+
+    #[test]
     fn second_namespace_wide_sidecar_and_duplicate_rule_conflict() {
         let mut index = bookinfo();
         istio(

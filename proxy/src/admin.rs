@@ -207,7 +207,11 @@ pub fn handle(
             None => not_loaded(),
         },
         (Endpoints::Admin, &Method::GET, "/stats") => {
-            let filter = match query_param(req, "filter").map(regex::Regex::new) {
+            let filter = match query_param(req, "filter").map(|f| {
+                // Bounded like every configured regex (loopback only, but still input).
+                rustmesh_xds::regex::compile(f, rustmesh_xds::regex::Anchor::Search)
+                    .map(|c| c.regex)
+            }) {
                 None => None,
                 Some(Ok(re)) => Some(re),
                 Some(Err(e)) => {

@@ -5,6 +5,7 @@
 use crate::cluster::{Cluster, ClusterLoadAssignment, DiscoveryType, LbPolicy};
 use crate::error::Error;
 use crate::listener::{FilterChain, Listener, NetworkFilter};
+use crate::regex::{Anchor, RegexBudget};
 use crate::route::{RouteAction, RouteConfiguration, StringMatcher};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashSet};
@@ -154,10 +155,21 @@ pub(crate) fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Err
     })
 }
 
-#[derive(Default)]
 struct Checker {
     errors: Vec<(String, String)>,
     clusters: HashSet<String>,
+    /// Every pattern of the document, counted together.
+    regexes: RegexBudget,
+}
+
+impl Default for Checker {
+    fn default() -> Self {
+        Checker {
+            errors: Vec::new(),
+            clusters: HashSet::new(),
+            regexes: RegexBudget::new("proxy configuration"),
+        }
+    }
 }
 
 fn duplicates<'a>(names: impl Iterator<Item = &'a str>) -> Vec<(usize, &'a str)> {
@@ -390,13 +402,14 @@ impl Checker {
             );
         }
         if let Some(r) = &m.safe_regex {
-            self.regex(&format!("{p}.safeRegex.regex"), &r.regex);
+            self.regex(&format!("{p}.safeRegex.regex"), &r.regex, Anchor::Whole);
         }
     }
 
-    fn regex(&mut self, p: &str, re: &str) {
-        if let Some(problem) = crate::route::regex_problem(re) {
-            self.err(p.to_string(), problem);
+    /// Compiles `re` as the proxy will, within the per-pattern limits and the document's budget.
+    fn regex(&mut self, p: &str, re: &str, anchor: Anchor) {
+        if let Err(problem) = self.regexes.compile(re, anchor) {
+            self.err(p.to_string(), problem.to_string());
         }
     }
 
@@ -423,7 +436,11 @@ impl Checker {
                     );
                 }
                 if let Some(re) = &m.safe_regex {
-                    self.regex(&format!("{rp}.match.safeRegex.regex"), &re.regex);
+                    self.regex(
+                        &format!("{rp}.match.safeRegex.regex"),
+                        &re.regex,
+                        Anchor::Whole,
+                    );
                 }
                 for (k, h) in m.headers.iter().enumerate() {
                     match (&h.string_match, h.present_match) {
@@ -554,6 +571,7 @@ impl Checker {
             self.regex(
                 &format!("{p}.regexRewrite.pattern.regex"),
                 &rr.pattern.regex,
+                Anchor::Search,
             );
         }
         for (i, m) in a.request_mirror_policies.iter().enumerate() {

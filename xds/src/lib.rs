@@ -23,6 +23,7 @@ pub mod fnv;
 pub mod identity;
 pub mod listener;
 pub mod names;
+pub mod regex;
 pub mod route;
 pub mod scope;
 pub mod types;

@@ -373,19 +373,3 @@ pub enum AppendAction {
     AppendIfExistsOrAdd,
     OverwriteIfExistsOrAdd,
 }
-
-/// Compiles a regex the way the proxy will (RE2 syntax, like Envoy's `safe_regex`) and returns a
-/// one-line reason when it does not compile.
-pub fn regex_problem(re: &str) -> Option<String> {
-    regex::Regex::new(re).err().map(|e| {
-        let msg = e.to_string();
-        let reason = msg
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or(&msg)
-            .trim()
-            .to_string();
-        format!("invalid regex {re:?}: {reason}")
-    })
-}

@@ -357,3 +357,110 @@ fn a_split_configuration_is_put_back_together() {
         .to_string();
     assert!(e.contains("listeners"), "{e}");
 }
+
+/// The route of the fixture's `details` virtual host with `match` replaced.
+fn details_route_with_match(v: &mut Value, m: Value) {
+    v["routes"][0]["virtualHosts"][1]["routes"][0]["match"] = m;
+}
+
+#[test]
+fn a_regex_bomb_is_refused_naming_the_field() {
+    // 300 routes with `\w{60}` took a sidecar from 21 MB to 1 GB: each is refused alone.
+    let mut v = fixture_value();
+    details_route_with_match(&mut v, json!({"safeRegex": {"regex": r"\w{60}"}}));
+    let errors = invalid_fields(&v);
+    assert!(
+        errors.iter().any(|(f, m)| f
+            == "routes[0].virtualHosts[1].routes[0].match.safeRegex.regex"
+            && m.contains(r#"regex "\\w{60}" compiles to more than 524288 bytes"#)),
+        "{errors:?}"
+    );
+
+    let mut v = fixture_value();
+    details_route_with_match(
+        &mut v,
+        json!({"prefix": "/", "headers": [{"name": "x-id", "stringMatch": {"safeRegex": {"regex": r"\w{60}"}}}]}),
+    );
+    let errors = invalid_fields(&v);
+    assert!(
+        errors.iter().any(|(f, m)| f
+            == "routes[0].virtualHosts[1].routes[0].match.headers[0].stringMatch.safeRegex.regex"
+            && m.contains("compiles to more than")),
+        "{errors:?}"
+    );
+
+    let mut v = fixture_value();
+    v["routes"][0]["virtualHosts"][1]["routes"][0]["route"]["regexRewrite"] =
+        json!({"pattern": {"regex": r"\w{60}"}, "substitution": "/"});
+    let errors = invalid_fields(&v);
+    assert!(
+        errors.iter().any(|(f, m)| f
+            == "routes[0].virtualHosts[1].routes[0].route.regexRewrite.pattern.regex"
+            && m.contains("compiles to more than")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn regexes_allowed_one_by_one_cannot_add_up_past_the_configuration_budget() {
+    use rustmesh_xds::regex::{Anchor, CONFIG_SIZE_BUDGET, PATTERN_SIZE_LIMIT, compile};
+    // A pattern well inside the per-pattern limit...
+    let medium = "[a-z]{4000}";
+    let size = compile(medium, Anchor::Whole).unwrap().size;
+    assert!(size < PATTERN_SIZE_LIMIT, "{size}");
+    // ...repeated until the document's patterns pass the budget.
+    let n = CONFIG_SIZE_BUDGET / size + 2;
+    let mut v = fixture_value();
+    let template = v["routes"][0]["virtualHosts"][1]["routes"][0].clone();
+    let routes: Vec<Value> = (0..n)
+        .map(|i| {
+            let mut r = template.clone();
+            r["name"] = json!(format!("r{i}"));
+            r["match"] = json!({"safeRegex": {"regex": medium}});
+            r
+        })
+        .collect();
+    v["routes"][0]["virtualHosts"][1]["routes"] = json!(routes);
+    let errors = invalid_fields(&v);
+    let first_over = CONFIG_SIZE_BUDGET / size;
+    assert_eq!(
+        errors.first().map(|(f, _)| f.as_str()),
+        Some(
+            format!("routes[0].virtualHosts[1].routes[{first_over}].match.safeRegex.regex")
+                .as_str()
+        ),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .all(|(_, m)| m.contains("over the budget of 16777216 bytes")
+                && m.contains("proxy configuration")),
+        "{errors:?}"
+    );
+    assert_eq!(errors.len(), n - first_over, "{errors:?}");
+
+    // One route fewer than the budget holds is accepted.
+    let mut v = fixture_value();
+    v["routes"][0]["virtualHosts"][1]["routes"] = json!(routes[..first_over]);
+    load_value(&v).unwrap();
+}
+
+#[test]
+fn istio_documented_regexes_are_accepted() {
+    for re in [
+        "^/api/v[0-9]+/.*",
+        r".*\.jpg",
+        r"^(.*?;)?(user=jason)(;.*)?$",
+        "/productpage|/login|/logout",
+        r"^/reviews/\d+(/.*)?$",
+        r"^/users/\w+/profile$",
+    ] {
+        let mut v = fixture_value();
+        details_route_with_match(
+            &mut v,
+            json!({"safeRegex": {"regex": re}, "headers": [{"name": "cookie", "stringMatch": {"safeRegex": {"regex": re}}}]}),
+        );
+        load_value(&v).unwrap_or_else(|e| panic!("{re}: {e}"));
+    }
+}

@@ -343,6 +343,62 @@ mod tests {
         assert_eq!(w.poll(), Outcome::Applied("v4".into()));
     }
 
+    /// [`doc`] with a route table whose routes match `regexes`, one route each.
+    fn doc_with_regexes(version: &str, regexes: &[&str]) -> String {
+        let mut d: serde_json::Value =
+            serde_json::from_str(&doc(version, "PassthroughCluster")).unwrap();
+        let routes: Vec<_> = regexes
+            .iter()
+            .enumerate()
+            .map(|(i, re)| {
+                json!({"name": format!("r{i}"), "match": {"safeRegex": {"regex": re}},
+                "route": {"cluster": "PassthroughCluster"}})
+            })
+            .collect();
+        d["routes"] = json!([{"name": "9080", "virtualHosts": [{"name": "v", "domains": ["*"], "routes": routes}]}]);
+        d.to_string()
+    }
+
+    #[test]
+    fn a_regex_bomb_is_refused_naming_the_field_and_the_previous_config_keeps_serving() {
+        use rustmesh_xds::regex::{Anchor, CONFIG_SIZE_BUDGET, compile};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let (mut w, store, _) = watcher(ConfigSource::File(path.clone()));
+        write(
+            &path,
+            doc_with_regexes("v1", &["^/api/v[0-9]+/.*", r".*\.jpg"]).as_bytes(),
+        );
+        assert_eq!(w.poll(), Outcome::Applied("v1".into()));
+
+        // `\w{60}` compiles to megabytes: 300 such routes took a sidecar from 21 MB to 1 GB.
+        write(&path, doc_with_regexes("v2", &[r"\w{60}"; 300]).as_bytes());
+        let Outcome::Rejected(reason) = w.poll() else {
+            panic!("a regex bomb was applied")
+        };
+        assert!(
+            reason.contains(r#"routes[0].virtualHosts[0].routes[0].match.safeRegex.regex: regex "\\w{60}" compiles to more than 524288 bytes"#),
+            "{reason}"
+        );
+        assert_eq!(store.load().unwrap().version(), "v1");
+
+        // Patterns allowed one by one, but too many together.
+        let medium = "[a-z]{4000}";
+        let n = CONFIG_SIZE_BUDGET / compile(medium, Anchor::Whole).unwrap().size + 1;
+        write(&path, doc_with_regexes("v3", &vec![medium; n]).as_bytes());
+        let Outcome::Rejected(reason) = w.poll() else {
+            panic!("the regex budget was not enforced")
+        };
+        assert!(
+            reason.contains(&format!(
+                "routes[0].virtualHosts[0].routes[{}].match.safeRegex.regex",
+                n - 1
+            )) && reason.contains("over the budget of 16777216 bytes"),
+            "{reason}"
+        );
+        assert_eq!(store.load().unwrap().version(), "v1");
+    }
+
     fn gzip(text: &str) -> Vec<u8> {
         rustmesh_xds::configmap::gzip(text.as_bytes())
     }

@@ -9,6 +9,7 @@ use super::{
 };
 use crate::http::retry::RetrySpec;
 use regex::Regex;
+use rustmesh_xds::regex::{Anchor, compile as compile_regex};
 use rustmesh_xds::route::{
     HeaderMatcher, QueryParameterMatcher, Route, RouteConfiguration, StringMatcher, VirtualHost,
 };
@@ -48,12 +49,12 @@ impl StringMatch {
     }
 }
 
-/// Compiles `re` so that it must match a whole value (Envoy's `safe_regex` semantics).
+/// Compiles `re` so that it must match a whole value (Envoy's `safe_regex` semantics), within
+/// the size limits every part of the mesh uses (`rustmesh_xds::regex`).
 fn full_regex(re: &str, field: &str) -> Result<Regex, (String, String)> {
-    if let Some(problem) = rustmesh_xds::route::regex_problem(re) {
-        return Err((field.to_string(), problem));
-    }
-    Regex::new(&format!("^(?:{re})$")).map_err(|e| (field.to_string(), e.to_string()))
+    compile_regex(re, Anchor::Whole)
+        .map(|c| c.regex)
+        .map_err(|e| (field.to_string(), e.to_string()))
 }
 
 impl RouteTable {
@@ -275,11 +276,9 @@ fn compile_route(
             let regex_rewrite = match &a.regex_rewrite {
                 Some(rr) => {
                     let field = format!("{ap}.regexRewrite.pattern.regex");
-                    if let Some(problem) = rustmesh_xds::route::regex_problem(&rr.pattern.regex) {
-                        return Err((field, problem));
-                    }
                     Some(RegexRewrite {
-                        pattern: Regex::new(&rr.pattern.regex)
+                        pattern: compile_regex(&rr.pattern.regex, Anchor::Search)
+                            .map(|c| c.regex)
                             .map_err(|e| (field, e.to_string()))?,
                         substitution: substitution(&rr.substitution),
                     })
@@ -365,6 +364,41 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.field, "virtualHosts[0].routes[0].match.safeRegex.regex");
         assert!(e.to_string().contains("invalid regex"), "{e}");
+    }
+
+    #[test]
+    fn a_regex_over_the_size_limit_is_refused_naming_the_field() {
+        // `\w{60}` compiles to megabytes; the route table refuses it even if it got this far.
+        let compile = |m: XRouteMatch| {
+            let mut vhost = vh("a", &["x"]);
+            vhost.routes[0].match_ = m;
+            RouteTable::compile(
+                &RouteConfiguration {
+                    name: "t".into(),
+                    virtual_hosts: vec![vhost],
+                },
+                &BTreeMap::new(),
+            )
+        };
+        let e = compile(XRouteMatch {
+            safe_regex: Some(RegexMatcher {
+                regex: r"\w{60}".into(),
+            }),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.field, "virtualHosts[0].routes[0].match.safeRegex.regex");
+        assert!(
+            e.message.contains("compiles to more than 524288 bytes"),
+            "{e}"
+        );
+        compile(XRouteMatch {
+            safe_regex: Some(RegexMatcher {
+                regex: "^/api/v[0-9]+/.*".into(),
+            }),
+            ..Default::default()
+        })
+        .expect("Istio's documented example");
     }
 
     #[test]
