@@ -23,6 +23,7 @@ pub mod route;
 pub mod scope;
 pub mod types;
 pub mod well_known;
+pub mod yaml;
 
 pub use config::ProxyConfig;
 pub use duration::Duration;
