@@ -6,6 +6,9 @@
 //! `virtualInbound` (0.0.0.0:15006), `0.0.0.0_9080`; routes `9080`; clusters
 //! `outbound|9080|v1|reviews.default.svc.cluster.local`, `inbound|9080||`, `PassthroughCluster`,
 //! `BlackHoleCluster`, `InboundPassthroughClusterIpv4`.
+//!
+//! [`yaml`] is the one reader of YAML written by users (the webhook's annotations and settings,
+//! `rustmesh-api`'s Istio documents), with bounds on what aliases may expand to.
 #![forbid(unsafe_code)]
 
 pub mod address;
