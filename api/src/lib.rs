@@ -2,7 +2,11 @@
 //!
 //! - [`VirtualService`], [`DestinationRule`] and [`Sidecar`] read Istio's own YAML unchanged
 //!   (camelCase, `0.5s` durations, `oneOf` fields such as `StringMatch`).
-//! - [`parse::load`] reads multi-document YAML and reports errors with field path and line.
+//! - [`parse::load`] reads multi-document YAML and reports errors with field path and line. It
+//!   reads within [`rustmesh_xds::yaml::Limits::MANIFESTS`]: a stream of at most 16 MiB, whose
+//!   aliases may not expand it past 4 Mi nodes or 64 MiB of text in all, nested at most 64 deep
+//!   (a "billion laughs" alias bomb is refused naming the limit and the document);
+//!   [`parse::load_all_with`] takes other limits.
 //! - [`validate::Validate`] checks what the schema cannot (weights, regexes, subsets, hosts).
 //! - [`crd`] generates the CRDs checked in under `crds/`.
 #![forbid(unsafe_code)]
@@ -20,8 +24,9 @@ pub mod virtual_service;
 
 pub use destination_rule::{DestinationRule, DestinationRuleSpec};
 pub use error::{Error, FieldError};
-pub use parse::{IstioObject, load, load_all};
+pub use parse::{IstioObject, load, load_all, load_all_with};
 pub use rustmesh_xds::duration::{self, Duration};
+pub use rustmesh_xds::yaml;
 pub use sidecar::{Sidecar, SidecarSpec};
 pub use status::IstioStatus;
 pub use virtual_service::{VirtualService, VirtualServiceSpec};

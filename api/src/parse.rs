@@ -8,7 +8,7 @@ use crate::error::{Error, FieldError, ObjectRef};
 use crate::locate::LineIndex;
 use crate::validate::Validate;
 use crate::{DestinationRule, Sidecar, VirtualService};
-use serde::Deserialize;
+use rustmesh_xds::yaml;
 use serde::de::DeserializeOwned;
 
 /// The API group of every kind here.
@@ -72,25 +72,34 @@ const METADATA_FIELDS: [&str; 15] = [
 
 /// Parses and validates every document of a YAML stream. Each entry is one document's outcome,
 /// so one bad object does not hide the good ones. Empty documents are skipped.
+///
+/// The stream is read within [`yaml::Limits::MANIFESTS`] (see [`load_all_with`]).
 pub fn load_all(text: &str) -> Vec<Result<IstioObject, Error>> {
-    let index = LineIndex::new(text);
+    load_all_with(text, &yaml::Limits::MANIFESTS)
+}
+
+/// [`load_all`] within other limits: the stream's length, and what its aliases may expand to
+/// (nodes, text, depth) across all documents. A stream over a limit ends with an error naming
+/// the limit and the document where it was reached.
+pub fn load_all_with(text: &str, limits: &yaml::Limits) -> Vec<Result<IstioObject, Error>> {
     let mut out = Vec::new();
-    for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
+    // Before the line index, which reads the whole text too.
+    if let Err(e) = limits.check_len(text) {
+        out.push(Err(yaml_error(&e, 1)));
+        return out;
+    }
+    let index = LineIndex::new(text);
+    for (i, doc) in yaml::documents(text, limits).enumerate() {
         let mut object = ObjectRef {
             document: i + 1,
             ..ObjectRef::default()
         };
-        let value = match serde_norway::Value::deserialize(doc) {
+        let value = match doc {
             Ok(serde_norway::Value::Null) => continue,
             Ok(v) => v,
             Err(e) => {
-                let mut error = FieldError::new("", e.to_string());
-                error.line = e.location().map(|l| l.line());
-                out.push(Err(Error::Parse {
-                    object: Box::new(object),
-                    error,
-                }));
-                // After a syntax error the stream cannot be trusted further.
+                out.push(Err(yaml_error(&e, i + 1)));
+                // After a syntax error or a limit the stream cannot be trusted further.
                 break;
             }
         };
@@ -120,6 +129,20 @@ pub fn load_all(text: &str) -> Vec<Result<IstioObject, Error>> {
 /// Like [`load_all`], but stops at the first bad document.
 pub fn load(text: &str) -> Result<Vec<IstioObject>, Error> {
     load_all(text).into_iter().collect()
+}
+
+/// A document that is not YAML or is over a limit of [`yaml::Limits`]: the message names the
+/// limit, the object names the document.
+fn yaml_error(e: &yaml::YamlError, document: usize) -> Error {
+    let mut error = FieldError::new("", e.to_string());
+    error.line = e.line();
+    Error::Parse {
+        object: Box::new(ObjectRef {
+            document,
+            ..ObjectRef::default()
+        }),
+        error,
+    }
 }
 
 fn with_lines(mut err: Error, index: &LineIndex, doc: usize) -> Error {
@@ -258,13 +281,6 @@ pub fn from_yaml<T: DeserializeOwned>(text: &str) -> Result<T, Error> {
         document: 1,
         ..ObjectRef::default()
     };
-    let value: serde_norway::Value = serde_norway::from_str(text).map_err(|e| {
-        let mut error = FieldError::new("", e.to_string());
-        error.line = e.location().map(|l| l.line());
-        Error::Parse {
-            object: Box::new(object.clone()),
-            error,
-        }
-    })?;
+    let value = yaml::from_str(text, &yaml::Limits::MANIFESTS).map_err(|e| yaml_error(&e, 1))?;
     typed(value, &object).map_err(|e| with_lines(e, &LineIndex::new(text), 0))
 }

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use rustmesh_xds::{ca, well_known};
+use rustmesh_xds::{ca, well_known, yaml};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -577,15 +577,21 @@ fn resources(r: &Resources) -> ResourceRequirements {
 }
 
 /// The `proxy.istio.io/config` annotation (Istio's `ProxyConfig`, YAML or JSON) as a mapping; one
-/// warning when it is something else.
+/// warning when it is something else, or when it is over a limit of
+/// [`yaml::Limits::ANNOTATION`] (its length is checked before parsing; its aliases may not expand
+/// it past the node, text or depth limit), and the defaults apply.
 fn proxy_config_annotation(
     annotations: &BTreeMap<String, String>,
     warnings: &mut Vec<String>,
 ) -> Option<serde_norway::Mapping> {
     let raw = annotations.get(ANNOTATION_PROXY_CONFIG)?;
-    match serde_norway::from_str::<serde_norway::Value>(raw) {
+    match yaml::from_str(raw, &yaml::Limits::ANNOTATION) {
         Ok(serde_norway::Value::Mapping(m)) => Some(m),
         Ok(serde_norway::Value::Null) => None,
+        Err(e) if e.is_limit() => {
+            warnings.push(format!("annotation {ANNOTATION_PROXY_CONFIG} ignored: {e}"));
+            None
+        }
         Ok(_) | Err(_) => {
             warnings.push(format!(
                 "annotation {ANNOTATION_PROXY_CONFIG} ignored: not a YAML/JSON mapping"

@@ -354,14 +354,16 @@ impl InjectionSettings {
         })
     }
 
-    /// Parses settings from YAML/JSON text; see [`InjectionSettings::from_file`].
+    /// Parses settings from YAML/JSON text; see [`InjectionSettings::from_file`]. The text is
+    /// read within [`rustmesh_xds::yaml::Limits::SETTINGS`] (1 MiB, as a ConfigMap; aliases may
+    /// not expand it past the node, text or depth limit).
     pub fn from_yaml(text: &str) -> Result<Self> {
         let file_err = |reason: String| Error::SettingsFile {
             path: "<inline>".into(),
             reason,
         };
-        let doc: serde_norway::Value =
-            serde_norway::from_str(text).map_err(|e| file_err(e.to_string()))?;
+        let doc = rustmesh_xds::yaml::from_str(text, &rustmesh_xds::yaml::Limits::SETTINGS)
+            .map_err(|e| file_err(e.to_string()))?;
         let map = match &doc {
             serde_norway::Value::Null => return Ok(Self::default()),
             serde_norway::Value::Mapping(m) => m,
@@ -510,6 +512,18 @@ mod tests {
         );
         assert!(InjectionSettings::from_yaml("[1, 2]").is_err());
         assert!(InjectionSettings::from_yaml("image: [a]").is_err());
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused_naming_the_limit() {
+        // 102^3 scalars from 1.2 KB: over the 1 Mi nodes a settings file may expand to.
+        let mut text = format!("a0: &a0 [{}]\n", vec!["x"; 102].join(", "));
+        for l in 1..3 {
+            let refs = vec![format!("*a{}", l - 1); 102].join(", ");
+            text.push_str(&format!("a{l}: &a{l} [{refs}]\n"));
+        }
+        let err = InjectionSettings::from_yaml(&text).unwrap_err().to_string();
+        assert!(err.contains("limit of 1048576 nodes"), "{err}");
     }
 
     #[test]

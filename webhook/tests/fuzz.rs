@@ -141,6 +141,11 @@ const ANNOTATION_VALUES: &[&str] = &[
     "holdApplicationUntilProxyStarts: 7",
     "concurrency: 4",
     "concurrency: 1e9",
+    "proxyMetadata: &m {A: b}\ncopy: *m",
+    // An alias bomb: 10^5 scalars, refused by the annotation's node limit.
+    "a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\n\
+     c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\n\
+     e: [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]",
     "canary",
     "default",
     "✓✓✓",

@@ -681,3 +681,85 @@ fn volume_name_conflict_is_not_injected() {
         "{resp}"
     );
 }
+
+/// The bare pod with `proxy.istio.io/config` set to `config`.
+fn with_proxy_config(config: &str) -> Value {
+    let mut doc = fixture("bare-pod");
+    doc["request"]["object"]["metadata"]["annotations"]["proxy.istio.io/config"] = json!(config);
+    doc
+}
+
+fn warnings_of(resp: &Value) -> Vec<String> {
+    resp["warnings"]
+        .as_array()
+        .map(|w| w.iter().map(|w| w.as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// A "billion laughs" document: `levels` anchors, each a list of `width` aliases of the previous
+/// one, so the last expands to `width^levels` scalars from a few hundred bytes.
+fn alias_bomb(levels: usize, width: usize) -> String {
+    let mut s = format!("a0: &a0 [{}]\n", vec!["x"; width].join(", "));
+    for l in 1..levels {
+        let refs = vec![format!("*a{}", l - 1); width].join(", ");
+        s.push_str(&format!("a{l}: &a{l} [{refs}]\n"));
+    }
+    s
+}
+
+#[test]
+fn an_alias_bomb_in_the_proxy_config_annotation_is_ignored_with_a_warning_naming_the_limit() {
+    // 10^6 scalars from 1.2 KB: serde_norway's own repetition guard lets it through.
+    let bomb = alias_bomb(3, 100);
+    assert!(bomb.len() < 1500);
+    let (resp, outcome) = run_doc(&with_proxy_config(&bomb), &defaults());
+    assert_eq!(outcome, Outcome::Injected);
+    let warnings = warnings_of(&resp);
+    assert!(
+        warnings.iter().any(|w| w.contains("proxy.istio.io/config")
+            && w.contains("ignored")
+            && w.contains("limit of 65536 nodes")),
+        "{warnings:?}"
+    );
+    // The defaults apply: the annotation is not passed to the proxy.
+    let pod: Pod = serde_json::from_value(apply(&with_proxy_config(&bomb), &resp)).unwrap();
+    assert!(!env(&pod.spec.unwrap().containers[0]).contains_key("PROXY_CONFIG"));
+}
+
+#[test]
+fn an_over_long_or_too_deep_proxy_config_annotation_is_ignored_naming_the_limit() {
+    let long = format!("proxyMetadata: {{A: \"{}\"}}\n", "x".repeat(70_000));
+    let deep = format!("a: {}1{}", "[".repeat(40), "]".repeat(40));
+    for (config, limit) in [
+        (long, "over the limit of 65536 bytes"),
+        (deep, "deeper than the limit of 32 levels"),
+    ] {
+        let (resp, _) = run_doc(&with_proxy_config(&config), &defaults());
+        let warnings = warnings_of(&resp);
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("proxy.istio.io/config") && w.contains(limit)),
+            "{limit}: {warnings:?}"
+        );
+    }
+}
+
+#[test]
+fn a_proxy_config_annotation_with_a_few_anchors_still_applies() {
+    let config = "proxyMetadata: &m {ISTIO_META_DNS_CAPTURE: \"true\"}\n\
+                  holdApplicationUntilProxyStarts: &yes true\n\
+                  copy: *m\n";
+    let doc = with_proxy_config(config);
+    let (resp, _) = run_doc(&doc, &defaults());
+    assert!(warnings_of(&resp).is_empty(), "{resp}");
+    let pod: Pod = serde_json::from_value(apply(&doc, &resp)).unwrap();
+    let proxy = &pod.spec.unwrap().containers[0];
+    assert!(
+        proxy.lifecycle.is_some(),
+        "holdApplicationUntilProxyStarts applies"
+    );
+    let env = env(proxy);
+    let json: Value = serde_json::from_str(env["PROXY_CONFIG"].as_str().unwrap()).unwrap();
+    assert_eq!(json["copy"], json["proxyMetadata"]);
+}

@@ -9,6 +9,8 @@
 //!
 //! Also what the parts must agree on beyond the model: the ConfigMap contract (`configmap`,
 //! `scope`) and the back-off with which each retries the Kubernetes API (`backoff`).
+//! [`yaml`] is the one reader of YAML written by users (the webhook's annotations and settings,
+//! `rustmesh-api`'s Istio documents), with bounds on what aliases may expand to.
 #![forbid(unsafe_code)]
 
 pub mod address;
@@ -28,6 +30,7 @@ pub mod route;
 pub mod scope;
 pub mod types;
 pub mod well_known;
+pub mod yaml;
 
 pub use config::ProxyConfig;
 pub use duration::Duration;
