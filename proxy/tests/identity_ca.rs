@@ -34,13 +34,7 @@ async fn a_sidecar_gets_a_certificate_for_exactly_its_identity() {
     let (addr, _stop) = start_ca(authority.clone(), fixed_token(who()), "127.0.0.1:0").await;
     let dir = tempfile::tempdir().unwrap();
     files(dir.path(), "the-token\n", authority.root_bundle());
-    let client = CaClient::new(
-        &format!("localhost:{}", addr.port()),
-        dir.path().join("token"),
-        dir.path().join("root-cert.pem"),
-        Duration::from_secs(3600),
-    )
-    .unwrap();
+    let client = ca_common::client(addr, dir.path(), Duration::from_secs(3600));
     let cert = client.fetch(&who()).await.unwrap();
     assert_eq!(cert.identity, who());
     assert_eq!(cert.chain.len(), 1, "the root is not sent to peers");
@@ -135,13 +129,7 @@ async fn renewal_survives_a_ca_outage_and_an_expired_certificate_is_not_served()
     let dir = tempfile::tempdir().unwrap();
     files(dir.path(), "the-token", authority.root_bundle());
     // Short-lived certificates so renewal and expiry happen within the test.
-    let client = CaClient::new(
-        &format!("localhost:{}", addr.port()),
-        dir.path().join("token"),
-        dir.path().join("root-cert.pem"),
-        Duration::from_secs(4),
-    )
-    .unwrap();
+    let client = ca_common::client(addr, dir.path(), Duration::from_secs(4));
     let store = Arc::new(Store::default());
     let (signal, watch) = drain::channel();
     let running = tokio::spawn(manager::run(client, who(), store.clone(), watch));
@@ -211,13 +199,7 @@ async fn with_the_api_server_a_real_token_gets_its_service_accounts_identity() {
         .await;
         let dir = tempfile::tempdir().unwrap();
         files(dir.path(), &token, authority.root_bundle());
-        let client = CaClient::new(
-            &format!("localhost:{}", addr.port()),
-            dir.path().join("token"),
-            dir.path().join("root-cert.pem"),
-            Duration::from_secs(3600),
-        )
-        .unwrap();
+        let client = ca_common::client(addr, dir.path(), Duration::from_secs(3600));
         let me = SpiffeId::new(TD, ns, "reviews").unwrap();
         let cert = client.fetch(&me).await.unwrap();
         assert_eq!(cert.identity, me);

@@ -76,6 +76,24 @@ pub fn parse_pem_certs(
     Ok(certs)
 }
 
+/// The URI SANs of a certificate, in order.
+pub fn uri_sans(cert: &X509Certificate<'_>) -> Vec<String> {
+    cert.subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::URI(u) => Some(u.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A certificate the CA issued for this workload, with its key. The key is private to this
 /// type: `Debug` never shows it.
 pub struct WorkloadCert {
@@ -145,21 +163,7 @@ impl WorkloadCert {
             what: "the issued leaf",
             reason: e.to_string(),
         })?;
-        let uris: Vec<String> = leaf
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .map(|san| {
-                san.value
-                    .general_names
-                    .iter()
-                    .filter_map(|n| match n {
-                        GeneralName::URI(u) => Some(u.to_string()),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let uris = uri_sans(&leaf);
         if uris != [identity.to_string()] {
             return Err(CertError::WrongIdentity {
                 got: uris,

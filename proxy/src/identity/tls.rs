@@ -19,7 +19,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, DistinguishedName, Error as TlsError, SignatureScheme};
 use rustmesh_xds::identity::SpiffeId;
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::cert::WorkloadCert;
 
@@ -57,20 +57,10 @@ pub fn spiffe_ids(der: &CertificateDer<'_>) -> Vec<SpiffeId> {
     let Ok((_, cert)) = X509Certificate::from_der(der) else {
         return Vec::new();
     };
-    cert.subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(u) => u.parse().ok(),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    super::cert::uri_sans(&cert)
+        .iter()
+        .filter_map(|u| u.parse().ok())
+        .collect()
 }
 
 /// The peer's SPIFFE id after a handshake (its leaf's one URI SAN), if it presented one.

@@ -141,17 +141,27 @@ fn compile_vhost(
     })
 }
 
+/// A header's or query parameter's condition: exactly one of `stringMatch` and `presentMatch`.
+fn value_match(
+    string_match: Option<&rustmesh_xds::route::StringMatcher>,
+    present_match: Option<bool>,
+    field: &str,
+) -> Result<Option<StringMatch>, (String, String)> {
+    match (string_match, present_match) {
+        (Some(sm), None) => Ok(Some(StringMatch::compile(
+            sm,
+            &format!("{field}.stringMatch"),
+        )?)),
+        (None, Some(_)) => Ok(None),
+        _ => Err((
+            field.to_string(),
+            "exactly one of stringMatch and presentMatch is required".into(),
+        )),
+    }
+}
+
 fn compile_header(h: &HeaderMatcher, field: &str) -> Result<HeaderCondition, (String, String)> {
-    let string_match = match (&h.string_match, h.present_match) {
-        (Some(sm), None) => Some(StringMatch::compile(sm, &format!("{field}.stringMatch"))?),
-        (None, Some(_)) => None,
-        _ => {
-            return Err((
-                field.to_string(),
-                "exactly one of stringMatch and presentMatch is required".into(),
-            ));
-        }
-    };
+    let string_match = value_match(h.string_match.as_ref(), h.present_match, field)?;
     Ok(HeaderCondition {
         name: h.name.to_ascii_lowercase(),
         string_match,
@@ -164,16 +174,7 @@ fn compile_query(
     q: &QueryParameterMatcher,
     field: &str,
 ) -> Result<QueryCondition, (String, String)> {
-    let string_match = match (&q.string_match, q.present_match) {
-        (Some(sm), None) => Some(StringMatch::compile(sm, &format!("{field}.stringMatch"))?),
-        (None, Some(_)) => None,
-        _ => {
-            return Err((
-                field.to_string(),
-                "exactly one of stringMatch and presentMatch is required".into(),
-            ));
-        }
-    };
+    let string_match = value_match(q.string_match.as_ref(), q.present_match, field)?;
     Ok(QueryCondition {
         name: q.name.clone(),
         string_match,
