@@ -577,3 +577,36 @@ pub(crate) mod tests {
         assert!(!format!("{ca:?}").contains("PRIVATE"));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::tests::{csr, id};
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Arbitrary text as a CSR is refused, never a panic.
+        #[test]
+        fn arbitrary_csrs_are_refused(text in ".{0,2000}") {
+            let ca = Authority::new("cluster.local", &Material::self_signed_root("cluster.local", SystemTime::now()).unwrap()).unwrap();
+            prop_assert!(ca.sign(&text, &id("a", "b"), None, SystemTime::now()).is_err());
+        }
+
+        /// A real CSR with bytes flipped is signed for the identity or refused, never a panic.
+        #[test]
+        fn corrupted_csrs_never_panic(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+            let ca = Authority::new("cluster.local", &Material::self_signed_root("cluster.local", SystemTime::now()).unwrap()).unwrap();
+            let good = csr(vec![]);
+            let block = ::pem::parse(&good).unwrap();
+            let mut bytes = block.contents().to_vec();
+            for (at, x) in flips {
+                let i = at % bytes.len();
+                bytes[i] ^= x | 1;
+            }
+            let bad = ::pem::encode(&::pem::Pem::new(block.tag().to_string(), bytes));
+            let _ = ca.sign(&bad, &id("a", "b"), None, SystemTime::now());
+        }
+    }
+}

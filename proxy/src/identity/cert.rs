@@ -232,3 +232,23 @@ pub fn verify_chain(
         .map(|_| ())
         .map_err(|e| CertError::Untrusted(e.to_string()))
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// A CA answer of arbitrary text (PEM-looking or not) is refused, never a panic.
+        #[test]
+        fn arbitrary_answers_are_refused(chain in proptest::collection::vec(".{0,400}", 0..4), b64 in "[A-Za-z0-9+/=]{0,600}") {
+            let who = SpiffeId::new("cluster.local", "a", "b").unwrap();
+            let mut chain = chain;
+            chain.push(format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n"));
+            let key = PrivatePkcs8KeyDer::from(vec![0u8; 8]);
+            prop_assert!(WorkloadCert::accept(&who, key, &[0u8; 65], &chain, vec![], SystemTime::now()).is_err());
+        }
+    }
+}
