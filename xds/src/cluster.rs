@@ -86,6 +86,14 @@ pub struct Cluster {
     /// The service and DestinationRule behind the cluster (the SERVICE FQDN / DESTINATION RULE columns).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<ClusterMetadata>,
+    /// Originate TLS to every endpoint (a DestinationRule's `tls`); wins over
+    /// `transportSocketMatches`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport_socket: Option<crate::tls::UpstreamTransportSocket>,
+    /// Per-endpoint transport by endpoint metadata (Istio's auto mTLS); the first match wins,
+    /// plain TCP when none does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transport_socket_matches: Vec<crate::tls::TransportSocketMatch>,
 }
 
 /// Envoy's `RingHashLbConfig`: how many points the ring of a RING_HASH cluster has.
@@ -279,6 +287,43 @@ pub struct LbEndpoint {
     pub health_status: HealthStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancing_weight: Option<u32>,
+    /// `filterMetadata`: `envoy.transport_socket_match: {tlsMode: istio}` for a pod with a
+    /// sidecar (what a cluster's `transportSocketMatches` match on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
+}
+
+/// Envoy's endpoint `Metadata`: string pairs by filter namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Metadata {
+    #[serde(default)]
+    pub filter_metadata:
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+}
+
+impl LbEndpoint {
+    /// The pairs `transportSocketMatches` match against.
+    pub fn transport_socket_match(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+        self.metadata
+            .as_ref()?
+            .filter_metadata
+            .get(crate::tls::TRANSPORT_SOCKET_MATCH)
+    }
+
+    /// Marks the endpoint as a pod with a sidecar (`tlsMode: istio`).
+    pub fn with_istio_tls_mode(mut self) -> Self {
+        self.metadata
+            .get_or_insert_with(Metadata::default)
+            .filter_metadata
+            .entry(crate::tls::TRANSPORT_SOCKET_MATCH.to_string())
+            .or_default()
+            .insert(
+                crate::tls::TLS_MODE_KEY.to_string(),
+                crate::tls::TLS_MODE_ISTIO.to_string(),
+            );
+        self
+    }
 }
 
 /// An endpoint's address (and, for STRICT_DNS, its host name).
@@ -299,6 +344,7 @@ impl LbEndpoint {
             },
             health_status: HealthStatus::Healthy,
             load_balancing_weight: None,
+            metadata: None,
         }
     }
 }

@@ -31,6 +31,10 @@ pub struct ProxyConfig {
     /// Names the DNS proxy answers for (Istio's name table).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns: Vec<DnsEntry>,
+    /// The PeerAuthentication policies that can apply to this scope's pods (see
+    /// [`crate::peer_authn`]); absent: PERMISSIVE everywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_authentication: Option<crate::peer_authn::PeerAuthentication>,
 }
 
 /// A host name and its addresses.
@@ -273,6 +277,35 @@ impl Checker {
                     ),
                 _ => {}
             }
+            let sockets = cl
+                .transport_socket
+                .iter()
+                .map(|t| (format!("{p}.transportSocket"), t))
+                .chain(
+                    cl.transport_socket_matches
+                        .iter()
+                        .enumerate()
+                        .map(|(j, m)| {
+                            (
+                                format!("{p}.transportSocketMatches[{j}].transportSocket"),
+                                &m.transport_socket,
+                            )
+                        }),
+                );
+            let mut problems = Vec::new();
+            for (at, socket) in sockets {
+                if let Some(t) = socket.tls() {
+                    for (field, message) in t.common_tls_context.problems() {
+                        problems.push((
+                            format!("{at}.typedConfig.commonTlsContext.{field}"),
+                            message,
+                        ));
+                    }
+                }
+            }
+            for (field, message) in problems {
+                self.err(field, message);
+            }
             if cl.type_ != DiscoveryType::OriginalDst && cl.lb_policy == LbPolicy::ClusterProvided {
                 self.err(
                     format!("{p}.lbPolicy"),
@@ -328,6 +361,27 @@ impl Checker {
 
     fn chain(&mut self, p: &str, fc: &FilterChain, routes: &HashSet<&str>) {
         let m = &fc.filter_chain_match;
+        if let Some(crate::tls::DownstreamTransportSocket::Tls(t)) = &fc.transport_socket {
+            let at = format!("{p}.transportSocket.typedConfig.commonTlsContext");
+            for (field, message) in t.common_tls_context.problems() {
+                self.err(format!("{at}.{field}"), message);
+            }
+            if t.common_tls_context
+                .tls_certificate_sds_secret_configs
+                .is_empty()
+            {
+                self.err(
+                    format!("{at}.tlsCertificateSdsSecretConfigs"),
+                    "a server needs a certificate",
+                );
+            }
+            if m.transport_protocol.as_deref() != Some(crate::listener::TLS) {
+                self.err(
+                    format!("{p}.filterChainMatch.transportProtocol"),
+                    "a chain terminating TLS must match transportProtocol \"tls\"",
+                );
+            }
+        }
         if let Some(tp) = &m.transport_protocol
             && tp != crate::listener::RAW_BUFFER
             && tp != crate::listener::TLS

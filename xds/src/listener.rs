@@ -69,6 +69,9 @@ pub struct FilterChain {
     pub filter_chain_match: FilterChainMatch,
     /// Network filters; the last one terminates the connection (`tcp_proxy` or `http_connection_manager`).
     pub filters: Vec<NetworkFilter>,
+    /// Terminate TLS before the filters (Istio's inbound mutual TLS chains).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport_socket: Option<crate::tls::DownstreamTransportSocket>,
 }
 
 /// Conditions a connection must meet for a chain. Empty fields match everything.

@@ -207,6 +207,8 @@ pub fn inbound_cluster(
     services: &BTreeSet<(String, String, String)>,
 ) -> Cluster {
     Cluster {
+        transport_socket: None,
+        transport_socket_matches: Vec::new(),
         name: name.to_string(),
         type_: DiscoveryType::Static,
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -244,6 +246,8 @@ pub fn inbound_cluster(
 
 fn bare(name: &str, type_: DiscoveryType, lb_policy: LbPolicy) -> Cluster {
     Cluster {
+        transport_socket: None,
+        transport_socket_matches: Vec::new(),
         name: name.to_string(),
         type_,
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,

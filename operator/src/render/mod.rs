@@ -437,6 +437,7 @@ pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsReci
                     .entry(route_name.clone())
                     .or_insert_with(|| ctx.service_route_table(v, &route_name));
                 let http_chain = FilterChain {
+                    transport_socket: None,
                     name: None,
                     filter_chain_match: FilterChainMatch {
                         transport_protocol: Some(RAW_BUFFER.to_string()),
@@ -467,6 +468,7 @@ pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsReci
     all_listeners.extend(listeners.into_values());
 
     let config = ProxyConfig {
+        peer_authentication: None,
         version_info: String::new(),
         listeners: all_listeners,
         routes: routes.into_values().collect(),
@@ -738,6 +740,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
     fn http_port_listener(&self, port: u16) -> Listener {
         let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
         let chain = FilterChain {
+            transport_socket: None,
             name: None,
             filter_chain_match: FilterChainMatch {
                 transport_protocol: Some(RAW_BUFFER.to_string()),
@@ -751,6 +754,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
         };
         let catch_all = self.catch_all_cluster();
         let default = FilterChain {
+            transport_socket: None,
             name: Some(match self.mode {
                 OutboundTrafficPolicyMode::AllowAny => "PassthroughFilterChain".to_string(),
                 OutboundTrafficPolicyMode::RegistryOnly => "BlackHoleFilterChain".to_string(),
@@ -771,6 +775,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
         let stat_prefix = cluster.clone().unwrap_or_else(|| default.clone());
         let idle_timeout = self.tcp_idle_timeout(v);
         FilterChain {
+            transport_socket: None,
             name: None,
             filter_chain_match: FilterChainMatch::default(),
             filters: vec![NetworkFilter::TcpProxy(TcpProxy {
@@ -889,6 +894,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
             bind_to_port: true,
             filter_chains: vec![
                 FilterChain {
+                    transport_socket: None,
                     name: Some("virtualOutbound-blackhole".to_string()),
                     filter_chain_match: FilterChainMatch {
                         destination_port: Some(well_known::OUTBOUND_CAPTURE_PORT),
@@ -897,6 +903,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
                     filters: vec![tcp_proxy(BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER)],
                 },
                 FilterChain {
+                    transport_socket: None,
                     name: Some("virtualOutbound-catchall-tcp".to_string()),
                     filter_chain_match: FilterChainMatch::default(),
                     filters: vec![tcp_proxy(catch_all, catch_all)],
@@ -989,6 +996,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
                 || ip.protocols.contains(&ListenerProtocol::Auto);
             if http {
                 chains.push(FilterChain {
+                    transport_socket: None,
                     name: Some(chain_name.clone()),
                     filter_chain_match: FilterChainMatch {
                         destination_port: Some(*port),
@@ -1017,6 +1025,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
             };
             for transport in transports {
                 chains.push(FilterChain {
+                    transport_socket: None,
                     name: Some(chain_name.clone()),
                     filter_chain_match: FilterChainMatch {
                         destination_port: Some(*port),
@@ -1099,6 +1108,7 @@ fn parse_cidr(s: &str) -> Option<CidrRange> {
 fn virtual_inbound(port_chains: Vec<FilterChain>) -> Listener {
     let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
     let mut chains = vec![FilterChain {
+        transport_socket: None,
         name: Some("virtualInbound-blackhole".to_string()),
         filter_chain_match: FilterChainMatch {
             destination_port: Some(well_known::INBOUND_CAPTURE_PORT),
@@ -1108,6 +1118,7 @@ fn virtual_inbound(port_chains: Vec<FilterChain>) -> Listener {
     }];
     chains.extend(port_chains);
     chains.push(FilterChain {
+        transport_socket: None,
         name: Some(VIRTUAL_INBOUND.to_string()),
         filter_chain_match: FilterChainMatch {
             prefix_ranges: vec![CidrRange {

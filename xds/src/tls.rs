@@ -1,0 +1,381 @@
+//! Transport sockets: how a filter chain terminates TLS (`DownstreamTlsContext`) and how a
+//! cluster originates it (`UpstreamTlsContext`), written as Envoy and Istio write them, so
+//! `/config_dump` reads the same:
+//!
+//! - an inbound chain matching `transportProtocol: tls` and Istio's ALPN carries
+//!   `transportSocket: {name: envoy.transport_sockets.tls, typedConfig: DownstreamTlsContext}`
+//!   with the workload certificate (`tlsCertificateSdsSecretConfigs: [{name: default}]`), the
+//!   mesh root (`validationContextSdsSecretConfig: {name: ROOTCA}`) and
+//!   `requireClientCertificate: true`;
+//! - an outbound cluster carries either one `transportSocket` (a DestinationRule's `tls.mode:
+//!   ISTIO_MUTUAL`) or Istio's auto-mTLS `transportSocketMatches`: `tlsMode-istio` (endpoints
+//!   whose metadata `envoy.transport_socket_match` has `tlsMode: istio`, i.e. pods with a
+//!   sidecar) gets mutual TLS with `sni` and the expected server identities
+//!   (`matchSubjectAltNames`), `tlsMode-disabled` (any other endpoint) plain TCP.
+//!
+//! Only the mesh's own secrets are served: the SDS names `default` and `ROOTCA`. Any other
+//! secret name (a `credentialName`, files) is refused by validation, naming the field, rather
+//! than accepted and ignored.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::route::StringMatcher;
+
+/// The transport socket name of TLS.
+pub const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
+/// The transport socket name of plain TCP.
+pub const RAW_BUFFER_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.raw_buffer";
+/// The SDS name of the workload certificate and key.
+pub const SDS_DEFAULT: &str = "default";
+/// The SDS name of the mesh root certificate(s).
+pub const SDS_ROOTCA: &str = "ROOTCA";
+/// The endpoint metadata namespace `transportSocketMatches` match against.
+pub const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
+/// The key of that namespace (and the pod label `security.istio.io/tlsMode`'s value goes in it).
+pub const TLS_MODE_KEY: &str = "tlsMode";
+/// The pod label injected pods carry, and its value for a pod with a sidecar.
+pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+/// The value of [`TLS_MODE_KEY`] for an endpoint with a sidecar.
+pub const TLS_MODE_ISTIO: &str = "istio";
+/// The name of the auto-mTLS match for endpoints with a sidecar.
+pub const MATCH_TLS_MODE_ISTIO: &str = "tlsMode-istio";
+/// The name of the auto-mTLS match for every other endpoint.
+pub const MATCH_TLS_MODE_DISABLED: &str = "tlsMode-disabled";
+
+/// Istio's ALPN offered between sidecars for TCP.
+pub const ALPN_ISTIO_TCP: [&str; 2] = ["istio-peer-exchange", "istio"];
+/// The ALPN values an inbound mTLS chain matches (Istio's `mtlsTCPWithMxcALPNs` and HTTP's).
+pub const ALPN_ISTIO_ALL: [&str; 5] = [
+    "istio-peer-exchange",
+    "istio",
+    "istio-http/1.0",
+    "istio-http/1.1",
+    "istio-h2",
+];
+/// The ALPN values of an inbound mTLS chain for HTTP (the HTTP connection manager serves them).
+pub const ALPN_ISTIO_HTTP: [&str; 3] = ["istio-http/1.0", "istio-http/1.1", "istio-h2"];
+
+/// A filter chain's transport socket.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", content = "typedConfig", deny_unknown_fields)]
+pub enum DownstreamTransportSocket {
+    /// Terminate TLS.
+    #[serde(rename = "envoy.transport_sockets.tls")]
+    Tls(DownstreamTlsContext),
+}
+
+/// A cluster's transport socket.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", content = "typedConfig", deny_unknown_fields)]
+pub enum UpstreamTransportSocket {
+    /// Originate TLS.
+    #[serde(rename = "envoy.transport_sockets.tls")]
+    Tls(UpstreamTlsContext),
+    /// Plain TCP.
+    #[serde(rename = "envoy.transport_sockets.raw_buffer")]
+    RawBuffer(RawBuffer),
+}
+
+impl UpstreamTransportSocket {
+    /// The TLS context, if this socket originates TLS.
+    pub fn tls(&self) -> Option<&UpstreamTlsContext> {
+        match self {
+            UpstreamTransportSocket::Tls(t) => Some(t),
+            UpstreamTransportSocket::RawBuffer(_) => None,
+        }
+    }
+}
+
+/// `RawBuffer`: no settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBuffer {}
+
+/// Envoy's `DownstreamTlsContext`, the part Istio's inbound chains use.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DownstreamTlsContext {
+    pub common_tls_context: CommonTlsContext,
+    /// Refuse a client without a certificate (Istio: always, for mutual TLS).
+    #[serde(default)]
+    pub require_client_certificate: bool,
+}
+
+/// Envoy's `UpstreamTlsContext`, the part Istio's outbound clusters use.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpstreamTlsContext {
+    pub common_tls_context: CommonTlsContext,
+    /// The server name sent (Istio: `outbound_.<port>_.<subset>_.<host>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+}
+
+/// Envoy's `CommonTlsContext`: certificates, validation and ALPN.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CommonTlsContext {
+    /// Offered (client) or accepted (server) ALPN values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alpn_protocols: Vec<String>,
+    /// The certificate presented: `[{name: default}]`, the workload certificate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_certificate_sds_secret_configs: Vec<SdsSecretConfig>,
+    /// How the peer's certificate is verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub combined_validation_context: Option<CombinedValidationContext>,
+}
+
+/// A secret by SDS name (`default`, `ROOTCA`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SdsSecretConfig {
+    pub name: String,
+}
+
+impl SdsSecretConfig {
+    /// The secret named `name`.
+    pub fn named(name: &str) -> Self {
+        SdsSecretConfig {
+            name: name.to_string(),
+        }
+    }
+}
+
+/// The peer's chain verifies against `validationContextSdsSecretConfig` (`ROOTCA`) and its
+/// identity is one of `defaultValidationContext.matchSubjectAltNames` (any, when empty).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CombinedValidationContext {
+    #[serde(default)]
+    pub default_validation_context: CertificateValidationContext,
+    pub validation_context_sds_secret_config: SdsSecretConfig,
+}
+
+/// The identities accepted.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CertificateValidationContext {
+    /// `exact` SPIFFE ids (other matchers are refused by validation).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_subject_alt_names: Vec<StringMatcher>,
+}
+
+impl CommonTlsContext {
+    /// Istio's mutual TLS context: the workload certificate, the mesh root, the peer one of
+    /// `sans` (exact SPIFFE ids; any mesh identity when empty), offering/accepting `alpn`.
+    pub fn istio_mutual(alpn: &[&str], sans: &[String]) -> Self {
+        CommonTlsContext {
+            alpn_protocols: alpn.iter().map(|s| s.to_string()).collect(),
+            tls_certificate_sds_secret_configs: vec![SdsSecretConfig::named(SDS_DEFAULT)],
+            combined_validation_context: Some(CombinedValidationContext {
+                default_validation_context: CertificateValidationContext {
+                    match_subject_alt_names: sans
+                        .iter()
+                        .map(|s| StringMatcher {
+                            exact: Some(s.clone()),
+                            ..StringMatcher::default()
+                        })
+                        .collect(),
+                },
+                validation_context_sds_secret_config: SdsSecretConfig::named(SDS_ROOTCA),
+            }),
+        }
+    }
+
+    /// The exact identities of `matchSubjectAltNames`.
+    pub fn expected_sans(&self) -> Vec<&str> {
+        self.combined_validation_context
+            .iter()
+            .flat_map(|c| &c.default_validation_context.match_subject_alt_names)
+            .filter_map(|m| m.exact.as_deref())
+            .collect()
+    }
+
+    /// Problems with this context, as (field below the context, message): only the mesh's
+    /// secrets and exact SAN matchers are implemented.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (i, s) in self.tls_certificate_sds_secret_configs.iter().enumerate() {
+            if s.name != SDS_DEFAULT {
+                out.push((
+                    format!("tlsCertificateSdsSecretConfigs[{i}].name"),
+                    format!(
+                        "secret {:?} is not served: only the workload certificate {SDS_DEFAULT:?} is (credentialName and file certificates are not implemented)",
+                        s.name
+                    ),
+                ));
+            }
+        }
+        if self.tls_certificate_sds_secret_configs.len() > 1 {
+            out.push((
+                "tlsCertificateSdsSecretConfigs".to_string(),
+                "at most one certificate is supported".to_string(),
+            ));
+        }
+        if let Some(v) = &self.combined_validation_context {
+            if v.validation_context_sds_secret_config.name != SDS_ROOTCA {
+                out.push((
+                    "combinedValidationContext.validationContextSdsSecretConfig.name".to_string(),
+                    format!(
+                        "secret {:?} is not served: only the mesh root {SDS_ROOTCA:?} is",
+                        v.validation_context_sds_secret_config.name
+                    ),
+                ));
+            }
+            for (i, m) in v
+                .default_validation_context
+                .match_subject_alt_names
+                .iter()
+                .enumerate()
+            {
+                let only_exact = m.exact.is_some()
+                    && m.prefix.is_none()
+                    && m.suffix.is_none()
+                    && m.contains.is_none()
+                    && m.safe_regex.is_none()
+                    && !m.ignore_case;
+                if !only_exact {
+                    out.push((
+                        format!("combinedValidationContext.defaultValidationContext.matchSubjectAltNames[{i}]"),
+                        "only `exact` subject alt name matchers are implemented".to_string(),
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// One of a cluster's `transportSocketMatches`: endpoints whose
+/// `metadata.filterMetadata["envoy.transport_socket_match"]` has every `match` pair use
+/// `transportSocket`; the first match wins.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TransportSocketMatch {
+    pub name: String,
+    #[serde(rename = "match", default)]
+    pub match_: BTreeMap<String, String>,
+    pub transport_socket: UpstreamTransportSocket,
+}
+
+impl TransportSocketMatch {
+    /// Whether an endpoint with `metadata` (its `envoy.transport_socket_match` pairs) matches.
+    pub fn matches(&self, metadata: Option<&BTreeMap<String, String>>) -> bool {
+        self.match_
+            .iter()
+            .all(|(k, v)| metadata.and_then(|m| m.get(k)) == Some(v))
+    }
+}
+
+/// Istio's auto-mTLS matches of an outbound cluster: mutual TLS (with `sni`, ALPN `alpn`,
+/// the server one of `sans`) to endpoints with a sidecar, plain TCP to the others.
+pub fn auto_mtls_matches(sni: &str, alpn: &[&str], sans: &[String]) -> Vec<TransportSocketMatch> {
+    vec![
+        TransportSocketMatch {
+            name: MATCH_TLS_MODE_ISTIO.to_string(),
+            match_: BTreeMap::from([(TLS_MODE_KEY.to_string(), TLS_MODE_ISTIO.to_string())]),
+            transport_socket: UpstreamTransportSocket::Tls(istio_upstream(sni, alpn, sans)),
+        },
+        TransportSocketMatch {
+            name: MATCH_TLS_MODE_DISABLED.to_string(),
+            match_: BTreeMap::new(),
+            transport_socket: UpstreamTransportSocket::RawBuffer(RawBuffer {}),
+        },
+    ]
+}
+
+/// Istio's mutual TLS towards a sidecar (a DestinationRule's `ISTIO_MUTUAL`, and the
+/// `tlsMode-istio` match of auto mTLS).
+pub fn istio_upstream(sni: &str, alpn: &[&str], sans: &[String]) -> UpstreamTlsContext {
+    UpstreamTlsContext {
+        common_tls_context: CommonTlsContext::istio_mutual(alpn, sans),
+        sni: Some(sni.to_string()),
+    }
+}
+
+/// Istio's SNI for a cluster: `outbound_.<port>_.<subset>_.<host>`.
+pub fn istio_sni(port: u16, subset: &str, host: &str) -> String {
+    format!("outbound_.{port}_.{subset}_.{host}")
+}
+
+/// Istio's mutual TLS termination on an inbound chain.
+pub fn istio_downstream(alpn: &[&str]) -> DownstreamTlsContext {
+    DownstreamTlsContext {
+        common_tls_context: CommonTlsContext::istio_mutual(alpn, &[]),
+        require_client_certificate: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn auto_mtls_reads_and_writes_envoys_shape() {
+        let m = auto_mtls_matches(
+            &istio_sni(80, "", "nginx.test.svc.cluster.local"),
+            &ALPN_ISTIO_TCP,
+            &["spiffe://cluster.local/ns/test/sa/default".to_string()],
+        );
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(
+            v,
+            json!([
+                {"name": "tlsMode-istio", "match": {"tlsMode": "istio"},
+                 "transportSocket": {"name": "envoy.transport_sockets.tls", "typedConfig": {
+                    "commonTlsContext": {
+                        "alpnProtocols": ["istio-peer-exchange", "istio"],
+                        "tlsCertificateSdsSecretConfigs": [{"name": "default"}],
+                        "combinedValidationContext": {
+                            "defaultValidationContext": {"matchSubjectAltNames": [
+                                {"exact": "spiffe://cluster.local/ns/test/sa/default"}]},
+                            "validationContextSdsSecretConfig": {"name": "ROOTCA"}}},
+                    "sni": "outbound_.80_._.nginx.test.svc.cluster.local"}}},
+                {"name": "tlsMode-disabled", "match": {},
+                 "transportSocket": {"name": "envoy.transport_sockets.raw_buffer", "typedConfig": {}}}
+            ])
+        );
+        let back: Vec<TransportSocketMatch> = serde_json::from_value(v).unwrap();
+        assert_eq!(back, m);
+        let istio = BTreeMap::from([("tlsMode".to_string(), "istio".to_string())]);
+        assert!(m[0].matches(Some(&istio)));
+        assert!(!m[0].matches(None));
+        assert!(m[1].matches(None) && m[1].matches(Some(&istio)));
+        assert_eq!(
+            m[0].transport_socket
+                .tls()
+                .unwrap()
+                .common_tls_context
+                .expected_sans(),
+            vec!["spiffe://cluster.local/ns/test/sa/default"]
+        );
+    }
+
+    #[test]
+    fn only_the_mesh_secrets_and_exact_names_are_accepted() {
+        assert!(
+            istio_downstream(&ALPN_ISTIO_ALL)
+                .common_tls_context
+                .problems()
+                .is_empty()
+        );
+        let mut c = CommonTlsContext::istio_mutual(&[], &["spiffe://a/ns/b/sa/c".into()]);
+        c.tls_certificate_sds_secret_configs[0].name = "kubernetes://my-cert".into();
+        let v = c.combined_validation_context.as_mut().unwrap();
+        v.validation_context_sds_secret_config.name = "file-root:/etc/ca.pem".into();
+        v.default_validation_context.match_subject_alt_names[0].prefix = Some("x".into());
+        let fields: Vec<String> = c.problems().into_iter().map(|(f, _)| f).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "tlsCertificateSdsSecretConfigs[0].name",
+                "combinedValidationContext.validationContextSdsSecretConfig.name",
+                "combinedValidationContext.defaultValidationContext.matchSubjectAltNames[0]",
+            ]
+        );
+    }
+}
