@@ -16,6 +16,8 @@ use std::time::Duration;
 use rustmesh_xds::well_known::{INBOUND_PASSTHROUGH_SOURCE_V4, INBOUND_PASSTHROUGH_SOURCE_V6};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::transport::{Io, Originate, Purpose};
+
 use crate::stats::ClusterStats;
 
 /// Per-endpoint counters, shown by `/clusters`. Shared by the runtime objects of successive
@@ -72,6 +74,17 @@ pub enum ConnectError {
         addr: SocketAddr,
         /// The cluster's timeout.
         timeout: Duration,
+    },
+    /// Mutual TLS to the endpoint failed (no certificate, the server's identity refused...).
+    #[error("mutual TLS to {addr} (cluster {cluster:?}): {source}")]
+    Tls {
+        /// The cluster.
+        cluster: String,
+        /// The address.
+        addr: SocketAddr,
+        /// What failed.
+        #[source]
+        source: crate::transport::TlsError,
     },
     /// The connection was refused, unreachable...
     #[error("connecting to {addr} (cluster {cluster:?}): {source}")]
@@ -158,6 +171,43 @@ impl ClusterDialer {
                 Some(SocketAddr::new(INBOUND_PASSTHROUGH_SOURCE_V4, src.port()))
             }
             _ => None,
+        }
+    }
+
+    /// [`ClusterDialer::connect`], then the client side of mutual TLS when `tls` is given (for
+    /// `purpose`, which picks the ALPN). A failed handshake counts as a failed connection.
+    pub async fn connect_with(
+        &self,
+        addr: SocketAddr,
+        endpoint: Option<Arc<EndpointStats>>,
+        tls: Option<&Originate>,
+        purpose: Purpose,
+    ) -> Result<(Io, ActiveGuard), ConnectError> {
+        if let Some(Err(source)) = tls.map(Originate::ready) {
+            self.stats.cx_connect_fail.inc();
+            return Err(ConnectError::Tls {
+                cluster: self.name.clone(),
+                addr,
+                source,
+            });
+        }
+        let (stream, guard) = self.connect(addr, endpoint).await?;
+        let Some(tls) = tls else {
+            return Ok((Io::Plain(stream), guard));
+        };
+        match tls.connect(stream, purpose).await {
+            Ok(io) => Ok((io, guard)),
+            Err(source) => {
+                self.stats.cx_connect_fail.inc();
+                if let Some(e) = &guard.endpoint {
+                    e.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(ConnectError::Tls {
+                    cluster: self.name.clone(),
+                    addr,
+                    source,
+                })
+            }
         }
     }
 

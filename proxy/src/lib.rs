@@ -8,7 +8,9 @@
 //! with [`snapshot`] the compiled configuration) → [`http`] (connection manager, route) or the
 //! TCP proxy → [`cluster`] (cluster by name, load balancing, outlier detection, endpoints) →
 //! [`pool`] (per-endpoint HTTP connection pools, circuit breaker) → [`dial`] (opening and
-//! counting upstream connections) → [`stats`], [`socket`]. Beside them: [`body`] (the body
+//! counting upstream connections) → [`transport`] (plain or TLS bytes: mutual TLS terminated
+//! on a chain, originated to an endpoint, with [`identity`]'s certificate) → [`stats`],
+//! [`socket`]. Beside them: [`body`] (the body
 //! types) and [`drive`] (running a hyper connection in one task), used by `http` and `pool`;
 //! [`metrics`], [`admin`], [`config`], [`identity`], [`dns`], [`drain`], [`wait`], [`capture`];
 //! [`sidecar`] wires them.
@@ -37,6 +39,7 @@ pub mod sniff;
 pub mod socket;
 pub mod stats;
 mod sync;
+pub mod transport;
 pub mod wait;
 
 pub use error::{Error, Result};

@@ -215,6 +215,12 @@ pub struct Peers<'a> {
     /// `mutual_tls` or `none` (Istio's `connection_security_policy`; only the destination side
     /// knows it, the source side reports `unknown`).
     pub security_policy: &'a str,
+    /// The client's SPIFFE id (destination side: the mTLS peer's; source side: this
+    /// workload's when it has a certificate), `unknown` when `None`.
+    pub source_principal: Option<&'a str>,
+    /// The server's SPIFFE id (destination side: this workload's under mTLS; source side: the
+    /// mTLS server's, when known), `unknown` when `None`.
+    pub destination_principal: Option<&'a str>,
 }
 
 struct Common {
@@ -283,12 +289,12 @@ impl Peers<'_> {
             reporter: self.reporter.as_str().into(),
             source_workload: c.source_workload,
             source_workload_namespace: c.source_workload_namespace,
-            source_principal: UNKNOWN.into(),
+            source_principal: self.source_principal.unwrap_or(UNKNOWN).into(),
             source_app: c.source_app,
             source_version: c.source_version,
             destination_workload: c.destination_workload,
             destination_workload_namespace: c.destination_workload_namespace,
-            destination_principal: UNKNOWN.into(),
+            destination_principal: self.destination_principal.unwrap_or(UNKNOWN).into(),
             destination_app: c.destination_app,
             destination_version: c.destination_version,
             destination_service: c.destination_service,
@@ -313,12 +319,12 @@ impl Peers<'_> {
             reporter: self.reporter.as_str().into(),
             source_workload: c.source_workload,
             source_workload_namespace: c.source_workload_namespace,
-            source_principal: UNKNOWN.into(),
+            source_principal: self.source_principal.unwrap_or(UNKNOWN).into(),
             source_app: c.source_app,
             source_version: c.source_version,
             destination_workload: c.destination_workload,
             destination_workload_namespace: c.destination_workload_namespace,
-            destination_principal: UNKNOWN.into(),
+            destination_principal: self.destination_principal.unwrap_or(UNKNOWN).into(),
             destination_app: c.destination_app,
             destination_version: c.destination_version,
             destination_service: c.destination_service,
@@ -556,6 +562,8 @@ mod tests {
             own: &own,
             service: Some(&svc),
             security_policy: "unknown",
+            source_principal: Some("spiffe://cluster.local/ns/default/sa/bookinfo-productpage"),
+            destination_principal: None,
         };
         let l = peers.http_labels("http", 200, "", None);
         m.record_request(
@@ -576,6 +584,8 @@ mod tests {
             "source_app=\"productpage\",source_version=\"v1\"",
             "destination_service=\"reviews.default.svc.cluster.local\"",
             "destination_version=\"v2\"",
+            "source_principal=\"spiffe://cluster.local/ns/default/sa/bookinfo-productpage\"",
+            "destination_principal=\"unknown\"",
             "response_code=\"200\",grpc_response_status=\"\",response_flags=\"-\"",
             "istio_request_duration_milliseconds_bucket{",
             "istio_request_duration_milliseconds_bucket{le=\"5.0\",reporter=\"source\"",

@@ -131,6 +131,11 @@ pub struct RunArgs {
     /// The mesh root (`root-cert.pem` of ConfigMap `istio-ca-root-cert`).
     #[arg(long, value_name = "FILE", default_value = crate::identity::ca_client::ROOT_CERT_PATH)]
     pub ca_root_cert: PathBuf,
+    /// Use the workload certificate in this directory instead of asking a CA (Istio's
+    /// file-mounted certificates, `/etc/certs`: `cert-chain.pem`, `key.pem`, `root-cert.pem`).
+    /// Read once at start (restart the sidecar to rotate); not with `--ca-addr`.
+    #[arg(long, value_name = "DIR", conflicts_with = "ca_addr")]
+    pub file_mounted_certs: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -242,6 +247,7 @@ impl Default for RunArgs {
             secret_ttl: Duration::from_secs(24 * 3600),
             ca_token: PathBuf::from(crate::identity::ca_client::TOKEN_PATH),
             ca_root_cert: PathBuf::from(crate::identity::ca_client::ROOT_CERT_PATH),
+            file_mounted_certs: None,
         }
     }
 }
@@ -343,13 +349,31 @@ pub async fn serve(args: RunArgs) -> Result<()> {
     let store = Arc::new(Store::new());
     let http = http_handler(&istio, &workload, args.http_settings());
 
-    let clusters = Arc::new(ClusterManager::new(metrics.clone()));
+    let identity = args.identity()?;
+    // The workload certificate: empty (and staying so) without a CA, then every chain or
+    // endpoint that needs mutual TLS refuses its connections.
+    let certs = Arc::new(crate::identity::Store::default());
+    if let Some(dir) = &args.file_mounted_certs {
+        let cert = crate::identity::WorkloadCert::from_dir(dir, std::time::SystemTime::now())
+            .map_err(|e| Error::InvalidFlag {
+                flag: "--file-mounted-certs",
+                value: dir.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        tracing::info!(identity = %cert.identity, serial = %cert.serial, "workload certificate from files");
+        certs.install(cert);
+    }
+    let clusters = Arc::new(ClusterManager::with_identity(
+        metrics.clone(),
+        certs.clone(),
+    ));
     let shared = Arc::new(Shared {
         store: store.clone(),
         metrics: metrics.clone(),
         istio: istio.clone(),
         workload,
         http: http.clone(),
+        identity: certs.clone(),
     });
 
     // Everything is bound before anything is served: a bad address fails the start.
@@ -366,12 +390,8 @@ pub async fn serve(args: RunArgs) -> Result<()> {
     for a in inbound.local_addrs() {
         bound.push((rustmesh_xds::names::VIRTUAL_INBOUND.into(), a));
     }
-    let identity = args.identity()?;
-    let certs = identity
-        .as_ref()
-        .map(|_| Arc::new(crate::identity::Store::default()));
     let state = Arc::new(AdminState {
-        identity: certs.clone(),
+        identity: (identity.is_some() || args.file_mounted_certs.is_some()).then(|| certs.clone()),
         store: store.clone(),
         metrics: metrics.clone(),
         prometheus: istio,
@@ -450,7 +470,7 @@ pub async fn serve(args: RunArgs) -> Result<()> {
     }
     watcher.poll();
     tokio::spawn(watcher.run());
-    if let (Some((client, id)), Some(certs)) = (identity, certs) {
+    if let Some((client, id)) = identity {
         let names = store.clone();
         let client = client.with_resolver(Arc::new(move |host: &str| {
             let snapshot = names.load()?;

@@ -62,6 +62,9 @@ pub enum Refusal {
     NoListener,
     /// The original destination could not be read.
     NoOriginalDst,
+    /// The chain terminates mutual TLS and the handshake failed (no certificate here, the
+    /// client's refused, timeout).
+    TlsHandshake,
 }
 
 impl Refusal {
@@ -74,6 +77,7 @@ impl Refusal {
             Refusal::UpstreamConnectFailed => "upstream_connect_failed",
             Refusal::NoListener => "no_listener",
             Refusal::NoOriginalDst => "no_original_dst",
+            Refusal::TlsHandshake => "tls_handshake",
         }
     }
 }

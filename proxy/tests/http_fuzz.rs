@@ -432,6 +432,8 @@ fn feed(bytes: &[u8]) {
             }),
             rng: Arc::new(Rng::seeded(1)),
             access_log: AccessLog::new(|_| {}),
+            peer_identity: None,
+            own_identity: None,
         };
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let hcm = rustmesh_xds::listener::HttpConnectionManager::default();

@@ -89,6 +89,8 @@ async fn requests_and_bytes_are_counted_exactly() {
         own: &own,
         service: Some(&svc),
         security_policy: "unknown",
+        source_principal: None,
+        destination_principal: None,
     };
     let ok = peers.http_labels("http", 200, "", None);
     let unavailable = peers.http_labels("http", 503, "", None);

@@ -8,9 +8,8 @@ use std::sync::Arc;
 
 use ca_common::{authority, id, issue};
 use rustmesh_proxy::identity::WorkloadCert;
-use rustmesh_proxy::identity::tls::{
-    ALPN_HTTP, ALPN_TCP, client_config, peer_identity, server_config,
-};
+use rustmesh_proxy::identity::tls::{client_config, peer_identity, server_config};
+use rustmesh_proxy::transport::Purpose;
 use rustmesh_xds::identity::SpiffeId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -88,19 +87,25 @@ async fn mesh() -> Mesh {
 async fn both_sidecars_learn_who_the_other_is() {
     let m = mesh().await;
     let out = handshake(
-        server_config(&m.ratings, &ALPN_HTTP).unwrap(),
-        client_config(&m.reviews, vec![id("bookinfo", "ratings")], &ALPN_HTTP).unwrap(),
+        server_config(&m.ratings, &[b"h2", b"http/1.1"], true).unwrap(),
+        client_config(
+            &m.reviews,
+            vec![id("bookinfo", "ratings")],
+            Purpose::Http1.alpn(),
+        )
+        .unwrap(),
     )
     .await;
     let (server_seen, alpn) = out.client.unwrap();
     assert_eq!(server_seen, Some(id("bookinfo", "ratings")));
-    assert_eq!(alpn.as_deref(), Some(&b"istio-peer-exchange"[..]));
+    // The client offers Istio's marker and the HTTP version; the server's chain selects HTTP.
+    assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
     assert_eq!(out.server.unwrap(), Some(id("bookinfo", "reviews")));
 
     // No expected identities: any mesh identity is accepted (Istio without subjectAltNames).
     let out = handshake(
-        server_config(&m.ratings, &ALPN_TCP).unwrap(),
-        client_config(&m.reviews, vec![], &ALPN_TCP).unwrap(),
+        server_config(&m.ratings, Purpose::Tcp.alpn(), true).unwrap(),
+        client_config(&m.reviews, vec![], Purpose::Tcp.alpn()).unwrap(),
     )
     .await;
     assert!(out.client.is_ok(), "{:?}", out.client.err());
@@ -110,8 +115,13 @@ async fn both_sidecars_learn_who_the_other_is() {
 async fn a_server_with_another_identity_is_refused_by_name() {
     let m = mesh().await;
     let out = handshake(
-        server_config(&m.ratings, &ALPN_TCP).unwrap(),
-        client_config(&m.reviews, vec![id("bookinfo", "details")], &ALPN_TCP).unwrap(),
+        server_config(&m.ratings, Purpose::Tcp.alpn(), true).unwrap(),
+        client_config(
+            &m.reviews,
+            vec![id("bookinfo", "details")],
+            Purpose::Tcp.alpn(),
+        )
+        .unwrap(),
     )
     .await;
     let err = out.client.unwrap_err();
@@ -128,15 +138,15 @@ async fn another_meshs_certificates_are_refused_both_ways() {
     let stranger = issue(&authority(), &id("bookinfo", "reviews")).await;
     // A client from another root: the server refuses it.
     let out = handshake(
-        server_config(&m.ratings, &ALPN_TCP).unwrap(),
-        client_config(&stranger, vec![], &ALPN_TCP).unwrap(),
+        server_config(&m.ratings, Purpose::Tcp.alpn(), true).unwrap(),
+        client_config(&stranger, vec![], Purpose::Tcp.alpn()).unwrap(),
     )
     .await;
     assert!(out.client.is_err() && out.server.is_err());
     // A server from another root: the client refuses it.
     let out = handshake(
-        server_config(&stranger, &ALPN_TCP).unwrap(),
-        client_config(&m.reviews, vec![], &ALPN_TCP).unwrap(),
+        server_config(&stranger, Purpose::Tcp.alpn(), true).unwrap(),
+        client_config(&m.reviews, vec![], Purpose::Tcp.alpn()).unwrap(),
     )
     .await;
     let err = out.client.unwrap_err();
@@ -161,7 +171,7 @@ async fn a_client_without_a_certificate_is_refused() {
     .with_custom_certificate_verifier(Arc::new(AnyServer))
     .with_no_client_auth();
     let out = handshake(
-        server_config(&m.ratings, &ALPN_TCP).unwrap(),
+        server_config(&m.ratings, Purpose::Tcp.alpn(), true).unwrap(),
         Arc::new(anonymous),
     )
     .await;

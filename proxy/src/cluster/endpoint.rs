@@ -34,6 +34,9 @@ pub struct Endpoint {
     pub outlier: Arc<outlier::HostState>,
     /// HTTP connection pools to it (kept while the cluster's definition is unchanged).
     pub pools: Arc<EndpointPools>,
+    /// Mutual TLS to originate to it (its cluster's `transportSocket`, or the
+    /// `transportSocketMatches` entry its metadata matches); `None`: plain TCP.
+    pub tls: Option<Arc<crate::transport::Originate>>,
 }
 
 impl Endpoint {

@@ -13,28 +13,45 @@ use std::sync::{Arc, Mutex};
 use rustmesh_xds::ProxyConfig;
 use rustmesh_xds::cluster::{Cluster as ClusterDef, ClusterLoadAssignment, DiscoveryType};
 use rustmesh_xds::names::BLACKHOLE_CLUSTER;
+use rustmesh_xds::tls::TransportSocketMatch;
 
 use super::{Clusters, Endpoint, Kind, UpstreamCluster, lb, outlier};
 use crate::dial::{ClusterDialer, EndpointStats};
+use crate::identity::Store as CertStore;
 use crate::pool::EndpointPools;
 use crate::pool::limits::CircuitBreaker;
 use crate::stats::Metrics;
 use crate::sync::lock;
+use crate::transport::Originate;
 
 /// Builds [`Clusters`] for each configuration, carrying runtime state over from the previous
 /// one (the manager keeps the clusters last committed).
 pub struct ClusterManager {
     metrics: Metrics,
     current: Mutex<Clusters>,
+    /// The workload certificate, for clusters that originate mutual TLS.
+    identity: Arc<CertStore>,
 }
 
 impl ClusterManager {
-    /// A manager whose clusters count into `metrics`.
+    /// A manager whose clusters count into `metrics`, without a workload certificate (a
+    /// cluster that needs TLS fails its connections).
     pub fn new(metrics: Metrics) -> Self {
+        Self::with_identity(metrics, Arc::new(CertStore::default()))
+    }
+
+    /// A manager whose clusters originate mutual TLS with the certificate in `identity`.
+    pub fn with_identity(metrics: Metrics, identity: Arc<CertStore>) -> Self {
         ClusterManager {
             metrics,
             current: Mutex::new(Clusters::default()),
+            identity,
         }
+    }
+
+    /// The workload certificate store TLS uses (filter chains terminate with it too).
+    pub fn identity(&self) -> &Arc<CertStore> {
+        &self.identity
     }
 
     /// The clusters of `config`, reusing the runtime objects of unchanged clusters. Nothing is
@@ -87,16 +104,21 @@ impl ClusterManager {
             })
             .unwrap_or_default();
         // Pools (open connections) survive an endpoint change, not a change of how to
-        // connect (protocol, timeouts, source address).
-        let old_pools: HashMap<SocketAddr, Arc<EndpointPools>> = old
+        // connect (protocol, timeouts, source address, the endpoint's TLS).
+        type Pools = (Arc<EndpointPools>, Option<Arc<Originate>>);
+        let old_pools: HashMap<SocketAddr, Pools> = old
             .filter(|c| c.def == *def)
             .map(|c| {
                 c.endpoints
                     .iter()
-                    .map(|e| (e.addr, e.pools.clone()))
+                    .map(|e| (e.addr, (e.pools.clone(), e.tls.clone())))
                     .collect()
             })
             .unwrap_or_default();
+        let (transport, tls_error) = match Transport::compile(def, &self.identity) {
+            Ok(t) => (t, None),
+            Err(e) => (Transport::default(), Some(e)),
+        };
         let mut endpoints = Vec::new();
         if kind == Kind::Balanced
             && let Some(la) = &assignment
@@ -105,6 +127,12 @@ impl ClusterManager {
                 for e in &locality.lb_endpoints {
                     let addr = e.endpoint.address.socket_addr();
                     let (stats, outlier) = old_state.get(&addr).cloned().unwrap_or_default();
+                    let tls = transport.for_endpoint(e.transport_socket_match());
+                    let pools = old_pools
+                        .get(&addr)
+                        .filter(|(_, old_tls)| old_tls.as_deref() == tls.as_deref())
+                        .map(|(p, _)| p.clone())
+                        .unwrap_or_default();
                     endpoints.push(Arc::new(Endpoint {
                         addr,
                         health: e.health_status,
@@ -114,7 +142,8 @@ impl ClusterManager {
                         hostname: e.endpoint.hostname.clone(),
                         stats,
                         outlier,
-                        pools: old_pools.get(&addr).cloned().unwrap_or_default(),
+                        pools,
+                        tls,
                     }));
                 }
             }
@@ -173,7 +202,52 @@ impl ClusterManager {
             breaker,
             outlier,
             ejected_until: AtomicU64::new(ejected_until),
+            tls_error,
         }
+    }
+}
+
+/// A cluster's compiled transport sockets: the one for every endpoint (`transportSocket`), or
+/// the per-endpoint matches (`transportSocketMatches`); `None` is plain TCP.
+#[derive(Default)]
+struct Transport {
+    all: Option<Option<Arc<Originate>>>,
+    matches: Vec<(TransportSocketMatch, Option<Arc<Originate>>)>,
+}
+
+impl Transport {
+    fn compile(def: &ClusterDef, identity: &Arc<CertStore>) -> Result<Self, (String, String)> {
+        use rustmesh_xds::tls::UpstreamTransportSocket;
+        let one = |socket: &UpstreamTransportSocket, at: String| match socket {
+            UpstreamTransportSocket::RawBuffer(_) => Ok(None),
+            UpstreamTransportSocket::Tls(ctx) => Originate::new(ctx, identity.clone())
+                .map(|o| Some(Arc::new(o)))
+                .map_err(|(field, message)| (format!("{at}.typedConfig.{field}"), message)),
+        };
+        let all = match &def.transport_socket {
+            Some(s) => Some(one(s, "transportSocket".to_string())?),
+            None => None,
+        };
+        let mut matches = Vec::new();
+        for (i, m) in def.transport_socket_matches.iter().enumerate() {
+            let at = format!("transportSocketMatches[{i}].transportSocket");
+            matches.push((m.clone(), one(&m.transport_socket, at)?));
+        }
+        Ok(Transport { all, matches })
+    }
+
+    /// The TLS to originate to an endpoint with `metadata` (its transport socket match pairs).
+    fn for_endpoint(
+        &self,
+        metadata: Option<&std::collections::BTreeMap<String, String>>,
+    ) -> Option<Arc<Originate>> {
+        if let Some(all) = &self.all {
+            return all.clone();
+        }
+        self.matches
+            .iter()
+            .find(|(m, _)| m.matches(metadata))
+            .and_then(|(_, o)| o.clone())
     }
 }
 

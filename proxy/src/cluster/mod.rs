@@ -45,12 +45,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use rustmesh_xds::cluster::{Cluster as ClusterDef, ClusterLoadAssignment};
-use tokio::net::TcpStream;
-
 use crate::dial::{ActiveGuard, ClusterDialer, ConnectError};
 use crate::pool::limits::CircuitBreaker;
 use crate::stats::ClusterStats;
+use crate::transport::{Io, Purpose};
+use rustmesh_xds::cluster::{Cluster as ClusterDef, ClusterLoadAssignment};
 
 /// How a cluster finds where to connect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +91,8 @@ pub struct UpstreamCluster {
     /// Until when (see [`outlier::now_ms`]) some endpoint may be ejected: before that, picks
     /// filter out ejected endpoints; after it, nothing is ejected and picks take the fast path.
     ejected_until: AtomicU64,
+    /// A transport socket that does not compile (the configuration is refused, naming it).
+    pub tls_error: Option<(String, String)>,
 }
 
 /// Where a connection goes: an address, and the endpoint it is (not for ORIGINAL_DST).
@@ -111,8 +112,8 @@ pub struct NoHealthyUpstream(pub String);
 /// An open upstream connection. Counts in the cluster's and endpoint's `cx_active` until dropped.
 #[derive(Debug)]
 pub struct Upstream {
-    /// The connection.
-    pub stream: TcpStream,
+    /// The connection (mutual TLS when the endpoint's transport says so).
+    pub stream: Io,
     /// Where it goes.
     pub target: Target,
     guard: ActiveGuard,
@@ -120,7 +121,7 @@ pub struct Upstream {
 
 impl Upstream {
     /// The stream, and a guard to keep while it is in use.
-    pub fn into_parts(self) -> (TcpStream, Target, ActiveGuard) {
+    pub fn into_parts(self) -> (Io, Target, ActiveGuard) {
         (self.stream, self.target, self.guard)
     }
 }
@@ -288,11 +289,17 @@ impl UpstreamCluster {
         &self.dialer
     }
 
-    /// Opens a connection to `target` ([`ClusterDialer::connect`], counting it in the
-    /// endpoint's stats too); a failure to connect to an endpoint counts for outlier detection.
+    /// Opens a connection to `target` for the TCP proxy ([`ClusterDialer::connect`], counting
+    /// it in the endpoint's stats too, then mutual TLS if the endpoint has it); a failure to
+    /// connect to an endpoint counts for outlier detection.
     pub async fn connect(&self, target: Target) -> Result<Upstream, ConnectError> {
         let stats = target.endpoint.as_ref().map(|e| e.stats.clone());
-        match self.dialer.connect(target.addr, stats).await {
+        let tls = target.endpoint.as_ref().and_then(|e| e.tls.clone());
+        let connected = self
+            .dialer
+            .connect_with(target.addr, stats, tls.as_deref(), Purpose::Tcp)
+            .await;
+        match connected {
             Ok((stream, guard)) => Ok(Upstream {
                 stream,
                 target,

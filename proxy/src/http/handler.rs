@@ -37,9 +37,11 @@ use crate::{Error, Result};
 /// `http_connection_manager`: the connection keeps the routes and clusters of the
 /// configuration it was accepted on until it ends.
 pub struct HttpConnection {
-    /// The accepted downstream connection. Bytes looked at by the sniffer were only peeked:
-    /// they are all still unread.
-    pub stream: tokio::net::TcpStream,
+    /// The accepted downstream connection (TLS already terminated when the chain does it).
+    /// Bytes looked at by the sniffer were only peeked: they are all still unread.
+    pub stream: crate::transport::Io,
+    /// This workload's SPIFFE id, while it holds a certificate (metrics' principals).
+    pub own_identity: Option<String>,
     /// The chain's `http_connection_manager` configuration.
     pub hcm: Arc<HttpConnectionManager>,
     /// The chain's route table ([`CompiledRoutes::table`]); `None` when the configuration has
@@ -206,7 +208,9 @@ impl ConnectionManager {
             orig_dst,
             client,
             drain,
+            own_identity,
         } = conn;
+        let peer_identity = stream.peer_identity();
         let table = routes.unwrap_or_else(|| {
             let name = hcm
                 .rds
@@ -234,6 +238,8 @@ impl ConnectionManager {
             settings: self.settings.clone(),
             rng: self.rng.clone(),
             access_log: self.access_log.clone(),
+            peer_identity,
+            own_identity,
         };
         // As Envoy does for every accepted socket: a response's head and body are separate
         // writes, and Nagle would hold the second until the first is acknowledged.

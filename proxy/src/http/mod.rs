@@ -143,6 +143,10 @@ pub struct HttpContext {
     pub rng: Arc<Rng>,
     /// Access log sink, used when the connection manager's `accessLog` is true.
     pub access_log: AccessLog,
+    /// The client's SPIFFE id, when the connection's chain terminated mutual TLS.
+    pub peer_identity: Option<rustmesh_xds::identity::SpiffeId>,
+    /// This workload's SPIFFE id, while it holds a certificate.
+    pub own_identity: Option<String>,
 }
 
 impl std::fmt::Debug for HttpContext {

@@ -110,14 +110,23 @@ impl Conn {
             match cache.iter().find(|(k, _)| *k == key) {
                 Some((_, h)) => h.clone(),
                 None => {
+                    let peer = ctx.peer_identity.as_ref().map(|p| p.to_string());
+                    let own = ctx.own_identity.as_deref();
+                    let (source_principal, destination_principal, security_policy) =
+                        match (ctx.reporter, &peer) {
+                            (Reporter::Source, _) => (own, None, "unknown"),
+                            (Reporter::Destination, Some(p)) => {
+                                (Some(p.as_str()), own, "mutual_tls")
+                            }
+                            (Reporter::Destination, None) => (None, None, "none"),
+                        };
                     let peers = Peers {
                         reporter: ctx.reporter,
                         own: &ctx.workload,
                         service,
-                        security_policy: match ctx.reporter {
-                            Reporter::Source => "unknown",
-                            Reporter::Destination => "none",
-                        },
+                        security_policy,
+                        source_principal,
+                        destination_principal,
                     };
                     let labels = peers.http_labels(
                         if key.grpc { "grpc" } else { "http" },

@@ -116,7 +116,9 @@ impl ClusterUpstreams {
                 let e = c
                     .pick_excluding(hash, exclude_hosts)
                     .ok_or_else(|| no_healthy(&c))?;
-                let pool = e.pools.get(c.dialer(), e.addr, &e.stats, http2);
+                let pool = e
+                    .pools
+                    .get(c.dialer(), e.addr, &e.stats, http2, e.tls.clone());
                 (pool, Some(e))
             }
         };

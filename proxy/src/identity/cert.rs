@@ -186,6 +186,62 @@ impl WorkloadCert {
         })
     }
 
+    /// A certificate provisioned as files instead of by the CA (Istio's file-mounted
+    /// certificates, `/etc/certs`): `cert-chain.pem` (leaf first), `key.pem` (PKCS#8) and
+    /// `root-cert.pem` in `dir`. The identity is the leaf's one SPIFFE id; the same checks as a
+    /// CA's answer apply (the key matches the leaf, the chain verifies against the root).
+    pub fn from_dir(dir: &std::path::Path, now: SystemTime) -> Result<Self, CertError> {
+        use rustls::pki_types::pem::PemObject;
+        let read = |name: &'static str| -> Result<String, CertError> {
+            let path = dir.join(name);
+            let bad = |reason: String| CertError::Parse { what: name, reason };
+            let len = std::fs::metadata(&path)
+                .map_err(|e| bad(format!("{}: {e}", path.display())))?
+                .len();
+            if len > MAX_PEM_BYTES as u64 {
+                return Err(CertError::TooLarge {
+                    what: name,
+                    len: len as usize,
+                });
+            }
+            std::fs::read_to_string(&path).map_err(|e| bad(format!("{}: {e}", path.display())))
+        };
+        let (chain, key_pem, root) = (
+            read("cert-chain.pem")?,
+            read("key.pem")?,
+            read("root-cert.pem")?,
+        );
+        let key = PrivatePkcs8KeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| {
+            CertError::Parse {
+                what: "key.pem",
+                reason: format!("not a PKCS#8 private key: {e}"),
+            }
+        })?;
+        let public = rcgen::KeyPair::try_from(&key)
+            .map_err(|e| CertError::Parse {
+                what: "key.pem",
+                reason: e.to_string(),
+            })?
+            .public_key_raw()
+            .to_vec();
+        let leaf = parse_pem_certs("cert-chain.pem", &chain)?;
+        let (_, parsed) = X509Certificate::from_der(&leaf[0]).map_err(|e| CertError::Parse {
+            what: "cert-chain.pem",
+            reason: e.to_string(),
+        })?;
+        let uris = uri_sans(&parsed);
+        let identity = match uris.as_slice() {
+            [one] => one.parse::<SpiffeId>().ok(),
+            _ => None,
+        }
+        .ok_or_else(|| CertError::WrongIdentity {
+            got: uris.clone(),
+            expected: "one SPIFFE id".to_string(),
+        })?;
+        let roots = parse_pem_certs("root-cert.pem", &root)?;
+        Self::accept(&identity, key, &public, &[chain], roots, now)
+    }
+
     /// The private key, for the TLS configuration only.
     pub fn key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(self.key.clone_key())

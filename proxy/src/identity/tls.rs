@@ -7,9 +7,8 @@
 //!   and then that the server is one of the identities the client expects (Istio's
 //!   `subjectAltNames` of a cluster, the service accounts behind it), and
 //!   [`peer_identity`] gives either end the other's id (for metrics and authorization).
-//! - ALPN is Istio's: a client offers `istio-peer-exchange`, `istio` (and `istio-http/1.1`,
-//!   `istio-h2` for HTTP), so an inbound listener recognises a mesh peer's TLS before any
-//!   certificate is read.
+//! - ALPN is given by the caller ([`crate::transport::Purpose`] has Istio's), so an inbound
+//!   listener recognises a mesh peer's TLS before any certificate is read.
 //! - Only TLS 1.2 and 1.3 with the provider's default suites (ring); the key stays in memory.
 
 use std::sync::Arc;
@@ -22,16 +21,6 @@ use rustmesh_xds::identity::SpiffeId;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::cert::WorkloadCert;
-
-/// Istio's ALPN for a TCP connection between sidecars.
-pub const ALPN_TCP: [&[u8]; 2] = [b"istio-peer-exchange", b"istio"];
-/// Istio's ALPN for HTTP/1.1 and HTTP/2 between sidecars.
-pub const ALPN_HTTP: [&[u8]; 4] = [
-    b"istio-peer-exchange",
-    b"istio",
-    b"istio-http/1.1",
-    b"istio-h2",
-];
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -70,18 +59,24 @@ pub fn peer_identity(peer_certificates: Option<&[CertificateDer<'static>]>) -> O
     (ids.len() == 1).then(|| ids.remove(0))
 }
 
-/// The server side: presents `cert`, requires a client certificate chaining to the mesh root
-/// (the caller decides, from the ALPN or the policy, whether TLS is used at all).
+/// The server side: presents `cert`, and verifies a client certificate against the mesh root,
+/// requiring one when `require_client_certificate` (Istio's mutual TLS always does). The
+/// caller decides, from the ALPN and the policy, whether TLS is used at all.
 pub fn server_config(
     cert: &WorkloadCert,
     alpn: &[&[u8]],
+    require_client_certificate: bool,
 ) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+    let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
         roots(cert)?.into(),
         provider(),
-    )
-    .build()
-    .map_err(|e| TlsConfigError(e.to_string()))?;
+    );
+    let builder = if require_client_certificate {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    let verifier = builder.build().map_err(|e| TlsConfigError(e.to_string()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsConfigError(e.to_string()))?

@@ -35,7 +35,9 @@ use crate::snapshot::{CompiledListener, Snapshot};
 use crate::sniff::{self, Detected};
 use crate::socket::{ClientAddr, FixedAddrs, OrigDst, OrigDstAddr};
 use crate::stats::Refusal;
+use crate::transport::Io;
 use crate::{Error, Result};
+use rustmesh_xds::peer_authn::MtlsMode;
 
 use crate::snapshot::chain::Terminal;
 
@@ -358,15 +360,43 @@ pub async fn dispatch(
     } else {
         Detected::raw()
     };
-    let Some(chain) = listener.chains.select(orig_dst.0, &detected).cloned() else {
+    // Inbound, the pod's PeerAuthentication decides which chains a connection may use.
+    let mode = match reporter {
+        Reporter::Destination => peer_mode(&snapshot, &shared.workload.labels, orig_dst.0.port()),
+        Reporter::Source => MtlsMode::Permissive,
+    };
+    let Some(chain) = listener
+        .chains
+        .select_for(orig_dst.0, &detected, mode)
+        .cloned()
+    else {
         shared
             .metrics
             .refused(&listener.name, Refusal::NoFilterChain);
-        tracing::debug!(listener = %listener.name, %orig_dst, %client, ?detected,
-            "no filter chain matches and there is no default chain: connection closed");
+        if mode == MtlsMode::Strict {
+            tracing::debug!(listener = %listener.name, %orig_dst, %client, ?detected,
+                "PeerAuthentication STRICT: a client without mutual TLS is refused");
+        } else {
+            tracing::debug!(listener = %listener.name, %orig_dst, %client, ?detected,
+                "no filter chain matches and there is no default chain: connection closed");
+        }
         return;
     };
     tracing::trace!(listener = %listener.name, chain = %chain.name, %orig_dst, %client, ?detected, "filter chain");
+    let stream = match &chain.tls {
+        None => Io::Plain(stream),
+        Some(tls) => match tls.accept(stream).await {
+            Ok(io) => io,
+            Err(e) => {
+                shared
+                    .metrics
+                    .refused(&listener.name, Refusal::TlsHandshake);
+                tracing::info!(listener = %listener.name, chain = %chain.name, %orig_dst, %client,
+                    "mutual TLS refused: {e}");
+                return;
+            }
+        },
+    };
     match &chain.terminal {
         Terminal::Tcp(route) => {
             let conn = tcp::Conn {
@@ -395,11 +425,26 @@ pub async fn dispatch(
                 orig_dst,
                 client,
                 drain,
+                own_identity: shared.own_principal(),
             };
             if let Err(e) = shared.http.serve(conn).await {
                 tracing::debug!(listener = %listener.name, %client, "HTTP connection ended: {e}");
             }
         }
+    }
+}
+
+/// The PeerAuthentication mode in force for this pod (`labels`) on inbound `port`
+/// ([`rustmesh_xds::peer_authn::effective_mode`]; PERMISSIVE when the configuration has no
+/// policy).
+pub fn peer_mode(
+    snapshot: &Snapshot,
+    labels: &std::collections::BTreeMap<String, String>,
+    port: u16,
+) -> MtlsMode {
+    match &snapshot.config.peer_authentication {
+        Some(p) => rustmesh_xds::peer_authn::effective_mode(p, labels, port).0,
+        None => MtlsMode::Permissive,
     }
 }
 
@@ -438,6 +483,7 @@ pub(crate) mod testing {
             istio,
             workload,
             http,
+            identity: Arc::new(crate::identity::Store::default()),
         })
     }
 

@@ -1,5 +1,6 @@
 //! What every capture listener and connection handler shares: the configuration store, the
-//! counters, Istio's metrics, the workload and the HTTP connection manager.
+//! counters, Istio's metrics, the workload, the HTTP connection manager and the workload
+//! certificate.
 
 use std::sync::Arc;
 
@@ -20,4 +21,13 @@ pub struct Shared {
     pub workload: Arc<WorkloadInfo>,
     /// The HTTP connection manager.
     pub http: Arc<ConnectionManager>,
+    /// The workload certificate (empty without a CA): chains terminating mutual TLS present it.
+    pub identity: Arc<crate::identity::Store>,
+}
+
+impl Shared {
+    /// This workload's SPIFFE id, while it holds a certificate (Istio's principal label).
+    pub fn own_principal(&self) -> Option<String> {
+        self.identity.current().map(|c| c.identity.to_string())
+    }
 }

@@ -13,6 +13,7 @@ use crate::body::{ProxyBody, boxed};
 use crate::dial::{ActiveGuard, ClusterDialer, EndpointStats};
 use crate::drive::ConnExecutor;
 use crate::sync::lock;
+use crate::transport::{Io, Originate, Purpose};
 use bytes::Bytes;
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -26,7 +27,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 
 /// Why a cluster could not produce a response. Each maps to Envoy's local reply and flag.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -84,9 +84,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most unused HTTP/1.1 connections kept per endpoint; more are closed as they come back.
 pub const MAX_IDLE: usize = 1024;
 
-/// A pooled connection: the stream and its guard.
+/// A pooled connection: the stream (plain, or mutual TLS) and its guard.
 pub struct PooledIo {
-    io: TokioIo<TcpStream>,
+    io: TokioIo<Io>,
     /// Counts the connection in the cluster's and endpoint's `cx_active` until it closes.
     _guard: ActiveGuard,
 }
@@ -133,7 +133,7 @@ impl hyper::rt::Write for PooledIo {
 
 impl hyper_util::client::legacy::connect::Connection for PooledIo {
     fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
-        self.io.connected()
+        hyper_util::client::legacy::connect::Connection::connected(self.io.inner().tcp())
     }
 }
 
@@ -146,6 +146,10 @@ pub struct FixedConnector {
     connect_timeout: Duration,
     dialer: ClusterDialer,
     endpoint: Option<Arc<EndpointStats>>,
+    /// Mutual TLS to originate on each connection.
+    tls: Option<Arc<Originate>>,
+    /// What the connections carry (the ALPN offered under TLS).
+    purpose: Purpose,
 }
 
 impl tower::Service<Uri> for FixedConnector {
@@ -166,14 +170,17 @@ impl FixedConnector {
     /// Opens a connection to the address with the cluster's dialer (which enforces
     /// `connectTimeout`; the pool's own limit is only a backstop), with `TCP_NODELAY`.
     fn dial(&self) -> Pin<Box<dyn Future<Output = std::io::Result<PooledIo>> + Send>> {
-        let (dialer, addr, endpoint, timeout) = (
+        let (dialer, addr, endpoint, timeout, tls, purpose) = (
             self.dialer.clone(),
             self.addr,
             self.endpoint.clone(),
             self.connect_timeout,
+            self.tls.clone(),
+            self.purpose,
         );
         Box::pin(async move {
-            let (stream, guard) = tokio::time::timeout(timeout, dialer.connect(addr, endpoint))
+            let connecting = dialer.connect_with(addr, endpoint, tls.as_deref(), purpose);
+            let (stream, guard) = tokio::time::timeout(timeout, connecting)
                 .await
                 .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))?
                 .map_err(std::io::Error::other)?;
@@ -204,19 +211,27 @@ impl EndpointClient {
     /// connections opened by `dialer` (the cluster's; the pools live in the cluster's
     /// endpoints, so they hold the dialer, not the cluster) and counted in `endpoint`'s stats
     /// when `addr` is one of the cluster's endpoints. `connect_timeout` bounds a dial on top
-    /// of the dialer's own `connectTimeout`.
+    /// of the dialer's own `connectTimeout`. With `tls`, each connection is mutual TLS
+    /// (ALPN `istio-http/1.1` or `istio-h2`, then the HTTP version itself).
     pub fn new(
         dialer: ClusterDialer,
         addr: SocketAddr,
         endpoint: Option<Arc<EndpointStats>>,
         http2: bool,
         connect_timeout: Duration,
+        tls: Option<Arc<Originate>>,
     ) -> Self {
         let connector = FixedConnector {
             addr,
             connect_timeout,
             dialer,
             endpoint,
+            tls,
+            purpose: if http2 {
+                Purpose::Http2
+            } else {
+                Purpose::Http1
+            },
         };
         let pool = if http2 {
             let mut b = Client::builder(ConnExecutor::default());
@@ -552,7 +567,7 @@ mod tests {
     fn http1_client(addr: SocketAddr) -> EndpointClient {
         let stats = crate::stats::Metrics::default().cluster("c");
         let dialer = ClusterDialer::new("c".to_string(), Duration::from_secs(1), None, stats);
-        EndpointClient::new(dialer, addr, None, false, Duration::from_secs(1))
+        EndpointClient::new(dialer, addr, None, false, Duration::from_secs(1), None)
     }
 
     fn get(uri: &str) -> Request<ProxyBody> {

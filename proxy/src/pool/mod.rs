@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::dial::{ClusterDialer, EndpointStats};
 use crate::sync::lock;
+use crate::transport::Originate;
 use client::EndpointClient;
 
 pub use client::UpstreamError;
@@ -34,17 +35,20 @@ pub struct EndpointPools {
 }
 
 impl EndpointPools {
-    /// The endpoint's pool for HTTP/1.1, or h2c when `http2`; made on first use with `dialer`
-    /// (its cluster's), to `addr`, counting into the endpoint's `stats`.
+    /// The endpoint's pool for HTTP/1.1, or HTTP/2 when `http2`; made on first use with
+    /// `dialer` (its cluster's), to `addr`, counting into the endpoint's `stats`, over mutual
+    /// TLS when `tls` (the endpoint's, fixed for the pools' life: a change of transport is a
+    /// change of the cluster's definition, which makes new pools).
     pub fn get(
         &self,
         dialer: &ClusterDialer,
         addr: SocketAddr,
         stats: &Arc<EndpointStats>,
         http2: bool,
+        tls: Option<Arc<Originate>>,
     ) -> EndpointClient {
         let slot = if http2 { &self.http2 } else { &self.http1 };
-        slot.get_or_init(|| client(dialer, addr, Some(stats.clone()), http2))
+        slot.get_or_init(|| client(dialer, addr, Some(stats.clone()), http2, tls))
             .clone()
     }
 }
@@ -70,7 +74,7 @@ impl PassthroughPools {
         if pools.len() >= MAX_PASSTHROUGH_POOLS {
             pools.clear();
         }
-        let c = client(dialer, dst, None, http2);
+        let c = client(dialer, dst, None, http2, None);
         pools.insert(key, c.clone());
         c
     }
@@ -84,7 +88,14 @@ fn client(
     addr: SocketAddr,
     stats: Option<Arc<EndpointStats>>,
     http2: bool,
+    tls: Option<Arc<Originate>>,
 ) -> EndpointClient {
-    let backstop = dialer.connect_timeout() * 2;
-    EndpointClient::new(dialer.clone(), addr, stats, http2, backstop)
+    // The handshake runs after the dialer's `connectTimeout`, within its own limit.
+    let backstop = dialer.connect_timeout() * 2
+        + if tls.is_some() {
+            crate::transport::HANDSHAKE_TIMEOUT
+        } else {
+            std::time::Duration::ZERO
+        };
+    EndpointClient::new(dialer.clone(), addr, stats, http2, backstop, tls)
 }

@@ -27,8 +27,13 @@ use std::time::Duration;
 use rustmesh_xds::address::CidrRange;
 use rustmesh_xds::listener::{FilterChain, FilterChainMatch, HttpConnectionManager, NetworkFilter};
 
+use rustmesh_xds::peer_authn::MtlsMode;
+use rustmesh_xds::tls::DownstreamTransportSocket;
+
 use crate::cluster::{Clusters, UpstreamCluster, lb};
+use crate::identity::Store as CertStore;
 use crate::sniff::Detected;
+use crate::transport::Terminate;
 
 /// Envoy's default `idleTimeout` of `tcp_proxy`: one hour.
 pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -86,6 +91,8 @@ pub struct Chain {
     ranges: Vec<CidrRange>,
     /// What it does.
     pub terminal: Terminal,
+    /// Terminate TLS first (its `transportSocket`, Istio's inbound mutual TLS).
+    pub tls: Option<Arc<Terminate>>,
 }
 
 /// The filter chains of a listener, compiled.
@@ -118,11 +125,12 @@ impl FilterChains {
         chains: &[FilterChain],
         default: Option<&FilterChain>,
         clusters: &Clusters,
+        identity: &Arc<CertStore>,
     ) -> Result<Self, CompileError> {
         let mut out = FilterChains::default();
         for (i, fc) in chains.iter().enumerate() {
             let p = format!("{path}.filterChains[{i}]");
-            let chain = compile_chain(&p, fc, format!("{name}[{i}]"), clusters)?;
+            let chain = compile_chain(&p, fc, format!("{name}[{i}]"), clusters, identity)?;
             if let Some((j, _)) = out
                 .chains
                 .iter()
@@ -149,6 +157,7 @@ impl FilterChains {
                 fc,
                 format!("{name}[default]"),
                 clusters,
+                identity,
             )?));
         }
         Ok(out)
@@ -191,11 +200,36 @@ impl FilterChains {
     /// The chain for a connection to `dst` whose first bytes were `detected` (use
     /// [`Detected::raw`] when sniffing was not needed), else the default chain.
     pub fn select(&self, dst: SocketAddr, detected: &Detected) -> Option<&Arc<Chain>> {
-        self.select_chain(dst, detected).or(self.default.as_ref())
+        self.select_for(dst, detected, MtlsMode::Permissive)
     }
 
-    fn select_chain(&self, dst: SocketAddr, detected: &Detected) -> Option<&Arc<Chain>> {
-        let left = self.by_destination(dst);
+    /// [`FilterChains::select`] under a peer authentication `mode` (inbound): `STRICT` keeps
+    /// only the chains that terminate mutual TLS (a plain-text client, or TLS that is not the
+    /// mesh's, matches nothing and is closed, as in Istio, where STRICT renders only those);
+    /// `DISABLE` drops them (a mesh client's TLS goes to the app as bytes); `PERMISSIVE` (and
+    /// `UNSET`) keeps all.
+    pub fn select_for(
+        &self,
+        dst: SocketAddr,
+        detected: &Detected,
+        mode: MtlsMode,
+    ) -> Option<&Arc<Chain>> {
+        let allowed = move |c: &Chain| match mode {
+            MtlsMode::Strict => c.tls.is_some(),
+            MtlsMode::Disable => c.tls.is_none(),
+            MtlsMode::Permissive | MtlsMode::Unset => true,
+        };
+        self.select_chain(dst, detected, allowed)
+            .or(self.default.as_ref().filter(|c| allowed(c)))
+    }
+
+    fn select_chain(
+        &self,
+        dst: SocketAddr,
+        detected: &Detected,
+        allowed: impl Fn(&Chain) -> bool + Copy,
+    ) -> Option<&Arc<Chain>> {
+        let left = self.by_destination(dst).filter(move |c| allowed(c));
         // 3. Transport protocol.
         let transport = detected.transport.as_str();
         let named = left
@@ -240,6 +274,7 @@ fn compile_chain(
     fc: &FilterChain,
     fallback_name: String,
     clusters: &Clusters,
+    identity: &Arc<CertStore>,
 ) -> Result<Chain, CompileError> {
     let mut ranges: Vec<CidrRange> = fc
         .filter_chain_match
@@ -303,11 +338,15 @@ fn compile_chain(
         }
         NetworkFilter::HttpConnectionManager(h) => Terminal::Http(Arc::new((**h).clone())),
     };
+    let tls = fc.transport_socket.as_ref().map(|socket| match socket {
+        DownstreamTransportSocket::Tls(ctx) => Arc::new(Terminate::new(ctx, identity.clone())),
+    });
     Ok(Chain {
         name: fc.name.clone().unwrap_or(fallback_name),
         matcher: fc.filter_chain_match.clone(),
         ranges,
         terminal,
+        tls,
     })
 }
 
@@ -384,6 +423,7 @@ mod tests {
             &l.filter_chains,
             l.default_filter_chain.as_ref(),
             &clusters,
+            &Arc::new(CertStore::default()),
         )
         .unwrap()
     }
@@ -597,8 +637,15 @@ mod tests {
         .unwrap();
         let clusters = ClusterManager::new(Metrics::default()).build(&config);
         let l = &config.listeners[0];
-        let err = FilterChains::compile("listeners[0]", "l", &l.filter_chains, None, &clusters)
-            .unwrap_err();
+        let err = FilterChains::compile(
+            "listeners[0]",
+            "l",
+            &l.filter_chains,
+            None,
+            &clusters,
+            &Arc::new(CertStore::default()),
+        )
+        .unwrap_err();
         assert_eq!(err.0, "listeners[0].filterChains[1].filterChainMatch");
     }
 

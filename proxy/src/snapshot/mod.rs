@@ -91,12 +91,24 @@ impl Snapshot {
         http: &ConnectionManager,
     ) -> Result<Snapshot> {
         let table = clusters.build(&config);
+        // A transport socket that does not compile refuses the configuration, naming it.
+        for (i, def) in config.clusters.iter().enumerate() {
+            if let Some((field, message)) = table.get(&def.name).and_then(|c| c.tls_error.clone()) {
+                return Err(compile_error((format!("clusters[{i}].{field}"), message)));
+            }
+        }
         let mut by_address = HashMap::new();
         let mut listeners = Vec::new();
         let (mut outbound, mut inbound) = (None, None);
         for (i, l) in config.listeners.iter().enumerate() {
             let path = format!("listeners[{i}]");
-            let compiled = Arc::new(compile_listener(&path, l, &table, metrics)?);
+            let compiled = Arc::new(compile_listener(
+                &path,
+                l,
+                &table,
+                clusters.identity(),
+                metrics,
+            )?);
             listeners.push(compiled.clone());
             if l.use_original_dst {
                 let slot = match l.traffic_direction {
@@ -174,6 +186,7 @@ fn compile_listener(
     path: &str,
     l: &Listener,
     clusters: &Clusters,
+    identity: &Arc<crate::identity::Store>,
     metrics: &Metrics,
 ) -> Result<CompiledListener> {
     let chains = FilterChains::compile(
@@ -182,6 +195,7 @@ fn compile_listener(
         &l.filter_chains,
         l.default_filter_chain.as_ref(),
         clusters,
+        identity,
     )
     .map_err(compile_error)?;
     let sniff_timeout = match l.listener_filters_timeout {
@@ -352,6 +366,32 @@ mod tests {
         .unwrap_err();
         assert!(
             err.to_string().starts_with("listeners[1].useOriginalDst:"),
+            "{err}"
+        );
+
+        // A TLS origination that names a server identity which is no SPIFFE id, or an SNI
+        // that is no server name, refuses the configuration (never plain text instead).
+        let tls = |sni: &str, san: &str| {
+            json!({"name": "c", "type": "STATIC", "loadAssignment": {"clusterName": "c", "endpoints": []},
+                "transportSocket": {"name": "envoy.transport_sockets.tls", "typedConfig": {
+                    "sni": sni, "commonTlsContext": {"tlsCertificateSdsSecretConfigs": [{"name": "default"}],
+                    "combinedValidationContext": {"defaultValidationContext": {"matchSubjectAltNames": [{"exact": san}]},
+                        "validationContextSdsSecretConfig": {"name": "ROOTCA"}}}}}})
+        };
+        let good = "spiffe://cluster.local/ns/a/sa/b";
+        assert!(compile(json!({"clusters": [tls("outbound_.80_._.a.svc", good)]})).is_ok());
+        let err = compile(json!({"clusters": [tls("outbound_.80_._.a.svc", "b.a.svc")]}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("clusters[0].transportSocket.typedConfig.commonTlsContext.combinedValidationContext.defaultValidationContext.matchSubjectAltNames[0].exact:"),
+            "{err}"
+        );
+        let err = compile(json!({"clusters": [tls("not a name!", good)]}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("clusters[0].transportSocket.typedConfig.sni:"),
             "{err}"
         );
     }

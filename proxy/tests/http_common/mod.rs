@@ -433,6 +433,8 @@ pub async fn start_proxy(rc: RouteConfiguration, ups: TestClusters, opts: Option
         settings: Arc::new(opts.settings),
         rng: Arc::new(Rng::seeded(opts.seed)),
         access_log: AccessLog::new(move |l| sink.lock().unwrap().push(l.to_string())),
+        peer_identity: None,
+        own_identity: None,
     };
     tokio::spawn(async move {
         loop {

@@ -1,0 +1,684 @@
+//! Mutual TLS between two sidecars, on loopback: a client sidecar (`reviews`) and a server
+//! sidecar (`ratings`), each the real listeners, chains, clusters and pools with certificates
+//! issued by the real mesh CA (`rustmesh_operator::ca`) through the sidecar's CA client. The
+//! one stand-in is the original destination: each listener is told it (`run_with`), as the
+//! capture rules would; `sidecar_netns`-style tests prove the capture itself.
+//!
+//! What is proved, from Istio's documented behaviour:
+//! - auto mTLS: an endpoint with `tlsMode: istio` gets mutual TLS for HTTP/1.1, HTTP/2 and raw
+//!   TCP; the server sees the client's SPIFFE id (metrics' `source_principal`,
+//!   `connection_security_policy="mutual_tls"`);
+//! - PeerAuthentication on the server: PERMISSIVE serves plain text and mTLS, STRICT refuses a
+//!   plain-text client, DISABLE serves plain text and does not terminate mTLS, a port-level
+//!   override wins;
+//! - the client refuses a server with another identity or another root, and without a
+//!   certificate of its own never falls back to plain text;
+//! - a renewed certificate takes over without a failed request.
+
+mod ca_common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ca_common::{authority, id, issue};
+use http_body_util::{BodyExt, Empty};
+use rustmesh_proxy::cluster::ClusterManager;
+use rustmesh_proxy::drain;
+use rustmesh_proxy::http::handler::ConnectionManager;
+use rustmesh_proxy::identity::{Store as Certs, WorkloadCert};
+use rustmesh_proxy::listener::{Direction, Shared, VirtualListener};
+use rustmesh_proxy::metrics::{Metrics as IstioMetrics, WorkloadInfo};
+use rustmesh_proxy::snapshot::{Snapshot, Store};
+use rustmesh_proxy::socket::{ClientAddr, FixedAddrs, OrigDstAddr};
+use rustmesh_proxy::stats::{Metrics, Refusal};
+use rustmesh_xds::ProxyConfig;
+use rustmesh_xds::tls::{
+    ALPN_ISTIO_ALL, ALPN_ISTIO_HTTP, ALPN_ISTIO_TCP, auto_mtls_matches, istio_downstream, istio_sni,
+};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const HTTP_PORT: u16 = 9080;
+const TCP_PORT: u16 = 9000;
+const POD_IP: &str = "10.244.0.22";
+const HTTP_VIP: &str = "10.96.0.10";
+const TCP_VIP: &str = "10.96.0.11";
+
+// ---- the apps ---------------------------------------------------------------------------
+
+/// An HTTP app (HTTP/1.1 and HTTP/2) answering `<version> from ratings`.
+async fn http_app() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let body = format!("{:?} from ratings", req.version());
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(Bytes::from(body)),
+                        ))
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A TCP app that says `tcp-app` then echoes.
+async fn tcp_app() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(b"tcp-app\n").await;
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+// ---- configuration documents, in the shapes the operator renders ------------------------
+
+fn address(ip: &str, port: u16) -> Value {
+    json!({"socketAddress": {"address": ip, "portValue": port}})
+}
+
+fn tcp_proxy(cluster: &str) -> Value {
+    json!([{"name": "envoy.filters.network.tcp_proxy", "typedConfig": {"statPrefix": cluster, "cluster": cluster}}])
+}
+
+fn inbound_hcm(port: u16) -> Value {
+    let cluster = format!("inbound|{port}||");
+    json!([{"name": "envoy.filters.network.http_connection_manager", "typedConfig": {
+        "statPrefix": format!("inbound_0.0.0.0_{port}"),
+        "routeConfig": {"name": cluster, "virtualHosts": [{"name": format!("inbound|http|{port}"), "domains": ["*"],
+            "routes": [{"name": "default", "match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s"}}]}]}}}])
+}
+
+fn tls(alpn: &[&str]) -> Value {
+    json!({"name": "envoy.transport_sockets.tls", "typedConfig": istio_downstream(alpn)})
+}
+
+/// The server's `virtualInbound`, Istio's PERMISSIVE shape: per port the mTLS chains (with a
+/// transport socket), then the plain ones; `peer` is the PeerAuthentication part.
+fn server_doc(app_http: SocketAddr, app_tcp: SocketAddr, peer: Value) -> Value {
+    let (h, t) = (HTTP_PORT, TCP_PORT);
+    let chains = json!([
+        {"name": "virtualInbound-blackhole", "filterChainMatch": {"destinationPort": 15006}, "filters": tcp_proxy("BlackHoleCluster")},
+        {"name": format!("0.0.0.0_{h}"), "filterChainMatch": {"destinationPort": h, "transportProtocol": "tls", "applicationProtocols": ALPN_ISTIO_HTTP},
+         "transportSocket": tls(&["h2", "http/1.1"]), "filters": inbound_hcm(h)},
+        {"name": format!("0.0.0.0_{h}"), "filterChainMatch": {"destinationPort": h, "transportProtocol": "tls", "applicationProtocols": ALPN_ISTIO_TCP},
+         "transportSocket": tls(&ALPN_ISTIO_TCP), "filters": tcp_proxy(&format!("inbound|{h}||"))},
+        {"name": format!("0.0.0.0_{h}"), "filterChainMatch": {"destinationPort": h, "transportProtocol": "raw_buffer", "applicationProtocols": ["http/1.1", "h2c"]},
+         "filters": inbound_hcm(h)},
+        {"name": format!("0.0.0.0_{h}"), "filterChainMatch": {"destinationPort": h, "transportProtocol": "raw_buffer"}, "filters": tcp_proxy(&format!("inbound|{h}||"))},
+        {"name": format!("0.0.0.0_{h}"), "filterChainMatch": {"destinationPort": h, "transportProtocol": "tls"}, "filters": tcp_proxy(&format!("inbound|{h}||"))},
+        {"name": format!("0.0.0.0_{t}"), "filterChainMatch": {"destinationPort": t, "transportProtocol": "tls", "applicationProtocols": ALPN_ISTIO_ALL},
+         "transportSocket": tls(&ALPN_ISTIO_TCP), "filters": tcp_proxy(&format!("inbound|{t}||"))},
+        {"name": format!("0.0.0.0_{t}"), "filterChainMatch": {"destinationPort": t}, "filters": tcp_proxy(&format!("inbound|{t}||"))},
+    ]);
+    let stat = |port: u16, app: SocketAddr| {
+        let name = format!("inbound|{port}||");
+        json!({"name": name, "type": "STATIC", "connectTimeout": "10s", "lbPolicy": "ROUND_ROBIN",
+            "loadAssignment": {"clusterName": name, "endpoints": [{"lbEndpoints": [
+                {"endpoint": {"address": address("127.0.0.1", app.port())}}]}]}})
+    };
+    let mut doc = json!({
+        "listeners": [{"name": "virtualInbound", "address": address("0.0.0.0", 15006),
+            "trafficDirection": "INBOUND", "useOriginalDst": true, "filterChains": chains}],
+        "clusters": [
+            {"name": "BlackHoleCluster", "type": "STATIC", "connectTimeout": "10s",
+             "loadAssignment": {"clusterName": "BlackHoleCluster", "endpoints": []}},
+            stat(h, app_http), stat(t, app_tcp)],
+    });
+    if !peer.is_null() {
+        doc["peerAuthentication"] = peer;
+    }
+    doc
+}
+
+fn host() -> String {
+    "ratings.bookinfo.svc.cluster.local".to_string()
+}
+
+/// The client's configuration: `10.96.0.10:9080` (HTTP) and `10.96.0.11:9000` (TCP) to the
+/// server's inbound listeners, with auto mTLS expecting `sans`; `tls_mode` marks the endpoints
+/// as sidecar pods.
+fn client_doc(
+    inbound_http: SocketAddr,
+    inbound_tcp: SocketAddr,
+    sans: &[String],
+    tls_mode: bool,
+) -> Value {
+    let cluster = |port: u16| format!("outbound|{port}||{}", host());
+    let def = |port: u16| {
+        let matches = auto_mtls_matches(&istio_sni(port, "", &host()), &ALPN_ISTIO_TCP, sans);
+        json!({"name": cluster(port), "type": "EDS", "connectTimeout": "5s", "lbPolicy": "ROUND_ROBIN",
+            "edsClusterConfig": {"serviceName": cluster(port)}, "transportSocketMatches": matches})
+    };
+    let endpoints = |port: u16, at: SocketAddr| {
+        let mut e = json!({"endpoint": {"address": address("127.0.0.1", at.port())}});
+        if tls_mode {
+            e["metadata"] =
+                json!({"filterMetadata": {"envoy.transport_socket_match": {"tlsMode": "istio"}}});
+        }
+        json!({"clusterName": cluster(port), "endpoints": [{"lbEndpoints": [e]}]})
+    };
+    json!({
+        "listeners": [
+            {"name": "virtualOutbound", "address": address("0.0.0.0", 15001), "trafficDirection": "OUTBOUND",
+             "useOriginalDst": true, "filterChains": [{"name": "catch-all", "filters": tcp_proxy("BlackHoleCluster")}]},
+            {"name": format!("{HTTP_VIP}_{HTTP_PORT}"), "address": address(HTTP_VIP, HTTP_PORT), "trafficDirection": "OUTBOUND",
+             "bindToPort": false, "filterChains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                "typedConfig": {"statPrefix": "outbound_9080", "rds": {"routeConfigName": "9080"}}}]}]},
+            {"name": format!("{TCP_VIP}_{TCP_PORT}"), "address": address(TCP_VIP, TCP_PORT), "trafficDirection": "OUTBOUND",
+             "bindToPort": false, "filterChains": [{"filters": tcp_proxy(&cluster(TCP_PORT))}]},
+        ],
+        "routes": [{"name": "9080", "virtualHosts": [{"name": "ratings", "domains": ["*"],
+            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster(HTTP_PORT)}}]}]}],
+        "clusters": [
+            {"name": "BlackHoleCluster", "type": "STATIC", "connectTimeout": "10s",
+             "loadAssignment": {"clusterName": "BlackHoleCluster", "endpoints": []}},
+            def(HTTP_PORT), def(TCP_PORT)],
+        "endpoints": [endpoints(HTTP_PORT, inbound_http), endpoints(TCP_PORT, inbound_tcp)],
+    })
+}
+
+// ---- sidecars on loopback ----------------------------------------------------------------
+
+struct Sidecar {
+    shared: Arc<Shared>,
+    certs: Arc<Certs>,
+    clusters: Arc<ClusterManager>,
+    _drain: drain::Signal,
+    watch: drain::Watch,
+}
+
+impl Sidecar {
+    fn new(name: &str, labels: &[(&str, &str)], cert: Option<WorkloadCert>, doc: Value) -> Sidecar {
+        let metrics = Metrics::default();
+        let istio = Arc::new(IstioMetrics::new());
+        let workload = Arc::new(WorkloadInfo {
+            name: name.to_string(),
+            namespace: "bookinfo".to_string(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+        });
+        let http = Arc::new(ConnectionManager::new(istio.clone(), workload.clone()));
+        let certs = Arc::new(Certs::default());
+        if let Some(c) = cert {
+            certs.install(c);
+        }
+        let clusters = Arc::new(ClusterManager::with_identity(
+            metrics.clone(),
+            certs.clone(),
+        ));
+        let (signal, watch) = drain::channel();
+        let sidecar = Sidecar {
+            shared: Arc::new(Shared {
+                store: Arc::new(Store::new()),
+                metrics,
+                istio,
+                workload,
+                http,
+                identity: certs.clone(),
+            }),
+            certs,
+            clusters,
+            _drain: signal,
+            watch,
+        };
+        sidecar.load(doc);
+        sidecar
+    }
+
+    /// Loads a configuration (what the sidecar's watcher does with a new ConfigMap).
+    fn load(&self, doc: Value) {
+        let config = ProxyConfig::from_json(&doc.to_string()).expect("a valid configuration");
+        let s = &self.shared;
+        let snapshot = Snapshot::compile(config, &self.clusters, &s.metrics, &s.http)
+            .expect("the configuration compiles");
+        self.clusters.commit(&snapshot.clusters);
+        s.store.swap(Arc::new(snapshot));
+    }
+
+    /// A capture listener on loopback whose connections all had `orig_dst`.
+    fn listen(&self, direction: Direction, orig_dst: &str) -> SocketAddr {
+        let orig_dst: SocketAddr = orig_dst.parse().unwrap();
+        let l = VirtualListener::new(
+            direction,
+            "127.0.0.1:0".parse().unwrap(),
+            self.shared.clone(),
+        )
+        .unwrap();
+        let addr = l.local_addrs()[0];
+        tokio::spawn(l.run_with(self.watch.clone(), move |s: &TcpStream| {
+            Ok(FixedAddrs {
+                orig_dst: OrigDstAddr(orig_dst),
+                client: ClientAddr(s.peer_addr()?),
+            })
+        }));
+        addr
+    }
+
+    fn prometheus(&self) -> String {
+        self.shared.istio.encode()
+    }
+}
+
+/// The server and client sidecars wired together, and the addresses a test uses.
+struct Mesh {
+    server: Sidecar,
+    client: Sidecar,
+    /// The server's inbound listener for the HTTP port (plain-text clients connect here).
+    inbound_http: SocketAddr,
+    inbound_tcp: SocketAddr,
+    /// The client's outbound listeners (the app's connections to the VIPs).
+    outbound_http: SocketAddr,
+    outbound_tcp: SocketAddr,
+    app_http: SocketAddr,
+    app_tcp: SocketAddr,
+}
+
+async fn mesh(
+    server_cert: Option<WorkloadCert>,
+    client_cert: Option<WorkloadCert>,
+    peer: Value,
+) -> Mesh {
+    let (app_http, app_tcp) = (http_app().await, tcp_app().await);
+    let server = Sidecar::new(
+        "ratings-v1",
+        &[("app", "ratings"), ("version", "v1")],
+        server_cert,
+        server_doc(app_http, app_tcp, peer),
+    );
+    let inbound_http = server.listen(Direction::Inbound, &format!("{POD_IP}:{HTTP_PORT}"));
+    let inbound_tcp = server.listen(Direction::Inbound, &format!("{POD_IP}:{TCP_PORT}"));
+    let sans = vec![id("bookinfo", "ratings").to_string()];
+    let client = Sidecar::new(
+        "reviews-v1",
+        &[("app", "reviews")],
+        client_cert,
+        client_doc(inbound_http, inbound_tcp, &sans, true),
+    );
+    let outbound_http = client.listen(Direction::Outbound, &format!("{HTTP_VIP}:{HTTP_PORT}"));
+    let outbound_tcp = client.listen(Direction::Outbound, &format!("{TCP_VIP}:{TCP_PORT}"));
+    Mesh {
+        server,
+        client,
+        inbound_http,
+        inbound_tcp,
+        outbound_http,
+        outbound_tcp,
+        app_http,
+        app_tcp,
+    }
+}
+
+/// Everything issued by one mesh root: the server's and the client's certificates.
+async fn certs() -> (
+    WorkloadCert,
+    WorkloadCert,
+    Arc<rustmesh_operator::ca::authority::Authority>,
+) {
+    let root = authority();
+    let server = issue(&root, &id("bookinfo", "ratings")).await;
+    let client = issue(&root, &id("bookinfo", "reviews")).await;
+    (server, client, root)
+}
+
+fn strict() -> Value {
+    json!({"namespace": {"name": "bookinfo/default", "mode": "STRICT"}})
+}
+
+// ---- clients -----------------------------------------------------------------------------
+
+/// One HTTP request (`http2`: prior-knowledge HTTP/2) to `addr`: status and body, or the error.
+async fn get(addr: SocketAddr, http2: bool) -> Result<(u16, String), String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let req = hyper::Request::get("http://ratings:9080/ratings/0")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = if http2 {
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        send.send_request(req).await.map_err(|e| e.to_string())?
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        send.send_request(req).await.map_err(|e| e.to_string())?
+    };
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Connects to `addr`, reads the app's greeting and one echo; `None` when the connection is
+/// closed without a word.
+async fn talk(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    let mut buf = vec![0u8; 64];
+    let mut got = String::new();
+    s.write_all(b"ping\n").await.ok()?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !got.ends_with("ping\n") {
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            break;
+        }
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    (!got.is_empty()).then_some(got)
+}
+
+fn has(text: &str, needles: &[&str]) -> bool {
+    text.lines().any(|l| needles.iter().all(|n| l.contains(n)))
+}
+
+// ---- the tests ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn http1_http2_and_tcp_between_sidecars_are_mutual_tls() {
+    let (server_cert, client_cert, _root) = certs().await;
+    let m = mesh(Some(server_cert), Some(client_cert), Value::Null).await;
+
+    assert_eq!(
+        get(m.outbound_http, false).await,
+        Ok((200, "HTTP/1.1 from ratings".into()))
+    );
+    // h2 from the app stays h2 over mTLS (ALPN istio-h2, then h2) to the server's app.
+    assert_eq!(
+        get(m.outbound_http, true).await,
+        Ok((200, "HTTP/2.0 from ratings".into()))
+    );
+    assert_eq!(
+        talk(m.outbound_tcp).await.as_deref(),
+        Some("tcp-app\nping\n")
+    );
+
+    let client_id = id("bookinfo", "reviews").to_string();
+    let server_id = id("bookinfo", "ratings").to_string();
+    let server = m.server.prometheus();
+    for (metric, protocol) in [
+        ("istio_requests_total", "http"),
+        ("istio_tcp_connections_opened_total", "tcp"),
+    ] {
+        assert!(
+            has(
+                &server,
+                &[
+                    metric,
+                    "reporter=\"destination\"",
+                    &format!("source_principal=\"{client_id}\""),
+                    &format!("destination_principal=\"{server_id}\""),
+                    &format!("request_protocol=\"{protocol}\""),
+                    "connection_security_policy=\"mutual_tls\"",
+                ]
+            ),
+            "the server reports the client's identity for {metric}:\n{server}"
+        );
+    }
+    let client = m.client.prometheus();
+    assert!(
+        has(
+            &client,
+            &[
+                "istio_tcp_connections_opened_total",
+                "reporter=\"source\"",
+                &format!("source_principal=\"{client_id}\""),
+                &format!("destination_principal=\"{server_id}\""),
+            ]
+        ),
+        "the client reports the server's identity:\n{client}"
+    );
+    // The plain-text path still works in PERMISSIVE (the default), reported as such.
+    assert_eq!(
+        get(m.inbound_http, false).await,
+        Ok((200, "HTTP/1.1 from ratings".into()))
+    );
+    assert!(has(
+        &m.server.prometheus(),
+        &[
+            "istio_requests_total",
+            "source_principal=\"unknown\"",
+            "connection_security_policy=\"none\"",
+        ]
+    ));
+}
+
+#[tokio::test]
+async fn peer_authentication_strict_permissive_disable_and_port_level() {
+    let (server_cert, client_cert, _root) = certs().await;
+    let m = mesh(Some(server_cert), Some(client_cert), strict()).await;
+    let refused = |m: &Mesh| {
+        m.server
+            .shared
+            .metrics
+            .refused_count("virtualInbound", Refusal::NoFilterChain)
+    };
+
+    // STRICT: a plain-text client (a pod without a sidecar) is refused, HTTP and TCP alike; a
+    // sidecar's mTLS is served.
+    assert!(
+        get(m.inbound_http, false).await.is_err(),
+        "plain HTTP is refused under STRICT"
+    );
+    assert_eq!(
+        talk(m.inbound_tcp).await,
+        None,
+        "plain TCP is refused under STRICT"
+    );
+    assert_eq!(refused(&m), 2);
+    assert_eq!(
+        get(m.outbound_http, false).await,
+        Ok((200, "HTTP/1.1 from ratings".into()))
+    );
+    assert_eq!(
+        talk(m.outbound_tcp).await.as_deref(),
+        Some("tcp-app\nping\n")
+    );
+
+    // A workload policy selecting this pod wins over the namespace's, and its port-level mode
+    // over its own: STRICT but plain text allowed on the TCP port.
+    let (a, b) = (m.app_http, m.app_tcp);
+    m.server.load(server_doc(
+        a,
+        b,
+        json!({
+        "namespace": {"name": "bookinfo/default", "mode": "PERMISSIVE"},
+        "workload": [
+            {"name": "bookinfo/other", "selector": {"app": "details"}, "mode": "DISABLE"},
+            {"name": "bookinfo/ratings", "selector": {"app": "ratings"}, "mode": "STRICT",
+             "portLevelMtls": {"9000": "DISABLE"}}]}),
+    ));
+    assert!(
+        get(m.inbound_http, false).await.is_err(),
+        "the workload's STRICT applies to 9080"
+    );
+    assert_eq!(
+        talk(m.inbound_tcp).await.as_deref(),
+        Some("tcp-app\nping\n"),
+        "9000 is DISABLE"
+    );
+    assert_eq!(
+        get(m.outbound_http, false).await,
+        Ok((200, "HTTP/1.1 from ratings".into()))
+    );
+
+    // PERMISSIVE: both.
+    m.server.load(server_doc(
+        a,
+        b,
+        json!({"mesh": {"name": "istio-system/default", "mode": "PERMISSIVE"}}),
+    ));
+    assert_eq!(
+        get(m.inbound_http, false).await,
+        Ok((200, "HTTP/1.1 from ratings".into()))
+    );
+    assert_eq!(
+        get(m.outbound_http, true).await,
+        Ok((200, "HTTP/2.0 from ratings".into()))
+    );
+
+    // DISABLE: plain text is served and mutual TLS is not terminated: a new mTLS connection's
+    // bytes reach the app as they are, and the app's plain answer fails the client's handshake
+    // (Istio's behaviour; the client is told with a DestinationRule `tls.mode: DISABLE`).
+    m.server.load(server_doc(
+        a,
+        b,
+        json!({"namespace": {"name": "bookinfo/default", "mode": "DISABLE"}}),
+    ));
+    assert_eq!(
+        get(m.inbound_http, false).await,
+        Ok((200, "HTTP/1.1 from ratings".into()))
+    );
+    assert_eq!(
+        talk(m.inbound_tcp).await.as_deref(),
+        Some("tcp-app\nping\n")
+    );
+    assert_eq!(
+        talk(m.outbound_tcp).await,
+        None,
+        "mTLS is not terminated under DISABLE"
+    );
+}
+
+#[tokio::test]
+async fn the_client_refuses_the_wrong_identity_and_a_foreign_root() {
+    let (_, client_cert, root) = certs().await;
+    // The server holds a mesh certificate, but for `details`, not the expected `ratings`.
+    let impostor = issue(&root, &id("bookinfo", "details")).await;
+    let m = mesh(Some(impostor), Some(client_cert), strict()).await;
+    assert_eq!(get(m.outbound_http, false).await.map(|r| r.0), Ok(503));
+    assert_eq!(talk(m.outbound_tcp).await, None);
+    let client = m.client.prometheus();
+    assert!(
+        has(
+            &client,
+            &[
+                "istio_requests_total",
+                "response_code=\"503\"",
+                "response_flags=\"UF\""
+            ]
+        ),
+        "{client}"
+    );
+
+    // A server from another mesh (another root) is refused too, whatever its name.
+    let stranger = issue(&authority(), &id("bookinfo", "ratings")).await;
+    let client_cert = issue(&root, &id("bookinfo", "reviews")).await;
+    let m = mesh(Some(stranger), Some(client_cert), strict()).await;
+    assert_eq!(get(m.outbound_http, false).await.map(|r| r.0), Ok(503));
+    // ... and the stranger's server refuses our client (its chain is not from its root).
+    assert!(
+        m.server
+            .shared
+            .metrics
+            .refused_count("virtualInbound", Refusal::TlsHandshake)
+            >= 1
+    );
+}
+
+#[tokio::test]
+async fn without_a_certificate_nothing_falls_back_to_plain_text() {
+    let (server_cert, _, _root) = certs().await;
+    // PERMISSIVE server: plain text would be served, so a fallback would be visible.
+    let m = mesh(Some(server_cert), None, Value::Null).await;
+    assert_eq!(get(m.outbound_http, false).await.map(|r| r.0), Ok(503));
+    assert_eq!(talk(m.outbound_tcp).await, None);
+    let server = m.server.prometheus();
+    assert!(
+        !server.contains("reporter=\"destination\""),
+        "nothing reached the server's app:\n{server}"
+    );
+    // An endpoint without a sidecar (no tlsMode) gets plain text, as auto mTLS says.
+    let sans = vec![id("bookinfo", "ratings").to_string()];
+    m.client
+        .load(client_doc(m.inbound_http, m.inbound_tcp, &sans, false));
+    assert_eq!(
+        get(m.outbound_http, false).await,
+        Ok((200, "HTTP/1.1 from ratings".into()))
+    );
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_takes_over_without_a_failed_request() {
+    let (server_cert, client_cert, root) = certs().await;
+    let m = Arc::new(mesh(Some(server_cert), Some(client_cert), strict()).await);
+    let first_serial = m.server.certs.current().unwrap().serial.clone();
+    let load = {
+        let m = m.clone();
+        tokio::spawn(async move {
+            let mut ok = 0;
+            for i in 0..300 {
+                // Half on kept-alive connections (one per request here), half on new ones.
+                let r = get(m.outbound_http, i % 2 == 0).await;
+                assert_eq!(
+                    r,
+                    Ok((
+                        200,
+                        format!(
+                            "{} from ratings",
+                            if i % 2 == 0 { "HTTP/2.0" } else { "HTTP/1.1" }
+                        )
+                    )),
+                    "request {i}"
+                );
+                ok += 1;
+            }
+            ok
+        })
+    };
+    // Both sides renew while requests flow.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        m.server
+            .certs
+            .install(issue(&root, &id("bookinfo", "ratings")).await);
+        m.client
+            .certs
+            .install(issue(&root, &id("bookinfo", "reviews")).await);
+    }
+    assert_eq!(load.await.unwrap(), 300);
+    assert_ne!(m.server.certs.current().unwrap().serial, first_serial);
+    // New connections after the renewal still handshake (with the new certificates).
+    assert_eq!(
+        talk(m.outbound_tcp).await.as_deref(),
+        Some("tcp-app\nping\n")
+    );
+}
