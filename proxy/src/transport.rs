@@ -89,6 +89,31 @@ impl Io {
         }
     }
 
+    /// The peer's leaf certificate, when TLS verified one.
+    pub fn peer_certificate(&self) -> Option<&rustls::pki_types::CertificateDer<'static>> {
+        match self {
+            Io::Plain(_) => None,
+            Io::Server(s) => s.get_ref().1.peer_certificates()?.first(),
+            Io::Client(s) => s.get_ref().1.peer_certificates()?.first(),
+        }
+    }
+
+    /// Envoy's `x-forwarded-client-cert` element for the client of a connection this side
+    /// terminated (`own`: this workload's SPIFFE id): `By=<own>;Hash=<SHA-256 of the client's
+    /// leaf, hex>;Subject="";URI=<client's id>`, what Istio's inbound sidecar adds
+    /// (`APPEND_FORWARD`, subject and URI set). `None` without a verified client identity.
+    pub fn client_cert_details(&self, own: Option<&str>) -> Option<String> {
+        let leaf = self.peer_certificate()?;
+        let peer = self.peer_identity()?;
+        let hash = ring::digest::digest(&ring::digest::SHA256, leaf.as_ref());
+        let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let subject = x509_parser::parse_x509_certificate(leaf.as_ref())
+            .map(|(_, c)| c.subject().to_string())
+            .unwrap_or_default();
+        let by = own.map(|o| format!("By={o};")).unwrap_or_default();
+        Some(format!("{by}Hash={hex};Subject=\"{subject}\";URI={peer}"))
+    }
+
     /// The negotiated ALPN value, if any.
     pub fn alpn(&self) -> Option<&[u8]> {
         match self {

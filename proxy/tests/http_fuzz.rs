@@ -434,6 +434,7 @@ fn feed(bytes: &[u8]) {
             access_log: AccessLog::new(|_| {}),
             peer_identity: None,
             own_identity: None,
+            client_cert_details: None,
         };
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let hcm = rustmesh_xds::listener::HttpConnectionManager::default();

@@ -60,9 +60,13 @@ async fn http_app() -> SocketAddr {
                 let svc = hyper::service::service_fn(
                     |req: hyper::Request<hyper::body::Incoming>| async move {
                         let body = format!("{:?} from ratings", req.version());
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                            http_body_util::Full::new(Bytes::from(body)),
-                        ))
+                        let mut resp =
+                            hyper::Response::new(http_body_util::Full::new(Bytes::from(body)));
+                        // What the app was told about its client (Envoy's XFCC).
+                        if let Some(v) = req.headers().get("x-forwarded-client-cert") {
+                            resp.headers_mut().insert("seen-xfcc", v.clone());
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
                     },
                 );
                 let _ = hyper_util::server::conn::auto::Builder::new(
@@ -385,6 +389,28 @@ async fn get(addr: SocketAddr, http2: bool) -> Result<(u16, String), String> {
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// The `x-forwarded-client-cert` the app saw for one HTTP/1.1 request to `addr` (sending
+/// `prior` as the client's own XFCC).
+async fn seen_xfcc(addr: SocketAddr, prior: Option<&str>) -> Option<String> {
+    let stream = TcpStream::connect(addr).await.ok()?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .ok()?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::get("http://ratings:9080/")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    if let Some(p) = prior {
+        req.headers_mut()
+            .insert("x-forwarded-client-cert", p.parse().unwrap());
+    }
+    let resp = send.send_request(req).await.ok()?;
+    resp.headers()
+        .get("seen-xfcc")
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
 /// Connects to `addr`, reads the app's greeting and one echo; `None` when the connection is
 /// closed without a word.
 async fn talk(addr: SocketAddr) -> Option<String> {
@@ -466,6 +492,29 @@ async fn http1_http2_and_tcp_between_sidecars_are_mutual_tls() {
         ),
         "the client reports the server's identity:\n{client}"
     );
+    // The app learns its client's identity as Istio's inbound sidecar tells it: XFCC with the
+    // server's and the client's SPIFFE ids and the client certificate's hash; a value the
+    // client sent is kept first (APPEND_FORWARD).
+    let xfcc = seen_xfcc(m.outbound_http, None)
+        .await
+        .expect("an XFCC header");
+    assert!(xfcc.starts_with(&format!("By={server_id};Hash=")), "{xfcc}");
+    assert!(
+        xfcc.ends_with(&format!(";Subject=\"\";URI={client_id}")),
+        "{xfcc}"
+    );
+    let hash = xfcc.split(';').nth(1).unwrap().trim_start_matches("Hash=");
+    assert_eq!(hash.len(), 64, "SHA-256 in hex: {xfcc}");
+    let appended = seen_xfcc(m.outbound_http, Some("By=spiffe://x/ns/y/sa/z"))
+        .await
+        .unwrap();
+    assert!(
+        appended.starts_with("By=spiffe://x/ns/y/sa/z,By="),
+        "{appended}"
+    );
+    // Plain text: no identity to tell.
+    assert_eq!(seen_xfcc(m.inbound_http, None).await, None);
+
     // The plain-text path still works in PERMISSIVE (the default), reported as such.
     assert_eq!(
         get(m.inbound_http, false).await,

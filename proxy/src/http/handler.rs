@@ -211,6 +211,12 @@ impl ConnectionManager {
             own_identity,
         } = conn;
         let peer_identity = stream.peer_identity();
+        let client_cert_details = match reporter {
+            Reporter::Destination => stream
+                .client_cert_details(own_identity.as_deref())
+                .and_then(|v| http::HeaderValue::from_str(&v).ok()),
+            Reporter::Source => None,
+        };
         let table = routes.unwrap_or_else(|| {
             let name = hcm
                 .rds
@@ -240,6 +246,7 @@ impl ConnectionManager {
             access_log: self.access_log.clone(),
             peer_identity,
             own_identity,
+            client_cert_details,
         };
         // As Envoy does for every accepted socket: a response's head and body are separate
         // writes, and Nagle would hold the second until the first is acknowledged.

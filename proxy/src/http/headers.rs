@@ -9,6 +9,8 @@ use rustmesh_xds::route::{AppendAction, HeaderValueOption};
 // into a new buffer each time; these constants share their static bytes.
 /// The request's id (set when the client sent none).
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Who the mutual-TLS client was (inbound; Envoy's XFCC).
+pub const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 /// The downstream scheme, for the upstream.
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// Milliseconds the upstream took, on the answer.

@@ -147,6 +147,9 @@ pub struct HttpContext {
     pub peer_identity: Option<rustmesh_xds::identity::SpiffeId>,
     /// This workload's SPIFFE id, while it holds a certificate.
     pub own_identity: Option<String>,
+    /// The `x-forwarded-client-cert` element appended to each request of a connection whose
+    /// client mutual TLS verified ([`crate::transport::Io::client_cert_details`]).
+    pub client_cert_details: Option<http::HeaderValue>,
 }
 
 impl std::fmt::Debug for HttpContext {

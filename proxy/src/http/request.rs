@@ -81,6 +81,21 @@ pub(super) async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Respo
             String::new()
         }
     };
+    // Inbound over mutual TLS: who the client is, for the app (Envoy's APPEND_FORWARD, as
+    // Istio's inbound sidecar sets it); a value the client sent is kept before ours.
+    if let Some(details) = &ctx.client_cert_details {
+        let merged = match req.headers().get(&headers::X_FORWARDED_CLIENT_CERT) {
+            Some(prior) => {
+                let mut v = prior.as_bytes().to_vec();
+                v.push(b',');
+                v.extend_from_slice(details.as_bytes());
+                HeaderValue::from_bytes(&v).unwrap_or_else(|_| details.clone())
+            }
+            None => details.clone(),
+        };
+        req.headers_mut()
+            .insert(headers::X_FORWARDED_CLIENT_CERT, merged);
+    }
     let mut ex = Exchange {
         start: Instant::now(),
         wall_start: SystemTime::now(),

@@ -435,6 +435,7 @@ pub async fn start_proxy(rc: RouteConfiguration, ups: TestClusters, opts: Option
         access_log: AccessLog::new(move |l| sink.lock().unwrap().push(l.to_string())),
         peer_identity: None,
         own_identity: None,
+        client_cert_details: None,
     };
     tokio::spawn(async move {
         loop {
