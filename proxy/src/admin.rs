@@ -59,12 +59,24 @@ pub enum Endpoints {
     Prometheus,
 }
 
+/// Most connections one admin, readiness or metrics port serves at once: more are closed as
+/// they are accepted, so idle connections to these ports cannot use up the process's file
+/// descriptors (the data listeners' too).
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a connection may take to send a request head, and to stay idle between requests;
+/// then it is closed.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The longest one connection to these ports lives.
+pub const MAX_CONNECTION_AGE: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// One bound HTTP endpoint server.
 pub struct Server {
     what: &'static str,
     listener: std::net::TcpListener,
     endpoints: Endpoints,
     state: Arc<AdminState>,
+    limit: Arc<tokio::sync::Semaphore>,
+    header_read_timeout: std::time::Duration,
 }
 
 impl Server {
@@ -83,7 +95,20 @@ impl Server {
             listener,
             endpoints,
             state,
+            limit: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            header_read_timeout: HEADER_READ_TIMEOUT,
         })
+    }
+
+    /// The same server with other connection limits (tests).
+    pub fn with_limits(
+        mut self,
+        connections: usize,
+        header_read_timeout: std::time::Duration,
+    ) -> Self {
+        self.limit = Arc::new(tokio::sync::Semaphore::new(connections));
+        self.header_read_timeout = header_read_timeout;
+        self
     }
 
     /// The bound address.
@@ -109,16 +134,28 @@ impl Server {
                     continue;
                 }
             };
+            let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+                tracing::debug!(
+                    what = self.what,
+                    "{MAX_CONNECTIONS} connections open: closing a new one"
+                );
+                drop(stream);
+                continue;
+            };
             let state = self.state.clone();
             let endpoints = self.endpoints;
+            let header_read_timeout = self.header_read_timeout;
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
                     let state = state.clone();
                     async move { Ok::<_, Infallible>(handle(&state, endpoints, &req)) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(header_read_timeout)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(MAX_CONNECTION_AGE, conn).await;
+                drop(permit);
             });
         }
     }
@@ -591,6 +628,47 @@ mod tests {
         let status = out[9..12].parse().unwrap();
         let body = out.split_once("\r\n\r\n").unwrap().1.to_string();
         (status, body)
+    }
+
+    #[tokio::test]
+    async fn idle_connections_cannot_take_the_readiness_port() {
+        let prometheus = Arc::new(crate::metrics::Metrics::new());
+        let (signal, _watch) = drain::channel();
+        let state = Arc::new(AdminState {
+            store: Arc::new(Store::new()),
+            metrics: Metrics::default(),
+            prometheus,
+            draining: signal.flag(),
+            quit: Arc::new(Notify::new()),
+            bound: vec![],
+            identity: None,
+        });
+        let health = Server::bind(
+            "health",
+            "127.0.0.1:0".parse().unwrap(),
+            Endpoints::Health,
+            state,
+        )
+        .unwrap()
+        .with_limits(8, std::time::Duration::from_millis(300));
+        let h = health.local_addr().unwrap();
+        tokio::spawn(health.run());
+        // An attacker opens far more connections than the cap and sends nothing.
+        let mut idle = Vec::new();
+        for _ in 0..40 {
+            idle.push(tokio::net::TcpStream::connect(h).await.unwrap());
+        }
+        // Those over the cap are closed at once, the others when the head does not come.
+        use tokio::io::AsyncReadExt;
+        for (i, s) in idle.iter_mut().enumerate() {
+            let mut b = [0u8; 1];
+            let n = tokio::time::timeout(std::time::Duration::from_secs(20), s.read(&mut b))
+                .await
+                .unwrap_or_else(|_| panic!("idle connection {i} was never closed"));
+            assert!(matches!(n, Ok(0) | Err(_)), "connection {i}: {n:?}");
+        }
+        // The port still answers (503: no configuration yet).
+        assert_eq!(get(h, "/healthz/ready").await.0, 503);
     }
 
     #[tokio::test]

@@ -308,8 +308,24 @@ async fn follow_dns(store: Arc<Store>, table: SharedTable) {
     }
 }
 
+/// Raises the soft limit of open files to the hard one, as Envoy and Istio's agent do: every
+/// proxied connection costs two descriptors, and the default soft limit (often 1024) would
+/// cap the sidecar at a few hundred connections. Returns the (soft, hard) limits now in force.
+pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(getrlimit(Resource::RLIMIT_NOFILE)?)
+}
+
 /// Runs the sidecar until SIGTERM and the drain are done.
 pub fn run(args: &RunArgs) -> Result<()> {
+    match raise_fd_limit() {
+        Ok((soft, hard)) => tracing::info!(soft, hard, "open files limit"),
+        Err(e) => tracing::warn!("could not raise the open files limit: {e}"),
+    }
     let workers = match args.concurrency {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -631,6 +647,12 @@ mod tests {
             (8192, Duration::from_secs(2))
         );
         assert!(Cli::try_parse_from(["proxy", "--max-request-headers-kb", "0"]).is_err());
+    }
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_limit() {
+        let (soft, hard) = raise_fd_limit().unwrap();
+        assert_eq!(soft, hard);
     }
 
     #[test]

@@ -130,7 +130,10 @@ async fn s9_sidecars_talk_mutual_tls_and_strict_refuses_plain_text() {
             &ns,
             &server_pod,
             REQUESTS,
-            &["reporter=\"destination\"", "connection_security_policy=\"none\""],
+            &[
+                "reporter=\"destination\"",
+                "connection_security_policy=\"none\"",
+            ],
         )
         .await
         .unwrap();
@@ -157,7 +160,10 @@ async fn s9_sidecars_talk_mutual_tls_and_strict_refuses_plain_text() {
             &ns,
             &server_pod,
             REQUESTS,
-            &["reporter=\"destination\"", "connection_security_policy=\"none\""],
+            &[
+                "reporter=\"destination\"",
+                "connection_security_policy=\"none\"",
+            ],
         )
         .await
         .unwrap();
