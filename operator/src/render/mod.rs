@@ -16,7 +16,13 @@
 //! - a destination that does not resolve in this scope (host not in the registry, port missing,
 //!   subset not defined by the DestinationRule this scope uses) is routed to `BlackHoleCluster`
 //!   (Istio: a cluster that does not exist; both answer 503);
-//! - not rendered (no field in the proxy model): TLS settings and TLS routes, CORS, delegate
+//! - with a mesh CA (`MeshConfig::ca_host`), Istio's mutual TLS in its PERMISSIVE shape (the
+//!   proxy applies the PeerAuthentication mode): each inbound port gets the chains terminating
+//!   it (`tls` + Istio's ALPN) before its plain ones, virtualInbound's passthrough a twin, and
+//!   outbound clusters auto mTLS or a DestinationRule's `ISTIO_MUTUAL` (see [`clusters`]);
+//!   without a CA none of it is rendered;
+//! - not rendered (no field in the proxy model): DestinationRule TLS origination to servers
+//!   outside the mesh (`SIMPLE`, `MUTUAL`: a status warning) and TLS routes, CORS, delegate
 //!   VirtualServices, `derivePort`, `http2Error` aborts; TCP route matches on `sourceLabels`
 //!   are skipped (a TCP proxy cannot express them).
 
@@ -1274,5 +1280,7 @@ pub fn without_version(mut config: ProxyConfig) -> ProxyConfig {
 /// Cluster and endpoint lists and the EDS recipes, for [`clusters`] to fill.
 type ClusterParts = (Vec<Cluster>, Vec<ClusterLoadAssignment>, EdsRecipes);
 
+#[cfg(test)]
+mod mtls_tests;
 #[cfg(test)]
 mod tests;
