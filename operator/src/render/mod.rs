@@ -1055,11 +1055,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
                 ));
             }
             if http {
-                chains.push(chain(
-                    Some(RAW_BUFFER),
-                    &rustmesh_xds::listener::HTTP_PROTOCOLS,
-                    hcm(),
-                ));
+                chains.push(chain(Some(RAW_BUFFER), &HTTP_PROTOCOLS, hcm()));
             }
             // With an HTTP chain naming `raw_buffer`, Envoy's matching (and the proxy's) no longer
             // considers chains without a transport protocol for plain-text connections: the TCP
