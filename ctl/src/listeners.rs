@@ -361,6 +361,19 @@ mod tests {
             )),
             "Trans: tls; App: TCP TLS; Addr: 0.0.0.0/0"
         );
+        // The operator's inbound mutual TLS chains, as istioctl prints Istio's.
+        assert_eq!(
+            describe_match(&fcm(
+                r#"{"destinationPort":9080,"transportProtocol":"tls","applicationProtocols":["istio-http/1.0","istio-http/1.1","istio-h2"]}"#
+            )),
+            "Trans: tls; App: istio-http/1.0,istio-http/1.1,istio-h2; Addr: *:9080"
+        );
+        assert_eq!(
+            describe_match(&fcm(
+                r#"{"destinationPort":3306,"transportProtocol":"tls","applicationProtocols":["istio-peer-exchange","istio","istio-http/1.0","istio-http/1.1","istio-h2"]}"#
+            )),
+            "Trans: tls; App: istio-peer-exchange,istio,istio-http/1.0,istio-http/1.1,istio-h2; Addr: *:3306"
+        );
         assert_eq!(
             describe_match(&FilterChainMatch {
                 transport_protocol: Some(RAW_BUFFER.into()),

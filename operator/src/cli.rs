@@ -62,6 +62,10 @@ pub struct Args {
     /// The mesh trust domain (SPIFFE ids `spiffe://<trust domain>/ns/<ns>/sa/<sa>`).
     #[arg(long, env = "TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
+    /// Istio's `meshConfig.enableAutoMtls`: with the CA, outbound traffic to a pod carrying
+    /// `security.istio.io/tlsMode: istio` is mutual TLS without a DestinationRule.
+    #[arg(long, env = "ENABLE_AUTO_MTLS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub enable_auto_mtls: bool,
     /// DNS names of the CA's serving certificate (comma-separated); default: `istiod` and
     /// `rustmesh-operator` Services in the root namespace.
     #[arg(long, env = "CA_DNS_NAMES", value_delimiter = ',')]
@@ -161,6 +165,8 @@ impl Args {
                         .find(|n| n.ends_with(&fqdn_suffix))
                         .cloned()
                 }),
+                trust_domain: self.trust_domain.clone(),
+                auto_mtls: self.enable_auto_mtls,
             },
             metrics_addr: self.metrics_addr,
             debounce_quiet: Duration::from_millis(self.debounce_ms),
@@ -219,6 +225,10 @@ mod tests {
             ca.dns_names
                 .contains(&"istiod.istio-system.svc".to_string())
         );
+        assert_eq!(s.mesh.trust_domain, "cluster.local");
+        assert!(s.mesh.auto_mtls, "auto mTLS is on by default, as in Istio");
+        let off = Args::try_parse_from(["operator", "--enable-auto-mtls", "false"]).unwrap();
+        assert!(!off.settings().unwrap().mesh.auto_mtls);
         let no_ca = Args::try_parse_from(["operator", "--enable-ca-server", "false"]).unwrap();
         assert!(no_ca.settings().unwrap().ca.is_none());
         let e = Args::try_parse_from(["operator", "--trust-domain", "Bad/Domain"])

@@ -1,7 +1,7 @@
 //! Builders of Kubernetes and Istio objects for tests (here and in other crates' tests): a whole
 //! mesh can be put into an [`Index`] without an API server.
 
-use crate::index::{Index, ObjKey, Object};
+use crate::index::{Index, ObjKey, Object, PodInfo};
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use rustmesh_api::IstioObject;
 use serde_json::json;
@@ -82,14 +82,28 @@ pub fn namespace(index: &mut Index, name: &str, injected: bool) {
     });
 }
 
-/// Adds a pod's labels.
+/// Adds a pod's labels (service account `default`).
 pub fn pod(index: &mut Index, ns: &str, name: &str, labels: &[(&str, &str)]) {
+    pod_as(index, ns, name, None, labels);
+}
+
+/// Adds a pod's labels and service account (`None`: `default`).
+pub fn pod_as(
+    index: &mut Index,
+    ns: &str,
+    name: &str,
+    service_account: Option<&str>,
+    labels: &[(&str, &str)],
+) {
     index.apply(Object::Pod {
         key: ObjKey::new(ns, name),
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+        pod: PodInfo::new(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            service_account,
+        ),
     });
 }
 

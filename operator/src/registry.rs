@@ -1,13 +1,14 @@
 //! The service registry as the renderer reads it: each Service with its ports (protocol chosen the
-//! Istio way) and, per port, its ready endpoints with the labels of the pods behind them.
+//! Istio way) and, per port, its ready endpoints with the labels and service accounts of the pods
+//! behind them.
 
-use crate::index::{Index, Labels, ObjKey, SERVICE_EXPORT_TO_ANNOTATION};
+use crate::index::{Index, Labels, ObjKey, PodInfo, SERVICE_EXPORT_TO_ANNOTATION};
 use crate::protocol::Protocol;
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use rustmesh_xds::names::service_fqdn;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 /// One Service.
@@ -32,8 +33,9 @@ impl Svc {
         self.ports.iter().find(|p| p.port == number)
     }
 
-    /// Everything but the endpoints: equal shapes render the same listeners, routes and
-    /// clusters.
+    /// Everything but the endpoints' addresses and labels: equal shapes render the same
+    /// listeners, routes and clusters (the service accounts behind each port are the identities
+    /// its clusters expect, so they are part of the shape).
     pub fn same_shape(&self, other: &Svc) -> bool {
         self.name == other.name
             && self.namespace == other.namespace
@@ -46,6 +48,7 @@ impl Svc {
                     && a.port == b.port
                     && a.protocol == b.protocol
                     && a.target_port == b.target_port
+                    && a.service_accounts() == b.service_accounts()
             })
     }
 
@@ -76,6 +79,17 @@ pub struct SvcPort {
     pub endpoints: Vec<Ep>,
 }
 
+impl SvcPort {
+    /// The service accounts of the pods behind the port, sorted and deduplicated (endpoints
+    /// without a known pod have none).
+    pub fn service_accounts(&self) -> BTreeSet<&str> {
+        self.endpoints
+            .iter()
+            .filter_map(|e| e.service_account.as_deref())
+            .collect()
+    }
+}
+
 /// One ready endpoint of a port.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Ep {
@@ -84,6 +98,8 @@ pub struct Ep {
     /// The pod behind the address (Endpoints `targetRef`), when known.
     pub pod: Option<ObjKey>,
     pub labels: Labels,
+    /// The pod's service account, when the pod is known.
+    pub service_account: Option<String>,
 }
 
 /// All services, by FQDN.
@@ -137,7 +153,7 @@ fn convert(
     key: &ObjKey,
     svc: &Service,
     endpoints: Option<&Endpoints>,
-    pods: &BTreeMap<ObjKey, Labels>,
+    pods: &BTreeMap<ObjKey, PodInfo>,
     domain_suffix: &str,
 ) -> Option<Svc> {
     let spec = svc.spec.as_ref()?;
@@ -208,7 +224,7 @@ fn port_endpoints(
     endpoints: Option<&Endpoints>,
     name: Option<&str>,
     single_port: bool,
-    pods: &BTreeMap<ObjKey, Labels>,
+    pods: &BTreeMap<ObjKey, PodInfo>,
 ) -> Vec<Ep> {
     let want = name.unwrap_or_default();
     let mut out = Vec::new();
@@ -230,16 +246,13 @@ fn port_endpoints(
                 .as_ref()
                 .filter(|r| r.kind.as_deref() == Some("Pod"))
                 .and_then(|r| Some(ObjKey::new(r.namespace.clone()?, r.name.clone()?)));
-            let labels = pod
-                .as_ref()
-                .and_then(|k| pods.get(k))
-                .cloned()
-                .unwrap_or_default();
+            let info = pod.as_ref().and_then(|k| pods.get(k));
             out.push(Ep {
                 ip,
                 port,
+                labels: info.map(|p| p.labels.clone()).unwrap_or_default(),
+                service_account: info.map(|p| p.service_account.clone()),
                 pod,
-                labels,
             });
         }
     }

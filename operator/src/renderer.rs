@@ -8,9 +8,10 @@
 //! - every change of the batch is an Endpoints object (no Service, Pod label, namespace or
 //!   Istio object change, no restore of a hand-edited ConfigMap, no retry);
 //! - each such service renders the same listeners, routes, clusters and DNS names as before:
-//!   same shape ([`Svc::same_shape`]: ports, protocols, resolved target ports, cluster IP), not
-//!   headless (whose endpoint addresses are listeners), and the same inbound scopes in its own
-//!   namespace ([`serves_scope`]);
+//!   same shape ([`Svc::same_shape`]: ports, protocols, resolved target ports, cluster IP, and
+//!   the service accounts of the pods behind each port, whose SPIFFE ids its clusters expect
+//!   under mutual TLS), not headless (whose endpoint addresses are listeners), and the same
+//!   inbound scopes in its own namespace ([`serves_scope`]);
 //! - the namespace was rendered before (its output is known).
 //!
 //! Otherwise the namespace is rendered in full. `operator/tests/render_props.rs` checks on random

@@ -118,7 +118,7 @@ impl Validation {
                     message: format!("host {host} matches no service in the registry"),
                 });
             }
-            findings.extend(tls_not_implemented(&dr.spec));
+            findings.extend(tls_findings(&dr.spec, index.mesh.ca_host.is_some()));
             verdicts.insert(
                 (Kind::DestinationRule, (*key).clone()),
                 verdict(findings, reason),
@@ -300,40 +300,88 @@ fn verdict(findings: Vec<Finding>, conflict: Option<&'static str>) -> Verdict {
     }
 }
 
-/// A warning per `tls` setting of a DestinationRule: client TLS origination is not implemented
-/// yet (issue #16), so traffic stays plaintext; reported by field, never silently dropped.
-fn tls_not_implemented(spec: &rustmesh_api::destination_rule::DestinationRuleSpec) -> Vec<Finding> {
-    use rustmesh_api::destination_rule::TrafficPolicy;
-    fn policy(tp: &Option<TrafficPolicy>, at: &str, out: &mut Vec<String>) {
+/// Findings on each `tls` setting of a DestinationRule (top level, per port, per subset):
+/// `ISTIO_MUTUAL` and `DISABLE` are rendered (`render::clusters::upstream_tls`); `ISTIO_MUTUAL`
+/// with certificates of its own is an error, as in Istio (the mesh's are used); origination to a
+/// server outside the mesh (`SIMPLE`, `MUTUAL`) is not implemented yet and `ISTIO_MUTUAL`
+/// without a mesh CA cannot be: warnings, the traffic stays plaintext; never silently dropped.
+fn tls_findings(
+    spec: &rustmesh_api::destination_rule::DestinationRuleSpec,
+    has_ca: bool,
+) -> Vec<Finding> {
+    use rustmesh_api::destination_rule::{ClientTlsSettings, TlsMode, TrafficPolicy};
+    fn setting(tls: &ClientTlsSettings, at: String, has_ca: bool, out: &mut Vec<Finding>) {
+        match tls.mode {
+            Some(TlsMode::IstioMutual) => {
+                let own = [
+                    ("caCertificates", tls.ca_certificates.is_some()),
+                    ("clientCertificate", tls.client_certificate.is_some()),
+                    ("privateKey", tls.private_key.is_some()),
+                    ("credentialName", tls.credential_name.is_some()),
+                    ("caCrl", tls.ca_crl.is_some()),
+                ];
+                for (field, _) in own.iter().filter(|(_, set)| *set) {
+                    out.push(Finding {
+                        level: Level::Error,
+                        field: format!("{at}.{field}"),
+                        message: "ISTIO_MUTUAL uses the mesh's workload certificate and root: \
+                                  it cannot have certificates of its own (use MUTUAL)"
+                            .into(),
+                    });
+                }
+                if tls.insecure_skip_verify.is_some() {
+                    out.push(Finding {
+                        level: Level::Warning,
+                        field: format!("{at}.insecureSkipVerify"),
+                        message: "ignored with ISTIO_MUTUAL: the server's identity is always \
+                                  verified"
+                            .into(),
+                    });
+                }
+                if !has_ca {
+                    out.push(Finding {
+                        level: Level::Warning,
+                        field: format!("{at}.mode"),
+                        message: "ISTIO_MUTUAL needs the mesh CA (chart value ca.enabled), \
+                                  which is off: rustmesh sends this traffic in plaintext"
+                            .into(),
+                    });
+                }
+            }
+            Some(TlsMode::Simple) | Some(TlsMode::Mutual) => out.push(Finding {
+                level: Level::Warning,
+                field: format!("{at}.mode"),
+                message: "TLS origination to a server outside the mesh (SIMPLE, MUTUAL) is \
+                          not implemented yet: rustmesh sends this traffic in plaintext \
+                          (ISTIO_MUTUAL and DISABLE are; see docs/security.md)"
+                    .into(),
+            }),
+            // DISABLE, and a `tls` without mode (proto's default, DISABLE): plain text.
+            Some(TlsMode::Disable) | None => {}
+        }
+    }
+    fn policy(tp: &Option<TrafficPolicy>, at: &str, has_ca: bool, out: &mut Vec<Finding>) {
         let Some(tp) = tp else { return };
-        if tp.tls.is_some() {
-            out.push(format!("{at}.tls"));
+        if let Some(tls) = &tp.tls {
+            setting(tls, format!("{at}.tls"), has_ca, out);
         }
         for (i, pl) in tp.port_level_settings.iter().enumerate() {
-            if pl.tls.is_some() {
-                out.push(format!("{at}.portLevelSettings[{i}].tls"));
+            if let Some(tls) = &pl.tls {
+                setting(tls, format!("{at}.portLevelSettings[{i}].tls"), has_ca, out);
             }
         }
     }
-    let mut fields = Vec::new();
-    policy(&spec.traffic_policy, "spec.trafficPolicy", &mut fields);
+    let mut out = Vec::new();
+    policy(&spec.traffic_policy, "spec.trafficPolicy", has_ca, &mut out);
     for (i, subset) in spec.subsets.iter().enumerate() {
         policy(
             &subset.traffic_policy,
             &format!("spec.subsets[{i}].trafficPolicy"),
-            &mut fields,
+            has_ca,
+            &mut out,
         );
     }
-    fields
-        .into_iter()
-        .map(|field| Finding {
-            level: Level::Warning,
-            field,
-            message: "TLS origination is not implemented yet: rustmesh sends this traffic \
-                      in plaintext (see docs/security.md)"
-                .into(),
-        })
-        .collect()
+    out
 }
 
 fn vs_cross_checks(
@@ -659,11 +707,8 @@ spec:
     }
 
     #[test]
-    fn destination_rule_tls_is_reported_as_not_implemented_by_field() {
-        let mut index = bookinfo();
-        istio(
-            &mut index,
-            r#"
+    fn destination_rule_tls_modes_are_implemented_or_reported_by_field() {
+        let dr = r#"
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: mtls, namespace: default}
@@ -674,29 +719,54 @@ spec:
     portLevelSettings:
     - port: {number: 9080}
       tls: {mode: DISABLE}
+    - port: {number: 9081}
+      tls: {mode: SIMPLE}
   subsets:
   - name: v1
     labels: {version: v1}
     trafficPolicy:
-      tls: {mode: ISTIO_MUTUAL}
-"#,
-        );
+      tls: {mode: MUTUAL, clientCertificate: /etc/c.pem, privateKey: /etc/k.pem}
+"#;
+        // With the mesh CA: ISTIO_MUTUAL and DISABLE are rendered, SIMPLE/MUTUAL warned.
+        let mut index = bookinfo();
+        index.mesh.ca_host = Some("istiod.istio-system.svc.cluster.local".into());
+        istio(&mut index, dr);
         let v = verdict_of(&index, Kind::DestinationRule, "default", "mtls");
-        assert!(v.accepted, "a warning, not a refusal");
+        assert!(v.accepted, "warnings, not a refusal");
         let fields: Vec<&str> = v.findings.iter().map(|f| f.field.as_str()).collect();
         assert_eq!(
             fields,
             [
-                "spec.trafficPolicy.tls",
-                "spec.trafficPolicy.portLevelSettings[0].tls",
-                "spec.subsets[0].trafficPolicy.tls"
+                "spec.trafficPolicy.portLevelSettings[1].tls.mode",
+                "spec.subsets[0].trafficPolicy.tls.mode"
             ]
         );
+        assert!(v.findings.iter().all(|f| f.level == Level::Warning
+            && f.message.contains("not implemented yet")
+            && f.message.contains("SIMPLE, MUTUAL")));
+        // Without it, ISTIO_MUTUAL cannot be rendered: a warning naming the CA.
+        let mut index = bookinfo();
+        istio(&mut index, dr);
+        let v = verdict_of(&index, Kind::DestinationRule, "default", "mtls");
+        assert!(v.accepted);
+        let istio_mutual = &v.findings[0];
+        assert_eq!(istio_mutual.field, "spec.trafficPolicy.tls.mode");
         assert!(
-            v.findings
-                .iter()
-                .all(|f| f.level == Level::Warning && f.message.contains("not implemented yet"))
+            istio_mutual.message.contains("ca.enabled"),
+            "{istio_mutual:?}"
         );
+        assert_eq!(v.findings.len(), 3);
+        // ISTIO_MUTUAL with certificates of its own is refused, as Istio's validation does.
+        let mut index = bookinfo();
+        index.mesh.ca_host = Some("istiod.istio-system.svc.cluster.local".into());
+        istio(
+            &mut index,
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: own, namespace: default}\nspec:\n  host: ratings\n  trafficPolicy:\n    tls: {mode: ISTIO_MUTUAL, credentialName: my-cert}\n",
+        );
+        let v = verdict_of(&index, Kind::DestinationRule, "default", "own");
+        assert!(!v.accepted);
+        assert_eq!(v.findings[0].field, "spec.trafficPolicy.tls.credentialName");
+        assert_eq!(v.findings[0].level, Level::Error);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use k8s_openapi::api::core::v1::Endpoints;
 use proptest::prelude::*;
 use rustmesh_operator::configmap::{config_map, read_scope, render_namespace};
-use rustmesh_operator::fixtures::{bookinfo, istio, namespace, pod, service, workload};
+use rustmesh_operator::fixtures::{bookinfo, istio, namespace, pod, pod_as, service, workload};
 use rustmesh_operator::index::{Affects, Kind, Object};
 use rustmesh_operator::renderer::{RenderPath, Renderer};
 use rustmesh_operator::{Index, MeshView, ObjKey};
@@ -300,6 +300,60 @@ proptest! {
             assert_same_as_full(&renderer, &index)?;
         }
     }
+
+    /// The same with the mesh CA: clusters expect the pods' service accounts and endpoints of
+    /// pods with a sidecar carry `tlsMode` metadata, so pods under other accounts and with or
+    /// without the label come and go.
+    #[test]
+    fn endpoint_batches_under_mutual_tls_render_exactly_like_full_renders(
+        batches in prop::collection::vec(prop::collection::vec(change(), 1..4), 1..6)
+    ) {
+        let mut index = mesh_with_ca();
+        let mut renderer = first_render(&index);
+        for batch in &batches {
+            let affects = apply(&mut index, batch);
+            render_batch(&mut renderer, &index, &affects);
+            assert_same_as_full(&renderer, &index)?;
+        }
+    }
+}
+
+/// [`mesh`] with the mesh CA; some pods have a sidecar (`security.istio.io/tlsMode: istio`),
+/// some run under their own service account.
+fn mesh_with_ca() -> Index {
+    let mut index = mesh();
+    index.mesh.ca_host = Some("istiod.istio-system.svc.cluster.local".into());
+    let sidecar = ("security.istio.io/tlsMode", "istio");
+    for (ns, name, account, labels) in [
+        (
+            "default",
+            "reviews-v1-1",
+            None,
+            &[("app", "reviews"), ("version", "v1"), sidecar][..],
+        ),
+        (
+            "default",
+            "reviews-v2-2",
+            Some("reviews-v2"),
+            &[("app", "reviews"), ("version", "v2"), sidecar],
+        ),
+        (
+            "default",
+            "reviews-v9-1",
+            Some("reviews-v9"),
+            &[("app", "reviews"), ("version", "v9")],
+        ),
+        (
+            "shop",
+            "cart-2",
+            Some("cart"),
+            &[("app", "cart"), ("version", "v2"), sidecar],
+        ),
+        ("shop", "db-1", Some("db"), &[("app", "db"), sidecar]),
+    ] {
+        pod_as(&mut index, ns, name, account, labels);
+    }
+    index
 }
 
 fn paths_for(index: &mut Index, renderer: &mut Renderer, c: Change) -> Vec<RenderPath> {

@@ -10,7 +10,7 @@
 
 use super::state::Msg;
 use crate::index::kinds::{self, IstioKind, KindFn, for_kind};
-use crate::index::{Kind, ObjKey, Object, WatchEvent};
+use crate::index::{Kind, ObjKey, Object, PodInfo, WatchEvent};
 use futures::StreamExt;
 use futures::stream::{BoxStream, SelectAll};
 use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Pod, Service};
@@ -177,13 +177,22 @@ pub(super) fn streams(client: &Client, slices: bool) -> SelectAll<BoxStream<'sta
             |e| Object::Endpoints(Box::new(e)),
         ));
     }
+    // Whole pods (not only their metadata): the service account is in the spec. Only the
+    // labels and the service account are kept.
     all.push(index_stream(
-        watcher::watcher(Api::<PartialObjectMeta<Pod>>::all(client.clone()), cfg())
-            .backoff(Backoff::api()),
+        watcher::watcher(Api::<Pod>::all(client.clone()), cfg()).backoff(Backoff::api()),
         Kind::Pod,
         |p| Object::Pod {
             key: ObjKey::new(p.namespace().unwrap_or_default(), p.name_any()),
-            labels: p.labels().clone(),
+            pod: PodInfo::new(
+                p.labels().clone(),
+                p.spec.as_ref().and_then(|s| {
+                    s.service_account_name
+                        .as_deref()
+                        .filter(|n| !n.is_empty())
+                        .or(s.service_account.as_deref())
+                }),
+            ),
         },
     ));
     all.push(index_stream(

@@ -56,6 +56,13 @@ pub struct MeshConfig {
     /// answers it whatever its Sidecar's egress, so sidecars find the CA where the cluster has
     /// no DNS (Istio's agent reaches istiod without going through the Sidecar's egress either).
     pub ca_host: Option<String>,
+    /// The trust domain of workload identities (`spiffe://<trust domain>/ns/<ns>/sa/<sa>`):
+    /// the identities outbound clusters expect of a service's pods.
+    pub trust_domain: String,
+    /// Istio's `meshConfig.enableAutoMtls`: with a CA, outbound clusters to mesh services get
+    /// auto-mTLS `transportSocketMatches` (mutual TLS to endpoints with a sidecar, plain TCP to
+    /// the others); off, only a DestinationRule's `ISTIO_MUTUAL` originates mutual TLS.
+    pub auto_mtls: bool,
 }
 
 impl Default for MeshConfig {
@@ -65,6 +72,8 @@ impl Default for MeshConfig {
             domain_suffix: DEFAULT_DOMAIN_SUFFIX.to_string(),
             outbound_policy: OutboundTrafficPolicyMode::AllowAny,
             ca_host: None,
+            trust_domain: rustmesh_xds::identity::DEFAULT_TRUST_DOMAIN.to_string(),
+            auto_mtls: true,
         }
     }
 }
@@ -93,12 +102,38 @@ impl Kind {
     ];
 }
 
-/// One object as the index stores it (pods and namespaces by their labels only).
+/// What the index keeps of a pod: its labels and its service account.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodInfo {
+    pub labels: Labels,
+    /// `spec.serviceAccountName` (`default` when unset, as Kubernetes does): the pod's identity
+    /// is `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
+    pub service_account: String,
+}
+
+/// The service account of a pod that names none.
+pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
+
+impl PodInfo {
+    /// A pod with these labels and service account (`None` or empty: `default`).
+    pub fn new(labels: Labels, service_account: Option<&str>) -> Self {
+        PodInfo {
+            labels,
+            service_account: service_account
+                .filter(|s| !s.is_empty())
+                .unwrap_or(DEFAULT_SERVICE_ACCOUNT)
+                .to_string(),
+        }
+    }
+}
+
+/// One object as the index stores it (pods by their labels and service account, namespaces by
+/// their labels).
 #[derive(Clone, Debug)]
 pub enum Object {
     Service(Box<Service>),
     Endpoints(Box<Endpoints>),
-    Pod { key: ObjKey, labels: Labels },
+    Pod { key: ObjKey, pod: PodInfo },
     Namespace { name: String, labels: Labels },
     VirtualService(Box<VirtualService>),
     DestinationRule(Box<DestinationRule>),
@@ -215,7 +250,7 @@ pub struct Index {
     pub mesh: MeshConfig,
     pub services: BTreeMap<ObjKey, Service>,
     pub endpoints: BTreeMap<ObjKey, Endpoints>,
-    pub pods: BTreeMap<ObjKey, Labels>,
+    pub pods: BTreeMap<ObjKey, PodInfo>,
     pub namespaces: BTreeMap<String, Labels>,
     /// The Istio kinds, each in its [`KindStore`] (see [`crate::index::kinds`]).
     pub virtual_services: KindStore<VirtualService>,
@@ -311,7 +346,7 @@ impl Index {
             Kind::Endpoints => Object::Endpoints(Box::new(self.endpoints.get(key)?.clone())),
             Kind::Pod => Object::Pod {
                 key: key.clone(),
-                labels: self.pods.get(key)?.clone(),
+                pod: self.pods.get(key)?.clone(),
             },
             Kind::Namespace => Object::Namespace {
                 name: key.name.clone(),
@@ -339,8 +374,8 @@ impl Index {
             Object::Endpoints(o) => {
                 self.endpoints.insert(key, *o);
             }
-            Object::Pod { labels, .. } => {
-                self.pods.insert(key, labels);
+            Object::Pod { pod, .. } => {
+                self.pods.insert(key, pod);
             }
             Object::Namespace { name, labels } => {
                 self.namespaces.insert(name, labels);
@@ -533,7 +568,7 @@ fn same_content(a: &Object, b: &Object) -> bool {
                     == y.annotations().get(SERVICE_EXPORT_TO_ANNOTATION)
         }
         (Object::Endpoints(x), Object::Endpoints(y)) => x.subsets == y.subsets,
-        (Object::Pod { labels: x, .. }, Object::Pod { labels: y, .. }) => x == y,
+        (Object::Pod { pod: x, .. }, Object::Pod { pod: y, .. }) => x == y,
         (Object::Namespace { labels: x, .. }, Object::Namespace { labels: y, .. }) => {
             is_injected(x) == is_injected(y)
         }
@@ -599,15 +634,24 @@ spec:
         // A change in `shop` concerns `shop` (and namespaces seeing it).
         let a = index.apply(Object::Pod {
             key: ObjKey::new("shop", "cart-1"),
-            labels: [("app".to_string(), "cart".to_string())].into(),
+            pod: PodInfo::new([("app".to_string(), "cart".to_string())].into(), None),
         });
         assert_eq!(a.namespaces, set(&["default", "shop"]));
         // Same labels: nothing.
         let again = index.apply(Object::Pod {
             key: ObjKey::new("shop", "cart-1"),
-            labels: [("app".to_string(), "cart".to_string())].into(),
+            pod: PodInfo::new([("app".to_string(), "cart".to_string())].into(), None),
         });
         assert!(again.is_empty());
+        // Another service account is another identity: the pod's services' clients change.
+        let other = index.apply(Object::Pod {
+            key: ObjKey::new("shop", "cart-1"),
+            pod: PodInfo::new(
+                [("app".to_string(), "cart".to_string())].into(),
+                Some("cart"),
+            ),
+        });
+        assert_eq!(other.namespaces, set(&["default", "shop"]));
     }
 
     #[test]

@@ -1,13 +1,21 @@
 //! Clusters and endpoints: `outbound|<port>|<subset>|<fqdn>` with the DestinationRule's traffic
 //! policy, `inbound|<port>||`, and the three static clusters.
+//!
+//! With a mesh CA ([`MeshConfig::ca_host`]), an outbound cluster originates Istio's mutual TLS
+//! ([`upstream_tls`]): a DestinationRule's `tls.mode: ISTIO_MUTUAL` gives it one TLS transport
+//! socket, `DISABLE` none, and without a `tls` setting auto mTLS (`meshConfig.enableAutoMtls`)
+//! gives it `transportSocketMatches`: mutual TLS to endpoints whose pod carries
+//! `security.istio.io/tlsMode: istio` (their [`load_assignment`] metadata), plain TCP to the
+//! others. The expected server identities are the SPIFFE ids of the service accounts of the
+//! pods behind the port.
 
 use super::{ClusterParts, Ctx, EdsRecipe, EdsRecipes};
-use crate::index::Labels;
-use crate::registry::Ep;
+use crate::index::{Labels, MeshConfig};
+use crate::registry::{Ep, SvcPort};
 use rustmesh_api::common::labels_match;
 use rustmesh_api::destination_rule::{
-    ConnectionPoolSettings, DestinationRuleSpec, H2UpgradePolicy, LoadBalancerSettings,
-    OutlierDetection as DrOutlier, SimpleLb, Subset,
+    ClientTlsSettings, ConnectionPoolSettings, DestinationRuleSpec, H2UpgradePolicy,
+    LoadBalancerSettings, OutlierDetection as DrOutlier, SimpleLb, Subset, TlsMode,
 };
 use rustmesh_xds::address::SocketAddress;
 use rustmesh_xds::cluster::{
@@ -16,8 +24,13 @@ use rustmesh_xds::cluster::{
     MaglevLbConfig, OutlierDetection, RingHashLbConfig, ServiceRef, Thresholds, UpstreamProtocol,
 };
 use rustmesh_xds::duration::Duration;
+use rustmesh_xds::identity::SpiffeId;
 use rustmesh_xds::names::{BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER_V4, PASSTHROUGH_CLUSTER};
 use rustmesh_xds::route::{HashCookie, HashPolicy};
+use rustmesh_xds::tls::{
+    ALPN_ISTIO_TCP, TLS_MODE_ISTIO, TLS_MODE_LABEL, TransportSocketMatch, UpstreamTransportSocket,
+    auto_mtls_matches, istio_sni, istio_upstream,
+};
 use rustmesh_xds::well_known::INBOUND_PASSTHROUGH_SOURCE_V4;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -31,6 +44,7 @@ pub struct Policy<'a> {
     pub lb: Option<&'a LoadBalancerSettings>,
     pub pool: Option<&'a ConnectionPoolSettings>,
     pub outlier: Option<&'a DrOutlier>,
+    pub tls: Option<&'a ClientTlsSettings>,
 }
 
 /// Istio's `MergeTrafficPolicy`: the top-level policy, replaced whole by its port-level settings
@@ -46,6 +60,7 @@ pub fn merged_policy<'a>(
             lb: tp.load_balancer.as_ref(),
             pool: tp.connection_pool.as_ref(),
             outlier: tp.outlier_detection.as_ref(),
+            tls: tp.tls.as_ref(),
         };
         if let Some(pl) = tp
             .port_level_settings
@@ -56,6 +71,7 @@ pub fn merged_policy<'a>(
                 lb: pl.load_balancer.as_ref(),
                 pool: pl.connection_pool.as_ref(),
                 outlier: pl.outlier_detection.as_ref(),
+                tls: pl.tls.as_ref(),
             };
         }
     }
@@ -69,6 +85,9 @@ pub fn merged_policy<'a>(
         if stp.outlier_detection.is_some() {
             p.outlier = stp.outlier_detection.as_ref();
         }
+        if stp.tls.is_some() {
+            p.tls = stp.tls.as_ref();
+        }
         if let Some(pl) = stp
             .port_level_settings
             .iter()
@@ -78,6 +97,7 @@ pub fn merged_policy<'a>(
                 lb: pl.load_balancer.as_ref(),
                 pool: pl.connection_pool.as_ref(),
                 outlier: pl.outlier_detection.as_ref(),
+                tls: pl.tls.as_ref(),
             };
         }
     }
@@ -197,6 +217,58 @@ fn outlier_detection(o: Option<&DrOutlier>) -> Option<OutlierDetection> {
         max_ejection_percent: to_u32(o.max_ejection_percent),
         min_health_percent: to_u32(o.min_health_percent),
     })
+}
+
+/// The SPIFFE ids of the service accounts behind a port of a service of `namespace`, sorted:
+/// the identities an outbound cluster to it accepts.
+pub fn expected_sans(mesh: &MeshConfig, namespace: &str, port: &SvcPort) -> Vec<String> {
+    port.service_accounts()
+        .into_iter()
+        .filter_map(|sa| SpiffeId::new(&mesh.trust_domain, namespace, sa).ok())
+        .map(|id| id.to_string())
+        .collect()
+}
+
+/// How an outbound cluster talks to its endpoints, as Istio decides it: `(transportSocket,
+/// transportSocketMatches)`. `tls` is the DestinationRule's merged setting for the cluster's
+/// port and subset; `sni` and `sans` the defaults of mutual TLS (a setting's own `sni` and
+/// `subjectAltNames` override them). Nothing without a mesh CA; `ISTIO_MUTUAL`: mutual TLS;
+/// `DISABLE` (or a `tls` without mode, proto's default): plain; `SIMPLE`/`MUTUAL`: plain (not
+/// implemented, the DestinationRule's status says so); no setting: auto mTLS when enabled,
+/// except on ORIGINAL_DST clusters, whose endpoints carry no metadata (Istio's exception too).
+pub fn upstream_tls(
+    mesh: &MeshConfig,
+    tls: Option<&ClientTlsSettings>,
+    original_dst: bool,
+    sni: &str,
+    sans: Vec<String>,
+) -> (Option<UpstreamTransportSocket>, Vec<TransportSocketMatch>) {
+    if mesh.ca_host.is_none() {
+        return (None, Vec::new());
+    }
+    match tls {
+        Some(t) if t.mode == Some(TlsMode::IstioMutual) => {
+            let sni = t.sni.as_deref().filter(|s| !s.is_empty()).unwrap_or(sni);
+            let sans = if t.subject_alt_names.is_empty() {
+                sans
+            } else {
+                t.subject_alt_names.clone()
+            };
+            (
+                Some(UpstreamTransportSocket::Tls(istio_upstream(
+                    sni,
+                    &ALPN_ISTIO_TCP,
+                    &sans,
+                ))),
+                Vec::new(),
+            )
+        }
+        Some(_) => (None, Vec::new()),
+        None if mesh.auto_mtls && !original_dst => {
+            (None, auto_mtls_matches(sni, &ALPN_ISTIO_TCP, &sans))
+        }
+        None => (None, Vec::new()),
+    }
 }
 
 /// `inbound|<port>||`: STATIC to the app on 127.0.0.1.
@@ -325,13 +397,14 @@ impl<'v, 'a> Ctx<'v, 'a> {
                     service_name: name.clone(),
                 });
                 let selector = subset.map(|s| &s.labels);
-                endpoints.push(load_assignment(name, &w.port.endpoints, |labels| {
+                let mtls = self.view.index.mesh.ca_host.is_some();
+                endpoints.push(load_assignment(name, &w.port.endpoints, mtls, |labels| {
                     selector.is_none_or(|sel| labels_match(sel, labels))
                 }));
                 recipes
                     .entry(w.svc.fqdn.clone())
                     .or_default()
-                    .push(EdsRecipe::new(name, w.port.port, selector));
+                    .push(EdsRecipe::new(name, w.port.port, selector, mtls));
                 c
             };
             c.connect_timeout = tcp
@@ -347,6 +420,13 @@ impl<'v, 'a> Ctx<'v, 'a> {
             } else {
                 UpstreamProtocol::UseDownstream
             };
+            (c.transport_socket, c.transport_socket_matches) = upstream_tls(
+                &self.view.index.mesh,
+                policy.tls,
+                passthrough,
+                &istio_sni(w.port.port, w.subset.unwrap_or(""), &w.svc.fqdn),
+                expected_sans(&self.view.index.mesh, &w.svc.namespace, w.port),
+            );
             if http.and_then(|h| h.use_client_protocol) == Some(true) {
                 c.upstream_protocol = UpstreamProtocol::UseDownstream;
             }
@@ -374,16 +454,26 @@ impl<'v, 'a> Ctx<'v, 'a> {
     }
 }
 
-/// The endpoints of an EDS cluster: the port's ready endpoints whose labels the subset selects.
+/// The endpoints of an EDS cluster: the port's ready endpoints whose labels the subset selects;
+/// those of a pod labelled `security.istio.io/tlsMode: istio` (a pod with a sidecar) carry the
+/// metadata auto mTLS matches on, when the mesh has a CA (`mtls`).
 pub fn load_assignment(
     cluster: &str,
     endpoints: &[Ep],
+    mtls: bool,
     selects: impl Fn(&Labels) -> bool,
 ) -> ClusterLoadAssignment {
     let lb_endpoints: Vec<LbEndpoint> = endpoints
         .iter()
         .filter(|e| selects(&e.labels))
-        .map(|e| LbEndpoint::new(SocketAddr::new(e.ip, e.port)))
+        .map(|e| {
+            let ep = LbEndpoint::new(SocketAddr::new(e.ip, e.port));
+            if mtls && e.labels.get(TLS_MODE_LABEL).map(String::as_str) == Some(TLS_MODE_ISTIO) {
+                ep.with_istio_tls_mode()
+            } else {
+                ep
+            }
+        })
         .collect();
     ClusterLoadAssignment {
         cluster_name: cluster.to_string(),

@@ -16,7 +16,13 @@
 //! - a destination that does not resolve in this scope (host not in the registry, port missing,
 //!   subset not defined by the DestinationRule this scope uses) is routed to `BlackHoleCluster`
 //!   (Istio: a cluster that does not exist; both answer 503);
-//! - not rendered (no field in the proxy model): TLS settings and TLS routes, CORS, delegate
+//! - with a mesh CA (`MeshConfig::ca_host`), Istio's mutual TLS in its PERMISSIVE shape (the
+//!   proxy applies the PeerAuthentication mode): each inbound port gets the chains terminating
+//!   it (`tls` + Istio's ALPN) before its plain ones, virtualInbound's passthrough a twin, and
+//!   outbound clusters auto mTLS or a DestinationRule's `ISTIO_MUTUAL` (see [`clusters`]);
+//!   without a CA none of it is rendered;
+//! - not rendered (no field in the proxy model): DestinationRule TLS origination to servers
+//!   outside the mesh (`SIMPLE`, `MUTUAL`: a status warning) and TLS routes, CORS, delegate
 //!   VirtualServices, `derivePort`, `http2Error` aborts; TCP route matches on `sourceLabels`
 //!   are skipped (a TCP proxy cannot express them).
 
@@ -39,7 +45,7 @@ use rustmesh_xds::config::DnsEntry;
 use rustmesh_xds::duration::Duration;
 use rustmesh_xds::listener::{
     FilterChain, FilterChainMatch, HTTP_PROTOCOLS, HttpConnectionManager, Listener, NetworkFilter,
-    RAW_BUFFER, Rds, TcpProxy, TrafficDirection,
+    RAW_BUFFER, Rds, TLS, TcpProxy, TrafficDirection,
 };
 use rustmesh_xds::names::{
     self, BLACKHOLE_CLUSTER, ClusterName, INBOUND_PASSTHROUGH_CLUSTER_V4, PASSTHROUGH_CLUSTER,
@@ -47,9 +53,16 @@ use rustmesh_xds::names::{
 };
 use rustmesh_xds::route::{RouteConfiguration, WeightedClusters};
 use rustmesh_xds::scope::{self as xscope, ScopeIndex, ScopeSelector};
+use rustmesh_xds::tls::{
+    ALPN_ISTIO_ALL, ALPN_ISTIO_HTTP, ALPN_ISTIO_TCP, DownstreamTransportSocket, istio_downstream,
+};
 use rustmesh_xds::well_known;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
+
+/// The ALPN an inbound mutual TLS chain for HTTP negotiates (Istio's `ALPNHttp`): never
+/// `istio`, which would hide the HTTP version.
+const ALPN_HTTP_DOWNSTREAM: [&str; 2] = ["h2", "http/1.1"];
 
 /// Which configuration: a namespace's default scope, or one selector Sidecar's.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -332,14 +345,18 @@ pub struct EdsRecipe {
     pub port: u16,
     /// The subset's labels (`None`: every endpoint).
     pub selector: Option<Box<[(String, String)]>>,
+    /// Whether endpoints of pods with a sidecar carry the `tlsMode: istio` metadata (the mesh
+    /// has a CA).
+    pub mtls: bool,
 }
 
 impl EdsRecipe {
-    pub fn new(cluster: &str, port: u16, selector: Option<&Labels>) -> Self {
+    pub fn new(cluster: &str, port: u16, selector: Option<&Labels>, mtls: bool) -> Self {
         EdsRecipe {
             cluster: cluster.to_string(),
             port,
             selector: selector.map(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+            mtls,
         }
     }
 
@@ -349,7 +366,7 @@ impl EdsRecipe {
             .and_then(|s| s.port(self.port))
             .map(|p| p.endpoints.as_slice())
             .unwrap_or_default();
-        clusters::load_assignment(&self.cluster, endpoints, |labels| {
+        clusters::load_assignment(&self.cluster, endpoints, self.mtls, |labels| {
             self.selector
                 .iter()
                 .flat_map(|s| s.iter())
@@ -464,7 +481,10 @@ pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsReci
     clusters.extend(inbound_clusters);
     clusters.extend(static_clusters());
 
-    let mut all_listeners = vec![ctx.virtual_outbound(), virtual_inbound(inbound_chains)];
+    let mut all_listeners = vec![
+        ctx.virtual_outbound(),
+        virtual_inbound(inbound_chains, view.index.mesh.ca_host.is_some()),
+    ];
     all_listeners.extend(listeners.into_values());
 
     let config = ProxyConfig {
@@ -987,6 +1007,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
                 }
             }
         }
+        let mtls = self.view.index.mesh.ca_host.is_some();
         let mut chains = Vec::new();
         let mut clusters = Vec::new();
         for (port, ip) in &ports {
@@ -994,46 +1015,60 @@ impl<'v, 'a> Ctx<'v, 'a> {
             let chain_name = names::listener_name(IpAddr::V4(Ipv4Addr::UNSPECIFIED), *port);
             let http = ip.protocols.contains(&ListenerProtocol::Http)
                 || ip.protocols.contains(&ListenerProtocol::Auto);
-            if http {
-                chains.push(FilterChain {
-                    transport_socket: None,
-                    name: Some(chain_name.clone()),
-                    filter_chain_match: FilterChainMatch {
-                        destination_port: Some(*port),
-                        transport_protocol: Some(RAW_BUFFER.to_string()),
-                        application_protocols: http_protocols(),
-                        ..FilterChainMatch::default()
-                    },
-                    filters: vec![NetworkFilter::HttpConnectionManager(Box::new(
-                        HttpConnectionManager {
-                            stat_prefix: format!("inbound_0.0.0.0_{port}"),
-                            rds: None,
-                            route_config: Some(routes::inbound_route_table(&cluster, *port)),
-                            ..HttpConnectionManager::default()
-                        },
-                    ))],
-                });
-            }
-            // With an HTTP chain naming `raw_buffer`, Envoy's matching (and the proxy's) no longer
-            // considers chains without a transport protocol for plain-text connections: the TCP
-            // fallback names `raw_buffer` too, and TLS gets its own chain (Istio's inbound shape:
-            // `Trans: raw_buffer; Addr: *:80` and `Trans: tls; Addr: *:80`).
-            let transports: &[Option<&str>] = if http {
-                &[Some(RAW_BUFFER), Some(rustmesh_xds::listener::TLS)]
-            } else {
-                &[None]
+            let hcm = || {
+                NetworkFilter::HttpConnectionManager(Box::new(HttpConnectionManager {
+                    stat_prefix: format!("inbound_0.0.0.0_{port}"),
+                    rds: None,
+                    route_config: Some(routes::inbound_route_table(&cluster, *port)),
+                    ..HttpConnectionManager::default()
+                }))
             };
-            for transport in transports {
-                chains.push(FilterChain {
+            let chain =
+                |transport: Option<&str>, alpn: &[&str], filter: NetworkFilter| FilterChain {
                     transport_socket: None,
                     name: Some(chain_name.clone()),
                     filter_chain_match: FilterChainMatch {
                         destination_port: Some(*port),
                         transport_protocol: transport.map(str::to_string),
+                        application_protocols: alpn.iter().map(|s| s.to_string()).collect(),
                         ..FilterChainMatch::default()
                     },
-                    filters: vec![tcp_proxy(&cluster, &cluster)],
-                });
+                    filters: vec![filter],
+                };
+            // With a mesh CA, Istio's PERMISSIVE mutual TLS chains come first: a sidecar's
+            // connection (`tls` with Istio's ALPN) is terminated, HTTP to the connection manager,
+            // TCP (`istio-peer-exchange`/`istio`) to the TCP proxy. Whether plain text is still
+            // served (STRICT, DISABLE) is the proxy's decision (its PeerAuthentication).
+            if mtls && http {
+                chains.push(with_mtls(
+                    chain(Some(TLS), &ALPN_ISTIO_HTTP, hcm()),
+                    &ALPN_HTTP_DOWNSTREAM,
+                ));
+                chains.push(with_mtls(
+                    chain(Some(TLS), &ALPN_ISTIO_TCP, tcp_proxy(&cluster, &cluster)),
+                    &ALPN_ISTIO_TCP,
+                ));
+            } else if mtls {
+                chains.push(with_mtls(
+                    chain(Some(TLS), &ALPN_ISTIO_ALL, tcp_proxy(&cluster, &cluster)),
+                    &ALPN_ISTIO_TCP,
+                ));
+            }
+            if http {
+                chains.push(chain(Some(RAW_BUFFER), &HTTP_PROTOCOLS, hcm()));
+            }
+            // With an HTTP chain naming `raw_buffer`, Envoy's matching (and the proxy's) no longer
+            // considers chains without a transport protocol for plain-text connections: the TCP
+            // fallback names `raw_buffer` too, and TLS gets its own chain (Istio's inbound shape:
+            // `Trans: raw_buffer; Addr: *:80` and `Trans: tls; Addr: *:80`). The same holds for
+            // the `tls` of a mutual TLS chain: an app's own TLS (other ALPN) keeps a `tls` chain.
+            let transports: &[Option<&str>] = if http || mtls {
+                &[Some(RAW_BUFFER), Some(TLS)]
+            } else {
+                &[None]
+            };
+            for transport in transports {
+                chains.push(chain(*transport, &[], tcp_proxy(&cluster, &cluster)));
             }
             clusters.push(clusters::inbound_cluster(
                 &cluster,
@@ -1105,7 +1140,20 @@ fn parse_cidr(s: &str) -> Option<CidrRange> {
     })
 }
 
-fn virtual_inbound(port_chains: Vec<FilterChain>) -> Listener {
+/// The chain terminating Istio's mutual TLS, accepting ALPN `alpn` (the chain matches
+/// `transportProtocol: tls` and the client's Istio ALPN).
+fn with_mtls(chain: FilterChain, alpn: &[&str]) -> FilterChain {
+    FilterChain {
+        transport_socket: Some(DownstreamTransportSocket::Tls(istio_downstream(alpn))),
+        ..chain
+    }
+}
+
+/// virtualInbound: the BlackHole chain of 15006 itself, the inbound ports' chains, and the
+/// passthrough to the original destination for any other port. With a mesh CA (`mtls`), the
+/// passthrough has Istio's mutual TLS twin (`tls` with Istio's ALPN, terminated) and, as on the
+/// ports, `raw_buffer` and `tls` (an app's own TLS) forms.
+fn virtual_inbound(port_chains: Vec<FilterChain>, mtls: bool) -> Listener {
     let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
     let mut chains = vec![FilterChain {
         transport_socket: None,
@@ -1117,7 +1165,7 @@ fn virtual_inbound(port_chains: Vec<FilterChain>) -> Listener {
         filters: vec![tcp_proxy(BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER)],
     }];
     chains.extend(port_chains);
-    chains.push(FilterChain {
+    let passthrough = |transport: Option<&str>, alpn: &[&str]| FilterChain {
         transport_socket: None,
         name: Some(VIRTUAL_INBOUND.to_string()),
         filter_chain_match: FilterChainMatch {
@@ -1125,13 +1173,25 @@ fn virtual_inbound(port_chains: Vec<FilterChain>) -> Listener {
                 address_prefix: any,
                 prefix_len: 0,
             }],
+            transport_protocol: transport.map(str::to_string),
+            application_protocols: alpn.iter().map(|s| s.to_string()).collect(),
             ..FilterChainMatch::default()
         },
         filters: vec![tcp_proxy(
             INBOUND_PASSTHROUGH_CLUSTER_V4,
             INBOUND_PASSTHROUGH_CLUSTER_V4,
         )],
-    });
+    };
+    if mtls {
+        chains.push(with_mtls(
+            passthrough(Some(TLS), &ALPN_ISTIO_ALL),
+            &ALPN_ISTIO_TCP,
+        ));
+        chains.push(passthrough(Some(RAW_BUFFER), &[]));
+        chains.push(passthrough(Some(TLS), &[]));
+    } else {
+        chains.push(passthrough(None, &[]));
+    }
     Listener {
         name: VIRTUAL_INBOUND.to_string(),
         address: Address::new(any, well_known::INBOUND_CAPTURE_PORT),
@@ -1216,5 +1276,7 @@ pub fn without_version(mut config: ProxyConfig) -> ProxyConfig {
 /// Cluster and endpoint lists and the EDS recipes, for [`clusters`] to fill.
 type ClusterParts = (Vec<Cluster>, Vec<ClusterLoadAssignment>, EdsRecipes);
 
+#[cfg(test)]
+mod mtls_tests;
 #[cfg(test)]
 mod tests;

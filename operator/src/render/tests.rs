@@ -1049,9 +1049,9 @@ fn rendering_is_deterministic_and_order_independent() {
                 .values()
                 .map(|s| Object::Endpoints(Box::new(s.clone()))),
         );
-        v.extend(a.pods.iter().map(|(k, l)| Object::Pod {
+        v.extend(a.pods.iter().map(|(k, p)| Object::Pod {
             key: k.clone(),
-            labels: l.clone(),
+            pod: p.clone(),
         }));
         v.extend(
             a.virtual_services
