@@ -51,9 +51,13 @@ pub struct PeerAuthenticationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtls: Option<MutualTls>,
     /// Per (workload) port modes, overriding `mtls` on that port. Needs a selector.
+    // Keyed by the port's text, as JSON and the API server keep it: a structural schema cannot
+    // constrain map keys, so a key such as `http` reaches the operator, which must still read
+    // the object (a key type of `u32` would fail the whole watch). Validation refuses it by
+    // name; `PeerAuthenticationSpec::port_modes` gives the numbers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "port_level_schema")]
-    pub port_level_mtls: Option<BTreeMap<u32, MutualTls>>,
+    pub port_level_mtls: Option<BTreeMap<String, MutualTls>>,
 }
 
 /// `PeerAuthentication.MutualTLS`: `{mode: STRICT}`.
@@ -105,6 +109,15 @@ impl PeerAuthenticationSpec {
             .filter(|l| !l.is_empty())
     }
 
+    /// `portLevelMtls` as port numbers and modes (keys that are not a port 1..65535, which
+    /// validation refuses, are left out).
+    pub fn port_modes(&self) -> impl Iterator<Item = (u16, MtlsMode)> + '_ {
+        self.port_level_mtls
+            .iter()
+            .flatten()
+            .filter_map(|(port, m)| Some((port_number(port)?, m.mode())))
+    }
+
     /// `mtls.mode` (`UNSET` when absent).
     pub fn mode(&self) -> MtlsMode {
         self.mtls.map(|m| m.mode()).unwrap_or_default()
@@ -126,6 +139,14 @@ impl PeerAuthenticationSpec {
         }
         out
     }
+}
+
+/// A `portLevelMtls` key as a port: digits only, 1..65535.
+fn port_number(key: &str) -> Option<u16> {
+    if !key.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    key.parse::<u16>().ok().filter(|p| *p != 0)
 }
 
 impl Validate for PeerAuthenticationSpec {
@@ -160,10 +181,10 @@ impl Validate for PeerAuthenticationSpec {
                 ));
             }
             for port in ports.keys() {
-                if !(1..=65535).contains(port) {
+                if port_number(port).is_none() {
                     out.push(FieldError::new(
                         format!("spec.portLevelMtls.{port}"),
-                        format!("port {port} must be in range 1..65535"),
+                        format!("port {port:?} must be a number in range 1..65535"),
                     ));
                 }
             }
@@ -215,8 +236,10 @@ mod tests {
                     "finance".to_string()
                 )]))
             );
-            let ports = p.spec.port_level_mtls.as_ref().unwrap();
-            assert_eq!(ports[&8080].mode(), MtlsMode::Disable);
+            assert_eq!(
+                p.spec.port_modes().collect::<Vec<_>>(),
+                [(8080, MtlsMode::Disable)]
+            );
             assert!(p.spec.warnings().is_empty());
         }
         // Namespace-wide, and every mode by its name; `mtls` absent is UNSET.
@@ -281,6 +304,17 @@ mod tests {
         let fields: Vec<&str> = e.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(fields, ["spec.portLevelMtls.0", "spec.portLevelMtls.65536"]);
         assert!(e[0].1.contains("1..65535"));
+        // A key that is no port at all still reads (the API server lets it through: a watch
+        // must not choke on it) and is refused by name.
+        let e = refused(&doc(
+            "v1",
+            "  selector: {matchLabels: {app: a}}\n  portLevelMtls:\n    http: {mode: STRICT}\n    \"+80\": {mode: STRICT}\n",
+        ));
+        let fields: Vec<&str> = e.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["spec.portLevelMtls.+80", "spec.portLevelMtls.http"]
+        );
         // An empty portLevelMtls.
         let e = refused(&doc(
             "v1",

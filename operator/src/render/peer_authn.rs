@@ -88,14 +88,8 @@ fn policy(key: &ObjKey, p: &Policy) -> PeerAuthnPolicy {
         name: key.to_string(),
         selector: p.spec.workload_labels().cloned().unwrap_or_default(),
         mode: p.spec.mode(),
-        // Validation refused ports outside 1..65535, and port-level modes without a selector.
-        port_level_mtls: p
-            .spec
-            .port_level_mtls
-            .iter()
-            .flatten()
-            .filter_map(|(port, m)| Some((u16::try_from(*port).ok()?, m.mode())))
-            .collect(),
+        // Validation refused keys that are no port, and port-level modes without a selector.
+        port_level_mtls: p.spec.port_modes().collect(),
     }
 }
 
@@ -352,7 +346,7 @@ mod tests {
                 .message
                 .as_deref()
                 .unwrap()
-                .starts_with("spec.portLevelMtls.0: port 0 must be in range 1..65535")
+                .starts_with("spec.portLevelMtls.0: port \"0\" must be a number in range 1..65535")
         );
         assert!(
             status.conditions[1]
