@@ -3,8 +3,8 @@
 //!
 //! Decisions (as Istio does):
 //! - an object with an error is left out of rendering entirely; the rest of the mesh is
-//!   unaffected. The last good version is **not** kept: what is in the cluster is what is
-//!   rendered, so deleting or fixing the object is the only way back (no hidden state);
+//!   unaffected. An invalid **update** of an object accepted before renders its last accepted
+//!   version instead (kept in memory only; `Verdict::serving_previous` says which generation);
 //! - a destination subset that no DestinationRule defines is an **error** ("unknown subset");
 //! - a destination host that is not in the registry is a **warning** (routes to it answer 503,
 //!   through `BlackHoleCluster`); so is a VirtualService host no service matches;
