@@ -1,12 +1,13 @@
 //! The CustomResourceDefinitions, generated from the Rust types.
 //!
-//! Each kind is served as `v1`, `v1beta1` and `v1alpha3` with one shared schema (as Istio does),
-//! and stored as `v1`, so no conversion webhook is needed. `crds/` holds the rendered YAML;
+//! Each networking kind is served as `v1`, `v1beta1` and `v1alpha3`, PeerAuthentication
+//! (`security.istio.io`) as `v1` and `v1beta1`, each with one shared schema (as Istio does), and
+//! stored as `v1`, so no conversion webhook is needed. `crds/` holds the rendered YAML;
 //! `cargo run -p rustmesh-api --bin crdgen` rewrites it and a test fails when it drifts.
 
 use crate::error::Error;
 use crate::parse::VERSIONS;
-use crate::{DestinationRule, Sidecar, VirtualService};
+use crate::{DestinationRule, PeerAuthentication, Sidecar, VirtualService};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
@@ -26,8 +27,13 @@ fn drop_null_enum_values(value: &mut serde_json::Value) {
     }
 }
 
-/// Adds the older served versions to a generated single-version CRD.
-fn serve_all_versions(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+/// Adds the older served `versions` (the first is stored) to a generated single-version CRD,
+/// labelled `istio: <istio_label>` as Istio labels its own (`networking`, `security`).
+fn serve_versions(
+    mut crd: CustomResourceDefinition,
+    versions: &[&str],
+    istio_label: &str,
+) -> CustomResourceDefinition {
     for version in &mut crd.spec.versions {
         if let Some(schema) = version
             .schema
@@ -40,13 +46,14 @@ fn serve_all_versions(mut crd: CustomResourceDefinition) -> CustomResourceDefini
         }
     }
     let stored = crd.spec.versions[0].clone();
-    crd.spec.versions = VERSIONS
+    crd.spec.versions = versions
         .iter()
-        .map(|v| {
+        .enumerate()
+        .map(|(i, v)| {
             let mut version = stored.clone();
             version.name = (*v).to_string();
             version.served = true;
-            version.storage = *v == "v1";
+            version.storage = i == 0;
             version
         })
         .collect();
@@ -58,7 +65,7 @@ fn serve_all_versions(mut crd: CustomResourceDefinition) -> CustomResourceDefini
                 "app.kubernetes.io/part-of".to_string(),
                 "rustmesh".to_string(),
             ),
-            ("istio".to_string(), "networking".to_string()),
+            ("istio".to_string(), istio_label.to_string()),
         ]);
     crd
 }
@@ -68,15 +75,23 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
         (
             "virtualservices.networking.istio.io.yaml",
-            serve_all_versions(VirtualService::crd()),
+            serve_versions(VirtualService::crd(), &VERSIONS, "networking"),
         ),
         (
             "destinationrules.networking.istio.io.yaml",
-            serve_all_versions(DestinationRule::crd()),
+            serve_versions(DestinationRule::crd(), &VERSIONS, "networking"),
         ),
         (
             "sidecars.networking.istio.io.yaml",
-            serve_all_versions(Sidecar::crd()),
+            serve_versions(Sidecar::crd(), &VERSIONS, "networking"),
+        ),
+        (
+            "peerauthentications.security.istio.io.yaml",
+            serve_versions(
+                PeerAuthentication::crd(),
+                &crate::peer_authentication::VERSIONS,
+                "security",
+            ),
         ),
     ]
 }

@@ -1,6 +1,8 @@
-//! `rustmesh-api`: Istio's `networking.istio.io` API as Rust types.
+//! `rustmesh-api`: Istio's `networking.istio.io` API and `security.istio.io`'s
+//! PeerAuthentication as Rust types.
 //!
-//! - [`VirtualService`], [`DestinationRule`] and [`Sidecar`] read Istio's own YAML unchanged
+//! - [`VirtualService`], [`DestinationRule`], [`Sidecar`] and [`PeerAuthentication`] read
+//!   Istio's own YAML unchanged
 //!   (camelCase, `0.5s` durations, `oneOf` fields such as `StringMatch`).
 //! - [`parse::load`] reads multi-document YAML and reports errors with field path and line. It
 //!   reads within [`rustmesh_xds::yaml::Limits::MANIFESTS`]: a stream of at most 16 MiB, whose
@@ -17,6 +19,7 @@ pub mod destination_rule;
 pub mod error;
 mod locate;
 pub mod parse;
+pub mod peer_authentication;
 pub mod sidecar;
 pub mod status;
 pub mod validate;
@@ -25,6 +28,7 @@ pub mod virtual_service;
 pub use destination_rule::{DestinationRule, DestinationRuleSpec};
 pub use error::{Error, FieldError};
 pub use parse::{IstioObject, load, load_all, load_all_with};
+pub use peer_authentication::{PeerAuthentication, PeerAuthenticationSpec};
 pub use rustmesh_xds::duration::{self, Duration};
 pub use rustmesh_xds::yaml;
 pub use sidecar::{Sidecar, SidecarSpec};

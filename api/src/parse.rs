@@ -7,21 +7,37 @@
 use crate::error::{Error, FieldError, ObjectRef};
 use crate::locate::LineIndex;
 use crate::validate::Validate;
-use crate::{DestinationRule, Sidecar, VirtualService};
+use crate::{DestinationRule, PeerAuthentication, Sidecar, VirtualService};
 use rustmesh_xds::yaml;
 use serde::de::DeserializeOwned;
 
-/// The API group of every kind here.
+/// The API group of the networking kinds (VirtualService, DestinationRule, Sidecar).
 pub const GROUP: &str = "networking.istio.io";
-/// Versions served, newest first; `v1` is stored. All share one schema, as in Istio.
+/// Versions the networking kinds are served as, newest first; `v1` is stored. All share one
+/// schema, as in Istio.
 pub const VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
+/// The API group of PeerAuthentication.
+pub const SECURITY_GROUP: &str = "security.istio.io";
 
-/// A `networking.istio.io` object of any supported kind.
+/// The kinds read here, with their group and served versions (newest, stored, first).
+pub const KINDS: [(&str, &str, &[&str]); 4] = [
+    ("VirtualService", GROUP, &VERSIONS),
+    ("DestinationRule", GROUP, &VERSIONS),
+    ("Sidecar", GROUP, &VERSIONS),
+    (
+        "PeerAuthentication",
+        SECURITY_GROUP,
+        &crate::peer_authentication::VERSIONS,
+    ),
+];
+
+/// An Istio object of any supported kind.
 #[derive(Clone, Debug, PartialEq)]
 pub enum IstioObject {
     VirtualService(Box<VirtualService>),
     DestinationRule(Box<DestinationRule>),
     Sidecar(Box<Sidecar>),
+    PeerAuthentication(Box<PeerAuthentication>),
 }
 
 impl IstioObject {
@@ -30,6 +46,7 @@ impl IstioObject {
             IstioObject::VirtualService(_) => "VirtualService",
             IstioObject::DestinationRule(_) => "DestinationRule",
             IstioObject::Sidecar(_) => "Sidecar",
+            IstioObject::PeerAuthentication(_) => "PeerAuthentication",
         }
     }
 
@@ -38,6 +55,7 @@ impl IstioObject {
             IstioObject::VirtualService(o) => &o.metadata,
             IstioObject::DestinationRule(o) => &o.metadata,
             IstioObject::Sidecar(o) => &o.metadata,
+            IstioObject::PeerAuthentication(o) => &o.metadata,
         }
     }
 
@@ -47,6 +65,7 @@ impl IstioObject {
             IstioObject::VirtualService(o) => o.spec.validate(),
             IstioObject::DestinationRule(o) => o.spec.validate(),
             IstioObject::Sidecar(o) => o.spec.validate(),
+            IstioObject::PeerAuthentication(o) => o.spec.validate(),
         }
     }
 }
@@ -213,15 +232,22 @@ fn load_value(value: serde_norway::Value, object: &mut ObjectRef) -> Result<Isti
     }
     let api_version = str_field("apiVersion")
         .ok_or_else(|| parse_error(object, "apiVersion", "required string field is missing"))?;
+    // An unknown kind is reported below, after the apiVersion (checked as a networking one).
+    let (group, versions) = KINDS
+        .iter()
+        .find(|(k, ..)| *k == kind)
+        .map(|(_, g, v)| (*g, *v))
+        .unwrap_or((GROUP, &VERSIONS));
     let version_ok = api_version
         .split_once('/')
-        .is_some_and(|(g, v)| g == GROUP && VERSIONS.contains(&v));
+        .is_some_and(|(g, v)| g == group && versions.contains(&v));
     if !version_ok {
         return Err(parse_error(
             object,
             "apiVersion",
             format!(
-                "unsupported apiVersion `{api_version}`, expected {GROUP}/v1, /v1beta1 or /v1alpha3"
+                "unsupported apiVersion `{api_version}`, expected {}",
+                expected_versions(group, versions)
             ),
         ));
     }
@@ -238,14 +264,33 @@ fn load_value(value: serde_norway::Value, object: &mut ObjectRef) -> Result<Isti
             typed(value, object).map(|o| IstioObject::DestinationRule(Box::new(o)))
         }
         "Sidecar" => typed(value, object).map(|o| IstioObject::Sidecar(Box::new(o))),
+        "PeerAuthentication" => {
+            typed(value, object).map(|o| IstioObject::PeerAuthentication(Box::new(o)))
+        }
         other => Err(parse_error(
             object,
             "kind",
             format!(
-                "unsupported kind `{other}`, expected VirtualService, DestinationRule or Sidecar"
+                "unsupported kind `{other}`, expected VirtualService, DestinationRule, Sidecar or PeerAuthentication"
             ),
         )),
     }
+}
+
+/// `networking.istio.io/v1, /v1beta1 or /v1alpha3`.
+fn expected_versions(group: &str, versions: &[&str]) -> String {
+    let mut out = String::new();
+    for (i, v) in versions.iter().enumerate() {
+        let sep = match i {
+            0 => group,
+            i if i + 1 == versions.len() => " or ",
+            _ => ", ",
+        };
+        out.push_str(sep);
+        out.push('/');
+        out.push_str(v);
+    }
+    out
 }
 
 fn typed<T: DeserializeOwned>(value: serde_norway::Value, object: &ObjectRef) -> Result<T, Error> {

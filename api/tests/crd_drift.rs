@@ -30,23 +30,38 @@ fn checked_in_crds_match_the_types() {
 }
 
 #[test]
-fn every_kind_serves_three_versions_and_stores_v1() {
+fn every_kind_serves_istios_versions_and_stores_v1() {
+    let mut kinds = Vec::new();
     for (file, crd) in rustmesh_api::crd::all() {
-        assert_eq!(crd.spec.group, "networking.istio.io", "{file}");
+        kinds.push(crd.spec.names.kind.clone());
         let versions: Vec<_> = crd
             .spec
             .versions
             .iter()
             .map(|v| (v.name.as_str(), v.served, v.storage))
             .collect();
+        if crd.spec.names.kind == "PeerAuthentication" {
+            assert_eq!(crd.spec.group, "security.istio.io", "{file}");
+            assert_eq!(
+                versions,
+                [("v1", true, true), ("v1beta1", true, false)],
+                "{file}"
+            );
+        } else {
+            assert_eq!(crd.spec.group, "networking.istio.io", "{file}");
+            assert_eq!(
+                versions,
+                [
+                    ("v1", true, true),
+                    ("v1beta1", true, false),
+                    ("v1alpha3", true, false)
+                ],
+                "{file}"
+            );
+        }
         assert_eq!(
-            versions,
-            [
-                ("v1", true, true),
-                ("v1beta1", true, false),
-                ("v1alpha3", true, false)
-            ],
-            "{file}"
+            file,
+            format!("{}.{}.yaml", crd.spec.names.plural, crd.spec.group)
         );
         let schema = crd.spec.versions[0]
             .schema
@@ -67,4 +82,13 @@ fn every_kind_serves_three_versions_and_stores_v1() {
             "{file} preserves unknown fields"
         );
     }
+    assert_eq!(
+        kinds,
+        [
+            "VirtualService",
+            "DestinationRule",
+            "Sidecar",
+            "PeerAuthentication"
+        ]
+    );
 }

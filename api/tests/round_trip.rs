@@ -40,6 +40,7 @@ fn object_json(obj: &IstioObject) -> Value {
         IstioObject::VirtualService(o) => serde_json::to_value(o),
         IstioObject::DestinationRule(o) => serde_json::to_value(o),
         IstioObject::Sidecar(o) => serde_json::to_value(o),
+        IstioObject::PeerAuthentication(o) => serde_json::to_value(o),
     }
     .unwrap()
 }
@@ -101,7 +102,7 @@ fn every_field_of_every_fixture_survives_a_round_trip() {
             objects += 1;
         }
     }
-    assert_eq!(objects, 8, "objects read");
+    assert_eq!(objects, 11, "objects read");
 }
 
 #[test]

@@ -52,7 +52,7 @@ fn every_valid_fixture_passes_its_crd_schema() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 8);
+    assert_eq!(checked, 11);
 }
 
 #[test]
@@ -77,4 +77,17 @@ fn the_schema_rejects_what_the_types_reject() {
     let dr = schema_for("DestinationRule");
     let bad_lb = serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "r"}, "spec": {"host": "r", "trafficPolicy": {"loadBalancer": {"simple": "FASTEST"}}}});
     assert!(!dr.is_valid(&bad_lb));
+    let pa = schema_for("PeerAuthentication");
+    let policy = |spec: Value| serde_json::json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication", "metadata": {"name": "p"}, "spec": spec});
+    assert!(pa.is_valid(&policy(
+        serde_json::json!({"selector": {"matchLabels": {"app": "a"}}, "mtls": {"mode": "STRICT"}, "portLevelMtls": {"8080": {"mode": "DISABLE"}}})
+    )));
+    // A mode Istio does not know, at the top and per port.
+    assert!(!pa.is_valid(&policy(serde_json::json!({"mtls": {"mode": "LOOSE"}}))));
+    assert!(!pa.is_valid(&policy(
+        serde_json::json!({"portLevelMtls": {"8080": {"mode": "ON"}}})
+    )));
+    assert!(!pa.is_valid(&policy(
+        serde_json::json!({"selector": {"matchLabels": {"app": 1}}})
+    )));
 }

@@ -19,7 +19,7 @@ use kube::api::{
 };
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
-use rustmesh_api::{DestinationRule, IstioObject, Sidecar, VirtualService};
+use rustmesh_api::{DestinationRule, IstioObject, PeerAuthentication, Sidecar, VirtualService};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -670,6 +670,11 @@ impl Ctx {
                     s.metadata.namespace = Some(ns.into());
                     let api: Api<Sidecar> = Api::namespaced(self.client.clone(), ns);
                     api.patch(&s.name_any(), &pp, &Patch::Apply(&*s)).await?;
+                }
+                IstioObject::PeerAuthentication(mut p) => {
+                    p.metadata.namespace = Some(ns.into());
+                    let api: Api<PeerAuthentication> = Api::namespaced(self.client.clone(), ns);
+                    api.patch(&p.name_any(), &pp, &Patch::Apply(&*p)).await?;
                 }
             }
         }

@@ -158,6 +158,7 @@ pub fn apply_istio(index: &mut Index, obj: IstioObject) {
         IstioObject::VirtualService(v) => Object::VirtualService(v),
         IstioObject::DestinationRule(d) => Object::DestinationRule(d),
         IstioObject::Sidecar(s) => Object::Sidecar(s),
+        IstioObject::PeerAuthentication(p) => Object::PeerAuthentication(p),
     });
 }
 
@@ -180,6 +181,9 @@ fn reparse_unvalidated(yaml: &str) -> Vec<IstioObject> {
             )),
             "Sidecar" => IstioObject::Sidecar(Box::new(
                 serde_json::from_value(json).expect("Sidecar shape"),
+            )),
+            "PeerAuthentication" => IstioObject::PeerAuthentication(Box::new(
+                serde_json::from_value(json).expect("PeerAuthentication shape"),
             )),
             other => panic!("unsupported kind {other}"),
         });

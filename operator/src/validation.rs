@@ -3,14 +3,17 @@
 //!
 //! Decisions (as Istio does):
 //! - an object with an error is left out of rendering entirely; the rest of the mesh is
-//!   unaffected. The last good version is **not** kept: what is in the cluster is what is
-//!   rendered, so deleting or fixing the object is the only way back (no hidden state);
+//!   unaffected. An invalid **update** of an object accepted before renders its last accepted
+//!   version instead (kept in memory only; `Verdict::serving_previous` says which generation);
 //! - a destination subset that no DestinationRule defines is an **error** ("unknown subset");
 //! - a destination host that is not in the registry is a **warning** (routes to it answer 503,
 //!   through `BlackHoleCluster`); so is a VirtualService host no service matches;
 //! - of several namespace-wide Sidecars in one namespace (or several DestinationRules for the
-//!   same host in one namespace) the oldest applies; the others get `Accepted=False`, reason
-//!   `Conflict`.
+//!   same host in one namespace, or several PeerAuthentications without selector in one
+//!   namespace) the oldest applies; the others get `Accepted=False`, reason `Conflict`;
+//! - a PeerAuthentication with a selector in the root namespace is ignored, as Istio ignores it
+//!   (only workload policies of the workload's own namespace apply): a **warning** naming
+//!   `spec.selector`, so the status says so instead of the policy silently doing nothing.
 
 use crate::index::{Index, Kind, ObjKey};
 use crate::registry::{Registry, exported};
@@ -19,7 +22,7 @@ use rustmesh_api::common::Destination;
 use rustmesh_api::sidecar::host_matches;
 use rustmesh_api::status::{Condition, IstioStatus, ValidationMessage};
 use rustmesh_api::validate::Validate;
-use rustmesh_api::{DestinationRule, VirtualService};
+use rustmesh_api::{DestinationRule, PeerAuthentication, VirtualService};
 use std::collections::{BTreeMap, HashMap};
 
 /// How serious a finding is.
@@ -204,6 +207,7 @@ impl Validation {
             }
             verdicts.insert((Kind::Sidecar, key.clone()), verdict(findings, reason));
         }
+        peer_authentications(index, &mut verdicts);
         Validation { verdicts }
     }
 
@@ -221,6 +225,76 @@ impl Validation {
         self.verdicts
             .get(&(kind, key.clone()))
             .is_some_and(|v| v.accepted)
+    }
+}
+
+/// PeerAuthentications: Istio's own rules and warning, one selector-less policy per namespace
+/// (the oldest; in the root namespace it is the mesh-wide one), and the warning that a policy
+/// with a selector in the root namespace is ignored. An invalid update of a policy accepted
+/// before notes that the last accepted version keeps serving (`render::peer_authn` renders it).
+fn peer_authentications(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey), Verdict>) {
+    let store = &index.peer_authentications;
+    let root = &index.mesh.root_namespace;
+    let mut policies: Vec<(&ObjKey, &PeerAuthentication)> = store.objects.iter().collect();
+    policies.sort_by_key(|(_, p)| age_key(&p.metadata));
+    let mut wide: BTreeMap<&str, &ObjKey> = BTreeMap::new();
+    for (key, pa) in policies {
+        let mut findings = own_findings(pa.spec.validate());
+        let valid = findings.is_empty();
+        findings.extend(pa.spec.warnings().into_iter().map(|w| Finding {
+            level: Level::Warning,
+            field: w.field,
+            message: w.message,
+        }));
+        let previous = store.last_good.get(key).filter(|_| !valid);
+        // The version that would be rendered decides whether it claims its namespace.
+        let rendered = if valid { Some(pa) } else { previous };
+        let mut reason = None;
+        if let Some(p) = rendered
+            && p.spec.workload_labels().is_none()
+        {
+            match wide.get(key.namespace.as_str()) {
+                Some(first) if valid => {
+                    let scope = if &key.namespace == root {
+                        "mesh-wide policy (root namespace)".to_string()
+                    } else {
+                        format!("namespace-wide policy of {}", key.namespace)
+                    };
+                    findings.push(Finding {
+                        level: Level::Error,
+                        field: "spec.selector".into(),
+                        message: format!(
+                            "PeerAuthentication {first} (older) is already the {scope}; only the \
+                             oldest without a selector applies, this one is ignored"
+                        ),
+                    });
+                    reason = Some("Conflict");
+                }
+                Some(_) => {}
+                None => {
+                    wide.insert(key.namespace.as_str(), key);
+                }
+            }
+        }
+        if &key.namespace == root && pa.spec.workload_labels().is_some() {
+            findings.push(Finding {
+                level: Level::Warning,
+                field: "spec.selector".into(),
+                message: format!(
+                    "a PeerAuthentication with a selector in the root namespace {root} is \
+                     ignored, as in Istio: only the root namespace's policy without a selector \
+                     applies (mesh-wide); put workload policies in the workload's namespace"
+                ),
+            });
+        }
+        let mut v = verdict(findings, reason);
+        if !v.accepted
+            && v.reason == "Invalid"
+            && let Some(p) = previous
+        {
+            v.serving_previous = Some(p.metadata.generation.unwrap_or(0));
+        }
+        verdicts.insert((Kind::PeerAuthentication, key.clone()), v);
     }
 }
 
@@ -517,16 +591,21 @@ pub fn status_for(
         .iter()
         .find(|f| f.level == Level::Error)
         .map(|f| format!("{}: {}", f.field, f.message));
-    let warnings = verdict
+    let mut warnings = verdict
         .findings
         .iter()
-        .filter(|f| f.level == Level::Warning)
-        .count();
+        .filter(|f| f.level == Level::Warning);
+    let first_warning = warnings.next();
     let (status, reason, message) = if verdict.accepted {
-        let message = if warnings == 0 {
-            "valid; rendered into the proxies' configuration".to_string()
-        } else {
-            format!("valid with {warnings} warning(s); see validationMessages")
+        let message = match first_warning {
+            None => "valid; rendered into the proxies' configuration".to_string(),
+            // The first warning is named here, where `kubectl describe` and `wait` look.
+            Some(w) => format!(
+                "valid with {} warning(s), the first: {}: {}; see validationMessages",
+                warnings.count() + 1,
+                w.field,
+                w.message
+            ),
         };
         ("True", verdict.reason, message)
     } else {

@@ -79,6 +79,30 @@ fn check_cluster_rules(rules: &[PolicyRule]) {
             "spec is not ours"
         );
     }
+    assert!(allows(
+        &rules,
+        "security.istio.io",
+        "peerauthentications",
+        "watch",
+        None
+    ));
+    assert!(allows(
+        &rules,
+        "security.istio.io",
+        "peerauthentications/status",
+        "patch",
+        None
+    ));
+    assert!(
+        !allows(
+            &rules,
+            "security.istio.io",
+            "peerauthentications",
+            "patch",
+            None
+        ),
+        "spec is not ours"
+    );
     let cm = rustmesh_xds::well_known::PROXY_CONFIGMAP;
     assert!(allows(&rules, "", "configmaps", "patch", Some(cm)));
     assert!(!allows(

@@ -1,6 +1,6 @@
-//! Property: whatever VirtualService, DestinationRule and Sidecar users write (valid or not),
-//! every rendered scope passes `ProxyConfig::validate` — invalid objects are left out, valid
-//! ones always translate into a consistent configuration.
+//! Property: whatever VirtualService, DestinationRule, Sidecar and PeerAuthentication users write
+//! (valid or not), every rendered scope passes `ProxyConfig::validate` — invalid objects are
+//! left out, valid ones always translate into a consistent configuration.
 
 use proptest::prelude::*;
 use rustmesh_api::IstioObject;
@@ -176,8 +176,65 @@ fn typed(v: Value) -> IstioObject {
         "DestinationRule" => {
             IstioObject::DestinationRule(Box::new(serde_json::from_value(v).unwrap()))
         }
+        "PeerAuthentication" => {
+            IstioObject::PeerAuthentication(Box::new(serde_json::from_value(v).unwrap()))
+        }
         _ => IstioObject::Sidecar(Box::new(serde_json::from_value(v).unwrap())),
     }
+}
+
+/// PeerAuthentications in `default` and the root namespace, valid or not: selectors absent,
+/// empty, with labels or a wildcard; every mode; port keys good and bad.
+fn peer_authentications() -> impl Strategy<Value = Vec<Value>> {
+    let policy = (
+        prop::sample::select(vec!["default", "istio-system"]),
+        prop::sample::select(vec![
+            Value::Null,
+            json!({}),
+            json!({"matchLabels": {}}),
+            json!({"matchLabels": {"app": "reviews"}}),
+            json!({"matchLabels": {"app": "reviews", "version": "v2"}}),
+            json!({"matchLabels": {"app": "rev*"}}),
+        ]),
+        prop::option::of(prop::sample::select(vec![
+            "UNSET",
+            "DISABLE",
+            "PERMISSIVE",
+            "STRICT",
+        ])),
+        prop::collection::btree_map(
+            prop::sample::select(vec!["9080", "8080", "0", "70000", "http"]),
+            prop::sample::select(vec!["UNSET", "DISABLE", "STRICT"]),
+            0..3,
+        ),
+        0u32..4,
+    );
+    prop::collection::vec(policy, 0..6).prop_map(|policies| {
+        policies
+            .into_iter()
+            .enumerate()
+            .map(|(i, (ns, selector, mode, ports, day))| {
+                let mut spec = json!({});
+                if !selector.is_null() {
+                    spec["selector"] = selector;
+                }
+                if let Some(m) = mode {
+                    spec["mtls"] = json!({"mode": m});
+                }
+                if !ports.is_empty() {
+                    spec["portLevelMtls"] = ports
+                        .into_iter()
+                        .map(|(p, m)| (p.to_string(), json!({"mode": m})))
+                        .collect::<serde_json::Map<_, _>>()
+                        .into();
+                }
+                json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+                    "metadata": {"name": format!("pa{i}"), "namespace": ns,
+                        "creationTimestamp": format!("2024-01-0{}T00:00:00Z", day + 1)},
+                    "spec": spec})
+            })
+            .collect()
+    })
 }
 
 proptest! {
@@ -194,6 +251,38 @@ proptest! {
         for ns in ["default", "other"] {
             let r = render_namespace(&view, ns);
             prop_assert!(r.is_ok(), "{ns}: {}", r.unwrap_err());
+        }
+    }
+
+    #[test]
+    fn peer_authentications_render_only_accepted_policies(policies in peer_authentications()) {
+        let mut index = bookinfo();
+        rustmesh_operator::fixtures::namespace(&mut index, "other", true);
+        rustmesh_operator::fixtures::namespace(&mut index, "istio-system", true);
+        for o in policies {
+            apply_istio(&mut index, typed(o));
+        }
+        let view = MeshView::new(&index);
+        for ns in ["default", "other", "istio-system"] {
+            let r = render_namespace(&view, ns);
+            prop_assert!(r.is_ok(), "{ns}: {}", r.unwrap_err());
+            let config = rustmesh_operator::render(&index, &rustmesh_operator::Scope::namespace(ns));
+            let Some(p) = config.peer_authentication else { continue };
+            let listed = p.mesh.iter().chain(&p.namespace).chain(&p.workload);
+            for policy in listed {
+                let (pns, name) = policy.name.split_once('/').unwrap();
+                prop_assert!(
+                    view.validation.accepted(
+                        rustmesh_operator::index::Kind::PeerAuthentication,
+                        &rustmesh_operator::ObjKey::new(pns, name)
+                    ),
+                    "{ns}: {} rendered but not accepted", policy.name
+                );
+                prop_assert!(policy.port_level_mtls.is_empty() || !policy.selector.is_empty());
+            }
+            let own = format!("{}/", ns);
+            prop_assert!(p.workload.iter().all(|w| !w.selector.is_empty() && w.name.starts_with(&own)));
+            prop_assert!(ns != "istio-system" || (p.namespace.is_none() && p.workload.is_empty()));
         }
     }
 }

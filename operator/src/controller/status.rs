@@ -15,12 +15,19 @@ use kube::runtime::events::{Event as KubeEvent, EventType};
 use rustmesh_api::status::IstioStatus;
 use serde_json::json;
 
-/// The server-side-apply body of a CR status (only `status` is owned by the operator).
+/// The server-side-apply body of a CR status (only `status` is owned by the operator), in the
+/// kind's own group and stored version (`networking.istio.io/v1`, `security.istio.io/v1`).
 pub fn status_patch(kind: Kind, status: &IstioStatus) -> serde_json::Value {
-    let kind = kinds::kind_name(kind).unwrap_or_default();
+    struct ApiVersion;
+    impl KindFn for ApiVersion {
+        type Out = String;
+        fn call<K: IstioKind>(self) -> String {
+            K::api_version(&()).into_owned()
+        }
+    }
     json!({
-        "apiVersion": "networking.istio.io/v1",
-        "kind": kind,
+        "apiVersion": for_kind(kind, ApiVersion).unwrap_or_default(),
+        "kind": kinds::kind_name(kind).unwrap_or_default(),
         "status": status,
     })
 }

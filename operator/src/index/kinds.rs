@@ -10,7 +10,7 @@ use crate::index::{Index, Kind, ObjKey, Object};
 use kube::core::NamespaceResourceScope;
 use kube::{Resource, ResourceExt};
 use rustmesh_api::status::IstioStatus;
-use rustmesh_api::{DestinationRule, Sidecar, VirtualService};
+use rustmesh_api::{DestinationRule, PeerAuthentication, Sidecar, VirtualService};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, BTreeSet};
@@ -85,7 +85,12 @@ pub trait KindFn {
 }
 
 /// Every Istio kind the operator handles (the watches and the readiness gate use this list).
-pub const ISTIO_KINDS: [Kind; 3] = [Kind::VirtualService, Kind::DestinationRule, Kind::Sidecar];
+pub const ISTIO_KINDS: [Kind; 4] = [
+    Kind::VirtualService,
+    Kind::DestinationRule,
+    Kind::Sidecar,
+    Kind::PeerAuthentication,
+];
 
 /// The registration: runs `f` with the type of an Istio `kind`; `None` for the core kinds.
 pub fn for_kind<F: KindFn>(kind: Kind, f: F) -> Option<F::Out> {
@@ -93,6 +98,7 @@ pub fn for_kind<F: KindFn>(kind: Kind, f: F) -> Option<F::Out> {
         Kind::VirtualService => f.call::<VirtualService>(),
         Kind::DestinationRule => f.call::<DestinationRule>(),
         Kind::Sidecar => f.call::<Sidecar>(),
+        Kind::PeerAuthentication => f.call::<PeerAuthentication>(),
         Kind::Service | Kind::Endpoints | Kind::Pod | Kind::Namespace => return None,
     })
 }
@@ -159,6 +165,33 @@ impl IstioKind for Sidecar {
         &mut index.sidecars
     }
     /// A root-namespace Sidecar may be every namespace's default; any other only its own.
+    fn reach(&self, index: &Index) -> BTreeSet<String> {
+        let ns = self.namespace().unwrap_or_default();
+        if ns == index.mesh.root_namespace {
+            index.injected_namespaces().map(str::to_string).collect()
+        } else {
+            index.injected_only([ns])
+        }
+    }
+    fn status(&self) -> Option<&IstioStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl IstioKind for PeerAuthentication {
+    const KIND: Kind = Kind::PeerAuthentication;
+    fn into_object(self) -> Object {
+        Object::PeerAuthentication(Box::new(self))
+    }
+    fn store(index: &Index) -> &KindStore<Self> {
+        &index.peer_authentications
+    }
+    fn store_mut(index: &mut Index) -> &mut KindStore<Self> {
+        &mut index.peer_authentications
+    }
+    /// Every scope of its namespace lists the namespace's policies; a root-namespace policy is
+    /// the mesh-wide one of every namespace (and, with a selector, is reported as ignored, which
+    /// any of them may change).
     fn reach(&self, index: &Index) -> BTreeSet<String> {
         let ns = self.namespace().unwrap_or_default();
         if ns == index.mesh.root_namespace {

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Service};
 use kinds::{IstioKind, KindFn, KindStore, for_kind};
 use kube::ResourceExt;
 use rustmesh_api::sidecar::{EgressHost, OutboundTrafficPolicyMode};
-use rustmesh_api::{DestinationRule, Sidecar, VirtualService};
+use rustmesh_api::{DestinationRule, PeerAuthentication, Sidecar, VirtualService};
 use rustmesh_xds::well_known::{DEFAULT_DOMAIN_SUFFIX, DEFAULT_ROOT_NAMESPACE};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -88,10 +88,11 @@ pub enum Kind {
     VirtualService,
     DestinationRule,
     Sidecar,
+    PeerAuthentication,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Service,
         Kind::Endpoints,
         Kind::Pod,
@@ -99,6 +100,7 @@ impl Kind {
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Sidecar,
+        Kind::PeerAuthentication,
     ];
 }
 
@@ -138,6 +140,7 @@ pub enum Object {
     VirtualService(Box<VirtualService>),
     DestinationRule(Box<DestinationRule>),
     Sidecar(Box<Sidecar>),
+    PeerAuthentication(Box<PeerAuthentication>),
 }
 
 impl Object {
@@ -150,6 +153,7 @@ impl Object {
             Object::VirtualService(_) => Kind::VirtualService,
             Object::DestinationRule(_) => Kind::DestinationRule,
             Object::Sidecar(_) => Kind::Sidecar,
+            Object::PeerAuthentication(_) => Kind::PeerAuthentication,
         }
     }
 
@@ -163,6 +167,7 @@ impl Object {
             Object::VirtualService(o) => ObjKey::of(o.as_ref()),
             Object::DestinationRule(o) => ObjKey::of(o.as_ref()),
             Object::Sidecar(o) => ObjKey::of(o.as_ref()),
+            Object::PeerAuthentication(o) => ObjKey::of(o.as_ref()),
         }
     }
 }
@@ -256,6 +261,7 @@ pub struct Index {
     pub virtual_services: KindStore<VirtualService>,
     pub destination_rules: KindStore<DestinationRule>,
     pub sidecars: KindStore<Sidecar>,
+    pub peer_authentications: KindStore<PeerAuthentication>,
 }
 
 impl Index {
@@ -383,6 +389,7 @@ impl Index {
             Object::VirtualService(o) => self.put(key, *o),
             Object::DestinationRule(o) => self.put(key, *o),
             Object::Sidecar(o) => self.put(key, *o),
+            Object::PeerAuthentication(o) => self.put(key, *o),
         }
     }
 
@@ -455,6 +462,7 @@ impl Index {
             Object::VirtualService(o) => Affects::full(o.reach(self), true),
             Object::DestinationRule(o) => Affects::full(o.reach(self), true),
             Object::Sidecar(o) => Affects::full(o.reach(self), true),
+            Object::PeerAuthentication(o) => Affects::full(o.reach(self), true),
         }
     }
 
@@ -579,6 +587,9 @@ fn same_content(a: &Object, b: &Object) -> bool {
             x.spec == y.spec && x.metadata.creation_timestamp == y.metadata.creation_timestamp
         }
         (Object::Sidecar(x), Object::Sidecar(y)) => {
+            x.spec == y.spec && x.metadata.creation_timestamp == y.metadata.creation_timestamp
+        }
+        (Object::PeerAuthentication(x), Object::PeerAuthentication(y)) => {
             x.spec == y.spec && x.metadata.creation_timestamp == y.metadata.creation_timestamp
         }
         _ => false,

@@ -27,6 +27,7 @@
 //!   are skipped (a TCP proxy cannot express them).
 
 mod clusters;
+mod peer_authn;
 mod routes;
 
 use crate::index::kinds::{IstioKind, KindStore};
@@ -488,7 +489,7 @@ pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsReci
     all_listeners.extend(listeners.into_values());
 
     let config = ProxyConfig {
-        peer_authentication: None,
+        peer_authentication: peer_authn::peer_authentication(view, scope),
         version_info: String::new(),
         listeners: all_listeners,
         routes: routes.into_values().collect(),
