@@ -25,6 +25,7 @@ pub mod fnv;
 pub mod identity;
 pub mod listener;
 pub mod names;
+pub mod probe;
 pub mod regex;
 pub mod route;
 pub mod scope;
