@@ -131,6 +131,9 @@ pub struct RunArgs {
     /// The mesh root (`root-cert.pem` of ConfigMap `istio-ca-root-cert`).
     #[arg(long, value_name = "FILE", default_value = crate::identity::ca_client::ROOT_CERT_PATH)]
     pub ca_root_cert: PathBuf,
+    /// The status port and the app's probes it runs ([`crate::status`]).
+    #[command(flatten)]
+    pub status: crate::status::StatusArgs,
 }
 
 impl RunArgs {
@@ -242,6 +245,7 @@ impl Default for RunArgs {
             secret_ttl: Duration::from_secs(24 * 3600),
             ca_token: PathBuf::from(crate::identity::ca_client::TOKEN_PATH),
             ca_root_cert: PathBuf::from(crate::identity::ca_client::ROOT_CERT_PATH),
+            status: Default::default(),
         }
     }
 }
@@ -399,6 +403,7 @@ pub async fn serve(args: RunArgs) -> Result<()> {
             state.clone(),
         )?,
     ];
+    let status = args.status.bind()?;
     let dns = match args.dns_port {
         0 => None,
         port => {
@@ -473,6 +478,9 @@ pub async fn serve(args: RunArgs) -> Result<()> {
     }
     for server in servers {
         tokio::spawn(server.run());
+    }
+    if let Some(status) = status {
+        tokio::spawn(status.run(watch.clone()));
     }
     if let Some(dns) = dns {
         tokio::spawn(follow_dns(store.clone(), dns.table()));
