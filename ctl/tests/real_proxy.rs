@@ -43,6 +43,10 @@ fn start(config: &Path) -> Sidecar {
         health_port: free_port(),
         prometheus_port: free_port(),
         dns_port: 0,
+        status: rustmesh_proxy::status::StatusArgs {
+            status_port: free_port(),
+            ..Default::default()
+        },
         ..RunArgs::default()
     };
     let admin = SocketAddr::from(([127, 0, 0, 1], args.admin_port));

@@ -38,6 +38,7 @@ pub mod snapshot;
 pub mod sniff;
 pub mod socket;
 pub mod stats;
+pub mod status;
 mod sync;
 pub mod transport;
 pub mod wait;

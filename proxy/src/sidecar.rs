@@ -136,6 +136,9 @@ pub struct RunArgs {
     /// Read once at start (restart the sidecar to rotate); not with `--ca-addr`.
     #[arg(long, value_name = "DIR", conflicts_with = "ca_addr")]
     pub file_mounted_certs: Option<PathBuf>,
+    /// The status port and the app's probes it runs ([`crate::status`]).
+    #[command(flatten)]
+    pub status: crate::status::StatusArgs,
 }
 
 impl RunArgs {
@@ -248,6 +251,7 @@ impl Default for RunArgs {
             ca_token: PathBuf::from(crate::identity::ca_client::TOKEN_PATH),
             ca_root_cert: PathBuf::from(crate::identity::ca_client::ROOT_CERT_PATH),
             file_mounted_certs: None,
+            status: Default::default(),
         }
     }
 }
@@ -435,6 +439,7 @@ pub async fn serve(args: RunArgs) -> Result<()> {
             state.clone(),
         )?,
     ];
+    let status = args.status.bind()?;
     let dns = match args.dns_port {
         0 => None,
         port => {
@@ -509,6 +514,9 @@ pub async fn serve(args: RunArgs) -> Result<()> {
     }
     for server in servers {
         tokio::spawn(server.run());
+    }
+    if let Some(status) = status {
+        tokio::spawn(status.run(watch.clone()));
     }
     if let Some(dns) = dns {
         tokio::spawn(follow_dns(store.clone(), dns.table()));

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use rustmesh_xds::{ca, well_known, yaml};
+use rustmesh_xds::{ca, probe, well_known, yaml};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -65,11 +65,19 @@ pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Injection {
     let concurrency = concurrency(proxy_config.as_ref(), settings, &mut warnings);
     let proxy_config_json = proxy_config.as_ref().and_then(proxy_config_env);
     check_app_ports(pod, settings, &mut warnings);
+    let probes = crate::probes::rewrite(pod, settings, &mut warnings);
 
     // --- containers -----------------------------------------------------------------------
     let init = init_container(annotations, settings, &mut warnings);
     let mut sidecar =
         sidecar_container(pod, annotations, settings, proxy_config_json, &mut warnings);
+    if !probes.probers.0.is_empty() {
+        sidecar.env.get_or_insert_with(Vec::new).push(EnvVar {
+            name: probe::APP_PROBERS_ENV.to_owned(),
+            value: Some(probes.probers.to_json()),
+            ..Default::default()
+        });
+    }
     if let Some(n) = concurrency {
         // As Istio's template: only a positive value is passed; otherwise the proxy uses the
         // cores it may run on (its CPU affinity and cgroup limit).
@@ -115,7 +123,9 @@ pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Injection {
     };
 
     // --- the patch ------------------------------------------------------------------------
-    let mut ops = Vec::new();
+    // The probe replacements address containers by their index in the submitted pod: they go
+    // first, before anything is inserted.
+    let mut ops = probes.ops;
 
     let mut new_labels = BTreeMap::new();
     new_labels.insert(LABEL_TLS_MODE, "istio".to_owned());

@@ -13,6 +13,7 @@ pub mod inject;
 pub mod kube_sync;
 pub mod metrics;
 pub mod names;
+pub mod probes;
 pub mod review;
 pub mod server;
 pub mod settings;

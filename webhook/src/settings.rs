@@ -81,6 +81,10 @@ pub struct InjectionSettings {
     pub ca_address: String,
     /// The trust domain of workload identities (`meshConfig.trustDomain`).
     pub trust_domain: String,
+    /// Rewrite app HTTP/TCP/gRPC probes to the sidecar's status port (Istio's
+    /// `sidecarInjectorWebhook.rewriteAppHTTPProbe`, default on); the pod annotation
+    /// `sidecar.istio.io/rewriteAppHTTPProbers` wins. See [`crate::probes`].
+    pub rewrite_app_http_probe: bool,
 }
 
 impl Default for InjectionSettings {
@@ -114,6 +118,7 @@ impl Default for InjectionSettings {
             log_level: "default:info".to_owned(),
             ca_address: String::new(),
             trust_domain: rustmesh_xds::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
+            rewrite_app_http_probe: true,
         }
     }
 }
@@ -144,6 +149,7 @@ pub const KEYS: &[&str] = &[
     "logLevel",
     "caAddress",
     "trustDomain",
+    "rewriteAppHTTPProbe",
 ];
 
 /// The most sidecar worker threads a setting or a pod may ask for (more than any node has cores).
@@ -279,6 +285,11 @@ impl InjectionSettings {
                 "initMemoryLimit" => s.init_resources.memory_limit = quantity()?,
                 "holdApplicationUntilProxyStarts" => {
                     s.hold_application_until_proxy_starts = parse_flag(value).ok_or_else(|| {
+                        Error::setting(key, format!("{value:?} is not true or false"))
+                    })?
+                }
+                "rewriteAppHTTPProbe" => {
+                    s.rewrite_app_http_probe = parse_flag(value).ok_or_else(|| {
                         Error::setting(key, format!("{value:?} is not true or false"))
                     })?
                 }
@@ -452,6 +463,7 @@ mod tests {
             ("proxyMemoryLimit", "512Mi"),
             ("holdApplicationUntilProxyStarts", "true"),
             ("concurrency", "2"),
+            ("rewriteAppHTTPProbe", "false"),
         ]))
         .unwrap();
         assert_eq!(s.image, "registry.local/proxy:1.2");
@@ -467,6 +479,8 @@ mod tests {
         assert_eq!(s.proxy_resources.memory_limit, "512Mi");
         assert!(s.hold_application_until_proxy_starts);
         assert_eq!(s.concurrency, 2);
+        assert!(!s.rewrite_app_http_probe);
+        assert!(InjectionSettings::default().rewrite_app_http_probe);
     }
 
     #[test]
@@ -480,6 +494,7 @@ mod tests {
             ("nativeSidecars", "maybe"),
             ("concurrency", "-1"),
             ("concurrency", "2000"),
+            ("rewriteAppHTTPProbe", "sometimes"),
             ("imagge", "typo"),
         ] {
             let err = InjectionSettings::from_map(&map(&[(k, v)])).unwrap_err();

@@ -269,11 +269,50 @@ fn deployment_pod_gets_init_container_and_sidecar_first() {
     );
     assert!(vols[2].empty_dir.is_some());
 
-    // The app containers are untouched: probes, mounts, ports.
+    // The app containers are untouched but for their probes, which now go to the sidecar's
+    // status port (Istio's rewrite), keeping their timing; the originals are in the sidecar's
+    // ISTIO_KUBE_APP_PROBERS.
     let doc = fixture("deployment-pod");
     let original: Pod = serde_json::from_value(doc["request"]["object"].clone()).unwrap();
     let orig_spec = original.spec.unwrap();
-    assert_eq!(&spec.containers[1..], &orig_spec.containers[..]);
+    let without_probes = |c: &Container| Container {
+        readiness_probe: None,
+        liveness_probe: None,
+        ..c.clone()
+    };
+    assert_eq!(
+        spec.containers[1..]
+            .iter()
+            .map(without_probes)
+            .collect::<Vec<_>>(),
+        orig_spec
+            .containers
+            .iter()
+            .map(without_probes)
+            .collect::<Vec<_>>()
+    );
+    let app = &spec.containers[1];
+    let probe = |p: &Option<k8s_openapi::api::core::v1::Probe>| serde_json::to_value(p).unwrap();
+    assert_eq!(
+        probe(&app.readiness_probe),
+        json!({"httpGet": {"path": "/app-health/productpage/readyz", "port": 15020, "scheme": "HTTP"},
+               "initialDelaySeconds": 5, "timeoutSeconds": 1, "periodSeconds": 10,
+               "successThreshold": 1, "failureThreshold": 3})
+    );
+    assert_eq!(
+        probe(&app.liveness_probe),
+        json!({"httpGet": {"path": "/app-health/productpage/livez", "port": 15020, "scheme": "HTTP"},
+               "timeoutSeconds": 1, "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3})
+    );
+    let probers: Value =
+        serde_json::from_str(env["ISTIO_KUBE_APP_PROBERS"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        probers,
+        json!({
+            "/app-health/productpage/readyz": {"httpGet": {"path": "/health", "port": 9080, "scheme": "HTTP"}, "timeoutSeconds": 1},
+            "/app-health/productpage/livez": {"tcpSocket": {"port": 9080}, "timeoutSeconds": 1}
+        })
+    );
 
     // Metadata: annotations kept and added, Istio's labels added.
     let ann = pod.metadata.annotations.as_ref().unwrap();
@@ -762,4 +801,34 @@ fn a_proxy_config_annotation_with_a_few_anchors_still_applies() {
     let env = env(proxy);
     let json: Value = serde_json::from_str(env["PROXY_CONFIG"].as_str().unwrap()).unwrap();
     assert_eq!(json["copy"], json["proxyMetadata"]);
+}
+
+#[test]
+fn probes_are_left_alone_with_the_annotation_false_or_the_setting_off() {
+    let mut doc = fixture("deployment-pod");
+    doc["request"]["object"]["metadata"]["annotations"]["sidecar.istio.io/rewriteAppHTTPProbers"] =
+        json!("false");
+    let original: Pod = serde_json::from_value(doc["request"]["object"].clone()).unwrap();
+    let check = |doc: &Value, settings: &InjectionSettings| {
+        let (resp, outcome) = run_doc(doc, settings);
+        assert_eq!(outcome, Outcome::Injected);
+        let pod: Pod = serde_json::from_value(apply(doc, &resp)).unwrap();
+        let spec = pod.spec.unwrap();
+        assert_eq!(
+            spec.containers[1].readiness_probe,
+            original.spec.as_ref().unwrap().containers[0].readiness_probe
+        );
+        assert_eq!(
+            spec.containers[1].liveness_probe,
+            original.spec.as_ref().unwrap().containers[0].liveness_probe
+        );
+        assert!(!env(&spec.containers[0]).contains_key("ISTIO_KUBE_APP_PROBERS"));
+    };
+    check(&doc, &defaults());
+    let off = InjectionSettings::from_map(&BTreeMap::from([(
+        "rewriteAppHTTPProbe".to_owned(),
+        "false".to_owned(),
+    )]))
+    .unwrap();
+    check(&fixture("deployment-pod"), &off);
 }

@@ -26,6 +26,7 @@ pub mod identity;
 pub mod listener;
 pub mod names;
 pub mod peer_authn;
+pub mod probe;
 pub mod regex;
 pub mod route;
 pub mod scope;

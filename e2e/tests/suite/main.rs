@@ -10,13 +10,15 @@
 //! | `tcp` | 6: TCP through the mesh, inbound capture seen by the app and the sidecar's counters |
 //! | `faults` | 7: webhook down (failurePolicy Ignore / Fail), operator restart under traffic, bad VirtualService |
 //! | `identity` | 8: the mesh CA's root in a new namespace, a sidecar's certificate for its SPIFFE id |
-//! | `mtls` | 9: auto mTLS between injected pods (principals in metrics), PeerAuthentication STRICT refuses a pod without a sidecar |
+//! | `mtls` | 10: auto mTLS between injected pods (principals in metrics), PeerAuthentication STRICT refuses a pod without a sidecar |
+//! | `probes` | 9: app probes rewritten to the sidecar's status port; Ready through it (STRICT when `PeerAuthentication` is served); a 503 app fails its probe |
 
 mod egress;
 mod faults;
 mod identity;
 mod injection;
 mod mtls;
+mod probes;
 mod resilience;
 mod routing;
 mod tcp;

@@ -1,4 +1,4 @@
-//! Scenario 9 (issue #16, mutual TLS): with nothing configured, traffic between two injected
+//! Scenario 10 (issue #16, mutual TLS): with nothing configured, traffic between two injected
 //! pods is mutual TLS (auto mTLS by the `security.istio.io/tlsMode: istio` label): the
 //! server's sidecar reports the client's SPIFFE id and `connection_security_policy="mutual_tls"`.
 //! A namespace-wide `PeerAuthentication` STRICT then refuses a pod without a sidecar while the
@@ -26,8 +26,8 @@ fn peer_authentication_api(ctx: &rustmesh_e2e::Ctx, ns: &str) -> Api<DynamicObje
 }
 
 #[tokio::test]
-async fn s9_sidecars_talk_mutual_tls_and_strict_refuses_plain_text() {
-    let Some(ctx) = setup("s9_mtls").await else {
+async fn s10_sidecars_talk_mutual_tls_and_strict_refuses_plain_text() {
+    let Some(ctx) = setup("s10_mtls").await else {
         return;
     };
     let ns = ctx.fresh_namespace("e2e-mtls", true).await.unwrap();
