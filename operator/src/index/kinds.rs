@@ -189,15 +189,18 @@ impl IstioKind for PeerAuthentication {
     fn store_mut(index: &mut Index) -> &mut KindStore<Self> {
         &mut index.peer_authentications
     }
-    /// Every scope of its namespace lists the namespace's policies; a root-namespace policy is
-    /// the mesh-wide one of every namespace (and, with a selector, is reported as ignored, which
-    /// any of them may change).
+    /// Every scope of its namespace lists the namespace's policies, and every namespace that
+    /// sees the namespace's services decides auto mTLS towards them by its namespace-wide
+    /// policy (DISABLE: plain text); a root-namespace policy is the mesh-wide one of every
+    /// namespace (and, with a selector, is reported as ignored, which any of them may change).
     fn reach(&self, index: &Index) -> BTreeSet<String> {
         let ns = self.namespace().unwrap_or_default();
         if ns == index.mesh.root_namespace {
             index.injected_namespaces().map(str::to_string).collect()
         } else {
-            index.injected_only([ns])
+            let mut out = index.injected_only([ns.clone()]);
+            out.extend(index.namespaces_seeing(&ns));
+            out
         }
     }
     fn status(&self) -> Option<&IstioStatus> {

@@ -235,11 +235,13 @@ pub fn expected_sans(mesh: &MeshConfig, namespace: &str, port: &SvcPort) -> Vec<
 /// `subjectAltNames` override them). Nothing without a mesh CA; `ISTIO_MUTUAL`: mutual TLS;
 /// `DISABLE` (or a `tls` without mode, proto's default): plain; `SIMPLE`/`MUTUAL`: plain (not
 /// implemented, the DestinationRule's status says so); no setting: auto mTLS when enabled,
-/// except on ORIGINAL_DST clusters, whose endpoints carry no metadata (Istio's exception too).
+/// except on ORIGINAL_DST clusters, whose endpoints carry no metadata (Istio's exception too),
+/// and towards services whose PeerAuthentication says DISABLE (`destination_disables`).
 pub fn upstream_tls(
     mesh: &MeshConfig,
     tls: Option<&ClientTlsSettings>,
     original_dst: bool,
+    destination_disables: bool,
     sni: &str,
     sans: Vec<String>,
 ) -> (Option<UpstreamTransportSocket>, Vec<TransportSocketMatch>) {
@@ -264,7 +266,7 @@ pub fn upstream_tls(
             )
         }
         Some(_) => (None, Vec::new()),
-        None if mesh.auto_mtls && !original_dst => {
+        None if mesh.auto_mtls && !original_dst && !destination_disables => {
             (None, auto_mtls_matches(sni, &ALPN_ISTIO_TCP, &sans))
         }
         None => (None, Vec::new()),
@@ -424,6 +426,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
                 &self.view.index.mesh,
                 policy.tls,
                 passthrough,
+                super::peer_authn::disables_mtls(self.view, &w.svc.namespace),
                 &istio_sni(w.port.port, w.subset.unwrap_or(""), &w.svc.fqdn),
                 expected_sans(&self.view.index.mesh, &w.svc.namespace, w.port),
             );

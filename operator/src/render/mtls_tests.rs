@@ -584,3 +584,26 @@ fn a_thousand_services_under_mutual_tls_still_fit_in_a_configmap() {
     assert!(cm < 1 << 20, "ConfigMap is {cm} bytes, over 1 MiB");
     eprintln!("1000 services x 10 endpoints under mutual TLS: ConfigMap {cm} B");
 }
+
+#[test]
+fn auto_mtls_sends_plain_text_to_a_namespace_whose_policy_disables_mtls() {
+    let pa = |ns: &str, mode: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: {ns}, creationTimestamp: \"2024-01-01T00:00:00Z\", generation: 1}}\nspec:\n  mtls: {{mode: {mode}}}\n"
+        )
+    };
+    let reviews = format!("outbound|9080||{REVIEWS}");
+    let auto =
+        |index: &Index| matches_of(&rendered(index, &Scope::namespace("default")), &reviews).len();
+    assert_eq!(auto(&mesh()), 2, "auto mTLS by default");
+    // Istio's rule: a destination namespace (or the mesh) in DISABLE gets plain text.
+    assert_eq!(auto(&with_dr(mesh(), &pa("default", "DISABLE"))), 0);
+    assert_eq!(auto(&with_dr(mesh(), &pa("istio-system", "DISABLE"))), 0);
+    // STRICT or PERMISSIVE keep auto mTLS; a namespace's PERMISSIVE wins over the mesh's DISABLE.
+    assert_eq!(auto(&with_dr(mesh(), &pa("default", "STRICT"))), 2);
+    let both = with_dr(
+        with_dr(mesh(), &pa("istio-system", "DISABLE")),
+        &pa("default", "PERMISSIVE"),
+    );
+    assert_eq!(auto(&both), 2);
+}

@@ -24,7 +24,7 @@ use super::{MeshView, Scope};
 use crate::index::{Kind, ObjKey};
 use crate::validation::age_key;
 use rustmesh_api::PeerAuthentication as Policy;
-use rustmesh_xds::peer_authn::{PeerAuthentication, PeerAuthnPolicy};
+use rustmesh_xds::peer_authn::{MtlsMode, PeerAuthentication, PeerAuthnPolicy};
 
 /// The policies that can apply to the pods of `scope`, `None` when there are none.
 pub(super) fn peer_authentication(
@@ -60,6 +60,22 @@ pub(super) fn peer_authentication(
 }
 
 /// The version of each policy of `ns` to render, oldest first (see the module's doc).
+/// Whether the services of namespace `ns` refuse mutual TLS by policy: the first of its
+/// namespace-wide and the mesh-wide policy that says anything says DISABLE. Istio's auto mTLS
+/// then sends plain text to them (its `BestEffortInferServiceMTLSMode`: a workload policy may
+/// select only some of a service's pods, so only these two count).
+pub(super) fn disables_mtls(view: &MeshView<'_>, ns: &str) -> bool {
+    let Some(p) = peer_authentication(view, &Scope::namespace(ns)) else {
+        return false;
+    };
+    [p.namespace.as_ref(), p.mesh.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|p| p.mode)
+        .find(|m| *m != MtlsMode::Unset)
+        == Some(MtlsMode::Disable)
+}
+
 fn rendered<'a>(view: &MeshView<'a>, ns: &str) -> Vec<(&'a ObjKey, &'a Policy)> {
     let store = &view.index.peer_authentications;
     let mut out: Vec<(&ObjKey, &Policy)> = store
@@ -101,8 +117,8 @@ mod tests {
     use crate::index::{Index, Object};
     use crate::registry::Registry;
     use crate::validation::{Level, Validation, Verdict, status_for};
-    use rustmesh_xds::peer_authn::{MtlsMode, effective_mode};
-    use std::collections::BTreeMap;
+    use rustmesh_xds::peer_authn::effective_mode;
+    use std::collections::{BTreeMap, BTreeSet};
 
     fn pa(ns: &str, name: &str, created: &str, spec: &str) -> String {
         format!(
@@ -402,7 +418,10 @@ mod tests {
             "  mtls: {mode: STRICT}\n",
         ));
         let a = index.apply(Object::PeerAuthentication(Box::new(ns.clone())));
-        assert_eq!(a.namespaces, ["shop".to_string()].into());
+        // Its namespace, and every namespace that sees shop's services (auto mTLS towards them
+        // depends on shop's namespace-wide mode): here all of them.
+        let both: BTreeSet<String> = ["default".to_string(), "shop".to_string()].into();
+        assert_eq!(a.namespaces, both);
         assert!(a.statuses);
         // The same content again (a status write): nothing.
         assert!(
@@ -422,6 +441,6 @@ mod tests {
             ["default".to_string(), "shop".to_string()].into()
         );
         let gone = index.delete(Kind::PeerAuthentication, &ObjKey::new("shop", "p"));
-        assert_eq!(gone.namespaces, ["shop".to_string()].into());
+        assert_eq!(gone.namespaces, both);
     }
 }
