@@ -58,7 +58,10 @@ async fn http_app() -> SocketAddr {
         while let Ok((s, _)) = l.accept().await {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(
-                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                    |mut req: hyper::Request<hyper::body::Incoming>| async move {
+                        if let Some(resp) = websocket_echo(&mut req) {
+                            return Ok(resp);
+                        }
                         let body = format!("{:?} from ratings", req.version());
                         let mut resp =
                             hyper::Response::new(http_body_util::Full::new(Bytes::from(body)));
@@ -72,12 +75,44 @@ async fn http_app() -> SocketAddr {
                 let _ = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
                 )
-                .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(s), svc)
                 .await;
             });
         }
     });
     addr
+}
+
+/// Accepts a WebSocket upgrade and echoes each text message as `echo:<text>`; `None` when the
+/// request is not an upgrade.
+fn websocket_echo(
+    req: &mut hyper::Request<hyper::body::Incoming>,
+) -> Option<hyper::Response<http_body_util::Full<Bytes>>> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, handshake::derive_accept_key, protocol::Role};
+    let key = req.headers().get("sec-websocket-key")?.clone();
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let io = hyper_util::rt::TokioIo::new(upgrade.await.unwrap());
+        let mut ws =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+        while let Some(Ok(Message::Text(t))) = ws.next().await {
+            if ws
+                .send(Message::Text(format!("echo:{t}").into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    hyper::Response::builder()
+        .status(101)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .ok()
 }
 
 /// A TCP app that says `tcp-app` then echoes.
@@ -492,6 +527,25 @@ async fn http1_http2_and_tcp_between_sidecars_are_mutual_tls() {
         ),
         "the client reports the server's identity:\n{client}"
     );
+    // A WebSocket upgrade runs over the mTLS connection too.
+    {
+        use futures::{SinkExt, StreamExt};
+        let stream = TcpStream::connect(m.outbound_http).await.unwrap();
+        let (mut ws, resp) = tokio_tungstenite::client_async("ws://ratings:9080/ws", stream)
+            .await
+            .expect("websocket handshake through both sidecars");
+        assert_eq!(resp.status(), 101);
+        ws.send(tokio_tungstenite::tungstenite::Message::Text("hi".into()))
+            .await
+            .unwrap();
+        let back = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("echo in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(back.into_text().unwrap().as_str(), "echo:hi");
+    }
+
     // The app learns its client's identity as Istio's inbound sidecar tells it: XFCC with the
     // server's and the client's SPIFFE ids and the client certificate's hash; a value the
     // client sent is kept first (APPEND_FORWARD).
