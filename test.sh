@@ -3,6 +3,7 @@
 #   formatting -> clippy (warnings are errors) -> install manifests (Helm chart vs kustomize,
 #   rendered by real engines) -> images built without a container engine -> the whole
 #   workspace's tests (unit, property/fuzz, CRD drift, and, as root, the network-namespace tests)
+#   -> every libFuzzer target for a bounded time (fuzz/run; RUSTMESH_FUZZ_SECS each, default 10)
 #   -> with RUSTMESH_E2E=1 (set by .ci/run), the end-to-end suite on a local cluster (e2e/run).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -29,10 +30,14 @@ if [ "${RUSTMESH_E2E:-}" = 1 ]; then
   e2e/local-cluster up
   echo "== cargo test (all but the end-to-end suite)"
   cargo test --workspace --exclude rustmesh-e2e --locked "$@"
+  echo "== fuzz/run"
+  fuzz/run "${RUSTMESH_FUZZ_SECS:-10}"
   echo "== e2e/run (release build and images, Helm then kustomize install, the end-to-end suite)"
   e2e/run
 else
   echo "== cargo test"
   # The end-to-end suite's tests print why they skip (no RUSTMESH_E2E=1).
   cargo test --workspace --locked "$@"
+  echo "== fuzz/run"
+  fuzz/run "${RUSTMESH_FUZZ_SECS:-10}"
 fi
