@@ -155,8 +155,10 @@ async fn s9_probes_are_rewritten_to_the_sidecar_and_pass_under_strict() {
     assert_eq!(
         probers,
         json!({
-            "/app-health/probed/readyz": {"httpGet": {"path": "/ready", "port": HTTP_PORT}, "timeoutSeconds": 2},
-            "/app-health/probed/livez": {"tcpSocket": {"port": TCP_PORT}},
+            // As the API server hands the pod to the webhook: defaulted (`scheme: HTTP`,
+            // `timeoutSeconds: 1`) before admission.
+            "/app-health/probed/readyz": {"httpGet": {"path": "/ready", "port": HTTP_PORT, "scheme": "HTTP"}, "timeoutSeconds": 2},
+            "/app-health/probed/livez": {"tcpSocket": {"port": TCP_PORT}, "timeoutSeconds": 1},
         })
     );
     let name = pod.metadata.name.clone().unwrap();
