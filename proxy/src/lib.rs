@@ -12,7 +12,8 @@
 //! on a chain, originated to an endpoint, with [`identity`]'s certificate) → [`stats`],
 //! [`socket`]. Beside them: [`body`] (the body
 //! types) and [`drive`] (running a hyper connection in one task), used by `http` and `pool`;
-//! [`metrics`], [`admin`], [`config`], [`identity`], [`dns`], [`drain`], [`wait`], [`capture`];
+//! [`metrics`], [`admin`], [`status`] (15020: the app's probes), [`config`], [`identity`],
+//! [`dns`], [`drain`], [`wait`], [`capture`];
 //! [`sidecar`] wires them.
 
 #![deny(unsafe_code)]

@@ -19,8 +19,9 @@ struct Cli {
 enum Command {
     /// The capture step (Istio's istio-init): program iptables to send the pod's traffic to the sidecar.
     IstioIptables(IstioIptablesArgs),
-    /// The sidecar: the 15001/15006 capture listeners, admin (15000), readiness (15021) and
-    /// Prometheus (15090); the configuration is watched and swapped live; SIGTERM drains.
+    /// The sidecar: the 15001/15006 capture listeners, admin (15000), the status port for the
+    /// app's rewritten probes (15020), readiness (15021) and Prometheus (15090); the
+    /// configuration is watched and swapped live; SIGTERM drains.
     Run(RunArgs),
     /// Block until the sidecar is ready (the postStart hook of holdApplicationUntilProxyStarts).
     Wait(WaitArgs),
