@@ -6,7 +6,21 @@ virtual inbound listener whose chains match the destination port, an HTTP connec
 one route (HTTP ports) or a tcp_proxy (the TCP port), and the built-in passthrough / blackhole
 clusters. One document serves both sides: the client's sidecar uses the outbound half, the
 server's the inbound half. No access log on either.
+
+A third port (`conn_port`) carries HTTP but is declared opaque TCP to both sidecars: each
+connection the client opens there is one sidecar-to-sidecar connection (the HTTP port's pools
+would keep theirs), so a new connection per request is a new TLS handshake per request.
+
+With `mtls`, the pair does Istio's mutual TLS between the two sidecars, each from the same
+files (see `bench/run`'s `make_certs`): rustmesh with `transportSocketMatches` (auto mTLS) and
+`transportSocket` chains as its operator renders them, Envoy with static
+`UpstreamTlsContext` / `DownstreamTlsContext` doing the same: TLS 1.3, Istio's SNI and ALPN,
+the server's SPIFFE id checked by the client, a client certificate required by the server,
+session resumption on for both and equally available (Envoy's client keeps 8 sessions, as many
+TLS 1.3 tickets as rustls' keeps per server).
 """
+
+import os
 
 SERVICE = "server.bench.svc.cluster.local"
 
@@ -55,13 +69,93 @@ def _hcm(prefix, cluster):
 
 
 HTTP_APPS = ["http/1.1", "h2c"]
+TRUST_DOMAIN = "cluster.local"
+CLIENT_ID = f"spiffe://{TRUST_DOMAIN}/ns/bench/sa/client"
+SERVER_ID = f"spiffe://{TRUST_DOMAIN}/ns/bench/sa/server"
+# Istio's ALPN (xds/src/tls.rs: ALPN_ISTIO_TCP, ALPN_ISTIO_HTTP, ALPN_ISTIO_ALL)
+ALPN_TCP = ["istio-peer-exchange", "istio"]
+ALPN_HTTP = ["istio-http/1.0", "istio-http/1.1", "istio-h2"]
+ALPN_ALL = ["istio-peer-exchange", "istio", "istio-http/1.0", "istio-http/1.1", "istio-h2"]
 
 
-def rustmesh(server_ip, http_port, tcp_port):
+def sni(port):
+    """Istio's SNI for a cluster (xds::tls::istio_sni)."""
+    return f"outbound_.{port}_._.{SERVICE}"
+
+
+def _rm_tls(alpn):
+    """rustmesh's inbound mTLS transport socket (xds::tls::istio_downstream)."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typedConfig": {
+            "commonTlsContext": {
+                "alpnProtocols": alpn,
+                "tlsCertificateSdsSecretConfigs": [{"name": "default"}],
+                "combinedValidationContext": {
+                    "defaultValidationContext": {},
+                    "validationContextSdsSecretConfig": {"name": "ROOTCA"},
+                },
+            },
+            "requireClientCertificate": True,
+        },
+    }
+
+
+def _rm_auto_mtls(port):
+    """Istio's auto-mTLS matches of an outbound cluster (xds::tls::auto_mtls_matches)."""
+    return [
+        {
+            "name": "tlsMode-istio",
+            "match": {"tlsMode": "istio"},
+            "transportSocket": {
+                "name": "envoy.transport_sockets.tls",
+                "typedConfig": {
+                    "commonTlsContext": {
+                        "alpnProtocols": ALPN_TCP,
+                        "tlsCertificateSdsSecretConfigs": [{"name": "default"}],
+                        "combinedValidationContext": {
+                            "defaultValidationContext": {"matchSubjectAltNames": [{"exact": SERVER_ID}]},
+                            "validationContextSdsSecretConfig": {"name": "ROOTCA"},
+                        },
+                    },
+                    "sni": sni(port),
+                },
+            },
+        },
+        {"name": "tlsMode-disabled", "match": {}, "transportSocket": {"name": "envoy.transport_sockets.raw_buffer", "typedConfig": {}}},
+    ]
+
+
+def rustmesh(server_ip, http_port, tcp_port, conn_port, mtls=False):
+    """The ProxyConfig of both sidecars; with `mtls`, inbound mTLS chains first (Istio's
+    PERMISSIVE shape) and auto mTLS towards the server's endpoints (tlsMode: istio). The
+    certificates come from `proxy run --file-mounted-certs`."""
     out_http = f"outbound|{http_port}||{SERVICE}"
     out_tcp = f"outbound|{tcp_port}||{SERVICE}"
+    out_conn = f"outbound|{conn_port}||{SERVICE}"
     in_http = f"inbound|{http_port}||"
     in_tcp = f"inbound|{tcp_port}||"
+    in_conn = f"inbound|{conn_port}||"
+    tls_chains = []
+    if mtls:
+        tls_chains = [
+            {
+                "name": f"0.0.0.0_{http_port}",
+                "filterChainMatch": {"destinationPort": http_port, "transportProtocol": "tls",
+                                     "applicationProtocols": ALPN_HTTP},
+                "transportSocket": _rm_tls(["h2", "http/1.1"]),
+                "filters": _hcm(f"inbound_0.0.0.0_{http_port}", in_http),
+            }
+        ] + [
+            {
+                "name": f"0.0.0.0_{port}",
+                "filterChainMatch": {"destinationPort": port, "transportProtocol": "tls",
+                                     "applicationProtocols": ALPN_ALL},
+                "transportSocket": _rm_tls(ALPN_TCP),
+                "filters": _tcp(cluster),
+            }
+            for port, cluster in ((tcp_port, in_tcp), (conn_port, in_conn))
+        ]
     listeners = [
         {
             "name": "virtualOutbound",
@@ -88,6 +182,7 @@ def rustmesh(server_ip, http_port, tcp_port):
                     "filterChainMatch": {"destinationPort": 15006},
                     "filters": _tcp("BlackHoleCluster"),
                 },
+                *tls_chains,
                 {
                     "name": f"0.0.0.0_{http_port}",
                     "filterChainMatch": {
@@ -106,6 +201,11 @@ def rustmesh(server_ip, http_port, tcp_port):
                     "name": f"0.0.0.0_{tcp_port}",
                     "filterChainMatch": {"destinationPort": tcp_port},
                     "filters": _tcp(in_tcp),
+                },
+                {
+                    "name": f"0.0.0.0_{conn_port}",
+                    "filterChainMatch": {"destinationPort": conn_port},
+                    "filters": _tcp(in_conn),
                 },
                 {
                     "name": "virtualInbound",
@@ -135,6 +235,13 @@ def rustmesh(server_ip, http_port, tcp_port):
             "bindToPort": False,
             "filterChains": [{"filters": _tcp(out_tcp)}],
         },
+        {
+            "name": f"{server_ip}_{conn_port}",
+            "address": _addr(server_ip, conn_port),
+            "trafficDirection": "OUTBOUND",
+            "bindToPort": False,
+            "filterChains": [{"filters": _tcp(out_conn)}],
+        },
     ]
     big = 4294967295
     breakers = {
@@ -156,8 +263,8 @@ def rustmesh(server_ip, http_port, tcp_port):
             "circuitBreakers": breakers,
         }
 
-    def eds(name):
-        return {
+    def eds(name, port):
+        c = {
             "name": name,
             "type": "EDS",
             "connectTimeout": "10s",
@@ -166,6 +273,15 @@ def rustmesh(server_ip, http_port, tcp_port):
             "circuitBreakers": breakers,
             "metadata": {"services": [{"host": SERVICE, "name": "server", "namespace": "bench"}]},
         }
+        if mtls:
+            c["transportSocketMatches"] = _rm_auto_mtls(port)
+        return c
+
+    def endpoint(port):
+        e = {"endpoint": {"address": _addr(server_ip, port)}}
+        if mtls:  # the server pod has a sidecar (security.istio.io/tlsMode: istio)
+            e["metadata"] = {"filterMetadata": {"envoy.transport_socket_match": {"tlsMode": "istio"}}}
+        return e
 
     clusters = [
         {
@@ -184,15 +300,14 @@ def rustmesh(server_ip, http_port, tcp_port):
         },
         static(in_http, "127.0.0.1", http_port),
         static(in_tcp, "127.0.0.1", tcp_port),
-        eds(out_http),
-        eds(out_tcp),
+        static(in_conn, "127.0.0.1", conn_port),
+        eds(out_http, http_port),
+        eds(out_tcp, tcp_port),
+        eds(out_conn, conn_port),
     ]
     endpoints = [
-        {
-            "clusterName": name,
-            "endpoints": [{"lbEndpoints": [{"endpoint": {"address": _addr(server_ip, port)}}]}],
-        }
-        for name, port in ((out_http, http_port), (out_tcp, tcp_port))
+        {"clusterName": name, "endpoints": [{"lbEndpoints": [endpoint(port)]}]}
+        for name, port in ((out_http, http_port), (out_tcp, tcp_port), (out_conn, conn_port))
     ]
     return {
         "versionInfo": "bench-1",
@@ -250,11 +365,108 @@ HTTP_INSPECTOR = {
 }
 
 
-def envoy(server_ip, http_port, tcp_port):
+TLS_INSPECTOR = {
+    "name": "envoy.filters.listener.tls_inspector",
+    "typed_config": {"@type": T + "filters.listener.tls_inspector.v3.TlsInspector"},
+}
+TLS13 = {"tls_minimum_protocol_version": "TLSv1_3", "tls_maximum_protocol_version": "TLSv1_3"}
+
+
+def _common_tls(certs, alpn, peer=None):
+    """The pod's certificate and the root from files (what Istio's SDS `default` and `ROOTCA`
+    serve), TLS 1.3 only (rustls negotiates 1.3 too; Envoy's client default is at most 1.2),
+    and the peer's SPIFFE id when given."""
+    validation = {"trusted_ca": {"filename": os.path.join(certs, "root-cert.pem")}}
+    if peer:
+        validation["match_typed_subject_alt_names"] = [{"san_type": "URI", "matcher": {"exact": peer}}]
+    return {
+        "tls_params": TLS13,
+        "alpn_protocols": alpn,
+        "tls_certificates": [
+            {
+                "certificate_chain": {"filename": os.path.join(certs, "cert-chain.pem")},
+                "private_key": {"filename": os.path.join(certs, "key.pem")},
+            }
+        ],
+        "validation_context": validation,
+    }
+
+
+def _edownstream(certs, alpn):
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": T + "transport_sockets.tls.v3.DownstreamTlsContext",
+            "common_tls_context": _common_tls(certs, alpn),
+            "require_client_certificate": True,
+        },
+    }
+
+
+def _eupstream(certs, port, alpn):
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": T + "transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": _common_tls(certs, alpn, SERVER_ID),
+            "sni": sni(port),
+            # TLS 1.3 tickets are single-use on both clients: rustls keeps up to 8 per server
+            # (its client default), Envoy 1 (`max_session_keys` default), so that with
+            # connections in parallel most of Envoy's find none and do a full handshake. 8 here
+            # makes resumption equally available to both.
+            "max_session_keys": 8,
+        },
+    }
+
+
+def envoy(server_ip, http_port, tcp_port, conn_port, certs=None):
+    """A static bootstrap doing what `rustmesh()` configures. With `certs` (the pod's
+    directory: cert-chain.pem, key.pem, root-cert.pem), mutual TLS as Istio's sidecars do it:
+    inbound, `tls_inspector` and mTLS chains ahead of the plain ones; outbound, TLS to the
+    server with Istio's SNI and ALPN. Istio sets the HTTP ALPN per request with its `istio.alpn`
+    filter, which upstream Envoy lacks: here the outbound HTTP listener has one chain (and
+    cluster) per HTTP version instead, offering rustmesh's lists (`istio-http/1.1, istio,
+    http/1.1` or `istio-h2, istio, h2`)."""
+    mtls = certs is not None
     out_http = f"outbound|{http_port}||{SERVICE}"
     out_tcp = f"outbound|{tcp_port}||{SERVICE}"
+    out_conn = f"outbound|{conn_port}||{SERVICE}"
     in_http = f"inbound|{http_port}||"
     in_tcp = f"inbound|{tcp_port}||"
+    in_conn = f"inbound|{conn_port}||"
+    tls_chains = []
+    if mtls:
+        tls_chains = [
+            {
+                "filter_chain_match": {"destination_port": http_port, "transport_protocol": "tls",
+                                       "application_protocols": ALPN_HTTP},
+                "transport_socket": _edownstream(certs, ["h2", "http/1.1"]),
+                "filters": [_ehcm(f"inbound_0.0.0.0_{http_port}", in_http)],
+            }
+        ] + [
+            {
+                "filter_chain_match": {"destination_port": port, "transport_protocol": "tls",
+                                       "application_protocols": ALPN_ALL},
+                "transport_socket": _edownstream(certs, ALPN_TCP),
+                "filters": [_etcp(cluster)],
+            }
+            for port, cluster in ((tcp_port, in_tcp), (conn_port, in_conn))
+        ]
+    if mtls:
+        out_http_chains = [
+            {
+                "filter_chain_match": {"transport_protocol": "raw_buffer", "application_protocols": [app]},
+                "filters": [_ehcm(f"outbound_{server_ip}_{http_port}", f"{out_http}-{app}")],
+            }
+            for app in HTTP_APPS
+        ]
+    else:
+        out_http_chains = [
+            {
+                "filter_chain_match": {"transport_protocol": "raw_buffer", "application_protocols": HTTP_APPS},
+                "filters": [_ehcm(f"outbound_{server_ip}_{http_port}", out_http)],
+            }
+        ]
     listeners = [
         {
             "name": "virtualOutbound",
@@ -269,11 +481,12 @@ def envoy(server_ip, http_port, tcp_port):
             "name": "virtualInbound",
             "address": _sa("0.0.0.0", 15006),
             "traffic_direction": "INBOUND",
-            "listener_filters": [ORIGINAL_DST, HTTP_INSPECTOR],
+            "listener_filters": [ORIGINAL_DST, TLS_INSPECTOR, HTTP_INSPECTOR] if mtls else [ORIGINAL_DST, HTTP_INSPECTOR],
             "listener_filters_timeout": "0.1s",
             "continue_on_listener_filters_timeout": True,
             "filter_chains": [
                 {"filter_chain_match": {"destination_port": 15006}, "filters": [_etcp("BlackHoleCluster")]},
+                *tls_chains,
                 {
                     "filter_chain_match": {
                         "destination_port": http_port,
@@ -287,6 +500,7 @@ def envoy(server_ip, http_port, tcp_port):
                     "filters": [_etcp(in_http)],
                 },
                 {"filter_chain_match": {"destination_port": tcp_port}, "filters": [_etcp(in_tcp)]},
+                {"filter_chain_match": {"destination_port": conn_port}, "filters": [_etcp(in_conn)]},
             ],
             "default_filter_chain": {"filters": [_etcp("InboundPassthroughClusterIpv4")]},
         },
@@ -298,12 +512,7 @@ def envoy(server_ip, http_port, tcp_port):
             "listener_filters": [HTTP_INSPECTOR],
             "listener_filters_timeout": "0.1s",
             "continue_on_listener_filters_timeout": True,
-            "filter_chains": [
-                {
-                    "filter_chain_match": {"transport_protocol": "raw_buffer", "application_protocols": HTTP_APPS},
-                    "filters": [_ehcm(f"outbound_{server_ip}_{http_port}", out_http)],
-                }
-            ],
+            "filter_chains": out_http_chains,
             "default_filter_chain": {"filters": [_etcp(out_http)]},
         },
         {
@@ -312,6 +521,13 @@ def envoy(server_ip, http_port, tcp_port):
             "traffic_direction": "OUTBOUND",
             "bind_to_port": False,
             "filter_chains": [{"filters": [_etcp(out_tcp)]}],
+        },
+        {
+            "name": f"{server_ip}_{conn_port}",
+            "address": _sa(server_ip, conn_port),
+            "traffic_direction": "OUTBOUND",
+            "bind_to_port": False,
+            "filter_chains": [{"filters": [_etcp(out_conn)]}],
         },
     ]
     big = 4294967295
@@ -327,7 +543,7 @@ def envoy(server_ip, http_port, tcp_port):
         }
     }
 
-    def static(name, ip, port, http, lb="ROUND_ROBIN"):
+    def static(name, ip, port, http, lb="ROUND_ROBIN", alpn=None):
         c = {
             "name": name,
             "type": "STATIC",
@@ -341,7 +557,21 @@ def envoy(server_ip, http_port, tcp_port):
         }
         if http:
             c["typed_extension_protocol_options"] = http_opts
+        if alpn:
+            c["transport_socket"] = _eupstream(certs, port, alpn)
         return c
+
+    alpn_h1 = ["istio-http/1.1", "istio", "http/1.1"]
+    alpn_h2 = ["istio-h2", "istio", "h2"]
+    if mtls:
+        out = [
+            static(f"{out_http}-http/1.1", server_ip, http_port, True, "LEAST_REQUEST", alpn_h1),
+            static(f"{out_http}-h2c", server_ip, http_port, True, "LEAST_REQUEST", alpn_h2),
+            # the HTTP port's opaque fallback (default chain)
+            static(out_http, server_ip, http_port, False, "LEAST_REQUEST", ALPN_TCP),
+        ]
+    else:
+        out = [static(out_http, server_ip, http_port, True, "LEAST_REQUEST")]
 
     clusters = [
         {"name": "BlackHoleCluster", "type": "STATIC", "connect_timeout": "10s"},
@@ -355,8 +585,10 @@ def envoy(server_ip, http_port, tcp_port):
         },
         static(in_http, "127.0.0.1", http_port, True),
         static(in_tcp, "127.0.0.1", tcp_port, False),
-        static(out_http, server_ip, http_port, True, "LEAST_REQUEST"),
-        static(out_tcp, server_ip, tcp_port, False, "LEAST_REQUEST"),
+        static(in_conn, "127.0.0.1", conn_port, False),
+        *out,
+        static(out_tcp, server_ip, tcp_port, False, "LEAST_REQUEST", ALPN_TCP if mtls else None),
+        static(out_conn, server_ip, conn_port, False, "LEAST_REQUEST", ALPN_TCP if mtls else None),
     ]
     return {
         "admin": {"address": _sa("127.0.0.1", 15000)},
