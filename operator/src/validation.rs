@@ -376,9 +376,11 @@ fn verdict(findings: Vec<Finding>, conflict: Option<&'static str>) -> Verdict {
 
 /// Findings on each `tls` setting of a DestinationRule (top level, per port, per subset):
 /// `ISTIO_MUTUAL` and `DISABLE` are rendered (`render::clusters::upstream_tls`); `ISTIO_MUTUAL`
-/// with certificates of its own is an error, as in Istio (the mesh's are used); origination to a
-/// server outside the mesh (`SIMPLE`, `MUTUAL`) is not implemented yet and `ISTIO_MUTUAL`
-/// without a mesh CA cannot be: warnings, the traffic stays plaintext; never silently dropped.
+/// with certificates of its own is an error, as in Istio (the mesh's are used), and without a
+/// mesh CA a warning (the traffic stays plaintext). Origination to a server outside the mesh
+/// (`SIMPLE`, `MUTUAL`) is rendered from files in the sidecar: `credentialName` and `caCrl`
+/// (not implemented), a relative path, an invalid `sni` or a `MUTUAL` without certificate and
+/// key are errors; fields the mode does not use are warnings. Never silently dropped.
 fn tls_findings(
     spec: &rustmesh_api::destination_rule::DestinationRuleSpec,
     has_ca: bool,
@@ -422,14 +424,84 @@ fn tls_findings(
                     });
                 }
             }
-            Some(TlsMode::Simple) | Some(TlsMode::Mutual) => out.push(Finding {
-                level: Level::Warning,
-                field: format!("{at}.mode"),
-                message: "TLS origination to a server outside the mesh (SIMPLE, MUTUAL) is \
-                          not implemented yet: rustmesh sends this traffic in plaintext \
-                          (ISTIO_MUTUAL and DISABLE are; see docs/security.md)"
-                    .into(),
-            }),
+            Some(mode @ (TlsMode::Simple | TlsMode::Mutual)) => {
+                let mut err = |field: &str, message: String| {
+                    out.push(Finding {
+                        level: Level::Error,
+                        field: format!("{at}.{field}"),
+                        message,
+                    })
+                };
+                if tls.credential_name.is_some() {
+                    err(
+                        "credentialName",
+                        "not implemented yet: rustmesh's sidecars read the certificates from \
+                         files (clientCertificate, privateKey, caCertificates)"
+                            .into(),
+                    );
+                }
+                if tls.ca_crl.is_some() {
+                    err(
+                        "caCrl",
+                        "certificate revocation lists are not implemented".into(),
+                    );
+                }
+                if let Some(sni) = tls.sni.as_deref().filter(|s| !s.is_empty())
+                    && valid_server_name(sni).is_err()
+                {
+                    err("sni", format!("{sni:?} is not a server name"));
+                }
+                for (field, value) in [
+                    ("caCertificates", &tls.ca_certificates),
+                    ("clientCertificate", &tls.client_certificate),
+                    ("privateKey", &tls.private_key),
+                ] {
+                    if let Some(v) = value
+                        && (v.contains('~') || (!v.is_empty() && !v.starts_with('/')))
+                    {
+                        err(
+                            field,
+                            format!("{v:?} is not an absolute path to a file in the sidecar"),
+                        );
+                    }
+                }
+                // (MUTUAL without a certificate and key is the API's own check.)
+                let has = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+                let mut warn = |field: &str, message: &str| {
+                    out.push(Finding {
+                        level: Level::Warning,
+                        field: format!("{at}.{field}"),
+                        message: message.into(),
+                    })
+                };
+                if mode == TlsMode::Simple {
+                    for (field, value) in [
+                        ("clientCertificate", &tls.client_certificate),
+                        ("privateKey", &tls.private_key),
+                    ] {
+                        if has(value) {
+                            warn(
+                                field,
+                                "ignored with SIMPLE: only MUTUAL presents a client certificate",
+                            );
+                        }
+                    }
+                }
+                if tls.insecure_skip_verify == Some(true) {
+                    if has(&tls.ca_certificates) {
+                        warn(
+                            "caCertificates",
+                            "ignored: insecureSkipVerify is true, the server is not verified",
+                        );
+                    }
+                    if !tls.subject_alt_names.is_empty() {
+                        warn(
+                            "subjectAltNames",
+                            "ignored: insecureSkipVerify is true, the server is not verified",
+                        );
+                    }
+                }
+            }
             // DISABLE, and a `tls` without mode (proto's default, DISABLE): plain text.
             Some(TlsMode::Disable) | None => {}
         }
@@ -456,6 +528,25 @@ fn tls_findings(
         );
     }
     out
+}
+
+/// Whether `s` can be sent as a TLS server name (a DNS name or an IP address).
+fn valid_server_name(s: &str) -> Result<(), ()> {
+    let dns = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 253
+            && s.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+    };
+    if s.parse::<std::net::IpAddr>().is_ok() || dns(s) {
+        Ok(())
+    } else {
+        Err(())
+    }
 }
 
 fn vs_cross_checks(
@@ -806,23 +897,13 @@ spec:
     trafficPolicy:
       tls: {mode: MUTUAL, clientCertificate: /etc/c.pem, privateKey: /etc/k.pem}
 "#;
-        // With the mesh CA: ISTIO_MUTUAL and DISABLE are rendered, SIMPLE/MUTUAL warned.
+        // With the mesh CA: every mode is rendered, nothing to report.
         let mut index = bookinfo();
         index.mesh.ca_host = Some("istiod.istio-system.svc.cluster.local".into());
         istio(&mut index, dr);
         let v = verdict_of(&index, Kind::DestinationRule, "default", "mtls");
-        assert!(v.accepted, "warnings, not a refusal");
-        let fields: Vec<&str> = v.findings.iter().map(|f| f.field.as_str()).collect();
-        assert_eq!(
-            fields,
-            [
-                "spec.trafficPolicy.portLevelSettings[1].tls.mode",
-                "spec.subsets[0].trafficPolicy.tls.mode"
-            ]
-        );
-        assert!(v.findings.iter().all(|f| f.level == Level::Warning
-            && f.message.contains("not implemented yet")
-            && f.message.contains("SIMPLE, MUTUAL")));
+        assert!(v.accepted);
+        assert!(v.findings.is_empty(), "{:?}", v.findings);
         // Without it, ISTIO_MUTUAL cannot be rendered: a warning naming the CA.
         let mut index = bookinfo();
         istio(&mut index, dr);
@@ -834,7 +915,7 @@ spec:
             istio_mutual.message.contains("ca.enabled"),
             "{istio_mutual:?}"
         );
-        assert_eq!(v.findings.len(), 3);
+        assert_eq!(v.findings.len(), 1, "{:?}", v.findings);
         // ISTIO_MUTUAL with certificates of its own is refused, as Istio's validation does.
         let mut index = bookinfo();
         index.mesh.ca_host = Some("istiod.istio-system.svc.cluster.local".into());
@@ -846,6 +927,69 @@ spec:
         assert!(!v.accepted);
         assert_eq!(v.findings[0].field, "spec.trafficPolicy.tls.credentialName");
         assert_eq!(v.findings[0].level, Level::Error);
+    }
+
+    #[test]
+    fn tls_origination_outside_the_mesh_refuses_what_it_cannot_do_and_warns_on_unused_fields() {
+        let mut index = bookinfo();
+        istio(
+            &mut index,
+            r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ext, namespace: default}
+spec:
+  host: ratings
+  trafficPolicy:
+    tls: {mode: SIMPLE, clientCertificate: /etc/c.pem, insecureSkipVerify: true, caCertificates: /etc/ca.pem}
+    portLevelSettings:
+    - port: {number: 9080}
+      tls: {mode: MUTUAL, privateKey: etc/k.pem, sni: "bad name!"}
+    - port: {number: 9081}
+      tls: {mode: SIMPLE, credentialName: db-ca, caCrl: /etc/crl.pem}
+"#,
+        );
+        let v = verdict_of(&index, Kind::DestinationRule, "default", "ext");
+        assert!(!v.accepted, "errors refuse the rule");
+        let got: Vec<(Level, &str)> = v
+            .findings
+            .iter()
+            .map(|f| (f.level, f.field.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Level::Error, "spec.trafficPolicy.portLevelSettings[0].tls"),
+                (Level::Warning, "spec.trafficPolicy.tls.clientCertificate"),
+                (Level::Warning, "spec.trafficPolicy.tls.caCertificates"),
+                (
+                    Level::Error,
+                    "spec.trafficPolicy.portLevelSettings[0].tls.sni"
+                ),
+                (
+                    Level::Error,
+                    "spec.trafficPolicy.portLevelSettings[0].tls.privateKey"
+                ),
+                (
+                    Level::Error,
+                    "spec.trafficPolicy.portLevelSettings[1].tls.credentialName"
+                ),
+                (
+                    Level::Error,
+                    "spec.trafficPolicy.portLevelSettings[1].tls.caCrl"
+                ),
+            ]
+        );
+        let credential = &v.findings[5];
+        assert!(
+            v.findings[0].message.contains("MUTUAL needs"),
+            "{:?}",
+            v.findings[0]
+        );
+        assert!(
+            credential.message.contains("not implemented yet"),
+            "{credential:?}"
+        );
     }
 
     #[test]

@@ -16,6 +16,14 @@
 //!   `istio-http/1.1`, `istio`, `http/1.1` or `istio-h2`, `istio`, `h2` for HTTP ([`Purpose`]),
 //!   so the server's chain matching (`applicationProtocols`) sees a mesh peer and which HTTP it
 //!   speaks before any certificate is read; the server selects from the chain's list.
+//! - **TLS to a server outside the mesh** (a DestinationRule's `SIMPLE` / `MUTUAL`, an
+//!   `UpstreamTlsContext` with Istio's `file-root:`/`file-cert:` secrets): the server's chain is
+//!   verified against the roots of the file, or the system's (`file-root:system`), and its name
+//!   against the expected subject alt names or the SNI; `MUTUAL` presents the certificate of
+//!   the files. The files are read (at most [`MAX_FILE_BYTES`] each) when the cluster is first
+//!   used and kept while its configuration stands; one that is missing or bad fails that
+//!   cluster's connections, naming the file, before dialing. ALPN: the context's, else `h2` or
+//!   `http/1.1` for HTTP and none for TCP.
 //! - Handshakes are bounded by [`HANDSHAKE_TIMEOUT`].
 
 use std::io;
@@ -24,18 +32,22 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustmesh_xds::identity::SpiffeId;
-use rustmesh_xds::tls::{DownstreamTlsContext, UpstreamTlsContext};
+use rustmesh_xds::tls::{DownstreamTlsContext, Secret, UpstreamTlsContext};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::identity::Store;
-use crate::identity::tls::{client_config, peer_identity, server_config};
+use crate::identity::tls::{client_config, external_client_config, peer_identity, server_config};
 use crate::sync::lock;
 
 /// The longest a TLS handshake may take, either side.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest certificate, key or root file read for TLS outside the mesh (a system bundle is
+/// about 200 KiB).
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
 /// Why TLS could not be set up on a connection.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +64,9 @@ pub enum TlsError {
     /// The handshake took longer than [`HANDSHAKE_TIMEOUT`].
     #[error("TLS handshake timed out after {HANDSHAKE_TIMEOUT:?}")]
     Timeout,
+    /// A certificate, key or root file for TLS outside the mesh is missing or bad.
+    #[error("{0}")]
+    File(String),
 }
 
 /// A connection's byte stream.
@@ -219,6 +234,15 @@ impl Purpose {
         }
     }
 
+    /// The ALPN offered to a server outside the mesh: what the connection carries.
+    pub fn plain_alpn(self) -> &'static [&'static [u8]] {
+        match self {
+            Purpose::Tcp => &[],
+            Purpose::Http1 => &[b"http/1.1"],
+            Purpose::Http2 => &[b"h2"],
+        }
+    }
+
     fn index(self) -> usize {
         self as usize
     }
@@ -295,29 +319,58 @@ impl Terminate {
 /// auto mTLS), ready to originate TLS to its endpoints.
 pub struct Originate {
     sni: ServerName<'static>,
-    expected: Vec<SpiffeId>,
+    kind: Kind,
     store: Arc<Store>,
     cache: Cached<[Option<Arc<rustls::ClientConfig>>; 3]>,
+    /// What the files of [`Kind::External`] held, once read.
+    material: Mutex<Option<Arc<Material>>>,
+}
+
+/// Whose TLS an [`Originate`] speaks.
+#[derive(Clone, Debug, PartialEq)]
+enum Kind {
+    /// Istio's mutual TLS: the workload certificate, the mesh root, the server one of
+    /// `expected` (any mesh identity when empty).
+    Mesh { expected: Vec<SpiffeId> },
+    /// TLS to a server outside the mesh.
+    External {
+        /// The roots' file, or `None` for the system's; no verification when `verify` is off.
+        roots: Option<String>,
+        verify: bool,
+        /// The client certificate's and key's files (`MUTUAL`).
+        client: Option<(String, String)>,
+        /// The subject alt names the server must have one of (the SNI when empty).
+        sans: Vec<String>,
+        /// The ALPN to offer (empty: by [`Purpose::plain_alpn`]).
+        alpn: Vec<Vec<u8>>,
+    },
+}
+
+/// The roots and client certificate of [`Kind::External`], read from their files.
+struct Material {
+    roots: Option<rustls::RootCertStore>,
+    client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 }
 
 impl std::fmt::Debug for Originate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Originate")
             .field("sni", &self.sni)
-            .field("expected", &self.expected)
+            .field("kind", &self.kind)
             .finish_non_exhaustive()
     }
 }
 
 impl PartialEq for Originate {
     fn eq(&self, other: &Self) -> bool {
-        self.sni == other.sni && self.expected == other.expected
+        self.sni == other.sni && self.kind == other.kind
     }
 }
 
 impl Originate {
-    /// Originates as `ctx` says with the certificates of `store`. Fails, naming the field, on
-    /// an `sni` that is not a DNS name or a subject alt name that is not a SPIFFE id.
+    /// Originates as `ctx` says with the certificates of `store` (the mesh's) or of the files
+    /// it names. Fails, naming the field, on an `sni` that is not a DNS name or, for the mesh's
+    /// mutual TLS, a subject alt name that is not a SPIFFE id.
     pub fn new(ctx: &UpstreamTlsContext, store: Arc<Store>) -> Result<Self, (String, String)> {
         let sni = match &ctx.sni {
             Some(s) => ServerName::try_from(s.clone()).map_err(|e| {
@@ -329,45 +382,125 @@ impl Originate {
             // No SNI asked: rustls sends none for an address.
             None => ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into()),
         };
-        let mut expected = Vec::new();
-        for (i, san) in ctx
-            .common_tls_context
-            .expected_sans()
-            .into_iter()
-            .enumerate()
-        {
-            let id = san.parse::<SpiffeId>().map_err(|e| {
-                (
-                    format!("commonTlsContext.combinedValidationContext.defaultValidationContext.matchSubjectAltNames[{i}].exact"),
-                    format!("{san:?} is not a SPIFFE id: {e}"),
-                )
-            })?;
-            expected.push(id);
-        }
+        let common = &ctx.common_tls_context;
+        let sans = common.expected_sans();
+        let kind = if common.is_mesh() {
+            let mut expected = Vec::new();
+            for (i, san) in sans.into_iter().enumerate() {
+                let id = san.parse::<SpiffeId>().map_err(|e| {
+                    (
+                        format!("commonTlsContext.combinedValidationContext.defaultValidationContext.matchSubjectAltNames[{i}].exact"),
+                        format!("{san:?} is not a SPIFFE id: {e}"),
+                    )
+                })?;
+                expected.push(id);
+            }
+            Kind::Mesh { expected }
+        } else {
+            let validation = common.combined_validation_context.as_ref();
+            let roots =
+                validation.and_then(|v| match v.validation_context_sds_secret_config.secret() {
+                    Secret::FileRoot(path) => Some(path.to_string()),
+                    _ => None,
+                });
+            let client = common
+                .tls_certificate_sds_secret_configs
+                .first()
+                .and_then(|c| match c.secret() {
+                    Secret::FileCert { cert, key } => Some((cert.to_string(), key.to_string())),
+                    _ => None,
+                });
+            Kind::External {
+                roots,
+                verify: validation.is_some(),
+                client,
+                sans: sans.into_iter().map(str::to_string).collect(),
+                alpn: common
+                    .alpn_protocols
+                    .iter()
+                    .map(|p| p.as_bytes().to_vec())
+                    .collect(),
+            }
+        };
         Ok(Originate {
             sni,
-            expected,
+            kind,
             store,
             cache: Mutex::new(None),
+            material: Mutex::new(None),
         })
     }
 
-    /// Fails when there is no certificate to present: checked before dialing, so a sidecar
-    /// without one opens no connection at all (not even TCP) to a mutual TLS endpoint.
+    /// Fails when there is nothing to present: checked before dialing, so a sidecar without a
+    /// workload certificate opens no connection at all (not even TCP) to a mutual TLS
+    /// endpoint, nor one whose certificate, key or root files are missing or bad to a server
+    /// outside the mesh.
     pub fn ready(&self) -> Result<(), TlsError> {
-        match self.store.ready() {
-            true => Ok(()),
-            false => Err(TlsError::NoCertificate),
+        match &self.kind {
+            Kind::Mesh { .. } if self.store.ready() => Ok(()),
+            Kind::Mesh { .. } => Err(TlsError::NoCertificate),
+            Kind::External { .. } => self.material().map(|_| ()),
         }
     }
 
-    /// The identities the server must have (any mesh identity when empty).
+    /// The identities the server must have (any mesh identity when empty; none for a server
+    /// outside the mesh).
     pub fn expected(&self) -> &[SpiffeId] {
-        &self.expected
+        match &self.kind {
+            Kind::Mesh { expected } => expected,
+            Kind::External { .. } => &[],
+        }
+    }
+
+    /// The files of [`Kind::External`], read once (a failure is tried again next time).
+    fn material(&self) -> Result<Arc<Material>, TlsError> {
+        let Kind::External {
+            roots,
+            verify,
+            client,
+            ..
+        } = &self.kind
+        else {
+            return Err(TlsError::Config("not TLS outside the mesh".into()));
+        };
+        let mut cached = lock(&self.material);
+        if let Some(m) = &*cached {
+            return Ok(m.clone());
+        }
+        let roots = match (verify, roots) {
+            (false, _) => None,
+            (true, Some(path)) => {
+                let mut store = rustls::RootCertStore::empty();
+                for cert in read_certs(path)? {
+                    store
+                        .add(cert)
+                        .map_err(|e| TlsError::File(format!("{path}: {e}")))?;
+                }
+                Some(store)
+            }
+            (true, None) => Some(system_roots()?),
+        };
+        let client = match client {
+            None => None,
+            Some((cert, key)) => {
+                use rustls::pki_types::pem::PemObject;
+                let chain = read_certs(cert)?;
+                let key = PrivateKeyDer::from_pem_slice(&read_file(key)?)
+                    .map_err(|e| TlsError::File(format!("{key}: not a PEM private key: {e}")))?;
+                Some((chain, key))
+            }
+        };
+        let m = Arc::new(Material { roots, client });
+        *cached = Some(m.clone());
+        Ok(m)
     }
 
     fn config(&self, purpose: Purpose) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-        let generation = self.store.generation();
+        // The mesh's configurations follow the certificate's renewals; files are read once.
+        let generation = match self.kind {
+            Kind::Mesh { .. } => self.store.generation(),
+            Kind::External { .. } => 0,
+        };
         let mut cache = lock(&self.cache);
         if let Some((g, configs)) = &*cache
             && *g == generation
@@ -375,13 +508,33 @@ impl Originate {
         {
             return Ok(c.clone());
         }
-        let cert = self
-            .store
-            .current()
-            .filter(|c| c.is_valid_at(std::time::SystemTime::now()))
-            .ok_or(TlsError::NoCertificate)?;
-        let config = client_config(&cert, self.expected.clone(), purpose.alpn())
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let config = match &self.kind {
+            Kind::Mesh { expected } => {
+                let cert = self
+                    .store
+                    .current()
+                    .filter(|c| c.is_valid_at(std::time::SystemTime::now()))
+                    .ok_or(TlsError::NoCertificate)?;
+                client_config(&cert, expected.clone(), purpose.alpn())
+            }
+            Kind::External { sans, alpn, .. } => {
+                let m = self.material()?;
+                let offered: Vec<&[u8]> = if alpn.is_empty() {
+                    purpose.plain_alpn().to_vec()
+                } else {
+                    alpn.iter().map(Vec::as_slice).collect()
+                };
+                external_client_config(
+                    m.roots.clone(),
+                    sans.clone(),
+                    m.client
+                        .as_ref()
+                        .map(|(chain, key)| (chain.clone(), key.clone_key())),
+                    &offered,
+                )
+            }
+        }
+        .map_err(|e| TlsError::Config(e.to_string()))?;
         match &mut *cache {
             Some((g, configs)) if *g == generation => {
                 configs[purpose.index()] = Some(config.clone())
@@ -407,4 +560,51 @@ impl Originate {
             Err(_) => Err(TlsError::Timeout),
         }
     }
+}
+
+/// A file's bytes, at most [`MAX_FILE_BYTES`].
+fn read_file(path: &str) -> Result<Vec<u8>, TlsError> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| TlsError::File(format!("{path}: {e}")))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(TlsError::File(format!(
+            "{path}: larger than {MAX_FILE_BYTES} bytes"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// The certificates of a PEM file, at least one.
+fn read_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_slice_iter(&read_file(path)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::File(format!("{path}: not PEM certificates: {e}")))?;
+    if certs.is_empty() {
+        return Err(TlsError::File(format!("{path}: no certificate")));
+    }
+    Ok(certs)
+}
+
+/// The system's root certificates (`SSL_CERT_FILE`, `SSL_CERT_DIR`, else the distribution's
+/// bundle), at least one.
+fn system_roots() -> Result<rustls::RootCertStore, TlsError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut store = rustls::RootCertStore::empty();
+    let (added, _) = store.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+        return Err(TlsError::File(format!(
+            "no system root certificates found (give caCertificates){}",
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", why.join("; "))
+            }
+        )));
+    }
+    Ok(store)
 }

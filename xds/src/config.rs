@@ -295,7 +295,9 @@ impl Checker {
             let mut problems = Vec::new();
             for (at, socket) in sockets {
                 if let Some(t) = socket.tls() {
-                    for (field, message) in t.common_tls_context.problems() {
+                    for (field, message) in
+                        t.common_tls_context.problems(crate::tls::Side::Upstream)
+                    {
                         problems.push((
                             format!("{at}.typedConfig.commonTlsContext.{field}"),
                             message,
@@ -363,7 +365,7 @@ impl Checker {
         let m = &fc.filter_chain_match;
         if let Some(crate::tls::DownstreamTransportSocket::Tls(t)) = &fc.transport_socket {
             let at = format!("{p}.transportSocket.typedConfig.commonTlsContext");
-            for (field, message) in t.common_tls_context.problems() {
+            for (field, message) in t.common_tls_context.problems(crate::tls::Side::Downstream) {
                 self.err(format!("{at}.{field}"), message);
             }
             if t.common_tls_context

@@ -13,9 +13,15 @@
 //!   sidecar) gets mutual TLS with `sni` and the expected server identities
 //!   (`matchSubjectAltNames`), `tlsMode-disabled` (any other endpoint) plain TCP.
 //!
-//! Only the mesh's own secrets are served: the SDS names `default` and `ROOTCA`. Any other
-//! secret name (a `credentialName`, files) is refused by validation, naming the field, rather
-//! than accepted and ignored.
+//! - a DestinationRule's `SIMPLE` / `MUTUAL` (TLS origination to a server outside the mesh)
+//!   is an `UpstreamTlsContext` with Istio's file secrets ([`external_upstream`]): the server
+//!   verified against `file-root:<caCertificates>` or, without one, the system roots
+//!   (`file-root:system`, Istio's `VERIFY_CERTIFICATE_AT_CLIENT`); no validation context at all
+//!   for `insecureSkipVerify`; `MUTUAL`'s client certificate as `file-cert:<cert>~<key>`.
+//!
+//! The secrets served ([`Secret`]): the mesh's own (`default`, `ROOTCA`) and, upstream only,
+//! those files and the system roots. A `credentialName` (`kubernetes://<name>`) or any other
+//! name is refused by validation, naming the field, rather than accepted and ignored.
 
 use std::collections::BTreeMap;
 
@@ -31,6 +37,14 @@ pub const RAW_BUFFER_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.raw_buffe
 pub const SDS_DEFAULT: &str = "default";
 /// The SDS name of the mesh root certificate(s).
 pub const SDS_ROOTCA: &str = "ROOTCA";
+/// Istio's SDS name prefix of a certificate and key read from files: `file-cert:<cert>~<key>`.
+pub const SDS_FILE_CERT: &str = "file-cert:";
+/// Istio's SDS name prefix of root certificates read from a file: `file-root:<path>`.
+pub const SDS_FILE_ROOT: &str = "file-root:";
+/// Istio's SDS name of the system's root certificates.
+pub const SDS_SYSTEM_ROOT: &str = "file-root:system";
+/// Istio's SDS name prefix of a Kubernetes Secret (a `credentialName`).
+pub const SDS_KUBERNETES: &str = "kubernetes://";
 /// The endpoint metadata namespace `transportSocketMatches` match against.
 pub const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
 /// The key of that namespace (and the pod label `security.istio.io/tlsMode`'s value goes in it).
@@ -142,6 +156,56 @@ impl SdsSecretConfig {
             name: name.to_string(),
         }
     }
+
+    /// What the name refers to.
+    pub fn secret(&self) -> Secret<'_> {
+        let n = self.name.as_str();
+        if n == SDS_DEFAULT {
+            Secret::Workload
+        } else if n == SDS_ROOTCA {
+            Secret::MeshRoot
+        } else if n == SDS_SYSTEM_ROOT {
+            Secret::SystemRoot
+        } else if let Some(path) = n.strip_prefix(SDS_FILE_ROOT) {
+            Secret::FileRoot(path)
+        } else if let Some((cert, key)) = n
+            .strip_prefix(SDS_FILE_CERT)
+            .and_then(|rest| rest.split_once('~'))
+        {
+            Secret::FileCert { cert, key }
+        } else if let Some(name) = n.strip_prefix(SDS_KUBERNETES) {
+            Secret::Credential(name)
+        } else {
+            Secret::Unknown(n)
+        }
+    }
+}
+
+/// What an SDS secret name refers to (Istio's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Secret<'a> {
+    /// `default`: the workload certificate and key.
+    Workload,
+    /// `ROOTCA`: the mesh root(s).
+    MeshRoot,
+    /// `file-cert:<cert>~<key>`: a certificate chain and key read from files in the sidecar.
+    FileCert { cert: &'a str, key: &'a str },
+    /// `file-root:<path>`: root certificates read from a file in the sidecar.
+    FileRoot(&'a str),
+    /// `file-root:system`: the system's root certificates.
+    SystemRoot,
+    /// `kubernetes://<name>`: a Kubernetes Secret (`credentialName`).
+    Credential(&'a str),
+    /// Anything else.
+    Unknown(&'a str),
+}
+
+/// Which end of a connection a TLS context is for: a filter chain terminates (`Downstream`,
+/// the mesh's secrets only), a cluster originates (`Upstream`, also files and system roots).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Downstream,
+    Upstream,
 }
 
 /// The peer's chain verifies against `validationContextSdsSecretConfig` (`ROOTCA`) and its
@@ -185,6 +249,17 @@ impl CommonTlsContext {
         }
     }
 
+    /// Whether this is the mesh's own mutual TLS (the workload certificate or the mesh root),
+    /// rather than TLS to a server outside the mesh.
+    pub fn is_mesh(&self) -> bool {
+        self.tls_certificate_sds_secret_configs
+            .iter()
+            .any(|c| c.secret() == Secret::Workload)
+            || self.combined_validation_context.as_ref().is_some_and(|v| {
+                v.validation_context_sds_secret_config.secret() == Secret::MeshRoot
+            })
+    }
+
     /// The exact identities of `matchSubjectAltNames`.
     pub fn expected_sans(&self) -> Vec<&str> {
         self.combined_validation_context
@@ -194,19 +269,35 @@ impl CommonTlsContext {
             .collect()
     }
 
-    /// Problems with this context, as (field below the context, message): only the mesh's
-    /// secrets and exact SAN matchers are implemented.
-    pub fn problems(&self) -> Vec<(String, String)> {
+    /// Problems with this context, as (field below the context, message): the mesh's secrets
+    /// (and, upstream, Istio's file secrets and the system roots) and exact SAN matchers are
+    /// implemented; a certificate from files goes with a root from files or the system, the
+    /// workload certificate with the mesh root.
+    pub fn problems(&self, side: Side) -> Vec<(String, String)> {
         let mut out = Vec::new();
+        let external = side == Side::Upstream;
         for (i, s) in self.tls_certificate_sds_secret_configs.iter().enumerate() {
-            if s.name != SDS_DEFAULT {
-                out.push((
-                    format!("tlsCertificateSdsSecretConfigs[{i}].name"),
-                    format!(
-                        "secret {:?} is not served: only the workload certificate {SDS_DEFAULT:?} is (credentialName and file certificates are not implemented)",
-                        s.name
-                    ),
-                ));
+            let problem = match s.secret() {
+                Secret::Workload => None,
+                Secret::FileCert { cert, key } if external => (cert.is_empty() || key.is_empty())
+                    .then(|| "`file-cert:<certificate>~<key>` needs both paths".to_string()),
+                Secret::Credential(_) => Some(format!(
+                    "secret {:?} (a credentialName) is not implemented yet: give the files \
+                     (clientCertificate, privateKey, caCertificates)",
+                    s.name
+                )),
+                _ => Some(format!(
+                    "secret {:?} is not served here: only the workload certificate {SDS_DEFAULT:?}{}",
+                    s.name,
+                    if external {
+                        " and file-cert:<certificate>~<key>"
+                    } else {
+                        ""
+                    }
+                )),
+            };
+            if let Some(message) = problem {
+                out.push((format!("tlsCertificateSdsSecretConfigs[{i}].name"), message));
             }
         }
         if self.tls_certificate_sds_secret_configs.len() > 1 {
@@ -215,16 +306,51 @@ impl CommonTlsContext {
                 "at most one certificate is supported".to_string(),
             ));
         }
+        let cert_is_mesh = self
+            .tls_certificate_sds_secret_configs
+            .first()
+            .map(|c| c.secret() == Secret::Workload);
         if let Some(v) = &self.combined_validation_context {
-            if v.validation_context_sds_secret_config.name != SDS_ROOTCA {
-                out.push((
-                    "combinedValidationContext.validationContextSdsSecretConfig.name".to_string(),
+            let root = &v.validation_context_sds_secret_config;
+            let field = "combinedValidationContext.validationContextSdsSecretConfig.name";
+            match root.secret() {
+                Secret::MeshRoot if cert_is_mesh == Some(false) => out.push((
+                    field.to_string(),
+                    "the mesh root ROOTCA goes with the workload certificate \"default\"".into(),
+                )),
+                Secret::MeshRoot => {}
+                Secret::FileRoot(_) | Secret::SystemRoot if external => {
+                    if cert_is_mesh == Some(true) {
+                        out.push((
+                            field.to_string(),
+                            "the workload certificate \"default\" goes with the mesh root ROOTCA"
+                                .into(),
+                        ));
+                    }
+                }
+                Secret::Credential(_) => out.push((
+                    field.to_string(),
                     format!(
-                        "secret {:?} is not served: only the mesh root {SDS_ROOTCA:?} is",
-                        v.validation_context_sds_secret_config.name
+                        "secret {:?} (a credentialName) is not implemented yet: give the file \
+                         (caCertificates)",
+                        root.name
                     ),
-                ));
+                )),
+                _ => out.push((
+                    field.to_string(),
+                    format!(
+                        "secret {:?} is not served here: only the mesh root {SDS_ROOTCA:?}{}",
+                        root.name,
+                        if external {
+                            ", file-root:<path> and file-root:system"
+                        } else {
+                            ""
+                        }
+                    ),
+                )),
             }
+        }
+        if let Some(v) = &self.combined_validation_context {
             for (i, m) in v
                 .default_validation_context
                 .match_subject_alt_names
@@ -296,6 +422,59 @@ pub fn istio_upstream(sni: &str, alpn: &[&str], sans: &[String]) -> UpstreamTlsC
     }
 }
 
+/// Where the server's certificate is verified against, for TLS to a server outside the mesh.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerRoots {
+    /// The roots in a file in the sidecar (`caCertificates`): `file-root:<path>`.
+    File(String),
+    /// The system's roots (no `caCertificates`): `file-root:system`.
+    System,
+    /// Not verified at all (`insecureSkipVerify: true`): no validation context, as Envoy.
+    SkipVerify,
+}
+
+/// TLS origination to a server outside the mesh, as Istio renders a DestinationRule's `SIMPLE`
+/// (`client: None`) or `MUTUAL` (`client: Some((certificate, key))`, files in the sidecar):
+/// `sni`, ALPN `alpn` (none: the proxy offers what the connection carries), the server's
+/// chain verified against `roots` and its name one of `sans` (the `sni` when empty).
+pub fn external_upstream(
+    sni: &str,
+    alpn: &[&str],
+    client: Option<(&str, &str)>,
+    roots: &ServerRoots,
+    sans: &[String],
+) -> UpstreamTlsContext {
+    let root = match roots {
+        ServerRoots::File(path) => Some(format!("{SDS_FILE_ROOT}{path}")),
+        ServerRoots::System => Some(SDS_SYSTEM_ROOT.to_string()),
+        ServerRoots::SkipVerify => None,
+    };
+    UpstreamTlsContext {
+        common_tls_context: CommonTlsContext {
+            alpn_protocols: alpn.iter().map(|s| s.to_string()).collect(),
+            tls_certificate_sds_secret_configs: client
+                .map(|(cert, key)| SdsSecretConfig {
+                    name: format!("{SDS_FILE_CERT}{cert}~{key}"),
+                })
+                .into_iter()
+                .collect(),
+            combined_validation_context: root.map(|name| CombinedValidationContext {
+                default_validation_context: CertificateValidationContext {
+                    match_subject_alt_names: sans
+                        .iter()
+                        .map(|s| StringMatcher {
+                            exact: Some(s.clone()),
+                            ..StringMatcher::default()
+                        })
+                        .collect(),
+                },
+                validation_context_sds_secret_config: SdsSecretConfig { name },
+            }),
+        },
+        sni: Some(sni.to_string()),
+    }
+}
+
 /// Istio's SNI for a cluster: `outbound_.<port>_.<subset>_.<host>`.
 pub fn istio_sni(port: u16, subset: &str, host: &str) -> String {
     format!("outbound_.{port}_.{subset}_.{host}")
@@ -360,22 +539,99 @@ mod tests {
         assert!(
             istio_downstream(&ALPN_ISTIO_ALL)
                 .common_tls_context
-                .problems()
+                .problems(Side::Downstream)
                 .is_empty()
         );
         let mut c = CommonTlsContext::istio_mutual(&[], &["spiffe://a/ns/b/sa/c".into()]);
         c.tls_certificate_sds_secret_configs[0].name = "kubernetes://my-cert".into();
         let v = c.combined_validation_context.as_mut().unwrap();
-        v.validation_context_sds_secret_config.name = "file-root:/etc/ca.pem".into();
+        v.validation_context_sds_secret_config.name = "kubernetes://my-ca-cacert".into();
         v.default_validation_context.match_subject_alt_names[0].prefix = Some("x".into());
-        let fields: Vec<String> = c.problems().into_iter().map(|(f, _)| f).collect();
-        assert_eq!(
-            fields,
-            vec![
-                "tlsCertificateSdsSecretConfigs[0].name",
-                "combinedValidationContext.validationContextSdsSecretConfig.name",
-                "combinedValidationContext.defaultValidationContext.matchSubjectAltNames[0]",
-            ]
+        for side in [Side::Downstream, Side::Upstream] {
+            let fields: Vec<String> = c.problems(side).into_iter().map(|(f, _)| f).collect();
+            assert_eq!(
+                fields,
+                vec![
+                    "tlsCertificateSdsSecretConfigs[0].name",
+                    "combinedValidationContext.validationContextSdsSecretConfig.name",
+                    "combinedValidationContext.defaultValidationContext.matchSubjectAltNames[0]",
+                ],
+                "{side:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn origination_outside_the_mesh_uses_istios_file_secrets_upstream_only() {
+        let simple = external_upstream(
+            "api.example.com",
+            &[],
+            None,
+            &ServerRoots::File("/etc/ca.pem".into()),
+            &["api.example.com".into()],
         );
+        assert_eq!(
+            serde_json::to_value(&simple).unwrap(),
+            json!({"commonTlsContext": {"combinedValidationContext": {
+                    "defaultValidationContext": {"matchSubjectAltNames": [{"exact": "api.example.com"}]},
+                    "validationContextSdsSecretConfig": {"name": "file-root:/etc/ca.pem"}}},
+                "sni": "api.example.com"})
+        );
+        assert!(!simple.common_tls_context.is_mesh());
+        assert!(
+            simple
+                .common_tls_context
+                .problems(Side::Upstream)
+                .is_empty()
+        );
+        assert_eq!(
+            simple.common_tls_context.problems(Side::Downstream)[0].0,
+            "combinedValidationContext.validationContextSdsSecretConfig.name"
+        );
+        let mutual = external_upstream(
+            "db",
+            &["h2"],
+            Some(("/c.pem", "/k.pem")),
+            &ServerRoots::System,
+            &[],
+        );
+        let c = &mutual.common_tls_context;
+        assert_eq!(
+            c.tls_certificate_sds_secret_configs[0].secret(),
+            Secret::FileCert {
+                cert: "/c.pem",
+                key: "/k.pem"
+            }
+        );
+        assert_eq!(
+            c.combined_validation_context
+                .as_ref()
+                .unwrap()
+                .validation_context_sds_secret_config
+                .secret(),
+            Secret::SystemRoot
+        );
+        assert!(c.problems(Side::Upstream).is_empty());
+        let insecure = external_upstream("db", &[], None, &ServerRoots::SkipVerify, &[]);
+        assert!(
+            insecure
+                .common_tls_context
+                .combined_validation_context
+                .is_none()
+        );
+        // The workload certificate is not mixed with roots outside the mesh, nor a credential
+        // (not implemented) accepted.
+        let mut mixed = istio_upstream("x", &ALPN_ISTIO_TCP, &[]).common_tls_context;
+        mixed
+            .combined_validation_context
+            .as_mut()
+            .unwrap()
+            .validation_context_sds_secret_config = SdsSecretConfig::named(SDS_SYSTEM_ROOT);
+        assert_eq!(mixed.problems(Side::Upstream).len(), 1);
+        let mut cred = c.clone();
+        cred.tls_certificate_sds_secret_configs[0] =
+            SdsSecretConfig::named("kubernetes://db-client");
+        let p = cred.problems(Side::Upstream);
+        assert!(p[0].1.contains("credentialName"), "{p:?}");
     }
 }

@@ -8,6 +8,11 @@
 //! `security.istio.io/tlsMode: istio` (their [`load_assignment`] metadata), plain TCP to the
 //! others. The expected server identities are the SPIFFE ids of the service accounts of the
 //! pods behind the port.
+//!
+//! With or without a CA, `SIMPLE` / `MUTUAL` originate TLS to a server outside the mesh
+//! ([`external_upstream`]): SNI the setting's `sni` or else the service's host (Istio takes it
+//! from the request's authority; rustmesh's pools are per cluster, so the host it is), the
+//! server verified against `caCertificates` or the system roots, unless `insecureSkipVerify`.
 
 use super::{ClusterParts, Ctx, EdsRecipe, EdsRecipes};
 use crate::index::{Labels, MeshConfig};
@@ -28,8 +33,8 @@ use rustmesh_xds::identity::SpiffeId;
 use rustmesh_xds::names::{BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER_V4, PASSTHROUGH_CLUSTER};
 use rustmesh_xds::route::{HashCookie, HashPolicy};
 use rustmesh_xds::tls::{
-    ALPN_ISTIO_TCP, TLS_MODE_ISTIO, TLS_MODE_LABEL, TransportSocketMatch, UpstreamTransportSocket,
-    auto_mtls_matches, istio_sni, istio_upstream,
+    ALPN_ISTIO_TCP, ServerRoots, TLS_MODE_ISTIO, TLS_MODE_LABEL, TransportSocketMatch,
+    UpstreamTransportSocket, auto_mtls_matches, external_upstream, istio_sni, istio_upstream,
 };
 use rustmesh_xds::well_known::INBOUND_PASSTHROUGH_SOURCE_V4;
 use std::collections::BTreeSet;
@@ -232,9 +237,10 @@ pub fn expected_sans(mesh: &MeshConfig, namespace: &str, port: &SvcPort) -> Vec<
 /// How an outbound cluster talks to its endpoints, as Istio decides it: `(transportSocket,
 /// transportSocketMatches)`. `tls` is the DestinationRule's merged setting for the cluster's
 /// port and subset; `sni` and `sans` the defaults of mutual TLS (a setting's own `sni` and
-/// `subjectAltNames` override them). Nothing without a mesh CA; `ISTIO_MUTUAL`: mutual TLS;
-/// `DISABLE` (or a `tls` without mode, proto's default): plain; `SIMPLE`/`MUTUAL`: plain (not
-/// implemented, the DestinationRule's status says so); no setting: auto mTLS when enabled,
+/// `subjectAltNames` override them). `SIMPLE`/`MUTUAL`: TLS to a server outside the mesh
+/// (SNI `host` unless the setting has one), CA or not; otherwise nothing without a mesh CA;
+/// `ISTIO_MUTUAL`: mutual TLS; `DISABLE` (or a `tls` without mode, proto's default): plain;
+/// no setting: auto mTLS when enabled,
 /// except on ORIGINAL_DST clusters, whose endpoints carry no metadata (Istio's exception too),
 /// and towards services whose PeerAuthentication says DISABLE (`destination_disables`).
 pub fn upstream_tls(
@@ -242,9 +248,34 @@ pub fn upstream_tls(
     tls: Option<&ClientTlsSettings>,
     original_dst: bool,
     destination_disables: bool,
+    host: &str,
     sni: &str,
     sans: Vec<String>,
 ) -> (Option<UpstreamTransportSocket>, Vec<TransportSocketMatch>) {
+    if let Some(t) = tls
+        && let Some(mode @ (TlsMode::Simple | TlsMode::Mutual)) = t.mode
+    {
+        let sni = t.sni.as_deref().filter(|s| !s.is_empty()).unwrap_or(host);
+        let roots = match (&t.ca_certificates, t.insecure_skip_verify) {
+            (_, Some(true)) => ServerRoots::SkipVerify,
+            (Some(path), _) if !path.is_empty() => ServerRoots::File(path.clone()),
+            _ => ServerRoots::System,
+        };
+        let client = match (mode, &t.client_certificate, &t.private_key) {
+            (TlsMode::Mutual, Some(cert), Some(key)) => Some((cert.as_str(), key.as_str())),
+            _ => None,
+        };
+        return (
+            Some(UpstreamTransportSocket::Tls(external_upstream(
+                sni,
+                &[],
+                client,
+                &roots,
+                &t.subject_alt_names,
+            ))),
+            Vec::new(),
+        );
+    }
     if mesh.ca_host.is_none() {
         return (None, Vec::new());
     }
@@ -427,6 +458,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
                 policy.tls,
                 passthrough,
                 super::peer_authn::disables_mtls(self.view, &w.svc.namespace),
+                &w.svc.fqdn,
                 &istio_sni(w.port.port, w.subset.unwrap_or(""), &w.svc.fqdn),
                 expected_sans(&self.view.index.mesh, &w.svc.namespace, w.port),
             );

@@ -292,7 +292,11 @@ spec:
   - name: v3
     labels: {version: v3}
     trafficPolicy:
-      tls: {mode: SIMPLE}
+      tls: {mode: SIMPLE, caCertificates: /etc/reviews/ca.pem, subjectAltNames: [reviews.example.com]}
+  - name: v4
+    labels: {version: v4}
+    trafficPolicy:
+      tls: {mode: MUTUAL, clientCertificate: /etc/c.pem, privateKey: /etc/k.pem, sni: legacy.example.com}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -325,27 +329,72 @@ spec:
         v2.common_tls_context.expected_sans(),
         vec!["spiffe://cluster.local/ns/default/sa/reviews-v2"]
     );
-    // SIMPLE: not implemented: plain (and warned).
-    let v3 = format!("outbound|9080|v3|{REVIEWS}");
-    assert!(tls_of(&c, &v3).is_none() && matches_of(&c, &v3).is_empty());
+    // SIMPLE: TLS to a server outside the mesh, SNI the host, verified against the file,
+    // the server one of the subjectAltNames; Istio's SDS names for files.
+    let v3 = tls_of(&c, &format!("outbound|9080|v3|{REVIEWS}")).expect("SIMPLE");
+    assert_eq!(v3.sni.as_deref(), Some(REVIEWS));
+    assert!(v3.common_tls_context.alpn_protocols.is_empty());
+    assert!(
+        v3.common_tls_context
+            .tls_certificate_sds_secret_configs
+            .is_empty()
+    );
+    let roots = v3
+        .common_tls_context
+        .combined_validation_context
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        roots.validation_context_sds_secret_config.name,
+        "file-root:/etc/reviews/ca.pem"
+    );
+    assert_eq!(
+        v3.common_tls_context.expected_sans(),
+        vec!["reviews.example.com"]
+    );
+    // MUTUAL: its client certificate and key, its sni, the system roots.
+    let v4 = tls_of(&c, &format!("outbound|9080|v4|{REVIEWS}")).expect("MUTUAL");
+    assert_eq!(v4.sni.as_deref(), Some("legacy.example.com"));
+    assert_eq!(
+        v4.common_tls_context.tls_certificate_sds_secret_configs[0].name,
+        "file-cert:/etc/c.pem~/etc/k.pem"
+    );
+    assert_eq!(
+        v4.common_tls_context
+            .combined_validation_context
+            .as_ref()
+            .unwrap()
+            .validation_context_sds_secret_config
+            .name,
+        "file-root:system"
+    );
     let view = MeshView::new(&index);
     let verdict = &view.validation.verdicts[&(
         crate::index::Kind::DestinationRule,
         ObjKey::new("default", "reviews"),
     )];
-    assert!(verdict.accepted);
-    assert_eq!(
-        verdict
-            .findings
-            .iter()
-            .map(|f| f.field.as_str())
-            .collect::<Vec<_>>(),
-        ["spec.subsets[2].trafficPolicy.tls.mode"]
+    assert!(
+        verdict.accepted && verdict.findings.is_empty(),
+        "{:?}",
+        verdict.findings
     );
-    assert!(verdict.findings[0].message.contains("not implemented yet"));
     // A top-level port-level DISABLE replaces the top-level ISTIO_MUTUAL for that port.
     let db = "outbound|3306||db.default.svc.cluster.local";
     assert!(tls_of(&c, db).is_none() && matches_of(&c, db).is_empty());
+}
+
+#[test]
+fn simple_originates_tls_without_a_mesh_ca_too() {
+    let mut index = with_dr(
+        mesh(),
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: db, namespace: default}\nspec:\n  host: db\n  trafficPolicy:\n    tls: {mode: SIMPLE, insecureSkipVerify: true}\n",
+    );
+    index.mesh.ca_host = None;
+    let c = rendered(&index, &Scope::namespace("default"));
+    let db = tls_of(&c, "outbound|3306||db.default.svc.cluster.local").expect("SIMPLE");
+    assert_eq!(db.sni.as_deref(), Some("db.default.svc.cluster.local"));
+    // insecureSkipVerify: no validation context, as Envoy reads it.
+    assert!(db.common_tls_context.combined_validation_context.is_none());
 }
 
 #[test]

@@ -9,6 +9,10 @@
 //!   [`peer_identity`] gives either end the other's id (for metrics and authorization).
 //! - ALPN is given by the caller ([`crate::transport::Purpose`] has Istio's), so an inbound
 //!   listener recognises a mesh peer's TLS before any certificate is read.
+//! - TLS to a server outside the mesh (a DestinationRule's `SIMPLE` / `MUTUAL`) is
+//!   [`external_client_config`]: the server's chain verified against the given roots and its
+//!   name against the expected subject alt names (the SNI when none are given), or not verified
+//!   at all (`insecureSkipVerify`), with the client certificate from files for `MUTUAL`.
 //! - Only TLS 1.2 and 1.3 with the provider's default suites (ring); the key stays in memory.
 
 use std::sync::Arc;
@@ -95,9 +99,9 @@ pub fn client_config(
     expected: Vec<SpiffeId>,
     alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ClientConfig>, TlsConfigError> {
-    let verifier = Arc::new(SpiffeServerVerifier {
-        roots: roots(cert)?,
-        expected,
+    let verifier = Arc::new(ServerVerifier {
+        roots: Some(roots(cert)?),
+        check: Check::Spiffe(expected),
         provider: provider(),
     });
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
@@ -111,32 +115,136 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
-/// Verifies a server by chain (mesh root) and SPIFFE id, ignoring the DNS name (mesh
-/// certificates carry none).
+/// The client side towards a server outside the mesh: presents `client` (chain, key) if any,
+/// verifies the server's chain against `roots` (not at all when `None`: `insecureSkipVerify`)
+/// and its name: one of `sans` (DNS names, with a certificate's `*.` wildcard, IP addresses or
+/// URIs, compared exactly) or, when `sans` is empty, the server name the client sends.
+pub fn external_client_config(
+    roots: Option<rustls::RootCertStore>,
+    sans: Vec<String>,
+    client: Option<(
+        Vec<CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    )>,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ClientConfig>, TlsConfigError> {
+    let check = if sans.is_empty() {
+        Check::ServerName
+    } else {
+        Check::Sans(sans)
+    };
+    let verifier = Arc::new(ServerVerifier {
+        roots,
+        check,
+        provider: provider(),
+    });
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsConfigError(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match client {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| TlsConfigError(format!("the client certificate: {e}")))?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// What a server's leaf must name, beyond a chain to the roots.
 #[derive(Debug)]
-struct SpiffeServerVerifier {
-    roots: rustls::RootCertStore,
-    expected: Vec<SpiffeId>,
+enum Check {
+    /// One of these SPIFFE ids (any mesh identity when empty); DNS names are ignored (mesh
+    /// certificates carry none).
+    Spiffe(Vec<SpiffeId>),
+    /// One of these subject alt names.
+    Sans(Vec<String>),
+    /// The server name the client sent (SNI), as any TLS client checks it.
+    ServerName,
+}
+
+/// Whether a certificate's subject alt names include `want`: DNS names case-insensitively (a
+/// `*.` wildcard covering one label), IP addresses and URIs exactly.
+fn has_san(cert: &X509Certificate<'_>, want: &str) -> bool {
+    use x509_parser::extensions::GeneralName;
+    let Ok(Some(sans)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    sans.value.general_names.iter().any(|n| match n {
+        GeneralName::DNSName(d) => dns_matches(d, want),
+        GeneralName::URI(u) => *u == want,
+        GeneralName::IPAddress(bytes) => {
+            let ip = match bytes.len() {
+                4 => <[u8; 4]>::try_from(*bytes).ok().map(std::net::IpAddr::from),
+                16 => <[u8; 16]>::try_from(*bytes)
+                    .ok()
+                    .map(std::net::IpAddr::from),
+                _ => None,
+            };
+            ip.is_some_and(|ip| want.parse::<std::net::IpAddr>().ok() == Some(ip))
+        }
+        _ => false,
+    })
+}
+
+fn dns_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => name
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest.eq_ignore_ascii_case(suffix)),
+        None => pattern.eq_ignore_ascii_case(name),
+    }
+}
+
+/// Verifies a server by chain and by name, as [`Check`] says.
+#[derive(Debug)]
+struct ServerVerifier {
+    /// `None`: no verification at all (`insecureSkipVerify`).
+    roots: Option<rustls::RootCertStore>,
+    check: Check,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for SpiffeServerVerifier {
+impl ServerCertVerifier for ServerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
+        server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
+        let Some(roots) = &self.roots else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &parsed,
-            &self.roots,
+            roots,
             intermediates,
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
+        let expected = match &self.check {
+            Check::Spiffe(expected) => expected,
+            Check::ServerName => {
+                rustls::client::verify_server_name(&parsed, server_name)?;
+                return Ok(ServerCertVerified::assertion());
+            }
+            Check::Sans(sans) => {
+                let (_, cert) = X509Certificate::from_der(end_entity)
+                    .map_err(|e| TlsError::General(format!("the server's certificate: {e}")))?;
+                if sans.iter().any(|want| has_san(&cert, want)) {
+                    return Ok(ServerCertVerified::assertion());
+                }
+                return Err(TlsError::General(format!(
+                    "the server's certificate names none of the expected subject alt names [{}]",
+                    sans.join(", ")
+                )));
+            }
+        };
         let ids = spiffe_ids(end_entity);
         let [id] = ids.as_slice() else {
             return Err(TlsError::General(format!(
@@ -144,10 +252,10 @@ impl ServerCertVerifier for SpiffeServerVerifier {
                 ids.len()
             )));
         };
-        if !self.expected.is_empty() && !self.expected.contains(id) {
+        if !expected.is_empty() && !expected.contains(id) {
             return Err(TlsError::General(format!(
                 "the server is {id}, not one of the expected identities [{}]",
-                self.expected
+                expected
                     .iter()
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
@@ -193,5 +301,20 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 
     fn root_hint_subjects(&self) -> Option<&[DistinguishedName]> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dns_matches;
+
+    #[test]
+    fn a_wildcard_covers_exactly_one_label() {
+        assert!(dns_matches("api.example.com", "API.example.com"));
+        assert!(dns_matches("*.example.com", "api.example.com"));
+        assert!(!dns_matches("*.example.com", "example.com"));
+        assert!(!dns_matches("*.example.com", "a.b.example.com"));
+        assert!(!dns_matches("*.example.com", ".example.com"));
+        assert!(!dns_matches("api.example.com", "api.example.org"));
     }
 }

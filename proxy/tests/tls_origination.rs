@@ -1,0 +1,444 @@
+//! TLS origination to a server outside the mesh (a DestinationRule's `SIMPLE` / `MUTUAL`), on
+//! loopback: the app sends plain HTTP (or TCP) to the sidecar's outbound listener, the sidecar
+//! (the real listeners, clusters and pools) opens TLS to a real rustls server whose
+//! certificates a test CA (rcgen) issued. The configuration is the shape the operator renders
+//! (`render::clusters::upstream_tls`), with Istio's file secrets.
+//!
+//! What is proved, from Istio's documented behaviour of `ClientTLSSettings`:
+//! - `SIMPLE` with `caCertificates`: TLS with the SNI asked, the server verified against the
+//!   file; a server whose certificate does not name the SNI, or none of `subjectAltNames`, is
+//!   refused; without `caCertificates` the system roots are used (a private CA is refused);
+//!   `insecureSkipVerify` accepts any server;
+//! - HTTP/2 to the server negotiates `h2` by ALPN; raw TCP works too;
+//! - `MUTUAL` presents the client certificate of its files (a server requiring one accepts
+//!   it, and refuses `SIMPLE`);
+//! - a missing file fails the cluster's requests, naming nothing to the app but 503, without
+//!   opening a connection to the server.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use rcgen::{CertificateParams, DnType, Issuer, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use rustmesh_proxy::cluster::ClusterManager;
+use rustmesh_proxy::drain;
+use rustmesh_proxy::http::handler::ConnectionManager;
+use rustmesh_proxy::listener::{Direction, Shared, VirtualListener};
+use rustmesh_proxy::metrics::{Metrics as IstioMetrics, WorkloadInfo};
+use rustmesh_proxy::snapshot::{Snapshot, Store};
+use rustmesh_proxy::socket::{ClientAddr, FixedAddrs, OrigDstAddr};
+use rustmesh_proxy::stats::Metrics;
+use rustmesh_xds::ProxyConfig;
+use rustmesh_xds::tls::{ServerRoots, external_upstream};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const VIP: &str = "10.96.7.7";
+const HTTP_PORT: u16 = 443;
+const TCP_PORT: u16 = 5432;
+const NAME: &str = "ext.example.com";
+
+// ---- a private CA and the files a user would give ------------------------------------------
+
+struct Pki {
+    dir: tempfile::TempDir,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "test root");
+        let key = KeyPair::generate().unwrap();
+        let root = params.self_signed(&key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), root.pem()).unwrap();
+        Pki {
+            dir,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf for `names` with common name `cn`: (chain PEM, key PEM).
+    fn leaf(&self, cn: &str, names: &[&str]) -> (String, String) {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.path().join(file).display().to_string()
+    }
+
+    /// Writes a client certificate and key, returning their paths.
+    fn client_files(&self) -> (String, String) {
+        let (cert, key) = self.leaf("payments-client", &[]);
+        std::fs::write(self.dir.path().join("client.pem"), cert).unwrap();
+        std::fs::write(self.dir.path().join("client-key.pem"), key).unwrap();
+        (self.path("client.pem"), self.path("client-key.pem"))
+    }
+}
+
+// ---- the server outside the mesh ------------------------------------------------------------
+
+/// A TLS server (HTTP/1.1 and h2 after ALPN; raw TCP echo on `tcp`) that answers with what it
+/// saw: `<version> sni=<sni> client=<client CN or ->`. Counts accepted TCP connections.
+struct Server {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+}
+
+async fn tls_server(pki: &Pki, names: &[&str], require_client: bool, tcp: bool) -> Server {
+    let (chain, key) = pki.leaf(names[0], names);
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = if require_client {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(pki.path("ca.pem")).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        builder.with_client_cert_verifier(
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                .build()
+                .unwrap(),
+        )
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut config = builder.with_single_cert(chain, key).unwrap();
+    if !tcp {
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let conn = tls.get_ref().1;
+                let sni = conn.server_name().unwrap_or("-").to_string();
+                let client = conn
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| {
+                        x509_parser::parse_x509_certificate(c.as_ref())
+                            .ok()
+                            .and_then(|(_, x)| {
+                                x.subject()
+                                    .iter_common_name()
+                                    .next()
+                                    .and_then(|cn| cn.as_str().ok().map(str::to_string))
+                            })
+                    })
+                    .unwrap_or_else(|| "-".to_string());
+                let seen = format!("sni={sni} client={client}");
+                if tcp {
+                    let _ = tls.write_all(format!("tcp {seen}\n").as_bytes()).await;
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = tls.read(&mut buf).await {
+                        if n == 0 || tls.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    return;
+                }
+                let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                    let body = format!("{:?} {seen}", req.version());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(Bytes::from(body)),
+                        ))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .await;
+            });
+        }
+    });
+    Server { addr, accepted }
+}
+
+// ---- the client sidecar ----------------------------------------------------------------------
+
+fn address(ip: &str, port: u16) -> Value {
+    json!({"socketAddress": {"address": ip, "portValue": port}})
+}
+
+/// Outbound `VIP:443` (HTTP, to `outbound|443||ext.example.com`) and `VIP:5432` (TCP) with
+/// `tls` as each cluster's transport socket; `h2` makes the HTTP cluster speak HTTP/2.
+fn client_doc(server: SocketAddr, tls: Value, h2: bool) -> Value {
+    let cluster = |port: u16| format!("outbound|{port}||{NAME}");
+    let def = |port: u16| {
+        let mut c = json!({"name": cluster(port), "type": "STATIC", "connectTimeout": "5s",
+            "loadAssignment": {"clusterName": cluster(port), "endpoints": [{"lbEndpoints": [
+                {"endpoint": {"address": address("127.0.0.1", server.port())}}]}]},
+            "transportSocket": {"name": "envoy.transport_sockets.tls", "typedConfig": tls.clone()}});
+        if h2 && port == HTTP_PORT {
+            c["upstreamProtocol"] = json!("HTTP2");
+        }
+        c
+    };
+    json!({
+        "listeners": [
+            {"name": "virtualOutbound", "address": address("0.0.0.0", 15001), "trafficDirection": "OUTBOUND",
+             "useOriginalDst": true, "filterChains": [{"name": "catch-all", "filters": [{"name": "envoy.filters.network.tcp_proxy",
+                "typedConfig": {"statPrefix": "BlackHoleCluster", "cluster": "BlackHoleCluster"}}]}]},
+            {"name": format!("{VIP}_{HTTP_PORT}"), "address": address(VIP, HTTP_PORT), "trafficDirection": "OUTBOUND",
+             "bindToPort": false, "filterChains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                "typedConfig": {"statPrefix": "outbound_443", "routeConfig": {"name": "443", "virtualHosts": [
+                    {"name": NAME, "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster(HTTP_PORT)}}]}]}}}]}]},
+            {"name": format!("{VIP}_{TCP_PORT}"), "address": address(VIP, TCP_PORT), "trafficDirection": "OUTBOUND",
+             "bindToPort": false, "filterChains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy",
+                "typedConfig": {"statPrefix": cluster(TCP_PORT), "cluster": cluster(TCP_PORT)}}]}]},
+        ],
+        "clusters": [
+            {"name": "BlackHoleCluster", "type": "STATIC", "connectTimeout": "10s",
+             "loadAssignment": {"clusterName": "BlackHoleCluster", "endpoints": []}},
+            def(HTTP_PORT), def(TCP_PORT)],
+    })
+}
+
+struct Sidecar {
+    _drain: drain::Signal,
+    http: SocketAddr,
+    tcp: SocketAddr,
+}
+
+impl Sidecar {
+    /// A sidecar with `doc`, and its outbound listener as the app's connections to `VIP:443`
+    /// and `VIP:5432` reach it.
+    fn new(doc: Value) -> Sidecar {
+        let metrics = Metrics::default();
+        let istio = Arc::new(IstioMetrics::new());
+        let workload = Arc::new(WorkloadInfo {
+            name: "payments".to_string(),
+            namespace: "shop".to_string(),
+            labels: BTreeMap::new(),
+        });
+        let http = Arc::new(ConnectionManager::new(istio.clone(), workload.clone()));
+        let clusters = Arc::new(ClusterManager::new(metrics.clone()));
+        let shared = Arc::new(Shared {
+            store: Arc::new(Store::new()),
+            metrics: metrics.clone(),
+            istio,
+            workload,
+            identity: clusters.identity().clone(),
+            http: http.clone(),
+        });
+        let config = ProxyConfig::from_json(&doc.to_string()).expect("a valid configuration");
+        let snapshot = Snapshot::compile(config, &clusters, &metrics, &http).expect("compiles");
+        clusters.commit(&snapshot.clusters);
+        shared.store.swap(Arc::new(snapshot));
+        let (signal, watch) = drain::channel();
+        let listen = |port: u16| {
+            let orig_dst: SocketAddr = format!("{VIP}:{port}").parse().unwrap();
+            let l = VirtualListener::new(
+                Direction::Outbound,
+                "127.0.0.1:0".parse().unwrap(),
+                shared.clone(),
+            )
+            .unwrap();
+            let addr = l.local_addrs()[0];
+            tokio::spawn(l.run_with(watch.clone(), move |s: &TcpStream| {
+                Ok(FixedAddrs {
+                    orig_dst: OrigDstAddr(orig_dst),
+                    client: ClientAddr(s.peer_addr()?),
+                })
+            }));
+            addr
+        };
+        Sidecar {
+            http: listen(HTTP_PORT),
+            tcp: listen(TCP_PORT),
+            _drain: signal,
+        }
+    }
+
+    /// A plain-text GET from the app: (status, body).
+    async fn get(&self) -> (u16, String) {
+        let tcp = TcpStream::connect(self.http).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::get("/")
+            .header("host", NAME)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+fn simple(roots: ServerRoots, sans: &[&str]) -> Value {
+    let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+    serde_json::to_value(external_upstream(NAME, &[], None, &roots, &sans)).unwrap()
+}
+
+fn ca_file(pki: &Pki) -> ServerRoots {
+    ServerRoots::File(pki.path("ca.pem"))
+}
+
+// ---- the tests --------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn simple_originates_tls_verified_against_the_given_roots_and_name() {
+    let pki = Pki::new();
+    let server = tls_server(&pki, &[NAME], false, false).await;
+    // The app speaks plain HTTP/1.1; the server sees TLS with the SNI asked.
+    let sidecar = Sidecar::new(client_doc(server.addr, simple(ca_file(&pki), &[]), false));
+    let (status, body) = sidecar.get().await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "HTTP/1.1 sni=ext.example.com client=-")
+    );
+    // The server's certificate is also checked against subjectAltNames when given.
+    let named = Sidecar::new(client_doc(
+        server.addr,
+        simple(ca_file(&pki), &["other.example.com", NAME]),
+        false,
+    ));
+    assert_eq!(named.get().await.0, 200);
+    let wrong_san = Sidecar::new(client_doc(
+        server.addr,
+        simple(ca_file(&pki), &["other.example.com"]),
+        false,
+    ));
+    assert_eq!(
+        wrong_san.get().await.0,
+        503,
+        "a server naming none of subjectAltNames"
+    );
+    // A server whose certificate does not name the SNI is refused.
+    let impostor = tls_server(&pki, &["impostor.example.com"], false, false).await;
+    let refused = Sidecar::new(client_doc(impostor.addr, simple(ca_file(&pki), &[]), false));
+    assert_eq!(refused.get().await.0, 503, "a certificate for another name");
+    assert!(impostor.accepted.load(Ordering::SeqCst) > 0);
+}
+
+#[tokio::test]
+async fn without_ca_certificates_the_system_roots_decide_and_insecure_skip_verify_does_not_verify()
+{
+    let pki = Pki::new();
+    let server = tls_server(&pki, &[NAME], false, false).await;
+    // A private CA is in no system bundle: refused.
+    let system = Sidecar::new(client_doc(
+        server.addr,
+        simple(ServerRoots::System, &[]),
+        false,
+    ));
+    assert_eq!(system.get().await.0, 503);
+    assert!(
+        server.accepted.load(Ordering::SeqCst) > 0,
+        "the handshake was tried"
+    );
+    // insecureSkipVerify: no validation context, any server accepted.
+    let insecure = Sidecar::new(client_doc(
+        server.addr,
+        simple(ServerRoots::SkipVerify, &[]),
+        false,
+    ));
+    let (status, body) = insecure.get().await;
+    assert_eq!(status, 200);
+    assert!(body.ends_with("sni=ext.example.com client=-"), "{body}");
+}
+
+#[tokio::test]
+async fn http2_negotiates_h2_and_raw_tcp_is_carried_too() {
+    let pki = Pki::new();
+    let http = tls_server(&pki, &[NAME], false, false).await;
+    let sidecar = Sidecar::new(client_doc(http.addr, simple(ca_file(&pki), &[]), true));
+    assert_eq!(
+        sidecar.get().await,
+        (200, "HTTP/2.0 sni=ext.example.com client=-".to_string())
+    );
+    let tcp = tls_server(&pki, &[NAME], false, true).await;
+    let sidecar = Sidecar::new(client_doc(tcp.addr, simple(ca_file(&pki), &[]), false));
+    let mut s = TcpStream::connect(sidecar.tcp).await.unwrap();
+    s.write_all(b"ping\n").await.unwrap();
+    let mut got = Vec::new();
+    let want = b"tcp sni=ext.example.com client=-\nping\n";
+    while got.len() < want.len() {
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+}
+
+#[tokio::test]
+async fn mutual_presents_the_client_certificate_of_its_files() {
+    let pki = Pki::new();
+    let server = tls_server(&pki, &[NAME], true, false).await;
+    let (cert, key) = pki.client_files();
+    let mutual = serde_json::to_value(external_upstream(
+        NAME,
+        &[],
+        Some((&cert, &key)),
+        &ca_file(&pki),
+        &[],
+    ))
+    .unwrap();
+    let sidecar = Sidecar::new(client_doc(server.addr, mutual, false));
+    let (status, body) = sidecar.get().await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "HTTP/1.1 sni=ext.example.com client=payments-client")
+    );
+    // The same server refuses SIMPLE (no client certificate).
+    let simple = Sidecar::new(client_doc(server.addr, simple(ca_file(&pki), &[]), false));
+    assert_eq!(simple.get().await.0, 503);
+}
+
+#[tokio::test]
+async fn a_missing_file_fails_the_requests_before_any_connection() {
+    let pki = Pki::new();
+    let server = tls_server(&pki, &[NAME], false, false).await;
+    let missing = pki.path("no-such-ca.pem");
+    assert!(!Path::new(&missing).exists());
+    let sidecar = Sidecar::new(client_doc(
+        server.addr,
+        simple(ServerRoots::File(missing), &[]),
+        false,
+    ));
+    assert_eq!(sidecar.get().await.0, 503);
+    assert_eq!(sidecar.get().await.0, 503);
+    assert_eq!(
+        server.accepted.load(Ordering::SeqCst),
+        0,
+        "no connection to the server without its roots"
+    );
+}
