@@ -17,10 +17,16 @@ files (see `bench/run`'s `make_certs`): rustmesh with `transportSocketMatches` (
 `UpstreamTlsContext` / `DownstreamTlsContext` doing the same: TLS 1.3, Istio's SNI and ALPN,
 the server's SPIFFE id checked by the client, a client certificate required by the server,
 session resumption on for both and equally available (Envoy's client keeps 8 sessions, as many
-TLS 1.3 tickets as rustls' keeps per server).
+TLS 1.3 tickets as rustls' keeps per server), or, with `RESUMPTION["on"] = False` (`bench/run
+--full-handshakes`), off on both ends of both (rustmesh: `maxSessionKeys: 0` and
+`disableStatefulSessionResumption`; Envoy: `max_session_keys: 0` and both `disable_*`), so that
+every new connection is a full handshake.
 """
 
 import os
+
+# Session resumption between the sidecars of the mTLS pair (bench/run --full-handshakes: off).
+RESUMPTION = {"on": True}
 
 SERVICE = "server.bench.svc.cluster.local"
 
@@ -97,6 +103,7 @@ def _rm_tls(alpn):
                 },
             },
             "requireClientCertificate": True,
+            **({} if RESUMPTION["on"] else {"disableStatefulSessionResumption": True}),
         },
     }
 
@@ -119,6 +126,7 @@ def _rm_auto_mtls(port):
                         },
                     },
                     "sni": sni(port),
+                    **({} if RESUMPTION["on"] else {"maxSessionKeys": 0}),
                 },
             },
         },
@@ -399,6 +407,8 @@ def _edownstream(certs, alpn):
             "@type": T + "transport_sockets.tls.v3.DownstreamTlsContext",
             "common_tls_context": _common_tls(certs, alpn),
             "require_client_certificate": True,
+            **({} if RESUMPTION["on"] else {"disable_stateless_session_resumption": True,
+                                            "disable_stateful_session_resumption": True}),
         },
     }
 
@@ -414,7 +424,7 @@ def _eupstream(certs, port, alpn):
             # (its client default), Envoy 1 (`max_session_keys` default), so that with
             # connections in parallel most of Envoy's find none and do a full handshake. 8 here
             # makes resumption equally available to both.
-            "max_session_keys": 8,
+            "max_session_keys": 8 if RESUMPTION["on"] else 0,
         },
     }
 

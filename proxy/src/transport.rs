@@ -24,6 +24,9 @@
 //!   used and kept while its configuration stands; one that is missing or bad fails that
 //!   cluster's connections, naming the file, before dialing. ALPN: the context's, else `h2` or
 //!   `http/1.1` for HTTP and none for TCP.
+//! - **Resumption** is on by default both ways (rustls' session cache and TLS 1.3 tickets);
+//!   Envoy's `maxSessionKeys: 0` (client) and `disableStatefulSessionResumption` (server) turn
+//!   it off, so every handshake is a full one.
 //! - Handshakes are bounded by [`HANDSHAKE_TIMEOUT`].
 
 use std::io;
@@ -255,6 +258,8 @@ type Cached<T> = Mutex<Option<(u64, T)>>;
 pub struct Terminate {
     alpn: Vec<Vec<u8>>,
     require_client_certificate: bool,
+    /// Resumption from the session cache (`disableStatefulSessionResumption` turns it off).
+    resumption: bool,
     store: Arc<Store>,
     cache: Cached<Arc<rustls::ServerConfig>>,
 }
@@ -279,6 +284,7 @@ impl Terminate {
                 .map(|p| p.as_bytes().to_vec())
                 .collect(),
             require_client_certificate: ctx.require_client_certificate,
+            resumption: !ctx.disable_stateful_session_resumption,
             store,
             cache: Mutex::new(None),
         }
@@ -298,8 +304,14 @@ impl Terminate {
             .filter(|c| c.is_valid_at(std::time::SystemTime::now()))
             .ok_or(TlsError::NoCertificate)?;
         let alpn: Vec<&[u8]> = self.alpn.iter().map(Vec::as_slice).collect();
-        let config = server_config(&cert, &alpn, self.require_client_certificate)
+        let mut config = server_config(&cert, &alpn, self.require_client_certificate)
             .map_err(|e| TlsError::Config(e.to_string()))?;
+        if !self.resumption {
+            let mut c = Arc::unwrap_or_clone(config);
+            c.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            c.send_tls13_tickets = 0;
+            config = Arc::new(c);
+        }
         *cache = Some((generation, config.clone()));
         Ok(config)
     }
@@ -320,6 +332,8 @@ impl Terminate {
 pub struct Originate {
     sni: ServerName<'static>,
     kind: Kind,
+    /// `maxSessionKeys`: `Some(0)` no resumption, `Some(n)` sessions of `n` servers kept.
+    sessions: Option<u32>,
     store: Arc<Store>,
     cache: Cached<[Option<Arc<rustls::ClientConfig>>; 3]>,
     /// What the files of [`Kind::External`] held, once read.
@@ -363,7 +377,7 @@ impl std::fmt::Debug for Originate {
 
 impl PartialEq for Originate {
     fn eq(&self, other: &Self) -> bool {
-        self.sni == other.sni && self.kind == other.kind
+        self.sni == other.sni && self.kind == other.kind && self.sessions == other.sessions
     }
 }
 
@@ -425,6 +439,7 @@ impl Originate {
         Ok(Originate {
             sni,
             kind,
+            sessions: ctx.max_session_keys,
             store,
             cache: Mutex::new(None),
             material: Mutex::new(None),
@@ -535,6 +550,17 @@ impl Originate {
             }
         }
         .map_err(|e| TlsError::Config(e.to_string()))?;
+        let config = match self.sessions {
+            None => config,
+            Some(n) => {
+                let mut c = Arc::unwrap_or_clone(config);
+                c.resumption = match n {
+                    0 => rustls::client::Resumption::disabled(),
+                    n => rustls::client::Resumption::in_memory_sessions(n as usize),
+                };
+                Arc::new(c)
+            }
+        };
         match &mut *cache {
             Some((g, configs)) if *g == generation => {
                 configs[purpose.index()] = Some(config.clone())

@@ -217,3 +217,72 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
             .supported_schemes()
     }
 }
+
+/// The handshake kinds of three connections in a row from an `Originate` to a `Terminate`
+/// built from these contexts (the proxy's own transport layer both ends).
+async fn handshake_kinds(
+    m: Mesh,
+    server: rustmesh_xds::tls::DownstreamTlsContext,
+    client: rustmesh_xds::tls::UpstreamTlsContext,
+) -> Vec<Option<rustls::HandshakeKind>> {
+    use rustmesh_proxy::identity::Store;
+    use rustmesh_proxy::transport::{Io, Originate, Terminate};
+    let (server_certs, client_certs) = (Arc::new(Store::default()), Arc::new(Store::default()));
+    server_certs.install(m.ratings);
+    client_certs.install(m.reviews);
+    let terminate = Arc::new(Terminate::new(&server, server_certs));
+    let originate = Originate::new(&client, client_certs).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let terminate = terminate.clone();
+            tokio::spawn(async move {
+                if let Ok(mut io) = terminate.accept(tcp).await {
+                    // TLS 1.3 tickets go out with the server's first write.
+                    let _ = io.write_all(b"ok").await;
+                    let mut buf = [0u8; 1];
+                    let _ = io.read(&mut buf).await;
+                }
+            });
+        }
+    });
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut io = originate.connect(tcp, Purpose::Tcp).await.unwrap();
+        let mut buf = [0u8; 2];
+        io.read_exact(&mut buf).await.unwrap();
+        let Io::Client(tls) = &io else {
+            panic!("not a client TLS stream")
+        };
+        kinds.push(tls.get_ref().1.handshake_kind());
+    }
+    kinds
+}
+
+#[tokio::test]
+async fn resumption_is_on_by_default_and_either_side_can_turn_it_off() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    use rustmesh_xds::tls::{ALPN_ISTIO_TCP, istio_downstream, istio_upstream};
+    let server = || istio_downstream(&ALPN_ISTIO_TCP);
+    let client = || istio_upstream("outbound_.9000_._.ratings", &ALPN_ISTIO_TCP, &[]);
+    assert_eq!(
+        handshake_kinds(mesh().await, server(), client()).await,
+        [Some(Full), Some(Resumed), Some(Resumed)]
+    );
+    // Envoy's disableStatefulSessionResumption on the server: no tickets, no cache.
+    let mut no_cache = server();
+    no_cache.disable_stateful_session_resumption = true;
+    assert_eq!(
+        handshake_kinds(mesh().await, no_cache, client()).await,
+        [Some(Full); 3]
+    );
+    // Envoy's maxSessionKeys: 0 on the client: nothing kept to resume with.
+    let mut no_keys = client();
+    no_keys.max_session_keys = Some(0);
+    assert_eq!(
+        handshake_kinds(mesh().await, server(), no_keys).await,
+        [Some(Full); 3]
+    );
+}

@@ -159,7 +159,11 @@ async fn tls_server(pki: &Pki, names: &[&str], require_client: bool, tcp: bool) 
                     .unwrap_or_else(|| "-".to_string());
                 let seen = format!("sni={sni} client={client}");
                 if tcp {
+                    let kind = format!("{:?}", conn.handshake_kind());
                     let _ = tls.write_all(format!("tcp {seen}\n").as_bytes()).await;
+                    let _ = tls
+                        .write_all(format!("handshake {kind}\n").as_bytes())
+                        .await;
                     let mut buf = [0u8; 1024];
                     while let Ok(n) = tls.read(&mut buf).await {
                         if n == 0 || tls.write_all(&buf[..n]).await.is_err() {
@@ -386,17 +390,55 @@ async fn http2_negotiates_h2_and_raw_tcp_is_carried_too() {
     );
     let tcp = tls_server(&pki, &[NAME], false, true).await;
     let sidecar = Sidecar::new(client_doc(tcp.addr, simple(ca_file(&pki), &[]), false));
-    let mut s = TcpStream::connect(sidecar.tcp).await.unwrap();
+    assert_eq!(
+        tcp_exchange(sidecar.tcp).await,
+        "tcp sni=ext.example.com client=-\nhandshake Some(Full)\nping\n"
+    );
+}
+
+/// One connection through the sidecar's TCP listener: sends `ping`, returns all it got.
+async fn tcp_exchange(at: SocketAddr) -> String {
+    let mut s = TcpStream::connect(at).await.unwrap();
     s.write_all(b"ping\n").await.unwrap();
     let mut got = Vec::new();
-    let want = b"tcp sni=ext.example.com client=-\nping\n";
-    while got.len() < want.len() {
+    while !got.ends_with(b"ping\n") {
         let mut buf = [0u8; 256];
         let n = s.read(&mut buf).await.unwrap();
         assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
         got.extend_from_slice(&buf[..n]);
     }
-    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn sessions_resume_unless_max_session_keys_is_zero() {
+    let pki = Pki::new();
+    let server = tls_server(&pki, &[NAME], false, true).await;
+    let kinds = |doc: Value| async move {
+        let sidecar = Sidecar::new(doc);
+        let mut kinds = Vec::new();
+        for _ in 0..3 {
+            let got = tcp_exchange(sidecar.tcp).await;
+            kinds.push(got.lines().nth(1).unwrap().to_string());
+        }
+        kinds
+    };
+    // Default: the second and later connections resume from a TLS 1.3 ticket.
+    assert_eq!(
+        kinds(client_doc(server.addr, simple(ca_file(&pki), &[]), false)).await,
+        [
+            "handshake Some(Full)",
+            "handshake Some(Resumed)",
+            "handshake Some(Resumed)"
+        ]
+    );
+    // Envoy's maxSessionKeys: 0: every handshake is a full one.
+    let mut off = simple(ca_file(&pki), &[]);
+    off["maxSessionKeys"] = json!(0);
+    assert_eq!(
+        kinds(client_doc(server.addr, off, false)).await,
+        ["handshake Some(Full)"; 3]
+    );
 }
 
 #[tokio::test]

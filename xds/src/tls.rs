@@ -115,6 +115,15 @@ pub struct DownstreamTlsContext {
     /// Refuse a client without a certificate (Istio: always, for mutual TLS).
     #[serde(default)]
     pub require_client_certificate: bool,
+    /// Envoy's switch off for session tickets the server cannot decrypt without a cache: the
+    /// proxy never issues such (stateless) tickets, so `true` changes nothing and `false` is
+    /// what it does.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disable_stateless_session_resumption: bool,
+    /// No resumption from the server's session cache: no TLS 1.3 tickets are sent and no
+    /// session is kept, so every handshake is a full one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disable_stateful_session_resumption: bool,
 }
 
 /// Envoy's `UpstreamTlsContext`, the part Istio's outbound clusters use.
@@ -125,6 +134,11 @@ pub struct UpstreamTlsContext {
     /// The server name sent (Istio: `outbound_.<port>_.<subset>_.<host>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
+    /// Envoy's `maxSessionKeys`: `0` turns session resumption off (every handshake is a full
+    /// one); another value is the number of servers whose sessions the client keeps (rustls
+    /// keeps up to 8 TLS 1.3 tickets each); unset, rustls' default (256 servers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_session_keys: Option<u32>,
 }
 
 /// Envoy's `CommonTlsContext`: certificates, validation and ALPN.
@@ -419,6 +433,7 @@ pub fn istio_upstream(sni: &str, alpn: &[&str], sans: &[String]) -> UpstreamTlsC
     UpstreamTlsContext {
         common_tls_context: CommonTlsContext::istio_mutual(alpn, sans),
         sni: Some(sni.to_string()),
+        max_session_keys: None,
     }
 }
 
@@ -472,6 +487,7 @@ pub fn external_upstream(
             }),
         },
         sni: Some(sni.to_string()),
+        max_session_keys: None,
     }
 }
 
@@ -485,6 +501,7 @@ pub fn istio_downstream(alpn: &[&str]) -> DownstreamTlsContext {
     DownstreamTlsContext {
         common_tls_context: CommonTlsContext::istio_mutual(alpn, &[]),
         require_client_certificate: true,
+        ..DownstreamTlsContext::default()
     }
 }
 
