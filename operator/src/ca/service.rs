@@ -319,7 +319,9 @@ impl<A: Authenticate> CaServer<A> {
 
     /// Serves until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let incoming = tonic::transport::server::TcpIncoming::from(self.listener);
+        // Small request/answer writes: no Nagle delay (TLS handshake, then one gRPC exchange).
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true));
         tonic::transport::Server::builder()
             .tls_config(self.tls)
             .map_err(|e| ServerError::Tls(e.to_string()))?

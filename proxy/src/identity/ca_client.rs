@@ -222,9 +222,10 @@ impl CaClient {
         };
         let target = self.resolve().await?;
         let connector = tower::service_fn(move |_: http::Uri| async move {
-            tokio::net::TcpStream::connect(target)
-                .await
-                .map(hyper_util::rt::TokioIo::new)
+            let tcp = tokio::net::TcpStream::connect(target).await?;
+            // A request and its answer are small writes: no Nagle delay between them.
+            tcp.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tcp))
         });
         let channel =
             tonic::transport::Channel::from_shared(format!("https://{host}:{}", self.port))
