@@ -166,6 +166,10 @@ fn main() {
         while tasks.join_next().await.is_some() {}
         (start.elapsed(), thread_cpu() - cpu0, before)
     });
+    // The client runtime runs only inside `block_on`: connections its channels left to
+    // background tasks would stay open, and the CA's graceful shutdown waits for every
+    // connection to close. Dropping the runtime closes them.
+    drop(rt);
     let _ = stop_tx.send(());
     let server_cpu = server.join().expect("the CA thread");
     let _ = std::fs::remove_dir_all(&dir);
