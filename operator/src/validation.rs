@@ -465,7 +465,21 @@ fn tls_findings(
                         );
                     }
                 }
-                // (MUTUAL without a certificate and key is the API's own check.)
+                // (MUTUAL without a certificate and key is the API's own check; an empty one
+                // is refused here, as the sidecar could not read it.)
+                if mode == TlsMode::Mutual && tls.credential_name.is_none() {
+                    for (field, value) in [
+                        ("clientCertificate", &tls.client_certificate),
+                        ("privateKey", &tls.private_key),
+                    ] {
+                        if value.as_deref() == Some("") {
+                            err(
+                                field,
+                                "MUTUAL needs a path here, not an empty string".into(),
+                            );
+                        }
+                    }
+                }
                 let has = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
                 let mut warn = |field: &str, message: &str| {
                     out.push(Finding {
@@ -947,6 +961,8 @@ spec:
       tls: {mode: MUTUAL, privateKey: etc/k.pem, sni: "bad name!"}
     - port: {number: 9081}
       tls: {mode: SIMPLE, credentialName: db-ca, caCrl: /etc/crl.pem}
+    - port: {number: 9082}
+      tls: {mode: MUTUAL, clientCertificate: "", privateKey: /etc/k.pem}
 "#,
         );
         let v = verdict_of(&index, Kind::DestinationRule, "default", "ext");
@@ -977,6 +993,10 @@ spec:
                 (
                     Level::Error,
                     "spec.trafficPolicy.portLevelSettings[1].tls.caCrl"
+                ),
+                (
+                    Level::Error,
+                    "spec.trafficPolicy.portLevelSettings[2].tls.clientCertificate"
                 ),
             ]
         );
