@@ -378,15 +378,25 @@ fn verdict(findings: Vec<Finding>, conflict: Option<&'static str>) -> Verdict {
 /// `ISTIO_MUTUAL` and `DISABLE` are rendered (`render::clusters::upstream_tls`); `ISTIO_MUTUAL`
 /// with certificates of its own is an error, as in Istio (the mesh's are used), and without a
 /// mesh CA a warning (the traffic stays plaintext). Origination to a server outside the mesh
-/// (`SIMPLE`, `MUTUAL`) is rendered from files in the sidecar: `credentialName` and `caCrl`
-/// (not implemented), a relative path, an invalid `sni` or a `MUTUAL` without certificate and
-/// key are errors; fields the mode does not use are warnings. Never silently dropped.
+/// (`SIMPLE`, `MUTUAL`) is rendered from files in the sidecar or, in a rule with a
+/// `workloadSelector` (Istio's rule for sidecars), from the `credentialName` Secret the CA
+/// serves: `caCrl` (not implemented), a relative path, an invalid `sni` or Secret name, files
+/// beside a `credentialName` (Istio refuses them too), a `credentialName` without the CA, and
+/// a `MUTUAL` without certificate and key are errors; a `SIMPLE` `credentialName` a sidecar
+/// does not use (no `workloadSelector`) and fields the mode does not use are warnings. Never
+/// silently dropped.
 fn tls_findings(
     spec: &rustmesh_api::destination_rule::DestinationRuleSpec,
     has_ca: bool,
 ) -> Vec<Finding> {
     use rustmesh_api::destination_rule::{ClientTlsSettings, TlsMode, TrafficPolicy};
-    fn setting(tls: &ClientTlsSettings, at: String, has_ca: bool, out: &mut Vec<Finding>) {
+    fn setting(
+        tls: &ClientTlsSettings,
+        at: String,
+        has_ca: bool,
+        selector: bool,
+        out: &mut Vec<Finding>,
+    ) {
         match tls.mode {
             Some(TlsMode::IstioMutual) => {
                 let own = [
@@ -432,13 +442,39 @@ fn tls_findings(
                         message,
                     })
                 };
-                if tls.credential_name.is_some() {
-                    err(
-                        "credentialName",
-                        "not implemented yet: rustmesh's sidecars read the certificates from \
-                         files (clientCertificate, privateKey, caCertificates)"
-                            .into(),
-                    );
+                if let Some(name) = tls.credential_name.as_deref().filter(|n| !n.is_empty()) {
+                    for (field, set) in [
+                        ("caCertificates", tls.ca_certificates.is_some()),
+                        ("clientCertificate", tls.client_certificate.is_some()),
+                        ("privateKey", tls.private_key.is_some()),
+                    ] {
+                        if set {
+                            err(
+                                field,
+                                "cannot be given with credentialName (as in Istio): the \
+                                 certificates come from the Secret"
+                                    .into(),
+                            );
+                        }
+                    }
+                    if let Some(why) = rustmesh_xds::ca::secret_name_problem(name) {
+                        err("credentialName", why);
+                    } else if !selector && mode == TlsMode::Mutual {
+                        err(
+                            "credentialName",
+                            "is used by sidecars only when the DestinationRule has a \
+                             workloadSelector (as in Istio; without one it is for gateways): \
+                             add one, or give clientCertificate and privateKey"
+                                .into(),
+                        );
+                    } else if selector && !has_ca {
+                        err(
+                            "credentialName",
+                            "needs the mesh CA (chart value ca.enabled), which serves the \
+                             Secret to the sidecar"
+                                .into(),
+                        );
+                    }
                 }
                 if tls.ca_crl.is_some() {
                     err(
@@ -488,6 +524,14 @@ fn tls_findings(
                         message: message.into(),
                     })
                 };
+                if mode == TlsMode::Simple && has(&tls.credential_name) && !selector {
+                    warn(
+                        "credentialName",
+                        "not used by sidecars: only a DestinationRule with a workloadSelector \
+                         gives a credentialName to sidecars (as in Istio; without one it is for \
+                         gateways), so these verify the server with the system roots",
+                    );
+                }
                 if mode == TlsMode::Simple {
                     for (field, value) in [
                         ("clientCertificate", &tls.client_certificate),
@@ -520,24 +564,37 @@ fn tls_findings(
             Some(TlsMode::Disable) | None => {}
         }
     }
-    fn policy(tp: &Option<TrafficPolicy>, at: &str, has_ca: bool, out: &mut Vec<Finding>) {
+    fn policy(
+        tp: &Option<TrafficPolicy>,
+        at: &str,
+        has_ca: bool,
+        selector: bool,
+        out: &mut Vec<Finding>,
+    ) {
         let Some(tp) = tp else { return };
         if let Some(tls) = &tp.tls {
-            setting(tls, format!("{at}.tls"), has_ca, out);
+            setting(tls, format!("{at}.tls"), has_ca, selector, out);
         }
         for (i, pl) in tp.port_level_settings.iter().enumerate() {
             if let Some(tls) = &pl.tls {
-                setting(tls, format!("{at}.portLevelSettings[{i}].tls"), has_ca, out);
+                let at = format!("{at}.portLevelSettings[{i}].tls");
+                setting(tls, at, has_ca, selector, out);
             }
         }
     }
+    let selector = spec
+        .workload_selector
+        .as_ref()
+        .is_some_and(|s| !s.match_labels.is_empty());
     let mut out = Vec::new();
-    policy(&spec.traffic_policy, "spec.trafficPolicy", has_ca, &mut out);
+    let top = "spec.trafficPolicy";
+    policy(&spec.traffic_policy, top, has_ca, selector, &mut out);
     for (i, subset) in spec.subsets.iter().enumerate() {
         policy(
             &subset.traffic_policy,
             &format!("spec.subsets[{i}].trafficPolicy"),
             has_ca,
+            selector,
             &mut out,
         );
     }
@@ -988,11 +1045,11 @@ spec:
                 ),
                 (
                     Level::Error,
-                    "spec.trafficPolicy.portLevelSettings[1].tls.credentialName"
+                    "spec.trafficPolicy.portLevelSettings[1].tls.caCrl"
                 ),
                 (
-                    Level::Error,
-                    "spec.trafficPolicy.portLevelSettings[1].tls.caCrl"
+                    Level::Warning,
+                    "spec.trafficPolicy.portLevelSettings[1].tls.credentialName"
                 ),
                 (
                     Level::Error,
@@ -1000,16 +1057,63 @@ spec:
                 ),
             ]
         );
-        let credential = &v.findings[5];
+        let credential = &v.findings[6];
         assert!(
             v.findings[0].message.contains("MUTUAL needs"),
             "{:?}",
             v.findings[0]
         );
         assert!(
-            credential.message.contains("not implemented yet"),
+            credential.message.contains("workloadSelector"),
             "{credential:?}"
         );
+    }
+
+    #[test]
+    fn a_credential_name_needs_a_workload_selector_the_ca_and_no_files() {
+        let rule = |selector: &str, tls: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: cred, namespace: default}}\nspec:\n  host: ratings\n{selector}  trafficPolicy:\n    tls: {tls}\n"
+            )
+        };
+        let selected = "  workloadSelector: {matchLabels: {app: productpage}}\n";
+        let findings = |ca: bool, yaml: String| {
+            let mut index = bookinfo();
+            if ca {
+                index.mesh.ca_host = Some("istiod.istio-system.svc.cluster.local".into());
+            }
+            istio(&mut index, &yaml);
+            let v = verdict_of(&index, Kind::DestinationRule, "default", "cred");
+            v.findings
+                .iter()
+                .map(|f| (f.level, f.field.clone(), f.message.clone()))
+                .collect::<Vec<_>>()
+        };
+        // Selected workloads, a CA: accepted as is, both modes.
+        for mode in ["SIMPLE", "MUTUAL"] {
+            let tls = format!("{{mode: {mode}, credentialName: db-client}}");
+            assert_eq!(findings(true, rule(selected, &tls)), vec![], "{mode}");
+        }
+        let at = "spec.trafficPolicy.tls.credentialName".to_string();
+        // No CA to serve the Secret.
+        let f = findings(false, rule(selected, "{mode: MUTUAL, credentialName: db-client}"));
+        assert_eq!((f[0].0, &f[0].1), (Level::Error, &at));
+        assert!(f[0].2.contains("ca.enabled"), "{f:?}");
+        // No workloadSelector: MUTUAL would present nothing (error), SIMPLE uses the system
+        // roots (warning), as Istio's sidecars do.
+        let f = findings(true, rule("", "{mode: MUTUAL, credentialName: db-client}"));
+        assert_eq!((f[0].0, &f[0].1), (Level::Error, &at), "{f:?}");
+        let f = findings(true, rule("", "{mode: SIMPLE, credentialName: db-client}"));
+        assert_eq!((f[0].0, &f[0].1), (Level::Warning, &at), "{f:?}");
+        assert!(f[0].2.contains("system roots"), "{f:?}");
+        // Files beside it, or a name no Secret can have.
+        let f = findings(
+            true,
+            rule(selected, "{mode: SIMPLE, credentialName: db, caCertificates: /etc/ca.pem}"),
+        );
+        assert_eq!(f[0].1, "spec.trafficPolicy.tls.caCertificates", "{f:?}");
+        let f = findings(true, rule(selected, "{mode: SIMPLE, credentialName: Db_1}"));
+        assert_eq!((f[0].0, &f[0].1), (Level::Error, &at), "{f:?}");
     }
 
     #[test]

@@ -34,7 +34,7 @@ use rustmesh_proxy::snapshot::{Snapshot, Store};
 use rustmesh_proxy::socket::{ClientAddr, FixedAddrs, OrigDstAddr};
 use rustmesh_proxy::stats::Metrics;
 use rustmesh_xds::ProxyConfig;
-use rustmesh_xds::tls::{ServerRoots, external_upstream};
+use rustmesh_xds::tls::{ClientCert, ServerRoots, external_upstream};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -449,7 +449,10 @@ async fn mutual_presents_the_client_certificate_of_its_files() {
     let mutual = serde_json::to_value(external_upstream(
         NAME,
         &[],
-        Some((&cert, &key)),
+        Some(ClientCert::Files {
+            cert: &cert,
+            key: &key,
+        }),
         &ca_file(&pki),
         &[],
     ))

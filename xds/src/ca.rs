@@ -5,6 +5,9 @@
 //! The caller authenticates with its projected service-account token (audience `istio-ca`) as
 //! `authorization: Bearer <token>` metadata; the request carries a PEM CSR and the lifetime
 //! asked for; the answer is the chain, leaf first and root last.
+//!
+//! On the same channel, rustmesh's own `rustmesh.v1.CredentialService/FetchCredential` serves
+//! a DestinationRule's `credentialName` Secret to a sidecar allowed to read it (below).
 
 /// The gRPC service name.
 pub const SERVICE: &str = "istio.v1.auth.IstioCertificateService";
@@ -53,6 +56,90 @@ pub struct IstioCertificateResponse {
     pub cert_chain: Vec<String>,
 }
 
+// ---- credentials: a `credentialName` Secret, served to the sidecar that may read it --------
+//
+// Istio serves a DestinationRule's `credentialName` to a sidecar over SDS from istiod; rustmesh
+// has no xDS stream, so the sidecar asks the CA, on the same authenticated channel as its
+// certificate, with its own small service. The CA answers only for a Secret in the caller's
+// namespace that the caller's service account may `list` (Istio's check: a SubjectAccessReview),
+// and the key never leaves memory on either side.
+
+/// The largest credential answer either side accepts (bytes): a CA bundle may be large.
+pub const MAX_CREDENTIAL_BYTES: usize = 1024 * 1024;
+
+/// The credential service's gRPC name (rustmesh's own; Istio uses SDS over xDS).
+pub const CREDENTIAL_SERVICE: &str = "rustmesh.v1.CredentialService";
+
+/// The method path.
+pub const FETCH_CREDENTIAL: &str = "/rustmesh.v1.CredentialService/FetchCredential";
+
+/// Istio's keys of a generic (`Opaque`) credential Secret: certificate chain, key, CA.
+pub const KEY_CERT: &str = "cert";
+/// See [`KEY_CERT`].
+pub const KEY_KEY: &str = "key";
+/// See [`KEY_CERT`].
+pub const KEY_CACERT: &str = "cacert";
+/// Istio's keys of a `kubernetes.io/tls` credential Secret (with the CA as `ca.crt`).
+pub const KEY_TLS_CRT: &str = "tls.crt";
+/// See [`KEY_TLS_CRT`].
+pub const KEY_TLS_KEY: &str = "tls.key";
+/// See [`KEY_TLS_CRT`].
+pub const KEY_CA_CRT: &str = "ca.crt";
+
+/// `FetchCredentialRequest`: one SDS resource of a credential, by Istio's name without the
+/// `kubernetes://` prefix: `<secret>` (certificate and key) or `<secret>-cacert` (the roots).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FetchCredentialRequest {
+    /// `<secret>` or `<secret>-cacert`.
+    #[prost(string, tag = "1")]
+    pub name: String,
+}
+
+/// `FetchCredentialResponse`: PEM texts; for `<secret>` the chain and key, for
+/// `<secret>-cacert` the CA certificates. Its `Debug` never shows the key.
+#[derive(Clone, PartialEq, prost::Message)]
+#[prost(skip_debug)]
+pub struct FetchCredentialResponse {
+    /// The certificate chain, leaf first (empty for the roots).
+    #[prost(string, tag = "1")]
+    pub cert_chain: String,
+    /// The private key (empty for the roots).
+    #[prost(string, tag = "2")]
+    pub private_key: String,
+    /// The CA certificates (empty for a certificate and key).
+    #[prost(string, tag = "3")]
+    pub ca_certificates: String,
+}
+
+impl std::fmt::Debug for FetchCredentialResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchCredentialResponse")
+            .field("cert_chain", &self.cert_chain.len())
+            .field("private_key", &"<redacted>")
+            .field("ca_certificates", &self.ca_certificates.len())
+            .finish()
+    }
+}
+
+/// Why `name` cannot be a Kubernetes Secret's name (a DNS-1123 subdomain), if it cannot.
+pub fn secret_name_problem(name: &str) -> Option<String> {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if name.is_empty() || name.len() > 253 {
+        Some(format!(
+            "{name:?} is not a Secret name: 1 to 253 characters"
+        ))
+    } else if !name.chars().all(ok_char) || !edge(name.chars().next()) || !edge(name.chars().last())
+    {
+        Some(format!(
+            "{name:?} is not a Secret name: lower-case letters, digits, '-' and '.', \
+             starting and ending with a letter or digit"
+        ))
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +162,29 @@ mod tests {
             IstioCertificateResponse::decode(&resp.encode_to_vec()[..]).unwrap(),
             resp
         );
+    }
+
+    #[test]
+    fn credential_messages_never_show_the_key() {
+        let r = FetchCredentialResponse {
+            cert_chain: "C".into(),
+            private_key: "SECRET-KEY".into(),
+            ca_certificates: String::new(),
+        };
+        assert!(!format!("{r:?}").contains("SECRET-KEY"));
+        assert_eq!(
+            FetchCredentialRequest { name: "db".into() }.encode_to_vec(),
+            vec![0x0a, 2, b'd', b'b']
+        );
+    }
+
+    #[test]
+    fn secret_names_are_dns_subdomains() {
+        for ok in ["db", "db-client.v1", "a"] {
+            assert_eq!(secret_name_problem(ok), None, "{ok}");
+        }
+        for bad in ["", "Db", "db_1", "-db", "db-", "a/b", &"x".repeat(254)] {
+            assert!(secret_name_problem(bad).is_some(), "{bad}");
+        }
     }
 }

@@ -19,9 +19,14 @@
 //!   (`file-root:system`, Istio's `VERIFY_CERTIFICATE_AT_CLIENT`); no validation context at all
 //!   for `insecureSkipVerify`; `MUTUAL`'s client certificate as `file-cert:<cert>~<key>`.
 //!
+//! - a DestinationRule's `credentialName` (Istio: at sidecars when the rule has a
+//!   `workloadSelector`) names a Kubernetes Secret of the sidecar's namespace instead of files:
+//!   `kubernetes://<name>` for `MUTUAL`'s client certificate, `kubernetes://<name>-cacert` for
+//!   the roots (Istio's names; the CA serves them to the sidecar, see [`crate::ca`]).
+//!
 //! The secrets served ([`Secret`]): the mesh's own (`default`, `ROOTCA`) and, upstream only,
-//! those files and the system roots. A `credentialName` (`kubernetes://<name>`) or any other
-//! name is refused by validation, naming the field, rather than accepted and ignored.
+//! those files, the system roots and Kubernetes Secrets. Any other name is refused by
+//! validation, naming the field, rather than accepted and ignored.
 
 use std::collections::BTreeMap;
 
@@ -45,6 +50,9 @@ pub const SDS_FILE_ROOT: &str = "file-root:";
 pub const SDS_SYSTEM_ROOT: &str = "file-root:system";
 /// Istio's SDS name prefix of a Kubernetes Secret (a `credentialName`).
 pub const SDS_KUBERNETES: &str = "kubernetes://";
+/// Istio's suffix of the SDS name of a `credentialName`'s CA certificates
+/// (`kubernetes://<name>-cacert`: Secret `<name>-cacert`, else `<name>`'s `cacert`/`ca.crt`).
+pub const SDS_CACERT_SUFFIX: &str = "-cacert";
 /// The endpoint metadata namespace `transportSocketMatches` match against.
 pub const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
 /// The key of that namespace (and the pod label `security.istio.io/tlsMode`'s value goes in it).
@@ -295,16 +303,12 @@ impl CommonTlsContext {
                 Secret::Workload => None,
                 Secret::FileCert { cert, key } if external => (cert.is_empty() || key.is_empty())
                     .then(|| "`file-cert:<certificate>~<key>` needs both paths".to_string()),
-                Secret::Credential(_) => Some(format!(
-                    "secret {:?} (a credentialName) is not implemented yet: give the files \
-                     (clientCertificate, privateKey, caCertificates)",
-                    s.name
-                )),
+                Secret::Credential(name) if external => credential_problem(name, false),
                 _ => Some(format!(
                     "secret {:?} is not served here: only the workload certificate {SDS_DEFAULT:?}{}",
                     s.name,
                     if external {
-                        " and file-cert:<certificate>~<key>"
+                        ", file-cert:<certificate>~<key> and kubernetes://<secret>"
                     } else {
                         ""
                     }
@@ -333,6 +337,18 @@ impl CommonTlsContext {
                     "the mesh root ROOTCA goes with the workload certificate \"default\"".into(),
                 )),
                 Secret::MeshRoot => {}
+                Secret::Credential(name) if external => {
+                    if let Some(message) = credential_problem(name, true) {
+                        out.push((field.to_string(), message));
+                    }
+                    if cert_is_mesh == Some(true) {
+                        out.push((
+                            field.to_string(),
+                            "the workload certificate \"default\" goes with the mesh root ROOTCA"
+                                .into(),
+                        ));
+                    }
+                }
                 Secret::FileRoot(_) | Secret::SystemRoot if external => {
                     if cert_is_mesh == Some(true) {
                         out.push((
@@ -342,21 +358,13 @@ impl CommonTlsContext {
                         ));
                     }
                 }
-                Secret::Credential(_) => out.push((
-                    field.to_string(),
-                    format!(
-                        "secret {:?} (a credentialName) is not implemented yet: give the file \
-                         (caCertificates)",
-                        root.name
-                    ),
-                )),
                 _ => out.push((
                     field.to_string(),
                     format!(
                         "secret {:?} is not served here: only the mesh root {SDS_ROOTCA:?}{}",
                         root.name,
                         if external {
-                            ", file-root:<path> and file-root:system"
+                            ", file-root:<path>, file-root:system and kubernetes://<secret>-cacert"
                         } else {
                             ""
                         }
@@ -387,6 +395,25 @@ impl CommonTlsContext {
         }
         out
     }
+}
+
+/// What is wrong with the Kubernetes Secret name of a `kubernetes://` SDS name (`roots`: the
+/// `-cacert` one), if anything.
+fn credential_problem(name: &str, roots: bool) -> Option<String> {
+    let secret = if roots {
+        match name.strip_suffix(SDS_CACERT_SUFFIX) {
+            Some(base) => base,
+            None => {
+                return Some(format!(
+                    "the roots of a credential are `kubernetes://<secret>{SDS_CACERT_SUFFIX}`, not {name:?}"
+                ));
+            }
+        }
+    } else {
+        name
+    };
+    crate::ca::secret_name_problem(secret)
+        .map(|why| format!("kubernetes://{name}: {why}"))
 }
 
 /// One of a cluster's `transportSocketMatches`: endpoints whose
@@ -446,16 +473,27 @@ pub enum ServerRoots {
     System,
     /// Not verified at all (`insecureSkipVerify: true`): no validation context, as Envoy.
     SkipVerify,
+    /// The CA certificates of a `credentialName` Secret: `kubernetes://<name>-cacert`.
+    Credential(String),
+}
+
+/// The client certificate `MUTUAL` presents to a server outside the mesh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientCert<'a> {
+    /// Files in the sidecar (`clientCertificate`, `privateKey`): `file-cert:<cert>~<key>`.
+    Files { cert: &'a str, key: &'a str },
+    /// A `credentialName` Secret: `kubernetes://<name>`.
+    Credential(&'a str),
 }
 
 /// TLS origination to a server outside the mesh, as Istio renders a DestinationRule's `SIMPLE`
-/// (`client: None`) or `MUTUAL` (`client: Some((certificate, key))`, files in the sidecar):
+/// (`client: None`) or `MUTUAL` (`client: Some(..)`, files in the sidecar or a Secret):
 /// `sni`, ALPN `alpn` (none: the proxy offers what the connection carries), the server's
 /// chain verified against `roots` and its name one of `sans` (the `sni` when empty).
 pub fn external_upstream(
     sni: &str,
     alpn: &[&str],
-    client: Option<(&str, &str)>,
+    client: Option<ClientCert<'_>>,
     roots: &ServerRoots,
     sans: &[String],
 ) -> UpstreamTlsContext {
@@ -463,13 +501,19 @@ pub fn external_upstream(
         ServerRoots::File(path) => Some(format!("{SDS_FILE_ROOT}{path}")),
         ServerRoots::System => Some(SDS_SYSTEM_ROOT.to_string()),
         ServerRoots::SkipVerify => None,
+        ServerRoots::Credential(name) => {
+            Some(format!("{SDS_KUBERNETES}{name}{SDS_CACERT_SUFFIX}"))
+        }
     };
     UpstreamTlsContext {
         common_tls_context: CommonTlsContext {
             alpn_protocols: alpn.iter().map(|s| s.to_string()).collect(),
             tls_certificate_sds_secret_configs: client
-                .map(|(cert, key)| SdsSecretConfig {
-                    name: format!("{SDS_FILE_CERT}{cert}~{key}"),
+                .map(|c| SdsSecretConfig {
+                    name: match c {
+                        ClientCert::Files { cert, key } => format!("{SDS_FILE_CERT}{cert}~{key}"),
+                        ClientCert::Credential(name) => format!("{SDS_KUBERNETES}{name}"),
+                    },
                 })
                 .into_iter()
                 .collect(),
@@ -564,18 +608,22 @@ mod tests {
         let v = c.combined_validation_context.as_mut().unwrap();
         v.validation_context_sds_secret_config.name = "kubernetes://my-ca-cacert".into();
         v.default_validation_context.match_subject_alt_names[0].prefix = Some("x".into());
-        for side in [Side::Downstream, Side::Upstream] {
-            let fields: Vec<String> = c.problems(side).into_iter().map(|(f, _)| f).collect();
-            assert_eq!(
-                fields,
-                vec![
-                    "tlsCertificateSdsSecretConfigs[0].name",
-                    "combinedValidationContext.validationContextSdsSecretConfig.name",
-                    "combinedValidationContext.defaultValidationContext.matchSubjectAltNames[0]",
-                ],
-                "{side:?}"
-            );
-        }
+        let fields = |side| -> Vec<String> {
+            c.problems(side).into_iter().map(|(f, _)| f).collect()
+        };
+        assert_eq!(
+            fields(Side::Downstream),
+            vec![
+                "tlsCertificateSdsSecretConfigs[0].name",
+                "combinedValidationContext.validationContextSdsSecretConfig.name",
+                "combinedValidationContext.defaultValidationContext.matchSubjectAltNames[0]",
+            ],
+        );
+        // Upstream, Kubernetes Secrets (a credentialName) are served; the matcher is not.
+        assert_eq!(
+            fields(Side::Upstream),
+            vec!["combinedValidationContext.defaultValidationContext.matchSubjectAltNames[0]"],
+        );
     }
 
     #[test]
@@ -608,7 +656,10 @@ mod tests {
         let mutual = external_upstream(
             "db",
             &["h2"],
-            Some(("/c.pem", "/k.pem")),
+            Some(ClientCert::Files {
+                cert: "/c.pem",
+                key: "/k.pem",
+            }),
             &ServerRoots::System,
             &[],
         );
@@ -636,8 +687,7 @@ mod tests {
                 .combined_validation_context
                 .is_none()
         );
-        // The workload certificate is not mixed with roots outside the mesh, nor a credential
-        // (not implemented) accepted.
+        // The workload certificate is not mixed with roots outside the mesh.
         let mut mixed = istio_upstream("x", &ALPN_ISTIO_TCP, &[]).common_tls_context;
         mixed
             .combined_validation_context
@@ -645,10 +695,41 @@ mod tests {
             .unwrap()
             .validation_context_sds_secret_config = SdsSecretConfig::named(SDS_SYSTEM_ROOT);
         assert_eq!(mixed.problems(Side::Upstream).len(), 1);
-        let mut cred = c.clone();
-        cred.tls_certificate_sds_secret_configs[0] =
-            SdsSecretConfig::named("kubernetes://db-client");
-        let p = cred.problems(Side::Upstream);
-        assert!(p[0].1.contains("credentialName"), "{p:?}");
+    }
+
+    #[test]
+    fn a_credential_is_istios_kubernetes_names_upstream_only() {
+        let ctx = external_upstream(
+            "db.example.com",
+            &[],
+            Some(ClientCert::Credential("db-client")),
+            &ServerRoots::Credential("db-client".into()),
+            &[],
+        );
+        assert_eq!(
+            serde_json::to_value(&ctx).unwrap(),
+            json!({"commonTlsContext": {
+                    "tlsCertificateSdsSecretConfigs": [{"name": "kubernetes://db-client"}],
+                    "combinedValidationContext": {
+                        "defaultValidationContext": {},
+                        "validationContextSdsSecretConfig": {"name": "kubernetes://db-client-cacert"}}},
+                "sni": "db.example.com"})
+        );
+        let c = &ctx.common_tls_context;
+        assert!(!c.is_mesh());
+        assert!(c.problems(Side::Upstream).is_empty(), "{:?}", c.problems(Side::Upstream));
+        assert_eq!(c.problems(Side::Downstream).len(), 2);
+        // A roots name without the -cacert suffix, or a name that is no Secret's, is refused.
+        let mut bad = c.clone();
+        bad.combined_validation_context
+            .as_mut()
+            .unwrap()
+            .validation_context_sds_secret_config = SdsSecretConfig::named("kubernetes://db");
+        let p = bad.problems(Side::Upstream);
+        assert!(p[0].1.contains("-cacert"), "{p:?}");
+        bad.tls_certificate_sds_secret_configs[0] = SdsSecretConfig::named("kubernetes://Db_1");
+        let p = bad.problems(Side::Upstream);
+        assert_eq!(p[0].0, "tlsCertificateSdsSecretConfigs[0].name");
+        assert!(p[0].1.contains("Db_1"), "{p:?}");
     }
 }

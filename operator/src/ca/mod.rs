@@ -2,6 +2,8 @@
 //!
 //! - [`authority`]: the root or plugged-in intermediate and the pure signing of a CSR for an
 //!   authenticated identity (what is signed is decided here, never by the CSR);
+//! - [`credential`]: a DestinationRule's `credentialName` Secret, served to a sidecar of its
+//!   namespace whose service account may list Secrets (Istio's rule);
 //! - [`review`]: who the caller is: its projected service-account token (audience `istio-ca`)
 //!   checked by the API server's TokenReview;
 //! - [`root`]: where the CA's material lives (`cacerts` plug-in, or the self-signed
@@ -11,6 +13,7 @@
 //!   (port 15012): the decision core [`service::Ca`] and its server.
 
 pub mod authority;
+pub mod credential;
 pub mod publish;
 pub mod review;
 pub mod root;

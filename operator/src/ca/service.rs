@@ -9,6 +9,13 @@
 //! 3. the CSR is signed for exactly the token's identity ([`super::authority`]):
 //!    `INVALID_ARGUMENT` for a bad CSR, a foreign name or a lifetime over the maximum.
 //!
+//! On the same server, rustmesh's `rustmesh.v1.CredentialService/FetchCredential` serves a
+//! DestinationRule's `credentialName` ([`super::credential`]): the token is reviewed the same
+//! way (`UNAUTHENTICATED`), then a bad name is `INVALID_ARGUMENT`, a caller without the right to
+//! list Secrets `PERMISSION_DENIED`, a missing Secret `NOT_FOUND`, a Secret without the keys
+//! `FAILED_PRECONDITION`; counted in `rustmesh_ca_credential_*`. A CA without a Secret source
+//! answers `UNIMPLEMENTED`.
+//!
 //! [`CaServer::new`] binds (a bad address fails at start) and [`CaServer::run`] serves. Neither
 //! the token nor any key is logged.
 
@@ -23,13 +30,15 @@ use std::time::{Duration, SystemTime};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use rustmesh_xds::ca::{
-    CREATE_CERTIFICATE, IstioCertificateRequest, IstioCertificateResponse, MAX_MESSAGE_BYTES,
-    SERVICE,
+    CREATE_CERTIFICATE, CREDENTIAL_SERVICE, FETCH_CREDENTIAL, FetchCredentialRequest,
+    FetchCredentialResponse, IstioCertificateRequest, IstioCertificateResponse,
+    MAX_CREDENTIAL_BYTES, MAX_MESSAGE_BYTES, SERVICE,
 };
 use rustmesh_xds::identity::SpiffeId;
 use tonic::{Code, Status};
 
 use super::authority::{Authority, SignError};
+use super::credential::{CredentialError, SecretSource};
 use super::review::{AuthError, Reviewer};
 
 /// How the CA authenticates callers: the API server's TokenReview, or (unit tests only) a fixed
@@ -63,6 +72,10 @@ pub struct CaMetrics {
     pub csr_sign_err: Counter,
     /// `citadel_server_success_cert_issuance_total`.
     pub success_cert_issuance: Counter,
+    /// `rustmesh_ca_credential_requests_total`: every credential request.
+    pub credential_requests: Counter,
+    /// `rustmesh_ca_credential_refused_total`: credential requests not served.
+    pub credential_refused: Counter,
 }
 
 impl CaMetrics {
@@ -95,6 +108,16 @@ impl CaMetrics {
                 "Certificates issued",
                 &self.success_cert_issuance,
             ),
+            (
+                "rustmesh_ca_credential_requests",
+                "credentialName Secrets asked for by sidecars",
+                &self.credential_requests,
+            ),
+            (
+                "rustmesh_ca_credential_refused",
+                "credentialName requests refused (authentication, right, name, Secret)",
+                &self.credential_refused,
+            ),
         ] {
             registry.register(name, help, c.clone());
         }
@@ -106,6 +129,8 @@ pub struct Ca<A> {
     authority: Arc<Authority>,
     authenticator: A,
     metrics: CaMetrics,
+    /// Where `credentialName` Secrets are read; `None`: not served.
+    credentials: Option<Arc<dyn SecretSource>>,
 }
 
 impl<A: Authenticate> Ca<A> {
@@ -115,6 +140,63 @@ impl<A: Authenticate> Ca<A> {
             authority,
             authenticator,
             metrics,
+            credentials: None,
+        }
+    }
+
+    /// Also serves `credentialName` Secrets read from `source`.
+    pub fn with_credentials(mut self, source: Arc<dyn SecretSource>) -> Self {
+        self.credentials = Some(source);
+        self
+    }
+
+    /// Answers one credential request whose `authorization` metadata was `authorization`.
+    pub async fn fetch_credential(
+        &self,
+        authorization: Option<&str>,
+        request: &FetchCredentialRequest,
+    ) -> Result<FetchCredentialResponse, Status> {
+        self.metrics.credential_requests.inc();
+        let refused = |status: Status| {
+            self.metrics.credential_refused.inc();
+            Err(status)
+        };
+        let Some(source) = &self.credentials else {
+            return refused(Status::unimplemented(
+                "this CA serves no credentialName Secrets",
+            ));
+        };
+        let token = authorization
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let identity = match self.authenticator.authenticate(token).await {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::info!(error = %e, "CA: credential request not authenticated");
+                return refused(Status::unauthenticated(format!(
+                    "request authentication failed: {e}"
+                )));
+            }
+        };
+        match super::credential::fetch(source.as_ref(), &identity, &request.name).await {
+            Ok(answer) => {
+                tracing::debug!(%identity, name = %request.name, "CA: credential served");
+                Ok(answer)
+            }
+            Err(e) => {
+                tracing::info!(%identity, name = %request.name, error = %e,
+                    "CA: credential refused");
+                let code = match e {
+                    CredentialError::Name(_) => Code::InvalidArgument,
+                    CredentialError::Forbidden { .. } => Code::PermissionDenied,
+                    CredentialError::NotFound { .. } => Code::NotFound,
+                    CredentialError::Keys { .. } | CredentialError::NotText { .. } => {
+                        Code::FailedPrecondition
+                    }
+                    CredentialError::Api(_) => Code::Unavailable,
+                };
+                refused(Status::new(code, e.to_string()))
+            }
         }
     }
 
@@ -229,6 +311,77 @@ impl<A: Authenticate> tonic::server::UnaryService<IstioCertificateRequest> for U
     }
 }
 
+/// The credential service (its own gRPC service name, on the CA's server).
+pub struct CredentialService<A> {
+    ca: Arc<Ca<A>>,
+}
+
+impl<A> Clone for CredentialService<A> {
+    fn clone(&self) -> Self {
+        CredentialService {
+            ca: self.ca.clone(),
+        }
+    }
+}
+
+impl<A> tonic::server::NamedService for CredentialService<A> {
+    const NAME: &'static str = CREDENTIAL_SERVICE;
+}
+
+struct CredentialUnary<A>(Arc<Ca<A>>);
+
+impl<A: Authenticate> tonic::server::UnaryService<FetchCredentialRequest> for CredentialUnary<A> {
+    type Response = FetchCredentialResponse;
+    type Future = BoxFuture<Result<tonic::Response<FetchCredentialResponse>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<FetchCredentialRequest>) -> Self::Future {
+        let ca = self.0.clone();
+        Box::pin(async move {
+            let authorization = request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            ca.fetch_credential(authorization.as_deref(), request.get_ref())
+                .await
+                .map(tonic::Response::new)
+        })
+    }
+}
+
+impl<A, B> tower::Service<http::Request<B>> for CredentialService<A>
+where
+    A: Authenticate,
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let ca = self.ca.clone();
+        Box::pin(async move {
+            if request.uri().path() != FETCH_CREDENTIAL {
+                return Ok(Status::unimplemented(format!(
+                    "{} is not a method of {CREDENTIAL_SERVICE}",
+                    request.uri().path()
+                ))
+                .into_http());
+            }
+            // The request is a name; the answer may carry a CA bundle.
+            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_CREDENTIAL_BYTES);
+            Ok(grpc.unary(CredentialUnary(ca), request).await)
+        })
+    }
+}
+
 impl<A, B> tower::Service<http::Request<B>> for CertificateService<A>
 where
     A: Authenticate,
@@ -266,6 +419,7 @@ pub struct CaServer<A> {
     listener: tokio::net::TcpListener,
     tls: tonic::transport::ServerTlsConfig,
     service: CertificateService<A>,
+    credentials: CredentialService<A>,
 }
 
 /// Why the CA server could not start.
@@ -308,7 +462,8 @@ impl<A: Authenticate> CaServer<A> {
         Ok(CaServer {
             listener,
             tls,
-            service: CertificateService { ca },
+            service: CertificateService { ca: ca.clone() },
+            credentials: CredentialService { ca },
         })
     }
 
@@ -326,6 +481,7 @@ impl<A: Authenticate> CaServer<A> {
             .tls_config(self.tls)
             .map_err(|e| ServerError::Tls(e.to_string()))?
             .add_service(self.service)
+            .add_service(self.credentials)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
             .map_err(|e| ServerError::Serve(e.to_string()))

@@ -101,7 +101,10 @@ async fn start_ca(
         authority,
         Reviewer::new(client.clone(), &ca.trust_domain),
         metrics.ca.clone(),
-    ));
+    )
+    .with_credentials(Arc::new(crate::ca::credential::KubeSecrets::new(
+        client.clone(),
+    ))));
     let server = service::CaServer::new(ca.addr, service, &ca.dns_names)
         .await
         .map_err(|e| Error::Ca(e.to_string()))?;

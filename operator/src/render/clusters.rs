@@ -33,7 +33,7 @@ use rustmesh_xds::identity::SpiffeId;
 use rustmesh_xds::names::{BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER_V4, PASSTHROUGH_CLUSTER};
 use rustmesh_xds::route::{HashCookie, HashPolicy};
 use rustmesh_xds::tls::{
-    ALPN_ISTIO_TCP, ServerRoots, TLS_MODE_ISTIO, TLS_MODE_LABEL, TransportSocketMatch,
+    ALPN_ISTIO_TCP, ClientCert, ServerRoots, TLS_MODE_ISTIO, TLS_MODE_LABEL, TransportSocketMatch,
     UpstreamTransportSocket, auto_mtls_matches, external_upstream, istio_sni, istio_upstream,
 };
 use rustmesh_xds::well_known::INBOUND_PASSTHROUGH_SOURCE_V4;
@@ -238,7 +238,9 @@ pub fn expected_sans(mesh: &MeshConfig, namespace: &str, port: &SvcPort) -> Vec<
 /// transportSocketMatches)`. `tls` is the DestinationRule's merged setting for the cluster's
 /// port and subset; `sni` and `sans` the defaults of mutual TLS (a setting's own `sni` and
 /// `subjectAltNames` override them). `SIMPLE`/`MUTUAL`: TLS to a server outside the mesh
-/// (SNI `host` unless the setting has one), CA or not; otherwise nothing without a mesh CA;
+/// (SNI `host` unless the setting has one), CA or not, from the files or, when
+/// `credentials` (the DestinationRule has a workloadSelector and the mesh a CA: Istio's rule
+/// for sidecars), the `credentialName` Secret; otherwise nothing without a mesh CA;
 /// `ISTIO_MUTUAL`: mutual TLS; `DISABLE` (or a `tls` without mode, proto's default): plain;
 /// no setting: auto mTLS when enabled,
 /// except on ORIGINAL_DST clusters, whose endpoints carry no metadata (Istio's exception too),
@@ -251,18 +253,28 @@ pub fn upstream_tls(
     host: &str,
     sni: &str,
     sans: Vec<String>,
+    credentials: bool,
 ) -> (Option<UpstreamTransportSocket>, Vec<TransportSocketMatch>) {
     if let Some(t) = tls
         && let Some(mode @ (TlsMode::Simple | TlsMode::Mutual)) = t.mode
     {
         let sni = t.sni.as_deref().filter(|s| !s.is_empty()).unwrap_or(host);
-        let roots = match (&t.ca_certificates, t.insecure_skip_verify) {
-            (_, Some(true)) => ServerRoots::SkipVerify,
-            (Some(path), _) if !path.is_empty() => ServerRoots::File(path.clone()),
+        let credential = t
+            .credential_name
+            .as_deref()
+            .filter(|n| credentials && !n.is_empty());
+        let roots = match (&t.ca_certificates, t.insecure_skip_verify, credential) {
+            (_, Some(true), _) => ServerRoots::SkipVerify,
+            (_, _, Some(name)) => ServerRoots::Credential(name.to_string()),
+            (Some(path), _, _) if !path.is_empty() => ServerRoots::File(path.clone()),
             _ => ServerRoots::System,
         };
-        let client = match (mode, &t.client_certificate, &t.private_key) {
-            (TlsMode::Mutual, Some(cert), Some(key)) => Some((cert.as_str(), key.as_str())),
+        let client = match (mode, credential, &t.client_certificate, &t.private_key) {
+            (TlsMode::Mutual, Some(name), _, _) => Some(ClientCert::Credential(name)),
+            (TlsMode::Mutual, None, Some(cert), Some(key)) => Some(ClientCert::Files {
+                cert: cert.as_str(),
+                key: key.as_str(),
+            }),
             _ => None,
         };
         return (
@@ -461,6 +473,12 @@ impl<'v, 'a> Ctx<'v, 'a> {
                 &w.svc.fqdn,
                 &istio_sni(w.port.port, w.subset.unwrap_or(""), &w.svc.fqdn),
                 expected_sans(&self.view.index.mesh, &w.svc.namespace, w.port),
+                dr.is_some_and(|(_, d)| {
+                    d.spec
+                        .workload_selector
+                        .as_ref()
+                        .is_some_and(|s| !s.match_labels.is_empty())
+                }) && self.view.index.mesh.ca_host.is_some(),
             );
             if http.and_then(|h| h.use_client_protocol) == Some(true) {
                 c.upstream_protocol = UpstreamProtocol::UseDownstream;

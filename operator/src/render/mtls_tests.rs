@@ -384,6 +384,35 @@ spec:
 }
 
 #[test]
+fn a_credential_name_is_the_secret_for_selected_workloads_only() {
+    // Istio's rule: a sidecar uses credentialName when the DestinationRule selects it.
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: db, namespace: default}\nspec:\n  host: db\n  workloadSelector: {matchLabels: {app: productpage}}\n  trafficPolicy:\n    tls: {mode: MUTUAL, credentialName: db-client, sni: db.example.com}\n";
+    let sidecar = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: productpage, namespace: default}\nspec:\n  workloadSelector: {labels: {app: productpage}}\n  egress: [{hosts: [\"./*\"]}]\n";
+    let index = with_dr(with_dr(mesh(), dr), sidecar);
+    let db = "outbound|3306||db.default.svc.cluster.local";
+    let c = rendered(&index, &Scope::sidecar("default", "productpage"));
+    let tls = tls_of(&c, db).expect("MUTUAL from the Secret");
+    assert_eq!(tls.sni.as_deref(), Some("db.example.com"));
+    assert_eq!(
+        tls.common_tls_context.tls_certificate_sds_secret_configs[0].name,
+        "kubernetes://db-client"
+    );
+    assert_eq!(
+        tls.common_tls_context
+            .combined_validation_context
+            .as_ref()
+            .unwrap()
+            .validation_context_sds_secret_config
+            .name,
+        "kubernetes://db-client-cacert"
+    );
+    // The namespace's other workloads are not selected: auto mTLS as before.
+    let c = rendered(&index, &Scope::namespace("default"));
+    assert!(tls_of(&c, db).is_none());
+    assert_eq!(matches_of(&c, db).len(), 2);
+}
+
+#[test]
 fn simple_originates_tls_without_a_mesh_ca_too() {
     let mut index = with_dr(
         mesh(),
