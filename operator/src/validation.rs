@@ -1096,7 +1096,10 @@ spec:
         }
         let at = "spec.trafficPolicy.tls.credentialName".to_string();
         // No CA to serve the Secret.
-        let f = findings(false, rule(selected, "{mode: MUTUAL, credentialName: db-client}"));
+        let f = findings(
+            false,
+            rule(selected, "{mode: MUTUAL, credentialName: db-client}"),
+        );
         assert_eq!((f[0].0, &f[0].1), (Level::Error, &at));
         assert!(f[0].2.contains("ca.enabled"), "{f:?}");
         // No workloadSelector: MUTUAL would present nothing (error), SIMPLE uses the system
@@ -1109,7 +1112,10 @@ spec:
         // Files beside it, or a name no Secret can have.
         let f = findings(
             true,
-            rule(selected, "{mode: SIMPLE, credentialName: db, caCertificates: /etc/ca.pem}"),
+            rule(
+                selected,
+                "{mode: SIMPLE, credentialName: db, caCertificates: /etc/ca.pem}",
+            ),
         );
         assert_eq!(f[0].1, "spec.trafficPolicy.tls.caCertificates", "{f:?}");
         let f = findings(true, rule(selected, "{mode: SIMPLE, credentialName: Db_1}"));

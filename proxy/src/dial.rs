@@ -183,7 +183,9 @@ impl ClusterDialer {
         tls: Option<&Originate>,
         purpose: Purpose,
     ) -> Result<(Io, ActiveGuard), ConnectError> {
-        if let Some(Err(source)) = tls.map(Originate::ready) {
+        if let Some(tls) = tls
+            && let Err(source) = tls.ready().await
+        {
             self.stats.cx_connect_fail.inc();
             return Err(ConnectError::Tls {
                 cluster: self.name.clone(),

@@ -505,6 +505,7 @@ pub async fn serve(args: RunArgs) -> Result<()> {
                 .copied()
         }));
         tracing::info!(identity = %id, "workload identity: asking the mesh CA for a certificate");
+        certs.credentials().set_client(client.clone());
         tokio::spawn(crate::identity::manager::run(
             client,
             id,

@@ -23,7 +23,10 @@
 //!   the files. The files are read (at most [`MAX_FILE_BYTES`] each) when the cluster is first
 //!   used and kept while its configuration stands; one that is missing or bad fails that
 //!   cluster's connections, naming the file, before dialing. ALPN: the context's, else `h2` or
-//!   `http/1.1` for HTTP and none for TCP.
+//!   `http/1.1` for HTTP and none for TCP. A `credentialName` (`kubernetes://<secret>` and
+//!   `kubernetes://<secret>-cacert`) is fetched from the mesh CA instead
+//!   ([`crate::identity::credential`]) and followed: a rotated Secret is used by the next
+//!   handshakes.
 //! - **Resumption** is on by default both ways (rustls' session cache and TLS 1.3 tickets);
 //!   Envoy's `maxSessionKeys: 0` (client) and `disableStatefulSessionResumption` (server) turn
 //!   it off, so every handshake is a full one.
@@ -70,6 +73,9 @@ pub enum TlsError {
     /// A certificate, key or root file for TLS outside the mesh is missing or bad.
     #[error("{0}")]
     File(String),
+    /// A `credentialName` Secret was not served, or is bad.
+    #[error("{0}")]
+    Credential(String),
 }
 
 /// A connection's byte stream.
@@ -337,7 +343,9 @@ pub struct Originate {
     store: Arc<Store>,
     cache: Cached<[Option<Arc<rustls::ClientConfig>>; 3]>,
     /// What the files of [`Kind::External`] held, once read.
-    material: Mutex<Option<Arc<Material>>>,
+    files: Mutex<Option<Arc<Files>>>,
+    /// The material last assembled, with the credential versions it was made of.
+    material: Mutex<Option<Assembled>>,
 }
 
 /// Whose TLS an [`Originate`] speaks.
@@ -348,11 +356,11 @@ enum Kind {
     Mesh { expected: Vec<SpiffeId> },
     /// TLS to a server outside the mesh.
     External {
-        /// The roots' file, or `None` for the system's; no verification when `verify` is off.
-        roots: Option<String>,
+        /// Where the roots are; no verification when `verify` is off.
+        roots: RootsFrom,
         verify: bool,
-        /// The client certificate's and key's files (`MUTUAL`).
-        client: Option<(String, String)>,
+        /// Where the client certificate and key are (`MUTUAL`).
+        client: Option<ClientFrom>,
         /// The subject alt names the server must have one of (the SNI when empty).
         sans: Vec<String>,
         /// The ALPN to offer (empty: by [`Purpose::plain_alpn`]).
@@ -360,8 +368,39 @@ enum Kind {
     },
 }
 
-/// The roots and client certificate of [`Kind::External`], read from their files.
+/// Where the roots of [`Kind::External`] come from.
+#[derive(Clone, Debug, PartialEq)]
+enum RootsFrom {
+    /// The system's (`file-root:system`).
+    System,
+    /// A file (`file-root:<path>`).
+    File(String),
+    /// A credential (`kubernetes://<secret>-cacert`; the name without the prefix).
+    Credential(String),
+}
+
+/// Where the client certificate of [`Kind::External`] comes from.
+#[derive(Clone, Debug, PartialEq)]
+enum ClientFrom {
+    /// Files (`file-cert:<cert>~<key>`).
+    Files(String, String),
+    /// A credential (`kubernetes://<secret>`; the name without the prefix).
+    Credential(String),
+}
+
+/// The roots and client certificate of [`Kind::External`], read from their files or
+/// credentials; `version` changes when a credential does.
 struct Material {
+    roots: Option<rustls::RootCertStore>,
+    client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    version: u64,
+}
+
+/// A [`Material`] and the versions of the credentials it was made of (roots, client).
+type Assembled = ((u64, u64), Arc<Material>);
+
+/// What the files of [`Kind::External`] held, read once.
+struct Files {
     roots: Option<rustls::RootCertStore>,
     client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 }
@@ -412,16 +451,19 @@ impl Originate {
             Kind::Mesh { expected }
         } else {
             let validation = common.combined_validation_context.as_ref();
-            let roots =
-                validation.and_then(|v| match v.validation_context_sds_secret_config.secret() {
-                    Secret::FileRoot(path) => Some(path.to_string()),
-                    _ => None,
-                });
+            let roots = match validation.map(|v| v.validation_context_sds_secret_config.secret()) {
+                Some(Secret::FileRoot(path)) => RootsFrom::File(path.to_string()),
+                Some(Secret::Credential(name)) => RootsFrom::Credential(name.to_string()),
+                _ => RootsFrom::System,
+            };
             let client = common
                 .tls_certificate_sds_secret_configs
                 .first()
                 .and_then(|c| match c.secret() {
-                    Secret::FileCert { cert, key } => Some((cert.to_string(), key.to_string())),
+                    Secret::FileCert { cert, key } => {
+                        Some(ClientFrom::Files(cert.to_string(), key.to_string()))
+                    }
+                    Secret::Credential(name) => Some(ClientFrom::Credential(name.to_string())),
                     _ => None,
                 });
             Kind::External {
@@ -442,6 +484,7 @@ impl Originate {
             sessions: ctx.max_session_keys,
             store,
             cache: Mutex::new(None),
+            files: Mutex::new(None),
             material: Mutex::new(None),
         })
     }
@@ -449,12 +492,12 @@ impl Originate {
     /// Fails when there is nothing to present: checked before dialing, so a sidecar without a
     /// workload certificate opens no connection at all (not even TCP) to a mutual TLS
     /// endpoint, nor one whose certificate, key or root files are missing or bad to a server
-    /// outside the mesh.
-    pub fn ready(&self) -> Result<(), TlsError> {
+    /// outside the mesh (nor whose credential the CA does not serve).
+    pub async fn ready(&self) -> Result<(), TlsError> {
         match &self.kind {
             Kind::Mesh { .. } if self.store.ready() => Ok(()),
             Kind::Mesh { .. } => Err(TlsError::NoCertificate),
-            Kind::External { .. } => self.material().map(|_| ()),
+            Kind::External { .. } => self.material().await.map(|_| ()),
         }
     }
 
@@ -468,7 +511,7 @@ impl Originate {
     }
 
     /// The files of [`Kind::External`], read once (a failure is tried again next time).
-    fn material(&self) -> Result<Arc<Material>, TlsError> {
+    fn files(&self) -> Result<Arc<Files>, TlsError> {
         let Kind::External {
             roots,
             verify,
@@ -478,13 +521,12 @@ impl Originate {
         else {
             return Err(TlsError::Config("not TLS outside the mesh".into()));
         };
-        let mut cached = lock(&self.material);
-        if let Some(m) = &*cached {
-            return Ok(m.clone());
+        let mut cached = lock(&self.files);
+        if let Some(f) = &*cached {
+            return Ok(f.clone());
         }
         let roots = match (verify, roots) {
-            (false, _) => None,
-            (true, Some(path)) => {
+            (true, RootsFrom::File(path)) => {
                 let mut store = rustls::RootCertStore::empty();
                 for cert in read_certs(path)? {
                     store
@@ -493,28 +535,101 @@ impl Originate {
                 }
                 Some(store)
             }
-            (true, None) => Some(system_roots()?),
+            (true, RootsFrom::System) => Some(system_roots()?),
+            _ => None,
         };
         let client = match client {
-            None => None,
-            Some((cert, key)) => {
+            Some(ClientFrom::Files(cert, key)) => {
                 use rustls::pki_types::pem::PemObject;
                 let chain = read_certs(cert)?;
                 let key = PrivateKeyDer::from_pem_slice(&read_file(key)?)
                     .map_err(|e| TlsError::File(format!("{key}: not a PEM private key: {e}")))?;
                 Some((chain, key))
             }
+            _ => None,
         };
-        let m = Arc::new(Material { roots, client });
-        *cached = Some(m.clone());
+        let f = Arc::new(Files { roots, client });
+        *cached = Some(f.clone());
+        Ok(f)
+    }
+
+    /// The roots and client certificate of [`Kind::External`]: the files', or the
+    /// credentials' as the CA serves them now.
+    async fn material(&self) -> Result<Arc<Material>, TlsError> {
+        let Kind::External {
+            roots,
+            verify,
+            client,
+            ..
+        } = &self.kind
+        else {
+            return Err(TlsError::Config("not TLS outside the mesh".into()));
+        };
+        let credentials = self.store.credentials();
+        let roots_cred = match (verify, roots) {
+            (true, RootsFrom::Credential(name)) => {
+                Some(credentials.get(name).await.map_err(TlsError::Credential)?)
+            }
+            _ => None,
+        };
+        let client_cred = match client {
+            Some(ClientFrom::Credential(name)) => {
+                Some(credentials.get(name).await.map_err(TlsError::Credential)?)
+            }
+            _ => None,
+        };
+        let files = self.files()?;
+        let versions = (
+            roots_cred.as_ref().map_or(0, |c| c.version),
+            client_cred.as_ref().map_or(0, |c| c.version),
+        );
+        let mut cached = lock(&self.material);
+        if let Some((v, m)) = &*cached
+            && *v == versions
+        {
+            return Ok(m.clone());
+        }
+        let roots = match roots_cred {
+            Some(c) => {
+                let mut store = rustls::RootCertStore::empty();
+                for cert in &c.roots {
+                    store
+                        .add(cert.clone())
+                        .map_err(|e| TlsError::Credential(format!("a CA certificate: {e}")))?;
+                }
+                Some(store)
+            }
+            None => files.roots.clone(),
+        };
+        let client = match (&client_cred, &files.client) {
+            (Some(c), _) => c.key.as_ref().map(|k| (c.chain.clone(), k.clone_key())),
+            (None, Some((chain, key))) => Some((chain.clone(), key.clone_key())),
+            (None, None) => None,
+        };
+        let m = Arc::new(Material {
+            roots,
+            client,
+            version: versions.0.wrapping_mul(1 << 32).wrapping_add(versions.1),
+        });
+        *cached = Some((versions, m.clone()));
         Ok(m)
     }
 
-    fn config(&self, purpose: Purpose) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-        // The mesh's configurations follow the certificate's renewals; files are read once.
-        let generation = match self.kind {
-            Kind::Mesh { .. } => self.store.generation(),
-            Kind::External { .. } => 0,
+    fn config(
+        &self,
+        purpose: Purpose,
+        material: Option<&Material>,
+    ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        // The mesh's configurations follow the certificate's renewals, those outside the mesh
+        // their credentials (files are read once).
+        let generation = match (&self.kind, material) {
+            (Kind::Mesh { .. }, _) => self.store.generation(),
+            (Kind::External { .. }, Some(m)) => m.version,
+            (Kind::External { .. }, None) => {
+                return Err(TlsError::Config(
+                    "TLS outside the mesh without material".into(),
+                ));
+            }
         };
         let mut cache = lock(&self.cache);
         if let Some((g, configs)) = &*cache
@@ -533,7 +648,9 @@ impl Originate {
                 client_config(&cert, expected.clone(), purpose.alpn())
             }
             Kind::External { sans, alpn, .. } => {
-                let m = self.material()?;
+                let Some(m) = material else {
+                    return Err(TlsError::Config("no material".into()));
+                };
                 let offered: Vec<&[u8]> = if alpn.is_empty() {
                     purpose.plain_alpn().to_vec()
                 } else {
@@ -577,7 +694,12 @@ impl Originate {
     /// Runs the client handshake on `tcp` for `purpose`; the server must prove one of the
     /// expected identities.
     pub async fn connect(&self, tcp: TcpStream, purpose: Purpose) -> Result<Io, TlsError> {
-        let connector = tokio_rustls::TlsConnector::from(self.config(purpose)?);
+        let material = match self.kind {
+            Kind::Mesh { .. } => None,
+            Kind::External { .. } => Some(self.material().await?),
+        };
+        let connector =
+            tokio_rustls::TlsConnector::from(self.config(purpose, material.as_deref())?);
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(self.sni.clone(), tcp))
             .await
         {

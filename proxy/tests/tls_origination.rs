@@ -13,7 +13,14 @@
 //! - `MUTUAL` presents the client certificate of its files (a server requiring one accepts
 //!   it, and refuses `SIMPLE`);
 //! - a missing file fails the cluster's requests, naming nothing to the app but 503, without
-//!   opening a connection to the server.
+//!   opening a connection to the server;
+//! - a `credentialName` (`kubernetes://<secret>`, `kubernetes://<secret>-cacert`) is served by
+//!   the real mesh CA (the operator's, on loopback; a table stands in for the API server's
+//!   Secrets and SubjectAccessReview) to a workload whose account may list Secrets, refused
+//!   otherwise before any connection; a rotated Secret is used by the next connections; the
+//!   last good copy keeps serving while the CA is down.
+
+mod ca_common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -241,6 +248,11 @@ impl Sidecar {
     /// A sidecar with `doc`, and its outbound listener as the app's connections to `VIP:443`
     /// and `VIP:5432` reach it.
     fn new(doc: Value) -> Sidecar {
+        Sidecar::with_identity(doc, Arc::new(rustmesh_proxy::identity::Store::default()))
+    }
+
+    /// [`Sidecar::new`] with the certificates and credentials of `identity`.
+    fn with_identity(doc: Value, identity: Arc<rustmesh_proxy::identity::Store>) -> Sidecar {
         let metrics = Metrics::default();
         let istio = Arc::new(IstioMetrics::new());
         let workload = Arc::new(WorkloadInfo {
@@ -249,7 +261,7 @@ impl Sidecar {
             labels: BTreeMap::new(),
         });
         let http = Arc::new(ConnectionManager::new(istio.clone(), workload.clone()));
-        let clusters = Arc::new(ClusterManager::new(metrics.clone()));
+        let clusters = Arc::new(ClusterManager::with_identity(metrics.clone(), identity));
         let shared = Arc::new(Shared {
             store: Arc::new(Store::new()),
             metrics: metrics.clone(),
@@ -486,4 +498,159 @@ async fn a_missing_file_fails_the_requests_before_any_connection() {
         0,
         "no connection to the server without its roots"
     );
+}
+
+// ---- credentialName: the Secret served by the mesh CA -----------------------------------------
+
+/// Secrets of the cluster, as the CA reads them, and the accounts that may list them.
+#[derive(Clone, Default)]
+struct Secrets(Arc<std::sync::Mutex<(SecretTable, Vec<String>)>>);
+
+/// Secret data by (namespace, name).
+type SecretTable = BTreeMap<(String, String), BTreeMap<String, Vec<u8>>>;
+
+impl Secrets {
+    fn put(&self, ns: &str, name: &str, data: &[(&str, &str)]) {
+        self.0.lock().unwrap().0.insert(
+            (ns.to_string(), name.to_string()),
+            data.iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+        );
+    }
+
+    fn allow(&self, id: &rustmesh_xds::identity::SpiffeId) {
+        self.0.lock().unwrap().1.push(id.to_string());
+    }
+}
+
+type BoxFut<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+impl rustmesh_operator::ca::credential::SecretSource for Secrets {
+    fn secret<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFut<'a, Result<Option<BTreeMap<String, Vec<u8>>>, String>> {
+        let found = self
+            .0
+            .lock()
+            .unwrap()
+            .0
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned();
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn may_list_secrets<'a>(
+        &'a self,
+        who: &'a rustmesh_xds::identity::SpiffeId,
+    ) -> BoxFut<'a, Result<bool, String>> {
+        let ok = self.0.lock().unwrap().1.contains(&who.to_string());
+        Box::pin(async move { Ok(ok) })
+    }
+}
+
+#[tokio::test]
+async fn a_credential_name_is_served_by_the_ca_to_a_workload_allowed_to_read_it() {
+    use rustmesh_operator::ca::service::{Ca, CaMetrics};
+    let pki = Pki::new();
+    // A TCP server outside the mesh requiring a client certificate of the private CA.
+    let server = tls_server(&pki, &[NAME], true, true).await;
+    let secrets = Secrets::default();
+    let ca_pem = std::fs::read_to_string(pki.path("ca.pem")).unwrap();
+    let (cert, key) = pki.leaf("payments-client", &[]);
+    secrets.put(
+        "shop",
+        "ext-client",
+        &[("tls.crt", &cert), ("tls.key", &key), ("ca.crt", &ca_pem)],
+    );
+    let payments = ca_common::id("shop", "payments");
+    let nosy = ca_common::id("shop", "nosy");
+    secrets.allow(&payments);
+    let authority = ca_common::authority();
+    let tokens = ca_common::Tokens(BTreeMap::from([
+        ("payments".to_string(), payments.clone()),
+        ("nosy".to_string(), nosy.clone()),
+    ]));
+    let ca = Ca::new(authority.clone(), tokens, CaMetrics::default())
+        .with_credentials(Arc::new(secrets.clone()));
+    let (ca_addr, stop_ca) = ca_common::serve(ca, "127.0.0.1:0").await;
+    let identity = |token: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        ca_common::files(dir.path(), token, authority.root_bundle());
+        let store = Arc::new(rustmesh_proxy::identity::Store::default());
+        let client = ca_common::client(ca_addr, dir.path(), std::time::Duration::from_secs(3600));
+        store.credentials().set_client(client);
+        (dir, store)
+    };
+    let doc = || {
+        let tls = external_upstream(
+            NAME,
+            &[],
+            Some(ClientCert::Credential("ext-client")),
+            &ServerRoots::Credential("ext-client".into()),
+            &[],
+        );
+        client_doc(server.addr, serde_json::to_value(tls).unwrap(), false)
+    };
+
+    // The account may list the Secrets of its namespace: MUTUAL with the Secret's certificate,
+    // the server verified against its ca.crt.
+    let (_files, store) = identity("payments");
+    store
+        .credentials()
+        .set_refresh(std::time::Duration::from_millis(200));
+    let sidecar = Sidecar::with_identity(doc(), store.clone());
+    assert!(
+        tcp_exchange(sidecar.tcp)
+            .await
+            .starts_with("tcp sni=ext.example.com client=payments-client\n")
+    );
+
+    // Another account of the namespace without that right gets nothing: the connection is
+    // refused before the server is dialed.
+    let before = server.accepted.load(Ordering::SeqCst);
+    let (_nosy_files, nosy_store) = identity("nosy");
+    let refused = Sidecar::with_identity(doc(), nosy_store);
+    assert_eq!(closed_without_answer(refused.tcp).await, "");
+    assert_eq!(server.accepted.load(Ordering::SeqCst), before);
+
+    // A rotated Secret is used by the next connections.
+    let (cert2, key2) = pki.leaf("payments-client-2", &[]);
+    secrets.put(
+        "shop",
+        "ext-client",
+        &[("tls.crt", &cert2), ("tls.key", &key2), ("ca.crt", &ca_pem)],
+    );
+    let mut rotated = false;
+    for _ in 0..50 {
+        if tcp_exchange(sidecar.tcp)
+            .await
+            .contains("client=payments-client-2\n")
+        {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(rotated, "the rotated Secret was never used");
+
+    // The CA goes away: the last good copy keeps serving past its refresh time.
+    let _ = stop_ca.send(());
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        tcp_exchange(sidecar.tcp)
+            .await
+            .contains("client=payments-client-2\n")
+    );
+}
+
+/// What a connection through the sidecar's TCP listener gets before it closes.
+async fn closed_without_answer(at: SocketAddr) -> String {
+    let mut s = TcpStream::connect(at).await.unwrap();
+    let _ = s.write_all(b"ping\n").await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut got)).await;
+    String::from_utf8_lossy(&got).into_owned()
 }

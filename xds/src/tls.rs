@@ -412,8 +412,7 @@ fn credential_problem(name: &str, roots: bool) -> Option<String> {
     } else {
         name
     };
-    crate::ca::secret_name_problem(secret)
-        .map(|why| format!("kubernetes://{name}: {why}"))
+    crate::ca::secret_name_problem(secret).map(|why| format!("kubernetes://{name}: {why}"))
 }
 
 /// One of a cluster's `transportSocketMatches`: endpoints whose
@@ -501,9 +500,7 @@ pub fn external_upstream(
         ServerRoots::File(path) => Some(format!("{SDS_FILE_ROOT}{path}")),
         ServerRoots::System => Some(SDS_SYSTEM_ROOT.to_string()),
         ServerRoots::SkipVerify => None,
-        ServerRoots::Credential(name) => {
-            Some(format!("{SDS_KUBERNETES}{name}{SDS_CACERT_SUFFIX}"))
-        }
+        ServerRoots::Credential(name) => Some(format!("{SDS_KUBERNETES}{name}{SDS_CACERT_SUFFIX}")),
     };
     UpstreamTlsContext {
         common_tls_context: CommonTlsContext {
@@ -608,9 +605,8 @@ mod tests {
         let v = c.combined_validation_context.as_mut().unwrap();
         v.validation_context_sds_secret_config.name = "kubernetes://my-ca-cacert".into();
         v.default_validation_context.match_subject_alt_names[0].prefix = Some("x".into());
-        let fields = |side| -> Vec<String> {
-            c.problems(side).into_iter().map(|(f, _)| f).collect()
-        };
+        let fields =
+            |side| -> Vec<String> { c.problems(side).into_iter().map(|(f, _)| f).collect() };
         assert_eq!(
             fields(Side::Downstream),
             vec![
@@ -717,7 +713,11 @@ mod tests {
         );
         let c = &ctx.common_tls_context;
         assert!(!c.is_mesh());
-        assert!(c.problems(Side::Upstream).is_empty(), "{:?}", c.problems(Side::Upstream));
+        assert!(
+            c.problems(Side::Upstream).is_empty(),
+            "{:?}",
+            c.problems(Side::Upstream)
+        );
         assert_eq!(c.problems(Side::Downstream).len(), 2);
         // A roots name without the -cacert suffix, or a name that is no Secret's, is refused.
         let mut bad = c.clone();

@@ -58,7 +58,9 @@ pub enum CredentialError {
         account: String,
     },
     /// No such Secret in the caller's namespace.
-    #[error("no Secret {name} in namespace {namespace} (a credentialName names a Secret of the sidecar's own namespace)")]
+    #[error(
+        "no Secret {name} in namespace {namespace} (a credentialName names a Secret of the sidecar's own namespace)"
+    )]
     NotFound {
         /// The namespace.
         namespace: String,
@@ -325,7 +327,10 @@ mod tests {
         assert_eq!(wanted("db-cacert").unwrap(), Wanted::Roots("db"));
         assert!(matches!(wanted("-cacert"), Err(CredentialError::Name(_))));
         assert!(matches!(wanted("Db"), Err(CredentialError::Name(_))));
-        assert!(matches!(wanted("a/b-cacert"), Err(CredentialError::Name(_))));
+        assert!(matches!(
+            wanted("a/b-cacert"),
+            Err(CredentialError::Name(_))
+        ));
     }
 
     #[test]
@@ -336,11 +341,22 @@ mod tests {
         assert!(r.ca_certificates.is_empty());
         let tls = data(&[("tls.crt", "C2"), ("tls.key", "K2")]);
         let r = answer(&Wanted::Certificate("db"), "ns", Some(&tls), None).unwrap();
-        assert_eq!((r.cert_chain.as_str(), r.private_key.as_str()), ("C2", "K2"));
-        let e = answer(&Wanted::Certificate("db"), "ns", Some(&data(&[("cert", "C")])), None)
-            .unwrap_err();
+        assert_eq!(
+            (r.cert_chain.as_str(), r.private_key.as_str()),
+            ("C2", "K2")
+        );
+        let e = answer(
+            &Wanted::Certificate("db"),
+            "ns",
+            Some(&data(&[("cert", "C")])),
+            None,
+        )
+        .unwrap_err();
         let message = e.to_string();
-        assert!(message.contains("ns/db") && message.contains("[\"cert\"]"), "{message}");
+        assert!(
+            message.contains("ns/db") && message.contains("[\"cert\"]"),
+            "{message}"
+        );
         assert!(matches!(
             answer(&Wanted::Certificate("db"), "ns", None, None),
             Err(CredentialError::NotFound { .. })
@@ -359,10 +375,7 @@ mod tests {
     fn roots_come_from_the_cacert_secret_first_then_the_secret_itself() {
         let own = data(&[("cert", "C"), ("key", "K"), ("ca.crt", "R1")]);
         let separate = data(&[("cacert", "R2")]);
-        let roots = |p, c| {
-            answer(&Wanted::Roots("db"), "ns", p, c)
-                .map(|r| r.ca_certificates)
-        };
+        let roots = |p, c| answer(&Wanted::Roots("db"), "ns", p, c).map(|r| r.ca_certificates);
         assert_eq!(roots(Some(&own), Some(&separate)).unwrap(), "R2");
         assert_eq!(roots(Some(&own), None).unwrap(), "R1");
         assert_eq!(roots(None, Some(&separate)).unwrap(), "R2");
@@ -421,7 +434,13 @@ mod tests {
         let app = SpiffeId::new("cluster.local", "shop", "app").unwrap();
         let r = fetch(&table, &app, "db").await.unwrap();
         assert_eq!(r.cert_chain, "C");
-        assert_eq!(fetch(&table, &app, "db-cacert").await.unwrap().ca_certificates, "R");
+        assert_eq!(
+            fetch(&table, &app, "db-cacert")
+                .await
+                .unwrap()
+                .ca_certificates,
+            "R"
+        );
         // Another account of the same namespace without the right is refused.
         let nosy = SpiffeId::new("cluster.local", "shop", "nosy").unwrap();
         let e = fetch(&table, &nosy, "db").await.unwrap_err();

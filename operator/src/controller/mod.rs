@@ -97,14 +97,16 @@ async fn start_ca(
     );
     tracing::info!(?source, trust_domain = %ca.trust_domain, addr = %ca.addr, "mesh CA ready");
     let bundle = authority.root_bundle().to_string();
-    let service = Arc::new(service::Ca::new(
-        authority,
-        Reviewer::new(client.clone(), &ca.trust_domain),
-        metrics.ca.clone(),
-    )
-    .with_credentials(Arc::new(crate::ca::credential::KubeSecrets::new(
-        client.clone(),
-    ))));
+    let service = Arc::new(
+        service::Ca::new(
+            authority,
+            Reviewer::new(client.clone(), &ca.trust_domain),
+            metrics.ca.clone(),
+        )
+        .with_credentials(Arc::new(crate::ca::credential::KubeSecrets::new(
+            client.clone(),
+        ))),
+    );
     let server = service::CaServer::new(ca.addr, service, &ca.dns_names)
         .await
         .map_err(|e| Error::Ca(e.to_string()))?;

@@ -242,14 +242,13 @@ pub fn expected_sans(mesh: &MeshConfig, namespace: &str, port: &SvcPort) -> Vec<
 /// `credentials` (the DestinationRule has a workloadSelector and the mesh a CA: Istio's rule
 /// for sidecars), the `credentialName` Secret; otherwise nothing without a mesh CA;
 /// `ISTIO_MUTUAL`: mutual TLS; `DISABLE` (or a `tls` without mode, proto's default): plain;
-/// no setting: auto mTLS when enabled,
-/// except on ORIGINAL_DST clusters, whose endpoints carry no metadata (Istio's exception too),
-/// and towards services whose PeerAuthentication says DISABLE (`destination_disables`).
+/// no setting: auto mTLS when enabled and `auto_mtls_applies`: not on ORIGINAL_DST clusters,
+/// whose endpoints carry no metadata (Istio's exception too), nor towards services whose
+/// PeerAuthentication says DISABLE.
 pub fn upstream_tls(
     mesh: &MeshConfig,
     tls: Option<&ClientTlsSettings>,
-    original_dst: bool,
-    destination_disables: bool,
+    auto_mtls_applies: bool,
     host: &str,
     sni: &str,
     sans: Vec<String>,
@@ -309,7 +308,7 @@ pub fn upstream_tls(
             )
         }
         Some(_) => (None, Vec::new()),
-        None if mesh.auto_mtls && !original_dst && !destination_disables => {
+        None if mesh.auto_mtls && auto_mtls_applies => {
             (None, auto_mtls_matches(sni, &ALPN_ISTIO_TCP, &sans))
         }
         None => (None, Vec::new()),
@@ -468,8 +467,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
             (c.transport_socket, c.transport_socket_matches) = upstream_tls(
                 &self.view.index.mesh,
                 policy.tls,
-                passthrough,
-                super::peer_authn::disables_mtls(self.view, &w.svc.namespace),
+                !passthrough && !super::peer_authn::disables_mtls(self.view, &w.svc.namespace),
                 &w.svc.fqdn,
                 &istio_sni(w.port.port, w.subset.unwrap_or(""), &w.svc.fqdn),
                 expected_sans(&self.view.index.mesh, &w.svc.namespace, w.port),

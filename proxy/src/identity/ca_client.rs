@@ -5,6 +5,10 @@
 //! The token and the root are read from their files at each request (the kubelet rotates the
 //! token; the root ConfigMap may change during a root rotation), with size limits. The key stays
 //! in memory.
+//!
+//! The same channel fetches a DestinationRule's `credentialName` Secret
+//! ([`CaClient::fetch_credential`]), which the CA serves to this workload only if its service
+//! account may read it; the answer (a key among it) stays in memory too.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -12,8 +16,8 @@ use std::time::{Duration, SystemTime};
 use rcgen::{CertificateParams, KeyPair, SanType};
 use rustls::pki_types::PrivatePkcs8KeyDer;
 use rustmesh_xds::ca::{
-    CA_PORT, CREATE_CERTIFICATE, IstioCertificateRequest, IstioCertificateResponse,
-    MAX_MESSAGE_BYTES,
+    CA_PORT, CREATE_CERTIFICATE, FETCH_CREDENTIAL, FetchCredentialRequest, FetchCredentialResponse,
+    IstioCertificateRequest, IstioCertificateResponse, MAX_CREDENTIAL_BYTES, MAX_MESSAGE_BYTES,
 };
 use rustmesh_xds::identity::SpiffeId;
 
@@ -187,30 +191,32 @@ impl CaClient {
         parse_pem_certs("the mesh root", &pem).map_err(|e| roots_err(e.to_string()))
     }
 
-    /// A new key and a certificate for `identity`.
-    pub async fn fetch(&self, identity: &SpiffeId) -> Result<WorkloadCert, FetchError> {
+    /// The token, read now, as an `authorization` header value.
+    fn bearer(&self) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>, FetchError> {
         let token = read_limited(&self.token_path, MAX_TOKEN_BYTES).map_err(|reason| {
             FetchError::Token {
                 path: self.token_path.clone(),
                 reason,
             }
         })?;
-        let roots = self.roots()?;
+        format!("Bearer {}", token.trim())
+            .parse()
+            .map_err(|_| FetchError::Token {
+                path: self.token_path.clone(),
+                reason: "not a valid header value".into(),
+            })
+    }
+
+    /// A gRPC client of the CA over TLS, the CA's certificate verified against the mesh root,
+    /// answers of at most `max_answer` bytes.
+    async fn connect(
+        &self,
+        max_answer: usize,
+    ) -> Result<tonic::client::Grpc<tonic::transport::Channel>, FetchError> {
         let root_pem = std::fs::read_to_string(&self.root_path).map_err(|e| FetchError::Roots {
             path: self.root_path.clone(),
             reason: e.to_string(),
         })?;
-        let csr_err = |e: rcgen::Error| FetchError::Csr(e.to_string());
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(csr_err)?;
-        let mut params = CertificateParams::default();
-        params.subject_alt_names = vec![SanType::URI(
-            identity.to_string().try_into().map_err(csr_err)?,
-        )];
-        let csr = params
-            .serialize_request(&key)
-            .and_then(|c| c.pem())
-            .map_err(csr_err)?;
-
         let connect = |reason: String| FetchError::Connect {
             addr: self.addr.clone(),
             reason,
@@ -242,21 +248,33 @@ impl CaClient {
                 .await
                 .map_err(|e| connect(error_chain(&e)))?;
         let mut grpc = tonic::client::Grpc::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(max_answer)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        grpc.ready().await.map_err(|e| connect(error_chain(&e)))?;
+        Ok(grpc)
+    }
+
+    /// A new key and a certificate for `identity`.
+    pub async fn fetch(&self, identity: &SpiffeId) -> Result<WorkloadCert, FetchError> {
+        let bearer = self.bearer()?;
+        let roots = self.roots()?;
+        let csr_err = |e: rcgen::Error| FetchError::Csr(e.to_string());
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(csr_err)?;
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(
+            identity.to_string().try_into().map_err(csr_err)?,
+        )];
+        let csr = params
+            .serialize_request(&key)
+            .and_then(|c| c.pem())
+            .map_err(csr_err)?;
+        let mut grpc = self.connect(MAX_MESSAGE_BYTES).await?;
         let mut request = tonic::Request::new(IstioCertificateRequest {
             csr,
             validity_duration: self.ttl.as_secs() as i64,
             metadata: None,
         });
-        let bearer = format!("Bearer {}", token.trim())
-            .parse()
-            .map_err(|_| FetchError::Token {
-                path: self.token_path.clone(),
-                reason: "not a valid header value".into(),
-            })?;
         request.metadata_mut().insert("authorization", bearer);
-        grpc.ready().await.map_err(|e| connect(error_chain(&e)))?;
         let answer = grpc
             .unary::<_, IstioCertificateResponse, _>(
                 request,
@@ -278,6 +296,32 @@ impl CaClient {
             roots,
             SystemTime::now(),
         )?)
+    }
+
+    /// A `credentialName` Secret's SDS resource `name` (`<secret>` or `<secret>-cacert`), as
+    /// the CA serves it to this workload.
+    pub async fn fetch_credential(
+        &self,
+        name: &str,
+    ) -> Result<FetchCredentialResponse, FetchError> {
+        let bearer = self.bearer()?;
+        let mut grpc = self.connect(MAX_CREDENTIAL_BYTES).await?;
+        let mut request = tonic::Request::new(FetchCredentialRequest {
+            name: name.to_string(),
+        });
+        request.metadata_mut().insert("authorization", bearer);
+        Ok(grpc
+            .unary::<_, FetchCredentialResponse, _>(
+                request,
+                http::uri::PathAndQuery::from_static(FETCH_CREDENTIAL),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .map_err(|s| FetchError::Refused {
+                code: s.code(),
+                message: s.message().to_string(),
+            })?
+            .into_inner())
     }
 }
 

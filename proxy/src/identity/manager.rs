@@ -12,6 +12,7 @@ use rustmesh_xds::identity::SpiffeId;
 
 use super::ca_client::CaClient;
 use super::cert::WorkloadCert;
+use super::credential::Credentials;
 use crate::drain;
 
 /// The first retry delay after a failure.
@@ -19,15 +20,22 @@ pub const RETRY_MIN: Duration = Duration::from_secs(1);
 /// The longest retry delay.
 pub const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// The current certificate, swapped atomically; handshakes read it without locks.
+/// The current certificate, swapped atomically; handshakes read it without locks. Also holds
+/// the `credentialName` Secrets fetched from the same CA.
 #[derive(Default)]
 pub struct Store {
     current: ArcSwapOption<WorkloadCert>,
     generation: AtomicU64,
     failures: AtomicU64,
+    credentials: Credentials,
 }
 
 impl Store {
+    /// The `credentialName` Secrets (TLS to servers outside the mesh).
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
     /// The current certificate, if any (it may have expired if the CA stayed down).
     pub fn current(&self) -> Option<Arc<WorkloadCert>> {
         self.current.load_full()

@@ -58,7 +58,15 @@ pub async fn start_ca<A: Authenticate>(
     auth: A,
     addr: &str,
 ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let ca = Arc::new(Ca::new(authority, auth, CaMetrics::default()));
+    serve(Ca::new(authority, auth, CaMetrics::default()), addr).await
+}
+
+/// Serves `ca` on `addr` (port 0: any); returns its address and a stopper.
+pub async fn serve<A: Authenticate>(
+    ca: Ca<A>,
+    addr: &str,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let ca = Arc::new(ca);
     let names = [
         "localhost".to_string(),
         "istiod.istio-system.svc".to_string(),

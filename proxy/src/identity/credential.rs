@@ -1,0 +1,304 @@
+//! A DestinationRule's `credentialName` Secrets as the sidecar holds them: fetched from the
+//! mesh CA ([`super::ca_client::CaClient::fetch_credential`]) when a connection first needs
+//! one, parsed, kept in memory only (never written or logged), and asked for again after
+//! [`REFRESH`] so a rotated Secret is picked up by the next handshakes (open connections keep
+//! theirs). While the CA cannot answer, the last good copy keeps serving; a credential never
+//! fetched fails its connections with the CA's reason, remembered for [`RETRY`] so a busy
+//! cluster does not flood the CA.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustmesh_xds::ca::FetchCredentialResponse;
+
+use super::ca_client::CaClient;
+use crate::sync::lock;
+
+/// How long a fetched credential is used before the CA is asked again.
+pub const REFRESH: Duration = Duration::from_secs(60);
+/// How long a failure is remembered before the CA is asked again.
+pub const RETRY: Duration = Duration::from_secs(2);
+
+/// One SDS resource of a credential: the certificate chain and key (`<secret>`) or the CA
+/// certificates (`<secret>-cacert`). `version` changes when the content does.
+pub struct Credential {
+    /// The certificate chain, leaf first (empty for roots).
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The private key (`None` for roots).
+    pub key: Option<PrivateKeyDer<'static>>,
+    /// The CA certificates (empty for a certificate).
+    pub roots: Vec<CertificateDer<'static>>,
+    /// Distinct for each distinct content fetched.
+    pub version: u64,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("chain", &self.chain.len())
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("roots", &self.roots.len())
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+/// Reads the CA's answer for `name`: a certificate resource needs a chain and a key, a roots
+/// resource (`-cacert`) at least one certificate.
+pub fn parse(
+    name: &str,
+    answer: &FetchCredentialResponse,
+    version: u64,
+) -> Result<Credential, String> {
+    let certs = |what: &str, pem: &str| {
+        CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("kubernetes://{name}: {what} are not PEM certificates: {e}"))
+    };
+    let roots_wanted = name.ends_with(rustmesh_xds::tls::SDS_CACERT_SUFFIX);
+    if roots_wanted {
+        let roots = certs("the CA certificates", &answer.ca_certificates)?;
+        if roots.is_empty() {
+            return Err(format!("kubernetes://{name}: no CA certificate"));
+        }
+        return Ok(Credential {
+            chain: Vec::new(),
+            key: None,
+            roots,
+            version,
+        });
+    }
+    let chain = certs("the certificate chain", &answer.cert_chain)?;
+    if chain.is_empty() {
+        return Err(format!("kubernetes://{name}: no certificate"));
+    }
+    // The key's parse error is rustls' and never carries the key.
+    let key = PrivateKeyDer::from_pem_slice(answer.private_key.as_bytes())
+        .map_err(|e| format!("kubernetes://{name}: the key is not a PEM private key: {e}"))?;
+    Ok(Credential {
+        chain,
+        key: Some(key),
+        roots: Vec::new(),
+        version,
+    })
+}
+
+struct Entry {
+    value: Option<Arc<Credential>>,
+    /// The content's fingerprint, to keep `version` when a refresh brings the same.
+    fingerprint: u64,
+    error: Option<String>,
+    at: Instant,
+}
+
+/// The credentials this sidecar uses, by SDS name without `kubernetes://`.
+#[derive(Default)]
+pub struct Credentials {
+    client: OnceLock<CaClient>,
+    entries: Mutex<HashMap<String, Entry>>,
+    /// One fetch at a time: a burst of connections asks the CA once.
+    fetching: tokio::sync::Mutex<()>,
+    versions: AtomicU64,
+    /// [`REFRESH`] unless set (milliseconds; 0: the default).
+    refresh_ms: AtomicU64,
+}
+
+impl Credentials {
+    /// Fetches from the CA `client` talks to (set once, at start; without it every credential
+    /// fails, naming the missing CA).
+    pub fn set_client(&self, client: CaClient) {
+        let _ = self.client.set(client);
+    }
+
+    /// Asks the CA again after `every` instead of [`REFRESH`] (tests, and a faster rotation).
+    pub fn set_refresh(&self, every: Duration) {
+        let ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.refresh_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn refresh(&self) -> Duration {
+        match self.refresh_ms.load(Ordering::Relaxed) {
+            0 => REFRESH,
+            ms => Duration::from_millis(ms),
+        }
+    }
+
+    fn fresh(&self, name: &str) -> Option<Result<Arc<Credential>, String>> {
+        let refresh = self.refresh();
+        let entries = lock(&self.entries);
+        let e = entries.get(name)?;
+        let age = e.at.elapsed();
+        match (&e.value, &e.error) {
+            (Some(v), None) if age < refresh => Some(Ok(v.clone())),
+            (Some(v), Some(_)) if age < RETRY => Some(Ok(v.clone())),
+            (None, Some(err)) if age < RETRY => Some(Err(err.clone())),
+            _ => None,
+        }
+    }
+
+    /// Credential `name` (`<secret>` or `<secret>-cacert`): the copy held while fresh, else
+    /// asked of the CA now.
+    pub async fn get(&self, name: &str) -> Result<Arc<Credential>, String> {
+        if let Some(r) = self.fresh(name) {
+            return r;
+        }
+        let _one = self.fetching.lock().await;
+        if let Some(r) = self.fresh(name) {
+            return r;
+        }
+        let fetched = match self.client.get() {
+            None => Err(format!(
+                "kubernetes://{name}: no mesh CA (CA_ADDR) to serve a credentialName Secret"
+            )),
+            Some(client) => client
+                .fetch_credential(name)
+                .await
+                .map_err(|e| format!("kubernetes://{name}: {e}")),
+        };
+        let mut entries = lock(&self.entries);
+        let previous = entries.remove(name);
+        let now = Instant::now();
+        let (entry, result) = match fetched {
+            Ok(answer) => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (
+                    &answer.cert_chain,
+                    &answer.private_key,
+                    &answer.ca_certificates,
+                )
+                    .hash(&mut h);
+                let fingerprint = h.finish();
+                match previous {
+                    Some(Entry {
+                        value: Some(v),
+                        fingerprint: f,
+                        ..
+                    }) if f == fingerprint => (
+                        Entry {
+                            value: Some(v.clone()),
+                            fingerprint,
+                            error: None,
+                            at: now,
+                        },
+                        Ok(v),
+                    ),
+                    _ => {
+                        let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
+                        match parse(name, &answer, version) {
+                            Ok(c) => {
+                                let c = Arc::new(c);
+                                tracing::info!(credential = name, version, "credential installed");
+                                (
+                                    Entry {
+                                        value: Some(c.clone()),
+                                        fingerprint,
+                                        error: None,
+                                        at: now,
+                                    },
+                                    Ok(c),
+                                )
+                            }
+                            Err(e) => failed(previous, e, now),
+                        }
+                    }
+                }
+            }
+            Err(e) => failed(previous, e, now),
+        };
+        entries.insert(name.to_string(), entry);
+        result
+    }
+}
+
+/// A failed fetch: the last good copy keeps serving, else the error is the answer.
+fn failed(
+    previous: Option<Entry>,
+    error: String,
+    now: Instant,
+) -> (Entry, Result<Arc<Credential>, String>) {
+    tracing::warn!(error = %error, "credential not fetched");
+    match previous {
+        Some(Entry {
+            value: Some(v),
+            fingerprint,
+            ..
+        }) => (
+            Entry {
+                value: Some(v.clone()),
+                fingerprint,
+                error: Some(error),
+                at: now,
+            },
+            Ok(v),
+        ),
+        _ => (
+            Entry {
+                value: None,
+                fingerprint: 0,
+                error: Some(error.clone()),
+                at: now,
+            },
+            Err(error),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pki() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["db.example.com".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn a_certificate_needs_chain_and_key_and_roots_a_certificate() {
+        let (cert, key) = pki();
+        let answer = FetchCredentialResponse {
+            cert_chain: cert.clone(),
+            private_key: key.clone(),
+            ca_certificates: String::new(),
+        };
+        let c = parse("db", &answer, 1).unwrap();
+        assert_eq!(
+            (c.chain.len(), c.key.is_some(), c.roots.len()),
+            (1, true, 0)
+        );
+        assert!(!format!("{c:?}").contains("PRIVATE"));
+        let e = parse("db-cacert", &answer, 1).unwrap_err();
+        assert!(e.contains("no CA certificate"), "{e}");
+        let roots = FetchCredentialResponse {
+            ca_certificates: cert,
+            ..FetchCredentialResponse::default()
+        };
+        assert_eq!(parse("db-cacert", &roots, 2).unwrap().roots.len(), 1);
+        let no_key = FetchCredentialResponse {
+            private_key: "garbage".into(),
+            ..answer
+        };
+        let e = parse("db", &no_key, 1).unwrap_err();
+        assert!(e.contains("not a PEM private key"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn without_a_ca_a_credential_fails_naming_it() {
+        let creds = Credentials::default();
+        let e = creds.get("db").await.unwrap_err();
+        assert!(
+            e.contains("kubernetes://db") && e.contains("CA_ADDR"),
+            "{e}"
+        );
+        // Remembered: the same answer without asking again.
+        assert_eq!(creds.get("db").await.unwrap_err(), e);
+    }
+}
