@@ -40,8 +40,9 @@ fn allows(
     })
 }
 
-/// What the controller does with the cluster-wide rules, and nothing more.
-fn check_cluster_rules(rules: &[PolicyRule]) {
+/// What the controller does with the cluster-wide rules, and nothing more; `ca`: the mesh
+/// CA's rules too (the install's default).
+fn check_cluster_rules(rules: &[PolicyRule], ca: bool) {
     let rules = rules.to_vec();
     for res in ["services", "endpoints", "pods", "namespaces"] {
         assert!(allows(&rules, "", res, "watch", None), "{res}");
@@ -160,7 +161,26 @@ fn check_cluster_rules(rules: &[PolicyRule]) {
         !allows(&rules, "", "configmaps", "list", None),
         "only the one ConfigMap"
     );
-    assert!(!allows(&rules, "", "secrets", "get", None));
+    // Secrets: with the CA, one by name for a credentialName (and a SubjectAccessReview of
+    // the sidecar's own right first); never listed or watched, never written.
+    assert_eq!(allows(&rules, "", "secrets", "get", None), ca);
+    assert_eq!(
+        allows(
+            &rules,
+            "authorization.k8s.io",
+            "subjectaccessreviews",
+            "create",
+            None
+        ),
+        ca
+    );
+    assert_eq!(
+        allows(&rules, "authentication.k8s.io", "tokenreviews", "create", None),
+        ca
+    );
+    for verb in ["list", "watch", "create", "update", "patch", "delete"] {
+        assert!(!allows(&rules, "", "secrets", verb, None), "secrets {verb}");
+    }
 }
 
 #[test]
@@ -171,7 +191,7 @@ fn rbac_covers_the_controller_and_no_more() {
         .find(|d| d["kind"] == "ClusterRole")
         .map(|d| serde_json::from_value(d.clone()).unwrap())
         .unwrap();
-    check_cluster_rules(&cr.rules.unwrap());
+    check_cluster_rules(&cr.rules.unwrap(), false);
     let role: Role = docs
         .iter()
         .find(|d| d["kind"] == "Role")
@@ -204,5 +224,5 @@ fn install_manifests_grant_the_same() {
         .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "rustmesh-operator")
         .map(|d| serde_json::from_value(d.clone()).unwrap())
         .expect("ClusterRole rustmesh-operator in the kustomize base");
-    check_cluster_rules(&cr.rules.unwrap());
+    check_cluster_rules(&cr.rules.unwrap(), true);
 }

@@ -155,7 +155,8 @@ async fn body(admin: Client, ns: &str) {
     wider.rules.as_mut().unwrap().push(PolicyRule {
         api_groups: Some(vec![String::new()]),
         resources: Some(vec!["secrets".into()]),
-        verbs: vec!["get".into()],
+        // The operator may get one Secret by name (credentialName), never list them.
+        verbs: vec!["list".into()],
         ..Default::default()
     });
     let refused = roles
