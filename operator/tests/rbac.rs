@@ -175,7 +175,13 @@ fn check_cluster_rules(rules: &[PolicyRule], ca: bool) {
         ca
     );
     assert_eq!(
-        allows(&rules, "authentication.k8s.io", "tokenreviews", "create", None),
+        allows(
+            &rules,
+            "authentication.k8s.io",
+            "tokenreviews",
+            "create",
+            None
+        ),
         ca
     );
     for verb in ["list", "watch", "create", "update", "patch", "delete"] {

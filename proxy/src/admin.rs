@@ -328,11 +328,9 @@ fn readiness(state: &AdminState) -> (StatusCode, &'static str) {
 
 /// Envoy's `/certs` shape: the trust bundle (`ca_cert`) and the workload chain (`cert_chain`),
 /// each with serial, SANs, validity (RFC 3339 in UTC, `2026-12-05T05:00:00Z`, as Envoy writes
-/// its protobuf timestamps) and days left. Never the key.
+/// its protobuf timestamps) and days left; then one set per `credentialName` resource held
+/// (`kubernetes://<secret>` a chain, `kubernetes://<secret>-cacert` a bundle). Never a key.
 pub fn certs_json(identity: Option<&crate::identity::Store>, now: std::time::SystemTime) -> Value {
-    let Some(cert) = identity.and_then(|i| i.current()) else {
-        return json!({"certificates": []});
-    };
     let describe = |der: &[u8], path: &str| -> Value {
         use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
         let Ok((_, c)) = X509Certificate::from_der(der) else {
@@ -368,10 +366,21 @@ pub fn certs_json(identity: Option<&crate::identity::Store>, now: std::time::Sys
             "expiration_time": rfc3339(c.validity().not_after),
         })
     };
-    json!({"certificates": [{
-        "ca_cert": cert.roots.iter().map(|r| describe(r, "ROOTCA")).collect::<Vec<_>>(),
-        "cert_chain": cert.chain.iter().map(|c| describe(c, "default")).collect::<Vec<_>>(),
-    }]})
+    let mut sets = Vec::new();
+    if let Some(cert) = identity.and_then(|i| i.current()) {
+        sets.push(json!({
+            "ca_cert": cert.roots.iter().map(|r| describe(r, "ROOTCA")).collect::<Vec<_>>(),
+            "cert_chain": cert.chain.iter().map(|c| describe(c, "default")).collect::<Vec<_>>(),
+        }));
+    }
+    for (name, c) in identity.map(|i| i.credentials().held()).unwrap_or_default() {
+        let path = format!("{}{name}", rustmesh_xds::tls::SDS_KUBERNETES);
+        sets.push(json!({
+            "ca_cert": c.roots.iter().map(|r| describe(r, &path)).collect::<Vec<_>>(),
+            "cert_chain": c.chain.iter().map(|r| describe(r, &path)).collect::<Vec<_>>(),
+        }));
+    }
+    json!({"certificates": sets})
 }
 
 /// A certificate time as RFC 3339 in UTC (`2026-12-05T05:00:00Z`); RFC 5280 times are UTC.

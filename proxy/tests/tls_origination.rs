@@ -608,6 +608,24 @@ async fn a_credential_name_is_served_by_the_ca_to_a_workload_allowed_to_read_it(
             .starts_with("tcp sni=ext.example.com client=payments-client\n")
     );
 
+    // The admin's /certs (what `rustmeshctl proxy-config secret` reads) lists both resources.
+    let certs = rustmesh_proxy::admin::certs_json(Some(&store), std::time::SystemTime::now());
+    let paths: Vec<&str> = certs["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|set| {
+            let all = set["ca_cert"].as_array().unwrap().iter();
+            all.chain(set["cert_chain"].as_array().unwrap())
+        })
+        .map(|c| c["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        ["kubernetes://ext-client", "kubernetes://ext-client-cacert"]
+    );
+    assert!(!certs.to_string().contains("PRIVATE KEY"));
+
     // Another account of the namespace without that right gets nothing: the connection is
     // refused before the server is dialed.
     let before = server.accepted.load(Ordering::SeqCst);

@@ -141,6 +141,16 @@ impl Credentials {
         }
     }
 
+    /// The credentials held now, by name, sorted (what `/certs` shows).
+    pub fn held(&self) -> Vec<(String, Arc<Credential>)> {
+        let mut out: Vec<(String, Arc<Credential>)> = lock(&self.entries)
+            .iter()
+            .filter_map(|(n, e)| e.value.clone().map(|v| (n.clone(), v)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// Credential `name` (`<secret>` or `<secret>-cacert`): the copy held while fresh, else
     /// asked of the CA now.
     pub async fn get(&self, name: &str) -> Result<Arc<Credential>, String> {
