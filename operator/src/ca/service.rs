@@ -414,6 +414,9 @@ where
     }
 }
 
+/// How long the CA's server waits for open connections after shutdown is asked.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// The CA's server: TLS with a certificate the CA issues itself (DNS names of its Services).
 pub struct CaServer<A> {
     listener: tokio::net::TcpListener,
@@ -473,18 +476,36 @@ impl<A: Authenticate> CaServer<A> {
     }
 
     /// Serves until `shutdown` completes.
+    /// Serves until `shutdown` completes, then lets open requests finish for at most
+    /// [`SHUTDOWN_GRACE`] (a client that keeps its connection open does not hold the process).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         // Small request/answer writes: no Nagle delay (TLS handshake, then one gRPC exchange).
         let incoming =
             tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true));
-        tonic::transport::Server::builder()
+        let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serve = tonic::transport::Server::builder()
             .tls_config(self.tls)
             .map_err(|e| ServerError::Tls(e.to_string()))?
             .add_service(self.service)
             .add_service(self.credentials)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await
-            .map_err(|e| ServerError::Serve(e.to_string()))
+            .serve_with_incoming_shutdown(incoming, async move {
+                shutdown.await;
+                let _ = stopping.send(());
+            });
+        let grace = async move {
+            if stopped.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            served = serve => served.map_err(|e| ServerError::Serve(e.to_string())),
+            () = grace => {
+                tracing::info!(grace = ?SHUTDOWN_GRACE, "CA: connections still open after the grace period, stopping");
+                Ok(())
+            }
+        }
     }
 }
 
@@ -667,5 +688,60 @@ mod tests {
         client.ready().await.unwrap();
         let _ = stop.send(());
         serving.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn shutdown_does_not_wait_for_a_connection_that_stays_open() {
+        let (ca, _, _) = ca();
+        let root = ca.authority.root_bundle().to_string();
+        let server = CaServer::new(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(ca),
+            &["istiod.istio-system.svc".to_string()],
+        )
+        .await
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        // A client that opens an HTTP/2 connection over TLS, then neither reads (so never
+        // acknowledges the server's goodbye) nor leaves: graceful shutdown alone would wait
+        // for it forever.
+        use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+        use tokio::io::AsyncWriteExt;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(root.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut idle = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(
+                ServerName::try_from("istiod.istio-system.svc").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        // The preface and an empty SETTINGS frame.
+        idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .unwrap();
+        idle.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = stop.send(());
+        tokio::time::timeout(SHUTDOWN_GRACE * 3, serving)
+            .await
+            .expect("the server stopped within its grace period")
+            .unwrap()
+            .unwrap();
     }
 }
