@@ -112,6 +112,38 @@ async fn both_sidecars_learn_who_the_other_is() {
 }
 
 #[tokio::test]
+async fn a_verified_chain_is_remembered_but_names_and_expiry_are_checked_every_time() {
+    // One client configuration (one verifier, one cache of verified chains) expecting ratings.
+    let m = mesh().await;
+    let client = client_config(
+        &m.reviews,
+        vec![id("bookinfo", "ratings")],
+        Purpose::Tcp.alpn(),
+    )
+    .unwrap();
+    let ratings = server_config(&m.ratings, Purpose::Tcp.alpn(), true).unwrap();
+    for _ in 0..3 {
+        let out = handshake(ratings.clone(), client.clone()).await;
+        assert!(out.client.is_ok() && out.server.is_ok(), "{:?}", out.client);
+    }
+    // Another server of the same mesh: its chain verifies, its name is still refused.
+    let out = handshake(
+        server_config(&m.reviews, Purpose::Tcp.alpn(), true).unwrap(),
+        client.clone(),
+    )
+    .await;
+    assert!(out.client.unwrap_err().contains("sa/reviews"));
+    // The server remembered the client's chain; a client of another mesh is still refused.
+    let stranger = issue(&authority(), &id("bookinfo", "reviews")).await;
+    let out = handshake(
+        ratings.clone(),
+        client_config(&stranger, vec![], Purpose::Tcp.alpn()).unwrap(),
+    )
+    .await;
+    assert!(out.server.is_err());
+}
+
+#[tokio::test]
 async fn a_server_with_another_identity_is_refused_by_name() {
     let m = mesh().await;
     let out = handshake(

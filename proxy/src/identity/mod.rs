@@ -12,6 +12,8 @@
 //! - [`manager`]: keeps a valid certificate in a [`Store`]: fetches at start, renews at 80 % of
 //!   the lifetime, retries with backoff while the CA is down, and keeps serving with the current
 //!   certificate until it expires.
+//! - [`verified`]: peer chains verified once per verifier, not at every handshake (the
+//!   handshake's own signature always is);
 //! - [`tls`]: Istio's mutual TLS between sidecars as rustls configurations (chains verified
 //!   against the mesh root, SPIFFE ids instead of DNS names, Istio's ALPN).
 
@@ -20,6 +22,7 @@ pub mod cert;
 pub mod credential;
 pub mod manager;
 pub mod tls;
+pub mod verified;
 
 pub use cert::WorkloadCert;
 pub use manager::Store;

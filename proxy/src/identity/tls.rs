@@ -13,6 +13,8 @@
 //!   [`external_client_config`]: the server's chain verified against the given roots and its
 //!   name against the expected subject alt names (the SNI when none are given), or not verified
 //!   at all (`insecureSkipVerify`), with the client certificate from files for `MUTUAL`.
+//! - A peer's chain is verified against the roots once per configuration
+//!   ([`super::verified`]); its handshake signature at every handshake.
 //! - Only TLS 1.2 and 1.3 with the provider's default suites (ring); the key stays in memory.
 
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use rustmesh_xds::identity::SpiffeId;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::cert::WorkloadCert;
+use super::verified::ChainCache;
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +83,9 @@ pub fn server_config(
     } else {
         builder.allow_unauthenticated()
     };
-    let verifier = builder.build().map_err(|e| TlsConfigError(e.to_string()))?;
+    let verifier = Arc::new(super::verified::CachingClientVerifier::new(
+        builder.build().map_err(|e| TlsConfigError(e.to_string()))?,
+    ));
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsConfigError(e.to_string()))?
@@ -103,6 +108,7 @@ pub fn client_config(
         roots: Some(roots(cert)?),
         check: Check::Spiffe(expected),
         provider: provider(),
+        chains: ChainCache::default(),
     });
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -137,6 +143,7 @@ pub fn external_client_config(
         roots,
         check,
         provider: provider(),
+        chains: ChainCache::default(),
     });
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -205,6 +212,8 @@ struct ServerVerifier {
     roots: Option<rustls::RootCertStore>,
     check: Check,
     provider: Arc<CryptoProvider>,
+    /// Chains already verified against `roots`.
+    chains: ChainCache,
 }
 
 impl ServerCertVerifier for ServerVerifier {
@@ -220,13 +229,16 @@ impl ServerCertVerifier for ServerVerifier {
             return Ok(ServerCertVerified::assertion());
         };
         let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
+        if !self.chains.verified(end_entity, intermediates, now) {
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &parsed,
+                roots,
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )?;
+            self.chains.remember(end_entity, intermediates);
+        }
         let expected = match &self.check {
             Check::Spiffe(expected) => expected,
             Check::ServerName => {
