@@ -4,6 +4,9 @@
 //!   [`server::Report`] naming the service, version and pod and echoing the request, so a test can
 //!   see which backend answered and what the proxy changed. `/status/<code>` answers that status,
 //!   `/delay/<ms>` waits first, `?upstream=<url>` calls another service (productpage -> reviews -> ratings).
+//!   [`server::serve_https`] serves the same over TLS.
+//! - [`tls`]: the server's TLS (`serve --https`): certificate and key from PEM files, mutual TLS
+//!   with a client CA; the answers report the handshake (SNI, ALPN, the client certificate's CN).
 //! - [`tcp`]: a TCP echo server and a server-first one (sends a banner before reading, like MySQL).
 //! - [`client`]: sends N requests and counts answers per backend and status.
 //! - [`relay`]: the benchmark's floor, a byte relay on the capture ports (no HTTP).
@@ -13,6 +16,7 @@ pub mod client;
 pub mod relay;
 pub mod server;
 pub mod tcp;
+pub mod tls;
 
 /// Errors of the test app.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +25,8 @@ pub enum Error {
     Url { url: String, reason: String },
     #[error("request to {url} failed: {reason}")]
     Request { url: String, reason: String },
+    #[error("TLS {what}: {reason}")]
+    Tls { what: String, reason: String },
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -1,5 +1,5 @@
 use clap::{Parser, Subcommand};
-use rustmesh_testapp::{client, relay, server, tcp};
+use rustmesh_testapp::{client, relay, server, tcp, tls};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -13,11 +13,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve HTTP (HTTP/1.1 + h2c), TCP echo and server-first ports until killed.
+    /// Serve HTTP (HTTP/1.1 + h2c), HTTPS, TCP echo and server-first ports until killed.
     Serve {
         /// HTTP ports (repeatable).
         #[arg(long = "http", value_delimiter = ',')]
         http: Vec<u16>,
+        /// HTTPS ports: the same answers over TLS (HTTP/1.1 and HTTP/2), each reporting the
+        /// handshake (`tls`: version, SNI, ALPN, the client certificate's common name).
+        #[arg(long = "https", value_delimiter = ',', requires_all = ["tls_cert", "tls_key"])]
+        https: Vec<u16>,
+        /// The HTTPS ports' certificate chain (PEM, leaf first).
+        #[arg(long, value_name = "FILE", requires = "https")]
+        tls_cert: Option<std::path::PathBuf>,
+        /// The HTTPS ports' private key (PEM).
+        #[arg(long, value_name = "FILE", requires = "https")]
+        tls_key: Option<std::path::PathBuf>,
+        /// Mutual TLS: require a client certificate signed by a CA of this PEM file.
+        #[arg(long, value_name = "FILE", requires = "https")]
+        tls_client_ca: Option<std::path::PathBuf>,
         /// TCP echo ports.
         #[arg(long = "tcp-echo", value_delimiter = ',')]
         tcp_echo: Vec<u16>,
@@ -88,6 +101,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve {
             http,
+            https,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
             tcp_echo,
             server_first,
             service,
@@ -110,6 +127,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 let l = tokio::net::TcpListener::bind((bind, port)).await?;
                 tasks.spawn(server::serve_http(l, id.clone()));
             }
+            if !https.is_empty() {
+                let (Some(cert), Some(key)) = (&tls_cert, &tls_key) else {
+                    anyhow::bail!("--https needs --tls-cert and --tls-key");
+                };
+                let config = tls::load_server_config(cert, key, tls_client_ca.as_deref())?;
+                for port in https {
+                    let l = tokio::net::TcpListener::bind((bind, port)).await?;
+                    tasks.spawn(server::serve_https(l, id.clone(), config.clone()));
+                }
+            }
             for port in tcp_echo {
                 let l = tokio::net::TcpListener::bind((bind, port)).await?;
                 tasks.spawn(tcp::serve_echo(l));
@@ -123,7 +150,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             anyhow::ensure!(
                 !tasks.is_empty(),
-                "nothing to serve: give --http, --tcp-echo or --server-first"
+                "nothing to serve: give --http, --https, --tcp-echo or --server-first"
             );
             eprintln!("testapp: serving");
             while let Some(res) = tasks.join_next().await {

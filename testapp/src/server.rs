@@ -1,4 +1,4 @@
-//! The HTTP side: one handler for HTTP/1.1 and h2c.
+//! The HTTP side: one handler for HTTP/1.1 and h2c, and for both over TLS ([`serve_https`]).
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -44,24 +44,87 @@ pub struct Report {
     pub upstream: Option<Box<Report>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_error: Option<String>,
+    /// What the TLS handshake settled, on a `--https` port (none in plain text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsReport>,
+}
+
+/// The TLS a connection was accepted with.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TlsReport {
+    /// `TLSv1_3` or `TLSv1_2`.
+    pub version: String,
+    /// The server name the client asked for, if it sent one.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// The protocol agreed by ALPN, if any.
+    #[serde(default)]
+    pub alpn: Option<String>,
+    /// The common name of the client certificate's subject (mutual TLS, `--tls-client-ca`).
+    #[serde(default)]
+    pub client_cn: Option<String>,
 }
 
 const MAX_BODY: usize = 1 << 20;
+
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves HTTP/1.1 and h2c on `listener` until the task is dropped.
 pub async fn serve_http(listener: TcpListener, id: Arc<Identity>) -> std::io::Result<()> {
     loop {
         let (stream, peer) = listener.accept().await?;
         let local = stream.local_addr()?;
-        let id = id.clone();
+        tokio::spawn(serve_connection(stream, id.clone(), peer, local, None));
+    }
+}
+
+/// Serves HTTP/1.1 and HTTP/2 over TLS (`config`: [`crate::tls::server_config`]) on `listener`
+/// until the task is dropped. A connection whose handshake fails (plain text, no or a bad client
+/// certificate under mutual TLS) is closed without an HTTP answer; the reason goes to stderr.
+pub async fn serve_https(
+    listener: TcpListener,
+    id: Arc<Identity>,
+    config: Arc<rustls::ServerConfig>,
+) -> std::io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let local = stream.local_addr()?;
+        let (acceptor, id) = (acceptor.clone(), id.clone());
         tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |req| handle(req, id.clone(), peer, local));
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await;
+            let stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        eprintln!("testapp: TLS handshake from {peer} failed: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        eprintln!("testapp: TLS handshake from {peer} timed out");
+                        return;
+                    }
+                };
+            let tls = Arc::new(crate::tls::report(stream.get_ref().1));
+            serve_connection(stream, id, peer, local, Some(tls)).await;
         });
     }
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    id: Arc<Identity>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: Option<Arc<TlsReport>>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service =
+        hyper::service::service_fn(move |req| handle(req, id.clone(), peer, local, tls.clone()));
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .await;
 }
 
 fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
@@ -89,6 +152,7 @@ async fn handle(
     id: Arc<Identity>,
     peer: SocketAddr,
     local: SocketAddr,
+    tls: Option<Arc<TlsReport>>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let (parts, body) = req.into_parts();
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
@@ -132,6 +196,7 @@ async fn handle(
         body_bytes,
         upstream: None,
         upstream_error: None,
+        tls: tls.as_deref().cloned(),
     };
     let mut status = StatusCode::OK;
     if let Some(code) = path.strip_prefix("/status/") {

@@ -13,6 +13,7 @@
 //! | `mtls` | 10: auto mTLS between injected pods (principals in metrics), PeerAuthentication STRICT refuses a pod without a sidecar |
 //! | `probes` | 9: app probes rewritten to the sidecar's status port; Ready through it (STRICT when `PeerAuthentication` is served); a 503 app fails its probe |
 
+mod credential;
 mod egress;
 mod faults;
 mod identity;

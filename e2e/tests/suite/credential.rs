@@ -1,0 +1,439 @@
+//! Scenario 11 (a DestinationRule's `credentialName`, as Istio's sidecars read it): a server
+//! outside the mesh (a pod without a sidecar, `testapp serve --https` requiring a client
+//! certificate of a private CA) sits behind a Service whose port is named `http`, so meshed
+//! clients send plain HTTP and their sidecar decides whether TLS is originated. A
+//! DestinationRule with a `workloadSelector` (applied through the selected client's own
+//! `Sidecar` scope) and `tls: {mode: MUTUAL, credentialName: ext-client}` makes that client's
+//! sidecar present the certificate of the Secret `ext-client` of its namespace and verify the
+//! server against its `ca.crt`. The mesh CA hands the Secret over only once the client's
+//! service account may `list` Secrets there (a Role and RoleBinding, Istio's rule).
+//!
+//! Asserted: before the rule, plain text is refused by the server; with the rule but without
+//! the right, the selected client is still refused (the CA does not serve the Secret); with the
+//! right, its requests succeed and the server reports the client certificate's common name and
+//! the SNI (the service's FQDN); a client of the same namespace that the rule does not select
+//! still sends plain text and is refused.
+
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, LogParams, ObjectMeta, Patch, PatchParams};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustmesh_e2e::sample::{self, HTTP_PORT};
+use rustmesh_e2e::{Ctx, MANAGER, TESTAPP_IMAGE, poll, setup};
+use serde_json::{Value, json};
+
+/// The TLS server's app, Service and Secret name.
+const SERVER: &str = "tls-server";
+/// The client Secret the DestinationRule names.
+const CREDENTIAL: &str = "ext-client";
+/// The common name of the client certificate in it.
+const CLIENT_CN: &str = "e2e-credential-client";
+
+/// A private CA, the server's certificate and the client's, in PEM.
+struct Pki {
+    ca: String,
+    server: (String, String),
+    client: (String, String),
+}
+
+fn pki(server_names: Vec<String>) -> Pki {
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(DnType::CommonName, "rustmesh e2e private CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = |cn: &str, names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+        let mut params = CertificateParams::new(names).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![usage];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    Pki {
+        server: leaf(SERVER, server_names, ExtendedKeyUsagePurpose::ServerAuth),
+        client: leaf(CLIENT_CN, vec![], ExtendedKeyUsagePurpose::ClientAuth),
+        ca: ca_pem,
+    }
+}
+
+async fn put_secret(ctx: &Ctx, ns: &str, name: &str, kind: &str, data: &[(&str, &str)]) {
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            ..Default::default()
+        },
+        type_: Some(kind.into()),
+        data: Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .unwrap();
+}
+
+/// The TLS server: no sidecar, its certificate, key and client CA from the Secret `tls-server`,
+/// TLS on the Service's `http` port.
+async fn deploy_server(ctx: &Ctx, ns: &str) -> sample::App {
+    let app = sample::App {
+        inject: Some(false),
+        ..sample::App::http(SERVER, "v1")
+    };
+    let labels = json!({"app": SERVER, "version": "v1", "sidecar.istio.io/inject": "false"});
+    let port = HTTP_PORT.to_string();
+    let deployment = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": app.deployment_name(), "namespace": ns, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": SERVER, "version": "v1"}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "terminationGracePeriodSeconds": 2,
+                    "containers": [{
+                        "name": SERVER,
+                        "image": TESTAPP_IMAGE,
+                        "imagePullPolicy": "IfNotPresent",
+                        "args": [
+                            "serve", "--https", port,
+                            "--tls-cert", "/etc/tls/tls.crt",
+                            "--tls-key", "/etc/tls/tls.key",
+                            "--tls-client-ca", "/etc/tls/ca.crt",
+                            "--service", SERVER, "--version", "v1",
+                        ],
+                        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                        "ports": [{"name": "https", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+                        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
+                        "volumeMounts": [{"name": "tls", "mountPath": "/etc/tls", "readOnly": true}],
+                    }],
+                    "volumes": [{"name": "tls", "secret": {"secretName": SERVER}}],
+                },
+            },
+        },
+    });
+    // Port name `http`: the clients' sidecars treat it as HTTP (plain text from the app).
+    let service = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": SERVER, "namespace": ns, "labels": {"app": SERVER}},
+        "spec": {
+            "selector": {"app": SERVER},
+            "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": HTTP_PORT, "protocol": "TCP"}],
+        },
+    });
+    let pp = PatchParams::apply(MANAGER).force();
+    Api::<Deployment>::namespaced(ctx.client.clone(), ns)
+        .patch(&app.deployment_name(), &pp, &Patch::Apply(deployment))
+        .await
+        .unwrap();
+    Api::<Service>::namespaced(ctx.client.clone(), ns)
+        .patch(SERVER, &pp, &Patch::Apply(service))
+        .await
+        .unwrap();
+    sample::wait_ready(ctx, ns, &app).await.unwrap();
+    app
+}
+
+/// Lets the namespace's `default` service account (the clients') list its Secrets.
+async fn grant_list_secrets(ctx: &Ctx, ns: &str) {
+    let pp = PatchParams::apply(MANAGER).force();
+    let role: Role = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "list-secrets", "namespace": ns},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"]}],
+    }))
+    .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "list-secrets", "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "list-secrets"},
+        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": ns}],
+    }))
+    .unwrap();
+    Api::<Role>::namespaced(ctx.client.clone(), ns)
+        .patch("list-secrets", &pp, &Patch::Apply(&role))
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(ctx.client.clone(), ns)
+        .patch("list-secrets", &pp, &Patch::Apply(&binding))
+        .await
+        .unwrap();
+}
+
+/// `testapp get --body URL` in `pod`: the server's report, or (the command failed: a status
+/// >= 400 or no answer) what it printed. An exec that could not run at all panics.
+async fn get(ctx: &Ctx, ns: &str, pod: &str, container: &str, url: &str) -> Result<Value, String> {
+    let out = ctx
+        .exec(ns, pod, container, &["testapp", "get", "--body", url])
+        .await
+        .unwrap();
+    if let Some(f) = out.failure {
+        return Err(format!(
+            "{f}; stdout: {}; stderr: {}",
+            out.stdout.trim(),
+            out.stderr.trim()
+        ));
+    }
+    serde_json::from_str(out.stdout.trim())
+        .map_err(|e| format!("not a testapp report ({e}): {:?}", out.stdout))
+}
+
+/// Waits until the TLS server has logged a failed handshake from `ip`: a plain-text request
+/// reached it and was refused (not lost on the way).
+async fn refused_by_server(ctx: &Ctx, ns: &str, server_pod: &str, ip: &str) {
+    let marker = format!("TLS handshake from {ip}:");
+    let params = LogParams {
+        container: Some(SERVER.into()),
+        ..Default::default()
+    };
+    poll(
+        &format!("the TLS server refuses a plain-text connection from {ip}"),
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || async {
+            let logs = Api::<Pod>::namespaced(ctx.client.clone(), ns)
+                .logs(server_pod, &params)
+                .await
+                .map_err(|e| e.to_string())?;
+            if logs
+                .lines()
+                .any(|l| l.contains(&marker) && l.contains("failed"))
+            {
+                Ok(Some(()))
+            } else {
+                Err(format!("not in the server's log:\n{logs}"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn s11_credential_name_originates_mutual_tls_for_the_selected_client_only() {
+    let Some(ctx) = setup("s11_credential").await else {
+        return;
+    };
+    let ns = ctx.fresh_namespace("e2e-credential", true).await.unwrap();
+    let fqdn = format!("{SERVER}.{ns}.svc.cluster.local");
+    let pki = pki(vec![
+        fqdn.clone(),
+        format!("{SERVER}.{ns}.svc"),
+        format!("{SERVER}.{ns}"),
+        SERVER.to_string(),
+    ]);
+    put_secret(
+        &ctx,
+        &ns,
+        SERVER,
+        "kubernetes.io/tls",
+        &[
+            ("tls.crt", &pki.server.0),
+            ("tls.key", &pki.server.1),
+            ("ca.crt", &pki.ca),
+        ],
+    )
+    .await;
+    put_secret(
+        &ctx,
+        &ns,
+        CREDENTIAL,
+        "kubernetes.io/tls",
+        &[
+            ("tls.crt", &pki.client.0),
+            ("tls.key", &pki.client.1),
+            ("ca.crt", &pki.ca),
+        ],
+    )
+    .await;
+    let server = deploy_server(&ctx, &ns).await;
+    // Two injected clients: productpage is selected by the rule, bystander is not.
+    let (client, bystander) = (
+        sample::productpage(),
+        sample::App {
+            service_ports: vec![],
+            ..sample::App::http("bystander", "v1")
+        },
+    );
+    sample::deploy(&ctx, &ns, &[client.clone(), bystander.clone()])
+        .await
+        .unwrap();
+    let server_pod = ctx.pod_name(&ns, &server.selector()).await.unwrap();
+    let client_pod = ctx.pod_name(&ns, &client.selector()).await.unwrap();
+    let bystander_pod = ctx.pod_name(&ns, &bystander.selector()).await.unwrap();
+    let client_ip = sample::pod_ip(&ctx, &ns, &client.selector()).await.unwrap();
+    let bystander_ip = sample::pod_ip(&ctx, &ns, &bystander.selector())
+        .await
+        .unwrap();
+    let url = format!(
+        "http://{}:{HTTP_PORT}/credential",
+        ctx.cluster_ip(&ns, SERVER).await.unwrap()
+    );
+    for pod in [&client_pod, &bystander_pod] {
+        ctx.wait_endpoints(&ns, pod, SERVER, &ns, HTTP_PORT, 1)
+            .await
+            .unwrap();
+    }
+
+    // No rule: the server has no sidecar, so auto mTLS sends plain text, which it refuses.
+    let plain = get(&ctx, &ns, &client_pod, &client.app, &url).await;
+    assert!(plain.is_err(), "plain text was served: {plain:?}");
+    refused_by_server(&ctx, &ns, &server_pod, &client_ip).await;
+    ctx.log(format!(
+        "without the rule: refused ({})",
+        plain.unwrap_err()
+    ));
+
+    // The rule, in the client's own Sidecar scope; the account may not list Secrets yet.
+    let rule = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata:
+  name: {app}
+spec:
+  workloadSelector:
+    labels: {{app: {app}}}
+  egress:
+  - hosts: ["./*"]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: {SERVER}
+spec:
+  host: {fqdn}
+  workloadSelector:
+    matchLabels: {{app: {app}}}
+  trafficPolicy:
+    tls: {{mode: MUTUAL, credentialName: {CREDENTIAL}}}
+"#,
+        app = client.app
+    );
+    ctx.apply_istio(&ns, &rule).await.unwrap();
+    let sds = format!("kubernetes://{CREDENTIAL}");
+    poll(
+        "the client's sidecar originates TLS with the credential",
+        Duration::from_secs(180),
+        Duration::from_millis(500),
+        || async {
+            let clusters = ctx
+                .proxy_config(
+                    &ns,
+                    &client_pod,
+                    &["clusters", "--fqdn", &fqdn, "-o", "json"],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            if clusters.contains(&sds) {
+                Ok(Some(()))
+            } else {
+                Err(format!("no {sds} in:\n{clusters}"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    ctx.wait_endpoints(&ns, &client_pod, SERVER, &ns, HTTP_PORT, 1)
+        .await
+        .unwrap();
+    // Without the right to list Secrets the CA does not serve the credential: still refused.
+    for _ in 0..3 {
+        let r = get(&ctx, &ns, &client_pod, &client.app, &url).await;
+        assert!(
+            r.is_err(),
+            "served without the right to list Secrets: {r:?}"
+        );
+    }
+    ctx.log("with the rule, without the Role: refused");
+
+    // With the right: mutual TLS with the Secret's certificate, the server verified by its CA.
+    grant_list_secrets(&ctx, &ns).await;
+    let start = std::time::Instant::now();
+    let report = poll(
+        "the selected client is served over mutual TLS",
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || async {
+            get(&ctx, &ns, &client_pod, &client.app, &url)
+                .await
+                .map(Some)
+        },
+    )
+    .await
+    .unwrap();
+    ctx.log(format!(
+        "served {:.1} s after the Role: {report}",
+        start.elapsed().as_secs_f64()
+    ));
+    assert_eq!(report["service"], SERVER, "{report}");
+    assert_eq!(
+        report["tls"]["client_cn"], CLIENT_CN,
+        "the server saw the Secret's client certificate: {report}"
+    );
+    assert_eq!(
+        report["tls"]["sni"],
+        fqdn.as_str(),
+        "SNI defaults to the service's FQDN: {report}"
+    );
+    for _ in 0..3 {
+        let r = get(&ctx, &ns, &client_pod, &client.app, &url)
+            .await
+            .expect("the selected client keeps being served");
+        assert_eq!(r["tls"]["client_cn"], CLIENT_CN, "{r}");
+    }
+    let secrets = ctx
+        .proxy_config(&ns, &client_pod, &["secret"])
+        .await
+        .unwrap();
+    eprintln!("$ rustmeshctl proxy-config secret {client_pod} -n {ns}\n{secrets}");
+    assert!(
+        secrets.contains(&sds),
+        "the credential is among the sidecar's secrets:\n{secrets}"
+    );
+
+    // The namespace's other workload is not selected: plain text, refused by the server.
+    let other = get(&ctx, &ns, &bystander_pod, &bystander.app, &url).await;
+    assert!(
+        other.is_err(),
+        "the unselected client was served: {other:?}"
+    );
+    refused_by_server(&ctx, &ns, &server_pod, &bystander_ip).await;
+    let clusters = ctx
+        .proxy_config(
+            &ns,
+            &bystander_pod,
+            &["clusters", "--fqdn", &fqdn, "-o", "json"],
+        )
+        .await
+        .unwrap();
+    assert!(
+        !clusters.contains(&sds),
+        "the unselected client has no credential:\n{clusters}"
+    );
+    ctx.delete_namespace(&ns).await;
+}
