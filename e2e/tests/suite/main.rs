@@ -12,6 +12,7 @@
 //! | `identity` | 8: the mesh CA's root in a new namespace, a sidecar's certificate for its SPIFFE id |
 //! | `mtls` | 10: auto mTLS between injected pods (principals in metrics), PeerAuthentication STRICT refuses a pod without a sidecar |
 //! | `probes` | 9: app probes rewritten to the sidecar's status port; Ready through it (STRICT when `PeerAuthentication` is served); a 503 app fails its probe |
+//! | `credential` | 11: DestinationRule `credentialName` (MUTUAL) for the selected client only, served by the CA once its account may list Secrets |
 
 mod credential;
 mod egress;
