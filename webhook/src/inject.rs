@@ -9,8 +9,8 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile,
     DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
     Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource,
-    ResourceRequirements, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
-    VolumeProjection,
+    ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume,
+    VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -334,9 +334,20 @@ fn init_container(
             run_as_group: Some(0),
             run_as_non_root: Some(false),
             run_as_user: Some(0),
+            seccomp_profile: Some(runtime_default_seccomp()),
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// The container runtime's default seccomp profile, on both injected containers (least
+/// privilege; Istio's template leaves it to the pod). A container-level profile wins over the
+/// pod's, so a pod that runs its app `Unconfined` still gets it here.
+fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        localhost_profile: None,
     }
 }
 
@@ -457,6 +468,7 @@ fn sidecar_container(
             run_as_group: Some(i64::from(well_known::PROXY_GID)),
             run_as_non_root: Some(true),
             run_as_user: Some(i64::from(well_known::PROXY_UID)),
+            seccomp_profile: Some(runtime_default_seccomp()),
             ..Default::default()
         }),
         volume_mounts: Some({

@@ -153,6 +153,10 @@ fn deployment_pod_gets_init_container_and_sidecar_first() {
     assert_eq!(sc.allow_privilege_escalation, Some(false));
     assert_eq!(sc.privileged, Some(false));
     assert_eq!(sc.read_only_root_filesystem, Some(false));
+    let runtime_default = |sc: &k8s_openapi::api::core::v1::SecurityContext| {
+        sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()) == Some("RuntimeDefault")
+    };
+    assert!(runtime_default(sc), "istio-init's seccomp: {sc:?}");
 
     // istio-proxy.
     let proxy = container(&spec.containers, "istio-proxy");
@@ -172,6 +176,7 @@ fn deployment_pod_gets_init_container_and_sidecar_first() {
         ["ALL"]
     );
     assert!(sc.capabilities.as_ref().unwrap().add.is_none());
+    assert!(runtime_default(sc), "istio-proxy's seccomp: {sc:?}");
     let port = &proxy.ports.as_ref().unwrap()[0];
     assert_eq!(
         (port.container_port, port.name.as_deref()),
