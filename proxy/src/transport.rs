@@ -510,31 +510,22 @@ impl Originate {
         }
     }
 
-    /// The files of [`Kind::External`], read once (a failure is tried again next time).
-    fn files(&self) -> Result<Arc<Files>, TlsError> {
-        let Kind::External {
-            roots,
-            verify,
-            client,
-            ..
-        } = &self.kind
-        else {
-            return Err(TlsError::Config("not TLS outside the mesh".into()));
-        };
+    /// The files of [`Kind::External`]'s `roots` and `client`, read once (a failure is tried
+    /// again next time).
+    fn files(
+        &self,
+        roots: &RootsFrom,
+        verify: bool,
+        client: Option<&ClientFrom>,
+    ) -> Result<Arc<Files>, TlsError> {
         let mut cached = lock(&self.files);
         if let Some(f) = &*cached {
             return Ok(f.clone());
         }
         let roots = match (verify, roots) {
-            (true, RootsFrom::File(path)) => {
-                let mut store = rustls::RootCertStore::empty();
-                for cert in read_certs(path)? {
-                    store
-                        .add(cert)
-                        .map_err(|e| TlsError::File(format!("{path}: {e}")))?;
-                }
-                Some(store)
-            }
+            (true, RootsFrom::File(path)) => Some(root_store(read_certs(path)?, |e| {
+                TlsError::File(format!("{path}: {e}"))
+            })?),
             (true, RootsFrom::System) => Some(system_roots()?),
             _ => None,
         };
@@ -578,7 +569,7 @@ impl Originate {
             }
             _ => None,
         };
-        let files = self.files()?;
+        let files = self.files(roots, *verify, client.as_ref())?;
         let versions = (
             roots_cred.as_ref().map_or(0, |c| c.version),
             client_cred.as_ref().map_or(0, |c| c.version),
@@ -590,15 +581,9 @@ impl Originate {
             return Ok(m.clone());
         }
         let roots = match roots_cred {
-            Some(c) => {
-                let mut store = rustls::RootCertStore::empty();
-                for cert in &c.roots {
-                    store
-                        .add(cert.clone())
-                        .map_err(|e| TlsError::Credential(format!("a CA certificate: {e}")))?;
-                }
-                Some(store)
-            }
+            Some(c) => Some(root_store(c.roots.iter().cloned(), |e| {
+                TlsError::Credential(format!("a CA certificate: {e}"))
+            })?),
             None => files.roots.clone(),
         };
         let client = match (&client_cred, &files.client) {
@@ -708,6 +693,18 @@ impl Originate {
             Err(_) => Err(TlsError::Timeout),
         }
     }
+}
+
+/// A root store of `certs`; `err` names where a refused one came from.
+fn root_store(
+    certs: impl IntoIterator<Item = CertificateDer<'static>>,
+    err: impl Fn(rustls::Error) -> TlsError,
+) -> Result<rustls::RootCertStore, TlsError> {
+    let mut store = rustls::RootCertStore::empty();
+    for cert in certs {
+        store.add(cert).map_err(&err)?;
+    }
+    Ok(store)
 }
 
 /// A file's bytes, at most [`MAX_FILE_BYTES`].

@@ -21,6 +21,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -271,32 +272,102 @@ impl<A: Authenticate> Ca<A> {
     }
 }
 
-/// The gRPC service (a tower service tonic's server routes to).
-pub struct CertificateService<A> {
-    ca: Arc<Ca<A>>,
+/// One unary method of the CA's server: its service and path, its messages, the largest
+/// answer it sends, and how [`Ca`] answers it.
+pub trait Method: Send + Sync + 'static {
+    /// The gRPC service name.
+    const SERVICE: &'static str;
+    /// The method path.
+    const PATH: &'static str;
+    /// The largest answer encoded (bytes); requests are at most [`MAX_MESSAGE_BYTES`].
+    const MAX_ANSWER: usize;
+    /// The request.
+    type Request: prost::Message + Default + Send + Sync + 'static;
+    /// The answer.
+    type Response: prost::Message + Send + 'static;
+    /// `ca`'s answer to `request`, whose `authorization` metadata was `authorization`.
+    fn answer<A: Authenticate>(
+        ca: &Ca<A>,
+        authorization: Option<&str>,
+        request: &Self::Request,
+    ) -> impl Future<Output = Result<Self::Response, Status>> + Send;
 }
 
-impl<A> Clone for CertificateService<A> {
-    fn clone(&self) -> Self {
-        CertificateService {
-            ca: self.ca.clone(),
+/// Istio's `CreateCertificate`.
+pub struct CreateCertificate;
+
+impl Method for CreateCertificate {
+    const SERVICE: &'static str = SERVICE;
+    const PATH: &'static str = CREATE_CERTIFICATE;
+    const MAX_ANSWER: usize = MAX_MESSAGE_BYTES;
+    type Request = IstioCertificateRequest;
+    type Response = IstioCertificateResponse;
+    fn answer<A: Authenticate>(
+        ca: &Ca<A>,
+        authorization: Option<&str>,
+        request: &IstioCertificateRequest,
+    ) -> impl Future<Output = Result<IstioCertificateResponse, Status>> + Send {
+        ca.create_certificate(authorization, request)
+    }
+}
+
+/// rustmesh's `FetchCredential` (its own service name; the answer may carry a CA bundle).
+pub struct FetchCredential;
+
+impl Method for FetchCredential {
+    const SERVICE: &'static str = CREDENTIAL_SERVICE;
+    const PATH: &'static str = FETCH_CREDENTIAL;
+    const MAX_ANSWER: usize = MAX_CREDENTIAL_BYTES;
+    type Request = FetchCredentialRequest;
+    type Response = FetchCredentialResponse;
+    fn answer<A: Authenticate>(
+        ca: &Ca<A>,
+        authorization: Option<&str>,
+        request: &FetchCredentialRequest,
+    ) -> impl Future<Output = Result<FetchCredentialResponse, Status>> + Send {
+        ca.fetch_credential(authorization, request)
+    }
+}
+
+/// The gRPC service of method `M` (a tower service tonic's server routes to).
+pub struct CaService<A, M> {
+    ca: Arc<Ca<A>>,
+    method: PhantomData<fn() -> M>,
+}
+
+/// Istio's certificate service.
+pub type CertificateService<A> = CaService<A, CreateCertificate>;
+/// The credential service.
+pub type CredentialService<A> = CaService<A, FetchCredential>;
+
+impl<A, M> CaService<A, M> {
+    fn new(ca: Arc<Ca<A>>) -> Self {
+        CaService {
+            ca,
+            method: PhantomData,
         }
     }
 }
 
-impl<A> tonic::server::NamedService for CertificateService<A> {
-    const NAME: &'static str = SERVICE;
+impl<A, M> Clone for CaService<A, M> {
+    fn clone(&self) -> Self {
+        CaService::new(self.ca.clone())
+    }
 }
 
-struct Unary<A>(Arc<Ca<A>>);
+impl<A, M: Method> tonic::server::NamedService for CaService<A, M> {
+    const NAME: &'static str = M::SERVICE;
+}
+
+struct Unary<A, M>(Arc<Ca<A>>, PhantomData<fn() -> M>);
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-impl<A: Authenticate> tonic::server::UnaryService<IstioCertificateRequest> for Unary<A> {
-    type Response = IstioCertificateResponse;
-    type Future = BoxFuture<Result<tonic::Response<IstioCertificateResponse>, Status>>;
+impl<A: Authenticate, M: Method> tonic::server::UnaryService<M::Request> for Unary<A, M> {
+    type Response = M::Response;
+    type Future = BoxFuture<Result<tonic::Response<M::Response>, Status>>;
 
-    fn call(&mut self, request: tonic::Request<IstioCertificateRequest>) -> Self::Future {
+    fn call(&mut self, request: tonic::Request<M::Request>) -> Self::Future {
         let ca = self.0.clone();
         Box::pin(async move {
             let authorization = request
@@ -304,54 +375,17 @@ impl<A: Authenticate> tonic::server::UnaryService<IstioCertificateRequest> for U
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            ca.create_certificate(authorization.as_deref(), request.get_ref())
+            M::answer(&ca, authorization.as_deref(), request.get_ref())
                 .await
                 .map(tonic::Response::new)
         })
     }
 }
 
-/// The credential service (its own gRPC service name, on the CA's server).
-pub struct CredentialService<A> {
-    ca: Arc<Ca<A>>,
-}
-
-impl<A> Clone for CredentialService<A> {
-    fn clone(&self) -> Self {
-        CredentialService {
-            ca: self.ca.clone(),
-        }
-    }
-}
-
-impl<A> tonic::server::NamedService for CredentialService<A> {
-    const NAME: &'static str = CREDENTIAL_SERVICE;
-}
-
-struct CredentialUnary<A>(Arc<Ca<A>>);
-
-impl<A: Authenticate> tonic::server::UnaryService<FetchCredentialRequest> for CredentialUnary<A> {
-    type Response = FetchCredentialResponse;
-    type Future = BoxFuture<Result<tonic::Response<FetchCredentialResponse>, Status>>;
-
-    fn call(&mut self, request: tonic::Request<FetchCredentialRequest>) -> Self::Future {
-        let ca = self.0.clone();
-        Box::pin(async move {
-            let authorization = request
-                .metadata()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            ca.fetch_credential(authorization.as_deref(), request.get_ref())
-                .await
-                .map(tonic::Response::new)
-        })
-    }
-}
-
-impl<A, B> tower::Service<http::Request<B>> for CredentialService<A>
+impl<A, M, B> tower::Service<http::Request<B>> for CaService<A, M>
 where
     A: Authenticate,
+    M: Method,
     B: http_body::Body + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
@@ -366,50 +400,18 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let ca = self.ca.clone();
         Box::pin(async move {
-            if request.uri().path() != FETCH_CREDENTIAL {
+            if request.uri().path() != M::PATH {
                 return Ok(Status::unimplemented(format!(
-                    "{} is not a method of {CREDENTIAL_SERVICE}",
-                    request.uri().path()
-                ))
-                .into_http());
-            }
-            // The request is a name; the answer may carry a CA bundle.
-            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_CREDENTIAL_BYTES);
-            Ok(grpc.unary(CredentialUnary(ca), request).await)
-        })
-    }
-}
-
-impl<A, B> tower::Service<http::Request<B>> for CertificateService<A>
-where
-    A: Authenticate,
-    B: http_body::Body + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let ca = self.ca.clone();
-        Box::pin(async move {
-            if request.uri().path() != CREATE_CERTIFICATE {
-                return Ok(Status::unimplemented(format!(
-                    "{} is not a method of {SERVICE}",
-                    request.uri().path()
+                    "{} is not a method of {}",
+                    request.uri().path(),
+                    M::SERVICE
                 ))
                 .into_http());
             }
             let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES);
-            Ok(grpc.unary(Unary(ca), request).await)
+                .max_encoding_message_size(M::MAX_ANSWER);
+            Ok(grpc.unary(Unary::<A, M>(ca, PhantomData), request).await)
         })
     }
 }
@@ -465,8 +467,8 @@ impl<A: Authenticate> CaServer<A> {
         Ok(CaServer {
             listener,
             tls,
-            service: CertificateService { ca: ca.clone() },
-            credentials: CredentialService { ca },
+            service: CaService::new(ca.clone()),
+            credentials: CaService::new(ca),
         })
     }
 

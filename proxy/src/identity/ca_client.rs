@@ -268,25 +268,14 @@ impl CaClient {
             .serialize_request(&key)
             .and_then(|c| c.pem())
             .map_err(csr_err)?;
-        let mut grpc = self.connect(MAX_MESSAGE_BYTES).await?;
-        let mut request = tonic::Request::new(IstioCertificateRequest {
+        let request = IstioCertificateRequest {
             csr,
             validity_duration: self.ttl.as_secs() as i64,
             metadata: None,
-        });
-        request.metadata_mut().insert("authorization", bearer);
-        let answer = grpc
-            .unary::<_, IstioCertificateResponse, _>(
-                request,
-                http::uri::PathAndQuery::from_static(CREATE_CERTIFICATE),
-                tonic_prost::ProstCodec::default(),
-            )
-            .await
-            .map_err(|s| FetchError::Refused {
-                code: s.code(),
-                message: s.message().to_string(),
-            })?
-            .into_inner();
+        };
+        let answer: IstioCertificateResponse = self
+            .call(bearer, CREATE_CERTIFICATE, MAX_MESSAGE_BYTES, request)
+            .await?;
         let pkcs8 = PrivatePkcs8KeyDer::from(key.serialize_der());
         Ok(WorkloadCert::accept(
             identity,
@@ -305,15 +294,33 @@ impl CaClient {
         name: &str,
     ) -> Result<FetchCredentialResponse, FetchError> {
         let bearer = self.bearer()?;
-        let mut grpc = self.connect(MAX_CREDENTIAL_BYTES).await?;
-        let mut request = tonic::Request::new(FetchCredentialRequest {
+        let request = FetchCredentialRequest {
             name: name.to_string(),
-        });
+        };
+        self.call(bearer, FETCH_CREDENTIAL, MAX_CREDENTIAL_BYTES, request)
+            .await
+    }
+
+    /// One unary call to the CA at `path`, authenticated by `bearer`, with answers of at most
+    /// `max_answer` bytes.
+    async fn call<Req, Resp>(
+        &self,
+        bearer: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+        path: &'static str,
+        max_answer: usize,
+        request: Req,
+    ) -> Result<Resp, FetchError>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        let mut grpc = self.connect(max_answer).await?;
+        let mut request = tonic::Request::new(request);
         request.metadata_mut().insert("authorization", bearer);
         Ok(grpc
-            .unary::<_, FetchCredentialResponse, _>(
+            .unary::<_, Resp, _>(
                 request,
-                http::uri::PathAndQuery::from_static(FETCH_CREDENTIAL),
+                http::uri::PathAndQuery::from_static(path),
                 tonic_prost::ProstCodec::default(),
             )
             .await
