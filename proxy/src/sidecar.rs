@@ -1,9 +1,12 @@
 //! `proxy run`: the sidecar. Binds every port first (a bad address fails at start), loads the
 //! configuration and watches it ([`crate::config`]), serves the capture listeners
 //! ([`crate::listener`]) and the admin, readiness and Prometheus endpoints ([`crate::admin`]), and
-//! on SIGTERM (or SIGINT, or `POST /quitquitquit`) drains: readiness turns 503, the capture
-//! listeners close (new connections are refused), open connections may finish for up to
-//! `--drain-timeout`, then the process exits 0.
+//! on SIGTERM (or SIGINT, or `POST /quitquitquit`) drains as Istio's agent drives Envoy
+//! ([`crate::drain`]): readiness turns 503, inbound HTTP connections close after their request,
+//! both capture listeners keep accepting and outbound keeps serving the app for
+//! `--drain-timeout` (Istio's `terminationDrainDuration`, default 5 s), or with
+//! `EXIT_ON_ZERO_ACTIVE_CONNECTIONS` until `MINIMUM_DRAIN_DURATION` has passed and no
+//! connection is left; then the listeners close and the process exits 0.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -104,9 +107,23 @@ pub struct RunArgs {
     /// HTTP/2 streams at once per downstream connection.
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_streams: u32,
-    /// On SIGTERM, how long open connections may take to finish before the exit.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
+    /// Istio's `terminationDrainDuration`: after SIGTERM the capture listeners keep serving
+    /// (inbound HTTP connections close after their request) for this long, then the sidecar
+    /// stops accepting and exits, closing what is still open. The webhook passes the pod's
+    /// `proxy.istio.io/config` value or the mesh default.
+    #[arg(long, visible_alias = "termination-drain-duration", value_name = "DURATION", default_value = "5s", value_parser = duration)]
     pub drain_timeout: Duration,
+    /// Istio's `EXIT_ON_ZERO_ACTIVE_CONNECTIONS`: instead of draining for --drain-timeout, drain
+    /// for --minimum-drain-duration, then exit as soon as no connection to the capture listeners
+    /// is open (checked every second; kubelet's grace period is the only bound).
+    #[arg(long, env = "EXIT_ON_ZERO_ACTIVE_CONNECTIONS", value_name = "BOOL", num_args = 0..=1,
+        default_value = "false", default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new())]
+    pub exit_on_zero_active_connections: bool,
+    /// Istio's `MINIMUM_DRAIN_DURATION`: with --exit-on-zero-active-connections, how long to
+    /// drain before the first look at the open connections.
+    #[arg(long, env = "MINIMUM_DRAIN_DURATION", value_name = "DURATION", default_value = "5s", value_parser = duration)]
+    pub minimum_drain_duration: Duration,
     /// Worker threads (Istio's `concurrency`): 0 uses every core the process may run on; 1
     /// serves everything from one thread, with no cross-thread scheduling at all.
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -243,6 +260,8 @@ impl Default for RunArgs {
             retry_buffer_kb: 1024,
             max_concurrent_streams: 1024,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            exit_on_zero_active_connections: false,
+            minimum_drain_duration: DEFAULT_DRAIN_TIMEOUT,
             concurrency: 0,
             ca_addr: None,
             trust_domain: rustmesh_xds::identity::DEFAULT_TRUST_DOMAIN.to_string(),
@@ -322,6 +341,20 @@ pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
     }
     Ok(getrlimit(Resource::RLIMIT_NOFILE)?)
+}
+
+impl RunArgs {
+    /// What SIGTERM does: Istio's agent's choice between a fixed drain and
+    /// `EXIT_ON_ZERO_ACTIVE_CONNECTIONS`.
+    pub fn drain_plan(&self) -> drain::Plan {
+        if self.exit_on_zero_active_connections {
+            drain::Plan::UntilIdle {
+                minimum: self.minimum_drain_duration,
+            }
+        } else {
+            drain::Plan::For(self.drain_timeout)
+        }
+    }
 }
 
 /// Runs the sidecar until SIGTERM and the drain are done.
@@ -536,19 +569,32 @@ pub async fn serve(args: RunArgs) -> Result<()> {
         _ = interrupt.recv() => "SIGINT",
         () = quit.notified() => "/quitquitquit",
     };
-    tracing::info!(
-        why,
-        drain_timeout = ?args.drain_timeout,
-        "draining: no new connections, open ones may finish"
-    );
-    signal.start();
-    let _ = listeners.await;
-    match tokio::time::timeout(args.drain_timeout, signal.drained()).await {
-        Ok(()) => tracing::info!("drained: every connection finished"),
-        Err(_) => tracing::info!(
-            open = signal.watches(),
-            "drain timeout: closing the connections still open"
+    let plan = args.drain_plan();
+    match plan {
+        drain::Plan::For(duration) => tracing::info!(
+            why,
+            ?duration,
+            "draining: not ready; the listeners keep serving, inbound connections close after \
+             their request; exiting when the termination drain duration ends"
         ),
+        drain::Plan::UntilIdle { minimum } => tracing::info!(
+            why,
+            ?minimum,
+            "draining: not ready; the listeners keep serving, inbound connections close after \
+             their request; exiting once the minimum drain duration has passed and no \
+             connection is open"
+        ),
+    }
+    let open = signal.terminate(plan).await;
+    // The listeners stop accepting; what is still open closes with the process.
+    let _ = tokio::time::timeout(Duration::from_secs(1), listeners).await;
+    if open == 0 {
+        tracing::info!("drained: no connection open; exiting");
+    } else {
+        tracing::info!(
+            open,
+            "drain over: exiting, closing the connections still open"
+        );
     }
     Ok(())
 }
@@ -596,6 +642,35 @@ mod tests {
         assert_eq!(a.source(), ConfigSource::File("/tmp/c.json".into()));
         assert_eq!(a.api_target(), None, "--config never uses the API");
         assert_eq!(a.drain_timeout, Duration::from_secs(90));
+        assert_eq!(a.drain_plan(), drain::Plan::For(Duration::from_secs(90)));
+        let a = Cli::try_parse_from([
+            "proxy",
+            "--termination-drain-duration",
+            "20s",
+            "--exit-on-zero-active-connections",
+            "--minimum-drain-duration",
+            "2s",
+        ])
+        .unwrap()
+        .run;
+        assert_eq!(a.drain_timeout, Duration::from_secs(20));
+        assert_eq!(
+            a.drain_plan(),
+            drain::Plan::UntilIdle {
+                minimum: Duration::from_secs(2)
+            }
+        );
+        for (value, on) in [("true", true), ("false", false), ("1", true), ("0", false)] {
+            let a = Cli::try_parse_from(["proxy", "--exit-on-zero-active-connections", value])
+                .unwrap()
+                .run;
+            assert_eq!(a.exit_on_zero_active_connections, on, "{value}");
+        }
+        assert!(
+            Cli::try_parse_from(["proxy", "--exit-on-zero-active-connections", "sometimes"])
+                .is_err(),
+            "a value that is not a boolean is refused, never taken as on or off"
+        );
         let a = Cli::parse_from([
             "proxy",
             "--config-configmap",

@@ -176,7 +176,8 @@ impl StatusServer {
             .collect()
     }
 
-    /// Serves until draining starts; connections open then finish their probe.
+    /// Serves until the drain closes (kubelet's probes keep working while the sidecar drains);
+    /// connections open then finish their probe.
     pub async fn run(self, drain: drain::Watch) {
         tracing::info!(
             addrs = ?self.local_addrs(),
@@ -204,7 +205,7 @@ async fn serve_connection(probes: Arc<Probes>, stream: TcpStream, drain: drain::
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => return,
-        () = drain.signaled() => conn.as_mut().graceful_shutdown(),
+        () = drain.closed() => conn.as_mut().graceful_shutdown(),
     }
     let _ = conn.await;
 }

@@ -375,3 +375,78 @@ async fn drain_finishes_in_flight_requests_then_closes() {
     assert!(text.contains("connection: close"), "{text}");
     assert!(closed, "the connection ends after the in-flight answer");
 }
+
+/// Envoy's drain manager during Istio's termination drain: a connection accepted while the
+/// inbound side drains is still served, with `Connection: close`, then closed.
+#[tokio::test]
+async fn an_http1_connection_accepted_while_draining_is_served_once_then_closed() {
+    let up = upstream("u", Behavior::default()).await;
+    let (_tx, rx) = tokio::sync::watch::channel(true);
+    let rc = vhost(
+        &["svc"],
+        json!([{ "match": { "prefix": "/" }, "route": { "cluster": "c" } }]),
+    );
+    let p = start_proxy(
+        rc,
+        TestClusters::new().cluster("c", &[&up]),
+        Options {
+            drain: Some(rx),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+        .await
+        .unwrap();
+    let (closed, bytes) = closed_within(&mut s, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+    assert!(closed, "no keep-alive while draining");
+    assert_eq!(up.hits(), 1);
+}
+
+/// The same over HTTP/2: the request is served, then GOAWAY ends the connection.
+#[tokio::test]
+async fn an_h2_connection_accepted_while_draining_is_served_then_goes_away() {
+    let up = upstream("u", Behavior::default()).await;
+    let (_tx, rx) = tokio::sync::watch::channel(true);
+    let rc = vhost(
+        &["svc"],
+        json!([{ "match": { "prefix": "/" }, "route": { "cluster": "c" } }]),
+    );
+    let p = start_proxy(
+        rc,
+        TestClusters::new().cluster("c", &[&up]),
+        Options {
+            drain: Some(rx),
+            ..Default::default()
+        },
+    )
+    .await;
+    let s = TcpStream::connect(p.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(s),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let answer = send
+        .send_request(
+            hyper::Request::get("http://svc/")
+                .body(empty_body())
+                .unwrap(),
+        )
+        .await
+        .expect("the first request on a draining connection is served");
+    assert_eq!(answer.status(), 200);
+    let _ = answer.into_body().collect().await;
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("GOAWAY ends the connection after its request")
+        .unwrap()
+        .unwrap();
+    assert_eq!(up.hits(), 1);
+}

@@ -152,7 +152,7 @@ async fn renewal_survives_a_ca_outage_and_an_expired_certificate_is_not_served()
     // The CA comes back on the same address: the sidecar recovers by itself.
     let (_, _stop) = start_ca(authority, fixed_token(who()), &addr.to_string()).await;
     eventually("recovery", || store.ready()).await;
-    signal.start();
+    signal.close();
     running.await.unwrap();
 }
 

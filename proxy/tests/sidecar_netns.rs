@@ -115,9 +115,19 @@ impl Doc {
 
 /// Applies Istio's capture rules to `pod` and starts its sidecar with `doc`; waits until ready.
 fn sidecar(pod: &Pod, scratch: &Scratch, doc: &Doc, extra: &[&str]) -> Sidecar {
+    sidecar_with_env(pod, scratch, doc, extra, &[])
+}
+
+fn sidecar_with_env(
+    pod: &Pod,
+    scratch: &Scratch,
+    doc: &Doc,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Sidecar {
     let config = scratch.write(&format!("{}.json", pod.ns.name), &doc.json());
     pod.capture(ISTIO_INIT_ARGS);
-    let s = pod.start_sidecar(scratch, &config, extra);
+    let s = pod.start_sidecar_with_env(scratch, &config, extra, env);
     wait_ready(pod, &s);
     s
 }
@@ -593,10 +603,12 @@ fn malformed_configs_are_refused_while_traffic_goes_on() {
     );
 }
 
-/// SIGTERM: readiness fails, new connections are refused, an open connection keeps working
-/// until its client closes it, then the proxy exits 0 (well before the drain timeout).
+/// SIGTERM, as Istio's agent drains Envoy: readiness fails at once, but the capture listeners
+/// keep serving for the whole termination drain duration (an app's own shutdown calls through
+/// the sidecar succeed, on open and on new connections); at its end the sidecar stops accepting
+/// and exits 0, closing what is still open.
 #[test]
-fn sigterm_drains_open_connections_and_exits_zero() {
+fn sigterm_keeps_serving_for_the_termination_drain_duration_then_exits_zero() {
     if support::skip() {
         return;
     }
@@ -605,21 +617,23 @@ fn sigterm_drains_open_connections_and_exits_zero() {
     let _x = c.serve("0.0.0.0:7000", "X");
     let x = "outbound|7000||x.default.svc.cluster.local";
     let scratch = Scratch::new();
+    let drain = Duration::from_secs(6);
     let mut proxy = sidecar(
         &a,
         &scratch,
         &Doc::new("v1", "PassthroughCluster")
             .eds(x, &[c.at(7000)])
             .listener(tcp_listener("0.0.0.0", 7000, x)),
-        &["--drain-timeout", "60s"],
+        &["--termination-drain-duration", "6s"],
     );
     let service = at(net.nobody(), 7000);
     let mut open = a.ns.enter(move || Client::connect(service)).unwrap();
     assert_eq!(open.ask("before").unwrap(), "X before");
 
+    let terminated = Instant::now();
     proxy.terminate();
     let health = SocketAddr::from(([127, 0, 0, 1], 15021));
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(5);
     while a
         .http_get(health, "/healthz/ready")
         .map(|r| r.0)
@@ -633,32 +647,94 @@ fn sigterm_drains_open_connections_and_exits_zero() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    // New connections: refused once the listener is closed.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match a.ns.enter(move || Client::connect(service)) {
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
-            other => {
-                assert!(
-                    Instant::now() < deadline,
-                    "still accepting: {:?}",
-                    other.map(|_| ())
-                );
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    }
+    // The app shuts down too, calling out through the sidecar: a new connection is served.
+    let mut late = a.ns.enter(move || Client::connect(service)).unwrap();
+    assert_eq!(late.ask("shutdown call").unwrap(), "X shutdown call");
     assert_eq!(
         open.ask("during").unwrap(),
         "during",
-        "echoed on the open connection"
+        "the open connection still works"
     );
-    assert!(proxy.running(), "exited with a connection open");
+    assert!(
+        proxy.running(),
+        "exited before the drain duration: {}",
+        proxy.log()
+    );
+
+    // At the end of the drain it exits, with both connections still open.
+    let status = proxy.wait_exit();
+    assert_eq!(status.code(), Some(0), "{}", proxy.log());
+    assert!(
+        terminated.elapsed() >= drain,
+        "exited {:?} after SIGTERM, before the {drain:?} drain ended",
+        terminated.elapsed()
+    );
+    let log = proxy.log();
+    assert!(log.contains("drain over: exiting"), "{log}");
+    // Nothing listens any more: the redirected connection is refused.
+    let refused = a.ns.enter(move || Client::connect(service));
+    assert!(
+        matches!(&refused, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "still accepting after the exit: {:?}",
+        refused.map(|_| ())
+    );
+    drop((open, late));
+}
+
+/// `EXIT_ON_ZERO_ACTIVE_CONNECTIONS=true` (an environment variable, as Istio's
+/// `proxyMetadata` sets it): after `MINIMUM_DRAIN_DURATION` the sidecar exits as soon as the
+/// last connection closes, and not before, however long the termination drain duration says.
+#[test]
+fn exit_on_zero_active_connections_waits_for_the_last_connection() {
+    if support::skip() {
+        return;
+    }
+    let mut net = Net::new();
+    let (a, c) = (net.pod(), net.pod());
+    let _x = c.serve("0.0.0.0:7000", "X");
+    let x = "outbound|7000||x.default.svc.cluster.local";
+    let scratch = Scratch::new();
+    let mut proxy = sidecar_with_env(
+        &a,
+        &scratch,
+        &Doc::new("v1", "PassthroughCluster")
+            .eds(x, &[c.at(7000)])
+            .listener(tcp_listener("0.0.0.0", 7000, x)),
+        &["--termination-drain-duration", "1s"],
+        &[
+            ("EXIT_ON_ZERO_ACTIVE_CONNECTIONS", "true"),
+            ("MINIMUM_DRAIN_DURATION", "1s"),
+        ],
+    );
+    let service = at(net.nobody(), 7000);
+    let mut open = a.ns.enter(move || Client::connect(service)).unwrap();
+    assert_eq!(open.ask("before").unwrap(), "X before");
+    proxy.terminate();
+    // Past the minimum and the termination drain duration, the open connection holds it up.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !proxy
+        .log()
+        .contains("waiting for the active connections to end")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no check found the open connection: {}",
+            proxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        proxy.running(),
+        "exited with a connection open: {}",
+        proxy.log()
+    );
+    assert_eq!(open.ask("during").unwrap(), "during");
     drop(open);
     let status = proxy.wait_exit();
     assert_eq!(status.code(), Some(0), "{}", proxy.log());
     let log = proxy.log();
-    assert!(log.contains("drained: every connection finished"), "{log}");
+    assert!(log.contains("drained: no connection open"), "{log}");
 }
 
 /// IPv6: outbound passthrough by the IPv6 original destination (`[::]:15001`), and inbound

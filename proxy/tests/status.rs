@@ -287,7 +287,7 @@ async fn grpc_probes_ask_the_health_service() {
 }
 
 #[tokio::test]
-async fn the_drain_closes_the_port() {
+async fn the_end_of_the_drain_closes_the_port() {
     let app = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
     let port = app.local_addr().unwrap().port();
     let (status, drain) = status_server(serde_json::json!({
@@ -295,6 +295,12 @@ async fn the_drain_closes_the_port() {
     }));
     assert_eq!(probe(status, "/app-health/db/livez").await, 200);
     drain.start();
+    assert_eq!(
+        probe(status, "/app-health/db/livez").await,
+        200,
+        "kubelet's probes keep working while the sidecar drains"
+    );
+    drain.close();
     tokio::time::timeout(Duration::from_secs(20), drain.drained())
         .await
         .expect("the status server lets the drain finish");

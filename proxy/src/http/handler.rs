@@ -26,7 +26,8 @@ use crate::cluster::Clusters;
 use crate::drain;
 use crate::http::upstreams::ClusterUpstreams;
 use crate::http::{
-    AccessLog, HttpContext, HttpSettings, Rng, RouteTable, serve_connection_with_drain,
+    AccessLog, HttpContext, HttpSettings, Rng, RouteTable, serve_connection_draining,
+    serve_connection_with_drain,
 };
 use crate::metrics::{Destinations, Metrics as IstioMetrics, Reporter, WorkloadInfo};
 use crate::pool::PassthroughPools;
@@ -251,7 +252,20 @@ impl ConnectionManager {
         // As Envoy does for every accepted socket: a response's head and body are separate
         // writes, and Nagle would hold the second until the first is acknowledged.
         let _ = stream.set_nodelay(true);
-        let result = serve_connection_with_drain(stream, &hcm, ctx, drain.signaled()).await;
+        // Istio drains only the inbound listeners on SIGTERM (`drain_listeners?inboundonly`):
+        // inbound connections close after their request in flight (one accepted during the
+        // drain serves one request), outbound ones serve the app until the drain closes.
+        let result = match reporter {
+            Reporter::Destination if drain.is_draining() => {
+                serve_connection_draining(stream, &hcm, ctx).await
+            }
+            Reporter::Destination => {
+                serve_connection_with_drain(stream, &hcm, ctx, drain.signaled()).await
+            }
+            Reporter::Source => {
+                serve_connection_with_drain(stream, &hcm, ctx, drain.closed()).await
+            }
+        };
         drop(drain);
         result.map_err(|e| io::Error::other(e.to_string()))
     }

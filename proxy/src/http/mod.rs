@@ -45,7 +45,7 @@ pub use crate::body::{BoxError, ProxyBody};
 pub use crate::pool::UpstreamError;
 pub use rng::Rng;
 pub use route::{RouteError, RouteTable};
-pub use server::{serve_connection, serve_connection_with_drain};
+pub use server::{serve_connection, serve_connection_draining, serve_connection_with_drain};
 pub use upstreams::{DownstreamInfo, UpstreamResponse};
 
 use crate::metrics::{Destinations, Metrics, Reporter, WorkloadInfo};

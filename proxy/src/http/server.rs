@@ -51,6 +51,36 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     D: std::future::Future<Output = ()>,
 {
+    serve(io, hcm, ctx, Some(drain)).await
+}
+
+/// [`serve_connection`] for a connection accepted while the sidecar drains (Envoy's drain
+/// manager answering `drainClose()`): its first request is served, with `Connection: close`
+/// (HTTP/1.1) or followed by GOAWAY (HTTP/2), then the connection ends. (A graceful shutdown
+/// before the first request would drop the connection before hyper has read which protocol it
+/// speaks, failing a request the client already sent.)
+pub async fn serve_connection_draining<IO>(
+    io: IO,
+    hcm: &HttpConnectionManager,
+    ctx: HttpContext,
+) -> Result<(), ConnectionError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    serve(io, hcm, ctx, None::<std::future::Pending<()>>).await
+}
+
+/// Serves `io`; drains once `drain` resolves, or, with `None`, once the first request arrives.
+async fn serve<IO, D>(
+    io: IO,
+    hcm: &HttpConnectionManager,
+    ctx: HttpContext,
+    drain: Option<D>,
+) -> Result<(), ConnectionError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    D: std::future::Future<Output = ()>,
+{
     let peer = ctx.peer;
     let settings = ctx.settings.clone();
     let conn = Arc::new(Conn {
@@ -59,10 +89,25 @@ where
         route_name_prefix: hcm.stat_prefix.clone(),
         metric_handles: Mutex::new(Vec::new()),
     });
+    let first_request = drain
+        .is_none()
+        .then(|| Arc::new(tokio::sync::Notify::new()));
+    let arrived = first_request.clone();
     let svc = hyper::service::service_fn(move |req| {
+        if let Some(first) = &arrived {
+            // Stores a permit if the connection task is not waiting yet.
+            first.notify_one();
+        }
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(handle(conn, req).await) }
     });
+    let drain = async move {
+        match (drain, first_request) {
+            (Some(d), _) => d.await,
+            (None, Some(first)) => first.notified().await,
+            (None, None) => std::future::pending().await,
+        }
+    };
     // HTTP/2 streams run in this connection's task, and what a turn of it writes goes out in
     // one system call (`drive`).
     let queue = Arc::new(Queue::default());

@@ -88,7 +88,8 @@ pub fn next_fetch(current: Option<&WorkloadCert>, failures: u32, now: SystemTime
     backoff.max(renew)
 }
 
-/// Fetches and renews `identity`'s certificate into `store` until `drain` is signalled.
+/// Fetches and renews `identity`'s certificate into `store` until the drain closes (a long
+/// `EXIT_ON_ZERO_ACTIVE_CONNECTIONS` drain still renews).
 pub async fn run(client: CaClient, identity: SpiffeId, store: Arc<Store>, drain: drain::Watch) {
     let mut failures: u32 = 0;
     loop {
@@ -116,7 +117,7 @@ pub async fn run(client: CaClient, identity: SpiffeId, store: Arc<Store>, drain:
             .unwrap_or(wait);
         tokio::select! {
             () = tokio::time::sleep(wait.min(expiry.max(Duration::from_millis(1)))) => {}
-            () = drain.signaled() => return,
+            () = drain.closed() => return,
         }
     }
 }

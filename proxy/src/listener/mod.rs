@@ -92,7 +92,8 @@ impl VirtualListener {
             .collect()
     }
 
-    /// Serves until draining starts.
+    /// Serves until the drain closes (it keeps accepting while draining, as Envoy's listeners
+    /// do during Istio's termination drain).
     pub async fn run(self, drain: drain::Watch) {
         self.run_with(drain, kernel_addrs).await
     }
@@ -105,7 +106,7 @@ impl VirtualListener {
     {
         tokio::select! {
             () = self.shared.store.loaded() => {}
-            () = drain.signaled() => return,
+            () = drain.closed() => return,
         }
         let VirtualListener {
             direction,
@@ -117,7 +118,9 @@ impl VirtualListener {
         accept_loop(name, sockets, drain, move |stream, drain| {
             let shared = shared.clone();
             let lookup = lookup.clone();
+            let active = drain.connection();
             async move {
+                let _active = active;
                 match lookup(&stream) {
                     Ok(addrs) => serve(direction, &shared, port, stream, &addrs, drain).await,
                     Err(e) => {
@@ -173,7 +176,7 @@ fn bind_one(what: &'static str, addr: SocketAddr, v6only: bool) -> Result<std::n
     Ok(socket.into())
 }
 
-/// Accepts on every socket until draining starts, handing each connection to `handle` on its
+/// Accepts on every socket until the drain closes, handing each connection to `handle` on its
 /// own task with a drain watch. Returns when all sockets are closed (new connections are then
 /// refused by the kernel).
 pub(crate) async fn accept_loop<F, Fut>(
@@ -201,7 +204,7 @@ pub(crate) async fn accept_loop<F, Fut>(
             loop {
                 tokio::select! {
                     biased;
-                    () = drain.signaled() => break,
+                    () = drain.closed() => break,
                     accepted = listener.accept() => match accepted {
                         Ok((stream, _)) => {
                             tokio::spawn(handle(stream, drain.clone()));

@@ -17,7 +17,7 @@ use rustmesh_proxy::cluster::{ClusterManager, Clusters};
 use rustmesh_proxy::http::upstreams::ClusterUpstreams;
 use rustmesh_proxy::http::{
     AccessLog, HttpContext, HttpSettings, Rng, RouteTable, serve_connection,
-    serve_connection_with_drain,
+    serve_connection_draining, serve_connection_with_drain,
 };
 use rustmesh_proxy::metrics::{Destinations, Metrics, Reporter, WorkloadInfo};
 use rustmesh_proxy::pool::PassthroughPools;
@@ -451,6 +451,11 @@ pub async fn start_proxy(rc: RouteConfiguration, ups: TestClusters, opts: Option
                     let _ = serve_connection(stream, &hcm, ctx).await;
                     return;
                 };
+                if *rx.borrow() {
+                    // Accepted while draining, as the sidecar's inbound side does it.
+                    let _ = serve_connection_draining(stream, &hcm, ctx).await;
+                    return;
+                }
                 let signal = async move {
                     while !*rx.borrow_and_update() {
                         if rx.changed().await.is_err() {

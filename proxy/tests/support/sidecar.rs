@@ -85,6 +85,17 @@ impl Pod {
     /// Starts `proxy run --config <config> <extra...>` in this pod as uid/gid 1337, and waits
     /// until it answers on its admin port (not until it is ready: see [`Sidecar::wait_ready`]).
     pub fn start_sidecar(&self, scratch: &Scratch, config: &Path, extra: &[&str]) -> Sidecar {
+        self.start_sidecar_with_env(scratch, config, extra, &[])
+    }
+
+    /// [`Pod::start_sidecar`] with environment variables (Istio's `proxyMetadata`).
+    pub fn start_sidecar_with_env(
+        &self,
+        scratch: &Scratch,
+        config: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Sidecar {
         let log = scratch.path(&format!("proxy-{}.log", self.ns.name));
         let stderr = File::create(&log).unwrap();
         let id = PROXY_UID.to_string();
@@ -100,6 +111,7 @@ impl Pod {
             .env("RUST_LOG", "info")
             .env("POD_NAME", "client-v1-5d9f7c6b8d-x2x7q")
             .env("POD_NAMESPACE", "default")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
