@@ -41,11 +41,23 @@ RELEASE = "rustmesh"
 NAMESPACE = "istio-system"
 
 # What each overlay stands for, as chart values. Every overlay directory must be listed here.
-BASE_VALUES = {"createNamespace": True}
+# The base has no PodDisruptionBudget: policy/v1 needs Kubernetes 1.21+ (the local e2e cluster is
+# 1.20) and policy/v1beta1 is gone in 1.25, so no one file applies on both; overlays/pdb adds
+# them as policy/v1 (the chart picks the version from the cluster's API instead).
+BASE_VALUES = {"createNamespace": True, "podDisruptionBudget": {"enabled": False}}
+PDB = {"podDisruptionBudget": {"enabled": True}}
 OVERLAYS = {
     "default": {},
     "registry-only": {"meshConfig": {"outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}},
     "failure-ignore": {"webhook": {"failurePolicy": "Ignore"}},
+    "pdb": PDB,
+    "hardened": {**PDB, "networkPolicy": {"enabled": True}},
+}
+# Files of an overlay that `update` generates from the chart (rendered with the overlay's
+# values), beside its hand-written kustomization.yaml.
+OVERLAY_FILES = {
+    "pdb": ["poddisruptionbudget.yaml"],
+    "hardened": ["networkpolicy.yaml"],
 }
 
 # Labels that only say who rendered an object; ignored when comparing.
@@ -74,12 +86,26 @@ def deep_merge(a: dict, b: dict) -> dict:
     return out
 
 
-def helm_render(values: dict, namespace: str = NAMESPACE) -> dict[str, list[dict]]:
-    """Template path -> objects, rendered by Helm's engine like `helm template`."""
+def helm_render(
+    values: dict, namespace: str = NAMESPACE, kube_version: str | None = None
+) -> dict[str, list[dict]]:
+    """Template path -> objects, rendered by Helm's engine like `helm template` (with
+    `--kube-version` when `kube_version` is given; else Helm's default Capabilities, a current
+    Kubernetes)."""
     import helm_python as helm
 
     chart = helm.Chart.load(str(CHART))
-    rendered = chart.render(values, name=RELEASE, namespace=namespace, is_install=True)
+    if kube_version is None:
+        rendered = chart.render(values, name=RELEASE, namespace=namespace, is_install=True)
+    else:
+        # Chart.render takes no Capabilities; the library's options do (as `helm template
+        # --kube-version`): the API version set stays Helm's default.
+        import json
+
+        from helm_python import _native
+
+        opts = {"name": RELEASE, "namespace": namespace, "is_install": True, "kube_version": kube_version}
+        rendered = json.loads(_native.call_string("helm_render", chart._raw(), json.dumps(values), json.dumps(opts)))
     out: dict[str, list[dict]] = {}
     for path, text in sorted(rendered.items()):
         if not path.endswith((".yaml", ".yml")):
@@ -88,6 +114,12 @@ def helm_render(values: dict, namespace: str = NAMESPACE) -> dict[str, list[dict
         if docs:
             out[path] = docs
     return out
+
+
+def chart_defaults() -> dict:
+    import helm_python as helm
+
+    return helm.Chart.load(str(CHART)).values
 
 
 def chart_crds() -> list[dict]:
@@ -314,6 +346,269 @@ def check_crds_for_old_servers(crds: list[dict]) -> list[str]:
     return problems
 
 
+# --------------------------------------------------------------------------------------------
+# Install hardening (issue 17): seccomp, PodDisruptionBudgets, NetworkPolicies, RBAC verbs
+
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod")
+# Verbs no rustmesh component uses on anything (update only on its Lease, see below).
+FORBIDDEN_VERBS = {"*", "delete", "deletecollection", "bind", "escalate", "impersonate"}
+
+
+def pod_specs(objs: list[dict]) -> list[tuple[str, dict, dict]]:
+    """(workload name, pod template metadata, pod spec) of every workload."""
+    out = []
+    for o in objs:
+        kind, name = o.get("kind"), (o.get("metadata") or {}).get("name", "")
+        if kind not in WORKLOAD_KINDS:
+            continue
+        if kind == "Pod":
+            out.append((f"Pod {name}", o.get("metadata") or {}, o.get("spec") or {}))
+            continue
+        spec = o.get("spec") or {}
+        if kind == "CronJob":
+            spec = ((spec.get("jobTemplate") or {}).get("spec")) or {}
+        template = spec.get("template") or {}
+        out.append((f"{kind} {name}", template.get("metadata") or {}, template.get("spec") or {}))
+    return out
+
+
+def containers_of(spec: dict) -> list[dict]:
+    return [c for key in ("initContainers", "containers", "ephemeralContainers") for c in spec.get(key) or []]
+
+
+def seccomp_problems(objs: list[dict], where: str) -> list[str]:
+    """Every control-plane pod and container runs with the RuntimeDefault seccomp profile."""
+    problems = []
+    pods = pod_specs(objs)
+    if not pods:
+        problems.append(f"{where}: no workload to check")
+    for name, _, spec in pods:
+        pod_profile = ((spec.get("securityContext") or {}).get("seccompProfile") or {}).get("type")
+        if pod_profile != "RuntimeDefault":
+            problems.append(f"{where}: {name}: pod seccompProfile is {pod_profile!r}, not RuntimeDefault")
+        for c in containers_of(spec):
+            profile = ((c.get("securityContext") or {}).get("seccompProfile") or {}).get("type")
+            if profile != "RuntimeDefault":
+                problems.append(
+                    f"{where}: {name}: container {c.get('name')} seccompProfile is {profile!r}, not RuntimeDefault"
+                )
+    return problems
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """A label selector (matchLabels only, as the chart writes them) matches `labels`."""
+    match = (selector or {}).get("matchLabels") or {}
+    if (selector or {}).get("matchExpressions"):
+        return False
+    return bool(match) and all(labels.get(k) == v for k, v in match.items())
+
+
+def pdb_problems(objs: list[dict], where: str, want_api: str | None) -> list[str]:
+    """want_api None: no PodDisruptionBudget; else one per Deployment, of that apiVersion, with
+    maxUnavailable (minAvailable on a one-replica Deployment blocks node drains)."""
+    pdbs = [o for o in objs if o.get("kind") == "PodDisruptionBudget"]
+    if want_api is None:
+        return [f"{where}: unexpected PodDisruptionBudget {p['metadata']['name']}" for p in pdbs]
+    problems = []
+    deployments = [o for o in objs if o.get("kind") == "Deployment"]
+    for p in pdbs:
+        name = p["metadata"]["name"]
+        if p.get("apiVersion") != want_api:
+            problems.append(f"{where}: PodDisruptionBudget {name} is {p.get('apiVersion')}, want {want_api}")
+        spec = p.get("spec") or {}
+        if "minAvailable" in spec or not spec.get("maxUnavailable"):
+            problems.append(f"{where}: PodDisruptionBudget {name}: want maxUnavailable (>0) and no minAvailable, got {spec}")
+    for d in deployments:
+        labels = (((d.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
+        ns = d["metadata"].get("namespace")
+        matching = [
+            p for p in pdbs
+            if p["metadata"].get("namespace") == ns and selects((p.get("spec") or {}).get("selector"), labels)
+        ]
+        if len(matching) != 1:
+            problems.append(f"{where}: Deployment {d['metadata']['name']} is selected by {len(matching)} PodDisruptionBudgets, want 1")
+    if len(pdbs) != len(deployments):
+        problems.append(f"{where}: {len(pdbs)} PodDisruptionBudgets for {len(deployments)} Deployments")
+    return problems
+
+
+def port_rules(policy: dict) -> dict[int, list]:
+    """Ingress: TCP port -> the `from` of each rule that opens it (None: any source)."""
+    out: dict[int, list] = {}
+    for rule in (policy.get("spec") or {}).get("ingress") or []:
+        for port in rule.get("ports") or []:
+            if port.get("protocol", "TCP") == "TCP":
+                out.setdefault(port.get("port"), []).append(rule.get("from"))
+    return out
+
+
+def netpol_problems(objs: list[dict], where: str, values: dict) -> list[str]:
+    """values: the chart's merged values. Off: no NetworkPolicy. On: each Deployment is selected
+    by exactly one, for Ingress and Egress; every port its containers serve is open to whom it
+    must be (CA: every namespace; webhook: networkPolicy.webhookFrom or anyone; metrics: the
+    scrapers' namespaces) and nothing else is; egress is the API server's ports and DNS."""
+    np = values["networkPolicy"]
+    policies = [o for o in objs if o.get("kind") == "NetworkPolicy"]
+    if not np["enabled"]:
+        return [f"{where}: unexpected NetworkPolicy {p['metadata']['name']}" for p in policies]
+    problems = []
+    scrapers = (
+        [{"namespaceSelector": {"matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": np["scraperNamespaces"]}]}}]
+        if np["scraperNamespaces"] else None
+    )
+    # What each known port must admit ("absent": no rule at all).
+    webhook_from = np["webhookFrom"] or None
+    want_by_port = {
+        15012: [[{"namespaceSelector": {}}]],
+        values["operator"]["port"]: [scrapers] if scrapers else "absent",
+        values["webhook"]["port"]: [webhook_from],
+        values["webhook"]["opsPort"]: [scrapers] if scrapers else "absent",
+    }
+    want_egress = [{"ports": [{"protocol": "TCP", "port": p} for p in np["apiServerPorts"]]}]
+    if np["apiServerTo"]:
+        want_egress[0]["to"] = np["apiServerTo"]
+    if np["dnsPorts"]:
+        want_egress.append({"ports": [{"protocol": proto, "port": p} for p in np["dnsPorts"] for proto in ("UDP", "TCP")]})
+    for d in (o for o in objs if o.get("kind") == "Deployment"):
+        dname = d["metadata"]["name"]
+        labels = (((d.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
+        matching = [p for p in policies if selects((p.get("spec") or {}).get("podSelector"), labels)]
+        if len(matching) != 1:
+            problems.append(f"{where}: Deployment {dname} is selected by {len(matching)} NetworkPolicies, want 1")
+            continue
+        pol = matching[0]
+        pname = pol["metadata"]["name"]
+        spec = pol.get("spec") or {}
+        if pol["metadata"].get("namespace") != d["metadata"].get("namespace"):
+            problems.append(f"{where}: NetworkPolicy {pname} is not in {dname}'s namespace")
+        if sorted(spec.get("policyTypes") or []) != ["Egress", "Ingress"]:
+            problems.append(f"{where}: NetworkPolicy {pname}: policyTypes {spec.get('policyTypes')}, want Ingress and Egress")
+        opened = port_rules(pol)
+        served = {
+            p["containerPort"]
+            for c in containers_of(d["spec"]["template"]["spec"])
+            for p in c.get("ports") or []
+            if p.get("protocol", "TCP") == "TCP"
+        }
+        for port in sorted(served):
+            if port not in want_by_port:
+                problems.append(f"{where}: {dname} serves port {port}, which the check does not know: say who may reach it")
+                continue
+            want = want_by_port[port]
+            have = opened.get(port, "absent")
+            if have != want:
+                problems.append(f"{where}: NetworkPolicy {pname}: port {port} admits {have}, want {want}")
+        for port in sorted(set(opened) - served):
+            problems.append(f"{where}: NetworkPolicy {pname} opens port {port}, which {dname} does not serve")
+        if spec.get("egress") != want_egress:
+            problems.append(f"{where}: NetworkPolicy {pname}: egress {spec.get('egress')}, want {want_egress}")
+    if len(policies) != len([o for o in objs if o.get("kind") == "Deployment"]):
+        problems.append(f"{where}: {len(policies)} NetworkPolicies, want one per Deployment")
+    return problems
+
+
+def rbac_problems(objs: list[dict], where: str) -> list[str]:
+    """No wildcard and no verb a component does not use; the operator's Lease rules are its own
+    Lease by name (get, update) and create; nothing else may update."""
+    problems = []
+    operator = next(
+        (o for o in objs if o.get("kind") == "Deployment" and "operator" in o["metadata"]["name"]), None
+    )
+    lease_name = None
+    if operator:
+        for c in operator["spec"]["template"]["spec"]["containers"]:
+            for e in c.get("env") or []:
+                if e.get("name") == "LEASE_NAME":
+                    lease_name = e.get("value")
+    for o in objs:
+        if o.get("kind") not in ("Role", "ClusterRole"):
+            continue
+        name = f"{o['kind']} {o['metadata']['name']}"
+        for r in o.get("rules") or []:
+            verbs = set(r.get("verbs") or [])
+            if "*" in (r.get("apiGroups") or []) or "*" in (r.get("resources") or []):
+                problems.append(f"{where}: {name}: wildcard in {r}")
+            if verbs & FORBIDDEN_VERBS:
+                problems.append(f"{where}: {name}: verbs {sorted(verbs & FORBIDDEN_VERBS)} in {r}")
+            leases = r.get("resources") == ["leases"] and r.get("apiGroups") == ["coordination.k8s.io"]
+            if "leases" in (r.get("resources") or []) and not leases:
+                problems.append(f"{where}: {name}: leases share a rule with other resources: {r}")
+            if "update" in verbs and not leases:
+                problems.append(f"{where}: {name}: update (PUT) is only used on the Lease: {r}")
+            if leases:
+                if o["kind"] != "Role":
+                    problems.append(f"{where}: {name}: Lease rules belong in the namespaced Role")
+                if verbs == {"create"}:
+                    if r.get("resourceNames"):
+                        problems.append(f"{where}: {name}: create cannot be limited by name: {r}")
+                elif verbs != {"get", "update"} or r.get("resourceNames") != [lease_name]:
+                    problems.append(
+                        f"{where}: {name}: Lease rule {r}, want get+update of resourceNames [{lease_name}] (LEASE_NAME)"
+                    )
+    return problems
+
+
+def check_hardening() -> tuple[list[str], list[str]]:
+    """(passed, problems) of the hardening checks over chart renders that cover the switches."""
+    import helm_python as helm
+
+    defaults = helm.Chart.load(str(CHART)).values
+    cases = [
+        # (what, values, kube version, PDB apiVersion wanted)
+        ("chart defaults", {}, None, "policy/v1"),
+        ("chart defaults, Kubernetes 1.20", {}, "v1.20.2", "policy/v1beta1"),
+        ("chart defaults, Kubernetes 1.21", {}, "v1.21.0", "policy/v1"),
+        ("kustomize base values", BASE_VALUES, None, None),
+        ("networkPolicy.enabled", {"networkPolicy": {"enabled": True}}, None, "policy/v1"),
+        (
+            "networkPolicy with webhookFrom, no scrapers, ca off, revision canary, DNS off",
+            {
+                "revision": "canary",
+                "ca": {"enabled": False},
+                "networkPolicy": {
+                    "enabled": True,
+                    "webhookFrom": [{"ipBlock": {"cidr": "172.18.0.0/16"}}],
+                    "scraperNamespaces": [],
+                    "apiServerPorts": [8443],
+                    "apiServerTo": [{"ipBlock": {"cidr": "10.0.0.1/32"}}],
+                    "dnsPorts": [],
+                },
+            },
+            None,
+            "policy/v1",
+        ),
+        (
+            "networkPolicy with two scraper namespaces, webhook replicas with a Secret",
+            {
+                "networkPolicy": {"enabled": True, "scraperNamespaces": ["monitoring", "prometheus"]},
+                "webhook": {"replicas": 2, "tls": {"secretName": "webhook-tls", "caBundle": "Zm9v"}},
+                "podDisruptionBudget": {"maxUnavailable": 1},
+            },
+            None,
+            "policy/v1",
+        ),
+    ]
+    passed, problems = [], []
+    for what, values, kube_version, pdb_api in cases:
+        objs = [d for docs in helm_render(values, kube_version=kube_version).values() for d in docs]
+        merged = deep_merge(defaults, values)
+        p = (
+            seccomp_problems(objs, what)
+            + pdb_problems(objs, what, pdb_api)
+            + netpol_problems(objs, what, merged)
+            + rbac_problems(objs, what)
+        )
+        problems += p
+        if not p:
+            np = "NetworkPolicies" if merged["networkPolicy"]["enabled"] else "no NetworkPolicy"
+            passed.append(
+                f"hardening ({what}): RuntimeDefault seccomp on every container, "
+                f"{pdb_api or 'no'} PodDisruptionBudgets, {np}, RBAC verbs as used"
+            )
+    return passed, problems
+
+
 def base_objects_from_chart() -> dict[str, list[dict]]:
     """File name in the kustomize base -> objects, from the chart with the base's values."""
     out = {}
@@ -345,8 +640,34 @@ def cmd_update() -> int:
         sort_keys=False,
     )
     (BASE / "kustomization.yaml").write_text(kustomization)
-    print(f"updated {CHART.relative_to(REPO)}/crds, {BASE.relative_to(REPO)} ({len(resources)} files)")
+    generated = 0
+    for overlay, files in overlay_files_from_chart().items():
+        for name, docs in files.items():
+            text = GENERATED_HEADER.format(source=f"templates/{name}, values of overlays/{overlay}")
+            text += "---\n".join(
+                yaml.safe_dump(d, sort_keys=False, default_flow_style=False, width=1000) for d in docs
+            )
+            (KUSTOMIZE / "overlays" / overlay / name).write_text(text)
+            generated += 1
+    print(
+        f"updated {CHART.relative_to(REPO)}/crds, {BASE.relative_to(REPO)} ({len(resources)} files), "
+        f"{generated} overlay files"
+    )
     return 0
+
+
+def overlay_files_from_chart() -> dict[str, dict[str, list[dict]]]:
+    """Overlay -> generated file name -> objects (OVERLAY_FILES, rendered with its values)."""
+    out: dict[str, dict[str, list[dict]]] = {}
+    for overlay, names in OVERLAY_FILES.items():
+        rendered = helm_render(deep_merge(BASE_VALUES, OVERLAYS[overlay]))
+        by_name = {Path(path).name: docs for path, docs in rendered.items()}
+        out[overlay] = {}
+        for name in names:
+            if name not in by_name:
+                raise CheckFailed(f"overlays/{overlay}: the chart renders no templates/{name} with its values")
+            out[overlay][name] = [strip_renderer_labels(d) for d in by_name[name]]
+    return out
 
 
 def cmd_check() -> int:
@@ -405,6 +726,11 @@ def cmd_check() -> int:
     elif ns_labels:
         ok.append("the control plane's Namespace carries no injection label")
 
+    # Hardening: seccomp, PodDisruptionBudgets (and their API version), NetworkPolicies, RBAC.
+    p_ok, p_problems = check_hardening()
+    ok += p_ok
+    problems += p_problems
+
     overlay_dirs = sorted(p.name for p in (KUSTOMIZE / "overlays").iterdir() if p.is_dir())
     if sorted(OVERLAYS) != overlay_dirs:
         problems.append(f"overlays {overlay_dirs} != the ones tool.py knows {sorted(OVERLAYS)}")
@@ -423,6 +749,12 @@ def cmd_check() -> int:
             kust = kustomize(kubectl, KUSTOMIZE / "overlays" / overlay)
             shown = ", ".join(f"{k}={v}" for k, v in flatten(values).items()) or "defaults"
             p = compare(f"helm ({shown})", helm_objs, f"kustomize overlays/{overlay}", kust)
+            # What kubectl will apply, checked itself too (not only through the chart).
+            merged = deep_merge(chart_defaults(), deep_merge(BASE_VALUES, values))
+            where = f"kustomize overlays/{overlay} ({version})"
+            p += seccomp_problems(kust, where) + rbac_problems(kust, where)
+            p += pdb_problems(kust, where, "policy/v1" if merged["podDisruptionBudget"]["enabled"] else None)
+            p += netpol_problems(kust, where, merged)
             problems += p
             if not p:
                 ok.append(f"overlays/{overlay} == chart ({shown}); {len(kust)} objects; {version}")

@@ -49,6 +49,9 @@ fsGroup: 65532
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+{{/* The container repeats the pod's RuntimeDefault seccomp profile: a container-level profile
+     holds even where the pod's is dropped or overridden (an admission default, a patch), as the
+     webhook's injected containers do. `manifests/check` asserts it on every container. */}}
 {{- define "rustmesh.containerSecurity" -}}
 allowPrivilegeEscalation: false
 privileged: false
@@ -56,4 +59,48 @@ readOnlyRootFilesystem: true
 runAsNonRoot: true
 capabilities:
   drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* PodDisruptionBudget's API: policy/v1 where the cluster serves it (1.21+; policy/v1beta1 is
+     gone in 1.25), else policy/v1beta1 (Kubernetes 1.20, the local e2e cluster). Installed,
+     Capabilities are the API server's discovery; rendered offline (`helm template`) they are
+     Helm's defaults (a current Kubernetes) unless --kube-version says older. */}}
+{{- define "rustmesh.pdbApiVersion" -}}
+{{- if and (.Capabilities.APIVersions.Has "policy/v1") (semverCompare ">=1.21-0" .Capabilities.KubeVersion.Version) -}}
+policy/v1
+{{- else -}}
+policy/v1beta1
+{{- end -}}
+{{- end -}}
+
+{{/* NetworkPolicy egress of both control-plane pods: the API server and DNS. */}}
+{{- define "rustmesh.controlPlaneEgress" -}}
+{{- $np := .Values.networkPolicy -}}
+- ports:
+    {{- range $np.apiServerPorts }}
+    - {protocol: TCP, port: {{ . }}}
+    {{- end }}
+  {{- with $np.apiServerTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- if $np.dnsPorts }}
+- ports:
+    {{- range $np.dnsPorts }}
+    - {protocol: UDP, port: {{ . }}}
+    - {protocol: TCP, port: {{ . }}}
+    {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* NetworkPolicy peers that may scrape metrics: pods of networkPolicy.scraperNamespaces. */}}
+{{- define "rustmesh.scrapers" -}}
+- namespaceSelector:
+    matchExpressions:
+      - key: kubernetes.io/metadata.name
+        operator: In
+        values:
+          {{- toYaml .Values.networkPolicy.scraperNamespaces | nindent 10 }}
 {{- end -}}
