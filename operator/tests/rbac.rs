@@ -232,3 +232,186 @@ fn install_manifests_grant_the_same() {
         .expect("ClusterRole rustmesh-operator in the kustomize base");
     check_cluster_rules(&cr.rules.unwrap(), true);
 }
+
+fn install_docs(file: &str) -> Vec<serde_json::Value> {
+    match file {
+        "operator" => parse(include_str!("../../manifests/kustomize/base/operator.yaml")),
+        "webhook" => parse(include_str!("../../manifests/kustomize/base/webhook.yaml")),
+        _ => unreachable!(),
+    }
+}
+
+fn find<T: serde::de::DeserializeOwned>(docs: &[serde_json::Value], kind: &str, name: &str) -> T {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .map(|d| serde_json::from_value(d.clone()).unwrap())
+        .unwrap_or_else(|| panic!("{kind} {name} in the kustomize base"))
+}
+
+/// Every verb the install grants is one the code makes (issue 17 item 11: only the verbs
+/// used). The operator's writes are server-side apply (`patch`, plus `create` when the object
+/// is missing), the status subresource's apply, kube-runtime's Recorder (events.k8s.io/v1:
+/// create, then patch of a series), `create` of reviews and of the CA's own Secret, and the
+/// Lease election's get/create/replace; reads are watches (list, watch) and gets.
+fn verbs_used(group: &str, resource: &str) -> &'static [&'static str] {
+    match (group, resource) {
+        ("", "services" | "endpoints" | "pods" | "namespaces") => &["get", "list", "watch"],
+        ("discovery.k8s.io", "endpointslices") => &["get", "list", "watch"],
+        ("networking.istio.io", "virtualservices" | "destinationrules" | "sidecars") => {
+            &["get", "list", "watch"]
+        }
+        ("security.istio.io", "peerauthentications") => &["get", "list", "watch"],
+        ("networking.istio.io" | "security.istio.io", r) if r.ends_with("/status") => &["patch"],
+        // get/list/watch: the named watch, and what the reader Role grants (escalation check).
+        ("", "configmaps") => &["get", "list", "watch", "patch", "create"],
+        ("rbac.authorization.k8s.io", "roles" | "rolebindings") => &["patch", "create"],
+        ("events.k8s.io", "events") => &["create", "patch"],
+        ("authentication.k8s.io", "tokenreviews") => &["create"],
+        ("authorization.k8s.io", "subjectaccessreviews") => &["create"],
+        // credentialName by name anywhere; the CA's keys by name, and its self-signed root
+        // created once, in the control-plane namespace.
+        ("", "secrets") => &["get", "create"],
+        ("coordination.k8s.io", "leases") => &["get", "create", "update"],
+        _ => &[],
+    }
+}
+
+fn assert_only_used_verbs(what: &str, rules: &[PolicyRule]) {
+    for r in rules {
+        for group in r.api_groups.as_deref().unwrap_or_default() {
+            for res in r.resources.as_deref().unwrap_or_default() {
+                for verb in &r.verbs {
+                    assert!(
+                        verbs_used(group, res).contains(&verb.as_str()),
+                        "{what}: {verb} on {group}/{res} is granted but the operator never does it"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The install's ClusterRole and Role hold only verbs the operator uses; `create` (which
+/// Kubernetes cannot limit by name) is granted on no kind it does not create, and Secrets are
+/// created only in the control-plane namespace (the Role), never cluster-wide.
+#[test]
+fn install_grants_only_the_verbs_the_operator_uses() {
+    let docs = install_docs("operator");
+    let cr: ClusterRole = find(&docs, "ClusterRole", "rustmesh-operator");
+    let role: Role = find(&docs, "Role", "rustmesh-operator");
+    let cluster_rules = cr.rules.unwrap();
+    assert_only_used_verbs("ClusterRole", &cluster_rules);
+    assert_only_used_verbs("Role", &role.rules.unwrap());
+    assert!(!allows(&cluster_rules, "", "secrets", "create", None));
+    assert!(
+        !allows(
+            &cluster_rules,
+            "coordination.k8s.io",
+            "leases",
+            "get",
+            Some("rustmesh-operator")
+        ),
+        "leases: the namespaced Role only"
+    );
+    for (group, res) in [
+        ("", "configmaps"),
+        ("rbac.authorization.k8s.io", "roles"),
+        ("rbac.authorization.k8s.io", "rolebindings"),
+    ] {
+        assert!(
+            !allows(&cluster_rules, group, res, "update", Some("x")),
+            "{res}: server-side apply needs patch, not update"
+        );
+    }
+    // The legacy core Events API is not written (kube-runtime's Recorder uses events.k8s.io).
+    assert!(!allows(&cluster_rules, "", "events", "create", None));
+}
+
+/// The install's Lease rules are exactly what the election does (leader.rs: get_opt, create,
+/// replace of the Lease named by LEASE_NAME) and no wider than operator/rbac.yaml's: its own
+/// Lease by name, create (not limitable by name), no list, watch, patch or delete.
+#[test]
+fn install_lease_rules_are_the_elections_and_as_narrow_as_rbac_yaml() {
+    let docs = install_docs("operator");
+    let role: Role = find(&docs, "Role", "rustmesh-operator");
+    let rules = role.rules.unwrap();
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "rustmesh-operator")
+        .expect("the operator's Deployment");
+    let lease = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "LEASE_NAME")
+        .and_then(|e| e["value"].as_str())
+        .expect("LEASE_NAME")
+        .to_string();
+    let g = "coordination.k8s.io";
+    for verb in ["get", "update"] {
+        assert!(allows(&rules, g, "leases", verb, Some(&lease)), "{verb}");
+        assert!(
+            !allows(&rules, g, "leases", verb, Some("someone-elses")),
+            "{verb} of another Lease"
+        );
+    }
+    assert!(allows(&rules, g, "leases", "create", None));
+    for verb in ["list", "watch", "patch", "delete", "deletecollection"] {
+        assert!(
+            !allows(&rules, g, "leases", verb, Some(&lease)),
+            "{verb} on leases"
+        );
+    }
+    // No wider than operator/rbac.yaml's Lease Role (each install grant is one of its grants).
+    let reference: Role = documents()
+        .iter()
+        .find(|d| d["kind"] == "Role")
+        .map(|d| serde_json::from_value(d.clone()).unwrap())
+        .unwrap();
+    let reference = reference.rules.unwrap();
+    for r in rules.iter().filter(|r| {
+        r.resources
+            .as_deref()
+            .unwrap_or_default()
+            .contains(&"leases".to_string())
+    }) {
+        for verb in &r.verbs {
+            match r.resource_names.as_deref() {
+                None => assert!(allows(&reference, g, "leases", verb, None), "{verb}"),
+                Some(names) => {
+                    for n in names {
+                        assert!(allows(&reference, g, "leases", verb, Some(n)), "{verb} {n}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The webhook may touch its own MutatingWebhookConfiguration (watched by name, JSON-patched)
+/// and read its own settings ConfigMap; nothing else, no update, no create.
+#[test]
+fn install_webhook_rules_are_its_own_objects_by_name() {
+    let docs = install_docs("webhook");
+    let cr: ClusterRole = find(&docs, "ClusterRole", "rustmesh-webhook");
+    let role: Role = find(&docs, "Role", "rustmesh-webhook");
+    let mwc = "rustmesh-sidecar-injector";
+    for r in cr.rules.unwrap() {
+        assert_eq!(
+            r.resources.as_deref().unwrap(),
+            ["mutatingwebhookconfigurations"]
+        );
+        assert_eq!(r.resource_names.as_deref().unwrap(), [mwc]);
+        for verb in &r.verbs {
+            assert!(
+                ["get", "list", "watch", "patch"].contains(&verb.as_str()),
+                "{verb}"
+            );
+        }
+    }
+    for r in role.rules.unwrap() {
+        assert_eq!(r.resources.as_deref().unwrap(), ["configmaps"]);
+        assert_eq!(r.resource_names.as_deref().unwrap(), [mwc]);
+        assert_eq!(r.verbs, ["get", "list", "watch"]);
+    }
+}
