@@ -37,6 +37,12 @@ pub struct App {
     pub service_ports: Vec<(String, u16)>,
     /// `sidecar.istio.io/inject` label, when set.
     pub inject: Option<bool>,
+    /// More `testapp serve` arguments.
+    pub extra_args: Vec<String>,
+    /// More pod annotations (e.g. `proxy.istio.io/config`).
+    pub annotations: BTreeMap<String, String>,
+    /// The pod's `terminationGracePeriodSeconds` (2 s unless a test needs the drain).
+    pub grace_seconds: i64,
 }
 
 impl App {
@@ -49,6 +55,9 @@ impl App {
             tcp: vec![],
             service_ports: vec![("http".into(), HTTP_PORT)],
             inject: None,
+            extra_args: vec![],
+            annotations: BTreeMap::new(),
+            grace_seconds: 2,
         }
     }
 
@@ -72,6 +81,7 @@ impl App {
         }
         args.extend(["--service".into(), self.app.clone()]);
         args.extend(["--version".into(), self.version.clone()]);
+        args.extend(self.extra_args.iter().cloned());
         args
     }
 
@@ -88,6 +98,14 @@ impl App {
                 |p| json!({"name": format!("tcp-{p}"), "containerPort": p, "protocol": "TCP"}),
             ))
             .collect();
+        // Small requests: the CI node has 2 CPUs and every sidecar asks for some.
+        let mut annotations = json!({
+            "sidecar.istio.io/proxyCPU": "10m",
+            "sidecar.istio.io/proxyMemory": "32Mi",
+        });
+        for (k, v) in &self.annotations {
+            annotations[k] = json!(v);
+        }
         json!({
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -98,14 +116,10 @@ impl App {
                 "template": {
                     "metadata": {
                         "labels": labels,
-                        // Small requests: the CI node has 2 CPUs and every sidecar asks for some.
-                        "annotations": {
-                            "sidecar.istio.io/proxyCPU": "10m",
-                            "sidecar.istio.io/proxyMemory": "32Mi",
-                        },
+                        "annotations": annotations,
                     },
                     "spec": {
-                        "terminationGracePeriodSeconds": 2,
+                        "terminationGracePeriodSeconds": self.grace_seconds,
                         "containers": [{
                             "name": self.app,
                             "image": TESTAPP_IMAGE,

@@ -46,6 +46,19 @@ enum Command {
         /// Address to bind (0.0.0.0 for pods; 127.0.0.1 to be reachable only through the sidecar).
         #[arg(long, default_value = "0.0.0.0")]
         bind: std::net::IpAddr,
+        /// On SIGTERM, GET this URL (an app's own shutdown call, e.g. deregistering itself),
+        /// print the outcome, and exit. Without it SIGTERM ends the process at once.
+        #[arg(long, value_name = "URL")]
+        on_sigterm_get: Option<String>,
+        /// With --on-sigterm-get: wait this many milliseconds after SIGTERM before the call (an
+        /// app finishing its work first).
+        #[arg(
+            long,
+            value_name = "MS",
+            default_value_t = 0,
+            requires = "on_sigterm_get"
+        )]
+        on_sigterm_delay_ms: u64,
     },
     /// Send N GET requests and print a JSON summary (answers per backend and status, latency).
     Get {
@@ -111,6 +124,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             version,
             pod,
             bind,
+            on_sigterm_get,
+            on_sigterm_delay_ms,
         } => {
             let pod = if pod.is_empty() {
                 std::env::var("HOSTNAME").unwrap_or_default()
@@ -153,6 +168,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 "nothing to serve: give --http, --https, --tcp-echo or --server-first"
             );
             eprintln!("testapp: serving");
+            if let Some(url) = on_sigterm_get {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tasks.spawn(async move {
+                    term.recv().await;
+                    tokio::time::sleep(std::time::Duration::from_millis(on_sigterm_delay_ms)).await;
+                    match client::fetch(&url, &[], false).await {
+                        Ok((status, _)) => eprintln!("testapp: SIGTERM: GET {url}: {status}"),
+                        Err(e) => eprintln!("testapp: SIGTERM: GET {url} failed: {e}"),
+                    }
+                    std::process::exit(0)
+                });
+            }
             while let Some(res) = tasks.join_next().await {
                 res??;
             }

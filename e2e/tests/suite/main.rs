@@ -13,8 +13,10 @@
 //! | `mtls` | 10: auto mTLS between injected pods (principals in metrics), PeerAuthentication STRICT refuses a pod without a sidecar |
 //! | `probes` | 9: app probes rewritten to the sidecar's status port; Ready through it (STRICT when `PeerAuthentication` is served); a 503 app fails its probe |
 //! | `credential` | 11: DestinationRule `credentialName` (MUTUAL) for the selected client only, served by the CA once its account may list Secrets |
+//! | `drain` | 12: pods deleted under traffic: an app's call after SIGTERM goes through its draining sidecar (`terminationDrainDuration` from `proxy.istio.io/config`); a server replica deleted under load fails no request |
 
 mod credential;
+mod drain;
 mod egress;
 mod faults;
 mod identity;
