@@ -389,7 +389,9 @@ fn install_lease_rules_are_the_elections_and_as_narrow_as_rbac_yaml() {
 }
 
 /// The webhook may touch its own MutatingWebhookConfiguration (watched by name, JSON-patched)
-/// and read its own settings ConfigMap; nothing else, no update, no create.
+/// and read its own settings ConfigMap; nothing else, no update. Events about its settings
+/// (kube-runtime's Recorder: events.k8s.io create and patch) are allowed in its namespace's
+/// Role only.
 #[test]
 fn install_webhook_rules_are_its_own_objects_by_name() {
     let docs = install_docs("webhook");
@@ -410,6 +412,13 @@ fn install_webhook_rules_are_its_own_objects_by_name() {
         }
     }
     for r in role.rules.unwrap() {
+        if r.api_groups.as_deref() == Some(&["events.k8s.io".to_string()]) {
+            assert_eq!(r.resources.as_deref().unwrap(), ["events"]);
+            for verb in &r.verbs {
+                assert!(["create", "patch"].contains(&verb.as_str()), "{verb}");
+            }
+            continue;
+        }
         assert_eq!(r.resources.as_deref().unwrap(), ["configmaps"]);
         assert_eq!(r.resource_names.as_deref().unwrap(), [mwc]);
         assert_eq!(r.verbs, ["get", "list", "watch"]);
