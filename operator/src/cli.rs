@@ -59,6 +59,11 @@ pub struct Args {
     /// Where the CA's gRPC+TLS service listens.
     #[arg(long, env = "CA_LISTEN_ADDR", default_value = "0.0.0.0:15012")]
     pub ca_listen_addr: SocketAddr,
+    /// Most connections the CA serves at once; more are closed as they are accepted (and
+    /// counted in `rustmesh_ca_connections_refused_total`).
+    #[arg(long, env = "CA_MAX_CONNECTIONS", default_value_t = crate::ca::service::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub ca_max_connections: usize,
     /// The mesh trust domain (SPIFFE ids `spiffe://<trust domain>/ns/<ns>/sa/<sa>`).
     #[arg(long, env = "TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
@@ -147,6 +152,7 @@ impl Args {
             };
             Some(CaSettings {
                 addr: self.ca_listen_addr,
+                max_connections: self.ca_max_connections,
                 trust_domain: self.trust_domain.clone(),
                 dns_names,
             })
@@ -187,7 +193,10 @@ impl Args {
 
 /// Runs the operator with these flags.
 pub async fn run(args: Args) -> Result<(), Error> {
-    crate::controller::run(args.settings()?).await
+    let settings = args.settings()?;
+    // Every connection (metrics, CA) costs a descriptor: the soft limit up to the hard one.
+    rustmesh_xds::serve::raise_fd_limit_logged();
+    crate::controller::run(settings).await
 }
 
 #[cfg(test)]

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub synced: Gauge,
     /// The mesh CA's counters, under Istio's names (`citadel_server_*`, no prefix).
     pub ca: CaMetrics,
+    /// Connections to the metrics port closed at accept: its connection limit was reached.
+    pub connections_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -96,6 +98,12 @@ impl Metrics {
             leader.clone(),
         );
         registry.register("synced", "1 once every watch has listed", synced.clone());
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections to the metrics port closed at accept: its connection limit was reached",
+            connections_refused.clone(),
+        );
         Metrics {
             registry: root,
             ca,
@@ -108,6 +116,7 @@ impl Metrics {
             status_writes,
             leader,
             synced,
+            connections_refused,
         }
     }
 
@@ -152,6 +161,35 @@ pub struct Health {
     pub metrics: Arc<Metrics>,
     /// Set once every watch has listed (readiness).
     pub ready: Arc<AtomicBool>,
+}
+
+/// The limits of the metrics port's connections (`/metrics`, `/healthz`, `/readyz`): 64 at once,
+/// 5 s for a request head and idle, 5 min at most (`rustmesh_xds::serve::ConnLimits::OPS`).
+pub const LIMITS: rustmesh_xds::serve::ConnLimits = rustmesh_xds::serve::ConnLimits::OPS;
+
+/// Serves `app` (the [`router`]) on `listener` under [`LIMITS`] until `shutdown` resolves;
+/// connections over the cap are closed at accept and counted in
+/// `rustmesh_operator_connections_refused_total`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let refused = metrics.connections_refused.clone();
+    let gate = rustmesh_xds::serve::Gate::new("operator metrics", LIMITS.max_connections)
+        .on_refused(move || {
+            refused.inc();
+        });
+    rustmesh_xds::serve::run_http(
+        listener,
+        Arc::new(gate),
+        LIMITS,
+        |tcp: tokio::net::TcpStream| async move { Ok(tcp) },
+        hyper_util::service::TowerToHyperService::new(app),
+        shutdown,
+    )
+    .await;
 }
 
 /// `/metrics`, `/healthz` (alive), `/readyz` (initial sync done).
@@ -230,6 +268,93 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    /// Reads until the server closes `s`; whether it did within `within`.
+    async fn closed_within(s: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 512];
+        tokio::time::timeout(within, async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    async fn fetch(addr: std::net::SocketAddr, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let exchange = async {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(
+                format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), exchange)
+            .await
+            .expect("an answer")
+    }
+
+    /// Issue 17 item 3: before, `axum::serve` kept every idle connection forever and had no
+    /// cap, so a few thousand idle clients used up the operator's descriptors.
+    #[tokio::test]
+    async fn the_metrics_port_closes_connections_over_its_cap_and_idle_ones_and_keeps_answering() {
+        use std::time::Duration;
+        let metrics = Arc::new(Metrics::new());
+        let app = router(Health {
+            metrics: metrics.clone(),
+            ready: Arc::new(AtomicBool::new(true)),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(
+            listener,
+            app,
+            metrics.clone(),
+            std::future::pending(),
+        ));
+
+        let extra = 16;
+        let mut conns = Vec::new();
+        for _ in 0..LIMITS.max_connections + extra {
+            conns.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let mut closed_at_once = 0;
+        for c in conns.iter_mut().rev().take(extra) {
+            if closed_within(c, Duration::from_secs(3)).await {
+                closed_at_once += 1;
+            }
+        }
+        assert!(
+            closed_at_once > 0,
+            "no connection over the cap was closed at accept"
+        );
+        for (i, c) in conns.iter_mut().enumerate() {
+            assert!(
+                closed_within(c, Duration::from_secs(60)).await,
+                "idle connection {i} still open"
+            );
+        }
+        drop(conns);
+        assert!(fetch(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        let text = fetch(addr, "/metrics").await;
+        assert!(
+            metrics.connections_refused.get() >= closed_at_once,
+            "{text}"
+        );
+        assert!(
+            text.contains("rustmesh_operator_connections_refused_total"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -333,15 +333,8 @@ async fn follow_dns(store: Arc<Store>, table: SharedTable) {
 
 /// Raises the soft limit of open files to the hard one, as Envoy and Istio's agent do: every
 /// proxied connection costs two descriptors, and the default soft limit (often 1024) would
-/// cap the sidecar at a few hundred connections. Returns the (soft, hard) limits now in force.
-pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
-    }
-    Ok(getrlimit(Resource::RLIMIT_NOFILE)?)
-}
+/// cap the sidecar at a few hundred connections. One implementation for every part.
+pub use rustmesh_xds::serve::raise_fd_limit;
 
 impl RunArgs {
     /// What SIGTERM does: Istio's agent's choice between a fixed drain and

@@ -11,6 +11,8 @@
 //! `scope`) and the back-off with which each retries the Kubernetes API (`backoff`).
 //! [`yaml`] is the one reader of YAML written by users (the webhook's annotations and settings,
 //! `rustmesh-api`'s Istio documents), with bounds on what aliases may expand to.
+//! With the `serve` feature, [`serve`] caps and times out the connections of every part's own
+//! ports (webhook, operator, the sidecar's admin ports) and raises the open-files limit.
 #![forbid(unsafe_code)]
 
 pub mod address;
@@ -30,6 +32,8 @@ pub mod probe;
 pub mod regex;
 pub mod route;
 pub mod scope;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod tls;
 pub mod types;
 pub mod well_known;

@@ -77,6 +77,9 @@ pub struct CaMetrics {
     pub credential_requests: Counter,
     /// `rustmesh_ca_credential_refused_total`: credential requests not served.
     pub credential_refused: Counter,
+    /// `rustmesh_ca_connections_refused_total`: connections closed as they were accepted
+    /// because [`CaServer`]'s connection limit was reached.
+    pub connections_refused: Counter,
 }
 
 impl CaMetrics {
@@ -118,6 +121,11 @@ impl CaMetrics {
                 "rustmesh_ca_credential_refused",
                 "credentialName requests refused (authentication, right, name, Secret)",
                 &self.credential_refused,
+            ),
+            (
+                "rustmesh_ca_connections_refused",
+                "Connections to the CA closed at accept: its connection limit was reached",
+                &self.connections_refused,
             ),
         ] {
             registry.register(name, help, c.clone());
@@ -419,12 +427,69 @@ where
 /// How long the CA's server waits for open connections after shutdown is asked.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Connections the CA serves at once by default (`--ca-max-connections`): every sidecar
+/// connects for its certificate at start and at each renewal (one short connection per
+/// request), so a rollout of many pods at once makes hundreds.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Time for a TLS handshake, the ClientHello's arrival included.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection on which no byte moved for this long is closed: it covers a client that sends
+/// no request after the handshake and one that stays connected between requests (the sidecar
+/// gives each request 10 s, connection included, and connects again for the next).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a connection lives (then HTTP/2 GOAWAY: requests in flight finish, for at most
+/// [`MAX_CONNECTION_AGE_GRACE`]). The CA has only unary methods, no long-lived streams.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
+/// How long requests in flight may take after [`MAX_CONNECTION_AGE`].
+pub const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(10);
+
 /// The CA's server: TLS with a certificate the CA issues itself (DNS names of its Services).
 pub struct CaServer<A> {
     listener: tokio::net::TcpListener,
     tls: tonic::transport::ServerTlsConfig,
     service: CertificateService<A>,
     credentials: CredentialService<A>,
+    gate: rustmesh_xds::serve::Gate,
+    idle_timeout: Duration,
+}
+
+/// A connection admitted under the CA's connection limit, as tonic's server takes it.
+struct CaConn(rustmesh_xds::serve::Conn<tokio::net::TcpStream>);
+
+impl tokio::io::AsyncRead for CaConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CaConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for CaConn {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        tonic::transport::server::Connected::connect_info(self.0.get_ref())
+    }
 }
 
 /// Why the CA server could not start.
@@ -463,13 +528,38 @@ impl<A: Authenticate> CaServer<A> {
             .serving_certificate(dns_names, SystemTime::now())
             .map_err(|e| ServerError::Tls(e.to_string()))?;
         let tls = tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(chain.concat(), key));
+            .identity(tonic::transport::Identity::from_pem(chain.concat(), key))
+            .timeout(HANDSHAKE_TIMEOUT);
+        let refused = ca.metrics.connections_refused.clone();
         Ok(CaServer {
             listener,
             tls,
             service: CaService::new(ca.clone()),
             credentials: CaService::new(ca),
+            gate: rustmesh_xds::serve::Gate::new("ca", DEFAULT_MAX_CONNECTIONS).on_refused(
+                move || {
+                    refused.inc();
+                },
+            ),
+            idle_timeout: IDLE_TIMEOUT,
         })
+    }
+
+    /// The same server serving at most `max` connections at once (default
+    /// [`DEFAULT_MAX_CONNECTIONS`]); more are closed as they are accepted and counted in
+    /// `rustmesh_ca_connections_refused_total`.
+    pub fn with_max_connections(mut self, max: usize) -> Self {
+        let refused = self.service.ca.metrics.connections_refused.clone();
+        self.gate = rustmesh_xds::serve::Gate::new("ca", max).on_refused(move || {
+            refused.inc();
+        });
+        self
+    }
+
+    /// The same server closing connections idle for `idle` (default [`IDLE_TIMEOUT`]; tests).
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self
     }
 
     /// The bound address.
@@ -481,11 +571,21 @@ impl<A: Authenticate> CaServer<A> {
     /// Serves until `shutdown` completes, then lets open requests finish for at most
     /// [`SHUTDOWN_GRACE`] (a client that keeps its connection open does not hold the process).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        // Small request/answer writes: no Nagle delay (TLS handshake, then one gRPC exchange).
+        // Connections over the cap are closed at accept (`rustmesh_xds::serve`); idle ones fail
+        // their reads. Small request/answer writes: no Nagle delay.
+        let idle = self.idle_timeout;
+        let gate = Arc::new(self.gate);
         let incoming =
-            tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true));
+            futures::stream::unfold((self.listener, gate), move |(listener, gate)| async move {
+                let (stream, _, permit) = rustmesh_xds::serve::accept(&listener, &gate).await;
+                let _ = stream.set_nodelay(true);
+                let conn = rustmesh_xds::serve::Conn::new(stream, permit).fail_when_idle(idle);
+                Some((Ok::<_, std::io::Error>(CaConn(conn)), (listener, gate)))
+            });
         let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
         let serve = tonic::transport::Server::builder()
+            .max_connection_age(MAX_CONNECTION_AGE)
+            .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
             .tls_config(self.tls)
             .map_err(|e| ServerError::Tls(e.to_string()))?
             .add_service(self.service)
@@ -690,6 +790,78 @@ mod tests {
         client.ready().await.unwrap();
         let _ = stop.send(());
         serving.await.unwrap().unwrap();
+    }
+
+    /// Issue 17 item 3: the CA caps its connections (closed at accept, counted) and closes
+    /// idle ones, and still serves a fresh client.
+    #[tokio::test]
+    async fn connections_over_the_cap_are_refused_and_idle_ones_closed() {
+        use tokio::io::AsyncReadExt;
+        let (ca, m, _) = ca();
+        let root = ca.authority.root_bundle().to_string();
+        let server = CaServer::new(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(ca),
+            &["istiod.istio-system.svc".to_string()],
+        )
+        .await
+        .unwrap()
+        .with_max_connections(2)
+        .with_idle_timeout(Duration::from_millis(500));
+        let addr = server.local_addr().unwrap();
+        tokio::spawn(server.run(std::future::pending()));
+        let closed = |mut s: tokio::net::TcpStream, within: Duration| async move {
+            let mut buf = [0u8; 64];
+            tokio::time::timeout(within, async {
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await
+            .is_ok()
+        };
+        let a = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let b = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let over = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(
+            closed(over, Duration::from_secs(5)).await,
+            "the third was not refused"
+        );
+        assert_eq!(m.connections_refused.get(), 1);
+        // Neither sends a byte: closed once idle, well before the handshake timeout.
+        assert!(closed(a, Duration::from_secs(8)).await);
+        assert!(closed(b, Duration::from_secs(8)).await);
+        // A real client is served again.
+        let channel = tonic::transport::Channel::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(&root))
+                    .domain_name("istiod.istio-system.svc"),
+            )
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = tonic::client::Grpc::new(channel);
+        client.ready().await.unwrap();
+        let err = client
+            .unary::<_, IstioCertificateResponse, _>(
+                tonic::Request::new(request("x".into())),
+                http::uri::PathAndQuery::from_static(CREATE_CERTIFICATE),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::Unauthenticated,
+            "answered by the CA: {err}"
+        );
     }
 
     #[tokio::test]

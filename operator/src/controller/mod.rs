@@ -71,6 +71,8 @@ pub struct Settings {
 pub struct CaSettings {
     /// Where the gRPC+TLS certificate service listens (Istio's 15012).
     pub addr: SocketAddr,
+    /// Most connections the CA serves at once (`--ca-max-connections`).
+    pub max_connections: usize,
     /// The trust domain of the SPIFFE ids it signs.
     pub trust_domain: String,
     /// The DNS names of its serving certificate (the Services sidecars reach it by).
@@ -109,7 +111,8 @@ async fn start_ca(
     );
     let server = service::CaServer::new(ca.addr, service, &ca.dns_names)
         .await
-        .map_err(|e| Error::Ca(e.to_string()))?;
+        .map_err(|e| Error::Ca(e.to_string()))?
+        .with_max_connections(ca.max_connections);
     let mut stop = shutdown.clone();
     let serving = tokio::spawn(async move {
         let stopped = async move {
@@ -180,13 +183,14 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         ready: ready.clone(),
     });
     let mut http_shutdown = shutdown_rx.clone();
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_shutdown.changed().await;
-            })
-            .await;
-    });
+    let server = tokio::spawn(crate::metrics::serve(
+        listener,
+        app,
+        metrics.clone(),
+        async move {
+            let _ = http_shutdown.changed().await;
+        },
+    ));
 
     let leader = Arc::new(AtomicBool::new(settings.lease.is_none()));
     let (leader_tx, mut leader_rx) = watch::channel(settings.lease.is_none());
