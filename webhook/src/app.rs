@@ -3,17 +3,17 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
+use rustmesh_xds::serve::Gate;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
 use crate::kube_sync;
 use crate::metrics::Metrics;
-use crate::server::{self, AppState, ServerHandle};
+use crate::server::{self, AppState, Readiness, ServerHandle};
 use crate::settings::InjectionSettings;
 use crate::tls::{self, Authority, CertFiles, CertResolver};
 
@@ -64,6 +64,7 @@ pub struct Args {
     pub webhook_config: Option<String>,
 
     /// Settings file (YAML/JSON: flat keys, or a ConfigMap manifest). Read once at start.
+    /// Invalid (or without `image`): the webhook runs but is not ready (`/readyz` says why).
     #[arg(long, env = "WEBHOOK_SETTINGS_FILE")]
     pub settings_file: Option<PathBuf>,
 
@@ -83,6 +84,12 @@ pub struct Args {
     /// Time to receive a request body, in seconds; slower ones get 408.
     #[arg(long, default_value_t = server::DEFAULT_REQUEST_TIMEOUT.as_secs())]
     pub request_timeout_secs: u64,
+
+    /// Most connections the HTTPS listener serves at once; more are closed as they are
+    /// accepted (and counted in `rustmesh_webhook_connections_refused_total{port="https"}`).
+    #[arg(long, env = "WEBHOOK_MAX_CONNECTIONS", default_value_t = server::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
 }
 
 /// A started webhook: the HTTPS server and its background tasks.
@@ -139,15 +146,41 @@ impl Webhook {
         let needs_kube =
             patch_ca_bundle || args.settings_configmap.is_some() || args.namespace_lookup;
 
-        // Settings: file, else defaults; the ConfigMap (if any) replaces them once listed.
-        let initial = match &args.settings_file {
-            Some(path) => InjectionSettings::from_file(path)?,
-            None => InjectionSettings::default(),
+        // Settings: the file's, replaced by the ConfigMap's (if any) once listed. There is no
+        // built-in default (no published image to name): without valid settings the webhook
+        // serves but is not ready, and `/readyz` says why.
+        let (initial, problem) = match &args.settings_file {
+            Some(path) => match InjectionSettings::from_file(path) {
+                Ok(s) => (Some(s), None),
+                Err(e) => {
+                    tracing::error!(error = %e, "invalid injection settings: not ready");
+                    (None, Some(format!("invalid injection settings: {e}")))
+                }
+            },
+            None => (None, None),
         };
+        let problem = match (&args.settings_configmap, problem) {
+            (_, Some(p)) => Some(p),
+            (Some(name), None) => Some(format!(
+                "waiting for the settings ConfigMap {}/{name} to be listed",
+                args.namespace
+            )),
+            (None, None) if initial.is_none() => Some(
+                "no injection settings: give --settings-file or --settings-configmap (the `image` key is required)"
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        if let (None, Some(p)) = (&args.settings_configmap, &problem) {
+            tracing::error!("{p}");
+        }
 
         let client = if needs_kube {
             Some(kube::Client::try_default().await?)
-        } else if initial.native_sidecars == crate::settings::NativeSidecars::Auto {
+        } else if initial
+            .as_ref()
+            .is_some_and(|s| s.native_sidecars == crate::settings::NativeSidecars::Auto)
+        {
             // Only needed for the /version probe: without a cluster, `auto` means off.
             match kube::Client::try_default().await {
                 Ok(c) => Some(c),
@@ -164,9 +197,14 @@ impl Webhook {
             None => None,
         };
 
-        let ready = Arc::new(AtomicBool::new(args.settings_configmap.is_none()));
+        let ready = Arc::new(match problem {
+            Some(p) => Readiness::not_ready(p),
+            None => Readiness::ready(),
+        });
         let state = AppState {
-            settings: Arc::new(ArcSwap::from_pointee(initial.resolve(native))),
+            settings: Arc::new(ArcSwapOption::from(
+                initial.map(|s| Arc::new(s.resolve(native))),
+            )),
             metrics: Arc::new(Metrics::new()),
             namespaces: None,
             ready: ready.clone(),
@@ -240,7 +278,16 @@ impl Webhook {
                 source,
             })?;
         let tls_config = tls::server_config(resolver.clone())?;
-        let server = server::serve_tls(listener, tls_config, server::router(state.clone()));
+        let metrics = state.metrics.clone();
+        let gate = Gate::new("webhook https", args.max_connections)
+            .on_refused(move || metrics.refused("https"));
+        let server = server::serve_tls(
+            listener,
+            tls_config,
+            server::router(state.clone()),
+            server::https_limits(args.max_connections),
+            Arc::new(gate),
+        );
         let local_addr = server.local_addr;
 
         let (ops_addr, ops_shutdown) = match args.ops_listen {
@@ -254,11 +301,14 @@ impl Webhook {
                 let bound = l.local_addr().ok();
                 let (tx, rx) = tokio::sync::oneshot::channel::<()>();
                 let app = server::ops_router(state.clone());
+                let metrics = state.metrics.clone();
+                let gate = Gate::new("webhook ops", server::OPS_LIMITS.max_connections)
+                    .on_refused(move || metrics.refused("ops"));
                 tasks.push(tokio::spawn(async move {
                     let stop = async move {
                         let _ = rx.await;
                     };
-                    if let Err(e) = server::serve_plain(l, app, stop).await {
+                    if let Err(e) = server::serve_plain(l, app, Arc::new(gate), stop).await {
                         tracing::error!(error = %e, "ops listener failed");
                     }
                 }));
@@ -314,7 +364,7 @@ impl Webhook {
 
     /// Stops: not ready, stop accepting, let in-flight requests finish, stop the watches.
     pub async fn shutdown(self) {
-        self.state.ready.store(false, Ordering::Release);
+        self.state.ready.set_not_ready("shutting down");
         if let Some(tx) = self.ops_shutdown {
             let _ = tx.send(());
         }
@@ -330,6 +380,8 @@ pub async fn run(args: Args) -> Result<()> {
     // kube's client and our server both use ring; make it the process default too, so that no
     // dependency can pick another provider (or panic for lack of one).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Every connection costs a descriptor: the soft limit (often 1024) up to the hard one.
+    rustmesh_xds::serve::raise_fd_limit_logged();
     let webhook = Webhook::start(args).await?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

@@ -7,9 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use base64::Engine as _;
 use futures::StreamExt;
 use json_patch::jsonptr::PointerBuf;
@@ -17,14 +16,15 @@ use json_patch::{AddOperation, Patch, PatchOperation, TestOperation};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apimachinery::pkg::version::Info;
+use kube::Resource;
 use kube::api::{Api, PatchParams};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, Event};
 use serde_json::Value;
 
-use crate::error::Result;
-use crate::server::NamespaceLookup;
+use crate::server::{NamespaceLookup, Readiness};
 use crate::settings::InjectionSettings;
 
 /// The field manager of every write this webhook makes.
@@ -128,80 +128,200 @@ where
 
 // --- settings ConfigMap -----------------------------------------------------------------------
 
-/// Applies a settings ConfigMap (`None`: it does not exist → defaults). Valid settings replace
-/// the current ones; invalid ones leave them in place and return the reason.
-pub fn apply_settings(
-    store: &ArcSwap<InjectionSettings>,
-    configmap: Option<&ConfigMap>,
-    cluster_supports_native_sidecars: Option<bool>,
-) -> Result<()> {
-    let empty = BTreeMap::new();
-    let data = configmap.and_then(|c| c.data.as_ref()).unwrap_or(&empty);
-    let settings = InjectionSettings::from_map(data)?;
-    store.store(Arc::new(settings.resolve(cluster_supports_native_sidecars)));
-    Ok(())
+/// What became of one version of the settings ConfigMap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SettingsOutcome {
+    /// Valid: now in use.
+    Applied,
+    /// Invalid (the reason, naming the key), and valid settings were already in use: they
+    /// keep serving.
+    KeptPrevious(String),
+    /// Invalid (the reason, naming the key), and there are no valid settings to keep: not ready.
+    NoSettings(String),
 }
 
-/// Watches the settings ConfigMap `namespace/name` and applies every version of it; sets
-/// `ready` once the first listing is done (present or not). Runs forever.
+/// Applies one version of the settings ConfigMap `source` (`namespace/name`; `None`: it does not
+/// exist). Valid settings replace the current ones; invalid ones (a bad value, an unknown key, a
+/// missing `image`, or no ConfigMap at all) leave the current ones in place, if any.
+pub fn apply_settings(
+    store: &ArcSwapOption<InjectionSettings>,
+    source: &str,
+    configmap: Option<&ConfigMap>,
+    cluster_supports_native_sidecars: Option<bool>,
+) -> SettingsOutcome {
+    let parsed = match configmap {
+        None => Err(format!("the settings ConfigMap {source} does not exist")),
+        Some(cm) => {
+            let empty = BTreeMap::new();
+            InjectionSettings::from_map(cm.data.as_ref().unwrap_or(&empty))
+                .map_err(|e| format!("ConfigMap {source}: {e}"))
+        }
+    };
+    match parsed {
+        Ok(settings) => {
+            store.store(Some(Arc::new(
+                settings.resolve(cluster_supports_native_sidecars),
+            )));
+            SettingsOutcome::Applied
+        }
+        Err(why) if store.load().is_some() => SettingsOutcome::KeptPrevious(why),
+        Err(why) => SettingsOutcome::NoSettings(why),
+    }
+}
+
+/// The reason of the Kubernetes Event about a refused settings version.
+pub const INVALID_SETTINGS_REASON: &str = "InvalidSettings";
+
+/// Watches the settings ConfigMap `namespace/name` and applies every version of it; the webhook
+/// is ready once the first listing is done and valid settings are in use. A refused version is
+/// logged and reported as a Warning Event on the ConfigMap (with `recorder`). Runs forever.
 pub async fn watch_settings(
     client: kube::Client,
     namespace: String,
     name: String,
-    store: Arc<ArcSwap<InjectionSettings>>,
+    store: Arc<ArcSwapOption<InjectionSettings>>,
     cluster_supports_native_sidecars: Option<bool>,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
 ) {
-    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let events = watcher::watcher(api, config).backoff(rustmesh_xds::backoff::Backoff::api());
-    settings_loop(events, &store, cluster_supports_native_sidecars, &ready).await;
+    let recorder = Recorder::new(
+        client,
+        Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("HOSTNAME").ok(),
+        },
+    );
+    let failures = std::sync::atomic::AtomicU32::new(0);
+    let source = format!("{namespace}/{name}");
+    settings_loop(
+        events,
+        &source,
+        &store,
+        cluster_supports_native_sidecars,
+        &ready,
+        |cm, why| {
+            let recorder = recorder.clone();
+            let failures = &failures;
+            async move {
+                let event = invalid_settings_event(&why);
+                if let Err(e) = recorder.publish(&event, &cm.object_ref(&())).await {
+                    // E.g. no RBAC to create events: said once at warn, then at debug.
+                    if failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+                        tracing::warn!(error = %e, "could not record the InvalidSettings Event (needs create and patch on events.k8s.io events)");
+                    } else {
+                        tracing::debug!(error = %e, "could not record the InvalidSettings Event");
+                    }
+                }
+            }
+        },
+    )
+    .await;
 }
 
-/// The body of [`watch_settings`] over any stream of watch events: a listing that does not
-/// contain the ConfigMap, or its deletion, means defaults; a bad version keeps the previous
-/// settings. Returns the number of settings versions refused when the stream ends.
-pub async fn settings_loop<S, E>(
+/// The Warning Event recorded on the settings ConfigMap when a version of it is refused.
+pub fn invalid_settings_event(why: &str) -> KubeEvent {
+    // events.k8s.io limits `note` to 1 KiB.
+    let mut note = why.to_owned();
+    if note.len() > 1000 {
+        let mut cut = 1000;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push_str("...");
+    }
+    KubeEvent {
+        type_: EventType::Warning,
+        reason: INVALID_SETTINGS_REASON.to_owned(),
+        note: Some(note),
+        action: "ApplySettings".to_owned(),
+        secondary: None,
+    }
+}
+
+/// Ready when valid settings are in use, else not ready naming `problem`.
+fn settle(ready: &Readiness, store: &ArcSwapOption<InjectionSettings>, problem: &str) {
+    if store.load().is_some() {
+        ready.set_ready();
+    } else {
+        ready.set_not_ready(problem);
+    }
+}
+
+/// The body of [`watch_settings`] over any stream of watch events. Each version of the
+/// ConfigMap (and its absence, in a listing or by deletion) goes through [`apply_settings`]:
+/// a refused version is logged (warn when the previous settings keep serving, error when there
+/// are none) and handed to `report` (an existing ConfigMap only) with the reason. `ready` is set
+/// once a listing is done with valid settings in use, and names the reason while there are none.
+/// Returns the number of versions refused when the stream ends.
+pub async fn settings_loop<S, E, R, F>(
     events: S,
-    store: &ArcSwap<InjectionSettings>,
+    source: &str,
+    store: &ArcSwapOption<InjectionSettings>,
     cluster_supports_native_sidecars: Option<bool>,
-    ready: &AtomicBool,
+    ready: &Readiness,
+    mut report: R,
 ) -> usize
 where
     S: futures::Stream<Item = std::result::Result<Event<ConfigMap>, E>>,
     E: std::fmt::Display,
+    R: FnMut(ConfigMap, String) -> F,
+    F: std::future::Future<Output = ()>,
 {
     let mut events = std::pin::pin!(events);
     let mut seen_in_listing = false;
+    let mut listed = false;
     let mut refused = 0;
-    let mut apply = |cm: Option<&ConfigMap>| {
-        let which = cm
-            .and_then(|c| c.metadata.name.clone())
-            .unwrap_or_else(|| "<absent>".to_owned());
-        match apply_settings(store, cm, cluster_supports_native_sidecars) {
-            Ok(()) => tracing::info!(configmap = %which, "injection settings applied"),
-            Err(e) => {
-                refused += 1;
-                tracing::error!(configmap = %which, error = %e, "invalid injection settings; keeping the previous ones")
-            }
-        }
-    };
+    let mut last_problem = format!("waiting for the settings ConfigMap {source} to be listed");
     while let Some(event) = events.next().await {
-        match event {
-            Ok(Event::Init) => seen_in_listing = false,
+        let cm = match event {
+            Ok(Event::Init) => {
+                seen_in_listing = false;
+                continue;
+            }
             Ok(Event::InitApply(cm)) => {
                 seen_in_listing = true;
-                apply(Some(&cm));
+                Some(cm)
             }
             Ok(Event::InitDone) => {
-                if !seen_in_listing {
-                    apply(None);
+                listed = true;
+                if seen_in_listing {
+                    settle(ready, store, &last_problem);
+                    continue;
                 }
-                ready.store(true, Ordering::Release);
+                None
             }
-            Ok(Event::Apply(cm)) => apply(Some(&cm)),
-            Ok(Event::Delete(_)) => apply(None),
-            Err(e) => tracing::warn!(error = %e, "watching the settings ConfigMap"),
+            Ok(Event::Apply(cm)) => Some(cm),
+            Ok(Event::Delete(_)) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "watching the settings ConfigMap");
+                continue;
+            }
+        };
+        let outcome = apply_settings(store, source, cm.as_ref(), cluster_supports_native_sidecars);
+        match &outcome {
+            SettingsOutcome::Applied => {
+                tracing::info!(configmap = %source, "injection settings applied");
+            }
+            SettingsOutcome::KeptPrevious(why) => {
+                refused += 1;
+                tracing::warn!(configmap = %source, error = %why, "invalid injection settings refused; the previous ones keep serving");
+            }
+            SettingsOutcome::NoSettings(why) => {
+                refused += 1;
+                last_problem = format!("invalid injection settings: {why}");
+                tracing::error!(configmap = %source, error = %why, "invalid injection settings and no valid ones to keep: not ready");
+            }
+        }
+        if listed {
+            settle(ready, store, &last_problem);
+        }
+        if let (Some(cm), SettingsOutcome::KeptPrevious(why) | SettingsOutcome::NoSettings(why)) =
+            (cm, outcome)
+        {
+            report(cm, why).await;
         }
     }
     refused
@@ -355,96 +475,208 @@ mod tests {
         assert!(ca_bundle_patch(&empty, CA).is_none());
     }
 
-    #[test]
-    fn settings_configmap_valid_invalid_absent() {
-        let store = ArcSwap::from_pointee(InjectionSettings::default());
-        let cm = |data: Value| -> ConfigMap {
-            serde_json::from_value(json!({"metadata": {"name": "s"}, "data": data})).unwrap()
-        };
-        apply_settings(
-            &store,
-            Some(&cm(json!({"image": "a/b:1", "nativeSidecars": "auto"}))),
-            Some(true),
-        )
-        .unwrap();
-        assert_eq!(store.load().image, "a/b:1");
-        assert!(
-            store.load().use_native_sidecars(),
-            "auto resolved with the probe"
-        );
-
-        let err =
-            apply_settings(&store, Some(&cm(json!({"proxyCPU": "lots"}))), Some(true)).unwrap_err();
-        assert!(err.to_string().contains("proxyCPU"));
-        assert_eq!(store.load().image, "a/b:1", "previous settings kept");
-
-        apply_settings(&store, None, None).unwrap();
-        assert_eq!(**store.load(), InjectionSettings::default());
-    }
-
     fn configmap(data: Value) -> ConfigMap {
         serde_json::from_value(
-            json!({"metadata": {"name": "rustmesh-sidecar-injector"}, "data": data}),
+            json!({"metadata": {"name": "rustmesh-sidecar-injector", "namespace": "istio-system"}, "data": data}),
         )
         .unwrap()
     }
 
-    #[tokio::test]
-    async fn settings_events_apply_refuse_and_fall_back_to_defaults() {
-        let store = ArcSwap::from_pointee(InjectionSettings::default());
-        let ready = AtomicBool::new(false);
+    const SOURCE: &str = "istio-system/rustmesh-sidecar-injector";
 
-        // Listed, then changed, then broken, then deleted.
-        let events: Vec<std::result::Result<Event<ConfigMap>, String>> = vec![
-            Ok(Event::Init),
-            Ok(Event::InitApply(configmap(json!({"image": "a/b:1"})))),
-            Ok(Event::InitDone),
-        ];
-        assert_eq!(
-            settings_loop(futures::stream::iter(events), &store, None, &ready).await,
-            0
+    #[test]
+    fn apply_settings_valid_invalid_missing_image_absent() {
+        let store = ArcSwapOption::<InjectionSettings>::empty();
+        // No settings yet: an invalid version leaves none, naming the key.
+        let out = apply_settings(
+            &store,
+            SOURCE,
+            Some(&configmap(json!({"proxyCPU": "1"}))),
+            None,
         );
-        assert!(ready.load(Ordering::Acquire));
-        assert_eq!(store.load().image, "a/b:1");
+        match out {
+            SettingsOutcome::NoSettings(why) => {
+                assert!(why.contains("`image`") && why.contains("missing"), "{why}");
+                assert!(why.contains(SOURCE), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(store.load().is_none(), "no built-in image is ever used");
+        match apply_settings(&store, SOURCE, None, None) {
+            SettingsOutcome::NoSettings(why) => assert!(why.contains("does not exist"), "{why}"),
+            other => panic!("{other:?}"),
+        }
 
-        let events: Vec<std::result::Result<Event<ConfigMap>, String>> = vec![
-            Ok(Event::Apply(configmap(
-                json!({"image": "a/b:2", "revision": "canary"}),
-            ))),
-            Err("connection reset".to_owned()),
-            Ok(Event::Apply(configmap(
-                json!({"image": "a/b:3", "imagePullPolicy": "Sometimes"}),
-            ))),
-        ];
+        let good = configmap(json!({"image": "a/b:1", "nativeSidecars": "auto"}));
         assert_eq!(
-            settings_loop(futures::stream::iter(events), &store, None, &ready).await,
-            1
+            apply_settings(&store, SOURCE, Some(&good), Some(true)),
+            SettingsOutcome::Applied
         );
-        assert_eq!(
-            store.load().image,
-            "a/b:2",
-            "the bad version is refused whole"
+        assert_eq!(store.load().as_ref().unwrap().image, "a/b:1");
+        assert!(
+            store.load().as_ref().unwrap().use_native_sidecars(),
+            "auto resolved with the probe"
         );
-        assert_eq!(store.load().revision, "canary");
 
-        let events: Vec<std::result::Result<Event<ConfigMap>, String>> =
-            vec![Ok(Event::Delete(configmap(json!({}))))];
-        settings_loop(futures::stream::iter(events), &store, None, &ready).await;
-        assert_eq!(**store.load(), InjectionSettings::default());
+        // Now a bad value, a missing image, or a deletion keep the previous settings.
+        for bad in [
+            Some(configmap(json!({"image": "a/b:2", "proxyCPU": "lots"}))),
+            Some(configmap(json!({"revision": "canary"}))),
+            None,
+        ] {
+            match apply_settings(&store, SOURCE, bad.as_ref(), Some(true)) {
+                SettingsOutcome::KeptPrevious(_) => {}
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(
+                store.load().as_ref().unwrap().image,
+                "a/b:1",
+                "previous settings kept"
+            );
+        }
+    }
+
+    type Events = Vec<std::result::Result<Event<ConfigMap>, String>>;
+
+    /// Runs the loop over `events`, returning the refusals and the (ConfigMap, reason) reported.
+    async fn run_loop(
+        events: Events,
+        store: &ArcSwapOption<InjectionSettings>,
+        ready: &Readiness,
+    ) -> (usize, Vec<(String, String)>) {
+        let reported = std::sync::Mutex::new(Vec::new());
+        let refused = settings_loop(
+            futures::stream::iter(events),
+            SOURCE,
+            store,
+            None,
+            ready,
+            |cm, why| {
+                reported
+                    .lock()
+                    .unwrap()
+                    .push((cm.metadata.name.unwrap_or_default(), why));
+                std::future::ready(())
+            },
+        )
+        .await;
+        (refused, reported.into_inner().unwrap())
     }
 
     #[tokio::test]
-    async fn a_listing_without_the_configmap_means_defaults_and_ready() {
-        let store = ArcSwap::from_pointee(InjectionSettings {
-            image: "stale".into(),
+    async fn an_invalid_first_version_is_not_ready_naming_the_key_and_a_good_one_makes_it_ready() {
+        let store = ArcSwapOption::<InjectionSettings>::empty();
+        let ready = Readiness::not_ready("starting");
+        let (refused, reported) = run_loop(
+            vec![
+                Ok(Event::Init),
+                Ok(Event::InitApply(configmap(
+                    json!({"image": "a/b:1", "imagePullPolicy": "Sometimes"}),
+                ))),
+                Ok(Event::InitDone),
+            ],
+            &store,
+            &ready,
+        )
+        .await;
+        assert_eq!(refused, 1);
+        let problem = ready.problem().expect("not ready");
+        assert!(
+            problem.contains("imagePullPolicy") && problem.contains("Sometimes"),
+            "{problem}"
+        );
+        assert!(store.load().is_none());
+        assert_eq!(reported.len(), 1, "one Event on the ConfigMap");
+        assert_eq!(reported[0].0, "rustmesh-sidecar-injector");
+        assert!(reported[0].1.contains("imagePullPolicy"), "{reported:?}");
+
+        let (refused, _) = run_loop(
+            vec![Ok(Event::Apply(configmap(json!({"image": "a/b:2"}))))],
+            &store,
+            &ready,
+        )
+        .await;
+        // (A new loop has not listed yet: the real watch lists first; see the next test.)
+        assert_eq!(refused, 0);
+        assert_eq!(store.load().as_ref().unwrap().image, "a/b:2");
+    }
+
+    #[tokio::test]
+    async fn a_later_invalid_version_keeps_the_good_one_serving_and_ready() {
+        let store = ArcSwapOption::<InjectionSettings>::empty();
+        let ready = Readiness::not_ready("starting");
+        let (refused, reported) = run_loop(
+            vec![
+                Ok(Event::Init),
+                Ok(Event::InitApply(configmap(
+                    json!({"image": "a/b:1", "imagePullPolicy": "Sometimes"}),
+                ))),
+                Ok(Event::InitDone),
+                // Fixed: ready.
+                Ok(Event::Apply(configmap(
+                    json!({"image": "a/b:2", "revision": "canary"}),
+                ))),
+                Err("connection reset".to_owned()),
+                // Broken again: refused whole, the good one keeps serving, still ready.
+                Ok(Event::Apply(configmap(
+                    json!({"image": "a/b:3", "proxyMemory": "much"}),
+                ))),
+                Ok(Event::Apply(configmap(json!({"revision": "other"})))),
+                // Deleted: kept too.
+                Ok(Event::Delete(configmap(json!({})))),
+            ],
+            &store,
+            &ready,
+        )
+        .await;
+        assert_eq!(refused, 4);
+        assert!(ready.is_ready(), "{:?}", ready.problem());
+        let s = store.load_full().unwrap();
+        assert_eq!((s.image.as_str(), s.revision.as_str()), ("a/b:2", "canary"));
+        let reasons: Vec<&str> = reported.iter().map(|(_, why)| why.as_str()).collect();
+        assert_eq!(
+            reasons.len(),
+            3,
+            "an Event for each refused existing ConfigMap: {reasons:?}"
+        );
+        assert!(reasons[1].contains("proxyMemory"), "{reasons:?}");
+        assert!(reasons[2].contains("`image`"), "{reasons:?}");
+    }
+
+    #[tokio::test]
+    async fn a_listing_without_the_configmap_is_not_ready_unless_settings_came_from_the_file() {
+        let store = ArcSwapOption::<InjectionSettings>::empty();
+        let ready = Readiness::not_ready("starting");
+        let (_, reported) =
+            run_loop(vec![Ok(Event::Init), Ok(Event::InitDone)], &store, &ready).await;
+        assert!(reported.is_empty(), "no object to put an Event on");
+        let problem = ready.problem().expect("not ready");
+        assert!(
+            problem.contains(SOURCE) && problem.contains("does not exist"),
+            "{problem}"
+        );
+
+        // Valid settings from the file: they keep serving, ready.
+        let store = ArcSwapOption::from_pointee(InjectionSettings {
+            image: "from/file:1".into(),
             ..InjectionSettings::default()
         });
-        let ready = AtomicBool::new(false);
-        let events: Vec<std::result::Result<Event<ConfigMap>, String>> =
-            vec![Ok(Event::Init), Ok(Event::InitDone)];
-        settings_loop(futures::stream::iter(events), &store, Some(true), &ready).await;
-        assert!(ready.load(Ordering::Acquire));
-        assert_eq!(**store.load(), InjectionSettings::default());
+        let ready = Readiness::not_ready("waiting");
+        run_loop(vec![Ok(Event::Init), Ok(Event::InitDone)], &store, &ready).await;
+        assert!(ready.is_ready(), "{:?}", ready.problem());
+        assert_eq!(store.load().as_ref().unwrap().image, "from/file:1");
+    }
+
+    #[test]
+    fn the_event_names_the_key_and_fits_the_note_limit() {
+        let e = invalid_settings_event(
+            "ConfigMap x/y: injection setting `proxyCPU`: \"lots\" is not a quantity",
+        );
+        assert_eq!(e.reason, "InvalidSettings");
+        assert_eq!(e.type_, EventType::Warning);
+        assert!(e.note.as_deref().unwrap().contains("`proxyCPU`"));
+        let long = invalid_settings_event(&"é".repeat(2000));
+        assert!(long.note.unwrap().len() <= 1003);
     }
 
     /// A fake API server: applies each patch to its copy of the object, like the real one would.

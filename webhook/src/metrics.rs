@@ -10,8 +10,15 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     /// `injected`, `skipped`, `invalid` (allowed with a warning), `bad_request` (400),
-    /// `too_large` (413), `timeout` (408).
+    /// `too_large` (413), `timeout` (408), `unavailable` (503: no valid settings yet).
     pub result: String,
+}
+
+/// Labels of `rustmesh_webhook_connections_refused_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabel {
+    /// `https` or `ops`.
+    pub port: String,
 }
 
 /// The webhook's metrics and their registry.
@@ -20,6 +27,7 @@ pub struct Metrics {
     registry: Registry,
     reviews: Family<ResultLabel, Counter>,
     duration: Histogram,
+    refused: Family<PortLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -45,11 +53,27 @@ impl Metrics {
             "Time to answer an admission review, from body read to response",
             duration.clone(),
         );
+        let refused = Family::<PortLabel, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed as they were accepted because the port's connection limit was reached",
+            refused.clone(),
+        );
         Metrics {
             registry,
             reviews,
             duration,
+            refused,
         }
+    }
+
+    /// Counts one connection to `port` (`https`, `ops`) refused at the connection limit.
+    pub fn refused(&self, port: &str) {
+        self.refused
+            .get_or_create(&PortLabel {
+                port: port.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts one review with this result.

@@ -1,14 +1,14 @@
 //! The thin HTTP layer: an axum router (`POST /inject`, `/healthz`, `/readyz`, `/metrics`) served
-//! over rustls, with a body limit, a request timeout and graceful shutdown.
+//! over rustls, with a body limit, a request timeout and graceful shutdown; connections are
+//! capped and timed out by `rustmesh_xds::serve` (`docs/limits.md`).
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -16,10 +16,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use rustmesh_xds::serve::Gate;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
@@ -39,17 +38,62 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for a TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Whether the webhook is ready, and if not, why: the body of `/readyz`.
+#[derive(Debug)]
+pub struct Readiness(Mutex<Option<String>>);
+
+impl Readiness {
+    /// Ready.
+    pub fn ready() -> Self {
+        Readiness(Mutex::new(None))
+    }
+
+    /// Not ready, because of `why`.
+    pub fn not_ready(why: impl Into<String>) -> Self {
+        Readiness(Mutex::new(Some(why.into())))
+    }
+
+    /// Becomes ready.
+    pub fn set_ready(&self) {
+        if let Ok(mut p) = self.0.lock() {
+            *p = None;
+        }
+    }
+
+    /// Becomes not ready, because of `why`.
+    pub fn set_not_ready(&self, why: impl Into<String>) {
+        if let Ok(mut p) = self.0.lock() {
+            *p = Some(why.into());
+        }
+    }
+
+    /// Why it is not ready; `None` when ready.
+    pub fn problem(&self) -> Option<String> {
+        self.0
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_else(|_| Some("readiness state poisoned".to_owned()))
+    }
+
+    /// Whether it is ready.
+    pub fn is_ready(&self) -> bool {
+        self.problem().is_none()
+    }
+}
+
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct AppState {
-    /// The current injection settings (swapped by the settings watch).
-    pub settings: Arc<ArcSwap<InjectionSettings>>,
+    /// The current injection settings (swapped by the settings watch); `None` until valid
+    /// settings arrived: `/inject` then answers 503 and never injects a made-up image.
+    pub settings: Arc<ArcSwapOption<InjectionSettings>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Namespace label lookup, when configured.
     pub namespaces: Option<NamespaceLookup>,
-    /// `/readyz` answers 200 once this is true (settings loaded, certificate in place).
-    pub ready: Arc<AtomicBool>,
+    /// `/readyz` answers 200 while this is ready (valid settings, certificate in place), else
+    /// 503 with the reason.
+    pub ready: Arc<Readiness>,
     /// Body limit of `POST /inject`; larger bodies get 413.
     pub max_body_bytes: usize,
     /// Time to receive the body of `POST /inject`; slower ones get 408.
@@ -60,10 +104,10 @@ impl AppState {
     /// State with these settings, fresh metrics, no namespace lookup, ready, default limits.
     pub fn new(settings: InjectionSettings) -> Self {
         AppState {
-            settings: Arc::new(ArcSwap::from_pointee(settings)),
+            settings: Arc::new(ArcSwapOption::from_pointee(settings)),
             metrics: Arc::new(Metrics::new()),
             namespaces: None,
-            ready: Arc::new(AtomicBool::new(true)),
+            ready: Arc::new(Readiness::ready()),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
@@ -90,10 +134,13 @@ pub fn ops_router(state: AppState) -> Router {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    match state.ready.problem() {
+        None => (StatusCode::OK, "ready\n").into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -159,7 +206,19 @@ async fn inject_inner(state: &AppState, req: Request) -> (&'static str, Response
         Ok(Ok(collected)) => collected.to_bytes(),
     };
 
-    let settings = state.settings.load_full();
+    let Some(settings) = state.settings.load_full() else {
+        let why = state
+            .ready
+            .problem()
+            .unwrap_or_else(|| "no injection settings".to_owned());
+        return (
+            "unavailable",
+            plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no valid injection settings: {why}"),
+            ),
+        );
+    };
     let lookup = |ns: &str| state.namespaces.as_ref().and_then(|f| f(ns));
     // `review_body` does not panic on any input (see tests/fuzz.rs); this is a last resort so that
     // a bug answers 500 instead of dropping the connection.
@@ -225,17 +284,59 @@ impl ServerHandle {
     }
 }
 
-/// Serves `app` over TLS on `listener` until the returned handle is shut down.
-pub fn serve_tls(listener: TcpListener, tls: rustls::ServerConfig, app: Router) -> ServerHandle {
+/// Connections to the HTTPS port at once, by default (`--max-connections`): the API server
+/// sends reviews concurrently (one connection each over HTTP/1.1), several API servers may.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// A connection to the HTTPS port on which nothing moved this long is shut down (HTTP/2:
+/// GOAWAY, which the API server's client handles without losing a request; an idle HTTP/1.1
+/// connection is already closed after [`DEFAULT_REQUEST_TIMEOUT`] without a request head).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest a connection to the HTTPS port lives before it is shut down gracefully, so that
+/// the API server's connections spread over the replicas again after a rollout.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(600);
+
+/// The limits of the HTTPS port's connections with `max_connections` at once.
+pub fn https_limits(max_connections: usize) -> rustmesh_xds::serve::ConnLimits {
+    rustmesh_xds::serve::ConnLimits {
+        max_connections,
+        handshake_timeout: HANDSHAKE_TIMEOUT,
+        request_head_timeout: DEFAULT_REQUEST_TIMEOUT,
+        idle_timeout: IDLE_TIMEOUT,
+        max_age: Some(MAX_CONNECTION_AGE),
+    }
+}
+
+/// The limits of the plain ops port (`/healthz`, `/readyz`, `/metrics`): 64 connections, 5 s
+/// for a request head and idle, 5 min at most (`rustmesh_xds::serve::ConnLimits::OPS`).
+pub const OPS_LIMITS: rustmesh_xds::serve::ConnLimits = rustmesh_xds::serve::ConnLimits::OPS;
+
+/// Serves `app` over TLS on `listener` under `limits` (connections over the cap closed at
+/// accept and counted on `gate`) until the returned handle is shut down.
+pub fn serve_tls(
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    app: Router,
+    limits: rustmesh_xds::serve::ConnLimits,
+    gate: Arc<Gate>,
+) -> ServerHandle {
     let local_addr = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let (tx, rx) = watch::channel(false);
-    let task = tokio::spawn(accept_loop(
+    let (tx, mut rx) = watch::channel(false);
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let handshake = move |tcp: TcpStream| {
+        let acceptor = acceptor.clone();
+        async move { acceptor.accept(tcp).await }
+    };
+    let task = tokio::spawn(rustmesh_xds::serve::run_http(
         listener,
-        TlsAcceptor::from(Arc::new(tls)),
-        app,
-        rx,
+        gate,
+        limits,
+        handshake,
+        TowerToHyperService::new(app),
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        },
     ));
     ServerHandle {
         local_addr,
@@ -244,68 +345,22 @@ pub fn serve_tls(listener: TcpListener, tls: rustls::ServerConfig, app: Router) 
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    app: Router,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // E.g. too many open files: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(app.clone());
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(DEFAULT_REQUEST_TIMEOUT);
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after 10 s; closing them");
-    }
-}
-
-/// Serves the health/metrics routes over plain HTTP until `shutdown` resolves.
+/// Serves the health/metrics routes over plain HTTP under [`OPS_LIMITS`] (connections over the
+/// cap closed at accept and counted on `gate`) until `shutdown` resolves.
 pub async fn serve_plain(
     listener: TcpListener,
     app: Router,
+    gate: Arc<Gate>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    rustmesh_xds::serve::run_http(
+        listener,
+        gate,
+        OPS_LIMITS,
+        |tcp: TcpStream| async move { Ok(tcp) },
+        TowerToHyperService::new(app),
+        shutdown,
+    )
+    .await;
+    Ok(())
 }

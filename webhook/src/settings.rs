@@ -1,7 +1,8 @@
 //! Injection settings: what image to inject, which ports, which resources, which revision.
 //!
 //! They come from the `data` of a ConfigMap (watched, so a change needs no restart) or from a
-//! YAML/JSON file; every key is optional and falls back to [`InjectionSettings::default`].
+//! YAML/JSON file; `image` is required, every other key is optional and falls back to
+//! [`InjectionSettings::default`].
 //! The keys are listed in [`KEYS`] and in the README.
 
 use std::collections::BTreeMap;
@@ -87,6 +88,8 @@ pub struct InjectionSettings {
     pub rewrite_app_http_probe: bool,
 }
 
+/// Every key's default; `image` is only a placeholder (for tests and benchmarks): the settings
+/// file and ConfigMap must name the image ([`InjectionSettings::from_map`]).
 impl Default for InjectionSettings {
     fn default() -> Self {
         InjectionSettings {
@@ -181,7 +184,8 @@ impl InjectionSettings {
 
     /// Builds settings from a ConfigMap's `data`: defaults, overridden by each key present.
     /// An unknown key or a bad value is an error naming the key, so that a typo never silently
-    /// falls back to a default.
+    /// falls back to a default; so is a missing `image`, which has no default that is published
+    /// (the one in [`InjectionSettings::default`] is a placeholder for tests).
     pub fn from_map(data: &BTreeMap<String, String>) -> Result<Self> {
         let mut s = InjectionSettings::default();
         for (key, raw) in data {
@@ -324,6 +328,13 @@ impl InjectionSettings {
             }
         }
         s.check_ports()?;
+        if !data.contains_key("image") {
+            return Err(Error::setting(
+                "image",
+                "missing: the sidecar image has no built-in default (set it to the published \
+                 proxy image, e.g. docker.io/rustmesh/proxy:<version>)",
+            ));
+        }
         Ok(s)
     }
 
@@ -376,7 +387,7 @@ impl InjectionSettings {
         let doc = rustmesh_xds::yaml::from_str(text, &rustmesh_xds::yaml::Limits::SETTINGS)
             .map_err(|e| file_err(e.to_string()))?;
         let map = match &doc {
-            serde_norway::Value::Null => return Ok(Self::default()),
+            serde_norway::Value::Null => return Self::from_map(&BTreeMap::new()),
             serde_norway::Value::Mapping(m) => m,
             _ => return Err(file_err("expected a mapping of settings".to_owned())),
         };
@@ -386,7 +397,7 @@ impl InjectionSettings {
             .is_some_and(|k| k == "ConfigMap");
         let data = if is_configmap {
             match map.get("data") {
-                None | Some(serde_norway::Value::Null) => return Ok(Self::default()),
+                None | Some(serde_norway::Value::Null) => return Self::from_map(&BTreeMap::new()),
                 Some(serde_norway::Value::Mapping(m)) => m,
                 Some(_) => return Err(file_err("ConfigMap `data` is not a mapping".to_owned())),
             }
@@ -447,7 +458,28 @@ mod tests {
         assert_eq!(s.inbound_port, 15006);
         assert_eq!(s.revision, "default");
         assert!(!s.use_native_sidecars());
-        assert_eq!(InjectionSettings::from_map(&BTreeMap::new()).unwrap(), s);
+        assert_eq!(
+            InjectionSettings::from_map(&map(&[("image", &s.image)])).unwrap(),
+            s
+        );
+    }
+
+    #[test]
+    fn the_image_is_required_there_is_no_built_in_one() {
+        for text in [
+            "",
+            "proxyCPU: 1\n",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata:\n  revision: canary\n",
+        ] {
+            let err = InjectionSettings::from_yaml(text).unwrap_err().to_string();
+            assert!(
+                err.contains("`image`") && err.contains("missing"),
+                "{text:?}: {err}"
+            );
+        }
+        let err = InjectionSettings::from_map(&BTreeMap::new()).unwrap_err();
+        assert!(err.to_string().contains("`image`"), "{err}");
     }
 
     #[test]
@@ -514,17 +546,13 @@ mod tests {
         assert!(flat.use_native_sidecars());
 
         let cm = InjectionSettings::from_yaml(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata:\n  revision: canary\n",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata:\n  revision: canary\n  image: a/b:2\n",
         )
         .unwrap();
         assert_eq!(cm.revision, "canary");
 
-        let json = InjectionSettings::from_yaml(r#"{"meshId": "m"}"#).unwrap();
+        let json = InjectionSettings::from_yaml(r#"{"meshId": "m", "image": "a/b:3"}"#).unwrap();
         assert_eq!(json.mesh_id, "m");
-        assert_eq!(
-            InjectionSettings::from_yaml("").unwrap(),
-            InjectionSettings::default()
-        );
         assert!(InjectionSettings::from_yaml("[1, 2]").is_err());
         assert!(InjectionSettings::from_yaml("image: [a]").is_err());
     }
@@ -564,7 +592,7 @@ mod tests {
     #[test]
     fn the_ca_address_and_trust_domain_are_checked() {
         let ok = InjectionSettings::from_yaml(
-            r#"{"caAddress": "istiod.istio-system.svc:15012", "trustDomain": "example.org"}"#,
+            r#"{"caAddress": "istiod.istio-system.svc:15012", "trustDomain": "example.org", "image": "a/b:1"}"#,
         )
         .unwrap();
         assert_eq!(ok.ca_address, "istiod.istio-system.svc:15012");

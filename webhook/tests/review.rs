@@ -830,10 +830,10 @@ fn probes_are_left_alone_with_the_annotation_false_or_the_setting_off() {
         assert!(!env(&spec.containers[0]).contains_key("ISTIO_KUBE_APP_PROBERS"));
     };
     check(&doc, &defaults());
-    let off = InjectionSettings::from_map(&BTreeMap::from([(
-        "rewriteAppHTTPProbe".to_owned(),
-        "false".to_owned(),
-    )]))
+    let off = InjectionSettings::from_map(&BTreeMap::from([
+        ("rewriteAppHTTPProbe".to_owned(), "false".to_owned()),
+        ("image".to_owned(), defaults().image),
+    ]))
     .unwrap();
     check(&fixture("deployment-pod"), &off);
 }
