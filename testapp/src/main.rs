@@ -11,6 +11,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Serve HTTP (HTTP/1.1 + h2c), HTTPS, TCP echo and server-first ports until killed.

@@ -14,12 +14,12 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use rustmesh_xds::{ca, probe, well_known, yaml};
+use rustmesh_xds::{ca, probe, well_known};
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::names::*;
-use crate::settings::{InjectionSettings, MAX_CONCURRENCY, Resources};
+use crate::settings::{InjectionSettings, Resources};
 use crate::values;
 
 /// The result of [`inject`]: the patch and the warnings to return to the user.
@@ -60,17 +60,14 @@ pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Injection {
     let native = settings.use_native_sidecars();
 
     // --- per-pod options from annotations -------------------------------------------------
-    let proxy_config = proxy_config_annotation(annotations, &mut warnings);
-    let hold = hold_application(proxy_config.as_ref(), settings, &mut warnings);
-    let concurrency = concurrency(proxy_config.as_ref(), settings, &mut warnings);
-    let proxy_config_json = proxy_config.as_ref().and_then(proxy_config_env);
+    let options = crate::proxy_config::resolve(annotations, settings, &mut warnings);
+    let hold = options.hold_application_until_proxy_starts;
     check_app_ports(pod, settings, &mut warnings);
     let probes = crate::probes::rewrite(pod, settings, &mut warnings);
 
     // --- containers -----------------------------------------------------------------------
     let init = init_container(annotations, settings, &mut warnings);
-    let mut sidecar =
-        sidecar_container(pod, annotations, settings, proxy_config_json, &mut warnings);
+    let mut sidecar = sidecar_container(pod, annotations, settings, &options, &mut warnings);
     if !probes.probers.0.is_empty() {
         sidecar.env.get_or_insert_with(Vec::new).push(EnvVar {
             name: probe::APP_PROBERS_ENV.to_owned(),
@@ -78,11 +75,18 @@ pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Injection {
             ..Default::default()
         });
     }
-    if let Some(n) = concurrency {
+    if let Some(n) = options.concurrency {
         // As Istio's template: only a positive value is passed; otherwise the proxy uses the
         // cores it may run on (its CPU affinity and cgroup limit).
         let args = sidecar.args.get_or_insert_with(Vec::new);
         args.extend(["--concurrency".to_owned(), n.to_string()]);
+    }
+    if let Some(d) = options.termination_drain_duration {
+        let args = sidecar.args.get_or_insert_with(Vec::new);
+        args.extend([
+            "--termination-drain-duration".to_owned(),
+            rustmesh_xds::Duration(d).to_string(),
+        ]);
     }
     if native {
         sidecar.restart_policy = Some("Always".to_owned());
@@ -356,7 +360,7 @@ fn sidecar_container(
     pod: &Pod,
     annotations: &BTreeMap<String, String>,
     settings: &InjectionSettings,
-    proxy_config_json: Option<String>,
+    options: &crate::proxy_config::ProxyOptions,
     warnings: &mut Vec<String>,
 ) -> Container {
     let empty = Vec::new();
@@ -399,8 +403,12 @@ fn sidecar_container(
         plain("ISTIO_META_INTERCEPTION_MODE", "REDIRECT".to_owned()),
         plain("PROXY_CONFIGMAP", well_known::PROXY_CONFIGMAP.to_owned()),
     ];
-    if let Some(pc) = proxy_config_json {
-        env.push(plain("PROXY_CONFIG", pc));
+    if let Some(pc) = &options.annotation_json {
+        env.push(plain("PROXY_CONFIG", pc.clone()));
+    }
+    // `proxyMetadata`, as Istio's template sets it: environment variables of the proxy.
+    for (name, value) in &options.env {
+        env.push(plain(name, value.clone()));
     }
     if !settings.ca_address.is_empty() {
         env.push(plain("CA_ADDR", settings.ca_address.clone()));
@@ -598,82 +606,6 @@ fn resources(r: &Resources) -> ResourceRequirements {
     }
 }
 
-/// The `proxy.istio.io/config` annotation (Istio's `ProxyConfig`, YAML or JSON) as a mapping; one
-/// warning when it is something else, or when it is over a limit of
-/// [`yaml::Limits::ANNOTATION`] (its length is checked before parsing; its aliases may not expand
-/// it past the node, text or depth limit), and the defaults apply.
-fn proxy_config_annotation(
-    annotations: &BTreeMap<String, String>,
-    warnings: &mut Vec<String>,
-) -> Option<serde_norway::Mapping> {
-    let raw = annotations.get(ANNOTATION_PROXY_CONFIG)?;
-    match yaml::from_str(raw, &yaml::Limits::ANNOTATION) {
-        Ok(serde_norway::Value::Mapping(m)) => Some(m),
-        Ok(serde_norway::Value::Null) => None,
-        Err(e) if e.is_limit() => {
-            warnings.push(format!("annotation {ANNOTATION_PROXY_CONFIG} ignored: {e}"));
-            None
-        }
-        Ok(_) | Err(_) => {
-            warnings.push(format!(
-                "annotation {ANNOTATION_PROXY_CONFIG} ignored: not a YAML/JSON mapping"
-            ));
-            None
-        }
-    }
-}
-
-/// `holdApplicationUntilProxyStarts` from `proxy.istio.io/config`, else the setting.
-fn hold_application(
-    proxy_config: Option<&serde_norway::Mapping>,
-    settings: &InjectionSettings,
-    warnings: &mut Vec<String>,
-) -> bool {
-    let default = settings.hold_application_until_proxy_starts;
-    match proxy_config.and_then(|m| m.get("holdApplicationUntilProxyStarts")) {
-        None => default,
-        Some(serde_norway::Value::Bool(b)) => *b,
-        Some(other) => {
-            warnings.push(format!(
-                "annotation {ANNOTATION_PROXY_CONFIG}: holdApplicationUntilProxyStarts \
-                 is {other:?}, not a boolean; ignored"
-            ));
-            default
-        }
-    }
-}
-
-/// `concurrency` from `proxy.istio.io/config`, else the setting (Istio merges the pod's
-/// `ProxyConfig` over the mesh's): the proxy's worker threads when positive (Istio passes
-/// `--concurrency` only then); 0 leaves the proxy's default, one per core it may use.
-fn concurrency(
-    proxy_config: Option<&serde_norway::Mapping>,
-    settings: &InjectionSettings,
-    warnings: &mut Vec<String>,
-) -> Option<u32> {
-    let n = match proxy_config.and_then(|m| m.get("concurrency")) {
-        None => settings.concurrency,
-        Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
-            Some(n) if n <= MAX_CONCURRENCY => n,
-            _ => {
-                warnings.push(format!(
-                    "annotation {ANNOTATION_PROXY_CONFIG}: concurrency is {v:?}, not a whole \
-                     number from 0 to {MAX_CONCURRENCY}; using the default {}",
-                    settings.concurrency
-                ));
-                settings.concurrency
-            }
-        },
-    };
-    (n > 0).then_some(n)
-}
-
-/// The `proxy.istio.io/config` annotation as compact JSON, passed to the proxy as `PROXY_CONFIG`.
-fn proxy_config_env(proxy_config: &serde_norway::Mapping) -> Option<String> {
-    let json: Value = serde_json::to_value(proxy_config).ok()?;
-    serde_json::to_string(&json).ok()
-}
-
 /// Warns when an app container declares a port the sidecar owns: it would fail to bind, or be
 /// bypassed by the capture rules.
 fn check_app_ports(pod: &Pod, settings: &InjectionSettings, warnings: &mut Vec<String>) {
@@ -800,6 +732,70 @@ mod tests {
             "spec": {"containers": [{"name": "app", "image": "app"}]}
         }))
         .unwrap()
+    }
+
+    fn sidecar_of(inj: &Injection) -> Container {
+        let add = inj
+            .patch
+            .0
+            .iter()
+            .find_map(|op| match op {
+                PatchOperation::Add(a) if a.path.as_str().starts_with("/spec/containers") => {
+                    Some(a.value.clone())
+                }
+                _ => None,
+            })
+            .expect("the sidecar is added");
+        serde_json::from_value(add).unwrap()
+    }
+
+    #[test]
+    fn drain_settings_reach_the_sidecar() {
+        let settings = InjectionSettings {
+            proxy_metadata: [("MINIMUM_DRAIN_DURATION".to_owned(), "10s".to_owned())].into(),
+            ..InjectionSettings::default()
+        };
+        let inj = inject(
+            &pod_with_proxy_config(
+                "terminationDrainDuration: 20s\nproxyMetadata: {EXIT_ON_ZERO_ACTIVE_CONNECTIONS: \"true\"}\ntracing: {}",
+            ),
+            &settings,
+        );
+        let c = sidecar_of(&inj);
+        let args = c.args.unwrap_or_default();
+        assert!(
+            args.windows(2)
+                .any(|w| w[0] == "--termination-drain-duration" && w[1] == "20s"),
+            "{args:?}"
+        );
+        let env: BTreeMap<String, String> = c
+            .env
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|e| Some((e.name, e.value?)))
+            .collect();
+        assert_eq!(env["EXIT_ON_ZERO_ACTIVE_CONNECTIONS"], "true");
+        assert_eq!(
+            env["MINIMUM_DRAIN_DURATION"], "10s",
+            "the mesh's proxyMetadata"
+        );
+        assert_eq!(inj.warnings.len(), 1, "{:?}", inj.warnings);
+        assert!(
+            inj.warnings[0].contains("tracing is not implemented"),
+            "{:?}",
+            inj.warnings
+        );
+        // Nothing said: the proxy's own 5 s, no flag.
+        let plain = sidecar_of(&inject(
+            &pod_with_proxy_config("{}"),
+            &InjectionSettings::default(),
+        ));
+        assert!(
+            !plain
+                .args
+                .unwrap_or_default()
+                .contains(&"--termination-drain-duration".to_owned())
+        );
     }
 
     fn sidecar_args(inj: &Injection) -> Vec<String> {

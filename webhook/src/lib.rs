@@ -14,6 +14,7 @@ pub mod kube_sync;
 pub mod metrics;
 pub mod names;
 pub mod probes;
+pub mod proxy_config;
 pub mod review;
 pub mod server;
 pub mod settings;

@@ -75,6 +75,12 @@ pub struct InjectionSettings {
     /// Default of `concurrency` (Istio's `meshConfig.defaultConfig.concurrency`) for pods that
     /// don't say: the sidecar's worker threads; 0 passes nothing (one per core it may use).
     pub concurrency: u32,
+    /// Default of `terminationDrainDuration` (Istio's `meshConfig.defaultConfig`): how long the
+    /// sidecar keeps serving after SIGTERM. See [`crate::proxy_config`].
+    pub termination_drain_duration: std::time::Duration,
+    /// Default `proxyMetadata` (Istio's `meshConfig.defaultConfig.proxyMetadata`): environment
+    /// variables of `istio-proxy`; only the keys in [`crate::proxy_config::METADATA`].
+    pub proxy_metadata: BTreeMap<String, String>,
     /// `--log_output_level` given to `istio-iptables`.
     pub log_level: String,
     /// The mesh CA's `host:port` (Istio's `global.caAddress`, `CA_ADDR` in the sidecar). Empty:
@@ -118,6 +124,8 @@ impl Default for InjectionSettings {
             },
             hold_application_until_proxy_starts: false,
             concurrency: 0,
+            termination_drain_duration: crate::proxy_config::DEFAULT_TERMINATION_DRAIN_DURATION,
+            proxy_metadata: BTreeMap::new(),
             log_level: "default:info".to_owned(),
             ca_address: String::new(),
             trust_domain: rustmesh_xds::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
@@ -149,6 +157,8 @@ pub const KEYS: &[&str] = &[
     "initMemoryLimit",
     "holdApplicationUntilProxyStarts",
     "concurrency",
+    "terminationDrainDuration",
+    "proxyMetadata",
     "logLevel",
     "caAddress",
     "trustDomain",
@@ -312,6 +322,16 @@ impl InjectionSettings {
                             )
                         })?
                 }
+                "terminationDrainDuration" => {
+                    s.termination_drain_duration = crate::proxy_config::parse_duration(value)
+                        .ok_or_else(|| {
+                            Error::setting(key, format!("{value:?} is not a duration such as 5s"))
+                        })?
+                }
+                "proxyMetadata" => {
+                    s.proxy_metadata =
+                        parse_proxy_metadata(value).map_err(|e| Error::setting(key, e))?
+                }
                 "logLevel" => {
                     let v = non_empty()?;
                     if v.chars().any(char::is_whitespace) {
@@ -426,6 +446,35 @@ impl InjectionSettings {
     }
 }
 
+/// The `proxyMetadata` setting: a JSON object of names to string values (empty: none), each a
+/// key the sidecar implements ([`crate::proxy_config::METADATA`]) with a valid value. Anything
+/// else is an error naming the key: a setting is never accepted and ignored.
+fn parse_proxy_metadata(value: &str) -> std::result::Result<BTreeMap<String, String>, String> {
+    if value.trim().is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let map: BTreeMap<String, serde_json::Value> = serde_json::from_str(value)
+        .map_err(|e| format!("not a JSON object of names to values: {e}"))?;
+    let mut out = BTreeMap::new();
+    for (name, v) in map {
+        if v.as_str()
+            .is_some_and(|v| crate::proxy_config::always_on(&name, v))
+        {
+            continue;
+        }
+        let Some(known) = crate::proxy_config::metadata(&name) else {
+            return Err(crate::proxy_config::unimplemented_metadata(&name).replace("; ignored", ""));
+        };
+        match v.as_str() {
+            Some(text) if (known.valid)(text) => {
+                out.insert(name, text.to_owned());
+            }
+            _ => return Err(format!("{name} is {v}, not {}", known.expects)),
+        }
+    }
+    Ok(out)
+}
+
 /// A Kubernetes label value: at most 63 characters, alphanumerics, `-`, `_`, `.`, starting and
 /// ending with an alphanumeric.
 pub(crate) fn is_label_value(v: &str) -> bool {
@@ -445,6 +494,53 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn drain_settings_are_checked() {
+        let s = InjectionSettings::from_map(&map(&[
+            ("image", "proxy"),
+            ("terminationDrainDuration", "45s"),
+            (
+                "proxyMetadata",
+                r#"{"EXIT_ON_ZERO_ACTIVE_CONNECTIONS": "true", "MINIMUM_DRAIN_DURATION": "10s"}"#,
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.termination_drain_duration,
+            std::time::Duration::from_secs(45)
+        );
+        assert_eq!(s.proxy_metadata["EXIT_ON_ZERO_ACTIVE_CONNECTIONS"], "true");
+        assert_eq!(
+            InjectionSettings::from_map(&map(&[("image", "proxy"), ("proxyMetadata", "")]))
+                .unwrap()
+                .proxy_metadata,
+            BTreeMap::new()
+        );
+        for (key, value, names) in [
+            ("terminationDrainDuration", "forever", "not a duration"),
+            (
+                "proxyMetadata",
+                "EXIT_ON_ZERO_ACTIVE_CONNECTIONS=true",
+                "not a JSON object",
+            ),
+            (
+                "proxyMetadata",
+                r#"{"ISTIO_META_DNS_AUTO_ALLOCATE": "true"}"#,
+                "ISTIO_META_DNS_AUTO_ALLOCATE is not implemented",
+            ),
+            (
+                "proxyMetadata",
+                r#"{"EXIT_ON_ZERO_ACTIVE_CONNECTIONS": "maybe"}"#,
+                "not true or false",
+            ),
+        ] {
+            let e = InjectionSettings::from_map(&map(&[("image", "proxy"), (key, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains(names), "{key}={value}: {e}");
+        }
     }
 
     #[test]

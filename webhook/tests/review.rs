@@ -791,12 +791,18 @@ fn an_over_long_or_too_deep_proxy_config_annotation_is_ignored_naming_the_limit(
 
 #[test]
 fn a_proxy_config_annotation_with_a_few_anchors_still_applies() {
-    let config = "proxyMetadata: &m {ISTIO_META_DNS_CAPTURE: \"true\"}\n\
+    let config = "proxyMetadata: &m {EXIT_ON_ZERO_ACTIVE_CONNECTIONS: \"true\"}\n\
                   holdApplicationUntilProxyStarts: &yes true\n\
                   copy: *m\n";
     let doc = with_proxy_config(config);
     let (resp, _) = run_doc(&doc, &defaults());
-    assert!(warnings_of(&resp).is_empty(), "{resp}");
+    // `copy` is no ProxyConfig field rustmesh implements: named, never silently dropped.
+    let warnings = warnings_of(&resp);
+    assert_eq!(warnings.len(), 1, "{resp}");
+    assert!(
+        warnings[0].contains("copy is not implemented by rustmesh"),
+        "{warnings:?}"
+    );
     let pod: Pod = serde_json::from_value(apply(&doc, &resp)).unwrap();
     let proxy = &pod.spec.unwrap().containers[0];
     assert!(
@@ -804,6 +810,10 @@ fn a_proxy_config_annotation_with_a_few_anchors_still_applies() {
         "holdApplicationUntilProxyStarts applies"
     );
     let env = env(proxy);
+    assert_eq!(
+        env["EXIT_ON_ZERO_ACTIVE_CONNECTIONS"], "true",
+        "proxyMetadata applies"
+    );
     let json: Value = serde_json::from_str(env["PROXY_CONFIG"].as_str().unwrap()).unwrap();
     assert_eq!(json["copy"], json["proxyMetadata"]);
 }
