@@ -162,7 +162,7 @@ pub fn apply_istio(index: &mut Index, obj: IstioObject) {
     });
 }
 
-fn reparse_unvalidated(yaml: &str) -> Vec<IstioObject> {
+pub fn reparse_unvalidated(yaml: &str) -> Vec<IstioObject> {
     use serde::Deserialize;
     let mut out = Vec::new();
     for doc in serde_norway::Deserializer::from_str(yaml) {

@@ -4,7 +4,9 @@
 //! Decisions (as Istio does):
 //! - an object with an error is left out of rendering entirely; the rest of the mesh is
 //!   unaffected. An invalid **update** of an object accepted before renders its last accepted
-//!   version instead (kept in memory only; `Verdict::serving_previous` says which generation);
+//!   version instead (`Verdict::serving_previous` says which generation), and its status
+//!   carries that version (`status.lastAccepted`), from which a restarted operator takes it up
+//!   again ([`persisted_version`]);
 //! - a destination subset that no DestinationRule defines is an **error** ("unknown subset");
 //! - a destination host that is not in the registry is a **warning** (routes to it answer 503,
 //!   through `BlackHoleCluster`); so is a VirtualService host no service matches;
@@ -20,7 +22,7 @@ use crate::registry::{Registry, exported};
 use kube::core::ObjectMeta;
 use rustmesh_api::common::Destination;
 use rustmesh_api::sidecar::host_matches;
-use rustmesh_api::status::{Condition, IstioStatus, ValidationMessage};
+use rustmesh_api::status::{Condition, IstioStatus, LastAccepted, ValidationMessage};
 use rustmesh_api::validate::Validate;
 use rustmesh_api::{DestinationRule, PeerAuthentication, VirtualService};
 use std::collections::{BTreeMap, HashMap};
@@ -51,6 +53,9 @@ pub struct Verdict {
     /// For an invalid update of an object that was accepted before: the generation of that last
     /// accepted version, which keeps being rendered in its place.
     pub serving_previous: Option<i64>,
+    /// That version's `spec`, persisted in the object's `status.lastAccepted` so that an
+    /// operator restart renders it again ([`persisted_version`]).
+    pub previous_spec: Option<serde_json::Value>,
 }
 
 /// Verdicts of every Istio object in the index.
@@ -293,6 +298,7 @@ fn peer_authentications(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey), V
             && let Some(p) = previous
         {
             v.serving_previous = Some(p.metadata.generation.unwrap_or(0));
+            v.previous_spec = serde_json::to_value(&p.spec).ok();
         }
         verdicts.insert((Kind::PeerAuthentication, key.clone()), v);
     }
@@ -364,6 +370,7 @@ fn verdict(findings: Vec<Finding>, conflict: Option<&'static str>) -> Verdict {
     let accepted = !findings.iter().any(|f| f.level == Level::Error);
     Verdict {
         serving_previous: None,
+        previous_spec: None,
         accepted,
         reason: if accepted {
             "Accepted"
@@ -374,250 +381,24 @@ fn verdict(findings: Vec<Finding>, conflict: Option<&'static str>) -> Verdict {
     }
 }
 
-/// Findings on each `tls` setting of a DestinationRule (top level, per port, per subset):
-/// `ISTIO_MUTUAL` and `DISABLE` are rendered (`render::clusters::upstream_tls`); `ISTIO_MUTUAL`
-/// with certificates of its own is an error, as in Istio (the mesh's are used), and without a
-/// mesh CA a warning (the traffic stays plaintext). Origination to a server outside the mesh
-/// (`SIMPLE`, `MUTUAL`) is rendered from files in the sidecar or, in a rule with a
-/// `workloadSelector` (Istio's rule for sidecars), from the `credentialName` Secret the CA
-/// serves: `caCrl` (not implemented), a relative path, an invalid `sni` or Secret name, files
-/// beside a `credentialName` (Istio refuses them too), a `credentialName` without the CA, and
-/// a `MUTUAL` without certificate and key are errors; a `SIMPLE` `credentialName` a sidecar
-/// does not use (no `workloadSelector`) and fields the mode does not use are warnings. Never
-/// silently dropped.
+/// Findings on each `tls` setting of a DestinationRule (top level, per port, per subset): the
+/// shared object-local check, `rustmesh_api::checks::destination_rule_tls` (the validating
+/// webhook answers with the same findings).
 fn tls_findings(
     spec: &rustmesh_api::destination_rule::DestinationRuleSpec,
     has_ca: bool,
 ) -> Vec<Finding> {
-    use rustmesh_api::destination_rule::{ClientTlsSettings, TlsMode, TrafficPolicy};
-    fn setting(
-        tls: &ClientTlsSettings,
-        at: String,
-        has_ca: bool,
-        selector: bool,
-        out: &mut Vec<Finding>,
-    ) {
-        match tls.mode {
-            Some(TlsMode::IstioMutual) => {
-                let own = [
-                    ("caCertificates", tls.ca_certificates.is_some()),
-                    ("clientCertificate", tls.client_certificate.is_some()),
-                    ("privateKey", tls.private_key.is_some()),
-                    ("credentialName", tls.credential_name.is_some()),
-                    ("caCrl", tls.ca_crl.is_some()),
-                ];
-                for (field, _) in own.iter().filter(|(_, set)| *set) {
-                    out.push(Finding {
-                        level: Level::Error,
-                        field: format!("{at}.{field}"),
-                        message: "ISTIO_MUTUAL uses the mesh's workload certificate and root: \
-                                  it cannot have certificates of its own (use MUTUAL)"
-                            .into(),
-                    });
-                }
-                if tls.insecure_skip_verify.is_some() {
-                    out.push(Finding {
-                        level: Level::Warning,
-                        field: format!("{at}.insecureSkipVerify"),
-                        message: "ignored with ISTIO_MUTUAL: the server's identity is always \
-                                  verified"
-                            .into(),
-                    });
-                }
-                if !has_ca {
-                    out.push(Finding {
-                        level: Level::Warning,
-                        field: format!("{at}.mode"),
-                        message: "ISTIO_MUTUAL needs the mesh CA (chart value ca.enabled), \
-                                  which is off: rustmesh sends this traffic in plaintext"
-                            .into(),
-                    });
-                }
-            }
-            Some(mode @ (TlsMode::Simple | TlsMode::Mutual)) => {
-                let mut err = |field: &str, message: String| {
-                    out.push(Finding {
-                        level: Level::Error,
-                        field: format!("{at}.{field}"),
-                        message,
-                    })
-                };
-                if let Some(name) = tls.credential_name.as_deref().filter(|n| !n.is_empty()) {
-                    for (field, set) in [
-                        ("caCertificates", tls.ca_certificates.is_some()),
-                        ("clientCertificate", tls.client_certificate.is_some()),
-                        ("privateKey", tls.private_key.is_some()),
-                    ] {
-                        if set {
-                            err(
-                                field,
-                                "cannot be given with credentialName (as in Istio): the \
-                                 certificates come from the Secret"
-                                    .into(),
-                            );
-                        }
-                    }
-                    if let Some(why) = rustmesh_xds::ca::secret_name_problem(name) {
-                        err("credentialName", why);
-                    } else if !selector && mode == TlsMode::Mutual {
-                        err(
-                            "credentialName",
-                            "is used by sidecars only when the DestinationRule has a \
-                             workloadSelector (as in Istio; without one it is for gateways): \
-                             add one, or give clientCertificate and privateKey"
-                                .into(),
-                        );
-                    } else if selector && !has_ca {
-                        err(
-                            "credentialName",
-                            "needs the mesh CA (chart value ca.enabled), which serves the \
-                             Secret to the sidecar"
-                                .into(),
-                        );
-                    }
-                }
-                if tls.ca_crl.is_some() {
-                    err(
-                        "caCrl",
-                        "certificate revocation lists are not implemented".into(),
-                    );
-                }
-                if let Some(sni) = tls.sni.as_deref().filter(|s| !s.is_empty())
-                    && valid_server_name(sni).is_err()
-                {
-                    err("sni", format!("{sni:?} is not a server name"));
-                }
-                for (field, value) in [
-                    ("caCertificates", &tls.ca_certificates),
-                    ("clientCertificate", &tls.client_certificate),
-                    ("privateKey", &tls.private_key),
-                ] {
-                    if let Some(v) = value
-                        && (v.contains('~') || (!v.is_empty() && !v.starts_with('/')))
-                    {
-                        err(
-                            field,
-                            format!("{v:?} is not an absolute path to a file in the sidecar"),
-                        );
-                    }
-                }
-                // (MUTUAL without a certificate and key is the API's own check; an empty one
-                // is refused here, as the sidecar could not read it.)
-                if mode == TlsMode::Mutual && tls.credential_name.is_none() {
-                    for (field, value) in [
-                        ("clientCertificate", &tls.client_certificate),
-                        ("privateKey", &tls.private_key),
-                    ] {
-                        if value.as_deref() == Some("") {
-                            err(
-                                field,
-                                "MUTUAL needs a path here, not an empty string".into(),
-                            );
-                        }
-                    }
-                }
-                let has = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
-                let mut warn = |field: &str, message: &str| {
-                    out.push(Finding {
-                        level: Level::Warning,
-                        field: format!("{at}.{field}"),
-                        message: message.into(),
-                    })
-                };
-                if mode == TlsMode::Simple && has(&tls.credential_name) && !selector {
-                    warn(
-                        "credentialName",
-                        "not used by sidecars: only a DestinationRule with a workloadSelector \
-                         gives a credentialName to sidecars (as in Istio; without one it is for \
-                         gateways), so these verify the server with the system roots",
-                    );
-                }
-                if mode == TlsMode::Simple {
-                    for (field, value) in [
-                        ("clientCertificate", &tls.client_certificate),
-                        ("privateKey", &tls.private_key),
-                    ] {
-                        if has(value) {
-                            warn(
-                                field,
-                                "ignored with SIMPLE: only MUTUAL presents a client certificate",
-                            );
-                        }
-                    }
-                }
-                if tls.insecure_skip_verify == Some(true) {
-                    if has(&tls.ca_certificates) {
-                        warn(
-                            "caCertificates",
-                            "ignored: insecureSkipVerify is true, the server is not verified",
-                        );
-                    }
-                    if !tls.subject_alt_names.is_empty() {
-                        warn(
-                            "subjectAltNames",
-                            "ignored: insecureSkipVerify is true, the server is not verified",
-                        );
-                    }
-                }
-            }
-            // DISABLE, and a `tls` without mode (proto's default, DISABLE): plain text.
-            Some(TlsMode::Disable) | None => {}
-        }
-    }
-    fn policy(
-        tp: &Option<TrafficPolicy>,
-        at: &str,
-        has_ca: bool,
-        selector: bool,
-        out: &mut Vec<Finding>,
-    ) {
-        let Some(tp) = tp else { return };
-        if let Some(tls) = &tp.tls {
-            setting(tls, format!("{at}.tls"), has_ca, selector, out);
-        }
-        for (i, pl) in tp.port_level_settings.iter().enumerate() {
-            if let Some(tls) = &pl.tls {
-                let at = format!("{at}.portLevelSettings[{i}].tls");
-                setting(tls, at, has_ca, selector, out);
-            }
-        }
-    }
-    let selector = spec
-        .workload_selector
-        .as_ref()
-        .is_some_and(|s| !s.match_labels.is_empty());
-    let mut out = Vec::new();
-    let top = "spec.trafficPolicy";
-    policy(&spec.traffic_policy, top, has_ca, selector, &mut out);
-    for (i, subset) in spec.subsets.iter().enumerate() {
-        policy(
-            &subset.traffic_policy,
-            &format!("spec.subsets[{i}].trafficPolicy"),
-            has_ca,
-            selector,
-            &mut out,
-        );
-    }
-    out
-}
-
-/// Whether `s` can be sent as a TLS server name (a DNS name or an IP address).
-fn valid_server_name(s: &str) -> Result<(), ()> {
-    let dns = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 253
-            && s.split('.').all(|l| {
-                !l.is_empty()
-                    && l.len() <= 63
-                    && l.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            })
-    };
-    if s.parse::<std::net::IpAddr>().is_ok() || dns(s) {
-        Ok(())
-    } else {
-        Err(())
-    }
+    rustmesh_api::checks::destination_rule_tls(spec, has_ca)
+        .into_iter()
+        .map(|f| Finding {
+            level: match f.level {
+                rustmesh_api::checks::Severity::Error => Level::Error,
+                rustmesh_api::checks::Severity::Warning => Level::Warning,
+            },
+            field: f.field,
+            message: f.message,
+        })
+        .collect()
 }
 
 fn vs_cross_checks(
@@ -640,7 +421,6 @@ fn vs_cross_checks(
             });
         }
     }
-    let mut extra = Vec::new();
     let mut check = |field: String, d: &Destination| {
         let host = resolve_host(&d.host, &key.namespace, suffix);
         let svc = registry.get(&host);
@@ -684,18 +464,6 @@ fn vs_cross_checks(
         }
     };
     for (i, r) in vs.spec.http.iter().enumerate() {
-        // Envoy (and the proxy) redirect only with these codes; Istio's API allows any 3xx.
-        if let Some(code) = r.redirect.as_ref().and_then(|rd| rd.redirect_code)
-            && ![301, 302, 303, 307, 308].contains(&code)
-        {
-            check_findings_push(
-                &mut extra,
-                format!("spec.http[{i}].redirect.redirectCode"),
-                format!(
-                    "{code} is not one of the redirect codes the proxy supports (301, 302, 303, 307, 308)"
-                ),
-            );
-        }
         for (j, d) in r.route.iter().enumerate() {
             check(
                 format!("spec.http[{i}].route[{j}].destination"),
@@ -728,15 +496,16 @@ fn vs_cross_checks(
             );
         }
     }
-    findings.extend(extra);
-}
-
-fn check_findings_push(out: &mut Vec<Finding>, field: String, message: String) {
-    out.push(Finding {
-        level: Level::Error,
-        field,
-        message,
-    });
+    // The redirect codes the proxy cannot send (a shared object-local check), after the rest.
+    findings.extend(
+        rustmesh_api::checks::virtual_service_redirects(&vs.spec)
+            .into_iter()
+            .map(|e| Finding {
+                level: Level::Error,
+                field: e.field,
+                message: e.message,
+            }),
+    );
 }
 
 /// The status to write for a verdict. `previous` is the object's current status: a condition
@@ -835,7 +604,59 @@ pub fn status_for(
             })
             .collect(),
         observed_generation: generation,
+        last_accepted: match (
+            verdict.accepted,
+            verdict.serving_previous,
+            &verdict.previous_spec,
+        ) {
+            (false, Some(generation), Some(spec)) => Some(LastAccepted {
+                generation,
+                spec: spec.clone(),
+            }),
+            _ => None,
+        },
     }
+}
+
+/// The last accepted version of `obj` persisted in its `status.lastAccepted` by an earlier
+/// operator (this one restarted while the current version was refused), rebuilt as an object of
+/// its kind: `None` unless it is of an older generation and passes the object's own checks
+/// again (a status is writable by whoever may write the object's status: it is never trusted
+/// unchecked). Cross-object checks (conflicts, subsets) run on it as on any rendered version.
+pub fn persisted_version<K: crate::index::kinds::IstioKind>(obj: &K, has_ca: bool) -> Option<K> {
+    let last = obj.status()?.last_accepted.as_ref()?;
+    let current = obj.meta().generation.unwrap_or(0);
+    if last.generation >= current {
+        return None;
+    }
+    let mut v = serde_json::to_value(obj).ok()?;
+    v["spec"] = last.spec.clone();
+    v["metadata"]["generation"] = last.generation.into();
+    v["status"] = serde_json::Value::Null;
+    let candidate: K = serde_json::from_value(v)
+        .inspect_err(|e| {
+            tracing::warn!(kind = %K::kind(&()), object = %crate::index::ObjKey::of(obj),
+                "status.lastAccepted is not a valid spec, not restored: {e}")
+        })
+        .ok()?;
+    let valid = match candidate.clone().into_object() {
+        crate::index::Object::VirtualService(o) => o.spec.validate().is_empty(),
+        crate::index::Object::DestinationRule(o) => {
+            o.spec.validate().is_empty()
+                && !tls_findings(&o.spec, has_ca)
+                    .iter()
+                    .any(|f| f.level == Level::Error)
+        }
+        crate::index::Object::Sidecar(o) => o.spec.validate().is_empty(),
+        crate::index::Object::PeerAuthentication(o) => o.spec.validate().is_empty(),
+        _ => false,
+    };
+    if !valid {
+        tracing::warn!(kind = %K::kind(&()), object = %crate::index::ObjKey::of(obj),
+            generation = last.generation, "status.lastAccepted does not validate, not restored");
+        return None;
+    }
+    Some(candidate)
 }
 
 #[cfg(test)]
@@ -1258,6 +1079,7 @@ spec:
     fn unchanged_verdict_keeps_transition_time_so_status_is_stable() {
         let v = Verdict {
             serving_previous: None,
+            previous_spec: None,
             accepted: true,
             reason: "Accepted",
             findings: vec![],
@@ -1267,6 +1089,7 @@ spec:
         assert_eq!(first, again);
         let bad = Verdict {
             serving_previous: None,
+            previous_spec: None,
             accepted: false,
             reason: "Invalid",
             findings: vec![Finding {

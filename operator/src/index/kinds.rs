@@ -45,8 +45,8 @@ pub trait IstioKind:
 }
 
 /// The objects of one Istio kind: the current version of each, and the last accepted version
-/// rendered in place of an invalid update (kept in memory: after an operator restart an invalid
-/// object is simply left out).
+/// rendered in place of an invalid update (also persisted in the object's `status.lastAccepted`,
+/// from which a restarted operator restores it: `Index::put`).
 #[derive(Clone, Debug)]
 pub struct KindStore<T> {
     pub objects: BTreeMap<ObjKey, T>,

@@ -394,7 +394,19 @@ impl Index {
     }
 
     fn put<K: IstioKind>(&mut self, key: ObjKey, obj: K) {
-        K::store_mut(self).objects.insert(key, obj);
+        let has_ca = self.mesh.ca_host.is_some();
+        let store = K::store_mut(self);
+        // First sight of an object whose current version was refused before a restart: the
+        // version its status says the proxies served is served again, not dropped.
+        if !store.last_good.contains_key(&key)
+            && let Some(previous) = crate::validation::persisted_version(&obj, has_ca)
+        {
+            tracing::info!(kind = %K::kind(&()), object = %key,
+                generation = previous.meta().generation.unwrap_or(0),
+                "restored the last accepted version from status.lastAccepted");
+            store.last_good.insert(key.clone(), previous);
+        }
+        store.objects.insert(key, obj);
     }
 
     fn remove(&mut self, kind: Kind, key: &ObjKey) {

@@ -176,6 +176,9 @@ fn pick_versions<'a, K: IstioKind>(
             && let Some(previous) = store.last_good.get(key)
         {
             verdict.serving_previous = Some(previous.meta().generation.unwrap_or(0));
+            verdict.previous_spec = serde_json::to_value(previous)
+                .ok()
+                .and_then(|mut v| Some(v.get_mut("spec")?.take()));
             out.push((key, previous));
         }
     }

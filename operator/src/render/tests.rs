@@ -807,6 +807,101 @@ fn an_invalid_update_keeps_the_last_accepted_version_serving() {
     assert!(index.virtual_services.last_good.is_empty());
 }
 
+/// The reviews VirtualService at `generation`, with weights 90/`w` (110 is invalid) and `status`.
+fn reviews_at(
+    generation: i64,
+    w: u32,
+    status: Option<rustmesh_api::status::IstioStatus>,
+) -> Object {
+    let yaml = reviews_vs().replace("weight: 10", &format!("weight: {w}"));
+    let mut objects = crate::fixtures::reparse_unvalidated(&yaml);
+    let Some(rustmesh_api::IstioObject::VirtualService(mut vs)) = objects.pop() else {
+        panic!("one VirtualService");
+    };
+    vs.metadata.generation = Some(generation);
+    vs.status = status;
+    Object::VirtualService(vs)
+}
+
+#[test]
+fn a_restarted_operator_serves_the_last_accepted_version_from_the_status() {
+    let weights = |index: &Index| -> Vec<u32> {
+        let c = rendered(index, &Scope::namespace("default"));
+        let vh = vhost(&c, "9080", "reviews.default.svc.cluster.local:9080");
+        vh.routes
+            .iter()
+            .filter_map(|r| r.route.as_ref()?.weighted_clusters.as_ref())
+            .flat_map(|w| w.clusters.iter().map(|c| c.weight))
+            .collect()
+    };
+    let key = ObjKey::new("default", "reviews");
+    // The first operator: generation 1 accepted, generation 2 refused; its status says what
+    // keeps serving.
+    let mut index = bookinfo();
+    index.apply(reviews_at(1, 10, None));
+    let v = MeshView::new(&index).validation.clone();
+    index.remember_accepted(v.accepted_keys());
+    index.apply(reviews_at(2, 20, None));
+    let view = MeshView::new(&index);
+    let verdict = &view.validation.verdicts[&(Kind::VirtualService, key.clone())];
+    let status = crate::validation::status_for(verdict, Some(2), None, "now");
+    let last = status.last_accepted.clone().expect("status.lastAccepted");
+    assert_eq!(last.generation, 1);
+    assert_eq!(
+        last.spec["http"][1]["route"][1]["weight"], 10,
+        "{}",
+        last.spec
+    );
+    drop(view);
+    assert_eq!(weights(&index), vec![90, 10]);
+
+    // A restart: the index starts empty and sees generation 2 with that status.
+    let mut restarted = bookinfo();
+    restarted.apply(reviews_at(2, 20, Some(status.clone())));
+    assert_eq!(
+        weights(&restarted),
+        vec![90, 10],
+        "the same routes as before the restart"
+    );
+    let view = MeshView::new(&restarted);
+    let verdict = &view.validation.verdicts[&(Kind::VirtualService, key.clone())];
+    assert_eq!(verdict.serving_previous, Some(1));
+    let again = crate::validation::status_for(verdict, Some(2), Some(&status), "later");
+    assert_eq!(
+        again, status,
+        "the restarted operator writes the same status"
+    );
+    drop(view);
+
+    // A valid generation 3: served, and the status no longer carries a previous version.
+    restarted.apply(reviews_at(3, 10, Some(status.clone())));
+    let view = MeshView::new(&restarted);
+    let verdict = &view.validation.verdicts[&(Kind::VirtualService, key.clone())];
+    assert!(verdict.accepted);
+    assert_eq!(
+        crate::validation::status_for(verdict, Some(3), None, "t").last_accepted,
+        None
+    );
+
+    // Never trusted unchecked: a lastAccepted that does not validate, or is not older than
+    // the current version, is not restored.
+    let mut forged = status.clone();
+    forged.last_accepted.as_mut().unwrap().spec["http"][1]["route"][1]["weight"] = 20.into();
+    let mut index = bookinfo();
+    index.apply(reviews_at(2, 20, Some(forged)));
+    assert!(index.virtual_services.last_good.is_empty());
+    let mut same = status.clone();
+    same.last_accepted.as_mut().unwrap().generation = 2;
+    let mut index = bookinfo();
+    index.apply(reviews_at(2, 20, Some(same)));
+    assert!(index.virtual_services.last_good.is_empty());
+    assert_eq!(
+        weights(&index),
+        Vec::<u32>::new(),
+        "the refused object is left out"
+    );
+}
+
 #[test]
 fn an_invalid_virtual_service_is_left_out_and_the_rest_renders() {
     let mut index = bookinfo();
