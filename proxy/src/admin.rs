@@ -21,6 +21,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
+use rustmesh_xds::serve::{self, ConnLimits, Gate};
 use tokio::sync::Notify;
 
 use crate::cluster::{Kind, UpstreamCluster};
@@ -59,15 +60,11 @@ pub enum Endpoints {
     Prometheus,
 }
 
-/// Most connections one admin, readiness or metrics port serves at once: more are closed as
-/// they are accepted, so idle connections to these ports cannot use up the process's file
-/// descriptors (the data listeners' too).
-pub const MAX_CONNECTIONS: usize = 64;
-/// How long a connection may take to send a request head, and to stay idle between requests;
-/// then it is closed.
-pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-/// The longest one connection to these ports lives.
-pub const MAX_CONNECTION_AGE: std::time::Duration = std::time::Duration::from_secs(300);
+/// Connection limits of the admin, readiness and metrics ports (`rustmesh_xds::serve`, shared
+/// with the control plane's health and metrics ports): at most 64 connections at once (more are
+/// closed as they are accepted, so idle connections cannot use up the process's file
+/// descriptors, the data listeners' too), 5 s for a request head and 5 s idle, 5 min at most.
+pub const LIMITS: ConnLimits = ConnLimits::OPS;
 
 /// One bound HTTP endpoint server.
 pub struct Server {
@@ -75,8 +72,7 @@ pub struct Server {
     listener: std::net::TcpListener,
     endpoints: Endpoints,
     state: Arc<AdminState>,
-    limit: Arc<tokio::sync::Semaphore>,
-    header_read_timeout: std::time::Duration,
+    limits: ConnLimits,
 }
 
 impl Server {
@@ -95,19 +91,16 @@ impl Server {
             listener,
             endpoints,
             state,
-            limit: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
-            header_read_timeout: HEADER_READ_TIMEOUT,
+            limits: LIMITS,
         })
     }
 
-    /// The same server with other connection limits (tests).
-    pub fn with_limits(
-        mut self,
-        connections: usize,
-        header_read_timeout: std::time::Duration,
-    ) -> Self {
-        self.limit = Arc::new(tokio::sync::Semaphore::new(connections));
-        self.header_read_timeout = header_read_timeout;
+    /// The same server with other connection limits (tests): `connections` at once, and
+    /// `timeout` for a request head and for idleness.
+    pub fn with_limits(mut self, connections: usize, timeout: std::time::Duration) -> Self {
+        self.limits.max_connections = connections;
+        self.limits.request_head_timeout = timeout;
+        self.limits.idle_timeout = timeout;
         self
     }
 
@@ -125,39 +118,21 @@ impl Server {
                 return;
             }
         };
-        loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(what = self.what, "accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = self.limit.clone().try_acquire_owned() else {
-                tracing::debug!(
-                    what = self.what,
-                    "{MAX_CONNECTIONS} connections open: closing a new one"
-                );
-                drop(stream);
-                continue;
-            };
-            let state = self.state.clone();
-            let endpoints = self.endpoints;
-            let header_read_timeout = self.header_read_timeout;
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(handle(&state, endpoints, &req)) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(header_read_timeout)
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                let _ = tokio::time::timeout(MAX_CONNECTION_AGE, conn).await;
-                drop(permit);
-            });
-        }
+        let (state, endpoints) = (self.state, self.endpoints);
+        let service = hyper::service::service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handle(&state, endpoints, &req)) }
+        });
+        let gate = Arc::new(Gate::new(self.what, self.limits.max_connections));
+        serve::run_http(
+            listener,
+            gate,
+            self.limits,
+            |stream| async move { Ok(stream) },
+            service,
+            std::future::pending(),
+        )
+        .await;
     }
 }
 
