@@ -152,6 +152,51 @@ async fn s7_webhook_down_failure_policy_ignore_and_fail() {
     ctx.delete_namespace(&ns).await;
 }
 
+/// Deletes the operator's pod(s) and waits until a new one is ready.
+async fn restart_operator(ctx: &Ctx) {
+    let operator_pods = ctx.pods(MESH_NAMESPACE);
+    let selector = "app.kubernetes.io/name=rustmesh-operator";
+    let old: Vec<String> = operator_pods
+        .list(&ListParams::default().labels(selector))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert!(!old.is_empty(), "an operator pod runs");
+    for name in &old {
+        operator_pods
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    ctx.log(format!("deleted operator pod(s) {old:?}"));
+    poll(
+        "a new operator pod ready",
+        Duration::from_secs(180),
+        Duration::from_millis(500),
+        || async {
+            let pods = ctx
+                .pods_with(MESH_NAMESPACE, selector)
+                .await
+                .map_err(|e| e.to_string())?;
+            let new_ready = pods
+                .iter()
+                .any(|p| !old.contains(p.metadata.name.as_ref().unwrap()) && sample::pod_ready(p));
+            if new_ready {
+                Ok(Some(()))
+            } else {
+                Err("waiting".into())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    ctx.log("new operator pod ready");
+}
+
 #[tokio::test]
 async fn s7_operator_restart_under_steady_traffic_fails_no_request() {
     let Some(ctx) = setup("s7_operator_restart").await else {
@@ -170,19 +215,6 @@ async fn s7_operator_restart_under_steady_traffic_fails_no_request() {
     ctx.wait_endpoints(&ns, &pod, "reviews", &ns, HTTP_PORT, 1)
         .await
         .unwrap();
-    let operator_pods = ctx.pods(MESH_NAMESPACE);
-    let selector = "app.kubernetes.io/name=rustmesh-operator";
-    let old: Vec<String> = operator_pods
-        .list(&ListParams::default().labels(selector))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| p.metadata.name)
-        .collect();
-    assert!(!old.is_empty(), "an operator pod runs");
-
     let restarted = std::cell::Cell::new(false);
     let traffic = async {
         let mut total = Summary::default();
@@ -209,35 +241,7 @@ async fn s7_operator_restart_under_steady_traffic_fails_no_request() {
     };
     let restart = async {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        for name in &old {
-            operator_pods
-                .delete(name, &DeleteParams::default())
-                .await
-                .unwrap();
-        }
-        ctx.log(format!("deleted operator pod(s) {old:?}"));
-        poll(
-            "a new operator pod ready",
-            Duration::from_secs(180),
-            Duration::from_millis(500),
-            || async {
-                let pods = ctx
-                    .pods_with(MESH_NAMESPACE, selector)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let new_ready = pods.iter().any(|p| {
-                    !old.contains(p.metadata.name.as_ref().unwrap()) && sample::pod_ready(p)
-                });
-                if new_ready {
-                    Ok(Some(()))
-                } else {
-                    Err("waiting".into())
-                }
-            },
-        )
-        .await
-        .unwrap();
-        ctx.log("new operator pod ready");
+        restart_operator(&ctx).await;
         restarted.set(true);
     };
     let (total, ()) = tokio::join!(traffic, restart);
@@ -382,6 +386,36 @@ async fn bad_virtual_service(test: &str, ns: &str, bad_name: &str) {
             "routes in force keep serving: {s:?}"
         );
         tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+
+    if bad_name == "reviews" {
+        // An update refused: the status carries the version still served, and an operator
+        // restart (which remembers nothing) serves it again instead of dropping the object.
+        let vs = api.get(bad_name).await.unwrap();
+        let last = vs
+            .status
+            .and_then(|s| s.last_accepted)
+            .expect("status.lastAccepted of a refused update");
+        ctx.log(format!(
+            "{bad_name} status.lastAccepted: generation {} (current {:?})",
+            last.generation, vs.metadata.generation
+        ));
+        assert!(Some(last.generation) < vs.metadata.generation);
+        restart_operator(&ctx).await;
+        // Past the new operator's first render and a config poll: still all to v1.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        for _ in 0..2 {
+            let s = ctx
+                .http_load(&ns, &pod, "productpage", &url, 100, 4, &[])
+                .await
+                .unwrap();
+            assert_eq!(
+                s.backend("reviews/v1"),
+                100,
+                "after the operator restart the last accepted routes serve: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
     }
     ctx.delete_namespace(&ns).await;
 }
