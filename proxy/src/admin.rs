@@ -160,11 +160,12 @@ fn json_response(v: &Value) -> Response<Full<Bytes>> {
     response(StatusCode::OK, "application/json", body)
 }
 
-fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
-    req.uri().query()?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == name).then_some(v)
-    })
+/// A query parameter, percent-decoded (`+` is a space), as Envoy's admin reads them: a client
+/// that encodes `/stats?filter=^cluster%5C.` means `^cluster\.`.
+fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    form_urlencoded::parse(req.uri().query()?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// Answers one request (the routing of every port).
@@ -174,7 +175,7 @@ pub fn handle(
     req: &Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    let json = query_param(req, "format") == Some("json");
+    let json = query_param(req, "format").as_deref() == Some("json");
     match (endpoints, req.method(), path) {
         (Endpoints::Prometheus | Endpoints::Admin, &Method::GET, "/stats/prometheus") => response(
             StatusCode::OK,
@@ -193,7 +194,7 @@ pub fn handle(
             Some(s) => match config_dump(
                 &s,
                 query_param(req, "include_eds").is_some(),
-                query_param(req, "mask"),
+                query_param(req, "mask").as_deref(),
             ) {
                 Ok(doc) => json_response(&doc),
                 Err(field) => text(
@@ -221,7 +222,7 @@ pub fn handle(
         (Endpoints::Admin, &Method::GET, "/stats") => {
             let filter = match query_param(req, "filter").map(|f| {
                 // Bounded like every configured regex (loopback only, but still input).
-                rustmesh_xds::regex::compile(f, rustmesh_xds::regex::Anchor::Search)
+                rustmesh_xds::regex::compile(&f, rustmesh_xds::regex::Anchor::Search)
                     .map(|c| c.regex)
             }) {
                 None => None,
@@ -756,6 +757,8 @@ mod tests {
         let (_, listeners) = get(a, "/listeners").await;
         assert_eq!(listeners, "virtualOutbound::0.0.0.0:15001\n");
         let (_, stats) = get(a, "/stats?filter=^server").await;
+        // Percent-encoded, as clients send it: `^server%5C.` is `^server\.`.
+        assert_eq!(get(a, "/stats?filter=%5Eserver%5C.").await.1, stats);
         assert_eq!(stats, "server.state: 0\n");
         let (_, prom) = get(a, "/stats/prometheus").await;
         assert!(
