@@ -10,9 +10,12 @@
 //!   (a "billion laughs" alias bomb is refused naming the limit and the document);
 //!   [`parse::load_all_with`] takes other limits.
 //! - [`validate::Validate`] checks what the schema cannot (weights, regexes, subsets, hosts).
+//! - [`checks::object_findings`]: every check of one object that needs no other object, errors
+//!   and warnings, shared by the operator's status conditions and the validating webhook.
 //! - [`crd`] generates the CRDs checked in under `crds/`.
 #![forbid(unsafe_code)]
 
+pub mod checks;
 pub mod common;
 pub mod crd;
 pub mod destination_rule;
