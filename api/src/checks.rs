@@ -38,11 +38,12 @@ impl Finding {
 /// Every object-local finding about `obj`, errors and warnings, in the order the operator
 /// reports them: the object's own rules ([`Validate`]), then, for a DestinationRule, its `tls`
 /// settings ([`destination_rule_tls`]); for a VirtualService without such errors, its redirect
-/// codes ([`virtual_service_redirects`]); for a PeerAuthentication, Istio's warnings.
+/// codes ([`virtual_service_redirects`]); then the warnings ([`IstioObject::warnings`]: fields
+/// rustmesh accepts without implementing them, and a PeerAuthentication's Istio warnings).
 /// `has_ca`: whether the mesh CA is on (chart value `ca.enabled`).
 pub fn object_findings(obj: &IstioObject, has_ca: bool) -> Vec<Finding> {
     let own = |errors: Vec<FieldError>| errors.into_iter().map(Finding::error).collect::<Vec<_>>();
-    match obj {
+    let mut out = match obj {
         IstioObject::VirtualService(o) => {
             let mut out = own(o.spec.validate());
             if out.is_empty() {
@@ -60,16 +61,15 @@ pub fn object_findings(obj: &IstioObject, has_ca: bool) -> Vec<Finding> {
             out
         }
         IstioObject::Sidecar(o) => own(o.spec.validate()),
-        IstioObject::PeerAuthentication(o) => {
-            let mut out = own(o.spec.validate());
-            out.extend(o.spec.warnings().into_iter().map(|w| Finding {
-                level: Severity::Warning,
-                field: w.field,
-                message: w.message,
-            }));
-            out
-        }
-    }
+        IstioObject::PeerAuthentication(o) => own(o.spec.validate()),
+    };
+    // Fields accepted without being implemented (`crate::support`), and Istio's warnings.
+    out.extend(obj.warnings().into_iter().map(|w| Finding {
+        level: Severity::Warning,
+        field: w.field,
+        message: w.message,
+    }));
+    out
 }
 
 /// The redirect codes of a VirtualService's HTTP routes the proxy cannot send: Envoy (and the
@@ -196,7 +196,7 @@ pub fn destination_rule_tls(spec: &DestinationRuleSpec, has_ca: bool) -> Vec<Fin
                     );
                 }
                 if let Some(sni) = tls.sni.as_deref().filter(|s| !s.is_empty())
-                    && valid_server_name(sni).is_err()
+                    && !valid_server_name(sni)
                 {
                     err("sni", format!("{sni:?} is not a server name"));
                 }
@@ -315,7 +315,7 @@ pub fn destination_rule_tls(spec: &DestinationRuleSpec, has_ca: bool) -> Vec<Fin
 }
 
 /// Whether `s` can be sent as a TLS server name (a DNS name or an IP address).
-pub fn valid_server_name(s: &str) -> Result<(), ()> {
+pub fn valid_server_name(s: &str) -> bool {
     let dns = |s: &str| {
         !s.is_empty()
             && s.len() <= 253
@@ -326,9 +326,5 @@ pub fn valid_server_name(s: &str) -> Result<(), ()> {
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             })
     };
-    if s.parse::<std::net::IpAddr>().is_ok() || dns(s) {
-        Ok(())
-    } else {
-        Err(())
-    }
+    s.parse::<std::net::IpAddr>().is_ok() || dns(s)
 }

@@ -25,6 +25,7 @@ pub mod parse;
 pub mod peer_authentication;
 pub mod sidecar;
 pub mod status;
+pub mod support;
 pub mod validate;
 pub mod virtual_service;
 

@@ -59,6 +59,18 @@ impl IstioObject {
         }
     }
 
+    /// Findings that do not make the object invalid: fields rustmesh accepts without
+    /// implementing them ([`crate::support`]) and, for a PeerAuthentication, Istio's warnings.
+    pub fn warnings(&self) -> Vec<FieldError> {
+        let kind = self.kind();
+        match self {
+            IstioObject::VirtualService(o) => crate::support::warned_fields(kind, &o.spec),
+            IstioObject::DestinationRule(o) => crate::support::warned_fields(kind, &o.spec),
+            IstioObject::Sidecar(o) => crate::support::warned_fields(kind, &o.spec),
+            IstioObject::PeerAuthentication(o) => o.spec.warnings(),
+        }
+    }
+
     /// Checks the rules the schema cannot express. Field paths start at `spec`.
     pub fn validate(&self) -> Vec<FieldError> {
         match self {

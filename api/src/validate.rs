@@ -273,6 +273,7 @@ impl Validate for VirtualServiceSpec {
             route_destinations(&mut f, &format!("{p}.route"), &r.route);
         }
         f.export_to(&self.export_to);
+        f.0.extend(crate::support::refused_fields("VirtualService", self));
         f.0
     }
 }
@@ -681,6 +682,7 @@ impl Validate for DestinationRuleSpec {
             }
         }
         f.export_to(&self.export_to);
+        f.0.extend(crate::support::refused_fields("DestinationRule", self));
         f.0
     }
 }
@@ -805,6 +807,7 @@ impl Validate for SidecarSpec {
         {
             f.destination("spec.outboundTrafficPolicy.egressProxy", proxy);
         }
+        f.0.extend(crate::support::refused_fields("Sidecar", self));
         f.0
     }
 }

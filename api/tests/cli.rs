@@ -61,3 +61,22 @@ fn usage_and_missing_files() {
     assert_eq!(code, 1);
     assert!(err.contains("cannot read"), "{err}");
 }
+
+#[test]
+fn fields_rustmesh_does_not_implement_are_warned_or_refused_by_name() {
+    let warned = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: r\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      warmupDurationSecs: 10s\n";
+    let (code, out, err) = run(&["-"], warned);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("valid, with 1 warning(s)"), "{out}");
+    assert!(
+        out.contains("warning: spec.trafficPolicy.loadBalancer.warmupDurationSecs: ignored, not implemented by rustmesh"),
+        "{out}"
+    );
+    let refused = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: r\nspec:\n  hosts: [reviews]\n  http:\n  - delegate:\n      name: reviews-routes\n";
+    let (code, _, err) = run(&["-"], refused);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("spec.http[0].delegate: not implemented by rustmesh"),
+        "{err}"
+    );
+}

@@ -15,7 +15,10 @@
 //!   namespace) the oldest applies; the others get `Accepted=False`, reason `Conflict`;
 //! - a PeerAuthentication with a selector in the root namespace is ignored, as Istio ignores it
 //!   (only workload policies of the workload's own namespace apply): a **warning** naming
-//!   `spec.selector`, so the status says so instead of the policy silently doing nothing.
+//!   `spec.selector`, so the status says so instead of the policy silently doing nothing;
+//! - a field rustmesh does not implement is never silently ignored: `rustmesh_api::support`
+//!   lists each field as rendered, warned (accepted, a **warning** naming it) or refused (an
+//!   **error** naming it, from the spec's own `validate`).
 
 use crate::index::{Index, Kind, ObjKey};
 use crate::registry::{Registry, exported};
@@ -127,6 +130,7 @@ impl Validation {
                 });
             }
             findings.extend(tls_findings(&dr.spec, index.mesh.ca_host.is_some()));
+            findings.extend(unimplemented("DestinationRule", &dr.spec));
             verdicts.insert(
                 (Kind::DestinationRule, (*key).clone()),
                 verdict(findings, reason),
@@ -146,6 +150,7 @@ impl Validation {
             if findings.is_empty() {
                 vs_cross_checks(vs, key, registry, &accepted_drs, suffix, &mut findings);
             }
+            findings.extend(unimplemented("VirtualService", &vs.spec));
             verdicts.insert((Kind::VirtualService, key.clone()), verdict(findings, None));
         }
 
@@ -210,6 +215,7 @@ impl Validation {
                     defaults.insert(key.namespace.clone(), key.clone());
                 }
             }
+            findings.extend(unimplemented("Sidecar", &sc.spec));
             verdicts.insert((Kind::Sidecar, key.clone()), verdict(findings, reason));
         }
         peer_authentications(index, &mut verdicts);
@@ -353,6 +359,19 @@ fn registry_has(registry: &Registry, host: &str) -> bool {
     } else {
         registry.get(host).is_some()
     }
+}
+
+/// The fields of a spec rustmesh accepts but does not implement: warnings naming each
+/// (`rustmesh_api::support`; the fields it refuses are errors of the spec's own `validate`).
+fn unimplemented<T: serde::Serialize>(kind: &str, spec: &T) -> Vec<Finding> {
+    rustmesh_api::support::warned_fields(kind, spec)
+        .into_iter()
+        .map(|w| Finding {
+            level: Level::Warning,
+            field: w.field,
+            message: w.message,
+        })
+        .collect()
 }
 
 fn own_findings(errors: Vec<rustmesh_api::FieldError>) -> Vec<Finding> {

@@ -29,7 +29,19 @@ fn main() {
                     let m = obj.metadata();
                     let ns = m.namespace.as_deref().unwrap_or("default");
                     let name = m.name.as_deref().unwrap_or("");
-                    println!("{file}: {} {ns}/{name}: valid", obj.kind());
+                    let warnings = obj.warnings();
+                    if warnings.is_empty() {
+                        println!("{file}: {} {ns}/{name}: valid", obj.kind());
+                    } else {
+                        println!(
+                            "{file}: {} {ns}/{name}: valid, with {} warning(s):",
+                            obj.kind(),
+                            warnings.len()
+                        );
+                        for w in warnings {
+                            println!("  warning: {w}");
+                        }
+                    }
                 }
                 Err(e) => {
                     failed = true;

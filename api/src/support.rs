@@ -1,0 +1,833 @@
+//! Which fields of the Istio API rustmesh implements, field by field, and the reports for those
+//! it does not: the project's rule is that a field rustmesh does not implement is refused or
+//! reported with a message naming it, never accepted and silently ignored.
+//!
+//! Every field of every kind's `spec` (as its CRD schema lists them) is in [`table`]:
+//!
+//! - [`Support::Rendered`]: rendered into the proxy configuration (or used by the operator), with
+//!   where;
+//! - [`Support::Warned`]: accepted and ignored, with a warning naming the field in the object's
+//!   status (`validationMessages`, and the `Accepted` condition's message). For fields whose
+//!   absence of effect is harmless: tuning (keepalives, warm-up, stats prefixes), things rustmesh
+//!   has no notion of (localities);
+//! - [`Support::Refused`]: the object is refused (`Accepted=False`, reason `Invalid`, naming the
+//!   field; an update's last accepted version keeps serving), as [`crate::validate::Validate`]
+//!   reports it. For fields whose being ignored would change where traffic goes, or its
+//!   security, in a way the user would not expect.
+//!
+//! `tests/field_support.rs` walks every field of the CRD schemas and fails on one that is in
+//! neither list, so a new field can never be silently ignored; it also feeds an object with each
+//! reported field through validation and checks the finding names it.
+//!
+//! Paths are the schema's: `spec.http[].match[].headers{}.exact` (`[]` an array's items, `{}` a
+//! map's values). A path starting with `**.` matches at any depth, for DestinationRule's traffic
+//! policy, which appears at the top, per port, per subset and per subset port.
+
+use crate::FieldError;
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+/// What rustmesh does with a field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Support {
+    /// Rendered (or used): where, for the reader of the table.
+    Rendered(&'static str),
+    /// Accepted and ignored with a warning naming the field: why it is not implemented.
+    Warned(&'static str),
+    /// The object is refused, naming the field: why.
+    Refused(&'static str),
+    /// Reported (refused or warned, naming the field) by the check named, which knows when the
+    /// field matters (the walker here does not report it again).
+    ReportedBy(&'static str),
+}
+
+/// One row of the table.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    /// The field's path (or, with `leaves`, the parent of the fields listed).
+    pub path: &'static str,
+    /// For a rendered entry: the leaf fields under `path` it covers (dotted, relative); empty
+    /// when `path` is itself a leaf. A reported entry covers everything under `path`.
+    pub leaves: &'static [&'static str],
+    pub support: Support,
+    /// For a reported entry: values (as JSON text) that are what rustmesh does anyway, and so
+    /// are neither refused nor warned about (`captureMode: IPTABLES`).
+    pub harmless: &'static [&'static str],
+    /// For a reported entry: a value of the field, as JSON, that the tests put in an object to
+    /// prove it is reported (for [`Support::ReportedBy`], a value of the field's parent, since
+    /// the check depends on its siblings).
+    pub example: &'static str,
+}
+
+const fn rendered(path: &'static str, leaves: &'static [&'static str], at: &'static str) -> Entry {
+    Entry {
+        path,
+        leaves,
+        support: Support::Rendered(at),
+        harmless: &[],
+        example: "",
+    }
+}
+
+const fn warned(path: &'static str, why: &'static str, example: &'static str) -> Entry {
+    Entry {
+        path,
+        leaves: &[],
+        support: Support::Warned(why),
+        harmless: &[],
+        example,
+    }
+}
+
+const fn refused(path: &'static str, why: &'static str, example: &'static str) -> Entry {
+    Entry {
+        path,
+        leaves: &[],
+        support: Support::Refused(why),
+        harmless: &[],
+        example,
+    }
+}
+
+const VIRTUAL_SERVICE: &[Entry] = &[
+    rendered(
+        "spec.hosts",
+        &[],
+        "render/routes.rs: the virtual hosts' domains",
+    ),
+    rendered(
+        "spec.gateways",
+        &[],
+        "render/mod.rs: rendered for sidecars when empty or holding `mesh`; other names are gateways, as in Istio",
+    ),
+    rendered("spec.exportTo", &[], "operator registry::exported"),
+    rendered(
+        "spec.http[]",
+        &["name", "timeout"],
+        "render/routes.rs translate: route name, RouteAction.timeout",
+    ),
+    rendered(
+        "spec.http[].match[]",
+        &[
+            "authority.exact",
+            "authority.prefix",
+            "authority.regex",
+            "gateways",
+            "headers{}.exact",
+            "headers{}.prefix",
+            "headers{}.regex",
+            "ignoreUriCase",
+            "method.exact",
+            "method.prefix",
+            "method.regex",
+            "name",
+            "port",
+            "queryParams{}.exact",
+            "queryParams{}.prefix",
+            "queryParams{}.regex",
+            "scheme.exact",
+            "scheme.prefix",
+            "scheme.regex",
+            "sourceLabels",
+            "sourceNamespace",
+            "uri.exact",
+            "uri.prefix",
+            "uri.regex",
+            "withoutHeaders{}.exact",
+            "withoutHeaders{}.prefix",
+            "withoutHeaders{}.regex",
+        ],
+        "render/routes.rs route_match and match_applies; the proxy's route/matching.rs",
+    ),
+    warned(
+        "spec.http[].match[].statPrefix",
+        "per-route statistics prefixes are not implemented; the route's stats are not split out",
+        r#""reviews-v1""#,
+    ),
+    rendered(
+        "spec.http[].route[]",
+        &[
+            "destination.host",
+            "destination.port.number",
+            "destination.subset",
+            "weight",
+            "headers.request.add",
+            "headers.request.remove",
+            "headers.request.set",
+            "headers.response.add",
+            "headers.response.remove",
+            "headers.response.set",
+        ],
+        "render/routes.rs translate: cluster / weightedClusters with their header changes",
+    ),
+    rendered(
+        "spec.http[].redirect",
+        &["authority", "port", "redirectCode", "scheme", "uri"],
+        "render/routes.rs translate: RedirectAction",
+    ),
+    refused(
+        "spec.http[].redirect.derivePort",
+        "derivePort is not implemented: give the port, or leave both out (the request's port is \
+         kept, or dropped when the scheme or host changes)",
+        r#""FROM_REQUEST_PORT""#,
+    ),
+    rendered(
+        "spec.http[].directResponse",
+        &["status", "body.string", "body.bytes"],
+        "render/routes.rs translate: DirectResponseAction",
+    ),
+    rendered(
+        "spec.http[].rewrite",
+        &[
+            "authority",
+            "uri",
+            "uriRegexRewrite.match",
+            "uriRegexRewrite.rewrite",
+        ],
+        "render/routes.rs translate: prefixRewrite, regexRewrite, hostRewriteLiteral",
+    ),
+    rendered(
+        "spec.http[].retries",
+        &["attempts", "perTryTimeout", "retryOn"],
+        "render/routes.rs retry_policy",
+    ),
+    warned(
+        "spec.http[].retries.retryRemoteLocalities",
+        "rustmesh has no localities: retries go to any endpoint of the cluster",
+        "true",
+    ),
+    rendered(
+        "spec.http[].fault",
+        &[
+            "abort.grpcStatus",
+            "abort.httpStatus",
+            "abort.percentage.value",
+            "delay.fixedDelay",
+            "delay.percent",
+            "delay.percentage.value",
+        ],
+        "render/routes.rs fault",
+    ),
+    refused(
+        "spec.http[].fault.abort.http2Error",
+        "HTTP/2 error aborts are not implemented: use httpStatus or grpcStatus",
+        r#""REFUSED_STREAM""#,
+    ),
+    rendered(
+        "spec.http[]",
+        &[
+            "mirror.host",
+            "mirror.port.number",
+            "mirror.subset",
+            "mirrorPercent",
+            "mirrorPercentage.value",
+            "mirrors[].destination.host",
+            "mirrors[].destination.port.number",
+            "mirrors[].destination.subset",
+            "mirrors[].percentage.value",
+        ],
+        "render/routes.rs translate: requestMirrorPolicies",
+    ),
+    rendered(
+        "spec.http[].headers",
+        &[
+            "request.add",
+            "request.remove",
+            "request.set",
+            "response.add",
+            "response.remove",
+            "response.set",
+        ],
+        "render/routes.rs header_ops",
+    ),
+    refused(
+        "spec.http[].corsPolicy",
+        "CORS policies are not implemented yet: preflight requests would reach the application \
+         and responses would carry no Access-Control-* headers",
+        r#"{"allowOrigins": [{"exact": "https://example.com"}]}"#,
+    ),
+    refused(
+        "spec.http[].delegate",
+        "VirtualService delegation is not implemented: the delegate's routes would not be merged \
+         in",
+        r#"{"name": "reviews-delegate"}"#,
+    ),
+    rendered(
+        "spec.tcp[].match[]",
+        &["destinationSubnets", "gateways", "port", "sourceNamespace"],
+        "render/mod.rs: which TCP route a listener's tcp_proxy uses",
+    ),
+    refused(
+        "spec.tcp[].match[].sourceLabels",
+        "TCP routes matching sourceLabels are not implemented: the match would never apply",
+        r#"{"app": "productpage"}"#,
+    ),
+    rendered(
+        "spec.tcp[].route[]",
+        &[
+            "destination.host",
+            "destination.port.number",
+            "destination.subset",
+            "weight",
+        ],
+        "render/mod.rs: tcp_proxy cluster / weightedClusters",
+    ),
+    refused(
+        "spec.tls",
+        "TLS routes (by SNI) are not implemented: this traffic would keep going to the \
+         connection's original destination",
+        r#"[{"match": [{"sniHosts": ["login.example.com"]}], "route": [{"destination": {"host": "reviews"}}]}]"#,
+    ),
+];
+
+/// The connection pool's fields, the same in a DestinationRule and a Sidecar.
+const POOL_RENDERED_HTTP: [&str; 7] = [
+    "h2UpgradePolicy",
+    "http1MaxPendingRequests",
+    "http2MaxRequests",
+    "idleTimeout",
+    "maxRequestsPerConnection",
+    "maxRetries",
+    "useClientProtocol",
+];
+
+const DESTINATION_RULE: &[Entry] = &[
+    rendered("spec.host", &[], "render/clusters.rs: the rule's clusters"),
+    rendered("spec.exportTo", &[], "operator registry::exported"),
+    rendered(
+        "spec.workloadSelector.matchLabels",
+        &[],
+        "render/mod.rs: selector scopes",
+    ),
+    rendered(
+        "spec.subsets[]",
+        &["name", "labels"],
+        "render/clusters.rs: a cluster per subset, its endpoints by labels",
+    ),
+    rendered(
+        "**.portLevelSettings[].port.number",
+        &[],
+        "render/clusters.rs merged_policy",
+    ),
+    rendered(
+        "**.connectionPool.http",
+        &POOL_RENDERED_HTTP,
+        "render/clusters.rs: circuitBreakers, commonHttpProtocolOptions, upstreamProtocol; \
+         enforced in the proxy's pool/",
+    ),
+    warned(
+        "**.connectionPool.http.maxConcurrentStreams",
+        "not implemented: HTTP/2 connections to the destination take the streams the server allows",
+        "100",
+    ),
+    rendered(
+        "**.connectionPool.tcp",
+        &["connectTimeout", "maxConnections"],
+        "render/clusters.rs: connectTimeout, circuitBreakers.maxConnections",
+    ),
+    warned(
+        "**.connectionPool.tcp.idleTimeout",
+        "not implemented: TCP connections keep the listener's idle timeout (1h)",
+        r#""30m""#,
+    ),
+    warned(
+        "**.connectionPool.tcp.maxConnectionDuration",
+        "not implemented: upstream connections are not closed for their age",
+        r#""1h""#,
+    ),
+    warned(
+        "**.connectionPool.tcp.tcpKeepalive",
+        "not implemented: upstream connections use the kernel's keepalive settings",
+        r#"{"time": "7200s", "interval": "75s", "probes": 9}"#,
+    ),
+    rendered(
+        "**.loadBalancer",
+        &[
+            "simple",
+            "consistentHash.httpCookie.name",
+            "consistentHash.httpCookie.path",
+            "consistentHash.httpCookie.ttl",
+            "consistentHash.httpHeaderName",
+            "consistentHash.httpQueryParameterName",
+            "consistentHash.maglev.tableSize",
+            "consistentHash.minimumRingSize",
+            "consistentHash.ringHash.minimumRingSize",
+            "consistentHash.useSourceIp",
+        ],
+        "render/clusters.rs lb_policy, hash_lb_configs; render/routes.rs hash policies",
+    ),
+    warned(
+        "**.loadBalancer.warmupDurationSecs",
+        "slow start is not implemented: new endpoints get their full share at once",
+        r#""10s""#,
+    ),
+    rendered(
+        "**.outlierDetection",
+        &[
+            "baseEjectionTime",
+            "consecutive5xxErrors",
+            "consecutiveErrors",
+            "consecutiveGatewayErrors",
+            "interval",
+            "maxEjectionPercent",
+            "minHealthPercent",
+        ],
+        "render/clusters.rs outlier_detection; the proxy's cluster/outlier.rs",
+    ),
+    warned(
+        "**.outlierDetection.splitExternalLocalOriginErrors",
+        "not implemented: connect failures and resets count as 503s (as without it)",
+        "true",
+    ),
+    warned(
+        "**.outlierDetection.consecutiveLocalOriginFailures",
+        "counts only with splitExternalLocalOriginErrors (as in Envoy), which is not implemented",
+        "5",
+    ),
+    rendered(
+        "**.tls",
+        &[
+            "caCertificates",
+            "clientCertificate",
+            "credentialName",
+            "insecureSkipVerify",
+            "mode",
+            "privateKey",
+            "sni",
+            "subjectAltNames",
+        ],
+        "render/clusters.rs upstream_tls (operator validation.rs tls_findings for the combinations)",
+    ),
+    Entry {
+        path: "**.tls.caCrl",
+        leaves: &[],
+        support: Support::ReportedBy(
+            "rustmesh_api::checks::destination_rule_tls (the operator's tls findings): refused \
+             with SIMPLE and MUTUAL (revocation lists are not implemented) and ISTIO_MUTUAL; \
+             unused without TLS",
+        ),
+        harmless: &[],
+        example: r#"{"mode": "SIMPLE", "caCrl": "/etc/certs/crl.pem"}"#,
+    },
+];
+
+const SIDECAR: &[Entry] = &[
+    rendered(
+        "spec.workloadSelector.labels",
+        &[],
+        "render/mod.rs: selector scopes",
+    ),
+    rendered(
+        "spec.egress[]",
+        &["hosts", "port.number", "port.protocol", "port.name"],
+        "render/mod.rs egress_for, egress_selects (the port's name only names it, as in Istio)",
+    ),
+    warned(
+        "spec.egress[].port.targetPort",
+        "targetPort applies to ingress listeners only (as in Istio)",
+        "8080",
+    ),
+    refused(
+        "spec.egress[].bind",
+        "binding listeners to an address is not implemented: the capture listeners serve every \
+         address",
+        r#""127.0.0.1""#,
+    ),
+    Entry {
+        harmless: &[r#""DEFAULT""#, r#""IPTABLES""#],
+        ..refused(
+            "spec.egress[].captureMode",
+            "captureMode NONE is not implemented (traffic is captured with iptables)",
+            r#""NONE""#,
+        )
+    },
+    rendered(
+        "spec.ingress[]",
+        &[
+            "port.number",
+            "port.protocol",
+            "port.name",
+            "port.targetPort",
+            "defaultEndpoint",
+        ],
+        "render/mod.rs inbound ports",
+    ),
+    refused(
+        "spec.ingress[].bind",
+        "binding listeners to an address is not implemented: the capture listeners serve every \
+         address",
+        r#""0.0.0.0""#,
+    ),
+    Entry {
+        harmless: &[r#""DEFAULT""#, r#""IPTABLES""#],
+        ..refused(
+            "spec.ingress[].captureMode",
+            "captureMode NONE is not implemented (traffic is captured with iptables)",
+            r#""NONE""#,
+        )
+    },
+    refused(
+        "spec.ingress[].tls",
+        "terminating TLS with the workload's own certificates is not implemented: the port would \
+         serve without it",
+        r#"{"mode": "SIMPLE", "credentialName": "ratings-cert"}"#,
+    ),
+    warned(
+        "spec.ingress[].connectionPool",
+        "connection limits towards the application are not implemented: inbound requests are \
+         not limited",
+        r#"{"tcp": {"maxConnections": 10}}"#,
+    ),
+    warned(
+        "spec.inboundConnectionPool",
+        "connection limits towards the application are not implemented: inbound requests are \
+         not limited",
+        r#"{"http": {"http1MaxPendingRequests": 10}}"#,
+    ),
+    rendered(
+        "spec.outboundTrafficPolicy.mode",
+        &[],
+        "render/routes.rs catch_all_vhost, render/mod.rs virtualOutbound",
+    ),
+    refused(
+        "spec.outboundTrafficPolicy.egressProxy",
+        "egressProxy is not implemented: traffic to unknown destinations would not go through it",
+        r#"{"host": "egress.istio-system.svc.cluster.local"}"#,
+    ),
+];
+
+const PEER_AUTHENTICATION: &[Entry] = &[
+    rendered(
+        "spec.selector.matchLabels",
+        &[],
+        "render/peer_authn.rs; the proxy's xds::peer_authn",
+    ),
+    rendered(
+        "spec.mtls.mode",
+        &[],
+        "render/peer_authn.rs; the proxy's xds::peer_authn",
+    ),
+    rendered(
+        "spec.portLevelMtls{}.mode",
+        &[],
+        "render/peer_authn.rs; the proxy's xds::peer_authn",
+    ),
+];
+
+/// The kinds the table covers.
+pub const KINDS: [&str; 4] = [
+    "VirtualService",
+    "DestinationRule",
+    "Sidecar",
+    "PeerAuthentication",
+];
+
+/// The table of one kind (empty for a kind not in [`KINDS`]).
+pub fn table(kind: &str) -> &'static [Entry] {
+    match kind {
+        "VirtualService" => VIRTUAL_SERVICE,
+        "DestinationRule" => DESTINATION_RULE,
+        "Sidecar" => SIDECAR,
+        "PeerAuthentication" => PEER_AUTHENTICATION,
+        _ => &[],
+    }
+}
+
+impl Entry {
+    /// Whether this entry's `path` names the field at schema path `path`.
+    pub fn matches(&self, path: &str) -> bool {
+        pattern_matches(self.path, path)
+    }
+
+    /// Whether the field is reported (warned or refused).
+    pub fn reported(&self) -> bool {
+        !matches!(self.support, Support::Rendered(_))
+    }
+}
+
+/// Whether `pattern` (`a.b`, or `**.a.b` at any depth) names the schema path `path`.
+pub fn pattern_matches(pattern: &str, path: &str) -> bool {
+    match pattern.strip_prefix("**.") {
+        Some(rest) => {
+            path == rest
+                || path
+                    .strip_suffix(rest)
+                    .is_some_and(|head| head.ends_with('.'))
+        }
+        None => pattern == path,
+    }
+}
+
+/// The `spec` schema of a kind, from its CRD (structural: `properties`, `items`,
+/// `additionalProperties`, every `$ref` inlined).
+pub fn spec_schema(kind: &str) -> Option<&'static Value> {
+    static SCHEMAS: OnceLock<BTreeMap<String, Value>> = OnceLock::new();
+    SCHEMAS
+        .get_or_init(|| {
+            crate::crd::all()
+                .into_iter()
+                .filter_map(|(_, crd)| {
+                    let schema = crd.spec.versions.first()?.schema.as_ref()?;
+                    let value = serde_json::to_value(schema.open_api_v3_schema.as_ref()?).ok()?;
+                    Some((crd.spec.names.kind, value["properties"]["spec"].clone()))
+                })
+                .collect()
+        })
+        .get(kind)
+}
+
+/// One field of an object that rustmesh does not implement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// Its path in the object: `spec.http[0].corsPolicy`.
+    pub field: String,
+    /// Whether the object is refused for it (else a warning).
+    pub refused: bool,
+    pub message: String,
+}
+
+impl Report {
+    pub fn into_field_error(self) -> FieldError {
+        FieldError::new(self.field, self.message)
+    }
+}
+
+/// The fields of `spec` (of `kind`) that rustmesh does not implement, in document order.
+pub fn report<T: Serialize>(kind: &str, spec: &T) -> Vec<Report> {
+    let (Some(schema), Ok(value)) = (spec_schema(kind), serde_json::to_value(spec)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    walk(table(kind), schema, &value, "spec", "spec", &mut out);
+    out
+}
+
+/// The refused fields of `spec` as errors ([`crate::validate::Validate`] adds them).
+pub fn refused_fields<T: Serialize>(kind: &str, spec: &T) -> Vec<FieldError> {
+    report(kind, spec)
+        .into_iter()
+        .filter(|r| r.refused)
+        .map(Report::into_field_error)
+        .collect()
+}
+
+/// The warned fields of `spec`: accepted, ignored, reported.
+pub fn warned_fields<T: Serialize>(kind: &str, spec: &T) -> Vec<FieldError> {
+    report(kind, spec)
+        .into_iter()
+        .filter(|r| !r.refused)
+        .map(Report::into_field_error)
+        .collect()
+}
+
+fn walk(
+    table: &[Entry],
+    schema: &Value,
+    value: &Value,
+    schema_path: &str,
+    path: &str,
+    out: &mut Vec<Report>,
+) {
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        let Some(fields) = value.as_object() else {
+            return;
+        };
+        for (name, child_schema) in props {
+            let Some(child) = fields.get(name).filter(|v| !v.is_null()) else {
+                continue;
+            };
+            let sp = format!("{schema_path}.{name}");
+            let p = format!("{path}.{name}");
+            let reported = table.iter().find(|e| e.reported() && e.matches(&sp));
+            match reported {
+                Some(Entry {
+                    support: Support::ReportedBy(_),
+                    ..
+                }) => {}
+                Some(e) if !e.harmless.contains(&child.to_string().as_str()) => {
+                    let (refused, message) = match e.support {
+                        Support::Refused(why) => {
+                            (true, format!("not implemented by rustmesh: {why}"))
+                        }
+                        Support::Warned(why) => (
+                            false,
+                            format!("ignored, not implemented by rustmesh: {why}"),
+                        ),
+                        Support::Rendered(_) | Support::ReportedBy(_) => {
+                            unreachable!("only reported entries")
+                        }
+                    };
+                    out.push(Report {
+                        field: p,
+                        refused,
+                        message,
+                    });
+                }
+                Some(_) => {}
+                None => walk(table, child_schema, child, &sp, &p, out),
+            }
+        }
+    } else if let Some(items) = schema.get("items") {
+        for (i, item) in value.as_array().into_iter().flatten().enumerate() {
+            walk(
+                table,
+                items,
+                item,
+                &format!("{schema_path}[]"),
+                &format!("{path}[{i}]"),
+                out,
+            );
+        }
+    } else if let Some(values) = schema.get("additionalProperties").filter(|v| v.is_object()) {
+        for (key, item) in value.as_object().into_iter().flatten() {
+            walk(
+                table,
+                values,
+                item,
+                &format!("{schema_path}{{}}"),
+                &format!("{path}.{key}"),
+                out,
+            );
+        }
+    }
+}
+
+/// Every leaf field of a `spec` schema (a field whose value, or whose items or map values, are
+/// not objects with properties), with the paths of the fields on the way to it (itself last).
+pub fn leaves(kind: &str) -> Vec<Vec<String>> {
+    fn go(schema: &Value, path: &str, trail: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        let mut inner = schema;
+        let mut inner_path = path.to_string();
+        loop {
+            if let Some(items) = inner.get("items") {
+                inner = items;
+                inner_path.push_str("[]");
+            } else if let Some(values) = inner.get("additionalProperties").filter(|v| v.is_object())
+            {
+                inner = values;
+                inner_path.push_str("{}");
+            } else {
+                break;
+            }
+        }
+        match inner.get("properties").and_then(Value::as_object) {
+            Some(props) => {
+                for (name, child) in props {
+                    let p = format!("{inner_path}.{name}");
+                    trail.push(p.clone());
+                    go(child, &p, trail, out);
+                    trail.pop();
+                }
+            }
+            None => out.push(trail.clone()),
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(schema) = spec_schema(kind) {
+        go(schema, "spec", &mut Vec::new(), &mut out);
+    }
+    out
+}
+
+/// For the tests that prove the table (here and in the operator): one `spec` of `kind` per place
+/// the schema has the reported field of `entry`, holding its example value, with the path it
+/// has there (`spec.subsets[0].trafficPolicy.tls.caCrl`).
+pub fn examples(kind: &str, entry: &Entry) -> Vec<(String, Value)> {
+    let Ok(example) = serde_json::from_str::<Value>(entry.example) else {
+        return Vec::new();
+    };
+    let fields: std::collections::BTreeSet<String> = leaves(kind).into_iter().flatten().collect();
+    fields
+        .iter()
+        .filter(|f| entry.matches(f))
+        .map(|place| {
+            let mut spec = base(kind);
+            if let Support::ReportedBy(_) = entry.support {
+                let (parent, name) = place.rsplit_once('.').expect("a field below spec");
+                let at = put(&mut spec, parent, example.clone());
+                (format!("{at}.{name}"), spec)
+            } else {
+                let at = put(&mut spec, place, example.clone());
+                (at, spec)
+            }
+        })
+        .collect()
+}
+
+/// A valid object of `kind` in which every place the tables name exists (arrays with one
+/// element, DestinationRule policies at the top, per port, per subset and per subset port).
+pub fn base(kind: &str) -> Value {
+    match kind {
+        "VirtualService" => json!({
+            "hosts": ["reviews"],
+            "http": [{"match": [{"uri": {"prefix": "/"}}], "route": [{"destination": {"host": "reviews"}}]}],
+            "tcp": [{"match": [{"port": 3306}], "route": [{"destination": {"host": "ratings"}}]}],
+        }),
+        "DestinationRule" => json!({
+            "host": "reviews",
+            "trafficPolicy": {"portLevelSettings": [{"port": {"number": 9080}}]},
+            "subsets": [{"name": "v1", "labels": {"version": "v1"},
+                         "trafficPolicy": {"portLevelSettings": [{"port": {"number": 9080}}]}}],
+        }),
+        "Sidecar" => json!({
+            "ingress": [{"port": {"number": 9080, "protocol": "HTTP", "name": "http"},
+                         "defaultEndpoint": "127.0.0.1:8080"}],
+            "egress": [{"port": {"number": 3306, "protocol": "TCP"}, "hosts": ["./*"]}],
+            "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"},
+        }),
+        _ => json!({}),
+    }
+}
+
+/// `value` with `example` put at the schema field path `path` (`spec.a[].b`): arrays get (or
+/// keep) their first element, objects are made on the way. Returns the object's path of it.
+fn put(value: &mut Value, path: &str, example: Value) -> String {
+    let mut at = value;
+    let mut concrete = String::from("spec");
+    let segments: Vec<&str> = path.strip_prefix("spec.").unwrap().split('.').collect();
+    for (i, seg) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        let name = seg.trim_end_matches("[]");
+        concrete.push('.');
+        concrete.push_str(name);
+        if !at.is_object() {
+            *at = json!({});
+        }
+        if last {
+            at[name] = example;
+            return concrete;
+        }
+        if seg.ends_with("[]") {
+            if !at[name].is_array() || at[name].as_array().unwrap().is_empty() {
+                at[name] = json!([{}]);
+            }
+            at = &mut at[name][0];
+            concrete.push_str("[0]");
+        } else {
+            if at[name].is_null() {
+                at[name] = json!({});
+            }
+            at = &mut at[name];
+        }
+    }
+    unreachable!("empty path")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_at_field_boundaries() {
+        assert!(pattern_matches("spec.tls", "spec.tls"));
+        assert!(!pattern_matches("spec.tls", "spec.tls[].match"));
+        assert!(pattern_matches(
+            "**.tls.caCrl",
+            "spec.subsets[].trafficPolicy.portLevelSettings[].tls.caCrl"
+        ));
+        assert!(pattern_matches("**.tls.caCrl", "tls.caCrl"));
+        assert!(!pattern_matches("**.tls.caCrl", "spec.mtls.caCrl"));
+    }
+}
