@@ -15,6 +15,7 @@ use crate::kube_sync;
 use crate::metrics::Metrics;
 use crate::server::{self, AppState, Readiness, ServerHandle};
 use crate::settings::InjectionSettings;
+use crate::shared_cert;
 use crate::tls::{self, Authority, CertFiles, CertResolver};
 
 /// `webhook`: the rustmesh sidecar injector (a mutating admission webhook).
@@ -58,10 +59,23 @@ pub struct Args {
     #[arg(long, default_value_t = 365)]
     pub cert_validity_days: u32,
 
-    /// MutatingWebhookConfiguration whose `caBundle` gets the generated CA (and is kept so).
-    /// Ignored with `--tls-cert-file` (whoever issues that certificate owns the bundle).
+    /// MutatingWebhookConfiguration whose `caBundle` is kept equal to the shared certificate's
+    /// CA (the Secret `--tls-secret`). Ignored with `--tls-cert-file` (whoever issues that
+    /// certificate owns the bundle).
     #[arg(long, env = "WEBHOOK_CONFIG_NAME")]
     pub webhook_config: Option<String>,
+
+    /// ValidatingWebhookConfiguration (the Istio kinds' validation, `POST /validate`) whose
+    /// `caBundle` is kept like `--webhook-config`'s. Ignored with `--tls-cert-file`.
+    #[arg(long, env = "WEBHOOK_VALIDATING_CONFIG_NAME")]
+    pub validating_webhook_config: Option<String>,
+
+    /// Secret in `--namespace` holding the serving certificate every replica shares
+    /// (`tls.crt`, `tls.key`, `ca.crt`), created by the first replica that finds it missing and
+    /// rotated before expiry; used with `--webhook-config`/`--validating-webhook-config` and a
+    /// generated certificate. Default: `<--service>-tls`.
+    #[arg(long, env = "WEBHOOK_TLS_SECRET")]
+    pub tls_secret: Option<String>,
 
     /// Settings file (YAML/JSON: flat keys, or a ConfigMap manifest). Read once at start.
     /// Invalid (or without `image`): the webhook runs but is not ready (`/readyz` says why).
@@ -98,8 +112,11 @@ pub struct Webhook {
     pub local_addr: SocketAddr,
     /// Where the plain ops listener listens, when enabled.
     pub ops_addr: Option<SocketAddr>,
-    /// The generated CA (PEM), `None` with a mounted certificate.
+    /// The generated CA (PEM), `None` with a mounted or shared certificate.
     pub ca_pem: Option<String>,
+    /// What this replica wrote for the shared certificate (Secret, caBundle patches); `None`
+    /// unless the certificate is shared.
+    pub cert_writes: Option<Arc<shared_cert::Writes>>,
     /// The handler state (settings, metrics, readiness).
     pub state: AppState,
     authority: Option<Arc<Authority>>,
@@ -124,6 +141,11 @@ impl Webhook {
     /// it (`--webhook-config` with a generated certificate, `--settings-configmap`,
     /// `--namespace-lookup`); without them the webhook runs anywhere.
     pub async fn start(args: Args) -> Result<Webhook> {
+        Self::start_with_client(args, None).await
+    }
+
+    /// [`Webhook::start`] with this Kubernetes client instead of the environment's (tests).
+    pub async fn start_with_client(args: Args, client: Option<kube::Client>) -> Result<Webhook> {
         let mounted = match (&args.tls_cert_file, &args.tls_key_file) {
             (Some(cert), Some(key)) => Some(CertFiles {
                 cert: cert.clone(),
@@ -137,14 +159,27 @@ impl Webhook {
                 });
             }
         };
-        if mounted.is_some() && args.webhook_config.is_some() {
+        let managed_configs: Vec<shared_cert::WebhookConfig> = args
+            .webhook_config
+            .iter()
+            .cloned()
+            .map(shared_cert::WebhookConfig::Mutating)
+            .chain(
+                args.validating_webhook_config
+                    .iter()
+                    .cloned()
+                    .map(shared_cert::WebhookConfig::Validating),
+            )
+            .collect();
+        if mounted.is_some() && !managed_configs.is_empty() {
             tracing::warn!(
-                "--webhook-config ignored: with a mounted certificate its issuer owns the caBundle"
+                "--webhook-config/--validating-webhook-config ignored: with a mounted certificate its issuer owns the caBundle"
             );
         }
-        let patch_ca_bundle = mounted.is_none() && args.webhook_config.is_some();
-        let needs_kube =
-            patch_ca_bundle || args.settings_configmap.is_some() || args.namespace_lookup;
+        // A generated certificate with webhook configurations to keep: one shared by every
+        // replica, through a Secret.
+        let shared = mounted.is_none() && !managed_configs.is_empty();
+        let needs_kube = shared || args.settings_configmap.is_some() || args.namespace_lookup;
 
         // Settings: the file's, replaced by the ConfigMap's (if any) once listed. There is no
         // built-in default (no published image to name): without valid settings the webhook
@@ -175,7 +210,9 @@ impl Webhook {
             tracing::error!("{p}");
         }
 
-        let client = if needs_kube {
+        let client = if let Some(c) = client.filter(|_| needs_kube) {
+            Some(c)
+        } else if needs_kube {
             Some(kube::Client::try_default().await?)
         } else if initial
             .as_ref()
@@ -216,8 +253,9 @@ impl Webhook {
 
         // Certificates.
         let dns_names = tls::service_dns_names(&args.service, &args.namespace, &args.extra_sans);
-        let (resolver, authority) = match &mounted {
-            Some(files) => {
+        let mut cert_writes = None;
+        let (resolver, authority) = match (&mounted, &client) {
+            (Some(files), _) => {
                 let key = tls::load_pem_files(&files.cert, &files.key)?;
                 let resolver = CertResolver::new(key);
                 tasks.push(tokio::spawn(tls::reload_files(
@@ -227,7 +265,34 @@ impl Webhook {
                 )));
                 (resolver, None)
             }
-            None => {
+            (None, Some(client)) if shared => {
+                // Until the shared Secret is read, a throwaway certificate no bundle trusts
+                // (the webhook is not ready meanwhile: readiness condition "certificate").
+                let now = SystemTime::now();
+                let placeholder = Authority::generate(now)?.issue(&dns_names, 1, now)?;
+                let resolver = CertResolver::new(placeholder.certified);
+                let writes = Arc::new(shared_cert::Writes::default());
+                let secret = args
+                    .tls_secret
+                    .clone()
+                    .unwrap_or_else(|| format!("{}-tls", args.service));
+                tasks.push(tokio::spawn(shared_cert::run(
+                    client.clone(),
+                    shared_cert::SharedCertConfig {
+                        namespace: args.namespace.clone(),
+                        secret,
+                        dns_names: dns_names.clone(),
+                        validity_days: args.cert_validity_days,
+                        configs: managed_configs.clone(),
+                    },
+                    resolver.clone(),
+                    ready.clone(),
+                    writes.clone(),
+                )));
+                cert_writes = Some(writes);
+                (resolver, None)
+            }
+            (None, _) => {
                 let now = SystemTime::now();
                 let authority = Arc::new(Authority::generate(now)?);
                 let issued = authority.issue(&dns_names, args.cert_validity_days, now)?;
@@ -246,13 +311,6 @@ impl Webhook {
 
         // Kubernetes.
         if let Some(client) = &client {
-            if let (true, Some(name), Some(ca)) = (patch_ca_bundle, &args.webhook_config, &ca_pem) {
-                tasks.push(tokio::spawn(kube_sync::keep_ca_bundle(
-                    client.clone(),
-                    name.clone(),
-                    ca.clone(),
-                )));
-            }
             if let Some(name) = &args.settings_configmap {
                 tasks.push(tokio::spawn(kube_sync::watch_settings(
                     client.clone(),
@@ -319,7 +377,7 @@ impl Webhook {
 
         tracing::info!(
             addr = %local_addr,
-            certificate = if mounted.is_some() { "mounted" } else { "generated" },
+            certificate = if mounted.is_some() { "mounted" } else if shared { "shared Secret" } else { "generated" },
             settings_configmap = ?args.settings_configmap,
             namespace_lookup = args.namespace_lookup,
             "webhook serving"
@@ -328,6 +386,7 @@ impl Webhook {
             local_addr,
             ops_addr,
             ca_pem,
+            cert_writes,
             state,
             authority,
             dns_names,
@@ -341,7 +400,7 @@ impl Webhook {
 
     /// Issues a new serving certificate from the generated CA now and serves it to new
     /// connections (also done automatically before expiry, and on SIGHUP). No-op with a mounted
-    /// certificate.
+    /// or shared certificate (delete the Secret to have the replicas make a new one).
     pub fn renew_certificate(&self) -> Result<()> {
         if let Some(authority) = &self.authority {
             let issued =
@@ -364,7 +423,9 @@ impl Webhook {
 
     /// Stops: not ready, stop accepting, let in-flight requests finish, stop the watches.
     pub async fn shutdown(self) {
-        self.state.ready.set_not_ready("shutting down");
+        self.state
+            .ready
+            .set_condition("shutdown", Some("shutting down".to_owned()));
         if let Some(tx) = self.ops_shutdown {
             let _ = tx.send(());
         }

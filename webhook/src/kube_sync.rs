@@ -1,6 +1,6 @@
-//! What the webhook keeps in sync with the API server: the `caBundle` of its
-//! MutatingWebhookConfiguration (generated certificates only), its settings ConfigMap, an optional
-//! namespace cache, and the cluster version (native sidecars).
+//! What the webhook keeps in sync with the API server: the `caBundle` patch of its webhook
+//! configurations (the loop that writes it is `shared_cert::run`), its settings ConfigMap, an
+//! optional namespace cache, and the cluster version (native sidecars).
 //!
 //! Each piece is split into a pure function (tested here) and a thin watch loop around it
 //! (exercised by the e2e suite against a real API server).
@@ -13,11 +13,13 @@ use base64::Engine as _;
 use futures::StreamExt;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, TestOperation};
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apimachinery::pkg::version::Info;
 use kube::Resource;
-use kube::api::{Api, PatchParams};
+use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
@@ -32,22 +34,63 @@ pub const FIELD_MANAGER: &str = "rustmesh-webhook";
 
 // --- caBundle ---------------------------------------------------------------------------------
 
+/// The webhooks of a webhook configuration (mutating or validating) as names and current
+/// `caBundle`s, in order.
+pub trait WebhookBundles {
+    /// Each webhook's name and `clientConfig.caBundle`.
+    fn bundles(&self) -> Vec<(String, Option<Vec<u8>>)>;
+}
+
+impl WebhookBundles for MutatingWebhookConfiguration {
+    fn bundles(&self) -> Vec<(String, Option<Vec<u8>>)> {
+        self.webhooks
+            .iter()
+            .flatten()
+            .map(|w| {
+                (
+                    w.name.clone(),
+                    w.client_config.ca_bundle.as_ref().map(|b| b.0.clone()),
+                )
+            })
+            .collect()
+    }
+}
+
+impl WebhookBundles for ValidatingWebhookConfiguration {
+    fn bundles(&self) -> Vec<(String, Option<Vec<u8>>)> {
+        self.webhooks
+            .iter()
+            .flatten()
+            .map(|w| {
+                (
+                    w.name.clone(),
+                    w.client_config.ca_bundle.as_ref().map(|b| b.0.clone()),
+                )
+            })
+            .collect()
+    }
+}
+
 /// The JSON Patch that puts `ca_pem` into `clientConfig.caBundle` of every webhook of `config`
 /// whose bundle differs; `None` when all are already right. Each write is guarded by a `test` of
 /// the webhook's name at that index, so a concurrent reorder fails the patch (and the next watch
 /// event retries) rather than writing into the wrong entry.
-pub fn ca_bundle_patch(config: &MutatingWebhookConfiguration, ca_pem: &str) -> Option<Patch> {
+pub fn ca_bundle_patch<C: WebhookBundles>(config: &C, ca_pem: &str) -> Option<Patch> {
+    ca_bundle_patch_for(&config.bundles(), ca_pem)
+}
+
+/// [`ca_bundle_patch`] over the webhooks' names and bundles ([`WebhookBundles::bundles`]).
+pub fn ca_bundle_patch_for(webhooks: &[(String, Option<Vec<u8>>)], ca_pem: &str) -> Option<Patch> {
     let encoded = base64::engine::general_purpose::STANDARD.encode(ca_pem.as_bytes());
     let mut ops = Vec::new();
-    for (i, wh) in config.webhooks.iter().flatten().enumerate() {
-        let current = wh.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice());
-        if current == Some(ca_pem.as_bytes()) {
+    for (i, (name, current)) in webhooks.iter().enumerate() {
+        if current.as_deref() == Some(ca_pem.as_bytes()) {
             continue;
         }
         let index = i.to_string();
         ops.push(PatchOperation::Test(TestOperation {
             path: PointerBuf::from_tokens(["webhooks", index.as_str(), "name"]),
-            value: Value::String(wh.name.clone()),
+            value: Value::String(name.clone()),
         }));
         ops.push(PatchOperation::Add(AddOperation {
             path: PointerBuf::from_tokens(["webhooks", index.as_str(), "clientConfig", "caBundle"]),
@@ -55,75 +98,6 @@ pub fn ca_bundle_patch(config: &MutatingWebhookConfiguration, ca_pem: &str) -> O
         }));
     }
     (!ops.is_empty()).then_some(Patch(ops))
-}
-
-/// Patches `ca_pem` into the named MutatingWebhookConfiguration and keeps it there: every change
-/// to the object (a Helm upgrade or `kubectl apply` resetting `caBundle`) is re-patched.
-/// Runs forever; API errors are logged and retried on the API back-off
-/// (`rustmesh_xds::backoff`: 0.8 s doubling to 30 s, jittered).
-pub async fn keep_ca_bundle(client: kube::Client, name: String, ca_pem: String) {
-    let api: Api<MutatingWebhookConfiguration> = Api::all(client);
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let objects = watcher::watcher(api.clone(), config)
-        .backoff(rustmesh_xds::backoff::Backoff::api())
-        .applied_objects();
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..Default::default()
-    };
-    let patcher = |patch: Patch| {
-        let api = api.clone();
-        let params = params.clone();
-        let name = name.clone();
-        async move {
-            // kube's `Patch::Json` carries its own json-patch version: convert through JSON.
-            let converted = serde_json::to_value(&patch)
-                .and_then(serde_json::from_value)
-                .map_err(|e| e.to_string())?;
-            api.patch(&name, &params, &kube::api::Patch::<()>::Json(converted))
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
-    };
-    ca_bundle_loop(objects, &ca_pem, patcher).await;
-}
-
-/// The body of [`keep_ca_bundle`] over any stream of observed configurations and any patcher:
-/// for each version of the object whose bundle is not `ca_pem`, sends the patch. Returns the
-/// number of patches that succeeded when the stream ends (never, for a real watch).
-pub async fn ca_bundle_loop<S, E, P, F>(objects: S, ca_pem: &str, patcher: P) -> usize
-where
-    S: futures::Stream<Item = std::result::Result<MutatingWebhookConfiguration, E>>,
-    E: std::fmt::Display,
-    P: Fn(Patch) -> F,
-    F: std::future::Future<Output = std::result::Result<(), String>>,
-{
-    let mut objects = std::pin::pin!(objects);
-    let mut patched = 0;
-    while let Some(event) = objects.next().await {
-        let obj = match event {
-            Ok(obj) => obj,
-            Err(e) => {
-                tracing::warn!(error = %e, "watching the webhook configuration");
-                continue;
-            }
-        };
-        let name = obj.metadata.name.clone().unwrap_or_default();
-        let Some(patch) = ca_bundle_patch(&obj, ca_pem) else {
-            continue;
-        };
-        match patcher(patch).await {
-            Ok(()) => {
-                patched += 1;
-                tracing::info!(webhook_config = %name, "caBundle patched");
-            }
-            Err(e) => {
-                tracing::warn!(webhook_config = %name, error = %e, "patching caBundle failed; retrying on the next change")
-            }
-        }
-    }
-    patched
 }
 
 // --- settings ConfigMap -----------------------------------------------------------------------
@@ -677,59 +651,6 @@ mod tests {
         assert!(e.note.as_deref().unwrap().contains("`proxyCPU`"));
         let long = invalid_settings_event(&"é".repeat(2000));
         assert!(long.note.unwrap().len() <= 1003);
-    }
-
-    /// A fake API server: applies each patch to its copy of the object, like the real one would.
-    #[tokio::test]
-    async fn ca_bundle_is_patched_and_re_patched_when_reset() {
-        let server = std::sync::Mutex::new(mwc(&[None, None]));
-        let patcher = |patch: Patch| {
-            let result = {
-                let mut obj = server.lock().unwrap();
-                json_patch::patch(&mut obj, &patch).map_err(|e| e.to_string())
-            };
-            std::future::ready(result)
-        };
-        let observed = |doc: &Value| -> std::result::Result<MutatingWebhookConfiguration, String> {
-            Ok(serde_json::from_value(doc.clone()).unwrap())
-        };
-
-        // First sight: patched. The watch then sees our own write: nothing to do.
-        let first = observed(&server.lock().unwrap());
-        assert_eq!(
-            ca_bundle_loop(futures::stream::iter([first]), CA, &patcher).await,
-            1
-        );
-        let after = observed(&server.lock().unwrap());
-        assert_eq!(
-            ca_bundle_loop(futures::stream::iter([after]), CA, &patcher).await,
-            0
-        );
-
-        // Someone re-applies the manifest without caBundle: patched back.
-        *server.lock().unwrap() = mwc(&[None, None]);
-        let reset = observed(&server.lock().unwrap());
-        let watch_error = Err("410 Gone".to_owned());
-        assert_eq!(
-            ca_bundle_loop(futures::stream::iter([watch_error, reset]), CA, &patcher).await,
-            1
-        );
-        let done: MutatingWebhookConfiguration =
-            serde_json::from_value(server.lock().unwrap().clone()).unwrap();
-        assert!(
-            done.webhooks
-                .unwrap()
-                .iter()
-                .all(|w| w.client_config.ca_bundle.as_ref().unwrap().0 == CA.as_bytes())
-        );
-
-        // A failing API call is counted as not patched and does not stop the loop.
-        let failing = |_: Patch| std::future::ready(Err::<(), String>("forbidden".to_owned()));
-        let stale = observed(&mwc(&[None]));
-        assert_eq!(
-            ca_bundle_loop(futures::stream::iter([stale.clone(), stale]), CA, failing).await,
-            0
-        );
     }
 
     #[test]

@@ -18,7 +18,9 @@ pub mod proxy_config;
 pub mod review;
 pub mod server;
 pub mod settings;
+pub mod shared_cert;
 pub mod tls;
+pub mod validation;
 pub mod values;
 
 pub use app::{Args, Webhook, run};

@@ -26,6 +26,7 @@ pub struct PortLabel {
 pub struct Metrics {
     registry: Registry,
     reviews: Family<ResultLabel, Counter>,
+    validations: Family<ResultLabel, Counter>,
     duration: Histogram,
     refused: Family<PortLabel, Counter>,
 }
@@ -46,6 +47,13 @@ impl Metrics {
             "Admission reviews answered, by result",
             reviews.clone(),
         );
+        let validations = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "validations",
+            "Validating admission reviews of Istio objects answered (POST /validate), by result: \
+             allowed, denied, skipped (not validated), bad_request, too_large, timeout, panic",
+            validations.clone(),
+        );
         // 100 µs .. ~1.6 s.
         let duration = Histogram::new(exponential_buckets(0.0001, 2.0, 15));
         registry.register(
@@ -62,6 +70,7 @@ impl Metrics {
         Metrics {
             registry,
             reviews,
+            validations,
             duration,
             refused,
         }
@@ -79,6 +88,15 @@ impl Metrics {
     /// Counts one review with this result.
     pub fn count(&self, result: &str) {
         self.reviews
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one validation review with this result.
+    pub fn count_validation(&self, result: &str) {
+        self.validations
             .get_or_create(&ResultLabel {
                 result: result.to_owned(),
             })
@@ -110,6 +128,7 @@ mod tests {
         m.count("injected");
         m.count("bad_request");
         m.observe(0.002);
+        m.count_validation("denied");
         let text = m.encode();
         assert!(
             text.contains(r#"rustmesh_webhook_reviews_total{result="injected"} 2"#),
@@ -117,5 +136,6 @@ mod tests {
         );
         assert!(text.contains(r#"rustmesh_webhook_reviews_total{result="bad_request"} 1"#));
         assert!(text.contains("rustmesh_webhook_review_duration_seconds_count 1"));
+        assert!(text.contains(r#"rustmesh_webhook_validations_total{result="denied"} 1"#));
     }
 }

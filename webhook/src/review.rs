@@ -167,6 +167,70 @@ pub struct BodyReview {
     pub outcome: Outcome,
 }
 
+/// The outside of an `AdmissionReview` body: its `apiVersion` (as `types`), the request's uid
+/// and the request object, checked as [`review_body`] documents.
+#[derive(Debug)]
+pub(crate) struct Envelope {
+    pub(crate) types: TypeMeta,
+    pub(crate) uid: String,
+    pub(crate) request: serde_json::Map<String, Value>,
+}
+
+impl Envelope {
+    /// Not JSON, not an `AdmissionReview` (wrong `kind`/`apiVersion`), no `request`, no string
+    /// `request.uid` → `Err` (there is no review to answer).
+    pub(crate) fn parse(body: &[u8]) -> Result<Envelope> {
+        let doc: Value = serde_json::from_slice(body).map_err(Error::NotJson)?;
+        let Value::Object(mut doc) = doc else {
+            return Err(Error::NotAdmissionReview(
+                "expected a JSON object".to_owned(),
+            ));
+        };
+        let api_version = match doc.get("apiVersion").and_then(Value::as_str) {
+            Some(v @ (API_VERSION_V1 | API_VERSION_V1BETA1)) => v.to_owned(),
+            Some(other) => {
+                return Err(Error::NotAdmissionReview(format!(
+                    "apiVersion {other:?} is not {API_VERSION_V1} or {API_VERSION_V1BETA1}"
+                )));
+            }
+            None => {
+                return Err(Error::NotAdmissionReview(
+                    "`apiVersion` is missing".to_owned(),
+                ));
+            }
+        };
+        match doc.get("kind").and_then(Value::as_str) {
+            Some("AdmissionReview") => {}
+            other => {
+                return Err(Error::NotAdmissionReview(format!(
+                    "kind is {other:?}, not \"AdmissionReview\""
+                )));
+            }
+        }
+        let request = match doc.remove("request") {
+            Some(Value::Object(r)) => r,
+            None | Some(Value::Null) => return Err(Error::MissingRequest),
+            Some(_) => {
+                return Err(Error::NotAdmissionReview(
+                    "`request` is not an object".to_owned(),
+                ));
+            }
+        };
+        let uid = match request.get("uid") {
+            Some(Value::String(u)) => u.clone(),
+            _ => return Err(Error::MissingUid),
+        };
+        Ok(Envelope {
+            types: TypeMeta {
+                api_version,
+                kind: "AdmissionReview".to_owned(),
+            },
+            uid,
+            request,
+        })
+    }
+}
+
 /// Reviews a raw HTTP body.
 ///
 /// * Not JSON, not an `AdmissionReview` (wrong `kind`/`apiVersion`), no `request`, no string
@@ -180,50 +244,11 @@ pub fn review_body(
     settings: &InjectionSettings,
     namespace_labels: &dyn Fn(&str) -> Option<BTreeMap<String, String>>,
 ) -> Result<BodyReview> {
-    let doc: Value = serde_json::from_slice(body).map_err(Error::NotJson)?;
-    let Value::Object(mut doc) = doc else {
-        return Err(Error::NotAdmissionReview(
-            "expected a JSON object".to_owned(),
-        ));
-    };
-    let api_version = match doc.get("apiVersion").and_then(Value::as_str) {
-        Some(v @ (API_VERSION_V1 | API_VERSION_V1BETA1)) => v.to_owned(),
-        Some(other) => {
-            return Err(Error::NotAdmissionReview(format!(
-                "apiVersion {other:?} is not {API_VERSION_V1} or {API_VERSION_V1BETA1}"
-            )));
-        }
-        None => {
-            return Err(Error::NotAdmissionReview(
-                "`apiVersion` is missing".to_owned(),
-            ));
-        }
-    };
-    match doc.get("kind").and_then(Value::as_str) {
-        Some("AdmissionReview") => {}
-        other => {
-            return Err(Error::NotAdmissionReview(format!(
-                "kind is {other:?}, not \"AdmissionReview\""
-            )));
-        }
-    }
-    let mut request = match doc.remove("request") {
-        Some(Value::Object(r)) => r,
-        None | Some(Value::Null) => return Err(Error::MissingRequest),
-        Some(_) => {
-            return Err(Error::NotAdmissionReview(
-                "`request` is not an object".to_owned(),
-            ));
-        }
-    };
-    let uid = match request.get("uid") {
-        Some(Value::String(u)) => u.clone(),
-        _ => return Err(Error::MissingUid),
-    };
-    let types = TypeMeta {
-        api_version: api_version.clone(),
-        kind: "AdmissionReview".to_owned(),
-    };
+    let Envelope {
+        types,
+        uid,
+        mut request,
+    } = Envelope::parse(body)?;
 
     // From here on there is a uid to answer: every problem is an allow with a warning.
     let invalid = |warning: String| BodyReview {
@@ -278,7 +303,7 @@ pub fn review_body(
     })
 }
 
-fn invalid_response(uid: &str, warning: String) -> AdmissionResponse {
+pub(crate) fn invalid_response(uid: &str, warning: String) -> AdmissionResponse {
     // `AdmissionResponse` is non-exhaustive: build it from a minimal request.
     let req: AdmissionRequest<DynamicObject> = AdmissionRequest {
         types: TypeMeta::default(),

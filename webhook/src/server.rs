@@ -38,41 +38,60 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for a TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Whether the webhook is ready, and if not, why: the body of `/readyz`.
+/// Whether the webhook is ready, and if not, why: the body of `/readyz`. Several conditions
+/// each keep their own problem (the settings, the serving certificate, shutting down); it is
+/// ready when none has one. [`Readiness::set_ready`] and [`Readiness::set_not_ready`] speak for
+/// the settings; [`Readiness::set_condition`] for any other.
 #[derive(Debug)]
-pub struct Readiness(Mutex<Option<String>>);
+pub struct Readiness(Mutex<BTreeMap<&'static str, String>>);
+
+/// The condition [`Readiness::set_ready`] and [`Readiness::set_not_ready`] set.
+pub const SETTINGS_CONDITION: &str = "settings";
 
 impl Readiness {
     /// Ready.
     pub fn ready() -> Self {
-        Readiness(Mutex::new(None))
+        Readiness(Mutex::new(BTreeMap::new()))
     }
 
-    /// Not ready, because of `why`.
+    /// Not ready, because of `why` (about the settings).
     pub fn not_ready(why: impl Into<String>) -> Self {
-        Readiness(Mutex::new(Some(why.into())))
+        let r = Self::ready();
+        r.set_not_ready(why);
+        r
     }
 
-    /// Becomes ready.
+    /// The settings are fine.
     pub fn set_ready(&self) {
-        if let Ok(mut p) = self.0.lock() {
-            *p = None;
-        }
+        self.set_condition(SETTINGS_CONDITION, None);
     }
 
-    /// Becomes not ready, because of `why`.
+    /// Not ready because of the settings: `why`.
     pub fn set_not_ready(&self, why: impl Into<String>) {
+        self.set_condition(SETTINGS_CONDITION, Some(why.into()));
+    }
+
+    /// Sets (`Some(why)`) or clears (`None`) the problem of one condition.
+    pub fn set_condition(&self, condition: &'static str, problem: Option<String>) {
         if let Ok(mut p) = self.0.lock() {
-            *p = Some(why.into());
+            match problem {
+                Some(why) => {
+                    p.insert(condition, why);
+                }
+                None => {
+                    p.remove(condition);
+                }
+            }
         }
     }
 
-    /// Why it is not ready; `None` when ready.
+    /// Why it is not ready (every condition's problem, `; `-separated); `None` when ready.
     pub fn problem(&self) -> Option<String> {
-        self.0
-            .lock()
-            .map(|p| p.clone())
-            .unwrap_or_else(|_| Some("readiness state poisoned".to_owned()))
+        match self.0.lock() {
+            Ok(p) if p.is_empty() => None,
+            Ok(p) => Some(p.values().cloned().collect::<Vec<_>>().join("; ")),
+            Err(_) => Some("readiness state poisoned".to_owned()),
+        }
     }
 
     /// Whether it is ready.
@@ -118,6 +137,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/inject", post(inject_handler))
+        .route("/validate", post(validate_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -165,7 +185,9 @@ async fn inject_handler(State(state): State<AppState>, req: Request) -> Response
     resp
 }
 
-async fn inject_inner(state: &AppState, req: Request) -> (&'static str, Response) {
+/// Reads a review's body within the state's size and time limits; the metric label and the
+/// HTTP answer when it could not.
+async fn read_body(state: &AppState, req: Request) -> Result<Bytes, (&'static str, Response)> {
     let limit = state.max_body_bytes;
     let declared = req
         .headers()
@@ -173,37 +195,88 @@ async fn inject_inner(state: &AppState, req: Request) -> (&'static str, Response
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return too_large(limit);
+        return Err(too_large(limit));
     }
-    let body: Bytes = match tokio::time::timeout(
+    match tokio::time::timeout(
         state.request_timeout,
         Limited::new(req.into_body(), limit).collect(),
     )
     .await
     {
-        Err(_) => {
-            return (
-                "timeout",
-                plain(
-                    StatusCode::REQUEST_TIMEOUT,
-                    format!(
-                        "request body not received within {:?}",
-                        state.request_timeout
-                    ),
+        Err(_) => Err((
+            "timeout",
+            plain(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "request body not received within {:?}",
+                    state.request_timeout
                 ),
-            );
+            ),
+        )),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large(limit)),
+        Ok(Err(e)) => Err((
+            "bad_request",
+            plain(
+                StatusCode::BAD_REQUEST,
+                format!("reading request body: {e}"),
+            ),
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+fn json_response(doc: &serde_json::Value) -> Response {
+    let bytes = serde_json::to_vec(doc).unwrap_or_default();
+    let mut resp = Response::new(Body::from(bytes));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+async fn validate_handler(State(state): State<AppState>, req: Request) -> Response {
+    let start = Instant::now();
+    let (label, resp) = match read_body(&state, req).await {
+        Err(answer) => answer,
+        Ok(body) => {
+            // The mesh CA is on when the injector settings give sidecars its address (the same
+            // chart value, ca.enabled); without settings yet, assume it is (the lenient side).
+            let has_ca = state
+                .settings
+                .load()
+                .as_ref()
+                .is_none_or(|s| !s.ca_address.is_empty());
+            let result =
+                std::panic::catch_unwind(|| crate::validation::validate_body(&body, has_ca));
+            match result {
+                Ok(Ok(out)) => (out.verdict.as_str(), json_response(&out.review)),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "bad validation request");
+                    ("bad_request", plain(StatusCode::BAD_REQUEST, e.to_string()))
+                }
+                Err(_) => {
+                    tracing::error!("validation review panicked");
+                    (
+                        "panic",
+                        plain(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "internal error".to_owned(),
+                        ),
+                    )
+                }
+            }
         }
-        Ok(Err(e)) if e.is::<LengthLimitError>() => return too_large(limit),
-        Ok(Err(e)) => {
-            return (
-                "bad_request",
-                plain(
-                    StatusCode::BAD_REQUEST,
-                    format!("reading request body: {e}"),
-                ),
-            );
-        }
-        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    state.metrics.count_validation(label);
+    state.metrics.observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+async fn inject_inner(state: &AppState, req: Request) -> (&'static str, Response) {
+    let body = match read_body(state, req).await {
+        Ok(body) => body,
+        Err(answer) => return answer,
     };
 
     let Some(settings) = state.settings.load_full() else {
@@ -226,15 +299,7 @@ async fn inject_inner(state: &AppState, req: Request) -> (&'static str, Response
         review_body(&body, &settings, &lookup)
     }));
     match result {
-        Ok(Ok(out)) => {
-            let bytes = serde_json::to_vec(&out.review).unwrap_or_default();
-            let mut resp = Response::new(Body::from(bytes));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            (out.outcome.as_str(), resp)
-        }
+        Ok(Ok(out)) => (out.outcome.as_str(), json_response(&out.review)),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "bad admission request");
             ("bad_request", plain(StatusCode::BAD_REQUEST, e.to_string()))

@@ -522,3 +522,63 @@ async fn settings_file_is_used() {
     );
     webhook.shutdown().await;
 }
+
+/// `POST /validate` over HTTPS (issue 17, item 6): an invalid VirtualService is denied naming
+/// the field, a valid one allowed, a body that is no review gets 400, an oversized one 413.
+#[tokio::test]
+async fn validates_istio_objects_over_https() {
+    let webhook = start(&["--max-body-bytes", "65536"]).await;
+    let ca = webhook.ca_pem.clone().expect("generated CA");
+    let mut client = Client::connect(webhook.local_addr, &ca).await;
+    let review = |weights: [i64; 2]| {
+        serde_json::to_vec(&serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "7a1c",
+                "kind": {"group": "networking.istio.io", "version": "v1beta1", "kind": "VirtualService"},
+                "resource": {"group": "networking.istio.io", "version": "v1beta1", "resource": "virtualservices"},
+                "namespace": "shop", "name": "reviews", "operation": "UPDATE",
+                "userInfo": {"username": "alice"},
+                "object": {
+                    "apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
+                    "metadata": {"name": "reviews", "namespace": "shop"},
+                    "spec": {"hosts": ["reviews"], "http": [{"route": [
+                        {"destination": {"host": "reviews", "subset": "v1"}, "weight": weights[0]},
+                        {"destination": {"host": "reviews", "subset": "v2"}, "weight": weights[1]}]}]}
+                },
+            }
+        }))
+        .unwrap()
+    };
+    let (status, body) = client.send("POST", "/validate", review([60, 50])).await;
+    assert_eq!(status, StatusCode::OK);
+    let doc: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["response"]["uid"], "7a1c");
+    assert_eq!(doc["response"]["allowed"], false);
+    assert_eq!(
+        doc["response"]["status"]["message"],
+        "spec.http[0].route: weights of the destinations add up to 110, they must add up to 100"
+    );
+    let (status, body) = client.send("POST", "/validate", review([90, 10])).await;
+    assert_eq!(status, StatusCode::OK);
+    let doc: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["response"]["allowed"], true, "{doc}");
+
+    let (status, _) = client.send("POST", "/validate", b"{}".to_vec()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = client.send("POST", "/validate", vec![b' '; 70_000]).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let mut client = Client::connect(webhook.local_addr, &ca).await;
+    let (_, metrics) = client.send("GET", "/metrics", vec![]).await;
+    let metrics = String::from_utf8(metrics).unwrap();
+    for line in [
+        r#"rustmesh_webhook_validations_total{result="denied"} 1"#,
+        r#"rustmesh_webhook_validations_total{result="allowed"} 1"#,
+        r#"rustmesh_webhook_validations_total{result="bad_request"} 1"#,
+        r#"rustmesh_webhook_validations_total{result="too_large"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    webhook.shutdown().await;
+}
