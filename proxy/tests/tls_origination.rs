@@ -662,6 +662,30 @@ async fn a_credential_name_is_served_by_the_ca_to_a_workload_allowed_to_read_it(
             .await
             .contains("client=payments-client-2\n")
     );
+
+    // Worse: the CA's address accepts connections and never answers (the sidecar's call waits
+    // out its 10 s timeout). Refreshes run in the background: new connections are served from
+    // the copy held at once, never held up by the CA.
+    let blackhole = tokio::net::TcpListener::bind(ca_addr).await.unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = blackhole.accept().await {
+            open.push(s);
+        }
+    });
+    // Past the refresh interval and the retry pause of the last failure.
+    tokio::time::sleep(
+        rustmesh_proxy::identity::credential::RETRY + std::time::Duration::from_millis(500),
+    )
+    .await;
+    for _ in 0..3 {
+        let answer =
+            tokio::time::timeout(std::time::Duration::from_secs(5), tcp_exchange(sidecar.tcp))
+                .await
+                .expect("a connection waited for the unreachable CA");
+        assert!(answer.contains("client=payments-client-2\n"), "{answer}");
+    }
+    held.abort();
 }
 
 /// What a connection through the sidecar's TCP listener gets before it closes.

@@ -2,11 +2,13 @@
 //! mesh CA ([`super::ca_client::CaClient::fetch_credential`]) when a connection first needs
 //! one, parsed, kept in memory only (never written or logged), and asked for again after
 //! [`REFRESH`] so a rotated Secret is picked up by the next handshakes (open connections keep
-//! theirs). While the CA cannot answer, the last good copy keeps serving; a credential never
-//! fetched fails its connections with the CA's reason, remembered for [`RETRY`] so a busy
-//! cluster does not flood the CA.
+//! theirs). The refresh runs in the background while the copy held keeps serving, so no
+//! connection waits on the CA for a credential it already has, even an unreachable CA. While
+//! the CA cannot answer, the last good copy keeps serving; a credential never fetched fails its
+//! connections with the CA's reason, remembered for [`RETRY`] so a busy cluster does not flood
+//! the CA.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -99,7 +101,15 @@ struct Entry {
 /// The credentials this sidecar uses, by SDS name without `kubernetes://`.
 #[derive(Default)]
 pub struct Credentials {
+    inner: Arc<Inner>,
+}
+
+/// What the background refreshes share with [`Credentials`].
+#[derive(Default)]
+struct Inner {
     client: OnceLock<CaClient>,
+    /// The names a background refresh is running for.
+    refreshing: Mutex<HashSet<String>>,
     entries: Mutex<HashMap<String, Entry>>,
     /// One fetch at a time: a burst of connections asks the CA once.
     fetching: tokio::sync::Mutex<()>,
@@ -108,42 +118,34 @@ pub struct Credentials {
     refresh_ms: AtomicU64,
 }
 
+/// What the copy held of a credential is worth now.
+enum Held {
+    /// Use it.
+    Fresh(Arc<Credential>),
+    /// Use it, and ask the CA for a newer one in the background.
+    Stale(Arc<Credential>),
+    /// A recent failure and no copy: that failure is the answer.
+    Failed(String),
+    /// Nothing to go on: ask the CA now.
+    Missing,
+}
+
 impl Credentials {
     /// Fetches from the CA `client` talks to (set once, at start; without it every credential
     /// fails, naming the missing CA).
     pub fn set_client(&self, client: CaClient) {
-        let _ = self.client.set(client);
+        let _ = self.inner.client.set(client);
     }
 
     /// Asks the CA again after `every` instead of [`REFRESH`] (tests, and a faster rotation).
     pub fn set_refresh(&self, every: Duration) {
         let ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(1);
-        self.refresh_ms.store(ms, Ordering::Relaxed);
-    }
-
-    fn refresh(&self) -> Duration {
-        match self.refresh_ms.load(Ordering::Relaxed) {
-            0 => REFRESH,
-            ms => Duration::from_millis(ms),
-        }
-    }
-
-    fn fresh(&self, name: &str) -> Option<Result<Arc<Credential>, String>> {
-        let refresh = self.refresh();
-        let entries = lock(&self.entries);
-        let e = entries.get(name)?;
-        let age = e.at.elapsed();
-        match (&e.value, &e.error) {
-            (Some(v), None) if age < refresh => Some(Ok(v.clone())),
-            (Some(v), Some(_)) if age < RETRY => Some(Ok(v.clone())),
-            (None, Some(err)) if age < RETRY => Some(Err(err.clone())),
-            _ => None,
-        }
+        self.inner.refresh_ms.store(ms, Ordering::Relaxed);
     }
 
     /// The credentials held now, by name, sorted (what `/certs` shows).
     pub fn held(&self) -> Vec<(String, Arc<Credential>)> {
-        let mut out: Vec<(String, Arc<Credential>)> = lock(&self.entries)
+        let mut out: Vec<(String, Arc<Credential>)> = lock(&self.inner.entries)
             .iter()
             .filter_map(|(n, e)| e.value.clone().map(|v| (n.clone(), v)))
             .collect();
@@ -151,15 +153,60 @@ impl Credentials {
         out
     }
 
-    /// Credential `name` (`<secret>` or `<secret>-cacert`): the copy held while fresh, else
-    /// asked of the CA now.
+    /// Credential `name` (`<secret>` or `<secret>-cacert`): the copy held (refreshed in the
+    /// background once older than the refresh interval), else asked of the CA now.
     pub async fn get(&self, name: &str) -> Result<Arc<Credential>, String> {
-        if let Some(r) = self.fresh(name) {
-            return r;
+        match self.inner.held(name) {
+            Held::Fresh(v) => Ok(v),
+            Held::Failed(e) => Err(e),
+            Held::Stale(v) => {
+                if lock(&self.inner.refreshing).insert(name.to_string()) {
+                    let inner = self.inner.clone();
+                    let name = name.to_string();
+                    tokio::spawn(async move {
+                        let _ = inner.fetch(&name).await;
+                        lock(&inner.refreshing).remove(&name);
+                    });
+                }
+                Ok(v)
+            }
+            Held::Missing => self.inner.fetch(name).await,
         }
+    }
+}
+
+impl Inner {
+    fn refresh(&self) -> Duration {
+        match self.refresh_ms.load(Ordering::Relaxed) {
+            0 => REFRESH,
+            ms => Duration::from_millis(ms),
+        }
+    }
+
+    fn held(&self, name: &str) -> Held {
+        let refresh = self.refresh();
+        let entries = lock(&self.entries);
+        let Some(e) = entries.get(name) else {
+            return Held::Missing;
+        };
+        let age = e.at.elapsed();
+        match (&e.value, &e.error) {
+            (Some(v), None) if age < refresh => Held::Fresh(v.clone()),
+            // The last refresh failed: keep serving without asking again for a while.
+            (Some(v), Some(_)) if age < RETRY => Held::Fresh(v.clone()),
+            (Some(v), _) => Held::Stale(v.clone()),
+            (None, Some(err)) if age < RETRY => Held::Failed(err.clone()),
+            (None, _) => Held::Missing,
+        }
+    }
+
+    /// Asks the CA for `name` now (one fetch at a time) and keeps the answer.
+    async fn fetch(&self, name: &str) -> Result<Arc<Credential>, String> {
         let _one = self.fetching.lock().await;
-        if let Some(r) = self.fresh(name) {
-            return r;
+        match self.held(name) {
+            Held::Fresh(v) => return Ok(v),
+            Held::Failed(e) => return Err(e),
+            Held::Stale(_) | Held::Missing => {}
         }
         let fetched = match self.client.get() {
             None => Err(format!(
