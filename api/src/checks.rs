@@ -7,7 +7,6 @@
 use crate::destination_rule::{ClientTlsSettings, DestinationRuleSpec, TlsMode, TrafficPolicy};
 use crate::error::FieldError;
 use crate::parse::IstioObject;
-use crate::validate::Validate;
 use crate::virtual_service::VirtualServiceSpec;
 
 /// How serious a finding is: an error refuses the object, a warning is only reported.
@@ -36,34 +35,24 @@ impl Finding {
 }
 
 /// Every object-local finding about `obj`, errors and warnings, in the order the operator
-/// reports them: the object's own rules ([`Validate`]), then, for a DestinationRule, its `tls`
+/// reports them: the object's own rules ([`crate::validate::Validate`]), then, for a DestinationRule, its `tls`
 /// settings ([`destination_rule_tls`]); for a VirtualService without such errors, its redirect
 /// codes ([`virtual_service_redirects`]); then the warnings ([`IstioObject::warnings`]: fields
 /// rustmesh accepts without implementing them, and a PeerAuthentication's Istio warnings).
 /// `has_ca`: whether the mesh CA is on (chart value `ca.enabled`).
 pub fn object_findings(obj: &IstioObject, has_ca: bool) -> Vec<Finding> {
-    let own = |errors: Vec<FieldError>| errors.into_iter().map(Finding::error).collect::<Vec<_>>();
-    let mut out = match obj {
-        IstioObject::VirtualService(o) => {
-            let mut out = own(o.spec.validate());
-            if out.is_empty() {
-                out.extend(
-                    virtual_service_redirects(&o.spec)
-                        .into_iter()
-                        .map(Finding::error),
-                );
-            }
-            out
+    let mut out: Vec<Finding> = obj.validate().into_iter().map(Finding::error).collect();
+    match obj {
+        IstioObject::VirtualService(o) if out.is_empty() => {
+            out.extend(
+                virtual_service_redirects(&o.spec)
+                    .into_iter()
+                    .map(Finding::error),
+            );
         }
-        IstioObject::DestinationRule(o) => {
-            let mut out = own(o.spec.validate());
-            out.extend(destination_rule_tls(&o.spec, has_ca));
-            out
-        }
-        IstioObject::Sidecar(o) => own(o.spec.validate()),
-        IstioObject::PeerAuthentication(o) => own(o.spec.validate()),
-    };
-    // Fields accepted without being implemented (`crate::support`), and Istio's warnings.
+        IstioObject::DestinationRule(o) => out.extend(destination_rule_tls(&o.spec, has_ca)),
+        _ => {}
+    }
     out.extend(obj.warnings().into_iter().map(|w| Finding {
         level: Severity::Warning,
         field: w.field,
