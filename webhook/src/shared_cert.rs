@@ -245,8 +245,8 @@ pub enum SecretAction {
     Keep,
     /// Missing: create it (another replica may win: then read the winner's).
     Create,
-    /// Usable but due for renewal: replace it (guarded by its resourceVersion: of several
-    /// replicas only one succeeds, the others follow the winner).
+    /// Usable but due for renewal: replace it (a merge patch guarded by its resourceVersion: of
+    /// several replicas only one succeeds, the others follow the winner).
     Rotate,
     /// Present but unusable (the reason): replace it, guarded as a rotation.
     Replace(String),
@@ -683,12 +683,24 @@ pub async fn run(
                         old
                     }
                     Ok(new) => {
-                        let mut obj = new.to_secret(&config.namespace, &config.secret);
-                        // Optimistic concurrency: only the replica that saw this version wins.
-                        obj.metadata.resource_version = observed
+                        // Optimistic concurrency: a merge patch carrying the resourceVersion
+                        // this replica saw; only one replica's applies (409 for the others).
+                        let rv = observed
                             .as_ref()
                             .and_then(|s| s.metadata.resource_version.clone());
-                        match secrets.replace(&config.secret, &pp, &obj).await {
+                        let body = serde_json::json!({
+                            "metadata": {"resourceVersion": rv},
+                            "type": "kubernetes.io/tls",
+                            "data": new.secret_data(),
+                        });
+                        let params = PatchParams {
+                            field_manager: Some(FIELD_MANAGER.to_owned()),
+                            ..Default::default()
+                        };
+                        match secrets
+                            .patch(&config.secret, &params, &kube::api::Patch::Merge(&body))
+                            .await
+                        {
                             Ok(replaced) => {
                                 writes.secret_writes.fetch_add(1, Ordering::Relaxed);
                                 tracing::info!(secret = %source, reason = %why, not_after = ?new.not_after, "replaced the shared serving certificate");

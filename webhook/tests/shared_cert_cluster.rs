@@ -289,6 +289,43 @@ async fn body(admin: Client, ns: &str) {
         "the new bundle still trusts the certificate it replaces"
     );
 
+    // A Secret made unusable (a bad key): replaced by exactly one replica (a patch guarded by
+    // the resourceVersion both saw; the other's fails with 409 and it follows the winner).
+    let secret_writes = writes(&a).1 + writes(&b).1;
+    let (before, _) = shared_secret(&admin, ns).await;
+    secrets
+        .patch(
+            "rustmesh-webhook-tls",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"tls.key": "anVuaw=="}})),
+        )
+        .await
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if let Ok(s) = secrets.get("rustmesh-webhook-tls").await
+            && let Ok(new) = SharedCert::parse(s.data.as_ref().unwrap())
+            && new != before
+            && a.served_chain()[0] == new.certified.cert[0].as_ref()
+            && b.served_chain()[0] == new.certified.cert[0].as_ref()
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the broken Secret is not replaced"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_ready(&[&a, &b], Duration::from_secs(20)).await;
+    assert_converged(&admin, ns, &name, &a, &b).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        writes(&a).1 + writes(&b).1,
+        secret_writes + 1,
+        "replaced once"
+    );
+
     a.shutdown().await;
     b.shutdown().await;
     let _ = mutating.delete(&name, &DeleteParams::default()).await;
