@@ -549,6 +549,74 @@ def rbac_problems(objs: list[dict], where: str) -> list[str]:
     return problems
 
 
+VALIDATED = {
+    ("networking.istio.io", "virtualservices"): {"v1", "v1beta1", "v1alpha3"},
+    ("networking.istio.io", "destinationrules"): {"v1", "v1beta1", "v1alpha3"},
+    ("networking.istio.io", "sidecars"): {"v1", "v1beta1", "v1alpha3"},
+    ("security.istio.io", "peerauthentications"): {"v1", "v1beta1"},
+}
+
+
+def webhook_problems(objs: list[dict], where: str, values: dict) -> list[str]:
+    """The webhook's certificate and validation (issue 17 items 5, 6): with a generated
+    certificate the replicas share the Secret <webhook>-tls (args, a Role rule for that Secret by
+    name and create alone), with webhook.tls.secretName no Secret rule at all; with
+    webhook.validation.enabled one ValidatingWebhookConfiguration rustmesh-validator[-rev] sending
+    CREATE/UPDATE of exactly the four Istio kinds in every served version to /validate, sideEffects
+    None, the configured failurePolicy, and the webhook patching its caBundle (by name)."""
+    problems = []
+    suffix = "" if values.get("revision", "default") in ("default", "") else f"-{values['revision']}"
+    webhook, validator, secret = f"rustmesh-webhook{suffix}", f"rustmesh-validator{suffix}", f"rustmesh-webhook{suffix}-tls"
+    generated = not values["webhook"]["tls"]["secretName"]
+    validation = values["webhook"]["validation"]["enabled"]
+    deploy = next((o for o in objs if o.get("kind") == "Deployment" and o["metadata"]["name"] == webhook), None)
+    if deploy is None:
+        return [f"{where}: no Deployment {webhook}"]
+    args = deploy["spec"]["template"]["spec"]["containers"][0].get("args") or []
+    role = next((o for o in objs if o.get("kind") == "Role" and o["metadata"]["name"] == webhook), {})
+    cr = next((o for o in objs if o.get("kind") == "ClusterRole" and o["metadata"]["name"] == webhook), {})
+    secret_rules = [r for r in role.get("rules") or [] if "secrets" in (r.get("resources") or [])]
+    if generated:
+        if f"--tls-secret={secret}" not in args:
+            problems.append(f"{where}: webhook args {args} lack --tls-secret={secret}")
+        by_name = [r for r in secret_rules if r.get("resourceNames") == [secret]]
+        create = [r for r in secret_rules if r.get("verbs") == ["create"] and not r.get("resourceNames")]
+        if len(secret_rules) != 2 or len(by_name) != 1 or len(create) != 1 or not set(by_name[0]["verbs"]) <= {"get", "list", "watch", "patch"}:
+            problems.append(f"{where}: webhook Secret rules {secret_rules}, want get/list/watch/patch of [{secret}] and create")
+    elif secret_rules or any(a.startswith("--tls-secret") for a in args):
+        problems.append(f"{where}: a mounted certificate needs no Secret rule nor --tls-secret: {secret_rules} {args}")
+    vwcs = [o for o in objs if o.get("kind") == "ValidatingWebhookConfiguration"]
+    vrules = [r for r in cr.get("rules") or [] if "validatingwebhookconfigurations" in (r.get("resources") or [])]
+    if not validation:
+        if vwcs or vrules or any("validating-webhook-config" in a for a in args):
+            problems.append(f"{where}: validation disabled but rendered: {[o['metadata']['name'] for o in vwcs]} {vrules}")
+        return problems
+    if [o["metadata"]["name"] for o in vwcs] != [validator]:
+        return problems + [f"{where}: ValidatingWebhookConfigurations {[o['metadata']['name'] for o in vwcs]}, want [{validator}]"]
+    if generated and f"--validating-webhook-config={validator}" not in args:
+        problems.append(f"{where}: webhook args {args} lack --validating-webhook-config={validator}")
+    if generated and not any(r.get("resourceNames") == [validator] and set(r["verbs"]) <= {"get", "list", "watch", "patch"} for r in vrules):
+        problems.append(f"{where}: the webhook may not patch the caBundle of {validator}: {vrules}")
+    for wh in vwcs[0].get("webhooks") or []:
+        svc = wh["clientConfig"]["service"]
+        if (svc["name"], svc["path"]) != (webhook, "/validate"):
+            problems.append(f"{where}: {wh['name']} calls {svc}, want {webhook} /validate")
+        if wh.get("sideEffects") != "None":
+            problems.append(f"{where}: {wh['name']}: sideEffects {wh.get('sideEffects')}, want None")
+        if wh.get("failurePolicy") != values["webhook"]["validation"]["failurePolicy"]:
+            problems.append(f"{where}: {wh['name']}: failurePolicy {wh.get('failurePolicy')} is not the value's")
+        covered: dict = {}
+        for r in wh.get("rules") or []:
+            if sorted(r.get("operations") or []) != ["CREATE", "UPDATE"]:
+                problems.append(f"{where}: {wh['name']}: operations {r.get('operations')}, want CREATE, UPDATE")
+            for g in r.get("apiGroups") or []:
+                for res in r.get("resources") or []:
+                    covered.setdefault((g, res), set()).update(r.get("apiVersions") or [])
+        if covered != VALIDATED:
+            problems.append(f"{where}: {wh['name']} validates {covered}, want {VALIDATED}")
+    return problems
+
+
 def check_hardening() -> tuple[list[str], list[str]]:
     """(passed, problems) of the hardening checks over chart renders that cover the switches."""
     import helm_python as helm
@@ -588,6 +656,18 @@ def check_hardening() -> tuple[list[str], list[str]]:
             None,
             "policy/v1",
         ),
+        (
+            "validation off, one webhook replica",
+            {"webhook": {"replicas": 1, "validation": {"enabled": False}}},
+            None,
+            "policy/v1",
+        ),
+        (
+            "validation failurePolicy Ignore, revision canary",
+            {"revision": "canary", "webhook": {"validation": {"failurePolicy": "Ignore"}}},
+            None,
+            "policy/v1",
+        ),
     ]
     passed, problems = [], []
     for what, values, kube_version, pdb_api in cases:
@@ -598,13 +678,15 @@ def check_hardening() -> tuple[list[str], list[str]]:
             + pdb_problems(objs, what, pdb_api)
             + netpol_problems(objs, what, merged)
             + rbac_problems(objs, what)
+            + webhook_problems(objs, what, merged)
         )
         problems += p
         if not p:
             np = "NetworkPolicies" if merged["networkPolicy"]["enabled"] else "no NetworkPolicy"
             passed.append(
                 f"hardening ({what}): RuntimeDefault seccomp on every container, "
-                f"{pdb_api or 'no'} PodDisruptionBudgets, {np}, RBAC verbs as used"
+                f"{pdb_api or 'no'} PodDisruptionBudgets, {np}, RBAC verbs as used, "
+                f"webhook certificate and validation as configured"
             )
     return passed, problems
 
@@ -753,6 +835,7 @@ def cmd_check() -> int:
             merged = deep_merge(chart_defaults(), deep_merge(BASE_VALUES, values))
             where = f"kustomize overlays/{overlay} ({version})"
             p += seccomp_problems(kust, where) + rbac_problems(kust, where)
+            p += webhook_problems(kust, where, merged)
             p += pdb_problems(kust, where, "policy/v1" if merged["podDisruptionBudget"]["enabled"] else None)
             p += netpol_problems(kust, where, merged)
             problems += p

@@ -388,10 +388,12 @@ fn install_lease_rules_are_the_elections_and_as_narrow_as_rbac_yaml() {
     }
 }
 
-/// The webhook may touch its own MutatingWebhookConfiguration (watched by name, JSON-patched)
-/// and read its own settings ConfigMap; nothing else, no update. Events about its settings
-/// (kube-runtime's Recorder: events.k8s.io create and patch) are allowed in its namespace's
-/// Role only.
+/// The webhook may touch its own Mutating- and ValidatingWebhookConfiguration (watched by name,
+/// JSON-patched), read its own settings ConfigMap, and follow and patch its own serving
+/// certificate's Secret (by name); nothing else, no update. `create` of Secrets (the shared
+/// certificate's first write: create cannot be limited by name) and Events about its settings
+/// (kube-runtime's Recorder: events.k8s.io create and patch) are allowed in its namespace's Role
+/// only.
 #[test]
 fn install_webhook_rules_are_its_own_objects_by_name() {
     let docs = install_docs("webhook");
@@ -399,11 +401,12 @@ fn install_webhook_rules_are_its_own_objects_by_name() {
     let role: Role = find(&docs, "Role", "rustmesh-webhook");
     let mwc = "rustmesh-sidecar-injector";
     for r in cr.rules.unwrap() {
-        assert_eq!(
-            r.resources.as_deref().unwrap(),
-            ["mutatingwebhookconfigurations"]
-        );
-        assert_eq!(r.resource_names.as_deref().unwrap(), [mwc]);
+        let own = match r.resources.as_deref().unwrap() {
+            [res] if res == "mutatingwebhookconfigurations" => mwc,
+            [res] if res == "validatingwebhookconfigurations" => "rustmesh-validator",
+            other => panic!("the webhook's ClusterRole names {other:?}"),
+        };
+        assert_eq!(r.resource_names.as_deref().unwrap(), [own]);
         for verb in &r.verbs {
             assert!(
                 ["get", "list", "watch", "patch"].contains(&verb.as_str()),
@@ -416,6 +419,18 @@ fn install_webhook_rules_are_its_own_objects_by_name() {
             assert_eq!(r.resources.as_deref().unwrap(), ["events"]);
             for verb in &r.verbs {
                 assert!(["create", "patch"].contains(&verb.as_str()), "{verb}");
+            }
+            continue;
+        }
+        if r.resources.as_deref() == Some(&["secrets".to_string()]) {
+            if r.verbs == ["create"] {
+                assert!(r.resource_names.is_none(), "{r:?}");
+            } else {
+                assert_eq!(
+                    r.resource_names.as_deref().unwrap(),
+                    ["rustmesh-webhook-tls"]
+                );
+                assert_eq!(r.verbs, ["get", "list", "watch", "patch"]);
             }
             continue;
         }

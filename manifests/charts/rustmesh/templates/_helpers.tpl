@@ -7,6 +7,10 @@
 {{- define "rustmesh.webhook" -}}rustmesh-webhook{{ include "rustmesh.suffix" . }}{{- end -}}
 {{/* The MutatingWebhookConfiguration and the webhook's settings ConfigMap share this name. */}}
 {{- define "rustmesh.injector" -}}rustmesh-sidecar-injector{{ include "rustmesh.suffix" . }}{{- end -}}
+{{/* The ValidatingWebhookConfiguration of the Istio kinds (Istio: istio-validator-<rev>-<ns>). */}}
+{{- define "rustmesh.validator" -}}rustmesh-validator{{ include "rustmesh.suffix" . }}{{- end -}}
+{{/* The Secret of the generated serving certificate every webhook replica shares. */}}
+{{- define "rustmesh.webhookTLSSecret" -}}{{ include "rustmesh.webhook" . }}-tls{{- end -}}
 {{- define "rustmesh.revision" -}}{{ .Values.revision | default "default" }}{{- end -}}
 
 {{/* An image: <hub>/<name>:<tag>, or the value itself when it has a "/". */}}
