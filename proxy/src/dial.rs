@@ -20,6 +20,54 @@ use crate::transport::{Io, Originate, Purpose};
 
 use crate::stats::ClusterStats;
 
+/// How long a pooled HTTP connection may sit unused when the cluster sets no `idleTimeout`
+/// (hyper-util's default).
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What an `idleTimeout` of zero (none) becomes: a year (an `Instant` cannot take `MAX`).
+pub const NO_IDLE_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A cluster's settings for its pools (a DestinationRule's `connectionPool.http`, rendered as the
+/// cluster's `commonHttpProtocolOptions`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolOptions {
+    /// How long a connection may sit unused before it is closed (`idleTimeout`; default
+    /// [`DEFAULT_POOL_IDLE_TIMEOUT`]). An HTTP/1.1 connection past it is never used again and is closed when
+    /// the pool is next used; h2c connections are closed by hyper-util's pool timer.
+    pub idle_timeout: Duration,
+    /// Close an HTTP/1.1 connection once it has carried this many requests
+    /// (`maxRequestsPerConnection`, Envoy's `max_requests_per_connection`; `None`: no limit).
+    pub max_requests_per_connection: Option<u32>,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            max_requests_per_connection: None,
+        }
+    }
+}
+
+impl PoolOptions {
+    /// From a cluster's `commonHttpProtocolOptions` (absent fields keep the defaults; a zero
+    /// idle timeout or request count means none, as in Envoy).
+    pub fn from_def(o: Option<&rustmesh_xds::cluster::HttpProtocolOptions>) -> Self {
+        let mut out = PoolOptions::default();
+        if let Some(o) = o {
+            if let Some(t) = o.idle_timeout {
+                out.idle_timeout = if t.as_std().is_zero() {
+                    NO_IDLE_TIMEOUT
+                } else {
+                    t.as_std()
+                };
+            }
+            out.max_requests_per_connection = o.max_requests_per_connection.filter(|n| *n > 0);
+        }
+        out
+    }
+}
+
 /// Per-endpoint counters, shown by `/clusters`. Shared by the runtime objects of successive
 /// configurations while the endpoint stays in its cluster. The dialer counts connections; the
 /// cluster's request and load guards count requests and load.
@@ -125,6 +173,8 @@ pub struct ClusterDialer {
     connect_timeout: Duration,
     bind: Option<SocketAddr>,
     stats: ClusterStats,
+    /// The cluster's pool settings, for the pools that dial here.
+    pool: PoolOptions,
 }
 
 impl ClusterDialer {
@@ -141,7 +191,20 @@ impl ClusterDialer {
             connect_timeout,
             bind,
             stats,
+            pool: Default::default(),
         }
+    }
+
+    /// The same dialer, its pools built with `pool` (the cluster's `idleTimeout` and
+    /// `maxRequestsPerConnection`).
+    pub fn with_pool_options(mut self, pool: PoolOptions) -> Self {
+        self.pool = pool;
+        self
+    }
+
+    /// The settings of the pools of the cluster's endpoints.
+    pub fn pool_options(&self) -> PoolOptions {
+        self.pool
     }
 
     /// The cluster's name.

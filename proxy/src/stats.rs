@@ -58,6 +58,8 @@ pub enum Refusal {
     NoHealthyUpstream,
     /// Connecting to the upstream failed or timed out.
     UpstreamConnectFailed,
+    /// The cluster's `maxConnections` connections are open (Envoy's `upstream_cx_overflow`).
+    UpstreamOverflow,
     /// No configuration has the listener (for example no `virtualOutbound`).
     NoListener,
     /// The original destination could not be read.
@@ -75,6 +77,7 @@ impl Refusal {
             Refusal::NoFilterChain => "no_filter_chain",
             Refusal::NoHealthyUpstream => "no_healthy_upstream",
             Refusal::UpstreamConnectFailed => "upstream_connect_failed",
+            Refusal::UpstreamOverflow => "upstream_overflow",
             Refusal::NoListener => "no_listener",
             Refusal::NoOriginalDst => "no_original_dst",
             Refusal::TlsHandshake => "tls_handshake",
@@ -95,6 +98,7 @@ pub struct Metrics {
     cluster_cx_idle_timeout: Family<ClusterLabels, Counter>,
     cluster_outlier_ejections: Family<ClusterLabels, Counter>,
     cluster_rq_overflow: Family<ClusterLabels, Counter>,
+    cluster_rq_retry_overflow: Family<ClusterLabels, Counter>,
     listener_cx_total: Family<ListenerLabels, Counter>,
     listener_cx_active: Family<ListenerLabels, Gauge>,
     listener_cx_rx_bytes: Family<ListenerLabels, Counter>,
@@ -128,6 +132,8 @@ pub struct ClusterStats {
     pub outlier_ejections: Counter,
     /// HTTP requests refused by the connection-pool limits.
     pub rq_overflow: Counter,
+    /// Retries not attempted because `maxRetries` retries were in progress.
+    pub rq_retry_overflow: Counter,
 }
 
 /// Handles of one listener's counters.
@@ -193,6 +199,11 @@ impl Metrics {
                 "envoy_cluster_upstream_rq_pending_overflow",
                 "Requests refused by the connection-pool limits (503, x-envoy-overloaded)",
                 &m.cluster_rq_overflow,
+            ),
+            (
+                "envoy_cluster_upstream_rq_retry_overflow",
+                "Retries not attempted: the cluster's maxRetries retries were in progress",
+                &m.cluster_rq_retry_overflow,
             ),
         ];
         for (name, help, family) in cluster {
@@ -267,6 +278,7 @@ impl Metrics {
             cx_idle_timeout: self.cluster_cx_idle_timeout.get_or_create_owned(&l),
             outlier_ejections: self.cluster_outlier_ejections.get_or_create_owned(&l),
             rq_overflow: self.cluster_rq_overflow.get_or_create_owned(&l),
+            rq_retry_overflow: self.cluster_rq_retry_overflow.get_or_create_owned(&l),
         }
     }
 

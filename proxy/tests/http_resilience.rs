@@ -447,3 +447,59 @@ async fn endpoint_clients_pool_connections_through_the_cluster_managers_dialer()
         "one pooled upstream connection to the endpoint"
     );
 }
+
+/// `connectionPool.http.maxRetries` (Envoy's circuit breaker `max_retries`): with the cluster's
+/// retries used up, a retry is not attempted, the answer in hand goes back, and
+/// `upstream_rq_retry_overflow` counts it; within the budget retries happen as before.
+#[tokio::test]
+async fn max_retries_overflow_skips_the_retry() {
+    let bad = upstream(
+        "bad",
+        Behavior {
+            status: Some(503),
+            ..Default::default()
+        },
+    )
+    .await;
+    let rc = vhost(
+        &["svc"],
+        json!([{ "match": { "prefix": "/" }, "route": { "cluster": "c", "retryPolicy": {
+            "retryOn": "5xx", "numRetries": 3 } } }]),
+    );
+    let limits = |max_retries| Thresholds {
+        max_connections: Some(100),
+        max_pending_requests: Some(100),
+        max_requests: Some(100),
+        max_retries: Some(max_retries),
+    };
+    let p = start_proxy(
+        rc.clone(),
+        TestClusters::new().cluster_limited("c", &[&bad], limits(0)),
+        Options::default(),
+    )
+    .await;
+    let c = Clients::new();
+    let r = get(&c, p.addr, "svc", "/").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(bad.hits(), 1, "no retry over maxRetries 0");
+    let overflow = &p.clusters.get("c").unwrap().stats.rq_retry_overflow;
+    assert_eq!(overflow.get(), 1);
+
+    let p = start_proxy(
+        rc,
+        TestClusters::new().cluster_limited("c", &[&bad], limits(1)),
+        Options::default(),
+    )
+    .await;
+    let r = get(&c, p.addr, "svc", "/").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        bad.hits(),
+        1 + 4,
+        "one retry at a time is within maxRetries 1"
+    );
+    assert_eq!(
+        p.clusters.get("c").unwrap().stats.rq_retry_overflow.get(),
+        0
+    );
+}

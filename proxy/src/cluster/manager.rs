@@ -187,7 +187,10 @@ impl ClusterManager {
             def.upstream_bind_config
                 .map(|b| SocketAddr::from(b.source_address)),
             stats.clone(),
-        );
+        )
+        .with_pool_options(crate::pool::client::PoolOptions::from_def(
+            def.common_http_protocol_options.as_ref(),
+        ));
         UpstreamCluster {
             name: def.name.clone(),
             def: def.clone(),

@@ -275,6 +275,8 @@ async fn send(
 ) -> Result<UpstreamResponse, Response<ProxyBody>> {
     let grpc = ex.grpc;
     let mut head = Some(head);
+    // The cluster's `maxRetries` budget, held while a retry's attempt runs.
+    let mut _retrying = None;
     loop {
         let (attempt, limit) = attempts.begin(Instant::now());
         let body = log.map_or_else(empty, |l| boxed(l.reader()));
@@ -319,7 +321,22 @@ async fn send(
             return Err(local_reply(400, "downstream protocol error", grpc));
         }
         let replayable = log.is_none_or(|l| l.replayable());
-        match attempts.next(failure, replayable, Instant::now(), &ctx.rng) {
+        let next = attempts.next(failure, replayable, Instant::now(), &ctx.rng);
+        // The previous retry's attempt is over.
+        _retrying = None;
+        let next = match next {
+            // Over the cluster's maxRetries the answer in hand goes back (Envoy's retry
+            // overflow), as when retries run out.
+            Next::Retry { .. } => match ctx.upstreams.try_retry(t.cluster) {
+                Ok(permit) => {
+                    _retrying = permit;
+                    next
+                }
+                Err(_) => Next::Deliver,
+            },
+            other => other,
+        };
+        match next {
             Next::Retry { after } => {
                 drop(outcome);
                 tokio::time::sleep(after).await;

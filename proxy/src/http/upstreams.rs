@@ -45,6 +45,10 @@ pub struct DownstreamInfo {
     pub local: SocketAddr,
 }
 
+/// A retry refused by the cluster's `maxRetries` (Envoy's retry overflow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryOverflow;
+
 /// The clusters of one configuration snapshot, as the HTTP layer sends to them.
 #[derive(Clone)]
 pub struct ClusterUpstreams {
@@ -77,6 +81,25 @@ fn no_healthy(cluster: &UpstreamCluster) -> UpstreamError {
 }
 
 impl ClusterUpstreams {
+    /// Admits one retry to `cluster` under its `maxRetries` (the permit is held for the retry's
+    /// attempt): `Err(())` when over it, counted as Envoy's `upstream_rq_retry_overflow`. A
+    /// cluster that does not exist has no limit (the attempt fails on its own).
+    pub fn try_retry(
+        &self,
+        cluster: &str,
+    ) -> Result<Option<crate::pool::limits::RetryPermit>, RetryOverflow> {
+        let Some(c) = self.clusters.get(cluster) else {
+            return Ok(None);
+        };
+        match c.breaker.try_retry() {
+            Some(p) => Ok(Some(p)),
+            None => {
+                c.stats.rq_retry_overflow.inc();
+                Err(RetryOverflow)
+            }
+        }
+    }
+
     /// Sends `req` to `cluster`: picks an endpoint (load balancer; with `hash` set, the
     /// cluster's ring hash / Maglev table; never one of `exclude_hosts` when another is
     /// available), enforces the cluster's connection-pool limits

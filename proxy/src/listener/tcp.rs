@@ -128,6 +128,14 @@ pub async fn proxy(shared: &Shared, conn: Conn<'_>, route: &TcpRoute, mut downst
             return;
         }
     };
+    // `maxConnections` (a DestinationRule's connectionPool.tcp): over it the connection is
+    // closed at once, as Envoy's tcp_proxy does on overflow (flag `UO`).
+    let Some(_slot) = cluster.breaker.try_connection() else {
+        cluster.stats.rq_overflow.inc();
+        refuse(Refusal::UpstreamOverflow, "UO");
+        tracing::debug!(listener = %listener.name, chain, %orig_dst, %client, "maxConnections reached: connection closed");
+        return;
+    };
     let upstream = match cluster.connect(target).await {
         Ok(u) => u,
         Err(e) => {

@@ -77,12 +77,14 @@ impl UpstreamError {
     }
 }
 
-/// How long an HTTP/1.1 connection may sit unused in the pool (hyper-util's default, which the
-/// h2c pool keeps).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an HTTP/1.1 connection may sit unused in the pool when the cluster sets no
+/// `idleTimeout` (hyper-util's default, which the h2c pool keeps).
+pub const IDLE_TIMEOUT: Duration = crate::dial::DEFAULT_POOL_IDLE_TIMEOUT;
 
 /// Most unused HTTP/1.1 connections kept per endpoint; more are closed as they come back.
 pub const MAX_IDLE: usize = 1024;
+
+pub use crate::dial::{NO_IDLE_TIMEOUT, PoolOptions};
 
 /// A pooled connection: the stream (plain, or mutual TLS) and its guard.
 pub struct PooledIo {
@@ -233,9 +235,10 @@ impl EndpointClient {
                 Purpose::Http1
             },
         };
+        let options = connector.dialer.pool_options();
         let pool = if http2 {
             let mut b = Client::builder(ConnExecutor::default());
-            b.pool_idle_timeout(IDLE_TIMEOUT)
+            b.pool_idle_timeout(options.idle_timeout)
                 .pool_timer(TokioTimer::new())
                 .timer(TokioTimer::new())
                 .http2_only(true);
@@ -243,6 +246,7 @@ impl EndpointClient {
         } else {
             Pool::Http1(Arc::new(Http1Pool {
                 connector,
+                options,
                 idle: Mutex::new(Vec::new()),
             }))
         };
@@ -308,6 +312,7 @@ fn origin_form(req: &mut Request<ProxyBody>) {
 /// HTTP/1.1 connections to one endpoint: the unused ones, most recently used last.
 pub struct Http1Pool {
     connector: FixedConnector,
+    options: PoolOptions,
     idle: Mutex<Vec<Idle>>,
 }
 
@@ -323,24 +328,35 @@ impl std::fmt::Debug for Http1Pool {
 struct Idle {
     conn: http1::SendRequest<ProxyBody>,
     since: Instant,
+    /// Requests the connection has carried.
+    used: u32,
 }
+
+/// A connection out of the pool and the requests it carried before.
+type Checked = (http1::SendRequest<ProxyBody>, u32);
 
 impl Http1Pool {
     /// The most recently used connection that can take a request now. Closed and expired ones
     /// are dropped on the way (which closes them).
-    fn checkout(&self) -> Option<http1::SendRequest<ProxyBody>> {
+    fn checkout(&self) -> Option<Checked> {
         let mut idle = lock(&self.idle);
         while let Some(c) = idle.pop() {
-            if c.conn.is_ready() && c.since.elapsed() < IDLE_TIMEOUT {
-                return Some(c.conn);
+            if c.conn.is_ready() && c.since.elapsed() < self.options.idle_timeout {
+                return Some((c.conn, c.used));
             }
         }
         None
     }
 
-    /// Takes a connection back once its exchange is over.
-    fn checkin(&self, conn: http1::SendRequest<ProxyBody>) {
-        if conn.is_closed() {
+    /// Takes a connection back once its exchange is over (its `used`-th), unless it has
+    /// carried `maxRequestsPerConnection` requests: then it is dropped, which closes it.
+    fn checkin(&self, conn: http1::SendRequest<ProxyBody>, used: u32) {
+        if conn.is_closed()
+            || self
+                .options
+                .max_requests_per_connection
+                .is_some_and(|max| used >= max)
+        {
             return;
         }
         let mut idle = lock(&self.idle);
@@ -348,11 +364,15 @@ impl Http1Pool {
         // The oldest are first: close the ones that waited too long.
         let expired = idle
             .iter()
-            .take_while(|c| now.duration_since(c.since) >= IDLE_TIMEOUT)
+            .take_while(|c| now.duration_since(c.since) >= self.options.idle_timeout)
             .count();
         idle.drain(..expired);
         if idle.len() < MAX_IDLE {
-            idle.push(Idle { conn, since: now });
+            idle.push(Idle {
+                conn,
+                since: now,
+                used,
+            });
         }
     }
 
@@ -388,16 +408,16 @@ impl Http1Pool {
     ) -> Result<Response<ProxyBody>, UpstreamError> {
         let endpoint = Some(self.connector.addr);
         loop {
-            let (mut conn, pooled) = match self.checkout() {
-                Some(c) => (c, true),
-                None => (self.connect().await?, false),
+            let (mut conn, used, pooled) = match self.checkout() {
+                Some((c, used)) => (c, used, true),
+                None => (self.connect().await?, 0, false),
             };
             match conn.try_send_request(req).await {
                 Ok(resp) => {
                     let (parts, body) = resp.into_parts();
                     // A 101 hands the connection over to the upgrade; it never comes back.
                     let back = (parts.status != http::StatusCode::SWITCHING_PROTOCOLS)
-                        .then(|| (self.clone(), conn));
+                        .then(|| (self.clone(), conn, used + 1));
                     return Ok(Response::from_parts(parts, boxed(Returning { body, back })));
                 }
                 Err(mut e) => match e.take_message() {
@@ -418,21 +438,21 @@ impl Http1Pool {
 /// A response body that gives its connection back to the pool once it has ended.
 struct Returning {
     body: Incoming,
-    back: Option<(Arc<Http1Pool>, http1::SendRequest<ProxyBody>)>,
+    back: Option<(Arc<Http1Pool>, http1::SendRequest<ProxyBody>, u32)>,
 }
 
 impl Returning {
     fn give_back(&mut self) {
-        if let Some((pool, conn)) = self.back.take() {
+        if let Some((pool, conn, used)) = self.back.take() {
             if conn.is_ready() {
-                pool.checkin(conn);
+                pool.checkin(conn, used);
             } else if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 // The connection's task has not yet taken in the end of the exchange (or the
                 // request body is still going): wait for it elsewhere.
                 rt.spawn(async move {
                     let mut conn = conn;
                     if conn.ready().await.is_ok() {
-                        pool.checkin(conn);
+                        pool.checkin(conn, used);
                     }
                 });
             }
@@ -565,9 +585,74 @@ mod tests {
 
     /// An HTTP/1.1 pool to `addr`, dialing through a cluster's dialer (`connectTimeout` 1s).
     fn http1_client(addr: SocketAddr) -> EndpointClient {
+        http1_client_with(addr, PoolOptions::default())
+    }
+
+    fn http1_client_with(addr: SocketAddr, options: PoolOptions) -> EndpointClient {
         let stats = crate::stats::Metrics::default().cluster("c");
-        let dialer = ClusterDialer::new("c".to_string(), Duration::from_secs(1), None, stats);
+        let dialer = ClusterDialer::new("c".to_string(), Duration::from_secs(1), None, stats)
+            .with_pool_options(options);
         EndpointClient::new(dialer, addr, None, false, Duration::from_secs(1), None)
+    }
+
+    #[tokio::test]
+    async fn max_requests_per_connection_closes_the_connection_after_n_requests() {
+        let (addr, seen) = server("n", false).await;
+        let c = http1_client_with(
+            addr,
+            PoolOptions {
+                max_requests_per_connection: Some(2),
+                ..PoolOptions::default()
+            },
+        );
+        for _ in 0..5 {
+            let resp = c.send(get("http://a/")).await.unwrap();
+            assert_eq!(text(resp).await, "n");
+        }
+        // 2 + 2 + 1: Envoy's max_requests_per_connection.
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 3);
+        assert_eq!(lock(&seen.heads).len(), 5);
+    }
+
+    #[tokio::test]
+    async fn an_idle_timeout_retires_pooled_connections() {
+        let (addr, seen) = server("i", false).await;
+        let c = http1_client_with(
+            addr,
+            PoolOptions {
+                idle_timeout: Duration::from_millis(100),
+                ..PoolOptions::default()
+            },
+        );
+        for _ in 0..2 {
+            let resp = c.send(get("http://a/")).await.unwrap();
+            assert_eq!(text(resp).await, "i");
+        }
+        assert_eq!(
+            seen.connections.load(Ordering::SeqCst),
+            1,
+            "reused within the timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let resp = c.send(get("http://a/")).await.unwrap();
+        assert_eq!(text(resp).await, "i");
+        assert_eq!(
+            seen.connections.load(Ordering::SeqCst),
+            2,
+            "a connection idle past idleTimeout is not used again"
+        );
+    }
+
+    #[test]
+    fn pool_options_from_the_cluster() {
+        use rustmesh_xds::cluster::HttpProtocolOptions;
+        assert_eq!(PoolOptions::from_def(None), PoolOptions::default());
+        let o = PoolOptions::from_def(Some(&HttpProtocolOptions {
+            idle_timeout: Some(rustmesh_xds::duration::Duration::from_secs(5)),
+            max_requests_per_connection: Some(10),
+        }));
+        assert_eq!(o.idle_timeout, Duration::from_secs(5));
+        assert_eq!(o.max_requests_per_connection, Some(10));
     }
 
     fn get(uri: &str) -> Request<ProxyBody> {

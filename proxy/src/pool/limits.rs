@@ -7,6 +7,9 @@
 //!   request overflows (503, `x-envoy-overloaded: true`, flag `UO`).
 //! * HTTP/2: requests share connections; at most `http2MaxRequests` (`maxRequests`) are active.
 //! * `maxRequests` also caps HTTP/1.1 requests, as in Envoy.
+//! * `maxRetries` (`connectionPool.http.maxRetries`): retries outstanding at once across the
+//!   cluster; over it a retry is not attempted and the answer in hand goes back, counted in
+//!   `envoy_cluster_upstream_rq_retry_overflow` ([`CircuitBreaker::try_retry`]).
 //!
 //! The [`Permit`] must be held until the response body ends; [`Permit::attach`] ties it to the
 //! body.
@@ -28,6 +31,20 @@ pub struct CircuitBreaker {
     pending: AtomicU64,
     max_requests: u64,
     active: Arc<AtomicU64>,
+    max_retries: u64,
+    retries: Arc<AtomicU64>,
+}
+
+/// One retry in progress; the cluster's count of retries goes down when it is dropped.
+#[derive(Debug)]
+pub struct RetryPermit {
+    retries: Arc<AtomicU64>,
+}
+
+impl Drop for RetryPermit {
+    fn drop(&mut self) {
+        self.retries.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The cluster is at its limits.
@@ -55,13 +72,15 @@ const MAX_PERMITS: usize = Semaphore::MAX_PERMITS;
 impl CircuitBreaker {
     /// From a cluster's first (default priority) thresholds; `None` = Istio's unlimited.
     pub fn new(t: Option<&Thresholds>) -> Self {
-        let (conns, pending, requests) = match t {
+        // Envoy's default for max_retries is 3.
+        let (conns, pending, requests, retries) = match t {
             Some(t) => (
                 t.max_connections.unwrap_or(ENVOY_DEFAULT),
                 t.max_pending_requests.unwrap_or(ENVOY_DEFAULT),
                 t.max_requests.unwrap_or(ENVOY_DEFAULT),
+                t.max_retries.unwrap_or(3),
             ),
-            None => (u32::MAX, u32::MAX, u32::MAX),
+            None => (u32::MAX, u32::MAX, u32::MAX, u32::MAX),
         };
         CircuitBreaker {
             connections: Arc::new(Semaphore::new((conns as usize).min(MAX_PERMITS))),
@@ -69,7 +88,19 @@ impl CircuitBreaker {
             pending: AtomicU64::new(0),
             max_requests: u64::from(requests),
             active: Arc::new(AtomicU64::new(0)),
+            max_retries: u64::from(retries),
+            retries: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Admits one retry, to be held until its attempt is over; `None` when `maxRetries`
+    /// retries of the cluster are already in progress (Envoy's retry overflow).
+    pub fn try_retry(&self) -> Option<RetryPermit> {
+        let prev = self.retries.fetch_add(1, Ordering::AcqRel);
+        let permit = RetryPermit {
+            retries: self.retries.clone(),
+        };
+        (prev < self.max_retries).then_some(permit)
     }
 
     /// Admits a request, waiting as a pending request when HTTP/1.1 connections are all busy.
@@ -101,6 +132,13 @@ impl CircuitBreaker {
         let mut permit = permit;
         permit._connection = Some(conn);
         Ok(permit)
+    }
+
+    /// One TCP proxy connection under `maxConnections` (the same slots HTTP/1.1 requests take),
+    /// held while the connection lives; `None` when they are all taken: the connection is
+    /// refused, as Envoy's `upstream_cx_overflow`.
+    pub fn try_connection(&self) -> Option<OwnedSemaphorePermit> {
+        self.connections.clone().try_acquire_owned().ok()
     }
 
     /// Requests admitted and not yet finished.
@@ -170,6 +208,38 @@ mod tests {
         drop(first);
         waiting.await.unwrap().unwrap();
         assert_eq!(cb.active(), 0);
+    }
+
+    #[test]
+    fn tcp_connections_share_max_connections() {
+        let cb = CircuitBreaker::new(Some(&Thresholds {
+            max_connections: Some(1),
+            ..Default::default()
+        }));
+        let one = cb.try_connection().expect("the first");
+        assert!(cb.try_connection().is_none(), "over maxConnections");
+        drop(one);
+        assert!(cb.try_connection().is_some());
+    }
+
+    #[test]
+    fn max_retries_caps_the_retries_in_progress() {
+        let cb = CircuitBreaker::new(Some(&Thresholds {
+            max_retries: Some(1),
+            ..Default::default()
+        }));
+        let first = cb.try_retry().expect("one retry");
+        assert!(cb.try_retry().is_none(), "a second at once overflows");
+        drop(first);
+        assert!(
+            cb.try_retry().is_some(),
+            "free again once the first is over"
+        );
+        let none = CircuitBreaker::new(Some(&Thresholds {
+            max_retries: Some(0),
+            ..Default::default()
+        }));
+        assert!(none.try_retry().is_none());
     }
 
     #[tokio::test]
