@@ -20,8 +20,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use serde_json::{Value, json};
 use rustmesh_xds::serve::{self, ConnLimits, Gate};
+use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use crate::cluster::{Kind, UpstreamCluster};
