@@ -4,7 +4,9 @@
 //! force keep serving).
 
 use crate::with_restore;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -322,8 +324,8 @@ async fn bad_virtual_service(test: &str, ns: &str, bad_name: &str) {
     .await
     .unwrap();
 
-    // Weights adding up to 110: the API server accepts it (the schema cannot say), the
-    // operator refuses it and says why in the status.
+    // Weights adding up to 110: the schema cannot say, the validating webhook (istiod's
+    // validation) refuses it at apply, naming the field.
     let bad = serde_json::json!({
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
@@ -333,10 +335,97 @@ async fn bad_virtual_service(test: &str, ns: &str, bad_name: &str) {
             {"destination": {"host": "reviews", "subset": "v2"}, "weight": 50},
         ]}]},
     });
-    ctx.apply_raw_virtual_service(&ns, bad_name, &bad)
+    let refused = ctx
+        .apply_raw_virtual_service(&ns, bad_name, &bad)
+        .await
+        .expect_err("the validating webhook refuses weights adding up to 110")
+        .to_string();
+    ctx.log(format!("kubectl apply of {bad_name}: {refused}"));
+    assert!(
+        refused.contains("validation.rustmesh.io") && refused.contains("weight"),
+        "{refused}"
+    );
+
+    // Past the validator (it was down with failurePolicy Ignore, or the object predates it),
+    // the operator refuses it and says why in the status.
+    with_restore(
+        operator_refuses_and_keeps_serving(&ctx, &ns, bad_name, &bad, &pod, &url),
+        validate_namespace_again(&ctx, &ns),
+    )
+    .await;
+    ctx.delete_namespace(&ns).await;
+}
+
+/// Label on a test namespace the validator is told to skip (see [`skip_validation`]).
+const UNVALIDATED: &str = "rustmesh-e2e-unvalidated";
+const VALIDATOR: &str = "rustmesh-validator";
+
+/// Makes the validating webhook skip `ns` (a namespaceSelector on a label of it), so an object
+/// it would refuse reaches the operator, as when the validator is down with `failurePolicy:
+/// Ignore` or the object predates it.
+async fn skip_validation(ctx: &Ctx, ns: &str) {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ctx.client.clone());
+    namespaces
+        .patch(
+            ns,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"labels": {UNVALIDATED: "true"}}})),
+        )
         .await
         .unwrap();
-    let api: Api<VirtualService> = Api::namespaced(ctx.client.clone(), &ns);
+    set_validator_selector(
+        ctx,
+        serde_json::json!({"matchExpressions": [{"key": UNVALIDATED, "operator": "DoesNotExist"}]}),
+    )
+    .await
+    .unwrap();
+    ctx.log(format!("{VALIDATOR} skips namespace {ns}"));
+}
+
+/// Undoes [`skip_validation`]: the validator sees every namespace again.
+async fn validate_namespace_again(ctx: &Ctx, _ns: &str) {
+    // An empty list of expressions: every namespace, as installed.
+    if let Err(e) = set_validator_selector(ctx, serde_json::json!({"matchExpressions": []})).await {
+        ctx.log(format!("restoring {VALIDATOR}'s namespaceSelector: {e}"));
+    }
+}
+
+/// Sets the validator's `namespaceSelector` (a strategic merge: its webhooks merge by name).
+async fn set_validator_selector(ctx: &Ctx, selector: serde_json::Value) -> kube::Result<()> {
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(ctx.client.clone());
+    let patch = serde_json::json!({"webhooks": [
+        {"name": "validation.rustmesh.io", "namespaceSelector": selector},
+    ]});
+    configs
+        .patch(VALIDATOR, &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+        .map(|_| ())
+}
+
+async fn operator_refuses_and_keeps_serving(
+    ctx: &Ctx,
+    ns: &str,
+    bad_name: &str,
+    bad: &serde_json::Value,
+    pod: &str,
+    url: &str,
+) {
+    skip_validation(ctx, ns).await;
+    // The validator's namespaceSelector takes effect as the API server reloads it.
+    poll(
+        &format!("{bad_name} past the validator"),
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || async {
+            ctx.apply_raw_virtual_service(ns, bad_name, bad)
+                .await
+                .map(Some)
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await
+    .unwrap();
+    let api: Api<VirtualService> = Api::namespaced(ctx.client.clone(), ns);
     let condition = poll(
         &format!("status of {bad_name} for its new generation"),
         Duration::from_secs(60),
@@ -401,7 +490,7 @@ async fn bad_virtual_service(test: &str, ns: &str, bad_name: &str) {
             last.generation, vs.metadata.generation
         ));
         assert!(Some(last.generation) < vs.metadata.generation);
-        restart_operator(&ctx).await;
+        restart_operator(ctx).await;
         // Past the new operator's first render and a config poll: still all to v1.
         tokio::time::sleep(Duration::from_secs(5)).await;
         for _ in 0..2 {
@@ -417,7 +506,6 @@ async fn bad_virtual_service(test: &str, ns: &str, bad_name: &str) {
             tokio::time::sleep(Duration::from_secs(3)).await;
         }
     }
-    ctx.delete_namespace(&ns).await;
 }
 
 #[tokio::test]
