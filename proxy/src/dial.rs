@@ -35,7 +35,7 @@ pub struct PoolOptions {
     /// [`DEFAULT_POOL_IDLE_TIMEOUT`]). An HTTP/1.1 connection past it is never used again and is closed when
     /// the pool is next used; h2c connections are closed by hyper-util's pool timer.
     pub idle_timeout: Duration,
-    /// Close an HTTP/1.1 connection once it has carried this many requests
+    /// Close a connection once it has carried this many requests, HTTP/1.1 or h2c
     /// (`maxRequestsPerConnection`, Envoy's `max_requests_per_connection`; `None`: no limit).
     pub max_requests_per_connection: Option<u32>,
 }

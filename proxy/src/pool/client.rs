@@ -205,7 +205,55 @@ pub struct EndpointClient {
 #[derive(Clone, Debug)]
 enum Pool {
     Http1(Arc<Http1Pool>),
-    Http2(Arc<Client<FixedConnector, ProxyBody>>),
+    Http2(Arc<Http2Pool>),
+}
+
+/// The h2c pool: hyper-util's client (one multiplexed connection), replaced by a new one once
+/// it has carried `maxRequestsPerConnection` requests, as Envoy counts them on HTTP/2 too
+/// (hyper-util's pool has no such setting). The old client's connection closes once its
+/// streams in flight end and the last clone of it is dropped.
+#[derive(Debug)]
+struct Http2Pool {
+    connector: FixedConnector,
+    options: PoolOptions,
+    current: Mutex<(Client<FixedConnector, ProxyBody>, u32)>,
+}
+
+impl Http2Pool {
+    fn new(connector: FixedConnector, options: PoolOptions) -> Self {
+        let client = Self::client(&connector, &options);
+        Http2Pool {
+            connector,
+            options,
+            current: Mutex::new((client, 0)),
+        }
+    }
+
+    fn client(
+        connector: &FixedConnector,
+        options: &PoolOptions,
+    ) -> Client<FixedConnector, ProxyBody> {
+        let mut b = Client::builder(ConnExecutor::default());
+        b.pool_idle_timeout(options.idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(true);
+        b.build(connector.clone())
+    }
+
+    /// The client to send the next request with.
+    fn checkout(&self) -> Client<FixedConnector, ProxyBody> {
+        let mut current = lock(&self.current);
+        if self
+            .options
+            .max_requests_per_connection
+            .is_some_and(|max| current.1 >= max)
+        {
+            *current = (Self::client(&self.connector, &self.options), 0);
+        }
+        current.1 += 1;
+        current.0.clone()
+    }
 }
 
 impl EndpointClient {
@@ -237,12 +285,7 @@ impl EndpointClient {
         };
         let options = connector.dialer.pool_options();
         let pool = if http2 {
-            let mut b = Client::builder(ConnExecutor::default());
-            b.pool_idle_timeout(options.idle_timeout)
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .http2_only(true);
-            Pool::Http2(Arc::new(b.build(connector)))
+            Pool::Http2(Arc::new(Http2Pool::new(connector, options)))
         } else {
             Pool::Http1(Arc::new(Http1Pool {
                 connector,
@@ -277,11 +320,11 @@ impl EndpointClient {
         mut req: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
         match &self.pool {
-            Pool::Http2(client) => {
+            Pool::Http2(pool) => {
                 *req.version_mut() = Version::HTTP_2;
                 // HTTP/2 carries the authority in `:authority` (from the URI).
                 req.headers_mut().remove(http::header::HOST);
-                match client.request(req).await {
+                match pool.checkout().request(req).await {
                     Ok(resp) => Ok(resp.map(boxed)),
                     Err(e) => Err(classify(&e, Some(self.addr))),
                 }
@@ -612,6 +655,49 @@ mod tests {
         // 2 + 2 + 1: Envoy's max_requests_per_connection.
         assert_eq!(seen.connections.load(Ordering::SeqCst), 3);
         assert_eq!(lock(&seen.heads).len(), 5);
+    }
+
+    /// An h2c server on loopback answering `h2` to everything; counts its connections.
+    async fn h2_server() -> (SocketAddr, Arc<AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = connections.clone();
+        tokio::spawn(async move {
+            loop {
+                let (sock, _) = l.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(full("h2")))
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(sock), service)
+                    .await;
+                });
+            }
+        });
+        (addr, connections)
+    }
+
+    #[tokio::test]
+    async fn max_requests_per_connection_counts_http2_requests_too() {
+        let (addr, connections) = h2_server().await;
+        let stats = crate::stats::Metrics::default().cluster("c");
+        let dialer = ClusterDialer::new("c".to_string(), Duration::from_secs(1), None, stats)
+            .with_pool_options(PoolOptions {
+                max_requests_per_connection: Some(2),
+                ..PoolOptions::default()
+            });
+        let c = EndpointClient::new(dialer, addr, None, true, Duration::from_secs(1), None);
+        for _ in 0..5 {
+            let resp = c.send(get("http://a/")).await.unwrap();
+            assert_eq!(text(resp).await, "h2");
+        }
+        // 2 + 2 + 1 streams, as Envoy counts max_requests_per_connection on HTTP/2.
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
