@@ -6,6 +6,8 @@
 //!   the one trait ([`index::kinds::IstioKind`]) and generic store every Istio kind goes through;
 //! - [`registry`]: the services and their endpoints as the renderer reads them;
 //! - [`validation`]: each Istio object's verdict and the status conditions written back;
+//! - [`delegate`]: VirtualService delegation, the delegate's routes merged into the root's
+//!   (shared by validation's warnings and the renderer);
 //! - [`render`](mod@render): the pure renderer (`render_parts(view, scope) -> ProxyConfig`);
 //! - [`configmap`]: the ConfigMap contract (keys, endpoint parts, compression, hashing, the
 //!   hashed [`render`](fn@render)/[`render_view`]) and the reader RBAC;
@@ -20,6 +22,7 @@ pub mod cli;
 pub mod configmap;
 pub mod controller;
 pub mod debounce;
+pub mod delegate;
 pub mod error;
 pub mod fixtures;
 pub mod index;
