@@ -126,8 +126,15 @@ impl IstioKind for VirtualService {
     fn store_mut(index: &mut Index) -> &mut KindStore<Self> {
         &mut index.virtual_services
     }
+    /// A root (with hosts) reaches its `exportTo` audience; a delegate (without hosts) renders
+    /// only through the roots naming it, so it reaches theirs.
     fn reach(&self, index: &Index) -> BTreeSet<String> {
-        index.exported_to(&ObjKey::of(self).namespace, &self.spec.export_to)
+        let key = ObjKey::of(self);
+        if self.spec.hosts.is_empty() {
+            index.delegate_audience(&key)
+        } else {
+            index.exported_to(&key.namespace, &self.spec.export_to)
+        }
     }
     fn status(&self) -> Option<&IstioStatus> {
         self.status.as_ref()

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Service};
 use kinds::{IstioKind, KindFn, KindStore, for_kind};
 use kube::ResourceExt;
 use rustmesh_api::sidecar::{EgressHost, OutboundTrafficPolicyMode};
+use rustmesh_api::virtual_service::Delegate;
 use rustmesh_api::{DestinationRule, PeerAuthentication, Sidecar, VirtualService};
 use rustmesh_xds::well_known::{DEFAULT_DOMAIN_SUFFIX, DEFAULT_ROOT_NAMESPACE};
 use std::collections::{BTreeMap, BTreeSet};
@@ -545,16 +546,48 @@ impl Index {
                 out.insert(n.to_string());
             }
         }
-        // VirtualService destinations pull services into scopes that otherwise do not see them.
+        // VirtualService destinations pull services into scopes that otherwise do not see them
+        // (a delegate's into the scopes of the roots naming it).
         for (key, vs) in &self.virtual_services.objects {
             let into_ns = vs_destination_hosts(vs)
                 .any(|h| h.ends_with(&suffix) || (!h.contains('.') && key.namespace == namespace));
             if into_ns {
+                out.extend(vs.reach(self));
+            }
+        }
+        out
+    }
+
+    /// Injected namespaces that render the delegate VirtualService `delegate`: the audiences
+    /// (`exportTo`) of the root VirtualServices whose `http[].delegate` names it, in their
+    /// current or last accepted version. A superset is harmless (the content hash stops the
+    /// write); a subset would leave a root's routes stale when its delegate changes.
+    pub fn delegate_audience(&self, delegate: &ObjKey) -> BTreeSet<String> {
+        let store = &self.virtual_services;
+        let mut out = BTreeSet::new();
+        for (key, vs) in store.objects.iter().chain(&store.last_good) {
+            let names_it = !vs.spec.hosts.is_empty()
+                && vs
+                    .spec
+                    .http
+                    .iter()
+                    .filter_map(|r| r.delegate.as_ref())
+                    .any(|d| &delegate_key(&key.namespace, d) == delegate);
+            if names_it {
                 out.extend(self.exported_to(&key.namespace, &vs.spec.export_to));
             }
         }
         out
     }
+}
+
+/// The delegate VirtualService that a root VirtualService in `root_namespace` names in an
+/// `http[].delegate` (its namespace defaults to the root's).
+pub fn delegate_key(root_namespace: &str, d: &Delegate) -> ObjKey {
+    ObjKey::new(
+        d.namespace.as_deref().unwrap_or(root_namespace),
+        d.name.as_str(),
+    )
 }
 
 /// Every destination host a VirtualService names (routes and mirrors).
@@ -720,6 +753,67 @@ spec:
             index2.apply(Object::Sidecar(Box::new(sc)))
         };
         assert_eq!(a.namespaces, set(&["default", "shop"]));
+    }
+
+    #[test]
+    fn a_delegate_change_re_renders_the_namespaces_of_its_roots() {
+        let mut index = bookinfo();
+        fixtures::namespace(&mut index, "shop", true);
+        fixtures::namespace(&mut index, "team", true);
+        let delegate = |subset: &str| {
+            let yaml = format!(
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: routes, namespace: team}}\nspec:\n  http: [{{route: [{{destination: {{host: reviews.default.svc.cluster.local, subset: {subset}}}}}]}}]\n"
+            );
+            let mut i = Index::default();
+            istio(&mut i, &yaml);
+            Object::VirtualService(Box::new(
+                i.virtual_services.objects.values().next().unwrap().clone(),
+            ))
+        };
+        // No root names it yet: it renders nowhere (its status is still written).
+        let a = index.apply(delegate("v1"));
+        assert!(a.namespaces.is_empty() && a.statuses);
+        // A root in `default`, seen only there, delegates to it.
+        istio(
+            &mut index,
+            r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  exportTo: ["."]
+  http: [{delegate: {name: routes, namespace: team}}]
+"#,
+        );
+        let key = ObjKey::new("team", "routes");
+        assert_eq!(index.delegate_audience(&key), set(&["default"]));
+        // The delegate's change re-renders the root's namespace, not its own nor the others.
+        assert_eq!(index.apply(delegate("v2")).namespaces, set(&["default"]));
+        // ... and so does deleting it (the root's route then renders nothing).
+        assert_eq!(
+            index.delete(Kind::VirtualService, &key).namespaces,
+            set(&["default"])
+        );
+        // A service the delegate routes to reaches the root's audience too.
+        index.apply(delegate("v2"));
+        assert!(index.namespaces_seeing("default").contains("default"));
+        // A second root, exported everywhere, widens the delegate's reach.
+        istio(
+            &mut index,
+            r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: shop}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  http: [{delegate: {name: routes, namespace: team}}]
+"#,
+        );
+        assert_eq!(
+            index.apply(delegate("v3")).namespaces,
+            set(&["default", "shop", "team"])
+        );
     }
 
     #[test]
