@@ -537,6 +537,17 @@ impl Checker {
                 if let Some(a) = &r.route {
                     self.route_action(&format!("{rp}.route"), a);
                 }
+                if let Some(c) = &r.cors {
+                    for (k, o) in c.allow_origin_string_match.iter().enumerate() {
+                        self.string_matcher(&format!("{rp}.cors.allowOriginStringMatch[{k}]"), o);
+                    }
+                    if !c.max_age.is_empty() && c.max_age.parse::<u64>().is_err() {
+                        self.err(
+                            format!("{rp}.cors.maxAge"),
+                            format!("{:?} is not a number of seconds", c.max_age),
+                        );
+                    }
+                }
                 if let Some(rd) = &r.redirect
                     && ![301, 302, 303, 307, 308].contains(&rd.response_code)
                 {

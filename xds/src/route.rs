@@ -56,6 +56,61 @@ pub struct Route {
     /// `name.namespace` of the VirtualService this route came from (the VIRTUAL SERVICE column).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub virtual_service: Option<String>,
+    /// Cross-origin resource sharing, as Envoy's CORS filter applies a route's policy (Istio's
+    /// `corsPolicy`). Absent: requests pass untouched, as before the field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<CorsPolicy>,
+}
+
+/// Envoy's route-level `CorsPolicy`, as Istio renders a VirtualService's `corsPolicy`: lists
+/// already joined with `,`, `maxAge` in whole seconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CorsPolicy {
+    /// The origins allowed; a matcher that matches `*` allows every origin (as Envoy).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_origin_string_match: Vec<StringMatcher>,
+    /// `access-control-allow-methods` of a preflight answer (empty: not sent).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub allow_methods: String,
+    /// `access-control-allow-headers` of a preflight answer (empty: not sent).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub allow_headers: String,
+    /// `access-control-expose-headers` of an allowed request's response (empty: not sent).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub expose_headers: String,
+    /// `access-control-max-age` of a preflight answer, in seconds (empty: not sent).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub max_age: String,
+    /// `access-control-allow-credentials: true` on allowed answers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_credentials: bool,
+    /// A preflight whose origin is not allowed goes on to the app (Envoy's default, Istio's
+    /// `FORWARD`); false answers it here with 200 and no CORS headers (Istio's `IGNORE`).
+    #[serde(default = "forward", skip_serializing_if = "is_forward")]
+    pub forward_not_matching_preflights: bool,
+}
+
+impl Default for CorsPolicy {
+    fn default() -> Self {
+        CorsPolicy {
+            allow_origin_string_match: Vec::new(),
+            allow_methods: String::new(),
+            allow_headers: String::new(),
+            expose_headers: String::new(),
+            max_age: String::new(),
+            allow_credentials: false,
+            forward_not_matching_preflights: true,
+        }
+    }
+}
+
+fn forward() -> bool {
+    true
+}
+
+fn is_forward(b: &bool) -> bool {
+    *b
 }
 
 /// Conditions on a request; all given conditions must hold.

@@ -447,6 +447,35 @@ fn regexes_allowed_one_by_one_cannot_add_up_past_the_configuration_budget() {
 }
 
 #[test]
+fn cors_origins_are_checked_and_counted_like_every_regex() {
+    let mut v = fixture_value();
+    v["routes"][0]["virtualHosts"][1]["routes"][0]["cors"] = json!({
+        "allowOriginStringMatch": [ { "exact": "https://a" }, { "safeRegex": { "regex": r"\w{60}" } } ],
+        "maxAge": "1.5"
+    });
+    let errors = invalid_fields(&v);
+    assert!(
+        errors.iter().any(|(f, m)| f
+            == "routes[0].virtualHosts[1].routes[0].cors.allowOriginStringMatch[1].safeRegex.regex"
+            && m.contains("compiles to more than")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|(f, _)| f == "routes[0].virtualHosts[1].routes[0].cors.maxAge"),
+        "{errors:?}"
+    );
+    // A good policy loads; an old document without one loads as before (the fixture).
+    v["routes"][0]["virtualHosts"][1]["routes"][0]["cors"] = json!({
+        "allowOriginStringMatch": [ { "safeRegex": { "regex": r"https://.*\.example\.com" } } ],
+        "maxAge": "86400",
+        "forwardNotMatchingPreflights": false
+    });
+    load_value(&v).unwrap();
+}
+
+#[test]
 fn istio_documented_regexes_are_accepted() {
     for re in [
         "^/api/v[0-9]+/.*",
