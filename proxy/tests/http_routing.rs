@@ -473,3 +473,205 @@ async fn consistent_hash_keeps_users_on_one_endpoint_and_generates_cookies() {
         assert!(!again.headers.contains_key("set-cookie"));
     }
 }
+
+/// The `access-control-*` headers of an answer, by name.
+fn cors_headers(h: &http::HeaderMap) -> BTreeMap<String, String> {
+    h.iter()
+        .filter(|(k, _)| k.as_str().starts_with("access-control-"))
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+        .collect()
+}
+
+fn expected(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn cors_preflights_answered_here_and_allowed_origins_on_responses() {
+    let v1 = upstream("v1", Behavior::default()).await;
+    let rc = vhost(
+        &["*"],
+        json!([
+            {
+                "match": { "prefix": "/ignore" },
+                "route": cluster("v1"),
+                "cors": {
+                    "allowOriginStringMatch": [ { "exact": "https://a.example.com" } ],
+                    "allowMethods": "GET",
+                    "forwardNotMatchingPreflights": false
+                }
+            },
+            {
+                "match": { "prefix": "/plain" },
+                "route": cluster("v1"),
+                "cors": { "allowOriginStringMatch": [ { "exact": "*" } ] }
+            },
+            {
+                "match": { "prefix": "/" },
+                "route": cluster("v1"),
+                "cors": {
+                    "allowOriginStringMatch": [
+                        { "exact": "https://a.example.com" },
+                        { "prefix": "https://b." },
+                        { "safeRegex": { "regex": "https://[a-z]+\\.example\\.org" } }
+                    ],
+                    "allowMethods": "GET,POST",
+                    "allowHeaders": "content-type,x-token",
+                    "exposeHeaders": "x-trace",
+                    "maxAge": "86400",
+                    "allowCredentials": true
+                }
+            }
+        ]),
+    );
+    let p = start_proxy(
+        rc,
+        TestClusters::new().cluster("v1", &[&v1]),
+        Options::default(),
+    )
+    .await;
+    let c = Clients::new();
+    let preflight = |path: &str, origin: &str| {
+        request(p.addr, "reviews", path)
+            .method("OPTIONS")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .body(empty_body())
+            .unwrap()
+    };
+    let actual = |method: &str, path: &str, origin: Option<&str>| {
+        let mut b = request(p.addr, "reviews", path).method(method);
+        if let Some(o) = origin {
+            b = b.header("origin", o);
+        }
+        b.body(empty_body()).unwrap()
+    };
+
+    // A preflight from each kind of allowed origin: answered here, exactly these headers.
+    for origin in [
+        "https://a.example.com",
+        "https://b.anything",
+        "https://api.example.org",
+    ] {
+        let r = send(&c.h1, preflight("/x", origin)).await;
+        assert_eq!(r.status, 200, "{origin}");
+        assert_eq!(
+            cors_headers(&r.headers),
+            expected(&[
+                ("access-control-allow-origin", origin),
+                ("access-control-allow-methods", "GET,POST"),
+                ("access-control-allow-headers", "content-type,x-token"),
+                ("access-control-max-age", "86400"),
+                ("access-control-allow-credentials", "true"),
+            ]),
+            "{origin}"
+        );
+        assert!(!r.headers.contains_key("vary"), "Envoy adds no vary");
+        assert!(r.body.is_empty());
+    }
+    assert_eq!(v1.hits(), 0, "allowed preflights never reach the app");
+    // A regex must match the whole origin.
+    let r = send(&c.h1, preflight("/x", "https://api.example.org.evil.com")).await;
+    assert_eq!(
+        v1.hits(),
+        1,
+        "an unmatched preflight is forwarded (FORWARD)"
+    );
+    assert_eq!(r.upstream(), "v1");
+    assert_eq!(cors_headers(&r.headers), expected(&[]));
+    let seen = v1.seen().pop().unwrap();
+    assert_eq!(seen.method, "OPTIONS");
+
+    // IGNORE: an unmatched preflight is answered here, with no CORS headers.
+    let r = send(&c.h1, preflight("/ignore", "https://evil.com")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(cors_headers(&r.headers), expected(&[]));
+    assert_eq!(r.upstream(), "");
+    assert_eq!(v1.hits(), 1, "not forwarded");
+    // ... and a matching one still gets its answer.
+    let r = send(&c.h1, preflight("/ignore", "https://a.example.com")).await;
+    assert_eq!(
+        cors_headers(&r.headers),
+        expected(&[
+            ("access-control-allow-origin", "https://a.example.com"),
+            ("access-control-allow-methods", "GET"),
+        ])
+    );
+    assert_eq!(v1.hits(), 1);
+
+    // An actual request from an allowed origin: forwarded, the response carries the origin,
+    // the credentials and the exposed headers.
+    let r = send(&c.h1, actual("GET", "/x", Some("https://b.example"))).await;
+    assert_eq!((r.status.as_u16(), r.upstream().as_str()), (200, "v1"));
+    assert_eq!(
+        cors_headers(&r.headers),
+        expected(&[
+            ("access-control-allow-origin", "https://b.example"),
+            ("access-control-allow-credentials", "true"),
+            ("access-control-expose-headers", "x-trace"),
+        ])
+    );
+    assert_eq!(v1.hits(), 2);
+    // OPTIONS without Access-Control-Request-Method is not a preflight: forwarded, decorated.
+    let r = send(
+        &c.h1,
+        actual("OPTIONS", "/x", Some("https://a.example.com")),
+    )
+    .await;
+    assert_eq!(r.upstream(), "v1");
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://a.example.com"
+    );
+    // Not allowed, or no Origin at all: untouched.
+    let r = send(&c.h1, actual("GET", "/x", Some("https://evil.com"))).await;
+    assert_eq!(r.upstream(), "v1");
+    assert_eq!(cors_headers(&r.headers), expected(&[]));
+    let r = send(&c.h1, actual("POST", "/x", None)).await;
+    assert_eq!(r.upstream(), "v1");
+    assert_eq!(cors_headers(&r.headers), expected(&[]));
+    assert_eq!(v1.hits(), 5);
+
+    // A matcher that accepts `*` allows any origin; without allowCredentials and exposeHeaders
+    // only the origin is added.
+    let r = send(&c.h1, actual("GET", "/plain", Some("https://z.test"))).await;
+    assert_eq!(
+        cors_headers(&r.headers),
+        expected(&[("access-control-allow-origin", "https://z.test")])
+    );
+    let r = send(&c.h1, preflight("/plain", "https://z.test")).await;
+    assert_eq!(
+        cors_headers(&r.headers),
+        expected(&[("access-control-allow-origin", "https://z.test")])
+    );
+    assert_eq!(v1.hits(), 6);
+
+    // Over HTTP/2 (any authority: the virtual host is `*`) the same.
+    let r = send(&c.h2, preflight("/x", "https://a.example.com")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://a.example.com"
+    );
+    assert_eq!(v1.hits(), 6);
+}
+
+#[tokio::test]
+async fn a_cors_origin_regex_that_does_not_compile_refuses_the_table() {
+    let rc = vhost(
+        &["reviews"],
+        json!([{
+            "match": { "prefix": "/" },
+            "route": cluster("v1"),
+            "cors": { "allowOriginStringMatch": [ { "safeRegex": { "regex": "(" } } ] }
+        }]),
+    );
+    let e = rustmesh_proxy::http::route::RouteTable::compile(&rc, &BTreeMap::new()).unwrap_err();
+    assert_eq!(
+        e.field,
+        "virtualHosts[0].routes[0].cors.allowOriginStringMatch[0].safeRegex.regex"
+    );
+}

@@ -1,9 +1,10 @@
 //! One request, from its head to the route's action: the request id, the head-size limit
 //! (431), virtual host and route (`http::route`, 404 `NR`), the cluster of a weighted choice, the
 //! fault's delay and abort, then the action: a redirect or a direct response answered here, or
-//! forwarding (`http/forward.rs`). Comes after the connection stage (`http/server.rs`, which
-//! calls [`handle`] for every request hyper reads); every answer goes through the recording
-//! stage (`http/record.rs`).
+//! forwarding (`http/forward.rs`), with the route's CORS policy (`route/cors.rs`: a preflight
+//! answered here, an allowed origin's headers added to the response). Comes after the
+//! connection stage (`http/server.rs`, which calls [`handle`] for every request hyper reads);
+//! every answer goes through the recording stage (`http/record.rs`).
 
 use crate::body::{ProxyBody, empty};
 use crate::http::forward::{Target, forward};
@@ -11,7 +12,7 @@ use crate::http::headers;
 use crate::http::record::Conn;
 use crate::http::record::{Exchange, header_str};
 use crate::http::reply::{grpc_reply, local_reply, status};
-use crate::http::route::{self, AbortWith, Action, RequestView, RouteTable};
+use crate::http::route::{self, AbortWith, Action, CorsCheck, RequestView, RouteTable};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, LOCATION};
 use http::{HeaderMap, Request, Response, Version};
 use hyper::body::Incoming;
@@ -205,6 +206,16 @@ pub(super) async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Respo
             let Some((cluster, weighted)) = chosen else {
                 unreachable!("chosen for forward actions")
             };
+            // The CORS filter's place in Istio's chain: after the fault filter, before the router.
+            let cors = match &fwd.cors {
+                Some(c) => c.check(req.method(), req.headers()),
+                None => CorsCheck::Pass,
+            };
+            let allowed = match cors {
+                CorsCheck::Answer(resp) => return conn.finish(ex, resp),
+                CorsCheck::Allowed(a) => Some(a),
+                CorsCheck::Pass => None,
+            };
             let target = Target {
                 cluster,
                 weighted,
@@ -215,7 +226,11 @@ pub(super) async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Respo
                 include_attempt_count: m.vhost.include_request_attempt_count,
                 upgrade,
             };
-            let resp = forward(&conn, &mut ex, req, route, fwd, target).await;
+            let mut resp = forward(&conn, &mut ex, req, route, fwd, target).await;
+            // Upstream answers and the router's own (timeouts, no healthy upstream) alike.
+            if let Some(a) = allowed {
+                a.apply(resp.headers_mut());
+            }
             conn.finish(ex, resp)
         }
     }

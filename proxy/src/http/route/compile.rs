@@ -4,14 +4,17 @@
 //! that does not compile is refused with a [`RouteError`] naming the field.
 
 use super::{
-    Action, ClusterChoice, CompiledRoute, CompiledVirtualHost, ForwardAction, HeaderCondition,
-    MirrorPolicy, PathMatch, QueryCondition, RegexRewrite, RouteError, RouteTable, StringMatch,
+    Action, ClusterChoice, CompiledRoute, CompiledVirtualHost, Cors, ForwardAction,
+    HeaderCondition, MirrorPolicy, PathMatch, QueryCondition, RegexRewrite, RouteError, RouteTable,
+    StringMatch,
 };
 use crate::http::retry::RetrySpec;
+use http::HeaderValue;
 use regex::Regex;
 use rustmesh_xds::regex::{Anchor, compile as compile_regex};
 use rustmesh_xds::route::{
-    HeaderMatcher, QueryParameterMatcher, Route, RouteConfiguration, StringMatcher, VirtualHost,
+    CorsPolicy, HeaderMatcher, QueryParameterMatcher, Route, RouteConfiguration, StringMatcher,
+    VirtualHost,
 };
 use rustmesh_xds::types::Percent;
 use std::collections::{BTreeMap, HashMap};
@@ -182,6 +185,43 @@ fn compile_query(
     })
 }
 
+/// Compiles a route's CORS policy: origin matchers (regexes within the size limits, whole-value),
+/// and the header values its answers carry.
+fn compile_cors(c: &CorsPolicy, field: &str) -> Result<Cors, (String, String)> {
+    let origins = c
+        .allow_origin_string_match
+        .iter()
+        .enumerate()
+        .map(|(k, m)| StringMatch::compile(m, &format!("{field}.allowOriginStringMatch[{k}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let value = |v: &str, name: &str| -> Result<Option<HeaderValue>, (String, String)> {
+        if v.is_empty() {
+            return Ok(None);
+        }
+        HeaderValue::from_str(v).map(Some).map_err(|_| {
+            (
+                format!("{field}.{name}"),
+                format!("{v:?} is not a header value"),
+            )
+        })
+    };
+    if !c.max_age.is_empty() && c.max_age.parse::<u64>().is_err() {
+        return Err((
+            format!("{field}.maxAge"),
+            format!("{:?} is not a number of seconds", c.max_age),
+        ));
+    }
+    Ok(Cors {
+        origins,
+        allow_methods: value(&c.allow_methods, "allowMethods")?,
+        allow_headers: value(&c.allow_headers, "allowHeaders")?,
+        expose_headers: value(&c.expose_headers, "exposeHeaders")?,
+        max_age: value(&c.max_age, "maxAge")?,
+        allow_credentials: c.allow_credentials,
+        forward_not_matching_preflights: c.forward_not_matching_preflights,
+    })
+}
+
 /// Converts an RE2/Envoy substitution (`\1`) into the `regex` crate's (`${1}`), escaping `$`.
 fn substitution(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -302,6 +342,11 @@ fn compile_route(
                     })
                     .collect(),
                 hash_policy: a.hash_policy.clone(),
+                cors: r
+                    .cors
+                    .as_ref()
+                    .map(|c| compile_cors(c, &format!("{rp}.cors")))
+                    .transpose()?,
             }))
         }
         (None, Some(rd), None) => Action::Redirect(rd.clone()),

@@ -19,6 +19,8 @@
 //!   cluster of a weighted choice ([`ClusterChoice::choose`]), fault injection
 //!   ([`decide_fault`]), mirrors ([`decide_mirrors`]), the redirect `Location`
 //!   ([`redirect_location`]), the path rewrite ([`CompiledRoute::rewrite_path`]).
+//! * `route/cors.rs`: the route's CORS policy ([`Cors::check`]): a preflight answered before
+//!   the request goes upstream, an allowed origin's headers on the response.
 //!
 //! The server's request stage acts on these; the route's retry policy is interpreted by
 //! [`retry`](crate::http::retry).
@@ -27,11 +29,13 @@
 
 mod actions;
 mod compile;
+mod cors;
 mod matching;
 
 pub use actions::{
     AbortWith, FaultDecision, decide_fault, decide_mirrors, redirect_location, split_host_port,
 };
+pub use cors::{Cors, CorsAllowed, CorsCheck};
 pub use matching::query_param;
 
 use crate::http::retry::RetrySpec;
@@ -158,6 +162,8 @@ pub struct ForwardAction {
     pub mirrors: Vec<MirrorPolicy>,
     /// Consistent-hash keys.
     pub hash_policy: Vec<HashPolicy>,
+    /// The route's CORS policy (Envoy's CORS filter leaves redirects and direct responses alone).
+    pub cors: Option<Cors>,
 }
 
 /// What a matched route does.
