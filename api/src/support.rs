@@ -248,11 +248,13 @@ const VIRTUAL_SERVICE: &[Entry] = &[
          and responses would carry no Access-Control-* headers",
         r#"{"allowOrigins": [{"exact": "https://example.com"}]}"#,
     ),
-    refused(
+    rendered(
         "spec.http[].delegate",
-        "VirtualService delegation is not implemented: the delegate's routes would not be merged \
-         in",
-        r#"{"name": "reviews-delegate"}"#,
+        &["name", "namespace"],
+        "render/delegate.rs: the delegate VirtualService's http routes merged in at this \
+         position, matches combined with this route's (Istio's mergeHTTPRoute); a missing, \
+         invisible or invalid delegate is a warning on the root (validation.rs \
+         delegate_findings)",
     ),
     rendered(
         "spec.tcp[].match[]",

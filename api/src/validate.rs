@@ -227,8 +227,20 @@ impl Validate for VirtualServiceSpec {
                 "at least one of http, tcp or tls routes is required",
             );
         }
+        if delegate {
+            // As Istio: a delegate carries HTTP routes only (it is merged into a root's).
+            if !self.tcp.is_empty() {
+                f.err("spec.tcp", "a delegate VirtualService (one without hosts) may have no tcp routes: only http routes are delegated");
+            }
+            if !self.tls.is_empty() {
+                f.err("spec.tls", "a delegate VirtualService (one without hosts) may have no tls routes: only http routes are delegated");
+            }
+        }
         for (i, r) in self.http.iter().enumerate() {
             http_route(&mut f, &format!("spec.http[{i}]"), r);
+            if let Some(d) = &r.delegate {
+                delegate_ref(&mut f, &format!("spec.http[{i}].delegate"), d, delegate);
+            }
         }
         for (i, r) in self.tcp.iter().enumerate() {
             let p = format!("spec.tcp[{i}]");
@@ -283,6 +295,32 @@ fn route_destinations(f: &mut Findings, field: &str, route: &[RouteDestination])
         f.destination(&format!("{field}[{i}].destination"), &d.destination);
     }
     f.weights(field, &route.iter().map(|d| d.weight).collect::<Vec<_>>());
+}
+
+/// A route's `delegate`: a VirtualService name (namespace: the root's by default); only one
+/// level of delegation, as Istio ("delegate HTTP route cannot contain delegate").
+fn delegate_ref(f: &mut Findings, p: &str, d: &Delegate, in_delegate: bool) {
+    if in_delegate {
+        f.err(
+            p.to_string(),
+            "a delegate VirtualService (one without hosts) cannot delegate again: only one level of delegation is allowed",
+        );
+    }
+    let name_ok = !d.name.is_empty() && d.name.len() <= 253 && d.name.split('.').all(is_dns_label);
+    if !name_ok {
+        f.err(
+            format!("{p}.name"),
+            format!("{:?} is not a VirtualService name", d.name),
+        );
+    }
+    if let Some(ns) = &d.namespace
+        && !is_dns_label(ns)
+    {
+        f.err(
+            format!("{p}.namespace"),
+            format!("{ns:?} is not a namespace name"),
+        );
+    }
 }
 
 fn http_route(f: &mut Findings, p: &str, r: &HttpRoute) {

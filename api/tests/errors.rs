@@ -126,6 +126,24 @@ fn semantic_rules_each_name_their_field() {
             "spec.hosts[0]",
             7,
         ),
+        // Delegation: one level only (a VirtualService without hosts is a delegate)...
+        (
+            "  http:\n  - delegate:\n      name: deeper\n",
+            "spec.http[0].delegate",
+            8,
+        ),
+        // ... which carries http routes only ...
+        (
+            "  tcp:\n  - route:\n    - destination:\n        host: reviews\n",
+            "spec.tcp",
+            7,
+        ),
+        // ... and a root names it properly.
+        (
+            "  hosts: [reviews]\n  http:\n  - delegate:\n      name: reviews-routes\n      namespace: Bad_NS\n",
+            "spec.http[0].delegate.namespace",
+            11,
+        ),
     ];
     for (body, field, line) in cases {
         let text = format!("{HEAD}spec:\n{body}");

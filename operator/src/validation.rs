@@ -154,6 +154,8 @@ impl Validation {
             verdicts.insert((Kind::VirtualService, key.clone()), verdict(findings, None));
         }
 
+        delegate_findings(index, &mut verdicts);
+
         // Several VirtualServices for one host: sidecars use the oldest (as Istio does without
         // delegation); the others are told so.
         let mut by_host: BTreeMap<String, Vec<(&ObjKey, &VirtualService)>> = BTreeMap::new();
@@ -236,6 +238,90 @@ impl Validation {
         self.verdicts
             .get(&(kind, key.clone()))
             .is_some_and(|v| v.accepted)
+    }
+}
+
+/// Delegation (`crate::delegate`): a root route whose delegate VirtualService will not be
+/// merged in (not found, not a delegate, not exported to the root's namespace, invalid with no
+/// accepted version) renders nothing, as in Istio, which only logs it: here a warning on the
+/// root naming `spec.http[i].delegate`; so is a delegate route whose matches conflict with the
+/// root route's (it never applies). The delegate's own verdict is its own validation's.
+fn delegate_findings(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey), Verdict>) {
+    let store = &index.virtual_services;
+    let mut found: Vec<(ObjKey, Finding)> = Vec::new();
+    for (key, vs) in &store.objects {
+        if vs.spec.hosts.is_empty() || !verdicts[&(Kind::VirtualService, key.clone())].accepted {
+            continue;
+        }
+        for (i, rule) in vs.spec.http.iter().enumerate() {
+            let Some(d) = &rule.delegate else { continue };
+            let field = format!("spec.http[{i}].delegate");
+            let dkey = crate::index::delegate_key(&key.namespace, d);
+            let mut warn = |message: String| {
+                found.push((
+                    key.clone(),
+                    Finding {
+                        level: Level::Warning,
+                        field: field.clone(),
+                        message,
+                    },
+                ))
+            };
+            let Some(current) = store.objects.get(&dkey) else {
+                warn(format!(
+                    "delegate VirtualService {dkey} not found; this route renders nothing"
+                ));
+                continue;
+            };
+            let verdict = &verdicts[&(Kind::VirtualService, dkey.clone())];
+            let rendered = if verdict.accepted {
+                current
+            } else if let Some(previous) = store
+                .last_good
+                .get(&dkey)
+                .filter(|_| verdict.reason == "Invalid")
+            {
+                previous
+            } else {
+                let why = verdict
+                    .findings
+                    .iter()
+                    .find(|f| f.level == Level::Error)
+                    .map(|f| format!(": {}: {}", f.field, f.message))
+                    .unwrap_or_default();
+                warn(format!(
+                    "delegate VirtualService {dkey} is not accepted{why}; this route renders nothing"
+                ));
+                continue;
+            };
+            if !rendered.spec.hosts.is_empty() {
+                warn(format!(
+                    "VirtualService {dkey} has hosts, so it is not a delegate (a delegate has none); this route renders nothing"
+                ));
+                continue;
+            }
+            if !exported(&rendered.spec.export_to, &dkey.namespace, &key.namespace) {
+                warn(format!(
+                    "delegate VirtualService {dkey} is not exported to namespace {}; this route renders nothing",
+                    key.namespace
+                ));
+                continue;
+            }
+            for (j, sub) in rendered.spec.http.iter().enumerate() {
+                let resolve = |h: &str| resolve_host(h, &key.namespace, &index.mesh.domain_suffix);
+                let merged = crate::delegate::merge_http_route(rule, sub, &resolve);
+                if merged.is_none() {
+                    warn(format!(
+                        "route spec.http[{j}] of delegate VirtualService {dkey} has matches that conflict with this route's (not within them); it never applies"
+                    ));
+                }
+            }
+        }
+    }
+    for (key, finding) in found {
+        if let Some(v) = verdicts.get_mut(&(Kind::VirtualService, key)) {
+            v.findings.push(finding);
+        }
     }
 }
 

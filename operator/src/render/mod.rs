@@ -22,9 +22,12 @@
 //!   outbound clusters auto mTLS or a DestinationRule's `ISTIO_MUTUAL` (see [`clusters`]);
 //!   without a CA none of it is rendered;
 //! - not rendered (no field in the proxy model): DestinationRule TLS origination to servers
-//!   outside the mesh (`SIMPLE`, `MUTUAL`: a status warning) and TLS routes, CORS, delegate
-//!   VirtualServices, `derivePort`, `http2Error` aborts; TCP route matches on `sourceLabels`
-//!   are skipped (a TCP proxy cannot express them).
+//!   outside the mesh (`SIMPLE`, `MUTUAL`: a status warning) and TLS routes, CORS,
+//!   `derivePort`, `http2Error` aborts; TCP route matches on `sourceLabels`
+//!   are skipped (a TCP proxy cannot express them);
+//! - a root VirtualService's `http[].delegate` is replaced by the delegate's routes, merged as
+//!   Istio merges them ([`crate::delegate`], in [`routes`]); a delegate renders nothing on
+//!   its own.
 
 mod clusters;
 mod peer_authn;
@@ -121,6 +124,9 @@ pub struct MeshView<'a> {
     /// for every service of the mesh.
     vs_by_host: HostIndex,
     dr_by_host: HostIndex,
+    /// VirtualServices without hosts (delegates, only used through a root's `http[].delegate`),
+    /// by key: positions in `virtual_services`.
+    delegates: HashMap<&'a ObjKey, usize>,
 }
 
 /// Positions of objects by the hosts they name: exact hosts in a map, wildcards in a list.
@@ -220,6 +226,12 @@ impl<'a> MeshView<'a> {
                 .flat_map(|(i, hosts)| hosts.iter().map(move |h| (i, h))),
         );
         let dr_by_host = HostIndex::build(dr_hosts.iter().enumerate());
+        let delegates = virtual_services
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, vs))| vs.spec.hosts.is_empty())
+            .map(|(i, (key, _))| (*key, i))
+            .collect();
         MeshView {
             index,
             registry,
@@ -231,7 +243,21 @@ impl<'a> MeshView<'a> {
             dr_hosts,
             vs_by_host,
             dr_by_host,
+            delegates,
         }
+    }
+
+    /// The delegate VirtualService a root route in `root_namespace` hands over to, as rendered:
+    /// one without hosts, exported to the root's namespace (Istio's rules); `None` otherwise
+    /// (that root route renders nothing; validation warns on the root).
+    fn delegate_for(
+        &self,
+        root_namespace: &str,
+        d: &rustmesh_api::virtual_service::Delegate,
+    ) -> Option<(&'a ObjKey, &'a VirtualService)> {
+        let key = crate::index::delegate_key(root_namespace, d);
+        let (k, vs) = self.virtual_services[*self.delegates.get(&key)?];
+        exported(&vs.spec.export_to, &k.namespace, root_namespace).then_some((k, vs))
     }
 
     fn domain_suffix(&self) -> &str {
@@ -1280,6 +1306,8 @@ pub fn without_version(mut config: ProxyConfig) -> ProxyConfig {
 /// Cluster and endpoint lists and the EDS recipes, for [`clusters`] to fill.
 type ClusterParts = (Vec<Cluster>, Vec<ClusterLoadAssignment>, EdsRecipes);
 
+#[cfg(test)]
+mod delegate_tests;
 #[cfg(test)]
 mod mtls_tests;
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 use super::clusters::{hash_policy_for, merged_policy};
 use super::{Ctx, Visible};
+use crate::validation::resolve_host;
 use base64::Engine;
 use rustmesh_api::common::{Destination, StringMatch};
 use rustmesh_api::sidecar::OutboundTrafficPolicyMode;
@@ -332,22 +333,21 @@ impl<'v, 'a> Ctx<'v, 'a> {
             let vs_name = format!("{}.{}", key.name, key.namespace);
             let mut out = Vec::new();
             for rule in &vs.spec.http {
-                if rule.delegate.is_some() {
+                let Some(d) = &rule.delegate else {
+                    out.extend(self.rule_routes(rule, &key.namespace, port, &vs_name));
                     continue;
-                }
-                let matches: Vec<Option<&HttpMatchRequest>> = if rule.match_.is_empty() {
-                    vec![None]
-                } else {
-                    rule.match_
-                        .iter()
-                        .filter(|m| self.match_applies(m, port))
-                        .map(Some)
-                        .collect()
                 };
-                for m in matches {
-                    let mut route = self.translate(rule, m, &key.namespace, port);
-                    route.virtual_service = Some(vs_name.clone());
-                    out.push(route);
+                // Delegation: the delegate's routes in this one's place, narrowed to its
+                // matches (`crate::delegate`); a delegate not found renders nothing here.
+                let Some((dkey, dvs)) = self.view.delegate_for(&key.namespace, d) else {
+                    continue;
+                };
+                let suffix = self.view.domain_suffix();
+                let resolve = |h: &str| resolve_host(h, &key.namespace, suffix);
+                for sub in &dvs.spec.http {
+                    if let Some(merged) = crate::delegate::merge_http_route(rule, sub, &resolve) {
+                        out.extend(self.rule_routes(&merged, &dkey.namespace, port, &vs_name));
+                    }
                 }
             }
             return out;
@@ -366,6 +366,34 @@ impl<'v, 'a> Ctx<'v, 'a> {
             }),
             ..Route::default()
         }]
+    }
+
+    /// The routes of one `http` rule (one per match that can apply here), labelled with the
+    /// VirtualService `vs_name`; short host names resolve in `vs_ns`.
+    fn rule_routes(
+        &mut self,
+        rule: &VsHttpRoute,
+        vs_ns: &str,
+        port: u16,
+        vs_name: &str,
+    ) -> Vec<Route> {
+        let matches: Vec<Option<&HttpMatchRequest>> = if rule.match_.is_empty() {
+            vec![None]
+        } else {
+            rule.match_
+                .iter()
+                .filter(|m| self.match_applies(m, port))
+                .map(Some)
+                .collect()
+        };
+        matches
+            .into_iter()
+            .map(|m| {
+                let mut route = self.translate(rule, m, vs_ns, port);
+                route.virtual_service = Some(vs_name.to_string());
+                route
+            })
+            .collect()
     }
 
     /// Whether a match can apply on this port, for this scope's proxies (`port`, `gateways`,
