@@ -242,11 +242,21 @@ const VIRTUAL_SERVICE: &[Entry] = &[
         ],
         "render/routes.rs header_ops",
     ),
-    refused(
+    rendered(
         "spec.http[].corsPolicy",
-        "CORS policies are not implemented yet: preflight requests would reach the application \
-         and responses would carry no Access-Control-* headers",
-        r#"{"allowOrigins": [{"exact": "https://example.com"}]}"#,
+        &[
+            "allowCredentials",
+            "allowHeaders",
+            "allowMethods",
+            "allowOrigin",
+            "allowOrigins[].exact",
+            "allowOrigins[].prefix",
+            "allowOrigins[].regex",
+            "exposeHeaders",
+            "maxAge",
+            "unmatchedPreflights",
+        ],
+        "render/routes.rs cors_policy: Route.cors, applied by the proxy's http/cors.rs",
     ),
     rendered(
         "spec.http[].delegate",

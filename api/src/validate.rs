@@ -512,12 +512,65 @@ fn http_route(f: &mut Findings, p: &str, r: &HttpRoute) {
         );
     }
     if let Some(cors) = &r.cors_policy {
-        for (k, o) in cors.allow_origins.iter().enumerate() {
-            f.string_match(&format!("{p}.corsPolicy.allowOrigins[{k}]"), o);
-        }
+        cors_policy(f, &format!("{p}.corsPolicy"), cors);
     }
     if let Some(h) = &r.headers {
         f.headers(&format!("{p}.headers"), h);
+    }
+}
+
+/// Istio's checks of a `corsPolicy` (`validateCORSPolicy`): origins compile, methods are HTTP
+/// methods, header names are tokens (or `*`), `maxAge` is whole seconds. What passes is also a
+/// valid header value for the sidecar's answers.
+fn cors_policy(f: &mut Findings, p: &str, cors: &CorsPolicy) {
+    for (k, o) in cors.allow_origins.iter().enumerate() {
+        f.string_match(&format!("{p}.allowOrigins[{k}]"), o);
+    }
+    for (k, o) in cors.allow_origin.iter().enumerate() {
+        if o.is_empty() || o.bytes().any(|b| b.is_ascii_control() || b == b',') {
+            f.err(
+                format!("{p}.allowOrigin[{k}]"),
+                format!("{o:?} is not an origin"),
+            );
+        }
+    }
+    const METHODS: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "OPTIONS", "DELETE", "TRACE", "CONNECT",
+    ];
+    for (k, m) in cors.allow_methods.iter().enumerate() {
+        if !METHODS.contains(&m.as_str()) {
+            f.err(
+                format!("{p}.allowMethods[{k}]"),
+                format!("{m:?} is not a supported HTTP method"),
+            );
+        }
+    }
+    let token = |h: &str| {
+        h == "*"
+            || (!h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    };
+    for (list, name) in [
+        (&cors.allow_headers, "allowHeaders"),
+        (&cors.expose_headers, "exposeHeaders"),
+    ] {
+        for (k, h) in list.iter().enumerate() {
+            if !token(h) {
+                f.err(
+                    format!("{p}.{name}[{k}]"),
+                    format!("{h:?} is not a header name"),
+                );
+            }
+        }
+    }
+    if let Some(d) = &cors.max_age
+        && d.as_std().subsec_nanos() != 0
+    {
+        f.err(
+            format!("{p}.maxAge"),
+            "maxAge is accurate only to seconds: give whole seconds",
+        );
     }
 }
 

@@ -299,6 +299,23 @@ pub struct CorsPolicy {
     pub max_age: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_credentials: Option<bool>,
+    /// Deprecated: exact origins; used only when `allowOrigins` is empty (as Istio).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_origin: Vec<String>,
+    /// What a preflight whose origin is not allowed gets: forwarded to the app (`FORWARD`, the
+    /// default) or answered by the sidecar with no CORS headers (`IGNORE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmatched_preflights: Option<UnmatchedPreflights>,
+}
+
+/// Istio's `CorsPolicy.UnmatchedPreflights`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum UnmatchedPreflights {
+    /// As `FORWARD`.
+    UnmatchedPreflightPolicyUnspecified,
+    Forward,
+    Ignore,
 }
 
 /// Header manipulation for requests and responses.

@@ -9,13 +9,14 @@ use base64::Engine;
 use rustmesh_api::common::{Destination, StringMatch};
 use rustmesh_api::sidecar::OutboundTrafficPolicyMode;
 use rustmesh_api::virtual_service::{
-    HeaderOperations, HttpBody, HttpMatchRequest, HttpRetry, HttpRoute as VsHttpRoute,
+    CorsPolicy as VsCorsPolicy, HeaderOperations, HttpBody, HttpMatchRequest, HttpRetry,
+    HttpRoute as VsHttpRoute, UnmatchedPreflights,
 };
 use rustmesh_xds::duration::Duration;
 use rustmesh_xds::names::{ALLOW_ANY_VHOST, BLOCK_ALL_VHOST, ClusterName, PASSTHROUGH_CLUSTER};
 use rustmesh_xds::route::{
-    AppendAction, ClusterWeight, DirectResponseAction, FaultAbort, FaultDelay, FaultPolicy,
-    HashPolicy, HeaderMatcher, HeaderValue, HeaderValueOption, QueryParameterMatcher,
+    AppendAction, ClusterWeight, CorsPolicy, DirectResponseAction, FaultAbort, FaultDelay,
+    FaultPolicy, HashPolicy, HeaderMatcher, HeaderValue, HeaderValueOption, QueryParameterMatcher,
     RedirectAction, RegexMatchAndSubstitute, RegexMatcher, RequestMirrorPolicy, RetryPolicy, Route,
     RouteAction, RouteConfiguration, RouteMatch, StringMatcher, VirtualHost, WeightedClusters,
 };
@@ -213,6 +214,33 @@ fn grpc_code(s: &str) -> Option<u32> {
             .position(|n| n.eq_ignore_ascii_case(s))
             .and_then(|i| u32::try_from(i).ok())
     })
+}
+
+/// A `corsPolicy` as Istio renders it for Envoy's CORS filter (`TranslateCORSPolicy`):
+/// `allowOrigins`, else the deprecated `allowOrigin` as exact matches; lists joined with `,`;
+/// `maxAge` in whole seconds; unmatched preflights forwarded unless `IGNORE`.
+fn cors_policy(c: &VsCorsPolicy) -> CorsPolicy {
+    let allow_origin_string_match = if c.allow_origins.is_empty() {
+        c.allow_origin
+            .iter()
+            .map(|o| StringMatcher::exact(o))
+            .collect()
+    } else {
+        c.allow_origins.iter().map(string_matcher).collect()
+    };
+    CorsPolicy {
+        allow_origin_string_match,
+        allow_methods: c.allow_methods.join(","),
+        allow_headers: c.allow_headers.join(","),
+        expose_headers: c.expose_headers.join(","),
+        max_age: c
+            .max_age
+            .map(|d| d.as_std().as_secs().to_string())
+            .unwrap_or_default(),
+        allow_credentials: c.allow_credentials == Some(true),
+        forward_not_matching_preflights: c.unmatched_preflights
+            != Some(UnmatchedPreflights::Ignore),
+    }
 }
 
 fn fault(r: &VsHttpRoute) -> Option<FaultPolicy> {
@@ -455,6 +483,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
             match_,
             fault: fault(rule),
             virtual_service: None,
+            cors: rule.cors_policy.as_ref().map(cors_policy),
             ..Route::default()
         };
         if let Some(rd) = &rule.redirect {

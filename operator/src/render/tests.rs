@@ -713,6 +713,78 @@ spec:
 }
 
 #[test]
+fn cors_policy_is_rendered_as_istio_renders_it() {
+    use rustmesh_xds::route::{CorsPolicy, StringMatcher};
+    let mut index = bookinfo();
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  http:
+  - name: api
+    match:
+    - uri: {prefix: /api}
+    corsPolicy:
+      allowOrigins:
+      - exact: https://a.example.com
+      - prefix: https://b.
+      - regex: "https://.*\\.example\\.org"
+      allowMethods: [GET, POST]
+      allowHeaders: [content-type, x-token]
+      exposeHeaders: [x-trace]
+      maxAge: 24h
+      allowCredentials: true
+      unmatchedPreflights: IGNORE
+    route:
+    - destination: {host: ratings}
+  - name: legacy
+    corsPolicy:
+      allowOrigin: [https://old.example.com]
+    route:
+    - destination: {host: ratings}
+  - name: plain
+    route:
+    - destination: {host: ratings}
+"#,
+    );
+    let c = rendered(&index, &Scope::namespace("default"));
+    let vh = vhost(&c, "9080", "ratings.default.svc.cluster.local:9080");
+    let api = vh.routes[0].cors.as_ref().expect("cors rendered");
+    assert_eq!(
+        api,
+        &CorsPolicy {
+            allow_origin_string_match: vec![
+                StringMatcher::exact("https://a.example.com"),
+                StringMatcher::prefix("https://b."),
+                StringMatcher::regex(r"https://.*\.example\.org"),
+            ],
+            allow_methods: "GET,POST".into(),
+            allow_headers: "content-type,x-token".into(),
+            expose_headers: "x-trace".into(),
+            max_age: "86400".into(),
+            allow_credentials: true,
+            forward_not_matching_preflights: false,
+        }
+    );
+    let legacy = vh.routes[1].cors.as_ref().expect("cors rendered");
+    assert_eq!(
+        legacy,
+        &CorsPolicy {
+            allow_origin_string_match: vec![StringMatcher::exact("https://old.example.com")],
+            ..CorsPolicy::default()
+        }
+    );
+    assert!(legacy.forward_not_matching_preflights, "FORWARD by default");
+    assert_eq!(vh.routes[2].cors, None);
+    // The proxy's own validation accepts what was rendered.
+    ProxyConfig::from_json(&serde_json::to_string(&c).unwrap()).unwrap();
+}
+
+#[test]
 fn export_to_hides_a_virtual_service_from_other_namespaces() {
     let mut index = bookinfo();
     namespace(&mut index, "other", true);
