@@ -22,7 +22,7 @@
 //!   outbound clusters auto mTLS or a DestinationRule's `ISTIO_MUTUAL` (see [`clusters`]);
 //!   without a CA none of it is rendered;
 //! - not rendered (no field in the proxy model): DestinationRule TLS origination to servers
-//!   outside the mesh (`SIMPLE`, `MUTUAL`: a status warning) and TLS routes, CORS,
+//!   outside the mesh (`SIMPLE`, `MUTUAL`: a status warning) and TLS routes,
 //!   `derivePort`, `http2Error` aborts; TCP route matches on `sourceLabels`
 //!   are skipped (a TCP proxy cannot express them);
 //! - a root VirtualService's `http[].delegate` is replaced by the delegate's routes, merged as
