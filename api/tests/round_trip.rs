@@ -102,7 +102,7 @@ fn every_field_of_every_fixture_survives_a_round_trip() {
             objects += 1;
         }
     }
-    assert_eq!(objects, 11, "objects read");
+    assert_eq!(objects, 13, "objects read");
 }
 
 #[test]
