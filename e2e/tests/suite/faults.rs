@@ -466,7 +466,7 @@ async fn operator_refuses_and_keeps_serving(
     // debounce and a config poll).
     for _ in 0..2 {
         let s = ctx
-            .http_load(&ns, &pod, "productpage", &url, 100, 4, &[])
+            .http_load(ns, pod, "productpage", url, 100, 4, &[])
             .await
             .unwrap();
         assert_eq!(
@@ -495,7 +495,7 @@ async fn operator_refuses_and_keeps_serving(
         tokio::time::sleep(Duration::from_secs(5)).await;
         for _ in 0..2 {
             let s = ctx
-                .http_load(&ns, &pod, "productpage", &url, 100, 4, &[])
+                .http_load(ns, pod, "productpage", url, 100, 4, &[])
                 .await
                 .unwrap();
             assert_eq!(

@@ -72,10 +72,21 @@ async fn s10_sidecars_talk_mutual_tls_and_strict_refuses_plain_text() {
         "the server's sidecar saw the client's identity over mTLS: {seen}"
     );
     // PERMISSIVE (Istio's default): the pod without a sidecar is served too, in plain text.
-    let report = ctx
-        .http_get(&ns, &plain_pod, &plain.app, &url, &[])
-        .await
-        .unwrap();
+    // (It reaches the ClusterIP through kube-proxy, whose rules may lag the Endpoints the
+    // deploy waited for: a refused connection is retried for a while.)
+    let report = poll(
+        "the plain-text client served through the ClusterIP",
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || async {
+            ctx.http_get(&ns, &plain_pod, &plain.app, &url, &[])
+                .await
+                .map(Some)
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(report.service, "ratings");
     let table = ctx
         .proxy_config(&ns, &client_pod, &["secret"])
