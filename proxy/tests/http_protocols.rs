@@ -450,3 +450,85 @@ async fn an_h2_connection_accepted_while_draining_is_served_then_goes_away() {
         .unwrap();
     assert_eq!(up.hits(), 1);
 }
+
+/// The client sidecar's h2c pool sending without pause to a server sidecar that drains
+/// (GOAWAY on its open connections; one request, then GOAWAY, on each new one): a stream the
+/// server did not accept is a refused stream (retried by Istio's default policy, as Envoy does)
+/// and the pool moves to a new connection; no request is lost to a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_streams_refused_by_a_draining_server_are_retriable() {
+    use rustmesh_proxy::pool::client::{EndpointClient, UpstreamError};
+    let up = upstream("u", Behavior::default()).await;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let rc = vhost(
+        &["*"],
+        json!([{ "match": { "prefix": "/" }, "route": { "cluster": "c" } }]),
+    );
+    let p = start_proxy(
+        rc,
+        TestClusters::new().cluster("c", &[&up]),
+        Options {
+            drain: Some(rx),
+            ..Default::default()
+        },
+    )
+    .await;
+    let stats = rustmesh_proxy::stats::Metrics::default().cluster("client");
+    let dialer = rustmesh_proxy::dial::ClusterDialer::new(
+        "client".to_string(),
+        Duration::from_secs(1),
+        None,
+        stats,
+    );
+    let pool = EndpointClient::new(dialer, p.addr, None, true, Duration::from_secs(1), None);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut answered, mut refused, mut unanswered, mut other) = (0, 0, 0, Vec::new());
+            for _ in 0..100 {
+                let req = hyper::Request::get("http://svc/")
+                    .body(empty_body())
+                    .unwrap();
+                // A rare request never answered while the server drains (about 1 run in 25
+                // here, before this fix too; not understood yet, see the closing note of #17)
+                // is counted apart: this test is about requests lost to resets.
+                let Ok(sent) = tokio::time::timeout(Duration::from_secs(30), pool.send(req)).await
+                else {
+                    unanswered += 1;
+                    continue;
+                };
+                match sent {
+                    Ok(r) if r.status() == 200 => {
+                        let _ = r.into_body().collect().await;
+                        answered += 1;
+                    }
+                    Ok(r) => other.push(format!("status {}", r.status())),
+                    Err(UpstreamError::RefusedStream { .. }) => refused += 1,
+                    Err(e) => other.push(format!("{e:?}")),
+                }
+            }
+            (answered, refused, unanswered, other)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    tx.send(true).unwrap();
+    let (mut answered, mut refused, mut unanswered, mut other) = (0, 0, 0, Vec::new());
+    for t in tasks {
+        let (a, r, u, o) = t.await.unwrap();
+        answered += a;
+        refused += r;
+        unanswered += u;
+        other.extend(o);
+    }
+    assert!(
+        other.is_empty(),
+        "{} lost: {:?}",
+        other.len(),
+        &other[..other.len().min(5)]
+    );
+    assert_eq!(answered + refused + unanswered, 800);
+    assert!(unanswered <= 2, "{unanswered} never answered");
+    // Refused streams are the exception: the pool leaves a connection going away at once.
+    assert!(refused < 100, "{refused} refused");
+}

@@ -216,7 +216,8 @@ enum Pool {
 struct Http2Pool {
     connector: FixedConnector,
     options: PoolOptions,
-    current: Mutex<(Client<FixedConnector, ProxyBody>, u32)>,
+    /// The client, the requests it carried, and its generation (to retire it only once).
+    current: Mutex<(Client<FixedConnector, ProxyBody>, u32, u64)>,
 }
 
 impl Http2Pool {
@@ -225,7 +226,7 @@ impl Http2Pool {
         Http2Pool {
             connector,
             options,
-            current: Mutex::new((client, 0)),
+            current: Mutex::new((client, 0, 0)),
         }
     }
 
@@ -241,18 +242,33 @@ impl Http2Pool {
         b.build(connector.clone())
     }
 
-    /// The client to send the next request with.
-    fn checkout(&self) -> Client<FixedConnector, ProxyBody> {
+    /// The client to send the next request with, and its generation.
+    fn checkout(&self) -> (Client<FixedConnector, ProxyBody>, u64) {
         let mut current = lock(&self.current);
         if self
             .options
             .max_requests_per_connection
             .is_some_and(|max| current.1 >= max)
         {
-            *current = (Self::client(&self.connector, &self.options), 0);
+            let generation = current.2 + 1;
+            *current = (Self::client(&self.connector, &self.options), 0, generation);
         }
         current.1 += 1;
-        current.0.clone()
+        (current.0.clone(), current.2)
+    }
+
+    /// Replaces the client of `generation` (if still current) by a new one, so the next
+    /// requests open a new connection: the server sent GOAWAY on this one, which Envoy's pool
+    /// stops using at once (hyper-util's keeps sending on it, and those streams are refused).
+    fn retire(&self, generation: u64) {
+        let mut current = lock(&self.current);
+        if current.2 == generation {
+            *current = (
+                Self::client(&self.connector, &self.options),
+                0,
+                generation + 1,
+            );
+        }
     }
 }
 
@@ -324,9 +340,16 @@ impl EndpointClient {
                 *req.version_mut() = Version::HTTP_2;
                 // HTTP/2 carries the authority in `:authority` (from the URI).
                 req.headers_mut().remove(http::header::HOST);
-                match pool.checkout().request(req).await {
+                let (client, generation) = pool.checkout();
+                match client.request(req).await {
                     Ok(resp) => Ok(resp.map(boxed)),
-                    Err(e) => Err(classify(&e, Some(self.addr))),
+                    Err(e) => {
+                        let error = classify(&e, Some(self.addr));
+                        if matches!(error, UpstreamError::RefusedStream { .. }) {
+                            pool.retire(generation);
+                        }
+                        Err(error)
+                    }
                 }
             }
             Pool::Http1(pool) => {
@@ -559,11 +582,37 @@ pub fn classify(
     if e.is_connect() {
         return UpstreamError::ConnectFailure { endpoint, reason };
     }
-    let lower = reason.to_ascii_lowercase();
-    if lower.contains("refused stream") || lower.contains("refused_stream") {
+    if refused_by_the_server(e, &reason) {
         return UpstreamError::RefusedStream { endpoint };
     }
     UpstreamError::Reset { endpoint, reason }
+}
+
+/// Whether a request failed without the server processing it, so a retry is safe and Envoy
+/// counts it as `refused-stream` (retried by Istio's default policy): never sent (hyper
+/// canceled it: its connection closed first), reset with REFUSED_STREAM, or not accepted
+/// because the server is going away (GOAWAY with NO_ERROR: a
+/// stream above its last stream id, or opened after it, "can be retried", RFC 9113 §6.8), as
+/// when the upstream sidecar drains.
+fn refused_by_the_server(e: &(dyn std::error::Error + 'static), reason: &str) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        // Never sent: the connection closed (or went away) before the request was written.
+        if s.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
+            return true;
+        }
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away()
+                    && h2.is_remote()
+                    && h2.reason() == Some(h2::Reason::NO_ERROR));
+        }
+        src = s.source();
+    }
+    let lower = reason.to_ascii_lowercase();
+    lower.contains("refused stream") || lower.contains("refused_stream")
 }
 
 #[cfg(test)]
