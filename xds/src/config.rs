@@ -35,6 +35,10 @@ pub struct ProxyConfig {
     /// [`crate::peer_authn`]); absent: PERMISSIVE everywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_authentication: Option<crate::peer_authn::PeerAuthentication>,
+    /// The AuthorizationPolicy objects that can apply to this scope's pods (see
+    /// [`crate::authz`]); absent: no policy, every request is allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<crate::authz::Authorization>,
 }
 
 /// A host name and its addresses.

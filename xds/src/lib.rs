@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod authz;
 pub mod backoff;
 pub mod ca;
 pub mod cluster;

@@ -519,6 +519,8 @@ pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsReci
 
     let config = ProxyConfig {
         peer_authentication: peer_authn::peer_authentication(view, scope),
+        // Rendered by `render::authz` once AuthorizationPolicy is indexed (#19).
+        authorization: None,
         version_info: String::new(),
         listeners: all_listeners,
         routes: routes.into_values().collect(),
