@@ -23,6 +23,7 @@ TLS 1.3 tickets as rustls' keeps per server), or, with `RESUMPTION["on"] = False
 every new connection is a full handshake.
 """
 
+import json
 import os
 
 # Session resumption between the sidecars of the mTLS pair (bench/run --full-handshakes: off).
@@ -604,3 +605,78 @@ def envoy(server_ip, http_port, tcp_port, conn_port, certs=None):
         "admin": {"address": _sa("127.0.0.1", 15000)},
         "static_resources": {"listeners": listeners, "clusters": clusters},
     }
+
+
+# ---- authorization: N ALLOW rules on the server's inbound side (bench/run --authz) -----------
+#
+# One ALLOW policy `bench/allow` of `n` rules, as a user would write it: rule 0 allows the TCP
+# ports (so the opaque and iperf ports keep working: an ALLOW policy denies what no rule allows),
+# rules 1..n-2 allow GET on paths the benchmark never asks for, and the last rule allows GET /,
+# the benchmark's request. Envoy gets what Istio generates for that policy: an HTTP RBAC filter
+# (one policy `ns[bench]-policy[allow]-rule[i]` per rule) ahead of the router on the inbound
+# HTTP chains, and a network RBAC filter on the inbound TCP chains holding only the rules without
+# HTTP-only fields (Istio drops those from an ALLOW policy's TCP filter).
+
+
+def authz_rules(n, tcp_ports):
+    """The policy's rules in the rustmesh ProxyConfig's shape (`xds::authz::AuthzRule`)."""
+    rules = [{"to": [{"ports": list(tcp_ports)}]}]
+    rules += [{"to": [{"methods": ["GET"], "paths": [f"/api/items/{i}"]}]} for i in range(1, n - 1)]
+    rules.append({"to": [{"methods": ["GET"], "paths": ["/"]}]})
+    return rules[:max(n, 1)]
+
+
+def with_authz_rustmesh(doc, n, tcp_ports):
+    doc = json.loads(json.dumps(doc))
+    doc["authorization"] = {"policies": [{"name": "bench/allow", "action": "ALLOW",
+                                          "rules": authz_rules(n, tcp_ports)}]}
+    doc["versionInfo"] = f"bench-authz-{n}"
+    return doc
+
+
+def _envoy_policy(rule):
+    perms = []
+    for op in rule.get("to", []):
+        ands = []
+        if "ports" in op:
+            ands.append({"or_rules": {"rules": [{"destination_port": p} for p in op["ports"]]}})
+        if "methods" in op:
+            ands.append({"or_rules": {"rules": [{"header": {"name": ":method", "string_match": {"exact": m}}}
+                                                for m in op["methods"]]}})
+        if "paths" in op:
+            ands.append({"or_rules": {"rules": [{"url_path": {"path": {"exact": p}}} for p in op["paths"]]}})
+        perms.append({"and_rules": {"rules": ands}})
+    return {"permissions": perms, "principals": [{"and_ids": {"ids": [{"any": True}]}}]}
+
+
+def _envoy_rbac(n, tcp_ports, http):
+    policies = {}
+    for i, rule in enumerate(authz_rules(n, tcp_ports)):
+        http_only = any("methods" in op or "paths" in op for op in rule.get("to", []))
+        if http or not http_only:
+            policies[f"ns[bench]-policy[allow]-rule[{i}]"] = _envoy_policy(rule)
+    rules = {"action": "ALLOW", "policies": policies}
+    if http:
+        return {"name": "envoy.filters.http.rbac",
+                "typed_config": {"@type": T + "filters.http.rbac.v3.RBAC", "rules": rules}}
+    return {"name": "envoy.filters.network.rbac",
+            "typed_config": {"@type": T + "filters.network.rbac.v3.RBAC", "stat_prefix": "tcp.", "rules": rules}}
+
+
+def with_authz_envoy(doc, n, tcp_ports):
+    """`doc` (an `envoy()` bootstrap) with the RBAC filters on its inbound listener's chains."""
+    doc = json.loads(json.dumps(doc))
+    for listener in doc["static_resources"]["listeners"]:
+        if listener["name"] != "virtualInbound":
+            continue
+        chains = listener["filter_chains"] + [listener["default_filter_chain"]]
+        for chain in chains:
+            filters = chain["filters"]
+            if chain.get("filter_chain_match", {}).get("destination_port") == 15006:
+                continue  # the loop guard's blackhole
+            hcm = filters[0]["typed_config"]
+            if "http_filters" in hcm:
+                hcm["http_filters"].insert(0, _envoy_rbac(n, tcp_ports, http=True))
+            else:
+                filters.insert(0, _envoy_rbac(n, tcp_ports, http=False))
+    return doc
