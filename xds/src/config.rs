@@ -39,6 +39,10 @@ pub struct ProxyConfig {
     /// [`crate::authz`]); absent: no policy, every request is allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<crate::authz::Authorization>,
+    /// The RequestAuthentication objects that can apply to this scope's pods, key sets
+    /// resolved (see [`crate::request_authn`]); absent: no JWT is checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_authentication: Option<crate::request_authn::RequestAuthentication>,
 }
 
 /// A host name and its addresses.

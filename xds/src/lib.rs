@@ -31,6 +31,7 @@ pub mod names;
 pub mod peer_authn;
 pub mod probe;
 pub mod regex;
+pub mod request_authn;
 pub mod route;
 pub mod scope;
 #[cfg(feature = "serve")]

@@ -521,6 +521,8 @@ pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsReci
         peer_authentication: peer_authn::peer_authentication(view, scope),
         // Rendered by `render::authz` once AuthorizationPolicy is indexed (#19).
         authorization: None,
+        // Rendered by `render::request_authn` once RequestAuthentication is indexed (#19).
+        request_authentication: None,
         version_info: String::new(),
         listeners: all_listeners,
         routes: routes.into_values().collect(),
