@@ -1,8 +1,8 @@
 //! `rustmesh-api`: Istio's `networking.istio.io` API and `security.istio.io`'s
-//! PeerAuthentication as Rust types.
+//! PeerAuthentication and AuthorizationPolicy as Rust types.
 //!
-//! - [`VirtualService`], [`DestinationRule`], [`Sidecar`] and [`PeerAuthentication`] read
-//!   Istio's own YAML unchanged
+//! - [`VirtualService`], [`DestinationRule`], [`Sidecar`], [`PeerAuthentication`] and
+//!   [`AuthorizationPolicy`] read Istio's own YAML unchanged
 //!   (camelCase, `0.5s` durations, `oneOf` fields such as `StringMatch`).
 //! - [`parse::load`] reads multi-document YAML and reports errors with field path and line. It
 //!   reads within [`rustmesh_xds::yaml::Limits::MANIFESTS`]: a stream of at most 16 MiB, whose
@@ -15,6 +15,7 @@
 //! - [`crd`] generates the CRDs checked in under `crds/`.
 #![forbid(unsafe_code)]
 
+pub mod authorization_policy;
 pub mod checks;
 pub mod common;
 pub mod crd;
@@ -29,6 +30,7 @@ pub mod support;
 pub mod validate;
 pub mod virtual_service;
 
+pub use authorization_policy::{AuthorizationPolicy, AuthorizationPolicySpec};
 pub use destination_rule::{DestinationRule, DestinationRuleSpec};
 pub use error::{Error, FieldError};
 pub use parse::{IstioObject, load, load_all, load_all_with};

@@ -7,7 +7,7 @@
 use crate::error::{Error, FieldError, ObjectRef};
 use crate::locate::LineIndex;
 use crate::validate::Validate;
-use crate::{DestinationRule, PeerAuthentication, Sidecar, VirtualService};
+use crate::{AuthorizationPolicy, DestinationRule, PeerAuthentication, Sidecar, VirtualService};
 use rustmesh_xds::yaml;
 use serde::de::DeserializeOwned;
 
@@ -16,11 +16,11 @@ pub const GROUP: &str = "networking.istio.io";
 /// Versions the networking kinds are served as, newest first; `v1` is stored. All share one
 /// schema, as in Istio.
 pub const VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
-/// The API group of PeerAuthentication.
+/// The API group of PeerAuthentication and AuthorizationPolicy.
 pub const SECURITY_GROUP: &str = "security.istio.io";
 
 /// The kinds read here, with their group and served versions (newest, stored, first).
-pub const KINDS: [(&str, &str, &[&str]); 4] = [
+pub const KINDS: [(&str, &str, &[&str]); 5] = [
     ("VirtualService", GROUP, &VERSIONS),
     ("DestinationRule", GROUP, &VERSIONS),
     ("Sidecar", GROUP, &VERSIONS),
@@ -28,6 +28,11 @@ pub const KINDS: [(&str, &str, &[&str]); 4] = [
         "PeerAuthentication",
         SECURITY_GROUP,
         &crate::peer_authentication::VERSIONS,
+    ),
+    (
+        "AuthorizationPolicy",
+        SECURITY_GROUP,
+        &crate::authorization_policy::VERSIONS,
     ),
 ];
 
@@ -38,6 +43,7 @@ pub enum IstioObject {
     DestinationRule(Box<DestinationRule>),
     Sidecar(Box<Sidecar>),
     PeerAuthentication(Box<PeerAuthentication>),
+    AuthorizationPolicy(Box<AuthorizationPolicy>),
 }
 
 impl IstioObject {
@@ -47,6 +53,7 @@ impl IstioObject {
             IstioObject::DestinationRule(_) => "DestinationRule",
             IstioObject::Sidecar(_) => "Sidecar",
             IstioObject::PeerAuthentication(_) => "PeerAuthentication",
+            IstioObject::AuthorizationPolicy(_) => "AuthorizationPolicy",
         }
     }
 
@@ -56,11 +63,14 @@ impl IstioObject {
             IstioObject::DestinationRule(o) => &o.metadata,
             IstioObject::Sidecar(o) => &o.metadata,
             IstioObject::PeerAuthentication(o) => &o.metadata,
+            IstioObject::AuthorizationPolicy(o) => &o.metadata,
         }
     }
 
     /// Findings that do not make the object invalid: fields rustmesh accepts without
-    /// implementing them ([`crate::support`]) and, for a PeerAuthentication, Istio's warnings.
+    /// implementing them ([`crate::support`]) and, for a PeerAuthentication or an
+    /// AuthorizationPolicy, Istio's warnings (and an AuthorizationPolicy's CUSTOM action, which
+    /// rustmesh renders as a deny of what it matches).
     pub fn warnings(&self) -> Vec<FieldError> {
         let kind = self.kind();
         match self {
@@ -68,6 +78,7 @@ impl IstioObject {
             IstioObject::DestinationRule(o) => crate::support::warned_fields(kind, &o.spec),
             IstioObject::Sidecar(o) => crate::support::warned_fields(kind, &o.spec),
             IstioObject::PeerAuthentication(o) => o.spec.warnings(),
+            IstioObject::AuthorizationPolicy(o) => o.spec.warnings(),
         }
     }
 
@@ -78,6 +89,7 @@ impl IstioObject {
             IstioObject::DestinationRule(o) => o.spec.validate(),
             IstioObject::Sidecar(o) => o.spec.validate(),
             IstioObject::PeerAuthentication(o) => o.spec.validate(),
+            IstioObject::AuthorizationPolicy(o) => o.spec.validate(),
         }
     }
 }
@@ -279,11 +291,14 @@ fn load_value(value: serde_norway::Value, object: &mut ObjectRef) -> Result<Isti
         "PeerAuthentication" => {
             typed(value, object).map(|o| IstioObject::PeerAuthentication(Box::new(o)))
         }
+        "AuthorizationPolicy" => {
+            typed(value, object).map(|o| IstioObject::AuthorizationPolicy(Box::new(o)))
+        }
         other => Err(parse_error(
             object,
             "kind",
             format!(
-                "unsupported kind `{other}`, expected VirtualService, DestinationRule, Sidecar or PeerAuthentication"
+                "unsupported kind `{other}`, expected VirtualService, DestinationRule, Sidecar, PeerAuthentication or AuthorizationPolicy"
             ),
         )),
     }

@@ -528,12 +528,80 @@ const PEER_AUTHENTICATION: &[Entry] = &[
     ),
 ];
 
+const AUTHORIZATION_POLICY: &[Entry] = &[
+    rendered(
+        "spec.selector.matchLabels",
+        &[],
+        "render/authz.rs: the policy's selector; the proxy's xds::authz selects by the pod's labels",
+    ),
+    rendered(
+        "spec.action",
+        &[],
+        "render/authz.rs: ALLOW, DENY and AUDIT as themselves; CUSTOM as CUSTOM, which the proxy \
+         denies (reported: see spec.provider)",
+    ),
+    Entry {
+        path: "spec.provider",
+        leaves: &[],
+        support: Support::ReportedBy(
+            "rustmesh_api::authorization_policy::AuthorizationPolicySpec::custom_unsupported \
+             (the operator's authorization check): rustmesh has no external authorizer, so a \
+             CUSTOM policy gets Accepted=False, reason Unsupported, naming spec.provider, and is \
+             rendered so that the requests it matches are denied",
+        ),
+        harmless: &[],
+        example: r#"{"action": "CUSTOM", "provider": {"name": "ext-authz"}, "rules": [{"to": [{"operation": {"paths": ["/admin/*"]}}]}]}"#,
+    },
+    refused(
+        "spec.targetRef",
+        "policies attached to Gateway API resources (gateways, waypoints) are not implemented: \
+         rustmesh has neither, so the policy would apply to no sidecar",
+        r#"{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}"#,
+    ),
+    refused(
+        "spec.targetRefs",
+        "policies attached to Gateway API resources (gateways, waypoints), Services or \
+         ServiceEntries are not implemented: rustmesh has no waypoints, so the policy would apply \
+         to no sidecar",
+        r#"[{"kind": "Service", "group": "", "name": "reviews"}]"#,
+    ),
+    rendered(
+        "spec.rules[]",
+        &[
+            "from[].source.principals",
+            "from[].source.notPrincipals",
+            "from[].source.requestPrincipals",
+            "from[].source.notRequestPrincipals",
+            "from[].source.namespaces",
+            "from[].source.notNamespaces",
+            "from[].source.ipBlocks",
+            "from[].source.notIpBlocks",
+            "from[].source.remoteIpBlocks",
+            "from[].source.notRemoteIpBlocks",
+            "to[].operation.hosts",
+            "to[].operation.notHosts",
+            "to[].operation.ports",
+            "to[].operation.notPorts",
+            "to[].operation.methods",
+            "to[].operation.notMethods",
+            "to[].operation.paths",
+            "to[].operation.notPaths",
+            "when[].key",
+            "when[].values",
+            "when[].notValues",
+        ],
+        "render/authz.rs: AuthzRule (from[].source and to[].operation flattened, ports as \
+         numbers); enforced by the proxy's authz module",
+    ),
+];
+
 /// The kinds the table covers.
-pub const KINDS: [&str; 4] = [
+pub const KINDS: [&str; 5] = [
     "VirtualService",
     "DestinationRule",
     "Sidecar",
     "PeerAuthentication",
+    "AuthorizationPolicy",
 ];
 
 /// The table of one kind (empty for a kind not in [`KINDS`]).
@@ -543,6 +611,7 @@ pub fn table(kind: &str) -> &'static [Entry] {
         "DestinationRule" => DESTINATION_RULE,
         "Sidecar" => SIDECAR,
         "PeerAuthentication" => PEER_AUTHENTICATION,
+        "AuthorizationPolicy" => AUTHORIZATION_POLICY,
         _ => &[],
     }
 }
@@ -789,13 +858,28 @@ pub fn base(kind: &str) -> Value {
             "egress": [{"port": {"number": 3306, "protocol": "TCP"}, "hosts": ["./*"]}],
             "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"},
         }),
+        "AuthorizationPolicy" => json!({
+            "rules": [{
+                "from": [{"source": {"principals": ["cluster.local/ns/default/sa/productpage"]}}],
+                "to": [{"operation": {"methods": ["GET"], "ports": ["9080"]}}],
+                "when": [{"key": "source.ip", "values": ["10.0.0.0/8"]}],
+            }],
+        }),
         _ => json!({}),
     }
 }
 
 /// `value` with `example` put at the schema field path `path` (`spec.a[].b`): arrays get (or
 /// keep) their first element, objects are made on the way. Returns the object's path of it.
+/// At `spec` itself (the parent of a top-level [`Support::ReportedBy`] field), the example's
+/// fields are set in the spec, the others kept.
 fn put(value: &mut Value, path: &str, example: Value) -> String {
+    if path == "spec" {
+        if let (Some(spec), Value::Object(fields)) = (value.as_object_mut(), example) {
+            spec.extend(fields);
+        }
+        return "spec".to_string();
+    }
     let mut at = value;
     let mut concrete = String::from("spec");
     let segments: Vec<&str> = path.strip_prefix("spec.").unwrap().split('.').collect();

@@ -40,7 +40,7 @@ fn every_kind_serves_istios_versions_and_stores_v1() {
             .iter()
             .map(|v| (v.name.as_str(), v.served, v.storage))
             .collect();
-        if crd.spec.names.kind == "PeerAuthentication" {
+        if ["PeerAuthentication", "AuthorizationPolicy"].contains(&crd.spec.names.kind.as_str()) {
             assert_eq!(crd.spec.group, "security.istio.io", "{file}");
             assert_eq!(
                 versions,
@@ -101,7 +101,8 @@ fn every_kind_serves_istios_versions_and_stores_v1() {
             "VirtualService",
             "DestinationRule",
             "Sidecar",
-            "PeerAuthentication"
+            "PeerAuthentication",
+            "AuthorizationPolicy"
         ]
     );
 }

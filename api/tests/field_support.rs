@@ -9,7 +9,10 @@
 
 use rustmesh_api::support::{self, Entry, Support};
 use rustmesh_api::validate::Validate;
-use rustmesh_api::{DestinationRuleSpec, PeerAuthenticationSpec, SidecarSpec, VirtualServiceSpec};
+use rustmesh_api::{
+    AuthorizationPolicySpec, DestinationRuleSpec, PeerAuthenticationSpec, SidecarSpec,
+    VirtualServiceSpec,
+};
 use serde_json::{Value, json};
 
 /// The entry covering one leaf field (given with the fields on the way to it), if any.
@@ -124,6 +127,11 @@ fn findings(kind: &str, spec: Value) -> (Named, Named) {
         }
         "Sidecar" => {
             let s: SidecarSpec = serde_json::from_value(spec).unwrap_or_else(|e| read(kind, e));
+            (pairs(s.validate()), pairs(support::warned_fields(kind, &s)))
+        }
+        "AuthorizationPolicy" => {
+            let s: AuthorizationPolicySpec =
+                serde_json::from_value(spec).unwrap_or_else(|e| read(kind, e));
             (pairs(s.validate()), pairs(support::warned_fields(kind, &s)))
         }
         _ => {
