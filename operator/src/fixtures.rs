@@ -159,6 +159,7 @@ pub fn apply_istio(index: &mut Index, obj: IstioObject) {
         IstioObject::DestinationRule(d) => Object::DestinationRule(d),
         IstioObject::Sidecar(s) => Object::Sidecar(s),
         IstioObject::PeerAuthentication(p) => Object::PeerAuthentication(p),
+        IstioObject::AuthorizationPolicy(p) => Object::AuthorizationPolicy(p),
     });
 }
 
@@ -184,6 +185,9 @@ pub fn reparse_unvalidated(yaml: &str) -> Vec<IstioObject> {
             )),
             "PeerAuthentication" => IstioObject::PeerAuthentication(Box::new(
                 serde_json::from_value(json).expect("PeerAuthentication shape"),
+            )),
+            "AuthorizationPolicy" => IstioObject::AuthorizationPolicy(Box::new(
+                serde_json::from_value(json).expect("AuthorizationPolicy shape"),
             )),
             other => panic!("unsupported kind {other}"),
         });

@@ -18,7 +18,12 @@
 //!   `spec.selector`, so the status says so instead of the policy silently doing nothing;
 //! - a field rustmesh does not implement is never silently ignored: `rustmesh_api::support`
 //!   lists each field as rendered, warned (accepted, a **warning** naming it) or refused (an
-//!   **error** naming it, from the spec's own `validate`).
+//!   **error** naming it, from the spec's own `validate`);
+//! - an AuthorizationPolicy with the CUSTOM action cannot be delegated (rustmesh has no external
+//!   authorizer): it is rendered as CUSTOM, which the sidecar denies (fail closed, as Istio does
+//!   for a CUSTOM policy it cannot serve), and reported with `Accepted=False`, reason
+//!   [`UNSUPPORTED`], naming `spec.provider` (its `Reconciled` condition stays `True`: it is
+//!   rendered). Its verdict is accepted (rendered, and remembered as the last accepted version).
 
 use crate::index::{Index, Kind, ObjKey};
 use crate::registry::{Registry, exported};
@@ -27,7 +32,7 @@ use rustmesh_api::common::Destination;
 use rustmesh_api::sidecar::host_matches;
 use rustmesh_api::status::{Condition, IstioStatus, LastAccepted, ValidationMessage};
 use rustmesh_api::validate::Validate;
-use rustmesh_api::{DestinationRule, PeerAuthentication, VirtualService};
+use rustmesh_api::{AuthorizationPolicy, DestinationRule, PeerAuthentication, VirtualService};
 use std::collections::{BTreeMap, HashMap};
 
 /// How serious a finding is.
@@ -45,12 +50,17 @@ pub struct Finding {
     pub message: String,
 }
 
+/// The reason of a verdict that is rendered, but not as written (an AuthorizationPolicy's
+/// CUSTOM action, rendered as a deny of what it matches): its `Accepted` condition is `False`.
+pub const UNSUPPORTED: &str = "Unsupported";
+
 /// The outcome for one object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
     /// Whether the object is rendered.
     pub accepted: bool,
-    /// `Accepted`, `Invalid` or `Conflict`.
+    /// `Accepted`, `Invalid` or `Conflict`; or [`UNSUPPORTED`] (rendered, but not as written:
+    /// `accepted` is true and the `Accepted` condition `False`).
     pub reason: &'static str,
     pub findings: Vec<Finding>,
     /// For an invalid update of an object that was accepted before: the generation of that last
@@ -221,6 +231,7 @@ impl Validation {
             verdicts.insert((Kind::Sidecar, key.clone()), verdict(findings, reason));
         }
         peer_authentications(index, &mut verdicts);
+        authorization_policies(index, &mut verdicts);
         Validation { verdicts }
     }
 
@@ -393,6 +404,45 @@ fn peer_authentications(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey), V
             v.previous_spec = serde_json::to_value(&p.spec).ok();
         }
         verdicts.insert((Kind::PeerAuthentication, key.clone()), v);
+    }
+}
+
+/// AuthorizationPolicies: Istio's own rules and warnings (`rustmesh_api::authorization_policy`),
+/// each policy on its own (several policies of any action may apply together). A valid CUSTOM
+/// policy is rendered and reported [`UNSUPPORTED`] (its finding an error naming
+/// `spec.provider`); an invalid update of a policy accepted before notes that the last accepted
+/// version keeps serving (`render::authz` renders it).
+fn authorization_policies(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey), Verdict>) {
+    let store = &index.authorization_policies;
+    for (key, ap) in &store.objects {
+        let ap: &AuthorizationPolicy = ap;
+        let mut findings = own_findings(ap.spec.validate());
+        let valid = findings.is_empty();
+        let custom = ap.spec.custom_unsupported();
+        for w in ap.spec.warnings() {
+            // The CUSTOM finding makes a valid policy's Accepted condition False: an error.
+            let level = if valid && custom.as_ref() == Some(&w) {
+                Level::Error
+            } else {
+                Level::Warning
+            };
+            findings.push(Finding {
+                level,
+                field: w.field,
+                message: w.message,
+            });
+        }
+        let mut v = verdict(findings, None);
+        if valid && custom.is_some() {
+            v.accepted = true;
+            v.reason = UNSUPPORTED;
+        } else if !v.accepted
+            && let Some(p) = store.last_good.get(key)
+        {
+            v.serving_previous = Some(p.metadata.generation.unwrap_or(0));
+            v.previous_spec = serde_json::to_value(&p.spec).ok();
+        }
+        verdicts.insert((Kind::AuthorizationPolicy, key.clone()), v);
     }
 }
 
@@ -632,7 +682,8 @@ pub fn status_for(
         .iter()
         .filter(|f| f.level == Level::Warning);
     let first_warning = warnings.next();
-    let (status, reason, message) = if verdict.accepted {
+    let unsupported = verdict.accepted && verdict.reason == UNSUPPORTED;
+    let (status, reason, message) = if verdict.accepted && !unsupported {
         let message = match first_warning {
             None => "valid; rendered into the proxies' configuration".to_string(),
             // The first warning is named here, where `kubectl describe` and `wait` look.
@@ -657,6 +708,9 @@ pub fn status_for(
         ("False", verdict.reason, message)
     };
     let reconciled_message = match (verdict.accepted, verdict.serving_previous) {
+        (true, _) if unsupported => "included in the rendered configuration, not as written: \
+                                     see the Accepted condition"
+            .to_string(),
         (true, _) => "included in the rendered configuration".to_string(),
         (false, Some(g)) => format!(
             "this version is left out; the last accepted version (generation {g}) keeps serving"
@@ -669,7 +723,7 @@ pub fn status_for(
         ("Accepted", status, reason, message),
         (
             "Reconciled",
-            status,
+            if verdict.accepted { "True" } else { status },
             if verdict.accepted {
                 "Reconciled"
             } else {
@@ -754,6 +808,7 @@ pub fn persisted_version<K: crate::index::kinds::IstioKind>(obj: &K, has_ca: boo
         }
         crate::index::Object::Sidecar(o) => o.spec.validate().is_empty(),
         crate::index::Object::PeerAuthentication(o) => o.spec.validate().is_empty(),
+        crate::index::Object::AuthorizationPolicy(o) => o.spec.validate().is_empty(),
         _ => false,
     };
     if !valid {

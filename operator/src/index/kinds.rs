@@ -10,7 +10,9 @@ use crate::index::{Index, Kind, ObjKey, Object};
 use kube::core::NamespaceResourceScope;
 use kube::{Resource, ResourceExt};
 use rustmesh_api::status::IstioStatus;
-use rustmesh_api::{DestinationRule, PeerAuthentication, Sidecar, VirtualService};
+use rustmesh_api::{
+    AuthorizationPolicy, DestinationRule, PeerAuthentication, Sidecar, VirtualService,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, BTreeSet};
@@ -85,11 +87,12 @@ pub trait KindFn {
 }
 
 /// Every Istio kind the operator handles (the watches and the readiness gate use this list).
-pub const ISTIO_KINDS: [Kind; 4] = [
+pub const ISTIO_KINDS: [Kind; 5] = [
     Kind::VirtualService,
     Kind::DestinationRule,
     Kind::Sidecar,
     Kind::PeerAuthentication,
+    Kind::AuthorizationPolicy,
 ];
 
 /// The registration: runs `f` with the type of an Istio `kind`; `None` for the core kinds.
@@ -99,6 +102,7 @@ pub fn for_kind<F: KindFn>(kind: Kind, f: F) -> Option<F::Out> {
         Kind::DestinationRule => f.call::<DestinationRule>(),
         Kind::Sidecar => f.call::<Sidecar>(),
         Kind::PeerAuthentication => f.call::<PeerAuthentication>(),
+        Kind::AuthorizationPolicy => f.call::<AuthorizationPolicy>(),
         Kind::Service | Kind::Endpoints | Kind::Pod | Kind::Namespace => return None,
     })
 }
@@ -208,6 +212,32 @@ impl IstioKind for PeerAuthentication {
             let mut out = index.injected_only([ns.clone()]);
             out.extend(index.namespaces_seeing(&ns));
             out
+        }
+    }
+    fn status(&self) -> Option<&IstioStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl IstioKind for AuthorizationPolicy {
+    const KIND: Kind = Kind::AuthorizationPolicy;
+    fn into_object(self) -> Object {
+        Object::AuthorizationPolicy(Box::new(self))
+    }
+    fn store(index: &Index) -> &KindStore<Self> {
+        &index.authorization_policies
+    }
+    fn store_mut(index: &mut Index) -> &mut KindStore<Self> {
+        &mut index.authorization_policies
+    }
+    /// A policy is listed in the scopes of its own namespace only, except in the root
+    /// namespace, whose policies (with or without a selector) every namespace lists.
+    fn reach(&self, index: &Index) -> BTreeSet<String> {
+        let ns = self.namespace().unwrap_or_default();
+        if ns == index.mesh.root_namespace {
+            index.injected_namespaces().map(str::to_string).collect()
+        } else {
+            index.injected_only([ns])
         }
     }
     fn status(&self) -> Option<&IstioStatus> {

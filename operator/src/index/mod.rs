@@ -12,7 +12,9 @@ use kinds::{IstioKind, KindFn, KindStore, for_kind};
 use kube::ResourceExt;
 use rustmesh_api::sidecar::{EgressHost, OutboundTrafficPolicyMode};
 use rustmesh_api::virtual_service::Delegate;
-use rustmesh_api::{DestinationRule, PeerAuthentication, Sidecar, VirtualService};
+use rustmesh_api::{
+    AuthorizationPolicy, DestinationRule, PeerAuthentication, Sidecar, VirtualService,
+};
 use rustmesh_xds::well_known::{DEFAULT_DOMAIN_SUFFIX, DEFAULT_ROOT_NAMESPACE};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -90,10 +92,11 @@ pub enum Kind {
     DestinationRule,
     Sidecar,
     PeerAuthentication,
+    AuthorizationPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Service,
         Kind::Endpoints,
         Kind::Pod,
@@ -102,6 +105,7 @@ impl Kind {
         Kind::DestinationRule,
         Kind::Sidecar,
         Kind::PeerAuthentication,
+        Kind::AuthorizationPolicy,
     ];
 }
 
@@ -142,6 +146,7 @@ pub enum Object {
     DestinationRule(Box<DestinationRule>),
     Sidecar(Box<Sidecar>),
     PeerAuthentication(Box<PeerAuthentication>),
+    AuthorizationPolicy(Box<AuthorizationPolicy>),
 }
 
 impl Object {
@@ -155,6 +160,7 @@ impl Object {
             Object::DestinationRule(_) => Kind::DestinationRule,
             Object::Sidecar(_) => Kind::Sidecar,
             Object::PeerAuthentication(_) => Kind::PeerAuthentication,
+            Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
         }
     }
 
@@ -169,6 +175,7 @@ impl Object {
             Object::DestinationRule(o) => ObjKey::of(o.as_ref()),
             Object::Sidecar(o) => ObjKey::of(o.as_ref()),
             Object::PeerAuthentication(o) => ObjKey::of(o.as_ref()),
+            Object::AuthorizationPolicy(o) => ObjKey::of(o.as_ref()),
         }
     }
 }
@@ -263,6 +270,7 @@ pub struct Index {
     pub destination_rules: KindStore<DestinationRule>,
     pub sidecars: KindStore<Sidecar>,
     pub peer_authentications: KindStore<PeerAuthentication>,
+    pub authorization_policies: KindStore<AuthorizationPolicy>,
 }
 
 impl Index {
@@ -391,6 +399,7 @@ impl Index {
             Object::DestinationRule(o) => self.put(key, *o),
             Object::Sidecar(o) => self.put(key, *o),
             Object::PeerAuthentication(o) => self.put(key, *o),
+            Object::AuthorizationPolicy(o) => self.put(key, *o),
         }
     }
 
@@ -476,6 +485,7 @@ impl Index {
             Object::DestinationRule(o) => Affects::full(o.reach(self), true),
             Object::Sidecar(o) => Affects::full(o.reach(self), true),
             Object::PeerAuthentication(o) => Affects::full(o.reach(self), true),
+            Object::AuthorizationPolicy(o) => Affects::full(o.reach(self), true),
         }
     }
 
@@ -635,6 +645,9 @@ fn same_content(a: &Object, b: &Object) -> bool {
             x.spec == y.spec && x.metadata.creation_timestamp == y.metadata.creation_timestamp
         }
         (Object::PeerAuthentication(x), Object::PeerAuthentication(y)) => {
+            x.spec == y.spec && x.metadata.creation_timestamp == y.metadata.creation_timestamp
+        }
+        (Object::AuthorizationPolicy(x), Object::AuthorizationPolicy(y)) => {
             x.spec == y.spec && x.metadata.creation_timestamp == y.metadata.creation_timestamp
         }
         _ => false,

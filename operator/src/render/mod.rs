@@ -29,6 +29,9 @@
 //!   Istio merges them ([`crate::delegate`], in [`routes`]); a delegate renders nothing on
 //!   its own.
 
+mod authz;
+#[cfg(test)]
+mod authz_tests;
 mod clusters;
 mod peer_authn;
 mod routes;
@@ -519,8 +522,7 @@ pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsReci
 
     let config = ProxyConfig {
         peer_authentication: peer_authn::peer_authentication(view, scope),
-        // Rendered by `render::authz` once AuthorizationPolicy is indexed (#19).
-        authorization: None,
+        authorization: authz::authorization(view, scope),
         // Rendered by `render::request_authn` once RequestAuthentication is indexed (#19).
         request_authentication: None,
         version_info: String::new(),
