@@ -1,7 +1,8 @@
 //! Validating admission for the Istio kinds the operator reads (VirtualService, DestinationRule,
-//! Sidecar of `networking.istio.io` in every served version, PeerAuthentication of
-//! `security.istio.io`), as istiod's validation webhook does: an invalid object is refused at
-//! `kubectl apply`, naming the field, instead of being accepted and then reported in its status.
+//! Sidecar of `networking.istio.io` in every served version, PeerAuthentication and
+//! AuthorizationPolicy of `security.istio.io`), as istiod's validation webhook does: an invalid
+//! object is refused at `kubectl apply`, naming the field, instead of being accepted and then
+//! reported in its status.
 //!
 //! The rules are the operator's own object-local checks, one implementation in
 //! `rustmesh_api::checks::object_findings`: what would make the operator set `Accepted=False`
@@ -11,6 +12,12 @@
 //! host outside the registry) are left to the operator's status: at admission the other objects
 //! may not exist yet (a VirtualService is often applied before its DestinationRule).
 //!
+//! One finding the operator reports with `Accepted=False` is only a warning here: an
+//! AuthorizationPolicy's CUSTOM action (reason `Unsupported`, not `Invalid`). The operator renders
+//! such a policy so that the requests it matches are denied (fail closed); refusing it at
+//! admission would leave those requests unguarded instead, so it is allowed, with the warning
+//! saying it denies what it matches.
+//!
 //! [`validate_review`] is pure (no I/O, no clock); [`validate_body`] wraps it for raw HTTP
 //! bodies, answering in the request's `apiVersion`.
 
@@ -18,7 +25,9 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use kube::core::{DynamicObject, TypeMeta};
 use rustmesh_api::checks::{Finding, Severity, object_findings};
 use rustmesh_api::parse::{IstioObject, KINDS};
-use rustmesh_api::{DestinationRule, PeerAuthentication, Sidecar, VirtualService};
+use rustmesh_api::{
+    AuthorizationPolicy, DestinationRule, PeerAuthentication, Sidecar, VirtualService,
+};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -97,6 +106,8 @@ fn read_object(kind: &str, object: Value) -> Option<std::result::Result<IstioObj
         "Sidecar" => typed::<Sidecar>(object).map(|o| IstioObject::Sidecar(Box::new(o))),
         "PeerAuthentication" => typed::<PeerAuthentication>(object)
             .map(|o| IstioObject::PeerAuthentication(Box::new(o))),
+        "AuthorizationPolicy" => typed::<AuthorizationPolicy>(object)
+            .map(|o| IstioObject::AuthorizationPolicy(Box::new(o))),
         _ => return None,
     })
 }
@@ -387,6 +398,76 @@ mod tests {
                 .contains("spec.selector.matchLabels"),
             "{resp}"
         );
+    }
+
+    fn authorization_policy(version: &str, spec: Value) -> Vec<u8> {
+        let object = json!({"apiVersion": format!("security.istio.io/{version}"),
+                            "kind": "AuthorizationPolicy",
+                            "metadata": {"name": "httpbin", "namespace": "shop"},
+                            "spec": spec});
+        review("AuthorizationPolicy", "security.istio.io", version, object)
+    }
+
+    #[test]
+    fn authorization_policies_are_validated_with_the_operators_rules() {
+        // Istio's example, in both served versions.
+        let spec = json!({"action": "ALLOW", "rules": [{
+            "from": [{"source": {"principals": ["cluster.local/ns/default/sa/sleep"]}},
+                     {"source": {"namespaces": ["test"]}}],
+            "to": [{"operation": {"methods": ["GET"], "paths": ["/info*"]}}],
+            "when": [{"key": "request.auth.claims[iss]", "values": ["https://accounts.google.com"]}]}]});
+        for version in ["v1", "v1beta1"] {
+            let (resp, verdict) = response(&authorization_policy(version, spec.clone()));
+            assert_eq!(verdict, Verdict::Allowed, "{resp}");
+            assert!(resp.get("warnings").is_none(), "{resp}");
+        }
+        // Invalid: denied naming the field, the first error and how many more.
+        let bad = json!({"action": "DENY", "rules": [{"to": [{"operation": {
+            "ports": ["http"], "paths": ["/a*b"]}}]}]});
+        let (resp, verdict) = response(&authorization_policy("v1", bad));
+        assert_eq!(verdict, Verdict::Denied);
+        assert_eq!(
+            resp["status"]["message"].as_str().unwrap(),
+            "spec.rules[0].to[0].operation.ports[0]: bad port (http): a number in range \
+             0..65535 (and 1 more error(s))"
+        );
+        // A field its types refuse, a refused field and an unknown condition key.
+        for (spec, field) in [
+            (
+                json!({"rules": [{"from": [{"source": {"serviceAccounts": ["a/b"]}}]}]}),
+                "spec.rules[0].from[0].source.serviceAccounts: ",
+            ),
+            (
+                json!({"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "w"}]}),
+                "spec.targetRefs: not implemented by rustmesh",
+            ),
+            (
+                json!({"rules": [{"when": [{"key": "experimental.envoy.filters.a[b]", "values": ["c"]}]}]}),
+                "spec.rules[0].when[0].key: ",
+            ),
+        ] {
+            let (resp, verdict) = response(&authorization_policy("v1", spec));
+            assert_eq!(verdict, Verdict::Denied, "{resp}");
+            let message = resp["status"]["message"].as_str().unwrap();
+            assert!(message.starts_with(field), "{message}");
+        }
+        // CUSTOM: allowed (the operator renders it as a deny of what it matches), with the
+        // operator's finding as a warning.
+        let custom = json!({"action": "CUSTOM", "provider": {"name": "ext"},
+                            "rules": [{"to": [{"operation": {"paths": ["/admin/*"]}}]}]});
+        let (resp, verdict) = response(&authorization_policy("v1", custom));
+        assert_eq!(verdict, Verdict::Allowed, "{resp}");
+        let w = resp["warnings"][0].as_str().unwrap();
+        assert!(
+            w.starts_with(
+                "rustmesh-validation: spec.provider: CUSTOM action is not supported: requests \
+                 it matches are denied"
+            ),
+            "{w}"
+        );
+        // security.istio.io serves no v1alpha3: a misrouted review is allowed unchecked.
+        let (_, verdict) = response(&authorization_policy("v1alpha3", json!({})));
+        assert_eq!(verdict, Verdict::Skipped);
     }
 
     #[test]
