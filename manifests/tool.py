@@ -554,6 +554,7 @@ VALIDATED = {
     ("networking.istio.io", "destinationrules"): {"v1", "v1beta1", "v1alpha3"},
     ("networking.istio.io", "sidecars"): {"v1", "v1beta1", "v1alpha3"},
     ("security.istio.io", "peerauthentications"): {"v1", "v1beta1"},
+    ("security.istio.io", "authorizationpolicies"): {"v1", "v1beta1"},
 }
 
 
@@ -562,7 +563,7 @@ def webhook_problems(objs: list[dict], where: str, values: dict) -> list[str]:
     certificate the replicas share the Secret <webhook>-tls (args, a Role rule for that Secret by
     name and create alone), with webhook.tls.secretName no Secret rule at all; with
     webhook.validation.enabled one ValidatingWebhookConfiguration rustmesh-validator[-rev] sending
-    CREATE/UPDATE of exactly the four Istio kinds in every served version to /validate, sideEffects
+    CREATE/UPDATE of exactly the five Istio kinds in every served version to /validate, sideEffects
     None, the configured failurePolicy, and the webhook patching its caBundle (by name)."""
     problems = []
     suffix = "" if values.get("revision", "default") in ("default", "") else f"-{values['revision']}"

@@ -104,6 +104,22 @@ fn check_cluster_rules(rules: &[PolicyRule], ca: bool) {
         ),
         "spec is not ours"
     );
+    for (resource, verb) in [
+        ("authorizationpolicies", "watch"),
+        ("authorizationpolicies/status", "patch"),
+    ] {
+        assert!(allows(&rules, "security.istio.io", resource, verb, None));
+    }
+    assert!(
+        !allows(
+            &rules,
+            "security.istio.io",
+            "authorizationpolicies",
+            "patch",
+            None
+        ),
+        "spec is not ours"
+    );
     let cm = rustmesh_xds::well_known::PROXY_CONFIGMAP;
     assert!(allows(&rules, "", "configmaps", "patch", Some(cm)));
     assert!(!allows(
@@ -260,7 +276,9 @@ fn verbs_used(group: &str, resource: &str) -> &'static [&'static str] {
         ("networking.istio.io", "virtualservices" | "destinationrules" | "sidecars") => {
             &["get", "list", "watch"]
         }
-        ("security.istio.io", "peerauthentications") => &["get", "list", "watch"],
+        ("security.istio.io", "peerauthentications" | "authorizationpolicies") => {
+            &["get", "list", "watch"]
+        }
         ("networking.istio.io" | "security.istio.io", r) if r.ends_with("/status") => &["patch"],
         // get/list/watch: the named watch, and what the reader Role grants (escalation check).
         ("", "configmaps") => &["get", "list", "watch", "patch", "create"],
