@@ -1,6 +1,7 @@
-//! Property: whatever VirtualService, DestinationRule, Sidecar and PeerAuthentication users write
-//! (valid or not), every rendered scope passes `ProxyConfig::validate` — invalid objects are
-//! left out, valid ones always translate into a consistent configuration.
+//! Property: whatever VirtualService, DestinationRule, Sidecar, PeerAuthentication and
+//! AuthorizationPolicy users write (valid or not), every rendered scope passes
+//! `ProxyConfig::validate` — invalid objects are left out, valid ones always translate into a
+//! consistent configuration.
 
 use proptest::prelude::*;
 use rustmesh_api::IstioObject;
@@ -179,6 +180,9 @@ fn typed(v: Value) -> IstioObject {
         "PeerAuthentication" => {
             IstioObject::PeerAuthentication(Box::new(serde_json::from_value(v).unwrap()))
         }
+        "AuthorizationPolicy" => {
+            IstioObject::AuthorizationPolicy(Box::new(serde_json::from_value(v).unwrap()))
+        }
         _ => IstioObject::Sidecar(Box::new(serde_json::from_value(v).unwrap())),
     }
 }
@@ -237,6 +241,87 @@ fn peer_authentications() -> impl Strategy<Value = Vec<Value>> {
     })
 }
 
+/// AuthorizationPolicies in `default`, `other` and the root namespace, valid or not: selectors
+/// absent, empty, labelled or a wildcard; every action, with or without a provider; rules with
+/// good and bad ports, IP blocks, paths and condition keys, empty `from`/`to` entries.
+fn authorization_policies() -> impl Strategy<Value = Vec<Value>> {
+    let rule = (
+        prop::sample::select(vec![
+            Value::Null,
+            json!([]),
+            json!([{}]),
+            json!([{"source": {"principals": ["cluster.local/ns/default/sa/productpage"]}}]),
+            json!([{"source": {"namespaces": ["default"], "ipBlocks": ["10.0.0.0/8"]}}]),
+            json!([{"source": {"ipBlocks": ["10.0.0.0/33"]}}]),
+            json!([{"source": {"notRequestPrincipals": [""]}}]),
+        ]),
+        prop::sample::select(vec![
+            Value::Null,
+            json!([{"operation": {"ports": ["9080"], "methods": ["GET"]}}]),
+            json!([{"operation": {"ports": ["http"]}}]),
+            json!([{"operation": {"notPorts": ["0", "65535"], "paths": ["/api/{*}", "*.png"]}}]),
+            json!([{"operation": {"paths": ["/a*b"]}}]),
+            json!([{"operation": {}}]),
+        ]),
+        prop::sample::select(vec![
+            Value::Null,
+            json!([{"key": "request.headers[x-token]", "values": ["a"]}]),
+            json!([{"key": "destination.port", "notValues": ["9080"]}]),
+            json!([{"key": "source.ip"}]),
+            json!([{"key": "experimental.envoy.filters.a[b]", "values": ["c"]}]),
+        ]),
+    )
+        .prop_map(|(from, to, when)| {
+            let mut r = json!({});
+            for (k, v) in [("from", from), ("to", to), ("when", when)] {
+                if !v.is_null() {
+                    r[k] = v;
+                }
+            }
+            r
+        });
+    let policy = (
+        prop::sample::select(vec!["default", "other", "istio-system"]),
+        prop::sample::select(vec![
+            Value::Null,
+            json!({}),
+            json!({"matchLabels": {"app": "reviews"}}),
+            json!({"matchLabels": {"app": "rev*"}}),
+        ]),
+        prop::option::of(prop::sample::select(vec![
+            "ALLOW", "DENY", "AUDIT", "CUSTOM",
+        ])),
+        any::<bool>(),
+        prop::collection::vec(rule, 0..3),
+        0u32..4,
+    );
+    prop::collection::vec(policy, 0..6).prop_map(|policies| {
+        policies
+            .into_iter()
+            .enumerate()
+            .map(|(i, (ns, selector, action, provider, rules, day))| {
+                let mut spec = json!({});
+                if !selector.is_null() {
+                    spec["selector"] = selector;
+                }
+                if let Some(a) = action {
+                    spec["action"] = json!(a);
+                }
+                if provider {
+                    spec["provider"] = json!({"name": "ext-authz"});
+                }
+                if !rules.is_empty() {
+                    spec["rules"] = json!(rules);
+                }
+                json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                    "metadata": {"name": format!("ap{i}"), "namespace": ns,
+                        "creationTimestamp": format!("2024-01-0{}T00:00:00Z", day + 1)},
+                    "spec": spec})
+            })
+            .collect()
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
 
@@ -283,6 +368,52 @@ proptest! {
             let own = format!("{}/", ns);
             prop_assert!(p.workload.iter().all(|w| !w.selector.is_empty() && w.name.starts_with(&own)));
             prop_assert!(ns != "istio-system" || (p.namespace.is_none() && p.workload.is_empty()));
+        }
+    }
+
+    #[test]
+    fn authorization_policies_render_the_accepted_ones_of_the_root_then_the_namespace(
+        policies in authorization_policies()
+    ) {
+        use rustmesh_operator::index::Kind;
+        let mut index = bookinfo();
+        rustmesh_operator::fixtures::namespace(&mut index, "other", true);
+        rustmesh_operator::fixtures::namespace(&mut index, "istio-system", true);
+        for o in policies {
+            apply_istio(&mut index, typed(o));
+        }
+        let view = MeshView::new(&index);
+        for ns in ["default", "other", "istio-system"] {
+            let r = render_namespace(&view, ns);
+            prop_assert!(r.is_ok(), "{ns}: {}", r.unwrap_err());
+            let config = rustmesh_operator::render(&index, &rustmesh_operator::Scope::namespace(ns));
+            let listed: Vec<String> = config
+                .authorization
+                .iter()
+                .flat_map(|a| a.policies.iter().map(|p| p.name.clone()))
+                .collect();
+            // Exactly the accepted policies of the root namespace, then of `ns`.
+            let wanted = |n: &str| -> Vec<String> {
+                let mut keys: Vec<_> = index
+                    .authorization_policies
+                    .objects
+                    .iter()
+                    .filter(|(k, _)| k.namespace == n)
+                    .filter(|(k, _)| view.validation.accepted(Kind::AuthorizationPolicy, k))
+                    .map(|(k, p)| {
+                        let created = p.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string());
+                        (created, k.to_string())
+                    })
+                    .collect();
+                keys.sort();
+                keys.into_iter().map(|(_, k)| k).collect()
+            };
+            let mut want = wanted("istio-system");
+            if ns != "istio-system" {
+                want.extend(wanted(ns));
+            }
+            prop_assert_eq!(&listed, &want, "{}", ns);
+            prop_assert_eq!(config.authorization.is_none(), want.is_empty());
         }
     }
 }
