@@ -23,7 +23,11 @@
 //!   `source.serviceAccount` are refused by name (Envoy filter metadata and inline headers do
 //!   not exist in rustmesh's sidecar; use `request.headers[...]`, `source.principal`);
 //! - `request.headers[<name>]` takes exactly one `[name]`; `request.auth.claims[...]` one or
-//!   more (nested claims), none empty.
+//!   more (nested claims), none empty;
+//! - Istio's `istio.io/dry-run: "true"` annotation (ALLOW and DENY only, a Go boolean, as Istio
+//!   validates it): the policy is never enforced, as in Istio, by rendering it as AUDIT; Istio's
+//!   shadow-rule metadata and statistics are not produced, which a warning says
+//!   ([`AuthorizationPolicy::dry_run`]).
 
 use crate::common::WorkloadSelector;
 use crate::error::FieldError;
@@ -223,6 +227,80 @@ pub struct Condition {
     pub values: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_values: Vec<String>,
+}
+
+/// Istio's annotation asking for a policy to be evaluated without being enforced.
+pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+
+/// Go's `strconv.ParseBool`, which Istio reads the annotation with.
+fn go_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+impl AuthorizationPolicy {
+    /// Whether the policy is a dry run (`istio.io/dry-run` true on an ALLOW or DENY policy):
+    /// rendered as AUDIT, so that it is evaluated and never enforced.
+    pub fn dry_run(&self) -> bool {
+        let value = self
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(DRY_RUN_ANNOTATION));
+        matches!(self.spec.action(), AuthzAction::Allow | AuthzAction::Deny)
+            && value.and_then(|v| go_bool(v)).unwrap_or(false)
+    }
+
+    /// Istio's rules on the `istio.io/dry-run` annotation: only on ALLOW and DENY policies, and
+    /// its value a boolean.
+    pub fn dry_run_errors(&self) -> Vec<FieldError> {
+        let field = format!("metadata.annotations.{DRY_RUN_ANNOTATION}");
+        let Some(value) = self
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(DRY_RUN_ANNOTATION))
+        else {
+            return Vec::new();
+        };
+        let action = self.spec.action();
+        if !matches!(action, AuthzAction::Allow | AuthzAction::Deny) {
+            return vec![FieldError::new(
+                field,
+                format!(
+                    "the annotation {DRY_RUN_ANNOTATION} is currently not supported for action {}",
+                    action.as_str()
+                ),
+            )];
+        }
+        if go_bool(value).is_none() {
+            return vec![FieldError::new(
+                field,
+                format!("invalid value ({value}): a boolean (true or false)"),
+            )];
+        }
+        Vec::new()
+    }
+
+    /// [`AuthorizationPolicySpec::warnings`], and the dry run's ([`Self::dry_run`]).
+    pub fn warnings(&self) -> Vec<FieldError> {
+        let mut out = self.spec.warnings();
+        if self.dry_run() {
+            out.push(FieldError::new(
+                format!("metadata.annotations.{DRY_RUN_ANNOTATION}"),
+                format!(
+                    "dry run: rendered as AUDIT, so the policy is never enforced (as in Istio) and \
+                     the requests it matches are marked audited; Istio's shadow-rule metadata and \
+                     statistics (istio_dry_run_{}_shadow_*) are not implemented",
+                    self.spec.action().as_str().to_lowercase()
+                ),
+            ));
+        }
+        out
+    }
 }
 
 impl AuthorizationPolicySpec {
@@ -1128,6 +1206,47 @@ mod tests {
             e[0].1
                 .contains("only one of targetRefs or workloadSelector")
         );
+    }
+
+    #[test]
+    fn dry_run_is_allow_or_deny_only_and_a_boolean() {
+        let with = |value: &str, spec: &str| {
+            format!(
+                "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\n  namespace: foo\n  annotations: {{\"istio.io/dry-run\": \"{value}\"}}\nspec:\n{spec}"
+            )
+        };
+        let deny = "  action: DENY\n  rules:\n  - to: [{operation: {ports: [\"8080\"]}}]\n";
+        for (value, dry) in [
+            ("true", true),
+            ("True", true),
+            ("1", true),
+            ("false", false),
+        ] {
+            let p = one(&with(value, deny));
+            assert_eq!(p.dry_run(), dry, "{value}");
+            let w = p.warnings();
+            assert_eq!(
+                w.iter()
+                    .any(|w| w.field == "metadata.annotations.istio.io/dry-run"),
+                dry,
+                "{w:?}"
+            );
+        }
+        let p = one(&with("true", "  rules: [{}]\n"));
+        assert!(p.dry_run(), "ALLOW is the default action");
+        assert!(
+            p.warnings()[0].message.contains("rendered as AUDIT"),
+            "{:?}",
+            p.warnings()
+        );
+        let e = refused(&with("yes", deny));
+        assert_eq!(fields(&e), ["metadata.annotations.istio.io/dry-run"]);
+        assert!(e[0].1.contains("invalid value (yes)"), "{e:?}");
+        let e = refused(&with("true", "  action: AUDIT\n  rules: [{}]\n"));
+        assert_eq!(fields(&e), ["metadata.annotations.istio.io/dry-run"]);
+        assert!(e[0].1.contains("not supported for action AUDIT"), "{e:?}");
+        // Without the annotation: no dry run.
+        assert!(!one(&doc("v1", deny)).dry_run());
     }
 
     #[test]

@@ -78,18 +78,23 @@ impl IstioObject {
             IstioObject::DestinationRule(o) => crate::support::warned_fields(kind, &o.spec),
             IstioObject::Sidecar(o) => crate::support::warned_fields(kind, &o.spec),
             IstioObject::PeerAuthentication(o) => o.spec.warnings(),
-            IstioObject::AuthorizationPolicy(o) => o.spec.warnings(),
+            IstioObject::AuthorizationPolicy(o) => o.warnings(),
         }
     }
 
-    /// Checks the rules the schema cannot express. Field paths start at `spec`.
+    /// Checks the rules the schema cannot express. Field paths start at `spec` (or `metadata`,
+    /// for an AuthorizationPolicy's `istio.io/dry-run` annotation).
     pub fn validate(&self) -> Vec<FieldError> {
         match self {
             IstioObject::VirtualService(o) => o.spec.validate(),
             IstioObject::DestinationRule(o) => o.spec.validate(),
             IstioObject::Sidecar(o) => o.spec.validate(),
             IstioObject::PeerAuthentication(o) => o.spec.validate(),
-            IstioObject::AuthorizationPolicy(o) => o.spec.validate(),
+            IstioObject::AuthorizationPolicy(o) => {
+                let mut out = o.dry_run_errors();
+                out.extend(o.spec.validate());
+                out
+            }
         }
     }
 }

@@ -407,8 +407,9 @@ fn peer_authentications(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey), V
     }
 }
 
-/// AuthorizationPolicies: Istio's own rules and warnings (`rustmesh_api::authorization_policy`),
-/// each policy on its own (several policies of any action may apply together). A valid CUSTOM
+/// AuthorizationPolicies: Istio's own rules and warnings (`rustmesh_api::authorization_policy`,
+/// the `istio.io/dry-run` annotation's included), each policy on its own (several policies of
+/// any action may apply together). A valid CUSTOM
 /// policy is rendered and reported [`UNSUPPORTED`] (its finding an error naming
 /// `spec.provider`); an invalid update of a policy accepted before notes that the last accepted
 /// version keeps serving (`render::authz` renders it).
@@ -416,10 +417,11 @@ fn authorization_policies(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey),
     let store = &index.authorization_policies;
     for (key, ap) in &store.objects {
         let ap: &AuthorizationPolicy = ap;
-        let mut findings = own_findings(ap.spec.validate());
+        let mut findings = own_findings(ap.dry_run_errors());
+        findings.extend(own_findings(ap.spec.validate()));
         let valid = findings.is_empty();
         let custom = ap.spec.custom_unsupported();
-        for w in ap.spec.warnings() {
+        for w in ap.warnings() {
             // The CUSTOM finding makes a valid policy's Accepted condition False: an error.
             let level = if valid && custom.as_ref() == Some(&w) {
                 Level::Error
@@ -808,7 +810,9 @@ pub fn persisted_version<K: crate::index::kinds::IstioKind>(obj: &K, has_ca: boo
         }
         crate::index::Object::Sidecar(o) => o.spec.validate().is_empty(),
         crate::index::Object::PeerAuthentication(o) => o.spec.validate().is_empty(),
-        crate::index::Object::AuthorizationPolicy(o) => o.spec.validate().is_empty(),
+        crate::index::Object::AuthorizationPolicy(o) => {
+            o.spec.validate().is_empty() && o.dry_run_errors().is_empty()
+        }
         _ => false,
     };
     if !valid {

@@ -465,6 +465,28 @@ mod tests {
             ),
             "{w}"
         );
+        // Istio's dry-run annotation: a dry run is allowed with the operator's warning (it is
+        // rendered as AUDIT, never enforced); a value that is no boolean is refused.
+        for (value, verdict_wanted) in [("true", Verdict::Allowed), ("yes", Verdict::Denied)] {
+            let mut doc: Value = serde_json::from_slice(&authorization_policy(
+                "v1",
+                json!({"action": "DENY", "rules": [{"to": [{"operation": {"ports": ["8080"]}}]}]}),
+            ))
+            .unwrap();
+            doc["request"]["object"]["metadata"]["annotations"] =
+                json!({"istio.io/dry-run": value});
+            let (resp, verdict) = response(&serde_json::to_vec(&doc).unwrap());
+            assert_eq!(verdict, verdict_wanted, "{value}: {resp}");
+            let said = if verdict == Verdict::Allowed {
+                resp["warnings"][0].as_str().unwrap().to_string()
+            } else {
+                resp["status"]["message"].as_str().unwrap().to_string()
+            };
+            assert!(
+                said.contains("metadata.annotations.istio.io/dry-run"),
+                "{said}"
+            );
+        }
         // security.istio.io serves no v1alpha3: a misrouted review is allowed unchecked.
         let (_, verdict) = response(&authorization_policy("v1alpha3", json!({})));
         assert_eq!(verdict, Verdict::Skipped);

@@ -648,7 +648,14 @@ fn same_content(a: &Object, b: &Object) -> bool {
             x.spec == y.spec && x.metadata.creation_timestamp == y.metadata.creation_timestamp
         }
         (Object::AuthorizationPolicy(x), Object::AuthorizationPolicy(y)) => {
-            x.spec == y.spec && x.metadata.creation_timestamp == y.metadata.creation_timestamp
+            let dry_run = |p: &AuthorizationPolicy| {
+                p.annotations()
+                    .get(rustmesh_api::authorization_policy::DRY_RUN_ANNOTATION)
+                    .cloned()
+            };
+            x.spec == y.spec
+                && x.metadata.creation_timestamp == y.metadata.creation_timestamp
+                && dry_run(x) == dry_run(y)
         }
         _ => false,
     }

@@ -17,7 +17,9 @@
 //! A policy is flattened into the proxy's shape: `rules[].from[].source` and
 //! `rules[].to[].operation` lose their wrapper (validation refused an entry without one),
 //! `ports`/`notPorts` become numbers, everything else is passed through as written. The CUSTOM
-//! action is rendered as CUSTOM, which the sidecar denies (validation reports it).
+//! action is rendered as CUSTOM, which the sidecar denies (validation reports it); a dry run
+//! (`istio.io/dry-run: "true"` on an ALLOW or DENY policy) as AUDIT, never enforced, as Istio
+//! never enforces it (validation warns that Istio's shadow metadata is not produced).
 //!
 //! Which version of a policy: the current one when accepted (a CUSTOM one included); after an
 //! invalid update of a policy accepted before, that last accepted version (its verdict's
@@ -30,7 +32,7 @@ use crate::validation::age_key;
 use rustmesh_api::AuthorizationPolicy as Policy;
 use rustmesh_api::authorization_policy::{Operation, Rule, Source, port_number};
 use rustmesh_xds::authz::{
-    Authorization, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource,
+    Authorization, AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource,
 };
 
 /// The policies that can apply to the pods of `scope`, `None` when there are none.
@@ -73,7 +75,12 @@ fn policy(key: &ObjKey, p: &Policy) -> AuthzPolicy {
     AuthzPolicy {
         name: key.to_string(),
         selector: p.spec.workload_labels().cloned().unwrap_or_default(),
-        action: p.spec.action(),
+        // A dry run is evaluated and never enforced: AUDIT (validation warns).
+        action: if p.dry_run() {
+            AuthzAction::Audit
+        } else {
+            p.spec.action()
+        },
         rules: p.spec.rules.iter().map(rule).collect(),
     }
 }

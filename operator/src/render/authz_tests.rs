@@ -515,3 +515,36 @@ fn a_policy_change_re_renders_its_namespace_or_every_namespace_from_the_root() {
     let a = index.apply(plain);
     assert!(a.namespaces.is_empty() && a.statuses);
 }
+
+#[test]
+fn a_dry_run_is_rendered_as_audit_and_its_annotation_re_renders() {
+    let dry = |value: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: dry, namespace: default, creationTimestamp: \"2024-01-01T00:00:00Z\", annotations: {{\"istio.io/dry-run\": \"{value}\"}}}}\nspec:\n  action: DENY\n  rules:\n  - to: [{{operation: {{ports: [\"9080\"], paths: [\"/headers\"]}}}}]\n"
+        )
+    };
+    let mut index = bookinfo();
+    istio(&mut index, &dry("true"));
+    // Istio never enforces a dry run: AUDIT never changes the decision.
+    let a = authz(&index, &Scope::namespace("default")).unwrap();
+    assert_eq!(a.policies[0].action, AuthzAction::Audit);
+    let v = verdict(&index, "default", "dry");
+    assert!(v.accepted && v.reason == "Accepted", "{v:?}");
+    assert_eq!(
+        (v.findings[0].level, v.findings[0].field.as_str()),
+        (Level::Warning, "metadata.annotations.istio.io/dry-run")
+    );
+    // Taking the annotation off is a change to re-render (the spec is the same): enforced.
+    let Object::AuthorizationPolicy(p) = objects(&dry("false")).remove(0) else {
+        unreachable!()
+    };
+    let affects = index.apply(Object::AuthorizationPolicy(p));
+    assert!(affects.namespaces.contains("default"), "{affects:?}");
+    let a = authz(&index, &Scope::namespace("default")).unwrap();
+    assert_eq!(a.policies[0].action, AuthzAction::Deny);
+    // A value Istio cannot read is refused naming the annotation.
+    istio(&mut index, &dry("maybe").replace("name: dry", "name: odd"));
+    let v = verdict(&index, "default", "odd");
+    assert!(!v.accepted);
+    assert_eq!(v.findings[0].field, "metadata.annotations.istio.io/dry-run");
+}
