@@ -31,6 +31,7 @@ pub mod drive;
 mod error;
 pub mod http;
 pub mod identity;
+pub mod jwt;
 pub mod listener;
 pub mod metrics;
 pub mod pool;
