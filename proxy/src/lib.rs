@@ -12,7 +12,9 @@
 //! on a chain, originated to an endpoint, with [`identity`]'s certificate) → [`stats`],
 //! [`socket`]. Beside them: [`body`] (the body
 //! types) and [`drive`] (running a hyper connection in one task), used by `http` and `pool`;
-//! [`metrics`], [`admin`], [`status`] (15020: the app's probes), [`config`], [`identity`],
+//! [`authz`] (AuthorizationPolicy, compiled with the snapshot, enforced by the inbound
+//! listener and the HTTP connection manager), [`metrics`], [`admin`], [`status`] (15020: the
+//! app's probes), [`config`], [`identity`],
 //! [`dns`], [`drain`], [`wait`], [`capture`];
 //! [`sidecar`] wires them.
 
@@ -20,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod authz;
 pub mod body;
 pub mod capture;
 pub mod cluster;
