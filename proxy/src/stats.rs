@@ -40,6 +40,14 @@ pub struct RefusedLabels {
     pub reason: String,
 }
 
+/// `{http_conn_manager_prefix="..."}`: an HTTP connection manager's `statPrefix`, as Envoy's tag
+/// for `http.<stat_prefix>.*` statistics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpPrefixLabels {
+    /// The connection manager's `statPrefix` (`inbound_0.0.0.0_9080`).
+    pub http_conn_manager_prefix: String,
+}
+
 /// `{result="applied"|"rejected"}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
@@ -67,6 +75,8 @@ pub enum Refusal {
     /// The chain terminates mutual TLS and the handshake failed (no certificate here, the
     /// client's refused, timeout).
     TlsHandshake,
+    /// An AuthorizationPolicy denied the TCP connection (Envoy's network RBAC filter).
+    RbacDenied,
 }
 
 impl Refusal {
@@ -81,6 +91,7 @@ impl Refusal {
             Refusal::NoListener => "no_listener",
             Refusal::NoOriginalDst => "no_original_dst",
             Refusal::TlsHandshake => "tls_handshake",
+            Refusal::RbacDenied => "rbac_access_denied",
         }
     }
 }
@@ -104,6 +115,8 @@ pub struct Metrics {
     listener_cx_rx_bytes: Family<ListenerLabels, Counter>,
     listener_cx_tx_bytes: Family<ListenerLabels, Counter>,
     listener_refused: Family<RefusedLabels, Counter>,
+    http_rbac: [Family<HttpPrefixLabels, Counter>; 4],
+    tcp_rbac: RbacStats,
     config_reloads: Family<ReloadLabels, Counter>,
     config_rejected: Gauge,
     config_api_live: Gauge,
@@ -147,6 +160,52 @@ pub struct ListenerStats {
     pub cx_rx_bytes: Counter,
     /// Bytes sent to downstream clients.
     pub cx_tx_bytes: Counter,
+}
+
+/// Handles of Envoy's RBAC filter counters for one connection manager (`http.<prefix>.rbac.*`)
+/// or for the TCP chains (`tcp.rbac.*`, Istio's network filter prefix): `allowed`/`denied`
+/// counted by each CUSTOM, DENY and ALLOW stage that ran, `logged`/`not_logged` by the AUDIT
+/// stage.
+#[derive(Clone, Debug, Default)]
+pub struct RbacStats {
+    /// Let through by a stage.
+    pub allowed: Counter,
+    /// Denied by a stage.
+    pub denied: Counter,
+    /// Matched an AUDIT policy.
+    pub logged: Counter,
+    /// Matched no AUDIT policy.
+    pub not_logged: Counter,
+}
+
+/// Envoy's RBAC counter names and their help, in [`RbacStats`]' field order.
+const RBAC_COUNTERS: [(&str, &str); 4] = [
+    (
+        "allowed",
+        "Requests or connections an RBAC filter let through",
+    ),
+    ("denied", "Requests or connections an RBAC filter denied"),
+    ("logged", "Requests or connections an AUDIT policy matched"),
+    (
+        "not_logged",
+        "Requests or connections no AUDIT policy matched",
+    ),
+];
+
+impl RbacStats {
+    /// Adds one decision's counts.
+    pub fn record(&self, allowed: u8, denied: u8, logged: u8, not_logged: u8) {
+        for (c, n) in [
+            (&self.allowed, allowed),
+            (&self.denied, denied),
+            (&self.logged, logged),
+            (&self.not_logged, not_logged),
+        ] {
+            if n > 0 {
+                c.inc_by(u64::from(n));
+            }
+        }
+    }
 }
 
 impl Metrics {
@@ -239,6 +298,16 @@ impl Metrics {
             "Downstream connections open",
             m.listener_cx_active.clone(),
         );
+        let tcp = &m.tcp_rbac;
+        let tcp = [&tcp.allowed, &tcp.denied, &tcp.logged, &tcp.not_logged];
+        for (i, (name, help)) in RBAC_COUNTERS.into_iter().enumerate() {
+            registry.register(
+                format!("envoy_http_rbac_{name}"),
+                help,
+                m.http_rbac[i].clone(),
+            );
+            registry.register(format!("envoy_tcp_rbac_{name}"), help, tcp[i].clone());
+        }
         registry.register(
             "rustmesh_listener_downstream_cx_refused",
             "Connections closed without being proxied, by reason",
@@ -293,6 +362,27 @@ impl Metrics {
             cx_rx_bytes: self.listener_cx_rx_bytes.get_or_create_owned(&l),
             cx_tx_bytes: self.listener_cx_tx_bytes.get_or_create_owned(&l),
         }
+    }
+
+    /// The RBAC counters of the HTTP connection manager with `stat_prefix` (looked up once per
+    /// connection).
+    pub fn rbac_http(&self, stat_prefix: &str) -> RbacStats {
+        let l = HttpPrefixLabels {
+            http_conn_manager_prefix: stat_prefix.to_string(),
+        };
+        let [allowed, denied, logged, not_logged] =
+            self.http_rbac.each_ref().map(|f| f.get_or_create_owned(&l));
+        RbacStats {
+            allowed,
+            denied,
+            logged,
+            not_logged,
+        }
+    }
+
+    /// The RBAC counters of the TCP chains.
+    pub fn rbac_tcp(&self) -> RbacStats {
+        self.tcp_rbac.clone()
     }
 
     /// Counts a connection closed without being proxied. Off the hot path (a refusal).
@@ -373,6 +463,9 @@ mod tests {
         m.listener("virtualOutbound").cx_rx_bytes.inc_by(10);
         m.refused("virtualOutbound", Refusal::Loop);
         m.config_reload(false);
+        m.rbac_http("inbound_0.0.0.0_9080").record(1, 1, 0, 1);
+        m.rbac_http("inbound_0.0.0.0_9080").record(2, 0, 1, 0);
+        m.rbac_tcp().record(0, 1, 0, 0);
         let text = encode(&registry);
         assert!(
             text.contains(
@@ -388,6 +481,16 @@ mod tests {
         ));
         assert!(text.contains("rustmesh_config_reloads_total{result=\"rejected\"} 1"));
         assert!(text.contains("rustmesh_config_rejected 1"));
+        for line in [
+            "envoy_http_rbac_allowed_total{http_conn_manager_prefix=\"inbound_0.0.0.0_9080\"} 3",
+            "envoy_http_rbac_denied_total{http_conn_manager_prefix=\"inbound_0.0.0.0_9080\"} 1",
+            "envoy_http_rbac_logged_total{http_conn_manager_prefix=\"inbound_0.0.0.0_9080\"} 1",
+            "envoy_http_rbac_not_logged_total{http_conn_manager_prefix=\"inbound_0.0.0.0_9080\"} 1",
+            "envoy_tcp_rbac_denied_total 1",
+            "envoy_tcp_rbac_allowed_total 0",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
         m.config_reload(true);
         assert_eq!(m.config_reload_counts(), (1, 1));
     }

@@ -138,6 +138,15 @@ impl Io {
         Some(format!("{by}Hash={hex};Subject=\"{subject}\";URI={peer}"))
     }
 
+    /// The server name the client asked for (SNI), on a connection whose TLS this side
+    /// terminated.
+    pub fn sni(&self) -> Option<&str> {
+        match self {
+            Io::Server(s) => s.get_ref().1.server_name(),
+            _ => None,
+        }
+    }
+
     /// The negotiated ALPN value, if any.
     pub fn alpn(&self) -> Option<&[u8]> {
         match self {

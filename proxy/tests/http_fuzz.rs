@@ -435,6 +435,7 @@ fn feed(bytes: &[u8]) {
             peer_identity: None,
             own_identity: None,
             client_cert_details: None,
+            authz: None,
         };
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let hcm = rustmesh_xds::listener::HttpConnectionManager::default();

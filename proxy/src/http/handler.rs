@@ -26,8 +26,8 @@ use crate::cluster::Clusters;
 use crate::drain;
 use crate::http::upstreams::ClusterUpstreams;
 use crate::http::{
-    AccessLog, HttpContext, HttpSettings, Rng, RouteTable, serve_connection_draining,
-    serve_connection_with_drain,
+    AccessLog, Authorizer, ConnAuthz, HttpContext, HttpSettings, Rng, RouteTable,
+    serve_connection_draining, serve_connection_with_drain,
 };
 use crate::metrics::{Destinations, Metrics as IstioMetrics, Reporter, WorkloadInfo};
 use crate::pool::PassthroughPools;
@@ -61,6 +61,9 @@ pub struct HttpConnection {
     /// Resolves when the sidecar starts draining (SIGTERM): finish in-flight requests, stop
     /// keep-alive (`Connection: close`, HTTP/2 GOAWAY). Holding it delays the exit.
     pub drain: drain::Watch,
+    /// The AuthorizationPolicies each request is checked against (inbound, when some apply to
+    /// this pod).
+    pub authz: Option<ConnAuthz>,
 }
 
 /// The route tables of one configuration.
@@ -197,6 +200,11 @@ impl ConnectionManager {
         compile_routes(config, &self.workload.labels)
     }
 
+    /// This pod's labels (which policies and `sourceLabels` apply to it).
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        &self.workload.labels
+    }
+
     /// Serves one connection until it ends.
     pub async fn serve(&self, conn: HttpConnection) -> io::Result<()> {
         let HttpConnection {
@@ -210,8 +218,18 @@ impl ConnectionManager {
             client,
             drain,
             own_identity,
+            authz,
         } = conn;
         let peer_identity = stream.peer_identity();
+        let authz = authz.map(|given| {
+            let attrs = crate::authz::Connection::new(
+                peer_identity.as_ref(),
+                client.0,
+                orig_dst.0,
+                stream.sni(),
+            );
+            Arc::new(Authorizer::new(given, attrs))
+        });
         let client_cert_details = match reporter {
             Reporter::Destination => stream
                 .client_cert_details(own_identity.as_deref())
@@ -248,6 +266,7 @@ impl ConnectionManager {
             peer_identity,
             own_identity,
             client_cert_details,
+            authz,
         };
         // As Envoy does for every accepted socket: a response's head and body are separate
         // writes, and Nagle would hold the second until the first is acknowledged.

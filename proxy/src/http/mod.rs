@@ -8,7 +8,8 @@
 //! happens here.
 //!
 //! A request passes these stages, one file each, in order: `server.rs` (the connection: hyper,
-//! drain), `request.rs` (head, request id, route match, faults, redirect and direct responses),
+//! drain), `request.rs` (head, request id, authorization (`authorize.rs`, inbound with
+//! AuthorizationPolicies), route match, faults, redirect and direct responses),
 //! `forward.rs` (the upstream request built once, its body kept for retries and mirrors, the
 //! mirrors, the answer's headers, upgrades), [`retry`] (the attempts), `reply.rs` (local
 //! replies, gRPC status mapping, an upstream error's reply and flag), `record.rs` (metrics and
@@ -28,6 +29,7 @@
 //!   route tables compiled per configuration, one [`serve_connection_with_drain`] per HTTP
 //!   filter chain connection.
 
+mod authorize;
 mod forward;
 pub mod handler;
 pub mod hash;
@@ -43,6 +45,7 @@ pub mod upstreams;
 
 pub use crate::body::{BoxError, ProxyBody};
 pub use crate::pool::UpstreamError;
+pub use authorize::{Authorizer, ConnAuthz, DENIED_BODY};
 pub use rng::Rng;
 pub use route::{RouteError, RouteTable};
 pub use server::{serve_connection, serve_connection_draining, serve_connection_with_drain};
@@ -150,6 +153,9 @@ pub struct HttpContext {
     /// The `x-forwarded-client-cert` element appended to each request of a connection whose
     /// client mutual TLS verified ([`crate::transport::Io::client_cert_details`]).
     pub client_cert_details: Option<http::HeaderValue>,
+    /// The AuthorizationPolicies every request is checked against (inbound connections of a
+    /// pod with policies; `None`: no check).
+    pub authz: Option<Arc<Authorizer>>,
 }
 
 impl std::fmt::Debug for HttpContext {

@@ -32,6 +32,9 @@ pub(super) struct Exchange {
     pub(super) upstream_time: Option<Duration>,
     pub(super) flags: Vec<&'static str>,
     pub(super) request_body: Option<Arc<ReplayLog>>,
+    /// Envoy's response code details, when a stage of ours answered with a reason worth
+    /// naming (an authorization denial names the policy).
+    pub(super) details: Option<String>,
 }
 
 /// What the requests of one connection share: its context, whether it writes the access log,
@@ -166,7 +169,7 @@ impl Conn {
             response_bytes: end.bytes,
         });
         if self.access_log {
-            let line = serde_json::json!({
+            let mut line = serde_json::json!({
                 "start_time": rfc3339(ex.wall_start),
                 "method": ex.method.as_str(),
                 "path": ex.path,
@@ -189,6 +192,9 @@ impl Conn {
                 "route_name": ex.route_name,
                 "stat_prefix": self.route_name_prefix,
             });
+            if let Some(d) = &ex.details {
+                line["response_code_details"] = serde_json::Value::from(d.as_str());
+            }
             ctx.access_log.write(&line.to_string());
         }
     }

@@ -1,5 +1,6 @@
 //! One request, from its head to the route's action: the request id, the head-size limit
-//! (431), virtual host and route (`http::route`, 404 `NR`), the cluster of a weighted choice, the
+//! (431), the authorization of an inbound request (`http/authorize.rs`: 403 before routing),
+//! virtual host and route (`http::route`, 404 `NR`), the cluster of a weighted choice, the
 //! fault's delay and abort, then the action: a redirect or a direct response answered here, or
 //! forwarding (`http/forward.rs`), with the route's CORS policy (`route/cors.rs`: a preflight
 //! answered here, an allowed origin's headers added to the response). Comes after the
@@ -7,6 +8,7 @@
 //! every answer goes through the recording stage (`http/record.rs`).
 
 use crate::body::{ProxyBody, empty};
+use crate::http::authorize::{self, Verdict};
 use crate::http::forward::{Target, forward};
 use crate::http::headers;
 use crate::http::record::Conn;
@@ -46,6 +48,12 @@ fn head_size<B>(req: &Request<B>) -> usize {
 /// Answers one request (hyper calls this for each request of the connection).
 pub(super) async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyBody> {
     let ctx = &conn.ctx;
+    // Decided first, since it may normalize the path everything after reads; answered after
+    // the head-size check, as Envoy's RBAC filter runs after the codec's limits.
+    let verdict = match &ctx.authz {
+        Some(a) => authorize::check(a, &mut req),
+        None => Verdict::Pass,
+    };
     let routes: Arc<RouteTable> = ctx.routes.load_full();
     // The URI and the Host header share hyper's read buffer: cloning them counts references,
     // where copying authority, path and query into strings cost an allocation each.
@@ -129,12 +137,23 @@ pub(super) async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Respo
         upstream_time: None,
         flags: Vec::new(),
         request_body: None,
+        details: None,
     };
     // hyper's HTTP/1 read buffer cannot go below 8 KiB, so smaller limits are enforced here,
     // on the head as received (request line and headers), as Envoy's max_request_headers_kb.
     if head_size(&req) > ctx.settings.max_request_headers_bytes {
         let grpc = ex.grpc;
         return conn.finish(ex, local_reply(431, "", grpc));
+    }
+    if let Verdict::Refuse {
+        status,
+        body,
+        details,
+    } = verdict
+    {
+        let resp = local_reply(status, body, ex.grpc);
+        ex.details = Some(details);
+        return conn.finish(ex, resp);
     }
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
     let view = RequestView {

@@ -7,7 +7,9 @@
 //! configuration, [`crate::snapshot::chain`]), sniffing when a chain needs it
 //! ([`crate::sniff`]), then the chain's terminal filter: [`tcp`] proxying, or the HTTP
 //! connection manager ([`ConnectionManager::serve`]) with the chain's route table and the
-//! snapshot's clusters.
+//! snapshot's clusters. On the inbound side, the pod's AuthorizationPolicies ([`crate::authz`])
+//! decide a TCP chain's connection here, before any upstream connection, and an HTTP chain's
+//! requests in the connection manager.
 //!
 //! The original destination is looked up through the [`OrigDst`] trait, so tests can hand the
 //! listeners a fake ([`crate::socket::FixedAddrs`]) instead of a redirected socket.
@@ -28,7 +30,9 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::authz::{Attributes, Authz};
 use crate::drain;
+use crate::http::ConnAuthz;
 use crate::http::handler::HttpConnection;
 use crate::metrics::Reporter;
 use crate::snapshot::{CompiledListener, Snapshot};
@@ -400,8 +404,19 @@ pub async fn dispatch(
             }
         },
     };
+    // Inbound, the pod's AuthorizationPolicies: a TCP chain's connection is decided here, once
+    // (Envoy's network RBAC filter), an HTTP chain's requests one by one.
+    let authz = match reporter {
+        Reporter::Destination => snapshot.authz.as_ref(),
+        Reporter::Source => None,
+    };
     match &chain.terminal {
         Terminal::Tcp(route) => {
+            if let Some(authz) = authz
+                && !authorize_connection(shared, authz, &listener.name, &stream, orig_dst, client)
+            {
+                return;
+            }
             let conn = tcp::Conn {
                 reporter,
                 snapshot: &snapshot,
@@ -429,12 +444,52 @@ pub async fn dispatch(
                 client,
                 drain,
                 own_identity: shared.own_principal(),
+                authz: authz.map(|a| ConnAuthz {
+                    authz: a.clone(),
+                    stats: shared.metrics.rbac_http(&hcm.stat_prefix),
+                }),
             };
             if let Err(e) = shared.http.serve(conn).await {
                 tracing::debug!(listener = %listener.name, %client, "HTTP connection ended: {e}");
             }
         }
     }
+}
+
+/// Decides an inbound TCP connection with the pod's policies (Istio's TCP semantics), counting
+/// it (`tcp.rbac.*`); a denied one is counted refused and is to be closed before any upstream
+/// connection.
+fn authorize_connection(
+    shared: &Shared,
+    authz: &Authz,
+    listener: &str,
+    stream: &Io,
+    orig_dst: OrigDstAddr,
+    client: ClientAddr,
+) -> bool {
+    let peer = stream.peer_identity();
+    let conn = crate::authz::Connection::new(peer.as_ref(), client.0, orig_dst.0, stream.sni());
+    let d = authz.evaluate(&Attributes {
+        conn: &conn,
+        http: None,
+    });
+    let t = d.tally;
+    shared
+        .metrics
+        .rbac_tcp()
+        .record(t.allowed, t.denied, t.logged, t.not_logged);
+    if let Some(r) = d.audit {
+        tracing::info!(policy = %authz.rule_id(r), %orig_dst, %client,
+            principal = conn.principal.as_deref().unwrap_or(""),
+            "AUDIT: an AuthorizationPolicy matched the connection");
+    }
+    if !d.allowed {
+        shared.metrics.refused(listener, Refusal::RbacDenied);
+        tracing::debug!(listener, %orig_dst, %client,
+            principal = conn.principal.as_deref().unwrap_or(""),
+            details = %authz.denial_details(&d), "RBAC: connection closed");
+    }
+    d.allowed
 }
 
 /// The PeerAuthentication mode in force for this pod (`labels`) on inbound `port`

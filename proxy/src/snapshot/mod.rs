@@ -2,7 +2,8 @@
 //!
 //! A [`Snapshot`] is immutable: listeners indexed by address, filter chains compiled
 //! ([`chain`], [`FilterChains`]), clusters resolved ([`Clusters`]), route tables compiled by
-//! the HTTP connection manager ([`CompiledRoutes`]).
+//! the HTTP connection manager ([`CompiledRoutes`]), the AuthorizationPolicies that apply to
+//! this pod compiled for enforcement ([`Authz`]).
 //! Each connection takes the current snapshot once, when it is accepted (a lock-free
 //! `ArcSwap` load), and keeps it to its end: a reload changes what *new* connections do, never
 //! an established one.
@@ -20,6 +21,7 @@ use rustmesh_xds::listener::{Listener, TrafficDirection};
 use tokio::sync::Notify;
 
 use self::chain::FilterChains;
+use crate::authz::Authz;
 use crate::cluster::{ClusterManager, Clusters};
 use crate::http::handler::{CompiledRoutes, ConnectionManager};
 use crate::metrics::Destinations;
@@ -63,6 +65,9 @@ pub struct Snapshot {
     pub destinations: Arc<Destinations>,
     /// The route tables compiled from this configuration ([`ConnectionManager::compile`]).
     pub http: CompiledRoutes,
+    /// The AuthorizationPolicies that apply to this pod (by its labels), compiled; `None`
+    /// when none does: inbound traffic is not checked.
+    pub authz: Option<Arc<Authz>>,
     /// When it was applied.
     pub loaded_at: SystemTime,
 }
@@ -147,6 +152,20 @@ impl Snapshot {
             }
         }
         let http_state = http.compile(&config)?;
+        let authz = match &config.authorization {
+            Some(a) => Authz::compile(a, http.labels()).map_err(compile_error)?,
+            None => None,
+        };
+        if let Some(z) = &authz {
+            let [(http_rules, http_unindexed), (tcp_rules, tcp_unindexed)] = z.sizes();
+            tracing::debug!(
+                http_rules,
+                http_unindexed,
+                tcp_rules,
+                tcp_unindexed,
+                "authorization policies compiled"
+            );
+        }
         let destinations = Arc::new(Destinations::from_config(&config));
         Ok(Snapshot {
             config: Arc::new(config),
@@ -157,6 +176,7 @@ impl Snapshot {
             clusters: table,
             destinations,
             http: http_state,
+            authz,
             loaded_at: SystemTime::now(),
         })
     }

@@ -436,6 +436,7 @@ pub async fn start_proxy(rc: RouteConfiguration, ups: TestClusters, opts: Option
         peer_identity: None,
         own_identity: None,
         client_cert_details: None,
+        authz: None,
     };
     tokio::spawn(async move {
         loop {
