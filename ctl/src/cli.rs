@@ -21,6 +21,46 @@ pub enum Command {
     /// proxy-config`).
     #[command(name = "proxy-config", visible_alias = "pc")]
     ProxyConfig(ProxyConfigArgs),
+    /// Experimental views (as `istioctl experimental`).
+    #[command(name = "experimental", visible_alias = "x")]
+    Experimental(ExperimentalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExperimentalArgs {
+    #[command(subcommand)]
+    pub command: Experimental,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Experimental {
+    /// Authorization views.
+    Authz(AuthzArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuthzArgs {
+    #[command(subcommand)]
+    pub command: Authz,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Authz {
+    /// The AuthorizationPolicy objects a sidecar enforces (ACTION AuthorizationPolicy RULES), as
+    /// `istioctl x authz check`.
+    Check(AuthzCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuthzCheckArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// `<pod>[.<namespace>]`.
+    pub pod: Option<String>,
+    /// The workload's labels (`app=x,version=v1`) when reading --admin-url or --file; a pod's
+    /// own are read from the API.
+    #[arg(long, value_name = "LABELS")]
+    pub labels: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -274,7 +314,9 @@ mod tests {
             "json",
         ])
         .unwrap();
-        let Command::ProxyConfig(pc) = cli.command;
+        let Command::ProxyConfig(pc) = cli.command else {
+            panic!("not proxy-config")
+        };
         assert_eq!(pc.source.namespace.as_deref(), Some("default"));
         let View::Listeners(l) = pc.view else {
             panic!("not listeners")
@@ -291,13 +333,53 @@ mod tests {
             let cli =
                 Cli::try_parse_from(["rustmeshctl", "pc", alias, "productpage", "-o", "yaml"])
                     .unwrap();
-            let Command::ProxyConfig(pc) = cli.command;
+            let Command::ProxyConfig(pc) = cli.command else {
+                panic!("not proxy-config")
+            };
             let View::Secret(s) = pc.view else {
                 panic!("{alias} is not secret")
             };
             assert_eq!(s.pod.as_deref(), Some("productpage"));
             assert_eq!(s.output, Output::Yaml);
         }
+    }
+
+    #[test]
+    fn x_authz_check_reads_a_pod_or_labels() {
+        let cli = Cli::try_parse_from([
+            "rustmeshctl",
+            "x",
+            "authz",
+            "check",
+            "ratings-v1-x",
+            "-n",
+            "foo",
+        ])
+        .unwrap();
+        let Command::Experimental(x) = cli.command else {
+            panic!("not experimental")
+        };
+        let Experimental::Authz(a) = x.command;
+        let Authz::Check(c) = a.command;
+        assert_eq!(c.pod.as_deref(), Some("ratings-v1-x"));
+        assert_eq!(c.source.namespace.as_deref(), Some("foo"));
+        let cli = Cli::try_parse_from([
+            "rustmeshctl",
+            "experimental",
+            "authz",
+            "check",
+            "-f",
+            "c.json",
+            "--labels",
+            "app=r",
+        ])
+        .unwrap();
+        let Command::Experimental(x) = cli.command else {
+            panic!("not experimental")
+        };
+        let Experimental::Authz(a) = x.command;
+        let Authz::Check(c) = a.command;
+        assert_eq!(c.labels.as_deref(), Some("app=r"));
     }
 
     #[test]

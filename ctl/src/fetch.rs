@@ -133,6 +133,8 @@ pub struct Fetched {
     pub clusters: Option<Clusters>,
     /// The proxy's certificates, when asked for (never from `--file`).
     pub certs: Option<Certs>,
+    /// The pod's labels, when read from a pod.
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// Reads the configuration and what `want` asks for besides.
@@ -163,6 +165,7 @@ pub async fn fetch(
                 config,
                 clusters,
                 certs: None,
+                labels: None,
             })
         }
         Source::Admin(url) => fetch_admin(url, want, timeout).await,
@@ -288,6 +291,7 @@ async fn read_all(
         config,
         clusters,
         certs,
+        labels: None,
     })
 }
 
@@ -510,7 +514,10 @@ async fn fetch_pod(
     .await;
     forwarder.abort();
     match result {
-        Ok(f) => Ok(f),
+        Ok(f) => Ok(Fetched {
+            labels: Some(pod.metadata.labels.clone().unwrap_or_default()),
+            ..f
+        }),
         Err(Failure::Error(e)) => Err(e),
         Err(Failure::Transport(reason)) => {
             // The message may come just after the stream broke.

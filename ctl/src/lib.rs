@@ -6,9 +6,12 @@
 //! `istioctl proxy-config` prints, same columns, same alignment, same texts. The configuration
 //! comes from the proxy's admin API (directly with `--admin-url`, or through a port-forward to a
 //! pod), or from a file. The table code is pure: [`render`] turns what was read into text.
+//! `rustmeshctl x authz check` lists the AuthorizationPolicy objects a sidecar applies to its pod
+//! ([`authz`]), as `istioctl x authz check` does.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod authz;
 pub mod cli;
 pub mod clusters;
 pub mod endpoints;
@@ -31,6 +34,41 @@ use std::io::Write;
 pub async fn run(cli: cli::Cli, out: &mut dyn Write) -> Result<(), Error> {
     match cli.command {
         Command::ProxyConfig(args) => proxy_config(args, out).await,
+        Command::Experimental(x) => match x.command {
+            cli::Experimental::Authz(a) => match a.command {
+                cli::Authz::Check(args) => authz_check(args, out).await,
+            },
+        },
+    }
+}
+
+/// `x authz check`: the policies the sidecar applies to its pod.
+async fn authz_check(args: cli::AuthzCheckArgs, out: &mut dyn Write) -> Result<(), Error> {
+    let source = source(&args.source, args.pod.as_deref())?;
+    let labels = match (&args.labels, &source) {
+        (Some(_), Source::Pod(_)) => {
+            return Err(Error::Usage(
+                "--labels is for --admin-url and --file: a pod's own labels are read from the API"
+                    .into(),
+            ));
+        }
+        (Some(text), _) => Some(authz::parse_labels(text).map_err(Error::Usage)?),
+        (None, _) => None,
+    };
+    let kube = KubeOptions {
+        kubeconfig: args.source.kubeconfig.clone(),
+        context: args.source.context.clone(),
+    };
+    let fetched = fetch::fetch(&source, &kube, Want::default(), args.source.timeout).await?;
+    let labels = labels.or(fetched.labels.clone());
+    write_out(out, &authz::render(&fetched.config, labels.as_ref()))
+}
+
+fn write_out(out: &mut dyn Write, text: &str) -> Result<(), Error> {
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        // `| head` closing the pipe is not an error.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Output(e.to_string())),
+        _ => Ok(()),
     }
 }
 
@@ -42,11 +80,7 @@ async fn proxy_config(args: ProxyConfigArgs, out: &mut dyn Write) -> Result<(), 
     };
     let fetched = fetch::fetch(&source, &kube, wants(&args.view), args.source.timeout).await?;
     let text = render(&args.view, &fetched)?;
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        // `| head` closing the pipe is not an error.
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Output(e.to_string())),
-        _ => Ok(()),
-    }
+    write_out(out, &text)
 }
 
 /// Exactly one of a pod, `--admin-url` and `--file`.

@@ -41,5 +41,5 @@ fn readme_examples_are_real_output() {
         assert_eq!(actual, expected, "README example `rustmeshctl {command}`");
         checked += 1;
     }
-    assert_eq!(checked, 5, "examples found in the README");
+    assert_eq!(checked, 6, "examples found in the README");
 }
