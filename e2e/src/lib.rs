@@ -19,7 +19,9 @@ use kube::api::{
 };
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
-use rustmesh_api::{DestinationRule, IstioObject, PeerAuthentication, Sidecar, VirtualService};
+use rustmesh_api::{
+    AuthorizationPolicy, DestinationRule, IstioObject, PeerAuthentication, Sidecar, VirtualService,
+};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -586,9 +588,21 @@ impl Ctx {
     /// `rustmeshctl proxy-config listeners POD -n NS` (the ctl crate, through a port-forward to
     /// the sidecar's admin port): the table as the user sees it.
     pub async fn proxy_config(&self, ns: &str, pod: &str, view: &[&str]) -> Result<String> {
+        let mut command = vec!["proxy-config"];
+        command.extend(view);
+        self.rustmeshctl(ns, pod, &command).await
+    }
+
+    /// `rustmeshctl x authz check <pod> -n <ns>`: the policies the pod's sidecar applies.
+    pub async fn authz_check(&self, ns: &str, pod: &str) -> Result<String> {
+        self.rustmeshctl(ns, pod, &["x", "authz", "check"]).await
+    }
+
+    /// `rustmeshctl <command...> <pod> -n <ns>` against this cluster, in process.
+    pub async fn rustmeshctl(&self, ns: &str, pod: &str, command: &[&str]) -> Result<String> {
         use clap::Parser;
-        let mut args: Vec<String> = vec!["rustmeshctl".into(), "proxy-config".into()];
-        args.extend(view.iter().map(|s| s.to_string()));
+        let mut args: Vec<String> = vec!["rustmeshctl".into()];
+        args.extend(command.iter().map(|s| s.to_string()));
         args.extend([pod.to_string(), "-n".into(), ns.to_string()]);
         if let Some(k) = &self.kubeconfig {
             args.extend(["--kubeconfig".into(), k.display().to_string()]);
@@ -674,6 +688,11 @@ impl Ctx {
                 IstioObject::PeerAuthentication(mut p) => {
                     p.metadata.namespace = Some(ns.into());
                     let api: Api<PeerAuthentication> = Api::namespaced(self.client.clone(), ns);
+                    api.patch(&p.name_any(), &pp, &Patch::Apply(&*p)).await?;
+                }
+                IstioObject::AuthorizationPolicy(mut p) => {
+                    p.metadata.namespace = Some(ns.into());
+                    let api: Api<AuthorizationPolicy> = Api::namespaced(self.client.clone(), ns);
                     api.patch(&p.name_any(), &pp, &Patch::Apply(&*p)).await?;
                 }
             }

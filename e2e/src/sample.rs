@@ -12,7 +12,7 @@
 
 use crate::{Ctx, Error, Result, TESTAPP_IMAGE, poll};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service, ServiceAccount};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -43,6 +43,9 @@ pub struct App {
     pub annotations: BTreeMap<String, String>,
     /// The pod's `terminationGracePeriodSeconds` (2 s unless a test needs the drain).
     pub grace_seconds: i64,
+    /// The pod's service account (created by [`deploy`]); `None`: the namespace's `default`.
+    /// Its name is the pod's mesh identity: `cluster.local/ns/<ns>/sa/<name>`.
+    pub service_account: Option<String>,
 }
 
 impl App {
@@ -58,6 +61,7 @@ impl App {
             extra_args: vec![],
             annotations: BTreeMap::new(),
             grace_seconds: 2,
+            service_account: None,
         }
     }
 
@@ -119,6 +123,7 @@ impl App {
                         "annotations": annotations,
                     },
                     "spec": {
+                        "serviceAccountName": self.service_account.as_deref().unwrap_or("default"),
                         "terminationGracePeriodSeconds": self.grace_seconds,
                         "containers": [{
                             "name": self.app,
@@ -252,6 +257,12 @@ pub async fn deploy(ctx: &Ctx, ns: &str, apps: &[App]) -> Result<()> {
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
     let mut per_service: BTreeMap<String, i32> = BTreeMap::new();
+    let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), ns);
+    for sa in apps.iter().filter_map(|a| a.service_account.as_deref()) {
+        let object = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": sa, "namespace": ns}});
+        accounts.patch(sa, &pp, &Patch::Apply(object)).await?;
+    }
     for app in apps {
         deployments
             .patch(

@@ -14,7 +14,9 @@
 //! | `probes` | 9: app probes rewritten to the sidecar's status port; Ready through it (STRICT when `PeerAuthentication` is served); a 503 app fails its probe |
 //! | `credential` | 11: DestinationRule `credentialName` (MUTUAL) for the selected client only, served by the CA once its account may list Secrets |
 //! | `drain` | 12: pods deleted under traffic: an app's call after SIGTERM goes through its draining sidecar (`terminationDrainDuration` from `proxy.istio.io/config`); a server replica deleted under load fails no request |
+//! | `authz` | 13: AuthorizationPolicy as Istio's tasks show it: allow-nothing, ALLOW by principal and path, DENY on a header over ALLOW, TCP by principal and port, an HTTP-only field in a TCP DENY policy |
 
+mod authz;
 mod credential;
 mod drain;
 mod egress;
