@@ -15,6 +15,7 @@
 //! The request's JWT identity is read from the request's extensions
 //! ([`crate::authz::RequestAuth`]), where request authentication puts it.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::uri::PathAndQuery;
@@ -71,6 +72,11 @@ pub(super) enum Verdict {
 /// The body of a denial, as Envoy's RBAC filter answers.
 pub const DENIED_BODY: &str = "RBAC: access denied";
 
+/// Whether a rebuilt URI still has its path.
+fn parts_ok(uri: &Uri) -> bool {
+    uri.path_and_query().is_some()
+}
+
 /// Normalizes `req`'s path (in place) and decides it.
 pub(super) fn check<B>(a: &Authorizer, req: &mut Request<B>) -> Verdict {
     if req
@@ -85,8 +91,10 @@ pub(super) fn check<B>(a: &Authorizer, req: &mut Request<B>) -> Verdict {
             details: "method_not_upper_case".to_string(),
         };
     }
+    // Most paths need nothing: then nothing is copied.
     let normalized = match normalize(req.uri().path()) {
-        Ok(p) => p.into_owned(),
+        Ok(Cow::Borrowed(_)) => None,
+        Ok(Cow::Owned(p)) => Some(p),
         Err(_) => {
             return Verdict::Refuse {
                 status: 400,
@@ -95,16 +103,22 @@ pub(super) fn check<B>(a: &Authorizer, req: &mut Request<B>) -> Verdict {
             };
         }
     };
-    if normalized != req.uri().path() {
+    if let Some(normalized) = normalized {
         let pq = match req.uri().query() {
             Some(q) => format!("{normalized}?{q}"),
             None => normalized,
         };
         let mut parts = req.uri().clone().into_parts();
-        if let Ok(pq) = PathAndQuery::try_from(pq) {
-            parts.path_and_query = Some(pq);
-            if let Ok(uri) = Uri::from_parts(parts) {
-                *req.uri_mut() = uri;
+        parts.path_and_query = PathAndQuery::try_from(pq).ok();
+        match Uri::from_parts(parts) {
+            Ok(uri) if parts_ok(&uri) => *req.uri_mut() = uri,
+            // Never evaluate a path other than the one forwarded.
+            _ => {
+                return Verdict::Refuse {
+                    status: 400,
+                    body: "",
+                    details: "path_normalization_failed".to_string(),
+                };
             }
         }
     }
