@@ -103,8 +103,18 @@ fn action_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExtensionProvider {
     /// The name of an extension provider of the mesh configuration.
-    #[serde(default)]
-    pub name: String,
+    // An `Option`, not a defaulted `String`: schemars writes `default: ''` for the latter, which
+    // the Helm install of Kubernetes 1.20 refused (`default: Invalid value: "null"`); Istio's
+    // CRD has no default either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl ExtensionProvider {
+    /// The provider's name, empty when not given.
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or_default()
+    }
 }
 
 /// Istio's `PolicyTargetReference` (GEP-2648).
@@ -325,7 +335,7 @@ impl AuthorizationPolicySpec {
         if self.action() != AuthzAction::Custom {
             return None;
         }
-        let provider = self.provider.as_ref().map(|p| p.name.as_str());
+        let provider = self.provider.as_ref().map(|p| p.name());
         Some(FieldError::new(
             "spec.provider",
             format!(
@@ -767,7 +777,7 @@ impl Validate for AuthorizationPolicySpec {
                 "spec.provider",
                 "`provider.name` must not be empty: CUSTOM needs a provider",
             )),
-            (Some(p), true) if p.name.is_empty() && !self.rules.is_empty() => out.push(
+            (Some(p), true) if p.name().is_empty() && !self.rules.is_empty() => out.push(
                 FieldError::new("spec.provider.name", "`provider.name` must not be empty"),
             ),
             _ => {}

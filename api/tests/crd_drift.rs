@@ -106,3 +106,39 @@ fn every_kind_serves_istios_versions_and_stores_v1() {
         ]
     );
 }
+
+/// No schema carries an empty-string `default`: the AuthorizationPolicy CRD's `provider.name`
+/// had `default: ''` (schemars adds one for every `serde(default)` `String`), which reached
+/// Kubernetes 1.20's API server through the Helm install as `null` and was refused
+/// (`default: Invalid value: "null"`). Numeric defaults (`0`) install fine.
+#[test]
+fn no_schema_has_an_empty_string_default() {
+    fn walk(v: &serde_json::Value, path: &str, found: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    if k == "default" && v.as_str() == Some("") {
+                        found.push(format!("{path}.default = {v}"));
+                    }
+                    walk(v, &format!("{path}.{k}"), found);
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    walk(v, &format!("{path}[{i}]"), found);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    for (file, crd) in rustmesh_api::crd::all() {
+        let json = serde_json::to_value(&crd.spec.versions).unwrap();
+        walk(&json, file, &mut found);
+    }
+    assert!(
+        found.is_empty(),
+        "empty-string defaults in CRD schemas:\n{}",
+        found.join("\n")
+    );
+}
