@@ -238,12 +238,20 @@ fn match_pieces(pieces: &[Piece], input: &[u8]) -> bool {
 }
 
 /// Reads an address or CIDR block as Istio's `ipBlocks` take them (`203.0.113.4`,
-/// `203.0.113.0/24`, IPv6 likewise); `Err` says why not.
+/// `203.0.113.0/24`, IPv6 likewise); `Err` says why not. The address is read as Go's parser
+/// (and the operator's validation) reads it: no leading zeros in IPv4 (`09.0.0.0` is refused,
+/// never taken for `9.0.0.0`), a prefix length of decimal digits only.
 pub fn cidr(value: &str) -> Result<IpNet, String> {
     match value.split_once('/') {
-        Some(_) => value
-            .parse::<IpNet>()
-            .map_err(|_| format!("bad CIDR range {value:?}")),
+        Some((addr, len)) => {
+            let bad = || format!("bad CIDR range {value:?}");
+            let addr = addr.parse::<IpAddr>().map_err(|_| bad())?;
+            if len.is_empty() || len.len() > 3 || !len.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            let len = len.parse::<u8>().map_err(|_| bad())?;
+            IpNet::new(addr, len).map_err(|_| bad())
+        }
         None => value
             .parse::<IpAddr>()
             .map(IpNet::from)
@@ -345,5 +353,18 @@ mod tests {
             "fd00::1".parse().unwrap()
         ));
         assert!(cidr("10.0.0.0/33").is_err() && cidr("10.0.0").is_err() && cidr("x/8").is_err());
+        // Found by the authz_match fuzz target: leading zeros and signs are refused, as Go's
+        // parser and the operator refuse them, never read another way.
+        for bad in [
+            "09.0.0.0/8",
+            "00.0.0.0/0",
+            "010.0.0.1",
+            "10.0.0.0/+8",
+            "10.0.0.0/",
+            "10.0.0.0/0008",
+        ] {
+            assert!(cidr(bad).is_err(), "{bad}");
+        }
+        assert_eq!(cidr("0.0.0.0/0").unwrap().prefix_len(), 0);
     }
 }
