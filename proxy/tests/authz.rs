@@ -465,6 +465,88 @@ async fn without_policies_everything_passes() {
     );
 }
 
+/// Sends `GET path` requests over one open connection (HTTP/1.1 keep-alive or HTTP/2), as a
+/// client sidecar's pool does; each answer's status.
+struct OpenConnection {
+    h1: Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>,
+    h2: Option<hyper::client::conn::http2::SendRequest<Empty<Bytes>>>,
+}
+
+impl OpenConnection {
+    async fn open(addr: SocketAddr, http2: bool) -> Self {
+        let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await.unwrap());
+        if http2 {
+            let (send, conn) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            OpenConnection {
+                h1: None,
+                h2: Some(send),
+            }
+        } else {
+            let (send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            OpenConnection {
+                h1: Some(send),
+                h2: None,
+            }
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> u16 {
+        let req = hyper::Request::builder()
+            .uri(format!("http://ratings:9080{path}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = match (&mut self.h1, &mut self.h2) {
+            (Some(h1), _) => {
+                h1.ready().await.unwrap();
+                h1.send_request(req).await.unwrap()
+            }
+            (_, Some(h2)) => h2.send_request(req).await.unwrap(),
+            _ => unreachable!(),
+        };
+        let status = resp.status().as_u16();
+        resp.into_body().collect().await.unwrap();
+        status
+    }
+}
+
+#[tokio::test]
+async fn a_policy_change_reaches_requests_on_connections_already_open() {
+    // A client sidecar keeps its pooled connections open while it sends on them: a policy
+    // applied after they opened must decide their next requests (e2e scenario 13 saw a busy
+    // client served for 90 s after `allow-nothing`), and removing it must let them through.
+    let hits = Arc::new(AtomicUsize::new(0));
+    let conns = Arc::new(AtomicUsize::new(0));
+    let app_http = http_app(hits.clone()).await;
+    let app_tcp = tcp_app(conns.clone()).await;
+    let doc = |authorization: Value| server_doc(app_http, app_tcp, authorization);
+    let sidecar = Sidecar::new("ratings", "bookinfo", None, doc(Value::Null));
+    let addr = sidecar.listen(Direction::Inbound, &format!("{POD_IP}:{HTTP_PORT}"));
+    let mut h1 = OpenConnection::open(addr, false).await;
+    let mut h2 = OpenConnection::open(addr, true).await;
+    assert_eq!(h1.get("/ratings/0").await, 200);
+    assert_eq!(h2.get("/ratings/0").await, 200);
+
+    sidecar
+        .load(doc(policies(json!([{"name": "bookinfo/allow-nothing"}]))))
+        .unwrap();
+    assert_eq!(h1.get("/ratings/0").await, 403, "HTTP/1.1 keep-alive");
+    assert_eq!(h2.get("/ratings/0").await, 403, "HTTP/2");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "the denied requests were not forwarded"
+    );
+
+    sidecar.load(doc(Value::Null)).unwrap();
+    assert_eq!(h1.get("/ratings/0").await, 200);
+    assert_eq!(h2.get("/ratings/0").await, 200);
+}
+
 #[tokio::test]
 async fn allow_nothing_denies_every_request_and_connection() {
     // Istio's `allow-nothing`: `spec: {}`, an ALLOW policy without rules.

@@ -3,6 +3,13 @@
 //! side whose pod has AuthorizationPolicies carry an [`Authorizer`] (the listener hands the
 //! connection manager a [`ConnAuthz`]); others skip this stage entirely.
 //!
+//! The policies are those of the configuration current when the request arrives, not when its
+//! connection was accepted: a client sidecar keeps its pooled connections open for as long as it
+//! sends on them, so a policy applied to a connection's first snapshot would never reach the
+//! requests of a busy pool (Envoy drains such connections when a policy changes its listener;
+//! deciding each request on the current policies gives the same result at once). Found by e2e
+//! scenario 13: `allow-nothing` left a busy client served for 90 s.
+//!
 //! For such a request, first Istio's default normalization: a method with lower-case letters
 //! and a path holding `%00` are refused (400), and the path is normalized
 //! ([`crate::authz::normalize`]) and forwarded as normalized, so the application sees the path
@@ -25,29 +32,47 @@ use crate::authz::normalize::normalize;
 use crate::authz::{Attributes, Authz, Connection, RequestAuth};
 use crate::stats::RbacStats;
 
-/// What the listener hands the connection manager for an inbound connection of a pod with
-/// policies: the snapshot's compiled policies and the connection manager's RBAC counters.
-#[derive(Clone, Debug)]
+/// The policies that apply to this pod in the configuration current now (`None`: none).
+pub type CurrentPolicies = Arc<dyn Fn() -> Option<Arc<Authz>> + Send + Sync>;
+
+/// What the listener hands the connection manager for an inbound connection: where to find the
+/// pod's current compiled policies, and the connection manager's RBAC counters.
+#[derive(Clone)]
 pub struct ConnAuthz {
-    /// The policies that apply to this pod.
-    pub authz: Arc<Authz>,
+    /// The policies current when a request arrives.
+    pub current: CurrentPolicies,
     /// `http.<statPrefix>.rbac.*`.
     pub stats: RbacStats,
 }
 
+impl std::fmt::Debug for ConnAuthz {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnAuthz")
+            .field("current", &(self.current)().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The authorization of one connection's requests.
-#[derive(Debug)]
 pub struct Authorizer {
-    authz: Arc<Authz>,
+    current: CurrentPolicies,
     stats: RbacStats,
     conn: Connection,
+}
+
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorizer")
+            .field("conn", &self.conn)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Authorizer {
     /// The authorizer of a connection with attributes `conn`.
     pub fn new(given: ConnAuthz, conn: Connection) -> Self {
         Authorizer {
-            authz: given.authz,
+            current: given.current,
             stats: given.stats,
             conn,
         }
@@ -77,8 +102,12 @@ fn parts_ok(uri: &Uri) -> bool {
     uri.path_and_query().is_some()
 }
 
-/// Normalizes `req`'s path (in place) and decides it.
+/// Normalizes `req`'s path (in place) and decides it with the pod's current policies; with
+/// none (the pod has no policy now), the request passes untouched.
 pub(super) fn check<B>(a: &Authorizer, req: &mut Request<B>) -> Verdict {
+    let Some(authz) = (a.current)() else {
+        return Verdict::Pass;
+    };
     if req
         .method()
         .as_str()
@@ -142,12 +171,12 @@ pub(super) fn check<B>(a: &Authorizer, req: &mut Request<B>) -> Verdict {
             auth: req.extensions().get::<RequestAuth>(),
         }),
     };
-    let d = a.authz.evaluate(&attrs);
+    let d = authz.evaluate(&attrs);
     let t = d.tally;
     a.stats.record(t.allowed, t.denied, t.logged, t.not_logged);
     if let Some(r) = d.audit {
         tracing::info!(
-            policy = %a.authz.rule_id(r),
+            policy = %authz.rule_id(r),
             method = %req.method(),
             path = %req.uri().path(),
             source = ?a.conn.source,
@@ -158,7 +187,7 @@ pub(super) fn check<B>(a: &Authorizer, req: &mut Request<B>) -> Verdict {
     if d.allowed {
         return Verdict::Pass;
     }
-    let details = a.authz.denial_details(&d);
+    let details = authz.denial_details(&d);
     tracing::debug!(
         %details,
         method = %req.method(),

@@ -444,8 +444,10 @@ pub async fn dispatch(
                 client,
                 drain,
                 own_identity: shared.own_principal(),
-                authz: authz.map(|a| ConnAuthz {
-                    authz: a.clone(),
+                // Every inbound connection, with or without policies now: each request is
+                // decided on the policies current when it arrives (`http::authorize`).
+                authz: (reporter == Reporter::Destination).then(|| ConnAuthz {
+                    current: current_policies(&shared.store),
                     stats: shared.metrics.rbac_http(&hcm.stat_prefix),
                 }),
             };
@@ -454,6 +456,12 @@ pub async fn dispatch(
             }
         }
     }
+}
+
+/// The pod's policies in the configuration current when asked (one atomic load per request).
+fn current_policies(store: &Arc<crate::snapshot::Store>) -> crate::http::CurrentPolicies {
+    let store = store.clone();
+    Arc::new(move || store.load().and_then(|s| s.authz.clone()))
 }
 
 /// Decides an inbound TCP connection with the pod's policies (Istio's TCP semantics), counting
