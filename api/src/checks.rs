@@ -38,8 +38,9 @@ impl Finding {
 /// reports them: the object's own rules ([`crate::validate::Validate`]), then, for a DestinationRule, its `tls`
 /// settings ([`destination_rule_tls`]); for a VirtualService without such errors, its redirect
 /// codes ([`virtual_service_redirects`]); then the warnings ([`IstioObject::warnings`]: fields
-/// rustmesh accepts without implementing them, a PeerAuthentication's or an
-/// AuthorizationPolicy's Istio warnings, and an AuthorizationPolicy's CUSTOM action).
+/// rustmesh accepts without implementing them, a PeerAuthentication's, an
+/// AuthorizationPolicy's or a RequestAuthentication's Istio warnings, and an
+/// AuthorizationPolicy's CUSTOM action).
 /// `has_ca`: whether the mesh CA is on (chart value `ca.enabled`).
 pub fn object_findings(obj: &IstioObject, has_ca: bool) -> Vec<Finding> {
     let mut out: Vec<Finding> = obj.validate().into_iter().map(Finding::error).collect();

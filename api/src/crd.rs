@@ -1,13 +1,16 @@
 //! The CustomResourceDefinitions, generated from the Rust types.
 //!
-//! Each networking kind is served as `v1`, `v1beta1` and `v1alpha3`, PeerAuthentication and
-//! AuthorizationPolicy (`security.istio.io`) as `v1` and `v1beta1`, each with one shared schema (as Istio does), and
+//! Each networking kind is served as `v1`, `v1beta1` and `v1alpha3`, PeerAuthentication,
+//! AuthorizationPolicy and RequestAuthentication (`security.istio.io`) as `v1` and `v1beta1`, each with one shared schema (as Istio does), and
 //! stored as `v1`, so no conversion webhook is needed. `crds/` holds the rendered YAML;
 //! `cargo run -p rustmesh-api --bin crdgen` rewrites it and a test fails when it drifts.
 
 use crate::error::Error;
 use crate::parse::VERSIONS;
-use crate::{AuthorizationPolicy, DestinationRule, PeerAuthentication, Sidecar, VirtualService};
+use crate::{
+    AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication, Sidecar,
+    VirtualService,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
@@ -98,6 +101,14 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
             serve_versions(
                 AuthorizationPolicy::crd(),
                 &crate::authorization_policy::VERSIONS,
+                "security",
+            ),
+        ),
+        (
+            "requestauthentications.security.istio.io.yaml",
+            serve_versions(
+                RequestAuthentication::crd(),
+                &crate::request_authentication::VERSIONS,
                 "security",
             ),
         ),

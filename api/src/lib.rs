@@ -1,8 +1,8 @@
 //! `rustmesh-api`: Istio's `networking.istio.io` API and `security.istio.io`'s
-//! PeerAuthentication and AuthorizationPolicy as Rust types.
+//! PeerAuthentication, AuthorizationPolicy and RequestAuthentication as Rust types.
 //!
-//! - [`VirtualService`], [`DestinationRule`], [`Sidecar`], [`PeerAuthentication`] and
-//!   [`AuthorizationPolicy`] read Istio's own YAML unchanged
+//! - [`VirtualService`], [`DestinationRule`], [`Sidecar`], [`PeerAuthentication`],
+//!   [`AuthorizationPolicy`] and [`RequestAuthentication`] read Istio's own YAML unchanged
 //!   (camelCase, `0.5s` durations, `oneOf` fields such as `StringMatch`).
 //! - [`parse::load`] reads multi-document YAML and reports errors with field path and line. It
 //!   reads within [`rustmesh_xds::yaml::Limits::MANIFESTS`]: a stream of at most 16 MiB, whose
@@ -24,6 +24,7 @@ pub mod error;
 mod locate;
 pub mod parse;
 pub mod peer_authentication;
+pub mod request_authentication;
 pub mod sidecar;
 pub mod status;
 pub mod support;
@@ -35,6 +36,7 @@ pub use destination_rule::{DestinationRule, DestinationRuleSpec};
 pub use error::{Error, FieldError};
 pub use parse::{IstioObject, load, load_all, load_all_with};
 pub use peer_authentication::{PeerAuthentication, PeerAuthenticationSpec};
+pub use request_authentication::{RequestAuthentication, RequestAuthenticationSpec};
 pub use rustmesh_xds::duration::{self, Duration};
 pub use rustmesh_xds::yaml;
 pub use sidecar::{Sidecar, SidecarSpec};

@@ -7,7 +7,10 @@
 use crate::error::{Error, FieldError, ObjectRef};
 use crate::locate::LineIndex;
 use crate::validate::Validate;
-use crate::{AuthorizationPolicy, DestinationRule, PeerAuthentication, Sidecar, VirtualService};
+use crate::{
+    AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication, Sidecar,
+    VirtualService,
+};
 use rustmesh_xds::yaml;
 use serde::de::DeserializeOwned;
 
@@ -16,11 +19,11 @@ pub const GROUP: &str = "networking.istio.io";
 /// Versions the networking kinds are served as, newest first; `v1` is stored. All share one
 /// schema, as in Istio.
 pub const VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
-/// The API group of PeerAuthentication and AuthorizationPolicy.
+/// The API group of PeerAuthentication, AuthorizationPolicy and RequestAuthentication.
 pub const SECURITY_GROUP: &str = "security.istio.io";
 
 /// The kinds read here, with their group and served versions (newest, stored, first).
-pub const KINDS: [(&str, &str, &[&str]); 5] = [
+pub const KINDS: [(&str, &str, &[&str]); 6] = [
     ("VirtualService", GROUP, &VERSIONS),
     ("DestinationRule", GROUP, &VERSIONS),
     ("Sidecar", GROUP, &VERSIONS),
@@ -34,6 +37,11 @@ pub const KINDS: [(&str, &str, &[&str]); 5] = [
         SECURITY_GROUP,
         &crate::authorization_policy::VERSIONS,
     ),
+    (
+        "RequestAuthentication",
+        SECURITY_GROUP,
+        &crate::request_authentication::VERSIONS,
+    ),
 ];
 
 /// An Istio object of any supported kind.
@@ -44,6 +52,7 @@ pub enum IstioObject {
     Sidecar(Box<Sidecar>),
     PeerAuthentication(Box<PeerAuthentication>),
     AuthorizationPolicy(Box<AuthorizationPolicy>),
+    RequestAuthentication(Box<RequestAuthentication>),
 }
 
 impl IstioObject {
@@ -54,6 +63,7 @@ impl IstioObject {
             IstioObject::Sidecar(_) => "Sidecar",
             IstioObject::PeerAuthentication(_) => "PeerAuthentication",
             IstioObject::AuthorizationPolicy(_) => "AuthorizationPolicy",
+            IstioObject::RequestAuthentication(_) => "RequestAuthentication",
         }
     }
 
@@ -64,13 +74,15 @@ impl IstioObject {
             IstioObject::Sidecar(o) => &o.metadata,
             IstioObject::PeerAuthentication(o) => &o.metadata,
             IstioObject::AuthorizationPolicy(o) => &o.metadata,
+            IstioObject::RequestAuthentication(o) => &o.metadata,
         }
     }
 
     /// Findings that do not make the object invalid: fields rustmesh accepts without
-    /// implementing them ([`crate::support`]) and, for a PeerAuthentication or an
-    /// AuthorizationPolicy, Istio's warnings (and an AuthorizationPolicy's CUSTOM action, which
-    /// rustmesh renders as a deny of what it matches).
+    /// implementing them ([`crate::support`]) and, for a PeerAuthentication, an
+    /// AuthorizationPolicy or a RequestAuthentication, Istio's warnings (and an
+    /// AuthorizationPolicy's CUSTOM action, which rustmesh renders as a deny of what it matches;
+    /// a RequestAuthentication rule whose key set cannot be discovered).
     pub fn warnings(&self) -> Vec<FieldError> {
         let kind = self.kind();
         match self {
@@ -79,6 +91,7 @@ impl IstioObject {
             IstioObject::Sidecar(o) => crate::support::warned_fields(kind, &o.spec),
             IstioObject::PeerAuthentication(o) => o.spec.warnings(),
             IstioObject::AuthorizationPolicy(o) => o.warnings(),
+            IstioObject::RequestAuthentication(o) => o.spec.warnings(),
         }
     }
 
@@ -95,6 +108,7 @@ impl IstioObject {
                 out.extend(o.spec.validate());
                 out
             }
+            IstioObject::RequestAuthentication(o) => o.spec.validate(),
         }
     }
 }
@@ -299,11 +313,14 @@ fn load_value(value: serde_norway::Value, object: &mut ObjectRef) -> Result<Isti
         "AuthorizationPolicy" => {
             typed(value, object).map(|o| IstioObject::AuthorizationPolicy(Box::new(o)))
         }
+        "RequestAuthentication" => {
+            typed(value, object).map(|o| IstioObject::RequestAuthentication(Box::new(o)))
+        }
         other => Err(parse_error(
             object,
             "kind",
             format!(
-                "unsupported kind `{other}`, expected VirtualService, DestinationRule, Sidecar, PeerAuthentication or AuthorizationPolicy"
+                "unsupported kind `{other}`, expected VirtualService, DestinationRule, Sidecar, PeerAuthentication, AuthorizationPolicy or RequestAuthentication"
             ),
         )),
     }

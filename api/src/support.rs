@@ -595,13 +595,58 @@ const AUTHORIZATION_POLICY: &[Entry] = &[
     ),
 ];
 
+const REQUEST_AUTHENTICATION: &[Entry] = &[
+    rendered(
+        "spec.selector.matchLabels",
+        &[],
+        "render/request_authn.rs: the policy's selector; the proxy's xds::request_authn selects \
+         by the pod's labels",
+    ),
+    refused(
+        "spec.targetRef",
+        "policies attached to Gateway API resources (gateways, waypoints) are not implemented: \
+         rustmesh has neither, so the policy would apply to no sidecar",
+        r#"{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}"#,
+    ),
+    refused(
+        "spec.targetRefs",
+        "policies attached to Gateway API resources (gateways, waypoints), Services or \
+         ServiceEntries are not implemented: rustmesh has no waypoints, so the policy would apply \
+         to no sidecar",
+        r#"[{"kind": "Service", "group": "", "name": "reviews"}]"#,
+    ),
+    rendered(
+        "spec.jwtRules[]",
+        &[
+            "issuer",
+            "audiences",
+            "jwks",
+            "jwksUri",
+            "jwks_uri",
+            "timeout",
+            "fromHeaders[].name",
+            "fromHeaders[].prefix",
+            "fromParams",
+            "fromCookies",
+            "outputPayloadToHeader",
+            "forwardOriginalToken",
+            "outputClaimToHeaders[].header",
+            "outputClaimToHeaders[].claim",
+        ],
+        "render/request_authn.rs: JwtRule; jwksUri/jwks_uri (or OpenID discovery of the issuer) \
+         fetched by the operator's jwks module within `timeout` and passed inline as jwks, a set \
+         that cannot be had as jwksError; verified by the proxy's jwt module",
+    ),
+];
+
 /// The kinds the table covers.
-pub const KINDS: [&str; 5] = [
+pub const KINDS: [&str; 6] = [
     "VirtualService",
     "DestinationRule",
     "Sidecar",
     "PeerAuthentication",
     "AuthorizationPolicy",
+    "RequestAuthentication",
 ];
 
 /// The table of one kind (empty for a kind not in [`KINDS`]).
@@ -612,6 +657,7 @@ pub fn table(kind: &str) -> &'static [Entry] {
         "Sidecar" => SIDECAR,
         "PeerAuthentication" => PEER_AUTHENTICATION,
         "AuthorizationPolicy" => AUTHORIZATION_POLICY,
+        "RequestAuthentication" => REQUEST_AUTHENTICATION,
         _ => &[],
     }
 }
@@ -865,9 +911,19 @@ pub fn base(kind: &str) -> Value {
                 "when": [{"key": "source.ip", "values": ["10.0.0.0/8"]}],
             }],
         }),
+        "RequestAuthentication" => json!({
+            "jwtRules": [{
+                "issuer": "https://accounts.example.com",
+                "jwks": BASE_JWKS,
+                "fromHeaders": [{"name": "x-jwt", "prefix": "Bearer "}],
+            }],
+        }),
         _ => json!({}),
     }
 }
+
+/// A key set the sidecar can use (one EC P-256 public key), for [`base`].
+const BASE_JWKS: &str = r#"{"keys":[{"kty":"EC","kid":"ec-1","crv":"P-256","x":"gem6MeICc5zwyVkxMD0kf-W-UiiotfqfXA-E5ceRqD4","y":"zAQm6-AISfBYp8RwT8izNCgE1lIJN3QifCMgK8c7tJk"}]}"#;
 
 /// `value` with `example` put at the schema field path `path` (`spec.a[].b`): arrays get (or
 /// keep) their first element, objects are made on the way. Returns the object's path of it.

@@ -40,7 +40,13 @@ fn every_kind_serves_istios_versions_and_stores_v1() {
             .iter()
             .map(|v| (v.name.as_str(), v.served, v.storage))
             .collect();
-        if ["PeerAuthentication", "AuthorizationPolicy"].contains(&crd.spec.names.kind.as_str()) {
+        if [
+            "PeerAuthentication",
+            "AuthorizationPolicy",
+            "RequestAuthentication",
+        ]
+        .contains(&crd.spec.names.kind.as_str())
+        {
             assert_eq!(crd.spec.group, "security.istio.io", "{file}");
             assert_eq!(
                 versions,
@@ -102,7 +108,8 @@ fn every_kind_serves_istios_versions_and_stores_v1() {
             "DestinationRule",
             "Sidecar",
             "PeerAuthentication",
-            "AuthorizationPolicy"
+            "AuthorizationPolicy",
+            "RequestAuthentication"
         ]
     );
 }

@@ -10,8 +10,8 @@
 use rustmesh_api::support::{self, Entry, Support};
 use rustmesh_api::validate::Validate;
 use rustmesh_api::{
-    AuthorizationPolicySpec, DestinationRuleSpec, PeerAuthenticationSpec, SidecarSpec,
-    VirtualServiceSpec,
+    AuthorizationPolicySpec, DestinationRuleSpec, PeerAuthenticationSpec,
+    RequestAuthenticationSpec, SidecarSpec, VirtualServiceSpec,
 };
 use serde_json::{Value, json};
 
@@ -131,6 +131,11 @@ fn findings(kind: &str, spec: Value) -> (Named, Named) {
         }
         "AuthorizationPolicy" => {
             let s: AuthorizationPolicySpec =
+                serde_json::from_value(spec).unwrap_or_else(|e| read(kind, e));
+            (pairs(s.validate()), pairs(support::warned_fields(kind, &s)))
+        }
+        "RequestAuthentication" => {
+            let s: RequestAuthenticationSpec =
                 serde_json::from_value(spec).unwrap_or_else(|e| read(kind, e));
             (pairs(s.validate()), pairs(support::warned_fields(kind, &s)))
         }

@@ -52,7 +52,7 @@ fn every_valid_fixture_passes_its_crd_schema() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 21);
+    assert_eq!(checked, 26);
 }
 
 #[test]
@@ -104,4 +104,19 @@ fn the_schema_rejects_what_the_types_reject() {
     assert!(!ap.is_valid(&authz(
         serde_json::json!({"targetRef": {"group": "gateway.networking.k8s.io"}})
     )));
+    let ra = schema_for("RequestAuthentication");
+    let authn = |spec: Value| serde_json::json!({"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication", "metadata": {"name": "r"}, "spec": spec});
+    assert!(ra.is_valid(&authn(serde_json::json!({"jwtRules": [
+        {"issuer": "i", "jwks_uri": "https://x/k", "fromHeaders": [{"name": "x-jwt"}],
+         "outputClaimToHeaders": [{"header": "x-sub", "claim": "sub"}], "timeout": "2s"}]}))));
+    // A header location without its name, a claim-to-header without its claim, audiences that
+    // are not strings, forwardOriginalToken that is not a boolean.
+    for bad in [
+        serde_json::json!({"jwtRules": [{"issuer": "i", "fromHeaders": [{"prefix": "Bearer "}]}]}),
+        serde_json::json!({"jwtRules": [{"issuer": "i", "outputClaimToHeaders": [{"header": "x"}]}]}),
+        serde_json::json!({"jwtRules": [{"issuer": "i", "audiences": [1]}]}),
+        serde_json::json!({"jwtRules": [{"issuer": "i", "forwardOriginalToken": "yes"}]}),
+    ] {
+        assert!(!ra.is_valid(&authn(bad.clone())), "{bad}");
+    }
 }
