@@ -20,7 +20,8 @@ use kube::api::{
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use rustmesh_api::{
-    AuthorizationPolicy, DestinationRule, IstioObject, PeerAuthentication, Sidecar, VirtualService,
+    AuthorizationPolicy, DestinationRule, IstioObject, PeerAuthentication, RequestAuthentication,
+    Sidecar, VirtualService,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -694,6 +695,11 @@ impl Ctx {
                     p.metadata.namespace = Some(ns.into());
                     let api: Api<AuthorizationPolicy> = Api::namespaced(self.client.clone(), ns);
                     api.patch(&p.name_any(), &pp, &Patch::Apply(&*p)).await?;
+                }
+                IstioObject::RequestAuthentication(mut r) => {
+                    r.metadata.namespace = Some(ns.into());
+                    let api: Api<RequestAuthentication> = Api::namespaced(self.client.clone(), ns);
+                    api.patch(&r.name_any(), &pp, &Patch::Apply(&*r)).await?;
                 }
             }
         }

@@ -160,6 +160,7 @@ pub fn apply_istio(index: &mut Index, obj: IstioObject) {
         IstioObject::Sidecar(s) => Object::Sidecar(s),
         IstioObject::PeerAuthentication(p) => Object::PeerAuthentication(p),
         IstioObject::AuthorizationPolicy(p) => Object::AuthorizationPolicy(p),
+        IstioObject::RequestAuthentication(r) => Object::RequestAuthentication(r),
     });
 }
 
@@ -188,6 +189,9 @@ pub fn reparse_unvalidated(yaml: &str) -> Vec<IstioObject> {
             )),
             "AuthorizationPolicy" => IstioObject::AuthorizationPolicy(Box::new(
                 serde_json::from_value(json).expect("AuthorizationPolicy shape"),
+            )),
+            "RequestAuthentication" => IstioObject::RequestAuthentication(Box::new(
+                serde_json::from_value(json).expect("RequestAuthentication shape"),
             )),
             other => panic!("unsupported kind {other}"),
         });

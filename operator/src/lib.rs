@@ -4,6 +4,9 @@
 //! - [`index`]: the in-memory index of Services, Endpoints, pods' labels, namespaces and the
 //!   Istio CRDs, updated by watch events and testable without an API server; [`index::kinds`]:
 //!   the one trait ([`index::kinds::IstioKind`]) and generic store every Istio kind goes through;
+//! - [`jwks`]: the key sets of RequestAuthentication rules: what the index's objects need
+//!   fetched, what the fetches gave (pure), and the fetcher over HTTP(S) (the I/O shell the
+//!   controller runs);
 //! - [`registry`]: the services and their endpoints as the renderer reads them;
 //! - [`validation`]: each Istio object's verdict and the status conditions written back;
 //! - [`delegate`]: VirtualService delegation, the delegate's routes merged into the root's
@@ -26,6 +29,7 @@ pub mod delegate;
 pub mod error;
 pub mod fixtures;
 pub mod index;
+pub mod jwks;
 pub mod leader;
 pub mod metrics;
 pub mod protocol;

@@ -23,16 +23,26 @@
 //!   authorizer): it is rendered as CUSTOM, which the sidecar denies (fail closed, as Istio does
 //!   for a CUSTOM policy it cannot serve), and reported with `Accepted=False`, reason
 //!   [`UNSUPPORTED`], naming `spec.provider` (its `Reconciled` condition stays `True`: it is
-//!   rendered). Its verdict is accepted (rendered, and remembered as the last accepted version).
+//!   rendered). Its verdict is accepted (rendered, and remembered as the last accepted version);
+//! - a RequestAuthentication rule whose key set cannot be had (the fetch of its `jwksUri`, or of
+//!   the issuer's OpenID discovery document, failed and no set was fetched before; over the
+//!   operator's limit of URLs; an issuer that cannot be discovered) is rendered with
+//!   `jwksError`, so the sidecar refuses every token of that issuer (fail closed), and reported
+//!   with `Accepted=False`, reason [`JWKS_UNAVAILABLE`], naming `spec.jwtRules[i].jwksUri` (or
+//!   `.issuer` for discovery) and why; `Reconciled` stays `True`. A failed refresh while a set
+//!   fetched before keeps serving is a warning. A fetch still in flight is not reported.
 
 use crate::index::{Index, Kind, ObjKey};
 use crate::registry::{Registry, exported};
 use kube::core::ObjectMeta;
 use rustmesh_api::common::Destination;
+use rustmesh_api::request_authentication::{KeySource, no_discovery};
 use rustmesh_api::sidecar::host_matches;
 use rustmesh_api::status::{Condition, IstioStatus, LastAccepted, ValidationMessage};
 use rustmesh_api::validate::Validate;
-use rustmesh_api::{AuthorizationPolicy, DestinationRule, PeerAuthentication, VirtualService};
+use rustmesh_api::{
+    AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication, VirtualService,
+};
 use std::collections::{BTreeMap, HashMap};
 
 /// How serious a finding is.
@@ -54,13 +64,23 @@ pub struct Finding {
 /// CUSTOM action, rendered as a deny of what it matches): its `Accepted` condition is `False`.
 pub const UNSUPPORTED: &str = "Unsupported";
 
+/// The reason of a RequestAuthentication rendered with a rule whose key set cannot be had: the
+/// sidecar refuses every token of that issuer. Its `Accepted` condition is `False`.
+pub const JWKS_UNAVAILABLE: &str = "JwksUnavailable";
+
+/// Whether a verdict is rendered, but not as written ([`UNSUPPORTED`], [`JWKS_UNAVAILABLE`]):
+/// `Accepted=False`, `Reconciled=True`.
+pub fn rendered_not_as_written(verdict: &Verdict) -> bool {
+    verdict.accepted && [UNSUPPORTED, JWKS_UNAVAILABLE].contains(&verdict.reason)
+}
+
 /// The outcome for one object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
     /// Whether the object is rendered.
     pub accepted: bool,
-    /// `Accepted`, `Invalid` or `Conflict`; or [`UNSUPPORTED`] (rendered, but not as written:
-    /// `accepted` is true and the `Accepted` condition `False`).
+    /// `Accepted`, `Invalid` or `Conflict`; or [`UNSUPPORTED`] or [`JWKS_UNAVAILABLE`]
+    /// (rendered, but not as written: `accepted` is true and the `Accepted` condition `False`).
     pub reason: &'static str,
     pub findings: Vec<Finding>,
     /// For an invalid update of an object that was accepted before: the generation of that last
@@ -232,6 +252,7 @@ impl Validation {
         }
         peer_authentications(index, &mut verdicts);
         authorization_policies(index, &mut verdicts);
+        request_authentications(index, &mut verdicts);
         Validation { verdicts }
     }
 
@@ -445,6 +466,111 @@ fn authorization_policies(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey),
             v.previous_spec = serde_json::to_value(&p.spec).ok();
         }
         verdicts.insert((Kind::AuthorizationPolicy, key.clone()), v);
+    }
+}
+
+/// RequestAuthentications: Istio's own rules and warnings
+/// (`rustmesh_api::request_authentication`), each policy on its own; then, for a valid one,
+/// whether each rule's key set can be had (see the module doc): an error naming the field when
+/// not ([`JWKS_UNAVAILABLE`]: still rendered, fail closed), a warning while a refresh fails and
+/// the set fetched before keeps serving. An invalid update of a policy accepted before notes
+/// that the last accepted version keeps serving (`render::request_authn` renders it).
+fn request_authentications(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey), Verdict>) {
+    let store = &index.request_authentications;
+    let wanted = index.key_sources();
+    for (key, ra) in &store.objects {
+        let ra: &RequestAuthentication = ra;
+        let mut findings = own_findings(ra.spec.validate());
+        let valid = findings.is_empty();
+        let mut unavailable = false;
+        if valid {
+            for (i, rule) in ra.spec.jwt_rules.iter().enumerate() {
+                let at = format!("spec.jwtRules[{i}]");
+                let issuer = rule.issuer();
+                let field = match rule.key_source() {
+                    KeySource::Inline(_) => continue,
+                    KeySource::Discovery { url: None, .. } => {
+                        // Reported by the warnings below; rendered with jwksError.
+                        unavailable = true;
+                        findings.push(Finding {
+                            level: Level::Error,
+                            field: format!("{at}.issuer"),
+                            message: format!(
+                                "key set unavailable: {}; every token of issuer {issuer:?} is \
+                                 refused (fail closed)",
+                                no_discovery(issuer)
+                            ),
+                        });
+                        continue;
+                    }
+                    KeySource::Discovery { .. } => format!("{at}.issuer"),
+                    KeySource::Uri(_)
+                        if rule.jwks_uri.as_deref().is_some_and(|u| !u.is_empty()) =>
+                    {
+                        format!("{at}.jwksUri")
+                    }
+                    KeySource::Uri(_) => format!("{at}.jwks_uri"),
+                };
+                let Some(source) = crate::jwks::Source::of(rule) else {
+                    continue;
+                };
+                match index.key_sets.resolve(&wanted, &source) {
+                    crate::jwks::Resolved::Unavailable { error, .. } => {
+                        unavailable = true;
+                        findings.push(Finding {
+                            level: Level::Error,
+                            field,
+                            message: format!(
+                                "key set unavailable: {error}; every token of issuer {issuer:?} \
+                                 is refused (fail closed) until a fetch succeeds (retried with \
+                                 back-off)"
+                            ),
+                        });
+                    }
+                    crate::jwks::Resolved::Keys {
+                        refresh_error: Some(error),
+                        ..
+                    } => findings.push(Finding {
+                        level: Level::Warning,
+                        field,
+                        message: format!(
+                            "the last refresh of the key set failed: {error}; the set fetched \
+                                 before keeps serving (retried with back-off)"
+                        ),
+                    }),
+                    _ => {}
+                }
+            }
+        }
+        let no_discovery_warning = |w: &rustmesh_api::FieldError| {
+            unavailable
+                && findings
+                    .iter()
+                    .any(|f| f.field == w.field && f.level == Level::Error)
+        };
+        let warnings: Vec<Finding> = ra
+            .spec
+            .warnings()
+            .into_iter()
+            .filter(|w| !no_discovery_warning(w))
+            .map(|w| Finding {
+                level: Level::Warning,
+                field: w.field,
+                message: w.message,
+            })
+            .collect();
+        findings.extend(warnings);
+        let mut v = verdict(findings, None);
+        if valid && unavailable {
+            v.accepted = true;
+            v.reason = JWKS_UNAVAILABLE;
+        } else if !v.accepted
+            && let Some(p) = store.last_good.get(key)
+        {
+            v.serving_previous = Some(p.metadata.generation.unwrap_or(0));
+            v.previous_spec = serde_json::to_value(&p.spec).ok();
+        }
+        verdicts.insert((Kind::RequestAuthentication, key.clone()), v);
     }
 }
 
@@ -684,7 +810,7 @@ pub fn status_for(
         .iter()
         .filter(|f| f.level == Level::Warning);
     let first_warning = warnings.next();
-    let unsupported = verdict.accepted && verdict.reason == UNSUPPORTED;
+    let unsupported = rendered_not_as_written(verdict);
     let (status, reason, message) = if verdict.accepted && !unsupported {
         let message = match first_warning {
             None => "valid; rendered into the proxies' configuration".to_string(),
@@ -813,6 +939,7 @@ pub fn persisted_version<K: crate::index::kinds::IstioKind>(obj: &K, has_ca: boo
         crate::index::Object::AuthorizationPolicy(o) => {
             o.spec.validate().is_empty() && o.dry_run_errors().is_empty()
         }
+        crate::index::Object::RequestAuthentication(o) => o.spec.validate().is_empty(),
         _ => false,
     };
     if !valid {

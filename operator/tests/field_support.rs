@@ -18,12 +18,20 @@ fn kind_of(kind: &str) -> Kind {
         "DestinationRule" => Kind::DestinationRule,
         "Sidecar" => Kind::Sidecar,
         "AuthorizationPolicy" => Kind::AuthorizationPolicy,
-        _ => Kind::PeerAuthentication,
+        "RequestAuthentication" => Kind::RequestAuthentication,
+        "PeerAuthentication" => Kind::PeerAuthentication,
+        other => panic!("kind {other} is not mapped: add it here"),
     }
 }
 
 fn group(kind: &str) -> &'static str {
-    if ["PeerAuthentication", "AuthorizationPolicy"].contains(&kind) {
+    if [
+        "PeerAuthentication",
+        "AuthorizationPolicy",
+        "RequestAuthentication",
+    ]
+    .contains(&kind)
+    {
         "security.istio.io/v1"
     } else {
         "networking.istio.io/v1"

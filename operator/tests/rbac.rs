@@ -107,6 +107,8 @@ fn check_cluster_rules(rules: &[PolicyRule], ca: bool) {
     for (resource, verb) in [
         ("authorizationpolicies", "watch"),
         ("authorizationpolicies/status", "patch"),
+        ("requestauthentications", "watch"),
+        ("requestauthentications/status", "patch"),
     ] {
         assert!(allows(&rules, "security.istio.io", resource, verb, None));
     }
@@ -276,9 +278,10 @@ fn verbs_used(group: &str, resource: &str) -> &'static [&'static str] {
         ("networking.istio.io", "virtualservices" | "destinationrules" | "sidecars") => {
             &["get", "list", "watch"]
         }
-        ("security.istio.io", "peerauthentications" | "authorizationpolicies") => {
-            &["get", "list", "watch"]
-        }
+        (
+            "security.istio.io",
+            "peerauthentications" | "authorizationpolicies" | "requestauthentications",
+        ) => &["get", "list", "watch"],
         ("networking.istio.io" | "security.istio.io", r) if r.ends_with("/status") => &["patch"],
         // get/list/watch: the named watch, and what the reader Role grants (escalation check).
         ("", "configmaps") => &["get", "list", "watch", "patch", "create"],

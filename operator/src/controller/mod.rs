@@ -252,6 +252,16 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         "endpoints source"
     );
     let mut events = streams(&client, slices);
+    // The key set fetcher (RequestAuthentication `jwksUri`s): given the sources the index needs,
+    // it reports each fetch's outcome back into the loop.
+    let (key_sources_tx, key_sources_rx) = watch::channel(Default::default());
+    let (key_sets_tx, mut key_sets_rx) = tokio::sync::mpsc::channel(64);
+    let fetcher = tokio::spawn(crate::jwks::run(
+        Arc::new(crate::jwks::http::HttpFetch::system()),
+        key_sources_rx,
+        key_sets_tx,
+        shutdown_rx.clone(),
+    ));
     let term = termination();
     tokio::pin!(term);
     tracing::info!(identity = %settings.identity, "operator started; waiting for the initial sync");
@@ -285,6 +295,9 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
                     writer.flush(&mut state, batch).await;
                 }
             }
+            Some((source, report)) = key_sets_rx.recv() => {
+                state.handle(Msg::KeySet(source, report), Instant::now());
+            }
             changed = leader_rx.changed() => {
                 if changed.is_ok() {
                     let is_leader = *leader_rx.borrow();
@@ -301,12 +314,16 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
                 break;
             }
         }
+        if let Some(sources) = state.take_key_sources_change() {
+            key_sources_tx.send_replace(sources);
+        }
     }
     let _ = shutdown_tx.send(true);
     if let Some(e) = election {
         let _ = e.await;
     }
     let _ = server.await;
+    let _ = fetcher.await;
     for task in ca_tasks {
         let _ = task.await;
     }

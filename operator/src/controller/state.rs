@@ -1,15 +1,26 @@
 //! The loop's state: the index as the watches fill it, which kinds have listed, the live
-//! ConfigMaps' content hashes, and the debouncer; [`State::handle`] decides what a message
-//! changes, without I/O.
+//! ConfigMaps' content hashes, the key set sources handed to the fetcher ([`crate::jwks`]) and
+//! the debouncer; [`State::handle`] decides what a message changes, without I/O.
+//!
+//! Key sets: after a change of the RequestAuthentications (and after each flush, which may
+//! change their last accepted versions) the sources they need are computed again; a change is
+//! handed to the fetcher ([`State::take_key_sources_change`]) and sets no longer needed are
+//! dropped from the index. A fetch's outcome ([`Msg::KeySet`]) re-renders the namespaces whose
+//! policies use the source when what they render changed. While the first fetch of a new source
+//! runs, a namespace that already has a ConfigMap is held back ([`State::held_back`]), at most
+//! [`crate::jwks::first_fetch_wait`], so that an operator restart does not replace working key
+//! sets with fail-closed ones for the fraction of a second the fetch takes; a namespace without
+//! a ConfigMap is rendered at once (fail closed until the set arrives).
 
 use crate::configmap;
 use crate::debounce::Debouncer;
 use crate::index::{Affects, Index, Kind, MeshConfig, Object, WatchEvent};
+use crate::jwks::{Report, Source};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 use kube::runtime::watcher::Event;
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What the streams deliver to the loop.
 #[derive(Debug)]
@@ -17,6 +28,8 @@ pub enum Msg {
     Index(Kind, WatchEvent),
     ConfigMap(Box<Event<ConfigMap>>),
     WatchError(String, String),
+    /// What a key set fetch gave ([`crate::jwks::run`]).
+    KeySet(Source, Report),
 }
 
 /// The loop's state, separate from I/O so that its decisions can be tested.
@@ -33,6 +46,11 @@ pub struct State {
     /// them again.
     pub rbac_stale: BTreeSet<String>,
     pub debouncer: Debouncer,
+    /// The key set sources (and timeouts) the fetcher was last given.
+    key_sources: BTreeMap<Source, Duration>,
+    key_sources_changed: bool,
+    /// Sources whose first fetch has not ended, and until when namespaces wait for them.
+    key_sets_waiting: BTreeMap<Source, Instant>,
 }
 
 impl State {
@@ -46,7 +64,55 @@ impl State {
             cm_relist: None,
             rbac_stale: BTreeSet::new(),
             debouncer,
+            key_sources: BTreeMap::new(),
+            key_sources_changed: false,
+            key_sets_waiting: BTreeMap::new(),
         }
+    }
+
+    /// Computes the key set sources again (see the module doc): sources no longer needed are
+    /// dropped from the index, new ones wait for their first fetch.
+    pub fn sync_key_sources(&mut self, now: Instant) {
+        let wanted = self.index.key_sources();
+        self.index.key_sets.retain(&wanted);
+        if wanted.fetch == self.key_sources {
+            return;
+        }
+        self.key_sets_waiting
+            .retain(|s, _| wanted.fetch.contains_key(s));
+        for (source, timeout) in &wanted.fetch {
+            if !self.key_sources.contains_key(source) && self.index.key_sets.get(source).is_none() {
+                self.key_sets_waiting.insert(
+                    source.clone(),
+                    now + crate::jwks::first_fetch_wait(*timeout),
+                );
+            }
+        }
+        self.key_sources = wanted.fetch;
+        self.key_sources_changed = true;
+    }
+
+    /// The sources (and timeouts) to hand to the fetcher, when they changed since last taken.
+    pub fn take_key_sources_change(&mut self) -> Option<BTreeMap<Source, Duration>> {
+        std::mem::take(&mut self.key_sources_changed).then(|| self.key_sources.clone())
+    }
+
+    /// The namespaces to hold back at `now`, each until when: those with a ConfigMap already
+    /// that render a rule whose key set's first fetch has not ended.
+    pub fn held_back(&self, now: Instant) -> BTreeMap<String, Instant> {
+        let mut out: BTreeMap<String, Instant> = BTreeMap::new();
+        for (source, until) in &self.key_sets_waiting {
+            if *until <= now {
+                continue;
+            }
+            for ns in self.index.key_set_reach(source) {
+                if self.live.contains_key(&ns) {
+                    let at = out.entry(ns).or_insert(*until);
+                    *at = (*at).max(*until);
+                }
+            }
+        }
+        out
     }
 
     /// Whether every watch has listed once.
@@ -69,6 +135,7 @@ impl State {
             }
             _ => {}
         }
+        let key_sources_may_change = matches!(&msg, Msg::Index(Kind::RequestAuthentication, _));
         let affects = match msg {
             Msg::Index(kind, ev) => match ev {
                 WatchEvent::Apply(o) => self.index.apply(o),
@@ -135,7 +202,14 @@ impl State {
                 Affects::full(dirty, false)
             }
             Msg::WatchError(..) => Affects::default(),
+            Msg::KeySet(source, report) => {
+                self.key_sets_waiting.remove(&source);
+                self.index.record_key_set(source, report)
+            }
         };
+        if key_sources_may_change {
+            self.sync_key_sources(now);
+        }
         self.debouncer.note_change(
             affects.namespaces,
             affects.statuses,

@@ -55,7 +55,15 @@ impl Writer {
             .map(str::to_string)
             .collect();
         let mut wrote = false;
+        // Namespaces waiting for the first fetch of a key set they render (`State::held_back`):
+        // noted again for when the wait ends; the fetch's outcome notes them sooner.
+        let held = state.held_back(Instant::now());
         for ns in batch.namespaces.iter().filter(|n| injected.contains(*n)) {
+            if let Some(until) = held.get(ns) {
+                tracing::debug!(namespace = %ns, "held back until its key sets are fetched");
+                state.debouncer.note([ns.clone()], false, *until);
+                continue;
+            }
             let t = Instant::now();
             let rendered = self
                 .renderer
@@ -181,6 +189,8 @@ impl Writer {
             let validation = view.validation.clone();
             drop(view);
             state.index.remember_accepted(validation.accepted_keys());
+            // The last accepted RequestAuthentications may need other key sets.
+            state.sync_key_sources(Instant::now());
         }
         tracing::debug!(elapsed = ?started.elapsed(), "flush done");
     }

@@ -11,7 +11,8 @@ use kube::core::NamespaceResourceScope;
 use kube::{Resource, ResourceExt};
 use rustmesh_api::status::IstioStatus;
 use rustmesh_api::{
-    AuthorizationPolicy, DestinationRule, PeerAuthentication, Sidecar, VirtualService,
+    AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication, Sidecar,
+    VirtualService,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -87,12 +88,13 @@ pub trait KindFn {
 }
 
 /// Every Istio kind the operator handles (the watches and the readiness gate use this list).
-pub const ISTIO_KINDS: [Kind; 5] = [
+pub const ISTIO_KINDS: [Kind; 6] = [
     Kind::VirtualService,
     Kind::DestinationRule,
     Kind::Sidecar,
     Kind::PeerAuthentication,
     Kind::AuthorizationPolicy,
+    Kind::RequestAuthentication,
 ];
 
 /// The registration: runs `f` with the type of an Istio `kind`; `None` for the core kinds.
@@ -103,6 +105,7 @@ pub fn for_kind<F: KindFn>(kind: Kind, f: F) -> Option<F::Out> {
         Kind::Sidecar => f.call::<Sidecar>(),
         Kind::PeerAuthentication => f.call::<PeerAuthentication>(),
         Kind::AuthorizationPolicy => f.call::<AuthorizationPolicy>(),
+        Kind::RequestAuthentication => f.call::<RequestAuthentication>(),
         Kind::Service | Kind::Endpoints | Kind::Pod | Kind::Namespace => return None,
     })
 }
@@ -232,6 +235,32 @@ impl IstioKind for AuthorizationPolicy {
     }
     /// A policy is listed in the scopes of its own namespace only, except in the root
     /// namespace, whose policies (with or without a selector) every namespace lists.
+    fn reach(&self, index: &Index) -> BTreeSet<String> {
+        let ns = self.namespace().unwrap_or_default();
+        if ns == index.mesh.root_namespace {
+            index.injected_namespaces().map(str::to_string).collect()
+        } else {
+            index.injected_only([ns])
+        }
+    }
+    fn status(&self) -> Option<&IstioStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl IstioKind for RequestAuthentication {
+    const KIND: Kind = Kind::RequestAuthentication;
+    fn into_object(self) -> Object {
+        Object::RequestAuthentication(Box::new(self))
+    }
+    fn store(index: &Index) -> &KindStore<Self> {
+        &index.request_authentications
+    }
+    fn store_mut(index: &mut Index) -> &mut KindStore<Self> {
+        &mut index.request_authentications
+    }
+    /// As an AuthorizationPolicy: listed in the scopes of its own namespace only, except in the
+    /// root namespace, whose policies (with or without a selector) every namespace lists.
     fn reach(&self, index: &Index) -> BTreeSet<String> {
         let ns = self.namespace().unwrap_or_default();
         if ns == index.mesh.root_namespace {

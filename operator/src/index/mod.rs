@@ -7,13 +7,15 @@
 
 pub mod kinds;
 
+use crate::jwks::{KeySets, Report, Source, Wanted};
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use kinds::{IstioKind, KindFn, KindStore, for_kind};
 use kube::ResourceExt;
 use rustmesh_api::sidecar::{EgressHost, OutboundTrafficPolicyMode};
 use rustmesh_api::virtual_service::Delegate;
 use rustmesh_api::{
-    AuthorizationPolicy, DestinationRule, PeerAuthentication, Sidecar, VirtualService,
+    AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication, Sidecar,
+    VirtualService,
 };
 use rustmesh_xds::well_known::{DEFAULT_DOMAIN_SUFFIX, DEFAULT_ROOT_NAMESPACE};
 use std::collections::{BTreeMap, BTreeSet};
@@ -93,10 +95,11 @@ pub enum Kind {
     Sidecar,
     PeerAuthentication,
     AuthorizationPolicy,
+    RequestAuthentication,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Service,
         Kind::Endpoints,
         Kind::Pod,
@@ -106,6 +109,7 @@ impl Kind {
         Kind::Sidecar,
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
+        Kind::RequestAuthentication,
     ];
 }
 
@@ -147,6 +151,7 @@ pub enum Object {
     Sidecar(Box<Sidecar>),
     PeerAuthentication(Box<PeerAuthentication>),
     AuthorizationPolicy(Box<AuthorizationPolicy>),
+    RequestAuthentication(Box<RequestAuthentication>),
 }
 
 impl Object {
@@ -161,6 +166,7 @@ impl Object {
             Object::Sidecar(_) => Kind::Sidecar,
             Object::PeerAuthentication(_) => Kind::PeerAuthentication,
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Object::RequestAuthentication(_) => Kind::RequestAuthentication,
         }
     }
 
@@ -176,6 +182,7 @@ impl Object {
             Object::Sidecar(o) => ObjKey::of(o.as_ref()),
             Object::PeerAuthentication(o) => ObjKey::of(o.as_ref()),
             Object::AuthorizationPolicy(o) => ObjKey::of(o.as_ref()),
+            Object::RequestAuthentication(o) => ObjKey::of(o.as_ref()),
         }
     }
 }
@@ -271,6 +278,9 @@ pub struct Index {
     pub sidecars: KindStore<Sidecar>,
     pub peer_authentications: KindStore<PeerAuthentication>,
     pub authorization_policies: KindStore<AuthorizationPolicy>,
+    pub request_authentications: KindStore<RequestAuthentication>,
+    /// The key sets fetched for the RequestAuthentications' rules ([`crate::jwks`]).
+    pub key_sets: KeySets,
 }
 
 impl Index {
@@ -400,6 +410,7 @@ impl Index {
             Object::Sidecar(o) => self.put(key, *o),
             Object::PeerAuthentication(o) => self.put(key, *o),
             Object::AuthorizationPolicy(o) => self.put(key, *o),
+            Object::RequestAuthentication(o) => self.put(key, *o),
         }
     }
 
@@ -486,7 +497,51 @@ impl Index {
             Object::Sidecar(o) => Affects::full(o.reach(self), true),
             Object::PeerAuthentication(o) => Affects::full(o.reach(self), true),
             Object::AuthorizationPolicy(o) => Affects::full(o.reach(self), true),
+            Object::RequestAuthentication(o) => Affects::full(o.reach(self), true),
         }
+    }
+
+    /// The key set sources the RequestAuthentications need ([`crate::jwks::Wanted`]): those of
+    /// every rule of each current version that passes its own checks, and of each last accepted
+    /// version (which serves in place of an invalid update).
+    pub fn key_sources(&self) -> Wanted {
+        use rustmesh_api::validate::Validate;
+        let store = &self.request_authentications;
+        let current = store
+            .objects
+            .values()
+            .filter(|r| r.spec.validate().is_empty());
+        Wanted::of(
+            current
+                .chain(store.last_good.values())
+                .flat_map(|r| &r.spec.jwt_rules),
+        )
+    }
+
+    /// Records what a key set fetch gave: the namespaces rendering a rule of that source (and
+    /// the statuses) are affected when what renders changed.
+    pub fn record_key_set(&mut self, source: Source, report: Report) -> Affects {
+        if !self.key_sets.record(source.clone(), report) {
+            return Affects::default();
+        }
+        Affects::full(self.key_set_reach(&source), true)
+    }
+
+    /// The injected namespaces rendering a rule whose key set comes from `source`.
+    pub fn key_set_reach(&self, source: &Source) -> BTreeSet<String> {
+        let store = &self.request_authentications;
+        store
+            .objects
+            .values()
+            .chain(store.last_good.values())
+            .filter(|r| {
+                r.spec
+                    .jwt_rules
+                    .iter()
+                    .any(|rule| Source::of(rule).as_ref() == Some(source))
+            })
+            .flat_map(|r| r.reach(self))
+            .collect()
     }
 
     pub(crate) fn injected_only(
@@ -656,6 +711,9 @@ fn same_content(a: &Object, b: &Object) -> bool {
             x.spec == y.spec
                 && x.metadata.creation_timestamp == y.metadata.creation_timestamp
                 && dry_run(x) == dry_run(y)
+        }
+        (Object::RequestAuthentication(x), Object::RequestAuthentication(y)) => {
+            x.spec == y.spec && x.metadata.creation_timestamp == y.metadata.creation_timestamp
         }
         _ => false,
     }

@@ -34,6 +34,9 @@ mod authz;
 mod authz_tests;
 mod clusters;
 mod peer_authn;
+mod request_authn;
+#[cfg(test)]
+mod request_authn_tests;
 mod routes;
 
 use crate::index::kinds::{IstioKind, KindStore};
@@ -115,6 +118,8 @@ pub struct MeshView<'a> {
     pub index: &'a Index,
     pub registry: Registry,
     pub validation: Validation,
+    /// The key set sources the RequestAuthentications need (which are over the limit).
+    pub key_sources: crate::jwks::Wanted,
     virtual_services: Vec<(&'a ObjKey, &'a VirtualService)>,
     destination_rules: Vec<(&'a ObjKey, &'a DestinationRule)>,
     sidecars: Vec<(&'a ObjKey, &'a Sidecar)>,
@@ -239,6 +244,7 @@ impl<'a> MeshView<'a> {
             index,
             registry,
             validation,
+            key_sources: index.key_sources(),
             virtual_services,
             destination_rules,
             sidecars,
@@ -523,8 +529,7 @@ pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsReci
     let config = ProxyConfig {
         peer_authentication: peer_authn::peer_authentication(view, scope),
         authorization: authz::authorization(view, scope),
-        // Rendered by `render::request_authn` once RequestAuthentication is indexed (#19).
-        request_authentication: None,
+        request_authentication: request_authn::request_authentication(view, scope),
         version_info: String::new(),
         listeners: all_listeners,
         routes: routes.into_values().collect(),
