@@ -1,6 +1,6 @@
 //! Validating admission for the Istio kinds the operator reads (VirtualService, DestinationRule,
-//! Sidecar of `networking.istio.io` in every served version, PeerAuthentication and
-//! AuthorizationPolicy of `security.istio.io`), as istiod's validation webhook does: an invalid
+//! Sidecar of `networking.istio.io` in every served version, PeerAuthentication,
+//! AuthorizationPolicy and RequestAuthentication of `security.istio.io`), as istiod's validation webhook does: an invalid
 //! object is refused at `kubectl apply`, naming the field, instead of being accepted and then
 //! reported in its status.
 //!
@@ -26,7 +26,8 @@ use kube::core::{DynamicObject, TypeMeta};
 use rustmesh_api::checks::{Finding, Severity, object_findings};
 use rustmesh_api::parse::{IstioObject, KINDS};
 use rustmesh_api::{
-    AuthorizationPolicy, DestinationRule, PeerAuthentication, Sidecar, VirtualService,
+    AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication, Sidecar,
+    VirtualService,
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -108,6 +109,8 @@ fn read_object(kind: &str, object: Value) -> Option<std::result::Result<IstioObj
             .map(|o| IstioObject::PeerAuthentication(Box::new(o))),
         "AuthorizationPolicy" => typed::<AuthorizationPolicy>(object)
             .map(|o| IstioObject::AuthorizationPolicy(Box::new(o))),
+        "RequestAuthentication" => typed::<RequestAuthentication>(object)
+            .map(|o| IstioObject::RequestAuthentication(Box::new(o))),
         _ => return None,
     })
 }
@@ -490,6 +493,67 @@ mod tests {
         // security.istio.io serves no v1alpha3: a misrouted review is allowed unchecked.
         let (_, verdict) = response(&authorization_policy("v1alpha3", json!({})));
         assert_eq!(verdict, Verdict::Skipped);
+    }
+
+    #[test]
+    fn request_authentications_are_validated_with_the_operators_rules() {
+        let object = |version: &str, spec: Value| {
+            let object = json!({"apiVersion": format!("security.istio.io/{version}"),
+                                "kind": "RequestAuthentication",
+                                "metadata": {"name": "jwt", "namespace": "shop"},
+                                "spec": spec});
+            review(
+                "RequestAuthentication",
+                "security.istio.io",
+                version,
+                object,
+            )
+        };
+        // Istio's example, in both served versions (`jwks_uri`, the protobuf name, too).
+        for (version, field) in [("v1", "jwksUri"), ("v1beta1", "jwks_uri")] {
+            let spec = json!({"selector": {"matchLabels": {"app": "httpbin"}},
+                              "jwtRules": [{"issuer": "testing@secure.istio.io",
+                                            field: "https://keys.example/jwks.json"}]});
+            let (resp, verdict) = response(&object(version, spec));
+            assert_eq!(verdict, Verdict::Allowed, "{resp}");
+            assert!(resp.get("warnings").is_none(), "{resp}");
+        }
+        // Invalid: denied naming the field.
+        let bad = json!({"jwtRules": [{"issuer": "a", "jwks": "{\"keys\":[]}",
+                                       "jwksUri": "https://keys.example/jwks.json"}]});
+        let (resp, verdict) = response(&object("v1", bad));
+        assert_eq!(verdict, Verdict::Denied);
+        let message = resp["status"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("spec.jwtRules[0].jwks: only one of jwks or jwksUri"),
+            "{message}"
+        );
+        // A field its types refuse.
+        let (resp, verdict) = response(&object(
+            "v1",
+            json!({"jwtRules": [{"issuer": "a", "jwksUrl": "x"}]}),
+        ));
+        assert_eq!(verdict, Verdict::Denied);
+        assert!(
+            resp["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("jwksUrl"),
+            "{resp}"
+        );
+        // An issuer whose key set cannot be discovered: allowed, with Istio's warning.
+        let (resp, verdict) = response(&object(
+            "v1",
+            json!({"jwtRules": [{"issuer": "not-a-url"}]}),
+        ));
+        assert_eq!(verdict, Verdict::Allowed);
+        assert!(
+            resp["warnings"][0]
+                .as_str()
+                .unwrap()
+                .contains("spec.jwtRules[0].issuer"),
+            "{resp}"
+        );
     }
 
     #[test]
