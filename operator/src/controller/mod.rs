@@ -290,9 +290,13 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
                     Some(d) => tokio::time::sleep_until(d.into()).await,
                     None => std::future::pending::<()>().await,
                 }
-            }, if can_write => {
+            }, if state.synced() => {
                 if let Some(batch) = state.debouncer.take_due(Instant::now()) {
-                    writer.flush(&mut state, batch).await;
+                    if can_write {
+                        writer.flush(&mut state, batch).await;
+                    } else {
+                        state.follow(batch, Instant::now());
+                    }
                 }
             }
             Some((source, report)) = key_sets_rx.recv() => {

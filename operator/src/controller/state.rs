@@ -115,6 +115,20 @@ impl State {
         out
     }
 
+    /// What a replica that is not the leader does with a due batch: it writes nothing, but
+    /// remembers what it would have accepted, as the leader does after a flush, so that should
+    /// it become the leader (a rollout starts the new pod while the old one still leads), an
+    /// invalid update of an object accepted before serves that version instead of dropping the
+    /// object. The new leader then re-renders everything from that state.
+    pub fn follow(&mut self, batch: crate::debounce::Batch, now: Instant) {
+        if !batch.statuses {
+            return;
+        }
+        let validation = crate::render::MeshView::new(&self.index).validation;
+        self.index.remember_accepted(validation.accepted_keys());
+        self.sync_key_sources(now);
+    }
+
     /// Whether every watch has listed once.
     pub fn synced(&self) -> bool {
         self.configmaps_synced && Kind::ALL.iter().all(|k| self.synced.contains(k))

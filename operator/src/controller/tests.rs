@@ -610,3 +610,56 @@ async fn every_watch_backs_off_while_the_api_fails() {
         );
     }
 }
+
+/// A replica that is not the leader (during a rollout, the new pod while the old one still
+/// leads) remembers what it accepted, so that once it leads an invalid update of that object
+/// serves the accepted version instead of dropping the object (an e2e run caught routes falling
+/// back to round robin right after an operator rollout).
+#[test]
+fn a_follower_remembers_what_it_accepted_for_when_it_leads() {
+    let vs = |weights: (u32, u32)| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: default, generation: {}}}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {{host: reviews, subset: v1}}\n      weight: {}\n    - destination: {{host: reviews, subset: v2}}\n      weight: {}\n",
+            if weights.0 == 100 { 1 } else { 2 },
+            weights.0,
+            weights.1
+        )
+    };
+    let mut state = State::new(MeshConfig::default(), fast());
+    state.index = bookinfo();
+    let t0 = Instant::now();
+    let key = ObjKey::new("default", "reviews");
+    let mut good = crate::index::Index::default();
+    istio(&mut good, &vs((100, 0)));
+    let good = good.virtual_services.objects[&key].clone();
+    state.handle(
+        Msg::Index(
+            Kind::VirtualService,
+            WatchEvent::Apply(Object::VirtualService(Box::new(good))),
+        ),
+        t0,
+    );
+    let batch = state
+        .debouncer
+        .take_due(t0 + Duration::from_secs(1))
+        .expect("a batch");
+    assert!(batch.statuses);
+    state.follow(batch, t0);
+    assert!(state.index.virtual_services.last_good.contains_key(&key));
+
+    // The bad update arrives; this replica now leads and renders.
+    let mut bad = crate::index::Index::default();
+    istio(&mut bad, &vs((60, 50)));
+    let bad = bad.virtual_services.objects[&key].clone();
+    state.handle(
+        Msg::Index(
+            Kind::VirtualService,
+            WatchEvent::Apply(Object::VirtualService(Box::new(bad))),
+        ),
+        t0,
+    );
+    let view = MeshView::new(&state.index);
+    let verdict = &view.validation.verdicts[&(Kind::VirtualService, key.clone())];
+    assert_eq!((verdict.accepted, verdict.reason), (false, "Invalid"));
+    assert_eq!(verdict.serving_previous, Some(1));
+}
