@@ -13,7 +13,12 @@
 //!   ports, HTTP-only fields on TCP (ALLOW fails closed, DENY denies more);
 //! - ALLOW by principal and by namespace over mutual TLS, for HTTP/1.1, HTTP/2 and TCP;
 //! - a denied request is in `istio_requests_total` with code 403 and flags `-`, in Envoy's
-//!   `rbac.*` counters, and its access-log line names the policy.
+//!   `rbac.*` counters, and its access-log line names the policy;
+//! - RequestAuthentication (tokens signed here with an Ed25519 key of a test issuer): no token
+//!   passes, an invalid one is refused with Envoy's 401/403 texts and `www-authenticate`, a
+//!   valid one is taken off the request and its claim headers added (forged ones stripped); the
+//!   policies see its principal and claims (Istio's "require JWT" task); a rule without keys
+//!   (`jwksError`) refuses its issuer's tokens; a change reaches open connections.
 
 mod ca_common;
 
@@ -63,7 +68,14 @@ async fn http_app(hits: Arc<AtomicUsize>) -> SocketAddr {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
                     hits.fetch_add(1, Ordering::SeqCst);
-                    let body = format!("{:?} {}", req.version(), req.uri());
+                    let mut body = format!("{:?} {}", req.version(), req.uri());
+                    // `x-echo: a,b`: the app says what it got for those headers.
+                    if let Some(names) = req.headers().get("x-echo") {
+                        for name in names.to_str().unwrap().split(',') {
+                            let v = req.headers().get(name).map(|v| v.to_str().unwrap());
+                            body.push_str(&format!("\n{name}: {}", v.unwrap_or("-")));
+                        }
+                    }
                     async move {
                         Ok::<_, std::convert::Infallible>(hyper::Response::new(
                             http_body_util::Full::new(Bytes::from(body)),
@@ -354,6 +366,8 @@ struct Got {
     status: u16,
     content_type: Option<String>,
     body: String,
+    /// `www-authenticate` (a JWT refusal's).
+    www_authenticate: Option<String>,
 }
 
 /// One request (`http2`: prior-knowledge HTTP/2) with `method`, `path` and headers.
@@ -392,6 +406,10 @@ async fn request(
         .headers()
         .get("content-type")
         .map(|v| v.to_str().unwrap().to_string());
+    let www_authenticate = resp
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_string());
     let body = resp
         .into_body()
         .collect()
@@ -402,6 +420,7 @@ async fn request(
         status,
         content_type,
         body: String::from_utf8_lossy(&body).into_owned(),
+        www_authenticate,
     })
 }
 
@@ -414,6 +433,7 @@ fn denied() -> Got {
         status: 403,
         content_type: Some("text/plain".into()),
         body: "RBAC: access denied".into(),
+        www_authenticate: None,
     }
 }
 
@@ -496,10 +516,15 @@ impl OpenConnection {
     }
 
     async fn get(&mut self, path: &str) -> u16 {
-        let req = hyper::Request::builder()
-            .uri(format!("http://ratings:9080{path}"))
-            .body(Empty::<Bytes>::new())
-            .unwrap();
+        self.get_with(path, &[]).await
+    }
+
+    async fn get_with(&mut self, path: &str, headers: &[(&str, &str)]) -> u16 {
+        let mut req = hyper::Request::builder().uri(format!("http://ratings:9080{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Empty::<Bytes>::new()).unwrap();
         let resp = match (&mut self.h1, &mut self.h2) {
             (Some(h1), _) => {
                 h1.ready().await.unwrap();
@@ -854,4 +879,323 @@ async fn allow_by_principal_and_namespace_over_mutual_tls() {
         .filter(|l| l["response_code"] == 200)
         .count();
     assert_eq!(allowed, 4);
+}
+
+// ---- RequestAuthentication ---------------------------------------------------------------
+
+/// An issuer made here: an Ed25519 key, its key set, and tokens it signs.
+struct Issuer {
+    key: ring::signature::Ed25519KeyPair,
+    jwks: String,
+}
+
+const ISS: &str = "https://issuer.test";
+
+impl Issuer {
+    fn new(kid: &str) -> Issuer {
+        use base64::Engine;
+        use ring::signature::KeyPair;
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let key = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.public_key().as_ref());
+        let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": x}]});
+        Issuer {
+            key,
+            jwks: jwks.to_string(),
+        }
+    }
+
+    /// A token with `claims` (plus `exp` an hour from now unless given).
+    fn token(&self, kid: &str, claims: Value) -> String {
+        use base64::Engine;
+        let b64 = |v: &Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
+        };
+        let mut claims = claims;
+        if claims.get("exp").is_none() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            claims["exp"] = json!(now + 3600);
+        }
+        let signing_input = format!(
+            "{}.{}",
+            b64(&json!({"alg": "EdDSA", "kid": kid, "typ": "JWT"})),
+            b64(&claims)
+        );
+        let sig = self.key.sign(signing_input.as_bytes());
+        format!(
+            "{signing_input}.{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig.as_ref())
+        )
+    }
+}
+
+/// The server sidecar with `request_authentication` (and `authorization`) in its configuration.
+async fn jwt_server(request_authentication: Value, authorization: Value) -> Server {
+    let http_hits = Arc::new(AtomicUsize::new(0));
+    let tcp_conns = Arc::new(AtomicUsize::new(0));
+    let app_http = http_app(http_hits.clone()).await;
+    let app_tcp = tcp_app(tcp_conns.clone()).await;
+    let mut doc = server_doc(app_http, app_tcp, authorization);
+    doc["requestAuthentication"] = request_authentication;
+    let sidecar = Sidecar::new("ratings", "bookinfo", None, doc);
+    let http = sidecar.listen(Direction::Inbound, &format!("{POD_IP}:{HTTP_PORT}"));
+    let tcp = sidecar.listen(Direction::Inbound, &format!("{POD_IP}:{TCP_PORT}"));
+    let passthrough = sidecar.listen(Direction::Inbound, &app_tcp.to_string());
+    let passthrough_http = sidecar.listen(Direction::Inbound, &app_http.to_string());
+    Server {
+        sidecar,
+        http,
+        tcp,
+        passthrough,
+        passthrough_http,
+        http_hits,
+        tcp_conns,
+    }
+}
+
+fn jwt_rule(issuer: &Issuer, extra: Value) -> Value {
+    let mut rule = json!({"issuer": ISS, "jwks": issuer.jwks});
+    if let (Some(r), Value::Object(extra)) = (rule.as_object_mut(), extra) {
+        r.extend(extra);
+    }
+    rule
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+#[tokio::test]
+async fn request_authentication_refuses_bad_tokens_and_passes_good_ones_and_none() {
+    // Istio's "Authorization with JWT" task, on loopback: a RequestAuthentication alone lets
+    // requests without a token through, refuses any invalid token (401, Envoy's texts, never
+    // forwarded) and takes a valid one off the request, adding its claim headers.
+    let issuer = Issuer::new("k1");
+    let other = Issuer::new("k1");
+    let ra = json!({"policies": [{"name": "bookinfo/jwt", "selector": {"app": "ratings"},
+        "jwtRules": [jwt_rule(&issuer, json!({"audiences": ["ratings.bookinfo"],
+            "outputClaimToHeaders": [{"header": "x-jwt-sub", "claim": "sub"}]}))]}]});
+    let srv = jwt_server(ra, Value::Null).await;
+    let echo = ("x-echo", "authorization,x-jwt-sub");
+    let good = issuer.token(
+        "k1",
+        json!({"iss": ISS, "sub": "alice", "aud": "ratings.bookinfo"}),
+    );
+    for http2 in [false, true] {
+        // No token: through; a client cannot forge the claim header.
+        let got = request(
+            srv.http,
+            http2,
+            "GET",
+            "/r",
+            &[echo, ("x-jwt-sub", "mallory")],
+        )
+        .await
+        .unwrap();
+        assert_eq!(got.status, 200, "{got:?}");
+        assert!(
+            got.body.ends_with("authorization: -\nx-jwt-sub: -"),
+            "{got:?}"
+        );
+
+        // A valid token: through, taken off the request, its `sub` copied to the header.
+        let got = request(
+            srv.http,
+            http2,
+            "GET",
+            "/r",
+            &[echo, ("authorization", &bearer(&good))],
+        )
+        .await
+        .unwrap();
+        assert_eq!(got.status, 200, "{got:?}");
+        assert!(
+            got.body.ends_with("authorization: -\nx-jwt-sub: alice"),
+            "{got:?}"
+        );
+
+        // Invalid tokens: refused here with Envoy's answer, never forwarded.
+        let before = srv.http_hits.load(Ordering::SeqCst);
+        let expired = issuer.token(
+            "k1",
+            json!({"iss": ISS, "sub": "alice", "aud": "ratings.bookinfo", "exp": 1000}),
+        );
+        let forged = other.token(
+            "k1",
+            json!({"iss": ISS, "sub": "alice", "aud": "ratings.bookinfo"}),
+        );
+        let wrong_aud = issuer.token("k1", json!({"iss": ISS, "sub": "alice", "aud": "other"}));
+        let unknown = issuer.token(
+            "k1",
+            json!({"iss": "https://elsewhere.test", "sub": "alice"}),
+        );
+        for (token, status, body) in [
+            (expired.as_str(), 401, "Jwt is expired"),
+            (forged.as_str(), 401, "Jwt verification fails"),
+            (wrong_aud.as_str(), 403, "Audiences in Jwt are not allowed"),
+            (unknown.as_str(), 401, "Jwt issuer is not configured"),
+            (
+                "not-a-jwt",
+                401,
+                "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections",
+            ),
+        ] {
+            let got = request(
+                srv.http,
+                http2,
+                "GET",
+                "/r?x=1",
+                &[("authorization", &bearer(token))],
+            )
+            .await
+            .unwrap();
+            assert_eq!((got.status, got.body.as_str()), (status, body), "{got:?}");
+            let realm = got.www_authenticate.unwrap_or_default();
+            assert!(
+                realm.starts_with("Bearer realm=\"http://ratings:9080/r?x=1\"")
+                    && realm.contains("error=\"invalid_token\""),
+                "{realm}"
+            );
+        }
+        assert_eq!(
+            srv.http_hits.load(Ordering::SeqCst),
+            before,
+            "no refused request forwarded"
+        );
+    }
+    // The default locations: the access_token parameter too (taken off the query).
+    let got = request(
+        srv.http,
+        false,
+        "GET",
+        &format!("/r?a=1&access_token={good}"),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!((got.status, got.body.as_str()), (200, "HTTP/1.1 /r?a=1"));
+    // The refusal is in the access log with Envoy's response code details.
+    let log = srv.sidecar.access_log.lock().unwrap().join("\n");
+    assert!(
+        has(&log, &["401", "jwt_authn_access_denied{Jwt_is_expired}"]),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn authorization_sees_the_request_principal_and_claims() {
+    // Istio's task: require a valid token (requestPrincipals ["*"]), then a principal and a
+    // claim (`request.auth.claims[groups]`), for HTTP/1.1 and HTTP/2.
+    let issuer = Issuer::new("k1");
+    let ra =
+        json!({"policies": [{"name": "bookinfo/jwt", "jwtRules": [jwt_rule(&issuer, json!({}))]}]});
+    let authz = policies(json!([
+        {"name": "bookinfo/require-jwt", "rules": [{"from": [{"requestPrincipals": ["*"]}]}]},
+        {"name": "bookinfo/admins-delete", "action": "DENY", "rules": [{
+            "to": [{"methods": ["DELETE"]}],
+            "when": [{"key": "request.auth.claims[groups]", "notValues": ["admin"]}]}]},
+    ]));
+    let srv = jwt_server(ra, authz).await;
+    let alice = issuer.token(
+        "k1",
+        json!({"iss": ISS, "sub": "alice", "groups": ["admin", "dev"]}),
+    );
+    let bob = issuer.token("k1", json!({"iss": ISS, "sub": "bob", "groups": ["dev"]}));
+    for http2 in [false, true] {
+        assert_eq!(
+            get(srv.http, http2, "/r").await,
+            denied(),
+            "no token: no principal"
+        );
+        let with = |t: &str| [("authorization", bearer(t))];
+        for (method, token, status) in [
+            ("GET", &alice, 200),
+            ("GET", &bob, 200),
+            ("DELETE", &alice, 200),
+            ("DELETE", &bob, 403),
+        ] {
+            let h = with(token);
+            let got = request(srv.http, http2, method, "/r", &[(h[0].0, h[0].1.as_str())])
+                .await
+                .unwrap();
+            assert_eq!(got.status, status, "{method} as {token:.20}: {got:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_rule_whose_key_set_could_not_be_fetched_refuses_its_tokens() {
+    // The operator renders `jwksError` when no key set can be had: fail closed for tokens of
+    // that issuer, while requests without a token still pass (Istio's behaviour).
+    let issuer = Issuer::new("k1");
+    let ra = json!({"policies": [{"name": "bookinfo/jwt", "jwtRules": [
+        {"issuer": ISS, "jwksUri": "http://keys.test/jwks", "jwksError": "GET http://keys.test/jwks: status 503"}]}]});
+    let srv = jwt_server(ra, Value::Null).await;
+    let token = issuer.token("k1", json!({"iss": ISS, "sub": "alice"}));
+    let got = request(
+        srv.http,
+        false,
+        "GET",
+        "/r",
+        &[("authorization", &bearer(&token))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (got.status, got.body.as_str()),
+        (401, "Jwks remote fetch is failed")
+    );
+    assert_eq!(get(srv.http, false, "/r").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_request_authentication_change_reaches_connections_already_open() {
+    let issuer = Issuer::new("k1");
+    let hits = Arc::new(AtomicUsize::new(0));
+    let conns = Arc::new(AtomicUsize::new(0));
+    let app_http = http_app(hits.clone()).await;
+    let app_tcp = tcp_app(conns.clone()).await;
+    let doc = |ra: Value| {
+        let mut d = server_doc(app_http, app_tcp, Value::Null);
+        if !ra.is_null() {
+            d["requestAuthentication"] = ra;
+        }
+        d
+    };
+    let sidecar = Sidecar::new("ratings", "bookinfo", None, doc(Value::Null));
+    let addr = sidecar.listen(Direction::Inbound, &format!("{POD_IP}:{HTTP_PORT}"));
+    let token = issuer.token("k1", json!({"iss": ISS, "sub": "alice", "exp": 1000}));
+    let stale = [("authorization", bearer(&token))];
+    let stale = [(stale[0].0, stale[0].1.as_str())];
+    let mut h2 = OpenConnection::open(addr, true).await;
+    assert_eq!(
+        h2.get_with("/r", &stale).await,
+        200,
+        "no rule: not looked at"
+    );
+    sidecar
+        .load(doc(json!({"policies": [{"name": "bookinfo/jwt", "jwtRules": [jwt_rule(&issuer, json!({}))]}]})))
+        .unwrap();
+    assert_eq!(
+        h2.get_with("/r", &stale).await,
+        401,
+        "the expired token is now refused"
+    );
+    // A rule that does not compile (a key set with no usable key) refuses the configuration;
+    // the previous one keeps serving.
+    let err = sidecar
+        .load(doc(
+            json!({"policies": [{"name": "bookinfo/bad", "jwtRules": [
+            {"issuer": ISS, "jwks": "{\"keys\":[]}"}]}]}),
+        ))
+        .unwrap_err();
+    assert!(
+        err.contains("requestAuthentication") && err.contains("bookinfo/bad"),
+        "{err}"
+    );
+    assert_eq!(h2.get_with("/r", &stale).await, 401);
 }

@@ -1,7 +1,8 @@
-//! The authorization stage of an inbound request, where Envoy's RBAC filters sit in Istio's
-//! chain: after the request head is read, before routing. Only connections of the inbound
-//! side whose pod has AuthorizationPolicies carry an [`Authorizer`] (the listener hands the
-//! connection manager a [`ConnAuthz`]); others skip this stage entirely.
+//! The authentication and authorization stage of an inbound request, where Envoy's `jwt_authn`
+//! and RBAC filters sit in Istio's chain: after the request head is read, before routing. Only
+//! connections of the inbound side carry an [`Authorizer`] (the listener hands the connection
+//! manager a [`ConnAuthz`]); outbound ones skip this stage entirely, and so does a request to a
+//! pod with neither RequestAuthentication nor AuthorizationPolicy.
 //!
 //! The policies are those of the configuration current when the request arrives, not when its
 //! connection was accepted: a client sidecar keeps its pooled connections open for as long as it
@@ -19,8 +20,17 @@
 //! carries Envoy's response code details naming the policy. The RBAC counters are recorded,
 //! an AUDIT match is logged.
 //!
-//! The request's JWT identity is read from the request's extensions
-//! ([`crate::authz::RequestAuth`]), where request authentication puts it.
+//! Request authentication (RequestAuthentication, Envoy's `jwt_authn` filter, which Istio puts
+//! before RBAC) runs here too, between normalization and the policies, with the pod's current
+//! compiled JWT rules ([`crate::jwt::JwtVerifier`]): the headers a rule writes
+//! (`outputPayloadToHeader`, `outputClaimToHeaders`) are first removed from the request, so only
+//! a verified token's values reach the app; a request without a token goes on without a request
+//! identity (an AuthorizationPolicy may still require one); an invalid token is answered here
+//! (401, or 403 for a wrong audience, with Envoy's body text and `www-authenticate`) and never
+//! reaches the policies or the app; a valid one gives the identity the policies see
+//! ([`crate::authz::RequestAuth`], in the request's extensions), is taken off the request unless
+//! its rule has `forwardOriginalToken` ([`crate::jwt::remove_tokens`]), and adds its output
+//! headers.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -30,10 +40,21 @@ use http::{Request, Uri};
 
 use crate::authz::normalize::normalize;
 use crate::authz::{Attributes, Authz, Connection, RequestAuth};
+use crate::jwt::{JwtVerifier, Outcome, remove_tokens};
 use crate::stats::RbacStats;
 
-/// The policies that apply to this pod in the configuration current now (`None`: none).
-pub type CurrentPolicies = Arc<dyn Fn() -> Option<Arc<Authz>> + Send + Sync>;
+/// The pod's compiled policies in one configuration: its JWT rules and its AuthorizationPolicies
+/// (each `None` when none applies).
+#[derive(Clone, Debug, Default)]
+pub struct PodPolicies {
+    /// The JWT rules of the RequestAuthentications that select the pod.
+    pub jwt: Option<Arc<JwtVerifier>>,
+    /// The AuthorizationPolicies that select the pod.
+    pub authz: Option<Arc<Authz>>,
+}
+
+/// The policies that apply to this pod in the configuration current now.
+pub type CurrentPolicies = Arc<dyn Fn() -> PodPolicies + Send + Sync>;
 
 /// What the listener hands the connection manager for an inbound connection: where to find the
 /// pod's current compiled policies, and the connection manager's RBAC counters.
@@ -48,7 +69,7 @@ pub struct ConnAuthz {
 impl std::fmt::Debug for ConnAuthz {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnAuthz")
-            .field("current", &(self.current)().is_some())
+            .field("current", &(self.current)())
             .finish_non_exhaustive()
     }
 }
@@ -85,12 +106,14 @@ pub(super) enum Verdict {
     Pass,
     /// Answer here.
     Refuse {
-        /// 400 or 403.
+        /// 400, 401 or 403.
         status: u16,
-        /// The body (`RBAC: access denied`).
+        /// The body (`RBAC: access denied`, `Jwt is expired`).
         body: &'static str,
         /// Envoy's response code details.
         details: String,
+        /// A JWT refusal's `www-authenticate` header.
+        www_authenticate: Option<http::HeaderValue>,
     },
 }
 
@@ -102,12 +125,13 @@ fn parts_ok(uri: &Uri) -> bool {
     uri.path_and_query().is_some()
 }
 
-/// Normalizes `req`'s path (in place) and decides it with the pod's current policies; with
-/// none (the pod has no policy now), the request passes untouched.
+/// Normalizes `req`'s path (in place), verifies its tokens and decides it with the pod's
+/// current policies; with none (the pod has no policy now), the request passes untouched.
 pub(super) fn check<B>(a: &Authorizer, req: &mut Request<B>) -> Verdict {
-    let Some(authz) = (a.current)() else {
+    let PodPolicies { jwt, authz } = (a.current)();
+    if jwt.is_none() && authz.is_none() {
         return Verdict::Pass;
-    };
+    }
     if req
         .method()
         .as_str()
@@ -118,6 +142,7 @@ pub(super) fn check<B>(a: &Authorizer, req: &mut Request<B>) -> Verdict {
             status: 400,
             body: "",
             details: "method_not_upper_case".to_string(),
+            www_authenticate: None,
         };
     }
     // Most paths need nothing: then nothing is copied.
@@ -129,6 +154,7 @@ pub(super) fn check<B>(a: &Authorizer, req: &mut Request<B>) -> Verdict {
                 status: 400,
                 body: "",
                 details: "path_normalization_failed".to_string(),
+                www_authenticate: None,
             };
         }
     };
@@ -147,10 +173,19 @@ pub(super) fn check<B>(a: &Authorizer, req: &mut Request<B>) -> Verdict {
                     status: 400,
                     body: "",
                     details: "path_normalization_failed".to_string(),
+                    www_authenticate: None,
                 };
             }
         }
     }
+    if let Some(jwt) = &jwt
+        && let Some(refused) = authenticate(jwt, req)
+    {
+        return refused;
+    }
+    let Some(authz) = authz else {
+        return Verdict::Pass;
+    };
     let host = req
         .uri()
         .authority()
@@ -200,5 +235,51 @@ pub(super) fn check<B>(a: &Authorizer, req: &mut Request<B>) -> Verdict {
         status: 403,
         body: DENIED_BODY,
         details,
+        www_authenticate: None,
+    }
+}
+
+/// Request authentication (see the module doc): `None` when the request goes on (with the
+/// identity of its valid tokens in its extensions, if it had any).
+fn authenticate<B>(jwt: &JwtVerifier, req: &mut Request<B>) -> Option<Verdict> {
+    for name in jwt.output_headers() {
+        req.headers_mut().remove(name);
+    }
+    match jwt.verify(req.headers(), req.uri(), std::time::SystemTime::now()) {
+        Outcome::NoToken => None,
+        Outcome::Invalid(r) => {
+            tracing::debug!(
+                status = r.status.as_u16(),
+                reason = r.message,
+                detail = r.detail.as_deref().unwrap_or(""),
+                method = %req.method(),
+                path = %req.uri().path(),
+                "JWT refused"
+            );
+            Some(Verdict::Refuse {
+                status: r.status.as_u16(),
+                body: r.message,
+                details: format!("jwt_authn_access_denied{{{}}}", r.message.replace(' ', "_")),
+                www_authenticate: Some(r.www_authenticate),
+            })
+        }
+        Outcome::Valid(auth) => {
+            let auth = *auth;
+            if !auth.remove_from.is_empty() {
+                let mut uri = req.uri().clone();
+                remove_tokens(req.headers_mut(), &mut uri, &auth.remove_from);
+                *req.uri_mut() = uri;
+            }
+            for (name, value) in auth.headers_to_add {
+                req.headers_mut().insert(name, value);
+            }
+            req.extensions_mut().insert(RequestAuth {
+                principal: auth.principal,
+                audiences: auth.audiences,
+                presenter: auth.presenter,
+                claims: auth.claims,
+            });
+            None
+        }
     }
 }

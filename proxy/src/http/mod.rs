@@ -45,7 +45,7 @@ pub mod upstreams;
 
 pub use crate::body::{BoxError, ProxyBody};
 pub use crate::pool::UpstreamError;
-pub use authorize::{Authorizer, ConnAuthz, CurrentPolicies, DENIED_BODY};
+pub use authorize::{Authorizer, ConnAuthz, CurrentPolicies, DENIED_BODY, PodPolicies};
 pub use rng::Rng;
 pub use route::{RouteError, RouteTable};
 pub use server::{serve_connection, serve_connection_draining, serve_connection_with_drain};

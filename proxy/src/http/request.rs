@@ -149,9 +149,13 @@ pub(super) async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Respo
         status,
         body,
         details,
+        www_authenticate,
     } = verdict
     {
-        let resp = local_reply(status, body, ex.grpc);
+        let mut resp = local_reply(status, body, ex.grpc);
+        if let Some(v) = www_authenticate {
+            resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+        }
         ex.details = Some(details);
         return conn.finish(ex, resp);
     }

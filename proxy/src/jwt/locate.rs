@@ -164,3 +164,68 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
             (!value.is_empty()).then_some(value)
         })
 }
+
+/// Takes the tokens at `locations` out of a request (a verified token whose rule does not have
+/// `forwardOriginalToken`): a header location removes the whole header, as Envoy does; a query
+/// parameter removes every occurrence of that parameter (the other parameters are kept as sent);
+/// a cookie removes that cookie from the `Cookie` headers (a header left empty is dropped).
+pub fn remove_tokens(headers: &mut HeaderMap, uri: &mut Uri, locations: &[TokenLocation]) {
+    for location in locations {
+        match location {
+            TokenLocation::Header { name, .. } => {
+                headers.remove(name);
+            }
+            TokenLocation::Param(param) => remove_param(uri, param),
+            TokenLocation::Cookie(cookie) => remove_cookie(headers, cookie),
+        }
+    }
+}
+
+fn remove_param(uri: &mut Uri, name: &str) {
+    let Some(query) = uri.query() else { return };
+    let named = |pair: &str| {
+        let key = pair.split('=').next().unwrap_or_default();
+        form_urlencoded::parse(key.as_bytes())
+            .next()
+            .is_some_and(|(k, _)| k == name)
+    };
+    if !query.split('&').any(named) {
+        return;
+    }
+    let kept: Vec<&str> = query.split('&').filter(|p| !named(p)).collect();
+    let path_and_query = if kept.is_empty() {
+        uri.path().to_string()
+    } else {
+        format!("{}?{}", uri.path(), kept.join("&"))
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = path_and_query.parse().ok();
+    if let Ok(new) = Uri::from_parts(parts) {
+        *uri = new;
+    }
+}
+
+fn remove_cookie(headers: &mut HeaderMap, name: &str) {
+    let values: Vec<http::HeaderValue> = headers.get_all(COOKIE).iter().cloned().collect();
+    if values.is_empty() {
+        return;
+    }
+    headers.remove(COOKIE);
+    for value in values {
+        let kept: Vec<&[u8]> = value
+            .as_bytes()
+            .split(|b| *b == b';')
+            .map(<[u8]>::trim_ascii)
+            .filter(|pair| {
+                let key = pair.split(|b| *b == b'=').next().unwrap_or_default();
+                !pair.is_empty() && key.trim_ascii() != name.as_bytes()
+            })
+            .collect();
+        if kept.is_empty() {
+            continue;
+        }
+        if let Ok(v) = http::HeaderValue::from_bytes(&kept.join(&b"; "[..])) {
+            headers.append(COOKIE, v);
+        }
+    }
+}

@@ -67,7 +67,7 @@ use rustmesh_xds::request_authn::{DEFAULT_HEADER, DEFAULT_HEADER_PREFIX, DEFAULT
 use serde_json::{Map, Value};
 
 pub use claims::{SPACE_DELIMITED_CLAIMS, claim_header_value, claim_strings};
-pub use locate::TokenLocation;
+pub use locate::{TokenLocation, remove_tokens};
 pub use status::Status;
 pub use token::{CLOCK_SKEW_SECS, MAX_TOKEN_BYTES};
 

@@ -977,3 +977,44 @@ mod fuzz_shaped {
         }
     }
 }
+
+#[test]
+fn tokens_are_taken_out_of_headers_parameters_and_cookies_leaving_the_rest() {
+    let mut headers = HeaderMap::new();
+    headers.insert("authorization", HeaderValue::from_static("Bearer abc"));
+    headers.append(
+        http::header::COOKIE,
+        HeaderValue::from_static("a=1; jwt=abc; b=2"),
+    );
+    headers.append(http::header::COOKIE, HeaderValue::from_static("jwt=abc"));
+    headers.insert("x-other", HeaderValue::from_static("kept"));
+    let mut uri: Uri = "http://h/p?x=1&access_token=abc&y=a%20b&access%5Ftoken=def"
+        .parse()
+        .unwrap();
+    remove_tokens(
+        &mut headers,
+        &mut uri,
+        &[
+            TokenLocation::Header {
+                name: HeaderName::from_static("authorization"),
+                prefix: "Bearer ".into(),
+            },
+            TokenLocation::Param("access_token".into()),
+            TokenLocation::Cookie("jwt".into()),
+        ],
+    );
+    assert!(headers.get("authorization").is_none());
+    assert_eq!(headers["x-other"], "kept");
+    let cookies: Vec<_> = headers.get_all(http::header::COOKIE).iter().collect();
+    assert_eq!(cookies, ["a=1; b=2"]);
+    assert_eq!(uri.to_string(), "http://h/p?x=1&y=a%20b");
+
+    // Only parameter: the query goes with it.
+    let mut uri: Uri = "/p?access_token=abc".parse().unwrap();
+    remove_tokens(
+        &mut headers,
+        &mut uri,
+        &[TokenLocation::Param("access_token".into())],
+    );
+    assert_eq!(uri.to_string(), "/p");
+}

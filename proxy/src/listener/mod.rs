@@ -458,10 +458,17 @@ pub async fn dispatch(
     }
 }
 
-/// The pod's policies in the configuration current when asked (one atomic load per request).
+/// The pod's JWT rules and policies in the configuration current when asked (one atomic load
+/// per request).
 fn current_policies(store: &Arc<crate::snapshot::Store>) -> crate::http::CurrentPolicies {
     let store = store.clone();
-    Arc::new(move || store.load().and_then(|s| s.authz.clone()))
+    Arc::new(move || match store.load() {
+        Some(s) => crate::http::PodPolicies {
+            jwt: s.jwt.clone(),
+            authz: s.authz.clone(),
+        },
+        None => crate::http::PodPolicies::default(),
+    })
 }
 
 /// Decides an inbound TCP connection with the pod's policies (Istio's TCP semantics), counting

@@ -24,6 +24,7 @@ use self::chain::FilterChains;
 use crate::authz::Authz;
 use crate::cluster::{ClusterManager, Clusters};
 use crate::http::handler::{CompiledRoutes, ConnectionManager};
+use crate::jwt::JwtVerifier;
 use crate::metrics::Destinations;
 use crate::sniff::DEFAULT_SNIFF_TIMEOUT;
 use crate::stats::{ListenerStats, Metrics};
@@ -68,6 +69,9 @@ pub struct Snapshot {
     /// The AuthorizationPolicies that apply to this pod (by its labels), compiled; `None`
     /// when none does: inbound traffic is not checked.
     pub authz: Option<Arc<Authz>>,
+    /// The RequestAuthentication JWT rules that apply to this pod (by its labels), compiled;
+    /// `None` when none does: tokens are not looked at.
+    pub jwt: Option<Arc<JwtVerifier>>,
     /// When it was applied.
     pub loaded_at: SystemTime,
 }
@@ -166,6 +170,30 @@ impl Snapshot {
                 "authorization policies compiled"
             );
         }
+        let jwt = match &config.request_authentication {
+            Some(ra) => {
+                let rules: Vec<(&str, &rustmesh_xds::request_authn::JwtRule)> = ra
+                    .rules_for(http.labels())
+                    .map(|(p, r)| (p.name.as_str(), r))
+                    .collect();
+                if rules.is_empty() {
+                    None
+                } else {
+                    let verifier = JwtVerifier::compile(&rules).map_err(|e| {
+                        compile_error((
+                            format!(
+                                "requestAuthentication.policies[{}].jwtRules[{}].{}",
+                                e.policy, e.rule, e.field
+                            ),
+                            e.reason,
+                        ))
+                    })?;
+                    tracing::debug!(rules = rules.len(), "JWT rules compiled");
+                    Some(Arc::new(verifier))
+                }
+            }
+            None => None,
+        };
         let destinations = Arc::new(Destinations::from_config(&config));
         Ok(Snapshot {
             config: Arc::new(config),
@@ -177,6 +205,7 @@ impl Snapshot {
             destinations,
             http: http_state,
             authz,
+            jwt,
             loaded_at: SystemTime::now(),
         })
     }
