@@ -61,6 +61,9 @@ enum Command {
             requires = "on_sigterm_get"
         )]
         on_sigterm_delay_ms: u64,
+        /// A fixed JSON document at a path, `PATH=TEXT` (repeatable): a GET of PATH answers TEXT.
+        #[arg(long = "document", value_name = "PATH=TEXT", value_parser = parse_document)]
+        documents: Vec<(String, String)>,
     },
     /// Send N GET requests and print a JSON summary (answers per backend and status, latency).
     Get {
@@ -128,6 +131,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             bind,
             on_sigterm_get,
             on_sigterm_delay_ms,
+            documents,
         } => {
             let pod = if pod.is_empty() {
                 std::env::var("HOSTNAME").unwrap_or_default()
@@ -138,6 +142,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 service: service.clone(),
                 version,
                 pod,
+                documents: documents.into_iter().collect(),
             });
             let mut tasks = tokio::task::JoinSet::new();
             for port in http {
@@ -225,5 +230,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             print!("{out}");
             Ok(())
         }
+    }
+}
+
+/// `PATH=TEXT` of `serve --document`.
+fn parse_document(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((path, text)) if path.starts_with('/') => Ok((path.to_string(), text.to_string())),
+        _ => Err(format!("{s:?}: want PATH=TEXT with PATH starting with /")),
     }
 }

@@ -18,6 +18,10 @@ pub struct Identity {
     pub service: String,
     pub version: String,
     pub pod: String,
+    /// Fixed documents by path (`serve --document PATH=TEXT`): a GET of that path answers the
+    /// text as JSON instead of a report (a JSON Web Key Set served to the operator in e2e).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub documents: BTreeMap<String, String>,
 }
 
 /// What the server saw and who answered. Every response body is one of these.
@@ -181,6 +185,12 @@ async fn handle(
         }
     };
     let path = parts.uri.path().to_string();
+    if let Some(doc) = id.documents.get(&path) {
+        return Ok(Response::builder()
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(doc.clone())))
+            .expect("static response"));
+    }
     let query = parts.uri.query().unwrap_or_default().to_string();
     let mut report = Report {
         service: id.service.clone(),

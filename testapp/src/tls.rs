@@ -175,6 +175,7 @@ mod tests {
             service: "tls-server".into(),
             version: "v1".into(),
             pod: "tls-server-0".into(),
+            ..Default::default()
         });
         tokio::spawn(server::serve_https(l, id, config));
         addr

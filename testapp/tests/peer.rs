@@ -12,6 +12,7 @@ async fn start(service: &str, version: &str) -> String {
         service: service.into(),
         version: version.into(),
         pod: format!("{service}-{version}-0"),
+        documents: [("/doc.json".to_string(), r#"{"keys":[]}"#.to_string())].into(),
     });
     tokio::spawn(server::serve_http(l, id));
     format!("http://{addr}")
@@ -48,6 +49,11 @@ async fn http1_and_h2c_answers_say_who_answered_and_echo_the_request() {
     let (status, body) = client::fetch(&format!("{base}/"), &[], true).await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(report(&body).protocol, "HTTP/2.0");
+    // A fixed document (`serve --document`) is answered as written.
+    let (status, body) = client::fetch(&format!("{base}/doc.json"), &[], false)
+        .await
+        .unwrap();
+    assert_eq!((status, body.as_ref()), (200, br#"{"keys":[]}"#.as_ref()));
 }
 
 #[tokio::test]

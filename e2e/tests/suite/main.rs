@@ -15,6 +15,7 @@
 //! | `credential` | 11: DestinationRule `credentialName` (MUTUAL) for the selected client only, served by the CA once its account may list Secrets |
 //! | `drain` | 12: pods deleted under traffic: an app's call after SIGTERM goes through its draining sidecar (`terminationDrainDuration` from `proxy.istio.io/config`); a server replica deleted under load fails no request |
 //! | `authz` | 13: AuthorizationPolicy as Istio's tasks show it: allow-nothing, ALLOW by principal and path, DENY on a header over ALLOW, TCP by principal and port, an HTTP-only field in a TCP DENY policy |
+//! | `jwt` | 14: RequestAuthentication as Istio's JWT task shows it: the operator fetches the test issuer's `jwksUri`; no token served, invalid tokens 401, a valid one taken off with its claim header; `requestPrincipals` and a claim required by an AuthorizationPolicy; an unreachable key set reported (`JwksUnavailable`) and failing closed |
 
 mod authz;
 mod credential;
@@ -23,6 +24,7 @@ mod egress;
 mod faults;
 mod identity;
 mod injection;
+mod jwt;
 mod mtls;
 mod probes;
 mod resilience;
