@@ -374,29 +374,14 @@ fn reserved_output(name: &str) -> Option<String> {
         })
 }
 
-/// base64url (RFC 4648 §5, padding optional) as bytes; `None` when it is not.
+/// A key component as the sidecar decodes it (`jsonwebtoken`'s decoder: base64url without
+/// padding, canonical trailing bits), so that a key set this check passes is one the sidecar
+/// reads (the `jwks_document` fuzz target holds the two together).
 fn base64url(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim_end_matches('=');
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for b in text.bytes() {
-        let v = match b {
-            b'A'..=b'Z' => b - b'A',
-            b'a'..=b'z' => b - b'a' + 26,
-            b'0'..=b'9' => b - b'0' + 52,
-            b'-' => 62,
-            b'_' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    (bits < 6).then_some(out)
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()
 }
 
 /// Why one key of a set cannot be used by the sidecar (its `jwt` module's rules: RSA of 2048 to
@@ -1034,6 +1019,15 @@ mod tests {
         assert_eq!(base64url("AQAB"), Some(vec![1, 0, 1]));
         assert_eq!(base64url("_-8"), Some(vec![0xff, 0xef]));
         assert_eq!(base64url("A"), None);
+        // As the sidecar decodes (found by the jwks_document fuzz target): no padding, and the
+        // last symbol's unused bits must be zero (`D4u` ends in bits the decoder refuses).
+        assert_eq!(base64url("AQAB=="), None);
+        assert_eq!(base64url("_-9"), None);
+        let x = "keUzBvdTiZZTD82uAWEeMoYR9Ng_7-qrTQZGX6rvD4u";
+        let p = jwks_problem(&set(
+            serde_json::json!([{"kty": "OKP", "crv": "Ed25519", "x": x}]),
+        ));
+        assert!(p.unwrap().contains("x is not base64url"));
     }
 
     #[test]
