@@ -7,37 +7,39 @@
 #   -> with RUSTMESH_E2E=1 (set by .ci/run), the end-to-end suite on a local cluster (e2e/run).
 set -euo pipefail
 cd "$(dirname "$0")"
+# Each stage's banner says how much disk is left: a full disk shows up as a linker "Bus error".
+stage() { echo "== $1 (free disk: $(df -h --output=avail . | tail -1 | tr -d ' '))"; }
 
 scripts/install-deps.sh
 
-echo "== cargo fmt --check"
+stage "cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "== cargo clippy"
+stage "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-echo "== manifests/check"
+stage "manifests/check"
 manifests/check
 
-echo "== images/test"
+stage "images/test"
 images/test
 
 if [ "${RUSTMESH_E2E:-}" = 1 ]; then
   # The workspace's tests that need a real API server (operator RBAC, the proxy following its
   # ConfigMap) use the local cluster, so it comes up first; the end-to-end suite itself needs
   # the mesh installed, which e2e/run does.
-  echo "== e2e/local-cluster up"
+  stage "e2e/local-cluster up"
   e2e/local-cluster up
-  echo "== cargo test (all but the end-to-end suite)"
+  stage "cargo test (all but the end-to-end suite)"
   cargo test --workspace --exclude rustmesh-e2e --locked "$@"
-  echo "== fuzz/run"
+  stage "fuzz/run"
   fuzz/run "${RUSTMESH_FUZZ_SECS:-10}"
-  echo "== e2e/run (release build and images, Helm then kustomize install, the end-to-end suite)"
+  stage "e2e/run (release build and images, Helm then kustomize install, the end-to-end suite)"
   e2e/run
 else
-  echo "== cargo test"
+  stage "cargo test"
   # The end-to-end suite's tests print why they skip (no RUSTMESH_E2E=1).
   cargo test --workspace --locked "$@"
-  echo "== fuzz/run"
+  stage "fuzz/run"
   fuzz/run "${RUSTMESH_FUZZ_SECS:-10}"
 fi

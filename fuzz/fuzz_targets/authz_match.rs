@@ -63,7 +63,12 @@ fn case(r: &Value) -> Case {
         audiences: j
             .get("audiences")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
             .unwrap_or_default(),
         presenter: text(j, "presenter"),
         claims: j
@@ -105,7 +110,10 @@ fuzz_target!(|data: &[u8]| {
     let compiled = match Authz::compile(&auth, &labels) {
         Ok(c) => c,
         Err((field, message)) => {
-            assert!(field.starts_with("authorization.policies["), "{field}: {message}");
+            assert!(
+                field.starts_with("authorization.policies["),
+                "{field}: {message}"
+            );
             return;
         }
     };
@@ -134,7 +142,10 @@ fuzz_target!(|data: &[u8]| {
                     let _ = z.denial_details(&got);
                 }
             }
-            None => assert!(want.allowed && want.by.is_none(), "no policy applies: {want:?}"),
+            None => assert!(
+                want.allowed && want.by.is_none(),
+                "no policy applies: {want:?}"
+            ),
         }
     }
 });

@@ -12,7 +12,10 @@ fuzz_target!(|data: &[u8]| {
         aliases: vec!["reviews".into(), "reviews.default".into()],
         addresses: vec!["10.96.10.4".parse().unwrap(), "fd00::4".parse().unwrap()],
     }]);
-    let search = ["default.svc.cluster.local".to_string(), "cluster.local".to_string()];
+    let search = [
+        "default.svc.cluster.local".to_string(),
+        "cluster.local".to_string(),
+    ];
     for max in [Some(512), None] {
         match decide(data, &table, &search, max) {
             Decision::Answer(_) | Decision::Forward | Decision::Drop => {}

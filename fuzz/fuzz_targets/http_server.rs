@@ -12,7 +12,9 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use rustmesh_proxy::cluster::ClusterManager;
 use rustmesh_proxy::http::upstreams::ClusterUpstreams;
-use rustmesh_proxy::http::{AccessLog, HttpContext, HttpSettings, Rng, RouteTable, serve_connection};
+use rustmesh_proxy::http::{
+    AccessLog, HttpContext, HttpSettings, Rng, RouteTable, serve_connection,
+};
 use rustmesh_proxy::metrics::{Destinations, Metrics, Reporter, WorkloadInfo};
 use rustmesh_proxy::pool::PassthroughPools;
 use rustmesh_xds::route::RouteConfiguration;

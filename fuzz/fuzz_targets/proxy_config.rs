@@ -21,6 +21,14 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let metrics = Metrics::default();
-    let http = ConnectionManager::new(Arc::new(IstioMetrics::new()), Arc::new(WorkloadInfo::default()));
-    let _ = Snapshot::compile(config, &ClusterManager::new(metrics.clone()), &metrics, &http);
+    let http = ConnectionManager::new(
+        Arc::new(IstioMetrics::new()),
+        Arc::new(WorkloadInfo::default()),
+    );
+    let _ = Snapshot::compile(
+        config,
+        &ClusterManager::new(metrics.clone()),
+        &metrics,
+        &http,
+    );
 });

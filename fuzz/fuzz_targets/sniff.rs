@@ -7,6 +7,9 @@ use rustmesh_proxy::sniff::{MAX_SNIFF_BYTES, Verdict, classify};
 
 fuzz_target!(|data: &[u8]| {
     if let Verdict::NeedMore = classify(data) {
-        assert!(data.len() < MAX_SNIFF_BYTES, "asked for more past the limit");
+        assert!(
+            data.len() < MAX_SNIFF_BYTES,
+            "asked for more past the limit"
+        );
     }
 });
