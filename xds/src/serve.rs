@@ -239,22 +239,22 @@ impl Activity {
         self.born + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }
 
-    /// Resolves with why the connection should end: `"no request"` when no byte was read
-    /// within `first` of the call, `"idle"` once no byte moved for `idle`, `"max_age"` once it
-    /// is `max_age` old.
+    /// Resolves with why the connection should end: [`Ending::NoRequest`] when no byte was
+    /// read within `first` of the call, [`Ending::Idle`] once no byte moved for `idle`,
+    /// [`Ending::MaxAge`] once it is `max_age` old.
     pub async fn expired(
         &self,
         first: Duration,
         idle: Duration,
         max_age: Option<Duration>,
-    ) -> &'static str {
+    ) -> Ending {
         let start = Instant::now();
         let age_deadline = max_age.map(|a| self.born + a);
         let due = || {
             if self.read_any.load(Ordering::Relaxed) {
-                (self.last() + idle, "idle")
+                (self.last() + idle, Ending::Idle)
             } else {
-                (start + first, "no request")
+                (start + first, Ending::NoRequest)
             }
         };
         loop {
@@ -263,12 +263,46 @@ impl Activity {
             tokio::time::sleep_until(next).await;
             let now = Instant::now();
             if age_deadline.is_some_and(|a| now >= a) {
-                return "max_age";
+                return Ending::MaxAge;
             }
             let (deadline, why) = due();
             if now >= deadline {
                 return why;
             }
+        }
+    }
+}
+
+/// Why a served connection is asked to shut down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// No byte was read within the request head timeout.
+    NoRequest,
+    /// No byte moved for the idle timeout.
+    Idle,
+    /// The connection reached its maximum age.
+    MaxAge,
+    /// The server is stopping.
+    Stopping,
+}
+
+impl Ending {
+    /// For logs.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Ending::NoRequest => "no request",
+            Ending::Idle => "idle",
+            Ending::MaxAge => "max_age",
+            Ending::Stopping => "server stopping",
+        }
+    }
+
+    /// How long the graceful shutdown may take: nothing is in flight on a connection that
+    /// moved no byte ([`IDLE_SHUTDOWN_GRACE`]); otherwise [`SHUTDOWN_GRACE`].
+    pub fn grace(self) -> Duration {
+        match self {
+            Ending::NoRequest | Ending::Idle => IDLE_SHUTDOWN_GRACE,
+            Ending::MaxAge | Ending::Stopping => SHUTDOWN_GRACE,
         }
     }
 }
@@ -441,15 +475,11 @@ where
     let why = tokio::select! {
         r = served.as_mut() => return r,
         why = activity.expired(limits.request_head_timeout, limits.idle_timeout, limits.max_age) => why,
-        () = stop => "server stopping",
+        () = stop => Ending::Stopping,
     };
-    tracing::debug!(reason = why, "shutting a connection down");
+    tracing::debug!(reason = why.reason(), "shutting a connection down");
     served.as_mut().graceful_shutdown();
-    let grace = match why {
-        "idle" | "no request" => IDLE_SHUTDOWN_GRACE,
-        _ => SHUTDOWN_GRACE,
-    };
-    match tokio::time::timeout(grace, served).await {
+    match tokio::time::timeout(why.grace(), served).await {
         Ok(r) => r,
         Err(_) => Ok(()),
     }
