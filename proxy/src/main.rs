@@ -16,6 +16,8 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start; the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// The capture step (Istio's istio-init): program iptables to send the pod's traffic to the sidecar.
     IstioIptables(IstioIptablesArgs),

@@ -597,8 +597,8 @@ fn timeouts_faults_retries_and_outlier_detection() {
     );
 }
 
-/// The DNS proxy answers a captured query (UDP to any resolver on port 53) for a name of the
-/// configuration's `dns` table, without any resolver behind it.
+/// The DNS proxy answers a captured query (UDP to the pod's nameserver on port 53) for a name
+/// of the configuration's `dns` table, without any resolver behind it.
 #[test]
 fn dns_proxy_answers_mesh_names_to_captured_queries() {
     use hickory_proto::op::{Message, MessageType, OpCode, Query};
@@ -608,6 +608,8 @@ fn dns_proxy_answers_mesh_names_to_captured_queries() {
     }
     let mut net = Net::new();
     let client = net.pod();
+    // The capture sends DNS for the pod's nameserver to the DNS proxy, as Istio's does.
+    client.resolv_conf("nameserver 10.96.0.10\n");
     let scratch = Scratch::new();
     let dns = json!([{"name": fqdn("reviews"), "aliases": ["reviews", "reviews.default"], "addresses": [VIP]}]);
     let _sidecar = start_sidecar(&client, &scratch, &client_doc(vec![], vec![], dns));

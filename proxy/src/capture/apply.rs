@@ -1,26 +1,31 @@
 //! Installing and removing the capture rules with `iptables-restore --noflush`.
 //!
-//! Each family is changed in one restore document, so a failure leaves the table as it was. The
-//! document first removes what a previous run left (its jumps from the built-in chains, chains no
-//! longer wanted), re-declares our chains (which flushes them) and appends the rules: running the
-//! capture step twice gives the same table as running it once.
+//! Each family is changed in one restore document (one block per table; each table commits
+//! atomically, so a failure leaves that table as it was). The document first removes what a
+//! previous run left (its rules in the built-in chains, chains no longer wanted), re-declares our
+//! chains (which flushes them) and appends the rules: running the capture step twice gives the
+//! same tables as running it once, whatever flags the first run had.
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
-use super::rules::{BUILTIN_CHAINS, Family, NatTable, OWNED_CHAINS};
+use super::rules::{Family, TableName, Tables};
 use crate::{Error, Result};
 
-/// What the capture step reads and writes: `*-save` and `*-restore`, and the IPv6 passthrough
-/// address. Tests substitute a fake.
+/// What the capture step reads and writes: `*-save` and `*-restore`, and the routes and
+/// addresses of the pod. Tests substitute a fake.
 pub trait Netfilter {
-    /// The nat table of `family`, as `iptables-save -t nat` prints it.
-    fn save_nat(&self, family: Family) -> Result<String>;
+    /// Every table of `family`, as `iptables-save` prints them.
+    fn save(&self, family: Family) -> Result<String>;
     /// Feeds `document` to `iptables-restore --noflush` (or ip6tables).
     fn restore(&self, family: Family, document: &str) -> Result<()>;
     /// Adds `::6/128` to `lo`, the source of the proxy's IPv6 inbound passthrough connections
     /// (IPv4's `127.0.0.6` is already local).
     fn add_ipv6_passthrough_address(&self) -> Result<()>;
+    /// TPROXY: `ip rule add fwmark <mark> lookup <table>` (unless present) and
+    /// `ip route replace local default dev lo table <table>`, so marked packets are delivered
+    /// locally, to the transparent listener.
+    fn add_tproxy_route(&self, family: Family, mark: u32, table: u32) -> Result<()>;
 }
 
 /// The programs on `PATH` (Debian's `iptables-restore` is iptables-nft; legacy works too).
@@ -28,12 +33,8 @@ pub trait Netfilter {
 pub struct SystemNetfilter;
 
 impl Netfilter for SystemNetfilter {
-    fn save_nat(&self, family: Family) -> Result<String> {
-        let out = run(
-            Command::new(family.save_program()).args(["-t", "nat"]),
-            None,
-        )?;
-        Ok(out)
+    fn save(&self, family: Family) -> Result<String> {
+        run(&mut Command::new(family.save_program()), None)
     }
 
     fn restore(&self, family: Family, document: &str) -> Result<()> {
@@ -48,6 +49,31 @@ impl Netfilter for SystemNetfilter {
         // `replace` succeeds when the address is already there.
         run(
             Command::new("ip").args(["-6", "addr", "replace", "::6/128", "dev", "lo"]),
+            None,
+        )
+        .map(drop)
+    }
+
+    fn add_tproxy_route(&self, family: Family, mark: u32, table: u32) -> Result<()> {
+        let f = match family {
+            Family::V4 => "-4",
+            Family::V6 => "-6",
+        };
+        let (mark, table) = (mark.to_string(), table.to_string());
+        let existing = run(
+            Command::new("ip").args([f, "rule", "show", "fwmark", &mark, "lookup", &table]),
+            None,
+        )?;
+        if existing.trim().is_empty() {
+            run(
+                Command::new("ip").args([f, "rule", "add", "fwmark", &mark, "lookup", &table]),
+                None,
+            )?;
+        }
+        run(
+            Command::new("ip").args([
+                f, "route", "replace", "local", "default", "dev", "lo", "table", &table,
+            ]),
             None,
         )
         .map(drop)
@@ -114,79 +140,145 @@ fn failed_line(stderr: &str) -> Option<usize> {
         .ok()
 }
 
-/// What a previous run left in a nat table.
+/// What a previous run left in one table.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Leftovers {
+pub struct TableLeftovers {
     /// Our chains that exist.
     pub chains: Vec<String>,
-    /// `-A <built-in> ... -j <our chain>` rules, as `iptables-save` printed them.
-    pub jumps: Vec<String>,
+    /// Our rules in the built-in chains, as `iptables-save` printed them.
+    pub rules: Vec<String>,
+}
+
+impl TableLeftovers {
+    /// Nothing of ours is in the table.
+    pub fn is_empty(&self) -> bool {
+        self.chains.is_empty() && self.rules.is_empty()
+    }
+
+    /// `-D` for every rule.
+    fn delete_rules(&self) -> impl Iterator<Item = String> + '_ {
+        self.rules.iter().map(|rule| format!("-D {}", &rule[3..]))
+    }
+}
+
+/// What a previous run left, table by table (mangle, nat, raw).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Leftovers {
+    /// Indexed like [`TableName::ALL`].
+    pub tables: [TableLeftovers; 3],
 }
 
 impl Leftovers {
-    /// Reads the `*nat` section of `iptables-save` output.
+    /// Reads `iptables-save` output.
     pub fn parse(save: &str) -> Self {
         let mut found = Self::default();
-        let mut in_nat = false;
+        let mut table: Option<TableName> = None;
         for line in save.lines().map(str::trim) {
-            if let Some(table) = line.strip_prefix('*') {
-                in_nat = table == "nat";
+            if let Some(name) = line.strip_prefix('*') {
+                table = TableName::ALL.into_iter().find(|t| t.name() == name);
                 continue;
             }
-            if !in_nat {
-                continue;
-            }
+            let Some(table) = table else { continue };
+            let into = &mut found.tables[index(table)];
             if let Some(decl) = line.strip_prefix(':') {
                 let name = decl.split_whitespace().next().unwrap_or_default();
-                if OWNED_CHAINS.contains(&name) {
-                    found.chains.push(name.to_string());
+                if table.owned_chains().contains(&name) {
+                    into.chains.push(name.to_string());
                 }
             } else if let Some(rule) = line.strip_prefix("-A ") {
-                let chain = rule.split_whitespace().next().unwrap_or_default();
-                // The target is the last `-j` (matches, comments included, come before it).
-                let target = rule
-                    .rsplit(" -j ")
-                    .next()
-                    .and_then(|t| t.split_whitespace().next());
-                if BUILTIN_CHAINS.contains(&chain)
-                    && target.is_some_and(|t| OWNED_CHAINS.contains(&t))
-                {
-                    found.jumps.push(line.to_string());
+                let (chain, spec) = rule.split_once(' ').unwrap_or((rule, ""));
+                if table.builtin_chains().contains(&chain) && is_ours(table, spec) {
+                    into.rules.push(line.to_string());
                 }
             }
         }
         found
     }
 
-    /// Nothing of ours is installed.
-    pub fn is_empty(&self) -> bool {
-        self.chains.is_empty() && self.jumps.is_empty()
+    /// The leftovers of one table.
+    pub fn get(&self, table: TableName) -> &TableLeftovers {
+        &self.tables[index(table)]
     }
 
-    /// `-D` for every jump.
-    fn delete_jumps(&self) -> impl Iterator<Item = String> + '_ {
-        self.jumps.iter().map(|rule| format!("-D {}", &rule[3..]))
+    /// Nothing of ours is installed.
+    pub fn is_empty(&self) -> bool {
+        self.tables.iter().all(TableLeftovers::is_empty)
     }
 }
 
-/// The restore document that replaces whatever a previous run left with `table`.
-pub fn install_document(table: &NatTable, leftovers: &Leftovers) -> String {
-    let mut commands: Vec<String> = leftovers.delete_jumps().collect();
-    for chain in leftovers
-        .chains
+fn index(table: TableName) -> usize {
+    TableName::ALL
         .iter()
-        .filter(|c| !table.chains.contains(&c.as_str()))
-    {
-        commands.push(format!("-F {chain}"));
+        .position(|t| *t == table)
+        .expect("every table is in ALL")
+}
+
+/// Whether a rule in a built-in chain is one the capture step writes: a jump to one of our
+/// chains, or one of the shapes of its other rules there (`-c`/`-k` interface returns, TPROXY
+/// marks). Nothing else in a pod's network namespace writes these shapes.
+fn is_ours(table: TableName, spec: &str) -> bool {
+    let target = spec
+        .rfind(" -j ")
+        .map(|at| &spec[at + 4..])
+        .or_else(|| spec.strip_prefix("-j "))
+        .and_then(|t| t.split_whitespace().next());
+    if target.is_some_and(|t| table.owned_chains().contains(&t)) {
+        return true;
     }
-    for chain in leftovers
-        .chains
-        .iter()
-        .filter(|c| !table.chains.contains(&c.as_str()))
-    {
-        commands.push(format!("-X {chain}"));
+    let words: Vec<&str> = spec.split_whitespace().collect();
+    let interface_return = matches!(words.as_slice(), ["-i" | "-o", _, "-j", "RETURN"]);
+    match table {
+        TableName::Nat => interface_return,
+        TableName::Mangle => {
+            interface_return
+                || (spec.starts_with("-p tcp -m mark --mark ")
+                    && spec.contains(" -j CONNMARK --save-mark"))
+                || (spec.starts_with("-p tcp -m connmark --mark ")
+                    && spec.contains(" -j CONNMARK --restore-mark"))
+                || matches!(
+                    words.as_slice(),
+                    [
+                        "-o",
+                        "lo",
+                        "-p",
+                        "tcp",
+                        "-m",
+                        "mark",
+                        "--mark",
+                        _,
+                        "-j",
+                        "RETURN"
+                    ]
+                )
+                || (spec.starts_with("! -d ")
+                    && spec.contains(" -o lo -p tcp -m owner ")
+                    && spec.contains(" -j MARK --set-xmark "))
+        }
+        TableName::Raw => false,
     }
-    table.render_with(&commands)
+}
+
+/// The restore document that replaces whatever a previous run left with `tables`.
+pub fn install_document(tables: &Tables, leftovers: &Leftovers) -> String {
+    let mut doc = String::new();
+    for table in &tables.tables {
+        let left = leftovers.get(table.name);
+        if table.rules.is_empty() && left.is_empty() {
+            continue;
+        }
+        let wanted = table.chains();
+        let mut commands: Vec<String> = left.delete_rules().collect();
+        let unwanted: Vec<&String> = left
+            .chains
+            .iter()
+            .filter(|c| !wanted.contains(&c.as_str()))
+            .collect();
+        // Flush all first: our chains jump to each other.
+        commands.extend(unwanted.iter().map(|c| format!("-F {c}")));
+        commands.extend(unwanted.iter().map(|c| format!("-X {c}")));
+        doc.push_str(&table.render_with(&commands));
+    }
+    doc
 }
 
 /// The restore document that removes everything of ours, or `None` when nothing is installed.
@@ -194,29 +286,48 @@ pub fn cleanup_document(leftovers: &Leftovers) -> Option<String> {
     if leftovers.is_empty() {
         return None;
     }
-    let mut doc = String::from("*nat\n");
-    for line in leftovers.delete_jumps() {
-        doc.push_str(&line);
-        doc.push('\n');
+    let mut doc = String::new();
+    for table in TableName::ALL {
+        let left = leftovers.get(table);
+        if left.is_empty() {
+            continue;
+        }
+        doc.push_str(&format!("*{}\n", table.name()));
+        for line in left.delete_rules() {
+            doc.push_str(&line);
+            doc.push('\n');
+        }
+        for chain in &left.chains {
+            doc.push_str(&format!("-F {chain}\n"));
+        }
+        for chain in &left.chains {
+            doc.push_str(&format!("-X {chain}\n"));
+        }
+        doc.push_str("COMMIT\n");
     }
-    // Flush all first: our chains jump to each other.
-    for chain in &leftovers.chains {
-        doc.push_str(&format!("-F {chain}\n"));
-    }
-    for chain in &leftovers.chains {
-        doc.push_str(&format!("-X {chain}\n"));
-    }
-    doc.push_str("COMMIT\n");
     Some(doc)
 }
 
-/// Installs `tables` (one per family). Every family's current state is read before anything is
-/// changed, so a missing program fails before the first table is touched.
-pub fn install(nf: &dyn Netfilter, tables: &[NatTable]) -> Result<()> {
+/// A TPROXY policy route to add after the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TproxyRoute {
+    /// The mark of intercepted packets.
+    pub mark: u32,
+    /// The routing table.
+    pub table: u32,
+}
+
+/// Installs `tables` (one per family), then the TPROXY route of each family. Every family's
+/// current state is read before anything is changed, so a missing program fails before the
+/// first table is touched.
+pub fn install(nf: &dyn Netfilter, tables: &[Tables], route: Option<TproxyRoute>) -> Result<()> {
     let mut documents = Vec::new();
-    for table in tables {
-        let leftovers = Leftovers::parse(&nf.save_nat(table.family)?);
-        documents.push((table.family, install_document(table, &leftovers)));
+    for family_tables in tables {
+        let leftovers = Leftovers::parse(&nf.save(family_tables.family)?);
+        documents.push((
+            family_tables.family,
+            install_document(family_tables, &leftovers),
+        ));
     }
     if tables.iter().any(|t| t.family == Family::V6) {
         nf.add_ipv6_passthrough_address()?;
@@ -224,6 +335,11 @@ pub fn install(nf: &dyn Netfilter, tables: &[NatTable]) -> Result<()> {
     for (family, document) in &documents {
         nf.restore(*family, document)?;
         tracing::info!(family = family.name(), "capture rules installed");
+    }
+    if let Some(route) = route {
+        for family_tables in tables {
+            nf.add_tproxy_route(family_tables.family, route.mark, route.table)?;
+        }
     }
     Ok(())
 }
@@ -237,7 +353,7 @@ pub fn cleanup_documents(
 ) -> Result<Vec<(Family, String)>> {
     let mut documents = Vec::new();
     for &family in families {
-        let save = match nf.save_nat(family) {
+        let save = match nf.save(family) {
             Ok(save) => save,
             Err(err) if family == Family::V6 && lenient_v6 => {
                 tracing::info!("not cleaning up IPv6: {err}");
@@ -258,14 +374,30 @@ mod tests {
     use std::cell::RefCell;
 
     use super::*;
-    use crate::capture::config::CaptureConfig;
-    use crate::capture::rules::nat_table;
+    use crate::capture::config::{CaptureConfig, IstioIptablesArgs};
+    use crate::capture::rules::{Host, tables};
 
     const PREVIOUS_RUN: &str = "\
 # Generated by iptables-save v1.8.9 (nf_tables)
 *mangle
 :PREROUTING ACCEPT [0:0]
--A PREROUTING -j ISTIO_OUTPUT
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:ISTIO_DIVERT - [0:0]
+:ISTIO_INBOUND - [0:0]
+:ISTIO_TPROXY - [0:0]
+:OTHER - [0:0]
+-A PREROUTING -i not-istio-nic -j RETURN
+-A PREROUTING -p tcp -j ISTIO_INBOUND
+-A PREROUTING -p tcp -m mark --mark 0x539 -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff
+-A PREROUTING -p udp -j OTHER
+-A OUTPUT -o lo -p tcp -m mark --mark 0x539 -j RETURN
+-A OUTPUT ! -d 127.0.0.1/32 -o lo -p tcp -m owner --uid-owner 1337 -j MARK --set-xmark 0x53a/0xffffffff
+-A OUTPUT -p tcp -m connmark --mark 0x539 -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff
+-A OUTPUT -p tcp -j MARK --set-xmark 0x7/0xffffffff
+-A ISTIO_DIVERT -j ACCEPT
 COMMIT
 *nat
 :PREROUTING ACCEPT [0:0]
@@ -278,90 +410,145 @@ COMMIT
 :ISTIO_OUTPUT_DNS - [0:0]
 :ISTIO_REDIRECT - [0:0]
 :KUBE_SOMETHING - [0:0]
--A PREROUTING -p tcp -j ISTIO_INBOUND
--A OUTPUT -p udp -m udp --dport 53 -j ISTIO_OUTPUT_DNS
--A OUTPUT -p tcp -m tcp --dport 53 -j ISTIO_OUTPUT_DNS
--A OUTPUT -p tcp -j ISTIO_OUTPUT
+-A PREROUTING -i eth1 -j ISTIO_REDIRECT
+-A PREROUTING -i eth1 -j RETURN
+-A OUTPUT -j ISTIO_OUTPUT
 -A OUTPUT -j KUBE_SOMETHING
+-A OUTPUT -p tcp -m tcp --dport 80 -j RETURN
 -A ISTIO_OUTPUT -j ISTIO_REDIRECT
 -A POSTROUTING -m comment --comment \"x -j ISTIO_REDIRECT\" -j MASQUERADE
+COMMIT
+*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:ISTIO_INBOUND - [0:0]
+:ISTIO_OUTPUT_DNS - [0:0]
+-A PREROUTING -j ISTIO_INBOUND
+-A OUTPUT -j ISTIO_OUTPUT_DNS
+-A OUTPUT -p udp -j CT --zone 9
 COMMIT
 ";
 
     #[test]
-    fn leftovers_are_our_chains_and_the_jumps_to_them() {
+    fn leftovers_are_our_chains_and_our_rules_in_the_builtin_chains() {
         let found = Leftovers::parse(PREVIOUS_RUN);
-        assert_eq!(found.chains, OWNED_CHAINS);
         assert_eq!(
-            found.jumps,
+            found.get(TableName::Mangle).chains,
+            ["ISTIO_DIVERT", "ISTIO_INBOUND", "ISTIO_TPROXY"]
+        );
+        assert_eq!(
+            found.get(TableName::Mangle).rules,
             [
+                "-A PREROUTING -i not-istio-nic -j RETURN",
                 "-A PREROUTING -p tcp -j ISTIO_INBOUND",
-                "-A OUTPUT -p udp -m udp --dport 53 -j ISTIO_OUTPUT_DNS",
-                "-A OUTPUT -p tcp -m tcp --dport 53 -j ISTIO_OUTPUT_DNS",
-                "-A OUTPUT -p tcp -j ISTIO_OUTPUT",
+                "-A PREROUTING -p tcp -m mark --mark 0x539 -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff",
+                "-A OUTPUT -o lo -p tcp -m mark --mark 0x539 -j RETURN",
+                "-A OUTPUT ! -d 127.0.0.1/32 -o lo -p tcp -m owner --uid-owner 1337 -j MARK --set-xmark 0x53a/0xffffffff",
+                "-A OUTPUT -p tcp -m connmark --mark 0x539 -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff",
+            ]
+        );
+        assert_eq!(
+            found.get(TableName::Nat).chains,
+            TableName::Nat.owned_chains()
+        );
+        assert_eq!(
+            found.get(TableName::Nat).rules,
+            [
+                "-A PREROUTING -i eth1 -j ISTIO_REDIRECT",
+                "-A PREROUTING -i eth1 -j RETURN",
+                "-A OUTPUT -j ISTIO_OUTPUT",
+            ]
+        );
+        assert_eq!(
+            found.get(TableName::Raw).rules,
+            [
+                "-A PREROUTING -j ISTIO_INBOUND",
+                "-A OUTPUT -j ISTIO_OUTPUT_DNS"
             ]
         );
         assert!(Leftovers::parse("*nat\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n").is_empty());
         assert!(Leftovers::parse("").is_empty());
     }
 
+    fn redirect_no_dns() -> Tables {
+        let cfg = CaptureConfig::try_from(&IstioIptablesArgs {
+            redirect_dns: Some(false),
+            ..IstioIptablesArgs::default()
+        })
+        .unwrap();
+        tables(&cfg, Family::V4, &Host::default())
+    }
+
     #[test]
-    fn reinstalling_deletes_old_jumps_and_unwanted_chains_in_the_same_document() {
-        let cfg = CaptureConfig {
-            redirect_dns: false,
-            ..CaptureConfig::default()
-        };
-        let table = nat_table(&cfg, Family::V4);
-        let doc = install_document(&table, &Leftovers::parse(PREVIOUS_RUN));
-        let lines: Vec<&str> = doc.lines().collect();
+    fn reinstalling_removes_what_the_previous_run_left_in_every_table() {
+        let doc = install_document(&redirect_no_dns(), &Leftovers::parse(PREVIOUS_RUN));
+        let blocks: Vec<&str> = doc.split_inclusive("COMMIT\n").collect();
+        assert_eq!(blocks.len(), 3, "{doc}");
+        // mangle: no rules wanted any more; everything of ours goes, the rest stays.
         assert_eq!(
-            &lines[..14],
+            blocks[0],
+            "*mangle
+-D PREROUTING -i not-istio-nic -j RETURN
+-D PREROUTING -p tcp -j ISTIO_INBOUND
+-D PREROUTING -p tcp -m mark --mark 0x539 -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff
+-D OUTPUT -o lo -p tcp -m mark --mark 0x539 -j RETURN
+-D OUTPUT ! -d 127.0.0.1/32 -o lo -p tcp -m owner --uid-owner 1337 -j MARK --set-xmark 0x53a/0xffffffff
+-D OUTPUT -p tcp -m connmark --mark 0x539 -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff
+-F ISTIO_DIVERT
+-F ISTIO_INBOUND
+-F ISTIO_TPROXY
+-X ISTIO_DIVERT
+-X ISTIO_INBOUND
+-X ISTIO_TPROXY
+COMMIT
+"
+        );
+        let nat: Vec<&str> = blocks[1].lines().collect();
+        assert_eq!(
+            &nat[..11],
             [
                 "*nat",
                 ":ISTIO_INBOUND - [0:0]",
                 ":ISTIO_IN_REDIRECT - [0:0]",
                 ":ISTIO_OUTPUT - [0:0]",
                 ":ISTIO_REDIRECT - [0:0]",
-                "-D PREROUTING -p tcp -j ISTIO_INBOUND",
-                "-D OUTPUT -p udp -m udp --dport 53 -j ISTIO_OUTPUT_DNS",
-                "-D OUTPUT -p tcp -m tcp --dport 53 -j ISTIO_OUTPUT_DNS",
-                "-D OUTPUT -p tcp -j ISTIO_OUTPUT",
+                "-D PREROUTING -i eth1 -j ISTIO_REDIRECT",
+                "-D PREROUTING -i eth1 -j RETURN",
+                "-D OUTPUT -j ISTIO_OUTPUT",
                 "-F ISTIO_OUTPUT_DNS",
                 "-X ISTIO_OUTPUT_DNS",
                 "-A PREROUTING -p tcp -j ISTIO_INBOUND",
-                "-A OUTPUT -p tcp -j ISTIO_OUTPUT",
-                "-A ISTIO_INBOUND -p tcp -m tcp --dport 15008 -j RETURN",
             ]
         );
-        assert_eq!(lines.last(), Some(&"COMMIT"));
+        assert!(blocks[2].starts_with("*raw\n-D PREROUTING -j ISTIO_INBOUND\n"));
         // A first run has nothing to delete: the document is the dry-run output.
-        assert_eq!(
-            install_document(&table, &Leftovers::default()),
-            table.render()
-        );
+        let t = redirect_no_dns();
+        assert_eq!(install_document(&t, &Leftovers::default()), t.render());
     }
 
     #[test]
-    fn cleanup_removes_jumps_then_flushes_then_deletes() {
+    fn cleanup_removes_rules_then_flushes_then_deletes_in_each_table() {
         let doc = cleanup_document(&Leftovers::parse(PREVIOUS_RUN)).unwrap();
-        let expected = "*nat
--D PREROUTING -p tcp -j ISTIO_INBOUND
--D OUTPUT -p udp -m udp --dport 53 -j ISTIO_OUTPUT_DNS
--D OUTPUT -p tcp -m tcp --dport 53 -j ISTIO_OUTPUT_DNS
--D OUTPUT -p tcp -j ISTIO_OUTPUT
+        assert!(
+            doc.starts_with("*mangle\n-D PREROUTING -i not-istio-nic -j RETURN\n"),
+            "{doc}"
+        );
+        let raw = &doc[doc.find("*raw").unwrap()..];
+        assert_eq!(
+            raw,
+            "*raw
+-D PREROUTING -j ISTIO_INBOUND
+-D OUTPUT -j ISTIO_OUTPUT_DNS
 -F ISTIO_INBOUND
--F ISTIO_IN_REDIRECT
--F ISTIO_OUTPUT
 -F ISTIO_OUTPUT_DNS
--F ISTIO_REDIRECT
 -X ISTIO_INBOUND
--X ISTIO_IN_REDIRECT
--X ISTIO_OUTPUT
 -X ISTIO_OUTPUT_DNS
--X ISTIO_REDIRECT
 COMMIT
-";
-        assert_eq!(doc, expected);
+"
+        );
+        assert!(
+            !doc.contains("OTHER") && !doc.contains("KUBE_SOMETHING") && !doc.contains("zone 9")
+        );
         assert_eq!(cleanup_document(&Leftovers::default()), None);
     }
 
@@ -379,7 +566,7 @@ COMMIT
     }
 
     impl Netfilter for Fake {
-        fn save_nat(&self, family: Family) -> Result<String> {
+        fn save(&self, family: Family) -> Result<String> {
             self.calls
                 .borrow_mut()
                 .push(format!("save {}", family.name()));
@@ -401,14 +588,31 @@ COMMIT
             self.calls.borrow_mut().push("add ::6".into());
             Ok(())
         }
+        fn add_tproxy_route(&self, family: Family, mark: u32, table: u32) -> Result<()> {
+            self.calls
+                .borrow_mut()
+                .push(format!("route {} {mark} {table}", family.name()));
+            Ok(())
+        }
     }
 
     #[test]
-    fn install_reads_every_family_before_changing_any() {
+    fn install_reads_every_family_before_changing_any_and_routes_last() {
         let cfg = CaptureConfig::default();
-        let tables = [nat_table(&cfg, Family::V4), nat_table(&cfg, Family::V6)];
+        let both = [
+            tables(&cfg, Family::V4, &Host::default()),
+            tables(&cfg, Family::V6, &Host::default()),
+        ];
         let fake = Fake::default();
-        install(&fake, &tables).unwrap();
+        install(
+            &fake,
+            &both,
+            Some(TproxyRoute {
+                mark: 1337,
+                table: 133,
+            }),
+        )
+        .unwrap();
         assert_eq!(
             *fake.calls.borrow(),
             [
@@ -416,7 +620,9 @@ COMMIT
                 "save IPv6",
                 "add ::6",
                 "restore IPv4",
-                "restore IPv6"
+                "restore IPv6",
+                "route IPv4 1337 133",
+                "route IPv6 1337 133",
             ]
         );
 
@@ -424,7 +630,7 @@ COMMIT
             v6_missing: true,
             ..Fake::default()
         };
-        let err = install(&fake, &tables).unwrap_err();
+        let err = install(&fake, &both, None).unwrap_err();
         assert!(err.to_string().contains("ip6tables-save"), "{err}");
         assert_eq!(*fake.calls.borrow(), ["save IPv4", "save IPv6"]);
     }

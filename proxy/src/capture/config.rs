@@ -14,8 +14,10 @@ use rustmesh_xds::well_known::{
 
 use crate::{Error, Result};
 
-/// Command-line flags of `proxy istio-iptables`, compatible with the arguments Istio's injector
-/// gives its `istio-init` container.
+/// Command-line flags of `proxy istio-iptables`: Istio's `istio-iptables` flags, with Istio's
+/// names, short letters and environment variables (a flag on the command line wins over its
+/// variable). Defaults are the arguments Istio's injector passes, so a bare run captures as an
+/// injected pod does; see `proxy/README.md` ("Traffic capture") for the differences from Istio.
 #[derive(Debug, Clone, clap::Args)]
 // A repeated flag overrides the earlier one, as with Istio's (pflag) command line.
 #[command(
@@ -30,28 +32,39 @@ pub struct IstioIptablesArgs {
 
     /// Port to which all inbound TCP traffic is redirected.
     #[arg(short = 'z', long = "inbound-capture-port", value_name = "PORT",
-          default_value_t = INBOUND_CAPTURE_PORT.to_string())]
+          env = "INBOUND_CAPTURE_PORT", default_value_t = INBOUND_CAPTURE_PORT.to_string())]
     pub inbound_capture_port: String,
 
     /// Tunnel (HBONE) port; inbound traffic to it is never redirected.
     #[arg(short = 'e', long = "inbound-tunnel-port", value_name = "PORT",
-          default_value_t = TUNNEL_PORT.to_string())]
+          env = "INBOUND_TUNNEL_PORT", default_value_t = TUNNEL_PORT.to_string())]
     pub inbound_tunnel_port: String,
 
-    /// Comma-separated uids whose traffic is never redirected (the proxy's).
-    #[arg(short = 'u', long = "proxy-uid", value_name = "UIDS",
-          default_value_t = PROXY_UID.to_string())]
-    pub proxy_uid: String,
+    /// Comma-separated uids whose traffic is never redirected (the proxy's). Default: the uid of
+    /// the user named by ENVOY_USER when that is set, else 1337.
+    #[arg(
+        short = 'u',
+        long = "proxy-uid",
+        value_name = "UIDS",
+        env = "PROXY_UID"
+    )]
+    pub proxy_uid: Option<String>,
 
     /// Comma-separated gids whose traffic is never redirected (default: the value of -u).
-    #[arg(short = 'g', long = "proxy-gid", value_name = "GIDS")]
+    #[arg(
+        short = 'g',
+        long = "proxy-gid",
+        value_name = "GIDS",
+        env = "PROXY_GID"
+    )]
     pub proxy_gid: Option<String>,
 
-    /// Inbound interception mode: REDIRECT (TPROXY is not supported yet).
+    /// Inbound interception mode: REDIRECT (nat) or TPROXY (mangle, keeps the client's address).
     #[arg(
         short = 'm',
         long = "istio-inbound-interception-mode",
         value_name = "MODE",
+        env = "ISTIO_INBOUND_INTERCEPTION_MODE",
         default_value = "REDIRECT"
     )]
     pub inbound_interception_mode: String,
@@ -61,6 +74,7 @@ pub struct IstioIptablesArgs {
         short = 'i',
         long = "istio-service-cidr",
         value_name = "CIDRS",
+        env = "ISTIO_SERVICE_CIDR",
         default_value = "*"
     )]
     pub outbound_cidrs: String,
@@ -70,6 +84,7 @@ pub struct IstioIptablesArgs {
         short = 'x',
         long = "istio-service-exclude-cidr",
         value_name = "CIDRS",
+        env = "ISTIO_SERVICE_EXCLUDE_CIDR",
         default_value = ""
     )]
     pub outbound_exclude_cidrs: String,
@@ -79,46 +94,232 @@ pub struct IstioIptablesArgs {
         short = 'b',
         long = "istio-inbound-ports",
         value_name = "PORTS",
+        env = "ISTIO_INBOUND_PORTS",
         default_value = "*"
     )]
     pub inbound_ports: String,
 
     /// Inbound ports never captured when -b is `*`: comma-separated ports.
     #[arg(short = 'd', long = "istio-local-exclude-ports", value_name = "PORTS",
-          default_value_t = default_excluded_inbound_ports())]
+          env = "ISTIO_LOCAL_EXCLUDE_PORTS", default_value_t = default_excluded_inbound_ports())]
     pub inbound_exclude_ports: String,
 
-    /// Outbound ports never captured: comma-separated ports.
+    /// Outbound TCP ports always captured, whatever the destination: comma-separated ports.
+    #[arg(
+        short = 'q',
+        long = "istio-outbound-ports",
+        value_name = "PORTS",
+        env = "ISTIO_OUTBOUND_PORTS",
+        default_value = ""
+    )]
+    pub outbound_ports: String,
+
+    /// Outbound ports never captured (TCP and UDP): comma-separated ports.
     #[arg(
         short = 'o',
         long = "istio-local-outbound-ports-exclude",
         value_name = "PORTS",
+        env = "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE",
         default_value = ""
     )]
     pub outbound_exclude_ports: String,
 
-    /// Redirect DNS (UDP and TCP port 53) of everything but the proxy to 127.0.0.1:15053.
-    /// `--redirect-dns=false` turns it off.
-    #[arg(long = "redirect-dns", value_name = "BOOL", default_value_t = true,
-          action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true,
-          default_missing_value = "true")]
-    pub redirect_dns: bool,
+    /// Interfaces whose traffic is never captured, in or out: comma-separated names.
+    #[arg(
+        short = 'c',
+        long = "istio-exclude-interfaces",
+        value_name = "NICS",
+        env = "ISTIO_EXCLUDE_INTERFACES",
+        default_value = ""
+    )]
+    pub exclude_interfaces: String,
+
+    /// Virtual-machine interfaces (KubeVirt) whose inbound traffic is treated as outbound:
+    /// comma-separated names.
+    #[arg(
+        short = 'k',
+        long = "kube-virt-interfaces",
+        value_name = "NICS",
+        env = "KUBE_VIRT_INTERFACES",
+        default_value = ""
+    )]
+    pub kube_virt_interfaces: String,
+
+    /// TPROXY mode: the mark of intercepted inbound packets (a decimal number).
+    #[arg(
+        short = 't',
+        long = "istio-inbound-tproxy-mark",
+        value_name = "MARK",
+        env = "ISTIO_INBOUND_TPROXY_MARK",
+        default_value = "1337"
+    )]
+    pub tproxy_mark: String,
+
+    /// TPROXY mode: the routing table that delivers marked packets locally.
+    #[arg(
+        short = 'r',
+        long = "istio-inbound-tproxy-route-table",
+        value_name = "TABLE",
+        env = "ISTIO_INBOUND_TPROXY_ROUTE_TABLE",
+        default_value = "133"
+    )]
+    pub tproxy_route_table: String,
+
+    /// Redirect DNS (port 53, UDP and TCP) sent to the nameservers of /etc/resolv.conf to the
+    /// sidecar's DNS proxy (127.0.0.1:15053). Variables: REDIRECT_DNS, and ISTIO_META_DNS_CAPTURE
+    /// (which wins). Default: on (rustmesh's choice; Istio's is off).
+    #[arg(long = "redirect-dns", value_name = "BOOL", value_parser = parse_go_bool,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub redirect_dns: Option<bool>,
+
+    /// With DNS capture, redirect DNS to any address, not only to the resolv.conf nameservers.
+    #[arg(long = "capture-all-dns", value_name = "BOOL", value_parser = parse_go_bool,
+          env = "CAPTURE_ALL_DNS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false")]
+    pub capture_all_dns: bool,
+
+    /// Drop inbound packets conntrack finds INVALID. Variables: DROP_INVALID, and INVALID_DROP
+    /// (which wins).
+    #[arg(long = "drop-invalid", value_name = "BOOL", value_parser = parse_go_bool,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub drop_invalid: Option<bool>,
 
     /// IPv6 rules: `auto` applies them when the pod has a global IPv6 address.
     #[arg(long = "ipv6", value_name = "WHEN", value_enum, default_value_t = Ipv6Mode::Auto)]
     pub ipv6: Ipv6Mode,
 
     /// Print the rules in iptables-restore format and apply nothing.
-    #[arg(short = 'n', long = "dry-run")]
+    #[arg(short = 'n', long = "dry-run", value_parser = parse_go_bool, env = "DRY_RUN",
+          num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false")]
     pub dry_run: bool,
 
+    /// Check every flag and read the current rules, but apply nothing.
+    #[arg(long = "skip-rule-apply", value_parser = parse_go_bool, env = "SKIP_RULE_APPLY",
+          num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false")]
+    pub skip_rule_apply: bool,
+
     /// Remove the capture rules and chains instead of installing them.
-    #[arg(long = "cleanup", visible_alias = "remove")]
+    #[arg(long = "cleanup", visible_aliases = ["remove", "cleanup-only"],
+          value_parser = parse_go_bool, env = "CLEANUP_ONLY", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", default_value = "false")]
     pub cleanup: bool,
 
-    /// Accepted for compatibility with Istio's injected arguments, and ignored (use RUST_LOG).
+    /// Istio's: remove rules left by a previous run before applying. rustmesh always does, so
+    /// this flag (and RECONCILE) changes nothing; `--reconcile=false` is refused.
+    #[arg(long = "reconcile", value_parser = parse_go_bool, env = "RECONCILE",
+          num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub reconcile: Option<bool>,
+
+    /// Istio's: apply even when rules of a previous run are found. rustmesh always replaces
+    /// them, so this flag (and FORCE_APPLY) changes nothing; `--force-apply=false` is refused.
+    #[arg(long = "force-apply", value_parser = parse_go_bool, env = "FORCE_APPLY",
+          num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub force_apply: Option<bool>,
+
+    /// Accepted for compatibility with Istio's injected arguments (use RUST_LOG for levels).
     #[arg(long = "log_output_level", value_name = "LEVELS")]
     pub log_output_level: Option<String>,
+
+    /// Istio flags rustmesh does not implement; giving one is an error naming it.
+    #[arg(long = "run-validation", hide = true, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true")]
+    pub run_validation: Option<String>,
+    #[arg(long = "iptables-probe-port", hide = true)]
+    #[allow(missing_docs)]
+    pub iptables_probe_port: Option<String>,
+    #[arg(long = "probe-timeout", hide = true)]
+    #[allow(missing_docs)]
+    pub probe_timeout: Option<String>,
+    #[arg(long = "network-namespace", hide = true)]
+    #[allow(missing_docs)]
+    pub network_namespace: Option<String>,
+    #[arg(long = "cni-mode", hide = true, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true")]
+    #[allow(missing_docs)]
+    pub cni_mode: Option<String>,
+    #[arg(long = "native-nftables", hide = true, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true")]
+    #[allow(missing_docs)]
+    pub native_nftables: Option<String>,
+    #[arg(long = "force-iptables-version", hide = true)]
+    #[allow(missing_docs)]
+    pub force_iptables_version: Option<String>,
+    #[arg(long = "dual-stack", hide = true, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true")]
+    #[allow(missing_docs)]
+    pub dual_stack: Option<String>,
+    #[arg(long = "log_as_json", hide = true, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true")]
+    #[allow(missing_docs)]
+    pub log_as_json: Option<String>,
+
+    /// The variables Istio reads that have no flag, and the second names of some flags:
+    /// filled from the environment by [`IstioIptablesArgs::read_environment`].
+    #[arg(skip)]
+    pub env: CaptureEnv,
+}
+
+/// Environment variables `istio-iptables` reads besides the ones bound to flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaptureEnv {
+    /// `ISTIO_OUTBOUND_OWNER_GROUPS`: groups whose outbound traffic is captured (`*`: all).
+    pub owner_groups: Option<String>,
+    /// `ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE`: groups never captured (with `*` above).
+    pub owner_groups_exclude: Option<String>,
+    /// `ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR`: the IPv4 loopback range (default 127.0.0.1/32).
+    pub ipv4_loopback_cidr: Option<String>,
+    /// `ENVOY_USER`: the user whose uid is the default of -u.
+    pub envoy_user: Option<String>,
+    /// `REDIRECT_DNS`.
+    pub redirect_dns: Option<String>,
+    /// `ISTIO_META_DNS_CAPTURE` (wins over `REDIRECT_DNS`).
+    pub dns_capture: Option<String>,
+    /// `DROP_INVALID`.
+    pub drop_invalid: Option<String>,
+    /// `INVALID_DROP` (wins over `DROP_INVALID`).
+    pub invalid_drop: Option<String>,
+    /// Variables of Istio features rustmesh does not implement that are set (name, value).
+    pub unimplemented: Vec<(&'static str, String)>,
+}
+
+/// Variables of `istio-iptables` features rustmesh does not implement, with the flag each binds.
+pub const UNIMPLEMENTED_VARIABLES: [(&str, &str); 9] = [
+    ("RUN_VALIDATION", "--run-validation"),
+    ("IPTABLES_PROBE_PORT", "--iptables-probe-port"),
+    ("PROBE_TIMEOUT", "--probe-timeout"),
+    ("NETWORK_NAMESPACE", "--network-namespace"),
+    ("CNI_MODE", "--cni-mode"),
+    ("NATIVE_NFTABLES", "--native-nftables"),
+    ("FORCE_IPTABLES_VERSION", "--force-iptables-version"),
+    ("DUAL_STACK", "--dual-stack"),
+    ("ISTIO_DUAL_STACK", "--dual-stack"),
+];
+
+impl IstioIptablesArgs {
+    /// Fills [`IstioIptablesArgs::env`] from `lookup` (the process environment in `main`).
+    /// An empty variable counts as unset, except the owner groups, where Istio reads an empty
+    /// include list as "no group".
+    pub fn read_environment(&mut self, lookup: impl Fn(&str) -> Option<String>) {
+        let set = |name: &str| lookup(name).filter(|v| !v.is_empty());
+        self.env = CaptureEnv {
+            owner_groups: lookup("ISTIO_OUTBOUND_OWNER_GROUPS"),
+            owner_groups_exclude: set("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"),
+            ipv4_loopback_cidr: set("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR"),
+            envoy_user: set("ENVOY_USER"),
+            redirect_dns: set("REDIRECT_DNS"),
+            dns_capture: set("ISTIO_META_DNS_CAPTURE"),
+            drop_invalid: set("DROP_INVALID"),
+            invalid_drop: set("INVALID_DROP"),
+            unimplemented: UNIMPLEMENTED_VARIABLES
+                .iter()
+                .filter_map(|(name, _)| set(name).map(|v| (*name, v)))
+                // "false" asks for nothing rustmesh lacks.
+                .filter(|(_, v)| parse_go_bool(v) != Ok(false))
+                .collect(),
+        };
+    }
 }
 
 impl Default for IstioIptablesArgs {
@@ -127,20 +328,49 @@ impl Default for IstioIptablesArgs {
             envoy_port: OUTBOUND_CAPTURE_PORT.to_string(),
             inbound_capture_port: INBOUND_CAPTURE_PORT.to_string(),
             inbound_tunnel_port: TUNNEL_PORT.to_string(),
-            proxy_uid: PROXY_UID.to_string(),
+            proxy_uid: None,
             proxy_gid: None,
             inbound_interception_mode: "REDIRECT".into(),
             outbound_cidrs: "*".into(),
             outbound_exclude_cidrs: String::new(),
             inbound_ports: "*".into(),
             inbound_exclude_ports: default_excluded_inbound_ports(),
+            outbound_ports: String::new(),
             outbound_exclude_ports: String::new(),
-            redirect_dns: true,
+            exclude_interfaces: String::new(),
+            kube_virt_interfaces: String::new(),
+            tproxy_mark: "1337".into(),
+            tproxy_route_table: "133".into(),
+            redirect_dns: None,
+            capture_all_dns: false,
+            drop_invalid: None,
             ipv6: Ipv6Mode::Auto,
             dry_run: false,
+            skip_rule_apply: false,
             cleanup: false,
+            reconcile: None,
+            force_apply: None,
             log_output_level: None,
+            run_validation: None,
+            iptables_probe_port: None,
+            probe_timeout: None,
+            network_namespace: None,
+            cni_mode: None,
+            native_nftables: None,
+            force_iptables_version: None,
+            dual_stack: None,
+            log_as_json: None,
+            env: CaptureEnv::default(),
         }
+    }
+}
+
+/// Booleans as Go's `strconv.ParseBool` (and so Istio) reads them.
+pub fn parse_go_bool(value: &str) -> std::result::Result<bool, String> {
+    match value {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        other => Err(format!("{other:?} is not a boolean (true or false)")),
     }
 }
 
@@ -185,6 +415,29 @@ pub enum InboundCapture {
     Ports(Vec<u16>),
 }
 
+/// How inbound connections reach the sidecar (`-m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterceptionMode {
+    /// nat `REDIRECT`: the sidecar sees the original destination with `SO_ORIGINAL_DST`.
+    Redirect,
+    /// mangle `TPROXY`: the packet keeps its addresses and is delivered to the sidecar's
+    /// transparent listener through a policy route.
+    Tproxy,
+}
+
+/// Which groups' outbound traffic is captured (`ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnerGroups {
+    /// Every group but these (`*` with an exclude list; the default, with an empty list).
+    AllExcept(Vec<String>),
+    /// Only these groups.
+    Only(Vec<String>),
+}
+
+/// At most this many groups may be listed in `ISTIO_OUTBOUND_OWNER_GROUPS` (Istio's limit: one
+/// `-m owner` match each, in one rule).
+pub const MAX_OWNER_GROUPS: usize = 64;
+
 /// A validated capture configuration: what the rules are generated from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaptureConfig {
@@ -198,6 +451,8 @@ pub struct CaptureConfig {
     pub proxy_uids: Vec<u32>,
     /// `-g`: gids that are never captured.
     pub proxy_gids: Vec<u32>,
+    /// `-m`.
+    pub mode: InterceptionMode,
     /// `-i`.
     pub outbound: OutboundCapture,
     /// `-x`.
@@ -206,10 +461,28 @@ pub struct CaptureConfig {
     pub inbound: InboundCapture,
     /// `-d`.
     pub inbound_exclude_ports: Vec<u16>,
+    /// `-q`.
+    pub outbound_ports: Vec<u16>,
     /// `-o`.
     pub outbound_exclude_ports: Vec<u16>,
-    /// `--redirect-dns`: DNS goes to [`CaptureConfig::dns_port`] on localhost.
+    /// `-c`.
+    pub exclude_interfaces: Vec<String>,
+    /// `-k`.
+    pub kube_virt_interfaces: Vec<String>,
+    /// `-t`.
+    pub tproxy_mark: u32,
+    /// `-r`.
+    pub tproxy_route_table: u32,
+    /// `--redirect-dns`: DNS to the nameservers goes to [`CaptureConfig::dns_port`] on localhost.
     pub redirect_dns: bool,
+    /// `--capture-all-dns`: DNS to any address is redirected.
+    pub capture_all_dns: bool,
+    /// `--drop-invalid`.
+    pub drop_invalid: bool,
+    /// `ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]`, names or gids as given.
+    pub owner_groups: OwnerGroups,
+    /// `ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR`.
+    pub ipv4_loopback: IpNet,
     /// Where DNS is redirected (the proxy's DNS listener).
     pub dns_port: u16,
 }
@@ -225,13 +498,16 @@ impl TryFrom<&IstioIptablesArgs> for CaptureConfig {
     type Error = Error;
 
     fn try_from(args: &IstioIptablesArgs) -> Result<Self> {
-        match args.inbound_interception_mode.as_str() {
-            "REDIRECT" | "" => {}
-            "TPROXY" => {
+        refuse_unimplemented(args)?;
+        let mode = match args.inbound_interception_mode.as_str() {
+            "REDIRECT" | "" => InterceptionMode::Redirect,
+            "TPROXY" => InterceptionMode::Tproxy,
+            "NONE" => {
                 return Err(invalid(
                     "-m/--istio-inbound-interception-mode",
                     &args.inbound_interception_mode,
-                    "TPROXY interception is not supported yet; use REDIRECT",
+                    "NONE means no capture: do not run istio-iptables (the injector adds no \
+                     istio-init for sidecar.istio.io/interceptionMode: NONE)",
                 ));
             }
             _ => {
@@ -241,9 +517,13 @@ impl TryFrom<&IstioIptablesArgs> for CaptureConfig {
                     "unknown mode; the modes are REDIRECT and TPROXY",
                 ));
             }
-        }
+        };
 
-        let proxy_uids = parse_ids("-u/--proxy-uid", &args.proxy_uid)?;
+        let proxy_uids = match (&args.proxy_uid, &args.env.envoy_user) {
+            (Some(uids), _) => parse_ids("-u/--proxy-uid", uids)?,
+            (None, Some(user)) => vec![lookup_user(user)?],
+            (None, None) => vec![PROXY_UID],
+        };
         let proxy_gids = match &args.proxy_gid {
             Some(gids) => parse_ids("-g/--proxy-gid", gids)?,
             None => proxy_uids.clone(),
@@ -273,12 +553,39 @@ impl TryFrom<&IstioIptablesArgs> for CaptureConfig {
             )?)
         };
 
+        let env = &args.env;
+        let redirect_dns = match (args.redirect_dns, &env.dns_capture, &env.redirect_dns) {
+            (Some(flag), _, _) => flag,
+            (None, Some(v), _) => env_bool("ISTIO_META_DNS_CAPTURE", v)?,
+            (None, None, Some(v)) => env_bool("REDIRECT_DNS", v)?,
+            (None, None, None) => true,
+        };
+        let drop_invalid = match (args.drop_invalid, &env.invalid_drop, &env.drop_invalid) {
+            (Some(flag), _, _) => flag,
+            (None, Some(v), _) => env_bool("INVALID_DROP", v)?,
+            (None, None, Some(v)) => env_bool("DROP_INVALID", v)?,
+            (None, None, None) => false,
+        };
+        for (flag, value) in [
+            ("--reconcile", args.reconcile),
+            ("--force-apply", args.force_apply),
+        ] {
+            if value == Some(false) {
+                return Err(invalid(
+                    flag,
+                    "false",
+                    "rustmesh always replaces the rules of a previous run; it cannot be turned off",
+                ));
+            }
+        }
+
         Ok(Self {
             outbound_port: parse_port("-p/--envoy-port", &args.envoy_port)?,
             inbound_port: parse_port("-z/--inbound-capture-port", &args.inbound_capture_port)?,
             tunnel_port: parse_port("-e/--inbound-tunnel-port", &args.inbound_tunnel_port)?,
             proxy_uids,
             proxy_gids,
+            mode,
             outbound,
             outbound_exclude_cidrs: parse_cidrs(
                 "-x/--istio-service-exclude-cidr",
@@ -289,14 +596,72 @@ impl TryFrom<&IstioIptablesArgs> for CaptureConfig {
                 "-d/--istio-local-exclude-ports",
                 &args.inbound_exclude_ports,
             )?,
+            outbound_ports: parse_ports("-q/--istio-outbound-ports", &args.outbound_ports)?,
             outbound_exclude_ports: parse_ports(
                 "-o/--istio-local-outbound-ports-exclude",
                 &args.outbound_exclude_ports,
             )?,
-            redirect_dns: args.redirect_dns,
+            exclude_interfaces: parse_interfaces(
+                "-c/--istio-exclude-interfaces",
+                &args.exclude_interfaces,
+            )?,
+            kube_virt_interfaces: parse_interfaces(
+                "-k/--kube-virt-interfaces",
+                &args.kube_virt_interfaces,
+            )?,
+            tproxy_mark: parse_number("-t/--istio-inbound-tproxy-mark", &args.tproxy_mark)?,
+            tproxy_route_table: parse_route_table(&args.tproxy_route_table)?,
+            redirect_dns,
+            capture_all_dns: args.capture_all_dns,
+            drop_invalid,
+            owner_groups: parse_owner_groups(env)?,
+            ipv4_loopback: parse_loopback(env.ipv4_loopback_cidr.as_deref())?,
             dns_port: DNS_PORT,
         })
     }
+}
+
+fn refuse_unimplemented(args: &IstioIptablesArgs) -> Result<()> {
+    let flags = [
+        ("--run-validation", &args.run_validation),
+        ("--iptables-probe-port", &args.iptables_probe_port),
+        ("--probe-timeout", &args.probe_timeout),
+        ("--network-namespace", &args.network_namespace),
+        ("--cni-mode", &args.cni_mode),
+        ("--native-nftables", &args.native_nftables),
+        ("--force-iptables-version", &args.force_iptables_version),
+        ("--dual-stack", &args.dual_stack),
+        ("--log_as_json", &args.log_as_json),
+    ];
+    for (flag, value) in flags {
+        if let Some(value) = value {
+            return Err(invalid(flag, value, not_implemented(flag)));
+        }
+    }
+    if let Some((name, value)) = args.env.unimplemented.first() {
+        let flag = UNIMPLEMENTED_VARIABLES
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or("", |(_, f)| *f);
+        return Err(invalid(name, value, not_implemented(flag)));
+    }
+    Ok(())
+}
+
+fn not_implemented(flag: &str) -> String {
+    let hint = match flag {
+        "--dual-stack" => {
+            " (IPv6 rules follow --ipv6: auto programs them when the pod has a global IPv6 address)"
+        }
+        "--log_as_json" => " (logs are text; set RUST_LOG for levels)",
+        "--network-namespace" => " (run it inside the pod's network namespace)",
+        _ => "",
+    };
+    format!("{flag} is an Istio feature rustmesh does not implement{hint}")
+}
+
+fn env_bool(name: &'static str, value: &str) -> Result<bool> {
+    parse_go_bool(value).map_err(|reason| invalid(name, value, reason))
 }
 
 fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> Error {
@@ -339,6 +704,49 @@ fn parse_ports(flag: &'static str, list: &str) -> Result<Vec<u16>> {
         .collect()
 }
 
+fn parse_number(flag: &'static str, value: &str) -> Result<u32> {
+    let item = value.trim();
+    if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid(flag, value, "not a decimal number"));
+    }
+    item.parse::<u32>()
+        .map_err(|_| invalid(flag, value, "out of range (0-4294967295)"))
+}
+
+/// A routing table id other than the kernel's own (0 unspec, 253 default, 254 main, 255 local).
+fn parse_route_table(value: &str) -> Result<u32> {
+    const FLAG: &str = "-r/--istio-inbound-tproxy-route-table";
+    match parse_number(FLAG, value)? {
+        0 | 253..=255 => Err(invalid(
+            FLAG,
+            value,
+            "tables 0, 253, 254 and 255 are the kernel's own; pick another (Istio's is 133)",
+        )),
+        table => Ok(table),
+    }
+}
+
+/// Linux interface names: 1 to 15 bytes, no `/`, no whitespace, not `.` or `..`.
+fn parse_interfaces(flag: &'static str, list: &str) -> Result<Vec<String>> {
+    items(list)
+        .map(|name| {
+            let ok = name.len() <= 15
+                && name != "."
+                && name != ".."
+                && !name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace());
+            if ok {
+                Ok(name.to_string())
+            } else {
+                Err(invalid(
+                    flag,
+                    list,
+                    format!("{name:?} is not an interface name (at most 15 characters, no '/', ':' or spaces)"),
+                ))
+            }
+        })
+        .collect()
+}
+
 fn parse_ids(flag: &'static str, list: &str) -> Result<Vec<u32>> {
     let ids: Vec<u32> = items(list)
         .map(|item| {
@@ -350,6 +758,125 @@ fn parse_ids(flag: &'static str, list: &str) -> Result<Vec<u32>> {
         return Err(invalid(flag, list, "at least one id is needed"));
     }
     Ok(ids)
+}
+
+fn lookup_user(name: &str) -> Result<u32> {
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(user)) => Ok(user.uid.as_raw()),
+        Ok(None) => Err(invalid(
+            "ENVOY_USER",
+            name,
+            "no such user; set -u/--proxy-uid instead",
+        )),
+        Err(e) => Err(invalid(
+            "ENVOY_USER",
+            name,
+            format!("could not look the user up: {e}"),
+        )),
+    }
+}
+
+/// Group names or gids, as Istio's `ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]` take them. Names are
+/// resolved to gids when the rules are made ([`resolve_group`]).
+fn parse_owner_groups(env: &CaptureEnv) -> Result<OwnerGroups> {
+    let list = |name: &'static str, value: &str| -> Result<Vec<String>> {
+        value
+            .split(',')
+            .filter(|g| !g.is_empty())
+            .map(|g| {
+                let g = g.trim();
+                if g.is_empty() || g.bytes().any(|b| b.is_ascii_whitespace() || b == b':') {
+                    Err(invalid(
+                        name,
+                        value,
+                        format!("{g:?} is not a group name or id"),
+                    ))
+                } else {
+                    Ok(g.to_string())
+                }
+            })
+            .collect()
+    };
+    match env.owner_groups.as_deref() {
+        None | Some("*") => Ok(OwnerGroups::AllExcept(list(
+            "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE",
+            env.owner_groups_exclude.as_deref().unwrap_or(""),
+        )?)),
+        Some(include) => {
+            let groups = list("ISTIO_OUTBOUND_OWNER_GROUPS", include)?;
+            if groups.len() > MAX_OWNER_GROUPS {
+                return Err(invalid(
+                    "ISTIO_OUTBOUND_OWNER_GROUPS",
+                    include,
+                    format!(
+                        "number of owner groups whose outgoing traffic should be redirected to Envoy cannot exceed {MAX_OWNER_GROUPS}, got {}",
+                        groups.len()
+                    ),
+                ));
+            }
+            if env.owner_groups_exclude.is_some() {
+                return Err(invalid(
+                    "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE",
+                    env.owner_groups_exclude.as_deref().unwrap_or_default(),
+                    "only applies when ISTIO_OUTBOUND_OWNER_GROUPS is `*` (or unset)",
+                ));
+            }
+            Ok(OwnerGroups::Only(groups))
+        }
+    }
+}
+
+/// The gid of `group` (a number, or a name looked up in the group database); `variable` names
+/// where it came from, for errors.
+pub fn resolve_group(variable: &'static str, group: &str) -> Result<u32> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(invalid(
+            variable,
+            group,
+            "no such group in this container's group database",
+        )),
+        Err(e) => Err(invalid(
+            variable,
+            group,
+            format!("could not look the group up: {e}"),
+        )),
+    }
+}
+
+/// `ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR`: an IPv4 loopback range with a mask of 8 to 32 bits.
+fn parse_loopback(value: Option<&str>) -> Result<IpNet> {
+    const NAME: &str = "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR";
+    let Some(value) = value else {
+        return Ok("127.0.0.1/32".parse().expect("a valid CIDR"));
+    };
+    let net: IpNet = value
+        .parse()
+        .map_err(|_| invalid(NAME, value, "not a CIDR (like 127.0.0.1/8)"))?;
+    match net {
+        IpNet::V4(v4) if v4.addr().is_loopback() => {
+            if (8..=32).contains(&v4.prefix_len()) {
+                Ok(net.trunc())
+            } else {
+                Err(invalid(
+                    NAME,
+                    value,
+                    format!(
+                        "expected the mask in range [8, 32]; found {}",
+                        v4.prefix_len()
+                    ),
+                ))
+            }
+        }
+        _ => Err(invalid(
+            NAME,
+            value,
+            "expected an IPv4 loopback address (127.0.0.0/8)",
+        )),
+    }
 }
 
 /// Parses `10.0.0.0/8,fd00::/8` (a bare address means that one host). Host bits are cleared, as
@@ -418,7 +945,8 @@ mod tests {
 
     #[test]
     fn gid_defaults_to_uid() {
-        let cfg = CaptureConfig::try_from(&args(|a| a.proxy_uid = "1000,1001".into())).unwrap();
+        let cfg =
+            CaptureConfig::try_from(&args(|a| a.proxy_uid = Some("1000,1001".into()))).unwrap();
         assert_eq!(cfg.proxy_gids, vec![1000, 1001]);
         let cfg = CaptureConfig::try_from(&args(|a| a.proxy_gid = Some("7".into()))).unwrap();
         assert_eq!(cfg.proxy_uids, vec![1337]);
@@ -498,22 +1026,216 @@ mod tests {
 
     #[test]
     fn modes() {
-        let msg = error_of(args(|a| a.inbound_interception_mode = "TPROXY".into()));
+        let tproxy =
+            CaptureConfig::try_from(&args(|a| a.inbound_interception_mode = "TPROXY".into()));
+        assert_eq!(tproxy.unwrap().mode, InterceptionMode::Tproxy);
+        for redirect in ["REDIRECT", ""] {
+            let cfg =
+                CaptureConfig::try_from(&args(|a| a.inbound_interception_mode = redirect.into()));
+            assert_eq!(cfg.unwrap().mode, InterceptionMode::Redirect);
+        }
+        let msg = error_of(args(|a| a.inbound_interception_mode = "tproxy".into()));
         assert!(
-            msg.contains("-m/--istio-inbound-interception-mode"),
+            msg.contains("-m/--istio-inbound-interception-mode") && msg.contains("unknown mode"),
             "{msg}"
         );
+        let msg = error_of(args(|a| a.inbound_interception_mode = "NONE".into()));
+        assert!(msg.contains("NONE means no capture"), "{msg}");
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> IstioIptablesArgs {
+        let mut a = IstioIptablesArgs::default();
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        a.read_environment(|name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        });
+        a
+    }
+
+    #[test]
+    fn dns_capture_follows_flag_then_istio_meta_dns_capture_then_redirect_dns() {
         assert!(
-            msg.contains("TPROXY interception is not supported yet"),
+            CaptureConfig::default().redirect_dns,
+            "rustmesh's default is on"
+        );
+        let off = |a: IstioIptablesArgs| !CaptureConfig::try_from(&a).unwrap().redirect_dns;
+        assert!(off(env(&[("REDIRECT_DNS", "false")])));
+        assert!(off(env(&[
+            ("ISTIO_META_DNS_CAPTURE", "false"),
+            ("REDIRECT_DNS", "true")
+        ])));
+        assert!(!off(env(&[
+            ("ISTIO_META_DNS_CAPTURE", "True"),
+            ("REDIRECT_DNS", "0")
+        ])));
+        let mut flag_wins = env(&[("ISTIO_META_DNS_CAPTURE", "true")]);
+        flag_wins.redirect_dns = Some(false);
+        assert!(off(flag_wins));
+        let msg = error_of(env(&[("ISTIO_META_DNS_CAPTURE", "yes")]));
+        assert!(
+            msg.contains("ISTIO_META_DNS_CAPTURE") && msg.contains("not a boolean"),
             "{msg}"
         );
-        let msg = error_of(args(|a| a.inbound_interception_mode = "DNAT".into()));
-        assert!(msg.contains("unknown mode"), "{msg}");
+    }
+
+    #[test]
+    fn drop_invalid_follows_flag_then_invalid_drop_then_drop_invalid() {
+        assert!(!CaptureConfig::default().drop_invalid);
+        let on = |a: IstioIptablesArgs| CaptureConfig::try_from(&a).unwrap().drop_invalid;
+        assert!(on(env(&[("INVALID_DROP", "true")])));
+        assert!(on(env(&[("DROP_INVALID", "1")])));
+        assert!(!on(env(&[
+            ("INVALID_DROP", "false"),
+            ("DROP_INVALID", "true")
+        ])));
+        let msg = error_of(env(&[("DROP_INVALID", "on")]));
+        assert!(msg.contains("DROP_INVALID"), "{msg}");
+    }
+
+    #[test]
+    fn owner_groups_include_exclude_and_their_limits() {
+        let groups =
+            |pairs: &[(&str, &str)]| CaptureConfig::try_from(&env(pairs)).map(|c| c.owner_groups);
+        assert_eq!(groups(&[]).unwrap(), OwnerGroups::AllExcept(vec![]));
+        assert_eq!(
+            groups(&[("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "888,ftp")]).unwrap(),
+            OwnerGroups::AllExcept(vec!["888".into(), "ftp".into()])
+        );
+        assert_eq!(
+            groups(&[("ISTIO_OUTBOUND_OWNER_GROUPS", "java,202")]).unwrap(),
+            OwnerGroups::Only(vec!["java".into(), "202".into()])
+        );
+        // Set but empty: no group is captured (Istio reads it so).
+        assert_eq!(
+            groups(&[("ISTIO_OUTBOUND_OWNER_GROUPS", "")]).unwrap(),
+            OwnerGroups::Only(vec![])
+        );
+        let many = (0..65).map(|g| g.to_string()).collect::<Vec<_>>().join(",");
+        let msg = groups(&[("ISTIO_OUTBOUND_OWNER_GROUPS", &many)])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("cannot exceed 64, got 65"), "{msg}");
+        let msg = groups(&[
+            ("ISTIO_OUTBOUND_OWNER_GROUPS", "java"),
+            ("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "ftp"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"), "{msg}");
+        assert_eq!(
+            resolve_group("ISTIO_OUTBOUND_OWNER_GROUPS", "202").unwrap(),
+            202
+        );
+        assert_eq!(
+            resolve_group("ISTIO_OUTBOUND_OWNER_GROUPS", "root").unwrap(),
+            0
+        );
+        let msg = resolve_group("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "no-such-group-here")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE") && msg.contains("no such group"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn ipv4_loopback_cidr_is_validated_as_istio_does() {
+        let lb = |v: &str| {
+            CaptureConfig::try_from(&env(&[("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", v)]))
+                .map(|c| c.ipv4_loopback.to_string())
+        };
+        assert_eq!(
+            CaptureConfig::default().ipv4_loopback.to_string(),
+            "127.0.0.1/32"
+        );
+        assert_eq!(lb("127.0.0.1/8").unwrap(), "127.0.0.0/8");
+        for (bad, why) in [
+            ("10.0.0.1/32", "loopback"),
+            ("127.0.0.1/7", "[8, 32]"),
+            ("127.0.0.1", "not a CIDR"),
+            ("::1/128", "loopback"),
+        ] {
+            let msg = lb(bad).unwrap_err().to_string();
+            assert!(
+                msg.contains("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR") && msg.contains(why),
+                "{bad}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn interfaces_marks_and_tables_are_checked() {
+        let cfg = CaptureConfig::try_from(&args(|a| {
+            a.exclude_interfaces = "eth1, net-2".into();
+            a.kube_virt_interfaces = "k6t-eth0".into();
+            a.outbound_ports = "32000,31000".into();
+        }))
+        .unwrap();
+        assert_eq!(cfg.exclude_interfaces, ["eth1", "net-2"]);
+        assert_eq!(cfg.kube_virt_interfaces, ["k6t-eth0"]);
+        assert_eq!(cfg.outbound_ports, [32000, 31000]);
+        assert_eq!((cfg.tproxy_mark, cfg.tproxy_route_table), (1337, 133));
+        let msg = error_of(args(|a| {
+            a.exclude_interfaces = "a-very-long-interface".into()
+        }));
+        assert!(msg.contains("-c/--istio-exclude-interfaces"), "{msg}");
+        let msg = error_of(args(|a| a.kube_virt_interfaces = "eth0/1".into()));
+        assert!(msg.contains("-k/--kube-virt-interfaces"), "{msg}");
+        let msg = error_of(args(|a| a.outbound_ports = "80,http".into()));
+        assert!(msg.contains("-q/--istio-outbound-ports"), "{msg}");
+        let msg = error_of(args(|a| a.tproxy_mark = "0x539".into()));
+        assert!(msg.contains("-t/--istio-inbound-tproxy-mark"), "{msg}");
+        let msg = error_of(args(|a| a.tproxy_route_table = "254".into()));
+        assert!(
+            msg.contains("-r/--istio-inbound-tproxy-route-table"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn unimplemented_istio_flags_and_variables_are_refused_by_name() {
+        let msg = error_of(args(|a| a.cni_mode = Some("true".into())));
+        assert!(
+            msg.contains("--cni-mode") && msg.contains("does not implement"),
+            "{msg}"
+        );
+        let msg = error_of(args(|a| a.run_validation = Some("true".into())));
+        assert!(msg.contains("--run-validation"), "{msg}");
+        let msg = error_of(env(&[("NATIVE_NFTABLES", "true")]));
+        assert!(
+            msg.contains("NATIVE_NFTABLES") && msg.contains("--native-nftables"),
+            "{msg}"
+        );
+        // A variable that asks for nothing is fine.
+        assert!(
+            CaptureConfig::try_from(&env(&[("CNI_MODE", "false"), ("DUAL_STACK", "")])).is_ok()
+        );
+        let msg = error_of(args(|a| a.reconcile = Some(false)));
+        assert!(msg.contains("--reconcile"), "{msg}");
+        assert!(CaptureConfig::try_from(&args(|a| a.force_apply = Some(true))).is_ok());
+    }
+
+    #[test]
+    fn envoy_user_names_the_default_uid() {
+        let cfg = CaptureConfig::try_from(&env(&[("ENVOY_USER", "root")])).unwrap();
+        assert_eq!(cfg.proxy_uids, [0]);
+        let msg = error_of(env(&[("ENVOY_USER", "no-such-user-here")]));
+        assert!(msg.contains("ENVOY_USER"), "{msg}");
+        let mut flag_wins = env(&[("ENVOY_USER", "no-such-user-here")]);
+        flag_wins.proxy_uid = Some("7".into());
+        assert_eq!(CaptureConfig::try_from(&flag_wins).unwrap().proxy_uids, [7]);
     }
 
     #[test]
     fn bad_ids_name_the_flag() {
-        let msg = error_of(args(|a| a.proxy_uid = "istio-proxy".into()));
+        let msg = error_of(args(|a| a.proxy_uid = Some("istio-proxy".into())));
         assert!(
             msg.contains("-u/--proxy-uid") && msg.contains("not a numeric id"),
             "{msg}"

@@ -97,6 +97,7 @@ fn probe() -> Option<String> {
         "setpriv",
         "bash",
         "timeout",
+        "python3",
     ] {
         if which(program).is_none() {
             return Some(format!("`{program}` is not installed (or not on PATH)"));
@@ -175,6 +176,8 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        // `ip netns exec` bind-mounts files from here (see `Pod::resolv_conf`).
+        let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&self.name));
         // Deleting the namespace deletes its veths (and so their peers) and bridge.
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
@@ -335,6 +338,25 @@ impl Pod {
         self.exec(&argv)
     }
 
+    /// [`Pod::istio_iptables`] with environment variables.
+    pub fn istio_iptables_env(&self, flags: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.ns.name,
+            env!("CARGO_BIN_EXE_proxy"),
+            "istio-iptables",
+        ])
+        .args(flags)
+        .env_remove("RUST_LOG");
+        for (name, value) in env {
+            cmd.env(name, value);
+        }
+        cmd.output()
+            .unwrap_or_else(|e| panic!("istio-iptables {flags:?}: {e}"))
+    }
+
     /// [`Pod::istio_iptables`], which must succeed.
     pub fn capture(&self, flags: &[&str]) {
         let out = self.istio_iptables(flags);
@@ -348,6 +370,11 @@ impl Pod {
 
     /// `iptables-save -t nat` (or ip6tables) of this pod.
     pub fn nat_table(&self, v6: bool) -> String {
+        self.table("nat", v6)
+    }
+
+    /// `iptables-save -t <table>` (or ip6tables) of this pod.
+    pub fn table(&self, table: &str, v6: bool) -> String {
         let out = self.exec(&[
             if v6 {
                 "ip6tables-save"
@@ -355,7 +382,7 @@ impl Pod {
                 "iptables-save"
             },
             "-t",
-            "nat",
+            table,
         ]);
         assert!(
             out.status.success(),
@@ -363,6 +390,32 @@ impl Pod {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Gives this pod its own `/etc/resolv.conf`: `ip netns exec` bind-mounts
+    /// `/etc/netns/<pod>/resolv.conf` over it for every program run in the pod.
+    pub fn resolv_conf(&self, content: &str) {
+        let dir = Path::new("/etc/netns").join(&self.ns.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("resolv.conf"), content).unwrap();
+    }
+
+    /// Sends `token` in a UDP datagram from source port `sport` to `dst`, as `who` (Python,
+    /// since bash cannot choose the source port).
+    pub fn send_udp_from(&self, who: As, sport: u16, dst: SocketAddr, token: &str) {
+        let script = format!(
+            "exec python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((\"0.0.0.0\", {sport})); \
+             s.sendto(b\"{token}\\n\", (\"{}\", {}))'",
+            dst.ip(),
+            dst.port()
+        );
+        let out = self.bash_as(who, &script);
+        assert!(
+            out.status.success(),
+            "{who:?} could not send {token} from port {sport} to {dst}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Runs a bash snippet as `who` (with `setpriv`), bounded by `timeout`.
@@ -426,6 +479,28 @@ impl Pod {
         let socket = self.ns.enter(move || TcpListener::bind(addr));
         let socket = socket.unwrap_or_else(|e| panic!("bind {addr} in {}: {e}", self.ns.name));
         Listener::tcp(format!("{}/tcp {addr}", self.ns.name), socket)
+    }
+
+    /// Listens for TCP on `addr` in this pod with `IP_TRANSPARENT`, as a TPROXY listener must:
+    /// a connection's local address is then where the client was going.
+    pub fn listen_tcp_transparent(&self, addr: &str) -> Listener {
+        let addr: SocketAddr = addr.parse().unwrap();
+        let socket = self.ns.enter(move || -> std::io::Result<TcpListener> {
+            let domain = socket2::Domain::for_address(addr);
+            let s = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+            s.set_reuse_address(true)?;
+            if addr.is_ipv4() {
+                s.set_ip_transparent_v4(true)?;
+            } else {
+                s.set_ip_transparent_v6(true)?;
+            }
+            s.bind(&addr.into())?;
+            s.listen(64)?;
+            Ok(s.into())
+        });
+        let socket =
+            socket.unwrap_or_else(|e| panic!("bind {addr} (transparent) in {}: {e}", self.ns.name));
+        Listener::tcp(format!("{}/tcp {addr} (transparent)", self.ns.name), socket)
     }
 
     /// Receives UDP on `addr` in this pod.
@@ -614,6 +689,19 @@ pub fn rules_by_chain(save: &str, chains: &[&str]) -> Vec<String> {
                 .map(|r| r.to_string())
         })
         .collect()
+}
+
+/// The `*<table>` block (up to its `COMMIT`) of `iptables-save` output or a restore document;
+/// empty when the table is not there.
+pub fn table_block(doc: &str, table: &str) -> String {
+    let Some(start) = doc.find(&format!("*{table}\n")) else {
+        return String::new();
+    };
+    let rest = &doc[start..];
+    let end = rest
+        .find("COMMIT\n")
+        .map_or(rest.len(), |at| at + "COMMIT\n".len());
+    rest[..end].to_string()
 }
 
 /// The names of the user-defined chains in `iptables-save` output.
