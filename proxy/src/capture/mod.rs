@@ -38,11 +38,25 @@ pub fn run(args: &IstioIptablesArgs, out: &mut dyn Write) -> Result<()> {
     )
 }
 
+/// The most of `/etc/resolv.conf` that is read (a real one is a few hundred bytes).
+pub const RESOLV_CONF_LIMIT: u64 = 64 * 1024;
+
 fn read_resolv_conf(path: &str) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
+    use std::io::Read as _;
+    let error = |source| Error::ConfigRead {
         path: path.into(),
         source,
-    })
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(RESOLV_CONF_LIMIT + 1).read_to_string(&mut text))
+        .map_err(error)?;
+    if text.len() as u64 > RESOLV_CONF_LIMIT {
+        return Err(error(std::io::Error::other(format!(
+            "larger than {RESOLV_CONF_LIMIT} bytes"
+        ))));
+    }
+    Ok(text)
 }
 
 /// [`run`] with another [`Netfilter`] and `resolv.conf`.
@@ -295,6 +309,23 @@ mod tests {
             f(&mut args);
             run_with(&args, &Untouchable, &no_resolv_conf, &mut Vec::new()).unwrap();
         }
+    }
+
+    #[test]
+    fn resolv_conf_is_read_up_to_its_limit() {
+        let dir = std::env::temp_dir().join(format!("rustmesh-resolv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let small = dir.join("small");
+        std::fs::write(&small, "nameserver 10.96.0.10\n").unwrap();
+        assert_eq!(
+            read_resolv_conf(small.to_str().unwrap()).unwrap(),
+            "nameserver 10.96.0.10\n"
+        );
+        let big = dir.join("big");
+        std::fs::write(&big, vec![b'#'; RESOLV_CONF_LIMIT as usize + 1]).unwrap();
+        let err = read_resolv_conf(big.to_str().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("larger than 65536 bytes") && err.contains("big"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
