@@ -73,6 +73,17 @@ pub struct RunArgs {
     /// Port of virtualInbound, where the capture rules send inbound connections.
     #[arg(long, default_value_t = well_known::INBOUND_CAPTURE_PORT)]
     pub inbound_port: u16,
+    /// How the pod's traffic is captured (the injector sets `ISTIO_META_INTERCEPTION_MODE` from
+    /// `sidecar.istio.io/interceptionMode`): REDIRECT (nat), TPROXY (virtualInbound binds with
+    /// IP_TRANSPARENT and needs CAP_NET_ADMIN) or NONE (nothing is captured; the listeners are
+    /// bound all the same and see no traffic).
+    #[arg(
+        long,
+        value_enum,
+        env = "ISTIO_META_INTERCEPTION_MODE",
+        default_value = "REDIRECT"
+    )]
+    pub interception_mode: Interception,
     /// Admin API port (on 127.0.0.1): /config_dump, /listeners, /clusters, /stats, /ready.
     #[arg(long, default_value_t = well_known::ADMIN_PORT)]
     pub admin_port: u16,
@@ -237,6 +248,21 @@ impl RunArgs {
     }
 }
 
+/// Istio's interception modes (`ISTIO_META_INTERCEPTION_MODE`), as the sidecar sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Interception {
+    /// nat `REDIRECT`: original destinations come from `SO_ORIGINAL_DST`.
+    #[value(name = "REDIRECT")]
+    Redirect,
+    /// mangle `TPROXY`: virtualInbound is transparent; a connection's local address is its
+    /// original destination, and its peer the real client.
+    #[value(name = "TPROXY")]
+    Tproxy,
+    /// No capture (no `istio-init`).
+    #[value(name = "NONE")]
+    None,
+}
+
 impl Default for RunArgs {
     fn default() -> Self {
         RunArgs {
@@ -249,6 +275,7 @@ impl Default for RunArgs {
             config_poll_interval: DEFAULT_POLL_INTERVAL,
             outbound_port: well_known::OUTBOUND_CAPTURE_PORT,
             inbound_port: well_known::INBOUND_CAPTURE_PORT,
+            interception_mode: Interception::Redirect,
             admin_port: well_known::ADMIN_PORT,
             health_port: well_known::HEALTH_PORT,
             prometheus_port: well_known::PROMETHEUS_PORT,
@@ -426,7 +453,16 @@ pub async fn serve(args: RunArgs) -> Result<()> {
     let any = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
     let outbound =
         VirtualListener::new(Direction::Outbound, any(args.outbound_port), shared.clone())?;
-    let inbound = VirtualListener::new(Direction::Inbound, any(args.inbound_port), shared.clone())?;
+    let inbound = match args.interception_mode {
+        Interception::Tproxy => VirtualListener::new_transparent(
+            Direction::Inbound,
+            any(args.inbound_port),
+            shared.clone(),
+        )?,
+        Interception::Redirect | Interception::None => {
+            VirtualListener::new(Direction::Inbound, any(args.inbound_port), shared.clone())?
+        }
+    };
     let (signal, watch) = drain::channel();
     let quit = Arc::new(Notify::new());
     let mut bound: Vec<(String, SocketAddr)> = Vec::new();

@@ -156,7 +156,7 @@ impl StatusServer {
     /// Binds `addr` (with `0.0.0.0`, also `[::]` when the host has IPv6). Probes without a
     /// `host` go to `destination`.
     pub fn new(addr: SocketAddr, probers: AppProbers, destination: IpAddr) -> Result<Self> {
-        let sockets = crate::listener::bind("status", addr)?;
+        let sockets = crate::listener::bind("status", addr, false)?;
         Ok(StatusServer {
             sockets,
             probes: Arc::new(Probes {

@@ -290,6 +290,52 @@ fn inbound_connections_are_delivered_to_the_app() {
     );
 }
 
+/// TPROXY interception end to end: `istio-iptables -m TPROXY` and the sidecar with
+/// `ISTIO_META_INTERCEPTION_MODE=TPROXY` (root, group 1337, as Istio's template runs it). The
+/// transparent virtualInbound takes the connections to B:7000 and B:7001 and delivers them to
+/// the app, declared port and passthrough alike; the proxy's own connections to the app are not
+/// captured again.
+#[test]
+fn tproxy_inbound_connections_are_delivered_to_the_app() {
+    if support::skip() {
+        return;
+    }
+    let mut net = Net::new();
+    let (a, b) = (net.pod(), net.pod());
+    let app_7000 = b.serve("0.0.0.0:7000", "app-7000");
+    let app_7001 = b.serve("0.0.0.0:7001", "app-7001");
+    let scratch = Scratch::new();
+    let doc = Doc::new("v1", "PassthroughCluster").inbound_ports(&[7000]);
+    let config = scratch.write(&format!("{}.json", b.ns.name), &doc.json());
+    let mut args = ISTIO_INIT_ARGS.to_vec();
+    let m = args.iter().position(|f| *f == "-m").unwrap();
+    args[m + 1] = "TPROXY";
+    b.capture(&args);
+    let proxy = b.start_sidecar_with_env(
+        &scratch,
+        &config,
+        &[],
+        &[("ISTIO_META_INTERCEPTION_MODE", "TPROXY")],
+    );
+    wait_ready(&b, &proxy);
+
+    assert_eq!(a.talk(b.at(7000), "declared").unwrap(), "app-7000 declared");
+    assert_eq!(
+        a.talk(b.at(7001), "undeclared").unwrap(),
+        "app-7001 undeclared"
+    );
+    assert!(app_7000.saw("declared").is_some());
+    assert_eq!(
+        app_7001.saw("undeclared").unwrap().peer.ip().to_string(),
+        "127.0.0.6"
+    );
+    assert_eq!(
+        stat(&b, "listener.virtualInbound.downstream_cx_total").as_deref(),
+        Some("2")
+    );
+    assert!(b.table("mangle", false).contains("ISTIO_TPROXY"));
+}
+
 /// Unknown destinations pass through under ALLOW_ANY and are refused under REGISTRY_ONLY;
 /// REGISTRY_ONLY still serves the destinations it knows.
 #[test]

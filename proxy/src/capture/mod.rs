@@ -323,8 +323,13 @@ mod tests {
         );
         let big = dir.join("big");
         std::fs::write(&big, vec![b'#'; RESOLV_CONF_LIMIT as usize + 1]).unwrap();
-        let err = read_resolv_conf(big.to_str().unwrap()).unwrap_err().to_string();
-        assert!(err.contains("larger than 65536 bytes") && err.contains("big"), "{err}");
+        let err = read_resolv_conf(big.to_str().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("larger than 65536 bytes") && err.contains("big"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

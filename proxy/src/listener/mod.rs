@@ -73,18 +73,40 @@ pub struct VirtualListener {
     sockets: Vec<std::net::TcpListener>,
     port: u16,
     shared: Arc<Shared>,
+    transparent: bool,
 }
 
 impl VirtualListener {
     /// Binds `addr` (see [`bind`]).
     pub fn new(direction: Direction, addr: SocketAddr, shared: Arc<Shared>) -> Result<Self> {
-        let sockets = bind(direction.listener_name(), addr)?;
+        Self::bound(direction, addr, shared, false)
+    }
+
+    /// Binds `addr` with `IP_TRANSPARENT`, for TPROXY interception: the kernel delivers
+    /// connections to any address here, and a connection's local address is its original
+    /// destination. Needs `CAP_NET_ADMIN` (Istio's sidecar runs as root for TPROXY).
+    pub fn new_transparent(
+        direction: Direction,
+        addr: SocketAddr,
+        shared: Arc<Shared>,
+    ) -> Result<Self> {
+        Self::bound(direction, addr, shared, true)
+    }
+
+    fn bound(
+        direction: Direction,
+        addr: SocketAddr,
+        shared: Arc<Shared>,
+        transparent: bool,
+    ) -> Result<Self> {
+        let sockets = bind(direction.listener_name(), addr, transparent)?;
         let port = sockets[0].local_addr().map_or(addr.port(), |a| a.port());
         Ok(VirtualListener {
             direction,
             sockets,
             port,
             shared,
+            transparent,
         })
     }
 
@@ -99,7 +121,11 @@ impl VirtualListener {
     /// Serves until the drain closes (it keeps accepting while draining, as Envoy's listeners
     /// do during Istio's termination drain).
     pub async fn run(self, drain: drain::Watch) {
-        self.run_with(drain, kernel_addrs).await
+        if self.transparent {
+            self.run_with(drain, transparent_addrs).await
+        } else {
+            self.run_with(drain, kernel_addrs).await
+        }
     }
 
     /// [`VirtualListener::run`] with another way of learning a connection's addresses (tests).
@@ -117,6 +143,7 @@ impl VirtualListener {
             sockets,
             port,
             shared,
+            transparent: _,
         } = self;
         let name = direction.listener_name();
         accept_loop(name, sockets, drain, move |stream, drain| {
@@ -141,11 +168,15 @@ impl VirtualListener {
 /// Binds a capture listener on `addr`; when `addr` is `0.0.0.0`, also on `[::]` (IPv6 only)
 /// if the host has IPv6, as Istio binds both for dual-stack pods. An unavailable IPv6 is not an
 /// error; any other failure is.
-pub(crate) fn bind(what: &'static str, addr: SocketAddr) -> Result<Vec<std::net::TcpListener>> {
-    let mut out = vec![bind_one(what, addr, false)?];
+pub(crate) fn bind(
+    what: &'static str,
+    addr: SocketAddr,
+    transparent: bool,
+) -> Result<Vec<std::net::TcpListener>> {
+    let mut out = vec![bind_one(what, addr, false, transparent)?];
     if addr.ip() == IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED) {
         let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), addr.port());
-        match bind_one(what, v6, true) {
+        match bind_one(what, v6, true, transparent) {
             Ok(l) => out.push(l),
             Err(Error::Bind { source, .. })
                 if matches!(
@@ -166,12 +197,30 @@ mod libc_errno {
     pub const EADDRNOTAVAIL: i32 = nix::errno::Errno::EADDRNOTAVAIL as i32;
 }
 
-fn bind_one(what: &'static str, addr: SocketAddr, v6only: bool) -> Result<std::net::TcpListener> {
+fn bind_one(
+    what: &'static str,
+    addr: SocketAddr,
+    v6only: bool,
+    transparent: bool,
+) -> Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let fail = |source: io::Error| Error::Bind { what, addr, source };
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(fail)?;
     if addr.is_ipv6() {
         socket.set_only_v6(v6only).map_err(fail)?;
+    }
+    if transparent {
+        let set = if addr.is_ipv6() {
+            socket.set_ip_transparent_v6(true)
+        } else {
+            socket.set_ip_transparent_v4(true)
+        };
+        set.map_err(|e| {
+            fail(io::Error::new(
+                e.kind(),
+                format!("IP_TRANSPARENT (TPROXY interception needs CAP_NET_ADMIN): {e}"),
+            ))
+        })?;
     }
     socket.set_reuse_address(true).map_err(fail)?;
     socket.bind(&addr.into()).map_err(fail)?;
@@ -259,6 +308,15 @@ pub(crate) fn is_local(ip: IpAddr, stream: &TcpStream) -> bool {
 pub fn kernel_addrs(stream: &TcpStream) -> io::Result<FixedAddrs> {
     Ok(FixedAddrs {
         orig_dst: stream.orig_dst_addr()?,
+        client: stream.client_addr()?,
+    })
+}
+
+/// The addresses of a connection accepted on a transparent (TPROXY) listener: the packet kept
+/// its destination, so the local address is where the client was going.
+pub fn transparent_addrs(stream: &TcpStream) -> io::Result<FixedAddrs> {
+    Ok(FixedAddrs {
+        orig_dst: OrigDstAddr(stream.local_addr()?),
         client: stream.client_addr()?,
     })
 }

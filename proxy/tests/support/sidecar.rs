@@ -98,10 +98,23 @@ impl Pod {
     ) -> Sidecar {
         let log = scratch.path(&format!("proxy-{}.log", self.ns.name));
         let stderr = File::create(&log).unwrap();
-        let id = PROXY_UID.to_string();
+        // TPROXY needs CAP_NET_ADMIN for its transparent listener: Istio's template then runs
+        // the sidecar as root with group 1337 (the capture rules exempt the group).
+        let tproxy = env
+            .iter()
+            .any(|(k, v)| *k == "ISTIO_META_INTERCEPTION_MODE" && *v == "TPROXY");
+        let gid = PROXY_UID.to_string();
+        let uid = if tproxy { "0".to_string() } else { gid.clone() };
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns.name])
-            .args(["setpriv", "--reuid", &id, "--regid", &id, "--clear-groups"])
+            .args([
+                "setpriv",
+                "--reuid",
+                &uid,
+                "--regid",
+                &gid,
+                "--clear-groups",
+            ])
             .arg(env!("CARGO_BIN_EXE_proxy"))
             .arg("run")
             .arg("--config")
