@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 use crate::names::*;
 use crate::settings::{InjectionSettings, Resources};
+use crate::traffic::{InterceptionMode, InvalidAnnotations, Traffic};
 use crate::values;
 
 /// The result of [`inject`]: the patch and the warnings to return to the user.
@@ -49,9 +50,9 @@ pub struct SidecarStatus {
 
 /// Builds the injection patch for `pod` (which [`crate::decide()`] said to inject).
 ///
-/// Never fails on user input: a bad annotation adds a warning and its default is used.
-pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Injection {
-    let mut warnings = Vec::new();
+/// Refuses the pod when one of its traffic annotations is invalid ([`crate::traffic`]), as
+/// Istio's injector does. Any other bad annotation adds a warning and its default is used.
+pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Result<Injection, InvalidAnnotations> {
     let empty = BTreeMap::new();
     let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
     let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
@@ -60,14 +61,24 @@ pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Injection {
     let native = settings.use_native_sidecars();
 
     // --- per-pod options from annotations -------------------------------------------------
+    let traffic = crate::traffic::resolve(annotations)?;
+    let mut warnings = traffic.warnings.clone();
     let options = crate::proxy_config::resolve(annotations, settings, &mut warnings);
     let hold = options.hold_application_until_proxy_starts;
     check_app_ports(pod, settings, &mut warnings);
     let probes = crate::probes::rewrite(pod, settings, &mut warnings);
 
     // --- containers -----------------------------------------------------------------------
-    let init = init_container(annotations, settings, &mut warnings);
-    let mut sidecar = sidecar_container(pod, annotations, settings, &options, &mut warnings);
+    // NONE: nothing is captured, so there is no istio-init at all (Istio's template).
+    let init = (traffic.mode != InterceptionMode::None).then(|| init_container(&traffic, settings));
+    let mut sidecar = sidecar_container(
+        pod,
+        annotations,
+        settings,
+        &options,
+        traffic.mode,
+        &mut warnings,
+    );
     if !probes.probers.0.is_empty() {
         sidecar.env.get_or_insert_with(Vec::new).push(EnvVar {
             name: probe::APP_PROBERS_ENV.to_owned(),
@@ -111,15 +122,16 @@ pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Injection {
     }
 
     let volumes = injected_volumes(settings);
+    let mut init_names = Vec::new();
+    if init.is_some() {
+        init_names.push(INIT_CONTAINER_NAME.to_owned());
+    }
+    if native {
+        init_names.push(SIDECAR_CONTAINER_NAME.to_owned());
+    }
     let status = SidecarStatus {
-        init_containers: Some(if native {
-            vec![
-                INIT_CONTAINER_NAME.to_owned(),
-                SIDECAR_CONTAINER_NAME.to_owned(),
-            ]
-        } else {
-            vec![INIT_CONTAINER_NAME.to_owned()]
-        }),
+        // As Istio writes it: `null` when nothing is injected there (NONE without native).
+        init_containers: (!init_names.is_empty()).then_some(init_names),
         containers: (!native).then(|| vec![SIDECAR_CONTAINER_NAME.to_owned()]),
         volumes: Some(volumes.iter().map(|v| v.name.clone()).collect()),
         image_pull_secrets: None,
@@ -157,11 +169,12 @@ pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Injection {
 
     // istio-init runs first of all init containers; a native sidecar right after it, so that
     // the app's own init containers already have the proxy.
-    let mut new_inits = vec![to_value(&init)];
+    let mut new_inits: Vec<Value> = init.iter().map(to_value).collect();
     if native {
         new_inits.push(to_value(&sidecar));
     }
     match &spec.init_containers {
+        _ if new_inits.is_empty() => {}
         None => ops.push(add(&["spec", "initContainers"], Value::Array(new_inits))),
         Some(_) => {
             for (i, c) in new_inits.into_iter().enumerate() {
@@ -183,10 +196,10 @@ pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Injection {
         }
     }
 
-    Injection {
+    Ok(Injection {
         patch: Patch(ops),
         warnings,
-    }
+    })
 }
 
 /// The first volume of the pod whose name the injection would add again (the API server would
@@ -247,52 +260,13 @@ fn add_map_entries(
 }
 
 /// `istio-init`: programs the capture rules with `istio-iptables`, as root with NET_ADMIN/NET_RAW.
-fn init_container(
-    annotations: &BTreeMap<String, String>,
-    settings: &InjectionSettings,
-    warnings: &mut Vec<String>,
-) -> Container {
-    let mut annotation =
-        |key: &str, parse: fn(&str) -> Result<String, String>, default: String| match annotations
-            .get(key)
-        {
-            None => default,
-            Some(v) => parse(v).unwrap_or_else(|e| {
-                warnings.push(format!("annotation {key} ignored: {e}"));
-                default
-            }),
-        };
-    let include_ranges = annotation(
-        ANNOTATION_INCLUDE_OUTBOUND_IP_RANGES,
-        values::parse_cidrs_or_wildcard,
-        "*".to_owned(),
-    );
-    let exclude_ranges = annotation(
-        ANNOTATION_EXCLUDE_OUTBOUND_IP_RANGES,
-        values::parse_cidrs_or_wildcard,
-        String::new(),
-    );
-    let include_inbound = annotation(
-        ANNOTATION_INCLUDE_INBOUND_PORTS,
-        values::parse_ports_or_wildcard,
-        "*".to_owned(),
-    );
-    let exclude_inbound_extra = annotation(
-        ANNOTATION_EXCLUDE_INBOUND_PORTS,
-        |v| values::parse_ports(v).map(|p| values::join(&p)),
-        String::new(),
-    );
-    let exclude_outbound = annotation(
-        ANNOTATION_EXCLUDE_OUTBOUND_PORTS,
-        |v| values::parse_ports(v).map(|p| values::join(&p)),
-        String::new(),
-    );
-
+/// Its arguments are Istio's template's, from the pod's checked traffic annotations.
+fn init_container(traffic: &Traffic, settings: &InjectionSettings) -> Container {
     // The proxy's own ports are always excluded; the user's are appended, as Istio does.
     let mut exclude_inbound = settings.excluded_inbound_ports();
-    for p in values::parse_ports(&exclude_inbound_extra).unwrap_or_default() {
-        if !exclude_inbound.contains(&p) {
-            exclude_inbound.push(p);
+    for p in &traffic.exclude_inbound_ports {
+        if !exclude_inbound.contains(p) {
+            exclude_inbound.push(*p);
         }
     }
 
@@ -305,19 +279,26 @@ fn init_container(
         "-u".into(),
         well_known::PROXY_UID.to_string(),
         "-m".into(),
-        "REDIRECT".into(),
+        traffic.mode.as_str().into(),
         "-i".into(),
-        include_ranges,
+        traffic.include_outbound_ip_ranges.clone(),
         "-x".into(),
-        exclude_ranges,
+        traffic.exclude_outbound_ip_ranges.clone(),
         "-b".into(),
-        include_inbound,
+        traffic.include_inbound_ports.clone(),
         "-d".into(),
         values::join(&exclude_inbound),
     ];
-    if !exclude_outbound.is_empty() {
-        args.push("-o".into());
-        args.push(exclude_outbound);
+    // Each only when annotated, in the order of Istio's template.
+    for (flag, value) in [
+        ("-q", &traffic.include_outbound_ports),
+        ("-o", &traffic.exclude_outbound_ports),
+        ("-k", &traffic.reroute_virtual_interfaces),
+        ("-c", &traffic.exclude_interfaces),
+    ] {
+        if let Some(value) = value {
+            args.extend([flag.to_owned(), value.clone()]);
+        }
     }
     args.push(format!("--log_output_level={}", settings.log_level));
 
@@ -361,6 +342,7 @@ fn sidecar_container(
     annotations: &BTreeMap<String, String>,
     settings: &InjectionSettings,
     options: &crate::proxy_config::ProxyOptions,
+    mode: InterceptionMode,
     warnings: &mut Vec<String>,
 ) -> Container {
     let empty = Vec::new();
@@ -400,7 +382,7 @@ fn sidecar_container(
         plain("ISTIO_META_APP_CONTAINERS", app_names.join(",")),
         plain("ISTIO_META_CLUSTER_ID", settings.cluster_id.clone()),
         plain("ISTIO_META_MESH_ID", settings.mesh_id.clone()),
-        plain("ISTIO_META_INTERCEPTION_MODE", "REDIRECT".to_owned()),
+        plain("ISTIO_META_INTERCEPTION_MODE", mode.as_str().to_owned()),
         plain("PROXY_CONFIGMAP", well_known::PROXY_CONFIGMAP.to_owned()),
     ];
     if let Some(pc) = &options.annotation_json {
@@ -465,20 +447,7 @@ fn sidecar_container(
             ..Default::default()
         }),
         resources: Some(resources(&res)),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            privileged: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_group: Some(i64::from(well_known::PROXY_GID)),
-            run_as_non_root: Some(true),
-            run_as_user: Some(i64::from(well_known::PROXY_UID)),
-            seccomp_profile: Some(runtime_default_seccomp()),
-            ..Default::default()
-        }),
+        security_context: Some(sidecar_security_context(mode)),
         volume_mounts: Some({
             let mut mounts = vec![
                 mount(VOLUME_ENVOY, ENVOY_SCRATCH_MOUNT, false),
@@ -495,6 +464,32 @@ fn sidecar_container(
             }
             mounts
         }),
+        ..Default::default()
+    }
+}
+
+/// `istio-proxy`'s security context. As Istio's template: under TPROXY the sidecar runs as root
+/// with group 1337 (the capture rules skip its traffic by that group) and `NET_ADMIN`, which
+/// binding its inbound listener transparently (`IP_TRANSPARENT`) needs; otherwise as 1337 with no
+/// capability. Everything else is least privilege in every mode.
+fn sidecar_security_context(mode: InterceptionMode) -> SecurityContext {
+    let tproxy = mode == InterceptionMode::Tproxy;
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            add: tproxy.then(|| vec!["NET_ADMIN".into()]),
+            drop: Some(vec!["ALL".into()]),
+        }),
+        privileged: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_group: Some(i64::from(well_known::PROXY_GID)),
+        run_as_non_root: Some(!tproxy),
+        run_as_user: Some(if tproxy {
+            0
+        } else {
+            i64::from(well_known::PROXY_UID)
+        }),
+        seccomp_profile: Some(runtime_default_seccomp()),
         ..Default::default()
     }
 }
@@ -760,7 +755,7 @@ mod tests {
                 "terminationDrainDuration: 20s\nproxyMetadata: {EXIT_ON_ZERO_ACTIVE_CONNECTIONS: \"true\"}\ntracing: {}",
             ),
             &settings,
-        );
+        ).unwrap();
         let c = sidecar_of(&inj);
         let args = c.args.unwrap_or_default();
         assert!(
@@ -786,10 +781,9 @@ mod tests {
             inj.warnings
         );
         // Nothing said: the proxy's own 5 s, no flag.
-        let plain = sidecar_of(&inject(
-            &pod_with_proxy_config("{}"),
-            &InjectionSettings::default(),
-        ));
+        let plain = sidecar_of(
+            &inject(&pod_with_proxy_config("{}"), &InjectionSettings::default()).unwrap(),
+        );
         assert!(
             !plain
                 .args
@@ -824,7 +818,7 @@ mod tests {
             ("concurrency: 0", None), // Istio passes only a positive value
             ("holdApplicationUntilProxyStarts: true", None),
         ] {
-            let inj = inject(&pod_with_proxy_config(config), &settings);
+            let inj = inject(&pod_with_proxy_config(config), &settings).unwrap();
             let args = sidecar_args(&inj);
             let got = args
                 .iter()
@@ -844,7 +838,7 @@ mod tests {
             "concurrency: 1.5",
             "concurrency: 100000",
         ] {
-            let inj = inject(&pod_with_proxy_config(config), &settings);
+            let inj = inject(&pod_with_proxy_config(config), &settings).unwrap();
             assert!(
                 !sidecar_args(&inj).contains(&"--concurrency".to_owned()),
                 "{config}"
@@ -857,7 +851,7 @@ mod tests {
             );
         }
         // Not a mapping: one warning for the annotation, none per field.
-        let inj = inject(&pod_with_proxy_config("[1, 2]"), &settings);
+        let inj = inject(&pod_with_proxy_config("[1, 2]"), &settings).unwrap();
         assert_eq!(inj.warnings.len(), 1, "{:?}", inj.warnings);
     }
 
@@ -868,7 +862,7 @@ mod tests {
             ..InjectionSettings::default()
         };
         let flag = |config: &str| {
-            let args = sidecar_args(&inject(&pod_with_proxy_config(config), &settings));
+            let args = sidecar_args(&inject(&pod_with_proxy_config(config), &settings).unwrap());
             let at = args.iter().position(|a| a == "--concurrency");
             at.map(|i| args[i + 1].clone())
         };
@@ -905,7 +899,7 @@ mod tests {
     fn injected(settings: &InjectionSettings) -> (Container, Vec<Volume>) {
         let pod = pod_with_proxy_config("{}");
         let mut doc = serde_json::to_value(&pod).unwrap();
-        json_patch::patch(&mut doc, &inject(&pod, settings).patch).unwrap();
+        json_patch::patch(&mut doc, &inject(&pod, settings).unwrap().patch).unwrap();
         let pod: Pod = serde_json::from_value(doc).unwrap();
         let spec = pod.spec.unwrap();
         let sidecar = spec

@@ -20,6 +20,7 @@ pub mod server;
 pub mod settings;
 pub mod shared_cert;
 pub mod tls;
+pub mod traffic;
 pub mod validation;
 pub mod values;
 
@@ -29,3 +30,4 @@ pub use error::{Error, Result};
 pub use inject::{Injection, SidecarStatus, inject};
 pub use review::{Outcome, review, review_body, review_in_namespace};
 pub use settings::{InjectionSettings, NativeSidecars};
+pub use traffic::{InterceptionMode, InvalidAnnotations};

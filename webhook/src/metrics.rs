@@ -9,8 +9,9 @@ use prometheus_client::registry::Registry;
 /// Labels of `rustmesh_webhook_reviews_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
-    /// `injected`, `skipped`, `invalid` (allowed with a warning), `bad_request` (400),
-    /// `too_large` (413), `timeout` (408), `unavailable` (503: no valid settings yet).
+    /// `injected`, `skipped`, `invalid` (allowed with a warning), `refused` (denied: invalid
+    /// traffic annotations), `bad_request` (400), `too_large` (413), `timeout` (408),
+    /// `unavailable` (503: no valid settings yet).
     pub result: String,
 }
 

@@ -42,6 +42,18 @@ pub const ANNOTATION_INCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/inc
 pub const ANNOTATION_EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
 /// Outbound ports never captured (`-o`).
 pub const ANNOTATION_EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
+/// Outbound ports always captured, whatever their destination (`-q`).
+pub const ANNOTATION_INCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeOutboundPorts";
+/// Network interfaces whose traffic is never captured (`-c`).
+pub const ANNOTATION_EXCLUDE_INTERFACES: &str = "traffic.sidecar.istio.io/excludeInterfaces";
+/// Virtual interfaces whose inbound traffic is captured as outbound (`-k`); deprecated by Istio
+/// for [`ANNOTATION_REROUTE_VIRTUAL_INTERFACES`], which wins when both are set.
+pub const ANNOTATION_KUBEVIRT_INTERFACES: &str = "traffic.sidecar.istio.io/kubevirtInterfaces";
+/// Virtual interfaces whose inbound traffic is captured as outbound (`-k`).
+pub const ANNOTATION_REROUTE_VIRTUAL_INTERFACES: &str = "istio.io/reroute-virtual-interfaces";
+/// How the pod's traffic is captured: `REDIRECT`, `TPROXY` or `NONE` (`-m`, and
+/// `ISTIO_META_INTERCEPTION_MODE` of the sidecar).
+pub const ANNOTATION_INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
 
 /// Downward-API volume with the pod's labels and annotations.
 pub const VOLUME_PODINFO: &str = "istio-podinfo";

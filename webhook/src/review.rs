@@ -13,6 +13,7 @@ use crate::decide::{Decision, decide};
 use crate::error::{Error, Result};
 use crate::inject::inject;
 use crate::settings::InjectionSettings;
+use crate::traffic::InvalidAnnotations;
 
 /// `admission.k8s.io/v1`.
 pub const API_VERSION_V1: &str = "admission.k8s.io/v1";
@@ -30,6 +31,10 @@ pub enum Outcome {
     /// Allowed without a patch because the request or pod could not be understood (a warning
     /// says why).
     Invalid,
+    /// Denied (`allowed: false`): a pod to inject whose traffic annotations are invalid, as
+    /// Istio's injector refuses it ([`crate::traffic`]). The pod is not created whatever the
+    /// webhook's `failurePolicy` (which only applies when there is no answer).
+    Refused,
 }
 
 impl Outcome {
@@ -39,6 +44,7 @@ impl Outcome {
             Outcome::Injected => "injected",
             Outcome::Skipped => "skipped",
             Outcome::Invalid => "invalid",
+            Outcome::Refused => "refused",
         }
     }
 }
@@ -112,7 +118,13 @@ pub fn review_in_namespace(
                 );
                 return (with_warnings(resp, vec![warning]), Outcome::Invalid);
             }
-            let injection = inject(pod, settings);
+            let injection = match inject(pod, settings) {
+                Ok(injection) => injection,
+                Err(invalid) => {
+                    tracing::info!(pod = %who, reason = %invalid, "refused: invalid annotations");
+                    return (refused(resp, &invalid), Outcome::Refused);
+                }
+            };
             tracing::debug!(pod = %who, reason = %why, ops = injection.patch.0.len(), "injecting");
             let patch_bytes = match serde_json::to_vec(&injection.patch) {
                 Ok(b) => b,
@@ -139,6 +151,19 @@ pub fn review_in_namespace(
             (with_warnings(resp, injection.warnings), Outcome::Injected)
         }
     }
+}
+
+/// Istio's answer to a pod whose annotations it cannot inject: `allowed: false` with the
+/// message. Code 400, which the API server also makes of Istio's answer (which sets none).
+fn refused(resp: AdmissionResponse, invalid: &InvalidAnnotations) -> AdmissionResponse {
+    let mut resp = resp.deny(invalid.message());
+    resp.result.code = 400;
+    resp.result.reason = "BadRequest".to_owned();
+    resp.audit_annotations.insert(
+        "injection".to_owned(),
+        format!("refused: {} invalid annotation(s)", invalid.0.len()),
+    );
+    resp
 }
 
 fn skipped(mut resp: AdmissionResponse, why: &str) -> AdmissionResponse {
@@ -237,6 +262,8 @@ impl Envelope {
 ///   `request.uid` → `Err` (the HTTP layer answers 400: there is no review to answer).
 /// * A review whose request or pod cannot be read → `allowed: true` with a warning naming the
 ///   field, so that a webhook problem never blocks pod creation.
+/// * A pod to inject with an invalid traffic annotation → `allowed: false` naming each one
+///   ([`Outcome::Refused`]), as Istio's injector answers.
 ///
 /// `namespace_labels` looks a namespace's labels up (return `None` when unknown).
 pub fn review_body(

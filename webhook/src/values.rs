@@ -1,8 +1,10 @@
 //! Parsers for the small string values users write in annotations and settings:
-//! Kubernetes quantities, port lists, CIDR lists and yes/no flags.
+//! Kubernetes quantities, port lists, CIDR lists, interface names and yes/no flags.
 //!
 //! Each returns a message naming what is wrong, so that the caller can turn it into a warning
-//! (annotations) or a setting error (ConfigMap).
+//! (annotations), a refusal (the traffic annotations, [`crate::traffic`]) or a setting error
+//! (ConfigMap). The `istio_*` parsers read lists exactly as Istio's injector validates them
+//! (`pkg/kube/inject/validate.go`), and their messages start with Istio's text.
 
 use std::net::IpAddr;
 
@@ -50,42 +52,101 @@ pub fn parse_ports(s: &str) -> Result<Vec<u16>, String> {
     Ok(out)
 }
 
-/// Parses a comma-separated list of ports or the wildcard `*` (`includeInboundPorts`).
-/// Returns the normalised value to pass to `istio-iptables`.
-pub fn parse_ports_or_wildcard(s: &str) -> Result<String, String> {
-    if s.trim() == "*" {
-        return Ok("*".to_owned());
+/// Istio's port list (`parsePorts` of its injector): the whole value trimmed, then split on
+/// `,`; each item trimmed and read as a decimal number. An empty value is no port; an empty item
+/// (`"80,"`, `"80,,443"`) is an error, as in Istio. Stricter than Istio: port 0 is refused, as
+/// the capture step (`proxy istio-iptables`) refuses it, so that a pod is not admitted whose
+/// `istio-init` can only fail.
+///
+/// The error is Istio's `failed parsing port '<item>': ` (the item as written) followed by why.
+pub fn istio_ports(s: &str) -> Result<Vec<u16>, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(join(&parse_ports(s)?))
+    s.split(',')
+        .map(|item| {
+            let digits = item.trim();
+            let port = (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| digits.parse::<u16>().ok())
+                .flatten()
+                .filter(|p| *p > 0);
+            port.ok_or_else(|| {
+                format!("failed parsing port '{item}': {digits:?} is not a port number (1-65535)")
+            })
+        })
+        .collect()
 }
 
-/// Parses a comma-separated list of CIDRs (`10.0.0.0/8,fd00::/8`) or the wildcard `*`.
-/// A bare address is accepted as a host route (`/32` or `/128`), as Istio accepts it.
-/// Returns the normalised value to pass to `istio-iptables`.
-pub fn parse_cidrs_or_wildcard(s: &str) -> Result<String, String> {
-    if s.trim() == "*" {
-        return Ok("*".to_owned());
+/// Istio's CIDR list (`validateCIDRList` of its injector): split on `,` with no trimming, each
+/// item a prefix as Go's `netip.ParsePrefix` reads one (an address, `/`, the prefix length in
+/// decimal without sign or leading zero). An empty value is no range; a bare address, an empty
+/// item or a space is an error, as in Istio.
+///
+/// The error is Istio's `failed parsing cidr '<item>': ` followed by why.
+pub fn istio_cidrs(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Ok(());
     }
-    let mut out = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (addr, prefix) = match part.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (part, None),
-        };
-        let ip: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("{part:?} is not an IP range in CIDR form (like 10.0.0.0/8)"))?;
-        let max = if ip.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => match p.parse::<u8>() {
-                Ok(n) if n <= max => n,
-                _ => return Err(format!("{part:?} has a bad prefix length (0-{max})")),
-            },
-        };
-        out.push(format!("{ip}/{prefix}"));
+    for item in s.split(',') {
+        parse_prefix(item).map_err(|why| format!("failed parsing cidr '{item}': {why}"))?;
     }
-    Ok(out.join(","))
+    Ok(())
+}
+
+/// One prefix as Go's `netip.ParsePrefix` reads it: `10.0.0.0/8`, `fd00::/8`. Host bits may be
+/// set (`10.1.2.3/8`), as Go allows.
+pub fn parse_prefix(s: &str) -> Result<(IpAddr, u8), String> {
+    let Some((addr, bits)) = s.rsplit_once('/') else {
+        return Err("no '/' (a range needs its prefix length, like 10.1.2.3/32)".to_owned());
+    };
+    let ip: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP address"))?;
+    let max: u8 = if ip.is_ipv4() { 32 } else { 128 };
+    let canonical = bits.bytes().all(|b| b.is_ascii_digit())
+        && !bits.is_empty()
+        && (bits == "0" || !bits.starts_with('0'));
+    match bits.parse::<u8>() {
+        Ok(n) if canonical && n <= max => Ok((ip, n)),
+        _ if canonical => Err(format!(
+            "prefix length {bits} is out of range (0-{max} for {})",
+            if ip.is_ipv4() { "IPv4" } else { "IPv6" }
+        )),
+        _ => Err(format!("bad prefix length {bits:?} after the '/'")),
+    }
+}
+
+/// A list of network interface names (`excludeInterfaces`, `kubevirtInterfaces`,
+/// `reroute-virtual-interfaces`), split on `,`. Istio does not check these; rustmesh refuses what
+/// Linux would (`dev_valid_name`): an empty name, more than 15 bytes (`IFNAMSIZ` - 1), `.` or
+/// `..`, a `/`, `:`, whitespace or control character. An empty value is no interface.
+///
+/// The error is `failed parsing interface '<item>': ` followed by why.
+pub fn interface_names(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Ok(());
+    }
+    for name in s.split(',') {
+        let why = if name.is_empty() {
+            Some("an interface name is not empty".to_owned())
+        } else if name.len() > 15 {
+            Some(format!(
+                "{} bytes, more than the 15 of a Linux interface name",
+                name.len()
+            ))
+        } else if name == "." || name == ".." {
+            Some("not a Linux interface name".to_owned())
+        } else {
+            name.chars()
+                .find(|c| matches!(c, '/' | ':') || c.is_whitespace() || c.is_control())
+                .map(|c| format!("{c:?} is not allowed in a Linux interface name"))
+        };
+        if let Some(why) = why {
+            return Err(format!("failed parsing interface '{name}': {why}"));
+        }
+    }
+    Ok(())
 }
 
 /// Istio's reading of `sidecar.istio.io/inject`: `y`, `yes`, `true`, `on` enable; `n`, `no`,
@@ -132,26 +193,107 @@ mod tests {
         assert_eq!(parse_ports("").unwrap(), Vec::<u16>::new());
         assert!(parse_ports("0").is_err());
         assert!(parse_ports("70000").unwrap_err().contains("70000"));
-        assert_eq!(parse_ports_or_wildcard(" * ").unwrap(), "*");
-        assert_eq!(parse_ports_or_wildcard("80 ,443").unwrap(), "80,443");
-        assert_eq!(parse_ports_or_wildcard("").unwrap(), "");
     }
 
+    /// Istio's `parsePorts`: the value and each item trimmed, an empty item an error.
     #[test]
-    fn cidrs() {
-        assert_eq!(
-            parse_cidrs_or_wildcard("10.0.0.0/8, 172.16.0.0/12,fd00::/8").unwrap(),
-            "10.0.0.0/8,172.16.0.0/12,fd00::/8"
-        );
-        assert_eq!(parse_cidrs_or_wildcard("10.1.2.3").unwrap(), "10.1.2.3/32");
-        assert_eq!(parse_cidrs_or_wildcard("*").unwrap(), "*");
-        assert_eq!(parse_cidrs_or_wildcard("").unwrap(), "");
-        assert!(parse_cidrs_or_wildcard("10.0.0.0/33").is_err());
-        assert!(
-            parse_cidrs_or_wildcard("10.0.0/8")
-                .unwrap_err()
-                .contains("10.0.0/8")
-        );
+    fn istio_port_lists() {
+        assert_eq!(istio_ports(" 80 , 443 ").unwrap(), [80, 443]);
+        assert_eq!(istio_ports("080").unwrap(), [80]);
+        assert_eq!(istio_ports("").unwrap(), Vec::<u16>::new());
+        assert_eq!(istio_ports("  ").unwrap(), Vec::<u16>::new());
+        for (bad, item) in [
+            ("x", "x"),
+            ("80,", ""),
+            ("80,,443", ""),
+            ("80, http", " http"),
+            ("65536", "65536"),
+            ("+80", "+80"),
+            ("-1", "-1"),
+            ("*", "*"),
+            ("0", "0"),
+        ] {
+            let e = istio_ports(bad).unwrap_err();
+            assert!(
+                e.starts_with(&format!("failed parsing port '{item}': ")),
+                "{bad:?}: {e}"
+            );
+        }
+    }
+
+    /// Go's `netip.ParsePrefix`, item by item, nothing trimmed.
+    #[test]
+    fn istio_cidr_lists() {
+        for ok in [
+            "",
+            "10.0.0.0/8",
+            "10.0.0.0/8,172.16.0.0/12,fd00::/8",
+            "10.1.2.3/8",
+            "0.0.0.0/0",
+            "::/0",
+            "::ffff:10.0.0.0/104",
+            "10.96.0.1/32",
+        ] {
+            assert!(istio_cidrs(ok).is_ok(), "{ok:?}: {:?}", istio_cidrs(ok));
+        }
+        for (bad, item, why) in [
+            ("foo", "foo", "no '/'"),
+            ("10.1.2.3", "10.1.2.3", "no '/'"),
+            ("*", "*", "no '/'"),
+            ("10.0.0.0/8,", "", "no '/'"),
+            (
+                "10.0.0.0/8, 10.1.0.0/16",
+                " 10.1.0.0/16",
+                "not an IP address",
+            ),
+            ("10.0.0/8", "10.0.0/8", "not an IP address"),
+            ("010.0.0.0/8", "010.0.0.0/8", "not an IP address"),
+            ("fe80::1%eth0/64", "fe80::1%eth0/64", "not an IP address"),
+            ("10.0.0.0/33", "10.0.0.0/33", "out of range (0-32 for IPv4)"),
+            ("fd00::/129", "fd00::/129", "out of range (0-128 for IPv6)"),
+            ("10.0.0.0/08", "10.0.0.0/08", "bad prefix length"),
+            ("10.0.0.0/+8", "10.0.0.0/+8", "bad prefix length"),
+            ("10.0.0.0/", "10.0.0.0/", "bad prefix length"),
+            ("10.0.0.0/8 ", "10.0.0.0/8 ", "bad prefix length"),
+        ] {
+            let e = istio_cidrs(bad).unwrap_err();
+            assert!(
+                e.starts_with(&format!("failed parsing cidr '{item}': ")) && e.contains(why),
+                "{bad:?}: {e}"
+            );
+        }
+    }
+
+    /// Linux's `dev_valid_name`, and no empty item.
+    #[test]
+    fn interface_name_lists() {
+        for ok in [
+            "",
+            "eth0",
+            "eth0,net1",
+            "k6t-eth0",
+            "veth+",
+            "a23456789012345",
+        ] {
+            assert!(interface_names(ok).is_ok(), "{ok:?}");
+        }
+        for (bad, item) in [
+            ("eth0,", ""),
+            (",eth0", ""),
+            ("eth0, net1", " net1"),
+            ("a234567890123456", "a234567890123456"),
+            ("..", ".."),
+            ("a/b", "a/b"),
+            ("eth0:1", "eth0:1"),
+            ("et\th", "et\th"),
+        ] {
+            let e = interface_names(bad).unwrap_err();
+            assert!(
+                e.starts_with(&format!("failed parsing interface '{item}': ")),
+                "{bad:?}: {e}"
+            );
+        }
+        assert!(interface_names("eth\u{0}").is_err());
     }
 
     #[test]

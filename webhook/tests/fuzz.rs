@@ -2,7 +2,9 @@
 //! deterministic generator, quickcheck-style, no extra dependency). Properties:
 //!
 //! 1. `review_body` never panics and always returns: either `Err` (→ 400) or a response.
-//! 2. A response echoes the request's uid and allows the pod.
+//! 2. A response echoes the request's uid and allows the pod, unless it refuses it for its
+//!    traffic annotations (`Outcome::Refused`: `allowed: false`, code 400, a message naming an
+//!    annotation in Istio's words, no patch).
 //! 3. A returned patch applies cleanly to the submitted object and yields a valid Pod.
 //! 4. Re-reviewing the patched pod returns no patch (idempotence).
 //! 5. Through the HTTP router, every body gets 200, 400 or 413.
@@ -15,7 +17,7 @@ use base64::Engine as _;
 use k8s_openapi::api::core::v1::Pod;
 use rustmesh_webhook::server::{AppState, router};
 use rustmesh_webhook::settings::NativeSidecars;
-use rustmesh_webhook::{InjectionSettings, review_body};
+use rustmesh_webhook::{InjectionSettings, Outcome, review_body};
 use serde_json::{Map, Value, json};
 
 /// SplitMix64: tiny, deterministic, good enough to drive a fuzzer.
@@ -112,6 +114,11 @@ const ANNOTATION_KEYS: &[&str] = &[
     "traffic.sidecar.istio.io/includeInboundPorts",
     "traffic.sidecar.istio.io/excludeInboundPorts",
     "traffic.sidecar.istio.io/excludeOutboundPorts",
+    "traffic.sidecar.istio.io/includeOutboundPorts",
+    "traffic.sidecar.istio.io/excludeInterfaces",
+    "traffic.sidecar.istio.io/kubevirtInterfaces",
+    "istio.io/reroute-virtual-interfaces",
+    "sidecar.istio.io/interceptionMode",
     "proxy.istio.io/config",
     "istio.io/rev",
     "kubectl.kubernetes.io/default-container",
@@ -126,6 +133,14 @@ const ANNOTATION_VALUES: &[&str] = &[
     "*",
     "10.0.0.0/8,fd00::/8",
     "10.0.0/8",
+    "10.1.2.3",
+    "80,",
+    "eth0,net1",
+    "averyveryverylongname",
+    "REDIRECT",
+    "TPROXY",
+    "NONE",
+    "proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"false\"}",
     "1.2.3.4/99",
     "80,443",
     "0",
@@ -316,6 +331,17 @@ fn check(body: &[u8], settings: &InjectionSettings, context: &str) -> bool {
     let sent: Value = serde_json::from_slice(body).expect("Ok implies JSON");
     let resp = &out.review["response"];
     assert_eq!(resp["uid"], sent["request"]["uid"], "{context}");
+    if out.outcome == Outcome::Refused {
+        assert_eq!(resp["allowed"], false, "{context}");
+        assert_eq!(resp["status"]["code"], 400, "{context}");
+        let message = resp["status"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(" error") && message.contains("for annotation '"),
+            "{context}: {message}"
+        );
+        assert!(resp.get("patch").is_none(), "{context}");
+        return false;
+    }
     assert_eq!(resp["allowed"], true, "{context}");
     assert_eq!(out.review["apiVersion"], sent["apiVersion"], "{context}");
     let Some(b64) = resp.get("patch") else {

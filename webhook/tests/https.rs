@@ -173,6 +173,21 @@ async fn injects_over_https_with_the_generated_ca() {
     assert_eq!(doc["response"]["allowed"], true);
     assert!(doc["response"].get("patch").is_none());
 
+    // Invalid traffic annotations: refused, as Istio's injector refuses them (HTTP 200, the
+    // review says `allowed: false`).
+    let (status, body) = client
+        .send("POST", "/inject", fixture_bytes("bad-traffic-annotations"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let doc: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["response"]["allowed"], false, "{doc}");
+    assert_eq!(doc["response"]["status"]["code"], 400);
+    let message = doc["response"]["status"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("5 errors occurred:\n\t* invalid value"),
+        "{message}"
+    );
+
     // Health, readiness, metrics.
     assert_eq!(
         client.send("GET", "/healthz", vec![]).await.0,
@@ -190,7 +205,8 @@ async fn injects_over_https_with_the_generated_ca() {
         "{metrics}"
     );
     assert!(metrics.contains(r#"rustmesh_webhook_reviews_total{result="skipped"} 1"#));
-    assert!(metrics.contains("rustmesh_webhook_review_duration_seconds_count 3"));
+    assert!(metrics.contains(r#"rustmesh_webhook_reviews_total{result="refused"} 1"#));
+    assert!(metrics.contains("rustmesh_webhook_review_duration_seconds_count 4"));
 
     // The plain ops listener serves the same health and metrics, but not /inject.
     let ops = webhook.ops_addr.expect("ops listener");

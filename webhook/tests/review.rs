@@ -510,8 +510,14 @@ fn traffic_and_resource_annotations() {
             "9080,9443",
             "-d",
             "15090,15021,15020,9443",
+            "-q",
+            "8443,9000",
             "-o",
             "3306,6379",
+            "-k",
+            "k6t-eth0,k6t-net1",
+            "-c",
+            "eth1",
             "--log_output_level=default:info",
         ]
     );
@@ -534,8 +540,6 @@ fn bad_annotations_allow_with_warnings_and_defaults() {
     for needle in [
         "sidecar.istio.io/proxyCPU",
         "sidecar.istio.io/proxyMemoryLimit",
-        "excludeOutboundIPRanges",
-        "excludeInboundPorts",
         "proxy.istio.io/config",
         "port 15000",
     ] {
@@ -551,6 +555,293 @@ fn bad_annotations_allow_with_warnings_and_defaults() {
     assert_eq!(
         spec.init_containers.unwrap()[0].args.as_deref().unwrap(),
         DEFAULT_INIT_ARGS
+    );
+}
+
+/// Runs a review that must be refused; returns the `response`.
+fn refused(doc: &Value, settings: &InjectionSettings) -> Value {
+    let body = serde_json::to_vec(doc).unwrap();
+    let out = review_body(&body, settings, &no_namespace).expect("a review answers");
+    let resp = out.review["response"].clone();
+    assert_eq!(out.outcome, Outcome::Refused, "{resp}");
+    assert_eq!(resp["uid"], doc["request"]["uid"], "uid is echoed");
+    assert_eq!(resp["allowed"], false, "{resp}");
+    assert!(resp.get("patch").is_none(), "{resp}");
+    assert_eq!(resp["status"]["code"], 400, "{resp}");
+    resp
+}
+
+/// The bare pod with these annotations.
+fn bare_pod_with(annotations: &[(&str, &str)]) -> Value {
+    let mut doc = fixture("bare-pod");
+    for (k, v) in annotations {
+        doc["request"]["object"]["metadata"]["annotations"][*k] = json!(v);
+    }
+    doc
+}
+
+fn inject_bare_pod(annotations: &[(&str, &str)], settings: &InjectionSettings) -> (Pod, Value) {
+    let doc = bare_pod_with(annotations);
+    let (resp, outcome) = run_doc(&doc, settings);
+    assert_eq!(outcome, Outcome::Injected, "{resp}");
+    (serde_json::from_value(apply(&doc, &resp)).unwrap(), resp)
+}
+
+fn init_args(pod: &Pod) -> Vec<String> {
+    let spec = pod.spec.as_ref().unwrap();
+    container(spec.init_containers.as_deref().unwrap(), "istio-init")
+        .args
+        .clone()
+        .unwrap()
+}
+
+/// As Istio's injector: an invalid traffic annotation refuses the pod, every one named in
+/// Istio's words (sorted by annotation), in Istio's error-list format; nothing is patched.
+#[test]
+fn invalid_traffic_annotations_refuse_the_pod_naming_each() {
+    let resp = refused(&fixture("bad-traffic-annotations"), &defaults());
+    let message = resp["status"]["message"].as_str().unwrap();
+    let failures = [
+        "invalid value 'tproxy' for annotation 'sidecar.istio.io/interceptionMode': \
+         interceptionMode invalid, use REDIRECT,TPROXY,NONE: tproxy",
+        "invalid value 'http' for annotation 'traffic.sidecar.istio.io/excludeInboundPorts': \
+         excludeInboundPorts invalid: failed parsing port 'http': \"http\" is not a port number (1-65535)",
+        "invalid value 'eth0,' for annotation 'traffic.sidecar.istio.io/excludeInterfaces': \
+         excludeInterfaces invalid: failed parsing interface '': an interface name is not empty",
+        "invalid value '10.0.0/8' for annotation 'traffic.sidecar.istio.io/excludeOutboundIPRanges': \
+         excludeIPRanges invalid: failed parsing cidr '10.0.0/8': \"10.0.0\" is not an IP address",
+        "invalid value '10.96.0.0/12,10.244.0' for annotation \
+         'traffic.sidecar.istio.io/includeOutboundIPRanges': includeIPRanges invalid: failed parsing \
+         cidr '10.244.0': no '/' (a range needs its prefix length, like 10.1.2.3/32)",
+    ];
+    assert_eq!(
+        message,
+        format!("5 errors occurred:\n\t* {}\n\n", failures.join("\n\t* "))
+    );
+    assert_eq!(resp["status"]["reason"], "BadRequest");
+    // The refusal is the answer: no warnings about the other annotations.
+    assert!(resp.get("warnings").is_none(), "{resp}");
+    assert_eq!(
+        resp["auditAnnotations"]["injection"],
+        "refused: 5 invalid annotation(s)"
+    );
+}
+
+/// The reason for refusing: before, a typo in the ranges to capture was a warning and `-i *`.
+#[test]
+fn a_typo_in_include_outbound_ip_ranges_refuses_the_pod_never_capture_everything() {
+    for typo in [
+        "10.96.0.0/12, 10.244.0.0/16",
+        "10.96.0.1",
+        "10.96.0.0/12,",
+        "all",
+    ] {
+        let resp = refused(
+            &bare_pod_with(&[("traffic.sidecar.istio.io/includeOutboundIPRanges", typo)]),
+            &defaults(),
+        );
+        let message = resp["status"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!(
+                "1 error occurred:\n\t* invalid value '{typo}' for annotation \
+                 'traffic.sidecar.istio.io/includeOutboundIPRanges': includeIPRanges invalid: \
+                 failed parsing cidr '"
+            )),
+            "{message}"
+        );
+    }
+}
+
+/// A pod that is not injected is not checked, as in Istio (the annotations would do nothing).
+#[test]
+fn a_pod_left_alone_is_not_refused_for_its_annotations() {
+    let mut doc = fixture("opt-out-annotation");
+    doc["request"]["object"]["metadata"]["annotations"]["traffic.sidecar.istio.io/includeOutboundIPRanges"] =
+        json!("oops");
+    let (resp, outcome) = run_doc(&doc, &defaults());
+    assert_eq!(outcome, Outcome::Skipped, "{resp}");
+}
+
+#[test]
+fn include_outbound_ports_exclude_interfaces_and_virtual_interfaces_only_when_annotated() {
+    let (pod, _) = inject_bare_pod(&[], &defaults());
+    let args = init_args(&pod);
+    for flag in ["-q", "-c", "-k", "-o"] {
+        assert!(!args.contains(&flag.to_owned()), "{flag}: {args:?}");
+    }
+    for (annotation, flag, value, passed) in [
+        (
+            "traffic.sidecar.istio.io/includeOutboundPorts",
+            "-q",
+            "8080,9090",
+            "8080,9090",
+        ),
+        (
+            "traffic.sidecar.istio.io/includeOutboundPorts",
+            "-q",
+            " 8080 ",
+            "8080",
+        ),
+        (
+            "traffic.sidecar.istio.io/includeOutboundPorts",
+            "-q",
+            "",
+            "",
+        ),
+        (
+            "traffic.sidecar.istio.io/excludeInterfaces",
+            "-c",
+            "eth1,eth2",
+            "eth1,eth2",
+        ),
+        (
+            "traffic.sidecar.istio.io/kubevirtInterfaces",
+            "-k",
+            "net1",
+            "net1",
+        ),
+        (
+            "istio.io/reroute-virtual-interfaces",
+            "-k",
+            "k6t-eth0",
+            "k6t-eth0",
+        ),
+    ] {
+        let (pod, resp) = inject_bare_pod(&[(annotation, value)], &defaults());
+        assert!(resp.get("warnings").is_none(), "{resp}");
+        let args = init_args(&pod);
+        let at = args
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("{annotation}: {args:?}"));
+        assert_eq!(args[at + 1], passed, "{annotation}={value:?}");
+        assert_eq!(args.last().unwrap(), "--log_output_level=default:info");
+    }
+}
+
+/// Istio's template takes `istio.io/reroute-virtual-interfaces` over the deprecated
+/// `traffic.sidecar.istio.io/kubevirtInterfaces`; rustmesh says so in a warning.
+#[test]
+fn reroute_virtual_interfaces_wins_over_kubevirt_interfaces() {
+    let (pod, resp) = inject_bare_pod(
+        &[
+            ("traffic.sidecar.istio.io/kubevirtInterfaces", "net1"),
+            ("istio.io/reroute-virtual-interfaces", "k6t-eth0"),
+        ],
+        &defaults(),
+    );
+    let args = init_args(&pod);
+    let k: Vec<&String> = args
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| *a == "-k")
+        .map(|(i, _)| &args[i + 1])
+        .collect();
+    assert_eq!(k, ["k6t-eth0"], "{args:?}");
+    let warnings = warnings_of(&resp);
+    assert!(
+        warnings.len() == 1 && warnings[0].contains("kubevirtInterfaces ignored"),
+        "{warnings:?}"
+    );
+}
+
+/// `NONE`: nothing is captured, so no istio-init at all (Istio's template); the sidecar is
+/// still injected and told the mode.
+#[test]
+fn interception_mode_none_injects_no_istio_init() {
+    let (pod, resp) = inject_bare_pod(
+        &[("sidecar.istio.io/interceptionMode", "NONE")],
+        &defaults(),
+    );
+    assert!(resp.get("warnings").is_none(), "{resp}");
+    let spec = pod.spec.as_ref().unwrap();
+    assert!(spec.init_containers.is_none(), "{:?}", spec.init_containers);
+    assert_eq!(names(&spec.containers), ["istio-proxy", "nginx"]);
+    let proxy = container(&spec.containers, "istio-proxy");
+    assert_eq!(env(proxy)["ISTIO_META_INTERCEPTION_MODE"], "NONE");
+    assert_eq!(
+        proxy.security_context.as_ref().unwrap().run_as_user,
+        Some(1337)
+    );
+    let injected = status(&pod);
+    assert_eq!(injected.init_containers, None, "Istio writes null");
+    assert_eq!(
+        injected.containers.as_deref(),
+        Some(&["istio-proxy".to_owned()][..])
+    );
+
+    // The pod's own init containers are left as they are.
+    let mut doc = fixture("existing-init-containers");
+    doc["request"]["object"]["metadata"]["annotations"]["sidecar.istio.io/interceptionMode"] =
+        json!("NONE");
+    let (resp, _) = run_doc(&doc, &defaults());
+    let pod: Pod = serde_json::from_value(apply(&doc, &resp)).unwrap();
+    assert_eq!(
+        names(pod.spec.as_ref().unwrap().init_containers.as_ref().unwrap()),
+        ["wait-for-db", "migrate"]
+    );
+
+    // A native sidecar is still an init container, alone.
+    let native = InjectionSettings {
+        native_sidecars: NativeSidecars::On,
+        ..defaults()
+    };
+    let (pod, _) = inject_bare_pod(&[("sidecar.istio.io/interceptionMode", "NONE")], &native);
+    assert_eq!(
+        names(pod.spec.as_ref().unwrap().init_containers.as_ref().unwrap()),
+        ["istio-proxy"]
+    );
+    assert_eq!(
+        status(&pod).init_containers.as_deref(),
+        Some(&["istio-proxy".to_owned()][..])
+    );
+}
+
+/// `TPROXY`: `-m TPROXY` (still `-u 1337`), and the sidecar as Istio's template runs it: root
+/// with group 1337 and NET_ADMIN, least privilege otherwise.
+#[test]
+fn interception_mode_tproxy_runs_the_sidecar_as_istio_does() {
+    let (pod, resp) = inject_bare_pod(
+        &[("sidecar.istio.io/interceptionMode", "TPROXY")],
+        &defaults(),
+    );
+    assert!(resp.get("warnings").is_none(), "{resp}");
+    let args = init_args(&pod);
+    let at = |flag: &str| &args[args.iter().position(|a| a == flag).unwrap() + 1];
+    assert_eq!(at("-m"), "TPROXY");
+    assert_eq!(at("-u"), "1337");
+    let spec = pod.spec.as_ref().unwrap();
+    let proxy = container(&spec.containers, "istio-proxy");
+    assert_eq!(env(proxy)["ISTIO_META_INTERCEPTION_MODE"], "TPROXY");
+    let sc = proxy.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_user, Some(0));
+    assert_eq!(sc.run_as_group, Some(1337));
+    assert_eq!(sc.run_as_non_root, Some(false));
+    let caps = sc.capabilities.as_ref().unwrap();
+    assert_eq!(caps.add.as_deref().unwrap(), ["NET_ADMIN"]);
+    assert_eq!(caps.drop.as_deref().unwrap(), ["ALL"]);
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.privileged, Some(false));
+    assert_eq!(
+        sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+        Some("RuntimeDefault")
+    );
+    // istio-init is the same as in REDIRECT mode.
+    let init = container(spec.init_containers.as_deref().unwrap(), "istio-init");
+    assert_eq!(init.security_context.as_ref().unwrap().run_as_user, Some(0));
+
+    // REDIRECT said explicitly is the default.
+    let (pod, _) = inject_bare_pod(
+        &[("sidecar.istio.io/interceptionMode", "REDIRECT")],
+        &defaults(),
+    );
+    assert_eq!(init_args(&pod), DEFAULT_INIT_ARGS);
+    let proxy = &pod.spec.as_ref().unwrap().containers[0];
+    assert_eq!(env(proxy)["ISTIO_META_INTERCEPTION_MODE"], "REDIRECT");
+    assert_eq!(
+        proxy.security_context.as_ref().unwrap().run_as_user,
+        Some(1337)
     );
 }
 
