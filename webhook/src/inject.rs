@@ -70,7 +70,8 @@ pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Result<Injection, Inva
 
     // --- containers -----------------------------------------------------------------------
     // NONE: nothing is captured, so there is no istio-init at all (Istio's template).
-    let init = (traffic.mode != InterceptionMode::None).then(|| init_container(&traffic, settings));
+    let init = (traffic.mode != InterceptionMode::None)
+        .then(|| init_container(&traffic, settings, &options));
     let mut sidecar = sidecar_container(
         pod,
         annotations,
@@ -260,8 +261,13 @@ fn add_map_entries(
 }
 
 /// `istio-init`: programs the capture rules with `istio-iptables`, as root with NET_ADMIN/NET_RAW.
-/// Its arguments are Istio's template's, from the pod's checked traffic annotations.
-fn init_container(traffic: &Traffic, settings: &InjectionSettings) -> Container {
+/// Its arguments are Istio's template's, from the pod's checked traffic annotations; its
+/// environment carries the `proxyMetadata` the capture step reads (`ISTIO_META_DNS_CAPTURE`).
+fn init_container(
+    traffic: &Traffic,
+    settings: &InjectionSettings,
+    options: &crate::proxy_config::ProxyOptions,
+) -> Container {
     // The proxy's own ports are always excluded; the user's are appended, as Istio does.
     let mut exclude_inbound = settings.excluded_inbound_ports();
     for p in &traffic.exclude_inbound_ports {
@@ -302,11 +308,23 @@ fn init_container(traffic: &Traffic, settings: &InjectionSettings) -> Container 
     }
     args.push(format!("--log_output_level={}", settings.log_level));
 
+    let env: Vec<EnvVar> = options
+        .env
+        .iter()
+        .filter(|(name, _)| crate::proxy_config::metadata(name).is_some_and(|m| m.init))
+        .map(|(name, value)| EnvVar {
+            name: name.clone(),
+            value: Some(value.clone()),
+            ..Default::default()
+        })
+        .collect();
+
     Container {
         name: INIT_CONTAINER_NAME.to_owned(),
         image: Some(settings.image.clone()),
         image_pull_policy: pull_policy(settings),
         args: Some(args),
+        env: (!env.is_empty()).then_some(env),
         resources: Some(resources(&settings.init_resources)),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),

@@ -10,7 +10,7 @@
 //! | `holdApplicationUntilProxyStarts` | the sidecar first, with a `postStart` wait (or a startup probe when native) |
 //! | `concurrency` | `--concurrency N` when positive |
 //! | `terminationDrainDuration` | `--termination-drain-duration D` when not the proxy's 5 s |
-//! | `proxyMetadata` | environment variables of `istio-proxy`, for the keys in [`METADATA`] |
+//! | `proxyMetadata` | environment variables of `istio-proxy`, for the keys in [`METADATA`]; those the capture step reads (`ISTIO_META_DNS_CAPTURE`) also of `istio-init` |
 //!
 //! Every other field, and a `proxyMetadata` key rustmesh does not implement, is reported in a
 //! warning naming it (the pod is still injected): nothing is accepted and silently ignored.
@@ -45,6 +45,8 @@ pub struct Metadata {
     pub expects: &'static str,
     /// Whether a value is acceptable.
     pub valid: fn(&str) -> bool,
+    /// Whether `istio-init` (the capture step) reads it too, so it is set there as well.
+    pub init: bool,
 }
 
 /// The `proxyMetadata` keys (environment variables of Istio's agent) the sidecar reads.
@@ -53,19 +55,23 @@ pub const METADATA: &[Metadata] = &[
         name: "EXIT_ON_ZERO_ACTIVE_CONNECTIONS",
         expects: "true or false",
         valid: |v| parse_bool(v).is_some(),
+        init: false,
     },
     Metadata {
         name: "MINIMUM_DRAIN_DURATION",
         expects: "a duration such as 5s",
         valid: |v| parse_duration(v).is_some(),
+        init: false,
+    },
+    // Whether the capture step sends the app's DNS to the sidecar's DNS proxy. Unset, rustmesh's
+    // capture does (its documented default; Istio's is off); `false` turns it off.
+    Metadata {
+        name: "ISTIO_META_DNS_CAPTURE",
+        expects: "true or false",
+        valid: |v| parse_bool(v).is_some(),
+        init: true,
     },
 ];
-
-/// Whether `name=value` asks for what the sidecar always does, so it needs no variable:
-/// `ISTIO_META_DNS_CAPTURE=true` (rustmesh's capture always sends DNS to the sidecar).
-pub fn always_on(name: &str, value: &str) -> bool {
-    name == "ISTIO_META_DNS_CAPTURE" && parse_bool(value) == Some(true)
-}
 
 /// What the mesh's `ProxyConfig` defaults and the pod's annotation make of the sidecar.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -140,7 +146,6 @@ pub fn resolve(
                 Value::Object(m) => {
                     for (name, v) in m {
                         match (metadata(name), v.as_str()) {
-                            (None, Some(v)) if always_on(name, v) => {}
                             (Some(known), Some(v)) if (known.valid)(v) => {
                                 out.env.insert(name.clone(), v.to_owned());
                             }
@@ -316,24 +321,54 @@ mod tests {
             w.iter().any(|m| m.contains("tracing is not implemented")),
             "{w:?}"
         );
-        // What rustmesh always does is not a warning; turning it off is.
-        let (dns, none) = with("proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"true\"}", &mesh);
-        assert!(
-            none.is_empty() && dns.env.is_empty(),
-            "{none:?} {:?}",
-            dns.env
-        );
-        let (_, off) = with("proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"false\"}", &mesh);
-        assert!(
-            off[0].contains("ISTIO_META_DNS_CAPTURE is not implemented"),
-            "{off:?}"
-        );
         assert!(
             w.iter().any(
                 |m| m.contains("proxyMetadata ISTIO_META_DNS_AUTO_ALLOCATE is not implemented")
             ),
             "{w:?}"
         );
+    }
+
+    /// `ISTIO_META_DNS_CAPTURE` is a real switch now: both values are passed on, the pod's
+    /// winning over the mesh's; a value that is not a boolean is a warning.
+    #[test]
+    fn dns_capture_is_passed_on_either_way() {
+        let mesh = InjectionSettings::default();
+        for v in ["true", "false"] {
+            let (o, w) = with(
+                &format!("proxyMetadata: {{ISTIO_META_DNS_CAPTURE: \"{v}\"}}"),
+                &mesh,
+            );
+            assert!(w.is_empty(), "{w:?}");
+            assert_eq!(o.env["ISTIO_META_DNS_CAPTURE"], v);
+        }
+        let (o, _) = with("{}", &mesh);
+        assert!(
+            !o.env.contains_key("ISTIO_META_DNS_CAPTURE"),
+            "unset: the capture's default"
+        );
+        let off = InjectionSettings {
+            proxy_metadata: BTreeMap::from([(
+                "ISTIO_META_DNS_CAPTURE".to_owned(),
+                "false".to_owned(),
+            )]),
+            ..InjectionSettings::default()
+        };
+        let (o, _) = with("concurrency: 1", &off);
+        assert_eq!(o.env["ISTIO_META_DNS_CAPTURE"], "false", "the mesh's");
+        let (o, _) = with("proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"true\"}", &off);
+        assert_eq!(o.env["ISTIO_META_DNS_CAPTURE"], "true", "the pod wins");
+        let (o, w) = with("proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"yes\"}", &off);
+        assert_eq!(
+            o.env["ISTIO_META_DNS_CAPTURE"], "false",
+            "a bad value: the mesh's"
+        );
+        assert!(
+            w[0].contains("ISTIO_META_DNS_CAPTURE is \"yes\", not true or false"),
+            "{w:?}"
+        );
+        assert!(metadata("ISTIO_META_DNS_CAPTURE").unwrap().init);
+        assert!(!metadata("EXIT_ON_ZERO_ACTIVE_CONNECTIONS").unwrap().init);
     }
 
     #[test]

@@ -457,11 +457,6 @@ fn parse_proxy_metadata(value: &str) -> std::result::Result<BTreeMap<String, Str
         .map_err(|e| format!("not a JSON object of names to values: {e}"))?;
     let mut out = BTreeMap::new();
     for (name, v) in map {
-        if v.as_str()
-            .is_some_and(|v| crate::proxy_config::always_on(&name, v))
-        {
-            continue;
-        }
         let Some(known) = crate::proxy_config::metadata(&name) else {
             return Err(crate::proxy_config::unimplemented_metadata(&name).replace("; ignored", ""));
         };
@@ -512,6 +507,18 @@ mod tests {
             std::time::Duration::from_secs(45)
         );
         assert_eq!(s.proxy_metadata["EXIT_ON_ZERO_ACTIVE_CONNECTIONS"], "true");
+        // DNS capture either way: a real switch, kept as written.
+        for v in ["true", "false"] {
+            let s = InjectionSettings::from_map(&map(&[
+                ("image", "proxy"),
+                (
+                    "proxyMetadata",
+                    &format!(r#"{{"ISTIO_META_DNS_CAPTURE": "{v}"}}"#),
+                ),
+            ]))
+            .unwrap();
+            assert_eq!(s.proxy_metadata["ISTIO_META_DNS_CAPTURE"], v);
+        }
         assert_eq!(
             InjectionSettings::from_map(&map(&[("image", "proxy"), ("proxyMetadata", "")]))
                 .unwrap()
@@ -534,6 +541,11 @@ mod tests {
                 "proxyMetadata",
                 r#"{"EXIT_ON_ZERO_ACTIVE_CONNECTIONS": "maybe"}"#,
                 "not true or false",
+            ),
+            (
+                "proxyMetadata",
+                r#"{"ISTIO_META_DNS_CAPTURE": "yes"}"#,
+                "ISTIO_META_DNS_CAPTURE is \"yes\", not true or false",
             ),
         ] {
             let e = InjectionSettings::from_map(&map(&[("image", "proxy"), (key, value)]))

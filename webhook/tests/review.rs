@@ -845,6 +845,56 @@ fn interception_mode_tproxy_runs_the_sidecar_as_istio_does() {
     );
 }
 
+/// `ISTIO_META_DNS_CAPTURE` in the resolved `proxyMetadata` (mesh, then the pod's) reaches
+/// istio-init, whose capture step reads it, and the sidecar; unset, neither gets it (the capture
+/// step then captures DNS, rustmesh's default).
+#[test]
+fn dns_capture_metadata_reaches_istio_init_and_the_sidecar() {
+    let dns = |pod: &Pod| {
+        let spec = pod.spec.as_ref().unwrap();
+        let init = container(spec.init_containers.as_deref().unwrap(), "istio-init");
+        let proxy = container(&spec.containers, "istio-proxy");
+        (
+            env(init).get("ISTIO_META_DNS_CAPTURE").cloned(),
+            env(proxy).get("ISTIO_META_DNS_CAPTURE").cloned(),
+        )
+    };
+    let (pod, _) = inject_bare_pod(&[], &defaults());
+    assert_eq!(dns(&pod), (None, None));
+    assert!(
+        pod.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0]
+            .env
+            .is_none()
+    );
+
+    let config = "proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"false\"}";
+    let (pod, resp) = inject_bare_pod(&[("proxy.istio.io/config", config)], &defaults());
+    assert!(resp.get("warnings").is_none(), "{resp}");
+    assert_eq!(dns(&pod), (Some(json!("false")), Some(json!("false"))));
+
+    let mesh_off = InjectionSettings {
+        proxy_metadata: [("ISTIO_META_DNS_CAPTURE".to_owned(), "false".to_owned())].into(),
+        ..defaults()
+    };
+    let (pod, _) = inject_bare_pod(&[], &mesh_off);
+    assert_eq!(dns(&pod), (Some(json!("false")), Some(json!("false"))));
+    let config = "proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"true\"}";
+    let (pod, _) = inject_bare_pod(&[("proxy.istio.io/config", config)], &mesh_off);
+    assert_eq!(
+        dns(&pod),
+        (Some(json!("true")), Some(json!("true"))),
+        "the pod wins"
+    );
+    // Other proxyMetadata is the sidecar's only.
+    let config = "proxyMetadata: {EXIT_ON_ZERO_ACTIVE_CONNECTIONS: \"true\"}";
+    let (pod, _) = inject_bare_pod(&[("proxy.istio.io/config", config)], &defaults());
+    assert!(
+        pod.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0]
+            .env
+            .is_none()
+    );
+}
+
 #[test]
 fn hold_application_until_proxy_starts() {
     let (pod, _) = injected("hold-application", &defaults());
