@@ -80,13 +80,43 @@ pub struct IstioIngressListener {
     pub bind: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capture_mode: Option<CaptureMode>,
-    /// Where to deliver: `127.0.0.1:PORT`, `0.0.0.0:PORT` or `unix://...`.
+    /// Where to deliver: `127.0.0.1:PORT` or `[::1]:PORT` (the app's loopback), `0.0.0.0:PORT` or
+    /// `[::]:PORT` (the pod's own address, on the listener's port). `unix://` is not implemented.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClientTlsSettings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_pool: Option<ConnectionPoolSettings>,
+}
+
+/// A parsed `defaultEndpoint` of an ingress listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DefaultEndpoint {
+    /// `127.0.0.1:PORT` or `[::1]:PORT`: the app's loopback address.
+    Loopback(std::net::IpAddr, u16),
+    /// `0.0.0.0:PORT` or `[::]:PORT`: the pod's own address (the connection's original
+    /// destination), on PORT.
+    Instance(u16),
+    /// `unix://PATH`: a Unix domain socket.
+    Unix(String),
+}
+
+impl DefaultEndpoint {
+    /// Parses Istio's four forms; `None` for anything else.
+    pub fn parse(endpoint: &str) -> Option<Self> {
+        if let Some(path) = endpoint.strip_prefix("unix://") {
+            return Some(Self::Unix(path.to_string()));
+        }
+        let (host, port) = endpoint.rsplit_once(':')?;
+        let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
+        match host {
+            "127.0.0.1" => Some(Self::Loopback(std::net::Ipv4Addr::LOCALHOST.into(), port)),
+            "[::1]" => Some(Self::Loopback(std::net::Ipv6Addr::LOCALHOST.into(), port)),
+            "0.0.0.0" | "[::]" => Some(Self::Instance(port)),
+            _ => None,
+        }
+    }
 }
 
 /// An outbound listener and the hosts it exposes.

@@ -842,16 +842,27 @@ impl Validate for SidecarSpec {
                 );
             }
             if let Some(ep) = &ing.default_endpoint {
-                let ok = ep.starts_with("unix://")
-                    || ep.rsplit_once(':').is_some_and(|(host, port)| {
-                        matches!(host, "127.0.0.1" | "0.0.0.0" | "[::1]" | "[::]")
-                            && port.parse::<u16>().is_ok_and(|n| n > 0)
-                    });
-                if !ok {
-                    f.err(
+                match crate::sidecar::DefaultEndpoint::parse(ep) {
+                    None => f.err(
                         format!("{p}.defaultEndpoint"),
                         format!("{ep:?} must be 127.0.0.1:PORT, 0.0.0.0:PORT, [::1]:PORT, [::]:PORT or unix://PATH"),
-                    );
+                    ),
+                    Some(crate::sidecar::DefaultEndpoint::Unix(_)) => f.err(
+                        format!("{p}.defaultEndpoint"),
+                        format!("{ep:?}: Unix domain socket endpoints are not implemented by rustmesh; use 127.0.0.1:PORT or 0.0.0.0:PORT"),
+                    ),
+                    Some(crate::sidecar::DefaultEndpoint::Instance(port))
+                        if u32::from(port) != ing.port.number =>
+                    {
+                        f.err(
+                            format!("{p}.defaultEndpoint"),
+                            format!(
+                                "{ep:?}: rustmesh forwards 0.0.0.0/[::] endpoints to the connection's original destination, so the port must be the listener's ({}); use 127.0.0.1:{port} to reach the app on another port",
+                                ing.port.number
+                            ),
+                        )
+                    }
+                    Some(_) => {}
                 }
             }
         }

@@ -241,6 +241,45 @@ fn destination_rule_and_sidecar_rules() {
     );
 }
 
+/// A Sidecar ingress `defaultEndpoint`: Istio's four forms parse; a Unix socket, and an instance
+/// endpoint on another port than the listener's, are refused naming the field (rustmesh cannot
+/// deliver them), never rendered as something else.
+#[test]
+fn sidecar_default_endpoints_rustmesh_cannot_deliver_are_refused() {
+    use rustmesh_api::sidecar::DefaultEndpoint;
+    assert_eq!(
+        DefaultEndpoint::parse("127.0.0.1:8080"),
+        Some(DefaultEndpoint::Loopback(
+            "127.0.0.1".parse().unwrap(),
+            8080
+        ))
+    );
+    assert_eq!(
+        DefaultEndpoint::parse("[::1]:8080"),
+        Some(DefaultEndpoint::Loopback("::1".parse().unwrap(), 8080))
+    );
+    assert_eq!(
+        DefaultEndpoint::parse("[::]:80"),
+        Some(DefaultEndpoint::Instance(80))
+    );
+    assert_eq!(DefaultEndpoint::parse("10.0.0.1:80"), None);
+    assert_eq!(DefaultEndpoint::parse("127.0.0.1:0"), None);
+    let sidecar = |ep: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata:\n  name: s\nspec:\n  ingress:\n  - port:\n      number: 9080\n      protocol: HTTP\n    defaultEndpoint: \"{ep}\"\n"
+        )
+    };
+    for ok in ["127.0.0.1:8080", "0.0.0.0:9080", "[::]:9080", "[::1]:7000"] {
+        load(&sidecar(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    let (f, _, msg) = only_error(&sidecar("unix:///var/run/app.sock"));
+    assert_eq!(f, "spec.ingress[0].defaultEndpoint");
+    assert!(msg.contains("not implemented"), "{msg}");
+    let (f, _, msg) = only_error(&sidecar("0.0.0.0:8080"));
+    assert_eq!(f, "spec.ingress[0].defaultEndpoint");
+    assert!(msg.contains("127.0.0.1:8080"), "{msg}");
+}
+
 #[test]
 fn kind_version_and_syntax_errors() {
     let (f, l, msg) = only_error(

@@ -130,7 +130,11 @@ impl App {
                             "image": TESTAPP_IMAGE,
                             "imagePullPolicy": "IfNotPresent",
                             "args": self.args(),
-                            "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                            // POD_IP lets an app bind its own address: `--bind $(POD_IP)`.
+                            "env": [
+                                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                                {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                            ],
                             "ports": ports,
                             "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
                         }],

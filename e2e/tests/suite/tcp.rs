@@ -99,11 +99,71 @@ async fn s6_http_app_sees_requests_arrive_through_the_sidecar() {
     ));
     assert_eq!(report.service, "details");
     // Without capture the app would see the client pod's IP; through 15006 the sidecar connects
-    // to the app over loopback (127.0.0.1 for `inbound|9080||`, 127.0.0.6 for passthrough).
+    // to the app from 127.0.0.6 (Istio 1.10+ forwarding to the pod address, and passthrough).
     assert!(
         report.peer.starts_with("127.0.0."),
         "the app saw the request from {} (want a loopback address: the sidecar)",
         report.peer
     );
+    ctx.delete_namespace(&ns).await;
+}
+
+/// Istio 1.10+ inbound forwarding: the sidecar delivers to the pod's own address (from
+/// 127.0.0.6), as the network would without a mesh. An app bound only to its pod IP is
+/// reachable through the mesh; an app bound only to 127.0.0.1 on a service port stays private
+/// (the request fails; before Istio 1.10, and in rustmesh before this, it was exposed).
+#[tokio::test]
+async fn s6_inbound_goes_to_the_pod_address_so_pod_ip_apps_work_and_localhost_stays_private() {
+    let Some(ctx) = setup("s6_pod_ip").await else {
+        return;
+    };
+    let ns = ctx.fresh_namespace("e2e-podip", true).await.unwrap();
+    let client = sample::productpage();
+    let mut pod_ip_app = sample::details();
+    pod_ip_app.extra_args = vec!["--bind".into(), "$(POD_IP)".into()];
+    let mut local_app = sample::ratings();
+    local_app.extra_args = vec!["--bind".into(), "127.0.0.1".into()];
+    sample::deploy(
+        &ctx,
+        &ns,
+        &[client.clone(), pod_ip_app.clone(), local_app.clone()],
+    )
+    .await
+    .unwrap();
+    let client_pod = ctx.pod_name(&ns, &client.selector()).await.unwrap();
+    for svc in ["details", "ratings"] {
+        ctx.wait_endpoints(&ns, &client_pod, svc, &ns, HTTP_PORT, 1)
+            .await
+            .unwrap();
+    }
+
+    let url = format!("http://details:{HTTP_PORT}/bound-to-pod-ip");
+    let report = ctx
+        .http_get(&ns, &client_pod, &client.app, &url, &[])
+        .await
+        .unwrap();
+    ctx.log(format!(
+        "{url}: answered by {} (peer {})",
+        report.service, report.peer
+    ));
+    assert_eq!(report.service, "details");
+    assert!(
+        report.peer.starts_with("127.0.0.6:"),
+        "the sidecar connects from 127.0.0.6, not {}",
+        report.peer
+    );
+
+    let url = format!("http://ratings:{HTTP_PORT}/bound-to-localhost");
+    let s = ctx
+        .http_load(&ns, &client_pod, &client.app, &url, 3, 1, &[])
+        .await
+        .unwrap();
+    ctx.log(format!("{url}: {s:?}"));
+    assert_eq!(
+        s.status(200),
+        0,
+        "an app bound to 127.0.0.1 is private: {s:?}"
+    );
+    assert_eq!(s.status(503), 3, "the sidecar cannot reach it: {s:?}");
     ctx.delete_namespace(&ns).await;
 }

@@ -38,7 +38,7 @@ use rustmesh_xds::tls::{
 };
 use rustmesh_xds::well_known::INBOUND_PASSTHROUGH_SOURCE_V4;
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 /// Envoy's connect timeout when the DestinationRule sets none (Istio's mesh default).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration(std::time::Duration::from_secs(10));
@@ -315,49 +315,51 @@ pub fn upstream_tls(
     }
 }
 
-/// `inbound|<port>||`: STATIC to the app on 127.0.0.1.
+/// `inbound|<port>||`: to the app, at the connection's original destination from 127.0.0.6
+/// (Istio 1.10+), or at a loopback endpoint a Sidecar names; `metadata.services` lists the
+/// services the port serves.
 pub fn inbound_cluster(
     name: &str,
-    ip: IpAddr,
-    target: u16,
+    endpoint: super::InboundEndpoint,
     services: &BTreeSet<(String, String, String)>,
 ) -> Cluster {
-    Cluster {
-        transport_socket: None,
-        transport_socket_matches: Vec::new(),
-        name: name.to_string(),
-        type_: DiscoveryType::Static,
-        connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-        lb_policy: LbPolicy::RoundRobin,
-        ring_hash_lb_config: None,
-        maglev_lb_config: None,
-        eds_cluster_config: None,
-        load_assignment: Some(ClusterLoadAssignment {
-            cluster_name: name.to_string(),
-            endpoints: vec![LocalityLbEndpoints {
-                locality: None,
-                lb_endpoints: vec![LbEndpoint::new(SocketAddr::new(ip, target))],
-                priority: 0,
-            }],
-        }),
-        circuit_breakers: None,
-        outlier_detection: None,
-        upstream_bind_config: None,
-        upstream_protocol: UpstreamProtocol::UseDownstream,
-        common_http_protocol_options: None,
-        metadata: (!services.is_empty()).then(|| ClusterMetadata {
-            services: services
-                .iter()
-                .map(|(host, name, namespace)| ServiceRef {
-                    host: host.clone(),
-                    name: name.clone(),
-                    namespace: namespace.clone(),
-                })
-                .collect(),
-            subset: None,
-            destination_rule: None,
-        }),
-    }
+    let mut c = match endpoint {
+        super::InboundEndpoint::OriginalDst => {
+            let mut c = bare(name, DiscoveryType::OriginalDst, LbPolicy::ClusterProvided);
+            c.upstream_bind_config = Some(BindConfig {
+                source_address: SocketAddress {
+                    address: INBOUND_PASSTHROUGH_SOURCE_V4,
+                    port_value: 0,
+                },
+            });
+            c
+        }
+        super::InboundEndpoint::Loopback(ip, port) => {
+            let mut c = bare(name, DiscoveryType::Static, LbPolicy::RoundRobin);
+            c.load_assignment = Some(ClusterLoadAssignment {
+                cluster_name: name.to_string(),
+                endpoints: vec![LocalityLbEndpoints {
+                    locality: None,
+                    lb_endpoints: vec![LbEndpoint::new(SocketAddr::new(ip, port))],
+                    priority: 0,
+                }],
+            });
+            c
+        }
+    };
+    c.metadata = (!services.is_empty()).then(|| ClusterMetadata {
+        services: services
+            .iter()
+            .map(|(host, name, namespace)| ServiceRef {
+                host: host.clone(),
+                name: name.clone(),
+                namespace: namespace.clone(),
+            })
+            .collect(),
+        subset: None,
+        destination_rule: None,
+    });
+    c
 }
 
 fn bare(name: &str, type_: DiscoveryType, lb_policy: LbPolicy) -> Cluster {

@@ -45,7 +45,7 @@ use crate::protocol::{ListenerProtocol, Protocol};
 use crate::registry::{Registry, Svc, SvcPort, exported};
 use crate::validation::{Validation, age_key, resolve_host};
 use rustmesh_api::sidecar::{
-    EgressHost, IstioEgressListener, OutboundTrafficPolicyMode, host_matches,
+    DefaultEndpoint, EgressHost, IstioEgressListener, OutboundTrafficPolicyMode, host_matches,
 };
 use rustmesh_api::{DestinationRule, Sidecar, VirtualService};
 use rustmesh_xds::ProxyConfig;
@@ -999,17 +999,31 @@ impl<'v, 'a> Ctx<'v, 'a> {
                     .unwrap_or_else(|| {
                         Protocol::of_service_port(number, ing.port.name.as_deref(), None, None)
                     });
-                let target = ing
+                // Validation refuses the endpoints rustmesh cannot deliver (Unix sockets, the
+                // pod's address on another port).
+                let endpoint = match ing
                     .default_endpoint
                     .as_deref()
-                    .and_then(|e| e.rsplit_once(':'))
-                    .and_then(|(_, p)| p.parse::<u16>().ok())
-                    .or_else(|| ing.port.target_port.and_then(|t| u16::try_from(t).ok()))
-                    .unwrap_or(number);
+                    .and_then(DefaultEndpoint::parse)
+                {
+                    Some(DefaultEndpoint::Loopback(ip, port)) => {
+                        InboundEndpoint::Loopback(ip, port)
+                    }
+                    Some(DefaultEndpoint::Instance(_)) => InboundEndpoint::OriginalDst,
+                    Some(DefaultEndpoint::Unix(_)) => continue,
+                    // No endpoint: the pod's own address, as Istio (1.10+) forwards; a
+                    // targetPort other than the port keeps the loopback form it names.
+                    None => match ing.port.target_port.and_then(|t| u16::try_from(t).ok()) {
+                        Some(target) if target != number => {
+                            InboundEndpoint::Loopback(loopback, target)
+                        }
+                        _ => InboundEndpoint::OriginalDst,
+                    },
+                };
                 let entry = ports.entry(number).or_insert_with(|| InboundPort {
                     protocols: BTreeSet::new(),
                     services: BTreeSet::new(),
-                    target,
+                    endpoint,
                 });
                 entry.protocols.insert(protocol.listener());
             }
@@ -1034,10 +1048,13 @@ impl<'v, 'a> Ctx<'v, 'a> {
                     if lp == ListenerProtocol::None || is_proxy_port(target) {
                         continue;
                     }
+                    // Istio 1.10+: to the pod's own address (the connection's original
+                    // destination), from 127.0.0.6, so an app bound to its pod IP is reachable
+                    // and one bound to 127.0.0.1 stays private.
                     let entry = ports.entry(target).or_insert_with(|| InboundPort {
                         protocols: BTreeSet::new(),
                         services: BTreeSet::new(),
-                        target,
+                        endpoint: InboundEndpoint::OriginalDst,
                     });
                     entry.protocols.insert(lp);
                     entry.services.insert((
@@ -1113,8 +1130,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
             }
             clusters.push(clusters::inbound_cluster(
                 &cluster,
-                loopback,
-                ip.target,
+                ip.endpoint,
                 &ip.services,
             ));
         }
@@ -1133,8 +1149,18 @@ struct InboundPort {
     protocols: BTreeSet<ListenerProtocol>,
     /// (fqdn, name, namespace)
     services: BTreeSet<(String, String, String)>,
-    /// Where the app listens (127.0.0.1:<target>).
-    target: u16,
+    /// Where the app is reached.
+    endpoint: InboundEndpoint,
+}
+
+/// Where an inbound cluster delivers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InboundEndpoint {
+    /// The connection's original destination (the pod's own address and the port), from
+    /// 127.0.0.6: `ORIGINAL_DST`, Istio's inbound cluster since 1.10.
+    OriginalDst,
+    /// A loopback address and port (a Sidecar ingress `defaultEndpoint: 127.0.0.1:PORT`).
+    Loopback(IpAddr, u16),
 }
 
 /// Whether a service of the namespace counts as served by the pods of scope `key` (so its

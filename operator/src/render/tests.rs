@@ -4,15 +4,35 @@ use super::*;
 use crate::configmap::{render, render_view};
 use crate::fixtures::{bookinfo, istio, namespace, workload};
 use crate::index::{Kind, Object};
-use rustmesh_xds::cluster::LbPolicy;
+use rustmesh_xds::cluster::{DiscoveryType, LbPolicy};
 use rustmesh_xds::listener::NetworkFilter;
 use rustmesh_xds::route::{Route, VirtualHost};
 
 const FIXTURE: &str = include_str!("../../../xds/tests/fixtures/productpage.json");
 
-/// The productpage fixture (bookinfo's productpage sidecar, in Istio's shapes).
+/// The productpage fixture (bookinfo's productpage sidecar, in Istio's shapes), with its inbound
+/// cluster in the form of Istio 1.10 and later: the seed it comes from was dumped from an older
+/// Istio, whose inbound clusters were STATIC to 127.0.0.1. Since 1.10 (upgrade notes, "Inbound
+/// Forwarding Configuration") they forward to the original destination, the pod's own address,
+/// from 127.0.0.6.
 fn fixture() -> ProxyConfig {
-    ProxyConfig::from_json(FIXTURE).expect("fixture is valid")
+    let mut doc: serde_json::Value = serde_json::from_str(FIXTURE).expect("fixture is JSON");
+    for c in doc["clusters"].as_array_mut().expect("clusters") {
+        if c["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("inbound|"))
+        {
+            let obj = c.as_object_mut().unwrap();
+            obj.remove("loadAssignment");
+            obj.insert("type".into(), "ORIGINAL_DST".into());
+            obj.insert("lbPolicy".into(), "CLUSTER_PROVIDED".into());
+            obj.insert(
+                "upstreamBindConfig".into(),
+                serde_json::json!({"sourceAddress": {"address": "127.0.0.6", "portValue": 0}}),
+            );
+        }
+    }
+    ProxyConfig::from_json(&doc.to_string()).expect("fixture is valid")
 }
 
 fn rendered(index: &Index, scope: &Scope) -> ProxyConfig {
@@ -450,6 +470,67 @@ spec:
             .as_deref(),
         Some("PassthroughCluster")
     );
+}
+
+/// Inbound clusters deliver as Istio 1.10+ does: a service port to the connection's original
+/// destination (the pod's own address) from 127.0.0.6; a Sidecar ingress to the loopback
+/// endpoint it names, or to the pod's address for `0.0.0.0:PORT` and when it names none.
+#[test]
+fn inbound_clusters_forward_to_the_pod_address_unless_a_sidecar_names_loopback() {
+    let index = bookinfo();
+    let c = rendered(&index, &Scope::namespace("default"));
+    let inbound = c.cluster("inbound|9080||").unwrap();
+    assert_eq!(inbound.type_, DiscoveryType::OriginalDst);
+    assert_eq!(inbound.lb_policy, LbPolicy::ClusterProvided);
+    assert!(inbound.load_assignment.is_none());
+    assert_eq!(
+        inbound
+            .upstream_bind_config
+            .as_ref()
+            .map(|b| b.source_address.address.to_string()),
+        Some("127.0.0.6".to_string())
+    );
+
+    let mut index = bookinfo();
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: default}
+spec:
+  ingress:
+  - port: {number: 9080, protocol: HTTP, name: http}
+    defaultEndpoint: "127.0.0.1:8080"
+  - port: {number: 9081, protocol: HTTP, name: http-v6}
+    defaultEndpoint: "[::1]:9081"
+  - port: {number: 9082, protocol: TCP, name: tcp}
+    defaultEndpoint: "0.0.0.0:9082"
+  - port: {number: 9083, protocol: TCP, name: tcp-none}
+"#,
+    );
+    let c = rendered(&index, &Scope::namespace("default"));
+    let endpoint = |name: &str| {
+        let cl = c.cluster(name).unwrap_or_else(|| panic!("{name}"));
+        match cl.type_ {
+            DiscoveryType::Static => {
+                let a = &cl.load_assignment.as_ref().unwrap().endpoints[0].lb_endpoints[0]
+                    .endpoint
+                    .address
+                    .socket_address;
+                std::net::SocketAddr::new(a.address, a.port_value as u16).to_string()
+            }
+            DiscoveryType::OriginalDst => {
+                assert!(cl.upstream_bind_config.is_some(), "{name} binds 127.0.0.6");
+                "original destination".to_string()
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    };
+    assert_eq!(endpoint("inbound|9080||"), "127.0.0.1:8080");
+    assert_eq!(endpoint("inbound|9081||"), "[::1]:9081");
+    assert_eq!(endpoint("inbound|9082||"), "original destination");
+    assert_eq!(endpoint("inbound|9083||"), "original destination");
 }
 
 #[test]
