@@ -290,7 +290,8 @@ fn config_dump(
     Ok(doc)
 }
 
-fn readiness(state: &AdminState) -> (StatusCode, &'static str) {
+/// The sidecar's readiness (`/healthz/ready` on 15021 and 15020, `/ready` on 15000).
+pub(crate) fn readiness(state: &AdminState) -> (StatusCode, &'static str) {
     if state.draining.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "DRAINING")
     } else if state.identity.as_ref().is_some_and(|id| !id.ready()) {

@@ -96,11 +96,7 @@ pub fn channel() -> (Signal, Watch) {
 impl Signal {
     /// Starts draining: every [`Watch::signaled`] resolves; listeners keep accepting.
     pub fn start(&self) {
-        self.inner.phase.send_if_modified(|p| {
-            let was = *p;
-            *p = (*p).max(Phase::Draining);
-            *p != was
-        });
+        self.starter().start();
     }
 
     /// Ends the drain: every [`Watch::closed`] (and [`Watch::signaled`]) resolves; listeners stop
@@ -112,6 +108,13 @@ impl Signal {
     /// Whether [`Signal::start`] (or [`Signal::close`]) was called.
     pub fn is_draining(&self) -> bool {
         *self.inner.phase.borrow() >= Phase::Draining
+    }
+
+    /// A [`Starter`]: starts this drain from elsewhere (the status port's `POST /drain`).
+    pub fn starter(&self) -> Starter {
+        Starter {
+            inner: self.inner.clone(),
+        }
     }
 
     /// A [`Flag`] that follows this signal.
@@ -217,6 +220,31 @@ impl Drop for Watch {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.inner.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Starts a drain (as [`Signal::start`]) without owning it: the drain's end stays with the
+/// [`Signal`] (SIGTERM or `/quitquitquit`).
+#[derive(Clone)]
+pub struct Starter {
+    inner: Arc<Inner>,
+}
+
+impl Starter {
+    /// Starts draining: not ready, inbound connections close after their request; the
+    /// listeners keep serving.
+    pub fn start(&self) {
+        self.inner.phase.send_if_modified(|p| {
+            let was = *p;
+            *p = (*p).max(Phase::Draining);
+            *p != was
+        });
+    }
+}
+
+impl std::fmt::Debug for Starter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("drain::Starter")
     }
 }
 

@@ -501,7 +501,14 @@ pub async fn serve(args: RunArgs) -> Result<()> {
             state.clone(),
         )?,
     ];
-    let status = args.status.bind()?;
+    let app_metrics = args.status.app_metrics()?;
+    let status = args.status.bind()?.map(|s| {
+        s.with_agent(crate::status::Agent {
+            admin: state.clone(),
+            drain: signal.starter(),
+            app_metrics,
+        })
+    });
     let dns = match args.dns_port {
         0 => None,
         port => {

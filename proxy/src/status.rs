@@ -28,6 +28,16 @@
 //!   returned.
 //! * **gRPC**: `grpc.health.v1.Health/Check` with the probe's `service`, plaintext h2.
 //!
+//! Istio's agent endpoints are served too (with [`StatusServer::with_agent`], as `proxy run`
+//! does):
+//!
+//! | path | answer |
+//! | --- | --- |
+//! | `GET /healthz/ready` | the sidecar's readiness, as 15021 |
+//! | `GET /stats/prometheus`, `GET /metrics` | the sidecar's metrics merged with the app's ([`crate::merge_metrics`]) |
+//! | `POST /quitquitquit` | 200 `OK`, then drain and exit as on SIGTERM (what a Job's last step calls); 403 unless from localhost |
+//! | `POST /drain` | 200 `OK`, then start draining (not ready, inbound connections close after their request) without exiting; 403 unless from localhost |
+//!
 //! [`StatusServer::new`] binds (`0.0.0.0` and `[::]` when the host has IPv6), so a taken port
 //! fails the start; [`StatusServer::run`] serves until the drain starts, then lets the probes in
 //! flight finish. A bad `ISTIO_KUBE_APP_PROBERS` stops the start with an error naming the key.
@@ -79,6 +89,11 @@ pub struct StatusArgs {
     /// The pod's IP, where the probes go (default 127.0.0.1).
     #[arg(long, value_name = "IP", env = "INSTANCE_IP")]
     pub pod_ip: Option<String>,
+    /// Where the app's own metrics are, merged into 15020's `/stats/prometheus`: the app's
+    /// `prometheus.io/*` annotations as the injector moved them (`{"scrape":"true",
+    /// "path":"/metrics","port":"8080"}`).
+    #[arg(long, value_name = "JSON", env = crate::merge_metrics::ANNOTATIONS_ENV)]
+    pub prometheus_annotations: Option<String>,
 }
 
 impl Default for StatusArgs {
@@ -87,6 +102,7 @@ impl Default for StatusArgs {
             status_port: AGENT_STATUS_PORT,
             app_probers: None,
             pod_ip: None,
+            prometheus_annotations: None,
         }
     }
 }
@@ -119,10 +135,26 @@ impl StatusArgs {
         }
     }
 
+    /// Where the app's metrics are (`None`: not scraped); a bad value is an error naming the
+    /// variable.
+    pub fn app_metrics(&self) -> Result<Option<crate::merge_metrics::AppMetrics>> {
+        match self.prometheus_annotations.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(json) => crate::merge_metrics::parse(json, self.status_port).map_err(|reason| {
+                Error::InvalidFlag {
+                    flag: "--prometheus-annotations/ISTIO_PROMETHEUS_ANNOTATIONS",
+                    value: shorten(json),
+                    reason,
+                }
+            }),
+        }
+    }
+
     /// The bound server, or `None` with `--status-port 0`.
     pub fn bind(&self) -> Result<Option<StatusServer>> {
         let probers = self.probers()?;
         let destination = self.destination()?;
+        self.app_metrics()?;
         if self.status_port == 0 {
             return Ok(None);
         }
@@ -142,6 +174,17 @@ fn shorten(text: &str) -> String {
 pub struct StatusServer {
     sockets: Vec<std::net::TcpListener>,
     probes: Arc<Probes>,
+    agent: Option<Arc<Agent>>,
+}
+
+/// What the status port serves besides the app's probes: Istio's agent endpoints.
+pub struct Agent {
+    /// Readiness, the sidecar's metrics, `/quitquitquit`.
+    pub admin: Arc<crate::admin::AdminState>,
+    /// `POST /drain`.
+    pub drain: drain::Starter,
+    /// The app's metrics to merge (from `ISTIO_PROMETHEUS_ANNOTATIONS`).
+    pub app_metrics: Option<crate::merge_metrics::AppMetrics>,
 }
 
 /// The probes and where they go.
@@ -165,7 +208,15 @@ impl StatusServer {
                 in_flight: Semaphore::new(MAX_PROBES_IN_FLIGHT),
                 tls: unverified_tls(),
             }),
+            agent: None,
         })
+    }
+
+    /// Serves Istio's agent endpoints too (readiness, merged metrics, `/quitquitquit`,
+    /// `/drain`).
+    pub fn with_agent(mut self, agent: Agent) -> Self {
+        self.agent = Some(Arc::new(agent));
+        self
     }
 
     /// The bound addresses.
@@ -185,18 +236,33 @@ impl StatusServer {
             destination = %self.probes.destination,
             "status port serving the app's probes"
         );
-        let probes = self.probes;
+        let (probes, agent) = (self.probes, self.agent);
         crate::listener::accept_loop("status", self.sockets, drain, move |stream, drain| {
-            serve_connection(probes.clone(), stream, drain)
+            serve_connection(probes.clone(), agent.clone(), stream, drain)
         })
         .await;
     }
 }
 
-async fn serve_connection(probes: Arc<Probes>, stream: TcpStream, drain: drain::Watch) {
+async fn serve_connection(
+    probes: Arc<Probes>,
+    agent: Option<Arc<Agent>>,
+    stream: TcpStream,
+    drain: drain::Watch,
+) {
+    let local_peer = stream
+        .peer_addr()
+        .is_ok_and(|a| a.ip().to_canonical().is_loopback());
     let service = hyper::service::service_fn(move |req| {
-        let probes = probes.clone();
-        async move { Ok::<_, Infallible>(handle(&probes, req).await) }
+        let (probes, agent) = (probes.clone(), agent.clone());
+        async move {
+            Ok::<_, Infallible>(match agent {
+                Some(agent) if !is_probe_path(req.uri().path()) => {
+                    agent_endpoint(&agent, local_peer, req).await
+                }
+                _ => handle(&probes, req).await,
+            })
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -208,6 +274,78 @@ async fn serve_connection(probes: Arc<Probes>, stream: TcpStream, drain: drain::
         () = drain.closed() => conn.as_mut().graceful_shutdown(),
     }
     let _ = conn.await;
+}
+
+/// `/app-health/...` and `/app-lifecycle/...`: the app's probes.
+fn is_probe_path(path: &str) -> bool {
+    path.starts_with("/app-health/") || path.starts_with("/app-lifecycle/")
+}
+
+/// Istio's agent endpoints (see the module doc).
+async fn agent_endpoint(
+    agent: &Agent,
+    local_peer: bool,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::GET | &Method::HEAD, "/healthz/ready") => {
+            let (status, word) = crate::admin::readiness(&agent.admin);
+            let mut r = Response::new(Full::new(Bytes::from(format!("{word}\n"))));
+            *r.status_mut() = status;
+            r
+        }
+        (&Method::GET, "/stats/prometheus" | "/metrics") => {
+            merged_metrics(agent, req.headers()).await
+        }
+        (_, "/quitquitquit" | "/drain") if !local_peer => answer(
+            StatusCode::FORBIDDEN,
+            "Only requests from localhost are allowed\n",
+        ),
+        (&Method::POST, "/quitquitquit") => {
+            tracing::info!("POST /quitquitquit on the status port: draining, then exiting");
+            agent.admin.quit.notify_one();
+            answer(StatusCode::OK, "OK")
+        }
+        (&Method::POST, "/drain") => {
+            tracing::info!("POST /drain on the status port: draining (not exiting)");
+            agent.drain.start();
+            answer(StatusCode::OK, "OK")
+        }
+        (_, "/quitquitquit" | "/drain") => {
+            answer(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n")
+        }
+        (&Method::GET | &Method::HEAD, _) => answer(StatusCode::NOT_FOUND, "not found\n"),
+        _ => answer(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+    }
+}
+
+/// The sidecar's metrics, then the app's (when configured and it answers).
+async fn merged_metrics(agent: &Agent, headers: &http::HeaderMap) -> Response<Full<Bytes>> {
+    let mut body = agent.admin.prometheus.encode().into_bytes();
+    let mut content_type = crate::merge_metrics::TEXT_FORMAT;
+    if let Some(app) = &agent.app_metrics {
+        match crate::merge_metrics::scrape(app, headers).await {
+            Ok(scraped) => {
+                content_type = crate::merge_metrics::negotiate(scraped.content_type.as_deref());
+                if !body.is_empty() && !body.ends_with(b"\n") {
+                    body.push(b'\n');
+                }
+                body.extend_from_slice(&scraped.body);
+            }
+            Err(e) => tracing::warn!(
+                port = app.port,
+                path = %app.path,
+                "merged metrics: the app's metrics could not be scraped: {e}"
+            ),
+        }
+    }
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    r
 }
 
 fn answer(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

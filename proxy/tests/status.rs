@@ -311,11 +311,26 @@ async fn the_end_of_the_drain_closes_the_port() {
 }
 
 #[test]
+fn a_bad_prometheus_annotations_value_stops_the_start_naming_the_variable() {
+    let args = |json: &str| StatusArgs {
+        status_port: 15020,
+        app_probers: None,
+        pod_ip: None,
+        prometheus_annotations: Some(json.to_owned()),
+    };
+    for bad in [r#"{"port":"15020"}"#, r#"{"port":"x"}"#, "nope"] {
+        let e = args(bad).bind().err().unwrap().to_string();
+        assert!(e.contains("ISTIO_PROMETHEUS_ANNOTATIONS"), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn a_bad_app_probers_value_stops_the_start_naming_the_key() {
     let args = |probers: &str| StatusArgs {
         status_port: 0,
         app_probers: Some(probers.to_owned()),
         pod_ip: None,
+        prometheus_annotations: None,
     };
     let e = args(r#"{"/app-health/web/readyz": {"httpGet": {"port": "http"}}}"#)
         .bind()

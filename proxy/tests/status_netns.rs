@@ -135,3 +135,106 @@ fn probes_reach_the_app_at_the_pod_ip_past_the_capture_rules() {
     );
     assert_eq!(peers.lock().unwrap().len(), 1, "and never reached the app");
 }
+
+/// A tiny HTTP server in `pod` on `addr`: every request gets `body` as Prometheus text.
+fn serve_metrics(pod: &support::Pod, addr: SocketAddr, body: &'static str) {
+    let listener = pod
+        .ns
+        .enter(move || TcpListener::bind(addr))
+        .expect("bind the app's metrics port");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buf = [0u8; 4096];
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+}
+
+/// Istio's agent endpoints on 15020: `/healthz/ready`; `/stats/prometheus` with the sidecar's
+/// metrics and then the app's, scraped where `ISTIO_PROMETHEUS_ANNOTATIONS` says (the app's
+/// port is only on localhost, as an app's metrics often are); `POST /drain` (localhost only)
+/// makes the sidecar not ready but keeps it running; `POST /quitquitquit` (localhost only, as a
+/// Job's last step calls it) ends it with status 0.
+#[test]
+fn the_status_port_serves_istios_agent_endpoints() {
+    if support::skip() {
+        return;
+    }
+    let mut net = Net::new();
+    let (pod, kubelet) = (net.pod(), net.pod());
+    serve_metrics(
+        &pod,
+        SocketAddr::from(([127, 0, 0, 1], 9100)),
+        "# TYPE app_requests_total counter\napp_requests_total 7\n",
+    );
+    let doc = json!({
+        "versionInfo": "v1",
+        "listeners": [virtual_outbound("PassthroughCluster")],
+        "clusters": builtin_clusters(),
+        "endpoints": [],
+    });
+    let scratch = Scratch::new();
+    let config = scratch.write("agent.json", &doc.to_string());
+    pod.capture(ISTIO_INIT_ARGS);
+    let mut sidecar = pod.start_sidecar_with_env(
+        &scratch,
+        &config,
+        &["--termination-drain-duration", "1s"],
+        &[(
+            "ISTIO_PROMETHEUS_ANNOTATIONS",
+            r#"{"scrape":"true","path":"/metrics","port":"9100"}"#,
+        )],
+    );
+    eventually(&pod, &sidecar, "/ready", "configured", |status, _| {
+        status == 200
+    });
+    let status_port = pod.at(15020);
+
+    let (status, body) = kubelet.http_get(status_port, "/healthz/ready").unwrap();
+    assert_eq!((status, body.as_str()), (200, "LIVE\n"));
+
+    let (status, merged) = kubelet.http_get(status_port, "/stats/prometheus").unwrap();
+    assert_eq!(status, 200, "{merged}");
+    let ours = merged
+        .find("# TYPE rustmesh_config_reloads counter")
+        .unwrap_or_else(|| panic!("the sidecar's metrics in:\n{merged}"));
+    let app = merged
+        .find("app_requests_total 7")
+        .unwrap_or_else(|| panic!("the app's metrics in:\n{merged}\nlog:\n{}", sidecar.log()));
+    assert!(ours < app, "the app's metrics come last");
+    assert_eq!(kubelet.http_get(status_port, "/metrics").unwrap().0, 200);
+
+    // From another pod: refused.
+    for path in ["/quitquitquit", "/drain"] {
+        let (status, _) = kubelet.http_request("POST", status_port, path).unwrap();
+        assert_eq!(status, 403, "{path} from another pod");
+    }
+    let local = SocketAddr::from(([127, 0, 0, 1], 15020));
+    assert_eq!(pod.http_request("GET", local, "/drain").unwrap().0, 405);
+    assert_eq!(pod.http_request("POST", local, "/drain").unwrap().0, 200);
+    assert_eq!(
+        kubelet.http_get(status_port, "/healthz/ready").unwrap().0,
+        503
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(sidecar.running(), "/drain does not exit");
+
+    assert_eq!(
+        pod.http_request("POST", local, "/quitquitquit").unwrap(),
+        (200, "OK".to_string())
+    );
+    let exit = sidecar.wait_exit();
+    assert!(exit.success(), "{exit:?}; log:\n{}", sidecar.log());
+}

@@ -160,6 +160,17 @@ impl Pod {
         self.ns.enter(move || http_get(addr, &path))
     }
 
+    /// [`http_request`] from this pod (as root: an app's request).
+    pub fn http_request(
+        &self,
+        method: &str,
+        addr: SocketAddr,
+        path: &str,
+    ) -> std::io::Result<(u16, String)> {
+        let (method, path) = (method.to_string(), path.to_string());
+        self.ns.enter(move || http_request(&method, addr, &path))
+    }
+
     /// Connects from this pod (as root: captured like an app) to `dst`, sends `line`, and
     /// returns the first line of the answer.
     pub fn talk(&self, dst: SocketAddr, line: &str) -> std::io::Result<String> {
@@ -181,11 +192,16 @@ impl Pod {
 
 /// A plain HTTP/1.1 GET with `Connection: close`.
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request("GET", addr, path)
+}
+
+/// A plain HTTP/1.1 request without a body, with `Connection: close`: status and body.
+pub fn http_request(method: &str, addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
