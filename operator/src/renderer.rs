@@ -19,7 +19,7 @@
 
 use crate::configmap::{Encoder, RenderedNamespace, render_namespace_with};
 use crate::error::Error;
-use crate::index::{Index, ObjKey, is_injected};
+use crate::index::{Index, ObjKey};
 use crate::registry::{Registry, Svc};
 use crate::render::{MeshView, serves_scope};
 use rustmesh_xds::names::service_fqdn;
@@ -73,8 +73,7 @@ impl Renderer {
     /// Plans a batch. `endpoints_only`: the services whose Endpoints changed when that is all
     /// the batch holds (`None`: anything else changed too).
     pub fn plan(&mut self, index: &Index, endpoints_only: Option<&BTreeSet<ObjKey>>) -> Plan {
-        self.last
-            .retain(|ns, _| index.namespaces.get(ns).is_some_and(is_injected));
+        self.last.retain(|ns, _| index.is_mesh_namespace(ns));
         let mut plan = Plan {
             changed: None,
             encoder: Encoder::default(),

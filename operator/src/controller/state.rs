@@ -207,12 +207,7 @@ impl State {
                 }
                 // Only injected namespaces are ours to restore; the hash check in the flush
                 // decides whether anything is written.
-                dirty.retain(|ns| {
-                    self.index
-                        .namespaces
-                        .get(ns)
-                        .is_some_and(crate::index::is_injected)
-                });
+                dirty.retain(|ns| self.index.is_mesh_namespace(ns));
                 Affects::full(dirty, false)
             }
             Msg::WatchError(..) => Affects::default(),

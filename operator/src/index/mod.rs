@@ -250,6 +250,8 @@ impl Affects {
 
 /// Label that turns injection on for a namespace.
 pub const INJECTION_LABEL: &str = "istio-injection";
+/// Pod label opting one pod in (or out) of injection (Istio's).
+pub const POD_INJECT_LABEL: &str = rustmesh_xds::well_known::LABEL_INJECT;
 /// Revision label: its presence turns injection on too.
 pub const REVISION_LABEL: &str = "istio.io/rev";
 /// Service annotation narrowing which namespaces see the service (Istio's).
@@ -291,12 +293,34 @@ impl Index {
         }
     }
 
-    /// Namespaces that get a ConfigMap, sorted.
+    /// Namespaces that get a ConfigMap, sorted: those labelled for injection, and (as Istio's
+    /// injector injects them) those not labelled `istio-injection=disabled` that hold a pod
+    /// opting in with the label `sidecar.istio.io/inject: "true"`.
     pub fn injected_namespaces(&self) -> impl Iterator<Item = &str> {
         self.namespaces
             .iter()
-            .filter(|(_, l)| is_injected(l))
+            .filter(|(n, l)| is_injected(l) || self.has_opted_in_pod(n, l))
             .map(|(n, _)| n.as_str())
+    }
+
+    /// Whether namespace `ns` gets a ConfigMap (see [`Index::injected_namespaces`]).
+    pub fn is_mesh_namespace(&self, ns: &str) -> bool {
+        self.namespaces
+            .get(ns)
+            .is_some_and(|l| is_injected(l) || self.has_opted_in_pod(ns, l))
+    }
+
+    /// A pod of `ns` opts in (`sidecar.istio.io/inject: "true"`) and the namespace does not
+    /// turn injection off.
+    fn has_opted_in_pod(&self, ns: &str, labels: &Labels) -> bool {
+        if labels.contains_key(INJECTION_LABEL) {
+            return false;
+        }
+        let from = ObjKey::new(ns, "");
+        self.pods
+            .range(from..)
+            .take_while(|(k, _)| k.namespace == ns)
+            .any(|(_, p)| p.labels.get(POD_INJECT_LABEL).map(String::as_str) == Some("true"))
     }
 
     /// Adds or replaces an object.
@@ -485,7 +509,7 @@ impl Index {
             }
             Object::Pod { key, .. } => Affects::full(self.namespaces_seeing(&key.namespace), false),
             Object::Namespace { name, labels } => Affects::full(
-                if is_injected(labels) {
+                if is_injected(labels) || self.has_opted_in_pod(name, labels) {
                     [name.clone()].into()
                 } else {
                     BTreeSet::new()
@@ -550,7 +574,7 @@ impl Index {
     ) -> BTreeSet<String> {
         names
             .into_iter()
-            .filter(|n| self.namespaces.get(n).is_some_and(is_injected))
+            .filter(|n| self.is_mesh_namespace(n))
             .collect()
     }
 
@@ -688,7 +712,7 @@ fn same_content(a: &Object, b: &Object) -> bool {
         (Object::Endpoints(x), Object::Endpoints(y)) => x.subsets == y.subsets,
         (Object::Pod { pod: x, .. }, Object::Pod { pod: y, .. }) => x == y,
         (Object::Namespace { labels: x, .. }, Object::Namespace { labels: y, .. }) => {
-            is_injected(x) == is_injected(y)
+            is_injected(x) == is_injected(y) && x.get(INJECTION_LABEL) == y.get(INJECTION_LABEL)
         }
         (Object::VirtualService(x), Object::VirtualService(y)) => {
             x.spec == y.spec && x.metadata.creation_timestamp == y.metadata.creation_timestamp
@@ -912,6 +936,53 @@ spec:
             .map(|s| Object::Service(Box::new(s.clone())))
             .collect();
         assert!(index.replace_kind(Kind::Service, same).is_empty());
+    }
+
+    /// Istio injects a pod labelled `sidecar.istio.io/inject: "true"` in a namespace without
+    /// the injection label, so that namespace must get a ConfigMap: while such a pod exists,
+    /// and never when the namespace says `istio-injection=disabled`.
+    #[test]
+    fn a_pod_opting_in_makes_its_unlabelled_namespace_a_mesh_namespace() {
+        let mut index = bookinfo();
+        fixtures::namespace(&mut index, "plain", false);
+        assert!(!index.is_mesh_namespace("plain"));
+        let pod = |labels: &[(&str, &str)]| Object::Pod {
+            key: ObjKey::new("plain", "job-1"),
+            pod: PodInfo::new(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                None,
+            ),
+        };
+        let a = index.apply(pod(&[("app", "job"), ("sidecar.istio.io/inject", "true")]));
+        assert!(index.is_mesh_namespace("plain"));
+        assert!(a.namespaces.contains("plain"), "{:?}", a.namespaces);
+        assert!(index.injected_namespaces().any(|n| n == "plain"));
+        // Opting out, or any other value, is not opting in.
+        index.apply(pod(&[("app", "job"), ("sidecar.istio.io/inject", "false")]));
+        assert!(!index.is_mesh_namespace("plain"));
+        index.apply(pod(&[("app", "job"), ("sidecar.istio.io/inject", "true")]));
+        index.delete(Kind::Pod, &ObjKey::new("plain", "job-1"));
+        assert!(
+            !index.is_mesh_namespace("plain"),
+            "the last such pod went away"
+        );
+        // A namespace turning injection off wins over its pods.
+        index.apply(pod(&[("sidecar.istio.io/inject", "true")]));
+        let a = index.apply(Object::Namespace {
+            name: "plain".into(),
+            labels: [("istio-injection".to_string(), "disabled".to_string())].into(),
+        });
+        assert!(!index.is_mesh_namespace("plain"));
+        assert!(
+            a.namespaces.contains("plain"),
+            "it was a mesh namespace: {a:?}"
+        );
+        // A pod of another namespace does not count.
+        fixtures::namespace(&mut index, "other", false);
+        assert!(!index.is_mesh_namespace("other"));
     }
 
     #[test]

@@ -513,12 +513,11 @@ fn render_batch(r: &mut Renderer, index: &Index, affects: &Affects) -> Vec<Rende
     let mut plan = r.plan(index, affects.endpoints_only.as_ref());
     let mut view = None;
     let mut paths = Vec::new();
-    for ns in affects.namespaces.iter().filter(|n| {
-        index
-            .namespaces
-            .get(*n)
-            .is_some_and(crate::index::is_injected)
-    }) {
+    for ns in affects
+        .namespaces
+        .iter()
+        .filter(|n| index.is_mesh_namespace(n))
+    {
         paths.push(r.render(&mut plan, index, &mut view, ns).unwrap().1);
     }
     paths

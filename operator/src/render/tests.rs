@@ -518,7 +518,7 @@ spec:
                     .endpoint
                     .address
                     .socket_address;
-                std::net::SocketAddr::new(a.address, a.port_value as u16).to_string()
+                std::net::SocketAddr::new(a.address, a.port_value).to_string()
             }
             DiscoveryType::OriginalDst => {
                 assert!(cl.upstream_bind_config.is_some(), "{name} binds 127.0.0.6");
