@@ -64,6 +64,37 @@ async fn send(
     Ok((status, body))
 }
 
+/// One POST with an empty body (e.g. `POST localhost:15020/quitquitquit`, a Job's last step);
+/// returns status and body.
+pub async fn post(url: &str) -> Result<(u16, Bytes), Error> {
+    let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| Error::Url {
+        url: url.to_string(),
+        reason: e.to_string(),
+    })?;
+    let req = http::Request::post(uri)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| Error::Url {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+    let fail = |e: String| Error::Request {
+        url: url.to_string(),
+        reason: e,
+    };
+    let resp = client(false)
+        .request(req)
+        .await
+        .map_err(|e| fail(format!("{e:?}")))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .to_bytes();
+    Ok((status, body))
+}
+
 /// One GET; returns status and body.
 pub async fn fetch(
     url: &str,

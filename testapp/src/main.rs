@@ -92,6 +92,9 @@ enum Command {
         #[arg(long, default_value_t = 15006)]
         inbound: u16,
     },
+    /// Send one POST with an empty body and print the answer (fails on a status >= 400), e.g.
+    /// a Job's last step: `testapp post http://127.0.0.1:15020/quitquitquit`.
+    Post { url: String },
     /// Send a line over TCP and print what comes back.
     Tcp {
         addr: String,
@@ -218,6 +221,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             let summary = client::run(&url, requests, concurrency, headers, h2c).await;
             println!("{}", serde_json::to_string(&summary)?);
+            Ok(())
+        }
+        Command::Post { url } => {
+            let (status, bytes) = client::post(&url).await?;
+            println!("{status} {}", String::from_utf8_lossy(&bytes));
+            anyhow::ensure!(status < 400, "status {status}");
             Ok(())
         }
         Command::Relay { .. } => unreachable!("main runs the relay without a runtime"),

@@ -151,3 +151,78 @@ async fn s12_pods_deleted_under_traffic_drain_as_istio() {
     assert_eq!(summary.status(200), 400, "{summary:?}");
     ctx.delete_namespace(&ns).await;
 }
+
+/// Issue #18: Istio's documented pattern for Jobs with a classic sidecar: the job's last step
+/// is `POST localhost:15020/quitquitquit`, so the sidecar exits and the Job completes. The app
+/// container's step fails if the status port does not answer it.
+#[tokio::test]
+async fn s12_a_job_that_calls_quitquitquit_completes() {
+    use k8s_openapi::api::batch::v1::Job;
+    use kube::api::{Api, Patch, PatchParams};
+    let Some(ctx) = setup("s12_job").await else {
+        return;
+    };
+    let ns = ctx.fresh_namespace("e2e-job", true).await.unwrap();
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let job = serde_json::json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "batch", "namespace": ns},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {
+                    "labels": {"app": "batch"},
+                    "annotations": {
+                        "sidecar.istio.io/proxyCPU": "10m",
+                        "sidecar.istio.io/proxyMemory": "32Mi",
+                        // The app waits for the sidecar, so its POST finds 15020 listening.
+                        "proxy.istio.io/config":
+                            "{\"holdApplicationUntilProxyStarts\": true, \"terminationDrainDuration\": \"1s\"}",
+                    },
+                },
+                "spec": {
+                    "restartPolicy": "Never",
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [{
+                        "name": "batch",
+                        "image": rustmesh_e2e::TESTAPP_IMAGE,
+                        "imagePullPolicy": "IfNotPresent",
+                        "args": ["post", "http://127.0.0.1:15020/quitquitquit"],
+                        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
+                    }],
+                },
+            },
+        },
+    });
+    jobs.patch(
+        "batch",
+        &PatchParams::apply(rustmesh_e2e::MANAGER).force(),
+        &Patch::Apply(job),
+    )
+    .await
+    .unwrap();
+    let outcome = rustmesh_e2e::poll(
+        "the Job to finish",
+        std::time::Duration::from_secs(120),
+        std::time::Duration::from_millis(500),
+        || async {
+            let j = jobs.get("batch").await.map_err(|e| e.to_string())?;
+            let status = j.status.unwrap_or_default();
+            Ok(
+                match (status.succeeded.unwrap_or(0), status.failed.unwrap_or(0)) {
+                    (0, 0) => None,
+                    (s, f) => Some((s, f)),
+                },
+            )
+        },
+    )
+    .await;
+    if outcome.is_err() {
+        ctx.dump_events(&ns).await;
+    }
+    let (succeeded, failed) = outcome.unwrap();
+    ctx.log(format!("Job batch: succeeded {succeeded}, failed {failed}"));
+    assert_eq!((succeeded, failed), (1, 0), "the Job completed");
+    ctx.delete_namespace(&ns).await;
+}

@@ -129,3 +129,59 @@ async fn s1_injection_follows_the_namespace_label_and_the_opt_out() {
     ctx.delete_namespace(&ns).await;
     ctx.delete_namespace(&plain_ns).await;
 }
+
+/// Issue #18: a pod opting in with `sidecar.istio.io/inject: "true"` in a namespace without the
+/// injection label is injected (as Istio's injector does), and the operator writes that
+/// namespace's configuration too, so its sidecar becomes ready and routes: a second opted-in
+/// pod is reached through both sidecars (the app sees the sidecar's 127.0.0.6).
+#[tokio::test]
+async fn s1_pods_opting_in_in_an_unlabelled_namespace_get_a_configured_sidecar() {
+    let Some(ctx) = setup("s1_opt_in").await else {
+        return;
+    };
+    let ns = ctx.fresh_namespace("e2e-optin", false).await.unwrap();
+    let client = App {
+        inject: Some(true),
+        ..sample::productpage()
+    };
+    let server = App {
+        inject: Some(true),
+        ..sample::details()
+    };
+    // `deploy` waits for every pod to be Ready: the sidecar is ready only once configured.
+    sample::deploy(&ctx, &ns, &[client.clone(), server.clone()])
+        .await
+        .unwrap();
+    let client_pod = ctx.pod_name(&ns, &client.selector()).await.unwrap();
+    let pod = ctx
+        .pods_with(&ns, &client.selector())
+        .await
+        .unwrap()
+        .remove(0);
+    let containers: Vec<String> = pod
+        .spec
+        .unwrap()
+        .containers
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert!(
+        containers.contains(&"istio-proxy".to_string()),
+        "{containers:?}"
+    );
+    ctx.wait_endpoints(&ns, &client_pod, "details", &ns, sample::HTTP_PORT, 1)
+        .await
+        .unwrap();
+    let url = format!("http://details:{}/opted-in", sample::HTTP_PORT);
+    let report = ctx
+        .http_get(&ns, &client_pod, &client.app, &url, &[])
+        .await
+        .unwrap();
+    assert_eq!(report.service, "details");
+    assert!(
+        report.peer.starts_with("127.0.0.6:"),
+        "through the server's sidecar: {}",
+        report.peer
+    );
+    ctx.delete_namespace(&ns).await;
+}
