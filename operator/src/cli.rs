@@ -75,6 +75,11 @@ pub struct Args {
     /// `rustmesh-operator` Services in the root namespace.
     #[arg(long, env = "CA_DNS_NAMES", value_delimiter = ',')]
     pub ca_dns_names: Vec<String>,
+    /// This control plane's revision (Istio's `istio.io/rev`): only namespaces and pods that
+    /// select it get configuration from this operator; `default` also serves
+    /// `istio-injection=enabled` and pods labelled `sidecar.istio.io/inject: "true"`.
+    #[arg(long, env = "REVISION", default_value = crate::index::DEFAULT_REVISION)]
+    pub revision: String,
 }
 
 impl Args {
@@ -128,6 +133,23 @@ impl Args {
             .or_else(|| std::env::var("HOSTNAME").ok())
             .unwrap_or_else(|| format!("operator-{}", std::process::id()));
         let duration = Duration::from_secs(self.lease_duration_secs);
+        let label_value = !self.revision.is_empty()
+            && self.revision.len() <= 63
+            && self
+                .revision
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && self.revision.as_bytes()[0].is_ascii_alphanumeric()
+            && self.revision.as_bytes()[self.revision.len() - 1].is_ascii_alphanumeric();
+        if !label_value {
+            return Err(Error::Flag {
+                flag: "revision",
+                message: format!(
+                    "{:?} is not a label value (at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)",
+                    self.revision
+                ),
+            });
+        }
         let ca = if self.enable_ca_server {
             // The trust domain must make valid SPIFFE ids.
             rustmesh_xds::identity::SpiffeId::new(&self.trust_domain, "ns", "sa").map_err(|e| {
@@ -173,6 +195,7 @@ impl Args {
                 }),
                 trust_domain: self.trust_domain.clone(),
                 auto_mtls: self.enable_auto_mtls,
+                revision: self.revision.clone(),
             },
             metrics_addr: self.metrics_addr,
             debounce_quiet: Duration::from_millis(self.debounce_ms),

@@ -68,6 +68,10 @@ pub struct MeshConfig {
     /// auto-mTLS `transportSocketMatches` (mutual TLS to endpoints with a sidecar, plain TCP to
     /// the others); off, only a DestinationRule's `ISTIO_MUTUAL` originates mutual TLS.
     pub auto_mtls: bool,
+    /// This control plane's revision (`istio.io/rev`): it serves the namespaces and pods that
+    /// select it ([`is_injected`], [`pod_opts_in`]); `default` also serves
+    /// `istio-injection=enabled`.
+    pub revision: String,
 }
 
 impl Default for MeshConfig {
@@ -79,6 +83,7 @@ impl Default for MeshConfig {
             ca_host: None,
             trust_domain: rustmesh_xds::identity::DEFAULT_TRUST_DOMAIN.to_string(),
             auto_mtls: true,
+            revision: DEFAULT_REVISION.to_string(),
         }
     }
 }
@@ -257,12 +262,30 @@ pub const REVISION_LABEL: &str = "istio.io/rev";
 /// Service annotation narrowing which namespaces see the service (Istio's).
 pub const SERVICE_EXPORT_TO_ANNOTATION: &str = "networking.istio.io/exportTo";
 
-/// Whether a namespace with these labels gets sidecars (and so a ConfigMap).
-pub fn is_injected(labels: &Labels) -> bool {
+/// The revision that serves `istio-injection=enabled` and pods opting in without a revision.
+pub const DEFAULT_REVISION: &str = "default";
+
+/// Whether a namespace with these labels is injected by control-plane `revision` (and so gets
+/// its ConfigMap from this operator), as Istio's webhooks select namespaces:
+/// `istio-injection=enabled` is the default revision's, `istio-injection` with another value
+/// turns injection off whatever the revision label says, and `istio.io/rev=<r>` is revision
+/// `r`'s.
+pub fn is_injected(labels: &Labels, revision: &str) -> bool {
     match labels.get(INJECTION_LABEL).map(String::as_str) {
-        Some("enabled") => true,
+        Some("enabled") => revision == DEFAULT_REVISION,
         Some(_) => false,
-        None => labels.contains_key(REVISION_LABEL),
+        None => labels.get(REVISION_LABEL).is_some_and(|r| r == revision),
+    }
+}
+
+/// Whether a pod with these labels, in a namespace that selects no injection itself (neither
+/// label), is injected by `revision`: `istio.io/rev=<revision>` (unless it opts out), or, for the
+/// default revision, `sidecar.istio.io/inject: "true"` without a revision label.
+pub fn pod_opts_in(labels: &Labels, revision: &str) -> bool {
+    let inject = labels.get(POD_INJECT_LABEL).map(String::as_str);
+    match labels.get(REVISION_LABEL) {
+        Some(r) => r == revision && inject != Some("false"),
+        None => revision == DEFAULT_REVISION && inject == Some("true"),
     }
 }
 
@@ -299,7 +322,7 @@ impl Index {
     pub fn injected_namespaces(&self) -> impl Iterator<Item = &str> {
         self.namespaces
             .iter()
-            .filter(|(n, l)| is_injected(l) || self.has_opted_in_pod(n, l))
+            .filter(|(n, l)| is_injected(l, &self.mesh.revision) || self.has_opted_in_pod(n, l))
             .map(|(n, _)| n.as_str())
     }
 
@@ -307,20 +330,19 @@ impl Index {
     pub fn is_mesh_namespace(&self, ns: &str) -> bool {
         self.namespaces
             .get(ns)
-            .is_some_and(|l| is_injected(l) || self.has_opted_in_pod(ns, l))
+            .is_some_and(|l| is_injected(l, &self.mesh.revision) || self.has_opted_in_pod(ns, l))
     }
 
-    /// A pod of `ns` opts in (`sidecar.istio.io/inject: "true"`) and the namespace does not
-    /// turn injection off.
+    /// A pod of `ns` opts in ([`pod_opts_in`]) and the namespace selects nothing itself.
     fn has_opted_in_pod(&self, ns: &str, labels: &Labels) -> bool {
-        if labels.contains_key(INJECTION_LABEL) {
+        if labels.contains_key(INJECTION_LABEL) || labels.contains_key(REVISION_LABEL) {
             return false;
         }
         let from = ObjKey::new(ns, "");
         self.pods
             .range(from..)
             .take_while(|(k, _)| k.namespace == ns)
-            .any(|(_, p)| p.labels.get(POD_INJECT_LABEL).map(String::as_str) == Some("true"))
+            .any(|(_, p)| pod_opts_in(&p.labels, &self.mesh.revision))
     }
 
     /// Adds or replaces an object.
@@ -509,7 +531,7 @@ impl Index {
             }
             Object::Pod { key, .. } => Affects::full(self.namespaces_seeing(&key.namespace), false),
             Object::Namespace { name, labels } => Affects::full(
-                if is_injected(labels) || self.has_opted_in_pod(name, labels) {
+                if is_injected(labels, &self.mesh.revision) || self.has_opted_in_pod(name, labels) {
                     [name.clone()].into()
                 } else {
                     BTreeSet::new()
@@ -712,7 +734,8 @@ fn same_content(a: &Object, b: &Object) -> bool {
         (Object::Endpoints(x), Object::Endpoints(y)) => x.subsets == y.subsets,
         (Object::Pod { pod: x, .. }, Object::Pod { pod: y, .. }) => x == y,
         (Object::Namespace { labels: x, .. }, Object::Namespace { labels: y, .. }) => {
-            is_injected(x) == is_injected(y) && x.get(INJECTION_LABEL) == y.get(INJECTION_LABEL)
+            x.get(INJECTION_LABEL) == y.get(INJECTION_LABEL)
+                && x.get(REVISION_LABEL) == y.get(REVISION_LABEL)
         }
         (Object::VirtualService(x), Object::VirtualService(y)) => {
             x.spec == y.spec && x.metadata.creation_timestamp == y.metadata.creation_timestamp
@@ -985,6 +1008,49 @@ spec:
         assert!(!index.is_mesh_namespace("other"));
     }
 
+    /// Two control planes side by side (a canary upgrade): each operator serves the namespaces
+    /// and pods of its own revision only, so they never write the same ConfigMap.
+    #[test]
+    fn each_revision_serves_only_what_selects_it() {
+        let mut default = Index::new(MeshConfig::default());
+        let mut canary = Index::new(MeshConfig {
+            revision: "canary".into(),
+            ..MeshConfig::default()
+        });
+        let ns = |name: &str, labels: &[(&str, &str)]| Object::Namespace {
+            name: name.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let pod = |ns: &str, labels: &[(&str, &str)]| Object::Pod {
+            key: ObjKey::new(ns, "p"),
+            pod: PodInfo::new(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                None,
+            ),
+        };
+        for index in [&mut default, &mut canary] {
+            index.apply(ns("stable", &[("istio-injection", "enabled")]));
+            index.apply(ns("moved", &[("istio.io/rev", "canary")]));
+            index.apply(ns("plain", &[]));
+            index.apply(pod("plain", &[("istio.io/rev", "canary")]));
+            index.apply(ns("optin", &[]));
+            index.apply(pod("optin", &[("sidecar.istio.io/inject", "true")]));
+        }
+        let served = |i: &Index| {
+            i.injected_namespaces()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(served(&default), ["optin", "stable"]);
+        assert_eq!(served(&canary), ["moved", "plain"]);
+    }
+
     #[test]
     fn injection_labels() {
         let l = |pairs: &[(&str, &str)]| -> Labels {
@@ -993,12 +1059,35 @@ spec:
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect()
         };
-        assert!(is_injected(&l(&[("istio-injection", "enabled")])));
-        assert!(is_injected(&l(&[("istio.io/rev", "canary")])));
-        assert!(!is_injected(&l(&[
-            ("istio-injection", "disabled"),
-            ("istio.io/rev", "x")
-        ])));
-        assert!(!is_injected(&l(&[])));
+        let d = DEFAULT_REVISION;
+        assert!(is_injected(&l(&[("istio-injection", "enabled")]), d));
+        assert!(!is_injected(
+            &l(&[("istio-injection", "enabled")]),
+            "canary"
+        ));
+        assert!(is_injected(&l(&[("istio.io/rev", "canary")]), "canary"));
+        assert!(!is_injected(&l(&[("istio.io/rev", "canary")]), d));
+        assert!(is_injected(&l(&[("istio.io/rev", "default")]), d));
+        assert!(!is_injected(
+            &l(&[("istio-injection", "disabled"), ("istio.io/rev", "x")]),
+            "x"
+        ));
+        assert!(!is_injected(&l(&[]), d));
+        // Pods of a namespace that selects nothing.
+        assert!(pod_opts_in(&l(&[("sidecar.istio.io/inject", "true")]), d));
+        assert!(!pod_opts_in(
+            &l(&[("sidecar.istio.io/inject", "true")]),
+            "canary"
+        ));
+        assert!(pod_opts_in(&l(&[("istio.io/rev", "canary")]), "canary"));
+        assert!(!pod_opts_in(
+            &l(&[
+                ("istio.io/rev", "canary"),
+                ("sidecar.istio.io/inject", "false")
+            ]),
+            "canary"
+        ));
+        assert!(!pod_opts_in(&l(&[("istio.io/rev", "canary")]), d));
+        assert!(!pod_opts_in(&l(&[("app", "x")]), d));
     }
 }
