@@ -6,6 +6,7 @@
 //! Kubernetes watches ([`kube_sync`]) are thin layers around it.
 #![forbid(unsafe_code)]
 
+pub mod annotations;
 pub mod app;
 pub mod decide;
 pub mod error;

@@ -7,7 +7,7 @@
 //! (for `includeOutboundIPRanges` the default, `*`, captures everything). Every invalid annotation
 //! is reported at once, each as Istio words it:
 //! `invalid value '<value>' for annotation '<name>': <why>`, and the whole in the list format of
-//! Istio's error list (`1 error occurred:\n\t* ...\n\n`), see [`InvalidAnnotations::message`].
+//! Istio's error list (`1 error occurred:\n\t* ...\n\n`), see [`crate::annotations`].
 //!
 //! | annotation | `istio-init` | checked as |
 //! |---|---|---|
@@ -26,8 +26,9 @@
 //! error; a CIDR needs its prefix length. Port lists are passed on normalised (`80,443`).
 
 use std::collections::BTreeMap;
-use std::fmt;
 
+use crate::annotations::Failures;
+pub use crate::annotations::InvalidAnnotations;
 use crate::names::*;
 use crate::values;
 
@@ -111,45 +112,23 @@ impl Default for Traffic {
     }
 }
 
-/// The pod's invalid traffic annotations: the reason it is refused.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InvalidAnnotations(
-    /// One `invalid value '<value>' for annotation '<name>': <why>` per annotation, in the
-    /// order of the annotations' names.
-    pub Vec<String>,
-);
-
-impl InvalidAnnotations {
-    /// The refusal's message, in the format of Istio's error list (hashicorp's `multierror`):
-    /// `1 error occurred:\n\t* <failure>\n\n`, or `N errors occurred:\n\t* <a>\n\t* <b>\n\n`.
-    pub fn message(&self) -> String {
-        let n = self.0.len();
-        format!(
-            "{n} {} occurred:\n\t* {}\n\n",
-            if n == 1 { "error" } else { "errors" },
-            self.0.join("\n\t* ")
-        )
-    }
-}
-
-impl fmt::Display for InvalidAnnotations {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message())
-    }
-}
-
 /// Reads the pod's traffic annotations; any invalid one refuses the pod (all are reported).
 pub fn resolve(annotations: &BTreeMap<String, String>) -> Result<Traffic, InvalidAnnotations> {
-    let mut failures: Vec<(&'static str, String)> = Vec::new();
+    let mut failures = Failures::default();
+    let traffic = read(annotations, &mut failures);
+    failures.into_result(traffic)
+}
+
+/// [`resolve`], adding each invalid annotation to `failures` (with Istio's defaults in their
+/// place in what is returned), so that the caller reports them with the pod's other invalid
+/// annotations.
+pub fn read(annotations: &BTreeMap<String, String>, failures: &mut Failures) -> Traffic {
     let mut read = |name: &'static str, parse: &dyn Fn(&str) -> Result<String, String>| {
         let value = annotations.get(name)?;
         match parse(value) {
             Ok(v) => Some(v),
             Err(why) => {
-                failures.push((
-                    name,
-                    format!("invalid value '{value}' for annotation '{name}': {why}"),
-                ));
+                failures.add(name, value, why);
                 None
             }
         }
@@ -187,13 +166,6 @@ pub fn resolve(annotations: &BTreeMap<String, String>) -> Result<Traffic, Invali
         interfaces("kubevirtInterfaces", v)
     });
 
-    if !failures.is_empty() {
-        failures.sort_by(|a, b| a.0.cmp(b.0));
-        return Err(InvalidAnnotations(
-            failures.into_iter().map(|(_, m)| m).collect(),
-        ));
-    }
-
     let mut warnings = Vec::new();
     if reroute.is_some() && kubevirt.is_some() {
         warnings.push(format!(
@@ -202,7 +174,7 @@ pub fn resolve(annotations: &BTreeMap<String, String>) -> Result<Traffic, Invali
         ));
     }
     let default = Traffic::default();
-    Ok(Traffic {
+    Traffic {
         mode: mode
             .and_then(|m| InterceptionMode::parse(&m).ok())
             .unwrap_or_default(),
@@ -217,7 +189,7 @@ pub fn resolve(annotations: &BTreeMap<String, String>) -> Result<Traffic, Invali
         reroute_virtual_interfaces: reroute.or(kubevirt),
         exclude_interfaces,
         warnings,
-    })
+    }
 }
 
 /// A CIDR list (as written), or `*` where allowed; Istio's `<param> invalid: failed parsing
