@@ -1,5 +1,6 @@
 //! Parsers for the small string values users write in annotations and settings:
-//! Kubernetes quantities, port lists, CIDR lists, interface names and yes/no flags.
+//! Kubernetes quantities (checked, and compared exactly), port lists, CIDR lists, interface
+//! names, Kubernetes names and yes/no flags.
 //!
 //! Each returns a message naming what is wrong, so that the caller can turn it into a warning
 //! (annotations), a refusal (the traffic annotations, [`crate::traffic`]) or a setting error
@@ -11,6 +12,24 @@ use std::net::IpAddr;
 /// Checks a Kubernetes resource quantity (`100m`, `128Mi`, `1.5`, `2e3`, `1Gi`), as the API server
 /// would accept it for `resources.requests`/`limits`. Negative quantities are refused.
 pub fn check_quantity(s: &str) -> Result<(), String> {
+    parse_quantity(s).map(|_| ())
+}
+
+/// A non-negative Kubernetes quantity as an exact number: `digits` x 10^`exp10` x 2^`exp2`, so
+/// that `100m`, `0.1` and `1e-1` compare equal, and `1Gi` is `1073741824` exactly (no
+/// floating point: a request equal to its limit must never read as more).
+#[derive(Clone, Debug)]
+pub struct Quantity {
+    /// Decimal digits, most significant first, without leading zeros (empty: zero).
+    digits: Vec<u8>,
+    exp10: i64,
+    exp2: i64,
+}
+
+/// Parses a Kubernetes quantity (the grammar of `resource.ParseQuantity`: a decimal number with
+/// an optional `+`, then a binary (`Ki`..`Ei`), decimal (`n`, `u`, `m`, `k`, `M`..`E`) or
+/// exponent (`e3`, `E-2`) suffix). Negative quantities are refused.
+pub fn parse_quantity(s: &str) -> Result<Quantity, String> {
     let bad = || format!("{s:?} is not a Kubernetes quantity (examples: 100m, 0.5, 128Mi, 1Gi)");
     let rest = s.strip_prefix('+').unwrap_or(s);
     if rest.starts_with('-') {
@@ -24,20 +43,147 @@ pub fn check_quantity(s: &str) -> Result<(), String> {
     if num.is_empty() || num == "." || num.matches('.').count() > 1 {
         return Err(bad());
     }
-    let ok_suffix = match suffix {
-        "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" => true,
-        "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" => true,
-        s if s.starts_with(['e', 'E']) => {
-            let exp = &s[1..];
-            let exp = exp.strip_prefix(['+', '-']).unwrap_or(exp);
-            !exp.is_empty() && exp.len() <= 3 && exp.bytes().all(|b| b.is_ascii_digit())
-        }
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    let digits: Vec<u8> = int.bytes().chain(frac.bytes()).map(|b| b - b'0').collect();
+    let mut exp10 = -i64::try_from(frac.len()).map_err(|_| bad())?;
+    let mut exp2 = 0;
+    match suffix {
+        "" => {}
         // "n" and "u" are valid quantities but meaningless for CPU/memory of a proxy; the API
         // server accepts them, so do we.
-        "n" | "u" => true,
-        _ => false,
-    };
-    if ok_suffix { Ok(()) } else { Err(bad()) }
+        "n" => exp10 -= 9,
+        "u" => exp10 -= 6,
+        "m" => exp10 -= 3,
+        "k" => exp10 += 3,
+        "M" => exp10 += 6,
+        "G" => exp10 += 9,
+        "T" => exp10 += 12,
+        "P" => exp10 += 15,
+        "E" => exp10 += 18,
+        "Ki" => exp2 = 10,
+        "Mi" => exp2 = 20,
+        "Gi" => exp2 = 30,
+        "Ti" => exp2 = 40,
+        "Pi" => exp2 = 50,
+        "Ei" => exp2 = 60,
+        s if s.starts_with(['e', 'E']) => {
+            let exp = &s[1..];
+            let (negative, digits) = match exp.strip_prefix('-') {
+                Some(d) => (true, d),
+                None => (false, exp.strip_prefix('+').unwrap_or(exp)),
+            };
+            if digits.is_empty() || digits.len() > 3 || !digits.bytes().all(|b| b.is_ascii_digit())
+            {
+                return Err(bad());
+            }
+            let n: i64 = digits.parse().map_err(|_| bad())?;
+            exp10 += if negative { -n } else { n };
+        }
+        _ => return Err(bad()),
+    }
+    let first = digits.iter().position(|d| *d != 0).unwrap_or(digits.len());
+    Ok(Quantity {
+        digits: digits[first..].to_vec(),
+        exp10,
+        exp2,
+    })
+}
+
+impl Quantity {
+    /// Whether the quantity is zero.
+    pub fn is_zero(&self) -> bool {
+        self.digits.is_empty()
+    }
+
+    /// Compares two quantities by value, exactly.
+    pub fn cmp_value(&self, other: &Quantity) -> std::cmp::Ordering {
+        use std::cmp::Ordering;
+        match (self.is_zero(), other.is_zero()) {
+            (true, true) => return Ordering::Equal,
+            (true, false) => return Ordering::Less,
+            (false, true) => return Ordering::Greater,
+            (false, false) => {}
+        }
+        // Both as whole numbers over the common scale 10^min(exp10) x 2^min(exp2).
+        let exp10 = self.exp10.min(other.exp10);
+        let exp2 = self.exp2.min(other.exp2);
+        let a = self.scaled(exp10, exp2);
+        let b = other.scaled(exp10, exp2);
+        a.len().cmp(&b.len()).then_with(|| a.cmp(&b))
+    }
+
+    /// The digits of `self / (10^exp10 x 2^exp2)`, which must be whole (both at most self's).
+    fn scaled(&self, exp10: i64, exp2: i64) -> Vec<u8> {
+        let mut d = self.digits.clone();
+        let zeros = usize::try_from(self.exp10 - exp10).unwrap_or(0);
+        d.resize(d.len() + zeros, 0);
+        for _ in 0..(self.exp2 - exp2) {
+            // Doubling, least significant digit first.
+            let mut carry = 0;
+            for digit in d.iter_mut().rev() {
+                let v = *digit * 2 + carry;
+                *digit = v % 10;
+                carry = v / 10;
+            }
+            if carry > 0 {
+                d.insert(0, carry);
+            }
+        }
+        d
+    }
+}
+
+/// Go's `strconv.ParseBool`, which Istio's injector validates its boolean annotations with:
+/// `1`, `t`, `T`, `TRUE`, `true`, `True` and `0`, `f`, `F`, `FALSE`, `false`, `False`; nothing
+/// else (no spaces, no `yes`).
+pub fn go_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// A DNS-1123 label, as Kubernetes requires of volume names: at most 63 characters, lower-case
+/// alphanumerics and `-`, starting and ending with an alphanumeric.
+pub fn check_dns_label(s: &str) -> Result<(), String> {
+    let ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if s.is_empty() || s.len() > 63 {
+        return Err(format!("{s:?} is not 1 to 63 characters long"));
+    }
+    if !s.bytes().all(|b| ok(b) || b == b'-')
+        || !ok(s.as_bytes()[0])
+        || !ok(s.as_bytes()[s.len() - 1])
+    {
+        return Err(format!(
+            "{s:?} is not a DNS-1123 label (lower-case letters, digits and '-', starting and \
+             ending with a letter or digit)"
+        ));
+    }
+    Ok(())
+}
+
+/// A DNS-1123 subdomain, as Kubernetes requires of object names (a Secret's): at most 253
+/// characters, DNS-1123 labels joined by `.` (labels here may be longer than 63, as Kubernetes
+/// allows).
+pub fn check_dns_subdomain(s: &str) -> Result<(), String> {
+    let ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let valid = !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|part| {
+            !part.is_empty()
+                && part.bytes().all(|b| ok(b) || b == b'-')
+                && ok(part.as_bytes()[0])
+                && ok(part.as_bytes()[part.len() - 1])
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a Kubernetes object name (a DNS-1123 subdomain: at most 253 lower-case \
+             letters, digits, '-' and '.')"
+        ))
+    }
 }
 
 /// Parses a comma-separated list of TCP ports (`"8080, 9090"`). Empty entries are ignored.
@@ -185,6 +331,81 @@ mod tests {
             assert!(check_quantity(bad).is_err(), "{bad:?} should be refused");
         }
         assert!(check_quantity("12MB").unwrap_err().contains("12MB"));
+    }
+
+    /// Quantities compare by value, exactly, whatever their suffix.
+    #[test]
+    fn quantities_compare_by_value() {
+        use std::cmp::Ordering::*;
+        let cmp = |a: &str, b: &str| {
+            parse_quantity(a)
+                .unwrap()
+                .cmp_value(&parse_quantity(b).unwrap())
+        };
+        for (a, b, want) in [
+            ("100m", "0.1", Equal),
+            ("100m", "1e-1", Equal),
+            ("1", "1000m", Equal),
+            ("2", "2000m", Equal),
+            ("1Gi", "1073741824", Equal),
+            ("1Gi", "1024Mi", Equal),
+            ("1G", "1Gi", Less),
+            ("1.5Gi", "1536Mi", Equal),
+            ("128Mi", "134217728", Equal),
+            ("129Mi", "128Mi", Greater),
+            ("250m", "2", Less),
+            ("3", "2", Greater),
+            ("0", "0m", Equal),
+            ("0", "1n", Less),
+            ("1E", "1000P", Equal),
+            ("1Ei", "1E", Greater),
+            ("1e3", "1k", Equal),
+            ("+1", "1", Equal),
+            ("0.5", ".5", Equal),
+            ("1.", "1", Equal),
+            ("007", "7", Equal),
+            ("1e999", "1e998", Greater),
+            ("1e-999", "1n", Less),
+        ] {
+            assert_eq!(cmp(a, b), want, "{a} vs {b}");
+            assert_eq!(cmp(b, a), want.reverse(), "{b} vs {a}");
+        }
+        assert!(parse_quantity("0.000").unwrap().is_zero());
+        assert!(parse_quantity("-1").unwrap_err().contains("negative"));
+    }
+
+    /// Go's strconv.ParseBool, exactly.
+    #[test]
+    fn go_bools() {
+        for t in ["1", "t", "T", "TRUE", "true", "True"] {
+            assert_eq!(go_bool(t), Some(true), "{t}");
+        }
+        for f in ["0", "f", "F", "FALSE", "false", "False"] {
+            assert_eq!(go_bool(f), Some(false), "{f}");
+        }
+        for bad in ["", "yes", "no", "tRUE", " true", "2", "on"] {
+            assert_eq!(go_bool(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn kubernetes_names() {
+        for ok in ["a", "certs", "my-certs-1", &"a".repeat(63)] {
+            assert!(check_dns_label(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a.b", "a_b", &"a".repeat(64)] {
+            assert!(
+                check_dns_label(bad)
+                    .unwrap_err()
+                    .contains(&format!("{bad:?}"))
+            );
+        }
+        for ok in ["regcred", "reg.cred-1", "a.b.c"] {
+            assert!(check_dns_subdomain(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Regcred", "a..b", ".a", "a.", "a b", &"a".repeat(254)] {
+            assert!(check_dns_subdomain(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
