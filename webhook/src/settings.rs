@@ -92,6 +92,13 @@ pub struct InjectionSettings {
     /// `sidecarInjectorWebhook.rewriteAppHTTPProbe`, default on); the pod annotation
     /// `sidecar.istio.io/rewriteAppHTTPProbers` wins. See [`crate::probes`].
     pub rewrite_app_http_probe: bool,
+    /// Metrics merging for pods that don't say (Istio's `meshConfig.enablePrometheusMerge`,
+    /// default on); the pod annotation `prometheus.istio.io/merge-metrics` wins. See
+    /// [`crate::prometheus`].
+    pub enable_prometheus_merge: bool,
+    /// Secrets added to every injected pod's `imagePullSecrets` (Istio's
+    /// `global.imagePullSecrets`), for pulling the sidecar's image from a private registry.
+    pub image_pull_secrets: Vec<String>,
 }
 
 /// Every key's default; `image` is only a placeholder (for tests and benchmarks): the settings
@@ -130,6 +137,8 @@ impl Default for InjectionSettings {
             ca_address: String::new(),
             trust_domain: rustmesh_xds::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
             rewrite_app_http_probe: true,
+            enable_prometheus_merge: true,
+            image_pull_secrets: Vec::new(),
         }
     }
 }
@@ -163,6 +172,8 @@ pub const KEYS: &[&str] = &[
     "caAddress",
     "trustDomain",
     "rewriteAppHTTPProbe",
+    "enablePrometheusMerge",
+    "imagePullSecrets",
 ];
 
 /// The most sidecar worker threads a setting or a pod may ask for (more than any node has cores).
@@ -306,6 +317,15 @@ impl InjectionSettings {
                     s.rewrite_app_http_probe = parse_flag(value).ok_or_else(|| {
                         Error::setting(key, format!("{value:?} is not true or false"))
                     })?
+                }
+                "enablePrometheusMerge" => {
+                    s.enable_prometheus_merge = parse_flag(value).ok_or_else(|| {
+                        Error::setting(key, format!("{value:?} is not true or false"))
+                    })?
+                }
+                "imagePullSecrets" => {
+                    s.image_pull_secrets =
+                        parse_image_pull_secrets(value).map_err(|e| Error::setting(key, e))?
                 }
                 "concurrency" => {
                     s.concurrency = value
@@ -466,6 +486,38 @@ fn parse_proxy_metadata(value: &str) -> std::result::Result<BTreeMap<String, Str
             }
             _ => return Err(format!("{name} is {v}, not {}", known.expects)),
         }
+    }
+    Ok(out)
+}
+
+/// The `imagePullSecrets` setting: a JSON list of Secret names, as Istio's
+/// `global.imagePullSecrets` (`["regcred"]`), or of references as a pod spec writes them
+/// (`[{"name": "regcred"}]`, the chart's `global.imagePullSecrets`); empty: none. Each name must
+/// be a Kubernetes object name; a repeated one is an error.
+fn parse_image_pull_secrets(value: &str) -> std::result::Result<Vec<String>, String> {
+    if value.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(value).map_err(|e| format!("not a JSON list of Secret names: {e}"))?;
+    let mut out: Vec<String> = Vec::new();
+    for (i, item) in list.iter().enumerate() {
+        let name = match item {
+            serde_json::Value::String(n) => n.as_str(),
+            serde_json::Value::Object(o) if o.len() == 1 && o.contains_key("name") => o["name"]
+                .as_str()
+                .ok_or_else(|| format!("item {i}: name is {}, not a string", o["name"]))?,
+            other => {
+                return Err(format!(
+                    "item {i} is {other}, not a Secret name or {{\"name\": \"<secret>\"}}"
+                ));
+            }
+        };
+        crate::values::check_dns_subdomain(name).map_err(|e| format!("item {i}: {e}"))?;
+        if out.iter().any(|n| n == name) {
+            return Err(format!("item {i}: {name:?} is listed twice"));
+        }
+        out.push(name.to_owned());
     }
     Ok(out)
 }
@@ -686,6 +738,56 @@ mod tests {
         assert!(err.to_string().contains("settings.yaml"), "{err}");
         let err = InjectionSettings::from_file(&dir.path().join("missing")).unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn image_pull_secrets_and_metrics_merging() {
+        let d = InjectionSettings::default();
+        assert!(d.enable_prometheus_merge);
+        assert!(d.image_pull_secrets.is_empty());
+        for (value, want) in [
+            (
+                r#"["regcred", "mirror.creds"]"#,
+                vec!["regcred", "mirror.creds"],
+            ),
+            (r#"[{"name": "regcred"}]"#, vec!["regcred"]),
+            ("[]", vec![]),
+            ("", vec![]),
+        ] {
+            let s = InjectionSettings::from_map(&map(&[
+                ("image", "proxy"),
+                ("imagePullSecrets", value),
+                ("enablePrometheusMerge", "false"),
+            ]))
+            .unwrap();
+            assert_eq!(s.image_pull_secrets, want, "{value}");
+            assert!(!s.enable_prometheus_merge);
+        }
+        for (key, value, names) in [
+            ("imagePullSecrets", "regcred", "not a JSON list"),
+            (
+                "imagePullSecrets",
+                r#"["Reg_Cred"]"#,
+                "item 0: \"Reg_Cred\" is not a Kubernetes object name",
+            ),
+            (
+                "imagePullSecrets",
+                r#"[{"name": "a", "x": 1}]"#,
+                "item 0 is",
+            ),
+            ("imagePullSecrets", r#"[{"name": 1}]"#, "item 0: name is 1"),
+            (
+                "imagePullSecrets",
+                r#"["a", "a"]"#,
+                "item 1: \"a\" is listed twice",
+            ),
+            ("enablePrometheusMerge", "sometimes", "not true or false"),
+        ] {
+            let e = InjectionSettings::from_map(&map(&[("image", "proxy"), (key, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains(names), "{key}={value}: {e}");
+        }
     }
 
     #[test]
