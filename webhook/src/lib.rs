@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod names;
 pub mod probes;
 pub mod proxy_config;
+pub mod readiness;
 pub mod review;
 pub mod server;
 pub mod settings;

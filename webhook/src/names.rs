@@ -30,6 +30,38 @@ pub const ANNOTATION_PROXY_CPU_LIMIT: &str = "sidecar.istio.io/proxyCPULimit";
 /// `sidecar.istio.io/proxyMemoryLimit`: limits.memory of the sidecar.
 pub const ANNOTATION_PROXY_MEMORY_LIMIT: &str = "sidecar.istio.io/proxyMemoryLimit";
 
+/// `sidecar.istio.io/proxyImage`: the image of `istio-proxy` (and `istio-init`, which runs the
+/// same binary).
+pub const ANNOTATION_PROXY_IMAGE: &str = "sidecar.istio.io/proxyImage";
+/// `sidecar.istio.io/userVolume`: a JSON object of volume names to volumes added to the pod.
+pub const ANNOTATION_USER_VOLUME: &str = "sidecar.istio.io/userVolume";
+/// `sidecar.istio.io/userVolumeMount`: a JSON object of volume names to mounts of `istio-proxy`.
+pub const ANNOTATION_USER_VOLUME_MOUNT: &str = "sidecar.istio.io/userVolumeMount";
+/// `status.sidecar.istio.io/port`: the sidecar's status port (0: none, and no readiness probe).
+pub const ANNOTATION_STATUS_PORT: &str = "status.sidecar.istio.io/port";
+/// `initialDelaySeconds` of the sidecar's readiness probe.
+pub const ANNOTATION_READINESS_INITIAL_DELAY: &str =
+    "readiness.status.sidecar.istio.io/initialDelaySeconds";
+/// `periodSeconds` of the sidecar's readiness probe.
+pub const ANNOTATION_READINESS_PERIOD: &str = "readiness.status.sidecar.istio.io/periodSeconds";
+/// `failureThreshold` of the sidecar's readiness probe.
+pub const ANNOTATION_READINESS_FAILURE_THRESHOLD: &str =
+    "readiness.status.sidecar.istio.io/failureThreshold";
+/// `prometheus.istio.io/merge-metrics`: `false` turns metrics merging off for the pod.
+pub const ANNOTATION_MERGE_METRICS: &str = "prometheus.istio.io/merge-metrics";
+/// Prometheus's scrape annotations, which metrics merging points at the sidecar.
+pub const ANNOTATION_PROMETHEUS_SCRAPE: &str = "prometheus.io/scrape";
+/// The port Prometheus scrapes.
+pub const ANNOTATION_PROMETHEUS_PORT: &str = "prometheus.io/port";
+/// The path Prometheus scrapes.
+pub const ANNOTATION_PROMETHEUS_PATH: &str = "prometheus.io/path";
+/// The sidecar's environment variable holding the app's own `prometheus.io/*` annotations, as
+/// a JSON object of strings `{"scrape":..,"path":..,"port":..}` (the contract with the sidecar's
+/// status port, `proxy/src/merge_metrics.rs`, and Istio's agent).
+pub const ENV_PROMETHEUS_ANNOTATIONS: &str = "ISTIO_PROMETHEUS_ANNOTATIONS";
+/// Where the status port serves the merged metrics.
+pub const MERGED_METRICS_PATH: &str = "/stats/prometheus";
+
 /// Outbound IP ranges to capture (`-i`), `*` for all.
 pub const ANNOTATION_INCLUDE_OUTBOUND_IP_RANGES: &str =
     "traffic.sidecar.istio.io/includeOutboundIPRanges";

@@ -1,6 +1,7 @@
 //! Kubelet probes under mutual TLS, as Istio's injector does it: each app container's HTTP
 //! (`httpGet`), TCP (`tcpSocket`) and gRPC (`grpc`) liveness, readiness and startup probe is
-//! rewritten to `httpGet` on the sidecar's status port (`statusPort`, 15020) at
+//! rewritten to `httpGet` on the sidecar's status port (`statusPort`, 15020, or the pod's
+//! `status.sidecar.istio.io/port`; with `0` nothing is rewritten) at
 //! `/app-health/<container>/livez|readyz|startupz`, keeping the probe's timing fields; the
 //! originals go to the sidecar in `ISTIO_KUBE_APP_PROBERS` ([`rustmesh_xds::probe`]), and the
 //! sidecar runs them against the app from inside the pod.
@@ -75,10 +76,22 @@ pub fn enabled(
     })
 }
 
-/// Rewrites the pod's app probes (see the module doc). Nothing when [`enabled`] says no.
+/// Rewrites the pod's app probes to the `statusPort` setting (see the module doc). Nothing when
+/// [`enabled`] says no.
 pub fn rewrite(
     pod: &Pod,
     settings: &InjectionSettings,
+    warnings: &mut Vec<String>,
+) -> ProbeRewrite {
+    rewrite_to(pod, settings, settings.status_port, warnings)
+}
+
+/// [`rewrite`] to the pod's own status port (`status.sidecar.istio.io/port`, read by
+/// [`crate::readiness`]), which must not be 0.
+pub fn rewrite_to(
+    pod: &Pod,
+    settings: &InjectionSettings,
+    status_port: u16,
     warnings: &mut Vec<String>,
 ) -> ProbeRewrite {
     let empty = BTreeMap::new();
@@ -101,7 +114,7 @@ pub fn rewrite(
             if c.name == SIDECAR_CONTAINER_NAME {
                 continue;
             }
-            for (kind, rewritten, prober) in rewrite_container(c, settings.status_port, warnings) {
+            for (kind, rewritten, prober) in rewrite_container(c, status_port, warnings) {
                 let path = app_health_path(&c.name, kind);
                 out.ops.push(PatchOperation::Replace(ReplaceOperation {
                     path: PointerBuf::from_tokens(["spec", list, &i.to_string(), kind.field()]),
