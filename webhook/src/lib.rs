@@ -17,6 +17,7 @@ pub mod names;
 pub mod probes;
 pub mod proxy_config;
 pub mod readiness;
+pub mod resources;
 pub mod review;
 pub mod server;
 pub mod settings;
