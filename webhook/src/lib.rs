@@ -25,6 +25,7 @@ pub mod settings;
 pub mod shared_cert;
 pub mod tls;
 pub mod traffic;
+pub mod user_volumes;
 pub mod validation;
 pub mod values;
 
