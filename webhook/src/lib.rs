@@ -8,6 +8,7 @@
 
 pub mod annotations;
 pub mod app;
+pub mod canonical;
 pub mod decide;
 pub mod error;
 pub mod inject;
