@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, Patch, PatchOperation};
+use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile,
     DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
@@ -12,14 +12,14 @@ use k8s_openapi::api::core::v1::{
     ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume,
     VolumeMount, VolumeProjection,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rustmesh_xds::{ca, probe, well_known};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::annotations::Failures;
 use crate::names::*;
-use crate::settings::{InjectionSettings, Resources};
+use crate::settings::InjectionSettings;
 use crate::traffic::{InterceptionMode, InvalidAnnotations, Traffic};
 use crate::values;
 
@@ -50,8 +50,12 @@ pub struct SidecarStatus {
 
 /// Builds the injection patch for `pod` (which [`crate::decide()`] said to inject).
 ///
-/// Refuses the pod when one of its traffic annotations is invalid ([`crate::traffic`]), as
-/// Istio's injector does. Any other bad annotation adds a warning and its default is used.
+/// Refuses the pod when one of the annotations Istio's injector validates is invalid, all of
+/// them named at once ([`crate::annotations`]): the traffic annotations ([`crate::traffic`]),
+/// the status port and readiness probe ([`crate::readiness`]), the sidecar's resources
+/// ([`crate::resources`]) and image, its user volumes and mounts ([`crate::user_volumes`]) and
+/// `prometheus.istio.io/merge-metrics` ([`crate::prometheus`]). Any other bad annotation adds a
+/// warning and its default is used.
 pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Result<Injection, InvalidAnnotations> {
     let empty = BTreeMap::new();
     let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
@@ -60,44 +64,107 @@ pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Result<Injection, Inva
     let spec = pod.spec.as_ref().unwrap_or(&default_spec);
     let native = settings.use_native_sidecars();
 
-    // --- per-pod options from annotations -------------------------------------------------
-    let traffic = crate::traffic::resolve(annotations)?;
+    // --- the annotations Istio validates: any invalid one refuses the pod -----------------
+    let mut failures = Failures::default();
+    let traffic = crate::traffic::read(annotations, &mut failures);
+    let readiness = crate::readiness::resolve(annotations, settings, &mut failures);
+    let resources =
+        crate::resources::resolve(annotations, &settings.proxy_resources, &mut failures);
+    let image = proxy_image(annotations, settings, &mut failures);
+    let merge_switch = crate::prometheus::switch(annotations, &mut failures);
+    let mut volumes = injected_volumes(settings);
+    let mut mounts = sidecar_mounts(settings);
+    let user = {
+        let pod_volumes: Vec<&str> = spec
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.as_str())
+            .collect();
+        let injected: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+        let paths: Vec<&str> = mounts.iter().map(|m| m.mount_path.as_str()).collect();
+        crate::user_volumes::resolve(annotations, &pod_volumes, &injected, &paths, &mut failures)
+    };
+    failures.into_result(())?;
+    volumes.extend(user.volumes);
+    mounts.extend(user.mounts);
+
+    // --- per-pod options that are warned about ----------------------------------------------
     let mut warnings = traffic.warnings.clone();
     let options = crate::proxy_config::resolve(annotations, settings, &mut warnings);
     let hold = options.hold_application_until_proxy_starts;
-    check_app_ports(pod, settings, &mut warnings);
-    let probes = crate::probes::rewrite(pod, settings, &mut warnings);
+    check_app_ports(pod, settings, readiness.status_port, &mut warnings);
+    let probes = if readiness.status_port != 0 {
+        crate::probes::rewrite_to(pod, settings, readiness.status_port, &mut warnings)
+    } else {
+        // Nothing serves /app-health: Istio would point the probes at port 0, which the API
+        // server refuses; they are left as they are.
+        if !crate::probes::rewrite(pod, settings, &mut Vec::new())
+            .ops
+            .is_empty()
+        {
+            warnings.push(format!(
+                "app probes not rewritten: {ANNOTATION_STATUS_PORT} is 0, so the sidecar serves \
+                 no /app-health (they may fail under mTLS STRICT)"
+            ));
+        }
+        Default::default()
+    };
+    let merge = crate::prometheus::merge(
+        annotations,
+        merge_switch.unwrap_or(settings.enable_prometheus_merge),
+        readiness.status_port,
+        &mut warnings,
+    );
 
     // --- containers -----------------------------------------------------------------------
     // NONE: nothing is captured, so there is no istio-init at all (Istio's template).
     let init = (traffic.mode != InterceptionMode::None)
-        .then(|| init_container(&traffic, settings, &options));
+        .then(|| init_container(&traffic, settings, &options, &image, readiness.status_port));
     let mut sidecar = sidecar_container(
         pod,
-        annotations,
         settings,
         &options,
         traffic.mode,
-        &mut warnings,
+        Sidecar {
+            image,
+            resources,
+            readiness,
+            mounts,
+        },
     );
+    let env = sidecar.env.get_or_insert_with(Vec::new);
     if !probes.probers.0.is_empty() {
-        sidecar.env.get_or_insert_with(Vec::new).push(EnvVar {
+        env.push(EnvVar {
             name: probe::APP_PROBERS_ENV.to_owned(),
             value: Some(probes.probers.to_json()),
             ..Default::default()
         });
     }
+    if let Some(value) = merge.as_ref().and_then(|m| m.env.clone()) {
+        env.push(EnvVar {
+            name: ENV_PROMETHEUS_ANNOTATIONS.to_owned(),
+            value: Some(value),
+            ..Default::default()
+        });
+    }
+    let args = sidecar.args.get_or_insert_with(Vec::new);
     if let Some(n) = options.concurrency {
         // As Istio's template: only a positive value is passed; otherwise the proxy uses the
         // cores it may run on (its CPU affinity and cgroup limit).
-        let args = sidecar.args.get_or_insert_with(Vec::new);
         args.extend(["--concurrency".to_owned(), n.to_string()]);
     }
     if let Some(d) = options.termination_drain_duration {
-        let args = sidecar.args.get_or_insert_with(Vec::new);
         args.extend([
             "--termination-drain-duration".to_owned(),
             rustmesh_xds::Duration(d).to_string(),
+        ]);
+    }
+    if readiness.status_port != well_known::AGENT_STATUS_PORT {
+        // The pod's (or the setting's) status port; 0 turns the sidecar's status server off.
+        args.extend([
+            "--status-port".to_owned(),
+            readiness.status_port.to_string(),
         ]);
     }
     if native {
@@ -122,7 +189,6 @@ pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Result<Injection, Inva
         });
     }
 
-    let volumes = injected_volumes(settings);
     let mut init_names = Vec::new();
     if init.is_some() {
         init_names.push(INIT_CONTAINER_NAME.to_owned());
@@ -130,12 +196,13 @@ pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Result<Injection, Inva
     if native {
         init_names.push(SIDECAR_CONTAINER_NAME.to_owned());
     }
+    let pull_secrets = &settings.image_pull_secrets;
     let status = SidecarStatus {
         // As Istio writes it: `null` when nothing is injected there (NONE without native).
         init_containers: (!init_names.is_empty()).then_some(init_names),
         containers: (!native).then(|| vec![SIDECAR_CONTAINER_NAME.to_owned()]),
         volumes: Some(volumes.iter().map(|v| v.name.clone()).collect()),
-        image_pull_secrets: None,
+        image_pull_secrets: (!pull_secrets.is_empty()).then(|| pull_secrets.clone()),
         revision: settings.revision.clone(),
     };
 
@@ -144,28 +211,52 @@ pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Result<Injection, Inva
     // first, before anything is inserted.
     let mut ops = probes.ops;
 
-    let mut new_labels = BTreeMap::new();
-    new_labels.insert(LABEL_TLS_MODE, "istio".to_owned());
-    new_labels.insert(LABEL_REV, settings.revision.clone());
-    if let Some(name) = canonical_name(pod) {
-        new_labels.insert(LABEL_CANONICAL_NAME, name);
+    // As Istio's template: the pod's own non-empty value wins (an empty one is replaced).
+    let mut new_labels = vec![
+        (LABEL_TLS_MODE, "istio".to_owned(), Set::IfAbsentOrEmpty),
+        (LABEL_REV, settings.revision.clone(), Set::IfAbsent),
+    ];
+    if let Some(name) = crate::canonical::canonical_name(pod, &mut warnings) {
+        new_labels.push((LABEL_CANONICAL_NAME, name, Set::IfAbsentOrEmpty));
     }
-    new_labels.insert(LABEL_CANONICAL_REVISION, canonical_revision(labels));
-    add_map_entries(&mut ops, "labels", pod.metadata.labels.as_ref(), new_labels);
+    new_labels.push((
+        LABEL_CANONICAL_REVISION,
+        crate::canonical::canonical_revision(labels),
+        Set::IfAbsentOrEmpty,
+    ));
+    patch_map(
+        &mut ops,
+        "labels",
+        pod.metadata.labels.as_ref(),
+        new_labels,
+        &[],
+    );
 
-    let mut new_annotations = BTreeMap::new();
-    new_annotations.insert(
+    let mut new_annotations = vec![(
         ANNOTATION_STATUS,
         serde_json::to_string(&status).unwrap_or_default(),
-    );
+        Set::IfAbsent,
+    )];
     if let Some(first) = spec.containers.first() {
-        new_annotations.insert(ANNOTATION_DEFAULT_CONTAINER, first.name.clone());
+        new_annotations.push((
+            ANNOTATION_DEFAULT_CONTAINER,
+            first.name.clone(),
+            Set::IfAbsent,
+        ));
     }
-    add_map_entries(
+    let mut removed = Vec::new();
+    if let Some(merge) = merge {
+        for (k, v) in merge.set {
+            new_annotations.push((k, v, Set::Always));
+        }
+        removed = merge.remove;
+    }
+    patch_map(
         &mut ops,
         "annotations",
         pod.metadata.annotations.as_ref(),
         new_annotations,
+        &removed,
     );
 
     // istio-init runs first of all init containers; a native sidecar right after it, so that
@@ -196,11 +287,55 @@ pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Result<Injection, Inva
             }
         }
     }
+    // The settings' pull secrets, merged by name with the pod's own (Istio's strategic merge).
+    let secrets: Vec<Value> = pull_secrets
+        .iter()
+        .filter(|n| {
+            !spec
+                .image_pull_secrets
+                .iter()
+                .flatten()
+                .any(|r| r.name == **n)
+        })
+        .map(|n| json!({ "name": n }))
+        .collect();
+    match &spec.image_pull_secrets {
+        _ if secrets.is_empty() => {}
+        None => ops.push(add(&["spec", "imagePullSecrets"], Value::Array(secrets))),
+        Some(_) => {
+            for s in secrets {
+                ops.push(add(&["spec", "imagePullSecrets", "-"], s));
+            }
+        }
+    }
 
     Ok(Injection {
         patch: Patch(ops),
         warnings,
     })
+}
+
+/// `istio-proxy`'s image: `sidecar.istio.io/proxyImage` when set (Istio's template takes it for
+/// `istio-init` too), else the `image` setting. Refused when empty or with whitespace (the API
+/// server would refuse the pod). Unlike Istio, a value without `/` is used as written (Istio
+/// ignores it and composes its own image from hub and tag).
+pub fn proxy_image(
+    annotations: &BTreeMap<String, String>,
+    settings: &InjectionSettings,
+    failures: &mut Failures,
+) -> String {
+    let Some(value) = annotations.get(ANNOTATION_PROXY_IMAGE) else {
+        return settings.image.clone();
+    };
+    let why = if value.is_empty() {
+        "an image name is not empty"
+    } else if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        "an image name has no whitespace or control characters"
+    } else {
+        return value.clone();
+    };
+    failures.add(ANNOTATION_PROXY_IMAGE, value, why);
+    settings.image.clone()
 }
 
 /// The first volume of the pod whose name the injection would add again (the API server would
@@ -234,28 +369,48 @@ fn add(tokens: &[&str], value: Value) -> PatchOperation {
     })
 }
 
-/// Adds entries to `/metadata/<field>`: the whole map when it is absent, else each key not
-/// already set (a user's own value wins).
-fn add_map_entries(
+/// When an entry of [`patch_map`] is written over the pod's own value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Set {
+    /// Only when the pod has no such key (the user's value wins).
+    IfAbsent,
+    /// When the pod has no such key or an empty value (Istio's template `default`: empty counts
+    /// as unset).
+    IfAbsentOrEmpty,
+    /// Always (replacing the pod's).
+    Always,
+}
+
+/// Sets entries of `/metadata/<field>` (the whole map when the pod has none) and removes the
+/// keys in `remove`.
+fn patch_map(
     ops: &mut Vec<PatchOperation>,
     field: &str,
     existing: Option<&BTreeMap<String, String>>,
-    new: BTreeMap<&str, String>,
+    entries: Vec<(&str, String, Set)>,
+    remove: &[String],
 ) {
-    match existing {
-        None => {
-            let map: serde_json::Map<String, Value> = new
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), Value::String(v)))
-                .collect();
-            ops.push(add(&["metadata", field], Value::Object(map)));
-        }
-        Some(existing) => {
-            for (k, v) in new {
-                if !existing.contains_key(k) {
-                    ops.push(add(&["metadata", field, k], Value::String(v)));
-                }
-            }
+    let Some(existing) = existing else {
+        let map: serde_json::Map<String, Value> = entries
+            .into_iter()
+            .map(|(k, v, _)| (k.to_owned(), Value::String(v)))
+            .collect();
+        ops.push(add(&["metadata", field], Value::Object(map)));
+        return;
+    };
+    for k in remove.iter().filter(|k| existing.contains_key(*k)) {
+        ops.push(PatchOperation::Remove(RemoveOperation {
+            path: PointerBuf::from_tokens(["metadata", field, k.as_str()]),
+        }));
+    }
+    for (k, v, set) in entries {
+        let write = match (set, existing.get(k)) {
+            (_, None) | (Set::Always, _) => true,
+            (Set::IfAbsentOrEmpty, Some(old)) => old.is_empty(),
+            (Set::IfAbsent, Some(_)) => false,
+        };
+        if write {
+            ops.push(add(&["metadata", field, k], Value::String(v)));
         }
     }
 }
@@ -267,9 +422,15 @@ fn init_container(
     traffic: &Traffic,
     settings: &InjectionSettings,
     options: &crate::proxy_config::ProxyOptions,
+    image: &str,
+    status_port: u16,
 ) -> Container {
-    // The proxy's own ports are always excluded; the user's are appended, as Istio does.
-    let mut exclude_inbound = settings.excluded_inbound_ports();
+    // The proxy's own ports are always excluded (its status port unless it has none); the
+    // user's are appended, as Istio does.
+    let mut exclude_inbound = vec![settings.prometheus_port, settings.health_port];
+    if status_port != 0 {
+        exclude_inbound.push(status_port);
+    }
     for p in &traffic.exclude_inbound_ports {
         if !exclude_inbound.contains(p) {
             exclude_inbound.push(*p);
@@ -321,11 +482,11 @@ fn init_container(
 
     Container {
         name: INIT_CONTAINER_NAME.to_owned(),
-        image: Some(settings.image.clone()),
+        image: Some(image.to_owned()),
         image_pull_policy: pull_policy(settings),
         args: Some(args),
         env: (!env.is_empty()).then_some(env),
-        resources: Some(resources(&settings.init_resources)),
+        resources: Some(crate::resources::of_settings(&settings.init_resources)),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             capabilities: Some(Capabilities {
@@ -354,14 +515,22 @@ fn runtime_default_seccomp() -> SeccompProfile {
     }
 }
 
+/// What the pod's annotations decided about `istio-proxy`, all checked.
+struct Sidecar {
+    image: String,
+    resources: ResourceRequirements,
+    readiness: crate::readiness::Readiness,
+    /// Its own mounts, then the pod's `userVolumeMount`s.
+    mounts: Vec<VolumeMount>,
+}
+
 /// `istio-proxy`: the sidecar itself.
 fn sidecar_container(
     pod: &Pod,
-    annotations: &BTreeMap<String, String>,
     settings: &InjectionSettings,
     options: &crate::proxy_config::ProxyOptions,
     mode: InterceptionMode,
-    warnings: &mut Vec<String>,
+    parts: Sidecar,
 ) -> Container {
     let empty = Vec::new();
     let app_containers = pod.spec.as_ref().map_or(&empty, |s| &s.containers);
@@ -415,34 +584,9 @@ fn sidecar_container(
         env.push(plain("TRUST_DOMAIN", settings.trust_domain.clone()));
     }
 
-    let mut res = settings.proxy_resources.clone();
-    for (key, slot) in [
-        (ANNOTATION_PROXY_CPU, &mut res.cpu),
-        (ANNOTATION_PROXY_MEMORY, &mut res.memory),
-        (ANNOTATION_PROXY_CPU_LIMIT, &mut res.cpu_limit),
-        (ANNOTATION_PROXY_MEMORY_LIMIT, &mut res.memory_limit),
-    ] {
-        if let Some(v) = annotations.get(key) {
-            let v = v.trim();
-            match values::check_quantity(v) {
-                Ok(()) => *slot = v.to_owned(),
-                Err(e) => warnings.push(format!(
-                    "annotation {key} ignored ({e}); using the default {slot}"
-                )),
-            }
-        }
-    }
-
-    let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
-        name: name.to_owned(),
-        mount_path: path.to_owned(),
-        read_only: read_only.then_some(true),
-        ..Default::default()
-    };
-
     Container {
         name: SIDECAR_CONTAINER_NAME.to_owned(),
-        image: Some(settings.image.clone()),
+        image: Some(parts.image),
         image_pull_policy: pull_policy(settings),
         args: Some(vec![
             "run".into(),
@@ -456,34 +600,44 @@ fn sidecar_container(
             protocol: Some("TCP".to_owned()),
             ..Default::default()
         }]),
-        readiness_probe: Some(Probe {
+        // No status port, no readiness probe (Istio's template).
+        readiness_probe: parts.readiness.probe().then(|| Probe {
             http_get: Some(readiness_get(settings)),
-            initial_delay_seconds: Some(1),
-            period_seconds: Some(2),
-            timeout_seconds: Some(3),
-            failure_threshold: Some(30),
+            initial_delay_seconds: Some(parts.readiness.initial_delay_seconds),
+            period_seconds: Some(parts.readiness.period_seconds),
+            timeout_seconds: Some(crate::readiness::TIMEOUT_SECONDS),
+            failure_threshold: Some(parts.readiness.failure_threshold),
             ..Default::default()
         }),
-        resources: Some(resources(&res)),
+        resources: Some(parts.resources),
         security_context: Some(sidecar_security_context(mode)),
-        volume_mounts: Some({
-            let mut mounts = vec![
-                mount(VOLUME_ENVOY, ENVOY_SCRATCH_MOUNT, false),
-                mount(VOLUME_PODINFO, well_known::POD_INFO_MOUNT, false),
-                mount(
-                    well_known::PROXY_CONFIGMAP,
-                    well_known::PROXY_CONFIG_MOUNT,
-                    true,
-                ),
-            ];
-            if !settings.ca_address.is_empty() {
-                mounts.push(mount(VOLUME_TOKEN, ca::TOKEN_MOUNT, true));
-                mounts.push(mount(VOLUME_ROOT_CERT, ca::ROOT_CERT_MOUNT, true));
-            }
-            mounts
-        }),
+        volume_mounts: Some(parts.mounts),
         ..Default::default()
     }
+}
+
+/// `istio-proxy`'s own mounts.
+fn sidecar_mounts(settings: &InjectionSettings) -> Vec<VolumeMount> {
+    let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        read_only: read_only.then_some(true),
+        ..Default::default()
+    };
+    let mut mounts = vec![
+        mount(VOLUME_ENVOY, ENVOY_SCRATCH_MOUNT, false),
+        mount(VOLUME_PODINFO, well_known::POD_INFO_MOUNT, false),
+        mount(
+            well_known::PROXY_CONFIGMAP,
+            well_known::PROXY_CONFIG_MOUNT,
+            true,
+        ),
+    ];
+    if !settings.ca_address.is_empty() {
+        mounts.push(mount(VOLUME_TOKEN, ca::TOKEN_MOUNT, true));
+        mounts.push(mount(VOLUME_ROOT_CERT, ca::ROOT_CERT_MOUNT, true));
+    }
+    mounts
 }
 
 /// `istio-proxy`'s security context. As Istio's template: under TPROXY the sidecar runs as root
@@ -605,28 +759,19 @@ fn pull_policy(settings: &InjectionSettings) -> Option<String> {
     (!settings.image_pull_policy.is_empty()).then(|| settings.image_pull_policy.clone())
 }
 
-fn resources(r: &Resources) -> ResourceRequirements {
-    let pair = |cpu: &str, mem: &str| {
-        BTreeMap::from([
-            ("cpu".to_owned(), Quantity(cpu.to_owned())),
-            ("memory".to_owned(), Quantity(mem.to_owned())),
-        ])
-    };
-    ResourceRequirements {
-        requests: Some(pair(&r.cpu, &r.memory)),
-        limits: Some(pair(&r.cpu_limit, &r.memory_limit)),
-        ..Default::default()
-    }
-}
-
 /// Warns when an app container declares a port the sidecar owns: it would fail to bind, or be
 /// bypassed by the capture rules.
-fn check_app_ports(pod: &Pod, settings: &InjectionSettings, warnings: &mut Vec<String>) {
+fn check_app_ports(
+    pod: &Pod,
+    settings: &InjectionSettings,
+    status_port: u16,
+    warnings: &mut Vec<String>,
+) {
     let reserved = [
         (settings.outbound_port, "outbound capture"),
         (settings.inbound_port, "inbound capture"),
         (well_known::ADMIN_PORT, "admin"),
-        (settings.status_port, "status"),
+        (status_port, "status"),
         (settings.health_port, "readiness"),
         (settings.prometheus_port, "Prometheus"),
         (well_known::DNS_PORT, "DNS"),
@@ -636,7 +781,7 @@ fn check_app_ports(pod: &Pod, settings: &InjectionSettings, warnings: &mut Vec<S
         for p in c.ports.iter().flatten() {
             if let Some((_, what)) = reserved
                 .iter()
-                .find(|(r, _)| i32::from(*r) == p.container_port)
+                .find(|(r, _)| *r != 0 && i32::from(*r) == p.container_port)
             {
                 warnings.push(format!(
                     "container {:?} port {} is the sidecar's {what} port",
@@ -645,54 +790,6 @@ fn check_app_ports(pod: &Pod, settings: &InjectionSettings, warnings: &mut Vec<S
             }
         }
     }
-}
-
-/// `service.istio.io/canonical-name`: the label if set, else `app.kubernetes.io/name`, else
-/// `app`, else the workload's name derived from the pod's (generate)name.
-fn canonical_name(pod: &Pod) -> Option<String> {
-    let labels = pod.metadata.labels.as_ref();
-    let get = |k: &str| {
-        labels
-            .and_then(|l| l.get(k))
-            .filter(|v| !v.is_empty())
-            .cloned()
-    };
-    get(LABEL_CANONICAL_NAME)
-        .or_else(|| get("app.kubernetes.io/name"))
-        .or_else(|| get("app"))
-        .or_else(|| workload_name(pod))
-        .filter(|n| crate::settings::is_label_value(n))
-}
-
-/// `productpage-v1-64794f5db4-` with `pod-template-hash=64794f5db4` → `productpage-v1`.
-fn workload_name(pod: &Pod) -> Option<String> {
-    let meta = &pod.metadata;
-    if let Some(generate) = meta.generate_name.as_deref().filter(|g| !g.is_empty()) {
-        let base = generate.trim_end_matches('-');
-        let hash = meta
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("pod-template-hash"));
-        let base = match hash {
-            Some(h) => base.strip_suffix(&format!("-{h}")).unwrap_or(base),
-            None => base,
-        };
-        return Some(base.to_owned());
-    }
-    meta.name.clone().filter(|n| !n.is_empty())
-}
-
-/// `service.istio.io/canonical-revision`: the label if set, else `app.kubernetes.io/version`,
-/// else `version`, else `latest`.
-fn canonical_revision(labels: &BTreeMap<String, String>) -> String {
-    [
-        LABEL_CANONICAL_REVISION,
-        "app.kubernetes.io/version",
-        "version",
-    ]
-    .iter()
-    .find_map(|k| labels.get(*k).filter(|v| !v.is_empty()).cloned())
-    .unwrap_or_else(|| "latest".to_owned())
 }
 
 /// Convenience for tests and callers: the value of `json!` for a patch, as the API server sees it.
@@ -902,15 +999,39 @@ mod tests {
     }
 
     #[test]
-    fn workload_names() {
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"generateName": "productpage-v1-64794f5db4-",
-                         "labels": {"pod-template-hash": "64794f5db4"}}
-        }))
-        .unwrap();
-        assert_eq!(workload_name(&pod).as_deref(), Some("productpage-v1"));
-        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "solo"}})).unwrap();
-        assert_eq!(canonical_name(&pod).as_deref(), Some("solo"));
+    fn the_proxy_image_annotation_or_the_setting() {
+        let settings = InjectionSettings::default();
+        let image = |pairs: &[(&str, &str)]| {
+            let annotations = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let mut failures = Failures::default();
+            let image = proxy_image(&annotations, &settings, &mut failures);
+            failures.into_result(image).map_err(|e| e.0)
+        };
+        assert_eq!(image(&[]).unwrap(), settings.image);
+        // As written, with or without a registry (Istio ignores a value without '/').
+        for v in ["registry.local/proxy:debug", "proxy:1", "proxy@sha256:abc"] {
+            assert_eq!(image(&[(ANNOTATION_PROXY_IMAGE, v)]).unwrap(), v);
+        }
+        for (bad, why) in [
+            ("", "an image name is not empty"),
+            ("proxy :1", "an image name has no whitespace"),
+            ("proxy:1\n", "an image name has no whitespace"),
+        ] {
+            assert_eq!(
+                image(&[(ANNOTATION_PROXY_IMAGE, bad)]).unwrap_err(),
+                [format!(
+                    "invalid value '{bad}' for annotation 'sidecar.istio.io/proxyImage': {why}{}",
+                    if bad.is_empty() {
+                        ""
+                    } else {
+                        " or control characters"
+                    }
+                )]
+            );
+        }
     }
 
     /// The sidecar container and the pod's volumes after applying the injection's patch.

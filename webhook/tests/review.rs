@@ -538,8 +538,8 @@ fn bad_annotations_allow_with_warnings_and_defaults() {
         .map(|w| w.as_str().unwrap())
         .collect();
     for needle in [
-        "sidecar.istio.io/proxyCPU",
-        "sidecar.istio.io/proxyMemoryLimit",
+        "sidecar.istio.io/rewriteAppHTTPProbers",
+        "prometheus.io/port \"metrics\" is not a port number",
         "proxy.istio.io/config",
         "port 15000",
     ] {
@@ -548,10 +548,12 @@ fn bad_annotations_allow_with_warnings_and_defaults() {
             "no warning about {needle}: {warnings:?}"
         );
     }
+    // Metrics are not merged: the app keeps its annotation and is scraped directly.
+    let annotations = pod.metadata.annotations.as_ref().unwrap();
+    assert_eq!(annotations["prometheus.io/port"], "metrics");
+    assert!(!annotations.contains_key("prometheus.io/path"));
     let spec = pod.spec.unwrap();
-    let res = spec.containers[0].resources.as_ref().unwrap();
-    assert_eq!(res.requests.as_ref().unwrap()["cpu"].0, "100m");
-    assert_eq!(res.limits.as_ref().unwrap()["memory"].0, "1Gi");
+    assert!(!env(&spec.containers[0]).contains_key("ISTIO_PROMETHEUS_ANNOTATIONS"));
     assert_eq!(
         spec.init_containers.unwrap()[0].args.as_deref().unwrap(),
         DEFAULT_INIT_ARGS
@@ -1188,3 +1190,4 @@ fn probes_are_left_alone_with_the_annotation_false_or_the_setting_off() {
     .unwrap();
     check(&fixture("deployment-pod"), &off);
 }
+
