@@ -2,10 +2,11 @@
 //! deterministic generator, quickcheck-style, no extra dependency). Properties:
 //!
 //! 1. `review_body` never panics and always returns: either `Err` (→ 400) or a response.
-//! 2. A response echoes the request's uid and allows the pod, unless it refuses it for its
-//!    traffic annotations (`Outcome::Refused`: `allowed: false`, code 400, a message naming an
+//! 2. A response echoes the request's uid and allows the pod, unless it refuses it for the
+//!    annotations Istio validates (`Outcome::Refused`: `allowed: false`, code 400, a message naming an
 //!    annotation in Istio's words, no patch).
-//! 3. A returned patch applies cleanly to the submitted object and yields a valid Pod.
+//! 3. A returned patch applies cleanly to the submitted object and yields a valid Pod, whose
+//!    sidecar has no request above its limit.
 //! 4. Re-reviewing the patched pod returns no patch (idempotence).
 //! 5. Through the HTTP router, every body gets 200, 400 or 413.
 //!
@@ -15,6 +16,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use rustmesh_webhook::server::{AppState, router};
 use rustmesh_webhook::settings::NativeSidecars;
 use rustmesh_webhook::{InjectionSettings, Outcome, review_body};
@@ -122,6 +124,18 @@ const ANNOTATION_KEYS: &[&str] = &[
     "proxy.istio.io/config",
     "istio.io/rev",
     "kubectl.kubernetes.io/default-container",
+    "sidecar.istio.io/proxyImage",
+    "sidecar.istio.io/userVolume",
+    "sidecar.istio.io/userVolumeMount",
+    "status.sidecar.istio.io/port",
+    "readiness.status.sidecar.istio.io/initialDelaySeconds",
+    "readiness.status.sidecar.istio.io/periodSeconds",
+    "readiness.status.sidecar.istio.io/failureThreshold",
+    "prometheus.istio.io/merge-metrics",
+    "prometheus.io/scrape",
+    "prometheus.io/port",
+    "prometheus.io/path",
+    "prometheus_io/port",
     "weird/~key",
 ];
 
@@ -164,6 +178,15 @@ const ANNOTATION_VALUES: &[&str] = &[
     "canary",
     "default",
     "✓✓✓",
+    "15020",
+    "16020",
+    "8080",
+    "/metrics",
+    "2147483648",
+    "registry.local/proxy:1",
+    "{\"certs\": {\"emptyDir\": {}}}",
+    "{\"certs\": {\"mountPath\": \"/certs\"}}",
+    "{\"certs\": {\"secret\": {\"secretNam\": \"x\"}}}",
 ];
 
 fn random_value(rng: &mut Rng, depth: usize) -> Value {
@@ -368,6 +391,23 @@ fn check(body: &[u8], settings: &InjectionSettings, context: &str) -> bool {
         names.contains(&"istio-proxy") || settings.native_sidecars == NativeSidecars::On,
         "{context}"
     );
+    // No request above its limit: the API server would refuse the pod.
+    for c in pod.spec.as_ref().unwrap().containers.iter() {
+        let Some(r) = &c.resources else { continue };
+        for resource in ["cpu", "memory"] {
+            let get = |m: &Option<BTreeMap<String, Quantity>>| {
+                rustmesh_webhook::values::parse_quantity(&m.as_ref()?.get(resource)?.0).ok()
+            };
+            if c.name == "istio-proxy"
+                && let (Some(req), Some(lim)) = (get(&r.requests), get(&r.limits))
+            {
+                assert!(
+                    req.cmp_value(&lim) != std::cmp::Ordering::Greater,
+                    "{context}: {resource} request above limit"
+                );
+            }
+        }
+    }
 
     let mut again = sent.clone();
     again["request"]["object"] = object;

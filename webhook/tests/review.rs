@@ -1191,3 +1191,504 @@ fn probes_are_left_alone_with_the_annotation_false_or_the_setting_off() {
     check(&fixture("deployment-pod"), &off);
 }
 
+/// The deployment pod (probes, two containers) with these annotations.
+fn deployment_pod_with(annotations: &[(&str, &str)]) -> Value {
+    let mut doc = fixture("deployment-pod");
+    for (k, v) in annotations {
+        doc["request"]["object"]["metadata"]["annotations"][*k] = json!(v);
+    }
+    doc
+}
+
+fn annotations_of(pod: &Pod) -> BTreeMap<String, String> {
+    pod.metadata.annotations.clone().unwrap_or_default()
+}
+
+/// Istio's metrics merging: Prometheus is pointed at the status port, every spelling of the
+/// app's own annotations is taken off and moved into ISTIO_PROMETHEUS_ANNOTATIONS, with the
+/// keys and string values the sidecar reads.
+#[test]
+fn metrics_merging_points_prometheus_at_the_sidecar_and_moves_the_apps_annotations() {
+    let (pod, resp) = inject_bare_pod(
+        &[
+            ("prometheus.io/scrape", "true"),
+            ("prometheus.io/port", "8080"),
+            ("prometheus_io/path", "/metrics"),
+        ],
+        &defaults(),
+    );
+    assert!(resp.get("warnings").is_none(), "{resp}");
+    let annotations = annotations_of(&pod);
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], "15020");
+    assert_eq!(annotations["prometheus.io/path"], "/stats/prometheus");
+    assert!(
+        !annotations.contains_key("prometheus_io/path"),
+        "{annotations:?}"
+    );
+    let vars = env(&pod.spec.unwrap().containers[0]);
+    assert_eq!(
+        vars["ISTIO_PROMETHEUS_ANNOTATIONS"],
+        r#"{"scrape":"true","path":"/metrics","port":"8080"}"#
+    );
+
+    // An app without annotations is scraped through the sidecar too, with no variable.
+    let (pod, _) = inject_bare_pod(&[], &defaults());
+    assert_eq!(annotations_of(&pod)["prometheus.io/port"], "15020");
+    assert!(!env(&pod.spec.unwrap().containers[0]).contains_key("ISTIO_PROMETHEUS_ANNOTATIONS"));
+}
+
+#[test]
+fn metrics_merging_is_off_by_annotation_setting_or_scrape_false_and_the_pod_is_left_alone() {
+    let off = InjectionSettings {
+        enable_prometheus_merge: false,
+        ..defaults()
+    };
+    let app = [
+        ("prometheus.io/scrape", "true"),
+        ("prometheus.io/port", "8080"),
+    ];
+    for (extra, settings) in [
+        (
+            Some(("prometheus.istio.io/merge-metrics", "false")),
+            defaults(),
+        ),
+        (None, off.clone()),
+        (Some(("prometheus.io/scrape", "false")), defaults()),
+    ] {
+        let mut pairs = app.to_vec();
+        if let Some(e) = extra {
+            pairs.retain(|(k, _)| *k != e.0);
+            pairs.push(e);
+        }
+        let (pod, _) = inject_bare_pod(&pairs, &settings);
+        let annotations = annotations_of(&pod);
+        assert_eq!(
+            annotations.get("prometheus.io/port").map(String::as_str),
+            Some("8080"),
+            "{pairs:?}"
+        );
+        assert!(!annotations.contains_key("prometheus.io/path"), "{pairs:?}");
+        assert!(
+            !env(&pod.spec.unwrap().containers[0]).contains_key("ISTIO_PROMETHEUS_ANNOTATIONS")
+        );
+    }
+    // The pod's annotation wins over the setting.
+    let (pod, _) = inject_bare_pod(&[("prometheus.istio.io/merge-metrics", "true")], &off);
+    assert_eq!(annotations_of(&pod)["prometheus.io/port"], "15020");
+}
+
+#[test]
+fn an_invalid_merge_metrics_value_refuses_the_pod() {
+    let resp = refused(
+        &bare_pod_with(&[("prometheus.istio.io/merge-metrics", "no")]),
+        &defaults(),
+    );
+    assert_eq!(
+        resp["status"]["message"],
+        "1 error occurred:\n\t* invalid value 'no' for annotation \
+         'prometheus.istio.io/merge-metrics': \"no\" is not a boolean (true, false, 1, 0, t, f, \
+         T, F, TRUE, FALSE, True, False)\n\n"
+    );
+}
+
+fn resources_of(c: &Container) -> Vec<String> {
+    let r = c.resources.as_ref().unwrap();
+    let mut out = Vec::new();
+    for (kind, map) in [("requests", &r.requests), ("limits", &r.limits)] {
+        for (k, v) in map.iter().flatten() {
+            out.push(format!("{kind}.{k}={}", v.0));
+        }
+    }
+    out
+}
+
+/// As Istio's template: with any resource annotation, only the fields they name are set.
+#[test]
+fn resource_annotations_set_only_what_they_name() {
+    let (pod, resp) = inject_bare_pod(&[("sidecar.istio.io/proxyCPU", "3")], &defaults());
+    assert!(resp.get("warnings").is_none(), "{resp}");
+    let spec = pod.spec.unwrap();
+    assert_eq!(resources_of(&spec.containers[0]), ["requests.cpu=3"]);
+    // istio-init keeps its own settings.
+    assert_eq!(
+        resources_of(&spec.init_containers.unwrap()[0]),
+        [
+            "requests.cpu=10m",
+            "requests.memory=40Mi",
+            "limits.cpu=2",
+            "limits.memory=1Gi"
+        ]
+    );
+}
+
+#[test]
+fn a_request_above_its_limit_or_a_bad_quantity_refuses_the_pod_naming_both_annotations() {
+    let resp = refused(
+        &bare_pod_with(&[
+            ("sidecar.istio.io/proxyMemory", "2Gi"),
+            ("sidecar.istio.io/proxyMemoryLimit", "1Gi"),
+            ("sidecar.istio.io/proxyCPU", "lots"),
+        ]),
+        &defaults(),
+    );
+    assert_eq!(
+        resp["status"]["message"],
+        "2 errors occurred:\n\
+         \t* invalid value 'lots' for annotation 'sidecar.istio.io/proxyCPU': \"lots\" is not a \
+         Kubernetes quantity (examples: 100m, 0.5, 128Mi, 1Gi)\n\
+         \t* invalid value '2Gi' for annotation 'sidecar.istio.io/proxyMemory': the memory \
+         request 2Gi is more than the memory limit 1Gi of annotation \
+         'sidecar.istio.io/proxyMemoryLimit' (Kubernetes refuses a request above its limit)\n\n"
+    );
+    // Equal in other units is fine.
+    inject_bare_pod(
+        &[
+            ("sidecar.istio.io/proxyMemory", "1024Mi"),
+            ("sidecar.istio.io/proxyMemoryLimit", "1Gi"),
+        ],
+        &defaults(),
+    );
+}
+
+fn arg_after<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    let at = args.iter().position(|a| a == flag)?;
+    args.get(at + 1).map(String::as_str)
+}
+
+#[test]
+fn the_status_port_annotation_moves_the_status_port_the_probes_and_the_metrics() {
+    let (pod, resp) = injected_doc(&deployment_pod_with(&[
+        ("status.sidecar.istio.io/port", "16020"),
+        ("readiness.status.sidecar.istio.io/initialDelaySeconds", "0"),
+        ("readiness.status.sidecar.istio.io/periodSeconds", "15"),
+        ("readiness.status.sidecar.istio.io/failureThreshold", "4"),
+    ]));
+    assert!(resp.get("warnings").is_none(), "{resp}");
+    let spec = pod.spec.as_ref().unwrap();
+    let proxy = &spec.containers[0];
+    let args = proxy.args.clone().unwrap();
+    assert_eq!(arg_after(&args, "--status-port"), Some("16020"));
+    let init = init_args(&pod);
+    assert_eq!(arg_after(&init, "-d"), Some("15090,15021,16020"));
+    let ready = proxy.readiness_probe.as_ref().unwrap();
+    assert_eq!(
+        (
+            ready.initial_delay_seconds,
+            ready.period_seconds,
+            ready.failure_threshold
+        ),
+        (Some(0), Some(15), Some(4))
+    );
+    assert_eq!(ready.timeout_seconds, Some(3));
+    let app_probe = spec.containers[1].readiness_probe.as_ref().unwrap();
+    assert_eq!(
+        app_probe.http_get.as_ref().unwrap().port,
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(16020)
+    );
+    assert_eq!(annotations_of(&pod)["prometheus.io/port"], "16020");
+
+    // The default port passes no flag.
+    let (pod, _) = injected("deployment-pod", &defaults());
+    assert!(
+        !pod.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap()
+            .contains(&"--status-port".to_owned())
+    );
+}
+
+/// Runs a review that must inject; returns the patched pod and the response.
+fn injected_doc(doc: &Value) -> (Pod, Value) {
+    let (resp, outcome) = run_doc(doc, &defaults());
+    assert_eq!(outcome, Outcome::Injected, "{resp}");
+    (serde_json::from_value(apply(doc, &resp)).unwrap(), resp)
+}
+
+/// Istio's `status.sidecar.istio.io/port: "0"`: no readiness probe. rustmesh also turns the
+/// status server off and, with a warning each, rewrites no probe and merges no metrics.
+#[test]
+fn status_port_zero_removes_the_readiness_probe_and_says_what_else_is_off() {
+    let doc = deployment_pod_with(&[("status.sidecar.istio.io/port", "0")]);
+    let (pod, resp) = injected_doc(&doc);
+    let spec = pod.spec.as_ref().unwrap();
+    let proxy = &spec.containers[0];
+    assert!(proxy.readiness_probe.is_none());
+    assert_eq!(
+        arg_after(proxy.args.as_ref().unwrap(), "--status-port"),
+        Some("0")
+    );
+    assert_eq!(arg_after(&init_args(&pod), "-d"), Some("15090,15021"));
+    let original: Pod = serde_json::from_value(doc["request"]["object"].clone()).unwrap();
+    assert_eq!(
+        spec.containers[1].readiness_probe,
+        original.spec.unwrap().containers[0].readiness_probe,
+        "probes left alone"
+    );
+    assert!(!env(proxy).contains_key("ISTIO_KUBE_APP_PROBERS"));
+    assert!(!annotations_of(&pod).contains_key("prometheus.io/port"));
+    let warnings = warnings_of(&resp);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("app probes not rewritten")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("metrics are not merged")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn invalid_status_and_readiness_annotations_refuse_the_pod() {
+    let resp = refused(
+        &bare_pod_with(&[
+            ("status.sidecar.istio.io/port", "15021"),
+            ("readiness.status.sidecar.istio.io/periodSeconds", "-1"),
+        ]),
+        &defaults(),
+    );
+    assert_eq!(
+        resp["status"]["message"],
+        "2 errors occurred:\n\
+         \t* invalid value '-1' for annotation 'readiness.status.sidecar.istio.io/periodSeconds': \
+         \"-1\" is not a whole number (0-2147483647)\n\
+         \t* invalid value '15021' for annotation 'status.sidecar.istio.io/port': statusPort \
+         invalid: 15021 is the sidecar's readiness port (the status server could not bind it)\n\n"
+    );
+}
+
+#[test]
+fn the_proxy_image_annotation_sets_both_injected_images() {
+    let (pod, _) = inject_bare_pod(
+        &[("sidecar.istio.io/proxyImage", "registry.local/proxy:debug")],
+        &defaults(),
+    );
+    let spec = pod.spec.unwrap();
+    assert_eq!(
+        spec.containers[0].image.as_deref(),
+        Some("registry.local/proxy:debug")
+    );
+    assert_eq!(
+        spec.init_containers.unwrap()[0].image.as_deref(),
+        Some("registry.local/proxy:debug")
+    );
+    for bad in ["", "proxy :1"] {
+        let resp = refused(
+            &bare_pod_with(&[("sidecar.istio.io/proxyImage", bad)]),
+            &defaults(),
+        );
+        let message = resp["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!(
+                "invalid value '{bad}' for annotation 'sidecar.istio.io/proxyImage': an image name"
+            )),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn image_pull_secrets_of_the_settings_are_merged_with_the_pods() {
+    let settings = InjectionSettings {
+        image_pull_secrets: vec!["regcred".into(), "mirror".into()],
+        ..defaults()
+    };
+    let (pod, _) = injected("bare-pod", &settings);
+    let names = |pod: &Pod| -> Vec<String> {
+        pod.spec
+            .as_ref()
+            .unwrap()
+            .image_pull_secrets
+            .iter()
+            .flatten()
+            .map(|r| r.name.clone())
+            .collect()
+    };
+    assert_eq!(names(&pod), ["regcred", "mirror"]);
+    assert_eq!(
+        status(&pod).image_pull_secrets,
+        Some(vec!["regcred".to_owned(), "mirror".to_owned()])
+    );
+    // The pod's own are kept and not repeated.
+    let mut doc = fixture("bare-pod");
+    doc["request"]["object"]["spec"]["imagePullSecrets"] = json!([{"name": "mirror"}]);
+    let (resp, _) = run_doc(&doc, &settings);
+    let pod: Pod = serde_json::from_value(apply(&doc, &resp)).unwrap();
+    assert_eq!(names(&pod), ["mirror", "regcred"]);
+    // None configured: none added, `null` in the status as before.
+    let (pod, _) = injected("bare-pod", &defaults());
+    assert!(pod.spec.as_ref().unwrap().image_pull_secrets.is_none());
+    assert_eq!(status(&pod).image_pull_secrets, None);
+}
+
+#[test]
+fn user_volumes_and_mounts_reach_the_pod_and_the_sidecar() {
+    let (pod, resp) = injected_doc(&deployment_pod_with(&[
+        (
+            "sidecar.istio.io/userVolume",
+            r#"{"certs": {"secret": {"secretName": "my-certs"}}}"#,
+        ),
+        (
+            "sidecar.istio.io/userVolumeMount",
+            r#"{"certs": {"mountPath": "/etc/certs", "readOnly": true}, "tmp": {"mountPath": "/scratch"}}"#,
+        ),
+    ]));
+    assert!(resp.get("warnings").is_none(), "{resp}");
+    let spec = pod.spec.as_ref().unwrap();
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "certs")
+        .unwrap();
+    assert_eq!(
+        volume.secret.as_ref().unwrap().secret_name.as_deref(),
+        Some("my-certs")
+    );
+    let mounts: Vec<(&str, &str, Option<bool>)> = spec.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| (m.name.as_str(), m.mount_path.as_str(), m.read_only))
+        .collect();
+    assert_eq!(
+        &mounts[mounts.len() - 2..],
+        [
+            ("certs", "/etc/certs", Some(true)),
+            ("tmp", "/scratch", None)
+        ]
+    );
+    assert_eq!(
+        status(&pod).volumes.unwrap(),
+        [
+            "istio-envoy",
+            "istio-podinfo",
+            "rustmesh-proxy-config",
+            "certs"
+        ]
+    );
+
+    let resp = refused(
+        &bare_pod_with(&[(
+            "sidecar.istio.io/userVolumeMount",
+            r#"{"certs": {"mountPath": "/etc/certs"}}"#,
+        )]),
+        &defaults(),
+    );
+    let message = resp["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("for annotation 'sidecar.istio.io/userVolumeMount': mount \"certs\": the pod has no volume \"certs\""),
+        "{message}"
+    );
+}
+
+/// Every invalid annotation Istio validates, whatever its kind, in one answer.
+#[test]
+fn invalid_annotations_of_every_kind_are_refused_together_sorted_by_name() {
+    let resp = refused(
+        &bare_pod_with(&[
+            ("sidecar.istio.io/userVolume", "[]"),
+            ("traffic.sidecar.istio.io/excludeOutboundPorts", "x"),
+            ("sidecar.istio.io/proxyCPU", "1 core"),
+            ("status.sidecar.istio.io/port", "port"),
+            ("prometheus.istio.io/merge-metrics", "nope"),
+        ]),
+        &defaults(),
+    );
+    let message = resp["status"]["message"].as_str().unwrap();
+    let named: Vec<&str> = message
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split("for annotation '").nth(1))
+        .filter_map(|l| l.split('\'').next())
+        .collect();
+    assert_eq!(
+        named,
+        [
+            "prometheus.istio.io/merge-metrics",
+            "sidecar.istio.io/proxyCPU",
+            "sidecar.istio.io/userVolume",
+            "status.sidecar.istio.io/port",
+            "traffic.sidecar.istio.io/excludeOutboundPorts",
+        ],
+        "{message}"
+    );
+    assert!(message.starts_with("5 errors occurred:\n"), "{message}");
+    assert_eq!(
+        resp["auditAnnotations"]["injection"],
+        "refused: 5 invalid annotation(s)"
+    );
+}
+
+#[test]
+fn canonical_labels_follow_the_controller_as_istio() {
+    let labels_of = |meta: Value| {
+        let mut doc = fixture("bare-pod");
+        doc["request"]["object"]["metadata"] = meta;
+        let (resp, outcome) = run_doc(&doc, &defaults());
+        assert_eq!(outcome, Outcome::Injected, "{resp}");
+        let pod: Pod = serde_json::from_value(apply(&doc, &resp)).unwrap();
+        let labels = pod.metadata.labels.unwrap();
+        (
+            labels["service.istio.io/canonical-name"].clone(),
+            labels["service.istio.io/canonical-revision"].clone(),
+        )
+    };
+    let owned = |kind: &str, name: &str, labels: Value| {
+        json!({
+            "generateName": format!("{name}-"),
+            "namespace": "bookinfo",
+            "labels": labels,
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": "1", "controller": true}]
+        })
+    };
+    assert_eq!(
+        labels_of(owned(
+            "ReplicaSet",
+            "reviews-v2-6d8f9c7b5",
+            json!({"pod-template-hash": "6d8f9c7b5", "version": "v2"})
+        )),
+        ("reviews-v2".to_owned(), "v2".to_owned())
+    );
+    assert_eq!(
+        labels_of(owned("Job", "backup-28391720", json!({}))),
+        ("backup".to_owned(), "latest".to_owned())
+    );
+    assert_eq!(
+        labels_of(owned(
+            "StatefulSet",
+            "web",
+            json!({"app": "", "app.kubernetes.io/version": "1.2"})
+        )),
+        ("web".to_owned(), "1.2".to_owned())
+    );
+    // An empty canonical label is replaced, as the template's `default` does; a set one stays.
+    assert_eq!(
+        labels_of(
+            json!({"name": "solo", "labels": {"service.istio.io/canonical-name": "", "app": "a"}})
+        ),
+        ("a".to_owned(), "latest".to_owned())
+    );
+    assert_eq!(
+        labels_of(
+            json!({"name": "solo", "labels": {"service.istio.io/canonical-name": "mine", "app": "a"}})
+        ),
+        ("mine".to_owned(), "latest".to_owned())
+    );
+    // Cut at 63 characters, then the trailing '-' removed (Istio's trunc 63 | trimSuffix "-").
+    let long = format!("{}-{}", "w".repeat(62), "abcdef");
+    assert_eq!(
+        labels_of(owned("DaemonSet", &long, json!({}))).0,
+        "w".repeat(62)
+    );
+    let long = format!("{}-{}", "w".repeat(60), "abcdef");
+    assert_eq!(
+        labels_of(owned("DaemonSet", &long, json!({}))).0,
+        format!("{}-ab", "w".repeat(60))
+    );
+}
