@@ -133,7 +133,8 @@ async fn s1_injection_follows_the_namespace_label_and_the_opt_out() {
 /// Issue #18: a pod opting in with `sidecar.istio.io/inject: "true"` in a namespace without the
 /// injection label is injected (as Istio's injector does), and the operator writes that
 /// namespace's configuration too, so its sidecar becomes ready and routes: a second opted-in
-/// pod is reached through both sidecars (the app sees the sidecar's 127.0.0.6).
+/// pod is reached through both sidecars (the app sees the sidecar's 127.0.0.6). The server pod's
+/// `prometheus.io/*` point at 15020, whose `/stats/prometheus` counts the request.
 #[tokio::test]
 async fn s1_pods_opting_in_in_an_unlabelled_namespace_get_a_configured_sidecar() {
     let Some(ctx) = setup("s1_opt_in").await else {
@@ -182,6 +183,38 @@ async fn s1_pods_opting_in_in_an_unlabelled_namespace_get_a_configured_sidecar()
         report.peer.starts_with("127.0.0.6:"),
         "through the server's sidecar: {}",
         report.peer
+    );
+
+    // Istio's metrics merging: Prometheus is pointed at the sidecar's 15020, which answers the
+    // sidecar's metrics (the request just served among them).
+    let server_pod = ctx
+        .pods_with(&ns, &server.selector())
+        .await
+        .unwrap()
+        .remove(0);
+    let annotations = server_pod.metadata.annotations.clone().unwrap_or_default();
+    for (key, want) in [
+        ("prometheus.io/scrape", "true"),
+        ("prometheus.io/port", "15020"),
+        ("prometheus.io/path", "/stats/prometheus"),
+    ] {
+        assert_eq!(
+            annotations.get(key).map(String::as_str),
+            Some(want),
+            "{key} in {annotations:?}"
+        );
+    }
+    let name = server_pod.metadata.name.unwrap();
+    let merged = ctx
+        .pod_port_get(&ns, &name, 15020, "/stats/prometheus")
+        .await
+        .unwrap();
+    assert!(
+        merged
+            .lines()
+            .any(|l| l.starts_with("istio_requests_total{")
+                && l.contains("reporter=\"destination\"")),
+        "15020/stats/prometheus of {name}:\n{merged}"
     );
     ctx.delete_namespace(&ns).await;
 }
