@@ -15,6 +15,7 @@ pub mod inject;
 pub mod kube_sync;
 pub mod metrics;
 pub mod names;
+pub mod patch;
 pub mod probes;
 pub mod prometheus;
 pub mod proxy_config;
