@@ -33,7 +33,7 @@ pub struct Injection {
 }
 
 /// The `sidecar.istio.io/status` annotation, field for field as Istio writes it.
-#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct SidecarStatus {
     /// Injected init containers.
@@ -42,9 +42,10 @@ pub struct SidecarStatus {
     pub containers: Option<Vec<String>>,
     /// Injected volumes.
     pub volumes: Option<Vec<String>>,
-    /// Injected image pull secrets (never any).
+    /// Image pull secrets the injection adds (the `imagePullSecrets` setting).
     pub image_pull_secrets: Option<Vec<String>>,
     /// The revision that injected.
+    #[serde(default)]
     pub revision: String,
 }
 

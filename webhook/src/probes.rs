@@ -127,6 +127,42 @@ pub fn rewrite_to(
     out
 }
 
+/// [`rewrite_to`] applied to the pod itself: its probes are replaced in place and the
+/// originals returned, for the sidecar's `ISTIO_KUBE_APP_PROBERS`. Containers named
+/// `istio-proxy` are skipped.
+pub fn rewrite_in_place(
+    pod: &mut Pod,
+    settings: &InjectionSettings,
+    status_port: u16,
+    warnings: &mut Vec<String>,
+) -> AppProbers {
+    let empty = BTreeMap::new();
+    let annotations = pod.metadata.annotations.clone().unwrap_or(empty);
+    let mut probers = AppProbers::default();
+    if !enabled(&annotations, settings, warnings) {
+        return probers;
+    }
+    let Some(spec) = pod.spec.as_mut() else {
+        return probers;
+    };
+    let inits = spec.init_containers.iter_mut().flatten();
+    for c in spec.containers.iter_mut().chain(inits) {
+        if c.name == SIDECAR_CONTAINER_NAME {
+            continue;
+        }
+        for (kind, rewritten, prober) in rewrite_container(c, status_port, warnings) {
+            probers.0.insert(app_health_path(&c.name, kind), prober);
+            let slot = match kind {
+                ProbeKind::Readiness => &mut c.readiness_probe,
+                ProbeKind::Liveness => &mut c.liveness_probe,
+                ProbeKind::Startup => &mut c.startup_probe,
+            };
+            *slot = Some(rewritten);
+        }
+    }
+    probers
+}
+
 /// The probes of one container that are rewritten: for each, its kind, the new probe (for the
 /// kubelet) and the original (for the sidecar).
 pub fn rewrite_container(
