@@ -25,14 +25,14 @@ pub const API_VERSION_V1BETA1: &str = "admission.k8s.io/v1beta1";
 pub enum Outcome {
     /// A patch was returned.
     Injected,
-    /// Allowed without a patch, as decided (opt-out, host network, already injected, not a
-    /// CREATE, other revision).
+    /// Allowed without a patch, as decided (opt-out, host network, not a CREATE, other
+    /// revision), or a pod injected before that injecting again leaves as it is.
     Skipped,
     /// Allowed without a patch because the request or pod could not be understood (a warning
     /// says why).
     Invalid,
-    /// Denied (`allowed: false`): a pod to inject whose traffic annotations are invalid, as
-    /// Istio's injector refuses it ([`crate::traffic`]). The pod is not created whatever the
+    /// Denied (`allowed: false`): a pod to inject whose annotations are invalid, as Istio's
+    /// injector refuses it ([`crate::annotations`]). The pod is not created whatever the
     /// webhook's `failurePolicy` (which only applies when there is no answer).
     Refused,
 }
@@ -125,6 +125,12 @@ pub fn review_in_namespace(
                     return (refused(resp, &invalid), Outcome::Refused);
                 }
             };
+            if injection.patch.0.is_empty() {
+                // Injected before, and injecting it again changes nothing.
+                tracing::debug!(pod = %who, reason = %why, "already as injected");
+                let resp = skipped(resp, &format!("injected again, nothing changed: {why}"));
+                return (with_warnings(resp, injection.warnings), Outcome::Skipped);
+            }
             tracing::debug!(pod = %who, reason = %why, ops = injection.patch.0.len(), "injecting");
             let patch_bytes = match serde_json::to_vec(&injection.patch) {
                 Ok(b) => b,

@@ -400,13 +400,12 @@ fn bare_pod_gets_annotations_labels_volumes_and_init_containers_created() {
 }
 
 #[test]
-fn left_alone_host_network_opt_outs_already_injected() {
+fn left_alone_host_network_opt_outs_and_updates() {
     for name in [
         "host-network",
         "opt-out-label",
         "opt-out-annotation",
         "label-false-annotation-true",
-        "already-injected",
         "update-operation",
     ] {
         let resp = untouched(name, &defaults());
