@@ -97,7 +97,20 @@ const CAPTURE_ANNOTATIONS: [&str; 11] = [
 /// ([`crate::templates`]), `sidecar.istio.io/nativeSidecar` ([`crate::native`]) and
 /// `proxy.istio.io/overrides` ([`crate::overlay`]). Any other bad annotation adds a warning and
 /// its default is used.
+///
+/// The patch is against the pod as typed; [`inject_onto`] makes it against the object as the
+/// API server sent it.
 pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Result<Injection, InvalidAnnotations> {
+    inject_onto(pod, None, settings)
+}
+
+/// [`inject`], with the patch against `raw`, the pod object as the API server sent it (which
+/// `pod` was read from): see [`crate::patch::rebase`].
+pub fn inject_onto(
+    pod: &Pod,
+    raw: Option<&Value>,
+    settings: &InjectionSettings,
+) -> Result<Injection, InvalidAnnotations> {
     let mut warnings = Vec::new();
 
     // --- a previous injection is stripped ------------------------------------------------
@@ -409,7 +422,8 @@ pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Result<Injection, Inva
         }
     }
 
-    let ops = crate::patch::diff(&to_value(pod), &to_value(&out));
+    let typed = to_value(pod);
+    let ops = crate::patch::rebase(raw.unwrap_or(&typed), &typed, &to_value(&out));
     Ok(Injection {
         patch: Patch(ops),
         warnings,
@@ -576,17 +590,14 @@ pub fn proxy_image(
     settings.image.clone()
 }
 
-/// The first volume of the pod whose name the injection would add again (the API server would
-/// refuse the duplicate); a volume a previous injection added (listed in the pod's
-/// `sidecar.istio.io/status`) is not one: it is replaced.
-pub fn conflicting_volume(pod: &Pod) -> Option<String> {
-    let ours = [
-        VOLUME_ENVOY,
-        VOLUME_PODINFO,
-        well_known::PROXY_CONFIGMAP,
-        VOLUME_TOKEN,
-        VOLUME_ROOT_CERT,
-    ];
+/// The first volume of the pod whose name the injection would add again with these settings
+/// (the API server would refuse the duplicate); a volume a previous injection added (listed
+/// in the pod's `sidecar.istio.io/status`) is not one: it is replaced.
+pub fn conflicting_volume(pod: &Pod, settings: &InjectionSettings) -> Option<String> {
+    let ours: Vec<String> = injected_volumes(settings)
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
     let listed = crate::reinject::status(pod)
         .and_then(|s| s.volumes)
         .unwrap_or_default();
@@ -595,7 +606,7 @@ pub fn conflicting_volume(pod: &Pod) -> Option<String> {
         .volumes
         .iter()
         .flatten()
-        .find(|v| ours.contains(&v.name.as_str()) && !listed.contains(&v.name))
+        .find(|v| ours.contains(&v.name) && !listed.contains(&v.name))
         .map(|v| v.name.clone())
 }
 

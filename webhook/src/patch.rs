@@ -14,8 +14,11 @@
 //!   of it that the webhook's types do not know (a newer Kubernetes field) is never touched;
 //! * anything else that differs is a `replace`.
 //!
-//! The API server applies the patch to the object it sent, which holds every field the typed
-//! pod read; the operations only name paths of the typed pod, so they apply.
+//! The API server applies the patch to the object it sent, which is not quite the typed pod the
+//! webhook read: a required field it left out (a port without `containerPort`) reads as its
+//! default, a field of a newer Kubernetes is not read at all. [`rebase`] therefore carries the
+//! changes over onto the object as sent and compares that, so the patch always applies to it
+//! and never touches what the webhook did not change.
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
@@ -26,6 +29,92 @@ pub fn diff(from: &Value, to: &Value) -> Vec<PatchOperation> {
     let mut ops = Vec::new();
     diff_at(&mut Vec::new(), from, to, &mut ops);
     ops
+}
+
+/// The operations that turn `raw` (the object as the API server sent it) into `raw` with the
+/// changes from `typed_from` to `typed_to` (the webhook's reading of it, and the injected pod):
+/// the changes are applied to `raw` leniently (a replaced or removed member it lacks is added or
+/// skipped), then `raw` is compared with the result, so every operation applies to `raw`.
+pub fn rebase(raw: &Value, typed_from: &Value, typed_to: &Value) -> Vec<PatchOperation> {
+    let mut target = raw.clone();
+    for op in diff(typed_from, typed_to) {
+        apply_leniently(&mut target, &op);
+    }
+    diff(raw, &target)
+}
+
+/// Applies one operation, adding what a `replace` names but `doc` lacks and skipping a `remove`
+/// of what it lacks; missing parents are created as objects.
+fn apply_leniently(doc: &mut Value, op: &PatchOperation) {
+    let (path, value) = match op {
+        PatchOperation::Add(o) => (&o.path, Some(&o.value)),
+        PatchOperation::Replace(o) => (&o.path, Some(&o.value)),
+        PatchOperation::Remove(o) => (&o.path, None),
+        _ => return,
+    };
+    let tokens: Vec<String> = path.tokens().map(|t| t.decoded().into_owned()).collect();
+    let Some((last, parents)) = tokens.split_last() else {
+        if let Some(v) = value {
+            *doc = v.clone();
+        }
+        return;
+    };
+    let mut cur = doc;
+    for t in parents {
+        if value.is_none() && cur.get(t.as_str()).is_none() && index(cur, t).is_none() {
+            return; // nothing to remove
+        }
+        cur = match cur {
+            Value::Array(items) => match t.parse::<usize>().ok().filter(|i| *i < items.len()) {
+                Some(i) => &mut items[i],
+                None => return,
+            },
+            other => {
+                if !other.is_object() {
+                    *other = Value::Object(Default::default());
+                }
+                let Value::Object(map) = other else { return };
+                map.entry(t.clone()).or_insert(Value::Null)
+            }
+        };
+    }
+    match (cur, value) {
+        (Value::Array(items), v) => {
+            let at = last.parse::<usize>().ok();
+            match (v, op) {
+                (None, _) => {
+                    if let Some(i) = at.filter(|i| *i < items.len()) {
+                        items.remove(i);
+                    }
+                }
+                (Some(v), PatchOperation::Add(_)) => match at.filter(|i| *i <= items.len()) {
+                    Some(i) => items.insert(i, v.clone()),
+                    None => items.push(v.clone()),
+                },
+                (Some(v), _) => match at.filter(|i| *i < items.len()) {
+                    Some(i) => items[i] = v.clone(),
+                    None => items.push(v.clone()),
+                },
+            }
+        }
+        (other, Some(v)) => {
+            if !other.is_object() {
+                *other = Value::Object(Default::default());
+            }
+            if let Value::Object(map) = other {
+                map.insert(last.clone(), v.clone());
+            }
+        }
+        (Value::Object(map), None) => {
+            map.remove(last);
+        }
+        (_, None) => {}
+    }
+}
+
+/// The array item `t` names, when `v` is an array and `t` an index in it.
+fn index<'a>(v: &'a Value, t: &str) -> Option<&'a Value> {
+    v.as_array()?.get(t.parse::<usize>().ok()?)
 }
 
 fn pointer(path: &[String]) -> PointerBuf {
@@ -265,6 +354,69 @@ mod tests {
                 })
             );
         }
+    }
+
+    #[test]
+    fn rebased_onto_the_object_as_sent_every_operation_applies() {
+        // The API server's object lacks a required field (read as its default) and has one
+        // the types do not know; the typed reading has the default and lacks the unknown one.
+        let raw = json!({"spec": {"containers": [
+            {"name": "istio-proxy", "ports": [{"name": "http-envoy-prom"}], "terminationMessagePath": "/t"},
+            {"name": "app", "futureField": {"a": 1}}
+        ]}, "metadata": {"labels": {"a": "b"}}});
+        let typed = json!({"spec": {"containers": [
+            {"name": "istio-proxy", "ports": [{"name": "http-envoy-prom", "containerPort": 0}], "terminationMessagePath": "/t"},
+            {"name": "app"}
+        ]}, "metadata": {"labels": {"a": "b"}}});
+        let injected = json!({"spec": {"containers": [
+            {"name": "istio-proxy", "ports": [{"name": "http-envoy-prom", "containerPort": 15090}]},
+            {"name": "app"}
+        ], "volumes": [{"name": "v"}]}, "metadata": {"labels": {"a": "b", "c": "d"}}});
+        // Straight from the typed reading, the patch would not apply.
+        assert!(json_patch::patch(&mut raw.clone(), &diff(&typed, &injected)).is_err());
+        let ops = rebase(&raw, &typed, &injected);
+        let mut doc = raw.clone();
+        json_patch::patch(&mut doc, &ops).unwrap();
+        assert_eq!(
+            doc["spec"]["containers"][0],
+            injected["spec"]["containers"][0]
+        );
+        assert_eq!(doc["spec"]["containers"][1]["futureField"], json!({"a": 1}));
+        assert_eq!(doc["spec"]["volumes"], injected["spec"]["volumes"]);
+        assert_eq!(doc["metadata"], injected["metadata"]);
+        // Nothing to change: nothing to send.
+        assert!(rebase(&raw, &typed, &typed).is_empty());
+    }
+
+    #[test]
+    fn lenient_application_adds_what_a_replace_names_and_skips_a_missing_remove() {
+        let mut doc = json!({"a": {"l": [1, 2]}});
+        let op = |v: Value| serde_json::from_value::<PatchOperation>(v).unwrap();
+        apply_leniently(
+            &mut doc,
+            &op(json!({"op": "replace", "path": "/a/b", "value": 1})),
+        );
+        apply_leniently(
+            &mut doc,
+            &op(json!({"op": "remove", "path": "/a/missing/deeper"})),
+        );
+        apply_leniently(&mut doc, &op(json!({"op": "remove", "path": "/a/l/5"})));
+        apply_leniently(
+            &mut doc,
+            &op(json!({"op": "add", "path": "/a/l/0", "value": 0})),
+        );
+        apply_leniently(
+            &mut doc,
+            &op(json!({"op": "replace", "path": "/a/l/9", "value": 3})),
+        );
+        apply_leniently(
+            &mut doc,
+            &op(json!({"op": "add", "path": "/n/m", "value": true})),
+        );
+        assert_eq!(
+            doc,
+            json!({"a": {"b": 1, "l": [0, 1, 2, 3]}, "n": {"m": true}})
+        );
     }
 
     #[test]

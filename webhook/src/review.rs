@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::decide::{Decision, decide};
 use crate::error::{Error, Result};
-use crate::inject::inject;
+use crate::inject::inject_onto;
 use crate::settings::InjectionSettings;
 use crate::traffic::InvalidAnnotations;
 
@@ -63,6 +63,17 @@ pub fn review_in_namespace(
     settings: &InjectionSettings,
     namespace_labels: Option<&BTreeMap<String, String>>,
 ) -> (AdmissionResponse, Outcome) {
+    review_object(req, None, settings, namespace_labels)
+}
+
+/// [`review_in_namespace`], with the pod object as the API server sent it (`raw`, which
+/// `req.object` was read from), so that the patch is made against exactly that object.
+fn review_object(
+    req: AdmissionRequest<Pod>,
+    raw: Option<&Value>,
+    settings: &InjectionSettings,
+    namespace_labels: Option<&BTreeMap<String, String>>,
+) -> (AdmissionResponse, Outcome) {
     let resp = AdmissionResponse::from(&req);
     let who = format!(
         "{}/{}",
@@ -111,14 +122,14 @@ pub fn review_in_namespace(
             (skipped(resp, &format!("skipped: {why}")), Outcome::Skipped)
         }
         Decision::Inject(why) => {
-            if let Some(name) = crate::inject::conflicting_volume(pod) {
+            if let Some(name) = crate::inject::conflicting_volume(pod, settings) {
                 let warning = format!(
                     "pod already has a volume named {name:?}, which the sidecar needs; \
                      allowed without sidecar"
                 );
                 return (with_warnings(resp, vec![warning]), Outcome::Invalid);
             }
-            let injection = match inject(pod, settings) {
+            let injection = match inject_onto(pod, raw, settings) {
                 Ok(injection) => injection,
                 Err(invalid) => {
                     tracing::info!(pod = %who, reason = %invalid, "refused: invalid annotations");
@@ -306,7 +317,9 @@ pub fn review_body(
     req.types = types.clone();
 
     let is_pod = req.kind.group.is_empty() && req.kind.kind == "Pod";
+    let mut raw = None;
     if is_pod && req.operation == Operation::Create {
+        raw = object.clone();
         match object {
             None | Some(Value::Null) => {}
             // The patch adds under `/metadata/...`; without a metadata object it could not apply.
@@ -329,7 +342,7 @@ pub fn review_body(
     }
 
     let labels = req.namespace.as_deref().and_then(namespace_labels);
-    let (resp, outcome) = review_in_namespace(req, settings, labels.as_ref());
+    let (resp, outcome) = review_object(req, raw.as_ref(), settings, labels.as_ref());
     Ok(BodyReview {
         review: response_document(&types, resp),
         outcome,
