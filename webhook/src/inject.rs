@@ -290,6 +290,34 @@ pub fn inject_onto(
     if let (Some(overlay), Some(init)) = (&overlays.init, init.as_mut()) {
         merge_onto(init, overlay, &mut warnings);
     }
+    // A request of the pod's own container over an injected limit (or the other way round):
+    // refused here, naming both, rather than by the API server.
+    let mut merged = Failures::default();
+    for (c, own) in [
+        (Some(&sidecar), &overlays.proxy),
+        (init.as_ref(), &overlays.init),
+    ] {
+        let (Some(c), Some(_)) = (c, own) else {
+            continue;
+        };
+        for (resource, req, lim) in c
+            .resources
+            .as_ref()
+            .map(crate::resources::requests_above_limits)
+            .unwrap_or_default()
+        {
+            merged.add_line(
+                &c.name,
+                format!(
+                    "container '{}' of the pod, merged onto the injected one: the {resource} \
+                     request {req} is more than the {resource} limit {lim} (Kubernetes refuses \
+                     a request above its limit; set both)",
+                    c.name
+                ),
+            );
+        }
+    }
+    merged.into_result(())?;
     if !probers.0.is_empty() {
         set_env(&mut sidecar, probe::APP_PROBERS_ENV, probers.to_json());
     }
