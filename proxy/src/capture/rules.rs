@@ -507,12 +507,7 @@ pub fn tables(cfg: &CaptureConfig, family: Family, host: &Host) -> Tables {
         OutboundCapture::All => false,
         OutboundCapture::Cidrs(cidrs) => cidrs.iter().any(|net| net.network().is_loopback()),
     };
-    let owners = cfg
-        .proxy_uids
-        .iter()
-        .map(|uid| ("--uid-owner", uid))
-        .chain(cfg.proxy_gids.iter().map(|gid| ("--gid-owner", gid)));
-    for (owner, id) in owners {
+    for (owner, id) in proxy_owners(cfg) {
         // Istio leaves port 53 out of the uid rule only; the gid rule keeps its plain form.
         let not_ports = if dns && owner == "--uid-owner" {
             format!("-m multiport ! --dports {DNS},{}", cfg.tunnel_port)
@@ -623,12 +618,7 @@ pub fn tables(cfg: &CaptureConfig, family: Family, host: &Host) -> Tables {
     // 7. DNS (raw): conntrack zones.
     if dns {
         raw.push("OUTPUT", format!("-j {ISTIO_OUTPUT_DNS}"));
-        let owners = cfg
-            .proxy_uids
-            .iter()
-            .map(|uid| ("--uid-owner", uid))
-            .chain(cfg.proxy_gids.iter().map(|gid| ("--gid-owner", gid)));
-        for (owner, id) in owners {
+        for (owner, id) in proxy_owners(cfg) {
             raw.push(
                 ISTIO_OUTPUT_DNS,
                 format!("-p udp -m udp --dport {DNS} -m owner {owner} {id} -j CT --zone 1"),
@@ -677,12 +667,7 @@ pub fn tables(cfg: &CaptureConfig, family: Family, host: &Host) -> Tables {
             "OUTPUT",
             format!("-o lo -p tcp -m mark --mark {mark} -j RETURN"),
         );
-        let owners = cfg
-            .proxy_uids
-            .iter()
-            .map(|uid| ("--uid-owner", uid))
-            .chain(cfg.proxy_gids.iter().map(|gid| ("--gid-owner", gid)));
-        for (owner, id) in owners {
+        for (owner, id) in proxy_owners(cfg) {
             mangle.push(
                 "OUTPUT",
                 format!("! -d {loopback} -o lo -p tcp -m owner {owner} {id} -j MARK --set-xmark {outbound_mark}/0xffffffff"),
@@ -713,6 +698,14 @@ pub fn tables(cfg: &CaptureConfig, family: Family, host: &Host) -> Tables {
         family,
         tables: [mangle, nat, raw],
     }
+}
+
+/// The proxy's uids then gids, as `-m owner` options: every per-owner rule set follows this order.
+fn proxy_owners(cfg: &CaptureConfig) -> impl Iterator<Item = (&'static str, &u32)> {
+    cfg.proxy_uids
+        .iter()
+        .map(|uid| ("--uid-owner", uid))
+        .chain(cfg.proxy_gids.iter().map(|gid| ("--gid-owner", gid)))
 }
 
 /// The most ports one `-m multiport` match takes.
