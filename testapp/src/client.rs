@@ -34,6 +34,7 @@ fn client(h2c: bool) -> HttpClient {
 
 async fn send(
     c: &HttpClient,
+    method: http::Method,
     url: &str,
     headers: &[(String, String)],
 ) -> Result<(u16, Bytes), Error> {
@@ -41,7 +42,7 @@ async fn send(
         url: url.to_string(),
         reason: e.to_string(),
     })?;
-    let mut req = http::Request::get(uri);
+    let mut req = http::Request::builder().method(method).uri(uri);
     for (k, v) in headers {
         req = req.header(k.as_str(), v.as_str());
     }
@@ -67,32 +68,7 @@ async fn send(
 /// One POST with an empty body (e.g. `POST localhost:15020/quitquitquit`, a Job's last step);
 /// returns status and body.
 pub async fn post(url: &str) -> Result<(u16, Bytes), Error> {
-    let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| Error::Url {
-        url: url.to_string(),
-        reason: e.to_string(),
-    })?;
-    let req = http::Request::post(uri)
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| Error::Url {
-            url: url.to_string(),
-            reason: e.to_string(),
-        })?;
-    let fail = |e: String| Error::Request {
-        url: url.to_string(),
-        reason: e,
-    };
-    let resp = client(false)
-        .request(req)
-        .await
-        .map_err(|e| fail(format!("{e:?}")))?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| fail(e.to_string()))?
-        .to_bytes();
-    Ok((status, body))
+    send(&client(false), http::Method::POST, url, &[]).await
 }
 
 /// One GET; returns status and body.
@@ -101,7 +77,7 @@ pub async fn fetch(
     headers: &[(String, String)],
     h2c: bool,
 ) -> Result<(u16, Bytes), Error> {
-    send(&client(h2c), url, headers).await
+    send(&client(h2c), http::Method::GET, url, headers).await
 }
 
 /// `n` GETs over `concurrency` workers (connections are reused: keep-alive or one h2c connection each).
@@ -123,7 +99,7 @@ pub async fn run(
             let mut part = (Summary::default(), Vec::new());
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
                 let start = Instant::now();
-                let result = send(&c, &url, &headers).await;
+                let result = send(&c, http::Method::GET, &url, &headers).await;
                 part.1.push(start.elapsed());
                 part.0.requests += 1;
                 match result {
