@@ -24,6 +24,9 @@ use hyper_util::rt::TokioIo;
 /// The variable the injector writes the app's `prometheus.io/*` annotations into.
 pub const ANNOTATIONS_ENV: &str = "ISTIO_PROMETHEUS_ANNOTATIONS";
 
+/// The longest `ISTIO_PROMETHEUS_ANNOTATIONS` accepted (three short strings fit many times over).
+pub const MAX_ANNOTATIONS_LEN: usize = 4096;
+
 /// The most of the app's metrics that is read.
 pub const MAX_APP_METRICS: usize = 16 << 20;
 
@@ -55,6 +58,12 @@ pub struct AppMetrics {
 /// Reads `ISTIO_PROMETHEUS_ANNOTATIONS`: `None` when the app is not to be scraped
 /// (`scrape: "false"`). `status_port` is the sidecar's own port, which the app's may not be.
 pub fn parse(json: &str, status_port: u16) -> Result<Option<AppMetrics>, String> {
+    if json.len() > MAX_ANNOTATIONS_LEN {
+        return Err(format!(
+            "{} bytes, more than {MAX_ANNOTATIONS_LEN}",
+            json.len()
+        ));
+    }
     let map: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(json).map_err(|e| format!("not a JSON object: {e}"))?;
     let text = |key: &str| -> Result<Option<String>, String> {
@@ -239,6 +248,10 @@ mod tests {
             (r#"{"scheme":"https"}"#, "unknown key"),
             (r#"["scrape"]"#, "not a JSON object"),
             (r#"{"path":"/a b"}"#, "not a URL path"),
+            (
+                &format!(r#"{{"path":"/{}"}}"#, "a".repeat(5000)),
+                "more than 4096",
+            ),
         ] {
             let err = parse(bad, 15020).unwrap_err();
             assert!(err.contains(why), "{bad}: {err}");
