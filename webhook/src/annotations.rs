@@ -9,6 +9,8 @@
 //! ([`crate::resources`]), image, user volumes and mounts ([`crate::user_volumes`]) and
 //! `prometheus.istio.io/merge-metrics` ([`crate::prometheus`]). Each module adds what it finds
 //! to one [`Failures`], so a pod with several mistakes hears about all of them in one answer.
+//! The pod's own `istio-proxy`/`istio-init` merged onto the injected ones ([`crate::overlay`])
+//! is refused the same way when the merge gives a request above its limit.
 
 use std::fmt;
 
@@ -50,6 +52,12 @@ impl Failures {
             name.to_owned(),
             format!("invalid value '{value}' for annotation '{name}': {why}"),
         ));
+    }
+
+    /// Records a failure that is not one annotation's (the pod's own containers), as a line of
+    /// its own sorted under `key`.
+    pub fn add_line(&mut self, key: &str, line: String) {
+        self.0.push((key.to_owned(), line));
     }
 
     /// Whether nothing was found.

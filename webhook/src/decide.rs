@@ -5,10 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::names::{
-    ANNOTATION_STATUS, INIT_CONTAINER_NAME, LABEL_INJECT, LABEL_ISTIO_INJECTION, LABEL_REV,
-    SIDECAR_CONTAINER_NAME,
-};
+use crate::names::{LABEL_INJECT, LABEL_ISTIO_INJECTION, LABEL_REV};
 use crate::values::parse_flag;
 
 /// The outcome of [`decide`].
@@ -25,8 +22,6 @@ pub enum Decision {
 pub enum Why {
     /// `spec.hostNetwork: true`: capture would hijack the node's traffic.
     HostNetwork,
-    /// The `sidecar.istio.io/status` annotation, or a container named like ours, is present.
-    AlreadyInjected,
     /// The pod label `sidecar.istio.io/inject`.
     PodLabel(bool),
     /// The pod annotation `sidecar.istio.io/inject` (the label wins over it).
@@ -53,7 +48,6 @@ impl std::fmt::Display for Why {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Why::HostNetwork => write!(f, "pod uses hostNetwork"),
-            Why::AlreadyInjected => write!(f, "pod is already injected"),
             Why::PodLabel(v) => write!(f, "pod label {LABEL_INJECT}={v}"),
             Why::PodAnnotation(v) => write!(f, "pod annotation {LABEL_INJECT}={v}"),
             Why::PodRevision(r) => write!(f, "pod label {LABEL_REV}={r}"),
@@ -81,15 +75,18 @@ impl Decision {
 /// Decides whether to inject, in this order (the first that applies wins):
 ///
 /// 1. `hostNetwork: true` → skip.
-/// 2. Already injected (`sidecar.istio.io/status` annotation, or a container named `istio-proxy`
-///    or init container named `istio-init`) → skip, so re-submitting an injected pod changes nothing.
-/// 3. Pod label `sidecar.istio.io/inject` (`true`/`false`, also `yes`/`no`/`on`/`off`).
-/// 4. Pod annotation `sidecar.istio.io/inject`, same values.
-/// 5. Pod label `istio.io/rev` → wanted.
-/// 6. Namespace labels, when `namespace_labels` is `Some`: `istio-injection=enabled` or
+/// 2. Pod label `sidecar.istio.io/inject` (`true`/`false`, also `yes`/`no`/`on`/`off`).
+/// 3. Pod annotation `sidecar.istio.io/inject`, same values.
+/// 4. Pod label `istio.io/rev` → wanted.
+/// 5. Namespace labels, when `namespace_labels` is `Some`: `istio-injection=enabled` or
 ///    `istio.io/rev=<r>` → wanted (`istio-injection` wins over `istio.io/rev`); anything else → skip.
 ///    When `None` (the webhook does not look namespaces up): wanted, because the
 ///    MutatingWebhookConfiguration's `namespaceSelector`/`objectSelector` already filtered.
+///
+/// A pod injected before (`sidecar.istio.io/status`), or with its own `istio-proxy` or
+/// `istio-init`, is decided like any other, as Istio does: injecting it again strips the
+/// previous injection ([`crate::reinject`]) and its own containers are overlays
+/// ([`crate::overlay`]).
 ///
 /// Then, when wanted, the revision: the pod's `istio.io/rev` label, else `default` for
 /// `istio-injection=enabled`, else the namespace's `istio.io/rev`, else (namespace unknown) this
@@ -112,10 +109,6 @@ pub fn decide(
     {
         return Decision::Skip(Why::HostNetwork);
     }
-    if annotations.contains_key(ANNOTATION_STATUS) || has_injected_containers(pod) {
-        return Decision::Skip(Why::AlreadyInjected);
-    }
-
     let pod_rev = labels.get(LABEL_REV).filter(|r| !r.is_empty());
     let ns_injection = namespace_labels.and_then(|l| l.get(LABEL_ISTIO_INJECTION));
     let ns_rev = namespace_labels
@@ -161,18 +154,6 @@ pub fn decide(
         });
     }
     Decision::Inject(why)
-}
-
-fn has_injected_containers(pod: &Pod) -> bool {
-    let Some(spec) = &pod.spec else { return false };
-    spec.containers
-        .iter()
-        .any(|c| c.name == SIDECAR_CONTAINER_NAME)
-        || spec
-            .init_containers
-            .iter()
-            .flatten()
-            .any(|c| c.name == INIT_CONTAINER_NAME || c.name == SIDECAR_CONTAINER_NAME)
 }
 
 #[cfg(test)]
@@ -267,23 +248,24 @@ mod tests {
     }
 
     #[test]
-    fn host_network_and_already_injected() {
+    fn host_network_skips_and_a_pod_injected_before_is_decided_as_any() {
         let mut p = pod(json!({"sidecar.istio.io/inject": "true"}), json!({}));
         p.spec.as_mut().unwrap().host_network = Some(true);
         assert_eq!(
             decide(&p, None, "default"),
             Decision::Skip(Why::HostNetwork)
         );
+        // Injected before, or with its own istio-proxy: injected again (Istio re-injects).
         let p = pod(json!({}), json!({"sidecar.istio.io/status": "{}"}));
-        assert_eq!(
-            decide(&p, None, "default"),
-            Decision::Skip(Why::AlreadyInjected)
-        );
+        assert!(decide(&p, None, "default").inject());
         let mut p = pod(json!({}), json!({}));
         p.spec.as_mut().unwrap().containers[0].name = "istio-proxy".into();
-        assert_eq!(
-            decide(&p, None, "default"),
-            Decision::Skip(Why::AlreadyInjected)
+        assert!(decide(&p, None, "default").inject());
+        // The opt-out still wins.
+        let p = pod(
+            json!({"sidecar.istio.io/inject": "false"}),
+            json!({"sidecar.istio.io/status": "{}"}),
         );
+        assert!(!decide(&p, None, "default").inject());
     }
 }

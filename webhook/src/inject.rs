@@ -1,16 +1,28 @@
 //! What is injected: the `istio-init` and `istio-proxy` containers, their volumes, labels and the
-//! status annotation, expressed as an RFC 6902 JSON Patch against the submitted pod.
+//! status annotation, as Istio's injector renders them: the whole injected pod is built, then
+//! compared with the submitted one into an RFC 6902 JSON Patch ([`crate::patch`]).
+//!
+//! The steps, in Istio's order:
+//!
+//! 1. a pod injected before is stripped of what its `sidecar.istio.io/status` lists
+//!    ([`crate::reinject`]);
+//! 2. the pod's own `istio-proxy` and `istio-init` are taken out as overlays
+//!    ([`crate::overlay`]);
+//! 3. the annotations Istio validates are checked, all at once ([`crate::annotations`]);
+//! 4. the template the pod asks for (`inject.istio.io/templates`, [`crate::templates`]) is
+//!    rendered: `sidecar` (capture and sidecar) or `gateway` (a standalone proxy);
+//! 5. the overlays are merged onto the rendered containers; the app's probes are rewritten and
+//!    its metrics merged (both read by the sidecar from its environment).
 
 use std::collections::BTreeMap;
 
-use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation};
+use json_patch::Patch;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile,
     DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
-    Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource,
-    ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume,
-    VolumeMount, VolumeProjection,
+    Lifecycle, LifecycleHandler, LocalObjectReference, ObjectFieldSelector, Pod, Probe,
+    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rustmesh_xds::{ca, probe, well_known};
@@ -19,21 +31,24 @@ use serde_json::{Value, json};
 
 use crate::annotations::Failures;
 use crate::names::*;
+use crate::overlay::{Overlays, Overrides};
 use crate::settings::InjectionSettings;
+use crate::templates::Template;
 use crate::traffic::{InterceptionMode, InvalidAnnotations, Traffic};
 use crate::values;
 
 /// The result of [`inject`]: the patch and the warnings to return to the user.
 #[derive(Debug)]
 pub struct Injection {
-    /// RFC 6902 patch against the submitted pod.
+    /// RFC 6902 patch against the submitted pod; empty when the pod already is as injected
+    /// (a pod injected again with nothing changed).
     pub patch: Patch,
     /// Problems with the pod's annotations that were worked around (the defaults were used).
     pub warnings: Vec<String>,
 }
 
 /// The `sidecar.istio.io/status` annotation, field for field as Istio writes it.
-#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct SidecarStatus {
     /// Injected init containers.
@@ -42,64 +57,142 @@ pub struct SidecarStatus {
     pub containers: Option<Vec<String>>,
     /// Injected volumes.
     pub volumes: Option<Vec<String>>,
-    /// Injected image pull secrets (never any).
+    /// Image pull secrets the injection adds (the `imagePullSecrets` setting).
     pub image_pull_secrets: Option<Vec<String>>,
     /// The revision that injected.
+    #[serde(default)]
     pub revision: String,
 }
+
+/// The resource annotations; the `gateway` template sets resources only from them.
+const RESOURCE_ANNOTATIONS: [&str; 4] = [
+    ANNOTATION_PROXY_CPU,
+    ANNOTATION_PROXY_MEMORY,
+    ANNOTATION_PROXY_CPU_LIMIT,
+    ANNOTATION_PROXY_MEMORY_LIMIT,
+];
+
+/// The annotations that shape traffic capture, which the `gateway` template does not use.
+const CAPTURE_ANNOTATIONS: [&str; 11] = [
+    ANNOTATION_INTERCEPTION_MODE,
+    ANNOTATION_INCLUDE_OUTBOUND_IP_RANGES,
+    ANNOTATION_EXCLUDE_OUTBOUND_IP_RANGES,
+    ANNOTATION_INCLUDE_INBOUND_PORTS,
+    ANNOTATION_EXCLUDE_INBOUND_PORTS,
+    ANNOTATION_EXCLUDE_OUTBOUND_PORTS,
+    ANNOTATION_INCLUDE_OUTBOUND_PORTS,
+    ANNOTATION_EXCLUDE_INTERFACES,
+    ANNOTATION_KUBEVIRT_INTERFACES,
+    ANNOTATION_REROUTE_VIRTUAL_INTERFACES,
+    "sidecar.istio.io/capNetBindService",
+];
 
 /// Builds the injection patch for `pod` (which [`crate::decide()`] said to inject).
 ///
 /// Refuses the pod when one of the annotations Istio's injector validates is invalid, all of
 /// them named at once ([`crate::annotations`]): the traffic annotations ([`crate::traffic`]),
 /// the status port and readiness probe ([`crate::readiness`]), the sidecar's resources
-/// ([`crate::resources`]) and image, its user volumes and mounts ([`crate::user_volumes`]) and
-/// `prometheus.istio.io/merge-metrics` ([`crate::prometheus`]). Any other bad annotation adds a
-/// warning and its default is used.
+/// ([`crate::resources`]) and image, its user volumes and mounts ([`crate::user_volumes`]),
+/// `prometheus.istio.io/merge-metrics` ([`crate::prometheus`]), the template
+/// ([`crate::templates`]), `sidecar.istio.io/nativeSidecar` ([`crate::native`]) and
+/// `proxy.istio.io/overrides` ([`crate::overlay`]). Any other bad annotation adds a warning and
+/// its default is used.
+///
+/// The patch is against the pod as typed; [`inject_onto`] makes it against the object as the
+/// API server sent it.
 pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Result<Injection, InvalidAnnotations> {
-    let empty = BTreeMap::new();
-    let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
-    let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
-    let default_spec = Default::default();
-    let spec = pod.spec.as_ref().unwrap_or(&default_spec);
-    let native = settings.use_native_sidecars();
+    inject_onto(pod, None, settings)
+}
+
+/// [`inject`], with the patch against `raw`, the pod object as the API server sent it (which
+/// `pod` was read from): see [`crate::patch::rebase`].
+pub fn inject_onto(
+    pod: &Pod,
+    raw: Option<&Value>,
+    settings: &InjectionSettings,
+) -> Result<Injection, InvalidAnnotations> {
+    let mut warnings = Vec::new();
+
+    // --- a previous injection is stripped ------------------------------------------------
+    let stripped = crate::reinject::strip(pod, &mut warnings);
+    let mut base = stripped.pod.clone();
+    let annotations = base.metadata.annotations.clone().unwrap_or_default();
 
     // --- the annotations Istio validates: any invalid one refuses the pod -----------------
     let mut failures = Failures::default();
-    let traffic = crate::traffic::read(annotations, &mut failures);
-    let readiness = crate::readiness::resolve(annotations, settings, &mut failures);
+    let template = crate::templates::read(&annotations, &mut failures);
+    let gateway = template == Template::Gateway;
+    let native_choice = crate::native::annotation(&annotations, &mut failures);
+    let recorded = recorded_overrides(&annotations, &mut failures);
+    let traffic = crate::traffic::read(&annotations, &mut failures);
+    let readiness = crate::readiness::resolve(&annotations, settings, &mut failures);
     let resources =
-        crate::resources::resolve(annotations, &settings.proxy_resources, &mut failures);
-    let image = proxy_image(annotations, settings, &mut failures);
-    let merge_switch = crate::prometheus::switch(annotations, &mut failures);
+        crate::resources::resolve(&annotations, &settings.proxy_resources, &mut failures);
+    let image = proxy_image(&annotations, settings, &mut failures);
+    let merge_switch = crate::prometheus::switch(&annotations, &mut failures);
+    let mode = if gateway {
+        InterceptionMode::Redirect
+    } else {
+        traffic.mode
+    };
+    // The pod's own istio-proxy and istio-init: overlays of what is injected (istio-init only
+    // when one is injected; else it stays the pod's own init container).
+    let injects_init = !gateway && mode != InterceptionMode::None;
+    let overlays = overlays(&mut base, &recorded, injects_init, &mut warnings);
     let mut volumes = injected_volumes(settings);
     let mut mounts = sidecar_mounts(settings);
     let user = {
-        let pod_volumes: Vec<&str> = spec
-            .volumes
+        let pod_volumes: Vec<&str> = base
+            .spec
             .iter()
-            .flatten()
+            .flat_map(|s| s.volumes.iter().flatten())
             .map(|v| v.name.as_str())
             .collect();
         let injected: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
         let paths: Vec<&str> = mounts.iter().map(|m| m.mount_path.as_str()).collect();
-        crate::user_volumes::resolve(annotations, &pod_volumes, &injected, &paths, &mut failures)
+        crate::user_volumes::resolve(&annotations, &pod_volumes, &injected, &paths, &mut failures)
     };
     failures.into_result(())?;
     volumes.extend(user.volumes);
     mounts.extend(user.mounts);
 
     // --- per-pod options that are warned about ----------------------------------------------
-    let mut warnings = traffic.warnings.clone();
-    let options = crate::proxy_config::resolve(annotations, settings, &mut warnings);
-    let hold = options.hold_application_until_proxy_starts;
-    check_app_ports(pod, settings, readiness.status_port, &mut warnings);
-    let probes = if readiness.status_port != 0 {
-        crate::probes::rewrite_to(pod, settings, readiness.status_port, &mut warnings)
+    warnings.extend(traffic.warnings.iter().cloned());
+    if gateway {
+        for name in CAPTURE_ANNOTATIONS
+            .iter()
+            .filter(|a| annotations.contains_key(**a))
+        {
+            warnings.push(format!(
+                "annotation {name} ignored: the gateway template captures no traffic"
+            ));
+        }
+        warnings.push(format!(
+            "{ANNOTATION_TEMPLATES}: gateway: the proxy has no gateway mode yet (rustmesh issue \
+             #20): it runs as a sidecar without traffic capture and serves no Gateway listeners"
+        ));
+    }
+    let native = crate::native::decide(native_choice, template, settings, &mut warnings);
+    let options = crate::proxy_config::resolve(&annotations, settings, &mut warnings);
+    // With a native sidecar the startup probe holds the app; the gateway has no app to hold.
+    let hold = options.hold_application_until_proxy_starts && !native && !gateway;
+    let app_containers: Vec<Container> = base
+        .spec
+        .as_ref()
+        .map(|s| s.containers.clone())
+        .unwrap_or_default();
+    check_app_ports(
+        &app_containers,
+        settings,
+        readiness.status_port,
+        &mut warnings,
+    );
+    let probers = if readiness.status_port != 0 {
+        crate::probes::rewrite_in_place(&mut base, settings, readiness.status_port, &mut warnings)
     } else {
         // Nothing serves /app-health: Istio would point the probes at port 0, which the API
         // server refuses; they are left as they are.
-        if !crate::probes::rewrite(pod, settings, &mut Vec::new())
+        if !crate::probes::rewrite(&base, settings, &mut Vec::new())
             .ops
             .is_empty()
         {
@@ -111,43 +204,43 @@ pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Result<Injection, Inva
         Default::default()
     };
     let merge = crate::prometheus::merge(
-        annotations,
+        &annotations,
         merge_switch.unwrap_or(settings.enable_prometheus_merge),
         readiness.status_port,
         &mut warnings,
     );
 
     // --- containers -----------------------------------------------------------------------
-    // NONE: nothing is captured, so there is no istio-init at all (Istio's template).
-    let init = (traffic.mode != InterceptionMode::None)
+    // NONE: nothing is captured, so there is no istio-init at all (Istio's template); the
+    // gateway template has none either.
+    let mut init = injects_init
         .then(|| init_container(&traffic, settings, &options, &image, readiness.status_port));
+    // The gateway template sets resources only from the pod's annotations (its chart gives the
+    // pod's own istio-proxy its resources); the sidecar's are the settings' otherwise.
+    let resources = (!gateway
+        || RESOURCE_ANNOTATIONS
+            .iter()
+            .any(|a| annotations.contains_key(*a)))
+    .then_some(resources);
+    let overlay_ports: Vec<ContainerPort> = overlays
+        .proxy
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten().cloned())
+        .collect();
     let mut sidecar = sidecar_container(
-        pod,
+        &app_containers,
+        &overlay_ports,
         settings,
         &options,
-        traffic.mode,
+        mode,
         Sidecar {
             image,
             resources,
             readiness,
             mounts,
+            gateway,
         },
     );
-    let env = sidecar.env.get_or_insert_with(Vec::new);
-    if !probes.probers.0.is_empty() {
-        env.push(EnvVar {
-            name: probe::APP_PROBERS_ENV.to_owned(),
-            value: Some(probes.probers.to_json()),
-            ..Default::default()
-        });
-    }
-    if let Some(value) = merge.as_ref().and_then(|m| m.env.clone()) {
-        env.push(EnvVar {
-            name: ENV_PROMETHEUS_ANNOTATIONS.to_owned(),
-            value: Some(value),
-            ..Default::default()
-        });
-    }
     let args = sidecar.args.get_or_insert_with(Vec::new);
     if let Some(n) = options.concurrency {
         // As Istio's template: only a positive value is passed; otherwise the proxy uses the
@@ -189,6 +282,49 @@ pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Result<Injection, Inva
         });
     }
 
+    // The pod's own containers over the rendered ones, then what Istio adds after merging.
+    if let Some(overlay) = &overlays.proxy {
+        merge_onto(&mut sidecar, overlay, &mut warnings);
+        adjust_proxy_user(overlay, mode, &mut sidecar, init.as_mut(), &mut warnings);
+    }
+    if let (Some(overlay), Some(init)) = (&overlays.init, init.as_mut()) {
+        merge_onto(init, overlay, &mut warnings);
+    }
+    // A request of the pod's own container over an injected limit (or the other way round):
+    // refused here, naming both, rather than by the API server.
+    let mut merged = Failures::default();
+    for (c, own) in [
+        (Some(&sidecar), &overlays.proxy),
+        (init.as_ref(), &overlays.init),
+    ] {
+        let (Some(c), Some(_)) = (c, own) else {
+            continue;
+        };
+        for (resource, req, lim) in c
+            .resources
+            .as_ref()
+            .map(crate::resources::requests_above_limits)
+            .unwrap_or_default()
+        {
+            merged.add_line(
+                &c.name,
+                format!(
+                    "container '{}' of the pod, merged onto the injected one: the {resource} \
+                     request {req} is more than the {resource} limit {lim} (Kubernetes refuses \
+                     a request above its limit; set both)",
+                    c.name
+                ),
+            );
+        }
+    }
+    merged.into_result(())?;
+    if !probers.0.is_empty() {
+        set_env(&mut sidecar, probe::APP_PROBERS_ENV, probers.to_json());
+    }
+    if let Some(value) = merge.as_ref().and_then(|m| m.env.clone()) {
+        set_env(&mut sidecar, ENV_PROMETHEUS_ANNOTATIONS, value);
+    }
+
     let mut init_names = Vec::new();
     if init.is_some() {
         init_names.push(INIT_CONTAINER_NAME.to_owned());
@@ -206,113 +342,257 @@ pub fn inject(pod: &Pod, settings: &InjectionSettings) -> Result<Injection, Inva
         revision: settings.revision.clone(),
     };
 
-    // --- the patch ------------------------------------------------------------------------
-    // The probe replacements address containers by their index in the submitted pod: they go
-    // first, before anything is inserted.
-    let mut ops = probes.ops;
-
-    // As Istio's template: the pod's own non-empty value wins (an empty one is replaced).
-    let mut new_labels = vec![
-        (LABEL_TLS_MODE, "istio".to_owned(), Set::IfAbsentOrEmpty),
-        (LABEL_REV, settings.revision.clone(), Set::IfAbsent),
-    ];
-    if let Some(name) = crate::canonical::canonical_name(pod, &mut warnings) {
-        new_labels.push((LABEL_CANONICAL_NAME, name, Set::IfAbsentOrEmpty));
+    // --- the injected pod -----------------------------------------------------------------
+    let mut out = base;
+    let labels = out.metadata.labels.get_or_insert_with(BTreeMap::new);
+    let original_labels = labels.clone();
+    // As Istio's template: the pod's own non-empty value wins (an empty one is replaced). The
+    // gateway template sets no tlsMode label.
+    if !gateway {
+        set(
+            labels,
+            LABEL_TLS_MODE,
+            "istio".to_owned(),
+            Set::IfAbsentOrEmpty,
+        );
     }
-    new_labels.push((
+    set(labels, LABEL_REV, settings.revision.clone(), Set::IfAbsent);
+    if let Some(name) = crate::canonical::canonical_name(pod, &mut warnings) {
+        set(labels, LABEL_CANONICAL_NAME, name, Set::IfAbsentOrEmpty);
+    }
+    set(
+        labels,
         LABEL_CANONICAL_REVISION,
-        crate::canonical::canonical_revision(labels),
+        crate::canonical::canonical_revision(&original_labels),
         Set::IfAbsentOrEmpty,
-    ));
-    patch_map(
-        &mut ops,
-        "labels",
-        pod.metadata.labels.as_ref(),
-        new_labels,
-        &[],
     );
 
-    let mut new_annotations = vec![(
+    let annotations_out = out.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    set(
+        annotations_out,
         ANNOTATION_STATUS,
         serde_json::to_string(&status).unwrap_or_default(),
-        Set::IfAbsent,
-    )];
-    if let Some(first) = spec.containers.first() {
-        new_annotations.push((
+        Set::Always,
+    );
+    // The gateway template names a default container only when there is exactly one app
+    // container; the sidecar template the first of them.
+    if let Some(first) = app_containers.first()
+        && (!gateway || app_containers.len() == 1)
+    {
+        set(
+            annotations_out,
             ANNOTATION_DEFAULT_CONTAINER,
             first.name.clone(),
             Set::IfAbsent,
-        ));
+        );
     }
-    let mut removed = Vec::new();
     if let Some(merge) = merge {
-        for (k, v) in merge.set {
-            new_annotations.push((k, v, Set::Always));
+        for k in &merge.remove {
+            annotations_out.remove(k);
         }
-        removed = merge.remove;
+        for (k, v) in merge.set {
+            set(annotations_out, k, v, Set::Always);
+        }
     }
-    patch_map(
-        &mut ops,
-        "annotations",
-        pod.metadata.annotations.as_ref(),
-        new_annotations,
-        &removed,
-    );
+    if overlays.proxy.is_some() || overlays.init.is_some() {
+        let recorded = crate::overlay::overrides(&overlays, native);
+        set(
+            annotations_out,
+            ANNOTATION_OVERRIDES,
+            recorded.to_json(),
+            Set::Always,
+        );
+    }
 
+    let spec = out.spec.get_or_insert_with(Default::default);
     // istio-init runs first of all init containers; a native sidecar right after it, so that
     // the app's own init containers already have the proxy.
-    let mut new_inits: Vec<Value> = init.iter().map(to_value).collect();
+    let mut inits: Vec<Container> = init.into_iter().collect();
     if native {
-        new_inits.push(to_value(&sidecar));
+        inits.push(sidecar.clone());
     }
-    match &spec.init_containers {
-        _ if new_inits.is_empty() => {}
-        None => ops.push(add(&["spec", "initContainers"], Value::Array(new_inits))),
-        Some(_) => {
-            for (i, c) in new_inits.into_iter().enumerate() {
-                ops.push(add(&["spec", "initContainers", &i.to_string()], c));
-            }
-        }
+    if !inits.is_empty() {
+        inits.extend(spec.init_containers.take().unwrap_or_default());
+        spec.init_containers = Some(inits);
     }
     if !native {
         // First container: started first by the kubelet (and held with postStart when asked).
-        ops.push(add(&["spec", "containers", "0"], to_value(&sidecar)));
+        spec.containers.insert(0, sidecar);
     }
-    let volume_values: Vec<Value> = volumes.iter().map(to_value).collect();
-    match &spec.volumes {
-        None => ops.push(add(&["spec", "volumes"], Value::Array(volume_values))),
-        Some(_) => {
-            for v in volume_values {
-                ops.push(add(&["spec", "volumes", "-"], v));
-            }
-        }
-    }
-    // The settings' pull secrets, merged by name with the pod's own (Istio's strategic merge).
-    let secrets: Vec<Value> = pull_secrets
+    // The pod's volumes in their order (a volume the previous injection added goes, unless it
+    // is not injected again and a container still mounts it), then the injected ones.
+    let all: Vec<&Container> = spec
+        .containers
         .iter()
-        .filter(|n| {
-            !spec
-                .image_pull_secrets
-                .iter()
-                .flatten()
-                .any(|r| r.name == **n)
-        })
-        .map(|n| json!({ "name": n }))
+        .chain(spec.init_containers.iter().flatten())
         .collect();
-    match &spec.image_pull_secrets {
-        _ if secrets.is_empty() => {}
-        None => ops.push(add(&["spec", "imagePullSecrets"], Value::Array(secrets))),
-        Some(_) => {
-            for s in secrets {
-                ops.push(add(&["spec", "imagePullSecrets", "-"], s));
-            }
+    let listed = stripped.volumes();
+    let injected: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+    let kept: Vec<Volume> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter(|v| {
+            !listed.contains(&v.name)
+                || (!injected.contains(&v.name.as_str())
+                    && crate::reinject::keep_listed_volume(&v.name, &all))
+        })
+        .cloned()
+        .collect();
+    let mut all_volumes = kept;
+    all_volumes.extend(volumes);
+    spec.volumes = Some(all_volumes);
+    // The settings' pull secrets, merged by name with the pod's own (Istio's strategic merge).
+    for name in pull_secrets {
+        let secrets = spec.image_pull_secrets.get_or_insert_with(Vec::new);
+        if !secrets.iter().any(|r| r.name == *name) {
+            secrets.push(LocalObjectReference { name: name.clone() });
         }
     }
 
+    let typed = to_value(pod);
+    let ops = crate::patch::rebase(raw.unwrap_or(&typed), &typed, &to_value(&out));
     Ok(Injection {
         patch: Patch(ops),
         warnings,
     })
+}
+
+/// The pod's `proxy.istio.io/overrides` (what it declared for `istio-proxy`/`istio-init` when
+/// injected before); an unreadable one is added to `failures`.
+fn recorded_overrides(
+    annotations: &BTreeMap<String, String>,
+    failures: &mut Failures,
+) -> Overrides {
+    let Some(value) = annotations.get(ANNOTATION_OVERRIDES) else {
+        return Overrides::default();
+    };
+    Overrides::parse(value).unwrap_or_else(|why| {
+        // The value is a JSON document of containers: shown shortened.
+        let shown: String = value.chars().take(120).collect();
+        let shown = if shown.len() < value.len() {
+            format!("{shown}...")
+        } else {
+            shown
+        };
+        failures.add(ANNOTATION_OVERRIDES, &shown, why);
+        Overrides::default()
+    })
+}
+
+/// The overlays: the pod's own `istio-proxy` and `istio-init` (taken out of `pod`), else those
+/// recorded in `proxy.istio.io/overrides` by a previous injection (Istio's
+/// `reinsertOverrides`).
+fn overlays(
+    pod: &mut Pod,
+    recorded: &Overrides,
+    injects_init: bool,
+    warnings: &mut Vec<String>,
+) -> Overlays {
+    let own = crate::overlay::take(pod, injects_init, warnings);
+    if !injects_init
+        && pod
+            .spec
+            .iter()
+            .flat_map(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+            })
+            .any(|c| c.name == INIT_CONTAINER_NAME)
+    {
+        warnings.push(format!(
+            "container {INIT_CONTAINER_NAME:?} is kept as the pod's own: no {INIT_CONTAINER_NAME} \
+             is injected (gateway template or interceptionMode NONE) to merge it onto"
+        ));
+    }
+    for c in recorded.containers.iter().chain(&recorded.init_containers) {
+        if c.name != SIDECAR_CONTAINER_NAME && c.name != INIT_CONTAINER_NAME {
+            warnings.push(format!(
+                "annotation {ANNOTATION_OVERRIDES}: container {:?} is not one rustmesh injects; \
+                 ignored",
+                c.name
+            ));
+        }
+    }
+    Overlays {
+        proxy: own
+            .proxy
+            .or_else(|| recorded.get(SIDECAR_CONTAINER_NAME).cloned()),
+        init: own.init.or_else(|| {
+            injects_init
+                .then(|| recorded.get(INIT_CONTAINER_NAME).cloned())
+                .flatten()
+        }),
+    }
+}
+
+/// Merges the pod's own container onto an injected one ([`crate::overlay::merge_container`]);
+/// one that cannot be merged is reported and the injected one kept.
+fn merge_onto(injected: &mut Container, overlay: &Container, warnings: &mut Vec<String>) {
+    match crate::overlay::merge_container(injected, overlay) {
+        Ok(merged) => *injected = merged,
+        Err(e) => warnings.push(format!(
+            "the pod's container {:?} could not be merged onto the injected one ({e}); the \
+             injected one is used as it is",
+            overlay.name
+        )),
+    }
+}
+
+/// Istio's `adjustInitContainerUser`: the pod's `istio-proxy` running as another user makes
+/// `istio-init` exempt that user's traffic from capture (`-u`); under TPROXY the sidecar must
+/// stay root, so the pod's `runAsUser` is overridden (with a warning).
+fn adjust_proxy_user(
+    overlay: &Container,
+    mode: InterceptionMode,
+    sidecar: &mut Container,
+    init: Option<&mut Container>,
+    warnings: &mut Vec<String>,
+) {
+    let Some(uid) = overlay
+        .security_context
+        .as_ref()
+        .and_then(|s| s.run_as_user)
+    else {
+        return;
+    };
+    if mode == InterceptionMode::Tproxy {
+        if uid != 0 {
+            warnings.push(format!(
+                "runAsUser {uid} of the pod's {SIDECAR_CONTAINER_NAME} ignored: under TPROXY the \
+                 sidecar runs as root (uid 0), as in Istio"
+            ));
+        }
+        if let Some(sc) = sidecar.security_context.as_mut() {
+            sc.run_as_user = Some(0);
+        }
+        return;
+    }
+    // The capture rules must not capture the proxy's own traffic; uid 0 is never exempted.
+    if uid == 0 {
+        return;
+    }
+    if let Some(args) = init.and_then(|c| c.args.as_mut())
+        && let Some(at) = args.iter().position(|a| a == "-u")
+        && at + 1 < args.len()
+    {
+        args[at + 1] = uid.to_string();
+    }
+}
+
+/// Sets an environment variable of `c`, replacing one of that name.
+fn set_env(c: &mut Container, name: &str, value: String) {
+    let env = c.env.get_or_insert_with(Vec::new);
+    let var = EnvVar {
+        name: name.to_owned(),
+        value: Some(value),
+        ..Default::default()
+    };
+    match env.iter_mut().find(|e| e.name == name) {
+        Some(e) => *e = var,
+        None => env.push(var),
+    }
 }
 
 /// `istio-proxy`'s image: `sidecar.istio.io/proxyImage` when set (Istio's template takes it for
@@ -338,22 +618,23 @@ pub fn proxy_image(
     settings.image.clone()
 }
 
-/// The first volume of the pod whose name the injection would add again (the API server would
-/// refuse the duplicate).
-pub fn conflicting_volume(pod: &Pod) -> Option<String> {
-    let ours = [
-        VOLUME_ENVOY,
-        VOLUME_PODINFO,
-        well_known::PROXY_CONFIGMAP,
-        VOLUME_TOKEN,
-        VOLUME_ROOT_CERT,
-    ];
+/// The first volume of the pod whose name the injection would add again with these settings
+/// (the API server would refuse the duplicate); a volume a previous injection added (listed
+/// in the pod's `sidecar.istio.io/status`) is not one: it is replaced.
+pub fn conflicting_volume(pod: &Pod, settings: &InjectionSettings) -> Option<String> {
+    let ours: Vec<String> = injected_volumes(settings)
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    let listed = crate::reinject::status(pod)
+        .and_then(|s| s.volumes)
+        .unwrap_or_default();
     pod.spec
         .as_ref()?
         .volumes
         .iter()
         .flatten()
-        .find(|v| ours.contains(&v.name.as_str()))
+        .find(|v| ours.contains(&v.name) && !listed.contains(&v.name))
         .map(|v| v.name.clone())
 }
 
@@ -362,14 +643,7 @@ fn to_value<T: Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
-fn add(tokens: &[&str], value: Value) -> PatchOperation {
-    PatchOperation::Add(AddOperation {
-        path: PointerBuf::from_tokens(tokens.iter().copied()),
-        value,
-    })
-}
-
-/// When an entry of [`patch_map`] is written over the pod's own value.
+/// When an entry of a label or annotation map is written over the pod's own value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Set {
     /// Only when the pod has no such key (the user's value wins).
@@ -381,37 +655,15 @@ enum Set {
     Always,
 }
 
-/// Sets entries of `/metadata/<field>` (the whole map when the pod has none) and removes the
-/// keys in `remove`.
-fn patch_map(
-    ops: &mut Vec<PatchOperation>,
-    field: &str,
-    existing: Option<&BTreeMap<String, String>>,
-    entries: Vec<(&str, String, Set)>,
-    remove: &[String],
-) {
-    let Some(existing) = existing else {
-        let map: serde_json::Map<String, Value> = entries
-            .into_iter()
-            .map(|(k, v, _)| (k.to_owned(), Value::String(v)))
-            .collect();
-        ops.push(add(&["metadata", field], Value::Object(map)));
-        return;
+/// Sets `key` of a label or annotation map as `how` says.
+fn set(map: &mut BTreeMap<String, String>, key: &str, value: String, how: Set) {
+    let write = match (how, map.get(key)) {
+        (_, None) | (Set::Always, _) => true,
+        (Set::IfAbsentOrEmpty, Some(old)) => old.is_empty(),
+        (Set::IfAbsent, Some(_)) => false,
     };
-    for k in remove.iter().filter(|k| existing.contains_key(*k)) {
-        ops.push(PatchOperation::Remove(RemoveOperation {
-            path: PointerBuf::from_tokens(["metadata", field, k.as_str()]),
-        }));
-    }
-    for (k, v, set) in entries {
-        let write = match (set, existing.get(k)) {
-            (_, None) | (Set::Always, _) => true,
-            (Set::IfAbsentOrEmpty, Some(old)) => old.is_empty(),
-            (Set::IfAbsent, Some(_)) => false,
-        };
-        if write {
-            ops.push(add(&["metadata", field, k], Value::String(v)));
-        }
+    if write {
+        map.insert(key.to_owned(), value);
     }
 }
 
@@ -518,25 +770,30 @@ fn runtime_default_seccomp() -> SeccompProfile {
 /// What the pod's annotations decided about `istio-proxy`, all checked.
 struct Sidecar {
     image: String,
-    resources: ResourceRequirements,
+    /// None: no resources (the gateway template without resource annotations).
+    resources: Option<ResourceRequirements>,
     readiness: crate::readiness::Readiness,
     /// Its own mounts, then the pod's `userVolumeMount`s.
     mounts: Vec<VolumeMount>,
+    /// The gateway template: a standalone proxy.
+    gateway: bool,
 }
 
-/// `istio-proxy`: the sidecar itself.
+/// `istio-proxy`: the sidecar itself (or, with the gateway template, the pod's proxy).
+/// `overlay_ports` are those of the pod's own `istio-proxy`, which Istio's
+/// `ISTIO_META_POD_PORTS` lists too (a gateway declares its ports there).
 fn sidecar_container(
-    pod: &Pod,
+    app_containers: &[Container],
+    overlay_ports: &[ContainerPort],
     settings: &InjectionSettings,
     options: &crate::proxy_config::ProxyOptions,
     mode: InterceptionMode,
     parts: Sidecar,
 ) -> Container {
-    let empty = Vec::new();
-    let app_containers = pod.spec.as_ref().map_or(&empty, |s| &s.containers);
     let pod_ports: Vec<&ContainerPort> = app_containers
         .iter()
         .flat_map(|c| c.ports.iter().flatten())
+        .chain(overlay_ports)
         .collect();
     let app_names: Vec<&str> = app_containers.iter().map(|c| c.name.as_str()).collect();
 
@@ -583,6 +840,9 @@ fn sidecar_container(
         env.push(plain("CA_ADDR", settings.ca_address.clone()));
         env.push(plain("TRUST_DOMAIN", settings.trust_domain.clone()));
     }
+    if parts.gateway {
+        env.push(plain(ENV_ROUTER_MODE, DEFAULT_ROUTER_MODE.to_owned()));
+    }
 
     Container {
         name: SIDECAR_CONTAINER_NAME.to_owned(),
@@ -609,7 +869,7 @@ fn sidecar_container(
             failure_threshold: Some(parts.readiness.failure_threshold),
             ..Default::default()
         }),
-        resources: Some(parts.resources),
+        resources: parts.resources,
         security_context: Some(sidecar_security_context(mode)),
         volume_mounts: Some(parts.mounts),
         ..Default::default()
@@ -762,7 +1022,7 @@ fn pull_policy(settings: &InjectionSettings) -> Option<String> {
 /// Warns when an app container declares a port the sidecar owns: it would fail to bind, or be
 /// bypassed by the capture rules.
 fn check_app_ports(
-    pod: &Pod,
+    containers: &[Container],
     settings: &InjectionSettings,
     status_port: u16,
     warnings: &mut Vec<String>,
@@ -776,8 +1036,7 @@ fn check_app_ports(
         (settings.prometheus_port, "Prometheus"),
         (well_known::DNS_PORT, "DNS"),
     ];
-    let Some(spec) = &pod.spec else { return };
-    for c in &spec.containers {
+    for c in containers {
         for p in c.ports.iter().flatten() {
             if let Some((_, what)) = reserved
                 .iter()
@@ -800,23 +1059,7 @@ pub fn patch_json(patch: &Patch) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pointer_escaping() {
-        let op = add(&["metadata", "annotations", ANNOTATION_STATUS], Value::Null);
-        let PatchOperation::Add(a) = op else {
-            unreachable!()
-        };
-        assert_eq!(
-            a.path.as_str(),
-            "/metadata/annotations/sidecar.istio.io~1status"
-        );
-        let op = add(&["metadata", "labels", "a~b"], Value::Null);
-        let PatchOperation::Add(a) = op else {
-            unreachable!()
-        };
-        assert_eq!(a.path.as_str(), "/metadata/labels/a~0b");
-    }
+    use json_patch::PatchOperation;
 
     #[test]
     fn wait_command_follows_the_health_port() {

@@ -332,8 +332,13 @@ pub fn namespace_cache(
 
 // --- cluster version --------------------------------------------------------------------------
 
-/// Whether the API server's version supports native sidecars (`restartPolicy: Always` init
-/// containers, on by default from Kubernetes 1.29).
+/// The first Kubernetes minor version (of 1.x) whose native sidecars `nativeSidecars: auto`
+/// uses: 1.33, where sidecar containers became stable, Istio's threshold for its automatic
+/// detection (which reads every node's kubelet; see [`crate::native`]).
+pub const NATIVE_SIDECARS_MINOR: u32 = 33;
+
+/// Whether the API server's version is one `nativeSidecars: auto` injects native sidecars for
+/// (>= 1.[`NATIVE_SIDECARS_MINOR`]).
 pub fn supports_native_sidecars(info: &Info) -> Option<bool> {
     let digits = |s: &str| {
         s.chars()
@@ -344,30 +349,42 @@ pub fn supports_native_sidecars(info: &Info) -> Option<bool> {
     };
     let (major, minor) = match (digits(&info.major), digits(&info.minor)) {
         (Some(a), Some(b)) => (a, b),
-        // Some distributions leave major/minor empty: read `v1.29.3-...`.
+        // Some distributions leave major/minor empty: read `v1.33.3-...`.
         _ => {
             let v = info.git_version.trim_start_matches('v');
             let mut parts = v.split('.');
             (digits(parts.next()?)?, digits(parts.next()?)?)
         }
     };
-    Some(major > 1 || (major == 1 && minor >= 29))
+    Some(major > 1 || (major == 1 && minor >= NATIVE_SIDECARS_MINOR))
 }
 
 /// Asks the API server's `/version`; `None` when it can't be asked.
 pub async fn probe_native_sidecars(client: &kube::Client) -> Option<bool> {
-    match client.apiserver_version().await {
-        Ok(info) => {
+    // Bounded: the webhook does not serve until this returns.
+    let asked = tokio::time::timeout(VERSION_PROBE_TIMEOUT, client.apiserver_version()).await;
+    match asked {
+        Err(_) => {
+            tracing::warn!(
+                timeout = ?VERSION_PROBE_TIMEOUT,
+                "the API server did not tell its version in time; native sidecars off"
+            );
+            None
+        }
+        Ok(Ok(info)) => {
             let supported = supports_native_sidecars(&info);
             tracing::info!(version = %info.git_version, native_sidecars = ?supported, "API server version");
             supported
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "could not read the API server version; native sidecars off");
             None
         }
     }
 }
+
+/// How long the start waits for the API server's `/version` (`nativeSidecars: auto`).
+pub const VERSION_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {
@@ -654,33 +671,30 @@ mod tests {
     }
 
     #[test]
-    fn native_sidecar_versions() {
+    fn native_sidecars_from_1_33_as_istio_detects_them() {
         let info = |major: &str, minor: &str, git: &str| Info {
             major: major.into(),
             minor: minor.into(),
             git_version: git.into(),
             ..Default::default()
         };
-        assert_eq!(
-            supports_native_sidecars(&info("1", "20", "v1.20.15")),
-            Some(false)
-        );
-        assert_eq!(
-            supports_native_sidecars(&info("1", "28+", "v1.28.3-gke.1")),
-            Some(false)
-        );
-        assert_eq!(
-            supports_native_sidecars(&info("1", "29+", "v1.29.1-eks")),
-            Some(true)
-        );
-        assert_eq!(
-            supports_native_sidecars(&info("1", "33", "v1.33.0")),
-            Some(true)
-        );
-        assert_eq!(
-            supports_native_sidecars(&info("", "", "v1.30.2+k3s1")),
-            Some(true)
-        );
-        assert_eq!(supports_native_sidecars(&info("", "", "")), None);
+        for (major, minor, git, want) in [
+            ("1", "20", "v1.20.15", Some(false)),
+            ("1", "29+", "v1.29.1-eks", Some(false)),
+            ("1", "32", "v1.32.4", Some(false)),
+            ("1", "33", "v1.33.0", Some(true)),
+            ("1", "34+", "v1.34.1-gke.1", Some(true)),
+            ("2", "0", "v2.0.0", Some(true)),
+            // Some distributions leave major/minor empty: the git version is read.
+            ("", "", "v1.32.2+k3s1", Some(false)),
+            ("", "", "v1.33.2+k3s1", Some(true)),
+            ("", "", "", None),
+        ] {
+            assert_eq!(
+                supports_native_sidecars(&info(major, minor, git)),
+                want,
+                "{major}.{minor} {git}"
+            );
+        }
     }
 }

@@ -105,3 +105,18 @@ pub const WAIT_COMMAND: [&str; 2] = ["proxy", "wait"];
 pub const VOLUME_TOKEN: &str = "istio-token";
 /// ConfigMap `istio-ca-root-cert` (the mesh trust bundle), Istio's volume name.
 pub const VOLUME_ROOT_CERT: &str = "istiod-ca-cert";
+
+/// `inject.istio.io/templates`: the injection template(s) of the pod, a comma-separated list
+/// (`sidecar` by default, or `gateway`).
+pub const ANNOTATION_TEMPLATES: &str = "inject.istio.io/templates";
+/// `proxy.istio.io/overrides`: the pod's own `istio-proxy`/`istio-init` merged onto the injected
+/// ones, recorded at injection so that injecting again applies them again.
+pub const ANNOTATION_OVERRIDES: &str = "proxy.istio.io/overrides";
+/// `sidecar.istio.io/nativeSidecar`: `"true"`/`"false"`, the pod's choice of a native sidecar
+/// over the `nativeSidecars` setting.
+pub const ANNOTATION_NATIVE_SIDECAR: &str = "sidecar.istio.io/nativeSidecar";
+/// Istio's router metadata, set on a gateway's proxy: Istio starts its agent as `proxy router`;
+/// `proxy run` has no gateway mode yet (issue #20), so the node type travels in this variable.
+pub const ENV_ROUTER_MODE: &str = "ISTIO_META_ROUTER_MODE";
+/// Istio's default router mode (what a router without `ISTIO_META_ROUTER_MODE` runs as).
+pub const DEFAULT_ROUTER_MODE: &str = "sni-dnat";

@@ -32,7 +32,7 @@ use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Pod, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rustmesh_xds::probe::{
     AppProbers, Grpc, HttpGet, HttpHeader, ProbeKind, Prober, REWRITE_ANNOTATION, TcpSocket,
-    app_health_path,
+    app_health_path, parse_app_health_path,
 };
 
 use crate::names::SIDECAR_CONTAINER_NAME;
@@ -127,6 +127,42 @@ pub fn rewrite_to(
     out
 }
 
+/// [`rewrite_to`] applied to the pod itself: its probes are replaced in place and the
+/// originals returned, for the sidecar's `ISTIO_KUBE_APP_PROBERS`. Containers named
+/// `istio-proxy` are skipped.
+pub fn rewrite_in_place(
+    pod: &mut Pod,
+    settings: &InjectionSettings,
+    status_port: u16,
+    warnings: &mut Vec<String>,
+) -> AppProbers {
+    let empty = BTreeMap::new();
+    let annotations = pod.metadata.annotations.clone().unwrap_or(empty);
+    let mut probers = AppProbers::default();
+    if !enabled(&annotations, settings, warnings) {
+        return probers;
+    }
+    let Some(spec) = pod.spec.as_mut() else {
+        return probers;
+    };
+    let inits = spec.init_containers.iter_mut().flatten();
+    for c in spec.containers.iter_mut().chain(inits) {
+        if c.name == SIDECAR_CONTAINER_NAME {
+            continue;
+        }
+        for (kind, rewritten, prober) in rewrite_container(c, status_port, warnings) {
+            probers.0.insert(app_health_path(&c.name, kind), prober);
+            let slot = match kind {
+                ProbeKind::Readiness => &mut c.readiness_probe,
+                ProbeKind::Liveness => &mut c.liveness_probe,
+                ProbeKind::Startup => &mut c.startup_probe,
+            };
+            *slot = Some(rewritten);
+        }
+    }
+    probers
+}
+
 /// The probes of one container that are rewritten: for each, its kind, the new probe (for the
 /// kubelet) and the original (for the sidecar).
 pub fn rewrite_container(
@@ -153,9 +189,22 @@ pub fn rewrite_container(
             .timeout_seconds
             .and_then(|t| u32::try_from(t).ok())
             .filter(|t| *t > 0);
+        if parse_app_health_path(&app_health_path(&c.name, kind)).is_none() {
+            // Not a container name Kubernetes takes (the API server refuses the pod); the
+            // sidecar could not serve the path either.
+            warn(format!("the name {:?} cannot be a path segment", c.name));
+            continue;
+        }
         let prober = if let Some(get) = &probe.http_get {
             if get.port == IntOrString::Int(i32::from(status_port)) {
                 continue; // already the sidecar's
+            }
+            if let Some(scheme) = get.scheme.as_deref().filter(|s| {
+                !s.is_empty() && !s.eq_ignore_ascii_case("http") && !s.eq_ignore_ascii_case("https")
+            }) {
+                // The sidecar refuses such a prober (and the API server such a probe).
+                warn(format!("httpGet.scheme {scheme:?} is not HTTP or HTTPS"));
+                continue;
             }
             let port = match resolve_port(c, &get.port) {
                 Ok(p) => p,
@@ -467,5 +516,38 @@ mod tests {
             replaced(&r)["/spec/containers/0/livenessProbe"]["httpGet"]["port"],
             16020
         );
+    }
+
+    #[test]
+    fn a_probe_the_sidecar_could_not_run_is_left_alone_with_a_warning() {
+        // A scheme other than HTTP/HTTPS, a name that is not one path segment: the sidecar
+        // would refuse the prober list, so the probe stays as it is (the API server refuses
+        // such a pod anyway).
+        let p = pod(
+            json!({}),
+            json!([
+                {"name": "web", "readinessProbe": {"httpGet": {"path": "/", "port": 80, "scheme": "FTP"}}},
+                {"name": "a/b", "livenessProbe": {"tcpSocket": {"port": 80}}}
+            ]),
+        );
+        let mut w = Vec::new();
+        let r = rewrite(&p, &InjectionSettings::default(), &mut w);
+        assert!(r.ops.is_empty() && r.probers.0.is_empty());
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("httpGet.scheme \"FTP\" is not HTTP or HTTPS"),
+            "{w:?}"
+        );
+        assert!(w[1].contains("cannot be a path segment"), "{w:?}");
+        // The in-place rewrite agrees.
+        let mut q = p.clone();
+        let probers = rewrite_in_place(
+            &mut q,
+            &InjectionSettings::default(),
+            15020,
+            &mut Vec::new(),
+        );
+        assert!(probers.0.is_empty());
+        assert_eq!(q, p);
     }
 }

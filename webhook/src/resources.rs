@@ -89,6 +89,28 @@ pub fn resolve(
     }
 }
 
+/// The resources whose request is above their limit in `r` (each `(resource, request, limit)`),
+/// for a container the pod's own overlay was merged onto: its request with the injected limit
+/// (or the other way round) is a pod the API server refuses. Unreadable quantities are left
+/// to the API server.
+pub fn requests_above_limits(r: &ResourceRequirements) -> Vec<(String, String, String)> {
+    let (Some(requests), Some(limits)) = (&r.requests, &r.limits) else {
+        return Vec::new();
+    };
+    requests
+        .iter()
+        .filter_map(|(resource, req)| {
+            let lim = limits.get(resource)?;
+            let (rq, lq) = (
+                values::parse_quantity(&req.0).ok()?,
+                values::parse_quantity(&lim.0).ok()?,
+            );
+            (rq.cmp_value(&lq) == Ordering::Greater)
+                .then(|| (resource.clone(), req.0.clone(), lim.0.clone()))
+        })
+        .collect()
+}
+
 /// The settings' requests and limits (`proxyCPU`... or `initCPU`...).
 pub fn of_settings(r: &Resources) -> ResourceRequirements {
     let pair = |cpu: &str, mem: &str| {
@@ -107,6 +129,33 @@ pub fn of_settings(r: &Resources) -> ResourceRequirements {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_above_limits_are_found_by_value() {
+        let r = |req: &[(&str, &str)], lim: &[(&str, &str)]| ResourceRequirements {
+            requests: Some(
+                req.iter()
+                    .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+                    .collect(),
+            ),
+            limits: Some(
+                lim.iter()
+                    .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        assert!(requests_above_limits(&r(&[("cpu", "1000m")], &[("cpu", "1")])).is_empty());
+        assert!(requests_above_limits(&r(&[("memory", "1Gi")], &[("cpu", "1")])).is_empty());
+        assert!(requests_above_limits(&r(&[("cpu", "lots")], &[("cpu", "1")])).is_empty());
+        assert_eq!(
+            requests_above_limits(&r(
+                &[("cpu", "3"), ("memory", "1Gi")],
+                &[("cpu", "2"), ("memory", "1024Mi")]
+            )),
+            [("cpu".to_owned(), "3".to_owned(), "2".to_owned())]
+        );
+    }
 
     fn defaults() -> Resources {
         crate::settings::InjectionSettings::default().proxy_resources

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::decide::{Decision, decide};
 use crate::error::{Error, Result};
-use crate::inject::inject;
+use crate::inject::inject_onto;
 use crate::settings::InjectionSettings;
 use crate::traffic::InvalidAnnotations;
 
@@ -25,14 +25,14 @@ pub const API_VERSION_V1BETA1: &str = "admission.k8s.io/v1beta1";
 pub enum Outcome {
     /// A patch was returned.
     Injected,
-    /// Allowed without a patch, as decided (opt-out, host network, already injected, not a
-    /// CREATE, other revision).
+    /// Allowed without a patch, as decided (opt-out, host network, not a CREATE, other
+    /// revision), or a pod injected before that injecting again leaves as it is.
     Skipped,
     /// Allowed without a patch because the request or pod could not be understood (a warning
     /// says why).
     Invalid,
-    /// Denied (`allowed: false`): a pod to inject whose traffic annotations are invalid, as
-    /// Istio's injector refuses it ([`crate::traffic`]). The pod is not created whatever the
+    /// Denied (`allowed: false`): a pod to inject whose annotations are invalid, as Istio's
+    /// injector refuses it ([`crate::annotations`]). The pod is not created whatever the
     /// webhook's `failurePolicy` (which only applies when there is no answer).
     Refused,
 }
@@ -60,6 +60,17 @@ pub fn review(req: AdmissionRequest<Pod>, settings: &InjectionSettings) -> Admis
 /// also returning the [`Outcome`].
 pub fn review_in_namespace(
     req: AdmissionRequest<Pod>,
+    settings: &InjectionSettings,
+    namespace_labels: Option<&BTreeMap<String, String>>,
+) -> (AdmissionResponse, Outcome) {
+    review_object(req, None, settings, namespace_labels)
+}
+
+/// [`review_in_namespace`], with the pod object as the API server sent it (`raw`, which
+/// `req.object` was read from), so that the patch is made against exactly that object.
+fn review_object(
+    req: AdmissionRequest<Pod>,
+    raw: Option<&Value>,
     settings: &InjectionSettings,
     namespace_labels: Option<&BTreeMap<String, String>>,
 ) -> (AdmissionResponse, Outcome) {
@@ -111,20 +122,26 @@ pub fn review_in_namespace(
             (skipped(resp, &format!("skipped: {why}")), Outcome::Skipped)
         }
         Decision::Inject(why) => {
-            if let Some(name) = crate::inject::conflicting_volume(pod) {
+            if let Some(name) = crate::inject::conflicting_volume(pod, settings) {
                 let warning = format!(
                     "pod already has a volume named {name:?}, which the sidecar needs; \
                      allowed without sidecar"
                 );
                 return (with_warnings(resp, vec![warning]), Outcome::Invalid);
             }
-            let injection = match inject(pod, settings) {
+            let injection = match inject_onto(pod, raw, settings) {
                 Ok(injection) => injection,
                 Err(invalid) => {
                     tracing::info!(pod = %who, reason = %invalid, "refused: invalid annotations");
                     return (refused(resp, &invalid), Outcome::Refused);
                 }
             };
+            if injection.patch.0.is_empty() {
+                // Injected before, and injecting it again changes nothing.
+                tracing::debug!(pod = %who, reason = %why, "already as injected");
+                let resp = skipped(resp, &format!("injected again, nothing changed: {why}"));
+                return (with_warnings(resp, injection.warnings), Outcome::Skipped);
+            }
             tracing::debug!(pod = %who, reason = %why, ops = injection.patch.0.len(), "injecting");
             let patch_bytes = match serde_json::to_vec(&injection.patch) {
                 Ok(b) => b,
@@ -300,7 +317,9 @@ pub fn review_body(
     req.types = types.clone();
 
     let is_pod = req.kind.group.is_empty() && req.kind.kind == "Pod";
+    let mut raw = None;
     if is_pod && req.operation == Operation::Create {
+        raw = object.clone();
         match object {
             None | Some(Value::Null) => {}
             // The patch adds under `/metadata/...`; without a metadata object it could not apply.
@@ -323,7 +342,7 @@ pub fn review_body(
     }
 
     let labels = req.namespace.as_deref().and_then(namespace_labels);
-    let (resp, outcome) = review_in_namespace(req, settings, labels.as_ref());
+    let (resp, outcome) = review_object(req, raw.as_ref(), settings, labels.as_ref());
     Ok(BodyReview {
         review: response_document(&types, resp),
         outcome,

@@ -14,17 +14,19 @@ use crate::error::{Error, Result};
 use crate::values::{check_quantity, parse_flag, parse_ports};
 
 /// Whether the sidecar is injected as a Kubernetes native sidecar (an init container with
-/// `restartPolicy: Always`, Kubernetes >= 1.29) or as the first regular container.
+/// `restartPolicy: Always`) or as the first regular container, for pods that do not say
+/// (`sidecar.istio.io/nativeSidecar`, [`crate::native`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum NativeSidecars {
     /// Always a regular container (works on every Kubernetes version).
-    #[default]
     Off,
     /// Always a native sidecar.
     On,
-    /// Native when the API server reports version >= 1.29 at the webhook's start.
+    /// The default, as Istio's (`ENABLE_NATIVE_SIDECARS` detects it): native when the API
+    /// server reports version >= 1.33 (sidecar containers stable) at the webhook's start.
     /// The server resolves this to `On`/`Off` (see [`InjectionSettings::resolve`]);
-    /// an unresolved `Auto` is treated as `Off`.
+    /// an unresolved `Auto` (no API server to ask) is treated as `Off`.
+    #[default]
     Auto,
 }
 
@@ -50,7 +52,7 @@ pub struct InjectionSettings {
     pub image_pull_policy: String,
     /// The control-plane revision this webhook injects for (`istio.io/rev`).
     pub revision: String,
-    /// Native sidecars or a regular first container.
+    /// Native sidecars or a regular first container, for pods that do not say.
     pub native_sidecars: NativeSidecars,
     /// `ISTIO_META_CLUSTER_ID`.
     pub cluster_id: String,
@@ -109,7 +111,7 @@ impl Default for InjectionSettings {
             image: format!("ghcr.io/rustmesh/proxy:{}", env!("CARGO_PKG_VERSION")),
             image_pull_policy: "IfNotPresent".to_owned(),
             revision: "default".to_owned(),
-            native_sidecars: NativeSidecars::Off,
+            native_sidecars: NativeSidecars::Auto,
             cluster_id: "Kubernetes".to_owned(),
             mesh_id: well_known::DEFAULT_DOMAIN_SUFFIX.to_owned(),
             outbound_port: well_known::OUTBOUND_CAPTURE_PORT,
@@ -617,7 +619,10 @@ mod tests {
         assert_eq!(s.outbound_port, 15001);
         assert_eq!(s.inbound_port, 15006);
         assert_eq!(s.revision, "default");
+        // Istio's default: detected (native from Kubernetes 1.33); unresolved, off.
+        assert_eq!(s.native_sidecars, NativeSidecars::Auto);
         assert!(!s.use_native_sidecars());
+        assert!(s.clone().resolve(Some(true)).use_native_sidecars());
         assert_eq!(
             InjectionSettings::from_map(&map(&[("image", &s.image)])).unwrap(),
             s

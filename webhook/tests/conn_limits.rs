@@ -13,7 +13,11 @@ use tokio::net::TcpStream;
 async fn start(extra: &[&str]) -> (Webhook, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let settings = dir.path().join("settings.yaml");
-    std::fs::write(&settings, "image: registry.local/proxy:1\n").unwrap();
+    std::fs::write(
+        &settings,
+        "image: registry.local/proxy:1\nnativeSidecars: \"false\"\n",
+    )
+    .unwrap();
     let mut argv = vec![
         "webhook".to_owned(),
         "--listen=127.0.0.1:0".to_owned(),

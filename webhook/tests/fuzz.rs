@@ -5,9 +5,10 @@
 //! 2. A response echoes the request's uid and allows the pod, unless it refuses it for the
 //!    annotations Istio validates (`Outcome::Refused`: `allowed: false`, code 400, a message naming an
 //!    annotation in Istio's words, no patch).
-//! 3. A returned patch applies cleanly to the submitted object and yields a valid Pod, whose
-//!    sidecar has no request above its limit.
-//! 4. Re-reviewing the patched pod returns no patch (idempotence).
+//! 3. A returned patch applies cleanly to the submitted object and yields a valid Pod with
+//!    exactly one `istio-proxy`, which has no request above its limit.
+//! 4. Re-reviewing the patched pod returns no patch (idempotence: injecting again strips the
+//!    previous injection and renders the same pod).
 //! 5. Through the HTTP router, every body gets 200, 400 or 413.
 //!
 //! Seeds are fixed so a failure reproduces; set `FUZZ_ITERATIONS` to run longer.
@@ -136,6 +137,10 @@ const ANNOTATION_KEYS: &[&str] = &[
     "prometheus.io/port",
     "prometheus.io/path",
     "prometheus_io/port",
+    "inject.istio.io/templates",
+    "sidecar.istio.io/nativeSidecar",
+    "proxy.istio.io/overrides",
+    "sidecar.istio.io/rewriteAppHTTPProbers",
     "weird/~key",
 ];
 
@@ -187,6 +192,17 @@ const ANNOTATION_VALUES: &[&str] = &[
     "{\"certs\": {\"emptyDir\": {}}}",
     "{\"certs\": {\"mountPath\": \"/certs\"}}",
     "{\"certs\": {\"secret\": {\"secretNam\": \"x\"}}}",
+    "gateway",
+    "sidecar",
+    "sidecar,gateway",
+    "grpc-agent",
+    "{\"containers\":[{\"name\":\"istio-proxy\",\"env\":[{\"name\":\"X\",\"value\":\"1\"}]}]}",
+    "{\"initContainers\":[{\"name\":\"istio-init\",\"resources\":{\"limits\":{\"cpu\":\"1\"}}}]}",
+    "{\"containers\":[{\"name\":\"other\"}]}",
+    "{\"containers\":\"x\"}",
+    // A status as rustmesh writes it, and one of Istio's.
+    "{\"initContainers\":[\"istio-init\"],\"containers\":[\"istio-proxy\"],\"volumes\":[\"istio-envoy\",\"istio-podinfo\",\"rustmesh-proxy-config\"],\"imagePullSecrets\":null,\"revision\":\"default\"}",
+    "{\"initContainers\":[\"istio-validation\"],\"containers\":[\"istio-proxy\"],\"volumes\":[\"workload-socket\",\"istio-envoy\"],\"imagePullSecrets\":null,\"revision\":\"1-22\"}",
 ];
 
 fn random_value(rng: &mut Rng, depth: usize) -> Value {
@@ -317,6 +333,32 @@ fn mutate(rng: &mut Rng, doc: &mut Value) {
                 }
             }
         }
+        // Give the pod its own istio-proxy or istio-init (an overlay of the injected one).
+        6 if rng.chance(50) => {
+            let (list, name) = if rng.chance(50) {
+                ("containers", "istio-proxy")
+            } else {
+                ("initContainers", "istio-init")
+            };
+            let mut own = json!({"name": name, "image": rng.pick(&["auto", "", "mine/proxy:1"])});
+            if rng.chance(50) {
+                own["resources"] = json!({"limits": {"cpu": rng.pick(&["1", "100m", "3"])},
+                                          "requests": {"memory": rng.pick(&["64Mi", "2Gi"])}});
+            }
+            if rng.chance(30) {
+                own["securityContext"] = json!({"runAsUser": rng.pick(&[0, 1000, 1337])});
+            }
+            if rng.chance(30) {
+                own["env"] =
+                    json!([{"name": "POD_NAME", "value": "x"}, {"name": "EXTRA", "value": "y"}]);
+            }
+            if let Some(Value::Object(spec)) = doc.pointer_mut("/request/object/spec") {
+                match spec.entry(list).or_insert_with(|| json!([])) {
+                    Value::Array(items) => items.push(own),
+                    other => *other = json!([own]),
+                }
+            }
+        }
         // Flip the pod's hostNetwork or a container's ports.
         _ => {
             if let Some(Value::Object(spec)) = doc.pointer_mut("/request/object/spec") {
@@ -359,7 +401,9 @@ fn check(body: &[u8], settings: &InjectionSettings, context: &str) -> bool {
         assert_eq!(resp["status"]["code"], 400, "{context}");
         let message = resp["status"]["message"].as_str().unwrap_or_default();
         assert!(
-            message.contains(" error") && message.contains("for annotation '"),
+            message.contains(" error")
+                && (message.contains("for annotation '")
+                    || message.contains("of the pod, merged onto the injected one")),
             "{context}: {message}"
         );
         assert!(resp.get("patch").is_none(), "{context}");
@@ -379,20 +423,20 @@ fn check(body: &[u8], settings: &InjectionSettings, context: &str) -> bool {
         .unwrap_or_else(|e| panic!("{context}: patch does not apply: {e}\n{object}"));
     let pod: Pod = serde_json::from_value(object.clone())
         .unwrap_or_else(|e| panic!("{context}: patched pod does not parse: {e}"));
-    let names: Vec<&str> = pod
-        .spec
-        .as_ref()
-        .unwrap()
+    // Exactly one istio-proxy, a container or a native sidecar.
+    let spec = pod.spec.as_ref().unwrap();
+    let all: Vec<&k8s_openapi::api::core::v1::Container> = spec
         .containers
         .iter()
-        .map(|c| c.name.as_str())
+        .chain(spec.init_containers.iter().flatten())
         .collect();
-    assert!(
-        names.contains(&"istio-proxy") || settings.native_sidecars == NativeSidecars::On,
+    assert_eq!(
+        all.iter().filter(|c| c.name == "istio-proxy").count(),
+        1,
         "{context}"
     );
     // No request above its limit: the API server would refuse the pod.
-    for c in pod.spec.as_ref().unwrap().containers.iter() {
+    for c in all {
         let Some(r) = &c.resources else { continue };
         for resource in ["cpu", "memory"] {
             let get = |m: &Option<BTreeMap<String, Quantity>>| {

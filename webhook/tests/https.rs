@@ -37,7 +37,11 @@ fn default_settings_file() -> String {
         std::process::id(),
         N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
-    std::fs::write(&path, "image: registry.local/rustmesh/proxy:test\n").unwrap();
+    std::fs::write(
+        &path,
+        "image: registry.local/rustmesh/proxy:test\nnativeSidecars: \"false\"\n",
+    )
+    .unwrap();
     path.to_str().unwrap().to_owned()
 }
 
@@ -523,7 +527,7 @@ async fn settings_file_is_used() {
     let settings = dir.path().join("settings.yaml");
     std::fs::write(
         &settings,
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: rustmesh-sidecar-injector\ndata:\n  image: registry.local/proxy:7\n",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: rustmesh-sidecar-injector\ndata:\n  image: registry.local/proxy:7\n  nativeSidecars: \"false\"\n",
     )
     .unwrap();
     let webhook = start(&["--settings-file", settings.to_str().unwrap()]).await;

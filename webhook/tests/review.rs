@@ -400,13 +400,12 @@ fn bare_pod_gets_annotations_labels_volumes_and_init_containers_created() {
 }
 
 #[test]
-fn left_alone_host_network_opt_outs_already_injected() {
+fn left_alone_host_network_opt_outs_and_updates() {
     for name in [
         "host-network",
         "opt-out-label",
         "opt-out-annotation",
         "label-false-annotation-true",
-        "already-injected",
         "update-operation",
     ] {
         let resp = untouched(name, &defaults());
@@ -1691,4 +1690,664 @@ fn canonical_labels_follow_the_controller_as_istio() {
         labels_of(owned("DaemonSet", &long, json!({}))).0,
         format!("{}-ab", "w".repeat(60))
     );
+}
+
+// --- re-injection (#18): a pod injected before is stripped and injected again ----------------
+
+/// Runs the review; returns the object after its patch (the object itself without one), the
+/// response and the outcome.
+fn review_applied(doc: &Value, settings: &InjectionSettings) -> (Value, Value, Outcome) {
+    let (resp, outcome) = run_doc(doc, settings);
+    let object = if resp.get("patch").is_some() {
+        apply(doc, &resp)
+    } else {
+        doc["request"]["object"].clone()
+    };
+    (object, resp, outcome)
+}
+
+/// The review document `doc` with `object` as its pod.
+fn with_object(doc: &Value, object: &Value) -> Value {
+    let mut again = doc.clone();
+    again["request"]["object"] = object.clone();
+    again
+}
+
+/// Injecting `object` again with `settings` leaves it as it is: no patch.
+fn injects_to_itself(doc: &Value, object: &Value, settings: &InjectionSettings) {
+    let (resp, outcome) = run_doc(&with_object(doc, object), settings);
+    assert_eq!(outcome, Outcome::Skipped, "{resp}");
+    assert!(resp.get("patch").is_none(), "injected again: {resp}");
+    assert!(
+        resp["auditAnnotations"]["injection"]
+            .as_str()
+            .unwrap()
+            .starts_with("injected again, nothing changed"),
+        "{resp}"
+    );
+}
+
+fn pod_of(object: &Value) -> Pod {
+    serde_json::from_value(object.clone()).expect("a valid pod")
+}
+
+fn volume_names(pod: &Pod) -> Vec<String> {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .map(|v| v.name.clone())
+        .collect()
+}
+
+/// A pod spec copied from a running injected pod (status annotation, old sidecar with none of
+/// today's environment) is not skipped: what the status lists goes, and the pod is injected
+/// again, once; the result injects to itself.
+#[test]
+fn a_pod_injected_before_is_stripped_and_injected_again() {
+    let doc = fixture("already-injected");
+    let (object, resp, outcome) = review_applied(&doc, &defaults());
+    assert_eq!(outcome, Outcome::Injected, "{resp}");
+    let pod = pod_of(&object);
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(names(&spec.containers), ["istio-proxy", "productpage"]);
+    assert_eq!(
+        names(spec.init_containers.as_ref().unwrap()),
+        ["istio-init"]
+    );
+    let proxy = container(&spec.containers, "istio-proxy");
+    assert_eq!(env(proxy)["ISTIO_META_APP_CONTAINERS"], "productpage");
+    assert!(proxy.readiness_probe.is_some(), "rendered anew");
+    assert_eq!(
+        volume_names(&pod),
+        [
+            "kube-api-access-7xk2p",
+            "istio-envoy",
+            "istio-podinfo",
+            "rustmesh-proxy-config"
+        ]
+    );
+    assert_eq!(status(&pod).revision, "default");
+    injects_to_itself(&doc, &object, &defaults());
+}
+
+/// Re-injection gives the app back what the sidecar carried for it (its probes, its
+/// prometheus.io annotations) and then follows what the pod now says.
+#[test]
+fn reinjection_restores_the_apps_probes_and_metrics_then_follows_the_pod() {
+    let mut doc = fixture("deployment-pod");
+    let meta = &mut doc["request"]["object"]["metadata"]["annotations"];
+    meta["prometheus.io/port"] = json!("9080");
+    meta["prometheus.io/path"] = json!("/metrics");
+    let (first, _, _) = review_applied(&doc, &defaults());
+    let pod = pod_of(&first);
+    let spec = pod.spec.as_ref().unwrap();
+    let page = container(&spec.containers, "productpage");
+    let ready = page
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        ready.path.as_deref(),
+        Some("/app-health/productpage/readyz")
+    );
+    let proxy = container(&spec.containers, "istio-proxy");
+    assert!(env(proxy).contains_key("ISTIO_KUBE_APP_PROBERS"));
+    assert_eq!(
+        env(proxy)["ISTIO_PROMETHEUS_ANNOTATIONS"],
+        r#"{"scrape":"","path":"/metrics","port":"9080"}"#
+    );
+    assert_eq!(annotations_of(&pod)["prometheus.io/port"], "15020");
+    // Injected again as it is: nothing changes.
+    injects_to_itself(&doc, &first, &defaults());
+
+    // The copied pod now turns the probe rewrite and metrics merging off: the app's own
+    // probes and annotations are back, the sidecar carries neither.
+    let mut copied = first.clone();
+    let a = &mut copied["metadata"]["annotations"];
+    a["sidecar.istio.io/rewriteAppHTTPProbers"] = json!("false");
+    a["prometheus.istio.io/merge-metrics"] = json!("false");
+    let (second, resp, outcome) = review_applied(&with_object(&doc, &copied), &defaults());
+    assert_eq!(outcome, Outcome::Injected, "{resp}");
+    let pod = pod_of(&second);
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(
+        names(&spec.containers),
+        ["istio-proxy", "productpage", "log-shipper"]
+    );
+    let page = container(&spec.containers, "productpage");
+    let original = &doc["request"]["object"]["spec"]["containers"][0];
+    assert_eq!(
+        serde_json::to_value(page.readiness_probe.as_ref().unwrap()).unwrap(),
+        original["readinessProbe"]
+    );
+    assert_eq!(
+        serde_json::to_value(page.liveness_probe.as_ref().unwrap()).unwrap(),
+        original["livenessProbe"]
+    );
+    let proxy = container(&spec.containers, "istio-proxy");
+    assert!(!env(proxy).contains_key("ISTIO_KUBE_APP_PROBERS"));
+    assert!(!env(proxy).contains_key("ISTIO_PROMETHEUS_ANNOTATIONS"));
+    let a = annotations_of(&pod);
+    assert_eq!(a["prometheus.io/port"], "9080");
+    assert_eq!(a["prometheus.io/path"], "/metrics");
+    assert!(!a.contains_key("prometheus.io/scrape"), "the app had none");
+    injects_to_itself(&doc, &second, &defaults());
+
+    // Another status port: the probes follow it.
+    let mut moved = first;
+    moved["metadata"]["annotations"]["status.sidecar.istio.io/port"] = json!("16020");
+    let (third, _, _) = review_applied(&with_object(&doc, &moved), &defaults());
+    let pod = pod_of(&third);
+    let page = container(&pod.spec.as_ref().unwrap().containers, "productpage");
+    let get = page
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        get.port,
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(16020)
+    );
+    assert_eq!(get.path.as_deref(), Some("/app-health/productpage/readyz"));
+    injects_to_itself(&doc, &third, &defaults());
+}
+
+/// Re-injection follows changed settings: a native sidecar now, no CA any more; nothing is
+/// left twice, and a volume the previous injection added stays only while a container of the
+/// pod still mounts it.
+#[test]
+fn reinjection_follows_changed_settings_and_keeps_only_mounted_old_volumes() {
+    let doc = fixture("bare-pod");
+    let with_ca = InjectionSettings {
+        ca_address: "istiod.istio-system.svc:15012".into(),
+        ..defaults()
+    };
+    let (first, _, _) = review_applied(&doc, &with_ca);
+    assert!(volume_names(&pod_of(&first)).contains(&"istio-token".to_owned()));
+    injects_to_itself(&doc, &first, &with_ca);
+
+    let native = InjectionSettings {
+        native_sidecars: NativeSidecars::On,
+        ..defaults()
+    };
+    let (second, _, _) = review_applied(&with_object(&doc, &first), &native);
+    let pod = pod_of(&second);
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(names(&spec.containers), ["nginx"]);
+    assert_eq!(
+        names(spec.init_containers.as_ref().unwrap()),
+        ["istio-init", "istio-proxy"]
+    );
+    assert_eq!(
+        volume_names(&pod),
+        ["istio-envoy", "istio-podinfo", "rustmesh-proxy-config"],
+        "the CA's volumes went with the setting"
+    );
+    injects_to_itself(&doc, &second, &native);
+
+    // The app mounts the old token volume: it stays, as the pod's own.
+    let mut mounted = first;
+    mounted["spec"]["containers"][1]["volumeMounts"] =
+        json!([{"name": "istio-token", "mountPath": "/token"}]);
+    let (third, _, _) = review_applied(&with_object(&doc, &mounted), &defaults());
+    let pod = pod_of(&third);
+    assert_eq!(
+        volume_names(&pod),
+        [
+            "istio-token",
+            "istio-envoy",
+            "istio-podinfo",
+            "rustmesh-proxy-config"
+        ]
+    );
+    assert!(
+        !status(&pod)
+            .volumes
+            .unwrap()
+            .contains(&"istio-token".to_owned())
+    );
+    injects_to_itself(&doc, &third, &defaults());
+}
+
+// --- overlays (#18): the pod's own istio-proxy / istio-init -----------------------------------
+
+/// The bare pod with its own `istio-proxy` (after the app) and, if given, `istio-init`.
+fn with_own_proxy(proxy: Value, init: Option<Value>) -> Value {
+    let mut doc = fixture("bare-pod");
+    let spec = &mut doc["request"]["object"]["spec"];
+    spec["containers"].as_array_mut().unwrap().push(proxy);
+    if let Some(init) = init {
+        spec["initContainers"] = json!([init]);
+    }
+    doc
+}
+
+/// As Istio: a pod's own `istio-proxy` is merged onto the injected one (`image: auto` is the
+/// injector's image), recorded in `proxy.istio.io/overrides`, and applied again on
+/// re-injection.
+#[test]
+fn the_pods_own_istio_proxy_is_merged_onto_the_injected_one() {
+    let doc = with_own_proxy(
+        json!({
+            "name": "istio-proxy",
+            "image": "auto",
+            "env": [{"name": "EXTRA", "value": "1"}, {"name": "ISTIO_META_MESH_ID", "value": "mesh1"}],
+            "resources": {"limits": {"memory": "512Mi"}}
+        }),
+        None,
+    );
+    let (object, resp, outcome) = review_applied(&doc, &defaults());
+    assert_eq!(outcome, Outcome::Injected, "{resp}");
+    let pod = pod_of(&object);
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(names(&spec.containers), ["istio-proxy", "nginx"]);
+    let proxy = &spec.containers[0];
+    assert_eq!(proxy.image, Some(defaults().image));
+    assert_eq!(
+        proxy.args.as_deref().unwrap(),
+        ["run", "--config-dir", "/etc/rustmesh/config"]
+    );
+    let e = env(proxy);
+    assert_eq!(e["EXTRA"], "1");
+    assert_eq!(e["ISTIO_META_MESH_ID"], "mesh1");
+    assert_eq!(e["POD_NAME"], "metadata.name");
+    assert_eq!(e["ISTIO_META_APP_CONTAINERS"], "nginx");
+    assert_eq!(
+        resources_of(proxy),
+        [
+            "requests.cpu=100m",
+            "requests.memory=128Mi",
+            "limits.cpu=2",
+            "limits.memory=512Mi"
+        ]
+    );
+    let a = annotations_of(&pod);
+    assert_eq!(a["kubectl.kubernetes.io/default-container"], "nginx");
+    let recorded: Value = serde_json::from_str(&a["proxy.istio.io/overrides"]).unwrap();
+    assert_eq!(recorded["containers"][0]["name"], "istio-proxy");
+    assert!(
+        recorded["containers"][0].get("image").is_none(),
+        "auto is not recorded"
+    );
+    injects_to_itself(&doc, &object, &defaults());
+
+    // Injected again as a native sidecar: the recorded overlay applies to it there.
+    let native = InjectionSettings {
+        native_sidecars: NativeSidecars::On,
+        ..defaults()
+    };
+    let (again, _, _) = review_applied(&with_object(&doc, &object), &native);
+    let pod = pod_of(&again);
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(names(&spec.containers), ["nginx"]);
+    let proxy = container(spec.init_containers.as_ref().unwrap(), "istio-proxy");
+    assert_eq!(env(proxy)["EXTRA"], "1");
+    assert!(resources_of(proxy).contains(&"limits.memory=512Mi".to_owned()));
+    injects_to_itself(&doc, &again, &native);
+}
+
+/// As Istio's `adjustInitContainerUser`: the pod's `istio-proxy` running as another user makes
+/// `istio-init` exempt that user from capture; under TPROXY it stays root (said in a warning).
+/// The pod's `istio-init` is merged too, or kept as its own when none is injected.
+#[test]
+fn the_pods_proxy_user_is_exempted_from_capture_and_its_istio_init_merged() {
+    let proxy =
+        json!({"name": "istio-proxy", "image": "auto", "securityContext": {"runAsUser": 1000}});
+    let init =
+        json!({"name": "istio-init", "image": "auto", "resources": {"limits": {"cpu": "500m"}}});
+    let doc = with_own_proxy(proxy.clone(), Some(init.clone()));
+    let (object, _, _) = review_applied(&doc, &defaults());
+    let pod = pod_of(&object);
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(
+        names(spec.init_containers.as_ref().unwrap()),
+        ["istio-init"]
+    );
+    let args = init_args(&pod);
+    assert_eq!(
+        args[args.iter().position(|a| a == "-u").unwrap() + 1],
+        "1000"
+    );
+    let istio_init = &spec.init_containers.as_ref().unwrap()[0];
+    assert!(resources_of(istio_init).contains(&"limits.cpu=500m".to_owned()));
+    assert_eq!(istio_init.image, Some(defaults().image));
+    let sidecar = container(&spec.containers, "istio-proxy");
+    assert_eq!(
+        sidecar.security_context.as_ref().unwrap().run_as_user,
+        Some(1000)
+    );
+    injects_to_itself(&doc, &object, &defaults());
+
+    // TPROXY: the sidecar must bind transparently as root.
+    let mut tproxy = doc.clone();
+    tproxy["request"]["object"]["metadata"]["annotations"] =
+        json!({"sidecar.istio.io/interceptionMode": "TPROXY"});
+    let (object, resp, _) = review_applied(&tproxy, &defaults());
+    let pod = pod_of(&object);
+    let sidecar = container(&pod.spec.as_ref().unwrap().containers, "istio-proxy");
+    assert_eq!(
+        sidecar.security_context.as_ref().unwrap().run_as_user,
+        Some(0)
+    );
+    let args = init_args(&pod);
+    assert_eq!(
+        args[args.iter().position(|a| a == "-u").unwrap() + 1],
+        "1337"
+    );
+    assert!(
+        warnings_of(&resp)
+            .iter()
+            .any(|w| w.contains("runAsUser 1000 of the pod's istio-proxy ignored")),
+        "{resp}"
+    );
+
+    // NONE injects no istio-init: the pod's own stays its own, and a warning says so.
+    let mut none = doc;
+    none["request"]["object"]["metadata"]["annotations"] =
+        json!({"sidecar.istio.io/interceptionMode": "NONE"});
+    let (object, resp, _) = review_applied(&none, &defaults());
+    let pod = pod_of(&object);
+    let inits = pod.spec.as_ref().unwrap().init_containers.clone().unwrap();
+    assert_eq!(names(&inits), ["istio-init"]);
+    assert_eq!(
+        inits[0].image.as_deref(),
+        Some("auto"),
+        "left as the pod's own"
+    );
+    assert!(status(&pod).init_containers.is_none());
+    assert!(
+        warnings_of(&resp)
+            .iter()
+            .any(|w| w.contains("kept as the pod's own")),
+        "{resp}"
+    );
+    injects_to_itself(&none, &object, &defaults());
+}
+
+/// A `proxy.istio.io/overrides` that is not Istio's list of containers refuses the pod.
+#[test]
+fn an_unreadable_overrides_annotation_refuses_the_pod() {
+    let resp = refused(
+        &bare_pod_with(&[("proxy.istio.io/overrides", "{\"containers\": \"x\"}")]),
+        &defaults(),
+    );
+    let message = resp["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("for annotation 'proxy.istio.io/overrides': not Istio's"),
+        "{message}"
+    );
+}
+
+// --- templates (#18): inject.istio.io/templates -----------------------------------------------
+
+/// An ingress gateway as Istio's gateway chart deploys it: its own `istio-proxy` with
+/// `image: auto`, its ports, resources and security context.
+fn gateway_pod() -> Value {
+    let mut doc = fixture("bare-pod");
+    let object = &mut doc["request"]["object"];
+    object["metadata"]["labels"] =
+        json!({"app": "istio-ingressgateway", "istio": "ingressgateway"});
+    object["metadata"]["annotations"] = json!({
+        "inject.istio.io/templates": "gateway",
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "15020",
+        "prometheus.io/path": "/stats/prometheus"
+    });
+    object["spec"]["containers"] = json!([{
+        "name": "istio-proxy",
+        "image": "auto",
+        "ports": [
+            {"containerPort": 15090, "name": "http-envoy-prom", "protocol": "TCP"},
+            {"containerPort": 8080, "name": "http2", "protocol": "TCP"}
+        ],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "2000m", "memory": "1024Mi"}},
+        "securityContext": {"allowPrivilegeEscalation": false, "runAsUser": 1337, "runAsGroup": 1337}
+    }]);
+    doc
+}
+
+/// Istio's gateway template: a standalone proxy, the pod's own `istio-proxy` filled in; no
+/// `istio-init`, nothing captured, no tlsMode label, no native sidecar; the proxy told it is a
+/// router; a warning that the proxy's gateway mode is issue #20's.
+#[test]
+fn the_gateway_template_makes_the_pods_istio_proxy_a_standalone_proxy() {
+    let native = InjectionSettings {
+        native_sidecars: NativeSidecars::On,
+        ..defaults()
+    };
+    let doc = gateway_pod();
+    let (object, resp, outcome) = review_applied(&doc, &native);
+    assert_eq!(outcome, Outcome::Injected, "{resp}");
+    let pod = pod_of(&object);
+    let spec = pod.spec.as_ref().unwrap();
+    assert!(
+        spec.init_containers.is_none(),
+        "no istio-init, no native sidecar"
+    );
+    assert_eq!(names(&spec.containers), ["istio-proxy"]);
+    let proxy = &spec.containers[0];
+    assert_eq!(proxy.image, Some(defaults().image));
+    assert_eq!(
+        proxy.args.as_deref().unwrap(),
+        ["run", "--config-dir", "/etc/rustmesh/config"]
+    );
+    let e = env(proxy);
+    assert_eq!(e["ISTIO_META_ROUTER_MODE"], "sni-dnat");
+    assert!(e["ISTIO_META_POD_PORTS"].as_str().unwrap().contains("8080"));
+    assert_eq!(e["ISTIO_META_APP_CONTAINERS"], "");
+    assert!(
+        !e.contains_key("ISTIO_PROMETHEUS_ANNOTATIONS"),
+        "already the status port"
+    );
+    // The chart's resources, and none of the settings'.
+    assert_eq!(
+        resources_of(proxy),
+        [
+            "requests.cpu=100m",
+            "requests.memory=128Mi",
+            "limits.cpu=2000m",
+            "limits.memory=1024Mi"
+        ]
+    );
+    assert!(proxy.readiness_probe.is_some());
+    let labels = pod.metadata.labels.as_ref().unwrap();
+    assert!(!labels.contains_key("security.istio.io/tlsMode"));
+    assert_eq!(
+        labels["service.istio.io/canonical-name"],
+        "istio-ingressgateway"
+    );
+    let st = status(&pod);
+    assert_eq!(st.init_containers, None);
+    assert_eq!(st.containers.as_deref().unwrap(), ["istio-proxy"]);
+    assert!(!annotations_of(&pod).contains_key("kubectl.kubernetes.io/default-container"));
+    assert!(
+        warnings_of(&resp).iter().any(|w| w.contains("issue #20")),
+        "{resp}"
+    );
+    injects_to_itself(&doc, &object, &native);
+
+    // Without resources of its own and with the resource annotation: only what it names.
+    let mut bare = gateway_pod();
+    bare["request"]["object"]["spec"]["containers"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("resources");
+    let (object, _, _) = review_applied(&bare, &defaults());
+    assert!(
+        pod_of(&object).spec.unwrap().containers[0]
+            .resources
+            .is_none()
+    );
+    bare["request"]["object"]["metadata"]["annotations"]["sidecar.istio.io/proxyMemory"] =
+        json!("256Mi");
+    let (object, _, _) = review_applied(&bare, &defaults());
+    assert_eq!(
+        resources_of(&pod_of(&object).spec.unwrap().containers[0]),
+        ["requests.memory=256Mi"]
+    );
+
+    // Capture annotations mean nothing there: each is named in a warning.
+    let mut annotated = gateway_pod();
+    annotated["request"]["object"]["metadata"]["annotations"]["traffic.sidecar.istio.io/excludeOutboundPorts"] =
+        json!("9000");
+    let (_, resp, _) = review_applied(&annotated, &defaults());
+    assert!(
+        warnings_of(&resp).iter().any(|w| w.contains(
+            "annotation traffic.sidecar.istio.io/excludeOutboundPorts ignored: the gateway \
+             template captures no traffic"
+        )),
+        "{resp}"
+    );
+}
+
+/// A template rustmesh does not have, or two together, refuses the pod naming the known ones;
+/// never a silent `sidecar`.
+#[test]
+fn an_unknown_or_combined_template_refuses_the_pod() {
+    for (value, says) in [
+        (
+            "grpc-agent",
+            "requested template \"grpc-agent\" not found; have gateway, sidecar",
+        ),
+        (
+            "sidecar,gateway",
+            "templates sidecar and gateway together are not implemented by rustmesh",
+        ),
+    ] {
+        let resp = refused(
+            &bare_pod_with(&[("inject.istio.io/templates", value)]),
+            &defaults(),
+        );
+        let message = resp["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!(
+                "invalid value '{value}' for annotation 'inject.istio.io/templates': {says}"
+            )),
+            "{message}"
+        );
+    }
+    // `sidecar` is the default, said or not.
+    let (pod, _) = inject_bare_pod(&[("inject.istio.io/templates", "sidecar")], &defaults());
+    assert_eq!(
+        names(pod.spec.as_ref().unwrap().init_containers.as_ref().unwrap()),
+        ["istio-init"]
+    );
+}
+
+// --- native sidecars and holding the app (#18) ------------------------------------------------
+
+fn proxy_of(pod: &Pod) -> &Container {
+    let spec = pod.spec.as_ref().unwrap();
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == "istio-proxy")
+        .unwrap()
+}
+
+fn is_native(pod: &Pod) -> bool {
+    proxy_of(pod).restart_policy.as_deref() == Some("Always")
+}
+
+/// `sidecar.istio.io/nativeSidecar` wins over the setting, both ways; a value other than
+/// `"true"`/`"false"` refuses the pod.
+#[test]
+fn the_native_sidecar_annotation_wins_over_the_setting_and_is_checked() {
+    let native = InjectionSettings {
+        native_sidecars: NativeSidecars::On,
+        ..defaults()
+    };
+    let (pod, _) = inject_bare_pod(&[("sidecar.istio.io/nativeSidecar", "true")], &defaults());
+    assert!(is_native(&pod));
+    assert!(proxy_of(&pod).startup_probe.is_some());
+    assert_eq!(
+        names(pod.spec.as_ref().unwrap().init_containers.as_ref().unwrap()),
+        ["istio-init", "istio-proxy"]
+    );
+    let (pod, _) = inject_bare_pod(&[("sidecar.istio.io/nativeSidecar", "false")], &native);
+    assert!(!is_native(&pod));
+    assert_eq!(pod.spec.as_ref().unwrap().containers[0].name, "istio-proxy");
+    let resp = refused(
+        &bare_pod_with(&[("sidecar.istio.io/nativeSidecar", "yes")]),
+        &native,
+    );
+    assert!(
+        resp["status"]["message"].as_str().unwrap().contains(
+            "invalid value 'yes' for annotation 'sidecar.istio.io/nativeSidecar': nativeSidecar \
+             invalid, use \"true\" or \"false\""
+        ),
+        "{resp}"
+    );
+}
+
+fn holds(pod: &Pod) -> bool {
+    proxy_of(pod)
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.post_start.as_ref())
+        .is_some()
+}
+
+/// As Istio combines it: the pod's `proxy.istio.io/config` over the mesh default (the
+/// setting), either way; with a native sidecar the startup probe holds the app and no
+/// postStart hook is added; the gateway template holds nothing.
+#[test]
+fn hold_application_until_proxy_starts_combines_mesh_and_pod_as_istio() {
+    let hold = InjectionSettings {
+        hold_application_until_proxy_starts: true,
+        ..defaults()
+    };
+    let pod_says = |v: bool| format!("holdApplicationUntilProxyStarts: {v}");
+    let (pod, _) = inject_bare_pod(&[], &hold);
+    assert!(holds(&pod));
+    let (pod, _) = inject_bare_pod(&[("proxy.istio.io/config", &pod_says(false))], &hold);
+    assert!(!holds(&pod), "the pod turns the mesh default off");
+    let (pod, _) = inject_bare_pod(&[("proxy.istio.io/config", &pod_says(true))], &defaults());
+    assert!(holds(&pod), "the pod turns it on");
+
+    let native_hold = InjectionSettings {
+        native_sidecars: NativeSidecars::On,
+        ..hold.clone()
+    };
+    let (pod, _) = inject_bare_pod(&[], &native_hold);
+    assert!(
+        is_native(&pod) && !holds(&pod),
+        "the startup probe holds the app"
+    );
+    assert!(proxy_of(&pod).startup_probe.is_some());
+    let (pod, _) = inject_bare_pod(&[("sidecar.istio.io/nativeSidecar", "false")], &native_hold);
+    assert!(!is_native(&pod) && holds(&pod));
+
+    let (object, _, _) = review_applied(&gateway_pod(), &hold);
+    assert!(!holds(&pod_of(&object)));
+}
+
+/// The pod's own `istio-proxy` asking more CPU than the injected limit: refused at admission,
+/// naming both values, instead of a pod the API server refuses.
+#[test]
+fn an_overlay_request_above_the_injected_limit_refuses_the_pod() {
+    let doc = with_own_proxy(
+        json!({"name": "istio-proxy", "image": "auto", "resources": {"requests": {"cpu": "3"}}}),
+        None,
+    );
+    let resp = refused(&doc, &defaults());
+    assert_eq!(
+        resp["status"]["message"],
+        "1 error occurred:\n\t* container 'istio-proxy' of the pod, merged onto the injected one: \
+         the cpu request 3 is more than the cpu limit 2 (Kubernetes refuses a request above its \
+         limit; set both)\n\n"
+    );
+    // Saying the limit too is fine.
+    let doc = with_own_proxy(
+        json!({"name": "istio-proxy", "image": "auto",
+               "resources": {"requests": {"cpu": "3"}, "limits": {"cpu": "4"}}}),
+        None,
+    );
+    let (_, resp, outcome) = review_applied(&doc, &defaults());
+    assert_eq!(outcome, Outcome::Injected, "{resp}");
 }

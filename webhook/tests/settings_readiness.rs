@@ -180,7 +180,11 @@ async fn a_webhook_started_with_bad_or_no_settings_is_not_ready_and_says_why() {
     let no_image = dir.path().join("no-image.yaml");
     std::fs::write(&no_image, "revision: canary\n").unwrap();
     let good = dir.path().join("good.yaml");
-    std::fs::write(&good, "image: registry.local/proxy:1\n").unwrap();
+    std::fs::write(
+        &good,
+        "image: registry.local/proxy:1\nnativeSidecars: \"false\"\n",
+    )
+    .unwrap();
     for (file, status, words) in [
         (Some(&bad), 503, vec!["proxyCPU", "lots"]),
         (Some(&no_image), 503, vec!["`image`", "missing"]),

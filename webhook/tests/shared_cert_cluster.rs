@@ -54,7 +54,11 @@ fn webhook_entry(
 
 fn settings_file(ns: &str) -> String {
     let path = std::env::temp_dir().join(format!("rustmesh-webhook-{ns}.yaml"));
-    std::fs::write(&path, "image: registry.local/rustmesh/proxy:test\n").unwrap();
+    std::fs::write(
+        &path,
+        "image: registry.local/rustmesh/proxy:test\nnativeSidecars: \"false\"\n",
+    )
+    .unwrap();
     path.to_str().unwrap().to_owned()
 }
 
