@@ -528,6 +528,17 @@ impl Ctx {
     /// GET `path` from `port` of a pod through a port-forward (reaches ports the pod only
     /// serves on its own addresses, e.g. the sidecar's 15090 metrics). Returns the body.
     pub async fn pod_port_get(&self, ns: &str, pod: &str, port: u16, path: &str) -> Result<String> {
+        Ok(self.pod_port_answer(ns, pod, port, path).await?.1)
+    }
+
+    /// [`Ctx::pod_port_get`] with the answer's status code.
+    pub async fn pod_port_answer(
+        &self,
+        ns: &str,
+        pod: &str,
+        port: u16,
+        path: &str,
+    ) -> Result<(u16, String)> {
         let fail = |e: String| Error::Other(format!("GET {path} on {ns}/{pod}:{port}: {e}"));
         let mut pf = self.pods(ns).portforward(pod, &[port]).await?;
         let mut stream = pf
@@ -568,7 +579,12 @@ impl Ctx {
         };
         drop(stream);
         let _ = tokio::time::timeout(Duration::from_secs(5), pf.join()).await;
-        Ok(body)
+        let status = String::from_utf8_lossy(&buf)
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse::<u16>().ok())
+            .ok_or_else(|| fail("not an HTTP answer".into()))?;
+        Ok((status, body))
     }
 
     /// Sum of a Prometheus counter on a pod's sidecar (15090 `/stats/prometheus`), over the

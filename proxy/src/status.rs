@@ -1,14 +1,16 @@
 //! The status port (Istio's pilot-agent 15020): the kubelet's probes of the app, rewritten by
-//! the injector to `GET /app-health/<container>/livez|readyz|startupz` here, are run from inside
-//! the pod against the app as the injector found them in the pod spec (`ISTIO_KUBE_APP_PROBERS`,
-//! [`rustmesh_xds::probe`]). So probes work when the namespace is mTLS STRICT (the kubelet has
-//! no mesh certificate), and a TCP probe tests the app, not the capturing sidecar.
+//! the injector to `GET /app-health/<container>/livez|readyz|startupz` here, and its HTTP and
+//! TCP lifecycle hooks, rewritten to `GET /app-lifecycle/<container>/prestopz|poststartz`, are
+//! run from inside the pod against the app as the injector found them in the pod spec
+//! (`ISTIO_KUBE_APP_PROBERS`, [`rustmesh_xds::probe`]). So probes and hooks work when the
+//! namespace is mTLS STRICT (the kubelet has no mesh certificate), and a TCP probe tests the
+//! app, not the capturing sidecar.
 //!
 //! | answer | when |
 //! | --- | --- |
 //! | 200 | `httpGet`: the app answered 3xx (the app's 2xx is passed on as it is); `tcpSocket`: connected; `grpc`: `SERVING` |
 //! | the app's status | `httpGet`: the app answered 4xx or 5xx |
-//! | 500 | the app could not be reached, did not answer within `timeoutSeconds` (1 s when unset), or a gRPC answer other than `SERVING` |
+//! | 500 | the app could not be reached, did not answer within `timeoutSeconds` (when unset: 1 s for a probe, [`DEFAULT_HOOK_TIMEOUT`] for a hook), or a gRPC answer other than `SERVING` |
 //! | 404 | no probe at that path (Istio answers 400 for an unknown `/app-health/` path) |
 //! | 405 | a method other than `GET`/`HEAD` |
 //! | 503 | more than [`MAX_PROBES_IN_FLIGHT`] probes running at once |
@@ -71,6 +73,11 @@ pub const MAX_PROBES_IN_FLIGHT: usize = 64;
 
 /// A probe's time-out when the pod spec has none (Kubernetes' default).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A lifecycle hook's time-out when its prober has none (Istio's injector writes none; ours
+/// writes the pod's grace period): Kubernetes' default `terminationGracePeriodSeconds`, after
+/// which the kubelet stops waiting for a `preStop` hook.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a client may take to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -365,9 +372,11 @@ async fn handle(probes: &Probes, req: Request<Incoming>) -> Response<Full<Bytes>
     let Ok(_permit) = probes.in_flight.try_acquire() else {
         return answer(StatusCode::SERVICE_UNAVAILABLE, "too many probes at once\n");
     };
-    let status = probes.run(prober, req.headers()).await;
+    let kind = parse_app_health_path(path).map(|(container, kind)| (container.to_owned(), kind));
+    let hook = kind.as_ref().is_some_and(|(_, k)| k.is_hook());
+    let status = probes.run(prober, hook, req.headers()).await;
     if !status.is_success()
-        && let Some((container, kind)) = parse_app_health_path(path)
+        && let Some((container, kind)) = kind
     {
         tracing::debug!(container, probe = kind.field(), %status, "app probe failed");
     }
@@ -375,12 +384,17 @@ async fn handle(probes: &Probes, req: Request<Incoming>) -> Response<Full<Bytes>
 }
 
 impl Probes {
-    /// Runs one probe within its time-out; the status to answer the kubelet with.
-    async fn run(&self, prober: &Prober, incoming: &http::HeaderMap) -> StatusCode {
+    /// Runs one probe (or `hook`) within its time-out; the status to answer the kubelet with.
+    async fn run(&self, prober: &Prober, hook: bool, incoming: &http::HeaderMap) -> StatusCode {
+        let default = if hook {
+            DEFAULT_HOOK_TIMEOUT
+        } else {
+            DEFAULT_TIMEOUT
+        };
         let timeout = prober
             .timeout_seconds
             .filter(|t| *t > 0)
-            .map_or(DEFAULT_TIMEOUT, |t| Duration::from_secs(u64::from(t)));
+            .map_or(default, |t| Duration::from_secs(u64::from(t)));
         let attempt = async {
             if let Some(get) = &prober.http_get {
                 self.http(get, incoming).await

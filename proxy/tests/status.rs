@@ -24,7 +24,8 @@ const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 type Seen = Arc<Mutex<Vec<(String, http::HeaderMap, SocketAddr)>>>;
 
-/// An HTTP/1.1 app: `/ok` 200, `/sick` 503, `/moved` 302, `/silent` never answers; records
+/// An HTTP/1.1 app: `/ok` 204, `/sick` 503, `/moved` 302, `/slow` 204 after 1.5 s, `/silent`
+/// never answers; records
 /// each request's path, headers and peer.
 async fn http_app(tls: Option<tokio_rustls::TlsAcceptor>) -> (u16, Seen) {
     let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
@@ -48,6 +49,10 @@ async fn http_app(tls: Option<tokio_rustls::TlsAcceptor>) -> (u16, Seen) {
                         let status = match path.as_str() {
                             "/ok" => StatusCode::NO_CONTENT,
                             "/moved" => StatusCode::FOUND,
+                            "/slow" => {
+                                tokio::time::sleep(Duration::from_millis(1500)).await;
+                                StatusCode::NO_CONTENT
+                            }
                             "/silent" => {
                                 tokio::time::sleep(Duration::from_secs(3600)).await;
                                 StatusCode::OK
@@ -209,6 +214,35 @@ async fn http_probes_pass_on_the_apps_answer() {
         "from the inbound passthrough source, which the capture rules let through"
     );
     assert_eq!(seen[1].0, "/sick", "a path without / gets one");
+}
+
+#[tokio::test]
+async fn lifecycle_hooks_run_against_the_app_with_a_longer_default_time_out() {
+    let (app, seen) = http_app(None).await;
+    let (status, _drain) = status_server(serde_json::json!({
+        "/app-lifecycle/web/prestopz": {"httpGet": {"path": "/slow", "port": app}},
+        "/app-lifecycle/web/poststartz": {"tcpSocket": {"port": closed_port()}},
+        "/app-lifecycle/db/prestopz": {"tcpSocket": {"port": app}},
+        "/app-health/web/readyz": {"httpGet": {"path": "/slow", "port": app}},
+    }));
+    assert_eq!(
+        probe(status, "/app-lifecycle/web/prestopz").await,
+        204,
+        "a hook without a time-out waits longer than a probe's 1 s"
+    );
+    assert_eq!(
+        probe(status, "/app-health/web/readyz").await,
+        500,
+        "a probe without one gives up after 1 s"
+    );
+    assert_eq!(probe(status, "/app-lifecycle/db/prestopz").await, 200);
+    assert_eq!(
+        probe(status, "/app-lifecycle/web/poststartz").await,
+        500,
+        "app down"
+    );
+    assert_eq!(probe(status, "/app-lifecycle/nobody/prestopz").await, 404);
+    assert_eq!(seen.lock().unwrap()[0].0, "/slow");
 }
 
 #[tokio::test]

@@ -192,8 +192,9 @@ pub fn inject_onto(
     } else {
         // Nothing serves /app-health: Istio would point the probes at port 0, which the API
         // server refuses; they are left as they are.
-        if !crate::probes::rewrite(&base, settings, &mut Vec::new())
-            .ops
+        let mut probed = base.clone();
+        if !crate::probes::rewrite_in_place(&mut probed, settings, 0, &mut Vec::new())
+            .0
             .is_empty()
         {
             warnings.push(format!(

@@ -1,10 +1,12 @@
-//! Kubelet probes under mutual TLS, as Istio's injector does it: each app container's HTTP
-//! (`httpGet`), TCP (`tcpSocket`) and gRPC (`grpc`) liveness, readiness and startup probe is
-//! rewritten to `httpGet` on the sidecar's status port (`statusPort`, 15020, or the pod's
-//! `status.sidecar.istio.io/port`; with `0` nothing is rewritten) at
-//! `/app-health/<container>/livez|readyz|startupz`, keeping the probe's timing fields; the
-//! originals go to the sidecar in `ISTIO_KUBE_APP_PROBERS` ([`rustmesh_xds::probe`]), and the
-//! sidecar runs them against the app from inside the pod.
+//! Kubelet probes and lifecycle hooks under mutual TLS, as Istio's injector does it: each app
+//! container's HTTP (`httpGet`), TCP (`tcpSocket`) and gRPC (`grpc`) liveness, readiness and
+//! startup probe is rewritten to `httpGet` on the sidecar's status port (`statusPort`, 15020,
+//! or the pod's `status.sidecar.istio.io/port`; with `0` nothing is rewritten) at
+//! `/app-health/<container>/livez|readyz|startupz`, keeping the probe's timing fields; its
+//! `httpGet` and `tcpSocket` `preStop` and `postStart` hooks likewise at
+//! `/app-lifecycle/<container>/prestopz|poststartz`. The originals go to the sidecar in
+//! `ISTIO_KUBE_APP_PROBERS` ([`rustmesh_xds::probe`]), and the sidecar runs them against the
+//! app from inside the pod.
 //!
 //! Why: in a STRICT namespace the kubelet, which has no mesh certificate, would be refused by
 //! the sidecar; and a TCP probe would always succeed, since the capture rules send every
@@ -13,21 +15,23 @@
 //! * On by default (Istio's `sidecarInjectorWebhook.rewriteAppHTTPProbe`, our setting
 //!   `rewriteAppHTTPProbe`); the pod annotation `sidecar.istio.io/rewriteAppHTTPProbers`
 //!   (`"false"`/`"true"`) wins.
-//! * `exec` probes are left alone (they run in the container, no network involved).
+//! * `exec` probes and `exec`/`sleep` hooks are left alone (they run in the container, no
+//!   network involved).
 //! * A named port is resolved through the container's `ports`. A probe whose port cannot be
 //!   resolved (a name the container does not declare, a number outside 1-65535) is left as it is
 //!   and reported with a warning naming the container and the probe.
 //! * A probe already on the status port is left alone (Istio: already rewritten).
 //! * Containers and init containers (a native-sidecar app container may have probes) are
 //!   visited; the sidecar itself never.
+//! * A hook's original carries the pod's `terminationGracePeriodSeconds` (Kubernetes' default
+//!   30) as its time-out, where Istio's carries none: the kubelet gives up on a `preStop` hook
+//!   at the end of the grace period, and the sidecar stops waiting then too.
 //!
-//! [`rewrite`] is pure: the pod and the settings in, the patch operations, the env value and
-//! the warnings out.
+//! [`rewrite_in_place`] is pure: the pod and the settings in, the rewritten pod, the prober
+//! list and the warnings out.
 
 use std::collections::BTreeMap;
 
-use json_patch::jsonptr::PointerBuf;
-use json_patch::{PatchOperation, ReplaceOperation};
 use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Pod, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rustmesh_xds::probe::{
@@ -39,16 +43,9 @@ use crate::names::SIDECAR_CONTAINER_NAME;
 use crate::settings::InjectionSettings;
 use crate::values::parse_flag;
 
-/// What [`rewrite`] produces.
-#[derive(Debug, Default)]
-pub struct ProbeRewrite {
-    /// `replace` operations on the pod's probes, against the submitted pod's container indices:
-    /// they must come before any operation that inserts a container.
-    pub ops: Vec<PatchOperation>,
-    /// The originals, for the sidecar's `ISTIO_KUBE_APP_PROBERS`; empty when nothing was
-    /// rewritten (the env var is then not set, as Istio does).
-    pub probers: AppProbers,
-}
+/// Kubernetes' default `terminationGracePeriodSeconds`: a hook's time-out when the pod sets
+/// none.
+pub const DEFAULT_GRACE_SECONDS: u32 = 30;
 
 /// Whether probes are rewritten for this pod: the annotation when it reads as a boolean
 /// (Istio's `strconv.ParseBool` values, and `yes`/`no`/`on`/`off`), else the setting. An
@@ -76,60 +73,9 @@ pub fn enabled(
     })
 }
 
-/// Rewrites the pod's app probes to the `statusPort` setting (see the module doc). Nothing when
-/// [`enabled`] says no.
-pub fn rewrite(
-    pod: &Pod,
-    settings: &InjectionSettings,
-    warnings: &mut Vec<String>,
-) -> ProbeRewrite {
-    rewrite_to(pod, settings, settings.status_port, warnings)
-}
-
-/// [`rewrite`] to the pod's own status port (`status.sidecar.istio.io/port`, read by
-/// [`crate::readiness`]), which must not be 0.
-pub fn rewrite_to(
-    pod: &Pod,
-    settings: &InjectionSettings,
-    status_port: u16,
-    warnings: &mut Vec<String>,
-) -> ProbeRewrite {
-    let empty = BTreeMap::new();
-    let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
-    let mut out = ProbeRewrite::default();
-    if !enabled(annotations, settings, warnings) {
-        return out;
-    }
-    let Some(spec) = &pod.spec else { return out };
-    let no_inits = Vec::new();
-    let lists = [
-        ("containers", &spec.containers),
-        (
-            "initContainers",
-            spec.init_containers.as_ref().unwrap_or(&no_inits),
-        ),
-    ];
-    for (list, containers) in lists {
-        for (i, c) in containers.iter().enumerate() {
-            if c.name == SIDECAR_CONTAINER_NAME {
-                continue;
-            }
-            for (kind, rewritten, prober) in rewrite_container(c, status_port, warnings) {
-                let path = app_health_path(&c.name, kind);
-                out.ops.push(PatchOperation::Replace(ReplaceOperation {
-                    path: PointerBuf::from_tokens(["spec", list, &i.to_string(), kind.field()]),
-                    value: serde_json::to_value(&rewritten).unwrap_or_default(),
-                }));
-                out.probers.0.insert(path, prober);
-            }
-        }
-    }
-    out
-}
-
-/// [`rewrite_to`] applied to the pod itself: its probes are replaced in place and the
-/// originals returned, for the sidecar's `ISTIO_KUBE_APP_PROBERS`. Containers named
-/// `istio-proxy` are skipped.
+/// Rewrites the pod's app probes and hooks to `status_port` in place (see the module doc) and
+/// returns the originals, for the sidecar's `ISTIO_KUBE_APP_PROBERS`. Nothing when [`enabled`]
+/// says no. Containers named `istio-proxy` are skipped.
 pub fn rewrite_in_place(
     pod: &mut Pod,
     settings: &InjectionSettings,
@@ -145,50 +91,89 @@ pub fn rewrite_in_place(
     let Some(spec) = pod.spec.as_mut() else {
         return probers;
     };
+    let grace = spec
+        .termination_grace_period_seconds
+        .and_then(|g| u32::try_from(g).ok())
+        .filter(|g| *g > 0)
+        .unwrap_or(DEFAULT_GRACE_SECONDS);
     let inits = spec.init_containers.iter_mut().flatten();
     for c in spec.containers.iter_mut().chain(inits) {
         if c.name == SIDECAR_CONTAINER_NAME {
             continue;
         }
-        for (kind, rewritten, prober) in rewrite_container(c, status_port, warnings) {
+        for (kind, rewritten, prober) in rewrite_container(c, status_port, grace, warnings) {
             probers.0.insert(app_health_path(&c.name, kind), prober);
-            let slot = match kind {
-                ProbeKind::Readiness => &mut c.readiness_probe,
-                ProbeKind::Liveness => &mut c.liveness_probe,
-                ProbeKind::Startup => &mut c.startup_probe,
-            };
-            *slot = Some(rewritten);
+            set_slot(c, kind, rewritten);
         }
     }
     probers
 }
 
-/// The probes of one container that are rewritten: for each, its kind, the new probe (for the
-/// kubelet) and the original (for the sidecar).
+/// The container's probe of `kind`, or its hook of `kind` as a probe (its `httpGet`,
+/// `tcpSocket` and `exec`, no timing), so both are rewritten and restored one way.
+pub fn slot(c: &Container, kind: ProbeKind) -> Option<Probe> {
+    let hook = |h: Option<&k8s_openapi::api::core::v1::LifecycleHandler>| {
+        h.map(|h| Probe {
+            exec: h.exec.clone(),
+            http_get: h.http_get.clone(),
+            tcp_socket: h.tcp_socket.clone(),
+            ..Probe::default()
+        })
+    };
+    let lifecycle = c.lifecycle.as_ref();
+    match kind {
+        ProbeKind::Readiness => c.readiness_probe.clone(),
+        ProbeKind::Liveness => c.liveness_probe.clone(),
+        ProbeKind::Startup => c.startup_probe.clone(),
+        ProbeKind::PreStop => hook(lifecycle.and_then(|l| l.pre_stop.as_ref())),
+        ProbeKind::PostStart => hook(lifecycle.and_then(|l| l.post_start.as_ref())),
+    }
+}
+
+/// Puts `probe` in the container's probe of `kind`; for a hook, its `httpGet` and `tcpSocket`
+/// replace the hook's (the hook exists: only what [`slot`] returned is put back).
+pub fn set_slot(c: &mut Container, kind: ProbeKind, probe: Probe) {
+    let hook = match kind {
+        ProbeKind::Readiness => return c.readiness_probe = Some(probe),
+        ProbeKind::Liveness => return c.liveness_probe = Some(probe),
+        ProbeKind::Startup => return c.startup_probe = Some(probe),
+        ProbeKind::PreStop => c.lifecycle.as_mut().and_then(|l| l.pre_stop.as_mut()),
+        ProbeKind::PostStart => c.lifecycle.as_mut().and_then(|l| l.post_start.as_mut()),
+    };
+    if let Some(hook) = hook {
+        hook.http_get = probe.http_get;
+        hook.tcp_socket = probe.tcp_socket;
+    }
+}
+
+/// The probes and hooks of one container that are rewritten: for each, its kind, the new probe
+/// (for the kubelet; see [`set_slot`]) and the original (for the sidecar). A hook's original
+/// gets `hook_timeout` seconds.
 pub fn rewrite_container(
     c: &Container,
     status_port: u16,
+    hook_timeout: u32,
     warnings: &mut Vec<String>,
 ) -> Vec<(ProbeKind, Probe, Prober)> {
     let mut out = Vec::new();
     for kind in ProbeKind::ALL {
-        let probe = match kind {
-            ProbeKind::Readiness => &c.readiness_probe,
-            ProbeKind::Liveness => &c.liveness_probe,
-            ProbeKind::Startup => &c.startup_probe,
-        };
-        let Some(probe) = probe else { continue };
+        let Some(probe) = slot(c, kind) else { continue };
+        let probe = &probe;
         let mut warn = |what: String| {
             warnings.push(format!(
-                "container {:?} {}: {what}; probe not rewritten (it may fail under mTLS STRICT)",
+                "container {:?} {}: {what}; not rewritten (it may fail under mTLS STRICT)",
                 c.name,
                 kind.field()
             ))
         };
-        let timeout_seconds = probe
-            .timeout_seconds
-            .and_then(|t| u32::try_from(t).ok())
-            .filter(|t| *t > 0);
+        let timeout_seconds = if kind.is_hook() {
+            Some(hook_timeout)
+        } else {
+            probe
+                .timeout_seconds
+                .and_then(|t| u32::try_from(t).ok())
+                .filter(|t| *t > 0)
+        };
         if parse_app_health_path(&app_health_path(&c.name, kind)).is_none() {
             // Not a container name Kubernetes takes (the API server refuses the pod); the
             // sidecar could not serve the path either.
@@ -319,14 +304,43 @@ mod tests {
         .unwrap()
     }
 
-    fn replaced(r: &ProbeRewrite) -> BTreeMap<String, Value> {
-        r.ops
-            .iter()
-            .map(|op| match op {
-                PatchOperation::Replace(o) => (o.path.to_string(), o.value.clone()),
-                other => panic!("not a replace: {other:?}"),
-            })
-            .collect()
+    /// What [`rewrite_in_place`] did: the probe and hook fields it changed, by JSON pointer,
+    /// and the originals.
+    struct Rewritten {
+        ops: BTreeMap<String, Value>,
+        probers: AppProbers,
+    }
+
+    fn rewrite(p: &Pod, settings: &InjectionSettings, w: &mut Vec<String>) -> Rewritten {
+        let mut q = p.clone();
+        let probers = rewrite_in_place(&mut q, settings, settings.status_port, w);
+        let (before, after) = (
+            serde_json::to_value(p).unwrap(),
+            serde_json::to_value(&q).unwrap(),
+        );
+        let mut ops = BTreeMap::new();
+        for list in ["containers", "initContainers"] {
+            let n = after["spec"][list].as_array().map_or(0, Vec::len);
+            for i in 0..n {
+                for field in [
+                    "readinessProbe",
+                    "livenessProbe",
+                    "startupProbe",
+                    "lifecycle/preStop",
+                    "lifecycle/postStart",
+                ] {
+                    let ptr = format!("/spec/{list}/{i}/{field}");
+                    if after.pointer(&ptr) != before.pointer(&ptr) {
+                        ops.insert(ptr.clone(), after.pointer(&ptr).cloned().unwrap());
+                    }
+                }
+            }
+        }
+        Rewritten { ops, probers }
+    }
+
+    fn replaced(r: &Rewritten) -> BTreeMap<String, Value> {
+        r.ops.clone()
     }
 
     fn web() -> Value {
@@ -387,6 +401,73 @@ mod tests {
         );
         // What the sidecar reads back.
         assert_eq!(AppProbers::parse(&r.probers.to_json()).unwrap(), r.probers);
+    }
+
+    #[test]
+    fn http_and_tcp_hooks_are_rewritten_to_app_lifecycle_with_the_grace_period() {
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "spec": {
+                "terminationGracePeriodSeconds": 45,
+                "containers": [{
+                    "name": "web", "image": "web",
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "lifecycle": {
+                        "preStop": {"httpGet": {"path": "/shutdown", "port": "http", "scheme": "HTTPS"}},
+                        "postStart": {"tcpSocket": {"port": 8080}}
+                    }
+                }, {
+                    "name": "batch", "image": "batch",
+                    "lifecycle": {
+                        "preStop": {"exec": {"command": ["drain"]}},
+                        "postStart": {"sleep": {"seconds": 1}}
+                    }
+                }]
+            }
+        }))
+        .unwrap();
+        let mut w = Vec::new();
+        let r = rewrite(&p, &InjectionSettings::default(), &mut w);
+        assert!(w.is_empty(), "{w:?}");
+        // Istio's shape: the kubelet's hook becomes an HTTP GET on the status port; exec and
+        // sleep hooks stay.
+        assert_eq!(
+            replaced(&r),
+            BTreeMap::from([
+                (
+                    "/spec/containers/0/lifecycle/preStop".to_owned(),
+                    json!({"httpGet": {"path": "/app-lifecycle/web/prestopz", "port": 15020, "scheme": "HTTP"}})
+                ),
+                (
+                    "/spec/containers/0/lifecycle/postStart".to_owned(),
+                    json!({"httpGet": {"path": "/app-lifecycle/web/poststartz", "port": 15020, "scheme": "HTTP"}})
+                ),
+            ])
+        );
+        // The originals, with the pod's grace period as the sidecar's time-out.
+        assert_eq!(
+            serde_json::to_value(&r.probers).unwrap(),
+            json!({
+                "/app-lifecycle/web/prestopz": {"httpGet": {"path": "/shutdown", "port": 8080, "scheme": "HTTPS"},
+                                                "timeoutSeconds": 45},
+                "/app-lifecycle/web/poststartz": {"tcpSocket": {"port": 8080}, "timeoutSeconds": 45}
+            })
+        );
+        assert_eq!(AppProbers::parse(&r.probers.to_json()).unwrap(), r.probers);
+        // Without a grace period, Kubernetes' default.
+        let mut q = p.clone();
+        q.spec.as_mut().unwrap().termination_grace_period_seconds = None;
+        let r = rewrite(&q, &InjectionSettings::default(), &mut w);
+        assert_eq!(
+            r.probers.0["/app-lifecycle/web/prestopz"].timeout_seconds,
+            Some(DEFAULT_GRACE_SECONDS)
+        );
+        // Turned off with the probes.
+        let off = InjectionSettings {
+            rewrite_app_http_probe: false,
+            ..InjectionSettings::default()
+        };
+        assert!(rewrite(&p, &off, &mut w).ops.is_empty());
     }
 
     #[test]

@@ -160,8 +160,9 @@ pub fn keep_listed_volume(name: &str, containers: &[&Container]) -> bool {
     })
 }
 
-/// Gives every probe that the previous injection rewrote to `/app-health/<container>/<kind>`
-/// its original back from the old sidecar's prober list, keeping its timing fields.
+/// Gives every probe and hook that the previous injection rewrote to
+/// `/app-health/<container>/<kind>` or `/app-lifecycle/<container>/<kind>` its original back
+/// from the old sidecar's prober list, keeping its timing fields.
 pub fn restore_probes(pod: &mut Pod, probers: &AppProbers) {
     let Some(spec) = pod.spec.as_mut() else {
         return;
@@ -170,12 +171,7 @@ pub fn restore_probes(pod: &mut Pod, probers: &AppProbers) {
     for c in spec.containers.iter_mut().chain(inits) {
         for kind in ProbeKind::ALL {
             let path = app_health_path(&c.name, kind);
-            let probe = match kind {
-                ProbeKind::Readiness => &mut c.readiness_probe,
-                ProbeKind::Liveness => &mut c.liveness_probe,
-                ProbeKind::Startup => &mut c.startup_probe,
-            };
-            let Some(probe) = probe.as_mut() else {
+            let Some(mut probe) = crate::probes::slot(c, kind) else {
                 continue;
             };
             let rewritten = probe
@@ -183,7 +179,8 @@ pub fn restore_probes(pod: &mut Pod, probers: &AppProbers) {
                 .as_ref()
                 .is_some_and(|g| g.path.as_deref() == Some(path.as_str()));
             if let (true, Some(original)) = (rewritten, probers.0.get(&path)) {
-                restore_probe(probe, original);
+                restore_probe(&mut probe, original);
+                crate::probes::set_slot(c, kind, probe);
             }
         }
     }
@@ -251,13 +248,14 @@ mod tests {
                 "initContainers": [{"name": "istio-init"}, {"name": "migrate"}],
                 "containers": [
                     {"name": "istio-proxy", "env": [
-                        {"name": "ISTIO_KUBE_APP_PROBERS", "value": r#"{"/app-health/app/readyz":{"httpGet":{"path":"/ready","port":8080,"scheme":"HTTPS"},"timeoutSeconds":2},"/app-health/app/livez":{"tcpSocket":{"port":8080}}}"#},
+                        {"name": "ISTIO_KUBE_APP_PROBERS", "value": r#"{"/app-health/app/readyz":{"httpGet":{"path":"/ready","port":8080,"scheme":"HTTPS"},"timeoutSeconds":2},"/app-health/app/livez":{"tcpSocket":{"port":8080}},"/app-lifecycle/app/prestopz":{"tcpSocket":{"port":8080},"timeoutSeconds":30}}"#},
                         {"name": "ISTIO_PROMETHEUS_ANNOTATIONS", "value": r#"{"scrape":"true","path":"","port":"9090"}"#}
                     ]},
                     {"name": "app",
                      "readinessProbe": {"httpGet": {"path": "/app-health/app/readyz", "port": 15020, "scheme": "HTTP"}, "periodSeconds": 3, "timeoutSeconds": 2},
                      "livenessProbe": {"httpGet": {"path": "/app-health/app/livez", "port": 15020}},
                      "startupProbe": {"httpGet": {"path": "/started", "port": 8080}},
+                     "lifecycle": {"preStop": {"httpGet": {"path": "/app-lifecycle/app/prestopz", "port": 15020, "scheme": "HTTP"}}},
                      "volumeMounts": [{"name": "istio-token", "mountPath": "/t"}]}
                 ],
                 "volumes": [{"name": "data"}, {"name": "istio-envoy"}, {"name": "istio-token"}]
@@ -307,6 +305,8 @@ mod tests {
         );
         let live = serde_json::to_value(app.liveness_probe.as_ref().unwrap()).unwrap();
         assert_eq!(live, json!({"tcpSocket": {"port": 8080}}));
+        let hooks = serde_json::to_value(app.lifecycle.as_ref().unwrap()).unwrap();
+        assert_eq!(hooks, json!({"preStop": {"tcpSocket": {"port": 8080}}}));
         // Not one the injection wrote: untouched.
         assert_eq!(
             app.startup_probe

@@ -1,6 +1,7 @@
 //! The app-probe contract between the injector and the sidecar, Istio's: the webhook rewrites
 //! an app container's HTTP, TCP and gRPC probes to `httpGet` on the sidecar's status port
-//! (15020) at `/app-health/<container>/livez|readyz|startupz`, and hands the originals to the
+//! (15020) at `/app-health/<container>/livez|readyz|startupz`, and its HTTP and TCP lifecycle
+//! hooks at `/app-lifecycle/<container>/prestopz|poststartz`, and hands the originals to the
 //! sidecar in the env var `ISTIO_KUBE_APP_PROBERS`: a JSON object keyed by those paths, each
 //! value one of `httpGet` (port a number: named ports are resolved by the injector),
 //! `tcpSocket` or `grpc`, with the probe's `timeoutSeconds`:
@@ -31,7 +32,10 @@ pub const MAX_APP_PROBERS_BYTES: usize = 64 * 1024;
 /// Path prefix of the rewritten probes on the status port.
 pub const APP_HEALTH_PREFIX: &str = "/app-health/";
 
-/// Which of a container's probes.
+/// Path prefix of the rewritten lifecycle hooks on the status port.
+pub const APP_LIFECYCLE_PREFIX: &str = "/app-lifecycle/";
+
+/// Which of a container's probes or lifecycle hooks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ProbeKind {
     /// `livenessProbe`: `livez`.
@@ -40,51 +44,80 @@ pub enum ProbeKind {
     Readiness,
     /// `startupProbe`: `startupz`.
     Startup,
+    /// `lifecycle.preStop`: `prestopz`.
+    PreStop,
+    /// `lifecycle.postStart`: `poststartz`.
+    PostStart,
 }
 
 impl ProbeKind {
-    /// The three, in the order the injector visits them.
-    pub const ALL: [ProbeKind; 3] = [
+    /// The five, in the order the injector visits them (Istio's).
+    pub const ALL: [ProbeKind; 5] = [
         ProbeKind::Readiness,
         ProbeKind::Liveness,
         ProbeKind::Startup,
+        ProbeKind::PreStop,
+        ProbeKind::PostStart,
     ];
 
-    /// The last path segment: `livez`, `readyz`, `startupz`.
+    /// The last path segment: `livez`, `readyz`, `startupz`, `prestopz`, `poststartz`.
     pub fn segment(self) -> &'static str {
         match self {
             ProbeKind::Liveness => "livez",
             ProbeKind::Readiness => "readyz",
             ProbeKind::Startup => "startupz",
+            ProbeKind::PreStop => "prestopz",
+            ProbeKind::PostStart => "poststartz",
         }
     }
 
-    /// The container field: `livenessProbe`, `readinessProbe`, `startupProbe`.
+    /// The container field: `livenessProbe`, `readinessProbe`, `startupProbe`,
+    /// `lifecycle.preStop`, `lifecycle.postStart`.
     pub fn field(self) -> &'static str {
         match self {
             ProbeKind::Liveness => "livenessProbe",
             ProbeKind::Readiness => "readinessProbe",
             ProbeKind::Startup => "startupProbe",
+            ProbeKind::PreStop => "lifecycle.preStop",
+            ProbeKind::PostStart => "lifecycle.postStart",
+        }
+    }
+
+    /// A lifecycle hook rather than a probe.
+    pub fn is_hook(self) -> bool {
+        matches!(self, ProbeKind::PreStop | ProbeKind::PostStart)
+    }
+
+    /// `/app-lifecycle/` for a hook, `/app-health/` for a probe.
+    pub fn prefix(self) -> &'static str {
+        if self.is_hook() {
+            APP_LIFECYCLE_PREFIX
+        } else {
+            APP_HEALTH_PREFIX
         }
     }
 }
 
-/// `/app-health/<container>/<livez|readyz|startupz>`.
+/// `/app-health/<container>/<livez|readyz|startupz>` or
+/// `/app-lifecycle/<container>/<prestopz|poststartz>`.
 pub fn app_health_path(container: &str, kind: ProbeKind) -> String {
-    format!("{APP_HEALTH_PREFIX}{container}/{}", kind.segment())
+    format!("{}{container}/{}", kind.prefix(), kind.segment())
 }
 
-/// The container and kind of an `/app-health/...` path, when it has that shape (the
-/// container is one non-empty segment).
+/// The container and kind of an `/app-health/...` or `/app-lifecycle/...` path, when it has
+/// that shape (the container is one non-empty segment, the kind one of its prefix).
 pub fn parse_app_health_path(path: &str) -> Option<(&str, ProbeKind)> {
-    let rest = path.strip_prefix(APP_HEALTH_PREFIX)?;
+    let (rest, hook) = match path.strip_prefix(APP_HEALTH_PREFIX) {
+        Some(rest) => (rest, false),
+        None => (path.strip_prefix(APP_LIFECYCLE_PREFIX)?, true),
+    };
     let (container, segment) = rest.split_once('/')?;
     if container.is_empty() || segment.contains('/') {
         return None;
     }
     let kind = ProbeKind::ALL
         .into_iter()
-        .find(|k| k.segment() == segment)?;
+        .find(|k| k.is_hook() == hook && k.segment() == segment)?;
     Some((container, kind))
 }
 
@@ -101,7 +134,8 @@ pub struct Prober {
     /// A `grpc.health.v1.Health/Check`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc: Option<Grpc>,
-    /// The probe's time-out (Kubernetes' default, 1 s, when absent or 0).
+    /// The probe's time-out (when absent or 0: Kubernetes' default, 1 s, for a probe; 30 s, its
+    /// default termination grace period, for a hook).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u32>,
 }
@@ -175,8 +209,10 @@ pub struct AppProbers(pub BTreeMap<String, Prober>);
 
 impl AppProbers {
     /// Reads the env var's value: at most [`MAX_APP_PROBERS_BYTES`], a JSON object whose keys
-    /// are `/app-health/<container>/<livez|readyz|startupz>` and whose values each hold exactly
-    /// one of `httpGet`, `tcpSocket`, `grpc` with a port from 1 to 65535. Empty text means none.
+    /// are `/app-health/<container>/<livez|readyz|startupz>` or
+    /// `/app-lifecycle/<container>/<prestopz|poststartz>` and whose values each hold exactly
+    /// one of `httpGet`, `tcpSocket`, `grpc` (not for a hook) with a port from 1 to 65535.
+    /// Empty text means none.
     pub fn parse(text: &str) -> Result<Self, AppProbersError> {
         let whole = |reason: String| AppProbersError { key: None, reason };
         if text.len() > MAX_APP_PROBERS_BYTES {
@@ -196,11 +232,12 @@ impl AppProbers {
                 key: Some(key.clone()),
                 reason,
             };
-            if parse_app_health_path(&key).is_none() {
+            let Some((_, kind)) = parse_app_health_path(&key) else {
                 return Err(bad(format!(
-                    "not a path of the form {APP_HEALTH_PREFIX}<container>/<livez|readyz|startupz>"
+                    "not a path of the form {APP_HEALTH_PREFIX}<container>/<livez|readyz|startupz> \
+                     or {APP_LIFECYCLE_PREFIX}<container>/<prestopz|poststartz>"
                 )));
-            }
+            };
             let prober: Prober = serde_path_to_error::deserialize(value)
                 .map_err(|e| bad(format!("at `{}`: {}", e.path(), e.inner())))?;
             let actions = [
@@ -216,6 +253,11 @@ impl AppProbers {
                         "must hold exactly one of httpGet, tcpSocket, grpc".into()
                     ));
                 }
+            }
+            if kind.is_hook() && prober.grpc.is_some() {
+                return Err(bad(
+                    "a lifecycle hook is httpGet or tcpSocket, never grpc".into()
+                ));
             }
             if let Some(scheme) = prober.http_get.as_ref().and_then(|h| h.scheme.as_deref())
                 && !scheme.eq_ignore_ascii_case("http")
@@ -251,7 +293,18 @@ mod tests {
             parse_app_health_path("/app-health/web/startupz"),
             Some(("web", ProbeKind::Startup))
         );
+        assert_eq!(
+            app_health_path("web", ProbeKind::PreStop),
+            "/app-lifecycle/web/prestopz"
+        );
+        assert_eq!(
+            parse_app_health_path("/app-lifecycle/web/poststartz"),
+            Some(("web", ProbeKind::PostStart))
+        );
         for bad in [
+            "/app-health/web/prestopz",
+            "/app-lifecycle/web/livez",
+            "/app-lifecycle//prestopz",
             "/app-health//livez",
             "/app-health/web/healthz",
             "/app-health/web/livez/x",
@@ -277,6 +330,11 @@ mod tests {
                 .contains(r#""httpGet":{"path":"/health","port":8080"#)
         );
         assert_eq!(AppProbers::parse("").unwrap(), AppProbers::default());
+        // Istio's hooks: no time-out.
+        let hooks = r#"{"/app-lifecycle/web/prestopz":{"httpGet":{"path":"/shutdown","port":8080}},"/app-lifecycle/web/poststartz":{"tcpSocket":{"port":8080}}}"#;
+        let hooks = AppProbers::parse(hooks).unwrap();
+        assert_eq!(hooks.0.len(), 2);
+        assert_eq!(hooks.0["/app-lifecycle/web/prestopz"].timeout_seconds, None);
     }
 
     #[test]
@@ -303,6 +361,10 @@ mod tests {
             (
                 r#"{"/app-health/a/livez": {"httpGet": {"port": 1, "scheme": "FTP"}}}"#,
                 "/app-health/a/livez",
+            ),
+            (
+                r#"{"/app-lifecycle/a/prestopz": {"grpc": {"port": 1}}}"#,
+                "/app-lifecycle/a/prestopz",
             ),
         ] {
             let e = AppProbers::parse(text).unwrap_err();

@@ -5,7 +5,8 @@
 //! app answers its probe with 503 gets the kubelet's "probe failed" event with that status (the
 //! sidecar runs the real probe, it does not just answer 200). When the cluster knows
 //! `PeerAuthentication`, the namespace is mTLS STRICT first, which the kubelet's probes (no mesh
-//! certificate) must survive.
+//! certificate) must survive. Its `httpGet` `preStop` hook goes the same way, to
+//! `/app-lifecycle/<container>/prestopz`, and the sidecar runs it against the app.
 
 use std::time::Duration;
 
@@ -56,6 +57,7 @@ fn probed(app: &str, ready_path: &str) -> serde_json::Value {
                             "tcpSocket": {"port": TCP_PORT},
                             "initialDelaySeconds": 2, "periodSeconds": 5, "failureThreshold": 6,
                         },
+                        "lifecycle": {"preStop": {"httpGet": {"path": ready_path, "port": "http"}}},
                         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
                     }],
                 },
@@ -159,7 +161,20 @@ async fn s9_probes_are_rewritten_to_the_sidecar_and_pass_under_strict() {
             // `timeoutSeconds: 1`) before admission.
             "/app-health/probed/readyz": {"httpGet": {"path": "/ready", "port": HTTP_PORT, "scheme": "HTTP"}, "timeoutSeconds": 2},
             "/app-health/probed/livez": {"tcpSocket": {"port": TCP_PORT}, "timeoutSeconds": 1},
+            // The hook, with the pod's grace period as its time-out.
+            "/app-lifecycle/probed/prestopz": {"httpGet": {"path": "/ready", "port": HTTP_PORT, "scheme": "HTTP"}, "timeoutSeconds": 2},
         })
+    );
+    let hook = c
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.http_get.as_ref())
+        .expect("the preStop hook stays an httpGet");
+    assert_eq!(hook.path.as_deref(), Some("/app-lifecycle/probed/prestopz"));
+    assert_eq!(
+        hook.port,
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(15020)
     );
     let name = pod.metadata.name.clone().unwrap();
     let answer = ctx
@@ -168,6 +183,15 @@ async fn s9_probes_are_rewritten_to_the_sidecar_and_pass_under_strict() {
     ctx.log(format!(
         "{ns}/{name} Ready (strict: {is_strict}); GET :15020/app-health/probed/readyz -> {answer:?}"
     ));
+    // What the kubelet calls at deletion: the sidecar runs the app's hook.
+    let (status, _) = ctx
+        .pod_port_answer(&ns, &name, 15020, "/app-lifecycle/probed/prestopz")
+        .await
+        .unwrap();
+    assert!(
+        (200..300).contains(&status),
+        "the app's /ready through the preStop hook: {status}"
+    );
 
     // A failing app: the kubelet sees the app's own 503 through the sidecar.
     deployments
