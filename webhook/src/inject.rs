@@ -130,10 +130,13 @@ pub fn inject_onto(
         crate::resources::resolve(&annotations, &settings.proxy_resources, &mut failures);
     let image = proxy_image(&annotations, settings, &mut failures);
     let merge_switch = crate::prometheus::switch(&annotations, &mut failures);
+    let options = crate::proxy_config::resolve(&annotations, settings, &mut warnings);
+    // The pod's annotation, else the ProxyConfig's (the pod's proxy.istio.io/config over the
+    // mesh's), as Istio's template reads it.
     let mode = if gateway {
         InterceptionMode::Redirect
     } else {
-        traffic.mode
+        traffic.mode.unwrap_or(options.interception_mode)
     };
     // The pod's own istio-proxy and istio-init: overlays of what is injected (istio-init only
     // when one is injected; else it stays the pod's own init container).
@@ -173,7 +176,6 @@ pub fn inject_onto(
         ));
     }
     let native = crate::native::decide(native_choice, template, settings, &mut warnings);
-    let options = crate::proxy_config::resolve(&annotations, settings, &mut warnings);
     // With a native sidecar the startup probe holds the app; the gateway has no app to hold.
     let hold = options.hold_application_until_proxy_starts && !native && !gateway;
     let app_containers: Vec<Container> = base
@@ -214,8 +216,16 @@ pub fn inject_onto(
     // --- containers -----------------------------------------------------------------------
     // NONE: nothing is captured, so there is no istio-init at all (Istio's template); the
     // gateway template has none either.
-    let mut init = injects_init
-        .then(|| init_container(&traffic, settings, &options, &image, readiness.status_port));
+    let mut init = injects_init.then(|| {
+        init_container(
+            &traffic,
+            mode,
+            settings,
+            &options,
+            &image,
+            readiness.status_port,
+        )
+    });
     // The gateway template sets resources only from the pod's annotations (its chart gives the
     // pod's own istio-proxy its resources); the sidecar's are the settings' otherwise.
     let resources = (!gateway
@@ -673,6 +683,7 @@ fn set(map: &mut BTreeMap<String, String>, key: &str, value: String, how: Set) {
 /// environment carries the `proxyMetadata` the capture step reads (`ISTIO_META_DNS_CAPTURE`).
 fn init_container(
     traffic: &Traffic,
+    mode: InterceptionMode,
     settings: &InjectionSettings,
     options: &crate::proxy_config::ProxyOptions,
     image: &str,
@@ -699,7 +710,7 @@ fn init_container(
         "-u".into(),
         well_known::PROXY_UID.to_string(),
         "-m".into(),
-        traffic.mode.as_str().into(),
+        mode.as_str().into(),
         "-i".into(),
         traffic.include_outbound_ip_ranges.clone(),
         "-x".into(),

@@ -10,6 +10,7 @@
 //! | `holdApplicationUntilProxyStarts` | the sidecar first, with a `postStart` wait (or a startup probe when native) |
 //! | `concurrency` | `--concurrency N` when positive |
 //! | `terminationDrainDuration` | `--termination-drain-duration D` when not the proxy's 5 s |
+//! | `interceptionMode` | `istio-init -m` and `ISTIO_META_INTERCEPTION_MODE` (`REDIRECT`, `TPROXY`, `NONE`: no `istio-init`), unless the pod's `sidecar.istio.io/interceptionMode` says |
 //! | `proxyMetadata` | environment variables of `istio-proxy`, for the keys in [`METADATA`]; those the capture step reads (`ISTIO_META_DNS_CAPTURE`) also of `istio-init` |
 //!
 //! Every other field, and a `proxyMetadata` key rustmesh does not implement, is reported in a
@@ -25,12 +26,14 @@ use serde_json::Value;
 
 use crate::names::ANNOTATION_PROXY_CONFIG;
 use crate::settings::{InjectionSettings, MAX_CONCURRENCY};
+use crate::traffic::InterceptionMode;
 
 /// `ProxyConfig` fields rustmesh implements.
 pub const FIELDS: &[&str] = &[
     "holdApplicationUntilProxyStarts",
     "concurrency",
     "terminationDrainDuration",
+    "interceptionMode",
     "proxyMetadata",
 ];
 
@@ -82,6 +85,9 @@ pub struct ProxyOptions {
     pub concurrency: Option<u32>,
     /// `--termination-drain-duration`, only when not [`DEFAULT_TERMINATION_DRAIN_DURATION`].
     pub termination_drain_duration: Option<Duration>,
+    /// How traffic is captured, when the pod's `sidecar.istio.io/interceptionMode` does not
+    /// say.
+    pub interception_mode: InterceptionMode,
     /// Environment variables from `proxyMetadata`.
     pub env: BTreeMap<String, String>,
     /// The annotation as compact JSON (passed on as `PROXY_CONFIG`, as Istio does).
@@ -102,6 +108,7 @@ pub fn resolve(
 
     let mut out = ProxyOptions {
         hold_application_until_proxy_starts: settings.hold_application_until_proxy_starts,
+        interception_mode: settings.interception_mode,
         annotation_json: pod.and_then(|m| serde_json::to_string(m).ok()),
         ..Default::default()
     };
@@ -140,6 +147,13 @@ pub fn resolve(
                         "terminationDrainDuration is {value}, not a duration such as \"5s\"; \
                          ignored"
                     ),
+                ),
+            },
+            "interceptionMode" => match value.as_str().map(InterceptionMode::parse) {
+                Some(Ok(mode)) => out.interception_mode = mode,
+                _ => warn(
+                    warnings,
+                    format!("interceptionMode is {value}, not REDIRECT, TPROXY or NONE; ignored"),
                 ),
             },
             "proxyMetadata" => match value {

@@ -80,6 +80,10 @@ pub struct InjectionSettings {
     /// Default of `terminationDrainDuration` (Istio's `meshConfig.defaultConfig`): how long the
     /// sidecar keeps serving after SIGTERM. See [`crate::proxy_config`].
     pub termination_drain_duration: std::time::Duration,
+    /// Default `interceptionMode` (Istio's `meshConfig.defaultConfig.interceptionMode`):
+    /// `REDIRECT`, `TPROXY` or `NONE`; a pod's `proxy.istio.io/config` and then its
+    /// `sidecar.istio.io/interceptionMode` override it.
+    pub interception_mode: crate::traffic::InterceptionMode,
     /// Default `proxyMetadata` (Istio's `meshConfig.defaultConfig.proxyMetadata`): environment
     /// variables of `istio-proxy`; only the keys in [`crate::proxy_config::METADATA`].
     pub proxy_metadata: BTreeMap<String, String>,
@@ -134,6 +138,7 @@ impl Default for InjectionSettings {
             hold_application_until_proxy_starts: false,
             concurrency: 0,
             termination_drain_duration: crate::proxy_config::DEFAULT_TERMINATION_DRAIN_DURATION,
+            interception_mode: crate::traffic::InterceptionMode::Redirect,
             proxy_metadata: BTreeMap::new(),
             log_level: "default:info".to_owned(),
             ca_address: String::new(),
@@ -169,6 +174,7 @@ pub const KEYS: &[&str] = &[
     "holdApplicationUntilProxyStarts",
     "concurrency",
     "terminationDrainDuration",
+    "interceptionMode",
     "proxyMetadata",
     "logLevel",
     "caAddress",
@@ -349,6 +355,10 @@ impl InjectionSettings {
                         .ok_or_else(|| {
                             Error::setting(key, format!("{value:?} is not a duration such as 5s"))
                         })?
+                }
+                "interceptionMode" => {
+                    s.interception_mode = crate::traffic::InterceptionMode::parse(value.trim())
+                        .map_err(|e| Error::setting(key, e))?
                 }
                 "proxyMetadata" => {
                     s.proxy_metadata =
@@ -579,7 +589,17 @@ mod tests {
                 .proxy_metadata,
             BTreeMap::new()
         );
+        let s = InjectionSettings::from_map(&map(&[
+            ("image", "proxy"),
+            ("interceptionMode", "TPROXY"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.interception_mode,
+            crate::traffic::InterceptionMode::Tproxy
+        );
         for (key, value, names) in [
+            ("interceptionMode", "tproxy", "use REDIRECT,TPROXY,NONE"),
             ("terminationDrainDuration", "forever", "not a duration"),
             (
                 "proxyMetadata",

@@ -71,8 +71,10 @@ impl InterceptionMode {
 /// What the traffic annotations make of the pod's capture, every value checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Traffic {
-    /// How traffic is captured; [`InterceptionMode::None`] injects no `istio-init`.
-    pub mode: InterceptionMode,
+    /// How traffic is captured, when the pod's `sidecar.istio.io/interceptionMode` says: it
+    /// wins over `interceptionMode` of the mesh's and the pod's `ProxyConfig`
+    /// ([`crate::proxy_config`]); [`InterceptionMode::None`] injects no `istio-init`.
+    pub mode: Option<InterceptionMode>,
     /// `-i`: `*` or CIDRs (as written).
     pub include_outbound_ip_ranges: String,
     /// `-x`: CIDRs (as written).
@@ -95,10 +97,10 @@ pub struct Traffic {
 }
 
 impl Default for Traffic {
-    /// Istio's defaults: capture all outbound and inbound traffic with REDIRECT.
+    /// Istio's defaults: capture all outbound and inbound traffic (in the `ProxyConfig`'s mode).
     fn default() -> Self {
         Traffic {
-            mode: InterceptionMode::Redirect,
+            mode: None,
             include_outbound_ip_ranges: "*".to_owned(),
             exclude_outbound_ip_ranges: String::new(),
             include_inbound_ports: "*".to_owned(),
@@ -175,9 +177,7 @@ pub fn read(annotations: &BTreeMap<String, String>, failures: &mut Failures) -> 
     }
     let default = Traffic::default();
     Traffic {
-        mode: mode
-            .and_then(|m| InterceptionMode::parse(&m).ok())
-            .unwrap_or_default(),
+        mode: mode.and_then(|m| InterceptionMode::parse(&m).ok()),
         include_outbound_ip_ranges: include_ranges.unwrap_or(default.include_outbound_ip_ranges),
         exclude_outbound_ip_ranges: exclude_ranges.unwrap_or(default.exclude_outbound_ip_ranges),
         include_inbound_ports: include_inbound.unwrap_or(default.include_inbound_ports),
@@ -240,7 +240,7 @@ mod tests {
     fn no_annotation_is_istios_defaults() {
         let t = resolve(&BTreeMap::new()).unwrap();
         assert_eq!(t, Traffic::default());
-        assert_eq!(t.mode, InterceptionMode::Redirect);
+        assert_eq!(t.mode, None, "the ProxyConfig's mode");
         assert_eq!(t.include_outbound_ip_ranges, "*");
         assert_eq!(t.include_inbound_ports, "*");
         assert_eq!(t.include_outbound_ports, None);
@@ -256,8 +256,8 @@ mod tests {
             ("NONE", InterceptionMode::None),
         ] {
             let t = resolve(&annotations(&[(ANNOTATION_INTERCEPTION_MODE, v)])).unwrap();
-            assert_eq!(t.mode, mode);
-            assert_eq!(t.mode.as_str(), v);
+            assert_eq!(t.mode, Some(mode));
+            assert_eq!(mode.as_str(), v);
         }
         for bad in ["tproxy", "Redirect", "", " NONE", "IPTABLES"] {
             assert_eq!(

@@ -846,6 +846,66 @@ fn interception_mode_tproxy_runs_the_sidecar_as_istio_does() {
     );
 }
 
+/// The mode as Istio's template reads it: the pod's annotation, else `interceptionMode` of its
+/// `proxy.istio.io/config`, else the mesh's `defaultConfig` (setting `interceptionMode`).
+#[test]
+fn interception_mode_comes_from_the_mesh_then_the_pods_proxy_config_then_its_annotation() {
+    let mode = |pod: &Pod| {
+        let proxy = container(&pod.spec.as_ref().unwrap().containers, "istio-proxy");
+        env(proxy)["ISTIO_META_INTERCEPTION_MODE"].clone()
+    };
+    let mesh_tproxy = InjectionSettings {
+        interception_mode: rustmesh_webhook::InterceptionMode::Tproxy,
+        ..defaults()
+    };
+    // The mesh's.
+    let (pod, resp) = inject_bare_pod(&[], &mesh_tproxy);
+    assert!(resp.get("warnings").is_none(), "{resp}");
+    assert_eq!(mode(&pod), "TPROXY");
+    let args = init_args(&pod);
+    assert_eq!(
+        args[args.iter().position(|a| a == "-m").unwrap() + 1],
+        "TPROXY"
+    );
+    let proxy = container(&pod.spec.as_ref().unwrap().containers, "istio-proxy");
+    assert_eq!(
+        proxy.security_context.as_ref().unwrap().run_as_user,
+        Some(0),
+        "TPROXY's sidecar binds transparently"
+    );
+    // The pod's ProxyConfig over the mesh's.
+    let (pod, resp) = inject_bare_pod(
+        &[("proxy.istio.io/config", "interceptionMode: NONE")],
+        &mesh_tproxy,
+    );
+    assert!(resp.get("warnings").is_none(), "{resp}");
+    assert_eq!(mode(&pod), "NONE");
+    assert!(pod.spec.as_ref().unwrap().init_containers.is_none());
+    // The annotation over both.
+    let (pod, _) = inject_bare_pod(
+        &[
+            ("proxy.istio.io/config", "interceptionMode: NONE"),
+            ("sidecar.istio.io/interceptionMode", "REDIRECT"),
+        ],
+        &mesh_tproxy,
+    );
+    assert_eq!(mode(&pod), "REDIRECT");
+    assert_eq!(init_args(&pod), DEFAULT_INIT_ARGS);
+    // A bad ProxyConfig value is named, and the mesh's applies.
+    let (pod, resp) = inject_bare_pod(
+        &[("proxy.istio.io/config", "interceptionMode: tproxy")],
+        &defaults(),
+    );
+    assert_eq!(mode(&pod), "REDIRECT");
+    let warnings = warnings_of(&resp);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("interceptionMode is \"tproxy\", not REDIRECT, TPROXY or NONE")),
+        "{warnings:?}"
+    );
+}
+
 /// `ISTIO_META_DNS_CAPTURE` in the resolved `proxyMetadata` (mesh, then the pod's) reaches
 /// istio-init, whose capture step reads it, and the sidecar; unset, neither gets it (the capture
 /// step then captures DNS, rustmesh's default).
