@@ -1,0 +1,41 @@
+//! The sidecar's inputs from its pod that are not mesh configuration: `/etc/resolv.conf` (the
+//! nameservers DNS capture is limited to), `ISTIO_PROMETHEUS_ANNOTATIONS` (the app's metrics
+//! to merge on 15020) and `ISTIO_KUBE_APP_PROBERS` (the app's probes and hooks). The first byte
+//! picks the reader; each returns a value or an error, never a panic, and what it accepts holds
+//! its documented promises.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use rustmesh_proxy::capture::rules::nameservers;
+use rustmesh_proxy::merge_metrics;
+use rustmesh_xds::probe::{AppProbers, parse_app_health_path};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
+    let Ok(text) = std::str::from_utf8(rest) else {
+        return;
+    };
+    match which % 3 {
+        0 => {
+            let found = nameservers(text);
+            assert!(found.len() <= text.lines().count());
+        }
+        1 => {
+            if let Ok(Some(app)) = merge_metrics::parse(text, 15020) {
+                assert_ne!(app.port, 15020, "the app's port is never the sidecar's own");
+                assert!(app.path.starts_with('/'));
+            }
+        }
+        _ => {
+            if let Ok(probers) = AppProbers::parse(text) {
+                for key in probers.0.keys() {
+                    assert!(parse_app_health_path(key).is_some(), "{key}");
+                }
+                // What the sidecar accepted, written back, reads the same.
+                assert_eq!(AppProbers::parse(&probers.to_json()).unwrap(), probers);
+            }
+        }
+    }
+});
