@@ -2,6 +2,14 @@
 //! `connectTimeout`, `TCP_NODELAY`) and counting them, in the cluster's counters and the
 //! endpoint's ([`EndpointStats`]), while they are open ([`ActiveGuard`]).
 //!
+//! **Original source** (TPROXY interception, Istio's `original_src` listener filter on the
+//! inbound side): a dialer made [`ClusterDialer::with_original_source`] opens its connections
+//! from the downstream client's own address, bound with `IP_TRANSPARENT` and marked
+//! [`ORIGINAL_SOURCE_MARK`], so the app sees the real client. The capture rules' mangle table
+//! saves that mark on the connection and restores it on the app's replies, and the mark's route
+//! table (133, `local default dev lo`) delivers them back to the sidecar. Needs
+//! `CAP_NET_ADMIN`, which a TPROXY sidecar has.
+//!
 //! The TCP proxy (through [`crate::cluster::UpstreamCluster::connect`]) and the HTTP
 //! connection pools ([`crate::pool`]) both dial here. The dialer knows nothing of the cluster
 //! it dials for beyond these: the pools live in the cluster's endpoints, and holding the
@@ -19,6 +27,10 @@ use tokio::net::{TcpSocket, TcpStream};
 use crate::transport::{Io, Originate, Purpose};
 
 use crate::stats::ClusterStats;
+
+/// The mark of connections opened from the client's address (Istio's inbound TPROXY mark,
+/// `ISTIO_INBOUND_TPROXY_MARK`, whose default the injector never changes).
+pub const ORIGINAL_SOURCE_MARK: u32 = 1337;
 
 /// How long a pooled HTTP connection may sit unused when the cluster sets no `idleTimeout`
 /// (hyper-util's default).
@@ -66,6 +78,36 @@ impl PoolOptions {
         }
         out
     }
+}
+
+/// A socket for a connection to `dst` from `client`'s address: `IP_TRANSPARENT` (to bind an
+/// address that is not this host's), marked [`ORIGINAL_SOURCE_MARK`]. `client` of the other
+/// family than `dst` is an error naming both.
+fn original_source_socket(client: IpAddr, dst: SocketAddr) -> io::Result<TcpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let client = client.to_canonical();
+    if client.is_ipv4() != dst.is_ipv4() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("original source {client} is not of the family of {dst}"),
+        ));
+    }
+    let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+    let transparent = if dst.is_ipv4() {
+        socket.set_ip_transparent_v4(true)
+    } else {
+        socket.set_ip_transparent_v6(true)
+    };
+    transparent.map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("IP_TRANSPARENT for the original source {client} (needs CAP_NET_ADMIN): {e}"),
+        )
+    })?;
+    socket.set_mark(ORIGINAL_SOURCE_MARK)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::new(client, 0).into())?;
+    Ok(TcpSocket::from_std_stream(socket.into()))
 }
 
 /// Per-endpoint counters, shown by `/clusters`. Shared by the runtime objects of successive
@@ -172,6 +214,8 @@ pub struct ClusterDialer {
     name: String,
     connect_timeout: Duration,
     bind: Option<SocketAddr>,
+    /// Connect from this address instead (see the module doc).
+    original_source: Option<IpAddr>,
     stats: ClusterStats,
     /// The cluster's pool settings, for the pools that dial here.
     pool: PoolOptions,
@@ -190,9 +234,22 @@ impl ClusterDialer {
             name,
             connect_timeout,
             bind,
+            original_source: None,
             stats,
             pool: Default::default(),
         }
+    }
+
+    /// The same dialer, its connections opened from `client` (the downstream client's address)
+    /// rather than the cluster's source address, when `client` is set (see the module doc).
+    pub fn with_original_source(mut self, client: Option<IpAddr>) -> Self {
+        self.original_source = client;
+        self
+    }
+
+    /// The client address connections leave from, if any ([`ClusterDialer::with_original_source`]).
+    pub fn original_source(&self) -> Option<IpAddr> {
+        self.original_source
     }
 
     /// The same dialer, its pools built with `pool` (the cluster's `idleTimeout` and
@@ -295,14 +352,20 @@ impl ClusterDialer {
             e.cx_total.fetch_add(1, Ordering::Relaxed);
         }
         let attempt = async {
-            let socket = if addr.is_ipv4() {
-                TcpSocket::new_v4()
-            } else {
-                TcpSocket::new_v6()
-            }?;
-            if let Some(src) = self.source_for(addr.ip()) {
-                socket.bind(src)?;
-            }
+            let socket = match self.original_source {
+                Some(client) => original_source_socket(client, addr)?,
+                None => {
+                    let socket = if addr.is_ipv4() {
+                        TcpSocket::new_v4()
+                    } else {
+                        TcpSocket::new_v6()
+                    }?;
+                    if let Some(src) = self.source_for(addr.ip()) {
+                        socket.bind(src)?;
+                    }
+                    socket
+                }
+            };
             socket.set_nodelay(true)?;
             socket.connect(addr).await
         };

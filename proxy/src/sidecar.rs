@@ -75,8 +75,9 @@ pub struct RunArgs {
     pub inbound_port: u16,
     /// How the pod's traffic is captured (the injector sets `ISTIO_META_INTERCEPTION_MODE` from
     /// `sidecar.istio.io/interceptionMode`): REDIRECT (nat), TPROXY (virtualInbound binds with
-    /// IP_TRANSPARENT and needs CAP_NET_ADMIN) or NONE (nothing is captured; the listeners are
-    /// bound all the same and see no traffic).
+    /// IP_TRANSPARENT, and connections to the app leave from the client's address,
+    /// [`crate::dial::ClusterDialer::with_original_source`]; needs CAP_NET_ADMIN) or NONE
+    /// (nothing is captured; the listeners are bound all the same and see no traffic).
     #[arg(
         long,
         value_enum,
@@ -447,6 +448,7 @@ pub async fn serve(args: RunArgs) -> Result<()> {
         workload,
         http: http.clone(),
         identity: certs.clone(),
+        original_source: args.interception_mode == Interception::Tproxy,
     });
 
     // Everything is bound before anything is served: a bad address fails the start.

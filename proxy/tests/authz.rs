@@ -262,6 +262,7 @@ impl Sidecar {
                 workload,
                 http,
                 identity: certs,
+                original_source: false,
             }),
             clusters,
             access_log,

@@ -20,7 +20,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use http_common::{Behavior, Clients, Upstream, empty_body, request, send, upstream_on};
+use http_common::{Behavior, Clients, Upstream, empty_body, get, request, send, upstream_on};
 use serde_json::{Value, json};
 use support::docs::{address, builtin_clusters, tcp_proxy, virtual_outbound};
 use support::sidecar::{Scratch, Sidecar, eventually};
@@ -282,6 +282,71 @@ fn count(answers: &[(u16, String)], upstream: &str) -> usize {
 }
 
 // ---- the tests ------------------------------------------------------------------------------
+
+/// TPROXY, as Istio's `original_src` filter does it: the server pod's sidecar (root with group
+/// 1337, transparent virtualInbound) opens its connection to the app from the client's own
+/// address, so the app sees the real client, on the HTTP path (requests from two clients each
+/// arriving from their own address, on pools of their own) and on the TCP path.
+#[test]
+fn tproxy_inbound_requests_reach_the_app_from_the_clients_own_address() {
+    if support::skip() {
+        return;
+    }
+    let mut net = Net::new();
+    let (c1, c2, server) = (net.pod(), net.pod(), net.pod());
+    let scratch = Scratch::new();
+    let app = serve_http(&server, PORT, "reviews", Behavior::default());
+    // The inbound cluster as the operator renders it: ORIGINAL_DST from 127.0.0.6, which the
+    // original source replaces under TPROXY.
+    let inbound = format!("inbound|{PORT}||");
+    let mut cs = builtin_clusters();
+    cs.push(json!({"name": inbound, "type": "ORIGINAL_DST", "connectTimeout": "10s",
+        "lbPolicy": "CLUSTER_PROVIDED",
+        "upstreamBindConfig": {"sourceAddress": {"address": "127.0.0.6", "portValue": 0}},
+        "metadata": {"services": [{"host": fqdn("reviews"), "name": "reviews", "namespace": "default"}]}}));
+    let doc = json!({"versionInfo": "server-1", "listeners": [virtual_outbound("PassthroughCluster"), virtual_inbound(true)],
+        "clusters": cs})
+    .to_string();
+    let config = scratch.write(&format!("{}.json", server.ns.name), &doc);
+    let mut args = ISTIO_INIT_ARGS.to_vec();
+    let m = args.iter().position(|f| *f == "-m").unwrap();
+    args[m + 1] = "TPROXY";
+    server.capture(&args);
+    let sidecar = server.start_sidecar_with_env(
+        &scratch,
+        &config,
+        &[],
+        &[("ISTIO_META_INTERCEPTION_MODE", "TPROXY")],
+    );
+    eventually(&server, &sidecar, "/ready", "ready", |status, _| {
+        status == 200
+    });
+
+    let to = SocketAddr::new(server.ip.into(), PORT);
+    for (client, n) in [(&c1, 3), (&c2, 2), (&c1, 1)] {
+        let answers = in_pod(client, move || async move {
+            let c = Clients::new();
+            let mut out = Vec::new();
+            for _ in 0..n {
+                let a = get(&c, to, "reviews:9080", "/r").await;
+                out.push(a.status.as_u16());
+            }
+            out
+        });
+        assert!(answers.iter().all(|s| *s == 200), "{answers:?}");
+    }
+    let peers: Vec<_> = app.up.seen().iter().map(|s| s.peer.ip()).collect();
+    let (ip1, ip2): (std::net::IpAddr, std::net::IpAddr) = (c1.ip.into(), c2.ip.into());
+    assert_eq!(
+        peers,
+        [ip1, ip1, ip1, ip2, ip2, ip1],
+        "each request from its own client"
+    );
+    // Raw TCP on an undeclared port (InboundPassthroughClusterIpv4, the TCP proxy).
+    let echo = server.serve("0.0.0.0:7001", "app-7001");
+    assert_eq!(c2.talk(server.at(7001), "tcp").unwrap(), "app-7001 tcp");
+    assert_eq!(echo.saw("tcp").unwrap().peer.ip(), ip2);
+}
 
 /// productpage → reviews v1/v2 through two sidecars each way: a 90/10 VirtualService split
 /// measured over 1000 requests, `end-user: jason` to v2, h2c end to end, the inbound sidecar

@@ -282,6 +282,7 @@ impl Sidecar {
                 workload,
                 http,
                 identity: certs.clone(),
+                original_source: false,
             }),
             certs,
             clusters,

@@ -269,6 +269,7 @@ impl Sidecar {
             workload,
             identity: clusters.identity().clone(),
             http: http.clone(),
+            original_source: false,
         });
         let config = ProxyConfig::from_json(&doc.to_string()).expect("a valid configuration");
         let snapshot = Snapshot::compile(config, &clusters, &metrics, &http).expect("compiles");

@@ -111,7 +111,8 @@ async fn s6_http_app_sees_requests_arrive_through_the_sidecar() {
 /// Istio 1.10+ inbound forwarding: the sidecar delivers to the pod's own address (from
 /// 127.0.0.6), as the network would without a mesh. An app bound only to its pod IP is
 /// reachable through the mesh; an app bound only to 127.0.0.1 on a service port stays private
-/// (the request fails; before Istio 1.10, and in rustmesh before this, it was exposed).
+/// (the request fails; before Istio 1.10, and in rustmesh before this, it was exposed). Under
+/// `interceptionMode: TPROXY` the app sees the calling pod's own address instead of 127.0.0.6.
 #[tokio::test]
 async fn s6_inbound_goes_to_the_pod_address_so_pod_ip_apps_work_and_localhost_stays_private() {
     let Some(ctx) = setup("s6_pod_ip").await else {
@@ -123,15 +124,25 @@ async fn s6_inbound_goes_to_the_pod_address_so_pod_ip_apps_work_and_localhost_st
     pod_ip_app.extra_args = vec!["--bind".into(), "$(POD_IP)".into()];
     let mut local_app = sample::ratings();
     local_app.extra_args = vec!["--bind".into(), "127.0.0.1".into()];
+    // TPROXY: the sidecar connects to the app from the client's own address.
+    let mut tproxy_app = sample::reviews("v1");
+    tproxy_app
+        .annotations
+        .insert("sidecar.istio.io/interceptionMode".into(), "TPROXY".into());
     sample::deploy(
         &ctx,
         &ns,
-        &[client.clone(), pod_ip_app.clone(), local_app.clone()],
+        &[
+            client.clone(),
+            pod_ip_app.clone(),
+            local_app.clone(),
+            tproxy_app.clone(),
+        ],
     )
     .await
     .unwrap();
     let client_pod = ctx.pod_name(&ns, &client.selector()).await.unwrap();
-    for svc in ["details", "ratings"] {
+    for svc in ["details", "ratings", "reviews"] {
         ctx.wait_endpoints(&ns, &client_pod, svc, &ns, HTTP_PORT, 1)
             .await
             .unwrap();
@@ -150,6 +161,30 @@ async fn s6_inbound_goes_to_the_pod_address_so_pod_ip_apps_work_and_localhost_st
     assert!(
         report.peer.starts_with("127.0.0.6:"),
         "the sidecar connects from 127.0.0.6, not {}",
+        report.peer
+    );
+
+    let client_ip = ctx
+        .pods(&ns)
+        .get(&client_pod)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.pod_ip)
+        .expect("the client pod has an address");
+    let url = format!("http://reviews:{HTTP_PORT}/tproxy");
+    let report = ctx
+        .http_get(&ns, &client_pod, &client.app, &url, &[])
+        .await
+        .unwrap();
+    ctx.log(format!(
+        "{url}: answered by {} (peer {}; client {client_ip})",
+        report.service, report.peer
+    ));
+    assert_eq!(report.service, "reviews");
+    assert!(
+        report.peer.starts_with(&format!("{client_ip}:")),
+        "under TPROXY the app sees the client {client_ip}, not {}",
         report.peer
     );
 

@@ -291,12 +291,25 @@ impl UpstreamCluster {
 
     /// Opens a connection to `target` for the TCP proxy ([`ClusterDialer::connect`], counting
     /// it in the endpoint's stats too, then mutual TLS if the endpoint has it); a failure to
-    /// connect to an endpoint counts for outlier detection.
-    pub async fn connect(&self, target: Target) -> Result<Upstream, ConnectError> {
+    /// connect to an endpoint counts for outlier detection. With `original_source` (TPROXY
+    /// inbound), an ORIGINAL_DST cluster's connection leaves from that client address
+    /// ([`ClusterDialer::with_original_source`]); other clusters ignore it.
+    pub async fn connect(
+        &self,
+        target: Target,
+        original_source: Option<IpAddr>,
+    ) -> Result<Upstream, ConnectError> {
         let stats = target.endpoint.as_ref().map(|e| e.stats.clone());
         let tls = target.endpoint.as_ref().and_then(|e| e.tls.clone());
-        let connected = self
-            .dialer
+        let transparent;
+        let dialer = match (self.kind, original_source) {
+            (Kind::OriginalDst, Some(client)) => {
+                transparent = self.dialer.clone().with_original_source(Some(client));
+                &transparent
+            }
+            _ => &self.dialer,
+        };
+        let connected = dialer
             .connect_with(target.addr, stats, tls.as_deref(), Purpose::Tcp)
             .await;
         match connected {
@@ -501,13 +514,19 @@ mod tests {
         }));
         let clusters = manager().build(&c);
         let s = clusters.get("s").unwrap();
-        let up = s.connect(s.target(addr, None).unwrap()).await.unwrap();
+        let up = s
+            .connect(s.target(addr, None).unwrap(), None)
+            .await
+            .unwrap();
         assert_eq!(s.stats.cx_active.get(), 1);
         assert_eq!(s.endpoints[0].stats.cx_active.load(Ordering::Relaxed), 1);
         drop(up);
         assert_eq!(s.stats.cx_active.get(), 0);
         drop(server);
-        let err = s.connect(s.target(addr, None).unwrap()).await.unwrap_err();
+        let err = s
+            .connect(s.target(addr, None).unwrap(), None)
+            .await
+            .unwrap_err();
         assert!(matches!(err, ConnectError::Io { .. }), "{err}");
         assert_eq!(s.stats.cx_connect_fail.get(), 1);
         assert_eq!(s.stats.cx_total.get(), 2);

@@ -64,6 +64,9 @@ pub struct HttpConnection {
     /// The AuthorizationPolicies each request is checked against (inbound, when some apply to
     /// this pod).
     pub authz: Option<ConnAuthz>,
+    /// The client's address, when requests to ORIGINAL_DST clusters leave from it (TPROXY
+    /// inbound, [`crate::dial::ClusterDialer::with_original_source`]).
+    pub original_source: Option<std::net::IpAddr>,
 }
 
 /// The route tables of one configuration.
@@ -219,6 +222,7 @@ impl ConnectionManager {
             drain,
             own_identity,
             authz,
+            original_source,
         } = conn;
         let peer_identity = stream.peer_identity();
         let authz = authz.map(|given| {
@@ -253,7 +257,8 @@ impl ConnectionManager {
         });
         let ctx = HttpContext {
             routes: Arc::new(ArcSwap::new(table)),
-            upstreams: ClusterUpstreams::new(clusters, self.passthrough.clone()),
+            upstreams: ClusterUpstreams::new(clusters, self.passthrough.clone())
+                .with_original_source(original_source),
             metrics: self.istio.clone(),
             workload: self.workload.clone(),
             destinations,

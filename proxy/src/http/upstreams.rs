@@ -16,7 +16,7 @@
 //! knowledge), or `USE_DOWNSTREAM` (Istio's default: HTTP/2 requests go out as h2c, the rest as
 //! HTTP/1.1).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::{Request, Response, Version};
@@ -54,6 +54,7 @@ pub struct RetryOverflow;
 pub struct ClusterUpstreams {
     clusters: Clusters,
     passthrough: Arc<PassthroughPools>,
+    original_source: Option<IpAddr>,
 }
 
 impl ClusterUpstreams {
@@ -63,7 +64,15 @@ impl ClusterUpstreams {
         ClusterUpstreams {
             clusters,
             passthrough,
+            original_source: None,
         }
+    }
+
+    /// Requests to ORIGINAL_DST clusters leave from `client` when set (TPROXY inbound:
+    /// [`crate::dial::ClusterDialer::with_original_source`]), on pools of that client's own.
+    pub fn with_original_source(mut self, client: Option<IpAddr>) -> Self {
+        self.original_source = client;
+        self
     }
 }
 
@@ -133,7 +142,14 @@ impl ClusterUpstreams {
                     .get::<DownstreamInfo>()
                     .map(|d| d.local)
                     .ok_or_else(|| no_healthy(&c))?;
-                (self.passthrough.get(c.dialer(), dst, http2), None)
+                let pool = match self.original_source {
+                    None => self.passthrough.get(c.dialer(), dst, http2),
+                    Some(client) => {
+                        let dialer = c.dialer().clone().with_original_source(Some(client));
+                        self.passthrough.get(&dialer, dst, http2)
+                    }
+                };
+                (pool, None)
             }
             Kind::Balanced => {
                 let e = c

@@ -462,6 +462,9 @@ pub async fn dispatch(
             }
         },
     };
+    // TPROXY inbound: the app sees the client's own address.
+    let original_source =
+        (reporter == Reporter::Destination && shared.original_source).then_some(client.0.ip());
     // Inbound, the pod's AuthorizationPolicies: a TCP chain's connection is decided here, once
     // (Envoy's network RBAC filter), an HTTP chain's requests one by one.
     let authz = match reporter {
@@ -482,6 +485,7 @@ pub async fn dispatch(
                 chain: &chain.name,
                 orig_dst,
                 client,
+                original_source,
             };
             tcp::proxy(shared, conn, route, stream).await
         }
@@ -508,6 +512,7 @@ pub async fn dispatch(
                     current: current_policies(&shared.store),
                     stats: shared.metrics.rbac_http(&hcm.stat_prefix),
                 }),
+                original_source,
             };
             if let Err(e) = shared.http.serve(conn).await {
                 tracing::debug!(listener = %listener.name, %client, "HTTP connection ended: {e}");
@@ -615,6 +620,7 @@ pub(crate) mod testing {
             workload,
             http,
             identity: Arc::new(crate::identity::Store::default()),
+            original_source: false,
         })
     }
 

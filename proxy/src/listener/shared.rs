@@ -23,6 +23,10 @@ pub struct Shared {
     pub http: Arc<ConnectionManager>,
     /// The workload certificate (empty without a CA): chains terminating mutual TLS present it.
     pub identity: Arc<crate::identity::Store>,
+    /// TPROXY interception: inbound connections to the app (ORIGINAL_DST clusters) leave from
+    /// the client's own address, as Istio's `original_src` filter does
+    /// ([`crate::dial::ClusterDialer::with_original_source`]).
+    pub original_source: bool,
 }
 
 impl Shared {

@@ -77,6 +77,9 @@ pub struct Conn<'a> {
     pub orig_dst: OrigDstAddr,
     /// Who the client is.
     pub client: ClientAddr,
+    /// The client's address, when an ORIGINAL_DST cluster's connection leaves from it (TPROXY
+    /// inbound, [`crate::dial::ClusterDialer::with_original_source`]).
+    pub original_source: Option<std::net::IpAddr>,
 }
 
 /// Proxies `downstream` to the route's cluster. Records Envoy-style counters (listener,
@@ -92,6 +95,7 @@ pub async fn proxy(shared: &Shared, conn: Conn<'_>, route: &TcpRoute, mut downst
         chain,
         orig_dst,
         client,
+        original_source,
     } = conn;
     let cluster = route.pick_cluster();
     let own = shared.own_principal();
@@ -136,7 +140,7 @@ pub async fn proxy(shared: &Shared, conn: Conn<'_>, route: &TcpRoute, mut downst
         tracing::debug!(listener = %listener.name, chain, %orig_dst, %client, "maxConnections reached: connection closed");
         return;
     };
-    let upstream = match cluster.connect(target).await {
+    let upstream = match cluster.connect(target, original_source).await {
         Ok(u) => u,
         Err(e) => {
             refuse(Refusal::UpstreamConnectFailed, "UF");

@@ -17,7 +17,7 @@ pub mod client;
 pub mod limits;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::dial::{ClusterDialer, EndpointStats};
@@ -53,21 +53,31 @@ impl EndpointPools {
     }
 }
 
-/// Pools of ORIGINAL_DST clusters, by (cluster, destination, protocol). Bounded: when full it
-/// starts over (open connections finish; later requests open new ones).
+/// Pools of ORIGINAL_DST clusters, by (cluster, destination, protocol, original source: with
+/// TPROXY each client has its own, since a connection carries its client's address). Bounded:
+/// when full it starts over (open connections finish; later requests open new ones).
 #[derive(Debug, Default)]
 pub struct PassthroughPools {
-    pools: Mutex<HashMap<(String, SocketAddr, bool), EndpointClient>>,
+    pools: Mutex<HashMap<PassthroughKey, EndpointClient>>,
 }
+
+/// (cluster, destination, HTTP/2, original source).
+type PassthroughKey = (String, SocketAddr, bool, Option<IpAddr>);
 
 /// Most destinations [`PassthroughPools`] keeps pools for.
 pub const MAX_PASSTHROUGH_POOLS: usize = 1024;
 
 impl PassthroughPools {
-    /// The pool to `dst` for the cluster `dialer` dials for (HTTP/1.1, or h2c when `http2`).
+    /// The pool to `dst` for the cluster `dialer` dials for (HTTP/1.1, or h2c when `http2`),
+    /// and for its original source ([`ClusterDialer::original_source`]) if it has one.
     pub fn get(&self, dialer: &ClusterDialer, dst: SocketAddr, http2: bool) -> EndpointClient {
         let mut pools = lock(&self.pools);
-        let key = (dialer.cluster().to_string(), dst, http2);
+        let key = (
+            dialer.cluster().to_string(),
+            dst,
+            http2,
+            dialer.original_source(),
+        );
         if let Some(c) = pools.get(&key) {
             return c.clone();
         }

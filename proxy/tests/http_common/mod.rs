@@ -51,6 +51,8 @@ pub struct Behavior {
 /// What an upstream saw of one request.
 #[derive(Clone, Debug)]
 pub struct Seen {
+    /// The connection's peer (who the upstream thinks the client is).
+    pub peer: SocketAddr,
     pub method: String,
     pub uri: String,
     pub version: String,
@@ -116,7 +118,7 @@ pub fn upstream_on(listener: TcpListener, name: &str, behavior: Behavior) -> Ups
     let u = up.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Ok((stream, peer)) = listener.accept().await else {
                 return;
             };
             let u = u.clone();
@@ -125,7 +127,7 @@ pub fn upstream_on(listener: TcpListener, name: &str, behavior: Behavior) -> Ups
                 let svc = hyper::service::service_fn(move |req| {
                     let u = u.clone();
                     let b = b.clone();
-                    async move { Ok::<_, Infallible>(serve(u, b, req).await) }
+                    async move { Ok::<_, Infallible>(serve(u, b, peer, req).await) }
                 });
                 let mut builder =
                     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -140,7 +142,12 @@ pub fn upstream_on(listener: TcpListener, name: &str, behavior: Behavior) -> Ups
     up
 }
 
-async fn serve(u: Upstream, b: Behavior, mut req: Request<Incoming>) -> Response<UpBody> {
+async fn serve(
+    u: Upstream,
+    b: Behavior,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Response<UpBody> {
     u.hits.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_string();
     let version = format!("{:?}", req.version());
@@ -208,6 +215,7 @@ async fn serve(u: Upstream, b: Behavior, mut req: Request<Incoming>) -> Response
         .map(|c| c.to_bytes())
         .unwrap_or_default();
     u.seen.lock().unwrap().push(Seen {
+        peer,
         method: parts.method.to_string(),
         uri: parts.uri.to_string(),
         version: version.clone(),
