@@ -11,8 +11,11 @@
 //! 3. the annotations Istio validates are checked, all at once ([`crate::annotations`]);
 //! 4. the template the pod asks for (`inject.istio.io/templates`, [`crate::templates`]) is
 //!    rendered: `sidecar` (capture and sidecar) or `gateway` (a standalone proxy);
-//! 5. the overlays are merged onto the rendered containers; the app's probes are rewritten and
-//!    its metrics merged (both read by the sidecar from its environment).
+//! 5. the custom templates the pod asks for ([`crate::custom_templates`]) are merged onto the
+//!    rendered `istio-proxy`/`istio-init`, then the pod's overlays; the app's probes are
+//!    rewritten and its metrics merged (both read by the sidecar from its environment);
+//! 6. the rest of each custom template is merged onto the injected pod, in order, and the status
+//!    annotation lists what the injection and the templates added.
 
 use std::collections::BTreeMap;
 
@@ -30,6 +33,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::annotations::Failures;
+use crate::custom_templates::Fragment;
 use crate::names::*;
 use crate::overlay::{Overlays, Overrides};
 use crate::settings::InjectionSettings;
@@ -95,8 +99,9 @@ const CAPTURE_ANNOTATIONS: [&str; 11] = [
 /// ([`crate::resources`]) and image, its user volumes and mounts ([`crate::user_volumes`]),
 /// `prometheus.istio.io/merge-metrics` ([`crate::prometheus`]), the template
 /// ([`crate::templates`]), `sidecar.istio.io/nativeSidecar` ([`crate::native`]) and
-/// `proxy.istio.io/overrides` ([`crate::overlay`]). Any other bad annotation adds a warning and
-/// its default is used.
+/// `proxy.istio.io/overrides` ([`crate::overlay`]); so does a custom template that cannot be
+/// merged onto this pod ([`crate::custom_templates`]). Any other bad annotation adds a warning
+/// and its default is used.
 ///
 /// The patch is against the pod as typed; [`inject_onto`] makes it against the object as the
 /// API server sent it.
@@ -120,7 +125,18 @@ pub fn inject_onto(
 
     // --- the annotations Istio validates: any invalid one refuses the pod -----------------
     let mut failures = Failures::default();
-    let template = crate::templates::read(&annotations, &mut failures);
+    let selection = crate::templates::read(&annotations, &settings.templates, &mut failures);
+    let template = selection.template;
+    let custom: Vec<(&str, &Fragment)> = selection
+        .custom
+        .iter()
+        .filter_map(|n| settings.templates.get_key_value(n.as_str()))
+        .map(|(n, f)| (n.as_str(), f))
+        .collect();
+    let templates_value = annotations
+        .get(ANNOTATION_TEMPLATES)
+        .map(String::as_str)
+        .unwrap_or_default();
     let gateway = template == Template::Gateway;
     let native_choice = crate::native::annotation(&annotations, &mut failures);
     let recorded = recorded_overrides(&annotations, &mut failures);
@@ -293,7 +309,30 @@ pub fn inject_onto(
         });
     }
 
-    // The pod's own containers over the rendered ones, then what Istio adds after merging.
+    // The custom templates' entries for the injected containers, in order, then the pod's own
+    // containers over the result (Istio re-applies the pod's containers after its templates),
+    // then what Istio adds after merging.
+    let mut merged = Failures::default();
+    let (mut proxy_templated, mut init_templated) = (false, false);
+    for (name, fragment) in &custom {
+        for entry in fragment.containers_named(SIDECAR_CONTAINER_NAME) {
+            merge_template(&mut sidecar, entry, name, templates_value, &mut merged);
+            proxy_templated = true;
+        }
+        if let Some(init) = init.as_mut() {
+            for entry in fragment.containers_named(INIT_CONTAINER_NAME) {
+                merge_template(init, entry, name, templates_value, &mut merged);
+                init_templated = true;
+            }
+        }
+    }
+    let custom_names = || {
+        custom
+            .iter()
+            .map(|(n, _)| format!("{n:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     if let Some(overlay) = &overlays.proxy {
         merge_onto(&mut sidecar, overlay, &mut warnings);
         adjust_proxy_user(overlay, mode, &mut sidecar, init.as_mut(), &mut warnings);
@@ -301,14 +340,27 @@ pub fn inject_onto(
     if let (Some(overlay), Some(init)) = (&overlays.init, init.as_mut()) {
         merge_onto(init, overlay, &mut warnings);
     }
-    // A request of the pod's own container over an injected limit (or the other way round):
-    // refused here, naming both, rather than by the API server.
-    let mut merged = Failures::default();
-    for (c, own) in [
-        (Some(&sidecar), &overlays.proxy),
-        (init.as_ref(), &overlays.init),
+    // A request of the pod's own container (or of a custom template) over an injected limit (or
+    // the other way round): refused here, naming both, rather than by the API server.
+    for (c, own, templated) in [
+        (Some(&sidecar), overlays.proxy.is_some(), proxy_templated),
+        (init.as_ref(), overlays.init.is_some(), init_templated),
     ] {
-        let (Some(c), Some(_)) = (c, own) else {
+        let Some(c) = c else {
+            continue;
+        };
+        let what = if own {
+            format!(
+                "container '{}' of the pod, merged onto the injected one",
+                c.name
+            )
+        } else if templated {
+            format!(
+                "container '{}', merged with the custom template(s) {}",
+                c.name,
+                custom_names()
+            )
+        } else {
             continue;
         };
         for (resource, req, lim) in c
@@ -320,10 +372,8 @@ pub fn inject_onto(
             merged.add_line(
                 &c.name,
                 format!(
-                    "container '{}' of the pod, merged onto the injected one: the {resource} \
-                     request {req} is more than the {resource} limit {lim} (Kubernetes refuses \
-                     a request above its limit; set both)",
-                    c.name
+                    "{what}: the {resource} request {req} is more than the {resource} limit \
+                     {lim} (Kubernetes refuses a request above its limit; set both)"
                 ),
             );
         }
@@ -344,7 +394,8 @@ pub fn inject_onto(
         init_names.push(SIDECAR_CONTAINER_NAME.to_owned());
     }
     let pull_secrets = &settings.image_pull_secrets;
-    let status = SidecarStatus {
+    let has_init = init.is_some();
+    let mut status = SidecarStatus {
         // As Istio writes it: `null` when nothing is injected there (NONE without native).
         init_containers: (!init_names.is_empty()).then_some(init_names),
         containers: (!native).then(|| vec![SIDECAR_CONTAINER_NAME.to_owned()]),
@@ -379,12 +430,6 @@ pub fn inject_onto(
     );
 
     let annotations_out = out.metadata.annotations.get_or_insert_with(BTreeMap::new);
-    set(
-        annotations_out,
-        ANNOTATION_STATUS,
-        serde_json::to_string(&status).unwrap_or_default(),
-        Set::Always,
-    );
     // The gateway template names a default container only when there is exactly one app
     // container; the sidecar template the first of them.
     if let Some(first) = app_containers.first()
@@ -438,7 +483,12 @@ pub fn inject_onto(
         .chain(spec.init_containers.iter().flatten())
         .collect();
     let listed = stripped.volumes();
-    let injected: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+    // The custom templates' volumes are injected again too (appended by the templates below).
+    let injected: Vec<&str> = volumes
+        .iter()
+        .map(|v| v.name.as_str())
+        .chain(custom.iter().flat_map(|(_, f)| f.volume_names()))
+        .collect();
     let kept: Vec<Volume> = pod
         .spec
         .iter()
@@ -461,12 +511,107 @@ pub fn inject_onto(
         }
     }
 
+    // --- the custom templates, in order, merged onto the injected pod -----------------------
+    let mut added = crate::custom_templates::Added::default();
+    let mut templated = Failures::default();
+    let injected_containers: Vec<&str> = std::iter::once(SIDECAR_CONTAINER_NAME)
+        .chain(has_init.then_some(INIT_CONTAINER_NAME))
+        .collect();
+    let mut touched = Vec::new();
+    for (name, fragment) in &custom {
+        match crate::custom_templates::apply(&mut out, fragment, &injected_containers, &mut added) {
+            Ok(names) => touched.extend(names),
+            Err(e) => templated.add(
+                ANNOTATION_TEMPLATES,
+                templates_value,
+                format!("template {name:?}: {e}"),
+            ),
+        }
+    }
+    // Checked once all are merged: a later template may set what an earlier one left over.
+    check_templated(&out, &touched, &custom_names(), &mut templated);
+    templated.into_result(())?;
+    add_names(&mut status.init_containers, added.init_containers);
+    add_names(&mut status.containers, added.containers);
+    add_names(&mut status.volumes, added.volumes);
+    add_names(&mut status.image_pull_secrets, added.image_pull_secrets);
+    set(
+        out.metadata.annotations.get_or_insert_with(BTreeMap::new),
+        ANNOTATION_STATUS,
+        serde_json::to_string(&status).unwrap_or_default(),
+        Set::Always,
+    );
+
     let typed = to_value(pod);
     let ops = crate::patch::rebase(raw.unwrap_or(&typed), &typed, &to_value(&out));
     Ok(Injection {
         patch: Patch(ops),
         warnings,
     })
+}
+
+/// Merges a custom template's entry for an injected container onto it
+/// ([`crate::overlay::merge_container_value`]); one that cannot be merged refuses the pod.
+fn merge_template(
+    injected: &mut Container,
+    entry: &Value,
+    template: &str,
+    value: &str,
+    failures: &mut Failures,
+) {
+    match crate::overlay::merge_container_value(injected, entry) {
+        Ok(merged) => *injected = merged,
+        Err(e) => failures.add(
+            ANNOTATION_TEMPLATES,
+            value,
+            format!(
+                "template {template:?}: container {:?} cannot be merged: {e}",
+                injected.name
+            ),
+        ),
+    }
+}
+
+/// The containers the custom templates (`templates`, their names as a list) merged or added,
+/// checked as the pod's own overlays are: a request above its limit refuses the pod, naming the
+/// templates.
+fn check_templated(pod: &Pod, touched: &[String], templates: &str, failures: &mut Failures) {
+    let Some(spec) = pod.spec.as_ref() else {
+        return;
+    };
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .filter(|c| touched.contains(&c.name))
+    {
+        for (resource, req, lim) in c
+            .resources
+            .as_ref()
+            .map(crate::resources::requests_above_limits)
+            .unwrap_or_default()
+        {
+            failures.add_line(
+                &c.name,
+                format!(
+                    "container '{}', merged with the custom template(s) {templates}: the \
+                     {resource} request {req} is more than the {resource} limit {lim} \
+                     (Kubernetes refuses a request above its limit; set both)",
+                    c.name
+                ),
+            );
+        }
+    }
+}
+
+/// Adds `names` to a list of `sidecar.istio.io/status` (made when absent), each once.
+fn add_names(list: &mut Option<Vec<String>>, names: Vec<String>) {
+    for name in names {
+        let l = list.get_or_insert_with(Vec::new);
+        if !l.contains(&name) {
+            l.push(name);
+        }
+    }
 }
 
 /// The pod's `proxy.istio.io/overrides` (what it declared for `istio-proxy`/`istio-init` when

@@ -9,6 +9,7 @@
 pub mod annotations;
 pub mod app;
 pub mod canonical;
+pub mod custom_templates;
 pub mod decide;
 pub mod error;
 pub mod inject;

@@ -132,8 +132,17 @@ pub fn take(pod: &mut Pod, with_init: bool, warnings: &mut Vec<String>) -> Overl
 
 /// `overlay` (the pod's own container) merged onto `injected`, as the module doc says.
 pub fn merge_container(injected: &Container, overlay: &Container) -> Result<Container, String> {
+    let patch = serde_json::to_value(overlay).map_err(|e| e.to_string())?;
+    merge_container_value(injected, &patch)
+}
+
+/// [`merge_container`] with the overlay as JSON, for an overlay that is not a whole container
+/// (a custom template's fragment, [`crate::custom_templates`]): only the fields it writes are
+/// merged (a typed container would add the defaults of its required fields, such as a probe's
+/// `port: 0`).
+pub fn merge_container_value(injected: &Container, overlay: &Value) -> Result<Container, String> {
     let mut base = serde_json::to_value(injected).map_err(|e| e.to_string())?;
-    let mut patch = serde_json::to_value(overlay).map_err(|e| e.to_string())?;
+    let mut patch = overlay.clone();
     if let Value::Object(p) = &mut patch
         && p.get("image")
             .and_then(Value::as_str)

@@ -105,6 +105,10 @@ pub struct InjectionSettings {
     /// Secrets added to every injected pod's `imagePullSecrets` (Istio's
     /// `global.imagePullSecrets`), for pulling the sidecar's image from a private registry.
     pub image_pull_secrets: Vec<String>,
+    /// Custom injection templates (Istio's `sidecarInjectorWebhook.templates`), static pod
+    /// fragments a pod selects with `inject.istio.io/templates`. See
+    /// [`crate::custom_templates`].
+    pub templates: crate::custom_templates::Templates,
 }
 
 /// Every key's default; `image` is only a placeholder (for tests and benchmarks): the settings
@@ -146,6 +150,7 @@ impl Default for InjectionSettings {
             rewrite_app_http_probe: true,
             enable_prometheus_merge: true,
             image_pull_secrets: Vec::new(),
+            templates: crate::custom_templates::Templates::new(),
         }
     }
 }
@@ -182,6 +187,7 @@ pub const KEYS: &[&str] = &[
     "rewriteAppHTTPProbe",
     "enablePrometheusMerge",
     "imagePullSecrets",
+    crate::custom_templates::KEY,
 ];
 
 /// The most sidecar worker threads a setting or a pod may ask for (more than any node has cores).
@@ -364,6 +370,11 @@ impl InjectionSettings {
                     s.proxy_metadata =
                         parse_proxy_metadata(value).map_err(|e| Error::setting(key, e))?
                 }
+                crate::custom_templates::KEY => {
+                    // The raw value: a YAML block's indentation is part of it.
+                    s.templates =
+                        crate::custom_templates::parse(raw).map_err(|e| Error::setting(key, e))?
+                }
                 "logLevel" => {
                     let v = non_empty()?;
                     if v.chars().any(char::is_whitespace) {
@@ -413,7 +424,7 @@ impl InjectionSettings {
 
     /// Loads settings from a YAML or JSON file holding either a flat map of the keys or a whole
     /// ConfigMap manifest (its `data` is used). Scalars (numbers, booleans) are accepted as
-    /// their text.
+    /// their text, and `templates` also as a mapping.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
             path: path.to_owned(),
@@ -465,6 +476,11 @@ impl InjectionSettings {
                 serde_norway::Value::String(s) => s.clone(),
                 serde_norway::Value::Bool(b) => b.to_string(),
                 serde_norway::Value::Number(n) => n.to_string(),
+                // The custom templates may be written as the mapping they are (not only as a
+                // string holding it): read back as JSON, checked as the ConfigMap's value.
+                serde_norway::Value::Mapping(_) if key == crate::custom_templates::KEY => {
+                    serde_json::to_string(v).map_err(|e| Error::setting(key, e.to_string()))?
+                }
                 _ => {
                     return Err(Error::setting(
                         key,
@@ -813,6 +829,61 @@ mod tests {
                 .to_string();
             assert!(e.contains(key) && e.contains(names), "{key}={value}: {e}");
         }
+    }
+
+    #[test]
+    fn custom_templates_are_read_and_checked_naming_the_key_and_template() {
+        let value = r#"{"custom": {"metadata": {"labels": {"x": "y"}}, "spec": {"containers": [{"name": "istio-proxy", "env": [{"name": "FOO", "value": "bar"}]}]}}}"#;
+        let s =
+            InjectionSettings::from_map(&map(&[("image", "proxy"), ("templates", value)])).unwrap();
+        assert_eq!(s.templates.keys().collect::<Vec<_>>(), ["custom"]);
+        assert!(InjectionSettings::default().templates.is_empty());
+        // The chart's default, and a YAML block as a ConfigMap value.
+        for empty in ["{}", ""] {
+            let s = InjectionSettings::from_map(&map(&[("image", "proxy"), ("templates", empty)]))
+                .unwrap();
+            assert!(s.templates.is_empty());
+        }
+        let block = "custom:\n  metadata:\n    labels: {x: y}\n";
+        let s =
+            InjectionSettings::from_map(&map(&[("image", "proxy"), ("templates", block)])).unwrap();
+        assert!(s.templates.contains_key("custom"));
+        // A settings file may write the mapping itself.
+        let file = InjectionSettings::from_yaml(
+            "image: a/b:1\ntemplates:\n  custom:\n    metadata: {labels: {x: y}}\n    spec:\n      containers:\n      - name: istio-proxy\n        env: [{name: FOO, value: bar}]\n",
+        )
+        .unwrap();
+        assert_eq!(file.templates, s_with(value).templates);
+        assert!(InjectionSettings::from_yaml("image: a/b:1\nlogLevel: {a: b}\n").is_err());
+
+        for (value, says) in [
+            (r#"{"sidecar": {}}"#, "template \"sidecar\" is built in"),
+            (
+                r#"{"my_template": {}}"#,
+                "template name \"my_template\" is not a DNS-1123 label",
+            ),
+            (
+                r#"{"custom": {"kind": "Pod"}}"#,
+                "template \"custom\": kind: not allowed",
+            ),
+            (
+                r#"{"custom": {"spec": {"containers": [{"name": "istio-proxy", "image": "{{ .ProxyImage }}"}]}}}"#,
+                "rustmesh's templates are static pod fragments",
+            ),
+            ("[custom]", "not a mapping of template names"),
+        ] {
+            let e = InjectionSettings::from_map(&map(&[("image", "proxy"), ("templates", value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("injection setting `templates`: ") && e.contains(says),
+                "{value}: {e}"
+            );
+        }
+    }
+
+    fn s_with(templates: &str) -> InjectionSettings {
+        InjectionSettings::from_map(&map(&[("image", "a/b:1"), ("templates", templates)])).unwrap()
     }
 
     #[test]

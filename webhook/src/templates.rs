@@ -1,5 +1,5 @@
-//! `inject.istio.io/templates`: which of Istio's injection templates a pod gets. rustmesh has two,
-//! built in (its settings have no templates of their own):
+//! `inject.istio.io/templates`: which of Istio's injection templates a pod gets. rustmesh has two
+//! built in, and the custom ones of its `templates` setting ([`crate::custom_templates`]):
 //!
 //! * `sidecar` (the default): `istio-init` captures the pod's traffic and `istio-proxy` runs
 //!   next to the app;
@@ -8,16 +8,20 @@
 //!   captured, `istio-proxy` is the pod's main container, usually declared by the pod itself
 //!   with `image: auto` ([`crate::overlay`]).
 //!
-//! The value is read as Istio reads it: a comma-separated list, each name trimmed. A name that is
+//! The value is read as Istio reads it: a comma-separated list, each name trimmed, a name given
+//! twice counted once. It holds at most one built-in template (none: `sidecar`, Istio's
+//! default) and any custom templates, which are merged onto the built-in one's result in the
+//! order written (the built-in one is rendered first wherever it is written). A name that is
 //! not a template **refuses the pod**, with Istio's words (`requested template "x" not found;
-//! have gateway, sidecar`), and so does a list of two different templates (Istio would apply
-//! them one over the other; rustmesh does not combine templates): a typo never falls back to
+//! have custom, gateway, sidecar`), and so does a list of the two built-in templates (Istio
+//! would apply one over the other; rustmesh does not combine them): a typo never falls back to
 //! `sidecar` silently.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::annotations::Failures;
+use crate::custom_templates::Templates;
 use crate::names::ANNOTATION_TEMPLATES;
 
 /// An injection template.
@@ -52,63 +56,96 @@ impl fmt::Display for Template {
     }
 }
 
-/// The pod's template (see the module doc); an invalid annotation is added to `failures` and
-/// the default is returned.
-pub fn read(annotations: &BTreeMap<String, String>, failures: &mut Failures) -> Template {
+/// What `inject.istio.io/templates` selects: one built-in template and the custom templates
+/// merged onto its result, in the order written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// The built-in template (`sidecar` when the value names none).
+    pub template: Template,
+    /// The custom templates ([`crate::custom_templates`]), in the order written, each once.
+    pub custom: Vec<String>,
+}
+
+/// The pod's templates (see the module doc); `custom` are the settings' custom templates. An
+/// invalid annotation is added to `failures` and the default (`sidecar` alone) is returned.
+pub fn read(
+    annotations: &BTreeMap<String, String>,
+    custom: &Templates,
+    failures: &mut Failures,
+) -> Selection {
     let Some(value) = annotations.get(ANNOTATION_TEMPLATES) else {
-        return Template::Sidecar;
+        return Selection::default();
     };
-    let known = || KNOWN.map(|(n, _)| n).join(", ");
+    let known = || {
+        let mut names: Vec<&str> = KNOWN.iter().map(|(n, _)| *n).collect();
+        names.extend(custom.keys().map(String::as_str));
+        names.sort_unstable();
+        names.join(", ")
+    };
+    let built_in = || KNOWN.map(|(n, _)| n).join(", ");
     let mut chosen: Vec<Template> = Vec::new();
+    let mut selection = Selection::default();
     for name in value.split(',').map(str::trim) {
-        match KNOWN.iter().find(|(n, _)| *n == name) {
-            Some((_, t)) => {
-                if !chosen.contains(t) {
-                    chosen.push(*t);
-                }
+        if let Some((_, t)) = KNOWN.iter().find(|(n, _)| *n == name) {
+            if !chosen.contains(t) {
+                chosen.push(*t);
             }
-            None => {
-                failures.add(
-                    ANNOTATION_TEMPLATES,
-                    value,
-                    format!("requested template {name:?} not found; have {}", known()),
-                );
-                return Template::Sidecar;
+        } else if custom.contains_key(name) {
+            if !selection.custom.iter().any(|c| c == name) {
+                selection.custom.push(name.to_owned());
             }
+        } else {
+            failures.add(
+                ANNOTATION_TEMPLATES,
+                value,
+                format!("requested template {name:?} not found; have {}", known()),
+            );
+            return Selection::default();
         }
     }
     match chosen.as_slice() {
-        [one] => *one,
+        [] => {}
+        [one] => selection.template = *one,
         _ => {
             failures.add(
                 ANNOTATION_TEMPLATES,
                 value,
                 format!(
-                    "templates {} together are not implemented by rustmesh; give one of {}",
+                    "templates {} together are not implemented by rustmesh; give at most one of \
+                     {} (with any custom templates)",
                     chosen
                         .iter()
                         .map(|t| t.name())
                         .collect::<Vec<_>>()
                         .join(" and "),
-                    known()
+                    built_in()
                 ),
             );
-            Template::Sidecar
+            return Selection::default();
         }
     }
+    selection
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::custom_templates::{Fragment, parse};
 
-    fn template(value: Option<&str>) -> Result<Template, Vec<String>> {
+    fn select(value: Option<&str>, custom: &Templates) -> Result<Selection, Vec<String>> {
         let annotations = value
             .map(|v| [(ANNOTATION_TEMPLATES.to_owned(), v.to_owned())].into())
             .unwrap_or_default();
         let mut failures = Failures::default();
-        let t = read(&annotations, &mut failures);
+        let t = read(&annotations, custom, &mut failures);
         failures.into_result(t).map_err(|e| e.0)
+    }
+
+    fn template(value: Option<&str>) -> Result<Template, Vec<String>> {
+        select(value, &Templates::new()).map(|s| {
+            assert!(s.custom.is_empty());
+            s.template
+        })
     }
 
     #[test]
@@ -141,10 +178,41 @@ mod tests {
             template(Some("sidecar,gateway")),
             Err(vec![
                 "invalid value 'sidecar,gateway' for annotation 'inject.istio.io/templates': \
-                 templates sidecar and gateway together are not implemented by rustmesh; give one \
-                 of gateway, sidecar"
+                 templates sidecar and gateway together are not implemented by rustmesh; give at \
+                 most one of gateway, sidecar (with any custom templates)"
                     .to_owned()
             ])
         );
+    }
+
+    #[test]
+    fn custom_templates_follow_the_built_in_one_in_the_order_written() {
+        let custom = parse(r#"{"custom": {}, "extra": {}}"#).unwrap();
+        assert_eq!(custom["custom"], Fragment::default());
+        let selected = |v| select(Some(v), &custom);
+        let s = selected("sidecar,custom").unwrap();
+        assert_eq!(
+            (s.template, s.custom),
+            (Template::Sidecar, vec!["custom".to_owned()])
+        );
+        let s = selected("extra, custom,extra").unwrap();
+        assert_eq!(s.template, Template::Sidecar, "sidecar when none is named");
+        assert_eq!(s.custom, ["extra", "custom"]);
+        let s = selected("custom,gateway").unwrap();
+        assert_eq!(
+            (s.template, s.custom),
+            (Template::Gateway, vec!["custom".to_owned()])
+        );
+        assert_eq!(
+            selected("sidecar,custom,spire"),
+            Err(vec![
+                "invalid value 'sidecar,custom,spire' for annotation 'inject.istio.io/templates': \
+                 requested template \"spire\" not found; have custom, extra, gateway, sidecar"
+                    .to_owned()
+            ])
+        );
+        assert!(selected("gateway,custom,sidecar").unwrap_err()[0].contains("together"));
+        // Without the setting, a custom name is unknown.
+        assert!(select(Some("custom"), &Templates::new()).is_err());
     }
 }

@@ -2411,3 +2411,310 @@ fn an_overlay_request_above_the_injected_limit_refuses_the_pod() {
     let (_, resp, outcome) = review_applied(&doc, &defaults());
     assert_eq!(outcome, Outcome::Injected, "{resp}");
 }
+
+// --- custom templates: the `templates` setting and inject.istio.io/templates ------------------
+
+/// Settings with the custom templates `value` (the `templates` key, as the ConfigMap holds it).
+fn with_templates(value: &str) -> InjectionSettings {
+    let data = [
+        ("image".to_owned(), defaults().image),
+        ("templates".to_owned(), value.to_owned()),
+    ]
+    .into();
+    InjectionSettings::from_map(&data).expect("valid templates")
+}
+
+/// The brief's example: an env var on istio-proxy and a label.
+const CUSTOM: &str = r#"{"custom": {"metadata": {"labels": {"x": "y"}}, "spec": {"containers": [{"name": "istio-proxy", "env": [{"name": "FOO", "value": "bar"}]}]}}}"#;
+
+/// A custom template adds an env var to `istio-proxy` (wherever it is injected: first container
+/// or native sidecar) and a label; the rest is the `sidecar` template's; injecting the result
+/// again changes nothing.
+#[test]
+fn a_custom_template_adds_an_env_var_to_istio_proxy_and_a_label() {
+    let settings = with_templates(CUSTOM);
+    let native = InjectionSettings {
+        native_sidecars: NativeSidecars::On,
+        ..settings.clone()
+    };
+    for (value, settings) in [
+        ("custom", &settings),
+        ("sidecar,custom", &settings),
+        ("sidecar, custom", &native),
+    ] {
+        let doc = bare_pod_with(&[("inject.istio.io/templates", value)]);
+        let (object, resp, outcome) = review_applied(&doc, settings);
+        assert_eq!(outcome, Outcome::Injected, "{value}: {resp}");
+        assert!(warnings_of(&resp).is_empty(), "{value}: {resp}");
+        let pod = pod_of(&object);
+        let e = env(proxy_of(&pod));
+        assert_eq!(e["FOO"], "bar", "{value}");
+        assert!(
+            e.contains_key("ISTIO_META_APP_CONTAINERS"),
+            "the sidecar's own env is kept"
+        );
+        let labels = pod.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels["x"], "y");
+        assert_eq!(labels["security.istio.io/tlsMode"], "istio");
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.init_containers.as_ref().unwrap()[0].name, "istio-init");
+        assert_eq!(
+            !settings.use_native_sidecars(),
+            spec.containers[0].name == "istio-proxy"
+        );
+        // The template added no container or volume: the status is the sidecar's.
+        let st = status(&pod);
+        assert_eq!(
+            st.volumes.unwrap(),
+            status(&inject_bare_pod(&[], settings).0).volumes.unwrap()
+        );
+        injects_to_itself(&doc, &object, settings);
+    }
+    // A pod that does not ask for it gets nothing of it.
+    let (pod, _) = inject_bare_pod(&[], &settings);
+    assert!(!env(proxy_of(&pod)).contains_key("FOO"));
+    assert!(!pod.metadata.labels.unwrap().contains_key("x"));
+}
+
+/// Custom templates are merged after the built-in one, in the order written (the last wins a
+/// field both set); with `gateway` they are merged onto the gateway's proxy.
+#[test]
+fn custom_templates_apply_after_the_built_in_one_in_the_order_written() {
+    let settings = with_templates(
+        r#"{
+        "first": {"metadata": {"labels": {"order": "first", "first": "yes"}},
+                  "spec": {"containers": [{"name": "istio-proxy", "env": [{"name": "FOO", "value": "1"}]}]}},
+        "second": {"metadata": {"labels": {"order": "second"}},
+                   "spec": {"containers": [{"name": "istio-proxy", "env": [{"name": "FOO", "value": "2"}]}]}}
+    }"#,
+    );
+    for (value, last) in [
+        ("sidecar,first,second", "second"),
+        ("sidecar,second,first", "first"),
+        ("second,sidecar,first", "first"),
+        ("first,second", "second"),
+    ] {
+        let (pod, resp) = inject_bare_pod(&[("inject.istio.io/templates", value)], &settings);
+        let labels = pod.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels["order"], last, "{value}: {resp}");
+        assert_eq!(labels["first"], "yes", "{value}");
+        let want = if last == "first" { "1" } else { "2" };
+        assert_eq!(env(proxy_of(&pod))["FOO"], want, "{value}");
+        assert_eq!(
+            names(pod.spec.as_ref().unwrap().init_containers.as_ref().unwrap()),
+            ["istio-init"],
+            "{value}: the sidecar template is the base"
+        );
+    }
+    let mut doc = gateway_pod();
+    doc["request"]["object"]["metadata"]["annotations"]["inject.istio.io/templates"] =
+        json!("gateway,first");
+    let (object, resp, outcome) = review_applied(&doc, &settings);
+    assert_eq!(outcome, Outcome::Injected, "{resp}");
+    let pod = pod_of(&object);
+    assert!(pod.spec.as_ref().unwrap().init_containers.is_none());
+    assert_eq!(env(proxy_of(&pod))["FOO"], "1");
+    assert!(
+        !pod.metadata
+            .labels
+            .as_ref()
+            .unwrap()
+            .contains_key("security.istio.io/tlsMode")
+    );
+}
+
+/// The pod's own `istio-proxy` is merged after the templates (Istio re-applies the pod's
+/// containers last): its value wins.
+#[test]
+fn the_pods_own_istio_proxy_wins_over_a_custom_template() {
+    let settings = with_templates(CUSTOM);
+    let mut doc = with_own_proxy(
+        json!({"name": "istio-proxy", "image": "auto", "env": [{"name": "FOO", "value": "mine"}]}),
+        None,
+    );
+    doc["request"]["object"]["metadata"]["annotations"] =
+        json!({"inject.istio.io/templates": "sidecar,custom"});
+    let (object, resp, outcome) = review_applied(&doc, &settings);
+    assert_eq!(outcome, Outcome::Injected, "{resp}");
+    assert_eq!(env(proxy_of(&pod_of(&object)))["FOO"], "mine");
+    injects_to_itself(&doc, &object, &settings);
+}
+
+/// A template that adds a container, an init container, a volume and a pull secret, and merges
+/// into the app's container: what it added is listed in `sidecar.istio.io/status`, so that
+/// injecting the result again removes it first and gives the same pod.
+#[test]
+fn what_a_custom_template_adds_is_in_the_status_and_reinjection_gives_the_same_pod() {
+    let settings = with_templates(
+        r#"
+log:
+  spec:
+    containers:
+    - name: log-shipper
+      image: fluent/fluent-bit:3
+      volumeMounts: [{name: log-buffer, mountPath: /buffer}]
+    - name: nginx
+      env: [{name: LOG_FORMAT, value: json}]
+    initContainers:
+    - {name: setup, image: busybox:1, command: ["true"]}
+    volumes:
+    - {name: log-buffer, emptyDir: {}}
+    imagePullSecrets:
+    - {name: log-registry}
+    nodeSelector: {disk: ssd}
+"#,
+    );
+    let native = InjectionSettings {
+        native_sidecars: NativeSidecars::On,
+        ..settings.clone()
+    };
+    for settings in [&settings, &native] {
+        let doc = bare_pod_with(&[("inject.istio.io/templates", "log")]);
+        let (object, resp, outcome) = review_applied(&doc, settings);
+        assert_eq!(outcome, Outcome::Injected, "{resp}");
+        let pod = pod_of(&object);
+        let spec = pod.spec.as_ref().unwrap();
+        let nginx = container(&spec.containers, "nginx");
+        assert_eq!(env(nginx)["LOG_FORMAT"], "json");
+        assert_eq!(nginx.image.as_deref(), Some("nginx:1.27"));
+        assert_eq!(spec.containers.last().unwrap().name, "log-shipper");
+        assert_eq!(
+            spec.init_containers.as_ref().unwrap().last().unwrap().name,
+            "setup"
+        );
+        assert_eq!(volume_names(&pod).last().unwrap(), "log-buffer");
+        assert_eq!(spec.node_selector.as_ref().unwrap()["disk"], "ssd");
+        let st = status(&pod);
+        assert!(st.containers.unwrap().contains(&"log-shipper".to_owned()));
+        assert_eq!(st.init_containers.unwrap().last().unwrap(), "setup");
+        assert_eq!(st.volumes.unwrap().last().unwrap(), "log-buffer");
+        assert_eq!(st.image_pull_secrets.unwrap(), ["log-registry"]);
+        injects_to_itself(&doc, &object, settings);
+    }
+}
+
+/// A name that is neither built in nor a custom template refuses the pod, listing every
+/// template (the custom ones too); two built-in ones still refuse it; a template that cannot
+/// be merged onto this pod refuses it naming the template.
+#[test]
+fn an_unknown_custom_template_refuses_the_pod_listing_the_custom_names() {
+    let settings =
+        with_templates(r#"{"custom": {}, "log": {"spec": {"containers": [{"name": "shipper"}]}}}"#);
+    for (value, says) in [
+        (
+            "sidecar,custom,spire",
+            "requested template \"spire\" not found; have custom, gateway, log, sidecar",
+        ),
+        (
+            "gateway,custom,sidecar",
+            "templates gateway and sidecar together are not implemented by rustmesh; give at \
+             most one of gateway, sidecar (with any custom templates)",
+        ),
+        (
+            "log",
+            "template \"log\": spec.containers: container \"shipper\" is not in the pod, so the \
+             template adds it, and it has no image",
+        ),
+    ] {
+        let resp = refused(
+            &bare_pod_with(&[("inject.istio.io/templates", value)]),
+            &settings,
+        );
+        let message = resp["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!(
+                "invalid value '{value}' for annotation 'inject.istio.io/templates': {says}"
+            )),
+            "{message}"
+        );
+    }
+    // Without the setting, `custom` is not a template.
+    let resp = refused(
+        &bare_pod_with(&[("inject.istio.io/templates", "custom")]),
+        &defaults(),
+    );
+    assert!(
+        resp["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("requested template \"custom\" not found; have gateway, sidecar"),
+        "{resp}"
+    );
+}
+
+/// A template asking more CPU of istio-proxy than its injected limit refuses the pod, naming
+/// the template.
+#[test]
+fn a_custom_template_request_above_the_limit_refuses_the_pod() {
+    let settings = with_templates(
+        r#"{"big": {"spec": {"containers": [{"name": "istio-proxy", "resources": {"requests": {"cpu": "3"}}}]}}}"#,
+    );
+    let resp = refused(
+        &bare_pod_with(&[("inject.istio.io/templates", "big")]),
+        &settings,
+    );
+    assert_eq!(
+        resp["status"]["message"],
+        "1 error occurred:\n\t* container 'istio-proxy', merged with the custom template(s) \
+         \"big\": the cpu request 3 is more than the cpu limit 2 (Kubernetes refuses a request \
+         above its limit; set both)\n\n"
+    );
+    // An app container a template merges into is checked the same way, once every template is
+    // merged (a later one may give the limit).
+    let settings = with_templates(
+        r#"{"req": {"spec": {"containers": [{"name": "nginx", "resources": {"requests": {"cpu": "3"}, "limits": {"cpu": "2"}}}]}},
+            "lim": {"spec": {"containers": [{"name": "nginx", "resources": {"limits": {"cpu": "4"}}}]}}}"#,
+    );
+    let resp = refused(
+        &bare_pod_with(&[("inject.istio.io/templates", "req")]),
+        &settings,
+    );
+    assert!(
+        resp["status"]["message"].as_str().unwrap().contains(
+            "container 'nginx', merged with the custom template(s) \"req\": the cpu request 3 is \
+             more than the cpu limit 2"
+        ),
+        "{resp}"
+    );
+    let (pod, _) = inject_bare_pod(&[("inject.istio.io/templates", "req,lim")], &settings);
+    assert_eq!(
+        resources_of(container(&pod.spec.unwrap().containers, "nginx")),
+        ["requests.cpu=3", "limits.cpu=4"]
+    );
+}
+
+/// Bad custom templates make the settings invalid, the error naming the key and the template.
+#[test]
+fn bad_custom_templates_are_refused_naming_the_key() {
+    for (value, says) in [
+        (r#"{"gateway": {}}"#, "template \"gateway\" is built in"),
+        (
+            r#"{"Custom": {}}"#,
+            "template name \"Custom\" is not a DNS-1123 label",
+        ),
+        (
+            r#"{"custom": {"metadata": {"name": "x"}}}"#,
+            "template \"custom\": metadata.name: not allowed; a template sets only \
+             metadata.labels, metadata.annotations and spec",
+        ),
+        (
+            r#"{"custom": {"spec": {"containers": [{"name": "istio-proxy", "image": "{{ annotation .ObjectMeta `sidecar.istio.io/proxyImage` .Values.global.proxy.image }}"}]}}}"#,
+            "rustmesh's templates are static pod fragments, nothing in them is evaluated",
+        ),
+        (
+            r#"{"custom": {"spec": {"containers": [{"name": "istio-proxy", "enf": []}]}}}"#,
+            "template \"custom\": spec.containers[0].enf: not a field of a Kubernetes Pod",
+        ),
+    ] {
+        let data = [
+            ("image".to_owned(), "proxy".to_owned()),
+            ("templates".to_owned(), value.to_owned()),
+        ]
+        .into();
+        let e = InjectionSettings::from_map(&data).unwrap_err().to_string();
+        assert!(
+            e.starts_with("injection setting `templates`: ") && e.contains(says),
+            "{value}: {e}"
+        );
+    }
+}
