@@ -328,7 +328,7 @@ fn check_spec(spec: &Map<String, Value>) -> Result<(), String> {
         format!("{at}: {}", e.inner())
     })?;
     let back = serde_json::to_value(&typed).map_err(|e| format!("spec: {e}"))?;
-    if let Some(path) = unknown_field(&value, &back, "spec") {
+    if let Some(path) = crate::values::unknown_field(&value, &back, "spec") {
         return Err(format!(
             "{path}: not a field of a Kubernetes Pod (the API server would drop it)"
         ));
@@ -367,23 +367,6 @@ fn check_spec(spec: &Map<String, Value>) -> Result<(), String> {
     Ok(())
 }
 
-/// The first field of `written` that `read` (the same document read as a Kubernetes type and
-/// written back) does not have: a field Kubernetes does not know.
-fn unknown_field(written: &Value, read: &Value, path: &str) -> Option<String> {
-    match (written, read) {
-        (Value::Object(w), Value::Object(r)) => w.iter().find_map(|(k, v)| match r.get(k) {
-            None => Some(join(path, k)),
-            Some(back) => unknown_field(v, back, &join(path, k)),
-        }),
-        (Value::Array(w), Value::Array(r)) => w
-            .iter()
-            .zip(r)
-            .enumerate()
-            .find_map(|(i, (v, back))| unknown_field(v, back, &format!("{path}[{i}]"))),
-        _ => None,
-    }
-}
-
 /// A label or annotation key: an optional DNS subdomain prefix and `/`, then a name of at most
 /// 63 letters, digits, `-`, `_` and `.`, starting and ending with a letter or digit.
 fn check_qualified_name(key: &str) -> Result<(), String> {
@@ -391,13 +374,7 @@ fn check_qualified_name(key: &str) -> Result<(), String> {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
     };
-    let name_ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+    let name_ok = !name.is_empty() && crate::settings::is_label_value(name);
     if !name_ok || prefix.is_some_and(|p| crate::values::check_dns_subdomain(p).is_err()) {
         return Err(format!(
             "{key:?} is not a Kubernetes key (an optional DNS subdomain and '/', then at most 63 \

@@ -126,40 +126,12 @@ fn typed<T: DeserializeOwned + serde::Serialize>(
     let parsed: T = serde_path_to_error::deserialize(&input)
         .map_err(|e| format!("{what} {name:?}: at `{}`: {}", e.path(), e.inner()))?;
     let output = serde_json::to_value(&parsed).unwrap_or(Value::Null);
-    if let Some(path) = unknown_field(&input, &output, "") {
+    if let Some(path) = crate::values::unknown_field(&input, &output, "") {
         return Err(format!(
             "{what} {name:?}: unknown field `{path}` (Kubernetes would drop it)"
         ));
     }
     Ok(parsed)
-}
-
-/// The first field of `input` (not `null`) that `output` does not have, as a dotted path.
-fn unknown_field(input: &Value, output: &Value, at: &str) -> Option<String> {
-    let join = |k: &str| {
-        if at.is_empty() {
-            k.to_owned()
-        } else {
-            format!("{at}.{k}")
-        }
-    };
-    match (input, output) {
-        (Value::Object(i), Value::Object(o)) => i.iter().find_map(|(k, v)| {
-            if v.is_null() {
-                return None;
-            }
-            match o.get(k) {
-                None => Some(join(k)),
-                Some(ov) => unknown_field(v, ov, &join(k)),
-            }
-        }),
-        (Value::Array(i), Value::Array(o)) => i
-            .iter()
-            .zip(o)
-            .enumerate()
-            .find_map(|(n, (iv, ov))| unknown_field(iv, ov, &format!("{at}[{n}]"))),
-        _ => None,
-    }
 }
 
 fn volumes(

@@ -9,6 +9,8 @@
 
 use std::net::IpAddr;
 
+use serde_json::Value;
+
 /// Checks a Kubernetes resource quantity (`100m`, `128Mi`, `1.5`, `2e3`, `1Gi`), as the API server
 /// would accept it for `resources.requests`/`limits`. Negative quantities are refused.
 pub fn check_quantity(s: &str) -> Result<(), String> {
@@ -140,6 +142,36 @@ pub fn go_bool(s: &str) -> Option<bool> {
     match s {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// The first field of `input` (not `null`) that `output` does not have, as a dotted path from
+/// `at`: `input` is a document as written, `output` the same read as a Kubernetes type and
+/// written back, so the field is one Kubernetes does not know (and would drop).
+pub fn unknown_field(input: &Value, output: &Value, at: &str) -> Option<String> {
+    let join = |k: &str| {
+        if at.is_empty() {
+            k.to_owned()
+        } else {
+            format!("{at}.{k}")
+        }
+    };
+    match (input, output) {
+        (Value::Object(i), Value::Object(o)) => i.iter().find_map(|(k, v)| {
+            if v.is_null() {
+                return None;
+            }
+            match o.get(k) {
+                None => Some(join(k)),
+                Some(ov) => unknown_field(v, ov, &join(k)),
+            }
+        }),
+        (Value::Array(i), Value::Array(o)) => i
+            .iter()
+            .zip(o)
+            .enumerate()
+            .find_map(|(n, (iv, ov))| unknown_field(iv, ov, &format!("{at}[{n}]"))),
         _ => None,
     }
 }
