@@ -247,11 +247,6 @@ impl ClusterDialer {
         self
     }
 
-    /// The client address connections leave from, if any ([`ClusterDialer::with_original_source`]).
-    pub fn original_source(&self) -> Option<IpAddr> {
-        self.original_source
-    }
-
     /// The same dialer, its pools built with `pool` (the cluster's `idleTimeout` and
     /// `maxRequestsPerConnection`).
     pub fn with_pool_options(mut self, pool: PoolOptions) -> Self {

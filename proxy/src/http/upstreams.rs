@@ -142,13 +142,9 @@ impl ClusterUpstreams {
                     .get::<DownstreamInfo>()
                     .map(|d| d.local)
                     .ok_or_else(|| no_healthy(&c))?;
-                let pool = match self.original_source {
-                    None => self.passthrough.get(c.dialer(), dst, http2),
-                    Some(client) => {
-                        let dialer = c.dialer().clone().with_original_source(Some(client));
-                        self.passthrough.get(&dialer, dst, http2)
-                    }
-                };
+                let pool = self
+                    .passthrough
+                    .get(c.dialer(), dst, http2, self.original_source);
                 (pool, None)
             }
             Kind::Balanced => {

@@ -69,22 +69,30 @@ pub const MAX_PASSTHROUGH_POOLS: usize = 1024;
 
 impl PassthroughPools {
     /// The pool to `dst` for the cluster `dialer` dials for (HTTP/1.1, or h2c when `http2`),
-    /// and for its original source ([`ClusterDialer::original_source`]) if it has one.
-    pub fn get(&self, dialer: &ClusterDialer, dst: SocketAddr, http2: bool) -> EndpointClient {
+    /// its connections opened from `original_source` when set
+    /// ([`ClusterDialer::with_original_source`]).
+    pub fn get(
+        &self,
+        dialer: &ClusterDialer,
+        dst: SocketAddr,
+        http2: bool,
+        original_source: Option<IpAddr>,
+    ) -> EndpointClient {
         let mut pools = lock(&self.pools);
-        let key = (
-            dialer.cluster().to_string(),
-            dst,
-            http2,
-            dialer.original_source(),
-        );
+        let key = (dialer.cluster().to_string(), dst, http2, original_source);
         if let Some(c) = pools.get(&key) {
             return c.clone();
         }
         if pools.len() >= MAX_PASSTHROUGH_POOLS {
             pools.clear();
         }
-        let c = client(dialer, dst, None, http2, None);
+        let c = match original_source {
+            None => client(dialer, dst, None, http2, None),
+            Some(_) => {
+                let dialer = dialer.clone().with_original_source(original_source);
+                client(&dialer, dst, None, http2, None)
+            }
+        };
         pools.insert(key, c.clone());
         c
     }
