@@ -304,6 +304,11 @@ async fn bad_virtual_service(test: &str, ns: &str, bad_name: &str) {
         ctx.cluster_ip(&ns, "reviews").await.unwrap()
     );
 
+    // Both versions in the client's sidecar first: otherwise "all to v1" can pass because v2
+    // is not known yet, before the operator ever accepted the rule.
+    ctx.wait_endpoints(&ns, &pod, "reviews", &ns, HTTP_PORT, 2)
+        .await
+        .unwrap();
     ctx.apply_istio(&ns, ALL_TO_V1).await.unwrap();
     poll(
         "all requests to v1",
@@ -323,6 +328,9 @@ async fn bad_virtual_service(test: &str, ns: &str, bad_name: &str) {
     )
     .await
     .unwrap();
+    // And the operator's verdict on this version: what it accepted is what a refused update
+    // falls back to (an update within one debounce window of it would find nothing to keep).
+    accepted_at_current_generation(&ctx, &ns, "reviews").await;
 
     // Weights adding up to 110: the schema cannot say, the validating webhook (istiod's
     // validation) refuses it at apply, naming the field.
@@ -354,6 +362,32 @@ async fn bad_virtual_service(test: &str, ns: &str, bad_name: &str) {
     )
     .await;
     ctx.delete_namespace(&ns).await;
+}
+
+/// Waits until the VirtualService's status says `Accepted=True` for its current generation.
+async fn accepted_at_current_generation(ctx: &Ctx, ns: &str, name: &str) {
+    let api: Api<VirtualService> = Api::namespaced(ctx.client.clone(), ns);
+    poll(
+        &format!("{name} accepted at its current generation"),
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+        || async {
+            let vs = api.get(name).await.map_err(|e| e.to_string())?;
+            let status = vs.status.unwrap_or_default();
+            let accepted = status.observed_generation >= vs.metadata.generation
+                && status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Accepted" && c.status == "True");
+            if accepted {
+                Ok(Some(()))
+            } else {
+                Err(format!("status {:?}", status.conditions))
+            }
+        },
+    )
+    .await
+    .unwrap();
 }
 
 /// Label on a test namespace the validator is told to skip (see [`skip_validation`]).
