@@ -9,6 +9,8 @@
 //! | | `/ready` | `LIVE` 200 once a configuration is loaded; `PRE_INITIALIZING` / `DRAINING` 503 |
 //! | | `/certs` | the workload certificate and the mesh root (Envoy's shape; never the key) |
 //! | | `/quitquitquit` (POST) | drain and exit, like SIGTERM |
+//! | | `/logging` | log levels (`active loggers:` lines); POST `?level=L`, `?<logger>=L`, `?paths=a:L,b:L` changes them ([`crate::logging`]) |
+//! | | `/server_info` | `{"version", "state", "configVersion"}`: the build, readiness word and the `versionInfo` serving |
 //! | 0.0.0.0:15021 | `/healthz/ready` | 200 once a configuration is loaded (and, with a mesh CA, a valid workload certificate is held) and while not draining |
 //! | 0.0.0.0:15090 | `/stats/prometheus` | every metric, Prometheus text |
 
@@ -243,6 +245,8 @@ pub fn handle(
             state.identity.as_deref(),
             std::time::SystemTime::now(),
         )),
+        (Endpoints::Admin, &Method::GET | &Method::POST, "/logging") => logging(req),
+        (Endpoints::Admin, &Method::GET, "/server_info") => json_response(&server_info(state)),
         (Endpoints::Admin, &Method::POST, "/quitquitquit") => {
             state.quit.notify_one();
             text(StatusCode::OK, "OK\n")
@@ -250,11 +254,63 @@ pub fn handle(
         (Endpoints::Admin, &Method::GET, "/") => text(
             StatusCode::OK,
             "rustmesh sidecar admin\n  /config_dump\n  /listeners[?format=json]\n  /clusters[?format=json]\n  \
-             /stats[?filter=<regex>]\n  /stats/prometheus\n  /ready\n  POST /quitquitquit\n",
+             /stats[?filter=<regex>]\n  /stats/prometheus\n  /ready\n  /certs\n  /server_info\n  \
+             /logging (POST ?level=<level> or ?<logger>=<level> to change)\n  POST /quitquitquit\n",
         ),
         (_, &Method::GET, _) => text(StatusCode::NOT_FOUND, "not found\n"),
         _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
     }
+}
+
+/// `/logging`, as Envoy's: without a query the levels (GET or POST); with one (POST only) the
+/// changes it asks for, all or none, then the levels. An unknown level or logger is a 400
+/// naming it.
+fn logging(req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let Some(control) = crate::logging::installed() else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "log levels cannot be read or changed: this process installed no logging control \
+             (the proxy binary does at start)\n",
+        );
+    };
+    let params: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    if params.is_empty() {
+        return text(StatusCode::OK, control.listing());
+    }
+    if req.method() != Method::POST {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "changing log levels needs POST (POST /logging?level=<level> or ?<logger>=<level>)\n",
+        );
+    }
+    let changes =
+        match crate::logging::parse_changes(params.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+            Ok(c) => c,
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("error: {e}\n")),
+        };
+    match control.apply(&changes) {
+        Ok(()) => {
+            tracing::info!(filter = control.filter(), "log levels changed");
+            text(StatusCode::OK, control.listing())
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("error: {e}\n")),
+    }
+}
+
+/// `/server_info`, a subset of Envoy's: this build's version, the readiness word (`LIVE`,
+/// `DRAINING`, `PRE_INITIALIZING`, `NO_CERTIFICATE`) and, a rustmesh addition, the `versionInfo`
+/// of the configuration serving (`null` before the first), which `rustmeshctl proxy-status`
+/// compares with what the operator wrote.
+pub fn server_info(state: &AdminState) -> Value {
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "state": readiness(state).1,
+        "configVersion": state.store.load().map(|s| s.version().to_string()),
+    })
 }
 
 fn not_loaded() -> Response<Full<Bytes>> {

@@ -36,6 +36,7 @@ pub mod http;
 pub mod identity;
 pub mod jwt;
 pub mod listener;
+pub mod logging;
 pub mod merge_metrics;
 pub mod metrics;
 pub mod pool;

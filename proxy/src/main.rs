@@ -31,14 +31,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    // RUST_LOG (else `info`) is the starting filter; the admin API's `/logging` changes it.
+    rustmesh_proxy::logging::init(std::io::stderr, std::io::stderr().is_terminal());
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
