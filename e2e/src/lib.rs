@@ -10,6 +10,7 @@
 //! the operator's pod), so they run one at a time.
 #![forbid(unsafe_code)]
 
+pub mod prometheus;
 pub mod sample;
 
 use k8s_openapi::api::apps::v1::Deployment;
