@@ -15,7 +15,9 @@
 //! - [`Prometheus::query`] is `/api/v1/query` (an instant query): one `(labels, value)` per
 //!   series; [`Prometheus::wait_for`] polls a query until a predicate holds.
 //! - Dropping the handle kills the server. When the thread is panicking (a failed test) its log
-//!   is printed and its directory kept for inspection; otherwise the directory is removed.
+//!   is printed and its directory kept for inspection; otherwise the directory is removed. The
+//!   server also gets a parent-death signal (`setpriv --pdeathsig KILL`), so a test process
+//!   killed outright leaves no server behind; it ends with the thread that started it.
 //!
 //! The HTTP client is a few lines of HTTP/1.0 over a TCP stream (the answer is read to the end
 //! of the connection, never chunked), so the suite needs no HTTP client crate.
@@ -423,9 +425,23 @@ fn config(dir: &Path, interval: Duration) -> String {
     .join("\n")
 }
 
+/// util-linux's `setpriv`, used to give the server a parent-death signal.
+const SETPRIV: &str = "/usr/bin/setpriv";
+
 fn spawn(dir: &Path, addr: SocketAddr) -> std::io::Result<Child> {
     let log = File::create(dir.join("prometheus.log"))?;
-    Command::new(PROMETHEUS_BIN)
+    // A test process killed outright (a CI time-out's SIGKILL) runs no Drop: through
+    // `setpriv --pdeathsig KILL` (which then execs it, same pid) the kernel kills the server
+    // when the thread that started it ends, so none is left behind. Without setpriv, a plain
+    // child (killed by Drop only).
+    let mut command = if Path::new(SETPRIV).is_file() {
+        let mut c = Command::new(SETPRIV);
+        c.args(["--pdeathsig", "KILL", "--", PROMETHEUS_BIN]);
+        c
+    } else {
+        Command::new(PROMETHEUS_BIN)
+    };
+    command
         .arg(format!(
             "--config.file={}",
             dir.join("prometheus.yml").display()

@@ -3,7 +3,8 @@
 //! HTTP server this test runs (serving an `istio_requests_total` counter that grows with every
 //! scrape and an `istio_request_duration_milliseconds` histogram, in Prometheus text), and
 //! queried with Kiali's graph query. Then the targets are changed without a restart, and the
-//! server is gone once the handle is dropped.
+//! server is gone once the handle is dropped, or once the thread that started it ends (a test
+//! process killed outright leaves no server behind).
 //!
 //! Skips with a printed reason when `/usr/bin/prometheus` is missing (`scripts/install-deps.sh`
 //! as root installs Debian's), unless `RUSTMESH_E2E=1`: then it fails instead.
@@ -304,5 +305,47 @@ async fn prometheus_wait_for_names_a_target_that_is_down() {
         err.contains("http://127.0.0.1:1/stats/prometheus down")
             && err.contains("connection refused"),
         "the targets' health and last error are part of the message: {err}"
+    );
+}
+
+/// A test process killed outright runs no `Drop`: the server must not outlive it. Started on a
+/// thread that then ends without dropping the handle (as if killed), the server is killed by
+/// its parent-death signal (`setpriv --pdeathsig KILL`).
+#[test]
+fn prometheus_dies_with_the_thread_that_started_it() {
+    if !prometheus_or_skip("prometheus_harness_pdeathsig") {
+        return;
+    }
+    let (pid, dir) = std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let prom = rt.block_on(Prometheus::start()).unwrap();
+        let out = (prom.pid(), prom.dir().to_path_buf());
+        std::mem::forget(prom);
+        out
+    })
+    .join()
+    .unwrap();
+    // Dead means gone, or a zombie nobody reaps (the forgotten handle was its only waiter).
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| Some(s.rsplit_once(')')?.1.trim_start().starts_with(|c| c != 'Z')))
+            .unwrap_or(false)
+    };
+    let start = Instant::now();
+    while alive() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        !alive(),
+        "prometheus (pid {pid}) outlived the thread that started it"
+    );
+    eprintln!(
+        "killed {:.2} s after its thread ended",
+        start.elapsed().as_secs_f64()
     );
 }
