@@ -21,6 +21,10 @@ pub enum Command {
     /// proxy-config`).
     #[command(name = "proxy-config", visible_alias = "pc")]
     ProxyConfig(ProxyConfigArgs),
+    /// Whether each sidecar serves the configuration the operator wrote for it (NAME CLUSTER
+    /// CDS LDS EDS RDS SERVING WRITTEN VERSION), as `istioctl proxy-status`.
+    #[command(name = "proxy-status", visible_alias = "ps")]
+    ProxyStatus(ProxyStatusArgs),
     /// Experimental views (as `istioctl experimental`).
     #[command(name = "experimental", visible_alias = "x")]
     Experimental(ExperimentalArgs),
@@ -61,6 +65,24 @@ pub struct AuthzCheckArgs {
     /// own are read from the API.
     #[arg(long, value_name = "LABELS")]
     pub labels: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyStatusArgs {
+    /// One pod, as `<pod>[.<namespace>]` (default: every injected, running pod).
+    pub pod: Option<String>,
+    /// Only this namespace (default: every namespace; for POD, the kubeconfig context's).
+    #[arg(short = 'n', long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use.
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// How long to wait for the API server and each proxy (`500ms`, `10s`, `1m`).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_timeout)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -165,6 +187,9 @@ pub enum View {
     /// The whole configuration the proxy is serving.
     #[command(name = "config-dump")]
     ConfigDump(DumpArgs),
+    /// The sidecar's log levels; `--level` changes them (as `istioctl proxy-config log`).
+    #[command(visible_alias = "o")]
+    Log(LogArgs),
 }
 
 impl View {
@@ -178,6 +203,7 @@ impl View {
             View::Secret(a) => a.pod.as_deref(),
             View::All(a) => a.pod.as_deref(),
             View::ConfigDump(a) => a.pod.as_deref(),
+            View::Log(a) => a.pod.as_deref(),
         }
     }
 }
@@ -276,6 +302,24 @@ pub struct AllArgs {
     /// `short`: the four tables; `json`, `yaml`: the whole configuration.
     #[arg(short = 'o', long, value_enum, default_value_t)]
     pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Pod, as `<pod>[.<namespace>]`.
+    pub pod: Option<String>,
+    /// `[<logger>:]<level>,...`: a bare level for every logger, `<logger>:<level>` for one
+    /// (e.g. `http:debug,info`); levels: trace, debug, info, warning, error, critical, off.
+    #[arg(long, value_name = "LEVELS", value_parser = parse_levels)]
+    pub level: Option<Levels>,
+}
+
+/// `--level`'s entries (a newtype: clap reads an `Option<Vec<_>>` as a repeated flag).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Levels(pub Vec<crate::logging::LevelSpec>);
+
+fn parse_levels(s: &str) -> Result<Levels, String> {
+    crate::logging::parse_levels(s).map(Levels)
 }
 
 #[derive(Debug, Args)]
@@ -380,6 +424,52 @@ mod tests {
         let Experimental::Authz(a) = x.command;
         let Authz::Check(c) = a.command;
         assert_eq!(c.labels.as_deref(), Some("app=r"));
+    }
+
+    #[test]
+    fn log_and_istioctl_level_lists() {
+        let cli = Cli::try_parse_from([
+            "rustmeshctl",
+            "proxy-config",
+            "log",
+            "productpage-v1-1",
+            "-n",
+            "default",
+            "--level",
+            "http:debug,info",
+        ])
+        .unwrap();
+        let Command::ProxyConfig(pc) = cli.command else {
+            panic!("not proxy-config")
+        };
+        assert_eq!(pc.source.namespace.as_deref(), Some("default"));
+        let View::Log(l) = pc.view else {
+            panic!("not log")
+        };
+        assert_eq!(l.pod.as_deref(), Some("productpage-v1-1"));
+        let specs = l.level.unwrap();
+        assert_eq!(
+            crate::logging::query(&specs.0),
+            "/logging?level=info&http=debug"
+        );
+        let e = Cli::try_parse_from(["rustmeshctl", "pc", "log", "p", "--level", "http:loud"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--level") && e.contains("\"loud\""), "{e}");
+    }
+
+    #[test]
+    fn proxy_status_one_pod_or_all() {
+        let cli = Cli::try_parse_from(["rustmeshctl", "proxy-status"]).unwrap();
+        let Command::ProxyStatus(ps) = cli.command else {
+            panic!("not proxy-status")
+        };
+        assert_eq!((ps.pod, ps.namespace), (None, None));
+        let cli = Cli::try_parse_from(["rustmeshctl", "ps", "web-1.shop"]).unwrap();
+        let Command::ProxyStatus(ps) = cli.command else {
+            panic!("not proxy-status")
+        };
+        assert_eq!(ps.pod.as_deref(), Some("web-1.shop"));
     }
 
     #[test]

@@ -50,9 +50,10 @@ pub enum Error {
     AdminUnreachable { url: String, reason: String },
 
     /// The admin API answered something other than 200 or 503.
-    #[error("the proxy admin API {target} answered {status} to GET {path}{detail}")]
+    #[error("the proxy admin API {target} answered {status} to {method} {path}{detail}")]
     AdminStatus {
         target: String,
+        method: String,
         path: String,
         status: u16,
         detail: String,

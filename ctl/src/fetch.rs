@@ -125,6 +125,47 @@ pub struct Want {
     pub certs: bool,
 }
 
+/// A request to the admin API besides the configuration reads (`/logging`, `/server_info`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    /// POST (a change) rather than GET.
+    pub post: bool,
+    /// Path and query, e.g. `/logging?http=debug`.
+    pub path: String,
+}
+
+impl Call {
+    /// `GET path`.
+    pub fn get(path: impl Into<String>) -> Self {
+        Call {
+            post: false,
+            path: path.into(),
+        }
+    }
+
+    /// `POST path`.
+    pub fn post(path: impl Into<String>) -> Self {
+        Call {
+            post: true,
+            path: path.into(),
+        }
+    }
+}
+
+/// What to do over the admin connection.
+enum Plan<'a> {
+    /// Read the configuration and what `Want` asks for.
+    Read(Want),
+    /// Make these calls, in order.
+    Calls(&'a [Call]),
+}
+
+/// What a [`Plan`] got.
+enum Got {
+    Read(Box<Fetched>),
+    Calls(Vec<String>),
+}
+
 /// What was read.
 #[derive(Clone, Debug)]
 pub struct Fetched {
@@ -168,8 +209,64 @@ pub async fn fetch(
                 labels: None,
             })
         }
-        Source::Admin(url) => fetch_admin(url, want, timeout).await,
-        Source::Pod(pod) => fetch_pod(pod, kube, want, timeout).await,
+        Source::Admin(url) => match fetch_admin(url, Plan::Read(want), timeout).await? {
+            Got::Read(f) => Ok(*f),
+            Got::Calls(_) => unreachable!("a read plan reads"),
+        },
+        Source::Pod(pod) => {
+            let client = kube_client(kube).await?;
+            match fetch_pod(&client, pod, Plan::Read(want), timeout).await? {
+                (pod, Got::Read(f)) => Ok(Fetched {
+                    labels: Some(pod.metadata.labels.clone().unwrap_or_default()),
+                    ..*f
+                }),
+                (_, Got::Calls(_)) => unreachable!("a read plan reads"),
+            }
+        }
+    }
+}
+
+/// Makes `calls` to the admin API of a pod or at `--admin-url`, in order over one connection,
+/// and returns each answer's body (200 only: any other status is the error, naming the call).
+pub async fn call(
+    source: &Source,
+    kube: &KubeOptions,
+    calls: &[Call],
+    timeout: Duration,
+) -> Result<Vec<String>, Error> {
+    let got = match source {
+        Source::File(path) => {
+            return Err(Error::Usage(format!(
+                "--file {} is a saved configuration, not a running proxy: give a pod name or \
+                 --admin-url",
+                path.display()
+            )));
+        }
+        Source::Admin(url) => fetch_admin(url, Plan::Calls(calls), timeout).await?,
+        Source::Pod(pod) => {
+            let client = kube_client(kube).await?;
+            fetch_pod(&client, pod, Plan::Calls(calls), timeout)
+                .await?
+                .1
+        }
+    };
+    match got {
+        Got::Calls(bodies) => Ok(bodies),
+        Got::Read(_) => unreachable!("a call plan calls"),
+    }
+}
+
+/// [`call`] for a pod, with a client already made (`proxy-status` reads many pods); the pod
+/// as read from the API with the answers.
+pub async fn call_pod(
+    client: &Client,
+    pod: &PodRef,
+    calls: &[Call],
+    timeout: Duration,
+) -> Result<(Pod, Vec<String>), Error> {
+    match fetch_pod(client, pod, Plan::Calls(calls), timeout).await? {
+        (pod, Got::Calls(bodies)) => Ok((pod, bodies)),
+        (_, Got::Read(_)) => unreachable!("a call plan calls"),
     }
 }
 
@@ -216,7 +313,14 @@ impl AdminConnection {
 
     /// `GET path`; the body on 200, a not-ready error on 503, a status error otherwise.
     async fn get(&mut self, path: &str) -> Result<String, Failure> {
-        let req = http::Request::get(format!("{}{path}", self.prefix))
+        self.request(http::Method::GET, path).await
+    }
+
+    /// `method path`, answered as [`AdminConnection::get`] says.
+    async fn request(&mut self, method: http::Method, path: &str) -> Result<String, Failure> {
+        let req = http::Request::builder()
+            .method(method.clone())
+            .uri(format!("{}{path}", self.prefix))
             .header(http::header::HOST, &self.authority)
             .header(http::header::ACCEPT, "application/json")
             .body(Empty::<Bytes>::new())
@@ -247,6 +351,7 @@ impl AdminConnection {
             })),
             code => Err(Failure::Error(Error::AdminStatus {
                 target: self.target.clone(),
+                method: method.to_string(),
                 path: path.to_string(),
                 status: code,
                 detail: if first_line.is_empty() {
@@ -295,6 +400,29 @@ async fn read_all(
     })
 }
 
+/// Carries out `plan` over an established connection.
+async fn run_plan(
+    conn: &mut AdminConnection,
+    origin: &str,
+    plan: Plan<'_>,
+) -> Result<Got, Failure> {
+    match plan {
+        Plan::Read(want) => Ok(Got::Read(Box::new(read_all(conn, origin, want).await?))),
+        Plan::Calls(calls) => {
+            let mut bodies = Vec::with_capacity(calls.len());
+            for c in calls {
+                let method = if c.post {
+                    http::Method::POST
+                } else {
+                    http::Method::GET
+                };
+                bodies.push(conn.request(method, &c.path).await?);
+            }
+            Ok(Got::Calls(bodies))
+        }
+    }
+}
+
 async fn within<T>(
     timeout: Duration,
     f: impl Future<Output = Result<T, Failure>>,
@@ -307,7 +435,7 @@ async fn within<T>(
     })
 }
 
-async fn fetch_admin(url: &AdminUrl, want: Want, timeout: Duration) -> Result<Fetched, Error> {
+async fn fetch_admin(url: &AdminUrl, plan: Plan<'_>, timeout: Duration) -> Result<Got, Error> {
     let unreachable = |reason: String| Error::AdminUnreachable {
         url: url.url.clone(),
         reason,
@@ -336,7 +464,7 @@ async fn fetch_admin(url: &AdminUrl, want: Want, timeout: Duration) -> Result<Fe
         )
         .await
         .map_err(Failure::Transport)?;
-        read_all(&mut conn, &url.url, want).await
+        run_plan(&mut conn, &url.url, plan).await
     };
     within(timeout, work).await.map_err(|f| match f {
         Failure::Transport(reason) => unreachable(reason),
@@ -345,7 +473,7 @@ async fn fetch_admin(url: &AdminUrl, want: Want, timeout: Duration) -> Result<Fe
 }
 
 /// Loads the kubeconfig (or the in-cluster configuration) and makes a client.
-async fn kube_client(opts: &KubeOptions) -> Result<Client, Error> {
+pub async fn kube_client(opts: &KubeOptions) -> Result<Client, Error> {
     let options = KubeConfigOptions {
         context: opts.context.clone(),
         ..Default::default()
@@ -439,12 +567,12 @@ pub fn kube_error(e: kube::Error, action: &str, pod: &str, namespace: &str) -> E
 }
 
 async fn fetch_pod(
+    client: &Client,
     pod_ref: &PodRef,
-    opts: &KubeOptions,
-    want: Want,
+    plan: Plan<'_>,
     timeout: Duration,
-) -> Result<Fetched, Error> {
-    let client = kube_client(opts).await?;
+) -> Result<(Pod, Got), Error> {
+    let client = client.clone();
     let namespace = pod_ref
         .namespace
         .clone()
@@ -502,7 +630,7 @@ async fn fetch_pod(
         )
         .await
         .map_err(Failure::Transport)?;
-        read_all(&mut conn, &origin, want).await
+        run_plan(&mut conn, &origin, plan).await
     };
     let mut watch = said.clone();
     let result = within(timeout, async {
@@ -514,10 +642,7 @@ async fn fetch_pod(
     .await;
     forwarder.abort();
     match result {
-        Ok(f) => Ok(Fetched {
-            labels: Some(pod.metadata.labels.clone().unwrap_or_default()),
-            ..f
-        }),
+        Ok(got) => Ok((pod, got)),
         Err(Failure::Error(e)) => Err(e),
         Err(Failure::Transport(reason)) => {
             // The message may come just after the stream broke.

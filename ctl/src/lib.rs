@@ -18,8 +18,10 @@ pub mod endpoints;
 pub mod error;
 pub mod fetch;
 pub mod listeners;
+pub mod logging;
 pub mod routes;
 pub mod secrets;
+pub mod status;
 pub mod table;
 
 pub use error::Error;
@@ -34,6 +36,7 @@ use std::io::Write;
 pub async fn run(cli: cli::Cli, out: &mut dyn Write) -> Result<(), Error> {
     match cli.command {
         Command::ProxyConfig(args) => proxy_config(args, out).await,
+        Command::ProxyStatus(args) => status::run(args, out).await,
         Command::Experimental(x) => match x.command {
             cli::Experimental::Authz(a) => match a.command {
                 cli::Authz::Check(args) => authz_check(args, out).await,
@@ -64,7 +67,7 @@ async fn authz_check(args: cli::AuthzCheckArgs, out: &mut dyn Write) -> Result<(
     write_out(out, &authz::render(&fetched.config, labels.as_ref()))
 }
 
-fn write_out(out: &mut dyn Write, text: &str) -> Result<(), Error> {
+pub(crate) fn write_out(out: &mut dyn Write, text: &str) -> Result<(), Error> {
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         // `| head` closing the pipe is not an error.
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Output(e.to_string())),
@@ -78,8 +81,36 @@ async fn proxy_config(args: ProxyConfigArgs, out: &mut dyn Write) -> Result<(), 
         kubeconfig: args.source.kubeconfig.clone(),
         context: args.source.context.clone(),
     };
+    if let View::Log(a) = &args.view {
+        return log(&source, &kube, a, args.source.timeout, out).await;
+    }
     let fetched = fetch::fetch(&source, &kube, wants(&args.view), args.source.timeout).await?;
     let text = render(&args.view, &fetched)?;
+    write_out(out, &text)
+}
+
+/// `proxy-config log`: one `POST /logging` (with the `--level` query, or none to list), its
+/// answer printed under the pod's name as istioctl does.
+async fn log(
+    source: &Source,
+    kube: &KubeOptions,
+    args: &cli::LogArgs,
+    timeout: std::time::Duration,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    let path = match &args.level {
+        Some(specs) => logging::query(&specs.0),
+        None => logging::LOGGING_PATH.to_string(),
+    };
+    let bodies = fetch::call(source, kube, &[fetch::Call::post(path)], timeout).await?;
+    let body = bodies.concat();
+    let text = match source {
+        Source::Pod(p) => match &p.namespace {
+            Some(ns) => format!("{}.{ns}:\n{body}", p.name),
+            None => format!("{}:\n{body}", p.name),
+        },
+        _ => body,
+    };
     write_out(out, &text)
 }
 
@@ -186,6 +217,13 @@ pub fn render(view: &View, fetched: &Fetched) -> Result<String, Error> {
             DumpOutput::Json => json(config),
             DumpOutput::Yaml => yaml(config),
         },
+        View::Log(_) => {
+            return Err(Error::Usage(
+                "log shows the proxy's log levels, not its configuration: run it against a \
+                 pod or --admin-url"
+                    .into(),
+            ));
+        }
     })
 }
 

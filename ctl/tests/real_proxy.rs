@@ -107,3 +107,66 @@ fn every_table_from_the_real_proxy_matches_the_golden_one() {
         );
     }
 }
+
+/// `proxy-config log` against the real admin API, with the process's log control installed as
+/// the proxy binary installs it: the listing, one component set (istioctl's
+/// `--level http:debug,warning`), and an unknown logger refused by the sidecar, naming it.
+/// `/server_info`, which `proxy-status` reads, reports the `versionInfo` serving.
+#[test]
+fn log_levels_and_server_info_from_the_real_proxy() {
+    rustmesh_proxy::logging::init_with("info", std::io::sink, false);
+    let proxy = start(&fixture("productpage"));
+    let url = proxy.url();
+    let out = stdout(&ctl(&["pc", "log", "--admin-url", &url]));
+    assert!(out.starts_with("active loggers:\n"), "{out}");
+    assert!(out.contains("\n  http: info\n"), "{out}");
+    let out = stdout(&ctl(&[
+        "pc",
+        "log",
+        "--admin-url",
+        &url,
+        "--level",
+        "http:debug,warning",
+    ]));
+    assert!(out.contains("\n  http: debug\n"), "{out}");
+    assert!(out.contains("\n  dns: warning\n"), "{out}");
+    let e = support::failure(&ctl(&[
+        "pc",
+        "log",
+        "--admin-url",
+        &url,
+        "--level",
+        "htp:debug",
+    ]));
+    assert!(
+        e.contains("answered 400 to POST /logging?htp=debug")
+            && e.contains("unknown logger \"htp\""),
+        "{e}"
+    );
+    // The bad request changed nothing.
+    let out = stdout(&ctl(&["pc", "log", "--admin-url", &url]));
+    assert!(out.contains("\n  http: debug\n"), "{out}");
+
+    let info =
+        rustmesh_ctl::status::ServerInfo::from_json("test", &get(proxy.admin, "/server_info"))
+            .unwrap();
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("productpage")).unwrap()).unwrap();
+    assert_eq!(info.config_version.as_deref(), file["versionInfo"].as_str());
+    assert_eq!(info.state, "LIVE");
+}
+
+/// The body of `GET path`, over a plain socket.
+fn get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out.split_once("\r\n\r\n").unwrap().1.to_string()
+}
