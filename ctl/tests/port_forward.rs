@@ -109,6 +109,23 @@ fn api_server(behind: Kubelet) -> String {
                     let service = service_fn(move |mut req: hyper::Request<Incoming>| async move {
                         let path = req.uri().path().to_string();
                         Ok::<_, hyper::Error>(match path.as_str() {
+                            "/api/v1/pods" => response(
+                                200,
+                                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
+                                    "items": [{"metadata": {"name": "productpage", "namespace": "default"},
+                                        "spec": {"containers": [{"name": "productpage"}, {"name": "istio-proxy"}]},
+                                        "status": {"phase": "Running"}}]})
+                                .to_string(),
+                            ),
+                            // What the operator wrote: the default scope at version `v-written`.
+                            "/api/v1/namespaces/default/configmaps/rustmesh-proxy-config" => response(
+                                200,
+                                json!({"apiVersion": "v1", "kind": "ConfigMap",
+                                    "metadata": {"name": "rustmesh-proxy-config", "namespace": "default"},
+                                    "data": {"scopes.json": json!({"version": 2, "default": "default.json.gz",
+                                        "parts": {"default.json.gz": {"versionInfo": "v-written"}}}).to_string()}})
+                                .to_string(),
+                            ),
                             "/api/v1/namespaces/default/pods/productpage" => response(
                                 200,
                                 json!({"apiVersion": "v1", "kind": "Pod",
@@ -205,4 +222,71 @@ fn nothing_listening_in_the_pod_is_not_ready() {
         "Error: the proxy in pod default/productpage is not ready yet (nothing listens on its \
          admin port 15000 yet); try again in a few seconds"
     );
+}
+
+/// A stub admin API serving `/server_info` with `config_version`, and `/logging`.
+fn status_proxy(config_version: &'static str) -> support::Server {
+    support::serve(move |_, target| {
+        if target == "/server_info" {
+            support::Reply::json(
+                200,
+                json!({"version": "0.1.0", "state": "LIVE", "configVersion": config_version})
+                    .to_string(),
+            )
+        } else if target.starts_with("/logging") {
+            support::Reply::text(200, "active loggers:\n  http: debug\n")
+        } else {
+            support::Reply::text(404, "no such admin endpoint\n")
+        }
+    })
+}
+
+fn ps(api: &str, args: &[&str]) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(&dir, api);
+    let mut all = vec!["proxy-status"];
+    all.extend_from_slice(args);
+    all.extend(["--kubeconfig", &kc, "--timeout", "20s"]);
+    ctl(&all)
+}
+
+#[test]
+fn proxy_status_compares_the_served_version_with_the_written_one() {
+    let synced = status_proxy("v-written");
+    let api = api_server(Kubelet::Admin(synced.addr));
+    let lines: Vec<String> = stdout(&ps(&api, &[])).lines().map(squash).collect();
+    assert_eq!(
+        lines,
+        [
+            "NAME CLUSTER CDS LDS EDS RDS SERVING WRITTEN VERSION",
+            "productpage.default Kubernetes SYNCED SYNCED SYNCED SYNCED v-written v-written 0.1.0",
+        ]
+    );
+    assert_eq!(synced.requests(), ["GET /server_info"]);
+
+    let stale = status_proxy("v-old");
+    let api = api_server(Kubelet::Admin(stale.addr));
+    let lines: Vec<String> = stdout(&ps(&api, &["productpage.default"]))
+        .lines()
+        .map(squash)
+        .collect();
+    assert_eq!(
+        lines[1],
+        "productpage.default Kubernetes STALE STALE STALE STALE v-old v-written 0.1.0"
+    );
+}
+
+#[test]
+fn log_levels_through_a_port_forward() {
+    let proxy = status_proxy("v");
+    let api = api_server(Kubelet::Admin(proxy.addr));
+    let out = stdout(&pc(
+        &api,
+        &["log", "productpage.default", "--level", "http:debug"],
+    ));
+    assert_eq!(
+        out,
+        "productpage.default:\nactive loggers:\n  http: debug\n"
+    );
+    assert_eq!(proxy.requests(), ["POST /logging?http=debug"]);
 }
