@@ -6,6 +6,8 @@
 //! `istioctl proxy-config` prints, same columns, same alignment, same texts. The configuration
 //! comes from the proxy's admin API (directly with `--admin-url`, or through a port-forward to a
 //! pod), or from a file. The table code is pure: [`render`] turns what was read into text.
+//! `rustmeshctl proxy-config log` shows or changes a sidecar's log levels ([`logging`]), and
+//! `rustmeshctl proxy-status` whether each sidecar serves what the operator wrote ([`status`]).
 //! `rustmeshctl x authz check` lists the AuthorizationPolicy objects a sidecar applies to its pod
 //! ([`authz`]), as `istioctl x authz check` does.
 #![forbid(unsafe_code)]

@@ -464,7 +464,8 @@ where
     init_with(&starting_filter(), writer, ansi)
 }
 
-/// [`init`] with the starting filter given (`base`, `EnvFilter` directives).
+/// [`init`] with the starting filter given (`base`, `EnvFilter` directives). When the process
+/// already has a subscriber it is kept and no [`Control`] is installed.
 pub fn init_with<W>(base: &str, writer: W, ansi: bool)
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
@@ -472,17 +473,22 @@ where
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let (filter, handle) = tracing_subscriber::reload::Layer::new(EnvFilter::new(base));
-    tracing_subscriber::registry()
+    let installed = tracing_subscriber::registry()
         .with(filter)
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(writer)
                 .with_ansi(ansi),
         )
-        .init();
-    let _ = install(Control::new(base, move |f| {
-        handle.reload(f).map_err(|e| e.to_string())
-    }));
+        .try_init();
+    // Only the filter of the subscriber in force may be controlled: when another was installed
+    // first (a library user's), `/logging` answers that it has no control rather than
+    // pretending to change levels.
+    if installed.is_ok() {
+        let _ = install(Control::new(base, move |f| {
+            handle.reload(f).map_err(|e| e.to_string())
+        }));
+    }
 }
 
 #[cfg(test)]
