@@ -30,6 +30,7 @@ pub mod status;
 pub mod support;
 pub mod validate;
 pub mod virtual_service;
+pub mod workload;
 
 pub use authorization_policy::{AuthorizationPolicy, AuthorizationPolicySpec};
 pub use destination_rule::{DestinationRule, DestinationRuleSpec};

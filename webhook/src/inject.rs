@@ -425,7 +425,7 @@ pub fn inject_onto(
     set(
         labels,
         LABEL_CANONICAL_REVISION,
-        crate::canonical::canonical_revision(&original_labels),
+        rustmesh_api::workload::canonical_revision(&original_labels),
         Set::IfAbsentOrEmpty,
     );
 

@@ -8,10 +8,7 @@ pub use rustmesh_xds::well_known::{
 
 /// Pod label set on injected pods, read by peers for auto mTLS.
 pub const LABEL_TLS_MODE: &str = "security.istio.io/tlsMode";
-/// Pod label naming the canonical service.
-pub const LABEL_CANONICAL_NAME: &str = "service.istio.io/canonical-name";
-/// Pod label naming the canonical revision.
-pub const LABEL_CANONICAL_REVISION: &str = "service.istio.io/canonical-revision";
+pub use rustmesh_xds::well_known::{LABEL_CANONICAL_NAME, LABEL_CANONICAL_REVISION};
 
 /// Annotation written on injected pods; its presence means "already injected".
 pub const ANNOTATION_STATUS: &str = "sidecar.istio.io/status";

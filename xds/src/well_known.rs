@@ -71,3 +71,8 @@ pub const LABEL_INJECT: &str = "sidecar.istio.io/inject";
 pub const CA_ROOT_CONFIGMAP: &str = "istio-ca-root-cert";
 /// Its key holding the PEM root certificate(s).
 pub const CA_ROOT_CERT_KEY: &str = "root-cert.pem";
+
+/// Pod label naming the workload's canonical service (the injector sets it, as Istio's does).
+pub const LABEL_CANONICAL_NAME: &str = "service.istio.io/canonical-name";
+/// Pod label naming the workload's canonical revision (the injector sets it, as Istio's does).
+pub const LABEL_CANONICAL_REVISION: &str = "service.istio.io/canonical-revision";
