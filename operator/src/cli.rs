@@ -21,6 +21,10 @@ pub struct Args {
     /// The cluster's DNS domain.
     #[arg(long, env = "DOMAIN_SUFFIX", default_value = DEFAULT_DOMAIN_SUFFIX)]
     pub domain_suffix: String,
+    /// This cluster's id (Istio's `CLUSTER_ID`; the injector's `clusterId` must match): the
+    /// `destination_cluster` of the endpoints' workloads.
+    #[arg(long, env = "CLUSTER_ID", default_value = crate::index::DEFAULT_CLUSTER_ID)]
+    pub cluster_id: String,
     /// Mesh-wide outboundTrafficPolicy: ALLOW_ANY or REGISTRY_ONLY (a Sidecar may override it).
     #[arg(long, env = "OUTBOUND_TRAFFIC_POLICY", default_value = "ALLOW_ANY")]
     pub outbound_traffic_policy: String,
@@ -196,6 +200,7 @@ impl Args {
                 trust_domain: self.trust_domain.clone(),
                 auto_mtls: self.enable_auto_mtls,
                 revision: self.revision.clone(),
+                cluster_id: self.cluster_id.clone(),
             },
             metrics_addr: self.metrics_addr,
             debounce_quiet: Duration::from_millis(self.debounce_ms),

@@ -7,6 +7,8 @@ use crate::protocol::Protocol;
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
+use rustmesh_api::workload::{canonical_name_label, canonical_revision};
+use rustmesh_xds::cluster::EndpointWorkload;
 use rustmesh_xds::names::service_fqdn;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -100,6 +102,9 @@ pub struct Ep {
     pub labels: Labels,
     /// The pod's service account, when the pod is known.
     pub service_account: Option<String>,
+    /// The pod's workload, canonical service and revision and cluster, when the pod is known
+    /// (written into the endpoint's metadata, for the client sidecars' metric labels).
+    pub workload: Option<EndpointWorkload>,
 }
 
 /// All services, by FQDN.
@@ -138,6 +143,7 @@ impl Registry {
             index.endpoints.get(key),
             &index.pods,
             &index.mesh.domain_suffix,
+            &index.mesh.cluster_id,
         )
     }
 
@@ -155,6 +161,7 @@ fn convert(
     endpoints: Option<&Endpoints>,
     pods: &BTreeMap<ObjKey, PodInfo>,
     domain_suffix: &str,
+    cluster_id: &str,
 ) -> Option<Svc> {
     let spec = svc.spec.as_ref()?;
     // ExternalName services have no endpoints the mesh can reach by address: not rendered.
@@ -190,7 +197,7 @@ fn convert(
         if protocol == Protocol::Udp {
             continue; // UDP and SCTP ports get no listener and no cluster
         }
-        let endpoints = port_endpoints(endpoints, p.name.as_deref(), single_port, pods);
+        let endpoints = port_endpoints(endpoints, p.name.as_deref(), single_port, pods, cluster_id);
         let target_port = match &p.target_port {
             None => Some(number),
             Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),
@@ -225,6 +232,7 @@ fn port_endpoints(
     name: Option<&str>,
     single_port: bool,
     pods: &BTreeMap<ObjKey, PodInfo>,
+    cluster_id: &str,
 ) -> Vec<Ep> {
     let want = name.unwrap_or_default();
     let mut out = Vec::new();
@@ -252,6 +260,19 @@ fn port_endpoints(
                 port,
                 labels: info.map(|p| p.labels.clone()).unwrap_or_default(),
                 service_account: info.map(|p| p.service_account.clone()),
+                workload: pod
+                    .as_ref()
+                    .zip(info)
+                    .filter(|(_, p)| !p.workload.is_empty())
+                    .map(|(key, p)| EndpointWorkload {
+                        name: p.workload.clone(),
+                        namespace: key.namespace.clone(),
+                        canonical_service: canonical_name_label(&p.labels)
+                            .unwrap_or(&p.workload)
+                            .to_string(),
+                        canonical_revision: canonical_revision(&p.labels),
+                        cluster: cluster_id.to_string(),
+                    }),
                 pod,
             });
         }

@@ -326,6 +326,77 @@ impl LbEndpoint {
     }
 }
 
+/// The endpoint metadata namespace Istio keeps a pod's workload under.
+pub const ISTIO_METADATA: &str = "istio";
+/// The key of that workload: `name;namespace;canonical service;canonical revision;cluster`.
+pub const WORKLOAD_KEY: &str = "workload";
+
+/// The workload behind an endpoint, as Istio writes it in the endpoint's metadata
+/// (`filterMetadata.istio.workload`): a client's sidecar labels its metrics with it when the
+/// server's own metadata did not come back (TCP, or an answer without the exchange headers).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointWorkload {
+    pub name: String,
+    pub namespace: String,
+    pub canonical_service: String,
+    pub canonical_revision: String,
+    pub cluster: String,
+}
+
+impl EndpointWorkload {
+    /// The metadata value: the five fields joined by `;` (none of them can hold a `;`: they
+    /// are Kubernetes names and label values).
+    pub fn to_value(&self) -> String {
+        [
+            &self.name,
+            &self.namespace,
+            &self.canonical_service,
+            &self.canonical_revision,
+            &self.cluster,
+        ]
+        .map(String::as_str)
+        .join(";")
+    }
+
+    /// Reads a metadata value; `None` unless it has the five fields.
+    pub fn parse(value: &str) -> Option<Self> {
+        let mut parts = value.split(';');
+        let mut next = || parts.next().map(str::to_string);
+        let w = EndpointWorkload {
+            name: next()?,
+            namespace: next()?,
+            canonical_service: next()?,
+            canonical_revision: next()?,
+            cluster: next()?,
+        };
+        parts.next().is_none().then_some(w)
+    }
+}
+
+impl LbEndpoint {
+    /// Records the workload behind the endpoint ([`EndpointWorkload`]).
+    pub fn with_workload(mut self, w: &EndpointWorkload) -> Self {
+        self.metadata
+            .get_or_insert_with(Metadata::default)
+            .filter_metadata
+            .entry(ISTIO_METADATA.to_string())
+            .or_default()
+            .insert(WORKLOAD_KEY.to_string(), w.to_value());
+        self
+    }
+
+    /// The workload behind the endpoint, when its metadata names one.
+    pub fn workload(&self) -> Option<EndpointWorkload> {
+        let v = self
+            .metadata
+            .as_ref()?
+            .filter_metadata
+            .get(ISTIO_METADATA)?
+            .get(WORKLOAD_KEY)?;
+        EndpointWorkload::parse(v)
+    }
+}
+
 /// An endpoint's address (and, for STRICT_DNS, its host name).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -346,5 +417,41 @@ impl LbEndpoint {
             load_balancing_weight: None,
             metadata: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoints_workload_is_istios_five_fields_and_reads_back() {
+        let w = EndpointWorkload {
+            name: "reviews-v1".into(),
+            namespace: "default".into(),
+            canonical_service: "reviews".into(),
+            canonical_revision: "v1".into(),
+            cluster: "Kubernetes".into(),
+        };
+        let ep = LbEndpoint::new("10.0.0.1:9080".parse().unwrap())
+            .with_istio_tls_mode()
+            .with_workload(&w);
+        let json = serde_json::to_value(&ep).unwrap();
+        assert_eq!(
+            json["metadata"]["filterMetadata"]["istio"]["workload"],
+            "reviews-v1;default;reviews;v1;Kubernetes"
+        );
+        assert_eq!(
+            json["metadata"]["filterMetadata"]["envoy.transport_socket_match"]["tlsMode"],
+            "istio"
+        );
+        let back: LbEndpoint = serde_json::from_value(json).unwrap();
+        assert_eq!(back.workload(), Some(w));
+        assert_eq!(EndpointWorkload::parse("a;b;c;d"), None);
+        assert_eq!(EndpointWorkload::parse("a;b;c;d;e;f"), None);
+        assert_eq!(
+            LbEndpoint::new("10.0.0.1:1".parse().unwrap()).workload(),
+            None
+        );
     }
 }

@@ -178,7 +178,7 @@ pub(super) fn streams(client: &Client, slices: bool) -> SelectAll<BoxStream<'sta
         ));
     }
     // Whole pods (not only their metadata): the service account is in the spec. Only the
-    // labels and the service account are kept.
+    // labels, the service account and the workload's name are kept.
     all.push(index_stream(
         watcher::watcher(Api::<Pod>::all(client.clone()), cfg()).backoff(Backoff::api()),
         Kind::Pod,
@@ -192,7 +192,8 @@ pub(super) fn streams(client: &Client, slices: bool) -> SelectAll<BoxStream<'sta
                         .filter(|n| !n.is_empty())
                         .or(s.service_account.as_deref())
                 }),
-            ),
+            )
+            .with_workload(rustmesh_api::workload::workload_name(&p)),
         },
     ));
     all.push(index_stream(

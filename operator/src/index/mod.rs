@@ -72,6 +72,9 @@ pub struct MeshConfig {
     /// select it ([`is_injected`], [`pod_opts_in`]); `default` also serves
     /// `istio-injection=enabled`.
     pub revision: String,
+    /// This cluster's id (Istio's `CLUSTER_ID`, the injector's `clusterId`): written into each
+    /// endpoint's metadata for the `destination_cluster` label.
+    pub cluster_id: String,
 }
 
 impl Default for MeshConfig {
@@ -84,9 +87,13 @@ impl Default for MeshConfig {
             trust_domain: rustmesh_xds::identity::DEFAULT_TRUST_DOMAIN.to_string(),
             auto_mtls: true,
             revision: DEFAULT_REVISION.to_string(),
+            cluster_id: DEFAULT_CLUSTER_ID.to_string(),
         }
     }
 }
+
+/// Istio's default cluster id.
+pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
 
 /// The kinds the index holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -125,6 +132,9 @@ pub struct PodInfo {
     /// `spec.serviceAccountName` (`default` when unset, as Kubernetes does): the pod's identity
     /// is `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
     pub service_account: String,
+    /// The workload the pod belongs to, as Istio names it (`rustmesh_api::workload`); empty
+    /// when unknown. Written into its endpoints' metadata for the client sidecars' metrics.
+    pub workload: String,
 }
 
 /// The service account of a pod that names none.
@@ -139,7 +149,14 @@ impl PodInfo {
                 .filter(|s| !s.is_empty())
                 .unwrap_or(DEFAULT_SERVICE_ACCOUNT)
                 .to_string(),
+            workload: String::new(),
         }
+    }
+
+    /// The same pod, belonging to `workload`.
+    pub fn with_workload(mut self, workload: Option<String>) -> Self {
+        self.workload = workload.unwrap_or_default();
+        self
     }
 }
 

@@ -520,7 +520,10 @@ pub fn load_assignment(
         .iter()
         .filter(|e| selects(&e.labels))
         .map(|e| {
-            let ep = LbEndpoint::new(SocketAddr::new(e.ip, e.port));
+            let mut ep = LbEndpoint::new(SocketAddr::new(e.ip, e.port));
+            if let Some(w) = &e.workload {
+                ep = ep.with_workload(w);
+            }
             if mtls && e.labels.get(TLS_MODE_LABEL).map(String::as_str) == Some(TLS_MODE_ISTIO) {
                 ep.with_istio_tls_mode()
             } else {

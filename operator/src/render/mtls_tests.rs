@@ -5,7 +5,7 @@
 use super::*;
 use crate::configmap::{config_map, render, render_namespace};
 use crate::fixtures::{bookinfo, endpoints, istio, pod_as, workload};
-use crate::index::{Affects, Object};
+use crate::index::{Affects, Object, PodInfo};
 use crate::renderer::{RenderPath, Renderer};
 use rustmesh_xds::cluster::ClusterLoadAssignment;
 use rustmesh_xds::tls::{
@@ -683,4 +683,61 @@ fn auto_mtls_sends_plain_text_to_a_namespace_whose_policy_disables_mtls() {
         &pa("default", "PERMISSIVE"),
     );
     assert_eq!(auto(&both), 2);
+}
+
+/// Istio's endpoint metadata `istio.workload` (`name;namespace;canonical service;canonical
+/// revision;cluster`): the client sidecar's fallback for the `destination_*` labels. Only
+/// endpoints whose pod is known carry it; the canonical labels the injector set win over
+/// `app`/`version`, which are the fallbacks.
+#[test]
+fn endpoints_of_known_pods_name_their_workload_as_istio_does() {
+    let mut index = mesh();
+    index.mesh.cluster_id = "east".to_string();
+    for (name, labels) in [
+        (
+            "reviews-v1-1",
+            vec![
+                ("app", "reviews"),
+                ("version", "v1"),
+                (
+                    rustmesh_xds::well_known::LABEL_CANONICAL_NAME,
+                    "reviews-canon",
+                ),
+            ],
+        ),
+        ("reviews-v2-1", vec![("app", "reviews"), ("version", "v2")]),
+    ] {
+        index.apply(Object::Pod {
+            key: ObjKey::new("default", name),
+            pod: PodInfo::new(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                None,
+            )
+            .with_workload(Some(name.trim_end_matches("-1").to_string())),
+        });
+    }
+    let c = rendered(&index, &Scope::namespace("default"));
+    let name = format!("outbound|9080||{REVIEWS}");
+    let la = c.load_assignment(c.cluster(&name).unwrap()).unwrap();
+    let workloads: Vec<Option<String>> = la
+        .lb_endpoints()
+        .map(|e| e.workload().map(|w| w.to_value()))
+        .collect();
+    assert_eq!(
+        workloads,
+        vec![
+            Some("reviews-v1;default;reviews-canon;v1;east".to_string()),
+            Some("reviews-v2;default;reviews;v2;east".to_string()),
+            // A pod the index has no workload for (as before a pod watch event).
+            None,
+        ]
+    );
+    // The incremental path's assignment is the same.
+    let (_, recipes) = render_parts(&MeshView::new(&index), &Scope::namespace("default"));
+    let recipe = recipes[REVIEWS].iter().find(|r| r.cluster == name).unwrap();
+    let svc = MeshView::new(&index).registry.get(REVIEWS).cloned();
+    assert_eq!(&recipe.assignment(svc.as_ref()), la);
 }
