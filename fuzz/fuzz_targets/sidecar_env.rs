@@ -1,6 +1,7 @@
-//! The sidecar's inputs from its pod that are not mesh configuration: `/etc/resolv.conf` (the
-//! nameservers DNS capture is limited to), `ISTIO_PROMETHEUS_ANNOTATIONS` (the app's metrics
-//! to merge on 15020) and `ISTIO_KUBE_APP_PROBERS` (the app's probes and hooks). The first byte
+//! The sidecar's inputs from its pod and its peers that are not mesh configuration:
+//! `/etc/resolv.conf` (the nameservers DNS capture is limited to), `ISTIO_PROMETHEUS_ANNOTATIONS`
+//! (the app's metrics to merge on 15020), `ISTIO_KUBE_APP_PROBERS` (the app's probes and hooks)
+//! and a peer's `x-envoy-peer-metadata` (the metadata exchange, `rustmesh_proxy::peer`). The first byte
 //! picks the reader; each returns a value or an error, never a panic, and what it accepts holds
 //! its documented promises.
 #![no_main]
@@ -14,10 +15,18 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, rest)) = data.split_first() else {
         return;
     };
+    if which % 4 == 3 {
+        // Any bytes: a header value is not necessarily text.
+        if let Some(peer) = rustmesh_proxy::peer::decode(rest) {
+            assert!(rest.len() <= rustmesh_proxy::peer::MAX_HEADER_BYTES);
+            assert!(peer.labels.len() <= rustmesh_proxy::peer::MAX_LABELS);
+        }
+        return;
+    }
     let Ok(text) = std::str::from_utf8(rest) else {
         return;
     };
-    match which % 3 {
+    match which % 4 {
         0 => {
             let found = nameservers(text);
             assert!(found.len() <= text.lines().count());

@@ -39,6 +39,7 @@ pub mod listener;
 pub mod logging;
 pub mod merge_metrics;
 pub mod metrics;
+pub mod peer;
 pub mod pool;
 pub mod sidecar;
 pub mod snapshot;

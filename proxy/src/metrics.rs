@@ -24,7 +24,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use rustmesh_xds::ProxyConfig;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Istio's `istio_request_duration_milliseconds` buckets.
 pub const DURATION_BUCKETS_MS: [f64; 19] = [
@@ -56,34 +56,79 @@ impl Reporter {
     }
 }
 
-/// The workload this proxy runs beside.
+/// A workload: this proxy's own, or a peer's learned through metadata exchange
+/// (`crate::peer`) or from the endpoint's metadata.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkloadInfo {
     /// Workload name (the Deployment's, like Istio's `source_workload`).
     pub name: String,
     /// Namespace.
     pub namespace: String,
-    /// The pod's labels.
+    /// The pod's labels (of a peer: those the metadata exchange carries).
     pub labels: BTreeMap<String, String>,
+    /// The cluster id (`ISTIO_META_CLUSTER_ID`; Istio's default `Kubernetes`), empty when unknown.
+    pub cluster: String,
+    /// The pod's name, empty when unknown.
+    pub pod: String,
 }
 
+pub use rustmesh_xds::well_known::{LABEL_CANONICAL_NAME, LABEL_CANONICAL_REVISION};
+
 impl WorkloadInfo {
-    /// `app` label (or `app.kubernetes.io/name`), else `unknown`.
-    pub fn app(&self) -> &str {
-        self.labels
-            .get("app")
-            .or_else(|| self.labels.get("app.kubernetes.io/name"))
+    /// The workload behind an endpoint, from the endpoint's metadata.
+    pub fn from_endpoint(w: &rustmesh_xds::cluster::EndpointWorkload) -> WorkloadInfo {
+        let mut labels = BTreeMap::new();
+        for (k, v) in [
+            (LABEL_CANONICAL_NAME, &w.canonical_service),
+            (LABEL_CANONICAL_REVISION, &w.canonical_revision),
+        ] {
+            if !v.is_empty() {
+                labels.insert(k.to_string(), v.clone());
+            }
+        }
+        WorkloadInfo {
+            name: w.name.clone(),
+            namespace: w.namespace.clone(),
+            labels,
+            cluster: w.cluster.clone(),
+            pod: String::new(),
+        }
+    }
+
+    fn label_or_unknown(&self, keys: &[&str]) -> &str {
+        keys.iter()
+            .find_map(|k| self.labels.get(*k).filter(|v| !v.is_empty()))
             .map(String::as_str)
             .unwrap_or(UNKNOWN)
     }
 
+    /// `app` label (or `app.kubernetes.io/name`), else `unknown`.
+    pub fn app(&self) -> &str {
+        self.label_or_unknown(&["app", "app.kubernetes.io/name"])
+    }
+
     /// `version` label (or `app.kubernetes.io/version`), else `unknown`.
     pub fn version(&self) -> &str {
-        self.labels
-            .get("version")
-            .or_else(|| self.labels.get("app.kubernetes.io/version"))
-            .map(String::as_str)
-            .unwrap_or(UNKNOWN)
+        self.label_or_unknown(&["version", "app.kubernetes.io/version"])
+    }
+
+    /// `service.istio.io/canonical-name` (the injector always sets it), else `unknown`.
+    pub fn canonical_service(&self) -> &str {
+        self.label_or_unknown(&[LABEL_CANONICAL_NAME])
+    }
+
+    /// `service.istio.io/canonical-revision` (the injector always sets it), else `unknown`.
+    pub fn canonical_revision(&self) -> &str {
+        self.label_or_unknown(&[LABEL_CANONICAL_REVISION])
+    }
+
+    /// The cluster id, else `unknown`.
+    pub fn cluster_id(&self) -> &str {
+        if self.cluster.is_empty() {
+            UNKNOWN
+        } else {
+            &self.cluster
+        }
     }
 
     /// Workload name, else `unknown`.
@@ -118,13 +163,30 @@ pub struct DestinationService {
     pub subset: Option<String>,
 }
 
-/// Cluster name → service, for the `destination_service*` labels.
+/// Cluster name → service, for the `destination_service*` labels; and endpoint → workload, for
+/// the `destination_*` labels of a call whose server sent no metadata back (`crate::peer`).
 #[derive(Debug, Clone, Default)]
-pub struct Destinations(HashMap<String, DestinationService>);
+pub struct Destinations(
+    HashMap<String, DestinationService>,
+    HashMap<std::net::SocketAddr, Arc<WorkloadInfo>>,
+);
 
 impl Destinations {
-    /// Reads every cluster's metadata.
+    /// Reads every cluster's metadata and every endpoint's.
     pub fn from_config(config: &ProxyConfig) -> Self {
+        let mut workloads = HashMap::new();
+        for ep in config
+            .endpoints
+            .iter()
+            .flat_map(|a| a.endpoints.iter())
+            .flat_map(|l| l.lb_endpoints.iter())
+        {
+            if let Some(w) = ep.workload() {
+                workloads
+                    .entry(ep.endpoint.address.socket_addr())
+                    .or_insert_with(|| Arc::new(WorkloadInfo::from_endpoint(&w)));
+            }
+        }
         let mut map = HashMap::new();
         for c in &config.clusters {
             if let Some(md) = &c.metadata
@@ -141,7 +203,12 @@ impl Destinations {
                 );
             }
         }
-        Destinations(map)
+        Destinations(map, workloads)
+    }
+
+    /// The workload behind an endpoint, from its metadata.
+    pub fn workload_at(&self, endpoint: std::net::SocketAddr) -> Option<&Arc<WorkloadInfo>> {
+        self.1.get(&endpoint)
     }
 
     /// The service behind `cluster`.
@@ -161,11 +228,16 @@ impl Destinations {
 pub struct HttpLabels {
     pub reporter: String,
     pub source_workload: String,
+    pub source_canonical_service: String,
+    pub source_canonical_revision: String,
     pub source_workload_namespace: String,
     pub source_principal: String,
     pub source_app: String,
     pub source_version: String,
+    pub source_cluster: String,
     pub destination_workload: String,
+    pub destination_canonical_service: String,
+    pub destination_canonical_revision: String,
     pub destination_workload_namespace: String,
     pub destination_principal: String,
     pub destination_app: String,
@@ -173,6 +245,7 @@ pub struct HttpLabels {
     pub destination_service: String,
     pub destination_service_name: String,
     pub destination_service_namespace: String,
+    pub destination_cluster: String,
     pub request_protocol: String,
     pub response_code: String,
     pub grpc_response_status: String,
@@ -186,11 +259,16 @@ pub struct HttpLabels {
 pub struct TcpLabels {
     pub reporter: String,
     pub source_workload: String,
+    pub source_canonical_service: String,
+    pub source_canonical_revision: String,
     pub source_workload_namespace: String,
     pub source_principal: String,
     pub source_app: String,
     pub source_version: String,
+    pub source_cluster: String,
     pub destination_workload: String,
+    pub destination_canonical_service: String,
+    pub destination_canonical_revision: String,
     pub destination_workload_namespace: String,
     pub destination_principal: String,
     pub destination_app: String,
@@ -198,12 +276,14 @@ pub struct TcpLabels {
     pub destination_service: String,
     pub destination_service_name: String,
     pub destination_service_namespace: String,
+    pub destination_cluster: String,
     pub request_protocol: String,
     pub response_flags: String,
     pub connection_security_policy: String,
 }
 
-/// The peer-independent part of a label set: who reports, this workload, the destination service.
+/// What a label set is made of: who reports, this workload, the peer's, the destination
+/// service and the principals.
 #[derive(Debug, Clone)]
 pub struct Peers<'a> {
     /// Which side reports.
@@ -221,17 +301,52 @@ pub struct Peers<'a> {
     /// The server's SPIFFE id (destination side: this workload's under mTLS; source side: the
     /// mTLS server's, when known), `unknown` when `None`.
     pub destination_principal: Option<&'a str>,
+    /// The other side's workload, when known (`crate::peer`: metadata exchange, or the
+    /// endpoint's metadata); its labels read `unknown` otherwise.
+    pub peer: Option<&'a WorkloadInfo>,
 }
 
+/// One side of the call, as its labels read.
+struct Side {
+    workload: String,
+    namespace: String,
+    app: String,
+    version: String,
+    canonical_service: String,
+    canonical_revision: String,
+    cluster: String,
+}
+
+impl Side {
+    fn of(w: Option<&WorkloadInfo>) -> Side {
+        let unknown = || UNKNOWN.to_string();
+        match w {
+            Some(w) => Side {
+                workload: w.workload().into(),
+                namespace: w.workload_namespace().into(),
+                app: w.app().into(),
+                version: w.version().into(),
+                canonical_service: w.canonical_service().into(),
+                canonical_revision: w.canonical_revision().into(),
+                cluster: w.cluster_id().into(),
+            },
+            None => Side {
+                workload: unknown(),
+                namespace: unknown(),
+                app: unknown(),
+                version: unknown(),
+                canonical_service: unknown(),
+                canonical_revision: unknown(),
+                cluster: unknown(),
+            },
+        }
+    }
+}
+
+/// The peer-independent part of a label set: who reports, both sides, the destination service.
 struct Common {
-    source_workload: String,
-    source_workload_namespace: String,
-    source_app: String,
-    source_version: String,
-    destination_workload: String,
-    destination_workload_namespace: String,
-    destination_app: String,
-    destination_version: String,
+    source: Side,
+    destination: Side,
     destination_service: String,
     destination_service_name: String,
     destination_service_namespace: String,
@@ -245,30 +360,29 @@ impl Peers<'_> {
             Some(s) => (s.host.clone(), s.name.clone(), s.namespace.clone()),
             None => (unknown(), unknown(), unknown()),
         };
+        let own = Side::of(Some(self.own));
+        let peer = Side::of(self.peer);
         match self.reporter {
-            // Without peer metadata exchange the peer workload is unknown; the service is known.
-            Reporter::Source => Common {
-                source_workload: self.own.workload().into(),
-                source_workload_namespace: self.own.workload_namespace().into(),
-                source_app: self.own.app().into(),
-                source_version: self.own.version().into(),
-                destination_workload: unknown(),
-                destination_workload_namespace: ns.clone(),
-                destination_app: unknown(),
-                destination_version: svc.and_then(|s| s.subset.clone()).unwrap_or_else(unknown),
-                destination_service: host,
-                destination_service_name: name,
-                destination_service_namespace: ns,
-            },
+            Reporter::Source => {
+                let mut destination = peer;
+                if self.peer.is_none() {
+                    // Without the server's metadata: the service's namespace and the subset.
+                    destination.namespace = ns.clone();
+                    if let Some(subset) = svc.and_then(|s| s.subset.clone()) {
+                        destination.version = subset;
+                    }
+                }
+                Common {
+                    source: own,
+                    destination,
+                    destination_service: host,
+                    destination_service_name: name,
+                    destination_service_namespace: ns,
+                }
+            }
             Reporter::Destination => Common {
-                source_workload: unknown(),
-                source_workload_namespace: unknown(),
-                source_app: unknown(),
-                source_version: unknown(),
-                destination_workload: self.own.workload().into(),
-                destination_workload_namespace: self.own.workload_namespace().into(),
-                destination_app: self.own.app().into(),
-                destination_version: self.own.version().into(),
+                source: peer,
+                destination: own,
                 destination_service: host,
                 destination_service_name: name,
                 destination_service_namespace: ns,
@@ -287,19 +401,25 @@ impl Peers<'_> {
         let c = self.common();
         HttpLabels {
             reporter: self.reporter.as_str().into(),
-            source_workload: c.source_workload,
-            source_workload_namespace: c.source_workload_namespace,
+            source_workload: c.source.workload,
+            source_canonical_service: c.source.canonical_service,
+            source_canonical_revision: c.source.canonical_revision,
+            source_workload_namespace: c.source.namespace,
             source_principal: self.source_principal.unwrap_or(UNKNOWN).into(),
-            source_app: c.source_app,
-            source_version: c.source_version,
-            destination_workload: c.destination_workload,
-            destination_workload_namespace: c.destination_workload_namespace,
+            source_app: c.source.app,
+            source_version: c.source.version,
+            source_cluster: c.source.cluster,
+            destination_workload: c.destination.workload,
+            destination_canonical_service: c.destination.canonical_service,
+            destination_canonical_revision: c.destination.canonical_revision,
+            destination_workload_namespace: c.destination.namespace,
             destination_principal: self.destination_principal.unwrap_or(UNKNOWN).into(),
-            destination_app: c.destination_app,
-            destination_version: c.destination_version,
+            destination_app: c.destination.app,
+            destination_version: c.destination.version,
             destination_service: c.destination_service,
             destination_service_name: c.destination_service_name,
             destination_service_namespace: c.destination_service_namespace,
+            destination_cluster: c.destination.cluster,
             request_protocol: protocol.into(),
             response_code: response_code.to_string(),
             grpc_response_status: grpc_status.unwrap_or("").into(),
@@ -317,19 +437,25 @@ impl Peers<'_> {
         let c = self.common();
         TcpLabels {
             reporter: self.reporter.as_str().into(),
-            source_workload: c.source_workload,
-            source_workload_namespace: c.source_workload_namespace,
+            source_workload: c.source.workload,
+            source_canonical_service: c.source.canonical_service,
+            source_canonical_revision: c.source.canonical_revision,
+            source_workload_namespace: c.source.namespace,
             source_principal: self.source_principal.unwrap_or(UNKNOWN).into(),
-            source_app: c.source_app,
-            source_version: c.source_version,
-            destination_workload: c.destination_workload,
-            destination_workload_namespace: c.destination_workload_namespace,
+            source_app: c.source.app,
+            source_version: c.source.version,
+            source_cluster: c.source.cluster,
+            destination_workload: c.destination.workload,
+            destination_canonical_service: c.destination.canonical_service,
+            destination_canonical_revision: c.destination.canonical_revision,
+            destination_workload_namespace: c.destination.namespace,
             destination_principal: self.destination_principal.unwrap_or(UNKNOWN).into(),
-            destination_app: c.destination_app,
-            destination_version: c.destination_version,
+            destination_app: c.destination.app,
+            destination_version: c.destination.version,
             destination_service: c.destination_service,
             destination_service_name: c.destination_service_name,
             destination_service_namespace: c.destination_service_namespace,
+            destination_cluster: c.destination.cluster,
             request_protocol: "tcp".into(),
             response_flags: if response_flags.is_empty() {
                 "-".into()
@@ -550,6 +676,7 @@ mod tests {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            ..Default::default()
         };
         let svc = DestinationService {
             host: "reviews.default.svc.cluster.local".into(),
@@ -564,6 +691,7 @@ mod tests {
             security_policy: "unknown",
             source_principal: Some("spiffe://cluster.local/ns/default/sa/bookinfo-productpage"),
             destination_principal: None,
+            peer: None,
         };
         let l = peers.http_labels("http", 200, "", None);
         m.record_request(

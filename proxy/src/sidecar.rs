@@ -311,12 +311,20 @@ pub fn http_handler(
     workload: &Arc<WorkloadInfo>,
     settings: HttpSettings,
 ) -> Arc<ConnectionManager> {
-    Arc::new(ConnectionManager::new(istio.clone(), workload.clone()).with_settings(settings))
+    let instance_ip = std::env::var("INSTANCE_IP")
+        .ok()
+        .and_then(|ip| ip.parse().ok());
+    Arc::new(
+        ConnectionManager::new(istio.clone(), workload.clone())
+            .with_settings(settings)
+            .with_instance_ip(instance_ip),
+    )
 }
 
 /// This pod's workload, for the labels of Istio's metrics: `ISTIO_META_WORKLOAD_NAME` (else the
 /// pod name without its ReplicaSet and pod suffixes, as Istio guesses), `POD_NAMESPACE`, and
-/// the labels file (downward API; none if it cannot be read).
+/// the labels file (downward API; none if it cannot be read), `ISTIO_META_CLUSTER_ID` (else
+/// Istio's `Kubernetes`) and `POD_NAME`.
 pub fn workload_info(labels_file: &std::path::Path) -> WorkloadInfo {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let name = env("ISTIO_META_WORKLOAD_NAME")
@@ -330,6 +338,9 @@ pub fn workload_info(labels_file: &std::path::Path) -> WorkloadInfo {
         name,
         namespace: env("POD_NAMESPACE").unwrap_or_default(),
         labels,
+        // Istio's default cluster id.
+        cluster: env("ISTIO_META_CLUSTER_ID").unwrap_or_else(|| "Kubernetes".to_string()),
+        pod: env("POD_NAME").unwrap_or_default(),
     }
 }
 

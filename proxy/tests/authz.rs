@@ -237,6 +237,7 @@ impl Sidecar {
             name: name.to_string(),
             namespace: ns.to_string(),
             labels: BTreeMap::from([("app".to_string(), name.to_string())]),
+            ..Default::default()
         });
         let access_log = Arc::new(Mutex::new(Vec::new()));
         let lines = access_log.clone();

@@ -422,6 +422,10 @@ fn feed(bytes: &[u8]) {
             ),
             metrics: Arc::new(Metrics::new()),
             workload: Arc::new(WorkloadInfo::default()),
+            own_metadata: Arc::new(rustmesh_proxy::peer::OwnMetadata::of(
+                &WorkloadInfo::default(),
+                None,
+            )),
             destinations: Arc::new(Destinations::default()),
             reporter: Reporter::Source,
             peer: addr,

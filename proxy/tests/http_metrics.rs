@@ -83,6 +83,8 @@ async fn requests_and_bytes_are_counted_exactly() {
         name: "productpage-v1".into(),
         namespace: "default".into(),
         labels: Options::default().labels,
+        cluster: "Kubernetes".into(),
+        pod: "productpage-v1-7dbc5495bd-9sm76".into(),
     };
     let peers = Peers {
         reporter: Reporter::Source,
@@ -91,6 +93,7 @@ async fn requests_and_bytes_are_counted_exactly() {
         security_policy: "unknown",
         source_principal: None,
         destination_principal: None,
+        peer: None,
     };
     let ok = peers.http_labels("http", 200, "", None);
     let unavailable = peers.http_labels("http", 503, "", None);

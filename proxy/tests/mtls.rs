@@ -69,6 +69,14 @@ async fn http_app() -> SocketAddr {
                         if let Some(v) = req.headers().get("x-forwarded-client-cert") {
                             resp.headers_mut().insert("seen-xfcc", v.clone());
                         }
+                        // The metadata exchange is the sidecars' business: it must never
+                        // reach the app.
+                        for h in ["x-envoy-peer-metadata", "x-envoy-peer-metadata-id"] {
+                            if req.headers().contains_key(h) {
+                                resp.headers_mut()
+                                    .insert("seen-peer-metadata", h.parse().unwrap());
+                            }
+                        }
                         Ok::<_, std::convert::Infallible>(resp)
                     },
                 );
@@ -212,13 +220,16 @@ fn client_doc(
     let def = |port: u16| {
         let matches = auto_mtls_matches(&istio_sni(port, "", &host()), &ALPN_ISTIO_TCP, sans);
         json!({"name": cluster(port), "type": "EDS", "connectTimeout": "5s", "lbPolicy": "ROUND_ROBIN",
-            "edsClusterConfig": {"serviceName": cluster(port)}, "transportSocketMatches": matches})
+            "edsClusterConfig": {"serviceName": cluster(port)}, "transportSocketMatches": matches,
+            "metadata": {"services": [{"host": host(), "name": "ratings", "namespace": "bookinfo"}]}})
     };
     let endpoints = |port: u16, at: SocketAddr| {
-        let mut e = json!({"endpoint": {"address": address("127.0.0.1", at.port())}});
+        let mut e = json!({"endpoint": {"address": address("127.0.0.1", at.port())},
+            // The workload behind the endpoint, as the operator writes it (Istio's format).
+            "metadata": {"filterMetadata": {"istio": {"workload": "ratings-v1;bookinfo;ratings;v1;Kubernetes"}}}});
         if tls_mode {
-            e["metadata"] =
-                json!({"filterMetadata": {"envoy.transport_socket_match": {"tlsMode": "istio"}}});
+            e["metadata"]["filterMetadata"]["envoy.transport_socket_match"] =
+                json!({"tlsMode": "istio"});
         }
         json!({"clusterName": cluster(port), "endpoints": [{"lbEndpoints": [e]}]})
     };
@@ -263,6 +274,8 @@ impl Sidecar {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<BTreeMap<_, _>>(),
+            cluster: "Kubernetes".to_string(),
+            pod: format!("{name}-6d8f9c7b5-abcde"),
         });
         let http = Arc::new(ConnectionManager::new(istio.clone(), workload.clone()));
         let certs = Arc::new(Certs::default());
@@ -349,7 +362,12 @@ async fn mesh(
     let (app_http, app_tcp) = (http_app().await, tcp_app().await);
     let server = Sidecar::new(
         "ratings-v1",
-        &[("app", "ratings"), ("version", "v1")],
+        &[
+            ("app", "ratings"),
+            ("version", "v1"),
+            ("service.istio.io/canonical-name", "ratings"),
+            ("service.istio.io/canonical-revision", "v1"),
+        ],
         server_cert,
         server_doc(app_http, app_tcp, peer),
     );
@@ -358,7 +376,12 @@ async fn mesh(
     let sans = vec![id("bookinfo", "ratings").to_string()];
     let client = Sidecar::new(
         "reviews-v1",
-        &[("app", "reviews")],
+        &[
+            ("app", "reviews"),
+            ("version", "v2"),
+            ("service.istio.io/canonical-name", "reviews"),
+            ("service.istio.io/canonical-revision", "v2"),
+        ],
         client_cert,
         client_doc(inbound_http, inbound_tcp, &sans, true),
     );
@@ -428,6 +451,14 @@ async fn get(addr: SocketAddr, http2: bool) -> Result<(u16, String), String> {
 /// The `x-forwarded-client-cert` the app saw for one HTTP/1.1 request to `addr` (sending
 /// `prior` as the client's own XFCC).
 async fn seen_xfcc(addr: SocketAddr, prior: Option<&str>) -> Option<String> {
+    response_headers(addr, prior)
+        .await?
+        .get("seen-xfcc")
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
+/// The headers of the answer to one HTTP/1.1 `GET /` (sending `prior` as XFCC).
+async fn response_headers(addr: SocketAddr, prior: Option<&str>) -> Option<hyper::HeaderMap> {
     let stream = TcpStream::connect(addr).await.ok()?;
     let (mut send, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -442,9 +473,7 @@ async fn seen_xfcc(addr: SocketAddr, prior: Option<&str>) -> Option<String> {
             .insert("x-forwarded-client-cert", p.parse().unwrap());
     }
     let resp = send.send_request(req).await.ok()?;
-    resp.headers()
-        .get("seen-xfcc")
-        .map(|v| v.to_str().unwrap().to_string())
+    Some(resp.headers().clone())
 }
 
 /// Connects to `addr`, reads the app's greeting and one echo; `None` when the connection is
@@ -583,6 +612,113 @@ async fn http1_http2_and_tcp_between_sidecars_are_mutual_tls() {
             "connection_security_policy=\"none\"",
         ]
     ));
+}
+
+/// Istio's metadata exchange: each sidecar learns the other's workload, so both report the full
+/// label set (Kiali's graph edges); neither app sees the exchange headers; TCP's client side
+/// takes the server from the endpoint's metadata; a plain-text client outside the mesh stays
+/// `unknown`.
+#[tokio::test]
+async fn sidecars_learn_each_others_workload_and_the_apps_never_see_the_exchange() {
+    let (server_cert, client_cert, _root) = certs().await;
+    let m = mesh(Some(server_cert), Some(client_cert), Value::Null).await;
+    for http2 in [false, true] {
+        assert_eq!(get(m.outbound_http, http2).await.map(|(c, _)| c), Ok(200));
+    }
+    let seen = response_headers(m.outbound_http, None).await.unwrap();
+    for h in [
+        "seen-peer-metadata",
+        "x-envoy-peer-metadata",
+        "x-envoy-peer-metadata-id",
+    ] {
+        assert!(!seen.contains_key(h), "{h} reached an app: {seen:?}");
+    }
+    assert_eq!(
+        talk(m.outbound_tcp).await.as_deref(),
+        Some("tcp-app\nping\n")
+    );
+
+    let server = m.server.prometheus();
+    let source = [
+        "source_workload=\"reviews-v1\"",
+        "source_canonical_service=\"reviews\"",
+        "source_canonical_revision=\"v2\"",
+        "source_workload_namespace=\"bookinfo\"",
+        "source_app=\"reviews\"",
+        "source_version=\"v2\"",
+        "source_cluster=\"Kubernetes\"",
+    ];
+    let destination = [
+        "destination_workload=\"ratings-v1\"",
+        "destination_canonical_service=\"ratings\"",
+        "destination_canonical_revision=\"v1\"",
+        "destination_workload_namespace=\"bookinfo\"",
+        "destination_app=\"ratings\"",
+        "destination_version=\"v1\"",
+        "destination_cluster=\"Kubernetes\"",
+    ];
+    let both: Vec<&str> = source.iter().chain(&destination).copied().collect();
+    let line = |text: &str, first: &[&str]| {
+        text.lines()
+            .find(|l| first.iter().all(|n| l.contains(n)))
+            .map(str::to_string)
+    };
+    let server_line = line(
+        &server,
+        &["istio_requests_total{", "reporter=\"destination\""],
+    )
+    .unwrap_or_else(|| panic!("no request metric on the server:\n{server}"));
+    for n in &both {
+        assert!(
+            server_line.contains(n),
+            "server side lacks {n}: {server_line}"
+        );
+    }
+    let client = m.client.prometheus();
+    let client_line = line(&client, &["istio_requests_total{", "reporter=\"source\""])
+        .unwrap_or_else(|| panic!("no request metric on the client:\n{client}"));
+    for n in &both {
+        assert!(
+            client_line.contains(n),
+            "client side lacks {n}: {client_line}"
+        );
+    }
+    // The server's identity, as its certificate proved it, on both sides.
+    let server_id = format!("destination_principal=\"{}\"", id("bookinfo", "ratings"));
+    assert!(client_line.contains(&server_id), "{client_line}");
+    assert!(server_line.contains(&server_id), "{server_line}");
+    // TCP: the client knows the server from the endpoint's metadata (no app/version there,
+    // as in Istio); the server has no exchange for TCP, so its client reads `unknown`.
+    let tcp = line(
+        &client,
+        &["istio_tcp_connections_opened_total{", "reporter=\"source\""],
+    )
+    .unwrap();
+    for n in [
+        "destination_workload=\"ratings-v1\"",
+        "destination_canonical_service=\"ratings\"",
+        "destination_canonical_revision=\"v1\"",
+        "destination_cluster=\"Kubernetes\"",
+    ] {
+        assert!(tcp.contains(n), "TCP client side lacks {n}: {tcp}");
+    }
+    // A plain-text client that is no sidecar sends no metadata and gets none back.
+    let plain = response_headers(m.inbound_http, None).await.unwrap();
+    assert!(!plain.contains_key("x-envoy-peer-metadata"), "{plain:?}");
+    let server = m.server.prometheus();
+    assert!(
+        line(
+            &server,
+            &[
+                "istio_requests_total{",
+                "reporter=\"destination\"",
+                "source_workload=\"unknown\"",
+                "connection_security_policy=\"none\"",
+            ]
+        )
+        .is_some(),
+        "{server}"
+    );
 }
 
 #[tokio::test]

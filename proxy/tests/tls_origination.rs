@@ -259,6 +259,7 @@ impl Sidecar {
             name: "payments".to_string(),
             namespace: "shop".to_string(),
             labels: BTreeMap::new(),
+            ..Default::default()
         });
         let http = Arc::new(ConnectionManager::new(istio.clone(), workload.clone()));
         let clusters = Arc::new(ClusterManager::with_identity(metrics.clone(), identity));

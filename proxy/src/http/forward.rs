@@ -17,6 +17,7 @@ use crate::http::reply::{error_reply, local_reply};
 use crate::http::retry::{AttemptFailure, Next, RetryLoop, Timeout};
 use crate::http::route::{self, CompiledRoute, ForwardAction};
 use crate::http::{DownstreamInfo, HttpContext, UpstreamError, UpstreamResponse, headers};
+use crate::metrics::Reporter;
 use http::header::{HOST, HeaderValue, SET_COOKIE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
@@ -147,11 +148,17 @@ pub(super) async fn forward(
     let UpstreamResponse {
         response: mut resp,
         endpoint,
+        server_identity,
     } = match answer {
         Ok(a) => a,
         Err(local) => return local,
     };
     ex.upstream_host = Some(endpoint);
+    ex.server_identity = server_identity;
+    // The server's workload, from the metadata exchange (removed before the app).
+    if ctx.reporter == Reporter::Source {
+        ex.peer = crate::peer::take(resp.headers_mut(), &conn.peer_cache);
+    }
     let service_time = upstream_start.elapsed();
     ex.upstream_time = Some(service_time);
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -199,6 +206,10 @@ fn upstream_head(
 ) -> (Head, HashOutcome) {
     let mut h = std::mem::take(&mut parts.headers);
     headers::strip_hop_by_hop(&mut h, t.upgrade);
+    // To a service of the mesh: this workload's metadata (`crate::peer`).
+    if ctx.reporter == Reporter::Source && ctx.destinations.get(t.cluster).is_some() {
+        ctx.own_metadata.insert(&mut h);
+    }
     h.remove(http::header::EXPECT);
     if !h.contains_key(&headers::X_FORWARDED_PROTO) {
         // http and https as static values (no allocation); any other scheme as given.

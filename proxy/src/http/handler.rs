@@ -30,6 +30,7 @@ use crate::http::{
     serve_connection_draining, serve_connection_with_drain,
 };
 use crate::metrics::{Destinations, Metrics as IstioMetrics, Reporter, WorkloadInfo};
+use crate::peer::OwnMetadata;
 use crate::pool::PassthroughPools;
 use crate::socket::{ClientAddr, OrigDstAddr};
 use crate::{Error, Result};
@@ -156,6 +157,7 @@ pub struct ConnectionManager {
     rng: Arc<Rng>,
     access_log: AccessLog,
     passthrough: Arc<PassthroughPools>,
+    own_metadata: Arc<OwnMetadata>,
 }
 
 impl ConnectionManager {
@@ -164,12 +166,20 @@ impl ConnectionManager {
     pub fn new(istio: Arc<IstioMetrics>, workload: Arc<WorkloadInfo>) -> Self {
         ConnectionManager {
             istio,
+            own_metadata: Arc::new(OwnMetadata::of(&workload, None)),
             workload,
             settings: Arc::new(HttpSettings::default()),
             rng: Arc::new(Rng::from_entropy()),
             access_log: AccessLog::stdout(),
             passthrough: Arc::new(PassthroughPools::default()),
         }
+    }
+
+    /// The pod's address, for the node id sent in the metadata exchange
+    /// (`x-envoy-peer-metadata-id`, see [`crate::peer`]).
+    pub fn with_instance_ip(mut self, ip: Option<std::net::IpAddr>) -> Self {
+        self.own_metadata = Arc::new(OwnMetadata::of(&self.workload, ip));
+        self
     }
 
     /// Access-log lines (when a connection manager has `accessLog`) go to `log`.
@@ -261,6 +271,7 @@ impl ConnectionManager {
                 .with_original_source(original_source),
             metrics: self.istio.clone(),
             workload: self.workload.clone(),
+            own_metadata: self.own_metadata.clone(),
             destinations,
             reporter,
             peer: client.0,

@@ -132,6 +132,8 @@ pub struct HttpContext {
     pub metrics: Arc<Metrics>,
     /// This pod's workload (metric labels).
     pub workload: Arc<WorkloadInfo>,
+    /// This pod's workload as the metadata exchange sends it (`crate::peer`).
+    pub own_metadata: Arc<crate::peer::OwnMetadata>,
     /// Cluster → service (metric labels).
     pub destinations: Arc<Destinations>,
     /// `source` for outbound (15001) connections, `destination` for inbound (15006).

@@ -7,7 +7,7 @@
 use crate::body::{BodyEnd, ObservedBody, ProxyBody, ReplayLog, boxed};
 use crate::http::HttpContext;
 use crate::metrics::RequestHandles;
-use crate::metrics::{DestinationService, Peers, Reporter, RequestSample};
+use crate::metrics::{DestinationService, Peers, Reporter, RequestSample, WorkloadInfo};
 use http::{HeaderMap, Method, Response, Version};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +35,11 @@ pub(super) struct Exchange {
     /// Envoy's response code details, when a stage of ours answered with a reason worth
     /// naming (an authorization denial names the policy).
     pub(super) details: Option<String>,
+    /// The other side's workload (`crate::peer`): the client's from the request (inbound),
+    /// the server's from the answer or the endpoint's metadata (outbound).
+    pub(super) peer: Option<Arc<WorkloadInfo>>,
+    /// Outbound: the SPIFFE id the server proved over mutual TLS.
+    pub(super) server_identity: Option<Arc<String>>,
 }
 
 /// What the requests of one connection share: its context, whether it writes the access log,
@@ -50,6 +55,8 @@ pub(super) struct Conn {
     /// holds its configuration (and so the `DestinationService`s) for its whole life, so the
     /// service's address identifies it here.
     pub(super) metric_handles: Mutex<Vec<(MetricKey, RequestHandles)>>,
+    /// The last metadata exchange header of this connection's peer, decoded.
+    pub(super) peer_cache: crate::peer::PeerCache,
 }
 
 /// What picks a request's metric label set within one connection.
@@ -60,6 +67,8 @@ pub(super) struct MetricKey {
     code: u16,
     flags: String,
     grpc_status: Option<String>,
+    peer: Option<Arc<WorkloadInfo>>,
+    server_identity: Option<Arc<String>>,
 }
 
 /// Distinct label sets a connection keeps handles for (then it looks them up each time).
@@ -79,7 +88,24 @@ impl Conn {
         ex: Exchange,
         resp: Response<ProxyBody>,
     ) -> Response<ProxyBody> {
-        let (parts, body) = resp.into_parts();
+        let (mut parts, body) = resp.into_parts();
+        let mut ex = ex;
+        match self.ctx.reporter {
+            // A client that sent its metadata gets the server's back.
+            Reporter::Destination if ex.peer.is_some() => {
+                self.ctx.own_metadata.insert(&mut parts.headers)
+            }
+            Reporter::Destination => {}
+            // No metadata came back (or no answer came): the endpoint's metadata says who it was.
+            Reporter::Source => {
+                if ex.peer.is_none() {
+                    ex.peer = ex
+                        .upstream_host
+                        .and_then(|h| self.ctx.destinations.workload_at(h))
+                        .cloned();
+                }
+            }
+        }
         let code = parts.status.as_u16();
         let grpc_header = header_str(&parts.headers, "grpc-status");
         let me = self.clone();
@@ -107,6 +133,8 @@ impl Conn {
             code,
             flags,
             grpc_status,
+            peer: ex.peer.clone(),
+            server_identity: ex.server_identity.clone(),
         };
         let handles = {
             let mut cache = crate::sync::lock(&self.metric_handles);
@@ -117,7 +145,11 @@ impl Conn {
                     let own = ctx.own_identity.as_deref();
                     let (source_principal, destination_principal, security_policy) =
                         match (ctx.reporter, &peer) {
-                            (Reporter::Source, _) => (own, None, "unknown"),
+                            (Reporter::Source, _) => (
+                                own,
+                                key.server_identity.as_deref().map(String::as_str),
+                                "unknown",
+                            ),
                             (Reporter::Destination, Some(p)) => {
                                 (Some(p.as_str()), own, "mutual_tls")
                             }
@@ -130,6 +162,7 @@ impl Conn {
                         security_policy,
                         source_principal,
                         destination_principal,
+                        peer: key.peer.as_deref(),
                     };
                     let labels = peers.http_labels(
                         if key.grpc { "grpc" } else { "http" },
@@ -146,6 +179,8 @@ impl Conn {
                                 code: key.code,
                                 flags: key.flags.clone(),
                                 grpc_status: key.grpc_status.clone(),
+                                peer: key.peer.clone(),
+                                server_identity: key.server_identity.clone(),
                             },
                             h.clone(),
                         ));

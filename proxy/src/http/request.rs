@@ -15,6 +15,7 @@ use crate::http::record::Conn;
 use crate::http::record::{Exchange, header_str};
 use crate::http::reply::{grpc_reply, local_reply, status};
 use crate::http::route::{self, AbortWith, Action, CorsCheck, RequestView, RouteTable};
+use crate::metrics::Reporter;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, LOCATION};
 use http::{HeaderMap, Request, Response, Version};
 use hyper::body::Incoming;
@@ -138,6 +139,12 @@ pub(super) async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Respo
         flags: Vec::new(),
         request_body: None,
         details: None,
+        // Inbound: the client's workload, from the metadata exchange (removed before the app).
+        peer: match ctx.reporter {
+            Reporter::Destination => crate::peer::take(req.headers_mut(), &conn.peer_cache),
+            Reporter::Source => None,
+        },
+        server_identity: None,
     };
     // hyper's HTTP/1 read buffer cannot go below 8 KiB, so smaller limits are enforced here,
     // on the head as received (request line and headers), as Envoy's max_request_headers_kb.

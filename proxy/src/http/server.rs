@@ -88,6 +88,7 @@ where
         access_log: hcm.access_log,
         route_name_prefix: hcm.stat_prefix.clone(),
         metric_handles: Mutex::new(Vec::new()),
+        peer_cache: Default::default(),
     });
     let first_request = drain
         .is_none()

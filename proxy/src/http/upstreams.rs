@@ -34,6 +34,9 @@ pub struct UpstreamResponse {
     pub response: Response<ProxyBody>,
     /// The endpoint that answered.
     pub endpoint: SocketAddr,
+    /// The SPIFFE id the endpoint proved over mutual TLS (the source side's
+    /// `destination_principal`).
+    pub server_identity: Option<Arc<String>>,
 }
 
 /// The downstream connection a request came on, in the request's extensions.
@@ -186,6 +189,7 @@ impl ClusterUpstreams {
         Ok(UpstreamResponse {
             response: Response::from_parts(parts, permit.attach(body)),
             endpoint: endpoint.map_or(pool.addr(), |e| e.addr),
+            server_identity: pool.server_identity(),
         })
     }
 }

@@ -100,27 +100,35 @@ pub async fn proxy(shared: &Shared, conn: Conn<'_>, route: &TcpRoute, mut downst
     let cluster = route.pick_cluster();
     let own = shared.own_principal();
     let downstream_peer = downstream.peer_identity().map(|p| p.to_string());
-    let labels_for = |server: Option<&str>, flags: &str| {
-        let (source_principal, destination_principal, security_policy) = match reporter {
-            Reporter::Source => (own.as_deref(), server, "unknown"),
-            Reporter::Destination => match &downstream_peer {
-                Some(peer) => (Some(peer.as_str()), own.as_deref(), "mutual_tls"),
-                None => (None, None, "none"),
-            },
-        };
-        Peers {
-            reporter,
-            own: &shared.workload,
-            service: snapshot.destinations.get(&cluster.name),
-            security_policy,
-            source_principal,
-            destination_principal,
-        }
-        .tcp_labels(flags)
+    // The server's workload, from the endpoint's metadata (outbound; TCP has no metadata
+    // exchange here, so inbound the client's workload reads `unknown`).
+    let peer_at = |addr: std::net::SocketAddr| match reporter {
+        Reporter::Source => snapshot.destinations.workload_at(addr).cloned(),
+        Reporter::Destination => None,
     };
+    let labels_for =
+        |server: Option<&str>, peer: Option<&crate::metrics::WorkloadInfo>, flags: &str| {
+            let (source_principal, destination_principal, security_policy) = match reporter {
+                Reporter::Source => (own.as_deref(), server, "unknown"),
+                Reporter::Destination => match &downstream_peer {
+                    Some(peer) => (Some(peer.as_str()), own.as_deref(), "mutual_tls"),
+                    None => (None, None, "none"),
+                },
+            };
+            Peers {
+                reporter,
+                own: &shared.workload,
+                service: snapshot.destinations.get(&cluster.name),
+                security_policy,
+                source_principal,
+                destination_principal,
+                peer,
+            }
+            .tcp_labels(flags)
+        };
     let refuse = |refusal: Refusal, flags: &str| {
         shared.metrics.refused(&listener.name, refusal);
-        let labels = labels_for(None, flags);
+        let labels = labels_for(None, None, flags);
         shared.istio.tcp_opened(&labels);
         shared.istio.tcp_closed(&labels);
     };
@@ -150,7 +158,8 @@ pub async fn proxy(shared: &Shared, conn: Conn<'_>, route: &TcpRoute, mut downst
     };
     let (mut up, target, _active) = upstream.into_parts();
     let server = up.peer_identity().map(|p| p.to_string());
-    let labels = labels_for(server.as_deref(), "");
+    let peer = peer_at(target.addr);
+    let labels = labels_for(server.as_deref(), peer.as_deref(), "");
     shared.istio.tcp_opened(&labels);
     let _load = target.endpoint.as_ref().map(|e| e.hold());
     let _ = downstream.set_nodelay(true);

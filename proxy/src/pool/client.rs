@@ -152,6 +152,9 @@ pub struct FixedConnector {
     tls: Option<Arc<Originate>>,
     /// What the connections carry (the ALPN offered under TLS).
     purpose: Purpose,
+    /// The SPIFFE id the last connection's server proved (mutual TLS), for the source side's
+    /// `destination_principal`; `None` after a plain-text connection.
+    proved: Arc<arc_swap::ArcSwapOption<String>>,
 }
 
 impl tower::Service<Uri> for FixedConnector {
@@ -172,13 +175,14 @@ impl FixedConnector {
     /// Opens a connection to the address with the cluster's dialer (which enforces
     /// `connectTimeout`; the pool's own limit is only a backstop), with `TCP_NODELAY`.
     fn dial(&self) -> Pin<Box<dyn Future<Output = std::io::Result<PooledIo>> + Send>> {
-        let (dialer, addr, endpoint, timeout, tls, purpose) = (
+        let (dialer, addr, endpoint, timeout, tls, purpose, proved) = (
             self.dialer.clone(),
             self.addr,
             self.endpoint.clone(),
             self.connect_timeout,
             self.tls.clone(),
             self.purpose,
+            self.proved.clone(),
         );
         Box::pin(async move {
             let connecting = dialer.connect_with(addr, endpoint, tls.as_deref(), purpose);
@@ -187,6 +191,7 @@ impl FixedConnector {
                 .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))?
                 .map_err(std::io::Error::other)?;
             let _ = stream.set_nodelay(true);
+            proved.store(stream.peer_identity().map(|id| Arc::new(id.to_string())));
             Ok(PooledIo {
                 io: TokioIo::new(stream),
                 _guard: guard,
@@ -293,6 +298,7 @@ impl EndpointClient {
             dialer,
             endpoint,
             tls,
+            proved: Default::default(),
             purpose: if http2 {
                 Purpose::Http2
             } else {
@@ -315,6 +321,14 @@ impl EndpointClient {
     /// The endpoint's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The SPIFFE id the endpoint's server proved on the pool's last connection (mutual TLS).
+    pub fn server_identity(&self) -> Option<Arc<String>> {
+        match &self.pool {
+            Pool::Http1(p) => p.connector.proved.load_full(),
+            Pool::Http2(p) => p.connector.proved.load_full(),
+        }
     }
 
     /// Whether this pool speaks HTTP/2.

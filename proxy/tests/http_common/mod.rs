@@ -425,15 +425,19 @@ pub async fn start_proxy(rc: RouteConfiguration, ups: TestClusters, opts: Option
         access_log: opts.access_log,
         ..Default::default()
     };
+    let workload = Arc::new(WorkloadInfo {
+        name: "productpage-v1".into(),
+        namespace: "default".into(),
+        labels: opts.labels.clone(),
+        cluster: "Kubernetes".into(),
+        pod: "productpage-v1-7dbc5495bd-9sm76".into(),
+    });
     let base = HttpContext {
         routes: routes.clone(),
         upstreams,
         metrics: metrics.clone(),
-        workload: Arc::new(WorkloadInfo {
-            name: "productpage-v1".into(),
-            namespace: "default".into(),
-            labels: opts.labels.clone(),
-        }),
+        own_metadata: Arc::new(rustmesh_proxy::peer::OwnMetadata::of(&workload, None)),
+        workload,
         destinations: Arc::new(opts.destinations),
         reporter: opts.reporter,
         peer: addr,
