@@ -15,6 +15,7 @@
 //! ports (webhook, operator, the sidecar's admin ports) and raises the open-files limit.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod address;
 pub mod authz;
 pub mod backoff;
