@@ -172,8 +172,10 @@ pub struct Destinations(
 );
 
 impl Destinations {
-    /// Reads every cluster's metadata and every endpoint's.
-    pub fn from_config(config: &ProxyConfig) -> Self {
+    /// Reads every cluster's metadata and every endpoint's. A cluster of several services (an
+    /// inbound port several services share) stands for the one that selects this pod (`labels`),
+    /// else its first.
+    pub fn from_config(config: &ProxyConfig, labels: &BTreeMap<String, String>) -> Self {
         let mut workloads = HashMap::new();
         for ep in config
             .endpoints
@@ -190,7 +192,11 @@ impl Destinations {
         let mut map = HashMap::new();
         for c in &config.clusters {
             if let Some(md) = &c.metadata
-                && let Some(s) = md.services.first()
+                && let Some(s) = md
+                    .services
+                    .iter()
+                    .find(|s| s.selects(labels))
+                    .or(md.services.first())
             {
                 map.insert(
                     c.name.clone(),
@@ -665,6 +671,35 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_inbound_port_of_several_services_reports_the_one_selecting_this_pod() {
+        let config = ProxyConfig::from_json(
+            r#"{"clusters": [{"name": "inbound|9080||", "type": "ORIGINAL_DST",
+                "lbPolicy": "CLUSTER_PROVIDED", "connectTimeout": "10s",
+                "metadata": {"services": [
+                  {"host": "productpage.bookinfo.svc.cluster.local", "name": "productpage",
+                   "namespace": "bookinfo", "selector": {"app": "productpage"}},
+                  {"host": "reviews.bookinfo.svc.cluster.local", "name": "reviews",
+                   "namespace": "bookinfo", "selector": {"app": "reviews"}}]}}]}"#,
+        )
+        .unwrap();
+        let labels = |app: &str| {
+            BTreeMap::from([
+                ("app".to_string(), app.to_string()),
+                ("version".to_string(), "v1".to_string()),
+            ])
+        };
+        let name = |app: &str| {
+            Destinations::from_config(&config, &labels(app))
+                .get("inbound|9080||")
+                .map(|s| s.name.clone())
+        };
+        assert_eq!(name("reviews").as_deref(), Some("reviews"));
+        assert_eq!(name("productpage").as_deref(), Some("productpage"));
+        // No service selects the pod: the first, as before.
+        assert_eq!(name("ratings").as_deref(), Some("productpage"));
+    }
 
     #[test]
     fn names_and_labels_are_istios() {

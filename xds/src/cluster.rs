@@ -220,12 +220,25 @@ pub struct ClusterMetadata {
 }
 
 /// A Kubernetes service.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceRef {
     pub host: String,
     pub name: String,
     pub namespace: String,
+    /// The service's pod selector, on an inbound cluster (one configuration serves every pod
+    /// of a scope, and a port may be several services'): the sidecar reports the service that
+    /// selects its own pod as `destination_service`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub selector: std::collections::BTreeMap<String, String>,
+}
+
+impl ServiceRef {
+    /// Whether the service selects a pod with `labels` (a service without a selector selects
+    /// none: its endpoints are managed by hand).
+    pub fn selects(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        !self.selector.is_empty() && self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
 }
 
 /// The endpoints of a cluster.

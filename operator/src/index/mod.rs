@@ -340,6 +340,14 @@ impl Index {
         self.namespaces
             .iter()
             .filter(|(n, l)| is_injected(l, &self.mesh.revision) || self.has_opted_in_pod(n, l))
+    /// A Service's pod selector (empty when it has none, or is not known).
+    pub fn service_selector(&self, namespace: &str, name: &str) -> BTreeMap<String, String> {
+        self.services
+            .get(&ObjKey::new(namespace, name))
+            .and_then(|s| s.spec.as_ref()?.selector.clone())
+            .unwrap_or_default()
+    }
+
             .map(|(n, _)| n.as_str())
     }
 

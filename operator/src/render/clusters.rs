@@ -321,7 +321,7 @@ pub fn upstream_tls(
 pub fn inbound_cluster(
     name: &str,
     endpoint: super::InboundEndpoint,
-    services: &BTreeSet<(String, String, String)>,
+    services: &BTreeSet<ServiceRef>,
 ) -> Cluster {
     let mut c = match endpoint {
         super::InboundEndpoint::OriginalDst => {
@@ -348,14 +348,7 @@ pub fn inbound_cluster(
         }
     };
     c.metadata = (!services.is_empty()).then(|| ClusterMetadata {
-        services: services
-            .iter()
-            .map(|(host, name, namespace)| ServiceRef {
-                host: host.clone(),
-                name: name.clone(),
-                namespace: namespace.clone(),
-            })
-            .collect(),
+        services: services.iter().cloned().collect(),
         subset: None,
         destination_rule: None,
     });
@@ -497,6 +490,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
                     host: w.svc.fqdn.clone(),
                     name: w.svc.name.clone(),
                     namespace: w.svc.namespace.clone(),
+                    selector: Default::default(),
                 }],
                 subset: w.subset.map(str::to_string),
                 destination_rule: dr.map(|(k, _)| format!("{}.{}", k.name, k.namespace)),

@@ -50,7 +50,7 @@ use rustmesh_api::sidecar::{
 use rustmesh_api::{DestinationRule, Sidecar, VirtualService};
 use rustmesh_xds::ProxyConfig;
 use rustmesh_xds::address::{Address, CidrRange};
-use rustmesh_xds::cluster::{Cluster, ClusterLoadAssignment};
+use rustmesh_xds::cluster::{Cluster, ClusterLoadAssignment, ServiceRef};
 use rustmesh_xds::config::DnsEntry;
 use rustmesh_xds::duration::Duration;
 use rustmesh_xds::listener::{
@@ -1057,11 +1057,12 @@ impl<'v, 'a> Ctx<'v, 'a> {
                         endpoint: InboundEndpoint::OriginalDst,
                     });
                     entry.protocols.insert(lp);
-                    entry.services.insert((
-                        svc.fqdn.clone(),
-                        svc.name.clone(),
-                        svc.namespace.clone(),
-                    ));
+                    entry.services.insert(ServiceRef {
+                        host: svc.fqdn.clone(),
+                        name: svc.name.clone(),
+                        namespace: svc.namespace.clone(),
+                        selector: self.view.index.service_selector(&svc.namespace, &svc.name),
+                    });
                 }
             }
         }
@@ -1148,7 +1149,7 @@ type DrRef<'a> = (&'a ObjKey, &'a DestinationRule);
 struct InboundPort {
     protocols: BTreeSet<ListenerProtocol>,
     /// (fqdn, name, namespace)
-    services: BTreeSet<(String, String, String)>,
+    services: BTreeSet<ServiceRef>,
     /// Where the app is reached.
     endpoint: InboundEndpoint,
 }

@@ -30,6 +30,15 @@ fn fixture() -> ProxyConfig {
                 "upstreamBindConfig".into(),
                 serde_json::json!({"sourceAddress": {"address": "127.0.0.6", "portValue": 0}}),
             );
+            // rustmesh's: each service of an inbound port with its selector, so a sidecar of a
+            // scope shared by several services reports its own as `destination_service`.
+            for svc in c["metadata"]["services"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+            {
+                svc["selector"] = serde_json::json!({"app": svc["name"].clone()});
+            }
         }
     }
     ProxyConfig::from_json(&doc.to_string()).expect("fixture is valid")

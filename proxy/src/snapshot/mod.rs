@@ -194,7 +194,7 @@ impl Snapshot {
             }
             None => None,
         };
-        let destinations = Arc::new(Destinations::from_config(&config));
+        let destinations = Arc::new(Destinations::from_config(&config, http.labels()));
         Ok(Snapshot {
             config: Arc::new(config),
             virtual_outbound: outbound,
