@@ -13,7 +13,7 @@ use libfuzzer_sys::fuzz_target;
 use rustmesh_proxy::cluster::ClusterManager;
 use rustmesh_proxy::http::upstreams::ClusterUpstreams;
 use rustmesh_proxy::http::{
-    AccessLog, HttpContext, HttpSettings, Rng, RouteTable, serve_connection,
+    HttpContext, HttpSettings, Rng, RouteTable, serve_connection,
 };
 use rustmesh_proxy::metrics::{Destinations, Metrics, Reporter, WorkloadInfo};
 use rustmesh_proxy::pool::PassthroughPools;
@@ -48,6 +48,10 @@ fuzz_target!(|data: &[u8]| {
             ),
             metrics: Arc::new(Metrics::new()),
             workload: Arc::new(WorkloadInfo::default()),
+            own_metadata: Arc::new(rustmesh_proxy::peer::OwnMetadata::of(
+                &WorkloadInfo::default(),
+                None,
+            )),
             destinations: Arc::new(Destinations::default()),
             reporter: Reporter::Source,
             peer: addr,
@@ -57,15 +61,15 @@ fuzz_target!(|data: &[u8]| {
                 ..Default::default()
             }),
             rng: Arc::new(Rng::seeded(1)),
-            access_log: AccessLog::new(|_| {}),
+            access_log: rustmesh_proxy::access_log::Sink::new(|_| {}),
+            access_logs: Default::default(),
             peer_identity: None,
             own_identity: None,
             client_cert_details: None,
             authz: None,
         };
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let hcm = rustmesh_xds::listener::HttpConnectionManager::default();
-        let serving = tokio::spawn(async move { serve_connection(server, &hcm, ctx).await });
+        let serving = tokio::spawn(async move { serve_connection(server, ctx).await });
         let h2 = data.first().is_some_and(|b| b % 2 == 1);
         let data = data.get(1..).unwrap_or_default().to_vec();
         let reader = tokio::spawn(async move {

@@ -25,6 +25,17 @@ pub struct Args {
     /// `destination_cluster` of the endpoints' workloads.
     #[arg(long, env = "CLUSTER_ID", default_value = crate::index::DEFAULT_CLUSTER_ID)]
     pub cluster_id: String,
+    /// Istio's meshConfig `accessLogFile`: `/dev/stdout` (or `/dev/stderr`) turns every
+    /// sidecar's access log on; empty: off.
+    #[arg(long, env = "ACCESS_LOG_FILE", default_value = "")]
+    pub access_log_file: String,
+    /// meshConfig `accessLogEncoding`: `TEXT` or `JSON`.
+    #[arg(long, env = "ACCESS_LOG_ENCODING", default_value = "TEXT")]
+    pub access_log_encoding: String,
+    /// meshConfig `accessLogFormat` (Envoy's command operators); empty: Istio's default for
+    /// the encoding.
+    #[arg(long, env = "ACCESS_LOG_FORMAT", default_value = "")]
+    pub access_log_format: String,
     /// Mesh-wide outboundTrafficPolicy: ALLOW_ANY or REGISTRY_ONLY (a Sidecar may override it).
     #[arg(long, env = "OUTBOUND_TRAFFIC_POLICY", default_value = "ALLOW_ANY")]
     pub outbound_traffic_policy: String,
@@ -88,6 +99,48 @@ pub struct Args {
 
 impl Args {
     /// Checks the flags and turns them into settings.
+    /// The mesh's access log from `--access-log-file`, `--access-log-encoding` and
+    /// `--access-log-format`, compiled once here so a bad format stops the operator at start,
+    /// naming the flag, instead of every sidecar refusing its configuration.
+    fn access_log(&self) -> Result<Option<rustmesh_xds::access_log::AccessLog>, Error> {
+        use rustmesh_xds::access_log::{AccessLog, Encoding};
+        let encoding = match self.access_log_encoding.to_ascii_uppercase().as_str() {
+            "TEXT" => Encoding::Text,
+            "JSON" => Encoding::Json,
+            other => {
+                return Err(Error::Flag {
+                    flag: "access-log-encoding",
+                    message: format!("{other:?} is not TEXT or JSON"),
+                });
+            }
+        };
+        if self.access_log_file.is_empty() {
+            if !self.access_log_format.is_empty() || encoding != Encoding::Text {
+                return Err(Error::Flag {
+                    flag: "access-log-file",
+                    message: "empty (access logs off), yet --access-log-encoding or \
+                              --access-log-format is set: set the file (/dev/stdout) or unset them"
+                        .into(),
+                });
+            }
+            return Ok(None);
+        }
+        let log = AccessLog {
+            path: self.access_log_file.clone(),
+            encoding,
+            format: (!self.access_log_format.is_empty()).then(|| self.access_log_format.clone()),
+        };
+        log.compile().map_err(|e| Error::Flag {
+            flag: if log.format.is_some() {
+                "access-log-format"
+            } else {
+                "access-log-file"
+            },
+            message: e.to_string(),
+        })?;
+        Ok(Some(log))
+    }
+
     pub fn settings(&self) -> Result<Settings, Error> {
         let outbound_policy = match self.outbound_traffic_policy.to_ascii_uppercase().as_str() {
             "ALLOW_ANY" => OutboundTrafficPolicyMode::AllowAny,
@@ -120,6 +173,7 @@ impl Args {
                 message: "must be at least 3".into(),
             });
         }
+        let access_log = self.access_log()?;
         let endpoints_source = match self.endpoints_source.to_ascii_lowercase().as_str() {
             "auto" => EndpointsSource::Auto,
             "endpointslices" => EndpointsSource::EndpointSlices,
@@ -201,6 +255,7 @@ impl Args {
                 auto_mtls: self.enable_auto_mtls,
                 revision: self.revision.clone(),
                 cluster_id: self.cluster_id.clone(),
+                access_log,
             },
             metrics_addr: self.metrics_addr,
             debounce_quiet: Duration::from_millis(self.debounce_ms),

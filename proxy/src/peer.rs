@@ -155,7 +155,7 @@ pub fn take(headers: &mut HeaderMap, cache: &PeerCache) -> Option<Arc<WorkloadIn
     let value = headers.remove(PEER_METADATA)?;
     let mut last = crate::sync::lock(&cache.0);
     if let Some((raw, peer)) = last.as_ref()
-        && raw == &value
+        && *raw == value
     {
         return peer.clone();
     }

@@ -31,9 +31,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use ca_common::{authority, id, issue};
 use http_body_util::{BodyExt, Empty};
+use rustmesh_proxy::access_log::Sink;
 use rustmesh_proxy::cluster::ClusterManager;
 use rustmesh_proxy::drain;
-use rustmesh_proxy::http::AccessLog;
 use rustmesh_proxy::http::handler::ConnectionManager;
 use rustmesh_proxy::identity::{Store as Certs, WorkloadCert};
 use rustmesh_proxy::listener::{Direction, Shared, VirtualListener};
@@ -126,7 +126,7 @@ fn tcp_proxy(cluster: &str) -> Value {
 
 fn inbound_hcm(prefix: &str, cluster: &str) -> Value {
     json!([{"name": "envoy.filters.network.http_connection_manager", "typedConfig": {
-        "statPrefix": prefix, "accessLog": true,
+        "statPrefix": prefix, "accessLog": [{"path": "/dev/stdout", "encoding": "JSON"}],
         "routeConfig": {"name": cluster, "virtualHosts": [{"name": cluster, "domains": ["*"],
             "routes": [{"name": "default", "match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s"}}]}]}}}])
 }
@@ -242,9 +242,9 @@ impl Sidecar {
         let access_log = Arc::new(Mutex::new(Vec::new()));
         let lines = access_log.clone();
         let http = Arc::new(
-            ConnectionManager::new(istio.clone(), workload.clone()).with_access_log(
-                AccessLog::new(move |l| lines.lock().unwrap().push(l.to_string())),
-            ),
+            ConnectionManager::new(istio.clone(), workload.clone()).with_access_log(Sink::new(
+                move |l| lines.lock().unwrap().push(l.to_string()),
+            )),
         );
         let certs = Arc::new(Certs::default());
         if let Some(c) = cert {

@@ -8,10 +8,11 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use proptest::prelude::*;
+use rustmesh_proxy::access_log::Sink;
 use rustmesh_proxy::cluster::ClusterManager;
 use rustmesh_proxy::http::route::{RequestView, RouteTable};
 use rustmesh_proxy::http::upstreams::ClusterUpstreams;
-use rustmesh_proxy::http::{AccessLog, HttpContext, HttpSettings, Rng, serve_connection};
+use rustmesh_proxy::http::{HttpContext, HttpSettings, Rng, serve_connection};
 use rustmesh_proxy::metrics::{Destinations, Metrics, Reporter, WorkloadInfo};
 use rustmesh_proxy::pool::PassthroughPools;
 use rustmesh_xds::route::{
@@ -435,15 +436,15 @@ fn feed(bytes: &[u8]) {
                 ..Default::default()
             }),
             rng: Arc::new(Rng::seeded(1)),
-            access_log: AccessLog::new(|_| {}),
+            access_log: Sink::new(|_| {}),
+            access_logs: Default::default(),
             peer_identity: None,
             own_identity: None,
             client_cert_details: None,
             authz: None,
         };
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let hcm = rustmesh_xds::listener::HttpConnectionManager::default();
-        let serving = tokio::spawn(async move { serve_connection(server, &hcm, ctx).await });
+        let serving = tokio::spawn(async move { serve_connection(server, ctx).await });
         let _ = client.write_all(bytes).await;
         let _ = client.shutdown().await;
         // Drain whatever the server answers so it never blocks on a full pipe.

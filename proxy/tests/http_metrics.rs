@@ -4,6 +4,7 @@ mod http_common;
 
 use http_common::*;
 use rustmesh_proxy::metrics::{DestinationService, Destinations, Peers, Reporter, WorkloadInfo};
+use rustmesh_xds::access_log::Encoding;
 use serde_json::json;
 use std::time::Duration;
 
@@ -53,7 +54,7 @@ async fn requests_and_bytes_are_counted_exactly() {
         ups,
         Options {
             destinations: dest,
-            access_log: true,
+            access_log: Some(access_log(Encoding::Json)),
             ..Default::default()
         },
     )
@@ -186,6 +187,7 @@ async fn flags_for_timeouts_overflow_and_no_upstream() {
         ups,
         Options {
             reporter: Reporter::Destination,
+            access_log: Some(access_log(Encoding::Text)),
             ..Default::default()
         },
     )
@@ -193,6 +195,27 @@ async fn flags_for_timeouts_overflow_and_no_upstream() {
     let c = Clients::new();
     assert_eq!(get(&c, p.addr, "svc", "/timeout").await.status, 504);
     assert_eq!(get(&c, p.addr, "svc", "/empty").await.status, 503);
+    // Istio's default TEXT access log: the flags and Envoy's details of each refusal.
+    let mut lines = Vec::new();
+    eventually(|| {
+        lines = p.log.lock().unwrap().clone();
+        lines.len() == 2
+    })
+    .await;
+    let timeout = lines.iter().find(|l| l.contains("/timeout")).unwrap();
+    assert!(
+        timeout.contains("\"GET /timeout HTTP/1.1\" 504 UT response_timeout "),
+        "{timeout}"
+    );
+    assert!(
+        timeout.contains(" outbound|") || timeout.contains(" slow "),
+        "{timeout}"
+    );
+    let empty = lines.iter().find(|l| l.contains("/empty")).unwrap();
+    assert!(
+        empty.contains("\"GET /empty HTTP/1.1\" 503 UH no_healthy_upstream "),
+        "{empty}"
+    );
     let mut text = String::new();
     eventually(|| {
         text = p.metrics.encode();
@@ -218,4 +241,107 @@ async fn flags_for_timeouts_overflow_and_no_upstream() {
     assert!(text.contains("reporter=\"destination\""));
     assert!(text.contains("destination_app=\"productpage\""));
     assert!(text.contains("connection_security_policy=\"none\""));
+}
+
+/// Istio's default TEXT access log line, field by field, and the response flags the sidecar
+/// sets: `FI`, `DI`, `URX`, `UF`, `NR` (Istio's "access logs show why a request failed").
+#[tokio::test]
+async fn text_access_log_lines_are_istios_with_the_response_flags() {
+    let ok = upstream("ok", Behavior::default()).await;
+    let failing = upstream(
+        "failing",
+        Behavior {
+            status: Some(503),
+            ..Default::default()
+        },
+    )
+    .await;
+    // A port nobody listens on: bound, then closed.
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let rc = vhost(
+        &["svc"],
+        json!([
+            { "name": "fault", "match": { "prefix": "/fault" }, "route": { "cluster": "ok" },
+              "fault": { "abort": { "httpStatus": 418, "percentage": { "value": 100 } } } },
+            { "match": { "prefix": "/delay" }, "route": { "cluster": "ok" },
+              "fault": { "delay": { "fixedDelay": "0.01s", "percentage": { "value": 100 } } } },
+            { "match": { "prefix": "/retry" }, "route": { "cluster": "failing",
+              "retryPolicy": { "retryOn": "5xx", "numRetries": 1 } } },
+            { "match": { "prefix": "/refused" }, "route": { "cluster": "refused" } },
+            { "match": { "prefix": "/" }, "route": { "cluster": "ok" } }
+        ]),
+    );
+    let ups = TestClusters::new()
+        .cluster("ok", &[&ok])
+        .cluster("failing", &[&failing])
+        .cluster_addrs("refused", &[refused]);
+    let p = start_proxy(
+        rc,
+        ups,
+        Options {
+            access_log: Some(access_log(Encoding::Text)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let c = Clients::new();
+    let r = send(
+        &c.h1,
+        request(p.addr, "svc", "/ok?x=1")
+            .header("user-agent", "curl/8")
+            .header("x-request-id", "req-1")
+            .header("x-forwarded-for", "10.0.0.9")
+            .body(empty_body())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    for (path, status) in [
+        ("/fault", 418),
+        ("/delay", 200),
+        ("/retry", 503),
+        ("/refused", 503),
+    ] {
+        assert_eq!(get(&c, p.addr, "svc", path).await.status, status, "{path}");
+    }
+    assert_eq!(get(&c, p.addr, "elsewhere", "/").await.status, 404);
+    let mut lines = Vec::new();
+    eventually(|| {
+        lines = p.log.lock().unwrap().clone();
+        lines.len() == 6
+    })
+    .await;
+    assert_eq!(lines.len(), 6, "{lines:#?}");
+    let line = |needle: &str| {
+        lines
+            .iter()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle}: {lines:#?}"))
+            .clone()
+    };
+    // [start] "METHOD PATH PROTOCOL" CODE FLAGS DETAILS TERMINATION "FAILURE" RX TX DURATION
+    // SERVICE-TIME "XFF" "UA" "ID" "AUTHORITY" "UPSTREAM" CLUSTER UP-LOCAL DOWN-LOCAL
+    // DOWN-REMOTE SNI ROUTE
+    let first = line("/ok?x=1");
+    assert!(first.starts_with('[') && first.contains("Z] "), "{first}");
+    let after_start = first.split_once("] ").unwrap().1;
+    let fields: Vec<&str> = after_start.split(' ').collect();
+    assert_eq!(&fields[..3], ["\"GET", "/ok?x=1", "HTTP/1.1\""], "{first}");
+    assert_eq!(&fields[3..7], ["200", "-", "via_upstream", "-"], "{first}");
+    assert!(
+        after_start.contains(&format!(
+            "\"10.0.0.9\" \"curl/8\" \"req-1\" \"svc\" \"{}\" ok - ",
+            ok.addr
+        )),
+        "{first}"
+    );
+    assert!(line("/fault").contains(" 418 FI fault_filter_abort "));
+    assert!(line("/delay").contains(" 200 DI via_upstream "));
+    assert!(line("/retry").contains(" 503 URX via_upstream "));
+    let refused_line = line("/refused");
+    assert!(refused_line.contains(" 503 UF "), "{refused_line}");
+    assert!(line("\"elsewhere\"").contains(" 404 NR route_not_found "));
 }

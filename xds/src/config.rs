@@ -423,6 +423,15 @@ impl Checker {
         }
         for (k, f) in fc.filters.iter().enumerate() {
             let fp = format!("{p}.filters[{k}].typedConfig");
+            let logs = match f {
+                NetworkFilter::TcpProxy(t) => &t.access_log,
+                NetworkFilter::HttpConnectionManager(h) => &h.access_log,
+            };
+            for (n, log) in logs.iter().enumerate() {
+                if let Err(e) = log.compile() {
+                    self.err(format!("{fp}.accessLog[{n}]"), e.to_string());
+                }
+            }
             match f {
                 NetworkFilter::TcpProxy(t) => match (&t.cluster, &t.weighted_clusters) {
                     (Some(c), None) => self.cluster_ref(format!("{fp}.cluster"), c),

@@ -129,6 +129,9 @@ pub struct TcpProxy {
     /// Close the connection after this long with no bytes either way (Envoy's default: 1h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Duration>,
+    /// Access logs: one line per connection to each, when it closes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_log: Vec<crate::access_log::AccessLog>,
 }
 
 /// The RDS reference of an HTTP connection manager.
@@ -150,9 +153,10 @@ pub struct HttpConnectionManager {
     /// Close a stream with no activity after this long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_idle_timeout: Option<Duration>,
-    /// Write one JSON access-log line per request.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub access_log: bool,
+    /// Access logs (Istio's meshConfig `accessLogFile`, `accessLogEncoding`,
+    /// `accessLogFormat`): one line per request to each, when its response ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_log: Vec<crate::access_log::AccessLog>,
 }
 
 impl NetworkFilter {

@@ -75,6 +75,9 @@ pub struct MeshConfig {
     /// This cluster's id (Istio's `CLUSTER_ID`, the injector's `clusterId`): written into each
     /// endpoint's metadata for the `destination_cluster` label.
     pub cluster_id: String,
+    /// The mesh's access log (meshConfig `accessLogFile`, `accessLogEncoding`,
+    /// `accessLogFormat`), on every listener; `None`: off (Istio's default install).
+    pub access_log: Option<rustmesh_xds::access_log::AccessLog>,
 }
 
 impl Default for MeshConfig {
@@ -88,6 +91,7 @@ impl Default for MeshConfig {
             auto_mtls: true,
             revision: DEFAULT_REVISION.to_string(),
             cluster_id: DEFAULT_CLUSTER_ID.to_string(),
+            access_log: None,
         }
     }
 }
@@ -336,10 +340,6 @@ impl Index {
     /// Namespaces that get a ConfigMap, sorted: those labelled for injection, and (as Istio's
     /// injector injects them) those not labelled `istio-injection=disabled` that hold a pod
     /// opting in with the label `sidecar.istio.io/inject: "true"`.
-    pub fn injected_namespaces(&self) -> impl Iterator<Item = &str> {
-        self.namespaces
-            .iter()
-            .filter(|(n, l)| is_injected(l, &self.mesh.revision) || self.has_opted_in_pod(n, l))
     /// A Service's pod selector (empty when it has none, or is not known).
     pub fn service_selector(&self, namespace: &str, name: &str) -> BTreeMap<String, String> {
         self.services
@@ -348,6 +348,10 @@ impl Index {
             .unwrap_or_default()
     }
 
+    pub fn injected_namespaces(&self) -> impl Iterator<Item = &str> {
+        self.namespaces
+            .iter()
+            .filter(|(n, l)| is_injected(l, &self.mesh.revision) || self.has_opted_in_pod(n, l))
             .map(|(n, _)| n.as_str())
     }
 

@@ -49,6 +49,7 @@ use rustmesh_api::sidecar::{
 };
 use rustmesh_api::{DestinationRule, Sidecar, VirtualService};
 use rustmesh_xds::ProxyConfig;
+use rustmesh_xds::access_log::AccessLog;
 use rustmesh_xds::address::{Address, CidrRange};
 use rustmesh_xds::cluster::{Cluster, ClusterLoadAssignment, ServiceRef};
 use rustmesh_xds::config::DnsEntry;
@@ -525,6 +526,9 @@ pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsReci
         virtual_inbound(inbound_chains, view.index.mesh.ca_host.is_some()),
     ];
     all_listeners.extend(listeners.into_values());
+    if let Some(log) = &view.index.mesh.access_log {
+        with_access_log(&mut all_listeners, log);
+    }
 
     let config = ProxyConfig {
         peer_authentication: peer_authn::peer_authentication(view, scope),
@@ -542,6 +546,25 @@ pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsReci
         ),
     };
     (config, recipes)
+}
+
+/// The mesh's access log (meshConfig `accessLogFile`...) on every HTTP connection manager and
+/// TCP proxy, as Istio puts it on every listener of the sidecar.
+fn with_access_log(listeners: &mut [Listener], log: &AccessLog) {
+    for l in listeners {
+        for fc in l
+            .filter_chains
+            .iter_mut()
+            .chain(l.default_filter_chain.as_mut())
+        {
+            for f in &mut fc.filters {
+                match f {
+                    NetworkFilter::TcpProxy(t) => t.access_log = vec![log.clone()],
+                    NetworkFilter::HttpConnectionManager(h) => h.access_log = vec![log.clone()],
+                }
+            }
+        }
+    }
 }
 
 fn http_protocols() -> Vec<String> {
@@ -844,6 +867,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
                 cluster,
                 weighted_clusters: weighted,
                 idle_timeout,
+                access_log: Vec::new(),
             })],
         }
     }

@@ -160,7 +160,6 @@ pub(super) async fn forward(
         ex.peer = crate::peer::take(resp.headers_mut(), &conn.peer_cache);
     }
     let service_time = upstream_start.elapsed();
-    ex.upstream_time = Some(service_time);
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(down) = downstream_upgrade
         && let Some(up) = resp.extensions_mut().remove::<OnUpgrade>()

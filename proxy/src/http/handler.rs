@@ -22,12 +22,13 @@ use rustmesh_xds::ProxyConfig;
 use rustmesh_xds::listener::{HttpConnectionManager, NetworkFilter};
 use rustmesh_xds::route::RouteConfiguration;
 
+use crate::access_log::Sink;
 use crate::cluster::Clusters;
 use crate::drain;
 use crate::http::upstreams::ClusterUpstreams;
 use crate::http::{
-    AccessLog, Authorizer, ConnAuthz, HttpContext, HttpSettings, Rng, RouteTable,
-    serve_connection_draining, serve_connection_with_drain,
+    Authorizer, ConnAuthz, HttpContext, HttpSettings, Rng, RouteTable, serve_connection_draining,
+    serve_connection_with_drain,
 };
 use crate::metrics::{Destinations, Metrics as IstioMetrics, Reporter, WorkloadInfo};
 use crate::peer::OwnMetadata;
@@ -46,6 +47,8 @@ pub struct HttpConnection {
     pub own_identity: Option<String>,
     /// The chain's `http_connection_manager` configuration.
     pub hcm: Arc<HttpConnectionManager>,
+    /// Its access logs, compiled.
+    pub access_logs: crate::access_log::AccessLogs,
     /// The chain's route table ([`CompiledRoutes::table`]); `None` when the configuration has
     /// no table of the `rds` name (every request gets `404 NR`).
     pub routes: Option<Arc<RouteTable>>,
@@ -155,7 +158,7 @@ pub struct ConnectionManager {
     workload: Arc<WorkloadInfo>,
     settings: Arc<HttpSettings>,
     rng: Arc<Rng>,
-    access_log: AccessLog,
+    access_log: Sink,
     passthrough: Arc<PassthroughPools>,
     own_metadata: Arc<OwnMetadata>,
 }
@@ -170,7 +173,7 @@ impl ConnectionManager {
             workload,
             settings: Arc::new(HttpSettings::default()),
             rng: Arc::new(Rng::from_entropy()),
-            access_log: AccessLog::stdout(),
+            access_log: Sink::stdio(),
             passthrough: Arc::new(PassthroughPools::default()),
         }
     }
@@ -183,9 +186,14 @@ impl ConnectionManager {
     }
 
     /// Access-log lines (when a connection manager has `accessLog`) go to `log`.
-    pub fn with_access_log(mut self, log: AccessLog) -> Self {
+    pub fn with_access_log(mut self, log: Sink) -> Self {
         self.access_log = log;
         self
+    }
+
+    /// Where access-log lines go (TCP proxies write there too).
+    pub fn access_log_sink(&self) -> &Sink {
+        &self.access_log
     }
 
     /// Server limits other than the defaults.
@@ -223,6 +231,7 @@ impl ConnectionManager {
         let HttpConnection {
             stream,
             hcm,
+            access_logs,
             routes,
             clusters,
             destinations,
@@ -279,6 +288,7 @@ impl ConnectionManager {
             settings: self.settings.clone(),
             rng: self.rng.clone(),
             access_log: self.access_log.clone(),
+            access_logs,
             peer_identity,
             own_identity,
             client_cert_details,
@@ -292,14 +302,12 @@ impl ConnectionManager {
         // drain serves one request), outbound ones serve the app until the drain closes.
         let result = match reporter {
             Reporter::Destination if drain.is_draining() => {
-                serve_connection_draining(stream, &hcm, ctx).await
+                serve_connection_draining(stream, ctx).await
             }
             Reporter::Destination => {
-                serve_connection_with_drain(stream, &hcm, ctx, drain.signaled()).await
+                serve_connection_with_drain(stream, ctx, drain.signaled()).await
             }
-            Reporter::Source => {
-                serve_connection_with_drain(stream, &hcm, ctx, drain.closed()).await
-            }
+            Reporter::Source => serve_connection_with_drain(stream, ctx, drain.closed()).await,
         };
         drop(drain);
         result.map_err(|e| io::Error::other(e.to_string()))

@@ -58,38 +58,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use upstreams::ClusterUpstreams;
 
-/// Where access-log lines go (one JSON object per line).
-#[derive(Clone)]
-pub struct AccessLog(Arc<dyn Fn(&str) + Send + Sync>);
-
-impl AccessLog {
-    /// Lines to standard output, as Istio's `/dev/stdout` access log.
-    pub fn stdout() -> Self {
-        AccessLog(Arc::new(|line| println!("{line}")))
-    }
-
-    /// Lines to a function (tests, files).
-    pub fn new(f: impl Fn(&str) + Send + Sync + 'static) -> Self {
-        AccessLog(Arc::new(f))
-    }
-
-    pub(crate) fn write(&self, line: &str) {
-        (self.0)(line)
-    }
-}
-
-impl Default for AccessLog {
-    fn default() -> Self {
-        AccessLog::stdout()
-    }
-}
-
-impl std::fmt::Debug for AccessLog {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AccessLog")
-    }
-}
-
 /// Limits and timeouts of the HTTP server side.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
@@ -146,8 +114,10 @@ pub struct HttpContext {
     pub settings: Arc<HttpSettings>,
     /// Random source for weights, percentages, jitter and request ids (seed it in tests).
     pub rng: Arc<Rng>,
-    /// Access log sink, used when the connection manager's `accessLog` is true.
-    pub access_log: AccessLog,
+    /// Where access-log lines go.
+    pub access_log: crate::access_log::Sink,
+    /// The connection manager's access logs (none: nothing is logged or copied for them).
+    pub access_logs: crate::access_log::AccessLogs,
     /// The client's SPIFFE id, when the connection's chain terminated mutual TLS.
     pub peer_identity: Option<rustmesh_xds::identity::SpiffeId>,
     /// This workload's SPIFFE id, while it holds a certificate.

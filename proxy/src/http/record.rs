@@ -1,35 +1,35 @@
 //! The last stage of a request: when its response body ends (or breaks), Istio's request
-//! metrics and, when the connection manager asks for it, one JSON access-log line. The request
+//! metrics and a line to each of the connection manager's access logs (`crate::access_log`,
+//! Envoy's format: Istio's default TEXT or JSON, or the mesh's `accessLogFormat`). The request
 //! stage (`http/request.rs`) opens an [`Exchange`] as the request arrives and the stages after it
 //! fill it in (route, cluster, upstream host and time, response flags); [`Conn::finish`] wraps the
 //! response body so the recording happens when the body is done.
 
+use crate::access_log::Copied;
 use crate::body::{BodyEnd, ObservedBody, ProxyBody, ReplayLog, boxed};
 use crate::http::HttpContext;
 use crate::metrics::RequestHandles;
 use crate::metrics::{DestinationService, Peers, Reporter, RequestSample, WorkloadInfo};
-use http::{HeaderMap, Method, Response, Version};
+use http::{HeaderMap, Response, Version};
+use rustmesh_xds::access_log::Entry;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 /// What is known about one request, for metrics and the access log.
 pub(super) struct Exchange {
     pub(super) start: Instant,
     pub(super) wall_start: SystemTime,
-    pub(super) method: Method,
-    pub(super) path: String,
     pub(super) version: Version,
-    pub(super) authority: String,
     pub(super) grpc: bool,
-    pub(super) request_id: String,
-    pub(super) user_agent: Option<String>,
-    pub(super) forwarded_for: Option<String>,
+    /// The request headers the access logs read (none without access logs).
+    pub(super) logged_request: Copied,
+    /// The response headers the access logs read, copied when the answer is known.
+    pub(super) logged_response: Copied,
     pub(super) route_name: Option<String>,
     pub(super) cluster: Option<String>,
     pub(super) upstream_host: Option<SocketAddr>,
-    pub(super) upstream_time: Option<Duration>,
     pub(super) flags: Vec<&'static str>,
     pub(super) request_body: Option<Arc<ReplayLog>>,
     /// Envoy's response code details, when a stage of ours answered with a reason worth
@@ -42,15 +42,11 @@ pub(super) struct Exchange {
     pub(super) server_identity: Option<Arc<String>>,
 }
 
-/// What the requests of one connection share: its context, whether it writes the access log,
-/// and the metric handles it has looked up.
+/// What the requests of one connection share: its context (access logs included) and the
+/// metric handles it has looked up.
 pub(super) struct Conn {
-    /// Routes, cluster manager, metrics, addresses, settings.
+    /// Routes, cluster manager, metrics, addresses, settings, access logs.
     pub(super) ctx: HttpContext,
-    /// The connection manager's `accessLog`.
-    pub(super) access_log: bool,
-    /// The connection manager's `statPrefix` (the access log's `stat_prefix`).
-    pub(super) route_name_prefix: String,
     /// Metric handles by what varies between the requests of one connection. The connection
     /// holds its configuration (and so the `DestinationService`s) for its whole life, so the
     /// service's address identifies it here.
@@ -90,6 +86,11 @@ impl Conn {
     ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
         let mut ex = ex;
+        if !self.ctx.access_logs.is_empty() {
+            ex.logged_response = Copied::take(self.ctx.access_logs.response_headers(), |n| {
+                header_str(&parts.headers, n)
+            });
+        }
         match self.ctx.reporter {
             // A client that sent its metadata gets the server's back.
             Reporter::Destination if ex.peer.is_some() => {
@@ -189,9 +190,7 @@ impl Conn {
                 }
             }
         };
-        let MetricKey {
-            flags, grpc_status, ..
-        } = key;
+        let MetricKey { flags, .. } = key;
         let request_bytes = ex
             .request_body
             .as_ref()
@@ -203,70 +202,62 @@ impl Conn {
             request_bytes,
             response_bytes: end.bytes,
         });
-        if self.access_log {
-            let mut line = serde_json::json!({
-                "start_time": rfc3339(ex.wall_start),
-                "method": ex.method.as_str(),
-                "path": ex.path,
-                "protocol": format!("{:?}", ex.version),
-                "response_code": code,
-                "response_flags": if flags.is_empty() { "-".to_string() } else { flags },
-                "grpc_status": grpc_status,
-                "bytes_received": request_bytes,
-                "bytes_sent": end.bytes,
-                "duration": duration.as_millis() as u64,
-                "upstream_service_time": ex.upstream_time.map(|d| d.as_millis() as u64),
-                "x_forwarded_for": ex.forwarded_for,
-                "user_agent": ex.user_agent,
-                "request_id": ex.request_id,
-                "authority": ex.authority,
-                "upstream_host": ex.upstream_host.map(|a| a.to_string()),
-                "upstream_cluster": ex.cluster,
-                "downstream_remote_address": ctx.peer.to_string(),
-                "downstream_local_address": ctx.local.to_string(),
-                "route_name": ex.route_name,
-                "stat_prefix": self.route_name_prefix,
-            });
-            if let Some(d) = &ex.details {
-                line["response_code_details"] = serde_json::Value::from(d.as_str());
-            }
-            ctx.access_log.write(&line.to_string());
+        if !ctx.access_logs.is_empty() {
+            let protocol = match ex.version {
+                Version::HTTP_10 => "HTTP/1.0",
+                Version::HTTP_11 => "HTTP/1.1",
+                Version::HTTP_2 => "HTTP/2",
+                Version::HTTP_3 => "HTTP/3",
+                _ => "-",
+            };
+            let details = ex
+                .details
+                .as_deref()
+                .or_else(|| response_code_details(&flags, ex));
+            let request = |n: &str| ex.logged_request.get(n);
+            let response = |n: &str| ex.logged_response.get(n);
+            let trailer = |_: &str| None;
+            let entry = Entry {
+                start_time: ex.wall_start,
+                protocol: Some(protocol),
+                response_code: code,
+                response_flags: &flags,
+                response_code_details: details,
+                connection_termination_details: None,
+                upstream_transport_failure_reason: None,
+                bytes_received: request_bytes,
+                bytes_sent: end.bytes,
+                duration,
+                upstream_host: ex.upstream_host,
+                upstream_cluster: ex.cluster.as_deref(),
+                upstream_local_address: None,
+                downstream_local_address: Some(ctx.local),
+                downstream_remote_address: Some(ctx.peer),
+                requested_server_name: None,
+                route_name: ex.route_name.as_deref(),
+                request_header: &request,
+                response_header: &response,
+                response_trailer: &trailer,
+            };
+            ctx.access_logs.write(&ctx.access_log, &entry);
         }
     }
 }
 
-/// `2026-11-21T16:32:15.123Z` without a date library (civil-from-days, Howard Hinnant's).
-fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps() {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
-        assert_eq!(rfc3339(t), "2023-11-14T22:13:20.123Z");
-        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-    }
+/// Envoy's `%RESPONSE_CODE_DETAILS%` for what this proxy decided (a stage that named its own
+/// reason, such as an authorization denial, sets `Exchange::details` instead).
+fn response_code_details(flags: &str, ex: &Exchange) -> Option<&'static str> {
+    let first = flags.split(',').next().unwrap_or_default();
+    Some(match first {
+        "NR" => "route_not_found",
+        "UH" => "no_healthy_upstream",
+        "UF" => "upstream_reset_before_response_started{connection_failure}",
+        "UO" => "upstream_reset_before_response_started{overflow}",
+        "UT" => "response_timeout",
+        "FI" => "fault_filter_abort",
+        "DPE" => "downstream_protocol_error",
+        "NC" => "cluster_not_found",
+        _ if ex.upstream_host.is_some() => "via_upstream",
+        _ => return None,
+    })
 }

@@ -7,6 +7,7 @@
 //! connection stage (`http/server.rs`, which calls [`handle`] for every request hyper reads);
 //! every answer goes through the recording stage (`http/record.rs`).
 
+use crate::access_log::Copied;
 use crate::body::{ProxyBody, empty};
 use crate::http::authorize::{self, Verdict};
 use crate::http::forward::{Target, forward};
@@ -71,26 +72,17 @@ pub(super) async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Respo
     let scheme = uri.scheme_str().unwrap_or("http");
     let path = uri.path();
     let query = uri.query();
-    // What only the access log reads is copied only when it is on.
-    let log = conn.access_log;
-    let given = req
+    // Envoy's: a request without an id (or with an empty one) gets a new UUID.
+    if req
         .headers()
         .get(&headers::X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| !id.is_empty());
-    let request_id = if let Some(id) = given {
-        if log { id.to_owned() } else { String::new() }
-    } else {
+        .is_none_or(|v| v.is_empty())
+    {
         let id = ctx.rng.uuid();
         if let Ok(v) = HeaderValue::from_bytes(&id) {
             req.headers_mut().insert(headers::X_REQUEST_ID, v);
         }
-        if log {
-            String::from_utf8_lossy(&id).into_owned()
-        } else {
-            String::new()
-        }
-    };
+    }
     // Inbound over mutual TLS: who the client is, for the app (Envoy's APPEND_FORWARD, as
     // Istio's inbound sidecar sets it); a value the client sent is kept before ours.
     if let Some(details) = &ctx.client_cert_details {
@@ -109,33 +101,24 @@ pub(super) async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Respo
     let mut ex = Exchange {
         start: Instant::now(),
         wall_start: SystemTime::now(),
-        method: req.method().clone(),
-        path: if log {
-            req.uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_else(|| path.to_string())
-        } else {
-            String::new()
-        },
         version: req.version(),
-        authority: if log {
-            authority.to_string()
-        } else {
-            String::new()
-        },
         grpc: is_grpc(req.headers()),
-        request_id,
-        user_agent: log
-            .then(|| header_str(req.headers(), "user-agent"))
-            .flatten(),
-        forwarded_for: log
-            .then(|| header_str(req.headers(), "x-forwarded-for"))
-            .flatten(),
+        // What only the access logs read is copied only when there are some.
+        logged_request: if ctx.access_logs.is_empty() {
+            Copied::default()
+        } else {
+            Copied::take(ctx.access_logs.request_headers(), |n| match n {
+                ":method" => Some(req.method().as_str().to_string()),
+                ":path" => req.uri().path_and_query().map(|p| p.as_str().to_string()),
+                ":authority" => Some(authority.to_string()),
+                ":scheme" => Some(scheme.to_string()),
+                _ => header_str(req.headers(), n),
+            })
+        },
+        logged_response: Copied::default(),
         route_name: None,
         cluster: None,
         upstream_host: None,
-        upstream_time: None,
         flags: Vec::new(),
         request_body: None,
         details: None,
@@ -181,7 +164,7 @@ pub(super) async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Respo
         return conn.finish(ex, local_reply(404, "", grpc));
     };
     let route = m.route;
-    if log {
+    if !ctx.access_logs.is_empty() {
         ex.route_name = route.name.clone();
     }
     // Choose the cluster first, so faults and local replies are counted against it too.

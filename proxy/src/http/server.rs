@@ -15,27 +15,21 @@ use crate::http::request::handle;
 use crate::http::{ConnectionError, HttpContext};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use rustmesh_xds::listener::HttpConnectionManager;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Serves one downstream connection until it closes.
 ///
-/// `io` is the accepted (and, after sniffing, replayed) connection; `hcm` is the filter chain's
-/// connection manager (its `accessLog` turns on the JSON access log); `ctx` carries the routes,
-/// the cluster manager and the connection's addresses. Returns when the client closes, after a
+/// `io` is the accepted (and, after sniffing, replayed) connection; `ctx` carries the routes,
+/// the cluster manager, the connection's addresses and the connection manager's access logs. Returns when the client closes, after a
 /// protocol error (bad HTTP/1.1 framing, invalid HTTP/2 frames) or when the request head is not
 /// received within [`HttpSettings::header_read_timeout`](crate::http::HttpSettings).
-pub async fn serve_connection<IO>(
-    io: IO,
-    hcm: &HttpConnectionManager,
-    ctx: HttpContext,
-) -> Result<(), ConnectionError>
+pub async fn serve_connection<IO>(io: IO, ctx: HttpContext) -> Result<(), ConnectionError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    serve_connection_with_drain(io, hcm, ctx, std::future::pending()).await
+    serve_connection_with_drain(io, ctx, std::future::pending()).await
 }
 
 /// [`serve_connection`], draining gracefully once `drain` resolves (SIGTERM): requests in
@@ -43,7 +37,6 @@ where
 /// GOAWAY; then the connection ends.
 pub async fn serve_connection_with_drain<IO, D>(
     io: IO,
-    hcm: &HttpConnectionManager,
     ctx: HttpContext,
     drain: D,
 ) -> Result<(), ConnectionError>
@@ -51,7 +44,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     D: std::future::Future<Output = ()>,
 {
-    serve(io, hcm, ctx, Some(drain)).await
+    serve(io, ctx, Some(drain)).await
 }
 
 /// [`serve_connection`] for a connection accepted while the sidecar drains (Envoy's drain
@@ -59,24 +52,15 @@ where
 /// (HTTP/1.1) or followed by GOAWAY (HTTP/2), then the connection ends. (A graceful shutdown
 /// before the first request would drop the connection before hyper has read which protocol it
 /// speaks, failing a request the client already sent.)
-pub async fn serve_connection_draining<IO>(
-    io: IO,
-    hcm: &HttpConnectionManager,
-    ctx: HttpContext,
-) -> Result<(), ConnectionError>
+pub async fn serve_connection_draining<IO>(io: IO, ctx: HttpContext) -> Result<(), ConnectionError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    serve(io, hcm, ctx, None::<std::future::Pending<()>>).await
+    serve(io, ctx, None::<std::future::Pending<()>>).await
 }
 
 /// Serves `io`; drains once `drain` resolves, or, with `None`, once the first request arrives.
-async fn serve<IO, D>(
-    io: IO,
-    hcm: &HttpConnectionManager,
-    ctx: HttpContext,
-    drain: Option<D>,
-) -> Result<(), ConnectionError>
+async fn serve<IO, D>(io: IO, ctx: HttpContext, drain: Option<D>) -> Result<(), ConnectionError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     D: std::future::Future<Output = ()>,
@@ -85,8 +69,6 @@ where
     let settings = ctx.settings.clone();
     let conn = Arc::new(Conn {
         ctx,
-        access_log: hcm.access_log,
-        route_name_prefix: hcm.stat_prefix.clone(),
         metric_handles: Mutex::new(Vec::new()),
         peer_cache: Default::default(),
     });

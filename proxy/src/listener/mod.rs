@@ -489,7 +489,7 @@ pub async fn dispatch(
             };
             tcp::proxy(shared, conn, route, stream).await
         }
-        Terminal::Http(hcm) => {
+        Terminal::Http(hcm, access_logs) => {
             let routes = snapshot.http.table(hcm);
             if routes.is_none() {
                 tracing::debug!(listener = %listener.name, chain = %chain.name,
@@ -498,6 +498,7 @@ pub async fn dispatch(
             let conn = HttpConnection {
                 stream,
                 hcm: hcm.clone(),
+                access_logs: access_logs.clone(),
                 routes,
                 clusters: snapshot.clusters.clone(),
                 destinations: snapshot.destinations.clone(),

@@ -98,6 +98,39 @@ pub async fn proxy(shared: &Shared, conn: Conn<'_>, route: &TcpRoute, mut downst
         original_source,
     } = conn;
     let cluster = route.pick_cluster();
+    let (started, wall_start) = (Instant::now(), std::time::SystemTime::now());
+    // One line per connection to each access log, when it ends (or is refused).
+    let log = |flags: &str, upstream: Option<std::net::SocketAddr>, received: u64, sent: u64| {
+        if route.access_logs.is_empty() {
+            return;
+        }
+        let none = |_: &str| None;
+        let entry = rustmesh_xds::access_log::Entry {
+            start_time: wall_start,
+            protocol: None,
+            response_code: 0,
+            response_flags: flags,
+            response_code_details: None,
+            connection_termination_details: None,
+            upstream_transport_failure_reason: None,
+            bytes_received: received,
+            bytes_sent: sent,
+            duration: started.elapsed(),
+            upstream_host: upstream,
+            upstream_cluster: Some(&cluster.name),
+            upstream_local_address: None,
+            downstream_local_address: Some(orig_dst.0),
+            downstream_remote_address: Some(client.0),
+            requested_server_name: None,
+            route_name: None,
+            request_header: &none,
+            response_header: &none,
+            response_trailer: &none,
+        };
+        route
+            .access_logs
+            .write(shared.http.access_log_sink(), &entry);
+    };
     let own = shared.own_principal();
     let downstream_peer = downstream.peer_identity().map(|p| p.to_string());
     // The server's workload, from the endpoint's metadata (outbound; TCP has no metadata
@@ -131,6 +164,7 @@ pub async fn proxy(shared: &Shared, conn: Conn<'_>, route: &TcpRoute, mut downst
         let labels = labels_for(None, None, flags);
         shared.istio.tcp_opened(&labels);
         shared.istio.tcp_closed(&labels);
+        log(flags, None, 0, 0);
     };
     let target = match cluster.target(orig_dst.0, None) {
         Ok(t) => t,
@@ -182,6 +216,17 @@ pub async fn proxy(shared: &Shared, conn: Conn<'_>, route: &TcpRoute, mut downst
         cluster.stats.cx_idle_timeout.inc();
     }
     shared.istio.tcp_closed(&labels);
+    log(
+        // Envoy's flag for a tcp_proxy idle timeout.
+        if ended.reason == EndReason::Idle {
+            "SI"
+        } else {
+            ""
+        },
+        Some(target.addr),
+        ended.sent,
+        ended.received,
+    );
     tracing::debug!(listener = %listener.name, chain, cluster = %cluster.name, upstream = %target.addr,
         %orig_dst, %client, ?ended, "TCP connection done");
 }

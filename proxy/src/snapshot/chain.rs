@@ -30,6 +30,7 @@ use rustmesh_xds::listener::{FilterChain, FilterChainMatch, HttpConnectionManage
 use rustmesh_xds::peer_authn::MtlsMode;
 use rustmesh_xds::tls::DownstreamTransportSocket;
 
+use crate::access_log::AccessLogs;
 use crate::cluster::{Clusters, UpstreamCluster, lb};
 use crate::identity::Store as CertStore;
 use crate::sniff::Detected;
@@ -43,8 +44,8 @@ pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub enum Terminal {
     /// `envoy.filters.network.tcp_proxy`.
     Tcp(TcpRoute),
-    /// `envoy.filters.network.http_connection_manager`.
-    Http(Arc<HttpConnectionManager>),
+    /// `envoy.filters.network.http_connection_manager`, with its compiled access logs.
+    Http(Arc<HttpConnectionManager>, AccessLogs),
 }
 
 /// A compiled `tcp_proxy`: its cluster(s), resolved.
@@ -57,6 +58,8 @@ pub struct TcpRoute {
     total_weight: u64,
     /// `idleTimeout` (default one hour); `None` for `0s`, which disables it.
     pub idle_timeout: Option<Duration>,
+    /// `accessLog`, compiled.
+    pub access_logs: AccessLogs,
 }
 
 impl TcpRoute {
@@ -289,6 +292,11 @@ fn compile_chain(
         return Err((format!("{path}.filters"), "no terminal filter".into()));
     };
     let fp = format!("{path}.filters[{}].typedConfig", fc.filters.len() - 1);
+    let access_logs = AccessLogs::compile(match filter {
+        NetworkFilter::TcpProxy(t) => &t.access_log,
+        NetworkFilter::HttpConnectionManager(h) => &h.access_log,
+    })
+    .map_err(|(i, e)| (format!("{fp}.accessLog[{i}]"), e.to_string()))?;
     let terminal = match filter {
         NetworkFilter::TcpProxy(t) => {
             let cluster = |field: String, name: &str| {
@@ -334,9 +342,12 @@ fn compile_chain(
                 clusters: list,
                 total_weight,
                 idle_timeout,
+                access_logs,
             })
         }
-        NetworkFilter::HttpConnectionManager(h) => Terminal::Http(Arc::new((**h).clone())),
+        NetworkFilter::HttpConnectionManager(h) => {
+            Terminal::Http(Arc::new((**h).clone()), access_logs)
+        }
     };
     let tls = fc.transport_socket.as_ref().map(|socket| match socket {
         DownstreamTransportSocket::Tls(ctx) => Arc::new(Terminate::new(ctx, identity.clone())),
@@ -450,7 +461,7 @@ mod tests {
     fn chosen(fc: &FilterChains, to: &str, d: &Detected) -> Option<String> {
         fc.select(dst(to), d).map(|c| match &c.terminal {
             Terminal::Tcp(t) => t.clusters[0].0.name.clone(),
-            Terminal::Http(_) => format!("http:{}", c.name),
+            Terminal::Http(..) => format!("http:{}", c.name),
         })
     }
 

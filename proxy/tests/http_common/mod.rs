@@ -16,14 +16,13 @@ use rustmesh_proxy::body::{ProxyBody, boxed};
 use rustmesh_proxy::cluster::{ClusterManager, Clusters};
 use rustmesh_proxy::http::upstreams::ClusterUpstreams;
 use rustmesh_proxy::http::{
-    AccessLog, HttpContext, HttpSettings, Rng, RouteTable, serve_connection,
-    serve_connection_draining, serve_connection_with_drain,
+    HttpContext, HttpSettings, Rng, RouteTable, serve_connection, serve_connection_draining,
+    serve_connection_with_drain,
 };
 use rustmesh_proxy::metrics::{Destinations, Metrics, Reporter, WorkloadInfo};
 use rustmesh_proxy::pool::PassthroughPools;
 use rustmesh_xds::ProxyConfig;
 use rustmesh_xds::cluster::Thresholds;
-use rustmesh_xds::listener::HttpConnectionManager;
 use rustmesh_xds::route::RouteConfiguration;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -377,12 +376,24 @@ pub struct Proxy {
     pub routes: rustmesh_proxy::http::SharedRoutes,
 }
 
+/// Istio's `accessLogFile: /dev/stdout` with `accessLogEncoding` and its default format.
+pub fn access_log(
+    encoding: rustmesh_xds::access_log::Encoding,
+) -> rustmesh_xds::access_log::AccessLog {
+    rustmesh_xds::access_log::AccessLog {
+        path: "/dev/stdout".into(),
+        encoding,
+        format: None,
+    }
+}
+
 /// Options for [`start_proxy`].
 pub struct Options {
     pub labels: BTreeMap<String, String>,
     pub settings: HttpSettings,
     pub seed: u64,
-    pub access_log: bool,
+    /// An access log (`json_access_log()`, or TEXT...), lines in `log`.
+    pub access_log: Option<rustmesh_xds::access_log::AccessLog>,
     pub reporter: Reporter,
     pub destinations: Destinations,
     /// Drain signal: connections drain gracefully once it turns true.
@@ -398,7 +409,7 @@ impl Default for Options {
                 .collect(),
             settings: HttpSettings::default(),
             seed: 42,
-            access_log: false,
+            access_log: None,
             reporter: Reporter::Source,
             destinations: Destinations::default(),
             drain: None,
@@ -420,11 +431,8 @@ pub async fn start_proxy(rc: RouteConfiguration, ups: TestClusters, opts: Option
     let drain = opts.drain.clone();
     let log: Arc<Mutex<Vec<String>>> = Arc::default();
     let sink = log.clone();
-    let hcm = HttpConnectionManager {
-        stat_prefix: "outbound_0.0.0.0_9080".into(),
-        access_log: opts.access_log,
-        ..Default::default()
-    };
+    let access_logs =
+        rustmesh_proxy::access_log::AccessLogs::compile(opts.access_log.as_slice()).unwrap();
     let workload = Arc::new(WorkloadInfo {
         name: "productpage-v1".into(),
         namespace: "default".into(),
@@ -444,7 +452,10 @@ pub async fn start_proxy(rc: RouteConfiguration, ups: TestClusters, opts: Option
         local: addr,
         settings: Arc::new(opts.settings),
         rng: Arc::new(Rng::seeded(opts.seed)),
-        access_log: AccessLog::new(move |l| sink.lock().unwrap().push(l.to_string())),
+        access_logs,
+        access_log: rustmesh_proxy::access_log::Sink::new(move |l| {
+            sink.lock().unwrap().push(l.to_string())
+        }),
         peer_identity: None,
         own_identity: None,
         client_cert_details: None,
@@ -457,16 +468,15 @@ pub async fn start_proxy(rc: RouteConfiguration, ups: TestClusters, opts: Option
             };
             let mut ctx = base.clone();
             ctx.peer = peer;
-            let hcm = hcm.clone();
             let drain = drain.clone();
             tokio::spawn(async move {
                 let Some(mut rx) = drain else {
-                    let _ = serve_connection(stream, &hcm, ctx).await;
+                    let _ = serve_connection(stream, ctx).await;
                     return;
                 };
                 if *rx.borrow() {
                     // Accepted while draining, as the sidecar's inbound side does it.
-                    let _ = serve_connection_draining(stream, &hcm, ctx).await;
+                    let _ = serve_connection_draining(stream, ctx).await;
                     return;
                 }
                 let signal = async move {
@@ -476,7 +486,7 @@ pub async fn start_proxy(rc: RouteConfiguration, ups: TestClusters, opts: Option
                         }
                     }
                 };
-                let _ = serve_connection_with_drain(stream, &hcm, ctx, signal).await;
+                let _ = serve_connection_with_drain(stream, ctx, signal).await;
             });
         }
     });
