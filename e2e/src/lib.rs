@@ -244,6 +244,24 @@ impl Ctx {
     }
 
     /// The webhook and operator Deployments are available and the webhook's `caBundle` is set.
+    /// Sets one environment variable of the operator (a mesh setting such as
+    /// `OUTBOUND_TRAFFIC_POLICY` or `ACCESS_LOG_FILE`) and waits for its rollout.
+    pub async fn set_operator_env(&self, name: &str, value: &str) -> Result<()> {
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), MESH_NAMESPACE);
+        let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "operator", "env": [{"name": name, "value": value}]}
+        ]}}}});
+        api.patch(
+            "rustmesh-operator",
+            &PatchParams::default(),
+            &Patch::Strategic(patch),
+        )
+        .await?;
+        self.wait_mesh_ready(Duration::from_secs(180)).await?;
+        self.log(format!("operator restarted with {name}={value:?}"));
+        Ok(())
+    }
+
     pub async fn wait_mesh_ready(&self, timeout: Duration) -> Result<()> {
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), MESH_NAMESPACE);
         for name in ["rustmesh-webhook", "rustmesh-operator"] {

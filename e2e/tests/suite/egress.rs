@@ -6,10 +6,8 @@
 //! Sidecar with `egress.hosts: ["./*"]` hides the other namespaces' services from its workloads.
 
 use crate::with_restore;
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, Patch, PatchParams};
 use rustmesh_e2e::sample::{self, EXTERNAL_PORT, HTTP_PORT};
-use rustmesh_e2e::{Ctx, MESH_NAMESPACE, poll, setup};
+use rustmesh_e2e::{Ctx, poll, setup};
 use std::time::Duration;
 
 const OWN_NAMESPACE_ONLY: &str = r#"
@@ -69,21 +67,9 @@ async fn until(ctx: &Ctx, s: &Setup, url: &str, ok: bool, what: &str) {
 }
 
 async fn mesh_policy(ctx: &Ctx, mode: &str) {
-    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), MESH_NAMESPACE);
-    let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [
-        {"name": "operator", "env": [{"name": "OUTBOUND_TRAFFIC_POLICY", "value": mode}]}
-    ]}}}});
-    api.patch(
-        "rustmesh-operator",
-        &PatchParams::default(),
-        &Patch::Strategic(patch),
-    )
-    .await
-    .unwrap();
-    ctx.wait_mesh_ready(Duration::from_secs(180)).await.unwrap();
-    ctx.log(format!(
-        "operator restarted with OUTBOUND_TRAFFIC_POLICY={mode}"
-    ));
+    ctx.set_operator_env("OUTBOUND_TRAFFIC_POLICY", mode)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -306,3 +306,163 @@ async fn s15_prometheus_scrapes_the_sidecars_for_kiali_and_the_dashboards() {
     drop(prom);
     ctx.delete_namespace(&ns).await;
 }
+
+/// Istio's access logs (meshConfig `accessLogFile: /dev/stdout`, the operator's
+/// `ACCESS_LOG_FILE`): each sidecar writes Istio's default TEXT line per request, and a faulted
+/// request's line shows why, with Envoy's response flags and details (`FI`, `DI`), on the client's
+/// side; the server's sidecar logs its inbound requests with the `inbound|` cluster.
+#[tokio::test]
+async fn s15_access_logs_show_the_response_flags_of_faulted_requests() {
+    let Some(ctx) = setup("s15_access_log").await else {
+        return;
+    };
+    crate::with_restore(
+        async {
+            ctx.set_operator_env("ACCESS_LOG_FILE", "/dev/stdout")
+                .await
+                .unwrap();
+            access_logs(&ctx).await;
+        },
+        async {
+            ctx.set_operator_env("ACCESS_LOG_FILE", "").await.unwrap();
+        },
+    )
+    .await;
+}
+
+async fn access_logs(ctx: &rustmesh_e2e::Ctx) {
+    let ns = ctx.fresh_namespace("e2e-accesslog", true).await.unwrap();
+    let client = sample::productpage();
+    sample::deploy(ctx, &ns, &[client.clone(), sample::reviews("v1")])
+        .await
+        .unwrap();
+    let client_pod = ctx.pod_name(&ns, &client.selector()).await.unwrap();
+    let server_pod = ctx
+        .pod_name(&ns, &sample::reviews("v1").selector())
+        .await
+        .unwrap();
+    ctx.apply_istio(
+        &ns,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /fault}}]
+    fault: {abort: {httpStatus: 503, percentage: {value: 100}}}
+    route: [{destination: {host: reviews}}]
+  - match: [{uri: {prefix: /delay}}]
+    fault: {delay: {fixedDelay: 0.01s, percentage: {value: 100}}}
+    route: [{destination: {host: reviews}}]
+  - route: [{destination: {host: reviews}}]
+"#,
+    )
+    .await
+    .unwrap();
+    let base = format!("http://reviews:{HTTP_PORT}");
+    // The rule is in force once /fault answers 503 (the operator's write reached the sidecar).
+    rustmesh_e2e::poll(
+        "the fault rule in the client's sidecar",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || async {
+            let s = ctx
+                .http_load(
+                    &ns,
+                    &client_pod,
+                    &client.app,
+                    &format!("{base}/fault"),
+                    1,
+                    1,
+                    &[],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            if s.status(503) == 1 {
+                Ok(Some(()))
+            } else {
+                Err(format!("{:?}", s.statuses))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    for path in ["/delay", "/ok"] {
+        let s = ctx
+            .http_load(
+                &ns,
+                &client_pod,
+                &client.app,
+                &format!("{base}{path}"),
+                1,
+                1,
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(s.status(200), 1, "{path}: {s:?}");
+    }
+    let pods: kube::Api<Pod> = kube::Api::namespaced(ctx.client.clone(), &ns);
+    let logs = |pod: String| {
+        let pods = pods.clone();
+        async move {
+            let params = kube::api::LogParams {
+                container: Some("istio-proxy".into()),
+                ..Default::default()
+            };
+            pods.logs(&pod, &params).await.unwrap()
+        }
+    };
+    // A line is written when its response ends: poll the log until all three are there.
+    let mut client_log = String::new();
+    for _ in 0..20 {
+        client_log = logs(client_pod.clone()).await;
+        if ["/fault", "/delay", "/ok"]
+            .iter()
+            .all(|p| client_log.contains(&format!("\"GET {p} HTTP/1.1\"")))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let line = |log: &str, needle: &str| -> String {
+        log.lines()
+            .rev()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no access log line with {needle} in:\n{log}"))
+            .to_string()
+    };
+    let fault = line(&client_log, "\"GET /fault HTTP/1.1\"");
+    ctx.log(format!("client sidecar: {fault}"));
+    assert!(fault.contains(" 503 FI fault_filter_abort "), "{fault}");
+    assert!(
+        fault.starts_with('['),
+        "Istio's TEXT format starts with the time: {fault}"
+    );
+    let delay = line(&client_log, "\"GET /delay HTTP/1.1\"");
+    assert!(delay.contains(" 200 DI via_upstream "), "{delay}");
+    assert!(
+        delay.contains(&format!(
+            " outbound|{HTTP_PORT}||reviews.{ns}.svc.cluster.local "
+        )),
+        "the upstream cluster: {delay}"
+    );
+    let ok = line(&client_log, "\"GET /ok HTTP/1.1\"");
+    assert!(ok.contains(" 200 - via_upstream "), "{ok}");
+    // The server's sidecar logged the requests that reached it (not the aborted one).
+    let server_log = logs(server_pod).await;
+    let inbound = line(&server_log, "\"GET /ok HTTP/1.1\"");
+    ctx.log(format!("server sidecar: {inbound}"));
+    assert!(
+        inbound.contains(&format!(" inbound|{HTTP_PORT}|| ")),
+        "{inbound}"
+    );
+    assert!(
+        !server_log.contains("\"GET /fault HTTP/1.1\""),
+        "the abort never left the client's sidecar:\n{server_log}"
+    );
+    ctx.delete_namespace(&ns).await;
+}
