@@ -130,7 +130,7 @@ impl Args {
             encoding,
             format: (!self.access_log_format.is_empty()).then(|| self.access_log_format.clone()),
         };
-        log.compile().map_err(|e| Error::Flag {
+        let formatter = log.compile().map_err(|e| Error::Flag {
             flag: if log.format.is_some() {
                 "access-log-format"
             } else {
@@ -138,6 +138,13 @@ impl Args {
             },
             message: e.to_string(),
         })?;
+        // The sidecar does not keep response trailers for its log: refused, not printed as `-`.
+        if let Some(t) = formatter.response_trailers().first() {
+            return Err(Error::Flag {
+                flag: "access-log-format",
+                message: format!("%TRAILER({t})% is not supported by rustmesh's sidecar"),
+            });
+        }
         Ok(Some(log))
     }
 
@@ -285,6 +292,77 @@ pub async fn run(args: Args) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn access_log_flags_are_istios_mesh_settings_checked_at_start() {
+        let settings = |args: &[&str]| {
+            let mut argv = vec!["operator"];
+            argv.extend_from_slice(args);
+            Args::try_parse_from(argv).unwrap().settings()
+        };
+        // Off by default, as Istio's default install.
+        assert_eq!(settings(&[]).unwrap().mesh.access_log, None);
+        let on = settings(&["--access-log-file", "/dev/stdout"]).unwrap();
+        let log = on.mesh.access_log.unwrap();
+        assert_eq!((log.path.as_str(), log.format), ("/dev/stdout", None));
+        let json = settings(&[
+            "--access-log-file",
+            "/dev/stderr",
+            "--access-log-encoding",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(
+            json.mesh.access_log.unwrap().encoding,
+            rustmesh_xds::access_log::Encoding::Json
+        );
+        for (args, flag, names) in [
+            (
+                &["--access-log-file", "/var/log/access.log"][..],
+                "--access-log-file",
+                "/var/log/access.log",
+            ),
+            (
+                &[
+                    "--access-log-file",
+                    "/dev/stdout",
+                    "--access-log-format",
+                    "%NOPE%",
+                ],
+                "--access-log-format",
+                "NOPE",
+            ),
+            (
+                &[
+                    "--access-log-file",
+                    "/dev/stdout",
+                    "--access-log-format",
+                    "%TRAILER(x)%",
+                ],
+                "--access-log-format",
+                "TRAILER(x)",
+            ),
+            (
+                &[
+                    "--access-log-file",
+                    "/dev/stdout",
+                    "--access-log-encoding",
+                    "YAML",
+                ],
+                "--access-log-encoding",
+                "YAML",
+            ),
+            // A format without a file would do nothing: refused.
+            (
+                &["--access-log-format", "%PROTOCOL%"],
+                "--access-log-file",
+                "access-log-format",
+            ),
+        ] {
+            let e = settings(args).unwrap_err().to_string();
+            assert!(e.contains(flag) && e.contains(names), "{args:?}: {e}");
+        }
+    }
 
     #[test]
     fn flags_are_checked_and_named() {

@@ -1577,3 +1577,38 @@ spec:
             .is_some()
     );
 }
+
+/// meshConfig `accessLogFile`: the mesh's access log is on every HTTP connection manager and
+/// TCP proxy of the sidecar, inbound and outbound, the passthrough and blackhole chains too.
+#[test]
+fn the_meshs_access_log_is_on_every_listener_filter() {
+    let mut index = bookinfo();
+    let log = rustmesh_xds::access_log::AccessLog {
+        path: "/dev/stdout".into(),
+        encoding: rustmesh_xds::access_log::Encoding::Text,
+        format: None,
+    };
+    index.mesh.access_log = Some(log.clone());
+    let c = rendered(&index, &Scope::namespace("default"));
+    let mut filters = 0;
+    for l in &c.listeners {
+        for fc in l
+            .filter_chains
+            .iter()
+            .chain(l.default_filter_chain.as_ref())
+        {
+            for f in &fc.filters {
+                let logs = match f {
+                    NetworkFilter::TcpProxy(t) => &t.access_log,
+                    NetworkFilter::HttpConnectionManager(h) => &h.access_log,
+                };
+                assert_eq!(logs, &vec![log.clone()], "{} {:?}", l.name, fc.name);
+                filters += 1;
+            }
+        }
+    }
+    assert!(filters > 10, "{filters} filters");
+    // Off (Istio's default install): none.
+    let c = rendered(&bookinfo(), &Scope::namespace("default"));
+    assert!(!c.to_json().contains("accessLog"));
+}
