@@ -5,7 +5,8 @@ listener that hands connections to a per-destination listener by original destin
 virtual inbound listener whose chains match the destination port, an HTTP connection manager with
 one route (HTTP ports) or a tcp_proxy (the TCP port), and the built-in passthrough / blackhole
 clusters. One document serves both sides: the client's sidecar uses the outbound half, the
-server's the inbound half. No access log on either.
+server's the inbound half. No access log on either (the `-alog` pair adds Istio's: see
+`with_access_log_rustmesh`).
 
 A third port (`conn_port`) carries HTTP but is declared opaque TCP to both sidecars: each
 connection the client opens there is one sidecar-to-sidecar connection (the HTTP port's pools
@@ -679,4 +680,62 @@ def with_authz_envoy(doc, n, tcp_ports):
                 hcm["http_filters"].insert(0, _envoy_rbac(n, tcp_ports, http=True))
             else:
                 filters.insert(0, _envoy_rbac(n, tcp_ports, http=False))
+    return doc
+
+
+# ---- access logs: Istio's, on every sidecar's HTTP and TCP filters (bench/run --access-log) ----
+#
+# What `meshConfig.accessLogFile: /dev/stdout` with the default encoding (TEXT) and format
+# renders: every HTTP connection manager and TCP proxy logs one line per request or connection to
+# the sidecar's standard output, in Istio's default TEXT format. bench/run sends both proxies'
+# standard output to a file (the sidecar's log in its work directory).
+
+# xds/src/access_log.rs ISTIO_DEFAULT_TEXT_FORMAT (Istio's EnvoyTextLogFormat), byte for byte
+ISTIO_DEFAULT_TEXT_FORMAT = (
+    "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" "
+    "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% "
+    "\"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% "
+    "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" "
+    "\"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% "
+    "%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% "
+    "%REQUESTED_SERVER_NAME% %ROUTE_NAME%\n"
+)
+LOGGED = ("envoy.filters.network.http_connection_manager", "envoy.filters.network.tcp_proxy")
+
+
+def _chains(listener, chains, default):
+    return listener.get(chains, []) + ([listener[default]] if default in listener else [])
+
+
+def with_access_log_rustmesh(doc):
+    """`doc` (a `rustmesh()` ProxyConfig) with `accessLog` on every HTTP connection manager and
+    TCP proxy (`xds::access_log::AccessLog`: encoding TEXT and the format left to the default,
+    Istio's TEXT format)."""
+    doc = json.loads(json.dumps(doc))
+    for listener in doc["listeners"]:
+        for chain in _chains(listener, "filterChains", "defaultFilterChain"):
+            for f in chain["filters"]:
+                if f["name"] in LOGGED:
+                    f["typedConfig"]["accessLog"] = [{"path": "/dev/stdout"}]
+    doc["versionInfo"] = "bench-alog"
+    return doc
+
+
+def with_access_log_envoy(doc):
+    """`doc` (an `envoy()` bootstrap) with Istio's file access log on every HTTP connection
+    manager and TCP proxy: /dev/stdout, Istio's default TEXT format."""
+    doc = json.loads(json.dumps(doc))
+    log = {
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": T + "access_loggers.file.v3.FileAccessLog",
+            "path": "/dev/stdout",
+            "log_format": {"text_format_source": {"inline_string": ISTIO_DEFAULT_TEXT_FORMAT}},
+        },
+    }
+    for listener in doc["static_resources"]["listeners"]:
+        for chain in _chains(listener, "filter_chains", "default_filter_chain"):
+            for f in chain["filters"]:
+                if f["name"] in LOGGED:
+                    f["typed_config"]["access_log"] = [log]
     return doc
