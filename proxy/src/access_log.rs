@@ -7,17 +7,33 @@
 //! A request copies only what the formats read: the request headers they name (with the
 //! pseudo-headers `:method`, `:path`, `:authority`, `:scheme`) when it arrives, the response
 //! headers when the answer comes, so a sidecar without access logs copies nothing.
+//!
+//! Lines are not written one `write(2)` each on the request path: as Envoy's file access log
+//! does, they are appended to a buffer that a writer thread flushes every second, or at once
+//! when it passes [`FLUSH_BYTES`]. Should the output stall (a blocked pipe), the buffer stops
+//! at [`MAX_BUFFERED_BYTES`] and further lines are dropped and counted (reported as a warning
+//! when the writer gets through again), so memory never grows without bound and requests never
+//! wait on the log. [`flush`] writes what is buffered (the sidecar calls it before exiting).
 
 use rustmesh_xds::access_log::{AccessLog, AccessLogError, Entry, Formatter};
-use std::sync::Arc;
+use std::io::Write;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Duration;
+
+/// Buffered bytes that make the writer flush at once (Envoy's default is 64 KiB too).
+pub const FLUSH_BYTES: usize = 64 * 1024;
+/// Buffered bytes past which lines are dropped (the output has stalled).
+pub const MAX_BUFFERED_BYTES: usize = 4 * 1024 * 1024;
+/// How often the writer flushes what is buffered.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where a log's lines go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stream {
     /// `/dev/stdout` (Istio's usual `accessLogFile`).
-    Stdout,
+    Stdout = 0,
     /// `/dev/stderr`.
-    Stderr,
+    Stderr = 1,
 }
 
 /// What a [`Sink`] calls with each line.
@@ -28,12 +44,10 @@ type WriteLine = dyn Fn(Stream, &str) + Send + Sync;
 pub struct Sink(Arc<WriteLine>);
 
 impl Sink {
-    /// Lines to the process's standard output or error, as the log's path says.
+    /// Lines to the process's standard output or error, as the log's path says, through the
+    /// buffered writer (see the module doc).
     pub fn stdio() -> Self {
-        Sink(Arc::new(|stream, line| match stream {
-            Stream::Stdout => println!("{line}"),
-            Stream::Stderr => eprintln!("{line}"),
-        }))
+        Sink(Arc::new(|stream, line| stdio_writer().push(stream, line)))
     }
 
     /// Every line to a function, whatever its stream (tests).
@@ -135,5 +149,131 @@ impl Copied {
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What is waiting to be written to one stream.
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    dropped: u64,
+}
+
+/// The buffered standard output and error of the access logs, and the thread that writes them.
+pub struct Writer {
+    pending: Mutex<[Pending; 2]>,
+    wake: Condvar,
+}
+
+fn stdio_writer() -> &'static Writer {
+    static WRITER: OnceLock<&'static Writer> = OnceLock::new();
+    WRITER.get_or_init(|| {
+        let w: &'static Writer = Box::leak(Box::new(Writer::new()));
+        let spawned = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                loop {
+                    w.wait(FLUSH_INTERVAL);
+                    w.write_to(&mut std::io::stdout(), &mut std::io::stderr());
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("access log writer thread: {e}; lines are written as they come");
+        }
+        w
+    })
+}
+
+/// Writes what the access logs buffered (before the process exits).
+pub fn flush() {
+    stdio_writer().write_to(&mut std::io::stdout(), &mut std::io::stderr());
+}
+
+impl Writer {
+    fn new() -> Self {
+        Writer {
+            pending: Mutex::new([Pending::default(), Pending::default()]),
+            wake: Condvar::new(),
+        }
+    }
+
+    /// Appends one line (and a newline); wakes the writer past [`FLUSH_BYTES`].
+    pub fn push(&self, stream: Stream, line: &str) {
+        let mut pending = crate::sync::lock(&self.pending);
+        let p = &mut pending[stream as usize];
+        if p.bytes.len() + line.len() + 1 > MAX_BUFFERED_BYTES {
+            p.dropped += 1;
+            return;
+        }
+        p.bytes.extend_from_slice(line.as_bytes());
+        p.bytes.push(b'\n');
+        if p.bytes.len() >= FLUSH_BYTES {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Waits until woken or `at_most` has passed.
+    fn wait(&self, at_most: Duration) {
+        let pending = crate::sync::lock(&self.pending);
+        let _ = self.wake.wait_timeout(pending, at_most);
+    }
+
+    /// Writes and empties both buffers (one `write` each), outside the lock.
+    pub fn write_to(&self, out: &mut impl Write, err: &mut impl Write) {
+        let taken: Vec<(Vec<u8>, u64)> = {
+            let mut pending = crate::sync::lock(&self.pending);
+            pending
+                .iter_mut()
+                .map(|p| (std::mem::take(&mut p.bytes), std::mem::take(&mut p.dropped)))
+                .collect()
+        };
+        for ((bytes, dropped), sink) in taken
+            .into_iter()
+            .zip([out as &mut dyn Write, err as &mut dyn Write])
+        {
+            if !bytes.is_empty() {
+                let _ = sink.write_all(&bytes).and_then(|()| sink.flush());
+            }
+            if dropped > 0 {
+                tracing::warn!(
+                    dropped,
+                    "access log lines dropped: the output did not keep up (over {MAX_BUFFERED_BYTES} bytes waiting)"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_batched_per_stream_and_bounded() {
+        let w = Writer::new();
+        w.push(Stream::Stdout, "one");
+        w.push(Stream::Stderr, "err");
+        w.push(Stream::Stdout, "two");
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        w.write_to(&mut out, &mut err);
+        assert_eq!(out, b"one\ntwo\n");
+        assert_eq!(err, b"err\n");
+        // Emptied.
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        w.write_to(&mut out, &mut err);
+        assert!(out.is_empty() && err.is_empty());
+        // A stalled output: the buffer stops at its limit and counts what it dropped.
+        let line = "x".repeat(1023);
+        for _ in 0..(MAX_BUFFERED_BYTES / 1024 + 10) {
+            w.push(Stream::Stdout, &line);
+        }
+        {
+            let pending = crate::sync::lock(&w.pending);
+            assert!(pending[0].bytes.len() <= MAX_BUFFERED_BYTES);
+            assert_eq!(pending[0].dropped, 10);
+        }
+        let mut out = Vec::new();
+        w.write_to(&mut out, &mut Vec::new());
+        assert_eq!(out.len(), MAX_BUFFERED_BYTES);
     }
 }

@@ -637,6 +637,7 @@ pub async fn serve(args: RunArgs) -> Result<()> {
     let open = signal.terminate(plan).await;
     // The listeners stop accepting; what is still open closes with the process.
     let _ = tokio::time::timeout(Duration::from_secs(1), listeners).await;
+    crate::access_log::flush();
     if open == 0 {
         tracing::info!("drained: no connection open; exiting");
     } else {

@@ -416,13 +416,16 @@ spec:
             pods.logs(&pod, &params).await.unwrap()
         }
     };
-    // A line is written when its response ends: poll the log until all three are there.
-    let mut client_log = String::new();
-    for _ in 0..20 {
+    // A line is written when its response ends, and the sidecar flushes its log every second:
+    // poll both logs until the lines are there.
+    let (mut client_log, mut server_log) = (String::new(), String::new());
+    for _ in 0..30 {
         client_log = logs(client_pod.clone()).await;
+        server_log = logs(server_pod.clone()).await;
         if ["/fault", "/delay", "/ok"]
             .iter()
             .all(|p| client_log.contains(&format!("\"GET {p} HTTP/1.1\"")))
+            && server_log.contains("\"GET /ok HTTP/1.1\"")
         {
             break;
         }
@@ -453,7 +456,6 @@ spec:
     let ok = line(&client_log, "\"GET /ok HTTP/1.1\"");
     assert!(ok.contains(" 200 - via_upstream "), "{ok}");
     // The server's sidecar logged the requests that reached it (not the aborted one).
-    let server_log = logs(server_pod).await;
     let inbound = line(&server_log, "\"GET /ok HTTP/1.1\"");
     ctx.log(format!("server sidecar: {inbound}"));
     assert!(
