@@ -228,11 +228,11 @@ impl Destinations {
     }
 }
 
-/// Labels of the HTTP metrics (Istio's standard set).
+/// The labels of both sides of a call and of the destination service, which the HTTP and TCP
+/// metrics share (encoded in place, between `reporter` and the protocol's own labels).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 #[allow(missing_docs)]
-pub struct HttpLabels {
-    pub reporter: String,
+pub struct PeerLabels {
     pub source_workload: String,
     pub source_canonical_service: String,
     pub source_canonical_revision: String,
@@ -252,6 +252,15 @@ pub struct HttpLabels {
     pub destination_service_name: String,
     pub destination_service_namespace: String,
     pub destination_cluster: String,
+}
+
+/// Labels of the HTTP metrics (Istio's standard set).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[allow(missing_docs)]
+pub struct HttpLabels {
+    pub reporter: String,
+    #[prometheus(flatten)]
+    pub peers: PeerLabels,
     pub request_protocol: String,
     pub response_code: String,
     pub grpc_response_status: String,
@@ -264,25 +273,8 @@ pub struct HttpLabels {
 #[allow(missing_docs)]
 pub struct TcpLabels {
     pub reporter: String,
-    pub source_workload: String,
-    pub source_canonical_service: String,
-    pub source_canonical_revision: String,
-    pub source_workload_namespace: String,
-    pub source_principal: String,
-    pub source_app: String,
-    pub source_version: String,
-    pub source_cluster: String,
-    pub destination_workload: String,
-    pub destination_canonical_service: String,
-    pub destination_canonical_revision: String,
-    pub destination_workload_namespace: String,
-    pub destination_principal: String,
-    pub destination_app: String,
-    pub destination_version: String,
-    pub destination_service: String,
-    pub destination_service_name: String,
-    pub destination_service_namespace: String,
-    pub destination_cluster: String,
+    #[prometheus(flatten)]
+    pub peers: PeerLabels,
     pub request_protocol: String,
     pub response_flags: String,
     pub connection_security_policy: String,
@@ -349,17 +341,9 @@ impl Side {
     }
 }
 
-/// The peer-independent part of a label set: who reports, both sides, the destination service.
-struct Common {
-    source: Side,
-    destination: Side,
-    destination_service: String,
-    destination_service_name: String,
-    destination_service_namespace: String,
-}
-
 impl Peers<'_> {
-    fn common(&self) -> Common {
+    /// Both sides' labels and the destination service's, as the reporter sees them.
+    fn peer_labels(&self) -> PeerLabels {
         let unknown = || UNKNOWN.to_string();
         let svc = self.service;
         let (host, name, ns) = match svc {
@@ -368,7 +352,7 @@ impl Peers<'_> {
         };
         let own = Side::of(Some(self.own));
         let peer = Side::of(self.peer);
-        match self.reporter {
+        let (source, destination) = match self.reporter {
             Reporter::Source => {
                 let mut destination = peer;
                 if self.peer.is_none() {
@@ -378,21 +362,30 @@ impl Peers<'_> {
                         destination.version = subset;
                     }
                 }
-                Common {
-                    source: own,
-                    destination,
-                    destination_service: host,
-                    destination_service_name: name,
-                    destination_service_namespace: ns,
-                }
+                (own, destination)
             }
-            Reporter::Destination => Common {
-                source: peer,
-                destination: own,
-                destination_service: host,
-                destination_service_name: name,
-                destination_service_namespace: ns,
-            },
+            Reporter::Destination => (peer, own),
+        };
+        PeerLabels {
+            source_workload: source.workload,
+            source_canonical_service: source.canonical_service,
+            source_canonical_revision: source.canonical_revision,
+            source_workload_namespace: source.namespace,
+            source_principal: self.source_principal.unwrap_or(UNKNOWN).into(),
+            source_app: source.app,
+            source_version: source.version,
+            source_cluster: source.cluster,
+            destination_workload: destination.workload,
+            destination_canonical_service: destination.canonical_service,
+            destination_canonical_revision: destination.canonical_revision,
+            destination_workload_namespace: destination.namespace,
+            destination_principal: self.destination_principal.unwrap_or(UNKNOWN).into(),
+            destination_app: destination.app,
+            destination_version: destination.version,
+            destination_service: host,
+            destination_service_name: name,
+            destination_service_namespace: ns,
+            destination_cluster: destination.cluster,
         }
     }
 
@@ -404,72 +397,35 @@ impl Peers<'_> {
         response_flags: &str,
         grpc_status: Option<&str>,
     ) -> HttpLabels {
-        let c = self.common();
         HttpLabels {
             reporter: self.reporter.as_str().into(),
-            source_workload: c.source.workload,
-            source_canonical_service: c.source.canonical_service,
-            source_canonical_revision: c.source.canonical_revision,
-            source_workload_namespace: c.source.namespace,
-            source_principal: self.source_principal.unwrap_or(UNKNOWN).into(),
-            source_app: c.source.app,
-            source_version: c.source.version,
-            source_cluster: c.source.cluster,
-            destination_workload: c.destination.workload,
-            destination_canonical_service: c.destination.canonical_service,
-            destination_canonical_revision: c.destination.canonical_revision,
-            destination_workload_namespace: c.destination.namespace,
-            destination_principal: self.destination_principal.unwrap_or(UNKNOWN).into(),
-            destination_app: c.destination.app,
-            destination_version: c.destination.version,
-            destination_service: c.destination_service,
-            destination_service_name: c.destination_service_name,
-            destination_service_namespace: c.destination_service_namespace,
-            destination_cluster: c.destination.cluster,
+            peers: self.peer_labels(),
             request_protocol: protocol.into(),
             response_code: response_code.to_string(),
             grpc_response_status: grpc_status.unwrap_or("").into(),
-            response_flags: if response_flags.is_empty() {
-                "-".into()
-            } else {
-                response_flags.into()
-            },
+            response_flags: flags_label(response_flags),
             connection_security_policy: self.security_policy.into(),
         }
     }
 
     /// The TCP label set for one connection.
     pub fn tcp_labels(&self, response_flags: &str) -> TcpLabels {
-        let c = self.common();
         TcpLabels {
             reporter: self.reporter.as_str().into(),
-            source_workload: c.source.workload,
-            source_canonical_service: c.source.canonical_service,
-            source_canonical_revision: c.source.canonical_revision,
-            source_workload_namespace: c.source.namespace,
-            source_principal: self.source_principal.unwrap_or(UNKNOWN).into(),
-            source_app: c.source.app,
-            source_version: c.source.version,
-            source_cluster: c.source.cluster,
-            destination_workload: c.destination.workload,
-            destination_canonical_service: c.destination.canonical_service,
-            destination_canonical_revision: c.destination.canonical_revision,
-            destination_workload_namespace: c.destination.namespace,
-            destination_principal: self.destination_principal.unwrap_or(UNKNOWN).into(),
-            destination_app: c.destination.app,
-            destination_version: c.destination.version,
-            destination_service: c.destination_service,
-            destination_service_name: c.destination_service_name,
-            destination_service_namespace: c.destination_service_namespace,
-            destination_cluster: c.destination.cluster,
+            peers: self.peer_labels(),
             request_protocol: "tcp".into(),
-            response_flags: if response_flags.is_empty() {
-                "-".into()
-            } else {
-                response_flags.into()
-            },
+            response_flags: flags_label(response_flags),
             connection_security_policy: self.security_policy.into(),
         }
+    }
+}
+
+/// `response_flags` as Istio writes it: the flags joined by `,`, or `-` for none.
+fn flags_label(flags: &str) -> String {
+    if flags.is_empty() {
+        "-".into()
+    } else {
+        flags.into()
     }
 }
 
