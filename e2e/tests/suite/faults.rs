@@ -11,6 +11,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use rustmesh_api::VirtualService;
+use rustmesh_api::status::Condition;
 use rustmesh_e2e::sample::{self, HTTP_PORT};
 use rustmesh_e2e::{Ctx, MESH_NAMESPACE, Summary, TESTAPP_IMAGE, poll, setup};
 use std::time::{Duration, Instant};
@@ -330,7 +331,8 @@ async fn bad_virtual_service(test: &str, ns: &str, bad_name: &str) {
     .unwrap();
     // And the operator's verdict on this version: what it accepted is what a refused update
     // falls back to (an update within one debounce window of it would find nothing to keep).
-    accepted_at_current_generation(&ctx, &ns, "reviews").await;
+    let good = accepted_condition(&ctx, &ns, "reviews").await;
+    assert_eq!(good.status, "True", "the rule to fall back to: {good:?}");
 
     // Weights adding up to 110: the schema cannot say, the validating webhook (istiod's
     // validation) refuses it at apply, naming the field.
@@ -364,30 +366,35 @@ async fn bad_virtual_service(test: &str, ns: &str, bad_name: &str) {
     ctx.delete_namespace(&ns).await;
 }
 
-/// Waits until the VirtualService's status says `Accepted=True` for its current generation.
-async fn accepted_at_current_generation(ctx: &Ctx, ns: &str, name: &str) {
+/// The VirtualService's `Accepted` condition, once its status is for the object's current
+/// generation (the operator's verdict on this version).
+async fn accepted_condition(ctx: &Ctx, ns: &str, name: &str) -> Condition {
     let api: Api<VirtualService> = Api::namespaced(ctx.client.clone(), ns);
     poll(
-        &format!("{name} accepted at its current generation"),
+        &format!("status of {name} for its current generation"),
         Duration::from_secs(60),
         Duration::from_millis(300),
         || async {
             let vs = api.get(name).await.map_err(|e| e.to_string())?;
             let status = vs.status.unwrap_or_default();
-            let accepted = status.observed_generation >= vs.metadata.generation
-                && status
-                    .conditions
-                    .iter()
-                    .any(|c| c.type_ == "Accepted" && c.status == "True");
-            if accepted {
-                Ok(Some(()))
-            } else {
-                Err(format!("status {:?}", status.conditions))
+            if status.observed_generation < vs.metadata.generation {
+                return Err(format!(
+                    "status is for generation {:?}, the object is at {:?}",
+                    status.observed_generation, vs.metadata.generation
+                ));
+            }
+            let cond = status
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Accepted");
+            match cond {
+                Some(c) => Ok(Some(c)),
+                None => Err("no Accepted condition yet".into()),
             }
         },
     )
     .await
-    .unwrap();
+    .unwrap()
 }
 
 /// Label on a test namespace the validator is told to skip (see [`skip_validation`]).
@@ -459,32 +466,7 @@ async fn operator_refuses_and_keeps_serving(
     )
     .await
     .unwrap();
-    let api: Api<VirtualService> = Api::namespaced(ctx.client.clone(), ns);
-    let condition = poll(
-        &format!("status of {bad_name} for its new generation"),
-        Duration::from_secs(60),
-        Duration::from_millis(300),
-        || async {
-            let vs = api.get(bad_name).await.map_err(|e| e.to_string())?;
-            let status = vs.status.unwrap_or_default();
-            if status.observed_generation < vs.metadata.generation {
-                return Err(format!(
-                    "status is for generation {:?}, the object is at {:?}",
-                    status.observed_generation, vs.metadata.generation
-                ));
-            }
-            let cond = status
-                .conditions
-                .into_iter()
-                .find(|c| c.type_ == "Accepted");
-            match cond {
-                Some(c) => Ok(Some(c)),
-                None => Err("no Accepted condition yet".into()),
-            }
-        },
-    )
-    .await
-    .unwrap();
+    let condition = accepted_condition(ctx, ns, bad_name).await;
     ctx.log(format!(
         "{bad_name} Accepted={} reason={:?} message={:?}",
         condition.status, condition.reason, condition.message
@@ -514,6 +496,7 @@ async fn operator_refuses_and_keeps_serving(
     if bad_name == "reviews" {
         // An update refused: the status carries the version still served, and an operator
         // restart (which remembers nothing) serves it again instead of dropping the object.
+        let api: Api<VirtualService> = Api::namespaced(ctx.client.clone(), ns);
         let vs = api.get(bad_name).await.unwrap();
         let last = vs
             .status
