@@ -1,5 +1,6 @@
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use rustmesh_testapp::{client, relay, server, tcp, tls};
+use rustmesh_testapp::{client, collector, relay, server, tcp, tls};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -95,6 +96,28 @@ enum Command {
     /// Send one POST with an empty body and print the answer (fails on a status >= 400), e.g.
     /// a Job's last step: `testapp post http://127.0.0.1:15020/quitquitquit`.
     Post { url: String },
+    /// Collect trace spans in memory until killed: Zipkin v2 JSON (`POST /api/v2/spans`, and
+    /// Zipkin's query API on the same port), OTLP/gRPC and OTLP/HTTP (`POST /v1/traces`).
+    #[command(group(
+        clap::ArgGroup::new("receivers")
+            .required(true)
+            .multiple(true)
+            .args(["zipkin", "otlp_grpc", "otlp_http"])
+    ))]
+    Collector {
+        /// Zipkin port (9411 by convention).
+        #[arg(long, value_name = "PORT")]
+        zipkin: Option<u16>,
+        /// OTLP/gRPC port (4317 by convention).
+        #[arg(long, value_name = "PORT")]
+        otlp_grpc: Option<u16>,
+        /// OTLP/HTTP port (4318 by convention).
+        #[arg(long, value_name = "PORT")]
+        otlp_http: Option<u16>,
+        /// Address to bind.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: std::net::IpAddr,
+    },
     /// Send a line over TCP and print what comes back.
     Tcp {
         addr: String,
@@ -227,6 +250,60 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let (status, bytes) = client::post(&url).await?;
             println!("{status} {}", String::from_utf8_lossy(&bytes));
             anyhow::ensure!(status < 400, "status {status}");
+            Ok(())
+        }
+        Command::Collector {
+            zipkin,
+            otlp_grpc,
+            otlp_http,
+            bind,
+        } => {
+            let store = collector::Store::default();
+            let mut tasks: tokio::task::JoinSet<anyhow::Result<()>> = tokio::task::JoinSet::new();
+            let mut listening = Vec::new();
+            if let Some(port) = zipkin {
+                let l = tokio::net::TcpListener::bind((bind, port))
+                    .await
+                    .with_context(|| format!("zipkin: binding {bind}:{port}"))?;
+                let store = store.clone();
+                tasks.spawn(async move {
+                    collector::serve_zipkin(l, store)
+                        .await
+                        .with_context(|| format!("zipkin receiver on :{port}"))
+                });
+                listening.push(format!("zipkin :{port}"));
+            }
+            if let Some(port) = otlp_grpc {
+                let l = tokio::net::TcpListener::bind((bind, port))
+                    .await
+                    .with_context(|| format!("otlp-grpc: binding {bind}:{port}"))?;
+                let store = store.clone();
+                tasks.spawn(async move {
+                    collector::serve_otlp_grpc(l, store)
+                        .await
+                        .with_context(|| format!("otlp-grpc receiver on :{port}"))
+                });
+                listening.push(format!("otlp-grpc :{port}"));
+            }
+            if let Some(port) = otlp_http {
+                let l = tokio::net::TcpListener::bind((bind, port))
+                    .await
+                    .with_context(|| format!("otlp-http: binding {bind}:{port}"))?;
+                let store = store.clone();
+                tasks.spawn(async move {
+                    collector::serve_otlp_http(l, store)
+                        .await
+                        .with_context(|| format!("otlp-http receiver on :{port}"))
+                });
+                listening.push(format!("otlp-http :{port}"));
+            }
+            eprintln!(
+                "testapp: collecting spans on {bind}: {}",
+                listening.join(", ")
+            );
+            while let Some(res) = tasks.join_next().await {
+                res??;
+            }
             Ok(())
         }
         Command::Relay { .. } => unreachable!("main runs the relay without a runtime"),

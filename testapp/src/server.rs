@@ -71,6 +71,32 @@ pub struct TlsReport {
 
 const MAX_BODY: usize = 1 << 20;
 
+/// The request headers `?upstream=<url>` copies to the upstream call, as an application in the
+/// mesh must: `end-user` (bookinfo's user, which routing rules match on) and every header Istio's
+/// distributed tracing documentation tells applications to propagate so the proxies' spans join
+/// into one trace: Envoy's request id, B3 (multi- and single-header), W3C Trace Context,
+/// OpenTracing (Lightstep), Google Cloud Trace, gRPC's binary trace context, SkyWalking and
+/// Datadog.
+pub const FORWARDED_HEADERS: &[&str] = &[
+    "end-user",
+    "x-request-id",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "b3",
+    "traceparent",
+    "tracestate",
+    "x-ot-span-context",
+    "x-cloud-trace-context",
+    "grpc-trace-bin",
+    "sw8",
+    "x-datadog-trace-id",
+    "x-datadog-parent-id",
+    "x-datadog-sampling-priority",
+];
+
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -222,8 +248,7 @@ async fn handle(
         }
     }
     if let Some(upstream) = query_param(&query, "upstream") {
-        // Forward what Istio's bookinfo forwards: the user and tracing headers.
-        let forward: Vec<(String, String)> = ["end-user", "x-request-id", "x-b3-traceid"]
+        let forward: Vec<(String, String)> = FORWARDED_HEADERS
             .iter()
             .filter_map(|h| report.headers.get(*h).map(|v| (h.to_string(), v.clone())))
             .collect();
@@ -244,4 +269,54 @@ async fn handle(
         }
     }
     Ok(json(status, &report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn start(service: &str) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let id = Arc::new(Identity {
+            service: service.into(),
+            version: "v1".into(),
+            ..Identity::default()
+        });
+        tokio::spawn(serve_http(listener, id));
+        url
+    }
+
+    #[tokio::test]
+    async fn upstream_calls_forward_the_user_and_every_tracing_header() {
+        let (front, back) = (start("productpage").await, start("reviews").await);
+        let mut sent: Vec<(String, String)> = FORWARDED_HEADERS
+            .iter()
+            .map(|h| (h.to_string(), format!("value-of-{h}")))
+            .collect();
+        sent.push(("x-not-forwarded".into(), "1".into()));
+        let url = format!("{front}/?upstream={back}/");
+        let (status, body) = crate::client::fetch(&url, &sent, false).await.unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let report: Report = serde_json::from_slice(&body).unwrap();
+        let upstream = report.upstream.expect("the upstream's report");
+        assert_eq!(upstream.service, "reviews");
+        for h in FORWARDED_HEADERS {
+            assert_eq!(
+                upstream.headers.get(*h).map(String::as_str),
+                Some(format!("value-of-{h}").as_str()),
+                "{h} is forwarded"
+            );
+        }
+        for h in [
+            "traceparent",
+            "tracestate",
+            "b3",
+            "sw8",
+            "x-datadog-trace-id",
+        ] {
+            assert!(FORWARDED_HEADERS.contains(&h), "{h} is in the list");
+        }
+        assert!(!upstream.headers.contains_key("x-not-forwarded"));
+    }
 }
