@@ -38,6 +38,7 @@ pub mod scope;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod tls;
+pub mod trace;
 pub mod types;
 pub mod well_known;
 pub mod yaml;

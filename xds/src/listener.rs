@@ -157,6 +157,10 @@ pub struct HttpConnectionManager {
     /// `accessLogFormat`): one line per request to each, when its response ends.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_log: Vec<crate::access_log::AccessLog>,
+    /// Distributed tracing (Istio's tracing provider and sampling): propagate the trace
+    /// context and report a span per request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<crate::trace::Tracing>,
 }
 
 impl NetworkFilter {

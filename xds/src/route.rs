@@ -60,6 +60,9 @@ pub struct Route {
     /// `corsPolicy`). Absent: requests pass untouched, as before the field existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<CorsPolicy>,
+    /// The name of this route's spans (Istio's `<host>:<port>/*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decorator: Option<crate::trace::Decorator>,
 }
 
 /// Envoy's route-level `CorsPolicy`, as Istio renders a VirtualService's `corsPolicy`: lists
