@@ -49,6 +49,7 @@ pub mod socket;
 pub mod stats;
 pub mod status;
 mod sync;
+pub mod trace;
 pub mod transport;
 pub mod wait;
 

@@ -105,6 +105,11 @@ impl OwnMetadata {
         OwnMetadata { metadata, id }
     }
 
+    /// This proxy's node id (`sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`), when known.
+    pub fn node_id(&self) -> Option<&str> {
+        self.id.as_ref().and_then(|v| v.to_str().ok())
+    }
+
     /// Adds the exchange headers (replacing any the app sent).
     pub fn insert(&self, headers: &mut HeaderMap) {
         headers.insert(PEER_METADATA, self.metadata.clone());

@@ -442,6 +442,7 @@ fn feed(bytes: &[u8]) {
             own_identity: None,
             client_cert_details: None,
             authz: None,
+            trace: None,
         };
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let serving = tokio::spawn(async move { serve_connection(server, ctx).await });

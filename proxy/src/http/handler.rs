@@ -49,6 +49,8 @@ pub struct HttpConnection {
     pub hcm: Arc<HttpConnectionManager>,
     /// Its access logs, compiled.
     pub access_logs: crate::access_log::AccessLogs,
+    /// Its tracing, compiled (`None`: the chain does not trace).
+    pub tracer: Option<Arc<crate::trace::Tracer>>,
     /// The chain's route table ([`CompiledRoutes::table`]); `None` when the configuration has
     /// no table of the `rds` name (every request gets `404 NR`).
     pub routes: Option<Arc<RouteTable>>,
@@ -161,6 +163,8 @@ pub struct ConnectionManager {
     access_log: Sink,
     passthrough: Arc<PassthroughPools>,
     own_metadata: Arc<OwnMetadata>,
+    /// This pod in spans.
+    trace_local: Arc<crate::trace::Local>,
 }
 
 impl ConnectionManager {
@@ -170,6 +174,7 @@ impl ConnectionManager {
         ConnectionManager {
             istio,
             own_metadata: Arc::new(OwnMetadata::of(&workload, None)),
+            trace_local: Arc::new(crate::trace::Local::of(&workload, None)),
             workload,
             settings: Arc::new(HttpSettings::default()),
             rng: Arc::new(Rng::from_entropy()),
@@ -182,6 +187,10 @@ impl ConnectionManager {
     /// (`x-envoy-peer-metadata-id`, see [`crate::peer`]).
     pub fn with_instance_ip(mut self, ip: Option<std::net::IpAddr>) -> Self {
         self.own_metadata = Arc::new(OwnMetadata::of(&self.workload, ip));
+        self.trace_local = Arc::new(crate::trace::Local::of(
+            &self.workload,
+            self.own_metadata.node_id(),
+        ));
         self
     }
 
@@ -232,6 +241,7 @@ impl ConnectionManager {
             stream,
             hcm,
             access_logs,
+            tracer,
             routes,
             clusters,
             destinations,
@@ -293,6 +303,10 @@ impl ConnectionManager {
             own_identity,
             client_cert_details,
             authz,
+            trace: tracer.map(|tracer| crate::trace::ConnTracing {
+                tracer,
+                local: self.trace_local.clone(),
+            }),
         };
         // As Envoy does for every accepted socket: a response's head and body are separate
         // writes, and Nagle would hold the second until the first is acknowledged.

@@ -128,6 +128,8 @@ pub struct HttpContext {
     /// The AuthorizationPolicies every request is checked against (inbound connections of a
     /// pod with policies; `None`: no check).
     pub authz: Option<Arc<Authorizer>>,
+    /// Distributed tracing (the connection manager has `tracing`): each request's span.
+    pub trace: Option<crate::trace::ConnTracing>,
 }
 
 impl std::fmt::Debug for HttpContext {

@@ -40,6 +40,21 @@ pub(super) struct Exchange {
     pub(super) peer: Option<Arc<WorkloadInfo>>,
     /// Outbound: the SPIFFE id the server proved over mutual TLS.
     pub(super) server_identity: Option<Arc<String>>,
+    /// The request's span, when the connection manager traces.
+    pub(super) trace: Option<crate::trace::Started>,
+    /// The span's name: the matched route's decorator (only read for reported spans).
+    pub(super) operation: Option<Arc<str>>,
+}
+
+/// How Envoy names a request's protocol (`%PROTOCOL%`, the `http.protocol` tag).
+pub(super) fn protocol_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "-",
+    }
 }
 
 /// What the requests of one connection share: its context (access logs included) and the
@@ -110,11 +125,11 @@ impl Conn {
         let code = parts.status.as_u16();
         let grpc_header = header_str(&parts.headers, "grpc-status");
         let me = self.clone();
-        let body = ObservedBody::new(body, move |end| me.record(&ex, code, grpc_header, end));
+        let body = ObservedBody::new(body, move |end| me.record(ex, code, grpc_header, end));
         Response::from_parts(parts, boxed(body))
     }
 
-    fn record(&self, ex: &Exchange, code: u16, grpc_header: Option<String>, end: BodyEnd) {
+    fn record(&self, ex: Exchange, code: u16, grpc_header: Option<String>, end: BodyEnd) {
         let ctx = &self.ctx;
         let mut flags = ex.flags.clone();
         if !end.complete && flags.is_empty() {
@@ -203,17 +218,11 @@ impl Conn {
             response_bytes: end.bytes,
         });
         if !ctx.access_logs.is_empty() {
-            let protocol = match ex.version {
-                Version::HTTP_10 => "HTTP/1.0",
-                Version::HTTP_11 => "HTTP/1.1",
-                Version::HTTP_2 => "HTTP/2",
-                Version::HTTP_3 => "HTTP/3",
-                _ => "-",
-            };
+            let protocol = protocol_name(ex.version);
             let details = ex
                 .details
                 .as_deref()
-                .or_else(|| response_code_details(&flags, ex));
+                .or_else(|| response_code_details(&flags, &ex));
             let request = |n: &str| ex.logged_request.get(n);
             let response = |n: &str| ex.logged_response.get(n);
             let trailer = |_: &str| None;
@@ -240,6 +249,33 @@ impl Conn {
                 response_trailer: &trailer,
             };
             ctx.access_logs.write(&ctx.access_log, &entry);
+        }
+        if let (Some(span), Some(t)) = (ex.trace, &ctx.trace) {
+            // An inbound route without a decorator (a port several services share): the name
+            // Istio gives, from the service that selects this pod.
+            let fallback;
+            let operation = match (&ex.operation, ctx.reporter, service) {
+                (Some(op), _, _) => Some(&**op),
+                (None, Reporter::Destination, Some(s)) => {
+                    fallback = format!("{}:{}/*", s.host, ctx.local.port());
+                    Some(fallback.as_str())
+                }
+                _ => None,
+            };
+            span.finish(
+                &t.tracer,
+                &t.local,
+                &crate::trace::Outcome {
+                    operation,
+                    peer: ctx.peer,
+                    status: code,
+                    response_flags: &flags,
+                    cluster: ex.cluster.as_deref(),
+                    request_bytes,
+                    response_bytes: end.bytes,
+                    duration,
+                },
+            );
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::http::authorize::{self, Verdict};
 use crate::http::forward::{Target, forward};
 use crate::http::headers;
 use crate::http::record::Conn;
-use crate::http::record::{Exchange, header_str};
+use crate::http::record::{Exchange, header_str, protocol_name};
 use crate::http::reply::{grpc_reply, local_reply, status};
 use crate::http::route::{self, AbortWith, Action, CorsCheck, RequestView, RouteTable};
 use crate::metrics::Reporter;
@@ -98,6 +98,21 @@ pub(super) async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Respo
         req.headers_mut()
             .insert(headers::X_FORWARDED_CLIENT_CERT, merged);
     }
+    // The request's span: its context goes on with the request (to the app inbound, to the
+    // server outbound), so its decision is taken before anything can answer locally.
+    let trace = ctx.trace.as_ref().map(|t| {
+        let method = req.method().clone();
+        let line = crate::trace::RequestLine {
+            method: method.as_str(),
+            scheme,
+            authority,
+            path,
+            query,
+            protocol: protocol_name(req.version()),
+        };
+        t.tracer
+            .start(req.headers_mut(), &line, &ctx.rng, ctx.reporter)
+    });
     let mut ex = Exchange {
         start: Instant::now(),
         wall_start: SystemTime::now(),
@@ -128,6 +143,8 @@ pub(super) async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Respo
             Reporter::Source => None,
         },
         server_identity: None,
+        trace,
+        operation: None,
     };
     // hyper's HTTP/1 read buffer cannot go below 8 KiB, so smaller limits are enforced here,
     // on the head as received (request line and headers), as Envoy's max_request_headers_kb.
@@ -166,6 +183,9 @@ pub(super) async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Respo
     let route = m.route;
     if !ctx.access_logs.is_empty() {
         ex.route_name = route.name.clone();
+    }
+    if ex.trace.as_ref().is_some_and(|t| t.reported()) {
+        ex.operation = route.operation.clone();
     }
     // Choose the cluster first, so faults and local replies are counted against it too.
     let chosen = match &route.action {

@@ -489,7 +489,7 @@ pub async fn dispatch(
             };
             tcp::proxy(shared, conn, route, stream).await
         }
-        Terminal::Http(hcm, access_logs) => {
+        Terminal::Http(hcm, access_logs, tracer) => {
             let routes = snapshot.http.table(hcm);
             if routes.is_none() {
                 tracing::debug!(listener = %listener.name, chain = %chain.name,
@@ -499,6 +499,7 @@ pub async fn dispatch(
                 stream,
                 hcm: hcm.clone(),
                 access_logs: access_logs.clone(),
+                tracer: tracer.clone(),
                 routes,
                 clusters: snapshot.clusters.clone(),
                 destinations: snapshot.destinations.clone(),

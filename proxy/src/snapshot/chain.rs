@@ -44,8 +44,13 @@ pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub enum Terminal {
     /// `envoy.filters.network.tcp_proxy`.
     Tcp(TcpRoute),
-    /// `envoy.filters.network.http_connection_manager`, with its compiled access logs.
-    Http(Arc<HttpConnectionManager>, AccessLogs),
+    /// `envoy.filters.network.http_connection_manager`, with its compiled access logs and
+    /// tracing.
+    Http(
+        Arc<HttpConnectionManager>,
+        AccessLogs,
+        Option<Arc<crate::trace::Tracer>>,
+    ),
 }
 
 /// A compiled `tcp_proxy`: its cluster(s), resolved.
@@ -346,7 +351,14 @@ fn compile_chain(
             })
         }
         NetworkFilter::HttpConnectionManager(h) => {
-            Terminal::Http(Arc::new((**h).clone()), access_logs)
+            // Environment tags read the sidecar's own environment, as Istio's do.
+            let tracer = h
+                .tracing
+                .as_ref()
+                .map(|t| crate::trace::Tracer::compile(t, |n| std::env::var(n).ok()))
+                .transpose()
+                .map_err(|e| (format!("{fp}.tracing"), e.to_string()))?;
+            Terminal::Http(Arc::new((**h).clone()), access_logs, tracer.map(Arc::new))
         }
     };
     let tls = fc.transport_socket.as_ref().map(|socket| match socket {

@@ -460,6 +460,7 @@ pub async fn start_proxy(rc: RouteConfiguration, ups: TestClusters, opts: Option
         own_identity: None,
         client_cert_details: None,
         authz: None,
+        trace: None,
     };
     tokio::spawn(async move {
         loop {

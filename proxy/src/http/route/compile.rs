@@ -375,6 +375,10 @@ fn compile_route(
         request_headers_to_remove: r.request_headers_to_remove.clone(),
         response_headers_to_add: r.response_headers_to_add.clone(),
         response_headers_to_remove: r.response_headers_to_remove.clone(),
+        operation: r
+            .decorator
+            .as_ref()
+            .map(|d| std::sync::Arc::from(d.operation.as_str())),
     })
 }
 

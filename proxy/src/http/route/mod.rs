@@ -211,6 +211,8 @@ pub struct CompiledRoute {
     pub response_headers_to_add: Vec<HeaderValueOption>,
     /// Response headers to remove.
     pub response_headers_to_remove: Vec<String>,
+    /// The name of this route's spans (its decorator's operation).
+    pub operation: Option<std::sync::Arc<str>>,
 }
 
 /// A compiled virtual host.

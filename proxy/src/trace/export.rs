@@ -1,0 +1,491 @@
+//! Span export: finished spans go into a bounded queue; a thread of their own (one per
+//! provider, with a small runtime) batches them and sends each batch to the collector, in the
+//! provider's protocol: Zipkin v2 JSON (`POST /api/v2/spans`), OTLP over gRPC
+//! (`TraceService/Export`, tonic) or OTLP over HTTP (`POST /v1/traces`, protobuf).
+//!
+//! The data path never waits on the collector: [`Exporter::report`] only tries to queue the
+//! span; a full queue ([`QUEUE_SPANS`]) drops it and counts it. A batch leaves when it holds
+//! [`BATCH_SPANS`] spans or [`FLUSH_INTERVAL`] after its first span; a send that fails or
+//! takes longer than the provider's timeout is counted and dropped (never retried, so a dead
+//! collector costs one timeout per batch and no memory). The counts are in [`Stats`], shown on
+//! the admin port (`/stats`, `tracing.<provider>.*`, Envoy's names).
+
+use super::context::SpanContext;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{
+    ResourceSpans, ScopeSpans, Span, Status, span, status,
+};
+use prost::Message;
+use rustmesh_xds::trace::{Protocol, Provider};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+/// Spans waiting for export, at most; more are dropped and counted.
+pub const QUEUE_SPANS: usize = 8192;
+/// Spans in one export request, at most.
+pub const BATCH_SPANS: usize = 512;
+/// How long the first span of a batch waits for others.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A span's kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Outbound: this proxy called a server.
+    Client,
+    /// Inbound: this proxy served a client.
+    Server,
+}
+
+/// A span as it is reported.
+#[derive(Debug, Clone)]
+pub struct FinishedSpan {
+    /// Its ids and sampling.
+    pub context: SpanContext,
+    /// Its name (the route's decorator, or Envoy's default).
+    pub name: String,
+    /// Client (outbound) or server (inbound).
+    pub kind: Kind,
+    /// When the request arrived.
+    pub start: SystemTime,
+    /// Until the response's last byte.
+    pub duration: Duration,
+    /// Zipkin `localEndpoint.serviceName`, OTLP resource `service.name`.
+    pub service_name: String,
+    /// Istio's tags, custom tags included.
+    pub tags: Vec<(Cow<'static, str>, String)>,
+}
+
+/// An exporter's counters (Envoy's `tracing.zipkin.*` / `tracing.opentelemetry.*` names).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Spans sent in reports that the collector accepted.
+    pub spans_sent: AtomicU64,
+    /// Spans dropped because the queue was full.
+    pub spans_dropped: AtomicU64,
+    /// Reports (export requests) the collector accepted.
+    pub reports_sent: AtomicU64,
+    /// Reports that failed or timed out (their spans are lost).
+    pub reports_failed: AtomicU64,
+}
+
+/// The sending side of one provider's export thread.
+#[derive(Debug)]
+pub struct Exporter {
+    provider: Provider,
+    tx: mpsc::Sender<FinishedSpan>,
+    stats: Arc<Stats>,
+}
+
+impl Exporter {
+    /// Queues a span for export, or drops and counts it when the queue is full.
+    pub fn report(&self, span: FinishedSpan) {
+        if self.tx.try_send(span).is_err() {
+            self.stats.spans_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// The provider this exporter sends to.
+    pub fn provider(&self) -> &Provider {
+        &self.provider
+    }
+}
+
+type Registry = Mutex<HashMap<Provider, Arc<Exporter>>>;
+
+fn registry() -> &'static Registry {
+    static R: OnceLock<Registry> = OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+/// The exporter of `provider`, started at the first call (one per distinct provider for the
+/// life of the process, so a new configuration with the same provider keeps its connection).
+pub fn exporter(provider: &Provider) -> Arc<Exporter> {
+    let mut r = crate::sync::lock(registry());
+    if let Some(e) = r.get(provider) {
+        return e.clone();
+    }
+    let (tx, rx) = mpsc::channel(QUEUE_SPANS);
+    let stats = Arc::new(Stats::default());
+    let e = Arc::new(Exporter {
+        provider: provider.clone(),
+        tx,
+        stats: stats.clone(),
+    });
+    let p = provider.clone();
+    let spawned = std::thread::Builder::new()
+        .name("rustmesh-trace-export".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(provider = %p.name, "tracing: no runtime for the exporter: {e}");
+                    return;
+                }
+            };
+            rt.block_on(run(p, rx, stats));
+        });
+    if let Err(err) = spawned {
+        tracing::error!(provider = %provider.name, "tracing: exporter thread not started: {err}");
+    }
+    r.insert(provider.clone(), e.clone());
+    e
+}
+
+/// Every exporter started so far (the admin port's `/stats`).
+pub fn all() -> Vec<Arc<Exporter>> {
+    crate::sync::lock(registry()).values().cloned().collect()
+}
+
+async fn run(p: Provider, mut rx: mpsc::Receiver<FinishedSpan>, stats: Arc<Stats>) {
+    let mut client = Client::new(&p);
+    let mut failing = false;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + FLUSH_INTERVAL;
+        while batch.len() < BATCH_SPANS {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(s)) => batch.push(s),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let n = batch.len() as u64;
+        let sent = tokio::time::timeout(p.effective_timeout(), client.send(&p, &batch)).await;
+        match sent {
+            Ok(Ok(())) => {
+                stats.reports_sent.fetch_add(1, Ordering::Relaxed);
+                stats.spans_sent.fetch_add(n, Ordering::Relaxed);
+                if failing {
+                    tracing::info!(provider = %p.name, "tracing: the collector accepts spans again");
+                    failing = false;
+                }
+            }
+            Ok(Err(e)) => {
+                stats.reports_failed.fetch_add(1, Ordering::Relaxed);
+                if !failing {
+                    tracing::warn!(provider = %p.name, collector = %p.authority(),
+                        "tracing: {n} spans not exported: {e}");
+                    failing = true;
+                }
+                client.reset();
+            }
+            Err(_) => {
+                stats.reports_failed.fetch_add(1, Ordering::Relaxed);
+                if !failing {
+                    tracing::warn!(provider = %p.name, collector = %p.authority(),
+                        "tracing: {n} spans not exported: no answer within {:?}", p.effective_timeout());
+                    failing = true;
+                }
+                client.reset();
+            }
+        }
+    }
+}
+
+/// A connection to the collector, kept between batches.
+enum Client {
+    Http(Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>),
+    Grpc(Option<TraceServiceClient<tonic::transport::Channel>>),
+}
+
+impl Client {
+    fn new(p: &Provider) -> Client {
+        match p.protocol {
+            Protocol::OtlpGrpc => Client::Grpc(None),
+            _ => Client::Http(None),
+        }
+    }
+
+    fn reset(&mut self) {
+        match self {
+            Client::Http(c) => *c = None,
+            Client::Grpc(c) => *c = None,
+        }
+    }
+
+    async fn send(&mut self, p: &Provider, batch: &[FinishedSpan]) -> Result<(), String> {
+        match self {
+            Client::Http(conn) => {
+                let (body, content_type) = match p.protocol {
+                    Protocol::Zipkin => (
+                        zipkin_json(batch, p.max_tag_length as usize),
+                        "application/json",
+                    ),
+                    _ => (
+                        otlp_request(batch, p.max_tag_length as usize).encode_to_vec(),
+                        "application/x-protobuf",
+                    ),
+                };
+                if conn.as_ref().is_none_or(|c| c.is_closed()) {
+                    *conn = Some(http_connect(p).await?);
+                }
+                let c = conn.as_mut().expect("connected above");
+                c.ready().await.map_err(|e| e.to_string())?;
+                let mut req = http::Request::post(p.effective_path())
+                    .header(http::header::HOST, p.authority())
+                    .header(http::header::CONTENT_TYPE, content_type);
+                for (k, v) in &p.headers {
+                    req = req.header(k.as_str(), v.as_str());
+                }
+                let req = req
+                    .body(Full::new(Bytes::from(body)))
+                    .map_err(|e| e.to_string())?;
+                let resp = c.send_request(req).await.map_err(|e| e.to_string())?;
+                let status = resp.status();
+                // Read the answer so the connection can carry the next batch.
+                let _ = resp.into_body().collect().await;
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("the collector answered {status}"))
+                }
+            }
+            Client::Grpc(client) => {
+                if client.is_none() {
+                    let endpoint = tonic::transport::Endpoint::from_shared(format!(
+                        "http://{}",
+                        p.authority()
+                    ))
+                    .map_err(|e| e.to_string())?
+                    .connect_timeout(p.effective_timeout());
+                    *client = Some(TraceServiceClient::new(endpoint.connect_lazy()));
+                }
+                let c = client.as_mut().expect("made above");
+                let mut req = tonic::Request::new(otlp_request(batch, p.max_tag_length as usize));
+                for (k, v) in &p.headers {
+                    if let (Ok(k), Ok(v)) = (
+                        tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes()),
+                        v.parse(),
+                    ) {
+                        req.metadata_mut().insert(k, v);
+                    }
+                }
+                c.export(req)
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| format!("gRPC status {:?}: {}", s.code(), s.message()))
+            }
+        }
+    }
+}
+
+async fn http_connect(
+    p: &Provider,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
+    let stream = tokio::net::TcpStream::connect(p.authority())
+        .await
+        .map_err(|e| format!("connecting to {}: {e}", p.authority()))?;
+    let _ = stream.set_nodelay(true);
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(send)
+}
+
+fn micros(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A batch as Zipkin's v2 JSON span list.
+pub fn zipkin_json(batch: &[FinishedSpan], max_tag: usize) -> Vec<u8> {
+    let spans: Vec<serde_json::Value> = batch
+        .iter()
+        .map(|s| {
+            let c = &s.context;
+            let tags: BTreeMap<&str, &str> = s
+                .tags
+                .iter()
+                .map(|(k, v)| (k.as_ref(), cut(v, max_tag)))
+                .collect();
+            let mut v = serde_json::json!({
+                "traceId": c.trace_id_hex(),
+                "id": format!("{:016x}", c.span_id),
+                "name": s.name,
+                "kind": match s.kind { Kind::Client => "CLIENT", Kind::Server => "SERVER" },
+                "timestamp": micros(s.start),
+                "duration": (s.duration.as_micros() as u64).max(1),
+                "localEndpoint": {"serviceName": s.service_name},
+                "tags": tags,
+            });
+            if let Some(p) = c.parent_span_id {
+                v["parentId"] = format!("{p:016x}").into();
+            }
+            v
+        })
+        .collect();
+    serde_json::to_vec(&spans).expect("JSON values serialize")
+}
+
+/// A batch as an OTLP export request (spans grouped by service name).
+pub fn otlp_request(batch: &[FinishedSpan], max_tag: usize) -> ExportTraceServiceRequest {
+    let text = |k: &str, v: &str| KeyValue {
+        key: k.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.to_string())),
+        }),
+        ..Default::default()
+    };
+    let mut by_service: BTreeMap<&str, Vec<Span>> = BTreeMap::new();
+    for s in batch {
+        let c = &s.context;
+        let start = nanos(s.start);
+        let error = s.tags.iter().any(|(k, v)| k == "error" && v == "true");
+        by_service.entry(&s.service_name).or_default().push(Span {
+            trace_id: c.trace_id.to_be_bytes().to_vec(),
+            span_id: c.span_id.to_be_bytes().to_vec(),
+            parent_span_id: c
+                .parent_span_id
+                .map(|p| p.to_be_bytes().to_vec())
+                .unwrap_or_default(),
+            flags: 0x100 | u32::from(c.sampled),
+            name: s.name.clone(),
+            kind: match s.kind {
+                Kind::Client => span::SpanKind::Client as i32,
+                Kind::Server => span::SpanKind::Server as i32,
+            },
+            start_time_unix_nano: start,
+            end_time_unix_nano: start + s.duration.as_nanos() as u64,
+            attributes: s
+                .tags
+                .iter()
+                .map(|(k, v)| text(k, cut(v, max_tag)))
+                .collect(),
+            status: error.then(|| Status {
+                code: status::StatusCode::Error as i32,
+                message: String::new(),
+            }),
+            ..Default::default()
+        });
+    }
+    ExportTraceServiceRequest {
+        resource_spans: by_service
+            .into_iter()
+            .map(|(service, spans)| ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![text("service.name", service)],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: "rustmesh".to_string(),
+                        version: env!("CARGO_PKG_VERSION").to_string(),
+                        ..Default::default()
+                    }),
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(kind: Kind, parent: Option<u64>) -> FinishedSpan {
+        FinishedSpan {
+            context: SpanContext {
+                trace_id: 0x4bf92f3577b34da6a3ce929d0e0e4736,
+                trace_id_64bit: false,
+                span_id: 0x00f067aa0ba902b7,
+                parent_span_id: parent,
+                sampled: true,
+            },
+            name: "reviews.default.svc.cluster.local:9080/*".into(),
+            kind,
+            start: UNIX_EPOCH + Duration::from_micros(1_700_000_000_000_123),
+            duration: Duration::from_micros(1500),
+            service_name: "productpage.default".into(),
+            tags: vec![
+                ("http.status_code".into(), "503".into()),
+                ("error".into(), "true".into()),
+                ("http.url".into(), "x".repeat(300)),
+            ],
+        }
+    }
+
+    #[test]
+    fn zipkin_spans_are_v2_json() {
+        let json: serde_json::Value =
+            serde_json::from_slice(&zipkin_json(&[span(Kind::Client, Some(7))], 256)).unwrap();
+        let s = &json[0];
+        assert_eq!(s["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(s["id"], "00f067aa0ba902b7");
+        assert_eq!(s["parentId"], "0000000000000007");
+        assert_eq!(s["kind"], "CLIENT");
+        assert_eq!(s["timestamp"], 1_700_000_000_000_123u64);
+        assert_eq!(s["duration"], 1500);
+        assert_eq!(s["localEndpoint"]["serviceName"], "productpage.default");
+        assert_eq!(s["tags"]["http.status_code"], "503");
+        assert_eq!(s["tags"]["http.url"].as_str().unwrap().len(), 256);
+        let root: serde_json::Value =
+            serde_json::from_slice(&zipkin_json(&[span(Kind::Server, None)], 256)).unwrap();
+        assert!(root[0].get("parentId").is_none());
+        assert_eq!(root[0]["kind"], "SERVER");
+    }
+
+    #[test]
+    fn otlp_spans_carry_ids_kind_times_status_and_the_service() {
+        let r = otlp_request(&[span(Kind::Server, Some(7))], 256);
+        let rs = &r.resource_spans[0];
+        assert_eq!(
+            rs.resource.as_ref().unwrap().attributes[0].key,
+            "service.name"
+        );
+        let s = &rs.scope_spans[0].spans[0];
+        assert_eq!(
+            s.trace_id,
+            0x4bf92f3577b34da6a3ce929d0e0e4736u128.to_be_bytes()
+        );
+        assert_eq!(s.parent_span_id, 7u64.to_be_bytes());
+        assert_eq!(s.kind, span::SpanKind::Server as i32);
+        assert_eq!(s.end_time_unix_nano - s.start_time_unix_nano, 1_500_000);
+        assert_eq!(
+            s.status.as_ref().unwrap().code,
+            status::StatusCode::Error as i32
+        );
+        let url = s.attributes.iter().find(|a| a.key == "http.url").unwrap();
+        match &url.value.as_ref().unwrap().value {
+            Some(any_value::Value::StringValue(v)) => assert_eq!(v.len(), 256),
+            other => panic!("{other:?}"),
+        }
+    }
+}
