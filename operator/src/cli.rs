@@ -36,6 +36,22 @@ pub struct Args {
     /// the encoding.
     #[arg(long, env = "ACCESS_LOG_FORMAT", default_value = "")]
     pub access_log_format: String,
+    /// Istio's meshConfig `extensionProviders`, as a JSON list (`zipkin`, `opentelemetry`,
+    /// `prometheus`); other kinds are refused by name.
+    #[arg(long, env = "EXTENSION_PROVIDERS", default_value = "")]
+    pub extension_providers: String,
+    /// meshConfig `defaultProviders.tracing`: the tracing provider every sidecar reports to
+    /// (empty: no tracing).
+    #[arg(long, env = "DEFAULT_TRACING_PROVIDERS", default_value = "")]
+    pub default_tracing_providers: String,
+    /// meshConfig `enableTracing` (Istio's default: true); false turns tracing off whatever
+    /// the providers.
+    #[arg(long, env = "ENABLE_TRACING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub enable_tracing: bool,
+    /// istiod's `PILOT_TRACE_SAMPLING`: the percentage of requests without a sampling decision
+    /// that are traced.
+    #[arg(long, env = "PILOT_TRACE_SAMPLING", default_value_t = 1.0)]
+    pub trace_sampling: f64,
     /// Mesh-wide outboundTrafficPolicy: ALLOW_ANY or REGISTRY_ONLY (a Sidecar may override it).
     #[arg(long, env = "OUTBOUND_TRAFFIC_POLICY", default_value = "ALLOW_ANY")]
     pub outbound_traffic_policy: String,
@@ -181,6 +197,24 @@ impl Args {
             });
         }
         let access_log = self.access_log()?;
+        let tracing = crate::providers::Providers::parse(&self.extension_providers)
+            .and_then(|p| {
+                p.default_tracing(
+                    self.enable_tracing,
+                    &self.default_tracing_providers,
+                    self.trace_sampling,
+                )
+            })
+            .map_err(|e| Error::Flag {
+                flag: match &e {
+                    crate::providers::ProvidersError::Sampling(_) => "trace-sampling",
+                    crate::providers::ProvidersError::UnknownDefault(_)
+                    | crate::providers::ProvidersError::NotTracing(_)
+                    | crate::providers::ProvidersError::Several(_) => "default-tracing-providers",
+                    _ => "extension-providers",
+                },
+                message: e.to_string(),
+            })?;
         let endpoints_source = match self.endpoints_source.to_ascii_lowercase().as_str() {
             "auto" => EndpointsSource::Auto,
             "endpointslices" => EndpointsSource::EndpointSlices,
@@ -263,6 +297,7 @@ impl Args {
                 revision: self.revision.clone(),
                 cluster_id: self.cluster_id.clone(),
                 access_log,
+                tracing,
             },
             metrics_addr: self.metrics_addr,
             debounce_quiet: Duration::from_millis(self.debounce_ms),
@@ -292,6 +327,72 @@ pub async fn run(args: Args) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tracing_flags_are_istios_mesh_settings_checked_at_start() {
+        let settings = |args: &[&str]| {
+            let mut argv = vec!["operator"];
+            argv.extend_from_slice(args);
+            Args::try_parse_from(argv).unwrap().settings()
+        };
+        let zipkin = r#"[{"name": "zipkin", "zipkin": {"service": "zipkin.istio-system.svc.cluster.local", "port": 9411}}]"#;
+        // Providers alone trace nothing (Istio needs a default provider or a Telemetry).
+        assert_eq!(settings(&[]).unwrap().mesh.tracing, None);
+        assert_eq!(
+            settings(&["--extension-providers", zipkin])
+                .unwrap()
+                .mesh
+                .tracing,
+            None
+        );
+        let on = settings(&[
+            "--extension-providers",
+            zipkin,
+            "--default-tracing-providers",
+            "zipkin",
+            "--trace-sampling",
+            "100",
+        ])
+        .unwrap()
+        .mesh
+        .tracing
+        .unwrap();
+        assert_eq!((on.provider.port, on.random_sampling), (9411, 100.0));
+        let off = settings(&[
+            "--extension-providers",
+            zipkin,
+            "--default-tracing-providers",
+            "zipkin",
+            "--enable-tracing",
+            "false",
+        ])
+        .unwrap();
+        assert_eq!(off.mesh.tracing, None);
+        for (args, flag) in [
+            (
+                &["--default-tracing-providers", "jaeger"][..],
+                "--default-tracing-providers",
+            ),
+            (
+                &["--extension-providers", "[{]"][..],
+                "--extension-providers",
+            ),
+            (
+                &[
+                    "--extension-providers",
+                    zipkin,
+                    "--default-tracing-providers",
+                    "zipkin",
+                    "--trace-sampling",
+                    "100.5",
+                ][..],
+                "--trace-sampling",
+            ),
+        ] {
+            let e = settings(args).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("flag {flag}:")), "{args:?}: {e}");
+        }
+    }
 
     #[test]
     fn access_log_flags_are_istios_mesh_settings_checked_at_start() {

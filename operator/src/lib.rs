@@ -33,6 +33,7 @@ pub mod jwks;
 pub mod leader;
 pub mod metrics;
 pub mod protocol;
+pub mod providers;
 pub mod registry;
 pub mod render;
 pub mod renderer;

@@ -78,6 +78,10 @@ pub struct MeshConfig {
     /// The mesh's access log (meshConfig `accessLogFile`, `accessLogEncoding`,
     /// `accessLogFormat`), on every listener; `None`: off (Istio's default install).
     pub access_log: Option<rustmesh_xds::access_log::AccessLog>,
+    /// The mesh's tracing (meshConfig `enableTracing`, `defaultProviders.tracing`, the
+    /// provider from `extensionProviders`, `PILOT_TRACE_SAMPLING`), on every HTTP connection
+    /// manager; `None`: off.
+    pub tracing: Option<rustmesh_xds::trace::Tracing>,
 }
 
 impl Default for MeshConfig {
@@ -92,6 +96,7 @@ impl Default for MeshConfig {
             revision: DEFAULT_REVISION.to_string(),
             cluster_id: DEFAULT_CLUSTER_ID.to_string(),
             access_log: None,
+            tracing: None,
         }
     }
 }

@@ -529,6 +529,9 @@ pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsReci
     if let Some(log) = &view.index.mesh.access_log {
         with_access_log(&mut all_listeners, log);
     }
+    if let Some(t) = &view.index.mesh.tracing {
+        with_tracing(&mut all_listeners, t);
+    }
 
     let config = ProxyConfig {
         peer_authentication: peer_authn::peer_authentication(view, scope),
@@ -561,6 +564,24 @@ fn with_access_log(listeners: &mut [Listener], log: &AccessLog) {
                 match f {
                     NetworkFilter::TcpProxy(t) => t.access_log = vec![log.clone()],
                     NetworkFilter::HttpConnectionManager(h) => h.access_log = vec![log.clone()],
+                }
+            }
+        }
+    }
+}
+
+/// The mesh's tracing on every HTTP connection manager (inbound and outbound), as Istio's
+/// default provider applies to every listener.
+fn with_tracing(listeners: &mut [Listener], t: &rustmesh_xds::trace::Tracing) {
+    for l in listeners {
+        for fc in l
+            .filter_chains
+            .iter_mut()
+            .chain(l.default_filter_chain.as_mut())
+        {
+            for f in &mut fc.filters {
+                if let NetworkFilter::HttpConnectionManager(h) = f {
+                    h.tracing = Some(t.clone());
                 }
             }
         }
@@ -1048,6 +1069,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
                     protocols: BTreeSet::new(),
                     services: BTreeSet::new(),
                     endpoint,
+                    operations: BTreeSet::new(),
                 });
                 entry.protocols.insert(protocol.listener());
             }
@@ -1079,7 +1101,11 @@ impl<'v, 'a> Ctx<'v, 'a> {
                         protocols: BTreeSet::new(),
                         services: BTreeSet::new(),
                         endpoint: InboundEndpoint::OriginalDst,
+                        operations: BTreeSet::new(),
                     });
+                    entry
+                        .operations
+                        .insert(format!("{}:{}/*", svc.fqdn, p.port));
                     entry.protocols.insert(lp);
                     entry.services.insert(ServiceRef {
                         host: svc.fqdn.clone(),
@@ -1102,7 +1128,14 @@ impl<'v, 'a> Ctx<'v, 'a> {
                 NetworkFilter::HttpConnectionManager(Box::new(HttpConnectionManager {
                     stat_prefix: format!("inbound_0.0.0.0_{port}"),
                     rds: None,
-                    route_config: Some(routes::inbound_route_table(&cluster, *port)),
+                    route_config: Some(routes::inbound_route_table(
+                        &cluster,
+                        *port,
+                        match ip.operations.len() {
+                            1 => ip.operations.first().cloned(),
+                            _ => None,
+                        },
+                    )),
                     ..HttpConnectionManager::default()
                 }))
             };
@@ -1176,6 +1209,11 @@ struct InboundPort {
     services: BTreeSet<ServiceRef>,
     /// Where the app is reached.
     endpoint: InboundEndpoint,
+    /// Its spans' names, one per service on the port (`<host>:<service port>/*`, Istio's
+    /// inbound decorator). Rendered when there is one; with several (a namespace's config is
+    /// shared by pods of different services), the sidecar names its spans after the service
+    /// that selects its pod.
+    operations: BTreeSet<String>,
 }
 
 /// Where an inbound cluster delivers.

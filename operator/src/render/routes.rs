@@ -20,6 +20,7 @@ use rustmesh_xds::route::{
     RedirectAction, RegexMatchAndSubstitute, RegexMatcher, RequestMirrorPolicy, RetryPolicy, Route,
     RouteAction, RouteConfiguration, RouteMatch, StringMatcher, VirtualHost, WeightedClusters,
 };
+use rustmesh_xds::trace::Decorator;
 use rustmesh_xds::types::Percent;
 
 /// Istio's retry conditions when a route sets none.
@@ -69,8 +70,38 @@ pub fn retry_policy(r: Option<&HttpRetry>) -> Option<RetryPolicy> {
     Some(out)
 }
 
-/// The inline route table of an inbound HTTP chain: everything to `inbound|<port>||`.
-pub fn inbound_route_table(cluster: &str, port: u16) -> RouteConfiguration {
+/// Istio's span names (its `getRouteOperation`): `<host>:<port><path>` for a route to one
+/// cluster, `<virtual service>:<port><path>` for any other (weighted, redirect, direct
+/// response); the path is the match's prefix followed by `*`, its exact path, or its regex.
+pub(super) fn decorate(routes: &mut [Route], vs_name: &str, port: u16) {
+    for r in routes {
+        let m = &r.match_;
+        let path = match (&m.prefix, &m.path, &m.safe_regex) {
+            (Some(p), _, _) => format!("{p}*"),
+            (_, Some(p), _) => p.clone(),
+            (_, _, Some(re)) => re.regex.clone(),
+            _ => "/*".to_string(),
+        };
+        let host = r
+            .route
+            .as_ref()
+            .and_then(|a| a.cluster.as_deref())
+            .and_then(ClusterName::parse)
+            .map(|c| c.host);
+        let who = host.as_deref().unwrap_or(vs_name);
+        r.decorator = Some(Decorator {
+            operation: format!("{who}:{port}{path}"),
+        });
+    }
+}
+
+/// The inline route table of an inbound HTTP chain: everything to `inbound|<port>||`, its spans
+/// named `operation` (`<service host>:<service port>/*`, as Istio names them).
+pub fn inbound_route_table(
+    cluster: &str,
+    port: u16,
+    operation: Option<String>,
+) -> RouteConfiguration {
     RouteConfiguration {
         name: cluster.to_string(),
         virtual_hosts: vec![VirtualHost {
@@ -84,6 +115,7 @@ pub fn inbound_route_table(cluster: &str, port: u16) -> RouteConfiguration {
                     timeout: Some(Duration::ZERO),
                     ..RouteAction::default()
                 }),
+                decorator: operation.map(|operation| Decorator { operation }),
                 ..Route::default()
             }],
             include_request_attempt_count: false,
@@ -378,11 +410,12 @@ impl<'v, 'a> Ctx<'v, 'a> {
                     }
                 }
             }
+            decorate(&mut out, &key.name, port);
             return out;
         }
         let cluster = ClusterName::outbound(port, "", &v.svc.fqdn).to_string();
         let hash_policy = self.hash_policy(v.svc, port, None);
-        vec![Route {
+        let mut routes = vec![Route {
             name: Some("default".to_string()),
             match_: prefix_all(),
             route: Some(RouteAction {
@@ -393,7 +426,9 @@ impl<'v, 'a> Ctx<'v, 'a> {
                 ..RouteAction::default()
             }),
             ..Route::default()
-        }]
+        }];
+        decorate(&mut routes, &v.svc.fqdn, port);
+        routes
     }
 
     /// The routes of one `http` rule (one per match that can apply here), labelled with the

@@ -173,9 +173,24 @@ fn productpage_matches_the_fixture() {
     let mut want_dns = want.dns.clone();
     want_dns.sort_by(|a, b| a.name.cmp(&b.name));
     assert_eq!(got.dns, want_dns);
-    // virtualInbound: the 9080 chains as in the fixture, plus the namespace's other ports.
+    // virtualInbound: the 9080 chains as in the fixture, plus the namespace's other ports;
+    // in a namespace's shared config, four services share 9080, so its inbound route names no
+    // span (each sidecar names its spans after the service selecting its pod).
     let vi = got.listener("virtualInbound").unwrap();
-    let wi = want.listener("virtualInbound").unwrap();
+    let mut wi = want.listener("virtualInbound").unwrap().clone();
+    for chain in &mut wi.filter_chains {
+        for f in &mut chain.filters {
+            if let NetworkFilter::HttpConnectionManager(h) = f
+                && let Some(rc) = &mut h.route_config
+            {
+                for vh in &mut rc.virtual_hosts {
+                    for r in &mut vh.routes {
+                        r.decorator = None;
+                    }
+                }
+            }
+        }
+    }
     for chain in &wi.filter_chains {
         assert!(
             vi.filter_chains.contains(chain),
@@ -1575,6 +1590,100 @@ spec:
     assert!(
         c.cluster("outbound|9080|v1|reviews.default.svc.cluster.local")
             .is_some()
+    );
+}
+
+/// The mesh's default tracing provider is on every HTTP connection manager, inbound and
+/// outbound; routes carry Istio's span names (`<host>:<port>/*`, a weighted route the
+/// VirtualService's name), and a pod-scoped config names its inbound spans after its service.
+#[test]
+fn tracing_is_on_every_http_connection_manager_and_routes_name_their_spans() {
+    let mut index = bookinfo();
+    let providers = crate::providers::Providers::parse(
+        r#"[{"name": "zipkin", "zipkin": {"service": "zipkin.istio-system", "port": 9411}}]"#,
+    )
+    .unwrap();
+    let tracing = providers.default_tracing(true, "zipkin", 1.0).unwrap();
+    index.mesh.tracing = tracing.clone();
+    istio(&mut index, reviews_vs());
+    let c = rendered(&index, &Scope::namespace("default"));
+    let mut hcms = 0;
+    for l in &c.listeners {
+        for fc in l
+            .filter_chains
+            .iter()
+            .chain(l.default_filter_chain.as_ref())
+        {
+            for f in &fc.filters {
+                if let NetworkFilter::HttpConnectionManager(h) = f {
+                    assert_eq!(h.tracing, tracing, "{} {:?}", l.name, fc.name);
+                    hcms += 1;
+                }
+            }
+        }
+    }
+    assert!(hcms >= 3, "{hcms} connection managers");
+    let ops: Vec<(String, String)> = c
+        .route("9080")
+        .unwrap()
+        .virtual_hosts
+        .iter()
+        .flat_map(|vh| {
+            vh.routes.iter().map(|r| {
+                (
+                    vh.name.clone(),
+                    r.decorator
+                        .as_ref()
+                        .map(|d| d.operation.clone())
+                        .unwrap_or_default(),
+                )
+            })
+        })
+        .collect();
+    assert!(
+        ops.contains(&(
+            "details.default.svc.cluster.local:9080".into(),
+            "details.default.svc.cluster.local:9080/*".into()
+        )),
+        "{ops:?}"
+    );
+    // reviews: jason's route goes to one subset (its host names the span); the 90/10 split
+    // has several clusters, so the VirtualService's name does.
+    for want in ["reviews.default.svc.cluster.local:9080/*", "reviews:9080/*"] {
+        assert!(
+            ops.contains(&("reviews.default.svc.cluster.local:9080".into(), want.into())),
+            "{want}: {ops:?}"
+        );
+    }
+    // The catch-all (no service) has none: Envoy's `egress <authority>`.
+    assert!(
+        ops.contains(&("allow_any".into(), String::new())),
+        "{ops:?}"
+    );
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: productpage, namespace: default}
+spec:
+  workloadSelector:
+    labels: {app: productpage}
+  egress:
+  - hosts: ["*/*"]
+"#,
+    );
+    let pod = rendered(&index, &Scope::sidecar("default", "productpage"));
+    let inbound = serde_json::to_string(pod.listener("virtualInbound").unwrap()).unwrap();
+    assert!(
+        inbound.contains(r#""operation":"productpage.default.svc.cluster.local:9080/*""#),
+        "{inbound}"
+    );
+    // Off by default.
+    assert!(
+        !rendered(&bookinfo(), &Scope::namespace("default"))
+            .to_json()
+            .contains("\"tracing\"")
     );
 }
 
