@@ -69,6 +69,24 @@ async fn http_app() -> SocketAddr {
                         if let Some(v) = req.headers().get("x-forwarded-client-cert") {
                             resp.headers_mut().insert("seen-xfcc", v.clone());
                         }
+                        // The trace context the app got (it would propagate it onwards).
+                        for h in [
+                            "x-b3-traceid",
+                            "x-b3-spanid",
+                            "x-b3-parentspanid",
+                            "x-b3-sampled",
+                            "traceparent",
+                            "x-request-id",
+                        ] {
+                            if let Some(v) = req.headers().get(h) {
+                                resp.headers_mut().insert(
+                                    format!("seen-{h}")
+                                        .parse::<hyper::header::HeaderName>()
+                                        .unwrap(),
+                                    v.clone(),
+                                );
+                            }
+                        }
                         // The metadata exchange is the sidecars' business: it must never
                         // reach the app.
                         for h in ["x-envoy-peer-metadata", "x-envoy-peer-metadata-id"] {
@@ -359,7 +377,45 @@ async fn mesh(
     client_cert: Option<WorkloadCert>,
     peer: Value,
 ) -> Mesh {
+    mesh_traced(server_cert, client_cert, peer, None).await
+}
+
+/// Adds `tracing` to every HTTP connection manager of `doc` and Istio's span name of the
+/// `ratings` service to every route.
+fn traced(doc: &mut Value, tracing: &Value) {
+    match doc {
+        Value::Object(o) => {
+            if o.contains_key("statPrefix")
+                && (o.contains_key("rds") || o.contains_key("routeConfig"))
+            {
+                o.insert("tracing".into(), tracing.clone());
+            }
+            if o.contains_key("match") && o.contains_key("route") {
+                o.insert(
+                    "decorator".into(),
+                    json!({"operation": format!("{}:{HTTP_PORT}/*", host())}),
+                );
+            }
+            o.values_mut().for_each(|v| traced(v, tracing));
+        }
+        Value::Array(a) => a.iter_mut().for_each(|v| traced(v, tracing)),
+        _ => {}
+    }
+}
+
+/// The two sidecars; with `tracing`, the client's and the server's connection managers trace
+/// with those settings.
+async fn mesh_traced(
+    server_cert: Option<WorkloadCert>,
+    client_cert: Option<WorkloadCert>,
+    peer: Value,
+    tracing: Option<(Value, Value)>,
+) -> Mesh {
     let (app_http, app_tcp) = (http_app().await, tcp_app().await);
+    let mut server_config = server_doc(app_http, app_tcp, peer);
+    if let Some((_, t)) = &tracing {
+        traced(&mut server_config, t);
+    }
     let server = Sidecar::new(
         "ratings-v1",
         &[
@@ -369,11 +425,15 @@ async fn mesh(
             ("service.istio.io/canonical-revision", "v1"),
         ],
         server_cert,
-        server_doc(app_http, app_tcp, peer),
+        server_config,
     );
     let inbound_http = server.listen(Direction::Inbound, &format!("{POD_IP}:{HTTP_PORT}"));
     let inbound_tcp = server.listen(Direction::Inbound, &format!("{POD_IP}:{TCP_PORT}"));
     let sans = vec![id("bookinfo", "ratings").to_string()];
+    let mut client_config = client_doc(inbound_http, inbound_tcp, &sans, true);
+    if let Some((t, _)) = &tracing {
+        traced(&mut client_config, t);
+    }
     let client = Sidecar::new(
         "reviews-v1",
         &[
@@ -383,7 +443,7 @@ async fn mesh(
             ("service.istio.io/canonical-revision", "v2"),
         ],
         client_cert,
-        client_doc(inbound_http, inbound_tcp, &sans, true),
+        client_config,
     );
     let outbound_http = client.listen(Direction::Outbound, &format!("{HTTP_VIP}:{HTTP_PORT}"));
     let outbound_tcp = client.listen(Direction::Outbound, &format!("{TCP_VIP}:{TCP_PORT}"));
@@ -451,14 +511,18 @@ async fn get(addr: SocketAddr, http2: bool) -> Result<(u16, String), String> {
 /// The `x-forwarded-client-cert` the app saw for one HTTP/1.1 request to `addr` (sending
 /// `prior` as the client's own XFCC).
 async fn seen_xfcc(addr: SocketAddr, prior: Option<&str>) -> Option<String> {
-    response_headers(addr, prior)
+    let prior: Vec<(&str, &str)> = prior
+        .map(|p| ("x-forwarded-client-cert", p))
+        .into_iter()
+        .collect();
+    response_headers(addr, &prior)
         .await?
         .get("seen-xfcc")
         .map(|v| v.to_str().unwrap().to_string())
 }
 
-/// The headers of the answer to one HTTP/1.1 `GET /` (sending `prior` as XFCC).
-async fn response_headers(addr: SocketAddr, prior: Option<&str>) -> Option<hyper::HeaderMap> {
+/// The headers of the answer to one HTTP/1.1 `GET /`, sending `headers`.
+async fn response_headers(addr: SocketAddr, headers: &[(&str, &str)]) -> Option<hyper::HeaderMap> {
     let stream = TcpStream::connect(addr).await.ok()?;
     let (mut send, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -468,9 +532,11 @@ async fn response_headers(addr: SocketAddr, prior: Option<&str>) -> Option<hyper
     let mut req = hyper::Request::get("http://ratings:9080/")
         .body(Empty::<Bytes>::new())
         .unwrap();
-    if let Some(p) = prior {
-        req.headers_mut()
-            .insert("x-forwarded-client-cert", p.parse().unwrap());
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            k.parse::<hyper::header::HeaderName>().unwrap(),
+            v.parse().unwrap(),
+        );
     }
     let resp = send.send_request(req).await.ok()?;
     Some(resp.headers().clone())
@@ -625,7 +691,7 @@ async fn sidecars_learn_each_others_workload_and_the_apps_never_see_the_exchange
     for http2 in [false, true] {
         assert_eq!(get(m.outbound_http, http2).await.map(|(c, _)| c), Ok(200));
     }
-    let seen = response_headers(m.outbound_http, None).await.unwrap();
+    let seen = response_headers(m.outbound_http, &[]).await.unwrap();
     for h in [
         "seen-peer-metadata",
         "x-envoy-peer-metadata",
@@ -703,7 +769,7 @@ async fn sidecars_learn_each_others_workload_and_the_apps_never_see_the_exchange
         assert!(tcp.contains(n), "TCP client side lacks {n}: {tcp}");
     }
     // A plain-text client that is no sidecar sends no metadata and gets none back.
-    let plain = response_headers(m.inbound_http, None).await.unwrap();
+    let plain = response_headers(m.inbound_http, &[]).await.unwrap();
     assert!(!plain.contains_key("x-envoy-peer-metadata"), "{plain:?}");
     let server = m.server.prometheus();
     assert!(
@@ -921,4 +987,141 @@ async fn a_renewed_certificate_takes_over_without_a_failed_request() {
         talk(m.outbound_tcp).await.as_deref(),
         Some("tcp-app\nping\n")
     );
+}
+
+/// Distributed tracing across the two sidecars, as Istio's: a request the app sends without a
+/// trace becomes one trace of two spans, the client sidecar's (`CLIENT`, reported over Zipkin
+/// JSON here) and the server sidecar's (`SERVER`, over OTLP/gRPC), the second a child of the
+/// first; the server's app receives the server span's context (B3 and W3C) to continue it;
+/// both carry Istio's name and tags. A caller's own trace is continued, and a caller's "not
+/// sampled" is obeyed: propagated, never reported.
+#[tokio::test]
+async fn a_request_through_two_sidecars_is_one_trace_of_a_client_and_a_server_span() {
+    use rustmesh_testapp::collector;
+    let spans = collector::Store::default();
+    let zipkin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let provider = |name: &str, protocol: &str, at: SocketAddr| {
+        json!({"provider": {"name": name, "protocol": protocol, "service": "127.0.0.1", "port": at.port()},
+            "randomSampling": 100.0,
+            "customTags": [{"tag": "team", "literal": {"value": "bookinfo"}},
+                           {"tag": "user", "header": {"name": "end-user", "defaultValue": "nobody"}}]})
+    };
+    let client_tracing = provider("zipkin", "zipkin", zipkin.local_addr().unwrap());
+    let server_tracing = provider("otel", "otlp-grpc", otlp.local_addr().unwrap());
+    tokio::spawn(collector::serve_zipkin(zipkin, spans.clone()));
+    tokio::spawn(collector::serve_otlp_grpc(otlp, spans.clone()));
+    let (server_cert, client_cert, _root) = certs().await;
+    let m = mesh_traced(
+        Some(server_cert),
+        Some(client_cert),
+        Value::Null,
+        Some((client_tracing, server_tracing)),
+    )
+    .await;
+
+    // A new trace.
+    let seen = response_headers(
+        m.outbound_http,
+        &[("x-request-id", "req-one"), ("end-user", "jason")],
+    )
+    .await
+    .unwrap();
+    let got = spans.wait_for(2, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 2, "{got:#?}");
+    let client = got
+        .iter()
+        .find(|s| s.kind == "CLIENT")
+        .expect("a client span");
+    let server = got
+        .iter()
+        .find(|s| s.kind == "SERVER")
+        .expect("a server span");
+    assert_eq!((client.protocol, server.protocol), ("zipkin", "otlp-grpc"));
+    assert_eq!(client.trace_id, server.trace_id);
+    assert_eq!(client.trace_id.len(), 32);
+    assert_eq!(client.parent_id, None);
+    assert_eq!(server.parent_id.as_deref(), Some(client.id.as_str()));
+    let seen = |h: &str| {
+        seen.get(format!("seen-{h}"))
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    assert_eq!(
+        seen("x-b3-traceid").as_deref(),
+        Some(client.trace_id.as_str())
+    );
+    assert_eq!(seen("x-b3-spanid").as_deref(), Some(server.id.as_str()));
+    assert_eq!(
+        seen("x-b3-parentspanid").as_deref(),
+        Some(client.id.as_str())
+    );
+    assert_eq!(seen("x-b3-sampled").as_deref(), Some("1"));
+    assert_eq!(
+        seen("traceparent"),
+        Some(format!("00-{}-{}-01", server.trace_id, server.id))
+    );
+    assert_eq!(seen("x-request-id").as_deref(), Some("req-one"));
+    for (s, service, canonical, cluster) in [
+        (
+            client,
+            "reviews.bookinfo",
+            "reviews",
+            format!("outbound|9080||{}", host()),
+        ),
+        (
+            server,
+            "ratings.bookinfo",
+            "ratings",
+            "inbound|9080||".to_string(),
+        ),
+    ] {
+        let tag = |k: &str| s.tags.get(k).map(String::as_str);
+        assert_eq!(s.name, format!("{}:9080/*", host()), "{s:?}");
+        assert_eq!(s.service, service);
+        assert_eq!(tag("guid:x-request-id"), Some("req-one"), "{s:?}");
+        assert_eq!(tag("http.status_code"), Some("200"));
+        assert_eq!(tag("http.method"), Some("GET"));
+        assert_eq!(tag("http.url"), Some("http://ratings:9080/"));
+        assert_eq!(tag("upstream_cluster"), Some(cluster.as_str()));
+        assert_eq!(tag("istio.canonical_service"), Some(canonical));
+        assert_eq!(tag("istio.namespace"), Some("bookinfo"));
+        assert_eq!(tag("response_flags"), Some("-"));
+        assert_eq!(tag("component"), Some("proxy"));
+        assert_eq!(tag("team"), Some("bookinfo"));
+        assert_eq!(tag("user"), Some("jason"));
+        assert_eq!(tag("error"), None);
+    }
+
+    // Not sampled by the caller: propagated as such, reported by neither sidecar.
+    let unsampled = "0af7651916cd43dd8448eb211c80319c";
+    let seen = response_headers(
+        m.outbound_http,
+        &[(
+            "traceparent",
+            &format!("00-{unsampled}-b7ad6b7169203331-00"),
+        )],
+    )
+    .await
+    .unwrap();
+    assert_eq!(seen["seen-x-b3-sampled"], "0");
+    assert_eq!(seen["seen-x-b3-traceid"], unsampled);
+    // The caller's sampled trace is continued: the client span is a child of the caller's.
+    let caller = "4bf92f3577b34da6a3ce929d0e0e4736";
+    response_headers(
+        m.outbound_http,
+        &[
+            ("x-b3-traceid", caller),
+            ("x-b3-spanid", "00f067aa0ba902b7"),
+            ("x-b3-sampled", "1"),
+        ],
+    )
+    .await
+    .unwrap();
+    let got = spans.wait_for(4, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 4, "{got:#?}");
+    assert!(got.iter().all(|s| s.trace_id != unsampled), "{got:#?}");
+    let continued: Vec<_> = got.iter().filter(|s| s.trace_id == caller).collect();
+    assert_eq!(continued.len(), 2, "{got:#?}");
+    let client = continued.iter().find(|s| s.kind == "CLIENT").unwrap();
+    assert_eq!(client.parent_id.as_deref(), Some("00f067aa0ba902b7"));
 }
