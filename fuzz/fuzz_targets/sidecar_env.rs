@@ -1,7 +1,8 @@
 //! The sidecar's inputs from its pod and its peers that are not mesh configuration:
 //! `/etc/resolv.conf` (the nameservers DNS capture is limited to), `ISTIO_PROMETHEUS_ANNOTATIONS`
 //! (the app's metrics to merge on 15020), `ISTIO_KUBE_APP_PROBERS` (the app's probes and hooks)
-//! and a peer's `x-envoy-peer-metadata` (the metadata exchange, `rustmesh_proxy::peer`). The first byte
+//! a peer's `x-envoy-peer-metadata` (the metadata exchange, `rustmesh_proxy::peer`) and a
+//! request's trace context (`traceparent`, `b3`, `x-b3-*`, `rustmesh_proxy::trace::context`). The first byte
 //! picks the reader; each returns a value or an error, never a panic, and what it accepts holds
 //! its documented promises.
 #![no_main]
@@ -15,7 +16,35 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, rest)) = data.split_first() else {
         return;
     };
-    if which % 4 == 3 {
+    if which % 5 == 4 {
+        // Four header values, split at NUL bytes: whatever they hold, parsing never panics,
+        // and the context this proxy injects reads back as the next hop's parent.
+        use rustmesh_proxy::trace::context::{Incoming, SpanContext, inject};
+        let mut h = http::HeaderMap::new();
+        for (name, value) in ["traceparent", "b3", "x-b3-traceid", "x-b3-spanid"]
+            .into_iter()
+            .zip(rest.split(|b| *b == 0))
+        {
+            if let Ok(v) = http::HeaderValue::from_bytes(value) {
+                h.insert(name, v);
+            }
+        }
+        let incoming = Incoming::parse(&h);
+        let span = SpanContext {
+            trace_id: incoming.parent.map_or(1, |p| p.trace_id),
+            trace_id_64bit: incoming.parent.is_some_and(|p| p.trace_id_64bit),
+            span_id: 7,
+            parent_span_id: incoming.parent.map(|p| p.span_id),
+            sampled: incoming.sampled.unwrap_or(false),
+        };
+        inject(&mut h, &span, incoming.had_b3_single);
+        let next = Incoming::parse(&h);
+        let parent = next.parent.expect("an injected context parses");
+        assert_eq!((parent.span_id, parent.trace_id), (7, span.trace_id));
+        assert_eq!(next.sampled, Some(span.sampled));
+        return;
+    }
+    if which % 5 == 3 {
         // Any bytes: a header value is not necessarily text.
         if let Some(peer) = rustmesh_proxy::peer::decode(rest) {
             assert!(rest.len() <= rustmesh_proxy::peer::MAX_HEADER_BYTES);
@@ -26,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(rest) else {
         return;
     };
-    match which % 4 {
+    match which % 5 {
         0 => {
             let found = nameservers(text);
             assert!(found.len() <= text.lines().count());
