@@ -622,6 +622,22 @@ fn stats_lines(state: &AdminState) -> Vec<(String, String)> {
             }
         }
     }
+    // Span exporters (Envoy's `tracing.zipkin.*`, named by provider here).
+    for e in crate::trace::export::all() {
+        let p = format!("tracing.{}", e.provider().name);
+        let st = e.stats();
+        for (k, v) in [
+            ("spans_sent", &st.spans_sent),
+            ("spans_dropped", &st.spans_dropped),
+            ("reports_sent", &st.reports_sent),
+            ("reports_failed", &st.reports_failed),
+        ] {
+            lines.push((
+                format!("{p}.{k}"),
+                v.load(std::sync::atomic::Ordering::Relaxed).to_string(),
+            ));
+        }
+    }
     let (applied, rejected) = state.metrics.config_reload_counts();
     lines.push((
         "rustmesh.config_reloads.applied".into(),

@@ -442,6 +442,43 @@ mod tests {
         }
     }
 
+    /// A collector that never answers costs one timeout per batch: spans are counted as
+    /// failed, and past the queue's size dropped, while `report` returns at once.
+    #[test]
+    fn a_dead_collector_never_blocks_and_every_lost_span_is_counted() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let provider = Provider {
+            name: "silent".into(),
+            protocol: Protocol::Zipkin,
+            service: "127.0.0.1".into(),
+            port: silent.local_addr().unwrap().port(),
+            path: String::new(),
+            max_tag_length: 256,
+            trace_id_64bit: false,
+            timeout: Some(rustmesh_xds::duration::Duration(Duration::from_millis(300))),
+            headers: vec![],
+        };
+        let e = exporter(&provider);
+        assert!(
+            Arc::ptr_eq(&e, &exporter(&provider)),
+            "one exporter per provider"
+        );
+        let started = std::time::Instant::now();
+        for _ in 0..QUEUE_SPANS + BATCH_SPANS + 100 {
+            e.report(span(Kind::Client, None));
+        }
+        // Queuing never waited on the collector.
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while e.stats().reports_failed.load(Ordering::Relaxed) == 0 {
+            assert!(std::time::Instant::now() < deadline, "no failed report");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(e.stats().spans_dropped.load(Ordering::Relaxed) >= 100);
+        assert_eq!(e.stats().spans_sent.load(Ordering::Relaxed), 0);
+        assert!(all().iter().any(|x| Arc::ptr_eq(x, &e)));
+    }
+
     #[test]
     fn zipkin_spans_are_v2_json() {
         let json: serde_json::Value =
