@@ -23,6 +23,7 @@ import argparse
 import copy
 import difflib
 import filecmp
+import json
 import os
 import shutil
 import subprocess
@@ -100,8 +101,6 @@ def helm_render(
     else:
         # Chart.render takes no Capabilities; the library's options do (as `helm template
         # --kube-version`): the API version set stays Helm's default.
-        import json
-
         from helm_python import _native
 
         opts = {"name": RELEASE, "namespace": namespace, "is_install": True, "kube_version": kube_version}
@@ -144,12 +143,16 @@ def helm_lint(values: dict) -> list[str]:
 
 
 def parse_set(items: list[str]) -> dict:
+    """`--set` values as Helm's CLI reads them: every item into one map, so that list entries
+    given piece by piece (`--set a[0].name=x --set a[0].port=1`, e.g. meshConfig's
+    extensionProviders) merge by index instead of the last one replacing the list. Helm's parser
+    splits an item at its unescaped commas anyway, so the items joined by commas are parsed as
+    one."""
     import helm_python as helm
 
-    values: dict = {}
-    for item in items:
-        values = deep_merge(values, helm.parse_set_string(item))
-    return values
+    if not items:
+        return {}
+    return helm.parse_set_string(",".join(items))
 
 
 # --------------------------------------------------------------------------------------------
@@ -693,6 +696,100 @@ def check_hardening() -> tuple[list[str], list[str]]:
     return passed, problems
 
 
+def operator_env(objs: list[dict]) -> dict[str, str]:
+    """The operator container's literal environment (name -> value) in rendered objects."""
+    for d in objs:
+        if d.get("kind") == "Deployment" and d["metadata"]["name"].startswith("rustmesh-operator"):
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                if c["name"] == "operator":
+                    return {e["name"]: e.get("value") for e in c.get("env", []) if "value" in e}
+    return {}
+
+
+# Istio's documented zipkin and OpenTelemetry providers (meshConfig.extensionProviders).
+TRACING_PROVIDERS = [
+    {"name": "zipkin", "zipkin": {"service": "zipkin.istio-system.svc.cluster.local", "port": 9411}},
+    {
+        "name": "otel",
+        "opentelemetry": {
+            "service": "otel-collector.observability.svc.cluster.local",
+            "port": 4318,
+            "http": {"path": "/v1/traces", "timeout": "2s"},
+        },
+    },
+    {"name": "prometheus", "prometheus": {}},
+]
+
+
+def check_mesh_settings() -> tuple[list[str], list[str]]:
+    """(passed, problems): the tracing values reach the operator's environment as its flags
+    read them (EXTENSION_PROVIDERS as JSON, DEFAULT_TRACING_PROVIDERS comma-separated,
+    ENABLE_TRACING, PILOT_TRACE_SAMPLING), from values and from `--set` text alike, and values
+    the operator would refuse at start fail the render, naming the value."""
+    cases = [
+        # (what, values, the env wanted)
+        (
+            "defaults (no tracing)",
+            {},
+            {"EXTENSION_PROVIDERS": [], "DEFAULT_TRACING_PROVIDERS": "", "ENABLE_TRACING": "true", "PILOT_TRACE_SAMPLING": "1"},
+        ),
+        (
+            "Istio's providers, zipkin by default, 100 %",
+            {
+                "meshConfig": {"extensionProviders": TRACING_PROVIDERS, "defaultProviders": {"tracing": ["zipkin"]}},
+                "operator": {"traceSampling": 100.0},
+            },
+            {"EXTENSION_PROVIDERS": TRACING_PROVIDERS, "DEFAULT_TRACING_PROVIDERS": "zipkin", "ENABLE_TRACING": "true", "PILOT_TRACE_SAMPLING": "100"},
+        ),
+        (
+            "--set as a user writes it",
+            parse_set(
+                [
+                    "meshConfig.extensionProviders[0].name=zipkin",
+                    "meshConfig.extensionProviders[0].zipkin.service=zipkin.istio-system.svc.cluster.local",
+                    "meshConfig.extensionProviders[0].zipkin.port=9411",
+                    "meshConfig.defaultProviders.tracing={zipkin}",
+                    "meshConfig.enableTracing=false",
+                    "operator.traceSampling=0.5",
+                ]
+            ),
+            {"EXTENSION_PROVIDERS": TRACING_PROVIDERS[:1], "DEFAULT_TRACING_PROVIDERS": "zipkin", "ENABLE_TRACING": "false", "PILOT_TRACE_SAMPLING": "0.5"},
+        ),
+    ]
+    passed, problems = [], []
+    for what, values, want in cases:
+        env = operator_env([d for docs in helm_render(values).values() for d in docs])
+        got = dict(env)
+        try:
+            got["EXTENSION_PROVIDERS"] = json.loads(env.get("EXTENSION_PROVIDERS", "null"))
+        except ValueError as e:
+            got["EXTENSION_PROVIDERS"] = f"not JSON ({e}): {env.get('EXTENSION_PROVIDERS')!r}"
+        wrong = [f"{k}={got.get(k)!r} (want {v!r})" for k, v in want.items() if got.get(k) != v]
+        if wrong:
+            problems.append(f"tracing values ({what}): the operator's env has {', '.join(wrong)}")
+        else:
+            passed.append(f"tracing values ({what}): the operator's env {sorted(want)} as its flags read them")
+    refused = [
+        ({"pilot": {"traceSampling": 100}}, "operator.traceSampling"),
+        ({"operator": {"traceSampling": 100.5}}, "operator.traceSampling: 100.5"),
+        ({"operator": {"traceSampling": "ten"}}, "operator.traceSampling: ten"),
+        ({"meshConfig": {"enableTracing": "yes"}}, "meshConfig.enableTracing: yes"),
+        ({"meshConfig": {"extensionProviders": "zipkin"}}, "meshConfig.extensionProviders: not a list"),
+    ]
+    bad = []
+    for values, message in refused:
+        try:
+            helm_render(values)
+            bad.append(f"{values} rendered (want a failure naming {message!r})")
+        except Exception as e:  # Helm's render error
+            if message not in str(e):
+                bad.append(f"{values} failed without naming {message!r}: {e}")
+    problems += [f"tracing values: {b}" for b in bad]
+    if not bad:
+        passed.append(f"tracing values: {len(refused)} invalid ones fail the render, naming the value")
+    return passed, problems
+
+
 def base_objects_from_chart() -> dict[str, list[dict]]:
     """File name in the kustomize base -> objects, from the chart with the base's values."""
     out = {}
@@ -809,6 +906,11 @@ def cmd_check() -> int:
         problems.append(f"the chart's Namespace asks for sidecar injection: {meshed}")
     elif ns_labels:
         ok.append("the control plane's Namespace carries no injection label")
+
+    # Mesh settings through the operator's environment (tracing).
+    p_ok, p_problems = check_mesh_settings()
+    ok += p_ok
+    problems += p_problems
 
     # Hardening: seccomp, PodDisruptionBudgets (and their API version), NetworkPolicies, RBAC.
     p_ok, p_problems = check_hardening()
