@@ -755,6 +755,11 @@ def check_mesh_settings() -> tuple[list[str], list[str]]:
             ),
             {"EXTENSION_PROVIDERS": TRACING_PROVIDERS[:1], "DEFAULT_TRACING_PROVIDERS": "zipkin", "ENABLE_TRACING": "false", "PILOT_TRACE_SAMPLING": "0.5"},
         ),
+        (
+            "Istio's pilot.traceSampling",
+            {"pilot": {"traceSampling": 25}},
+            {"EXTENSION_PROVIDERS": [], "DEFAULT_TRACING_PROVIDERS": "", "ENABLE_TRACING": "true", "PILOT_TRACE_SAMPLING": "25"},
+        ),
     ]
     passed, problems = [], []
     for what, values, want in cases:
@@ -770,7 +775,7 @@ def check_mesh_settings() -> tuple[list[str], list[str]]:
         else:
             passed.append(f"tracing values ({what}): the operator's env {sorted(want)} as its flags read them")
     refused = [
-        ({"pilot": {"traceSampling": 100}}, "operator.traceSampling"),
+        ({"pilot": {"traceSampling": -1}}, "pilot.traceSampling: -1"),
         ({"operator": {"traceSampling": 100.5}}, "operator.traceSampling: 100.5"),
         ({"operator": {"traceSampling": "ten"}}, "operator.traceSampling: ten"),
         ({"meshConfig": {"enableTracing": "yes"}}, "meshConfig.enableTracing: yes"),
