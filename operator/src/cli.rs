@@ -146,7 +146,7 @@ impl Args {
             encoding,
             format: (!self.access_log_format.is_empty()).then(|| self.access_log_format.clone()),
         };
-        let formatter = log.compile().map_err(|e| Error::Flag {
+        log.compile().map_err(|e| Error::Flag {
             flag: if log.format.is_some() {
                 "access-log-format"
             } else {
@@ -154,13 +154,6 @@ impl Args {
             },
             message: e.to_string(),
         })?;
-        // The sidecar does not keep response trailers for its log: refused, not printed as `-`.
-        if let Some(t) = formatter.response_trailers().first() {
-            return Err(Error::Flag {
-                flag: "access-log-format",
-                message: format!("%TRAILER({t})% is not supported by rustmesh's sidecar"),
-            });
-        }
         Ok(Some(log))
     }
 
@@ -417,6 +410,15 @@ mod tests {
             json.mesh.access_log.unwrap().encoding,
             rustmesh_xds::access_log::Encoding::Json
         );
+        // Response trailers (gRPC's status and message) are logged as Envoy logs them.
+        let trailers = settings(&[
+            "--access-log-file",
+            "/dev/stdout",
+            "--access-log-format",
+            "%TRAILER(GRPC-STATUS)% %TRAILER(GRPC-MESSAGE):20%",
+        ])
+        .unwrap();
+        assert!(trailers.mesh.access_log.is_some());
         for (args, flag, names) in [
             (
                 &["--access-log-file", "/var/log/access.log"][..],
@@ -438,10 +440,10 @@ mod tests {
                     "--access-log-file",
                     "/dev/stdout",
                     "--access-log-format",
-                    "%TRAILER(x)%",
+                    "%TRAILER(x):-1%",
                 ],
                 "--access-log-format",
-                "TRAILER(x)",
+                "TRAILER",
             ),
             (
                 &[

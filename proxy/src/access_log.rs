@@ -113,6 +113,14 @@ impl AccessLogs {
             .map(String::as_str)
     }
 
+    /// The response trailers (lowercase) some format reads (`%TRAILER(...)%`).
+    pub fn response_trailers(&self) -> impl Iterator<Item = &str> {
+        self.0
+            .iter()
+            .flat_map(|(_, f)| f.response_trailers())
+            .map(String::as_str)
+    }
+
     /// Writes `entry` to every log.
     pub fn write(&self, sink: &Sink, entry: &Entry<'_>) {
         for (stream, formatter) in self.0.iter() {

@@ -272,6 +272,8 @@ pub struct BodyEnd {
     pub complete: bool,
     /// `grpc-status` from the trailers, if any.
     pub grpc_status: Option<String>,
+    /// The trailers asked for with [`ObservedBody::keeping_trailers`]: `(name, first value)`.
+    pub trailers: Vec<(String, String)>,
 }
 
 type OnEnd = Box<dyn FnOnce(BodyEnd) + Send + Sync>;
@@ -281,6 +283,8 @@ pub struct ObservedBody {
     inner: ProxyBody,
     seen: BodyEnd,
     on_end: Option<OnEnd>,
+    /// Trailer names (lowercase) whose values `BodyEnd::trailers` reports.
+    keep: Vec<String>,
 }
 
 impl ObservedBody {
@@ -290,7 +294,14 @@ impl ObservedBody {
             inner,
             seen: BodyEnd::default(),
             on_end: Some(Box::new(on_end)),
+            keep: Vec::new(),
         }
+    }
+
+    /// Reports the first value of each of these trailers (lowercase names) in `BodyEnd`.
+    pub fn keeping_trailers(mut self, names: Vec<String>) -> Self {
+        self.keep = names;
+        self
     }
 
     fn finish(&mut self, complete: bool) {
@@ -316,10 +327,19 @@ impl Body for ObservedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     self.seen.bytes += d.len() as u64;
-                } else if let Some(t) = frame.trailers_ref()
-                    && let Some(s) = t.get("grpc-status").and_then(|v| v.to_str().ok())
-                {
-                    self.seen.grpc_status = Some(s.to_string());
+                } else if let Some(t) = frame.trailers_ref() {
+                    if let Some(s) = t.get("grpc-status").and_then(|v| v.to_str().ok()) {
+                        self.seen.grpc_status = Some(s.to_string());
+                    }
+                    let kept: Vec<(String, String)> = self
+                        .keep
+                        .iter()
+                        .filter_map(|n| {
+                            let v = t.get(n.as_str())?.to_str().ok()?;
+                            Some((n.clone(), v.to_string()))
+                        })
+                        .collect();
+                    self.seen.trailers = kept;
                 }
                 if self.inner.is_end_stream() {
                     self.finish(true);
@@ -410,5 +430,27 @@ mod tests {
         assert_eq!(end.bytes, 5);
         assert!(end.complete);
         assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn observed_body_keeps_only_the_trailers_asked_for() {
+        let mut t = http::HeaderMap::new();
+        t.insert("grpc-status", "14".parse().unwrap());
+        t.insert("grpc-message", "unavailable".parse().unwrap());
+        t.insert("x-other", "1".parse().unwrap());
+        let frames = vec![Frame::data(Bytes::from_static(b"ab")), Frame::trailers(t)];
+        let inner = boxed(http_body_util::StreamBody::new(futures::stream::iter(
+            frames.into_iter().map(Ok::<_, BoxError>),
+        )));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let b = ObservedBody::new(inner, move |end| tx.send(end).unwrap())
+            .keeping_trailers(vec!["grpc-message".into(), "x-absent".into()]);
+        b.collect().await.unwrap();
+        let end = rx.recv().unwrap();
+        assert_eq!(end.grpc_status.as_deref(), Some("14"));
+        assert_eq!(
+            end.trailers,
+            vec![("grpc-message".to_string(), "unavailable".to_string())]
+        );
     }
 }

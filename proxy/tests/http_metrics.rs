@@ -345,3 +345,63 @@ async fn text_access_log_lines_are_istios_with_the_response_flags() {
     assert!(refused_line.contains(" 503 UF "), "{refused_line}");
     assert!(line("\"elsewhere\"").contains(" 404 NR route_not_found "));
 }
+
+/// `%TRAILER(...)%` reads the response's trailers, as Envoy's: a gRPC answer's `grpc-status` and
+/// `grpc-message` are logged; a trailer the answer lacks prints `-`, as does one of an answer
+/// without trailers.
+#[tokio::test]
+async fn access_logs_read_the_response_trailers() {
+    let up = upstream("grpc", Behavior::default()).await;
+    let rc = vhost(
+        // HTTP/2 sends the URI's authority (the proxy's address): any host.
+        &["*"],
+        json!([{ "match": { "prefix": "/" }, "route": { "cluster": "grpc" } }]),
+    );
+    let log = rustmesh_xds::access_log::AccessLog {
+        format: Some(
+            "%REQ(:PATH)% %TRAILER(GRPC-STATUS)% %TRAILER(GRPC-MESSAGE):4% %TRAILER(X-NONE)%\n"
+                .into(),
+        ),
+        ..access_log(Encoding::Text)
+    };
+    let p = start_proxy(
+        rc,
+        TestClusters::new().cluster_h2("grpc", &[&up]),
+        Options {
+            access_log: Some(log),
+            ..Default::default()
+        },
+    )
+    .await;
+    let c = Clients::new();
+    let r = send(
+        &c.h2,
+        request(p.addr, "svc", "/helloworld.Greeter/SayHello")
+            .method("POST")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(body(grpc_message("hi")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        r.trailers.as_ref().map(|t| t["grpc-message"].clone()),
+        Some("echoed".parse().unwrap()),
+        "{} {:?} {:?}",
+        r.status,
+        r.headers,
+        r.body
+    );
+    assert_eq!(get(&c, p.addr, "svc", "/plain").await.status, 200);
+    let mut lines = Vec::new();
+    eventually(|| {
+        lines = p.log.lock().unwrap().clone();
+        lines.len() == 2
+    })
+    .await;
+    assert!(
+        lines.contains(&"/helloworld.Greeter/SayHello 0 echo -".to_string()),
+        "{lines:#?}"
+    );
+    assert!(lines.contains(&"/plain - - -".to_string()), "{lines:#?}");
+}

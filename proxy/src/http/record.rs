@@ -125,7 +125,15 @@ impl Conn {
         let code = parts.status.as_u16();
         let grpc_header = header_str(&parts.headers, "grpc-status");
         let me = self.clone();
-        let body = ObservedBody::new(body, move |end| me.record(ex, code, grpc_header, end));
+        // Trailers are kept only when a log format reads them (`%TRAILER(...)%`).
+        let keep: Vec<String> = self
+            .ctx
+            .access_logs
+            .response_trailers()
+            .map(str::to_string)
+            .collect();
+        let body = ObservedBody::new(body, move |end| me.record(ex, code, grpc_header, end))
+            .keeping_trailers(keep);
         Response::from_parts(parts, boxed(body))
     }
 
@@ -225,7 +233,12 @@ impl Conn {
                 .or_else(|| response_code_details(&flags, &ex));
             let request = |n: &str| ex.logged_request.get(n);
             let response = |n: &str| ex.logged_response.get(n);
-            let trailer = |_: &str| None;
+            let trailer = |n: &str| {
+                end.trailers
+                    .iter()
+                    .find(|(k, _)| k == n)
+                    .map(|(_, v)| v.as_str())
+            };
             let entry = Entry {
                 start_time: ex.wall_start,
                 protocol: Some(protocol),
