@@ -68,6 +68,7 @@ fuzz_target!(|data: &[u8]| {
             client_cert_details: None,
             authz: None,
             trace: None,
+            requested_server_name: None,
         };
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let serving = tokio::spawn(async move { serve_connection(server, ctx).await });

@@ -274,6 +274,8 @@ fn client_doc(
 // ---- sidecars on loopback ----------------------------------------------------------------
 
 struct Sidecar {
+    /// The access-log lines of the connection managers and TCP proxies that have a log.
+    log: Arc<std::sync::Mutex<Vec<String>>>,
     shared: Arc<Shared>,
     certs: Arc<Certs>,
     clusters: Arc<ClusterManager>,
@@ -295,7 +297,15 @@ impl Sidecar {
             cluster: "Kubernetes".to_string(),
             pod: format!("{name}-6d8f9c7b5-abcde"),
         });
-        let http = Arc::new(ConnectionManager::new(istio.clone(), workload.clone()));
+        let log: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let lines = log.clone();
+        let http = Arc::new(
+            ConnectionManager::new(istio.clone(), workload.clone()).with_access_log(
+                rustmesh_proxy::access_log::Sink::new(move |l| {
+                    lines.lock().unwrap().push(l.to_string())
+                }),
+            ),
+        );
         let certs = Arc::new(Certs::default());
         if let Some(c) = cert {
             certs.install(c);
@@ -319,6 +329,7 @@ impl Sidecar {
             clusters,
             _drain: signal,
             watch,
+            log,
         };
         sidecar.load(doc);
         sidecar
@@ -377,7 +388,7 @@ async fn mesh(
     client_cert: Option<WorkloadCert>,
     peer: Value,
 ) -> Mesh {
-    mesh_traced(server_cert, client_cert, peer, None).await
+    mesh_with(server_cert, client_cert, peer, |_| {}, |_| {}).await
 }
 
 /// Adds `tracing` to every HTTP connection manager of `doc` and Istio's span name of the
@@ -403,19 +414,34 @@ fn traced(doc: &mut Value, tracing: &Value) {
     }
 }
 
-/// The two sidecars; with `tracing`, the client's and the server's connection managers trace
-/// with those settings.
-async fn mesh_traced(
+/// Adds an access log of `format` to every connection manager and TCP proxy of `doc`.
+fn logged(doc: &mut Value, format: &str) {
+    match doc {
+        Value::Object(o) => {
+            if o.contains_key("statPrefix") {
+                o.insert(
+                    "accessLog".into(),
+                    json!([{"path": "/dev/stdout", "format": format}]),
+                );
+            }
+            o.values_mut().for_each(|v| logged(v, format));
+        }
+        Value::Array(a) => a.iter_mut().for_each(|v| logged(v, format)),
+        _ => {}
+    }
+}
+
+/// The two sidecars, their configurations changed by `server_edit` and `client_edit`.
+async fn mesh_with(
     server_cert: Option<WorkloadCert>,
     client_cert: Option<WorkloadCert>,
     peer: Value,
-    tracing: Option<(Value, Value)>,
+    server_edit: impl FnOnce(&mut Value),
+    client_edit: impl FnOnce(&mut Value),
 ) -> Mesh {
     let (app_http, app_tcp) = (http_app().await, tcp_app().await);
     let mut server_config = server_doc(app_http, app_tcp, peer);
-    if let Some((_, t)) = &tracing {
-        traced(&mut server_config, t);
-    }
+    server_edit(&mut server_config);
     let server = Sidecar::new(
         "ratings-v1",
         &[
@@ -431,9 +457,7 @@ async fn mesh_traced(
     let inbound_tcp = server.listen(Direction::Inbound, &format!("{POD_IP}:{TCP_PORT}"));
     let sans = vec![id("bookinfo", "ratings").to_string()];
     let mut client_config = client_doc(inbound_http, inbound_tcp, &sans, true);
-    if let Some((t, _)) = &tracing {
-        traced(&mut client_config, t);
-    }
+    client_edit(&mut client_config);
     let client = Sidecar::new(
         "reviews-v1",
         &[
@@ -1012,11 +1036,12 @@ async fn a_request_through_two_sidecars_is_one_trace_of_a_client_and_a_server_sp
     tokio::spawn(collector::serve_zipkin(zipkin, spans.clone()));
     tokio::spawn(collector::serve_otlp_grpc(otlp, spans.clone()));
     let (server_cert, client_cert, _root) = certs().await;
-    let m = mesh_traced(
+    let m = mesh_with(
         Some(server_cert),
         Some(client_cert),
         Value::Null,
-        Some((client_tracing, server_tracing)),
+        |d| traced(d, &server_tracing),
+        |d| traced(d, &client_tracing),
     )
     .await;
 
@@ -1124,4 +1149,46 @@ async fn a_request_through_two_sidecars_is_one_trace_of_a_client_and_a_server_sp
     assert_eq!(continued.len(), 2, "{got:#?}");
     let client = continued.iter().find(|s| s.kind == "CLIENT").unwrap();
     assert_eq!(client.parent_id.as_deref(), Some("00f067aa0ba902b7"));
+}
+
+/// `%REQUESTED_SERVER_NAME%`: the server's sidecar logs the SNI of Istio's mutual TLS
+/// (`outbound_.9080_._.<host>`) for HTTP and TCP alike; a plain-text client sent none (`-`).
+#[tokio::test]
+async fn the_server_logs_the_sni_its_clients_sent() {
+    let (server_cert, client_cert, _root) = certs().await;
+    let format = "%REQUESTED_SERVER_NAME% %UPSTREAM_CLUSTER%\n";
+    let m = mesh_with(
+        Some(server_cert),
+        Some(client_cert),
+        Value::Null,
+        |d| logged(d, format),
+        |_| {},
+    )
+    .await;
+    assert_eq!(get(m.outbound_http, false).await.map(|(c, _)| c), Ok(200));
+    assert_eq!(
+        talk(m.outbound_tcp).await.as_deref(),
+        Some("tcp-app\nping\n")
+    );
+    assert_eq!(get(m.inbound_http, false).await.map(|(c, _)| c), Ok(200));
+    let want = [
+        format!(
+            "{} inbound|{HTTP_PORT}||",
+            istio_sni(HTTP_PORT, "", &host())
+        ),
+        format!("{} inbound|{TCP_PORT}||", istio_sni(TCP_PORT, "", &host())),
+        format!("- inbound|{HTTP_PORT}||"),
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = m.server.log.lock().unwrap().clone();
+        if want.iter().all(|w| lines.contains(w)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "want {want:#?}, got {lines:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -51,6 +51,8 @@ pub struct HttpConnection {
     pub access_logs: crate::access_log::AccessLogs,
     /// Its tracing, compiled (`None`: the chain does not trace).
     pub tracer: Option<Arc<crate::trace::Tracer>>,
+    /// The SNI the client sent, if it spoke TLS (`%REQUESTED_SERVER_NAME%`).
+    pub requested_server_name: Option<Arc<str>>,
     /// The chain's route table ([`CompiledRoutes::table`]); `None` when the configuration has
     /// no table of the `rds` name (every request gets `404 NR`).
     pub routes: Option<Arc<RouteTable>>,
@@ -242,6 +244,7 @@ impl ConnectionManager {
             hcm,
             access_logs,
             tracer,
+            requested_server_name,
             routes,
             clusters,
             destinations,
@@ -303,6 +306,7 @@ impl ConnectionManager {
             own_identity,
             client_cert_details,
             authz,
+            requested_server_name,
             trace: tracer.map(|tracer| crate::trace::ConnTracing {
                 tracer,
                 local: self.trace_local.clone(),

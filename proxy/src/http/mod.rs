@@ -130,6 +130,8 @@ pub struct HttpContext {
     pub authz: Option<Arc<Authorizer>>,
     /// Distributed tracing (the connection manager has `tracing`): each request's span.
     pub trace: Option<crate::trace::ConnTracing>,
+    /// The SNI the client sent, if it spoke TLS (the access log's `%REQUESTED_SERVER_NAME%`).
+    pub requested_server_name: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for HttpContext {

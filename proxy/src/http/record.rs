@@ -255,7 +255,7 @@ impl Conn {
                 upstream_local_address: None,
                 downstream_local_address: Some(ctx.local),
                 downstream_remote_address: Some(ctx.peer),
-                requested_server_name: None,
+                requested_server_name: ctx.requested_server_name.as_deref(),
                 route_name: ex.route_name.as_deref(),
                 request_header: &request,
                 response_header: &response,

@@ -462,6 +462,13 @@ pub async fn dispatch(
             }
         },
     };
+    // Envoy's `%REQUESTED_SERVER_NAME%`: the SNI the TLS inspector saw, or the handshake this
+    // chain terminated.
+    let requested_server_name: Option<Arc<str>> = detected
+        .server_name
+        .as_deref()
+        .or(stream.sni())
+        .map(Arc::from);
     // TPROXY inbound: the app sees the client's own address.
     let original_source =
         (reporter == Reporter::Destination && shared.original_source).then_some(client.0.ip());
@@ -486,6 +493,7 @@ pub async fn dispatch(
                 orig_dst,
                 client,
                 original_source,
+                requested_server_name,
             };
             tcp::proxy(shared, conn, route, stream).await
         }
@@ -500,6 +508,7 @@ pub async fn dispatch(
                 hcm: hcm.clone(),
                 access_logs: access_logs.clone(),
                 tracer: tracer.clone(),
+                requested_server_name,
                 routes,
                 clusters: snapshot.clusters.clone(),
                 destinations: snapshot.destinations.clone(),

@@ -80,6 +80,8 @@ pub struct Conn<'a> {
     /// The client's address, when an ORIGINAL_DST cluster's connection leaves from it (TPROXY
     /// inbound, [`crate::dial::ClusterDialer::with_original_source`]).
     pub original_source: Option<std::net::IpAddr>,
+    /// The SNI the client sent (`%REQUESTED_SERVER_NAME%`).
+    pub requested_server_name: Option<std::sync::Arc<str>>,
 }
 
 /// Proxies `downstream` to the route's cluster. Records Envoy-style counters (listener,
@@ -96,6 +98,7 @@ pub async fn proxy(shared: &Shared, conn: Conn<'_>, route: &TcpRoute, mut downst
         orig_dst,
         client,
         original_source,
+        requested_server_name,
     } = conn;
     let cluster = route.pick_cluster();
     let (started, wall_start) = (Instant::now(), std::time::SystemTime::now());
@@ -121,7 +124,7 @@ pub async fn proxy(shared: &Shared, conn: Conn<'_>, route: &TcpRoute, mut downst
             upstream_local_address: None,
             downstream_local_address: Some(orig_dst.0),
             downstream_remote_address: Some(client.0),
-            requested_server_name: None,
+            requested_server_name: requested_server_name.as_deref(),
             route_name: None,
             request_header: &none,
             response_header: &none,

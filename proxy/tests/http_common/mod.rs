@@ -461,6 +461,7 @@ pub async fn start_proxy(rc: RouteConfiguration, ups: TestClusters, opts: Option
         client_cert_details: None,
         authz: None,
         trace: None,
+        requested_server_name: None,
     };
     tokio::spawn(async move {
         loop {
