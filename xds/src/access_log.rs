@@ -675,8 +675,9 @@ fn addr<'a>(a: Option<SocketAddr>) -> Val<'a> {
     a.map_or(Val::Missing, |a| Val::Str(Cow::Owned(a.to_string())))
 }
 
-/// At most `max` bytes of `s`, cut back to a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
+/// At most `max` bytes of `s`, cut back to a character boundary (the access log's `:Z`, and
+/// the proxy's span tags).
+pub fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

@@ -526,12 +526,11 @@ pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsReci
         virtual_inbound(inbound_chains, view.index.mesh.ca_host.is_some()),
     ];
     all_listeners.extend(listeners.into_values());
-    if let Some(log) = &view.index.mesh.access_log {
-        with_access_log(&mut all_listeners, log);
-    }
-    if let Some(t) = &view.index.mesh.tracing {
-        with_tracing(&mut all_listeners, t);
-    }
+    with_mesh_telemetry(
+        &mut all_listeners,
+        view.index.mesh.access_log.as_ref(),
+        view.index.mesh.tracing.as_ref(),
+    );
 
     let config = ProxyConfig {
         peer_authentication: peer_authn::peer_authentication(view, scope),
@@ -552,8 +551,13 @@ pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsReci
 }
 
 /// The mesh's access log (meshConfig `accessLogFile`...) on every HTTP connection manager and
-/// TCP proxy, as Istio puts it on every listener of the sidecar.
-fn with_access_log(listeners: &mut [Listener], log: &AccessLog) {
+/// TCP proxy, and its tracing on every HTTP connection manager, as Istio puts them on every
+/// listener of the sidecar.
+fn with_mesh_telemetry(
+    listeners: &mut [Listener],
+    log: Option<&AccessLog>,
+    tracing: Option<&rustmesh_xds::trace::Tracing>,
+) {
     for l in listeners {
         for fc in l
             .filter_chains
@@ -562,26 +566,11 @@ fn with_access_log(listeners: &mut [Listener], log: &AccessLog) {
         {
             for f in &mut fc.filters {
                 match f {
-                    NetworkFilter::TcpProxy(t) => t.access_log = vec![log.clone()],
-                    NetworkFilter::HttpConnectionManager(h) => h.access_log = vec![log.clone()],
-                }
-            }
-        }
-    }
-}
-
-/// The mesh's tracing on every HTTP connection manager (inbound and outbound), as Istio's
-/// default provider applies to every listener.
-fn with_tracing(listeners: &mut [Listener], t: &rustmesh_xds::trace::Tracing) {
-    for l in listeners {
-        for fc in l
-            .filter_chains
-            .iter_mut()
-            .chain(l.default_filter_chain.as_mut())
-        {
-            for f in &mut fc.filters {
-                if let NetworkFilter::HttpConnectionManager(h) = f {
-                    h.tracing = Some(t.clone());
+                    NetworkFilter::TcpProxy(t) => t.access_log = log.cloned().into_iter().collect(),
+                    NetworkFilter::HttpConnectionManager(h) => {
+                        h.access_log = log.cloned().into_iter().collect();
+                        h.tracing = tracing.cloned();
+                    }
                 }
             }
         }

@@ -1593,6 +1593,23 @@ spec:
     );
 }
 
+/// Every network filter of a configuration, with where it is (`listener chain`).
+fn every_filter(c: &ProxyConfig) -> Vec<(String, &NetworkFilter)> {
+    c.listeners
+        .iter()
+        .flat_map(|l| {
+            l.filter_chains
+                .iter()
+                .chain(l.default_filter_chain.as_ref())
+                .flat_map(move |fc| {
+                    fc.filters
+                        .iter()
+                        .map(move |f| (format!("{} {:?}", l.name, fc.name), f))
+                })
+        })
+        .collect()
+}
+
 /// The mesh's default tracing provider is on every HTTP connection manager, inbound and
 /// outbound; routes carry Istio's span names (`<host>:<port>/*`, a weighted route the
 /// VirtualService's name), and a pod-scoped config names its inbound spans after its service.
@@ -1608,18 +1625,10 @@ fn tracing_is_on_every_http_connection_manager_and_routes_name_their_spans() {
     istio(&mut index, reviews_vs());
     let c = rendered(&index, &Scope::namespace("default"));
     let mut hcms = 0;
-    for l in &c.listeners {
-        for fc in l
-            .filter_chains
-            .iter()
-            .chain(l.default_filter_chain.as_ref())
-        {
-            for f in &fc.filters {
-                if let NetworkFilter::HttpConnectionManager(h) = f {
-                    assert_eq!(h.tracing, tracing, "{} {:?}", l.name, fc.name);
-                    hcms += 1;
-                }
-            }
+    for (at, f) in every_filter(&c) {
+        if let NetworkFilter::HttpConnectionManager(h) = f {
+            assert_eq!(h.tracing, tracing, "{at}");
+            hcms += 1;
         }
     }
     assert!(hcms >= 3, "{hcms} connection managers");
@@ -1700,21 +1709,13 @@ fn the_meshs_access_log_is_on_every_listener_filter() {
     index.mesh.access_log = Some(log.clone());
     let c = rendered(&index, &Scope::namespace("default"));
     let mut filters = 0;
-    for l in &c.listeners {
-        for fc in l
-            .filter_chains
-            .iter()
-            .chain(l.default_filter_chain.as_ref())
-        {
-            for f in &fc.filters {
-                let logs = match f {
-                    NetworkFilter::TcpProxy(t) => &t.access_log,
-                    NetworkFilter::HttpConnectionManager(h) => &h.access_log,
-                };
-                assert_eq!(logs, &vec![log.clone()], "{} {:?}", l.name, fc.name);
-                filters += 1;
-            }
-        }
+    for (at, f) in every_filter(&c) {
+        let logs = match f {
+            NetworkFilter::TcpProxy(t) => &t.access_log,
+            NetworkFilter::HttpConnectionManager(h) => &h.access_log,
+        };
+        assert_eq!(logs, &vec![log.clone()], "{at}");
+        filters += 1;
     }
     assert!(filters > 10, "{filters} filters");
     // Off (Istio's default install): none.

@@ -21,6 +21,7 @@ use opentelemetry_proto::tonic::trace::v1::{
     ResourceSpans, ScopeSpans, Span, Status, span, status,
 };
 use prost::Message;
+use rustmesh_xds::access_log::truncate;
 use rustmesh_xds::trace::{Protocol, Provider};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -311,17 +312,6 @@ fn nanos(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 /// A batch as Zipkin's v2 JSON span list.
 pub fn zipkin_json(batch: &[FinishedSpan], max_tag: usize) -> Vec<u8> {
     let spans: Vec<serde_json::Value> = batch
@@ -331,7 +321,7 @@ pub fn zipkin_json(batch: &[FinishedSpan], max_tag: usize) -> Vec<u8> {
             let tags: BTreeMap<&str, &str> = s
                 .tags
                 .iter()
-                .map(|(k, v)| (k.as_ref(), cut(v, max_tag)))
+                .map(|(k, v)| (k.as_ref(), truncate(v, max_tag)))
                 .collect();
             let mut v = serde_json::json!({
                 "traceId": c.trace_id_hex(),
@@ -384,7 +374,7 @@ pub fn otlp_request(batch: &[FinishedSpan], max_tag: usize) -> ExportTraceServic
             attributes: s
                 .tags
                 .iter()
-                .map(|(k, v)| text(k, cut(v, max_tag)))
+                .map(|(k, v)| text(k, truncate(v, max_tag)))
                 .collect(),
             status: error.then(|| Status {
                 code: status::StatusCode::Error as i32,

@@ -27,6 +27,7 @@ use context::{Incoming, SpanContext};
 use export::{Exporter, FinishedSpan, Kind};
 use http::HeaderMap;
 use http::header::HeaderName;
+use rustmesh_xds::access_log::truncate;
 use rustmesh_xds::trace::{TagValue, Tracing, TracingError};
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -350,18 +351,6 @@ impl Started {
     }
 }
 
-/// `s` cut to at most `max` bytes, at a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,11 +490,5 @@ mod tests {
         assert!(tags.contains(&("user_agent".into(), "-".into())));
         let tags = t.request_tags(&HeaderMap::new(), &LINE);
         assert!(tags.contains(&("user".into(), "anonymous".into())));
-    }
-
-    #[test]
-    fn truncation_keeps_characters_whole() {
-        assert_eq!(truncate("/héllo", 3), "/h");
-        assert_eq!(truncate("/abc", 10), "/abc");
     }
 }
