@@ -72,9 +72,33 @@ impl std::fmt::Debug for Sink {
     }
 }
 
-/// The compiled access logs of one HTTP connection manager or TCP proxy.
+/// The compiled access logs of one HTTP connection manager or TCP proxy, with the header and
+/// trailer names their formats read (each once, lowercase), so a request copies those values
+/// and nothing else.
 #[derive(Clone, Debug, Default)]
-pub struct AccessLogs(Arc<[(Stream, Formatter)]>);
+pub struct AccessLogs(Arc<Compiled>);
+
+#[derive(Debug, Default)]
+struct Compiled {
+    logs: Vec<(Stream, Formatter)>,
+    request: Names,
+    response: Names,
+    trailers: Names,
+}
+
+/// Header names (lowercase, each once) whose values a request copies for its log line.
+pub type Names = Arc<[String]>;
+
+/// The distinct names `names` yields.
+fn distinct<'a>(names: impl Iterator<Item = &'a String>) -> Names {
+    let mut out: Vec<String> = Vec::new();
+    for n in names {
+        if !out.contains(n) {
+            out.push(n.clone());
+        }
+    }
+    out.into()
+}
 
 impl AccessLogs {
     /// Compiles each log's format; the first error names the log's index.
@@ -89,74 +113,69 @@ impl AccessLogs {
             };
             out.push((stream, formatter));
         }
-        Ok(AccessLogs(out.into()))
+        let request = distinct(out.iter().flat_map(|(_, f)| f.request_headers()));
+        let response = distinct(out.iter().flat_map(|(_, f)| f.response_headers()));
+        let trailers = distinct(out.iter().flat_map(|(_, f)| f.response_trailers()));
+        Ok(AccessLogs(Arc::new(Compiled {
+            logs: out,
+            request,
+            response,
+            trailers,
+        })))
     }
 
     /// Whether there is no log (nothing is copied for one then).
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.logs.is_empty()
     }
 
     /// The request headers (lowercase) some format reads.
-    pub fn request_headers(&self) -> impl Iterator<Item = &str> {
-        self.0
-            .iter()
-            .flat_map(|(_, f)| f.request_headers())
-            .map(String::as_str)
+    pub fn request_headers(&self) -> &Names {
+        &self.0.request
     }
 
     /// The response headers (lowercase) some format reads.
-    pub fn response_headers(&self) -> impl Iterator<Item = &str> {
-        self.0
-            .iter()
-            .flat_map(|(_, f)| f.response_headers())
-            .map(String::as_str)
+    pub fn response_headers(&self) -> &Names {
+        &self.0.response
     }
 
     /// The response trailers (lowercase) some format reads (`%TRAILER(...)%`).
-    pub fn response_trailers(&self) -> impl Iterator<Item = &str> {
-        self.0
-            .iter()
-            .flat_map(|(_, f)| f.response_trailers())
-            .map(String::as_str)
+    pub fn response_trailers(&self) -> &Names {
+        &self.0.trailers
     }
 
     /// Writes `entry` to every log.
     pub fn write(&self, sink: &Sink, entry: &Entry<'_>) {
-        for (stream, formatter) in self.0.iter() {
+        for (stream, formatter) in self.0.logs.iter() {
             sink.write(*stream, &formatter.format(entry));
         }
     }
 }
 
-/// Header values copied for the access log: `(lowercase name, value)`.
+/// Header values copied for the access log, one per name of a [`Names`] list: a header value
+/// is a shared buffer, so copying it costs a reference count, not a string.
 #[derive(Debug, Default)]
-pub struct Copied(Vec<(String, String)>);
+pub struct Copied {
+    names: Names,
+    values: Vec<Option<http::HeaderValue>>,
+}
 
 impl Copied {
     /// Copies the first value of each of `names` that `get` finds.
-    pub fn take<'n>(
-        names: impl Iterator<Item = &'n str>,
-        get: impl Fn(&str) -> Option<String>,
-    ) -> Self {
-        let mut out: Vec<(String, String)> = Vec::new();
-        for n in names {
-            if out.iter().any(|(k, _)| k == n) {
-                continue;
-            }
-            if let Some(v) = get(n) {
-                out.push((n.to_string(), v));
-            }
+    pub fn take(names: &Names, get: impl Fn(&str) -> Option<http::HeaderValue>) -> Self {
+        Copied {
+            values: names.iter().map(|n| get(n)).collect(),
+            names: names.clone(),
         }
-        Copied(out)
     }
 
-    /// The value copied for `name`.
+    /// The value copied for `name`, if it is text.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
+        let i = self
+            .names
             .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .position(|k| k.eq_ignore_ascii_case(name))?;
+        self.values[i].as_ref()?.to_str().ok()
     }
 }
 

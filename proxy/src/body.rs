@@ -284,7 +284,7 @@ pub struct ObservedBody {
     seen: BodyEnd,
     on_end: Option<OnEnd>,
     /// Trailer names (lowercase) whose values `BodyEnd::trailers` reports.
-    keep: Vec<String>,
+    keep: std::sync::Arc<[String]>,
 }
 
 impl ObservedBody {
@@ -294,12 +294,12 @@ impl ObservedBody {
             inner,
             seen: BodyEnd::default(),
             on_end: Some(Box::new(on_end)),
-            keep: Vec::new(),
+            keep: std::sync::Arc::from([]),
         }
     }
 
     /// Reports the first value of each of these trailers (lowercase names) in `BodyEnd`.
-    pub fn keeping_trailers(mut self, names: Vec<String>) -> Self {
+    pub fn keeping_trailers(mut self, names: std::sync::Arc<[String]>) -> Self {
         self.keep = names;
         self
     }
@@ -444,7 +444,7 @@ mod tests {
         )));
         let (tx, rx) = std::sync::mpsc::channel();
         let b = ObservedBody::new(inner, move |end| tx.send(end).unwrap())
-            .keeping_trailers(vec!["grpc-message".into(), "x-absent".into()]);
+            .keeping_trailers(vec!["grpc-message".to_string(), "x-absent".to_string()].into());
         b.collect().await.unwrap();
         let end = rx.recv().unwrap();
         assert_eq!(end.grpc_status.as_deref(), Some("14"));

@@ -103,7 +103,7 @@ impl Conn {
         let mut ex = ex;
         if !self.ctx.access_logs.is_empty() {
             ex.logged_response = Copied::take(self.ctx.access_logs.response_headers(), |n| {
-                header_str(&parts.headers, n)
+                parts.headers.get(n).cloned()
             });
         }
         match self.ctx.reporter {
@@ -126,12 +126,7 @@ impl Conn {
         let grpc_header = header_str(&parts.headers, "grpc-status");
         let me = self.clone();
         // Trailers are kept only when a log format reads them (`%TRAILER(...)%`).
-        let keep: Vec<String> = self
-            .ctx
-            .access_logs
-            .response_trailers()
-            .map(str::to_string)
-            .collect();
+        let keep = self.ctx.access_logs.response_trailers().clone();
         let body = ObservedBody::new(body, move |end| me.record(ex, code, grpc_header, end))
             .keeping_trailers(keep);
         Response::from_parts(parts, boxed(body))

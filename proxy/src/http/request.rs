@@ -13,7 +13,7 @@ use crate::http::authorize::{self, Verdict};
 use crate::http::forward::{Target, forward};
 use crate::http::headers;
 use crate::http::record::Conn;
-use crate::http::record::{Exchange, header_str, protocol_name};
+use crate::http::record::{Exchange, protocol_name};
 use crate::http::reply::{grpc_reply, local_reply, status};
 use crate::http::route::{self, AbortWith, Action, CorsCheck, RequestView, RouteTable};
 use crate::metrics::Reporter;
@@ -123,11 +123,21 @@ pub(super) async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Respo
             Copied::default()
         } else {
             Copied::take(ctx.access_logs.request_headers(), |n| match n {
-                ":method" => Some(req.method().as_str().to_string()),
-                ":path" => req.uri().path_and_query().map(|p| p.as_str().to_string()),
-                ":authority" => Some(authority.to_string()),
-                ":scheme" => Some(scheme.to_string()),
-                _ => header_str(req.headers(), n),
+                ":method" => HeaderValue::from_str(req.method().as_str()).ok(),
+                ":path" => req
+                    .uri()
+                    .path_and_query()
+                    .and_then(|p| HeaderValue::from_str(p.as_str()).ok()),
+                ":authority" => match &host {
+                    Some(h) => Some(h.clone()),
+                    None => HeaderValue::from_str(authority).ok(),
+                },
+                ":scheme" => Some(HeaderValue::from_static(if scheme == "https" {
+                    "https"
+                } else {
+                    "http"
+                })),
+                _ => req.headers().get(n).cloned(),
             })
         },
         logged_response: Copied::default(),
