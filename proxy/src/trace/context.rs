@@ -218,39 +218,64 @@ impl Incoming {
     }
 }
 
-fn set(h: &mut HeaderMap, name: &HeaderName, value: String) {
-    if let Ok(v) = HeaderValue::try_from(value) {
+/// Lowercase hex digits of `v`'s low `digits` nibbles, written into `out`.
+fn hex(out: &mut Vec<u8>, v: u128, digits: usize) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        out.push(DIGITS[((v >> (i * 4)) & 0xf) as usize]);
+    }
+}
+
+fn set(h: &mut HeaderMap, name: &HeaderName, value: &[u8]) {
+    if let Ok(v) = HeaderValue::from_bytes(value) {
         h.insert(name.clone(), v);
     }
 }
 
-/// Writes `span`'s context onto a request this proxy forwards (see the module doc).
+/// Writes `span`'s context onto a request this proxy forwards (see the module doc). The
+/// values are written into one scratch buffer, each header a copy of its part: this runs for
+/// every request of a traced connection manager, sampled or not.
 pub fn inject(h: &mut HeaderMap, span: &SpanContext, had_b3_single: bool) {
-    let trace = span.trace_id_hex();
-    let sampled = if span.sampled { "1" } else { "0" };
-    set(h, &X_B3_TRACEID, trace.clone());
-    set(h, &X_B3_SPANID, format!("{:016x}", span.span_id));
+    let trace_digits = if span.trace_id_64bit { 16 } else { 32 };
+    let sampled = if span.sampled { b'1' } else { b'0' };
+    let mut buf = Vec::with_capacity(128);
+    hex(&mut buf, span.trace_id, trace_digits);
+    set(h, &X_B3_TRACEID, &buf);
+    buf.clear();
+    hex(&mut buf, span.span_id as u128, 16);
+    set(h, &X_B3_SPANID, &buf);
     match span.parent_span_id {
-        Some(p) => set(h, &X_B3_PARENTSPANID, format!("{p:016x}")),
+        Some(p) => {
+            buf.clear();
+            hex(&mut buf, p as u128, 16);
+            set(h, &X_B3_PARENTSPANID, &buf);
+        }
         None => {
             h.remove(&X_B3_PARENTSPANID);
         }
     }
-    h.insert(X_B3_SAMPLED.clone(), HeaderValue::from_static(sampled));
-    set(
-        h,
-        &TRACEPARENT,
-        format!(
-            "00-{:032x}-{:016x}-0{}",
-            span.trace_id, span.span_id, sampled
-        ),
+    h.insert(
+        X_B3_SAMPLED.clone(),
+        HeaderValue::from_static(if span.sampled { "1" } else { "0" }),
     );
+    buf.clear();
+    buf.extend_from_slice(b"00-");
+    hex(&mut buf, span.trace_id, 32);
+    buf.push(b'-');
+    hex(&mut buf, span.span_id as u128, 16);
+    buf.extend_from_slice(&[b'-', b'0', sampled]);
+    set(h, &TRACEPARENT, &buf);
     if had_b3_single {
-        let mut b3 = format!("{trace}-{:016x}-{sampled}", span.span_id);
+        buf.clear();
+        hex(&mut buf, span.trace_id, trace_digits);
+        buf.push(b'-');
+        hex(&mut buf, span.span_id as u128, 16);
+        buf.extend_from_slice(&[b'-', sampled]);
         if let Some(p) = span.parent_span_id {
-            b3.push_str(&format!("-{p:016x}"));
+            buf.push(b'-');
+            hex(&mut buf, p as u128, 16);
         }
-        set(h, &B3, b3);
+        set(h, &B3, &buf);
     }
 }
 
