@@ -243,13 +243,22 @@ impl Ctx {
         Api::namespaced(self.client.clone(), ns)
     }
 
-    /// The webhook and operator Deployments are available and the webhook's `caBundle` is set.
     /// Sets one environment variable of the operator (a mesh setting such as
     /// `OUTBOUND_TRAFFIC_POLICY` or `ACCESS_LOG_FILE`) and waits for its rollout.
     pub async fn set_operator_env(&self, name: &str, value: &str) -> Result<()> {
+        self.set_operator_envs(&[(name, value)]).await
+    }
+
+    /// Sets several environment variables of the operator in one change of its Deployment (one
+    /// restart, not one per variable) and waits for the rollout.
+    pub async fn set_operator_envs(&self, vars: &[(&str, &str)]) -> Result<()> {
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), MESH_NAMESPACE);
+        let env: Vec<_> = vars
+            .iter()
+            .map(|(name, value)| serde_json::json!({"name": name, "value": value}))
+            .collect();
         let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [
-            {"name": "operator", "env": [{"name": name, "value": value}]}
+            {"name": "operator", "env": env}
         ]}}}});
         api.patch(
             "rustmesh-operator",
@@ -258,10 +267,27 @@ impl Ctx {
         )
         .await?;
         self.wait_mesh_ready(Duration::from_secs(180)).await?;
-        self.log(format!("operator restarted with {name}={value:?}"));
+        let shown: Vec<String> = vars.iter().map(|(n, v)| format!("{n}={v:?}")).collect();
+        self.log(format!("operator restarted with {}", shown.join(" ")));
         Ok(())
     }
 
+    /// The literal value of an environment variable of the operator's container (`None`: not
+    /// set, or set from a reference), to put a setting back as it was.
+    pub async fn operator_env(&self, name: &str) -> Result<Option<String>> {
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), MESH_NAMESPACE);
+        let d = api.get("rustmesh-operator").await?;
+        Ok(d.spec
+            .and_then(|s| s.template.spec)
+            .into_iter()
+            .flat_map(|s| s.containers)
+            .filter(|c| c.name == "operator")
+            .flat_map(|c| c.env.unwrap_or_default())
+            .find(|e| e.name == name)
+            .and_then(|e| e.value))
+    }
+
+    /// The webhook and operator Deployments are available (their rollouts done).
     pub async fn wait_mesh_ready(&self, timeout: Duration) -> Result<()> {
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), MESH_NAMESPACE);
         for name in ["rustmesh-webhook", "rustmesh-operator"] {

@@ -46,6 +46,9 @@ pub struct App {
     /// The pod's service account (created by [`deploy`]); `None`: the namespace's `default`.
     /// Its name is the pod's mesh identity: `cluster.local/ns/<ns>/sa/<name>`.
     pub service_account: Option<String>,
+    /// The container's whole `testapp` command line instead of `serve` with the fields above
+    /// (e.g. `collector --zipkin 9411`); `http` and `tcp` then only name the container ports.
+    pub command: Option<Vec<String>>,
 }
 
 impl App {
@@ -62,6 +65,7 @@ impl App {
             annotations: BTreeMap::new(),
             grace_seconds: 2,
             service_account: None,
+            command: None,
         }
     }
 
@@ -74,6 +78,9 @@ impl App {
     }
 
     fn args(&self) -> Vec<String> {
+        if let Some(command) = &self.command {
+            return command.clone();
+        }
         let mut args = vec!["serve".to_string()];
         if !self.http.is_empty() {
             args.push("--http".into());
@@ -239,6 +246,37 @@ spec:
       weight: {v2}
 "#
     )
+}
+
+/// Zipkin's port on the trace collector.
+pub const ZIPKIN_PORT: u16 = 9411;
+/// OTLP/gRPC's port on the trace collector.
+pub const OTLP_GRPC_PORT: u16 = 4317;
+
+/// A trace collector (`testapp collector`: Zipkin v2 JSON with Zipkin's query API on 9411,
+/// OTLP/gRPC on 4317), never injected, behind a Service `zipkin` (ports `http-query` 9411 as in
+/// Istio's Zipkin addon, `grpc-otlp` 4317). Deploy it in a namespace without injection.
+pub fn zipkin_collector() -> App {
+    App {
+        http: vec![ZIPKIN_PORT, OTLP_GRPC_PORT],
+        service_ports: vec![
+            ("http-query".into(), ZIPKIN_PORT),
+            ("grpc-otlp".into(), OTLP_GRPC_PORT),
+        ],
+        inject: Some(false),
+        command: Some(
+            [
+                "collector",
+                "--zipkin",
+                &ZIPKIN_PORT.to_string(),
+                "--otlp-grpc",
+                &OTLP_GRPC_PORT.to_string(),
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+        ..App::http("zipkin", "v1")
+    }
 }
 
 /// The whole sample.

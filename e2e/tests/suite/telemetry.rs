@@ -16,6 +16,12 @@
 //!
 //! The peer's labels (`source_*` at the destination, `destination_*` at the source) come from
 //! Istio's peer metadata exchange; all checks run and the failures are reported together.
+//!
+//! The same scenario also covers Istio's access logs (the faulted requests' response flags) and
+//! distributed tracing: a real collector (`testapp collector`, Zipkin's API) in a namespace
+//! without injection, the mesh's `extensionProviders` pointing at its Service, and one request
+//! through two hops (productpage → reviews → ratings, the app forwarding the tracing headers)
+//! read back as one trace of the four sidecars' spans.
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -471,6 +477,544 @@ spec:
     assert!(
         !server_log.contains(aborted_id),
         "the aborted request {aborted_id} reached the server:\n{server_log}"
+    );
+    ctx.delete_namespace(&ns).await;
+}
+
+/// The operator's tracing settings this scenario changes, with the operator's own defaults
+/// (used to restore a variable that was not set at all).
+const TRACING_ENV: [(&str, &str); 4] = [
+    ("EXTENSION_PROVIDERS", ""),
+    ("DEFAULT_TRACING_PROVIDERS", ""),
+    ("ENABLE_TRACING", "true"),
+    ("PILOT_TRACE_SAMPLING", "1.0"),
+];
+
+/// How long the sidecars may take to trace a request after the operator's restart (each
+/// attempt is one request, then its spans are awaited for [`SPANS_WAIT`]).
+const TRACING_DEADLINE: Duration = Duration::from_secs(60);
+/// How long one request's spans may take to reach the collector (batches leave every second).
+const SPANS_WAIT: Duration = Duration::from_secs(8);
+
+/// A Zipkin v2 span as the collector's query API returns it (the fields checked here).
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ZipkinSpan {
+    trace_id: String,
+    id: String,
+    #[serde(default)]
+    parent_id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    local_endpoint: Option<ZipkinEndpoint>,
+    #[serde(default)]
+    tags: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ZipkinEndpoint {
+    #[serde(default)]
+    service_name: Option<String>,
+}
+
+impl ZipkinSpan {
+    fn service(&self) -> &str {
+        self.local_endpoint
+            .as_ref()
+            .and_then(|e| e.service_name.as_deref())
+            .unwrap_or("")
+    }
+    fn kind(&self) -> &str {
+        self.kind.as_deref().unwrap_or("")
+    }
+    fn tag(&self, name: &str) -> &str {
+        self.tags.get(name).map(String::as_str).unwrap_or("")
+    }
+}
+
+/// One line per span, for failure messages.
+fn span_table(spans: &[ZipkinSpan]) -> String {
+    spans
+        .iter()
+        .map(|s| {
+            format!(
+                "  {} {:<28} trace {} id {} parent {:<16} {:?} status {} upstream_cluster {} guid {}",
+                s.kind(),
+                s.service(),
+                s.trace_id,
+                s.id,
+                s.parent_id.as_deref().unwrap_or("-"),
+                s.name.as_deref().unwrap_or(""),
+                s.tag("http.status_code"),
+                s.tag("upstream_cluster"),
+                s.tag("guid:x-request-id"),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// GET from the collector's Zipkin port (port-forward to its pod): the body, or why not.
+async fn zipkin_get(
+    ctx: &rustmesh_e2e::Ctx,
+    ns: &str,
+    pod: &str,
+    path: &str,
+) -> Result<String, String> {
+    match ctx
+        .pod_port_answer(ns, pod, sample::ZIPKIN_PORT, path)
+        .await
+    {
+        Ok((200, body)) => Ok(body),
+        Ok((status, body)) => Err(format!("GET {path}: {status} {body}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Istio's distributed tracing with a real collector (`testapp collector`, Zipkin's API): the
+/// mesh told to trace every request to it (the operator's `EXTENSION_PROVIDERS` with a
+/// `zipkin` provider at the collector Service's FQDN, `DEFAULT_TRACING_PROVIDERS=zipkin`,
+/// `PILOT_TRACE_SAMPLING=100`), productpage calls reviews, which calls ratings forwarding the
+/// tracing headers as bookinfo's apps do: one trace of four spans, each sidecar's, chained
+/// client → server → client → server, with Istio's names, service names and tags.
+#[tokio::test]
+async fn s15_a_two_hop_request_is_one_trace_with_spans_from_every_sidecar() {
+    let Some(ctx) = setup("s15_tracing").await else {
+        return;
+    };
+    let started = Instant::now();
+    // The collector, outside the mesh (no injection), as Istio's Zipkin addon would run.
+    let cns = ctx
+        .fresh_namespace("e2e-tracing-collector", false)
+        .await
+        .unwrap();
+    let collector = sample::zipkin_collector();
+    let providers = serde_json::json!([{
+        "name": "zipkin",
+        "zipkin": {
+            "service": format!("{}.{cns}.svc.cluster.local", collector.app),
+            "port": sample::ZIPKIN_PORT,
+        },
+    }])
+    .to_string();
+    // Put back what the install had (the chart's values), whatever happens.
+    let mut previous: Vec<(&str, String)> = Vec::new();
+    for (name, default) in TRACING_ENV {
+        let value = ctx.operator_env(name).await.unwrap();
+        previous.push((name, value.unwrap_or_else(|| default.to_string())));
+    }
+    crate::with_restore(
+        async {
+            // The operator's restart and the collector's start overlap.
+            let tracing = [
+                ("EXTENSION_PROVIDERS", providers.as_str()),
+                ("DEFAULT_TRACING_PROVIDERS", "zipkin"),
+                ("ENABLE_TRACING", "true"),
+                ("PILOT_TRACE_SAMPLING", "100"),
+            ];
+            let (deployed, set) = tokio::join!(
+                sample::deploy(&ctx, &cns, std::slice::from_ref(&collector)),
+                ctx.set_operator_envs(&tracing),
+            );
+            deployed.unwrap();
+            set.unwrap();
+            two_hop_trace(&ctx, &cns, &collector).await;
+        },
+        async {
+            let vars: Vec<(&str, &str)> = previous.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            ctx.set_operator_envs(&vars).await.unwrap();
+        },
+    )
+    .await;
+    ctx.delete_namespace(&cns).await;
+    ctx.log(format!(
+        "the tracing scenario took {}",
+        crate::secs(started.elapsed())
+    ));
+}
+
+/// What the collector holds and what each sidecar's span exporter did (its `/stats` counters
+/// and its log lines about tracing), for a time-out's message.
+async fn diagnose(
+    ctx: &rustmesh_e2e::Ctx,
+    ns: &str,
+    pods: &[Pod],
+    cns: &str,
+    collector_pod: &str,
+    collector: &sample::App,
+) -> String {
+    let services = zipkin_get(ctx, cns, collector_pod, "/api/v2/services").await;
+    let traces = zipkin_get(ctx, cns, collector_pod, "/api/v2/traces?limit=20").await;
+    let ip = ctx
+        .cluster_ip(cns, &collector.app)
+        .await
+        .unwrap_or_else(|e| e.to_string());
+    let mut out = format!(
+        "the provider the sidecars report to: {}.{cns}.svc.cluster.local:{} (the Service's \
+         ClusterIP {ip}; the sidecars' own connections are not captured, so they resolve and \
+         reach it themselves)\ncollector's services: {services:?}\ncollector's traces: \
+         {traces:?}\nsidecars' span exporters (/stats tracing.*):",
+        collector.app,
+        sample::ZIPKIN_PORT
+    );
+    let mut logs = String::from("\nsidecars' log lines about tracing:");
+    for p in pods {
+        let name = p.name_any();
+        let stats = ctx
+            .pod_port_get(ns, &name, 15000, "/stats")
+            .await
+            .map(|t| {
+                t.lines()
+                    .filter(|l| l.starts_with("tracing."))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_else(|e| e.to_string());
+        out.push_str(&format!("\n  {name}: {stats}"));
+        let params = kube::api::LogParams {
+            container: Some("istio-proxy".into()),
+            ..Default::default()
+        };
+        let log = ctx
+            .pods(ns)
+            .logs(&name, &params)
+            .await
+            .unwrap_or_else(|e| e.to_string());
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("::trace"))
+            .take(10)
+            .collect();
+        logs.push_str(&format!("\n  {name}: {}", lines.join("\n    ")));
+    }
+    out + &logs
+}
+
+async fn two_hop_trace(ctx: &rustmesh_e2e::Ctx, cns: &str, collector: &sample::App) {
+    // The apps start after the operator's restart: their sidecars trace from their first
+    // request (a connection opened before tracing reached a sidecar would stay untraced).
+    let ns = ctx.fresh_namespace("e2e-tracing", true).await.unwrap();
+    let (client, reviews, ratings) = (
+        sample::productpage(),
+        sample::reviews("v1"),
+        sample::ratings(),
+    );
+    sample::deploy(
+        ctx,
+        &ns,
+        &[client.clone(), reviews.clone(), ratings.clone()],
+    )
+    .await
+    .unwrap();
+    let collector_pod = ctx.pod_name(cns, &collector.selector()).await.unwrap();
+    let mut pods = Vec::new();
+    for app in [&client, &reviews, &ratings] {
+        let pod = ctx
+            .pods_with(&ns, &app.selector())
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
+            .unwrap();
+        pods.push(pod);
+    }
+    let pod_name = |i: usize| pods[i].name_any();
+    ctx.wait_endpoints(&ns, &pod_name(0), "reviews", &ns, HTTP_PORT, 1)
+        .await
+        .unwrap();
+    ctx.wait_endpoints(&ns, &pod_name(1), "ratings", &ns, HTTP_PORT, 1)
+        .await
+        .unwrap();
+
+    // One request productpage → reviews → ratings (reviews forwards the tracing headers), until
+    // its four spans are at the collector: the first requests may come before the sidecars
+    // have the tracing configuration.
+    let url =
+        format!("http://reviews:{HTTP_PORT}/trace?upstream=http://ratings:{HTTP_PORT}/ratings/0");
+    let start = Instant::now();
+    let mut last = String::from("no request yet");
+    let mut attempts = 0;
+    let (report, trace) = 'found: loop {
+        if start.elapsed() > TRACING_DEADLINE {
+            panic!(
+                "no request's four spans reached the collector within {} ({attempts} \
+                 requests); last: {last}\n{}",
+                crate::secs(TRACING_DEADLINE),
+                diagnose(ctx, &ns, &pods, cns, &collector_pod, collector).await
+            );
+        }
+        attempts += 1;
+        let report = ctx
+            .http_get(&ns, &pod_name(0), &client.app, &url, &[])
+            .await
+            .unwrap();
+        let Some(trace_id) = report.headers.get("x-b3-traceid").cloned() else {
+            last = format!(
+                "reviews' app saw no x-b3-traceid (the sidecars do not trace yet); its headers: {:?}",
+                report.headers
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        let path = format!("/api/v2/trace/{trace_id}");
+        let waited = Instant::now();
+        loop {
+            match zipkin_get(ctx, cns, &collector_pod, &path).await {
+                Ok(body) => match serde_json::from_str::<Vec<ZipkinSpan>>(&body) {
+                    Ok(spans) if spans.len() >= 4 => break 'found (report, spans),
+                    Ok(spans) => {
+                        last = format!(
+                            "trace {trace_id}: {} span(s) at the collector:\n{}",
+                            spans.len(),
+                            span_table(&spans)
+                        )
+                    }
+                    Err(e) => last = format!("GET {path}: not Zipkin spans ({e}): {body}"),
+                },
+                // 404 until the trace's first span arrives
+                Err(e) => last = format!("trace {trace_id}: {e}"),
+            }
+            if waited.elapsed() > SPANS_WAIT {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    ctx.log(format!(
+        "a trace of {} spans at the collector {} after the first request ({attempts} request(s)):\n{}",
+        trace.len(),
+        crate::secs(start.elapsed()),
+        span_table(&trace)
+    ));
+
+    let mut failures: Vec<String> = Vec::new();
+    let mut check = |ok: bool, what: String| {
+        ctx.log(format!("{} {what}", if ok { "PASS" } else { "FAIL" }));
+        if !ok {
+            failures.push(what);
+        }
+    };
+    // What the apps saw: reviews got the request and reached ratings.
+    let upstream = report.upstream.as_deref();
+    check(
+        upstream.is_some_and(|u| u.service == "ratings") && report.upstream_error.is_none(),
+        format!(
+            "reviews called ratings: upstream {:?}, error {:?}",
+            upstream.map(|u| &u.service),
+            report.upstream_error
+        ),
+    );
+    let request_id = report
+        .headers
+        .get("x-request-id")
+        .cloned()
+        .unwrap_or_default();
+    let trace_id = report.headers["x-b3-traceid"].to_ascii_lowercase();
+
+    // The four spans, by side and service.
+    let fqdn = |svc: &str| format!("{svc}.{ns}.svc.cluster.local");
+    let expected = [
+        ("CLIENT", &client.app, "reviews"),
+        ("SERVER", &reviews.app, "reviews"),
+        ("CLIENT", &reviews.app, "ratings"),
+        ("SERVER", &ratings.app, "ratings"),
+    ];
+    check(
+        trace.len() == 4,
+        format!(
+            "the trace has exactly 4 spans, one per sidecar on the way: {} spans",
+            trace.len()
+        ),
+    );
+    let mut found: Vec<Option<&ZipkinSpan>> = Vec::new();
+    for (kind, app, _) in &expected {
+        let service = format!("{app}.{ns}");
+        let matching: Vec<&ZipkinSpan> = trace
+            .iter()
+            .filter(|s| s.kind() == *kind && s.service() == service)
+            .collect();
+        check(
+            matching.len() == 1,
+            format!(
+                "one {kind} span with localEndpoint.serviceName {service:?} (Istio's \
+                 <canonical service>.<namespace>): {} found",
+                matching.len()
+            ),
+        );
+        found.push(matching.first().copied());
+    }
+    for (i, ((kind, app, dest), span)) in expected.iter().zip(&found).enumerate() {
+        let Some(s) = span else { continue };
+        let who = format!("{kind} span of {app}'s sidecar ({})", s.id);
+        let name = format!("{}:{HTTP_PORT}/*", fqdn(dest));
+        check(
+            s.trace_id.eq_ignore_ascii_case(&trace_id),
+            format!(
+                "{who}: traceId {} is the trace id the reviews app received ({trace_id})",
+                s.trace_id
+            ),
+        );
+        check(
+            s.name.as_deref() == Some(name.as_str()),
+            format!(
+                "{who}: named {:?} (Istio's route decorator {name:?})",
+                s.name
+            ),
+        );
+        let parent = match i {
+            0 => None,
+            _ => found[i - 1].map(|p| p.id.as_str()),
+        };
+        if i == 0 {
+            check(
+                s.parent_id.is_none(),
+                format!(
+                    "{who}: the root (the client app sent no trace context), parentId {:?}",
+                    s.parent_id
+                ),
+            );
+        } else if let Some(parent) = parent {
+            let why = match i {
+                1 => "the caller's CLIENT span (B3 from productpage's sidecar)",
+                2 => "reviews' SERVER span (the app forwarded the headers)",
+                _ => "reviews' CLIENT span (B3 from reviews' sidecar)",
+            };
+            check(
+                s.parent_id.as_deref() == Some(parent),
+                format!("{who}: parentId {:?} is {why}, {parent}", s.parent_id),
+            );
+        }
+        for (tag, want) in [
+            ("http.status_code", "200".to_string()),
+            ("guid:x-request-id", request_id.clone()),
+            ("istio.canonical_service", app.to_string()),
+            ("istio.namespace", ns.clone()),
+            ("component", "proxy".to_string()),
+        ] {
+            check(
+                s.tag(tag) == want,
+                format!("{who}: tag {tag} = {:?} (want {want:?})", s.tag(tag)),
+            );
+        }
+        let cluster = s.tag("upstream_cluster");
+        let cluster_ok = match *kind {
+            "CLIENT" => cluster == format!("outbound|{HTTP_PORT}||{}", fqdn(dest)),
+            _ => cluster.starts_with(&format!("inbound|{HTTP_PORT}")),
+        };
+        check(
+            cluster_ok,
+            format!(
+                "{who}: tag upstream_cluster = {cluster:?} (want {})",
+                match *kind {
+                    "CLIENT" => format!("outbound|{HTTP_PORT}||{}", fqdn(dest)),
+                    _ => format!("inbound|{HTTP_PORT}..."),
+                }
+            ),
+        );
+        let path = if *dest == "reviews" {
+            "/trace?upstream="
+        } else {
+            "/ratings/0"
+        };
+        check(
+            s.tag("http.url").contains(path),
+            format!("{who}: tag http.url {:?} has {path:?}", s.tag("http.url")),
+        );
+        let pod = &pods[match i {
+            0 => 0,
+            1 | 2 => 1,
+            _ => 2,
+        }];
+        let ip = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .unwrap_or_default();
+        let node = format!(
+            "sidecar~{ip}~{}.{ns}~{ns}.svc.cluster.local",
+            pod.name_any()
+        );
+        check(
+            s.tag("node_id") == node,
+            format!(
+                "{who}: tag node_id = {:?} (want {node:?})",
+                s.tag("node_id")
+            ),
+        );
+    }
+    // The apps saw the spans' contexts: the sidecar in front of each gave it its SERVER span.
+    if let Some(server) = found[1] {
+        check(
+            report.headers.get("x-b3-spanid") == Some(&server.id)
+                && report
+                    .headers
+                    .get("traceparent")
+                    .is_some_and(|t| t.to_ascii_lowercase().contains(&format!("-{}-", server.id))),
+            format!(
+                "reviews' app received its sidecar's SERVER span {} as x-b3-spanid and in \
+                 traceparent: {:?} / {:?}",
+                server.id,
+                report.headers.get("x-b3-spanid"),
+                report.headers.get("traceparent")
+            ),
+        );
+    }
+    if let (Some(server), Some(u)) = (found[3], upstream) {
+        check(
+            u.headers.get("x-b3-spanid") == Some(&server.id)
+                && u.headers.get("x-request-id") == Some(&request_id),
+            format!(
+                "ratings' app received its sidecar's SERVER span {} and the same x-request-id: \
+                 {:?} / {:?}",
+                server.id,
+                u.headers.get("x-b3-spanid"),
+                u.headers.get("x-request-id")
+            ),
+        );
+    }
+    let mut ids: Vec<&str> = trace.iter().map(|s| s.id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    check(
+        ids.len() == trace.len(),
+        format!(
+            "every span has an id of its own (Istio's shared_span_context: false): {} ids for \
+             {} spans",
+            ids.len(),
+            trace.len()
+        ),
+    );
+    // No span of this request went into another trace.
+    let all = zipkin_get(ctx, cns, &collector_pod, "/api/v2/traces?limit=1000")
+        .await
+        .unwrap();
+    let all: Vec<Vec<ZipkinSpan>> = serde_json::from_str(&all).unwrap();
+    let elsewhere: Vec<ZipkinSpan> = all
+        .into_iter()
+        .flatten()
+        .filter(|s| s.tag("guid:x-request-id") == request_id)
+        .filter(|s| !s.trace_id.eq_ignore_ascii_case(&trace_id))
+        .collect();
+    check(
+        elsewhere.is_empty(),
+        format!(
+            "no span of request {request_id} is in another trace:\n{}",
+            span_table(&elsewhere)
+        ),
+    );
+
+    assert!(
+        failures.is_empty(),
+        "{} of the tracing checks failed:\n\n{}\n\nthe trace as the collector returned it:\n{}\n\n\
+         reviews' app saw the headers {:?}",
+        failures.len(),
+        failures.join("\n\n"),
+        span_table(&trace),
+        report.headers
     );
     ctx.delete_namespace(&ns).await;
 }
