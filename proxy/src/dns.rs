@@ -17,6 +17,11 @@
 //!   a packet can panic the server.
 //!
 //! Message encoding and decoding use `hickory-proto`.
+//!
+//! The sidecar's own connections by name (the mesh CA, a tracing collector) are not captured,
+//! so their queries would bypass this table: [`resolve`] looks there first ([`name_table`]),
+//! then asks the system resolver, so they reach services where the cluster has no DNS, as the
+//! app's queries do.
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
@@ -30,6 +35,61 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+/// Looks a host name up in the mesh's name table (the `dns` entries of the configuration the
+/// sidecar serves): an entry's FQDN or alias gives its first address.
+pub type NameTable = Arc<dyn Fn(&str) -> Option<IpAddr> + Send + Sync>;
+
+/// The name table of the configuration `store` serves now (each lookup reads the current one).
+pub fn name_table(store: Arc<crate::snapshot::Store>) -> NameTable {
+    Arc::new(move |host: &str| {
+        let snapshot = store.load()?;
+        snapshot
+            .config
+            .dns
+            .iter()
+            .find(|e| e.name == host || e.aliases.iter().any(|a| a == host))?
+            .addresses
+            .first()
+            .copied()
+    })
+}
+
+/// How long the system resolver may take for one of the sidecar's own names.
+pub const SYSTEM_RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The address of `host:port` for the sidecar's own connections: an IP literal as is, else the
+/// mesh's name table, else the system resolver (within [`SYSTEM_RESOLVE_TIMEOUT`]). The error
+/// says the name was not found, so a failed connection never hides a naming problem.
+pub async fn resolve(
+    host: &str,
+    port: u16,
+    names: Option<&NameTable>,
+) -> Result<SocketAddr, String> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok((ip, port).into());
+    }
+    if let Some(ip) = names.and_then(|n| n(host)) {
+        return Ok((ip, port).into());
+    }
+    match tokio::time::timeout(
+        SYSTEM_RESOLVE_TIMEOUT,
+        tokio::net::lookup_host((host, port)),
+    )
+    .await
+    {
+        Ok(Ok(mut addrs)) => addrs
+            .next()
+            .ok_or_else(|| format!("{host} is neither in the mesh's name table nor resolvable")),
+        Ok(Err(e)) => Err(format!(
+            "{host} is neither in the mesh's name table nor resolvable: {e}"
+        )),
+        Err(_) => Err(format!(
+            "{host} is not in the mesh's name table and the system resolver did not answer \
+             within {SYSTEM_RESOLVE_TIMEOUT:?}"
+        )),
+    }
+}
 
 /// TTL of local answers (Istio's).
 pub const TTL: u32 = 30;
@@ -533,6 +593,27 @@ async fn forward_tcp(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> 
 
 #[cfg(test)]
 mod tests {
+
+    #[tokio::test]
+    async fn own_names_resolve_through_the_mesh_table_first() {
+        let names: NameTable =
+            Arc::new(|h: &str| (h == "zipkin.istio-system").then(|| "10.96.7.7".parse().unwrap()));
+        assert_eq!(
+            resolve("zipkin.istio-system", 9411, Some(&names)).await,
+            Ok("10.96.7.7:9411".parse().unwrap())
+        );
+        assert_eq!(
+            resolve("10.0.0.1", 80, Some(&names)).await,
+            Ok("10.0.0.1:80".parse().unwrap())
+        );
+        let e = resolve("nowhere.invalid", 80, Some(&names))
+            .await
+            .unwrap_err();
+        assert!(
+            e.contains("nowhere.invalid") && e.contains("name table"),
+            "{e}"
+        );
+    }
     use super::*;
 
     fn table() -> DnsTable {

@@ -573,19 +573,12 @@ pub async fn serve(args: RunArgs) -> Result<()> {
     }
     watcher.poll();
     tokio::spawn(watcher.run());
+    // The sidecar's own connections by name (CA, tracing collectors) look in the mesh's name
+    // table first.
+    let names = crate::dns::name_table(store.clone());
+    crate::trace::export::set_name_table(names.clone());
     if let Some((client, id)) = identity {
-        let names = store.clone();
-        let client = client.with_resolver(Arc::new(move |host: &str| {
-            let snapshot = names.load()?;
-            snapshot
-                .config
-                .dns
-                .iter()
-                .find(|e| e.name == host || e.aliases.iter().any(|a| a == host))?
-                .addresses
-                .first()
-                .copied()
-        }));
+        let client = client.with_resolver(names);
         tracing::info!(identity = %id, "workload identity: asking the mesh CA for a certificate");
         certs.credentials().set_client(client.clone());
         tokio::spawn(crate::identity::manager::run(

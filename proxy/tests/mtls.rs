@@ -1025,14 +1025,24 @@ async fn a_request_through_two_sidecars_is_one_trace_of_a_client_and_a_server_sp
     let spans = collector::Store::default();
     let zipkin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let otlp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let provider = |name: &str, protocol: &str, at: SocketAddr| {
-        json!({"provider": {"name": name, "protocol": protocol, "service": "127.0.0.1", "port": at.port()},
+    // The Zipkin collector by its Service name, found in the mesh's name table (the sidecar's
+    // own queries are not captured, and a cluster may have no DNS at all); OTLP by address.
+    rustmesh_proxy::trace::export::set_name_table(Arc::new(|host: &str| {
+        (host == "zipkin.istio-system.svc.cluster.local").then(|| "127.0.0.1".parse().unwrap())
+    }));
+    let provider = |name: &str, protocol: &str, service: &str, at: SocketAddr| {
+        json!({"provider": {"name": name, "protocol": protocol, "service": service, "port": at.port()},
             "randomSampling": 100.0,
             "customTags": [{"tag": "team", "literal": {"value": "bookinfo"}},
                            {"tag": "user", "header": {"name": "end-user", "defaultValue": "nobody"}}]})
     };
-    let client_tracing = provider("zipkin", "zipkin", zipkin.local_addr().unwrap());
-    let server_tracing = provider("otel", "otlp-grpc", otlp.local_addr().unwrap());
+    let client_tracing = provider(
+        "zipkin",
+        "zipkin",
+        "zipkin.istio-system.svc.cluster.local",
+        zipkin.local_addr().unwrap(),
+    );
+    let server_tracing = provider("otel", "otlp-grpc", "127.0.0.1", otlp.local_addr().unwrap());
     tokio::spawn(collector::serve_zipkin(zipkin, spans.clone()));
     tokio::spawn(collector::serve_otlp_grpc(otlp, spans.clone()));
     let (server_cert, client_cert, _root) = certs().await;

@@ -82,7 +82,7 @@ pub enum FetchError {
 
 /// Looks a host name up in the mesh's own name table (the one the DNS proxy answers from), so
 /// the CA is found where the cluster has no DNS, as the app's names are.
-pub type Resolver = std::sync::Arc<dyn Fn(&str) -> Option<std::net::IpAddr> + Send + Sync>;
+pub type Resolver = crate::dns::NameTable;
 
 /// A client of the mesh CA for one workload.
 #[derive(Clone)]
@@ -161,22 +161,11 @@ impl CaClient {
     /// The address to connect to: an IP literal as is, else the mesh's name table, else the
     /// system resolver.
     async fn resolve(&self) -> Result<std::net::SocketAddr, FetchError> {
-        if let Ok(ip) = self.host.parse::<std::net::IpAddr>() {
-            return Ok((ip, self.port).into());
-        }
-        if let Some(ip) = self.resolver.as_ref().and_then(|r| r(&self.host)) {
-            return Ok((ip, self.port).into());
-        }
-        tokio::net::lookup_host((self.host.as_str(), self.port))
+        crate::dns::resolve(&self.host, self.port, self.resolver.as_ref())
             .await
-            .ok()
-            .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| FetchError::Connect {
+            .map_err(|reason| FetchError::Connect {
                 addr: self.addr.clone(),
-                reason: format!(
-                    "{} is neither in the mesh's name table nor resolvable",
-                    self.host
-                ),
+                reason,
             })
     }
 

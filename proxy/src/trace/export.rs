@@ -107,6 +107,20 @@ impl Exporter {
 
 type Registry = Mutex<HashMap<Provider, Arc<Exporter>>>;
 
+/// Where exporters look collectors' names up first (the sidecar sets the mesh's name table).
+static NAMES: OnceLock<crate::dns::NameTable> = OnceLock::new();
+
+/// Collectors' names are looked up in `names` first (the mesh's name table: the sidecar's own
+/// connections are not captured, so its DNS proxy would not see their queries). Set once.
+pub fn set_name_table(names: crate::dns::NameTable) {
+    let _ = NAMES.set(names);
+}
+
+/// The collector's address.
+async fn collector(p: &Provider) -> Result<std::net::SocketAddr, String> {
+    crate::dns::resolve(&p.service, p.port, NAMES.get()).await
+}
+
 fn registry() -> &'static Registry {
     static R: OnceLock<Registry> = OnceLock::new();
     R.get_or_init(Default::default)
@@ -259,12 +273,11 @@ impl Client {
             }
             Client::Grpc(client) => {
                 if client.is_none() {
-                    let endpoint = tonic::transport::Endpoint::from_shared(format!(
-                        "http://{}",
-                        p.authority()
-                    ))
-                    .map_err(|e| e.to_string())?
-                    .connect_timeout(p.effective_timeout());
+                    let addr = collector(p).await?;
+                    let endpoint =
+                        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                            .map_err(|e| e.to_string())?
+                            .connect_timeout(p.effective_timeout());
                     *client = Some(TraceServiceClient::new(endpoint.connect_lazy()));
                 }
                 let c = client.as_mut().expect("made above");
@@ -289,9 +302,10 @@ impl Client {
 async fn http_connect(
     p: &Provider,
 ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
-    let stream = tokio::net::TcpStream::connect(p.authority())
+    let addr = collector(p).await?;
+    let stream = tokio::net::TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("connecting to {}: {e}", p.authority()))?;
+        .map_err(|e| format!("connecting to {} ({addr}): {e}", p.authority()))?;
     let _ = stream.set_nodelay(true);
     let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
         .await
