@@ -880,6 +880,15 @@ async fn receive_zipkin(req: Request<Incoming>, store: &Store) -> Result<(), Ref
         }
         _ => {}
     }
+    let body = checked_body(req).await?;
+    let spans = parse_zipkin(&body).map_err(|e| Refusal(StatusCode::BAD_REQUEST, e))?;
+    store.record(spans.into_iter().map(Stored::Zipkin));
+    Ok(())
+}
+
+/// An export's body: uncompressed, and within [`MAX_BODY`] (refused before reading when its
+/// `content-length` says it is far over).
+async fn checked_body(req: Request<Incoming>) -> Result<Bytes, Refusal> {
     check_encoding(req.headers())?;
     if content_length(req.headers()).is_some_and(|n| n > DRAIN_MAX as u64) {
         return Err(Refusal(
@@ -887,10 +896,7 @@ async fn receive_zipkin(req: Request<Incoming>, store: &Store) -> Result<(), Ref
             format!("the body is over the limit of {MAX_BODY} bytes"),
         ));
     }
-    let body = read_body(req.into_body(), MAX_BODY).await?;
-    let spans = parse_zipkin(&body).map_err(|e| Refusal(StatusCode::BAD_REQUEST, e))?;
-    store.record(spans.into_iter().map(Stored::Zipkin));
-    Ok(())
+    read_body(req.into_body(), MAX_BODY).await
 }
 
 async fn receive_otlp_http(
@@ -912,14 +918,7 @@ async fn receive_otlp_http(
             ));
         }
     }
-    check_encoding(req.headers())?;
-    if content_length(req.headers()).is_some_and(|n| n > DRAIN_MAX as u64) {
-        return Err(Refusal(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is over the limit of {MAX_BODY} bytes"),
-        ));
-    }
-    let body = read_body(req.into_body(), MAX_BODY).await?;
+    let body = checked_body(req).await?;
     let request = ExportTraceServiceRequest::decode(body).map_err(|e| {
         Refusal(
             StatusCode::BAD_REQUEST,
