@@ -6,7 +6,8 @@ virtual inbound listener whose chains match the destination port, an HTTP connec
 one route (HTTP ports) or a tcp_proxy (the TCP port), and the built-in passthrough / blackhole
 clusters. One document serves both sides: the client's sidecar uses the outbound half, the
 server's the inbound half. No access log on either (the `-alog` pair adds Istio's: see
-`with_access_log_rustmesh`).
+`with_access_log_rustmesh`), no tracing (the `-trace1` / `-trace100` pairs add Istio's Zipkin
+tracing: see `with_tracing_rustmesh`).
 
 A third port (`conn_port`) carries HTTP but is declared opaque TCP to both sidecars: each
 connection the client opens there is one sidecar-to-sidecar connection (the HTTP port's pools
@@ -738,4 +739,113 @@ def with_access_log_envoy(doc):
             for f in chain["filters"]:
                 if f["name"] in LOGGED:
                     f["typed_config"]["access_log"] = [log]
+    return doc
+
+
+# ---- tracing: Istio's Zipkin provider on every sidecar's HTTP connection managers (bench/run --tracing) ----
+#
+# What a mesh with `extensionProviders: [{name: zipkin, zipkin: {service: .., port: 9411}}]`,
+# `defaultProviders.tracing: [zipkin]` and a sampling of P % renders for a sidecar: every HTTP
+# connection manager (inbound and outbound) traces, sampling P % of the requests that arrive
+# without a decision (the server's sidecar follows the client's, propagated in B3 headers),
+# tagging each span with Istio's four literal tags of the pod, and every route is named as Istio
+# names it (`decorator.operation: <service host>:<port>/*`). Spans go to a Zipkin v2 JSON
+# collector at `collector` (an (ip, port) pair; bench/run starts `testapp collector --zipkin`).
+# The TCP proxies are untouched (no spans for opaque TCP, as in Istio).
+
+HCM = "envoy.filters.network.http_connection_manager"
+
+
+def tracing_tags(service, namespace="bench", revision="latest"):
+    """Istio's custom tags of a sidecar's spans (the pod's canonical service and revision, its
+    namespace, the mesh id), as literals: (tag, value) pairs."""
+    return [("istio.canonical_revision", revision), ("istio.canonical_service", service),
+            ("istio.mesh_id", TRUST_DOMAIN), ("istio.namespace", namespace)]
+
+
+def _operation(cluster):
+    """Istio's span name of a route to `cluster` (`outbound|9080||host` or `inbound|9080||`):
+    the service's host and the port, `server.bench.svc.cluster.local:9080/*`."""
+    return f"{SERVICE}:{cluster.split('|')[1]}/*"
+
+
+def with_tracing_rustmesh(doc, percent, collector, service="client", namespace="bench"):
+    """`doc` (a `rustmesh()` ProxyConfig) with `tracing` (`xds::trace::Tracing`: a Zipkin provider
+    at `collector`, `randomSampling` `percent`, Istio's literal tags of the pod `service`.`namespace`)
+    on every HTTP connection manager, and a `decorator` on every route. The span's service name
+    (`<canonical service>.<namespace>`) comes from the pod's labels and POD_NAMESPACE, as in a pod:
+    bench/run gives them to the sidecar."""
+    doc = json.loads(json.dumps(doc))
+    host, port = collector
+    tracing = {
+        "provider": {"name": "zipkin", "protocol": "zipkin", "service": host, "port": port},
+        "randomSampling": float(percent),
+        "customTags": [{"tag": t, "literal": {"value": v}} for t, v in tracing_tags(service, namespace)],
+    }
+    n = 0
+    for listener in doc["listeners"]:
+        for chain in _chains(listener, "filterChains", "defaultFilterChain"):
+            for f in chain["filters"]:
+                if f["name"] != HCM:
+                    continue
+                hcm = f["typedConfig"]
+                hcm["tracing"] = json.loads(json.dumps(tracing))
+                for vh in hcm["routeConfig"]["virtualHosts"]:
+                    for route in vh["routes"]:
+                        route["decorator"] = {"operation": _operation(route["route"]["cluster"])}
+                n += 1
+    assert n, "no HTTP connection manager to trace"
+    doc["versionInfo"] = f"bench-trace-{percent:g}"
+    return doc
+
+
+def with_tracing_envoy(doc, percent, collector, service="client", namespace="bench"):
+    """`doc` (an `envoy()` bootstrap) with Istio's tracing for a Zipkin provider on every HTTP
+    connection manager (random_sampling `percent`, client and overall sampling 100, Istio's literal
+    tags, `envoy.tracers.zipkin` with Istio's settings: HTTP_JSON to `/api/v2/spans`, 128-bit trace
+    ids, no shared span context), a `decorator` on every route, and the `zipkin` cluster to
+    `collector`. Envoy's span service name is its node's cluster (Istio's `<canonical
+    service>.<namespace>`): bench/run passes `--service-cluster`."""
+    doc = json.loads(json.dumps(doc))
+    host, port = collector
+    tracing = {
+        "client_sampling": {"value": 100},
+        "random_sampling": {"value": float(percent)},
+        "overall_sampling": {"value": 100},
+        "custom_tags": [{"tag": t, "literal": {"value": v}} for t, v in tracing_tags(service, namespace)],
+        "provider": {
+            "name": "envoy.tracers.zipkin",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+                "collector_cluster": "zipkin",
+                "collector_endpoint": "/api/v2/spans",
+                "collector_endpoint_version": "HTTP_JSON",
+                "trace_id_128bit": True,
+                "shared_span_context": False,
+            },
+        },
+    }
+    n = 0
+    for listener in doc["static_resources"]["listeners"]:
+        for chain in _chains(listener, "filter_chains", "default_filter_chain"):
+            for f in chain["filters"]:
+                if f["name"] != HCM:
+                    continue
+                hcm = f["typed_config"]
+                hcm["tracing"] = json.loads(json.dumps(tracing))
+                for vh in hcm["route_config"]["virtual_hosts"]:
+                    for route in vh["routes"]:
+                        route["decorator"] = {"operation": _operation(route["route"]["cluster"])}
+                n += 1
+    assert n, "no HTTP connection manager to trace"
+    doc["static_resources"]["clusters"].append({
+        "name": "zipkin",
+        "type": "STATIC",
+        "connect_timeout": "10s",
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {
+            "cluster_name": "zipkin",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _sa(host, port)}}]}],
+        },
+    })
     return doc
