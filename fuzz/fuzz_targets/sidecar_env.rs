@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     if which % 5 == 4 {
         // Four header values, split at NUL bytes: whatever they hold, parsing never panics,
         // and the context this proxy injects reads back as the next hop's parent.
-        use rustmesh_proxy::trace::context::{Incoming, SpanContext, inject};
+        use rustmesh_proxy::trace::context::{Formats, Incoming, SpanContext, inject};
         let mut h = http::HeaderMap::new();
         for (name, value) in ["traceparent", "b3", "x-b3-traceid", "x-b3-spanid"]
             .into_iter()
@@ -37,7 +37,12 @@ fuzz_target!(|data: &[u8]| {
             parent_span_id: incoming.parent.map(|p| p.span_id),
             sampled: incoming.sampled.unwrap_or(false),
         };
-        inject(&mut h, &span, incoming.had_b3_single);
+        // As the Zipkin provider: B3 always, and every format the request came with.
+        let formats = Formats {
+            b3_multi: true,
+            ..incoming.formats
+        };
+        inject(&mut h, &span, formats);
         let next = Incoming::parse(&h);
         let parent = next.parent.expect("an injected context parses");
         assert_eq!((parent.span_id, parent.trace_id), (7, span.trace_id));

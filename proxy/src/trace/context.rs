@@ -11,9 +11,10 @@
 //!   fails a request.
 //! - A sampling decision alone (`x-b3-sampled: 0`, `b3: 0`, `b3: d`) is honoured for the new
 //!   trace this proxy starts. `x-b3-flags: 1` (debug) and `b3: d` sample.
-//! - The forwarded request always carries B3 multi-headers and `traceparent` for this proxy's
-//!   span (Istio's Zipkin sidecars propagate B3; OpenTelemetry apps read `traceparent`), and a
-//!   `b3` header is rewritten when the request had one. `tracestate` passes untouched.
+//! - The forwarded request carries this proxy's span in the provider's own format, as Envoy's
+//!   tracers write it (Zipkin: B3 multi-headers; OpenTelemetry: `traceparent`), and in every
+//!   other format the request came with, rewritten so that no header is left describing the
+//!   caller's span ([`Formats`]). `tracestate` passes untouched.
 //! - A trace id of all zeros or a span id of zero is invalid (W3C and B3 both say so).
 
 use http::{HeaderMap, HeaderValue, header::HeaderName};
@@ -40,8 +41,19 @@ pub struct Incoming {
     pub parent: Option<Parent>,
     /// The caller's sampling decision, if it made one.
     pub sampled: Option<bool>,
-    /// Whether the request had a `b3` single header (rewritten when forwarding).
-    pub had_b3_single: bool,
+    /// The formats the request carried (each is rewritten when forwarding).
+    pub formats: Formats,
+}
+
+/// Which propagation formats a request carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Formats {
+    /// `traceparent`.
+    pub w3c: bool,
+    /// `x-b3-*`.
+    pub b3_multi: bool,
+    /// `b3`.
+    pub b3_single: bool,
 }
 
 /// The caller's span.
@@ -178,19 +190,25 @@ fn parse_b3_single(s: &str) -> Option<(Option<Parent>, Option<bool>)> {
 impl Incoming {
     /// What the request's headers carry (see the module doc for precedence).
     pub fn parse(h: &HeaderMap) -> Incoming {
-        let had_b3_single = h.contains_key(&B3);
+        let formats = Formats {
+            w3c: h.contains_key(&TRACEPARENT),
+            b3_multi: h.contains_key(&X_B3_TRACEID)
+                || h.contains_key(&X_B3_SPANID)
+                || h.contains_key(&X_B3_SAMPLED),
+            b3_single: h.contains_key(&B3),
+        };
         if let Some((parent, sampled)) = text(h, &TRACEPARENT).and_then(parse_traceparent) {
             return Incoming {
                 parent: Some(parent),
                 sampled: Some(sampled),
-                had_b3_single,
+                formats,
             };
         }
         if let Some((parent, sampled)) = text(h, &B3).and_then(parse_b3_single) {
             return Incoming {
                 parent,
                 sampled,
-                had_b3_single,
+                formats,
             };
         }
         let debug = text(h, &X_B3_FLAGS) == Some("1");
@@ -213,7 +231,7 @@ impl Incoming {
         Incoming {
             parent,
             sampled,
-            had_b3_single,
+            formats,
         }
     }
 }
@@ -235,37 +253,41 @@ fn set(h: &mut HeaderMap, name: &HeaderName, value: &[u8]) {
 /// Writes `span`'s context onto a request this proxy forwards (see the module doc). The
 /// values are written into one scratch buffer, each header a copy of its part: this runs for
 /// every request of a traced connection manager, sampled or not.
-pub fn inject(h: &mut HeaderMap, span: &SpanContext, had_b3_single: bool) {
+pub fn inject(h: &mut HeaderMap, span: &SpanContext, formats: Formats) {
     let trace_digits = if span.trace_id_64bit { 16 } else { 32 };
     let sampled = if span.sampled { b'1' } else { b'0' };
     let mut buf = Vec::with_capacity(128);
-    hex(&mut buf, span.trace_id, trace_digits);
-    set(h, &X_B3_TRACEID, &buf);
-    buf.clear();
-    hex(&mut buf, span.span_id as u128, 16);
-    set(h, &X_B3_SPANID, &buf);
-    match span.parent_span_id {
-        Some(p) => {
-            buf.clear();
-            hex(&mut buf, p as u128, 16);
-            set(h, &X_B3_PARENTSPANID, &buf);
+    if formats.b3_multi {
+        hex(&mut buf, span.trace_id, trace_digits);
+        set(h, &X_B3_TRACEID, &buf);
+        buf.clear();
+        hex(&mut buf, span.span_id as u128, 16);
+        set(h, &X_B3_SPANID, &buf);
+        match span.parent_span_id {
+            Some(p) => {
+                buf.clear();
+                hex(&mut buf, p as u128, 16);
+                set(h, &X_B3_PARENTSPANID, &buf);
+            }
+            None => {
+                h.remove(&X_B3_PARENTSPANID);
+            }
         }
-        None => {
-            h.remove(&X_B3_PARENTSPANID);
-        }
+        h.insert(
+            X_B3_SAMPLED.clone(),
+            HeaderValue::from_static(if span.sampled { "1" } else { "0" }),
+        );
     }
-    h.insert(
-        X_B3_SAMPLED.clone(),
-        HeaderValue::from_static(if span.sampled { "1" } else { "0" }),
-    );
-    buf.clear();
-    buf.extend_from_slice(b"00-");
-    hex(&mut buf, span.trace_id, 32);
-    buf.push(b'-');
-    hex(&mut buf, span.span_id as u128, 16);
-    buf.extend_from_slice(&[b'-', b'0', sampled]);
-    set(h, &TRACEPARENT, &buf);
-    if had_b3_single {
+    if formats.w3c {
+        buf.clear();
+        buf.extend_from_slice(b"00-");
+        hex(&mut buf, span.trace_id, 32);
+        buf.push(b'-');
+        hex(&mut buf, span.span_id as u128, 16);
+        buf.extend_from_slice(&[b'-', b'0', sampled]);
+        set(h, &TRACEPARENT, &buf);
+    }
+    if formats.b3_single {
         buf.clear();
         hex(&mut buf, span.trace_id, trace_digits);
         buf.push(b'-');
@@ -329,11 +351,10 @@ mod tests {
             format!("00-{TRACE}-00f067aa0ba902b-01"),
             "garbage".to_string(),
         ] {
-            assert_eq!(
-                Incoming::parse(&headers(&[("traceparent", &bad)])),
-                Incoming::default(),
-                "{bad}"
-            );
+            // Ignored as a context; the header is still rewritten with ours when forwarding.
+            let i = Incoming::parse(&headers(&[("traceparent", &bad)]));
+            assert_eq!((i.parent, i.sampled), (None, None), "{bad}");
+            assert!(i.formats.w3c);
         }
     }
 
@@ -362,7 +383,7 @@ mod tests {
         )]));
         assert_eq!(format!("{:032x}", i.parent.unwrap().trace_id), TRACE);
         assert_eq!(i.sampled, Some(true));
-        assert!(i.had_b3_single);
+        assert!(i.formats.b3_single && !i.formats.w3c && !i.formats.b3_multi);
         let i = Incoming::parse(&headers(&[("b3", &format!("{TRACE}-e457b5a2e4d86bd1"))]));
         assert_eq!(i.sampled, None);
         assert!(i.parent.is_some());
@@ -417,7 +438,12 @@ mod tests {
             parent_span_id: Some(0xabcd),
             sampled: true,
         };
-        inject(&mut h, &span, true);
+        let all = Formats {
+            w3c: true,
+            b3_multi: true,
+            b3_single: true,
+        };
+        inject(&mut h, &span, all);
         assert_eq!(h["x-b3-traceid"], TRACE);
         assert_eq!(h["x-b3-spanid"], "0000000000001234");
         assert_eq!(h["x-b3-parentspanid"], "000000000000abcd");
@@ -442,10 +468,19 @@ mod tests {
             parent_span_id: None,
             sampled: false,
         };
-        inject(&mut h, &root, false);
+        inject(&mut h, &root, all);
         assert!(h.get("x-b3-parentspanid").is_none());
         assert_eq!(h["x-b3-traceid"], "463ac35c9f6413ad");
         assert_eq!(h["x-b3-sampled"], "0");
         assert!(h["traceparent"].to_str().unwrap().ends_with("-00"));
+        // Only the formats asked for are written.
+        let mut w3c_only = HeaderMap::new();
+        let w3c = Formats {
+            w3c: true,
+            ..Formats::default()
+        };
+        inject(&mut w3c_only, &span, w3c);
+        assert_eq!(w3c_only.len(), 1, "{w3c_only:?}");
+        assert_eq!(Incoming::parse(&w3c_only).formats, w3c);
     }
 }

@@ -28,7 +28,7 @@ use export::{Exporter, FinishedSpan, Kind};
 use http::HeaderMap;
 use http::header::HeaderName;
 use rustmesh_xds::access_log::truncate;
-use rustmesh_xds::trace::{TagValue, Tracing, TracingError};
+use rustmesh_xds::trace::{Protocol, TagValue, Tracing, TracingError};
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -178,7 +178,13 @@ impl Tracer {
             parent_span_id,
             sampled,
         };
-        context::inject(headers, &span, incoming.had_b3_single);
+        // The provider's own format, and every format the request came with.
+        let mut formats = incoming.formats;
+        match self.settings.provider.protocol {
+            Protocol::Zipkin => formats.b3_multi = true,
+            Protocol::OtlpGrpc | Protocol::OtlpHttp => formats.w3c = true,
+        }
+        context::inject(headers, &span, formats);
         let report = sampled && !self.settings.disable_span_reporting;
         Started {
             span,
