@@ -19,7 +19,7 @@
 //! Message encoding and decoding use `hickory-proto`.
 //!
 //! The sidecar's own connections by name (the mesh CA, a tracing collector) are not captured,
-//! so their queries would bypass this table: [`resolve`] looks there first ([`name_table`]),
+//! so their queries would bypass this table: [`resolve`] looks there first (a [`NameTable`]),
 //! then asks the system resolver, so they reach services where the cluster has no DNS, as the
 //! app's queries do.
 
@@ -39,21 +39,6 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 /// Looks a host name up in the mesh's name table (the `dns` entries of the configuration the
 /// sidecar serves): an entry's FQDN or alias gives its first address.
 pub type NameTable = Arc<dyn Fn(&str) -> Option<IpAddr> + Send + Sync>;
-
-/// The name table of the configuration `store` serves now (each lookup reads the current one).
-pub fn name_table(store: Arc<crate::snapshot::Store>) -> NameTable {
-    Arc::new(move |host: &str| {
-        let snapshot = store.load()?;
-        snapshot
-            .config
-            .dns
-            .iter()
-            .find(|e| e.name == host || e.aliases.iter().any(|a| a == host))?
-            .addresses
-            .first()
-            .copied()
-    })
-}
 
 /// How long the system resolver may take for one of the sidecar's own names.
 pub const SYSTEM_RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);

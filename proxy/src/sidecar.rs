@@ -575,7 +575,7 @@ pub async fn serve(args: RunArgs) -> Result<()> {
     tokio::spawn(watcher.run());
     // The sidecar's own connections by name (CA, tracing collectors) look in the mesh's name
     // table first.
-    let names = crate::dns::name_table(store.clone());
+    let names = name_table(store.clone());
     crate::trace::export::set_name_table(names.clone());
     if let Some((client, id)) = identity {
         let client = client.with_resolver(names);
@@ -640,6 +640,22 @@ pub async fn serve(args: RunArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The mesh's name table of the configuration `store` serves now (each lookup reads the
+/// current one): an entry's FQDN or alias gives its first address.
+fn name_table(store: Arc<crate::snapshot::Store>) -> crate::dns::NameTable {
+    Arc::new(move |host: &str| {
+        let snapshot = store.load()?;
+        snapshot
+            .config
+            .dns
+            .iter()
+            .find(|e| e.name == host || e.aliases.iter().any(|a| a == host))?
+            .addresses
+            .first()
+            .copied()
+    })
 }
 
 #[cfg(test)]

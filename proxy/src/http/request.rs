@@ -110,8 +110,12 @@ pub(super) async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Respo
             query,
             protocol: protocol_name(req.version()),
         };
-        t.tracer
-            .start(req.headers_mut(), &line, &ctx.rng, ctx.reporter)
+        t.tracer.start(
+            req.headers_mut(),
+            &line,
+            &mut || ctx.rng.next_u64(),
+            ctx.reporter,
+        )
     });
     let mut ex = Exchange {
         start: Instant::now(),

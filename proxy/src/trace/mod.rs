@@ -21,7 +21,6 @@
 pub mod context;
 pub mod export;
 
-use crate::http::Rng;
 use crate::metrics::{Reporter, WorkloadInfo};
 use context::{Incoming, SpanContext};
 use export::{Exporter, FinishedSpan, Kind};
@@ -151,7 +150,7 @@ impl Tracer {
         &self,
         headers: &mut HeaderMap,
         line: &RequestLine<'_>,
-        rng: &Rng,
+        random: &mut dyn FnMut() -> u64,
         reporter: Reporter,
     ) -> Started {
         let request_id = headers
@@ -164,17 +163,13 @@ impl Tracer {
         });
         let (trace_id, trace_id_64bit, parent_span_id) = match incoming.parent {
             Some(p) => (p.trace_id, p.trace_id_64bit, Some(p.span_id)),
-            None if self.settings.provider.trace_id_64bit => (rng.next_u64() as u128, true, None),
-            None => (
-                ((rng.next_u64() as u128) << 64) | rng.next_u64() as u128,
-                false,
-                None,
-            ),
+            None if self.settings.provider.trace_id_64bit => (random() as u128, true, None),
+            None => (((random() as u128) << 64) | random() as u128, false, None),
         };
         let span = SpanContext {
             trace_id,
             trace_id_64bit,
-            span_id: rng.next_u64().max(1),
+            span_id: random().max(1),
             parent_span_id,
             sampled,
         };
@@ -414,13 +409,14 @@ mod tests {
 
     #[test]
     fn sampling_follows_the_percentage_and_the_request_id_decides_alike_everywhere() {
-        let rng = Rng::seeded(7);
+        let rng = crate::http::Rng::seeded(7);
+        let mut random = || rng.next_u64();
         let t = Tracer::compile(&tracing(25.0), |_| None).unwrap();
         let mut sampled = 0;
         for i in 0..4000 {
             let id = format!("req-{i}");
-            let a = t.start(&mut with_id(&id), &LINE, &rng, Reporter::Source);
-            let b = t.start(&mut with_id(&id), &LINE, &rng, Reporter::Destination);
+            let a = t.start(&mut with_id(&id), &LINE, &mut random, Reporter::Source);
+            let b = t.start(&mut with_id(&id), &LINE, &mut random, Reporter::Destination);
             assert_eq!(a.span.sampled, b.span.sampled, "{id}");
             sampled += a.span.sampled as usize;
         }
@@ -431,12 +427,12 @@ mod tests {
             let id = format!("{i}");
             assert!(
                 !none
-                    .start(&mut with_id(&id), &LINE, &rng, Reporter::Source)
+                    .start(&mut with_id(&id), &LINE, &mut random, Reporter::Source)
                     .span
                     .sampled
             );
             assert!(
-                all.start(&mut with_id(&id), &LINE, &rng, Reporter::Source)
+                all.start(&mut with_id(&id), &LINE, &mut random, Reporter::Source)
                     .span
                     .sampled
             );
@@ -445,7 +441,8 @@ mod tests {
 
     #[test]
     fn a_callers_decision_and_parent_are_kept_and_the_next_hop_sees_our_span() {
-        let rng = Rng::seeded(1);
+        let rng = crate::http::Rng::seeded(1);
+        let mut random = || rng.next_u64();
         let t = Tracer::compile(&tracing(0.0), |_| None).unwrap();
         let mut h = HeaderMap::new();
         h.insert(
@@ -454,7 +451,7 @@ mod tests {
         );
         h.insert("x-b3-spanid", "a2fb4a1d1a96d312".parse().unwrap());
         h.insert("x-b3-sampled", "1".parse().unwrap());
-        let s = t.start(&mut h, &LINE, &rng, Reporter::Destination);
+        let s = t.start(&mut h, &LINE, &mut random, Reporter::Destination);
         assert!(s.span.sampled && s.reported());
         assert_eq!(s.span.trace_id, 0x463ac35c9f6413ad48485a3953bb6124);
         assert_eq!(s.span.parent_span_id, Some(0xa2fb4a1d1a96d312));
@@ -467,14 +464,14 @@ mod tests {
         // A new trace at 100%: 128-bit ids, no parent.
         let all = Tracer::compile(&tracing(100.0), |_| None).unwrap();
         let mut h = HeaderMap::new();
-        let s = all.start(&mut h, &LINE, &rng, Reporter::Source);
+        let s = all.start(&mut h, &LINE, &mut random, Reporter::Source);
         assert_eq!(s.span.parent_span_id, None);
         assert_eq!(h["x-b3-traceid"].len(), 32);
         // Reporting disabled: propagated, sampled, not reported.
         let mut quiet = tracing(100.0);
         quiet.disable_span_reporting = true;
         let q = Tracer::compile(&quiet, |_| None).unwrap();
-        let s = q.start(&mut HeaderMap::new(), &LINE, &rng, Reporter::Source);
+        let s = q.start(&mut HeaderMap::new(), &LINE, &mut random, Reporter::Source);
         assert!(s.span.sampled && !s.reported());
     }
 
