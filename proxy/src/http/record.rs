@@ -258,7 +258,9 @@ impl Conn {
             };
             ctx.access_logs.write(&ctx.access_log, &entry);
         }
-        if let (Some(span), Some(t)) = (ex.trace, &ctx.trace) {
+        if let (Some(span), Some(t)) = (ex.trace, &ctx.trace)
+            && span.reported()
+        {
             // An inbound route without a decorator (a port several services share): the name
             // Istio gives, from the service that selects this pod.
             let fallback;
