@@ -232,6 +232,7 @@ impl Providers {
                 custom_tags: Vec::new(),
                 max_path_tag_length: rustmesh_xds::trace::DEFAULT_MAX_PATH_TAG_LENGTH,
                 disable_span_reporting: false,
+                use_request_id_for_sampling: true,
             };
             probe.check().map_err(|e| fail(e.to_string()))?;
             out.tracing.insert(r.name.clone(), provider);
@@ -272,6 +273,7 @@ impl Providers {
             custom_tags: Vec::new(),
             max_path_tag_length: rustmesh_xds::trace::DEFAULT_MAX_PATH_TAG_LENGTH,
             disable_span_reporting: false,
+            use_request_id_for_sampling: true,
         }))
     }
 }

@@ -43,6 +43,11 @@ pub struct ProxyConfig {
     /// resolved (see [`crate::request_authn`]); absent: no JWT is checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_authentication: Option<crate::request_authn::RequestAuthentication>,
+    /// The Telemetry policies that can apply to this scope's pods, with the mesh's providers
+    /// (see [`crate::telemetry`]); absent: the mesh's access log and tracing settings on every
+    /// listener, every metric recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<crate::telemetry::Telemetry>,
 }
 
 /// A host name and its addresses.
@@ -199,6 +204,11 @@ impl Checker {
 
     fn run(&mut self, c: &ProxyConfig) {
         self.clusters = c.clusters.iter().map(|c| c.name.clone()).collect();
+        if let Some(t) = &c.telemetry
+            && let Err(e) = t.check()
+        {
+            self.err("telemetry", e.to_string());
+        }
         for (i, n) in duplicates(c.listeners.iter().map(|l| l.name.as_str())) {
             self.err(
                 format!("listeners[{i}].name"),

@@ -37,6 +37,7 @@ pub mod route;
 pub mod scope;
 #[cfg(feature = "serve")]
 pub mod serve;
+pub mod telemetry;
 pub mod tls;
 pub mod trace;
 pub mod types;

@@ -132,6 +132,9 @@ pub struct TcpProxy {
     /// Access logs: one line per connection to each, when it closes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_log: Vec<crate::access_log::AccessLog>,
+    /// Istio metrics not recorded for these connections (Telemetry `metrics` overrides).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disabled_metrics: Vec<crate::telemetry::Metric>,
 }
 
 /// The RDS reference of an HTTP connection manager.
@@ -161,6 +164,9 @@ pub struct HttpConnectionManager {
     /// context and report a span per request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<crate::trace::Tracing>,
+    /// Istio metrics not recorded for these requests (Telemetry `metrics` overrides).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disabled_metrics: Vec<crate::telemetry::Metric>,
 }
 
 impl NetworkFilter {

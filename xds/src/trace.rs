@@ -51,6 +51,18 @@ pub struct Tracing {
     /// Propagate the trace context but report no span (Istio's `disableSpanReporting`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disable_span_reporting: bool,
+    /// Draw the sampling decision from a hash of `x-request-id`, so every sidecar of a request
+    /// decides alike (Istio's `useRequestIdForTraceSampling`, on by default); off: at random.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub use_request_id_for_sampling: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
 }
 
 // `randomSampling` is never NaN in a checked configuration ([`Tracing::check`]), so equality
@@ -305,6 +317,7 @@ mod tests {
             custom_tags: vec![],
             max_path_tag_length: DEFAULT_MAX_PATH_TAG_LENGTH,
             disable_span_reporting: false,
+            use_request_id_for_sampling: true,
         }
     }
 

@@ -159,7 +159,12 @@ impl Tracer {
             .unwrap_or_default();
         let incoming = Incoming::parse(headers);
         let sampled = incoming.sampled.unwrap_or_else(|| {
-            self.per_10000 > 0 && rustmesh_xds::fnv::hash(request_id) % 10_000 < self.per_10000
+            let draw = if self.settings.use_request_id_for_sampling {
+                rustmesh_xds::fnv::hash(request_id)
+            } else {
+                random()
+            };
+            self.per_10000 > 0 && draw % 10_000 < self.per_10000
         });
         let (trace_id, trace_id_64bit, parent_span_id) = match incoming.parent {
             Some(p) => (p.trace_id, p.trace_id_64bit, Some(p.span_id)),
@@ -389,6 +394,7 @@ mod tests {
             ],
             max_path_tag_length: 256,
             disable_span_reporting: false,
+            use_request_id_for_sampling: true,
         }
     }
 
@@ -405,6 +411,24 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-request-id", id.parse().unwrap());
         h
+    }
+
+    #[test]
+    fn without_request_id_sampling_the_same_request_id_is_drawn_anew_each_time() {
+        let rng = crate::http::Rng::seeded(11);
+        let mut random = || rng.next_u64();
+        let mut t = tracing(50.0);
+        t.use_request_id_for_sampling = false;
+        let t = Tracer::compile(&t, |_| None).unwrap();
+        let decisions: Vec<bool> = (0..400)
+            .map(|_| {
+                t.start(&mut with_id("same"), &LINE, &mut random, Reporter::Source)
+                    .span
+                    .sampled
+            })
+            .collect();
+        let n = decisions.iter().filter(|s| **s).count();
+        assert!((120..280).contains(&n), "{n} of 400 at 50%");
     }
 
     #[test]
