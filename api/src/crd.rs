@@ -1,15 +1,17 @@
 //! The CustomResourceDefinitions, generated from the Rust types.
 //!
 //! Each networking kind is served as `v1`, `v1beta1` and `v1alpha3`, PeerAuthentication,
-//! AuthorizationPolicy and RequestAuthentication (`security.istio.io`) as `v1` and `v1beta1`, each with one shared schema (as Istio does), and
-//! stored as `v1`, so no conversion webhook is needed. `crds/` holds the rendered YAML;
-//! `cargo run -p rustmesh-api --bin crdgen` rewrites it and a test fails when it drifts.
+//! AuthorizationPolicy and RequestAuthentication (`security.istio.io`) as `v1` and `v1beta1`,
+//! Telemetry (`telemetry.istio.io`) as `v1` and `v1alpha1`, each with one shared schema (as
+//! Istio does), and stored as `v1`, so no conversion webhook is needed. `crds/` holds the
+//! rendered YAML; `cargo run -p rustmesh-api --bin crdgen` rewrites it and a test fails when it
+//! drifts.
 
 use crate::error::Error;
 use crate::parse::VERSIONS;
 use crate::{
     AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication, Sidecar,
-    VirtualService,
+    Telemetry, VirtualService,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -31,7 +33,8 @@ fn drop_null_enum_values(value: &mut serde_json::Value) {
 }
 
 /// Adds the older served `versions` (the first is stored) to a generated single-version CRD,
-/// labelled `istio: <istio_label>` as Istio labels its own (`networking`, `security`).
+/// labelled `istio: <istio_label>` as Istio labels its own (`networking`, `security`,
+/// `telemetry`).
 fn serve_versions(
     mut crd: CustomResourceDefinition,
     versions: &[&str],
@@ -111,6 +114,10 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
                 &crate::request_authentication::VERSIONS,
                 "security",
             ),
+        ),
+        (
+            "telemetries.telemetry.istio.io.yaml",
+            serve_versions(Telemetry::crd(), &crate::telemetry::VERSIONS, "telemetry"),
         ),
     ]
 }

@@ -1,9 +1,10 @@
-//! `rustmesh-api`: Istio's `networking.istio.io` API and `security.istio.io`'s
-//! PeerAuthentication, AuthorizationPolicy and RequestAuthentication as Rust types.
+//! `rustmesh-api`: Istio's `networking.istio.io` API, `security.istio.io`'s
+//! PeerAuthentication, AuthorizationPolicy and RequestAuthentication, and
+//! `telemetry.istio.io`'s Telemetry as Rust types.
 //!
 //! - [`VirtualService`], [`DestinationRule`], [`Sidecar`], [`PeerAuthentication`],
-//!   [`AuthorizationPolicy`] and [`RequestAuthentication`] read Istio's own YAML unchanged
-//!   (camelCase, `0.5s` durations, `oneOf` fields such as `StringMatch`).
+//!   [`AuthorizationPolicy`], [`RequestAuthentication`] and [`Telemetry`] read Istio's own YAML
+//!   unchanged (camelCase, `0.5s` durations, `oneOf` fields such as `StringMatch`).
 //! - [`parse::load`] reads multi-document YAML and reports errors with field path and line. It
 //!   reads within [`rustmesh_xds::yaml::Limits::MANIFESTS`]: a stream of at most 16 MiB, whose
 //!   aliases may not expand it past 4 Mi nodes or 64 MiB of text in all, nested at most 64 deep
@@ -28,6 +29,7 @@ pub mod request_authentication;
 pub mod sidecar;
 pub mod status;
 pub mod support;
+pub mod telemetry;
 pub mod validate;
 pub mod virtual_service;
 pub mod workload;
@@ -42,4 +44,5 @@ pub use rustmesh_xds::duration::{self, Duration};
 pub use rustmesh_xds::yaml;
 pub use sidecar::{Sidecar, SidecarSpec};
 pub use status::IstioStatus;
+pub use telemetry::{Telemetry, TelemetrySpec};
 pub use virtual_service::{VirtualService, VirtualServiceSpec};

@@ -9,7 +9,7 @@ use crate::locate::LineIndex;
 use crate::validate::Validate;
 use crate::{
     AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication, Sidecar,
-    VirtualService,
+    Telemetry, VirtualService,
 };
 use rustmesh_xds::yaml;
 use serde::de::DeserializeOwned;
@@ -21,9 +21,11 @@ pub const GROUP: &str = "networking.istio.io";
 pub const VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
 /// The API group of PeerAuthentication, AuthorizationPolicy and RequestAuthentication.
 pub const SECURITY_GROUP: &str = "security.istio.io";
+/// The API group of Telemetry.
+pub const TELEMETRY_GROUP: &str = "telemetry.istio.io";
 
 /// The kinds read here, with their group and served versions (newest, stored, first).
-pub const KINDS: [(&str, &str, &[&str]); 6] = [
+pub const KINDS: [(&str, &str, &[&str]); 7] = [
     ("VirtualService", GROUP, &VERSIONS),
     ("DestinationRule", GROUP, &VERSIONS),
     ("Sidecar", GROUP, &VERSIONS),
@@ -42,6 +44,7 @@ pub const KINDS: [(&str, &str, &[&str]); 6] = [
         SECURITY_GROUP,
         &crate::request_authentication::VERSIONS,
     ),
+    ("Telemetry", TELEMETRY_GROUP, &crate::telemetry::VERSIONS),
 ];
 
 /// An Istio object of any supported kind.
@@ -53,6 +56,7 @@ pub enum IstioObject {
     PeerAuthentication(Box<PeerAuthentication>),
     AuthorizationPolicy(Box<AuthorizationPolicy>),
     RequestAuthentication(Box<RequestAuthentication>),
+    Telemetry(Box<Telemetry>),
 }
 
 impl IstioObject {
@@ -64,6 +68,7 @@ impl IstioObject {
             IstioObject::PeerAuthentication(_) => "PeerAuthentication",
             IstioObject::AuthorizationPolicy(_) => "AuthorizationPolicy",
             IstioObject::RequestAuthentication(_) => "RequestAuthentication",
+            IstioObject::Telemetry(_) => "Telemetry",
         }
     }
 
@@ -75,12 +80,13 @@ impl IstioObject {
             IstioObject::PeerAuthentication(o) => &o.metadata,
             IstioObject::AuthorizationPolicy(o) => &o.metadata,
             IstioObject::RequestAuthentication(o) => &o.metadata,
+            IstioObject::Telemetry(o) => &o.metadata,
         }
     }
 
     /// Findings that do not make the object invalid: fields rustmesh accepts without
     /// implementing them ([`crate::support`]) and, for a PeerAuthentication, an
-    /// AuthorizationPolicy or a RequestAuthentication, Istio's warnings (and an
+    /// AuthorizationPolicy, a RequestAuthentication or a Telemetry, Istio's warnings (and an
     /// AuthorizationPolicy's CUSTOM action, which rustmesh renders as a deny of what it matches;
     /// a RequestAuthentication rule whose key set cannot be discovered).
     pub fn warnings(&self) -> Vec<FieldError> {
@@ -92,6 +98,7 @@ impl IstioObject {
             IstioObject::PeerAuthentication(o) => o.spec.warnings(),
             IstioObject::AuthorizationPolicy(o) => o.warnings(),
             IstioObject::RequestAuthentication(o) => o.spec.warnings(),
+            IstioObject::Telemetry(o) => o.spec.warnings(),
         }
     }
 
@@ -109,6 +116,7 @@ impl IstioObject {
                 out
             }
             IstioObject::RequestAuthentication(o) => o.spec.validate(),
+            IstioObject::Telemetry(o) => o.spec.validate(),
         }
     }
 }
@@ -316,11 +324,12 @@ fn load_value(value: serde_norway::Value, object: &mut ObjectRef) -> Result<Isti
         "RequestAuthentication" => {
             typed(value, object).map(|o| IstioObject::RequestAuthentication(Box::new(o)))
         }
+        "Telemetry" => typed(value, object).map(|o| IstioObject::Telemetry(Box::new(o))),
         other => Err(parse_error(
             object,
             "kind",
             format!(
-                "unsupported kind `{other}`, expected VirtualService, DestinationRule, Sidecar, PeerAuthentication, AuthorizationPolicy or RequestAuthentication"
+                "unsupported kind `{other}`, expected VirtualService, DestinationRule, Sidecar, PeerAuthentication, AuthorizationPolicy, RequestAuthentication or Telemetry"
             ),
         )),
     }

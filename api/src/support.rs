@@ -639,14 +639,120 @@ const REQUEST_AUTHENTICATION: &[Entry] = &[
     ),
 ];
 
+const TELEMETRY: &[Entry] = &[
+    rendered(
+        "spec.selector.matchLabels",
+        &[],
+        "the Telemetry's selector: the operator gives each workload its most specific \
+         Telemetry (workload, namespace, root namespace), selecting by the pod's labels",
+    ),
+    refused(
+        "spec.targetRef",
+        "policies attached to Gateway API resources (gateways, waypoints) are not implemented: \
+         rustmesh has neither, so the policy would apply to no sidecar",
+        r#"{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}"#,
+    ),
+    refused(
+        "spec.targetRefs",
+        "policies attached to Gateway API resources (gateways, waypoints), Services or \
+         ServiceEntries are not implemented: rustmesh has no waypoints, so the policy would apply \
+         to no sidecar",
+        r#"[{"kind": "Service", "group": "", "name": "reviews"}]"#,
+    ),
+    rendered(
+        "spec.tracing[]",
+        &[
+            "match.mode",
+            "providers[].name",
+            "randomSamplingPercentage",
+            "disableSpanReporting",
+            "customTags{}.literal.value",
+            "customTags{}.environment.name",
+            "customTags{}.environment.defaultValue",
+            "customTags{}.header.name",
+            "customTags{}.header.defaultValue",
+            "useRequestIdForTraceSampling",
+        ],
+        "rustmesh_xds::trace::Tracing on the selected workloads' listeners of the mode (inbound: \
+         SERVER, outbound: CLIENT): the provider from meshConfig's extensionProviders, sampling, \
+         span reporting, custom tags",
+    ),
+    refused(
+        "spec.tracing[].customTags{}.formatter",
+        "span tags from access log command operators (formatter) are not implemented: the tag \
+         would be missing from every span",
+        r#"{"value": "%REQ(:path)%"}"#,
+    ),
+    Entry {
+        harmless: &["true"],
+        ..refused(
+            "spec.tracing[].enableIstioTags",
+            "spans always carry Istio's tags (istio.canonical_service, istio.namespace, ...): \
+             turning them off is not implemented",
+            "false",
+        )
+    },
+    Entry {
+        harmless: &["false"],
+        ..refused(
+            "spec.tracing[].disableContextPropagation",
+            "the sidecar always propagates the trace context (B3, traceparent): turning it off \
+             is not implemented, so the context would still reach the destination",
+            "true",
+        )
+    },
+    rendered(
+        "spec.metrics[]",
+        &[
+            "providers[].name",
+            "overrides[].match.metric",
+            "overrides[].match.mode",
+            "overrides[].disabled",
+        ],
+        "the sidecar's Istio standard metrics (prometheus provider): an override's `disabled` \
+         turns the metrics it matches off (or back on) for the listeners of its mode",
+    ),
+    refused(
+        "spec.metrics[].overrides[].match.customMetric",
+        "rustmesh has no custom metrics: the sidecar exports Istio's standard metrics only, so \
+         the override would match nothing",
+        r#""my_custom_metric""#,
+    ),
+    refused(
+        "spec.metrics[].overrides[].tagOverrides",
+        "tag overrides are CEL expressions rustmesh does not evaluate: the metrics' labels \
+         would stay as they are",
+        r#"{"response_code": {"operation": "REMOVE"}}"#,
+    ),
+    warned(
+        "spec.metrics[].reportingInterval",
+        "the sidecar's metrics are scraped, not pushed: there is no reporting interval",
+        r#""15s""#,
+    ),
+    rendered(
+        "spec.accessLogging[]",
+        &["match.mode", "providers[].name", "disabled"],
+        "rustmesh_xds::access_log::AccessLog on the selected workloads' listeners of the mode \
+         (inbound: SERVER, outbound: CLIENT), in the provider's file and format (envoy: \
+         meshConfig's accessLogFile, accessLogEncoding, accessLogFormat)",
+    ),
+    refused(
+        "spec.accessLogging[].filter",
+        "filter expressions are CEL, which rustmesh does not evaluate (not implemented): every \
+         request would be logged",
+        r#"{"expression": "response.code >= 400"}"#,
+    ),
+];
+
 /// The kinds the table covers.
-pub const KINDS: [&str; 6] = [
+pub const KINDS: [&str; 7] = [
     "VirtualService",
     "DestinationRule",
     "Sidecar",
     "PeerAuthentication",
     "AuthorizationPolicy",
     "RequestAuthentication",
+    "Telemetry",
 ];
 
 /// The table of one kind (empty for a kind not in [`KINDS`]).
@@ -658,6 +764,7 @@ pub fn table(kind: &str) -> &'static [Entry] {
         "PeerAuthentication" => PEER_AUTHENTICATION,
         "AuthorizationPolicy" => AUTHORIZATION_POLICY,
         "RequestAuthentication" => REQUEST_AUTHENTICATION,
+        "Telemetry" => TELEMETRY,
         _ => &[],
     }
 }
@@ -918,6 +1025,14 @@ pub fn base(kind: &str) -> Value {
                 "fromHeaders": [{"name": "x-jwt", "prefix": "Bearer "}],
             }],
         }),
+        "Telemetry" => json!({
+            "tracing": [{"providers": [{"name": "zipkin"}], "randomSamplingPercentage": 10.0}],
+            "metrics": [{
+                "providers": [{"name": "prometheus"}],
+                "overrides": [{"match": {"mode": "CLIENT"}, "disabled": true}],
+            }],
+            "accessLogging": [{"providers": [{"name": "envoy"}]}],
+        }),
         _ => json!({}),
     }
 }
@@ -925,8 +1040,9 @@ pub fn base(kind: &str) -> Value {
 /// A key set the sidecar can use (one EC P-256 public key), for [`base`].
 const BASE_JWKS: &str = r#"{"keys":[{"kty":"EC","kid":"ec-1","crv":"P-256","x":"gem6MeICc5zwyVkxMD0kf-W-UiiotfqfXA-E5ceRqD4","y":"zAQm6-AISfBYp8RwT8izNCgE1lIJN3QifCMgK8c7tJk"}]}"#;
 
-/// `value` with `example` put at the schema field path `path` (`spec.a[].b`): arrays get (or
-/// keep) their first element, objects are made on the way. Returns the object's path of it.
+/// `value` with `example` put at the schema field path `path` (`spec.a[].b`, `spec.m{}.c`):
+/// arrays get (or keep) their first element, maps their first value (else one under the key
+/// `example`), objects are made on the way. Returns the object's path of it.
 /// At `spec` itself (the parent of a top-level [`Support::ReportedBy`] field), the example's
 /// fields are set in the spec, the others kept.
 fn put(value: &mut Value, path: &str, example: Value) -> String {
@@ -941,7 +1057,7 @@ fn put(value: &mut Value, path: &str, example: Value) -> String {
     let segments: Vec<&str> = path.strip_prefix("spec.").unwrap().split('.').collect();
     for (i, seg) in segments.iter().enumerate() {
         let last = i + 1 == segments.len();
-        let name = seg.trim_end_matches("[]");
+        let name = seg.trim_end_matches("[]").trim_end_matches("{}");
         concrete.push('.');
         concrete.push_str(name);
         if !at.is_object() {
@@ -957,6 +1073,15 @@ fn put(value: &mut Value, path: &str, example: Value) -> String {
             }
             at = &mut at[name][0];
             concrete.push_str("[0]");
+        } else if seg.ends_with("{}") {
+            // A map: its first value, or one under the key `example`.
+            if at[name].as_object().is_none_or(|m| m.is_empty()) {
+                at[name] = json!({"example": {}});
+            }
+            let key = at[name].as_object().unwrap().keys().next().unwrap().clone();
+            concrete.push('.');
+            concrete.push_str(&key);
+            at = &mut at[name][key.as_str()];
         } else {
             if at[name].is_null() {
                 at[name] = json!({});

@@ -53,6 +53,13 @@ fn every_kind_serves_istios_versions_and_stores_v1() {
                 [("v1", true, true), ("v1beta1", true, false)],
                 "{file}"
             );
+        } else if crd.spec.names.kind == "Telemetry" {
+            assert_eq!(crd.spec.group, "telemetry.istio.io", "{file}");
+            assert_eq!(
+                versions,
+                [("v1", true, true), ("v1alpha1", true, false)],
+                "{file}"
+            );
         } else {
             assert_eq!(crd.spec.group, "networking.istio.io", "{file}");
             assert_eq!(
@@ -109,7 +116,8 @@ fn every_kind_serves_istios_versions_and_stores_v1() {
             "Sidecar",
             "PeerAuthentication",
             "AuthorizationPolicy",
-            "RequestAuthentication"
+            "RequestAuthentication",
+            "Telemetry"
         ]
     );
 }

@@ -11,7 +11,7 @@ use rustmesh_api::support::{self, Entry, Support};
 use rustmesh_api::validate::Validate;
 use rustmesh_api::{
     AuthorizationPolicySpec, DestinationRuleSpec, PeerAuthenticationSpec,
-    RequestAuthenticationSpec, SidecarSpec, VirtualServiceSpec,
+    RequestAuthenticationSpec, SidecarSpec, TelemetrySpec, VirtualServiceSpec,
 };
 use serde_json::{Value, json};
 
@@ -137,6 +137,10 @@ fn findings(kind: &str, spec: Value) -> (Named, Named) {
         "RequestAuthentication" => {
             let s: RequestAuthenticationSpec =
                 serde_json::from_value(spec).unwrap_or_else(|e| read(kind, e));
+            (pairs(s.validate()), pairs(support::warned_fields(kind, &s)))
+        }
+        "Telemetry" => {
+            let s: TelemetrySpec = serde_json::from_value(spec).unwrap_or_else(|e| read(kind, e));
             (pairs(s.validate()), pairs(support::warned_fields(kind, &s)))
         }
         _ => {

@@ -43,6 +43,7 @@ fn object_json(obj: &IstioObject) -> Value {
         IstioObject::PeerAuthentication(o) => serde_json::to_value(o),
         IstioObject::AuthorizationPolicy(o) => serde_json::to_value(o),
         IstioObject::RequestAuthentication(o) => serde_json::to_value(o),
+        IstioObject::Telemetry(o) => serde_json::to_value(o),
     }
     .unwrap()
 }
@@ -104,7 +105,7 @@ fn every_field_of_every_fixture_survives_a_round_trip() {
             objects += 1;
         }
     }
-    assert_eq!(objects, 26, "objects read");
+    assert_eq!(objects, 31, "objects read");
 }
 
 #[test]

@@ -52,7 +52,7 @@ fn every_valid_fixture_passes_its_crd_schema() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 26);
+    assert_eq!(checked, 31);
 }
 
 #[test]
@@ -118,5 +118,34 @@ fn the_schema_rejects_what_the_types_reject() {
         serde_json::json!({"jwtRules": [{"issuer": "i", "forwardOriginalToken": "yes"}]}),
     ] {
         assert!(!ra.is_valid(&authn(bad.clone())), "{bad}");
+    }
+    let tm = schema_for("Telemetry");
+    let telemetry = |spec: Value| serde_json::json!({"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry", "metadata": {"name": "t"}, "spec": spec});
+    assert!(tm.is_valid(&telemetry(serde_json::json!({
+        "selector": {"matchLabels": {"app": "reviews"}},
+        "tracing": [{"match": {"mode": "CLIENT"}, "providers": [{"name": "zipkin"}],
+                     "randomSamplingPercentage": 54.54,
+                     "customTags": {"env": {"environment": {"name": "NAME", "defaultValue": "d"}},
+                                    "hdr": {"header": {"name": "x-name"}},
+                                    "lit": {"literal": {"value": "v"}}}}],
+        "metrics": [{"providers": [{"name": "prometheus"}], "reportingInterval": "5s",
+                     "overrides": [{"match": {"metric": "GRPC_REQUEST_MESSAGES", "mode": "SERVER"},
+                                    "disabled": true}]}],
+        "accessLogging": [{"match": {"mode": "SERVER"}, "disabled": false,
+                           "filter": {"expression": "response.code >= 400"}}],
+    }))));
+    // A mode, metric or tag operation Istio does not know, a provider or a literal tag without
+    // its required field, a sampling percentage that is not a number, disabled that is not a
+    // boolean.
+    for bad in [
+        serde_json::json!({"tracing": [{"match": {"mode": "INBOUND"}}]}),
+        serde_json::json!({"metrics": [{"overrides": [{"match": {"metric": "REQUESTS"}}]}]}),
+        serde_json::json!({"accessLogging": [{"providers": [{}]}]}),
+        serde_json::json!({"tracing": [{"customTags": {"t": {"literal": {}}}}]}),
+        serde_json::json!({"tracing": [{"randomSamplingPercentage": "10"}]}),
+        serde_json::json!({"metrics": [{"overrides": [{"disabled": "yes"}]}]}),
+        serde_json::json!({"metrics": [{"overrides": [{"tagOverrides": {"x": {"operation": "DELETE"}}}]}]}),
+    ] {
+        assert!(!tm.is_valid(&telemetry(bad.clone())), "{bad}");
     }
 }

@@ -1,5 +1,5 @@
 //! `istio-validate FILE...`: checks Istio YAML (the networking kinds, PeerAuthentication,
-//! AuthorizationPolicy and RequestAuthentication) the way the operator will read it,
+//! AuthorizationPolicy, RequestAuthentication and Telemetry) the way the operator will read it,
 //! like `istioctl validate -f`. Prints one line per object; exits 1 when any is refused.
 
 fn main() {
