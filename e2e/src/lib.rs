@@ -22,7 +22,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use rustmesh_api::{
     AuthorizationPolicy, DestinationRule, IstioObject, PeerAuthentication, RequestAuthentication,
-    Sidecar, VirtualService,
+    Sidecar, Telemetry, VirtualService,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -761,6 +761,11 @@ impl Ctx {
                     r.metadata.namespace = Some(ns.into());
                     let api: Api<RequestAuthentication> = Api::namespaced(self.client.clone(), ns);
                     api.patch(&r.name_any(), &pp, &Patch::Apply(&*r)).await?;
+                }
+                IstioObject::Telemetry(mut t) => {
+                    t.metadata.namespace = Some(ns.into());
+                    let api: Api<Telemetry> = Api::namespaced(self.client.clone(), ns);
+                    api.patch(&t.name_any(), &pp, &Patch::Apply(&*t)).await?;
                 }
             }
         }

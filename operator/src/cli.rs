@@ -37,13 +37,22 @@ pub struct Args {
     #[arg(long, env = "ACCESS_LOG_FORMAT", default_value = "")]
     pub access_log_format: String,
     /// Istio's meshConfig `extensionProviders`, as a JSON list (`zipkin`, `opentelemetry`,
-    /// `prometheus`); other kinds are refused by name.
+    /// `envoyFileAccessLog`, `prometheus`); other kinds are refused by name.
     #[arg(long, env = "EXTENSION_PROVIDERS", default_value = "")]
     pub extension_providers: String,
     /// meshConfig `defaultProviders.tracing`: the tracing provider every sidecar reports to
     /// (empty: no tracing).
     #[arg(long, env = "DEFAULT_TRACING_PROVIDERS", default_value = "")]
     pub default_tracing_providers: String,
+    /// meshConfig `defaultProviders.accessLogging`: the access log providers of a Telemetry
+    /// `accessLogging` rule naming none, and of every workload when set (empty: none).
+    #[arg(long, env = "DEFAULT_ACCESS_LOG_PROVIDERS", default_value = "")]
+    pub default_access_log_providers: String,
+    /// meshConfig `defaultProviders.metrics` (Istio's default: prometheus): the metrics
+    /// providers of a Telemetry `metrics` rule naming none; without a prometheus provider here
+    /// or in a Telemetry, sidecars record no Istio metric.
+    #[arg(long, env = "DEFAULT_METRICS_PROVIDERS", default_value = "prometheus")]
+    pub default_metrics_providers: String,
     /// meshConfig `enableTracing` (Istio's default: true); false turns tracing off whatever
     /// the providers.
     #[arg(long, env = "ENABLE_TRACING", default_value_t = true, action = clap::ArgAction::Set)]
@@ -190,13 +199,21 @@ impl Args {
             });
         }
         let access_log = self.access_log()?;
-        let tracing = crate::providers::Providers::parse(&self.extension_providers)
+        let (tracing, telemetry) = crate::providers::Providers::parse(&self.extension_providers)
             .and_then(|p| {
-                p.default_tracing(
-                    self.enable_tracing,
-                    &self.default_tracing_providers,
-                    self.trace_sampling,
-                )
+                Ok((
+                    p.default_tracing(
+                        self.enable_tracing,
+                        &self.default_tracing_providers,
+                        self.trace_sampling,
+                    )?,
+                    p.telemetry(
+                        &self.default_tracing_providers,
+                        &self.default_access_log_providers,
+                        &self.default_metrics_providers,
+                        self.trace_sampling,
+                    )?,
+                ))
             })
             .map_err(|e| Error::Flag {
                 flag: match &e {
@@ -204,6 +221,14 @@ impl Args {
                     crate::providers::ProvidersError::UnknownDefault(_)
                     | crate::providers::ProvidersError::NotTracing(_)
                     | crate::providers::ProvidersError::Several(_) => "default-tracing-providers",
+                    crate::providers::ProvidersError::Defaults(m)
+                        if m.contains("accessLogging") =>
+                    {
+                        "default-access-log-providers"
+                    }
+                    crate::providers::ProvidersError::Defaults(m) if m.contains("metrics") => {
+                        "default-metrics-providers"
+                    }
                     _ => "extension-providers",
                 },
                 message: e.to_string(),
@@ -291,6 +316,7 @@ impl Args {
                 cluster_id: self.cluster_id.clone(),
                 access_log,
                 tracing,
+                telemetry,
             },
             metrics_addr: self.metrics_addr,
             debounce_quiet: Duration::from_millis(self.debounce_ms),

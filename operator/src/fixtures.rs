@@ -161,6 +161,7 @@ pub fn apply_istio(index: &mut Index, obj: IstioObject) {
         IstioObject::PeerAuthentication(p) => Object::PeerAuthentication(p),
         IstioObject::AuthorizationPolicy(p) => Object::AuthorizationPolicy(p),
         IstioObject::RequestAuthentication(r) => Object::RequestAuthentication(r),
+        IstioObject::Telemetry(t) => Object::Telemetry(t),
     });
 }
 
@@ -192,6 +193,9 @@ pub fn reparse_unvalidated(yaml: &str) -> Vec<IstioObject> {
             )),
             "RequestAuthentication" => IstioObject::RequestAuthentication(Box::new(
                 serde_json::from_value(json).expect("RequestAuthentication shape"),
+            )),
+            "Telemetry" => IstioObject::Telemetry(Box::new(
+                serde_json::from_value(json).expect("Telemetry shape"),
             )),
             other => panic!("unsupported kind {other}"),
         });

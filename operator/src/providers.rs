@@ -13,7 +13,15 @@
 //!   `defaultConfig.tracing.zipkin.address` is not read). One provider at a time, as Envoy's
 //!   connection manager has one.
 //! - Sampling is `PILOT_TRACE_SAMPLING` (percent, default 1.0, Istio's default).
+//! - `envoyFileAccessLog` (path and `logFormat` `text` or `labels`) is the access log kind the
+//!   Telemetry API's `accessLogging` names. Istio's built-in providers are there unless a
+//!   provider of the same name replaces them: `envoy` (Istio's default text format to
+//!   `/dev/stdout`) and `prometheus`.
+//! - `defaultProviders.accessLogging` and `.metrics` (Istio's default: `prometheus`) are what a
+//!   Telemetry rule naming no provider uses ([`Providers::telemetry`]).
 
+use rustmesh_xds::access_log::{AccessLog, Encoding};
+use rustmesh_xds::telemetry::{DefaultProviders, ProviderKind, Telemetry};
 use rustmesh_xds::trace::{Protocol, Provider, Tracing};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -41,6 +49,8 @@ pub enum ProvidersError {
     Several(String),
     #[error("trace-sampling: {0} is not a percentage between 0 and 100")]
     Sampling(String),
+    #[error("default providers: {0}")]
+    Defaults(String),
 }
 
 /// One provider as Istio writes it: a name and exactly one kind (every unknown key lands in
@@ -54,6 +64,8 @@ struct Raw {
     opentelemetry: Option<Otel>,
     #[serde(default)]
     prometheus: Option<serde_json::Value>,
+    #[serde(default, rename = "envoyFileAccessLog")]
+    file_log: Option<FileLog>,
     /// Every other kind Istio has (`envoyExtAuthzHttp`, `envoyFileAccessLog`, ...).
     #[serde(flatten)]
     other: BTreeMap<String, serde_json::Value>,
@@ -110,6 +122,24 @@ struct OtelGrpc {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileLog {
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct LogFormat {
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    labels: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Header {
     name: String,
@@ -123,7 +153,14 @@ pub struct Providers {
     pub tracing: BTreeMap<String, Provider>,
     /// Other providers rustmesh accepts (`prometheus`), by name.
     pub other: Vec<String>,
+    /// Access log providers (`envoyFileAccessLog`), by name.
+    pub access_log: BTreeMap<String, AccessLog>,
 }
+
+/// Istio's built-in access log provider's name.
+pub const BUILTIN_ACCESS_LOG: &str = "envoy";
+/// Istio's built-in metrics provider's name.
+pub const BUILTIN_METRICS: &str = "prometheus";
 
 fn headers(h: &[Header]) -> Vec<(String, String)> {
     h.iter()
@@ -134,11 +171,11 @@ fn headers(h: &[Header]) -> Vec<(String, String)> {
 impl Providers {
     /// Reads Istio's `extensionProviders` list (JSON; empty text: none).
     pub fn parse(text: &str) -> Result<Providers, ProvidersError> {
-        if text.trim().is_empty() {
-            return Ok(Providers::default());
-        }
-        let raw: Vec<Raw> =
-            serde_json::from_str(text).map_err(|e| ProvidersError::Syntax(e.to_string()))?;
+        let raw: Vec<Raw> = if text.trim().is_empty() {
+            Vec::new()
+        } else {
+            serde_json::from_str(text).map_err(|e| ProvidersError::Syntax(e.to_string()))?
+        };
         let mut out = Providers::default();
         for (index, r) in raw.into_iter().enumerate() {
             let fail = |message: String| ProvidersError::Provider {
@@ -149,21 +186,32 @@ impl Providers {
             if let Some(kind) = r.other.keys().next() {
                 return Err(fail(format!(
                     "the provider kind {kind:?} is not implemented by rustmesh \
-                     (zipkin, opentelemetry and prometheus are)"
+                     (zipkin, opentelemetry, envoyFileAccessLog and prometheus are)"
                 )));
             }
             let kinds = [
                 r.zipkin.is_some(),
                 r.opentelemetry.is_some(),
                 r.prometheus.is_some(),
+                r.file_log.is_some(),
             ];
             if kinds.iter().filter(|k| **k).count() != 1 {
                 return Err(fail(
-                    "exactly one of zipkin, opentelemetry or prometheus is required".into(),
+                    "exactly one of zipkin, opentelemetry, envoyFileAccessLog or prometheus is \
+                     required"
+                        .into(),
                 ));
             }
-            if out.tracing.contains_key(&r.name) || out.other.contains(&r.name) {
+            if out.tracing.contains_key(&r.name)
+                || out.other.contains(&r.name)
+                || out.access_log.contains_key(&r.name)
+            {
                 return Err(ProvidersError::Duplicate(r.name.clone()));
+            }
+            if let Some(f) = &r.file_log {
+                let log = file_log(f).map_err(fail)?;
+                out.access_log.insert(r.name.clone(), log);
+                continue;
             }
             let port = |p: u32, field: &str| {
                 u16::try_from(p)
@@ -237,7 +285,68 @@ impl Providers {
             probe.check().map_err(|e| fail(e.to_string()))?;
             out.tracing.insert(r.name.clone(), provider);
         }
+        if !out.other.iter().any(|n| n == BUILTIN_METRICS)
+            && !out.tracing.contains_key(BUILTIN_METRICS)
+            && !out.access_log.contains_key(BUILTIN_METRICS)
+        {
+            out.other.push(BUILTIN_METRICS.to_string());
+        }
+        if !out.other.iter().any(|n| n == BUILTIN_ACCESS_LOG)
+            && !out.tracing.contains_key(BUILTIN_ACCESS_LOG)
+            && !out.access_log.contains_key(BUILTIN_ACCESS_LOG)
+        {
+            out.access_log.insert(
+                BUILTIN_ACCESS_LOG.to_string(),
+                AccessLog {
+                    path: rustmesh_xds::access_log::STDOUT.to_string(),
+                    encoding: Encoding::Text,
+                    format: None,
+                },
+            );
+        }
         Ok(out)
+    }
+
+    /// The mesh's side of the Telemetry API: every provider, the default providers
+    /// (comma-separated lists; each must name a provider of the right kind) and the sampling
+    /// percentage, for the renderer to add the policies to.
+    pub fn telemetry(
+        &self,
+        default_tracing: &str,
+        default_access_logging: &str,
+        default_metrics: &str,
+        sampling: f64,
+    ) -> Result<Telemetry, ProvidersError> {
+        let list = |s: &str| -> Vec<String> {
+            s.split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        let mut providers: BTreeMap<String, ProviderKind> = BTreeMap::new();
+        for (n, p) in &self.tracing {
+            providers.insert(n.clone(), ProviderKind::Tracing(p.clone()));
+        }
+        for (n, a) in &self.access_log {
+            providers.insert(n.clone(), ProviderKind::AccessLog(a.clone()));
+        }
+        for n in &self.other {
+            providers.insert(n.clone(), ProviderKind::Prometheus);
+        }
+        let t = Telemetry {
+            providers,
+            default_providers: DefaultProviders {
+                tracing: list(default_tracing),
+                access_logging: list(default_access_logging),
+                metrics: list(default_metrics),
+            },
+            default_sampling: sampling,
+            ..Telemetry::default()
+        };
+        t.check()
+            .map_err(|e| ProvidersError::Defaults(e.to_string()))?;
+        Ok(t)
     }
 
     /// The mesh's default tracing: on with `enable`, the provider `defaults` names (a
@@ -261,7 +370,7 @@ impl Providers {
             match self.tracing.get(*n) {
                 Some(p) if chosen.is_none() => chosen = Some(p.clone()),
                 Some(_) => return Err(ProvidersError::Several(defaults.to_string())),
-                None if self.other.iter().any(|o| o == n) => {
+                None if self.other.iter().any(|o| o == n) || self.access_log.contains_key(*n) => {
                     return Err(ProvidersError::NotTracing(n.to_string()));
                 }
                 None => return Err(ProvidersError::UnknownDefault(n.to_string())),
@@ -276,6 +385,47 @@ impl Providers {
             use_request_id_for_sampling: true,
         }))
     }
+}
+
+/// An `envoyFileAccessLog` provider as the sidecar's access log: `text` is a TEXT format,
+/// `labels` a JSON one (Istio's `EnvoyJSONLogFormatIstio` when empty), neither Istio's default
+/// text format.
+fn file_log(f: &FileLog) -> Result<AccessLog, String> {
+    let path = if f.path.is_empty() {
+        rustmesh_xds::access_log::STDOUT.to_string()
+    } else {
+        f.path.clone()
+    };
+    let (encoding, format) = match &f.log_format {
+        None => (Encoding::Text, None),
+        Some(LogFormat {
+            text: Some(_),
+            labels: Some(_),
+        }) => {
+            return Err("envoyFileAccessLog.logFormat: text and labels are exclusive".into());
+        }
+        Some(LogFormat { text: Some(t), .. }) => {
+            (Encoding::Text, (!t.is_empty()).then(|| t.clone()))
+        }
+        Some(LogFormat {
+            labels: Some(l), ..
+        }) => (
+            Encoding::Json,
+            (!l.is_empty()).then(|| serde_json::Value::Object(l.clone()).to_string()),
+        ),
+        Some(LogFormat {
+            text: None,
+            labels: None,
+        }) => (Encoding::Text, None),
+    };
+    let log = AccessLog {
+        path,
+        encoding,
+        format,
+    };
+    log.compile()
+        .map_err(|e| format!("envoyFileAccessLog.{e}"))?;
+    Ok(log)
 }
 
 #[cfg(test)]
@@ -304,7 +454,12 @@ mod tests {
         assert_eq!(h.protocol, Protocol::OtlpHttp);
         assert_eq!(h.headers, vec![("x-tenant".to_string(), "a".to_string())]);
         assert_eq!(h.effective_timeout(), std::time::Duration::from_secs(2));
-        assert_eq!(Providers::parse("").unwrap(), Providers::default());
+        // Istio's built-in providers are there without being listed.
+        let none = Providers::parse("").unwrap();
+        assert!(none.tracing.is_empty());
+        assert_eq!(none.other, ["prometheus"]);
+        assert_eq!(none.access_log["envoy"].path, "/dev/stdout");
+        assert_eq!(none.access_log["envoy"].format, None);
     }
 
     #[test]
@@ -362,6 +517,69 @@ mod tests {
         ] {
             let e = Providers::parse(text).unwrap_err().to_string();
             assert!(e.contains(want), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn file_access_log_providers_are_read_and_replace_the_builtin_envoy() {
+        let p = Providers::parse(
+            r#"[{"name": "envoy", "envoyFileAccessLog": {"path": "/dev/stderr"}},
+                {"name": "json", "envoyFileAccessLog": {"path": "/dev/stdout",
+                  "logFormat": {"labels": {"code": "%RESPONSE_CODE%", "path": "%REQ(:PATH)%"}}}},
+                {"name": "short", "envoyFileAccessLog": {"logFormat": {"text": "%RESPONSE_CODE%\n"}}}]"#,
+        )
+        .unwrap();
+        assert_eq!(p.access_log["envoy"].path, "/dev/stderr");
+        assert_eq!(p.access_log["json"].encoding, Encoding::Json);
+        let labels: serde_json::Value =
+            serde_json::from_str(p.access_log["json"].format.as_deref().unwrap()).unwrap();
+        assert_eq!(labels["code"], "%RESPONSE_CODE%");
+        assert_eq!(p.access_log["short"].path, "/dev/stdout");
+        assert_eq!(
+            p.access_log["short"].format.as_deref(),
+            Some("%RESPONSE_CODE%\n")
+        );
+        for (text, want) in [
+            (
+                r#"[{"name": "f", "envoyFileAccessLog": {"path": "/var/log/x"}}]"#,
+                "extension-providers[0] (\"f\"): envoyFileAccessLog.path",
+            ),
+            (
+                r#"[{"name": "f", "envoyFileAccessLog": {"logFormat": {"text": "%NOPE%"}}}]"#,
+                "NOPE",
+            ),
+            (
+                r#"[{"name": "f", "envoyFileAccessLog": {"logFormat": {"text": "a", "labels": {}}}}]"#,
+                "exclusive",
+            ),
+            (
+                r#"[{"name": "f", "envoyFileAccessLog": {"omitEmptyValues": true}}]"#,
+                "omitEmptyValues",
+            ),
+        ] {
+            let e = Providers::parse(text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_telemetry_defaults_name_providers_of_the_right_kind() {
+        let p = Providers::parse(ISTIO_DOCS).unwrap();
+        let t = p.telemetry("zipkin", "envoy", "prometheus", 1.0).unwrap();
+        assert_eq!(t.default_providers.access_logging, ["envoy"]);
+        assert!(matches!(t.providers["envoy"], ProviderKind::AccessLog(_)));
+        assert!(matches!(t.providers["zipkin"], ProviderKind::Tracing(_)));
+        assert_eq!(t.providers["prometheus"], ProviderKind::Prometheus);
+        for (tracing, logs, metrics, want) in [
+            ("", "zipkin", "prometheus", "accessLogging"),
+            ("", "", "envoy", "metrics"),
+            ("", "nope", "", "\"nope\" is not one of"),
+        ] {
+            let e = p
+                .telemetry(tracing, logs, metrics, 1.0)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{logs}/{metrics}: {e}");
         }
     }
 }

@@ -41,7 +41,8 @@ use rustmesh_api::sidecar::host_matches;
 use rustmesh_api::status::{Condition, IstioStatus, LastAccepted, ValidationMessage};
 use rustmesh_api::validate::Validate;
 use rustmesh_api::{
-    AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication, VirtualService,
+    AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication, Telemetry,
+    VirtualService,
 };
 use std::collections::{BTreeMap, HashMap};
 
@@ -253,6 +254,7 @@ impl Validation {
         peer_authentications(index, &mut verdicts);
         authorization_policies(index, &mut verdicts);
         request_authentications(index, &mut verdicts);
+        telemetries(index, &mut verdicts);
         Validation { verdicts }
     }
 
@@ -426,6 +428,132 @@ fn peer_authentications(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey), V
         }
         verdicts.insert((Kind::PeerAuthentication, key.clone()), v);
     }
+}
+
+/// Telemetries: Istio's own rules and warnings (`rustmesh_api::telemetry`), every provider
+/// named being one of the mesh's of the right kind (an unknown or mistyped provider is an
+/// error naming the field: Istio skips it silently), and one selector-less Telemetry per
+/// namespace (the oldest; in the root namespace it is the mesh-wide one, as Istio's
+/// `namespaceWideTelemetryConfig` takes the oldest). An invalid update of a Telemetry accepted
+/// before notes that the last accepted version keeps serving (`render::telemetry` renders it).
+fn telemetries(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey), Verdict>) {
+    let store = &index.telemetries;
+    let root = &index.mesh.root_namespace;
+    let mut all: Vec<(&ObjKey, &Telemetry)> = store.objects.iter().collect();
+    all.sort_by_key(|(_, t)| age_key(&t.metadata));
+    let mut wide: BTreeMap<&str, &ObjKey> = BTreeMap::new();
+    for (key, t) in all {
+        let mut findings = own_findings(t.spec.validate());
+        findings.extend(telemetry_provider_findings(&index.mesh.telemetry, &t.spec));
+        let valid = findings.is_empty();
+        findings.extend(t.spec.warnings().into_iter().map(|w| Finding {
+            level: Level::Warning,
+            field: w.field,
+            message: w.message,
+        }));
+        let previous = store.last_good.get(key).filter(|_| !valid);
+        let rendered = if valid { Some(t) } else { previous };
+        let mut reason = None;
+        if let Some(r) = rendered
+            && r.spec.workload_labels().is_none()
+        {
+            match wide.get(key.namespace.as_str()) {
+                Some(first) if valid => {
+                    let scope = if &key.namespace == root {
+                        "mesh-wide Telemetry (root namespace)".to_string()
+                    } else {
+                        format!("namespace-wide Telemetry of {}", key.namespace)
+                    };
+                    findings.push(Finding {
+                        level: Level::Error,
+                        field: "spec.selector".into(),
+                        message: format!(
+                            "Telemetry {first} (older) is already the {scope}; only the oldest \
+                             without a selector applies, this one is ignored"
+                        ),
+                    });
+                    reason = Some("Conflict");
+                }
+                Some(_) => {}
+                None => {
+                    wide.insert(key.namespace.as_str(), key);
+                }
+            }
+        }
+        let mut v = verdict(findings, reason);
+        if !v.accepted
+            && v.reason == "Invalid"
+            && let Some(p) = previous
+        {
+            v.serving_previous = Some(p.metadata.generation.unwrap_or(0));
+            v.previous_spec = serde_json::to_value(&p.spec).ok();
+        }
+        verdicts.insert((Kind::Telemetry, key.clone()), v);
+    }
+}
+
+/// Each provider a Telemetry names must be one of the mesh's (`extensionProviders` and Istio's
+/// built-in `envoy` and `prometheus`) of the kind its entry needs.
+pub fn telemetry_provider_findings(
+    mesh: &rustmesh_xds::telemetry::Telemetry,
+    spec: &rustmesh_api::telemetry::TelemetrySpec,
+) -> Vec<Finding> {
+    use rustmesh_xds::telemetry::ProviderKind;
+    let mut out = Vec::new();
+    let mut check = |field: String, name: &str, wanted: &str| {
+        let is = match mesh.providers.get(name) {
+            None => {
+                let known: Vec<&str> = mesh.providers.keys().map(String::as_str).collect();
+                out.push(Finding {
+                    level: Level::Error,
+                    field,
+                    message: format!(
+                        "provider {name:?} is not one of the mesh's extension providers ({})",
+                        known.join(", ")
+                    ),
+                });
+                return;
+            }
+            Some(ProviderKind::Tracing(_)) => "a tracing provider",
+            Some(ProviderKind::AccessLog(_)) => "an access log provider",
+            Some(ProviderKind::Prometheus) => "a metrics provider",
+        };
+        if is != wanted {
+            out.push(Finding {
+                level: Level::Error,
+                field,
+                message: format!("provider {name:?} is {is}, not {wanted}"),
+            });
+        }
+    };
+    for (i, r) in spec.tracing.iter().enumerate() {
+        for (j, p) in r.providers.iter().enumerate() {
+            check(
+                format!("spec.tracing[{i}].providers[{j}].name"),
+                &p.name,
+                "a tracing provider",
+            );
+        }
+    }
+    for (i, r) in spec.access_logging.iter().enumerate() {
+        for (j, p) in r.providers.iter().enumerate() {
+            check(
+                format!("spec.accessLogging[{i}].providers[{j}].name"),
+                &p.name,
+                "an access log provider",
+            );
+        }
+    }
+    for (i, r) in spec.metrics.iter().enumerate() {
+        for (j, p) in r.providers.iter().enumerate() {
+            check(
+                format!("spec.metrics[{i}].providers[{j}].name"),
+                &p.name,
+                "a metrics provider",
+            );
+        }
+    }
+    out
 }
 
 /// AuthorizationPolicies: Istio's own rules and warnings (`rustmesh_api::authorization_policy`,
@@ -940,6 +1068,7 @@ pub fn persisted_version<K: crate::index::kinds::IstioKind>(obj: &K, has_ca: boo
             o.spec.validate().is_empty() && o.dry_run_errors().is_empty()
         }
         crate::index::Object::RequestAuthentication(o) => o.spec.validate().is_empty(),
+        crate::index::Object::Telemetry(o) => o.spec.validate().is_empty(),
         _ => false,
     };
     if !valid {

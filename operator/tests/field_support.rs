@@ -9,6 +9,7 @@
 use rustmesh_api::support::{self, Support};
 use rustmesh_operator::fixtures::{bookinfo, istio};
 use rustmesh_operator::index::{Kind, ObjKey};
+use rustmesh_operator::providers::Providers;
 use rustmesh_operator::registry::Registry;
 use rustmesh_operator::validation::{Level, UNSUPPORTED, Validation, status_for};
 
@@ -20,6 +21,7 @@ fn kind_of(kind: &str) -> Kind {
         "AuthorizationPolicy" => Kind::AuthorizationPolicy,
         "RequestAuthentication" => Kind::RequestAuthentication,
         "PeerAuthentication" => Kind::PeerAuthentication,
+        "Telemetry" => Kind::Telemetry,
         other => panic!("kind {other} is not mapped: add it here"),
     }
 }
@@ -33,6 +35,8 @@ fn group(kind: &str) -> &'static str {
     .contains(&kind)
     {
         "security.istio.io/v1"
+    } else if kind == "Telemetry" {
+        "telemetry.istio.io/v1"
     } else {
         "networking.istio.io/v1"
     }
@@ -45,6 +49,12 @@ fn every_reported_field_is_named_in_the_status_conditions() {
         for entry in support::table(kind).iter().filter(|e| e.reported()) {
             for (field, spec) in support::examples(kind, entry) {
                 let mut index = bookinfo();
+                // The examples' Telemetry names a zipkin provider: the mesh defines one.
+                index.mesh.telemetry = Providers::parse(
+                    r#"[{"name": "zipkin", "zipkin": {"service": "zipkin.istio-system", "port": 9411}}]"#,
+                )
+                .and_then(|p| p.telemetry("", "", "prometheus", 1.0))
+                .unwrap();
                 let object = serde_json::json!({
                     "apiVersion": group(kind),
                     "kind": kind,

@@ -1,6 +1,7 @@
 //! Validating admission for the Istio kinds the operator reads (VirtualService, DestinationRule,
 //! Sidecar of `networking.istio.io` in every served version, PeerAuthentication,
-//! AuthorizationPolicy and RequestAuthentication of `security.istio.io`), as istiod's validation webhook does: an invalid
+//! AuthorizationPolicy and RequestAuthentication of `security.istio.io`, Telemetry of
+//! `telemetry.istio.io`), as istiod's validation webhook does: an invalid
 //! object is refused at `kubectl apply`, naming the field, instead of being accepted and then
 //! reported in its status.
 //!
@@ -27,7 +28,7 @@ use rustmesh_api::checks::{Finding, Severity, object_findings};
 use rustmesh_api::parse::{IstioObject, KINDS};
 use rustmesh_api::{
     AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication, Sidecar,
-    VirtualService,
+    Telemetry, VirtualService,
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -111,6 +112,7 @@ fn read_object(kind: &str, object: Value) -> Option<std::result::Result<IstioObj
             .map(|o| IstioObject::AuthorizationPolicy(Box::new(o))),
         "RequestAuthentication" => typed::<RequestAuthentication>(object)
             .map(|o| IstioObject::RequestAuthentication(Box::new(o))),
+        "Telemetry" => typed::<Telemetry>(object).map(|o| IstioObject::Telemetry(Box::new(o))),
         _ => return None,
     })
 }

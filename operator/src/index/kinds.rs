@@ -12,7 +12,7 @@ use kube::{Resource, ResourceExt};
 use rustmesh_api::status::IstioStatus;
 use rustmesh_api::{
     AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication, Sidecar,
-    VirtualService,
+    Telemetry, VirtualService,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -88,13 +88,14 @@ pub trait KindFn {
 }
 
 /// Every Istio kind the operator handles (the watches and the readiness gate use this list).
-pub const ISTIO_KINDS: [Kind; 6] = [
+pub const ISTIO_KINDS: [Kind; 7] = [
     Kind::VirtualService,
     Kind::DestinationRule,
     Kind::Sidecar,
     Kind::PeerAuthentication,
     Kind::AuthorizationPolicy,
     Kind::RequestAuthentication,
+    Kind::Telemetry,
 ];
 
 /// The registration: runs `f` with the type of an Istio `kind`; `None` for the core kinds.
@@ -106,6 +107,7 @@ pub fn for_kind<F: KindFn>(kind: Kind, f: F) -> Option<F::Out> {
         Kind::PeerAuthentication => f.call::<PeerAuthentication>(),
         Kind::AuthorizationPolicy => f.call::<AuthorizationPolicy>(),
         Kind::RequestAuthentication => f.call::<RequestAuthentication>(),
+        Kind::Telemetry => f.call::<Telemetry>(),
         Kind::Service | Kind::Endpoints | Kind::Pod | Kind::Namespace => return None,
     })
 }
@@ -261,6 +263,32 @@ impl IstioKind for RequestAuthentication {
     }
     /// As an AuthorizationPolicy: listed in the scopes of its own namespace only, except in the
     /// root namespace, whose policies (with or without a selector) every namespace lists.
+    fn reach(&self, index: &Index) -> BTreeSet<String> {
+        let ns = self.namespace().unwrap_or_default();
+        if ns == index.mesh.root_namespace {
+            index.injected_namespaces().map(str::to_string).collect()
+        } else {
+            index.injected_only([ns])
+        }
+    }
+    fn status(&self) -> Option<&IstioStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl IstioKind for Telemetry {
+    const KIND: Kind = Kind::Telemetry;
+    fn into_object(self) -> Object {
+        Object::Telemetry(Box::new(self))
+    }
+    fn store(index: &Index) -> &KindStore<Self> {
+        &index.telemetries
+    }
+    fn store_mut(index: &mut Index) -> &mut KindStore<Self> {
+        &mut index.telemetries
+    }
+    /// As a PeerAuthentication's scope: listed in the scopes of its own namespace, except in
+    /// the root namespace, whose selector-less Telemetry is every namespace's mesh-wide one.
     fn reach(&self, index: &Index) -> BTreeSet<String> {
         let ns = self.namespace().unwrap_or_default();
         if ns == index.mesh.root_namespace {

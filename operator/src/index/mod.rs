@@ -15,7 +15,7 @@ use rustmesh_api::sidecar::{EgressHost, OutboundTrafficPolicyMode};
 use rustmesh_api::virtual_service::Delegate;
 use rustmesh_api::{
     AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication, Sidecar,
-    VirtualService,
+    Telemetry, VirtualService,
 };
 use rustmesh_xds::well_known::{DEFAULT_DOMAIN_SUFFIX, DEFAULT_ROOT_NAMESPACE};
 use std::collections::{BTreeMap, BTreeSet};
@@ -82,6 +82,10 @@ pub struct MeshConfig {
     /// provider from `extensionProviders`, `PILOT_TRACE_SAMPLING`), on every HTTP connection
     /// manager; `None`: off.
     pub tracing: Option<rustmesh_xds::trace::Tracing>,
+    /// The mesh's side of the Telemetry API (`extensionProviders` with Istio's built-ins,
+    /// `defaultProviders`, the sampling percentage), no policy: what `render::telemetry`
+    /// adds a scope's Telemetry policies to.
+    pub telemetry: rustmesh_xds::telemetry::Telemetry,
 }
 
 impl Default for MeshConfig {
@@ -97,6 +101,9 @@ impl Default for MeshConfig {
             cluster_id: DEFAULT_CLUSTER_ID.to_string(),
             access_log: None,
             tracing: None,
+            telemetry: crate::providers::Providers::parse("")
+                .and_then(|p| p.telemetry("", "", crate::providers::BUILTIN_METRICS, 1.0))
+                .expect("Istio's built-in providers are valid defaults"),
         }
     }
 }
@@ -117,10 +124,11 @@ pub enum Kind {
     PeerAuthentication,
     AuthorizationPolicy,
     RequestAuthentication,
+    Telemetry,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Service,
         Kind::Endpoints,
         Kind::Pod,
@@ -131,6 +139,7 @@ impl Kind {
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
         Kind::RequestAuthentication,
+        Kind::Telemetry,
     ];
 }
 
@@ -183,6 +192,7 @@ pub enum Object {
     PeerAuthentication(Box<PeerAuthentication>),
     AuthorizationPolicy(Box<AuthorizationPolicy>),
     RequestAuthentication(Box<RequestAuthentication>),
+    Telemetry(Box<Telemetry>),
 }
 
 impl Object {
@@ -198,6 +208,7 @@ impl Object {
             Object::PeerAuthentication(_) => Kind::PeerAuthentication,
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Object::RequestAuthentication(_) => Kind::RequestAuthentication,
+            Object::Telemetry(_) => Kind::Telemetry,
         }
     }
 
@@ -214,6 +225,7 @@ impl Object {
             Object::PeerAuthentication(o) => ObjKey::of(o.as_ref()),
             Object::AuthorizationPolicy(o) => ObjKey::of(o.as_ref()),
             Object::RequestAuthentication(o) => ObjKey::of(o.as_ref()),
+            Object::Telemetry(o) => ObjKey::of(o.as_ref()),
         }
     }
 }
@@ -330,6 +342,7 @@ pub struct Index {
     pub peer_authentications: KindStore<PeerAuthentication>,
     pub authorization_policies: KindStore<AuthorizationPolicy>,
     pub request_authentications: KindStore<RequestAuthentication>,
+    pub telemetries: KindStore<Telemetry>,
     /// The key sets fetched for the RequestAuthentications' rules ([`crate::jwks`]).
     pub key_sets: KeySets,
 }
@@ -491,6 +504,7 @@ impl Index {
             Object::PeerAuthentication(o) => self.put(key, *o),
             Object::AuthorizationPolicy(o) => self.put(key, *o),
             Object::RequestAuthentication(o) => self.put(key, *o),
+            Object::Telemetry(o) => self.put(key, *o),
         }
     }
 
@@ -578,6 +592,7 @@ impl Index {
             Object::PeerAuthentication(o) => Affects::full(o.reach(self), true),
             Object::AuthorizationPolicy(o) => Affects::full(o.reach(self), true),
             Object::RequestAuthentication(o) => Affects::full(o.reach(self), true),
+            Object::Telemetry(o) => Affects::full(o.reach(self), true),
         }
     }
 
@@ -794,6 +809,9 @@ fn same_content(a: &Object, b: &Object) -> bool {
                 && dry_run(x) == dry_run(y)
         }
         (Object::RequestAuthentication(x), Object::RequestAuthentication(y)) => {
+            x.spec == y.spec && x.metadata.creation_timestamp == y.metadata.creation_timestamp
+        }
+        (Object::Telemetry(x), Object::Telemetry(y)) => {
             x.spec == y.spec && x.metadata.creation_timestamp == y.metadata.creation_timestamp
         }
         _ => false,

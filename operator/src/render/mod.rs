@@ -38,6 +38,7 @@ mod request_authn;
 #[cfg(test)]
 mod request_authn_tests;
 mod routes;
+mod telemetry;
 
 use crate::index::kinds::{IstioKind, KindStore};
 use crate::index::{Index, Labels, ObjKey};
@@ -536,6 +537,7 @@ pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsReci
         peer_authentication: peer_authn::peer_authentication(view, scope),
         authorization: authz::authorization(view, scope),
         request_authentication: request_authn::request_authentication(view, scope),
+        telemetry: telemetry::telemetry(view, scope),
         version_info: String::new(),
         listeners: all_listeners,
         routes: routes.into_values().collect(),
@@ -878,6 +880,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
                 weighted_clusters: weighted,
                 idle_timeout,
                 access_log: Vec::new(),
+                disabled_metrics: Vec::new(),
             })],
         }
     }
