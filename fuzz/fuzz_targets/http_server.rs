@@ -12,9 +12,7 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use rustmesh_proxy::cluster::ClusterManager;
 use rustmesh_proxy::http::upstreams::ClusterUpstreams;
-use rustmesh_proxy::http::{
-    HttpContext, HttpSettings, Rng, RouteTable, serve_connection,
-};
+use rustmesh_proxy::http::{HttpContext, HttpSettings, Rng, RouteTable, serve_connection};
 use rustmesh_proxy::metrics::{Destinations, Metrics, Reporter, WorkloadInfo};
 use rustmesh_proxy::pool::PassthroughPools;
 use rustmesh_xds::route::RouteConfiguration;
@@ -69,6 +67,7 @@ fuzz_target!(|data: &[u8]| {
             authz: None,
             trace: None,
             requested_server_name: None,
+            disabled_metrics: Default::default(),
         };
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let serving = tokio::spawn(async move { serve_connection(server, ctx).await });

@@ -23,6 +23,7 @@ use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use rustmesh_xds::ProxyConfig;
+use rustmesh_xds::telemetry::Metric;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -464,23 +465,52 @@ impl Default for Metrics {
     }
 }
 
-/// The request metrics of one label set (see [`Metrics::request_handles`]).
+/// The Istio metrics a filter chain does not record (the Telemetry API's `metrics` overrides,
+/// `rustmesh_xds::telemetry`), as a bit set: a disabled metric gets no series at all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetricMask(u16);
+
+impl MetricMask {
+    /// The mask of a chain whose configuration disables `disabled`.
+    pub fn of(disabled: &[Metric]) -> Self {
+        MetricMask(disabled.iter().fold(0, |m, d| m | Self::bit(*d)))
+    }
+
+    fn bit(m: Metric) -> u16 {
+        1 << Metric::ALL.iter().position(|x| *x == m).unwrap_or(15)
+    }
+
+    /// Whether `m` is recorded.
+    pub fn records(self, m: Metric) -> bool {
+        self.0 & Self::bit(m) == 0
+    }
+}
+
+/// The request metrics of one label set (see [`Metrics::request_handles`]); `None` for a
+/// metric the chain does not record.
 #[derive(Debug, Clone)]
 pub struct RequestHandles {
-    requests: Counter,
-    duration: Histogram,
-    request_bytes: Histogram,
-    response_bytes: Histogram,
+    requests: Option<Counter>,
+    duration: Option<Histogram>,
+    request_bytes: Option<Histogram>,
+    response_bytes: Option<Histogram>,
 }
 
 impl RequestHandles {
     /// Records one finished request.
     pub fn record(&self, sample: RequestSample) {
-        self.requests.inc();
-        self.duration
-            .observe(sample.duration.as_secs_f64() * 1000.0);
-        self.request_bytes.observe(sample.request_bytes as f64);
-        self.response_bytes.observe(sample.response_bytes as f64);
+        if let Some(c) = &self.requests {
+            c.inc();
+        }
+        if let Some(h) = &self.duration {
+            h.observe(sample.duration.as_secs_f64() * 1000.0);
+        }
+        if let Some(h) = &self.request_bytes {
+            h.observe(sample.request_bytes as f64);
+        }
+        if let Some(h) = &self.response_bytes {
+            h.observe(sample.response_bytes as f64);
+        }
     }
 }
 
@@ -583,18 +613,28 @@ impl Metrics {
 
     /// Records one finished HTTP request.
     pub fn record_request(&self, labels: &HttpLabels, sample: RequestSample) {
-        self.request_handles(labels).record(sample);
+        self.request_handles(labels, MetricMask::default())
+            .record(sample);
     }
 
     /// The four request metrics of one label set, to record into without looking the label set
     /// up again (the HTTP server keeps them per connection: building Istio's 20-label set and
     /// hashing it four times per request was a visible share of the sidecar's CPU).
-    pub fn request_handles(&self, labels: &HttpLabels) -> RequestHandles {
+    /// Only the metrics `mask` records get a series.
+    pub fn request_handles(&self, labels: &HttpLabels, mask: MetricMask) -> RequestHandles {
         RequestHandles {
-            requests: self.requests.get_or_create(labels).clone(),
-            duration: self.duration.get_or_create(labels).clone(),
-            request_bytes: self.request_bytes.get_or_create(labels).clone(),
-            response_bytes: self.response_bytes.get_or_create(labels).clone(),
+            requests: mask
+                .records(Metric::RequestCount)
+                .then(|| self.requests.get_or_create(labels).clone()),
+            duration: mask
+                .records(Metric::RequestDuration)
+                .then(|| self.duration.get_or_create(labels).clone()),
+            request_bytes: mask
+                .records(Metric::RequestSize)
+                .then(|| self.request_bytes.get_or_create(labels).clone()),
+            response_bytes: mask
+                .records(Metric::ResponseSize)
+                .then(|| self.response_bytes.get_or_create(labels).clone()),
         }
     }
 
@@ -604,23 +644,27 @@ impl Metrics {
     }
 
     /// A TCP connection was accepted and is being proxied.
-    pub fn tcp_opened(&self, labels: &TcpLabels) {
-        self.tcp_opened.get_or_create(labels).inc();
+    pub fn tcp_opened(&self, labels: &TcpLabels, mask: MetricMask) {
+        if mask.records(Metric::TcpOpenedConnections) {
+            self.tcp_opened.get_or_create(labels).inc();
+        }
     }
 
     /// Bytes moved on a proxied TCP connection since the last call (`sent` = to the downstream).
-    pub fn tcp_bytes(&self, labels: &TcpLabels, sent: u64, received: u64) {
-        if sent > 0 {
+    pub fn tcp_bytes(&self, labels: &TcpLabels, sent: u64, received: u64, mask: MetricMask) {
+        if sent > 0 && mask.records(Metric::TcpSentBytes) {
             self.tcp_sent.get_or_create(labels).inc_by(sent);
         }
-        if received > 0 {
+        if received > 0 && mask.records(Metric::TcpReceivedBytes) {
             self.tcp_received.get_or_create(labels).inc_by(received);
         }
     }
 
     /// A proxied TCP connection closed.
-    pub fn tcp_closed(&self, labels: &TcpLabels) {
-        self.tcp_closed.get_or_create(labels).inc();
+    pub fn tcp_closed(&self, labels: &TcpLabels, mask: MetricMask) {
+        if mask.records(Metric::TcpClosedConnections) {
+            self.tcp_closed.get_or_create(labels).inc();
+        }
     }
 }
 
@@ -694,9 +738,9 @@ mod tests {
             },
         );
         let t = peers.tcp_labels("");
-        m.tcp_opened(&t);
-        m.tcp_bytes(&t, 5, 7);
-        m.tcp_closed(&t);
+        m.tcp_opened(&t, MetricMask::default());
+        m.tcp_bytes(&t, 5, 7, MetricMask::default());
+        m.tcp_closed(&t, MetricMask::default());
         let text = m.encode();
         for needle in [
             "istio_requests_total{reporter=\"source\",source_workload=\"productpage-v1\"",

@@ -1202,3 +1202,129 @@ async fn the_server_logs_the_sni_its_clients_sent() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The Telemetry API's policies as the operator renders them (`rustmesh_xds::telemetry`): a
+/// mesh-wide one turning the `envoy` access log on, and workload ones of each pod.
+fn with_telemetry(doc: &mut Value, workload: Value) {
+    doc["telemetry"] = json!({
+        "providers": {
+            "envoy": {"accessLog": {"path": "/dev/stdout",
+                                    "format": "%RESPONSE_CODE% %UPSTREAM_CLUSTER%\n"}},
+            "prometheus": "prometheus",
+        },
+        "defaultProviders": {"metrics": ["prometheus"]},
+        "defaultSampling": 1.0,
+        "mesh": {"name": "istio-system/mesh-default",
+                 "accessLogging": [{"providers": ["envoy"]}]},
+        "workload": [workload],
+    });
+}
+
+#[tokio::test]
+async fn telemetry_policies_turn_access_logs_and_metrics_on_and_off_per_workload_and_side() {
+    let (server_cert, client_cert, _root) = certs().await;
+    let m = mesh_with(
+        Some(server_cert),
+        Some(client_cert),
+        Value::Null,
+        // ratings: logged (mesh policy); its server side records no request count.
+        |d| {
+            with_telemetry(
+                d,
+                json!({"name": "bookinfo/ratings", "selector": {"app": "ratings"},
+                       "metrics": [{"overrides": [
+                           {"metric": "REQUEST_COUNT", "mode": "SERVER", "disabled": true}]}]}),
+            )
+        },
+        // reviews: its client side logs nothing and counts no opened TCP connection; a
+        // policy selecting another app is not its own.
+        |d| {
+            with_telemetry(
+                d,
+                json!({"name": "bookinfo/reviews", "selector": {"app": "reviews"},
+                       "accessLogging": [{"mode": "CLIENT", "disabled": true}],
+                       "metrics": [{"overrides": [
+                           {"metric": "TCP_OPENED_CONNECTIONS", "mode": "CLIENT", "disabled": true}]}]}),
+            );
+            d["telemetry"]["workload"]
+                .as_array_mut()
+                .unwrap()
+                .insert(0, json!({"name": "bookinfo/other", "selector": {"app": "other"},
+                                  "accessLogging": [{"providers": ["envoy"]}]}));
+        },
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(get(m.outbound_http, false).await.map(|(c, _)| c), Ok(200));
+    }
+    assert_eq!(
+        talk(m.outbound_tcp).await.as_deref(),
+        Some("tcp-app\nping\n")
+    );
+    let want = format!("200 inbound|{HTTP_PORT}||");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let server_lines = loop {
+        let lines = m.server.log.lock().unwrap().clone();
+        if lines.iter().filter(|l| **l == want).count() == 3 {
+            break lines;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "want 3 x {want:?}, got {lines:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The TCP connection is logged and counted when it closes.
+    let tcp_line = format!("inbound|{TCP_PORT}||");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !m
+        .client
+        .prometheus()
+        .contains("istio_tcp_connections_closed_total{")
+        || !m
+            .server
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.ends_with(&tcp_line))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{server_lines:#?} {}",
+            m.client.prometheus()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        *m.client.log.lock().unwrap(),
+        Vec::<String>::new(),
+        "the client side's log is disabled"
+    );
+
+    let server = m.server.prometheus();
+    assert!(!server.contains("istio_requests_total{"), "{server}");
+    assert!(
+        has(
+            &server,
+            &[
+                "istio_request_duration_milliseconds_count{",
+                "reporter=\"destination\""
+            ]
+        ),
+        "{server}"
+    );
+    let client = m.client.prometheus();
+    assert!(
+        has(&client, &["istio_requests_total{", "reporter=\"source\""]),
+        "{client}"
+    );
+    assert!(
+        !client.contains("istio_tcp_connections_opened_total{"),
+        "{client}"
+    );
+    assert!(
+        has(&client, &["istio_tcp_connections_closed_total{"]),
+        "{client}"
+    );
+}

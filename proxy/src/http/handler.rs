@@ -307,6 +307,7 @@ impl ConnectionManager {
             client_cert_details,
             authz,
             requested_server_name,
+            disabled_metrics: crate::metrics::MetricMask::of(&hcm.disabled_metrics),
             trace: tracer.map(|tracer| crate::trace::ConnTracing {
                 tracer,
                 local: self.trace_local.clone(),

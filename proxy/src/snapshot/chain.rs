@@ -65,6 +65,8 @@ pub struct TcpRoute {
     pub idle_timeout: Option<Duration>,
     /// `accessLog`, compiled.
     pub access_logs: AccessLogs,
+    /// The Istio metrics these connections do not record (`disabledMetrics`).
+    pub disabled_metrics: crate::metrics::MetricMask,
 }
 
 impl TcpRoute {
@@ -348,6 +350,7 @@ fn compile_chain(
                 total_weight,
                 idle_timeout,
                 access_logs,
+                disabled_metrics: crate::metrics::MetricMask::of(&t.disabled_metrics),
             })
         }
         NetworkFilter::HttpConnectionManager(h) => {

@@ -106,10 +106,24 @@ impl Snapshot {
                 return Err(compile_error((format!("clusters[{i}].{field}"), message)));
             }
         }
+        // The Telemetry policies that select this pod set each side's access logs, tracing
+        // and disabled metrics on the listeners before they compile.
+        let with_telemetry = config.telemetry.as_ref().map(|t| {
+            let effective = t.effective(http.labels());
+            tracing::debug!(policies = ?effective.policies, "telemetry policies applied");
+            let mut ls = config.listeners.clone();
+            effective.apply(&mut ls);
+            ls
+        });
         let mut by_address = HashMap::new();
         let mut listeners = Vec::new();
         let (mut outbound, mut inbound) = (None, None);
-        for (i, l) in config.listeners.iter().enumerate() {
+        for (i, l) in with_telemetry
+            .as_deref()
+            .unwrap_or(&config.listeners)
+            .iter()
+            .enumerate()
+        {
             let path = format!("listeners[{i}]");
             let compiled = Arc::new(compile_listener(
                 &path,
