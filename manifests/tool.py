@@ -559,6 +559,7 @@ VALIDATED = {
     ("security.istio.io", "peerauthentications"): {"v1", "v1beta1"},
     ("security.istio.io", "authorizationpolicies"): {"v1", "v1beta1"},
     ("security.istio.io", "requestauthentications"): {"v1", "v1beta1"},
+    ("telemetry.istio.io", "telemetries"): {"v1", "v1alpha1"},
 }
 
 
@@ -567,8 +568,9 @@ def webhook_problems(objs: list[dict], where: str, values: dict) -> list[str]:
     certificate the replicas share the Secret <webhook>-tls (args, a Role rule for that Secret by
     name and create alone), with webhook.tls.secretName no Secret rule at all; with
     webhook.validation.enabled one ValidatingWebhookConfiguration rustmesh-validator[-rev] sending
-    CREATE/UPDATE of exactly the five Istio kinds in every served version to /validate, sideEffects
-    None, the configured failurePolicy, and the webhook patching its caBundle (by name)."""
+    CREATE/UPDATE of exactly the seven Istio kinds (VALIDATED) in every served version to
+    /validate, sideEffects None, the configured failurePolicy, and the webhook patching its
+    caBundle (by name)."""
     problems = []
     suffix = "" if values.get("revision", "default") in ("default", "") else f"-{values['revision']}"
     webhook, validator, secret = f"rustmesh-webhook{suffix}", f"rustmesh-validator{suffix}", f"rustmesh-webhook{suffix}-tls"

@@ -122,6 +122,21 @@ fn check_cluster_rules(rules: &[PolicyRule], ca: bool) {
         ),
         "spec is not ours"
     );
+    for (resource, verb) in [
+        ("telemetries", "get"),
+        ("telemetries", "list"),
+        ("telemetries", "watch"),
+        ("telemetries/status", "patch"),
+    ] {
+        assert!(
+            allows(&rules, "telemetry.istio.io", resource, verb, None),
+            "{verb} {resource}"
+        );
+    }
+    assert!(
+        !allows(&rules, "telemetry.istio.io", "telemetries", "patch", None),
+        "spec is not ours"
+    );
     let cm = rustmesh_xds::well_known::PROXY_CONFIGMAP;
     assert!(allows(&rules, "", "configmaps", "patch", Some(cm)));
     assert!(!allows(
@@ -282,7 +297,12 @@ fn verbs_used(group: &str, resource: &str) -> &'static [&'static str] {
             "security.istio.io",
             "peerauthentications" | "authorizationpolicies" | "requestauthentications",
         ) => &["get", "list", "watch"],
-        ("networking.istio.io" | "security.istio.io", r) if r.ends_with("/status") => &["patch"],
+        ("telemetry.istio.io", "telemetries") => &["get", "list", "watch"],
+        ("networking.istio.io" | "security.istio.io" | "telemetry.istio.io", r)
+            if r.ends_with("/status") =>
+        {
+            &["patch"]
+        }
         // get/list/watch: the named watch, and what the reader Role grants (escalation check).
         ("", "configmaps") => &["get", "list", "watch", "patch", "create"],
         ("rbac.authorization.k8s.io", "roles" | "rolebindings") => &["patch", "create"],
