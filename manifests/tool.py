@@ -721,27 +721,50 @@ TRACING_PROVIDERS = [
     },
     {"name": "prometheus", "prometheus": {}},
 ]
+# Istio's envoyFileAccessLog provider (JSON lines with the given keys).
+ACCESS_LOG_PROVIDER = {
+    "name": "json-log",
+    "envoyFileAccessLog": {"path": "/dev/stdout", "logFormat": {"labels": {"code": "%RESPONSE_CODE%"}}},
+}
 
 
 def check_mesh_settings() -> tuple[list[str], list[str]]:
-    """(passed, problems): the tracing values reach the operator's environment as its flags
-    read them (EXTENSION_PROVIDERS as JSON, DEFAULT_TRACING_PROVIDERS comma-separated,
-    ENABLE_TRACING, PILOT_TRACE_SAMPLING), from values and from `--set` text alike, and values
-    the operator would refuse at start fail the render, naming the value."""
+    """(passed, problems): the tracing and Telemetry values reach the operator's environment as
+    its flags read them (EXTENSION_PROVIDERS as JSON, DEFAULT_TRACING_PROVIDERS,
+    DEFAULT_ACCESS_LOG_PROVIDERS and DEFAULT_METRICS_PROVIDERS comma-separated, ENABLE_TRACING,
+    PILOT_TRACE_SAMPLING), from values and from `--set` text alike, and values the operator
+    would refuse at start fail the render, naming the value."""
     cases = [
         # (what, values, the env wanted)
         (
-            "defaults (no tracing)",
+            "defaults (no tracing, no access log provider, Istio's prometheus metrics)",
             {},
-            {"EXTENSION_PROVIDERS": [], "DEFAULT_TRACING_PROVIDERS": "", "ENABLE_TRACING": "true", "PILOT_TRACE_SAMPLING": "1"},
+            {
+                "EXTENSION_PROVIDERS": [],
+                "DEFAULT_TRACING_PROVIDERS": "",
+                "DEFAULT_ACCESS_LOG_PROVIDERS": "",
+                "DEFAULT_METRICS_PROVIDERS": "prometheus",
+                "ENABLE_TRACING": "true",
+                "PILOT_TRACE_SAMPLING": "1",
+            },
         ),
         (
-            "Istio's providers, zipkin by default, 100 %",
+            "Istio's providers, zipkin by default, 100 %, access logs to envoy and a file log",
             {
-                "meshConfig": {"extensionProviders": TRACING_PROVIDERS, "defaultProviders": {"tracing": ["zipkin"]}},
+                "meshConfig": {
+                    "extensionProviders": TRACING_PROVIDERS + [ACCESS_LOG_PROVIDER],
+                    "defaultProviders": {"tracing": ["zipkin"], "accessLogging": ["envoy", "json-log"], "metrics": ["prometheus"]},
+                },
                 "operator": {"traceSampling": 100.0},
             },
-            {"EXTENSION_PROVIDERS": TRACING_PROVIDERS, "DEFAULT_TRACING_PROVIDERS": "zipkin", "ENABLE_TRACING": "true", "PILOT_TRACE_SAMPLING": "100"},
+            {
+                "EXTENSION_PROVIDERS": TRACING_PROVIDERS + [ACCESS_LOG_PROVIDER],
+                "DEFAULT_TRACING_PROVIDERS": "zipkin",
+                "DEFAULT_ACCESS_LOG_PROVIDERS": "envoy,json-log",
+                "DEFAULT_METRICS_PROVIDERS": "prometheus",
+                "ENABLE_TRACING": "true",
+                "PILOT_TRACE_SAMPLING": "100",
+            },
         ),
         (
             "--set as a user writes it",
@@ -751,16 +774,32 @@ def check_mesh_settings() -> tuple[list[str], list[str]]:
                     "meshConfig.extensionProviders[0].zipkin.service=zipkin.istio-system.svc.cluster.local",
                     "meshConfig.extensionProviders[0].zipkin.port=9411",
                     "meshConfig.defaultProviders.tracing={zipkin}",
+                    "meshConfig.defaultProviders.accessLogging={envoy}",
+                    "meshConfig.defaultProviders.metrics={}",
                     "meshConfig.enableTracing=false",
                     "operator.traceSampling=0.5",
                 ]
             ),
-            {"EXTENSION_PROVIDERS": TRACING_PROVIDERS[:1], "DEFAULT_TRACING_PROVIDERS": "zipkin", "ENABLE_TRACING": "false", "PILOT_TRACE_SAMPLING": "0.5"},
+            {
+                "EXTENSION_PROVIDERS": TRACING_PROVIDERS[:1],
+                "DEFAULT_TRACING_PROVIDERS": "zipkin",
+                "DEFAULT_ACCESS_LOG_PROVIDERS": "envoy",
+                "DEFAULT_METRICS_PROVIDERS": "",
+                "ENABLE_TRACING": "false",
+                "PILOT_TRACE_SAMPLING": "0.5",
+            },
         ),
         (
             "Istio's pilot.traceSampling",
             {"pilot": {"traceSampling": 25}},
-            {"EXTENSION_PROVIDERS": [], "DEFAULT_TRACING_PROVIDERS": "", "ENABLE_TRACING": "true", "PILOT_TRACE_SAMPLING": "25"},
+            {
+                "EXTENSION_PROVIDERS": [],
+                "DEFAULT_TRACING_PROVIDERS": "",
+                "DEFAULT_ACCESS_LOG_PROVIDERS": "",
+                "DEFAULT_METRICS_PROVIDERS": "prometheus",
+                "ENABLE_TRACING": "true",
+                "PILOT_TRACE_SAMPLING": "25",
+            },
         ),
     ]
     passed, problems = [], []
@@ -773,9 +812,9 @@ def check_mesh_settings() -> tuple[list[str], list[str]]:
             got["EXTENSION_PROVIDERS"] = f"not JSON ({e}): {env.get('EXTENSION_PROVIDERS')!r}"
         wrong = [f"{k}={got.get(k)!r} (want {v!r})" for k, v in want.items() if got.get(k) != v]
         if wrong:
-            problems.append(f"tracing values ({what}): the operator's env has {', '.join(wrong)}")
+            problems.append(f"telemetry values ({what}): the operator's env has {', '.join(wrong)}")
         else:
-            passed.append(f"tracing values ({what}): the operator's env {sorted(want)} as its flags read them")
+            passed.append(f"telemetry values ({what}): the operator's env {sorted(want)} as its flags read them")
     refused = [
         ({"pilot": {"traceSampling": -1}}, "pilot.traceSampling: -1"),
         ({"operator": {"traceSampling": 100.5}}, "operator.traceSampling: 100.5"),
@@ -791,9 +830,9 @@ def check_mesh_settings() -> tuple[list[str], list[str]]:
         except Exception as e:  # Helm's render error
             if message not in str(e):
                 bad.append(f"{values} failed without naming {message!r}: {e}")
-    problems += [f"tracing values: {b}" for b in bad]
+    problems += [f"telemetry values: {b}" for b in bad]
     if not bad:
-        passed.append(f"tracing values: {len(refused)} invalid ones fail the render, naming the value")
+        passed.append(f"telemetry values: {len(refused)} invalid ones fail the render, naming the value")
     return passed, problems
 
 
@@ -914,7 +953,7 @@ def cmd_check() -> int:
     elif ns_labels:
         ok.append("the control plane's Namespace carries no injection label")
 
-    # Mesh settings through the operator's environment (tracing).
+    # Mesh settings through the operator's environment (tracing, Telemetry's default providers).
     p_ok, p_problems = check_mesh_settings()
     ok += p_ok
     problems += p_problems
