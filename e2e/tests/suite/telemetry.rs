@@ -1017,3 +1017,183 @@ async fn two_hop_trace(ctx: &rustmesh_e2e::Ctx, cns: &str, collector: &sample::A
     );
     ctx.delete_namespace(&ns).await;
 }
+
+/// Istio's Telemetry API (`telemetry.istio.io/v1`, its "Telemetry API" task): a
+/// namespace-wide Telemetry turns the built-in `envoy` access log provider on for every
+/// sidecar of the namespace (no `accessLogFile` in the mesh), then a workload Telemetry turns
+/// it off for reviews alone, while productpage keeps logging; a Telemetry naming a provider the
+/// mesh does not have is refused (`Accepted=False`) naming the field.
+#[tokio::test]
+async fn s15_the_telemetry_api_turns_access_logs_on_for_a_namespace_and_off_for_one_workload() {
+    let Some(ctx) = setup("s15_telemetry_api").await else {
+        return;
+    };
+    let ns = ctx.fresh_namespace("e2e-telemetry", true).await.unwrap();
+    let client = sample::productpage();
+    let server = sample::reviews("v1");
+    sample::deploy(&ctx, &ns, &[client.clone(), server.clone()])
+        .await
+        .unwrap();
+    let client_pod = ctx.pod_name(&ns, &client.selector()).await.unwrap();
+    let server_pod = ctx.pod_name(&ns, &server.selector()).await.unwrap();
+    let pods: kube::Api<Pod> = kube::Api::namespaced(ctx.client.clone(), &ns);
+    let logs = |pod: &str| {
+        let (pods, pod) = (pods.clone(), pod.to_string());
+        async move {
+            let params = kube::api::LogParams {
+                container: Some("istio-proxy".into()),
+                ..Default::default()
+            };
+            pods.logs(&pod, &params).await.unwrap_or_default()
+        }
+    };
+    // One request with a path of its own; then whether each side logged it (lines are written
+    // when the response ends and flushed every second).
+    let seq = std::sync::atomic::AtomicU32::new(0);
+    let probe = || async {
+        let path = format!(
+            "/telemetry-{}",
+            seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let s = ctx
+            .http_load(
+                &ns,
+                &client_pod,
+                &client.app,
+                &format!("http://reviews:{HTTP_PORT}{path}"),
+                1,
+                1,
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if s.status(200) != 1 {
+            return Err(format!("{path}: {:?}", s.statuses));
+        }
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let needle = format!("\"GET {path} HTTP/1.1\"");
+        Ok::<_, String>((
+            logs(&client_pod).await.contains(&needle),
+            logs(&server_pod).await.contains(&needle),
+        ))
+    };
+    ctx.apply_istio(
+        &ns,
+        r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata:
+  name: namespace-logs
+spec:
+  accessLogging:
+  - providers:
+    - name: envoy
+"#,
+    )
+    .await
+    .unwrap();
+    rustmesh_e2e::poll(
+        "both sidecars log (namespace-wide Telemetry)",
+        Duration::from_secs(90),
+        Duration::from_millis(200),
+        || async {
+            match probe().await? {
+                (true, true) => Ok(Some(())),
+                other => Err(format!("(client, server) logged: {other:?}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    ctx.apply_istio(
+        &ns,
+        r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata:
+  name: reviews-quiet
+spec:
+  selector:
+    matchLabels:
+      app: reviews
+  accessLogging:
+  - disabled: true
+"#,
+    )
+    .await
+    .unwrap();
+    rustmesh_e2e::poll(
+        "only productpage logs (workload Telemetry for reviews)",
+        Duration::from_secs(90),
+        Duration::from_millis(200),
+        || async {
+            match probe().await? {
+                (true, false) => Ok(Some(())),
+                other => Err(format!("(client, server) logged: {other:?}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    // A provider the mesh does not define is refused, naming the field.
+    ctx.apply_istio(
+        &ns,
+        r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata:
+  name: unknown-provider
+spec:
+  selector:
+    matchLabels:
+      app: ratings
+  tracing:
+  - providers:
+    - name: jaeger
+"#,
+    )
+    .await
+    .unwrap();
+    let telemetries: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
+        ctx.client.clone(),
+        &ns,
+        &kube::api::ApiResource {
+            group: "telemetry.istio.io".into(),
+            version: "v1".into(),
+            api_version: "telemetry.istio.io/v1".into(),
+            kind: "Telemetry".into(),
+            plural: "telemetries".into(),
+        },
+    );
+    let cond = rustmesh_e2e::poll(
+        "unknown-provider Accepted=False",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || async {
+            let o = telemetries
+                .get("unknown-provider")
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = o.data.get("status").cloned().unwrap_or_default();
+            let cond = status["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == "Accepted"))
+                .cloned()
+                .unwrap_or_default();
+            if cond["status"] == "False" {
+                Ok(Some(cond))
+            } else {
+                Err(format!("status {status}"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    ctx.log(format!("unknown-provider: {cond}"));
+    let message = cond["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("spec.tracing[0].providers[0].name") && message.contains("jaeger"),
+        "{cond}"
+    );
+    ctx.delete_namespace(&ns).await;
+}
