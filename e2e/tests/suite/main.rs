@@ -16,7 +16,7 @@
 //! | `drain` | 12: pods deleted under traffic: an app's call after SIGTERM goes through its draining sidecar (`terminationDrainDuration` from `proxy.istio.io/config`); a server replica deleted under load fails no request |
 //! | `authz` | 13: AuthorizationPolicy as Istio's tasks show it: allow-nothing, ALLOW by principal and path, DENY on a header over ALLOW, TCP by principal and port, an HTTP-only field in a TCP DENY policy |
 //! | `jwt` | 14: RequestAuthentication as Istio's JWT task shows it: the operator fetches the test issuer's `jwksUri`; no token served, invalid tokens 401, a valid one taken off with its claim header; `requestPrincipals` and a claim required by an AuthorizationPolicy; an unreachable key set reported (`JwksUnavailable`) and failing closed |
-//! | `telemetry` | 15: a real Prometheus (Debian's, started on the node) scrapes the sidecars; Kiali's graph edge from both reporters, the dashboards' latency histogram, Istio's full standard label set with real values; access logs with response flags; a two-hop request traced into a real collector as one trace of four sidecar spans |
+//! | `telemetry` | 15: a real Prometheus (Debian's, started on the node) scrapes the sidecars; Kiali's graph edge from both reporters, the dashboards' latency histogram, Istio's full standard label set with real values; access logs with response flags; a two-hop request traced into a real collector as one trace of four sidecar spans; the Telemetry API turning access logs on for a namespace and off for one workload |
 
 mod authz;
 mod credential;
