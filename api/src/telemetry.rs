@@ -20,8 +20,10 @@
 //! - `targetRef`/`targetRefs` (no Gateway API, no waypoints: the policy would apply to no
 //!   sidecar);
 //! - `metrics[].overrides[].match.customMetric` (the sidecar has Istio's standard metrics only);
-//! - `metrics[].overrides[].tagOverrides` and `accessLogging[].filter` (CEL expressions, which
-//!   rustmesh does not evaluate);
+//! - `metrics[].overrides[].tagOverrides` (CEL expressions, which rustmesh does not evaluate);
+//!   `accessLogging[].filter.expression` outside the CEL subset the sidecar evaluates
+//!   (`rustmesh_xds::cel`: Envoy's request/response attributes, comparisons, `&&`, `||`, `!`,
+//!   `in`, string methods) is refused naming it;
 //! - newer Istio's `tracing[].customTags{}.formatter`, and `tracing[].enableIstioTags: false`
 //!   and `tracing[].disableContextPropagation: true` (the sidecar always tags spans with
 //!   Istio's tags and always propagates the trace context; the other values are what it does
@@ -631,11 +633,18 @@ fn check_metrics(at: &str, m: &Metrics, out: &mut Vec<FieldError>) {
 
 fn check_access_logging(at: &str, l: &AccessLogging, out: &mut Vec<FieldError>) {
     check_providers(at, &l.providers, out);
-    if l.filter.as_ref().is_some_and(|f| f.expression.is_empty()) {
-        out.push(FieldError::new(
-            format!("{at}.filter.expression"),
-            "must be a valid CEL expression: the expression is empty",
-        ));
+    if let Some(f) = &l.filter {
+        if f.expression.is_empty() {
+            out.push(FieldError::new(
+                format!("{at}.filter.expression"),
+                "must be a valid CEL expression: the expression is empty",
+            ));
+        } else if let Err(e) = rustmesh_xds::cel::Filter::compile(&f.expression) {
+            out.push(FieldError::new(
+                format!("{at}.filter.expression"),
+                format!("not in the CEL subset rustmesh evaluates: {e}"),
+            ));
+        }
     }
 }
 
@@ -922,6 +931,10 @@ mod tests {
     - name: ""
   - filter:
       expression: ""
+  - filter:
+      expression: response.flags > 0
+  - filter:
+      expression: response.code >= 400
 "#,
         ));
         assert_eq!(
@@ -943,9 +956,9 @@ mod tests {
                 "spec.metrics[1].reportingInterval",
                 "spec.accessLogging[0].providers[0].name",
                 "spec.accessLogging[1].filter.expression",
+                "spec.accessLogging[2].filter.expression",
                 // What rustmesh does not implement comes last, from the support table (in the
                 // schema's field order).
-                "spec.accessLogging[1].filter",
                 "spec.metrics[0].overrides[0].match.customMetric",
                 "spec.metrics[0].overrides[1].match.customMetric",
             ]
@@ -984,8 +997,8 @@ mod tests {
         );
         assert!(message("spec.metrics[1].reportingInterval")[0].contains("invalid duration"));
         assert!(
-            message("spec.accessLogging[1].filter")[0]
-                .starts_with("not implemented by rustmesh: filter expressions are CEL")
+            message("spec.accessLogging[2].filter.expression")[0]
+                .contains("the attribute `response.flags` is not supported")
         );
     }
 

@@ -151,6 +151,7 @@ impl Args {
             return Ok(None);
         }
         let log = AccessLog {
+            filter: None,
             path: self.access_log_file.clone(),
             encoding,
             format: (!self.access_log_format.is_empty()).then(|| self.access_log_format.clone()),

@@ -298,6 +298,7 @@ impl Providers {
             out.access_log.insert(
                 BUILTIN_ACCESS_LOG.to_string(),
                 AccessLog {
+                    filter: None,
                     path: rustmesh_xds::access_log::STDOUT.to_string(),
                     encoding: Encoding::Text,
                     format: None,
@@ -419,6 +420,7 @@ fn file_log(f: &FileLog) -> Result<AccessLog, String> {
         }) => (Encoding::Text, None),
     };
     let log = AccessLog {
+        filter: None,
         path,
         encoding,
         format,

@@ -147,7 +147,9 @@ impl AccessLogs {
     /// Writes `entry` to every log.
     pub fn write(&self, sink: &Sink, entry: &Entry<'_>) {
         for (stream, formatter) in self.0.logs.iter() {
-            sink.write(*stream, &formatter.format(entry));
+            if formatter.accepts(entry) {
+                sink.write(*stream, &formatter.format(entry));
+            }
         }
     }
 }

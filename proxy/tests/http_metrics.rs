@@ -358,6 +358,7 @@ async fn access_logs_read_the_response_trailers() {
         json!([{ "match": { "prefix": "/" }, "route": { "cluster": "grpc" } }]),
     );
     let log = rustmesh_xds::access_log::AccessLog {
+        filter: None,
         format: Some(
             "%REQ(:PATH)% %TRAILER(GRPC-STATUS)% %TRAILER(GRPC-MESSAGE):4% %TRAILER(X-NONE)%\n"
                 .into(),

@@ -114,6 +114,10 @@ pub struct AccessLog {
     /// for JSON. None (or empty): Istio's default for the encoding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
+    /// Which requests are logged (a Telemetry `accessLogging[].filter.expression`, in the CEL
+    /// subset of [`crate::cel`]); None: every one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
 }
 
 /// Istio's `accessLogEncoding`.
@@ -162,6 +166,8 @@ pub enum AccessLogError {
     },
     #[error("format: not a JSON object of key -> format string: {reason}")]
     BadJson { reason: String },
+    #[error("filter: {0}")]
+    Filter(crate::cel::CelError),
 }
 
 impl AccessLog {
@@ -194,8 +200,25 @@ impl AccessLog {
             }
             Encoding::Json => Body::Json(compile_json(format, &mut used)?),
         };
+        let filter = match self.filter.as_deref() {
+            None => None,
+            Some(f) => {
+                let f = crate::cel::Filter::compile(f).map_err(AccessLogError::Filter)?;
+                for h in f.request_headers() {
+                    used.add(HeaderSource::Request, h);
+                }
+                for h in f.response_headers() {
+                    used.add(HeaderSource::Response, h);
+                }
+                for h in f.response_trailers() {
+                    used.add(HeaderSource::Trailer, h);
+                }
+                Some(f)
+            }
+        };
         Ok(Formatter {
             body,
+            filter,
             request_headers: used.request,
             response_headers: used.response,
             response_trailers: used.trailers,
@@ -238,6 +261,7 @@ pub struct Entry<'a> {
 #[derive(Clone, Debug)]
 pub struct Formatter {
     body: Body,
+    filter: Option<crate::cel::Filter>,
     request_headers: Vec<String>,
     response_headers: Vec<String>,
     response_trailers: Vec<String>,
@@ -258,6 +282,11 @@ impl Formatter {
     /// Lowercase names of the response trailers the format reads (`%TRAILER(...)%`).
     pub fn response_trailers(&self) -> &[String] {
         &self.response_trailers
+    }
+
+    /// Whether `e` is logged: its filter accepts it, or there is no filter.
+    pub fn accepts(&self, e: &Entry<'_>) -> bool {
+        self.filter.as_ref().is_none_or(|f| f.accepts(e))
     }
 
     /// One log line, without a trailing newline (a newline at the end of a TEXT format is
@@ -848,6 +877,7 @@ mod tests {
 
     fn text(format: &str) -> Result<Formatter, AccessLogError> {
         AccessLog {
+            filter: None,
             path: STDOUT.to_string(),
             encoding: Encoding::Text,
             format: Some(format.to_string()),
@@ -857,6 +887,7 @@ mod tests {
 
     fn json(format: Option<&str>) -> Result<Formatter, AccessLogError> {
         AccessLog {
+            filter: None,
             path: STDOUT.to_string(),
             encoding: Encoding::Json,
             format: format.map(str::to_string),
@@ -867,6 +898,7 @@ mod tests {
     #[test]
     fn istio_default_text_line() {
         let f = AccessLog {
+            filter: None,
             path: STDOUT.to_string(),
             encoding: Encoding::Text,
             format: None,
@@ -1131,6 +1163,7 @@ mod tests {
     fn only_stdout_and_stderr() {
         for path in [STDOUT, STDERR] {
             let log = AccessLog {
+                filter: None,
                 path: path.to_string(),
                 encoding: Encoding::Text,
                 format: None,
@@ -1139,6 +1172,7 @@ mod tests {
         }
         for path in ["/var/log/access.log", "", "/dev/stdout/", "/dev/null"] {
             let err = AccessLog {
+                filter: None,
                 path: path.to_string(),
                 encoding: Encoding::Json,
                 format: None,
@@ -1412,7 +1446,7 @@ mod tests {
                     (Encoding::Json, s.clone()),
                     (Encoding::Json, wrapped),
                 ] {
-                    let log = AccessLog { path: STDOUT.to_string(), encoding, format: Some(format) };
+                    let log = AccessLog { filter: None, path: STDOUT.to_string(), encoding, format: Some(format) };
                     if let Ok(f) = log.compile() {
                         let line = f.format(&e);
                         if encoding == Encoding::Json {
@@ -1421,7 +1455,7 @@ mod tests {
                         }
                     }
                 }
-                let path = AccessLog { path: s.clone(), encoding: Encoding::Text, format: None };
+                let path = AccessLog { filter: None, path: s.clone(), encoding: Encoding::Text, format: None };
                 let _ = path.compile();
             }
         }

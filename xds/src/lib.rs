@@ -19,6 +19,7 @@ pub mod access_log;
 pub mod address;
 pub mod authz;
 pub mod backoff;
+pub mod cel;
 pub mod ca;
 pub mod cluster;
 pub mod config;

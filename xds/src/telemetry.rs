@@ -227,6 +227,10 @@ pub struct AccessLogRule {
     pub providers: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled: Option<bool>,
+    /// `filter.expression` (the CEL subset of [`crate::cel`]): which requests the rule's
+    /// providers log on the sides it covers; a later rule covering a provider replaces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
 }
 
 /// One `metrics` entry.
@@ -277,6 +281,12 @@ pub enum TelemetryError {
     },
     #[error("provider {name:?}: {message}")]
     Provider { name: String, message: String },
+    #[error("{policy}: {field}: {message}")]
+    Filter {
+        policy: String,
+        field: String,
+        message: String,
+    },
     #[error("defaultProviders.{field}: {message}")]
     Default {
         field: &'static str,
@@ -410,6 +420,15 @@ impl Telemetry {
             }
         }
         for (i, a) in p.access_logging.iter().enumerate() {
+            if let Some(f) = &a.filter
+                && let Err(e) = crate::cel::Filter::compile(f)
+            {
+                return Err(TelemetryError::Filter {
+                    policy: p.name.clone(),
+                    field: format!("accessLogging[{i}].filter.expression"),
+                    message: e.to_string(),
+                });
+            }
             for (j, n) in a.providers.iter().enumerate() {
                 named(
                     format!("accessLogging[{i}].providers[{j}].name"),
@@ -528,6 +547,7 @@ impl Telemetry {
         let defaults = &self.default_providers.access_logging;
         move |side: Side| {
             let mut chosen: BTreeSet<&str> = BTreeSet::new();
+            let mut filters: BTreeMap<&str, Option<&str>> = BTreeMap::new();
             if levels.is_empty() {
                 chosen.extend(defaults.iter().map(String::as_str));
             } else {
@@ -553,6 +573,7 @@ impl Telemetry {
                         if !in_scope.contains(&n) || !r.mode.covers(side) {
                             continue;
                         }
+                        filters.insert(n, r.filter.as_deref());
                         if r.disabled == Some(true) {
                             chosen.remove(n);
                         } else {
@@ -564,7 +585,10 @@ impl Telemetry {
             let logs: Vec<AccessLog> = chosen
                 .into_iter()
                 .filter_map(|n| match self.providers.get(n) {
-                    Some(ProviderKind::AccessLog(a)) => Some(a.clone()),
+                    Some(ProviderKind::AccessLog(a)) => Some(AccessLog {
+                        filter: filters.get(n).copied().flatten().map(str::to_string),
+                        ..a.clone()
+                    }),
                     _ => None,
                 })
                 .collect();
@@ -763,6 +787,7 @@ mod tests {
 
     fn log(encoding: Encoding) -> ProviderKind {
         ProviderKind::AccessLog(AccessLog {
+            filter: None,
             path: "/dev/stdout".into(),
             encoding,
             format: None,
@@ -904,6 +929,44 @@ mod tests {
         assert_eq!(
             t.effective(&labels("a")).server.access_logs,
             Some(vec![json])
+        );
+    }
+
+    #[test]
+    fn an_access_log_filter_goes_with_the_providers_its_rule_covers() {
+        let mut t = mesh();
+        t.mesh = Some(Policy {
+            access_logging: vec![AccessLogRule {
+                providers: vec!["envoy".into()],
+                filter: Some("response.code >= 400".into()),
+                ..AccessLogRule::default()
+            }],
+            ..policy("istio-system/mesh")
+        });
+        t.workload = vec![Policy {
+            selector: labels("all"),
+            access_logging: vec![AccessLogRule {
+                mode: Mode::Server,
+                ..AccessLogRule::default()
+            }],
+            ..policy("ns/all")
+        }];
+        let e = t.effective(&labels("a"));
+        let logs = e.server.access_logs.unwrap();
+        assert_eq!(logs[0].filter.as_deref(), Some("response.code >= 400"));
+        // A later rule covering the provider without a filter logs everything on its side.
+        let all = t.effective(&labels("all"));
+        assert_eq!(all.server.access_logs.unwrap()[0].filter, None);
+        assert_eq!(
+            all.client.access_logs.unwrap()[0].filter.as_deref(),
+            Some("response.code >= 400")
+        );
+        t.mesh.as_mut().unwrap().access_logging[0].filter = Some("response.code".into());
+        assert!(
+            t.check()
+                .unwrap_err()
+                .to_string()
+                .starts_with("istio-system/mesh: accessLogging[0].filter.expression: ")
         );
     }
 

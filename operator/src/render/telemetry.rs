@@ -151,7 +151,8 @@ fn tag(name: &str, t: &ApiTag) -> Option<CustomTag> {
 }
 
 /// One accepted Telemetry as the sidecar merges it. Validation refused what cannot be
-/// rendered (custom metrics, tag overrides, filters, formatter tags, unknown providers).
+/// rendered (custom metrics, tag overrides, filters outside rustmesh's CEL subset, formatter
+/// tags, unknown providers).
 pub(crate) fn policy(key: &ObjKey, t: &Object) -> Policy {
     let names = |p: &[rustmesh_api::telemetry::ProviderRef]| -> Vec<String> {
         p.iter().map(|p| p.name.clone()).collect()
@@ -184,6 +185,7 @@ pub(crate) fn policy(key: &ObjKey, t: &Object) -> Policy {
                 mode: mode(r.mode()),
                 providers: names(&r.providers),
                 disabled: r.disabled,
+                filter: r.filter.as_ref().map(|f| f.expression.clone()),
             })
             .collect(),
         metrics: s

@@ -1702,6 +1702,7 @@ spec:
 fn the_meshs_access_log_is_on_every_listener_filter() {
     let mut index = bookinfo();
     let log = rustmesh_xds::access_log::AccessLog {
+        filter: None,
         path: "/dev/stdout".into(),
         encoding: rustmesh_xds::access_log::Encoding::Text,
         format: None,

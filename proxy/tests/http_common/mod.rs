@@ -381,6 +381,7 @@ pub fn access_log(
     encoding: rustmesh_xds::access_log::Encoding,
 ) -> rustmesh_xds::access_log::AccessLog {
     rustmesh_xds::access_log::AccessLog {
+        filter: None,
         path: "/dev/stdout".into(),
         encoding,
         format: None,
