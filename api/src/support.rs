@@ -708,6 +708,8 @@ const TELEMETRY: &[Entry] = &[
             "overrides[].match.metric",
             "overrides[].match.mode",
             "overrides[].disabled",
+            "overrides[].tagOverrides{}.operation",
+            "overrides[].tagOverrides{}.value",
         ],
         "the sidecar's Istio standard metrics (prometheus provider): an override's `disabled` \
          turns the metrics it matches off (or back on) for the listeners of its mode",
@@ -717,12 +719,6 @@ const TELEMETRY: &[Entry] = &[
         "rustmesh has no custom metrics: the sidecar exports Istio's standard metrics only, so \
          the override would match nothing",
         r#""my_custom_metric""#,
-    ),
-    refused(
-        "spec.metrics[].overrides[].tagOverrides",
-        "tag overrides are CEL expressions rustmesh does not evaluate: the metrics' labels \
-         would stay as they are",
-        r#"{"response_code": {"operation": "REMOVE"}}"#,
     ),
     warned(
         "spec.metrics[].reportingInterval",

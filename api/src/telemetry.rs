@@ -20,7 +20,8 @@
 //! - `targetRef`/`targetRefs` (no Gateway API, no waypoints: the policy would apply to no
 //!   sidecar);
 //! - `metrics[].overrides[].match.customMetric` (the sidecar has Istio's standard metrics only);
-//! - `metrics[].overrides[].tagOverrides` (CEL expressions, which rustmesh does not evaluate);
+//! - `metrics[].overrides[].tagOverrides{}.value` other than a CEL string literal (`'v1'`):
+//!   rustmesh sets labels to fixed values and removes them, it does not evaluate CEL for them;
 //!   `accessLogging[].filter.expression` outside the CEL subset the sidecar evaluates
 //!   (`rustmesh_xds::cel`: Envoy's request/response attributes, comparisons, `&&`, `||`, `!`,
 //!   `in`, string methods) is refused naming it;
@@ -597,12 +598,30 @@ fn check_metrics(at: &str, m: &Metrics, out: &mut Vec<FieldError>) {
             }
         }
         for (name, t) in &o.tag_overrides {
+            if !name.is_empty() && !rustmesh_xds::telemetry::is_label_name(name) {
+                out.push(FieldError::new(
+                    format!("{o_at}.tagOverrides.{name}"),
+                    "not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, not starting with __)",
+                ));
+            }
             let field = format!("{o_at}.tagOverrides.{name}.value");
             match t.operation.unwrap_or_default() {
                 TagOperation::Upsert if t.value.as_deref().is_none_or(str::is_empty) => {
                     out.push(FieldError::new(
                         field,
                         "tagOverrides.value must be set when operation is UPSERT",
+                    ));
+                }
+                TagOperation::Upsert
+                    if t.value
+                        .as_deref()
+                        .and_then(rustmesh_xds::cel::string_literal)
+                        .is_none() =>
+                {
+                    out.push(FieldError::new(
+                        field,
+                        "not implemented by rustmesh: a tag value must be a CEL string literal \
+                         ('v1'); rustmesh does not evaluate other CEL expressions for metric labels",
                     ));
                 }
                 TagOperation::Remove if t.value.is_some() => {
@@ -1028,7 +1047,7 @@ mod tests {
     }
 
     #[test]
-    fn tag_overrides_are_checked_as_istio_and_refused_by_name() {
+    fn tag_overrides_are_checked_as_istio_and_values_must_be_literals() {
         let e = refused(&doc(
             "v1",
             r#"  metrics:
@@ -1036,6 +1055,8 @@ mod tests {
     - tagOverrides:
         request_host:
           value: request.host
+        bad-name:
+          operation: REMOVE
         no_value: {}
         upsert_empty:
           operation: UPSERT
@@ -1050,31 +1071,29 @@ mod tests {
         assert_eq!(
             fields(&e),
             [
+                "spec.metrics[0].overrides[0].tagOverrides.bad-name",
                 "spec.metrics[0].overrides[0].tagOverrides.no_value.value",
                 "spec.metrics[0].overrides[0].tagOverrides.removed_with_value.value",
+                "spec.metrics[0].overrides[0].tagOverrides.request_host.value",
                 "spec.metrics[0].overrides[0].tagOverrides.upsert_empty.value",
-                "spec.metrics[0].overrides[0].tagOverrides",
             ]
         );
+        assert!(e[0].1.contains("not a Prometheus label name"));
         assert_eq!(
-            e[0].1,
+            e[1].1,
             "tagOverrides.value must be set when operation is UPSERT"
         );
         assert_eq!(
-            e[1].1,
+            e[2].1,
             "tagOverrides.value may only be set when operation is UPSERT"
         );
-        assert!(
-            e[3].1
-                .contains("CEL expressions rustmesh does not evaluate"),
-            "{e:?}"
-        );
-        // Istio's documented REMOVE alone: only the refusal.
-        let e = refused(&doc(
+        assert!(e[3].1.contains("CEL string literal"), "{e:?}");
+        // Istio's documented REMOVE, and an UPSERT of a literal, are accepted.
+        let t = one(&doc(
             "v1",
-            "  metrics:\n  - overrides:\n    - match:\n        metric: REQUEST_COUNT\n      tagOverrides:\n        response_code:\n          operation: REMOVE\n",
+            "  metrics:\n  - overrides:\n    - match:\n        metric: REQUEST_COUNT\n      tagOverrides:\n        response_code:\n          operation: REMOVE\n        team:\n          value: \"'bookinfo'\"\n",
         ));
-        assert_eq!(fields(&e), ["spec.metrics[0].overrides[0].tagOverrides"]);
+        assert!(t.spec.validate().is_empty(), "{:?}", t.spec.validate());
     }
 
     #[test]

@@ -67,7 +67,7 @@ fuzz_target!(|data: &[u8]| {
             authz: None,
             trace: None,
             requested_server_name: None,
-            disabled_metrics: Default::default(),
+            metric_settings: Default::default(),
         };
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let serving = tokio::spawn(async move { serve_connection(server, ctx).await });

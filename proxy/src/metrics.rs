@@ -255,30 +255,208 @@ pub struct PeerLabels {
     pub destination_cluster: String,
 }
 
-/// Labels of the HTTP metrics (Istio's standard set).
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// Labels of the HTTP metrics (Istio's standard set), with a metric's Telemetry label edits.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
 #[allow(missing_docs)]
 pub struct HttpLabels {
     pub reporter: String,
-    #[prometheus(flatten)]
     pub peers: PeerLabels,
     pub request_protocol: String,
     pub response_code: String,
     pub grpc_response_status: String,
     pub response_flags: String,
     pub connection_security_policy: String,
+    /// `tagOverrides` of the metric this set labels (none: Istio's set as it is).
+    pub edit: Option<Arc<LabelEdit>>,
 }
 
-/// Labels of the TCP metrics (Istio's standard set).
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// Labels of the TCP metrics (Istio's standard set), with a metric's Telemetry label edits.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
 #[allow(missing_docs)]
 pub struct TcpLabels {
     pub reporter: String,
-    #[prometheus(flatten)]
     pub peers: PeerLabels,
     pub request_protocol: String,
     pub response_flags: String,
     pub connection_security_policy: String,
+    /// `tagOverrides` of the metric this set labels (none: Istio's set as it is).
+    pub edit: Option<Arc<LabelEdit>>,
+}
+
+/// One metric's Telemetry `tagOverrides`: labels removed, labels set (an existing one keeps its
+/// place with the new value, a new one comes last).
+#[derive(Debug, Clone, Default, Hash, PartialEq, Eq)]
+pub struct LabelEdit {
+    remove: Vec<String>,
+    set: Vec<(String, String)>,
+}
+
+/// A filter chain's label edits, per metric (`tagOverrides` in its configuration).
+#[derive(Debug, Clone, Default)]
+pub struct MetricLabels(Vec<(Metric, Arc<LabelEdit>)>);
+
+impl MetricLabels {
+    /// The edits of a chain's configuration.
+    pub fn of(tags: &rustmesh_xds::telemetry::MetricTags) -> Self {
+        MetricLabels(
+            tags.iter()
+                .map(|(m, t)| {
+                    let mut e = LabelEdit::default();
+                    for (name, o) in t {
+                        match &o.value {
+                            Some(v) if !o.remove => e.set.push((name.clone(), v.clone())),
+                            _ => e.remove.push(name.clone()),
+                        }
+                    }
+                    (*m, Arc::new(e))
+                })
+                .collect(),
+        )
+    }
+
+    fn edit(&self, m: Metric) -> Option<Arc<LabelEdit>> {
+        self.0.iter().find(|(x, _)| *x == m).map(|(_, e)| e.clone())
+    }
+
+    /// Whether no metric is edited.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl PeerLabels {
+    fn pairs(&self) -> [(&'static str, &str); 19] {
+        [
+            ("source_workload", &self.source_workload),
+            ("source_canonical_service", &self.source_canonical_service),
+            ("source_canonical_revision", &self.source_canonical_revision),
+            ("source_workload_namespace", &self.source_workload_namespace),
+            ("source_principal", &self.source_principal),
+            ("source_app", &self.source_app),
+            ("source_version", &self.source_version),
+            ("source_cluster", &self.source_cluster),
+            ("destination_workload", &self.destination_workload),
+            (
+                "destination_canonical_service",
+                &self.destination_canonical_service,
+            ),
+            (
+                "destination_canonical_revision",
+                &self.destination_canonical_revision,
+            ),
+            (
+                "destination_workload_namespace",
+                &self.destination_workload_namespace,
+            ),
+            ("destination_principal", &self.destination_principal),
+            ("destination_app", &self.destination_app),
+            ("destination_version", &self.destination_version),
+            ("destination_service", &self.destination_service),
+            ("destination_service_name", &self.destination_service_name),
+            (
+                "destination_service_namespace",
+                &self.destination_service_namespace,
+            ),
+            ("destination_cluster", &self.destination_cluster),
+        ]
+    }
+}
+
+/// Encodes Istio's labels in order, with a metric's edits.
+fn encode_edited(
+    pairs: &[(&str, &str)],
+    edit: Option<&LabelEdit>,
+    encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+) -> std::fmt::Result {
+    let Some(e) = edit else {
+        return pairs.encode(encoder);
+    };
+    let mut out: Vec<(&str, &str)> = pairs
+        .iter()
+        .filter(|(k, _)| !e.remove.iter().any(|r| r == k))
+        .map(|(k, v)| {
+            let v = e
+                .set
+                .iter()
+                .find(|(n, _)| n == k)
+                .map_or(*v, |(_, x)| x.as_str());
+            (*k, v)
+        })
+        .collect();
+    for (k, v) in &e.set {
+        if !pairs.iter().any(|(p, _)| p == k) {
+            out.push((k, v));
+        }
+    }
+    out.encode(encoder)
+}
+
+impl EncodeLabelSet for HttpLabels {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> std::fmt::Result {
+        let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(26);
+        pairs.push(("reporter", &self.reporter));
+        pairs.extend(self.peers.pairs());
+        pairs.extend([
+            ("request_protocol", self.request_protocol.as_str()),
+            ("response_code", &self.response_code),
+            ("grpc_response_status", &self.grpc_response_status),
+            ("response_flags", &self.response_flags),
+            (
+                "connection_security_policy",
+                &self.connection_security_policy,
+            ),
+        ]);
+        encode_edited(&pairs, self.edit.as_deref(), encoder)
+    }
+}
+
+impl EncodeLabelSet for TcpLabels {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> std::fmt::Result {
+        let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(24);
+        pairs.push(("reporter", &self.reporter));
+        pairs.extend(self.peers.pairs());
+        pairs.extend([
+            ("request_protocol", self.request_protocol.as_str()),
+            ("response_flags", &self.response_flags),
+            (
+                "connection_security_policy",
+                &self.connection_security_policy,
+            ),
+        ]);
+        encode_edited(&pairs, self.edit.as_deref(), encoder)
+    }
+}
+
+impl HttpLabels {
+    /// The same labels with `m`'s edits of `tags`.
+    fn for_metric(&self, tags: &MetricLabels, m: Metric) -> std::borrow::Cow<'_, HttpLabels> {
+        match tags.edit(m) {
+            None => std::borrow::Cow::Borrowed(self),
+            Some(e) => std::borrow::Cow::Owned(HttpLabels {
+                edit: Some(e),
+                ..self.clone()
+            }),
+        }
+    }
+}
+
+impl TcpLabels {
+    /// The same labels with `m`'s edits of `tags`.
+    fn for_metric(&self, tags: &MetricLabels, m: Metric) -> std::borrow::Cow<'_, TcpLabels> {
+        match tags.edit(m) {
+            None => std::borrow::Cow::Borrowed(self),
+            Some(e) => std::borrow::Cow::Owned(TcpLabels {
+                edit: Some(e),
+                ..self.clone()
+            }),
+        }
+    }
 }
 
 /// What a label set is made of: who reports, this workload, the peer's, the destination
@@ -406,6 +584,7 @@ impl Peers<'_> {
             grpc_response_status: grpc_status.unwrap_or("").into(),
             response_flags: flags_label(response_flags),
             connection_security_policy: self.security_policy.into(),
+            edit: None,
         }
     }
 
@@ -417,6 +596,7 @@ impl Peers<'_> {
             request_protocol: "tcp".into(),
             response_flags: flags_label(response_flags),
             connection_security_policy: self.security_policy.into(),
+            edit: None,
         }
     }
 }
@@ -465,15 +645,22 @@ impl Default for Metrics {
     }
 }
 
-/// The Istio metrics a filter chain does not record (the Telemetry API's `metrics` overrides,
-/// `rustmesh_xds::telemetry`), as a bit set: a disabled metric gets no series at all.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MetricMask(u16);
+/// What the Telemetry API says about a filter chain's Istio metrics (`metrics` overrides,
+/// `rustmesh_xds::telemetry`): which are off (as a bit set: a disabled metric gets no series at
+/// all) and how the others are labelled (`tagOverrides`).
+#[derive(Clone, Debug, Default)]
+pub struct ChainMetrics {
+    disabled: u16,
+    tags: MetricLabels,
+}
 
-impl MetricMask {
-    /// The mask of a chain whose configuration disables `disabled`.
-    pub fn of(disabled: &[Metric]) -> Self {
-        MetricMask(disabled.iter().fold(0, |m, d| m | Self::bit(*d)))
+impl ChainMetrics {
+    /// The settings of a chain whose configuration disables `disabled` and edits `tags`.
+    pub fn of(disabled: &[Metric], tags: &rustmesh_xds::telemetry::MetricTags) -> Self {
+        ChainMetrics {
+            disabled: disabled.iter().fold(0, |m, d| m | Self::bit(*d)),
+            tags: MetricLabels::of(tags),
+        }
     }
 
     fn bit(m: Metric) -> u16 {
@@ -481,8 +668,8 @@ impl MetricMask {
     }
 
     /// Whether `m` is recorded.
-    pub fn records(self, m: Metric) -> bool {
-        self.0 & Self::bit(m) == 0
+    pub fn records(&self, m: Metric) -> bool {
+        self.disabled & Self::bit(m) == 0
     }
 }
 
@@ -613,28 +800,37 @@ impl Metrics {
 
     /// Records one finished HTTP request.
     pub fn record_request(&self, labels: &HttpLabels, sample: RequestSample) {
-        self.request_handles(labels, MetricMask::default())
+        self.request_handles(labels, &ChainMetrics::default())
             .record(sample);
     }
 
     /// The four request metrics of one label set, to record into without looking the label set
     /// up again (the HTTP server keeps them per connection: building Istio's 20-label set and
     /// hashing it four times per request was a visible share of the sidecar's CPU).
-    /// Only the metrics `mask` records get a series.
-    pub fn request_handles(&self, labels: &HttpLabels, mask: MetricMask) -> RequestHandles {
+    /// Only the metrics `mask` records get a series, each labelled with its `tags` edits.
+    pub fn request_handles(&self, labels: &HttpLabels, mask: &ChainMetrics) -> RequestHandles {
+        let l = |m| labels.for_metric(&mask.tags, m);
         RequestHandles {
-            requests: mask
-                .records(Metric::RequestCount)
-                .then(|| self.requests.get_or_create(labels).clone()),
-            duration: mask
-                .records(Metric::RequestDuration)
-                .then(|| self.duration.get_or_create(labels).clone()),
-            request_bytes: mask
-                .records(Metric::RequestSize)
-                .then(|| self.request_bytes.get_or_create(labels).clone()),
-            response_bytes: mask
-                .records(Metric::ResponseSize)
-                .then(|| self.response_bytes.get_or_create(labels).clone()),
+            requests: mask.records(Metric::RequestCount).then(|| {
+                self.requests
+                    .get_or_create(&l(Metric::RequestCount))
+                    .clone()
+            }),
+            duration: mask.records(Metric::RequestDuration).then(|| {
+                self.duration
+                    .get_or_create(&l(Metric::RequestDuration))
+                    .clone()
+            }),
+            request_bytes: mask.records(Metric::RequestSize).then(|| {
+                self.request_bytes
+                    .get_or_create(&l(Metric::RequestSize))
+                    .clone()
+            }),
+            response_bytes: mask.records(Metric::ResponseSize).then(|| {
+                self.response_bytes
+                    .get_or_create(&l(Metric::ResponseSize))
+                    .clone()
+            }),
         }
     }
 
@@ -644,26 +840,30 @@ impl Metrics {
     }
 
     /// A TCP connection was accepted and is being proxied.
-    pub fn tcp_opened(&self, labels: &TcpLabels, mask: MetricMask) {
+    pub fn tcp_opened(&self, labels: &TcpLabels, mask: &ChainMetrics) {
         if mask.records(Metric::TcpOpenedConnections) {
-            self.tcp_opened.get_or_create(labels).inc();
+            let l = labels.for_metric(&mask.tags, Metric::TcpOpenedConnections);
+            self.tcp_opened.get_or_create(&l).inc();
         }
     }
 
     /// Bytes moved on a proxied TCP connection since the last call (`sent` = to the downstream).
-    pub fn tcp_bytes(&self, labels: &TcpLabels, sent: u64, received: u64, mask: MetricMask) {
+    pub fn tcp_bytes(&self, labels: &TcpLabels, sent: u64, received: u64, mask: &ChainMetrics) {
         if sent > 0 && mask.records(Metric::TcpSentBytes) {
-            self.tcp_sent.get_or_create(labels).inc_by(sent);
+            let l = labels.for_metric(&mask.tags, Metric::TcpSentBytes);
+            self.tcp_sent.get_or_create(&l).inc_by(sent);
         }
         if received > 0 && mask.records(Metric::TcpReceivedBytes) {
-            self.tcp_received.get_or_create(labels).inc_by(received);
+            let l = labels.for_metric(&mask.tags, Metric::TcpReceivedBytes);
+            self.tcp_received.get_or_create(&l).inc_by(received);
         }
     }
 
     /// A proxied TCP connection closed.
-    pub fn tcp_closed(&self, labels: &TcpLabels, mask: MetricMask) {
+    pub fn tcp_closed(&self, labels: &TcpLabels, mask: &ChainMetrics) {
         if mask.records(Metric::TcpClosedConnections) {
-            self.tcp_closed.get_or_create(labels).inc();
+            let l = labels.for_metric(&mask.tags, Metric::TcpClosedConnections);
+            self.tcp_closed.get_or_create(&l).inc();
         }
     }
 }
@@ -738,9 +938,9 @@ mod tests {
             },
         );
         let t = peers.tcp_labels("");
-        m.tcp_opened(&t, MetricMask::default());
-        m.tcp_bytes(&t, 5, 7, MetricMask::default());
-        m.tcp_closed(&t, MetricMask::default());
+        m.tcp_opened(&t, &ChainMetrics::default());
+        m.tcp_bytes(&t, 5, 7, &ChainMetrics::default());
+        m.tcp_closed(&t, &ChainMetrics::default());
         let text = m.encode();
         for needle in [
             "istio_requests_total{reporter=\"source\",source_workload=\"productpage-v1\"",

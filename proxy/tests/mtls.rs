@@ -1247,13 +1247,17 @@ async fn telemetry_policies_turn_access_logs_and_metrics_on_and_off_per_workload
                 json!({"name": "bookinfo/reviews", "selector": {"app": "reviews"},
                        "accessLogging": [{"mode": "CLIENT", "disabled": true}],
                        "metrics": [{"overrides": [
-                           {"metric": "TCP_OPENED_CONNECTIONS", "mode": "CLIENT", "disabled": true}]}]}),
+                           {"metric": "TCP_OPENED_CONNECTIONS", "mode": "CLIENT", "disabled": true},
+                           {"mode": "CLIENT", "tagOverrides": {
+                               "request_protocol": {"remove": true},
+                               "destination_app": {"value": "renamed"},
+                               "team": {"value": "bookinfo"}}}]}]}),
             );
-            d["telemetry"]["workload"]
-                .as_array_mut()
-                .unwrap()
-                .insert(0, json!({"name": "bookinfo/other", "selector": {"app": "other"},
-                                  "accessLogging": [{"providers": ["envoy"]}]}));
+            d["telemetry"]["workload"].as_array_mut().unwrap().insert(
+                0,
+                json!({"name": "bookinfo/other", "selector": {"app": "other"},
+                                  "accessLogging": [{"providers": ["envoy"]}]}),
+            );
         },
     )
     .await;
@@ -1323,5 +1327,29 @@ async fn telemetry_policies_turn_access_logs_and_metrics_on_and_off_per_workload
     assert!(
         has(&client, &["istio_tcp_connections_closed_total{"]),
         "{client}"
+    );
+    // The client side's tag overrides: a label removed, one changed, one added, on every
+    // metric of that side.
+    let requests = client
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{"))
+        .unwrap();
+    assert!(
+        requests.contains("destination_app=\"renamed\"")
+            && requests.contains("team=\"bookinfo\"")
+            && !requests.contains("request_protocol="),
+        "{requests}"
+    );
+    assert!(
+        has(
+            &client,
+            &["istio_tcp_connections_closed_total{", "team=\"bookinfo\""]
+        ),
+        "{client}"
+    );
+    let server = m.server.prometheus();
+    assert!(
+        has(&server, &["request_protocol=\"http\""]) && !server.contains("team="),
+        "{server}"
     );
 }

@@ -250,6 +250,27 @@ impl Filter {
     }
 }
 
+/// The value of `text` when it is exactly one CEL string literal (`'v1'`, `"a b"`, escapes
+/// as [`Filter::compile`] reads them): what Telemetry `tagOverrides` values may be in rustmesh.
+pub fn string_literal(text: &str) -> Option<String> {
+    if text.len() > MAX_EXPRESSION_BYTES {
+        return None;
+    }
+    let mut p = Parser {
+        text,
+        pos: 0,
+        depth: 0,
+        nodes: 0,
+        request_headers: Vec::new(),
+        response_headers: Vec::new(),
+    };
+    let Ok(Some((Lit::Str(v), _))) = p.literal() else {
+        return None;
+    };
+    p.skip_ws();
+    (p.pos == text.len()).then_some(v)
+}
+
 fn addr_text(a: Option<SocketAddr>) -> Option<Val<'static>> {
     a.map(|a| Val::Str(a.to_string().into()))
 }
@@ -1000,6 +1021,15 @@ mod tests {
         ] {
             let e = Filter::compile(expr).unwrap_err().to_string();
             assert!(e.contains(want), "{expr}: {e}");
+        }
+    }
+
+    #[test]
+    fn string_literals_are_read_alone() {
+        assert_eq!(string_literal("'v1'").as_deref(), Some("v1"));
+        assert_eq!(string_literal(" \"a\\\"b\" ").as_deref(), Some("a\"b"));
+        for not in ["v1", "'a' + 'b'", "request.host", "'open", "1", ""] {
+            assert_eq!(string_literal(not), None, "{not}");
         }
     }
 

@@ -135,6 +135,9 @@ pub struct TcpProxy {
     /// Istio metrics not recorded for these connections (Telemetry `metrics` overrides).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disabled_metrics: Vec<crate::telemetry::Metric>,
+    /// Label edits of the Istio metrics (Telemetry `tagOverrides`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tag_overrides: crate::telemetry::MetricTags,
 }
 
 /// The RDS reference of an HTTP connection manager.
@@ -167,6 +170,9 @@ pub struct HttpConnectionManager {
     /// Istio metrics not recorded for these requests (Telemetry `metrics` overrides).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disabled_metrics: Vec<crate::telemetry::Metric>,
+    /// Label edits of the Istio metrics (Telemetry `tagOverrides`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tag_overrides: crate::telemetry::MetricTags,
 }
 
 impl NetworkFilter {

@@ -254,6 +254,32 @@ pub struct MetricsOverride {
     pub mode: Mode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled: Option<bool>,
+    /// `tagOverrides`: label name -> what to do with it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tag_overrides: BTreeMap<String, TagOverride>,
+}
+
+/// One `tagOverrides` entry as the sidecar applies it: remove the label, or set it to a value
+/// (Istio's `UPSERT` of a CEL string literal, which the operator has unquoted).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TagOverride {
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// Label edits per metric (Telemetry `tagOverrides`, merged).
+pub type MetricTags = BTreeMap<Metric, BTreeMap<String, TagOverride>>;
+
+/// Whether `name` is a Prometheus label name (`[a-zA-Z_][a-zA-Z0-9_]*`, not `__`-prefixed).
+pub fn is_label_name(name: &str) -> bool {
+    let mut b = name.bytes();
+    b.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+        && !name.starts_with("__")
 }
 
 /// Why a [`Telemetry`] is refused; each message names the policy and field.
@@ -304,6 +330,8 @@ pub struct SideTelemetry {
     pub access_logs: Option<Vec<AccessLog>>,
     /// The metrics not recorded on this side, sorted.
     pub disabled_metrics: Vec<Metric>,
+    /// The label edits of the metrics recorded on this side.
+    pub tag_overrides: MetricTags,
 }
 
 /// What the Telemetry policies make of a workload.
@@ -438,6 +466,24 @@ impl Telemetry {
             }
         }
         for (i, m) in p.metrics.iter().enumerate() {
+            for (j, o) in m.overrides.iter().enumerate() {
+                for (name, t) in &o.tag_overrides {
+                    let bad = if !is_label_name(name) {
+                        Some("not a Prometheus label name".to_string())
+                    } else if t.remove == t.value.is_some() {
+                        Some("exactly one of remove and value".to_string())
+                    } else {
+                        None
+                    };
+                    if let Some(message) = bad {
+                        return Err(TelemetryError::Filter {
+                            policy: p.name.clone(),
+                            field: format!("metrics[{i}].overrides[{j}].tagOverrides.{name}"),
+                            message,
+                        });
+                    }
+                }
+            }
             for (j, n) in m.providers.iter().enumerate() {
                 named(
                     format!("metrics[{i}].providers[{j}].name"),
@@ -476,11 +522,11 @@ impl Telemetry {
         };
         let tracing = self.tracing(&policies);
         let logs = self.access_logs(&policies);
-        let disabled = self.disabled_metrics(&policies);
+        let metrics = self.metrics(&policies);
         for (side, t) in SIDES.into_iter().zip([&mut out.client, &mut out.server]) {
             t.tracing = tracing.as_ref().map(|f| f(side));
             t.access_logs = logs(side);
-            t.disabled_metrics = disabled(side);
+            (t.disabled_metrics, t.tag_overrides) = metrics(side);
         }
         out
     }
@@ -596,11 +642,12 @@ impl Telemetry {
         }
     }
 
-    /// Istio's `mergeMetrics`, reduced to the metrics each side does not record.
-    fn disabled_metrics<'p>(
+    /// Istio's `mergeMetrics`, reduced to the metrics each side does not record and the label
+    /// edits of the others (those of the first Prometheus provider in scope that records it).
+    fn metrics<'p>(
         &'p self,
         policies: &[&'p Policy],
-    ) -> impl Fn(Side) -> Vec<Metric> + 'p {
+    ) -> impl Fn(Side) -> (Vec<Metric>, MetricTags) + 'p {
         let rules: Vec<&MetricsRule> = policies.iter().flat_map(|p| &p.metrics).collect();
         let defaults: Vec<&str> = self
             .default_providers
@@ -608,8 +655,9 @@ impl Telemetry {
             .iter()
             .map(String::as_str)
             .collect();
-        // provider -> (side, metric) -> disabled
-        let mut providers: BTreeMap<&str, BTreeMap<(u8, Metric), bool>> = BTreeMap::new();
+        // provider -> (side, metric) -> (disabled, tag overrides)
+        type Entry = (bool, BTreeMap<String, TagOverride>);
+        let mut providers: BTreeMap<&str, BTreeMap<(u8, Metric), Entry>> = BTreeMap::new();
         let mut all_off: BTreeSet<&str> = BTreeSet::new();
         if rules.is_empty() {
             for d in &defaults {
@@ -647,15 +695,19 @@ impl Telemetry {
                     };
                     for side in SIDES.into_iter().filter(|s| o.mode.covers(*s)) {
                         for m in metrics {
+                            let e = entry.entry((side as u8, *m)).or_default();
                             if let Some(d) = o.disabled {
-                                entry.insert((side as u8, *m), d);
+                                e.0 = d;
+                            }
+                            for (k, v) in &o.tag_overrides {
+                                e.1.insert(k.clone(), v.clone());
                             }
                         }
                     }
                 }
             }
         }
-        let kept: Vec<BTreeMap<(u8, Metric), bool>> = providers
+        let kept: Vec<BTreeMap<(u8, Metric), Entry>> = providers
             .into_iter()
             .filter(|(n, _)| {
                 !all_off.contains(n)
@@ -664,14 +716,24 @@ impl Telemetry {
             .map(|(_, m)| m)
             .collect();
         move |side: Side| {
-            Metric::ALL
-                .into_iter()
-                .filter(|m| {
-                    !kept
-                        .iter()
-                        .any(|p| !p.get(&(side as u8, *m)).copied().unwrap_or(false))
-                })
-                .collect()
+            let mut disabled = Vec::new();
+            let mut tags = MetricTags::new();
+            for m in Metric::ALL {
+                let recording = kept
+                    .iter()
+                    .find(|p| !p.get(&(side as u8, m)).is_some_and(|e| e.0));
+                match recording {
+                    None => disabled.push(m),
+                    Some(p) => {
+                        if let Some((_, t)) = p.get(&(side as u8, m))
+                            && !t.is_empty()
+                        {
+                            tags.insert(m, t.clone());
+                        }
+                    }
+                }
+            }
+            (disabled, tags)
         }
     }
 }
@@ -748,6 +810,7 @@ impl Effective {
                                 t.access_log = a.clone();
                             }
                             t.disabled_metrics = side.disabled_metrics.clone();
+                            t.tag_overrides = side.tag_overrides.clone();
                         }
                         NetworkFilter::HttpConnectionManager(h) => {
                             if let Some(a) = &side.access_logs {
@@ -757,6 +820,7 @@ impl Effective {
                                 h.tracing = t.clone();
                             }
                             h.disabled_metrics = side.disabled_metrics.clone();
+                            h.tag_overrides = side.tag_overrides.clone();
                         }
                     }
                 }
@@ -1047,6 +1111,7 @@ mod tests {
                     metric: Some(Metric::RequestCount),
                     mode: Mode::Client,
                     disabled: Some(true),
+                    ..MetricsOverride::default()
                 }],
                 ..MetricsRule::default()
             }],
@@ -1079,6 +1144,65 @@ mod tests {
         });
         let back = t.effective(&labels("off"));
         assert!(back.client.disabled_metrics.is_empty());
+    }
+
+    #[test]
+    fn tag_overrides_merge_key_by_key_per_metric_and_side() {
+        let mut t = mesh();
+        let remove = TagOverride {
+            remove: true,
+            value: None,
+        };
+        let set = |v: &str| TagOverride {
+            remove: false,
+            value: Some(v.into()),
+        };
+        t.mesh = Some(Policy {
+            metrics: vec![MetricsRule {
+                overrides: vec![MetricsOverride {
+                    tag_overrides: BTreeMap::from([
+                        ("request_protocol".to_string(), remove.clone()),
+                        ("team".to_string(), set("mesh")),
+                    ]),
+                    ..MetricsOverride::default()
+                }],
+                ..MetricsRule::default()
+            }],
+            ..policy("istio-system/mesh")
+        });
+        t.namespace = Some(Policy {
+            metrics: vec![MetricsRule {
+                overrides: vec![MetricsOverride {
+                    metric: Some(Metric::RequestCount),
+                    mode: Mode::Server,
+                    tag_overrides: BTreeMap::from([("team".to_string(), set("bookinfo"))]),
+                    ..MetricsOverride::default()
+                }],
+                ..MetricsRule::default()
+            }],
+            ..policy("ns/all")
+        });
+        let e = t.effective(&labels("a"));
+        let count = &e.server.tag_overrides[&Metric::RequestCount];
+        assert_eq!(count["team"], set("bookinfo"));
+        assert_eq!(count["request_protocol"], remove);
+        assert_eq!(
+            e.client.tag_overrides[&Metric::RequestCount]["team"],
+            set("mesh")
+        );
+        assert_eq!(
+            e.server.tag_overrides[&Metric::TcpSentBytes]["team"],
+            set("mesh")
+        );
+        t.namespace.as_mut().unwrap().metrics[0].overrides[0]
+            .tag_overrides
+            .insert("bad-name".into(), remove);
+        assert!(
+            t.check()
+                .unwrap_err()
+                .to_string()
+                .contains("tagOverrides.bad-name: not a Prometheus label name")
+        );
     }
 
     #[test]
@@ -1163,6 +1287,7 @@ mod tests {
                 tracing: Some(None),
                 access_logs: Some(vec![envoy.clone()]),
                 disabled_metrics: vec![Metric::RequestCount],
+                tag_overrides: MetricTags::new(),
             },
             server: SideTelemetry::default(),
         };

@@ -881,6 +881,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
                 idle_timeout,
                 access_log: Vec::new(),
                 disabled_metrics: Vec::new(),
+                tag_overrides: Default::default(),
             })],
         }
     }

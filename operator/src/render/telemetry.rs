@@ -150,6 +150,26 @@ fn tag(name: &str, t: &ApiTag) -> Option<CustomTag> {
     })
 }
 
+/// A `tagOverrides` entry as the sidecar applies it: `REMOVE`, or `UPSERT` of the string
+/// literal its value is (validation refused any other value).
+fn tag_override(t: &rustmesh_api::telemetry::TagOverride) -> rustmesh_xds::telemetry::TagOverride {
+    match t.operation.unwrap_or_default() {
+        rustmesh_api::telemetry::TagOperation::Remove => rustmesh_xds::telemetry::TagOverride {
+            remove: true,
+            value: None,
+        },
+        rustmesh_api::telemetry::TagOperation::Upsert => rustmesh_xds::telemetry::TagOverride {
+            remove: false,
+            value: Some(
+                t.value
+                    .as_deref()
+                    .and_then(rustmesh_xds::cel::string_literal)
+                    .unwrap_or_default(),
+            ),
+        },
+    }
+}
+
 /// One accepted Telemetry as the sidecar merges it. Validation refused what cannot be
 /// rendered (custom metrics, tag overrides, filters outside rustmesh's CEL subset, formatter
 /// tags, unknown providers).
@@ -201,6 +221,11 @@ pub(crate) fn policy(key: &ObjKey, t: &Object) -> Policy {
                             metric: metric(o.metric()?),
                             mode: mode(o.mode()),
                             disabled: o.disabled,
+                            tag_overrides: o
+                                .tag_overrides
+                                .iter()
+                                .map(|(name, t)| (name.clone(), tag_override(t)))
+                                .collect(),
                         })
                     })
                     .collect(),

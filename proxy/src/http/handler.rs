@@ -307,7 +307,10 @@ impl ConnectionManager {
             client_cert_details,
             authz,
             requested_server_name,
-            disabled_metrics: crate::metrics::MetricMask::of(&hcm.disabled_metrics),
+            metric_settings: crate::metrics::ChainMetrics::of(
+                &hcm.disabled_metrics,
+                &hcm.tag_overrides,
+            ),
             trace: tracer.map(|tracer| crate::trace::ConnTracing {
                 tracer,
                 local: self.trace_local.clone(),

@@ -132,9 +132,9 @@ pub struct HttpContext {
     pub trace: Option<crate::trace::ConnTracing>,
     /// The SNI the client sent, if it spoke TLS (the access log's `%REQUESTED_SERVER_NAME%`).
     pub requested_server_name: Option<Arc<str>>,
-    /// The Istio metrics this connection's requests do not record (the connection manager's
-    /// `disabledMetrics`).
-    pub disabled_metrics: crate::metrics::MetricMask,
+    /// Which Istio metrics this connection's requests record, and how labelled (the connection
+    /// manager's `disabledMetrics` and `tagOverrides`).
+    pub metric_settings: crate::metrics::ChainMetrics,
 }
 
 impl std::fmt::Debug for HttpContext {

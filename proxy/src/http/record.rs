@@ -189,7 +189,7 @@ impl Conn {
                         &key.flags,
                         key.grpc_status.as_deref(),
                     );
-                    let h = ctx.metrics.request_handles(&labels, ctx.disabled_metrics);
+                    let h = ctx.metrics.request_handles(&labels, &ctx.metric_settings);
                     if cache.len() < MAX_CACHED_LABEL_SETS {
                         cache.push((
                             MetricKey {

@@ -165,8 +165,8 @@ pub async fn proxy(shared: &Shared, conn: Conn<'_>, route: &TcpRoute, mut downst
     let refuse = |refusal: Refusal, flags: &str| {
         shared.metrics.refused(&listener.name, refusal);
         let labels = labels_for(None, None, flags);
-        shared.istio.tcp_opened(&labels, route.disabled_metrics);
-        shared.istio.tcp_closed(&labels, route.disabled_metrics);
+        shared.istio.tcp_opened(&labels, &route.metrics);
+        shared.istio.tcp_closed(&labels, &route.metrics);
         log(flags, None, 0, 0);
     };
     let target = match cluster.target(orig_dst.0, None) {
@@ -197,7 +197,7 @@ pub async fn proxy(shared: &Shared, conn: Conn<'_>, route: &TcpRoute, mut downst
     let server = up.peer_identity().map(|p| p.to_string());
     let peer = peer_at(target.addr);
     let labels = labels_for(server.as_deref(), peer.as_deref(), "");
-    shared.istio.tcp_opened(&labels, route.disabled_metrics);
+    shared.istio.tcp_opened(&labels, &route.metrics);
     let _load = target.endpoint.as_ref().map(|e| e.hold());
     let _ = downstream.set_nodelay(true);
     let counters = Counters {
@@ -216,11 +216,11 @@ pub async fn proxy(shared: &Shared, conn: Conn<'_>, route: &TcpRoute, mut downst
     // `ended.sent` is downstream → upstream: Istio's "received from the downstream".
     shared
         .istio
-        .tcp_bytes(&labels, ended.received, ended.sent, route.disabled_metrics);
+        .tcp_bytes(&labels, ended.received, ended.sent, &route.metrics);
     if ended.reason == EndReason::Idle {
         cluster.stats.cx_idle_timeout.inc();
     }
-    shared.istio.tcp_closed(&labels, route.disabled_metrics);
+    shared.istio.tcp_closed(&labels, &route.metrics);
     log(
         // Envoy's flag for a tcp_proxy idle timeout.
         if ended.reason == EndReason::Idle {

@@ -65,8 +65,9 @@ pub struct TcpRoute {
     pub idle_timeout: Option<Duration>,
     /// `accessLog`, compiled.
     pub access_logs: AccessLogs,
-    /// The Istio metrics these connections do not record (`disabledMetrics`).
-    pub disabled_metrics: crate::metrics::MetricMask,
+    /// Which Istio metrics these connections record, and how labelled (`disabledMetrics`,
+    /// `tagOverrides`).
+    pub metrics: crate::metrics::ChainMetrics,
 }
 
 impl TcpRoute {
@@ -350,7 +351,7 @@ fn compile_chain(
                 total_weight,
                 idle_timeout,
                 access_logs,
-                disabled_metrics: crate::metrics::MetricMask::of(&t.disabled_metrics),
+                metrics: crate::metrics::ChainMetrics::of(&t.disabled_metrics, &t.tag_overrides),
             })
         }
         NetworkFilter::HttpConnectionManager(h) => {

@@ -463,7 +463,7 @@ pub async fn start_proxy(rc: RouteConfiguration, ups: TestClusters, opts: Option
         authz: None,
         trace: None,
         requested_server_name: None,
-        disabled_metrics: Default::default(),
+        metric_settings: Default::default(),
     };
     tokio::spawn(async move {
         loop {
