@@ -27,8 +27,7 @@
 //! when no policy applies, so the sidecar allows every request as before.
 
 use super::{MeshView, Scope};
-use crate::index::{Kind, ObjKey};
-use crate::validation::age_key;
+use crate::index::ObjKey;
 use rustmesh_api::AuthorizationPolicy as Policy;
 use rustmesh_api::authorization_policy::{Operation, Rule, Source, port_number};
 use rustmesh_xds::authz::{
@@ -47,28 +46,8 @@ pub(super) fn authorization(view: &MeshView<'_>, scope: &Scope) -> Option<Author
     (!policies.is_empty()).then_some(Authorization { policies })
 }
 
-/// The version of each policy of `ns` to render, oldest first (see the module's doc).
 fn rendered<'a>(view: &MeshView<'a>, ns: &str) -> Vec<(&'a ObjKey, &'a Policy)> {
-    let store = &view.index.authorization_policies;
-    let mut out: Vec<(&ObjKey, &Policy)> = store
-        .objects
-        .iter()
-        .filter(|(k, _)| k.namespace == ns)
-        .filter_map(|(key, current)| {
-            let verdict = view
-                .validation
-                .verdicts
-                .get(&(Kind::AuthorizationPolicy, key.clone()))?;
-            if verdict.accepted {
-                Some((key, current))
-            } else {
-                verdict.serving_previous?;
-                store.last_good.get(key).map(|previous| (key, previous))
-            }
-        })
-        .collect();
-    out.sort_by_key(|(_, p)| age_key(&p.metadata));
-    out
+    super::rendered_in(view, ns)
 }
 
 fn policy(key: &ObjKey, p: &Policy) -> AuthzPolicy {

@@ -175,6 +175,31 @@ impl HostIndex {
     }
 }
 
+/// The version of each object of kind `K` in namespace `ns` that its scopes render, oldest
+/// first (creation time, then name): the current one when accepted; after an invalid update of
+/// an object accepted before, that last accepted version; none for an object never accepted or
+/// in conflict (what the per-pod policy kinds list: PeerAuthentication, AuthorizationPolicy,
+/// RequestAuthentication, Telemetry).
+fn rendered_in<'a, K: IstioKind>(view: &MeshView<'a>, ns: &str) -> Vec<(&'a ObjKey, &'a K)> {
+    let store = K::store(view.index);
+    let mut out: Vec<(&ObjKey, &K)> = store
+        .objects
+        .iter()
+        .filter(|(k, _)| k.namespace == ns)
+        .filter_map(|(key, current)| {
+            let verdict = view.validation.verdicts.get(&(K::KIND, key.clone()))?;
+            if verdict.accepted {
+                Some((key, current))
+            } else {
+                verdict.serving_previous?;
+                store.last_good.get(key).map(|previous| (key, previous))
+            }
+        })
+        .collect();
+    out.sort_by_key(|(_, o)| crate::validation::age_key(o.meta()));
+    out
+}
+
 /// The version of each object of one kind to render: the current one when accepted, else the
 /// last accepted one when the current is `Invalid` (noted in its verdict), else none.
 fn pick_versions<'a, K: IstioKind>(

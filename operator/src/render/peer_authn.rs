@@ -21,8 +21,7 @@
 //! PERMISSIVE, as Istio's.
 
 use super::{MeshView, Scope};
-use crate::index::{Kind, ObjKey};
-use crate::validation::age_key;
+use crate::index::ObjKey;
 use rustmesh_api::PeerAuthentication as Policy;
 use rustmesh_xds::peer_authn::{MtlsMode, PeerAuthentication, PeerAuthnPolicy};
 
@@ -77,26 +76,7 @@ pub(super) fn disables_mtls(view: &MeshView<'_>, ns: &str) -> bool {
 }
 
 fn rendered<'a>(view: &MeshView<'a>, ns: &str) -> Vec<(&'a ObjKey, &'a Policy)> {
-    let store = &view.index.peer_authentications;
-    let mut out: Vec<(&ObjKey, &Policy)> = store
-        .objects
-        .iter()
-        .filter(|(k, _)| k.namespace == ns)
-        .filter_map(|(key, current)| {
-            let verdict = view
-                .validation
-                .verdicts
-                .get(&(Kind::PeerAuthentication, key.clone()))?;
-            if verdict.accepted {
-                Some((key, current))
-            } else {
-                verdict.serving_previous?;
-                store.last_good.get(key).map(|previous| (key, previous))
-            }
-        })
-        .collect();
-    out.sort_by_key(|(_, p)| age_key(&p.metadata));
-    out
+    super::rendered_in(view, ns)
 }
 
 fn policy(key: &ObjKey, p: &Policy) -> PeerAuthnPolicy {
@@ -114,7 +94,7 @@ mod tests {
     use super::*;
     use crate::configmap::render;
     use crate::fixtures::{bookinfo, istio, namespace};
-    use crate::index::{Index, Object};
+    use crate::index::{Index, Kind, Object};
     use crate::registry::Registry;
     use crate::validation::{Level, Validation, Verdict, status_for};
     use rustmesh_xds::peer_authn::effective_mode;

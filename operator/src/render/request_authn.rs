@@ -28,9 +28,8 @@
 //! policy applies, so existing configurations are unchanged.
 
 use super::{MeshView, Scope};
-use crate::index::{Kind, ObjKey};
+use crate::index::ObjKey;
 use crate::jwks::{Resolved, Source};
-use crate::validation::age_key;
 use rustmesh_api::RequestAuthentication as Policy;
 use rustmesh_api::request_authentication::{JwtRule as ApiRule, KeySource, no_discovery};
 use rustmesh_xds::request_authn::{
@@ -55,28 +54,8 @@ pub(super) fn request_authentication(
     (!policies.is_empty()).then_some(RequestAuthentication { policies })
 }
 
-/// The version of each policy of `ns` to render, oldest first (see the module's doc).
 fn rendered<'a>(view: &MeshView<'a>, ns: &str) -> Vec<(&'a ObjKey, &'a Policy)> {
-    let store = &view.index.request_authentications;
-    let mut out: Vec<(&ObjKey, &Policy)> = store
-        .objects
-        .iter()
-        .filter(|(k, _)| k.namespace == ns)
-        .filter_map(|(key, current)| {
-            let verdict = view
-                .validation
-                .verdicts
-                .get(&(Kind::RequestAuthentication, key.clone()))?;
-            if verdict.accepted {
-                Some((key, current))
-            } else {
-                verdict.serving_previous?;
-                store.last_good.get(key).map(|previous| (key, previous))
-            }
-        })
-        .collect();
-    out.sort_by_key(|(_, p)| age_key(&p.metadata));
-    out
+    super::rendered_in(view, ns)
 }
 
 fn policy(view: &MeshView<'_>, key: &ObjKey, p: &Policy) -> RequestAuthnPolicy {

@@ -19,8 +19,7 @@
 //! access log provider, and a Prometheus provider among the default metrics providers.
 
 use super::{MeshView, Scope};
-use crate::index::{Kind, ObjKey};
-use crate::validation::age_key;
+use crate::index::ObjKey;
 use rustmesh_api::Telemetry as Object;
 use rustmesh_api::telemetry::{CustomTag as ApiTag, IstioMetric, WorkloadMode};
 use rustmesh_xds::telemetry::{
@@ -78,28 +77,8 @@ pub(super) fn telemetry(view: &MeshView<'_>, scope: &Scope) -> Option<Telemetry>
     })
 }
 
-/// The version of each Telemetry of `ns` to render, oldest first (see the module's doc).
 fn rendered<'a>(view: &MeshView<'a>, ns: &str) -> Vec<(&'a ObjKey, &'a Object)> {
-    let store = &view.index.telemetries;
-    let mut out: Vec<(&ObjKey, &Object)> = store
-        .objects
-        .iter()
-        .filter(|(k, _)| k.namespace == ns)
-        .filter_map(|(key, current)| {
-            let verdict = view
-                .validation
-                .verdicts
-                .get(&(Kind::Telemetry, key.clone()))?;
-            if verdict.accepted {
-                Some((key, current))
-            } else {
-                verdict.serving_previous?;
-                store.last_good.get(key).map(|previous| (key, previous))
-            }
-        })
-        .collect();
-    out.sort_by_key(|(_, t)| age_key(&t.metadata));
-    out
+    super::rendered_in(view, ns)
 }
 
 fn mode(m: WorkloadMode) -> Mode {
@@ -239,7 +218,7 @@ mod tests {
     use super::*;
     use crate::configmap::render;
     use crate::fixtures::{bookinfo, istio};
-    use crate::index::Index;
+    use crate::index::{Index, Kind};
     use crate::registry::Registry;
     use crate::validation::{Validation, Verdict};
     use rustmesh_xds::telemetry::Side;
