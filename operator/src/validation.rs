@@ -380,33 +380,11 @@ fn peer_authentications(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey), V
         let previous = store.last_good.get(key).filter(|_| !valid);
         // The version that would be rendered decides whether it claims its namespace.
         let rendered = if valid { Some(pa) } else { previous };
-        let mut reason = None;
-        if let Some(p) = rendered
-            && p.spec.workload_labels().is_none()
-        {
-            match wide.get(key.namespace.as_str()) {
-                Some(first) if valid => {
-                    let scope = if &key.namespace == root {
-                        "mesh-wide policy (root namespace)".to_string()
-                    } else {
-                        format!("namespace-wide policy of {}", key.namespace)
-                    };
-                    findings.push(Finding {
-                        level: Level::Error,
-                        field: "spec.selector".into(),
-                        message: format!(
-                            "PeerAuthentication {first} (older) is already the {scope}; only the \
-                             oldest without a selector applies, this one is ignored"
-                        ),
-                    });
-                    reason = Some("Conflict");
-                }
-                Some(_) => {}
-                None => {
-                    wide.insert(key.namespace.as_str(), key);
-                }
-            }
-        }
+        let conflict = rendered
+            .filter(|p| p.spec.workload_labels().is_none())
+            .and_then(|_| claim_namespace("PeerAuthentication", root, key, valid, &mut wide));
+        let reason = conflict.as_ref().map(|_| "Conflict");
+        findings.extend(conflict);
         if &key.namespace == root && pa.spec.workload_labels().is_some() {
             findings.push(Finding {
                 level: Level::Warning,
@@ -427,6 +405,42 @@ fn peer_authentications(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey), V
             v.previous_spec = serde_json::to_value(&p.spec).ok();
         }
         verdicts.insert((Kind::PeerAuthentication, key.clone()), v);
+    }
+}
+
+/// One object without a selector per namespace (the oldest; in the root namespace, the
+/// mesh-wide one), for the kinds whose namespace-wide object is unique (PeerAuthentication,
+/// Telemetry): `key`'s object, seen oldest first, claims its namespace, or, when valid and an
+/// older one has, gets the conflict finding. An invalid update serving its previous version
+/// still holds its claim without a second finding.
+fn claim_namespace<'k>(
+    kind: &str,
+    root: &str,
+    key: &'k ObjKey,
+    valid: bool,
+    wide: &mut BTreeMap<&'k str, &'k ObjKey>,
+) -> Option<Finding> {
+    match wide.get(key.namespace.as_str()) {
+        Some(first) if valid => {
+            let scope = if key.namespace == root {
+                format!("mesh-wide {kind} (root namespace)")
+            } else {
+                format!("namespace-wide {kind} of {}", key.namespace)
+            };
+            Some(Finding {
+                level: Level::Error,
+                field: "spec.selector".into(),
+                message: format!(
+                    "{kind} {first} (older) is already the {scope}; only the oldest without a \
+                     selector applies, this one is ignored"
+                ),
+            })
+        }
+        Some(_) => None,
+        None => {
+            wide.insert(key.namespace.as_str(), key);
+            None
+        }
     }
 }
 
@@ -453,33 +467,11 @@ fn telemetries(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey), Verdict>) 
         }));
         let previous = store.last_good.get(key).filter(|_| !valid);
         let rendered = if valid { Some(t) } else { previous };
-        let mut reason = None;
-        if let Some(r) = rendered
-            && r.spec.workload_labels().is_none()
-        {
-            match wide.get(key.namespace.as_str()) {
-                Some(first) if valid => {
-                    let scope = if &key.namespace == root {
-                        "mesh-wide Telemetry (root namespace)".to_string()
-                    } else {
-                        format!("namespace-wide Telemetry of {}", key.namespace)
-                    };
-                    findings.push(Finding {
-                        level: Level::Error,
-                        field: "spec.selector".into(),
-                        message: format!(
-                            "Telemetry {first} (older) is already the {scope}; only the oldest \
-                             without a selector applies, this one is ignored"
-                        ),
-                    });
-                    reason = Some("Conflict");
-                }
-                Some(_) => {}
-                None => {
-                    wide.insert(key.namespace.as_str(), key);
-                }
-            }
-        }
+        let conflict = rendered
+            .filter(|t| t.spec.workload_labels().is_none())
+            .and_then(|_| claim_namespace("Telemetry", root, key, valid, &mut wide));
+        let reason = conflict.as_ref().map(|_| "Conflict");
+        findings.extend(conflict);
         let mut v = verdict(findings, reason);
         if !v.accepted
             && v.reason == "Invalid"
