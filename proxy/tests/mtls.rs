@@ -1353,3 +1353,34 @@ async fn telemetry_policies_turn_access_logs_and_metrics_on_and_off_per_workload
         "{server}"
     );
 }
+
+#[tokio::test]
+async fn a_telemetry_change_reaches_the_connections_the_client_sidecar_keeps_open() {
+    let (server_cert, client_cert, _root) = certs().await;
+    let m = mesh(Some(server_cert), Some(client_cert), Value::Null).await;
+    // The client sidecar pools its connection to the server sidecar: every request below after
+    // the first could ride the connection accepted on the configuration without a log.
+    for _ in 0..2 {
+        assert_eq!(get(m.outbound_http, false).await.map(|(c, _)| c), Ok(200));
+    }
+    assert!(m.server.log.lock().unwrap().is_empty());
+    let mut doc = server_doc(m.app_http, m.app_tcp, Value::Null);
+    with_telemetry(
+        &mut doc,
+        json!({"name": "bookinfo/none", "selector": {"app": "none"}}),
+    );
+    m.server.load(doc);
+    let want = format!("200 inbound|{HTTP_PORT}||");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        assert_eq!(get(m.outbound_http, false).await.map(|(c, _)| c), Ok(200));
+        if m.server.log.lock().unwrap().contains(&want) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new access log never applied to the pooled connection"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

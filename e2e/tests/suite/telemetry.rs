@@ -1099,7 +1099,13 @@ spec:
         || async {
             match probe().await? {
                 (true, true) => Ok(Some(())),
-                other => Err(format!("(client, server) logged: {other:?}")),
+                other => {
+                    let server_log = logs(&server_pod).await;
+                    let tail: Vec<&str> = server_log.lines().rev().take(15).collect();
+                    Err(format!(
+                        "(client, server) logged: {other:?}; the server sidecar's last lines: {tail:#?}"
+                    ))
+                }
             }
         },
     )

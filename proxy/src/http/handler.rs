@@ -75,6 +75,20 @@ pub struct HttpConnection {
     /// The client's address, when requests to ORIGINAL_DST clusters leave from it (TPROXY
     /// inbound, [`crate::dial::ClusterDialer::with_original_source`]).
     pub original_source: Option<std::net::IpAddr>,
+    /// Resolves when a new configuration no longer serves this connection's chain as it was
+    /// (its connection manager changed: access logs, tracing, metrics, routes' name): the
+    /// connection then finishes its request in flight and closes (HTTP/1.1 `Connection:
+    /// close`, HTTP/2 GOAWAY), so the client's next connection gets the new settings, as
+    /// Envoy drains the connections of a changed listener.
+    pub chain_changed: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
+/// Resolves when either does.
+async fn first(a: impl std::future::Future<Output = ()>, b: impl std::future::Future<Output = ()>) {
+    tokio::select! {
+        () = a => {}
+        () = b => {}
+    }
 }
 
 /// The route tables of one configuration.
@@ -255,6 +269,7 @@ impl ConnectionManager {
             own_identity,
             authz,
             original_source,
+            chain_changed,
         } = conn;
         let peer_identity = stream.peer_identity();
         let authz = authz.map(|given| {
@@ -327,9 +342,12 @@ impl ConnectionManager {
                 serve_connection_draining(stream, ctx).await
             }
             Reporter::Destination => {
-                serve_connection_with_drain(stream, ctx, drain.signaled()).await
+                serve_connection_with_drain(stream, ctx, first(drain.signaled(), chain_changed))
+                    .await
             }
-            Reporter::Source => serve_connection_with_drain(stream, ctx, drain.closed()).await,
+            Reporter::Source => {
+                serve_connection_with_drain(stream, ctx, first(drain.closed(), chain_changed)).await
+            }
         };
         drop(drain);
         result.map_err(|e| io::Error::other(e.to_string()))

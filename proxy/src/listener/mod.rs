@@ -503,6 +503,21 @@ pub async fn dispatch(
                 tracing::debug!(listener = %listener.name, chain = %chain.name,
                     "no route table: every request gets 404 NR");
             }
+            let chain_changed = {
+                let store = shared.store.clone();
+                let (listener, chain, hcm) =
+                    (listener.name.clone(), chain.name.clone(), hcm.clone());
+                let mut seen = snapshot.clone();
+                Box::pin(async move {
+                    loop {
+                        let next = store.changed(Some(&seen)).await;
+                        if !next.serves_http_chain(&listener, &chain, &hcm) {
+                            return;
+                        }
+                        seen = next;
+                    }
+                })
+            };
             let conn = HttpConnection {
                 stream,
                 hcm: hcm.clone(),
@@ -524,6 +539,7 @@ pub async fn dispatch(
                     stats: shared.metrics.rbac_http(&hcm.stat_prefix),
                 }),
                 original_source,
+                chain_changed,
             };
             if let Err(e) = shared.http.serve(conn).await {
                 tracing::debug!(listener = %listener.name, %client, "HTTP connection ended: {e}");

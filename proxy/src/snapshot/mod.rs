@@ -224,6 +224,26 @@ impl Snapshot {
         })
     }
 
+    /// Whether this configuration serves `listener`'s chain `chain` with exactly `hcm` (its
+    /// access logs, tracing and metrics settings included): an HTTP connection accepted on an
+    /// earlier configuration keeps serving while this holds, and drains when it does not, as
+    /// Envoy drains the connections of a changed listener.
+    pub fn serves_http_chain(
+        &self,
+        listener: &str,
+        chain: &str,
+        hcm: &rustmesh_xds::listener::HttpConnectionManager,
+    ) -> bool {
+        self.listeners
+            .iter()
+            .filter(|l| l.name == listener)
+            .flat_map(|l| l.chains.all())
+            .any(|c| {
+                c.name == chain
+                    && matches!(&c.terminal, chain::Terminal::Http(h, ..) if **h == *hcm)
+            })
+    }
+
     /// The version of the configuration (`versionInfo`).
     pub fn version(&self) -> &str {
         &self.config.version_info
