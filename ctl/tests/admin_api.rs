@@ -267,7 +267,7 @@ fn sources_and_files() {
         format!(
             "Error: the configuration from {p} is not a valid proxy configuration: line 1, column \
              27: clustrs: unknown field `clustrs`, expected one of `versionInfo`, `listeners`, \
-             `routes`, `clusters`, `endpoints`, `dns`, `peerAuthentication`, `authorization`, `requestAuthentication`"
+             `routes`, `clusters`, `endpoints`, `dns`, `peerAuthentication`, `authorization`, `requestAuthentication`, `telemetry`"
         )
     );
 }
