@@ -471,40 +471,34 @@ impl<'t> Parser<'t> {
     }
 
     fn expr(&mut self) -> Result<(Expr, Type), CelError> {
-        self.nested(|p| {
-            let at = p.pos;
-            let (mut left, ty) = p.and()?;
-            if !p.eat("||") {
-                return Ok((left, ty));
-            }
-            want_bool(at, ty, "||")?;
-            loop {
-                p.node()?;
-                let at = p.pos;
-                let (right, ty) = p.and()?;
-                want_bool(at, ty, "||")?;
-                left = Expr::Or(Box::new(left), Box::new(right));
-                if !p.eat("||") {
-                    return Ok((left, Type::Bool));
-                }
-            }
-        })
+        self.nested(|p| p.logical("||", Self::and, Expr::Or))
     }
 
     fn and(&mut self) -> Result<(Expr, Type), CelError> {
+        self.logical("&&", Self::relation, Expr::And)
+    }
+
+    /// A left-associative chain of `op` (`||` or `&&`) over the operands `next` parses; with
+    /// more than one operand, each must be a bool.
+    fn logical(
+        &mut self,
+        op: &str,
+        next: fn(&mut Self) -> Result<(Expr, Type), CelError>,
+        join: fn(Box<Expr>, Box<Expr>) -> Expr,
+    ) -> Result<(Expr, Type), CelError> {
         let at = self.pos;
-        let (mut left, ty) = self.relation()?;
-        if !self.eat("&&") {
+        let (mut left, ty) = next(self)?;
+        if !self.eat(op) {
             return Ok((left, ty));
         }
-        want_bool(at, ty, "&&")?;
+        want_bool(at, ty, op)?;
         loop {
             self.node()?;
             let at = self.pos;
-            let (right, ty) = self.relation()?;
-            want_bool(at, ty, "&&")?;
-            left = Expr::And(Box::new(left), Box::new(right));
-            if !self.eat("&&") {
+            let (right, ty) = next(self)?;
+            want_bool(at, ty, op)?;
+            left = join(Box::new(left), Box::new(right));
+            if !self.eat(op) {
                 return Ok((left, Type::Bool));
             }
         }
