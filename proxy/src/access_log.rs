@@ -36,27 +36,37 @@ pub enum Stream {
     Stderr = 1,
 }
 
-/// What a [`Sink`] calls with each line.
-type WriteLine = dyn Fn(Stream, &str) + Send + Sync;
+/// A function that takes every line (tests).
+type TakeLine = dyn Fn(&str) + Send + Sync;
 
 /// Writes access-log lines (standard output or error; tests collect them).
 #[derive(Clone)]
-pub struct Sink(Arc<WriteLine>);
+pub struct Sink(Option<Arc<TakeLine>>);
 
 impl Sink {
     /// Lines to the process's standard output or error, as the log's path says, through the
     /// buffered writer (see the module doc).
     pub fn stdio() -> Self {
-        Sink(Arc::new(|stream, line| stdio_writer().push(stream, line)))
+        Sink(None)
     }
 
     /// Every line to a function, whatever its stream (tests).
     pub fn new(f: impl Fn(&str) + Send + Sync + 'static) -> Self {
-        Sink(Arc::new(move |_, line| f(line)))
+        Sink(Some(Arc::new(f)))
     }
 
-    fn write(&self, stream: Stream, line: &str) {
-        (self.0)(stream, line)
+    /// Writes the line `write` appends to the string it is given: straight into the buffered
+    /// writer's pending bytes for standard output and error, so a line is never a string of
+    /// its own.
+    fn write(&self, stream: Stream, write: impl FnOnce(&mut String)) {
+        match &self.0 {
+            None => stdio_writer().push_with(stream, write),
+            Some(f) => {
+                let mut line = String::new();
+                write(&mut line);
+                f(&line)
+            }
+        }
     }
 }
 
@@ -148,7 +158,7 @@ impl AccessLogs {
     pub fn write(&self, sink: &Sink, entry: &Entry<'_>) {
         for (stream, formatter) in self.0.logs.iter() {
             if formatter.accepts(entry) {
-                sink.write(*stream, &formatter.format(entry));
+                sink.write(*stream, |out| formatter.format_into(entry, out));
             }
         }
     }
@@ -184,7 +194,7 @@ impl Copied {
 /// What is waiting to be written to one stream.
 #[derive(Default)]
 struct Pending {
-    bytes: Vec<u8>,
+    bytes: String,
     dropped: u64,
 }
 
@@ -226,17 +236,26 @@ impl Writer {
         }
     }
 
-    /// Appends one line (and a newline); wakes the writer past [`FLUSH_BYTES`].
+    /// Appends one line (and a newline).
     pub fn push(&self, stream: Stream, line: &str) {
+        self.push_with(stream, |out| out.push_str(line))
+    }
+
+    /// Appends the line `write` appends (and a newline), or drops it, counted, when that
+    /// would take the buffer past [`MAX_BUFFERED_BYTES`]. Wakes the writer when the buffer
+    /// crosses [`FLUSH_BYTES`] (once: a wake-up is a system call).
+    pub fn push_with(&self, stream: Stream, write: impl FnOnce(&mut String)) {
         let mut pending = crate::sync::lock(&self.pending);
         let p = &mut pending[stream as usize];
-        if p.bytes.len() + line.len() + 1 > MAX_BUFFERED_BYTES {
+        let before = p.bytes.len();
+        write(&mut p.bytes);
+        p.bytes.push('\n');
+        if p.bytes.len() > MAX_BUFFERED_BYTES {
+            p.bytes.truncate(before);
             p.dropped += 1;
             return;
         }
-        p.bytes.extend_from_slice(line.as_bytes());
-        p.bytes.push(b'\n');
-        if p.bytes.len() >= FLUSH_BYTES {
+        if before < FLUSH_BYTES && p.bytes.len() >= FLUSH_BYTES {
             self.wake.notify_one();
         }
     }
@@ -249,11 +268,16 @@ impl Writer {
 
     /// Writes and empties both buffers (one `write` each), outside the lock.
     pub fn write_to(&self, out: &mut impl Write, err: &mut impl Write) {
-        let taken: Vec<(Vec<u8>, u64)> = {
+        let taken: Vec<(String, u64)> = {
             let mut pending = crate::sync::lock(&self.pending);
             pending
                 .iter_mut()
-                .map(|p| (std::mem::take(&mut p.bytes), std::mem::take(&mut p.dropped)))
+                .map(|p| {
+                    // The next second's lines start with room for about as many again.
+                    let room = p.bytes.len().min(FLUSH_BYTES);
+                    let bytes = std::mem::replace(&mut p.bytes, String::with_capacity(room));
+                    (bytes, std::mem::take(&mut p.dropped))
+                })
                 .collect()
         };
         for ((bytes, dropped), sink) in taken
@@ -261,7 +285,7 @@ impl Writer {
             .zip([out as &mut dyn Write, err as &mut dyn Write])
         {
             if !bytes.is_empty() {
-                let _ = sink.write_all(&bytes).and_then(|()| sink.flush());
+                let _ = sink.write_all(bytes.as_bytes()).and_then(|()| sink.flush());
             }
             if dropped > 0 {
                 tracing::warn!(

@@ -25,6 +25,24 @@ use std::time::{Instant, SystemTime};
 
 /// Whether the request is gRPC (`content-type: application/grpc*`): its local replies are then
 /// trailers-only gRPC answers.
+/// `:method` for the access log: a static value for the standard methods (no copy per request).
+fn method_value(m: &http::Method) -> Option<HeaderValue> {
+    use http::Method;
+    let s = match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => return HeaderValue::from_str(m.as_str()).ok(),
+    };
+    Some(HeaderValue::from_static(s))
+}
+
 fn is_grpc(h: &HeaderMap) -> bool {
     h.get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -127,7 +145,7 @@ pub(super) async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Respo
             Copied::default()
         } else {
             Copied::take(ctx.access_logs.request_headers(), |n| match n {
-                ":method" => HeaderValue::from_str(req.method().as_str()).ok(),
+                ":method" => method_value(req.method()),
                 ":path" => req
                     .uri()
                     .path_and_query()
