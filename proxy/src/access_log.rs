@@ -181,13 +181,11 @@ impl Copied {
         }
     }
 
-    /// The value copied for `name`, if it is text.
+    /// The value copied for `name` (lowercase, as formats and filters name headers), if it is
+    /// UTF-8.
     pub fn get(&self, name: &str) -> Option<&str> {
-        let i = self
-            .names
-            .iter()
-            .position(|k| k.eq_ignore_ascii_case(name))?;
-        self.values[i].as_ref()?.to_str().ok()
+        let i = self.names.iter().position(|k| k == name)?;
+        std::str::from_utf8(self.values[i].as_ref()?.as_bytes()).ok()
     }
 }
 
@@ -202,6 +200,10 @@ struct Pending {
 pub struct Writer {
     pending: Mutex<[Pending; 2]>,
     wake: Condvar,
+    /// The buffers being written, swapped with the pending ones at each write: the two pairs
+    /// keep their room, so a flush neither frees nor allocates (freeing a 64 KiB block made
+    /// the allocator consolidate its free lists on every flush).
+    writing: Mutex<[String; 2]>,
 }
 
 fn stdio_writer() -> &'static Writer {
@@ -233,6 +235,7 @@ impl Writer {
         Writer {
             pending: Mutex::new([Pending::default(), Pending::default()]),
             wake: Condvar::new(),
+            writing: Mutex::new([String::new(), String::new()]),
         }
     }
 
@@ -260,32 +263,38 @@ impl Writer {
         }
     }
 
-    /// Waits until woken or `at_most` has passed.
-    fn wait(&self, at_most: Duration) {
+    /// Waits until woken or `at_most` has passed; returns at once, with `true`, when a buffer
+    /// is already past [`FLUSH_BYTES`] (its one wake-up came while the writer was writing).
+    fn wait(&self, at_most: Duration) -> bool {
         let pending = crate::sync::lock(&self.pending);
+        if pending.iter().any(|p| p.bytes.len() >= FLUSH_BYTES) {
+            return true;
+        }
         let _ = self.wake.wait_timeout(pending, at_most);
+        false
     }
 
     /// Writes and empties both buffers (one `write` each), outside the lock.
     pub fn write_to(&self, out: &mut impl Write, err: &mut impl Write) {
-        let taken: Vec<(String, u64)> = {
+        let mut writing = crate::sync::lock(&self.writing);
+        let mut dropped = [0; 2];
+        {
             let mut pending = crate::sync::lock(&self.pending);
-            pending
-                .iter_mut()
-                .map(|p| {
-                    // The next second's lines start with room for about as many again.
-                    let room = p.bytes.len().min(FLUSH_BYTES);
-                    let bytes = std::mem::replace(&mut p.bytes, String::with_capacity(room));
-                    (bytes, std::mem::take(&mut p.dropped))
-                })
-                .collect()
-        };
-        for ((bytes, dropped), sink) in taken
-            .into_iter()
+            for ((p, w), d) in pending.iter_mut().zip(writing.iter_mut()).zip(&mut dropped) {
+                std::mem::swap(&mut p.bytes, w);
+                *d = std::mem::take(&mut p.dropped);
+            }
+        }
+        for ((bytes, dropped), sink) in writing
+            .iter_mut()
+            .zip(dropped)
             .zip([out as &mut dyn Write, err as &mut dyn Write])
         {
             if !bytes.is_empty() {
                 let _ = sink.write_all(bytes.as_bytes()).and_then(|()| sink.flush());
+                bytes.clear();
+                // After a stall (up to MAX_BUFFERED_BYTES), give the room back.
+                bytes.shrink_to(2 * FLUSH_BYTES);
             }
             if dropped > 0 {
                 tracing::warn!(
@@ -328,5 +337,25 @@ mod tests {
         let mut out = Vec::new();
         w.write_to(&mut out, &mut Vec::new());
         assert_eq!(out.len(), MAX_BUFFERED_BYTES);
+    }
+
+    #[test]
+    fn a_full_buffer_is_written_without_waiting_for_the_interval() {
+        let w = Writer::new();
+        // Nothing buffered: the writer waits (here 1 ms).
+        assert!(!w.wait(Duration::from_millis(1)));
+        // The buffer crosses FLUSH_BYTES while the writer is not waiting (the only wake-up is
+        // lost): its next wait returns at once rather than sleeping a whole interval.
+        let line = "y".repeat(999);
+        for _ in 0..=FLUSH_BYTES / 1000 {
+            w.push(Stream::Stderr, &line);
+        }
+        assert!(w.wait(Duration::from_secs(3600)));
+        let mut err = Vec::new();
+        w.write_to(&mut Vec::new(), &mut err);
+        assert!(err.len() >= FLUSH_BYTES);
+        // Written and emptied, the buffers keep their room for the next lines.
+        assert!(!w.wait(Duration::from_millis(1)));
+        assert!(crate::sync::lock(&w.writing)[1].capacity() >= FLUSH_BYTES);
     }
 }
