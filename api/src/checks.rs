@@ -39,8 +39,8 @@ impl Finding {
 /// settings ([`destination_rule_tls`]); for a VirtualService without such errors, its redirect
 /// codes ([`virtual_service_redirects`]); then the warnings ([`IstioObject::warnings`]: fields
 /// rustmesh accepts without implementing them, a PeerAuthentication's, an
-/// AuthorizationPolicy's, a RequestAuthentication's or a Telemetry's Istio warnings, and an
-/// AuthorizationPolicy's CUSTOM action).
+/// AuthorizationPolicy's, a RequestAuthentication's, a Telemetry's or a ServiceEntry's Istio
+/// warnings, and an AuthorizationPolicy's CUSTOM action).
 /// `has_ca`: whether the mesh CA is on (chart value `ca.enabled`).
 pub fn object_findings(obj: &IstioObject, has_ca: bool) -> Vec<Finding> {
     let mut out: Vec<Finding> = obj.validate().into_iter().map(Finding::error).collect();

@@ -2,9 +2,11 @@
 //! PeerAuthentication, AuthorizationPolicy and RequestAuthentication, and
 //! `telemetry.istio.io`'s Telemetry as Rust types.
 //!
-//! - [`VirtualService`], [`DestinationRule`], [`Sidecar`], [`PeerAuthentication`],
-//!   [`AuthorizationPolicy`], [`RequestAuthentication`] and [`Telemetry`] read Istio's own YAML
-//!   unchanged (camelCase, `0.5s` durations, `oneOf` fields such as `StringMatch`).
+//! - [`VirtualService`], [`DestinationRule`], [`Sidecar`], [`ServiceEntry`],
+//!   [`PeerAuthentication`], [`AuthorizationPolicy`], [`RequestAuthentication`] and
+//!   [`Telemetry`] read Istio's own YAML unchanged (camelCase, `0.5s` durations, `oneOf` fields
+//!   such as `StringMatch`). A ServiceEntry is read and validated but not rendered yet (issue
+//!   #20): its fields are refused by name ([`support`]).
 //! - [`parse::load`] reads multi-document YAML and reports errors with field path and line. It
 //!   reads within [`rustmesh_xds::yaml::Limits::MANIFESTS`]: a stream of at most 16 MiB, whose
 //!   aliases may not expand it past 4 Mi nodes or 64 MiB of text in all, nested at most 64 deep
@@ -26,6 +28,7 @@ mod locate;
 pub mod parse;
 pub mod peer_authentication;
 pub mod request_authentication;
+pub mod service_entry;
 pub mod sidecar;
 pub mod status;
 pub mod support;
@@ -42,6 +45,7 @@ pub use peer_authentication::{PeerAuthentication, PeerAuthenticationSpec};
 pub use request_authentication::{RequestAuthentication, RequestAuthenticationSpec};
 pub use rustmesh_xds::duration::{self, Duration};
 pub use rustmesh_xds::yaml;
+pub use service_entry::{ServiceEntry, ServiceEntrySpec};
 pub use sidecar::{Sidecar, SidecarSpec};
 pub use status::IstioStatus;
 pub use telemetry::{Telemetry, TelemetrySpec};

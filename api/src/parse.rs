@@ -8,8 +8,8 @@ use crate::error::{Error, FieldError, ObjectRef};
 use crate::locate::LineIndex;
 use crate::validate::Validate;
 use crate::{
-    AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication, Sidecar,
-    Telemetry, VirtualService,
+    AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication, ServiceEntry,
+    Sidecar, Telemetry, VirtualService,
 };
 use rustmesh_xds::yaml;
 use serde::de::DeserializeOwned;
@@ -25,7 +25,7 @@ pub const SECURITY_GROUP: &str = "security.istio.io";
 pub const TELEMETRY_GROUP: &str = "telemetry.istio.io";
 
 /// The kinds read here, with their group and served versions (newest, stored, first).
-pub const KINDS: [(&str, &str, &[&str]); 7] = [
+pub const KINDS: [(&str, &str, &[&str]); 8] = [
     ("VirtualService", GROUP, &VERSIONS),
     ("DestinationRule", GROUP, &VERSIONS),
     ("Sidecar", GROUP, &VERSIONS),
@@ -45,6 +45,7 @@ pub const KINDS: [(&str, &str, &[&str]); 7] = [
         &crate::request_authentication::VERSIONS,
     ),
     ("Telemetry", TELEMETRY_GROUP, &crate::telemetry::VERSIONS),
+    ("ServiceEntry", GROUP, &crate::service_entry::VERSIONS),
 ];
 
 /// An Istio object of any supported kind.
@@ -57,6 +58,8 @@ pub enum IstioObject {
     AuthorizationPolicy(Box<AuthorizationPolicy>),
     RequestAuthentication(Box<RequestAuthentication>),
     Telemetry(Box<Telemetry>),
+    /// Read and validated, not rendered yet (issue #20): every field is refused.
+    ServiceEntry(Box<ServiceEntry>),
 }
 
 impl IstioObject {
@@ -69,6 +72,7 @@ impl IstioObject {
             IstioObject::AuthorizationPolicy(_) => "AuthorizationPolicy",
             IstioObject::RequestAuthentication(_) => "RequestAuthentication",
             IstioObject::Telemetry(_) => "Telemetry",
+            IstioObject::ServiceEntry(_) => "ServiceEntry",
         }
     }
 
@@ -81,12 +85,14 @@ impl IstioObject {
             IstioObject::AuthorizationPolicy(o) => &o.metadata,
             IstioObject::RequestAuthentication(o) => &o.metadata,
             IstioObject::Telemetry(o) => &o.metadata,
+            IstioObject::ServiceEntry(o) => &o.metadata,
         }
     }
 
     /// Findings that do not make the object invalid: fields rustmesh accepts without
     /// implementing them ([`crate::support`]) and, for a PeerAuthentication, an
-    /// AuthorizationPolicy, a RequestAuthentication or a Telemetry, Istio's warnings (and an
+    /// AuthorizationPolicy, a RequestAuthentication, a Telemetry or a ServiceEntry, Istio's
+    /// warnings (and an
     /// AuthorizationPolicy's CUSTOM action, which rustmesh renders as a deny of what it matches;
     /// a RequestAuthentication rule whose key set cannot be discovered).
     pub fn warnings(&self) -> Vec<FieldError> {
@@ -99,6 +105,7 @@ impl IstioObject {
             IstioObject::AuthorizationPolicy(o) => o.warnings(),
             IstioObject::RequestAuthentication(o) => o.spec.warnings(),
             IstioObject::Telemetry(o) => o.spec.warnings(),
+            IstioObject::ServiceEntry(o) => o.spec.warnings(),
         }
     }
 
@@ -117,6 +124,7 @@ impl IstioObject {
             }
             IstioObject::RequestAuthentication(o) => o.spec.validate(),
             IstioObject::Telemetry(o) => o.spec.validate(),
+            IstioObject::ServiceEntry(o) => o.spec.validate(),
         }
     }
 }
@@ -325,11 +333,12 @@ fn load_value(value: serde_norway::Value, object: &mut ObjectRef) -> Result<Isti
             typed(value, object).map(|o| IstioObject::RequestAuthentication(Box::new(o)))
         }
         "Telemetry" => typed(value, object).map(|o| IstioObject::Telemetry(Box::new(o))),
+        "ServiceEntry" => typed(value, object).map(|o| IstioObject::ServiceEntry(Box::new(o))),
         other => Err(parse_error(
             object,
             "kind",
             format!(
-                "unsupported kind `{other}`, expected VirtualService, DestinationRule, Sidecar, PeerAuthentication, AuthorizationPolicy, RequestAuthentication or Telemetry"
+                "unsupported kind `{other}`, expected VirtualService, DestinationRule, Sidecar, PeerAuthentication, AuthorizationPolicy, RequestAuthentication, Telemetry or ServiceEntry"
             ),
         )),
     }

@@ -739,8 +739,55 @@ const TELEMETRY: &[Entry] = &[
     ),
 ];
 
+/// Why every field of a ServiceEntry is refused: the operator does not render the kind yet.
+pub const SERVICE_ENTRY_NOT_RENDERED: &str =
+    "ServiceEntry is not rendered yet (issue #20): no proxy is configured from it";
+
+/// ServiceEntry: read and validated as Istio does, but not rendered yet (issue #20), so every
+/// field of its spec is refused, naming it: a ServiceEntry is never accepted and silently
+/// ignored.
+const SERVICE_ENTRY: &[Entry] = &[
+    refused(
+        "spec.hosts",
+        SERVICE_ENTRY_NOT_RENDERED,
+        r#"["api.example.com"]"#,
+    ),
+    refused(
+        "spec.addresses",
+        SERVICE_ENTRY_NOT_RENDERED,
+        r#"["192.0.2.10"]"#,
+    ),
+    refused(
+        "spec.ports",
+        SERVICE_ENTRY_NOT_RENDERED,
+        r#"[{"number": 443, "name": "https", "protocol": "TLS"}]"#,
+    ),
+    refused(
+        "spec.location",
+        SERVICE_ENTRY_NOT_RENDERED,
+        r#""MESH_INTERNAL""#,
+    ),
+    refused("spec.resolution", SERVICE_ENTRY_NOT_RENDERED, r#""DNS""#),
+    refused(
+        "spec.endpoints",
+        SERVICE_ENTRY_NOT_RENDERED,
+        r#"[{"address": "us.api.example.com", "ports": {"https": 8443}, "labels": {"region": "us"}, "network": "n1", "locality": "us-east1/a", "weight": 1, "serviceAccount": "api"}]"#,
+    ),
+    refused(
+        "spec.workloadSelector",
+        SERVICE_ENTRY_NOT_RENDERED,
+        r#"{"labels": {"app": "api"}}"#,
+    ),
+    refused("spec.exportTo", SERVICE_ENTRY_NOT_RENDERED, r#"["."]"#),
+    refused(
+        "spec.subjectAltNames",
+        SERVICE_ENTRY_NOT_RENDERED,
+        r#"["spiffe://cluster.local/ns/default/sa/api"]"#,
+    ),
+];
+
 /// The kinds the table covers.
-pub const KINDS: [&str; 7] = [
+pub const KINDS: [&str; 8] = [
     "VirtualService",
     "DestinationRule",
     "Sidecar",
@@ -748,6 +795,7 @@ pub const KINDS: [&str; 7] = [
     "AuthorizationPolicy",
     "RequestAuthentication",
     "Telemetry",
+    "ServiceEntry",
 ];
 
 /// The table of one kind (empty for a kind not in [`KINDS`]).
@@ -760,6 +808,7 @@ pub fn table(kind: &str) -> &'static [Entry] {
         "AuthorizationPolicy" => AUTHORIZATION_POLICY,
         "RequestAuthentication" => REQUEST_AUTHENTICATION,
         "Telemetry" => TELEMETRY,
+        "ServiceEntry" => SERVICE_ENTRY,
         _ => &[],
     }
 }
@@ -987,6 +1036,8 @@ pub fn examples(kind: &str, entry: &Entry) -> Vec<(String, Value)> {
 
 /// A valid object of `kind` in which every place the tables name exists (arrays with one
 /// element, DestinationRule policies at the top, per port, per subset and per subset port).
+/// A ServiceEntry's is valid for Istio, but refused for each of its fields (see
+/// [`SERVICE_ENTRY_NOT_RENDERED`]).
 pub fn base(kind: &str) -> Value {
     match kind {
         "VirtualService" => json!({
@@ -1027,6 +1078,13 @@ pub fn base(kind: &str) -> Value {
                 "overrides": [{"match": {"mode": "CLIENT"}, "disabled": true}],
             }],
             "accessLogging": [{"providers": [{"name": "envoy"}]}],
+        }),
+        // Valid for Istio (no error, no warning); every field refused by rustmesh for now.
+        "ServiceEntry" => json!({
+            "hosts": ["api.example.com"],
+            "ports": [{"number": 443, "name": "https", "protocol": "TLS"}],
+            "location": "MESH_EXTERNAL",
+            "resolution": "DNS",
         }),
         _ => json!({}),
     }

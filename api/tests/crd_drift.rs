@@ -114,6 +114,7 @@ fn every_kind_serves_istios_versions_and_stores_v1() {
             "VirtualService",
             "DestinationRule",
             "Sidecar",
+            "ServiceEntry",
             "PeerAuthentication",
             "AuthorizationPolicy",
             "RequestAuthentication",

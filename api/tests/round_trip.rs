@@ -1,6 +1,6 @@
 //! Real Istio-style YAML, read into the typed API and written back: every field must survive.
 
-use rustmesh_api::{Duration, IstioObject, load};
+use rustmesh_api::{Duration, Error, IstioObject, ServiceEntry, load, load_all};
 use serde_json::Value;
 use std::path::Path;
 
@@ -44,6 +44,7 @@ fn object_json(obj: &IstioObject) -> Value {
         IstioObject::AuthorizationPolicy(o) => serde_json::to_value(o),
         IstioObject::RequestAuthentication(o) => serde_json::to_value(o),
         IstioObject::Telemetry(o) => serde_json::to_value(o),
+        IstioObject::ServiceEntry(o) => serde_json::to_value(o),
     }
     .unwrap()
 }
@@ -85,11 +86,37 @@ fn assert_same(path: &str, written: &Value, back: &Value) {
     }
 }
 
+/// Reads a valid fixture. A ServiceEntry is not rendered yet (#20): it is refused, each of its
+/// fields named as not rendered and nothing else (it is valid for Istio), so it is read here
+/// without rustmesh's refusals.
+fn load_valid(name: &str, text: &str) -> Vec<IstioObject> {
+    load_all(text)
+        .into_iter()
+        .zip(raw_documents(text))
+        .map(|(result, raw)| match result {
+            Ok(obj) => obj,
+            Err(Error::Invalid { errors, .. }) if raw["kind"] == "ServiceEntry" => {
+                for e in &errors {
+                    assert!(
+                        e.message
+                            .contains(rustmesh_api::support::SERVICE_ENTRY_NOT_RENDERED),
+                        "{name}: {e}"
+                    );
+                }
+                let se: ServiceEntry = serde_json::from_value(raw).unwrap();
+                assert_eq!(se.spec.istio_errors(), vec![], "{name}");
+                IstioObject::ServiceEntry(Box::new(se))
+            }
+            Err(e) => panic!("{name}: {e}"),
+        })
+        .collect()
+}
+
 #[test]
 fn every_field_of_every_fixture_survives_a_round_trip() {
     let mut objects = 0;
     for (name, text) in fixtures("valid") {
-        let parsed = load(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let parsed = load_valid(&name, &text);
         let raw = raw_documents(&text);
         assert_eq!(parsed.len(), raw.len(), "{name}: document count");
         for (obj, written) in parsed.iter().zip(&raw) {
@@ -100,12 +127,12 @@ fn every_field_of_every_fixture_survives_a_round_trip() {
             assert_same(&format!("{name}:{}", obj.kind()), &written, &back);
 
             // And the written-back form reads in again to the same object.
-            let again = load(&serde_json::to_string(&back).unwrap()).unwrap();
+            let again = load_valid(&name, &serde_json::to_string(&back).unwrap());
             assert_eq!(&again[0], obj, "{name}: second read differs");
             objects += 1;
         }
     }
-    assert_eq!(objects, 31, "objects read");
+    assert_eq!(objects, 39, "objects read");
 }
 
 #[test]
