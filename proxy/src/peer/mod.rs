@@ -9,6 +9,9 @@
 //!   which the client's sidecar reads and removes in turn. A server's sidecar answers with its
 //!   metadata only to a request that carried the client's, so nothing leaks to clients outside
 //!   the mesh.
+//! - **TCP metadata exchange** ([`tcp`]): over mutual TLS with Istio's `istio-peer-exchange`
+//!   ALPN, each sidecar sends the same struct in a preface at the start of the stream and
+//!   reads (and removes) its peer's, so `istio_tcp_*` metrics name the client's workload too.
 //! - **Endpoint metadata** (the client's fallback, also for TCP): the operator writes the workload
 //!   behind each endpoint (`filterMetadata.istio.workload`, [`EndpointWorkload`]); it names the
 //!   workload, namespace, canonical service and revision and cluster, not `app`/`version`
@@ -32,6 +35,8 @@ use prost_types::{Struct, Value};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+pub mod tcp;
+
 /// The peer's workload (base64 of a protobuf `Struct`).
 pub const PEER_METADATA: HeaderName = HeaderName::from_static("x-envoy-peer-metadata");
 /// The peer's node id (`sidecar~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local`).
@@ -54,11 +59,13 @@ const SENT_LABELS: [&str; 6] = [
     LABEL_CANONICAL_REVISION,
 ];
 
-/// This proxy's own exchange headers, encoded once.
+/// This proxy's own exchange headers and TCP preface, encoded once.
 #[derive(Debug, Clone)]
 pub struct OwnMetadata {
     metadata: HeaderValue,
     id: Option<HeaderValue>,
+    /// The `istio-peer-exchange` preface ([`tcp::preface`]).
+    preface: bytes::Bytes,
 }
 
 impl OwnMetadata {
@@ -90,7 +97,8 @@ impl OwnMetadata {
                 },
             );
         }
-        let encoded = STANDARD.encode(Struct { fields }.encode_to_vec());
+        let own = Struct { fields };
+        let encoded = STANDARD.encode(own.encode_to_vec());
         let metadata = HeaderValue::from_str(&encoded).expect("base64 is a valid header value");
         let id = pod_ip
             .filter(|_| !w.pod.is_empty() && !w.namespace.is_empty())
@@ -102,7 +110,17 @@ impl OwnMetadata {
                 ))
                 .ok()
             });
-        OwnMetadata { metadata, id }
+        let preface = tcp::preface(own, id.as_ref().and_then(|v| v.to_str().ok())).into();
+        OwnMetadata {
+            metadata,
+            id,
+            preface,
+        }
+    }
+
+    /// The preface this proxy sends at the start of an `istio-peer-exchange` stream.
+    pub fn tcp_preface(&self) -> &[u8] {
+        &self.preface
     }
 
     /// This proxy's node id (`sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`), when known.
@@ -128,6 +146,12 @@ pub fn decode(value: &[u8]) -> Option<WorkloadInfo> {
     }
     let bytes = STANDARD.decode(value).ok()?;
     let s = Struct::decode(bytes.as_slice()).ok()?;
+    Some(from_struct(&s))
+}
+
+/// The workload a peer's metadata struct describes (Istio's node metadata keys); what is not
+/// a string, or longer than a label value can be, is left out.
+fn from_struct(s: &Struct) -> WorkloadInfo {
     let text = |v: &Value| match &v.kind {
         Some(Kind::StringValue(t)) if t.len() <= MAX_STRING => Some(t.clone()),
         _ => None,
@@ -143,13 +167,13 @@ pub fn decode(value: &[u8]) -> Option<WorkloadInfo> {
             .collect(),
         _ => BTreeMap::new(),
     };
-    Some(WorkloadInfo {
+    WorkloadInfo {
         name: field("WORKLOAD_NAME"),
         namespace: field("NAMESPACE"),
         labels,
         cluster: field("CLUSTER_ID"),
         pod: field("NAME"),
-    })
+    }
 }
 
 /// Removes the exchange headers from `headers`, returning the peer they describe (`None`
