@@ -231,12 +231,12 @@ pub async fn proxy(shared: &Shared, conn: Conn<'_>, route: &TcpRoute, mut downst
         }
         (down, upstream) if reporter == Reporter::Destination && exchange(down) => {
             send_preface(down, preface).await;
-            let mut down = crate::peer::tcp::Exchanged::new(down, |p| open(p));
+            let mut down = crate::peer::tcp::Exchanged::new(down, &open);
             copy(&mut down, upstream, counters, route.idle_timeout).await
         }
         (down, upstream) if reporter == Reporter::Source && exchange(upstream) => {
             send_preface(upstream, preface).await;
-            let mut upstream = crate::peer::tcp::Exchanged::new(upstream, |p| open(p));
+            let mut upstream = crate::peer::tcp::Exchanged::new(upstream, &open);
             copy(down, &mut upstream, counters, route.idle_timeout).await
         }
         (down, upstream) => {
@@ -250,11 +250,11 @@ pub async fn proxy(shared: &Shared, conn: Conn<'_>, route: &TcpRoute, mut downst
     // `ended.sent` is downstream → upstream: Istio's "received from the downstream".
     shared
         .istio
-        .tcp_bytes(&labels, ended.received, ended.sent, &route.metrics);
+        .tcp_bytes(labels, ended.received, ended.sent, &route.metrics);
     if ended.reason == EndReason::Idle {
         cluster.stats.cx_idle_timeout.inc();
     }
-    shared.istio.tcp_closed(&labels, &route.metrics);
+    shared.istio.tcp_closed(labels, &route.metrics);
     log(
         // Envoy's flag for a tcp_proxy idle timeout.
         if ended.reason == EndReason::Idle {

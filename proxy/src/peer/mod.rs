@@ -202,7 +202,8 @@ mod tests {
     use super::*;
     use rustmesh_xds::cluster::EndpointWorkload;
 
-    fn reviews() -> WorkloadInfo {
+    /// A peer's workload, with a label the exchange does not send (`team`).
+    pub(super) fn reviews() -> WorkloadInfo {
         WorkloadInfo {
             name: "reviews-v1".into(),
             namespace: "bookinfo".into(),

@@ -239,17 +239,11 @@ mod tests {
     use crate::peer::OwnMetadata;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// `peer::tests::reviews` as the exchange carries it (only the labels metrics read).
     fn reviews() -> WorkloadInfo {
-        WorkloadInfo {
-            name: "reviews-v1".into(),
-            namespace: "bookinfo".into(),
-            labels: [("app", "reviews"), ("version", "v1")]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            cluster: "Kubernetes".into(),
-            pod: "reviews-v1-6d8f9c7b5-abcde".into(),
-        }
+        let mut w = crate::peer::tests::reviews();
+        w.labels.remove("team");
+        w
     }
 
     #[test]
