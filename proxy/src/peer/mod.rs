@@ -31,7 +31,7 @@ use base64::engine::general_purpose::STANDARD;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use prost::Message;
 use prost_types::value::Kind;
-use prost_types::{Struct, Value};
+use prost_types::{Any, Struct, Value};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -64,7 +64,7 @@ const SENT_LABELS: [&str; 6] = [
 pub struct OwnMetadata {
     metadata: HeaderValue,
     id: Option<HeaderValue>,
-    /// The `istio-peer-exchange` preface ([`tcp::preface`]).
+    /// The `istio-peer-exchange` preface ([`preface`]).
     preface: bytes::Bytes,
 }
 
@@ -110,7 +110,7 @@ impl OwnMetadata {
                 ))
                 .ok()
             });
-        let preface = tcp::preface(own, id.as_ref().and_then(|v| v.to_str().ok())).into();
+        let preface = preface(own, id.as_ref().and_then(|v| v.to_str().ok())).into();
         OwnMetadata {
             metadata,
             id,
@@ -136,6 +136,44 @@ impl OwnMetadata {
             None => headers.remove(PEER_METADATA_ID),
         };
     }
+}
+
+/// The TCP preface's first four bytes (Istio's `MetadataExchangeInitialHeader::magic_number`).
+const PREFACE_MAGIC: u32 = 0x3D23_0467;
+/// The TCP preface's magic and length.
+const PREFACE_HEADER_BYTES: usize = 8;
+/// The type URL of the TCP preface's `Any`.
+const STRUCT_TYPE_URL: &str = "type.googleapis.com/google.protobuf.Struct";
+
+/// The TCP exchange's preface ([`tcp`]) a sidecar with metadata `metadata` and node id `id`
+/// sends (written here, with the rest of this proxy's own metadata; read in [`tcp`]).
+fn preface(metadata: Struct, id: Option<&str>) -> Vec<u8> {
+    let mut fields = BTreeMap::new();
+    fields.insert(
+        PEER_METADATA.as_str().to_string(),
+        Value {
+            kind: Some(Kind::StructValue(metadata)),
+        },
+    );
+    if let Some(id) = id {
+        fields.insert(
+            PEER_METADATA_ID.as_str().to_string(),
+            Value {
+                kind: Some(Kind::StringValue(id.to_string())),
+            },
+        );
+    }
+    let body = Any {
+        type_url: STRUCT_TYPE_URL.to_string(),
+        value: Struct { fields }.encode_to_vec(),
+    }
+    .encode_to_vec();
+    let mut out = Vec::with_capacity(PREFACE_HEADER_BYTES + body.len());
+    out.extend_from_slice(&PREFACE_MAGIC.to_be_bytes());
+    // Our own metadata: a few hundred bytes, far below u32::MAX.
+    out.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
 }
 
 /// Decodes a peer's `x-envoy-peer-metadata` value; `None` when it is too large or not a

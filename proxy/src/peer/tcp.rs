@@ -24,12 +24,11 @@
 //! input is untrusted and is never buffered without bound); a preface that is not a readable
 //! struct is removed and the peer stays `unknown`.
 
-use super::{PEER_METADATA, PEER_METADATA_ID};
+use super::{PEER_METADATA, STRUCT_TYPE_URL};
 use crate::metrics::WorkloadInfo;
 use prost::Message;
 use prost_types::value::Kind;
-use prost_types::{Any, Struct, Value};
-use std::collections::BTreeMap;
+use prost_types::{Any, Struct};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -38,43 +37,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// The ALPN protocol that asks for the exchange.
 pub const ALPN: &[u8] = b"istio-peer-exchange";
 /// The preface's first four bytes (Istio's `MetadataExchangeInitialHeader::magic_number`).
-pub const MAGIC: u32 = 0x3D23_0467;
+pub const MAGIC: u32 = super::PREFACE_MAGIC;
 /// Largest preface read (header excluded); a larger one ends the connection.
 pub const MAX_PREFACE_BYTES: usize = 16 * 1024;
-/// The `Any`'s type URL.
-const STRUCT_TYPE_URL: &str = "type.googleapis.com/google.protobuf.Struct";
 /// Magic and length.
-const HEADER_BYTES: usize = 8;
-
-/// The preface a sidecar with metadata `metadata` and node id `id` sends.
-pub fn preface(metadata: Struct, id: Option<&str>) -> Vec<u8> {
-    let mut fields = BTreeMap::new();
-    fields.insert(
-        PEER_METADATA.as_str().to_string(),
-        Value {
-            kind: Some(Kind::StructValue(metadata)),
-        },
-    );
-    if let Some(id) = id {
-        fields.insert(
-            PEER_METADATA_ID.as_str().to_string(),
-            Value {
-                kind: Some(Kind::StringValue(id.to_string())),
-            },
-        );
-    }
-    let body = Any {
-        type_url: STRUCT_TYPE_URL.to_string(),
-        value: Struct { fields }.encode_to_vec(),
-    }
-    .encode_to_vec();
-    let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
-    out.extend_from_slice(&MAGIC.to_be_bytes());
-    // Our own metadata: a few hundred bytes, far below u32::MAX.
-    out.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes());
-    out.extend_from_slice(&body);
-    out
-}
+const HEADER_BYTES: usize = super::PREFACE_HEADER_BYTES;
 
 /// What the first bytes of a peer's stream are.
 #[derive(Debug, PartialEq)]
