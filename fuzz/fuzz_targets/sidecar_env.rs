@@ -1,7 +1,7 @@
 //! The sidecar's inputs from its pod and its peers that are not mesh configuration:
 //! `/etc/resolv.conf` (the nameservers DNS capture is limited to), `ISTIO_PROMETHEUS_ANNOTATIONS`
 //! (the app's metrics to merge on 15020), `ISTIO_KUBE_APP_PROBERS` (the app's probes and hooks)
-//! a peer's `x-envoy-peer-metadata` (the metadata exchange, `rustmesh_proxy::peer`) and a
+//! a peer's `x-envoy-peer-metadata` or TCP preface (the metadata exchange, `rustmesh_proxy::peer`) and a
 //! request's trace context (`traceparent`, `b3`, `x-b3-*`, `rustmesh_proxy::trace::context`). The first byte
 //! picks the reader; each returns a value or an error, never a panic, and what it accepts holds
 //! its documented promises.
@@ -54,6 +54,20 @@ fuzz_target!(|data: &[u8]| {
         if let Some(peer) = rustmesh_proxy::peer::decode(rest) {
             assert!(rest.len() <= rustmesh_proxy::peer::MAX_HEADER_BYTES);
             assert!(peer.labels.len() <= rustmesh_proxy::peer::MAX_LABELS);
+        }
+        // The same bytes as the start of a TCP peer's stream (`istio-peer-exchange`): a
+        // preface is never longer than what came, nor than the limit.
+        use rustmesh_proxy::peer::tcp::{MAX_PREFACE_BYTES, Parsed, parse};
+        match parse(rest) {
+            Parsed::Preface { len, peer } => {
+                assert!(len <= rest.len() && len <= MAX_PREFACE_BYTES + 8);
+                if let Some(peer) = peer {
+                    assert!(peer.labels.len() <= rustmesh_proxy::peer::MAX_LABELS);
+                }
+            }
+            Parsed::TooLarge(n) => assert!(n as usize > MAX_PREFACE_BYTES),
+            Parsed::NeedMore => assert!(rest.len() < MAX_PREFACE_BYTES + 8),
+            Parsed::NotPreface => assert!(!rest.is_empty()),
         }
         return;
     }

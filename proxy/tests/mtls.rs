@@ -587,6 +587,33 @@ async fn talk(addr: SocketAddr) -> Option<String> {
     (!got.is_empty()).then_some(got)
 }
 
+/// Like [`talk`], for a client that speaks only after the server's greeting.
+async fn greeted(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64];
+    for (until, then) in [
+        ("tcp-app\n", Some("after the greeting\n")),
+        ("greeting\n", None),
+    ] {
+        while !String::from_utf8_lossy(&got).ends_with(until) {
+            let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+                .await
+                .ok()?
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        if let Some(line) = then {
+            s.write_all(line.as_bytes()).await.ok()?;
+        }
+    }
+    String::from_utf8(got).ok()
+}
+
 fn has(text: &str, needles: &[&str]) -> bool {
     text.lines().any(|l| needles.iter().all(|n| l.contains(n)))
 }
@@ -727,6 +754,28 @@ async fn sidecars_learn_each_others_workload_and_the_apps_never_see_the_exchange
         talk(m.outbound_tcp).await.as_deref(),
         Some("tcp-app\nping\n")
     );
+    // A client that waits for the server to speak first: the exchange holds nothing up, and
+    // neither app sees a preface byte.
+    assert_eq!(
+        greeted(m.outbound_tcp).await.as_deref(),
+        Some("tcp-app\nafter the greeting\n")
+    );
+    // Both TCP connections are counted closed once both sidecars have seen them end.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !(m
+        .server
+        .prometheus()
+        .contains("istio_tcp_connections_closed_total{")
+        && m.client
+            .prometheus()
+            .contains("istio_tcp_connections_closed_total{"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "TCP connections never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let server = m.server.prometheus();
     let source = [
@@ -777,20 +826,21 @@ async fn sidecars_learn_each_others_workload_and_the_apps_never_see_the_exchange
     let server_id = format!("destination_principal=\"{}\"", id("bookinfo", "ratings"));
     assert!(client_line.contains(&server_id), "{client_line}");
     assert!(server_line.contains(&server_id), "{server_line}");
-    // TCP: the client knows the server from the endpoint's metadata (no app/version there,
-    // as in Istio); the server has no exchange for TCP, so its client reads `unknown`.
-    let tcp = line(
-        &client,
-        &["istio_tcp_connections_opened_total{", "reporter=\"source\""],
-    )
-    .unwrap();
-    for n in [
-        "destination_workload=\"ratings-v1\"",
-        "destination_canonical_service=\"ratings\"",
-        "destination_canonical_revision=\"v1\"",
-        "destination_cluster=\"Kubernetes\"",
-    ] {
-        assert!(tcp.contains(n), "TCP client side lacks {n}: {tcp}");
+    // TCP: the sidecars exchange their workloads in Istio's `istio-peer-exchange` preface, so
+    // both sides carry the full label set (app and version included, which the endpoint's
+    // metadata lacks), opened and closed alike.
+    for (text, reporter) in [(&client, "source"), (&server, "destination")] {
+        for metric in [
+            "istio_tcp_connections_opened_total{",
+            "istio_tcp_connections_closed_total{",
+        ] {
+            let reporter = format!("reporter=\"{reporter}\"");
+            let tcp = line(text, &[metric, &reporter])
+                .unwrap_or_else(|| panic!("no {metric} {reporter}:\n{text}"));
+            for n in &both {
+                assert!(tcp.contains(n), "TCP {reporter} lacks {n}: {tcp}");
+            }
+        }
     }
     // A plain-text client that is no sidecar sends no metadata and gets none back.
     let plain = response_headers(m.inbound_http, &[]).await.unwrap();

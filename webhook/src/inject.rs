@@ -266,6 +266,7 @@ pub fn inject_onto(
             readiness,
             mounts,
             gateway,
+            workload: rustmesh_api::workload::workload_name(pod),
         },
     );
     let args = sidecar.args.get_or_insert_with(Vec::new);
@@ -934,6 +935,8 @@ struct Sidecar {
     mounts: Vec<VolumeMount>,
     /// The gateway template: a standalone proxy.
     gateway: bool,
+    /// The workload the pod belongs to (Istio's `DeploymentMeta.Name`), if it has one.
+    workload: Option<String>,
 }
 
 /// `istio-proxy`: the sidecar itself (or, with the gateway template, the pod's proxy).
@@ -986,6 +989,12 @@ fn sidecar_container(
         plain("ISTIO_META_INTERCEPTION_MODE", mode.as_str().to_owned()),
         plain("PROXY_CONFIGMAP", well_known::PROXY_CONFIGMAP.to_owned()),
     ];
+    // As Istio's template, only when the pod has a workload: the sidecar's own name in its
+    // metrics' `source_workload`/`destination_workload` and its peer metadata (the proxy's
+    // guess from the pod name is wrong for a StatefulSet's or a Job's pods).
+    if let Some(workload) = &parts.workload {
+        env.push(plain("ISTIO_META_WORKLOAD_NAME", workload.clone()));
+    }
     if let Some(pc) = &options.annotation_json {
         env.push(plain("PROXY_CONFIG", pc.clone()));
     }

@@ -2718,3 +2718,41 @@ fn bad_custom_templates_are_refused_naming_the_key() {
         );
     }
 }
+
+#[test]
+fn the_sidecar_is_told_its_workload_as_istios_template_tells_it() {
+    let workload_env = |meta: Value| {
+        let mut doc = fixture("bare-pod");
+        doc["request"]["object"]["metadata"] = meta;
+        let (resp, outcome) = run_doc(&doc, &defaults());
+        assert_eq!(outcome, Outcome::Injected, "{resp}");
+        let pod: Pod = serde_json::from_value(apply(&doc, &resp)).unwrap();
+        let spec = pod.spec.unwrap();
+        env(container(&spec.containers, "istio-proxy"))
+            .get("ISTIO_META_WORKLOAD_NAME")
+            .cloned()
+    };
+    let owned = |kind: &str, name: &str| {
+        json!({
+            "generateName": format!("{name}-"),
+            "namespace": "bookinfo",
+            "labels": {"pod-template-hash": "6d8f9c7b5"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": "1", "controller": true}]
+        })
+    };
+    // A Deployment's pod: its ReplicaSet without the template hash.
+    assert_eq!(
+        workload_env(owned("ReplicaSet", "reviews-v2-6d8f9c7b5")),
+        Some(json!("reviews-v2"))
+    );
+    // A StatefulSet's pod `web-0` is workload `web` (the proxy alone would guess `web-0`).
+    assert_eq!(
+        workload_env(owned("StatefulSet", "web")),
+        Some(json!("web"))
+    );
+    // A bare pod: its own name.
+    assert_eq!(
+        workload_env(json!({"name": "debug", "namespace": "bookinfo"})),
+        Some(json!("debug"))
+    );
+}

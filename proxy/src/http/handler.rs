@@ -216,6 +216,11 @@ impl ConnectionManager {
         self
     }
 
+    /// This sidecar's metadata for the exchange (TCP proxies send its preface too).
+    pub fn own_metadata(&self) -> &OwnMetadata {
+        &self.own_metadata
+    }
+
     /// Where access-log lines go (TCP proxies write there too).
     pub fn access_log_sink(&self) -> &Sink {
         &self.access_log

@@ -89,6 +89,11 @@ pub struct Conn<'a> {
 /// was found, `UF` when connecting failed), with the principals mutual TLS proved: on the
 /// destination side the client's (from `downstream`) and this workload's, on the source side
 /// this workload's and the server's (from the upstream handshake).
+///
+/// When the mutual TLS side (the client inbound, the server outbound) settled on
+/// `istio-peer-exchange`, the two sidecars exchange their workloads ([`crate::peer::tcp`]): the
+/// connection is counted opened once the peer's preface is read (or known absent), with the
+/// workload it names; outbound without it, the endpoint's metadata names the server.
 pub async fn proxy(shared: &Shared, conn: Conn<'_>, route: &TcpRoute, mut downstream: Io) {
     let Conn {
         reporter,
@@ -136,8 +141,8 @@ pub async fn proxy(shared: &Shared, conn: Conn<'_>, route: &TcpRoute, mut downst
     };
     let own = shared.own_principal();
     let downstream_peer = downstream.peer_identity().map(|p| p.to_string());
-    // The server's workload, from the endpoint's metadata (outbound; TCP has no metadata
-    // exchange here, so inbound the client's workload reads `unknown`).
+    // Without a metadata exchange, the server's workload from the endpoint's metadata
+    // (outbound); inbound, the client's workload reads `unknown`.
     let peer_at = |addr: std::net::SocketAddr| match reporter {
         Reporter::Source => snapshot.destinations.workload_at(addr).cloned(),
         Reporter::Destination => None,
@@ -195,9 +200,19 @@ pub async fn proxy(shared: &Shared, conn: Conn<'_>, route: &TcpRoute, mut downst
     };
     let (mut up, target, _active) = upstream.into_parts();
     let server = up.peer_identity().map(|p| p.to_string());
-    let peer = peer_at(target.addr);
-    let labels = labels_for(server.as_deref(), peer.as_deref(), "");
-    shared.istio.tcp_opened(&labels, &route.metrics);
+    // Counted opened once, with the peer the exchange named (or the endpoint's metadata).
+    let opened = std::sync::OnceLock::new();
+    let open = |exchanged: Option<crate::metrics::WorkloadInfo>| {
+        opened.get_or_init(|| {
+            let peer = match exchanged {
+                Some(p) => Some(std::sync::Arc::new(p)),
+                None => peer_at(target.addr),
+            };
+            let labels = labels_for(server.as_deref(), peer.as_deref(), "");
+            shared.istio.tcp_opened(&labels, &route.metrics);
+            labels
+        });
+    };
     let _load = target.endpoint.as_ref().map(|e| e.hold());
     let _ = downstream.set_nodelay(true);
     let counters = Counters {
@@ -206,21 +221,40 @@ pub async fn proxy(shared: &Shared, conn: Conn<'_>, route: &TcpRoute, mut downst
         up_rx: &cluster.stats.cx_rx_bytes,
         up_tx: &cluster.stats.cx_tx_bytes,
     };
+    let exchange = |io: &Io| io.alpn() == Some(crate::peer::tcp::ALPN);
+    let preface = shared.http.own_metadata().tcp_preface();
     let ended = match (&mut downstream, &mut up) {
         // Plain on both sides: the bytes move by splice(2), never through user space.
         (Io::Plain(down), Io::Plain(upstream)) => {
+            open(None);
             copy_tcp(down, upstream, counters, route.idle_timeout).await
         }
-        (down, upstream) => copy(down, upstream, counters, route.idle_timeout).await,
+        (down, upstream) if reporter == Reporter::Destination && exchange(down) => {
+            send_preface(down, preface).await;
+            let mut down = crate::peer::tcp::Exchanged::new(down, &open);
+            copy(&mut down, upstream, counters, route.idle_timeout).await
+        }
+        (down, upstream) if reporter == Reporter::Source && exchange(upstream) => {
+            send_preface(upstream, preface).await;
+            let mut upstream = crate::peer::tcp::Exchanged::new(upstream, &open);
+            copy(down, &mut upstream, counters, route.idle_timeout).await
+        }
+        (down, upstream) => {
+            open(None);
+            copy(down, upstream, counters, route.idle_timeout).await
+        }
     };
+    // A connection that ended before the peer's preface came is counted opened now.
+    open(None);
+    let labels = opened.get().expect("set by open");
     // `ended.sent` is downstream → upstream: Istio's "received from the downstream".
     shared
         .istio
-        .tcp_bytes(&labels, ended.received, ended.sent, &route.metrics);
+        .tcp_bytes(labels, ended.received, ended.sent, &route.metrics);
     if ended.reason == EndReason::Idle {
         cluster.stats.cx_idle_timeout.inc();
     }
-    shared.istio.tcp_closed(&labels, &route.metrics);
+    shared.istio.tcp_closed(labels, &route.metrics);
     log(
         // Envoy's flag for a tcp_proxy idle timeout.
         if ended.reason == EndReason::Idle {
@@ -234,6 +268,20 @@ pub async fn proxy(shared: &Shared, conn: Conn<'_>, route: &TcpRoute, mut downst
     );
     tracing::debug!(listener = %listener.name, chain, cluster = %cluster.name, upstream = %target.addr,
         %orig_dst, %client, ?ended, "TCP connection done");
+}
+
+/// Writes this sidecar's metadata-exchange preface at the start of the peer's stream; a peer
+/// that is gone shows in the copy that follows.
+async fn send_preface(peer: &mut Io, preface: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    if let Err(e) = async {
+        peer.write_all(preface).await?;
+        peer.flush().await
+    }
+    .await
+    {
+        tracing::debug!("istio-peer-exchange preface not sent: {e}");
+    }
 }
 
 /// The counters bytes are added to.

@@ -4,9 +4,12 @@
 //! (`TraceService/Export`, tonic) or OTLP over HTTP (`POST /v1/traces`, protobuf).
 //!
 //! The data path never waits on the collector: [`Exporter::report`] only tries to queue the
-//! span; a full queue ([`QUEUE_SPANS`]) drops it and counts it. A batch leaves when it holds
-//! [`BATCH_SPANS`] spans or [`FLUSH_INTERVAL`] after its first span; a send that fails or
-//! takes longer than the provider's timeout is counted and dropped (never retried, so a dead
+//! span; a full queue ([`QUEUE_SPANS`]) drops it and counts it. Queuing a span does not wake
+//! the export thread (a wake-up per span is a system call and a context switch on the core the
+//! data path shares, which at a fixed rate cost more than the span itself): the thread wakes
+//! when the queue reaches [`BATCH_SPANS`] spans, and otherwise every [`FLUSH_INTERVAL`], and
+//! sends what is queued in batches of at most [`BATCH_SPANS`]. A send that fails or takes
+//! longer than the provider's timeout is counted and dropped (never retried, so a dead
 //! collector costs one timeout per batch and no memory). The counts are in [`Stats`], shown on
 //! the admin port (`/stats`, `tracing.<provider>.*`, Envoy's names).
 
@@ -24,11 +27,11 @@ use prost::Message;
 use rustmesh_xds::access_log::truncate;
 use rustmesh_xds::trace::{Protocol, Provider};
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 /// Spans waiting for export, at most; more are dropped and counted.
 pub const QUEUE_SPANS: usize = 8192;
@@ -36,7 +39,7 @@ pub const QUEUE_SPANS: usize = 8192;
 /// loopback segment. The send of a report is done at once, on a core the data path shares; 512
 /// (≈ 0.5 MB per `POST`) made each flush a burst that requests arriving during it waited for.
 pub const BATCH_SPANS: usize = 64;
-/// How long the first span of a batch waits for others.
+/// How long a span waits for others, at most (Envoy's Zipkin flush interval is a second too).
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A span's kind.
@@ -80,19 +83,46 @@ pub struct Stats {
     pub reports_failed: AtomicU64,
 }
 
+/// The spans waiting for one provider's export thread.
+#[derive(Debug, Default)]
+struct Queue {
+    spans: Mutex<VecDeque<FinishedSpan>>,
+    /// Told when the queue reaches a batch.
+    batch: Notify,
+}
+
+impl Queue {
+    /// At most `n` spans from the front.
+    fn take(&self, n: usize) -> Vec<FinishedSpan> {
+        let mut q = crate::sync::lock(&self.spans);
+        let n = n.min(q.len());
+        q.drain(..n).collect()
+    }
+}
+
 /// The sending side of one provider's export thread.
 #[derive(Debug)]
 pub struct Exporter {
     provider: Provider,
-    tx: mpsc::Sender<FinishedSpan>,
+    queue: Arc<Queue>,
     stats: Arc<Stats>,
 }
 
 impl Exporter {
-    /// Queues a span for export, or drops and counts it when the queue is full.
+    /// Queues a span for export, or drops and counts it when the queue is full. Wakes the
+    /// export thread only when the queue reaches a batch.
     pub fn report(&self, span: FinishedSpan) {
-        if self.tx.try_send(span).is_err() {
+        let mut q = crate::sync::lock(&self.queue.spans);
+        if q.len() >= QUEUE_SPANS {
+            drop(q);
             self.stats.spans_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        q.push_back(span);
+        let full = q.len() == BATCH_SPANS;
+        drop(q);
+        if full {
+            self.queue.batch.notify_one();
         }
     }
 
@@ -135,11 +165,11 @@ pub fn exporter(provider: &Provider) -> Arc<Exporter> {
     if let Some(e) = r.get(provider) {
         return e.clone();
     }
-    let (tx, rx) = mpsc::channel(QUEUE_SPANS);
+    let queue = Arc::new(Queue::default());
     let stats = Arc::new(Stats::default());
     let e = Arc::new(Exporter {
         provider: provider.clone(),
-        tx,
+        queue: queue.clone(),
         stats: stats.clone(),
     });
     let p = provider.clone();
@@ -156,7 +186,7 @@ pub fn exporter(provider: &Provider) -> Arc<Exporter> {
                     return;
                 }
             };
-            rt.block_on(run(p, rx, stats));
+            rt.block_on(run(p, queue, stats));
         });
     if let Err(err) = spawned {
         tracing::error!(provider = %provider.name, "tracing: exporter thread not started: {err}");
@@ -222,50 +252,71 @@ enum Payload {
     Grpc(ExportTraceServiceRequest),
 }
 
-async fn run(p: Provider, mut rx: mpsc::Receiver<FinishedSpan>, stats: Arc<Stats>) {
+async fn run(p: Provider, queue: Arc<Queue>, stats: Arc<Stats>) {
     let mut client = Client::new(&p);
     let mut failing = false;
     let max_tag = p.max_tag_length as usize;
-    while let Some(first) = rx.recv().await {
-        let mut batch = Batch::new(&p);
-        batch.push(first, max_tag);
-        let deadline = tokio::time::Instant::now() + FLUSH_INTERVAL;
-        while batch.len() < BATCH_SPANS {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(s)) => batch.push(s, max_tag),
-                Ok(None) | Err(_) => break,
+    loop {
+        // A full batch, or the interval: whichever comes first.
+        let _ = tokio::time::timeout(FLUSH_INTERVAL, queue.batch.notified()).await;
+        // What is queued, a batch at a time; a last partial batch goes too (it has waited
+        // an interval at most).
+        loop {
+            let spans = queue.take(BATCH_SPANS);
+            if spans.is_empty() {
+                break;
+            }
+            let last = spans.len() < BATCH_SPANS;
+            send_batch(&p, &mut client, &mut failing, spans, max_tag, &stats).await;
+            if last {
+                break;
             }
         }
-        let n = batch.len() as u64;
-        let payload = batch.finish(&p);
-        let sent = tokio::time::timeout(p.effective_timeout(), client.send(&p, payload)).await;
-        match sent {
-            Ok(Ok(())) => {
-                stats.reports_sent.fetch_add(1, Ordering::Relaxed);
-                stats.spans_sent.fetch_add(n, Ordering::Relaxed);
-                if failing {
-                    tracing::info!(provider = %p.name, "tracing: the collector accepts spans again");
-                    failing = false;
-                }
+    }
+}
+
+/// Encodes and sends one batch, counting the outcome.
+async fn send_batch(
+    p: &Provider,
+    client: &mut Client,
+    failing: &mut bool,
+    spans: Vec<FinishedSpan>,
+    max_tag: usize,
+    stats: &Stats,
+) {
+    let mut batch = Batch::new(p);
+    for s in spans {
+        batch.push(s, max_tag);
+    }
+    let n = batch.len() as u64;
+    let payload = batch.finish(p);
+    let sent = tokio::time::timeout(p.effective_timeout(), client.send(p, payload)).await;
+    match sent {
+        Ok(Ok(())) => {
+            stats.reports_sent.fetch_add(1, Ordering::Relaxed);
+            stats.spans_sent.fetch_add(n, Ordering::Relaxed);
+            if *failing {
+                tracing::info!(provider = %p.name, "tracing: the collector accepts spans again");
+                *failing = false;
             }
-            Ok(Err(e)) => {
-                stats.reports_failed.fetch_add(1, Ordering::Relaxed);
-                if !failing {
-                    tracing::warn!(provider = %p.name, collector = %p.authority(),
-                        "tracing: {n} spans not exported: {e}");
-                    failing = true;
-                }
-                client.reset();
+        }
+        Ok(Err(e)) => {
+            stats.reports_failed.fetch_add(1, Ordering::Relaxed);
+            if !*failing {
+                tracing::warn!(provider = %p.name, collector = %p.authority(),
+                    "tracing: {n} spans not exported: {e}");
+                *failing = true;
             }
-            Err(_) => {
-                stats.reports_failed.fetch_add(1, Ordering::Relaxed);
-                if !failing {
-                    tracing::warn!(provider = %p.name, collector = %p.authority(),
-                        "tracing: {n} spans not exported: no answer within {:?}", p.effective_timeout());
-                    failing = true;
-                }
-                client.reset();
+            client.reset();
+        }
+        Err(_) => {
+            stats.reports_failed.fetch_add(1, Ordering::Relaxed);
+            if !*failing {
+                tracing::warn!(provider = %p.name, collector = %p.authority(),
+                    "tracing: {n} spans not exported: no answer within {:?}", p.effective_timeout());
+                *failing = true;
             }
+            client.reset();
         }
     }
 }

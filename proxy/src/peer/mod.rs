@@ -9,6 +9,9 @@
 //!   which the client's sidecar reads and removes in turn. A server's sidecar answers with its
 //!   metadata only to a request that carried the client's, so nothing leaks to clients outside
 //!   the mesh.
+//! - **TCP metadata exchange** ([`tcp`]): over mutual TLS with Istio's `istio-peer-exchange`
+//!   ALPN, each sidecar sends the same struct in a preface at the start of the stream and
+//!   reads (and removes) its peer's, so `istio_tcp_*` metrics name the client's workload too.
 //! - **Endpoint metadata** (the client's fallback, also for TCP): the operator writes the workload
 //!   behind each endpoint (`filterMetadata.istio.workload`, [`EndpointWorkload`]); it names the
 //!   workload, namespace, canonical service and revision and cluster, not `app`/`version`
@@ -28,9 +31,11 @@ use base64::engine::general_purpose::STANDARD;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use prost::Message;
 use prost_types::value::Kind;
-use prost_types::{Struct, Value};
+use prost_types::{Any, Struct, Value};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+
+pub mod tcp;
 
 /// The peer's workload (base64 of a protobuf `Struct`).
 pub const PEER_METADATA: HeaderName = HeaderName::from_static("x-envoy-peer-metadata");
@@ -54,11 +59,13 @@ const SENT_LABELS: [&str; 6] = [
     LABEL_CANONICAL_REVISION,
 ];
 
-/// This proxy's own exchange headers, encoded once.
+/// This proxy's own exchange headers and TCP preface, encoded once.
 #[derive(Debug, Clone)]
 pub struct OwnMetadata {
     metadata: HeaderValue,
     id: Option<HeaderValue>,
+    /// The `istio-peer-exchange` preface ([`preface`]).
+    preface: bytes::Bytes,
 }
 
 impl OwnMetadata {
@@ -90,7 +97,8 @@ impl OwnMetadata {
                 },
             );
         }
-        let encoded = STANDARD.encode(Struct { fields }.encode_to_vec());
+        let own = Struct { fields };
+        let encoded = STANDARD.encode(own.encode_to_vec());
         let metadata = HeaderValue::from_str(&encoded).expect("base64 is a valid header value");
         let id = pod_ip
             .filter(|_| !w.pod.is_empty() && !w.namespace.is_empty())
@@ -102,7 +110,17 @@ impl OwnMetadata {
                 ))
                 .ok()
             });
-        OwnMetadata { metadata, id }
+        let preface = preface(own, id.as_ref().and_then(|v| v.to_str().ok())).into();
+        OwnMetadata {
+            metadata,
+            id,
+            preface,
+        }
+    }
+
+    /// The preface this proxy sends at the start of an `istio-peer-exchange` stream.
+    pub fn tcp_preface(&self) -> &[u8] {
+        &self.preface
     }
 
     /// This proxy's node id (`sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`), when known.
@@ -120,6 +138,44 @@ impl OwnMetadata {
     }
 }
 
+/// The TCP preface's first four bytes (Istio's `MetadataExchangeInitialHeader::magic_number`).
+const PREFACE_MAGIC: u32 = 0x3D23_0467;
+/// The TCP preface's magic and length.
+const PREFACE_HEADER_BYTES: usize = 8;
+/// The type URL of the TCP preface's `Any`.
+const STRUCT_TYPE_URL: &str = "type.googleapis.com/google.protobuf.Struct";
+
+/// The TCP exchange's preface ([`tcp`]) a sidecar with metadata `metadata` and node id `id`
+/// sends (written here, with the rest of this proxy's own metadata; read in [`tcp`]).
+fn preface(metadata: Struct, id: Option<&str>) -> Vec<u8> {
+    let mut fields = BTreeMap::new();
+    fields.insert(
+        PEER_METADATA.as_str().to_string(),
+        Value {
+            kind: Some(Kind::StructValue(metadata)),
+        },
+    );
+    if let Some(id) = id {
+        fields.insert(
+            PEER_METADATA_ID.as_str().to_string(),
+            Value {
+                kind: Some(Kind::StringValue(id.to_string())),
+            },
+        );
+    }
+    let body = Any {
+        type_url: STRUCT_TYPE_URL.to_string(),
+        value: Struct { fields }.encode_to_vec(),
+    }
+    .encode_to_vec();
+    let mut out = Vec::with_capacity(PREFACE_HEADER_BYTES + body.len());
+    out.extend_from_slice(&PREFACE_MAGIC.to_be_bytes());
+    // Our own metadata: a few hundred bytes, far below u32::MAX.
+    out.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
 /// Decodes a peer's `x-envoy-peer-metadata` value; `None` when it is too large or not a
 /// base64 protobuf struct.
 pub fn decode(value: &[u8]) -> Option<WorkloadInfo> {
@@ -128,6 +184,12 @@ pub fn decode(value: &[u8]) -> Option<WorkloadInfo> {
     }
     let bytes = STANDARD.decode(value).ok()?;
     let s = Struct::decode(bytes.as_slice()).ok()?;
+    Some(from_struct(&s))
+}
+
+/// The workload a peer's metadata struct describes (Istio's node metadata keys); what is not
+/// a string, or longer than a label value can be, is left out.
+fn from_struct(s: &Struct) -> WorkloadInfo {
     let text = |v: &Value| match &v.kind {
         Some(Kind::StringValue(t)) if t.len() <= MAX_STRING => Some(t.clone()),
         _ => None,
@@ -143,13 +205,13 @@ pub fn decode(value: &[u8]) -> Option<WorkloadInfo> {
             .collect(),
         _ => BTreeMap::new(),
     };
-    Some(WorkloadInfo {
+    WorkloadInfo {
         name: field("WORKLOAD_NAME"),
         namespace: field("NAMESPACE"),
         labels,
         cluster: field("CLUSTER_ID"),
         pod: field("NAME"),
-    })
+    }
 }
 
 /// Removes the exchange headers from `headers`, returning the peer they describe (`None`
@@ -178,7 +240,8 @@ mod tests {
     use super::*;
     use rustmesh_xds::cluster::EndpointWorkload;
 
-    fn reviews() -> WorkloadInfo {
+    /// A peer's workload, with a label the exchange does not send (`team`).
+    pub(super) fn reviews() -> WorkloadInfo {
         WorkloadInfo {
             name: "reviews-v1".into(),
             namespace: "bookinfo".into(),
