@@ -22,7 +22,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use rustmesh_api::{
     AuthorizationPolicy, DestinationRule, IstioObject, PeerAuthentication, RequestAuthentication,
-    Sidecar, Telemetry, VirtualService,
+    ServiceEntry, Sidecar, Telemetry, VirtualService,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -767,6 +767,11 @@ impl Ctx {
                     let api: Api<Telemetry> = Api::namespaced(self.client.clone(), ns);
                     api.patch(&t.name_any(), &pp, &Patch::Apply(&*t)).await?;
                 }
+                IstioObject::ServiceEntry(mut e) => {
+                    e.metadata.namespace = Some(ns.into());
+                    let api: Api<ServiceEntry> = Api::namespaced(self.client.clone(), ns);
+                    api.patch(&e.name_any(), &pp, &Patch::Apply(&*e)).await?;
+                }
             }
         }
         Ok(())
@@ -790,7 +795,7 @@ impl Ctx {
         Ok(())
     }
 
-    /// Deletes every VirtualService, DestinationRule and Sidecar in `ns`.
+    /// Deletes every VirtualService, DestinationRule, Sidecar and ServiceEntry in `ns`.
     pub async fn delete_istio(&self, ns: &str) -> Result<()> {
         let dp = DeleteParams::default();
         let lp = ListParams::default();
@@ -801,6 +806,9 @@ impl Ctx {
             .delete_collection(&dp, &lp)
             .await?;
         Api::<Sidecar>::namespaced(self.client.clone(), ns)
+            .delete_collection(&dp, &lp)
+            .await?;
+        Api::<ServiceEntry>::namespaced(self.client.clone(), ns)
             .delete_collection(&dp, &lp)
             .await?;
         Ok(())
