@@ -149,6 +149,9 @@ const NAMED_ALPNS: [(&str, &[&str]); 4] = [
 /// The MATCH column for one filter chain.
 pub fn describe_match(m: &FilterChainMatch) -> String {
     let mut parts = Vec::new();
+    if !m.server_names.is_empty() {
+        parts.push(format!("SNI: {}", m.server_names.join(",")));
+    }
     if let Some(t) = &m.transport_protocol
         && !t.is_empty()
     {
@@ -380,6 +383,12 @@ mod tests {
                 ..Default::default()
             }),
             "Trans: raw_buffer"
+        );
+        assert_eq!(
+            describe_match(&fcm(
+                r#"{"serverNames":["www.example.com","*.example.org"]}"#
+            )),
+            "SNI: www.example.com,*.example.org"
         );
     }
 

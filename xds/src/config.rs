@@ -381,6 +381,17 @@ impl Checker {
 
     fn chain(&mut self, p: &str, fc: &FilterChain, routes: &HashSet<&str>) {
         let m = &fc.filter_chain_match;
+        for (i, name) in m.server_names.iter().enumerate() {
+            let bare = name.strip_prefix('*').unwrap_or(name);
+            if bare.is_empty() || bare.contains('*') {
+                self.err(
+                    format!("{p}.filterChainMatch.serverNames[{i}]"),
+                    format!(
+                        "{name:?} is not a server name (a wildcard only as the first character)"
+                    ),
+                );
+            }
+        }
         if let Some(crate::tls::DownstreamTransportSocket::Tls(t)) = &fc.transport_socket {
             let at = format!("{p}.transportSocket.typedConfig.commonTlsContext");
             for (field, message) in t.common_tls_context.problems(crate::tls::Side::Downstream) {

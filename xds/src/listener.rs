@@ -84,6 +84,11 @@ pub struct FilterChainMatch {
     /// Original destination address ranges.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prefix_ranges: Vec<CidrRange>,
+    /// Server names (SNI) of a TLS ClientHello, sniffed from the first bytes: exact names, or
+    /// `*suffix` for any longer name ending in `suffix` (Envoy's `server_names`, whose wildcards
+    /// are `*.suffix`: an exact name beats the longest wildcard, which beats chains naming none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_names: Vec<String>,
     /// `raw_buffer` or `tls`, sniffed from the first bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport_protocol: Option<String>,

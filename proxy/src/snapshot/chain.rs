@@ -7,7 +7,9 @@
 //!    criteria, the *default chain* is used, never the port-less chains (Envoy's rule, which
 //!    keeps e.g. a STRICT mTLS port from falling through to a passthrough chain);
 //! 2. **destination address** (`prefixRanges`): the chains with the longest range containing
-//!    the address; a chain without ranges counts as `0.0.0.0/0` and `::/0`;
+//!    the address; a chain without ranges counts as `0.0.0.0/0` and `::/0`; then the **server
+//!    name** (`serverNames`, the SNI of a TLS ClientHello): the chains naming it exactly, else
+//!    those with the longest `*suffix` it ends in, else those naming none;
 //! 3. **transport protocol**: the chains naming the sniffed one (`tls`, `raw_buffer`), else
 //!    those naming none;
 //! 4. **application protocols**: for the first sniffed protocol that some chain names, those
@@ -15,9 +17,9 @@
 //!
 //! Whatever is left is one chain (two chains with the same criteria are refused when the
 //! configuration is loaded, as Envoy does); nothing left means the default chain, if any.
-//! Sniffing is needed only when a chain left after steps 1–2 names a transport or application
-//! protocol ([`FilterChains::needs_sniff`]), so server-first protocols on plain TCP ports never
-//! wait.
+//! Sniffing is needed only when a chain left after steps 1–2 names a server name, a transport
+//! or an application protocol ([`FilterChains::needs_sniff`]), so server-first protocols on
+//! plain TCP ports never wait.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -204,7 +206,9 @@ impl FilterChains {
     /// Whether choosing among the chains for `dst` needs the sniffed protocol.
     pub fn needs_sniff(&self, dst: SocketAddr) -> bool {
         self.by_destination(dst).any(|c| {
-            c.matcher.transport_protocol.is_some() || !c.matcher.application_protocols.is_empty()
+            c.matcher.transport_protocol.is_some()
+                || !c.matcher.application_protocols.is_empty()
+                || !c.matcher.server_names.is_empty()
         })
     }
 
@@ -241,6 +245,15 @@ impl FilterChains {
         allowed: impl Fn(&Chain) -> bool + Copy,
     ) -> Option<&Arc<Chain>> {
         let left = self.by_destination(dst).filter(move |c| allowed(c));
+        // 2. (cont.) Server name.
+        let sni = detected.server_name.as_deref();
+        let best = left
+            .clone()
+            .filter_map(|c| server_name_rank(&c.matcher.server_names, sni))
+            .max();
+        let left = left.filter(move |c| {
+            best.is_some() && server_name_rank(&c.matcher.server_names, sni) == best
+        });
         // 3. Transport protocol.
         let transport = detected.transport.as_str();
         let named = left
@@ -267,6 +280,28 @@ impl FilterChains {
     }
 }
 
+/// How well a chain's `serverNames` match the SNI (higher wins; `None`: no match): naming none
+/// is 0, a `*.suffix` the suffix's length, an exact name (case-insensitive) above every suffix.
+fn server_name_rank(names: &[String], sni: Option<&str>) -> Option<usize> {
+    if names.is_empty() {
+        return Some(0);
+    }
+    let sni = sni?.to_ascii_lowercase();
+    names
+        .iter()
+        .filter_map(|n| {
+            let n = n.to_ascii_lowercase();
+            if n == sni {
+                Some(usize::MAX)
+            } else {
+                n.strip_prefix('*')
+                    .filter(|suffix| sni.len() > suffix.len() && sni.ends_with(suffix))
+                    .map(str::len)
+            }
+        })
+        .max()
+}
+
 fn same_criteria(a: &Chain, b: &Chain) -> bool {
     let (ma, mb) = (&a.matcher, &b.matcher);
     let sorted = |v: &[String]| {
@@ -277,6 +312,7 @@ fn same_criteria(a: &Chain, b: &Chain) -> bool {
     ma.destination_port == mb.destination_port
         && ma.transport_protocol == mb.transport_protocol
         && sorted(&ma.application_protocols) == sorted(&mb.application_protocols)
+        && sorted(&ma.server_names) == sorted(&mb.server_names)
         && a.ranges.iter().any(|r| b.ranges.contains(r))
 }
 
@@ -647,6 +683,68 @@ mod tests {
             chosen(&fc, "10.0.0.1:9080", &Detected::raw()).as_deref(),
             Some("default"),
             "server-first TCP on an HTTP listener goes to the default chain (PassthroughCluster)"
+        );
+    }
+
+    /// Istio's chains for TLS ServiceEntry hosts on a port without addresses (`a` exact, `b`
+    /// and `c` wildcards): by SNI, exact before the longest wildcard, anything else (no SNI,
+    /// another name, plain text) to the default chain.
+    #[test]
+    fn server_names_exact_then_longest_wildcard_then_the_default() {
+        let fc = chains(
+            json!([
+                {"filterChainMatch": {"serverNames": ["www.example.com"]}, "filters": tcp("a")},
+                {"filterChainMatch": {"serverNames": ["*.example.com"]}, "filters": tcp("b")},
+                {"filterChainMatch": {"serverNames": ["*.api.example.com", "other.test"]}, "filters": tcp("c")},
+            ]),
+            Some(json!({"filters": tcp("default")})),
+        );
+        assert!(fc.needs_sniff(dst("192.0.2.1:443")));
+        let sni = |name: &str| Detected {
+            transport: Transport::Tls,
+            server_name: Some(name.to_string()),
+            ..Detected::default()
+        };
+        for (name, want) in [
+            ("www.example.com", "a"),
+            ("WWW.Example.com", "a"),
+            ("img.example.com", "b"),
+            ("v1.api.example.com", "c"),
+            ("other.test", "c"),
+            ("example.com", "default"),
+            ("www.example.org", "default"),
+        ] {
+            assert_eq!(
+                chosen(&fc, "192.0.2.1:443", &sni(name)).as_deref(),
+                Some(want),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            chosen(&fc, "192.0.2.1:443", &tls()).as_deref(),
+            Some("default"),
+            "TLS without SNI"
+        );
+        assert_eq!(
+            chosen(&fc, "192.0.2.1:443", &Detected::raw()).as_deref(),
+            Some("default"),
+            "plain text"
+        );
+        // A chain naming no server name takes what no name matches.
+        let fc = chains(
+            json!([
+                {"filterChainMatch": {"serverNames": ["a.test"]}, "filters": tcp("a")},
+                {"filters": tcp("d")},
+            ]),
+            None,
+        );
+        assert_eq!(
+            chosen(&fc, "192.0.2.1:443", &sni("a.test")).as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            chosen(&fc, "192.0.2.1:443", &sni("b.test")).as_deref(),
+            Some("d")
         );
     }
 
