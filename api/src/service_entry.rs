@@ -2,12 +2,14 @@
 //! entries to the mesh's service registry (external APIs, VMs, services of another registry).
 //! Shapes follow <https://istio.io/latest/docs/reference/config/networking/service-entry/>.
 //!
-//! Groundwork for issue #20: the kind is read, validated as Istio validates it and reported,
-//! but the operator does not render it yet. Every field of the spec is therefore in the
-//! field-support table ([`crate::support`]) as refused ("ServiceEntry is not rendered yet"),
-//! so a ServiceEntry, valid or not, is refused naming its fields, never accepted and silently
-//! ignored. [`ServiceEntrySpec::istio_errors`] gives Istio's own verdict without those
-//! refusals (what `istioctl validate` would say).
+//! Issue #20, first slice: the operator renders the common egress cases (hosts, IP
+//! `addresses`, ports, location, resolution NONE and STATIC, IP endpoints with their ports and
+//! labels, exportTo). What it does not render is refused naming the field, never accepted and
+//! silently ignored: the field-support table ([`crate::support`]) refuses resolution DNS and
+//! DNS_ROUND_ROBIN, `workloadSelector`, `subjectAltNames` and the endpoints' `network`,
+//! `locality`, `weight` and `serviceAccount`; [`ServiceEntrySpec::unsupported`] refuses CIDR
+//! blocks in `addresses` and `unix://` endpoints. [`ServiceEntrySpec::istio_errors`] gives
+//! Istio's own verdict without those refusals (what `istioctl validate` would say).
 //!
 //! [`ServiceEntrySpec::istio_errors`] reports Istio's errors (`ValidateServiceEntry` and the
 //! CRD's rules), each naming its field:
@@ -689,11 +691,48 @@ fn export_to(values: &[String], err: &mut Vec<FieldError>) {
     }
 }
 
+impl ServiceEntrySpec {
+    /// rustmesh's refusals that depend on a field's value rather than its presence (the
+    /// support table's `ReportedBy` entries): CIDR blocks in `addresses` (the listeners are
+    /// per address) and `unix://` endpoints (the proxy dials TCP only). Each names its field.
+    pub fn unsupported(&self) -> Vec<FieldError> {
+        let mut out = Vec::new();
+        for (i, address) in self.addresses.iter().enumerate() {
+            if address.contains('/') {
+                out.push(FieldError::new(
+                    "spec.addresses",
+                    format!(
+                        "not implemented by rustmesh: the CIDR block {address:?} \
+                         (spec.addresses[{i}]) is {}; give IP addresses",
+                        crate::support::SERVICE_ENTRY_NOT_RENDERED
+                    ),
+                ));
+            }
+        }
+        for (i, e) in self.endpoints.iter().enumerate() {
+            if let Some(address) = e.address.as_deref().filter(|a| a.starts_with("unix://")) {
+                out.push(FieldError::new(
+                    format!("spec.endpoints[{i}].address"),
+                    format!(
+                        "not implemented by rustmesh: unix socket endpoints ({address}) are {}",
+                        crate::support::SERVICE_ENTRY_NOT_RENDERED
+                    ),
+                ));
+            }
+        }
+        out
+    }
+}
+
 impl Validate for ServiceEntrySpec {
-    /// Istio's errors, then rustmesh's refusals: every field, as the kind is not rendered yet.
+    /// rustmesh's refusals (fields and values not rendered yet, each naming the field), then
+    /// Istio's errors. The refusals come first: a refused field may also break one of Istio's
+    /// rules (a `workloadSelector` beside `endpoints`), and the first message should say what
+    /// rustmesh lacks.
     fn validate(&self) -> Vec<FieldError> {
-        let mut out = self.istio_errors();
-        out.extend(crate::support::refused_fields("ServiceEntry", self));
+        let mut out = crate::support::refused_fields("ServiceEntry", self);
+        out.extend(self.unsupported());
+        out.extend(self.istio_errors());
         out
     }
 }
@@ -729,13 +768,23 @@ mod tests {
     const HTTPS: &str = "ports: [{number: 443, name: https, protocol: TLS}]\n";
 
     #[test]
-    fn read_as_every_served_version_and_refused_as_not_rendered_naming_each_field() {
+    fn read_as_every_served_version_rendered_cases_accepted_the_rest_refused_by_name() {
         for version in VERSIONS {
+            // Istio's egress example with resolution NONE: accepted.
             let text = doc(
                 version,
-                "  hosts: [api.example.com]\n  ports: [{number: 443, name: https, protocol: TLS}]\n  resolution: DNS\n  exportTo: [\".\"]\n",
+                "  hosts: [api.example.com]\n  ports: [{number: 443, name: https, protocol: TLS}]\n  resolution: NONE\n  exportTo: [\".\"]\n",
             );
-            let err = load_all(&text).remove(0).expect_err("not rendered yet");
+            let obj = load_all(&text).remove(0).unwrap_or_else(|e| panic!("{e}"));
+            assert!(matches!(obj, IstioObject::ServiceEntry(_)), "{version}");
+            // DNS resolution: refused, naming the field and its line.
+            let text = doc(
+                version,
+                "  hosts: [api.example.com]\n  ports: [{number: 443, name: https, protocol: TLS}]\n  resolution: DNS\n",
+            );
+            let err = load_all(&text)
+                .remove(0)
+                .expect_err("DNS is not rendered yet");
             let fields: Vec<(String, Option<usize>)> = err
                 .field_errors()
                 .into_iter()
@@ -743,22 +792,39 @@ mod tests {
                 .collect();
             assert_eq!(
                 fields,
-                [
-                    ("spec.exportTo".to_string(), Some(10)),
-                    ("spec.hosts".to_string(), Some(7)),
-                    ("spec.ports".to_string(), Some(8)),
-                    ("spec.resolution".to_string(), Some(9)),
-                ],
+                [("spec.resolution".to_string(), Some(9))],
                 "{version}"
             );
-            for e in err.field_errors() {
-                assert!(
-                    e.message.contains("not implemented by rustmesh")
-                        && e.message.contains("issue #20"),
-                    "{e}"
-                );
-            }
+            let message = &err.field_errors()[0].message;
+            assert!(
+                message.contains("not implemented by rustmesh") && message.contains("issue #20"),
+                "{message}"
+            );
         }
+    }
+
+    #[test]
+    fn cidr_addresses_and_unix_endpoints_are_refused_by_name() {
+        let s = spec(
+            "hosts: [a.example.com]\naddresses: [10.0.0.1, 10.1.0.0/16]\nports: [{number: 80, name: http, protocol: HTTP}]\nresolution: STATIC\nendpoints: [{address: 10.2.0.1}, {address: 'unix:///var/run/a.sock'}]\n",
+        );
+        let found: Vec<(String, bool)> = s
+            .validate()
+            .into_iter()
+            .map(|e| (e.field, e.message.contains("issue #20")))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("spec.addresses".to_string(), true),
+                ("spec.endpoints[1].address".to_string(), true)
+            ]
+        );
+        // Plain IP addresses and endpoints: nothing refused.
+        let s = spec(
+            "hosts: [a.example.com]\naddresses: [10.0.0.1]\nports: [{number: 80, name: http, protocol: HTTP}]\nresolution: STATIC\nendpoints: [{address: 10.2.0.1, ports: {http: 8080}, labels: {v: '1'}}]\n",
+        );
+        assert_eq!(s.validate(), vec![]);
     }
 
     #[test]
@@ -1087,16 +1153,21 @@ mod tests {
     #[test]
     fn istio_examples_validate() {
         let text = include_str!("../tests/fixtures/valid/service-entry.yaml");
-        let mut read = 0;
+        let (mut accepted, mut refused) = (0, 0);
         for (i, result) in load_all(text).into_iter().enumerate() {
-            // Refused only as not rendered yet.
-            let err = result.expect_err("not rendered yet");
-            for e in err.field_errors() {
-                assert!(e.message.contains("issue #20"), "document {}: {e}", i + 1);
+            // Accepted (resolution NONE), or refused only as not rendered yet (DNS, a CIDR
+            // block, a unix socket, a workloadSelector).
+            match result {
+                Ok(_) => accepted += 1,
+                Err(err) => {
+                    for e in err.field_errors() {
+                        assert!(e.message.contains("issue #20"), "document {}: {e}", i + 1);
+                    }
+                    refused += 1;
+                }
             }
-            read += 1;
         }
-        assert_eq!(read, 8);
+        assert_eq!((accepted, refused), (2, 6));
         use serde::Deserialize;
         for d in serde_norway::Deserializer::from_str(text) {
             let se = ServiceEntry::deserialize(d).unwrap();

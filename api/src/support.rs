@@ -739,49 +739,100 @@ const TELEMETRY: &[Entry] = &[
     ),
 ];
 
-/// Why every field of a ServiceEntry is refused: the operator does not render the kind yet.
-pub const SERVICE_ENTRY_NOT_RENDERED: &str =
-    "ServiceEntry is not rendered yet (issue #20): no proxy is configured from it";
+/// The words every ServiceEntry refusal carries: the part of issue #20 not done yet.
+pub const SERVICE_ENTRY_NOT_RENDERED: &str = "not rendered yet (issue #20)";
 
-/// ServiceEntry: read and validated as Istio does, but not rendered yet (issue #20), so every
-/// field of its spec is refused, naming it: a ServiceEntry is never accepted and silently
-/// ignored.
+/// ServiceEntry: the common egress cases are rendered (hosts, IP addresses, ports, location,
+/// resolution NONE and STATIC, IP endpoints with their ports and labels, exportTo); the rest is
+/// refused naming the field, never accepted and silently ignored.
 const SERVICE_ENTRY: &[Entry] = &[
-    refused(
+    rendered(
         "spec.hosts",
-        SERVICE_ENTRY_NOT_RENDERED,
-        r#"["api.example.com"]"#,
+        &[],
+        "operator registry.rs: one registry service per host; render/: clusters \
+         outbound|PORT||HOST, listeners, virtual hosts, DNS entries",
     ),
-    refused(
-        "spec.addresses",
-        SERVICE_ENTRY_NOT_RENDERED,
-        r#"["192.0.2.10"]"#,
+    Entry {
+        path: "spec.addresses",
+        leaves: &[],
+        support: Support::ReportedBy(
+            "rustmesh_api::service_entry::ServiceEntrySpec::unsupported: IP addresses are \
+             rendered (listeners ADDRESS_PORT, DNS answers); CIDR blocks are refused, not \
+             rendered yet (issue #20)",
+        ),
+        harmless: &[],
+        example: r#"{"addresses": ["192.0.2.0/24"]}"#,
+    },
+    rendered(
+        "spec.ports[]",
+        &["name", "number", "protocol", "targetPort"],
+        "operator registry.rs (protocol as Istio parses it; targetPort the endpoints' port when \
+         their `ports` do not name it)",
     ),
-    refused(
-        "spec.ports",
-        SERVICE_ENTRY_NOT_RENDERED,
-        r#"[{"number": 443, "name": "https", "protocol": "TLS"}]"#,
-    ),
-    refused(
+    rendered(
         "spec.location",
-        SERVICE_ENTRY_NOT_RENDERED,
-        r#""MESH_INTERNAL""#,
+        &[],
+        "render/clusters.rs: MESH_EXTERNAL gets no auto mutual TLS; MESH_INTERNAL endpoints \
+         labelled security.istio.io/tlsMode=istio do, as pods",
     ),
-    refused("spec.resolution", SERVICE_ENTRY_NOT_RENDERED, r#""DNS""#),
+    Entry {
+        path: "spec.resolution",
+        leaves: &[],
+        support: Support::Refused(
+            "resolution DNS and DNS_ROUND_ROBIN are not rendered yet (issue #20): the sidecar \
+             cannot resolve names (NONE and STATIC are rendered)",
+        ),
+        harmless: &[r#""NONE""#, r#""STATIC""#],
+        example: r#""DNS""#,
+    },
+    Entry {
+        path: "spec.endpoints[].address",
+        leaves: &[],
+        support: Support::ReportedBy(
+            "rustmesh_api::service_entry::ServiceEntrySpec::unsupported: IP addresses are \
+             rendered (the cluster's endpoints); unix:// sockets are refused, not rendered yet \
+             (issue #20)",
+        ),
+        harmless: &[],
+        example: r#"{"address": "unix:///var/run/api.sock"}"#,
+    },
+    rendered(
+        "spec.endpoints[]",
+        &["ports", "labels"],
+        "render/clusters.rs load_assignment: the endpoint's port per entry port, labels for \
+         DestinationRule subsets and auto mutual TLS",
+    ),
     refused(
-        "spec.endpoints",
-        SERVICE_ENTRY_NOT_RENDERED,
-        r#"[{"address": "us.api.example.com", "ports": {"https": 8443}, "labels": {"region": "us"}, "network": "n1", "locality": "us-east1/a", "weight": 1, "serviceAccount": "api"}]"#,
+        "spec.endpoints[].network",
+        "multi-network endpoints are not rendered yet (issue #20)",
+        r#""network-2""#,
+    ),
+    refused(
+        "spec.endpoints[].locality",
+        "endpoint localities are not rendered yet (issue #20)",
+        r#""us-east1/a""#,
+    ),
+    refused(
+        "spec.endpoints[].weight",
+        "endpoint weights are not rendered yet (issue #20)",
+        "3",
+    ),
+    refused(
+        "spec.endpoints[].serviceAccount",
+        "endpoint service accounts (the identity mutual TLS expects) are not rendered yet \
+         (issue #20)",
+        r#""api""#,
     ),
     refused(
         "spec.workloadSelector",
-        SERVICE_ENTRY_NOT_RENDERED,
+        "selecting pods and WorkloadEntries as endpoints is not rendered yet (issue #20)",
         r#"{"labels": {"app": "api"}}"#,
     ),
-    refused("spec.exportTo", SERVICE_ENTRY_NOT_RENDERED, r#"["."]"#),
+    rendered("spec.exportTo", &[], "operator registry::exported"),
     refused(
         "spec.subjectAltNames",
-        SERVICE_ENTRY_NOT_RENDERED,
+        "verifying the endpoints' identities against subjectAltNames is not rendered yet \
+         (issue #20)",
         r#"["spiffe://cluster.local/ns/default/sa/api"]"#,
     ),
 ];
@@ -1036,8 +1087,7 @@ pub fn examples(kind: &str, entry: &Entry) -> Vec<(String, Value)> {
 
 /// A valid object of `kind` in which every place the tables name exists (arrays with one
 /// element, DestinationRule policies at the top, per port, per subset and per subset port).
-/// A ServiceEntry's is valid for Istio, but refused for each of its fields (see
-/// [`SERVICE_ENTRY_NOT_RENDERED`]).
+/// A ServiceEntry's is STATIC with one endpoint, so that every endpoint field has a place.
 pub fn base(kind: &str) -> Value {
     match kind {
         "VirtualService" => json!({
@@ -1079,12 +1129,14 @@ pub fn base(kind: &str) -> Value {
             }],
             "accessLogging": [{"providers": [{"name": "envoy"}]}],
         }),
-        // Valid for Istio (no error, no warning); every field refused by rustmesh for now.
+        // Valid for Istio and rendered by rustmesh (no error, no warning).
         "ServiceEntry" => json!({
             "hosts": ["api.example.com"],
+            "addresses": ["192.0.2.10"],
             "ports": [{"number": 443, "name": "https", "protocol": "TLS"}],
             "location": "MESH_EXTERNAL",
-            "resolution": "DNS",
+            "resolution": "STATIC",
+            "endpoints": [{"address": "192.0.2.20"}],
         }),
         _ => json!({}),
     }
@@ -1095,7 +1147,9 @@ const BASE_JWKS: &str = r#"{"keys":[{"kty":"EC","kid":"ec-1","crv":"P-256","x":"
 
 /// `value` with `example` put at the schema field path `path` (`spec.a[].b`, `spec.m{}.c`):
 /// arrays get (or keep) their first element, maps their first value (else one under the key
-/// `example`), objects are made on the way. Returns the object's path of it.
+/// `example`), objects are made on the way; a path ending in `[]` (the items holding a
+/// [`Support::ReportedBy`] field) gets an array of the example alone. Returns the object's
+/// path of it.
 /// At `spec` itself (the parent of a top-level [`Support::ReportedBy`] field), the example's
 /// fields are set in the spec, the others kept.
 fn put(value: &mut Value, path: &str, example: Value) -> String {
@@ -1117,7 +1171,13 @@ fn put(value: &mut Value, path: &str, example: Value) -> String {
             *at = json!({});
         }
         if last {
-            at[name] = example;
+            if seg.ends_with("[]") {
+                // The parent of a reported field inside array items: the example is its item.
+                at[name] = json!([example]);
+                concrete.push_str("[0]");
+            } else {
+                at[name] = example;
+            }
             return concrete;
         }
         if seg.ends_with("[]") {

@@ -162,10 +162,7 @@ pub fn apply_istio(index: &mut Index, obj: IstioObject) {
         IstioObject::AuthorizationPolicy(p) => Object::AuthorizationPolicy(p),
         IstioObject::RequestAuthentication(r) => Object::RequestAuthentication(r),
         IstioObject::Telemetry(t) => Object::Telemetry(t),
-        IstioObject::ServiceEntry(se) => panic!(
-            "ServiceEntry {}: not served by the operator yet (issue #20), so no fixture can hold one",
-            se.metadata.name.as_deref().unwrap_or_default()
-        ),
+        IstioObject::ServiceEntry(se) => Object::ServiceEntry(se),
     });
 }
 
@@ -200,6 +197,9 @@ pub fn reparse_unvalidated(yaml: &str) -> Vec<IstioObject> {
             )),
             "Telemetry" => IstioObject::Telemetry(Box::new(
                 serde_json::from_value(json).expect("Telemetry shape"),
+            )),
+            "ServiceEntry" => IstioObject::ServiceEntry(Box::new(
+                serde_json::from_value(json).expect("ServiceEntry shape"),
             )),
             other => panic!("unsupported kind {other}"),
         });

@@ -1,17 +1,35 @@
 //! The service registry as the renderer reads it: each Service with its ports (protocol chosen the
 //! Istio way) and, per port, its ready endpoints with the labels and service accounts of the pods
-//! behind them.
+//! behind them; and each host of a ServiceEntry as a service of its own ([`EntryInfo`]), as
+//! Istio's registry holds them.
+//!
+//! ServiceEntry hosts (decisions where Istio leaves a choice or rustmesh differs):
+//! - the version of an entry in the registry is its current one when it passes its own checks
+//!   (`Validate`, which also refuses what rustmesh does not render), else its last accepted one,
+//!   else none: the same rule as the operator's verdicts, which depend on nothing else;
+//! - a host is held by one service: a Kubernetes Service of that name first, then the oldest
+//!   entry naming it (creation time, namespace, name); the others are told by a warning
+//!   (`validation`);
+//! - an entry of resolution STATIC without `addresses` gets, for each host that is a DNS name
+//!   without wildcard, one address of the class E block 240.240.0.0/16 (Istio's automatic
+//!   allocation range, [`allocate`]): the FNV-1a hash of the host picks it, the next free one
+//!   on a collision (entries in age order), so it is stable while the set of entries is. The
+//!   sidecar's DNS proxy answers it and its listeners catch it. Entries of resolution NONE
+//!   get none: the connection must go to the address the application resolved itself.
 
 use crate::index::{Index, Labels, ObjKey, PodInfo, SERVICE_EXPORT_TO_ANNOTATION};
 use crate::protocol::Protocol;
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
+use rustmesh_api::ServiceEntry;
+use rustmesh_api::service_entry::{Location, Resolution};
+use rustmesh_api::validate::Validate;
 use rustmesh_api::workload::{canonical_name_label, canonical_revision};
 use rustmesh_xds::cluster::EndpointWorkload;
 use rustmesh_xds::names::service_fqdn;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// One Service.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,13 +40,40 @@ pub struct Svc {
     /// `None` for headless services.
     pub cluster_ip: Option<IpAddr>,
     pub ports: Vec<SvcPort>,
-    /// From the `networking.istio.io/exportTo` annotation; empty means everywhere.
+    /// From the `networking.istio.io/exportTo` annotation (a ServiceEntry's `exportTo`); empty
+    /// means everywhere.
     pub export_to: Vec<String>,
+    /// For a ServiceEntry host: the entry and how it resolves (`None`: a Kubernetes Service).
+    pub entry: Option<EntryInfo>,
+}
+
+/// What a host of a ServiceEntry is in the registry besides its ports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EntryInfo {
+    /// The ServiceEntry.
+    pub key: ObjKey,
+    pub location: Location,
+    pub resolution: Resolution,
+    /// Its `addresses`, else the address allocated to the host (STATIC), else none.
+    pub addresses: Vec<IpAddr>,
+    /// Whether `addresses` is an allocated class E address.
+    pub allocated: bool,
 }
 
 impl Svc {
+    /// A Kubernetes Service without ClusterIP (a ServiceEntry host is never headless: it
+    /// resolves by its `resolution`).
     pub fn headless(&self) -> bool {
-        self.cluster_ip.is_none()
+        self.entry.is_none() && self.cluster_ip.is_none()
+    }
+
+    /// The virtual addresses clients reach the service at: the ClusterIP, or an entry's
+    /// addresses.
+    pub fn vips(&self) -> Vec<IpAddr> {
+        match &self.entry {
+            Some(e) => e.addresses.clone(),
+            None => self.cluster_ip.into_iter().collect(),
+        }
     }
 
     pub fn port(&self, number: u16) -> Option<&SvcPort> {
@@ -44,6 +89,7 @@ impl Svc {
             && self.fqdn == other.fqdn
             && self.cluster_ip == other.cluster_ip
             && self.export_to == other.export_to
+            && self.entry == other.entry
             && self.ports.len() == other.ports.len()
             && self.ports.iter().zip(&other.ports).all(|(a, b)| {
                 a.name == b.name
@@ -122,6 +168,8 @@ impl Registry {
             .keys()
             .filter_map(|key| Self::service(index, key))
             .collect();
+        let mut taken: BTreeSet<String> = services.iter().map(|s| s.fqdn.clone()).collect();
+        services.extend(entry_services(index, &mut taken));
         services.sort_by(|a, b| a.fqdn.cmp(&b.fqdn));
         let by_fqdn = services
             .iter()
@@ -222,7 +270,161 @@ fn convert(
         cluster_ip,
         ports,
         export_to,
+        entry: None,
     })
+}
+
+/// The version of each ServiceEntry the registry holds, oldest first: the current one when it
+/// passes its own checks, else its last accepted one (an invalid update), else none.
+pub fn rendered_entries(index: &Index) -> Vec<(&ObjKey, &ServiceEntry)> {
+    let store = &index.service_entries;
+    let mut out: Vec<(&ObjKey, &ServiceEntry)> = store
+        .objects
+        .iter()
+        .filter_map(|(key, se)| {
+            if se.spec.validate().is_empty() {
+                Some((key, se))
+            } else {
+                store.last_good.get(key).map(|previous| (key, previous))
+            }
+        })
+        .collect();
+    out.sort_by_key(|(_, se)| crate::validation::age_key(&se.metadata));
+    out
+}
+
+/// One registry service per host of each rendered ServiceEntry whose host no Kubernetes Service
+/// or older entry holds (`taken`, which it extends).
+fn entry_services(index: &Index, taken: &mut BTreeSet<String>) -> Vec<Svc> {
+    let mut out = Vec::new();
+    let mut used: BTreeSet<IpAddr> = BTreeSet::new();
+    let mut wanting: Vec<usize> = Vec::new();
+    for (key, se) in rendered_entries(index) {
+        let spec = &se.spec;
+        let addresses: Vec<IpAddr> = spec
+            .addresses
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        used.extend(&addresses);
+        for host in &spec.hosts {
+            if !taken.insert(host.clone()) {
+                continue;
+            }
+            let ports = entry_ports(spec);
+            let allocate = spec.resolution() == Resolution::Static
+                && addresses.is_empty()
+                && !host.contains('*')
+                && host.parse::<IpAddr>().is_err();
+            if allocate {
+                wanting.push(out.len());
+            }
+            out.push(Svc {
+                name: host.clone(),
+                namespace: key.namespace.clone(),
+                fqdn: host.clone(),
+                cluster_ip: None,
+                ports,
+                export_to: spec.export_to.clone(),
+                entry: Some(EntryInfo {
+                    key: key.clone(),
+                    location: spec.location(),
+                    resolution: spec.resolution(),
+                    addresses: addresses.clone(),
+                    allocated: false,
+                }),
+            });
+        }
+    }
+    for i in wanting {
+        let svc = &mut out[i];
+        let ip = allocate(&svc.fqdn, &used);
+        used.insert(ip);
+        if let Some(e) = &mut svc.entry {
+            e.addresses = vec![ip];
+            e.allocated = true;
+        }
+    }
+    out
+}
+
+/// The first address of the automatic allocation range (240.240.0.0/16), and how many it has
+/// (the block's first and last addresses are left out).
+const ALLOCATION_BASE: u32 = u32::from_be_bytes([240, 240, 0, 0]);
+const ALLOCATION_SIZE: u32 = 65534;
+
+/// The class E address of `host`: 240.240.0.1 + FNV-1a(host) mod 65534, or the next one not
+/// in `used`.
+pub fn allocate(host: &str, used: &BTreeSet<IpAddr>) -> IpAddr {
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in host.to_ascii_lowercase().bytes() {
+        hash ^= u32::from(b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    let start = hash % ALLOCATION_SIZE;
+    (0..ALLOCATION_SIZE)
+        .map(|i| {
+            let slot = (start + i) % ALLOCATION_SIZE;
+            IpAddr::V4(Ipv4Addr::from(ALLOCATION_BASE + 1 + slot))
+        })
+        .find(|ip| !used.contains(ip))
+        .unwrap_or(IpAddr::V4(Ipv4Addr::from(ALLOCATION_BASE + 1)))
+}
+
+/// The ports of an entry, as a Service's: protocol as Istio parses a ServiceEntry port's
+/// (`protocol` only; none is detected per connection), UDP left out, each with the entry's
+/// endpoints (STATIC) on the port the endpoint's `ports` names, else `targetPort`, else the
+/// port's number.
+fn entry_ports(spec: &rustmesh_api::ServiceEntrySpec) -> Vec<SvcPort> {
+    let mut ports = Vec::new();
+    for p in &spec.ports {
+        let Ok(number) = u16::try_from(p.number) else {
+            continue;
+        };
+        let protocol = p
+            .protocol
+            .as_deref()
+            .map(Protocol::parse)
+            .unwrap_or(Protocol::Unsupported);
+        if protocol == Protocol::Udp {
+            continue;
+        }
+        let target = p.target_port.and_then(|t| u16::try_from(t).ok());
+        let mut endpoints: Vec<Ep> = Vec::new();
+        if spec.resolution() == Resolution::Static {
+            for e in &spec.endpoints {
+                let Some(ip) = e.address.as_deref().and_then(|a| a.parse::<IpAddr>().ok()) else {
+                    continue;
+                };
+                let port = p
+                    .name
+                    .as_ref()
+                    .and_then(|n| e.ports.get(n))
+                    .and_then(|n| u16::try_from(*n).ok())
+                    .or(target)
+                    .unwrap_or(number);
+                endpoints.push(Ep {
+                    ip,
+                    port,
+                    pod: None,
+                    labels: e.labels.clone(),
+                    service_account: None,
+                    workload: None,
+                });
+            }
+        }
+        endpoints.sort_by_key(|e| (e.ip, e.port));
+        endpoints.dedup_by(|a, b| a.ip == b.ip && a.port == b.port);
+        ports.push(SvcPort {
+            name: p.name.clone().filter(|n| !n.is_empty()),
+            port: number,
+            protocol,
+            target_port: Some(target.unwrap_or(number)),
+            endpoints,
+        });
+    }
+    ports.sort_by_key(|p| p.port);
+    ports
 }
 
 /// The ready addresses of the Endpoints subsets that carry the port named `name` (Kubernetes

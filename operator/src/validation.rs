@@ -255,6 +255,7 @@ impl Validation {
         authorization_policies(index, &mut verdicts);
         request_authentications(index, &mut verdicts);
         telemetries(index, &mut verdicts);
+        service_entries(index, registry, &mut verdicts);
         Validation { verdicts }
     }
 
@@ -482,6 +483,69 @@ fn telemetries(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey), Verdict>) 
         }
         verdicts.insert((Kind::Telemetry, key.clone()), v);
     }
+}
+
+/// ServiceEntries: their own checks (Istio's `ValidateServiceEntry` and rustmesh's refusals of
+/// what it does not render, each naming the field: `rustmesh_api::service_entry`) and Istio's
+/// warnings; a host that a Kubernetes Service or an older entry already holds is a warning
+/// naming `spec.hosts[i]` (sidecars use that one: `crate::registry`). An invalid update of an
+/// entry accepted before notes that the last accepted version keeps serving (the registry
+/// holds it: `registry::rendered_entries`).
+fn service_entries(
+    index: &Index,
+    registry: &Registry,
+    verdicts: &mut BTreeMap<(Kind, ObjKey), Verdict>,
+) {
+    let store = &index.service_entries;
+    for (key, se) in &store.objects {
+        let mut findings = own_findings(se.spec.validate());
+        let valid = findings.is_empty();
+        findings.extend(se.spec.warnings().into_iter().map(|w| Finding {
+            level: Level::Warning,
+            field: w.field,
+            message: w.message,
+        }));
+        if valid {
+            findings.extend(entry_host_findings(key, &se.spec, registry));
+        }
+        findings.extend(unimplemented("ServiceEntry", &se.spec));
+        let mut v = verdict(findings, None);
+        if !v.accepted
+            && let Some(p) = store.last_good.get(key)
+        {
+            v.serving_previous = Some(p.metadata.generation.unwrap_or(0));
+            v.previous_spec = serde_json::to_value(&p.spec).ok();
+        }
+        verdicts.insert((Kind::ServiceEntry, key.clone()), v);
+    }
+}
+
+/// A warning for each host of an entry that another service of the registry holds.
+fn entry_host_findings(
+    key: &ObjKey,
+    spec: &rustmesh_api::ServiceEntrySpec,
+    registry: &Registry,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for (i, host) in spec.hosts.iter().enumerate() {
+        let Some(svc) = registry.get(host) else {
+            continue;
+        };
+        let holder = match &svc.entry {
+            Some(e) if &e.key == key => continue,
+            Some(e) => format!("ServiceEntry {} (older)", e.key),
+            None => format!("the Kubernetes Service {}/{}", svc.namespace, svc.name),
+        };
+        out.push(Finding {
+            level: Level::Warning,
+            field: format!("spec.hosts[{i}]"),
+            message: format!(
+                "host {host} is already in the registry as {holder}; sidecars use that one and \
+                 this entry adds nothing for it"
+            ),
+        });
+    }
+    out
 }
 
 /// Each provider a Telemetry names must be one of the mesh's (`extensionProviders` and Istio's
@@ -1061,6 +1125,7 @@ pub fn persisted_version<K: crate::index::kinds::IstioKind>(obj: &K, has_ca: boo
         }
         crate::index::Object::RequestAuthentication(o) => o.spec.validate().is_empty(),
         crate::index::Object::Telemetry(o) => o.spec.validate().is_empty(),
+        crate::index::Object::ServiceEntry(o) => o.spec.validate().is_empty(),
         _ => false,
     };
     if !valid {

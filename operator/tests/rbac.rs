@@ -66,7 +66,12 @@ fn check_cluster_rules(rules: &[PolicyRule], ca: bool) {
         "patch",
         None
     ));
-    for res in ["virtualservices", "destinationrules", "sidecars"] {
+    for res in [
+        "virtualservices",
+        "destinationrules",
+        "sidecars",
+        "serviceentries",
+    ] {
         assert!(allows(&rules, "networking.istio.io", res, "list", None));
         assert!(allows(
             &rules,
@@ -290,9 +295,10 @@ fn verbs_used(group: &str, resource: &str) -> &'static [&'static str] {
     match (group, resource) {
         ("", "services" | "endpoints" | "pods" | "namespaces") => &["get", "list", "watch"],
         ("discovery.k8s.io", "endpointslices") => &["get", "list", "watch"],
-        ("networking.istio.io", "virtualservices" | "destinationrules" | "sidecars") => {
-            &["get", "list", "watch"]
-        }
+        (
+            "networking.istio.io",
+            "virtualservices" | "destinationrules" | "sidecars" | "serviceentries",
+        ) => &["get", "list", "watch"],
         (
             "security.istio.io",
             "peerauthentications" | "authorizationpolicies" | "requestauthentications",

@@ -14,9 +14,6 @@ fn examples() -> Vec<(String, String)> {
         .expect("api fixtures")
         .map(|e| e.expect("entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        // Istio's ServiceEntry examples: the operator does not serve the kind yet (#20), the
-        // API refuses each of their fields as not rendered.
-        .filter(|p| !p.ends_with("service-entry.yaml"))
         .map(|p| {
             (
                 p.file_name().unwrap().to_string_lossy().into_owned(),

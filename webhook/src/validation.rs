@@ -1,5 +1,5 @@
 //! Validating admission for the Istio kinds the operator reads (VirtualService, DestinationRule,
-//! Sidecar of `networking.istio.io` in every served version, PeerAuthentication,
+//! Sidecar, ServiceEntry of `networking.istio.io` in every served version, PeerAuthentication,
 //! AuthorizationPolicy and RequestAuthentication of `security.istio.io`, Telemetry of
 //! `telemetry.istio.io`), as istiod's validation webhook does: an invalid
 //! object is refused at `kubectl apply`, naming the field, instead of being accepted and then
@@ -27,8 +27,8 @@ use kube::core::{DynamicObject, TypeMeta};
 use rustmesh_api::checks::{Finding, Severity, object_findings};
 use rustmesh_api::parse::{IstioObject, KINDS};
 use rustmesh_api::{
-    AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication, Sidecar,
-    Telemetry, VirtualService,
+    AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication, ServiceEntry,
+    Sidecar, Telemetry, VirtualService,
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -113,6 +113,9 @@ fn read_object(kind: &str, object: Value) -> Option<std::result::Result<IstioObj
         "RequestAuthentication" => typed::<RequestAuthentication>(object)
             .map(|o| IstioObject::RequestAuthentication(Box::new(o))),
         "Telemetry" => typed::<Telemetry>(object).map(|o| IstioObject::Telemetry(Box::new(o))),
+        "ServiceEntry" => {
+            typed::<ServiceEntry>(object).map(|o| IstioObject::ServiceEntry(Box::new(o)))
+        }
         _ => return None,
     })
 }
@@ -126,8 +129,7 @@ fn read_object(kind: &str, object: Value) -> Option<std::result::Result<IstioObj
 ///   warnings.
 /// * An object being deleted (`metadata.deletionTimestamp`, e.g. a finalizer removed), another
 ///   operation, a subresource: allowed unchecked.
-/// * Another kind or version (a misconfigured webhook), or a ServiceEntry (read by the API, not
-///   served yet: #20): allowed, with a warning naming it.
+/// * Another kind or version (a misconfigured webhook): allowed, with a warning naming it.
 pub fn validate_review(
     req: &AdmissionRequest<DynamicObject>,
     object: Option<Value>,
@@ -140,12 +142,9 @@ pub fn validate_review(
         return (resp, Verdict::Skipped);
     }
     let kind = &req.kind;
-    // ServiceEntry is in KINDS (the API reads it) but not served yet (#20): the webhook does not
-    // validate it, and says so like for any other kind it does not validate.
-    let known = kind.kind != "ServiceEntry"
-        && KINDS.iter().any(|(k, group, versions)| {
-            *k == kind.kind && *group == kind.group && versions.contains(&kind.version.as_str())
-        });
+    let known = KINDS.iter().any(|(k, group, versions)| {
+        *k == kind.kind && *group == kind.group && versions.contains(&kind.version.as_str())
+    });
     if !known {
         let warning = format!(
             "{}/{} {} is not a kind this webhook validates; allowed unchecked",

@@ -164,6 +164,24 @@ pub fn service_domains(
         .collect()
 }
 
+/// The names of a ServiceEntry host's virtual host on port `port`, as Istio lists them: the
+/// host (a wildcard `*.example.com` as written), then each of the entry's addresses; each with
+/// and without `:port`.
+pub fn entry_domains(host: &str, port: u16, addresses: &[IpAddr]) -> Vec<String> {
+    let mut names = vec![host.to_string()];
+    names.extend(addresses.iter().map(|ip| match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }));
+    names
+        .into_iter()
+        .flat_map(|h| {
+            let with_port = format!("{h}:{port}");
+            [h, with_port]
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,5 +260,26 @@ mod tests {
         );
         assert!(!other.contains(&"reviews".to_string()));
         assert!(other.contains(&"reviews.default".to_string()));
+    }
+
+    #[test]
+    fn entry_domains_are_the_host_and_its_addresses_with_and_without_the_port() {
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(
+            entry_domains("api.example.com", 8080, &[v4, v6]),
+            [
+                "api.example.com",
+                "api.example.com:8080",
+                "192.0.2.1",
+                "192.0.2.1:8080",
+                "[2001:db8::1]",
+                "[2001:db8::1]:8080"
+            ]
+        );
+        assert_eq!(
+            entry_domains("*.example.com", 80, &[]),
+            ["*.example.com", "*.example.com:80"]
+        );
     }
 }

@@ -11,8 +11,8 @@ use kube::core::NamespaceResourceScope;
 use kube::{Resource, ResourceExt};
 use rustmesh_api::status::IstioStatus;
 use rustmesh_api::{
-    AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication, Sidecar,
-    Telemetry, VirtualService,
+    AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication, ServiceEntry,
+    Sidecar, Telemetry, VirtualService,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -88,7 +88,7 @@ pub trait KindFn {
 }
 
 /// Every Istio kind the operator handles (the watches and the readiness gate use this list).
-pub const ISTIO_KINDS: [Kind; 7] = [
+pub const ISTIO_KINDS: [Kind; 8] = [
     Kind::VirtualService,
     Kind::DestinationRule,
     Kind::Sidecar,
@@ -96,6 +96,7 @@ pub const ISTIO_KINDS: [Kind; 7] = [
     Kind::AuthorizationPolicy,
     Kind::RequestAuthentication,
     Kind::Telemetry,
+    Kind::ServiceEntry,
 ];
 
 /// The registration: runs `f` with the type of an Istio `kind`; `None` for the core kinds.
@@ -108,6 +109,7 @@ pub fn for_kind<F: KindFn>(kind: Kind, f: F) -> Option<F::Out> {
         Kind::AuthorizationPolicy => f.call::<AuthorizationPolicy>(),
         Kind::RequestAuthentication => f.call::<RequestAuthentication>(),
         Kind::Telemetry => f.call::<Telemetry>(),
+        Kind::ServiceEntry => f.call::<ServiceEntry>(),
         Kind::Service | Kind::Endpoints | Kind::Pod | Kind::Namespace => return None,
     })
 }
@@ -296,6 +298,28 @@ impl IstioKind for Telemetry {
         } else {
             index.injected_only([ns])
         }
+    }
+    fn status(&self) -> Option<&IstioStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl IstioKind for ServiceEntry {
+    const KIND: Kind = Kind::ServiceEntry;
+    fn into_object(self) -> Object {
+        Object::ServiceEntry(Box::new(self))
+    }
+    fn store(index: &Index) -> &KindStore<Self> {
+        &index.service_entries
+    }
+    fn store_mut(index: &mut Index) -> &mut KindStore<Self> {
+        &mut index.service_entries
+    }
+    /// Every injected namespace: besides its `exportTo` audience, an entry decides which entry
+    /// holds a host that several name (the oldest) and which class E addresses the others are
+    /// given (`crate::registry`), which any namespace may see.
+    fn reach(&self, index: &Index) -> BTreeSet<String> {
+        index.injected_namespaces().map(str::to_string).collect()
     }
     fn status(&self) -> Option<&IstioStatus> {
         self.status.as_ref()

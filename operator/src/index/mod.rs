@@ -14,8 +14,8 @@ use kube::ResourceExt;
 use rustmesh_api::sidecar::{EgressHost, OutboundTrafficPolicyMode};
 use rustmesh_api::virtual_service::Delegate;
 use rustmesh_api::{
-    AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication, Sidecar,
-    Telemetry, VirtualService,
+    AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication, ServiceEntry,
+    Sidecar, Telemetry, VirtualService,
 };
 use rustmesh_xds::well_known::{DEFAULT_DOMAIN_SUFFIX, DEFAULT_ROOT_NAMESPACE};
 use std::collections::{BTreeMap, BTreeSet};
@@ -125,10 +125,11 @@ pub enum Kind {
     AuthorizationPolicy,
     RequestAuthentication,
     Telemetry,
+    ServiceEntry,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Service,
         Kind::Endpoints,
         Kind::Pod,
@@ -140,6 +141,7 @@ impl Kind {
         Kind::AuthorizationPolicy,
         Kind::RequestAuthentication,
         Kind::Telemetry,
+        Kind::ServiceEntry,
     ];
 }
 
@@ -193,6 +195,7 @@ pub enum Object {
     AuthorizationPolicy(Box<AuthorizationPolicy>),
     RequestAuthentication(Box<RequestAuthentication>),
     Telemetry(Box<Telemetry>),
+    ServiceEntry(Box<ServiceEntry>),
 }
 
 impl Object {
@@ -209,6 +212,7 @@ impl Object {
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Object::RequestAuthentication(_) => Kind::RequestAuthentication,
             Object::Telemetry(_) => Kind::Telemetry,
+            Object::ServiceEntry(_) => Kind::ServiceEntry,
         }
     }
 
@@ -226,6 +230,7 @@ impl Object {
             Object::AuthorizationPolicy(o) => ObjKey::of(o.as_ref()),
             Object::RequestAuthentication(o) => ObjKey::of(o.as_ref()),
             Object::Telemetry(o) => ObjKey::of(o.as_ref()),
+            Object::ServiceEntry(o) => ObjKey::of(o.as_ref()),
         }
     }
 }
@@ -343,6 +348,7 @@ pub struct Index {
     pub authorization_policies: KindStore<AuthorizationPolicy>,
     pub request_authentications: KindStore<RequestAuthentication>,
     pub telemetries: KindStore<Telemetry>,
+    pub service_entries: KindStore<ServiceEntry>,
     /// The key sets fetched for the RequestAuthentications' rules ([`crate::jwks`]).
     pub key_sets: KeySets,
 }
@@ -505,6 +511,7 @@ impl Index {
             Object::AuthorizationPolicy(o) => self.put(key, *o),
             Object::RequestAuthentication(o) => self.put(key, *o),
             Object::Telemetry(o) => self.put(key, *o),
+            Object::ServiceEntry(o) => self.put(key, *o),
         }
     }
 
@@ -593,6 +600,7 @@ impl Index {
             Object::AuthorizationPolicy(o) => Affects::full(o.reach(self), true),
             Object::RequestAuthentication(o) => Affects::full(o.reach(self), true),
             Object::Telemetry(o) => Affects::full(o.reach(self), true),
+            Object::ServiceEntry(o) => Affects::full(o.reach(self), true),
         }
     }
 
@@ -812,6 +820,9 @@ fn same_content(a: &Object, b: &Object) -> bool {
             x.spec == y.spec && x.metadata.creation_timestamp == y.metadata.creation_timestamp
         }
         (Object::Telemetry(x), Object::Telemetry(y)) => {
+            x.spec == y.spec && x.metadata.creation_timestamp == y.metadata.creation_timestamp
+        }
+        (Object::ServiceEntry(x), Object::ServiceEntry(y)) => {
             x.spec == y.spec && x.metadata.creation_timestamp == y.metadata.creation_timestamp
         }
         _ => false,

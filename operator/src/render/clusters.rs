@@ -22,6 +22,7 @@ use rustmesh_api::destination_rule::{
     ClientTlsSettings, ConnectionPoolSettings, DestinationRuleSpec, H2UpgradePolicy,
     LoadBalancerSettings, OutlierDetection as DrOutlier, SimpleLb, Subset, TlsMode,
 };
+use rustmesh_api::service_entry::{Location, Resolution};
 use rustmesh_xds::address::SocketAddress;
 use rustmesh_xds::cluster::{
     BindConfig, CircuitBreakers, Cluster, ClusterLoadAssignment, ClusterMetadata, DiscoveryType,
@@ -421,7 +422,15 @@ impl<'v, 'a> Ctx<'v, 'a> {
             let policy = dr
                 .map(|(_, d)| merged_policy(&d.spec, w.port.port, subset))
                 .unwrap_or_default();
+            // A ServiceEntry host of resolution NONE forwards to the address the application
+            // connected to, as a headless Service does (Istio's `Passthrough` resolution).
+            let entry_passthrough = w
+                .svc
+                .entry
+                .as_ref()
+                .is_some_and(|e| e.resolution == Resolution::None);
             let passthrough = w.svc.headless()
+                || entry_passthrough
                 || policy
                     .lb
                     .is_some_and(|lb| lb.simple == Some(SimpleLb::Passthrough));
@@ -462,7 +471,14 @@ impl<'v, 'a> Ctx<'v, 'a> {
             (c.transport_socket, c.transport_socket_matches) = upstream_tls(
                 &self.view.index.mesh,
                 policy.tls,
-                !passthrough && !super::peer_authn::disables_mtls(self.view, &w.svc.namespace),
+                // No auto mTLS to a MESH_EXTERNAL entry (Istio's rule): plain, or the app's own
+                // TLS; a MESH_INTERNAL one's endpoints labelled tlsMode=istio get it, as pods.
+                !passthrough
+                    && w.svc
+                        .entry
+                        .as_ref()
+                        .is_none_or(|e| e.location == Location::MeshInternal)
+                    && !super::peer_authn::disables_mtls(self.view, &w.svc.namespace),
                 &w.svc.fqdn,
                 &istio_sni(w.port.port, w.subset.unwrap_or(""), &w.svc.fqdn),
                 expected_sans(&self.view.index.mesh, &w.svc.namespace, w.port),

@@ -27,7 +27,18 @@
 //!   are skipped (a TCP proxy cannot express them);
 //! - a root VirtualService's `http[].delegate` is replaced by the delegate's routes, merged as
 //!   Istio merges them ([`crate::delegate`], in [`routes`]); a delegate renders nothing on
-//!   its own.
+//!   its own;
+//! - ServiceEntry hosts are registry services of their own (`crate::registry`), rendered as
+//!   Istio renders them: HTTP ports a virtual host `HOST:PORT` on the port's route table
+//!   (domains: the host, its addresses, each with and without `:PORT`), TCP/TLS and
+//!   protocol-less ports a listener per address (`ADDRESS_PORT`), or `0.0.0.0_PORT` without
+//!   addresses (TCP and protocol-less: every connection to that port, as Istio's; TLS and
+//!   HTTPS: one chain per host matching the SNI, the rest to the catch-all), clusters `outbound|PORT||HOST` (resolution NONE:
+//!   ORIGINAL_DST, to the address the application connected to; STATIC: the entry's
+//!   endpoints), DNS answers for the hosts with addresses (given or allocated). A
+//!   `0.0.0.0_PORT` that an HTTP port already holds keeps it, and of several entries' TCP
+//!   ports on the same listener the first host in name order holds it. Entries add no
+//!   inbound ports;
 
 mod authz;
 #[cfg(test)]
@@ -497,14 +508,26 @@ pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsReci
         listeners.insert((any, *port), ctx.http_port_listener(*port));
         routes.insert(port.to_string(), ctx.port_route_table(*port, members));
     }
+    // TLS ports of ServiceEntry hosts without addresses: one `0.0.0.0_<port>` whose chains
+    // tell the hosts apart by SNI, as Istio's; other connections to the port go where unknown
+    // destinations go.
+    let mut sni_ports: BTreeMap<u16, Vec<Visible>> = BTreeMap::new();
     for v in &visible {
         let lp = v.protocol.listener();
         if !matches!(lp, ListenerProtocol::Tcp | ListenerProtocol::Auto) {
             continue;
         }
-        let ips: Vec<IpAddr> = match v.svc.cluster_ip {
-            Some(ip) => vec![ip],
-            None => v.port.endpoints.iter().map(|e| e.ip).collect(),
+        if matches!(v.protocol, Protocol::Tls | Protocol::Https)
+            && v.svc.entry.as_ref().is_some_and(|e| e.addresses.is_empty())
+        {
+            sni_ports.entry(v.port.port).or_default().push(*v);
+            continue;
+        }
+        let ips: Vec<IpAddr> = match (&v.svc.entry, v.svc.cluster_ip) {
+            (Some(e), _) if e.addresses.is_empty() => vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
+            (Some(e), _) => e.addresses.clone(),
+            (None, Some(ip)) => vec![ip],
+            (None, None) => v.port.endpoints.iter().map(|e| e.ip).collect(),
         };
         for ip in ips {
             let key = (ip, v.port.port);
@@ -535,6 +558,14 @@ pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsReci
                 outbound_listener(ip, v.port.port, vec![http_chain], Some(tcp_chain), true)
             };
             listeners.insert(key, listener);
+        }
+    }
+
+    for (port, members) in &sni_ports {
+        let key = (IpAddr::V4(Ipv4Addr::UNSPECIFIED), *port);
+        // An HTTP port, or a TCP entry without addresses, holding the port keeps it.
+        if let std::collections::btree_map::Entry::Vacant(slot) = listeners.entry(key) {
+            slot.insert(ctx.sni_listener(*port, members));
         }
     }
 
@@ -680,7 +711,9 @@ impl<'v, 'a> Ctx<'v, 'a> {
     fn visible_ports(&self) -> Vec<Visible<'v>> {
         let mut out = Vec::new();
         for svc in &self.view.registry.services {
-            if !svc.exported_to(self.ns()) && svc.namespace != self.ns() {
+            // A ServiceEntry's `exportTo` holds in its own namespace too (`~`: nowhere).
+            let own = svc.namespace == self.ns() && svc.entry.is_none();
+            if !svc.exported_to(self.ns()) && !own {
                 continue;
             }
             for port in &svc.ports {
@@ -873,8 +906,13 @@ impl<'v, 'a> Ctx<'v, 'a> {
                 names::outbound_route_name(port, None),
             )],
         };
+        outbound_listener(any, port, vec![chain], Some(self.catch_all_chain()), true)
+    }
+
+    /// The default chain of a port's wildcard listener: where unknown destinations go.
+    fn catch_all_chain(&self) -> FilterChain {
         let catch_all = self.catch_all_cluster();
-        let default = FilterChain {
+        FilterChain {
             transport_socket: None,
             name: Some(match self.mode {
                 OutboundTrafficPolicyMode::AllowAny => "PassthroughFilterChain".to_string(),
@@ -882,8 +920,27 @@ impl<'v, 'a> Ctx<'v, 'a> {
             }),
             filter_chain_match: FilterChainMatch::default(),
             filters: vec![tcp_proxy(catch_all, catch_all)],
-        };
-        outbound_listener(any, port, vec![chain], Some(default), true)
+        }
+    }
+
+    /// The `0.0.0.0_<port>` listener of ServiceEntry hosts' TLS ports without addresses: a
+    /// chain per host matching its name as the SNI (a wildcard host as a wildcard), in name
+    /// order, each to the host's cluster; anything else (another name, no SNI, plain text) to
+    /// the catch-all, as Istio renders it.
+    fn sni_listener(&mut self, port: u16, members: &[Visible<'v>]) -> Listener {
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let mut seen = BTreeSet::new();
+        let mut chains = Vec::new();
+        for v in members {
+            let name = v.svc.fqdn.trim_end_matches('.').to_string();
+            if !seen.insert(name.to_ascii_lowercase()) {
+                continue;
+            }
+            let mut chain = self.tcp_chain(v);
+            chain.filter_chain_match.server_names = vec![name];
+            chains.push(chain);
+        }
+        outbound_listener(any, port, chains, Some(self.catch_all_chain()), true)
     }
 
     /// The TCP chain of a TCP or auto port: to the service's cluster, or where the
@@ -929,8 +986,9 @@ impl<'v, 'a> Ctx<'v, 'a> {
                         && (m.destination_subnets.is_empty()
                             || m.destination_subnets.iter().any(|s| {
                                 v.svc
-                                    .cluster_ip
-                                    .is_some_and(|ip| parse_cidr(s).is_some_and(|c| c.contains(ip)))
+                                    .vips()
+                                    .into_iter()
+                                    .any(|ip| parse_cidr(s).is_some_and(|c| c.contains(ip)))
                             }))
                 })
         })?;
@@ -1099,7 +1157,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
                 .registry
                 .services
                 .iter()
-                .filter(|s| s.namespace == self.ns())
+                .filter(|s| s.namespace == self.ns() && s.entry.is_none())
             {
                 if !serves_scope(svc, &index, &my_key) {
                     continue;
@@ -1377,6 +1435,23 @@ fn with_ca_name(mut dns: Vec<DnsEntry>, view: &MeshView<'_>, client_ns: &str) ->
 }
 
 fn dns_entry(svc: &crate::registry::Svc, client_ns: &str) -> DnsEntry {
+    if let Some(entry) = &svc.entry {
+        // A ServiceEntry host: its addresses (given or allocated), no short forms; none for a
+        // wildcard or an IP host, which the DNS proxy cannot or need not answer.
+        let named = !svc.fqdn.contains('*') && svc.fqdn.parse::<IpAddr>().is_err();
+        let mut addresses = if named {
+            entry.addresses.clone()
+        } else {
+            Vec::new()
+        };
+        addresses.sort();
+        addresses.dedup();
+        return DnsEntry {
+            name: svc.fqdn.trim_end_matches('.').to_string(),
+            aliases: Vec::new(),
+            addresses,
+        };
+    }
     let mut aliases = vec![
         format!("{}.{}", svc.name, svc.namespace),
         format!("{}.{}.svc", svc.name, svc.namespace),
@@ -1428,5 +1503,7 @@ type ClusterParts = (Vec<Cluster>, Vec<ClusterLoadAssignment>, EdsRecipes);
 mod delegate_tests;
 #[cfg(test)]
 mod mtls_tests;
+#[cfg(test)]
+mod service_entry_tests;
 #[cfg(test)]
 mod tests;

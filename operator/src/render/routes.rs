@@ -22,6 +22,7 @@ use rustmesh_xds::route::{
 };
 use rustmesh_xds::trace::Decorator;
 use rustmesh_xds::types::Percent;
+use std::collections::BTreeSet;
 
 /// Istio's retry conditions when a route sets none.
 pub const DEFAULT_RETRY_ON: &str =
@@ -345,15 +346,29 @@ impl<'v, 'a> Ctx<'v, 'a> {
         let mut members: Vec<&Visible<'v>> = members.iter().collect();
         members.sort_by(|a, b| a.svc.fqdn.cmp(&b.svc.fqdn));
         members.dedup_by(|a, b| a.svc.fqdn == b.svc.fqdn);
+        // A domain belongs to one virtual host (the proxy refuses a table listing one twice):
+        // ServiceEntry hosts may share addresses with each other or with a ClusterIP, or differ
+        // only in case; the first service in name order keeps a shared one.
+        let mut seen: BTreeSet<String> = BTreeSet::new();
         for v in members {
-            let domains = rustmesh_xds::names::service_domains(
-                &v.svc.name,
-                &v.svc.namespace,
-                self.view.domain_suffix(),
-                port,
-                v.svc.cluster_ip,
-                self.ns(),
-            );
+            let domains = match &v.svc.entry {
+                Some(e) => rustmesh_xds::names::entry_domains(&v.svc.fqdn, port, &e.addresses),
+                None => rustmesh_xds::names::service_domains(
+                    &v.svc.name,
+                    &v.svc.namespace,
+                    self.view.domain_suffix(),
+                    port,
+                    v.svc.cluster_ip,
+                    self.ns(),
+                ),
+            };
+            let domains: Vec<String> = domains
+                .into_iter()
+                .filter(|d| seen.insert(d.to_ascii_lowercase()))
+                .collect();
+            if domains.is_empty() {
+                continue;
+            }
             vhosts.push(VirtualHost {
                 name: format!("{}:{port}", v.svc.fqdn),
                 domains,
