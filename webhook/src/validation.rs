@@ -562,6 +562,64 @@ mod tests {
     }
 
     #[test]
+    fn service_entries_are_validated_with_what_rustmesh_renders() {
+        let object = |version: &str, spec: Value| {
+            let object = json!({"apiVersion": format!("networking.istio.io/{version}"),
+                                "kind": "ServiceEntry",
+                                "metadata": {"name": "external", "namespace": "shop"},
+                                "spec": spec});
+            // The resource is `serviceentries`; the review names the kind.
+            review("ServiceEntry", "networking.istio.io", version, object)
+        };
+        // Istio's egress example (resolution NONE), in every served version.
+        for version in ["v1", "v1beta1", "v1alpha3"] {
+            let spec = json!({"hosts": ["www.example.com"], "location": "MESH_EXTERNAL",
+                              "ports": [{"number": 443, "name": "https", "protocol": "TLS"}],
+                              "resolution": "NONE"});
+            let (resp, verdict) = response(&object(version, spec));
+            assert_eq!(verdict, Verdict::Allowed, "{version}: {resp}");
+            assert!(resp.get("warnings").is_none(), "{resp}");
+        }
+        // Resolution DNS: valid for Istio, not rendered yet: denied naming the field.
+        let dns = json!({"hosts": ["www.example.com"], "resolution": "DNS",
+                         "ports": [{"number": 443, "name": "https", "protocol": "TLS"}]});
+        let (resp, verdict) = response(&object("v1", dns));
+        assert_eq!(verdict, Verdict::Denied);
+        let message = resp["status"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("spec.resolution: not implemented by rustmesh")
+                && message.contains("issue #20"),
+            "{message}"
+        );
+        // Istio's own rules: a full wildcard host.
+        let (resp, verdict) = response(&object(
+            "v1",
+            json!({"hosts": ["*"], "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}]}),
+        ));
+        assert_eq!(verdict, Verdict::Denied);
+        assert!(
+            resp["status"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("spec.hosts[0]"),
+            "{resp}"
+        );
+        // Istio's warning (a TCP port without addresses): allowed, warned.
+        let (resp, verdict) = response(&object(
+            "v1",
+            json!({"hosts": ["db.example.com"], "ports": [{"number": 5432, "name": "pg", "protocol": "TCP"}]}),
+        ));
+        assert_eq!(verdict, Verdict::Allowed);
+        assert!(
+            resp["warnings"][0]
+                .as_str()
+                .unwrap()
+                .contains("spec.ports[0]"),
+            "{resp}"
+        );
+    }
+
+    #[test]
     fn unknown_kinds_versions_operations_and_deletions_are_allowed_unchecked() {
         let spec = json!({"hosts": ["reviews"]}); // invalid: no routes
         let (resp, verdict) = response(&review(

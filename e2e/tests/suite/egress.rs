@@ -4,6 +4,8 @@
 //! mesh-wide (the operator's `OUTBOUND_TRAFFIC_POLICY`, the install's
 //! `meshConfig.outboundTrafficPolicy.mode`) and per Sidecar (which overrides the mesh). A
 //! Sidecar with `egress.hosts: ["./*"]` hides the other namespaces' services from its workloads.
+//! A ServiceEntry registering the external server (issue #20: its address, an HTTP port,
+//! resolution NONE) lets it through REGISTRY_ONLY again.
 
 use crate::with_restore;
 use rustmesh_e2e::sample::{self, EXTERNAL_PORT, HTTP_PORT};
@@ -29,6 +31,26 @@ metadata:
 spec:
   outboundTrafficPolicy: {mode: ALLOW_ANY}
 "#;
+
+/// The external server registered by its address (Istio's egress task, with the test's own
+/// server: no traffic leaves the machine).
+fn external_entry(ip: &str) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: external
+spec:
+  hosts: [external.e2e.test]
+  addresses: ["{ip}"]
+  ports:
+  - {{number: {EXTERNAL_PORT}, name: http, protocol: HTTP}}
+  location: MESH_EXTERNAL
+  resolution: NONE
+"#
+    )
+}
 
 struct Setup {
     ns: String,
@@ -160,6 +182,30 @@ async fn s5_outbound_traffic_policy_and_sidecar_egress_hosts() {
     assert!(
         !routes.contains(&format!("details.{other}")),
         "other namespace hidden:\n{routes}"
+    );
+
+    // A ServiceEntry for the external server: REGISTRY_ONLY lets it through, to where the
+    // client connected (resolution NONE), named as Istio names it.
+    ctx.apply_istio(&ns, &external_entry(&ext_ip))
+        .await
+        .unwrap();
+    until(
+        &ctx,
+        &s,
+        &s.external,
+        true,
+        "a ServiceEntry lets the registered external server through REGISTRY_ONLY",
+    )
+    .await;
+    let r = ctx
+        .http_get(&ns, &s.pod, "productpage", &s.external, &[])
+        .await
+        .unwrap();
+    assert_eq!(r.service, "external", "{r:?}");
+    let clusters = ctx.proxy_config(&ns, &s.pod, &["clusters"]).await.unwrap();
+    assert!(
+        clusters.contains("external.e2e.test"),
+        "the entry's cluster outbound|{EXTERNAL_PORT}||external.e2e.test:\n{clusters}"
     );
 
     // Mesh-wide REGISTRY_ONLY, and a Sidecar's ALLOW_ANY overriding it.
