@@ -1,8 +1,9 @@
 //! Proof, with a real sidecar in a network-namespace "pod" behind the real capture rules, that a
 //! ServiceEntry as the operator renders it (issue #20) opens a REGISTRY_ONLY mesh to its hosts
-//! and to nothing else: resolution NONE with an address goes to the original destination,
-//! STATIC without addresses goes through the class E address the DNS table gives its host to
-//! the entry's endpoint, and an unregistered destination is refused (`BlackHoleCluster`).
+//! and to nothing else: the sidecar's DNS proxy answers the hosts (the given address; for
+//! STATIC without addresses the class E address allocated to the host), resolution NONE goes
+//! to the original destination, STATIC to the entry's endpoint, and an unregistered
+//! destination is refused (`BlackHoleCluster`).
 //!
 //! The configuration is the operator's own render (`rustmesh_operator::render`) of a namespace
 //! holding only the entries and a REGISTRY_ONLY Sidecar. Skips (printing why) without root,
@@ -11,6 +12,7 @@
 mod support;
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use rustmesh_operator::fixtures::{istio, namespace};
 use rustmesh_operator::{Index, Scope, render};
@@ -80,11 +82,20 @@ spec:
 
     let scratch = Scratch::new();
     let path = scratch.write("client.json", &config.to_json());
+    // The capture sends DNS for the pod's nameserver (nobody has that address) to the DNS proxy.
+    client.resolv_conf("nameserver 10.96.0.10\n");
     client.capture(ISTIO_INIT_ARGS);
     let sidecar = client.start_sidecar_with_env(&scratch, &path, &[], &[]);
     eventually(&client, &sidecar, "/ready", "ready", |status, _| {
         status == 200
     });
+
+    // The hosts resolve through the sidecar's DNS proxy, as an application would resolve them.
+    assert_eq!(
+        resolve(&client, "direct.external.test."),
+        [external.ip.to_string()]
+    );
+    assert_eq!(resolve(&client, "pool.external.test."), [pool.to_string()]);
 
     // NONE with the server's address: to where the app connected.
     assert_eq!(
@@ -118,4 +129,32 @@ spec:
         stats.contains("cluster.BlackHoleCluster.upstream_cx_none_healthy: 1"),
         "{stats}"
     );
+}
+
+/// The A records the pod's resolver address (captured: the sidecar's DNS proxy) answers for
+/// `name`.
+fn resolve(pod: &support::Pod, name: &str) -> Vec<String> {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let mut q = Message::new(4243, MessageType::Query, OpCode::Query);
+    q.metadata.recursion_desired = true;
+    q.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    let bytes = q.to_vec().unwrap();
+    let answer = pod.ns.enter(move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.send_to(&bytes, "10.96.0.10:53").unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, _) = s.recv_from(&mut buf).expect("an answer from the DNS proxy");
+        buf[..n].to_vec()
+    });
+    Message::from_vec(&answer)
+        .unwrap()
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect()
 }
