@@ -13,9 +13,10 @@
 //! - an entry of resolution STATIC without `addresses` gets, for each host that is a DNS name
 //!   without wildcard, one address of the class E block 240.240.0.0/16 (Istio's automatic
 //!   allocation range, [`allocate`]): the FNV-1a hash of the host picks it, the next free one
-//!   on a collision (entries in age order), so it is stable while the set of entries is. The
-//!   sidecar's DNS proxy answers it and its listeners catch it. Entries of resolution NONE
-//!   get none: the connection must go to the address the application resolved itself.
+//!   on a collision (entries in age order; past 65534 such hosts, addresses repeat), so it is
+//!   stable while the set of entries is. The sidecar's DNS proxy answers it and its listeners
+//!   catch it. Entries of resolution NONE get none: the connection must go to the address the
+//!   application resolved itself.
 
 use crate::index::{Index, Labels, ObjKey, PodInfo, SERVICE_EXPORT_TO_ANNOTATION};
 use crate::protocol::Protocol;
