@@ -514,7 +514,11 @@ fn parse_proxy_metadata(value: &str) -> std::result::Result<BTreeMap<String, Str
             Some(text) if (known.valid)(text) => {
                 out.insert(name, text.to_owned());
             }
-            _ => return Err(format!("{name} is {v}, not {}", known.expects)),
+            // Values are strings, as Istio's `proxyMetadata` (a map of strings).
+            _ => {
+                let string = if v.is_string() { "" } else { " (a string)" };
+                return Err(format!("{name} is {v}, not {}{string}", known.expects));
+            }
         }
     }
     // A combination the capture step would refuse makes every injected pod fail to start.
@@ -606,7 +610,7 @@ mod tests {
             ),
             (
                 r#"{"CAPTURE_ALL_DNS": true}"#,
-                "CAPTURE_ALL_DNS is true, not true or false",
+                "CAPTURE_ALL_DNS is true, not true or false (a string)",
             ),
             (
                 r#"{"ISTIO_OUTBOUND_OWNER_GROUPS": "java"}"#,
