@@ -2,7 +2,8 @@
 """Render, generate and check rustmesh's install manifests.
 
     tool.py check             chart CRDs == crds/, kustomize base == chart, every overlay == the
-                              chart with the values it stands for; readable diff on failure
+                              chart with the values it stands for, values.schema.json ==
+                              values.yaml and refuses wrong values; readable diff on failure
     tool.py update            copy crds/ into the chart and the kustomize base, regenerate the
                               kustomize base from the chart (default values + createNamespace)
     tool.py render [--set k=v ...] [--namespace NS] [--crds]
@@ -25,6 +26,7 @@ import difflib
 import filecmp
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -816,24 +818,290 @@ def check_mesh_settings() -> tuple[list[str], list[str]]:
             problems.append(f"telemetry values ({what}): the operator's env has {', '.join(wrong)}")
         else:
             passed.append(f"telemetry values ({what}): the operator's env {sorted(want)} as its flags read them")
+    # Refused by values.schema.json (Helm's error names the key as a JSON pointer) or, where the
+    # schema cannot tell (the text `--set` makes of 100.5), by the template's own check (it
+    # names the value): either message will do, as long as it names the key.
     refused = [
         ({"pilot": {"traceSampling": -1}}, "pilot.traceSampling: -1"),
         ({"operator": {"traceSampling": 100.5}}, "operator.traceSampling: 100.5"),
+        (parse_set(["operator.traceSampling=100.5"]), "operator.traceSampling: 100.5"),
         ({"operator": {"traceSampling": "ten"}}, "operator.traceSampling: ten"),
         ({"meshConfig": {"enableTracing": "yes"}}, "meshConfig.enableTracing: yes"),
         ({"meshConfig": {"extensionProviders": "zipkin"}}, "meshConfig.extensionProviders: not a list"),
     ]
     bad = []
     for values, message in refused:
+        key = message.split(":")[0]
+        pointer = "at '/" + key.replace(".", "/") + "'"
         try:
             helm_render(values)
             bad.append(f"{values} rendered (want a failure naming {message!r})")
         except Exception as e:  # Helm's render error
-            if message not in str(e):
-                bad.append(f"{values} failed without naming {message!r}: {e}")
+            if message not in str(e) and pointer not in str(e):
+                bad.append(f"{values} failed without naming {message!r} or {pointer!r}: {e}")
     problems += [f"telemetry values: {b}" for b in bad]
     if not bad:
         passed.append(f"telemetry values: {len(refused)} invalid ones fail the render, naming the value")
+    return passed, problems
+
+
+# --------------------------------------------------------------------------------------------
+# Values schema (issue 18: a value the chart does not read is refused, never silently ignored)
+
+SCHEMA = CHART / "values.schema.json"
+
+# Objects of the schema whose keys are the user's (a map by nature: label and annotation names,
+# resource names, template names, JSON keys of a log format) or a Kubernetes object the chart
+# hands to the API server as written (which checks it), by instance path ("*": any key of a
+# map, "[]": any item of a list). Every other object refuses unknown keys
+# (additionalProperties false, or an Istio hint): adding a free-form map is a decision made here.
+FREE_FORM = {
+    **{
+        f"{part}.{path}": why
+        for part in ("operator", "webhook")
+        for path, why in {
+            "resources.requests": "resource name -> quantity",
+            "resources.limits": "resource name -> quantity",
+            "nodeSelector": "node label -> value",
+            "podAnnotations": "annotation -> value",
+            "affinity.nodeAffinity": "Kubernetes NodeAffinity, passed through",
+            "affinity.podAffinity": "Kubernetes PodAffinity, passed through",
+            "affinity.podAntiAffinity": "Kubernetes PodAntiAffinity, passed through",
+        }.items()
+    },
+    **{
+        f"networkPolicy.{peers}[].{selector}.matchLabels": "label -> value"
+        for peers in ("webhookFrom", "apiServerTo")
+        for selector in ("namespaceSelector", "podSelector")
+    },
+    "sidecarInjectorWebhook.templates": "template name -> pod fragment",
+    "sidecarInjectorWebhook.templates.*.metadata.labels": "label -> value",
+    "sidecarInjectorWebhook.templates.*.metadata.annotations": "annotation -> value",
+    "sidecarInjectorWebhook.templates.*.spec": "a pod spec fragment; the webhook checks it",
+    "meshConfig.extensionProviders[].envoyFileAccessLog.logFormat.labels": "JSON key -> command operator",
+}
+# Values the templates read that values.yaml gives no default (so the schema has them and
+# values.yaml does not).
+READ_WITHOUT_DEFAULT = {"pilot": "Istio's pilot.traceSampling, read by templates/operator.yaml when given"}
+# What the check feeds Helm's engine, and what its error must say: the key (a JSON pointer, as
+# Helm writes it) and, for an Istio value, the rustmesh value to use instead.
+SCHEMA_REFUSED = [
+    (["mesh.enabled=true"], ["at '': additional properties 'mesh' not allowed"]),
+    (
+        ["meshConfig.defaultConfig.holdApplicationUntilProxyStarts=true"],
+        ["at '/meshConfig/defaultConfig/holdApplicationUntilProxyStarts'", "set proxy.holdApplicationUntilProxyStarts instead"],
+    ),
+    (
+        ["meshConfig.defaultConfig.proxyStatsMatcher.inclusionPrefixes={cluster}"],
+        ["at '/meshConfig/defaultConfig/proxyStatsMatcher'", "proxy.proxyMetadata"],
+    ),
+    (["meshConfig.outboundTraficPolicy.mode=REGISTRY_ONLY"], ["at '/meshConfig': additional properties 'outboundTraficPolicy'"]),
+    (["proxy.holdApplicationUntilProxyStarts=yes"], ["at '/proxy/holdApplicationUntilProxyStarts': got string, want boolean"]),
+    (["proxy.interceptionMode=IPTABLES"], ["at '/proxy/interceptionMode'", "'REDIRECT', 'TPROXY', 'NONE'"]),
+    (["proxy.nativeSidecars=maybe"], ["at '/proxy/nativeSidecars'", "'auto'"]),
+    (["meshConfig.outboundTrafficPolicy.mode=ALLOW"], ["at '/meshConfig/outboundTrafficPolicy/mode'", "'ALLOW_ANY', 'REGISTRY_ONLY'"]),
+    (["global.proxy.resources.requests.cpu=100m"], ["at '/global/proxy/resources'", "set proxy.resources instead"]),
+    (["pilot.replicaCount=2"], ["at '/pilot/replicaCount'", "set operator.replicas instead"]),
+    (["sidecarInjectorWebhook.enableNamespacesByDefault=true"], ["at '/sidecarInjectorWebhook/enableNamespacesByDefault'", "sidecarInjectorWebhook.templates"]),
+    (["proxy.resources.requests.ephemeral-storage=1Gi"], ["at '/proxy/resources/requests': additional properties 'ephemeral-storage'"]),
+    # A boolean, which the webhook's settings refuse (environment values are text: --set-string).
+    (["proxy.proxyMetadata.EXIT_ON_ZERO_ACTIVE_CONNECTIONS=true"], ["at '/proxy/proxyMetadata/EXIT_ON_ZERO_ACTIVE_CONNECTIONS'"]),
+    (["proxy.proxyMetadata.ISTIO_META_DNS=true"], ["at '/proxy/proxyMetadata': additional properties 'ISTIO_META_DNS'"]),
+]
+# Values as Istio users and `--set` write them that must still be accepted.
+SCHEMA_ACCEPTED = [
+    ("--set pilot.traceSampling=25", parse_set(["pilot.traceSampling=25"])),
+    ("--set operator.traceSampling=0.5 (text)", parse_set(["operator.traceSampling=0.5"])),
+    ("--set proxy.nativeSidecars=true", parse_set(["proxy.nativeSidecars=true"])),
+    ("--set global.tag=123 (a number)", parse_set(["global.tag=123"])),
+    ("--set meshConfig.defaultProviders.metrics={} ([\"\"])", parse_set(["meshConfig.defaultProviders.metrics={}"])),
+    ("--set podDisruptionBudget.maxUnavailable=50%", parse_set(["podDisruptionBudget.maxUnavailable=50%"])),
+    ("--set-string proxy.proxyMetadata.EXIT_ON_ZERO_ACTIVE_CONNECTIONS=true",
+     {"proxy": {"proxyMetadata": {"EXIT_ON_ZERO_ACTIVE_CONNECTIONS": "true"}}}),
+    ("Istio's documented extensionProviders", {"meshConfig": {"extensionProviders": TRACING_PROVIDERS + [ACCESS_LOG_PROVIDER]}}),
+]
+
+
+def is_hint(node) -> bool:
+    """An Istio value the chart does not read: a const that its own `not` refuses, so nothing
+    validates and Helm's error shows the const (the rustmesh value to use)."""
+    c = node.get("const") if isinstance(node, dict) else None
+    return isinstance(c, str) and c.startswith("absent: ") and node.get("not") == {"const": c}
+
+
+def is_istio_only(node) -> bool:
+    """An Istio object the chart does not read (meshConfig.defaultConfig, global.proxy, ...):
+    every key it lists, and every other, is a hint."""
+    return (
+        isinstance(node, dict)
+        and is_hint(node.get("additionalProperties"))
+        and all(is_hint(v) for v in (node.get("properties") or {}).values())
+    )
+
+
+def schema_resolve(schema: dict, node):
+    """A `$ref` to #/definitions/<name> resolved (draft 7 ignores a $ref's siblings)."""
+    while isinstance(node, dict) and "$ref" in node:
+        node = schema["definitions"][node["$ref"].removeprefix("#/definitions/")]
+    return node
+
+
+def schema_nodes(schema: dict) -> list[tuple[str, dict]]:
+    """(instance path, node) of every subschema that describes a value, $refs followed."""
+    out: list[tuple[str, dict]] = []
+
+    def walk(node, path: str) -> None:
+        node = schema_resolve(schema, node)
+        if not isinstance(node, dict):
+            return
+        out.append((path, node))
+        if is_hint(node):
+            return
+        for k, sub in (node.get("properties") or {}).items():
+            walk(sub, f"{path}.{k}" if path else k)
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], f"{path}.*")
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], f"{path}[]")
+        for branch in ("anyOf", "oneOf", "allOf"):
+            for sub in node.get(branch) or []:
+                walk(sub, path)
+
+    walk(schema, "")
+    return out
+
+
+def schema_structure_problems(schema: dict, defaults: dict) -> list[str]:
+    """values.schema.json against values.yaml: every key of values.yaml has its own schema (not
+    a hint, not an additionalProperties catch-all); every chart object of the schema is a key of
+    values.yaml (READ_WITHOUT_DEFAULT apart); every object refuses unknown keys unless FREE_FORM
+    says it is a map by nature; every value has a type; every rustmesh value a hint names is one
+    the schema accepts; proxy.proxyMetadata is exactly what the webhook implements."""
+    problems = []
+    free_seen = set()
+    for path, node in schema_nodes(schema):
+        where = path or "(top level)"
+        if is_hint(node):
+            continue
+        if not any(k in node for k in ("type", "enum", "const", "anyOf", "oneOf", "allOf")):
+            problems.append(f"values.schema.json: {where} accepts any value (no type)")
+        if node.get("type") == "object" or "properties" in node:
+            extra = node.get("additionalProperties", "unset")
+            if path in FREE_FORM:
+                free_seen.add(path)
+                if extra is False or extra == "unset" or is_hint(extra):
+                    problems.append(f"values.schema.json: {where} is in FREE_FORM but refuses any key: drop it from FREE_FORM")
+            elif extra is not False and not is_hint(extra):
+                problems.append(
+                    f"values.schema.json: {where} accepts keys it does not list (additionalProperties "
+                    f"{'missing' if extra == 'unset' else json.dumps(extra)}): a value there would be "
+                    f"silently ignored; set it to false, or list {where} in FREE_FORM (tool.py) if it is "
+                    f"a map by nature"
+                )
+    for path in sorted(set(FREE_FORM) - free_seen):
+        problems.append(f"FREE_FORM lists {path}, which the schema does not have")
+
+    def cover(value, node, path: str, via_ref: bool) -> None:
+        via_ref = via_ref or (isinstance(node, dict) and "$ref" in node)
+        node = schema_resolve(schema, node)
+        if isinstance(value, dict):
+            props = node.get("properties") or {}
+            extra = node.get("additionalProperties")
+            for k, v in value.items():
+                sub = props.get(k)
+                if sub is None and isinstance(extra, dict) and not is_hint(extra):
+                    sub = extra  # a FREE_FORM map's entry (a resource name's quantity)
+                p = f"{path}.{k}" if path else k
+                if sub is None:
+                    problems.append(f"values.schema.json: {p} (in values.yaml) has no schema of its own")
+                elif is_hint(schema_resolve(schema, sub)):
+                    problems.append(f"values.schema.json: {p} (in values.yaml) is refused as an Istio value")
+                else:
+                    cover(v, sub, p, via_ref)
+            # A chart object (not a Kubernetes type from definitions) lists only values.yaml's keys.
+            if value and not via_ref:
+                for k, sub in props.items():
+                    p = f"{path}.{k}" if path else k
+                    target = schema_resolve(schema, sub)
+                    if k not in value and not is_hint(target) and not is_istio_only(target) and p not in READ_WITHOUT_DEFAULT:
+                        problems.append(f"values.schema.json: {p} is not in values.yaml (add it there, or to READ_WITHOUT_DEFAULT)")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                cover(item, node.get("items") or {}, f"{path}[{i}]", via_ref)
+
+    cover(defaults, schema, "", False)
+
+    # Every value a hint sends the user to must be one the chart accepts.
+    tops = "|".join(k for k, v in schema["properties"].items() if not is_hint(v))
+    named = re.compile(rf"\b(?:{tops})(?:\.[A-Za-z_]+)+")
+    for path, node in schema_nodes(schema):
+        if is_hint(node):
+            for ref in named.findall(node["const"]):
+                target = schema
+                for part in ref.split("."):
+                    target = schema_resolve(schema, (schema_resolve(schema, target).get("properties") or {}).get(part))
+                    if target is None:
+                        break
+                if target is None or is_hint(target):
+                    problems.append(f"values.schema.json: the hint at {path} names {ref}, which the chart does not accept")
+
+    # proxy.proxyMetadata: exactly the variables the webhook implements (webhook/src/proxy_config.rs).
+    source = REPO / "webhook" / "src" / "proxy_config.rs"
+    block = re.search(r"pub const METADATA: &\[Metadata\] = &\[(.*?)\n\];", source.read_text(), re.S) if source.is_file() else None
+    if block is None:
+        problems.append(f"{source.relative_to(REPO)}: no METADATA list to hold proxy.proxyMetadata to")
+    else:
+        implemented = set(re.findall(r'name: "([A-Z0-9_]+)"', block.group(1)))
+        in_schema = set(schema["properties"]["proxy"]["properties"]["proxyMetadata"]["properties"])
+        if implemented != in_schema:
+            problems.append(
+                f"values.schema.json: proxy.proxyMetadata lists {sorted(in_schema)}, the webhook implements {sorted(implemented)}"
+            )
+    return problems
+
+
+def check_values_schema() -> tuple[list[str], list[str]]:
+    """(passed, problems): values.schema.json describes values.yaml, the defaults validate, and
+    Helm's engine refuses wrong values at render (as `helm install`/`template` do), naming them."""
+    import helm_python as helm
+
+    if not SCHEMA.is_file():
+        return [], [f"{SCHEMA.relative_to(REPO)}: missing (issue 18: every value is checked)"]
+    schema = json.loads(SCHEMA.read_text())
+    chart = helm.Chart.load(str(CHART))
+    passed, problems = [], []
+    if chart.schema != schema:
+        problems.append("Helm does not load values.schema.json as the file reads")
+    if schema.get("$schema") != "http://json-schema.org/draft-07/schema#":
+        problems.append("values.schema.json: not draft 7 (the dialect Helm 3 and 4 both validate)")
+    p = schema_structure_problems(schema, chart.values)
+    problems += p
+    if not p:
+        passed.append(
+            f"values.schema.json covers every key of values.yaml and only those, every object refuses "
+            f"unknown keys but {len(FREE_FORM)} maps by nature, every hint names a value the chart accepts"
+        )
+    for what, values in [("the default values", {}), ("the kustomize base's values", BASE_VALUES)] + [
+        (f"overlays/{o}'s values", v) for o, v in OVERLAYS.items()
+    ] + SCHEMA_ACCEPTED:
+        try:
+            chart.validate_schema(values)
+        except helm.HelmError as e:
+            problems.append(f"values schema: {what} do not validate: {e}")
+    if not any(p.startswith("values schema:") for p in problems):
+        passed.append(f"the default values, the base's and overlays' and {len(SCHEMA_ACCEPTED)} Istio-style --set values validate against values.schema.json")
+    bad = []
+    for sets, wanted in SCHEMA_REFUSED:
+        try:
+            helm_render(parse_set(sets))
+            bad.append(f"--set {' '.join(sets)} rendered: Helm's engine did not refuse it")
+        except Exception as e:  # helm_python's HelmValuesError
+            missing = [w for w in wanted if w not in str(e)]
+            if missing:
+                bad.append(f"--set {' '.join(sets)} refused without {missing}: {e}")
+    problems += [f"values schema: {b}" for b in bad]
+    if not bad:
+        passed.append(f"values schema: Helm's engine refuses {len(SCHEMA_REFUSED)} wrong values at render, naming the key (and the rustmesh value for an Istio one)")
     return passed, problems
 
 
@@ -953,6 +1221,11 @@ def cmd_check() -> int:
         problems.append(f"the chart's Namespace asks for sidecar injection: {meshed}")
     elif ns_labels:
         ok.append("the control plane's Namespace carries no injection label")
+
+    # Values: values.schema.json matches values.yaml and Helm refuses what the chart does not read.
+    p_ok, p_problems = check_values_schema()
+    ok += p_ok
+    problems += p_problems
 
     # Mesh settings through the operator's environment (tracing, Telemetry's default providers).
     p_ok, p_problems = check_mesh_settings()

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use rustmesh_proxy::capture::IstioIptablesArgs;
 use rustmesh_proxy::sidecar::RunArgs;
-use rustmesh_proxy::wait::WaitArgs;
+use rustmesh_proxy::wait::{RequestArgs, WaitArgs};
 
 #[derive(Debug, Parser)]
 #[command(name = "proxy", version, about = "rustmesh sidecar proxy")]
@@ -27,6 +27,9 @@ enum Command {
     Run(RunArgs),
     /// Block until the sidecar is ready (the postStart hook of holdApplicationUntilProxyStarts).
     Wait(WaitArgs),
+    /// Send one request to a port of the sidecar on localhost (Istio's `pilot-agent request`;
+    /// a native sidecar's preStop hook runs `request --debug-port=15020 POST drain`).
+    Request(RequestArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(args) => rustmesh_proxy::sidecar::run(&args)?,
         Command::Wait(args) => rustmesh_proxy::wait::run(&args)?,
+        Command::Request(args) => {
+            rustmesh_proxy::wait::request(&args, &mut std::io::stdout().lock())?
+        }
     }
     Ok(())
 }

@@ -38,7 +38,7 @@
 //! | `GET /healthz/ready` | the sidecar's readiness, as 15021 |
 //! | `GET /stats/prometheus`, `GET /metrics` | the sidecar's metrics merged with the app's ([`crate::merge_metrics`]) |
 //! | `POST /quitquitquit` | 200 `OK`, then drain and exit as on SIGTERM (what a Job's last step calls); 403 unless from localhost |
-//! | `POST /drain` | 200 `OK`, then start draining (not ready, inbound connections close after their request) without exiting; 403 unless from localhost |
+//! | `POST /drain` | 200 `OK`, then start draining (not ready, inbound connections close after their request) without exiting; 403 unless from localhost. A native sidecar's `preStop` hook calls it (`proxy request --debug-port=<port> POST drain`, `crate::wait`) |
 //!
 //! [`StatusServer::new`] binds (`0.0.0.0` and `[::]` when the host has IPv6), so a taken port
 //! fails the start; [`StatusServer::run`] serves until the drain starts, then lets the probes in
@@ -675,5 +675,73 @@ impl ServerCertVerifier for Unverified {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The native sidecar's `preStop` hook as the webhook writes it, `proxy request
+    /// --debug-port=<status port> POST drain` (Istio's `pilot-agent request`), against the real
+    /// status server: the sidecar starts draining, and the server keeps answering the kubelet.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pre_stop_request_starts_the_drain() {
+        let (signal, watch) = drain::channel();
+        let admin = Arc::new(crate::admin::AdminState {
+            store: Arc::new(crate::snapshot::Store::new()),
+            metrics: crate::stats::Metrics::default(),
+            prometheus: Arc::new(crate::metrics::Metrics::new()),
+            draining: signal.flag(),
+            quit: Arc::new(tokio::sync::Notify::new()),
+            bound: vec![],
+            identity: None,
+        });
+        let server = StatusServer::new(
+            "127.0.0.1:0".parse().unwrap(),
+            AppProbers::default(),
+            IpAddr::from([127, 0, 0, 1]),
+        )
+        .unwrap()
+        .with_agent(Agent {
+            admin,
+            drain: signal.starter(),
+            app_metrics: None,
+        });
+        let port = server.local_addrs()[0].port();
+        tokio::spawn(server.run(watch));
+        assert!(!signal.is_draining());
+
+        let args = crate::wait::RequestArgs {
+            method: "POST".into(),
+            path: "drain".into(),
+            body: None,
+            debug_port: port,
+            timeout_seconds: 10,
+        };
+        let out = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            crate::wait::request(&args, &mut out).map(|()| out)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(out, b"OK");
+        assert!(signal.is_draining(), "POST /drain starts the drain");
+
+        // Still serving: a GET of /drain is refused by method, not by a closed port.
+        let args = crate::wait::RequestArgs {
+            method: "GET".into(),
+            path: "/drain".into(),
+            body: None,
+            debug_port: port,
+            timeout_seconds: 10,
+        };
+        let err = tokio::task::spawn_blocking(move || crate::wait::request(&args, &mut Vec::new()))
+            .await
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("failed (HTTP 405)"), "{err}");
     }
 }

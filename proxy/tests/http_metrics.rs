@@ -333,8 +333,9 @@ async fn text_access_log_lines_are_istios_with_the_response_flags() {
     assert_eq!(&fields[3..7], ["200", "-", "via_upstream", "-"], "{first}");
     assert!(
         after_start.contains(&format!(
-            "\"10.0.0.9\" \"curl/8\" \"req-1\" \"svc\" \"{}\" ok - ",
-            ok.addr
+            "\"10.0.0.9\" \"curl/8\" \"req-1\" \"svc\" \"{}\" ok {} ",
+            ok.addr,
+            ok.seen()[0].peer
         )),
         "{first}"
     );
@@ -405,4 +406,50 @@ async fn access_logs_read_the_response_trailers() {
         "{lines:#?}"
     );
     assert!(lines.contains(&"/plain - - -".to_string()), "{lines:#?}");
+}
+
+#[tokio::test]
+async fn the_access_log_names_the_upstream_connections_local_address() {
+    // Envoy's %UPSTREAM_LOCAL_ADDRESS%: the address the upstream saw the request come from,
+    // over an HTTP/1.1 pool and an h2c one.
+    let h1 = upstream("h1", Behavior::default()).await;
+    let h2 = upstream(
+        "h2",
+        Behavior {
+            http2: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let rc = vhost(
+        &["svc"],
+        json!([
+            { "match": { "prefix": "/h1" }, "route": { "cluster": "h1" } },
+            { "match": { "prefix": "/h2" }, "route": { "cluster": "h2" } }
+        ]),
+    );
+    let ups = TestClusters::new()
+        .cluster("h1", &[&h1])
+        .cluster_h2("h2", &[&h2]);
+    let p = start_proxy(
+        rc,
+        ups,
+        Options {
+            access_log: Some(access_log(Encoding::Json)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let c = Clients::new();
+    assert_eq!(get(&c, p.addr, "svc", "/h1").await.status, 200);
+    assert_eq!(get(&c, p.addr, "svc", "/h2").await.status, 200);
+    eventually(|| p.log.lock().unwrap().len() == 2).await;
+    let log = p.log.lock().unwrap().clone();
+    assert_eq!(log.len(), 2, "{log:#?}");
+    for (line, up) in log.iter().zip([&h1, &h2]) {
+        let line: serde_json::Value = serde_json::from_str(line).unwrap();
+        let seen_from = up.seen()[0].peer.to_string();
+        assert_eq!(line["upstream_local_address"], seen_from, "{line}");
+        assert_eq!(line["upstream_host"], up.addr.to_string(), "{line}");
+    }
 }

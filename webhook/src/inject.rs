@@ -142,11 +142,13 @@ pub fn inject_onto(
     let recorded = recorded_overrides(&annotations, &mut failures);
     let traffic = crate::traffic::read(&annotations, &mut failures);
     let readiness = crate::readiness::resolve(&annotations, settings, &mut failures);
+    crate::readiness::application_ports(&annotations, &mut failures, &mut warnings);
     let resources =
         crate::resources::resolve(&annotations, &settings.proxy_resources, &mut failures);
     let image = proxy_image(&annotations, settings, &mut failures);
     let merge_switch = crate::prometheus::switch(&annotations, &mut failures);
-    let options = crate::proxy_config::resolve(&annotations, settings, &mut warnings);
+    let options =
+        crate::proxy_config::resolve(&annotations, settings, &mut warnings, &mut failures);
     // The pod's annotation, else the ProxyConfig's (the pod's proxy.istio.io/config over the
     // mesh's), as Istio's template reads it.
     let mode = if gateway {
@@ -298,6 +300,20 @@ pub fn inject_onto(
             failure_threshold: Some(600),
             ..Default::default()
         });
+        // As Istio's template: the pod starting to stop starts the sidecar's drain, while the
+        // app still runs (the kubelet stops a native sidecar only after the app containers).
+        // Without a status port nothing serves /drain; SIGTERM then drains, as before.
+        if readiness.status_port != 0 {
+            sidecar.lifecycle = Some(Lifecycle {
+                pre_stop: Some(LifecycleHandler {
+                    exec: Some(ExecAction {
+                        command: Some(drain_command(readiness.status_port)),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
     } else if hold {
         sidecar.lifecycle = Some(Lifecycle {
             post_start: Some(LifecycleHandler {
@@ -826,7 +842,9 @@ fn set(map: &mut BTreeMap<String, String>, key: &str, value: String, how: Set) {
 
 /// `istio-init`: programs the capture rules with `istio-iptables`, as root with NET_ADMIN/NET_RAW.
 /// Its arguments are Istio's template's, from the pod's checked traffic annotations; its
-/// environment carries the `proxyMetadata` the capture step reads (`ISTIO_META_DNS_CAPTURE`).
+/// environment carries the `proxyMetadata` the capture step reads (the keys of
+/// [`crate::proxy_config::METADATA`] marked `init`: DNS capture, invalid-packet drop, owner
+/// groups, the IPv4 loopback range).
 fn init_container(
     traffic: &Traffic,
     mode: InterceptionMode,
@@ -1102,6 +1120,15 @@ fn wait_command(settings: &InjectionSettings) -> Vec<String> {
             settings.health_port
         ));
     }
+    cmd
+}
+
+/// A native sidecar's `preStop` command: `proxy request --debug-port=<status port> POST drain`
+/// (Istio's `pilot-agent request --debug-port=<status port> POST drain`).
+fn drain_command(status_port: u16) -> Vec<String> {
+    let mut cmd: Vec<String> = REQUEST_COMMAND.iter().map(|s| s.to_string()).collect();
+    cmd.push(format!("--debug-port={status_port}"));
+    cmd.extend(DRAIN_REQUEST.iter().map(|s| s.to_string()));
     cmd
 }
 

@@ -44,6 +44,10 @@ pub const ANNOTATION_READINESS_PERIOD: &str = "readiness.status.sidecar.istio.io
 /// `failureThreshold` of the sidecar's readiness probe.
 pub const ANNOTATION_READINESS_FAILURE_THRESHOLD: &str =
     "readiness.status.sidecar.istio.io/failureThreshold";
+/// The app's ports the sidecar's readiness once waited for (Istio before 1.6: `--applicationPorts`);
+/// checked, and reported as having no effect ([`crate::readiness::application_ports`]).
+pub const ANNOTATION_READINESS_APPLICATION_PORTS: &str =
+    "readiness.status.sidecar.istio.io/applicationPorts";
 /// `prometheus.istio.io/merge-metrics`: `false` turns metrics merging off for the pod.
 pub const ANNOTATION_MERGE_METRICS: &str = "prometheus.istio.io/merge-metrics";
 /// Prometheus's scrape annotations, which metrics merging points at the sidecar.
@@ -97,6 +101,12 @@ pub const READINESS_PATH: &str = "/healthz/ready";
 /// Command of the `postStart` hook that holds the app until the proxy is ready
 /// (`proxy wait`, like Istio's `pilot-agent wait`; implemented in the proxy crate).
 pub const WAIT_COMMAND: [&str; 2] = ["proxy", "wait"];
+/// Command of a native sidecar's `preStop` hook, before its `--debug-port=<status port>`:
+/// `proxy request` (like Istio's `pilot-agent request`; implemented in the proxy crate), whose
+/// `POST drain` ([`DRAIN_REQUEST`]) starts the sidecar's drain when the pod starts stopping.
+pub const REQUEST_COMMAND: [&str; 2] = ["proxy", "request"];
+/// The request a native sidecar's `preStop` hook sends, as in Istio's template.
+pub const DRAIN_REQUEST: [&str; 2] = ["POST", "drain"];
 
 /// The projected service-account token for the mesh CA (audience `istio-ca`), Istio's name.
 pub const VOLUME_TOKEN: &str = "istio-token";

@@ -11,12 +11,15 @@
 //! | `concurrency` | `--concurrency N` when positive |
 //! | `terminationDrainDuration` | `--termination-drain-duration D` when not the proxy's 5 s |
 //! | `interceptionMode` | `istio-init -m` and `ISTIO_META_INTERCEPTION_MODE` (`REDIRECT`, `TPROXY`, `NONE`: no `istio-init`), unless the pod's `sidecar.istio.io/interceptionMode` says |
-//! | `proxyMetadata` | environment variables of `istio-proxy`, for the keys in [`METADATA`]; those the capture step reads (`ISTIO_META_DNS_CAPTURE`) also of `istio-init` |
+//! | `proxyMetadata` | environment variables of `istio-proxy`, for the keys in [`METADATA`]; those the capture step reads ([`Metadata::init`]) also of `istio-init`, as Istio's template sets every key on both |
 //!
 //! Every other field, and a `proxyMetadata` key rustmesh does not implement, is reported in a
 //! warning naming it (the pod is still injected): nothing is accepted and silently ignored.
-//! A bad value is a warning too, and the mesh default applies. The annotation is read through
-//! the bounded YAML reader ([`yaml::Limits::ANNOTATION`]).
+//! A bad value is a warning too, and the mesh default applies, except for the keys the capture
+//! step reads: `istio-iptables` would refuse such a value and the pod would never start, so the
+//! pod is refused instead, naming the key ([`Failures`]); so is a combination of them the
+//! capture step refuses ([`check_capture`]). The annotation is read through the bounded YAML
+//! reader ([`yaml::Limits::ANNOTATION`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,6 +27,7 @@ use std::time::Duration;
 use rustmesh_xds::yaml;
 use serde_json::Value;
 
+use crate::annotations::Failures;
 use crate::names::ANNOTATION_PROXY_CONFIG;
 use crate::settings::{InjectionSettings, MAX_CONCURRENCY};
 use crate::traffic::InterceptionMode;
@@ -74,7 +78,115 @@ pub const METADATA: &[Metadata] = &[
         valid: |v| parse_bool(v).is_some(),
         init: true,
     },
+    // `--redirect-dns`'s own variable (ISTIO_META_DNS_CAPTURE wins over it).
+    Metadata {
+        name: "REDIRECT_DNS",
+        expects: "true or false",
+        valid: |v| parse_bool(v).is_some(),
+        init: true,
+    },
+    // With DNS capture: port 53 to any address, not only to the resolv.conf nameservers.
+    Metadata {
+        name: "CAPTURE_ALL_DNS",
+        expects: "true or false",
+        valid: |v| parse_bool(v).is_some(),
+        init: true,
+    },
+    // Drop inbound packets conntrack finds INVALID (Istio's variable; wins over DROP_INVALID).
+    Metadata {
+        name: "INVALID_DROP",
+        expects: "true or false",
+        valid: |v| parse_bool(v).is_some(),
+        init: true,
+    },
+    // `--drop-invalid`'s own variable.
+    Metadata {
+        name: "DROP_INVALID",
+        expects: "true or false",
+        valid: |v| parse_bool(v).is_some(),
+        init: true,
+    },
+    // The groups whose outbound traffic is captured (`*`, the default: all).
+    Metadata {
+        name: "ISTIO_OUTBOUND_OWNER_GROUPS",
+        expects: OWNER_GROUPS_EXPECTED,
+        // `*` exactly: the capture step does not trim it.
+        valid: |v| v == "*" || owner_groups(v).is_some_and(|g| g.len() <= MAX_OWNER_GROUPS),
+        init: true,
+    },
+    // The groups never captured, when all are (ISTIO_OUTBOUND_OWNER_GROUPS `*` or unset).
+    Metadata {
+        name: "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE",
+        expects: OWNER_GROUPS_EXPECTED,
+        valid: |v| owner_groups(v).is_some(),
+        init: true,
+    },
+    // The IPv4 loopback range whose outbound traffic is the app's (default 127.0.0.1/32).
+    Metadata {
+        name: "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR",
+        expects: "an IPv4 loopback CIDR (127.0.0.0/8) with a mask of 8 to 32 bits, such as \
+                  127.0.0.1/32",
+        valid: valid_loopback_cidr,
+        init: true,
+    },
 ];
+
+/// What the owner-group variables take, for messages.
+const OWNER_GROUPS_EXPECTED: &str = "a comma-separated list of numeric gids or of the groups \
+     the proxy image has (root, istio-proxy, nonroot, nogroup), at most 64; \
+     ISTIO_OUTBOUND_OWNER_GROUPS may also be *";
+
+/// At most this many groups in `ISTIO_OUTBOUND_OWNER_GROUPS` (Istio's limit, which the capture
+/// step enforces).
+pub const MAX_OWNER_GROUPS: usize = 64;
+
+/// The group names of the proxy image's group database (`images/rootfs`), where `istio-init`
+/// resolves a group name to its gid: any other name would make it fail.
+pub const IMAGE_GROUPS: [&str; 4] = ["root", "istio-proxy", "nonroot", "nogroup"];
+
+/// A list of owner groups as the capture step reads it (empty items skipped, each trimmed),
+/// when each is a gid or a group of the proxy image; an empty list is valid (no group).
+fn owner_groups(list: &str) -> Option<Vec<&str>> {
+    list.split(',')
+        .filter(|g| !g.is_empty())
+        .map(str::trim)
+        .map(|g| {
+            let gid =
+                !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()) && g.parse::<u32>().is_ok();
+            (gid || IMAGE_GROUPS.contains(&g)).then_some(g)
+        })
+        .collect()
+}
+
+/// An IPv4 loopback range with a mask of 8 to 32 bits, as the capture step requires.
+fn valid_loopback_cidr(value: &str) -> bool {
+    let Some((addr, bits)) = value.split_once('/') else {
+        return false;
+    };
+    let addr = addr.parse::<std::net::Ipv4Addr>();
+    // Decimal digits, no sign and no leading zero (as Go's `netip.ParsePrefix` reads them).
+    let bits = (bits.bytes().all(|b| b.is_ascii_digit()) && !bits.starts_with('0'))
+        .then(|| bits.parse::<u8>().ok())
+        .flatten();
+    matches!((addr, bits), (Ok(a), Some(8..=32)) if a.is_loopback())
+}
+
+/// Checks the `proxyMetadata` keys the capture step reads together: the problem, naming the
+/// key, when their combination would make `istio-iptables` fail. (Each value is checked on its
+/// own by its [`Metadata::valid`].)
+pub fn check_capture(env: &BTreeMap<String, String>) -> Result<(), String> {
+    let include = env.get("ISTIO_OUTBOUND_OWNER_GROUPS").map(String::as_str);
+    let exclude = env
+        .get("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE")
+        .filter(|v| !v.is_empty());
+    match (include, exclude) {
+        (Some(include), Some(exclude)) if include != "*" => Err(format!(
+            "proxyMetadata ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE is {exclude:?}, but it only \
+             applies when ISTIO_OUTBOUND_OWNER_GROUPS is * or unset (it is {include:?})"
+        )),
+        _ => Ok(()),
+    }
+}
 
 /// What the mesh's `ProxyConfig` defaults and the pod's annotation make of the sidecar.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -94,14 +206,19 @@ pub struct ProxyOptions {
     pub annotation_json: Option<String>,
 }
 
-/// Resolves the options of one pod; a problem adds a warning naming the field.
+/// Resolves the options of one pod; a problem adds a warning naming the field, or a failure
+/// (the pod is refused) for a `proxyMetadata` key the capture step reads.
 pub fn resolve(
     annotations: &BTreeMap<String, String>,
     settings: &InjectionSettings,
     warnings: &mut Vec<String>,
+    failures: &mut Failures,
 ) -> ProxyOptions {
     let pod = annotation(annotations, warnings);
     let pod = pod.as_ref();
+    let raw = annotations
+        .get(ANNOTATION_PROXY_CONFIG)
+        .map_or("", String::as_str);
     let warn = |warnings: &mut Vec<String>, what: String| {
         warnings.push(format!("annotation {ANNOTATION_PROXY_CONFIG}: {what}"));
     };
@@ -163,6 +280,16 @@ pub fn resolve(
                             (Some(known), Some(v)) if (known.valid)(v) => {
                                 out.env.insert(name.clone(), v.to_owned());
                             }
+                            // istio-iptables would refuse it: the pod would never start.
+                            (Some(known), _) if known.init => failures.add(
+                                ANNOTATION_PROXY_CONFIG,
+                                raw,
+                                format!(
+                                    "proxyMetadata {name} is {v}, not {} (a string); istio-init \
+                                     would fail on it",
+                                    known.expects
+                                ),
+                            ),
                             (Some(known), _) => warn(
                                 warnings,
                                 format!(
@@ -187,6 +314,15 @@ pub fn resolve(
                 ),
             ),
         }
+    }
+    // The pod's keys over the mesh's may make a combination the capture step refuses (the
+    // mesh's alone were checked with the settings).
+    if let Err(why) = check_capture(&out.env) {
+        failures.add(
+            ANNOTATION_PROXY_CONFIG,
+            raw,
+            format!("{why} (with the mesh's proxyMetadata); istio-init would fail on it"),
+        );
     }
     out.concurrency = (concurrency > 0).then_some(concurrency);
     out.termination_drain_duration = (drain != DEFAULT_TERMINATION_DRAIN_DURATION).then_some(drain);
@@ -259,10 +395,25 @@ mod tests {
     use super::*;
 
     fn with(config: &str, settings: &InjectionSettings) -> (ProxyOptions, Vec<String>) {
+        let (o, w, refused) = checked(config, settings);
+        assert_eq!(refused, None, "{config}");
+        (o, w)
+    }
+
+    /// The options, the warnings, and the refusal's message if the pod is refused.
+    fn checked(
+        config: &str,
+        settings: &InjectionSettings,
+    ) -> (ProxyOptions, Vec<String>, Option<String>) {
         let annotations = BTreeMap::from([(ANNOTATION_PROXY_CONFIG.to_owned(), config.to_owned())]);
         let mut warnings = Vec::new();
-        let o = resolve(&annotations, settings, &mut warnings);
-        (o, warnings)
+        let mut failures = Failures::default();
+        let o = resolve(&annotations, settings, &mut warnings, &mut failures);
+        (
+            o,
+            warnings,
+            failures.into_result(()).err().map(|e| e.message()),
+        )
     }
 
     #[test]
@@ -372,14 +523,16 @@ mod tests {
         assert_eq!(o.env["ISTIO_META_DNS_CAPTURE"], "false", "the mesh's");
         let (o, _) = with("proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"true\"}", &off);
         assert_eq!(o.env["ISTIO_META_DNS_CAPTURE"], "true", "the pod wins");
-        let (o, w) = with("proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"yes\"}", &off);
+        // A bad value would make istio-init fail: the pod is refused, naming the key.
+        let (_, _, refused) = checked("proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"yes\"}", &off);
         assert_eq!(
-            o.env["ISTIO_META_DNS_CAPTURE"], "false",
-            "a bad value: the mesh's"
-        );
-        assert!(
-            w[0].contains("ISTIO_META_DNS_CAPTURE is \"yes\", not true or false"),
-            "{w:?}"
+            refused.as_deref(),
+            Some(
+                "1 error occurred:\n\t* invalid value 'proxyMetadata: {ISTIO_META_DNS_CAPTURE: \
+                 \"yes\"}' for annotation 'proxy.istio.io/config': proxyMetadata \
+                 ISTIO_META_DNS_CAPTURE is \"yes\", not true or false (a string); istio-init \
+                 would fail on it\n\n"
+            )
         );
         assert!(metadata("ISTIO_META_DNS_CAPTURE").unwrap().init);
         assert!(!metadata("EXIT_ON_ZERO_ACTIVE_CONNECTIONS").unwrap().init);
@@ -407,6 +560,160 @@ mod tests {
             w[0].contains("proxyMetadata is [\"a\"], not a mapping"),
             "{w:?}"
         );
+    }
+
+    /// Istio copies every `proxyMetadata` entry into istio-init's environment; the variables
+    /// the capture step reads are accepted, the pod's over the mesh's, and marked for
+    /// istio-init.
+    #[test]
+    fn capture_variables_are_accepted_for_istio_init() {
+        let mesh = InjectionSettings {
+            proxy_metadata: BTreeMap::from([
+                ("INVALID_DROP".to_owned(), "true".to_owned()),
+                (
+                    "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE".to_owned(),
+                    "1001".to_owned(),
+                ),
+            ]),
+            ..InjectionSettings::default()
+        };
+        let (o, w) = with(
+            "proxyMetadata:\n  INVALID_DROP: \"false\"\n  CAPTURE_ALL_DNS: \"true\"\n  \
+             DROP_INVALID: \"1\"\n  REDIRECT_DNS: \"true\"\n  \
+             ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR: 127.0.0.1/8\n  \
+             ISTIO_OUTBOUND_OWNER_GROUPS: \"*\"\n",
+            &mesh,
+        );
+        assert!(w.is_empty(), "{w:?}");
+        let want = [
+            ("CAPTURE_ALL_DNS", "true"),
+            ("DROP_INVALID", "1"),
+            ("INVALID_DROP", "false"),
+            ("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", "127.0.0.1/8"),
+            ("ISTIO_OUTBOUND_OWNER_GROUPS", "*"),
+            ("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "1001"),
+            ("REDIRECT_DNS", "true"),
+        ];
+        let got: Vec<(&str, &str)> = o
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(got, want);
+        for (name, _) in want {
+            assert!(metadata(name).unwrap().init, "{name}");
+        }
+        // Owner groups: gids, the proxy image's groups, an empty include list (no group).
+        for ok in ["0,1337", "istio-proxy, nonroot", "", "*"] {
+            let (o, _) = with(
+                &format!("proxyMetadata: {{ISTIO_OUTBOUND_OWNER_GROUPS: \"{ok}\"}}"),
+                &InjectionSettings::default(),
+            );
+            assert_eq!(o.env["ISTIO_OUTBOUND_OWNER_GROUPS"], ok);
+        }
+    }
+
+    /// A value istio-iptables would refuse refuses the pod, each named, in Istio's list format.
+    #[test]
+    fn bad_capture_values_refuse_the_pod() {
+        let mesh = InjectionSettings::default();
+        let many = (0..65).map(|g| g.to_string()).collect::<Vec<_>>().join(",");
+        for (config, names) in [
+            (
+                "proxyMetadata: {INVALID_DROP: maybe}",
+                "proxyMetadata INVALID_DROP is \"maybe\", not true or false",
+            ),
+            // YAML's boolean: proxyMetadata is a map of strings.
+            (
+                "proxyMetadata: {CAPTURE_ALL_DNS: true}",
+                "proxyMetadata CAPTURE_ALL_DNS is true, not true or false (a string)",
+            ),
+            (
+                "proxyMetadata: {ISTIO_OUTBOUND_OWNER_GROUPS: java}",
+                "proxyMetadata ISTIO_OUTBOUND_OWNER_GROUPS is \"java\", not a comma-separated",
+            ),
+            // The capture step compares `*` untrimmed: " *" would be a group named `*`.
+            (
+                "proxyMetadata: {ISTIO_OUTBOUND_OWNER_GROUPS: \" *\"}",
+                "proxyMetadata ISTIO_OUTBOUND_OWNER_GROUPS is \" *\"",
+            ),
+            (
+                &format!("proxyMetadata: {{ISTIO_OUTBOUND_OWNER_GROUPS: \"{many}\"}}"),
+                "at most 64",
+            ),
+            (
+                "proxyMetadata: {ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE: \"1, ,2\"}",
+                "proxyMetadata ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE is \"1, ,2\"",
+            ),
+            (
+                "proxyMetadata: {ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR: 127.0.0.1}",
+                "proxyMetadata ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR is \"127.0.0.1\"",
+            ),
+            (
+                "proxyMetadata: {ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR: 127.0.0.1/7}",
+                "mask of 8 to 32 bits",
+            ),
+            (
+                "proxyMetadata: {ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR: \"::1/128\"}",
+                "an IPv4 loopback CIDR",
+            ),
+        ] {
+            let (_, _, refused) = checked(config, &mesh);
+            let refused = refused.unwrap_or_else(|| panic!("{config}: not refused"));
+            assert!(
+                refused.starts_with(&format!(
+                    "1 error occurred:\n\t* invalid value '{config}' for annotation \
+                     'proxy.istio.io/config': "
+                )) && refused.contains(names)
+                    && refused.ends_with("; istio-init would fail on it\n\n"),
+                "{config}: {refused}"
+            );
+        }
+        // The pod's include list over the mesh's exclude list: a combination the capture step
+        // refuses.
+        let mesh = InjectionSettings {
+            proxy_metadata: BTreeMap::from([(
+                "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE".to_owned(),
+                "1001".to_owned(),
+            )]),
+            ..InjectionSettings::default()
+        };
+        let (_, _, refused) = checked("proxyMetadata: {ISTIO_OUTBOUND_OWNER_GROUPS: \"0\"}", &mesh);
+        let refused = refused.expect("refused");
+        assert!(
+            refused.contains(
+                "for annotation 'proxy.istio.io/config': proxyMetadata \
+                 ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE is \"1001\", but it only applies when \
+                 ISTIO_OUTBOUND_OWNER_GROUPS is * or unset (it is \"0\") (with the mesh's \
+                 proxyMetadata)"
+            ),
+            "{refused}"
+        );
+        // The sidecar's own keys are still only warned about.
+        let (_, w, refused) = checked(
+            "proxyMetadata: {MINIMUM_DRAIN_DURATION: soon}",
+            &InjectionSettings::default(),
+        );
+        assert_eq!((w.len(), refused), (1, None), "{w:?}");
+    }
+
+    #[test]
+    fn loopback_cidrs_as_the_capture_step_takes_them() {
+        for ok in ["127.0.0.1/32", "127.0.0.1/8", "127.1.2.3/16"] {
+            assert!(valid_loopback_cidr(ok), "{ok}");
+        }
+        for bad in [
+            "127.0.0.1",
+            "127.0.0.1/33",
+            "127.0.0.1/+8",
+            "127.0.0.1/08",
+            "127.0.0.01/8",
+            "10.0.0.1/8",
+            "::1/128",
+            "",
+        ] {
+            assert!(!valid_loopback_cidr(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -7,6 +7,14 @@
 //! | `readiness.status.sidecar.istio.io/initialDelaySeconds` | 1 | `validateUInt32`: decimal digits, nothing trimmed |
 //! | `readiness.status.sidecar.istio.io/periodSeconds` | 2 | the same |
 //! | `readiness.status.sidecar.istio.io/failureThreshold` | 30 | the same |
+//! | `readiness.status.sidecar.istio.io/applicationPorts` | none | `validateReadinessApplicationPorts` of Istio's injector until it dropped the check: `*`, or a port list (the value trimmed, each item trimmed, a decimal 0-65535) |
+//!
+//! `applicationPorts` has **no effect**, in rustmesh as in today's Istio: Istio's template once
+//! passed it to its agent (`--applicationPorts`, the ports whose listeners readiness waited for);
+//! its agent now reports ready once Envoy has its configuration, and so does rustmesh's sidecar
+//! (`/healthz/ready`). A valid value is accepted and reported in a warning naming it
+//! ([`application_ports`]), so that it is not silently ignored; an invalid one refuses the pod,
+//! as Istio's check did (today's Istio accepts any value).
 //!
 //! A status port other than 15020 is passed to the sidecar as `proxy run --status-port`, app
 //! probes are rewritten to it and it is excluded from inbound capture, as Istio does with its
@@ -95,6 +103,49 @@ pub fn resolve(
         }
     }
     out
+}
+
+/// `readiness.status.sidecar.istio.io/applicationPorts`: an invalid value is added to
+/// `failures` (Istio's `readinessApplicationPorts invalid: failed parsing port '<item>': ...`),
+/// a valid one to `warnings`, as having no effect (see the module's documentation).
+pub fn application_ports(
+    annotations: &BTreeMap<String, String>,
+    failures: &mut Failures,
+    warnings: &mut Vec<String>,
+) {
+    let Some(value) = annotations.get(ANNOTATION_READINESS_APPLICATION_PORTS) else {
+        return;
+    };
+    match application_port_list(value) {
+        Ok(()) => warnings.push(format!(
+            "annotation {ANNOTATION_READINESS_APPLICATION_PORTS} has no effect: the sidecar is \
+             ready once its configuration has arrived, whatever the app's ports (as Istio's \
+             agent, which no longer reads it)"
+        )),
+        Err(why) => failures.add(ANNOTATION_READINESS_APPLICATION_PORTS, value, why),
+    }
+}
+
+/// `*`, or Istio's port list as its injector's `parsePorts` read it: the value trimmed (empty:
+/// no port), split on `,`, each item trimmed and a decimal 0-65535 (an empty item is an error).
+fn application_port_list(value: &str) -> Result<(), String> {
+    let list = value.trim();
+    if value == "*" || list.is_empty() {
+        return Ok(());
+    }
+    for item in list.split(',') {
+        let digits = item.trim();
+        let port = (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| digits.parse::<u16>().ok())
+            .flatten();
+        if port.is_none() {
+            return Err(format!(
+                "readinessApplicationPorts invalid: failed parsing port '{item}': {digits:?} is \
+                 not a port number (0-65535)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Istio's `validateStatusPort` (its `parsePort`: the value trimmed, then a decimal 0-65535),
@@ -234,6 +285,64 @@ mod tests {
                 "{bad:?}: {failures:?}"
             );
         }
+    }
+
+    fn application_ports_of(value: &str) -> (Vec<String>, Result<(), Vec<String>>) {
+        let mut failures = Failures::default();
+        let mut warnings = Vec::new();
+        application_ports(
+            &annotations(&[(ANNOTATION_READINESS_APPLICATION_PORTS, value)]),
+            &mut failures,
+            &mut warnings,
+        );
+        (warnings, failures.into_result(()).map_err(|e| e.0))
+    }
+
+    /// Istio's `validateReadinessApplicationPorts`: `*` or a port list; valid values are
+    /// reported as having no effect, invalid ones refuse the pod in Istio's words.
+    #[test]
+    fn application_ports_are_checked_as_istio_did_and_reported_as_unused() {
+        for ok in ["*", "8080", " 80, 443 ", "0,65535", "", "  "] {
+            let (warnings, result) = application_ports_of(ok);
+            assert_eq!(result, Ok(()), "{ok:?}");
+            assert_eq!(warnings.len(), 1, "{ok:?}: {warnings:?}");
+            assert!(
+                warnings[0].starts_with(
+                    "annotation readiness.status.sidecar.istio.io/applicationPorts has no effect"
+                ),
+                "{warnings:?}"
+            );
+        }
+        for (bad, item) in [
+            ("http", "http"),
+            ("80,", ""),
+            ("80,,443", ""),
+            ("65536", "65536"),
+            ("-1", "-1"),
+            ("+80", "+80"),
+            (" * ", "*"),
+            ("*,80", "*"),
+        ] {
+            let (warnings, result) = application_ports_of(bad);
+            assert!(warnings.is_empty(), "{bad:?}: {warnings:?}");
+            let failures = result.unwrap_err();
+            assert_eq!(
+                failures[0],
+                format!(
+                    "invalid value '{bad}' for annotation \
+                     'readiness.status.sidecar.istio.io/applicationPorts': \
+                     readinessApplicationPorts invalid: failed parsing port '{item}': {:?} is \
+                     not a port number (0-65535)",
+                    item.trim()
+                ),
+                "{bad:?}"
+            );
+        }
+        // Absent: nothing to say.
+        let mut warnings = Vec::new();
+        let mut failures = Failures::default();
+        application_ports(&BTreeMap::new(), &mut failures, &mut warnings);
+        assert!(warnings.is_empty() && failures.is_empty());
     }
 
     #[test]

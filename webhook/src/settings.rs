@@ -85,7 +85,8 @@ pub struct InjectionSettings {
     /// `sidecar.istio.io/interceptionMode` override it.
     pub interception_mode: crate::traffic::InterceptionMode,
     /// Default `proxyMetadata` (Istio's `meshConfig.defaultConfig.proxyMetadata`): environment
-    /// variables of `istio-proxy`; only the keys in [`crate::proxy_config::METADATA`].
+    /// variables of `istio-proxy` (and of `istio-init` for those the capture step reads); only
+    /// the keys in [`crate::proxy_config::METADATA`], with values the capture step accepts.
     pub proxy_metadata: BTreeMap<String, String>,
     /// `--log_output_level` given to `istio-iptables`.
     pub log_level: String,
@@ -495,7 +496,8 @@ impl InjectionSettings {
 }
 
 /// The `proxyMetadata` setting: a JSON object of names to string values (empty: none), each a
-/// key the sidecar implements ([`crate::proxy_config::METADATA`]) with a valid value. Anything
+/// key the sidecar or its capture step implements ([`crate::proxy_config::METADATA`]) with a
+/// valid value, the capture step's keys in a combination it accepts. Anything
 /// else is an error naming the key: a setting is never accepted and ignored.
 fn parse_proxy_metadata(value: &str) -> std::result::Result<BTreeMap<String, String>, String> {
     if value.trim().is_empty() {
@@ -512,9 +514,15 @@ fn parse_proxy_metadata(value: &str) -> std::result::Result<BTreeMap<String, Str
             Some(text) if (known.valid)(text) => {
                 out.insert(name, text.to_owned());
             }
-            _ => return Err(format!("{name} is {v}, not {}", known.expects)),
+            // Values are strings, as Istio's `proxyMetadata` (a map of strings).
+            _ => {
+                let string = if v.is_string() { "" } else { " (a string)" };
+                return Err(format!("{name} is {v}, not {}{string}", known.expects));
+            }
         }
     }
+    // A combination the capture step would refuse makes every injected pod fail to start.
+    crate::proxy_config::check_capture(&out)?;
     Ok(out)
 }
 
@@ -569,6 +577,70 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    /// The capture step's variables (Istio copies `proxyMetadata` into `istio-init`'s
+    /// environment): accepted with a value `istio-iptables` takes, refused by name with one it
+    /// would refuse, as would the pods injected with it.
+    #[test]
+    fn capture_metadata_is_accepted_and_checked_up_front() {
+        let metadata = |json: &str| {
+            InjectionSettings::from_map(&map(&[("image", "proxy"), ("proxyMetadata", json)]))
+                .map(|s| s.proxy_metadata)
+                .map_err(|e| e.to_string())
+        };
+        let ok = metadata(
+            r#"{"INVALID_DROP": "true", "CAPTURE_ALL_DNS": "1", "REDIRECT_DNS": "false",
+                "DROP_INVALID": "F", "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE": "1001,istio-proxy",
+                "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR": "127.0.0.1/8"}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.len(), 6, "{ok:?}");
+        assert_eq!(ok["ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR"], "127.0.0.1/8");
+        assert_eq!(
+            metadata(r#"{"ISTIO_OUTBOUND_OWNER_GROUPS": "*", "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE": "0"}"#)
+                .unwrap()
+                .len(),
+            2
+        );
+        for (json, names) in [
+            (
+                r#"{"INVALID_DROP": "yes"}"#,
+                "INVALID_DROP is \"yes\", not true or false",
+            ),
+            (
+                r#"{"CAPTURE_ALL_DNS": true}"#,
+                "CAPTURE_ALL_DNS is true, not true or false (a string)",
+            ),
+            (
+                r#"{"ISTIO_OUTBOUND_OWNER_GROUPS": "java"}"#,
+                "ISTIO_OUTBOUND_OWNER_GROUPS is \"java\", not a comma-separated list",
+            ),
+            (
+                r#"{"ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE": "*"}"#,
+                "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE is \"*\"",
+            ),
+            (
+                r#"{"ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR": "10.0.0.1/8"}"#,
+                "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR is \"10.0.0.1/8\", not an IPv4 loopback CIDR",
+            ),
+            (
+                r#"{"ISTIO_OUTBOUND_OWNER_GROUPS": "1,2", "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE": "3"}"#,
+                "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE is \"3\", but it only applies when \
+                 ISTIO_OUTBOUND_OWNER_GROUPS is * or unset",
+            ),
+            // Istio's variables rustmesh implements nowhere stay refused by name.
+            (
+                r#"{"NATIVE_NFTABLES": "true"}"#,
+                "NATIVE_NFTABLES is not implemented",
+            ),
+        ] {
+            let e = metadata(json).unwrap_err();
+            assert!(
+                e.contains("proxyMetadata") && e.contains(names),
+                "{json}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -1684,27 +1684,33 @@ fn invalid_annotations_of_every_kind_are_refused_together_sorted_by_name() {
     );
 }
 
+/// The bare pod with `meta` as its metadata, injected with the default settings.
+fn injected_with_metadata(meta: Value) -> Pod {
+    let mut doc = fixture("bare-pod");
+    doc["request"]["object"]["metadata"] = meta;
+    let (resp, outcome) = run_doc(&doc, &defaults());
+    assert_eq!(outcome, Outcome::Injected, "{resp}");
+    serde_json::from_value(apply(&doc, &resp)).unwrap()
+}
+
+/// Pod metadata as a controller of `kind` named `name` creates it.
+fn owned(kind: &str, name: &str, labels: Value) -> Value {
+    json!({
+        "generateName": format!("{name}-"),
+        "namespace": "bookinfo",
+        "labels": labels,
+        "ownerReferences": [{"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": "1", "controller": true}]
+    })
+}
+
 #[test]
 fn canonical_labels_follow_the_controller_as_istio() {
     let labels_of = |meta: Value| {
-        let mut doc = fixture("bare-pod");
-        doc["request"]["object"]["metadata"] = meta;
-        let (resp, outcome) = run_doc(&doc, &defaults());
-        assert_eq!(outcome, Outcome::Injected, "{resp}");
-        let pod: Pod = serde_json::from_value(apply(&doc, &resp)).unwrap();
-        let labels = pod.metadata.labels.unwrap();
+        let labels = injected_with_metadata(meta).metadata.labels.unwrap();
         (
             labels["service.istio.io/canonical-name"].clone(),
             labels["service.istio.io/canonical-revision"].clone(),
         )
-    };
-    let owned = |kind: &str, name: &str, labels: Value| {
-        json!({
-            "generateName": format!("{name}-"),
-            "namespace": "bookinfo",
-            "labels": labels,
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": "1", "controller": true}]
-        })
     };
     assert_eq!(
         labels_of(owned(
@@ -2722,32 +2728,20 @@ fn bad_custom_templates_are_refused_naming_the_key() {
 #[test]
 fn the_sidecar_is_told_its_workload_as_istios_template_tells_it() {
     let workload_env = |meta: Value| {
-        let mut doc = fixture("bare-pod");
-        doc["request"]["object"]["metadata"] = meta;
-        let (resp, outcome) = run_doc(&doc, &defaults());
-        assert_eq!(outcome, Outcome::Injected, "{resp}");
-        let pod: Pod = serde_json::from_value(apply(&doc, &resp)).unwrap();
-        let spec = pod.spec.unwrap();
+        let spec = injected_with_metadata(meta).spec.unwrap();
         env(container(&spec.containers, "istio-proxy"))
             .get("ISTIO_META_WORKLOAD_NAME")
             .cloned()
     };
-    let owned = |kind: &str, name: &str| {
-        json!({
-            "generateName": format!("{name}-"),
-            "namespace": "bookinfo",
-            "labels": {"pod-template-hash": "6d8f9c7b5"},
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": "1", "controller": true}]
-        })
-    };
+    let hashed = json!({"pod-template-hash": "6d8f9c7b5"});
     // A Deployment's pod: its ReplicaSet without the template hash.
     assert_eq!(
-        workload_env(owned("ReplicaSet", "reviews-v2-6d8f9c7b5")),
+        workload_env(owned("ReplicaSet", "reviews-v2-6d8f9c7b5", hashed.clone())),
         Some(json!("reviews-v2"))
     );
     // A StatefulSet's pod `web-0` is workload `web` (the proxy alone would guess `web-0`).
     assert_eq!(
-        workload_env(owned("StatefulSet", "web")),
+        workload_env(owned("StatefulSet", "web", hashed)),
         Some(json!("web"))
     );
     // A bare pod: its own name.

@@ -243,9 +243,23 @@ pub struct IstioIptablesArgs {
           default_missing_value = "true")]
     #[allow(missing_docs)]
     pub native_nftables: Option<String>,
+    /// Istio's `--force-iptables-version` (the flag its `ForceIptablesBinary` setting binds,
+    /// variable `FORCE_IPTABLES_VERSION`; Istio 1.28's notes call the variable
+    /// `FORCE_IPTABLES_BINARY`, refused too).
     #[arg(long = "force-iptables-version", hide = true)]
-    #[allow(missing_docs)]
     pub force_iptables_version: Option<String>,
+    /// `--force-legacy-iptables`, the name of the same break-glass switch in other Istio sources.
+    #[arg(long = "force-legacy-iptables", hide = true, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true")]
+    pub force_legacy_iptables: Option<String>,
+    /// `--iptables-trace-logging` (Istio until 1.22: a LOG rule per chain).
+    #[arg(long = "iptables-trace-logging", hide = true, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true")]
+    pub iptables_trace_logging: Option<String>,
+    /// `--host-nsenter-exec` (Istio's CNI: enter the network namespace with nsenter).
+    #[arg(long = "host-nsenter-exec", hide = true, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true")]
+    pub host_nsenter_exec: Option<String>,
     #[arg(long = "dual-stack", hide = true, num_args = 0..=1, require_equals = true,
           default_missing_value = "true")]
     #[allow(missing_docs)]
@@ -284,8 +298,10 @@ pub struct CaptureEnv {
     pub unimplemented: Vec<(&'static str, String)>,
 }
 
-/// Variables of `istio-iptables` features rustmesh does not implement, with the flag each binds.
-pub const UNIMPLEMENTED_VARIABLES: [(&str, &str); 9] = [
+/// Variables Istio's `istio-iptables` reads (in its current or an earlier release) for features
+/// rustmesh does not implement, with the flag each binds (each flag's variable is its name in
+/// capitals, `-` as `_`, as Istio binds them; some have a second name).
+pub const UNIMPLEMENTED_VARIABLES: [(&str, &str); 15] = [
     ("RUN_VALIDATION", "--run-validation"),
     ("IPTABLES_PROBE_PORT", "--iptables-probe-port"),
     ("PROBE_TIMEOUT", "--probe-timeout"),
@@ -293,9 +309,36 @@ pub const UNIMPLEMENTED_VARIABLES: [(&str, &str); 9] = [
     ("CNI_MODE", "--cni-mode"),
     ("NATIVE_NFTABLES", "--native-nftables"),
     ("FORCE_IPTABLES_VERSION", "--force-iptables-version"),
+    ("FORCE_IPTABLES_BINARY", "--force-iptables-version"),
+    ("FORCE_LEGACY_IPTABLES", "--force-legacy-iptables"),
+    ("IPTABLES_TRACE_LOGGING", "--iptables-trace-logging"),
+    ("HOST_NSENTER_EXEC", "--host-nsenter-exec"),
     ("DUAL_STACK", "--dual-stack"),
     ("ISTIO_DUAL_STACK", "--dual-stack"),
+    ("ISTIO_AGENT_DUAL_STACK", "--dual-stack"),
+    // Registered by Istio's capture without a flag, and read instead of -m and -t by some of its
+    // releases: rustmesh reads only the flags' own variables.
+    (
+        "INBOUND_INTERCEPTION_MODE",
+        "-m/--istio-inbound-interception-mode",
+    ),
 ];
+
+/// Variables among [`UNIMPLEMENTED_VARIABLES`] that take a value rather than a boolean, so that
+/// even `false` is refused (for the others `false` asks for nothing rustmesh lacks).
+const VALUED_VARIABLES: [&str; 7] = [
+    "IPTABLES_PROBE_PORT",
+    "PROBE_TIMEOUT",
+    "NETWORK_NAMESPACE",
+    "FORCE_IPTABLES_VERSION",
+    "FORCE_IPTABLES_BINARY",
+    "INBOUND_INTERCEPTION_MODE",
+    "INBOUND_TPROXY_MARK",
+];
+
+/// Istio's `INBOUND_TPROXY_MARK`: like `INBOUND_INTERCEPTION_MODE`, the second name some Istio
+/// releases read instead of a flag (`-t`), refused by name.
+const INBOUND_TPROXY_MARK: (&str, &str) = ("INBOUND_TPROXY_MARK", "-t/--istio-inbound-tproxy-mark");
 
 impl IstioIptablesArgs {
     /// Fills [`IstioIptablesArgs::env`] from `lookup` (the process environment in `main`).
@@ -314,9 +357,12 @@ impl IstioIptablesArgs {
             invalid_drop: set("INVALID_DROP"),
             unimplemented: UNIMPLEMENTED_VARIABLES
                 .iter()
+                .chain([&INBOUND_TPROXY_MARK])
                 .filter_map(|(name, _)| set(name).map(|v| (*name, v)))
-                // "false" asks for nothing rustmesh lacks.
-                .filter(|(_, v)| parse_go_bool(v) != Ok(false))
+                // For a switch, "false" asks for nothing rustmesh lacks.
+                .filter(|(name, v)| {
+                    VALUED_VARIABLES.contains(name) || parse_go_bool(v) != Ok(false)
+                })
                 .collect(),
         };
     }
@@ -358,6 +404,9 @@ impl Default for IstioIptablesArgs {
             cni_mode: None,
             native_nftables: None,
             force_iptables_version: None,
+            force_legacy_iptables: None,
+            iptables_trace_logging: None,
+            host_nsenter_exec: None,
             dual_stack: None,
             log_as_json: None,
             env: CaptureEnv::default(),
@@ -630,6 +679,9 @@ fn refuse_unimplemented(args: &IstioIptablesArgs) -> Result<()> {
         ("--cni-mode", &args.cni_mode),
         ("--native-nftables", &args.native_nftables),
         ("--force-iptables-version", &args.force_iptables_version),
+        ("--force-legacy-iptables", &args.force_legacy_iptables),
+        ("--iptables-trace-logging", &args.iptables_trace_logging),
+        ("--host-nsenter-exec", &args.host_nsenter_exec),
         ("--dual-stack", &args.dual_stack),
         ("--log_as_json", &args.log_as_json),
     ];
@@ -641,9 +693,17 @@ fn refuse_unimplemented(args: &IstioIptablesArgs) -> Result<()> {
     if let Some((name, value)) = args.env.unimplemented.first() {
         let flag = UNIMPLEMENTED_VARIABLES
             .iter()
+            .chain([&INBOUND_TPROXY_MARK])
             .find(|(n, _)| n == name)
             .map_or("", |(_, f)| *f);
-        return Err(invalid(name, value, not_implemented(flag)));
+        let why = match *name {
+            "INBOUND_INTERCEPTION_MODE" | "INBOUND_TPROXY_MARK" => format!(
+                "{name} is not read by rustmesh (some Istio releases read it in place of {flag}); \
+                 set {flag} or its variable ISTIO_{name}"
+            ),
+            _ => not_implemented(flag),
+        };
+        return Err(invalid(name, value, why));
     }
     Ok(())
 }
@@ -655,6 +715,10 @@ fn not_implemented(flag: &str) -> String {
         }
         "--log_as_json" => " (logs are text; set RUST_LOG for levels)",
         "--network-namespace" => " (run it inside the pod's network namespace)",
+        "--force-iptables-version" | "--force-legacy-iptables" => {
+            " (rustmesh picks iptables-nft or iptables-legacy by the rules already in the pod's \
+             tables)"
+        }
         _ => "",
     };
     format!("{flag} is an Istio feature rustmesh does not implement{hint}")
@@ -1220,6 +1284,127 @@ mod tests {
         let msg = error_of(args(|a| a.reconcile = Some(false)));
         assert!(msg.contains("--reconcile"), "{msg}");
         assert!(CaptureConfig::try_from(&args(|a| a.force_apply = Some(true))).is_ok());
+    }
+
+    /// Every variable Istio's istio-iptables reads that rustmesh does not: each flag's variable
+    /// (its name in capitals, as Istio's `BindEnv` derives it), the flags' second names, and
+    /// the variables of other Istio releases. Set, each is refused by name, never ignored.
+    #[test]
+    fn istio_variables_rustmesh_does_not_read_are_refused_by_name() {
+        for (name, value, says) in [
+            (
+                "FORCE_IPTABLES_VERSION",
+                "nft",
+                "--force-iptables-version is an Istio feature",
+            ),
+            (
+                "FORCE_IPTABLES_BINARY",
+                "legacy",
+                "--force-iptables-version is an Istio feature",
+            ),
+            (
+                "FORCE_LEGACY_IPTABLES",
+                "true",
+                "--force-legacy-iptables is an Istio feature",
+            ),
+            (
+                "IPTABLES_TRACE_LOGGING",
+                "1",
+                "--iptables-trace-logging is an Istio feature",
+            ),
+            (
+                "HOST_NSENTER_EXEC",
+                "true",
+                "--host-nsenter-exec is an Istio feature",
+            ),
+            (
+                "ISTIO_AGENT_DUAL_STACK",
+                "true",
+                "--dual-stack is an Istio feature",
+            ),
+            (
+                "INBOUND_INTERCEPTION_MODE",
+                "TPROXY",
+                "in place of -m/--istio-inbound-interception-mode); set \
+                 -m/--istio-inbound-interception-mode or its variable \
+                 ISTIO_INBOUND_INTERCEPTION_MODE",
+            ),
+            (
+                "INBOUND_TPROXY_MARK",
+                "7",
+                "set -t/--istio-inbound-tproxy-mark or its variable ISTIO_INBOUND_TPROXY_MARK",
+            ),
+            // A value-taking variable is refused even as "false".
+            ("FORCE_IPTABLES_BINARY", "false", "--force-iptables-version"),
+            ("NETWORK_NAMESPACE", "false", "--network-namespace"),
+        ] {
+            let msg = error_of(env(&[(name, value)]));
+            assert!(
+                msg.contains(name) && msg.contains(&format!("{value:?}")) && msg.contains(says),
+                "{name}={value}: {msg}"
+            );
+        }
+        // Switches set to false, and empty variables, ask for nothing.
+        for name in [
+            "FORCE_LEGACY_IPTABLES",
+            "IPTABLES_TRACE_LOGGING",
+            "HOST_NSENTER_EXEC",
+        ] {
+            assert!(
+                CaptureConfig::try_from(&env(&[(name, "false")])).is_ok(),
+                "{name}"
+            );
+        }
+        assert!(CaptureConfig::try_from(&env(&[("INBOUND_INTERCEPTION_MODE", "")])).is_ok());
+        // The flags, by Istio's names.
+        let msg = error_of(args(|a| a.force_iptables_version = Some("nft".into())));
+        assert!(msg.contains("--force-iptables-version"), "{msg}");
+        let msg = error_of(args(|a| a.force_legacy_iptables = Some("true".into())));
+        assert!(msg.contains("--force-legacy-iptables"), "{msg}");
+        let msg = error_of(args(|a| a.iptables_trace_logging = Some("true".into())));
+        assert!(msg.contains("--iptables-trace-logging"), "{msg}");
+        let msg = error_of(args(|a| a.host_nsenter_exec = Some("true".into())));
+        assert!(msg.contains("--host-nsenter-exec"), "{msg}");
+    }
+
+    /// The flags parse from a command line as Istio's do (`--flag` alone means true).
+    #[test]
+    fn istio_flag_names_parse_and_are_refused() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: IstioIptablesArgs,
+        }
+        use clap::Parser as _;
+        for (argv, flag) in [
+            (
+                &["x", "--force-iptables-version", "nft"][..],
+                "--force-iptables-version",
+            ),
+            (
+                &["x", "--force-iptables-version=legacy"][..],
+                "--force-iptables-version",
+            ),
+            (
+                &["x", "--force-legacy-iptables"][..],
+                "--force-legacy-iptables",
+            ),
+            (
+                &["x", "--iptables-trace-logging"][..],
+                "--iptables-trace-logging",
+            ),
+            (
+                &["x", "--host-nsenter-exec=true"][..],
+                "--host-nsenter-exec",
+            ),
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            let msg = error_of(cli.args);
+            assert!(
+                msg.contains(flag) && msg.contains("does not implement"),
+                "{argv:?}: {msg}"
+            );
+        }
     }
 
     #[test]

@@ -154,6 +154,10 @@ pub(super) async fn forward(
         Err(local) => return local,
     };
     ex.upstream_host = Some(endpoint);
+    ex.upstream_local = resp
+        .extensions()
+        .get::<crate::pool::UpstreamLocal>()
+        .map(|l| l.0);
     ex.server_identity = server_identity;
     // The server's workload, from the metadata exchange (removed before the app).
     if ctx.reporter == Reporter::Source {

@@ -190,7 +190,7 @@ impl ConnectionManager {
         ConnectionManager {
             istio,
             own_metadata: Arc::new(OwnMetadata::of(&workload, None)),
-            trace_local: Arc::new(crate::trace::Local::of(&workload, None)),
+            trace_local: Arc::new(crate::trace::Local::of(&workload, None, None)),
             workload,
             settings: Arc::new(HttpSettings::default()),
             rng: Arc::new(Rng::from_entropy()),
@@ -206,6 +206,7 @@ impl ConnectionManager {
         self.trace_local = Arc::new(crate::trace::Local::of(
             &self.workload,
             self.own_metadata.node_id(),
+            ip,
         ));
         self
     }

@@ -30,6 +30,8 @@ pub(super) struct Exchange {
     pub(super) route_name: Option<String>,
     pub(super) cluster: Option<String>,
     pub(super) upstream_host: Option<SocketAddr>,
+    /// The local address of the upstream connection that carried the request.
+    pub(super) upstream_local: Option<SocketAddr>,
     pub(super) flags: Vec<&'static str>,
     pub(super) request_body: Option<Arc<ReplayLog>>,
     /// Envoy's response code details, when a stage of ours answered with a reason worth
@@ -247,7 +249,7 @@ impl Conn {
                 duration,
                 upstream_host: ex.upstream_host,
                 upstream_cluster: ex.cluster.as_deref(),
-                upstream_local_address: None,
+                upstream_local_address: ex.upstream_local,
                 downstream_local_address: Some(ctx.local),
                 downstream_remote_address: Some(ctx.peer),
                 requested_server_name: ctx.requested_server_name.as_deref(),

@@ -166,6 +166,7 @@ pub(super) async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Respo
         route_name: None,
         cluster: None,
         upstream_host: None,
+        upstream_local: None,
         flags: Vec::new(),
         request_body: None,
         details: None,

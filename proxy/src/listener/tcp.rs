@@ -108,7 +108,11 @@ pub async fn proxy(shared: &Shared, conn: Conn<'_>, route: &TcpRoute, mut downst
     let cluster = route.pick_cluster();
     let (started, wall_start) = (Instant::now(), std::time::SystemTime::now());
     // One line per connection to each access log, when it ends (or is refused).
-    let log = |flags: &str, upstream: Option<std::net::SocketAddr>, received: u64, sent: u64| {
+    let log = |flags: &str,
+               upstream: Option<std::net::SocketAddr>,
+               upstream_local: Option<std::net::SocketAddr>,
+               received: u64,
+               sent: u64| {
         if route.access_logs.is_empty() {
             return;
         }
@@ -126,7 +130,7 @@ pub async fn proxy(shared: &Shared, conn: Conn<'_>, route: &TcpRoute, mut downst
             duration: started.elapsed(),
             upstream_host: upstream,
             upstream_cluster: Some(&cluster.name),
-            upstream_local_address: None,
+            upstream_local_address: upstream_local,
             downstream_local_address: Some(orig_dst.0),
             downstream_remote_address: Some(client.0),
             requested_server_name: requested_server_name.as_deref(),
@@ -172,7 +176,7 @@ pub async fn proxy(shared: &Shared, conn: Conn<'_>, route: &TcpRoute, mut downst
         let labels = labels_for(None, None, flags);
         shared.istio.tcp_opened(&labels, &route.metrics);
         shared.istio.tcp_closed(&labels, &route.metrics);
-        log(flags, None, 0, 0);
+        log(flags, None, None, 0, 0);
     };
     let target = match cluster.target(orig_dst.0, None) {
         Ok(t) => t,
@@ -200,6 +204,7 @@ pub async fn proxy(shared: &Shared, conn: Conn<'_>, route: &TcpRoute, mut downst
     };
     let (mut up, target, _active) = upstream.into_parts();
     let server = up.peer_identity().map(|p| p.to_string());
+    let upstream_local = up.tcp().local_addr().ok();
     // Counted opened once, with the peer the exchange named (or the endpoint's metadata).
     let opened = std::sync::OnceLock::new();
     let open = |exchanged: Option<crate::metrics::WorkloadInfo>| {
@@ -263,6 +268,7 @@ pub async fn proxy(shared: &Shared, conn: Conn<'_>, route: &TcpRoute, mut downst
             ""
         },
         Some(target.addr),
+        upstream_local,
         ended.sent,
         ended.received,
     );

@@ -86,11 +86,23 @@ pub const MAX_IDLE: usize = 1024;
 
 pub use crate::dial::{NO_IDLE_TIMEOUT, PoolOptions};
 
+/// The local address of the upstream connection a response came over (Envoy's
+/// `%UPSTREAM_LOCAL_ADDRESS%`), in the response's extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpstreamLocal(pub SocketAddr);
+
 /// A pooled connection: the stream (plain, or mutual TLS) and its guard.
 pub struct PooledIo {
     io: TokioIo<Io>,
     /// Counts the connection in the cluster's and endpoint's `cx_active` until it closes.
     _guard: ActiveGuard,
+}
+
+impl PooledIo {
+    /// The connection's local address.
+    fn local_addr(&self) -> Option<SocketAddr> {
+        self.io.inner().tcp().local_addr().ok()
+    }
 }
 
 impl hyper::rt::Read for PooledIo {
@@ -356,7 +368,18 @@ impl EndpointClient {
                 req.headers_mut().remove(http::header::HOST);
                 let (client, generation) = pool.checkout();
                 match client.request(req).await {
-                    Ok(resp) => Ok(resp.map(boxed)),
+                    Ok(mut resp) => {
+                        // hyper-util's client copies the TCP connection's addresses into
+                        // every response it carries.
+                        let local = resp
+                            .extensions()
+                            .get::<hyper_util::client::legacy::connect::HttpInfo>()
+                            .map(|i| UpstreamLocal(i.local_addr()));
+                        if let Some(local) = local {
+                            resp.extensions_mut().insert(local);
+                        }
+                        Ok(resp.map(boxed))
+                    }
                     Err(e) => {
                         let error = classify(&e, Some(self.addr));
                         if matches!(error, UpstreamError::RefusedStream { .. }) {
@@ -406,14 +429,20 @@ impl std::fmt::Debug for Http1Pool {
 }
 
 struct Idle {
-    conn: http1::SendRequest<ProxyBody>,
+    conn: Conn1,
     since: Instant,
     /// Requests the connection has carried.
     used: u32,
 }
 
+/// An HTTP/1.1 connection: hyper's handle and the connection's local address.
+struct Conn1 {
+    send: http1::SendRequest<ProxyBody>,
+    local: Option<UpstreamLocal>,
+}
+
 /// A connection out of the pool and the requests it carried before.
-type Checked = (http1::SendRequest<ProxyBody>, u32);
+type Checked = (Conn1, u32);
 
 impl Http1Pool {
     /// The most recently used connection that can take a request now. Closed and expired ones
@@ -421,7 +450,7 @@ impl Http1Pool {
     fn checkout(&self) -> Option<Checked> {
         let mut idle = lock(&self.idle);
         while let Some(c) = idle.pop() {
-            if c.conn.is_ready() && c.since.elapsed() < self.options.idle_timeout {
+            if c.conn.send.is_ready() && c.since.elapsed() < self.options.idle_timeout {
                 return Some((c.conn, c.used));
             }
         }
@@ -430,8 +459,8 @@ impl Http1Pool {
 
     /// Takes a connection back once its exchange is over (its `used`-th), unless it has
     /// carried `maxRequestsPerConnection` requests: then it is dropped, which closes it.
-    fn checkin(&self, conn: http1::SendRequest<ProxyBody>, used: u32) {
-        if conn.is_closed()
+    fn checkin(&self, conn: Conn1, used: u32) {
+        if conn.send.is_closed()
             || self
                 .options
                 .max_requests_per_connection
@@ -457,7 +486,7 @@ impl Http1Pool {
     }
 
     /// A new connection, its driving task spawned (holding the dialer's guard).
-    async fn connect(&self) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
+    async fn connect(&self) -> Result<Conn1, UpstreamError> {
         let endpoint = Some(self.connector.addr);
         let io = self
             .connector
@@ -467,7 +496,8 @@ impl Http1Pool {
                 endpoint,
                 reason: e.to_string(),
             })?;
-        let (conn, driver) = http1::Builder::new()
+        let local = io.local_addr().map(UpstreamLocal);
+        let (send, driver) = http1::Builder::new()
             .handshake::<_, ProxyBody>(io)
             .await
             .map_err(|e| UpstreamError::ConnectFailure {
@@ -479,7 +509,7 @@ impl Http1Pool {
                 tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
             }
         });
-        Ok(conn)
+        Ok(Conn1 { send, local })
     }
 
     async fn send(
@@ -492,9 +522,12 @@ impl Http1Pool {
                 Some((c, used)) => (c, used, true),
                 None => (self.connect().await?, 0, false),
             };
-            match conn.try_send_request(req).await {
+            match conn.send.try_send_request(req).await {
                 Ok(resp) => {
-                    let (parts, body) = resp.into_parts();
+                    let (mut parts, body) = resp.into_parts();
+                    if let Some(local) = conn.local {
+                        parts.extensions.insert(local);
+                    }
                     // A 101 hands the connection over to the upgrade; it never comes back.
                     let back = (parts.status != http::StatusCode::SWITCHING_PROTOCOLS)
                         .then(|| (self.clone(), conn, used + 1));
@@ -518,20 +551,20 @@ impl Http1Pool {
 /// A response body that gives its connection back to the pool once it has ended.
 struct Returning {
     body: Incoming,
-    back: Option<(Arc<Http1Pool>, http1::SendRequest<ProxyBody>, u32)>,
+    back: Option<(Arc<Http1Pool>, Conn1, u32)>,
 }
 
 impl Returning {
     fn give_back(&mut self) {
         if let Some((pool, conn, used)) = self.back.take() {
-            if conn.is_ready() {
+            if conn.send.is_ready() {
                 pool.checkin(conn, used);
             } else if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 // The connection's task has not yet taken in the end of the exchange (or the
                 // request body is still going): wait for it elsewhere.
                 rt.spawn(async move {
                     let mut conn = conn;
-                    if conn.ready().await.is_ok() {
+                    if conn.send.ready().await.is_ok() {
                         pool.checkin(conn, used);
                     }
                 });

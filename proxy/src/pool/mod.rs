@@ -25,7 +25,7 @@ use crate::sync::lock;
 use crate::transport::Originate;
 use client::EndpointClient;
 
-pub use client::UpstreamError;
+pub use client::{UpstreamError, UpstreamLocal};
 
 /// An endpoint's HTTP connection pools, made on first use.
 #[derive(Debug, Default)]

@@ -66,6 +66,9 @@ pub struct FinishedSpan {
     pub duration: Duration,
     /// Zipkin `localEndpoint.serviceName`, OTLP resource `service.name`.
     pub service_name: String,
+    /// Zipkin `localEndpoint.ipv4`/`ipv6`: the pod's address (`INSTANCE_IP`), as Envoy's
+    /// spans carry its node's.
+    pub local_ip: Option<std::net::IpAddr>,
     /// Istio's tags, custom tags included.
     pub tags: Vec<(Cow<'static, str>, String)>,
 }
@@ -495,6 +498,16 @@ impl ZipkinBody {
         decimal(b, (s.duration.as_micros() as u64).max(1));
         b.extend_from_slice(b",\"localEndpoint\":{\"serviceName\":");
         json_str(b, &s.service_name);
+        if let Some(ip) = s.local_ip {
+            b.extend_from_slice(match ip {
+                std::net::IpAddr::V4(_) => b",\"ipv4\":\"",
+                std::net::IpAddr::V6(_) => b",\"ipv6\":\"",
+            });
+            // An address's text needs no JSON escaping.
+            use std::io::Write;
+            let _ = write!(b, "{ip}");
+            b.push(b'"');
+        }
         b.extend_from_slice(b"},\"tags\":{");
         // Sorted by key, stable: of equal keys the last one wins, as in a JSON object.
         s.tags.sort_by(|x, y| x.0.cmp(&y.0));
@@ -664,6 +677,7 @@ mod tests {
             start: UNIX_EPOCH + Duration::from_micros(1_700_000_000_000_123),
             duration: Duration::from_micros(1500),
             service_name: "productpage.default".into(),
+            local_ip: Some("10.244.0.12".parse().unwrap()),
             tags: vec![
                 ("http.status_code".into(), "503".into()),
                 ("error".into(), "true".into()),
@@ -721,12 +735,24 @@ mod tests {
         assert_eq!(s["timestamp"], 1_700_000_000_000_123u64);
         assert_eq!(s["duration"], 1500);
         assert_eq!(s["localEndpoint"]["serviceName"], "productpage.default");
+        assert_eq!(s["localEndpoint"]["ipv4"], "10.244.0.12");
         assert_eq!(s["tags"]["http.status_code"], "503");
         assert_eq!(s["tags"]["http.url"].as_str().unwrap().len(), 256);
         let root: serde_json::Value =
             serde_json::from_slice(&zipkin_json(&[span(Kind::Server, None)], 256)).unwrap();
         assert!(root[0].get("parentId").is_none());
         assert_eq!(root[0]["kind"], "SERVER");
+        let mut v6 = span(Kind::Server, None);
+        v6.local_ip = Some("fd00::12".parse().unwrap());
+        let v6: serde_json::Value = serde_json::from_slice(&zipkin_json(&[v6], 256)).unwrap();
+        assert_eq!(v6[0]["localEndpoint"]["ipv6"], "fd00::12");
+        let mut none = span(Kind::Server, None);
+        none.local_ip = None;
+        let none: serde_json::Value = serde_json::from_slice(&zipkin_json(&[none], 256)).unwrap();
+        assert_eq!(
+            none[0]["localEndpoint"],
+            serde_json::json!({"serviceName": "productpage.default"})
+        );
     }
 
     /// The encoder before the hand-written one (a `serde_json::Value` per span): the reference.
@@ -750,6 +776,10 @@ mod tests {
                     "localEndpoint": {"serviceName": s.service_name},
                     "tags": tags,
                 });
+                if let Some(ip) = s.local_ip {
+                    let key = if ip.is_ipv4() { "ipv4" } else { "ipv6" };
+                    v["localEndpoint"][key] = ip.to_string().into();
+                }
                 if let Some(p) = c.parent_span_id {
                     v["parentId"] = format!("{p:016x}").into();
                 }

@@ -71,6 +71,8 @@ pub struct ConnTracing {
 pub struct Local {
     /// Zipkin `localEndpoint.serviceName`, OTLP `service.name`.
     pub service_name: String,
+    /// Zipkin `localEndpoint.ipv4`/`ipv6`: the pod's address, when known.
+    pub ip: Option<std::net::IpAddr>,
     /// `node_id`, `istio.canonical_service`, `istio.canonical_revision`, `istio.namespace`,
     /// `istio.mesh_id`, `istio.cluster_id`.
     pub tags: Vec<(&'static str, String)>,
@@ -78,7 +80,7 @@ pub struct Local {
 
 impl Local {
     /// This pod's identity in spans.
-    pub fn of(w: &WorkloadInfo, node_id: Option<&str>) -> Local {
+    pub fn of(w: &WorkloadInfo, node_id: Option<&str>, ip: Option<std::net::IpAddr>) -> Local {
         let mut tags = vec![("component", "proxy".to_string())];
         if let Some(id) = node_id {
             tags.push(("node_id", id.to_string()));
@@ -95,6 +97,7 @@ impl Local {
         ]);
         Local {
             service_name: format!("{}.{}", w.canonical_service(), w.workload_namespace()),
+            ip,
             tags,
         }
     }
@@ -352,6 +355,7 @@ impl Started {
             start: self.start,
             duration: o.duration,
             service_name: local.service_name.clone(),
+            local_ip: local.ip,
             tags,
         });
     }
