@@ -487,6 +487,20 @@ def netpol_problems(objs: list[dict], where: str, values: dict) -> list[str]:
         spec = pol.get("spec") or {}
         if pol["metadata"].get("namespace") != d["metadata"].get("namespace"):
             problems.append(f"{where}: NetworkPolicy {pname} is not in {dname}'s namespace")
+        if any(c.get("image") == "auto" for c in containers_of(d["spec"]["template"]["spec"])):
+            # A gateway (its proxy is injected: image auto): the edge, so its ports admit
+            # anyone; 15090 (the injected proxy's Prometheus port) only the scrapers; egress open.
+            if spec.get("policyTypes") != ["Ingress"]:
+                problems.append(f"{where}: NetworkPolicy {pname}: policyTypes {spec.get('policyTypes')}, want [Ingress]")
+            served = {
+                p["containerPort"] for c in containers_of(d["spec"]["template"]["spec"]) for p in c.get("ports") or []
+            }
+            want = {port: [None] for port in served}
+            if scrapers:
+                want[15090] = [scrapers]
+            if port_rules(pol) != want:
+                problems.append(f"{where}: NetworkPolicy {pname}: admits {port_rules(pol)}, want {want}")
+            continue
         if sorted(spec.get("policyTypes") or []) != ["Egress", "Ingress"]:
             problems.append(f"{where}: NetworkPolicy {pname}: policyTypes {spec.get('policyTypes')}, want Ingress and Egress")
         opened = port_rules(pol)
@@ -858,7 +872,7 @@ SCHEMA = CHART / "values.schema.json"
 FREE_FORM = {
     **{
         f"{part}.{path}": why
-        for part in ("operator", "webhook")
+        for part in ("operator", "webhook", "ingressGateway")
         for path, why in {
             "resources.requests": "resource name -> quantity",
             "resources.limits": "resource name -> quantity",
@@ -874,6 +888,7 @@ FREE_FORM = {
         for peers in ("webhookFrom", "apiServerTo")
         for selector in ("namespaceSelector", "podSelector")
     },
+    "ingressGateway.labels": "label -> value",
     "sidecarInjectorWebhook.templates": "template name -> pod fragment",
     "sidecarInjectorWebhook.templates.*.metadata.labels": "label -> value",
     "sidecarInjectorWebhook.templates.*.metadata.annotations": "annotation -> value",
@@ -894,6 +909,10 @@ SCHEMA_REFUSED = [
     (
         ["meshConfig.defaultConfig.proxyStatsMatcher.inclusionPrefixes={cluster}"],
         ["at '/meshConfig/defaultConfig/proxyStatsMatcher'", "proxy.proxyMetadata"],
+    ),
+    (
+        ["gateways.istio-ingressgateway.enabled=false"],
+        ["at '/gateways'", "set ingressGateway instead"],
     ),
     (["meshConfig.outboundTraficPolicy.mode=REGISTRY_ONLY"], ["at '/meshConfig': additional properties 'outboundTraficPolicy'"]),
     (["proxy.holdApplicationUntilProxyStarts=yes"], ["at '/proxy/holdApplicationUntilProxyStarts': got string, want boolean"]),
