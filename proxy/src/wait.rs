@@ -119,8 +119,11 @@ pub fn request(args: &RequestArgs, out: &mut impl Write) -> Result<()> {
     Ok(())
 }
 
+/// The most `proxy request` reads of an answer (a `config_dump` of a large mesh fits).
+const MAX_ANSWER: usize = 64 * 1024 * 1024;
+
 /// One HTTP/1.1 request to 127.0.0.1:`port` (the connection closed after it); the status and
-/// the body (everything after the head, to the end of the connection).
+/// the body (everything after the head, to the end of the connection), all within `timeout`.
 fn exchange(
     port: u16,
     method: &str,
@@ -128,9 +131,9 @@ fn exchange(
     body: &str,
     timeout: Duration,
 ) -> std::io::Result<(u16, Vec<u8>)> {
+    let deadline = Instant::now() + timeout;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     write!(
         stream,
@@ -138,8 +141,30 @@ fn exchange(
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
+    // The whole answer within `timeout` of the start and at most MAX_ANSWER bytes: a server that
+    // trickles or never stops cannot hold the command (a preStop hook) or its memory.
     let mut answer = Vec::new();
-    stream.read_to_end(&mut answer)?;
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no complete answer within {timeout:?}"),
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        if answer.len() + n > MAX_ANSWER {
+            return Err(std::io::Error::other(format!(
+                "the answer is larger than {MAX_ANSWER} bytes"
+            )));
+        }
+        answer.extend_from_slice(&chunk[..n]);
+    }
     let status = answer
         .get(9..12)
         .and_then(|s| std::str::from_utf8(s).ok())
@@ -360,6 +385,33 @@ mod tests {
             let err = request(&args, &mut Vec::new()).unwrap_err().to_string();
             assert!(err.contains(&format!("for {flag}:")), "{err}");
         }
+    }
+
+    /// A server that trickles its answer (a byte every 50 ms, never closing) or sends more than
+    /// MAX_ANSWER bytes fails the request within its timeout; it cannot hold a preStop hook.
+    #[test]
+    fn an_endless_or_oversized_answer_fails_the_request() {
+        fn serve(chunk: usize, pause: Duration) -> u16 {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            std::thread::spawn(move || {
+                let (mut s, _) = l.accept().unwrap();
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\n");
+                let data = vec![b'x'; chunk];
+                while s.write_all(&data).is_ok() {
+                    std::thread::sleep(pause);
+                }
+            });
+            port
+        }
+        let started = Instant::now();
+        let port = serve(1, Duration::from_millis(50));
+        let err = exchange(port, "GET", "/stats", "", Duration::from_millis(600)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{err}");
+        let port = serve(1024 * 1024, Duration::ZERO);
+        let err = exchange(port, "GET", "/config_dump", "", Duration::from_secs(30)).unwrap_err();
+        assert!(err.to_string().contains("larger than"), "{err}");
     }
 
     #[test]

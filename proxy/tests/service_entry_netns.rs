@@ -92,10 +92,13 @@ spec:
 
     // The hosts resolve through the sidecar's DNS proxy, as an application would resolve them.
     assert_eq!(
-        resolve(&client, "direct.external.test."),
+        client.resolve_a("10.96.0.10", "direct.external.test."),
         [external.ip.to_string()]
     );
-    assert_eq!(resolve(&client, "pool.external.test."), [pool.to_string()]);
+    assert_eq!(
+        client.resolve_a("10.96.0.10", "pool.external.test."),
+        [pool.to_string()]
+    );
 
     // NONE with the server's address: to where the app connected.
     assert_eq!(
@@ -129,32 +132,4 @@ spec:
         stats.contains("cluster.BlackHoleCluster.upstream_cx_none_healthy: 1"),
         "{stats}"
     );
-}
-
-/// The A records the pod's resolver address (captured: the sidecar's DNS proxy) answers for
-/// `name`.
-fn resolve(pod: &support::Pod, name: &str) -> Vec<String> {
-    use hickory_proto::op::{Message, MessageType, OpCode, Query};
-    use hickory_proto::rr::{Name, RData, RecordType};
-    let mut q = Message::new(4243, MessageType::Query, OpCode::Query);
-    q.metadata.recursion_desired = true;
-    q.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
-    let bytes = q.to_vec().unwrap();
-    let answer = pod.ns.enter(move || {
-        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.send_to(&bytes, "10.96.0.10:53").unwrap();
-        let mut buf = [0u8; 1500];
-        let (n, _) = s.recv_from(&mut buf).expect("an answer from the DNS proxy");
-        buf[..n].to_vec()
-    });
-    Message::from_vec(&answer)
-        .unwrap()
-        .answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0.to_string()),
-            _ => None,
-        })
-        .collect()
 }

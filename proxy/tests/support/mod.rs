@@ -400,6 +400,35 @@ impl Pod {
         std::fs::write(dir.join("resolv.conf"), content).unwrap();
     }
 
+    /// The IPv4 addresses a DNS server at `server` (UDP, port 53) answers for `name` (an A
+    /// query sent from inside this pod, so capture rules may hand it to the DNS proxy).
+    pub fn resolve_a(&self, server: &str, name: &str) -> Vec<String> {
+        use hickory_proto::op::{Message, MessageType, OpCode, Query};
+        use hickory_proto::rr::{Name, RData, RecordType};
+        let mut q = Message::new(4242, MessageType::Query, OpCode::Query);
+        q.metadata.recursion_desired = true;
+        q.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        let bytes = q.to_vec().unwrap();
+        let server = SocketAddr::new(server.parse().unwrap(), 53);
+        let answer = self.ns.enter(move || {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.send_to(&bytes, server).unwrap();
+            let mut buf = [0u8; 1500];
+            let (n, _) = s.recv_from(&mut buf).expect("an answer to the DNS query");
+            buf[..n].to_vec()
+        });
+        Message::from_vec(&answer)
+            .unwrap()
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Sends `token` in a UDP datagram from source port `sport` to `dst`, as `who` (Python,
     /// since bash cannot choose the source port).
     pub fn send_udp_from(&self, who: As, sport: u16, dst: SocketAddr, token: &str) {
