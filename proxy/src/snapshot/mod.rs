@@ -60,6 +60,9 @@ pub struct Snapshot {
     by_address: HashMap<SocketAddr, Arc<CompiledListener>>,
     /// Every compiled listener in configuration order (for `/listeners`).
     pub listeners: Vec<Arc<CompiledListener>>,
+    /// The listeners a router binds (`bindToPort` true, `useOriginalDst` false: a gateway's
+    /// `0.0.0.0_8080`), in configuration order; a sidecar binds none of them.
+    pub bound: Vec<Arc<CompiledListener>>,
     /// The cluster manager's table for this configuration.
     pub clusters: Clusters,
     /// Cluster → service, for the `destination_service*` labels of Istio's metrics.
@@ -117,6 +120,7 @@ impl Snapshot {
         });
         let mut by_address = HashMap::new();
         let mut listeners = Vec::new();
+        let mut bound = Vec::new();
         let (mut outbound, mut inbound) = (None, None);
         for (i, l) in with_telemetry
             .as_deref()
@@ -165,8 +169,9 @@ impl Snapshot {
             } else {
                 tracing::debug!(
                     listener = %l.name,
-                    "listener with bindToPort is not bound: the sidecar binds only the capture ports"
+                    "listener with bindToPort is not bound: the sidecar binds only the capture ports (a router, `proxy run --type router`, binds it)"
                 );
+                bound.push(compiled);
             }
         }
         let http_state = http.compile(&config)?;
@@ -215,6 +220,7 @@ impl Snapshot {
             virtual_inbound: inbound,
             by_address,
             listeners,
+            bound,
             clusters: table,
             destinations,
             http: http_state,
@@ -242,6 +248,12 @@ impl Snapshot {
                 c.name == chain
                     && matches!(&c.terminal, chain::Terminal::Http(h, ..) if **h == *hcm)
             })
+    }
+
+    /// The listener a router bound on `addr` (its configured address): the first of
+    /// [`Snapshot::bound`] with it. `None` once the configuration no longer has one there.
+    pub fn bound_listener(&self, addr: SocketAddr) -> Option<&Arc<CompiledListener>> {
+        self.bound.iter().find(|l| l.address == addr)
     }
 
     /// The version of the configuration (`versionInfo`).
