@@ -13,7 +13,12 @@
 //!
 //! The original destination is looked up through the [`OrigDst`] trait, so tests can hand the
 //! listeners a fake ([`crate::socket::FixedAddrs`]) instead of a redirected socket.
+//!
+//! A router (`proxy run --type router`, a gateway) binds no capture listener: [`bound`] binds
+//! the configuration's own listeners (`bindToPort`) as the configuration changes, and hands
+//! their connections to the same [`dispatch`], their destination being the socket's address.
 
+pub mod bound;
 mod decision;
 pub mod inbound;
 pub mod outbound;
@@ -539,6 +544,7 @@ pub async fn dispatch(
                     stats: shared.metrics.rbac_http(&hcm.stat_prefix),
                 }),
                 original_source,
+                graceful_drain: reporter == Reporter::Destination || shared.router,
                 chain_changed,
             };
             if let Err(e) = shared.http.serve(conn).await {
@@ -648,6 +654,7 @@ pub(crate) mod testing {
             http,
             identity: Arc::new(crate::identity::Store::default()),
             original_source: false,
+            router: false,
         })
     }
 
