@@ -308,10 +308,10 @@ pub enum ProxyType {
 /// Istio's router modes (`ISTIO_META_ROUTER_MODE`): metadata for the control plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RouterMode {
-    /// Istio's default: SNI-routed passthrough listeners are rendered too.
+    /// Istio's default: `AUTO_PASSTHROUGH` servers get SNI-DNAT clusters.
     #[value(name = "sni-dnat")]
     SniDnat,
-    /// Only the Gateway servers' listeners.
+    /// Without them.
     #[value(name = "standard")]
     Standard,
 }
