@@ -508,6 +508,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.virtual_inbound.as_ref().unwrap().name, "virtualInbound");
+        assert!(
+            s.bound.is_empty(),
+            "a sidecar's scope has nothing a router would bind: {:?}",
+            s.bound.iter().map(|l| &l.name).collect::<Vec<_>>()
+        );
         assert_eq!(
             s.listener_for("10.96.0.10:53".parse().unwrap())
                 .unwrap()
@@ -520,6 +525,39 @@ mod tests {
                 .name,
             "0.0.0.0_9080"
         );
+    }
+
+    #[test]
+    fn a_router_binds_only_bind_to_port_listeners_without_use_original_dst() {
+        let bound = |name: &str, ip: &str, port: u16| {
+            json!({"name": name, "address": {"socketAddress": {"address": ip, "portValue": port}},
+                   "trafficDirection": "OUTBOUND", "filterChains": [{"filters": tcp("c")}]})
+        };
+        let s = compile(json!({
+            "listeners": [
+                {"name": "virtualOutbound", "address": {"socketAddress": {"address": "0.0.0.0", "portValue": 15001}},
+                 "useOriginalDst": true, "trafficDirection": "OUTBOUND", "filterChains": [{"filters": tcp("c")}]},
+                bound("0.0.0.0_8443", "0.0.0.0", 8443),
+                listener("0.0.0.0_9080", "0.0.0.0", 9080, "c"),
+                bound("0.0.0.0_8080", "0.0.0.0", 8080),
+            ],
+            "clusters": clusters(&["c"]),
+        }))
+        .unwrap();
+        let names: Vec<&str> = s.bound.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["0.0.0.0_8443", "0.0.0.0_8080"],
+            "configuration order"
+        );
+        assert_eq!(
+            s.bound_listener("0.0.0.0:8080".parse().unwrap())
+                .unwrap()
+                .name,
+            "0.0.0.0_8080"
+        );
+        assert!(s.bound_listener("0.0.0.0:9080".parse().unwrap()).is_none());
+        assert!(s.bound_listener("0.0.0.0:15001".parse().unwrap()).is_none());
     }
 
     #[tokio::test]
