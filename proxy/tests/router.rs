@@ -1,9 +1,10 @@
 //! `proxy run --type router` (a gateway, Istio's `pilot-agent proxy router`) as a program on
 //! loopback: no capture listener; the configuration's own listeners (`bindToPort`) are bound,
 //! routed by Host to two real HTTP upstreams; a new configuration binds its new listener live
-//! and the removed one stops accepting; a port already in use is reported (log, metric, admin
-//! `/listeners`) while the other listeners serve, and bound once the next configuration comes
-//! after the port is free. Nothing here needs root.
+//! and the removed one stops accepting; the gateway's AuthorizationPolicy is enforced; a port
+//! already in use is reported (log, metric, admin `/listeners`) while the other listeners
+//! serve, and bound once the next configuration comes after the port is free. Nothing here
+//! needs root.
 
 mod http_common;
 
@@ -69,6 +70,9 @@ fn config(version: &str, ports: &[u16], clusters: &Value) -> String {
         "listeners": listeners,
         "routes": ports.iter().map(|p| route_table(*p)).collect::<Vec<_>>(),
         "clusters": clusters,
+        // An AuthorizationPolicy for the gateway: Istio applies it on the gateway's listeners.
+        "authorization": {"policies": [{"name": "istio-system/deny-private", "action": "DENY",
+            "rules": [{"to": [{"paths": ["/private"]}]}]}]},
     })
     .to_string()
 }
@@ -244,6 +248,10 @@ fn a_router_binds_its_listeners_routes_by_host_and_follows_the_configuration() {
     assert_eq!(upstream_of(first, "a.example.com"), "a");
     let (status, head, _) = get(first, "nobody.example.com", "/").unwrap();
     assert_eq!(status, 404, "{head}");
+    // The gateway's AuthorizationPolicy is enforced before any upstream is asked.
+    let (status, head, body) = get(first, "a.example.com", "/private").unwrap();
+    assert_eq!(status, 403, "{head}");
+    assert_eq!(body, "RBAC: access denied");
     let (hits_a, hits_b) = (a.hits(), b.hits());
     assert_eq!((hits_a, hits_b), (2, 1));
 

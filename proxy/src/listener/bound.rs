@@ -19,8 +19,9 @@
 //!
 //! A connection accepted on a bound listener goes through the capture listeners' path
 //! ([`super::dispatch`]): its destination is the socket's local address; it reports as Istio's
-//! gateways do, on the outbound side (`reporter="source"`). Drain applies as to the capture
-//! listeners: accepting goes on while draining and stops when the drain closes.
+//! gateways do, on the outbound side (`reporter="source"`), and the pod's AuthorizationPolicies
+//! and JWT rules apply as Istio applies a gateway's ([`Shared::router`]). Drain applies as to
+//! the capture listeners: accepting goes on while draining and stops when the drain closes.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

@@ -477,11 +477,14 @@ pub async fn dispatch(
     // TPROXY inbound: the app sees the client's own address.
     let original_source =
         (reporter == Reporter::Destination && shared.original_source).then_some(client.0.ip());
-    // Inbound, the pod's AuthorizationPolicies: a TCP chain's connection is decided here, once
-    // (Envoy's network RBAC filter), an HTTP chain's requests one by one.
-    let authz = match reporter {
-        Reporter::Destination => snapshot.authz.as_ref(),
-        Reporter::Source => None,
+    // Inbound, and on every listener of a router (Istio applies a gateway's policies to its
+    // listeners), the pod's AuthorizationPolicies: a TCP chain's connection is decided here,
+    // once (Envoy's network RBAC filter), an HTTP chain's requests one by one.
+    let enforce = reporter == Reporter::Destination || shared.router;
+    let authz = if enforce {
+        snapshot.authz.as_ref()
+    } else {
+        None
     };
     match &chain.terminal {
         Terminal::Tcp(route) => {
@@ -537,9 +540,10 @@ pub async fn dispatch(
                 client,
                 drain,
                 own_identity: shared.own_principal(),
-                // Every inbound connection, with or without policies now: each request is
-                // decided on the policies current when it arrives (`http::authorize`).
-                authz: (reporter == Reporter::Destination).then(|| ConnAuthz {
+                // Every inbound (or router) connection, with or without policies now: each
+                // request is decided on the policies current when it arrives
+                // (`http::authorize`), RequestAuthentication's JWT rules first.
+                authz: enforce.then(|| ConnAuthz {
                     current: current_policies(&shared.store),
                     stats: shared.metrics.rbac_http(&hcm.stat_prefix),
                 }),

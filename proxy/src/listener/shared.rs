@@ -29,7 +29,8 @@ pub struct Shared {
     pub original_source: bool,
     /// A router (`proxy run --type router`): on SIGTERM every HTTP connection closes after its
     /// request, as Istio's agent drains all of a router's listeners (`drain_listeners?graceful`),
-    /// where a sidecar drains only the inbound ones.
+    /// where a sidecar drains only the inbound ones; and the pod's AuthorizationPolicies and JWT
+    /// rules apply on every listener, as Istio applies a gateway's.
     pub router: bool,
 }
 
