@@ -125,12 +125,17 @@ struct Router {
 
 impl Router {
     fn start(dir: &Path, config: &Path) -> Router {
+        Self::start_with(dir, config, &[])
+    }
+
+    fn start_with(dir: &Path, config: &Path, extra: &[&str]) -> Router {
         let log = dir.join("router.log");
         let (admin, prometheus) = (free_port(), free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_proxy"))
             .args(["run", "--type", "router", "--config"])
             .arg(config)
             .args(["--config-poll-interval", "100ms"])
+            .args(extra)
             .args(["--admin-port", &admin.to_string()])
             .args(["--health-port", &free_port().to_string()])
             .args(["--prometheus-port", &prometheus.to_string()])
@@ -316,6 +321,76 @@ fn a_router_binds_its_listeners_routes_by_host_and_follows_the_configuration() {
     });
     assert_eq!(upstream_of(busy, "b.example.com"), "b");
     assert_eq!(upstream_of(second, "a.example.com"), "a");
+}
+
+/// Reads one HTTP/1.1 response (head and a `content-length` body) from `s`: the lowercased head.
+fn read_response(s: &mut TcpStream) -> std::io::Result<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte)? == 0 {
+            return Err(std::io::Error::other("closed before a response"));
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body)?;
+    Ok(head)
+}
+
+/// As Istio's agent drains all of a router's listeners (not only inbound ones): after SIGTERM
+/// an idle HTTP connection is closed, a new one is still accepted and served one request with
+/// `connection: close`.
+#[test]
+fn on_sigterm_a_routers_http_connections_close_after_their_request() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let a = rt.block_on(upstream("a", Behavior::default()));
+    let clusters = serde_json::to_value(
+        TestClusters::new()
+            .cluster("a", &[&a])
+            .cluster("b", &[&a])
+            .config(),
+    )
+    .unwrap()["clusters"]
+        .clone();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    let port = free_port();
+    write_config(&path, &config("v1", &[port], &clusters));
+    let router = Router::start_with(dir.path(), &path, &["--drain-timeout", "10s"]);
+    router.wait_listeners("bound", |v| bound_on(v, port));
+
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(idle, "GET / HTTP/1.1\r\nHost: a.example.com\r\n\r\n").unwrap();
+    let head = read_response(&mut idle).unwrap();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+
+    let pid = nix::unistd::Pid::from_raw(router.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut rest = [0u8; 16];
+    match idle.read(&mut rest) {
+        Ok(0) => {}
+        Ok(n) => panic!("{n} unexpected bytes on the idle connection"),
+        Err(e) => panic!("the idle connection was not closed on SIGTERM: {e}"),
+    }
+
+    // Draining: still accepting, one request per connection.
+    let mut fresh = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    fresh
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(fresh, "GET / HTTP/1.1\r\nHost: a.example.com\r\n\r\n").unwrap();
+    let head = read_response(&mut fresh).unwrap();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
 }
 
 #[test]
