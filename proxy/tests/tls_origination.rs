@@ -271,6 +271,7 @@ impl Sidecar {
             identity: clusters.identity().clone(),
             http: http.clone(),
             original_source: false,
+            router: false,
         });
         let config = ProxyConfig::from_json(&doc.to_string()).expect("a valid configuration");
         let snapshot = Snapshot::compile(config, &clusters, &metrics, &http).expect("compiles");
