@@ -45,6 +45,7 @@ fn object_json(obj: &IstioObject) -> Value {
         IstioObject::RequestAuthentication(o) => serde_json::to_value(o),
         IstioObject::Telemetry(o) => serde_json::to_value(o),
         IstioObject::ServiceEntry(o) => serde_json::to_value(o),
+        IstioObject::Gateway(o) => serde_json::to_value(o),
     }
     .unwrap()
 }
