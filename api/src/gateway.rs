@@ -483,7 +483,9 @@ mod tests {
             "v1",
             "  selector:\n    istio: ingressgateway\n  servers:\n  - port:\n      number: 443\n      name: https\n      protocol: HTTPS\n    tls:\n      mode: SIMPLE\n      credentialName: httpbin-credential\n    hosts:\n    - httpbin.example.com\n",
         );
-        let err = load_all(&text).remove(0).expect_err("HTTPS is not rendered");
+        let err = load_all(&text)
+            .remove(0)
+            .expect_err("HTTPS is not rendered");
         let named: Vec<String> = err.field_errors().iter().map(|e| e.field.clone()).collect();
         assert!(
             named.contains(&"spec.servers[0].tls.mode".to_string())
@@ -492,7 +494,12 @@ mod tests {
             "{named:?}"
         );
         for e in err.field_errors() {
-            assert!(e.message.contains("issue #20"), "{}: {}", e.field, e.message);
+            assert!(
+                e.message.contains("issue #20"),
+                "{}: {}",
+                e.field,
+                e.message
+            );
         }
         // bind, defaultEndpoint, TCP.
         let s = spec(
@@ -541,16 +548,21 @@ mod tests {
             fields(spec("selector: {app: x}\n").istio_errors()),
             ["spec.servers"]
         );
-        let tls_less = spec(
-            "servers:\n- port: {number: 443, name: https, protocol: HTTPS}\n  hosts: ['*']\n",
-        );
+        let tls_less =
+            spec("servers:\n- port: {number: 443, name: https, protocol: HTTPS}\n  hosts: ['*']\n");
         assert_eq!(fields(tls_less.istio_errors()), ["spec.servers[0].tls"]);
     }
 
     #[test]
     fn virtual_service_gateway_names_resolve_as_istios() {
-        assert_eq!(resolve_gateway_name("bookinfo-gateway", "default"), "default/bookinfo-gateway");
-        assert_eq!(resolve_gateway_name("istio-system/gw", "default"), "istio-system/gw");
+        assert_eq!(
+            resolve_gateway_name("bookinfo-gateway", "default"),
+            "default/bookinfo-gateway"
+        );
+        assert_eq!(
+            resolve_gateway_name("istio-system/gw", "default"),
+            "istio-system/gw"
+        );
         assert_eq!(
             resolve_gateway_name("gw.istio-system.svc.cluster.local", "default"),
             "istio-system/gw"

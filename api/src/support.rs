@@ -878,7 +878,11 @@ const GATEWAY: &[Entry] = &[
         "render/gateway.rs: virtual hosts for the hosts of both the server (its namespace/ \
          part: which VirtualServices may use it) and the bound VirtualService",
     ),
-    rendered("spec.servers[].name", &[], "unique per Gateway (validation)"),
+    rendered(
+        "spec.servers[].name",
+        &[],
+        "unique per Gateway (validation)",
+    ),
     refused(
         "spec.servers[].bind",
         "binding a server to one address is not rendered yet (issue #20): the listener binds \

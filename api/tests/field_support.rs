@@ -201,8 +201,10 @@ fn every_gateway_refusal_names_issue_20() {
         spec["servers"][0]["port"]["protocol"] = json!(protocol);
         let (errors, _) = findings("Gateway", spec);
         assert!(
-            errors.iter().any(|(f, m)| f == "spec.servers[0].port.protocol"
-                && m.contains(support::GATEWAY_NOT_RENDERED)),
+            errors
+                .iter()
+                .any(|(f, m)| f == "spec.servers[0].port.protocol"
+                    && m.contains(support::GATEWAY_NOT_RENDERED)),
             "{protocol}: {errors:?}"
         );
     }
