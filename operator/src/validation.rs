@@ -180,6 +180,7 @@ impl Validation {
             let mut findings = own_findings(vs.spec.validate());
             if findings.is_empty() {
                 vs_cross_checks(vs, key, registry, &accepted_drs, suffix, &mut findings);
+                findings.extend(vs_gateway_findings(index, key, vs));
             }
             findings.extend(unimplemented("VirtualService", &vs.spec));
             verdicts.insert((Kind::VirtualService, key.clone()), verdict(findings, None));
@@ -551,6 +552,32 @@ fn gateways(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey), Verdict>) {
         }
         verdicts.insert((Kind::Gateway, key.clone()), v);
     }
+}
+
+/// A warning for each gateway a VirtualService names (`spec.gateways[i]`) that no Gateway
+/// object is (Istio's analyzer reports it too, IST0101): those routes render on no gateway.
+fn vs_gateway_findings(index: &Index, key: &ObjKey, vs: &VirtualService) -> Vec<Finding> {
+    use rustmesh_api::gateway::{MESH, resolve_gateway_name};
+    let mut out = Vec::new();
+    for (i, g) in vs.spec.gateways.iter().enumerate() {
+        if g == MESH {
+            continue;
+        }
+        let name = resolve_gateway_name(g, &key.namespace);
+        let found = name
+            .split_once('/')
+            .is_some_and(|(ns, n)| index.gateways.objects.contains_key(&ObjKey::new(ns, n)));
+        if !found {
+            out.push(Finding {
+                level: Level::Warning,
+                field: format!("spec.gateways[{i}]"),
+                message: format!(
+                    "Gateway {name} not found; no gateway renders these routes for it"
+                ),
+            });
+        }
+    }
+    out
 }
 
 /// A warning for each host of an entry that another service of the registry holds.

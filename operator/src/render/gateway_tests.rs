@@ -189,6 +189,53 @@ fn a_virtual_service_naming_only_gateways_is_not_applied_to_sidecars() {
 }
 
 #[test]
+fn a_virtual_service_naming_a_missing_gateway_is_warned_naming_the_entry() {
+    let mut index = mesh_with_ingress();
+    istio(&mut index, BOOKINFO_GATEWAY);
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bookinfo, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: [mesh, bookinfo-gateway, istio-system/nope]
+  http:
+  - route:
+    - destination: {host: productpage}
+"#,
+    );
+    let registry = Registry::build(&index);
+    let v = &Validation::compute(&index, &registry).verdicts
+        [&(Kind::VirtualService, ObjKey::new("default", "bookinfo"))];
+    assert!(v.accepted);
+    let fields: Vec<&str> = v.findings.iter().map(|f| f.field.as_str()).collect();
+    assert!(fields.contains(&"spec.gateways[2]"), "{:?}", v.findings);
+    assert!(!fields.contains(&"spec.gateways[1]"), "{:?}", v.findings);
+}
+
+#[test]
+fn a_gateway_change_reaches_the_namespace_of_the_pods_it_selects() {
+    let mut index = mesh_with_ingress();
+    let gw = match rustmesh_api::load(BOOKINFO_GATEWAY.split("---").next().unwrap())
+        .expect("bookinfo-gateway reads")
+        .remove(0)
+    {
+        rustmesh_api::IstioObject::Gateway(g) => g,
+        other => panic!("not a Gateway: {}", other.kind()),
+    };
+    let affects = index.apply(crate::index::Object::Gateway(gw));
+    assert!(affects.namespaces.contains("istio-system"), "{affects:?}");
+    assert!(affects.statuses);
+    // Deleting it: the namespace it reached is rendered once more (it keeps its last
+    // ConfigMap, as any namespace leaving the mesh).
+    let affects = index.delete(Kind::Gateway, &ObjKey::new("default", "bookinfo-gateway"));
+    assert!(affects.namespaces.contains("istio-system"), "{affects:?}");
+    assert!(!index.is_mesh_namespace("istio-system"));
+}
+
+#[test]
 fn mesh_and_a_gateway_render_on_both_and_match_gateways_pick_one() {
     let mut index = mesh_with_ingress();
     istio(
