@@ -426,7 +426,7 @@ impl Index {
             .any(|(_, p)| {
                 selectors
                     .iter()
-                    .any(|s| s.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+                    .any(|s| rustmesh_xds::scope::selects(s, &p.labels))
             })
     }
 

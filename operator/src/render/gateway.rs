@@ -3,7 +3,7 @@
 //!
 //! Which pods: a Gateway in any namespace selects pods in any namespace whose labels carry its
 //! `selector` (Istio's default, `PILOT_SCOPE_GATEWAY_TO_NAMESPACE` off). Each namespace holding
-//! such pods gets, in its ConfigMap, one scope per distinct selector ([`gateway_selectors`]:
+//! such pods gets, in its ConfigMap, one scope per distinct selector ([`scope_selectors`]:
 //! more labels first), tried before the Sidecar scopes (`rustmesh_xds::scope::select_scope`).
 //! A scope for selector `S` merges every Gateway whose selector is a subset of `S` (they select
 //! every pod `S` selects). A pod matching two unrelated selectors (neither a subset of the
@@ -62,16 +62,10 @@ pub fn route_name(port: u16) -> String {
     format!("http.{port}")
 }
 
-/// Whether every label of `inner` is in `outer` (a Gateway with selector `inner` selects every
-/// pod a selector `outer` selects).
-fn subset(inner: &Labels, outer: &Labels) -> bool {
-    inner.iter().all(|(k, v)| outer.get(k) == Some(v))
-}
-
 /// The distinct non-empty selectors of the rendered Gateways that select a pod of `ns`, each
 /// with the Gateways (`<namespace>/<name>`, oldest first) its scope merges (those whose
 /// selector is a subset of it); more labels first, then by labels.
-pub(super) fn gateway_selectors(view: &MeshView<'_>, ns: &str) -> Vec<(Labels, Vec<String>)> {
+pub(super) fn scope_selectors(view: &MeshView<'_>, ns: &str) -> Vec<(Labels, Vec<String>)> {
     if view.gateways.is_empty() {
         return Vec::new();
     }
@@ -108,7 +102,9 @@ fn scope_gateways<'v, 'a>(
 ) -> impl Iterator<Item = (&'a ObjKey, &'a Gateway)> + 'v {
     view.gateways
         .iter()
-        .filter(move |(_, g)| !g.spec.selector.is_empty() && subset(&g.spec.selector, selector))
+        // `selects`: a Gateway whose (non-empty) selector is a subset of this one's selects
+        // every pod this one selects.
+        .filter(move |(_, g)| selects(&g.spec.selector, selector))
         .copied()
 }
 
@@ -134,7 +130,7 @@ fn target_ports(view: &MeshView<'_>, scope: &Scope) -> BTreeMap<u16, u16> {
         .filter(|s| s.namespace == ns && s.entry.is_none())
     {
         let selector = view.index.service_selector(ns, &svc.name);
-        if selector.is_empty() || !pods.iter().any(|l| subset(&selector, l)) {
+        if !pods.iter().any(|l| selects(&selector, l)) {
             continue;
         }
         for p in &svc.ports {

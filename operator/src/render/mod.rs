@@ -364,10 +364,10 @@ impl<'a> MeshView<'a> {
     }
 
     /// The ConfigMap's table of contents for `ns`: the gateway scopes first (see
-    /// [`gateway::gateway_selectors`]), then one per selector Sidecar; written as index
+    /// [`gateway::scope_selectors`]), then one per selector Sidecar; written as index
     /// version 3 only when it holds a gateway scope.
     pub fn scope_index(&self, ns: &str) -> ScopeIndex {
-        let mut selectors: Vec<ScopeSelector> = gateway::gateway_selectors(self, ns)
+        let mut selectors: Vec<ScopeSelector> = gateway::scope_selectors(self, ns)
             .into_iter()
             .map(|(labels, names)| ScopeSelector::gateway(names, labels))
             .collect();
