@@ -3,15 +3,16 @@
 //! exposes. Shapes and docs follow
 //! <https://istio.io/latest/docs/reference/config/networking/gateway/>.
 //!
-//! Issue #20, first slice: plain HTTP servers. The operator renders, for the pods whose labels
+//! Issue #20, first slice: plain-text servers. The operator renders, for the pods whose labels
 //! match `selector` (in any namespace, Istio's default), one listener `0.0.0.0_<port>` per
 //! server port with the routes of the VirtualServices bound to the Gateway (`spec.gateways`),
-//! for the hosts of both (`servers[].hosts` with their `namespace/` part). `tls.httpsRedirect`
-//! on an HTTP server is rendered (every request answered with a 301 to `https`). What it does
-//! not render is refused naming the field, never accepted and silently ignored: the
-//! field-support table ([`crate::support`]) refuses `bind`, `defaultEndpoint`,
-//! `port.targetPort` and every other `tls` field; [`GatewaySpec::unsupported`] refuses the
-//! protocols other than HTTP, HTTP2, GRPC and GRPC-WEB (HTTPS, TLS, TCP, MONGO, REDIS, MYSQL).
+//! for the hosts of both (`servers[].hosts` with their `namespace/` part): HTTP routes for
+//! HTTP, HTTP2, GRPC and GRPC-WEB servers, a `tcp` route for TCP, MONGO, REDIS and MYSQL ones.
+//! `tls.httpsRedirect` on an HTTP server is rendered (every request answered with a 301 to
+//! `https`). What it does not render is refused naming the field, never accepted and silently
+//! ignored: the field-support table ([`crate::support`]) refuses `bind`, `defaultEndpoint`,
+//! `port.targetPort` and every other `tls` field; [`GatewaySpec::unsupported`] refuses HTTPS
+//! and TLS servers.
 //!
 //! [`GatewaySpec::istio_errors`] reports Istio's errors (`ValidateGateway`), each naming its
 //! field:
@@ -372,20 +373,20 @@ impl GatewaySpec {
     }
 
     /// rustmesh's refusals that depend on a field's value rather than its presence (the
-    /// support table's `ReportedBy` entry): server protocols other than HTTP, HTTP2, GRPC and
-    /// GRPC-WEB. Each names its field.
+    /// support table's `ReportedBy` entry): HTTPS and TLS servers (TLS at gateways is not
+    /// rendered yet). Each names its field.
     pub fn unsupported(&self) -> Vec<FieldError> {
         let mut out = Vec::new();
         for (i, server) in self.servers.iter().enumerate() {
             let Some(p) = server.port.as_ref().and_then(|p| p.protocol.as_deref()) else {
                 continue;
             };
-            if matches!(server.protocol(), ServerProtocol::Tls | ServerProtocol::Tcp) {
+            if server.protocol() == ServerProtocol::Tls {
                 out.push(FieldError::new(
                     format!("spec.servers[{i}].port.protocol"),
                     format!(
-                        "not implemented by rustmesh: {p} servers are {} (HTTP, HTTP2, GRPC \
-                         and GRPC-WEB are rendered)",
+                        "not implemented by rustmesh: {p} servers are {} (HTTP, HTTP2, GRPC, \
+                         GRPC-WEB, TCP, MONGO, REDIS and MYSQL are rendered)",
                         crate::support::GATEWAY_NOT_RENDERED
                     ),
                 ));
@@ -501,17 +502,20 @@ mod tests {
                 e.message
             );
         }
-        // bind, defaultEndpoint, TCP.
+        // bind, defaultEndpoint; a TCP server itself is rendered.
         let s = spec(
             "servers:\n- port: {number: 31400, name: tcp, protocol: TCP}\n  hosts: ['*']\n  bind: 10.0.0.1\n  defaultEndpoint: 127.0.0.1:9000\n",
         );
         assert_eq!(
             fields(s.validate()),
-            [
-                "spec.servers[0].bind",
-                "spec.servers[0].defaultEndpoint",
-                "spec.servers[0].port.protocol"
-            ]
+            ["spec.servers[0].bind", "spec.servers[0].defaultEndpoint"]
+        );
+        let tls = spec(
+            "servers:\n- port: {number: 443, name: tls, protocol: TLS}\n  hosts: ['*']\n  tls: {mode: PASSTHROUGH}\n",
+        );
+        assert_eq!(
+            fields(tls.validate()),
+            ["spec.servers[0].tls.mode", "spec.servers[0].port.protocol"]
         );
     }
 

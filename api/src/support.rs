@@ -840,8 +840,8 @@ const SERVICE_ENTRY: &[Entry] = &[
 /// The words every Gateway refusal carries: the part of issue #20 not done yet.
 pub const GATEWAY_NOT_RENDERED: &str = "not rendered yet (issue #20)";
 
-/// Gateway: plain HTTP servers are rendered (selector, port number, name and HTTP protocols,
-/// hosts, server name, `tls.httpsRedirect`); the rest is refused naming the field.
+/// Gateway: plain-text servers are rendered (selector, port number, name and the HTTP and TCP
+/// protocols, hosts, server name, `tls.httpsRedirect`); the rest is refused naming the field.
 const GATEWAY: &[Entry] = &[
     rendered(
         "spec.selector",
@@ -860,8 +860,9 @@ const GATEWAY: &[Entry] = &[
         leaves: &[],
         support: Support::ReportedBy(
             "rustmesh_api::gateway::GatewaySpec::unsupported: HTTP, HTTP2, GRPC and GRPC-WEB \
-             are rendered (an HTTP connection manager); HTTPS, TLS, TCP, MONGO, REDIS and MYSQL \
-             are refused, not rendered yet (issue #20)",
+             are rendered (an HTTP connection manager), TCP, MONGO, REDIS and MYSQL too (a TCP \
+             proxy from the bound VirtualServices' tcp routes); HTTPS and TLS are refused, not \
+             rendered yet (issue #20)",
         ),
         harmless: &[],
         example: r#"{"number": 443, "name": "https", "protocol": "TLS"}"#,

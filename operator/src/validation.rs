@@ -552,6 +552,68 @@ fn gateways(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey), Verdict>) {
         }
         verdicts.insert((Kind::Gateway, key.clone()), v);
     }
+    gateway_port_conflicts(index, verdicts);
+}
+
+/// Servers the merge of a gateway pod's Gateways leaves out, as Istio's: on one port, one
+/// protocol (the oldest server's: HTTP ones share the listener, a TCP one takes it whole) and
+/// at most one TCP server. Each server left out is a warning naming `spec.servers[i].port`,
+/// for Gateways whose selectors may select the same pod (no label with two values). Ports
+/// are compared as written (a Service's targetPort mapping two numbers to one listener is not
+/// seen here).
+fn gateway_port_conflicts(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey), Verdict>) {
+    use rustmesh_api::gateway::ServerProtocol;
+    let mut accepted: Vec<(&ObjKey, &rustmesh_api::Gateway)> = index
+        .gateways
+        .objects
+        .iter()
+        .filter(|(k, _)| verdicts[&(Kind::Gateway, (*k).clone())].accepted)
+        .collect();
+    accepted.sort_by_key(|(_, g)| age_key(&g.metadata));
+    let compatible = |a: &crate::index::Labels, b: &crate::index::Labels| {
+        a.iter().all(|(k, v)| b.get(k).is_none_or(|w| w == v))
+    };
+    // (selector, port, protocol, who serves it)
+    let mut claimed: Vec<(&crate::index::Labels, u32, ServerProtocol, String)> = Vec::new();
+    for (key, gw) in accepted {
+        let mut found = Vec::new();
+        for (i, server) in gw.spec.servers.iter().enumerate() {
+            let Some(port) = server.port.as_ref().map(|p| p.number) else {
+                continue;
+            };
+            let class = server.protocol();
+            let clash = claimed.iter().find(|(sel, p, c, _)| {
+                *p == port
+                    && compatible(sel, &gw.spec.selector)
+                    && (*c != class || class == ServerProtocol::Tcp)
+            });
+            match clash {
+                Some((_, _, c, owner)) => found.push(Finding {
+                    level: Level::Warning,
+                    field: format!("spec.servers[{i}].port"),
+                    message: format!(
+                        "port {port} is already served ({}) by {owner} for the pods both \
+                         select; this server is not rendered on them (one protocol and at most \
+                         one TCP server per port, as Istio merges gateways)",
+                        if *c == ServerProtocol::Tcp {
+                            "TCP"
+                        } else {
+                            "HTTP"
+                        }
+                    ),
+                }),
+                None => claimed.push((
+                    &gw.spec.selector,
+                    port,
+                    class,
+                    format!("Gateway {key} spec.servers[{i}]"),
+                )),
+            }
+        }
+        if let Some(v) = verdicts.get_mut(&(Kind::Gateway, key.clone())) {
+            v.findings.extend(found);
+        }
+    }
 }
 
 /// A warning for each gateway a VirtualService names (`spec.gateways[i]`) that no Gateway

@@ -36,8 +36,16 @@
 //!   Telemetry (Istio applies those selecting the gateway pod at the gateway); no
 //!   PeerAuthentication (a gateway has no inbound mutual TLS listener), no capture listeners.
 //!
-//! Only HTTP servers (HTTP, HTTP2, GRPC, GRPC-WEB) are rendered; validation refuses the rest
-//! by name (`rustmesh_api::gateway`), so an accepted Gateway holds no other.
+//! - a TCP server (TCP, MONGO, REDIS, MYSQL) gets instead one TCP proxy chain on its listener:
+//!   to where the first applicable `tcp` rule of the oldest bound VirtualService sharing a host
+//!   with the server sends connections (a rule without matches, or with a match whose `port`
+//!   is the server's number and whose `gateways`, if any, name the Gateway); without one, no
+//!   listener (as Istio).
+//!
+//! As Istio merges the Gateways of a pod, a listener port has one protocol (the oldest
+//! server's) and at most one TCP server; validation warns about the servers left out. HTTPS and
+//! TLS servers are refused by validation by name (`rustmesh_api::gateway`), so an accepted
+//! Gateway holds none.
 
 use super::{
     Ctx, EdsRecipes, MeshView, Scope, authz, hcm, request_authn, static_clusters, telemetry,
@@ -50,7 +58,9 @@ use rustmesh_api::sidecar::host_matches;
 use rustmesh_api::{Gateway, VirtualService};
 use rustmesh_xds::ProxyConfig;
 use rustmesh_xds::address::Address;
-use rustmesh_xds::listener::{FilterChain, FilterChainMatch, Listener, TrafficDirection};
+use rustmesh_xds::listener::{
+    FilterChain, FilterChainMatch, Listener, NetworkFilter, TcpProxy, TrafficDirection,
+};
 use rustmesh_xds::names;
 use rustmesh_xds::route::{RedirectAction, Route, RouteConfiguration, RouteMatch, VirtualHost};
 use rustmesh_xds::scope::{select_scope, selects};
@@ -253,7 +263,7 @@ pub(super) fn render(
     };
     let ns = scope.namespace.as_str();
     let targets = target_ports(view, scope);
-    let mut by_port: BTreeMap<u16, Vec<PortServer>> = BTreeMap::new();
+    let mut by_port: BTreeMap<u16, (ServerProtocol, Vec<PortServer>)> = BTreeMap::new();
     for (key, gw) in scope_gateways(view, selector) {
         for server in &gw.spec.servers {
             let Some(number) = server
@@ -263,11 +273,18 @@ pub(super) fn render(
             else {
                 continue;
             };
-            if server.protocol() != ServerProtocol::Http {
+            let class = server.protocol();
+            if !matches!(class, ServerProtocol::Http | ServerProtocol::Tcp) {
                 continue; // refused by validation: an accepted Gateway holds none
             }
             let port = targets.get(&number).copied().unwrap_or(number);
-            by_port.entry(port).or_default().push(PortServer {
+            let (first, servers) = by_port.entry(port).or_insert_with(|| (class, Vec::new()));
+            // As Istio merges gateways: one protocol per port (the oldest server's), one TCP
+            // server per port; validation warns about the servers left out.
+            if *first != class || (class == ServerProtocol::Tcp && !servers.is_empty()) {
+                continue;
+            }
+            servers.push(PortServer {
                 gateway: key,
                 server,
                 number,
@@ -278,24 +295,34 @@ pub(super) fn render(
     let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
     let mut listeners = Vec::new();
     let mut tables = Vec::new();
-    for (port, servers) in &by_port {
-        let table = route_name(*port);
+    for (port, (class, servers)) in &by_port {
+        let chain = if *class == ServerProtocol::Tcp {
+            // No bound VirtualService with a `tcp` rule for it: no listener, as Istio.
+            let Some(chain) = tcp_chain(&mut ctx, *port, &servers[0]) else {
+                continue;
+            };
+            chain
+        } else {
+            let table = route_name(*port);
+            let chain = FilterChain {
+                transport_socket: None,
+                name: None,
+                filter_chain_match: FilterChainMatch::default(),
+                filters: vec![hcm(names::outbound_stat_prefix(any, *port), table.clone())],
+            };
+            tables.push(route_table(&mut ctx, table, servers));
+            chain
+        };
         listeners.push(Listener {
             name: names::listener_name(any, *port),
             address: Address::new(any, *port),
             traffic_direction: TrafficDirection::Outbound,
             use_original_dst: false,
             bind_to_port: true,
-            filter_chains: vec![FilterChain {
-                transport_socket: None,
-                name: None,
-                filter_chain_match: FilterChainMatch::default(),
-                filters: vec![hcm(names::outbound_stat_prefix(any, *port), table.clone())],
-            }],
+            filter_chains: vec![chain],
             default_filter_chain: None,
             listener_filters_timeout: None,
         });
-        tables.push(route_table(&mut ctx, table, servers));
     }
 
     let (mut clusters, endpoints, recipes) = ctx.build_clusters();
@@ -399,6 +426,62 @@ fn route_table(
         name,
         virtual_hosts,
     }
+}
+
+/// The chain of a TCP server on listener port `port`: a TCP proxy to where the first `tcp` rule
+/// applying to it sends connections, of the oldest bound VirtualService sharing a host with the
+/// server (Istio's gateway TCP routes: a rule applies without matches, or with a match whose
+/// `port` is the server's and whose `gateways` name this Gateway, if any); `None` without one.
+fn tcp_chain(ctx: &mut Ctx<'_, '_>, port: u16, ps: &PortServer<'_>) -> Option<FilterChain> {
+    let view = ctx.view;
+    let ns = ctx.scope.namespace.clone();
+    let gateway = ps.gateway.to_string();
+    let hosts: Vec<ServerHost> = ps
+        .server
+        .hosts
+        .iter()
+        .map(|h| ServerHost::parse(h))
+        .collect();
+    for (key, vs, vs_hosts) in bound_virtual_services(view, &gateway, &ns) {
+        let admitted: Vec<&str> = hosts
+            .iter()
+            .filter(|h| h.admits(&key.namespace, &ps.gateway.namespace))
+            .map(|h| h.host)
+            .collect();
+        if intersect(&admitted, vs_hosts).is_empty() {
+            continue;
+        }
+        for rule in &vs.spec.tcp {
+            let applies = rule.match_.is_empty()
+                || rule.match_.iter().any(|m| {
+                    m.port.is_none_or(|p| p == u32::from(ps.number))
+                        && (m.gateways.is_empty()
+                            || m.gateways
+                                .iter()
+                                .any(|g| resolve_gateway_name(g, &key.namespace) == gateway))
+                });
+            if !applies {
+                continue;
+            }
+            let (cluster, weighted_clusters) =
+                ctx.tcp_destinations(rule, &key.namespace, ps.number)?;
+            let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+            return Some(FilterChain {
+                transport_socket: None,
+                name: None,
+                filter_chain_match: FilterChainMatch::default(),
+                filters: vec![NetworkFilter::TcpProxy(TcpProxy {
+                    stat_prefix: cluster
+                        .clone()
+                        .unwrap_or_else(|| names::outbound_stat_prefix(any, port)),
+                    cluster,
+                    weighted_clusters,
+                    ..TcpProxy::default()
+                })],
+            });
+        }
+    }
+    None
 }
 
 /// The route of a virtual host whose server sets `tls.httpsRedirect`: every request answered

@@ -2,7 +2,8 @@
 //! (bookinfo-gateway and the bookinfo VirtualService), host intersection with `namespace/`
 //! server hosts, VirtualServices bound to gateways only (not on sidecars) or to `mesh` and a
 //! gateway (both), per-match `gateways`, the Service targetPort mapping of the listener port,
-//! `tls.httpsRedirect`, and refused fields.
+//! `tls.httpsRedirect`, TCP servers (Istio's TCP ingress task), the port conflicts of merged
+//! Gateways, and refused fields.
 
 use super::*;
 use crate::configmap::{render, render_namespace};
@@ -23,7 +24,11 @@ fn mesh_with_ingress() -> Index {
         "istio-system",
         "istio-ingressgateway",
         Some("10.96.30.1"),
-        &[("http2", 80, 8080), ("https", 443, 8443)],
+        &[
+            ("http2", 80, 8080),
+            ("https", 443, 8443),
+            ("tcp", 31400, 31400),
+        ],
         &[("istio-ingressgateway-1", "10.244.0.50", GATEWAY_LABELS)],
     );
     index
@@ -466,4 +471,137 @@ spec:
     let c = rendered(&index, &scope);
     let names: Vec<&str> = c.listeners.iter().map(|l| l.name.as_str()).collect();
     assert_eq!(names, ["0.0.0.0_8080", "0.0.0.0_9000"]);
+}
+
+/// Istio's TCP traffic shifting through the ingress gateway (tcp-echo, 80 % v1, 20 % v2).
+#[test]
+fn a_tcp_server_proxies_to_the_bound_virtual_services_tcp_route() {
+    let mut index = mesh_with_ingress();
+    workload(
+        &mut index,
+        "default",
+        "tcp-echo",
+        Some("10.96.10.9"),
+        &[("tcp", 9000, 9000)],
+        &[
+            (
+                "tcp-echo-v1-1",
+                "10.244.0.60",
+                &[("app", "tcp-echo"), ("version", "v1")],
+            ),
+            (
+                "tcp-echo-v2-1",
+                "10.244.0.61",
+                &[("app", "tcp-echo"), ("version", "v2")],
+            ),
+        ],
+    );
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: tcp-echo-gateway, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 31400, name: tcp, protocol: TCP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: tcp-echo-destination, namespace: default}
+spec:
+  host: tcp-echo
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp-echo, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: [tcp-echo-gateway]
+  tcp:
+  - match:
+    - port: 31400
+    route:
+    - destination: {host: tcp-echo, port: {number: 9000}, subset: v1}
+      weight: 80
+    - destination: {host: tcp-echo, port: {number: 9000}, subset: v2}
+      weight: 20
+"#,
+    );
+    let c = rendered(&index, &gateway_scope());
+    let l = c.listener("0.0.0.0_31400").expect("0.0.0.0_31400");
+    assert!(l.bind_to_port && !l.use_original_dst);
+    let NetworkFilter::TcpProxy(t) = &l.filter_chains[0].filters[0] else {
+        panic!("not a TCP proxy");
+    };
+    let weighted: Vec<(&str, u32)> = t
+        .weighted_clusters
+        .as_ref()
+        .expect("weighted clusters")
+        .clusters
+        .iter()
+        .map(|w| (w.name.as_str(), w.weight))
+        .collect();
+    assert_eq!(
+        weighted,
+        [
+            ("outbound|9000|v1|tcp-echo.default.svc.cluster.local", 80),
+            ("outbound|9000|v2|tcp-echo.default.svc.cluster.local", 20)
+        ]
+    );
+    assert!(
+        c.cluster("outbound|9000|v2|tcp-echo.default.svc.cluster.local")
+            .is_some()
+    );
+    // No route table for a TCP port; the tcp route stays off the sidecars (gateways only).
+    assert!(c.route("http.31400").is_none());
+    let sidecar = rendered(&index, &Scope::namespace("default"));
+    let l = sidecar
+        .listener("10.96.10.9_9000")
+        .expect("tcp-echo's listener");
+    let NetworkFilter::TcpProxy(t) = &l.filter_chains[0].filters[0] else {
+        panic!("not a TCP proxy");
+    };
+    assert_eq!(
+        t.cluster.as_deref(),
+        Some("outbound|9000||tcp-echo.default.svc.cluster.local")
+    );
+}
+
+#[test]
+fn a_port_keeps_its_oldest_servers_protocol_and_the_others_are_warned() {
+    let mut index = mesh_with_ingress();
+    istio(&mut index, BOOKINFO_GATEWAY);
+    // Neither has a creation time: by namespace and name, bookinfo-gateway is the older.
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: raw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: tcp, protocol: TCP}
+    hosts: ["*"]
+"#,
+    );
+    let registry = Registry::build(&index);
+    let v = &Validation::compute(&index, &registry).verdicts
+        [&(Kind::Gateway, ObjKey::new("istio-system", "raw"))];
+    assert!(v.accepted);
+    let warned: Vec<&str> = v.findings.iter().map(|f| f.field.as_str()).collect();
+    assert_eq!(warned, ["spec.servers[0].port"], "{:?}", v.findings);
+    assert!(v.findings[0].message.contains("default/bookinfo-gateway"));
+    // The listener stays bookinfo's HTTP one.
+    let c = rendered(&index, &gateway_scope());
+    assert_eq!(
+        rds(c.listener("0.0.0.0_8080").expect("listener")),
+        "http.8080"
+    );
 }

@@ -1032,12 +1032,23 @@ impl<'v, 'a> Ctx<'v, 'a> {
                             }))
                 })
         })?;
+        self.tcp_destinations(rule, &key.namespace, v.port.port)
+    }
+
+    /// Where a VirtualService's `tcp` rule sends a connection to `port` (short hosts resolved
+    /// in `vs_ns`): one cluster, or weighted clusters; `None` without destinations.
+    fn tcp_destinations(
+        &mut self,
+        rule: &rustmesh_api::virtual_service::TcpRoute,
+        vs_ns: &str,
+        port: u16,
+    ) -> Option<(Option<String>, Option<WeightedClusters>)> {
         let dests: Vec<(String, u32)> = rule
             .route
             .iter()
             .filter(|d| rule.route.len() == 1 || d.weight.unwrap_or(0) > 0)
             .map(|d| {
-                let c = self.cluster_for(&d.destination, &key.namespace, v.port.port);
+                let c = self.cluster_for(&d.destination, vs_ns, port);
                 (
                     c,
                     d.weight.and_then(|w| u32::try_from(w).ok()).unwrap_or(100),
