@@ -134,7 +134,7 @@ fn every_field_of_every_fixture_survives_a_round_trip() {
             objects += 1;
         }
     }
-    assert_eq!(objects, 39, "objects read");
+    assert_eq!(objects, 43, "objects read");
 }
 
 #[test]
