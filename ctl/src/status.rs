@@ -345,11 +345,10 @@ mod tests {
     #[test]
     fn the_version_of_the_scope_the_labels_select() {
         let mut index = ScopeIndex::default();
-        index.selectors.push(ScopeSelector {
-            key: "sidecar-ratings.json.gz".into(),
-            sidecar: "ratings".into(),
-            labels: [("app".to_string(), "ratings".to_string())].into(),
-        });
+        index.selectors.push(ScopeSelector::sidecar(
+            "ratings",
+            [("app".to_string(), "ratings".to_string())].into(),
+        ));
         for (key, v) in [(DEFAULT_SCOPE_KEY, "d1"), ("sidecar-ratings.json.gz", "r1")] {
             index.parts.insert(
                 key.into(),

@@ -21,8 +21,8 @@ use kube::api::{
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use rustmesh_api::{
-    AuthorizationPolicy, DestinationRule, IstioObject, PeerAuthentication, RequestAuthentication,
-    ServiceEntry, Sidecar, Telemetry, VirtualService,
+    AuthorizationPolicy, DestinationRule, Gateway, IstioObject, PeerAuthentication,
+    RequestAuthentication, ServiceEntry, Sidecar, Telemetry, VirtualService,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -772,6 +772,11 @@ impl Ctx {
                     let api: Api<ServiceEntry> = Api::namespaced(self.client.clone(), ns);
                     api.patch(&e.name_any(), &pp, &Patch::Apply(&*e)).await?;
                 }
+                IstioObject::Gateway(mut g) => {
+                    g.metadata.namespace = Some(ns.into());
+                    let api: Api<Gateway> = Api::namespaced(self.client.clone(), ns);
+                    api.patch(&g.name_any(), &pp, &Patch::Apply(&*g)).await?;
+                }
             }
         }
         Ok(())
@@ -795,7 +800,7 @@ impl Ctx {
         Ok(())
     }
 
-    /// Deletes every VirtualService, DestinationRule, Sidecar and ServiceEntry in `ns`.
+    /// Deletes every VirtualService, DestinationRule, Sidecar, ServiceEntry and Gateway in `ns`.
     pub async fn delete_istio(&self, ns: &str) -> Result<()> {
         let dp = DeleteParams::default();
         let lp = ListParams::default();
@@ -809,6 +814,9 @@ impl Ctx {
             .delete_collection(&dp, &lp)
             .await?;
         Api::<ServiceEntry>::namespaced(self.client.clone(), ns)
+            .delete_collection(&dp, &lp)
+            .await?;
+        Api::<Gateway>::namespaced(self.client.clone(), ns)
             .delete_collection(&dp, &lp)
             .await?;
         Ok(())

@@ -163,6 +163,7 @@ pub fn apply_istio(index: &mut Index, obj: IstioObject) {
         IstioObject::RequestAuthentication(r) => Object::RequestAuthentication(r),
         IstioObject::Telemetry(t) => Object::Telemetry(t),
         IstioObject::ServiceEntry(se) => Object::ServiceEntry(se),
+        IstioObject::Gateway(g) => Object::Gateway(g),
     });
 }
 
@@ -200,6 +201,9 @@ pub fn reparse_unvalidated(yaml: &str) -> Vec<IstioObject> {
             )),
             "ServiceEntry" => IstioObject::ServiceEntry(Box::new(
                 serde_json::from_value(json).expect("ServiceEntry shape"),
+            )),
+            "Gateway" => IstioObject::Gateway(Box::new(
+                serde_json::from_value(json).expect("Gateway shape"),
             )),
             other => panic!("unsupported kind {other}"),
         });

@@ -180,6 +180,7 @@ impl Validation {
             let mut findings = own_findings(vs.spec.validate());
             if findings.is_empty() {
                 vs_cross_checks(vs, key, registry, &accepted_drs, suffix, &mut findings);
+                findings.extend(vs_gateway_findings(index, key, vs));
             }
             findings.extend(unimplemented("VirtualService", &vs.spec));
             verdicts.insert((Kind::VirtualService, key.clone()), verdict(findings, None));
@@ -256,6 +257,7 @@ impl Validation {
         request_authentications(index, &mut verdicts);
         telemetries(index, &mut verdicts);
         service_entries(index, registry, &mut verdicts);
+        gateways(index, &mut verdicts);
         Validation { verdicts }
     }
 
@@ -518,6 +520,126 @@ fn service_entries(
         }
         verdicts.insert((Kind::ServiceEntry, key.clone()), v);
     }
+}
+
+/// Gateways: their own checks (Istio's `ValidateGateway` and rustmesh's refusals of what it
+/// does not render, each naming the field: `rustmesh_api::gateway`) and Istio's warnings. An
+/// invalid update of a Gateway accepted before notes that the last accepted version keeps
+/// serving (`render::gateway` renders it).
+fn gateways(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey), Verdict>) {
+    let store = &index.gateways;
+    for (key, gw) in &store.objects {
+        let mut findings = own_findings(gw.spec.validate());
+        findings.extend(gw.spec.warnings().into_iter().map(|w| Finding {
+            level: Level::Warning,
+            field: w.field,
+            message: w.message,
+        }));
+        if gw.spec.selector.is_empty() {
+            findings.push(Finding {
+                level: Level::Warning,
+                field: "spec.selector".into(),
+                message: "no selector: the Gateway selects no pod and renders nothing".into(),
+            });
+        }
+        findings.extend(unimplemented("Gateway", &gw.spec));
+        let mut v = verdict(findings, None);
+        if !v.accepted
+            && let Some(p) = store.last_good.get(key)
+        {
+            v.serving_previous = Some(p.metadata.generation.unwrap_or(0));
+            v.previous_spec = serde_json::to_value(&p.spec).ok();
+        }
+        verdicts.insert((Kind::Gateway, key.clone()), v);
+    }
+    gateway_port_conflicts(index, verdicts);
+}
+
+/// Servers the merge of a gateway pod's Gateways leaves out, as Istio's: on one port, one
+/// protocol (the oldest server's: HTTP ones share the listener, a TCP one takes it whole) and
+/// at most one TCP server. Each server left out is a warning naming `spec.servers[i].port`,
+/// for Gateways whose selectors may select the same pod (no label with two values). Ports
+/// are compared as written (a Service's targetPort mapping two numbers to one listener is not
+/// seen here).
+fn gateway_port_conflicts(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey), Verdict>) {
+    use rustmesh_api::gateway::ServerProtocol;
+    let mut accepted: Vec<(&ObjKey, &rustmesh_api::Gateway)> = index
+        .gateways
+        .objects
+        .iter()
+        .filter(|(k, _)| verdicts[&(Kind::Gateway, (*k).clone())].accepted)
+        .collect();
+    accepted.sort_by_key(|(_, g)| age_key(&g.metadata));
+    let compatible = |a: &crate::index::Labels, b: &crate::index::Labels| {
+        a.iter().all(|(k, v)| b.get(k).is_none_or(|w| w == v))
+    };
+    // (selector, port, protocol, who serves it)
+    let mut claimed: Vec<(&crate::index::Labels, u32, ServerProtocol, String)> = Vec::new();
+    for (key, gw) in accepted {
+        let mut found = Vec::new();
+        for (i, server) in gw.spec.servers.iter().enumerate() {
+            let Some(port) = server.port.as_ref().map(|p| p.number) else {
+                continue;
+            };
+            let class = server.protocol();
+            let clash = claimed.iter().find(|(sel, p, c, _)| {
+                *p == port
+                    && compatible(sel, &gw.spec.selector)
+                    && (*c != class || class == ServerProtocol::Tcp)
+            });
+            match clash {
+                Some((_, _, c, owner)) => found.push(Finding {
+                    level: Level::Warning,
+                    field: format!("spec.servers[{i}].port"),
+                    message: format!(
+                        "port {port} is already served ({}) by {owner} for the pods both \
+                         select; this server is not rendered on them (one protocol and at most \
+                         one TCP server per port, as Istio merges gateways)",
+                        if *c == ServerProtocol::Tcp {
+                            "TCP"
+                        } else {
+                            "HTTP"
+                        }
+                    ),
+                }),
+                None => claimed.push((
+                    &gw.spec.selector,
+                    port,
+                    class,
+                    format!("Gateway {key} spec.servers[{i}]"),
+                )),
+            }
+        }
+        if let Some(v) = verdicts.get_mut(&(Kind::Gateway, key.clone())) {
+            v.findings.extend(found);
+        }
+    }
+}
+
+/// A warning for each gateway a VirtualService names (`spec.gateways[i]`) that no Gateway
+/// object is (Istio's analyzer reports it too, IST0101): those routes render on no gateway.
+fn vs_gateway_findings(index: &Index, key: &ObjKey, vs: &VirtualService) -> Vec<Finding> {
+    use rustmesh_api::gateway::{MESH, resolve_gateway_name};
+    let mut out = Vec::new();
+    for (i, g) in vs.spec.gateways.iter().enumerate() {
+        if g == MESH {
+            continue;
+        }
+        let name = resolve_gateway_name(g, &key.namespace);
+        let found = name
+            .split_once('/')
+            .is_some_and(|(ns, n)| index.gateways.objects.contains_key(&ObjKey::new(ns, n)));
+        if !found {
+            out.push(Finding {
+                level: Level::Warning,
+                field: format!("spec.gateways[{i}]"),
+                message: format!(
+                    "Gateway {name} not found; no gateway renders these routes for it"
+                ),
+            });
+        }
+    }
+    out
 }
 
 /// A warning for each host of an entry that another service of the registry holds.
@@ -876,9 +998,12 @@ fn vs_cross_checks(
     suffix: &str,
     findings: &mut Vec<Finding>,
 ) {
+    // A VirtualService bound only to gateways routes hosts of the gateways' servers, which
+    // need not be services of the registry (`bookinfo.example.com`).
+    let mesh = vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh");
     for (i, h) in vs.spec.hosts.iter().enumerate() {
         let host = resolve_host(h, &key.namespace, suffix);
-        if !registry_has(registry, &host) {
+        if mesh && !registry_has(registry, &host) {
             findings.push(Finding {
                 level: Level::Warning,
                 field: format!("spec.hosts[{i}]"),
@@ -1126,6 +1251,7 @@ pub fn persisted_version<K: crate::index::kinds::IstioKind>(obj: &K, has_ca: boo
         crate::index::Object::RequestAuthentication(o) => o.spec.validate().is_empty(),
         crate::index::Object::Telemetry(o) => o.spec.validate().is_empty(),
         crate::index::Object::ServiceEntry(o) => o.spec.validate().is_empty(),
+        crate::index::Object::Gateway(o) => o.spec.validate().is_empty(),
         _ => false,
     };
     if !valid {

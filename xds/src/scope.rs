@@ -6,8 +6,14 @@
 //! - `binaryData["default.json.gz"]`: the namespace scope (the namespace-wide Sidecar, else the
 //!   root namespace's, else everything the namespace may see);
 //! - `binaryData["sidecar-<name>.json.gz"]`: one per Sidecar with a `workloadSelector`;
+//! - `binaryData["gateway-<16 hex>.json.gz"]`: one per distinct `selector` of the Gateways
+//!   selecting pods of the namespace ([`gateway_scope_key`]; index version 3): the gateway
+//!   pods' listeners (`0.0.0.0_<port>`, bound to the port, no original destination), routes
+//!   (`http.<port>`) and clusters;
 //! - `data["scopes.json"]`: the [`ScopeIndex`], which lists the selector scopes in the order they
-//!   are tried (Istio's rule: the oldest Sidecar wins, then the name).
+//!   are tried: gateway scopes first (more labels first), then Sidecar scopes (Istio's rule: the
+//!   oldest Sidecar wins, then the name). A pod matching two unrelated gateway selectors gets
+//!   only the first scope (the Gateways of the other are not merged into it).
 //!
 //! Each `.json.gz` value is the gzip (RFC 1952) of compact JSON. A pod picks its key with
 //! [`select_scope`] from its own labels (the webhook mounts them at `/etc/istio/pod/labels`, read
@@ -33,8 +39,13 @@ pub const SCOPE_INDEX_KEY: &str = "scopes.json";
 /// Key (in `binaryData`) of the namespace scope's configuration.
 pub const DEFAULT_SCOPE_KEY: &str = "default.json.gz";
 /// Version of the [`ScopeIndex`] format; a proxy refuses an index with a newer version.
-/// Version 2 added [`ScopeIndex::parts`] (endpoints in parts of their own).
-pub const SCOPE_INDEX_VERSION: u32 = 2;
+/// Version 2 added [`ScopeIndex::parts`] (endpoints in parts of their own); version 3 gateway
+/// scopes ([`ScopeSelector::gateways`], no `sidecar`). An index without gateway scopes is
+/// still written as version 2 ([`ScopeIndex::written_version`]), so proxies that read version
+/// 2 keep reading every namespace without gateway pods.
+pub const SCOPE_INDEX_VERSION: u32 = 3;
+/// The version an index without gateway scopes is written as.
+pub const SCOPE_INDEX_VERSION_WITHOUT_GATEWAYS: u32 = 2;
 /// Endpoint parts hold about this many `ClusterLoadAssignment`s (see [`endpoint_part_count`]).
 pub const ASSIGNMENTS_PER_PART: usize = 128;
 /// At most this many endpoint parts per scope.
@@ -63,7 +74,7 @@ pub struct ScopeIndex {
 impl Default for ScopeIndex {
     fn default() -> Self {
         ScopeIndex {
-            version: SCOPE_INDEX_VERSION,
+            version: SCOPE_INDEX_VERSION_WITHOUT_GATEWAYS,
             default: DEFAULT_SCOPE_KEY.to_string(),
             selectors: Vec::new(),
             parts: BTreeMap::new(),
@@ -121,16 +132,65 @@ pub fn endpoint_part_of(cluster_name: &str, parts: usize) -> usize {
     (crate::fnv::hash(host.as_bytes()) % parts.max(1) as u64) as usize
 }
 
-/// One Sidecar with a workloadSelector and the key of its configuration.
+/// Key (in `binaryData`) of the gateway scope of the Gateways whose `selector` is `labels`:
+/// `gateway-<16 hex digits of the FNV-1a hash of the labels>.json.gz`, stable whichever
+/// Gateways share the selector.
+pub fn gateway_scope_key(labels: &BTreeMap<String, String>) -> String {
+    let mut text = String::new();
+    for (k, v) in labels {
+        text.push_str(k);
+        text.push('=');
+        text.push_str(v);
+        text.push('\n');
+    }
+    format!("gateway-{:016x}.json.gz", crate::fnv::hash(text.as_bytes()))
+}
+
+/// One selector scope and the key of its configuration: a Sidecar with a workloadSelector
+/// (`sidecar` set), or the gateway pods of a Gateway `selector` (`gateways` set; index version
+/// 3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ScopeSelector {
-    /// `sidecar-<name>.json.gz`.
+    /// `sidecar-<name>.json.gz`, or `gateway-<hex>.json.gz` ([`gateway_scope_key`]).
     pub key: String,
-    /// The Sidecar's name.
+    /// The Sidecar's name; empty (absent) for a gateway scope.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sidecar: String,
-    /// `workloadSelector.labels`: all must be present with the same value.
+    /// For a gateway scope: the Gateways (`<namespace>/<name>`) with this selector, oldest
+    /// first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<String>,
+    /// `workloadSelector.labels` (a Gateway's `selector`): all must be present with the same
+    /// value.
     pub labels: BTreeMap<String, String>,
+}
+
+impl ScopeSelector {
+    /// The scope of a Sidecar with a workloadSelector.
+    pub fn sidecar(name: &str, labels: BTreeMap<String, String>) -> Self {
+        ScopeSelector {
+            key: sidecar_scope_key(name),
+            sidecar: name.to_string(),
+            gateways: Vec::new(),
+            labels,
+        }
+    }
+
+    /// The scope of the gateway pods the Gateways `gateways` (`<namespace>/<name>`) select.
+    pub fn gateway(gateways: Vec<String>, labels: BTreeMap<String, String>) -> Self {
+        ScopeSelector {
+            key: gateway_scope_key(&labels),
+            sidecar: String::new(),
+            gateways,
+            labels,
+        }
+    }
+
+    /// Whether this is a gateway scope (its pods run as gateways: `proxy run --type router`).
+    pub fn is_gateway(&self) -> bool {
+        !self.gateways.is_empty()
+    }
 }
 
 impl ScopeIndex {
@@ -152,14 +212,25 @@ impl ScopeIndex {
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("scope index always serialises")
     }
+
+    /// The version this index is written as: [`SCOPE_INDEX_VERSION`] when it holds a gateway
+    /// scope, else [`SCOPE_INDEX_VERSION_WITHOUT_GATEWAYS`] (what older proxies read).
+    pub fn written_version(&self) -> u32 {
+        if self.selectors.iter().any(ScopeSelector::is_gateway) {
+            SCOPE_INDEX_VERSION
+        } else {
+            SCOPE_INDEX_VERSION_WITHOUT_GATEWAYS
+        }
+    }
 }
 
-/// The key of the configuration for a pod with these labels: the first selector scope whose
-/// labels are all carried by the pod, else the default scope.
+/// The key of the configuration for a pod with these labels: the first gateway scope whose
+/// labels are all carried by the pod, else the first Sidecar scope, else the default scope.
 pub fn select_scope<'a>(index: &'a ScopeIndex, pod_labels: &BTreeMap<String, String>) -> &'a str {
-    index
-        .selectors
-        .iter()
+    let gateways = index.selectors.iter().filter(|s| s.is_gateway());
+    let sidecars = index.selectors.iter().filter(|s| !s.is_gateway());
+    gateways
+        .chain(sidecars)
         .find(|s| selects(&s.labels, pod_labels))
         .map(|s| s.key.as_str())
         .unwrap_or(index.default.as_str())
@@ -240,16 +311,8 @@ mod tests {
     fn first_matching_selector_wins_else_default() {
         let index = ScopeIndex {
             selectors: vec![
-                ScopeSelector {
-                    key: sidecar_scope_key("ratings"),
-                    sidecar: "ratings".into(),
-                    labels: labels(&[("app", "ratings")]),
-                },
-                ScopeSelector {
-                    key: sidecar_scope_key("v1"),
-                    sidecar: "v1".into(),
-                    labels: labels(&[("version", "v1")]),
-                },
+                ScopeSelector::sidecar("ratings", labels(&[("app", "ratings")])),
+                ScopeSelector::sidecar("v1", labels(&[("version", "v1")])),
             ],
             ..ScopeIndex::default()
         };
@@ -267,6 +330,45 @@ mod tests {
         );
         let round = ScopeIndex::from_json(&index.to_json()).unwrap();
         assert_eq!(round, index);
+    }
+
+    #[test]
+    fn gateway_scopes_are_tried_first_and_need_version_3() {
+        let sidecars_only = ScopeIndex {
+            selectors: vec![ScopeSelector::sidecar(
+                "ingress",
+                labels(&[("app", "ingress")]),
+            )],
+            ..ScopeIndex::default()
+        };
+        assert_eq!(sidecars_only.written_version(), 2);
+        // Written as version 2, a Sidecar scope reads exactly as before (no `gateways`).
+        let json = sidecars_only.to_json();
+        assert!(!json.contains("gateways"), "{json}");
+        let gw = ScopeSelector::gateway(
+            vec!["istio-system/bookinfo-gateway".into()],
+            labels(&[("istio", "ingressgateway")]),
+        );
+        assert!(gw.key.starts_with("gateway-") && gw.key.ends_with(".json.gz"));
+        assert_eq!(
+            gw.key,
+            gateway_scope_key(&labels(&[("istio", "ingressgateway")]))
+        );
+        let index = ScopeIndex {
+            // Listed after the Sidecar scope, still tried first.
+            selectors: vec![sidecars_only.selectors[0].clone(), gw.clone()],
+            ..ScopeIndex::default()
+        };
+        assert_eq!(index.written_version(), 3);
+        let pod = labels(&[("app", "ingress"), ("istio", "ingressgateway")]);
+        assert_eq!(select_scope(&index, &pod), gw.key);
+        assert_eq!(
+            select_scope(&index, &labels(&[("app", "ingress")])),
+            "sidecar-ingress.json.gz"
+        );
+        let json = index.to_json();
+        assert!(!json.contains("\"sidecar\": \"\""), "{json}");
+        assert_eq!(ScopeIndex::from_json(&json).unwrap(), index);
     }
 
     #[test]

@@ -14,8 +14,8 @@ use kube::ResourceExt;
 use rustmesh_api::sidecar::{EgressHost, OutboundTrafficPolicyMode};
 use rustmesh_api::virtual_service::Delegate;
 use rustmesh_api::{
-    AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication, ServiceEntry,
-    Sidecar, Telemetry, VirtualService,
+    AuthorizationPolicy, DestinationRule, Gateway, PeerAuthentication, RequestAuthentication,
+    ServiceEntry, Sidecar, Telemetry, VirtualService,
 };
 use rustmesh_xds::well_known::{DEFAULT_DOMAIN_SUFFIX, DEFAULT_ROOT_NAMESPACE};
 use std::collections::{BTreeMap, BTreeSet};
@@ -126,10 +126,11 @@ pub enum Kind {
     RequestAuthentication,
     Telemetry,
     ServiceEntry,
+    Gateway,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Service,
         Kind::Endpoints,
         Kind::Pod,
@@ -142,6 +143,7 @@ impl Kind {
         Kind::RequestAuthentication,
         Kind::Telemetry,
         Kind::ServiceEntry,
+        Kind::Gateway,
     ];
 }
 
@@ -196,6 +198,7 @@ pub enum Object {
     RequestAuthentication(Box<RequestAuthentication>),
     Telemetry(Box<Telemetry>),
     ServiceEntry(Box<ServiceEntry>),
+    Gateway(Box<Gateway>),
 }
 
 impl Object {
@@ -213,6 +216,7 @@ impl Object {
             Object::RequestAuthentication(_) => Kind::RequestAuthentication,
             Object::Telemetry(_) => Kind::Telemetry,
             Object::ServiceEntry(_) => Kind::ServiceEntry,
+            Object::Gateway(_) => Kind::Gateway,
         }
     }
 
@@ -231,6 +235,7 @@ impl Object {
             Object::RequestAuthentication(o) => ObjKey::of(o.as_ref()),
             Object::Telemetry(o) => ObjKey::of(o.as_ref()),
             Object::ServiceEntry(o) => ObjKey::of(o.as_ref()),
+            Object::Gateway(o) => ObjKey::of(o.as_ref()),
         }
     }
 }
@@ -349,6 +354,7 @@ pub struct Index {
     pub request_authentications: KindStore<RequestAuthentication>,
     pub telemetries: KindStore<Telemetry>,
     pub service_entries: KindStore<ServiceEntry>,
+    pub gateways: KindStore<Gateway>,
     /// The key sets fetched for the RequestAuthentications' rules ([`crate::jwks`]).
     pub key_sets: KeySets,
 }
@@ -372,18 +378,56 @@ impl Index {
             .unwrap_or_default()
     }
 
+    /// Namespaces that get a ConfigMap, sorted: injected namespaces (see above) and those
+    /// holding a gateway pod ([`Index::has_gateway_pod`]).
     pub fn injected_namespaces(&self) -> impl Iterator<Item = &str> {
+        let selectors = self.gateway_selectors();
         self.namespaces
             .iter()
-            .filter(|(n, l)| is_injected(l, &self.mesh.revision) || self.has_opted_in_pod(n, l))
+            .filter(move |(n, l)| {
+                is_injected(l, &self.mesh.revision)
+                    || self.has_opted_in_pod(n, l)
+                    || self.has_gateway_pod(n, &selectors)
+            })
             .map(|(n, _)| n.as_str())
     }
 
     /// Whether namespace `ns` gets a ConfigMap (see [`Index::injected_namespaces`]).
     pub fn is_mesh_namespace(&self, ns: &str) -> bool {
-        self.namespaces
-            .get(ns)
-            .is_some_and(|l| is_injected(l, &self.mesh.revision) || self.has_opted_in_pod(ns, l))
+        self.namespaces.get(ns).is_some_and(|l| {
+            is_injected(l, &self.mesh.revision)
+                || self.has_opted_in_pod(ns, l)
+                || self.has_gateway_pod(ns, &self.gateway_selectors())
+        })
+    }
+
+    /// The distinct non-empty `selector`s of the Gateways (current and last accepted
+    /// versions: a superset of what renders is harmless here).
+    pub fn gateway_selectors(&self) -> BTreeSet<&Labels> {
+        self.gateways
+            .objects
+            .values()
+            .chain(self.gateways.last_good.values())
+            .map(|g| &g.spec.selector)
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    /// A pod of `ns` carries every label of one of `selectors` (a gateway pod: Istio's
+    /// Gateways select pods in any namespace).
+    pub fn has_gateway_pod(&self, ns: &str, selectors: &BTreeSet<&Labels>) -> bool {
+        if selectors.is_empty() {
+            return false;
+        }
+        let from = ObjKey::new(ns, "");
+        self.pods
+            .range(from..)
+            .take_while(|(k, _)| k.namespace == ns)
+            .any(|(_, p)| {
+                selectors
+                    .iter()
+                    .any(|s| rustmesh_xds::scope::selects(s, &p.labels))
+            })
     }
 
     /// A pod of `ns` opts in ([`pod_opts_in`]) and the namespace selects nothing itself.
@@ -512,6 +556,7 @@ impl Index {
             Object::RequestAuthentication(o) => self.put(key, *o),
             Object::Telemetry(o) => self.put(key, *o),
             Object::ServiceEntry(o) => self.put(key, *o),
+            Object::Gateway(o) => self.put(key, *o),
         }
     }
 
@@ -586,7 +631,10 @@ impl Index {
             }
             Object::Pod { key, .. } => Affects::full(self.namespaces_seeing(&key.namespace), false),
             Object::Namespace { name, labels } => Affects::full(
-                if is_injected(labels, &self.mesh.revision) || self.has_opted_in_pod(name, labels) {
+                if is_injected(labels, &self.mesh.revision)
+                    || self.has_opted_in_pod(name, labels)
+                    || self.has_gateway_pod(name, &self.gateway_selectors())
+                {
                     [name.clone()].into()
                 } else {
                     BTreeSet::new()
@@ -601,6 +649,7 @@ impl Index {
             Object::RequestAuthentication(o) => Affects::full(o.reach(self), true),
             Object::Telemetry(o) => Affects::full(o.reach(self), true),
             Object::ServiceEntry(o) => Affects::full(o.reach(self), true),
+            Object::Gateway(o) => Affects::full(o.reach(self), true),
         }
     }
 
@@ -823,6 +872,9 @@ fn same_content(a: &Object, b: &Object) -> bool {
             x.spec == y.spec && x.metadata.creation_timestamp == y.metadata.creation_timestamp
         }
         (Object::ServiceEntry(x), Object::ServiceEntry(y)) => {
+            x.spec == y.spec && x.metadata.creation_timestamp == y.metadata.creation_timestamp
+        }
+        (Object::Gateway(x), Object::Gateway(y)) => {
             x.spec == y.spec && x.metadata.creation_timestamp == y.metadata.creation_timestamp
         }
         _ => false,
