@@ -137,11 +137,21 @@ async fn s16_ingress_gateway_routes_bookinfo_from_outside_the_mesh() {
         .await
         .unwrap();
     let listeners = ctx
+        .proxy_config(MESH_NAMESPACE, &gateway_pod, &["listeners", "-o", "json"])
+        .await
+        .unwrap();
+    assert!(listeners.contains("\"0.0.0.0_8080\""), "{listeners}");
+    assert!(!listeners.contains("virtualOutbound"), "{listeners}");
+    let table = ctx
         .proxy_config(MESH_NAMESPACE, &gateway_pod, &["listeners"])
         .await
         .unwrap();
-    assert!(listeners.contains("0.0.0.0_8080"), "{listeners}");
-    assert!(!listeners.contains("virtualOutbound"), "{listeners}");
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.contains("Route: http.8080"))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    assert_eq!(row.get(..2), Some(&["0.0.0.0", "8080"][..]), "{table}");
     let routes = ctx
         .proxy_config(MESH_NAMESPACE, &gateway_pod, &["routes"])
         .await
