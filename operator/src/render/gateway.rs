@@ -160,6 +160,17 @@ struct PortServer<'a> {
     number: u16,
 }
 
+impl PortServer<'_> {
+    /// The server's `hosts`, parsed.
+    fn hosts(&self) -> Vec<ServerHost<'_>> {
+        self.server
+            .hosts
+            .iter()
+            .map(|h| ServerHost::parse(h))
+            .collect()
+    }
+}
+
 /// A virtual host being assembled.
 struct VhostAcc {
     name: String,
@@ -358,12 +369,7 @@ fn route_table(
     let mut vhosts: BTreeMap<String, VhostAcc> = BTreeMap::new();
     for ps in servers {
         let gateway = ps.gateway.to_string();
-        let hosts: Vec<ServerHost> = ps
-            .server
-            .hosts
-            .iter()
-            .map(|h| ServerHost::parse(h))
-            .collect();
+        let hosts = ps.hosts();
         ctx.gateway = Some(gateway.clone());
         for (key, vs, vs_hosts) in bound_virtual_services(view, &gateway, &ns) {
             let admitted: Vec<&str> = hosts
@@ -436,12 +442,7 @@ fn tcp_chain(ctx: &mut Ctx<'_, '_>, port: u16, ps: &PortServer<'_>) -> Option<Fi
     let view = ctx.view;
     let ns = ctx.scope.namespace.clone();
     let gateway = ps.gateway.to_string();
-    let hosts: Vec<ServerHost> = ps
-        .server
-        .hosts
-        .iter()
-        .map(|h| ServerHost::parse(h))
-        .collect();
+    let hosts = ps.hosts();
     for (key, vs, vs_hosts) in bound_virtual_services(view, &gateway, &ns) {
         let admitted: Vec<&str> = hosts
             .iter()
