@@ -3,16 +3,19 @@
 //! exposes. Shapes and docs follow
 //! <https://istio.io/latest/docs/reference/config/networking/gateway/>.
 //!
-//! Issue #20, first slice: plain-text servers. The operator renders, for the pods whose labels
-//! match `selector` (in any namespace, Istio's default), one listener `0.0.0.0_<port>` per
-//! server port with the routes of the VirtualServices bound to the Gateway (`spec.gateways`),
-//! for the hosts of both (`servers[].hosts` with their `namespace/` part): HTTP routes for
-//! HTTP, HTTP2, GRPC and GRPC-WEB servers, a `tcp` route for TCP, MONGO, REDIS and MYSQL ones.
-//! `tls.httpsRedirect` on an HTTP server is rendered (every request answered with a 301 to
-//! `https`). What it does not render is refused naming the field, never accepted and silently
-//! ignored: the field-support table ([`crate::support`]) refuses `bind`, `defaultEndpoint`,
-//! `port.targetPort` and every other `tls` field; [`GatewaySpec::unsupported`] refuses HTTPS
-//! and TLS servers.
+//! Issue #20: plain-text and HTTPS servers. The operator renders, for the gateway pods whose
+//! labels match `selector` (in any namespace, Istio's default), one listener `0.0.0.0_<port>`
+//! per server port with the routes of the VirtualServices bound to the Gateway
+//! (`spec.gateways`), for the hosts of both (`servers[].hosts` with their `namespace/` part):
+//! HTTP routes for HTTP, HTTP2, GRPC and GRPC-WEB servers, a `tcp` route for TCP, MONGO, REDIS
+//! and MYSQL ones. An HTTPS server with `tls.mode` `SIMPLE` or `MUTUAL` and a `credentialName`
+//! terminates TLS with that Secret's certificate (chosen by SNI among the port's servers) and
+//! then routes as HTTP. `tls.httpsRedirect` on an HTTP server is rendered (every request
+//! answered with a 301 to `https`). What it does not render is refused naming the field, never
+//! accepted and silently ignored: the field-support table ([`crate::support`]) refuses `bind`,
+//! `defaultEndpoint`, `port.targetPort`, certificate files and every other `tls` field;
+//! [`GatewaySpec::unsupported`] refuses TLS servers and the other modes (`PASSTHROUGH`,
+//! `ISTIO_MUTUAL`, `AUTO_PASSTHROUGH`, `OPTIONAL_MUTUAL`).
 //!
 //! [`GatewaySpec::istio_errors`] reports Istio's errors (`ValidateGateway`), each naming its
 //! field:
@@ -23,6 +26,9 @@
 //!   servers; no `targetPort` (it has no effect on gateways);
 //! - HTTPS and TLS servers have `tls`; other non-HTTP servers have none; an HTTP server's `tls`
 //!   holds only `httpsRedirect` (with an optional mode and no certificates);
+//! - an HTTPS or TLS server's `tls.mode` is one of Istio's; `SIMPLE`, `MUTUAL` and
+//!   `OPTIONAL_MUTUAL` need a `credentialName` or a certificate and key (and `MUTUAL` a CA
+//!   bundle); `ISTIO_MUTUAL` takes neither; a `credentialName` is a Secret's name;
 //! - server `name`s unique.
 //!
 //! [`GatewaySpec::warnings`] reports Istio's warning: `httpsRedirect` on a server that is not
@@ -169,7 +175,9 @@ pub struct TlsCertificate {
 pub enum ServerProtocol {
     /// HTTP, HTTP2, GRPC, GRPC-WEB: served by the HTTP connection manager (rendered).
     Http,
-    /// HTTPS, TLS.
+    /// HTTPS: TLS terminated (`SIMPLE`, `MUTUAL`: rendered) or passed through, then HTTP.
+    Https,
+    /// TLS: TLS terminated or passed through, then TCP (not rendered yet).
     Tls,
     /// TCP, MONGO, REDIS, MYSQL.
     Tcp,
@@ -181,7 +189,8 @@ impl ServerProtocol {
     pub fn parse(p: Option<&str>) -> Self {
         match p.unwrap_or_default().to_ascii_uppercase().as_str() {
             "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB" => ServerProtocol::Http,
-            "HTTPS" | "TLS" => ServerProtocol::Tls,
+            "HTTPS" => ServerProtocol::Https,
+            "TLS" => ServerProtocol::Tls,
             "TCP" | "MONGO" | "REDIS" | "MYSQL" => ServerProtocol::Tcp,
             _ => ServerProtocol::Unknown,
         }
@@ -337,10 +346,13 @@ impl GatewaySpec {
                 continue;
             }
             match (protocol, &server.tls) {
-                (ServerProtocol::Tls, None) => err.push(FieldError::new(
+                (ServerProtocol::Https | ServerProtocol::Tls, None) => err.push(FieldError::new(
                     format!("{at}.tls"),
                     "server must have TLS settings for HTTPS/TLS protocols",
                 )),
+                (ServerProtocol::Https | ServerProtocol::Tls, Some(tls)) => {
+                    err.extend(tls_problems(&at, tls));
+                }
                 (ServerProtocol::Http, Some(tls)) => {
                     let passthrough = tls.mode.as_deref().is_none_or(|m| m == "PASSTHROUGH");
                     if !passthrough
@@ -373,20 +385,46 @@ impl GatewaySpec {
     }
 
     /// rustmesh's refusals that depend on a field's value rather than its presence (the
-    /// support table's `ReportedBy` entry): HTTPS and TLS servers (TLS at gateways is not
-    /// rendered yet). Each names its field.
+    /// support table's `ReportedBy` entries): TLS servers, and a `tls.mode` other than `SIMPLE`
+    /// or `MUTUAL` on an HTTPS server (or any mode on another server). Each names its field.
     pub fn unsupported(&self) -> Vec<FieldError> {
         let mut out = Vec::new();
         for (i, server) in self.servers.iter().enumerate() {
-            let Some(p) = server.port.as_ref().and_then(|p| p.protocol.as_deref()) else {
-                continue;
-            };
-            if server.protocol() == ServerProtocol::Tls {
+            let protocol = server.protocol();
+            if let Some(p) = server.port.as_ref().and_then(|p| p.protocol.as_deref())
+                && protocol == ServerProtocol::Tls
+            {
                 out.push(FieldError::new(
                     format!("spec.servers[{i}].port.protocol"),
                     format!(
                         "not implemented by rustmesh: {p} servers are {} (HTTP, HTTP2, GRPC, \
-                         GRPC-WEB, TCP, MONGO, REDIS and MYSQL are rendered)",
+                         GRPC-WEB, HTTPS, TCP, MONGO, REDIS and MYSQL are rendered)",
+                        crate::support::GATEWAY_NOT_RENDERED
+                    ),
+                ));
+                continue;
+            }
+            // An HTTPS server's `tls` without a mode is Istio's default, PASSTHROUGH.
+            let Some(mode) = server
+                .tls
+                .as_ref()
+                .and_then(|t| t.mode.as_deref())
+                .or((protocol == ServerProtocol::Https).then_some("PASSTHROUGH"))
+            else {
+                continue;
+            };
+            let rendered = protocol == ServerProtocol::Https && TLS_MODES_RENDERED.contains(&mode);
+            if !rendered {
+                out.push(FieldError::new(
+                    format!("spec.servers[{i}].tls.mode"),
+                    format!(
+                        "not implemented by rustmesh: tls.mode {mode} {} {} (SIMPLE and \
+                         MUTUAL with a credentialName on HTTPS servers are rendered)",
+                        if protocol == ServerProtocol::Https {
+                            "is"
+                        } else {
+                            "on a server that is not HTTPS is"
+                        },
                         crate::support::GATEWAY_NOT_RENDERED
                     ),
                 ));
@@ -411,6 +449,86 @@ pub fn resolve_gateway_name(name: &str, vs_namespace: &str) -> String {
         }
         None => format!("{vs_namespace}/{name}"),
     }
+}
+
+/// The `tls.mode`s of an HTTPS server that rustmesh renders (with a `credentialName`).
+pub const TLS_MODES_RENDERED: [&str; 2] = ["SIMPLE", "MUTUAL"];
+
+/// Istio's `ServerTLSSettings.TLSmode` values.
+const TLS_MODES: [&str; 6] = [
+    "PASSTHROUGH",
+    "SIMPLE",
+    "MUTUAL",
+    "AUTO_PASSTHROUGH",
+    "ISTIO_MUTUAL",
+    "OPTIONAL_MUTUAL",
+];
+
+/// Istio's checks of an HTTPS or TLS server's `tls` (`validateTLSOptions`), each naming its
+/// field under `at` (`spec.servers[i]`): a known mode; `SIMPLE` and `MUTUAL` (and
+/// `OPTIONAL_MUTUAL`) need a certificate, from a `credentialName` or files (a key and a
+/// certificate), and `MUTUAL` with files a CA bundle; `ISTIO_MUTUAL` takes none of them.
+fn tls_problems(at: &str, tls: &ServerTlsSettings) -> Vec<FieldError> {
+    let mut out = Vec::new();
+    let mode = tls.mode.as_deref().unwrap_or("PASSTHROUGH");
+    if !TLS_MODES.contains(&mode) {
+        out.push(FieldError::new(
+            format!("{at}.tls.mode"),
+            format!("unknown TLS mode {mode:?}, one of {}", TLS_MODES.join(", ")),
+        ));
+        return out;
+    }
+    let credential = tls
+        .credential_name
+        .as_deref()
+        .is_some_and(|c| !c.is_empty())
+        || !tls.credential_names.is_empty()
+        || !tls.tls_certificates.is_empty();
+    match mode {
+        "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL" if !credential => {
+            if tls.server_certificate.as_deref().is_none_or(str::is_empty) {
+                out.push(FieldError::new(
+                    format!("{at}.tls.serverCertificate"),
+                    format!("{mode} TLS requires a server certificate (or a credentialName)"),
+                ));
+            }
+            if tls.private_key.as_deref().is_none_or(str::is_empty) {
+                out.push(FieldError::new(
+                    format!("{at}.tls.privateKey"),
+                    format!("{mode} TLS requires a private key (or a credentialName)"),
+                ));
+            }
+            if mode != "SIMPLE" && tls.ca_certificates.as_deref().is_none_or(str::is_empty) {
+                out.push(FieldError::new(
+                    format!("{at}.tls.caCertificates"),
+                    format!("{mode} TLS requires a client CA bundle (or a credentialName)"),
+                ));
+            }
+        }
+        "ISTIO_MUTUAL" => {
+            for (field, set) in [
+                ("credentialName", tls.credential_name.is_some()),
+                ("serverCertificate", tls.server_certificate.is_some()),
+                ("privateKey", tls.private_key.is_some()),
+                ("caCertificates", tls.ca_certificates.is_some()),
+            ] {
+                if set {
+                    out.push(FieldError::new(
+                        format!("{at}.tls.{field}"),
+                        "ISTIO_MUTUAL TLS cannot have an associated certificate, key, CA \
+                         or credentialName",
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+    if let Some(name) = tls.credential_name.as_deref().filter(|n| !n.is_empty())
+        && let Some(problem) = rustmesh_xds::ca::secret_name_problem(name)
+    {
+        out.push(FieldError::new(format!("{at}.tls.credentialName"), problem));
+    }
+    out
 }
 
 /// The reserved gateway name meaning every sidecar of the mesh.
@@ -477,24 +595,66 @@ mod tests {
         }
     }
 
+    /// Istio's secure ingress (SIMPLE) and mutual TLS ingress (MUTUAL) Gateways validate.
+    #[test]
+    fn https_servers_with_a_credential_are_accepted() {
+        for mode in ["SIMPLE", "MUTUAL"] {
+            let text = doc(
+                "v1",
+                &format!(
+                    "  selector:\n    istio: ingressgateway\n  servers:\n  - port:\n      number: 443\n      name: https\n      protocol: HTTPS\n    tls:\n      mode: {mode}\n      credentialName: httpbin-credential\n    hosts:\n    - httpbin.example.com\n"
+                ),
+            );
+            let obj = load_all(&text)
+                .remove(0)
+                .unwrap_or_else(|e| panic!("{mode}: {e}"));
+            let IstioObject::Gateway(g) = obj else {
+                panic!("not a Gateway")
+            };
+            assert_eq!(g.spec.servers[0].protocol(), ServerProtocol::Https);
+        }
+    }
+
+    #[test]
+    fn tls_settings_are_checked_as_istio_does() {
+        let s = spec(
+            "servers:\n- port: {number: 443, name: a, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE}\n- port: {number: 444, name: b, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: MUTUAL, serverCertificate: /c.pem, privateKey: /k.pem}\n- port: {number: 445, name: c, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: ISTIO_MUTUAL, credentialName: x}\n- port: {number: 446, name: d, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, credentialName: Not_A_Secret}\n- port: {number: 447, name: e, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: STRICT, credentialName: x}\n",
+        );
+        assert_eq!(
+            fields(s.istio_errors()),
+            [
+                "spec.servers[0].tls.serverCertificate",
+                "spec.servers[0].tls.privateKey",
+                "spec.servers[1].tls.caCertificates",
+                "spec.servers[2].tls.credentialName",
+                "spec.servers[3].tls.credentialName",
+                "spec.servers[4].tls.mode",
+            ]
+        );
+    }
+
     #[test]
     fn refused_fields_are_named_with_issue_20() {
-        // An HTTPS server (Istio's secure ingress example): refused by its protocol and tls.
-        let text = doc(
-            "v1",
-            "  selector:\n    istio: ingressgateway\n  servers:\n  - port:\n      number: 443\n      name: https\n      protocol: HTTPS\n    tls:\n      mode: SIMPLE\n      credentialName: httpbin-credential\n    hosts:\n    - httpbin.example.com\n",
+        // Modes other than SIMPLE and MUTUAL on HTTPS, or a mode on an HTTP server; certificate
+        // files, several credentials.
+        let s = spec(
+            "servers:\n- port: {number: 443, name: a, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: PASSTHROUGH}\n- port: {number: 444, name: b, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: ISTIO_MUTUAL}\n- port: {number: 80, name: c, protocol: HTTP}\n  hosts: ['*']\n  tls: {mode: PASSTHROUGH, httpsRedirect: true}\n- port: {number: 445, name: d, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}\n- port: {number: 446, name: e, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, credentialNames: [rsa, ecdsa]}\n",
         );
-        let err = load_all(&text)
-            .remove(0)
-            .expect_err("HTTPS is not rendered");
-        let named: Vec<String> = err.field_errors().iter().map(|e| e.field.clone()).collect();
-        assert!(
-            named.contains(&"spec.servers[0].tls.mode".to_string())
-                && named.contains(&"spec.servers[0].tls.credentialName".to_string())
-                && named.contains(&"spec.servers[0].port.protocol".to_string()),
-            "{named:?}"
+        let errors = s.validate();
+        let mut named = fields(errors.clone());
+        named.sort();
+        assert_eq!(
+            named,
+            [
+                "spec.servers[0].tls.mode",
+                "spec.servers[1].tls.mode",
+                "spec.servers[2].tls.mode",
+                "spec.servers[3].tls.privateKey",
+                "spec.servers[3].tls.serverCertificate",
+                "spec.servers[4].tls.credentialNames",
+            ]
         );
-        for e in err.field_errors() {
+        for e in &errors {
             assert!(
                 e.message.contains("issue #20"),
                 "{}: {}",
@@ -513,10 +673,7 @@ mod tests {
         let tls = spec(
             "servers:\n- port: {number: 443, name: tls, protocol: TLS}\n  hosts: ['*']\n  tls: {mode: PASSTHROUGH}\n",
         );
-        assert_eq!(
-            fields(tls.validate()),
-            ["spec.servers[0].tls.mode", "spec.servers[0].port.protocol"]
-        );
+        assert_eq!(fields(tls.validate()), ["spec.servers[0].port.protocol"]);
     }
 
     #[test]

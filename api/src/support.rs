@@ -840,8 +840,9 @@ const SERVICE_ENTRY: &[Entry] = &[
 /// The words every Gateway refusal carries: the part of issue #20 not done yet.
 pub const GATEWAY_NOT_RENDERED: &str = "not rendered yet (issue #20)";
 
-/// Gateway: plain-text servers are rendered (selector, port number, name and the HTTP and TCP
-/// protocols, hosts, server name, `tls.httpsRedirect`); the rest is refused naming the field.
+/// Gateway: plain-text and HTTPS servers are rendered (selector, port number, name and the
+/// HTTP, HTTPS and TCP protocols, hosts, server name, `tls.httpsRedirect`, `tls.mode` SIMPLE and
+/// MUTUAL with `tls.credentialName`); the rest is refused naming the field.
 const GATEWAY: &[Entry] = &[
     rendered(
         "spec.selector",
@@ -860,9 +861,9 @@ const GATEWAY: &[Entry] = &[
         leaves: &[],
         support: Support::ReportedBy(
             "rustmesh_api::gateway::GatewaySpec::unsupported: HTTP, HTTP2, GRPC and GRPC-WEB \
-             are rendered (an HTTP connection manager), TCP, MONGO, REDIS and MYSQL too (a TCP \
-             proxy from the bound VirtualServices' tcp routes); HTTPS and TLS are refused, not \
-             rendered yet (issue #20)",
+             are rendered (an HTTP connection manager), HTTPS too (TLS terminated with the \
+             credentialName, then HTTP), TCP, MONGO, REDIS and MYSQL too (a TCP proxy from the \
+             bound VirtualServices' tcp routes); TLS is refused, not rendered yet (issue #20)",
         ),
         harmless: &[],
         example: r#"{"number": 443, "name": "https", "protocol": "TLS"}"#,
@@ -900,11 +901,19 @@ const GATEWAY: &[Entry] = &[
         &[],
         "render/gateway.rs: every virtual host of the server answers with a 301 to https",
     ),
-    refused(
-        "spec.servers[].tls.mode",
-        "TLS termination and passthrough on gateways are not rendered yet (issue #20)",
-        r#""SIMPLE""#,
-    ),
+    Entry {
+        path: "spec.servers[].tls.mode",
+        leaves: &[],
+        support: Support::ReportedBy(
+            "rustmesh_api::gateway::GatewaySpec::unsupported: SIMPLE and MUTUAL on HTTPS \
+             servers are rendered (render/gateway.rs: a filter chain per server, by SNI, \
+             terminating TLS with the credentialName); PASSTHROUGH, ISTIO_MUTUAL, \
+             AUTO_PASSTHROUGH, OPTIONAL_MUTUAL and any mode on another server are refused, not \
+             rendered yet (issue #20)",
+        ),
+        harmless: &[],
+        example: r#"{"mode": "ISTIO_MUTUAL"}"#,
+    },
     refused(
         "spec.servers[].tls.serverCertificate",
         "gateway certificates are not rendered yet (issue #20)",
@@ -925,10 +934,12 @@ const GATEWAY: &[Entry] = &[
         "revocation lists on gateways are not rendered yet (issue #20)",
         r#""/etc/certs/crl.pem""#,
     ),
-    refused(
+    rendered(
         "spec.servers[].tls.credentialName",
-        "gateway certificates from Secrets are not rendered yet (issue #20)",
-        r#""bookinfo-credential""#,
+        &[],
+        "render/gateway.rs: the server's chain presents Secret kubernetes://<name> (and, for \
+         MUTUAL, verifies clients against kubernetes://<name>-cacert), which the mesh CA serves \
+         to the gateway's proxy when its service account may list Secrets of its namespace",
     ),
     refused(
         "spec.servers[].tls.credentialNames",

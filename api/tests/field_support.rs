@@ -203,17 +203,29 @@ fn every_gateway_refusal_names_issue_20() {
         let (errors, _) = findings("Gateway", spec);
         assert!(errors.is_empty(), "{protocol}: {errors:?}");
     }
-    for protocol in ["HTTPS", "TLS"] {
+    // TLS servers are refused by protocol; an HTTPS server by its mode unless SIMPLE or MUTUAL
+    // (the base's `tls` has none: Istio's default, PASSTHROUGH).
+    for (protocol, field) in [
+        ("TLS", "spec.servers[0].port.protocol"),
+        ("HTTPS", "spec.servers[0].tls.mode"),
+    ] {
         let mut spec = support::base("Gateway");
         spec["servers"][0]["port"]["protocol"] = json!(protocol);
         let (errors, _) = findings("Gateway", spec);
         assert!(
             errors
                 .iter()
-                .any(|(f, m)| f == "spec.servers[0].port.protocol"
-                    && m.contains(support::GATEWAY_NOT_RENDERED)),
+                .any(|(f, m)| f == field && m.contains(support::GATEWAY_NOT_RENDERED)),
             "{protocol}: {errors:?}"
         );
+    }
+    // SIMPLE and MUTUAL with a credentialName are rendered.
+    for mode in ["SIMPLE", "MUTUAL"] {
+        let mut spec = support::base("Gateway");
+        spec["servers"][0]["port"]["protocol"] = json!("HTTPS");
+        spec["servers"][0]["tls"] = json!({"mode": mode, "credentialName": "gw-cert"});
+        let (errors, _) = findings("Gateway", spec);
+        assert!(errors.is_empty(), "{mode}: {errors:?}");
     }
 }
 

@@ -107,6 +107,22 @@ pub fn pod_as(
     });
 }
 
+/// Adds a gateway's pod (its proxy `proxy run --type router`) with these labels.
+pub fn router_pod(index: &mut Index, ns: &str, name: &str, labels: &[(&str, &str)]) {
+    pod(index, ns, name, labels);
+    as_router(index, ns, name);
+}
+
+/// Makes the known pod `ns/name` a gateway's pod (as the injector's `gateway` template does).
+pub fn as_router(index: &mut Index, ns: &str, name: &str) {
+    let key = ObjKey::new(ns, name);
+    let pod = index.pods.get(&key).expect("a known pod").clone();
+    index.apply(Object::Pod {
+        key,
+        pod: pod.with_role(rustmesh_xds::scope::ProxyRole::Router),
+    });
+}
+
 /// A pod behind a service: `(pod name, ip, labels)`.
 pub type PodSpec<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
 

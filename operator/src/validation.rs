@@ -556,8 +556,9 @@ fn gateways(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey), Verdict>) {
 }
 
 /// Servers the merge of a gateway pod's Gateways leaves out, as Istio's: on one port, one
-/// protocol (the oldest server's: HTTP ones share the listener, a TCP one takes it whole) and
-/// at most one TCP server. Each server left out is a warning naming `spec.servers[i].port`,
+/// protocol (the oldest server's: HTTP ones share the listener, a TCP one takes it whole, HTTPS
+/// ones are told apart by SNI), at most one TCP server and one HTTPS server per set of SNI
+/// hosts. Each server left out is a warning naming `spec.servers[i].port`,
 /// for Gateways whose selectors may select the same pod (no label with two values). Ports
 /// are compared as written (a Service's targetPort mapping two numbers to one listener is not
 /// seen here).
@@ -573,8 +574,15 @@ fn gateway_port_conflicts(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey),
     let compatible = |a: &crate::index::Labels, b: &crate::index::Labels| {
         a.iter().all(|(k, v)| b.get(k).is_none_or(|w| w == v))
     };
-    // (selector, port, protocol, who serves it)
-    let mut claimed: Vec<(&crate::index::Labels, u32, ServerProtocol, String)> = Vec::new();
+    // (selector, port, protocol, SNI hosts of an HTTPS server, who serves it)
+    type Claim<'a> = (
+        &'a crate::index::Labels,
+        u32,
+        ServerProtocol,
+        Vec<String>,
+        String,
+    );
+    let mut claimed: Vec<Claim> = Vec::new();
     for (key, gw) in accepted {
         let mut found = Vec::new();
         for (i, server) in gw.spec.servers.iter().enumerate() {
@@ -582,23 +590,27 @@ fn gateway_port_conflicts(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey),
                 continue;
             };
             let class = server.protocol();
-            let clash = claimed.iter().find(|(sel, p, c, _)| {
+            let sni = crate::render::gateway::sni_hosts(server);
+            let clash = claimed.iter().find(|(sel, p, c, names, _)| {
                 *p == port
                     && compatible(sel, &gw.spec.selector)
-                    && (*c != class || class == ServerProtocol::Tcp)
+                    && (*c != class
+                        || class == ServerProtocol::Tcp
+                        || (class == ServerProtocol::Https && *names == sni))
             });
             match clash {
-                Some((_, _, c, owner)) => found.push(Finding {
+                Some((_, _, c, _, owner)) => found.push(Finding {
                     level: Level::Warning,
                     field: format!("spec.servers[{i}].port"),
                     message: format!(
                         "port {port} is already served ({}) by {owner} for the pods both \
-                         select; this server is not rendered on them (one protocol and at most \
-                         one TCP server per port, as Istio merges gateways)",
-                        if *c == ServerProtocol::Tcp {
-                            "TCP"
-                        } else {
-                            "HTTP"
+                         select; this server is not rendered on them (one protocol, at most \
+                         one TCP server and one HTTPS server per SNI hosts per port, as Istio \
+                         merges gateways)",
+                        match c {
+                            ServerProtocol::Tcp => "TCP",
+                            ServerProtocol::Https => "HTTPS",
+                            _ => "HTTP",
                         }
                     ),
                 }),
@@ -606,6 +618,7 @@ fn gateway_port_conflicts(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey),
                     &gw.spec.selector,
                     port,
                     class,
+                    sni,
                     format!("Gateway {key} spec.servers[{i}]"),
                 )),
             }

@@ -6,7 +6,9 @@
 use k8s_openapi::api::core::v1::Endpoints;
 use proptest::prelude::*;
 use rustmesh_operator::configmap::{config_map, read_scope, render_namespace};
-use rustmesh_operator::fixtures::{bookinfo, istio, namespace, pod, pod_as, service, workload};
+use rustmesh_operator::fixtures::{
+    as_router, bookinfo, istio, namespace, pod, pod_as, service, workload,
+};
 use rustmesh_operator::index::{Affects, Kind, Object};
 use rustmesh_operator::renderer::{RenderPath, Renderer};
 use rustmesh_operator::{Index, MeshView, ObjKey};
@@ -30,6 +32,7 @@ fn mesh() -> Index {
             &[("app", "istio-ingressgateway"), ("istio", "ingressgateway")],
         )],
     );
+    as_router(&mut index, "istio-system", "istio-ingressgateway-1");
     istio(
         &mut index,
         r#"

@@ -4,7 +4,7 @@
 //! round-trips through gzip.
 
 use rustmesh_operator::configmap::{config_map, read_scope, render_namespace};
-use rustmesh_operator::fixtures::{bookinfo_in, istio, namespace, pod};
+use rustmesh_operator::fixtures::{bookinfo_in, istio, namespace, router_pod};
 use rustmesh_operator::render_view;
 use rustmesh_operator::{Index, MeshView};
 use std::path::Path;
@@ -52,7 +52,7 @@ fn every_example_renders_valid_configurations() {
     let mut together = bookinfo_in("bookinfo");
     namespace(&mut together, "default", true);
     namespace(&mut together, "backend", true);
-    pod(
+    router_pod(
         &mut together,
         "istio-system",
         "istio-ingressgateway-1",
@@ -61,7 +61,7 @@ fn every_example_renders_valid_configurations() {
     for (name, yaml) in &all {
         let mut one = bookinfo_in("bookinfo");
         namespace(&mut one, "default", true);
-        pod(&mut one, "istio-system", "istio-ingressgateway-1", &ingress);
+        router_pod(&mut one, "istio-system", "istio-ingressgateway-1", &ingress);
         istio(&mut one, yaml);
         check_all(&one, name);
         istio(&mut together, yaml);

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustmesh_xds::scope::ProxyRole;
 use rustmesh_xds::well_known;
 use tokio::sync::Notify;
 
@@ -289,6 +290,7 @@ impl RunArgs {
                     .pod_labels
                     .clone()
                     .unwrap_or_else(|| PathBuf::from(well_known::POD_INFO_MOUNT).join("labels")),
+                role: self.proxy_type.role(),
             },
         }
     }
@@ -303,6 +305,16 @@ pub enum ProxyType {
     /// A gateway: no capture; the configuration's `bindToPort` listeners are bound.
     #[value(name = "router")]
     Router,
+}
+
+impl ProxyType {
+    /// Which scopes of the ConfigMap this proxy reads (a router only gateway scopes).
+    pub fn role(self) -> ProxyRole {
+        match self {
+            ProxyType::Sidecar => ProxyRole::Sidecar,
+            ProxyType::Router => ProxyRole::Router,
+        }
+    }
 }
 
 /// Istio's router modes (`ISTIO_META_ROUTER_MODE`): metadata for the control plane.
@@ -787,7 +799,8 @@ mod tests {
             a.source(),
             ConfigSource::Dir {
                 dir: "/etc/rustmesh/config".into(),
-                pod_labels: "/etc/istio/pod/labels".into()
+                pod_labels: "/etc/istio/pod/labels".into(),
+                role: ProxyRole::Sidecar,
             }
         );
         assert_eq!(a.drain_timeout, Duration::from_secs(5));

@@ -1032,8 +1032,8 @@ fn sidecar_container(
         args: Some(if parts.gateway {
             vec![
                 "run".into(),
-                "--type".into(),
-                "router".into(),
+                well_known::ROUTER_ARGS[0].into(),
+                well_known::ROUTER_ARGS[1].into(),
                 "--config-dir".into(),
                 well_known::PROXY_CONFIG_MOUNT.into(),
             ]

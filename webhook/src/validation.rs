@@ -638,19 +638,27 @@ mod tests {
             assert_eq!(verdict, Verdict::Allowed, "{version}: {resp}");
             assert!(resp.get("warnings").is_none(), "{resp}");
         }
-        // An HTTPS server (Istio's secure ingress task): valid for Istio, not rendered yet:
-        // denied naming the field and the issue.
-        let https = json!({"selector": {"istio": "ingressgateway"},
-                           "servers": [{"port": {"number": 443, "name": "https", "protocol": "HTTPS"},
-                                        "tls": {"mode": "SIMPLE", "credentialName": "httpbin-credential"},
-                                        "hosts": ["httpbin.example.com"]}]});
-        let (resp, verdict) = response(&object("v1", https));
+        // An HTTPS server of Istio's secure ingress task: rendered, allowed.
+        let https = |mode: &str| {
+            json!({"selector": {"istio": "ingressgateway"},
+                   "servers": [{"port": {"number": 443, "name": "https", "protocol": "HTTPS"},
+                                "tls": {"mode": mode, "credentialName": "httpbin-credential"},
+                                "hosts": ["httpbin.example.com"]}]})
+        };
+        let (resp, verdict) = response(&object("v1", https("SIMPLE")));
+        assert_eq!(verdict, Verdict::Allowed, "{resp}");
+        // PASSTHROUGH: valid for Istio, not rendered yet: denied naming the field and the issue.
+        let mut passthrough = https("PASSTHROUGH");
+        passthrough["servers"][0]["tls"]
+            .as_object_mut()
+            .unwrap()
+            .remove("credentialName");
+        let (resp, verdict) = response(&object("v1", passthrough));
         assert_eq!(verdict, Verdict::Denied);
         let message = resp["status"]["message"].as_str().unwrap();
         assert!(
-            message.starts_with("spec.servers[0].tls.credentialName: not implemented by rustmesh")
-                && message.contains("issue #20")
-                && message.contains("(and 2 more error(s))"),
+            message.starts_with("spec.servers[0].tls.mode: not implemented by rustmesh")
+                && message.contains("issue #20"),
             "{message}"
         );
         // Istio's own rules: a server without hosts.

@@ -11,12 +11,13 @@
 //!   pods' listeners (`0.0.0.0_<port>`, bound to the port, no original destination), routes
 //!   (`http.<port>`) and clusters;
 //! - `data["scopes.json"]`: the [`ScopeIndex`], which lists the selector scopes in the order they
-//!   are tried: gateway scopes first (more labels first), then Sidecar scopes (Istio's rule: the
-//!   oldest Sidecar wins, then the name). A pod matching two unrelated gateway selectors gets
-//!   only the first scope (the Gateways of the other are not merged into it).
+//!   are tried: gateway scopes (more labels first), read only by routers ([`ProxyRole`]), and
+//!   Sidecar scopes (Istio's rule: the oldest Sidecar wins, then the name), read only by
+//!   sidecars. A router matching two unrelated gateway selectors gets only the first scope (the
+//!   Gateways of the other are not merged into it).
 //!
-//! Each `.json.gz` value is the gzip (RFC 1952) of compact JSON. A pod picks its key with
-//! [`select_scope`] from its own labels (the webhook mounts them at `/etc/istio/pod/labels`, read
+//! Each `.json.gz` value is the gzip (RFC 1952) of compact JSON. A proxy picks its key with
+//! [`select_scope`] from its role and its pod's labels (the webhook mounts them at `/etc/istio/pod/labels`, read
 //! with [`parse_pod_labels`]).
 //!
 //! Since index version 2 a scope's configuration may be split, as Envoy receives endpoints (EDS)
@@ -224,13 +225,29 @@ impl ScopeIndex {
     }
 }
 
-/// The key of the configuration for a pod with these labels: the first gateway scope whose
-/// labels are all carried by the pod, else the first Sidecar scope, else the default scope.
-pub fn select_scope<'a>(index: &'a ScopeIndex, pod_labels: &BTreeMap<String, String>) -> &'a str {
-    let gateways = index.selectors.iter().filter(|s| s.is_gateway());
-    let sidecars = index.selectors.iter().filter(|s| !s.is_gateway());
-    gateways
-        .chain(sidecars)
+/// What reads a scope: a pod's sidecar (`proxy run`) or a gateway's proxy (`proxy run --type
+/// router`, Istio's `proxy router`). A Gateway may select a sidecar pod's labels (Istio then
+/// gives that sidecar no gateway listeners): only routers read gateway scopes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProxyRole {
+    #[default]
+    Sidecar,
+    Router,
+}
+
+/// The key of the configuration for a proxy of `role` on a pod with these labels: for a
+/// router, the first gateway scope whose labels are all carried by the pod; for a sidecar, the
+/// first such Sidecar scope; else the default scope.
+pub fn select_scope<'a>(
+    index: &'a ScopeIndex,
+    pod_labels: &BTreeMap<String, String>,
+    role: ProxyRole,
+) -> &'a str {
+    let router = role == ProxyRole::Router;
+    index
+        .selectors
+        .iter()
+        .filter(|s| s.is_gateway() == router)
         .find(|s| selects(&s.labels, pod_labels))
         .map(|s| s.key.as_str())
         .unwrap_or(index.default.as_str())
@@ -317,15 +334,23 @@ mod tests {
             ..ScopeIndex::default()
         };
         assert_eq!(
-            select_scope(&index, &labels(&[("app", "ratings"), ("version", "v1")])),
+            select_scope(
+                &index,
+                &labels(&[("app", "ratings"), ("version", "v1")]),
+                ProxyRole::Sidecar
+            ),
             "sidecar-ratings.json.gz"
         );
         assert_eq!(
-            select_scope(&index, &labels(&[("app", "reviews"), ("version", "v1")])),
+            select_scope(
+                &index,
+                &labels(&[("app", "reviews"), ("version", "v1")]),
+                ProxyRole::Sidecar
+            ),
             "sidecar-v1.json.gz"
         );
         assert_eq!(
-            select_scope(&index, &labels(&[("app", "reviews")])),
+            select_scope(&index, &labels(&[("app", "reviews")]), ProxyRole::Sidecar),
             DEFAULT_SCOPE_KEY
         );
         let round = ScopeIndex::from_json(&index.to_json()).unwrap();
@@ -333,7 +358,7 @@ mod tests {
     }
 
     #[test]
-    fn gateway_scopes_are_tried_first_and_need_version_3() {
+    fn gateway_scopes_are_read_by_routers_only_and_need_version_3() {
         let sidecars_only = ScopeIndex {
             selectors: vec![ScopeSelector::sidecar(
                 "ingress",
@@ -360,11 +385,28 @@ mod tests {
             ..ScopeIndex::default()
         };
         assert_eq!(index.written_version(), 3);
+        // A router whose labels both select takes the gateway scope; a sidecar with the same
+        // labels (a Gateway selecting an ordinary pod) its Sidecar scope; a router no gateway
+        // scope selects the default.
         let pod = labels(&[("app", "ingress"), ("istio", "ingressgateway")]);
-        assert_eq!(select_scope(&index, &pod), gw.key);
+        assert_eq!(select_scope(&index, &pod, ProxyRole::Router), gw.key);
         assert_eq!(
-            select_scope(&index, &labels(&[("app", "ingress")])),
+            select_scope(&index, &pod, ProxyRole::Sidecar),
             "sidecar-ingress.json.gz"
+        );
+        let app = labels(&[("app", "ingress")]);
+        assert_eq!(
+            select_scope(&index, &app, ProxyRole::Sidecar),
+            "sidecar-ingress.json.gz"
+        );
+        assert_eq!(
+            select_scope(&index, &app, ProxyRole::Router),
+            DEFAULT_SCOPE_KEY
+        );
+        let gw_only = labels(&[("istio", "ingressgateway")]);
+        assert_eq!(
+            select_scope(&index, &gw_only, ProxyRole::Sidecar),
+            DEFAULT_SCOPE_KEY
         );
         let json = index.to_json();
         assert!(!json.contains("\"sidecar\": \"\""), "{json}");

@@ -17,6 +17,7 @@ use rustmesh_api::{
     AuthorizationPolicy, DestinationRule, Gateway, PeerAuthentication, RequestAuthentication,
     ServiceEntry, Sidecar, Telemetry, VirtualService,
 };
+use rustmesh_xds::scope::ProxyRole;
 use rustmesh_xds::well_known::{DEFAULT_DOMAIN_SUFFIX, DEFAULT_ROOT_NAMESPACE};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -157,6 +158,9 @@ pub struct PodInfo {
     /// The workload the pod belongs to, as Istio names it (`rustmesh_api::workload`); empty
     /// when unknown. Written into its endpoints' metadata for the client sidecars' metrics.
     pub workload: String,
+    /// Whether the pod's proxy is a gateway's (`proxy run --type router`): only those read
+    /// gateway scopes (`rustmesh_api::workload::proxy_role`).
+    pub role: ProxyRole,
 }
 
 /// The service account of a pod that names none.
@@ -172,7 +176,19 @@ impl PodInfo {
                 .unwrap_or(DEFAULT_SERVICE_ACCOUNT)
                 .to_string(),
             workload: String::new(),
+            role: ProxyRole::Sidecar,
         }
+    }
+
+    /// The same pod, its proxy of `role`.
+    pub fn with_role(mut self, role: ProxyRole) -> Self {
+        self.role = role;
+        self
+    }
+
+    /// Whether the pod's proxy is a gateway's.
+    pub fn is_router(&self) -> bool {
+        self.role == ProxyRole::Router
     }
 
     /// The same pod, belonging to `workload`.
@@ -413,33 +429,33 @@ impl Index {
             .collect()
     }
 
-    /// A pod of `ns` carries every label of one of `selectors` (a gateway pod: Istio's
-    /// Gateways select pods in any namespace).
+    /// A gateway's pod (its proxy a router) of `ns` carries every label of one of `selectors`
+    /// (Istio's Gateways select pods in any namespace; a sidecar they select is left alone).
     pub fn has_gateway_pod(&self, ns: &str, selectors: &BTreeSet<&Labels>) -> bool {
-        if selectors.is_empty() {
-            return false;
-        }
-        let from = ObjKey::new(ns, "");
-        self.pods
-            .range(from..)
-            .take_while(|(k, _)| k.namespace == ns)
-            .any(|(_, p)| {
+        !selectors.is_empty()
+            && self.pods_in(ns).filter(|p| p.is_router()).any(|p| {
                 selectors
                     .iter()
                     .any(|s| rustmesh_xds::scope::selects(s, &p.labels))
             })
     }
 
-    /// A pod of `ns` opts in ([`pod_opts_in`]) and the namespace selects nothing itself.
+    /// The pods of namespace `ns`.
+    pub fn pods_in<'a>(&'a self, ns: &'a str) -> impl Iterator<Item = &'a PodInfo> + 'a {
+        self.pods
+            .range(ObjKey::new(ns, "")..)
+            .take_while(move |(k, _)| k.namespace == ns)
+            .map(|(_, p)| p)
+    }
+
+    /// Whether a namespace without an injection or revision label holds a pod that opts in by
+    /// its own labels.
     fn has_opted_in_pod(&self, ns: &str, labels: &Labels) -> bool {
         if labels.contains_key(INJECTION_LABEL) || labels.contains_key(REVISION_LABEL) {
             return false;
         }
-        let from = ObjKey::new(ns, "");
-        self.pods
-            .range(from..)
-            .take_while(|(k, _)| k.namespace == ns)
-            .any(|(_, p)| pod_opts_in(&p.labels, &self.mesh.revision))
+        self.pods_in(ns)
+            .any(|p| pod_opts_in(&p.labels, &self.mesh.revision))
     }
 
     /// Adds or replaces an object.

@@ -42,10 +42,19 @@
 //!   is the server's number and whose `gateways`, if any, name the Gateway); without one, no
 //!   listener (as Istio).
 //!
+//! - an HTTPS server (`tls.mode` `SIMPLE` or `MUTUAL` with a `credentialName`) gets its own
+//!   chain on the port's listener: matched by SNI (`serverNames`: its hosts without their
+//!   `namespace/` part, none for `*`; chains with names first) and `transportProtocol: tls`,
+//!   terminating TLS with Secret `kubernetes://<credentialName>` (`MUTUAL`: clients verified
+//!   against `kubernetes://<credentialName>-cacert`; `rustmesh_xds::tls::credential_downstream`),
+//!   then an HTTP connection manager with Istio's route table
+//!   `https.<number>.<port name>.<gateway>.<namespace>` holding that server's virtual hosts as
+//!   above. The mesh CA serves the Secret to the gateway's proxy.
+//!
 //! As Istio merges the Gateways of a pod, a listener port has one protocol (the oldest
-//! server's) and at most one TCP server; validation warns about the servers left out. HTTPS and
-//! TLS servers are refused by validation by name (`rustmesh_api::gateway`), so an accepted
-//! Gateway holds none.
+//! server's), at most one TCP server and one HTTPS server per set of SNI names; validation warns
+//! about the servers left out. TLS servers and the other TLS modes are refused by validation by
+//! name (`rustmesh_api::gateway`), so an accepted Gateway holds none.
 
 use super::{
     Ctx, EdsRecipes, MeshView, Scope, authz, hcm, request_authn, static_clusters, telemetry,
@@ -63,13 +72,39 @@ use rustmesh_xds::listener::{
 };
 use rustmesh_xds::names;
 use rustmesh_xds::route::{RedirectAction, Route, RouteConfiguration, RouteMatch, VirtualHost};
-use rustmesh_xds::scope::{select_scope, selects};
+use rustmesh_xds::scope::{ProxyRole, select_scope, selects};
+use rustmesh_xds::tls::{DownstreamTransportSocket, credential_downstream};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 /// Istio's gateway route table name for a plain HTTP port: `http.<port>`.
 pub fn route_name(port: u16) -> String {
     format!("http.{port}")
+}
+
+/// Istio's route table name of an HTTPS server (`gatewayRDSRouteName`):
+/// `https.<server port>.<port name>.<gateway name>.<gateway namespace>`.
+pub fn https_route_name(number: u16, port_name: &str, gateway: &ObjKey) -> String {
+    format!(
+        "https.{number}.{port_name}.{}.{}",
+        gateway.name, gateway.namespace
+    )
+}
+
+/// The SNI names an HTTPS server's chain matches (Istio's `getSNIHostsForServer`): its hosts
+/// without their `namespace/` part, sorted, once each; none (any name) when one is `*`.
+pub fn sni_hosts(server: &rustmesh_api::gateway::Server) -> Vec<String> {
+    let mut out: Vec<String> = server
+        .hosts
+        .iter()
+        .map(|h| ServerHost::parse(h).host.to_string())
+        .collect();
+    if out.iter().any(|h| h == "*") {
+        return Vec::new();
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The distinct non-empty selectors of the rendered Gateways that select a pod of `ns`, each
@@ -79,12 +114,12 @@ pub(super) fn scope_selectors(view: &MeshView<'_>, ns: &str) -> Vec<(Labels, Vec
     if view.gateways.is_empty() {
         return Vec::new();
     }
+    // Only gateways' pods: a Gateway selecting a sidecar's labels gives that sidecar nothing.
     let pods: Vec<&Labels> = view
         .index
-        .pods
-        .range(ObjKey::new(ns, "")..)
-        .take_while(|(k, _)| k.namespace == ns)
-        .map(|(_, p)| &p.labels)
+        .pods_in(ns)
+        .filter(|p| p.is_router())
+        .map(|p| &p.labels)
         .collect();
     let mut selectors: Vec<&Labels> = view
         .gateways
@@ -126,11 +161,10 @@ fn target_ports(view: &MeshView<'_>, scope: &Scope) -> BTreeMap<u16, u16> {
     let key = scope.key();
     let pods: Vec<&Labels> = view
         .index
-        .pods
-        .range(ObjKey::new(ns, "")..)
-        .take_while(|(k, _)| k.namespace == ns)
-        .map(|(_, p)| &p.labels)
-        .filter(|l| select_scope(&index, l) == key)
+        .pods_in(ns)
+        .filter(|p| p.is_router())
+        .map(|p| &p.labels)
+        .filter(|l| select_scope(&index, l, ProxyRole::Router) == key)
         .collect();
     let mut out = BTreeMap::new();
     for svc in view
@@ -285,14 +319,28 @@ pub(super) fn render(
                 continue;
             };
             let class = server.protocol();
-            if !matches!(class, ServerProtocol::Http | ServerProtocol::Tcp) {
+            let rendered = match class {
+                ServerProtocol::Http | ServerProtocol::Tcp => true,
+                ServerProtocol::Https => credential(server).is_some(),
+                _ => false,
+            };
+            if !rendered {
                 continue; // refused by validation: an accepted Gateway holds none
             }
             let port = targets.get(&number).copied().unwrap_or(number);
             let (first, servers) = by_port.entry(port).or_insert_with(|| (class, Vec::new()));
             // As Istio merges gateways: one protocol per port (the oldest server's), one TCP
-            // server per port; validation warns about the servers left out.
-            if *first != class || (class == ServerProtocol::Tcp && !servers.is_empty()) {
+            // server per port, one HTTPS server per SNI names; validation warns about the
+            // servers left out.
+            let taken = match class {
+                ServerProtocol::Tcp => !servers.is_empty(),
+                ServerProtocol::Https => {
+                    let sni = sni_hosts(server);
+                    servers.iter().any(|s| sni_hosts(s.server) == sni)
+                }
+                _ => false,
+            };
+            if *first != class || taken {
                 continue;
             }
             servers.push(PortServer {
@@ -307,12 +355,47 @@ pub(super) fn render(
     let mut listeners = Vec::new();
     let mut tables = Vec::new();
     for (port, (class, servers)) in &by_port {
-        let chain = if *class == ServerProtocol::Tcp {
+        let chains = if *class == ServerProtocol::Tcp {
             // No bound VirtualService with a `tcp` rule for it: no listener, as Istio.
             let Some(chain) = tcp_chain(&mut ctx, *port, &servers[0]) else {
                 continue;
             };
-            chain
+            vec![chain]
+        } else if *class == ServerProtocol::Https {
+            // One chain per server, told apart by SNI, each with its own route table.
+            let mut chains = Vec::new();
+            for ps in servers {
+                let Some((name, mutual)) = credential(ps.server) else {
+                    continue;
+                };
+                let port_name = ps
+                    .server
+                    .port
+                    .as_ref()
+                    .and_then(|p| p.name.as_deref())
+                    .unwrap_or_default();
+                let table = https_route_name(ps.number, port_name, ps.gateway);
+                tables.push(route_table(
+                    &mut ctx,
+                    table.clone(),
+                    std::slice::from_ref(ps),
+                ));
+                chains.push(FilterChain {
+                    transport_socket: Some(DownstreamTransportSocket::Tls(credential_downstream(
+                        name, mutual,
+                    ))),
+                    name: None,
+                    filter_chain_match: FilterChainMatch {
+                        server_names: sni_hosts(ps.server),
+                        transport_protocol: Some(rustmesh_xds::listener::TLS.to_string()),
+                        ..FilterChainMatch::default()
+                    },
+                    filters: vec![hcm(names::outbound_stat_prefix(any, *port), table)],
+                });
+            }
+            // Chains naming hosts before the catch-all one, as Envoy prefers exact names.
+            chains.sort_by_key(|c| c.filter_chain_match.server_names.is_empty());
+            chains
         } else {
             let table = route_name(*port);
             let chain = FilterChain {
@@ -322,7 +405,7 @@ pub(super) fn render(
                 filters: vec![hcm(names::outbound_stat_prefix(any, *port), table.clone())],
             };
             tables.push(route_table(&mut ctx, table, servers));
-            chain
+            vec![chain]
         };
         listeners.push(Listener {
             name: names::listener_name(any, *port),
@@ -330,7 +413,7 @@ pub(super) fn render(
             traffic_direction: TrafficDirection::Outbound,
             use_original_dst: false,
             bind_to_port: true,
-            filter_chains: vec![chain],
+            filter_chains: chains,
             default_filter_chain: None,
             listener_filters_timeout: None,
         });
@@ -483,6 +566,18 @@ fn tcp_chain(ctx: &mut Ctx<'_, '_>, port: u16, ps: &PortServer<'_>) -> Option<Fi
         }
     }
     None
+}
+
+/// The Secret an HTTPS server terminates TLS with and whether it verifies clients (`MUTUAL`):
+/// `None` for what validation refuses (another mode, no `credentialName`).
+fn credential(server: &rustmesh_api::gateway::Server) -> Option<(&str, bool)> {
+    let tls = server.tls.as_ref()?;
+    let name = tls.credential_name.as_deref().filter(|n| !n.is_empty())?;
+    match tls.mode.as_deref()? {
+        "SIMPLE" => Some((name, false)),
+        "MUTUAL" => Some((name, true)),
+        _ => None,
+    }
 }
 
 /// The route of a virtual host whose server sets `tls.httpsRedirect`: every request answered

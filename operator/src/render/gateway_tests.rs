@@ -7,10 +7,11 @@
 
 use super::*;
 use crate::configmap::{render, render_namespace};
-use crate::fixtures::{bookinfo, istio, pod, workload};
+use crate::fixtures::{as_router, bookinfo, istio, pod, router_pod, workload};
 use crate::index::{Kind, ObjKey};
 use rustmesh_xds::listener::NetworkFilter;
 use rustmesh_xds::route::VirtualHost;
+use rustmesh_xds::tls::DownstreamTransportSocket;
 
 const GATEWAY_LABELS: &[(&str, &str)] =
     &[("app", "istio-ingressgateway"), ("istio", "ingressgateway")];
@@ -31,6 +32,7 @@ fn mesh_with_ingress() -> Index {
         ],
         &[("istio-ingressgateway-1", "10.244.0.50", GATEWAY_LABELS)],
     );
+    as_router(&mut index, "istio-system", "istio-ingressgateway-1");
     index
 }
 
@@ -132,7 +134,7 @@ fn bookinfo_ingress_renders_istios_gateway_listener_route_and_cluster() {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     assert_eq!(
-        xscope::select_scope(&rendered_ns.index, &pod_labels),
+        xscope::select_scope(&rendered_ns.index, &pod_labels, xscope::ProxyRole::Router),
         selector.key
     );
 
@@ -238,6 +240,40 @@ fn a_gateway_change_reaches_the_namespace_of_the_pods_it_selects() {
     let affects = index.delete(Kind::Gateway, &ObjKey::new("default", "bookinfo-gateway"));
     assert!(affects.namespaces.contains("istio-system"), "{affects:?}");
     assert!(!index.is_mesh_namespace("istio-system"));
+}
+
+/// A Gateway selecting ordinary pods' labels (here productpage's sidecars) gives them nothing:
+/// no gateway scope is written for them, so their sidecars keep their capture listeners, and
+/// a namespace with only such pods does not join the mesh for it.
+#[test]
+fn a_gateway_selecting_sidecar_pods_renders_no_gateway_scope() {
+    let mut index = mesh_with_ingress();
+    pod(&mut index, "plain", "web-1", &[("app", "productpage")]);
+    crate::fixtures::namespace(&mut index, "plain", false);
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: wrong-selector, namespace: default}
+spec:
+  selector: {app: productpage}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+"#,
+    );
+    let view = MeshView::new(&index);
+    let ns = render_namespace(&view, "default").expect("renders");
+    assert!(
+        ns.index.selectors.iter().all(|s| !s.is_gateway()),
+        "{:?}",
+        ns.index.selectors
+    );
+    assert!(!index.is_mesh_namespace("plain"));
+    let c = rendered(&index, &Scope::namespace("default"));
+    assert!(c.listener("virtualOutbound").is_some());
+    assert!(c.route("http.80").is_none());
 }
 
 #[test]
@@ -356,7 +392,7 @@ spec:
 #[test]
 fn without_a_service_the_server_port_is_the_listener_port() {
     let mut index = bookinfo();
-    pod(&mut index, "istio-system", "gw-1", GATEWAY_LABELS);
+    router_pod(&mut index, "istio-system", "gw-1", GATEWAY_LABELS);
     istio(&mut index, BOOKINFO_GATEWAY);
     let c = rendered(&index, &gateway_scope());
     assert_eq!(c.listeners[0].name, "0.0.0.0_80");
@@ -413,6 +449,9 @@ spec:
   selector: {istio: ingressgateway}
   servers:
   - port: {number: 443, name: https, protocol: HTTPS}
+    tls: {mode: PASSTHROUGH}
+    hosts: [httpbin.example.com]
+  - port: {number: 8443, name: tls, protocol: TLS}
     tls: {mode: SIMPLE, credentialName: httpbin-credential}
     hosts: [httpbin.example.com]
 "#,
@@ -422,11 +461,11 @@ spec:
         [&(Kind::Gateway, ObjKey::new("istio-system", "secure"))];
     assert!(!v.accepted);
     let fields: Vec<&str> = v.findings.iter().map(|f| f.field.as_str()).collect();
-    assert!(
-        fields.contains(&"spec.servers[0].tls.mode")
-            && fields.contains(&"spec.servers[0].tls.credentialName")
-            && fields.contains(&"spec.servers[0].port.protocol"),
-        "{fields:?}"
+    assert_eq!(
+        fields,
+        ["spec.servers[0].tls.mode", "spec.servers[1].port.protocol"],
+        "{:?}",
+        v.findings
     );
     assert!(
         v.findings.iter().all(|f| f.message.contains("issue #20")),
@@ -603,5 +642,171 @@ spec:
     assert_eq!(
         rds(c.listener("0.0.0.0_8080").expect("listener")),
         "http.8080"
+    );
+}
+
+/// Istio's secure ingress task (SIMPLE, then MUTUAL, then two hosts on one port): httpbin
+/// behind `mygateway` in istio-system, its certificate in Secret `httpbin-credential`.
+const SECURE_INGRESS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: mygateway, namespace: istio-system}
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    tls: {mode: SIMPLE, credentialName: httpbin-credential}
+    hosts: [httpbin.example.com]
+  - port: {number: 443, name: https-helloworld, protocol: HTTPS}
+    tls: {mode: MUTUAL, credentialName: helloworld-credential}
+    hosts: [helloworld.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin, namespace: default}
+spec:
+  hosts: [httpbin.example.com, helloworld.example.com]
+  gateways: [istio-system/mygateway]
+  http:
+  - match:
+    - uri: {prefix: /status}
+    route:
+    - destination:
+        host: productpage
+        port: {number: 9080}
+"#;
+
+#[test]
+fn https_servers_terminate_with_their_credential_picked_by_sni() {
+    let mut index = mesh_with_ingress();
+    istio(&mut index, SECURE_INGRESS);
+    let registry = Registry::build(&index);
+    let v = &Validation::compute(&index, &registry).verdicts
+        [&(Kind::Gateway, ObjKey::new("istio-system", "mygateway"))];
+    assert!(v.accepted && v.findings.is_empty(), "{:?}", v.findings);
+
+    let c = rendered(&index, &gateway_scope());
+    // 443 is the Service's port whose targetPort is 8443.
+    let l = c.listener("0.0.0.0_8443").expect("listener 0.0.0.0_8443");
+    assert!(l.bind_to_port && !l.use_original_dst);
+    let by_sni: Vec<(Vec<String>, String, String, bool)> = l
+        .filter_chains
+        .iter()
+        .map(|fc| {
+            let Some(DownstreamTransportSocket::Tls(t)) = &fc.transport_socket else {
+                panic!("chain without TLS: {fc:?}")
+            };
+            assert_eq!(
+                fc.filter_chain_match.transport_protocol.as_deref(),
+                Some("tls")
+            );
+            (
+                fc.filter_chain_match.server_names.clone(),
+                t.common_tls_context.tls_certificate_sds_secret_configs[0]
+                    .name
+                    .clone(),
+                rds(&{
+                    let mut one = l.clone();
+                    one.filter_chains = vec![fc.clone()];
+                    one
+                }),
+                t.require_client_certificate,
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_sni,
+        [
+            (
+                vec!["httpbin.example.com".to_string()],
+                "kubernetes://httpbin-credential".to_string(),
+                "https.443.https.mygateway.istio-system".to_string(),
+                false,
+            ),
+            (
+                vec!["helloworld.example.com".to_string()],
+                "kubernetes://helloworld-credential".to_string(),
+                "https.443.https-helloworld.mygateway.istio-system".to_string(),
+                true,
+            ),
+        ]
+    );
+    // MUTUAL verifies clients against the Secret's CA.
+    let Some(DownstreamTransportSocket::Tls(mutual)) = &l.filter_chains[1].transport_socket else {
+        unreachable!()
+    };
+    assert_eq!(
+        mutual
+            .common_tls_context
+            .combined_validation_context
+            .as_ref()
+            .expect("a validation context")
+            .validation_context_sds_secret_config
+            .name,
+        "kubernetes://helloworld-credential-cacert"
+    );
+    // Each server's table holds only its own host.
+    let t = c
+        .route("https.443.https.mygateway.istio-system")
+        .expect("table");
+    let names: Vec<&str> = t.virtual_hosts.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["httpbin.example.com:443"]);
+    assert_eq!(
+        clusters_of(vhost(
+            &c,
+            "https.443.https.mygateway.istio-system",
+            "httpbin.example.com:443"
+        )),
+        [PRODUCTPAGE]
+    );
+}
+
+#[test]
+fn a_second_https_server_for_the_same_names_is_warned_and_a_catch_all_chain_goes_last() {
+    let mut index = mesh_with_ingress();
+    istio(&mut index, SECURE_INGRESS);
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: zz-again, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    tls: {mode: SIMPLE, credentialName: other}
+    hosts: [httpbin.example.com]
+  - port: {number: 443, name: https-any, protocol: HTTPS}
+    tls: {mode: SIMPLE, credentialName: wildcard}
+    hosts: ["*"]
+"#,
+    );
+    let registry = Registry::build(&index);
+    let v = &Validation::compute(&index, &registry).verdicts
+        [&(Kind::Gateway, ObjKey::new("istio-system", "zz-again"))];
+    assert!(v.accepted);
+    let warned: Vec<&str> = v.findings.iter().map(|f| f.field.as_str()).collect();
+    assert_eq!(warned, ["spec.servers[0].port"], "{:?}", v.findings);
+    assert!(
+        v.findings[0].message.contains("HTTPS"),
+        "{}",
+        v.findings[0].message
+    );
+    let c = rendered(&index, &gateway_scope());
+    let l = c.listener("0.0.0.0_8443").expect("listener");
+    let names: Vec<Vec<String>> = l
+        .filter_chains
+        .iter()
+        .map(|fc| fc.filter_chain_match.server_names.clone())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            vec!["httpbin.example.com".to_string()],
+            vec!["helloworld.example.com".to_string()],
+            vec![],
+        ]
     );
 }

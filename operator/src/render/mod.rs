@@ -46,7 +46,7 @@ mod authz;
 #[cfg(test)]
 mod authz_tests;
 mod clusters;
-mod gateway;
+pub(crate) mod gateway;
 #[cfg(test)]
 mod gateway_tests;
 mod peer_authn;
@@ -1366,7 +1366,7 @@ pub fn serves_scope(svc: &Svc, index: &ScopeIndex, key: &str) -> bool {
     if pods.peek().is_none() {
         return key == index.default;
     }
-    pods.any(|e| xscope::select_scope(index, &e.labels) == key)
+    pods.any(|e| xscope::select_scope(index, &e.labels, xscope::ProxyRole::Sidecar) == key)
 }
 
 fn is_proxy_port(port: u16) -> bool {
