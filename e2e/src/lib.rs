@@ -10,6 +10,7 @@
 //! the operator's pod), so they run one at a time.
 #![forbid(unsafe_code)]
 
+pub mod pki;
 pub mod prometheus;
 pub mod sample;
 

@@ -6,9 +6,25 @@
 //! 404 from the gateway; the gateway's listener and route table are named as Istio names them
 //! (the Service maps port 80 to the pods' 8080: `0.0.0.0_8080`, `http.8080`); a VirtualService
 //! bound only to the gateway is not applied to the namespace's sidecars.
+//!
+//! Scenario 17 (issue #20): Istio's secure ingress task through the same gateway. Two HTTPS
+//! servers on port 443 (the Service's 443 → the pods' 8443), told apart by SNI: `a.e2e.test`
+//! with `tls.mode: SIMPLE` and Secret `e2e-ingress-a`, `b.e2e.test` with `MUTUAL` and Secret
+//! `e2e-ingress-b` (each its own private CA; Secrets in the gateway's namespace, as Istio
+//! requires). From outside the mesh, `testapp get https://<host>/productpage --connect-to
+//! <gateway>:443 --cacert ...` (curl's `--resolve --cacert`) is answered by productpage when
+//! the client trusts that host's CA, and fails when it trusts only the other's (each SNI gets
+//! its own certificate); `b` refuses a client without a certificate and serves one whose
+//! certificate its CA issued. The listener is `0.0.0.0_8443` and the route tables are named
+//! as Istio's (`https.443.<port name>.<gateway>.<namespace>`).
 
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use rustmesh_e2e::pki::{Pki, put_secret};
 use rustmesh_e2e::sample::{self, EXTERNAL_PORT};
-use rustmesh_e2e::{Ctx, MESH_NAMESPACE, Report, poll, setup};
+use rustmesh_e2e::{Ctx, MANAGER, MESH_NAMESPACE, Report, TESTAPP_IMAGE, poll, setup};
+use serde_json::{Value, json};
 use std::time::Duration;
 
 const HOST: &str = "bookinfo.e2e.test";
@@ -167,6 +183,278 @@ async fn s16_ingress_gateway_routes_bookinfo_from_outside_the_mesh() {
     assert!(!sidecar_routes.contains(HOST), "{sidecar_routes}");
 
     ctx.delete_istio(&ns).await.unwrap();
+    ctx.delete_namespace(&ns).await;
+    ctx.delete_namespace(&outside).await;
+}
+
+/// The secure ingress Gateway: two HTTPS servers on 443, by SNI.
+const SECURE_GATEWAY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: secure-gateway
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port: {number: 443, name: https-a, protocol: HTTPS}
+    tls: {mode: SIMPLE, credentialName: e2e-ingress-a}
+    hosts: ["a.e2e.test"]
+  - port: {number: 443, name: https-b, protocol: HTTPS}
+    tls: {mode: MUTUAL, credentialName: e2e-ingress-b}
+    hosts: ["b.e2e.test"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: secure
+spec:
+  hosts: ["a.e2e.test", "b.e2e.test"]
+  gateways: [secure-gateway]
+  http:
+  - route: [{destination: {host: productpage, port: {number: 9080}}}]
+"#;
+
+/// Where the client pod mounts its Secret (the two CAs, its certificate and key).
+const CLIENT_TLS: &str = "/etc/client-tls";
+
+/// The client outside the mesh: testapp (no sidecar) with Secret `client-tls` mounted.
+async fn deploy_tls_client(ctx: &Ctx, ns: &str) -> String {
+    let labels = json!({"app": "tls-client", "version": "v1", "sidecar.istio.io/inject": "false"});
+    let deployment = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "tls-client-v1", "namespace": ns, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "tls-client", "version": "v1"}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "terminationGracePeriodSeconds": 2,
+                    "containers": [{
+                        "name": "tls-client",
+                        "image": TESTAPP_IMAGE,
+                        "imagePullPolicy": "IfNotPresent",
+                        "args": ["serve", "--http", EXTERNAL_PORT.to_string(),
+                                 "--service", "tls-client", "--version", "v1"],
+                        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
+                        "volumeMounts": [{"name": "tls", "mountPath": CLIENT_TLS, "readOnly": true}],
+                    }],
+                    "volumes": [{"name": "tls", "secret": {"secretName": "client-tls"}}],
+                },
+            },
+        },
+    });
+    Api::<Deployment>::namespaced(ctx.client.clone(), ns)
+        .patch(
+            "tls-client-v1",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(deployment),
+        )
+        .await
+        .unwrap();
+    let app = sample::App {
+        inject: Some(false),
+        service_ports: vec![],
+        http: vec![EXTERNAL_PORT],
+        ..sample::App::http("tls-client", "v1")
+    };
+    sample::wait_ready(ctx, ns, &app).await.unwrap();
+    ctx.pod_name(ns, &app.selector()).await.unwrap()
+}
+
+/// `testapp get --body https://<host>/productpage --connect-to <gateway> --cacert <ca>` (and
+/// the client certificate with `client_cert`) in the client: the backend's report, or why it
+/// failed.
+async fn https_get(
+    ctx: &Ctx,
+    client: (&str, &str),
+    gateway: &str,
+    host: &str,
+    ca: &str,
+    client_cert: bool,
+) -> Result<Value, String> {
+    let url = format!("https://{host}/productpage");
+    let cacert = format!("{CLIENT_TLS}/{ca}");
+    let (cert, key) = (
+        format!("{CLIENT_TLS}/tls.crt"),
+        format!("{CLIENT_TLS}/tls.key"),
+    );
+    let mut cmd = vec![
+        "testapp",
+        "get",
+        "--body",
+        &url,
+        "--connect-to",
+        gateway,
+        "--cacert",
+        &cacert,
+    ];
+    if client_cert {
+        cmd.extend(["--cert", &cert, "--key", &key]);
+    }
+    let out = ctx
+        .exec(client.0, client.1, "tls-client", &cmd)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(f) = out.failure {
+        return Err(format!(
+            "{f}; stdout: {}; stderr: {}",
+            out.stdout.trim(),
+            out.stderr.trim()
+        ));
+    }
+    serde_json::from_str(out.stdout.trim())
+        .map_err(|e| format!("not a testapp report ({e}): {:?}", out.stdout))
+}
+
+#[tokio::test]
+async fn s17_ingress_gateway_terminates_tls_by_sni_with_credential_name() {
+    let Some(ctx) = setup("s17_secure_ingress").await else {
+        return;
+    };
+    let ns = ctx.fresh_namespace("e2e-secure", true).await.unwrap();
+    let outside = ctx
+        .fresh_namespace("e2e-secure-client", false)
+        .await
+        .unwrap();
+    sample::deploy(&ctx, &ns, &[sample::productpage()])
+        .await
+        .unwrap();
+    // Each host its own CA; b's client certificate issued by b's CA.
+    let a = Pki::new(
+        "e2e ingress CA a",
+        "a.e2e.test",
+        vec!["a.e2e.test".into()],
+        "unused",
+    );
+    let b = Pki::new(
+        "e2e ingress CA b",
+        "b.e2e.test",
+        vec!["b.e2e.test".into()],
+        "e2e-ingress-client",
+    );
+    put_secret(
+        &ctx,
+        MESH_NAMESPACE,
+        "e2e-ingress-a",
+        "kubernetes.io/tls",
+        &[("tls.crt", &a.server.0), ("tls.key", &a.server.1)],
+    )
+    .await;
+    put_secret(
+        &ctx,
+        MESH_NAMESPACE,
+        "e2e-ingress-b",
+        "kubernetes.io/tls",
+        &[
+            ("tls.crt", &b.server.0),
+            ("tls.key", &b.server.1),
+            ("ca.crt", &b.ca),
+        ],
+    )
+    .await;
+    put_secret(
+        &ctx,
+        &outside,
+        "client-tls",
+        "Opaque",
+        &[
+            ("ca-a.crt", &a.ca),
+            ("ca-b.crt", &b.ca),
+            ("tls.crt", &b.client.0),
+            ("tls.key", &b.client.1),
+        ],
+    )
+    .await;
+    let client_pod = deploy_tls_client(&ctx, &outside).await;
+    let client = (outside.as_str(), client_pod.as_str());
+    let gateway = format!(
+        "{}:443",
+        ctx.cluster_ip(MESH_NAMESPACE, "istio-ingressgateway")
+            .await
+            .unwrap()
+    );
+    ctx.log(format!(
+        "client {outside}/{client_pod} (no sidecar) -> https {gateway}"
+    ));
+    ctx.apply_istio(&ns, SECURE_GATEWAY).await.unwrap();
+
+    // SIMPLE: the client trusting a's CA reaches productpage through a.e2e.test.
+    let r = poll(
+        "a.e2e.test over TLS through the gateway reaches productpage",
+        Duration::from_secs(180),
+        Duration::from_millis(1000),
+        || async {
+            let r = https_get(&ctx, client, &gateway, "a.e2e.test", "ca-a.crt", false).await?;
+            if r["service"] == "productpage" {
+                Ok(Some(r))
+            } else {
+                Err(format!("answered by {r}"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    ctx.log(format!("a.e2e.test: {}", r["pod"]));
+    // The certificate for a.e2e.test is a's: a client trusting only b's CA refuses it.
+    let err = https_get(&ctx, client, &gateway, "a.e2e.test", "ca-b.crt", false)
+        .await
+        .expect_err("a's certificate is not trusted by b's CA");
+    ctx.log(format!("a.e2e.test with b's CA: {err}"));
+
+    // MUTUAL: b's certificate is b's, and a client certificate is required.
+    let r = poll(
+        "b.e2e.test over mutual TLS through the gateway reaches productpage",
+        Duration::from_secs(60),
+        Duration::from_millis(1000),
+        || async {
+            let r = https_get(&ctx, client, &gateway, "b.e2e.test", "ca-b.crt", true).await?;
+            if r["service"] == "productpage" {
+                Ok(Some(r))
+            } else {
+                Err(format!("answered by {r}"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    ctx.log(format!(
+        "b.e2e.test with a client certificate: {}",
+        r["pod"]
+    ));
+    let err = https_get(&ctx, client, &gateway, "b.e2e.test", "ca-b.crt", false)
+        .await
+        .expect_err("b requires a client certificate");
+    ctx.log(format!("b.e2e.test without a client certificate: {err}"));
+
+    // Named as Istio's: the listener on 8443, one route table per server.
+    let gateway_pod = ctx
+        .pod_name(MESH_NAMESPACE, "istio=ingressgateway")
+        .await
+        .unwrap();
+    let listeners = ctx
+        .proxy_config(MESH_NAMESPACE, &gateway_pod, &["listeners", "-o", "json"])
+        .await
+        .unwrap();
+    assert!(listeners.contains("\"0.0.0.0_8443\""), "{listeners}");
+    let routes = ctx
+        .proxy_config(MESH_NAMESPACE, &gateway_pod, &["routes"])
+        .await
+        .unwrap();
+    for table in [
+        format!("https.443.https-a.secure-gateway.{ns}"),
+        format!("https.443.https-b.secure-gateway.{ns}"),
+    ] {
+        assert!(routes.contains(&table), "{table} in {routes}");
+    }
+
+    ctx.delete_istio(&ns).await.unwrap();
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), MESH_NAMESPACE);
+    for name in ["e2e-ingress-a", "e2e-ingress-b"] {
+        let _ = secrets.delete(name, &DeleteParams::default()).await;
+    }
     ctx.delete_namespace(&ns).await;
     ctx.delete_namespace(&outside).await;
 }
