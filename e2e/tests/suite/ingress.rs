@@ -15,8 +15,9 @@
 //! <gateway>:443 --cacert ...` (curl's `--resolve --cacert`) is answered by productpage when
 //! the client trusts that host's CA, and fails when it trusts only the other's (each SNI gets
 //! its own certificate); `b` refuses a client without a certificate and serves one whose
-//! certificate its CA issued. The listener is `0.0.0.0_8443` and the route tables are named
-//! as Istio's (`https.443.<port name>.<gateway>.<namespace>`).
+//! certificate its CA issued. The listener is `0.0.0.0_8443`, the route tables are named as
+//! Istio's (`https.443.<port name>.<gateway>.<namespace>`), and `rustmeshctl proxy-config
+//! secret` lists both credentials on the gateway.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
@@ -448,6 +449,14 @@ async fn s17_ingress_gateway_terminates_tls_by_sni_with_credential_name() {
         format!("https.443.https-b.secure-gateway.{ns}"),
     ] {
         assert!(routes.contains(&table), "{table} in {routes}");
+    }
+    // The gateway holds both credentials (in memory), as `istioctl proxy-config secret` shows.
+    let secrets = ctx
+        .proxy_config(MESH_NAMESPACE, &gateway_pod, &["secret"])
+        .await
+        .unwrap();
+    for sds in ["kubernetes://e2e-ingress-a", "kubernetes://e2e-ingress-b"] {
+        assert!(secrets.contains(sds), "{sds} in\n{secrets}");
     }
 
     ctx.delete_istio(&ns).await.unwrap();
