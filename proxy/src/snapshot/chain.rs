@@ -104,7 +104,8 @@ pub struct Chain {
     ranges: Vec<CidrRange>,
     /// What it does.
     pub terminal: Terminal,
-    /// Terminate TLS first (its `transportSocket`, Istio's inbound mutual TLS).
+    /// Terminate TLS first (its `transportSocket`: Istio's inbound mutual TLS, or a gateway
+    /// server's `credentialName`).
     pub tls: Option<Arc<Terminate>>,
 }
 
@@ -401,9 +402,17 @@ fn compile_chain(
             Terminal::Http(Arc::new((**h).clone()), access_logs, tracer.map(Arc::new))
         }
     };
-    let tls = fc.transport_socket.as_ref().map(|socket| match socket {
-        DownstreamTransportSocket::Tls(ctx) => Arc::new(Terminate::new(ctx, identity.clone())),
-    });
+    let tls = match &fc.transport_socket {
+        None => None,
+        Some(DownstreamTransportSocket::Tls(ctx)) => Some(Arc::new(
+            Terminate::new(ctx, identity.clone()).map_err(|(field, message)| {
+                (
+                    format!("{path}.transportSocket.typedConfig.{field}"),
+                    message,
+                )
+            })?,
+        )),
+    };
     Ok(Chain {
         name: fc.name.clone().unwrap_or(fallback_name),
         matcher: fc.filter_chain_match.clone(),
