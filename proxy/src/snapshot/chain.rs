@@ -784,6 +784,40 @@ mod tests {
     }
 
     #[test]
+    fn a_transport_socket_the_proxy_cannot_honour_is_refused_naming_its_field() {
+        // A gateway server's MUTUAL with subjectAltNames: validation reads it, the proxy does
+        // not check client names, so the chain is refused rather than served without them.
+        let mut tls =
+            serde_json::to_value(rustmesh_xds::tls::credential_downstream("c", true)).unwrap();
+        tls["commonTlsContext"]["combinedValidationContext"]["defaultValidationContext"] =
+            json!({"matchSubjectAltNames": [{"exact": "client.example.com"}]});
+        let config = ProxyConfig::from_json(
+            &json!({"listeners": [{"name": "l", "address": {"socketAddress": {"address": "0.0.0.0", "portValue": 1}},
+                "filterChains": [{"filterChainMatch": {"serverNames": ["a.example.com"], "transportProtocol": "tls"},
+                    "transportSocket": {"name": "envoy.transport_sockets.tls", "typedConfig": tls},
+                    "filters": tcp("a")}]}],
+                "clusters": [{"name": "a", "type": "STATIC", "loadAssignment": {"clusterName": "a", "endpoints": []}}]})
+            .to_string(),
+        )
+        .unwrap();
+        let clusters = ClusterManager::new(Metrics::default()).build(&config);
+        let l = &config.listeners[0];
+        let err = FilterChains::compile(
+            "listeners[0]",
+            "l",
+            &l.filter_chains,
+            None,
+            &clusters,
+            &Arc::new(CertStore::default()),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.0,
+            "listeners[0].filterChains[0].transportSocket.typedConfig.commonTlsContext.combinedValidationContext.defaultValidationContext.matchSubjectAltNames"
+        );
+    }
+
+    #[test]
     fn weighted_tcp_clusters_follow_weights() {
         let fc = chains(
             json!([{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typedConfig": {"statPrefix": "w",
