@@ -7,8 +7,8 @@
 //! the API server's Secrets and SubjectAccessReview); the clients are real rustls clients.
 //!
 //! What is proved:
-//! - `SIMPLE`: a client trusting the Secret's CA gets the upstream's answer, and the
-//!   certificate presented is the Secret's; two servers on one listener are picked by SNI
+//! - `SIMPLE`: a client trusting the Secret's CA gets the upstream's answer (HTTP/1.1, or
+//!   HTTP/2 by ALPN), and the certificate presented is the Secret's; two servers on one listener are picked by SNI
 //!   (exact and `*.` wildcard) and present their own certificates; a ClientHello naming no
 //!   server and plain text are refused and counted;
 //! - `MUTUAL`: a client without a certificate, or with one of another CA, is refused (counted
@@ -436,6 +436,44 @@ async fn https_get(
         .map_err(|_| "timed out".to_string())?
 }
 
+/// `GET /` over HTTP/2 to `https://<sni>` (offering only ALPN `h2`): the ALPN the gateway
+/// selected, the status and the upstream that answered.
+async fn https_get_h2(
+    addr: SocketAddr,
+    sni: &str,
+    roots: rustls::RootCertStore,
+) -> (Vec<u8>, u16, String) {
+    let mut config = Arc::unwrap_or_clone(client_config(roots, None));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+        .await
+        .unwrap();
+    let alpn = tls.get_ref().1.alpn_protocol().unwrap_or_default().to_vec();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get(format!("https://{sni}/"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = tokio::time::timeout(PATIENCE, send.send_request(req))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let upstream = resp
+        .headers()
+        .get("x-upstream")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (alpn, resp.status().as_u16(), upstream)
+}
+
 /// Sends a real ClientHello for `sni` on a raw connection and returns the first bytes the
 /// gateway answers with (empty: it closed without a word).
 async fn answer_to_client_hello(addr: SocketAddr, sni: &str) -> Vec<u8> {
@@ -493,6 +531,11 @@ async fn simple_presents_each_servers_secret_picked_by_sni() {
     .unwrap();
     assert_eq!((a.status, a.upstream.as_str()), (200, "httpbin"));
     assert_eq!(a.presented, world.httpbin_leaf.der());
+    // Istio's gateway ALPN: a client offering h2 speaks HTTP/2 to the gateway.
+    assert_eq!(
+        https_get_h2(gw.addr, "httpbin.example.com", world.httpbin_ca.roots()).await,
+        (b"h2".to_vec(), 200, "httpbin".to_string())
+    );
 
     // Another server of the same listener, by a wildcard: its own Secret (generic keys).
     let b = https_get(
@@ -526,7 +569,7 @@ async fn simple_presents_each_servers_secret_picked_by_sni() {
     gw.wait_refused(Refusal::NoFilterChain, before + 1).await;
     assert_eq!(plain_http(gw.addr, "httpbin.example.com").await, b"");
     gw.wait_refused(Refusal::NoFilterChain, before + 2).await;
-    assert_eq!(world.httpbin.hits(), 1);
+    assert_eq!(world.httpbin.hits(), 2);
 }
 
 #[tokio::test]
