@@ -462,7 +462,7 @@ pub async fn dispatch(
                     .metrics
                     .refused(&listener.name, Refusal::TlsHandshake);
                 tracing::info!(listener = %listener.name, chain = %chain.name, %orig_dst, %client,
-                    "mutual TLS refused: {e}");
+                    "TLS refused: {e}");
                 return;
             }
         },
