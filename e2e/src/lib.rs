@@ -437,6 +437,31 @@ impl Ctx {
             .ok_or_else(|| Error::Other(format!("no pod in {ns} with labels {selector}")))
     }
 
+    /// Runs `command` (a `testapp get --body ...` call) in a container: the JSON report it
+    /// printed, or why it failed (the command's failure with its output, or output that is no
+    /// JSON). An exec that could not run at all is a failure too.
+    pub async fn testapp_report(
+        &self,
+        ns: &str,
+        pod: &str,
+        container: &str,
+        command: &[&str],
+    ) -> std::result::Result<serde_json::Value, String> {
+        let out = self
+            .exec(ns, pod, container, command)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(f) = out.failure {
+            return Err(format!(
+                "{f}; stdout: {}; stderr: {}",
+                out.stdout.trim(),
+                out.stderr.trim()
+            ));
+        }
+        serde_json::from_str(out.stdout.trim())
+            .map_err(|e| format!("not a testapp report ({e}): {:?}", out.stdout))
+    }
+
     /// Runs a command in a container and collects its output.
     pub async fn exec(
         &self,

@@ -131,19 +131,8 @@ async fn grant_list_secrets(ctx: &Ctx, ns: &str) {
 /// `testapp get --body URL` in `pod`: the server's report, or (the command failed: a status
 /// >= 400 or no answer) what it printed. An exec that could not run at all panics.
 async fn get(ctx: &Ctx, ns: &str, pod: &str, container: &str, url: &str) -> Result<Value, String> {
-    let out = ctx
-        .exec(ns, pod, container, &["testapp", "get", "--body", url])
+    ctx.testapp_report(ns, pod, container, &["testapp", "get", "--body", url])
         .await
-        .unwrap();
-    if let Some(f) = out.failure {
-        return Err(format!(
-            "{f}; stdout: {}; stderr: {}",
-            out.stdout.trim(),
-            out.stderr.trim()
-        ));
-    }
-    serde_json::from_str(out.stdout.trim())
-        .map_err(|e| format!("not a testapp report ({e}): {:?}", out.stdout))
 }
 
 /// Waits until the TLS server has logged a failed handshake from `ip`: a plain-text request

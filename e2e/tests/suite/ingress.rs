@@ -295,19 +295,37 @@ async fn https_get(
     if client_cert {
         cmd.extend(["--cert", &cert, "--key", &key]);
     }
-    let out = ctx
-        .exec(client.0, client.1, "tls-client", &cmd)
+    ctx.testapp_report(client.0, client.1, "tls-client", &cmd)
         .await
-        .map_err(|e| e.to_string())?;
-    if let Some(f) = out.failure {
-        return Err(format!(
-            "{f}; stdout: {}; stderr: {}",
-            out.stdout.trim(),
-            out.stderr.trim()
-        ));
-    }
-    serde_json::from_str(out.stdout.trim())
-        .map_err(|e| format!("not a testapp report ({e}): {:?}", out.stdout))
+}
+
+/// Polls [`https_get`] until productpage answers (the gateway may not have its configuration
+/// or the credential yet); the name of the pod that answered.
+async fn until_productpage(
+    ctx: &Ctx,
+    client: (&str, &str),
+    gateway: &str,
+    host: &str,
+    ca: &str,
+    client_cert: bool,
+    within: Duration,
+) -> String {
+    let r = poll(
+        &format!("{host} over TLS through the gateway reaches productpage"),
+        within,
+        Duration::from_millis(1000),
+        || async {
+            let r = https_get(ctx, client, gateway, host, ca, client_cert).await?;
+            if r["service"] == "productpage" {
+                Ok(Some(r))
+            } else {
+                Err(format!("answered by {r}"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    r["pod"].to_string()
 }
 
 #[tokio::test]
@@ -383,52 +401,43 @@ async fn s17_ingress_gateway_terminates_tls_by_sni_with_credential_name() {
     ctx.apply_istio(&ns, SECURE_GATEWAY).await.unwrap();
 
     // SIMPLE: the client trusting a's CA reaches productpage through a.e2e.test.
-    let r = poll(
-        "a.e2e.test over TLS through the gateway reaches productpage",
+    let pod = until_productpage(
+        &ctx,
+        client,
+        &gateway,
+        "a.e2e.test",
+        "ca-a.crt",
+        false,
         Duration::from_secs(180),
-        Duration::from_millis(1000),
-        || async {
-            let r = https_get(&ctx, client, &gateway, "a.e2e.test", "ca-a.crt", false).await?;
-            if r["service"] == "productpage" {
-                Ok(Some(r))
-            } else {
-                Err(format!("answered by {r}"))
-            }
-        },
     )
-    .await
-    .unwrap();
-    ctx.log(format!("a.e2e.test: {}", r["pod"]));
+    .await;
+    ctx.log(format!("a.e2e.test: {pod}"));
     // The certificate for a.e2e.test is a's: a client trusting only b's CA refuses it.
     let err = https_get(&ctx, client, &gateway, "a.e2e.test", "ca-b.crt", false)
         .await
         .expect_err("a's certificate is not trusted by b's CA");
-    ctx.log(format!("a.e2e.test with b's CA: {err}"));
+    assert!(err.contains("UnknownIssuer"), "{err}");
 
     // MUTUAL: b's certificate is b's, and a client certificate is required.
-    let r = poll(
-        "b.e2e.test over mutual TLS through the gateway reaches productpage",
+    let pod = until_productpage(
+        &ctx,
+        client,
+        &gateway,
+        "b.e2e.test",
+        "ca-b.crt",
+        true,
         Duration::from_secs(60),
-        Duration::from_millis(1000),
-        || async {
-            let r = https_get(&ctx, client, &gateway, "b.e2e.test", "ca-b.crt", true).await?;
-            if r["service"] == "productpage" {
-                Ok(Some(r))
-            } else {
-                Err(format!("answered by {r}"))
-            }
-        },
     )
-    .await
-    .unwrap();
-    ctx.log(format!(
-        "b.e2e.test with a client certificate: {}",
-        r["pod"]
-    ));
+    .await;
+    ctx.log(format!("b.e2e.test with a client certificate: {pod}"));
     let err = https_get(&ctx, client, &gateway, "b.e2e.test", "ca-b.crt", false)
         .await
         .expect_err("b requires a client certificate");
-    ctx.log(format!("b.e2e.test without a client certificate: {err}"));
+    // The alert, or (a server closing at once may lose it) the reset that carried it.
+    assert!(
+        err.contains("CertificateRequired") || err.contains("reset"),
+        "{err}"
+    );
 
     // Named as Istio's: the listener on 8443, one route table per server.
     let gateway_pod = ctx

@@ -757,6 +757,21 @@ mod tests {
         );
     }
 
+    /// The error compiling the first listener's chains of `config`.
+    fn compile_error(config: &ProxyConfig) -> CompileError {
+        let clusters = ClusterManager::new(Metrics::default()).build(config);
+        let l = &config.listeners[0];
+        FilterChains::compile(
+            "listeners[0]",
+            "l",
+            &l.filter_chains,
+            None,
+            &clusters,
+            &Arc::new(CertStore::default()),
+        )
+        .unwrap_err()
+    }
+
     #[test]
     fn duplicate_criteria_are_refused() {
         let config = ProxyConfig::from_json(
@@ -769,17 +784,7 @@ mod tests {
             .to_string(),
         )
         .unwrap();
-        let clusters = ClusterManager::new(Metrics::default()).build(&config);
-        let l = &config.listeners[0];
-        let err = FilterChains::compile(
-            "listeners[0]",
-            "l",
-            &l.filter_chains,
-            None,
-            &clusters,
-            &Arc::new(CertStore::default()),
-        )
-        .unwrap_err();
+        let err = compile_error(&config);
         assert_eq!(err.0, "listeners[0].filterChains[1].filterChainMatch");
     }
 
@@ -800,17 +805,7 @@ mod tests {
             .to_string(),
         )
         .unwrap();
-        let clusters = ClusterManager::new(Metrics::default()).build(&config);
-        let l = &config.listeners[0];
-        let err = FilterChains::compile(
-            "listeners[0]",
-            "l",
-            &l.filter_chains,
-            None,
-            &clusters,
-            &Arc::new(CertStore::default()),
-        )
-        .unwrap_err();
+        let err = compile_error(&config);
         assert_eq!(
             err.0,
             "listeners[0].filterChains[0].transportSocket.typedConfig.commonTlsContext.combinedValidationContext.defaultValidationContext.matchSubjectAltNames"
