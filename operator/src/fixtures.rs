@@ -1,7 +1,7 @@
 //! Builders of Kubernetes and Istio objects for tests (here and in other crates' tests): a whole
 //! mesh can be put into an [`Index`] without an API server.
 
-use crate::index::{Index, ObjKey, Object, PodInfo};
+use crate::index::{Index, Kind, ObjKey, Object, PodInfo};
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use rustmesh_api::IstioObject;
 use serde_json::json;
@@ -121,6 +121,15 @@ pub fn as_router(index: &mut Index, ns: &str, name: &str) {
         key,
         pod: pod.with_role(rustmesh_xds::scope::ProxyRole::Router),
     });
+}
+
+/// The operator's verdict on the object `ns/name` of `kind` (its findings, accepted or not),
+/// as validation computes it for the whole index.
+pub fn verdict(index: &Index, kind: Kind, ns: &str, name: &str) -> crate::validation::Verdict {
+    let registry = crate::registry::Registry::build(index);
+    crate::validation::Validation::compute(index, &registry).verdicts
+        [&(kind, ObjKey::new(ns, name))]
+        .clone()
 }
 
 /// A pod behind a service: `(pod name, ip, labels)`.

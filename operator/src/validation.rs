@@ -1278,12 +1278,7 @@ pub fn persisted_version<K: crate::index::kinds::IstioKind>(obj: &K, has_ca: boo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{bookinfo, istio};
-
-    fn verdict_of(index: &Index, kind: Kind, ns: &str, name: &str) -> Verdict {
-        let registry = Registry::build(index);
-        Validation::compute(index, &registry).verdicts[&(kind, ObjKey::new(ns, name))].clone()
-    }
+    use crate::fixtures::{self, bookinfo, istio};
 
     #[test]
     fn subsets_are_found_through_wildcard_destination_rules() {
@@ -1311,7 +1306,7 @@ spec:
 "#,
         );
         // Only the wildcard rule defines `canary` for ratings.
-        assert!(verdict_of(&index, Kind::VirtualService, "default", "ratings").accepted);
+        assert!(fixtures::verdict(&index, Kind::VirtualService, "default", "ratings").accepted);
     }
 
     #[test]
@@ -1330,7 +1325,7 @@ spec:
     - destination: {host: reviews, subset: v9}
 "#,
         );
-        let v = verdict_of(&index, Kind::VirtualService, "default", "reviews");
+        let v = fixtures::verdict(&index, Kind::VirtualService, "default", "reviews");
         assert!(!v.accepted);
         assert_eq!(v.reason, "Invalid");
         assert_eq!(
@@ -1374,7 +1369,7 @@ spec:
     - destination: {host: api.example.com}
 "#,
         );
-        let v = verdict_of(&index, Kind::VirtualService, "default", "ext");
+        let v = fixtures::verdict(&index, Kind::VirtualService, "default", "ext");
         assert!(v.accepted);
         assert_eq!(v.findings.len(), 2);
         assert!(v.findings.iter().all(|f| f.level == Level::Warning));
@@ -1409,13 +1404,13 @@ spec:
         let mut index = bookinfo();
         index.mesh.ca_host = Some("istiod.istio-system.svc.cluster.local".into());
         istio(&mut index, dr);
-        let v = verdict_of(&index, Kind::DestinationRule, "default", "mtls");
+        let v = fixtures::verdict(&index, Kind::DestinationRule, "default", "mtls");
         assert!(v.accepted);
         assert!(v.findings.is_empty(), "{:?}", v.findings);
         // Without it, ISTIO_MUTUAL cannot be rendered: a warning naming the CA.
         let mut index = bookinfo();
         istio(&mut index, dr);
-        let v = verdict_of(&index, Kind::DestinationRule, "default", "mtls");
+        let v = fixtures::verdict(&index, Kind::DestinationRule, "default", "mtls");
         assert!(v.accepted);
         let istio_mutual = &v.findings[0];
         assert_eq!(istio_mutual.field, "spec.trafficPolicy.tls.mode");
@@ -1431,7 +1426,7 @@ spec:
             &mut index,
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: own, namespace: default}\nspec:\n  host: ratings\n  trafficPolicy:\n    tls: {mode: ISTIO_MUTUAL, credentialName: my-cert}\n",
         );
-        let v = verdict_of(&index, Kind::DestinationRule, "default", "own");
+        let v = fixtures::verdict(&index, Kind::DestinationRule, "default", "own");
         assert!(!v.accepted);
         assert_eq!(v.findings[0].field, "spec.trafficPolicy.tls.credentialName");
         assert_eq!(v.findings[0].level, Level::Error);
@@ -1459,7 +1454,7 @@ spec:
       tls: {mode: MUTUAL, clientCertificate: "", privateKey: /etc/k.pem}
 "#,
         );
-        let v = verdict_of(&index, Kind::DestinationRule, "default", "ext");
+        let v = fixtures::verdict(&index, Kind::DestinationRule, "default", "ext");
         assert!(!v.accepted, "errors refuse the rule");
         let got: Vec<(Level, &str)> = v
             .findings
@@ -1520,7 +1515,7 @@ spec:
                 index.mesh.ca_host = Some("istiod.istio-system.svc.cluster.local".into());
             }
             istio(&mut index, &yaml);
-            let v = verdict_of(&index, Kind::DestinationRule, "default", "cred");
+            let v = fixtures::verdict(&index, Kind::DestinationRule, "default", "cred");
             v.findings
                 .iter()
                 .map(|f| (f.level, f.field.clone(), f.message.clone()))
@@ -1580,7 +1575,7 @@ spec:
       weight: 60
 "#,
         );
-        let v = verdict_of(&index, Kind::VirtualService, "default", "bad");
+        let v = fixtures::verdict(&index, Kind::VirtualService, "default", "bad");
         assert!(!v.accepted);
         let fields: Vec<_> = v.findings.iter().map(|f| f.field.as_str()).collect();
         assert!(
@@ -1611,7 +1606,7 @@ spec:
     - destination: {host: reviews}
 "#,
         );
-        let v = verdict_of(&index, Kind::VirtualService, "default", "bomb");
+        let v = fixtures::verdict(&index, Kind::VirtualService, "default", "bomb");
         assert!(!v.accepted);
         assert_eq!(v.reason, "Invalid");
         let fields: Vec<_> = v.findings.iter().map(|f| f.field.as_str()).collect();
@@ -1652,7 +1647,7 @@ spec:
     - destination: {host: ratings}
 "#,
         );
-        let v = verdict_of(&index, Kind::VirtualService, "default", "documented");
+        let v = fixtures::verdict(&index, Kind::VirtualService, "default", "documented");
         assert!(v.accepted, "{:?}", v.findings);
     }
 
@@ -1681,14 +1676,16 @@ spec:
   host: reviews.default.svc.cluster.local
 "#,
         );
-        assert!(verdict_of(&index, Kind::Sidecar, "default", "a").accepted);
-        let b = verdict_of(&index, Kind::Sidecar, "default", "b");
+        assert!(fixtures::verdict(&index, Kind::Sidecar, "default", "a").accepted);
+        let b = fixtures::verdict(&index, Kind::Sidecar, "default", "b");
         assert_eq!((b.accepted, b.reason), (false, "Conflict"));
         // Objects without a creationTimestamp sort last: bookinfo's `reviews` yields.
-        let dr = verdict_of(&index, Kind::DestinationRule, "default", "reviews");
+        let dr = fixtures::verdict(&index, Kind::DestinationRule, "default", "reviews");
         assert_eq!((dr.accepted, dr.reason), (false, "Conflict"));
         assert!(dr.findings[0].message.contains("default/reviews-again"));
-        assert!(verdict_of(&index, Kind::DestinationRule, "default", "reviews-again").accepted);
+        assert!(
+            fixtures::verdict(&index, Kind::DestinationRule, "default", "reviews-again").accepted
+        );
     }
 
     #[test]
@@ -1728,7 +1725,7 @@ spec:
             &mut index,
             "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r, namespace: default}\nspec:\n  hosts: [reviews]\n  http: [{redirect: {uri: /x, redirectCode: 300}}]\n",
         );
-        let v = verdict_of(&index, Kind::VirtualService, "default", "r");
+        let v = fixtures::verdict(&index, Kind::VirtualService, "default", "r");
         assert!(!v.accepted);
         assert_eq!(v.findings[0].field, "spec.http[0].redirect.redirectCode");
     }
@@ -1741,11 +1738,11 @@ spec:
             "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a, namespace: default, creationTimestamp: \"2024-01-01T00:00:00Z\"}\nspec:\n  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews}}]}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: b, namespace: default, creationTimestamp: \"2024-02-01T00:00:00Z\"}\nspec:\n  hosts: [reviews.default.svc.cluster.local]\n  http: [{route: [{destination: {host: reviews}}]}]\n",
         );
         assert!(
-            verdict_of(&index, Kind::VirtualService, "default", "a")
+            fixtures::verdict(&index, Kind::VirtualService, "default", "a")
                 .findings
                 .is_empty()
         );
-        let b = verdict_of(&index, Kind::VirtualService, "default", "b");
+        let b = fixtures::verdict(&index, Kind::VirtualService, "default", "b");
         assert!(b.accepted);
         assert_eq!(b.findings[0].field, "spec.hosts[0]");
         assert!(b.findings[0].message.contains("default/a"));

@@ -7,7 +7,7 @@
 
 use super::*;
 use crate::configmap::{render, render_namespace};
-use crate::fixtures::{as_router, bookinfo, istio, pod, router_pod, workload};
+use crate::fixtures::{as_router, bookinfo, istio, pod, router_pod, verdict, workload};
 use crate::index::{Kind, ObjKey};
 use rustmesh_xds::listener::NetworkFilter;
 use rustmesh_xds::route::VirtualHost;
@@ -189,9 +189,7 @@ fn a_virtual_service_naming_only_gateways_is_not_applied_to_sidecars() {
             .all(|r| r.virtual_service.as_deref() != Some("bookinfo.default"))
     );
     // And a host only the gateway serves is no warning: it need not be a service.
-    let registry = Registry::build(&index);
-    let v = &Validation::compute(&index, &registry).verdicts
-        [&(Kind::VirtualService, ObjKey::new("default", "bookinfo"))];
+    let v = &verdict(&index, Kind::VirtualService, "default", "bookinfo");
     assert!(v.accepted && v.findings.is_empty(), "{:?}", v.findings);
 }
 
@@ -213,9 +211,7 @@ spec:
     - destination: {host: productpage}
 "#,
     );
-    let registry = Registry::build(&index);
-    let v = &Validation::compute(&index, &registry).verdicts
-        [&(Kind::VirtualService, ObjKey::new("default", "bookinfo"))];
+    let v = &verdict(&index, Kind::VirtualService, "default", "bookinfo");
     assert!(v.accepted);
     let fields: Vec<&str> = v.findings.iter().map(|f| f.field.as_str()).collect();
     assert!(fields.contains(&"spec.gateways[2]"), "{:?}", v.findings);
@@ -456,9 +452,7 @@ spec:
     hosts: [httpbin.example.com]
 "#,
     );
-    let registry = Registry::build(&index);
-    let v = &Validation::compute(&index, &registry).verdicts
-        [&(Kind::Gateway, ObjKey::new("istio-system", "secure"))];
+    let v = &verdict(&index, Kind::Gateway, "istio-system", "secure");
     assert!(!v.accepted);
     let fields: Vec<&str> = v.findings.iter().map(|f| f.field.as_str()).collect();
     assert_eq!(
@@ -630,9 +624,7 @@ spec:
     hosts: ["*"]
 "#,
     );
-    let registry = Registry::build(&index);
-    let v = &Validation::compute(&index, &registry).verdicts
-        [&(Kind::Gateway, ObjKey::new("istio-system", "raw"))];
+    let v = &verdict(&index, Kind::Gateway, "istio-system", "raw");
     assert!(v.accepted);
     let warned: Vec<&str> = v.findings.iter().map(|f| f.field.as_str()).collect();
     assert_eq!(warned, ["spec.servers[0].port"], "{:?}", v.findings);
@@ -681,9 +673,7 @@ spec:
 fn https_servers_terminate_with_their_credential_picked_by_sni() {
     let mut index = mesh_with_ingress();
     istio(&mut index, SECURE_INGRESS);
-    let registry = Registry::build(&index);
-    let v = &Validation::compute(&index, &registry).verdicts
-        [&(Kind::Gateway, ObjKey::new("istio-system", "mygateway"))];
+    let v = &verdict(&index, Kind::Gateway, "istio-system", "mygateway");
     assert!(v.accepted && v.findings.is_empty(), "{:?}", v.findings);
 
     let c = rendered(&index, &gateway_scope());
@@ -783,9 +773,7 @@ spec:
     hosts: ["*"]
 "#,
     );
-    let registry = Registry::build(&index);
-    let v = &Validation::compute(&index, &registry).verdicts
-        [&(Kind::Gateway, ObjKey::new("istio-system", "zz-again"))];
+    let v = &verdict(&index, Kind::Gateway, "istio-system", "zz-again");
     assert!(v.accepted);
     let warned: Vec<&str> = v.findings.iter().map(|f| f.field.as_str()).collect();
     assert_eq!(warned, ["spec.servers[0].port"], "{:?}", v.findings);
