@@ -4,7 +4,8 @@
 //! Which pods: a Gateway in any namespace selects pods in any namespace whose labels carry its
 //! `selector` (Istio's default, `PILOT_SCOPE_GATEWAY_TO_NAMESPACE` off). Each namespace holding
 //! such pods gets, in its ConfigMap, one scope per distinct selector ([`scope_selectors`]:
-//! more labels first), tried before the Sidecar scopes (`rustmesh_xds::scope::select_scope`).
+//! more labels first), read only by the gateways' proxies (routers), never by a sidecar whose
+//! labels a selector happens to match (`rustmesh_xds::scope::select_scope`).
 //! A scope for selector `S` merges every Gateway whose selector is a subset of `S` (they select
 //! every pod `S` selects). A pod matching two unrelated selectors (neither a subset of the
 //! other) gets only the first scope: the Gateways of the other are not merged into it (a
