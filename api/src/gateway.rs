@@ -3,19 +3,22 @@
 //! exposes. Shapes and docs follow
 //! <https://istio.io/latest/docs/reference/config/networking/gateway/>.
 //!
-//! Issue #20: plain-text and HTTPS servers. The operator renders, for the gateway pods whose
-//! labels match `selector` (in any namespace, Istio's default), one listener `0.0.0.0_<port>`
-//! per server port with the routes of the VirtualServices bound to the Gateway
-//! (`spec.gateways`), for the hosts of both (`servers[].hosts` with their `namespace/` part):
-//! HTTP routes for HTTP, HTTP2, GRPC and GRPC-WEB servers, a `tcp` route for TCP, MONGO, REDIS
-//! and MYSQL ones. An HTTPS server with `tls.mode` `SIMPLE` or `MUTUAL` and a `credentialName`
-//! terminates TLS with that Secret's certificate (chosen by SNI among the port's servers) and
-//! then routes as HTTP. `tls.httpsRedirect` on an HTTP server is rendered (every request
-//! answered with a 301 to `https`). What it does not render is refused naming the field, never
-//! accepted and silently ignored: the field-support table ([`crate::support`]) refuses `bind`,
-//! `defaultEndpoint`, `port.targetPort`, certificate files and every other `tls` field;
-//! [`GatewaySpec::unsupported`] refuses TLS servers and the other modes (`PASSTHROUGH`,
-//! `ISTIO_MUTUAL`, `AUTO_PASSTHROUGH`, `OPTIONAL_MUTUAL`).
+//! Issue #20: plain-text, HTTPS and TLS servers. The operator renders, for the gateway pods
+//! whose labels match `selector` (in any namespace, Istio's default), one listener
+//! `0.0.0.0_<port>` per server port with the routes of the VirtualServices bound to the
+//! Gateway (`spec.gateways`), for the hosts of both (`servers[].hosts` with their
+//! `namespace/` part): HTTP routes for HTTP, HTTP2, GRPC and GRPC-WEB servers, a `tcp` route
+//! for TCP, MONGO, REDIS and MYSQL ones. An HTTPS or TLS server with `tls.mode` `SIMPLE` or
+//! `MUTUAL` and a `credentialName` terminates TLS with that Secret's certificate (chosen by SNI
+//! among the port's servers), then routes as HTTP (HTTPS) or by a `tcp` route (TLS); with
+//! `PASSTHROUGH` (the default mode) the bound VirtualServices' `tls` routes pick a destination
+//! by SNI and the TLS bytes pass unopened. `tls.httpsRedirect` on an HTTP server is rendered
+//! (every request answered with a 301 to `https`). What it does not render is refused naming
+//! the field, never accepted and silently ignored: the field-support table
+//! ([`crate::support`]) refuses `bind`, `defaultEndpoint`, `port.targetPort`, certificate
+//! files and every other `tls` field; [`GatewaySpec::unsupported`] refuses the other modes
+//! (`ISTIO_MUTUAL`, `AUTO_PASSTHROUGH`, `OPTIONAL_MUTUAL`) and a credential on a
+//! `PASSTHROUGH` server (it would be ignored).
 //!
 //! [`GatewaySpec::istio_errors`] reports Istio's errors (`ValidateGateway`), each naming its
 //! field:
@@ -237,6 +240,16 @@ impl Server {
         ServerProtocol::parse(self.port.as_ref().and_then(|p| p.protocol.as_deref()))
     }
 
+    /// The server's `tls.mode`, with Istio's default for HTTPS and TLS servers (`PASSTHROUGH`
+    /// when `tls` names none); `None` for a server without a mode otherwise.
+    pub fn tls_mode(&self) -> Option<&str> {
+        let explicit = self.tls.as_ref().and_then(|t| t.mode.as_deref());
+        match self.protocol() {
+            ServerProtocol::Https | ServerProtocol::Tls => explicit.or(Some("PASSTHROUGH")),
+            _ => explicit,
+        }
+    }
+
     /// Whether the server answers every request with a redirect to HTTPS.
     pub fn https_redirect(&self) -> bool {
         self.tls
@@ -385,48 +398,41 @@ impl GatewaySpec {
     }
 
     /// rustmesh's refusals that depend on a field's value rather than its presence (the
-    /// support table's `ReportedBy` entries): TLS servers, and a `tls.mode` other than `SIMPLE`
-    /// or `MUTUAL` on an HTTPS server (or any mode on another server). Each names its field.
+    /// support table's `ReportedBy` entries): a `tls.mode` other than `PASSTHROUGH`, `SIMPLE` or
+    /// `MUTUAL` on an HTTPS or TLS server (or any mode on another server), and a credential on a
+    /// `PASSTHROUGH` server (it terminates nothing: the credential would be ignored). Each
+    /// names its field.
     pub fn unsupported(&self) -> Vec<FieldError> {
         let mut out = Vec::new();
         for (i, server) in self.servers.iter().enumerate() {
             let protocol = server.protocol();
-            if let Some(p) = server.port.as_ref().and_then(|p| p.protocol.as_deref())
-                && protocol == ServerProtocol::Tls
-            {
-                out.push(FieldError::new(
-                    format!("spec.servers[{i}].port.protocol"),
-                    format!(
-                        "not implemented by rustmesh: {p} servers are {} (HTTP, HTTP2, GRPC, \
-                         GRPC-WEB, HTTPS, TCP, MONGO, REDIS and MYSQL are rendered)",
-                        crate::support::GATEWAY_NOT_RENDERED
-                    ),
-                ));
-                continue;
-            }
-            // An HTTPS server's `tls` without a mode is Istio's default, PASSTHROUGH.
-            let Some(mode) = server
-                .tls
-                .as_ref()
-                .and_then(|t| t.mode.as_deref())
-                .or((protocol == ServerProtocol::Https).then_some("PASSTHROUGH"))
-            else {
+            let Some(mode) = server.tls_mode() else {
                 continue;
             };
-            let rendered = protocol == ServerProtocol::Https && TLS_MODES_RENDERED.contains(&mode);
-            if !rendered {
+            let tls_server = matches!(protocol, ServerProtocol::Https | ServerProtocol::Tls);
+            if !(tls_server && TLS_MODES_RENDERED.contains(&mode)) {
                 out.push(FieldError::new(
                     format!("spec.servers[{i}].tls.mode"),
                     format!(
-                        "not implemented by rustmesh: tls.mode {mode} {} {} (SIMPLE and \
-                         MUTUAL with a credentialName on HTTPS servers are rendered)",
-                        if protocol == ServerProtocol::Https {
+                        "not implemented by rustmesh: tls.mode {mode} {} {} (PASSTHROUGH, and \
+                         SIMPLE and MUTUAL with a credentialName, on HTTPS and TLS servers are \
+                         rendered)",
+                        if tls_server {
                             "is"
                         } else {
-                            "on a server that is not HTTPS is"
+                            "on a server that is not HTTPS or TLS is"
                         },
                         crate::support::GATEWAY_NOT_RENDERED
                     ),
+                ));
+            } else if mode == "PASSTHROUGH"
+                && let Some(tls) = &server.tls
+                && tls.credential_name.as_deref().is_some_and(|c| !c.is_empty())
+            {
+                out.push(FieldError::new(
+                    format!("spec.servers[{i}].tls.credentialName"),
+                    "a PASSTHROUGH server forwards TLS without terminating it: its \
+                     credentialName would be ignored, remove it or use SIMPLE or MUTUAL",
                 ));
             }
         }
@@ -451,8 +457,9 @@ pub fn resolve_gateway_name(name: &str, vs_namespace: &str) -> String {
     }
 }
 
-/// The `tls.mode`s of an HTTPS server that rustmesh renders (with a `credentialName`).
-pub const TLS_MODES_RENDERED: [&str; 2] = ["SIMPLE", "MUTUAL"];
+/// The `tls.mode`s of an HTTPS or TLS server that rustmesh renders (`SIMPLE` and `MUTUAL`
+/// with a `credentialName`).
+pub const TLS_MODES_RENDERED: [&str; 3] = ["PASSTHROUGH", "SIMPLE", "MUTUAL"];
 
 /// Istio's `ServerTLSSettings.TLSmode` values.
 const TLS_MODES: [&str; 6] = [
@@ -635,10 +642,10 @@ mod tests {
 
     #[test]
     fn refused_fields_are_named_with_issue_20() {
-        // Modes other than SIMPLE and MUTUAL on HTTPS, or a mode on an HTTP server; certificate
-        // files, several credentials.
+        // Modes other than PASSTHROUGH, SIMPLE and MUTUAL, or a mode on an HTTP server;
+        // certificate files, several credentials.
         let s = spec(
-            "servers:\n- port: {number: 443, name: a, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: PASSTHROUGH}\n- port: {number: 444, name: b, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: ISTIO_MUTUAL}\n- port: {number: 80, name: c, protocol: HTTP}\n  hosts: ['*']\n  tls: {mode: PASSTHROUGH, httpsRedirect: true}\n- port: {number: 445, name: d, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}\n- port: {number: 446, name: e, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, credentialNames: [rsa, ecdsa]}\n",
+            "servers:\n- port: {number: 443, name: a, protocol: TLS}\n  hosts: ['*']\n  tls: {mode: AUTO_PASSTHROUGH}\n- port: {number: 444, name: b, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: ISTIO_MUTUAL}\n- port: {number: 80, name: c, protocol: HTTP}\n  hosts: ['*']\n  tls: {mode: PASSTHROUGH, httpsRedirect: true}\n- port: {number: 445, name: d, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}\n- port: {number: 446, name: e, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, credentialNames: [rsa, ecdsa]}\n",
         );
         let errors = s.validate();
         let mut named = fields(errors.clone());
@@ -670,10 +677,26 @@ mod tests {
             fields(s.validate()),
             ["spec.servers[0].bind", "spec.servers[0].defaultEndpoint"]
         );
-        let tls = spec(
-            "servers:\n- port: {number: 443, name: tls, protocol: TLS}\n  hosts: ['*']\n  tls: {mode: PASSTHROUGH}\n",
+        // A credential on a PASSTHROUGH server would be ignored: refused by name.
+        let s = spec(
+            "servers:\n- port: {number: 443, name: tls, protocol: TLS}\n  hosts: ['*']\n  tls: {mode: PASSTHROUGH, credentialName: nginx}\n",
         );
-        assert_eq!(fields(tls.validate()), ["spec.servers[0].port.protocol"]);
+        assert_eq!(fields(s.validate()), ["spec.servers[0].tls.credentialName"]);
+    }
+
+    #[test]
+    fn tls_servers_and_passthrough_are_accepted() {
+        // Istio's ingress SNI passthrough task (an HTTPS server whose mode defaults to
+        // PASSTHROUGH), a TLS server terminating with a credential, and a TLS passthrough one.
+        let s = spec(
+            "selector: {istio: ingressgateway}\nservers:\n- port: {number: 443, name: https, protocol: HTTPS}\n  hosts: [nginx.example.com]\n  tls: {}\n- port: {number: 8443, name: tls-a, protocol: TLS}\n  hosts: [a.example.com]\n  tls: {mode: SIMPLE, credentialName: a}\n- port: {number: 9443, name: tls-b, protocol: TLS}\n  hosts: ['*']\n  tls: {mode: PASSTHROUGH}\n",
+        );
+        assert_eq!(s.validate(), vec![]);
+        let modes: Vec<_> = s.servers.iter().map(|s| s.tls_mode()).collect();
+        assert_eq!(
+            modes,
+            [Some("PASSTHROUGH"), Some("SIMPLE"), Some("PASSTHROUGH")]
+        );
     }
 
     #[test]

@@ -286,11 +286,32 @@ const VIRTUAL_SERVICE: &[Entry] = &[
         ],
         "render/mod.rs: tcp_proxy cluster / weightedClusters",
     ),
+    rendered(
+        "spec.tls[].match[]",
+        &[
+            "sniHosts",
+            "destinationSubnets",
+            "gateways",
+            "port",
+            "sourceNamespace",
+        ],
+        "render/mod.rs tls_chains (sidecars: a chain per SNI on the service's TLS listener) and \
+         render/gateway.rs passthrough_chains (gateways' PASSTHROUGH servers)",
+    ),
     refused(
-        "spec.tls",
-        "TLS routes (by SNI) are not implemented: this traffic would keep going to the \
-         connection's original destination",
-        r#"[{"match": [{"sniHosts": ["login.example.com"]}], "route": [{"destination": {"host": "reviews"}}]}]"#,
+        "spec.tls[].match[].sourceLabels",
+        "TLS routes matching sourceLabels are not implemented: the match would never apply",
+        r#"{"app": "productpage"}"#,
+    ),
+    rendered(
+        "spec.tls[].route[]",
+        &[
+            "destination.host",
+            "destination.port.number",
+            "destination.subset",
+            "weight",
+        ],
+        "render/mod.rs: the SNI chain's tcp_proxy cluster / weightedClusters",
     ),
 ];
 
@@ -840,9 +861,10 @@ const SERVICE_ENTRY: &[Entry] = &[
 /// The words every Gateway refusal carries: the part of issue #20 not done yet.
 pub const GATEWAY_NOT_RENDERED: &str = "not rendered yet (issue #20)";
 
-/// Gateway: plain-text and HTTPS servers are rendered (selector, port number, name and the
-/// HTTP, HTTPS and TCP protocols, hosts, server name, `tls.httpsRedirect`, `tls.mode` SIMPLE and
-/// MUTUAL with `tls.credentialName`); the rest is refused naming the field.
+/// Gateway: plain-text, HTTPS and TLS servers are rendered (selector, port number, name and
+/// the HTTP, HTTPS, TLS and TCP protocols, hosts, server name, `tls.httpsRedirect`, `tls.mode`
+/// PASSTHROUGH, and SIMPLE and MUTUAL with `tls.credentialName`); the rest is refused naming
+/// the field.
 const GATEWAY: &[Entry] = &[
     rendered(
         "spec.selector",
@@ -862,8 +884,10 @@ const GATEWAY: &[Entry] = &[
         support: Support::ReportedBy(
             "rustmesh_api::gateway::GatewaySpec::unsupported: HTTP, HTTP2, GRPC and GRPC-WEB \
              are rendered (an HTTP connection manager), HTTPS too (TLS terminated with the \
-             credentialName, then HTTP), TCP, MONGO, REDIS and MYSQL too (a TCP proxy from the \
-             bound VirtualServices' tcp routes); TLS is refused, not rendered yet (issue #20)",
+             credentialName, then HTTP; or PASSTHROUGH), TLS too (PASSTHROUGH by the bound \
+             VirtualServices' tls routes, or terminated then their tcp routes), TCP, MONGO, \
+             REDIS and MYSQL too (a TCP proxy from the bound VirtualServices' tcp routes); the \
+             TLS modes not rendered yet (issue #20) are refused by tls.mode",
         ),
         harmless: &[],
         example: r#"{"number": 443, "name": "https", "protocol": "TLS"}"#,
@@ -905,11 +929,12 @@ const GATEWAY: &[Entry] = &[
         path: "spec.servers[].tls.mode",
         leaves: &[],
         support: Support::ReportedBy(
-            "rustmesh_api::gateway::GatewaySpec::unsupported: SIMPLE and MUTUAL on HTTPS \
-             servers are rendered (render/gateway.rs: a filter chain per server, by SNI, \
-             terminating TLS with the credentialName); PASSTHROUGH, ISTIO_MUTUAL, \
-             AUTO_PASSTHROUGH, OPTIONAL_MUTUAL and any mode on another server are refused, not \
-             rendered yet (issue #20)",
+            "rustmesh_api::gateway::GatewaySpec::unsupported: on HTTPS and TLS servers, \
+             SIMPLE and MUTUAL are rendered (render/gateway.rs: a filter chain per server, by \
+             SNI, terminating TLS with the credentialName) and PASSTHROUGH too (a chain per \
+             SNI of the bound VirtualServices' tls routes, proxying the TLS bytes unopened); \
+             ISTIO_MUTUAL, AUTO_PASSTHROUGH, OPTIONAL_MUTUAL and any mode on another server \
+             are refused, not rendered yet (issue #20)",
         ),
         harmless: &[],
         example: r#"{"mode": "ISTIO_MUTUAL"}"#,

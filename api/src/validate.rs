@@ -269,11 +269,35 @@ impl Validate for VirtualServiceSpec {
                 );
             }
             for (j, m) in r.match_.iter().enumerate() {
+                let at = format!("{p}.match[{j}]");
                 if m.sni_hosts.is_empty() {
-                    f.err(
-                        format!("{p}.match[{j}].sniHosts"),
-                        "at least one SNI host is required",
-                    );
+                    f.err(format!("{at}.sniHosts"), "at least one SNI host is required");
+                }
+                for (k, sni) in m.sni_hosts.iter().enumerate() {
+                    let field = format!("{at}.sniHosts[{k}]");
+                    f.host(&field, sni);
+                    // As Istio (`validateSniHost`): each name is one of the VirtualService's
+                    // hosts or within one of its wildcards, as written.
+                    let compatible = sni.parse::<std::net::IpAddr>().is_ok()
+                        || self
+                            .hosts
+                            .iter()
+                            .any(|h| crate::sidecar::host_matches(h, sni));
+                    if !compatible {
+                        f.err(
+                            field,
+                            format!(
+                                "SNI host {sni:?} is not a compatible host with any hosts of \
+                                 the virtual service"
+                            ),
+                        );
+                    }
+                }
+                if let Some(port) = m.port {
+                    f.port(&format!("{at}.port"), port);
+                }
+                for (k, s) in m.destination_subnets.iter().enumerate() {
+                    f.cidr(&format!("{at}.destinationSubnets[{k}]"), s);
                 }
             }
             if r.route.is_empty() {

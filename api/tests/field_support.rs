@@ -203,21 +203,22 @@ fn every_gateway_refusal_names_issue_20() {
         let (errors, _) = findings("Gateway", spec);
         assert!(errors.is_empty(), "{protocol}: {errors:?}");
     }
-    // TLS servers are refused by protocol; an HTTPS server by its mode unless SIMPLE or MUTUAL
-    // (the base's `tls` has none: Istio's default, PASSTHROUGH).
-    for (protocol, field) in [
-        ("TLS", "spec.servers[0].port.protocol"),
-        ("HTTPS", "spec.servers[0].tls.mode"),
-    ] {
+    // HTTPS and TLS servers: the base's `tls` has no mode, Istio's default PASSTHROUGH, which
+    // is rendered; the modes rustmesh does not render are refused naming `tls.mode`.
+    for protocol in ["TLS", "HTTPS"] {
         let mut spec = support::base("Gateway");
         spec["servers"][0]["port"]["protocol"] = json!(protocol);
-        let (errors, _) = findings("Gateway", spec);
-        assert!(
-            errors
-                .iter()
-                .any(|(f, m)| f == field && m.contains(support::GATEWAY_NOT_RENDERED)),
-            "{protocol}: {errors:?}"
-        );
+        let (errors, _) = findings("Gateway", spec.clone());
+        assert!(errors.is_empty(), "{protocol}: {errors:?}");
+        for mode in ["AUTO_PASSTHROUGH", "ISTIO_MUTUAL"] {
+            spec["servers"][0]["tls"] = json!({ "mode": mode });
+            let (errors, _) = findings("Gateway", spec.clone());
+            assert!(
+                errors.iter().any(|(f, m)| f == "spec.servers[0].tls.mode"
+                    && m.contains(support::GATEWAY_NOT_RENDERED)),
+                "{protocol} {mode}: {errors:?}"
+            );
+        }
     }
     // SIMPLE and MUTUAL with a credentialName are rendered.
     for mode in ["SIMPLE", "MUTUAL"] {

@@ -563,7 +563,6 @@ fn gateways(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey), Verdict>) {
 /// are compared as written (a Service's targetPort mapping two numbers to one listener is not
 /// seen here).
 fn gateway_port_conflicts(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey), Verdict>) {
-    use rustmesh_api::gateway::ServerProtocol;
     let mut accepted: Vec<(&ObjKey, &rustmesh_api::Gateway)> = index
         .gateways
         .objects
@@ -574,12 +573,11 @@ fn gateway_port_conflicts(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey),
     let compatible = |a: &crate::index::Labels, b: &crate::index::Labels| {
         a.iter().all(|(k, v)| b.get(k).is_none_or(|w| w == v))
     };
-    // (selector, port, protocol, SNI hosts of an HTTPS server, who serves it)
+    // (selector, port, the server, who serves it)
     type Claim<'a> = (
         &'a crate::index::Labels,
         u32,
-        ServerProtocol,
-        Vec<String>,
+        &'a rustmesh_api::gateway::Server,
         String,
     );
     let mut claimed: Vec<Claim> = Vec::new();
@@ -589,36 +587,28 @@ fn gateway_port_conflicts(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey),
             let Some(port) = server.port.as_ref().map(|p| p.number) else {
                 continue;
             };
-            let class = server.protocol();
-            let sni = crate::render::gateway::sni_hosts(server);
-            let clash = claimed.iter().find(|(sel, p, c, names, _)| {
+            let clash = claimed.iter().find(|(sel, p, first, _)| {
                 *p == port
                     && compatible(sel, &gw.spec.selector)
-                    && (*c != class
-                        || class == ServerProtocol::Tcp
-                        || (class == ServerProtocol::Https && *names == sni))
+                    && crate::render::gateway::clashes(first, server)
             });
             match clash {
-                Some((_, _, c, _, owner)) => found.push(Finding {
+                Some((_, _, first, owner)) => found.push(Finding {
                     level: Level::Warning,
                     field: format!("spec.servers[{i}].port"),
                     message: format!(
                         "port {port} is already served ({}) by {owner} for the pods both \
                          select; this server is not rendered on them (one protocol, at most \
-                         one TCP server and one HTTPS server per SNI hosts per port, as Istio \
-                         merges gateways)",
-                        match c {
-                            ServerProtocol::Tcp => "TCP",
-                            ServerProtocol::Https => "HTTPS",
-                            _ => "HTTP",
-                        }
+                         one TCP server and one HTTPS/TLS server per SNI hosts per port, as \
+                         Istio merges gateways)",
+                        crate::render::gateway::PortClass::of(first)
+                            .map_or("unknown protocol", |c| c.name())
                     ),
                 }),
                 None => claimed.push((
                     &gw.spec.selector,
                     port,
-                    class,
-                    sni,
+                    server,
                     format!("Gateway {key} spec.servers[{i}]"),
                 )),
             }

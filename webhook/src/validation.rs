@@ -647,13 +647,29 @@ mod tests {
         };
         let (resp, verdict) = response(&object("v1", https("SIMPLE")));
         assert_eq!(verdict, Verdict::Allowed, "{resp}");
-        // PASSTHROUGH: valid for Istio, not rendered yet: denied naming the field and the issue.
+        // PASSTHROUGH (Istio's SNI passthrough task): rendered, allowed once it carries no
+        // credential; with one, denied naming the credential it would ignore.
+        let (resp, verdict) = response(&object("v1", https("PASSTHROUGH")));
+        assert_eq!(verdict, Verdict::Denied);
+        let message = resp["status"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("spec.servers[0].tls.credentialName: a PASSTHROUGH server"),
+            "{message}"
+        );
         let mut passthrough = https("PASSTHROUGH");
         passthrough["servers"][0]["tls"]
             .as_object_mut()
             .unwrap()
             .remove("credentialName");
         let (resp, verdict) = response(&object("v1", passthrough));
+        assert_eq!(verdict, Verdict::Allowed, "{resp}");
+        // ISTIO_MUTUAL: valid for Istio, not rendered yet: denied naming the field and the issue.
+        let mut istio_mutual = https("ISTIO_MUTUAL");
+        istio_mutual["servers"][0]["tls"]
+            .as_object_mut()
+            .unwrap()
+            .remove("credentialName");
+        let (resp, verdict) = response(&object("v1", istio_mutual));
         assert_eq!(verdict, Verdict::Denied);
         let message = resp["status"]["message"].as_str().unwrap();
         assert!(

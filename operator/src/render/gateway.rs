@@ -51,15 +51,25 @@
 //!   then an HTTP connection manager with Istio's route table
 //!   `https.<number>.<port name>.<gateway>.<namespace>` holding that server's virtual hosts as
 //!   above. The mesh CA serves the Secret to the gateway's proxy.
+//! - a TLS server terminating the same way gets the same chain match and credential, then the
+//!   TCP proxy of its `tcp` route (as a TCP server's);
+//! - a `PASSTHROUGH` server (HTTPS or TLS; the default mode) gets a chain per applicable match
+//!   of the bound VirtualServices' `tls` rules (no `port` or the server's; no `gateways` or
+//!   this Gateway; no `sourceNamespace` or the pod's): its `sniHosts` within the server's
+//!   hosts as `serverNames`, `transportProtocol: tls`, its `destinationSubnets` as prefix
+//!   ranges, and a TCP proxy to the rule's destinations: the client's TLS passes unopened (to
+//!   an in-mesh destination inside the mesh's mutual TLS, as Istio's).
 //!
-//! As Istio merges the Gateways of a pod, a listener port has one protocol (the oldest
-//! server's), at most one TCP server and one HTTPS server per set of SNI names; validation warns
-//! about the servers left out. TLS servers and the other TLS modes are refused by validation by
-//! name (`rustmesh_api::gateway`), so an accepted Gateway holds none.
+//! As Istio merges the Gateways of a pod ([`clashes`]), a listener port has one class of
+//! server (HTTP; TCP; HTTPS and TLS), at most one TCP server and one HTTPS or TLS server per
+//! set of SNI names; validation warns about the servers left out. Two chains with the same
+//! match (a later VirtualService naming the same SNI) keep the first, as Envoy refuses both.
+//! The other TLS modes are refused by validation by name (`rustmesh_api::gateway`), so an
+//! accepted Gateway holds none.
 
 use super::{
-    Ctx, EdsRecipes, MeshView, Scope, authz, hcm, request_authn, static_clusters, telemetry,
-    with_ca_name, with_mesh_telemetry,
+    Ctx, EdsRecipes, MeshView, Scope, authz, hcm, parse_cidr, request_authn, server_names,
+    static_clusters, telemetry, with_ca_name, with_mesh_telemetry,
 };
 use crate::index::{Labels, ObjKey};
 use crate::registry::exported;
@@ -69,10 +79,12 @@ use rustmesh_api::{Gateway, VirtualService};
 use rustmesh_xds::ProxyConfig;
 use rustmesh_xds::address::Address;
 use rustmesh_xds::listener::{
-    FilterChain, FilterChainMatch, Listener, NetworkFilter, TcpProxy, TrafficDirection,
+    FilterChain, FilterChainMatch, Listener, NetworkFilter, TLS, TcpProxy, TrafficDirection,
 };
 use rustmesh_xds::names;
-use rustmesh_xds::route::{RedirectAction, Route, RouteConfiguration, RouteMatch, VirtualHost};
+use rustmesh_xds::route::{
+    RedirectAction, Route, RouteConfiguration, RouteMatch, VirtualHost, WeightedClusters,
+};
 use rustmesh_xds::scope::{ProxyRole, select_scope, selects};
 use rustmesh_xds::tls::{DownstreamTransportSocket, credential_downstream};
 use std::collections::BTreeMap;
@@ -92,20 +104,77 @@ pub fn https_route_name(number: u16, port_name: &str, gateway: &ObjKey) -> Strin
     )
 }
 
-/// The SNI names an HTTPS server's chain matches (Istio's `getSNIHostsForServer`): its hosts
-/// without their `namespace/` part, sorted, once each; none (any name) when one is `*`.
+/// The SNI names a TLS-based server's chain matches (Istio's `getSNIHostsForServer`): its
+/// hosts without their `namespace/` part, sorted, once each; none (any name) when one is `*`.
 pub fn sni_hosts(server: &rustmesh_api::gateway::Server) -> Vec<String> {
-    let mut out: Vec<String> = server
+    let hosts: Vec<&str> = server
         .hosts
         .iter()
-        .map(|h| ServerHost::parse(h).host.to_string())
+        .map(|h| ServerHost::parse(h).host)
         .collect();
-    if out.iter().any(|h| h == "*") {
-        return Vec::new();
+    server_names(&hosts)
+}
+
+/// How servers share a listener port, as Istio merges gateways: plain HTTP ones, TCP ones, and
+/// the TLS-based ones (HTTPS and TLS servers, terminating or passing TLS through, told apart by
+/// SNI).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortClass {
+    Http,
+    Tcp,
+    Tls,
+}
+
+impl PortClass {
+    /// The class of a server's protocol; `None` for a protocol Istio does not know.
+    pub fn of(server: &rustmesh_api::gateway::Server) -> Option<PortClass> {
+        match server.protocol() {
+            ServerProtocol::Http => Some(PortClass::Http),
+            ServerProtocol::Tcp => Some(PortClass::Tcp),
+            ServerProtocol::Https | ServerProtocol::Tls => Some(PortClass::Tls),
+            ServerProtocol::Unknown => None,
+        }
     }
-    out.sort();
-    out.dedup();
-    out
+
+    /// How warnings name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PortClass::Http => "HTTP",
+            PortClass::Tcp => "TCP",
+            PortClass::Tls => "HTTPS/TLS",
+        }
+    }
+}
+
+/// Whether server `later` is left out of a listener port that server `earlier` holds (both
+/// selected by one gateway pod): one class per port, at most one TCP server, and one
+/// TLS-based server per set of SNI names. Rendering and validation's warnings share it.
+pub fn clashes(
+    earlier: &rustmesh_api::gateway::Server,
+    later: &rustmesh_api::gateway::Server,
+) -> bool {
+    match (PortClass::of(earlier), PortClass::of(later)) {
+        (Some(a), Some(b)) if a != b => true,
+        (Some(PortClass::Tcp), _) => true,
+        (Some(PortClass::Tls), _) => sni_hosts(earlier) == sni_hosts(later),
+        _ => false,
+    }
+}
+
+/// Whether the server is rendered: HTTP and TCP ones; HTTPS and TLS ones that terminate with
+/// a credential or pass TLS through (validation refuses the rest, so an accepted Gateway
+/// holds none of them).
+fn rendered(server: &rustmesh_api::gateway::Server) -> bool {
+    match PortClass::of(server) {
+        Some(PortClass::Http | PortClass::Tcp) => true,
+        Some(PortClass::Tls) => credential(server).is_some() || passthrough(server),
+        None => false,
+    }
+}
+
+/// Whether a TLS-based server forwards TLS unopened (`tls.mode` `PASSTHROUGH`, the default).
+fn passthrough(server: &rustmesh_api::gateway::Server) -> bool {
+    PortClass::of(server) == Some(PortClass::Tls) && server.tls_mode() == Some("PASSTHROUGH")
 }
 
 /// The distinct non-empty selectors of the rendered Gateways that select a pod of `ns`, each
@@ -309,7 +378,7 @@ pub(super) fn render(
     };
     let ns = scope.namespace.as_str();
     let targets = target_ports(view, scope);
-    let mut by_port: BTreeMap<u16, (ServerProtocol, Vec<PortServer>)> = BTreeMap::new();
+    let mut by_port: BTreeMap<u16, (PortClass, Vec<PortServer>)> = BTreeMap::new();
     for (key, gw) in scope_gateways(view, selector) {
         for server in &gw.spec.servers {
             let Some(number) = server
@@ -319,29 +388,13 @@ pub(super) fn render(
             else {
                 continue;
             };
-            let class = server.protocol();
-            let rendered = match class {
-                ServerProtocol::Http | ServerProtocol::Tcp => true,
-                ServerProtocol::Https => credential(server).is_some(),
-                _ => false,
-            };
-            if !rendered {
+            let Some(class) = PortClass::of(server).filter(|_| rendered(server)) else {
                 continue; // refused by validation: an accepted Gateway holds none
-            }
-            let port = targets.get(&number).copied().unwrap_or(number);
-            let (first, servers) = by_port.entry(port).or_insert_with(|| (class, Vec::new()));
-            // As Istio merges gateways: one protocol per port (the oldest server's), one TCP
-            // server per port, one HTTPS server per SNI names; validation warns about the
-            // servers left out.
-            let taken = match class {
-                ServerProtocol::Tcp => !servers.is_empty(),
-                ServerProtocol::Https => {
-                    let sni = sni_hosts(server);
-                    servers.iter().any(|s| sni_hosts(s.server) == sni)
-                }
-                _ => false,
             };
-            if *first != class || taken {
+            let port = targets.get(&number).copied().unwrap_or(number);
+            let (_, servers) = by_port.entry(port).or_insert_with(|| (class, Vec::new()));
+            // As Istio merges gateways; validation warns about the servers left out.
+            if servers.iter().any(|s| clashes(s.server, server)) {
                 continue;
             }
             servers.push(PortServer {
@@ -356,58 +409,27 @@ pub(super) fn render(
     let mut listeners = Vec::new();
     let mut tables = Vec::new();
     for (port, (class, servers)) in &by_port {
-        let chains = if *class == ServerProtocol::Tcp {
-            // No bound VirtualService with a `tcp` rule for it: no listener, as Istio.
-            let Some(chain) = tcp_chain(&mut ctx, *port, &servers[0]) else {
-                continue;
-            };
-            vec![chain]
-        } else if *class == ServerProtocol::Https {
-            // One chain per server, told apart by SNI, each with its own route table.
-            let mut chains = Vec::new();
-            for ps in servers {
-                let Some((name, mutual)) = credential(ps.server) else {
-                    continue;
-                };
-                let port_name = ps
-                    .server
-                    .port
-                    .as_ref()
-                    .and_then(|p| p.name.as_deref())
-                    .unwrap_or_default();
-                let table = https_route_name(ps.number, port_name, ps.gateway);
-                tables.push(route_table(
-                    &mut ctx,
-                    table.clone(),
-                    std::slice::from_ref(ps),
-                ));
-                chains.push(FilterChain {
-                    transport_socket: Some(DownstreamTransportSocket::Tls(credential_downstream(
-                        name, mutual,
-                    ))),
+        let chains = match class {
+            PortClass::Tcp => tcp_chain(&mut ctx, *port, &servers[0])
+                .into_iter()
+                .collect(),
+            PortClass::Tls => tls_port_chains(&mut ctx, *port, servers, &mut tables),
+            PortClass::Http => {
+                let table = route_name(*port);
+                let chain = FilterChain {
+                    transport_socket: None,
                     name: None,
-                    filter_chain_match: FilterChainMatch {
-                        server_names: sni_hosts(ps.server),
-                        transport_protocol: Some(rustmesh_xds::listener::TLS.to_string()),
-                        ..FilterChainMatch::default()
-                    },
-                    filters: vec![hcm(names::outbound_stat_prefix(any, *port), table)],
-                });
+                    filter_chain_match: FilterChainMatch::default(),
+                    filters: vec![hcm(names::outbound_stat_prefix(any, *port), table.clone())],
+                };
+                tables.push(route_table(&mut ctx, table, servers));
+                vec![chain]
             }
-            // Chains naming hosts before the catch-all one, as Envoy prefers exact names.
-            chains.sort_by_key(|c| c.filter_chain_match.server_names.is_empty());
-            chains
-        } else {
-            let table = route_name(*port);
-            let chain = FilterChain {
-                transport_socket: None,
-                name: None,
-                filter_chain_match: FilterChainMatch::default(),
-                filters: vec![hcm(names::outbound_stat_prefix(any, *port), table.clone())],
-            };
-            tables.push(route_table(&mut ctx, table, servers));
-            vec![chain]
         };
+        // Nothing bound to a TCP or passthrough server: no listener, as Istio.
+        if chains.is_empty() {
+            continue;
+        }
         listeners.push(Listener {
             name: names::listener_name(any, *port),
             address: Address::new(any, *port),
@@ -518,6 +540,134 @@ fn route_table(
     }
 }
 
+/// The chains of the TLS-based servers merged on listener port `port`, told apart by SNI
+/// (chains naming hosts first, as Envoy prefers exact names):
+/// - an HTTPS server terminating TLS (`SIMPLE`, `MUTUAL`): its hosts as `serverNames`,
+///   `transportProtocol: tls`, its credential, then an HTTP connection manager with its own
+///   route table (pushed on `tables`);
+/// - a TLS server terminating TLS: the same match and credential, then the TCP proxy of
+///   [`tcp_chain`] (no chain without a `tcp` rule for it);
+/// - a `PASSTHROUGH` server: [`passthrough_chains`].
+///
+/// Envoy refuses two chains with the same match: a later one (a later server or
+/// VirtualService naming the same SNI) is left out.
+fn tls_port_chains(
+    ctx: &mut Ctx<'_, '_>,
+    port: u16,
+    servers: &[PortServer<'_>],
+    tables: &mut Vec<RouteConfiguration>,
+) -> Vec<FilterChain> {
+    let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let mut chains: Vec<FilterChain> = Vec::new();
+    for ps in servers {
+        let Some((name, mutual)) = credential(ps.server) else {
+            chains.extend(passthrough_chains(ctx, port, ps));
+            continue;
+        };
+        let terminate = Some(DownstreamTransportSocket::Tls(credential_downstream(
+            name, mutual,
+        )));
+        let filter_chain_match = FilterChainMatch {
+            server_names: sni_hosts(ps.server),
+            transport_protocol: Some(TLS.to_string()),
+            ..FilterChainMatch::default()
+        };
+        if ps.server.protocol() == ServerProtocol::Tls {
+            if let Some(chain) = tcp_chain(ctx, port, ps) {
+                chains.push(FilterChain {
+                    transport_socket: terminate,
+                    filter_chain_match,
+                    ..chain
+                });
+            }
+            continue;
+        }
+        let port_name = ps
+            .server
+            .port
+            .as_ref()
+            .and_then(|p| p.name.as_deref())
+            .unwrap_or_default();
+        let table = https_route_name(ps.number, port_name, ps.gateway);
+        tables.push(route_table(ctx, table.clone(), std::slice::from_ref(ps)));
+        chains.push(FilterChain {
+            transport_socket: terminate,
+            name: None,
+            filter_chain_match,
+            filters: vec![hcm(names::outbound_stat_prefix(any, port), table)],
+        });
+    }
+    let mut kept: Vec<FilterChain> = Vec::new();
+    for chain in chains {
+        if !kept
+            .iter()
+            .any(|k| k.filter_chain_match == chain.filter_chain_match)
+        {
+            kept.push(chain);
+        }
+    }
+    kept.sort_by_key(|c| c.filter_chain_match.server_names.is_empty());
+    kept
+}
+
+/// The chains of a `PASSTHROUGH` server (Istio's gateway TLS routes): for each `tls` rule of
+/// the bound VirtualServices sharing a host with the server (oldest first), each of its
+/// matches applying to the server (no `port` or the server's number; no `gateways` or one
+/// naming this Gateway; no `sourceNamespace` or the gateway pod's), one chain for the
+/// match's `sniHosts` within the server's hosts (Istio's host intersection; `*`: any name) and
+/// its `destinationSubnets`, matching `transportProtocol: tls` and proxying the bytes
+/// unopened to the rule's destinations.
+fn passthrough_chains(ctx: &mut Ctx<'_, '_>, port: u16, ps: &PortServer<'_>) -> Vec<FilterChain> {
+    let view = ctx.view;
+    let ns = ctx.scope.namespace.clone();
+    let gateway = ps.gateway.to_string();
+    let hosts = ps.hosts();
+    let mut out = Vec::new();
+    for (key, vs, vs_hosts) in bound_virtual_services(view, &gateway, &ns) {
+        let admitted: Vec<&str> = hosts
+            .iter()
+            .filter(|h| h.admits(&key.namespace, &ps.gateway.namespace))
+            .map(|h| h.host)
+            .collect();
+        if intersect(&admitted, vs_hosts).is_empty() {
+            continue;
+        }
+        for rule in &vs.spec.tls {
+            for m in &rule.match_ {
+                let applies = m.port.is_none_or(|p| p == u32::from(ps.number))
+                    && (m.gateways.is_empty()
+                        || m.gateways
+                            .iter()
+                            .any(|g| resolve_gateway_name(g, &key.namespace) == gateway))
+                    && m.source_labels.is_empty()
+                    && m.source_namespace.as_deref().is_none_or(|n| n == ns);
+                let sni = intersect(&admitted, &m.sni_hosts);
+                if !applies || sni.is_empty() {
+                    continue;
+                }
+                let Some((cluster, weighted)) =
+                    ctx.tcp_destinations(&rule.route, &key.namespace, ps.number)
+                else {
+                    continue;
+                };
+                let mut chain = tcp_proxy_chain(port, cluster, weighted);
+                chain.filter_chain_match = FilterChainMatch {
+                    server_names: server_names(&sni),
+                    prefix_ranges: m
+                        .destination_subnets
+                        .iter()
+                        .filter_map(|s| parse_cidr(s))
+                        .collect(),
+                    transport_protocol: Some(TLS.to_string()),
+                    ..FilterChainMatch::default()
+                };
+                out.push(chain);
+            }
+        }
+    }
+    out
+}
+
 /// The chain of a TCP server on listener port `port`: a TCP proxy to where the first `tcp` rule
 /// applying to it sends connections, of the oldest bound VirtualService sharing a host with the
 /// server (Istio's gateway TCP routes: a rule applies without matches, or with a match whose
@@ -548,29 +698,40 @@ fn tcp_chain(ctx: &mut Ctx<'_, '_>, port: u16, ps: &PortServer<'_>) -> Option<Fi
             if !applies {
                 continue;
             }
-            let (cluster, weighted_clusters) =
-                ctx.tcp_destinations(rule, &key.namespace, ps.number)?;
-            let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-            return Some(FilterChain {
-                transport_socket: None,
-                name: None,
-                filter_chain_match: FilterChainMatch::default(),
-                filters: vec![NetworkFilter::TcpProxy(TcpProxy {
-                    stat_prefix: cluster
-                        .clone()
-                        .unwrap_or_else(|| names::outbound_stat_prefix(any, port)),
-                    cluster,
-                    weighted_clusters,
-                    ..TcpProxy::default()
-                })],
-            });
+            let (cluster, weighted) =
+                ctx.tcp_destinations(&rule.route, &key.namespace, ps.number)?;
+            return Some(tcp_proxy_chain(port, cluster, weighted));
         }
     }
     None
 }
 
-/// The Secret an HTTPS server terminates TLS with and whether it verifies clients (`MUTUAL`):
-/// `None` for what validation refuses (another mode, no `credentialName`).
+/// A chain matching everything that proxies connections on listener port `port` to one
+/// cluster or weighted clusters.
+fn tcp_proxy_chain(
+    port: u16,
+    cluster: Option<String>,
+    weighted_clusters: Option<WeightedClusters>,
+) -> FilterChain {
+    let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    FilterChain {
+        transport_socket: None,
+        name: None,
+        filter_chain_match: FilterChainMatch::default(),
+        filters: vec![NetworkFilter::TcpProxy(TcpProxy {
+            stat_prefix: cluster
+                .clone()
+                .unwrap_or_else(|| names::outbound_stat_prefix(any, port)),
+            cluster,
+            weighted_clusters,
+            ..TcpProxy::default()
+        })],
+    }
+}
+
+/// The Secret a TLS-based server terminates TLS with and whether it verifies clients
+/// (`MUTUAL`): `None` for `PASSTHROUGH` and what validation refuses (another mode, no
+/// `credentialName`).
 fn credential(server: &rustmesh_api::gateway::Server) -> Option<(&str, bool)> {
     let tls = server.tls.as_ref()?;
     let name = tls.credential_name.as_deref().filter(|n| !n.is_empty())?;

@@ -2,8 +2,9 @@
 //! (bookinfo-gateway and the bookinfo VirtualService), host intersection with `namespace/`
 //! server hosts, VirtualServices bound to gateways only (not on sidecars) or to `mesh` and a
 //! gateway (both), per-match `gateways`, the Service targetPort mapping of the listener port,
-//! `tls.httpsRedirect`, TCP servers (Istio's TCP ingress task), the port conflicts of merged
-//! Gateways, and refused fields.
+//! `tls.httpsRedirect`, TCP servers (Istio's TCP ingress task), HTTPS servers (the secure
+//! ingress task), TLS passthrough by SNI (the ingress SNI passthrough task) and TLS servers
+//! terminating for TCP routes, the port conflicts of merged Gateways, and refused fields.
 
 use super::*;
 use crate::configmap::{render, render_namespace};
@@ -445,10 +446,10 @@ spec:
   selector: {istio: ingressgateway}
   servers:
   - port: {number: 443, name: https, protocol: HTTPS}
-    tls: {mode: PASSTHROUGH}
+    tls: {mode: ISTIO_MUTUAL}
     hosts: [httpbin.example.com]
   - port: {number: 8443, name: tls, protocol: TLS}
-    tls: {mode: SIMPLE, credentialName: httpbin-credential}
+    tls: {mode: AUTO_PASSTHROUGH}
     hosts: [httpbin.example.com]
 "#,
     );
@@ -457,7 +458,7 @@ spec:
     let fields: Vec<&str> = v.findings.iter().map(|f| f.field.as_str()).collect();
     assert_eq!(
         fields,
-        ["spec.servers[0].tls.mode", "spec.servers[1].port.protocol"],
+        ["spec.servers[0].tls.mode", "spec.servers[1].tls.mode"],
         "{:?}",
         v.findings
     );
@@ -796,5 +797,150 @@ spec:
             vec!["helloworld.example.com".to_string()],
             vec![],
         ]
+    );
+}
+
+/// Istio's ingress SNI passthrough task (`mygateway` with an HTTPS server whose `tls.mode` is
+/// PASSTHROUGH for nginx.example.com, the `nginx` VirtualService's `tls` route to `my-nginx`)
+/// next to the secure ingress task's terminating servers on the same port, and a TLS server
+/// terminating for a `tcp` route.
+#[test]
+fn passthrough_servers_route_tls_unopened_by_sni_next_to_terminating_ones() {
+    let mut index = mesh_with_ingress();
+    workload(
+        &mut index,
+        "default",
+        "my-nginx",
+        Some("10.96.40.9"),
+        &[("https", 443, 443)],
+        &[("my-nginx-1", "10.244.0.80", &[("run", "my-nginx")])],
+    );
+    istio(&mut index, SECURE_INGRESS);
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: passthrough, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https-nginx, protocol: HTTPS}
+    tls: {mode: PASSTHROUGH}
+    hosts: [nginx.example.com, other.example.com]
+  - port: {number: 31400, name: tls-db, protocol: TLS}
+    tls: {mode: SIMPLE, credentialName: db-credential}
+    hosts: [db.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: nginx, namespace: default}
+spec:
+  hosts: [nginx.example.com, db.example.com]
+  gateways: [istio-system/passthrough]
+  tls:
+  - match:
+    - port: 443
+      sniHosts: [nginx.example.com]
+    - port: 8443
+      sniHosts: [nginx.example.com]
+    route:
+    - destination: {host: my-nginx, port: {number: 443}}
+  tcp:
+  - match:
+    - port: 31400
+    route:
+    - destination: {host: productpage, port: {number: 9080}}
+"#,
+    );
+    for name in ["mygateway", "passthrough"] {
+        let v = &verdict(&index, Kind::Gateway, "istio-system", name);
+        assert!(v.accepted && v.findings.is_empty(), "{name}: {:?}", v.findings);
+    }
+    let v = &verdict(&index, Kind::VirtualService, "default", "nginx");
+    assert!(v.accepted && v.findings.is_empty(), "{:?}", v.findings);
+
+    let c = rendered(&index, &gateway_scope());
+    let l = c.listener("0.0.0.0_8443").expect("listener 0.0.0.0_8443");
+    // (SNI, terminates?, where to)
+    let chains: Vec<(Vec<String>, bool, String)> = l
+        .filter_chains
+        .iter()
+        .map(|fc| {
+            assert_eq!(
+                fc.filter_chain_match.transport_protocol.as_deref(),
+                Some("tls")
+            );
+            let to = match &fc.filters[0] {
+                NetworkFilter::TcpProxy(t) => t.cluster.clone().unwrap_or_default(),
+                NetworkFilter::HttpConnectionManager(h) => {
+                    h.rds.as_ref().unwrap().route_config_name.clone()
+                }
+            };
+            (
+                fc.filter_chain_match.server_names.clone(),
+                fc.transport_socket.is_some(),
+                to,
+            )
+        })
+        .collect();
+    assert_eq!(
+        chains,
+        [
+            (
+                vec!["httpbin.example.com".to_string()],
+                true,
+                "https.443.https.mygateway.istio-system".to_string()
+            ),
+            (
+                vec!["helloworld.example.com".to_string()],
+                true,
+                "https.443.https-helloworld.mygateway.istio-system".to_string()
+            ),
+            // Only the match for the server's port, only the host both name.
+            (
+                vec!["nginx.example.com".to_string()],
+                false,
+                "outbound|443||my-nginx.default.svc.cluster.local".to_string()
+            ),
+        ]
+    );
+    assert!(
+        c.cluster("outbound|443||my-nginx.default.svc.cluster.local")
+            .is_some()
+    );
+    // The TLS server terminates with its credential, then proxies by the tcp route.
+    let l = c.listener("0.0.0.0_31400").expect("listener 0.0.0.0_31400");
+    assert_eq!(l.filter_chains.len(), 1);
+    let fc = &l.filter_chains[0];
+    assert_eq!(fc.filter_chain_match.server_names, ["db.example.com"]);
+    let Some(DownstreamTransportSocket::Tls(t)) = &fc.transport_socket else {
+        panic!("the TLS server terminates: {fc:?}")
+    };
+    assert_eq!(
+        t.common_tls_context.tls_certificate_sds_secret_configs[0].name,
+        "kubernetes://db-credential"
+    );
+    assert_eq!(rds(l), "tcp");
+    // Nothing bound to a passthrough server: no listener, as Istio.
+    let mut bare = mesh_with_ingress();
+    istio(
+        &mut bare,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: passthrough, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https-nginx, protocol: HTTPS}
+    tls: {mode: PASSTHROUGH}
+    hosts: [nginx.example.com]
+"#,
+    );
+    assert!(
+        rendered(&bare, &gateway_scope())
+            .listener("0.0.0.0_8443")
+            .is_none()
     );
 }

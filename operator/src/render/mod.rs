@@ -23,10 +23,14 @@
 //!   it (`tls` + Istio's ALPN) before its plain ones, virtualInbound's passthrough a twin, and
 //!   outbound clusters auto mTLS or a DestinationRule's `ISTIO_MUTUAL` (see [`clusters`]);
 //!   without a CA none of it is rendered;
-//! - not rendered (no field in the proxy model): DestinationRule TLS origination to servers
-//!   outside the mesh (`SIMPLE`, `MUTUAL`: a status warning) and TLS routes,
-//!   `derivePort`, `http2Error` aborts; TCP route matches on `sourceLabels`
-//!   are skipped (a TCP proxy cannot express them);
+//! - a VirtualService's `tls` rules become SNI chains on the service's TLS or HTTPS listener
+//!   (`Ctx::tls_chains`: `sniHosts` as `serverNames`, `destinationSubnets` as prefix ranges, a
+//!   TCP proxy to the rule's destinations, the TLS bytes unopened); a connection whose SNI no
+//!   rule names goes where the port's TCP traffic goes (the service, or its `tcp` rules), as
+//!   the port does without a VirtualService (a decision: Istio documents no fallback);
+//! - not rendered (no field in the proxy model): `derivePort`, `http2Error` aborts; TCP and
+//!   TLS route matches on `sourceLabels` are refused by validation (a TCP proxy chain cannot
+//!   express them);
 //! - a root VirtualService's `http[].delegate` is replaced by the delegate's routes, merged as
 //!   Istio merges them ([`crate::delegate`], in [`routes`]); a delegate renders nothing on
 //!   its own;
@@ -576,7 +580,18 @@ pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsReci
             }
             let tcp_chain = ctx.tcp_chain(v);
             let listener = if lp == ListenerProtocol::Tcp {
-                outbound_listener(ip, v.port.port, vec![tcp_chain], None, false)
+                // A TLS port's VirtualService `tls` rules pick a destination by SNI; what no
+                // rule names goes where the port's TCP traffic goes.
+                let mut chains = if matches!(v.protocol, Protocol::Tls | Protocol::Https) {
+                    ctx.tls_chains(v)
+                } else {
+                    Vec::new()
+                };
+                let sniffs = !chains.is_empty();
+                if !chains.iter().any(|c| c.filter_chain_match.is_empty()) {
+                    chains.push(tcp_chain);
+                }
+                outbound_listener(ip, v.port.port, chains, None, sniffs)
             } else {
                 let route_name = names::outbound_route_name(v.port.port, Some(&v.svc.fqdn));
                 routes
@@ -972,6 +987,15 @@ impl<'v, 'a> Ctx<'v, 'a> {
         let mut seen = BTreeSet::new();
         let mut chains = Vec::new();
         for v in members {
+            // The host's VirtualService `tls` rules first: their SNI names take the
+            // connection to the rules' destinations (the first chain for a name wins).
+            for chain in self.tls_chains(v) {
+                let key = chain.filter_chain_match.server_names.join(",");
+                if chain.filter_chain_match.prefix_ranges.is_empty() && !seen.insert(key) {
+                    continue;
+                }
+                chains.push(chain);
+            }
             let name = v.svc.fqdn.trim_end_matches('.').to_string();
             if !seen.insert(name.to_ascii_lowercase()) {
                 continue;
@@ -1008,6 +1032,63 @@ impl<'v, 'a> Ctx<'v, 'a> {
         }
     }
 
+    /// The SNI chains of a TLS or HTTPS port from the `tls` rules of the service's
+    /// VirtualService (Istio's sidecar TLS routes): for each match applying to the port (no
+    /// `port` or the service's; no `gateways` or one naming `mesh`; no `sourceNamespace` or
+    /// this scope's), a chain for its `sniHosts` ([`server_names`]) and `destinationSubnets`
+    /// (prefix ranges) proxying the bytes unopened to the rule's destinations. A later match
+    /// with the same names and ranges is left out: the first applies, as in Istio's order.
+    fn tls_chains(&mut self, v: &Visible<'v>) -> Vec<FilterChain> {
+        let Some((key, vs)) = self.virtual_service_for(&v.svc.fqdn) else {
+            return Vec::new();
+        };
+        let idle_timeout = self.tcp_idle_timeout(v);
+        let mut out: Vec<FilterChain> = Vec::new();
+        for rule in &vs.spec.tls {
+            for m in &rule.match_ {
+                let applies = m.port.is_none_or(|p| p == u32::from(v.port.port))
+                    && (m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
+                    && m.source_labels.is_empty()
+                    && m.source_namespace.as_deref().is_none_or(|n| n == self.ns());
+                if !applies {
+                    continue;
+                }
+                let chain_match = FilterChainMatch {
+                    server_names: server_names(&m.sni_hosts),
+                    prefix_ranges: m
+                        .destination_subnets
+                        .iter()
+                        .filter_map(|s| parse_cidr(s))
+                        .collect(),
+                    ..FilterChainMatch::default()
+                };
+                if out.iter().any(|c| c.filter_chain_match == chain_match) {
+                    continue;
+                }
+                let Some((cluster, weighted_clusters)) =
+                    self.tcp_destinations(&rule.route, &key.namespace, v.port.port)
+                else {
+                    continue;
+                };
+                out.push(FilterChain {
+                    transport_socket: None,
+                    name: None,
+                    filter_chain_match: chain_match,
+                    filters: vec![NetworkFilter::TcpProxy(TcpProxy {
+                        stat_prefix: cluster.clone().unwrap_or_else(|| {
+                            ClusterName::outbound(v.port.port, "", &v.svc.fqdn).to_string()
+                        }),
+                        cluster,
+                        weighted_clusters,
+                        idle_timeout,
+                        ..TcpProxy::default()
+                    })],
+                });
+            }
+        }
+        out
+    }
+
     fn tcp_idle_timeout(&self, v: &Visible<'v>) -> Option<Duration> {
         let (_, dr) = self.destination_rule_for(v.svc)?;
         let policy = clusters::merged_policy(&dr.spec, v.port.port, None);
@@ -1032,21 +1113,21 @@ impl<'v, 'a> Ctx<'v, 'a> {
                             }))
                 })
         })?;
-        self.tcp_destinations(rule, &key.namespace, v.port.port)
+        self.tcp_destinations(&rule.route, &key.namespace, v.port.port)
     }
 
-    /// Where a VirtualService's `tcp` rule sends a connection to `port` (short hosts resolved
-    /// in `vs_ns`): one cluster, or weighted clusters; `None` without destinations.
+    /// Where a VirtualService's `tcp` or `tls` rule (its `route`) sends a connection to `port`
+    /// (short hosts resolved in `vs_ns`): one cluster, or weighted clusters; `None` without
+    /// destinations.
     fn tcp_destinations(
         &mut self,
-        rule: &rustmesh_api::virtual_service::TcpRoute,
+        route: &[rustmesh_api::virtual_service::RouteDestination],
         vs_ns: &str,
         port: u16,
     ) -> Option<(Option<String>, Option<WeightedClusters>)> {
-        let dests: Vec<(String, u32)> = rule
-            .route
+        let dests: Vec<(String, u32)> = route
             .iter()
-            .filter(|d| rule.route.len() == 1 || d.weight.unwrap_or(0) > 0)
+            .filter(|d| route.len() == 1 || d.weight.unwrap_or(0) > 0)
             .map(|d| {
                 let c = self.cluster_for(&d.destination, vs_ns, port);
                 (
@@ -1381,6 +1462,19 @@ fn is_proxy_port(port: u16) -> bool {
         well_known::TUNNEL_PORT,
     ]
     .contains(&port)
+}
+
+/// The `serverNames` of a chain for SNI hosts (a VirtualService's `sniHosts`, a gateway
+/// server's hosts without their `namespace/` part): sorted, once each; none (any name) when
+/// one of them is `*`.
+pub(crate) fn server_names<S: AsRef<str>>(hosts: &[S]) -> Vec<String> {
+    let mut out: Vec<String> = hosts.iter().map(|h| h.as_ref().to_string()).collect();
+    if out.iter().any(|h| h == "*") {
+        return Vec::new();
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 fn parse_cidr(s: &str) -> Option<CidrRange> {

@@ -368,6 +368,149 @@ spec:
     );
 }
 
+/// A VirtualService's `tls` rules on a sidecar (Istio's TLS routes): on the service's HTTPS
+/// port, one chain per SNI of the rules' matches to their destination, the rest (another
+/// name, no SNI) to the service itself; a match for another port or for gateways only is
+/// left out, and a `*` SNI takes the service's own place.
+#[test]
+fn tls_routes_pick_the_destination_by_sni_on_the_services_tls_port() {
+    let mut index = bookinfo();
+    for (name, ip, pod_ip) in [
+        ("nginx", "10.96.40.1", "10.244.0.70"),
+        ("nginx-v2", "10.96.40.2", "10.244.0.71"),
+    ] {
+        workload(
+            &mut index,
+            "default",
+            name,
+            Some(ip),
+            &[("https", 443, 8443)],
+            &[(&format!("{name}-1"), pod_ip, &[("app", name)])],
+        );
+    }
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: nginx, namespace: default}
+spec:
+  hosts: [nginx.default.svc.cluster.local, "*.nginx.example.com"]
+  tls:
+  - match:
+    - port: 443
+      sniHosts: [v2.nginx.example.com]
+    - sniHosts: [nginx.default.svc.cluster.local]
+      destinationSubnets: [10.96.40.1/32]
+    route:
+    - destination: {host: nginx-v2, port: {number: 443}}
+  - match:
+    - port: 8443
+      sniHosts: [other.nginx.example.com]
+    - gateways: [some-gateway]
+      sniHosts: [gw.nginx.example.com]
+    route:
+    - destination: {host: nginx-v2}
+"#,
+    );
+    let v = &crate::fixtures::verdict(&index, Kind::VirtualService, "default", "nginx");
+    // Accepted; only the wildcard host, which names no service of the registry, is warned.
+    let warned: Vec<&str> = v.findings.iter().map(|f| f.field.as_str()).collect();
+    assert!(v.accepted && warned == ["spec.hosts[1]"], "{:?}", v.findings);
+    let c = rendered(&index, &Scope::namespace("default"));
+    let l = c.listener("10.96.40.1_443").expect("nginx's listener");
+    let chains: Vec<(Vec<String>, Vec<String>, String)> = l
+        .filter_chains
+        .iter()
+        .map(|fc| {
+            assert!(fc.transport_socket.is_none(), "TLS passes through unopened");
+            (
+                fc.filter_chain_match.server_names.clone(),
+                fc.filter_chain_match
+                    .prefix_ranges
+                    .iter()
+                    .map(|r| format!("{}/{}", r.address_prefix, r.prefix_len))
+                    .collect(),
+                dest(&fc.filters[0]),
+            )
+        })
+        .collect();
+    let v2 = "outbound|443||nginx-v2.default.svc.cluster.local".to_string();
+    assert_eq!(
+        chains,
+        [
+            (vec!["v2.nginx.example.com".to_string()], vec![], v2.clone()),
+            (
+                vec!["nginx.default.svc.cluster.local".to_string()],
+                vec!["10.96.40.1/32".to_string()],
+                v2.clone()
+            ),
+            (
+                vec![],
+                vec![],
+                "outbound|443||nginx.default.svc.cluster.local".to_string()
+            ),
+        ]
+    );
+    // SNI needs the ClientHello: the listener sniffs.
+    assert!(l.listener_filters_timeout.is_some());
+    assert!(c.cluster(&v2).is_some());
+    // nginx-v2's own port has no rule: one chain, no sniffing.
+    let other = c.listener("10.96.40.2_443").expect("nginx-v2's listener");
+    assert_eq!(other.filter_chains.len(), 1);
+    assert!(other.listener_filters_timeout.is_none());
+
+    // A `*` SNI (valid only in a VirtualService for host `*`) matches every name: it replaces
+    // the service's own chain.
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: nginx, namespace: default}
+spec:
+  hosts: ["*"]
+  tls:
+  - match:
+    - sniHosts: ["*"]
+    route:
+    - destination: {host: nginx-v2, port: {number: 443}}
+"#,
+    );
+    let c = rendered(&index, &Scope::namespace("default"));
+    let l = c.listener("10.96.40.1_443").expect("nginx's listener");
+    assert_eq!(l.filter_chains.len(), 1);
+    assert!(l.filter_chains[0].filter_chain_match.is_empty());
+    assert_eq!(dest(&l.filter_chains[0].filters[0]), v2);
+}
+
+/// Istio's validation of TLS routes: each SNI host must be one of the VirtualService's hosts
+/// (or within one of its wildcards), as written.
+#[test]
+fn tls_route_sni_hosts_must_be_the_virtual_services_hosts() {
+    let mut index = bookinfo();
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bad, namespace: default}
+spec:
+  hosts: ["*.example.com"]
+  tls:
+  - match:
+    - sniHosts: [a.example.com, example.org]
+    route:
+    - destination: {host: productpage}
+"#,
+    );
+    let v = &crate::fixtures::verdict(&index, Kind::VirtualService, "default", "bad");
+    assert!(!v.accepted);
+    let fields: Vec<&str> = v.findings.iter().map(|f| f.field.as_str()).collect();
+    assert_eq!(fields, ["spec.tls[0].match[0].sniHosts[1]"], "{:?}", v.findings);
+    assert!(v.findings[0].message.contains("not a compatible host"));
+}
+
 #[test]
 fn auto_protocol_port_gets_both_chains_like_seed_004() {
     let mut index = Index::default();
