@@ -427,7 +427,10 @@ impl GatewaySpec {
                 ));
             } else if mode == "PASSTHROUGH"
                 && let Some(tls) = &server.tls
-                && tls.credential_name.as_deref().is_some_and(|c| !c.is_empty())
+                && tls
+                    .credential_name
+                    .as_deref()
+                    .is_some_and(|c| !c.is_empty())
             {
                 out.push(FieldError::new(
                     format!("spec.servers[{i}].tls.credentialName"),

@@ -271,7 +271,10 @@ impl Validate for VirtualServiceSpec {
             for (j, m) in r.match_.iter().enumerate() {
                 let at = format!("{p}.match[{j}]");
                 if m.sni_hosts.is_empty() {
-                    f.err(format!("{at}.sniHosts"), "at least one SNI host is required");
+                    f.err(
+                        format!("{at}.sniHosts"),
+                        "at least one SNI host is required",
+                    );
                 }
                 for (k, sni) in m.sni_hosts.iter().enumerate() {
                     let field = format!("{at}.sniHosts[{k}]");

@@ -18,9 +18,20 @@
 //! certificate its CA issued. The listener is `0.0.0.0_8443`, the route tables are named as
 //! Istio's (`https.443.<port name>.<gateway>.<namespace>`), and `rustmeshctl proxy-config
 //! secret` lists both credentials on the gateway.
+//!
+//! Scenario 18 (issue #20): Istio's ingress SNI passthrough task. An HTTPS server inside the
+//! mesh (`tls-backend`, testapp `--https` with its own certificate for `c.e2e.test` from a
+//! private CA, behind Service port 443 `https`) is reached from outside the mesh through the
+//! gateway's 443 with a Gateway server in `tls.mode: PASSTHROUGH` and a VirtualService `tls`
+//! route by SNI: the client verifies the backend's own certificate (the gateway holds no key
+//! for it: the TLS passed unopened), the backend saw the client's SNI, and the gateway's
+//! listener has the SNI chain to `outbound|443||tls-backend...`. The same VirtualService,
+//! bound to `mesh` too, routes a meshed client's TLS by SNI: a connection to the `decoy`
+//! Service (no endpoints) with SNI `c.e2e.test` reaches the backend, while another SNI goes
+//! to the decoy and fails.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use rustmesh_e2e::pki::{Pki, put_secret};
 use rustmesh_e2e::sample::{self, EXTERNAL_PORT};
@@ -219,9 +230,11 @@ spec:
 /// Where the client pod mounts its Secret (the two CAs, its certificate and key).
 const CLIENT_TLS: &str = "/etc/client-tls";
 
-/// The client outside the mesh: testapp (no sidecar) with Secret `client-tls` mounted.
-async fn deploy_tls_client(ctx: &Ctx, ns: &str) -> String {
-    let labels = json!({"app": "tls-client", "version": "v1", "sidecar.istio.io/inject": "false"});
+/// The TLS client: testapp with Secret `client-tls` mounted, outside the mesh (no sidecar)
+/// unless `meshed`.
+async fn deploy_tls_client(ctx: &Ctx, ns: &str, meshed: bool) -> String {
+    let labels = json!({"app": "tls-client", "version": "v1",
+                        "sidecar.istio.io/inject": meshed.to_string()});
     let deployment = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -256,7 +269,7 @@ async fn deploy_tls_client(ctx: &Ctx, ns: &str) -> String {
         .await
         .unwrap();
     let app = sample::App {
-        inject: Some(false),
+        inject: Some(meshed),
         service_ports: vec![],
         http: vec![EXTERNAL_PORT],
         ..sample::App::http("tls-client", "v1")
@@ -276,7 +289,20 @@ async fn https_get(
     ca: &str,
     client_cert: bool,
 ) -> Result<Value, String> {
-    let url = format!("https://{host}/productpage");
+    https_get_path(ctx, client, gateway, host, "productpage", ca, client_cert).await
+}
+
+/// [`https_get`] of `https://<host>/<path>`.
+async fn https_get_path(
+    ctx: &Ctx,
+    client: (&str, &str),
+    gateway: &str,
+    host: &str,
+    path: &str,
+    ca: &str,
+    client_cert: bool,
+) -> Result<Value, String> {
+    let url = format!("https://{host}/{path}");
     let cacert = format!("{CLIENT_TLS}/{ca}");
     let (cert, key) = (
         format!("{CLIENT_TLS}/tls.crt"),
@@ -387,7 +413,7 @@ async fn s17_ingress_gateway_terminates_tls_by_sni_with_credential_name() {
         ],
     )
     .await;
-    let client_pod = deploy_tls_client(&ctx, &outside).await;
+    let client_pod = deploy_tls_client(&ctx, &outside, false).await;
     let client = (outside.as_str(), client_pod.as_str());
     let gateway = format!(
         "{}:443",
@@ -473,6 +499,261 @@ async fn s17_ingress_gateway_terminates_tls_by_sni_with_credential_name() {
     for name in ["e2e-ingress-a", "e2e-ingress-b"] {
         let _ = secrets.delete(name, &DeleteParams::default()).await;
     }
+    ctx.delete_namespace(&ns).await;
+    ctx.delete_namespace(&outside).await;
+}
+
+/// The passthrough Gateway and the VirtualService routing `c.e2e.test` by SNI to the backend,
+/// on the gateway and on the sidecars (`mesh`); `decoy` is its host for the sidecars.
+fn passthrough_config(ns: &str) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: passthrough-gateway
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port: {{number: 443, name: https-c, protocol: HTTPS}}
+    tls: {{mode: PASSTHROUGH}}
+    hosts: ["c.e2e.test"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: c
+spec:
+  hosts: ["c.e2e.test", "decoy.{ns}.svc.cluster.local"]
+  gateways: [passthrough-gateway, mesh]
+  tls:
+  - match:
+    - port: 443
+      sniHosts: ["c.e2e.test"]
+    route:
+    - destination: {{host: tls-backend, port: {{number: 443}}}}
+"#
+    )
+}
+
+/// The HTTPS backend inside the mesh: `testapp serve --https 8443` with Secret `tls-backend`
+/// (its certificate and key), behind Service `tls-backend` port 443 (`https`) → 8443; and the
+/// Service `decoy` (port 443 `https`, selecting no pod).
+async fn deploy_tls_backend(ctx: &Ctx, ns: &str) -> String {
+    let labels = json!({"app": "tls-backend", "version": "v1"});
+    let deployment = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "tls-backend-v1", "namespace": ns, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {"sidecar.istio.io/proxyCPU": "10m", "sidecar.istio.io/proxyMemory": "32Mi"},
+                },
+                "spec": {
+                    "terminationGracePeriodSeconds": 2,
+                    "containers": [{
+                        "name": "tls-backend",
+                        "image": TESTAPP_IMAGE,
+                        "imagePullPolicy": "IfNotPresent",
+                        "args": ["serve", "--https", "8443",
+                                 "--tls-cert", "/etc/tls/tls.crt", "--tls-key", "/etc/tls/tls.key",
+                                 "--service", "tls-backend", "--version", "v1"],
+                        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                        "ports": [{"name": "https", "containerPort": 8443, "protocol": "TCP"}],
+                        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
+                        "volumeMounts": [{"name": "tls", "mountPath": "/etc/tls", "readOnly": true}],
+                    }],
+                    "volumes": [{"name": "tls", "secret": {"secretName": "tls-backend"}}],
+                },
+            },
+        },
+    });
+    let pp = PatchParams::apply(MANAGER).force();
+    Api::<Deployment>::namespaced(ctx.client.clone(), ns)
+        .patch("tls-backend-v1", &pp, &Patch::Apply(deployment))
+        .await
+        .unwrap();
+    for (name, selector) in [("tls-backend", "tls-backend"), ("decoy", "nothing")] {
+        let service = json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "selector": {"app": selector},
+                "ports": [{"name": "https", "port": 443, "targetPort": 8443, "protocol": "TCP"}],
+            },
+        });
+        Api::<Service>::namespaced(ctx.client.clone(), ns)
+            .patch(name, &pp, &Patch::Apply(service))
+            .await
+            .unwrap();
+    }
+    let app = sample::App {
+        service_ports: vec![],
+        http: vec![],
+        ..sample::App::http("tls-backend", "v1")
+    };
+    sample::wait_ready(ctx, ns, &app).await.unwrap();
+    ctx.pod_name(ns, &app.selector()).await.unwrap()
+}
+
+/// Polls until `https://c.e2e.test/` through `via` (the gateway, or the decoy's address) is
+/// answered by the backend with the client's SNI; the backend's report.
+async fn until_backend(ctx: &Ctx, client: (&str, &str), via: &str, what: &str) -> Value {
+    poll(
+        what,
+        Duration::from_secs(180),
+        Duration::from_millis(1000),
+        || async {
+            let r = https_get_path(
+                ctx,
+                client,
+                via,
+                "c.e2e.test",
+                "passthrough",
+                "ca-c.crt",
+                false,
+            )
+            .await?;
+            if r["service"] == "tls-backend" {
+                Ok(Some(r))
+            } else {
+                Err(format!("answered by {r}"))
+            }
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn s18_tls_passthrough_by_sni_reaches_an_https_server_in_the_mesh() {
+    let Some(ctx) = setup("s18_sni_passthrough").await else {
+        return;
+    };
+    let ns = ctx.fresh_namespace("e2e-passthrough", true).await.unwrap();
+    let outside = ctx
+        .fresh_namespace("e2e-passthrough-client", false)
+        .await
+        .unwrap();
+    let c = Pki::new(
+        "e2e passthrough CA c",
+        "c.e2e.test",
+        vec!["c.e2e.test".into()],
+        "unused",
+    );
+    put_secret(
+        &ctx,
+        &ns,
+        "tls-backend",
+        "kubernetes.io/tls",
+        &[("tls.crt", &c.server.0), ("tls.key", &c.server.1)],
+    )
+    .await;
+    for client_ns in [&ns, &outside] {
+        put_secret(
+            &ctx,
+            client_ns,
+            "client-tls",
+            "Opaque",
+            &[
+                ("ca-c.crt", &c.ca),
+                ("tls.crt", &c.client.0),
+                ("tls.key", &c.client.1),
+            ],
+        )
+        .await;
+    }
+    let backend = deploy_tls_backend(&ctx, &ns).await;
+    let outside_pod = deploy_tls_client(&ctx, &outside, false).await;
+    let meshed_pod = deploy_tls_client(&ctx, &ns, true).await;
+    let gateway = format!(
+        "{}:443",
+        ctx.cluster_ip(MESH_NAMESPACE, "istio-ingressgateway")
+            .await
+            .unwrap()
+    );
+    let decoy = format!("{}:443", ctx.cluster_ip(&ns, "decoy").await.unwrap());
+    ctx.log(format!(
+        "backend {ns}/{backend}; clients {outside}/{outside_pod} (outside), {ns}/{meshed_pod} \
+         (meshed); gateway {gateway}, decoy {decoy}"
+    ));
+    ctx.apply_istio(&ns, &passthrough_config(&ns))
+        .await
+        .unwrap();
+
+    // Through the gateway: the client verifies the backend's own certificate (c's CA, which
+    // the gateway has no key for) and the backend sees the client's SNI.
+    let r = until_backend(
+        &ctx,
+        (&outside, &outside_pod),
+        &gateway,
+        "c.e2e.test through the gateway reaches the backend, TLS unopened",
+    )
+    .await;
+    assert_eq!(r["tls"]["sni"], "c.e2e.test", "{r}");
+    assert_eq!(r["path"], "/passthrough", "{r}");
+    ctx.log(format!("through the gateway: {}", r["pod"]));
+
+    // The gateway's listener: a chain for the SNI to the backend's cluster, nothing opened.
+    let gateway_pod = ctx
+        .pod_name(MESH_NAMESPACE, "istio=ingressgateway")
+        .await
+        .unwrap();
+    let listeners: Value = serde_json::from_str(
+        &ctx.proxy_config(MESH_NAMESPACE, &gateway_pod, &["listeners", "-o", "json"])
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let backend_cluster = format!("outbound|443||tls-backend.{ns}.svc.cluster.local");
+    let chain = listeners
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["name"] == "0.0.0.0_8443")
+        .flat_map(|l| l["filterChains"].as_array().cloned().unwrap_or_default())
+        .find(|fc| fc["filterChainMatch"]["serverNames"] == json!(["c.e2e.test"]))
+        .unwrap_or_else(|| panic!("no SNI chain for c.e2e.test in {listeners}"));
+    assert!(chain.get("transportSocket").is_none(), "{chain}");
+    assert!(chain.to_string().contains(&backend_cluster), "{chain}");
+
+    // On a sidecar: SNI c.e2e.test to the decoy's address goes to the backend ...
+    let r = until_backend(
+        &ctx,
+        (&ns, &meshed_pod),
+        &decoy,
+        "a meshed client's SNI c.e2e.test to the decoy is routed to the backend",
+    )
+    .await;
+    assert_eq!(r["tls"]["sni"], "c.e2e.test", "{r}");
+    // ... another name goes to the decoy itself, which has no endpoint.
+    let err = ctx
+        .testapp_report(
+            &ns,
+            &meshed_pod,
+            "tls-client",
+            &[
+                "testapp",
+                "get",
+                "--body",
+                "https://other.e2e.test/",
+                "--connect-to",
+                &decoy,
+                "--cacert",
+                &format!("{CLIENT_TLS}/ca-c.crt"),
+            ],
+        )
+        .await
+        .expect_err("another SNI goes to the decoy, which has no endpoint");
+    ctx.log(format!("other SNI to the decoy: {err}"));
+
+    ctx.delete_istio(&ns).await.unwrap();
     ctx.delete_namespace(&ns).await;
     ctx.delete_namespace(&outside).await;
 }

@@ -855,7 +855,11 @@ spec:
     );
     for name in ["mygateway", "passthrough"] {
         let v = &verdict(&index, Kind::Gateway, "istio-system", name);
-        assert!(v.accepted && v.findings.is_empty(), "{name}: {:?}", v.findings);
+        assert!(
+            v.accepted && v.findings.is_empty(),
+            "{name}: {:?}",
+            v.findings
+        );
     }
     let v = &verdict(&index, Kind::VirtualService, "default", "nginx");
     assert!(v.accepted && v.findings.is_empty(), "{:?}", v.findings);

@@ -416,7 +416,11 @@ spec:
     let v = &crate::fixtures::verdict(&index, Kind::VirtualService, "default", "nginx");
     // Accepted; only the wildcard host, which names no service of the registry, is warned.
     let warned: Vec<&str> = v.findings.iter().map(|f| f.field.as_str()).collect();
-    assert!(v.accepted && warned == ["spec.hosts[1]"], "{:?}", v.findings);
+    assert!(
+        v.accepted && warned == ["spec.hosts[1]"],
+        "{:?}",
+        v.findings
+    );
     let c = rendered(&index, &Scope::namespace("default"));
     let l = c.listener("10.96.40.1_443").expect("nginx's listener");
     let chains: Vec<(Vec<String>, Vec<String>, String)> = l
@@ -507,7 +511,12 @@ spec:
     let v = &crate::fixtures::verdict(&index, Kind::VirtualService, "default", "bad");
     assert!(!v.accepted);
     let fields: Vec<&str> = v.findings.iter().map(|f| f.field.as_str()).collect();
-    assert_eq!(fields, ["spec.tls[0].match[0].sniHosts[1]"], "{:?}", v.findings);
+    assert_eq!(
+        fields,
+        ["spec.tls[0].match[0].sniHosts[1]"],
+        "{:?}",
+        v.findings
+    );
     assert!(v.findings[0].message.contains("not a compatible host"));
 }
 
