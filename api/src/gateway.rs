@@ -15,10 +15,12 @@
 //! by SNI and the TLS bytes pass unopened. `tls.httpsRedirect` on an HTTP server is rendered
 //! (every request answered with a 301 to `https`). What it does not render is refused naming
 //! the field, never accepted and silently ignored: the field-support table
-//! ([`crate::support`]) refuses `bind`, `defaultEndpoint`, `port.targetPort`, certificate
-//! files and every other `tls` field; [`GatewaySpec::unsupported`] refuses the other modes
-//! (`ISTIO_MUTUAL`, `AUTO_PASSTHROUGH`, `OPTIONAL_MUTUAL`) and a credential on a
-//! `PASSTHROUGH` server (it would be ignored).
+//! ([`crate::support`]) refuses `bind`, `defaultEndpoint`, `port.targetPort` and the `tls`
+//! fields not rendered; certificate files (`serverCertificate`, `privateKey`,
+//! `caCertificates`, mounted in the gateway pod) are rendered as Istio's file secrets;
+//! [`GatewaySpec::unsupported`] refuses the other modes (`ISTIO_MUTUAL`, `AUTO_PASSTHROUGH`,
+//! `OPTIONAL_MUTUAL`), a credential or files on a `PASSTHROUGH` server and files next to a
+//! `credentialName` (they would be ignored).
 //!
 //! [`GatewaySpec::istio_errors`] reports Istio's errors (`ValidateGateway`), each naming its
 //! field:
@@ -425,18 +427,41 @@ impl GatewaySpec {
                         crate::support::GATEWAY_NOT_RENDERED
                     ),
                 ));
-            } else if mode == "PASSTHROUGH"
-                && let Some(tls) = &server.tls
-                && tls
-                    .credential_name
-                    .as_deref()
-                    .is_some_and(|c| !c.is_empty())
-            {
-                out.push(FieldError::new(
-                    format!("spec.servers[{i}].tls.credentialName"),
-                    "a PASSTHROUGH server forwards TLS without terminating it: its \
-                     credentialName would be ignored, remove it or use SIMPLE or MUTUAL",
-                ));
+            } else if let Some(tls) = &server.tls {
+                let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+                let files: Vec<&str> = [
+                    ("serverCertificate", &tls.server_certificate),
+                    ("privateKey", &tls.private_key),
+                    ("caCertificates", &tls.ca_certificates),
+                ]
+                .into_iter()
+                .filter(|(_, v)| set(v))
+                .map(|(f, _)| f)
+                .collect();
+                if mode == "PASSTHROUGH" {
+                    for field in files.iter().copied().chain(
+                        set(&tls.credential_name).then_some("credentialName"),
+                    ) {
+                        out.push(FieldError::new(
+                            format!("spec.servers[{i}].tls.{field}"),
+                            format!(
+                                "a PASSTHROUGH server forwards TLS without terminating it: its \
+                                 {field} would be ignored, remove it or use SIMPLE or MUTUAL"
+                            ),
+                        ));
+                    }
+                } else if set(&tls.credential_name) {
+                    // Istio reads the Secret and ignores the files: refused, not ignored.
+                    for field in files {
+                        out.push(FieldError::new(
+                            format!("spec.servers[{i}].tls.{field}"),
+                            format!(
+                                "{field} would be ignored next to credentialName (the Secret's \
+                                 certificate is used): give one or the other"
+                            ),
+                        ));
+                    }
+                }
             }
         }
         out
@@ -646,9 +671,9 @@ mod tests {
     #[test]
     fn refused_fields_are_named_with_issue_20() {
         // Modes other than PASSTHROUGH, SIMPLE and MUTUAL, or a mode on an HTTP server;
-        // certificate files, several credentials.
+        // several credentials.
         let s = spec(
-            "servers:\n- port: {number: 443, name: a, protocol: TLS}\n  hosts: ['*']\n  tls: {mode: AUTO_PASSTHROUGH}\n- port: {number: 444, name: b, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: ISTIO_MUTUAL}\n- port: {number: 80, name: c, protocol: HTTP}\n  hosts: ['*']\n  tls: {mode: PASSTHROUGH, httpsRedirect: true}\n- port: {number: 445, name: d, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}\n- port: {number: 446, name: e, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, credentialNames: [rsa, ecdsa]}\n",
+            "servers:\n- port: {number: 443, name: a, protocol: TLS}\n  hosts: ['*']\n  tls: {mode: AUTO_PASSTHROUGH}\n- port: {number: 444, name: b, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: ISTIO_MUTUAL}\n- port: {number: 80, name: c, protocol: HTTP}\n  hosts: ['*']\n  tls: {mode: PASSTHROUGH, httpsRedirect: true}\n- port: {number: 446, name: e, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, credentialNames: [rsa, ecdsa]}\n",
         );
         let errors = s.validate();
         let mut named = fields(errors.clone());
@@ -659,9 +684,7 @@ mod tests {
                 "spec.servers[0].tls.mode",
                 "spec.servers[1].tls.mode",
                 "spec.servers[2].tls.mode",
-                "spec.servers[3].tls.privateKey",
-                "spec.servers[3].tls.serverCertificate",
-                "spec.servers[4].tls.credentialNames",
+                "spec.servers[3].tls.credentialNames",
             ]
         );
         for e in &errors {
@@ -680,11 +703,36 @@ mod tests {
             fields(s.validate()),
             ["spec.servers[0].bind", "spec.servers[0].defaultEndpoint"]
         );
-        // A credential on a PASSTHROUGH server would be ignored: refused by name.
+        // A credential or files on a PASSTHROUGH server, files next to a credentialName: they
+        // would be ignored, so they are refused by name.
         let s = spec(
-            "servers:\n- port: {number: 443, name: tls, protocol: TLS}\n  hosts: ['*']\n  tls: {mode: PASSTHROUGH, credentialName: nginx}\n",
+            "servers:\n- port: {number: 443, name: tls, protocol: TLS}\n  hosts: ['*']\n  tls: {mode: PASSTHROUGH, credentialName: nginx, caCertificates: /ca.pem}\n- port: {number: 445, name: d, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, credentialName: x, serverCertificate: /c.pem, privateKey: /k.pem}\n",
         );
-        assert_eq!(fields(s.validate()), ["spec.servers[0].tls.credentialName"]);
+        assert_eq!(
+            fields(s.validate()),
+            [
+                "spec.servers[0].tls.caCertificates",
+                "spec.servers[0].tls.credentialName",
+                "spec.servers[1].tls.serverCertificate",
+                "spec.servers[1].tls.privateKey",
+            ]
+        );
+    }
+
+    #[test]
+    fn certificate_files_are_accepted_as_istio_checks_them() {
+        // SIMPLE and MUTUAL from files mounted in the gateway pod (MUTUAL needs the CA).
+        let s = spec(
+            "servers:\n- port: {number: 443, name: a, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, serverCertificate: /etc/certs/tls.crt, privateKey: /etc/certs/tls.key}\n- port: {number: 444, name: b, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: MUTUAL, serverCertificate: /etc/certs/tls.crt, privateKey: /etc/certs/tls.key, caCertificates: /etc/certs/ca.crt}\n",
+        );
+        assert_eq!(s.validate(), vec![]);
+        let s = spec(
+            "servers:\n- port: {number: 444, name: b, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: MUTUAL, serverCertificate: /etc/certs/tls.crt, privateKey: /etc/certs/tls.key}\n",
+        );
+        assert_eq!(
+            fields(s.validate()),
+            ["spec.servers[0].tls.caCertificates"]
+        );
     }
 
     #[test]

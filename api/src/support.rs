@@ -939,20 +939,24 @@ const GATEWAY: &[Entry] = &[
         harmless: &[],
         example: r#"{"mode": "ISTIO_MUTUAL"}"#,
     },
-    refused(
+    rendered(
         "spec.servers[].tls.serverCertificate",
-        "gateway certificates are not rendered yet (issue #20)",
-        r#""/etc/certs/server.pem""#,
+        &[],
+        "render/gateway.rs: with privateKey, the chain presents Istio's \
+         file-cert:<serverCertificate>~<privateKey>, read by the gateway's proxy from the files \
+         its pod mounts (rustmesh_api::gateway::GatewaySpec::unsupported refuses it next to a \
+         credentialName)",
     ),
-    refused(
+    rendered(
         "spec.servers[].tls.privateKey",
-        "gateway certificates are not rendered yet (issue #20)",
-        r#""/etc/certs/key.pem""#,
+        &[],
+        "render/gateway.rs: the key of file-cert:<serverCertificate>~<privateKey>",
     ),
-    refused(
+    rendered(
         "spec.servers[].tls.caCertificates",
-        "client certificate verification on gateways is not rendered yet (issue #20)",
-        r#""/etc/certs/ca.pem""#,
+        &[],
+        "render/gateway.rs: a MUTUAL server with certificate files verifies clients against \
+         file-root:<caCertificates>",
     ),
     refused(
         "spec.servers[].tls.caCrl",

@@ -65,8 +65,8 @@ use crate::sync::lock;
 /// The longest a TLS handshake may take, either side.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The largest certificate, key or root file read for TLS outside the mesh (a system bundle is
-/// about 200 KiB).
+/// The largest certificate, key or root file read (TLS outside the mesh, a gateway's
+/// certificate files; a system bundle is about 200 KiB).
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
 /// Why TLS could not be set up on a connection.
@@ -292,8 +292,21 @@ pub struct Terminate {
     resumption: bool,
     store: Arc<Store>,
     /// The configuration last built, with what it was built from: the workload certificate's
-    /// generation (`(generation, 0)`), or the versions of the credentials (certificate, roots).
+    /// generation (`(generation, 0)`), the versions of the credentials (certificate, roots), or
+    /// the files' content (`(fingerprint, 0)`).
     cache: CachedFor<Arc<rustls::ServerConfig>>,
+    /// What [`Serves::Files`] read last, and when.
+    files: Mutex<Option<(std::time::Instant, Arc<ServedFiles>)>>,
+}
+
+/// The certificate chain, key and client CA of a [`Serves::Files`] chain, as read.
+struct ServedFiles {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    roots: Option<rustls::RootCertStore>,
+    /// A fingerprint of the bytes read: a re-read with the same content keeps the
+    /// configuration built.
+    version: u64,
 }
 
 /// A configuration built for one pair of versions.
@@ -308,6 +321,15 @@ enum Serves {
     /// verified against `kubernetes://<roots>` when set (names without the prefix).
     Credential {
         cert: String,
+        roots: Option<String>,
+        require_client_certificate: bool,
+    },
+    /// A gateway server's certificate files (`file-cert:<cert>~<key>`), clients verified
+    /// against the CA file `roots` (`file-root:<path>`) when set: read from the gateway pod's
+    /// filesystem (a mounted Secret), again every [`crate::identity::credential::REFRESH`].
+    Files {
+        cert: String,
+        key: String,
         roots: Option<String>,
         require_client_certificate: bool,
     },
@@ -406,12 +428,46 @@ impl Terminate {
                     require_client_certificate: ctx.require_client_certificate,
                 }
             }
+            Some(Secret::FileCert { cert, key }) => {
+                let roots = match validation
+                    .map(|v| v.validation_context_sds_secret_config.secret())
+                {
+                    None => None,
+                    Some(Secret::FileRoot(path)) => Some(path.to_string()),
+                    Some(_) => {
+                        return Err(err(
+                            roots_field,
+                            format!(
+                                "certificate files go with a CA file (file-root:<path>), not {:?}",
+                                validation
+                                    .map(|v| v.validation_context_sds_secret_config.name.as_str())
+                                    .unwrap_or_default()
+                            ),
+                        ));
+                    }
+                };
+                if ctx.require_client_certificate && roots.is_none() {
+                    return Err((
+                        "requireClientCertificate".into(),
+                        "a client certificate cannot be verified without \
+                         combinedValidationContext (file-root:<caCertificates>)"
+                            .into(),
+                    ));
+                }
+                Serves::Files {
+                    cert: cert.to_string(),
+                    key: key.to_string(),
+                    roots,
+                    require_client_certificate: ctx.require_client_certificate,
+                }
+            }
             Some(_) => {
                 return Err(err(
                     "tlsCertificateSdsSecretConfigs[0].name",
                     format!(
                         "secret {:?} cannot be presented by a chain: only the workload \
-                         certificate \"default\" and kubernetes://<secret>",
+                         certificate \"default\", file-cert:<cert>~<key> and \
+                         kubernetes://<secret>",
                         cert.map(|c| c.name.as_str()).unwrap_or_default()
                     ),
                 ));
@@ -435,7 +491,44 @@ impl Terminate {
             resumption: !ctx.disable_stateful_session_resumption,
             store,
             cache: Mutex::new(None),
+            files: Mutex::new(None),
         })
+    }
+
+    /// The files of [`Serves::Files`]: the copy read less than
+    /// [`crate::identity::credential::REFRESH`] ago, else read again (a rotated mounted Secret
+    /// is used by the next handshakes). While a re-read fails, the last good copy serves.
+    fn served_files(
+        &self,
+        cert: &str,
+        key: &str,
+        roots: Option<&str>,
+    ) -> Result<Arc<ServedFiles>, TlsError> {
+        let mut held = lock(&self.files);
+        if let Some((at, f)) = &*held
+            && at.elapsed() < crate::identity::credential::REFRESH
+        {
+            return Ok(f.clone());
+        }
+        let now = std::time::Instant::now();
+        match read_served_files(cert, key, roots) {
+            Ok(read) => {
+                let f = match &*held {
+                    Some((_, old)) if old.version == read.version => old.clone(),
+                    _ => Arc::new(read),
+                };
+                *held = Some((now, f.clone()));
+                Ok(f)
+            }
+            Err(e) => match &mut *held {
+                Some((at, old)) => {
+                    tracing::warn!(error = %e, "certificate files not read again; the last copy serves");
+                    *at = now;
+                    Ok(old.clone())
+                }
+                None => Err(e),
+            },
+        }
     }
 
     /// The configuration for the next handshake: the cached one while the certificate (or the
@@ -444,7 +537,7 @@ impl Terminate {
         // A credential is fetched (or its copy read) before the cache is looked at: its
         // version says whether the cached configuration still holds.
         let fetched = match &self.serves {
-            Serves::Mesh { .. } => None,
+            Serves::Mesh { .. } | Serves::Files { .. } => None,
             Serves::Credential { cert, roots, .. } => {
                 let credentials = self.store.credentials();
                 let cert = credentials.get(cert).await.map_err(|e| {
@@ -459,9 +552,16 @@ impl Terminate {
                 Some((cert, roots))
             }
         };
-        let versions = match &fetched {
-            None => (self.store.generation(), 0),
-            Some((cert, roots)) => (cert.version, roots.as_ref().map_or(0, |r| r.version)),
+        let files = match &self.serves {
+            Serves::Files {
+                cert, key, roots, ..
+            } => Some(self.served_files(cert, key, roots.as_deref())?),
+            _ => None,
+        };
+        let versions = match (&fetched, &files) {
+            (Some((cert, roots)), _) => (cert.version, roots.as_ref().map_or(0, |r| r.version)),
+            (None, Some(f)) => (f.version, 0),
+            (None, None) => (self.store.generation(), 0),
         };
         let mut cache = lock(&self.cache);
         if let Some((v, c)) = &*cache
@@ -513,6 +613,24 @@ impl Terminate {
             }
             (Serves::Credential { .. }, None) => {
                 return Err(TlsError::Config("a credential that was not fetched".into()));
+            }
+            (
+                Serves::Files {
+                    cert,
+                    require_client_certificate,
+                    ..
+                },
+                _,
+            ) => {
+                let f = files.ok_or_else(|| TlsError::Config("files that were not read".into()))?;
+                credential_server_config(
+                    f.chain.clone(),
+                    f.key.clone_key(),
+                    f.roots.clone(),
+                    *require_client_certificate,
+                    &alpn,
+                )
+                .map_err(|e| TlsError::File(format!("{cert}: {e}")))?
             }
         };
         if !self.resumption {
@@ -927,10 +1045,46 @@ fn read_file(path: &str) -> Result<Vec<u8>, TlsError> {
     Ok(bytes)
 }
 
+/// Reads a gateway server's certificate chain, key and (for `MUTUAL`) client CA files, each at
+/// most [`MAX_FILE_BYTES`]; errors name the file, never the key's content.
+fn read_served_files(
+    cert: &str,
+    key: &str,
+    roots: Option<&str>,
+) -> Result<ServedFiles, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    use std::hash::{Hash, Hasher};
+    let cert_bytes = read_file(cert)?;
+    let key_bytes = read_file(key)?;
+    let roots_bytes = roots.map(read_file).transpose()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&cert_bytes, &key_bytes, &roots_bytes).hash(&mut h);
+    let chain = pem_certs(cert, &cert_bytes)?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_bytes)
+        .map_err(|e| TlsError::File(format!("{key}: not a PEM private key: {e}")))?;
+    let roots = match (roots, roots_bytes) {
+        (Some(path), Some(bytes)) => Some(root_store(pem_certs(path, &bytes)?, |e| {
+            TlsError::File(format!("{path}: {e}"))
+        })?),
+        _ => None,
+    };
+    Ok(ServedFiles {
+        chain,
+        key: key_der,
+        roots,
+        version: h.finish().max(1),
+    })
+}
+
 /// The certificates of a PEM file, at least one.
 fn read_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    pem_certs(path, &read_file(path)?)
+}
+
+/// The certificates of the PEM `bytes` read from `path`, at least one.
+fn pem_certs(path: &str, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     use rustls::pki_types::pem::PemObject;
-    let certs = CertificateDer::pem_slice_iter(&read_file(path)?)
+    let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::File(format!("{path}: not PEM certificates: {e}")))?;
     if certs.is_empty() {
@@ -963,7 +1117,7 @@ fn system_roots() -> Result<rustls::RootCertStore, TlsError> {
 mod tests {
     use super::*;
     use rustmesh_xds::route::StringMatcher;
-    use rustmesh_xds::tls::{credential_downstream, istio_downstream};
+    use rustmesh_xds::tls::{GatewayCert, gateway_downstream, istio_downstream};
 
     fn serves(ctx: &DownstreamTlsContext) -> Result<Serves, (String, String)> {
         Terminate::new(ctx, Arc::new(Store::default())).map(|t| t.serves)
@@ -972,7 +1126,7 @@ mod tests {
     #[test]
     fn a_gateway_credential_is_served_from_its_secret_and_the_mesh_from_the_workload() {
         assert_eq!(
-            serves(&credential_downstream("httpbin-credential", false)),
+            serves(&gateway_downstream(GatewayCert::Credential("httpbin-credential"), false)),
             Ok(Serves::Credential {
                 cert: "httpbin-credential".into(),
                 roots: None,
@@ -980,7 +1134,7 @@ mod tests {
             })
         );
         assert_eq!(
-            serves(&credential_downstream("httpbin-credential", true)),
+            serves(&gateway_downstream(GatewayCert::Credential("httpbin-credential"), true)),
             Ok(Serves::Credential {
                 cert: "httpbin-credential".into(),
                 roots: Some("httpbin-credential-cacert".into()),
@@ -994,7 +1148,7 @@ mod tests {
             })
         );
         // Istio's OPTIONAL_MUTUAL: clients verified when they present a certificate.
-        let mut optional = credential_downstream("c", true);
+        let mut optional = gateway_downstream(GatewayCert::Credential("c"), true);
         optional.require_client_certificate = false;
         assert!(matches!(
             serves(&optional),
@@ -1009,7 +1163,7 @@ mod tests {
     #[test]
     fn what_a_terminating_chain_cannot_do_is_refused_naming_the_field() {
         let field = |ctx: &DownstreamTlsContext| serves(ctx).unwrap_err().0;
-        let mut sans = credential_downstream("c", true);
+        let mut sans = gateway_downstream(GatewayCert::Credential("c"), true);
         sans.common_tls_context
             .combined_validation_context
             .as_mut()
@@ -1023,12 +1177,12 @@ mod tests {
             field(&sans),
             "commonTlsContext.combinedValidationContext.defaultValidationContext.matchSubjectAltNames"
         );
-        let mut no_roots = credential_downstream("c", false);
+        let mut no_roots = gateway_downstream(GatewayCert::Credential("c"), false);
         no_roots.require_client_certificate = true;
         let (f, message) = serves(&no_roots).unwrap_err();
         assert_eq!(f, "requireClientCertificate");
         assert!(message.contains("kubernetes://c-cacert"), "{message}");
-        let mut mesh_root = credential_downstream("c", true);
+        let mut mesh_root = gateway_downstream(GatewayCert::Credential("c"), true);
         mesh_root
             .common_tls_context
             .combined_validation_context
@@ -1040,19 +1194,144 @@ mod tests {
             field(&mesh_root),
             "commonTlsContext.combinedValidationContext.validationContextSdsSecretConfig.name"
         );
-        let mut none = credential_downstream("c", false);
+        let mut none = gateway_downstream(GatewayCert::Credential("c"), false);
         none.common_tls_context.tls_certificate_sds_secret_configs = vec![];
         assert_eq!(
             field(&none),
             "commonTlsContext.tlsCertificateSdsSecretConfigs"
         );
-        let mut file = credential_downstream("c", false);
+        // Certificate files go with a CA file, not a credential's.
+        let mut file = gateway_downstream(GatewayCert::Credential("c"), true);
         file.common_tls_context.tls_certificate_sds_secret_configs[0].name =
             "file-cert:/c.pem~/k.pem".into();
         assert_eq!(
             field(&file),
+            "commonTlsContext.combinedValidationContext.validationContextSdsSecretConfig.name"
+        );
+        let mut unknown = gateway_downstream(GatewayCert::Credential("c"), false);
+        unknown.common_tls_context.tls_certificate_sds_secret_configs[0].name = "other".into();
+        assert_eq!(
+            field(&unknown),
             "commonTlsContext.tlsCertificateSdsSecretConfigs[0].name"
         );
+    }
+
+    /// A private CA and a server certificate for `name` it issued, as PEM (CA, chain, key).
+    fn private_ca(name: &str) -> (String, String, String) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (ca_pem, leaf.pem(), key.serialize_pem())
+    }
+
+    /// One TLS client handshake to `t` for `name`, trusting `ca`: the server's leaf, or why
+    /// the client's handshake failed.
+    async fn handshake(t: &Terminate, name: &str, ca: &str) -> Result<Vec<u8>, String> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
+            .unwrap();
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = async {
+            let (tcp, _) = l.accept().await.unwrap();
+            t.accept(tcp).await.map(|_| ())
+        };
+        let client = async {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::try_from(name.to_string()).unwrap();
+            let s = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| e.to_string())?;
+            let leaf = s.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+            // A TLS 1.3 server may refuse the client's (missing) certificate after the
+            // client's handshake is done: read to see it.
+            let mut s = s;
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            s.write_all(b"x").await.map_err(|e| e.to_string())?;
+            let mut buf = [0u8; 1];
+            match tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await {
+                Ok(Err(e)) => Err(e.to_string()),
+                _ => Ok(leaf),
+            }
+        };
+        let (server, client) = tokio::join!(server, client);
+        let _ = server;
+        client
+    }
+
+    #[tokio::test]
+    async fn a_gateway_server_presents_its_certificate_files_and_mutual_checks_the_ca_file() {
+        use rustls::pki_types::pem::PemObject;
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, chain, key) = private_ca("files.example.com");
+        let path = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+        std::fs::write(path("ca.crt"), &ca).unwrap();
+        std::fs::write(path("tls.crt"), &chain).unwrap();
+        std::fs::write(path("tls.key"), &key).unwrap();
+        let (cert_path, key_path, ca_path) = (path("tls.crt"), path("tls.key"), path("ca.crt"));
+        let files = |ca| GatewayCert::Files {
+            cert: &cert_path,
+            key: &key_path,
+            ca,
+        };
+        // SIMPLE: the chain from the files is presented.
+        let simple = Terminate::new(
+            &gateway_downstream(files(None), false),
+            Arc::new(Store::default()),
+        )
+        .unwrap();
+        let leaf = handshake(&simple, "files.example.com", &ca).await.unwrap();
+        assert_eq!(
+            leaf,
+            CertificateDer::from_pem_slice(chain.as_bytes())
+                .unwrap()
+                .to_vec()
+        );
+        // MUTUAL: a client without a certificate is refused.
+        let mutual = Terminate::new(
+            &gateway_downstream(files(Some(&ca_path)), true),
+            Arc::new(Store::default()),
+        )
+        .unwrap();
+        let err = handshake(&mutual, "files.example.com", &ca)
+            .await
+            .unwrap_err();
+        assert!(err.contains("CertificateRequired"), "{err}");
+        // A missing file: the handshake fails naming it, nothing is sent.
+        let missing = dir.path().join("gone.crt").to_str().unwrap().to_string();
+        let gone = Terminate::new(
+            &gateway_downstream(
+                GatewayCert::Files {
+                    cert: &missing,
+                    key: &key_path,
+                    ca: None,
+                },
+                false,
+            ),
+            Arc::new(Store::default()),
+        )
+        .unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::spawn(TcpStream::connect(l.local_addr().unwrap()));
+        let (tcp, _) = l.accept().await.unwrap();
+        let _client = client.await.unwrap().unwrap();
+        let e = gone.accept(tcp).await.unwrap_err().to_string();
+        assert!(e.contains("gone.crt"), "{e}");
+        assert!(!e.contains("PRIVATE KEY"), "{e}");
     }
 
     #[tokio::test]
@@ -1060,7 +1339,7 @@ mod tests {
         // No CA: the credential cannot be fetched. The connection gets nothing, not the
         // workload certificate, not plain text.
         let t = Terminate::new(
-            &credential_downstream("httpbin-credential", false),
+            &gateway_downstream(GatewayCert::Credential("httpbin-credential"), false),
             Arc::new(Store::default()),
         )
         .unwrap();

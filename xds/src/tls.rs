@@ -25,11 +25,13 @@
 //!   the roots (Istio's names; the CA serves them to the sidecar, see [`crate::ca`]).
 //!
 //! - a Gateway server's `credentialName` (`tls.mode` `SIMPLE` or `MUTUAL`) is a
-//!   `DownstreamTlsContext` with the same names ([`credential_downstream`]): the gateway's proxy
-//!   presents the Secret's certificate and, for `MUTUAL`, verifies clients against its CA.
+//!   `DownstreamTlsContext` with the same names ([`gateway_downstream`]): the gateway's proxy
+//!   presents the Secret's certificate and, for `MUTUAL`, verifies clients against its CA; its
+//!   certificate files (`serverCertificate`, `privateKey`, `caCertificates`) are Istio's
+//!   `file-cert:<cert>~<key>` and `file-root:<ca>`, read by the gateway's proxy.
 //!
-//! The secrets served ([`Secret`]): the mesh's own (`default`, `ROOTCA`), Kubernetes Secrets
-//! and, upstream only, those files and the system roots. Any other name is refused by
+//! The secrets served ([`Secret`]): the mesh's own (`default`, `ROOTCA`), Kubernetes Secrets,
+//! those files and, upstream only, the system roots. Any other name is refused by
 //! validation, naming the field, rather than accepted and ignored.
 
 use std::collections::BTreeMap;
@@ -305,18 +307,16 @@ impl CommonTlsContext {
         for (i, s) in self.tls_certificate_sds_secret_configs.iter().enumerate() {
             let problem = match s.secret() {
                 Secret::Workload => None,
-                Secret::FileCert { cert, key } if external => (cert.is_empty() || key.is_empty())
+                // Upstream: a DestinationRule's client certificate; downstream: a gateway
+                // server's `serverCertificate` and `privateKey`.
+                Secret::FileCert { cert, key } => (cert.is_empty() || key.is_empty())
                     .then(|| "`file-cert:<certificate>~<key>` needs both paths".to_string()),
                 // Downstream: a gateway server's `credentialName`.
                 Secret::Credential(name) => credential_problem(name, false),
                 _ => Some(format!(
-                    "secret {:?} is not served here: only the workload certificate {SDS_DEFAULT:?}{}",
+                    "secret {:?} is not served here: only the workload certificate \
+                     {SDS_DEFAULT:?}, file-cert:<certificate>~<key> and kubernetes://<secret>",
                     s.name,
-                    if external {
-                        ", file-cert:<certificate>~<key> and kubernetes://<secret>"
-                    } else {
-                        " and kubernetes://<secret>"
-                    }
                 )),
             };
             if let Some(message) = problem {
@@ -354,7 +354,17 @@ impl CommonTlsContext {
                         ));
                     }
                 }
-                Secret::FileRoot(_) | Secret::SystemRoot if external => {
+                // Downstream: a gateway server's `caCertificates` (never the system's roots).
+                Secret::SystemRoot if external => {
+                    if cert_is_mesh == Some(true) {
+                        out.push((
+                            field.to_string(),
+                            "the workload certificate \"default\" goes with the mesh root ROOTCA"
+                                .into(),
+                        ));
+                    }
+                }
+                Secret::FileRoot(_) => {
                     if cert_is_mesh == Some(true) {
                         out.push((
                             field.to_string(),
@@ -371,7 +381,7 @@ impl CommonTlsContext {
                         if external {
                             ", file-root:<path>, file-root:system and kubernetes://<secret>-cacert"
                         } else {
-                            " and kubernetes://<secret>-cacert"
+                            ", file-root:<path> and kubernetes://<secret>-cacert"
                         }
                     ),
                 )),
@@ -551,22 +561,45 @@ pub fn istio_downstream(alpn: &[&str]) -> DownstreamTlsContext {
     }
 }
 
-/// Istio's termination on a gateway server with a `credentialName` (`tls.mode` `SIMPLE`, or
-/// `MUTUAL` with `mutual`): the Secret's certificate (`kubernetes://<name>`); for `MUTUAL` a
-/// client certificate is required and verified against `kubernetes://<name>-cacert`. ALPN as
-/// Istio's gateways: `h2`, `http/1.1`.
-pub fn credential_downstream(name: &str, mutual: bool) -> DownstreamTlsContext {
+/// Where a gateway server's certificate (and, for `MUTUAL`, its client CA) comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GatewayCert<'a> {
+    /// A `credentialName` Secret: `kubernetes://<name>`, clients verified against
+    /// `kubernetes://<name>-cacert`.
+    Credential(&'a str),
+    /// Files in the gateway pod (`serverCertificate`, `privateKey`, `caCertificates`): Istio's
+    /// `file-cert:<cert>~<key>`, clients verified against `file-root:<ca>`.
+    Files {
+        cert: &'a str,
+        key: &'a str,
+        ca: Option<&'a str>,
+    },
+}
+
+/// Istio's termination on a gateway server (`tls.mode` `SIMPLE`, or `MUTUAL` with `mutual`):
+/// the certificate of `cert`; for `MUTUAL` a client certificate is required and verified
+/// against its CA (a `MUTUAL` server from files without `caCertificates` is refused by
+/// validation, so none is rendered here). ALPN as Istio's gateways: `h2`, `http/1.1`.
+pub fn gateway_downstream(cert: GatewayCert<'_>, mutual: bool) -> DownstreamTlsContext {
+    let (certificate, roots) = match cert {
+        GatewayCert::Credential(name) => (
+            format!("{SDS_KUBERNETES}{name}"),
+            Some(format!("{SDS_KUBERNETES}{name}{SDS_CACERT_SUFFIX}")),
+        ),
+        GatewayCert::Files { cert, key, ca } => (
+            format!("{SDS_FILE_CERT}{cert}~{key}"),
+            ca.map(|ca| format!("{SDS_FILE_ROOT}{ca}")),
+        ),
+    };
     DownstreamTlsContext {
         common_tls_context: CommonTlsContext {
             alpn_protocols: vec!["h2".into(), "http/1.1".into()],
-            tls_certificate_sds_secret_configs: vec![SdsSecretConfig::named(&format!(
-                "{SDS_KUBERNETES}{name}"
-            ))],
-            combined_validation_context: mutual.then(|| CombinedValidationContext {
-                default_validation_context: CertificateValidationContext::default(),
-                validation_context_sds_secret_config: SdsSecretConfig::named(&format!(
-                    "{SDS_KUBERNETES}{name}{SDS_CACERT_SUFFIX}"
-                )),
+            tls_certificate_sds_secret_configs: vec![SdsSecretConfig::named(&certificate)],
+            combined_validation_context: roots.filter(|_| mutual).map(|name| {
+                CombinedValidationContext {
+                    default_validation_context: CertificateValidationContext::default(),
+                    validation_context_sds_secret_config: SdsSecretConfig::named(&name),
+                }
             }),
         },
         require_client_certificate: mutual,
@@ -581,14 +614,14 @@ mod tests {
 
     #[test]
     fn a_gateway_credential_reads_as_istios_and_validates() {
-        let simple = credential_downstream("bookinfo-credential", false);
+        let simple = gateway_downstream(GatewayCert::Credential("bookinfo-credential"), false);
         assert_eq!(
             serde_json::to_value(&simple).unwrap(),
             json!({"commonTlsContext": {"alpnProtocols": ["h2", "http/1.1"],
                 "tlsCertificateSdsSecretConfigs": [{"name": "kubernetes://bookinfo-credential"}]},
                 "requireClientCertificate": false})
         );
-        let mutual = credential_downstream("bookinfo-credential", true);
+        let mutual = gateway_downstream(GatewayCert::Credential("bookinfo-credential"), true);
         assert!(mutual.require_client_certificate);
         assert_eq!(
             mutual
@@ -602,6 +635,26 @@ mod tests {
         );
         for c in [&simple, &mutual] {
             assert!(!c.common_tls_context.is_mesh());
+            assert!(c.common_tls_context.problems(Side::Downstream).is_empty());
+        }
+        // Certificate files, as Istio names them; MUTUAL verifies against caCertificates.
+        let files = |ca| GatewayCert::Files {
+            cert: "/etc/certs/tls.crt",
+            key: "/etc/certs/tls.key",
+            ca,
+        };
+        let mutual = gateway_downstream(files(Some("/etc/certs/ca.crt")), true);
+        assert_eq!(
+            serde_json::to_value(&mutual).unwrap(),
+            json!({"commonTlsContext": {"alpnProtocols": ["h2", "http/1.1"],
+                "tlsCertificateSdsSecretConfigs": [{"name": "file-cert:/etc/certs/tls.crt~/etc/certs/tls.key"}],
+                "combinedValidationContext": {"defaultValidationContext": {},
+                    "validationContextSdsSecretConfig": {"name": "file-root:/etc/certs/ca.crt"}}},
+                "requireClientCertificate": true})
+        );
+        let simple = gateway_downstream(files(Some("/etc/certs/ca.crt")), false);
+        assert!(simple.common_tls_context.combined_validation_context.is_none());
+        for c in [&simple, &mutual] {
             assert!(c.common_tls_context.problems(Side::Downstream).is_empty());
         }
     }
@@ -671,17 +724,23 @@ mod tests {
                 vec!["combinedValidationContext.defaultValidationContext.matchSubjectAltNames[0]"],
             );
         }
-        // Files are upstream only.
+        // Files both ways (a gateway server's certificate files); the system's roots only
+        // upstream.
         c.tls_certificate_sds_secret_configs[0].name = "file-cert:/c.pem~/k.pem".into();
+        for side in [Side::Downstream, Side::Upstream] {
+            assert_eq!(fields(&c, side).len(), 1, "{side:?}");
+        }
+        let v = c.combined_validation_context.as_mut().unwrap();
+        v.validation_context_sds_secret_config.name = SDS_SYSTEM_ROOT.into();
         assert_eq!(
             fields(&c, Side::Downstream)[0],
-            "tlsCertificateSdsSecretConfigs[0].name"
+            "combinedValidationContext.validationContextSdsSecretConfig.name"
         );
         assert_eq!(fields(&c, Side::Upstream).len(), 1);
     }
 
     #[test]
-    fn origination_outside_the_mesh_uses_istios_file_secrets_upstream_only() {
+    fn origination_outside_the_mesh_uses_istios_file_secrets() {
         let simple = external_upstream(
             "api.example.com",
             &[],
@@ -703,9 +762,11 @@ mod tests {
                 .problems(Side::Upstream)
                 .is_empty()
         );
-        assert_eq!(
-            simple.common_tls_context.problems(Side::Downstream)[0].0,
-            "combinedValidationContext.validationContextSdsSecretConfig.name"
+        assert!(
+            simple
+                .common_tls_context
+                .problems(Side::Downstream)
+                .is_empty()
         );
         let mutual = external_upstream(
             "db",

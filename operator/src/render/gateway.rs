@@ -47,7 +47,9 @@
 //!   chain on the port's listener: matched by SNI (`serverNames`: its hosts without their
 //!   `namespace/` part, none for `*`; chains with names first) and `transportProtocol: tls`,
 //!   terminating TLS with Secret `kubernetes://<credentialName>` (`MUTUAL`: clients verified
-//!   against `kubernetes://<credentialName>-cacert`; `rustmesh_xds::tls::credential_downstream`),
+//!   against `kubernetes://<credentialName>-cacert`; `rustmesh_xds::tls::gateway_downstream`),
+//!   or with the files `serverCertificate`/`privateKey` (`file-cert:<cert>~<key>`, `MUTUAL`:
+//!   `file-root:<caCertificates>`) the gateway pod mounts,
 //!   then an HTTP connection manager with Istio's route table
 //!   `https.<number>.<port name>.<gateway>.<namespace>` holding that server's virtual hosts as
 //!   above. The mesh CA serves the Secret to the gateway's proxy.
@@ -86,7 +88,7 @@ use rustmesh_xds::route::{
     RedirectAction, Route, RouteConfiguration, RouteMatch, VirtualHost, WeightedClusters,
 };
 use rustmesh_xds::scope::{ProxyRole, select_scope, selects};
-use rustmesh_xds::tls::{DownstreamTransportSocket, credential_downstream};
+use rustmesh_xds::tls::{DownstreamTransportSocket, GatewayCert, gateway_downstream};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -560,12 +562,12 @@ fn tls_port_chains(
     let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
     let mut chains: Vec<FilterChain> = Vec::new();
     for ps in servers {
-        let Some((name, mutual)) = credential(ps.server) else {
+        let Some((cert, mutual)) = credential(ps.server) else {
             chains.extend(passthrough_chains(ctx, port, ps));
             continue;
         };
-        let terminate = Some(DownstreamTransportSocket::Tls(credential_downstream(
-            name, mutual,
+        let terminate = Some(DownstreamTransportSocket::Tls(gateway_downstream(
+            cert, mutual,
         )));
         let filter_chain_match = FilterChainMatch {
             server_names: sni_hosts(ps.server),
@@ -729,15 +731,29 @@ fn tcp_proxy_chain(
     }
 }
 
-/// The Secret a TLS-based server terminates TLS with and whether it verifies clients
-/// (`MUTUAL`): `None` for `PASSTHROUGH` and what validation refuses (another mode, no
-/// `credentialName`).
-fn credential(server: &rustmesh_api::gateway::Server) -> Option<(&str, bool)> {
+/// The certificate a TLS-based server terminates TLS with (a `credentialName` Secret, or its
+/// `serverCertificate`/`privateKey` files with `caCertificates`) and whether it verifies
+/// clients (`MUTUAL`): `None` for `PASSTHROUGH` and what validation refuses (another mode,
+/// neither a credential nor both files, both at once).
+fn credential(server: &rustmesh_api::gateway::Server) -> Option<(GatewayCert<'_>, bool)> {
     let tls = server.tls.as_ref()?;
-    let name = tls.credential_name.as_deref().filter(|n| !n.is_empty())?;
+    let set = |v: &Option<String>| v.as_deref().filter(|s| !s.is_empty());
+    let cert = match (
+        set(&tls.credential_name),
+        set(&tls.server_certificate),
+        set(&tls.private_key),
+    ) {
+        (Some(name), None, None) => GatewayCert::Credential(name),
+        (None, Some(cert), Some(key)) => GatewayCert::Files {
+            cert,
+            key,
+            ca: set(&tls.ca_certificates),
+        },
+        _ => return None,
+    };
     match tls.mode.as_deref()? {
-        "SIMPLE" => Some((name, false)),
-        "MUTUAL" => Some((name, true)),
+        "SIMPLE" => Some((cert, false)),
+        "MUTUAL" => Some((cert, true)),
         _ => None,
     }
 }

@@ -948,3 +948,60 @@ spec:
             .is_none()
     );
 }
+
+/// Istio's file-mounted gateway certificates (the older secure ingress task, the Secret
+/// mounted in the gateway pod): `serverCertificate`/`privateKey` become
+/// `file-cert:<cert>~<key>`, `MUTUAL`'s `caCertificates` `file-root:<ca>`.
+#[test]
+fn certificate_files_are_presented_as_istios_file_secrets() {
+    let mut index = mesh_with_ingress();
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: files, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    tls:
+      mode: MUTUAL
+      serverCertificate: /etc/istio/ingressgateway-certs/tls.crt
+      privateKey: /etc/istio/ingressgateway-certs/tls.key
+      caCertificates: /etc/istio/ingressgateway-ca-certs/ca.crt
+    hosts: [httpbin.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin, namespace: default}
+spec:
+  hosts: [httpbin.example.com]
+  gateways: [istio-system/files]
+  http:
+  - route:
+    - destination: {host: productpage, port: {number: 9080}}
+"#,
+    );
+    let v = &verdict(&index, Kind::Gateway, "istio-system", "files");
+    assert!(v.accepted && v.findings.is_empty(), "{:?}", v.findings);
+    let c = rendered(&index, &gateway_scope());
+    let l = c.listener("0.0.0.0_8443").expect("listener");
+    let Some(DownstreamTransportSocket::Tls(t)) = &l.filter_chains[0].transport_socket else {
+        panic!("a terminating chain")
+    };
+    assert_eq!(
+        t.common_tls_context.tls_certificate_sds_secret_configs[0].name,
+        "file-cert:/etc/istio/ingressgateway-certs/tls.crt~/etc/istio/ingressgateway-certs/tls.key"
+    );
+    assert_eq!(
+        t.common_tls_context
+            .combined_validation_context
+            .as_ref()
+            .expect("MUTUAL verifies clients")
+            .validation_context_sds_secret_config
+            .name,
+        "file-root:/etc/istio/ingressgateway-ca-certs/ca.crt"
+    );
+    assert!(t.require_client_certificate);
+}

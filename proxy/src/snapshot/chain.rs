@@ -793,7 +793,7 @@ mod tests {
         // A gateway server's MUTUAL with subjectAltNames: validation reads it, the proxy does
         // not check client names, so the chain is refused rather than served without them.
         let mut tls =
-            serde_json::to_value(rustmesh_xds::tls::credential_downstream("c", true)).unwrap();
+            serde_json::to_value(rustmesh_xds::tls::gateway_downstream(rustmesh_xds::tls::GatewayCert::Credential("c"), true)).unwrap();
         tls["commonTlsContext"]["combinedValidationContext"]["defaultValidationContext"] =
             json!({"matchSubjectAltNames": [{"exact": "client.example.com"}]});
         let config = ProxyConfig::from_json(
