@@ -439,9 +439,11 @@ impl GatewaySpec {
                 .map(|(f, _)| f)
                 .collect();
                 if mode == "PASSTHROUGH" {
-                    for field in files.iter().copied().chain(
-                        set(&tls.credential_name).then_some("credentialName"),
-                    ) {
+                    for field in files
+                        .iter()
+                        .copied()
+                        .chain(set(&tls.credential_name).then_some("credentialName"))
+                    {
                         out.push(FieldError::new(
                             format!("spec.servers[{i}].tls.{field}"),
                             format!(
@@ -729,10 +731,7 @@ mod tests {
         let s = spec(
             "servers:\n- port: {number: 444, name: b, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: MUTUAL, serverCertificate: /etc/certs/tls.crt, privateKey: /etc/certs/tls.key}\n",
         );
-        assert_eq!(
-            fields(s.validate()),
-            ["spec.servers[0].tls.caCertificates"]
-        );
+        assert_eq!(fields(s.validate()), ["spec.servers[0].tls.caCertificates"]);
     }
 
     #[test]

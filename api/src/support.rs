@@ -878,20 +878,15 @@ const GATEWAY: &[Entry] = &[
         "render/gateway.rs: one listener 0.0.0.0_<port> per server port (the targetPort of the \
          Service selecting the pod, else the number), route table http.<port>",
     ),
-    Entry {
-        path: "spec.servers[].port.protocol",
-        leaves: &[],
-        support: Support::ReportedBy(
-            "rustmesh_api::gateway::GatewaySpec::unsupported: HTTP, HTTP2, GRPC and GRPC-WEB \
-             are rendered (an HTTP connection manager), HTTPS too (TLS terminated with the \
-             credentialName, then HTTP; or PASSTHROUGH), TLS too (PASSTHROUGH by the bound \
-             VirtualServices' tls routes, or terminated then their tcp routes), TCP, MONGO, \
-             REDIS and MYSQL too (a TCP proxy from the bound VirtualServices' tcp routes); the \
-             TLS modes not rendered yet (issue #20) are refused by tls.mode",
-        ),
-        harmless: &[],
-        example: r#"{"number": 443, "name": "https", "protocol": "TLS"}"#,
-    },
+    rendered(
+        "spec.servers[].port.protocol",
+        &[],
+        "render/gateway.rs: HTTP, HTTP2, GRPC and GRPC-WEB an HTTP connection manager; HTTPS TLS \
+         terminated with the credential then HTTP, or PASSTHROUGH; TLS PASSTHROUGH by the bound \
+         VirtualServices' tls routes, or terminated then their tcp routes; TCP, MONGO, REDIS \
+         and MYSQL a TCP proxy from their tcp routes (the TLS modes not rendered are refused \
+         by tls.mode)",
+    ),
     refused(
         "spec.servers[].port.targetPort",
         "a Gateway's targetPort is not rendered yet (issue #20); Istio ignores it too, the \
@@ -1271,6 +1266,8 @@ pub fn base(kind: &str) -> Value {
             "hosts": ["reviews"],
             "http": [{"match": [{"uri": {"prefix": "/"}}], "route": [{"destination": {"host": "reviews"}}]}],
             "tcp": [{"match": [{"port": 3306}], "route": [{"destination": {"host": "ratings"}}]}],
+            "tls": [{"match": [{"sniHosts": ["reviews"], "port": 443}],
+                     "route": [{"destination": {"host": "reviews"}}]}],
         }),
         "DestinationRule" => json!({
             "host": "reviews",

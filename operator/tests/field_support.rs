@@ -135,9 +135,9 @@ spec:
   http:
   - route:
     - destination: {host: reviews}
-  tls:
+  tcp:
   - match:
-    - sniHosts: [reviews.example.com]
+    - sourceLabels: {app: productpage}
     route:
     - destination: {host: reviews}
 "#,
@@ -148,7 +148,7 @@ spec:
     let status = status_for(v, Some(1), None, "t0");
     let message = status.conditions[0].message.as_deref().unwrap();
     assert!(
-        message.starts_with("spec.tls: not implemented by rustmesh: TLS routes"),
+        message.starts_with("spec.tcp[0].match[0].sourceLabels: not implemented by rustmesh"),
         "{message}"
     );
 }

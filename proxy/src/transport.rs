@@ -1047,11 +1047,7 @@ fn read_file(path: &str) -> Result<Vec<u8>, TlsError> {
 
 /// Reads a gateway server's certificate chain, key and (for `MUTUAL`) client CA files, each at
 /// most [`MAX_FILE_BYTES`]; errors name the file, never the key's content.
-fn read_served_files(
-    cert: &str,
-    key: &str,
-    roots: Option<&str>,
-) -> Result<ServedFiles, TlsError> {
+fn read_served_files(cert: &str, key: &str, roots: Option<&str>) -> Result<ServedFiles, TlsError> {
     use rustls::pki_types::pem::PemObject;
     use std::hash::{Hash, Hasher};
     let cert_bytes = read_file(cert)?;
@@ -1126,7 +1122,10 @@ mod tests {
     #[test]
     fn a_gateway_credential_is_served_from_its_secret_and_the_mesh_from_the_workload() {
         assert_eq!(
-            serves(&gateway_downstream(GatewayCert::Credential("httpbin-credential"), false)),
+            serves(&gateway_downstream(
+                GatewayCert::Credential("httpbin-credential"),
+                false
+            )),
             Ok(Serves::Credential {
                 cert: "httpbin-credential".into(),
                 roots: None,
@@ -1134,7 +1133,10 @@ mod tests {
             })
         );
         assert_eq!(
-            serves(&gateway_downstream(GatewayCert::Credential("httpbin-credential"), true)),
+            serves(&gateway_downstream(
+                GatewayCert::Credential("httpbin-credential"),
+                true
+            )),
             Ok(Serves::Credential {
                 cert: "httpbin-credential".into(),
                 roots: Some("httpbin-credential-cacert".into()),
@@ -1209,7 +1211,10 @@ mod tests {
             "commonTlsContext.combinedValidationContext.validationContextSdsSecretConfig.name"
         );
         let mut unknown = gateway_downstream(GatewayCert::Credential("c"), false);
-        unknown.common_tls_context.tls_certificate_sds_secret_configs[0].name = "other".into();
+        unknown
+            .common_tls_context
+            .tls_certificate_sds_secret_configs[0]
+            .name = "other".into();
         assert_eq!(
             field(&unknown),
             "commonTlsContext.tlsCertificateSdsSecretConfigs[0].name"
@@ -1245,9 +1250,16 @@ mod tests {
             .with_no_client_auth();
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
+        // The server echoes one byte, so the client sees the connection work (or, refused
+        // after its own handshake, the server's alert).
         let server = async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let (tcp, _) = l.accept().await.unwrap();
-            t.accept(tcp).await.map(|_| ())
+            let mut io = t.accept(tcp).await?;
+            let mut b = [0u8; 1];
+            let _ = io.read(&mut b).await;
+            let _ = io.write_all(&b).await;
+            Ok::<(), TlsError>(())
         };
         let client = async {
             let tcp = TcpStream::connect(addr).await.unwrap();
@@ -1263,9 +1275,11 @@ mod tests {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             s.write_all(b"x").await.map_err(|e| e.to_string())?;
             let mut buf = [0u8; 1];
-            match tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await {
+            match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+                Ok(Ok(1)) => Ok(leaf),
+                Ok(Ok(_)) => Err("closed".to_string()),
                 Ok(Err(e)) => Err(e.to_string()),
-                _ => Ok(leaf),
+                Err(_) => Err("no answer".to_string()),
             }
         };
         let (server, client) = tokio::join!(server, client);

@@ -653,7 +653,12 @@ mod tests {
                 "requireClientCertificate": true})
         );
         let simple = gateway_downstream(files(Some("/etc/certs/ca.crt")), false);
-        assert!(simple.common_tls_context.combined_validation_context.is_none());
+        assert!(
+            simple
+                .common_tls_context
+                .combined_validation_context
+                .is_none()
+        );
         for c in [&simple, &mutual] {
             assert!(c.common_tls_context.problems(Side::Downstream).is_empty());
         }

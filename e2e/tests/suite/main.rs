@@ -23,6 +23,7 @@ mod authz;
 mod credential;
 mod drain;
 mod egress;
+mod egress_gateway;
 mod faults;
 mod identity;
 mod ingress;

@@ -737,7 +737,9 @@ fn tcp_proxy_chain(
 /// neither a credential nor both files, both at once).
 fn credential(server: &rustmesh_api::gateway::Server) -> Option<(GatewayCert<'_>, bool)> {
     let tls = server.tls.as_ref()?;
-    let set = |v: &Option<String>| v.as_deref().filter(|s| !s.is_empty());
+    fn set(v: &Option<String>) -> Option<&str> {
+        v.as_deref().filter(|s| !s.is_empty())
+    }
     let cert = match (
         set(&tls.credential_name),
         set(&tls.server_certificate),

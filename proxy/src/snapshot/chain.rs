@@ -792,8 +792,11 @@ mod tests {
     fn a_transport_socket_the_proxy_cannot_honour_is_refused_naming_its_field() {
         // A gateway server's MUTUAL with subjectAltNames: validation reads it, the proxy does
         // not check client names, so the chain is refused rather than served without them.
-        let mut tls =
-            serde_json::to_value(rustmesh_xds::tls::gateway_downstream(rustmesh_xds::tls::GatewayCert::Credential("c"), true)).unwrap();
+        let mut tls = serde_json::to_value(rustmesh_xds::tls::gateway_downstream(
+            rustmesh_xds::tls::GatewayCert::Credential("c"),
+            true,
+        ))
+        .unwrap();
         tls["commonTlsContext"]["combinedValidationContext"]["defaultValidationContext"] =
             json!({"matchSubjectAltNames": [{"exact": "client.example.com"}]});
         let config = ProxyConfig::from_json(
