@@ -368,6 +368,8 @@ fn bare(name: &str, type_: DiscoveryType, lb_policy: LbPolicy) -> Cluster {
         maglev_lb_config: None,
         eds_cluster_config: None,
         load_assignment: None,
+        dns_refresh_rate: None,
+        respect_dns_ttl: false,
         circuit_breakers: None,
         outlier_detection: None,
         upstream_bind_config: None,

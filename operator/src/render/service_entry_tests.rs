@@ -180,7 +180,7 @@ spec:
         .load_assignment(cluster)
         .unwrap()
         .lb_endpoints()
-        .map(|e| e.endpoint.address.socket_addr())
+        .map(|e| e.endpoint.address.socket_addr().unwrap())
         .collect();
     // targetPort for the endpoint that names no port, its own port for the other.
     assert_eq!(
@@ -439,7 +439,7 @@ spec:
             .load_assignment(cluster)
             .unwrap()
             .lb_endpoints()
-            .map(|e| e.endpoint.address.socket_addr())
+            .map(|e| e.endpoint.address.socket_addr().unwrap())
             .collect();
         assert_eq!(eps, [addr.parse::<SocketAddr>().unwrap()], "{subset}");
     }
