@@ -743,7 +743,7 @@ const TELEMETRY: &[Entry] = &[
 pub const SERVICE_ENTRY_NOT_RENDERED: &str = "not rendered yet (issue #20)";
 
 /// ServiceEntry: the common egress cases are rendered (hosts, IP addresses, ports, location,
-/// resolution NONE and STATIC, IP endpoints with their ports and labels, exportTo); the rest is
+/// every resolution, IP and DNS-name endpoints with their ports and labels, exportTo); the rest is
 /// refused naming the field, never accepted and silently ignored.
 const SERVICE_ENTRY: &[Entry] = &[
     rendered(
@@ -775,16 +775,13 @@ const SERVICE_ENTRY: &[Entry] = &[
         "render/clusters.rs: MESH_EXTERNAL gets no auto mutual TLS; MESH_INTERNAL endpoints \
          labelled security.istio.io/tlsMode=istio do, as pods",
     ),
-    Entry {
-        path: "spec.resolution",
-        leaves: &[],
-        support: Support::Refused(
-            "resolution DNS and DNS_ROUND_ROBIN are not rendered yet (issue #20): the sidecar \
-             cannot resolve names (NONE and STATIC are rendered)",
-        ),
-        harmless: &[r#""NONE""#, r#""STATIC""#],
-        example: r#""DNS""#,
-    },
+    rendered(
+        "spec.resolution",
+        &[],
+        "render/clusters.rs: NONE an ORIGINAL_DST cluster, STATIC an EDS cluster, DNS a \
+         STRICT_DNS and DNS_ROUND_ROBIN a LOGICAL_DNS cluster of the endpoints' names (or the \
+         host), which the sidecar resolves (proxy cluster/resolver.rs)",
+    ),
     Entry {
         path: "spec.endpoints[].address",
         leaves: &[],

@@ -59,6 +59,31 @@ pub struct EntryInfo {
     pub addresses: Vec<IpAddr>,
     /// Whether `addresses` is an allocated class E address.
     pub allocated: bool,
+    /// Resolution DNS / DNS_ROUND_ROBIN: what the sidecar resolves, in order: the entry's
+    /// `endpoints` (names or IP addresses), else the host itself.
+    pub dns_endpoints: Vec<DnsEndpoint>,
+}
+
+/// An endpoint of a DNS-resolved entry: a DNS name (or IP address), the port for each entry
+/// port name that it maps (`endpoints[].ports`), and its labels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DnsEndpoint {
+    pub address: String,
+    pub ports: BTreeMap<String, u16>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl DnsEndpoint {
+    /// The endpoint's port for `port`: the one its `ports` maps the port's name to, else the
+    /// port's `targetPort`, else its number.
+    pub fn port_for(&self, port: &SvcPort) -> u16 {
+        port.name
+            .as_ref()
+            .and_then(|n| self.ports.get(n))
+            .copied()
+            .or(port.target_port)
+            .unwrap_or(port.port)
+    }
 }
 
 impl Svc {
@@ -333,6 +358,7 @@ fn entry_services(index: &Index, taken: &mut BTreeSet<String>) -> Vec<Svc> {
                     resolution: spec.resolution(),
                     addresses: addresses.clone(),
                     allocated: false,
+                    dns_endpoints: dns_endpoints(spec, host),
                 }),
             });
         }
@@ -347,6 +373,38 @@ fn entry_services(index: &Index, taken: &mut BTreeSet<String>) -> Vec<Svc> {
         }
     }
     out
+}
+
+/// The endpoints a DNS-resolved entry's `host` resolves through: the entry's `endpoints`, else
+/// the host itself (Istio's rule); none for other resolutions.
+fn dns_endpoints(spec: &rustmesh_api::ServiceEntrySpec, host: &str) -> Vec<DnsEndpoint> {
+    if !matches!(
+        spec.resolution(),
+        Resolution::Dns | Resolution::DnsRoundRobin
+    ) {
+        return Vec::new();
+    }
+    if spec.endpoints.is_empty() {
+        return vec![DnsEndpoint {
+            address: host.to_string(),
+            ports: BTreeMap::new(),
+            labels: BTreeMap::new(),
+        }];
+    }
+    spec.endpoints
+        .iter()
+        .filter_map(|e| {
+            Some(DnsEndpoint {
+                address: e.address.clone()?,
+                ports: e
+                    .ports
+                    .iter()
+                    .filter_map(|(n, p)| Some((n.clone(), u16::try_from(*p).ok()?)))
+                    .collect(),
+                labels: e.labels.clone(),
+            })
+        })
+        .collect()
 }
 
 /// The first address of the automatic allocation range (240.240.0.0/16), and how many it has

@@ -438,8 +438,34 @@ impl<'v, 'a> Ctx<'v, 'a> {
                     .is_some_and(|lb| lb.simple == Some(SimpleLb::Passthrough));
             let tcp = policy.pool.and_then(|p| p.tcp.as_ref());
             let http = policy.pool.and_then(|p| p.http.as_ref());
+            // A ServiceEntry host of resolution DNS (DNS_ROUND_ROBIN): a STRICT_DNS (LOGICAL_DNS)
+            // cluster of its endpoints' names, which the sidecar resolves (Istio's rendering).
+            let dns_entry = w.svc.entry.as_ref().filter(|e| {
+                matches!(e.resolution, Resolution::Dns | Resolution::DnsRoundRobin)
+            });
             let mut c = if passthrough {
                 bare(name, DiscoveryType::OriginalDst, LbPolicy::ClusterProvided)
+            } else if let Some(e) = dns_entry {
+                let type_ = if e.resolution == Resolution::DnsRoundRobin {
+                    DiscoveryType::LogicalDns
+                } else {
+                    DiscoveryType::StrictDns
+                };
+                let mut c = bare(name, type_, lb_policy(policy.lb));
+                (c.ring_hash_lb_config, c.maglev_lb_config) = hash_lb_configs(policy.lb);
+                c.dns_refresh_rate = Some(Duration::from_secs(DNS_REFRESH_SECS));
+                c.respect_dns_ttl = true;
+                let selector = subset.map(|s| &s.labels);
+                let mtls = self.view.index.mesh.ca_host.is_some();
+                c.load_assignment = Some(dns_load_assignment(
+                    name,
+                    &e.dns_endpoints,
+                    w.port,
+                    type_,
+                    mtls,
+                    |labels| selector.is_none_or(|sel| labels_match(sel, labels)),
+                ));
+                c
             } else {
                 let mut c = bare(name, DiscoveryType::Eds, lb_policy(policy.lb));
                 (c.ring_hash_lb_config, c.maglev_lb_config) = hash_lb_configs(policy.lb);
@@ -516,6 +542,54 @@ impl<'v, 'a> Ctx<'v, 'a> {
             clusters.push(c);
         }
         (clusters, endpoints, recipes)
+    }
+}
+
+/// How often the sidecar resolves a DNS cluster's names again when the answer's TTL is 0, in
+/// seconds (Istio's meshConfig `dnsRefreshRate` default; Istio also sets `respect_dns_ttl`).
+pub const DNS_REFRESH_SECS: u64 = 60;
+
+/// The endpoints of a STRICT_DNS (LOGICAL_DNS: the first only) cluster: each DNS endpoint
+/// whose labels the subset selects, by name (or IP address), at its port for `port`; labelled
+/// `security.istio.io/tlsMode: istio` ones carry the auto mTLS metadata when the mesh has a CA.
+pub fn dns_load_assignment(
+    cluster: &str,
+    endpoints: &[crate::registry::DnsEndpoint],
+    port: &SvcPort,
+    type_: DiscoveryType,
+    mtls: bool,
+    selects: impl Fn(&Labels) -> bool,
+) -> ClusterLoadAssignment {
+    let mut lb_endpoints: Vec<LbEndpoint> = endpoints
+        .iter()
+        .filter(|e| selects(&e.labels))
+        .map(|e| {
+            let at = e.port_for(port);
+            let ep = match e.address.parse::<std::net::IpAddr>() {
+                Ok(ip) => LbEndpoint::new(SocketAddr::new(ip, at)),
+                Err(_) => LbEndpoint::named(&e.address, at),
+            };
+            if mtls && e.labels.get(TLS_MODE_LABEL).map(String::as_str) == Some(TLS_MODE_ISTIO) {
+                ep.with_istio_tls_mode()
+            } else {
+                ep
+            }
+        })
+        .collect();
+    if type_ == DiscoveryType::LogicalDns {
+        lb_endpoints.truncate(1);
+    }
+    ClusterLoadAssignment {
+        cluster_name: cluster.to_string(),
+        endpoints: if lb_endpoints.is_empty() {
+            Vec::new()
+        } else {
+            vec![LocalityLbEndpoints {
+                locality: None,
+                lb_endpoints,
+                priority: 0,
+            }]
+        },
     }
 }
 
