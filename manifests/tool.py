@@ -573,6 +573,7 @@ VALIDATED = {
     ("networking.istio.io", "destinationrules"): {"v1", "v1beta1", "v1alpha3"},
     ("networking.istio.io", "sidecars"): {"v1", "v1beta1", "v1alpha3"},
     ("networking.istio.io", "serviceentries"): {"v1", "v1beta1", "v1alpha3"},
+    ("networking.istio.io", "gateways"): {"v1", "v1beta1", "v1alpha3"},
     ("security.istio.io", "peerauthentications"): {"v1", "v1beta1"},
     ("security.istio.io", "authorizationpolicies"): {"v1", "v1beta1"},
     ("security.istio.io", "requestauthentications"): {"v1", "v1beta1"},

@@ -36,7 +36,8 @@ impl Finding {
 
 /// Every object-local finding about `obj`, errors and warnings, in the order the operator
 /// reports them: the object's own rules ([`crate::validate::Validate`]), then, for a DestinationRule, its `tls`
-/// settings ([`destination_rule_tls`]); for a VirtualService without such errors, its redirect
+/// settings ([`destination_rule_tls`]); for a Gateway without the CA, its credentials
+/// ([`gateway_credentials_without_ca`]); for a VirtualService without such errors, its redirect
 /// codes ([`virtual_service_redirects`]); then the warnings ([`IstioObject::warnings`]: fields
 /// rustmesh accepts without implementing them, a PeerAuthentication's, an
 /// AuthorizationPolicy's, a RequestAuthentication's, a Telemetry's or a ServiceEntry's Istio
@@ -53,6 +54,9 @@ pub fn object_findings(obj: &IstioObject, has_ca: bool) -> Vec<Finding> {
             );
         }
         IstioObject::DestinationRule(o) => out.extend(destination_rule_tls(&o.spec, has_ca)),
+        IstioObject::Gateway(o) if !has_ca => {
+            out.extend(gateway_credentials_without_ca(&o.spec));
+        }
         _ => {}
     }
     out.extend(obj.warnings().into_iter().map(|w| Finding {
@@ -61,6 +65,23 @@ pub fn object_findings(obj: &IstioObject, has_ca: bool) -> Vec<Finding> {
         message: w.message,
     }));
     out
+}
+
+/// Without the mesh CA, a Gateway server's `credentialName` cannot reach the gateway's proxy
+/// (the CA serves it): an error naming each.
+pub fn gateway_credentials_without_ca(spec: &crate::gateway::GatewaySpec) -> Vec<Finding> {
+    spec.servers
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.tls.as_ref().is_some_and(|t| t.credential_name.is_some()))
+        .map(|(i, _)| {
+            Finding::error(FieldError::new(
+                format!("spec.servers[{i}].tls.credentialName"),
+                "needs the mesh CA (chart value ca.enabled), which serves the Secret to the \
+                 gateway's proxy",
+            ))
+        })
+        .collect()
 }
 
 /// The redirect codes of a VirtualService's HTTP routes the proxy cannot send: Envoy (and the

@@ -1,6 +1,6 @@
 //! The CustomResourceDefinitions, generated from the Rust types.
 //!
-//! Each networking kind (ServiceEntry included) is served as `v1`, `v1beta1` and `v1alpha3`, PeerAuthentication,
+//! Each networking kind (ServiceEntry and Gateway included) is served as `v1`, `v1beta1` and `v1alpha3`, PeerAuthentication,
 //! AuthorizationPolicy and RequestAuthentication (`security.istio.io`) as `v1` and `v1beta1`,
 //! Telemetry (`telemetry.istio.io`) as `v1` and `v1alpha1`, each with one shared schema (as
 //! Istio does), and stored as `v1`, so no conversion webhook is needed. `crds/` holds the
@@ -10,8 +10,8 @@
 use crate::error::Error;
 use crate::parse::VERSIONS;
 use crate::{
-    AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication, ServiceEntry,
-    Sidecar, Telemetry, VirtualService,
+    AuthorizationPolicy, DestinationRule, Gateway, PeerAuthentication, RequestAuthentication,
+    ServiceEntry, Sidecar, Telemetry, VirtualService,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -98,6 +98,10 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
                 &crate::service_entry::VERSIONS,
                 "networking",
             ),
+        ),
+        (
+            "gateways.networking.istio.io.yaml",
+            serve_versions(Gateway::crd(), &crate::gateway::VERSIONS, "networking"),
         ),
         (
             "peerauthentications.security.istio.io.yaml",

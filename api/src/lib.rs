@@ -2,11 +2,11 @@
 //! PeerAuthentication, AuthorizationPolicy and RequestAuthentication, and
 //! `telemetry.istio.io`'s Telemetry as Rust types.
 //!
-//! - [`VirtualService`], [`DestinationRule`], [`Sidecar`], [`ServiceEntry`],
+//! - [`VirtualService`], [`DestinationRule`], [`Sidecar`], [`ServiceEntry`], [`Gateway`],
 //!   [`PeerAuthentication`], [`AuthorizationPolicy`], [`RequestAuthentication`] and
 //!   [`Telemetry`] read Istio's own YAML unchanged (camelCase, `0.5s` durations, `oneOf` fields
-//!   such as `StringMatch`). A ServiceEntry is read and validated but not rendered yet (issue
-//!   #20): its fields are refused by name ([`support`]).
+//!   such as `StringMatch`). What a ServiceEntry or a Gateway may hold that the operator does
+//!   not render yet (issue #20) is refused by name ([`support`]).
 //! - [`parse::load`] reads multi-document YAML and reports errors with field path and line. It
 //!   reads within [`rustmesh_xds::yaml::Limits::MANIFESTS`]: a stream of at most 16 MiB, whose
 //!   aliases may not expand it past 4 Mi nodes or 64 MiB of text in all, nested at most 64 deep
@@ -24,6 +24,7 @@ pub mod common;
 pub mod crd;
 pub mod destination_rule;
 pub mod error;
+pub mod gateway;
 mod locate;
 pub mod parse;
 pub mod peer_authentication;
@@ -40,6 +41,7 @@ pub mod workload;
 pub use authorization_policy::{AuthorizationPolicy, AuthorizationPolicySpec};
 pub use destination_rule::{DestinationRule, DestinationRuleSpec};
 pub use error::{Error, FieldError};
+pub use gateway::{Gateway, GatewaySpec};
 pub use parse::{IstioObject, load, load_all, load_all_with};
 pub use peer_authentication::{PeerAuthentication, PeerAuthenticationSpec};
 pub use request_authentication::{RequestAuthentication, RequestAuthenticationSpec};

@@ -8,8 +8,8 @@ use crate::error::{Error, FieldError, ObjectRef};
 use crate::locate::LineIndex;
 use crate::validate::Validate;
 use crate::{
-    AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication, ServiceEntry,
-    Sidecar, Telemetry, VirtualService,
+    AuthorizationPolicy, DestinationRule, Gateway, PeerAuthentication, RequestAuthentication,
+    ServiceEntry, Sidecar, Telemetry, VirtualService,
 };
 use rustmesh_xds::yaml;
 use serde::de::DeserializeOwned;
@@ -25,7 +25,7 @@ pub const SECURITY_GROUP: &str = "security.istio.io";
 pub const TELEMETRY_GROUP: &str = "telemetry.istio.io";
 
 /// The kinds read here, with their group and served versions (newest, stored, first).
-pub const KINDS: [(&str, &str, &[&str]); 8] = [
+pub const KINDS: [(&str, &str, &[&str]); 9] = [
     ("VirtualService", GROUP, &VERSIONS),
     ("DestinationRule", GROUP, &VERSIONS),
     ("Sidecar", GROUP, &VERSIONS),
@@ -46,6 +46,7 @@ pub const KINDS: [(&str, &str, &[&str]); 8] = [
     ),
     ("Telemetry", TELEMETRY_GROUP, &crate::telemetry::VERSIONS),
     ("ServiceEntry", GROUP, &crate::service_entry::VERSIONS),
+    ("Gateway", GROUP, &crate::gateway::VERSIONS),
 ];
 
 /// An Istio object of any supported kind.
@@ -58,8 +59,8 @@ pub enum IstioObject {
     AuthorizationPolicy(Box<AuthorizationPolicy>),
     RequestAuthentication(Box<RequestAuthentication>),
     Telemetry(Box<Telemetry>),
-    /// Read and validated, not rendered yet (issue #20): every field is refused.
     ServiceEntry(Box<ServiceEntry>),
+    Gateway(Box<Gateway>),
 }
 
 impl IstioObject {
@@ -73,6 +74,7 @@ impl IstioObject {
             IstioObject::RequestAuthentication(_) => "RequestAuthentication",
             IstioObject::Telemetry(_) => "Telemetry",
             IstioObject::ServiceEntry(_) => "ServiceEntry",
+            IstioObject::Gateway(_) => "Gateway",
         }
     }
 
@@ -86,12 +88,13 @@ impl IstioObject {
             IstioObject::RequestAuthentication(o) => &o.metadata,
             IstioObject::Telemetry(o) => &o.metadata,
             IstioObject::ServiceEntry(o) => &o.metadata,
+            IstioObject::Gateway(o) => &o.metadata,
         }
     }
 
     /// Findings that do not make the object invalid: fields rustmesh accepts without
     /// implementing them ([`crate::support`]) and, for a PeerAuthentication, an
-    /// AuthorizationPolicy, a RequestAuthentication, a Telemetry or a ServiceEntry, Istio's
+    /// AuthorizationPolicy, a RequestAuthentication, a Telemetry, a ServiceEntry or a Gateway, Istio's
     /// warnings (and an
     /// AuthorizationPolicy's CUSTOM action, which rustmesh renders as a deny of what it matches;
     /// a RequestAuthentication rule whose key set cannot be discovered).
@@ -106,6 +109,7 @@ impl IstioObject {
             IstioObject::RequestAuthentication(o) => o.spec.warnings(),
             IstioObject::Telemetry(o) => o.spec.warnings(),
             IstioObject::ServiceEntry(o) => o.spec.warnings(),
+            IstioObject::Gateway(o) => o.spec.warnings(),
         }
     }
 
@@ -125,6 +129,7 @@ impl IstioObject {
             IstioObject::RequestAuthentication(o) => o.spec.validate(),
             IstioObject::Telemetry(o) => o.spec.validate(),
             IstioObject::ServiceEntry(o) => o.spec.validate(),
+            IstioObject::Gateway(o) => o.spec.validate(),
         }
     }
 }
@@ -334,11 +339,12 @@ fn load_value(value: serde_norway::Value, object: &mut ObjectRef) -> Result<Isti
         }
         "Telemetry" => typed(value, object).map(|o| IstioObject::Telemetry(Box::new(o))),
         "ServiceEntry" => typed(value, object).map(|o| IstioObject::ServiceEntry(Box::new(o))),
+        "Gateway" => typed(value, object).map(|o| IstioObject::Gateway(Box::new(o))),
         other => Err(parse_error(
             object,
             "kind",
             format!(
-                "unsupported kind `{other}`, expected VirtualService, DestinationRule, Sidecar, PeerAuthentication, AuthorizationPolicy, RequestAuthentication, Telemetry or ServiceEntry"
+                "unsupported kind `{other}`, expected VirtualService, DestinationRule, Sidecar, PeerAuthentication, AuthorizationPolicy, RequestAuthentication, Telemetry, ServiceEntry or Gateway"
             ),
         )),
     }

@@ -234,7 +234,7 @@ fn dns_name_problem(name: &str) -> Option<String> {
 }
 
 /// Istio's `ValidateWildcardDomain`: the first label may be `*` or start with `*`.
-fn wildcard_domain_problem(host: &str) -> Option<String> {
+pub(crate) fn wildcard_domain_problem(host: &str) -> Option<String> {
     if host.len() > 255 {
         return Some(format!("domain name {host:?} too long (max 255)"));
     }

@@ -834,8 +834,154 @@ const SERVICE_ENTRY: &[Entry] = &[
     ),
 ];
 
+/// The words every Gateway refusal carries: the part of issue #20 not done yet.
+pub const GATEWAY_NOT_RENDERED: &str = "not rendered yet (issue #20)";
+
+/// Gateway: plain-text and HTTPS servers are rendered (selector, port number, name and the
+/// HTTP, HTTPS and TCP protocols, hosts, server name, `tls.httpsRedirect`, `tls.mode` SIMPLE and
+/// MUTUAL with `tls.credentialName`); the rest is refused naming the field.
+const GATEWAY: &[Entry] = &[
+    rendered(
+        "spec.selector",
+        &[],
+        "render/gateway.rs: the pods (any namespace) whose labels match get a gateway scope \
+         (rustmesh_xds::scope::ScopeSelector with `gateways`)",
+    ),
+    rendered(
+        "spec.servers[].port",
+        &["number", "name"],
+        "render/gateway.rs: one listener 0.0.0.0_<port> per server port (the targetPort of the \
+         Service selecting the pod, else the number), route table http.<port>",
+    ),
+    Entry {
+        path: "spec.servers[].port.protocol",
+        leaves: &[],
+        support: Support::ReportedBy(
+            "rustmesh_api::gateway::GatewaySpec::unsupported: HTTP, HTTP2, GRPC and GRPC-WEB \
+             are rendered (an HTTP connection manager), HTTPS too (TLS terminated with the \
+             credentialName, then HTTP), TCP, MONGO, REDIS and MYSQL too (a TCP proxy from the \
+             bound VirtualServices' tcp routes); TLS is refused, not rendered yet (issue #20)",
+        ),
+        harmless: &[],
+        example: r#"{"number": 443, "name": "https", "protocol": "TLS"}"#,
+    },
+    refused(
+        "spec.servers[].port.targetPort",
+        "a Gateway's targetPort is not rendered yet (issue #20); Istio ignores it too, the \
+         listener's port is the targetPort of the Service selecting the gateway pod",
+        "8080",
+    ),
+    rendered(
+        "spec.servers[].hosts",
+        &[],
+        "render/gateway.rs: virtual hosts for the hosts of both the server (its namespace/ \
+         part: which VirtualServices may use it) and the bound VirtualService",
+    ),
+    rendered(
+        "spec.servers[].name",
+        &[],
+        "unique per Gateway (validation)",
+    ),
+    refused(
+        "spec.servers[].bind",
+        "binding a server to one address is not rendered yet (issue #20): the listener binds \
+         0.0.0.0",
+        r#""10.0.0.1""#,
+    ),
+    refused(
+        "spec.servers[].defaultEndpoint",
+        "a server's defaultEndpoint is not rendered yet (issue #20)",
+        r#""127.0.0.1:8080""#,
+    ),
+    rendered(
+        "spec.servers[].tls.httpsRedirect",
+        &[],
+        "render/gateway.rs: every virtual host of the server answers with a 301 to https",
+    ),
+    Entry {
+        path: "spec.servers[].tls.mode",
+        leaves: &[],
+        support: Support::ReportedBy(
+            "rustmesh_api::gateway::GatewaySpec::unsupported: SIMPLE and MUTUAL on HTTPS \
+             servers are rendered (render/gateway.rs: a filter chain per server, by SNI, \
+             terminating TLS with the credentialName); PASSTHROUGH, ISTIO_MUTUAL, \
+             AUTO_PASSTHROUGH, OPTIONAL_MUTUAL and any mode on another server are refused, not \
+             rendered yet (issue #20)",
+        ),
+        harmless: &[],
+        example: r#"{"mode": "ISTIO_MUTUAL"}"#,
+    },
+    refused(
+        "spec.servers[].tls.serverCertificate",
+        "gateway certificates are not rendered yet (issue #20)",
+        r#""/etc/certs/server.pem""#,
+    ),
+    refused(
+        "spec.servers[].tls.privateKey",
+        "gateway certificates are not rendered yet (issue #20)",
+        r#""/etc/certs/key.pem""#,
+    ),
+    refused(
+        "spec.servers[].tls.caCertificates",
+        "client certificate verification on gateways is not rendered yet (issue #20)",
+        r#""/etc/certs/ca.pem""#,
+    ),
+    refused(
+        "spec.servers[].tls.caCrl",
+        "revocation lists on gateways are not rendered yet (issue #20)",
+        r#""/etc/certs/crl.pem""#,
+    ),
+    rendered(
+        "spec.servers[].tls.credentialName",
+        &[],
+        "render/gateway.rs: the server's chain presents Secret kubernetes://<name> (and, for \
+         MUTUAL, verifies clients against kubernetes://<name>-cacert), which the mesh CA serves \
+         to the gateway's proxy when its service account may list Secrets of its namespace",
+    ),
+    refused(
+        "spec.servers[].tls.credentialNames",
+        "gateway certificates from Secrets are not rendered yet (issue #20)",
+        r#"["bookinfo-rsa", "bookinfo-ecdsa"]"#,
+    ),
+    refused(
+        "spec.servers[].tls.tlsCertificates",
+        "gateway certificates are not rendered yet (issue #20)",
+        r#"[{"serverCertificate": "/etc/certs/server.pem", "privateKey": "/etc/certs/key.pem"}]"#,
+    ),
+    refused(
+        "spec.servers[].tls.subjectAltNames",
+        "client certificate verification on gateways is not rendered yet (issue #20)",
+        r#"["spiffe://cluster.local/ns/default/sa/client"]"#,
+    ),
+    refused(
+        "spec.servers[].tls.verifyCertificateSpki",
+        "client certificate verification on gateways is not rendered yet (issue #20)",
+        r#"["pAeVRQu4Hn6Ue1jzNj9H5u2ZOn5K7n6mEcl0pJlRz3U="]"#,
+    ),
+    refused(
+        "spec.servers[].tls.verifyCertificateHash",
+        "client certificate verification on gateways is not rendered yet (issue #20)",
+        r#"["0E:A5:2E:4F:90:5A:6F:2B"]"#,
+    ),
+    refused(
+        "spec.servers[].tls.minProtocolVersion",
+        "TLS settings on gateways are not rendered yet (issue #20)",
+        r#""TLSV1_2""#,
+    ),
+    refused(
+        "spec.servers[].tls.maxProtocolVersion",
+        "TLS settings on gateways are not rendered yet (issue #20)",
+        r#""TLSV1_3""#,
+    ),
+    refused(
+        "spec.servers[].tls.cipherSuites",
+        "TLS settings on gateways are not rendered yet (issue #20)",
+        r#"["ECDHE-ECDSA-AES256-GCM-SHA384"]"#,
+    ),
+];
+
 /// The kinds the table covers.
-pub const KINDS: [&str; 8] = [
+pub const KINDS: [&str; 9] = [
     "VirtualService",
     "DestinationRule",
     "Sidecar",
@@ -844,6 +990,7 @@ pub const KINDS: [&str; 8] = [
     "RequestAuthentication",
     "Telemetry",
     "ServiceEntry",
+    "Gateway",
 ];
 
 /// The table of one kind (empty for a kind not in [`KINDS`]).
@@ -857,6 +1004,7 @@ pub fn table(kind: &str) -> &'static [Entry] {
         "RequestAuthentication" => REQUEST_AUTHENTICATION,
         "Telemetry" => TELEMETRY,
         "ServiceEntry" => SERVICE_ENTRY,
+        "Gateway" => GATEWAY,
         _ => &[],
     }
 }
@@ -1134,6 +1282,16 @@ pub fn base(kind: &str) -> Value {
             "location": "MESH_EXTERNAL",
             "resolution": "STATIC",
             "endpoints": [{"address": "192.0.2.20"}],
+        }),
+        // Istio's bookinfo-gateway, with its server named and redirecting to HTTPS.
+        "Gateway" => json!({
+            "selector": {"istio": "ingressgateway"},
+            "servers": [{
+                "port": {"number": 8080, "name": "http", "protocol": "HTTP"},
+                "hosts": ["*"],
+                "name": "bookinfo",
+                "tls": {"httpsRedirect": true},
+            }],
         }),
         _ => json!({}),
     }

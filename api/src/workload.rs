@@ -11,12 +11,43 @@
 //! `deploymentconfig` label (OpenShift); StatefulSet, DaemonSet and other owners as named.
 //! Otherwise the pod's name.
 //!
+//! [`proxy_role`] tells a gateway's proxy (`proxy run --type router`) from a sidecar by its
+//! container's arguments, as istiod tells them by the proxy's node type.
+//!
 //! Deliberate difference: a pod with only a `generateName` and no controller (Istio: an empty
 //! name) gets its `generateName` without the trailing `-` (and without a `pod-template-hash`
 //! suffix).
 
 use k8s_openapi::api::core::v1::Pod;
+use rustmesh_xds::scope::ProxyRole;
+use rustmesh_xds::well_known::{ROUTER_ARGS, SIDECAR_CONTAINER_NAME};
 use std::collections::BTreeMap;
+
+/// The role of the pod's proxy: [`ProxyRole::Router`] when its `istio-proxy` container (an
+/// ordinary or a native sidecar) runs with `--type router` (or `--type=router`), as the
+/// injector's `gateway` template writes it; otherwise [`ProxyRole::Sidecar`].
+pub fn proxy_role(pod: &Pod) -> ProxyRole {
+    let spec = pod.spec.as_ref();
+    let proxy = spec
+        .into_iter()
+        .flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+        })
+        .find(|c| c.name == SIDECAR_CONTAINER_NAME);
+    let args = proxy.and_then(|c| c.args.as_deref()).unwrap_or_default();
+    let joined = format!("{}={}", ROUTER_ARGS[0], ROUTER_ARGS[1]);
+    let router = args
+        .windows(2)
+        .any(|w| w[0] == ROUTER_ARGS[0] && w[1] == ROUTER_ARGS[1])
+        || args.contains(&joined);
+    if router {
+        ProxyRole::Router
+    } else {
+        ProxyRole::Sidecar
+    }
+}
 
 /// The workload the pod belongs to (see the module doc); `None` for a pod with neither a
 /// controller, a name nor a `generateName`.
@@ -226,5 +257,44 @@ mod tests {
             "blue"
         );
         assert_eq!(rev(&[("version", "")]), "latest");
+    }
+
+    #[test]
+    fn a_gateways_proxy_is_told_by_its_router_arguments() {
+        let with = |containers: serde_json::Value, init: serde_json::Value| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": "p"},
+                "spec": {"containers": containers, "initContainers": init},
+            }))
+            .unwrap()
+        };
+        let proxy = |args: serde_json::Value| json!([{"name": "istio-proxy", "args": args}]);
+        let router = json!(["run", "--type", "router", "--config-dir", "/etc/rustmesh"]);
+        assert_eq!(
+            proxy_role(&with(proxy(router.clone()), json!([]))),
+            ProxyRole::Router
+        );
+        assert_eq!(
+            proxy_role(&with(proxy(json!(["run", "--type=router"])), json!([]))),
+            ProxyRole::Router
+        );
+        // A native sidecar (an init container) counts too.
+        assert_eq!(
+            proxy_role(&with(json!([{"name": "app"}]), proxy(router.clone()))),
+            ProxyRole::Router
+        );
+        // A sidecar, another container with those arguments, or no spec at all.
+        assert_eq!(
+            proxy_role(&with(
+                proxy(json!(["run", "--config-dir", "/x"])),
+                json!([])
+            )),
+            ProxyRole::Sidecar
+        );
+        assert_eq!(
+            proxy_role(&with(json!([{"name": "app", "args": router}]), json!([]))),
+            ProxyRole::Sidecar
+        );
+        assert_eq!(proxy_role(&pod(json!({"name": "p"}))), ProxyRole::Sidecar);
     }
 }

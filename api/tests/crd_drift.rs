@@ -115,6 +115,7 @@ fn every_kind_serves_istios_versions_and_stores_v1() {
             "DestinationRule",
             "Sidecar",
             "ServiceEntry",
+            "Gateway",
             "PeerAuthentication",
             "AuthorizationPolicy",
             "RequestAuthentication",

@@ -288,7 +288,7 @@ fn kind_version_and_syntax_errors() {
     assert_eq!((f.as_str(), l), ("apiVersion", Some(1)));
     assert!(msg.contains("v1beta1"), "{msg}");
     let (f, l, _) = only_error(
-        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: x\nspec: {}\n",
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata:\n  name: x\nspec: {}\n",
     );
     assert_eq!((f.as_str(), l), ("kind", Some(2)));
     let (f, _, _) =

@@ -45,6 +45,7 @@ fn object_json(obj: &IstioObject) -> Value {
         IstioObject::RequestAuthentication(o) => serde_json::to_value(o),
         IstioObject::Telemetry(o) => serde_json::to_value(o),
         IstioObject::ServiceEntry(o) => serde_json::to_value(o),
+        IstioObject::Gateway(o) => serde_json::to_value(o),
     }
     .unwrap()
 }
@@ -133,7 +134,7 @@ fn every_field_of_every_fixture_survives_a_round_trip() {
             objects += 1;
         }
     }
-    assert_eq!(objects, 39, "objects read");
+    assert_eq!(objects, 43, "objects read");
 }
 
 #[test]

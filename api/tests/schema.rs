@@ -52,7 +52,7 @@ fn every_valid_fixture_passes_its_crd_schema() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 39);
+    assert_eq!(checked, 43);
 }
 
 #[test]

@@ -29,6 +29,7 @@ use std::io::Write;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Api;
 use kube::api::ListParams;
+use rustmesh_api::workload::proxy_role;
 use rustmesh_xds::configmap as contract;
 use rustmesh_xds::scope::{self, DEFAULT_SCOPE_KEY, SCOPE_INDEX_KEY};
 use rustmesh_xds::well_known::PROXY_CONFIGMAP;
@@ -109,18 +110,19 @@ fn key_bytes<'a>(cm: &'a ConfigMap, key: &str) -> Option<&'a [u8]> {
         })
 }
 
-/// The `versionInfo` the operator wrote for a pod with `labels`: the scope its labels select in
-/// `scopes.json` and that scope's version (read from the scope's document when the index has
+/// The `versionInfo` the operator wrote for a pod with `labels` whose proxy has `role`: the scope
+/// they select in `scopes.json` and that scope's version (read from the scope's document when the index has
 /// no entry for it); `None` when the ConfigMap has no document for it. `Err` names a key that
 /// cannot be read.
 pub fn written_version(
     cm: &ConfigMap,
     labels: &BTreeMap<String, String>,
+    role: scope::ProxyRole,
 ) -> Result<Option<String>, String> {
     let key = match key_bytes(cm, SCOPE_INDEX_KEY) {
         Some(raw) => {
             let index = contract::read_index(SCOPE_INDEX_KEY, raw).map_err(|e| e.to_string())?;
-            let key = scope::select_scope(&index, labels).to_string();
+            let key = scope::select_scope(&index, labels, role).to_string();
             if let Some(parts) = index.parts.get(&key) {
                 return Ok(Some(parts.version_info.clone()));
             }
@@ -271,9 +273,11 @@ pub async fn run(args: ProxyStatusArgs, out: &mut dyn Write) -> Result<(), Error
             let labels = pod.metadata.labels.clone().unwrap_or_default();
             let written = match &configmaps[&namespace] {
                 None => None,
-                Some(cm) => written_version(cm, &labels).map_err(|reason| Error::Kube {
-                    action: format!("reading configmap {namespace}/{PROXY_CONFIGMAP}"),
-                    reason,
+                Some(cm) => written_version(cm, &labels, proxy_role(&pod)).map_err(|reason| {
+                    Error::Kube {
+                        action: format!("reading configmap {namespace}/{PROXY_CONFIGMAP}"),
+                        reason,
+                    }
                 })?,
             };
             Ok::<_, Error>(Row {
@@ -312,6 +316,7 @@ pub async fn run(args: ProxyStatusArgs, out: &mut dyn Write) -> Result<(), Error
 mod tests {
     use super::*;
     use k8s_openapi::ByteString;
+    use rustmesh_xds::scope::ProxyRole::{Router, Sidecar};
     use rustmesh_xds::scope::{ScopeIndex, ScopeParts, ScopeSelector};
 
     fn configmap(index: Option<&ScopeIndex>, binary: &[(&str, Vec<u8>)]) -> ConfigMap {
@@ -345,11 +350,10 @@ mod tests {
     #[test]
     fn the_version_of_the_scope_the_labels_select() {
         let mut index = ScopeIndex::default();
-        index.selectors.push(ScopeSelector {
-            key: "sidecar-ratings.json.gz".into(),
-            sidecar: "ratings".into(),
-            labels: [("app".to_string(), "ratings".to_string())].into(),
-        });
+        index.selectors.push(ScopeSelector::sidecar(
+            "ratings",
+            [("app".to_string(), "ratings".to_string())].into(),
+        ));
         for (key, v) in [(DEFAULT_SCOPE_KEY, "d1"), ("sidecar-ratings.json.gz", "r1")] {
             index.parts.insert(
                 key.into(),
@@ -362,28 +366,58 @@ mod tests {
         let cm = configmap(Some(&index), &[]);
         let app = |a: &str| [("app".to_string(), a.to_string())].into();
         assert_eq!(
-            written_version(&cm, &app("ratings")).unwrap().as_deref(),
+            written_version(&cm, &app("ratings"), Sidecar)
+                .unwrap()
+                .as_deref(),
             Some("r1")
         );
         assert_eq!(
-            written_version(&cm, &app("reviews")).unwrap().as_deref(),
+            written_version(&cm, &app("reviews"), Sidecar)
+                .unwrap()
+                .as_deref(),
             Some("d1")
+        );
+        // A gateway's proxy with the same labels reads its gateway scope, not the Sidecar's.
+        let mut index = index.clone();
+        let gw = ScopeSelector::gateway(vec!["default/gw".into()], app("ratings"));
+        index.parts.insert(
+            gw.key.clone(),
+            ScopeParts {
+                version_info: "g1".into(),
+                ..ScopeParts::default()
+            },
+        );
+        index.selectors.push(gw);
+        let cm = configmap(Some(&index), &[]);
+        assert_eq!(
+            written_version(&cm, &app("ratings"), Router)
+                .unwrap()
+                .as_deref(),
+            Some("g1")
+        );
+        assert_eq!(
+            written_version(&cm, &app("ratings"), Sidecar)
+                .unwrap()
+                .as_deref(),
+            Some("r1")
         );
 
         // Without an index entry: the scope's own document's versionInfo.
         let gz = contract::gzip(br#"{"versionInfo": "plain-7"}"#);
         let cm = configmap(None, &[(DEFAULT_SCOPE_KEY, gz)]);
         assert_eq!(
-            written_version(&cm, &BTreeMap::new()).unwrap().as_deref(),
+            written_version(&cm, &BTreeMap::new(), Sidecar)
+                .unwrap()
+                .as_deref(),
             Some("plain-7")
         );
         assert_eq!(
-            written_version(&configmap(None, &[]), &BTreeMap::new()).unwrap(),
+            written_version(&configmap(None, &[]), &BTreeMap::new(), Sidecar).unwrap(),
             None
         );
         let bad = configmap(None, &[(DEFAULT_SCOPE_KEY, b"not gzip".to_vec())]);
         assert!(
-            written_version(&bad, &BTreeMap::new())
+            written_version(&bad, &BTreeMap::new(), Sidecar)
                 .unwrap_err()
                 .contains(DEFAULT_SCOPE_KEY)
         );

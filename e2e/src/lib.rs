@@ -10,6 +10,7 @@
 //! the operator's pod), so they run one at a time.
 #![forbid(unsafe_code)]
 
+pub mod pki;
 pub mod prometheus;
 pub mod sample;
 
@@ -21,8 +22,8 @@ use kube::api::{
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use rustmesh_api::{
-    AuthorizationPolicy, DestinationRule, IstioObject, PeerAuthentication, RequestAuthentication,
-    ServiceEntry, Sidecar, Telemetry, VirtualService,
+    AuthorizationPolicy, DestinationRule, Gateway, IstioObject, PeerAuthentication,
+    RequestAuthentication, ServiceEntry, Sidecar, Telemetry, VirtualService,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -436,6 +437,31 @@ impl Ctx {
             .ok_or_else(|| Error::Other(format!("no pod in {ns} with labels {selector}")))
     }
 
+    /// Runs `command` (a `testapp get --body ...` call) in a container: the JSON report it
+    /// printed, or why it failed (the command's failure with its output, or output that is no
+    /// JSON). An exec that could not run at all is a failure too.
+    pub async fn testapp_report(
+        &self,
+        ns: &str,
+        pod: &str,
+        container: &str,
+        command: &[&str],
+    ) -> std::result::Result<serde_json::Value, String> {
+        let out = self
+            .exec(ns, pod, container, command)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(f) = out.failure {
+            return Err(format!(
+                "{f}; stdout: {}; stderr: {}",
+                out.stdout.trim(),
+                out.stderr.trim()
+            ));
+        }
+        serde_json::from_str(out.stdout.trim())
+            .map_err(|e| format!("not a testapp report ({e}): {:?}", out.stdout))
+    }
+
     /// Runs a command in a container and collects its output.
     pub async fn exec(
         &self,
@@ -772,6 +798,11 @@ impl Ctx {
                     let api: Api<ServiceEntry> = Api::namespaced(self.client.clone(), ns);
                     api.patch(&e.name_any(), &pp, &Patch::Apply(&*e)).await?;
                 }
+                IstioObject::Gateway(mut g) => {
+                    g.metadata.namespace = Some(ns.into());
+                    let api: Api<Gateway> = Api::namespaced(self.client.clone(), ns);
+                    api.patch(&g.name_any(), &pp, &Patch::Apply(&*g)).await?;
+                }
             }
         }
         Ok(())
@@ -795,7 +826,7 @@ impl Ctx {
         Ok(())
     }
 
-    /// Deletes every VirtualService, DestinationRule, Sidecar and ServiceEntry in `ns`.
+    /// Deletes every VirtualService, DestinationRule, Sidecar, ServiceEntry and Gateway in `ns`.
     pub async fn delete_istio(&self, ns: &str) -> Result<()> {
         let dp = DeleteParams::default();
         let lp = ListParams::default();
@@ -809,6 +840,9 @@ impl Ctx {
             .delete_collection(&dp, &lp)
             .await?;
         Api::<ServiceEntry>::namespaced(self.client.clone(), ns)
+            .delete_collection(&dp, &lp)
+            .await?;
+        Api::<Gateway>::namespaced(self.client.clone(), ns)
             .delete_collection(&dp, &lp)
             .await?;
         Ok(())

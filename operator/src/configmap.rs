@@ -455,7 +455,7 @@ mod tests {
     use super::*;
     use crate::fixtures::{self, bookinfo, istio};
     use crate::index::Index;
-    use rustmesh_xds::scope::{DEFAULT_SCOPE_KEY, select_scope, sidecar_scope_key};
+    use rustmesh_xds::scope::{DEFAULT_SCOPE_KEY, ProxyRole, select_scope, sidecar_scope_key};
 
     #[test]
     fn configmap_carries_the_index_and_one_gzip_per_scope() {
@@ -490,10 +490,13 @@ spec:
         let ratings_pod: BTreeMap<String, String> =
             [("app".to_string(), "ratings".to_string())].into();
         assert_eq!(
-            select_scope(&idx, &ratings_pod),
+            select_scope(&idx, &ratings_pod, ProxyRole::Sidecar),
             sidecar_scope_key("ratings")
         );
-        assert_eq!(select_scope(&idx, &BTreeMap::new()), DEFAULT_SCOPE_KEY);
+        assert_eq!(
+            select_scope(&idx, &BTreeMap::new(), ProxyRole::Sidecar),
+            DEFAULT_SCOPE_KEY
+        );
         // What the proxy reads back is exactly what was rendered, and valid; the version is
         // the index's.
         let default = read_scope(&cm, DEFAULT_SCOPE_KEY).unwrap();

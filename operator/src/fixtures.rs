@@ -1,7 +1,7 @@
 //! Builders of Kubernetes and Istio objects for tests (here and in other crates' tests): a whole
 //! mesh can be put into an [`Index`] without an API server.
 
-use crate::index::{Index, ObjKey, Object, PodInfo};
+use crate::index::{Index, Kind, ObjKey, Object, PodInfo};
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use rustmesh_api::IstioObject;
 use serde_json::json;
@@ -107,6 +107,31 @@ pub fn pod_as(
     });
 }
 
+/// Adds a gateway's pod (its proxy `proxy run --type router`) with these labels.
+pub fn router_pod(index: &mut Index, ns: &str, name: &str, labels: &[(&str, &str)]) {
+    pod(index, ns, name, labels);
+    as_router(index, ns, name);
+}
+
+/// Makes the known pod `ns/name` a gateway's pod (as the injector's `gateway` template does).
+pub fn as_router(index: &mut Index, ns: &str, name: &str) {
+    let key = ObjKey::new(ns, name);
+    let pod = index.pods.get(&key).expect("a known pod").clone();
+    index.apply(Object::Pod {
+        key,
+        pod: pod.with_role(rustmesh_xds::scope::ProxyRole::Router),
+    });
+}
+
+/// The operator's verdict on the object `ns/name` of `kind` (its findings, accepted or not),
+/// as validation computes it for the whole index.
+pub fn verdict(index: &Index, kind: Kind, ns: &str, name: &str) -> crate::validation::Verdict {
+    let registry = crate::registry::Registry::build(index);
+    crate::validation::Validation::compute(index, &registry).verdicts
+        [&(kind, ObjKey::new(ns, name))]
+        .clone()
+}
+
 /// A pod behind a service: `(pod name, ip, labels)`.
 pub type PodSpec<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
 
@@ -163,6 +188,7 @@ pub fn apply_istio(index: &mut Index, obj: IstioObject) {
         IstioObject::RequestAuthentication(r) => Object::RequestAuthentication(r),
         IstioObject::Telemetry(t) => Object::Telemetry(t),
         IstioObject::ServiceEntry(se) => Object::ServiceEntry(se),
+        IstioObject::Gateway(g) => Object::Gateway(g),
     });
 }
 
@@ -200,6 +226,9 @@ pub fn reparse_unvalidated(yaml: &str) -> Vec<IstioObject> {
             )),
             "ServiceEntry" => IstioObject::ServiceEntry(Box::new(
                 serde_json::from_value(json).expect("ServiceEntry shape"),
+            )),
+            "Gateway" => IstioObject::Gateway(Box::new(
+                serde_json::from_value(json).expect("Gateway shape"),
             )),
             other => panic!("unsupported kind {other}"),
         });

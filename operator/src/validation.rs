@@ -180,6 +180,7 @@ impl Validation {
             let mut findings = own_findings(vs.spec.validate());
             if findings.is_empty() {
                 vs_cross_checks(vs, key, registry, &accepted_drs, suffix, &mut findings);
+                findings.extend(vs_gateway_findings(index, key, vs));
             }
             findings.extend(unimplemented("VirtualService", &vs.spec));
             verdicts.insert((Kind::VirtualService, key.clone()), verdict(findings, None));
@@ -256,6 +257,7 @@ impl Validation {
         request_authentications(index, &mut verdicts);
         telemetries(index, &mut verdicts);
         service_entries(index, registry, &mut verdicts);
+        gateways(index, &mut verdicts);
         Validation { verdicts }
     }
 
@@ -518,6 +520,139 @@ fn service_entries(
         }
         verdicts.insert((Kind::ServiceEntry, key.clone()), v);
     }
+}
+
+/// Gateways: their own checks (Istio's `ValidateGateway` and rustmesh's refusals of what it
+/// does not render, each naming the field: `rustmesh_api::gateway`) and Istio's warnings. An
+/// invalid update of a Gateway accepted before notes that the last accepted version keeps
+/// serving (`render::gateway` renders it).
+fn gateways(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey), Verdict>) {
+    let store = &index.gateways;
+    for (key, gw) in &store.objects {
+        let mut findings = own_findings(gw.spec.validate());
+        findings.extend(gw.spec.warnings().into_iter().map(|w| Finding {
+            level: Level::Warning,
+            field: w.field,
+            message: w.message,
+        }));
+        if gw.spec.selector.is_empty() {
+            findings.push(Finding {
+                level: Level::Warning,
+                field: "spec.selector".into(),
+                message: "no selector: the Gateway selects no pod and renders nothing".into(),
+            });
+        }
+        findings.extend(unimplemented("Gateway", &gw.spec));
+        let mut v = verdict(findings, None);
+        if !v.accepted
+            && let Some(p) = store.last_good.get(key)
+        {
+            v.serving_previous = Some(p.metadata.generation.unwrap_or(0));
+            v.previous_spec = serde_json::to_value(&p.spec).ok();
+        }
+        verdicts.insert((Kind::Gateway, key.clone()), v);
+    }
+    gateway_port_conflicts(index, verdicts);
+}
+
+/// Servers the merge of a gateway pod's Gateways leaves out, as Istio's: on one port, one
+/// protocol (the oldest server's: HTTP ones share the listener, a TCP one takes it whole, HTTPS
+/// ones are told apart by SNI), at most one TCP server and one HTTPS server per set of SNI
+/// hosts. Each server left out is a warning naming `spec.servers[i].port`,
+/// for Gateways whose selectors may select the same pod (no label with two values). Ports
+/// are compared as written (a Service's targetPort mapping two numbers to one listener is not
+/// seen here).
+fn gateway_port_conflicts(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey), Verdict>) {
+    use rustmesh_api::gateway::ServerProtocol;
+    let mut accepted: Vec<(&ObjKey, &rustmesh_api::Gateway)> = index
+        .gateways
+        .objects
+        .iter()
+        .filter(|(k, _)| verdicts[&(Kind::Gateway, (*k).clone())].accepted)
+        .collect();
+    accepted.sort_by_key(|(_, g)| age_key(&g.metadata));
+    let compatible = |a: &crate::index::Labels, b: &crate::index::Labels| {
+        a.iter().all(|(k, v)| b.get(k).is_none_or(|w| w == v))
+    };
+    // (selector, port, protocol, SNI hosts of an HTTPS server, who serves it)
+    type Claim<'a> = (
+        &'a crate::index::Labels,
+        u32,
+        ServerProtocol,
+        Vec<String>,
+        String,
+    );
+    let mut claimed: Vec<Claim> = Vec::new();
+    for (key, gw) in accepted {
+        let mut found = Vec::new();
+        for (i, server) in gw.spec.servers.iter().enumerate() {
+            let Some(port) = server.port.as_ref().map(|p| p.number) else {
+                continue;
+            };
+            let class = server.protocol();
+            let sni = crate::render::gateway::sni_hosts(server);
+            let clash = claimed.iter().find(|(sel, p, c, names, _)| {
+                *p == port
+                    && compatible(sel, &gw.spec.selector)
+                    && (*c != class
+                        || class == ServerProtocol::Tcp
+                        || (class == ServerProtocol::Https && *names == sni))
+            });
+            match clash {
+                Some((_, _, c, _, owner)) => found.push(Finding {
+                    level: Level::Warning,
+                    field: format!("spec.servers[{i}].port"),
+                    message: format!(
+                        "port {port} is already served ({}) by {owner} for the pods both \
+                         select; this server is not rendered on them (one protocol, at most \
+                         one TCP server and one HTTPS server per SNI hosts per port, as Istio \
+                         merges gateways)",
+                        match c {
+                            ServerProtocol::Tcp => "TCP",
+                            ServerProtocol::Https => "HTTPS",
+                            _ => "HTTP",
+                        }
+                    ),
+                }),
+                None => claimed.push((
+                    &gw.spec.selector,
+                    port,
+                    class,
+                    sni,
+                    format!("Gateway {key} spec.servers[{i}]"),
+                )),
+            }
+        }
+        if let Some(v) = verdicts.get_mut(&(Kind::Gateway, key.clone())) {
+            v.findings.extend(found);
+        }
+    }
+}
+
+/// A warning for each gateway a VirtualService names (`spec.gateways[i]`) that no Gateway
+/// object is (Istio's analyzer reports it too, IST0101): those routes render on no gateway.
+fn vs_gateway_findings(index: &Index, key: &ObjKey, vs: &VirtualService) -> Vec<Finding> {
+    use rustmesh_api::gateway::{MESH, resolve_gateway_name};
+    let mut out = Vec::new();
+    for (i, g) in vs.spec.gateways.iter().enumerate() {
+        if g == MESH {
+            continue;
+        }
+        let name = resolve_gateway_name(g, &key.namespace);
+        let found = name
+            .split_once('/')
+            .is_some_and(|(ns, n)| index.gateways.objects.contains_key(&ObjKey::new(ns, n)));
+        if !found {
+            out.push(Finding {
+                level: Level::Warning,
+                field: format!("spec.gateways[{i}]"),
+                message: format!(
+                    "Gateway {name} not found; no gateway renders these routes for it"
+                ),
+            });
+        }
+    }
+    out
 }
 
 /// A warning for each host of an entry that another service of the registry holds.
@@ -876,9 +1011,12 @@ fn vs_cross_checks(
     suffix: &str,
     findings: &mut Vec<Finding>,
 ) {
+    // A VirtualService bound only to gateways routes hosts of the gateways' servers, which
+    // need not be services of the registry (`bookinfo.example.com`).
+    let mesh = vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh");
     for (i, h) in vs.spec.hosts.iter().enumerate() {
         let host = resolve_host(h, &key.namespace, suffix);
-        if !registry_has(registry, &host) {
+        if mesh && !registry_has(registry, &host) {
             findings.push(Finding {
                 level: Level::Warning,
                 field: format!("spec.hosts[{i}]"),
@@ -1126,6 +1264,7 @@ pub fn persisted_version<K: crate::index::kinds::IstioKind>(obj: &K, has_ca: boo
         crate::index::Object::RequestAuthentication(o) => o.spec.validate().is_empty(),
         crate::index::Object::Telemetry(o) => o.spec.validate().is_empty(),
         crate::index::Object::ServiceEntry(o) => o.spec.validate().is_empty(),
+        crate::index::Object::Gateway(o) => o.spec.validate().is_empty(),
         _ => false,
     };
     if !valid {
@@ -1139,12 +1278,7 @@ pub fn persisted_version<K: crate::index::kinds::IstioKind>(obj: &K, has_ca: boo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{bookinfo, istio};
-
-    fn verdict_of(index: &Index, kind: Kind, ns: &str, name: &str) -> Verdict {
-        let registry = Registry::build(index);
-        Validation::compute(index, &registry).verdicts[&(kind, ObjKey::new(ns, name))].clone()
-    }
+    use crate::fixtures::{self, bookinfo, istio};
 
     #[test]
     fn subsets_are_found_through_wildcard_destination_rules() {
@@ -1172,7 +1306,7 @@ spec:
 "#,
         );
         // Only the wildcard rule defines `canary` for ratings.
-        assert!(verdict_of(&index, Kind::VirtualService, "default", "ratings").accepted);
+        assert!(fixtures::verdict(&index, Kind::VirtualService, "default", "ratings").accepted);
     }
 
     #[test]
@@ -1191,7 +1325,7 @@ spec:
     - destination: {host: reviews, subset: v9}
 "#,
         );
-        let v = verdict_of(&index, Kind::VirtualService, "default", "reviews");
+        let v = fixtures::verdict(&index, Kind::VirtualService, "default", "reviews");
         assert!(!v.accepted);
         assert_eq!(v.reason, "Invalid");
         assert_eq!(
@@ -1235,7 +1369,7 @@ spec:
     - destination: {host: api.example.com}
 "#,
         );
-        let v = verdict_of(&index, Kind::VirtualService, "default", "ext");
+        let v = fixtures::verdict(&index, Kind::VirtualService, "default", "ext");
         assert!(v.accepted);
         assert_eq!(v.findings.len(), 2);
         assert!(v.findings.iter().all(|f| f.level == Level::Warning));
@@ -1270,13 +1404,13 @@ spec:
         let mut index = bookinfo();
         index.mesh.ca_host = Some("istiod.istio-system.svc.cluster.local".into());
         istio(&mut index, dr);
-        let v = verdict_of(&index, Kind::DestinationRule, "default", "mtls");
+        let v = fixtures::verdict(&index, Kind::DestinationRule, "default", "mtls");
         assert!(v.accepted);
         assert!(v.findings.is_empty(), "{:?}", v.findings);
         // Without it, ISTIO_MUTUAL cannot be rendered: a warning naming the CA.
         let mut index = bookinfo();
         istio(&mut index, dr);
-        let v = verdict_of(&index, Kind::DestinationRule, "default", "mtls");
+        let v = fixtures::verdict(&index, Kind::DestinationRule, "default", "mtls");
         assert!(v.accepted);
         let istio_mutual = &v.findings[0];
         assert_eq!(istio_mutual.field, "spec.trafficPolicy.tls.mode");
@@ -1292,7 +1426,7 @@ spec:
             &mut index,
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: own, namespace: default}\nspec:\n  host: ratings\n  trafficPolicy:\n    tls: {mode: ISTIO_MUTUAL, credentialName: my-cert}\n",
         );
-        let v = verdict_of(&index, Kind::DestinationRule, "default", "own");
+        let v = fixtures::verdict(&index, Kind::DestinationRule, "default", "own");
         assert!(!v.accepted);
         assert_eq!(v.findings[0].field, "spec.trafficPolicy.tls.credentialName");
         assert_eq!(v.findings[0].level, Level::Error);
@@ -1320,7 +1454,7 @@ spec:
       tls: {mode: MUTUAL, clientCertificate: "", privateKey: /etc/k.pem}
 "#,
         );
-        let v = verdict_of(&index, Kind::DestinationRule, "default", "ext");
+        let v = fixtures::verdict(&index, Kind::DestinationRule, "default", "ext");
         assert!(!v.accepted, "errors refuse the rule");
         let got: Vec<(Level, &str)> = v
             .findings
@@ -1381,7 +1515,7 @@ spec:
                 index.mesh.ca_host = Some("istiod.istio-system.svc.cluster.local".into());
             }
             istio(&mut index, &yaml);
-            let v = verdict_of(&index, Kind::DestinationRule, "default", "cred");
+            let v = fixtures::verdict(&index, Kind::DestinationRule, "default", "cred");
             v.findings
                 .iter()
                 .map(|f| (f.level, f.field.clone(), f.message.clone()))
@@ -1441,7 +1575,7 @@ spec:
       weight: 60
 "#,
         );
-        let v = verdict_of(&index, Kind::VirtualService, "default", "bad");
+        let v = fixtures::verdict(&index, Kind::VirtualService, "default", "bad");
         assert!(!v.accepted);
         let fields: Vec<_> = v.findings.iter().map(|f| f.field.as_str()).collect();
         assert!(
@@ -1472,7 +1606,7 @@ spec:
     - destination: {host: reviews}
 "#,
         );
-        let v = verdict_of(&index, Kind::VirtualService, "default", "bomb");
+        let v = fixtures::verdict(&index, Kind::VirtualService, "default", "bomb");
         assert!(!v.accepted);
         assert_eq!(v.reason, "Invalid");
         let fields: Vec<_> = v.findings.iter().map(|f| f.field.as_str()).collect();
@@ -1513,7 +1647,7 @@ spec:
     - destination: {host: ratings}
 "#,
         );
-        let v = verdict_of(&index, Kind::VirtualService, "default", "documented");
+        let v = fixtures::verdict(&index, Kind::VirtualService, "default", "documented");
         assert!(v.accepted, "{:?}", v.findings);
     }
 
@@ -1542,14 +1676,16 @@ spec:
   host: reviews.default.svc.cluster.local
 "#,
         );
-        assert!(verdict_of(&index, Kind::Sidecar, "default", "a").accepted);
-        let b = verdict_of(&index, Kind::Sidecar, "default", "b");
+        assert!(fixtures::verdict(&index, Kind::Sidecar, "default", "a").accepted);
+        let b = fixtures::verdict(&index, Kind::Sidecar, "default", "b");
         assert_eq!((b.accepted, b.reason), (false, "Conflict"));
         // Objects without a creationTimestamp sort last: bookinfo's `reviews` yields.
-        let dr = verdict_of(&index, Kind::DestinationRule, "default", "reviews");
+        let dr = fixtures::verdict(&index, Kind::DestinationRule, "default", "reviews");
         assert_eq!((dr.accepted, dr.reason), (false, "Conflict"));
         assert!(dr.findings[0].message.contains("default/reviews-again"));
-        assert!(verdict_of(&index, Kind::DestinationRule, "default", "reviews-again").accepted);
+        assert!(
+            fixtures::verdict(&index, Kind::DestinationRule, "default", "reviews-again").accepted
+        );
     }
 
     #[test]
@@ -1589,7 +1725,7 @@ spec:
             &mut index,
             "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r, namespace: default}\nspec:\n  hosts: [reviews]\n  http: [{redirect: {uri: /x, redirectCode: 300}}]\n",
         );
-        let v = verdict_of(&index, Kind::VirtualService, "default", "r");
+        let v = fixtures::verdict(&index, Kind::VirtualService, "default", "r");
         assert!(!v.accepted);
         assert_eq!(v.findings[0].field, "spec.http[0].redirect.redirectCode");
     }
@@ -1602,11 +1738,11 @@ spec:
             "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a, namespace: default, creationTimestamp: \"2024-01-01T00:00:00Z\"}\nspec:\n  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews}}]}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: b, namespace: default, creationTimestamp: \"2024-02-01T00:00:00Z\"}\nspec:\n  hosts: [reviews.default.svc.cluster.local]\n  http: [{route: [{destination: {host: reviews}}]}]\n",
         );
         assert!(
-            verdict_of(&index, Kind::VirtualService, "default", "a")
+            fixtures::verdict(&index, Kind::VirtualService, "default", "a")
                 .findings
                 .is_empty()
         );
-        let b = verdict_of(&index, Kind::VirtualService, "default", "b");
+        let b = fixtures::verdict(&index, Kind::VirtualService, "default", "b");
         assert!(b.accepted);
         assert_eq!(b.findings[0].field, "spec.hosts[0]");
         assert!(b.findings[0].message.contains("default/a"));

@@ -23,6 +23,7 @@ fn kind_of(kind: &str) -> Kind {
         "PeerAuthentication" => Kind::PeerAuthentication,
         "Telemetry" => Kind::Telemetry,
         "ServiceEntry" => Kind::ServiceEntry,
+        "Gateway" => Kind::Gateway,
         other => panic!("kind {other} is not mapped: add it here"),
     }
 }

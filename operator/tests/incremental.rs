@@ -6,7 +6,9 @@
 use k8s_openapi::api::core::v1::Endpoints;
 use proptest::prelude::*;
 use rustmesh_operator::configmap::{config_map, read_scope, render_namespace};
-use rustmesh_operator::fixtures::{bookinfo, istio, namespace, pod, pod_as, service, workload};
+use rustmesh_operator::fixtures::{
+    as_router, bookinfo, istio, namespace, pod, pod_as, service, workload,
+};
 use rustmesh_operator::index::{Affects, Kind, Object};
 use rustmesh_operator::renderer::{RenderPath, Renderer};
 use rustmesh_operator::{Index, MeshView, ObjKey};
@@ -14,9 +16,49 @@ use serde_json::json;
 
 /// Bookinfo in `default` (reviews v1/v2/v3 subsets), a selector Sidecar for `reviews` pods, a
 /// second injected namespace seeing everything, a headless service and a service whose
-/// targetPort is named (resolved through its Endpoints).
+/// targetPort is named (resolved through its Endpoints), and an ingress gateway in
+/// istio-system (a gateway scope) routing to reviews' subsets and to cart.
 fn mesh() -> Index {
     let mut index = bookinfo();
+    workload(
+        &mut index,
+        "istio-system",
+        "istio-ingressgateway",
+        Some("10.96.40.1"),
+        &[("http2", 80, 8080)],
+        &[(
+            "istio-ingressgateway-1",
+            "10.244.2.10",
+            &[("app", "istio-ingressgateway"), ("istio", "ingressgateway")],
+        )],
+    );
+    as_router(&mut index, "istio-system", "istio-ingressgateway-1");
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: ingress, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge, namespace: istio-system}
+spec:
+  hosts: [shop.example.com]
+  gateways: [ingress]
+  http:
+  - match: [{uri: {prefix: /reviews}}]
+    route:
+    - destination: {host: reviews.default.svc.cluster.local, subset: v2}
+  - route:
+    - destination: {host: cart.shop.svc.cluster.local, subset: v1}
+"#,
+    );
     namespace(&mut index, "shop", true);
     workload(
         &mut index,
@@ -272,6 +314,10 @@ fn assert_same_as_full(renderer: &Renderer, index: &Index) -> Result<(), TestCas
 }
 
 fn first_render(index: &Index) -> Renderer {
+    // The ingress gateway's namespace is rendered, with its gateway scope.
+    let view = MeshView::new(index);
+    let gateway = render_namespace(&view, "istio-system").unwrap();
+    assert!(gateway.index.selectors.iter().any(|s| s.is_gateway()));
     let mut renderer = Renderer::default();
     let all = Affects::full(
         index.injected_namespaces().map(str::to_string).collect(),
@@ -379,15 +425,29 @@ fn readiness(service: usize, ready: [bool; 5]) -> Change {
 fn which_endpoint_changes_are_incremental() {
     let mut index = mesh();
     let mut r = first_render(&index);
-    let incremental = vec![RenderPath::Endpoints; 2];
-    let full = vec![RenderPath::Full; 2];
-    // reviews-v2-1 becomes unready: only endpoints change, in both namespaces.
+    // default, shop and istio-system (the ingress gateway's, whose gateway scope routes to
+    // reviews and cart) see every service.
+    let incremental = vec![RenderPath::Endpoints; 3];
+    let full = vec![RenderPath::Full; 3];
+    // reviews-v2-1 becomes unready: only endpoints change, in every namespace.
     let c = readiness(0, [true, false, true, false, false]);
     assert_eq!(paths_for(&mut index, &mut r, c), incremental);
     // ... and the v2 subset cluster has no endpoint left, as the proxy reads it.
     let cm = config_map(r.last("shop").unwrap());
     let shop = read_scope(&cm, "default.json.gz").unwrap();
     let v2 = shop
+        .endpoints
+        .iter()
+        .find(|c| c.cluster_name == "outbound|9080|v2|reviews.default.svc.cluster.local")
+        .unwrap();
+    assert_eq!(v2.lb_endpoints().count(), 0);
+    // So does the gateway scope's, rendered incrementally too.
+    let cm = config_map(r.last("istio-system").unwrap());
+    let key = r.last("istio-system").unwrap().index.selectors[0]
+        .key
+        .clone();
+    let gateway = read_scope(&cm, &key).unwrap();
+    let v2 = gateway
         .endpoints
         .iter()
         .find(|c| c.cluster_name == "outbound|9080|v2|reviews.default.svc.cluster.local")

@@ -71,6 +71,7 @@ fn check_cluster_rules(rules: &[PolicyRule], ca: bool) {
         "destinationrules",
         "sidecars",
         "serviceentries",
+        "gateways",
     ] {
         assert!(allows(&rules, "networking.istio.io", res, "list", None));
         assert!(allows(
@@ -297,7 +298,7 @@ fn verbs_used(group: &str, resource: &str) -> &'static [&'static str] {
         ("discovery.k8s.io", "endpointslices") => &["get", "list", "watch"],
         (
             "networking.istio.io",
-            "virtualservices" | "destinationrules" | "sidecars" | "serviceentries",
+            "virtualservices" | "destinationrules" | "sidecars" | "serviceentries" | "gateways",
         ) => &["get", "list", "watch"],
         (
             "security.istio.io",

@@ -1,9 +1,10 @@
-//! Every Istio example of the repository, applied to bookinfo, renders configurations that pass
+//! Every Istio example of the repository, applied to bookinfo (with an ingress gateway pod in
+//! istio-system, so Gateways get their gateway scopes), renders configurations that pass
 //! `ProxyConfig::validate` in every scope of every injected namespace, and whose ConfigMap
 //! round-trips through gzip.
 
 use rustmesh_operator::configmap::{config_map, read_scope, render_namespace};
-use rustmesh_operator::fixtures::{bookinfo_in, istio, namespace};
+use rustmesh_operator::fixtures::{bookinfo_in, istio, namespace, router_pod};
 use rustmesh_operator::render_view;
 use rustmesh_operator::{Index, MeshView};
 use std::path::Path;
@@ -47,15 +48,31 @@ fn check_all(index: &Index, label: &str) {
 fn every_example_renders_valid_configurations() {
     let all = examples();
     assert!(all.len() >= 4, "examples found: {}", all.len());
+    let ingress = [("app", "istio-ingressgateway"), ("istio", "ingressgateway")];
     let mut together = bookinfo_in("bookinfo");
     namespace(&mut together, "default", true);
     namespace(&mut together, "backend", true);
+    router_pod(
+        &mut together,
+        "istio-system",
+        "istio-ingressgateway-1",
+        &ingress,
+    );
     for (name, yaml) in &all {
         let mut one = bookinfo_in("bookinfo");
         namespace(&mut one, "default", true);
+        router_pod(&mut one, "istio-system", "istio-ingressgateway-1", &ingress);
         istio(&mut one, yaml);
         check_all(&one, name);
         istio(&mut together, yaml);
     }
     check_all(&together, "all examples together");
+    // The Gateway examples reached the ingress pod's namespace: its gateway scope rendered.
+    let view = MeshView::new(&together);
+    assert!(
+        view.scope_index("istio-system")
+            .selectors
+            .iter()
+            .any(|s| s.is_gateway())
+    );
 }

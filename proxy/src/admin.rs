@@ -46,6 +46,9 @@ pub struct AdminState {
     pub quit: Arc<Notify>,
     /// The capture listeners' bound addresses (name, address), for `/listeners`.
     pub bound: Vec<(String, SocketAddr)>,
+    /// A router's listeners (`proxy run --type router`): what is bound now and what could not
+    /// be, for `/listeners`; `None` for a sidecar.
+    pub router: Option<crate::listener::bound::BindStatus>,
     /// The workload certificate, when the sidecar has a mesh CA (`CA_ADDR`): readiness waits
     /// for a valid one, `/certs` shows it.
     pub identity: Option<Arc<crate::identity::Store>>,
@@ -432,13 +435,23 @@ fn rfc3339(t: x509_parser::time::ASN1Time) -> String {
 
 fn listeners_text(state: &AdminState, snapshot: Option<&Snapshot>) -> String {
     let mut out = String::new();
-    for (name, addr) in &state.bound {
+    let bound = bound_now(state);
+    for (name, addr) in &bound {
         out.push_str(&format!("{name}::{addr}\n"));
     }
     for l in snapshot.iter().flat_map(|s| &s.listeners) {
-        if !state.bound.iter().any(|(n, _)| *n == l.name) {
+        if !bound.iter().any(|(n, _)| *n == l.name) {
             out.push_str(&format!("{}::{}\n", l.name, l.address));
         }
+    }
+    out
+}
+
+/// The sockets bound now (name, address): the capture listeners', or a router's.
+fn bound_now(state: &AdminState) -> Vec<(String, SocketAddr)> {
+    let mut out = state.bound.clone();
+    for l in state.router.iter().flat_map(|r| r.get()) {
+        out.extend(l.local.iter().map(|a| (l.name.clone(), *a)));
     }
     out
 }
@@ -447,16 +460,33 @@ fn socket_address(a: SocketAddr) -> Value {
     json!({"socketAddress": {"address": a.ip().to_string(), "portValue": a.port()}})
 }
 
+/// Envoy's `listenerStatuses`; a router's listener that could not be bound has its `error`
+/// (rustmesh's field) and its configured address.
 fn listeners_json(state: &AdminState, snapshot: Option<&Snapshot>) -> Value {
-    let mut statuses: Vec<Value> = state
-        .bound
+    let bound = bound_now(state);
+    let mut statuses: Vec<Value> = bound
         .iter()
         .map(|(name, addr)| json!({"name": name, "localAddress": socket_address(*addr)}))
         .collect();
+    let failed: Vec<crate::listener::bound::ListenerState> = state
+        .router
+        .iter()
+        .flat_map(|r| r.get())
+        .filter(|l| l.error.is_some())
+        .collect();
     for l in snapshot.iter().flat_map(|s| &s.listeners) {
-        if !state.bound.iter().any(|(n, _)| *n == l.name) {
-            statuses.push(json!({"name": l.name, "localAddress": socket_address(l.address)}));
+        if bound.iter().any(|(n, _)| *n == l.name) {
+            continue;
         }
+        let mut status = json!({"name": l.name, "localAddress": socket_address(l.address)});
+        if let Some(e) = failed
+            .iter()
+            .find(|f| f.name == l.name)
+            .and_then(|f| f.error.clone())
+        {
+            status["error"] = json!(e);
+        }
+        statuses.push(status);
     }
     json!({"listenerStatuses": statuses})
 }
@@ -704,6 +734,7 @@ mod tests {
             draining: signal.flag(),
             quit: Arc::new(Notify::new()),
             bound: vec![],
+            router: None,
             identity: None,
         });
         let health = Server::bind(
@@ -748,6 +779,7 @@ mod tests {
             draining: signal.flag(),
             quit: Arc::new(Notify::new()),
             bound: vec![("virtualOutbound".into(), "0.0.0.0:15001".parse().unwrap())],
+            router: None,
             identity: None,
         });
         let admin = Server::bind(
@@ -860,6 +892,7 @@ mod tests {
             draining: signal.flag(),
             quit: Arc::new(Notify::new()),
             bound: vec![],
+            router: None,
             identity: Some(Arc::new(crate::identity::Store::default())),
         };
         assert_eq!(readiness(&state).1, "NO_CERTIFICATE");

@@ -6,6 +6,8 @@
 //!    Envoy's `drain_listeners?inboundonly&graceful` does. Both capture listeners **keep
 //!    accepting** and outbound connections keep working: an app's own shutdown calls through the
 //!    sidecar succeed, and a caller that has not yet seen the endpoint removed is still served.
+//!    A router (gateway) drains all its listeners so: its HTTP connections close after their
+//!    request too (`drain_listeners?graceful`), its bound listeners keep accepting.
 //! 2. **Closing** ([`Signal::close`], when the termination drain duration ends, or with
 //!    `EXIT_ON_ZERO_ACTIVE_CONNECTIONS` once no connection is left): listeners stop accepting,
 //!    every HTTP connection shuts down, and the process exits.

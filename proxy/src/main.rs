@@ -23,7 +23,8 @@ enum Command {
     IstioIptables(IstioIptablesArgs),
     /// The sidecar: the 15001/15006 capture listeners, admin (15000), the status port for the
     /// app's rewritten probes (15020), readiness (15021) and Prometheus (15090); the
-    /// configuration is watched and swapped live; SIGTERM drains.
+    /// configuration is watched and swapped live; SIGTERM drains. With `--type router` (a
+    /// gateway) no capture listener: the configuration's own listeners are bound.
     Run(RunArgs),
     /// Block until the sidecar is ready (the postStart hook of holdApplicationUntilProxyStarts).
     Wait(WaitArgs),

@@ -7,12 +7,17 @@
 //! `--drain-timeout` (Istio's `terminationDrainDuration`, default 5 s), or with
 //! `EXIT_ON_ZERO_ACTIVE_CONNECTIONS` until `MINIMUM_DRAIN_DURATION` has passed and no
 //! connection is left; then the listeners close and the process exits 0.
+//!
+//! `proxy run --type router` is a gateway (Istio's `pilot-agent proxy router`): no capture
+//! listener is bound; the configuration's own listeners are, as it changes
+//! ([`crate::listener::bound`]); everything else is the same.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustmesh_xds::scope::ProxyRole;
 use rustmesh_xds::well_known;
 use tokio::sync::Notify;
 
@@ -23,6 +28,7 @@ use crate::config::{ConfigSource, DEFAULT_POLL_INTERVAL, Watcher};
 use crate::dns::{DnsServer, DnsTable, ResolvConf, SharedTable};
 use crate::http::HttpSettings;
 use crate::http::handler::ConnectionManager;
+use crate::listener::bound::{BindStatus, Router};
 use crate::listener::{Direction, Shared, VirtualListener};
 use crate::metrics::{Metrics as IstioMetrics, WorkloadInfo};
 use crate::snapshot::Store;
@@ -41,6 +47,22 @@ fn duration(s: &str) -> std::result::Result<Duration, String> {
 /// Flags of `proxy run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
+    /// What the proxy is (Istio's `pilot-agent proxy <type>`): `sidecar` binds the capture
+    /// listeners (--outbound-port, --inbound-port); `router` (a gateway) captures nothing and
+    /// binds the configuration's own listeners (`bindToPort`, not `useOriginalDst`) as the
+    /// configuration changes ([`crate::listener::bound`]).
+    #[arg(
+        long = "type",
+        value_enum,
+        value_name = "TYPE",
+        default_value = "sidecar"
+    )]
+    pub proxy_type: ProxyType,
+    /// Istio's router metadata (`ISTIO_META_ROUTER_MODE`, which the webhook sets on a
+    /// gateway): `sni-dnat` or `standard`. What it changes is rendered by the control plane;
+    /// the proxy checks the value and logs it. Only with `--type router`.
+    #[arg(long, value_enum, value_name = "MODE", env = "ISTIO_META_ROUTER_MODE")]
+    pub router_mode: Option<RouterMode>,
     /// A ProxyConfig JSON file (instead of --config-dir). Replace it atomically (rename) to
     /// change the configuration.
     #[arg(long, value_name = "FILE", conflicts_with = "config_dir")]
@@ -207,6 +229,30 @@ impl RunArgs {
         Ok(Some((client, id)))
     }
 
+    /// Whether the flags fit the proxy type: a router captures nothing, so TPROXY interception
+    /// (which changes how the capture listener binds and how the app is dialed) is refused,
+    /// naming the flag; `ISTIO_META_ROUTER_MODE` on a sidecar is said to mean nothing there.
+    pub fn check_type(&self) -> Result<()> {
+        match self.proxy_type {
+            ProxyType::Router if self.interception_mode == Interception::Tproxy => {
+                Err(Error::InvalidFlag {
+                    flag: "--interception-mode (ISTIO_META_INTERCEPTION_MODE)",
+                    value: "TPROXY".into(),
+                    reason: "a router (--type router) captures no traffic: REDIRECT or NONE".into(),
+                })
+            }
+            ProxyType::Sidecar if self.router_mode.is_some() => {
+                tracing::warn!(
+                    router_mode = ?self.router_mode,
+                    "--router-mode (ISTIO_META_ROUTER_MODE) is a router's metadata: a sidecar \
+                     does not use it (run with --type router for a gateway)"
+                );
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The ConfigMap to follow through the API: with --config-configmap and --config-namespace
     /// both set, reading --config-dir (not --config), and without --no-api-watch.
     pub fn api_target(&self) -> Option<ApiTarget> {
@@ -244,9 +290,42 @@ impl RunArgs {
                     .pod_labels
                     .clone()
                     .unwrap_or_else(|| PathBuf::from(well_known::POD_INFO_MOUNT).join("labels")),
+                role: self.proxy_type.role(),
             },
         }
     }
+}
+
+/// Istio's proxy types (`pilot-agent proxy sidecar|router`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProxyType {
+    /// A pod's sidecar: the capture listeners, 15001 and 15006.
+    #[value(name = "sidecar")]
+    Sidecar,
+    /// A gateway: no capture; the configuration's `bindToPort` listeners are bound.
+    #[value(name = "router")]
+    Router,
+}
+
+impl ProxyType {
+    /// Which scopes of the ConfigMap this proxy reads (a router only gateway scopes).
+    pub fn role(self) -> ProxyRole {
+        match self {
+            ProxyType::Sidecar => ProxyRole::Sidecar,
+            ProxyType::Router => ProxyRole::Router,
+        }
+    }
+}
+
+/// Istio's router modes (`ISTIO_META_ROUTER_MODE`): metadata for the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RouterMode {
+    /// Istio's default: `AUTO_PASSTHROUGH` servers get SNI-DNAT clusters.
+    #[value(name = "sni-dnat")]
+    SniDnat,
+    /// Without them.
+    #[value(name = "standard")]
+    Standard,
 }
 
 /// Istio's interception modes (`ISTIO_META_INTERCEPTION_MODE`), as the sidecar sees them.
@@ -267,6 +346,8 @@ pub enum Interception {
 impl Default for RunArgs {
     fn default() -> Self {
         RunArgs {
+            proxy_type: ProxyType::Sidecar,
+            router_mode: None,
             config: None,
             config_dir: None,
             pod_labels: None,
@@ -418,6 +499,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
 
 /// [`run`] on the current runtime.
 pub async fn serve(args: RunArgs) -> Result<()> {
+    args.check_type()?;
     // One registry for everything: Istio's metrics own it, ours are registered into it.
     let istio = Arc::new(IstioMetrics::new());
     let mut metrics = Metrics::default();
@@ -459,31 +541,45 @@ pub async fn serve(args: RunArgs) -> Result<()> {
         workload,
         http: http.clone(),
         identity: certs.clone(),
-        original_source: args.interception_mode == Interception::Tproxy,
+        original_source: args.proxy_type == ProxyType::Sidecar
+            && args.interception_mode == Interception::Tproxy,
+        router: args.proxy_type == ProxyType::Router,
     });
 
-    // Everything is bound before anything is served: a bad address fails the start.
+    // Everything is bound before anything is served: a bad address fails the start. A
+    // router binds no capture listener: its own come with the configuration.
     let any = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
-    let outbound =
-        VirtualListener::new(Direction::Outbound, any(args.outbound_port), shared.clone())?;
-    let inbound = match args.interception_mode {
-        Interception::Tproxy => VirtualListener::new_transparent(
-            Direction::Inbound,
-            any(args.inbound_port),
-            shared.clone(),
-        )?,
-        Interception::Redirect | Interception::None => {
-            VirtualListener::new(Direction::Inbound, any(args.inbound_port), shared.clone())?
+    let capture = match args.proxy_type {
+        ProxyType::Sidecar => {
+            let outbound =
+                VirtualListener::new(Direction::Outbound, any(args.outbound_port), shared.clone())?;
+            let inbound = match args.interception_mode {
+                Interception::Tproxy => VirtualListener::new_transparent(
+                    Direction::Inbound,
+                    any(args.inbound_port),
+                    shared.clone(),
+                )?,
+                Interception::Redirect | Interception::None => VirtualListener::new(
+                    Direction::Inbound,
+                    any(args.inbound_port),
+                    shared.clone(),
+                )?,
+            };
+            Some((outbound, inbound))
         }
+        ProxyType::Router => None,
     };
+    let router_status = (args.proxy_type == ProxyType::Router).then(BindStatus::default);
     let (signal, watch) = drain::channel();
     let quit = Arc::new(Notify::new());
     let mut bound: Vec<(String, SocketAddr)> = Vec::new();
-    for a in outbound.local_addrs() {
-        bound.push((rustmesh_xds::names::VIRTUAL_OUTBOUND.into(), a));
-    }
-    for a in inbound.local_addrs() {
-        bound.push((rustmesh_xds::names::VIRTUAL_INBOUND.into(), a));
+    if let Some((outbound, inbound)) = &capture {
+        for a in outbound.local_addrs() {
+            bound.push((rustmesh_xds::names::VIRTUAL_OUTBOUND.into(), a));
+        }
+        for a in inbound.local_addrs() {
+            bound.push((rustmesh_xds::names::VIRTUAL_INBOUND.into(), a));
+        }
     }
     let state = Arc::new(AdminState {
         identity: (identity.is_some() || args.file_mounted_certs.is_some()).then(|| certs.clone()),
@@ -493,6 +589,7 @@ pub async fn serve(args: RunArgs) -> Result<()> {
         draining: signal.flag(),
         quit: quit.clone(),
         bound,
+        router: router_status.clone(),
     });
     let servers = [
         Server::bind(
@@ -541,16 +638,28 @@ pub async fn serve(args: RunArgs) -> Result<()> {
         .map_err(Error::Runtime)?;
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(Error::Runtime)?;
-    tracing::info!(
-        outbound = ?outbound.local_addrs(),
-        inbound = ?inbound.local_addrs(),
-        admin = args.admin_port,
-        readiness = args.health_port,
-        prometheus = args.prometheus_port,
-        ?source,
-        api = ?args.api_target().map(|t| t.to_string()),
-        "sidecar started"
-    );
+    match &capture {
+        Some((outbound, inbound)) => tracing::info!(
+            outbound = ?outbound.local_addrs(),
+            inbound = ?inbound.local_addrs(),
+            admin = args.admin_port,
+            readiness = args.health_port,
+            prometheus = args.prometheus_port,
+            ?source,
+            api = ?args.api_target().map(|t| t.to_string()),
+            "sidecar started"
+        ),
+        None => tracing::info!(
+            router_mode = ?args.router_mode,
+            admin = args.admin_port,
+            readiness = args.health_port,
+            prometheus = args.prometheus_port,
+            ?source,
+            api = ?args.api_target().map(|t| t.to_string()),
+            "router started: no capture listeners; the configuration's bindToPort listeners \
+             are bound as it comes"
+        ),
+    }
 
     let mut watcher = Watcher::new(
         source,
@@ -598,12 +707,17 @@ pub async fn serve(args: RunArgs) -> Result<()> {
         tokio::spawn(follow_dns(store.clone(), dns.table()));
         tokio::spawn(dns.run());
     }
-    let listeners = tokio::spawn({
-        let (o, i) = (watch.clone(), watch.clone());
-        async move {
-            tokio::join!(outbound.run(o), inbound.run(i));
-        }
-    });
+    let listeners = match capture {
+        Some((outbound, inbound)) => tokio::spawn({
+            let (o, i) = (watch.clone(), watch.clone());
+            async move {
+                tokio::join!(outbound.run(o), inbound.run(i));
+            }
+        }),
+        None => tokio::spawn(
+            Router::new(shared.clone(), router_status.unwrap_or_default()).run(watch.clone()),
+        ),
+    };
     drop(watch);
 
     let why = tokio::select! {
@@ -685,7 +799,8 @@ mod tests {
             a.source(),
             ConfigSource::Dir {
                 dir: "/etc/rustmesh/config".into(),
-                pod_labels: "/etc/istio/pod/labels".into()
+                pod_labels: "/etc/istio/pod/labels".into(),
+                role: ProxyRole::Sidecar,
             }
         );
         assert_eq!(a.drain_timeout, Duration::from_secs(5));
@@ -790,6 +905,39 @@ mod tests {
             (8192, Duration::from_secs(2))
         );
         assert!(Cli::try_parse_from(["proxy", "--max-request-headers-kb", "0"]).is_err());
+    }
+
+    #[test]
+    fn the_proxy_type_is_sidecar_or_router_and_a_router_refuses_tproxy() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let a = Cli::parse_from(["proxy"]).run;
+        assert_eq!(a.proxy_type, ProxyType::Sidecar);
+        assert!(a.check_type().is_ok());
+        let a = Cli::parse_from(["proxy", "--type", "router", "--router-mode", "sni-dnat"]).run;
+        assert_eq!(a.proxy_type, ProxyType::Router);
+        assert_eq!(a.router_mode, Some(RouterMode::SniDnat));
+        assert!(a.check_type().is_ok());
+        let e = Cli::try_parse_from(["proxy", "--type", "ingress"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("--type"), "{e}");
+        let e = Cli::try_parse_from(["proxy", "--type", "router", "--router-mode", "dnat"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("--router-mode"), "{e}");
+        let a = Cli::parse_from(["proxy", "--type", "router", "--interception-mode", "TPROXY"]).run;
+        let e = a.check_type().unwrap_err().to_string();
+        assert!(
+            e.contains("--interception-mode") && e.contains("router"),
+            "{e}"
+        );
     }
 
     #[test]

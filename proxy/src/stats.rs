@@ -117,6 +117,7 @@ pub struct Metrics {
     listener_cx_rx_bytes: Family<ListenerLabels, Counter>,
     listener_cx_tx_bytes: Family<ListenerLabels, Counter>,
     listener_refused: Family<RefusedLabels, Counter>,
+    listener_bind_failures: Family<ListenerLabels, Counter>,
     http_rbac: [Family<HttpPrefixLabels, Counter>; 4],
     tcp_rbac: RbacStats,
     config_reloads: Family<ReloadLabels, Counter>,
@@ -331,6 +332,11 @@ impl Metrics {
             m.listener_refused.clone(),
         );
         registry.register(
+            "rustmesh_listener_bind_failures",
+            "Listeners a router could not bind (port in use, permission), by listener; retried with the next configuration",
+            m.listener_bind_failures.clone(),
+        );
+        registry.register(
             "rustmesh_config_reloads",
             "Configuration documents applied or rejected",
             m.config_reloads.clone(),
@@ -412,6 +418,24 @@ impl Metrics {
                 reason: reason.as_str().to_string(),
             })
             .inc();
+    }
+
+    /// Counts a listener a router could not bind.
+    pub fn bind_failed(&self, listener: &str) {
+        self.listener_bind_failures
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_string(),
+            })
+            .inc();
+    }
+
+    /// How many times binding `listener` failed so far.
+    pub fn bind_failures(&self, listener: &str) -> u64 {
+        self.listener_bind_failures
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_string(),
+            })
+            .get()
     }
 
     /// How many connections `listener` refused for `reason` so far.

@@ -695,6 +695,7 @@ mod tests {
             draining: signal.flag(),
             quit: Arc::new(tokio::sync::Notify::new()),
             bound: vec![],
+            router: None,
             identity: None,
         });
         let server = StatusServer::new(

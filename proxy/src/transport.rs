@@ -1,6 +1,7 @@
 //! A connection's bytes, plain or TLS ([`Io`]), and Istio's mutual TLS on them: a filter chain
-//! with a `transportSocket` terminates it ([`Terminate`]), an endpoint whose cluster says so
-//! originates it ([`Originate`]). Below the listeners, the HTTP connection manager and the
+//! with a `transportSocket` terminates it ([`Terminate`]; a gateway's chains also with a
+//! `credentialName`'s certificate), an endpoint whose cluster says so originates it
+//! ([`Originate`]). Below the listeners, the HTTP connection manager and the
 //! pools; above [`crate::identity`], whose certificate store both read at each handshake.
 //!
 //! - **Configurations are cached per certificate.** Building a rustls configuration parses the
@@ -27,6 +28,17 @@
 //!   `kubernetes://<secret>-cacert`) is fetched from the mesh CA instead
 //!   ([`crate::identity::credential`]) and followed: a rotated Secret is used by the next
 //!   handshakes.
+//! - **A gateway's TLS** (a `Gateway` server's `credentialName`, `tls.mode` `SIMPLE` or
+//!   `MUTUAL`: a chain whose context presents `kubernetes://<secret>`): the Secret's certificate
+//!   is presented, fetched from the mesh CA like a DestinationRule's and followed the same way
+//!   (kept in memory only, a rotated Secret used by the next handshakes); with a validation
+//!   context (`MUTUAL`, `kubernetes://<secret>-cacert`) a client certificate is verified against
+//!   the Secret's CA, and required with `requireClientCertificate`. The configuration is cached
+//!   per credential versions. A credential the CA does not serve (unreachable, no such Secret,
+//!   not allowed) fails the handshake ([`TlsError::Credential`], naming it) before any byte is
+//!   sent: the connection is refused, never served in plain text nor with the workload
+//!   certificate. Subject alt name matchers on client certificates are not implemented and
+//!   refuse the chain, naming the field.
 //! - **Resumption** is on by default both ways (rustls' session cache and TLS 1.3 tickets);
 //!   Envoy's `maxSessionKeys: 0` (client) and `disableStatefulSessionResumption` (server) turn
 //!   it off, so every handshake is a full one.
@@ -40,12 +52,14 @@ use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustmesh_xds::identity::SpiffeId;
-use rustmesh_xds::tls::{DownstreamTlsContext, Secret, UpstreamTlsContext};
+use rustmesh_xds::tls::{DownstreamTlsContext, SDS_CACERT_SUFFIX, Secret, UpstreamTlsContext};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::identity::Store;
-use crate::identity::tls::{client_config, external_client_config, peer_identity, server_config};
+use crate::identity::tls::{
+    client_config, credential_server_config, external_client_config, peer_identity, server_config,
+};
 use crate::sync::lock;
 
 /// The longest a TLS handshake may take, either side.
@@ -272,68 +286,250 @@ type Cached<T> = Mutex<Option<(u64, T)>>;
 /// A filter chain's `DownstreamTlsContext`, ready to terminate TLS.
 pub struct Terminate {
     alpn: Vec<Vec<u8>>,
-    require_client_certificate: bool,
+    /// Whose certificate is presented, and how clients are verified.
+    serves: Serves,
     /// Resumption from the session cache (`disableStatefulSessionResumption` turns it off).
     resumption: bool,
     store: Arc<Store>,
-    cache: Cached<Arc<rustls::ServerConfig>>,
+    /// The configuration last built, with what it was built from: the workload certificate's
+    /// generation (`(generation, 0)`), or the versions of the credentials (certificate, roots).
+    cache: CachedFor<Arc<rustls::ServerConfig>>,
+}
+
+/// A configuration built for one pair of versions.
+type CachedFor<T> = Mutex<Option<((u64, u64), T)>>;
+
+/// What a [`Terminate`] presents and verifies.
+#[derive(Clone, Debug, PartialEq)]
+enum Serves {
+    /// The mesh's mutual TLS: the workload certificate, clients verified against the mesh root.
+    Mesh { require_client_certificate: bool },
+    /// A gateway server's `credentialName`: the certificate of `kubernetes://<cert>`, clients
+    /// verified against `kubernetes://<roots>` when set (names without the prefix).
+    Credential {
+        cert: String,
+        roots: Option<String>,
+        require_client_certificate: bool,
+    },
 }
 
 impl std::fmt::Debug for Terminate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Terminate")
             .field("alpn", &self.alpn)
+            .field("serves", &self.serves)
             .finish_non_exhaustive()
     }
 }
 
 impl Terminate {
-    /// Terminates as `ctx` says (validated: the workload certificate, the mesh root) with the
-    /// certificates of `store`.
-    pub fn new(ctx: &DownstreamTlsContext, store: Arc<Store>) -> Self {
-        Terminate {
-            alpn: ctx
-                .common_tls_context
+    /// Terminates as `ctx` says with the certificates of `store`: the workload certificate and
+    /// the mesh root, or a `credentialName`'s Secret (`kubernetes://<secret>`, clients verified
+    /// against `kubernetes://<secret>-cacert` when there is a validation context). Fails,
+    /// naming the field below the context, on what it cannot do: another secret, subject alt
+    /// name matchers (not implemented for clients), a required client certificate without
+    /// roots to verify it against.
+    pub fn new(ctx: &DownstreamTlsContext, store: Arc<Store>) -> Result<Self, (String, String)> {
+        let common = &ctx.common_tls_context;
+        let validation = common.combined_validation_context.as_ref();
+        let err = |field: &str, message: String| (format!("commonTlsContext.{field}"), message);
+        if let Some(v) = validation
+            && !v
+                .default_validation_context
+                .match_subject_alt_names
+                .is_empty()
+        {
+            return Err(err(
+                "combinedValidationContext.defaultValidationContext.matchSubjectAltNames",
+                "checking a client's subject alt names is not implemented on a chain that \
+                 terminates TLS (its chain is verified against the roots)"
+                    .into(),
+            ));
+        }
+        if common.tls_certificate_sds_secret_configs.len() > 1 {
+            return Err(err(
+                "tlsCertificateSdsSecretConfigs",
+                "at most one certificate is supported".into(),
+            ));
+        }
+        let roots_field = "combinedValidationContext.validationContextSdsSecretConfig.name";
+        let cert = common.tls_certificate_sds_secret_configs.first();
+        let serves = match cert.map(|c| c.secret()) {
+            // The mesh's own (an empty list with the mesh root is Istio's inbound too).
+            Some(Secret::Workload) | None if common.is_mesh() => {
+                if let Some(v) = validation
+                    && v.validation_context_sds_secret_config.secret() != Secret::MeshRoot
+                {
+                    return Err(err(
+                        roots_field,
+                        format!(
+                            "the workload certificate goes with the mesh root ROOTCA, not {:?}",
+                            v.validation_context_sds_secret_config.name
+                        ),
+                    ));
+                }
+                Serves::Mesh {
+                    require_client_certificate: ctx.require_client_certificate,
+                }
+            }
+            Some(Secret::Credential(name)) => {
+                let roots = match validation
+                    .map(|v| v.validation_context_sds_secret_config.secret())
+                {
+                    None => None,
+                    Some(Secret::Credential(roots)) => Some(roots.to_string()),
+                    Some(_) => {
+                        return Err(err(
+                            roots_field,
+                            format!(
+                                "a credential's certificate goes with a credential's CA \
+                                 (kubernetes://{name}{SDS_CACERT_SUFFIX}), not {:?}",
+                                validation
+                                    .map(|v| v.validation_context_sds_secret_config.name.as_str())
+                                    .unwrap_or_default()
+                            ),
+                        ));
+                    }
+                };
+                if ctx.require_client_certificate && roots.is_none() {
+                    return Err((
+                        "requireClientCertificate".into(),
+                        format!(
+                            "a client certificate cannot be verified without \
+                             combinedValidationContext (kubernetes://{name}{SDS_CACERT_SUFFIX})"
+                        ),
+                    ));
+                }
+                Serves::Credential {
+                    cert: name.to_string(),
+                    roots,
+                    require_client_certificate: ctx.require_client_certificate,
+                }
+            }
+            Some(_) => {
+                return Err(err(
+                    "tlsCertificateSdsSecretConfigs[0].name",
+                    format!(
+                        "secret {:?} cannot be presented by a chain: only the workload \
+                         certificate \"default\" and kubernetes://<secret>",
+                        cert.map(|c| c.name.as_str()).unwrap_or_default()
+                    ),
+                ));
+            }
+            None => {
+                return Err(err(
+                    "tlsCertificateSdsSecretConfigs",
+                    "no certificate to present: the workload certificate \"default\" or \
+                     kubernetes://<secret>"
+                        .into(),
+                ));
+            }
+        };
+        Ok(Terminate {
+            alpn: common
                 .alpn_protocols
                 .iter()
                 .map(|p| p.as_bytes().to_vec())
                 .collect(),
-            require_client_certificate: ctx.require_client_certificate,
+            serves,
             resumption: !ctx.disable_stateful_session_resumption,
             store,
             cache: Mutex::new(None),
-        }
+        })
     }
 
-    fn config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        let generation = self.store.generation();
+    /// The configuration for the next handshake: the cached one while the certificate (or the
+    /// credentials) it was built from are current, else a new one.
+    async fn config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        // A credential is fetched (or its copy read) before the cache is looked at: its
+        // version says whether the cached configuration still holds.
+        let fetched = match &self.serves {
+            Serves::Mesh { .. } => None,
+            Serves::Credential { cert, roots, .. } => {
+                let credentials = self.store.credentials();
+                let cert = credentials.get(cert).await.map_err(|e| {
+                    TlsError::Credential(format!("the certificate to present: {e}"))
+                })?;
+                let roots = match roots {
+                    Some(name) => Some(credentials.get(name).await.map_err(|e| {
+                        TlsError::Credential(format!("the CA to verify clients against: {e}"))
+                    })?),
+                    None => None,
+                };
+                Some((cert, roots))
+            }
+        };
+        let versions = match &fetched {
+            None => (self.store.generation(), 0),
+            Some((cert, roots)) => (cert.version, roots.as_ref().map_or(0, |r| r.version)),
+        };
         let mut cache = lock(&self.cache);
-        if let Some((g, c)) = &*cache
-            && *g == generation
+        if let Some((v, c)) = &*cache
+            && *v == versions
         {
             return Ok(c.clone());
         }
-        let cert = self
-            .store
-            .current()
-            .filter(|c| c.is_valid_at(std::time::SystemTime::now()))
-            .ok_or(TlsError::NoCertificate)?;
         let alpn: Vec<&[u8]> = self.alpn.iter().map(Vec::as_slice).collect();
-        let mut config = server_config(&cert, &alpn, self.require_client_certificate)
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let mut config = match (&self.serves, fetched) {
+            (
+                Serves::Mesh {
+                    require_client_certificate,
+                },
+                _,
+            ) => {
+                let cert = self
+                    .store
+                    .current()
+                    .filter(|c| c.is_valid_at(std::time::SystemTime::now()))
+                    .ok_or(TlsError::NoCertificate)?;
+                server_config(&cert, &alpn, *require_client_certificate)
+                    .map_err(|e| TlsError::Config(e.to_string()))?
+            }
+            (
+                Serves::Credential {
+                    cert: name,
+                    roots: roots_name,
+                    require_client_certificate,
+                },
+                Some((cert, roots)),
+            ) => {
+                let key = cert.key.as_ref().ok_or_else(|| {
+                    TlsError::Credential(format!("kubernetes://{name}: no private key"))
+                })?;
+                let roots = match (roots, roots_name) {
+                    (Some(r), Some(n)) => Some(root_store(r.roots.iter().cloned(), |e| {
+                        TlsError::Credential(format!("kubernetes://{n}: a CA certificate: {e}"))
+                    })?),
+                    _ => None,
+                };
+                credential_server_config(
+                    cert.chain.clone(),
+                    key.clone_key(),
+                    roots,
+                    *require_client_certificate,
+                    &alpn,
+                )
+                .map_err(|e| TlsError::Credential(format!("kubernetes://{name}: {e}")))?
+            }
+            (Serves::Credential { .. }, None) => {
+                return Err(TlsError::Config("a credential that was not fetched".into()));
+            }
+        };
         if !self.resumption {
             let mut c = Arc::unwrap_or_clone(config);
             c.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
             c.send_tls13_tickets = 0;
             config = Arc::new(c);
         }
-        *cache = Some((generation, config.clone()));
+        *cache = Some((versions, config.clone()));
         Ok(config)
     }
 
-    /// Runs the server handshake on `tcp` (its ClientHello was only peeked at).
+    /// Runs the server handshake on `tcp` (its ClientHello was only peeked at). Without the
+    /// certificate to present (no workload certificate, a credential the CA does not serve)
+    /// nothing is sent: the connection is to be closed.
     pub async fn accept(&self, tcp: TcpStream) -> Result<Io, TlsError> {
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.config()?);
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.config().await?);
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
             Ok(Ok(s)) => Ok(Io::Server(Box::new(s))),
             Ok(Err(e)) => Err(TlsError::Handshake(e)),
@@ -761,4 +957,124 @@ fn system_roots() -> Result<rustls::RootCertStore, TlsError> {
         )));
     }
     Ok(store)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustmesh_xds::route::StringMatcher;
+    use rustmesh_xds::tls::{credential_downstream, istio_downstream};
+
+    fn serves(ctx: &DownstreamTlsContext) -> Result<Serves, (String, String)> {
+        Terminate::new(ctx, Arc::new(Store::default())).map(|t| t.serves)
+    }
+
+    #[test]
+    fn a_gateway_credential_is_served_from_its_secret_and_the_mesh_from_the_workload() {
+        assert_eq!(
+            serves(&credential_downstream("httpbin-credential", false)),
+            Ok(Serves::Credential {
+                cert: "httpbin-credential".into(),
+                roots: None,
+                require_client_certificate: false,
+            })
+        );
+        assert_eq!(
+            serves(&credential_downstream("httpbin-credential", true)),
+            Ok(Serves::Credential {
+                cert: "httpbin-credential".into(),
+                roots: Some("httpbin-credential-cacert".into()),
+                require_client_certificate: true,
+            })
+        );
+        assert_eq!(
+            serves(&istio_downstream(&["istio"])),
+            Ok(Serves::Mesh {
+                require_client_certificate: true
+            })
+        );
+        // Istio's OPTIONAL_MUTUAL: clients verified when they present a certificate.
+        let mut optional = credential_downstream("c", true);
+        optional.require_client_certificate = false;
+        assert!(matches!(
+            serves(&optional),
+            Ok(Serves::Credential {
+                roots: Some(_),
+                require_client_certificate: false,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn what_a_terminating_chain_cannot_do_is_refused_naming_the_field() {
+        let field = |ctx: &DownstreamTlsContext| serves(ctx).unwrap_err().0;
+        let mut sans = credential_downstream("c", true);
+        sans.common_tls_context
+            .combined_validation_context
+            .as_mut()
+            .unwrap()
+            .default_validation_context
+            .match_subject_alt_names = vec![StringMatcher {
+            exact: Some("client.example.com".into()),
+            ..StringMatcher::default()
+        }];
+        assert_eq!(
+            field(&sans),
+            "commonTlsContext.combinedValidationContext.defaultValidationContext.matchSubjectAltNames"
+        );
+        let mut no_roots = credential_downstream("c", false);
+        no_roots.require_client_certificate = true;
+        let (f, message) = serves(&no_roots).unwrap_err();
+        assert_eq!(f, "requireClientCertificate");
+        assert!(message.contains("kubernetes://c-cacert"), "{message}");
+        let mut mesh_root = credential_downstream("c", true);
+        mesh_root
+            .common_tls_context
+            .combined_validation_context
+            .as_mut()
+            .unwrap()
+            .validation_context_sds_secret_config
+            .name = "ROOTCA".into();
+        assert_eq!(
+            field(&mesh_root),
+            "commonTlsContext.combinedValidationContext.validationContextSdsSecretConfig.name"
+        );
+        let mut none = credential_downstream("c", false);
+        none.common_tls_context.tls_certificate_sds_secret_configs = vec![];
+        assert_eq!(
+            field(&none),
+            "commonTlsContext.tlsCertificateSdsSecretConfigs"
+        );
+        let mut file = credential_downstream("c", false);
+        file.common_tls_context.tls_certificate_sds_secret_configs[0].name =
+            "file-cert:/c.pem~/k.pem".into();
+        assert_eq!(
+            field(&file),
+            "commonTlsContext.tlsCertificateSdsSecretConfigs[0].name"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_the_credential_the_handshake_fails_naming_it_before_any_byte() {
+        // No CA: the credential cannot be fetched. The connection gets nothing, not the
+        // workload certificate, not plain text.
+        let t = Terminate::new(
+            &credential_downstream("httpbin-credential", false),
+            Arc::new(Store::default()),
+        )
+        .unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::spawn(TcpStream::connect(l.local_addr().unwrap()));
+        let (tcp, _) = l.accept().await.unwrap();
+        let mut client = client.await.unwrap().unwrap();
+        let e = t.accept(tcp).await.unwrap_err();
+        assert!(matches!(e, TlsError::Credential(_)), "{e:?}");
+        let e = e.to_string();
+        assert!(e.contains("kubernetes://httpbin-credential"), "{e}");
+        let mut got = Vec::new();
+        use tokio::io::AsyncReadExt;
+        let _ = client.read_to_end(&mut got).await;
+        assert!(got.is_empty(), "{got:?}");
+    }
 }

@@ -145,16 +145,30 @@ fn exchange(
     // trickles or never stops cannot hold the command (a preStop hook) or its memory.
     let mut answer = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
+    let timed_out = || {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no complete answer within {timeout:?}"),
+        )
+    };
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no complete answer within {timeout:?}"),
-            ));
+            return Err(timed_out());
         }
         stream.set_read_timeout(Some(left))?;
-        let n = stream.read(&mut chunk)?;
+        // A read timeout surfaces as WouldBlock on Unix (EAGAIN) and TimedOut elsewhere.
+        let n = match stream.read(&mut chunk) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(timed_out());
+            }
+            other => other?,
+        };
         if n == 0 {
             break;
         }

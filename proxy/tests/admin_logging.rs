@@ -59,6 +59,7 @@ fn serve(endpoints: Endpoints) -> SocketAddr {
         draining: signal.flag(),
         quit: Arc::new(Notify::new()),
         bound: vec![],
+        router: None,
         identity: None,
     });
     std::mem::forget(signal);

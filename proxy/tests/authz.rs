@@ -264,6 +264,7 @@ impl Sidecar {
                 http,
                 identity: certs,
                 original_source: false,
+                router: false,
             }),
             clusters,
             access_log,

@@ -213,6 +213,7 @@ async fn body(admin: Client, ns: &str) {
         ConfigSource::Dir {
             dir: mount.clone(),
             pod_labels: labels.clone(),
+            role: rustmesh_xds::scope::ProxyRole::Sidecar,
         },
         store.clone(),
         Arc::new(ClusterManager::new(metrics.clone())),

@@ -262,7 +262,7 @@ async fn handshake_kinds(
     let (server_certs, client_certs) = (Arc::new(Store::default()), Arc::new(Store::default()));
     server_certs.install(m.ratings);
     client_certs.install(m.reviews);
-    let terminate = Arc::new(Terminate::new(&server, server_certs));
+    let terminate = Arc::new(Terminate::new(&server, server_certs).unwrap());
     let originate = Originate::new(&client, client_certs).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

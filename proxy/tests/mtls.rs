@@ -324,6 +324,7 @@ impl Sidecar {
                 http,
                 identity: certs.clone(),
                 original_source: false,
+                router: false,
             }),
             certs,
             clusters,

@@ -12,7 +12,6 @@
 mod support;
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
 use rustmesh_operator::fixtures::{istio, namespace};
 use rustmesh_operator::{Index, Scope, render};

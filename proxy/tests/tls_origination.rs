@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
+use ca_common::Secrets;
 use http_body_util::{BodyExt, Empty};
 use rcgen::{CertificateParams, DnType, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
@@ -271,6 +272,7 @@ impl Sidecar {
             identity: clusters.identity().clone(),
             http: http.clone(),
             original_source: false,
+            router: false,
         });
         let config = ProxyConfig::from_json(&doc.to_string()).expect("a valid configuration");
         let snapshot = Snapshot::compile(config, &clusters, &metrics, &http).expect("compiles");
@@ -503,55 +505,6 @@ async fn a_missing_file_fails_the_requests_before_any_connection() {
 }
 
 // ---- credentialName: the Secret served by the mesh CA -----------------------------------------
-
-/// Secrets of the cluster, as the CA reads them, and the accounts that may list them.
-#[derive(Clone, Default)]
-struct Secrets(Arc<std::sync::Mutex<(SecretTable, Vec<String>)>>);
-
-/// Secret data by (namespace, name).
-type SecretTable = BTreeMap<(String, String), BTreeMap<String, Vec<u8>>>;
-
-impl Secrets {
-    fn put(&self, ns: &str, name: &str, data: &[(&str, &str)]) {
-        self.0.lock().unwrap().0.insert(
-            (ns.to_string(), name.to_string()),
-            data.iter()
-                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-                .collect(),
-        );
-    }
-
-    fn allow(&self, id: &rustmesh_xds::identity::SpiffeId) {
-        self.0.lock().unwrap().1.push(id.to_string());
-    }
-}
-
-type BoxFut<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
-
-impl rustmesh_operator::ca::credential::SecretSource for Secrets {
-    fn secret<'a>(
-        &'a self,
-        namespace: &'a str,
-        name: &'a str,
-    ) -> BoxFut<'a, Result<Option<BTreeMap<String, Vec<u8>>>, String>> {
-        let found = self
-            .0
-            .lock()
-            .unwrap()
-            .0
-            .get(&(namespace.to_string(), name.to_string()))
-            .cloned();
-        Box::pin(async move { Ok(found) })
-    }
-
-    fn may_list_secrets<'a>(
-        &'a self,
-        who: &'a rustmesh_xds::identity::SpiffeId,
-    ) -> BoxFut<'a, Result<bool, String>> {
-        let ok = self.0.lock().unwrap().1.contains(&who.to_string());
-        Box::pin(async move { Ok(ok) })
-    }
-}
 
 #[tokio::test]
 async fn a_credential_name_is_served_by_the_ca_to_a_workload_allowed_to_read_it() {

@@ -8,8 +8,12 @@
 //!   [`server::serve_https`] serves the same over TLS.
 //! - [`tls`]: the server's TLS (`serve --https`): certificate and key from PEM files, mutual TLS
 //!   with a client CA; the answers report the handshake (SNI, ALPN, the client certificate's CN).
+//!   And the client's (`get --cacert [--cert --key]`): only the given CAs are trusted.
 //! - [`tcp`]: a TCP echo server and a server-first one (sends a banner before reading, like MySQL).
-//! - [`client`]: sends N requests and counts answers per backend and status.
+//! - [`client`]: sends N requests and counts answers per backend and status (failures under
+//!   `errors`), over `http://` or `https://` (SNI the URL's host, ALPN h2 or http/1.1), TCP
+//!   optionally going elsewhere than the URL's host ([`client::Options::connect_to`], curl's
+//!   `--connect-to`).
 //! - [`collector`]: a trace collector for tests: receives spans as Zipkin v2 JSON, OTLP/gRPC and
 //!   OTLP/HTTP into one in-memory [`collector::Store`], and answers Zipkin's query API.
 //! - [`relay`]: the benchmark's floor, a byte relay on the capture ports (no HTTP).

@@ -66,8 +66,11 @@ enum Command {
         #[arg(long = "document", value_name = "PATH=TEXT", value_parser = parse_document)]
         documents: Vec<(String, String)>,
     },
-    /// Send N GET requests and print a JSON summary (answers per backend and status, latency).
+    /// Send N GET requests and print a JSON summary (answers per backend and status, latency;
+    /// requests without an answer, e.g. a failed TLS handshake, count under `errors`).
     Get {
+        /// `http://` or `https://` (TLS: needs --cacert; SNI and the name verified are the URL's
+        /// host; ALPN offers h2 and http/1.1 and the server's pick is spoken).
         url: String,
         #[arg(short = 'n', long, default_value_t = 1)]
         requests: u64,
@@ -76,12 +79,30 @@ enum Command {
         /// Header `name:value` (repeatable).
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
-        /// Use HTTP/2 with prior knowledge (h2c).
+        /// HTTP/2 only: with prior knowledge (h2c) for http://; for https:// ALPN offers only h2
+        /// and a server that does not pick it fails the request.
         #[arg(long)]
         h2c: bool,
-        /// Print the single response body instead of a summary (with -n 1).
+        /// Print the single response body instead of a summary (with -n 1); a failed request
+        /// (e.g. the TLS handshake) fails the command with the reason.
         #[arg(long)]
         body: bool,
+        /// https://: the CA certificates (PEM) the server's certificate must chain to (only
+        /// these: no system roots), like curl's --cacert.
+        #[arg(long, value_name = "FILE")]
+        cacert: Option<std::path::PathBuf>,
+        /// https:// with mutual TLS: the client certificate chain (PEM, leaf first) to present;
+        /// with --key.
+        #[arg(long, value_name = "FILE", requires = "key")]
+        cert: Option<std::path::PathBuf>,
+        /// The private key (PEM) of --cert.
+        #[arg(long, value_name = "FILE", requires = "cert")]
+        key: Option<std::path::PathBuf>,
+        /// Connect TCP to ADDR (`host:port` or `ip:port`) instead of the URL's host and port;
+        /// the Host header and the TLS server name stay the URL's (curl's --connect-to, or
+        /// --resolve with an address).
+        #[arg(long, value_name = "ADDR", value_parser = client::parse_connect_to)]
+        connect_to: Option<http::uri::Authority>,
     },
     /// The benchmark's floor: relay bytes from the capture ports to where a sidecar would send
     /// them (no HTTP). Run it as uid 1337 behind `proxy istio-iptables`.
@@ -226,7 +247,38 @@ async fn run(command: Command) -> anyhow::Result<()> {
             headers,
             h2c,
             body,
+            cacert,
+            cert,
+            key,
+            connect_to,
         } => {
+            let https = match url.split_once("://") {
+                Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => true,
+                Some((scheme, _)) if scheme.eq_ignore_ascii_case("http") => false,
+                _ => anyhow::bail!("{url:?}: want an http:// or https:// URL"),
+            };
+            let tls = match (https, cacert) {
+                (true, Some(ca)) => Some(tls::load_client_config(
+                    &ca,
+                    cert.as_deref().zip(key.as_deref()),
+                )?),
+                (true, None) => anyhow::bail!(
+                    "{url}: https needs --cacert FILE, the CA certificates (PEM) to verify the \
+                     server with (there are no system roots)"
+                ),
+                (false, ca) => {
+                    anyhow::ensure!(
+                        ca.is_none() && cert.is_none(),
+                        "--cacert, --cert and --key are for https:// URLs, not {url}"
+                    );
+                    None
+                }
+            };
+            let options = client::Options {
+                h2c,
+                connect_to,
+                tls,
+            };
             let headers: Vec<(String, String)> = headers
                 .iter()
                 .map(|h| {
@@ -237,12 +289,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 })
                 .collect::<anyhow::Result<_>>()?;
             if body {
-                let (status, bytes) = client::fetch(&url, &headers, h2c).await?;
+                let (status, bytes) = client::fetch_with(&url, &headers, &options).await?;
                 println!("{}", String::from_utf8_lossy(&bytes));
                 anyhow::ensure!(status < 400, "status {status}");
                 return Ok(());
             }
-            let summary = client::run(&url, requests, concurrency, headers, h2c).await;
+            let summary = client::run_with(&url, requests, concurrency, headers, &options).await;
             println!("{}", serde_json::to_string(&summary)?);
             Ok(())
         }

@@ -111,7 +111,8 @@ pub async fn serve_http(listener: TcpListener, id: Arc<Identity>) -> std::io::Re
 
 /// Serves HTTP/1.1 and HTTP/2 over TLS (`config`: [`crate::tls::server_config`]) on `listener`
 /// until the task is dropped. A connection whose handshake fails (plain text, no or a bad client
-/// certificate under mutual TLS) is closed without an HTTP answer; the reason goes to stderr.
+/// certificate under mutual TLS) is closed without an HTTP answer, after the TLS alert and
+/// without a reset (the client sees the alert); the reason goes to stderr.
 pub async fn serve_https(
     listener: TcpListener,
     id: Arc<Identity>,
@@ -123,22 +124,38 @@ pub async fn serve_https(
         let local = stream.local_addr()?;
         let (acceptor, id) = (acceptor.clone(), id.clone());
         tokio::spawn(async move {
-            let stream =
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        eprintln!("testapp: TLS handshake from {peer} failed: {e}");
-                        return;
-                    }
-                    Err(_) => {
-                        eprintln!("testapp: TLS handshake from {peer} timed out");
-                        return;
-                    }
-                };
+            let accept = acceptor.accept(stream).into_fallible();
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+                Ok(Ok(s)) => s,
+                Ok(Err((e, tcp))) => {
+                    eprintln!("testapp: TLS handshake from {peer} failed: {e}");
+                    close_gently(tcp).await;
+                    return;
+                }
+                Err(_) => {
+                    eprintln!("testapp: TLS handshake from {peer} timed out");
+                    return;
+                }
+            };
             let tls = Arc::new(crate::tls::report(stream.get_ref().1));
             serve_connection(stream, id, peer, local, Some(tls)).await;
         });
     }
+}
+
+/// Closes a connection whose handshake failed so that the client reads the alert sent (TLS 1.3:
+/// no or a bad client certificate is refused after the client's side of the handshake is done,
+/// and its request is already on the way): the unread request would make the kernel answer the
+/// close with a reset, which can discard the alert before the client reads it. So: FIN after the
+/// alert, then read and drop what the client still sends until it closes (or a second passed).
+async fn close_gently(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 async fn serve_connection<S>(

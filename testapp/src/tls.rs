@@ -3,6 +3,10 @@
 //! CA). What the handshake settled (version, SNI, ALPN, the client certificate's common name)
 //! is put in every answer's [`crate::server::TlsReport`], so a test sees what a sidecar
 //! originated. rustls with the `ring` provider, as everywhere in the workspace.
+//!
+//! And TLS for the client (`get https://... --cacert [--cert --key]`, [`client_config`]): the
+//! server is verified against the given CA certificates only (no system roots, as curl's
+//! `--cacert` in a bare image), optionally presenting a client certificate.
 
 use crate::Error;
 use crate::server::TlsReport;
@@ -77,17 +81,75 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+fn read(p: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(p).map_err(|e| fail(&p.display().to_string(), format!("cannot read: {e}")))
+}
+
 /// [`server_config`] from files.
 pub fn load_server_config(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
 ) -> Result<Arc<rustls::ServerConfig>, Error> {
-    let read = |p: &Path| {
-        std::fs::read(p).map_err(|e| fail(&p.display().to_string(), format!("cannot read: {e}")))
-    };
     let client_ca = client_ca.map(read).transpose()?;
     server_config(&read(cert)?, &read(key)?, client_ca.as_deref())
+}
+
+/// The client side: trusts only the certificates of `ca_pem` (a server whose chain does not
+/// lead to one of them, or whose certificate does not name the server name, fails the
+/// handshake); with `client` (certificate chain leaf first, key), presents that certificate to a
+/// server that asks for one (mutual TLS). No ALPN: the HTTP client sets what it offers.
+pub fn client_config(
+    ca_pem: &[u8],
+    client: Option<(&[u8], &[u8])>,
+) -> Result<Arc<rustls::ClientConfig>, Error> {
+    let client = match client {
+        Some((cert, key)) => Some((
+            certificates(cert, "client certificate")?,
+            private_key(key, "client key")?,
+        )),
+        None => None,
+    };
+    build_client_config(certificates(ca_pem, "CA certificates")?, client)
+}
+
+/// [`client_config`] from files (`get --cacert FILE [--cert FILE --key FILE]`); an error names
+/// the file at fault.
+pub fn load_client_config(
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, Error> {
+    let name = |p: &Path| p.display().to_string();
+    let roots = certificates(&read(ca)?, &name(ca))?;
+    let client = match client {
+        Some((cert, key)) => Some((
+            certificates(&read(cert)?, &name(cert))?,
+            private_key(&read(key)?, &name(key))?,
+        )),
+        None => None,
+    };
+    build_client_config(roots, client)
+}
+
+fn build_client_config(
+    roots: Vec<CertificateDer<'static>>,
+    client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<Arc<rustls::ClientConfig>, Error> {
+    let mut store = rustls::RootCertStore::empty();
+    for cert in roots {
+        store.add(cert).map_err(|e| fail("CA certificates", e))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail("protocol versions", e))?
+        .with_root_certificates(store);
+    let config = match client {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| fail("client certificate and key", e))?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
 }
 
 /// The first common name (CN) of a DER certificate's subject, if it has one.

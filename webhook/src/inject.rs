@@ -188,10 +188,6 @@ pub fn inject_onto(
                 "annotation {name} ignored: the gateway template captures no traffic"
             ));
         }
-        warnings.push(format!(
-            "{ANNOTATION_TEMPLATES}: gateway: the proxy has no gateway mode yet (rustmesh issue \
-             #20): it runs as a sidecar without traffic capture and serves no Gateway listeners"
-        ));
     }
     let native = crate::native::decide(native_choice, template, settings, &mut warnings);
     // With a native sidecar the startup probe holds the app; the gateway has no app to hold.
@@ -1032,11 +1028,22 @@ fn sidecar_container(
         name: SIDECAR_CONTAINER_NAME.to_owned(),
         image: Some(parts.image),
         image_pull_policy: pull_policy(settings),
-        args: Some(vec![
-            "run".into(),
-            "--config-dir".into(),
-            well_known::PROXY_CONFIG_MOUNT.into(),
-        ]),
+        // A gateway's proxy is Istio's `proxy router`: it binds its Gateway listeners itself.
+        args: Some(if parts.gateway {
+            vec![
+                "run".into(),
+                well_known::ROUTER_ARGS[0].into(),
+                well_known::ROUTER_ARGS[1].into(),
+                "--config-dir".into(),
+                well_known::PROXY_CONFIG_MOUNT.into(),
+            ]
+        } else {
+            vec![
+                "run".into(),
+                "--config-dir".into(),
+                well_known::PROXY_CONFIG_MOUNT.into(),
+            ]
+        }),
         env: Some(env),
         ports: Some(vec![ContainerPort {
             container_port: i32::from(settings.prometheus_port),

@@ -122,8 +122,8 @@ pub const ANNOTATION_OVERRIDES: &str = "proxy.istio.io/overrides";
 /// `sidecar.istio.io/nativeSidecar`: `"true"`/`"false"`, the pod's choice of a native sidecar
 /// over the `nativeSidecars` setting.
 pub const ANNOTATION_NATIVE_SIDECAR: &str = "sidecar.istio.io/nativeSidecar";
-/// Istio's router metadata, set on a gateway's proxy: Istio starts its agent as `proxy router`;
-/// `proxy run` has no gateway mode yet (issue #20), so the node type travels in this variable.
+/// Istio's router metadata, set on a gateway's proxy (which runs `proxy run --type router`, as
+/// Istio starts its agent as `proxy router`); the proxy checks its value.
 pub const ENV_ROUTER_MODE: &str = "ISTIO_META_ROUTER_MODE";
 /// Istio's default router mode (what a router without `ISTIO_META_ROUTER_MODE` runs as).
 pub const DEFAULT_ROUTER_MODE: &str = "sni-dnat";

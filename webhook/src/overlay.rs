@@ -15,7 +15,9 @@
 //!   its others are added after the injected ones;
 //! * every other list is replaced whole (`args`, `command`, `envFrom`, capability lists), as
 //!   Kubernetes declares them atomic;
-//! * `image: auto` (or no image) means the injector's image.
+//! * `image: auto` (or no image) means the injector's image, and with it the injector's
+//!   `imagePullPolicy` unless the pod says IfNotPresent or Never (the API server defaults the
+//!   placeholder's policy to Always, which must not make the node pull a locally built image).
 //!
 //! What the pod declared is recorded in the annotation `proxy.istio.io/overrides` (Istio's
 //! `{"containers": [...], "initContainers": [...]}`), so that injecting the pod again after the
@@ -149,6 +151,13 @@ pub fn merge_container_value(injected: &Container, overlay: &Value) -> Result<Co
             .is_some_and(|i| i.is_empty() || i == AUTO_IMAGE)
     {
         p.remove("image");
+        // The API server defaulted `imagePullPolicy` to Always for the untagged placeholder
+        // `auto` before the pod reached the injector: that says nothing about the real image,
+        // whose policy is the injector's (`imagePullPolicy` setting). IfNotPresent or Never
+        // can only come from the pod's author, and win.
+        if p.get("imagePullPolicy").and_then(Value::as_str) == Some("Always") {
+            p.remove("imagePullPolicy");
+        }
     }
     merge_object_at(&mut base, &patch, true);
     serde_json::from_value(base).map_err(|e| e.to_string())
@@ -270,6 +279,31 @@ mod tests {
         )
         .unwrap();
         assert_eq!(merged.image.as_deref(), Some("mine/proxy:debug"));
+    }
+
+    /// `image: auto` carries the API server's default pull policy for an untagged image
+    /// (Always): the injector's policy stays; one the pod's author chose wins.
+    #[test]
+    fn image_auto_keeps_the_injectors_pull_policy_unless_the_pod_chose_one() {
+        let mut base = injected();
+        base.image_pull_policy = Some("IfNotPresent".into());
+        for (policy, want) in [
+            ("Always", "IfNotPresent"),
+            ("Never", "Never"),
+            ("IfNotPresent", "IfNotPresent"),
+        ] {
+            let overlay = container(
+                json!({"name": "istio-proxy", "image": "auto", "imagePullPolicy": policy}),
+            );
+            let merged = merge_container(&base, &overlay).unwrap();
+            assert_eq!(merged.image_pull_policy.as_deref(), Some(want), "{policy}");
+        }
+        // A real image's policy is the pod's, Always included.
+        let overlay = container(
+            json!({"name": "istio-proxy", "image": "mine/proxy:1", "imagePullPolicy": "Always"}),
+        );
+        let merged = merge_container(&base, &overlay).unwrap();
+        assert_eq!(merged.image_pull_policy.as_deref(), Some("Always"));
     }
 
     #[test]

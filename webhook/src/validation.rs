@@ -1,5 +1,5 @@
 //! Validating admission for the Istio kinds the operator reads (VirtualService, DestinationRule,
-//! Sidecar, ServiceEntry of `networking.istio.io` in every served version, PeerAuthentication,
+//! Sidecar, ServiceEntry, Gateway of `networking.istio.io` in every served version, PeerAuthentication,
 //! AuthorizationPolicy and RequestAuthentication of `security.istio.io`, Telemetry of
 //! `telemetry.istio.io`), as istiod's validation webhook does: an invalid
 //! object is refused at `kubectl apply`, naming the field, instead of being accepted and then
@@ -27,8 +27,8 @@ use kube::core::{DynamicObject, TypeMeta};
 use rustmesh_api::checks::{Finding, Severity, object_findings};
 use rustmesh_api::parse::{IstioObject, KINDS};
 use rustmesh_api::{
-    AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication, ServiceEntry,
-    Sidecar, Telemetry, VirtualService,
+    AuthorizationPolicy, DestinationRule, Gateway, PeerAuthentication, RequestAuthentication,
+    ServiceEntry, Sidecar, Telemetry, VirtualService,
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -116,6 +116,7 @@ fn read_object(kind: &str, object: Value) -> Option<std::result::Result<IstioObj
         "ServiceEntry" => {
             typed::<ServiceEntry>(object).map(|o| IstioObject::ServiceEntry(Box::new(o)))
         }
+        "Gateway" => typed::<Gateway>(object).map(|o| IstioObject::Gateway(Box::new(o))),
         _ => return None,
     })
 }
@@ -620,10 +621,66 @@ mod tests {
     }
 
     #[test]
+    fn gateways_are_validated_with_what_rustmesh_renders() {
+        let object = |version: &str, spec: Value| {
+            let object = json!({"apiVersion": format!("networking.istio.io/{version}"),
+                                "kind": "Gateway",
+                                "metadata": {"name": "bookinfo-gateway", "namespace": "default"},
+                                "spec": spec});
+            review("Gateway", "networking.istio.io", version, object)
+        };
+        // Istio's bookinfo-gateway, in every served version: allowed without warnings.
+        for version in ["v1", "v1beta1", "v1alpha3"] {
+            let spec = json!({"selector": {"istio": "ingressgateway"},
+                              "servers": [{"port": {"number": 8080, "name": "http", "protocol": "HTTP"},
+                                           "hosts": ["*"]}]});
+            let (resp, verdict) = response(&object(version, spec));
+            assert_eq!(verdict, Verdict::Allowed, "{version}: {resp}");
+            assert!(resp.get("warnings").is_none(), "{resp}");
+        }
+        // An HTTPS server of Istio's secure ingress task: rendered, allowed.
+        let https = |mode: &str| {
+            json!({"selector": {"istio": "ingressgateway"},
+                   "servers": [{"port": {"number": 443, "name": "https", "protocol": "HTTPS"},
+                                "tls": {"mode": mode, "credentialName": "httpbin-credential"},
+                                "hosts": ["httpbin.example.com"]}]})
+        };
+        let (resp, verdict) = response(&object("v1", https("SIMPLE")));
+        assert_eq!(verdict, Verdict::Allowed, "{resp}");
+        // PASSTHROUGH: valid for Istio, not rendered yet: denied naming the field and the issue.
+        let mut passthrough = https("PASSTHROUGH");
+        passthrough["servers"][0]["tls"]
+            .as_object_mut()
+            .unwrap()
+            .remove("credentialName");
+        let (resp, verdict) = response(&object("v1", passthrough));
+        assert_eq!(verdict, Verdict::Denied);
+        let message = resp["status"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("spec.servers[0].tls.mode: not implemented by rustmesh")
+                && message.contains("issue #20"),
+            "{message}"
+        );
+        // Istio's own rules: a server without hosts.
+        let (resp, verdict) = response(&object(
+            "v1",
+            json!({"servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}}]}),
+        ));
+        assert_eq!(verdict, Verdict::Denied);
+        assert!(
+            resp["status"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("spec.servers[0].hosts"),
+            "{resp}"
+        );
+    }
+
+    #[test]
     fn unknown_kinds_versions_operations_and_deletions_are_allowed_unchecked() {
         let spec = json!({"hosts": ["reviews"]}); // invalid: no routes
         let (resp, verdict) = response(&review(
-            "Gateway",
+            "WorkloadGroup",
             "networking.istio.io",
             "v1",
             vs(spec.clone(), "v1"),
@@ -631,10 +688,9 @@ mod tests {
         assert_eq!(verdict, Verdict::Skipped);
         assert_eq!(resp["allowed"], true);
         assert!(
-            resp["warnings"][0]
-                .as_str()
-                .unwrap()
-                .contains("networking.istio.io/v1 Gateway is not a kind this webhook validates"),
+            resp["warnings"][0].as_str().unwrap().contains(
+                "networking.istio.io/v1 WorkloadGroup is not a kind this webhook validates"
+            ),
             "{resp}"
         );
         let (_, verdict) = response(&review(

@@ -2179,7 +2179,7 @@ fn gateway_pod() -> Value {
 
 /// Istio's gateway template: a standalone proxy, the pod's own `istio-proxy` filled in; no
 /// `istio-init`, nothing captured, no tlsMode label, no native sidecar; the proxy told it is a
-/// router; a warning that the proxy's gateway mode is issue #20's.
+/// router (`run --type router`, Istio's `proxy router`) with Istio's router metadata.
 #[test]
 fn the_gateway_template_makes_the_pods_istio_proxy_a_standalone_proxy() {
     let native = InjectionSettings {
@@ -2200,7 +2200,13 @@ fn the_gateway_template_makes_the_pods_istio_proxy_a_standalone_proxy() {
     assert_eq!(proxy.image, Some(defaults().image));
     assert_eq!(
         proxy.args.as_deref().unwrap(),
-        ["run", "--config-dir", "/etc/rustmesh/config"]
+        [
+            "run",
+            "--type",
+            "router",
+            "--config-dir",
+            "/etc/rustmesh/config"
+        ]
     );
     let e = env(proxy);
     assert_eq!(e["ISTIO_META_ROUTER_MODE"], "sni-dnat");
@@ -2232,8 +2238,10 @@ fn the_gateway_template_makes_the_pods_istio_proxy_a_standalone_proxy() {
     assert_eq!(st.containers.as_deref().unwrap(), ["istio-proxy"]);
     assert!(!annotations_of(&pod).contains_key("kubectl.kubernetes.io/default-container"));
     assert!(
-        warnings_of(&resp).iter().any(|w| w.contains("issue #20")),
-        "{resp}"
+        !warnings_of(&resp)
+            .iter()
+            .any(|w| w.contains("issue #20") || w.contains("gateway mode")),
+        "the proxy has a gateway mode: no warning about it: {resp}"
     );
     injects_to_itself(&doc, &object, &native);
 

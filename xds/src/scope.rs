@@ -6,11 +6,18 @@
 //! - `binaryData["default.json.gz"]`: the namespace scope (the namespace-wide Sidecar, else the
 //!   root namespace's, else everything the namespace may see);
 //! - `binaryData["sidecar-<name>.json.gz"]`: one per Sidecar with a `workloadSelector`;
+//! - `binaryData["gateway-<16 hex>.json.gz"]`: one per distinct `selector` of the Gateways
+//!   selecting pods of the namespace ([`gateway_scope_key`]; index version 3): the gateway
+//!   pods' listeners (`0.0.0.0_<port>`, bound to the port, no original destination), routes
+//!   (`http.<port>`) and clusters;
 //! - `data["scopes.json"]`: the [`ScopeIndex`], which lists the selector scopes in the order they
-//!   are tried (Istio's rule: the oldest Sidecar wins, then the name).
+//!   are tried: gateway scopes (more labels first), read only by routers ([`ProxyRole`]), and
+//!   Sidecar scopes (Istio's rule: the oldest Sidecar wins, then the name), read only by
+//!   sidecars. A router matching two unrelated gateway selectors gets only the first scope (the
+//!   Gateways of the other are not merged into it).
 //!
-//! Each `.json.gz` value is the gzip (RFC 1952) of compact JSON. A pod picks its key with
-//! [`select_scope`] from its own labels (the webhook mounts them at `/etc/istio/pod/labels`, read
+//! Each `.json.gz` value is the gzip (RFC 1952) of compact JSON. A proxy picks its key with
+//! [`select_scope`] from its role and its pod's labels (the webhook mounts them at `/etc/istio/pod/labels`, read
 //! with [`parse_pod_labels`]).
 //!
 //! Since index version 2 a scope's configuration may be split, as Envoy receives endpoints (EDS)
@@ -33,8 +40,13 @@ pub const SCOPE_INDEX_KEY: &str = "scopes.json";
 /// Key (in `binaryData`) of the namespace scope's configuration.
 pub const DEFAULT_SCOPE_KEY: &str = "default.json.gz";
 /// Version of the [`ScopeIndex`] format; a proxy refuses an index with a newer version.
-/// Version 2 added [`ScopeIndex::parts`] (endpoints in parts of their own).
-pub const SCOPE_INDEX_VERSION: u32 = 2;
+/// Version 2 added [`ScopeIndex::parts`] (endpoints in parts of their own); version 3 gateway
+/// scopes ([`ScopeSelector::gateways`], no `sidecar`). An index without gateway scopes is
+/// still written as version 2 ([`ScopeIndex::written_version`]), so proxies that read version
+/// 2 keep reading every namespace without gateway pods.
+pub const SCOPE_INDEX_VERSION: u32 = 3;
+/// The version an index without gateway scopes is written as.
+pub const SCOPE_INDEX_VERSION_WITHOUT_GATEWAYS: u32 = 2;
 /// Endpoint parts hold about this many `ClusterLoadAssignment`s (see [`endpoint_part_count`]).
 pub const ASSIGNMENTS_PER_PART: usize = 128;
 /// At most this many endpoint parts per scope.
@@ -63,7 +75,7 @@ pub struct ScopeIndex {
 impl Default for ScopeIndex {
     fn default() -> Self {
         ScopeIndex {
-            version: SCOPE_INDEX_VERSION,
+            version: SCOPE_INDEX_VERSION_WITHOUT_GATEWAYS,
             default: DEFAULT_SCOPE_KEY.to_string(),
             selectors: Vec::new(),
             parts: BTreeMap::new(),
@@ -121,16 +133,65 @@ pub fn endpoint_part_of(cluster_name: &str, parts: usize) -> usize {
     (crate::fnv::hash(host.as_bytes()) % parts.max(1) as u64) as usize
 }
 
-/// One Sidecar with a workloadSelector and the key of its configuration.
+/// Key (in `binaryData`) of the gateway scope of the Gateways whose `selector` is `labels`:
+/// `gateway-<16 hex digits of the FNV-1a hash of the labels>.json.gz`, stable whichever
+/// Gateways share the selector.
+pub fn gateway_scope_key(labels: &BTreeMap<String, String>) -> String {
+    let mut text = String::new();
+    for (k, v) in labels {
+        text.push_str(k);
+        text.push('=');
+        text.push_str(v);
+        text.push('\n');
+    }
+    format!("gateway-{:016x}.json.gz", crate::fnv::hash(text.as_bytes()))
+}
+
+/// One selector scope and the key of its configuration: a Sidecar with a workloadSelector
+/// (`sidecar` set), or the gateway pods of a Gateway `selector` (`gateways` set; index version
+/// 3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ScopeSelector {
-    /// `sidecar-<name>.json.gz`.
+    /// `sidecar-<name>.json.gz`, or `gateway-<hex>.json.gz` ([`gateway_scope_key`]).
     pub key: String,
-    /// The Sidecar's name.
+    /// The Sidecar's name; empty (absent) for a gateway scope.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sidecar: String,
-    /// `workloadSelector.labels`: all must be present with the same value.
+    /// For a gateway scope: the Gateways (`<namespace>/<name>`) with this selector, oldest
+    /// first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<String>,
+    /// `workloadSelector.labels` (a Gateway's `selector`): all must be present with the same
+    /// value.
     pub labels: BTreeMap<String, String>,
+}
+
+impl ScopeSelector {
+    /// The scope of a Sidecar with a workloadSelector.
+    pub fn sidecar(name: &str, labels: BTreeMap<String, String>) -> Self {
+        ScopeSelector {
+            key: sidecar_scope_key(name),
+            sidecar: name.to_string(),
+            gateways: Vec::new(),
+            labels,
+        }
+    }
+
+    /// The scope of the gateway pods the Gateways `gateways` (`<namespace>/<name>`) select.
+    pub fn gateway(gateways: Vec<String>, labels: BTreeMap<String, String>) -> Self {
+        ScopeSelector {
+            key: gateway_scope_key(&labels),
+            sidecar: String::new(),
+            gateways,
+            labels,
+        }
+    }
+
+    /// Whether this is a gateway scope (its pods run as gateways: `proxy run --type router`).
+    pub fn is_gateway(&self) -> bool {
+        !self.gateways.is_empty()
+    }
 }
 
 impl ScopeIndex {
@@ -152,14 +213,41 @@ impl ScopeIndex {
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("scope index always serialises")
     }
+
+    /// The version this index is written as: [`SCOPE_INDEX_VERSION`] when it holds a gateway
+    /// scope, else [`SCOPE_INDEX_VERSION_WITHOUT_GATEWAYS`] (what older proxies read).
+    pub fn written_version(&self) -> u32 {
+        if self.selectors.iter().any(ScopeSelector::is_gateway) {
+            SCOPE_INDEX_VERSION
+        } else {
+            SCOPE_INDEX_VERSION_WITHOUT_GATEWAYS
+        }
+    }
 }
 
-/// The key of the configuration for a pod with these labels: the first selector scope whose
-/// labels are all carried by the pod, else the default scope.
-pub fn select_scope<'a>(index: &'a ScopeIndex, pod_labels: &BTreeMap<String, String>) -> &'a str {
+/// What reads a scope: a pod's sidecar (`proxy run`) or a gateway's proxy (`proxy run --type
+/// router`, Istio's `proxy router`). A Gateway may select a sidecar pod's labels (Istio then
+/// gives that sidecar no gateway listeners): only routers read gateway scopes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProxyRole {
+    #[default]
+    Sidecar,
+    Router,
+}
+
+/// The key of the configuration for a proxy of `role` on a pod with these labels: for a
+/// router, the first gateway scope whose labels are all carried by the pod; for a sidecar, the
+/// first such Sidecar scope; else the default scope.
+pub fn select_scope<'a>(
+    index: &'a ScopeIndex,
+    pod_labels: &BTreeMap<String, String>,
+    role: ProxyRole,
+) -> &'a str {
+    let router = role == ProxyRole::Router;
     index
         .selectors
         .iter()
+        .filter(|s| s.is_gateway() == router)
         .find(|s| selects(&s.labels, pod_labels))
         .map(|s| s.key.as_str())
         .unwrap_or(index.default.as_str())
@@ -240,33 +328,89 @@ mod tests {
     fn first_matching_selector_wins_else_default() {
         let index = ScopeIndex {
             selectors: vec![
-                ScopeSelector {
-                    key: sidecar_scope_key("ratings"),
-                    sidecar: "ratings".into(),
-                    labels: labels(&[("app", "ratings")]),
-                },
-                ScopeSelector {
-                    key: sidecar_scope_key("v1"),
-                    sidecar: "v1".into(),
-                    labels: labels(&[("version", "v1")]),
-                },
+                ScopeSelector::sidecar("ratings", labels(&[("app", "ratings")])),
+                ScopeSelector::sidecar("v1", labels(&[("version", "v1")])),
             ],
             ..ScopeIndex::default()
         };
         assert_eq!(
-            select_scope(&index, &labels(&[("app", "ratings"), ("version", "v1")])),
+            select_scope(
+                &index,
+                &labels(&[("app", "ratings"), ("version", "v1")]),
+                ProxyRole::Sidecar
+            ),
             "sidecar-ratings.json.gz"
         );
         assert_eq!(
-            select_scope(&index, &labels(&[("app", "reviews"), ("version", "v1")])),
+            select_scope(
+                &index,
+                &labels(&[("app", "reviews"), ("version", "v1")]),
+                ProxyRole::Sidecar
+            ),
             "sidecar-v1.json.gz"
         );
         assert_eq!(
-            select_scope(&index, &labels(&[("app", "reviews")])),
+            select_scope(&index, &labels(&[("app", "reviews")]), ProxyRole::Sidecar),
             DEFAULT_SCOPE_KEY
         );
         let round = ScopeIndex::from_json(&index.to_json()).unwrap();
         assert_eq!(round, index);
+    }
+
+    #[test]
+    fn gateway_scopes_are_read_by_routers_only_and_need_version_3() {
+        let sidecars_only = ScopeIndex {
+            selectors: vec![ScopeSelector::sidecar(
+                "ingress",
+                labels(&[("app", "ingress")]),
+            )],
+            ..ScopeIndex::default()
+        };
+        assert_eq!(sidecars_only.written_version(), 2);
+        // Written as version 2, a Sidecar scope reads exactly as before (no `gateways`).
+        let json = sidecars_only.to_json();
+        assert!(!json.contains("gateways"), "{json}");
+        let gw = ScopeSelector::gateway(
+            vec!["istio-system/bookinfo-gateway".into()],
+            labels(&[("istio", "ingressgateway")]),
+        );
+        assert!(gw.key.starts_with("gateway-") && gw.key.ends_with(".json.gz"));
+        assert_eq!(
+            gw.key,
+            gateway_scope_key(&labels(&[("istio", "ingressgateway")]))
+        );
+        let index = ScopeIndex {
+            // Listed after the Sidecar scope, still tried first.
+            selectors: vec![sidecars_only.selectors[0].clone(), gw.clone()],
+            ..ScopeIndex::default()
+        };
+        assert_eq!(index.written_version(), 3);
+        // A router whose labels both select takes the gateway scope; a sidecar with the same
+        // labels (a Gateway selecting an ordinary pod) its Sidecar scope; a router no gateway
+        // scope selects the default.
+        let pod = labels(&[("app", "ingress"), ("istio", "ingressgateway")]);
+        assert_eq!(select_scope(&index, &pod, ProxyRole::Router), gw.key);
+        assert_eq!(
+            select_scope(&index, &pod, ProxyRole::Sidecar),
+            "sidecar-ingress.json.gz"
+        );
+        let app = labels(&[("app", "ingress")]);
+        assert_eq!(
+            select_scope(&index, &app, ProxyRole::Sidecar),
+            "sidecar-ingress.json.gz"
+        );
+        assert_eq!(
+            select_scope(&index, &app, ProxyRole::Router),
+            DEFAULT_SCOPE_KEY
+        );
+        let gw_only = labels(&[("istio", "ingressgateway")]);
+        assert_eq!(
+            select_scope(&index, &gw_only, ProxyRole::Sidecar),
+            DEFAULT_SCOPE_KEY
+        );
+        let json = index.to_json();
+        assert!(!json.contains("\"sidecar\": \"\""), "{json}");
+        assert_eq!(ScopeIndex::from_json(&json).unwrap(), index);
     }
 
     #[test]

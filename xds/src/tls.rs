@@ -24,8 +24,12 @@
 //!   `kubernetes://<name>` for `MUTUAL`'s client certificate, `kubernetes://<name>-cacert` for
 //!   the roots (Istio's names; the CA serves them to the sidecar, see [`crate::ca`]).
 //!
-//! The secrets served ([`Secret`]): the mesh's own (`default`, `ROOTCA`) and, upstream only,
-//! those files, the system roots and Kubernetes Secrets. Any other name is refused by
+//! - a Gateway server's `credentialName` (`tls.mode` `SIMPLE` or `MUTUAL`) is a
+//!   `DownstreamTlsContext` with the same names ([`credential_downstream`]): the gateway's proxy
+//!   presents the Secret's certificate and, for `MUTUAL`, verifies clients against its CA.
+//!
+//! The secrets served ([`Secret`]): the mesh's own (`default`, `ROOTCA`), Kubernetes Secrets
+//! and, upstream only, those files and the system roots. Any other name is refused by
 //! validation, naming the field, rather than accepted and ignored.
 
 use std::collections::BTreeMap;
@@ -303,14 +307,15 @@ impl CommonTlsContext {
                 Secret::Workload => None,
                 Secret::FileCert { cert, key } if external => (cert.is_empty() || key.is_empty())
                     .then(|| "`file-cert:<certificate>~<key>` needs both paths".to_string()),
-                Secret::Credential(name) if external => credential_problem(name, false),
+                // Downstream: a gateway server's `credentialName`.
+                Secret::Credential(name) => credential_problem(name, false),
                 _ => Some(format!(
                     "secret {:?} is not served here: only the workload certificate {SDS_DEFAULT:?}{}",
                     s.name,
                     if external {
                         ", file-cert:<certificate>~<key> and kubernetes://<secret>"
                     } else {
-                        ""
+                        " and kubernetes://<secret>"
                     }
                 )),
             };
@@ -337,7 +342,7 @@ impl CommonTlsContext {
                     "the mesh root ROOTCA goes with the workload certificate \"default\"".into(),
                 )),
                 Secret::MeshRoot => {}
-                Secret::Credential(name) if external => {
+                Secret::Credential(name) => {
                     if let Some(message) = credential_problem(name, true) {
                         out.push((field.to_string(), message));
                     }
@@ -366,7 +371,7 @@ impl CommonTlsContext {
                         if external {
                             ", file-root:<path>, file-root:system and kubernetes://<secret>-cacert"
                         } else {
-                            ""
+                            " and kubernetes://<secret>-cacert"
                         }
                     ),
                 )),
@@ -546,10 +551,60 @@ pub fn istio_downstream(alpn: &[&str]) -> DownstreamTlsContext {
     }
 }
 
+/// Istio's termination on a gateway server with a `credentialName` (`tls.mode` `SIMPLE`, or
+/// `MUTUAL` with `mutual`): the Secret's certificate (`kubernetes://<name>`); for `MUTUAL` a
+/// client certificate is required and verified against `kubernetes://<name>-cacert`. ALPN as
+/// Istio's gateways: `h2`, `http/1.1`.
+pub fn credential_downstream(name: &str, mutual: bool) -> DownstreamTlsContext {
+    DownstreamTlsContext {
+        common_tls_context: CommonTlsContext {
+            alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+            tls_certificate_sds_secret_configs: vec![SdsSecretConfig::named(&format!(
+                "{SDS_KUBERNETES}{name}"
+            ))],
+            combined_validation_context: mutual.then(|| CombinedValidationContext {
+                default_validation_context: CertificateValidationContext::default(),
+                validation_context_sds_secret_config: SdsSecretConfig::named(&format!(
+                    "{SDS_KUBERNETES}{name}{SDS_CACERT_SUFFIX}"
+                )),
+            }),
+        },
+        require_client_certificate: mutual,
+        ..DownstreamTlsContext::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_gateway_credential_reads_as_istios_and_validates() {
+        let simple = credential_downstream("bookinfo-credential", false);
+        assert_eq!(
+            serde_json::to_value(&simple).unwrap(),
+            json!({"commonTlsContext": {"alpnProtocols": ["h2", "http/1.1"],
+                "tlsCertificateSdsSecretConfigs": [{"name": "kubernetes://bookinfo-credential"}]},
+                "requireClientCertificate": false})
+        );
+        let mutual = credential_downstream("bookinfo-credential", true);
+        assert!(mutual.require_client_certificate);
+        assert_eq!(
+            mutual
+                .common_tls_context
+                .combined_validation_context
+                .as_ref()
+                .unwrap()
+                .validation_context_sds_secret_config
+                .name,
+            "kubernetes://bookinfo-credential-cacert"
+        );
+        for c in [&simple, &mutual] {
+            assert!(!c.common_tls_context.is_mesh());
+            assert!(c.common_tls_context.problems(Side::Downstream).is_empty());
+        }
+    }
 
     #[test]
     fn auto_mtls_reads_and_writes_envoys_shape() {
@@ -605,21 +660,24 @@ mod tests {
         let v = c.combined_validation_context.as_mut().unwrap();
         v.validation_context_sds_secret_config.name = "kubernetes://my-ca-cacert".into();
         v.default_validation_context.match_subject_alt_names[0].prefix = Some("x".into());
-        let fields =
-            |side| -> Vec<String> { c.problems(side).into_iter().map(|(f, _)| f).collect() };
+        let fields = |c: &CommonTlsContext, side| -> Vec<String> {
+            c.problems(side).into_iter().map(|(f, _)| f).collect()
+        };
+        // Kubernetes Secrets (a credentialName) are served both ways (a DestinationRule's
+        // upstream, a gateway server's downstream); the matcher is not.
+        for side in [Side::Downstream, Side::Upstream] {
+            assert_eq!(
+                fields(&c, side),
+                vec!["combinedValidationContext.defaultValidationContext.matchSubjectAltNames[0]"],
+            );
+        }
+        // Files are upstream only.
+        c.tls_certificate_sds_secret_configs[0].name = "file-cert:/c.pem~/k.pem".into();
         assert_eq!(
-            fields(Side::Downstream),
-            vec![
-                "tlsCertificateSdsSecretConfigs[0].name",
-                "combinedValidationContext.validationContextSdsSecretConfig.name",
-                "combinedValidationContext.defaultValidationContext.matchSubjectAltNames[0]",
-            ],
+            fields(&c, Side::Downstream)[0],
+            "tlsCertificateSdsSecretConfigs[0].name"
         );
-        // Upstream, Kubernetes Secrets (a credentialName) are served; the matcher is not.
-        assert_eq!(
-            fields(Side::Upstream),
-            vec!["combinedValidationContext.defaultValidationContext.matchSubjectAltNames[0]"],
-        );
+        assert_eq!(fields(&c, Side::Upstream).len(), 1);
     }
 
     #[test]
@@ -718,7 +776,7 @@ mod tests {
             "{:?}",
             c.problems(Side::Upstream)
         );
-        assert_eq!(c.problems(Side::Downstream).len(), 2);
+        assert!(c.problems(Side::Downstream).is_empty());
         // A roots name without the -cacert suffix, or a name that is no Secret's, is refused.
         let mut bad = c.clone();
         bad.combined_validation_context

@@ -58,6 +58,10 @@ pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
 
 /// The injected sidecar container (and the container `rustmeshctl` talks to).
 pub const SIDECAR_CONTAINER_NAME: &str = "istio-proxy";
+/// The arguments of [`SIDECAR_CONTAINER_NAME`] that make it a gateway's proxy (`proxy run --type
+/// router`, Istio's `proxy router`): the injector writes them, the operator and `rustmeshctl`
+/// read them to know which scopes the pod's proxy reads (`scope::ProxyRole`).
+pub const ROUTER_ARGS: [&str; 2] = ["--type", "router"];
 /// The injected init container that programs the capture rules.
 pub const INIT_CONTAINER_NAME: &str = "istio-init";
 /// Namespace label that opts a namespace into injection (`enabled`).

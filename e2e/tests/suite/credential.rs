@@ -16,15 +16,11 @@
 
 use std::time::Duration;
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, LogParams, ObjectMeta, Patch, PatchParams};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use kube::api::{Api, LogParams, Patch, PatchParams};
+use rustmesh_e2e::pki::{Pki, put_secret};
 use rustmesh_e2e::sample::{self, HTTP_PORT};
 use rustmesh_e2e::{Ctx, MANAGER, TESTAPP_IMAGE, poll, setup};
 use serde_json::{Value, json};
@@ -36,60 +32,8 @@ const CREDENTIAL: &str = "ext-client";
 /// The common name of the client certificate in it.
 const CLIENT_CN: &str = "e2e-credential-client";
 
-/// A private CA, the server's certificate and the client's, in PEM.
-struct Pki {
-    ca: String,
-    server: (String, String),
-    client: (String, String),
-}
-
 fn pki(server_names: Vec<String>) -> Pki {
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name
-        .push(DnType::CommonName, "rustmesh e2e private CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf = |cn: &str, names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
-        let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![usage];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    Pki {
-        server: leaf(SERVER, server_names, ExtendedKeyUsagePurpose::ServerAuth),
-        client: leaf(CLIENT_CN, vec![], ExtendedKeyUsagePurpose::ClientAuth),
-        ca: ca_pem,
-    }
-}
-
-async fn put_secret(ctx: &Ctx, ns: &str, name: &str, kind: &str, data: &[(&str, &str)]) {
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(ns.into()),
-            ..Default::default()
-        },
-        type_: Some(kind.into()),
-        data: Some(
-            data.iter()
-                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-                .collect(),
-        ),
-        ..Default::default()
-    };
-    Api::<Secret>::namespaced(ctx.client.clone(), ns)
-        .patch(
-            name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&secret),
-        )
-        .await
-        .unwrap();
+    Pki::new("rustmesh e2e private CA", SERVER, server_names, CLIENT_CN)
 }
 
 /// The TLS server: no sidecar, its certificate, key and client CA from the Secret `tls-server`,
@@ -187,19 +131,8 @@ async fn grant_list_secrets(ctx: &Ctx, ns: &str) {
 /// `testapp get --body URL` in `pod`: the server's report, or (the command failed: a status
 /// >= 400 or no answer) what it printed. An exec that could not run at all panics.
 async fn get(ctx: &Ctx, ns: &str, pod: &str, container: &str, url: &str) -> Result<Value, String> {
-    let out = ctx
-        .exec(ns, pod, container, &["testapp", "get", "--body", url])
+    ctx.testapp_report(ns, pod, container, &["testapp", "get", "--body", url])
         .await
-        .unwrap();
-    if let Some(f) = out.failure {
-        return Err(format!(
-            "{f}; stdout: {}; stderr: {}",
-            out.stdout.trim(),
-            out.stderr.trim()
-        ));
-    }
-    serde_json::from_str(out.stdout.trim())
-        .map_err(|e| format!("not a testapp report ({e}): {:?}", out.stdout))
 }
 
 /// Waits until the TLS server has logged a failed handshake from `ip`: a plain-text request

@@ -17,6 +17,7 @@
 //! | `authz` | 13: AuthorizationPolicy as Istio's tasks show it: allow-nothing, ALLOW by principal and path, DENY on a header over ALLOW, TCP by principal and port, an HTTP-only field in a TCP DENY policy |
 //! | `jwt` | 14: RequestAuthentication as Istio's JWT task shows it: the operator fetches the test issuer's `jwksUri`; no token served, invalid tokens 401, a valid one taken off with its claim header; `requestPrincipals` and a claim required by an AuthorizationPolicy; an unreachable key set reported (`JwksUnavailable`) and failing closed |
 //! | `telemetry` | 15: a real Prometheus (Debian's, started on the node) scrapes the sidecars; Kiali's graph edge from both reporters, the dashboards' latency histogram, Istio's full standard label set with real values; access logs with response flags; a two-hop request traced into a real collector as one trace of four sidecar spans; the Telemetry API turning access logs on for a namespace and off for one workload |
+//! | `ingress` | 16: Istio's bookinfo ingress flow: a Gateway and a VirtualService bound to it route a client outside the mesh through the install's `istio-ingressgateway` (by path; another host 404); the gateway's `0.0.0.0_8080` and `http.8080`; a gateway-only VirtualService stays off the sidecars |
 
 mod authz;
 mod credential;
@@ -24,6 +25,7 @@ mod drain;
 mod egress;
 mod faults;
 mod identity;
+mod ingress;
 mod injection;
 mod jwt;
 mod mtls;

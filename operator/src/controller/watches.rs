@@ -177,8 +177,9 @@ pub(super) fn streams(client: &Client, slices: bool) -> SelectAll<BoxStream<'sta
             |e| Object::Endpoints(Box::new(e)),
         ));
     }
-    // Whole pods (not only their metadata): the service account is in the spec. Only the
-    // labels, the service account and the workload's name are kept.
+    // Whole pods (not only their metadata): the service account and the proxy's arguments are
+    // in the spec. Only the labels, the service account, the workload's name and the proxy's
+    // role (a gateway's reads gateway scopes) are kept.
     all.push(index_stream(
         watcher::watcher(Api::<Pod>::all(client.clone()), cfg()).backoff(Backoff::api()),
         Kind::Pod,
@@ -193,7 +194,8 @@ pub(super) fn streams(client: &Client, slices: bool) -> SelectAll<BoxStream<'sta
                         .or(s.service_account.as_deref())
                 }),
             )
-            .with_workload(rustmesh_api::workload::workload_name(&p)),
+            .with_workload(rustmesh_api::workload::workload_name(&p))
+            .with_role(rustmesh_api::workload::proxy_role(&p)),
         },
     ));
     all.push(index_stream(

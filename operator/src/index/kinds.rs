@@ -11,8 +11,8 @@ use kube::core::NamespaceResourceScope;
 use kube::{Resource, ResourceExt};
 use rustmesh_api::status::IstioStatus;
 use rustmesh_api::{
-    AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication, ServiceEntry,
-    Sidecar, Telemetry, VirtualService,
+    AuthorizationPolicy, DestinationRule, Gateway, PeerAuthentication, RequestAuthentication,
+    ServiceEntry, Sidecar, Telemetry, VirtualService,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -88,7 +88,7 @@ pub trait KindFn {
 }
 
 /// Every Istio kind the operator handles (the watches and the readiness gate use this list).
-pub const ISTIO_KINDS: [Kind; 8] = [
+pub const ISTIO_KINDS: [Kind; 9] = [
     Kind::VirtualService,
     Kind::DestinationRule,
     Kind::Sidecar,
@@ -97,6 +97,7 @@ pub const ISTIO_KINDS: [Kind; 8] = [
     Kind::RequestAuthentication,
     Kind::Telemetry,
     Kind::ServiceEntry,
+    Kind::Gateway,
 ];
 
 /// The registration: runs `f` with the type of an Istio `kind`; `None` for the core kinds.
@@ -110,6 +111,7 @@ pub fn for_kind<F: KindFn>(kind: Kind, f: F) -> Option<F::Out> {
         Kind::RequestAuthentication => f.call::<RequestAuthentication>(),
         Kind::Telemetry => f.call::<Telemetry>(),
         Kind::ServiceEntry => f.call::<ServiceEntry>(),
+        Kind::Gateway => f.call::<Gateway>(),
         Kind::Service | Kind::Endpoints | Kind::Pod | Kind::Namespace => return None,
     })
 }
@@ -318,6 +320,29 @@ impl IstioKind for ServiceEntry {
     /// Every injected namespace: besides its `exportTo` audience, an entry decides which entry
     /// holds a host that several name (the oldest) and which class E addresses the others are
     /// given (`crate::registry`), which any namespace may see.
+    fn reach(&self, index: &Index) -> BTreeSet<String> {
+        index.injected_namespaces().map(str::to_string).collect()
+    }
+    fn status(&self) -> Option<&IstioStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl IstioKind for Gateway {
+    const KIND: Kind = Kind::Gateway;
+    fn into_object(self) -> Object {
+        Object::Gateway(Box::new(self))
+    }
+    fn store(index: &Index) -> &KindStore<Self> {
+        &index.gateways
+    }
+    fn store_mut(index: &mut Index) -> &mut KindStore<Self> {
+        &mut index.gateways
+    }
+    /// Every mesh namespace: a Gateway selects pods in any namespace (Istio's default), and
+    /// its selector decides which namespaces hold gateway pods at all (a namespace whose
+    /// gateway pods it stops selecting keeps its last ConfigMap, as any namespace leaving the
+    /// mesh; the index computes the reach before and after the change).
     fn reach(&self, index: &Index) -> BTreeSet<String> {
         index.injected_namespaces().map(str::to_string).collect()
     }

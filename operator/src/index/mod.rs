@@ -14,9 +14,10 @@ use kube::ResourceExt;
 use rustmesh_api::sidecar::{EgressHost, OutboundTrafficPolicyMode};
 use rustmesh_api::virtual_service::Delegate;
 use rustmesh_api::{
-    AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication, ServiceEntry,
-    Sidecar, Telemetry, VirtualService,
+    AuthorizationPolicy, DestinationRule, Gateway, PeerAuthentication, RequestAuthentication,
+    ServiceEntry, Sidecar, Telemetry, VirtualService,
 };
+use rustmesh_xds::scope::ProxyRole;
 use rustmesh_xds::well_known::{DEFAULT_DOMAIN_SUFFIX, DEFAULT_ROOT_NAMESPACE};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -126,10 +127,11 @@ pub enum Kind {
     RequestAuthentication,
     Telemetry,
     ServiceEntry,
+    Gateway,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Service,
         Kind::Endpoints,
         Kind::Pod,
@@ -142,6 +144,7 @@ impl Kind {
         Kind::RequestAuthentication,
         Kind::Telemetry,
         Kind::ServiceEntry,
+        Kind::Gateway,
     ];
 }
 
@@ -155,6 +158,9 @@ pub struct PodInfo {
     /// The workload the pod belongs to, as Istio names it (`rustmesh_api::workload`); empty
     /// when unknown. Written into its endpoints' metadata for the client sidecars' metrics.
     pub workload: String,
+    /// Whether the pod's proxy is a gateway's (`proxy run --type router`): only those read
+    /// gateway scopes (`rustmesh_api::workload::proxy_role`).
+    pub role: ProxyRole,
 }
 
 /// The service account of a pod that names none.
@@ -170,7 +176,19 @@ impl PodInfo {
                 .unwrap_or(DEFAULT_SERVICE_ACCOUNT)
                 .to_string(),
             workload: String::new(),
+            role: ProxyRole::Sidecar,
         }
+    }
+
+    /// The same pod, its proxy of `role`.
+    pub fn with_role(mut self, role: ProxyRole) -> Self {
+        self.role = role;
+        self
+    }
+
+    /// Whether the pod's proxy is a gateway's.
+    pub fn is_router(&self) -> bool {
+        self.role == ProxyRole::Router
     }
 
     /// The same pod, belonging to `workload`.
@@ -196,6 +214,7 @@ pub enum Object {
     RequestAuthentication(Box<RequestAuthentication>),
     Telemetry(Box<Telemetry>),
     ServiceEntry(Box<ServiceEntry>),
+    Gateway(Box<Gateway>),
 }
 
 impl Object {
@@ -213,6 +232,7 @@ impl Object {
             Object::RequestAuthentication(_) => Kind::RequestAuthentication,
             Object::Telemetry(_) => Kind::Telemetry,
             Object::ServiceEntry(_) => Kind::ServiceEntry,
+            Object::Gateway(_) => Kind::Gateway,
         }
     }
 
@@ -231,6 +251,7 @@ impl Object {
             Object::RequestAuthentication(o) => ObjKey::of(o.as_ref()),
             Object::Telemetry(o) => ObjKey::of(o.as_ref()),
             Object::ServiceEntry(o) => ObjKey::of(o.as_ref()),
+            Object::Gateway(o) => ObjKey::of(o.as_ref()),
         }
     }
 }
@@ -349,6 +370,7 @@ pub struct Index {
     pub request_authentications: KindStore<RequestAuthentication>,
     pub telemetries: KindStore<Telemetry>,
     pub service_entries: KindStore<ServiceEntry>,
+    pub gateways: KindStore<Gateway>,
     /// The key sets fetched for the RequestAuthentications' rules ([`crate::jwks`]).
     pub key_sets: KeySets,
 }
@@ -372,30 +394,68 @@ impl Index {
             .unwrap_or_default()
     }
 
+    /// Namespaces that get a ConfigMap, sorted: injected namespaces (see above) and those
+    /// holding a gateway pod ([`Index::has_gateway_pod`]).
     pub fn injected_namespaces(&self) -> impl Iterator<Item = &str> {
+        let selectors = self.gateway_selectors();
         self.namespaces
             .iter()
-            .filter(|(n, l)| is_injected(l, &self.mesh.revision) || self.has_opted_in_pod(n, l))
+            .filter(move |(n, l)| {
+                is_injected(l, &self.mesh.revision)
+                    || self.has_opted_in_pod(n, l)
+                    || self.has_gateway_pod(n, &selectors)
+            })
             .map(|(n, _)| n.as_str())
     }
 
     /// Whether namespace `ns` gets a ConfigMap (see [`Index::injected_namespaces`]).
     pub fn is_mesh_namespace(&self, ns: &str) -> bool {
-        self.namespaces
-            .get(ns)
-            .is_some_and(|l| is_injected(l, &self.mesh.revision) || self.has_opted_in_pod(ns, l))
+        self.namespaces.get(ns).is_some_and(|l| {
+            is_injected(l, &self.mesh.revision)
+                || self.has_opted_in_pod(ns, l)
+                || self.has_gateway_pod(ns, &self.gateway_selectors())
+        })
     }
 
-    /// A pod of `ns` opts in ([`pod_opts_in`]) and the namespace selects nothing itself.
+    /// The distinct non-empty `selector`s of the Gateways (current and last accepted
+    /// versions: a superset of what renders is harmless here).
+    pub fn gateway_selectors(&self) -> BTreeSet<&Labels> {
+        self.gateways
+            .objects
+            .values()
+            .chain(self.gateways.last_good.values())
+            .map(|g| &g.spec.selector)
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    /// A gateway's pod (its proxy a router) of `ns` carries every label of one of `selectors`
+    /// (Istio's Gateways select pods in any namespace; a sidecar they select is left alone).
+    pub fn has_gateway_pod(&self, ns: &str, selectors: &BTreeSet<&Labels>) -> bool {
+        !selectors.is_empty()
+            && self.pods_in(ns).filter(|p| p.is_router()).any(|p| {
+                selectors
+                    .iter()
+                    .any(|s| rustmesh_xds::scope::selects(s, &p.labels))
+            })
+    }
+
+    /// The pods of namespace `ns`.
+    pub fn pods_in<'a>(&'a self, ns: &'a str) -> impl Iterator<Item = &'a PodInfo> + 'a {
+        self.pods
+            .range(ObjKey::new(ns, "")..)
+            .take_while(move |(k, _)| k.namespace == ns)
+            .map(|(_, p)| p)
+    }
+
+    /// Whether a namespace without an injection or revision label holds a pod that opts in by
+    /// its own labels.
     fn has_opted_in_pod(&self, ns: &str, labels: &Labels) -> bool {
         if labels.contains_key(INJECTION_LABEL) || labels.contains_key(REVISION_LABEL) {
             return false;
         }
-        let from = ObjKey::new(ns, "");
-        self.pods
-            .range(from..)
-            .take_while(|(k, _)| k.namespace == ns)
-            .any(|(_, p)| pod_opts_in(&p.labels, &self.mesh.revision))
+        self.pods_in(ns)
+            .any(|p| pod_opts_in(&p.labels, &self.mesh.revision))
     }
 
     /// Adds or replaces an object.
@@ -512,6 +572,7 @@ impl Index {
             Object::RequestAuthentication(o) => self.put(key, *o),
             Object::Telemetry(o) => self.put(key, *o),
             Object::ServiceEntry(o) => self.put(key, *o),
+            Object::Gateway(o) => self.put(key, *o),
         }
     }
 
@@ -586,7 +647,10 @@ impl Index {
             }
             Object::Pod { key, .. } => Affects::full(self.namespaces_seeing(&key.namespace), false),
             Object::Namespace { name, labels } => Affects::full(
-                if is_injected(labels, &self.mesh.revision) || self.has_opted_in_pod(name, labels) {
+                if is_injected(labels, &self.mesh.revision)
+                    || self.has_opted_in_pod(name, labels)
+                    || self.has_gateway_pod(name, &self.gateway_selectors())
+                {
                     [name.clone()].into()
                 } else {
                     BTreeSet::new()
@@ -601,6 +665,7 @@ impl Index {
             Object::RequestAuthentication(o) => Affects::full(o.reach(self), true),
             Object::Telemetry(o) => Affects::full(o.reach(self), true),
             Object::ServiceEntry(o) => Affects::full(o.reach(self), true),
+            Object::Gateway(o) => Affects::full(o.reach(self), true),
         }
     }
 
@@ -823,6 +888,9 @@ fn same_content(a: &Object, b: &Object) -> bool {
             x.spec == y.spec && x.metadata.creation_timestamp == y.metadata.creation_timestamp
         }
         (Object::ServiceEntry(x), Object::ServiceEntry(y)) => {
+            x.spec == y.spec && x.metadata.creation_timestamp == y.metadata.creation_timestamp
+        }
+        (Object::Gateway(x), Object::Gateway(y)) => {
             x.spec == y.spec && x.metadata.creation_timestamp == y.metadata.creation_timestamp
         }
         _ => false,

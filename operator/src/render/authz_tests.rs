@@ -4,9 +4,9 @@
 
 use super::*;
 use crate::configmap::render;
-use crate::fixtures::{bookinfo, istio, namespace};
+use crate::fixtures::{bookinfo, istio, namespace, verdict};
 use crate::index::{Kind, Object};
-use crate::validation::{Level, UNSUPPORTED, Verdict, status_for};
+use crate::validation::{Level, UNSUPPORTED, status_for};
 use rustmesh_xds::authz::{
     Authorization, AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource,
 };
@@ -33,11 +33,6 @@ fn authz(index: &Index, scope: &Scope) -> Option<Authorization> {
 
 fn names(a: &Authorization) -> Vec<&str> {
     a.policies.iter().map(|p| p.name.as_str()).collect()
-}
-
-fn verdict(index: &Index, ns: &str, name: &str) -> Verdict {
-    MeshView::new(index).validation.verdicts[&(Kind::AuthorizationPolicy, ObjKey::new(ns, name))]
-        .clone()
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -181,7 +176,7 @@ fn selector_policies_reach_their_workloads_and_root_ones_every_namespace() {
         ["istio-system/v1-nothing", "shop/empty-selector"]
     );
     assert!(shop.policies[1].selector.is_empty());
-    let v = verdict(&index, "shop", "empty-selector");
+    let v = verdict(&index, Kind::AuthorizationPolicy, "shop", "empty-selector");
     assert!(v.accepted && v.reason == "Accepted", "{v:?}");
     assert_eq!(v.findings[0].field, "spec.selector.matchLabels");
     assert_eq!(v.findings[0].level, Level::Warning);
@@ -325,7 +320,7 @@ fn custom_is_rendered_as_custom_and_reported_unsupported() {
     assert_eq!(a.policies[0].action, AuthzAction::Custom);
     assert_eq!(a.policies[0].rules[0].to[0].paths, ["/admin/*"]);
     // Reported: Accepted=False, reason Unsupported, naming spec.provider; Reconciled=True.
-    let v = verdict(&index, "default", "ext-authz");
+    let v = verdict(&index, Kind::AuthorizationPolicy, "default", "ext-authz");
     assert!(v.accepted, "rendered: {v:?}");
     assert_eq!(v.reason, UNSUPPORTED);
     assert_eq!(v.findings.len(), 1, "{:?}", v.findings);
@@ -377,7 +372,7 @@ fn target_refs_are_refused_and_not_rendered() {
         ),
     );
     assert_eq!(authz(&index, &Scope::namespace("default")), None);
-    let v = verdict(&index, "default", "waypoint");
+    let v = verdict(&index, Kind::AuthorizationPolicy, "default", "waypoint");
     assert_eq!((v.accepted, v.reason), (false, "Invalid"));
     let status = status_for(&v, Some(1), None, "t0");
     let message = status.conditions[0].message.as_deref().unwrap();
@@ -414,7 +409,7 @@ fn an_invalid_update_keeps_the_last_accepted_policy_serving_also_after_a_restart
     let validation = MeshView::new(&index).validation.clone();
     index.remember_accepted(validation.accepted_keys());
     istio(&mut index, &bad);
-    let v = verdict(&index, "default", "fin");
+    let v = verdict(&index, Kind::AuthorizationPolicy, "default", "fin");
     assert_eq!((v.accepted, v.reason), (false, "Invalid"));
     assert_eq!(
         v.findings[0].field,
@@ -445,7 +440,7 @@ fn an_invalid_update_keeps_the_last_accepted_policy_serving_also_after_a_restart
     current.status = Some(status.clone());
     restarted.apply(Object::AuthorizationPolicy(current.clone()));
     deny_delete(&restarted);
-    let v = verdict(&restarted, "default", "fin");
+    let v = verdict(&restarted, Kind::AuthorizationPolicy, "default", "fin");
     assert_eq!(v.serving_previous, Some(1));
     assert_eq!(
         status_for(&v, Some(2), Some(&status), "later"),
@@ -474,7 +469,7 @@ fn an_invalid_update_keeps_the_last_accepted_policy_serving_also_after_a_restart
             "  rules:\n  - when:\n    - {key: source.ips, values: [x]}\n",
         ) + &ap("default", "ok", "2024-01-02T00:00:00Z", "  rules: [{}]\n")),
     );
-    let v = verdict(&index, "default", "bad");
+    let v = verdict(&index, Kind::AuthorizationPolicy, "default", "bad");
     assert_eq!((v.accepted, v.serving_previous), (false, None));
     assert_eq!(v.findings[0].field, "spec.rules[0].when[0].key");
     let a = authz(&index, &Scope::namespace("default")).unwrap();
@@ -528,7 +523,7 @@ fn a_dry_run_is_rendered_as_audit_and_its_annotation_re_renders() {
     // Istio never enforces a dry run: AUDIT never changes the decision.
     let a = authz(&index, &Scope::namespace("default")).unwrap();
     assert_eq!(a.policies[0].action, AuthzAction::Audit);
-    let v = verdict(&index, "default", "dry");
+    let v = verdict(&index, Kind::AuthorizationPolicy, "default", "dry");
     assert!(v.accepted && v.reason == "Accepted", "{v:?}");
     assert_eq!(
         (v.findings[0].level, v.findings[0].field.as_str()),
@@ -544,7 +539,7 @@ fn a_dry_run_is_rendered_as_audit_and_its_annotation_re_renders() {
     assert_eq!(a.policies[0].action, AuthzAction::Deny);
     // A value Istio cannot read is refused naming the annotation.
     istio(&mut index, &dry("maybe").replace("name: dry", "name: odd"));
-    let v = verdict(&index, "default", "odd");
+    let v = verdict(&index, Kind::AuthorizationPolicy, "default", "odd");
     assert!(!v.accepted);
     assert_eq!(v.findings[0].field, "metadata.annotations.istio.io/dry-run");
 }

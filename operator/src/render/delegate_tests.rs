@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::configmap::render;
-use crate::fixtures::{bookinfo, istio, namespace};
+use crate::fixtures::{bookinfo, istio, namespace, verdict};
 use crate::index::Kind;
 use crate::validation::{Level, Verdict};
 use rustmesh_xds::route::{Route, RouteMatch};
@@ -44,10 +44,6 @@ fn summary(routes: &[Route]) -> Vec<(String, String)> {
             )
         })
         .collect()
-}
-
-fn verdict(index: &Index, ns: &str, name: &str) -> Verdict {
-    MeshView::new(index).validation.verdicts[&(Kind::VirtualService, ObjKey::new(ns, name))].clone()
 }
 
 fn warnings(v: &Verdict) -> Vec<(String, String)> {
@@ -145,7 +141,7 @@ fn a_delegates_routes_take_the_root_routes_place_with_combined_matches() {
     );
     // `/details` is not within `/reviews`: that delegate route never applies, and the root
     // says so; the delegate itself is accepted as it is.
-    let w = warnings(&verdict(&index, "default", "reviews"));
+    let w = warnings(&verdict(&index, Kind::VirtualService, "default", "reviews"));
     assert_eq!(w.len(), 1, "{w:?}");
     assert_eq!(w[0].0, "spec.http[0].delegate");
     assert!(
@@ -155,7 +151,7 @@ fn a_delegates_routes_take_the_root_routes_place_with_combined_matches() {
         "{}",
         w[0].1
     );
-    let d = verdict(&index, "default", "reviews-routes");
+    let d = verdict(&index, Kind::VirtualService, "default", "reviews-routes");
     assert!(d.accepted && d.findings.is_empty(), "{d:?}");
     // On its own a delegate renders nothing: without the root, the default route.
     let mut alone = bookinfo();
@@ -200,19 +196,24 @@ spec:
     let mirror = &routes[0].route.as_ref().unwrap().request_mirror_policies;
     assert_eq!(mirror[0].cluster, rustmesh_xds::names::BLACKHOLE_CLUSTER);
     assert!(
-        warnings(&verdict(&index, "reviews-team", "routes"))
-            .iter()
-            .any(|(f, m)| f == "spec.http[0].mirror.host"
-                && m.contains("ratings.reviews-team.svc.cluster.local"))
+        warnings(&verdict(
+            &index,
+            Kind::VirtualService,
+            "reviews-team",
+            "routes"
+        ))
+        .iter()
+        .any(|(f, m)| f == "spec.http[0].mirror.host"
+            && m.contains("ratings.reviews-team.svc.cluster.local"))
     );
-    assert!(warnings(&verdict(&index, "default", "reviews")).is_empty());
+    assert!(warnings(&verdict(&index, Kind::VirtualService, "default", "reviews")).is_empty());
     // Exported only to its own namespace, the root cannot use it: that route renders nothing.
     istio(&mut index, &delegate("[\".\"]"));
     assert_eq!(
         summary(&reviews_routes(&index, "default")),
         [(String::new(), cluster("v1"))]
     );
-    let w = warnings(&verdict(&index, "default", "reviews"));
+    let w = warnings(&verdict(&index, Kind::VirtualService, "default", "reviews"));
     assert_eq!(w.len(), 1, "{w:?}");
     assert_eq!(w[0].0, "spec.http[0].delegate");
     assert!(
@@ -232,7 +233,7 @@ fn a_missing_delegate_renders_nothing_for_its_route_and_warns_on_the_root() {
         summary(&reviews_routes(&index, "default")),
         [(String::new(), cluster("v1"))]
     );
-    let v = verdict(&index, "default", "reviews");
+    let v = verdict(&index, Kind::VirtualService, "default", "reviews");
     assert!(v.accepted);
     let w = warnings(&v);
     assert_eq!(
@@ -270,7 +271,7 @@ spec:
     - destination: {host: ratings}
 "#,
     );
-    let w = warnings(&verdict(&index, "default", "reviews"));
+    let w = warnings(&verdict(&index, Kind::VirtualService, "default", "reviews"));
     assert!(
         w.iter().any(|(f, m)| f == "spec.http[0].delegate"
             && m.contains("default/nope has hosts, so it is not a delegate")),
@@ -302,7 +303,7 @@ spec:
         ROUTES.replace("reviews-routes", "deeper").as_str(),
     );
     // The middle one is refused by its own validation (one level only, as Istio)...
-    let middle = verdict(&index, "default", "reviews-routes");
+    let middle = verdict(&index, Kind::VirtualService, "default", "reviews-routes");
     assert!(!middle.accepted);
     assert_eq!(middle.findings[0].field, "spec.http[0].delegate");
     assert!(
@@ -315,7 +316,7 @@ spec:
         summary(&reviews_routes(&index, "default")),
         [(String::new(), cluster("v1"))]
     );
-    let w = warnings(&verdict(&index, "default", "reviews"));
+    let w = warnings(&verdict(&index, Kind::VirtualService, "default", "reviews"));
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(
         w[0].1.starts_with("delegate VirtualService default/reviews-routes is not accepted: spec.http[0].delegate: a delegate VirtualService"),
@@ -333,8 +334,11 @@ fn an_invalid_update_of_a_delegate_keeps_its_last_accepted_version_serving() {
     index.remember_accepted(v.accepted_keys());
     let before = reviews_routes(&index, "default");
     istio(&mut index, &ROUTES.replace("subset: v2", "subset: v9"));
-    assert!(!verdict(&index, "default", "reviews-routes").accepted);
+    assert!(!verdict(&index, Kind::VirtualService, "default", "reviews-routes").accepted);
     assert_eq!(reviews_routes(&index, "default"), before);
     // The root still warns about the delegate route outside it, from the version serving.
-    assert_eq!(warnings(&verdict(&index, "default", "reviews")).len(), 1);
+    assert_eq!(
+        warnings(&verdict(&index, Kind::VirtualService, "default", "reviews")).len(),
+        1
+    );
 }

@@ -2,7 +2,9 @@
 //! built the way Istio builds a sidecar's listeners, routes, clusters and endpoints.
 //!
 //! A *scope* is a namespace (its pods share one configuration), narrowed by the namespace-wide
-//! Sidecar (or the root namespace's), or a Sidecar with a `workloadSelector` (its own scope).
+//! Sidecar (or the root namespace's), or a Sidecar with a `workloadSelector` (its own scope),
+//! or the gateway pods of one Gateway `selector` ([`gateway`]: bound listeners
+//! `0.0.0.0_<port>`, route tables `http.<port>` from the VirtualServices bound to the Gateway).
 //! Everything is sorted, so equal inputs give byte-equal output and the content hash only changes
 //! when the configuration does.
 //!
@@ -44,6 +46,9 @@ mod authz;
 #[cfg(test)]
 mod authz_tests;
 mod clusters;
+pub(crate) mod gateway;
+#[cfg(test)]
+mod gateway_tests;
 mod peer_authn;
 mod request_authn;
 #[cfg(test)]
@@ -59,7 +64,7 @@ use crate::validation::{Validation, age_key, resolve_host};
 use rustmesh_api::sidecar::{
     DefaultEndpoint, EgressHost, IstioEgressListener, OutboundTrafficPolicyMode, host_matches,
 };
-use rustmesh_api::{DestinationRule, Sidecar, VirtualService};
+use rustmesh_api::{DestinationRule, Gateway, Sidecar, VirtualService};
 use rustmesh_xds::ProxyConfig;
 use rustmesh_xds::access_log::AccessLog;
 use rustmesh_xds::address::{Address, CidrRange};
@@ -87,12 +92,15 @@ use std::net::{IpAddr, Ipv4Addr};
 /// `istio`, which would hide the HTTP version.
 const ALPN_HTTP_DOWNSTREAM: [&str; 2] = ["h2", "http/1.1"];
 
-/// Which configuration: a namespace's default scope, or one selector Sidecar's.
+/// Which configuration: a namespace's default scope, one selector Sidecar's, or the gateway
+/// pods of one Gateway selector ([`gateway`]).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Scope {
     pub namespace: String,
     /// Name of the Sidecar with a workloadSelector; `None` for the namespace scope.
     pub sidecar: Option<String>,
+    /// The Gateway `selector` of a gateway scope.
+    pub gateway: Option<Labels>,
 }
 
 impl Scope {
@@ -100,6 +108,7 @@ impl Scope {
         Scope {
             namespace: ns.to_string(),
             sidecar: None,
+            gateway: None,
         }
     }
 
@@ -107,14 +116,25 @@ impl Scope {
         Scope {
             namespace: ns.to_string(),
             sidecar: Some(name.to_string()),
+            gateway: None,
+        }
+    }
+
+    /// The scope of the pods of `ns` that a Gateway `selector` selects.
+    pub fn gateway(ns: &str, selector: &Labels) -> Self {
+        Scope {
+            namespace: ns.to_string(),
+            sidecar: None,
+            gateway: Some(selector.clone()),
         }
     }
 
     /// The ConfigMap key of this scope's configuration.
     pub fn key(&self) -> String {
-        match &self.sidecar {
-            None => xscope::DEFAULT_SCOPE_KEY.to_string(),
-            Some(name) => xscope::sidecar_scope_key(name),
+        match (&self.sidecar, &self.gateway) {
+            (_, Some(selector)) => xscope::gateway_scope_key(selector),
+            (None, None) => xscope::DEFAULT_SCOPE_KEY.to_string(),
+            (Some(name), None) => xscope::sidecar_scope_key(name),
         }
     }
 }
@@ -136,6 +156,8 @@ pub struct MeshView<'a> {
     virtual_services: Vec<(&'a ObjKey, &'a VirtualService)>,
     destination_rules: Vec<(&'a ObjKey, &'a DestinationRule)>,
     sidecars: Vec<(&'a ObjKey, &'a Sidecar)>,
+    /// The Gateways to render, oldest first.
+    gateways: Vec<(&'a ObjKey, &'a Gateway)>,
     /// `spec.hosts` of each VirtualService, resolved (same order as `virtual_services`).
     vs_hosts: Vec<Vec<String>>,
     /// `spec.host` of each DestinationRule, resolved (same order as `destination_rules`).
@@ -250,6 +272,8 @@ impl<'a> MeshView<'a> {
         destination_rules.sort_by_key(|(_, d)| age_key(&d.metadata));
         let mut sidecars = pick_versions(&index.sidecars, &mut validation);
         sidecars.sort_by_key(|(_, s)| age_key(&s.metadata));
+        let mut gateways = pick_versions(&index.gateways, &mut validation);
+        gateways.sort_by_key(|(_, g)| age_key(&g.metadata));
         let suffix = &index.mesh.domain_suffix;
         let vs_hosts: Vec<Vec<String>> = virtual_services
             .iter()
@@ -286,6 +310,7 @@ impl<'a> MeshView<'a> {
             virtual_services,
             destination_rules,
             sidecars,
+            gateways,
             vs_hosts,
             dr_hosts,
             vs_by_host,
@@ -338,43 +363,50 @@ impl<'a> MeshView<'a> {
             .collect()
     }
 
-    /// The ConfigMap's table of contents for `ns`.
+    /// The ConfigMap's table of contents for `ns`: the gateway scopes first (see
+    /// [`gateway::scope_selectors`]), then one per selector Sidecar; written as index
+    /// version 3 only when it holds a gateway scope.
     pub fn scope_index(&self, ns: &str) -> ScopeIndex {
-        ScopeIndex {
-            selectors: self
-                .selector_sidecars(ns)
-                .into_iter()
-                .map(|s| {
-                    let name = s.metadata.name.clone().unwrap_or_default();
-                    ScopeSelector {
-                        key: xscope::sidecar_scope_key(&name),
-                        sidecar: name,
-                        labels: s
-                            .spec
-                            .workload_selector
-                            .as_ref()
-                            .map(|w| w.labels.clone())
-                            .unwrap_or_default(),
-                    }
-                })
-                .collect(),
+        let mut selectors: Vec<ScopeSelector> = gateway::scope_selectors(self, ns)
+            .into_iter()
+            .map(|(labels, names)| ScopeSelector::gateway(names, labels))
+            .collect();
+        selectors.extend(self.selector_sidecars(ns).into_iter().map(|s| {
+            let name = s.metadata.name.clone().unwrap_or_default();
+            let labels = s
+                .spec
+                .workload_selector
+                .as_ref()
+                .map(|w| w.labels.clone())
+                .unwrap_or_default();
+            ScopeSelector::sidecar(&name, labels)
+        }));
+        let mut index = ScopeIndex {
+            selectors,
             ..ScopeIndex::default()
-        }
+        };
+        index.version = index.written_version();
+        index
     }
 
-    /// Every scope of a namespace: the namespace scope first, then one per selector Sidecar.
+    /// Every scope of a namespace: the namespace scope first, then one per selector (gateway
+    /// scopes, then Sidecars).
     pub fn scopes(&self, ns: &str) -> Vec<Scope> {
         let mut out = vec![Scope::namespace(ns)];
-        out.extend(
-            self.scope_index(ns)
-                .selectors
-                .into_iter()
-                .map(|s| Scope::sidecar(ns, &s.sidecar)),
-        );
+        out.extend(self.scope_index(ns).selectors.into_iter().map(|s| {
+            if s.is_gateway() {
+                Scope::gateway(ns, &s.labels)
+            } else {
+                Scope::sidecar(ns, &s.sidecar)
+            }
+        }));
         out
     }
 
     fn sidecar_of(&self, scope: &Scope) -> Option<&'a Sidecar> {
+        if scope.gateway.is_some() {
+            return None; // a gateway pod's view is its Gateways'
+        }
         match &scope.sidecar {
             None => self.default_sidecar(&scope.namespace),
             Some(name) => self
@@ -403,6 +435,10 @@ struct Ctx<'v, 'a> {
     mode: OutboundTrafficPolicyMode,
     /// Clusters routes point at, by name, with what they stand for.
     wanted: BTreeMap<String, Wanted<'v>>,
+    /// While rendering a gateway scope's routes: the Gateway (`<namespace>/<name>`) whose
+    /// server they are for (a route match's `gateways` must name it); `None` for sidecars
+    /// (`mesh`).
+    gateway: Option<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -459,6 +495,9 @@ pub type EdsRecipes = BTreeMap<String, Vec<EdsRecipe>>;
 /// hash, the encoder from the parts' hashes), with
 /// the recipes of its EDS clusters.
 pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsRecipes) {
+    if let Some(selector) = &scope.gateway {
+        return gateway::render(view, scope, selector);
+    }
     let sidecar = view.sidecar_of(scope);
     let selector = sidecar
         .and_then(|s| s.spec.workload_selector.as_ref())
@@ -475,6 +514,7 @@ pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsReci
         selector,
         mode,
         wanted: BTreeMap::new(),
+        gateway: None,
     };
     let visible = ctx.visible_ports();
 
@@ -992,12 +1032,23 @@ impl<'v, 'a> Ctx<'v, 'a> {
                             }))
                 })
         })?;
+        self.tcp_destinations(rule, &key.namespace, v.port.port)
+    }
+
+    /// Where a VirtualService's `tcp` rule sends a connection to `port` (short hosts resolved
+    /// in `vs_ns`): one cluster, or weighted clusters; `None` without destinations.
+    fn tcp_destinations(
+        &mut self,
+        rule: &rustmesh_api::virtual_service::TcpRoute,
+        vs_ns: &str,
+        port: u16,
+    ) -> Option<(Option<String>, Option<WeightedClusters>)> {
         let dests: Vec<(String, u32)> = rule
             .route
             .iter()
             .filter(|d| rule.route.len() == 1 || d.weight.unwrap_or(0) > 0)
             .map(|d| {
-                let c = self.cluster_for(&d.destination, &key.namespace, v.port.port);
+                let c = self.cluster_for(&d.destination, vs_ns, port);
                 (
                     c,
                     d.weight.and_then(|w| u32::try_from(w).ok()).unwrap_or(100),
@@ -1315,7 +1366,7 @@ pub fn serves_scope(svc: &Svc, index: &ScopeIndex, key: &str) -> bool {
     if pods.peek().is_none() {
         return key == index.default;
     }
-    pods.any(|e| xscope::select_scope(index, &e.labels) == key)
+    pods.any(|e| xscope::select_scope(index, &e.labels, xscope::ProxyRole::Sidecar) == key)
 }
 
 fn is_proxy_port(port: u16) -> bool {

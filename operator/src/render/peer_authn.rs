@@ -93,10 +93,10 @@ fn policy(key: &ObjKey, p: &Policy) -> PeerAuthnPolicy {
 mod tests {
     use super::*;
     use crate::configmap::render;
-    use crate::fixtures::{bookinfo, istio, namespace};
+    use crate::fixtures::{bookinfo, istio, namespace, verdict};
     use crate::index::{Index, Kind, Object};
     use crate::registry::Registry;
-    use crate::validation::{Level, Validation, Verdict, status_for};
+    use crate::validation::{Level, Validation, status_for};
     use rustmesh_xds::peer_authn::effective_mode;
     use std::collections::{BTreeMap, BTreeSet};
 
@@ -118,12 +118,6 @@ mod tests {
             p.namespace.as_ref().map(|m| m.name.as_str()),
             p.workload.iter().map(|w| w.name.as_str()).collect(),
         )
-    }
-
-    fn verdict(index: &Index, ns: &str, name: &str) -> Verdict {
-        Validation::compute(index, &Registry::build(index)).verdicts
-            [&(Kind::PeerAuthentication, ObjKey::new(ns, name))]
-            .clone()
     }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -234,7 +228,12 @@ mod tests {
 
         // The root-namespace selector policy is accepted but told it is ignored, by field, in
         // the Accepted condition itself.
-        let v = verdict(&index, "istio-system", "root-workload");
+        let v = verdict(
+            &index,
+            Kind::PeerAuthentication,
+            "istio-system",
+            "root-workload",
+        );
         assert!(v.accepted);
         assert_eq!(v.findings.len(), 1);
         assert_eq!(
@@ -256,7 +255,7 @@ mod tests {
         );
         assert_eq!(status.validation_messages[0].level, "Warning");
         // The younger mesh-wide policy conflicts with the older one.
-        let younger = verdict(&index, "istio-system", "younger");
+        let younger = verdict(&index, Kind::PeerAuthentication, "istio-system", "younger");
         assert_eq!((younger.accepted, younger.reason), (false, "Conflict"));
         assert!(younger.findings[0].message.contains("istio-system/default"));
 
@@ -305,7 +304,7 @@ mod tests {
         );
         let p = policies(&index, &Scope::namespace("default")).unwrap();
         assert_eq!(names(&p), (None, Some("default/empty"), vec![]));
-        let v = verdict(&index, "default", "empty");
+        let v = verdict(&index, Kind::PeerAuthentication, "default", "empty");
         assert!(v.accepted);
         assert_eq!(v.findings[0].field, "spec.selector.matchLabels");
     }
@@ -332,7 +331,7 @@ mod tests {
                 "  selector: {matchLabels: {app: reviews}}\n  mtls: {mode: DISABLE}\n  portLevelMtls:\n    0: {mode: DISABLE}\n",
             ),
         );
-        let v = verdict(&index, "default", "fin");
+        let v = verdict(&index, Kind::PeerAuthentication, "default", "fin");
         assert_eq!((v.accepted, v.reason), (false, "Invalid"));
         assert_eq!(v.findings[0].field, "spec.portLevelMtls.0");
         assert_eq!(v.serving_previous, Some(1));
@@ -370,7 +369,7 @@ mod tests {
                 "  portLevelMtls:\n    80: {mode: STRICT}\n",
             ),
         );
-        let v = verdict(&index, "default", "bad");
+        let v = verdict(&index, Kind::PeerAuthentication, "default", "bad");
         assert_eq!((v.accepted, v.serving_previous), (false, None));
         assert_eq!(v.findings[0].field, "spec.portLevelMtls");
         let p = policies(&index, &Scope::namespace("default")).unwrap();

@@ -4,10 +4,10 @@
 
 use super::*;
 use crate::configmap::render;
-use crate::fixtures::{bookinfo, istio, namespace};
+use crate::fixtures::{bookinfo, istio, namespace, verdict};
 use crate::index::Kind;
 use crate::jwks::{Report, Source};
-use crate::validation::{JWKS_UNAVAILABLE, Level, Verdict, status_for};
+use crate::validation::{JWKS_UNAVAILABLE, Level, status_for};
 use rustmesh_xds::request_authn::RequestAuthentication;
 
 const JWKS: &str = r#"{"keys":[{"kty":"OKP","kid":"ed-1","crv":"Ed25519","x":"keUzBvdTiZZTD82uAWEeMoYR9Ng_7-qrTQZGX6rvDu4"}]}"#;
@@ -24,11 +24,6 @@ fn authn(index: &Index, ns: &str) -> Option<RequestAuthentication> {
         panic!("render of {ns} does not validate: {e}");
     }
     config.request_authentication
-}
-
-fn verdict(index: &Index, ns: &str, name: &str) -> Verdict {
-    MeshView::new(index).validation.verdicts[&(Kind::RequestAuthentication, ObjKey::new(ns, name))]
-        .clone()
 }
 
 fn inline_spec(issuer: &str) -> String {
@@ -79,7 +74,7 @@ fn an_inline_rule_is_passed_through_as_written() {
     assert_eq!(r.from_headers[0].prefix, "Token ");
     assert_eq!(r.output_claim_to_headers[0].header, "x-sub");
     assert!(r.forward_original_token);
-    let v = verdict(&index, "default", "jwt");
+    let v = verdict(&index, Kind::RequestAuthentication, "default", "jwt");
     assert_eq!((v.accepted, v.reason), (true, "Accepted"));
 }
 
@@ -137,7 +132,10 @@ fn a_jwks_uri_is_pending_then_fetched_then_fails_closed_when_none_can_be_had() {
     let r = &authn(&index, "default").unwrap().policies[0].jwt_rules[0];
     assert!(r.jwks.is_empty());
     assert!(r.jwks_error.as_deref().unwrap().contains("not fetched yet"));
-    assert_eq!(verdict(&index, "default", "jwt").reason, "Accepted");
+    assert_eq!(
+        verdict(&index, Kind::RequestAuthentication, "default", "jwt").reason,
+        "Accepted"
+    );
 
     // Fetched: the keys, and where they came from.
     let affects = index.record_key_set(
@@ -162,7 +160,7 @@ fn a_jwks_uri_is_pending_then_fetched_then_fails_closed_when_none_can_be_had() {
     );
     let r = &authn(&index, "default").unwrap().policies[0].jwt_rules[0];
     assert_eq!(r.jwks, JWKS);
-    let v = verdict(&index, "default", "jwt");
+    let v = verdict(&index, Kind::RequestAuthentication, "default", "jwt");
     assert_eq!((v.accepted, v.reason), (true, "Accepted"));
     assert_eq!(v.findings[0].level, Level::Warning);
     assert_eq!(v.findings[0].field, "spec.jwtRules[0].jwksUri");
@@ -178,7 +176,7 @@ fn a_jwks_uri_is_pending_then_fetched_then_fails_closed_when_none_can_be_had() {
     let r = &authn(&index, "default").unwrap().policies[0].jwt_rules[0];
     assert!(r.jwks.is_empty());
     assert_eq!(r.jwks_error.as_deref(), Some("GET: status 503"));
-    let v = verdict(&index, "default", "jwt");
+    let v = verdict(&index, Kind::RequestAuthentication, "default", "jwt");
     assert_eq!((v.accepted, v.reason), (true, JWKS_UNAVAILABLE));
     assert_eq!(v.findings[0].level, Level::Error);
     assert_eq!(v.findings[0].field, "spec.jwtRules[0].jwksUri");
@@ -208,7 +206,7 @@ fn an_issuer_that_cannot_be_discovered_renders_fail_closed_and_is_reported() {
     assert!(index.key_sources().fetch.is_empty());
     let r = &authn(&index, "default").unwrap().policies[0].jwt_rules[0];
     assert!(r.jwks_error.as_deref().unwrap().contains("not-a-url"));
-    let v = verdict(&index, "default", "jwt");
+    let v = verdict(&index, Kind::RequestAuthentication, "default", "jwt");
     assert_eq!(v.reason, JWKS_UNAVAILABLE);
     assert_eq!(v.findings[0].field, "spec.jwtRules[0].issuer");
     // Reported once, as the error (not also as the warning).
@@ -249,7 +247,7 @@ fn an_invalid_update_keeps_the_last_accepted_version_serving() {
             ),
         ),
     );
-    let v = verdict(&index, "default", "jwt");
+    let v = verdict(&index, Kind::RequestAuthentication, "default", "jwt");
     assert_eq!((v.accepted, v.reason), (false, "Invalid"));
     assert_eq!(v.serving_previous, Some(1));
     let a = authn(&index, "default").unwrap();

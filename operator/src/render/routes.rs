@@ -4,9 +4,12 @@
 
 use super::clusters::{hash_policy_for, merged_policy};
 use super::{Ctx, Visible};
+use crate::index::ObjKey;
 use crate::validation::resolve_host;
 use base64::Engine;
+use rustmesh_api::VirtualService;
 use rustmesh_api::common::{Destination, StringMatch};
+use rustmesh_api::gateway::{MESH, resolve_gateway_name};
 use rustmesh_api::sidecar::OutboundTrafficPolicyMode;
 use rustmesh_api::virtual_service::{
     CorsPolicy as VsCorsPolicy, HeaderOperations, HttpBody, HttpMatchRequest, HttpRetry,
@@ -405,28 +408,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
         if let Some((key, vs)) = self.virtual_service_for(&v.svc.fqdn)
             && !vs.spec.http.is_empty()
         {
-            let vs_name = format!("{}.{}", key.name, key.namespace);
-            let mut out = Vec::new();
-            for rule in &vs.spec.http {
-                let Some(d) = &rule.delegate else {
-                    out.extend(self.rule_routes(rule, &key.namespace, port, &vs_name));
-                    continue;
-                };
-                // Delegation: the delegate's routes in this one's place, narrowed to its
-                // matches (`crate::delegate`); a delegate not found renders nothing here.
-                let Some((dkey, dvs)) = self.view.delegate_for(&key.namespace, d) else {
-                    continue;
-                };
-                let suffix = self.view.domain_suffix();
-                let resolve = |h: &str| resolve_host(h, &key.namespace, suffix);
-                for sub in &dvs.spec.http {
-                    if let Some(merged) = crate::delegate::merge_http_route(rule, sub, &resolve) {
-                        out.extend(self.rule_routes(&merged, &dkey.namespace, port, &vs_name));
-                    }
-                }
-            }
-            decorate(&mut out, &key.name, port);
-            return out;
+            return self.virtual_service_routes(key, vs, port);
         }
         let cluster = ClusterName::outbound(port, "", &v.svc.fqdn).to_string();
         let hash_policy = self.hash_policy(v.svc, port, None);
@@ -446,6 +428,39 @@ impl<'v, 'a> Ctx<'v, 'a> {
         routes
     }
 
+    /// The routes of a VirtualService's `http` rules on `port` (delegates merged in), for the
+    /// sidecars of this scope or, with [`Ctx::gateway`] set, for that Gateway's server on
+    /// `port`.
+    pub(super) fn virtual_service_routes(
+        &mut self,
+        key: &ObjKey,
+        vs: &'a VirtualService,
+        port: u16,
+    ) -> Vec<Route> {
+        let vs_name = format!("{}.{}", key.name, key.namespace);
+        let mut out = Vec::new();
+        for rule in &vs.spec.http {
+            let Some(d) = &rule.delegate else {
+                out.extend(self.rule_routes(rule, &key.namespace, port, &vs_name));
+                continue;
+            };
+            // Delegation: the delegate's routes in this one's place, narrowed to its
+            // matches (`crate::delegate`); a delegate not found renders nothing here.
+            let Some((dkey, dvs)) = self.view.delegate_for(&key.namespace, d) else {
+                continue;
+            };
+            let suffix = self.view.domain_suffix();
+            let resolve = |h: &str| resolve_host(h, &key.namespace, suffix);
+            for sub in &dvs.spec.http {
+                if let Some(merged) = crate::delegate::merge_http_route(rule, sub, &resolve) {
+                    out.extend(self.rule_routes(&merged, &dkey.namespace, port, &vs_name));
+                }
+            }
+        }
+        decorate(&mut out, &key.name, port);
+        out
+    }
+
     /// The routes of one `http` rule (one per match that can apply here), labelled with the
     /// VirtualService `vs_name`; short host names resolve in `vs_ns`.
     fn rule_routes(
@@ -460,7 +475,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
         } else {
             rule.match_
                 .iter()
-                .filter(|m| self.match_applies(m, port))
+                .filter(|m| self.match_applies(m, vs_ns, port))
                 .map(Some)
                 .collect()
         };
@@ -474,11 +489,21 @@ impl<'v, 'a> Ctx<'v, 'a> {
             .collect()
     }
 
-    /// Whether a match can apply on this port, for this scope's proxies (`port`, `gateways`,
-    /// `sourceNamespace`; `sourceLabels` are left to the proxy, which knows its pod's labels).
-    fn match_applies(&self, m: &HttpMatchRequest, port: u16) -> bool {
+    /// Whether a match can apply on this port, for this scope's proxies (`port`, `gateways`:
+    /// `mesh` for sidecars, else the Gateway being rendered ([`Ctx::gateway`]), named as in
+    /// VirtualService `vs_ns`; `sourceNamespace`; `sourceLabels` are left to the proxy, which
+    /// knows its pod's labels).
+    fn match_applies(&self, m: &HttpMatchRequest, vs_ns: &str, port: u16) -> bool {
+        let bound = m.gateways.is_empty()
+            || match &self.gateway {
+                None => m.gateways.iter().any(|g| g == MESH),
+                Some(gw) => m
+                    .gateways
+                    .iter()
+                    .any(|g| &resolve_gateway_name(g, vs_ns) == gw),
+            };
         m.port.is_none_or(|p| p == u32::from(port))
-            && (m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
+            && bound
             && m.source_namespace.as_deref().is_none_or(|n| n == self.ns())
     }
 

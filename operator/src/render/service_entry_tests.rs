@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::configmap::render;
-use crate::fixtures::{bookinfo, istio, namespace};
+use crate::fixtures::{bookinfo, istio, namespace, verdict};
 use crate::index::{Kind, ObjKey};
 use crate::validation::Level;
 use rustmesh_xds::cluster::DiscoveryType;
@@ -38,12 +38,6 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn verdict(index: &Index, ns: &str, name: &str) -> crate::validation::Verdict {
-    let registry = Registry::build(index);
-    Validation::compute(index, &registry).verdicts[&(Kind::ServiceEntry, ObjKey::new(ns, name))]
-        .clone()
-}
-
 /// Istio's egress task: `www.example.com` on 443, TLS, MESH_EXTERNAL, resolution NONE.
 const HTTPS_NONE: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -61,7 +55,7 @@ spec:
 fn an_external_https_host_with_resolution_none_forwards_to_the_original_destination() {
     let mut index = bookinfo();
     istio(&mut index, HTTPS_NONE);
-    assert!(verdict(&index, "default", "example-https").accepted);
+    assert!(verdict(&index, Kind::ServiceEntry, "default", "example-https").accepted);
     let c = rendered(&index, "default");
     // No addresses: the port's wildcard listener, the host told apart by SNI, the rest of the
     // port where unknown destinations go (ALLOW_ANY here).
@@ -162,7 +156,7 @@ spec:
   - {address: 10.10.0.2, ports: {pg: 7432}, labels: {version: v2}}
 "#,
     );
-    assert!(verdict(&index, "default", "db").accepted);
+    assert!(verdict(&index, Kind::ServiceEntry, "default", "db").accepted);
     let c = rendered(&index, "default");
     for addr in ["192.0.2.10", "192.0.2.11"] {
         let l = c
@@ -507,7 +501,7 @@ spec:
   ports: [{number: 80, name: http, protocol: HTTP}]
 "#,
     );
-    let v = verdict(&index, "default", "second");
+    let v = verdict(&index, Kind::ServiceEntry, "default", "second");
     assert!(v.accepted, "{v:?}");
     let warned: Vec<&str> = v
         .findings
@@ -516,7 +510,11 @@ spec:
         .map(|f| f.field.as_str())
         .collect();
     assert_eq!(warned, ["spec.hosts[0]", "spec.hosts[2]"]);
-    assert!(verdict(&index, "default", "first").findings.is_empty());
+    assert!(
+        verdict(&index, Kind::ServiceEntry, "default", "first")
+            .findings
+            .is_empty()
+    );
     // Both entries share 192.0.2.71: one virtual host keeps the address (the proxy refuses a
     // domain listed twice), the configuration stays valid (`rendered` validates it).
     let c = rendered(&index, "default");
@@ -544,7 +542,7 @@ fn refused_fields_are_named_and_an_invalid_update_keeps_the_accepted_version() {
         &mut index,
         &HTTPS_NONE.replace("resolution: NONE", "resolution: DNS"),
     );
-    let v = verdict(&index, "default", "example-https");
+    let v = verdict(&index, Kind::ServiceEntry, "default", "example-https");
     assert!(!v.accepted);
     assert_eq!(v.findings[0].field, "spec.resolution");
     assert!(v.findings[0].message.contains("issue #20"), "{v:?}");
@@ -570,7 +568,7 @@ spec:
   workloadSelector: {labels: {app: vm}}
 "#,
     );
-    let v = verdict(&fresh, "default", "selector");
+    let v = verdict(&fresh, Kind::ServiceEntry, "default", "selector");
     assert!(!v.accepted);
     assert_eq!(v.findings[0].field, "spec.workloadSelector");
     assert!(

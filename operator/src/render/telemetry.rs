@@ -217,10 +217,8 @@ pub(crate) fn policy(key: &ObjKey, t: &Object) -> Policy {
 mod tests {
     use super::*;
     use crate::configmap::render;
-    use crate::fixtures::{bookinfo, istio};
+    use crate::fixtures::{bookinfo, istio, verdict};
     use crate::index::{Index, Kind};
-    use crate::registry::Registry;
-    use crate::validation::{Validation, Verdict};
     use rustmesh_xds::telemetry::Side;
     use std::collections::BTreeMap;
 
@@ -234,12 +232,6 @@ mod tests {
         let config = render(index, &Scope::namespace("default"));
         config.validate().expect("renders a valid configuration");
         config.telemetry
-    }
-
-    fn verdict(index: &Index, ns: &str, name: &str) -> Verdict {
-        Validation::compute(index, &Registry::build(index)).verdicts
-            [&(Kind::Telemetry, ObjKey::new(ns, name))]
-            .clone()
     }
 
     fn app(a: &str) -> BTreeMap<String, String> {
@@ -295,7 +287,7 @@ mod tests {
                 "  tracing:\n  - providers:\n    - name: envoy\n  accessLogging:\n  - providers:\n    - name: splunk\n",
             ),
         );
-        let v = verdict(&index, "default", "bad");
+        let v = verdict(&index, Kind::Telemetry, "default", "bad");
         assert!(!v.accepted);
         let fields: Vec<&str> = v.findings.iter().map(|f| f.field.as_str()).collect();
         assert_eq!(
@@ -330,9 +322,9 @@ mod tests {
             "  tracing:\n  - randomSamplingPercentage: 50\n",
         );
         istio(&mut index, &yaml);
-        let v = verdict(&index, "default", "newer");
+        let v = verdict(&index, Kind::Telemetry, "default", "newer");
         assert_eq!((v.accepted, v.reason), (false, "Conflict"));
-        assert!(verdict(&index, "default", "older").accepted);
+        assert!(verdict(&index, Kind::Telemetry, "default", "older").accepted);
         let t = rendered(&index).unwrap();
         assert_eq!(t.namespace.unwrap().name, "default/older");
     }

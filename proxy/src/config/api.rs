@@ -26,6 +26,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use rustmesh_xds::backoff::Backoff;
+use rustmesh_xds::scope::ProxyRole;
 use tokio::sync::watch;
 
 use super::{Document, Keys, MAX_CONFIG_BYTES, read_labels, select_document};
@@ -103,17 +104,19 @@ impl Keys for ObjectKeys<'_> {
 }
 
 /// This pod's document in the ConfigMap (`None`: the ConfigMap does not exist, which is
-/// refused like a missing file), the scope chosen by the labels in `labels_path`.
+/// refused like a missing file), the scope chosen for a proxy of `role` by the labels in
+/// `labels_path`.
 pub fn read(
     object: Option<&ConfigMap>,
     target: &ApiTarget,
     labels_path: &Path,
+    role: ProxyRole,
 ) -> Result<Document> {
     let object = object.ok_or_else(|| Error::ConfigMissing {
         origin: target.to_string(),
     })?;
     let labels = read_labels(labels_path)?;
-    select_document(&ObjectKeys { object, target }, &labels, labels_path)
+    select_document(&ObjectKeys { object, target }, &labels, labels_path, role)
 }
 
 /// Starts following `target` on the current runtime and returns the view, updated on every
@@ -345,18 +348,24 @@ mod tests {
             ],
         );
         std::fs::write(&labels, "app=\"ratings\"\nversion=\"v1\"\n").unwrap();
-        let d = read(Some(&cm), &target(), &labels).unwrap();
+        let d = read(Some(&cm), &target(), &labels, ProxyRole::Sidecar).unwrap();
         assert_eq!(d.text().unwrap(), "{\"ratings\":1}");
         assert_eq!(
             d.origin,
             "configmap shop/rustmesh-proxy-config, key sidecar-ratings.json.gz"
         );
         std::fs::write(&labels, "app=\"reviews\"\n").unwrap();
-        let d2 = read(Some(&cm), &target(), &labels).unwrap();
+        let d2 = read(Some(&cm), &target(), &labels, ProxyRole::Sidecar).unwrap();
         assert_eq!(d2.text().unwrap(), "{\"default\":1}");
         assert_ne!(d.hash, d2.hash);
         // No labels file: no labels, the default scope.
-        let d3 = read(Some(&cm), &target(), &dir.path().join("none")).unwrap();
+        let d3 = read(
+            Some(&cm),
+            &target(),
+            &dir.path().join("none"),
+            ProxyRole::Sidecar,
+        )
+        .unwrap();
         assert_eq!(d3.text().unwrap(), "{\"default\":1}");
     }
 
@@ -378,10 +387,17 @@ mod tests {
         let from_mount = super::super::ConfigSource::Dir {
             dir: mount,
             pod_labels: labels.clone(),
+            role: ProxyRole::Sidecar,
         }
         .read()
         .unwrap();
-        let from_api = read(Some(&object(INDEX, &files)), &target(), &labels).unwrap();
+        let from_api = read(
+            Some(&object(INDEX, &files)),
+            &target(),
+            &labels,
+            ProxyRole::Sidecar,
+        )
+        .unwrap();
         assert_eq!(from_mount.raw, from_api.raw);
         assert_eq!(from_mount.hash, from_api.hash);
     }
@@ -392,17 +408,24 @@ mod tests {
         let labels = dir.path().join("labels");
         let t = target();
         // The ConfigMap does not exist.
-        let e = read(None, &t, &labels).unwrap_err().to_string();
+        let e = read(None, &t, &labels, ProxyRole::Sidecar)
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "configmap shop/rustmesh-proxy-config: not found");
         // The selected key is missing.
-        let e = read(Some(&object(INDEX, &[])), &t, &labels)
+        let e = read(Some(&object(INDEX, &[])), &t, &labels, ProxyRole::Sidecar)
             .unwrap_err()
             .to_string();
         assert!(e.contains("key default.json.gz: not found"), "{e}");
         // A broken index names the field.
-        let e = read(Some(&object("{\"version\":1}", &[])), &t, &labels)
-            .unwrap_err()
-            .to_string();
+        let e = read(
+            Some(&object("{\"version\":1}", &[])),
+            &t,
+            &labels,
+            ProxyRole::Sidecar,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("key scopes.json") && e.contains("default"),
             "{e}"
@@ -412,6 +435,7 @@ mod tests {
             Some(&object(INDEX, &[("default.json.gz", b"{}".to_vec())])),
             &t,
             &labels,
+            ProxyRole::Sidecar,
         )
         .unwrap();
         let e = d.text().unwrap_err().to_string();
@@ -423,7 +447,7 @@ mod tests {
         );
         // Bad labels file.
         std::fs::write(&labels, "app=ratings\n").unwrap();
-        let e = read(Some(&object(INDEX, &[])), &t, &labels)
+        let e = read(Some(&object(INDEX, &[])), &t, &labels, ProxyRole::Sidecar)
             .unwrap_err()
             .to_string();
         assert!(e.contains("labels"), "{e}");
@@ -440,7 +464,7 @@ mod tests {
             )])),
             ..ConfigMap::default()
         };
-        let d = read(Some(&plain), &target(), &labels).unwrap();
+        let d = read(Some(&plain), &target(), &labels, ProxyRole::Sidecar).unwrap();
         assert_eq!(d.text().unwrap(), "{\"plain\":1}");
         let gz = ConfigMap {
             binary_data: Some(BTreeMap::from([(
@@ -449,7 +473,7 @@ mod tests {
             )])),
             ..ConfigMap::default()
         };
-        let d = read(Some(&gz), &target(), &labels).unwrap();
+        let d = read(Some(&gz), &target(), &labels, ProxyRole::Sidecar).unwrap();
         assert_eq!(d.text().unwrap(), "{\"gz\":1}");
     }
 }

@@ -112,12 +112,13 @@ pub(crate) trait Keys {
 }
 
 /// Picks this pod's document out of a ConfigMap (the operator's layout, `rustmesh_xds::scope`):
-/// with `scopes.json`, the scope the pod's labels select; without it, `config.json` (plain
+/// with `scopes.json`, the scope the pod's labels select for a proxy of `role`; without it, `config.json` (plain
 /// JSON), else `default.json.gz`. The same for the mount and the API object.
 pub(crate) fn select_document(
     keys: &impl Keys,
     labels_bytes: &[u8],
     labels_path: &Path,
+    role: scope::ProxyRole,
 ) -> Result<Document> {
     let index_bytes = keys.get(SCOPE_INDEX_KEY)?;
     let mut parts = None;
@@ -132,7 +133,7 @@ pub(crate) fn select_document(
                 })?;
             let labels: BTreeMap<String, String> = scope::parse_pod_labels(labels_text)
                 .map_err(|e| invalid(labels_path.display().to_string(), e))?;
-            let key = scope::select_scope(&index, &labels).to_string();
+            let key = scope::select_scope(&index, &labels, role).to_string();
             contract::check_key(&index_origin, &key)?;
             let why = format!("scope {key:?} selected by the pod's labels");
             parts = index.parts.get(&key).cloned();

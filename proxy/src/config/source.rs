@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use super::MAX_CONFIG_BYTES;
 use super::document::{Document, Keys, hash_of, select_document};
 use crate::{Error, Result};
+use rustmesh_xds::scope::ProxyRole;
 
 /// Where to read the configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,6 +21,8 @@ pub enum ConfigSource {
         dir: PathBuf,
         /// Downward-API labels (`key="value"` lines); a missing file means no labels.
         pod_labels: PathBuf,
+        /// What this proxy is: a router reads only gateway scopes, a sidecar only the others.
+        role: ProxyRole,
     },
 }
 
@@ -38,20 +41,24 @@ impl ConfigSource {
                     split: None,
                 })
             }
-            ConfigSource::Dir { dir, pod_labels } => {
+            ConfigSource::Dir {
+                dir,
+                pod_labels,
+                role,
+            } => {
                 // Retry while kubelet swaps `..data` under us.
                 let data_link = dir.join("..data");
                 let mut last = None;
                 for _ in 0..5 {
                     let before = std::fs::read_link(&data_link).ok();
-                    let result = read_dir(dir, pod_labels);
+                    let result = read_dir(dir, pod_labels, *role);
                     let after = std::fs::read_link(&data_link).ok();
                     if before == after {
                         return result;
                     }
                     last = Some(result);
                 }
-                last.unwrap_or_else(|| read_dir(dir, pod_labels))
+                last.unwrap_or_else(|| read_dir(dir, pod_labels, *role))
             }
         }
     }
@@ -112,7 +119,7 @@ pub(crate) fn read_labels(labels_path: &Path) -> Result<Vec<u8>> {
     }
 }
 
-fn read_dir(dir: &Path, labels_path: &Path) -> Result<Document> {
+fn read_dir(dir: &Path, labels_path: &Path, role: ProxyRole) -> Result<Document> {
     let labels = read_labels(labels_path)?;
-    select_document(&MountedKeys(dir), &labels, labels_path)
+    select_document(&MountedKeys(dir), &labels, labels_path, role)
 }

@@ -16,6 +16,7 @@ use crate::http::handler::ConnectionManager;
 use crate::snapshot::{Snapshot, Store};
 use crate::stats::Metrics;
 use crate::{Error, Result};
+use rustmesh_xds::scope::ProxyRole;
 
 /// What one poll did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,16 +92,19 @@ impl Watcher {
         });
     }
 
-    fn labels_path(&self) -> PathBuf {
+    /// The pod's labels file and the proxy's role, which pick its scope in the ConfigMap.
+    fn pod(&self) -> (PathBuf, ProxyRole) {
         match &self.source {
-            ConfigSource::Dir { pod_labels, .. } => pod_labels.clone(),
-            ConfigSource::File(_) => PathBuf::new(),
+            ConfigSource::Dir {
+                pod_labels, role, ..
+            } => (pod_labels.clone(), *role),
+            ConfigSource::File(_) => (PathBuf::new(), ProxyRole::Sidecar),
         }
     }
 
     /// Reads the source once; applies the document if it changed and is good.
     pub fn poll(&mut self) -> Outcome {
-        let labels_path = self.labels_path();
+        let (labels_path, role) = self.pod();
         let mut from_api = false;
         let document = match &mut self.api {
             None => self.source.read(),
@@ -118,7 +122,7 @@ impl Watcher {
                         api.live = true;
                         api.mount_baseline = None;
                         from_api = true;
-                        api::read(object.as_deref(), &api.target, &labels_path)
+                        api::read(object.as_deref(), &api.target, &labels_path, role)
                     }
                     ApiView::Pending | ApiView::Down(_) => {
                         if api.live {
@@ -465,6 +469,7 @@ mod tests {
         let (mut w, store, _) = watcher(ConfigSource::Dir {
             dir: mount.clone(),
             pod_labels: dir.path().join("no-labels"),
+            role: ProxyRole::Sidecar,
         });
         assert_eq!(w.poll(), Outcome::Applied("v1".into()));
         let addresses = |store: &Store| {
@@ -581,6 +586,7 @@ mod tests {
         let (mut w, store, _) = watcher(ConfigSource::Dir {
             dir: mount.clone(),
             pod_labels: labels.clone(),
+            role: ProxyRole::Sidecar,
         });
         assert_eq!(w.poll(), Outcome::Applied("ratings-1".into()));
         publish(
@@ -605,6 +611,60 @@ mod tests {
         assert_eq!(store.load().unwrap().version(), "default-2");
     }
 
+    /// A Gateway may select a sidecar's labels: the sidecar keeps its own scope and only a
+    /// router (a gateway's proxy) reads the gateway scope.
+    #[test]
+    fn only_a_router_reads_the_gateway_scope_its_labels_select() {
+        let dir = tempfile::tempdir().unwrap();
+        let labels = dir.path().join("labels");
+        std::fs::write(&labels, "app=\"ratings\"\nistio=\"ingressgateway\"\n").unwrap();
+        let mount = dir.path().join("config");
+        std::fs::create_dir(&mount).unwrap();
+        let gateway_key = rustmesh_xds::scope::gateway_scope_key(
+            &[("istio".to_string(), "ingressgateway".to_string())].into(),
+        );
+        let index = json!({"version": 3, "default": "default.json.gz", "selectors": [
+            {"key": gateway_key, "gateways": ["default/gw"], "labels": {"istio": "ingressgateway"}},
+            {"key": "sidecar-ratings.json.gz", "sidecar": "ratings", "labels": {"app": "ratings"}},
+        ]})
+        .to_string();
+        publish(
+            &mount,
+            1,
+            &[
+                ("scopes.json", index.into_bytes()),
+                (
+                    "default.json.gz",
+                    gzip(&doc("default-1", "PassthroughCluster")),
+                ),
+                (
+                    "sidecar-ratings.json.gz",
+                    gzip(&doc("ratings-1", "PassthroughCluster")),
+                ),
+                (&gateway_key, gzip(&doc("gateway-1", "PassthroughCluster"))),
+            ],
+        );
+        for (role, version) in [
+            (ProxyRole::Sidecar, "ratings-1"),
+            (ProxyRole::Router, "gateway-1"),
+        ] {
+            let (mut w, _, _) = watcher(ConfigSource::Dir {
+                dir: mount.clone(),
+                pod_labels: labels.clone(),
+                role,
+            });
+            assert_eq!(w.poll(), Outcome::Applied(version.into()), "{role:?}");
+        }
+        // A router no gateway scope selects reads the default scope, never a Sidecar's.
+        std::fs::write(&labels, "app=\"ratings\"\n").unwrap();
+        let (mut w, _, _) = watcher(ConfigSource::Dir {
+            dir: mount.clone(),
+            pod_labels: labels.clone(),
+            role: ProxyRole::Router,
+        });
+        assert_eq!(w.poll(), Outcome::Applied("default-1".into()));
+    }
+
     #[test]
     fn dir_without_index_reads_config_json() {
         let dir = tempfile::tempdir().unwrap();
@@ -616,6 +676,7 @@ mod tests {
         let (mut w, _, _) = watcher(ConfigSource::Dir {
             dir: dir.path().to_path_buf(),
             pod_labels: dir.path().join("no-labels"),
+            role: ProxyRole::Sidecar,
         });
         assert_eq!(w.poll(), Outcome::Applied("plain".into()));
     }
@@ -669,6 +730,7 @@ mod tests {
         let (mut w, store, metrics) = watcher(ConfigSource::Dir {
             dir: mount.clone(),
             pod_labels: labels.clone(),
+            role: ProxyRole::Sidecar,
         });
         let target = ApiTarget {
             namespace: "shop".into(),

@@ -75,6 +75,10 @@ pub struct HttpConnection {
     /// The client's address, when requests to ORIGINAL_DST clusters leave from it (TPROXY
     /// inbound, [`crate::dial::ClusterDialer::with_original_source`]).
     pub original_source: Option<std::net::IpAddr>,
+    /// Whether draining (SIGTERM) closes the connection after its request in flight: inbound
+    /// (Istio drains a sidecar's inbound listeners only) and every connection of a router.
+    /// Otherwise it is served until the drain closes.
+    pub graceful_drain: bool,
     /// Resolves when a new configuration no longer serves this connection's chain as it was
     /// (its connection manager changed: access logs, tracing, metrics, routes' name): the
     /// connection then finishes its request in flight and closes (HTTP/1.1 `Connection:
@@ -275,6 +279,7 @@ impl ConnectionManager {
             own_identity,
             authz,
             original_source,
+            graceful_drain,
             chain_changed,
         } = conn;
         let peer_identity = stream.peer_identity();
@@ -343,15 +348,14 @@ impl ConnectionManager {
         // Istio drains only the inbound listeners on SIGTERM (`drain_listeners?inboundonly`):
         // inbound connections close after their request in flight (one accepted during the
         // drain serves one request), outbound ones serve the app until the drain closes.
-        let result = match reporter {
-            Reporter::Destination if drain.is_draining() => {
-                serve_connection_draining(stream, ctx).await
-            }
-            Reporter::Destination => {
+        // A router's connections drain as inbound ones (`drain_listeners?graceful`).
+        let result = match graceful_drain {
+            true if drain.is_draining() => serve_connection_draining(stream, ctx).await,
+            true => {
                 serve_connection_with_drain(stream, ctx, first(drain.signaled(), chain_changed))
                     .await
             }
-            Reporter::Source => {
+            false => {
                 serve_connection_with_drain(stream, ctx, first(drain.closed(), chain_changed)).await
             }
         };

@@ -1,12 +1,12 @@
-//! A DestinationRule's `credentialName` Secrets as the sidecar holds them: fetched from the
-//! mesh CA ([`super::ca_client::CaClient::fetch_credential`]) when a connection first needs
-//! one, parsed, kept in memory only (never written or logged), and asked for again after
-//! [`REFRESH`] so a rotated Secret is picked up by the next handshakes (open connections keep
-//! theirs). The refresh runs in the background while the copy held keeps serving, so no
-//! connection waits on the CA for a credential it already has, even an unreachable CA. While
-//! the CA cannot answer, the last good copy keeps serving; a credential never fetched fails its
-//! connections with the CA's reason, remembered for [`RETRY`] so a busy cluster does not flood
-//! the CA.
+//! `credentialName` Secrets (a DestinationRule's, or a `Gateway` server's at a gateway) as the
+//! proxy holds them: fetched from the mesh CA
+//! ([`super::ca_client::CaClient::fetch_credential`]) when a connection first needs one,
+//! parsed, kept in memory only (never written or logged), and asked for again after [`REFRESH`]
+//! so a rotated Secret is picked up by the next handshakes (open connections keep theirs). The
+//! refresh runs in the background while the copy held keeps serving, so no connection waits on
+//! the CA for a credential it already has, even an unreachable CA. While the CA cannot answer,
+//! the last good copy keeps serving; a credential never fetched fails its connections with the
+//! CA's reason, remembered for [`RETRY`] so a busy cluster does not flood the CA.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};

@@ -7,8 +7,8 @@
 //!   and its key is the one generated here.
 //! - [`ca_client`]: asks the CA (Istio's `IstioCertificateService/CreateCertificate` over gRPC
 //!   and TLS, authenticated by the pod's projected `istio-ca` token).
-//! - [`credential`]: a DestinationRule's `credentialName` Secrets, fetched from the CA for
-//!   this workload, kept in memory and refreshed;
+//! - [`credential`]: `credentialName` Secrets (a DestinationRule's, a `Gateway` server's),
+//!   fetched from the CA for this workload, kept in memory and refreshed;
 //! - [`manager`]: keeps a valid certificate in a [`Store`]: fetches at start, renews at 80 % of
 //!   the lifetime, retries with backoff while the CA is down, and keeps serving with the current
 //!   certificate until it expires.

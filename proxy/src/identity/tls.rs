@@ -13,6 +13,9 @@
 //!   [`external_client_config`]: the server's chain verified against the given roots and its
 //!   name against the expected subject alt names (the SNI when none are given), or not verified
 //!   at all (`insecureSkipVerify`), with the client certificate from files for `MUTUAL`.
+//! - A gateway's TLS with a `Gateway` server's `credentialName` is
+//!   [`credential_server_config`]: the Secret's certificate, and for `MUTUAL` clients verified
+//!   against the Secret's CA (plain WebPKI: DNS names, no SPIFFE ids).
 //! - A peer's chain is verified against the roots once per configuration
 //!   ([`super::verified`]); its handshake signature at every handshake.
 //! - Only TLS 1.2 and 1.3 with the provider's default suites (ring); the key stays in memory.
@@ -31,7 +34,7 @@ use super::verified::ChainCache;
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
-#[error("mutual TLS configuration: {0}")]
+#[error("TLS configuration: {0}")]
 pub struct TlsConfigError(String);
 
 fn provider() -> Arc<CryptoProvider> {
@@ -92,6 +95,54 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(cert.chain.clone(), cert.key())
         .map_err(|e| TlsConfigError(e.to_string()))?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// The server side of a gateway's TLS (a `Gateway` server's `credentialName`): presents `chain`
+/// and `key` (a Kubernetes Secret's, not the workload's) and, with `roots` (the Secret's CA),
+/// verifies a client certificate against them, requiring one when `require_client_certificate`
+/// (`MUTUAL`); without `roots` no client certificate is asked for (`SIMPLE`).
+pub fn credential_server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    roots: Option<rustls::RootCertStore>,
+    require_client_certificate: bool,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsConfigError(e.to_string()))?;
+    let builder = match roots {
+        Some(roots) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                roots.into(),
+                provider(),
+            );
+            let verifier = if require_client_certificate {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| TlsConfigError(format!("the client CA certificates: {e}")))?;
+            builder.with_client_cert_verifier(Arc::new(
+                super::verified::CachingClientVerifier::new(verifier),
+            ))
+        }
+        None if require_client_certificate => {
+            return Err(TlsConfigError(
+                "a client certificate is required but there are no CA certificates to verify \
+                 it against"
+                    .into(),
+            ));
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsConfigError(format!("the certificate and key: {e}")))?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }

@@ -13,7 +13,12 @@
 //!
 //! The original destination is looked up through the [`OrigDst`] trait, so tests can hand the
 //! listeners a fake ([`crate::socket::FixedAddrs`]) instead of a redirected socket.
+//!
+//! A router (`proxy run --type router`, a gateway) binds no capture listener: [`bound`] binds
+//! the configuration's own listeners (`bindToPort`) as the configuration changes, and hands
+//! their connections to the same [`dispatch`], their destination being the socket's address.
 
+pub mod bound;
 mod decision;
 pub mod inbound;
 pub mod outbound;
@@ -457,7 +462,7 @@ pub async fn dispatch(
                     .metrics
                     .refused(&listener.name, Refusal::TlsHandshake);
                 tracing::info!(listener = %listener.name, chain = %chain.name, %orig_dst, %client,
-                    "mutual TLS refused: {e}");
+                    "TLS refused: {e}");
                 return;
             }
         },
@@ -472,11 +477,14 @@ pub async fn dispatch(
     // TPROXY inbound: the app sees the client's own address.
     let original_source =
         (reporter == Reporter::Destination && shared.original_source).then_some(client.0.ip());
-    // Inbound, the pod's AuthorizationPolicies: a TCP chain's connection is decided here, once
-    // (Envoy's network RBAC filter), an HTTP chain's requests one by one.
-    let authz = match reporter {
-        Reporter::Destination => snapshot.authz.as_ref(),
-        Reporter::Source => None,
+    // Inbound, and on every listener of a router (Istio applies a gateway's policies to its
+    // listeners), the pod's AuthorizationPolicies: a TCP chain's connection is decided here,
+    // once (Envoy's network RBAC filter), an HTTP chain's requests one by one.
+    let enforce = reporter == Reporter::Destination || shared.router;
+    let authz = if enforce {
+        snapshot.authz.as_ref()
+    } else {
+        None
     };
     match &chain.terminal {
         Terminal::Tcp(route) => {
@@ -532,13 +540,15 @@ pub async fn dispatch(
                 client,
                 drain,
                 own_identity: shared.own_principal(),
-                // Every inbound connection, with or without policies now: each request is
-                // decided on the policies current when it arrives (`http::authorize`).
-                authz: (reporter == Reporter::Destination).then(|| ConnAuthz {
+                // Every inbound (or router) connection, with or without policies now: each
+                // request is decided on the policies current when it arrives
+                // (`http::authorize`), RequestAuthentication's JWT rules first.
+                authz: enforce.then(|| ConnAuthz {
                     current: current_policies(&shared.store),
                     stats: shared.metrics.rbac_http(&hcm.stat_prefix),
                 }),
                 original_source,
+                graceful_drain: reporter == Reporter::Destination || shared.router,
                 chain_changed,
             };
             if let Err(e) = shared.http.serve(conn).await {
@@ -648,6 +658,7 @@ pub(crate) mod testing {
             http,
             identity: Arc::new(crate::identity::Store::default()),
             original_source: false,
+            router: false,
         })
     }
 

@@ -27,6 +27,11 @@ pub struct Shared {
     /// the client's own address, as Istio's `original_src` filter does
     /// ([`crate::dial::ClusterDialer::with_original_source`]).
     pub original_source: bool,
+    /// A router (`proxy run --type router`): on SIGTERM every HTTP connection closes after its
+    /// request, as Istio's agent drains all of a router's listeners (`drain_listeners?graceful`),
+    /// where a sidecar drains only the inbound ones; and the pod's AuthorizationPolicies and JWT
+    /// rules apply on every listener, as Istio applies a gateway's.
+    pub router: bool,
 }
 
 impl Shared {

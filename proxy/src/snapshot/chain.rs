@@ -104,7 +104,8 @@ pub struct Chain {
     ranges: Vec<CidrRange>,
     /// What it does.
     pub terminal: Terminal,
-    /// Terminate TLS first (its `transportSocket`, Istio's inbound mutual TLS).
+    /// Terminate TLS first (its `transportSocket`: Istio's inbound mutual TLS, or a gateway
+    /// server's `credentialName`).
     pub tls: Option<Arc<Terminate>>,
 }
 
@@ -401,9 +402,17 @@ fn compile_chain(
             Terminal::Http(Arc::new((**h).clone()), access_logs, tracer.map(Arc::new))
         }
     };
-    let tls = fc.transport_socket.as_ref().map(|socket| match socket {
-        DownstreamTransportSocket::Tls(ctx) => Arc::new(Terminate::new(ctx, identity.clone())),
-    });
+    let tls = match &fc.transport_socket {
+        None => None,
+        Some(DownstreamTransportSocket::Tls(ctx)) => Some(Arc::new(
+            Terminate::new(ctx, identity.clone()).map_err(|(field, message)| {
+                (
+                    format!("{path}.transportSocket.typedConfig.{field}"),
+                    message,
+                )
+            })?,
+        )),
+    };
     Ok(Chain {
         name: fc.name.clone().unwrap_or(fallback_name),
         matcher: fc.filter_chain_match.clone(),
@@ -748,6 +757,21 @@ mod tests {
         );
     }
 
+    /// The error compiling the first listener's chains of `config`.
+    fn compile_error(config: &ProxyConfig) -> CompileError {
+        let clusters = ClusterManager::new(Metrics::default()).build(config);
+        let l = &config.listeners[0];
+        FilterChains::compile(
+            "listeners[0]",
+            "l",
+            &l.filter_chains,
+            None,
+            &clusters,
+            &Arc::new(CertStore::default()),
+        )
+        .unwrap_err()
+    }
+
     #[test]
     fn duplicate_criteria_are_refused() {
         let config = ProxyConfig::from_json(
@@ -760,18 +784,32 @@ mod tests {
             .to_string(),
         )
         .unwrap();
-        let clusters = ClusterManager::new(Metrics::default()).build(&config);
-        let l = &config.listeners[0];
-        let err = FilterChains::compile(
-            "listeners[0]",
-            "l",
-            &l.filter_chains,
-            None,
-            &clusters,
-            &Arc::new(CertStore::default()),
-        )
-        .unwrap_err();
+        let err = compile_error(&config);
         assert_eq!(err.0, "listeners[0].filterChains[1].filterChainMatch");
+    }
+
+    #[test]
+    fn a_transport_socket_the_proxy_cannot_honour_is_refused_naming_its_field() {
+        // A gateway server's MUTUAL with subjectAltNames: validation reads it, the proxy does
+        // not check client names, so the chain is refused rather than served without them.
+        let mut tls =
+            serde_json::to_value(rustmesh_xds::tls::credential_downstream("c", true)).unwrap();
+        tls["commonTlsContext"]["combinedValidationContext"]["defaultValidationContext"] =
+            json!({"matchSubjectAltNames": [{"exact": "client.example.com"}]});
+        let config = ProxyConfig::from_json(
+            &json!({"listeners": [{"name": "l", "address": {"socketAddress": {"address": "0.0.0.0", "portValue": 1}},
+                "filterChains": [{"filterChainMatch": {"serverNames": ["a.example.com"], "transportProtocol": "tls"},
+                    "transportSocket": {"name": "envoy.transport_sockets.tls", "typedConfig": tls},
+                    "filters": tcp("a")}]}],
+                "clusters": [{"name": "a", "type": "STATIC", "loadAssignment": {"clusterName": "a", "endpoints": []}}]})
+            .to_string(),
+        )
+        .unwrap();
+        let err = compile_error(&config);
+        assert_eq!(
+            err.0,
+            "listeners[0].filterChains[0].transportSocket.typedConfig.commonTlsContext.combinedValidationContext.defaultValidationContext.matchSubjectAltNames"
+        );
     }
 
     #[test]

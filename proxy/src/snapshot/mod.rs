@@ -60,6 +60,9 @@ pub struct Snapshot {
     by_address: HashMap<SocketAddr, Arc<CompiledListener>>,
     /// Every compiled listener in configuration order (for `/listeners`).
     pub listeners: Vec<Arc<CompiledListener>>,
+    /// The listeners a router binds (`bindToPort` true, `useOriginalDst` false: a gateway's
+    /// `0.0.0.0_8080`), in configuration order; a sidecar binds none of them.
+    pub bound: Vec<Arc<CompiledListener>>,
     /// The cluster manager's table for this configuration.
     pub clusters: Clusters,
     /// Cluster → service, for the `destination_service*` labels of Istio's metrics.
@@ -117,6 +120,7 @@ impl Snapshot {
         });
         let mut by_address = HashMap::new();
         let mut listeners = Vec::new();
+        let mut bound = Vec::new();
         let (mut outbound, mut inbound) = (None, None);
         for (i, l) in with_telemetry
             .as_deref()
@@ -165,8 +169,9 @@ impl Snapshot {
             } else {
                 tracing::debug!(
                     listener = %l.name,
-                    "listener with bindToPort is not bound: the sidecar binds only the capture ports"
+                    "listener with bindToPort is not bound: the sidecar binds only the capture ports (a router, `proxy run --type router`, binds it)"
                 );
+                bound.push(compiled);
             }
         }
         let http_state = http.compile(&config)?;
@@ -215,6 +220,7 @@ impl Snapshot {
             virtual_inbound: inbound,
             by_address,
             listeners,
+            bound,
             clusters: table,
             destinations,
             http: http_state,
@@ -242,6 +248,12 @@ impl Snapshot {
                 c.name == chain
                     && matches!(&c.terminal, chain::Terminal::Http(h, ..) if **h == *hcm)
             })
+    }
+
+    /// The listener a router bound on `addr` (its configured address): the first of
+    /// [`Snapshot::bound`] with it. `None` once the configuration no longer has one there.
+    pub fn bound_listener(&self, addr: SocketAddr) -> Option<&Arc<CompiledListener>> {
+        self.bound.iter().find(|l| l.address == addr)
     }
 
     /// The version of the configuration (`versionInfo`).
@@ -496,6 +508,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.virtual_inbound.as_ref().unwrap().name, "virtualInbound");
+        assert!(
+            s.bound.is_empty(),
+            "a sidecar's scope has nothing a router would bind: {:?}",
+            s.bound.iter().map(|l| &l.name).collect::<Vec<_>>()
+        );
         assert_eq!(
             s.listener_for("10.96.0.10:53".parse().unwrap())
                 .unwrap()
@@ -508,6 +525,39 @@ mod tests {
                 .name,
             "0.0.0.0_9080"
         );
+    }
+
+    #[test]
+    fn a_router_binds_only_bind_to_port_listeners_without_use_original_dst() {
+        let bound = |name: &str, ip: &str, port: u16| {
+            json!({"name": name, "address": {"socketAddress": {"address": ip, "portValue": port}},
+                   "trafficDirection": "OUTBOUND", "filterChains": [{"filters": tcp("c")}]})
+        };
+        let s = compile(json!({
+            "listeners": [
+                {"name": "virtualOutbound", "address": {"socketAddress": {"address": "0.0.0.0", "portValue": 15001}},
+                 "useOriginalDst": true, "trafficDirection": "OUTBOUND", "filterChains": [{"filters": tcp("c")}]},
+                bound("0.0.0.0_8443", "0.0.0.0", 8443),
+                listener("0.0.0.0_9080", "0.0.0.0", 9080, "c"),
+                bound("0.0.0.0_8080", "0.0.0.0", 8080),
+            ],
+            "clusters": clusters(&["c"]),
+        }))
+        .unwrap();
+        let names: Vec<&str> = s.bound.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["0.0.0.0_8443", "0.0.0.0_8080"],
+            "configuration order"
+        );
+        assert_eq!(
+            s.bound_listener("0.0.0.0:8080".parse().unwrap())
+                .unwrap()
+                .name,
+            "0.0.0.0_8080"
+        );
+        assert!(s.bound_listener("0.0.0.0:9080".parse().unwrap()).is_none());
+        assert!(s.bound_listener("0.0.0.0:15001".parse().unwrap()).is_none());
     }
 
     #[tokio::test]

@@ -2,7 +2,9 @@
 //! sidecar's identity tests, and the files a sidecar reads (token, root).
 //!
 //! Without a cluster the CA authenticates tokens from a fixed table (the one stand-in: the
-//! TokenReview step); everything else is the real CA server, gRPC and TLS.
+//! TokenReview step) and reads `credentialName` Secrets from another ([`Secrets`], standing in
+//! for the API server's Secrets and SubjectAccessReview); everything else is the real CA
+//! server, gRPC and TLS.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -121,5 +123,56 @@ pub async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
     while !ok() {
         assert!(start.elapsed() < Duration::from_secs(60), "never: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---- credentialName: the Secrets the CA serves --------------------------------------------
+
+/// Secrets of the cluster, as the CA reads them, and the accounts that may list them.
+#[derive(Clone, Default)]
+pub struct Secrets(Arc<std::sync::Mutex<(SecretTable, Vec<String>)>>);
+
+/// Secret data by (namespace, name).
+type SecretTable = BTreeMap<(String, String), BTreeMap<String, Vec<u8>>>;
+
+impl Secrets {
+    pub fn put(&self, ns: &str, name: &str, data: &[(&str, &str)]) {
+        self.0.lock().unwrap().0.insert(
+            (ns.to_string(), name.to_string()),
+            data.iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+        );
+    }
+
+    pub fn allow(&self, id: &rustmesh_xds::identity::SpiffeId) {
+        self.0.lock().unwrap().1.push(id.to_string());
+    }
+}
+
+type BoxFut<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+impl rustmesh_operator::ca::credential::SecretSource for Secrets {
+    fn secret<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFut<'a, Result<Option<BTreeMap<String, Vec<u8>>>, String>> {
+        let found = self
+            .0
+            .lock()
+            .unwrap()
+            .0
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned();
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn may_list_secrets<'a>(
+        &'a self,
+        who: &'a rustmesh_xds::identity::SpiffeId,
+    ) -> BoxFut<'a, Result<bool, String>> {
+        let ok = self.0.lock().unwrap().1.contains(&who.to_string());
+        Box::pin(async move { Ok(ok) })
     }
 }

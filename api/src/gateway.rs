@@ -1,0 +1,747 @@
+//! `Gateway` (`networking.istio.io`, served as `v1`, `v1beta1` and `v1alpha3`): a load
+//! balancer at the edge of the mesh (an ingress or egress gateway pod) and the ports it
+//! exposes. Shapes and docs follow
+//! <https://istio.io/latest/docs/reference/config/networking/gateway/>.
+//!
+//! Issue #20: plain-text and HTTPS servers. The operator renders, for the gateway pods whose
+//! labels match `selector` (in any namespace, Istio's default), one listener `0.0.0.0_<port>`
+//! per server port with the routes of the VirtualServices bound to the Gateway
+//! (`spec.gateways`), for the hosts of both (`servers[].hosts` with their `namespace/` part):
+//! HTTP routes for HTTP, HTTP2, GRPC and GRPC-WEB servers, a `tcp` route for TCP, MONGO, REDIS
+//! and MYSQL ones. An HTTPS server with `tls.mode` `SIMPLE` or `MUTUAL` and a `credentialName`
+//! terminates TLS with that Secret's certificate (chosen by SNI among the port's servers) and
+//! then routes as HTTP. `tls.httpsRedirect` on an HTTP server is rendered (every request
+//! answered with a 301 to `https`). What it does not render is refused naming the field, never
+//! accepted and silently ignored: the field-support table ([`crate::support`]) refuses `bind`,
+//! `defaultEndpoint`, `port.targetPort`, certificate files and every other `tls` field;
+//! [`GatewaySpec::unsupported`] refuses TLS servers and the other modes (`PASSTHROUGH`,
+//! `ISTIO_MUTUAL`, `AUTO_PASSTHROUGH`, `OPTIONAL_MUTUAL`).
+//!
+//! [`GatewaySpec::istio_errors`] reports Istio's errors (`ValidateGateway`), each naming its
+//! field:
+//! - at least one server; each with at least one host, each host `dnsName` or
+//!   `namespace/dnsName` (namespace `*`, `.` or a namespace name; `dnsName` `*`, a wildcard
+//!   first label `*.example.com`, or a DNS name);
+//! - a port with a number 1..65535, a protocol Istio knows, a name, names unique across the
+//!   servers; no `targetPort` (it has no effect on gateways);
+//! - HTTPS and TLS servers have `tls`; other non-HTTP servers have none; an HTTP server's `tls`
+//!   holds only `httpsRedirect` (with an optional mode and no certificates);
+//! - an HTTPS or TLS server's `tls.mode` is one of Istio's; `SIMPLE`, `MUTUAL` and
+//!   `OPTIONAL_MUTUAL` need a `credentialName` or a certificate and key (and `MUTUAL` a CA
+//!   bundle); `ISTIO_MUTUAL` takes neither; a `credentialName` is a Secret's name;
+//! - server `name`s unique.
+//!
+//! [`GatewaySpec::warnings`] reports Istio's warning: `httpsRedirect` on a server that is not
+//! HTTP.
+
+use crate::error::FieldError;
+use crate::service_entry::wildcard_domain_problem;
+use crate::sidecar::SidecarPort;
+use crate::status::IstioStatus;
+use crate::validate::{Validate, is_dns_label};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The versions `networking.istio.io` serves this kind as, newest (stored) first.
+pub const VERSIONS: [&str; 3] = crate::parse::VERSIONS;
+
+/// The spec of a Gateway.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "networking.istio.io",
+    version = "v1",
+    kind = "Gateway",
+    plural = "gateways",
+    singular = "gateway",
+    namespaced,
+    derive = "PartialEq",
+    derive = "Default",
+    status = "IstioStatus",
+    shortname = "gw",
+    category = "istio-io",
+    category = "networking-istio-io"
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewaySpec {
+    /// A list of server specifications.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<Server>,
+    /// One or more labels that indicate a specific set of pods/VMs on which this gateway
+    /// configuration should be applied. By default workloads are searched across all
+    /// namespaces.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
+}
+
+/// `Server`: one port the gateway exposes, the hosts it serves there and how.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Server {
+    /// The port on which the proxy should listen for incoming connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<SidecarPort>,
+    /// The ip or the Unix domain socket to which the listener should be bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
+    /// One or more hosts exposed by this gateway: `dnsName` or `namespace/dnsName` (the
+    /// VirtualServices of that namespace only; `.` the Gateway's own, `*` any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Set of TLS related options that govern the server's behavior.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTlsSettings>,
+    /// The loopback IP endpoint or Unix domain socket to which traffic should be forwarded to
+    /// by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_endpoint: Option<String>,
+    /// An optional name of the server, when set must be unique across all servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// `ServerTLSSettings`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerTlsSettings {
+    /// If set to true, the load balancer will send a 301 redirect for all http connections,
+    /// asking the clients to use HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_redirect: Option<bool>,
+    /// Indicates whether connections to this port should be secured using TLS: `PASSTHROUGH`,
+    /// `SIMPLE`, `MUTUAL`, `AUTO_PASSTHROUGH`, `ISTIO_MUTUAL`, `OPTIONAL_MUTUAL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// The path to the file holding the server-side TLS certificate to use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_certificate: Option<String>,
+    /// The path to the file holding the server's private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    /// The path to a file containing certificate authority certificates to use in verifying
+    /// a presented client side certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
+    /// The path to a file containing the certificate revocation list (CRL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_crl: Option<String>,
+    /// For gateways running on Kubernetes, the name of the secret that holds the TLS
+    /// certs including the CA certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_name: Option<String>,
+    /// Several secrets (an RSA and an ECDSA certificate, for example).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credential_names: Vec<String>,
+    /// Several certificates given by file paths.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_certificates: Vec<TlsCertificate>,
+    /// A list of alternate names to verify the subject identity in the certificate presented
+    /// by the client.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    /// An optional list of base64-encoded SHA-256 hashes of the SPKIs of authorized client
+    /// certificates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verify_certificate_spki: Vec<String>,
+    /// An optional list of hex-encoded SHA-256 hashes of the authorized client certificates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verify_certificate_hash: Vec<String>,
+    /// Minimum TLS protocol version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_protocol_version: Option<String>,
+    /// Maximum TLS protocol version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_protocol_version: Option<String>,
+    /// If specified, only support the specified cipher list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cipher_suites: Vec<String>,
+}
+
+/// `ServerTLSSettings.TLSCertificate`: one certificate given by file paths.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsCertificate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_certificate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
+}
+
+/// A server port's protocol as Istio parses it (case-insensitive).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerProtocol {
+    /// HTTP, HTTP2, GRPC, GRPC-WEB: served by the HTTP connection manager (rendered).
+    Http,
+    /// HTTPS: TLS terminated (`SIMPLE`, `MUTUAL`: rendered) or passed through, then HTTP.
+    Https,
+    /// TLS: TLS terminated or passed through, then TCP (not rendered yet).
+    Tls,
+    /// TCP, MONGO, REDIS, MYSQL.
+    Tcp,
+    /// Anything else (Istio's `Unsupported`).
+    Unknown,
+}
+
+impl ServerProtocol {
+    pub fn parse(p: Option<&str>) -> Self {
+        match p.unwrap_or_default().to_ascii_uppercase().as_str() {
+            "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB" => ServerProtocol::Http,
+            "HTTPS" => ServerProtocol::Https,
+            "TLS" => ServerProtocol::Tls,
+            "TCP" | "MONGO" | "REDIS" | "MYSQL" => ServerProtocol::Tcp,
+            _ => ServerProtocol::Unknown,
+        }
+    }
+}
+
+/// A server host split as Istio reads it: `namespace/dnsName`, or `dnsName` for any
+/// namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerHost<'a> {
+    /// `None` (no `/`) or `*`: VirtualServices of any namespace; `.`: the Gateway's own.
+    pub namespace: Option<&'a str>,
+    pub host: &'a str,
+}
+
+impl<'a> ServerHost<'a> {
+    pub fn parse(s: &'a str) -> Self {
+        match s.split_once('/') {
+            Some((namespace, host)) => ServerHost {
+                namespace: Some(namespace),
+                host,
+            },
+            None => ServerHost {
+                namespace: None,
+                host: s,
+            },
+        }
+    }
+
+    /// Whether VirtualServices of `vs_namespace` may use this host, for a Gateway in
+    /// `gateway_namespace` (Istio's `NamesForNamespace`, `.` being the Gateway's namespace).
+    pub fn admits(&self, vs_namespace: &str, gateway_namespace: &str) -> bool {
+        match self.namespace {
+            None | Some("*") => true,
+            Some(".") => vs_namespace == gateway_namespace,
+            Some(ns) => ns == vs_namespace,
+        }
+    }
+}
+
+impl Server {
+    /// The port's protocol.
+    pub fn protocol(&self) -> ServerProtocol {
+        ServerProtocol::parse(self.port.as_ref().and_then(|p| p.protocol.as_deref()))
+    }
+
+    /// Whether the server answers every request with a redirect to HTTPS.
+    pub fn https_redirect(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|t| t.https_redirect == Some(true))
+    }
+}
+
+impl GatewaySpec {
+    /// Istio's errors about the spec (see the module doc), without rustmesh's refusals.
+    pub fn istio_errors(&self) -> Vec<FieldError> {
+        self.check().0
+    }
+
+    /// Istio's warnings about the spec (see the module doc).
+    pub fn warnings(&self) -> Vec<FieldError> {
+        self.check().1
+    }
+
+    fn check(&self) -> (Vec<FieldError>, Vec<FieldError>) {
+        let mut err = Vec::new();
+        let mut warn = Vec::new();
+        if self.servers.is_empty() {
+            err.push(FieldError::new(
+                "spec.servers",
+                "gateway must have at least one server",
+            ));
+        }
+        let mut port_names = BTreeSet::new();
+        let mut server_names = BTreeSet::new();
+        for (i, server) in self.servers.iter().enumerate() {
+            let at = format!("spec.servers[{i}]");
+            if server.hosts.is_empty() {
+                err.push(FieldError::new(
+                    format!("{at}.hosts"),
+                    "server config must contain at least one host",
+                ));
+            }
+            for (j, host) in server.hosts.iter().enumerate() {
+                if let Some(problem) = host_problem(host) {
+                    err.push(FieldError::new(format!("{at}.hosts[{j}]"), problem));
+                }
+            }
+            if let Some(name) = server.name.as_deref()
+                && !server_names.insert(name)
+            {
+                err.push(FieldError::new(
+                    format!("{at}.name"),
+                    format!("server names must be unique: duplicate name {name}"),
+                ));
+            }
+            let Some(port) = &server.port else {
+                err.push(FieldError::new(format!("{at}.port"), "port is required"));
+                continue;
+            };
+            let protocol = server.protocol();
+            let mut port_ok = true;
+            if protocol == ServerProtocol::Unknown {
+                port_ok = false;
+                err.push(FieldError::new(
+                    format!("{at}.port.protocol"),
+                    format!(
+                        "invalid protocol {:?}, supported protocols are HTTP, HTTP2, GRPC, \
+                         GRPC-WEB, HTTPS, TLS, MONGO, REDIS, MYSQL, TCP",
+                        port.protocol.as_deref().unwrap_or_default()
+                    ),
+                ));
+            }
+            if !(1..=65535).contains(&port.number) {
+                port_ok = false;
+                err.push(FieldError::new(
+                    format!("{at}.port.number"),
+                    format!("port number {} must be in the range 1..65535", port.number),
+                ));
+            }
+            if port.target_port.is_some_and(|t| t > 0) {
+                port_ok = false;
+                err.push(FieldError::new(
+                    format!("{at}.port.targetPort"),
+                    "targetPort has no impact on Gateways",
+                ));
+            }
+            match port.name.as_deref().filter(|n| !n.is_empty()) {
+                None => {
+                    port_ok = false;
+                    err.push(FieldError::new(
+                        format!("{at}.port.name"),
+                        "port name must be set",
+                    ));
+                }
+                Some(name) => {
+                    if !port_names.insert(name) {
+                        err.push(FieldError::new(
+                            format!("{at}.port.name"),
+                            format!("port names in servers must be unique: duplicate name {name}"),
+                        ));
+                    }
+                }
+            }
+            if server.https_redirect() && protocol != ServerProtocol::Http {
+                warn.push(FieldError::new(
+                    format!("{at}.tls.httpsRedirect"),
+                    "tls.httpsRedirect should only be used with http servers",
+                ));
+            }
+            if !port_ok {
+                continue;
+            }
+            match (protocol, &server.tls) {
+                (ServerProtocol::Https | ServerProtocol::Tls, None) => err.push(FieldError::new(
+                    format!("{at}.tls"),
+                    "server must have TLS settings for HTTPS/TLS protocols",
+                )),
+                (ServerProtocol::Https | ServerProtocol::Tls, Some(tls)) => {
+                    err.extend(tls_problems(&at, tls));
+                }
+                (ServerProtocol::Http, Some(tls)) => {
+                    let passthrough = tls.mode.as_deref().is_none_or(|m| m == "PASSTHROUGH");
+                    if !passthrough
+                        || tls.ca_certificates.is_some()
+                        || tls.private_key.is_some()
+                        || tls.server_certificate.is_some()
+                    {
+                        err.push(FieldError::new(
+                            format!("{at}.tls"),
+                            "server cannot have TLS settings for plain text HTTP ports",
+                        ));
+                    }
+                }
+                (ServerProtocol::Tcp, Some(_)) => err.push(FieldError::new(
+                    format!("{at}.tls"),
+                    "server cannot have TLS settings for non HTTPS/TLS ports",
+                )),
+                _ => {}
+            }
+        }
+        for (k, v) in &self.selector {
+            if k.is_empty() || k.contains('*') || v.contains('*') {
+                err.push(FieldError::new(
+                    format!("spec.selector.{k}"),
+                    format!("invalid label selector \"{k}={v}\""),
+                ));
+            }
+        }
+        (err, warn)
+    }
+
+    /// rustmesh's refusals that depend on a field's value rather than its presence (the
+    /// support table's `ReportedBy` entries): TLS servers, and a `tls.mode` other than `SIMPLE`
+    /// or `MUTUAL` on an HTTPS server (or any mode on another server). Each names its field.
+    pub fn unsupported(&self) -> Vec<FieldError> {
+        let mut out = Vec::new();
+        for (i, server) in self.servers.iter().enumerate() {
+            let protocol = server.protocol();
+            if let Some(p) = server.port.as_ref().and_then(|p| p.protocol.as_deref())
+                && protocol == ServerProtocol::Tls
+            {
+                out.push(FieldError::new(
+                    format!("spec.servers[{i}].port.protocol"),
+                    format!(
+                        "not implemented by rustmesh: {p} servers are {} (HTTP, HTTP2, GRPC, \
+                         GRPC-WEB, HTTPS, TCP, MONGO, REDIS and MYSQL are rendered)",
+                        crate::support::GATEWAY_NOT_RENDERED
+                    ),
+                ));
+                continue;
+            }
+            // An HTTPS server's `tls` without a mode is Istio's default, PASSTHROUGH.
+            let Some(mode) = server
+                .tls
+                .as_ref()
+                .and_then(|t| t.mode.as_deref())
+                .or((protocol == ServerProtocol::Https).then_some("PASSTHROUGH"))
+            else {
+                continue;
+            };
+            let rendered = protocol == ServerProtocol::Https && TLS_MODES_RENDERED.contains(&mode);
+            if !rendered {
+                out.push(FieldError::new(
+                    format!("spec.servers[{i}].tls.mode"),
+                    format!(
+                        "not implemented by rustmesh: tls.mode {mode} {} {} (SIMPLE and \
+                         MUTUAL with a credentialName on HTTPS servers are rendered)",
+                        if protocol == ServerProtocol::Https {
+                            "is"
+                        } else {
+                            "on a server that is not HTTPS is"
+                        },
+                        crate::support::GATEWAY_NOT_RENDERED
+                    ),
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// The Gateway a VirtualService's `gateways` entry (or `http[].match[].gateways`) names, as
+/// `<namespace>/<name>` (Istio's `resolveGatewayName`): `ns/name` as written; the deprecated
+/// `name.ns.svc.<suffix>` as `ns/name`; a bare `name` in the VirtualService's namespace.
+/// `mesh` (the sidecars) is returned as it is.
+pub fn resolve_gateway_name(name: &str, vs_namespace: &str) -> String {
+    if name == MESH || name.contains('/') {
+        return name.to_string();
+    }
+    match name.split_once('.') {
+        Some((gw, rest)) => {
+            let ns = rest.split('.').next().unwrap_or_default();
+            format!("{ns}/{gw}")
+        }
+        None => format!("{vs_namespace}/{name}"),
+    }
+}
+
+/// The `tls.mode`s of an HTTPS server that rustmesh renders (with a `credentialName`).
+pub const TLS_MODES_RENDERED: [&str; 2] = ["SIMPLE", "MUTUAL"];
+
+/// Istio's `ServerTLSSettings.TLSmode` values.
+const TLS_MODES: [&str; 6] = [
+    "PASSTHROUGH",
+    "SIMPLE",
+    "MUTUAL",
+    "AUTO_PASSTHROUGH",
+    "ISTIO_MUTUAL",
+    "OPTIONAL_MUTUAL",
+];
+
+/// Istio's checks of an HTTPS or TLS server's `tls` (`validateTLSOptions`), each naming its
+/// field under `at` (`spec.servers[i]`): a known mode; `SIMPLE` and `MUTUAL` (and
+/// `OPTIONAL_MUTUAL`) need a certificate, from a `credentialName` or files (a key and a
+/// certificate), and `MUTUAL` with files a CA bundle; `ISTIO_MUTUAL` takes none of them.
+fn tls_problems(at: &str, tls: &ServerTlsSettings) -> Vec<FieldError> {
+    let mut out = Vec::new();
+    let mode = tls.mode.as_deref().unwrap_or("PASSTHROUGH");
+    if !TLS_MODES.contains(&mode) {
+        out.push(FieldError::new(
+            format!("{at}.tls.mode"),
+            format!("unknown TLS mode {mode:?}, one of {}", TLS_MODES.join(", ")),
+        ));
+        return out;
+    }
+    let credential = tls
+        .credential_name
+        .as_deref()
+        .is_some_and(|c| !c.is_empty())
+        || !tls.credential_names.is_empty()
+        || !tls.tls_certificates.is_empty();
+    match mode {
+        "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL" if !credential => {
+            if tls.server_certificate.as_deref().is_none_or(str::is_empty) {
+                out.push(FieldError::new(
+                    format!("{at}.tls.serverCertificate"),
+                    format!("{mode} TLS requires a server certificate (or a credentialName)"),
+                ));
+            }
+            if tls.private_key.as_deref().is_none_or(str::is_empty) {
+                out.push(FieldError::new(
+                    format!("{at}.tls.privateKey"),
+                    format!("{mode} TLS requires a private key (or a credentialName)"),
+                ));
+            }
+            if mode != "SIMPLE" && tls.ca_certificates.as_deref().is_none_or(str::is_empty) {
+                out.push(FieldError::new(
+                    format!("{at}.tls.caCertificates"),
+                    format!("{mode} TLS requires a client CA bundle (or a credentialName)"),
+                ));
+            }
+        }
+        "ISTIO_MUTUAL" => {
+            for (field, set) in [
+                ("credentialName", tls.credential_name.is_some()),
+                ("serverCertificate", tls.server_certificate.is_some()),
+                ("privateKey", tls.private_key.is_some()),
+                ("caCertificates", tls.ca_certificates.is_some()),
+            ] {
+                if set {
+                    out.push(FieldError::new(
+                        format!("{at}.tls.{field}"),
+                        "ISTIO_MUTUAL TLS cannot have an associated certificate, key, CA \
+                         or credentialName",
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+    if let Some(name) = tls.credential_name.as_deref().filter(|n| !n.is_empty())
+        && let Some(problem) = rustmesh_xds::ca::secret_name_problem(name)
+    {
+        out.push(FieldError::new(format!("{at}.tls.credentialName"), problem));
+    }
+    out
+}
+
+/// The reserved gateway name meaning every sidecar of the mesh.
+pub const MESH: &str = "mesh";
+
+/// Istio's check of a server host (`validateNamespaceSlashWildcardHostname` for gateways).
+fn host_problem(host: &str) -> Option<String> {
+    let Some((ns, name)) = host.split_once('/') else {
+        return wildcard_domain_problem(host);
+    };
+    if ns.is_empty() || name.is_empty() {
+        return Some("config namespace and dnsName in host entry cannot be empty".to_string());
+    }
+    if ns != "*" && ns != "." && !is_dns_label(ns) {
+        return Some(format!("invalid namespace value {ns:?} in gateway"));
+    }
+    wildcard_domain_problem(name)
+}
+
+impl Validate for GatewaySpec {
+    /// rustmesh's refusals (fields and values not rendered yet, each naming the field), then
+    /// Istio's errors.
+    fn validate(&self) -> Vec<FieldError> {
+        let mut out = crate::support::refused_fields("Gateway", self);
+        out.extend(self.unsupported());
+        out.extend(self.istio_errors());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::{IstioObject, load_all};
+
+    fn doc(version: &str, spec: &str) -> String {
+        format!(
+            "apiVersion: networking.istio.io/{version}\nkind: Gateway\nmetadata:\n  name: gw\n  namespace: foo\nspec:\n{spec}"
+        )
+    }
+
+    fn spec(yaml: &str) -> GatewaySpec {
+        crate::parse::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn fields(errors: Vec<FieldError>) -> Vec<String> {
+        errors.into_iter().map(|e| e.field).collect()
+    }
+
+    /// Istio's bookinfo-gateway (samples/bookinfo/networking/bookinfo-gateway.yaml).
+    const BOOKINFO: &str = "  selector:\n    istio: ingressgateway\n  servers:\n  - port:\n      number: 8080\n      name: http\n      protocol: HTTP\n    hosts:\n    - \"*\"\n";
+
+    #[test]
+    fn bookinfo_gateway_is_read_as_every_served_version() {
+        for version in VERSIONS {
+            let obj = load_all(&doc(version, BOOKINFO))
+                .remove(0)
+                .unwrap_or_else(|e| panic!("{version}: {e}"));
+            let IstioObject::Gateway(gw) = obj else {
+                panic!("{version}: not a Gateway");
+            };
+            assert_eq!(gw.spec.selector["istio"], "ingressgateway");
+            assert_eq!(gw.spec.servers[0].protocol(), ServerProtocol::Http);
+        }
+    }
+
+    /// Istio's secure ingress (SIMPLE) and mutual TLS ingress (MUTUAL) Gateways validate.
+    #[test]
+    fn https_servers_with_a_credential_are_accepted() {
+        for mode in ["SIMPLE", "MUTUAL"] {
+            let text = doc(
+                "v1",
+                &format!(
+                    "  selector:\n    istio: ingressgateway\n  servers:\n  - port:\n      number: 443\n      name: https\n      protocol: HTTPS\n    tls:\n      mode: {mode}\n      credentialName: httpbin-credential\n    hosts:\n    - httpbin.example.com\n"
+                ),
+            );
+            let obj = load_all(&text)
+                .remove(0)
+                .unwrap_or_else(|e| panic!("{mode}: {e}"));
+            let IstioObject::Gateway(g) = obj else {
+                panic!("not a Gateway")
+            };
+            assert_eq!(g.spec.servers[0].protocol(), ServerProtocol::Https);
+        }
+    }
+
+    #[test]
+    fn tls_settings_are_checked_as_istio_does() {
+        let s = spec(
+            "servers:\n- port: {number: 443, name: a, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE}\n- port: {number: 444, name: b, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: MUTUAL, serverCertificate: /c.pem, privateKey: /k.pem}\n- port: {number: 445, name: c, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: ISTIO_MUTUAL, credentialName: x}\n- port: {number: 446, name: d, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, credentialName: Not_A_Secret}\n- port: {number: 447, name: e, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: STRICT, credentialName: x}\n",
+        );
+        assert_eq!(
+            fields(s.istio_errors()),
+            [
+                "spec.servers[0].tls.serverCertificate",
+                "spec.servers[0].tls.privateKey",
+                "spec.servers[1].tls.caCertificates",
+                "spec.servers[2].tls.credentialName",
+                "spec.servers[3].tls.credentialName",
+                "spec.servers[4].tls.mode",
+            ]
+        );
+    }
+
+    #[test]
+    fn refused_fields_are_named_with_issue_20() {
+        // Modes other than SIMPLE and MUTUAL on HTTPS, or a mode on an HTTP server; certificate
+        // files, several credentials.
+        let s = spec(
+            "servers:\n- port: {number: 443, name: a, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: PASSTHROUGH}\n- port: {number: 444, name: b, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: ISTIO_MUTUAL}\n- port: {number: 80, name: c, protocol: HTTP}\n  hosts: ['*']\n  tls: {mode: PASSTHROUGH, httpsRedirect: true}\n- port: {number: 445, name: d, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}\n- port: {number: 446, name: e, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, credentialNames: [rsa, ecdsa]}\n",
+        );
+        let errors = s.validate();
+        let mut named = fields(errors.clone());
+        named.sort();
+        assert_eq!(
+            named,
+            [
+                "spec.servers[0].tls.mode",
+                "spec.servers[1].tls.mode",
+                "spec.servers[2].tls.mode",
+                "spec.servers[3].tls.privateKey",
+                "spec.servers[3].tls.serverCertificate",
+                "spec.servers[4].tls.credentialNames",
+            ]
+        );
+        for e in &errors {
+            assert!(
+                e.message.contains("issue #20"),
+                "{}: {}",
+                e.field,
+                e.message
+            );
+        }
+        // bind, defaultEndpoint; a TCP server itself is rendered.
+        let s = spec(
+            "servers:\n- port: {number: 31400, name: tcp, protocol: TCP}\n  hosts: ['*']\n  bind: 10.0.0.1\n  defaultEndpoint: 127.0.0.1:9000\n",
+        );
+        assert_eq!(
+            fields(s.validate()),
+            ["spec.servers[0].bind", "spec.servers[0].defaultEndpoint"]
+        );
+        let tls = spec(
+            "servers:\n- port: {number: 443, name: tls, protocol: TLS}\n  hosts: ['*']\n  tls: {mode: PASSTHROUGH}\n",
+        );
+        assert_eq!(fields(tls.validate()), ["spec.servers[0].port.protocol"]);
+    }
+
+    #[test]
+    fn https_redirect_on_an_http_server_is_accepted() {
+        let s = spec(
+            "selector: {istio: ingressgateway}\nservers:\n- port: {number: 80, name: http, protocol: HTTP}\n  hosts: [webapp.istioinaction.io]\n  tls: {httpsRedirect: true}\n",
+        );
+        assert_eq!(s.validate(), vec![]);
+        assert!(s.servers[0].https_redirect());
+        assert_eq!(s.warnings(), vec![]);
+    }
+
+    #[test]
+    fn istio_errors_name_their_field() {
+        let s = spec(
+            "servers:\n- port: {number: 0, name: http, protocol: HTTP}\n  hosts: []\n- port: {number: 80, name: http, protocol: FOO}\n  hosts: ['bad ns/x.com', 'a..b', 'ns/*.example.com', './*', '*']\n- hosts: ['*']\n- port: {number: 81, protocol: HTTP}\n  hosts: ['*']\n  name: s\n- port: {number: 82, name: h2, protocol: HTTP2}\n  hosts: ['*']\n  name: s\n",
+        );
+        assert_eq!(
+            fields(s.istio_errors()),
+            [
+                "spec.servers[0].hosts",
+                "spec.servers[0].port.number",
+                "spec.servers[1].hosts[0]",
+                "spec.servers[1].hosts[1]",
+                "spec.servers[1].port.protocol",
+                "spec.servers[1].port.name",
+                "spec.servers[2].port",
+                "spec.servers[3].port.name",
+                "spec.servers[4].name",
+            ]
+        );
+        assert_eq!(
+            fields(spec("selector: {app: x}\n").istio_errors()),
+            ["spec.servers"]
+        );
+        let tls_less =
+            spec("servers:\n- port: {number: 443, name: https, protocol: HTTPS}\n  hosts: ['*']\n");
+        assert_eq!(fields(tls_less.istio_errors()), ["spec.servers[0].tls"]);
+    }
+
+    #[test]
+    fn virtual_service_gateway_names_resolve_as_istios() {
+        assert_eq!(
+            resolve_gateway_name("bookinfo-gateway", "default"),
+            "default/bookinfo-gateway"
+        );
+        assert_eq!(
+            resolve_gateway_name("istio-system/gw", "default"),
+            "istio-system/gw"
+        );
+        assert_eq!(
+            resolve_gateway_name("gw.istio-system.svc.cluster.local", "default"),
+            "istio-system/gw"
+        );
+        assert_eq!(resolve_gateway_name("mesh", "default"), "mesh");
+    }
+
+    #[test]
+    fn server_hosts_admit_virtual_services_by_namespace() {
+        let any = ServerHost::parse("*.example.com");
+        assert!(any.admits("a", "istio-system"));
+        let own = ServerHost::parse("./bookinfo.com");
+        assert!(own.admits("istio-system", "istio-system"));
+        assert!(!own.admits("default", "istio-system"));
+        let ns = ServerHost::parse("default/bookinfo.com");
+        assert_eq!(ns.host, "bookinfo.com");
+        assert!(ns.admits("default", "istio-system"));
+        assert!(!ns.admits("other", "istio-system"));
+        assert!(ServerHost::parse("*/x.com").admits("other", "gw"));
+    }
+}

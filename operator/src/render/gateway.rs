@@ -1,0 +1,602 @@
+//! Gateway scopes: the configuration of the pods a Gateway's `selector` selects (an ingress
+//! gateway's `proxy run --type router`), as Istio builds a gateway's listeners and routes.
+//!
+//! Which pods: a Gateway in any namespace selects pods in any namespace whose labels carry its
+//! `selector` (Istio's default, `PILOT_SCOPE_GATEWAY_TO_NAMESPACE` off). Each namespace holding
+//! such pods gets, in its ConfigMap, one scope per distinct selector ([`scope_selectors`]:
+//! more labels first), read only by the gateways' proxies (routers), never by a sidecar whose
+//! labels a selector happens to match (`rustmesh_xds::scope::select_scope`).
+//! A scope for selector `S` merges every Gateway whose selector is a subset of `S` (they select
+//! every pod `S` selects). A pod matching two unrelated selectors (neither a subset of the
+//! other) gets only the first scope: the Gateways of the other are not merged into it (a
+//! documented limit; Istio merges every Gateway selecting the pod).
+//!
+//! What a scope holds ([`render`]), as Istio names things:
+//! - per distinct server port, one listener `0.0.0.0_<port>` bound to that port
+//!   (`bindToPort`, no `useOriginalDst`, `trafficDirection: OUTBOUND`) with one HTTP connection
+//!   manager chain whose route table is `http.<port>`; `<port>` is the `targetPort` of the
+//!   Service (of the pod's namespace) selecting the gateway pods whose `port` is the server's
+//!   (Service port 80, targetPort 8080: `0.0.0.0_8080`, `http.8080`), else the server's number;
+//! - in `http.<port>`, one virtual host per host that both a server on that port and a bound
+//!   VirtualService name (Istio's host intersection: the more specific of two matching hosts;
+//!   a server host `ns/host` only for VirtualServices of `ns`, `./host` of the Gateway's own
+//!   namespace), named `<host>:<server port>` with Istio's gateway domains (`*`; `host` and
+//!   `host:*`; `*.example.com` and `*.example.com:<server port>`), holding the routes of every
+//!   bound VirtualService naming that host (oldest first, catch-all routes moved last as Istio
+//!   sorts them); without any, one `blackhole:<server port>` virtual host for `*` with no route
+//!   (404);
+//! - a VirtualService is bound when its `gateways` names the Gateway (`name` in its own
+//!   namespace, `ns/name`), it is exported to the gateway pod's namespace, and its routes are
+//!   rendered by the sidecars' own translation (`Ctx::virtual_service_routes`) with route
+//!   matches whose `gateways` name another gateway (or only `mesh`) left out;
+//! - `tls.httpsRedirect` on a server: its hosts' virtual hosts answer every request with a 301
+//!   to `https` (Envoy's `require_tls: ALL` on a plain-text server);
+//! - the clusters and endpoints those routes name (the sidecars' cluster rendering, with the
+//!   DestinationRules visible from the pod's namespace), the static clusters, the mesh's access
+//!   log and tracing, and the namespace's AuthorizationPolicies, RequestAuthentications and
+//!   Telemetry (Istio applies those selecting the gateway pod at the gateway); no
+//!   PeerAuthentication (a gateway has no inbound mutual TLS listener), no capture listeners.
+//!
+//! - a TCP server (TCP, MONGO, REDIS, MYSQL) gets instead one TCP proxy chain on its listener:
+//!   to where the first applicable `tcp` rule of the oldest bound VirtualService sharing a host
+//!   with the server sends connections (a rule without matches, or with a match whose `port`
+//!   is the server's number and whose `gateways`, if any, name the Gateway); without one, no
+//!   listener (as Istio).
+//!
+//! - an HTTPS server (`tls.mode` `SIMPLE` or `MUTUAL` with a `credentialName`) gets its own
+//!   chain on the port's listener: matched by SNI (`serverNames`: its hosts without their
+//!   `namespace/` part, none for `*`; chains with names first) and `transportProtocol: tls`,
+//!   terminating TLS with Secret `kubernetes://<credentialName>` (`MUTUAL`: clients verified
+//!   against `kubernetes://<credentialName>-cacert`; `rustmesh_xds::tls::credential_downstream`),
+//!   then an HTTP connection manager with Istio's route table
+//!   `https.<number>.<port name>.<gateway>.<namespace>` holding that server's virtual hosts as
+//!   above. The mesh CA serves the Secret to the gateway's proxy.
+//!
+//! As Istio merges the Gateways of a pod, a listener port has one protocol (the oldest
+//! server's), at most one TCP server and one HTTPS server per set of SNI names; validation warns
+//! about the servers left out. TLS servers and the other TLS modes are refused by validation by
+//! name (`rustmesh_api::gateway`), so an accepted Gateway holds none.
+
+use super::{
+    Ctx, EdsRecipes, MeshView, Scope, authz, hcm, request_authn, static_clusters, telemetry,
+    with_ca_name, with_mesh_telemetry,
+};
+use crate::index::{Labels, ObjKey};
+use crate::registry::exported;
+use rustmesh_api::gateway::{ServerHost, ServerProtocol, resolve_gateway_name};
+use rustmesh_api::sidecar::host_matches;
+use rustmesh_api::{Gateway, VirtualService};
+use rustmesh_xds::ProxyConfig;
+use rustmesh_xds::address::Address;
+use rustmesh_xds::listener::{
+    FilterChain, FilterChainMatch, Listener, NetworkFilter, TcpProxy, TrafficDirection,
+};
+use rustmesh_xds::names;
+use rustmesh_xds::route::{RedirectAction, Route, RouteConfiguration, RouteMatch, VirtualHost};
+use rustmesh_xds::scope::{ProxyRole, select_scope, selects};
+use rustmesh_xds::tls::{DownstreamTransportSocket, credential_downstream};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// Istio's gateway route table name for a plain HTTP port: `http.<port>`.
+pub fn route_name(port: u16) -> String {
+    format!("http.{port}")
+}
+
+/// Istio's route table name of an HTTPS server (`gatewayRDSRouteName`):
+/// `https.<server port>.<port name>.<gateway name>.<gateway namespace>`.
+pub fn https_route_name(number: u16, port_name: &str, gateway: &ObjKey) -> String {
+    format!(
+        "https.{number}.{port_name}.{}.{}",
+        gateway.name, gateway.namespace
+    )
+}
+
+/// The SNI names an HTTPS server's chain matches (Istio's `getSNIHostsForServer`): its hosts
+/// without their `namespace/` part, sorted, once each; none (any name) when one is `*`.
+pub fn sni_hosts(server: &rustmesh_api::gateway::Server) -> Vec<String> {
+    let mut out: Vec<String> = server
+        .hosts
+        .iter()
+        .map(|h| ServerHost::parse(h).host.to_string())
+        .collect();
+    if out.iter().any(|h| h == "*") {
+        return Vec::new();
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The distinct non-empty selectors of the rendered Gateways that select a pod of `ns`, each
+/// with the Gateways (`<namespace>/<name>`, oldest first) its scope merges (those whose
+/// selector is a subset of it); more labels first, then by labels.
+pub(super) fn scope_selectors(view: &MeshView<'_>, ns: &str) -> Vec<(Labels, Vec<String>)> {
+    if view.gateways.is_empty() {
+        return Vec::new();
+    }
+    // Only gateways' pods: a Gateway selecting a sidecar's labels gives that sidecar nothing.
+    let pods: Vec<&Labels> = view
+        .index
+        .pods_in(ns)
+        .filter(|p| p.is_router())
+        .map(|p| &p.labels)
+        .collect();
+    let mut selectors: Vec<&Labels> = view
+        .gateways
+        .iter()
+        .map(|(_, g)| &g.spec.selector)
+        .filter(|s| !s.is_empty() && pods.iter().any(|l| selects(s, l)))
+        .collect();
+    selectors.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    selectors.dedup();
+    selectors
+        .into_iter()
+        .map(|s| {
+            let names = scope_gateways(view, s)
+                .map(|(k, _)| k.to_string())
+                .collect();
+            (s.clone(), names)
+        })
+        .collect()
+}
+
+/// The rendered Gateways a scope of selector `selector` merges, oldest first.
+fn scope_gateways<'v, 'a>(
+    view: &'v MeshView<'a>,
+    selector: &'v Labels,
+) -> impl Iterator<Item = (&'a ObjKey, &'a Gateway)> + 'v {
+    view.gateways
+        .iter()
+        // `selects`: a Gateway whose (non-empty) selector is a subset of this one's selects
+        // every pod this one selects.
+        .filter(move |(_, g)| selects(&g.spec.selector, selector))
+        .copied()
+}
+
+/// Service port → target port, from the Services of the scope's namespace that select one of
+/// its gateway pods (Istio maps a Gateway's server port to that `targetPort`).
+fn target_ports(view: &MeshView<'_>, scope: &Scope) -> BTreeMap<u16, u16> {
+    let ns = scope.namespace.as_str();
+    let index = view.scope_index(ns);
+    let key = scope.key();
+    let pods: Vec<&Labels> = view
+        .index
+        .pods_in(ns)
+        .filter(|p| p.is_router())
+        .map(|p| &p.labels)
+        .filter(|l| select_scope(&index, l, ProxyRole::Router) == key)
+        .collect();
+    let mut out = BTreeMap::new();
+    for svc in view
+        .registry
+        .services
+        .iter()
+        .filter(|s| s.namespace == ns && s.entry.is_none())
+    {
+        let selector = view.index.service_selector(ns, &svc.name);
+        if !pods.iter().any(|l| selects(&selector, l)) {
+            continue;
+        }
+        for p in &svc.ports {
+            if let Some(target) = p.target_port {
+                out.entry(p.port).or_insert(target);
+            }
+        }
+    }
+    out
+}
+
+/// One server of a merged listener port.
+struct PortServer<'a> {
+    gateway: &'a ObjKey,
+    server: &'a rustmesh_api::gateway::Server,
+    /// The server's own port number (virtual host names, route matches' `port`).
+    number: u16,
+}
+
+impl PortServer<'_> {
+    /// The server's `hosts`, parsed.
+    fn hosts(&self) -> Vec<ServerHost<'_>> {
+        self.server
+            .hosts
+            .iter()
+            .map(|h| ServerHost::parse(h))
+            .collect()
+    }
+}
+
+/// A virtual host being assembled.
+struct VhostAcc {
+    name: String,
+    domains: Vec<String>,
+    routes: Vec<Route>,
+    redirect: bool,
+}
+
+impl VhostAcc {
+    fn new(host: &str, port: u16) -> Self {
+        VhostAcc {
+            name: format!("{host}:{port}"),
+            domains: domains(host, port),
+            routes: Vec::new(),
+            redirect: false,
+        }
+    }
+}
+
+/// Istio's gateway virtual host domains (`buildGatewayVirtualHostDomains`): `*` alone; a
+/// wildcard host with the server's port (one wildcard per domain); any other host also with
+/// any port (`host:*`).
+pub fn domains(host: &str, port: u16) -> Vec<String> {
+    if host == "*" {
+        vec![host.to_string()]
+    } else if host.starts_with('*') {
+        vec![host.to_string(), format!("{host}:{port}")]
+    } else {
+        vec![host.to_string(), format!("{host}:*")]
+    }
+}
+
+/// Istio's host intersection (`host.Names.Intersection`): for each pair of a server host and
+/// a VirtualService host where one matches the other, the more specific one, once.
+pub fn intersect(server: &[&str], vs: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for s in server {
+        for v in vs {
+            let pick = if host_matches(v, s) {
+                Some(s.to_string())
+            } else if host_matches(s, v) {
+                Some(v.clone())
+            } else {
+                None
+            };
+            if let Some(h) = pick
+                && !out.contains(&h)
+            {
+                out.push(h);
+            }
+        }
+    }
+    out
+}
+
+/// Whether a route matches every request (Istio's `isCatchAllRoute`): prefix `/` (or a regex
+/// `.*`) and no header or query parameter condition.
+fn catch_all(r: &Route) -> bool {
+    let m: &RouteMatch = &r.match_;
+    let everything = m.prefix.as_deref() == Some("/")
+        || m.safe_regex.as_ref().is_some_and(|re| re.regex == ".*");
+    everything && m.headers.is_empty() && m.query_parameters.is_empty()
+}
+
+/// The VirtualServices bound to Gateway `gateway` (`<namespace>/<name>`) and exported to the
+/// gateway pods' namespace `pod_ns`, oldest first, with their resolved hosts.
+fn bound_virtual_services<'v, 'a>(
+    view: &'v MeshView<'a>,
+    gateway: &'v str,
+    pod_ns: &'v str,
+) -> impl Iterator<Item = (&'a ObjKey, &'a VirtualService, &'v [String])> + 'v {
+    view.virtual_services
+        .iter()
+        .zip(&view.vs_hosts)
+        .filter(move |((key, vs), _)| {
+            !vs.spec.hosts.is_empty()
+                && vs
+                    .spec
+                    .gateways
+                    .iter()
+                    .any(|g| resolve_gateway_name(g, &key.namespace) == gateway)
+                && exported(&vs.spec.export_to, &key.namespace, pod_ns)
+        })
+        .map(|((key, vs), hosts)| (*key, *vs, hosts.as_slice()))
+}
+
+/// Renders the gateway scope of `selector` in `scope.namespace` (see the module doc).
+pub(super) fn render(
+    view: &MeshView<'_>,
+    scope: &Scope,
+    selector: &Labels,
+) -> (ProxyConfig, EdsRecipes) {
+    let mut ctx = Ctx {
+        view,
+        scope,
+        sidecar: None,
+        selector: Some(selector),
+        mode: view.index.mesh.outbound_policy,
+        wanted: BTreeMap::new(),
+        gateway: None,
+    };
+    let ns = scope.namespace.as_str();
+    let targets = target_ports(view, scope);
+    let mut by_port: BTreeMap<u16, (ServerProtocol, Vec<PortServer>)> = BTreeMap::new();
+    for (key, gw) in scope_gateways(view, selector) {
+        for server in &gw.spec.servers {
+            let Some(number) = server
+                .port
+                .as_ref()
+                .and_then(|p| u16::try_from(p.number).ok())
+            else {
+                continue;
+            };
+            let class = server.protocol();
+            let rendered = match class {
+                ServerProtocol::Http | ServerProtocol::Tcp => true,
+                ServerProtocol::Https => credential(server).is_some(),
+                _ => false,
+            };
+            if !rendered {
+                continue; // refused by validation: an accepted Gateway holds none
+            }
+            let port = targets.get(&number).copied().unwrap_or(number);
+            let (first, servers) = by_port.entry(port).or_insert_with(|| (class, Vec::new()));
+            // As Istio merges gateways: one protocol per port (the oldest server's), one TCP
+            // server per port, one HTTPS server per SNI names; validation warns about the
+            // servers left out.
+            let taken = match class {
+                ServerProtocol::Tcp => !servers.is_empty(),
+                ServerProtocol::Https => {
+                    let sni = sni_hosts(server);
+                    servers.iter().any(|s| sni_hosts(s.server) == sni)
+                }
+                _ => false,
+            };
+            if *first != class || taken {
+                continue;
+            }
+            servers.push(PortServer {
+                gateway: key,
+                server,
+                number,
+            });
+        }
+    }
+
+    let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let mut listeners = Vec::new();
+    let mut tables = Vec::new();
+    for (port, (class, servers)) in &by_port {
+        let chains = if *class == ServerProtocol::Tcp {
+            // No bound VirtualService with a `tcp` rule for it: no listener, as Istio.
+            let Some(chain) = tcp_chain(&mut ctx, *port, &servers[0]) else {
+                continue;
+            };
+            vec![chain]
+        } else if *class == ServerProtocol::Https {
+            // One chain per server, told apart by SNI, each with its own route table.
+            let mut chains = Vec::new();
+            for ps in servers {
+                let Some((name, mutual)) = credential(ps.server) else {
+                    continue;
+                };
+                let port_name = ps
+                    .server
+                    .port
+                    .as_ref()
+                    .and_then(|p| p.name.as_deref())
+                    .unwrap_or_default();
+                let table = https_route_name(ps.number, port_name, ps.gateway);
+                tables.push(route_table(
+                    &mut ctx,
+                    table.clone(),
+                    std::slice::from_ref(ps),
+                ));
+                chains.push(FilterChain {
+                    transport_socket: Some(DownstreamTransportSocket::Tls(credential_downstream(
+                        name, mutual,
+                    ))),
+                    name: None,
+                    filter_chain_match: FilterChainMatch {
+                        server_names: sni_hosts(ps.server),
+                        transport_protocol: Some(rustmesh_xds::listener::TLS.to_string()),
+                        ..FilterChainMatch::default()
+                    },
+                    filters: vec![hcm(names::outbound_stat_prefix(any, *port), table)],
+                });
+            }
+            // Chains naming hosts before the catch-all one, as Envoy prefers exact names.
+            chains.sort_by_key(|c| c.filter_chain_match.server_names.is_empty());
+            chains
+        } else {
+            let table = route_name(*port);
+            let chain = FilterChain {
+                transport_socket: None,
+                name: None,
+                filter_chain_match: FilterChainMatch::default(),
+                filters: vec![hcm(names::outbound_stat_prefix(any, *port), table.clone())],
+            };
+            tables.push(route_table(&mut ctx, table, servers));
+            vec![chain]
+        };
+        listeners.push(Listener {
+            name: names::listener_name(any, *port),
+            address: Address::new(any, *port),
+            traffic_direction: TrafficDirection::Outbound,
+            use_original_dst: false,
+            bind_to_port: true,
+            filter_chains: chains,
+            default_filter_chain: None,
+            listener_filters_timeout: None,
+        });
+    }
+
+    let (mut clusters, endpoints, recipes) = ctx.build_clusters();
+    clusters.extend(static_clusters());
+    with_mesh_telemetry(
+        &mut listeners,
+        view.index.mesh.access_log.as_ref(),
+        view.index.mesh.tracing.as_ref(),
+    );
+    let config = ProxyConfig {
+        version_info: String::new(),
+        listeners,
+        routes: tables,
+        clusters,
+        endpoints,
+        dns: with_ca_name(Vec::new(), view, ns),
+        peer_authentication: None,
+        authorization: authz::authorization(view, scope),
+        request_authentication: request_authn::request_authentication(view, scope),
+        telemetry: telemetry::telemetry(view, scope),
+    };
+    (config, recipes)
+}
+
+/// The route table `http.<port>` of the servers merged on one listener port.
+fn route_table(
+    ctx: &mut Ctx<'_, '_>,
+    name: String,
+    servers: &[PortServer<'_>],
+) -> RouteConfiguration {
+    let view = ctx.view;
+    let ns = ctx.scope.namespace.clone();
+    let mut vhosts: BTreeMap<String, VhostAcc> = BTreeMap::new();
+    for ps in servers {
+        let gateway = ps.gateway.to_string();
+        let hosts = ps.hosts();
+        ctx.gateway = Some(gateway.clone());
+        for (key, vs, vs_hosts) in bound_virtual_services(view, &gateway, &ns) {
+            let admitted: Vec<&str> = hosts
+                .iter()
+                .filter(|h| h.admits(&key.namespace, &ps.gateway.namespace))
+                .map(|h| h.host)
+                .collect();
+            let common = intersect(&admitted, vs_hosts);
+            if common.is_empty() {
+                continue;
+            }
+            let routes = ctx.virtual_service_routes(key, vs, ps.number);
+            for host in common {
+                vhosts
+                    .entry(host.clone())
+                    .or_insert_with(|| VhostAcc::new(&host, ps.number))
+                    .routes
+                    .extend(routes.iter().cloned());
+            }
+        }
+        ctx.gateway = None;
+        if ps.server.https_redirect() {
+            for h in &hosts {
+                vhosts
+                    .entry(h.host.to_string())
+                    .or_insert_with(|| VhostAcc::new(h.host, ps.number))
+                    .redirect = true;
+            }
+        }
+    }
+    let mut virtual_hosts: Vec<VirtualHost> = vhosts
+        .into_values()
+        .map(|v| {
+            let routes = if v.redirect {
+                vec![https_redirect()]
+            } else {
+                // Istio's SortVHostRoutes: catch-all routes last, the others in order.
+                let (rest, last): (Vec<Route>, Vec<Route>) =
+                    v.routes.into_iter().partition(|r| !catch_all(r));
+                rest.into_iter().chain(last).collect()
+            };
+            VirtualHost {
+                name: v.name,
+                domains: v.domains,
+                routes,
+                include_request_attempt_count: true,
+            }
+        })
+        .collect();
+    if virtual_hosts.is_empty() {
+        let number = servers.first().map(|s| s.number).unwrap_or_default();
+        virtual_hosts.push(VirtualHost {
+            name: format!("blackhole:{number}"),
+            domains: vec!["*".to_string()],
+            routes: Vec::new(),
+            include_request_attempt_count: false,
+        });
+    }
+    RouteConfiguration {
+        name,
+        virtual_hosts,
+    }
+}
+
+/// The chain of a TCP server on listener port `port`: a TCP proxy to where the first `tcp` rule
+/// applying to it sends connections, of the oldest bound VirtualService sharing a host with the
+/// server (Istio's gateway TCP routes: a rule applies without matches, or with a match whose
+/// `port` is the server's and whose `gateways` name this Gateway, if any); `None` without one.
+fn tcp_chain(ctx: &mut Ctx<'_, '_>, port: u16, ps: &PortServer<'_>) -> Option<FilterChain> {
+    let view = ctx.view;
+    let ns = ctx.scope.namespace.clone();
+    let gateway = ps.gateway.to_string();
+    let hosts = ps.hosts();
+    for (key, vs, vs_hosts) in bound_virtual_services(view, &gateway, &ns) {
+        let admitted: Vec<&str> = hosts
+            .iter()
+            .filter(|h| h.admits(&key.namespace, &ps.gateway.namespace))
+            .map(|h| h.host)
+            .collect();
+        if intersect(&admitted, vs_hosts).is_empty() {
+            continue;
+        }
+        for rule in &vs.spec.tcp {
+            let applies = rule.match_.is_empty()
+                || rule.match_.iter().any(|m| {
+                    m.port.is_none_or(|p| p == u32::from(ps.number))
+                        && (m.gateways.is_empty()
+                            || m.gateways
+                                .iter()
+                                .any(|g| resolve_gateway_name(g, &key.namespace) == gateway))
+                });
+            if !applies {
+                continue;
+            }
+            let (cluster, weighted_clusters) =
+                ctx.tcp_destinations(rule, &key.namespace, ps.number)?;
+            let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+            return Some(FilterChain {
+                transport_socket: None,
+                name: None,
+                filter_chain_match: FilterChainMatch::default(),
+                filters: vec![NetworkFilter::TcpProxy(TcpProxy {
+                    stat_prefix: cluster
+                        .clone()
+                        .unwrap_or_else(|| names::outbound_stat_prefix(any, port)),
+                    cluster,
+                    weighted_clusters,
+                    ..TcpProxy::default()
+                })],
+            });
+        }
+    }
+    None
+}
+
+/// The Secret an HTTPS server terminates TLS with and whether it verifies clients (`MUTUAL`):
+/// `None` for what validation refuses (another mode, no `credentialName`).
+fn credential(server: &rustmesh_api::gateway::Server) -> Option<(&str, bool)> {
+    let tls = server.tls.as_ref()?;
+    let name = tls.credential_name.as_deref().filter(|n| !n.is_empty())?;
+    match tls.mode.as_deref()? {
+        "SIMPLE" => Some((name, false)),
+        "MUTUAL" => Some((name, true)),
+        _ => None,
+    }
+}
+
+/// The route of a virtual host whose server sets `tls.httpsRedirect`: every request answered
+/// with a 301 to the same URL with the `https` scheme.
+fn https_redirect() -> Route {
+    Route {
+        name: Some("https-redirect".to_string()),
+        match_: RouteMatch {
+            prefix: Some("/".to_string()),
+            ..RouteMatch::default()
+        },
+        redirect: Some(RedirectAction {
+            scheme_redirect: Some("https".to_string()),
+            host_redirect: None,
+            port_redirect: None,
+            path_redirect: None,
+            response_code: 301,
+        }),
+        ..Route::default()
+    }
+}

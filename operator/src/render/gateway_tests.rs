@@ -1,0 +1,800 @@
+//! Gateway rendering (issue #20), from Istio's documented examples: the bookinfo ingress
+//! (bookinfo-gateway and the bookinfo VirtualService), host intersection with `namespace/`
+//! server hosts, VirtualServices bound to gateways only (not on sidecars) or to `mesh` and a
+//! gateway (both), per-match `gateways`, the Service targetPort mapping of the listener port,
+//! `tls.httpsRedirect`, TCP servers (Istio's TCP ingress task), the port conflicts of merged
+//! Gateways, and refused fields.
+
+use super::*;
+use crate::configmap::{render, render_namespace};
+use crate::fixtures::{as_router, bookinfo, istio, pod, router_pod, verdict, workload};
+use crate::index::{Kind, ObjKey};
+use rustmesh_xds::listener::NetworkFilter;
+use rustmesh_xds::route::VirtualHost;
+use rustmesh_xds::tls::DownstreamTransportSocket;
+
+const GATEWAY_LABELS: &[(&str, &str)] =
+    &[("app", "istio-ingressgateway"), ("istio", "ingressgateway")];
+
+/// bookinfo plus an ingress gateway pod in istio-system behind the Service
+/// `istio-ingressgateway` (port 80 → targetPort 8080, as Istio's chart installs it).
+fn mesh_with_ingress() -> Index {
+    let mut index = bookinfo();
+    workload(
+        &mut index,
+        "istio-system",
+        "istio-ingressgateway",
+        Some("10.96.30.1"),
+        &[
+            ("http2", 80, 8080),
+            ("https", 443, 8443),
+            ("tcp", 31400, 31400),
+        ],
+        &[("istio-ingressgateway-1", "10.244.0.50", GATEWAY_LABELS)],
+    );
+    as_router(&mut index, "istio-system", "istio-ingressgateway-1");
+    index
+}
+
+/// Istio's bookinfo-gateway (samples/bookinfo/networking/bookinfo-gateway.yaml, the version
+/// exposing port 80) and the bookinfo VirtualService bound to it.
+const BOOKINFO_GATEWAY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: bookinfo-gateway, namespace: default}
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bookinfo, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: [bookinfo-gateway]
+  http:
+  - match:
+    - uri: {exact: /productpage}
+    - uri: {prefix: /static}
+    - uri: {exact: /login}
+    - uri: {exact: /logout}
+    - uri: {prefix: /api/v1/products}
+    route:
+    - destination:
+        host: productpage
+        port: {number: 9080}
+"#;
+
+/// The gateway scope of the `istio=ingressgateway` pods of istio-system.
+fn gateway_scope() -> Scope {
+    Scope::gateway(
+        "istio-system",
+        &[("istio".to_string(), "ingressgateway".to_string())].into(),
+    )
+}
+
+fn rendered(index: &Index, scope: &Scope) -> ProxyConfig {
+    let c = render(index, scope);
+    if let Err(e) = c.validate() {
+        panic!("render of {scope} does not validate: {e}\n{}", c.to_json());
+    }
+    c
+}
+
+fn rds(l: &Listener) -> String {
+    match &l.filter_chains[0].filters[0] {
+        NetworkFilter::HttpConnectionManager(h) => h
+            .rds
+            .as_ref()
+            .map(|r| r.route_config_name.clone())
+            .unwrap_or_default(),
+        NetworkFilter::TcpProxy(_) => "tcp".to_string(),
+    }
+}
+
+fn vhost<'c>(c: &'c ProxyConfig, table: &str, name: &str) -> &'c VirtualHost {
+    c.route(table)
+        .unwrap_or_else(|| panic!("route table {table}"))
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("virtual host {name} in {table}"))
+}
+
+fn clusters_of(v: &VirtualHost) -> Vec<String> {
+    v.routes
+        .iter()
+        .filter_map(|r| r.route.as_ref()?.cluster.clone())
+        .collect()
+}
+
+const PRODUCTPAGE: &str = "outbound|9080||productpage.default.svc.cluster.local";
+
+#[test]
+fn bookinfo_ingress_renders_istios_gateway_listener_route_and_cluster() {
+    let mut index = mesh_with_ingress();
+    // istio-system is not injected: it gets a ConfigMap once a Gateway selects a pod in it.
+    assert!(!index.is_mesh_namespace("istio-system"));
+    istio(&mut index, BOOKINFO_GATEWAY);
+    assert!(index.is_mesh_namespace("istio-system"));
+
+    let view = MeshView::new(&index);
+    let rendered_ns = render_namespace(&view, "istio-system").expect("renders");
+    let selector = &rendered_ns.index.selectors[0];
+    assert!(selector.is_gateway());
+    assert_eq!(selector.gateways, ["default/bookinfo-gateway"]);
+    assert_eq!(selector.key, gateway_scope().key());
+    assert_eq!(rendered_ns.index.version, xscope::SCOPE_INDEX_VERSION);
+    // The gateway pod selects that scope.
+    let pod_labels: Labels = GATEWAY_LABELS
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(
+        xscope::select_scope(&rendered_ns.index, &pod_labels, xscope::ProxyRole::Router),
+        selector.key
+    );
+
+    let c = rendered(&index, &gateway_scope());
+    // One listener, on the Service's targetPort, bound to it, no capture listeners.
+    let names: Vec<&str> = c.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["0.0.0.0_8080"]);
+    let l = &c.listeners[0];
+    assert!(l.bind_to_port && !l.use_original_dst);
+    assert_eq!(l.traffic_direction, TrafficDirection::Outbound);
+    assert_eq!(l.address.socket_address.port_value, 8080);
+    assert_eq!(rds(l), "http.8080");
+    // The virtual host as istioctl shows it (`*:80`, domain `*`), the routes to productpage.
+    let vh = vhost(&c, "http.8080", "*:80");
+    assert_eq!(vh.domains, ["*"]);
+    assert_eq!(clusters_of(vh), vec![PRODUCTPAGE.to_string(); 5]);
+    assert_eq!(vh.routes[0].match_.path.as_deref(), Some("/productpage"));
+    assert_eq!(vh.routes[1].match_.prefix.as_deref(), Some("/static"));
+    assert_eq!(
+        vh.routes[0].virtual_service.as_deref(),
+        Some("bookinfo.default")
+    );
+    // The cluster and its endpoints, as a sidecar's.
+    assert!(c.cluster(PRODUCTPAGE).is_some());
+    let ep = c
+        .endpoints
+        .iter()
+        .find(|e| e.cluster_name == PRODUCTPAGE)
+        .expect("productpage endpoints");
+    assert_eq!(ep.lb_endpoints().count(), 1);
+    // Nothing the VirtualService does not route to.
+    assert!(
+        c.cluster("outbound|9080||reviews.default.svc.cluster.local")
+            .is_none()
+    );
+}
+
+#[test]
+fn a_virtual_service_naming_only_gateways_is_not_applied_to_sidecars() {
+    let mut index = mesh_with_ingress();
+    istio(&mut index, BOOKINFO_GATEWAY);
+    let c = rendered(&index, &Scope::namespace("default"));
+    let vh = vhost(&c, "9080", "productpage.default.svc.cluster.local:9080");
+    // The sidecar's default route, not the gateway's VirtualService.
+    assert_eq!(vh.routes.len(), 1);
+    assert_eq!(vh.routes[0].name.as_deref(), Some("default"));
+    assert!(
+        c.routes
+            .iter()
+            .flat_map(|r| &r.virtual_hosts)
+            .flat_map(|v| &v.routes)
+            .all(|r| r.virtual_service.as_deref() != Some("bookinfo.default"))
+    );
+    // And a host only the gateway serves is no warning: it need not be a service.
+    let v = &verdict(&index, Kind::VirtualService, "default", "bookinfo");
+    assert!(v.accepted && v.findings.is_empty(), "{:?}", v.findings);
+}
+
+#[test]
+fn a_virtual_service_naming_a_missing_gateway_is_warned_naming_the_entry() {
+    let mut index = mesh_with_ingress();
+    istio(&mut index, BOOKINFO_GATEWAY);
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bookinfo, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: [mesh, bookinfo-gateway, istio-system/nope]
+  http:
+  - route:
+    - destination: {host: productpage}
+"#,
+    );
+    let v = &verdict(&index, Kind::VirtualService, "default", "bookinfo");
+    assert!(v.accepted);
+    let fields: Vec<&str> = v.findings.iter().map(|f| f.field.as_str()).collect();
+    assert!(fields.contains(&"spec.gateways[2]"), "{:?}", v.findings);
+    assert!(!fields.contains(&"spec.gateways[1]"), "{:?}", v.findings);
+}
+
+#[test]
+fn a_gateway_change_reaches_the_namespace_of_the_pods_it_selects() {
+    let mut index = mesh_with_ingress();
+    let gw = match rustmesh_api::load(BOOKINFO_GATEWAY.split("---").next().unwrap())
+        .expect("bookinfo-gateway reads")
+        .remove(0)
+    {
+        rustmesh_api::IstioObject::Gateway(g) => g,
+        other => panic!("not a Gateway: {}", other.kind()),
+    };
+    let affects = index.apply(crate::index::Object::Gateway(gw));
+    assert!(affects.namespaces.contains("istio-system"), "{affects:?}");
+    assert!(affects.statuses);
+    // Deleting it: the namespace it reached is rendered once more (it keeps its last
+    // ConfigMap, as any namespace leaving the mesh).
+    let affects = index.delete(Kind::Gateway, &ObjKey::new("default", "bookinfo-gateway"));
+    assert!(affects.namespaces.contains("istio-system"), "{affects:?}");
+    assert!(!index.is_mesh_namespace("istio-system"));
+}
+
+/// A Gateway selecting ordinary pods' labels (here productpage's sidecars) gives them nothing:
+/// no gateway scope is written for them, so their sidecars keep their capture listeners, and
+/// a namespace with only such pods does not join the mesh for it.
+#[test]
+fn a_gateway_selecting_sidecar_pods_renders_no_gateway_scope() {
+    let mut index = mesh_with_ingress();
+    pod(&mut index, "plain", "web-1", &[("app", "productpage")]);
+    crate::fixtures::namespace(&mut index, "plain", false);
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: wrong-selector, namespace: default}
+spec:
+  selector: {app: productpage}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+"#,
+    );
+    let view = MeshView::new(&index);
+    let ns = render_namespace(&view, "default").expect("renders");
+    assert!(
+        ns.index.selectors.iter().all(|s| !s.is_gateway()),
+        "{:?}",
+        ns.index.selectors
+    );
+    assert!(!index.is_mesh_namespace("plain"));
+    let c = rendered(&index, &Scope::namespace("default"));
+    assert!(c.listener("virtualOutbound").is_some());
+    assert!(c.route("http.80").is_none());
+}
+
+#[test]
+fn mesh_and_a_gateway_render_on_both_and_match_gateways_pick_one() {
+    let mut index = mesh_with_ingress();
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: public, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["default/reviews.default.svc.cluster.local"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  gateways: [mesh, istio-system/public]
+  http:
+  - match:
+    - headers: {end-user: {exact: jason}}
+      gateways: [mesh]
+    route:
+    - destination: {host: reviews, subset: v2}
+  - match:
+    - uri: {prefix: /ext}
+      gateways: [istio-system/public]
+    route:
+    - destination: {host: reviews, subset: v3}
+  - route:
+    - destination: {host: reviews, subset: v1}
+"#,
+    );
+    let v2 = "outbound|9080|v2|reviews.default.svc.cluster.local";
+    let v3 = "outbound|9080|v3|reviews.default.svc.cluster.local";
+    let v1 = "outbound|9080|v1|reviews.default.svc.cluster.local";
+    let sidecar = rendered(&index, &Scope::namespace("default"));
+    let vh = vhost(&sidecar, "9080", "reviews.default.svc.cluster.local:9080");
+    assert_eq!(clusters_of(vh), [v2, v1]);
+    let gw = rendered(&index, &gateway_scope());
+    let vh = vhost(&gw, "http.8080", "reviews.default.svc.cluster.local:80");
+    assert_eq!(
+        vh.domains,
+        [
+            "reviews.default.svc.cluster.local",
+            "reviews.default.svc.cluster.local:*"
+        ]
+    );
+    assert_eq!(clusters_of(vh), [v3, v1]);
+    // The subsets resolve through the DestinationRule visible from istio-system.
+    assert!(gw.cluster(v3).is_some() && gw.cluster(v1).is_some());
+}
+
+#[test]
+fn hosts_are_the_intersection_and_namespace_prefixes_admit_virtual_services() {
+    let mut index = mesh_with_ingress();
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: web, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*.example.com", "other/*", "./admin.example.org"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop, namespace: default}
+spec:
+  hosts: [bookinfo.example.com, example.org, admin.example.org]
+  gateways: [istio-system/web]
+  http:
+  - route:
+    - destination: {host: productpage}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: admin, namespace: istio-system}
+spec:
+  hosts: ["*.example.org"]
+  gateways: [web]
+  http:
+  - route:
+    - destination: {host: details.default.svc.cluster.local}
+"#,
+    );
+    let c = rendered(&index, &gateway_scope());
+    let table = c.route("http.8080").expect("http.8080");
+    let names: Vec<&str> = table
+        .virtual_hosts
+        .iter()
+        .map(|v| v.name.as_str())
+        .collect();
+    // bookinfo.example.com: under *.example.com; example.org: no server host matches it;
+    // admin.example.org: `./` admits only the Gateway's namespace (istio-system), where the
+    // `admin` VirtualService's *.example.org intersects it as the more specific host.
+    assert_eq!(names, ["admin.example.org:80", "bookinfo.example.com:80"]);
+    assert_eq!(
+        clusters_of(vhost(&c, "http.8080", "admin.example.org:80")),
+        ["outbound|9080||details.default.svc.cluster.local"]
+    );
+    assert_eq!(
+        clusters_of(vhost(&c, "http.8080", "bookinfo.example.com:80")),
+        [PRODUCTPAGE]
+    );
+}
+
+#[test]
+fn without_a_service_the_server_port_is_the_listener_port() {
+    let mut index = bookinfo();
+    router_pod(&mut index, "istio-system", "gw-1", GATEWAY_LABELS);
+    istio(&mut index, BOOKINFO_GATEWAY);
+    let c = rendered(&index, &gateway_scope());
+    assert_eq!(c.listeners[0].name, "0.0.0.0_80");
+    assert_eq!(rds(&c.listeners[0]), "http.80");
+    assert_eq!(
+        clusters_of(vhost(&c, "http.80", "*:80")),
+        vec![PRODUCTPAGE.to_string(); 5]
+    );
+}
+
+#[test]
+fn https_redirect_answers_every_request_with_a_301_and_no_binding_is_a_404() {
+    let mut index = mesh_with_ingress();
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: coolstore, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [webapp.istioinaction.io]
+    tls: {httpsRedirect: true}
+"#,
+    );
+    let c = rendered(&index, &gateway_scope());
+    let vh = vhost(&c, "http.8080", "webapp.istioinaction.io:80");
+    assert_eq!(vh.routes.len(), 1);
+    let redirect = vh.routes[0].redirect.as_ref().expect("a redirect");
+    assert_eq!(redirect.scheme_redirect.as_deref(), Some("https"));
+    assert_eq!(redirect.response_code, 301);
+
+    // A server no VirtualService binds to: one catch-all virtual host without routes.
+    let mut index = mesh_with_ingress();
+    istio(&mut index, BOOKINFO_GATEWAY.split("---").next().unwrap());
+    let c = rendered(&index, &gateway_scope());
+    let vh = vhost(&c, "http.8080", "blackhole:80");
+    assert_eq!(vh.domains, ["*"]);
+    assert!(vh.routes.is_empty());
+}
+
+#[test]
+fn refused_fields_are_named_and_render_no_gateway_scope() {
+    let mut index = mesh_with_ingress();
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: secure, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    tls: {mode: PASSTHROUGH}
+    hosts: [httpbin.example.com]
+  - port: {number: 8443, name: tls, protocol: TLS}
+    tls: {mode: SIMPLE, credentialName: httpbin-credential}
+    hosts: [httpbin.example.com]
+"#,
+    );
+    let v = &verdict(&index, Kind::Gateway, "istio-system", "secure");
+    assert!(!v.accepted);
+    let fields: Vec<&str> = v.findings.iter().map(|f| f.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["spec.servers[0].tls.mode", "spec.servers[1].port.protocol"],
+        "{:?}",
+        v.findings
+    );
+    assert!(
+        v.findings.iter().all(|f| f.message.contains("issue #20")),
+        "{:?}",
+        v.findings
+    );
+    let view = MeshView::new(&index);
+    assert!(
+        view.scope_index("istio-system")
+            .selectors
+            .iter()
+            .all(|s| !s.is_gateway())
+    );
+}
+
+#[test]
+fn a_more_specific_selector_merges_the_broader_gateways_first_in_the_index() {
+    let mut index = mesh_with_ingress();
+    istio(&mut index, BOOKINFO_GATEWAY);
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: narrow, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway, app: istio-ingressgateway}
+  servers:
+  - port: {number: 9000, name: http-alt, protocol: HTTP}
+    hosts: ["*"]
+"#,
+    );
+    let view = MeshView::new(&index);
+    let idx = view.scope_index("istio-system");
+    assert_eq!(idx.selectors.len(), 2);
+    assert_eq!(idx.selectors[0].labels.len(), 2);
+    assert_eq!(
+        idx.selectors[0].gateways,
+        ["default/bookinfo-gateway", "istio-system/narrow"]
+    );
+    let scope = Scope::gateway("istio-system", &idx.selectors[0].labels);
+    let c = rendered(&index, &scope);
+    let names: Vec<&str> = c.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["0.0.0.0_8080", "0.0.0.0_9000"]);
+}
+
+/// Istio's TCP traffic shifting through the ingress gateway (tcp-echo, 80 % v1, 20 % v2).
+#[test]
+fn a_tcp_server_proxies_to_the_bound_virtual_services_tcp_route() {
+    let mut index = mesh_with_ingress();
+    workload(
+        &mut index,
+        "default",
+        "tcp-echo",
+        Some("10.96.10.9"),
+        &[("tcp", 9000, 9000)],
+        &[
+            (
+                "tcp-echo-v1-1",
+                "10.244.0.60",
+                &[("app", "tcp-echo"), ("version", "v1")],
+            ),
+            (
+                "tcp-echo-v2-1",
+                "10.244.0.61",
+                &[("app", "tcp-echo"), ("version", "v2")],
+            ),
+        ],
+    );
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: tcp-echo-gateway, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 31400, name: tcp, protocol: TCP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: tcp-echo-destination, namespace: default}
+spec:
+  host: tcp-echo
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp-echo, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: [tcp-echo-gateway]
+  tcp:
+  - match:
+    - port: 31400
+    route:
+    - destination: {host: tcp-echo, port: {number: 9000}, subset: v1}
+      weight: 80
+    - destination: {host: tcp-echo, port: {number: 9000}, subset: v2}
+      weight: 20
+"#,
+    );
+    let c = rendered(&index, &gateway_scope());
+    let l = c.listener("0.0.0.0_31400").expect("0.0.0.0_31400");
+    assert!(l.bind_to_port && !l.use_original_dst);
+    let NetworkFilter::TcpProxy(t) = &l.filter_chains[0].filters[0] else {
+        panic!("not a TCP proxy");
+    };
+    let weighted: Vec<(&str, u32)> = t
+        .weighted_clusters
+        .as_ref()
+        .expect("weighted clusters")
+        .clusters
+        .iter()
+        .map(|w| (w.name.as_str(), w.weight))
+        .collect();
+    assert_eq!(
+        weighted,
+        [
+            ("outbound|9000|v1|tcp-echo.default.svc.cluster.local", 80),
+            ("outbound|9000|v2|tcp-echo.default.svc.cluster.local", 20)
+        ]
+    );
+    assert!(
+        c.cluster("outbound|9000|v2|tcp-echo.default.svc.cluster.local")
+            .is_some()
+    );
+    // No route table for a TCP port; the tcp route stays off the sidecars (gateways only).
+    assert!(c.route("http.31400").is_none());
+    let sidecar = rendered(&index, &Scope::namespace("default"));
+    let l = sidecar
+        .listener("10.96.10.9_9000")
+        .expect("tcp-echo's listener");
+    let NetworkFilter::TcpProxy(t) = &l.filter_chains[0].filters[0] else {
+        panic!("not a TCP proxy");
+    };
+    assert_eq!(
+        t.cluster.as_deref(),
+        Some("outbound|9000||tcp-echo.default.svc.cluster.local")
+    );
+}
+
+#[test]
+fn a_port_keeps_its_oldest_servers_protocol_and_the_others_are_warned() {
+    let mut index = mesh_with_ingress();
+    istio(&mut index, BOOKINFO_GATEWAY);
+    // Neither has a creation time: by namespace and name, bookinfo-gateway is the older.
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: raw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: tcp, protocol: TCP}
+    hosts: ["*"]
+"#,
+    );
+    let v = &verdict(&index, Kind::Gateway, "istio-system", "raw");
+    assert!(v.accepted);
+    let warned: Vec<&str> = v.findings.iter().map(|f| f.field.as_str()).collect();
+    assert_eq!(warned, ["spec.servers[0].port"], "{:?}", v.findings);
+    assert!(v.findings[0].message.contains("default/bookinfo-gateway"));
+    // The listener stays bookinfo's HTTP one.
+    let c = rendered(&index, &gateway_scope());
+    assert_eq!(
+        rds(c.listener("0.0.0.0_8080").expect("listener")),
+        "http.8080"
+    );
+}
+
+/// Istio's secure ingress task (SIMPLE, then MUTUAL, then two hosts on one port): httpbin
+/// behind `mygateway` in istio-system, its certificate in Secret `httpbin-credential`.
+const SECURE_INGRESS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: mygateway, namespace: istio-system}
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    tls: {mode: SIMPLE, credentialName: httpbin-credential}
+    hosts: [httpbin.example.com]
+  - port: {number: 443, name: https-helloworld, protocol: HTTPS}
+    tls: {mode: MUTUAL, credentialName: helloworld-credential}
+    hosts: [helloworld.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin, namespace: default}
+spec:
+  hosts: [httpbin.example.com, helloworld.example.com]
+  gateways: [istio-system/mygateway]
+  http:
+  - match:
+    - uri: {prefix: /status}
+    route:
+    - destination:
+        host: productpage
+        port: {number: 9080}
+"#;
+
+#[test]
+fn https_servers_terminate_with_their_credential_picked_by_sni() {
+    let mut index = mesh_with_ingress();
+    istio(&mut index, SECURE_INGRESS);
+    let v = &verdict(&index, Kind::Gateway, "istio-system", "mygateway");
+    assert!(v.accepted && v.findings.is_empty(), "{:?}", v.findings);
+
+    let c = rendered(&index, &gateway_scope());
+    // 443 is the Service's port whose targetPort is 8443.
+    let l = c.listener("0.0.0.0_8443").expect("listener 0.0.0.0_8443");
+    assert!(l.bind_to_port && !l.use_original_dst);
+    let by_sni: Vec<(Vec<String>, String, String, bool)> = l
+        .filter_chains
+        .iter()
+        .map(|fc| {
+            let Some(DownstreamTransportSocket::Tls(t)) = &fc.transport_socket else {
+                panic!("chain without TLS: {fc:?}")
+            };
+            assert_eq!(
+                fc.filter_chain_match.transport_protocol.as_deref(),
+                Some("tls")
+            );
+            (
+                fc.filter_chain_match.server_names.clone(),
+                t.common_tls_context.tls_certificate_sds_secret_configs[0]
+                    .name
+                    .clone(),
+                rds(&{
+                    let mut one = l.clone();
+                    one.filter_chains = vec![fc.clone()];
+                    one
+                }),
+                t.require_client_certificate,
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_sni,
+        [
+            (
+                vec!["httpbin.example.com".to_string()],
+                "kubernetes://httpbin-credential".to_string(),
+                "https.443.https.mygateway.istio-system".to_string(),
+                false,
+            ),
+            (
+                vec!["helloworld.example.com".to_string()],
+                "kubernetes://helloworld-credential".to_string(),
+                "https.443.https-helloworld.mygateway.istio-system".to_string(),
+                true,
+            ),
+        ]
+    );
+    // MUTUAL verifies clients against the Secret's CA.
+    let Some(DownstreamTransportSocket::Tls(mutual)) = &l.filter_chains[1].transport_socket else {
+        unreachable!()
+    };
+    assert_eq!(
+        mutual
+            .common_tls_context
+            .combined_validation_context
+            .as_ref()
+            .expect("a validation context")
+            .validation_context_sds_secret_config
+            .name,
+        "kubernetes://helloworld-credential-cacert"
+    );
+    // Each server's table holds only its own host.
+    let t = c
+        .route("https.443.https.mygateway.istio-system")
+        .expect("table");
+    let names: Vec<&str> = t.virtual_hosts.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["httpbin.example.com:443"]);
+    assert_eq!(
+        clusters_of(vhost(
+            &c,
+            "https.443.https.mygateway.istio-system",
+            "httpbin.example.com:443"
+        )),
+        [PRODUCTPAGE]
+    );
+}
+
+#[test]
+fn a_second_https_server_for_the_same_names_is_warned_and_a_catch_all_chain_goes_last() {
+    let mut index = mesh_with_ingress();
+    istio(&mut index, SECURE_INGRESS);
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: zz-again, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    tls: {mode: SIMPLE, credentialName: other}
+    hosts: [httpbin.example.com]
+  - port: {number: 443, name: https-any, protocol: HTTPS}
+    tls: {mode: SIMPLE, credentialName: wildcard}
+    hosts: ["*"]
+"#,
+    );
+    let v = &verdict(&index, Kind::Gateway, "istio-system", "zz-again");
+    assert!(v.accepted);
+    let warned: Vec<&str> = v.findings.iter().map(|f| f.field.as_str()).collect();
+    assert_eq!(warned, ["spec.servers[0].port"], "{:?}", v.findings);
+    assert!(
+        v.findings[0].message.contains("HTTPS"),
+        "{}",
+        v.findings[0].message
+    );
+    let c = rendered(&index, &gateway_scope());
+    let l = c.listener("0.0.0.0_8443").expect("listener");
+    let names: Vec<Vec<String>> = l
+        .filter_chains
+        .iter()
+        .map(|fc| fc.filter_chain_match.server_names.clone())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            vec!["httpbin.example.com".to_string()],
+            vec!["helloworld.example.com".to_string()],
+            vec![],
+        ]
+    );
+}
