@@ -746,12 +746,18 @@ pub const SERVICE_ENTRY_NOT_RENDERED: &str = "not rendered yet (issue #20)";
 /// every resolution, IP and DNS-name endpoints with their ports and labels, exportTo); the rest is
 /// refused naming the field, never accepted and silently ignored.
 const SERVICE_ENTRY: &[Entry] = &[
-    rendered(
-        "spec.hosts",
-        &[],
-        "operator registry.rs: one registry service per host; render/: clusters \
-         outbound|PORT||HOST, listeners, virtual hosts, DNS entries",
-    ),
+    Entry {
+        path: "spec.hosts",
+        leaves: &[],
+        support: Support::ReportedBy(
+            "rustmesh_api::service_entry::ServiceEntrySpec::unsupported: operator registry.rs \
+             renders one registry service per host (render/: clusters outbound|PORT||HOST, \
+             listeners, virtual hosts, DNS entries); a wildcard host with resolution DNS or \
+             DNS_ROUND_ROBIN is refused (no name to resolve), not rendered yet (issue #20)",
+        ),
+        harmless: &[],
+        example: r#"{"hosts": ["*.example.com"], "resolution": "DNS", "endpoints": [{"address": "egress.example.com"}]}"#,
+    },
     Entry {
         path: "spec.addresses",
         leaves: &[],
@@ -779,16 +785,20 @@ const SERVICE_ENTRY: &[Entry] = &[
         "spec.resolution",
         &[],
         "render/clusters.rs: NONE an ORIGINAL_DST cluster, STATIC an EDS cluster, DNS a \
-         STRICT_DNS and DNS_ROUND_ROBIN a LOGICAL_DNS cluster of the endpoints' names (or the \
-         host), which the sidecar resolves (proxy cluster/resolver.rs)",
+         STRICT_DNS cluster (every address of every name) and DNS_ROUND_ROBIN a LOGICAL_DNS \
+         cluster (the first address of the one name) of the endpoints' names or IP addresses, \
+         else of the host, which the sidecar resolves (proxy cluster/resolver.rs: A records, \
+         at most 64 addresses a name); ServiceEntrySpec::unsupported refuses a wildcard host \
+         (spec.hosts) and more than 64 endpoints (spec.endpoints) with these two",
     ),
     Entry {
         path: "spec.endpoints[].address",
         leaves: &[],
         support: Support::ReportedBy(
             "rustmesh_api::service_entry::ServiceEntrySpec::unsupported: IP addresses are \
-             rendered (the cluster's endpoints); unix:// sockets are refused, not rendered yet \
-             (issue #20)",
+             rendered (the cluster's endpoints), and DNS names with resolution DNS and \
+             DNS_ROUND_ROBIN (resolved by the sidecar); unix:// sockets are refused, not \
+             rendered yet (issue #20)",
         ),
         harmless: &[],
         example: r#"{"address": "unix:///var/run/api.sock"}"#,
@@ -796,8 +806,9 @@ const SERVICE_ENTRY: &[Entry] = &[
     rendered(
         "spec.endpoints[]",
         &["ports", "labels"],
-        "render/clusters.rs load_assignment: the endpoint's port per entry port, labels for \
-         DestinationRule subsets and auto mutual TLS",
+        "render/clusters.rs load_assignment (dns_load_assignment for DNS resolutions): the \
+         endpoint's port per entry port, labels for DestinationRule subsets and auto mutual \
+         TLS",
     ),
     refused(
         "spec.endpoints[].network",
