@@ -1,6 +1,13 @@
 //! Clusters and endpoints: `outbound|<port>|<subset>|<fqdn>` with the DestinationRule's traffic
 //! policy, `inbound|<port>||`, and the three static clusters.
 //!
+//! A DNS-resolved service (a ServiceEntry host of resolution DNS or DNS_ROUND_ROBIN, an
+//! ExternalName Service: `registry::DnsResolution`) gets a STRICT_DNS (LOGICAL_DNS) cluster
+//! whose `loadAssignment` lists the names (or IP addresses) the sidecar resolves
+//! ([`dns_load_assignment`]), with `respectDnsTtl` and a `dnsRefreshRate` of
+//! [`DNS_REFRESH_SECS`], as Istio renders them; a DNS_ROUND_ROBIN subset selecting no endpoint
+//! gets a STRICT_DNS cluster of none (a LOGICAL_DNS cluster has exactly one).
+//!
 //! With a mesh CA ([`MeshConfig::ca_host`]), an outbound cluster originates Istio's mutual TLS
 //! ([`upstream_tls`]): a DestinationRule's `tls.mode: ISTIO_MUTUAL` gives it one TLS transport
 //! socket, `DISABLE` none, and without a `tls` setting auto mTLS (`meshConfig.enableAutoMtls`)
@@ -16,7 +23,7 @@
 
 use super::{ClusterParts, Ctx, EdsRecipe, EdsRecipes};
 use crate::index::{Labels, MeshConfig};
-use crate::registry::{Ep, SvcPort};
+use crate::registry::{DnsResolution, Ep, SvcPort};
 use rustmesh_api::common::labels_match;
 use rustmesh_api::destination_rule::{
     ClientTlsSettings, ConnectionPoolSettings, DestinationRuleSpec, H2UpgradePolicy,
@@ -438,15 +445,20 @@ impl<'v, 'a> Ctx<'v, 'a> {
                     .is_some_and(|lb| lb.simple == Some(SimpleLb::Passthrough));
             let tcp = policy.pool.and_then(|p| p.tcp.as_ref());
             let http = policy.pool.and_then(|p| p.http.as_ref());
-            // A ServiceEntry host of resolution DNS (DNS_ROUND_ROBIN): a STRICT_DNS (LOGICAL_DNS)
-            // cluster of its endpoints' names, which the sidecar resolves (Istio's rendering).
-            let dns_entry = w.svc.entry.as_ref().filter(|e| {
-                matches!(e.resolution, Resolution::Dns | Resolution::DnsRoundRobin)
-            });
             let mut c = if passthrough {
                 bare(name, DiscoveryType::OriginalDst, LbPolicy::ClusterProvided)
-            } else if let Some(e) = dns_entry {
-                let type_ = if e.resolution == Resolution::DnsRoundRobin {
+            } else if let Some(dns) = &w.svc.dns {
+                // A ServiceEntry host of resolution DNS (DNS_ROUND_ROBIN), or an ExternalName
+                // Service: a STRICT_DNS (LOGICAL_DNS) cluster of its endpoints' names, which the
+                // sidecar resolves (Istio's rendering).
+                let selector = subset.map(|s| &s.labels);
+                let mtls = self.view.index.mesh.ca_host.is_some();
+                let la = dns_load_assignment(name, dns, w.port, mtls, |labels| {
+                    selector.is_none_or(|sel| labels_match(sel, labels))
+                });
+                // A LOGICAL_DNS cluster has exactly one endpoint; a subset selecting none
+                // gets a STRICT_DNS cluster of none (no upstream, as Istio's empty cluster).
+                let type_ = if dns.logical && la.lb_endpoints().count() == 1 {
                     DiscoveryType::LogicalDns
                 } else {
                     DiscoveryType::StrictDns
@@ -455,16 +467,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
                 (c.ring_hash_lb_config, c.maglev_lb_config) = hash_lb_configs(policy.lb);
                 c.dns_refresh_rate = Some(Duration::from_secs(DNS_REFRESH_SECS));
                 c.respect_dns_ttl = true;
-                let selector = subset.map(|s| &s.labels);
-                let mtls = self.view.index.mesh.ca_host.is_some();
-                c.load_assignment = Some(dns_load_assignment(
-                    name,
-                    &e.dns_endpoints,
-                    w.port,
-                    type_,
-                    mtls,
-                    |labels| selector.is_none_or(|sel| labels_match(sel, labels)),
-                ));
+                c.load_assignment = Some(la);
                 c
             } else {
                 let mut c = bare(name, DiscoveryType::Eds, lb_policy(policy.lb));
@@ -502,6 +505,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
                 // No auto mTLS to a MESH_EXTERNAL entry (Istio's rule): plain, or the app's own
                 // TLS; a MESH_INTERNAL one's endpoints labelled tlsMode=istio get it, as pods.
                 !passthrough
+                    && !w.svc.external_name()
                     && w.svc
                         .entry
                         .as_ref()
@@ -554,13 +558,13 @@ pub const DNS_REFRESH_SECS: u64 = 60;
 /// `security.istio.io/tlsMode: istio` ones carry the auto mTLS metadata when the mesh has a CA.
 pub fn dns_load_assignment(
     cluster: &str,
-    endpoints: &[crate::registry::DnsEndpoint],
+    dns: &DnsResolution,
     port: &SvcPort,
-    type_: DiscoveryType,
     mtls: bool,
     selects: impl Fn(&Labels) -> bool,
 ) -> ClusterLoadAssignment {
-    let mut lb_endpoints: Vec<LbEndpoint> = endpoints
+    let mut lb_endpoints: Vec<LbEndpoint> = dns
+        .endpoints
         .iter()
         .filter(|e| selects(&e.labels))
         .map(|e| {
@@ -576,7 +580,7 @@ pub fn dns_load_assignment(
             }
         })
         .collect();
-    if type_ == DiscoveryType::LogicalDns {
+    if dns.logical {
         lb_endpoints.truncate(1);
     }
     ClusterLoadAssignment {
