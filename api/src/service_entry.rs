@@ -2,13 +2,15 @@
 //! entries to the mesh's service registry (external APIs, VMs, services of another registry).
 //! Shapes follow <https://istio.io/latest/docs/reference/config/networking/service-entry/>.
 //!
-//! Issue #20, first slice: the operator renders the common egress cases (hosts, IP
-//! `addresses`, ports, location, resolution NONE and STATIC, IP endpoints with their ports and
-//! labels, exportTo). What it does not render is refused naming the field, never accepted and
-//! silently ignored: the field-support table ([`crate::support`]) refuses resolution DNS and
-//! DNS_ROUND_ROBIN, `workloadSelector`, `subjectAltNames` and the endpoints' `network`,
-//! `locality`, `weight` and `serviceAccount`; [`ServiceEntrySpec::unsupported`] refuses CIDR
-//! blocks in `addresses` and `unix://` endpoints. [`ServiceEntrySpec::istio_errors`] gives
+//! Issue #20: the operator renders the common egress cases (hosts, IP `addresses`, ports,
+//! location, every resolution: NONE, STATIC, and DNS and DNS_ROUND_ROBIN, whose hosts or
+//! endpoint names the sidecar resolves; IP and DNS-name endpoints with their ports and labels,
+//! exportTo). What it does not render is refused naming the field, never accepted and silently
+//! ignored: the field-support table ([`crate::support`]) refuses `workloadSelector`,
+//! `subjectAltNames` and the endpoints' `network`, `locality`, `weight` and `serviceAccount`;
+//! [`ServiceEntrySpec::unsupported`] refuses CIDR blocks in `addresses`, `unix://` endpoints,
+//! wildcard hosts with resolution DNS or DNS_ROUND_ROBIN and more than
+//! [`MAX_DNS_ENDPOINTS`] endpoints to resolve. [`ServiceEntrySpec::istio_errors`] gives
 //! Istio's own verdict without those refusals (what `istioctl validate` would say).
 //!
 //! [`ServiceEntrySpec::istio_errors`] reports Istio's errors (`ValidateServiceEntry` and the
@@ -691,12 +693,51 @@ fn export_to(values: &[String], err: &mut Vec<FieldError>) {
     }
 }
 
+/// The most endpoints an entry of resolution DNS may list: the names one STRICT_DNS cluster
+/// may hold ([`rustmesh_xds::config::MAX_DNS_NAMES`]).
+pub const MAX_DNS_ENDPOINTS: usize = rustmesh_xds::config::MAX_DNS_NAMES;
+
 impl ServiceEntrySpec {
     /// rustmesh's refusals that depend on a field's value rather than its presence (the
     /// support table's `ReportedBy` entries): CIDR blocks in `addresses` (the listeners are
-    /// per address) and `unix://` endpoints (the proxy dials TCP only). Each names its field.
+    /// per address), `unix://` endpoints (the proxy dials TCP only), wildcard hosts with
+    /// resolution DNS or DNS_ROUND_ROBIN (a wildcard is not a name to resolve: without endpoints
+    /// Istio refuses it too, with endpoints rustmesh does not render it) and more than
+    /// [`MAX_DNS_ENDPOINTS`] endpoints to resolve (the sidecar resolves at most that many
+    /// names per cluster). Each names its field.
     pub fn unsupported(&self) -> Vec<FieldError> {
         let mut out = Vec::new();
+        let resolution = self.resolution();
+        if matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin) {
+            for (i, host) in self.hosts.iter().enumerate() {
+                if host.contains('*') {
+                    out.push(FieldError::new(
+                        "spec.hosts",
+                        format!(
+                            "not implemented by rustmesh: the wildcard host {host:?} \
+                             (spec.hosts[{i}]) with spec.resolution {} is {}: a wildcard is \
+                             not a name the sidecar can resolve; use resolution NONE, or list \
+                             the hosts",
+                            resolution.as_str(),
+                            crate::support::SERVICE_ENTRY_NOT_RENDERED
+                        ),
+                    ));
+                }
+            }
+            if self.endpoints.len() > MAX_DNS_ENDPOINTS {
+                out.push(FieldError::new(
+                    "spec.endpoints",
+                    format!(
+                        "not implemented by rustmesh: {} endpoints with spec.resolution {} \
+                         are {}: the sidecar resolves at most {MAX_DNS_ENDPOINTS} names per \
+                         cluster",
+                        self.endpoints.len(),
+                        resolution.as_str(),
+                        crate::support::SERVICE_ENTRY_NOT_RENDERED
+                    ),
+                ));
+            }
+        }
         for (i, address) in self.addresses.iter().enumerate() {
             if address.contains('/') {
                 out.push(FieldError::new(
@@ -777,27 +818,40 @@ mod tests {
             );
             let obj = load_all(&text).remove(0).unwrap_or_else(|e| panic!("{e}"));
             assert!(matches!(obj, IstioObject::ServiceEntry(_)), "{version}");
-            // DNS resolution: refused, naming the field and its line.
+            // DNS and DNS_ROUND_ROBIN resolutions: accepted (the sidecar resolves the host).
+            for resolution in ["DNS", "DNS_ROUND_ROBIN"] {
+                let text = doc(
+                    version,
+                    &format!(
+                        "  hosts: [api.example.com]\n  ports: [{{number: 443, name: https, protocol: TLS}}]\n  resolution: {resolution}\n"
+                    ),
+                );
+                let obj = load_all(&text).remove(0).unwrap_or_else(|e| panic!("{e}"));
+                assert!(
+                    matches!(&obj, IstioObject::ServiceEntry(se) if se.spec.resolution.is_some()),
+                    "{version} {resolution}"
+                );
+            }
+            // A wildcard host with DNS resolution: refused, naming the field and its line.
             let text = doc(
                 version,
-                "  hosts: [api.example.com]\n  ports: [{number: 443, name: https, protocol: TLS}]\n  resolution: DNS\n",
+                "  hosts: ['*.example.com']\n  ports: [{number: 443, name: https, protocol: TLS}]\n  resolution: DNS\n  endpoints: [{address: egress.example.com}]\n",
             );
             let err = load_all(&text)
                 .remove(0)
-                .expect_err("DNS is not rendered yet");
+                .expect_err("a wildcard is not a name to resolve");
             let fields: Vec<(String, Option<usize>)> = err
                 .field_errors()
                 .into_iter()
                 .map(|e| (e.field.clone(), e.line))
                 .collect();
-            assert_eq!(
-                fields,
-                [("spec.resolution".to_string(), Some(9))],
-                "{version}"
-            );
+            assert_eq!(fields, [("spec.hosts".to_string(), Some(7))], "{version}");
             let message = &err.field_errors()[0].message;
             assert!(
-                message.contains("not implemented by rustmesh") && message.contains("issue #20"),
+                message.contains("not implemented by rustmesh")
+                    && message.contains("spec.hosts[0]")
+                    && message.contains("spec.resolution DNS")
+                    && message.contains("issue #20"),
                 "{message}"
             );
         }
@@ -1122,6 +1176,76 @@ mod tests {
     }
 
     #[test]
+    fn dns_resolutions_are_rendered_but_wildcards_and_too_many_names_are_refused_by_name() {
+        let ports = "ports: [{number: 80, name: http, protocol: HTTP}]\n";
+        let refused = |yaml: &str| -> Vec<String> {
+            spec(yaml)
+                .unsupported()
+                .into_iter()
+                .map(|e| {
+                    assert!(e.message.contains("issue #20"), "{e}");
+                    e.field
+                })
+                .collect()
+        };
+        for mode in ["DNS", "DNS_ROUND_ROBIN"] {
+            // The host resolved, or endpoint names and IP addresses: nothing refused.
+            let host = format!("hosts: [a.example.com]\n{ports}resolution: {mode}\n");
+            assert_eq!(spec(&host).validate(), vec![], "{mode}");
+            let named = format!(
+                "hosts: [a.example.com]\n{ports}resolution: {mode}\nendpoints: [{{address: lb.example.com, ports: {{http: 8080}}}}]\n"
+            );
+            assert_eq!(spec(&named).validate(), vec![], "{mode}");
+            // A wildcard host, with an endpoint (valid for Istio): refused naming the hosts,
+            // the host's index and the resolution.
+            let wildcard = format!(
+                "hosts: [a.example.com, '*.example.com']\n{ports}resolution: {mode}\nendpoints: [{{address: lb.example.com}}]\n"
+            );
+            assert_eq!(refused(&wildcard), ["spec.hosts"], "{mode}");
+            let message = &spec(&wildcard).unsupported()[0].message;
+            assert!(
+                message.contains("spec.hosts[1]")
+                    && message.contains(&format!("spec.resolution {mode}")),
+                "{message}"
+            );
+            // Without endpoints Istio refuses it too; rustmesh's refusal comes first.
+            let alone = format!("hosts: ['*.example.com']\n{ports}resolution: {mode}\n");
+            let fields: Vec<String> = spec(&alone)
+                .validate()
+                .into_iter()
+                .map(|e| e.field)
+                .collect();
+            assert_eq!(fields, ["spec.hosts", "spec.hosts[0]"], "{mode}");
+        }
+        // A wildcard host with resolution NONE or STATIC: not refused.
+        for mode in ["NONE", "STATIC"] {
+            assert_eq!(
+                refused(&format!(
+                    "hosts: ['*.example.com']\n{ports}resolution: {mode}\n"
+                )),
+                Vec::<String>::new(),
+                "{mode}"
+            );
+        }
+        // At most 64 names to resolve (one STRICT_DNS cluster's); STATIC may list more.
+        let endpoints = |n: usize| -> String {
+            let list: Vec<String> = (0..n)
+                .map(|i| format!("{{address: h{i}.example.com}}"))
+                .collect();
+            format!("endpoints: [{}]\n", list.join(", "))
+        };
+        let dns = format!("hosts: [a.example.com]\n{ports}resolution: DNS\n");
+        assert_eq!(
+            refused(&format!("{dns}{}", endpoints(MAX_DNS_ENDPOINTS))),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            refused(&format!("{dns}{}", endpoints(MAX_DNS_ENDPOINTS + 1))),
+            ["spec.endpoints"]
+        );
+    }
+
+    #[test]
     fn export_to() {
         let base = format!("hosts: [a.example.com]\n{HTTPS}");
         assert_eq!(
@@ -1155,7 +1279,7 @@ mod tests {
         let text = include_str!("../tests/fixtures/valid/service-entry.yaml");
         let (mut accepted, mut refused) = (0, 0);
         for (i, result) in load_all(text).into_iter().enumerate() {
-            // Accepted (resolution NONE), or refused only as not rendered yet (DNS, a CIDR
+            // Accepted (resolution NONE and DNS), or refused only as not rendered yet (a CIDR
             // block, a unix socket, a workloadSelector).
             match result {
                 Ok(_) => accepted += 1,
@@ -1167,7 +1291,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!((accepted, refused), (2, 6));
+        assert_eq!((accepted, refused), (5, 3));
         use serde::Deserialize;
         for d in serde_norway::Deserializer::from_str(text) {
             let se = ServiceEntry::deserialize(d).unwrap();

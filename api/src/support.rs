@@ -764,15 +764,21 @@ const TELEMETRY: &[Entry] = &[
 pub const SERVICE_ENTRY_NOT_RENDERED: &str = "not rendered yet (issue #20)";
 
 /// ServiceEntry: the common egress cases are rendered (hosts, IP addresses, ports, location,
-/// resolution NONE and STATIC, IP endpoints with their ports and labels, exportTo); the rest is
+/// every resolution, IP and DNS-name endpoints with their ports and labels, exportTo); the rest is
 /// refused naming the field, never accepted and silently ignored.
 const SERVICE_ENTRY: &[Entry] = &[
-    rendered(
-        "spec.hosts",
-        &[],
-        "operator registry.rs: one registry service per host; render/: clusters \
-         outbound|PORT||HOST, listeners, virtual hosts, DNS entries",
-    ),
+    Entry {
+        path: "spec.hosts",
+        leaves: &[],
+        support: Support::ReportedBy(
+            "rustmesh_api::service_entry::ServiceEntrySpec::unsupported: operator registry.rs \
+             renders one registry service per host (render/: clusters outbound|PORT||HOST, \
+             listeners, virtual hosts, DNS entries); a wildcard host with resolution DNS or \
+             DNS_ROUND_ROBIN is refused (no name to resolve), not rendered yet (issue #20)",
+        ),
+        harmless: &[],
+        example: r#"{"hosts": ["*.example.com"], "resolution": "DNS", "endpoints": [{"address": "egress.example.com"}]}"#,
+    },
     Entry {
         path: "spec.addresses",
         leaves: &[],
@@ -796,23 +802,24 @@ const SERVICE_ENTRY: &[Entry] = &[
         "render/clusters.rs: MESH_EXTERNAL gets no auto mutual TLS; MESH_INTERNAL endpoints \
          labelled security.istio.io/tlsMode=istio do, as pods",
     ),
-    Entry {
-        path: "spec.resolution",
-        leaves: &[],
-        support: Support::Refused(
-            "resolution DNS and DNS_ROUND_ROBIN are not rendered yet (issue #20): the sidecar \
-             cannot resolve names (NONE and STATIC are rendered)",
-        ),
-        harmless: &[r#""NONE""#, r#""STATIC""#],
-        example: r#""DNS""#,
-    },
+    rendered(
+        "spec.resolution",
+        &[],
+        "render/clusters.rs: NONE an ORIGINAL_DST cluster, STATIC an EDS cluster, DNS a \
+         STRICT_DNS cluster (every address of every name) and DNS_ROUND_ROBIN a LOGICAL_DNS \
+         cluster (the first address of the one name) of the endpoints' names or IP addresses, \
+         else of the host, which the sidecar resolves (proxy cluster/resolver.rs: A records, \
+         at most 64 addresses a name); ServiceEntrySpec::unsupported refuses a wildcard host \
+         (spec.hosts) and more than 64 endpoints (spec.endpoints) with these two",
+    ),
     Entry {
         path: "spec.endpoints[].address",
         leaves: &[],
         support: Support::ReportedBy(
             "rustmesh_api::service_entry::ServiceEntrySpec::unsupported: IP addresses are \
-             rendered (the cluster's endpoints); unix:// sockets are refused, not rendered yet \
-             (issue #20)",
+             rendered (the cluster's endpoints), and DNS names with resolution DNS and \
+             DNS_ROUND_ROBIN (resolved by the sidecar); unix:// sockets are refused, not \
+             rendered yet (issue #20)",
         ),
         harmless: &[],
         example: r#"{"address": "unix:///var/run/api.sock"}"#,
@@ -820,8 +827,9 @@ const SERVICE_ENTRY: &[Entry] = &[
     rendered(
         "spec.endpoints[]",
         &["ports", "labels"],
-        "render/clusters.rs load_assignment: the endpoint's port per entry port, labels for \
-         DestinationRule subsets and auto mutual TLS",
+        "render/clusters.rs load_assignment (dns_load_assignment for DNS resolutions): the \
+         endpoint's port per entry port, labels for DestinationRule subsets and auto mutual \
+         TLS",
     ),
     refused(
         "spec.endpoints[].network",

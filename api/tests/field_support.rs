@@ -247,8 +247,9 @@ fn every_service_entry_refusal_names_issue_20() {
             e.path
         );
     }
-    // Harmless values of the refused resolution: NONE and STATIC are rendered.
-    for resolution in ["NONE", "STATIC"] {
+    // Every resolution is rendered: NONE, STATIC, and DNS and DNS_ROUND_ROBIN (the sidecar
+    // resolves the endpoint, here an IP address, which resolves to itself).
+    for resolution in ["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN"] {
         let mut spec = support::base("ServiceEntry");
         spec["resolution"] = json!(resolution);
         if resolution == "NONE" {

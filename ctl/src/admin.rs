@@ -133,7 +133,7 @@ impl Clusters {
                     .map(|la| {
                         la.lb_endpoints()
                             .map(|ep| {
-                                let a = ep.endpoint.address.socket_address;
+                                let a = &ep.endpoint.address.socket_address;
                                 let mut other = Map::new();
                                 other.insert(
                                     "weight".into(),

@@ -6,7 +6,7 @@
 //!   `-` (so `inbound|9080||` has an empty SERVICE FQDN); other names (`PassthroughCluster`,
 //!   `BlackHoleCluster`, `InboundPassthroughClusterIpv4`) go whole into SERVICE FQDN with `-` for
 //!   port, subset and direction;
-//! - TYPE is the discovery type (`EDS`, `STATIC`, `ORIGINAL_DST`, `STRICT_DNS`); DESTINATION
+//! - TYPE is the discovery type (`EDS`, `STATIC`, `ORIGINAL_DST`, `STRICT_DNS`, `LOGICAL_DNS`); DESTINATION
 //!   RULE is `metadata.destinationRule` (`reviews.default`), empty when none;
 //! - sorted by FQDN (or whole name), then subset, port and direction;
 //! - the filters match as istioctl's do: `--fqdn`, `--subset` and `--direction` are substrings of
@@ -62,6 +62,7 @@ pub fn type_name(t: DiscoveryType) -> &'static str {
         DiscoveryType::Static => "STATIC",
         DiscoveryType::OriginalDst => "ORIGINAL_DST",
         DiscoveryType::StrictDns => "STRICT_DNS",
+        DiscoveryType::LogicalDns => "LOGICAL_DNS",
     }
 }
 

@@ -34,6 +34,22 @@ pub fn service(ns: &str, name: &str, cluster_ip: Option<&str>, ports: &[PortSpec
     .expect("valid Service")
 }
 
+/// An ExternalName Service aliasing `external_name` (no ClusterIP, no selector), with TCP ports.
+pub fn external_name_service(
+    ns: &str,
+    name: &str,
+    external_name: &str,
+    ports: &[PortSpec<'_>],
+) -> Service {
+    let mut s = service(ns, name, None, ports);
+    let spec = s.spec.as_mut().expect("a spec");
+    spec.type_ = Some("ExternalName".to_string());
+    spec.external_name = Some(external_name.to_string());
+    spec.cluster_ip = None;
+    spec.selector = None;
+    s
+}
+
 /// One address of an Endpoints object: `(ip, pod name)`.
 pub type Address<'a> = (&'a str, &'a str);
 

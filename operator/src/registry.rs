@@ -3,6 +3,13 @@
 //! behind them; and each host of a ServiceEntry as a service of its own ([`EntryInfo`]), as
 //! Istio's registry holds them.
 //!
+//! DNS-resolved services ([`DnsResolution`]): a ServiceEntry host of resolution DNS resolves
+//! through the entry's `endpoints` (names or IP addresses, each at the port its `ports` maps,
+//! else `targetPort`, else the entry's port), else through the host itself; DNS_ROUND_ROBIN the
+//! same, one endpoint, first address. An ExternalName Service resolves `spec.externalName` at
+//! each service port, as Istio's; one whose name is not a DNS name is not rendered. The
+//! renderer makes them STRICT_DNS / LOGICAL_DNS clusters the sidecar resolves itself.
+//!
 //! ServiceEntry hosts (decisions where Istio leaves a choice or rustmesh differs):
 //! - the version of an entry in the registry is its current one when it passes its own checks
 //!   (`Validate`, which also refuses what rustmesh does not render), else its last accepted one,
@@ -28,6 +35,7 @@ use rustmesh_api::service_entry::{Location, Resolution};
 use rustmesh_api::validate::Validate;
 use rustmesh_api::workload::{canonical_name_label, canonical_revision};
 use rustmesh_xds::cluster::EndpointWorkload;
+use rustmesh_xds::config::is_dns_name;
 use rustmesh_xds::names::service_fqdn;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
@@ -46,6 +54,20 @@ pub struct Svc {
     pub export_to: Vec<String>,
     /// For a ServiceEntry host: the entry and how it resolves (`None`: a Kubernetes Service).
     pub entry: Option<EntryInfo>,
+    /// A service the sidecar resolves by DNS itself: a ServiceEntry host of resolution DNS or
+    /// DNS_ROUND_ROBIN, or an ExternalName Service (`None`: any other).
+    pub dns: Option<DnsResolution>,
+}
+
+/// How a DNS-resolved service's cluster finds its endpoints (Istio's `DNSLB` and
+/// `DNSRoundRobinLB` resolutions).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DnsResolution {
+    /// DNS_ROUND_ROBIN: one endpoint, the first address of its latest answer (a LOGICAL_DNS
+    /// cluster); otherwise every address of every endpoint (STRICT_DNS).
+    pub logical: bool,
+    /// What the sidecar resolves, in order.
+    pub endpoints: Vec<DnsEndpoint>,
 }
 
 /// What a host of a ServiceEntry is in the registry besides its ports.
@@ -61,11 +83,38 @@ pub struct EntryInfo {
     pub allocated: bool,
 }
 
+/// An endpoint of a DNS-resolved service: a DNS name (or IP address), the port for each port
+/// name that it maps (a ServiceEntry's `endpoints[].ports`), and its labels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DnsEndpoint {
+    pub address: String,
+    pub ports: BTreeMap<String, u16>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl DnsEndpoint {
+    /// The endpoint's port for `port`: the one its `ports` maps the port's name to, else the
+    /// port's `targetPort`, else its number.
+    pub fn port_for(&self, port: &SvcPort) -> u16 {
+        port.name
+            .as_ref()
+            .and_then(|n| self.ports.get(n))
+            .copied()
+            .or(port.target_port)
+            .unwrap_or(port.port)
+    }
+}
+
 impl Svc {
     /// A Kubernetes Service without ClusterIP (a ServiceEntry host is never headless: it
-    /// resolves by its `resolution`).
+    /// resolves by its `resolution`; nor is an ExternalName Service: it resolves by DNS).
     pub fn headless(&self) -> bool {
-        self.entry.is_none() && self.cluster_ip.is_none()
+        self.entry.is_none() && self.cluster_ip.is_none() && self.dns.is_none()
+    }
+
+    /// A Kubernetes ExternalName Service (outside the mesh, as Istio's `MeshExternal`).
+    pub fn external_name(&self) -> bool {
+        self.entry.is_none() && self.dns.is_some()
     }
 
     /// The virtual addresses clients reach the service at: the ClusterIP, or an entry's
@@ -91,6 +140,7 @@ impl Svc {
             && self.cluster_ip == other.cluster_ip
             && self.export_to == other.export_to
             && self.entry == other.entry
+            && self.dns == other.dns
             && self.ports.len() == other.ports.len()
             && self.ports.iter().zip(&other.ports).all(|(a, b)| {
                 a.name == b.name
@@ -213,11 +263,27 @@ fn convert(
     cluster_id: &str,
 ) -> Option<Svc> {
     let spec = svc.spec.as_ref()?;
-    // ExternalName services have no endpoints the mesh can reach by address: not rendered.
-    if spec.type_.as_deref() == Some("ExternalName") {
-        return None;
-    }
+    // An ExternalName Service is resolved by the sidecar (Istio's rendering): its one endpoint
+    // is `externalName` at each service port. Without a usable name: not rendered.
+    let dns = if spec.type_.as_deref() == Some("ExternalName") {
+        let name = spec
+            .external_name
+            .as_deref()
+            .map(|n| n.trim_end_matches('.'))
+            .filter(|n| is_dns_name(n) || n.parse::<IpAddr>().is_ok())?;
+        Some(DnsResolution {
+            logical: false,
+            endpoints: vec![DnsEndpoint {
+                address: name.to_string(),
+                ports: BTreeMap::new(),
+                labels: BTreeMap::new(),
+            }],
+        })
+    } else {
+        None
+    };
     let cluster_ip = match spec.cluster_ip.as_deref() {
+        _ if dns.is_some() => None,
         None | Some("") | Some("None") => None,
         Some(ip) => Some(ip.parse().ok()?),
     };
@@ -248,6 +314,8 @@ fn convert(
         }
         let endpoints = port_endpoints(endpoints, p.name.as_deref(), single_port, pods, cluster_id);
         let target_port = match &p.target_port {
+            // An ExternalName's endpoint is reached at the service port (targetPort unused).
+            _ if dns.is_some() => Some(number),
             None => Some(number),
             Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),
             Some(IntOrString::String(s)) => match s.parse::<u16>() {
@@ -272,6 +340,7 @@ fn convert(
         ports,
         export_to,
         entry: None,
+        dns,
     })
 }
 
@@ -334,6 +403,7 @@ fn entry_services(index: &Index, taken: &mut BTreeSet<String>) -> Vec<Svc> {
                     addresses: addresses.clone(),
                     allocated: false,
                 }),
+                dns: dns_resolution(spec, host),
             });
         }
     }
@@ -347,6 +417,43 @@ fn entry_services(index: &Index, taken: &mut BTreeSet<String>) -> Vec<Svc> {
         }
     }
     out
+}
+
+/// How a DNS-resolved entry's `host` resolves (resolution DNS or DNS_ROUND_ROBIN; `None` for
+/// the others): through the entry's `endpoints` (names or IP addresses), else the host itself
+/// (Istio's rule).
+fn dns_resolution(spec: &rustmesh_api::ServiceEntrySpec, host: &str) -> Option<DnsResolution> {
+    let logical = match spec.resolution() {
+        Resolution::Dns => false,
+        Resolution::DnsRoundRobin => true,
+        Resolution::None | Resolution::Static => return None,
+    };
+    if spec.endpoints.is_empty() {
+        return Some(DnsResolution {
+            logical,
+            endpoints: vec![DnsEndpoint {
+                address: host.to_string(),
+                ports: BTreeMap::new(),
+                labels: BTreeMap::new(),
+            }],
+        });
+    }
+    let endpoints = spec
+        .endpoints
+        .iter()
+        .filter_map(|e| {
+            Some(DnsEndpoint {
+                address: e.address.clone()?,
+                ports: e
+                    .ports
+                    .iter()
+                    .filter_map(|(n, p)| Some((n.clone(), u16::try_from(*p).ok()?)))
+                    .collect(),
+                labels: e.labels.clone(),
+            })
+        })
+        .collect();
+    Some(DnsResolution { logical, endpoints })
 }
 
 /// The first address of the automatic allocation range (240.240.0.0/16), and how many it has

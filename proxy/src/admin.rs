@@ -507,6 +507,8 @@ fn clusters_text(snapshot: Option<&Snapshot>) -> String {
         return out;
     };
     for c in s.clusters.sorted() {
+        // A DNS cluster's endpoints: as last resolved.
+        let c = &c.resolved();
         let n = &c.name;
         out.push_str(&format!("{n}::observability_name::{n}\n"));
         if let Some(t) = c
@@ -611,7 +613,7 @@ fn clusters_json(snapshot: Option<&Snapshot>) -> Value {
             s.clusters
                 .sorted()
                 .into_iter()
-                .map(|c| cluster_json(c))
+                .map(|c| cluster_json(&c.resolved()))
                 .collect()
         })
         .unwrap_or_default();
@@ -622,6 +624,7 @@ fn stats_lines(state: &AdminState) -> Vec<(String, String)> {
     let mut lines = Vec::new();
     if let Some(s) = state.store.load() {
         for c in s.clusters.sorted() {
+            let c = &c.resolved();
             let p = format!("cluster.{}", c.name);
             let st = &c.stats;
             for (k, v) in [
@@ -633,6 +636,8 @@ fn stats_lines(state: &AdminState) -> Vec<(String, String)> {
                 ("upstream_cx_rx_bytes_total", st.cx_rx_bytes.get()),
                 ("upstream_cx_tx_bytes_total", st.cx_tx_bytes.get()),
                 ("upstream_cx_idle_timeout", st.cx_idle_timeout.get()),
+                ("update_success", st.update_success.get()),
+                ("update_failure", st.update_failure.get()),
                 ("membership_healthy", c.usable_endpoints().len() as u64),
                 ("membership_total", c.endpoints.len() as u64),
             ] {

@@ -474,6 +474,50 @@ async fn serve_udp(sock: Arc<UdpSocket>, table: SharedTable, resolv: Arc<ResolvC
     }
 }
 
+/// Asks the `upstreams` (in turn, over UDP, [`UPSTREAM_TIMEOUT`] each) for the A records of
+/// `name` (as an absolute name) for a DNS cluster: the addresses (at most `max`, in the
+/// answer's order, CNAME targets' included) and the smallest TTL among them. NXDOMAIN and an
+/// answer without A records are answers without addresses; no answer, a truncated one or
+/// another error code is an error naming the name.
+pub async fn query_upstream(
+    name: &str,
+    upstreams: &[SocketAddr],
+    max: usize,
+) -> Result<(Vec<IpAddr>, u32), String> {
+    let fqdn = Name::from_ascii(format!("{}.", name.trim_end_matches('.')))
+        .map_err(|e| format!("{name:?} is not a DNS name: {e}"))?;
+    let mut q = Message::query();
+    q.metadata.recursion_desired = true;
+    q.add_query(Query::query(fqdn, RecordType::A));
+    let bytes = q
+        .to_vec()
+        .map_err(|e| format!("could not encode a query for {name}: {e}"))?;
+    let answer = forward_udp(&bytes, upstreams)
+        .await
+        .ok_or_else(|| format!("no resolver of {upstreams:?} answered for {name}"))?;
+    let m = Message::from_vec(&answer)
+        .map_err(|e| format!("the answer for {name} does not decode: {e}"))?;
+    if m.metadata.truncation {
+        return Err(format!("the answer for {name} was truncated"));
+    }
+    match m.metadata.response_code {
+        ResponseCode::NoError => {}
+        ResponseCode::NXDomain => return Ok((Vec::new(), 0)),
+        code => return Err(format!("the resolver answered {code} for {name}")),
+    }
+    let mut addrs = Vec::new();
+    let mut ttl = u32::MAX;
+    for r in &m.answers {
+        if let RData::A(a) = &r.data {
+            if addrs.len() < max && !addrs.contains(&IpAddr::V4(a.0)) {
+                addrs.push(IpAddr::V4(a.0));
+            }
+            ttl = ttl.min(r.ttl);
+        }
+    }
+    Ok((addrs, if ttl == u32::MAX { 0 } else { ttl }))
+}
+
 /// Asks each upstream in turn over UDP; the first answer with the query's id wins.
 async fn forward_udp(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
     let id = query.get(..2)?;

@@ -184,9 +184,11 @@ impl Destinations {
             .flat_map(|a| a.endpoints.iter())
             .flat_map(|l| l.lb_endpoints.iter())
         {
-            if let Some(w) = ep.workload() {
+            if let Some(w) = ep.workload()
+                && let Some(addr) = ep.endpoint.address.socket_addr()
+            {
                 workloads
-                    .entry(ep.endpoint.address.socket_addr())
+                    .entry(addr)
                     .or_insert_with(|| Arc::new(WorkloadInfo::from_endpoint(&w)));
             }
         }

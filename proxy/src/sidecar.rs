@@ -120,7 +120,8 @@ pub struct RunArgs {
     /// app's DNS queries; 0 turns it off.
     #[arg(long, default_value_t = well_known::DNS_PORT)]
     pub dns_port: u16,
-    /// The resolvers the DNS proxy forwards unknown names to.
+    /// The resolvers the DNS proxy forwards unknown names to, and that resolve the names of
+    /// DNS clusters (STRICT_DNS, LOGICAL_DNS).
     #[arg(long, value_name = "FILE", default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
     /// Largest HTTP request head (request line and headers; HTTP/2 header list) in KiB; larger
@@ -530,10 +531,12 @@ pub async fn serve(args: RunArgs) -> Result<()> {
         tracing::info!(identity = %cert.identity, serial = %cert.serial, "workload certificate from files");
         certs.install(cert);
     }
-    let clusters = Arc::new(ClusterManager::with_identity(
-        metrics.clone(),
-        certs.clone(),
-    ));
+    // DNS clusters (STRICT_DNS, LOGICAL_DNS) ask the resolvers the DNS proxy forwards to.
+    let clusters = Arc::new(
+        ClusterManager::with_identity(metrics.clone(), certs.clone()).with_lookup(Arc::new(
+            crate::cluster::resolver::UpstreamLookup::new(&args.resolv_conf),
+        )),
+    );
     let shared = Arc::new(Shared {
         store: store.clone(),
         metrics: metrics.clone(),

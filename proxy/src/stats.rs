@@ -110,6 +110,8 @@ pub struct Metrics {
     cluster_outlier_ejections: Family<ClusterLabels, Counter>,
     cluster_rq_overflow: Family<ClusterLabels, Counter>,
     cluster_rq_retry_overflow: Family<ClusterLabels, Counter>,
+    cluster_update_success: Family<ClusterLabels, Counter>,
+    cluster_update_failure: Family<ClusterLabels, Counter>,
     listener_cx_total: Family<ListenerLabels, Counter>,
     listener_cx_active: Family<ListenerLabels, Gauge>,
     listener_cx_rx_bytes: Family<ListenerLabels, Counter>,
@@ -148,6 +150,11 @@ pub struct ClusterStats {
     pub rq_overflow: Counter,
     /// Retries not attempted because `maxRetries` retries were in progress.
     pub rq_retry_overflow: Counter,
+    /// DNS clusters: resolutions that answered (Envoy's `update_success`).
+    pub update_success: Counter,
+    /// DNS clusters: resolutions that failed, the last good addresses kept (Envoy's
+    /// `update_failure`).
+    pub update_failure: Counter,
 }
 
 /// Handles of one listener's counters.
@@ -265,6 +272,16 @@ impl Metrics {
                 "Retries not attempted: the cluster's maxRetries retries were in progress",
                 &m.cluster_rq_retry_overflow,
             ),
+            (
+                "envoy_cluster_update_success",
+                "DNS clusters: resolutions answered",
+                &m.cluster_update_success,
+            ),
+            (
+                "envoy_cluster_update_failure",
+                "DNS clusters: resolutions failed (the last good addresses are kept)",
+                &m.cluster_update_failure,
+            ),
         ];
         for (name, help, family) in cluster {
             registry.register(name, help, family.clone());
@@ -354,6 +371,8 @@ impl Metrics {
             outlier_ejections: self.cluster_outlier_ejections.get_or_create_owned(&l),
             rq_overflow: self.cluster_rq_overflow.get_or_create_owned(&l),
             rq_retry_overflow: self.cluster_rq_retry_overflow.get_or_create_owned(&l),
+            update_success: self.cluster_update_success.get_or_create_owned(&l),
+            update_failure: self.cluster_update_failure.get_or_create_owned(&l),
         }
     }
 

@@ -3,9 +3,11 @@
 //! routed by Host to two real HTTP upstreams; a new configuration binds its new listener live
 //! and the removed one stops accepting; the gateway's AuthorizationPolicy is enforced; a port
 //! already in use is reported (log, metric, admin `/listeners`) while the other listeners
-//! serve, and bound once the next configuration comes after the port is free. Nothing here
-//! needs root.
+//! serve, and bound once the next configuration comes after the port is free. A route to a
+//! STRICT_DNS cluster reaches the upstream at the address the resolvers of `--resolv-conf`
+//! (a DNS server of the test's own) answer for the cluster's name. Nothing here needs root.
 
+mod dns_common;
 mod http_common;
 
 use std::io::{Read, Write};
@@ -391,6 +393,67 @@ fn on_sigterm_a_routers_http_connections_close_after_their_request() {
     let head = read_response(&mut fresh).unwrap();
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(head.contains("connection: close"), "{head}");
+}
+
+#[test]
+fn a_route_to_a_strict_dns_cluster_reaches_the_address_the_resolver_answers() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (a, b, dns) = rt.block_on(async {
+        (
+            upstream("a", Behavior::default()).await,
+            upstream("b", Behavior::default()).await,
+            dns_common::TestDns::start().await,
+        )
+    });
+    // Cluster `a` lists a name only the test's DNS server knows; `b` an address.
+    let clusters = serde_json::to_value(
+        TestClusters::new()
+            .cluster_dns("a", &[("a.upstream.test", a.addr.port())])
+            .cluster("b", &[&b])
+            .config(),
+    )
+    .unwrap()["clusters"]
+        .clone();
+    let dir = tempfile::tempdir().unwrap();
+    let resolv = dns.resolv_conf(dir.path());
+    let path = dir.path().join("config.json");
+    let port = free_port();
+    write_config(&path, &config("v1", &[port], &clusters));
+    let router = Router::start_with(
+        dir.path(),
+        &path,
+        &["--resolv-conf", resolv.to_str().unwrap()],
+    );
+    router.wait_listeners("the listener bound", |v| bound_on(v, port));
+    assert_eq!(upstream_of(port, "b.example.com"), "b");
+
+    // Not answered yet: no upstream, at once (503); answered: the request reaches `a`.
+    let (status, head, _) = get(port, "a.example.com", "/").unwrap();
+    assert_eq!(status, 503, "{head}");
+    dns.set("a.upstream.test", &[&a.addr.ip().to_string()]);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (status, head, _) = get(port, "a.example.com", "/").unwrap();
+        if status == 200 {
+            assert!(head.contains("x-upstream: a"), "{head}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never routed to the answered address: {head}\nlog:\n{}",
+            router.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(a.hits(), 1);
+    // The server's answer changes to an address nobody listens on: the cluster follows it.
+    dns.set("a.upstream.test", &["127.0.0.254"]);
+    let deadline = Instant::now() + PATIENCE;
+    while get(port, "a.example.com", "/").unwrap().0 == 200 {
+        assert!(Instant::now() < deadline, "the new answer was never used");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(rt);
 }
 
 #[test]

@@ -581,14 +581,22 @@ mod tests {
             assert_eq!(verdict, Verdict::Allowed, "{version}: {resp}");
             assert!(resp.get("warnings").is_none(), "{resp}");
         }
-        // Resolution DNS: valid for Istio, not rendered yet: denied naming the field.
+        // Resolution DNS: rendered (the sidecar resolves the host): allowed.
         let dns = json!({"hosts": ["www.example.com"], "resolution": "DNS",
                          "ports": [{"number": 443, "name": "https", "protocol": "TLS"}]});
         let (resp, verdict) = response(&object("v1", dns));
+        assert_eq!(verdict, Verdict::Allowed, "{resp}");
+        // A wildcard host with resolution DNS: valid for Istio with an endpoint, not rendered
+        // yet: denied naming the field.
+        let wildcard = json!({"hosts": ["*.example.com"], "resolution": "DNS",
+                              "endpoints": [{"address": "egress.example.com"}],
+                              "ports": [{"number": 443, "name": "https", "protocol": "TLS"}]});
+        let (resp, verdict) = response(&object("v1", wildcard));
         assert_eq!(verdict, Verdict::Denied);
         let message = resp["status"]["message"].as_str().unwrap();
         assert!(
-            message.starts_with("spec.resolution: not implemented by rustmesh")
+            message.starts_with("spec.hosts: not implemented by rustmesh")
+                && message.contains("spec.resolution DNS")
                 && message.contains("issue #20"),
             "{message}"
         );

@@ -3,6 +3,7 @@
 use crate::address::{Address, SocketAddress};
 use crate::duration::Duration;
 use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
 
 /// How a cluster finds its endpoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -14,8 +15,19 @@ pub enum DiscoveryType {
     Static,
     /// The connection's original destination (`PassthroughCluster`, `InboundPassthroughClusterIpv4`).
     OriginalDst,
-    /// Endpoints resolved from DNS names in `loadAssignment`.
+    /// Endpoints resolved from DNS names in `loadAssignment`: every address of every name
+    /// (Istio's ServiceEntry `resolution: DNS`).
     StrictDns,
+    /// One endpoint resolved from the first DNS name in `loadAssignment`: the first address of
+    /// the latest answer (Istio's ServiceEntry `resolution: DNS_ROUND_ROBIN`).
+    LogicalDns,
+}
+
+impl DiscoveryType {
+    /// Whether the endpoints are DNS names the proxy resolves (STRICT_DNS, LOGICAL_DNS).
+    pub fn is_dns(self) -> bool {
+        matches!(self, DiscoveryType::StrictDns | DiscoveryType::LogicalDns)
+    }
 }
 
 /// Load-balancing algorithm.
@@ -69,9 +81,17 @@ pub struct Cluster {
     pub maglev_lb_config: Option<MaglevLbConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eds_cluster_config: Option<EdsClusterConfig>,
-    /// Endpoints for STATIC and STRICT_DNS clusters.
+    /// Endpoints for STATIC, STRICT_DNS and LOGICAL_DNS clusters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_assignment: Option<ClusterLoadAssignment>,
+    /// STRICT_DNS / LOGICAL_DNS: how often the names are resolved again (Envoy's
+    /// `dns_refresh_rate`, Istio's meshConfig `dnsRefreshRate`; absent: 5s, Envoy's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_refresh_rate: Option<Duration>,
+    /// STRICT_DNS / LOGICAL_DNS: the answer's TTL decides when to resolve again, the refresh
+    /// rate only when the TTL is 0 (Envoy's `respect_dns_ttl`, which Istio sets).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub respect_dns_ttl: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breakers: Option<CircuitBreakers>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -410,20 +430,131 @@ impl LbEndpoint {
     }
 }
 
-/// An endpoint's address (and, for STRICT_DNS, its host name).
+/// An endpoint's address: an IP address, or for STRICT_DNS and LOGICAL_DNS clusters a DNS name
+/// (Envoy's `socket_address.address` may be either), and its host name.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Endpoint {
-    pub address: Address,
+    pub address: EndpointAddress,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
 }
 
+/// Envoy's `Address` of an endpoint: `{"socketAddress": {"address": "10.0.0.1" or
+/// "api.example.com", "portValue": 443}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndpointAddress {
+    pub socket_address: HostPort,
+}
+
+/// A host (IP address or DNS name) and a port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostPort {
+    pub address: Host,
+    pub port_value: u16,
+}
+
+/// An IP address, or a DNS name; written as the string either way, read as an IP address when
+/// it parses as one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Host {
+    Ip(IpAddr),
+    Name(String),
+}
+
+impl std::fmt::Display for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Host::Ip(ip) => ip.fmt(f),
+            Host::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+impl Serialize for Host {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Host {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(match text.parse::<IpAddr>() {
+            Ok(ip) => Host::Ip(ip),
+            Err(_) => Host::Name(text),
+        })
+    }
+}
+
+impl EndpointAddress {
+    /// An IP address and port.
+    pub fn new(ip: IpAddr, port: u16) -> Self {
+        EndpointAddress {
+            socket_address: HostPort {
+                address: Host::Ip(ip),
+                port_value: port,
+            },
+        }
+    }
+
+    /// A DNS name and port (STRICT_DNS, LOGICAL_DNS).
+    pub fn name(name: &str, port: u16) -> Self {
+        EndpointAddress {
+            socket_address: HostPort {
+                address: Host::Name(name.to_string()),
+                port_value: port,
+            },
+        }
+    }
+
+    /// The socket address, when the host is an IP address.
+    pub fn socket_addr(&self) -> Option<std::net::SocketAddr> {
+        match &self.socket_address.address {
+            Host::Ip(ip) => Some(std::net::SocketAddr::new(
+                *ip,
+                self.socket_address.port_value,
+            )),
+            Host::Name(_) => None,
+        }
+    }
+
+    /// The DNS name, when the host is one.
+    pub fn dns_name(&self) -> Option<&str> {
+        match &self.socket_address.address {
+            Host::Name(n) => Some(n),
+            Host::Ip(_) => None,
+        }
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.socket_address.port_value
+    }
+}
+
+impl From<Address> for EndpointAddress {
+    fn from(a: Address) -> Self {
+        EndpointAddress::new(a.socket_address.address, a.socket_address.port_value)
+    }
+}
+
 impl LbEndpoint {
     pub fn new(addr: std::net::SocketAddr) -> Self {
+        Self::at(EndpointAddress::new(addr.ip(), addr.port()))
+    }
+
+    /// An endpoint at a DNS name (STRICT_DNS, LOGICAL_DNS clusters).
+    pub fn named(name: &str, port: u16) -> Self {
+        Self::at(EndpointAddress::name(name, port))
+    }
+
+    fn at(address: EndpointAddress) -> Self {
         LbEndpoint {
             endpoint: Endpoint {
-                address: Address::new(addr.ip(), addr.port()),
+                address,
                 hostname: None,
             },
             health_status: HealthStatus::Healthy,
@@ -436,6 +567,66 @@ impl LbEndpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cluster(type_: &str, addresses: &[&str]) -> serde_json::Value {
+        let eps: Vec<serde_json::Value> = addresses
+            .iter()
+            .map(|a| serde_json::json!({"endpoint": {"address": {"socketAddress": {"address": a, "portValue": 443}}}}))
+            .collect();
+        serde_json::json!({"name": "c", "type": type_, "dnsRefreshRate": "60s", "respectDnsTtl": true,
+            "loadAssignment": {"clusterName": "c", "endpoints": [{"lbEndpoints": eps}]}})
+    }
+
+    fn problems(c: serde_json::Value) -> String {
+        let doc = serde_json::json!({"clusters": [c]}).to_string();
+        match crate::ProxyConfig::from_json(&doc) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn dns_names_only_in_dns_clusters_and_ip_endpoints_read_as_before() {
+        assert_eq!(
+            problems(cluster(
+                "STRICT_DNS",
+                &["api.example.com", "b.example.com."]
+            )),
+            ""
+        );
+        assert_eq!(problems(cluster("LOGICAL_DNS", &["api.example.com"])), "");
+        assert_eq!(
+            problems(cluster("STRICT_DNS", &["192.0.2.1"])),
+            "",
+            "an IP resolves to itself"
+        );
+        let e = problems(cluster("STATIC", &["api.example.com"]));
+        assert!(
+            e.contains("clusters[0].loadAssignment.endpoints[0].lbEndpoints[0].endpoint.address.socketAddress.address")
+                && e.contains("not an IP address"),
+            "{e}"
+        );
+        let e = problems(cluster("STRICT_DNS", &["bad name!"]));
+        assert!(e.contains("not a DNS name"), "{e}");
+        let e = problems(cluster("LOGICAL_DNS", &["a.example.com", "b.example.com"]));
+        assert!(e.contains("exactly one endpoint"), "{e}");
+        let many: Vec<String> = (0..=crate::config::MAX_DNS_NAMES)
+            .map(|i| format!("h{i}.example.com"))
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let e = problems(cluster("STRICT_DNS", &many));
+        assert!(e.contains("at most 64"), "{e}");
+        // The shape of an old ConfigMap's endpoint reads back as an IP address.
+        let old: LbEndpoint = serde_json::from_str(
+            r#"{"endpoint": {"address": {"socketAddress": {"address": "10.0.0.1", "portValue": 80}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(old, LbEndpoint::new("10.0.0.1:80".parse().unwrap()));
+        assert_eq!(
+            serde_json::to_value(LbEndpoint::named("api.example.com", 443)).unwrap(),
+            serde_json::json!({"endpoint": {"address": {"socketAddress": {"address": "api.example.com", "portValue": 443}}}})
+        );
+    }
 
     #[test]
     fn an_endpoints_workload_is_istios_five_fields_and_reads_back() {

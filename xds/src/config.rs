@@ -2,7 +2,7 @@
 //! proxy loads (refusing an invalid document while the previous one keeps serving), and what
 //! `/config_dump` shows.
 
-use crate::cluster::{Cluster, ClusterLoadAssignment, DiscoveryType, LbPolicy};
+use crate::cluster::{Cluster, ClusterLoadAssignment, DiscoveryType, Host, LbPolicy};
 use crate::error::Error;
 use crate::listener::{FilterChain, Listener, NetworkFilter};
 use crate::regex::{Anchor, RegexBudget};
@@ -153,6 +153,25 @@ impl ProxyConfig {
     }
 }
 
+/// The most DNS names one STRICT_DNS cluster may list (each is resolved on its own schedule).
+pub const MAX_DNS_NAMES: usize = 64;
+
+/// Whether `n` is a DNS name (RFC 1123 labels of letters, digits, `-` and `_`, at most 253
+/// characters, an optional trailing dot).
+pub fn is_dns_name(n: &str) -> bool {
+    let n = n.strip_suffix('.').unwrap_or(n);
+    !n.is_empty()
+        && n.len() <= 253
+        && n.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 /// Deserialises JSON with errors naming the field, line and column.
 pub(crate) fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Error> {
     let de = &mut serde_json::Deserializer::from_str(text);
@@ -280,12 +299,12 @@ impl Checker {
                     format!("{p}.edsClusterConfig"),
                     "an EDS cluster needs edsClusterConfig.serviceName",
                 ),
-                DiscoveryType::Static | DiscoveryType::StrictDns
+                DiscoveryType::Static | DiscoveryType::StrictDns | DiscoveryType::LogicalDns
                     if cl.load_assignment.is_none() =>
                 {
                     self.err(
                         format!("{p}.loadAssignment"),
-                        "a STATIC or STRICT_DNS cluster needs loadAssignment",
+                        "a STATIC, STRICT_DNS or LOGICAL_DNS cluster needs loadAssignment",
                     )
                 }
                 DiscoveryType::OriginalDst if cl.lb_policy != LbPolicy::ClusterProvided => self
@@ -326,6 +345,12 @@ impl Checker {
             for (field, message) in problems {
                 self.err(field, message);
             }
+            if let Some(la) = &cl.load_assignment {
+                self.endpoint_hosts(&format!("{p}.loadAssignment"), la, cl.type_);
+            }
+            if cl.type_.is_dns() && cl.dns_refresh_rate.is_some_and(|r| r.as_std().is_zero()) {
+                self.err(format!("{p}.dnsRefreshRate"), "must be more than 0");
+            }
             if cl.type_ != DiscoveryType::OriginalDst && cl.lb_policy == LbPolicy::ClusterProvided {
                 self.err(
                     format!("{p}.lbPolicy"),
@@ -354,6 +379,9 @@ impl Checker {
                 );
             }
         }
+        for (i, e) in c.endpoints.iter().enumerate() {
+            self.endpoint_hosts(&format!("endpoints[{i}]"), e, DiscoveryType::Eds);
+        }
         for (i, n) in duplicates(c.endpoints.iter().map(|e| e.cluster_name.as_str())) {
             self.err(
                 format!("endpoints[{i}].clusterName"),
@@ -370,6 +398,49 @@ impl Checker {
                     "at least one address is required",
                 );
             }
+        }
+    }
+
+    /// Endpoint hosts are IP addresses, except in STRICT_DNS and LOGICAL_DNS clusters, whose
+    /// hosts may be DNS names (at most [`MAX_DNS_NAMES`] hosts; LOGICAL_DNS: exactly one).
+    fn endpoint_hosts(&mut self, p: &str, la: &ClusterLoadAssignment, type_: DiscoveryType) {
+        let mut names = 0;
+        for (i, l) in la.endpoints.iter().enumerate() {
+            for (j, e) in l.lb_endpoints.iter().enumerate() {
+                let at = format!(
+                    "{p}.endpoints[{i}].lbEndpoints[{j}].endpoint.address.socketAddress.address"
+                );
+                match (&e.endpoint.address.socket_address.address, type_.is_dns()) {
+                    (Host::Name(n), true) => {
+                        names += 1;
+                        if !is_dns_name(n) {
+                            self.err(at, format!("{n:?} is not a DNS name"));
+                        }
+                    }
+                    (Host::Name(n), false) => self.err(
+                        at,
+                        format!(
+                            "{n:?} is not an IP address (DNS names only in STRICT_DNS and \
+                             LOGICAL_DNS clusters)"
+                        ),
+                    ),
+                    // An IP address in a DNS cluster resolves to itself, as in Envoy.
+                    (Host::Ip(_), true) => names += 1,
+                    (Host::Ip(_), false) => {}
+                }
+            }
+        }
+        if names > MAX_DNS_NAMES {
+            self.err(
+                format!("{p}.endpoints"),
+                format!("{names} endpoints: a DNS cluster lists at most {MAX_DNS_NAMES}"),
+            );
+        }
+        if type_ == DiscoveryType::LogicalDns && names != 1 {
+            self.err(
+                format!("{p}.endpoints"),
+                format!("a LOGICAL_DNS cluster has exactly one endpoint, not {names}"),
+            );
         }
     }
 

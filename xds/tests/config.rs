@@ -82,7 +82,7 @@ fn istio_names_are_where_users_expect_them() {
         .load_assignment(v1)
         .unwrap()
         .lb_endpoints()
-        .map(|e| e.endpoint.address.socket_addr().to_string())
+        .map(|e| e.endpoint.address.socket_addr().unwrap().to_string())
         .collect();
     assert_eq!(eps, ["10.244.0.32:9080"]);
     let parsed = ClusterName::parse(&v1.name).unwrap();
@@ -92,7 +92,7 @@ fn istio_names_are_where_users_expect_them() {
         .load_assignment(inbound_app)
         .unwrap()
         .lb_endpoints()
-        .map(|e| e.endpoint.address.socket_addr().to_string())
+        .map(|e| e.endpoint.address.socket_addr().unwrap().to_string())
         .collect();
     assert_eq!(app, ["127.0.0.1:9080"]);
 }

@@ -1,6 +1,13 @@
 //! Clusters and endpoints: `outbound|<port>|<subset>|<fqdn>` with the DestinationRule's traffic
 //! policy, `inbound|<port>||`, and the three static clusters.
 //!
+//! A DNS-resolved service (a ServiceEntry host of resolution DNS or DNS_ROUND_ROBIN, an
+//! ExternalName Service: `registry::DnsResolution`) gets a STRICT_DNS (LOGICAL_DNS) cluster
+//! whose `loadAssignment` lists the names (or IP addresses) the sidecar resolves
+//! ([`dns_load_assignment`]), with `respectDnsTtl` and a `dnsRefreshRate` of
+//! [`DNS_REFRESH_SECS`], as Istio renders them; a DNS_ROUND_ROBIN subset selecting no endpoint
+//! gets a STRICT_DNS cluster of none (a LOGICAL_DNS cluster has exactly one).
+//!
 //! With a mesh CA ([`MeshConfig::ca_host`]), an outbound cluster originates Istio's mutual TLS
 //! ([`upstream_tls`]): a DestinationRule's `tls.mode: ISTIO_MUTUAL` gives it one TLS transport
 //! socket, `DISABLE` none, and without a `tls` setting auto mTLS (`meshConfig.enableAutoMtls`)
@@ -16,7 +23,7 @@
 
 use super::{ClusterParts, Ctx, EdsRecipe, EdsRecipes};
 use crate::index::{Labels, MeshConfig};
-use crate::registry::{Ep, SvcPort};
+use crate::registry::{DnsResolution, Ep, SvcPort};
 use rustmesh_api::common::labels_match;
 use rustmesh_api::destination_rule::{
     ClientTlsSettings, ConnectionPoolSettings, DestinationRuleSpec, H2UpgradePolicy,
@@ -368,6 +375,8 @@ fn bare(name: &str, type_: DiscoveryType, lb_policy: LbPolicy) -> Cluster {
         maglev_lb_config: None,
         eds_cluster_config: None,
         load_assignment: None,
+        dns_refresh_rate: None,
+        respect_dns_ttl: false,
         circuit_breakers: None,
         outlier_detection: None,
         upstream_bind_config: None,
@@ -438,6 +447,28 @@ impl<'v, 'a> Ctx<'v, 'a> {
             let http = policy.pool.and_then(|p| p.http.as_ref());
             let mut c = if passthrough {
                 bare(name, DiscoveryType::OriginalDst, LbPolicy::ClusterProvided)
+            } else if let Some(dns) = &w.svc.dns {
+                // A ServiceEntry host of resolution DNS (DNS_ROUND_ROBIN), or an ExternalName
+                // Service: a STRICT_DNS (LOGICAL_DNS) cluster of its endpoints' names, which the
+                // sidecar resolves (Istio's rendering).
+                let selector = subset.map(|s| &s.labels);
+                let mtls = self.view.index.mesh.ca_host.is_some();
+                let la = dns_load_assignment(name, dns, w.port, mtls, |labels| {
+                    selector.is_none_or(|sel| labels_match(sel, labels))
+                });
+                // A LOGICAL_DNS cluster has exactly one endpoint; a subset selecting none
+                // gets a STRICT_DNS cluster of none (no upstream, as Istio's empty cluster).
+                let type_ = if dns.logical && la.lb_endpoints().count() == 1 {
+                    DiscoveryType::LogicalDns
+                } else {
+                    DiscoveryType::StrictDns
+                };
+                let mut c = bare(name, type_, lb_policy(policy.lb));
+                (c.ring_hash_lb_config, c.maglev_lb_config) = hash_lb_configs(policy.lb);
+                c.dns_refresh_rate = Some(Duration::from_secs(DNS_REFRESH_SECS));
+                c.respect_dns_ttl = true;
+                c.load_assignment = Some(la);
+                c
             } else {
                 let mut c = bare(name, DiscoveryType::Eds, lb_policy(policy.lb));
                 (c.ring_hash_lb_config, c.maglev_lb_config) = hash_lb_configs(policy.lb);
@@ -474,6 +505,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
                 // No auto mTLS to a MESH_EXTERNAL entry (Istio's rule): plain, or the app's own
                 // TLS; a MESH_INTERNAL one's endpoints labelled tlsMode=istio get it, as pods.
                 !passthrough
+                    && !w.svc.external_name()
                     && w.svc
                         .entry
                         .as_ref()
@@ -514,6 +546,54 @@ impl<'v, 'a> Ctx<'v, 'a> {
             clusters.push(c);
         }
         (clusters, endpoints, recipes)
+    }
+}
+
+/// How often the sidecar resolves a DNS cluster's names again when the answer's TTL is 0, in
+/// seconds (Istio's meshConfig `dnsRefreshRate` default; Istio also sets `respect_dns_ttl`).
+pub const DNS_REFRESH_SECS: u64 = 60;
+
+/// The endpoints of a STRICT_DNS (LOGICAL_DNS: the first only) cluster: each DNS endpoint
+/// whose labels the subset selects, by name (or IP address), at its port for `port`; labelled
+/// `security.istio.io/tlsMode: istio` ones carry the auto mTLS metadata when the mesh has a CA.
+pub fn dns_load_assignment(
+    cluster: &str,
+    dns: &DnsResolution,
+    port: &SvcPort,
+    mtls: bool,
+    selects: impl Fn(&Labels) -> bool,
+) -> ClusterLoadAssignment {
+    let mut lb_endpoints: Vec<LbEndpoint> = dns
+        .endpoints
+        .iter()
+        .filter(|e| selects(&e.labels))
+        .map(|e| {
+            let at = e.port_for(port);
+            let ep = match e.address.parse::<std::net::IpAddr>() {
+                Ok(ip) => LbEndpoint::new(SocketAddr::new(ip, at)),
+                Err(_) => LbEndpoint::named(&e.address, at),
+            };
+            if mtls && e.labels.get(TLS_MODE_LABEL).map(String::as_str) == Some(TLS_MODE_ISTIO) {
+                ep.with_istio_tls_mode()
+            } else {
+                ep
+            }
+        })
+        .collect();
+    if dns.logical {
+        lb_endpoints.truncate(1);
+    }
+    ClusterLoadAssignment {
+        cluster_name: cluster.to_string(),
+        endpoints: if lb_endpoints.is_empty() {
+            Vec::new()
+        } else {
+            vec![LocalityLbEndpoints {
+                locality: None,
+                lb_endpoints,
+                priority: 0,
+            }]
+        },
     }
 }
 

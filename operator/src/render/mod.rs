@@ -14,7 +14,9 @@
 //!   is refused by the kernel exactly as with passthrough;
 //! - headless services get ORIGINAL_DST clusters (Istio's `Passthrough` resolution), their HTTP
 //!   ports a virtual host on the port's route table, their TCP/auto ports one listener per ready
-//!   endpoint address; ExternalName services are not rendered;
+//!   endpoint address; ExternalName services get STRICT_DNS clusters of their external name
+//!   (as Istio's, see ServiceEntry DNS below), their HTTP ports a virtual host, their TCP ports
+//!   no listener (the connection goes where the application resolved the name);
 //! - a destination that does not resolve in this scope (host not in the registry, port missing,
 //!   subset not defined by the DestinationRule this scope uses) is routed to `BlackHoleCluster`
 //!   (Istio: a cluster that does not exist; both answer 503);
@@ -39,9 +41,12 @@
 //!   (domains: the host, its addresses, each with and without `:PORT`), TCP/TLS and
 //!   protocol-less ports a listener per address (`ADDRESS_PORT`), or `0.0.0.0_PORT` without
 //!   addresses (TCP and protocol-less: every connection to that port, as Istio's; TLS and
-//!   HTTPS: one chain per host matching the SNI, the rest to the catch-all), clusters `outbound|PORT||HOST` (resolution NONE:
-//!   ORIGINAL_DST, to the address the application connected to; STATIC: the entry's
-//!   endpoints), DNS answers for the hosts with addresses (given or allocated). A
+//!   HTTPS: one chain per host matching the SNI, the rest to the catch-all), clusters
+//!   `outbound|PORT||HOST` (resolution NONE: ORIGINAL_DST, to the address the application
+//!   connected to; STATIC: the entry's endpoints; DNS: STRICT_DNS of the endpoints' names,
+//!   else of the host; DNS_ROUND_ROBIN: LOGICAL_DNS of the one name; the sidecar resolves
+//!   them, `respectDnsTtl` and Istio's default `dnsRefreshRate` of 60s), DNS answers for the
+//!   hosts with addresses (given or allocated). A
 //!   `0.0.0.0_PORT` that an HTTP port already holds keeps it, and of several entries' TCP
 //!   ports on the same listener the first host in name order holds it. Entries add no
 //!   inbound ports;

@@ -236,7 +236,7 @@ fn tls_modes(c: &ClusterLoadAssignment) -> Vec<(String, bool)> {
     c.lb_endpoints()
         .map(|e| {
             (
-                e.endpoint.address.socket_addr().ip().to_string(),
+                e.endpoint.address.socket_addr().unwrap().ip().to_string(),
                 e.transport_socket_match()
                     .and_then(|m| m.get("tlsMode"))
                     .is_some_and(|v| v == "istio"),

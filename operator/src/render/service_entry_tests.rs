@@ -1,14 +1,17 @@
 //! ServiceEntry rendering (issue #20), from Istio's documented egress cases: an external HTTPS
 //! host with resolution NONE, HTTP hosts on the port's route table, STATIC endpoints, class E
 //! addresses for the DNS proxy, REGISTRY_ONLY with and without the entry, `exportTo`, a
-//! VirtualService and a DestinationRule for an entry's host, Sidecar egress hosts.
+//! VirtualService and a DestinationRule for an entry's host, Sidecar egress hosts; resolution
+//! DNS (STRICT_DNS clusters of the host or the endpoints' names) and DNS_ROUND_ROBIN
+//! (LOGICAL_DNS), wildcard hosts with them refused; and Kubernetes ExternalName Services,
+//! which Istio resolves the same way.
 
 use super::*;
 use crate::configmap::render;
-use crate::fixtures::{bookinfo, istio, namespace, verdict};
-use crate::index::{Kind, ObjKey};
+use crate::fixtures::{bookinfo, external_name_service, istio, namespace, verdict};
+use crate::index::{Kind, ObjKey, Object};
 use crate::validation::Level;
-use rustmesh_xds::cluster::DiscoveryType;
+use rustmesh_xds::cluster::{ClusterLoadAssignment, DiscoveryType};
 use rustmesh_xds::listener::NetworkFilter;
 use std::net::SocketAddr;
 
@@ -174,7 +177,7 @@ spec:
         .load_assignment(cluster)
         .unwrap()
         .lb_endpoints()
-        .map(|e| e.endpoint.address.socket_addr())
+        .map(|e| e.endpoint.address.socket_addr().unwrap())
         .collect();
     // targetPort for the endpoint that names no port, its own port for the other.
     assert_eq!(
@@ -433,7 +436,7 @@ spec:
             .load_assignment(cluster)
             .unwrap()
             .lb_endpoints()
-            .map(|e| e.endpoint.address.socket_addr())
+            .map(|e| e.endpoint.address.socket_addr().unwrap())
             .collect();
         assert_eq!(eps, [addr.parse::<SocketAddr>().unwrap()], "{subset}");
     }
@@ -537,14 +540,23 @@ fn refused_fields_are_named_and_an_invalid_update_keeps_the_accepted_version() {
     let registry = Registry::build(&index);
     let validation = Validation::compute(&index, &registry);
     index.remember_accepted(validation.accepted_keys());
-    // An update to DNS resolution: refused naming spec.resolution; the NONE version serves.
+    // An update to a wildcard host with DNS resolution: refused naming spec.hosts; the NONE
+    // version serves.
     istio(
         &mut index,
-        &HTTPS_NONE.replace("resolution: NONE", "resolution: DNS"),
+        &HTTPS_NONE
+            .replace(
+                "hosts: [www.example.com]",
+                "hosts: [www.example.com, '*.example.com']",
+            )
+            .replace(
+                "resolution: NONE",
+                "resolution: DNS\n  endpoints: [{address: egress.example.com}]",
+            ),
     );
     let v = verdict(&index, Kind::ServiceEntry, "default", "example-https");
     assert!(!v.accepted);
-    assert_eq!(v.findings[0].field, "spec.resolution");
+    assert_eq!(v.findings[0].field, "spec.hosts");
     assert!(v.findings[0].message.contains("issue #20"), "{v:?}");
     assert_eq!(v.serving_previous, Some(0));
     let c = rendered(&index, "default");
@@ -574,6 +586,344 @@ spec:
     assert!(
         rendered(&fresh, "default")
             .cluster("outbound|80||vm.internal")
+            .is_none()
+    );
+}
+
+/// The endpoints of a cluster as `(address, port)`, the address a DNS name or an IP address.
+fn hosts_and_ports(la: &ClusterLoadAssignment) -> Vec<(String, u16)> {
+    la.lb_endpoints()
+        .map(|e| {
+            let a = &e.endpoint.address;
+            (a.socket_address.address.to_string(), a.port())
+        })
+        .collect()
+}
+
+/// Istio's egress example with resolution DNS: the host itself is resolved by the sidecar.
+const HTTPS_DNS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: example-dns, namespace: default}
+spec:
+  hosts: [www.example.com]
+  ports:
+  - {number: 443, name: https, protocol: TLS}
+  - {number: 80, name: http, protocol: HTTP}
+  location: MESH_EXTERNAL
+  resolution: DNS
+"#;
+
+#[test]
+fn resolution_dns_without_endpoints_resolves_the_host_in_a_strict_dns_cluster() {
+    let mut index = bookinfo();
+    istio(&mut index, HTTPS_DNS);
+    let v = verdict(&index, Kind::ServiceEntry, "default", "example-dns");
+    assert!(v.accepted && v.findings.is_empty(), "{v:?}");
+    let c = rendered(&index, "default");
+    for port in [443, 80] {
+        let name = format!("outbound|{port}||www.example.com");
+        let cluster = c.cluster(&name).unwrap_or_else(|| panic!("{name}"));
+        assert_eq!(cluster.type_, DiscoveryType::StrictDns, "{name}");
+        assert!(cluster.eds_cluster_config.is_none(), "{name}: not EDS");
+        assert!(cluster.respect_dns_ttl, "{name}");
+        assert_eq!(
+            cluster.dns_refresh_rate,
+            Some(Duration::from_secs(super::clusters::DNS_REFRESH_SECS))
+        );
+        // The host at the entry's port: the name the sidecar resolves.
+        let la = cluster.load_assignment.as_ref().expect("loadAssignment");
+        assert_eq!(la.cluster_name, name);
+        assert_eq!(
+            hosts_and_ports(la),
+            [("www.example.com".to_string(), port)],
+            "{name}"
+        );
+        // MESH_EXTERNAL: no auto mutual TLS.
+        assert!(cluster.transport_socket.is_none() && cluster.transport_socket_matches.is_empty());
+        assert!(
+            !c.endpoints.iter().any(|e| e.cluster_name == name),
+            "{name}: no EDS endpoints"
+        );
+    }
+    // The TLS port: the host's SNI chain goes to the DNS cluster; the HTTP port: its virtual
+    // host routes there.
+    let l = c.listener("0.0.0.0_443").expect("0.0.0.0_443");
+    assert_eq!(
+        l.filter_chains[0].filter_chain_match.server_names,
+        ["www.example.com"]
+    );
+    assert_eq!(
+        dest(&l.filter_chains[0].filters[0]),
+        "outbound|443||www.example.com"
+    );
+    let vh = c
+        .route("80")
+        .unwrap()
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name == "www.example.com:80")
+        .expect("virtual host")
+        .clone();
+    assert_eq!(
+        vh.routes[0].route.as_ref().unwrap().cluster.as_deref(),
+        Some("outbound|80||www.example.com")
+    );
+}
+
+#[test]
+fn resolution_dns_with_endpoints_resolves_each_endpoint_name_at_its_port() {
+    // Istio's example: several DNS-addressable endpoints, each on its own port, and an IP one.
+    let mut index = bookinfo();
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: external-svc-dns, namespace: default}
+spec:
+  hosts: [foo.bar.com]
+  location: MESH_EXTERNAL
+  ports:
+  - {number: 80, name: http, protocol: HTTP}
+  resolution: DNS
+  endpoints:
+  - address: us.foo.bar.com
+    ports: {http: 8080}
+  - address: uk.foo.bar.com
+    ports: {http: 9080}
+  - address: 198.51.100.9
+"#,
+    );
+    assert!(verdict(&index, Kind::ServiceEntry, "default", "external-svc-dns").accepted);
+    let c = rendered(&index, "default");
+    let cluster = c.cluster("outbound|80||foo.bar.com").expect("cluster");
+    assert_eq!(cluster.type_, DiscoveryType::StrictDns);
+    assert_eq!(
+        hosts_and_ports(cluster.load_assignment.as_ref().unwrap()),
+        [
+            ("us.foo.bar.com".to_string(), 8080),
+            ("uk.foo.bar.com".to_string(), 9080),
+            ("198.51.100.9".to_string(), 80),
+        ],
+        "each endpoint by name (or IP address), at the port it maps, else the entry's"
+    );
+    // The host is not resolved itself when there are endpoints.
+    assert!(
+        !hosts_and_ports(cluster.load_assignment.as_ref().unwrap())
+            .iter()
+            .any(|(h, _)| h == "foo.bar.com")
+    );
+}
+
+#[test]
+fn dns_round_robin_is_a_logical_dns_cluster_of_one_endpoint() {
+    let mut index = bookinfo();
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: rr, namespace: default}
+spec:
+  hosts: [api.example.com]
+  ports:
+  - {number: 8443, name: tls, protocol: TLS, targetPort: 443}
+  resolution: DNS_ROUND_ROBIN
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: rr-endpoint, namespace: default}
+spec:
+  hosts: [lb.example.com]
+  ports:
+  - {number: 80, name: http, protocol: HTTP}
+  resolution: DNS_ROUND_ROBIN
+  endpoints:
+  - {address: edge.example.net, ports: {http: 8080}}
+"#,
+    );
+    for name in ["rr", "rr-endpoint"] {
+        let v = verdict(&index, Kind::ServiceEntry, "default", name);
+        assert!(v.accepted && v.findings.is_empty(), "{name}: {v:?}");
+    }
+    let c = rendered(&index, "default");
+    for (cluster, endpoint) in [
+        ("outbound|8443||api.example.com", ("api.example.com", 443)),
+        ("outbound|80||lb.example.com", ("edge.example.net", 8080)),
+    ] {
+        let cl = c.cluster(cluster).unwrap_or_else(|| panic!("{cluster}"));
+        assert_eq!(cl.type_, DiscoveryType::LogicalDns, "{cluster}");
+        assert_eq!(
+            hosts_and_ports(cl.load_assignment.as_ref().unwrap()),
+            [(endpoint.0.to_string(), endpoint.1)],
+            "{cluster}: the host at targetPort, or the endpoint at the port it maps"
+        );
+    }
+}
+
+#[test]
+fn a_subset_of_a_dns_entry_selects_endpoints_by_label() {
+    let mut index = bookinfo();
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: regions, namespace: default}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+  endpoints:
+  - {address: us.example.com, labels: {region: us}}
+  - {address: eu.example.com, labels: {region: eu}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: one, namespace: default}
+spec:
+  hosts: [one.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS_ROUND_ROBIN
+  endpoints:
+  - {address: edge.example.com, labels: {region: us}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: regions, namespace: default}
+spec:
+  host: api.example.com
+  subsets:
+  - {name: eu, labels: {region: eu}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: one, namespace: default}
+spec:
+  host: one.example.com
+  subsets:
+  - {name: us, labels: {region: us}}
+  - {name: eu, labels: {region: eu}}
+"#,
+    );
+    let c = rendered(&index, "default");
+    let eu = c.cluster("outbound|80|eu|api.example.com").expect("subset");
+    assert_eq!(eu.type_, DiscoveryType::StrictDns);
+    assert_eq!(
+        hosts_and_ports(eu.load_assignment.as_ref().unwrap()),
+        [("eu.example.com".to_string(), 80)]
+    );
+    let all = c.cluster("outbound|80||api.example.com").unwrap();
+    assert_eq!(
+        hosts_and_ports(all.load_assignment.as_ref().unwrap()).len(),
+        2
+    );
+    // DNS_ROUND_ROBIN: LOGICAL_DNS when the subset selects its endpoint; a subset selecting
+    // none gets a STRICT_DNS cluster of none (a LOGICAL_DNS cluster needs exactly one), which
+    // `rendered` proves valid.
+    let us = c.cluster("outbound|80|us|one.example.com").unwrap();
+    assert_eq!(us.type_, DiscoveryType::LogicalDns);
+    let none = c.cluster("outbound|80|eu|one.example.com").unwrap();
+    assert_eq!(none.type_, DiscoveryType::StrictDns);
+    assert!(hosts_and_ports(none.load_assignment.as_ref().unwrap()).is_empty());
+}
+
+#[test]
+fn a_wildcard_host_with_dns_resolution_is_refused_naming_hosts_and_resolution() {
+    for (resolution, endpoints) in [
+        ("DNS", ""),
+        ("DNS", "\n  endpoints: [{address: egress.example.com}]"),
+        (
+            "DNS_ROUND_ROBIN",
+            "\n  endpoints: [{address: egress.example.com}]",
+        ),
+    ] {
+        let mut index = bookinfo();
+        istio(
+            &mut index,
+            &format!(
+                r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: wild, namespace: default}}
+spec:
+  hosts: ["*.example.com"]
+  ports: [{{number: 443, name: https, protocol: TLS}}]
+  resolution: {resolution}{endpoints}
+"#
+            ),
+        );
+        let v = verdict(&index, Kind::ServiceEntry, "default", "wild");
+        assert!(!v.accepted, "{resolution}{endpoints}");
+        let first = &v.findings[0];
+        assert_eq!(first.field, "spec.hosts", "{v:?}");
+        assert!(
+            first.message.contains("spec.hosts[0]")
+                && first
+                    .message
+                    .contains(&format!("spec.resolution {resolution}")),
+            "{}",
+            first.message
+        );
+        assert!(
+            rendered(&index, "default")
+                .cluster("outbound|443||*.example.com")
+                .is_none(),
+            "never accepted: not rendered"
+        );
+    }
+}
+
+#[test]
+fn an_external_name_service_is_a_strict_dns_cluster_of_its_external_name() {
+    let mut index = bookinfo();
+    index.apply(Object::Service(Box::new(external_name_service(
+        "default",
+        "db",
+        "db.example.org",
+        &[("http", 8080, 9090), ("tcp-pg", 5432, 5432)],
+    ))));
+    let c = rendered(&index, "default");
+    for port in [8080, 5432] {
+        let name = format!("outbound|{port}||db.default.svc.cluster.local");
+        let cluster = c.cluster(&name).unwrap_or_else(|| panic!("{name}"));
+        assert_eq!(cluster.type_, DiscoveryType::StrictDns, "{name}");
+        // The external name at the service port (an ExternalName has no target port).
+        assert_eq!(
+            hosts_and_ports(cluster.load_assignment.as_ref().unwrap()),
+            [("db.example.org".to_string(), port)],
+            "{name}"
+        );
+        assert!(cluster.respect_dns_ttl);
+        // Outside the mesh: no auto mutual TLS.
+        assert!(cluster.transport_socket.is_none() && cluster.transport_socket_matches.is_empty());
+    }
+    // The HTTP port: a virtual host for the service's names on the port's route table.
+    let vh = c
+        .route("8080")
+        .expect("route table 8080")
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name == "db.default.svc.cluster.local:8080")
+        .expect("virtual host")
+        .clone();
+    assert!(vh.domains.iter().any(|d| d == "db"), "{:?}", vh.domains);
+    assert_eq!(
+        vh.routes[0].route.as_ref().unwrap().cluster.as_deref(),
+        Some("outbound|8080||db.default.svc.cluster.local")
+    );
+    // An ExternalName without a usable name is not rendered.
+    let mut bad = bookinfo();
+    bad.apply(Object::Service(Box::new(external_name_service(
+        "default",
+        "bad",
+        "not a name",
+        &[("http", 80, 80)],
+    ))));
+    assert!(
+        rendered(&bad, "default")
+            .cluster("outbound|80||bad.default.svc.cluster.local")
             .is_none()
     );
 }

@@ -89,7 +89,7 @@ fn endpoint_ips(c: &ProxyConfig, cluster: &str) -> Vec<String> {
     c.load_assignment(cl)
         .map(|la| {
             la.lb_endpoints()
-                .map(|e| e.endpoint.address.socket_addr().to_string())
+                .map(|e| e.endpoint.address.socket_addr().unwrap().to_string())
                 .collect()
         })
         .unwrap_or_default()
@@ -692,9 +692,8 @@ spec:
             DiscoveryType::Static => {
                 let a = &cl.load_assignment.as_ref().unwrap().endpoints[0].lb_endpoints[0]
                     .endpoint
-                    .address
-                    .socket_address;
-                std::net::SocketAddr::new(a.address, a.port_value).to_string()
+                    .address;
+                a.socket_addr().unwrap().to_string()
             }
             DiscoveryType::OriginalDst => {
                 assert!(cl.upstream_bind_config.is_some(), "{name} binds 127.0.0.6");

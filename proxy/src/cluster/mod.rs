@@ -7,7 +7,11 @@
 //! a changed cluster keeps the stats of the endpoints it still has. Discovery types:
 //!
 //! * `EDS`: the endpoints listed under its `edsClusterConfig.serviceName`;
-//! * `STATIC` (and `STRICT_DNS`, whose addresses are used as given): `loadAssignment`;
+//! * `STATIC`: `loadAssignment`;
+//! * `STRICT_DNS` and `LOGICAL_DNS`: `loadAssignment`'s DNS names, resolved by a refresh task
+//!   per cluster ([`resolver`]) off the data path: the cluster's endpoints are the answers'
+//!   addresses (swapped live when an answer changes; none before the first answer, so
+//!   connections fail at once as having no healthy upstream);
 //! * `ORIGINAL_DST`: the connection's original destination (`PassthroughCluster`,
 //!   `InboundPassthroughClusterIpv4/6`), from `upstreamBindConfig`'s source address if set;
 //! * `BlackHoleCluster` (or any cluster without usable endpoints): no upstream, the connection
@@ -24,6 +28,7 @@
 //! * [`endpoint`]: an [`Endpoint`], its counters, outlier state, pools and request guards;
 //! * [`lb`] (with [`ring_hash`] and [`maglev`]): which endpoint a request or connection gets;
 //! * [`outlier`]: outlier detection;
+//! * [`resolver`]: DNS clusters' lookups, refresh schedule and resolved endpoints;
 //! * this module: [`UpstreamCluster`] (pick, target, outlier feedback, connect) and [`Clusters`].
 //!
 //! Below the cluster: the endpoints' HTTP connection pools and the circuit breaker
@@ -34,6 +39,7 @@ pub mod lb;
 pub mod maglev;
 pub mod manager;
 pub mod outlier;
+pub mod resolver;
 pub mod ring_hash;
 pub mod splitmix;
 
@@ -54,7 +60,7 @@ use rustmesh_xds::cluster::{Cluster as ClusterDef, ClusterLoadAssignment};
 /// How a cluster finds where to connect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
-    /// Load-balanced over listed endpoints (EDS, STATIC, STRICT_DNS).
+    /// Load-balanced over listed endpoints (EDS, STATIC, STRICT_DNS, LOGICAL_DNS).
     Balanced,
     /// The connection's original destination.
     OriginalDst,
@@ -93,6 +99,9 @@ pub struct UpstreamCluster {
     ejected_until: AtomicU64,
     /// A transport socket that does not compile (the configuration is refused, naming it).
     pub tls_error: Option<(String, String)>,
+    /// STRICT_DNS / LOGICAL_DNS: the cluster as last resolved, which load balancing, outlier
+    /// detection and `/clusters` use instead of this one (whose endpoints stay empty).
+    pub dns: Option<Arc<resolver::DnsState<UpstreamCluster>>>,
 }
 
 /// Where a connection goes: an address, and the endpoint it is (not for ORIGINAL_DST).
@@ -131,6 +140,9 @@ impl UpstreamCluster {
     /// for RING_HASH / MAGLEV clusters (`None`: no key). `None` when nothing is usable or the
     /// cluster is not load-balanced.
     pub fn pick(&self, hash: Option<u64>) -> Option<Arc<Endpoint>> {
+        if let Some(dns) = &self.dns {
+            return dns.current.load().pick(hash);
+        }
         if self.kind != Kind::Balanced {
             return None;
         }
@@ -198,6 +210,9 @@ impl UpstreamCluster {
     /// Tells outlier detection how a request to (or a connection attempt to) `e` went; ejects
     /// it when its errors reach the cluster's thresholds and the cluster may lose it.
     pub fn report(&self, e: &Endpoint, outcome: outlier::Outcome) {
+        if let Some(dns) = &self.dns {
+            return dns.current.load().report(e, outcome);
+        }
         let Some(policy) = &self.outlier else {
             return;
         };
@@ -232,6 +247,9 @@ impl UpstreamCluster {
         hash: Option<u64>,
         exclude: &[SocketAddr],
     ) -> Option<Arc<Endpoint>> {
+        if let Some(dns) = &self.dns {
+            return dns.current.load().pick_excluding(hash, exclude);
+        }
         if exclude.is_empty() || self.kind != Kind::Balanced {
             return self.pick(hash);
         }
@@ -274,9 +292,19 @@ impl UpstreamCluster {
         })
     }
 
-    /// The usable endpoints load balancing picks from.
+    /// The usable endpoints load balancing picks from (of a DNS cluster: see
+    /// [`UpstreamCluster::resolved`]).
     pub fn usable_endpoints(&self) -> &[Arc<Endpoint>] {
         &self.usable
+    }
+
+    /// The cluster whose endpoints are served now: a DNS cluster's as last resolved, any other
+    /// cluster itself.
+    pub fn resolved(self: &Arc<Self>) -> Arc<UpstreamCluster> {
+        match &self.dns {
+            Some(dns) => dns.current.load_full(),
+            None => self.clone(),
+        }
     }
 
     /// The source address for a connection to `dst` (see [`ClusterDialer::source_for`]).

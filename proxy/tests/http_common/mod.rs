@@ -328,6 +328,18 @@ impl TestClusters {
         self.add(name, addrs, "HTTP1", "ROUND_ROBIN", None)
     }
 
+    /// Adds a round-robin HTTP/1.1 STRICT_DNS cluster of these `(name, port)`, which the
+    /// proxy resolves (again at the answer's TTL, else every second).
+    pub fn cluster_dns(mut self, name: &str, hosts: &[(&str, u16)]) -> Self {
+        let endpoints: Vec<Value> = hosts.iter().map(|(h, p)| endpoint(h, *p)).collect();
+        self.clusters.push(json!({
+            "name": name, "type": "STRICT_DNS", "connectTimeout": "2s", "lbPolicy": "ROUND_ROBIN",
+            "upstreamProtocol": "HTTP1", "dnsRefreshRate": "1s", "respectDnsTtl": true,
+            "loadAssignment": {"clusterName": name, "endpoints": [{"lbEndpoints": endpoints}]},
+        }));
+        self
+    }
+
     fn add(
         mut self,
         name: &str,
@@ -338,10 +350,7 @@ impl TestClusters {
     ) -> Self {
         let endpoints: Vec<Value> = addrs
             .iter()
-            .map(|a| {
-                json!({"endpoint": {"address": {"socketAddress": {
-                "address": a.ip().to_string(), "portValue": a.port()}}}})
-            })
+            .map(|a| endpoint(&a.ip().to_string(), a.port()))
             .collect();
         let mut c = json!({
             "name": name, "type": "STATIC", "connectTimeout": "2s", "lbPolicy": lb,
@@ -360,6 +369,11 @@ impl TestClusters {
         ProxyConfig::from_json(&json!({"clusters": self.clusters}).to_string())
             .expect("test clusters are valid configuration")
     }
+}
+
+/// An endpoint of a cluster's `loadAssignment`: an IP address or a DNS name, and a port.
+fn endpoint(host: &str, port: u16) -> Value {
+    json!({"endpoint": {"address": {"socketAddress": {"address": host, "portValue": port}}}})
 }
 
 fn addrs(ups: &[&Upstream]) -> Vec<SocketAddr> {
