@@ -222,12 +222,12 @@ async fn s19_an_egress_gateway_made_with_the_gateway_template_carries_a_service_
         "{r:?}"
     );
     let listeners = ctx
-        .proxy_config(&gateway_ns, &gateway_pod, &["listeners"])
+        .proxy_config(&gateway_ns, &gateway_pod, &["listeners", "-o", "json"])
         .await
         .unwrap();
-    assert!(listeners.contains("0.0.0.0_8080"), "{listeners}");
+    assert!(listeners.contains("\"0.0.0.0_8080\""), "{listeners}");
     let routes = ctx
-        .proxy_config(&gateway_ns, &gateway_pod, &["routes"])
+        .proxy_config(&gateway_ns, &gateway_pod, &["routes", "-o", "json"])
         .await
         .unwrap();
     assert!(
@@ -235,7 +235,7 @@ async fn s19_an_egress_gateway_made_with_the_gateway_template_carries_a_service_
         "{routes}"
     );
     let clusters = ctx
-        .proxy_config(&gateway_ns, &gateway_pod, &["clusters"])
+        .proxy_config(&gateway_ns, &gateway_pod, &["clusters", "-o", "json"])
         .await
         .unwrap();
     assert!(

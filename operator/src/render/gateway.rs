@@ -363,6 +363,43 @@ fn bound_virtual_services<'v, 'a>(
         .map(|((key, vs), hosts)| (*key, *vs, hosts.as_slice()))
 }
 
+/// A VirtualService bound to a server's Gateway that shares a host with the server.
+struct Binding<'a, 's> {
+    key: &'a ObjKey,
+    vs: &'a VirtualService,
+    /// The server's hosts that admit the VirtualService (by their `namespace/` part).
+    admitted: Vec<&'s str>,
+    /// Istio's intersection of those and the VirtualService's hosts (never empty).
+    common: Vec<String>,
+}
+
+/// The VirtualServices bound to the Gateway of server `ps` and exported to the gateway pods'
+/// namespace `pod_ns` that share a host with the server, oldest first.
+fn bindings<'a, 's>(
+    view: &MeshView<'a>,
+    ps: &'s PortServer<'_>,
+    pod_ns: &str,
+) -> Vec<Binding<'a, 's>> {
+    let gateway = ps.gateway.to_string();
+    let hosts = ps.hosts();
+    bound_virtual_services(view, &gateway, pod_ns)
+        .filter_map(|(key, vs, vs_hosts)| {
+            let admitted: Vec<&'s str> = hosts
+                .iter()
+                .filter(|h| h.admits(&key.namespace, &ps.gateway.namespace))
+                .map(|h| h.host)
+                .collect();
+            let common = intersect(&admitted, vs_hosts);
+            (!common.is_empty()).then_some(Binding {
+                key,
+                vs,
+                admitted,
+                common,
+            })
+        })
+        .collect()
+}
+
 /// Renders the gateway scope of `selector` in `scope.namespace` (see the module doc).
 pub(super) fn render(
     view: &MeshView<'_>,
@@ -476,21 +513,10 @@ fn route_table(
     let ns = ctx.scope.namespace.clone();
     let mut vhosts: BTreeMap<String, VhostAcc> = BTreeMap::new();
     for ps in servers {
-        let gateway = ps.gateway.to_string();
-        let hosts = ps.hosts();
-        ctx.gateway = Some(gateway.clone());
-        for (key, vs, vs_hosts) in bound_virtual_services(view, &gateway, &ns) {
-            let admitted: Vec<&str> = hosts
-                .iter()
-                .filter(|h| h.admits(&key.namespace, &ps.gateway.namespace))
-                .map(|h| h.host)
-                .collect();
-            let common = intersect(&admitted, vs_hosts);
-            if common.is_empty() {
-                continue;
-            }
-            let routes = ctx.virtual_service_routes(key, vs, ps.number);
-            for host in common {
+        ctx.gateway = Some(ps.gateway.to_string());
+        for b in bindings(view, ps, &ns) {
+            let routes = ctx.virtual_service_routes(b.key, b.vs, ps.number);
+            for host in b.common {
                 vhosts
                     .entry(host.clone())
                     .or_insert_with(|| VhostAcc::new(&host, ps.number))
@@ -500,7 +526,7 @@ fn route_table(
         }
         ctx.gateway = None;
         if ps.server.https_redirect() {
-            for h in &hosts {
+            for h in &ps.hosts() {
                 vhosts
                     .entry(h.host.to_string())
                     .or_insert_with(|| VhostAcc::new(h.host, ps.number))
@@ -620,20 +646,13 @@ fn tls_port_chains(
 /// its `destinationSubnets`, matching `transportProtocol: tls` and proxying the bytes
 /// unopened to the rule's destinations.
 fn passthrough_chains(ctx: &mut Ctx<'_, '_>, port: u16, ps: &PortServer<'_>) -> Vec<FilterChain> {
-    let view = ctx.view;
     let ns = ctx.scope.namespace.clone();
     let gateway = ps.gateway.to_string();
-    let hosts = ps.hosts();
     let mut out = Vec::new();
-    for (key, vs, vs_hosts) in bound_virtual_services(view, &gateway, &ns) {
-        let admitted: Vec<&str> = hosts
-            .iter()
-            .filter(|h| h.admits(&key.namespace, &ps.gateway.namespace))
-            .map(|h| h.host)
-            .collect();
-        if intersect(&admitted, vs_hosts).is_empty() {
-            continue;
-        }
+    for Binding {
+        key, vs, admitted, ..
+    } in bindings(ctx.view, ps, &ns)
+    {
         for rule in &vs.spec.tls {
             for m in &rule.match_ {
                 let applies = m.port.is_none_or(|p| p == u32::from(ps.number))
@@ -675,19 +694,9 @@ fn passthrough_chains(ctx: &mut Ctx<'_, '_>, port: u16, ps: &PortServer<'_>) -> 
 /// server (Istio's gateway TCP routes: a rule applies without matches, or with a match whose
 /// `port` is the server's and whose `gateways` name this Gateway, if any); `None` without one.
 fn tcp_chain(ctx: &mut Ctx<'_, '_>, port: u16, ps: &PortServer<'_>) -> Option<FilterChain> {
-    let view = ctx.view;
     let ns = ctx.scope.namespace.clone();
     let gateway = ps.gateway.to_string();
-    let hosts = ps.hosts();
-    for (key, vs, vs_hosts) in bound_virtual_services(view, &gateway, &ns) {
-        let admitted: Vec<&str> = hosts
-            .iter()
-            .filter(|h| h.admits(&key.namespace, &ps.gateway.namespace))
-            .map(|h| h.host)
-            .collect();
-        if intersect(&admitted, vs_hosts).is_empty() {
-            continue;
-        }
+    for Binding { key, vs, .. } in bindings(ctx.view, ps, &ns) {
         for rule in &vs.spec.tcp {
             let applies = rule.match_.is_empty()
                 || rule.match_.iter().any(|m| {
