@@ -24,8 +24,10 @@ Measurements (bench/run's helpers: `measure`, `wrk`, `oha`, the CPU / RSS sample
 - RSS: VmRSS of the gateway after the throughput loads (and VmHWM).
 
 rustmesh's HTTPS needs the proxy to read a gateway credential from files by Istio's SDS name
-`file-cert:<chain>~<key>`; a proxy binary without that string gets only the HTTP listener, and
-its HTTPS rows say "needs file-cert support" (the run does not fail).
+`file-cert:<chain>~<key>`. Without it in the proxy's source (`file_cert_support`; BENCH_FILE_CERT=yes
+or no overrides), rustmesh gets only the HTTP listener and its HTTPS rows say "needs file-cert
+support"; a proxy that refuses the HTTPS configuration or fails its HTTPS path check is run
+without it, and its rows say that. None of these fails the run.
 """
 
 import json
@@ -39,8 +41,9 @@ import time
 import configs
 
 R = None  # bench/run, as a module (main() is handed it)
-# contestant -> why its HTTPS was not measured
+# contestant -> why its HTTPS was not measured (the table's cells), and the log that says so
 NOT_HTTPS = {}
+DETAIL = {}
 HOST = "bookinfo.example.com"
 CONTESTANTS = ["none", "rustmesh", "envoy"]
 COMM = {"rustmesh": "proxy", "envoy": "envoy"}
@@ -93,6 +96,7 @@ class Hosts:
     def __enter__(self):
         if os.path.exists(self.path):
             raise RuntimeError(f"{self.path} exists already: not ours, not overwritten")
+        self.made_root = not os.path.isdir("/etc/netns")
         self.made_dir = not os.path.isdir(self.dir)
         os.makedirs(self.dir, exist_ok=True)
         with open(self.path, "w") as f:
@@ -104,7 +108,7 @@ class Hosts:
             os.remove(self.path)
             if self.made_dir:
                 os.rmdir(self.dir)
-                if not os.listdir("/etc/netns"):
+                if self.made_root and not os.listdir("/etc/netns"):
                     os.rmdir("/etc/netns")
         except OSError as e:
             log(f"could not remove {self.path}: {e}")
@@ -127,7 +131,17 @@ class Gateway:
         return R.URL if self.name == "none" else HTTPS_URL if tls else HTTP_URL
 
     def __enter__(self):
-        if self.name != "none":
+        if self.name == "rustmesh" and self.https is True:
+            try:
+                self.sidecars.append(start_gateway(self.name, True))
+            except RuntimeError as e:
+                # e.g. a binary older than its source: the credential's name is refused, and with
+                # it the whole configuration. Not the run's failure: rustmesh's HTTPS rows say why.
+                lines = [x for x in str(e).splitlines() if "secret" in x or "8443" in x or "WARN" in x or "ERROR" in x]
+                log(f"  rustmesh never got ready with the HTTPS listener: {(lines or [str(e)])[-1][:400]}")
+                self.https = NOT_HTTPS["rustmesh"] = "HTTPS configuration refused by the proxy"
+                DETAIL["rustmesh"] = str(e)[-3000:]
+        if self.name != "none" and not self.sidecars:
             self.sidecars.append(start_gateway(self.name, self.https is True))
         try:
             self.check_paths()
@@ -291,6 +305,8 @@ def run(args, raw, https_rustmesh):
         res[c.name].setdefault(key, []).append(value)
 
     def https_of(name):
+        if name in NOT_HTTPS:
+            return NOT_HTTPS[name]
         return True if name == "envoy" else https_rustmesh if name == "rustmesh" else False
 
     log(f"== ingress: throughput phase ({args.repeats} repeats)")
@@ -305,7 +321,7 @@ def run(args, raw, https_rustmesh):
                     c.requests += R.wrk(1, 16, url=c.url(True))["requests"]
                     add(c, "https_max", per_core(R.measure(c, "https max", R.wrk, D, args.conns, False, c.url(True))))
                     add(c, "handshakes", per_core(handshakes(c, D)))
-                elif isinstance(c.https, str):
+                elif isinstance(c.https, str) and name != "none":
                     NOT_HTTPS[name] = c.https
                 if c.pids():
                     add(c, "rss_after_kb", sum(R.status_kb(p, "VmRSS") for p in c.pids()))
@@ -384,6 +400,24 @@ def table(summary, raw):
 GW_IP = None
 
 
+def file_cert_support():
+    """Whether the proxy reads a gateway credential from files (`file-cert:` SDS names in the
+    identity store's credentials), from the source of the binary measured: the workspace of its
+    target directory (CARGO_TARGET_DIR's parent), else this checkout. (The `file-cert:` of
+    upstream TLS, elsewhere in the binary, is not that.) A binary older than its source fails the
+    HTTPS path check instead, and its rows say so. BENCH_FILE_CERT=yes or no overrides."""
+    forced = os.environ.get("BENCH_FILE_CERT")
+    if forced in ("yes", "no"):
+        return forced == "yes", "BENCH_FILE_CERT"
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(R.ROOT, "target")
+    for src in (os.path.dirname(os.path.abspath(target)), R.ROOT):
+        path = os.path.join(src, "proxy", "src", "identity", "credential.rs")
+        if os.path.exists(path):
+            with open(path) as f:
+                return "file-cert:" in f.read(), path
+    return False, "proxy/src/identity/credential.rs"
+
+
 def main(run_module, args):
     global R, GW_IP
     R = run_module
@@ -394,13 +428,11 @@ def main(run_module, args):
     os.makedirs(R.RESULTS, exist_ok=True)
     R.make_certs()
     cert_dir = R.make_leaf("gateway", f"DNS:{HOST}", "serverAuth", subject=f"/CN={HOST}")
-    with open(R.BIN["proxy"], "rb") as f:
-        file_cert = b"file-cert:" in f.read()
+    file_cert, credential_rs = file_cert_support()
     https_rustmesh = True if file_cert else NO_FILE_CERT
     if not file_cert and "rustmesh" in args.contestants:
         NOT_HTTPS["rustmesh"] = NO_FILE_CERT
-    if not file_cert:
-        log(f"the proxy binary knows no `file-cert:` SDS name: rustmesh's HTTPS rows say \"{NO_FILE_CERT}\"")
+        log(f"{credential_rs} has no `file-cert:` gateway credentials: rustmesh's HTTPS rows say \"{NO_FILE_CERT}\"")
     docs = {"ingress-rustmesh.json": configs.rustmesh_gateway(R.S_IP, R.HTTP_PORT, HOST),
             "ingress-rustmesh-https.json": configs.rustmesh_gateway(R.S_IP, R.HTTP_PORT, HOST, cert_dir),
             "ingress-envoy.json": configs.envoy_gateway(R.S_IP, R.HTTP_PORT, HOST, cert_dir)}
@@ -428,7 +460,7 @@ def main(run_module, args):
                         "wrk_conns": args.conns, "proxy_core": R.PROXY_CORE, "load_core": R.LOAD_CORE,
                         "host": HOST, "gateway": GW_IP, "rustmesh_file_cert": file_cert,
                         "elapsed_s": round(time.time() - started)},
-           "summary": summary, "https_not_measured": NOT_HTTPS, "table": rows, "raw": raw}
+           "summary": summary, "https_not_measured": NOT_HTTPS, "https_refusal_log": DETAIL, "table": rows, "raw": raw}
     with open(args.out + ".json", "w") as f:
         json.dump(doc, f, indent=1)
     m = doc["machine"]
