@@ -12,8 +12,8 @@ the run, removed at its end), so that every tool sends that host as SNI and Host
 "no proxy" is the client straight to the server (plain HTTP): the baseline of added latency.
 
 Measurements (bench/run's helpers: `measure`, `wrk`, `oha`, the CPU / RSS sampler):
-- HTTP/1.1 and HTTPS keep-alive max req/s (`wrk -c50`), and per proxy core: req/s / the
-  gateway's CPU cores used over the run;
+- HTTP/1.1 and HTTPS keep-alive max req/s (`wrk -c50`), and per gateway core: requests / the
+  gateway's CPU seconds over the run;
 - TLS handshakes per second per core: every request a new TLS connection, `h2load --h1` in rate
   mode with one request per connection (h2load never resumes a session: each connection a full
   handshake, checked with Envoy's `ssl.session_reused`; wrk and oha both resume), at 1.1x the
@@ -282,8 +282,10 @@ def handshakes(c, duration):
 
 
 def per_core(r):
-    if r.get("proxy_cpu_cores"):
-        r["rps_per_core"] = r["rps"] / r["proxy_cpu_cores"]
+    """Requests (or handshakes) per second of one gateway core: requests / the gateway's CPU
+    seconds over the run."""
+    if r.get("proxy_cpu_s"):
+        r["rps_per_core"] = r["requests"] / r["proxy_cpu_s"]
     return r
 
 
