@@ -341,7 +341,9 @@ def run(args, raw, https_rustmesh):
     for rep in range(args.repeats):
         for name in args.contestants:
             with Gateway(name, https_of(name)) as c:
-                c.requests += R.wrk(1, 16, url=c.url())["requests"]
+                c.requests += R.wrk(1, 16, url=c.url())["requests"]  # warm-up
+                if c.https is True:
+                    c.requests += R.wrk(1, 16, url=c.url(True))["requests"]
                 for key, rate in rates.items():
                     tls = key == "lat_half_https"
                     if name == "none":  # the baseline at both rates: plain HTTP, straight to the app
