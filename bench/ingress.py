@@ -275,7 +275,8 @@ def handshakes(c, duration):
         r["tls_handshakes"] = delta["ssl.handshake"]
         r["tls_resumed_fraction"] = delta.get("ssl.session_reused", 0) / delta["ssl.handshake"]
         if r["tls_resumed_fraction"] > 0.01:
-            log(f"  {c.name}: {r['tls_resumed_fraction']:.0%} of the handshakes resumed a session: not full handshakes!")
+            log(f"  {c.name}: {r['tls_resumed_fraction']:.0%} of the handshakes resumed a session: "
+                "not full handshakes!")
     if r["failed"] or r["errored"]:
         log(f"  {c.name}: {r['failed']} failed, {r['errored']} errored requests in the handshake run")
     return r
@@ -321,7 +322,8 @@ def run(args, raw, https_rustmesh):
                 add(c, "http1_max", per_core(R.measure(c, "http1 max", R.wrk, D, args.conns, False, c.url())))
                 if c.https is True:
                     c.requests += R.wrk(1, 16, url=c.url(True))["requests"]
-                    add(c, "https_max", per_core(R.measure(c, "https max", R.wrk, D, args.conns, False, c.url(True))))
+                    r = R.measure(c, "https max", R.wrk, D, args.conns, False, c.url(True))
+                    add(c, "https_max", per_core(r))
                     add(c, "handshakes", per_core(handshakes(c, D)))
                 elif isinstance(c.https, str) and name != "none":
                     NOT_HTTPS[name] = c.https
@@ -366,7 +368,7 @@ def verdict(kind, target, rm, ev, ratio, key):
     return bound, "met" if ok else "not met"
 
 
-def table(summary, raw):
+def table(summary):
     t = summary["ingress"]
     med, rat, rates = t["medians"], t["ratios"].get("rustmesh/envoy", {}), t["rates"]
     why_not = dict(NOT_HTTPS)
@@ -388,7 +390,8 @@ def table(summary, raw):
         rm, ev = med.get("rustmesh", {}).get(key), med.get("envoy", {}).get(key)
         ratio = rat.get(key)
         if key.startswith(HTTPS_KEYS) and "rustmesh" in why_not:
-            bound, v = ((f"≥ {target}x" if kind == "min" else f"≤ {target}x") if kind else "–"), why_not["rustmesh"]
+            bound = (f"≥ {target}x" if kind == "min" else f"≤ {target}x") if kind else "–"
+            v = why_not["rustmesh"]
         else:
             bound, v = verdict(kind, target, rm, ev, ratio, key)
         if all(x is None or x == "–" for x in (rm, ev)) and not (key.startswith(HTTPS_KEYS) and why_not):
@@ -408,8 +411,9 @@ def file_cert_support():
     """Whether the proxy reads a gateway credential from files (`file-cert:` SDS names in the
     identity store's credentials), from the source of the binary measured: the workspace of its
     target directory (CARGO_TARGET_DIR's parent), else this checkout. (The `file-cert:` of
-    upstream TLS, elsewhere in the binary, is not that.) A binary older than its source fails the
-    HTTPS path check instead, and its rows say so. BENCH_FILE_CERT=yes or no overrides."""
+    upstream TLS, elsewhere in the binary, is not that.) A binary older than its source refuses
+    the HTTPS configuration instead (`Gateway.__enter__`), and its rows say so.
+    BENCH_FILE_CERT=yes or no overrides."""
     forced = os.environ.get("BENCH_FILE_CERT")
     if forced in ("yes", "no"):
         return forced == "yes", "BENCH_FILE_CERT"
@@ -458,7 +462,7 @@ def main(run_module, args):
             R.stop(p, signal.SIGKILL)
         R.netns_down()
     summary = R.summarize(raw)
-    md, rows = table(summary, raw)
+    md, rows = table(summary)
     doc = {"machine": R.machine(),
            "settings": {"quick": args.quick, "repeats": args.repeats, "duration_s": args.duration,
                         "wrk_conns": args.conns, "proxy_core": R.PROXY_CORE, "load_core": R.LOAD_CORE,
