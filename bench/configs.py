@@ -849,3 +849,130 @@ def with_tracing_envoy(doc, percent, collector, service="client", namespace="ben
         },
     })
     return doc
+
+
+# ---- ingress gateway: one Gateway-equivalent configuration, both proxies (bench/run --ingress) ----
+#
+# What the operator renders for a bookinfo-gateway style scope (operator/src/render/gateway.rs):
+# a Gateway with an HTTP server on port 80 (the gateway Service's targetPort 8080) and an HTTPS
+# server on 443 (targetPort 8443, `tls.mode: SIMPLE`) for one host, and a VirtualService bound to
+# it sending `/` to the server's Service on 9080. Per port one listener `0.0.0.0_<targetPort>`
+# bound to the port (no original destination, OUTBOUND); the HTTP one's connection manager on
+# route table `http.8080`, the HTTPS one's chain matched by SNI (the host) terminating TLS, on
+# Istio's `https.443.https.<gateway>.<namespace>` table; one virtual host `<host>:<server port>`
+# with Istio's gateway domains (`host`, `host:*`); the route to the cluster
+# `outbound|9080||<service>`, here STATIC at the server's address (the operator's is EDS with one
+# endpoint: the same address). Envoy gets the same in a static bootstrap, plus the
+# `tls_inspector` listener filter its SNI match needs (Istio adds it to such listeners).
+
+GATEWAY = ("bookinfo-gateway", "bench")  # the Gateway's name and namespace
+GW_HTTP, GW_HTTPS = (80, 8080), (443, 8443)  # (server port, targetPort = listener port)
+
+
+def gateway_domains(host, port):
+    """Istio's gateway virtual host domains for a non-wildcard host (operator's `domains`)."""
+    return [host, f"{host}:*"]
+
+
+def gateway_routes(host, cluster):
+    """The route tables: (name, server port) pairs and their one virtual host each."""
+    tables = []
+    for name, port in ((f"http.{GW_HTTP[1]}", GW_HTTP[0]),
+                       (f"https.{GW_HTTPS[0]}.https.{GATEWAY[0]}.{GATEWAY[1]}", GW_HTTPS[0])):
+        tables.append((name, {"name": f"{host}:{port}", "domains": gateway_domains(host, port),
+                              "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s"}}]}))
+    return tables
+
+
+def file_cert_name(cert_dir):
+    """Istio's SDS name of a certificate from files (`file-cert:<chain>~<key>`)."""
+    return f"file-cert:{os.path.join(cert_dir, 'cert-chain.pem')}~{os.path.join(cert_dir, 'key.pem')}"
+
+
+def rustmesh_gateway(server_ip, server_port, host, cert_dir=None):
+    """The router's ProxyConfig. With `cert_dir` (cert-chain.pem, key.pem: the host's
+    certificate), the HTTPS listener too, its credential named by the SDS name of files
+    (`file-cert:`), as a gateway credential is named in the chain's DownstreamTlsContext
+    (`rustmesh_xds::tls::credential_downstream`'s shape)."""
+    cluster = f"outbound|{server_port}||{SERVICE}"
+    tables = gateway_routes(host, cluster)
+
+    def hcm(port, table):
+        return [{"name": HCM, "typedConfig": {"statPrefix": f"outbound_0.0.0.0_{port}",
+                                              "rds": {"routeConfigName": table}}}]
+
+    def listener(port, chain):
+        return {"name": f"0.0.0.0_{port}", "address": _addr("0.0.0.0", port), "trafficDirection": "OUTBOUND",
+                "useOriginalDst": False, "bindToPort": True, "filterChains": [chain]}
+
+    listeners = [listener(GW_HTTP[1], {"filters": hcm(GW_HTTP[1], tables[0][0])})]
+    routes = [{"name": tables[0][0], "virtualHosts": [tables[0][1]]}]
+    if cert_dir:
+        listeners.append(listener(GW_HTTPS[1], {
+            "filterChainMatch": {"serverNames": [host], "transportProtocol": "tls"},
+            "transportSocket": {"name": "envoy.transport_sockets.tls", "typedConfig": {
+                "commonTlsContext": {"alpnProtocols": ["h2", "http/1.1"],
+                                     "tlsCertificateSdsSecretConfigs": [{"name": file_cert_name(cert_dir)}]},
+                "requireClientCertificate": False}},
+            "filters": hcm(GW_HTTPS[1], tables[1][0]),
+        }))
+        routes.append({"name": tables[1][0], "virtualHosts": [tables[1][1]]})
+    big = 4294967295
+    return {
+        "versionInfo": "bench-ingress-1",
+        "listeners": listeners,
+        "routes": routes,
+        "clusters": [{
+            "name": cluster, "type": "STATIC", "connectTimeout": "10s", "lbPolicy": "ROUND_ROBIN",
+            "loadAssignment": {"clusterName": cluster,
+                               "endpoints": [{"lbEndpoints": [{"endpoint": {"address": _addr(server_ip, server_port)}}]}]},
+            "circuitBreakers": {"thresholds": [{"maxConnections": big, "maxPendingRequests": big,
+                                                "maxRequests": big, "maxRetries": big}]},
+        }],
+    }
+
+
+def envoy_gateway(server_ip, server_port, host, cert_dir):
+    """A static bootstrap doing what `rustmesh_gateway()` configures, the HTTPS listener's
+    certificate from files (`tls_certificates`)."""
+    cluster = f"outbound|{server_port}||{SERVICE}"
+    tables = gateway_routes(host, cluster)
+
+    def hcm(port, table, vhost):
+        return {"name": HCM, "typed_config": {
+            "@type": T + "filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": f"outbound_0.0.0.0_{port}",
+            "codec_type": "AUTO",
+            "route_config": {"name": table, "virtual_hosts": [vhost]},
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": T + "filters.http.router.v3.Router"}}],
+        }}
+
+    https_chain = {
+        "filter_chain_match": {"server_names": [host], "transport_protocol": "tls"},
+        "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": T + "transport_sockets.tls.v3.DownstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": ["h2", "http/1.1"],
+                "tls_certificates": [{"certificate_chain": {"filename": os.path.join(cert_dir, "cert-chain.pem")},
+                                      "private_key": {"filename": os.path.join(cert_dir, "key.pem")}}],
+            },
+            "require_client_certificate": False}},
+        "filters": [hcm(GW_HTTPS[1], *tables[1])],
+    }
+    listeners = [
+        {"name": f"0.0.0.0_{GW_HTTP[1]}", "address": _sa("0.0.0.0", GW_HTTP[1]), "traffic_direction": "OUTBOUND",
+         "filter_chains": [{"filters": [hcm(GW_HTTP[1], *tables[0])]}]},
+        {"name": f"0.0.0.0_{GW_HTTPS[1]}", "address": _sa("0.0.0.0", GW_HTTPS[1]), "traffic_direction": "OUTBOUND",
+         "listener_filters": [TLS_INSPECTOR], "filter_chains": [https_chain]},
+    ]
+    big = 4294967295
+    return {
+        "admin": {"address": _sa("127.0.0.1", 15000)},
+        "static_resources": {"listeners": listeners, "clusters": [{
+            "name": cluster, "type": "STATIC", "connect_timeout": "10s", "lb_policy": "ROUND_ROBIN",
+            "load_assignment": {"cluster_name": cluster,
+                                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _sa(server_ip, server_port)}}]}]},
+            "circuit_breakers": {"thresholds": [{"max_connections": big, "max_pending_requests": big,
+                                                 "max_requests": big, "max_retries": big}]},
+        }]},
+    }
