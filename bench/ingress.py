@@ -23,11 +23,11 @@ Measurements (bench/run's helpers: `measure`, `wrk`, `oha`, the CPU / RSS sample
   Envoy's HTTPS max (HTTPS), added p99 = gateway − no proxy at the same rate;
 - RSS: VmRSS of the gateway after the throughput loads (and VmHWM).
 
-rustmesh's HTTPS needs the proxy to read a gateway credential from files by Istio's SDS name
-`file-cert:<chain>~<key>`. Without it in the proxy's source (`file_cert_support`; BENCH_FILE_CERT=yes
-or no overrides), rustmesh gets only the HTTP listener and its HTTPS rows say "needs file-cert
-support"; a proxy that refuses the HTTPS configuration or fails its HTTPS path check is run
-without it, and its rows say that. None of these fails the run.
+rustmesh's HTTPS uses the router's gateway certificate files, Istio's SDS name
+`file-cert:<chain>~<key>` (BENCH_FILE_CERT=no leaves rustmesh only the HTTP listener, its HTTPS
+rows then say "needs file-cert support"); a proxy that refuses the HTTPS configuration (one built
+before those files were read) or fails its HTTPS path check is run without it, and its rows say
+that. None of these fails the run.
 """
 
 import json
@@ -408,22 +408,11 @@ GW_IP = None
 
 
 def file_cert_support():
-    """Whether the proxy reads a gateway credential from files (`file-cert:` SDS names in the
-    identity store's credentials), from the source of the binary measured: the workspace of its
-    target directory (CARGO_TARGET_DIR's parent), else this checkout. (The `file-cert:` of
-    upstream TLS, elsewhere in the binary, is not that.) A binary older than its source refuses
-    the HTTPS configuration instead (`Gateway.__enter__`), and its rows say so.
-    BENCH_FILE_CERT=yes or no overrides."""
-    forced = os.environ.get("BENCH_FILE_CERT")
-    if forced in ("yes", "no"):
-        return forced == "yes", "BENCH_FILE_CERT"
-    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(R.ROOT, "target")
-    for src in (os.path.dirname(os.path.abspath(target)), R.ROOT):
-        path = os.path.join(src, "proxy", "src", "identity", "credential.rs")
-        if os.path.exists(path):
-            with open(path) as f:
-                return "file-cert:" in f.read(), path
-    return False, "proxy/src/identity/credential.rs"
+    """Whether rustmesh gets the HTTPS listener, its certificate from files (`file-cert:`, which
+    the router reads since issue #20's gateway certificate files): yes unless BENCH_FILE_CERT=no.
+    A binary that refuses the configuration (one older than that) is run without it
+    (`Gateway.__enter__`), and its rows say so."""
+    return os.environ.get("BENCH_FILE_CERT", "yes") != "no", "BENCH_FILE_CERT"
 
 
 def main(run_module, args):
@@ -436,11 +425,11 @@ def main(run_module, args):
     os.makedirs(R.RESULTS, exist_ok=True)
     R.make_certs()
     cert_dir = R.make_leaf("gateway", f"DNS:{HOST}", "serverAuth", subject=f"/CN={HOST}")
-    file_cert, credential_rs = file_cert_support()
+    file_cert, why = file_cert_support()
     https_rustmesh = True if file_cert else NO_FILE_CERT
     if not file_cert and "rustmesh" in args.contestants:
         NOT_HTTPS["rustmesh"] = NO_FILE_CERT
-        log(f"{credential_rs} has no `file-cert:` gateway credentials: rustmesh's HTTPS rows say \"{NO_FILE_CERT}\"")
+        log(f"{why}=no: rustmesh's HTTPS rows say \"{NO_FILE_CERT}\"")
     docs = {"ingress-rustmesh.json": configs.rustmesh_gateway(R.S_IP, R.HTTP_PORT, HOST),
             "ingress-rustmesh-https.json": configs.rustmesh_gateway(R.S_IP, R.HTTP_PORT, HOST, cert_dir),
             "ingress-envoy.json": configs.envoy_gateway(R.S_IP, R.HTTP_PORT, HOST, cert_dir)}
