@@ -463,6 +463,13 @@ impl GatewaySpec {
                             ),
                         ));
                     }
+                } else if mode == "SIMPLE" && set(&tls.ca_certificates) {
+                    // SIMPLE verifies no client: the CA would be ignored.
+                    out.push(FieldError::new(
+                        format!("spec.servers[{i}].tls.caCertificates"),
+                        "a SIMPLE server verifies no client certificate: its caCertificates \
+                         would be ignored, remove it or use MUTUAL",
+                    ));
                 }
             }
         }
@@ -732,6 +739,20 @@ mod tests {
             "servers:\n- port: {number: 444, name: b, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: MUTUAL, serverCertificate: /etc/certs/tls.crt, privateKey: /etc/certs/tls.key}\n",
         );
         assert_eq!(fields(s.validate()), ["spec.servers[0].tls.caCertificates"]);
+        // SIMPLE verifies no client: a CA there would be ignored, so it is refused by name.
+        let s = spec(
+            "servers:\n- port: {number: 443, name: a, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, serverCertificate: /etc/certs/tls.crt, privateKey: /etc/certs/tls.key, caCertificates: /etc/certs/ca.crt}\n",
+        );
+        let errors = s.validate();
+        assert_eq!(
+            fields(errors.clone()),
+            ["spec.servers[0].tls.caCertificates"]
+        );
+        assert!(
+            errors[0].message.contains("SIMPLE"),
+            "{}",
+            errors[0].message
+        );
     }
 
     #[test]
