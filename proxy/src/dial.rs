@@ -44,8 +44,8 @@ pub const NO_IDLE_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolOptions {
     /// How long a connection may sit unused before it is closed (`idleTimeout`; default
-    /// [`DEFAULT_POOL_IDLE_TIMEOUT`]). An HTTP/1.1 connection past it is never used again and is closed when
-    /// the pool is next used; h2c connections are closed by hyper-util's pool timer.
+    /// [`DEFAULT_POOL_IDLE_TIMEOUT`]). An HTTP/1.1 connection past it is closed by its pool's
+    /// reaper task; h2c connections are closed by hyper-util's pool timer.
     pub idle_timeout: Duration,
     /// Close a connection once it has carried this many requests, HTTP/1.1 or h2c
     /// (`maxRequestsPerConnection`, Envoy's `max_requests_per_connection`; `None`: no limit).

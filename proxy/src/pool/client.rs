@@ -82,7 +82,13 @@ impl UpstreamError {
 pub const IDLE_TIMEOUT: Duration = crate::dial::DEFAULT_POOL_IDLE_TIMEOUT;
 
 /// Most unused HTTP/1.1 connections kept per endpoint; more are closed as they come back.
-pub const MAX_IDLE: usize = 1024;
+///
+/// Envoy keeps every connection a burst opened until its idle timeout. rustmesh keeps 128 per
+/// endpoint: a burst of 500 concurrent requests to one endpoint otherwise leaves 500 idle
+/// connections (about 20 KiB each in the proxy, and as many sockets in the upstream) for the
+/// whole idle timeout. A later burst above 128 dials again. Decision recorded in
+/// docs/limits.md ("Unused connections to upstreams").
+pub const MAX_IDLE: usize = 128;
 
 pub use crate::dial::{NO_IDLE_TIMEOUT, PoolOptions};
 
@@ -324,7 +330,7 @@ impl EndpointClient {
             Pool::Http1(Arc::new(Http1Pool {
                 connector,
                 options,
-                idle: Mutex::new(Vec::new()),
+                idle: Mutex::new(IdleList::default()),
             }))
         };
         EndpointClient { addr, pool }
@@ -351,7 +357,7 @@ impl EndpointClient {
     /// HTTP/1.1 connections sitting unused in the pool (0 for h2c).
     pub fn idle_connections(&self) -> usize {
         match &self.pool {
-            Pool::Http1(p) => lock(&p.idle).len(),
+            Pool::Http1(p) => lock(&p.idle).conns.len(),
             Pool::Http2(_) => 0,
         }
     }
@@ -416,14 +422,22 @@ fn origin_form(req: &mut Request<ProxyBody>) {
 pub struct Http1Pool {
     connector: FixedConnector,
     options: PoolOptions,
-    idle: Mutex<Vec<Idle>>,
+    /// The unused connections, and whether a reaper task is closing them at their idle timeout.
+    idle: Mutex<IdleList>,
+}
+
+/// The unused connections (oldest first) and whether a reaper watches them.
+#[derive(Default)]
+struct IdleList {
+    conns: Vec<Idle>,
+    reaping: bool,
 }
 
 impl std::fmt::Debug for Http1Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Http1Pool")
             .field("connector", &self.connector)
-            .field("idle", &lock(&self.idle).len())
+            .field("idle", &lock(&self.idle).conns.len())
             .finish()
     }
 }
@@ -449,7 +463,7 @@ impl Http1Pool {
     /// are dropped on the way (which closes them).
     fn checkout(&self) -> Option<Checked> {
         let mut idle = lock(&self.idle);
-        while let Some(c) = idle.pop() {
+        while let Some(c) = idle.conns.pop() {
             if c.conn.send.is_ready() && c.since.elapsed() < self.options.idle_timeout {
                 return Some((c.conn, c.used));
             }
@@ -459,7 +473,9 @@ impl Http1Pool {
 
     /// Takes a connection back once its exchange is over (its `used`-th), unless it has
     /// carried `maxRequestsPerConnection` requests: then it is dropped, which closes it.
-    fn checkin(&self, conn: Conn1, used: u32) {
+    /// A reaper task (one per pool, while connections are idle) closes them at the idle
+    /// timeout even when no request comes to check them.
+    fn checkin(self: &Arc<Self>, conn: Conn1, used: u32) {
         if conn.send.is_closed()
             || self
                 .options
@@ -471,17 +487,50 @@ impl Http1Pool {
         let mut idle = lock(&self.idle);
         let now = Instant::now();
         // The oldest are first: close the ones that waited too long.
-        let expired = idle
-            .iter()
-            .take_while(|c| now.duration_since(c.since) >= self.options.idle_timeout)
-            .count();
-        idle.drain(..expired);
-        if idle.len() < MAX_IDLE {
-            idle.push(Idle {
+        self.expire(&mut idle, now);
+        if idle.conns.len() < MAX_IDLE {
+            idle.conns.push(Idle {
                 conn,
                 since: now,
                 used,
             });
+        }
+        if !idle.reaping
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            idle.reaping = true;
+            rt.spawn(Self::reap(Arc::downgrade(self)));
+        }
+    }
+
+    /// Closes (drops) the connections idle for the timeout or longer; they are the oldest.
+    fn expire(&self, idle: &mut IdleList, now: Instant) {
+        let expired = idle
+            .conns
+            .iter()
+            .take_while(|c| now.duration_since(c.since) >= self.options.idle_timeout)
+            .count();
+        idle.conns.drain(..expired);
+    }
+
+    /// Sleeps until the oldest idle connection's timeout, closes what expired, and again,
+    /// until none is idle (or the pool is gone). `reaping` changes only under the lock, so a
+    /// connection checked in while the reaper stops starts a new one.
+    async fn reap(pool: std::sync::Weak<Self>) {
+        loop {
+            let wake = {
+                let Some(pool) = pool.upgrade() else { return };
+                let mut idle = lock(&pool.idle);
+                pool.expire(&mut idle, Instant::now());
+                match idle.conns.first() {
+                    Some(oldest) => oldest.since + pool.options.idle_timeout,
+                    None => {
+                        idle.reaping = false;
+                        return;
+                    }
+                }
+            };
+            tokio::time::sleep_until(wake.into()).await;
         }
     }
 
@@ -675,6 +724,8 @@ mod tests {
     #[derive(Default)]
     struct Seen {
         connections: AtomicUsize,
+        /// Connections the client closed.
+        closed: AtomicUsize,
         heads: Mutex<Vec<String>>,
     }
 
@@ -698,6 +749,7 @@ mod tests {
                         loop {
                             let mut line = String::new();
                             if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                s.closed.fetch_add(1, Ordering::SeqCst);
                                 return;
                             }
                             if line == "\r\n" {
@@ -823,6 +875,43 @@ mod tests {
             2,
             "a connection idle past idleTimeout is not used again"
         );
+    }
+
+    #[tokio::test]
+    async fn idle_connections_close_at_the_timeout_without_more_requests() {
+        let (addr, seen) = server("r", false).await;
+        let c = http1_client_with(
+            addr,
+            PoolOptions {
+                idle_timeout: Duration::from_millis(200),
+                ..PoolOptions::default()
+            },
+        );
+        // Two at once: two connections, both idle afterwards.
+        let (a, b) = tokio::join!(c.send(get("http://a/")), c.send(get("http://a/")));
+        assert_eq!(text(a.unwrap()).await, "r");
+        assert_eq!(text(b.unwrap()).await, "r");
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(seen.closed.load(Ordering::SeqCst), 0, "kept while young");
+        // No request comes: the reaper closes them at the timeout.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while seen.closed.load(Ordering::SeqCst) < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "idle connections were never closed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The pool still works afterwards, and its reaper starts again.
+        let resp = c.send(get("http://a/")).await.unwrap();
+        assert_eq!(text(resp).await, "r");
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 3);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while seen.closed.load(Ordering::SeqCst) < 3 {
+            assert!(Instant::now() < deadline, "the reaper did not start again");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[test]
