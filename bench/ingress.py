@@ -21,7 +21,9 @@ Measurements (bench/run's helpers: `measure`, `wrk`, `oha`, the CPU / RSS sample
   is saturated; per core = handshakes / the gateway's CPU seconds;
 - p50/p99/p99.9 (`oha`, coordinated-omission corrected) at ½ Envoy's HTTP max (HTTP) and ½
   Envoy's HTTPS max (HTTPS), added p99 = gateway − no proxy at the same rate;
-- RSS: VmRSS of the gateway after the throughput loads (and VmHWM).
+- RSS: VmRSS of the gateway 3 s after the throughput loads (SETTLE_S: the allocator has handed
+  back what the last load freed; rustmesh's jemalloc purges after 1 s), and VmHWM, the peak
+  during them.
 
 rustmesh's HTTPS uses the router's gateway certificate files, Istio's SDS name
 `file-cert:<chain>~<key>` (BENCH_FILE_CERT=no leaves rustmesh only the HTTP listener, its HTTPS
@@ -43,6 +45,7 @@ import configs
 R = None  # bench/run, as a module (main() is handed it)
 # contestant -> why its HTTPS was not measured (the table's cells), and the log that says so
 NOT_HTTPS = {}
+SETTLE_S = 3  # seconds between the last load and the RSS reading, for every contestant
 DETAIL = {}
 HOST = "bookinfo.example.com"
 CONTESTANTS = ["none", "rustmesh", "envoy"]
@@ -73,7 +76,7 @@ TARGETS = [
     ("handshakes.conns_per_request", "gateway connections per request, handshakes (listener counters)", None, None),
     ("handshakes.tls_resumed_fraction", "TLS sessions resumed / handshakes (Envoy's counters)", None, None),
     ("rss_idle_kb", "RSS idle MiB", None, None),
-    ("rss_after_kb", "RSS MiB after the throughput loads (VmRSS)", "max", 0.25),
+    ("rss_after_kb", "RSS MiB 3 s after the throughput loads (VmRSS)", "max", 0.25),
     ("rss_hwm_kb", "RSS high-water MiB (VmHWM)", None, None),
 ]
 HTTPS_KEYS = ("https_max.", "lat_half_https.", "handshakes.")
@@ -328,6 +331,7 @@ def run(args, raw, https_rustmesh):
                 elif isinstance(c.https, str) and name != "none":
                     NOT_HTTPS[name] = c.https
                 if c.pids():
+                    time.sleep(SETTLE_S)
                     add(c, "rss_after_kb", sum(R.status_kb(p, "VmRSS") for p in c.pids()))
                     add(c, "rss_hwm_kb", sum(R.status_kb(p, "VmHWM") for p in c.pids()))
     if not R.BIN.get("oha"):

@@ -9,6 +9,7 @@
 #     itself as a child process scraping the sidecars (e2e/src/prometheus.rs, the telemetry
 #     scenario, e2e/tests/prometheus_harness.rs). Only the binary is wanted: the package's own
 #     service is kept from starting (policy-rc.d) and disabled, so nothing is left running;
+#   - make: builds jemalloc, the proxy's allocator (tikv-jemalloc-sys runs its configure + make);
 #   - rustfmt and clippy, when the toolchain lacks them.
 # Needs root for apt-get; without root it only reports what is missing.
 set -euo pipefail
@@ -20,6 +21,7 @@ command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 [ -x /usr/bin/python3 ] || need+=(python3)
 command -v umoci >/dev/null 2>&1 || need+=(umoci)
 [ -x /usr/bin/prometheus ] || need+=(prometheus)
+command -v make >/dev/null 2>&1 || need+=(make)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then

@@ -8,6 +8,14 @@ use rustmesh_proxy::capture::IstioIptablesArgs;
 use rustmesh_proxy::sidecar::RunArgs;
 use rustmesh_proxy::wait::{RequestArgs, WaitArgs};
 
+/// jemalloc rather than glibc's malloc: memory freed after a burst of connections (each TLS
+/// handshake allocates tens of KiB) goes back to the system, within about a second, from
+/// jemalloc's background thread (`background_threads`; `dirty_decay_ms:1000` in
+/// .cargo/config.toml), instead of staying in glibc's per-thread arenas at the burst's peak.
+/// The sidecar's and the gateway's RSS follow the load down (BENCHMARKS.md, "Ingress gateway").
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "proxy", version, about = "rustmesh sidecar proxy")]
 struct Cli {
