@@ -210,7 +210,7 @@ fn every_gateway_refusal_names_issue_20() {
         spec["servers"][0]["port"]["protocol"] = json!(protocol);
         let (errors, _) = findings("Gateway", spec.clone());
         assert!(errors.is_empty(), "{protocol}: {errors:?}");
-        for mode in ["AUTO_PASSTHROUGH", "ISTIO_MUTUAL"] {
+        for mode in ["AUTO_PASSTHROUGH"] {
             spec["servers"][0]["tls"] = json!({ "mode": mode });
             let (errors, _) = findings("Gateway", spec.clone());
             assert!(
@@ -220,11 +220,26 @@ fn every_gateway_refusal_names_issue_20() {
             );
         }
     }
-    // SIMPLE and MUTUAL with a credentialName are rendered.
-    for mode in ["SIMPLE", "MUTUAL"] {
+    // SIMPLE, MUTUAL and OPTIONAL_MUTUAL with a credentialName are rendered, and
+    // ISTIO_MUTUAL with none.
+    for (mode, tls) in [
+        (
+            "SIMPLE",
+            json!({"mode": "SIMPLE", "credentialName": "gw-cert"}),
+        ),
+        (
+            "MUTUAL",
+            json!({"mode": "MUTUAL", "credentialName": "gw-cert"}),
+        ),
+        (
+            "OPTIONAL_MUTUAL",
+            json!({"mode": "OPTIONAL_MUTUAL", "credentialName": "gw-cert"}),
+        ),
+        ("ISTIO_MUTUAL", json!({"mode": "ISTIO_MUTUAL"})),
+    ] {
         let mut spec = support::base("Gateway");
         spec["servers"][0]["port"]["protocol"] = json!("HTTPS");
-        spec["servers"][0]["tls"] = json!({"mode": mode, "credentialName": "gw-cert"});
+        spec["servers"][0]["tls"] = tls;
         let (errors, _) = findings("Gateway", spec);
         assert!(errors.is_empty(), "{mode}: {errors:?}");
     }
