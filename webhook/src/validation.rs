@@ -691,6 +691,16 @@ mod tests {
         let (resp, verdict) = response(&body);
         assert_eq!(verdict, Verdict::Allowed, "{resp}");
         assert!(resp.get("warnings").is_none(), "{resp}");
+        // Without the mesh CA the gateway has no workload certificate: allowed with a
+        // warning naming the mode and the chart value, as a DestinationRule's ISTIO_MUTUAL.
+        let out = validate_body(&body, false).unwrap();
+        assert_eq!(out.verdict, Verdict::Allowed);
+        let w = out.review["response"]["warnings"][0].as_str().unwrap();
+        assert!(
+            w.starts_with("rustmesh-validation: spec.servers[0].tls.mode: ")
+                && w.contains("ca.enabled"),
+            "{w}"
+        );
         // AUTO_PASSTHROUGH (multi-network east-west gateways): not rendered, denied naming
         // the field and the issue.
         let mut auto = https("AUTO_PASSTHROUGH");
