@@ -37,7 +37,8 @@ impl Finding {
 /// Every object-local finding about `obj`, errors and warnings, in the order the operator
 /// reports them: the object's own rules ([`crate::validate::Validate`]), then, for a DestinationRule, its `tls`
 /// settings ([`destination_rule_tls`]); for a Gateway without the CA, its credentials
-/// ([`gateway_credentials_without_ca`]); for a VirtualService without such errors, its redirect
+/// ([`gateway_credentials_without_ca`], errors) and its `ISTIO_MUTUAL` servers
+/// ([`crate::gateway::GatewaySpec::istio_mutual_without_ca`], warnings); for a VirtualService without such errors, its redirect
 /// codes ([`virtual_service_redirects`]); then the warnings ([`IstioObject::warnings`]: fields
 /// rustmesh accepts without implementing them, a PeerAuthentication's, an
 /// AuthorizationPolicy's, a RequestAuthentication's, a Telemetry's or a ServiceEntry's Istio
@@ -56,6 +57,16 @@ pub fn object_findings(obj: &IstioObject, has_ca: bool) -> Vec<Finding> {
         IstioObject::DestinationRule(o) => out.extend(destination_rule_tls(&o.spec, has_ca)),
         IstioObject::Gateway(o) if !has_ca => {
             out.extend(gateway_credentials_without_ca(&o.spec));
+            out.extend(
+                o.spec
+                    .istio_mutual_without_ca()
+                    .into_iter()
+                    .map(|w| Finding {
+                        level: Severity::Warning,
+                        field: w.field,
+                        message: w.message,
+                    }),
+            );
         }
         _ => {}
     }

@@ -8,9 +8,18 @@
 //! `0.0.0.0_<port>` per server port with the routes of the VirtualServices bound to the
 //! Gateway (`spec.gateways`), for the hosts of both (`servers[].hosts` with their
 //! `namespace/` part): HTTP routes for HTTP, HTTP2, GRPC and GRPC-WEB servers, a `tcp` route
-//! for TCP, MONGO, REDIS and MYSQL ones. An HTTPS or TLS server with `tls.mode` `SIMPLE` or
-//! `MUTUAL` and a `credentialName` terminates TLS with that Secret's certificate (chosen by SNI
-//! among the port's servers), then routes as HTTP (HTTPS) or by a `tcp` route (TLS); with
+//! for TCP, MONGO, REDIS and MYSQL ones. An HTTPS or TLS server with `tls.mode` `SIMPLE`,
+//! `MUTUAL` or `OPTIONAL_MUTUAL` and a `credentialName` (or certificate files) terminates TLS
+//! with that certificate (chosen by SNI among the port's servers), then routes as HTTP (HTTPS)
+//! or by a `tcp` route (TLS); `MUTUAL` requires a client certificate from the CA of the
+//! credential (or `caCertificates`), `OPTIONAL_MUTUAL` verifies one against it when presented
+//! and accepts a client without. With `ISTIO_MUTUAL` the gateway presents its own workload
+//! certificate (issued by the mesh CA) and requires a client certificate from the mesh root,
+//! as a sidecar's inbound mutual TLS; it takes no certificate field (Istio's rule, below).
+//! Without the mesh CA the gateway has no workload certificate: rustmesh then reports a
+//! warning on `tls.mode` (as for a DestinationRule's `ISTIO_MUTUAL`,
+//! [`GatewaySpec::istio_mutual_without_ca`]) and the gateway refuses that server's
+//! connections, never serving them in plain text. With
 //! `PASSTHROUGH` (the default mode) the bound VirtualServices' `tls` routes pick a destination
 //! by SNI and the TLS bytes pass unopened. `tls.httpsRedirect` on an HTTP server is rendered
 //! (every request answered with a 301 to `https`). What it does not render is refused naming
@@ -18,9 +27,10 @@
 //! ([`crate::support`]) refuses `bind`, `defaultEndpoint`, `port.targetPort` and the `tls`
 //! fields not rendered; certificate files (`serverCertificate`, `privateKey`,
 //! `caCertificates`, mounted in the gateway pod) are rendered as Istio's file secrets;
-//! [`GatewaySpec::unsupported`] refuses the other modes (`ISTIO_MUTUAL`, `AUTO_PASSTHROUGH`,
-//! `OPTIONAL_MUTUAL`), a credential or files on a `PASSTHROUGH` server and files next to a
-//! `credentialName` (they would be ignored).
+//! [`GatewaySpec::unsupported`] refuses `AUTO_PASSTHROUGH` (multi-network east-west gateways,
+//! not rendered), any mode on a server that is neither HTTPS nor TLS, a credential or files on
+//! a `PASSTHROUGH` server, files next to a `credentialName` and `caCertificates` on a `SIMPLE`
+//! server (they would be ignored).
 //!
 //! [`GatewaySpec::istio_errors`] reports Istio's errors (`ValidateGateway`), each naming its
 //! field:
@@ -32,8 +42,10 @@
 //! - HTTPS and TLS servers have `tls`; other non-HTTP servers have none; an HTTP server's `tls`
 //!   holds only `httpsRedirect` (with an optional mode and no certificates);
 //! - an HTTPS or TLS server's `tls.mode` is one of Istio's; `SIMPLE`, `MUTUAL` and
-//!   `OPTIONAL_MUTUAL` need a `credentialName` or a certificate and key (and `MUTUAL` a CA
-//!   bundle); `ISTIO_MUTUAL` takes neither; a `credentialName` is a Secret's name;
+//!   `OPTIONAL_MUTUAL` need a `credentialName` or a certificate and key (and, with files,
+//!   `MUTUAL` and `OPTIONAL_MUTUAL` a CA bundle); `ISTIO_MUTUAL` takes neither (no
+//!   `credentialName`, `serverCertificate`, `privateKey` nor `caCertificates`); a
+//!   `credentialName` is a Secret's name;
 //! - server `name`s unique.
 //!
 //! [`GatewaySpec::warnings`] reports Istio's warning: `httpsRedirect` on a server that is not
@@ -180,9 +192,10 @@ pub struct TlsCertificate {
 pub enum ServerProtocol {
     /// HTTP, HTTP2, GRPC, GRPC-WEB: served by the HTTP connection manager (rendered).
     Http,
-    /// HTTPS: TLS terminated (`SIMPLE`, `MUTUAL`: rendered) or passed through, then HTTP.
+    /// HTTPS: TLS terminated (`SIMPLE`, `MUTUAL`, `OPTIONAL_MUTUAL`, `ISTIO_MUTUAL`) or passed
+    /// through, then HTTP.
     Https,
-    /// TLS: TLS terminated or passed through, then TCP (not rendered yet).
+    /// TLS: TLS terminated or passed through, then TCP.
     Tls,
     /// TCP, MONGO, REDIS, MYSQL.
     Tcp,
@@ -399,11 +412,37 @@ impl GatewaySpec {
         (err, warn)
     }
 
+    /// Without the mesh CA (chart value `ca.enabled` off), a warning on the `tls.mode` of each
+    /// HTTPS or TLS server with `ISTIO_MUTUAL`: the gateway has no workload certificate to
+    /// present, so it refuses that server's connections (never serving them in plain text).
+    /// A warning, as for a DestinationRule's `ISTIO_MUTUAL` without the CA
+    /// ([`crate::checks::destination_rule_tls`]): the object is valid and starts working when
+    /// the CA is turned on.
+    pub fn istio_mutual_without_ca(&self) -> Vec<FieldError> {
+        self.servers
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                matches!(s.protocol(), ServerProtocol::Https | ServerProtocol::Tls)
+                    && s.tls_mode() == Some("ISTIO_MUTUAL")
+            })
+            .map(|(i, _)| {
+                FieldError::new(
+                    format!("spec.servers[{i}].tls.mode"),
+                    "ISTIO_MUTUAL needs the mesh CA (chart value ca.enabled), which is off: the \
+                     gateway has no workload certificate and refuses this server's connections",
+                )
+            })
+            .collect()
+    }
+
     /// rustmesh's refusals that depend on a field's value rather than its presence (the
-    /// support table's `ReportedBy` entries): a `tls.mode` other than `PASSTHROUGH`, `SIMPLE` or
-    /// `MUTUAL` on an HTTPS or TLS server (or any mode on another server), and a credential on a
-    /// `PASSTHROUGH` server (it terminates nothing: the credential would be ignored). Each
-    /// names its field.
+    /// support table's `ReportedBy` entries): a `tls.mode` not in [`TLS_MODES_RENDERED`] on an
+    /// HTTPS or TLS server (`AUTO_PASSTHROUGH`), any mode on another server, a credential or
+    /// files on a `PASSTHROUGH` server (it terminates nothing: they would be ignored), files
+    /// next to a `credentialName`, and `caCertificates` on a `SIMPLE` server. `ISTIO_MUTUAL`
+    /// with any of them is Istio's error ([`GatewaySpec::istio_errors`]), not repeated here.
+    /// Each names its field.
     pub fn unsupported(&self) -> Vec<FieldError> {
         let mut out = Vec::new();
         for (i, server) in self.servers.iter().enumerate() {
@@ -416,9 +455,9 @@ impl GatewaySpec {
                 out.push(FieldError::new(
                     format!("spec.servers[{i}].tls.mode"),
                     format!(
-                        "not implemented by rustmesh: tls.mode {mode} {} {} (PASSTHROUGH, and \
-                         SIMPLE and MUTUAL with a credentialName, on HTTPS and TLS servers are \
-                         rendered)",
+                        "not implemented by rustmesh: tls.mode {mode} {} {} (PASSTHROUGH, \
+                         SIMPLE, MUTUAL, OPTIONAL_MUTUAL and ISTIO_MUTUAL on HTTPS and TLS \
+                         servers are rendered)",
                         if tls_server {
                             "is"
                         } else {
@@ -427,7 +466,12 @@ impl GatewaySpec {
                         crate::support::GATEWAY_NOT_RENDERED
                     ),
                 ));
-            } else if let Some(tls) = &server.tls {
+            } else if let Some(tls) = server
+                .tls
+                .as_ref()
+                // ISTIO_MUTUAL with certificates or a credential: Istio's error, not repeated.
+                .filter(|_| mode != "ISTIO_MUTUAL")
+            {
                 let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
                 let files: Vec<&str> = [
                     ("serverCertificate", &tls.server_certificate),
@@ -494,9 +538,16 @@ pub fn resolve_gateway_name(name: &str, vs_namespace: &str) -> String {
     }
 }
 
-/// The `tls.mode`s of an HTTPS or TLS server that rustmesh renders (`SIMPLE` and `MUTUAL`
-/// with a `credentialName`).
-pub const TLS_MODES_RENDERED: [&str; 3] = ["PASSTHROUGH", "SIMPLE", "MUTUAL"];
+/// The `tls.mode`s of an HTTPS or TLS server that rustmesh renders (`SIMPLE`, `MUTUAL` and
+/// `OPTIONAL_MUTUAL` with a `credentialName` or certificate files, `ISTIO_MUTUAL` with the
+/// gateway's workload certificate). `AUTO_PASSTHROUGH` is not.
+pub const TLS_MODES_RENDERED: [&str; 5] = [
+    "PASSTHROUGH",
+    "SIMPLE",
+    "MUTUAL",
+    "OPTIONAL_MUTUAL",
+    "ISTIO_MUTUAL",
+];
 
 /// Istio's `ServerTLSSettings.TLSmode` values.
 const TLS_MODES: [&str; 6] = [
@@ -509,9 +560,10 @@ const TLS_MODES: [&str; 6] = [
 ];
 
 /// Istio's checks of an HTTPS or TLS server's `tls` (`validateTLSOptions`), each naming its
-/// field under `at` (`spec.servers[i]`): a known mode; `SIMPLE` and `MUTUAL` (and
-/// `OPTIONAL_MUTUAL`) need a certificate, from a `credentialName` or files (a key and a
-/// certificate), and `MUTUAL` with files a CA bundle; `ISTIO_MUTUAL` takes none of them.
+/// field under `at` (`spec.servers[i]`): a known mode; `SIMPLE`, `MUTUAL` and
+/// `OPTIONAL_MUTUAL` need a certificate, from a `credentialName` or files (a key and a
+/// certificate), and `MUTUAL` and `OPTIONAL_MUTUAL` with files a CA bundle; `ISTIO_MUTUAL`
+/// takes none of them.
 fn tls_problems(at: &str, tls: &ServerTlsSettings) -> Vec<FieldError> {
     let mut out = Vec::new();
     let mode = tls.mode.as_deref().unwrap_or("PASSTHROUGH");
@@ -679,8 +731,8 @@ mod tests {
 
     #[test]
     fn refused_fields_are_named_with_issue_20() {
-        // Modes other than PASSTHROUGH, SIMPLE and MUTUAL, or a mode on an HTTP server;
-        // several credentials.
+        // AUTO_PASSTHROUGH, or a mode on an HTTP server; several credentials. ISTIO_MUTUAL
+        // (server b) is rendered.
         let s = spec(
             "servers:\n- port: {number: 443, name: a, protocol: TLS}\n  hosts: ['*']\n  tls: {mode: AUTO_PASSTHROUGH}\n- port: {number: 444, name: b, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: ISTIO_MUTUAL}\n- port: {number: 80, name: c, protocol: HTTP}\n  hosts: ['*']\n  tls: {mode: PASSTHROUGH, httpsRedirect: true}\n- port: {number: 446, name: e, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, credentialNames: [rsa, ecdsa]}\n",
         );
@@ -691,10 +743,16 @@ mod tests {
             named,
             [
                 "spec.servers[0].tls.mode",
-                "spec.servers[1].tls.mode",
                 "spec.servers[2].tls.mode",
                 "spec.servers[3].tls.credentialNames",
             ]
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.field == "spec.servers[0].tls.mode"
+                    && e.message.contains("AUTO_PASSTHROUGH")),
+            "{errors:?}"
         );
         for e in &errors {
             assert!(
@@ -726,6 +784,89 @@ mod tests {
                 "spec.servers[1].tls.privateKey",
             ]
         );
+    }
+
+    #[test]
+    fn istio_mutual_and_optional_mutual_servers_are_accepted() {
+        // ISTIO_MUTUAL on HTTPS and TLS servers (the gateway's workload certificate);
+        // OPTIONAL_MUTUAL with a credential, or files with their CA.
+        let s = spec(
+            "selector: {istio: ingressgateway}\nservers:\n- port: {number: 443, name: a, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: ISTIO_MUTUAL}\n- port: {number: 444, name: b, protocol: TLS}\n  hosts: ['*']\n  tls: {mode: ISTIO_MUTUAL}\n- port: {number: 445, name: c, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: OPTIONAL_MUTUAL, credentialName: httpbin-credential}\n- port: {number: 446, name: d, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: OPTIONAL_MUTUAL, serverCertificate: /etc/certs/tls.crt, privateKey: /etc/certs/tls.key, caCertificates: /etc/certs/ca.crt}\n",
+        );
+        assert_eq!(s.validate(), vec![]);
+        assert_eq!(s.warnings(), vec![]);
+        // Without the mesh CA, each ISTIO_MUTUAL server's mode is warned about, naming the CA.
+        let without_ca = s.istio_mutual_without_ca();
+        assert_eq!(
+            fields(without_ca.clone()),
+            ["spec.servers[0].tls.mode", "spec.servers[1].tls.mode"]
+        );
+        assert!(
+            without_ca[0].message.contains("ca.enabled"),
+            "{without_ca:?}"
+        );
+        // OPTIONAL_MUTUAL from files needs the CA bundle, as Istio; files next to its
+        // credentialName would be ignored: refused.
+        let s = spec(
+            "servers:\n- port: {number: 443, name: a, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: OPTIONAL_MUTUAL, serverCertificate: /c.pem, privateKey: /k.pem}\n- port: {number: 444, name: b, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: OPTIONAL_MUTUAL, credentialName: x, caCertificates: /ca.pem}\n- port: {number: 445, name: c, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: OPTIONAL_MUTUAL}\n",
+        );
+        assert_eq!(
+            fields(s.validate()),
+            [
+                "spec.servers[1].tls.caCertificates",
+                "spec.servers[0].tls.caCertificates",
+                "spec.servers[2].tls.serverCertificate",
+                "spec.servers[2].tls.privateKey",
+                "spec.servers[2].tls.caCertificates",
+            ]
+        );
+    }
+
+    #[test]
+    fn fields_next_to_istio_mutual_stay_refused_naming_them() {
+        // Istio's rule: the gateway's own certificates, nothing else.
+        for field in [
+            "credentialName: x",
+            "serverCertificate: /c.pem",
+            "privateKey: /k.pem",
+            "caCertificates: /ca.pem",
+        ] {
+            let s = spec(&format!(
+                "servers:\n- port: {{number: 443, name: a, protocol: HTTPS}}\n  hosts: ['*']\n  tls: {{mode: ISTIO_MUTUAL, {field}}}\n"
+            ));
+            let name = field.split(':').next().unwrap();
+            let errors = s.validate();
+            assert_eq!(
+                fields(errors.clone()),
+                [format!("spec.servers[0].tls.{name}")],
+                "{field}"
+            );
+            assert!(errors[0].message.contains("ISTIO_MUTUAL"), "{errors:?}");
+        }
+        // The fields not rendered on any server stay refused next to it too.
+        let s = spec(
+            "servers:\n- port: {number: 443, name: a, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: ISTIO_MUTUAL, subjectAltNames: [spiffe://cluster.local/ns/a/sa/b], credentialNames: [a], caCrl: /crl.pem}\n",
+        );
+        let mut named = fields(s.validate());
+        named.sort();
+        assert_eq!(
+            named,
+            [
+                "spec.servers[0].tls.caCrl",
+                "spec.servers[0].tls.credentialNames",
+                "spec.servers[0].tls.subjectAltNames",
+            ]
+        );
+        // ISTIO_MUTUAL on a plain-text server is refused, as any mode there.
+        let s = spec(
+            "servers:\n- port: {number: 80, name: http, protocol: HTTP}\n  hosts: ['*']\n  tls: {mode: ISTIO_MUTUAL}\n",
+        );
+        assert!(
+            fields(s.validate()).contains(&"spec.servers[0].tls.mode".to_string()),
+            "{:?}",
+            s.validate()
+        );
+        assert_eq!(s.istio_mutual_without_ca(), vec![]);
     }
 
     #[test]

@@ -871,8 +871,8 @@ pub const GATEWAY_NOT_RENDERED: &str = "not rendered yet (issue #20)";
 
 /// Gateway: plain-text, HTTPS and TLS servers are rendered (selector, port number, name and
 /// the HTTP, HTTPS, TLS and TCP protocols, hosts, server name, `tls.httpsRedirect`, `tls.mode`
-/// PASSTHROUGH, and SIMPLE and MUTUAL with `tls.credentialName`); the rest is refused naming
-/// the field.
+/// PASSTHROUGH, SIMPLE, MUTUAL and OPTIONAL_MUTUAL with `tls.credentialName` or certificate
+/// files, and ISTIO_MUTUAL); the rest is refused naming the field.
 const GATEWAY: &[Entry] = &[
     rendered(
         "spec.selector",
@@ -933,14 +933,17 @@ const GATEWAY: &[Entry] = &[
         leaves: &[],
         support: Support::ReportedBy(
             "rustmesh_api::gateway::GatewaySpec::unsupported: on HTTPS and TLS servers, \
-             SIMPLE and MUTUAL are rendered (render/gateway.rs: a filter chain per server, by \
-             SNI, terminating TLS with the credentialName) and PASSTHROUGH too (a chain per \
-             SNI of the bound VirtualServices' tls routes, proxying the TLS bytes unopened); \
-             ISTIO_MUTUAL, AUTO_PASSTHROUGH, OPTIONAL_MUTUAL and any mode on another server \
-             are refused, not rendered yet (issue #20)",
+             SIMPLE, MUTUAL and OPTIONAL_MUTUAL are rendered (render/gateway.rs: a filter \
+             chain per server, by SNI, terminating TLS with the credentialName or the \
+             certificate files; MUTUAL requires a client certificate from their CA, \
+             OPTIONAL_MUTUAL verifies one when presented), ISTIO_MUTUAL too (the gateway's \
+             workload certificate, a client certificate from the mesh root required) and \
+             PASSTHROUGH (a chain per SNI of the bound VirtualServices' tls routes, proxying \
+             the TLS bytes unopened); AUTO_PASSTHROUGH and any mode on another server are \
+             refused, not rendered yet (issue #20)",
         ),
         harmless: &[],
-        example: r#"{"mode": "ISTIO_MUTUAL"}"#,
+        example: r#"{"mode": "AUTO_PASSTHROUGH"}"#,
     },
     rendered(
         "spec.servers[].tls.serverCertificate",
@@ -958,8 +961,8 @@ const GATEWAY: &[Entry] = &[
     rendered(
         "spec.servers[].tls.caCertificates",
         &[],
-        "render/gateway.rs: a MUTUAL server with certificate files verifies clients against \
-         file-root:<caCertificates>",
+        "render/gateway.rs: a MUTUAL or OPTIONAL_MUTUAL server with certificate files \
+         verifies clients against file-root:<caCertificates>",
     ),
     refused(
         "spec.servers[].tls.caCrl",
@@ -970,8 +973,9 @@ const GATEWAY: &[Entry] = &[
         "spec.servers[].tls.credentialName",
         &[],
         "render/gateway.rs: the server's chain presents Secret kubernetes://<name> (and, for \
-         MUTUAL, verifies clients against kubernetes://<name>-cacert), which the mesh CA serves \
-         to the gateway's proxy when its service account may list Secrets of its namespace",
+         MUTUAL and OPTIONAL_MUTUAL, verifies clients against kubernetes://<name>-cacert), \
+         which the mesh CA serves to the gateway's proxy when its service account may list \
+         Secrets of its namespace",
     ),
     refused(
         "spec.servers[].tls.credentialNames",

@@ -210,21 +210,35 @@ fn every_gateway_refusal_names_issue_20() {
         spec["servers"][0]["port"]["protocol"] = json!(protocol);
         let (errors, _) = findings("Gateway", spec.clone());
         assert!(errors.is_empty(), "{protocol}: {errors:?}");
-        for mode in ["AUTO_PASSTHROUGH", "ISTIO_MUTUAL"] {
-            spec["servers"][0]["tls"] = json!({ "mode": mode });
-            let (errors, _) = findings("Gateway", spec.clone());
-            assert!(
-                errors.iter().any(|(f, m)| f == "spec.servers[0].tls.mode"
-                    && m.contains(support::GATEWAY_NOT_RENDERED)),
-                "{protocol} {mode}: {errors:?}"
-            );
-        }
+        spec["servers"][0]["tls"] = json!({ "mode": "AUTO_PASSTHROUGH" });
+        let (errors, _) = findings("Gateway", spec.clone());
+        assert!(
+            errors.iter().any(|(f, m)| f == "spec.servers[0].tls.mode"
+                && m.contains("AUTO_PASSTHROUGH")
+                && m.contains(support::GATEWAY_NOT_RENDERED)),
+            "{protocol} AUTO_PASSTHROUGH: {errors:?}"
+        );
     }
-    // SIMPLE and MUTUAL with a credentialName are rendered.
-    for mode in ["SIMPLE", "MUTUAL"] {
+    // SIMPLE, MUTUAL and OPTIONAL_MUTUAL with a credentialName are rendered, and
+    // ISTIO_MUTUAL with none.
+    for (mode, tls) in [
+        (
+            "SIMPLE",
+            json!({"mode": "SIMPLE", "credentialName": "gw-cert"}),
+        ),
+        (
+            "MUTUAL",
+            json!({"mode": "MUTUAL", "credentialName": "gw-cert"}),
+        ),
+        (
+            "OPTIONAL_MUTUAL",
+            json!({"mode": "OPTIONAL_MUTUAL", "credentialName": "gw-cert"}),
+        ),
+        ("ISTIO_MUTUAL", json!({"mode": "ISTIO_MUTUAL"})),
+    ] {
         let mut spec = support::base("Gateway");
         spec["servers"][0]["port"]["protocol"] = json!("HTTPS");
-        spec["servers"][0]["tls"] = json!({"mode": mode, "credentialName": "gw-cert"});
+        spec["servers"][0]["tls"] = tls;
         let (errors, _) = findings("Gateway", spec);
         assert!(errors.is_empty(), "{mode}: {errors:?}");
     }

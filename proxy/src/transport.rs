@@ -28,12 +28,18 @@
 //!   `kubernetes://<secret>-cacert`) is fetched from the mesh CA instead
 //!   ([`crate::identity::credential`]) and followed: a rotated Secret is used by the next
 //!   handshakes.
-//! - **A gateway's TLS** (a `Gateway` server's `credentialName`, `tls.mode` `SIMPLE` or
-//!   `MUTUAL`: a chain whose context presents `kubernetes://<secret>`): the Secret's certificate
-//!   is presented, fetched from the mesh CA like a DestinationRule's and followed the same way
-//!   (kept in memory only, a rotated Secret used by the next handshakes); with a validation
-//!   context (`MUTUAL`, `kubernetes://<secret>-cacert`) a client certificate is verified against
-//!   the Secret's CA, and required with `requireClientCertificate`. The configuration is cached
+//! - **A gateway's TLS** (a `Gateway` server's `credentialName`, `tls.mode` `SIMPLE`, `MUTUAL`
+//!   or `OPTIONAL_MUTUAL`: a chain whose context presents `kubernetes://<secret>`): the Secret's
+//!   certificate is presented, fetched from the mesh CA like a DestinationRule's and followed
+//!   the same way (kept in memory only, a rotated Secret used by the next handshakes); with a
+//!   validation context (`MUTUAL`, `OPTIONAL_MUTUAL`: `kubernetes://<secret>-cacert`) a client
+//!   certificate is verified against the Secret's CA, and required with
+//!   `requireClientCertificate` (`MUTUAL`; `OPTIONAL_MUTUAL` accepts a client without one).
+//!   Certificate files (`file-cert:`, `file-root:`) are served the same way. A server's
+//!   `ISTIO_MUTUAL` is the mesh's context (`default`, `ROOTCA`, a client certificate required):
+//!   the router presents its own workload certificate (it has one when the mesh CA is on, as it
+//!   originates auto mTLS) and verifies clients against the mesh root; without a workload
+//!   certificate its handshakes fail as above. The configuration is cached
 //!   per credential versions. A credential the CA does not serve (unreachable, no such Secret,
 //!   not allowed) fails the handshake ([`TlsError::Credential`], naming it) before any byte is
 //!   sent: the connection is refused, never served in plain text nor with the workload
@@ -346,11 +352,15 @@ impl std::fmt::Debug for Terminate {
 
 impl Terminate {
     /// Terminates as `ctx` says with the certificates of `store`: the workload certificate and
-    /// the mesh root, or a `credentialName`'s Secret (`kubernetes://<secret>`, clients verified
-    /// against `kubernetes://<secret>-cacert` when there is a validation context). Fails,
-    /// naming the field below the context, on what it cannot do: another secret, subject alt
-    /// name matchers (not implemented for clients), a required client certificate without
-    /// roots to verify it against.
+    /// the mesh root (a sidecar's inbound mutual TLS, a gateway server's `ISTIO_MUTUAL`), a
+    /// `credentialName`'s Secret (`kubernetes://<secret>`, clients verified against
+    /// `kubernetes://<secret>-cacert` when there is a validation context) or certificate files
+    /// (`file-cert:`, clients verified against `file-root:`). A client certificate is required
+    /// with `requireClientCertificate`; without it, a validation context verifies one when
+    /// presented and accepts a client without (Istio's `OPTIONAL_MUTUAL`). Fails, naming the
+    /// field below the context, on what it cannot do: another secret, roots of another kind
+    /// than the certificate's, subject alt name matchers (not implemented for clients), a
+    /// required client certificate without roots to verify it against ([`client_roots`]).
     pub fn new(ctx: &DownstreamTlsContext, store: Arc<Store>) -> Result<Self, (String, String)> {
         let common = &ctx.common_tls_context;
         let validation = common.combined_validation_context.as_ref();
@@ -394,73 +404,33 @@ impl Terminate {
                     require_client_certificate: ctx.require_client_certificate,
                 }
             }
-            Some(Secret::Credential(name)) => {
-                let roots = match validation
-                    .map(|v| v.validation_context_sds_secret_config.secret())
-                {
-                    None => None,
-                    Some(Secret::Credential(roots)) => Some(roots.to_string()),
-                    Some(_) => {
-                        return Err(err(
-                            roots_field,
-                            format!(
-                                "a credential's certificate goes with a credential's CA \
-                                 (kubernetes://{name}{SDS_CACERT_SUFFIX}), not {:?}",
-                                validation
-                                    .map(|v| v.validation_context_sds_secret_config.name.as_str())
-                                    .unwrap_or_default()
-                            ),
-                        ));
-                    }
-                };
-                if ctx.require_client_certificate && roots.is_none() {
-                    return Err((
-                        "requireClientCertificate".into(),
-                        format!(
-                            "a client certificate cannot be verified without \
-                             combinedValidationContext (kubernetes://{name}{SDS_CACERT_SUFFIX})"
-                        ),
-                    ));
-                }
-                Serves::Credential {
-                    cert: name.to_string(),
-                    roots,
-                    require_client_certificate: ctx.require_client_certificate,
-                }
-            }
-            Some(Secret::FileCert { cert, key }) => {
-                let roots = match validation
-                    .map(|v| v.validation_context_sds_secret_config.secret())
-                {
-                    None => None,
-                    Some(Secret::FileRoot(path)) => Some(path.to_string()),
-                    Some(_) => {
-                        return Err(err(
-                            roots_field,
-                            format!(
-                                "certificate files go with a CA file (file-root:<path>), not {:?}",
-                                validation
-                                    .map(|v| v.validation_context_sds_secret_config.name.as_str())
-                                    .unwrap_or_default()
-                            ),
-                        ));
-                    }
-                };
-                if ctx.require_client_certificate && roots.is_none() {
-                    return Err((
-                        "requireClientCertificate".into(),
-                        "a client certificate cannot be verified without \
-                         combinedValidationContext (file-root:<caCertificates>)"
-                            .into(),
-                    ));
-                }
-                Serves::Files {
-                    cert: cert.to_string(),
-                    key: key.to_string(),
-                    roots,
-                    require_client_certificate: ctx.require_client_certificate,
-                }
-            }
+            Some(Secret::Credential(name)) => Serves::Credential {
+                cert: name.to_string(),
+                roots: client_roots(
+                    ctx,
+                    |s| match s {
+                        Secret::Credential(roots) => Some(roots),
+                        _ => None,
+                    },
+                    "a credential's certificate goes with a credential's CA",
+                    &format!("kubernetes://{name}{SDS_CACERT_SUFFIX}"),
+                )?,
+                require_client_certificate: ctx.require_client_certificate,
+            },
+            Some(Secret::FileCert { cert, key }) => Serves::Files {
+                cert: cert.to_string(),
+                key: key.to_string(),
+                roots: client_roots(
+                    ctx,
+                    |s| match s {
+                        Secret::FileRoot(path) => Some(path),
+                        _ => None,
+                    },
+                    "certificate files go with a CA file",
+                    "file-root:<caCertificates>",
+                )?,
+                require_client_certificate: ctx.require_client_certificate,
+            },
             Some(_) => {
                 return Err(err(
                     "tlsCertificateSdsSecretConfigs[0].name",
@@ -1018,6 +988,41 @@ impl Originate {
     }
 }
 
+/// The client roots of a chain presenting a certificate of its own (a gateway server's
+/// credential or files: `MUTUAL`, `OPTIONAL_MUTUAL`, or none for `SIMPLE`): the name (without
+/// its prefix) of the validation context's roots, which must be of the kind `pick` reads
+/// (`goes_with` says which, `expected` names them, for the error); `None` without a validation
+/// context, which is refused when a client certificate is required (it could not be
+/// verified). Errors name the field below the context.
+fn client_roots(
+    ctx: &DownstreamTlsContext,
+    pick: for<'s> fn(Secret<'s>) -> Option<&'s str>,
+    goes_with: &str,
+    expected: &str,
+) -> Result<Option<String>, (String, String)> {
+    let Some(v) = ctx.common_tls_context.combined_validation_context.as_ref() else {
+        if ctx.require_client_certificate {
+            return Err((
+                "requireClientCertificate".into(),
+                format!(
+                    "a client certificate cannot be verified without combinedValidationContext \
+                     ({expected})"
+                ),
+            ));
+        }
+        return Ok(None);
+    };
+    let roots = &v.validation_context_sds_secret_config;
+    match pick(roots.secret()) {
+        Some(name) => Ok(Some(name.to_string())),
+        None => Err((
+            "commonTlsContext.combinedValidationContext.validationContextSdsSecretConfig.name"
+                .into(),
+            format!("{goes_with} ({expected}), not {:?}", roots.name),
+        )),
+    }
+}
+
 /// A root store of `certs`; `err` names where a refused one came from.
 fn root_store(
     certs: impl IntoIterator<Item = CertificateDer<'static>>,
@@ -1113,7 +1118,10 @@ fn system_roots() -> Result<rustls::RootCertStore, TlsError> {
 mod tests {
     use super::*;
     use rustmesh_xds::route::StringMatcher;
-    use rustmesh_xds::tls::{GatewayCert, gateway_downstream, istio_downstream};
+    use rustmesh_xds::tls::{
+        ClientCerts, GatewayCert, gateway_downstream, gateway_istio_mutual, gateway_termination,
+        istio_downstream,
+    };
 
     fn serves(ctx: &DownstreamTlsContext) -> Result<Serves, (String, String)> {
         Terminate::new(ctx, Arc::new(Store::default())).map(|t| t.serves)
@@ -1221,33 +1229,84 @@ mod tests {
         );
     }
 
-    /// A private CA and a server certificate for `name` it issued, as PEM (CA, chain, key).
-    fn private_ca(name: &str) -> (String, String, String) {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_key = KeyPair::generate().unwrap();
-        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
-        let issuer = Issuer::new(ca, ca_key);
-        let key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec![name.to_string()])
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        (ca_pem, leaf.pem(), key.serialize_pem())
+    /// A private CA, issuing certificates for the tests.
+    struct TestCa {
+        /// Its certificate, PEM.
+        pem: String,
+        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
     }
 
-    /// One TLS client handshake to `t` for `name`, trusting `ca`: the server's leaf, or why
-    /// the client's handshake failed.
+    impl TestCa {
+        /// A CA named `name` (its subject's common name: CAs of one test differ by it, so a
+        /// certificate of one is not taken for the other's by name).
+        fn new(name: &str) -> Self {
+            use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+            let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+            ca.distinguished_name.push(DnType::CommonName, name);
+            ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let ca_key = KeyPair::generate().unwrap();
+            let pem = ca.self_signed(&ca_key).unwrap().pem();
+            TestCa {
+                pem,
+                issuer: Issuer::new(ca, ca_key),
+            }
+        }
+
+        /// A certificate for the DNS names `dns` and, if given, the URI `uri` (a SPIFFE id),
+        /// as PEM (certificate, PKCS#8 key).
+        fn issue(&self, dns: &[&str], uri: Option<&str>) -> (String, String) {
+            use rcgen::{CertificateParams, KeyPair, SanType};
+            let mut params =
+                CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>())
+                    .unwrap();
+            if let Some(uri) = uri {
+                params
+                    .subject_alt_names
+                    .push(SanType::URI(uri.try_into().unwrap()));
+            }
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &self.issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        }
+    }
+
+    /// A private CA and a server certificate for `name` it issued, as PEM (CA, chain, key).
+    fn private_ca(name: &str) -> (String, String, String) {
+        let ca = TestCa::new("private CA");
+        let (chain, key) = ca.issue(&[name], None);
+        (ca.pem, chain, key)
+    }
+
+    /// One TLS client handshake to `t` for `name`, trusting `ca`, without a client
+    /// certificate: see [`handshake_as`].
     async fn handshake(t: &Terminate, name: &str, ca: &str) -> Result<Vec<u8>, String> {
+        handshake_as(t, name, ca, None).await
+    }
+
+    /// One TLS client handshake to `t` for `name`, trusting `ca`, presenting `client` (PEM
+    /// certificate and key) if given: the server's leaf, or why the client's handshake (or
+    /// the first byte after it) failed.
+    async fn handshake_as(
+        t: &Terminate,
+        name: &str,
+        ca: &str,
+        client: Option<&(String, String)>,
+    ) -> Result<Vec<u8>, String> {
         use rustls::pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
         roots
             .add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
             .unwrap();
-        let config = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+        let config = match client {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+        };
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         // The server echoes one byte, so the client sees the connection work (or, refused
@@ -1285,6 +1344,111 @@ mod tests {
         let (server, client) = tokio::join!(server, client);
         let _ = server;
         client
+    }
+
+    /// A gateway server's `ISTIO_MUTUAL` (the router's workload certificate, issued by the
+    /// mesh root): a client without a certificate is refused, one whose certificate the mesh
+    /// root issued is accepted, one from another CA is refused.
+    #[tokio::test]
+    async fn an_istio_mutual_gateway_server_presents_the_workload_certificate_and_requires_a_mesh_client()
+     {
+        let mesh = TestCa::new("mesh root");
+        let dir = tempfile::tempdir().unwrap();
+        // The router's workload certificate (a DNS name too, so the test client can check
+        // it with rustls' own verifier).
+        let (chain, key) = mesh.issue(
+            &["gw.example.com"],
+            Some("spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"),
+        );
+        std::fs::write(dir.path().join("cert-chain.pem"), &chain).unwrap();
+        std::fs::write(dir.path().join("key.pem"), &key).unwrap();
+        std::fs::write(dir.path().join("root-cert.pem"), &mesh.pem).unwrap();
+        let store = Arc::new(Store::default());
+        store.install(
+            crate::identity::WorkloadCert::from_dir(dir.path(), std::time::SystemTime::now())
+                .unwrap(),
+        );
+        let t = Terminate::new(&gateway_istio_mutual(), store).unwrap();
+        assert_eq!(
+            t.serves,
+            Serves::Mesh {
+                require_client_certificate: true
+            }
+        );
+        let err = handshake(&t, "gw.example.com", &mesh.pem)
+            .await
+            .unwrap_err();
+        assert!(err.contains("CertificateRequired"), "{err}");
+        let sidecar = mesh.issue(&[], Some("spiffe://cluster.local/ns/default/sa/sleep"));
+        let leaf = handshake_as(&t, "gw.example.com", &mesh.pem, Some(&sidecar))
+            .await
+            .unwrap();
+        use rustls::pki_types::pem::PemObject;
+        assert_eq!(
+            leaf,
+            CertificateDer::from_pem_slice(chain.as_bytes())
+                .unwrap()
+                .to_vec()
+        );
+        let stranger = TestCa::new("another mesh's root")
+            .issue(&[], Some("spiffe://other/ns/default/sa/sleep"));
+        let err = handshake_as(&t, "gw.example.com", &mesh.pem, Some(&stranger))
+            .await
+            .unwrap_err();
+        assert!(err.contains("UnknownCA"), "{err}");
+        // Without a workload certificate (no mesh CA), nothing is served.
+        let none = Terminate::new(&gateway_istio_mutual(), Arc::new(Store::default())).unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::spawn(TcpStream::connect(l.local_addr().unwrap()));
+        let (tcp, _) = l.accept().await.unwrap();
+        let _client = client.await.unwrap().unwrap();
+        assert!(matches!(
+            none.accept(tcp).await,
+            Err(TlsError::NoCertificate)
+        ));
+    }
+
+    /// A gateway server's `OPTIONAL_MUTUAL` (certificate files and a CA file): a client
+    /// without a certificate is accepted, one the CA issued too, one from another CA refused.
+    #[tokio::test]
+    async fn an_optional_mutual_gateway_server_verifies_a_client_certificate_only_when_presented() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("gateway client CA");
+        let (chain, key) = ca.issue(&["optional.example.com"], None);
+        let path = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+        std::fs::write(path("ca.crt"), &ca.pem).unwrap();
+        std::fs::write(path("tls.crt"), &chain).unwrap();
+        std::fs::write(path("tls.key"), &key).unwrap();
+        let (cert_path, key_path, ca_path) = (path("tls.crt"), path("tls.key"), path("ca.crt"));
+        let ctx = gateway_termination(
+            GatewayCert::Files {
+                cert: &cert_path,
+                key: &key_path,
+                ca: Some(&ca_path),
+            },
+            ClientCerts::Optional,
+        );
+        let t = Terminate::new(&ctx, Arc::new(Store::default())).unwrap();
+        assert_eq!(
+            t.serves,
+            Serves::Files {
+                cert: cert_path.clone(),
+                key: key_path.clone(),
+                roots: Some(ca_path.clone()),
+                require_client_certificate: false,
+            }
+        );
+        let name = "optional.example.com";
+        handshake(&t, name, &ca.pem).await.unwrap();
+        let client = ca.issue(&["client.example.com"], None);
+        handshake_as(&t, name, &ca.pem, Some(&client))
+            .await
+            .unwrap();
+        let stranger = TestCa::new("another CA").issue(&["client.example.com"], None);
+        let err = handshake_as(&t, name, &ca.pem, Some(&stranger))
+            .await
+            .unwrap_err();
+        assert!(err.contains("UnknownCA"), "{err}");
     }
 
     #[tokio::test]

@@ -671,17 +671,49 @@ mod tests {
             .remove("credentialName");
         let (resp, verdict) = response(&object("v1", passthrough));
         assert_eq!(verdict, Verdict::Allowed, "{resp}");
-        // ISTIO_MUTUAL: valid for Istio, not rendered yet: denied naming the field and the issue.
+        // ISTIO_MUTUAL (the gateway's workload certificate) and OPTIONAL_MUTUAL: rendered,
+        // allowed; ISTIO_MUTUAL with a credential of its own is denied naming it (Istio's rule).
+        let (resp, verdict) = response(&object("v1", https("OPTIONAL_MUTUAL")));
+        assert_eq!(verdict, Verdict::Allowed, "{resp}");
+        let (resp, verdict) = response(&object("v1", https("ISTIO_MUTUAL")));
+        assert_eq!(verdict, Verdict::Denied);
+        let message = resp["status"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("spec.servers[0].tls.credentialName: ISTIO_MUTUAL"),
+            "{message}"
+        );
         let mut istio_mutual = https("ISTIO_MUTUAL");
         istio_mutual["servers"][0]["tls"]
             .as_object_mut()
             .unwrap()
             .remove("credentialName");
-        let (resp, verdict) = response(&object("v1", istio_mutual));
+        let body = object("v1", istio_mutual);
+        let (resp, verdict) = response(&body);
+        assert_eq!(verdict, Verdict::Allowed, "{resp}");
+        assert!(resp.get("warnings").is_none(), "{resp}");
+        // Without the mesh CA the gateway has no workload certificate: allowed with a
+        // warning naming the mode and the chart value, as a DestinationRule's ISTIO_MUTUAL.
+        let out = validate_body(&body, false).unwrap();
+        assert_eq!(out.verdict, Verdict::Allowed);
+        let w = out.review["response"]["warnings"][0].as_str().unwrap();
+        assert!(
+            w.starts_with("rustmesh-validation: spec.servers[0].tls.mode: ")
+                && w.contains("ca.enabled"),
+            "{w}"
+        );
+        // AUTO_PASSTHROUGH (multi-network east-west gateways): not rendered, denied naming
+        // the field and the issue.
+        let mut auto = https("AUTO_PASSTHROUGH");
+        auto["servers"][0]["tls"]
+            .as_object_mut()
+            .unwrap()
+            .remove("credentialName");
+        let (resp, verdict) = response(&object("v1", auto));
         assert_eq!(verdict, Verdict::Denied);
         let message = resp["status"]["message"].as_str().unwrap();
         assert!(
             message.starts_with("spec.servers[0].tls.mode: not implemented by rustmesh")
+                && message.contains("AUTO_PASSTHROUGH")
                 && message.contains("issue #20"),
             "{message}"
         );

@@ -24,11 +24,14 @@
 //!   `kubernetes://<name>` for `MUTUAL`'s client certificate, `kubernetes://<name>-cacert` for
 //!   the roots (Istio's names; the CA serves them to the sidecar, see [`crate::ca`]).
 //!
-//! - a Gateway server's `credentialName` (`tls.mode` `SIMPLE` or `MUTUAL`) is a
-//!   `DownstreamTlsContext` with the same names ([`gateway_downstream`]): the gateway's proxy
-//!   presents the Secret's certificate and, for `MUTUAL`, verifies clients against its CA; its
-//!   certificate files (`serverCertificate`, `privateKey`, `caCertificates`) are Istio's
-//!   `file-cert:<cert>~<key>` and `file-root:<ca>`, read by the gateway's proxy.
+//! - a Gateway server's `credentialName` (`tls.mode` `SIMPLE`, `MUTUAL` or `OPTIONAL_MUTUAL`)
+//!   is a `DownstreamTlsContext` with the same names ([`gateway_termination`]): the gateway's
+//!   proxy presents the Secret's certificate and, for `MUTUAL`, requires a client certificate
+//!   verified against its CA (`OPTIONAL_MUTUAL`: the same validation context, a client without
+//!   a certificate accepted); its certificate files (`serverCertificate`, `privateKey`,
+//!   `caCertificates`) are Istio's `file-cert:<cert>~<key>` and `file-root:<ca>`, read by the
+//!   gateway's proxy. `ISTIO_MUTUAL` is the sidecar's inbound context (`default`, `ROOTCA`,
+//!   client certificate required) with the gateway's ALPN ([`gateway_istio_mutual`]).
 //!
 //! The secrets served ([`Secret`]): the mesh's own (`default`, `ROOTCA`), Kubernetes Secrets,
 //! those files and, upstream only, the system roots. Any other name is refused by
@@ -561,7 +564,8 @@ pub fn istio_downstream(alpn: &[&str]) -> DownstreamTlsContext {
     }
 }
 
-/// Where a gateway server's certificate (and, for `MUTUAL`, its client CA) comes from.
+/// Where a gateway server's certificate (and, for `MUTUAL` and `OPTIONAL_MUTUAL`, its client
+/// CA) comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GatewayCert<'a> {
     /// A `credentialName` Secret: `kubernetes://<name>`, clients verified against
@@ -576,11 +580,39 @@ pub enum GatewayCert<'a> {
     },
 }
 
-/// Istio's termination on a gateway server (`tls.mode` `SIMPLE`, or `MUTUAL` with `mutual`):
-/// the certificate of `cert`; for `MUTUAL` a client certificate is required and verified
-/// against its CA (a `MUTUAL` server from files without `caCertificates` is refused by
-/// validation, so none is rendered here). ALPN as Istio's gateways: `h2`, `http/1.1`.
+/// What a gateway server asks of a client's certificate (its `tls.mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientCerts {
+    /// `SIMPLE`: none asked for, no validation context.
+    Ignored,
+    /// `OPTIONAL_MUTUAL`: verified against the server's CA when presented, a client without
+    /// one accepted (`requireClientCertificate: false` with a validation context).
+    Optional,
+    /// `MUTUAL`: required and verified against the server's CA.
+    Required,
+}
+
+/// The ALPN of a gateway server terminating TLS, as Istio's gateways: `h2`, `http/1.1`.
+pub const ALPN_GATEWAY: [&str; 2] = ["h2", "http/1.1"];
+
+/// Istio's termination on a gateway server (`tls.mode` `SIMPLE`, or `MUTUAL` with `mutual`);
+/// see [`gateway_termination`].
 pub fn gateway_downstream(cert: GatewayCert<'_>, mutual: bool) -> DownstreamTlsContext {
+    let clients = if mutual {
+        ClientCerts::Required
+    } else {
+        ClientCerts::Ignored
+    };
+    gateway_termination(cert, clients)
+}
+
+/// Istio's termination on a gateway server with a certificate of its own (`tls.mode`
+/// `SIMPLE`, `MUTUAL` or `OPTIONAL_MUTUAL`): the certificate of `cert`; unless `clients` is
+/// [`ClientCerts::Ignored`], a validation context with its CA, and a client certificate
+/// required for [`ClientCerts::Required`] (a server from files without `caCertificates` is
+/// refused by validation for both mutual modes, so none is rendered here). ALPN
+/// [`ALPN_GATEWAY`].
+pub fn gateway_termination(cert: GatewayCert<'_>, clients: ClientCerts) -> DownstreamTlsContext {
     let (certificate, roots) = match cert {
         GatewayCert::Credential(name) => (
             format!("{SDS_KUBERNETES}{name}"),
@@ -593,18 +625,27 @@ pub fn gateway_downstream(cert: GatewayCert<'_>, mutual: bool) -> DownstreamTlsC
     };
     DownstreamTlsContext {
         common_tls_context: CommonTlsContext {
-            alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+            alpn_protocols: ALPN_GATEWAY.iter().map(|s| s.to_string()).collect(),
             tls_certificate_sds_secret_configs: vec![SdsSecretConfig::named(&certificate)],
-            combined_validation_context: roots.filter(|_| mutual).map(|name| {
-                CombinedValidationContext {
+            combined_validation_context: roots.filter(|_| clients != ClientCerts::Ignored).map(
+                |name| CombinedValidationContext {
                     default_validation_context: CertificateValidationContext::default(),
                     validation_context_sds_secret_config: SdsSecretConfig::named(&name),
-                }
-            }),
+                },
+            ),
         },
-        require_client_certificate: mutual,
+        require_client_certificate: clients == ClientCerts::Required,
         ..DownstreamTlsContext::default()
     }
+}
+
+/// Istio's termination on a gateway server with `tls.mode: ISTIO_MUTUAL`: the gateway's
+/// workload certificate (`default`), clients required and verified against the mesh root
+/// (`ROOTCA`), as a sidecar's inbound mutual TLS ([`istio_downstream`]) with the ALPN of a
+/// gateway ([`ALPN_GATEWAY`]). Any mesh identity is accepted (a server's `subjectAltNames` is
+/// refused by validation).
+pub fn gateway_istio_mutual() -> DownstreamTlsContext {
+    istio_downstream(&ALPN_GATEWAY)
 }
 
 #[cfg(test)]
@@ -662,6 +703,72 @@ mod tests {
         for c in [&simple, &mutual] {
             assert!(c.common_tls_context.problems(Side::Downstream).is_empty());
         }
+    }
+
+    #[test]
+    fn istio_mutual_and_optional_mutual_gateway_servers_read_as_istios() {
+        // ISTIO_MUTUAL: the workload certificate, the mesh root, a client certificate
+        // required, the gateway's ALPN.
+        let mesh = gateway_istio_mutual();
+        assert_eq!(
+            serde_json::to_value(&mesh).unwrap(),
+            json!({"commonTlsContext": {"alpnProtocols": ["h2", "http/1.1"],
+                "tlsCertificateSdsSecretConfigs": [{"name": "default"}],
+                "combinedValidationContext": {"defaultValidationContext": {},
+                    "validationContextSdsSecretConfig": {"name": "ROOTCA"}}},
+                "requireClientCertificate": true})
+        );
+        assert!(mesh.common_tls_context.is_mesh());
+        assert!(
+            mesh.common_tls_context
+                .problems(Side::Downstream)
+                .is_empty()
+        );
+        // OPTIONAL_MUTUAL: MUTUAL's validation context, no client certificate required.
+        let optional = gateway_termination(GatewayCert::Credential("c"), ClientCerts::Optional);
+        assert!(!optional.require_client_certificate);
+        assert_eq!(
+            optional
+                .common_tls_context
+                .combined_validation_context
+                .as_ref()
+                .unwrap()
+                .validation_context_sds_secret_config
+                .name,
+            "kubernetes://c-cacert"
+        );
+        let files = GatewayCert::Files {
+            cert: "/c.pem",
+            key: "/k.pem",
+            ca: Some("/ca.pem"),
+        };
+        let optional = gateway_termination(files, ClientCerts::Optional);
+        assert!(!optional.require_client_certificate);
+        assert_eq!(
+            optional
+                .common_tls_context
+                .combined_validation_context
+                .as_ref()
+                .unwrap()
+                .validation_context_sds_secret_config
+                .name,
+            "file-root:/ca.pem"
+        );
+        assert!(
+            optional
+                .common_tls_context
+                .problems(Side::Downstream)
+                .is_empty()
+        );
+        // The shorthand is SIMPLE and MUTUAL.
+        assert_eq!(
+            gateway_downstream(files, true),
+            gateway_termination(files, ClientCerts::Required)
+        );
+        assert_eq!(
+            gateway_downstream(files, false),
+            gateway_termination(files, ClientCerts::Ignored)
+        );
     }
 
     #[test]

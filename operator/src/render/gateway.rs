@@ -43,13 +43,20 @@
 //!   is the server's number and whose `gateways`, if any, name the Gateway); without one, no
 //!   listener (as Istio).
 //!
-//! - an HTTPS server (`tls.mode` `SIMPLE` or `MUTUAL` with a `credentialName`) gets its own
+//! - an HTTPS server (`tls.mode` `SIMPLE`, `MUTUAL` or `OPTIONAL_MUTUAL` with a
+//!   `credentialName` or files, or `ISTIO_MUTUAL`) gets its own
 //!   chain on the port's listener: matched by SNI (`serverNames`: its hosts without their
 //!   `namespace/` part, none for `*`; chains with names first) and `transportProtocol: tls`,
-//!   terminating TLS with Secret `kubernetes://<credentialName>` (`MUTUAL`: clients verified
-//!   against `kubernetes://<credentialName>-cacert`; `rustmesh_xds::tls::gateway_downstream`),
-//!   or with the files `serverCertificate`/`privateKey` (`file-cert:<cert>~<key>`, `MUTUAL`:
-//!   `file-root:<caCertificates>`) the gateway pod mounts,
+//!   terminating TLS with Secret `kubernetes://<credentialName>` (`MUTUAL`: a client
+//!   certificate required and verified against `kubernetes://<credentialName>-cacert`;
+//!   `OPTIONAL_MUTUAL`: the same validation context, `requireClientCertificate: false`;
+//!   `rustmesh_xds::tls::gateway_termination`),
+//!   or with the files `serverCertificate`/`privateKey` (`file-cert:<cert>~<key>`, `MUTUAL`
+//!   and `OPTIONAL_MUTUAL`: `file-root:<caCertificates>`) the gateway pod mounts, or
+//!   (`ISTIO_MUTUAL`) with the gateway's workload certificate `default`, a client certificate
+//!   required and verified against the mesh root `ROOTCA`, as a sidecar's inbound mutual TLS
+//!   (`rustmesh_xds::tls::gateway_istio_mutual`; without the mesh CA the router has no
+//!   workload certificate and refuses these connections, and validation warns),
 //!   then an HTTP connection manager with Istio's route table
 //!   `https.<number>.<port name>.<gateway>.<namespace>` holding that server's virtual hosts as
 //!   above. The mesh CA serves the Secret to the gateway's proxy.
@@ -66,7 +73,7 @@
 //! server (HTTP; TCP; HTTPS and TLS), at most one TCP server and one HTTPS or TLS server per
 //! set of SNI names; validation warns about the servers left out. Two chains with the same
 //! match (a later VirtualService naming the same SNI) keep the first, as Envoy refuses both.
-//! The other TLS modes are refused by validation by name (`rustmesh_api::gateway`), so an
+//! `AUTO_PASSTHROUGH` is refused by validation by name (`rustmesh_api::gateway`), so an
 //! accepted Gateway holds none.
 
 use super::{
@@ -88,7 +95,10 @@ use rustmesh_xds::route::{
     RedirectAction, Route, RouteConfiguration, RouteMatch, VirtualHost, WeightedClusters,
 };
 use rustmesh_xds::scope::{ProxyRole, select_scope, selects};
-use rustmesh_xds::tls::{DownstreamTransportSocket, GatewayCert, gateway_downstream};
+use rustmesh_xds::tls::{
+    ClientCerts, DownstreamTlsContext, DownstreamTransportSocket, GatewayCert,
+    gateway_istio_mutual, gateway_termination,
+};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -163,13 +173,13 @@ pub fn clashes(
     }
 }
 
-/// Whether the server is rendered: HTTP and TCP ones; HTTPS and TLS ones that terminate with
-/// a credential or pass TLS through (validation refuses the rest, so an accepted Gateway
+/// Whether the server is rendered: HTTP and TCP ones; HTTPS and TLS ones that terminate TLS
+/// (with a credential, files or, `ISTIO_MUTUAL`, the workload certificate) or pass it through (validation refuses the rest, so an accepted Gateway
 /// holds none of them).
 fn rendered(server: &rustmesh_api::gateway::Server) -> bool {
     match PortClass::of(server) {
         Some(PortClass::Http | PortClass::Tcp) => true,
-        Some(PortClass::Tls) => credential(server).is_some() || passthrough(server),
+        Some(PortClass::Tls) => termination(server).is_some() || passthrough(server),
         None => false,
     }
 }
@@ -570,9 +580,9 @@ fn route_table(
 
 /// The chains of the TLS-based servers merged on listener port `port`, told apart by SNI
 /// (chains naming hosts first, as Envoy prefers exact names):
-/// - an HTTPS server terminating TLS (`SIMPLE`, `MUTUAL`): its hosts as `serverNames`,
-///   `transportProtocol: tls`, its credential, then an HTTP connection manager with its own
-///   route table (pushed on `tables`);
+/// - an HTTPS server terminating TLS (`SIMPLE`, `MUTUAL`, `OPTIONAL_MUTUAL`, `ISTIO_MUTUAL`):
+///   its hosts as `serverNames`, `transportProtocol: tls`, its [`termination`], then an HTTP
+///   connection manager with its own route table (pushed on `tables`);
 /// - a TLS server terminating TLS: the same match and credential, then the TCP proxy of
 ///   [`tcp_chain`] (no chain without a `tcp` rule for it);
 /// - a `PASSTHROUGH` server: [`passthrough_chains`].
@@ -588,13 +598,11 @@ fn tls_port_chains(
     let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
     let mut chains: Vec<FilterChain> = Vec::new();
     for ps in servers {
-        let Some((cert, mutual)) = credential(ps.server) else {
+        let Some(context) = termination(ps.server) else {
             chains.extend(passthrough_chains(ctx, port, ps));
             continue;
         };
-        let terminate = Some(DownstreamTransportSocket::Tls(gateway_downstream(
-            cert, mutual,
-        )));
+        let terminate = Some(DownstreamTransportSocket::Tls(context));
         let filter_chain_match = FilterChainMatch {
             server_names: sni_hosts(ps.server),
             transport_protocol: Some(TLS.to_string()),
@@ -740,12 +748,25 @@ fn tcp_proxy_chain(
     }
 }
 
-/// The certificate a TLS-based server terminates TLS with (a `credentialName` Secret, or its
-/// `serverCertificate`/`privateKey` files with `caCertificates`) and whether it verifies
-/// clients (`MUTUAL`): `None` for `PASSTHROUGH` and what validation refuses (another mode,
-/// neither a credential nor both files, both at once).
-fn credential(server: &rustmesh_api::gateway::Server) -> Option<(GatewayCert<'_>, bool)> {
+/// How a TLS-based server terminates TLS, as Istio's gateway `DownstreamTlsContext`:
+/// - `SIMPLE`, `MUTUAL`, `OPTIONAL_MUTUAL`: its certificate (a `credentialName` Secret, or its
+///   `serverCertificate`/`privateKey` files with `caCertificates`); `MUTUAL` requires a client
+///   certificate verified against their CA, `OPTIONAL_MUTUAL` verifies one when presented
+///   (`requireClientCertificate: false` with the validation context);
+/// - `ISTIO_MUTUAL`: the gateway's workload certificate `default`, clients required and
+///   verified against the mesh root `ROOTCA` (`rustmesh_xds::tls::gateway_istio_mutual`).
+///
+/// `None` for `PASSTHROUGH` and what validation refuses (another mode, neither a credential
+/// nor both files, both at once).
+fn termination(server: &rustmesh_api::gateway::Server) -> Option<DownstreamTlsContext> {
     let tls = server.tls.as_ref()?;
+    let clients = match tls.mode.as_deref()? {
+        "ISTIO_MUTUAL" => return Some(gateway_istio_mutual()),
+        "SIMPLE" => ClientCerts::Ignored,
+        "MUTUAL" => ClientCerts::Required,
+        "OPTIONAL_MUTUAL" => ClientCerts::Optional,
+        _ => return None,
+    };
     fn set(v: &Option<String>) -> Option<&str> {
         v.as_deref().filter(|s| !s.is_empty())
     }
@@ -762,11 +783,7 @@ fn credential(server: &rustmesh_api::gateway::Server) -> Option<(GatewayCert<'_>
         },
         _ => return None,
     };
-    match tls.mode.as_deref()? {
-        "SIMPLE" => Some((cert, false)),
-        "MUTUAL" => Some((cert, true)),
-        _ => None,
-    }
+    Some(gateway_termination(cert, clients))
 }
 
 /// The route of a virtual host whose server sets `tls.httpsRedirect`: every request answered

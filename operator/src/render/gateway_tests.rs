@@ -3,8 +3,9 @@
 //! server hosts, VirtualServices bound to gateways only (not on sidecars) or to `mesh` and a
 //! gateway (both), per-match `gateways`, the Service targetPort mapping of the listener port,
 //! `tls.httpsRedirect`, TCP servers (Istio's TCP ingress task), HTTPS servers (the secure
-//! ingress task), TLS passthrough by SNI (the ingress SNI passthrough task) and TLS servers
-//! terminating for TCP routes, the port conflicts of merged Gateways, and refused fields.
+//! ingress task), `ISTIO_MUTUAL` and `OPTIONAL_MUTUAL` servers, TLS passthrough by SNI (the
+//! ingress SNI passthrough task) and TLS servers terminating for TCP routes, the port
+//! conflicts of merged Gateways, and refused fields.
 
 use super::*;
 use crate::configmap::{render, render_namespace};
@@ -446,7 +447,7 @@ spec:
   selector: {istio: ingressgateway}
   servers:
   - port: {number: 443, name: https, protocol: HTTPS}
-    tls: {mode: ISTIO_MUTUAL}
+    tls: {mode: ISTIO_MUTUAL, credentialNames: [a, b]}
     hosts: [httpbin.example.com]
   - port: {number: 8443, name: tls, protocol: TLS}
     tls: {mode: AUTO_PASSTHROUGH}
@@ -458,7 +459,10 @@ spec:
     let fields: Vec<&str> = v.findings.iter().map(|f| f.field.as_str()).collect();
     assert_eq!(
         fields,
-        ["spec.servers[0].tls.mode", "spec.servers[1].tls.mode"],
+        [
+            "spec.servers[0].tls.credentialNames",
+            "spec.servers[1].tls.mode"
+        ],
         "{:?}",
         v.findings
     );
@@ -1004,4 +1008,120 @@ spec:
         "file-root:/etc/istio/ingressgateway-ca-certs/ca.crt"
     );
     assert!(t.require_client_certificate);
+}
+
+/// A gateway server's `ISTIO_MUTUAL` (Istio: the gateway's workload certificate, clients from
+/// the mesh) and `OPTIONAL_MUTUAL` (a client certificate verified when presented), on one port
+/// by SNI, and a TLS server with `ISTIO_MUTUAL` terminating for its `tcp` route.
+const MUTUAL_MODES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: mutual, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https-mesh, protocol: HTTPS}
+    tls: {mode: ISTIO_MUTUAL}
+    hosts: [mesh.example.com]
+  - port: {number: 443, name: https-optional, protocol: HTTPS}
+    tls: {mode: OPTIONAL_MUTUAL, credentialName: optional-credential}
+    hosts: [optional.example.com]
+  - port: {number: 31400, name: tls-mesh, protocol: TLS}
+    tls: {mode: ISTIO_MUTUAL}
+    hosts: [db.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [mesh.example.com, optional.example.com]
+  gateways: [istio-system/mutual]
+  http:
+  - route:
+    - destination: {host: productpage, port: {number: 9080}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db.example.com]
+  gateways: [istio-system/mutual]
+  tcp:
+  - route:
+    - destination: {host: productpage, port: {number: 9080}}
+"#;
+
+/// The TLS context of the chain of `l` for SNI `name`.
+fn tls_for<'l>(l: &'l Listener, name: &str) -> &'l rustmesh_xds::tls::DownstreamTlsContext {
+    let fc = l
+        .filter_chains
+        .iter()
+        .find(|fc| fc.filter_chain_match.server_names == [name])
+        .unwrap_or_else(|| panic!("a chain for {name}"));
+    assert_eq!(
+        fc.filter_chain_match.transport_protocol.as_deref(),
+        Some("tls")
+    );
+    let Some(DownstreamTransportSocket::Tls(t)) = &fc.transport_socket else {
+        panic!("{name}: a chain terminating TLS")
+    };
+    t
+}
+
+#[test]
+fn istio_mutual_presents_the_workload_certificate_and_optional_mutual_does_not_require_one() {
+    let mut index = mesh_with_ingress();
+    istio(&mut index, MUTUAL_MODES);
+    let v = &verdict(&index, Kind::Gateway, "istio-system", "mutual");
+    assert!(v.accepted && v.findings.is_empty(), "{:?}", v.findings);
+    let c = rendered(&index, &gateway_scope());
+
+    let l = c.listener("0.0.0.0_8443").expect("listener 0.0.0.0_8443");
+    // ISTIO_MUTUAL: Envoy's DownstreamTlsContext as Istio renders it, the workload
+    // certificate and the mesh root, a client certificate required, the gateway's ALPN.
+    let mesh = tls_for(l, "mesh.example.com");
+    assert_eq!(
+        serde_json::to_value(mesh).unwrap(),
+        serde_json::json!({"commonTlsContext": {"alpnProtocols": ["h2", "http/1.1"],
+            "tlsCertificateSdsSecretConfigs": [{"name": "default"}],
+            "combinedValidationContext": {"defaultValidationContext": {},
+                "validationContextSdsSecretConfig": {"name": "ROOTCA"}}},
+            "requireClientCertificate": true})
+    );
+    // OPTIONAL_MUTUAL: the credential, its CA as the validation context, no client
+    // certificate required.
+    let optional = tls_for(l, "optional.example.com");
+    assert_eq!(
+        optional
+            .common_tls_context
+            .tls_certificate_sds_secret_configs[0]
+            .name,
+        "kubernetes://optional-credential"
+    );
+    assert_eq!(
+        optional
+            .common_tls_context
+            .combined_validation_context
+            .as_ref()
+            .expect("OPTIONAL_MUTUAL verifies clients that present a certificate")
+            .validation_context_sds_secret_config
+            .name,
+        "kubernetes://optional-credential-cacert"
+    );
+    assert!(!optional.require_client_certificate);
+    // Each HTTPS server routes by its own table.
+    assert_eq!(
+        clusters_of(vhost(
+            &c,
+            "https.443.https-mesh.mutual.istio-system",
+            "mesh.example.com:443"
+        )),
+        [PRODUCTPAGE]
+    );
+
+    // A TLS server with ISTIO_MUTUAL: the same context, then its tcp route.
+    let l = c.listener("0.0.0.0_31400").expect("listener 0.0.0.0_31400");
+    let db = tls_for(l, "db.example.com");
+    assert_eq!(db, mesh);
+    assert_eq!(rds(l), "tcp");
 }
