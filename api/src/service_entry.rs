@@ -5,9 +5,11 @@
 //! Issue #20: the operator renders the common egress cases (hosts, IP `addresses`, ports,
 //! location, every resolution: NONE, STATIC, and DNS and DNS_ROUND_ROBIN, whose hosts or
 //! endpoint names the sidecar resolves; IP and DNS-name endpoints with their ports and labels,
-//! exportTo). What it does not render is refused naming the field, never accepted and silently
-//! ignored: the field-support table ([`crate::support`]) refuses `workloadSelector`,
-//! `subjectAltNames` and the endpoints' `network`, `locality`, `weight` and `serviceAccount`;
+//! a STATIC entry's `workloadSelector` (the ready pods of the entry's namespace with those
+//! labels, on the port's `targetPort`; rustmesh has no WorkloadEntry kind), exportTo). What it
+//! does not render is refused naming the field, never accepted and silently ignored: the
+//! field-support table ([`crate::support`]) refuses `subjectAltNames` and the endpoints'
+//! `network`, `locality`, `weight` and `serviceAccount`;
 //! [`ServiceEntrySpec::unsupported`] refuses CIDR blocks in `addresses`, `unix://` endpoints,
 //! wildcard hosts with resolution DNS or DNS_ROUND_ROBIN and more than
 //! [`MAX_DNS_ENDPOINTS`] endpoints to resolve. [`ServiceEntrySpec::istio_errors`] gives

@@ -852,10 +852,10 @@ const SERVICE_ENTRY: &[Entry] = &[
          (issue #20)",
         r#""api""#,
     ),
-    refused(
+    rendered(
         "spec.workloadSelector",
-        "selecting pods and WorkloadEntries as endpoints is not rendered yet (issue #20)",
-        r#"{"labels": {"app": "api"}}"#,
+        &["labels"],
+        "operator registry::selected_pods (the entry's namespace's ready pods, STATIC)",
     ),
     rendered("spec.exportTo", &[], "operator registry::exported"),
     refused(

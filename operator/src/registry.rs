@@ -371,6 +371,7 @@ fn entry_services(index: &Index, taken: &mut BTreeSet<String>) -> Vec<Svc> {
     let mut wanting: Vec<usize> = Vec::new();
     for (key, se) in rendered_entries(index) {
         let spec = &se.spec;
+        let selected = selected_pods(index, key, spec);
         let addresses: Vec<IpAddr> = spec
             .addresses
             .iter()
@@ -381,7 +382,7 @@ fn entry_services(index: &Index, taken: &mut BTreeSet<String>) -> Vec<Svc> {
             if !taken.insert(host.clone()) {
                 continue;
             }
-            let ports = entry_ports(spec);
+            let ports = entry_ports(spec, &selected, &index.mesh.cluster_id);
             let allocate = spec.resolution() == Resolution::Static
                 && addresses.is_empty()
                 && !host.contains('*')
@@ -479,11 +480,46 @@ pub fn allocate(host: &str, used: &BTreeSet<IpAddr>) -> IpAddr {
         .unwrap_or(IpAddr::V4(Ipv4Addr::from(ALLOCATION_BASE + 1)))
 }
 
+/// The pods a STATIC entry's `workloadSelector` selects: those of the entry's namespace whose
+/// labels hold every label of the selector (no labels: every pod there), each with its
+/// address while ready. Empty without a selector or for another resolution (which Istio warns
+/// about and does not select with).
+fn selected_pods<'a>(
+    index: &'a Index,
+    key: &ObjKey,
+    spec: &rustmesh_api::ServiceEntrySpec,
+) -> Vec<(&'a ObjKey, &'a PodInfo, IpAddr)> {
+    let Some(selector) = &spec.workload_selector else {
+        return Vec::new();
+    };
+    if spec.resolution() != Resolution::Static {
+        return Vec::new();
+    }
+    index
+        .pods
+        .iter()
+        .filter(|(k, _)| k.namespace == key.namespace)
+        .filter(|(_, p)| {
+            selector
+                .labels
+                .iter()
+                .all(|(k, v)| p.labels.get(k) == Some(v))
+        })
+        .filter_map(|(k, p)| Some((k, p, p.ready_ip?)))
+        .collect()
+}
+
 /// The ports of an entry, as a Service's: protocol as Istio parses a ServiceEntry port's
 /// (`protocol` only; none is detected per connection), UDP left out, each with the entry's
 /// endpoints (STATIC) on the port the endpoint's `ports` names, else `targetPort`, else the
-/// port's number.
-fn entry_ports(spec: &rustmesh_api::ServiceEntrySpec) -> Vec<SvcPort> {
+/// port's number; or with the `selected` pods (a `workloadSelector`) on `targetPort`, else
+/// the port's number, with the pods' labels, service accounts and workloads, as a Service's
+/// endpoints carry them.
+fn entry_ports(
+    spec: &rustmesh_api::ServiceEntrySpec,
+    selected: &[(&ObjKey, &PodInfo, IpAddr)],
+    cluster_id: &str,
+) -> Vec<SvcPort> {
     let mut ports = Vec::new();
     for p in &spec.ports {
         let Ok(number) = u16::try_from(p.number) else {
@@ -519,6 +555,16 @@ fn entry_ports(spec: &rustmesh_api::ServiceEntrySpec) -> Vec<SvcPort> {
                     service_account: None,
                     workload: None,
                 });
+            }
+            for (key, pod, ip) in selected {
+                let port = target.unwrap_or(number);
+                endpoints.push(pod_endpoint(
+                    *ip,
+                    port,
+                    Some((*key).clone()),
+                    Some(pod),
+                    cluster_id,
+                ));
             }
         }
         endpoints.sort_by_key(|e| (e.ip, e.port));
@@ -565,29 +611,41 @@ fn port_endpoints(
                 .filter(|r| r.kind.as_deref() == Some("Pod"))
                 .and_then(|r| Some(ObjKey::new(r.namespace.clone()?, r.name.clone()?)));
             let info = pod.as_ref().and_then(|k| pods.get(k));
-            out.push(Ep {
-                ip,
-                port,
-                labels: info.map(|p| p.labels.clone()).unwrap_or_default(),
-                service_account: info.map(|p| p.service_account.clone()),
-                workload: pod
-                    .as_ref()
-                    .zip(info)
-                    .filter(|(_, p)| !p.workload.is_empty())
-                    .map(|(key, p)| EndpointWorkload {
-                        name: p.workload.clone(),
-                        namespace: key.namespace.clone(),
-                        canonical_service: canonical_name_label(&p.labels)
-                            .unwrap_or(&p.workload)
-                            .to_string(),
-                        canonical_revision: canonical_revision(&p.labels),
-                        cluster: cluster_id.to_string(),
-                    }),
-                pod,
-            });
+            out.push(pod_endpoint(ip, port, pod, info, cluster_id));
         }
     }
     out.sort_by_key(|e| (e.ip, e.port));
     out.dedup_by(|a, b| a.ip == b.ip && a.port == b.port);
     out
+}
+
+/// The endpoint `ip:port` of the pod `pod` (when known: its labels, service account and
+/// workload go into the endpoint's metadata).
+fn pod_endpoint(
+    ip: IpAddr,
+    port: u16,
+    pod: Option<ObjKey>,
+    info: Option<&PodInfo>,
+    cluster_id: &str,
+) -> Ep {
+    Ep {
+        ip,
+        port,
+        labels: info.map(|p| p.labels.clone()).unwrap_or_default(),
+        service_account: info.map(|p| p.service_account.clone()),
+        workload: pod
+            .as_ref()
+            .zip(info)
+            .filter(|(_, p)| !p.workload.is_empty())
+            .map(|(key, p)| EndpointWorkload {
+                name: p.workload.clone(),
+                namespace: key.namespace.clone(),
+                canonical_service: canonical_name_label(&p.labels)
+                    .unwrap_or(&p.workload)
+                    .to_string(),
+                canonical_revision: canonical_revision(&p.labels),
+                cluster: cluster_id.to_string(),
+            }),
+        pod,
+    }
 }

@@ -178,8 +178,9 @@ pub(super) fn streams(client: &Client, slices: bool) -> SelectAll<BoxStream<'sta
         ));
     }
     // Whole pods (not only their metadata): the service account and the proxy's arguments are
-    // in the spec. Only the labels, the service account, the workload's name and the proxy's
-    // role (a gateway's reads gateway scopes) are kept.
+    // in the spec. Only the labels, the service account, the workload's name, the proxy's
+    // role (a gateway's reads gateway scopes) and the address while ready (a ServiceEntry's
+    // `workloadSelector` endpoint) are kept.
     all.push(index_stream(
         watcher::watcher(Api::<Pod>::all(client.clone()), cfg()).backoff(Backoff::api()),
         Kind::Pod,
@@ -195,7 +196,8 @@ pub(super) fn streams(client: &Client, slices: bool) -> SelectAll<BoxStream<'sta
                 }),
             )
             .with_workload(rustmesh_api::workload::workload_name(&p))
-            .with_role(rustmesh_api::workload::proxy_role(&p)),
+            .with_role(rustmesh_api::workload::proxy_role(&p))
+            .with_ready_ip(ready_ip(&p)),
         },
     ));
     all.push(index_stream(
@@ -228,4 +230,56 @@ pub(super) fn streams(client: &Client, slices: bool) -> SelectAll<BoxStream<'sta
         .boxed(),
     );
     all
+}
+
+/// A pod's IP address while its `Ready` condition is `True` (Kubernetes' own rule for an
+/// endpoint's readiness); `None` before it has one, while not ready, or when unparsable.
+fn ready_ip(pod: &Pod) -> Option<std::net::IpAddr> {
+    let status = pod.status.as_ref()?;
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    ready
+        .then(|| status.pod_ip.as_deref()?.parse().ok())
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "n"},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pod_has_an_address_only_while_ready() {
+        let ready = |s: &str| serde_json::json!([{"type": "Ready", "status": s}]);
+        assert_eq!(
+            ready_ip(&pod(
+                serde_json::json!({"podIP": "10.1.0.7", "conditions": ready("True")})
+            )),
+            Some("10.1.0.7".parse().unwrap())
+        );
+        assert_eq!(
+            ready_ip(&pod(
+                serde_json::json!({"podIP": "10.1.0.7", "conditions": ready("False")})
+            )),
+            None
+        );
+        assert_eq!(
+            ready_ip(&pod(serde_json::json!({"conditions": ready("True")}))),
+            None
+        );
+        assert_eq!(
+            ready_ip(&pod(serde_json::json!({"podIP": "10.1.0.7"}))),
+            None
+        );
+    }
 }

@@ -161,6 +161,9 @@ pub struct PodInfo {
     /// Whether the pod's proxy is a gateway's (`proxy run --type router`): only those read
     /// gateway scopes (`rustmesh_api::workload::proxy_role`).
     pub role: ProxyRole,
+    /// The pod's IP address while its `Ready` condition is true (`status.podIP`), else `None`:
+    /// the endpoint a ServiceEntry's `workloadSelector` makes of it.
+    pub ready_ip: Option<std::net::IpAddr>,
 }
 
 /// The service account of a pod that names none.
@@ -177,6 +180,7 @@ impl PodInfo {
                 .to_string(),
             workload: String::new(),
             role: ProxyRole::Sidecar,
+            ready_ip: None,
         }
     }
 
@@ -194,6 +198,12 @@ impl PodInfo {
     /// The same pod, belonging to `workload`.
     pub fn with_workload(mut self, workload: Option<String>) -> Self {
         self.workload = workload.unwrap_or_default();
+        self
+    }
+
+    /// The same pod, serving at `ip` (`None`: not ready, or no address yet).
+    pub fn with_ready_ip(mut self, ip: Option<std::net::IpAddr>) -> Self {
+        self.ready_ip = ip;
         self
     }
 }

@@ -577,12 +577,13 @@ spec:
   hosts: [vm.internal]
   ports: [{number: 80, name: http, protocol: HTTP}]
   resolution: STATIC
-  workloadSelector: {labels: {app: vm}}
+  endpoints: [{address: 10.50.0.1}]
+  subjectAltNames: ["spiffe://cluster.local/ns/default/sa/vm"]
 "#,
     );
     let v = verdict(&fresh, Kind::ServiceEntry, "default", "selector");
     assert!(!v.accepted);
-    assert_eq!(v.findings[0].field, "spec.workloadSelector");
+    assert_eq!(v.findings[0].field, "spec.subjectAltNames");
     assert!(
         rendered(&fresh, "default")
             .cluster("outbound|80||vm.internal")
@@ -926,4 +927,175 @@ fn an_external_name_service_is_a_strict_dns_cluster_of_its_external_name() {
             .cluster("outbound|80||bad.default.svc.cluster.local")
             .is_none()
     );
+}
+
+/// A pod of `ns` with `labels`, serving at `ip` when given (else not ready).
+fn pod_at(index: &mut Index, ns: &str, name: &str, ip: Option<&str>, labels: &[(&str, &str)]) {
+    index.apply(Object::Pod {
+        key: ObjKey::new(ns, name),
+        pod: crate::index::PodInfo::new(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            Some("vm-api"),
+        )
+        .with_workload(Some("api-v1".into()))
+        .with_ready_ip(ip.map(|a| a.parse().unwrap())),
+    });
+}
+
+/// The endpoints of a cluster: address, and the tlsMode its metadata gives auto mTLS.
+fn endpoints_of(c: &ProxyConfig, cluster: &str) -> Vec<(SocketAddr, Option<String>)> {
+    let cluster = c.cluster(cluster).unwrap_or_else(|| panic!("{cluster}"));
+    c.load_assignment(cluster)
+        .unwrap()
+        .lb_endpoints()
+        .map(|e| {
+            (
+                e.endpoint.address.socket_addr().unwrap(),
+                e.transport_socket_match()
+                    .and_then(|m| m.get("tlsMode"))
+                    .cloned(),
+            )
+        })
+        .collect()
+}
+
+/// Istio's ServiceEntry `workloadSelector` for a MESH_INTERNAL entry: the ready pods of the
+/// entry's namespace holding the selector's labels are its endpoints on `targetPort`, with
+/// their labels (auto mTLS by `security.istio.io/tlsMode`, DestinationRule subsets); pods of
+/// another namespace, with other labels or not ready are not; a pod becoming ready is added.
+#[test]
+fn a_workload_selector_makes_the_ready_pods_it_selects_the_entrys_endpoints() {
+    let mut index = bookinfo();
+    // With the mesh CA: auto mutual TLS to the endpoints of pods with a sidecar.
+    index.mesh.ca_host = Some("rustmesh-ca.istio-system.svc:15012".to_string());
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [api.vm.internal]
+  addresses: [192.0.2.60]
+  ports:
+  - {number: 80, name: http, protocol: HTTP, targetPort: 8080}
+  location: MESH_INTERNAL
+  resolution: STATIC
+  workloadSelector: {labels: {app: api}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: default}
+spec:
+  host: api.vm.internal
+  subsets:
+  - {name: v2, labels: {version: v2}}
+"#,
+    );
+    let meshed = [
+        ("app", "api"),
+        ("version", "v1"),
+        ("security.istio.io/tlsMode", "istio"),
+    ];
+    pod_at(&mut index, "default", "api-1", Some("10.40.0.1"), &meshed);
+    pod_at(
+        &mut index,
+        "default",
+        "api-2",
+        Some("10.40.0.2"),
+        &[("app", "api"), ("version", "v2")],
+    );
+    pod_at(
+        &mut index,
+        "default",
+        "api-3",
+        None,
+        &[("app", "api"), ("version", "v1")],
+    );
+    pod_at(
+        &mut index,
+        "default",
+        "web-1",
+        Some("10.40.0.9"),
+        &[("app", "web")],
+    );
+    pod_at(
+        &mut index,
+        "other",
+        "api-9",
+        Some("10.40.0.99"),
+        &[("app", "api")],
+    );
+    assert!(verdict(&index, Kind::ServiceEntry, "default", "api").accepted);
+    let c = rendered(&index, "default");
+    assert_eq!(
+        endpoints_of(&c, "outbound|80||api.vm.internal"),
+        [
+            ("10.40.0.1:8080".parse().unwrap(), Some("istio".to_string())),
+            ("10.40.0.2:8080".parse().unwrap(), None)
+        ]
+    );
+    assert_eq!(
+        endpoints_of(&c, "outbound|80|v2|api.vm.internal"),
+        [("10.40.0.2:8080".parse().unwrap(), None)]
+    );
+    // The pod that was not ready becomes ready: it is added.
+    pod_at(
+        &mut index,
+        "default",
+        "api-3",
+        Some("10.40.0.3"),
+        &[("app", "api"), ("version", "v1")],
+    );
+    let c = rendered(&index, "default");
+    let addrs: Vec<SocketAddr> = endpoints_of(&c, "outbound|80||api.vm.internal")
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect();
+    assert_eq!(
+        addrs,
+        ["10.40.0.1:8080", "10.40.0.2:8080", "10.40.0.3:8080"]
+            .map(|a| a.parse::<SocketAddr>().unwrap())
+    );
+}
+
+/// With another resolution than STATIC Istio warns about the selector and selects nothing;
+/// so does rustmesh: the DNS entry keeps resolving its host.
+#[test]
+fn a_workload_selector_selects_nothing_with_a_dns_resolution() {
+    let mut index = bookinfo();
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [api.vm.internal]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+  workloadSelector: {labels: {app: api}}
+"#,
+    );
+    pod_at(
+        &mut index,
+        "default",
+        "api-1",
+        Some("10.40.0.1"),
+        &[("app", "api")],
+    );
+    let v = verdict(&index, Kind::ServiceEntry, "default", "api");
+    assert!(v.accepted, "{v:?}");
+    assert!(
+        v.findings
+            .iter()
+            .any(|f| f.level == Level::Warning && f.field.contains("workloadSelector")),
+        "{v:?}"
+    );
+    let c = rendered(&index, "default");
+    let cluster = c.cluster("outbound|80||api.vm.internal").unwrap();
+    assert_eq!(cluster.type_, DiscoveryType::StrictDns);
 }
