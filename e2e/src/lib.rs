@@ -721,6 +721,18 @@ impl Ctx {
         n: usize,
     ) -> Result<()> {
         let cluster = format!("outbound|{port}||{service}.{service_ns}.svc.cluster.local");
+        self.wait_cluster_endpoints(ns, pod, &cluster, n).await
+    }
+
+    /// Waits until `pod`'s sidecar lists `n` HEALTHY endpoints for `cluster` (any cluster name,
+    /// e.g. a ServiceEntry host's `outbound|80||secure.e2e.test`).
+    pub async fn wait_cluster_endpoints(
+        &self,
+        ns: &str,
+        pod: &str,
+        cluster: &str,
+        n: usize,
+    ) -> Result<()> {
         let start = Instant::now();
         poll(
             &format!("{n} healthy endpoints of {cluster} in {ns}/{pod}'s sidecar"),
@@ -728,13 +740,13 @@ impl Ctx {
             Duration::from_millis(500),
             || async {
                 let table = self
-                    .proxy_config(ns, pod, &["endpoints", "--cluster", &cluster])
+                    .proxy_config(ns, pod, &["endpoints", "--cluster", cluster])
                     .await
                     .map_err(|e| e.to_string())?;
                 let healthy = table
                     .lines()
                     .filter(|l| l.split_whitespace().nth(1) == Some("HEALTHY"))
-                    .filter(|l| l.trim_end().ends_with(&cluster))
+                    .filter(|l| l.trim_end().ends_with(cluster))
                     .count();
                 if healthy >= n {
                     Ok(Some(()))

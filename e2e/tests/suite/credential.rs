@@ -16,13 +16,13 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, LogParams, Patch, PatchParams};
-use rustmesh_e2e::pki::{Pki, put_secret};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, Patch, PatchParams};
+use rustmesh_e2e::pki::{
+    HttpsServer, Pki, deploy_https_server, grant_list_secrets, put_secret, wait_handshake_failed,
+};
 use rustmesh_e2e::sample::{self, HTTP_PORT};
-use rustmesh_e2e::{Ctx, MANAGER, TESTAPP_IMAGE, poll, setup};
+use rustmesh_e2e::{Ctx, MANAGER, poll, setup};
 use serde_json::{Value, json};
 
 /// The TLS server's app, Service and Secret name.
@@ -39,44 +39,16 @@ fn pki(server_names: Vec<String>) -> Pki {
 /// The TLS server: no sidecar, its certificate, key and client CA from the Secret `tls-server`,
 /// TLS on the Service's `http` port.
 async fn deploy_server(ctx: &Ctx, ns: &str) -> sample::App {
-    let app = sample::App {
-        inject: Some(false),
-        ..sample::App::http(SERVER, "v1")
-    };
-    let labels = json!({"app": SERVER, "version": "v1", "sidecar.istio.io/inject": "false"});
-    let port = HTTP_PORT.to_string();
-    let deployment = json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": app.deployment_name(), "namespace": ns, "labels": labels},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": SERVER, "version": "v1"}},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "terminationGracePeriodSeconds": 2,
-                    "containers": [{
-                        "name": SERVER,
-                        "image": TESTAPP_IMAGE,
-                        "imagePullPolicy": "IfNotPresent",
-                        "args": [
-                            "serve", "--https", port,
-                            "--tls-cert", "/etc/tls/tls.crt",
-                            "--tls-key", "/etc/tls/tls.key",
-                            "--tls-client-ca", "/etc/tls/ca.crt",
-                            "--service", SERVER, "--version", "v1",
-                        ],
-                        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
-                        "ports": [{"name": "https", "containerPort": HTTP_PORT, "protocol": "TCP"}],
-                        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
-                        "volumeMounts": [{"name": "tls", "mountPath": "/etc/tls", "readOnly": true}],
-                    }],
-                    "volumes": [{"name": "tls", "secret": {"secretName": SERVER}}],
-                },
-            },
+    let app = deploy_https_server(
+        ctx,
+        ns,
+        &HttpsServer {
+            name: SERVER,
+            port: HTTP_PORT,
+            client_ca: true,
         },
-    });
+    )
+    .await;
     // Port name `http`: the clients' sidecars treat it as HTTP (plain text from the app).
     let service = json!({
         "apiVersion": "v1",
@@ -87,45 +59,15 @@ async fn deploy_server(ctx: &Ctx, ns: &str) -> sample::App {
             "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": HTTP_PORT, "protocol": "TCP"}],
         },
     });
-    let pp = PatchParams::apply(MANAGER).force();
-    Api::<Deployment>::namespaced(ctx.client.clone(), ns)
-        .patch(&app.deployment_name(), &pp, &Patch::Apply(deployment))
-        .await
-        .unwrap();
     Api::<Service>::namespaced(ctx.client.clone(), ns)
-        .patch(SERVER, &pp, &Patch::Apply(service))
+        .patch(
+            SERVER,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(service),
+        )
         .await
         .unwrap();
-    sample::wait_ready(ctx, ns, &app).await.unwrap();
     app
-}
-
-/// Lets the namespace's `default` service account (the clients') list its Secrets.
-async fn grant_list_secrets(ctx: &Ctx, ns: &str) {
-    let pp = PatchParams::apply(MANAGER).force();
-    let role: Role = serde_json::from_value(json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": {"name": "list-secrets", "namespace": ns},
-        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"]}],
-    }))
-    .unwrap();
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": {"name": "list-secrets", "namespace": ns},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "list-secrets"},
-        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": ns}],
-    }))
-    .unwrap();
-    Api::<Role>::namespaced(ctx.client.clone(), ns)
-        .patch("list-secrets", &pp, &Patch::Apply(&role))
-        .await
-        .unwrap();
-    Api::<RoleBinding>::namespaced(ctx.client.clone(), ns)
-        .patch("list-secrets", &pp, &Patch::Apply(&binding))
-        .await
-        .unwrap();
 }
 
 /// `testapp get --body URL` in `pod`: the server's report, or (the command failed: a status
@@ -138,32 +80,7 @@ async fn get(ctx: &Ctx, ns: &str, pod: &str, container: &str, url: &str) -> Resu
 /// Waits until the TLS server has logged a failed handshake from `ip`: a plain-text request
 /// reached it and was refused (not lost on the way).
 async fn refused_by_server(ctx: &Ctx, ns: &str, server_pod: &str, ip: &str) {
-    let marker = format!("TLS handshake from {ip}:");
-    let params = LogParams {
-        container: Some(SERVER.into()),
-        ..Default::default()
-    };
-    poll(
-        &format!("the TLS server refuses a plain-text connection from {ip}"),
-        Duration::from_secs(30),
-        Duration::from_millis(500),
-        || async {
-            let logs = Api::<Pod>::namespaced(ctx.client.clone(), ns)
-                .logs(server_pod, &params)
-                .await
-                .map_err(|e| e.to_string())?;
-            if logs
-                .lines()
-                .any(|l| l.contains(&marker) && l.contains("failed"))
-            {
-                Ok(Some(()))
-            } else {
-                Err(format!("not in the server's log:\n{logs}"))
-            }
-        },
-    )
-    .await
-    .unwrap();
+    wait_handshake_failed(ctx, ns, server_pod, SERVER, ip, 0).await;
 }
 
 #[tokio::test]
