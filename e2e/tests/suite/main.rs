@@ -19,6 +19,7 @@
 //! | `telemetry` | 15: a real Prometheus (Debian's, started on the node) scrapes the sidecars; Kiali's graph edge from both reporters, the dashboards' latency histogram, Istio's full standard label set with real values; access logs with response flags; a two-hop request traced into a real collector as one trace of four sidecar spans; the Telemetry API turning access logs on for a namespace and off for one workload |
 //! | `ingress` | 16: Istio's bookinfo ingress flow: a Gateway and a VirtualService bound to it route a client outside the mesh through the install's `istio-ingressgateway` (by path; another host 404); the gateway's `0.0.0.0_8080` and `http.8080`; a gateway-only VirtualService stays off the sidecars |
 //! | `tls_origination` | 20: Istio's egress TLS origination: plain HTTP to a ServiceEntry host (port 80 → the server's 443) leaves the client's sidecar as TLS (DestinationRule `SIMPLE`, `credentialName` with only a `ca.crt`, `sni`), refused before the rule and under another CA |
+//! | `workload_selector` | 21: a ServiceEntry's `workloadSelector`: the selected meshed pod (no Service) is the endpoint of `outbound\|80\|\|api.vm.internal` at its targetPort, reached with mutual TLS; scaled to zero, no endpoint; back, the new pod's address |
 
 mod authz;
 mod credential;
@@ -37,6 +38,7 @@ mod routing;
 mod tcp;
 mod telemetry;
 mod tls_origination;
+mod workload_selector;
 
 use std::future::Future;
 
