@@ -1119,8 +1119,7 @@ mod tests {
     use super::*;
     use rustmesh_xds::route::StringMatcher;
     use rustmesh_xds::tls::{
-        ClientCerts, GatewayCert, gateway_downstream, gateway_istio_mutual, gateway_termination,
-        istio_downstream,
+        ClientCerts, GatewayCert, gateway_istio_mutual, gateway_termination, istio_downstream,
     };
 
     fn serves(ctx: &DownstreamTlsContext) -> Result<Serves, (String, String)> {
@@ -1130,9 +1129,9 @@ mod tests {
     #[test]
     fn a_gateway_credential_is_served_from_its_secret_and_the_mesh_from_the_workload() {
         assert_eq!(
-            serves(&gateway_downstream(
+            serves(&gateway_termination(
                 GatewayCert::Credential("httpbin-credential"),
-                false
+                ClientCerts::Ignored
             )),
             Ok(Serves::Credential {
                 cert: "httpbin-credential".into(),
@@ -1141,9 +1140,9 @@ mod tests {
             })
         );
         assert_eq!(
-            serves(&gateway_downstream(
+            serves(&gateway_termination(
                 GatewayCert::Credential("httpbin-credential"),
-                true
+                ClientCerts::Required
             )),
             Ok(Serves::Credential {
                 cert: "httpbin-credential".into(),
@@ -1158,7 +1157,7 @@ mod tests {
             })
         );
         // Istio's OPTIONAL_MUTUAL: clients verified when they present a certificate.
-        let mut optional = gateway_downstream(GatewayCert::Credential("c"), true);
+        let mut optional = gateway_termination(GatewayCert::Credential("c"), ClientCerts::Required);
         optional.require_client_certificate = false;
         assert!(matches!(
             serves(&optional),
@@ -1173,7 +1172,7 @@ mod tests {
     #[test]
     fn what_a_terminating_chain_cannot_do_is_refused_naming_the_field() {
         let field = |ctx: &DownstreamTlsContext| serves(ctx).unwrap_err().0;
-        let mut sans = gateway_downstream(GatewayCert::Credential("c"), true);
+        let mut sans = gateway_termination(GatewayCert::Credential("c"), ClientCerts::Required);
         sans.common_tls_context
             .combined_validation_context
             .as_mut()
@@ -1187,12 +1186,13 @@ mod tests {
             field(&sans),
             "commonTlsContext.combinedValidationContext.defaultValidationContext.matchSubjectAltNames"
         );
-        let mut no_roots = gateway_downstream(GatewayCert::Credential("c"), false);
+        let mut no_roots = gateway_termination(GatewayCert::Credential("c"), ClientCerts::Ignored);
         no_roots.require_client_certificate = true;
         let (f, message) = serves(&no_roots).unwrap_err();
         assert_eq!(f, "requireClientCertificate");
         assert!(message.contains("kubernetes://c-cacert"), "{message}");
-        let mut mesh_root = gateway_downstream(GatewayCert::Credential("c"), true);
+        let mut mesh_root =
+            gateway_termination(GatewayCert::Credential("c"), ClientCerts::Required);
         mesh_root
             .common_tls_context
             .combined_validation_context
@@ -1204,21 +1204,21 @@ mod tests {
             field(&mesh_root),
             "commonTlsContext.combinedValidationContext.validationContextSdsSecretConfig.name"
         );
-        let mut none = gateway_downstream(GatewayCert::Credential("c"), false);
+        let mut none = gateway_termination(GatewayCert::Credential("c"), ClientCerts::Ignored);
         none.common_tls_context.tls_certificate_sds_secret_configs = vec![];
         assert_eq!(
             field(&none),
             "commonTlsContext.tlsCertificateSdsSecretConfigs"
         );
         // Certificate files go with a CA file, not a credential's.
-        let mut file = gateway_downstream(GatewayCert::Credential("c"), true);
+        let mut file = gateway_termination(GatewayCert::Credential("c"), ClientCerts::Required);
         file.common_tls_context.tls_certificate_sds_secret_configs[0].name =
             "file-cert:/c.pem~/k.pem".into();
         assert_eq!(
             field(&file),
             "commonTlsContext.combinedValidationContext.validationContextSdsSecretConfig.name"
         );
-        let mut unknown = gateway_downstream(GatewayCert::Credential("c"), false);
+        let mut unknown = gateway_termination(GatewayCert::Credential("c"), ClientCerts::Ignored);
         unknown
             .common_tls_context
             .tls_certificate_sds_secret_configs[0]
@@ -1468,7 +1468,7 @@ mod tests {
         };
         // SIMPLE: the chain from the files is presented.
         let simple = Terminate::new(
-            &gateway_downstream(files(None), false),
+            &gateway_termination(files(None), ClientCerts::Ignored),
             Arc::new(Store::default()),
         )
         .unwrap();
@@ -1481,7 +1481,7 @@ mod tests {
         );
         // MUTUAL: a client without a certificate is refused.
         let mutual = Terminate::new(
-            &gateway_downstream(files(Some(&ca_path)), true),
+            &gateway_termination(files(Some(&ca_path)), ClientCerts::Required),
             Arc::new(Store::default()),
         )
         .unwrap();
@@ -1492,13 +1492,13 @@ mod tests {
         // A missing file: the handshake fails naming it, nothing is sent.
         let missing = dir.path().join("gone.crt").to_str().unwrap().to_string();
         let gone = Terminate::new(
-            &gateway_downstream(
+            &gateway_termination(
                 GatewayCert::Files {
                     cert: &missing,
                     key: &key_path,
                     ca: None,
                 },
-                false,
+                ClientCerts::Ignored,
             ),
             Arc::new(Store::default()),
         )
@@ -1517,7 +1517,10 @@ mod tests {
         // No CA: the credential cannot be fetched. The connection gets nothing, not the
         // workload certificate, not plain text.
         let t = Terminate::new(
-            &gateway_downstream(GatewayCert::Credential("httpbin-credential"), false),
+            &gateway_termination(
+                GatewayCert::Credential("httpbin-credential"),
+                ClientCerts::Ignored,
+            ),
             Arc::new(Store::default()),
         )
         .unwrap();

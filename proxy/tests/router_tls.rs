@@ -1,7 +1,7 @@
 //! A gateway's TLS (Istio's secure ingress: a `Gateway` server with `tls.mode` `SIMPLE` or
 //! `MUTUAL` and a `credentialName`), on loopback: the router's bound listener has one filter
 //! chain per server, matched by SNI (`serverNames`, `transportProtocol: tls`), each terminating
-//! TLS with a Kubernetes Secret's certificate (`rustmesh_xds::tls::gateway_downstream`, the
+//! TLS with a Kubernetes Secret's certificate (`rustmesh_xds::tls::gateway_termination`, the
 //! shape the operator renders) and routing the request to a real HTTP upstream. The Secrets are
 //! served by the real mesh CA (the operator's, gRPC and TLS on loopback; a table stands in for
 //! the API server's Secrets and SubjectAccessReview); the clients are real rustls clients.
@@ -43,7 +43,7 @@ use rustmesh_proxy::metrics::{Metrics as IstioMetrics, WorkloadInfo};
 use rustmesh_proxy::snapshot::{Snapshot, Store};
 use rustmesh_proxy::stats::{Metrics, Refusal};
 use rustmesh_xds::ProxyConfig;
-use rustmesh_xds::tls::{GatewayCert, gateway_downstream};
+use rustmesh_xds::tls::{ClientCerts, GatewayCert, gateway_termination};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -127,7 +127,7 @@ fn server_chain(name: &str, hosts: &[&str], credential: &str, mutual: bool) -> V
         "name": name,
         "filterChainMatch": {"serverNames": hosts, "transportProtocol": "tls"},
         "transportSocket": {"name": "envoy.transport_sockets.tls",
-            "typedConfig": gateway_downstream(GatewayCert::Credential(credential), mutual)},
+            "typedConfig": gateway_termination(GatewayCert::Credential(credential), if mutual { ClientCerts::Required } else { ClientCerts::Ignored })},
         "filters": [{"name": "envoy.filters.network.http_connection_manager",
             "typedConfig": {"statPrefix": format!("outbound_{name}"),
                 "rds": {"routeConfigName": format!("https.{name}")}}}],

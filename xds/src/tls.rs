@@ -595,17 +595,6 @@ pub enum ClientCerts {
 /// The ALPN of a gateway server terminating TLS, as Istio's gateways: `h2`, `http/1.1`.
 pub const ALPN_GATEWAY: [&str; 2] = ["h2", "http/1.1"];
 
-/// Istio's termination on a gateway server (`tls.mode` `SIMPLE`, or `MUTUAL` with `mutual`);
-/// see [`gateway_termination`].
-pub fn gateway_downstream(cert: GatewayCert<'_>, mutual: bool) -> DownstreamTlsContext {
-    let clients = if mutual {
-        ClientCerts::Required
-    } else {
-        ClientCerts::Ignored
-    };
-    gateway_termination(cert, clients)
-}
-
 /// Istio's termination on a gateway server with a certificate of its own (`tls.mode`
 /// `SIMPLE`, `MUTUAL` or `OPTIONAL_MUTUAL`): the certificate of `cert`; unless `clients` is
 /// [`ClientCerts::Ignored`], a validation context with its CA, and a client certificate
@@ -655,14 +644,20 @@ mod tests {
 
     #[test]
     fn a_gateway_credential_reads_as_istios_and_validates() {
-        let simple = gateway_downstream(GatewayCert::Credential("bookinfo-credential"), false);
+        let simple = gateway_termination(
+            GatewayCert::Credential("bookinfo-credential"),
+            ClientCerts::Ignored,
+        );
         assert_eq!(
             serde_json::to_value(&simple).unwrap(),
             json!({"commonTlsContext": {"alpnProtocols": ["h2", "http/1.1"],
                 "tlsCertificateSdsSecretConfigs": [{"name": "kubernetes://bookinfo-credential"}]},
                 "requireClientCertificate": false})
         );
-        let mutual = gateway_downstream(GatewayCert::Credential("bookinfo-credential"), true);
+        let mutual = gateway_termination(
+            GatewayCert::Credential("bookinfo-credential"),
+            ClientCerts::Required,
+        );
         assert!(mutual.require_client_certificate);
         assert_eq!(
             mutual
@@ -684,7 +679,7 @@ mod tests {
             key: "/etc/certs/tls.key",
             ca,
         };
-        let mutual = gateway_downstream(files(Some("/etc/certs/ca.crt")), true);
+        let mutual = gateway_termination(files(Some("/etc/certs/ca.crt")), ClientCerts::Required);
         assert_eq!(
             serde_json::to_value(&mutual).unwrap(),
             json!({"commonTlsContext": {"alpnProtocols": ["h2", "http/1.1"],
@@ -693,7 +688,7 @@ mod tests {
                     "validationContextSdsSecretConfig": {"name": "file-root:/etc/certs/ca.crt"}}},
                 "requireClientCertificate": true})
         );
-        let simple = gateway_downstream(files(Some("/etc/certs/ca.crt")), false);
+        let simple = gateway_termination(files(Some("/etc/certs/ca.crt")), ClientCerts::Ignored);
         assert!(
             simple
                 .common_tls_context
@@ -759,15 +754,6 @@ mod tests {
                 .common_tls_context
                 .problems(Side::Downstream)
                 .is_empty()
-        );
-        // The shorthand is SIMPLE and MUTUAL.
-        assert_eq!(
-            gateway_downstream(files, true),
-            gateway_termination(files, ClientCerts::Required)
-        );
-        assert_eq!(
-            gateway_downstream(files, false),
-            gateway_termination(files, ClientCerts::Ignored)
         );
     }
 

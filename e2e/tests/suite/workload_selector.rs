@@ -83,6 +83,23 @@ async fn scale(ctx: &Ctx, ns: &str, app: &App, replicas: i32) {
         .unwrap();
 }
 
+/// The report of the first request `client` (pod `pod`) gets served for `http://HOST/`.
+async fn served(ctx: &Ctx, ns: &str, pod: &str, client: &App, what: &str) -> serde_json::Value {
+    let url = format!("http://{HOST}/selected");
+    poll(
+        what,
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || async {
+            ctx.testapp_report(ns, pod, &client.app, &["testapp", "get", "--body", &url])
+                .await
+                .map(Some)
+        },
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn s21_a_service_entry_workload_selector_makes_the_selected_pods_its_endpoints() {
     let Some(ctx) = setup("s21_workload_selector").await else {
@@ -108,19 +125,14 @@ async fn s21_a_service_entry_workload_selector_makes_the_selected_pods_its_endpo
     ctx.apply_istio(&ns, &service_entry()).await.unwrap();
     wait_endpoints(&ctx, &ns, &pod, vec![format!("{api_ip}:{HTTP_PORT}")]).await;
 
-    let url = format!("http://{HOST}/selected");
-    let report = poll(
+    let report = served(
+        &ctx,
+        &ns,
+        &pod,
+        &client,
         "the ServiceEntry host reaches the selected pod",
-        Duration::from_secs(60),
-        Duration::from_millis(500),
-        || async {
-            ctx.testapp_report(&ns, &pod, &client.app, &["testapp", "get", "--body", &url])
-                .await
-                .map(Some)
-        },
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(report["service"], "vm-api", "{report}");
     assert_eq!(report["pod"], api_pod.as_str(), "{report}");
     assert_eq!(report["headers"]["host"], HOST, "{report}");
@@ -139,18 +151,7 @@ async fn s21_a_service_entry_workload_selector_makes_the_selected_pods_its_endpo
     sample::wait_ready(&ctx, &ns, &api).await.unwrap();
     let new_ip = sample::pod_ip(&ctx, &ns, &api.selector()).await.unwrap();
     wait_endpoints(&ctx, &ns, &pod, vec![format!("{new_ip}:{HTTP_PORT}")]).await;
-    let again = poll(
-        "the new pod serves the host",
-        Duration::from_secs(60),
-        Duration::from_millis(500),
-        || async {
-            ctx.testapp_report(&ns, &pod, &client.app, &["testapp", "get", "--body", &url])
-                .await
-                .map(Some)
-        },
-    )
-    .await
-    .unwrap();
+    let again = served(&ctx, &ns, &pod, &client, "the new pod serves the host").await;
     assert_eq!(again["service"], "vm-api", "{again}");
     assert_ne!(again["pod"], api_pod.as_str(), "{again}");
 

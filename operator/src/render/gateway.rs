@@ -174,8 +174,8 @@ pub fn clashes(
 }
 
 /// Whether the server is rendered: HTTP and TCP ones; HTTPS and TLS ones that terminate TLS
-/// (with a credential, files or, `ISTIO_MUTUAL`, the workload certificate) or pass it through (validation refuses the rest, so an accepted Gateway
-/// holds none of them).
+/// (with a credential, files or, `ISTIO_MUTUAL`, the workload certificate) or pass it through
+/// (validation refuses the rest, so an accepted Gateway holds none of them).
 fn rendered(server: &rustmesh_api::gateway::Server) -> bool {
     match PortClass::of(server) {
         Some(PortClass::Http | PortClass::Tcp) => true,

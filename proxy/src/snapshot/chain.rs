@@ -792,9 +792,9 @@ mod tests {
     fn a_transport_socket_the_proxy_cannot_honour_is_refused_naming_its_field() {
         // A gateway server's MUTUAL with subjectAltNames: validation reads it, the proxy does
         // not check client names, so the chain is refused rather than served without them.
-        let mut tls = serde_json::to_value(rustmesh_xds::tls::gateway_downstream(
+        let mut tls = serde_json::to_value(rustmesh_xds::tls::gateway_termination(
             rustmesh_xds::tls::GatewayCert::Credential("c"),
-            true,
+            rustmesh_xds::tls::ClientCerts::Required,
         ))
         .unwrap();
         tls["commonTlsContext"]["combinedValidationContext"]["defaultValidationContext"] =
