@@ -16,8 +16,20 @@ use crate::http::{ConnectionError, HttpContext};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
+
+/// How long an HTTP/1.1 connection stays open once it drains, if it does not end by itself
+/// (Envoy's connection manager `drain_timeout`, 5 s unless set). Meanwhile every answer carries
+/// `Connection: close` and ends its connection. A client may already have written its next
+/// request on a connection that is between two requests: closing it at once would reset that
+/// request (hyper: "connection closed before message completed"), which no default retry
+/// policy retries. By the end of the window the client's sidecar has the endpoint removed.
+/// HTTP/2 connections send GOAWAY at once: a stream the server did not take is refused, and
+/// that is retried.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves one downstream connection until it closes.
 ///
@@ -33,8 +45,8 @@ where
 }
 
 /// [`serve_connection`], draining gracefully once `drain` resolves (SIGTERM): requests in
-/// flight finish, HTTP/1.1 answers carry `Connection: close` and stop keep-alive, HTTP/2 sends
-/// GOAWAY; then the connection ends.
+/// flight finish, HTTP/1.1 answers carry `Connection: close` and end their connection (one
+/// still open after [`DRAIN_TIMEOUT`] closes), HTTP/2 sends GOAWAY; then the connection ends.
 pub async fn serve_connection_with_drain<IO, D>(
     io: IO,
     ctx: HttpContext,
@@ -76,13 +88,36 @@ where
         .is_none()
         .then(|| Arc::new(tokio::sync::Notify::new()));
     let arrived = first_request.clone();
+    // Set once the connection drains (from the start for one accepted while draining): HTTP/1
+    // answers then carry `Connection: close`.
+    let closing = Arc::new(AtomicBool::new(drain.is_none()));
+    // Whether the client speaks HTTP/2 here: then draining sends GOAWAY at once.
+    let h2 = Arc::new(AtomicBool::new(false));
+    let (svc_closing, svc_h2) = (closing.clone(), h2.clone());
     let svc = hyper::service::service_fn(move |req| {
+        let version = req.version();
+        if version == hyper::Version::HTTP_2 {
+            svc_h2.store(true, Ordering::Release);
+        }
         if let Some(first) = &arrived {
             // Stores a permit if the connection task is not waiting yet.
             first.notify_one();
         }
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(handle(conn, req).await) }
+        let closing = svc_closing.clone();
+        async move {
+            let mut answer = handle(conn, req).await;
+            if closing.load(Ordering::Acquire)
+                && version < hyper::Version::HTTP_2
+                && answer.status() != hyper::StatusCode::SWITCHING_PROTOCOLS
+            {
+                answer.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, Infallible>(answer)
+        }
     });
     let drain = async move {
         match (drain, first_request) {
@@ -116,6 +151,13 @@ where
         tokio::select! {
             r = conn.as_mut() => r,
             () = &mut drain => {
+                closing.store(true, Ordering::Release);
+                if !h2.load(Ordering::Acquire) {
+                    let ended = tokio::time::timeout(DRAIN_TIMEOUT, conn.as_mut()).await;
+                    if let Ok(r) = ended {
+                        return r;
+                    }
+                }
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
