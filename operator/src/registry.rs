@@ -31,6 +31,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use rustmesh_api::ServiceEntry;
+use rustmesh_api::common::labels_match;
 use rustmesh_api::service_entry::{Location, Resolution};
 use rustmesh_api::validate::Validate;
 use rustmesh_api::workload::{canonical_name_label, canonical_revision};
@@ -486,7 +487,7 @@ pub fn allocate(host: &str, used: &BTreeSet<IpAddr>) -> IpAddr {
 /// about and does not select with).
 fn selected_pods<'a>(
     index: &'a Index,
-    key: &ObjKey,
+    key: &'a ObjKey,
     spec: &rustmesh_api::ServiceEntrySpec,
 ) -> Vec<(&'a ObjKey, &'a PodInfo, IpAddr)> {
     let Some(selector) = &spec.workload_selector else {
@@ -496,15 +497,8 @@ fn selected_pods<'a>(
         return Vec::new();
     }
     index
-        .pods
-        .iter()
-        .filter(|(k, _)| k.namespace == key.namespace)
-        .filter(|(_, p)| {
-            selector
-                .labels
-                .iter()
-                .all(|(k, v)| p.labels.get(k) == Some(v))
-        })
+        .keyed_pods_in(&key.namespace)
+        .filter(|(_, p)| labels_match(&selector.labels, &p.labels))
         .filter_map(|(k, p)| Some((k, p, p.ready_ip?)))
         .collect()
 }

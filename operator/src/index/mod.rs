@@ -452,10 +452,17 @@ impl Index {
 
     /// The pods of namespace `ns`.
     pub fn pods_in<'a>(&'a self, ns: &'a str) -> impl Iterator<Item = &'a PodInfo> + 'a {
+        self.keyed_pods_in(ns).map(|(_, p)| p)
+    }
+
+    /// The pods of namespace `ns` with their keys, in key order.
+    pub fn keyed_pods_in<'a>(
+        &'a self,
+        ns: &'a str,
+    ) -> impl Iterator<Item = (&'a ObjKey, &'a PodInfo)> + 'a {
         self.pods
             .range(ObjKey::new(ns, "")..)
             .take_while(move |(k, _)| k.namespace == ns)
-            .map(|(_, p)| p)
     }
 
     /// Whether a namespace without an injection or revision label holds a pod that opts in by
