@@ -268,13 +268,15 @@ const VIRTUAL_SERVICE: &[Entry] = &[
     ),
     rendered(
         "spec.tcp[].match[]",
-        &["destinationSubnets", "gateways", "port", "sourceNamespace"],
-        "render/mod.rs: which TCP route a listener's tcp_proxy uses",
-    ),
-    refused(
-        "spec.tcp[].match[].sourceLabels",
-        "TCP routes matching sourceLabels are not implemented: the match would never apply",
-        r#"{"app": "productpage"}"#,
+        &[
+            "destinationSubnets",
+            "gateways",
+            "port",
+            "sourceLabels",
+            "sourceNamespace",
+        ],
+        "render/mod.rs: which TCP route a listener's tcp_proxy uses (sourceLabels: chains \
+         carrying them, kept by the proxies whose pod has them, tcp_rules_by_source)",
     ),
     rendered(
         "spec.tcp[].route[]",
@@ -293,15 +295,12 @@ const VIRTUAL_SERVICE: &[Entry] = &[
             "destinationSubnets",
             "gateways",
             "port",
+            "sourceLabels",
             "sourceNamespace",
         ],
         "render/mod.rs tls_chains (sidecars: a chain per SNI on the service's TLS listener) and \
-         render/gateway.rs passthrough_chains (gateways' PASSTHROUGH servers)",
-    ),
-    refused(
-        "spec.tls[].match[].sourceLabels",
-        "TLS routes matching sourceLabels are not implemented: the match would never apply",
-        r#"{"app": "productpage"}"#,
+         render/gateway.rs passthrough_chains (gateways' PASSTHROUGH servers); sourceLabels \
+         travel on the chain for the proxy to check against its pod's labels",
     ),
     rendered(
         "spec.tls[].route[]",

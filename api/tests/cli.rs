@@ -72,11 +72,11 @@ fn fields_rustmesh_does_not_implement_are_warned_or_refused_by_name() {
         out.contains("warning: spec.trafficPolicy.loadBalancer.warmupDurationSecs: ignored, not implemented by rustmesh"),
         "{out}"
     );
-    let refused = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: r\nspec:\n  hosts: [reviews]\n  tls:\n  - match: [{sniHosts: [reviews], sourceLabels: {app: web}}]\n    route: [{destination: {host: reviews}}]\n";
+    let refused = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: r\nspec:\n  hosts: [reviews]\n  http:\n  - redirect: {derivePort: FROM_REQUEST_PORT}\n";
     let (code, _, err) = run(&["-"], refused);
     assert_eq!(code, 1);
     assert!(
-        err.contains("spec.tls[0].match[0].sourceLabels: not implemented by rustmesh"),
+        err.contains("spec.http[0].redirect.derivePort: not implemented by rustmesh"),
         "{err}"
     );
 }

@@ -178,6 +178,16 @@ pub fn describe_match(m: &FilterChainMatch) -> String {
     } else if !port.is_empty() {
         parts.push(format!("Addr: *{port}"));
     }
+    // Not Envoy's: the chain exists only for pods with these labels (a VirtualService match's
+    // `sourceLabels`), which the proxy checks when it loads the configuration.
+    if !m.source_labels.is_empty() {
+        let labels: Vec<String> = m
+            .source_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        parts.push(format!("Source: {}", labels.join(",")));
+    }
     if parts.is_empty() {
         "ALL".to_string()
     } else {
@@ -389,6 +399,12 @@ mod tests {
                 r#"{"serverNames":["www.example.com","*.example.org"]}"#
             )),
             "SNI: www.example.com,*.example.org"
+        );
+        assert_eq!(
+            describe_match(&fcm(
+                r#"{"serverNames":["db.example.com"],"sourceLabels":{"app":"ratings","version":"v1"}}"#
+            )),
+            "SNI: db.example.com; Source: app=ratings,version=v1"
         );
     }
 

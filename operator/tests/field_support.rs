@@ -135,11 +135,7 @@ spec:
   http:
   - route:
     - destination: {host: reviews}
-  tcp:
-  - match:
-    - sourceLabels: {app: productpage}
-    route:
-    - destination: {host: reviews}
+  - redirect: {derivePort: FROM_REQUEST_PORT}
 "#,
     );
     let registry = Registry::build(&index);
@@ -148,7 +144,7 @@ spec:
     let status = status_for(v, Some(1), None, "t0");
     let message = status.conditions[0].message.as_deref().unwrap();
     assert!(
-        message.starts_with("spec.tcp[0].match[0].sourceLabels: not implemented by rustmesh"),
+        message.starts_with("spec.http[1].redirect.derivePort: not implemented by rustmesh"),
         "{message}"
     );
 }

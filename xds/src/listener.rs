@@ -8,6 +8,7 @@ use crate::address::{Address, CidrRange};
 use crate::duration::Duration;
 use crate::route::RouteConfiguration;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Which way a listener's traffic flows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +96,14 @@ pub struct FilterChainMatch {
     /// `http/1.0`, `http/1.1`, `h2c` for plain HTTP, sniffed from the first bytes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub application_protocols: Vec<String>,
+    /// Labels the proxy's own pod must carry for the chain to exist (a VirtualService `tcp` or
+    /// `tls` match's `sourceLabels`; not Envoy's). Istio evaluates them when it generates each
+    /// proxy's configuration; rustmesh's documents serve every pod of a scope, so the proxy
+    /// drops a chain its labels do not satisfy when it loads the configuration, and of chains
+    /// with the same criteria that remain, the first applies (the VirtualService's order), as
+    /// for routes' [`source_labels`](crate::route::RouteMatch::source_labels).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub source_labels: BTreeMap<String, String>,
 }
 
 impl FilterChainMatch {

@@ -7,7 +7,7 @@
 //! | `routing` | 2: spread without rules; 3: 90/10 subsets, header match, weight update and its propagation time |
 //! | `resilience` | 4: fault delay + route timeout give 504; retries mask a failing endpoint |
 //! | `egress` | 5: ALLOW_ANY / REGISTRY_ONLY (mesh-wide and per Sidecar), Sidecar `egress.hosts` |
-//! | `tcp` | 6: TCP through the mesh, inbound capture seen by the app and the sidecar's counters |
+//! | `tcp` | 6: TCP through the mesh, inbound capture seen by the app and the sidecar's counters; 22: a `tcp` rule matching `sourceLabels` sends only the labelled pod's connections to the canary |
 //! | `faults` | 7: webhook down (failurePolicy Ignore / Fail), operator restart under traffic, bad VirtualService |
 //! | `identity` | 8: the mesh CA's root in a new namespace, a sidecar's certificate for its SPIFFE id |
 //! | `mtls` | 10: auto mTLS between injected pods (principals in metrics), PeerAuthentication STRICT refuses a pod without a sidecar |

@@ -3,7 +3,7 @@
 //! 15006 (`reporter="destination"`), and an HTTP app sees its requests arrive from the sidecar
 //! (peer 127.0.0.1) although the client dialled the pod's IP.
 
-use rustmesh_e2e::sample::{self, HTTP_PORT, TCP_PORT};
+use rustmesh_e2e::sample::{self, App, HTTP_PORT, TCP_PORT};
 use rustmesh_e2e::setup;
 
 const OPENED: &str = "istio_tcp_connections_opened_total";
@@ -200,5 +200,146 @@ async fn s6_inbound_goes_to_the_pod_address_so_pod_ip_apps_work_and_localhost_st
         "an app bound to 127.0.0.1 is private: {s:?}"
     );
     assert_eq!(s.status(503), 3, "the sidecar cannot reach it: {s:?}");
+    ctx.delete_namespace(&ns).await;
+}
+
+/// Scenario 22 (#20): a VirtualService `tcp` rule matching `sourceLabels`, as Istio reads it:
+/// it applies to connections from the pods carrying the labels (ratings here), whose sidecars
+/// send them to the canary; every other pod's sidecar (productpage) takes the next rule, to
+/// the service itself. Both sidecars read the same document; each keeps the chain its pod's
+/// labels allow. Counted by the servers' sidecars.
+#[tokio::test]
+async fn s22_a_tcp_route_with_source_labels_applies_to_the_pods_carrying_them() {
+    use rustmesh_e2e::poll;
+    use std::time::Duration;
+    let Some(ctx) = setup("s22_source_labels").await else {
+        return;
+    };
+    let ns = ctx.fresh_namespace("e2e-srclabels", true).await.unwrap();
+    let (labelled, other) = (sample::ratings(), sample::productpage());
+    let echo = sample::tcp_echo();
+    let canary = App {
+        app: "tcp-echo-canary".into(),
+        ..sample::tcp_echo()
+    };
+    sample::deploy(
+        &ctx,
+        &ns,
+        &[
+            labelled.clone(),
+            other.clone(),
+            echo.clone(),
+            canary.clone(),
+        ],
+    )
+    .await
+    .unwrap();
+    ctx.apply_istio(
+        &ns,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp-echo}
+spec:
+  hosts: [tcp-echo]
+  tcp:
+  - match:
+    - sourceLabels: {app: ratings}
+    route:
+    - destination: {host: tcp-echo-canary, port: {number: 9000}}
+  - route:
+    - destination: {host: tcp-echo}
+"#,
+    )
+    .await
+    .unwrap();
+    let labelled_pod = ctx.pod_name(&ns, &labelled.selector()).await.unwrap();
+    let other_pod = ctx.pod_name(&ns, &other.selector()).await.unwrap();
+    let echo_pod = ctx.pod_name(&ns, &echo.selector()).await.unwrap();
+    let canary_pod = ctx.pod_name(&ns, &canary.selector()).await.unwrap();
+    for client in [&labelled_pod, &other_pod] {
+        for svc in ["tcp-echo", "tcp-echo-canary"] {
+            ctx.wait_endpoints(&ns, client, svc, &ns, TCP_PORT, 1)
+                .await
+                .unwrap();
+        }
+    }
+    let addr = format!(
+        "{}:{TCP_PORT}",
+        ctx.cluster_ip(&ns, "tcp-echo").await.unwrap()
+    );
+    let opened = |pod: String| {
+        let (ctx, ns) = (&ctx, &ns);
+        async move {
+            ctx.sidecar_metric(ns, &pod, OPENED, &["reporter=\"destination\""])
+                .await
+                .unwrap()
+        }
+    };
+    let send = |pod: String, container: String, text: String| {
+        let (ctx, ns, addr) = (&ctx, &ns, &addr);
+        async move {
+            let answer = ctx
+                .tcp_send(ns, &pod, &container, addr, &text)
+                .await
+                .unwrap();
+            assert_eq!(answer.as_deref(), Ok(text.as_str()), "echo through {addr}");
+        }
+    };
+
+    // The rule reaches ratings' sidecar: its connections arrive at the canary.
+    let canary_before = opened(canary_pod.clone()).await;
+    let (send_ref, opened_ref, labelled_ref, canary_ref) =
+        (&send, &opened, &labelled_pod, &canary_pod);
+    let app = labelled.app.clone();
+    let app_ref = &app;
+    poll(
+        "ratings' connections to tcp-echo arriving at the canary",
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || async move {
+            send_ref(labelled_ref.clone(), app_ref.clone(), "probe".into()).await;
+            let now = opened_ref(canary_ref.clone()).await;
+            if now > canary_before {
+                Ok(Some(now))
+            } else {
+                Err(format!("the canary took {now} connections"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+
+    // Then, counted: ratings' connections go to the canary, productpage's to tcp-echo.
+    let n = 4;
+    let (echo_before, canary_before) = (
+        opened(echo_pod.clone()).await,
+        opened(canary_pod.clone()).await,
+    );
+    for i in 0..n {
+        send(
+            labelled_pod.clone(),
+            labelled.app.clone(),
+            format!("from-ratings-{i}"),
+        )
+        .await;
+        send(
+            other_pod.clone(),
+            other.app.clone(),
+            format!("from-productpage-{i}"),
+        )
+        .await;
+    }
+    let (echo_after, canary_after) = (
+        opened(echo_pod.clone()).await,
+        opened(canary_pod.clone()).await,
+    );
+    ctx.log(format!(
+        "{n} connections from each client: tcp-echo took {:.0}, the canary {:.0}",
+        echo_after - echo_before,
+        canary_after - canary_before
+    ));
+    assert_eq!(echo_after - echo_before, f64::from(n), "productpage's only");
+    assert_eq!(canary_after - canary_before, f64::from(n), "ratings' only");
     ctx.delete_namespace(&ns).await;
 }

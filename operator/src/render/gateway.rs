@@ -78,7 +78,7 @@
 
 use super::{
     Ctx, EdsRecipes, MeshView, Scope, authz, hcm, parse_cidr, request_authn, server_names,
-    static_clusters, telemetry, with_ca_name, with_mesh_telemetry,
+    static_clusters, tcp_rules_by_source, telemetry, with_ca_name, with_mesh_telemetry,
 };
 use crate::index::{Labels, ObjKey};
 use crate::registry::exported;
@@ -459,9 +459,7 @@ pub(super) fn render(
     let mut tables = Vec::new();
     for (port, (class, servers)) in &by_port {
         let chains = match class {
-            PortClass::Tcp => tcp_chain(&mut ctx, *port, &servers[0])
-                .into_iter()
-                .collect(),
+            PortClass::Tcp => tcp_chains(&mut ctx, *port, &servers[0]),
             PortClass::Tls => tls_port_chains(&mut ctx, *port, servers, &mut tables),
             PortClass::Http => {
                 let table = route_name(*port);
@@ -609,10 +607,13 @@ fn tls_port_chains(
             ..FilterChainMatch::default()
         };
         if ps.server.protocol() == ServerProtocol::Tls {
-            if let Some(chain) = tcp_chain(ctx, port, ps) {
+            for chain in tcp_chains(ctx, port, ps) {
                 chains.push(FilterChain {
-                    transport_socket: terminate,
-                    filter_chain_match,
+                    transport_socket: terminate.clone(),
+                    filter_chain_match: FilterChainMatch {
+                        source_labels: chain.filter_chain_match.source_labels.clone(),
+                        ..filter_chain_match.clone()
+                    },
                     ..chain
                 });
             }
@@ -668,7 +669,6 @@ fn passthrough_chains(ctx: &mut Ctx<'_, '_>, port: u16, ps: &PortServer<'_>) -> 
                         || m.gateways
                             .iter()
                             .any(|g| resolve_gateway_name(g, &key.namespace) == gateway))
-                    && m.source_labels.is_empty()
                     && m.source_namespace.as_deref().is_none_or(|n| n == ns);
                 let sni = intersect(&admitted, &m.sni_hosts);
                 if !applies || sni.is_empty() {
@@ -688,6 +688,7 @@ fn passthrough_chains(ctx: &mut Ctx<'_, '_>, port: u16, ps: &PortServer<'_>) -> 
                         .filter_map(|s| parse_cidr(s))
                         .collect(),
                     transport_protocol: Some(TLS.to_string()),
+                    source_labels: m.source_labels.clone(),
                     ..FilterChainMatch::default()
                 };
                 out.push(chain);
@@ -697,32 +698,41 @@ fn passthrough_chains(ctx: &mut Ctx<'_, '_>, port: u16, ps: &PortServer<'_>) -> 
     out
 }
 
-/// The chain of a TCP server on listener port `port`: a TCP proxy to where the first `tcp` rule
-/// applying to it sends connections, of the oldest bound VirtualService sharing a host with the
-/// server (Istio's gateway TCP routes: a rule applies without matches, or with a match whose
-/// `port` is the server's and whose `gateways` name this Gateway, if any); `None` without one.
-fn tcp_chain(ctx: &mut Ctx<'_, '_>, port: u16, ps: &PortServer<'_>) -> Option<FilterChain> {
+/// The chains of a TCP server on listener port `port`: a TCP proxy to where the first `tcp`
+/// rule applying to it sends connections, of the oldest bound VirtualService sharing a host
+/// with the server (Istio's gateway TCP routes: a rule applies without matches, or with a
+/// match whose `port` is the server's and whose `gateways` name this Gateway, if any). Rules
+/// whose matches carry `sourceLabels` (the gateway pod's labels, as Istio reads them) come
+/// first, a chain each with the labels ([`tcp_rules_by_source`]), up to one for every pod;
+/// none without a rule (a rule without destinations ends the list).
+fn tcp_chains(ctx: &mut Ctx<'_, '_>, port: u16, ps: &PortServer<'_>) -> Vec<FilterChain> {
     let ns = ctx.scope.namespace.clone();
     let gateway = ps.gateway.to_string();
+    let mut out = Vec::new();
     for Binding { key, vs, .. } in bindings(ctx.view, ps, &ns) {
-        for rule in &vs.spec.tcp {
-            let applies = rule.match_.is_empty()
-                || rule.match_.iter().any(|m| {
-                    m.port.is_none_or(|p| p == u32::from(ps.number))
-                        && (m.gateways.is_empty()
-                            || m.gateways
-                                .iter()
-                                .any(|g| resolve_gateway_name(g, &key.namespace) == gateway))
-                });
-            if !applies {
-                continue;
+        let rules = tcp_rules_by_source(&vs.spec.tcp, |m| {
+            m.port.is_none_or(|p| p == u32::from(ps.number))
+                && (m.gateways.is_empty()
+                    || m.gateways
+                        .iter()
+                        .any(|g| resolve_gateway_name(g, &key.namespace) == gateway))
+        });
+        for (source_labels, rule) in rules {
+            let every_pod = source_labels.is_empty();
+            let Some((cluster, weighted)) =
+                ctx.tcp_destinations(&rule.route, &key.namespace, ps.number)
+            else {
+                return out;
+            };
+            let mut chain = tcp_proxy_chain(port, cluster, weighted);
+            chain.filter_chain_match.source_labels = source_labels;
+            out.push(chain);
+            if every_pod {
+                return out;
             }
-            let (cluster, weighted) =
-                ctx.tcp_destinations(&rule.route, &key.namespace, ps.number)?;
-            return Some(tcp_proxy_chain(port, cluster, weighted));
         }
     }
-    None
+    out
 }
 
 /// A chain matching everything that proxies connections on listener port `port` to one

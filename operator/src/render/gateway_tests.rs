@@ -609,6 +609,56 @@ spec:
         t.cluster.as_deref(),
         Some("outbound|9000||tcp-echo.default.svc.cluster.local")
     );
+
+    // A rule for gateway pods with some labels first: a chain carrying them, then the one
+    // every gateway pod keeps.
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp-echo, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: [tcp-echo-gateway]
+  tcp:
+  - match:
+    - port: 31400
+      sourceLabels: {istio: ingressgateway, canary: "true"}
+    route:
+    - destination: {host: tcp-echo, port: {number: 9000}, subset: v2}
+  - route:
+    - destination: {host: tcp-echo, port: {number: 9000}, subset: v1}
+"#,
+    );
+    let c = rendered(&index, &gateway_scope());
+    let l = c.listener("0.0.0.0_31400").expect("0.0.0.0_31400");
+    let chains: Vec<(usize, String)> = l
+        .filter_chains
+        .iter()
+        .map(|fc| {
+            let NetworkFilter::TcpProxy(t) = &fc.filters[0] else {
+                panic!("not a TCP proxy");
+            };
+            (
+                fc.filter_chain_match.source_labels.len(),
+                t.cluster.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        chains,
+        [
+            (
+                2,
+                "outbound|9000|v2|tcp-echo.default.svc.cluster.local".to_string()
+            ),
+            (
+                0,
+                "outbound|9000|v1|tcp-echo.default.svc.cluster.local".to_string()
+            ),
+        ]
+    );
 }
 
 #[test]

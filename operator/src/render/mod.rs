@@ -30,9 +30,11 @@
 //!   TCP proxy to the rule's destinations, the TLS bytes unopened); a connection whose SNI no
 //!   rule names goes where the port's TCP traffic goes (the service, or its `tcp` rules), as
 //!   the port does without a VirtualService (a decision: Istio documents no fallback);
-//! - not rendered (no field in the proxy model): `derivePort`, `http2Error` aborts; TCP and
-//!   TLS route matches on `sourceLabels` are refused by validation (a TCP proxy chain cannot
-//!   express them);
+//! - TCP and TLS route matches with `sourceLabels` become chains carrying them
+//!   (`FilterChainMatch::source_labels`, [`tcp_rules_by_source`]): one document serves every
+//!   pod of a scope, so each proxy keeps the chains its pod's labels satisfy, the first of
+//!   equal ones applying, as Istio's per-proxy rendering picks the first applicable rule;
+//! - not rendered (no field in the proxy model): `derivePort`, `http2Error` aborts;
 //! - a root VirtualService's `http[].delegate` is replaced by the delegate's routes, merged as
 //!   Istio merges them ([`crate::delegate`], in [`routes`]); a delegate renders nothing on
 //!   its own;
@@ -583,7 +585,7 @@ pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsReci
             if listeners.contains_key(&key) {
                 continue;
             }
-            let tcp_chain = ctx.tcp_chain(v);
+            let mut tcp_chains = ctx.tcp_chains(v);
             let listener = if lp == ListenerProtocol::Tcp {
                 // A TLS port's VirtualService `tls` rules pick a destination by SNI; what no
                 // rule names goes where the port's TCP traffic goes.
@@ -594,7 +596,7 @@ pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsReci
                 };
                 let sniffs = !chains.is_empty();
                 if !chains.iter().any(|c| c.filter_chain_match.is_empty()) {
-                    chains.push(tcp_chain);
+                    chains.append(&mut tcp_chains);
                 }
                 outbound_listener(ip, v.port.port, chains, None, sniffs)
             } else {
@@ -615,7 +617,12 @@ pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsReci
                         route_name,
                     )],
                 };
-                outbound_listener(ip, v.port.port, vec![http_chain], Some(tcp_chain), true)
+                // The port's other traffic: chains for `tcp` rules with `sourceLabels`, then
+                // the one for every pod as the default.
+                let every_pod = tcp_chains.pop();
+                let mut chains = vec![http_chain];
+                chains.append(&mut tcp_chains);
+                outbound_listener(ip, v.port.port, chains, every_pod, true)
             };
             listeners.insert(key, listener);
         }
@@ -995,8 +1002,12 @@ impl<'v, 'a> Ctx<'v, 'a> {
             // The host's VirtualService `tls` rules first: their SNI names take the
             // connection to the rules' destinations (the first chain for a name wins).
             for chain in self.tls_chains(v) {
-                let key = chain.filter_chain_match.server_names.join(",");
-                if chain.filter_chain_match.prefix_ranges.is_empty() && !seen.insert(key) {
+                let m = &chain.filter_chain_match;
+                let mut key = m.server_names.join(",");
+                if !m.source_labels.is_empty() {
+                    key.push_str(&format!(" {:?}", m.source_labels));
+                }
+                if m.prefix_ranges.is_empty() && !seen.insert(key) {
                     continue;
                 }
                 chains.push(chain);
@@ -1005,36 +1016,48 @@ impl<'v, 'a> Ctx<'v, 'a> {
             if !seen.insert(name.to_ascii_lowercase()) {
                 continue;
             }
-            let mut chain = self.tcp_chain(v);
-            chain.filter_chain_match.server_names = vec![name];
-            chains.push(chain);
+            for mut chain in self.tcp_chains(v) {
+                chain.filter_chain_match.server_names = vec![name.clone()];
+                chains.push(chain);
+            }
         }
         outbound_listener(any, port, chains, Some(self.catch_all_chain()), true)
     }
 
-    /// The TCP chain of a TCP or auto port: to the service's cluster, or where the
-    /// VirtualService's first applicable `tcp` rule sends it.
-    fn tcp_chain(&mut self, v: &Visible<'v>) -> FilterChain {
+    /// The TCP chains of a TCP or auto port: to the service's cluster, or where the
+    /// VirtualService's first applicable `tcp` rule sends it. Rules applying only to pods with
+    /// `sourceLabels` come first, a chain each carrying the labels; the last chain applies to
+    /// every pod.
+    fn tcp_chains(&mut self, v: &Visible<'v>) -> Vec<FilterChain> {
         let default = ClusterName::outbound(v.port.port, "", &v.svc.fqdn).to_string();
-        let (cluster, weighted) = self
-            .tcp_route(v)
-            .unwrap_or_else(|| (Some(default.clone()), None));
-        let stat_prefix = cluster.clone().unwrap_or_else(|| default.clone());
         let idle_timeout = self.tcp_idle_timeout(v);
-        FilterChain {
-            transport_socket: None,
-            name: None,
-            filter_chain_match: FilterChainMatch::default(),
-            filters: vec![NetworkFilter::TcpProxy(TcpProxy {
-                stat_prefix,
-                cluster,
-                weighted_clusters: weighted,
-                idle_timeout,
-                access_log: Vec::new(),
-                disabled_metrics: Vec::new(),
-                tag_overrides: Default::default(),
-            })],
+        let mut routes = self.tcp_routes(v);
+        if routes.last().is_none_or(|(labels, _)| !labels.is_empty()) {
+            routes.push((Labels::new(), None));
         }
+        routes
+            .into_iter()
+            .map(|(source_labels, to)| {
+                let (cluster, weighted) = to.unwrap_or_else(|| (Some(default.clone()), None));
+                FilterChain {
+                    transport_socket: None,
+                    name: None,
+                    filter_chain_match: FilterChainMatch {
+                        source_labels,
+                        ..FilterChainMatch::default()
+                    },
+                    filters: vec![NetworkFilter::TcpProxy(TcpProxy {
+                        stat_prefix: cluster.clone().unwrap_or_else(|| default.clone()),
+                        cluster,
+                        weighted_clusters: weighted,
+                        idle_timeout,
+                        access_log: Vec::new(),
+                        disabled_metrics: Vec::new(),
+                        tag_overrides: Default::default(),
+                    })],
+                }
+            })
+            .collect()
     }
 
     /// The SNI chains of a TLS or HTTPS port from the `tls` rules of the service's
@@ -1053,7 +1076,6 @@ impl<'v, 'a> Ctx<'v, 'a> {
             for m in &rule.match_ {
                 let applies = m.port.is_none_or(|p| p == u32::from(v.port.port))
                     && (m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
-                    && m.source_labels.is_empty()
                     && m.source_namespace.as_deref().is_none_or(|n| n == self.ns());
                 if !applies {
                     continue;
@@ -1065,6 +1087,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
                         .iter()
                         .filter_map(|s| parse_cidr(s))
                         .collect(),
+                    source_labels: m.source_labels.clone(),
                     ..FilterChainMatch::default()
                 };
                 if out.iter().any(|c| c.filter_chain_match == chain_match) {
@@ -1100,25 +1123,36 @@ impl<'v, 'a> Ctx<'v, 'a> {
         policy.pool?.tcp.as_ref()?.idle_timeout
     }
 
-    fn tcp_route(&mut self, v: &Visible<'v>) -> Option<(Option<String>, Option<WeightedClusters>)> {
-        let (key, vs) = self.virtual_service_for(&v.svc.fqdn)?;
-        let rule = vs.spec.tcp.iter().find(|r| {
-            r.match_.is_empty()
-                || r.match_.iter().any(|m| {
-                    m.port.is_none_or(|p| p == u32::from(v.port.port))
-                        && (m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
-                        && m.source_labels.is_empty()
-                        && m.source_namespace.as_deref().is_none_or(|n| n == self.ns())
-                        && (m.destination_subnets.is_empty()
-                            || m.destination_subnets.iter().any(|s| {
-                                v.svc
-                                    .vips()
-                                    .into_iter()
-                                    .any(|ip| parse_cidr(s).is_some_and(|c| c.contains(ip)))
-                            }))
-                })
-        })?;
-        self.tcp_destinations(&rule.route, &key.namespace, v.port.port)
+    /// Where the VirtualService's `tcp` rules applying to this port send a connection, per
+    /// [`tcp_rules_by_source`] (`None`: a rule without destinations, the service's cluster).
+    #[allow(clippy::type_complexity)]
+    fn tcp_routes(
+        &mut self,
+        v: &Visible<'v>,
+    ) -> Vec<(Labels, Option<(Option<String>, Option<WeightedClusters>)>)> {
+        let Some((key, vs)) = self.virtual_service_for(&v.svc.fqdn) else {
+            return Vec::new();
+        };
+        let ns = self.ns().to_string();
+        let rules = tcp_rules_by_source(&vs.spec.tcp, |m| {
+            m.port.is_none_or(|p| p == u32::from(v.port.port))
+                && (m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
+                && m.source_namespace.as_deref().is_none_or(|n| n == ns)
+                && (m.destination_subnets.is_empty()
+                    || m.destination_subnets.iter().any(|s| {
+                        v.svc
+                            .vips()
+                            .into_iter()
+                            .any(|ip| parse_cidr(s).is_some_and(|c| c.contains(ip)))
+                    }))
+        });
+        rules
+            .into_iter()
+            .map(|(labels, rule)| {
+                let to = self.tcp_destinations(&rule.route, &key.namespace, v.port.port);
+                (labels, to)
+            })
+            .collect()
     }
 
     /// Where a VirtualService's `tcp` or `tls` rule (its `route`) sends a connection to `port`
@@ -1648,6 +1682,34 @@ pub fn without_version(mut config: ProxyConfig) -> ProxyConfig {
 
 /// Cluster and endpoint lists and the EDS recipes, for [`clusters`] to fill.
 type ClusterParts = (Vec<Cluster>, Vec<ClusterLoadAssignment>, EdsRecipes);
+
+/// The `tcp` rules of a VirtualService that can apply to a proxy, in order, each with the
+/// `sourceLabels` its pod must carry (empty: every pod), up to the first rule that applies to
+/// every pod. Istio picks, per proxy, the first rule with a match that `applies` accepts and
+/// whose `sourceLabels` the proxy's pod carries (a rule without matches applies to all). One
+/// rustmesh document serves every pod of a scope, so it lists the candidates, each chain
+/// carrying its labels, and the proxy keeps the first its pod's labels allow
+/// (`FilterChainMatch::source_labels`).
+pub(crate) fn tcp_rules_by_source(
+    rules: &[rustmesh_api::virtual_service::TcpRoute],
+    applies: impl Fn(&rustmesh_api::virtual_service::L4MatchAttributes) -> bool,
+) -> Vec<(Labels, &rustmesh_api::virtual_service::TcpRoute)> {
+    let mut out = Vec::new();
+    for rule in rules {
+        let mut label_sets: Vec<&Labels> = Vec::new();
+        for m in rule.match_.iter().filter(|m| applies(m)) {
+            if !label_sets.contains(&&m.source_labels) {
+                label_sets.push(&m.source_labels);
+            }
+        }
+        if rule.match_.is_empty() || label_sets.iter().any(|l| l.is_empty()) {
+            out.push((Labels::new(), rule));
+            break;
+        }
+        out.extend(label_sets.into_iter().map(|l| (l.clone(), rule)));
+    }
+    out
+}
 
 #[cfg(test)]
 mod delegate_tests;

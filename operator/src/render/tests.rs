@@ -368,6 +368,175 @@ spec:
     );
 }
 
+/// `sourceLabels` on TCP and TLS matches (Istio evaluates them against each proxy's labels):
+/// the scope's one document lists a chain per rule that applies only to some pods, carrying
+/// the labels, in rule order, then the chain every pod keeps. A rule without sourceLabels
+/// ends the list.
+#[test]
+fn tcp_and_tls_source_labels_travel_on_the_chains_in_rule_order() {
+    let mut index = bookinfo();
+    workload(
+        &mut index,
+        "default",
+        "mongodb-replica",
+        Some("10.96.20.2"),
+        &[("mongo", 27017, 27017)],
+        &[("mongodb-r-1", "10.244.0.41", &[("app", "mongodb-replica")])],
+    );
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: mongo, namespace: default}
+spec:
+  hosts: [mongodb]
+  tcp:
+  - match:
+    - sourceLabels: {app: reviews, version: v1}
+    - sourceLabels: {app: ratings}
+      port: 27017
+    - sourceLabels: {app: details}
+      port: 1
+    route:
+    - destination: {host: mongodb-replica}
+  - match:
+    - port: 27017
+    route:
+    - destination: {host: mongodb}
+  - route:
+    - destination: {host: mongodb-replica}
+"#,
+    );
+    let v = &crate::fixtures::verdict(&index, Kind::VirtualService, "default", "mongo");
+    assert!(v.accepted && v.findings.is_empty(), "{:?}", v.findings);
+    let c = rendered(&index, &Scope::namespace("default"));
+    let l = c.listener("10.96.20.1_27017").unwrap();
+    let chains: Vec<(Vec<(String, String)>, String)> = l
+        .filter_chains
+        .iter()
+        .map(|fc| {
+            (
+                fc.filter_chain_match
+                    .source_labels
+                    .clone()
+                    .into_iter()
+                    .collect(),
+                dest(&fc.filters[0]),
+            )
+        })
+        .collect();
+    let (replica, primary) = (
+        "outbound|27017||mongodb-replica.default.svc.cluster.local".to_string(),
+        "outbound|27017||mongodb.default.svc.cluster.local".to_string(),
+    );
+    let label = |k: &str, v: &str| (k.to_string(), v.to_string());
+    assert_eq!(
+        chains,
+        [
+            (
+                vec![label("app", "reviews"), label("version", "v1")],
+                replica.clone()
+            ),
+            (vec![label("app", "ratings")], replica.clone()),
+            (vec![], primary.clone()),
+        ]
+    );
+
+    // Only labelled rules: the service itself for every other pod.
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: mongo, namespace: default}
+spec:
+  hosts: [mongodb]
+  tcp:
+  - match:
+    - sourceLabels: {app: ratings}
+    route:
+    - destination: {host: mongodb-replica}
+"#,
+    );
+    let c = rendered(&index, &Scope::namespace("default"));
+    let l = c.listener("10.96.20.1_27017").unwrap();
+    let dests: Vec<(usize, String)> = l
+        .filter_chains
+        .iter()
+        .map(|fc| {
+            (
+                fc.filter_chain_match.source_labels.len(),
+                dest(&fc.filters[0]),
+            )
+        })
+        .collect();
+    assert_eq!(dests, [(1, replica.clone()), (0, primary.clone())]);
+
+    // TLS: an SNI chain per match, carrying its labels, before the port's own chain.
+    for (name, ip, pod_ip) in [
+        ("nginx", "10.96.40.1", "10.244.0.70"),
+        ("nginx-v2", "10.96.40.2", "10.244.0.71"),
+    ] {
+        workload(
+            &mut index,
+            "default",
+            name,
+            Some(ip),
+            &[("https", 443, 8443)],
+            &[(&format!("{name}-1"), pod_ip, &[("app", name)])],
+        );
+    }
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: nginx, namespace: default}
+spec:
+  hosts: [nginx.default.svc.cluster.local]
+  tls:
+  - match:
+    - sniHosts: [nginx.default.svc.cluster.local]
+      sourceLabels: {app: ratings}
+    route:
+    - destination: {host: nginx-v2, port: {number: 443}}
+  - match:
+    - sniHosts: [nginx.default.svc.cluster.local]
+    route:
+    - destination: {host: nginx}
+"#,
+    );
+    let c = rendered(&index, &Scope::namespace("default"));
+    let l = c.listener("10.96.40.1_443").unwrap();
+    let chains: Vec<(Vec<String>, usize, String)> = l
+        .filter_chains
+        .iter()
+        .map(|fc| {
+            let m = &fc.filter_chain_match;
+            (
+                m.server_names.clone(),
+                m.source_labels.len(),
+                dest(&fc.filters[0]),
+            )
+        })
+        .collect();
+    let sni = vec!["nginx.default.svc.cluster.local".to_string()];
+    let nginx = "outbound|443||nginx.default.svc.cluster.local".to_string();
+    assert_eq!(
+        chains,
+        [
+            (
+                sni.clone(),
+                1,
+                "outbound|443||nginx-v2.default.svc.cluster.local".to_string()
+            ),
+            (sni, 0, nginx.clone()),
+            (vec![], 0, nginx),
+        ]
+    );
+}
+
 /// A VirtualService's `tls` rules on a sidecar (Istio's TLS routes): on the service's HTTPS
 /// port, one chain per SNI of the rules' matches to their destination, the rest (another
 /// name, no SNI) to the service itself; a match for another port or for gateways only is

@@ -21,7 +21,7 @@
 //! or an application protocol ([`FilterChains::needs_sniff`]), so server-first protocols on
 //! plain TCP ports never wait.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,8 +131,13 @@ const ANY_V6: CidrRange = CidrRange {
 };
 
 impl FilterChains {
-    /// Compiles `filter_chains` and `default_filter_chain` of a listener; `path` is the
-    /// listener's field path (`listeners[3]`) for errors, `name` its name.
+    /// Compiles `filter_chains` and `default_filter_chain` of a listener for a pod carrying
+    /// `pod_labels`; `path` is the listener's field path (`listeners[3]`) for errors, `name` its
+    /// name.
+    ///
+    /// A chain whose `sourceLabels` the pod lacks is left out. Of two chains with the same
+    /// criteria, the later is left out when either has `sourceLabels` (the first applicable
+    /// VirtualService rule wins, as Istio renders it for this pod), and refused otherwise.
     pub fn compile(
         path: &str,
         name: &str,
@@ -140,17 +145,31 @@ impl FilterChains {
         default: Option<&FilterChain>,
         clusters: &Clusters,
         identity: &Arc<CertStore>,
+        pod_labels: &BTreeMap<String, String>,
     ) -> Result<Self, CompileError> {
         let mut out = FilterChains::default();
+        let selected = |fc: &&FilterChain| {
+            fc.filter_chain_match
+                .source_labels
+                .iter()
+                .all(|(k, v)| pod_labels.get(k) == Some(v))
+        };
         for (i, fc) in chains.iter().enumerate() {
+            if !selected(&fc) {
+                continue;
+            }
+            let wanted = &fc.filter_chain_match.source_labels;
             let p = format!("{path}.filterChains[{i}]");
             let chain = compile_chain(&p, fc, format!("{name}[{i}]"), clusters, identity)?;
-            if let Some((j, _)) = out
+            if let Some((j, other)) = out
                 .chains
                 .iter()
                 .enumerate()
                 .find(|(_, other)| same_criteria(other, &chain))
             {
+                if !wanted.is_empty() || !other.matcher.source_labels.is_empty() {
+                    continue;
+                }
                 return Err((
                     format!("{p}.filterChainMatch"),
                     format!(
@@ -158,13 +177,15 @@ impl FilterChains {
                     ),
                 ));
             }
+            let at = out.chains.len();
             match chain.matcher.destination_port {
-                Some(port) => out.by_port.entry(port).or_default().push(i),
-                None => out.any_port.push(i),
+                Some(port) => out.by_port.entry(port).or_default().push(at),
+                None => out.any_port.push(at),
             }
             out.chains.push(Arc::new(chain));
         }
-        if let Some(fc) = default {
+        // A default chain with `sourceLabels` the pod lacks is left out as well.
+        if let Some(fc) = default.filter(selected) {
             let p = format!("{path}.defaultFilterChain");
             out.default = Some(Arc::new(compile_chain(
                 &p,
@@ -464,6 +485,15 @@ mod tests {
 
     /// A config with one listener made of `chains` (and `default`), and clusters for every name.
     fn chains(chains: serde_json::Value, default: Option<serde_json::Value>) -> FilterChains {
+        chains_for_pod(chains, default, &[])
+    }
+
+    /// [`chains`], compiled for a pod carrying `labels`.
+    fn chains_for_pod(
+        chains: serde_json::Value,
+        default: Option<serde_json::Value>,
+        labels: &[(&str, &str)],
+    ) -> FilterChains {
         let mut listener = json!({"name": "l", "address": {"socketAddress": {"address": "0.0.0.0", "portValue": 15006}},
             "filterChains": chains});
         if let Some(d) = default {
@@ -496,6 +526,10 @@ mod tests {
             l.default_filter_chain.as_ref(),
             &clusters,
             &Arc::new(CertStore::default()),
+            &labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         )
         .unwrap()
     }
@@ -768,8 +802,48 @@ mod tests {
             None,
             &clusters,
             &Arc::new(CertStore::default()),
+            &BTreeMap::new(),
         )
         .unwrap_err()
+    }
+
+    /// A VirtualService `tcp` rule with `sourceLabels` (Istio evaluates them per proxy): the
+    /// chain exists only for a pod with those labels; the first chain the pod keeps among
+    /// those with the same criteria applies, as the first applicable rule does.
+    #[test]
+    fn source_labels_keep_a_chain_only_for_pods_carrying_them() {
+        let by_labels = json!([
+            {"filterChainMatch": {"sourceLabels": {"app": "reviews", "version": "v1"}}, "filters": tcp("a")},
+            {"filterChainMatch": {"sourceLabels": {"app": "ratings"}}, "filters": tcp("b")},
+            {"filters": tcp("c")},
+        ]);
+        let to = "10.0.0.1:9000";
+        let raw = apps(&[]);
+        for (labels, want) in [
+            (&[("app", "reviews"), ("version", "v1")][..], "a"),
+            (&[("app", "reviews"), ("version", "v2")][..], "c"),
+            (&[("app", "ratings")][..], "b"),
+            (&[][..], "c"),
+        ] {
+            let fc = chains_for_pod(by_labels.clone(), None, labels);
+            assert_eq!(chosen(&fc, to, &raw).as_deref(), Some(want), "{labels:?}");
+        }
+        // A rule without sourceLabels before them applies to every pod.
+        let first_wins = json!([
+            {"filters": tcp("c")},
+            {"filterChainMatch": {"sourceLabels": {"app": "ratings"}}, "filters": tcp("b")},
+        ]);
+        let fc = chains_for_pod(first_wins, None, &[("app", "ratings")]);
+        assert_eq!(chosen(&fc, to, &raw).as_deref(), Some("c"));
+        // Other criteria still select among the chains a pod keeps.
+        let by_port = json!([
+            {"filterChainMatch": {"destinationPort": 9000, "sourceLabels": {"app": "ratings"}}, "filters": tcp("b")},
+            {"filterChainMatch": {"destinationPort": 9000}, "filters": tcp("c")},
+            {"filterChainMatch": {"destinationPort": 9001}, "filters": tcp("d")},
+        ]);
+        let fc = chains_for_pod(by_port, None, &[("app", "ratings")]);
+        assert_eq!(chosen(&fc, to, &raw).as_deref(), Some("b"));
+        assert_eq!(chosen(&fc, "10.0.0.1:9001", &raw).as_deref(), Some("d"));
     }
 
     #[test]

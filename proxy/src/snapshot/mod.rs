@@ -135,6 +135,7 @@ impl Snapshot {
                 &table,
                 clusters.identity(),
                 metrics,
+                http.labels(),
             )?);
             listeners.push(compiled.clone());
             if l.use_original_dst {
@@ -283,6 +284,7 @@ fn compile_listener(
     clusters: &Clusters,
     identity: &Arc<crate::identity::Store>,
     metrics: &Metrics,
+    pod_labels: &std::collections::BTreeMap<String, String>,
 ) -> Result<CompiledListener> {
     let chains = FilterChains::compile(
         path,
@@ -291,6 +293,7 @@ fn compile_listener(
         l.default_filter_chain.as_ref(),
         clusters,
         identity,
+        pod_labels,
     )
     .map_err(compile_error)?;
     let sniff_timeout = match l.listener_filters_timeout {
