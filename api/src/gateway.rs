@@ -175,6 +175,50 @@ pub struct ServerTlsSettings {
     pub cipher_suites: Vec<String>,
 }
 
+impl ServerTlsSettings {
+    /// Envoy's `tlsParams` for `minProtocolVersion`, `maxProtocolVersion` and `cipherSuites`
+    /// (`None` when none is set), or what is wrong with them, each naming its field below
+    /// `at` (`spec.servers[0].tls`): a version that is not Istio's, one below TLSV1_2
+    /// (rustmesh's TLS speaks 1.2 and 1.3), a minimum above the maximum, a suite rustmesh does
+    /// not implement ([`rustmesh_xds::tls::TLS12_CIPHER_SUITES`]).
+    pub fn tls_parameters(
+        &self,
+        at: &str,
+    ) -> Result<Option<rustmesh_xds::tls::TlsParameters>, Vec<FieldError>> {
+        use rustmesh_xds::tls::{TlsParameters, TlsVersion};
+        let mut errors = Vec::new();
+        let mut version = |field: &str, v: &Option<String>| {
+            let v = v.as_deref().filter(|v| !v.is_empty())?;
+            let parsed = TlsVersion::from_istio(v);
+            if parsed.is_none() {
+                errors.push(FieldError::new(
+                    format!("{at}.{field}"),
+                    format!(
+                        "{v:?} is not a TLS version: TLS_AUTO, TLSV1_0, TLSV1_1, TLSV1_2 or \
+                         TLSV1_3"
+                    ),
+                ));
+            }
+            parsed
+        };
+        let params = TlsParameters {
+            tls_minimum_protocol_version: version("minProtocolVersion", &self.min_protocol_version),
+            tls_maximum_protocol_version: version("maxProtocolVersion", &self.max_protocol_version),
+            cipher_suites: self.cipher_suites.clone(),
+        };
+        for (field, message) in params.problems() {
+            let field = field
+                .replace("tlsMinimumProtocolVersion", "minProtocolVersion")
+                .replace("tlsMaximumProtocolVersion", "maxProtocolVersion");
+            errors.push(FieldError::new(format!("{at}.{field}"), message));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok((params != TlsParameters::default()).then_some(params))
+    }
+}
+
 /// `ServerTLSSettings.TLSCertificate`: one certificate given by file paths.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -447,10 +491,13 @@ impl GatewaySpec {
         let mut out = Vec::new();
         for (i, server) in self.servers.iter().enumerate() {
             let protocol = server.protocol();
+            let tls_server = matches!(protocol, ServerProtocol::Https | ServerProtocol::Tls);
+            if let Some(tls) = &server.tls {
+                out.extend(tls_parameter_errors(i, tls, tls_server, server.tls_mode()));
+            }
             let Some(mode) = server.tls_mode() else {
                 continue;
             };
-            let tls_server = matches!(protocol, ServerProtocol::Https | ServerProtocol::Tls);
             if !(tls_server && TLS_MODES_RENDERED.contains(&mode)) {
                 out.push(FieldError::new(
                     format!("spec.servers[{i}].tls.mode"),
@@ -519,6 +566,44 @@ impl GatewaySpec {
         }
         out
     }
+}
+
+/// What is wrong with server `i`'s `minProtocolVersion`, `maxProtocolVersion` and
+/// `cipherSuites`: on a server that terminates TLS (an HTTPS or TLS server with `SIMPLE`,
+/// `MUTUAL`, `OPTIONAL_MUTUAL` or `ISTIO_MUTUAL`), values rustmesh cannot serve
+/// ([`ServerTlsSettings::tls_parameters`]); elsewhere (`PASSTHROUGH`, a plain-text server),
+/// any of them, as it would be ignored.
+fn tls_parameter_errors(
+    i: usize,
+    tls: &ServerTlsSettings,
+    tls_server: bool,
+    mode: Option<&str>,
+) -> Vec<FieldError> {
+    let at = format!("spec.servers[{i}].tls");
+    let terminates = tls_server
+        && mode
+            .is_some_and(|m| ["SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL", "ISTIO_MUTUAL"].contains(&m));
+    if terminates {
+        return tls.tls_parameters(&at).err().unwrap_or_default();
+    }
+    let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+    [
+        ("minProtocolVersion", set(&tls.min_protocol_version)),
+        ("maxProtocolVersion", set(&tls.max_protocol_version)),
+        ("cipherSuites", !tls.cipher_suites.is_empty()),
+    ]
+    .into_iter()
+    .filter(|(_, on)| *on)
+    .map(|(field, _)| {
+        FieldError::new(
+            format!("{at}.{field}"),
+            format!(
+                "this server terminates no TLS (PASSTHROUGH, or not HTTPS or TLS): its {field} \
+                 would be ignored, remove it or use SIMPLE, MUTUAL, OPTIONAL_MUTUAL or ISTIO_MUTUAL"
+            ),
+        )
+    })
+    .collect()
 }
 
 /// The Gateway a VirtualService's `gateways` entry (or `http[].match[].gateways`) names, as
@@ -784,6 +869,49 @@ mod tests {
                 "spec.servers[1].tls.privateKey",
             ]
         );
+    }
+
+    /// Istio's gateway TLS hardening: `minProtocolVersion`, `maxProtocolVersion` and
+    /// `cipherSuites` on servers that terminate TLS are accepted and read as Envoy's
+    /// `tlsParams`; what rustmesh's TLS cannot serve, or a server that terminates nothing, is
+    /// refused naming the field.
+    #[test]
+    fn tls_versions_and_suites_are_accepted_where_tls_ends_and_refused_by_name_otherwise() {
+        let s = spec(
+            "servers:\n- port: {number: 443, name: a, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, credentialName: c, minProtocolVersion: TLSV1_3}\n- port: {number: 444, name: b, protocol: TLS}\n  hosts: ['*']\n  tls: {mode: ISTIO_MUTUAL, maxProtocolVersion: TLSV1_2, cipherSuites: [ECDHE-ECDSA-AES256-GCM-SHA384, ECDHE-RSA-CHACHA20-POLY1305]}\n- port: {number: 445, name: c, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: MUTUAL, credentialName: c, minProtocolVersion: TLS_AUTO}\n",
+        );
+        assert_eq!(s.validate(), vec![]);
+        let p = s.servers[1]
+            .tls
+            .as_ref()
+            .unwrap()
+            .tls_parameters("spec.servers[1].tls")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            p.tls_maximum_protocol_version,
+            Some(rustmesh_xds::tls::TlsVersion::V1_2)
+        );
+        assert_eq!(p.cipher_suites.len(), 2);
+        let s = spec(
+            "servers:\n- port: {number: 443, name: a, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, credentialName: c, minProtocolVersion: TLSV1_0}\n- port: {number: 444, name: b, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, credentialName: c, maxProtocolVersion: TLSv1.3, cipherSuites: [AES128-SHA]}\n- port: {number: 445, name: c, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, credentialName: c, minProtocolVersion: TLSV1_3, maxProtocolVersion: TLSV1_2}\n- port: {number: 446, name: d, protocol: TLS}\n  hosts: ['*']\n  tls: {mode: PASSTHROUGH, minProtocolVersion: TLSV1_2}\n- port: {number: 80, name: e, protocol: HTTP}\n  hosts: ['*']\n  tls: {httpsRedirect: true, cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256]}\n",
+        );
+        let errors = s.validate();
+        assert_eq!(
+            fields(errors.clone()),
+            [
+                "spec.servers[0].tls.minProtocolVersion",
+                "spec.servers[1].tls.maxProtocolVersion",
+                "spec.servers[1].tls.cipherSuites[0]",
+                "spec.servers[2].tls.minProtocolVersion",
+                "spec.servers[3].tls.minProtocolVersion",
+                "spec.servers[4].tls.cipherSuites",
+            ]
+        );
+        assert!(errors[0].message.contains("TLS 1.2 and 1.3"), "{errors:?}");
+        assert!(errors[2].message.contains("AES128-SHA"), "{errors:?}");
+        assert!(errors[3].message.contains("no version"), "{errors:?}");
+        assert!(errors[4].message.contains("would be ignored"), "{errors:?}");
     }
 
     #[test]

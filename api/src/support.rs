@@ -868,6 +868,26 @@ const SERVICE_ENTRY: &[Entry] = &[
 /// The words every Gateway refusal carries: the part of issue #20 not done yet.
 pub const GATEWAY_NOT_RENDERED: &str = "not rendered yet (issue #20)";
 
+/// A Gateway server's `minProtocolVersion`, `maxProtocolVersion` or `cipherSuites`: rendered
+/// as the chain's `tlsParams` on a server that terminates TLS; refused by value (TLS 1.0 and
+/// 1.1, suites rustmesh's TLS does not have) or where nothing terminates TLS.
+const fn tls_parameter(path: &'static str, example: &'static str) -> Entry {
+    Entry {
+        path,
+        leaves: &[],
+        support: Support::ReportedBy(
+            "rustmesh_api::gateway::GatewaySpec::unsupported: rendered (render/gateway.rs \
+             termination: the server chain's tlsParams, the proxy's rustls versions and TLS 1.2 \
+             suites) on SIMPLE, MUTUAL, OPTIONAL_MUTUAL and ISTIO_MUTUAL servers; the field on a \
+             server that terminates no TLS, a minimum above the maximum, TLSV1_0 and TLSV1_1 \
+             (rustls has neither) and suites other than the ECDHE AES-GCM and ChaCha20 ones \
+             are refused, not rendered yet (issue #20)",
+        ),
+        harmless: &[],
+        example,
+    }
+}
+
 /// Gateway: plain-text, HTTPS and TLS servers are rendered (selector, port number, name and
 /// the HTTP, HTTPS, TLS and TCP protocols, hosts, server name, `tls.httpsRedirect`, `tls.mode`
 /// PASSTHROUGH, SIMPLE, MUTUAL and OPTIONAL_MUTUAL with `tls.credentialName` or certificate
@@ -1001,20 +1021,17 @@ const GATEWAY: &[Entry] = &[
         "client certificate verification on gateways is not rendered yet (issue #20)",
         r#"["0E:A5:2E:4F:90:5A:6F:2B"]"#,
     ),
-    refused(
+    tls_parameter(
         "spec.servers[].tls.minProtocolVersion",
-        "TLS settings on gateways are not rendered yet (issue #20)",
-        r#""TLSV1_2""#,
+        r#"{"mode": "SIMPLE", "credentialName": "c", "minProtocolVersion": "TLSV1_0"}"#,
     ),
-    refused(
+    tls_parameter(
         "spec.servers[].tls.maxProtocolVersion",
-        "TLS settings on gateways are not rendered yet (issue #20)",
-        r#""TLSV1_3""#,
+        r#"{"mode": "SIMPLE", "credentialName": "c", "maxProtocolVersion": "TLSV1_1"}"#,
     ),
-    refused(
+    tls_parameter(
         "spec.servers[].tls.cipherSuites",
-        "TLS settings on gateways are not rendered yet (issue #20)",
-        r#"["ECDHE-ECDSA-AES256-GCM-SHA384"]"#,
+        r#"{"mode": "SIMPLE", "credentialName": "c", "cipherSuites": ["AES128-SHA"]}"#,
     ),
 ];
 

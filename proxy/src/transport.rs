@@ -64,7 +64,8 @@ use tokio::net::TcpStream;
 
 use crate::identity::Store;
 use crate::identity::tls::{
-    client_config, credential_server_config, external_client_config, peer_identity, server_config,
+    client_config, credential_server_config, external_client_config, peer_identity,
+    server_config_with,
 };
 use crate::sync::lock;
 
@@ -296,6 +297,8 @@ pub struct Terminate {
     serves: Serves,
     /// Resumption from the session cache (`disableStatefulSessionResumption` turns it off).
     resumption: bool,
+    /// The TLS versions and TLS 1.2 suites allowed (`commonTlsContext.tlsParams`).
+    params: Option<rustmesh_xds::tls::TlsParameters>,
     store: Arc<Store>,
     /// The configuration last built, with what it was built from: the workload certificate's
     /// generation (`(generation, 0)`), the versions of the credentials (certificate, roots), or
@@ -384,6 +387,11 @@ impl Terminate {
                 "at most one certificate is supported".into(),
             ));
         }
+        if let Some(p) = &common.tls_params
+            && let Some((field, message)) = p.problems().into_iter().next()
+        {
+            return Err(err(&format!("tlsParams.{field}"), message));
+        }
         let roots_field = "combinedValidationContext.validationContextSdsSecretConfig.name";
         let cert = common.tls_certificate_sds_secret_configs.first();
         let serves = match cert.map(|c| c.secret()) {
@@ -459,6 +467,7 @@ impl Terminate {
                 .collect(),
             serves,
             resumption: !ctx.disable_stateful_session_resumption,
+            params: common.tls_params.clone(),
             store,
             cache: Mutex::new(None),
             files: Mutex::new(None),
@@ -552,8 +561,13 @@ impl Terminate {
                     .current()
                     .filter(|c| c.is_valid_at(std::time::SystemTime::now()))
                     .ok_or(TlsError::NoCertificate)?;
-                server_config(&cert, &alpn, *require_client_certificate)
-                    .map_err(|e| TlsError::Config(e.to_string()))?
+                server_config_with(
+                    &cert,
+                    &alpn,
+                    *require_client_certificate,
+                    self.params.as_ref(),
+                )
+                .map_err(|e| TlsError::Config(e.to_string()))?
             }
             (
                 Serves::Credential {
@@ -578,6 +592,7 @@ impl Terminate {
                     roots,
                     *require_client_certificate,
                     &alpn,
+                    self.params.as_ref(),
                 )
                 .map_err(|e| TlsError::Credential(format!("kubernetes://{name}: {e}")))?
             }
@@ -599,6 +614,7 @@ impl Terminate {
                     f.roots.clone(),
                     *require_client_certificate,
                     &alpn,
+                    self.params.as_ref(),
                 )
                 .map_err(|e| TlsError::File(format!("{cert}: {e}")))?
             }
@@ -1410,6 +1426,171 @@ mod tests {
 
     /// A gateway server's `OPTIONAL_MUTUAL` (certificate files and a CA file): a client
     /// without a certificate is accepted, one the CA issued too, one from another CA refused.
+    /// One handshake to `t` for `name`, trusting `ca`, from a client speaking only `versions`
+    /// and, of TLS 1.2's suites, `tls12` (all when empty): the version and suite agreed, or
+    /// why the client's handshake failed.
+    async fn negotiated(
+        t: &Terminate,
+        name: &str,
+        ca: &str,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        tls12: &[rustls::CipherSuite],
+    ) -> Result<(rustls::ProtocolVersion, rustls::CipherSuite), String> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
+            .unwrap();
+        let mut provider = rustls::crypto::ring::default_provider();
+        if !tls12.is_empty() {
+            provider.cipher_suites.retain(|s| {
+                matches!(s, rustls::SupportedCipherSuite::Tls13(_)) || tls12.contains(&s.suite())
+            });
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = async {
+            let (tcp, _) = l.accept().await.unwrap();
+            let _ = t.accept(tcp).await;
+        };
+        let client = async {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::try_from(name.to_string()).unwrap();
+            let s = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| e.to_string())?;
+            let c = s.get_ref().1;
+            Ok((
+                c.protocol_version().unwrap(),
+                c.negotiated_cipher_suite().unwrap().suite(),
+            ))
+        };
+        let ((), agreed) = tokio::join!(server, client);
+        agreed
+    }
+
+    /// A gateway server's `minProtocolVersion`, `maxProtocolVersion` and `cipherSuites`
+    /// (`tlsParams`), with real rustls clients: a TLS 1.3 minimum refuses a TLS 1.2 client, a
+    /// TLS 1.2 maximum is what a client offering both gets, and of TLS 1.2's suites only the
+    /// listed ones are agreed. TLS 1.0 cannot be served: refused naming the field.
+    #[tokio::test]
+    async fn a_gateway_servers_tls_versions_and_suites_are_what_clients_get() {
+        use rustls::version::{TLS12, TLS13};
+        use rustls::{CipherSuite as Suite, ProtocolVersion as Version};
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("gateway CA");
+        let (chain, key) = ca.issue(&["params.example.com"], None);
+        let path = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+        std::fs::write(path("tls.crt"), &chain).unwrap();
+        std::fs::write(path("tls.key"), &key).unwrap();
+        let (cert_path, key_path) = (path("tls.crt"), path("tls.key"));
+        let terminate = |params: serde_json::Value| {
+            let mut ctx = gateway_termination(
+                GatewayCert::Files {
+                    cert: &cert_path,
+                    key: &key_path,
+                    ca: None,
+                },
+                ClientCerts::Ignored,
+            );
+            ctx.common_tls_context.tls_params = Some(serde_json::from_value(params).unwrap());
+            Terminate::new(&ctx, Arc::new(Store::default()))
+        };
+        let name = "params.example.com";
+        let both: &[&'static rustls::SupportedProtocolVersion] = &[&TLS13, &TLS12];
+
+        let tls13 = terminate(serde_json::json!({"tlsMinimumProtocolVersion": "TLSv1_3"})).unwrap();
+        let agreed = negotiated(&tls13, name, &ca.pem, both, &[]).await.unwrap();
+        assert_eq!(agreed.0, Version::TLSv1_3);
+        let err = negotiated(&tls13, name, &ca.pem, &[&TLS12], &[])
+            .await
+            .unwrap_err();
+        assert!(err.contains("alert"), "a TLS 1.2 client is refused: {err}");
+
+        let tls12 = terminate(serde_json::json!({"tlsMaximumProtocolVersion": "TLSv1_2"})).unwrap();
+        let agreed = negotiated(&tls12, name, &ca.pem, both, &[]).await.unwrap();
+        assert_eq!(agreed.0, Version::TLSv1_2);
+
+        let suites = terminate(serde_json::json!({
+            "tlsMaximumProtocolVersion": "TLSv1_2",
+            "cipherSuites": ["ECDHE-ECDSA-AES256-GCM-SHA384"],
+        }))
+        .unwrap();
+        let agreed = negotiated(&suites, name, &ca.pem, &[&TLS12], &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            agreed,
+            (
+                Version::TLSv1_2,
+                Suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+            )
+        );
+        let err = negotiated(
+            &suites,
+            name,
+            &ca.pem,
+            &[&TLS12],
+            &[Suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256],
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.contains("alert"),
+            "a client without the suite is refused: {err}"
+        );
+        // Without parameters, the client's preference among every suite.
+        let defaults = Terminate::new(
+            &gateway_termination(
+                GatewayCert::Files {
+                    cert: &cert_path,
+                    key: &key_path,
+                    ca: None,
+                },
+                ClientCerts::Ignored,
+            ),
+            Arc::new(Store::default()),
+        )
+        .unwrap();
+        let agreed = negotiated(
+            &defaults,
+            name,
+            &ca.pem,
+            &[&TLS12],
+            &[Suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256],
+        )
+        .await
+        .unwrap();
+        assert_eq!(agreed.1, Suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256);
+
+        let (field, message) =
+            terminate(serde_json::json!({"tlsMinimumProtocolVersion": "TLSv1_0"})).unwrap_err();
+        assert_eq!(
+            field,
+            "commonTlsContext.tlsParams.tlsMinimumProtocolVersion"
+        );
+        assert!(message.contains("1.2 and 1.3"), "{message}");
+    }
+
+    /// Every TLS 1.2 suite name the configuration may carry is one of ring's suites.
+    #[test]
+    fn every_tls12_suite_name_is_one_of_rings() {
+        let ring = rustls::crypto::ring::default_provider();
+        for name in rustmesh_xds::tls::TLS12_CIPHER_SUITES {
+            let suite = crate::identity::tls::tls12_suite(name).expect(name);
+            assert!(
+                ring.cipher_suites.iter().any(|s| s.suite() == suite),
+                "{name}: {suite:?}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn an_optional_mutual_gateway_server_verifies_a_client_certificate_only_when_presented() {
         let dir = tempfile::tempdir().unwrap();

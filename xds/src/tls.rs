@@ -171,6 +171,137 @@ pub struct CommonTlsContext {
     /// How the peer's certificate is verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub combined_validation_context: Option<CombinedValidationContext>,
+    /// The TLS versions and TLS 1.2 cipher suites allowed (a Gateway server's
+    /// `minProtocolVersion`, `maxProtocolVersion` and `cipherSuites`); unset: TLS 1.2 and 1.3,
+    /// every suite. Implemented where TLS is terminated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_params: Option<TlsParameters>,
+}
+
+/// Envoy's `TlsParameters`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsParameters {
+    /// The lowest version accepted (`TLS_AUTO`, unset: TLS 1.2, Envoy's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_minimum_protocol_version: Option<TlsVersion>,
+    /// The highest version accepted (`TLS_AUTO`, unset: TLS 1.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_maximum_protocol_version: Option<TlsVersion>,
+    /// The TLS 1.2 cipher suites allowed, by their BoringSSL names ([`TLS12_CIPHER_SUITES`]);
+    /// empty: all of them. TLS 1.3's suites are not configurable, as in Envoy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cipher_suites: Vec<String>,
+}
+
+/// A TLS protocol version, as Envoy names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TlsVersion {
+    #[serde(rename = "TLS_AUTO")]
+    Auto,
+    #[serde(rename = "TLSv1_0")]
+    V1_0,
+    #[serde(rename = "TLSv1_1")]
+    V1_1,
+    #[serde(rename = "TLSv1_2")]
+    V1_2,
+    #[serde(rename = "TLSv1_3")]
+    V1_3,
+}
+
+impl TlsVersion {
+    /// The version of Istio's name for it (a Gateway server's `minProtocolVersion`:
+    /// `TLS_AUTO`, `TLSV1_0` .. `TLSV1_3`).
+    pub fn from_istio(name: &str) -> Option<TlsVersion> {
+        Some(match name {
+            "TLS_AUTO" => TlsVersion::Auto,
+            "TLSV1_0" => TlsVersion::V1_0,
+            "TLSV1_1" => TlsVersion::V1_1,
+            "TLSV1_2" => TlsVersion::V1_2,
+            "TLSV1_3" => TlsVersion::V1_3,
+            _ => return None,
+        })
+    }
+}
+
+/// The TLS 1.2 cipher suites rustmesh's TLS (rustls) offers, by the BoringSSL names Envoy and
+/// Istio's `cipherSuites` use: the ECDHE ones with AES-GCM or ChaCha20-Poly1305. Others (CBC,
+/// RSA key exchange, 3DES) are not implemented.
+pub const TLS12_CIPHER_SUITES: [&str; 6] = [
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+];
+
+impl TlsParameters {
+    /// The lowest and highest versions allowed, `TLS_AUTO` or unset read as TLS 1.2 and 1.3.
+    pub fn versions(&self) -> (TlsVersion, TlsVersion) {
+        let min = match self.tls_minimum_protocol_version {
+            None | Some(TlsVersion::Auto) => TlsVersion::V1_2,
+            Some(v) => v,
+        };
+        let max = match self.tls_maximum_protocol_version {
+            None | Some(TlsVersion::Auto) => TlsVersion::V1_3,
+            Some(v) => v,
+        };
+        (min, max)
+    }
+
+    /// Problems, as (field below the parameters, message): a version below TLS 1.2 (rustmesh
+    /// speaks TLS 1.2 and 1.3 only: a lower minimum would not admit older clients, a lower
+    /// maximum admits none), a minimum above the maximum, a suite not in
+    /// [`TLS12_CIPHER_SUITES`], and a suite list with TLS 1.2 excluded.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let old = |v: Option<TlsVersion>| matches!(v, Some(TlsVersion::V1_0 | TlsVersion::V1_1));
+        for (field, v) in [
+            (
+                "tlsMinimumProtocolVersion",
+                self.tls_minimum_protocol_version,
+            ),
+            (
+                "tlsMaximumProtocolVersion",
+                self.tls_maximum_protocol_version,
+            ),
+        ] {
+            if old(v) {
+                out.push((
+                    field.to_string(),
+                    "rustmesh's TLS speaks TLS 1.2 and 1.3 only: TLS 1.0 and 1.1 are not \
+                     implemented"
+                        .to_string(),
+                ));
+            }
+        }
+        let (min, max) = self.versions();
+        if min > max && out.is_empty() {
+            out.push((
+                "tlsMinimumProtocolVersion".to_string(),
+                "above tlsMaximumProtocolVersion: no version would be left".to_string(),
+            ));
+        }
+        for (i, suite) in self.cipher_suites.iter().enumerate() {
+            if !TLS12_CIPHER_SUITES.contains(&suite.as_str()) {
+                out.push((
+                    format!("cipherSuites[{i}]"),
+                    format!(
+                        "{suite:?} is not implemented: rustmesh's TLS 1.2 suites are {}",
+                        TLS12_CIPHER_SUITES.join(", ")
+                    ),
+                ));
+            }
+        }
+        if !self.cipher_suites.is_empty() && min > TlsVersion::V1_2 {
+            out.push((
+                "cipherSuites".to_string(),
+                "TLS 1.2 suites with a minimum of TLS 1.3 would never be used".to_string(),
+            ));
+        }
+        out
+    }
 }
 
 /// A secret by SDS name (`default`, `ROOTCA`).
@@ -263,6 +394,7 @@ impl CommonTlsContext {
     /// `sans` (exact SPIFFE ids; any mesh identity when empty), offering/accepting `alpn`.
     pub fn istio_mutual(alpn: &[&str], sans: &[String]) -> Self {
         CommonTlsContext {
+            tls_params: None,
             alpn_protocols: alpn.iter().map(|s| s.to_string()).collect(),
             tls_certificate_sds_secret_configs: vec![SdsSecretConfig::named(SDS_DEFAULT)],
             combined_validation_context: Some(CombinedValidationContext {
@@ -411,6 +543,19 @@ impl CommonTlsContext {
                 }
             }
         }
+        if let Some(params) = &self.tls_params {
+            if external {
+                out.push((
+                    "tlsParams".to_string(),
+                    "TLS versions and cipher suites are implemented where TLS is terminated, \
+                     not on clusters"
+                        .to_string(),
+                ));
+            }
+            for (field, message) in params.problems() {
+                out.push((format!("tlsParams.{field}"), message));
+            }
+        }
         out
     }
 }
@@ -522,6 +667,7 @@ pub fn external_upstream(
     };
     UpstreamTlsContext {
         common_tls_context: CommonTlsContext {
+            tls_params: None,
             alpn_protocols: alpn.iter().map(|s| s.to_string()).collect(),
             tls_certificate_sds_secret_configs: client
                 .map(|c| SdsSecretConfig {
@@ -614,6 +760,7 @@ pub fn gateway_termination(cert: GatewayCert<'_>, clients: ClientCerts) -> Downs
     };
     DownstreamTlsContext {
         common_tls_context: CommonTlsContext {
+            tls_params: None,
             alpn_protocols: ALPN_GATEWAY.iter().map(|s| s.to_string()).collect(),
             tls_certificate_sds_secret_configs: vec![SdsSecretConfig::named(&certificate)],
             combined_validation_context: roots.filter(|_| clients != ClientCerts::Ignored).map(
@@ -948,5 +1095,78 @@ mod tests {
         let p = bad.problems(Side::Upstream);
         assert_eq!(p[0].0, "tlsCertificateSdsSecretConfigs[0].name");
         assert!(p[0].1.contains("Db_1"), "{p:?}");
+    }
+
+    /// A gateway server's TLS versions and suites read as Envoy's `tlsParams`; what rustmesh's
+    /// TLS cannot do is a problem naming its field.
+    #[test]
+    fn tls_params_read_as_envoys_and_name_what_rustmesh_cannot_do() {
+        let mut ctx = gateway_termination(
+            GatewayCert::Credential("bookinfo-credential"),
+            ClientCerts::Ignored,
+        );
+        ctx.common_tls_context.tls_params = Some(TlsParameters {
+            tls_minimum_protocol_version: Some(TlsVersion::V1_3),
+            tls_maximum_protocol_version: Some(TlsVersion::Auto),
+            cipher_suites: vec![],
+        });
+        let v = serde_json::to_value(&ctx).unwrap();
+        assert_eq!(
+            v["commonTlsContext"]["tlsParams"],
+            json!({"tlsMinimumProtocolVersion": "TLSv1_3", "tlsMaximumProtocolVersion": "TLS_AUTO"})
+        );
+        let back: DownstreamTlsContext = serde_json::from_value(v).unwrap();
+        assert_eq!(back, ctx);
+        assert!(ctx.common_tls_context.problems(Side::Downstream).is_empty());
+        let params = |j: serde_json::Value| -> TlsParameters { serde_json::from_value(j).unwrap() };
+        assert_eq!(
+            params(json!({})).versions(),
+            (TlsVersion::V1_2, TlsVersion::V1_3),
+            "Envoy's defaults"
+        );
+        let fields = |p: TlsParameters| -> Vec<String> {
+            p.problems().into_iter().map(|(f, _)| f).collect()
+        };
+        assert_eq!(
+            fields(params(json!({"tlsMinimumProtocolVersion": "TLSv1_0"}))),
+            ["tlsMinimumProtocolVersion"]
+        );
+        assert_eq!(
+            fields(params(json!({"tlsMaximumProtocolVersion": "TLSv1_1"}))),
+            ["tlsMaximumProtocolVersion"]
+        );
+        assert_eq!(
+            fields(params(
+                json!({"tlsMinimumProtocolVersion": "TLSv1_3", "tlsMaximumProtocolVersion": "TLSv1_2"})
+            )),
+            ["tlsMinimumProtocolVersion"]
+        );
+        assert_eq!(
+            fields(params(
+                json!({"cipherSuites": ["ECDHE-RSA-AES128-GCM-SHA256", "AES128-SHA"]})
+            )),
+            ["cipherSuites[1]"]
+        );
+        assert_eq!(
+            fields(params(
+                json!({"tlsMinimumProtocolVersion": "TLSv1_3", "cipherSuites": ["ECDHE-RSA-AES128-GCM-SHA256"]})
+            )),
+            ["cipherSuites"]
+        );
+        assert!(
+            serde_json::from_value::<TlsParameters>(
+                json!({"tlsMinimumProtocolVersion": "TLSv1.2"})
+            )
+            .is_err()
+        );
+        // Clusters originate TLS with the defaults: parameters there are a problem.
+        let mut upstream =
+            external_upstream("www.example.com", &[], None, &ServerRoots::System, &[]);
+        upstream.common_tls_context.tls_params = Some(params(json!({})));
+        let p = upstream.common_tls_context.problems(Side::Upstream);
+        assert_eq!(
+            p.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>(),
+            ["tlsParams"]
+        );
     }
 }

@@ -764,14 +764,29 @@ fn tcp_proxy_chain(
 ///   certificate verified against their CA, `OPTIONAL_MUTUAL` verifies one when presented
 ///   (`requireClientCertificate: false` with the validation context);
 /// - `ISTIO_MUTUAL`: the gateway's workload certificate `default`, clients required and
-///   verified against the mesh root `ROOTCA` (`rustmesh_xds::tls::gateway_istio_mutual`).
+///   verified against the mesh root `ROOTCA` (`rustmesh_xds::tls::gateway_istio_mutual`);
+/// - any of them: `minProtocolVersion`, `maxProtocolVersion` and `cipherSuites` as the
+///   context's `tlsParams`, as Istio sets them.
 ///
 /// `None` for `PASSTHROUGH` and what validation refuses (another mode, neither a credential
 /// nor both files, both at once).
 fn termination(server: &rustmesh_api::gateway::Server) -> Option<DownstreamTlsContext> {
     let tls = server.tls.as_ref()?;
+    let mut context = match tls.mode.as_deref()? {
+        "ISTIO_MUTUAL" => gateway_istio_mutual(),
+        _ => credential_termination(tls)?,
+    };
+    // `minProtocolVersion`, `maxProtocolVersion`, `cipherSuites` (validation refused values
+    // they cannot be).
+    context.common_tls_context.tls_params = tls.tls_parameters("spec").ok().flatten();
+    Some(context)
+}
+
+/// [`termination`] for `SIMPLE`, `MUTUAL` and `OPTIONAL_MUTUAL`: a credential or files.
+fn credential_termination(
+    tls: &rustmesh_api::gateway::ServerTlsSettings,
+) -> Option<DownstreamTlsContext> {
     let clients = match tls.mode.as_deref()? {
-        "ISTIO_MUTUAL" => return Some(gateway_istio_mutual()),
         "SIMPLE" => ClientCerts::Ignored,
         "MUTUAL" => ClientCerts::Required,
         "OPTIONAL_MUTUAL" => ClientCerts::Optional,

@@ -1175,3 +1175,45 @@ fn istio_mutual_presents_the_workload_certificate_and_optional_mutual_does_not_r
     assert_eq!(db, mesh);
     assert_eq!(rds(l), "tcp");
 }
+
+/// Istio's gateway TLS hardening: a server's `minProtocolVersion`, `maxProtocolVersion` and
+/// `cipherSuites` become its chain's `tlsParams` (any terminating mode); a server without them
+/// keeps Envoy's defaults.
+#[test]
+fn a_servers_tls_versions_and_suites_are_its_chains_tls_params() {
+    let mut index = mesh_with_ingress();
+    let yaml = MUTUAL_MODES
+        .replace(
+            "tls: {mode: OPTIONAL_MUTUAL, credentialName: optional-credential}",
+            "tls: {mode: OPTIONAL_MUTUAL, credentialName: optional-credential, \
+             minProtocolVersion: TLSV1_3}",
+        )
+        .replace(
+            "  - port: {number: 31400, name: tls-mesh, protocol: TLS}\n    tls: {mode: ISTIO_MUTUAL}",
+            "  - port: {number: 31400, name: tls-mesh, protocol: TLS}\n    tls: {mode: ISTIO_MUTUAL, \
+             maxProtocolVersion: TLSV1_2, cipherSuites: [ECDHE-RSA-AES256-GCM-SHA384]}",
+        );
+    assert_ne!(yaml, MUTUAL_MODES);
+    istio(&mut index, &yaml);
+    let v = &verdict(&index, Kind::Gateway, "istio-system", "mutual");
+    assert!(v.accepted && v.findings.is_empty(), "{:?}", v.findings);
+    let c = rendered(&index, &gateway_scope());
+    let l = c.listener("0.0.0.0_8443").expect("listener 0.0.0.0_8443");
+    let params = |t: &rustmesh_xds::tls::DownstreamTlsContext| {
+        serde_json::to_value(&t.common_tls_context.tls_params).unwrap()
+    };
+    assert_eq!(
+        params(tls_for(l, "optional.example.com")),
+        serde_json::json!({"tlsMinimumProtocolVersion": "TLSv1_3"})
+    );
+    assert_eq!(
+        params(tls_for(l, "mesh.example.com")),
+        serde_json::Value::Null
+    );
+    let l = c.listener("0.0.0.0_31400").expect("listener 0.0.0.0_31400");
+    assert_eq!(
+        params(tls_for(l, "db.example.com")),
+        serde_json::json!({"tlsMaximumProtocolVersion": "TLSv1_2",
+            "cipherSuites": ["ECDHE-RSA-AES256-GCM-SHA384"]})
+    );
+}

@@ -18,7 +18,9 @@
 //!   against the Secret's CA (plain WebPKI: DNS names, no SPIFFE ids).
 //! - A peer's chain is verified against the roots once per configuration
 //!   ([`super::verified`]); its handshake signature at every handshake.
-//! - Only TLS 1.2 and 1.3 with the provider's default suites (ring); the key stays in memory.
+//! - Only TLS 1.2 and 1.3 with the provider's default suites (ring); a terminating chain's
+//!   `tlsParams` (a Gateway server's `minProtocolVersion`, `maxProtocolVersion`,
+//!   `cipherSuites`) narrow them ([`server_builder`]). The key stays in memory.
 
 use std::sync::Arc;
 
@@ -27,6 +29,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, DistinguishedName, Error as TlsError, SignatureScheme};
 use rustmesh_xds::identity::SpiffeId;
+use rustmesh_xds::tls::{TlsParameters, TlsVersion};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::cert::WorkloadCert;
@@ -69,6 +72,60 @@ pub fn peer_identity(peer_certificates: Option<&[CertificateDer<'static>]>) -> O
     (ids.len() == 1).then(|| ids.remove(0))
 }
 
+/// The rustls suite of a TLS 1.2 cipher suite's BoringSSL name (one of
+/// [`rustmesh_xds::tls::TLS12_CIPHER_SUITES`]).
+pub(crate) fn tls12_suite(name: &str) -> Option<rustls::CipherSuite> {
+    use rustls::CipherSuite as C;
+    Some(match name {
+        "ECDHE-ECDSA-AES128-GCM-SHA256" => C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        "ECDHE-ECDSA-AES256-GCM-SHA384" => C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        "ECDHE-ECDSA-CHACHA20-POLY1305" => C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        "ECDHE-RSA-AES128-GCM-SHA256" => C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        "ECDHE-RSA-AES256-GCM-SHA384" => C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        "ECDHE-RSA-CHACHA20-POLY1305" => C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        _ => return None,
+    })
+}
+
+/// A server configuration's start: TLS 1.2 and 1.3 with ring's suites, narrowed by `params`
+/// (the versions between its minimum and maximum; of TLS 1.2's suites, those it lists).
+/// Fails on what [`TlsParameters::problems`] names.
+pub fn server_builder(
+    params: Option<&TlsParameters>,
+) -> Result<rustls::ConfigBuilder<rustls::ServerConfig, rustls::WantsVerifier>, TlsConfigError> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    let mut versions: Vec<&'static rustls::SupportedProtocolVersion> =
+        vec![&rustls::version::TLS13, &rustls::version::TLS12];
+    if let Some(p) = params {
+        if let Some((field, message)) = p.problems().into_iter().next() {
+            return Err(TlsConfigError(format!("tlsParams.{field}: {message}")));
+        }
+        let (min, max) = p.versions();
+        versions.retain(|v| {
+            let v = if v.version == rustls::ProtocolVersion::TLSv1_3 {
+                TlsVersion::V1_3
+            } else {
+                TlsVersion::V1_2
+            };
+            min <= v && v <= max
+        });
+        if !p.cipher_suites.is_empty() {
+            let wanted: Vec<rustls::CipherSuite> = p
+                .cipher_suites
+                .iter()
+                .filter_map(|n| tls12_suite(n))
+                .collect();
+            provider.cipher_suites.retain(|s| match s {
+                rustls::SupportedCipherSuite::Tls13(_) => true,
+                rustls::SupportedCipherSuite::Tls12(_) => wanted.contains(&s.suite()),
+            });
+        }
+    }
+    rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&versions)
+        .map_err(|e| TlsConfigError(e.to_string()))
+}
+
 /// The server side: presents `cert`, and verifies a client certificate against the mesh root,
 /// requiring one when `require_client_certificate` (Istio's mutual TLS always does). The
 /// caller decides, from the ALPN and the policy, whether TLS is used at all.
@@ -76,6 +133,17 @@ pub fn server_config(
     cert: &WorkloadCert,
     alpn: &[&[u8]],
     require_client_certificate: bool,
+) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
+    server_config_with(cert, alpn, require_client_certificate, None)
+}
+
+/// [`server_config`] narrowed by `params` (a gateway server's `ISTIO_MUTUAL` with TLS
+/// versions or suites).
+pub fn server_config_with(
+    cert: &WorkloadCert,
+    alpn: &[&[u8]],
+    require_client_certificate: bool,
+    params: Option<&TlsParameters>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
     let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
         roots(cert)?.into(),
@@ -89,9 +157,7 @@ pub fn server_config(
     let verifier = Arc::new(super::verified::CachingClientVerifier::new(
         builder.build().map_err(|e| TlsConfigError(e.to_string()))?,
     ));
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsConfigError(e.to_string()))?
+    let mut config = server_builder(params)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(cert.chain.clone(), cert.key())
         .map_err(|e| TlsConfigError(e.to_string()))?;
@@ -109,10 +175,9 @@ pub fn credential_server_config(
     roots: Option<rustls::RootCertStore>,
     require_client_certificate: bool,
     alpn: &[&[u8]],
+    params: Option<&TlsParameters>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
-    let builder = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsConfigError(e.to_string()))?;
+    let builder = server_builder(params)?;
     let builder = match roots {
         Some(roots) => {
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
