@@ -356,13 +356,10 @@ const DESTINATION_RULE: &[Entry] = &[
     ),
     rendered(
         "**.connectionPool.tcp",
-        &["connectTimeout", "maxConnections"],
-        "render/clusters.rs: connectTimeout, circuitBreakers.maxConnections",
-    ),
-    warned(
-        "**.connectionPool.tcp.idleTimeout",
-        "not implemented: TCP connections keep the listener's idle timeout (1h)",
-        r#""30m""#,
+        &["connectTimeout", "idleTimeout", "maxConnections"],
+        "render/clusters.rs: connectTimeout, circuitBreakers.maxConnections; idleTimeout: \
+         render/mod.rs tcp_idle_timeout, the tcp_proxy idleTimeout of the outbound TCP and TLS \
+         chains to the host (unset: 1 h, 0s: none, as Istio)",
     ),
     warned(
         "**.connectionPool.tcp.maxConnectionDuration",

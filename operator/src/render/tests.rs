@@ -2043,3 +2043,35 @@ fn the_meshs_access_log_is_on_every_listener_filter() {
     let c = rendered(&bookinfo(), &Scope::namespace("default"));
     assert!(!c.to_json().contains("accessLog"));
 }
+
+/// A DestinationRule's `connectionPool.tcp.idleTimeout` is the idle timeout of the TCP proxy
+/// that carries connections to its host, as Istio sets it (unset: the proxy's 1 h default).
+#[test]
+fn a_destination_rules_tcp_idle_timeout_reaches_the_tcp_proxy() {
+    let mut index = bookinfo();
+    let idle = |index: &Index| {
+        let c = rendered(index, &Scope::namespace("default"));
+        let l = c.listener("10.96.20.1_27017").unwrap();
+        let NetworkFilter::TcpProxy(t) = &l.filter_chains[0].filters[0] else {
+            panic!("tcp proxy expected")
+        };
+        t.idle_timeout
+    };
+    assert_eq!(idle(&index), None);
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: mongo, namespace: default}
+spec:
+  host: mongodb
+  trafficPolicy:
+    connectionPool:
+      tcp: {idleTimeout: 30m}
+"#,
+    );
+    let v = &crate::fixtures::verdict(&index, Kind::DestinationRule, "default", "mongo");
+    assert!(v.accepted && v.findings.is_empty(), "{:?}", v.findings);
+    assert_eq!(idle(&index), Some(Duration::from_secs(1800)));
+}
