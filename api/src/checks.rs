@@ -55,22 +55,24 @@ pub fn object_findings(obj: &IstioObject, has_ca: bool) -> Vec<Finding> {
             );
         }
         IstioObject::DestinationRule(o) => out.extend(destination_rule_tls(&o.spec, has_ca)),
-        IstioObject::Gateway(o) if !has_ca => {
-            out.extend(gateway_credentials_without_ca(&o.spec));
-            out.extend(
-                o.spec
-                    .istio_mutual_without_ca()
-                    .into_iter()
-                    .map(|w| Finding {
-                        level: Severity::Warning,
-                        field: w.field,
-                        message: w.message,
-                    }),
-            );
-        }
+        IstioObject::Gateway(o) if !has_ca => out.extend(gateway_without_ca(&o.spec)),
         _ => {}
     }
     out.extend(obj.warnings().into_iter().map(|w| Finding {
+        level: Severity::Warning,
+        field: w.field,
+        message: w.message,
+    }));
+    out
+}
+
+/// What a Gateway needs of the mesh CA when it is off: each `credentialName` (an error,
+/// [`gateway_credentials_without_ca`]) and each `ISTIO_MUTUAL` server (a warning,
+/// [`crate::gateway::GatewaySpec::istio_mutual_without_ca`]). The webhook and the operator's
+/// status report the same.
+pub fn gateway_without_ca(spec: &crate::gateway::GatewaySpec) -> Vec<Finding> {
+    let mut out = gateway_credentials_without_ca(spec);
+    out.extend(spec.istio_mutual_without_ca().into_iter().map(|w| Finding {
         level: Severity::Warning,
         field: w.field,
         message: w.message,

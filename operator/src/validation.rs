@@ -543,6 +543,11 @@ fn gateways(index: &Index, verdicts: &mut BTreeMap<(Kind, ObjKey), Verdict>) {
             });
         }
         findings.extend(unimplemented("Gateway", &gw.spec));
+        // Without the mesh CA: credentials refused, ISTIO_MUTUAL servers warned about, as at
+        // admission.
+        if index.mesh.ca_host.is_none() {
+            findings.extend(checked(rustmesh_api::checks::gateway_without_ca(&gw.spec)));
+        }
         let mut v = verdict(findings, None);
         if !v.accepted
             && let Some(p) = store.last_good.get(key)
@@ -980,7 +985,13 @@ fn tls_findings(
     spec: &rustmesh_api::destination_rule::DestinationRuleSpec,
     has_ca: bool,
 ) -> Vec<Finding> {
-    rustmesh_api::checks::destination_rule_tls(spec, has_ca)
+    checked(rustmesh_api::checks::destination_rule_tls(spec, has_ca))
+}
+
+/// The shared object-local checks' findings (`rustmesh_api::checks`) as the status reports
+/// them.
+fn checked(findings: Vec<rustmesh_api::checks::Finding>) -> Vec<Finding> {
+    findings
         .into_iter()
         .map(|f| Finding {
             level: match f.level {
@@ -1254,7 +1265,11 @@ pub fn persisted_version<K: crate::index::kinds::IstioKind>(obj: &K, has_ca: boo
         crate::index::Object::RequestAuthentication(o) => o.spec.validate().is_empty(),
         crate::index::Object::Telemetry(o) => o.spec.validate().is_empty(),
         crate::index::Object::ServiceEntry(o) => o.spec.validate().is_empty(),
-        crate::index::Object::Gateway(o) => o.spec.validate().is_empty(),
+        crate::index::Object::Gateway(o) => {
+            o.spec.validate().is_empty()
+                && (has_ca
+                    || rustmesh_api::checks::gateway_credentials_without_ca(&o.spec).is_empty())
+        }
         _ => false,
     };
     if !valid {

@@ -35,6 +35,8 @@ fn mesh_with_ingress() -> Index {
         &[("istio-ingressgateway-1", "10.244.0.50", GATEWAY_LABELS)],
     );
     as_router(&mut index, "istio-system", "istio-ingressgateway-1");
+    // The mesh CA is on (the chart's default): it serves gateway credentials.
+    index.mesh.ca_host = Some("istiod.istio-system.svc.cluster.local".into());
     index
 }
 
@@ -1215,5 +1217,35 @@ fn a_servers_tls_versions_and_suites_are_its_chains_tls_params() {
         params(tls_for(l, "db.example.com")),
         serde_json::json!({"tlsMaximumProtocolVersion": "TLSv1_2",
             "cipherSuites": ["ECDHE-RSA-AES256-GCM-SHA384"]})
+    );
+}
+
+/// Without the mesh CA, the Gateway's status says what admission says: a `credentialName` is
+/// refused (nothing would serve the Secret to the gateway) and an `ISTIO_MUTUAL` server is
+/// accepted with a warning on its mode naming the chart value.
+#[test]
+fn without_the_mesh_ca_the_status_refuses_credentials_and_warns_about_istio_mutual() {
+    let mut index = mesh_with_ingress();
+    index.mesh.ca_host = None;
+    istio(&mut index, MUTUAL_MODES);
+    let v = &verdict(&index, Kind::Gateway, "istio-system", "mutual");
+    assert!(!v.accepted, "{:?}", v.findings);
+    let named: Vec<(&str, bool)> = v
+        .findings
+        .iter()
+        .map(|f| (f.field.as_str(), f.level == crate::validation::Level::Error))
+        .collect();
+    assert_eq!(
+        named,
+        [
+            ("spec.servers[1].tls.credentialName", true),
+            ("spec.servers[0].tls.mode", false),
+            ("spec.servers[2].tls.mode", false),
+        ]
+    );
+    assert!(
+        v.findings[1].message.contains("ca.enabled"),
+        "{:?}",
+        v.findings
     );
 }
