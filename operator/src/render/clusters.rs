@@ -344,14 +344,10 @@ pub fn inbound_cluster(
         }
         super::InboundEndpoint::Loopback(ip, port) => {
             let mut c = bare(name, DiscoveryType::Static, LbPolicy::RoundRobin);
-            c.load_assignment = Some(ClusterLoadAssignment {
-                cluster_name: name.to_string(),
-                endpoints: vec![LocalityLbEndpoints {
-                    locality: None,
-                    lb_endpoints: vec![LbEndpoint::new(SocketAddr::new(ip, port))],
-                    priority: 0,
-                }],
-            });
+            c.load_assignment = Some(assignment(
+                name,
+                vec![LbEndpoint::new(SocketAddr::new(ip, port))],
+            ));
             c
         }
     };
@@ -399,10 +395,7 @@ pub fn static_clusters() -> Vec<Cluster> {
         DiscoveryType::Static,
         LbPolicy::RoundRobin,
     );
-    blackhole.load_assignment = Some(ClusterLoadAssignment {
-        cluster_name: BLACKHOLE_CLUSTER.to_string(),
-        endpoints: Vec::new(),
-    });
+    blackhole.load_assignment = Some(assignment(BLACKHOLE_CLUSTER, Vec::new()));
     let mut inbound = bare(
         INBOUND_PASSTHROUGH_CLUSTER_V4,
         DiscoveryType::OriginalDst,
@@ -573,28 +566,13 @@ pub fn dns_load_assignment(
                 Ok(ip) => LbEndpoint::new(SocketAddr::new(ip, at)),
                 Err(_) => LbEndpoint::named(&e.address, at),
             };
-            if mtls && e.labels.get(TLS_MODE_LABEL).map(String::as_str) == Some(TLS_MODE_ISTIO) {
-                ep.with_istio_tls_mode()
-            } else {
-                ep
-            }
+            with_mesh_tls(ep, mtls, &e.labels)
         })
         .collect();
     if dns.logical {
         lb_endpoints.truncate(1);
     }
-    ClusterLoadAssignment {
-        cluster_name: cluster.to_string(),
-        endpoints: if lb_endpoints.is_empty() {
-            Vec::new()
-        } else {
-            vec![LocalityLbEndpoints {
-                locality: None,
-                lb_endpoints,
-                priority: 0,
-            }]
-        },
-    }
+    assignment(cluster, lb_endpoints)
 }
 
 /// The endpoints of an EDS cluster: the port's ready endpoints whose labels the subset selects;
@@ -614,13 +592,25 @@ pub fn load_assignment(
             if let Some(w) = &e.workload {
                 ep = ep.with_workload(w);
             }
-            if mtls && e.labels.get(TLS_MODE_LABEL).map(String::as_str) == Some(TLS_MODE_ISTIO) {
-                ep.with_istio_tls_mode()
-            } else {
-                ep
-            }
+            with_mesh_tls(ep, mtls, &e.labels)
         })
         .collect();
+    assignment(cluster, lb_endpoints)
+}
+
+/// `ep` with the metadata auto mTLS matches on, when the mesh has a CA (`mtls`) and `labels`
+/// are a pod's with a sidecar (`security.istio.io/tlsMode: istio`).
+fn with_mesh_tls(ep: LbEndpoint, mtls: bool, labels: &Labels) -> LbEndpoint {
+    if mtls && labels.get(TLS_MODE_LABEL).map(String::as_str) == Some(TLS_MODE_ISTIO) {
+        ep.with_istio_tls_mode()
+    } else {
+        ep
+    }
+}
+
+/// A cluster's endpoints as Istio writes them: one locality at priority 0, none at all when
+/// there is no endpoint.
+fn assignment(cluster: &str, lb_endpoints: Vec<LbEndpoint>) -> ClusterLoadAssignment {
     ClusterLoadAssignment {
         cluster_name: cluster.to_string(),
         endpoints: if lb_endpoints.is_empty() {
