@@ -1499,7 +1499,8 @@ mod tests {
                 },
                 ClientCerts::Ignored,
             );
-            ctx.common_tls_context.tls_params = Some(serde_json::from_value(params).unwrap());
+            ctx.common_tls_context.tls_params =
+                (!params.is_null()).then(|| serde_json::from_value(params).unwrap());
             Terminate::new(&ctx, Arc::new(Store::default()))
         };
         let name = "params.example.com";
@@ -1546,18 +1547,7 @@ mod tests {
             "a client without the suite is refused: {err}"
         );
         // Without parameters, the client's preference among every suite.
-        let defaults = Terminate::new(
-            &gateway_termination(
-                GatewayCert::Files {
-                    cert: &cert_path,
-                    key: &key_path,
-                    ca: None,
-                },
-                ClientCerts::Ignored,
-            ),
-            Arc::new(Store::default()),
-        )
-        .unwrap();
+        let defaults = terminate(serde_json::Value::Null).unwrap();
         let agreed = negotiated(
             &defaults,
             name,

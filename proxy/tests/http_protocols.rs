@@ -343,12 +343,16 @@ async fn invalid_h2_frames_end_the_connection() {
     let _: SocketAddr = p.addr;
 }
 
-#[tokio::test]
-async fn drain_finishes_in_flight_requests_then_closes() {
+/// An upstream and a proxy routing every request for `host` to it, whose HTTP connections
+/// drain once the returned sender says `true` (`draining`: from the start).
+async fn draining_proxy(
+    host: &str,
+    draining: bool,
+) -> (Upstream, tokio::sync::watch::Sender<bool>, Proxy) {
     let up = upstream("u", Behavior::default()).await;
-    let (tx, rx) = tokio::sync::watch::channel(false);
+    let (tx, rx) = tokio::sync::watch::channel(draining);
     let rc = vhost(
-        &["svc"],
+        &[host],
         json!([{ "match": { "prefix": "/" }, "route": { "cluster": "c" } }]),
     );
     let p = start_proxy(
@@ -360,6 +364,28 @@ async fn drain_finishes_in_flight_requests_then_closes() {
         },
     )
     .await;
+    (up, tx, p)
+}
+
+/// A client sidecar's pool to `addr` (h2c or HTTP/1.1), connections kept `idle` unused.
+fn pool_to(
+    addr: SocketAddr,
+    h2: bool,
+    idle: Duration,
+) -> rustmesh_proxy::pool::client::EndpointClient {
+    let stats = rustmesh_proxy::stats::Metrics::default().cluster("client");
+    let dialer = rustmesh_proxy::dial::ClusterDialer::new(
+        "client".to_string(),
+        Duration::from_secs(1),
+        None,
+        stats,
+    );
+    rustmesh_proxy::pool::client::EndpointClient::new(dialer, addr, None, h2, idle, None)
+}
+
+#[tokio::test]
+async fn drain_finishes_in_flight_requests_then_closes() {
+    let (up, tx, p) = draining_proxy("svc", false).await;
     let mut s = TcpStream::connect(p.addr).await.unwrap();
     s.write_all(b"GET /delay/500 HTTP/1.1\r\nHost: svc\r\n\r\n")
         .await
@@ -382,21 +408,7 @@ async fn drain_finishes_in_flight_requests_then_closes() {
 /// window (Envoy's connection manager `drain_timeout`).
 #[tokio::test]
 async fn an_idle_http1_connection_is_answered_once_more_when_draining_then_closed() {
-    let up = upstream("u", Behavior::default()).await;
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let rc = vhost(
-        &["svc"],
-        json!([{ "match": { "prefix": "/" }, "route": { "cluster": "c" } }]),
-    );
-    let p = start_proxy(
-        rc,
-        TestClusters::new().cluster("c", &[&up]),
-        Options {
-            drain: Some(rx),
-            ..Default::default()
-        },
-    )
-    .await;
+    let (up, tx, p) = draining_proxy("svc", false).await;
     let request = b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n";
     let (mut used, mut idle) = (
         TcpStream::connect(p.addr).await.unwrap(),
@@ -425,21 +437,7 @@ async fn an_idle_http1_connection_is_answered_once_more_when_draining_then_close
 /// inbound side drains is still served, with `Connection: close`, then closed.
 #[tokio::test]
 async fn an_http1_connection_accepted_while_draining_is_served_once_then_closed() {
-    let up = upstream("u", Behavior::default()).await;
-    let (_tx, rx) = tokio::sync::watch::channel(true);
-    let rc = vhost(
-        &["svc"],
-        json!([{ "match": { "prefix": "/" }, "route": { "cluster": "c" } }]),
-    );
-    let p = start_proxy(
-        rc,
-        TestClusters::new().cluster("c", &[&up]),
-        Options {
-            drain: Some(rx),
-            ..Default::default()
-        },
-    )
-    .await;
+    let (up, _tx, p) = draining_proxy("svc", true).await;
     let mut s = TcpStream::connect(p.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
         .await
@@ -455,21 +453,7 @@ async fn an_http1_connection_accepted_while_draining_is_served_once_then_closed(
 /// The same over HTTP/2: the request is served, then GOAWAY ends the connection.
 #[tokio::test]
 async fn an_h2_connection_accepted_while_draining_is_served_then_goes_away() {
-    let up = upstream("u", Behavior::default()).await;
-    let (_tx, rx) = tokio::sync::watch::channel(true);
-    let rc = vhost(
-        &["svc"],
-        json!([{ "match": { "prefix": "/" }, "route": { "cluster": "c" } }]),
-    );
-    let p = start_proxy(
-        rc,
-        TestClusters::new().cluster("c", &[&up]),
-        Options {
-            drain: Some(rx),
-            ..Default::default()
-        },
-    )
-    .await;
+    let (up, _tx, p) = draining_proxy("svc", true).await;
     let s = TcpStream::connect(p.addr).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -502,30 +486,9 @@ async fn an_h2_connection_accepted_while_draining_is_served_then_goes_away() {
 /// and the pool moves to a new connection; no request is lost to a reset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_streams_refused_by_a_draining_server_are_retriable() {
-    use rustmesh_proxy::pool::client::{EndpointClient, UpstreamError};
-    let up = upstream("u", Behavior::default()).await;
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let rc = vhost(
-        &["*"],
-        json!([{ "match": { "prefix": "/" }, "route": { "cluster": "c" } }]),
-    );
-    let p = start_proxy(
-        rc,
-        TestClusters::new().cluster("c", &[&up]),
-        Options {
-            drain: Some(rx),
-            ..Default::default()
-        },
-    )
-    .await;
-    let stats = rustmesh_proxy::stats::Metrics::default().cluster("client");
-    let dialer = rustmesh_proxy::dial::ClusterDialer::new(
-        "client".to_string(),
-        Duration::from_secs(1),
-        None,
-        stats,
-    );
-    let pool = EndpointClient::new(dialer, p.addr, None, true, Duration::from_secs(1), None);
+    use rustmesh_proxy::pool::client::UpstreamError;
+    let (_up, tx, p) = draining_proxy("*", false).await;
+    let pool = pool_to(p.addr, true, Duration::from_secs(1));
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let pool = pool.clone();
@@ -585,30 +548,9 @@ async fn h2_streams_refused_by_a_draining_server_are_retriable() {
 /// lost to a reset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_requests_to_a_draining_server_are_not_lost_to_resets() {
-    use rustmesh_proxy::pool::client::{EndpointClient, UpstreamError};
-    let up = upstream("u", Behavior::default()).await;
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let rc = vhost(
-        &["*"],
-        json!([{ "match": { "prefix": "/" }, "route": { "cluster": "c" } }]),
-    );
-    let p = start_proxy(
-        rc,
-        TestClusters::new().cluster("c", &[&up]),
-        Options {
-            drain: Some(rx),
-            ..Default::default()
-        },
-    )
-    .await;
-    let stats = rustmesh_proxy::stats::Metrics::default().cluster("client");
-    let dialer = rustmesh_proxy::dial::ClusterDialer::new(
-        "client".to_string(),
-        Duration::from_secs(1),
-        None,
-        stats,
-    );
-    let pool = EndpointClient::new(dialer, p.addr, None, false, Duration::from_secs(60), None);
+    use rustmesh_proxy::pool::client::UpstreamError;
+    let (_up, tx, p) = draining_proxy("*", false).await;
+    let pool = pool_to(p.addr, false, Duration::from_secs(60));
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let pool = pool.clone();

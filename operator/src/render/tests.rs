@@ -368,6 +368,23 @@ spec:
     );
 }
 
+/// Two HTTPS services, `nginx` (10.96.40.1) and `nginx-v2` (10.96.40.2), port 443 → 8443.
+fn nginx_services(index: &mut Index) {
+    for (name, ip, pod_ip) in [
+        ("nginx", "10.96.40.1", "10.244.0.70"),
+        ("nginx-v2", "10.96.40.2", "10.244.0.71"),
+    ] {
+        workload(
+            index,
+            "default",
+            name,
+            Some(ip),
+            &[("https", 443, 8443)],
+            &[(&format!("{name}-1"), pod_ip, &[("app", name)])],
+        );
+    }
+}
+
 /// `sourceLabels` on TCP and TLS matches (Istio evaluates them against each proxy's labels):
 /// the scope's one document lists a chain per rule that applies only to some pods, carrying
 /// the labels, in rule order, then the chain every pod keeps. A rule without sourceLabels
@@ -474,19 +491,7 @@ spec:
     assert_eq!(dests, [(1, replica.clone()), (0, primary.clone())]);
 
     // TLS: an SNI chain per match, carrying its labels, before the port's own chain.
-    for (name, ip, pod_ip) in [
-        ("nginx", "10.96.40.1", "10.244.0.70"),
-        ("nginx-v2", "10.96.40.2", "10.244.0.71"),
-    ] {
-        workload(
-            &mut index,
-            "default",
-            name,
-            Some(ip),
-            &[("https", 443, 8443)],
-            &[(&format!("{name}-1"), pod_ip, &[("app", name)])],
-        );
-    }
+    nginx_services(&mut index);
     istio(
         &mut index,
         r#"
@@ -544,19 +549,7 @@ spec:
 #[test]
 fn tls_routes_pick_the_destination_by_sni_on_the_services_tls_port() {
     let mut index = bookinfo();
-    for (name, ip, pod_ip) in [
-        ("nginx", "10.96.40.1", "10.244.0.70"),
-        ("nginx-v2", "10.96.40.2", "10.244.0.71"),
-    ] {
-        workload(
-            &mut index,
-            "default",
-            name,
-            Some(ip),
-            &[("https", 443, 8443)],
-            &[(&format!("{name}-1"), pod_ip, &[("app", name)])],
-        );
-    }
+    nginx_services(&mut index);
     istio(
         &mut index,
         r#"
