@@ -580,9 +580,8 @@ fn tls_parameter_errors(
     mode: Option<&str>,
 ) -> Vec<FieldError> {
     let at = format!("spec.servers[{i}].tls");
-    let terminates = tls_server
-        && mode
-            .is_some_and(|m| ["SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL", "ISTIO_MUTUAL"].contains(&m));
+    let terminates =
+        tls_server && mode.is_some_and(|m| m != "PASSTHROUGH" && TLS_MODES_RENDERED.contains(&m));
     if terminates {
         return tls.tls_parameters(&at).err().unwrap_or_default();
     }

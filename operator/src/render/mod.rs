@@ -618,10 +618,19 @@ pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsReci
                     )],
                 };
                 // The port's other traffic: chains for `tcp` rules with `sourceLabels`, then
-                // the one for every pod as the default.
+                // the one for every pod as the default. A labelled chain names its transport,
+                // once plain and once TLS: Envoy's matching leaves out chains naming none once
+                // the HTTP chain's `raw_buffer` matches, so plain TCP that is not HTTP would
+                // never reach a chain without one.
                 let every_pod = tcp_chains.pop();
                 let mut chains = vec![http_chain];
-                chains.append(&mut tcp_chains);
+                for chain in tcp_chains {
+                    for transport in [RAW_BUFFER, TLS] {
+                        let mut c = chain.clone();
+                        c.filter_chain_match.transport_protocol = Some(transport.to_string());
+                        chains.push(c);
+                    }
+                }
                 outbound_listener(ip, v.port.port, chains, every_pod, true)
             };
             listeners.insert(key, listener);

@@ -2068,3 +2068,74 @@ spec:
     assert!(v.accepted && v.findings.is_empty(), "{:?}", v.findings);
     assert_eq!(idle(&index), Some(Duration::from_secs(1800)));
 }
+
+/// On a port whose protocol is detected (HTTP sniffed, the rest TCP), a `tcp` rule with
+/// `sourceLabels` gets a chain per transport next to the HTTP chain, so that a labelled pod's
+/// plain TCP and TLS reach it; the service's own chain stays the default.
+#[test]
+fn source_labels_on_a_detected_port_name_the_transports_next_to_the_http_chain() {
+    let mut index = bookinfo();
+    for (name, ip, pod_ip) in [
+        ("legacy", "10.96.50.1", "10.244.0.80"),
+        ("legacy-v2", "10.96.50.2", "10.244.0.81"),
+    ] {
+        workload(
+            &mut index,
+            "default",
+            name,
+            Some(ip),
+            &[("", 7000, 7000)],
+            &[(&format!("{name}-1"), pod_ip, &[("app", name)])],
+        );
+    }
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: legacy, namespace: default}
+spec:
+  hosts: [legacy]
+  tcp:
+  - match:
+    - sourceLabels: {app: ratings}
+    route:
+    - destination: {host: legacy-v2}
+"#,
+    );
+    let c = rendered(&index, &Scope::namespace("default"));
+    let l = c.listener("10.96.50.1_7000").unwrap();
+    let chains: Vec<(Option<String>, usize, String)> = l
+        .filter_chains
+        .iter()
+        .skip(1)
+        .map(|fc| {
+            let m = &fc.filter_chain_match;
+            (
+                m.transport_protocol.clone(),
+                m.source_labels.len(),
+                dest(&fc.filters[0]),
+            )
+        })
+        .collect();
+    let v2 = "outbound|7000||legacy-v2.default.svc.cluster.local".to_string();
+    assert_eq!(
+        chains,
+        [
+            (Some("raw_buffer".to_string()), 1, v2.clone()),
+            (Some("tls".to_string()), 1, v2),
+        ]
+    );
+    assert!(
+        l.filter_chains[0]
+            .filter_chain_match
+            .application_protocols
+            .contains(&"http/1.1".to_string())
+    );
+    let default = l.default_filter_chain.as_ref().unwrap();
+    assert!(default.filter_chain_match.source_labels.is_empty());
+    assert_eq!(
+        dest(&default.filters[0]),
+        "outbound|7000||legacy.default.svc.cluster.local"
+    );
+}

@@ -844,6 +844,31 @@ mod tests {
         let fc = chains_for_pod(by_port, None, &[("app", "ratings")]);
         assert_eq!(chosen(&fc, to, &raw).as_deref(), Some("b"));
         assert_eq!(chosen(&fc, "10.0.0.1:9001", &raw).as_deref(), Some("d"));
+        // A detected port (the operator's shape): HTTP sniffed, a labelled pod's plain TCP and
+        // TLS to its chains, everything else of every pod to the default.
+        let detected = json!([
+            {"name": "http", "filterChainMatch": {"transportProtocol": "raw_buffer",
+                "applicationProtocols": ["http/1.1", "h2c"]}, "filters": http()},
+            {"filterChainMatch": {"transportProtocol": "raw_buffer", "sourceLabels": {"app": "ratings"}}, "filters": tcp("b")},
+            {"filterChainMatch": {"transportProtocol": "tls", "sourceLabels": {"app": "ratings"}}, "filters": tcp("d")},
+        ]);
+        for (labels, plain, tls_to) in [
+            (&[("app", "ratings")][..], "b", "d"),
+            (&[("app", "reviews")][..], "c", "c"),
+        ] {
+            let fc = chains_for_pod(detected.clone(), Some(json!({"filters": tcp("c")})), labels);
+            assert_eq!(chosen(&fc, to, &raw).as_deref(), Some(plain), "{labels:?}");
+            assert_eq!(
+                chosen(&fc, to, &tls()).as_deref(),
+                Some(tls_to),
+                "{labels:?}"
+            );
+            assert_eq!(
+                chosen(&fc, to, &apps(&["http/1.1"])).as_deref(),
+                Some("http:http"),
+                "{labels:?}"
+            );
+        }
     }
 
     #[test]
