@@ -572,7 +572,8 @@ impl GatewaySpec {
 /// `cipherSuites`: on a server that terminates TLS (an HTTPS or TLS server with `SIMPLE`,
 /// `MUTUAL`, `OPTIONAL_MUTUAL` or `ISTIO_MUTUAL`), values rustmesh cannot serve
 /// ([`ServerTlsSettings::tls_parameters`]); elsewhere (`PASSTHROUGH`, a plain-text server),
-/// any of them, as it would be ignored.
+/// any of them, as it would be ignored; and on a plain-text server a `credentialName` (Istio
+/// lets it pass there; nothing would present it).
 fn tls_parameter_errors(
     i: usize,
     tls: &ServerTlsSettings,
@@ -590,6 +591,8 @@ fn tls_parameter_errors(
         ("minProtocolVersion", set(&tls.min_protocol_version)),
         ("maxProtocolVersion", set(&tls.max_protocol_version)),
         ("cipherSuites", !tls.cipher_suites.is_empty()),
+        // A PASSTHROUGH server's is reported with its certificate files.
+        ("credentialName", !tls_server && set(&tls.credential_name)),
     ]
     .into_iter()
     .filter(|(_, on)| *on)
@@ -893,7 +896,7 @@ mod tests {
         );
         assert_eq!(p.cipher_suites.len(), 2);
         let s = spec(
-            "servers:\n- port: {number: 443, name: a, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, credentialName: c, minProtocolVersion: TLSV1_0}\n- port: {number: 444, name: b, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, credentialName: c, maxProtocolVersion: TLSv1.3, cipherSuites: [AES128-SHA]}\n- port: {number: 445, name: c, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, credentialName: c, minProtocolVersion: TLSV1_3, maxProtocolVersion: TLSV1_2}\n- port: {number: 446, name: d, protocol: TLS}\n  hosts: ['*']\n  tls: {mode: PASSTHROUGH, minProtocolVersion: TLSV1_2}\n- port: {number: 80, name: e, protocol: HTTP}\n  hosts: ['*']\n  tls: {httpsRedirect: true, cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256]}\n",
+            "servers:\n- port: {number: 443, name: a, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, credentialName: c, minProtocolVersion: TLSV1_0}\n- port: {number: 444, name: b, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, credentialName: c, maxProtocolVersion: TLSv1.3, cipherSuites: [AES128-SHA]}\n- port: {number: 445, name: c, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, credentialName: c, minProtocolVersion: TLSV1_3, maxProtocolVersion: TLSV1_2}\n- port: {number: 446, name: d, protocol: TLS}\n  hosts: ['*']\n  tls: {mode: PASSTHROUGH, minProtocolVersion: TLSV1_2}\n- port: {number: 80, name: e, protocol: HTTP}\n  hosts: ['*']\n  tls: {httpsRedirect: true, cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256], credentialName: c}\n",
         );
         let errors = s.validate();
         assert_eq!(
@@ -905,6 +908,7 @@ mod tests {
                 "spec.servers[2].tls.minProtocolVersion",
                 "spec.servers[3].tls.minProtocolVersion",
                 "spec.servers[4].tls.cipherSuites",
+                "spec.servers[4].tls.credentialName",
             ]
         );
         assert!(errors[0].message.contains("TLS 1.2 and 1.3"), "{errors:?}");
