@@ -217,6 +217,17 @@ impl ServerTlsSettings {
         }
         Ok((params != TlsParameters::default()).then_some(params))
     }
+
+    /// What a verified client certificate must also be (Envoy's validation context of the
+    /// server's chain): one of `subjectAltNames` (exact), and of `verifyCertificateHash` or
+    /// its key of `verifyCertificateSpki`.
+    pub fn client_pins(&self) -> rustmesh_xds::tls::CertificateValidationContext {
+        rustmesh_xds::tls::CertificateValidationContext {
+            match_subject_alt_names: rustmesh_xds::tls::exact_sans(&self.subject_alt_names),
+            verify_certificate_spki: self.verify_certificate_spki.clone(),
+            verify_certificate_hash: self.verify_certificate_hash.clone(),
+        }
+    }
 }
 
 /// `ServerTLSSettings.TLSCertificate`: one certificate given by file paths.
@@ -494,6 +505,7 @@ impl GatewaySpec {
             let tls_server = matches!(protocol, ServerProtocol::Https | ServerProtocol::Tls);
             if let Some(tls) = &server.tls {
                 out.extend(tls_parameter_errors(i, tls, tls_server, server.tls_mode()));
+                out.extend(client_pin_errors(i, tls, tls_server, server.tls_mode()));
             }
             let Some(mode) = server.tls_mode() else {
                 continue;
@@ -519,7 +531,7 @@ impl GatewaySpec {
                 // ISTIO_MUTUAL with certificates or a credential: Istio's error, not repeated.
                 .filter(|_| mode != "ISTIO_MUTUAL")
             {
-                let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+                let set = |v: &Option<String>| non_empty(v).is_some();
                 let files: Vec<&str> = [
                     ("serverCertificate", &tls.server_certificate),
                     ("privateKey", &tls.private_key),
@@ -586,7 +598,7 @@ fn tls_parameter_errors(
     if terminates {
         return tls.tls_parameters(&at).err().unwrap_or_default();
     }
-    let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+    let set = |v: &Option<String>| non_empty(v).is_some();
     [
         ("minProtocolVersion", set(&tls.min_protocol_version)),
         ("maxProtocolVersion", set(&tls.max_protocol_version)),
@@ -606,6 +618,57 @@ fn tls_parameter_errors(
         )
     })
     .collect()
+}
+
+/// What is wrong with server `i`'s `subjectAltNames`, `verifyCertificateSpki` and
+/// `verifyCertificateHash`: on a server that verifies client certificates (an HTTPS or TLS
+/// server with `MUTUAL`, `OPTIONAL_MUTUAL` or `ISTIO_MUTUAL`), a digest that is not one
+/// (Envoy would refuse the listener); elsewhere, any of them, as no client certificate is asked
+/// for and they would be ignored.
+fn client_pin_errors(
+    i: usize,
+    tls: &ServerTlsSettings,
+    tls_server: bool,
+    mode: Option<&str>,
+) -> Vec<FieldError> {
+    let at = format!("spec.servers[{i}].tls");
+    let verifies = tls_server
+        && mode.is_some_and(|m| matches!(m, "MUTUAL" | "OPTIONAL_MUTUAL" | "ISTIO_MUTUAL"));
+    if verifies {
+        return match tls.client_pins().pinned_digests() {
+            Ok(_) => Vec::new(),
+            Err((field, message)) => vec![FieldError::new(format!("{at}.{field}"), message)],
+        };
+    }
+    [
+        ("subjectAltNames", tls.subject_alt_names.is_empty()),
+        (
+            "verifyCertificateSpki",
+            tls.verify_certificate_spki.is_empty(),
+        ),
+        (
+            "verifyCertificateHash",
+            tls.verify_certificate_hash.is_empty(),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, empty)| !empty)
+    .map(|(field, _)| {
+        FieldError::new(
+            format!("{at}.{field}"),
+            format!(
+                "this server asks for no client certificate (SIMPLE, PASSTHROUGH, or not HTTPS \
+                 or TLS): its {field} would be ignored, remove it or use MUTUAL, \
+                 OPTIONAL_MUTUAL or ISTIO_MUTUAL"
+            ),
+        )
+    })
+    .collect()
+}
+
+/// A string field's value when it is set and not empty (protobuf's unset string).
+pub fn non_empty(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|s| !s.is_empty())
 }
 
 /// The Gateway a VirtualService's `gateways` entry (or `http[].match[].gateways`) names, as
@@ -918,6 +981,39 @@ mod tests {
     }
 
     #[test]
+    fn client_pins_are_accepted_where_clients_are_verified_and_refused_by_name_otherwise() {
+        let hash = "DF:6F:F7:2F:E9:11:65:21:26:8F:6F:2D:D4:96:6F:51:DF:47:98:83:FE:70:37:B3:9F:75:91:6A:C3:04:9D:1A";
+        let spki = "NvqYIYSbgK2vCJpQhObf77vv+bQWtc5ek5RIOwPiC9A=";
+        let s = spec(&format!(
+            "servers:\n- port: {{number: 443, name: a, protocol: HTTPS}}\n  hosts: ['*']\n  tls: {{mode: MUTUAL, credentialName: c, subjectAltNames: [client.example.com], verifyCertificateHash: ['{hash}']}}\n- port: {{number: 444, name: b, protocol: TLS}}\n  hosts: ['*']\n  tls: {{mode: ISTIO_MUTUAL, subjectAltNames: [spiffe://cluster.local/ns/a/sa/b], verifyCertificateSpki: ['{spki}']}}\n- port: {{number: 445, name: c, protocol: HTTPS}}\n  hosts: ['*']\n  tls: {{mode: OPTIONAL_MUTUAL, credentialName: c, verifyCertificateSpki: ['{spki}']}}\n"
+        ));
+        assert_eq!(s.validate(), vec![]);
+        let pins = s.servers[0].tls.as_ref().unwrap().client_pins();
+        assert_eq!(
+            pins.match_subject_alt_names[0].exact.as_deref(),
+            Some("client.example.com")
+        );
+        assert_eq!(pins.verify_certificate_hash, [hash]);
+        let s = spec(&format!(
+            "servers:\n- port: {{number: 443, name: a, protocol: HTTPS}}\n  hosts: ['*']\n  tls: {{mode: SIMPLE, credentialName: c, subjectAltNames: [client.example.com]}}\n- port: {{number: 444, name: b, protocol: TLS}}\n  hosts: ['*']\n  tls: {{mode: PASSTHROUGH, verifyCertificateSpki: ['{spki}'], verifyCertificateHash: ['{hash}']}}\n- port: {{number: 445, name: c, protocol: HTTPS}}\n  hosts: ['*']\n  tls: {{mode: MUTUAL, credentialName: c, verifyCertificateHash: ['{hash}', 'DF:6F']}}\n- port: {{number: 446, name: d, protocol: HTTPS}}\n  hosts: ['*']\n  tls: {{mode: MUTUAL, credentialName: c, verifyCertificateSpki: [not-base64]}}\n- port: {{number: 80, name: e, protocol: HTTP}}\n  hosts: ['*']\n  tls: {{httpsRedirect: true, subjectAltNames: [a]}}\n"
+        ));
+        let errors = s.validate();
+        assert_eq!(
+            fields(errors.clone()),
+            [
+                "spec.servers[0].tls.subjectAltNames",
+                "spec.servers[1].tls.verifyCertificateSpki",
+                "spec.servers[1].tls.verifyCertificateHash",
+                "spec.servers[2].tls.verifyCertificateHash[1]",
+                "spec.servers[3].tls.verifyCertificateSpki[0]",
+                "spec.servers[4].tls.subjectAltNames",
+            ]
+        );
+        assert!(errors[0].message.contains("would be ignored"), "{errors:?}");
+        assert!(errors[3].message.contains("SHA-256"), "{errors:?}");
+    }
+
+    #[test]
     fn istio_mutual_and_optional_mutual_servers_are_accepted() {
         // ISTIO_MUTUAL on HTTPS and TLS servers (the gateway's workload certificate);
         // OPTIONAL_MUTUAL with a credential, or files with their CA.
@@ -985,7 +1081,6 @@ mod tests {
             [
                 "spec.servers[0].tls.caCrl",
                 "spec.servers[0].tls.credentialNames",
-                "spec.servers[0].tls.subjectAltNames",
             ]
         );
         // ISTIO_MUTUAL on a plain-text server is refused, as any mode there.

@@ -885,6 +885,26 @@ const fn tls_parameter(path: &'static str, example: &'static str) -> Entry {
     }
 }
 
+/// A gateway server's `subjectAltNames`, `verifyCertificateSpki` or `verifyCertificateHash`:
+/// rendered where client certificates are verified, reported where they would be ignored or
+/// are malformed.
+const fn client_pin(path: &'static str, example: &'static str) -> Entry {
+    Entry {
+        path,
+        leaves: &[],
+        support: Support::ReportedBy(
+            "rustmesh_api::gateway::GatewaySpec::unsupported: rendered (render/gateway.rs \
+             termination: the validation context's matchSubjectAltNames, verifyCertificateSpki \
+             and verifyCertificateHash, checked by the proxy after the client's chain) on \
+             MUTUAL, OPTIONAL_MUTUAL and ISTIO_MUTUAL servers; refused on servers that ask for \
+             no client certificate (SIMPLE, PASSTHROUGH, plain text), where it would be \
+             ignored, and when a digest is not a SHA-256 one",
+        ),
+        harmless: &[],
+        example,
+    }
+}
+
 /// Gateway: plain-text, HTTPS and TLS servers are rendered (selector, port number, name and
 /// the HTTP, HTTPS, TLS and TCP protocols, hosts, server name, `tls.httpsRedirect`, `tls.mode`
 /// PASSTHROUGH, SIMPLE, MUTUAL and OPTIONAL_MUTUAL with `tls.credentialName` or certificate
@@ -1003,20 +1023,17 @@ const GATEWAY: &[Entry] = &[
         "gateway certificates are not rendered yet (issue #20)",
         r#"[{"serverCertificate": "/etc/certs/server.pem", "privateKey": "/etc/certs/key.pem"}]"#,
     ),
-    refused(
+    client_pin(
         "spec.servers[].tls.subjectAltNames",
-        "client certificate verification on gateways is not rendered yet (issue #20)",
-        r#"["spiffe://cluster.local/ns/default/sa/client"]"#,
+        r#"{"mode": "SIMPLE", "credentialName": "c", "subjectAltNames": ["client.example.com"]}"#,
     ),
-    refused(
+    client_pin(
         "spec.servers[].tls.verifyCertificateSpki",
-        "client certificate verification on gateways is not rendered yet (issue #20)",
-        r#"["pAeVRQu4Hn6Ue1jzNj9H5u2ZOn5K7n6mEcl0pJlRz3U="]"#,
+        r#"{"mode": "MUTUAL", "credentialName": "c", "verifyCertificateSpki": ["short"]}"#,
     ),
-    refused(
+    client_pin(
         "spec.servers[].tls.verifyCertificateHash",
-        "client certificate verification on gateways is not rendered yet (issue #20)",
-        r#"["0E:A5:2E:4F:90:5A:6F:2B"]"#,
+        r#"{"mode": "PASSTHROUGH", "verifyCertificateHash": ["0E:A5:2E:4F:90:5A:6F:2B"]}"#,
     ),
     tls_parameter(
         "spec.servers[].tls.minProtocolVersion",

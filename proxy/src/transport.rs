@@ -63,6 +63,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::identity::Store;
+use crate::identity::pinned::ClientPins;
 use crate::identity::tls::{
     client_config, credential_server_config, external_client_config, peer_identity,
     server_config_with,
@@ -299,6 +300,10 @@ pub struct Terminate {
     resumption: bool,
     /// The TLS versions and TLS 1.2 suites allowed (`commonTlsContext.tlsParams`).
     params: Option<rustmesh_xds::tls::TlsParameters>,
+    /// What a client certificate must name or be, beyond its chain
+    /// (`defaultValidationContext`: a gateway server's `subjectAltNames`,
+    /// `verifyCertificateSpki`, `verifyCertificateHash`).
+    pins: ClientPins,
     store: Arc<Store>,
     /// The configuration last built, with what it was built from: the workload certificate's
     /// generation (`(generation, 0)`), the versions of the credentials (certificate, roots), or
@@ -360,27 +365,27 @@ impl Terminate {
     /// `kubernetes://<secret>-cacert` when there is a validation context) or certificate files
     /// (`file-cert:`, clients verified against `file-root:`). A client certificate is required
     /// with `requireClientCertificate`; without it, a validation context verifies one when
-    /// presented and accepts a client without (Istio's `OPTIONAL_MUTUAL`). Fails, naming the
-    /// field below the context, on what it cannot do: another secret, roots of another kind
-    /// than the certificate's, subject alt name matchers (not implemented for clients), a
-    /// required client certificate without roots to verify it against ([`client_roots`]).
+    /// presented and accepts a client without (Istio's `OPTIONAL_MUTUAL`); a verified client
+    /// certificate must also meet the validation context's pins (subject alt names and
+    /// digests, [`ClientPins`]). Fails, naming the field below the context, on what it cannot
+    /// do: another secret, roots of another kind than the certificate's, a matcher other than
+    /// `exact` or a malformed digest, a required client certificate without roots to verify it
+    /// against ([`client_roots`]).
     pub fn new(ctx: &DownstreamTlsContext, store: Arc<Store>) -> Result<Self, (String, String)> {
         let common = &ctx.common_tls_context;
         let validation = common.combined_validation_context.as_ref();
         let err = |field: &str, message: String| (format!("commonTlsContext.{field}"), message);
-        if let Some(v) = validation
-            && !v
-                .default_validation_context
-                .match_subject_alt_names
-                .is_empty()
-        {
-            return Err(err(
-                "combinedValidationContext.defaultValidationContext.matchSubjectAltNames",
-                "checking a client's subject alt names is not implemented on a chain that \
-                 terminates TLS (its chain is verified against the roots)"
-                    .into(),
-            ));
-        }
+        let pins = match validation {
+            Some(v) => {
+                ClientPins::of(&v.default_validation_context).map_err(|(field, message)| {
+                    err(
+                        &format!("combinedValidationContext.defaultValidationContext.{field}"),
+                        message,
+                    )
+                })?
+            }
+            None => ClientPins::default(),
+        };
         if common.tls_certificate_sds_secret_configs.len() > 1 {
             return Err(err(
                 "tlsCertificateSdsSecretConfigs",
@@ -468,6 +473,7 @@ impl Terminate {
             serves,
             resumption: !ctx.disable_stateful_session_resumption,
             params: common.tls_params.clone(),
+            pins,
             store,
             cache: Mutex::new(None),
             files: Mutex::new(None),
@@ -566,6 +572,7 @@ impl Terminate {
                     &alpn,
                     *require_client_certificate,
                     self.params.as_ref(),
+                    &self.pins,
                 )
                 .map_err(|e| TlsError::Config(e.to_string()))?
             }
@@ -593,6 +600,7 @@ impl Terminate {
                     *require_client_certificate,
                     &alpn,
                     self.params.as_ref(),
+                    &self.pins,
                 )
                 .map_err(|e| TlsError::Credential(format!("kubernetes://{name}: {e}")))?
             }
@@ -615,6 +623,7 @@ impl Terminate {
                     *require_client_certificate,
                     &alpn,
                     self.params.as_ref(),
+                    &self.pins,
                 )
                 .map_err(|e| TlsError::File(format!("{cert}: {e}")))?
             }
@@ -1195,12 +1204,24 @@ mod tests {
             .unwrap()
             .default_validation_context
             .match_subject_alt_names = vec![StringMatcher {
-            exact: Some("client.example.com".into()),
+            prefix: Some("client.".into()),
             ..StringMatcher::default()
         }];
         assert_eq!(
             field(&sans),
-            "commonTlsContext.combinedValidationContext.defaultValidationContext.matchSubjectAltNames"
+            "commonTlsContext.combinedValidationContext.defaultValidationContext.matchSubjectAltNames[0]"
+        );
+        let mut digest = gateway_termination(GatewayCert::Credential("c"), ClientCerts::Required);
+        digest
+            .common_tls_context
+            .combined_validation_context
+            .as_mut()
+            .unwrap()
+            .default_validation_context
+            .verify_certificate_hash = vec!["df:6f".into()];
+        assert_eq!(
+            field(&digest),
+            "commonTlsContext.combinedValidationContext.defaultValidationContext.verifyCertificateHash[0]"
         );
         let mut no_roots = gateway_termination(GatewayCert::Credential("c"), ClientCerts::Ignored);
         no_roots.require_client_certificate = true;
@@ -1620,6 +1641,95 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.contains("UnknownCA"), "{err}");
+    }
+
+    /// A gateway server's pins (`subjectAltNames`, `verifyCertificateHash`,
+    /// `verifyCertificateSpki`): of two clients the server's CA issued, only the one the pins
+    /// name gets in; with `OPTIONAL_MUTUAL` a client without a certificate still does.
+    #[tokio::test]
+    async fn a_gateway_servers_pins_let_in_only_the_clients_they_name() {
+        use base64::Engine as _;
+        use rustls::pki_types::pem::PemObject;
+        use rustmesh_xds::tls::{CertificateValidationContext, exact_sans};
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("gateway client CA");
+        let (chain, key) = ca.issue(&["pinned.example.com"], None);
+        let path = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+        std::fs::write(path("ca.crt"), &ca.pem).unwrap();
+        std::fs::write(path("tls.crt"), &chain).unwrap();
+        std::fs::write(path("tls.key"), &key).unwrap();
+        let (cert_path, key_path, ca_path) = (path("tls.crt"), path("tls.key"), path("ca.crt"));
+        let pinned = |clients, pins: CertificateValidationContext| {
+            let mut ctx = gateway_termination(
+                GatewayCert::Files {
+                    cert: &cert_path,
+                    key: &key_path,
+                    ca: Some(&ca_path),
+                },
+                clients,
+            );
+            ctx.common_tls_context
+                .combined_validation_context
+                .as_mut()
+                .unwrap()
+                .default_validation_context = pins;
+            Terminate::new(&ctx, Arc::new(Store::default())).unwrap()
+        };
+        let alice = ca.issue(
+            &["alice.example.com"],
+            Some("spiffe://cluster.local/ns/foo/sa/alice"),
+        );
+        let bob = ca.issue(&["bob.example.com"], None);
+        let der = CertificateDer::from_pem_slice(alice.0.as_bytes()).unwrap();
+        let digest = |b: &[u8]| ring::digest::digest(&ring::digest::SHA256, b);
+        let hash: String = digest(der.as_ref())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        let (_, parsed) = X509Certificate::from_der(der.as_ref()).unwrap();
+        let spki = base64::engine::general_purpose::STANDARD
+            .encode(digest(parsed.tbs_certificate.subject_pki.raw).as_ref());
+        let name = "pinned.example.com";
+        let cases = [
+            CertificateValidationContext {
+                match_subject_alt_names: exact_sans(&["alice.example.com".into()]),
+                ..Default::default()
+            },
+            CertificateValidationContext {
+                match_subject_alt_names: exact_sans(&[
+                    "spiffe://cluster.local/ns/foo/sa/alice".into()
+                ]),
+                ..Default::default()
+            },
+            CertificateValidationContext {
+                verify_certificate_hash: vec![hash],
+                ..Default::default()
+            },
+            CertificateValidationContext {
+                verify_certificate_spki: vec![spki],
+                ..Default::default()
+            },
+        ];
+        for pins in cases {
+            let t = pinned(ClientCerts::Required, pins.clone());
+            handshake_as(&t, name, &ca.pem, Some(&alice))
+                .await
+                .unwrap_or_else(|e| panic!("{pins:?}: alice is pinned: {e}"));
+            let err = handshake_as(&t, name, &ca.pem, Some(&bob))
+                .await
+                .unwrap_err();
+            assert!(err.contains("alert"), "{pins:?}: bob is refused: {err}");
+            let optional = pinned(ClientCerts::Optional, pins.clone());
+            handshake(&optional, name, &ca.pem)
+                .await
+                .unwrap_or_else(|e| panic!("{pins:?}: no certificate, optional: {e}"));
+            handshake_as(&optional, name, &ca.pem, Some(&bob))
+                .await
+                .unwrap_err();
+        }
     }
 
     #[tokio::test]

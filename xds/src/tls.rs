@@ -103,7 +103,7 @@ pub enum DownstreamTransportSocket {
 pub enum UpstreamTransportSocket {
     /// Originate TLS.
     #[serde(rename = "envoy.transport_sockets.tls")]
-    Tls(UpstreamTlsContext),
+    Tls(Box<UpstreamTlsContext>),
     /// Plain TCP.
     #[serde(rename = "envoy.transport_sockets.raw_buffer")]
     RawBuffer(RawBuffer),
@@ -384,9 +384,97 @@ pub struct CombinedValidationContext {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CertificateValidationContext {
-    /// `exact` SPIFFE ids (other matchers are refused by validation).
+    /// `exact` SPIFFE ids or other subject alt names (other matchers are refused by
+    /// validation): the peer's certificate names one of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub match_subject_alt_names: Vec<StringMatcher>,
+    /// Base64 SHA-256 digests of the DER SubjectPublicKeyInfo of the client certificates
+    /// accepted (a gateway server's `verifyCertificateSpki`; terminating chains only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verify_certificate_spki: Vec<String>,
+    /// Hex SHA-256 digests (colons between bytes allowed) of the DER client certificates
+    /// accepted (`verifyCertificateHash`; terminating chains only). With both lists, a
+    /// certificate matching either is accepted, as in Envoy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verify_certificate_hash: Vec<String>,
+}
+
+/// `exact` matchers of `sans`.
+pub fn exact_sans(sans: &[String]) -> Vec<StringMatcher> {
+    sans.iter()
+        .map(|s| StringMatcher {
+            exact: Some(s.clone()),
+            ..StringMatcher::default()
+        })
+        .collect()
+}
+
+/// A SHA-256 digest a client certificate is pinned to.
+pub type Sha256 = [u8; 32];
+
+impl CertificateValidationContext {
+    /// The digests of `verifyCertificateHash` and of `verifyCertificateSpki`, decoded, or what
+    /// is wrong with the first one that is not a SHA-256 digest, as (field below this
+    /// context, message).
+    pub fn pinned_digests(&self) -> Result<(Vec<Sha256>, Vec<Sha256>), (String, String)> {
+        let hashes = self
+            .verify_certificate_hash
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                hex_digest(h).ok_or_else(|| {
+                    (
+                        format!("verifyCertificateHash[{i}]"),
+                        format!(
+                            "{h:?} is not a hex-encoded SHA-256 digest (64 hex digits, colons \
+                             between bytes allowed)"
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let spkis = self
+            .verify_certificate_spki
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(s)
+                    .ok()
+                    .and_then(|b| Sha256::try_from(b.as_slice()).ok())
+                    .ok_or_else(|| {
+                        (
+                            format!("verifyCertificateSpki[{i}]"),
+                            format!("{s:?} is not a base64-encoded SHA-256 digest (32 bytes)"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((hashes, spkis))
+    }
+}
+
+/// A hex SHA-256 digest, plain (`df6f…`) or with colons between bytes (`DF:6F:…`).
+fn hex_digest(s: &str) -> Option<Sha256> {
+    let digits: Vec<u8> = if s.contains(':') {
+        let bytes: Vec<&str> = s.split(':').collect();
+        if bytes.iter().any(|b| b.len() != 2) {
+            return None;
+        }
+        bytes.concat().into_bytes()
+    } else {
+        s.as_bytes().to_vec()
+    };
+    if digits.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in digits.chunks(2).enumerate() {
+        let pair = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(out)
 }
 
 impl CommonTlsContext {
@@ -399,13 +487,8 @@ impl CommonTlsContext {
             tls_certificate_sds_secret_configs: vec![SdsSecretConfig::named(SDS_DEFAULT)],
             combined_validation_context: Some(CombinedValidationContext {
                 default_validation_context: CertificateValidationContext {
-                    match_subject_alt_names: sans
-                        .iter()
-                        .map(|s| StringMatcher {
-                            exact: Some(s.clone()),
-                            ..StringMatcher::default()
-                        })
-                        .collect(),
+                    match_subject_alt_names: exact_sans(sans),
+                    ..CertificateValidationContext::default()
                 },
                 validation_context_sds_secret_config: SdsSecretConfig::named(SDS_ROOTCA),
             }),
@@ -542,6 +625,31 @@ impl CommonTlsContext {
                     ));
                 }
             }
+            let pinned = &v.default_validation_context;
+            let at = "combinedValidationContext.defaultValidationContext";
+            if external {
+                for (field, set) in [
+                    (
+                        "verifyCertificateSpki",
+                        !pinned.verify_certificate_spki.is_empty(),
+                    ),
+                    (
+                        "verifyCertificateHash",
+                        !pinned.verify_certificate_hash.is_empty(),
+                    ),
+                ] {
+                    if set {
+                        out.push((
+                            format!("{at}.{field}"),
+                            "pinning certificates is implemented where TLS is terminated (a \
+                             client's), not on clusters"
+                                .to_string(),
+                        ));
+                    }
+                }
+            } else if let Err((field, message)) = pinned.pinned_digests() {
+                out.push((format!("{at}.{field}"), message));
+            }
         }
         if let Some(params) = &self.tls_params {
             if external {
@@ -606,7 +714,9 @@ pub fn auto_mtls_matches(sni: &str, alpn: &[&str], sans: &[String]) -> Vec<Trans
         TransportSocketMatch {
             name: MATCH_TLS_MODE_ISTIO.to_string(),
             match_: BTreeMap::from([(TLS_MODE_KEY.to_string(), TLS_MODE_ISTIO.to_string())]),
-            transport_socket: UpstreamTransportSocket::Tls(istio_upstream(sni, alpn, sans)),
+            transport_socket: UpstreamTransportSocket::Tls(Box::new(istio_upstream(
+                sni, alpn, sans,
+            ))),
         },
         TransportSocketMatch {
             name: MATCH_TLS_MODE_DISABLED.to_string(),
@@ -680,13 +790,8 @@ pub fn external_upstream(
                 .collect(),
             combined_validation_context: root.map(|name| CombinedValidationContext {
                 default_validation_context: CertificateValidationContext {
-                    match_subject_alt_names: sans
-                        .iter()
-                        .map(|s| StringMatcher {
-                            exact: Some(s.clone()),
-                            ..StringMatcher::default()
-                        })
-                        .collect(),
+                    match_subject_alt_names: exact_sans(sans),
+                    ..CertificateValidationContext::default()
                 },
                 validation_context_sds_secret_config: SdsSecretConfig { name },
             }),
@@ -778,8 +883,8 @@ pub fn gateway_termination(cert: GatewayCert<'_>, clients: ClientCerts) -> Downs
 /// Istio's termination on a gateway server with `tls.mode: ISTIO_MUTUAL`: the gateway's
 /// workload certificate (`default`), clients required and verified against the mesh root
 /// (`ROOTCA`), as a sidecar's inbound mutual TLS ([`istio_downstream`]) with the ALPN of a
-/// gateway ([`ALPN_GATEWAY`]). Any mesh identity is accepted (a server's `subjectAltNames` is
-/// refused by validation).
+/// gateway ([`ALPN_GATEWAY`]). Any mesh identity is accepted (the operator narrows it with
+/// the server's `subjectAltNames` in the validation context).
 pub fn gateway_istio_mutual() -> DownstreamTlsContext {
     istio_downstream(&ALPN_GATEWAY)
 }
@@ -1095,6 +1200,95 @@ mod tests {
         let p = bad.problems(Side::Upstream);
         assert_eq!(p[0].0, "tlsCertificateSdsSecretConfigs[0].name");
         assert!(p[0].1.contains("Db_1"), "{p:?}");
+    }
+
+    /// A terminating chain's pinned client certificates: Envoy's hex (plain or with colons) and
+    /// base64 digests, each malformed one a problem naming it; on clusters, none is rendered.
+    #[test]
+    fn pinned_client_digests_decode_and_name_what_is_malformed() {
+        let hex = "df6ff72fe9116521268f6f2dd4966f51df479883fe7037b39f75916ac3049d1a";
+        let colons = hex
+            .as_bytes()
+            .chunks(2)
+            .map(|c| std::str::from_utf8(c).unwrap().to_ascii_uppercase())
+            .collect::<Vec<_>>()
+            .join(":");
+        let spki = "NvqYIYSbgK2vCJpQhObf77vv+bQWtc5ek5RIOwPiC9A=";
+        let mut ctx = gateway_termination(
+            GatewayCert::Credential("bookinfo-credential"),
+            ClientCerts::Required,
+        );
+        let v = ctx
+            .common_tls_context
+            .combined_validation_context
+            .as_mut()
+            .unwrap();
+        v.default_validation_context = CertificateValidationContext {
+            match_subject_alt_names: exact_sans(&["client.example.com".to_string()]),
+            verify_certificate_spki: vec![spki.to_string()],
+            verify_certificate_hash: vec![hex.to_string(), colons],
+        };
+        let (hashes, spkis) = v.default_validation_context.pinned_digests().unwrap();
+        assert_eq!(hashes.len(), 2);
+        assert_eq!(hashes[0], hashes[1], "colons or not, the same digest");
+        assert_eq!(hashes[0][..3], [0xdf, 0x6f, 0xf7]);
+        assert_eq!(spkis[0][..3], [0x36, 0xfa, 0x98]);
+        assert!(ctx.common_tls_context.problems(Side::Downstream).is_empty());
+        let json = serde_json::to_value(&ctx).unwrap();
+        assert_eq!(
+            json["commonTlsContext"]["combinedValidationContext"]["defaultValidationContext"]["verifyCertificateSpki"],
+            json!([spki])
+        );
+        let fields = |spki: &str, hash: &str| -> Vec<String> {
+            let mut c = ctx.clone();
+            let d = &mut c
+                .common_tls_context
+                .combined_validation_context
+                .as_mut()
+                .unwrap()
+                .default_validation_context;
+            d.verify_certificate_spki = vec![spki.to_string()];
+            d.verify_certificate_hash = vec![hex.to_string(), hash.to_string()];
+            c.common_tls_context
+                .problems(Side::Downstream)
+                .into_iter()
+                .map(|(f, _)| f)
+                .collect()
+        };
+        let at = "combinedValidationContext.defaultValidationContext";
+        assert_eq!(
+            fields(spki, &hex[2..]),
+            [format!("{at}.verifyCertificateHash[1]")]
+        );
+        assert_eq!(
+            fields(spki, "df:6ff7"),
+            [format!("{at}.verifyCertificateHash[1]")]
+        );
+        assert_eq!(
+            fields(spki, &hex.replace('d', "g")),
+            [format!("{at}.verifyCertificateHash[1]")]
+        );
+        assert_eq!(
+            fields("bm90IDMyIGJ5dGVz", hex),
+            [format!("{at}.verifyCertificateSpki[0]")]
+        );
+        assert_eq!(
+            fields("not base64!", hex),
+            [format!("{at}.verifyCertificateSpki[0]")]
+        );
+        // Clusters pin nothing.
+        assert_eq!(
+            ctx.common_tls_context
+                .problems(Side::Upstream)
+                .into_iter()
+                .map(|(f, _)| f)
+                .filter(|f| f.starts_with(at))
+                .collect::<Vec<_>>(),
+            [
+                format!("{at}.verifyCertificateSpki"),
+                format!("{at}.verifyCertificateHash")
+            ]
+        );
     }
 
     /// A gateway server's TLS versions and suites read as Envoy's `tlsParams`; what rustmesh's

@@ -285,13 +285,13 @@ pub fn upstream_tls(
             _ => None,
         };
         return (
-            Some(UpstreamTransportSocket::Tls(external_upstream(
+            Some(UpstreamTransportSocket::Tls(Box::new(external_upstream(
                 sni,
                 &[],
                 client,
                 &roots,
                 &t.subject_alt_names,
-            ))),
+            )))),
             Vec::new(),
         );
     }
@@ -307,11 +307,11 @@ pub fn upstream_tls(
                 t.subject_alt_names.clone()
             };
             (
-                Some(UpstreamTransportSocket::Tls(istio_upstream(
+                Some(UpstreamTransportSocket::Tls(Box::new(istio_upstream(
                     sni,
                     &ALPN_ISTIO_TCP,
                     &sans,
-                ))),
+                )))),
                 Vec::new(),
             )
         }

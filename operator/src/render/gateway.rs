@@ -78,7 +78,8 @@
 
 use super::{
     Ctx, EdsRecipes, MeshView, Scope, authz, hcm, parse_cidr, request_authn, server_names,
-    static_clusters, tcp_rules_by_source, telemetry, with_ca_name, with_mesh_telemetry,
+    static_clusters, tcp_route_chain, tcp_rules_by_source, telemetry, with_ca_name,
+    with_mesh_telemetry,
 };
 use crate::index::{Labels, ObjKey};
 use crate::registry::exported;
@@ -87,13 +88,9 @@ use rustmesh_api::sidecar::host_matches;
 use rustmesh_api::{Gateway, VirtualService};
 use rustmesh_xds::ProxyConfig;
 use rustmesh_xds::address::Address;
-use rustmesh_xds::listener::{
-    FilterChain, FilterChainMatch, Listener, NetworkFilter, TLS, TcpProxy, TrafficDirection,
-};
+use rustmesh_xds::listener::{FilterChain, FilterChainMatch, Listener, TLS, TrafficDirection};
 use rustmesh_xds::names;
-use rustmesh_xds::route::{
-    RedirectAction, Route, RouteConfiguration, RouteMatch, VirtualHost, WeightedClusters,
-};
+use rustmesh_xds::route::{RedirectAction, Route, RouteConfiguration, RouteMatch, VirtualHost};
 use rustmesh_xds::scope::{ProxyRole, select_scope, selects};
 use rustmesh_xds::tls::{
     ClientCerts, DownstreamTlsContext, DownstreamTransportSocket, GatewayCert,
@@ -674,13 +671,10 @@ fn passthrough_chains(ctx: &mut Ctx<'_, '_>, port: u16, ps: &PortServer<'_>) -> 
                 if !applies || sni.is_empty() {
                     continue;
                 }
-                let Some((cluster, weighted)) =
-                    ctx.tcp_destinations(&rule.route, &key.namespace, ps.number)
-                else {
+                let Some(to) = ctx.tcp_destinations(&rule.route, &key.namespace, ps.number) else {
                     continue;
                 };
-                let mut chain = tcp_proxy_chain(port, cluster, weighted);
-                chain.filter_chain_match = FilterChainMatch {
+                let chain_match = FilterChainMatch {
                     server_names: server_names(&sni),
                     prefix_ranges: m
                         .destination_subnets
@@ -691,7 +685,7 @@ fn passthrough_chains(ctx: &mut Ctx<'_, '_>, port: u16, ps: &PortServer<'_>) -> 
                     source_labels: m.source_labels.clone(),
                     ..FilterChainMatch::default()
                 };
-                out.push(chain);
+                out.push(tcp_route_chain(chain_match, to, &stat_prefix(port), None));
             }
         }
     }
@@ -719,14 +713,14 @@ fn tcp_chains(ctx: &mut Ctx<'_, '_>, port: u16, ps: &PortServer<'_>) -> Vec<Filt
         });
         for (source_labels, rule) in rules {
             let every_pod = source_labels.is_empty();
-            let Some((cluster, weighted)) =
-                ctx.tcp_destinations(&rule.route, &key.namespace, ps.number)
-            else {
+            let Some(to) = ctx.tcp_destinations(&rule.route, &key.namespace, ps.number) else {
                 return out;
             };
-            let mut chain = tcp_proxy_chain(port, cluster, weighted);
-            chain.filter_chain_match.source_labels = source_labels;
-            out.push(chain);
+            let chain_match = FilterChainMatch {
+                source_labels,
+                ..FilterChainMatch::default()
+            };
+            out.push(tcp_route_chain(chain_match, to, &stat_prefix(port), None));
             if every_pod {
                 return out;
             }
@@ -735,27 +729,9 @@ fn tcp_chains(ctx: &mut Ctx<'_, '_>, port: u16, ps: &PortServer<'_>) -> Vec<Filt
     out
 }
 
-/// A chain matching everything that proxies connections on listener port `port` to one
-/// cluster or weighted clusters.
-fn tcp_proxy_chain(
-    port: u16,
-    cluster: Option<String>,
-    weighted_clusters: Option<WeightedClusters>,
-) -> FilterChain {
-    let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-    FilterChain {
-        transport_socket: None,
-        name: None,
-        filter_chain_match: FilterChainMatch::default(),
-        filters: vec![NetworkFilter::TcpProxy(TcpProxy {
-            stat_prefix: cluster
-                .clone()
-                .unwrap_or_else(|| names::outbound_stat_prefix(any, port)),
-            cluster,
-            weighted_clusters,
-            ..TcpProxy::default()
-        })],
-    }
+/// The stats prefix of a gateway TCP proxy to weighted clusters on listener port `port`.
+fn stat_prefix(port: u16) -> String {
+    names::outbound_stat_prefix(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
 }
 
 /// How a TLS-based server terminates TLS, as Istio's gateway `DownstreamTlsContext`:
@@ -766,7 +742,10 @@ fn tcp_proxy_chain(
 /// - `ISTIO_MUTUAL`: the gateway's workload certificate `default`, clients required and
 ///   verified against the mesh root `ROOTCA` (`rustmesh_xds::tls::gateway_istio_mutual`);
 /// - any of them: `minProtocolVersion`, `maxProtocolVersion` and `cipherSuites` as the
-///   context's `tlsParams`, as Istio sets them.
+///   context's `tlsParams`, as Istio sets them; where clients are verified, `subjectAltNames`,
+///   `verifyCertificateSpki` and `verifyCertificateHash` as its validation context's
+///   (Istio applies only `subjectAltNames` to `ISTIO_MUTUAL`; rustmesh applies all three
+///   wherever a client certificate is verified, rather than ignore them).
 ///
 /// `None` for `PASSTHROUGH` and what validation refuses (another mode, neither a credential
 /// nor both files, both at once).
@@ -779,6 +758,13 @@ fn termination(server: &rustmesh_api::gateway::Server) -> Option<DownstreamTlsCo
     // `minProtocolVersion`, `maxProtocolVersion`, `cipherSuites` (validation refused values
     // they cannot be).
     context.common_tls_context.tls_params = tls.tls_parameters("spec").ok().flatten();
+    if let Some(v) = context
+        .common_tls_context
+        .combined_validation_context
+        .as_mut()
+    {
+        v.default_validation_context = tls.client_pins();
+    }
     Some(context)
 }
 
@@ -792,9 +778,7 @@ fn credential_termination(
         "OPTIONAL_MUTUAL" => ClientCerts::Optional,
         _ => return None,
     };
-    fn set(v: &Option<String>) -> Option<&str> {
-        v.as_deref().filter(|s| !s.is_empty())
-    }
+    use rustmesh_api::gateway::non_empty as set;
     let cert = match (
         set(&tls.credential_name),
         set(&tls.server_certificate),

@@ -1220,6 +1220,79 @@ fn a_servers_tls_versions_and_suites_are_its_chains_tls_params() {
     );
 }
 
+/// A server's `subjectAltNames`, `verifyCertificateSpki` and `verifyCertificateHash` become
+/// its chain's validation context, next to the roots, where clients are verified
+/// (`OPTIONAL_MUTUAL` and `ISTIO_MUTUAL` here); a `SIMPLE` server with one is refused.
+#[test]
+fn a_servers_client_pins_are_its_chains_validation_context() {
+    let mut index = mesh_with_ingress();
+    let spki = "NvqYIYSbgK2vCJpQhObf77vv+bQWtc5ek5RIOwPiC9A=";
+    let yaml = MUTUAL_MODES
+        .replace(
+            "tls: {mode: OPTIONAL_MUTUAL, credentialName: optional-credential}",
+            &format!(
+                "tls: {{mode: OPTIONAL_MUTUAL, credentialName: optional-credential, \
+                 subjectAltNames: [client.example.com], verifyCertificateSpki: ['{spki}']}}"
+            ),
+        )
+        .replace(
+            "  - port: {number: 31400, name: tls-mesh, protocol: TLS}\n    tls: {mode: ISTIO_MUTUAL}",
+            "  - port: {number: 31400, name: tls-mesh, protocol: TLS}\n    tls: {mode: ISTIO_MUTUAL, \
+             subjectAltNames: [spiffe://cluster.local/ns/default/sa/sleep]}",
+        );
+    assert_ne!(yaml, MUTUAL_MODES);
+    istio(&mut index, &yaml);
+    let v = &verdict(&index, Kind::Gateway, "istio-system", "mutual");
+    assert!(v.accepted && v.findings.is_empty(), "{:?}", v.findings);
+    let c = rendered(&index, &gateway_scope());
+    let validation = |t: &rustmesh_xds::tls::DownstreamTlsContext| {
+        let v = t
+            .common_tls_context
+            .combined_validation_context
+            .as_ref()
+            .unwrap();
+        (
+            v.validation_context_sds_secret_config.name.clone(),
+            serde_json::to_value(&v.default_validation_context).unwrap(),
+        )
+    };
+    let l = c.listener("0.0.0.0_8443").expect("listener 0.0.0.0_8443");
+    assert_eq!(
+        validation(tls_for(l, "optional.example.com")),
+        (
+            "kubernetes://optional-credential-cacert".to_string(),
+            serde_json::json!({"matchSubjectAltNames": [{"exact": "client.example.com"}],
+                "verifyCertificateSpki": [spki]})
+        )
+    );
+    assert_eq!(
+        validation(tls_for(l, "mesh.example.com")),
+        ("ROOTCA".to_string(), serde_json::json!({}))
+    );
+    let l = c.listener("0.0.0.0_31400").expect("listener 0.0.0.0_31400");
+    assert_eq!(
+        validation(tls_for(l, "db.example.com")),
+        (
+            "ROOTCA".to_string(),
+            serde_json::json!({"matchSubjectAltNames":
+                [{"exact": "spiffe://cluster.local/ns/default/sa/sleep"}]})
+        )
+    );
+    // On a SIMPLE server nothing asks for a client certificate: refused, naming the field.
+    let mut index = mesh_with_ingress();
+    istio(
+        &mut index,
+        &MUTUAL_MODES.replace(
+            "tls: {mode: OPTIONAL_MUTUAL, credentialName: optional-credential}",
+            "tls: {mode: SIMPLE, credentialName: optional-credential, \
+             subjectAltNames: [client.example.com]}",
+        ),
+    );
+    let v = &verdict(&index, Kind::Gateway, "istio-system", "mutual");
+    assert!(!v.accepted, "{:?}", v.findings);
+    assert_eq!(v.findings[0].field, "spec.servers[1].tls.subjectAltNames");
+}
+
 /// Without the mesh CA, the Gateway's status says what admission says: a `credentialName` is
 /// refused (nothing would serve the Secret to the gateway) and an `ISTIO_MUTUAL` server is
 /// accepted with a warning on its mode naming the chart value.

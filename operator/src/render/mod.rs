@@ -725,6 +725,32 @@ fn hcm(stat_prefix: String, route: String) -> NetworkFilter {
     }))
 }
 
+/// Where a VirtualService's `tcp` or `tls` rule sends a connection: one cluster, or weighted
+/// clusters.
+type TcpDestination = (Option<String>, Option<WeightedClusters>);
+
+/// A chain for `chain_match` proxying connections to `to`: its stats under the cluster's name,
+/// or `stat_prefix` for weighted clusters; idle connections closed after `idle_timeout`.
+fn tcp_route_chain(
+    chain_match: FilterChainMatch,
+    (cluster, weighted_clusters): TcpDestination,
+    stat_prefix: &str,
+    idle_timeout: Option<Duration>,
+) -> FilterChain {
+    FilterChain {
+        transport_socket: None,
+        name: None,
+        filter_chain_match: chain_match,
+        filters: vec![NetworkFilter::TcpProxy(TcpProxy {
+            stat_prefix: cluster.clone().unwrap_or_else(|| stat_prefix.to_string()),
+            cluster,
+            weighted_clusters,
+            idle_timeout,
+            ..TcpProxy::default()
+        })],
+    }
+}
+
 fn tcp_proxy(stat_prefix: &str, cluster: &str) -> NetworkFilter {
     NetworkFilter::TcpProxy(TcpProxy {
         stat_prefix: stat_prefix.to_string(),
@@ -1047,24 +1073,15 @@ impl<'v, 'a> Ctx<'v, 'a> {
         routes
             .into_iter()
             .map(|(source_labels, to)| {
-                let (cluster, weighted) = to.unwrap_or_else(|| (Some(default.clone()), None));
-                FilterChain {
-                    transport_socket: None,
-                    name: None,
-                    filter_chain_match: FilterChainMatch {
+                tcp_route_chain(
+                    FilterChainMatch {
                         source_labels,
                         ..FilterChainMatch::default()
                     },
-                    filters: vec![NetworkFilter::TcpProxy(TcpProxy {
-                        stat_prefix: cluster.clone().unwrap_or_else(|| default.clone()),
-                        cluster,
-                        weighted_clusters: weighted,
-                        idle_timeout,
-                        access_log: Vec::new(),
-                        disabled_metrics: Vec::new(),
-                        tag_overrides: Default::default(),
-                    })],
-                }
+                    to.unwrap_or_else(|| (Some(default.clone()), None)),
+                    &default,
+                    idle_timeout,
+                )
             })
             .collect()
     }
@@ -1102,25 +1119,16 @@ impl<'v, 'a> Ctx<'v, 'a> {
                 if out.iter().any(|c| c.filter_chain_match == chain_match) {
                     continue;
                 }
-                let Some((cluster, weighted_clusters)) =
-                    self.tcp_destinations(&rule.route, &key.namespace, v.port.port)
+                let Some(to) = self.tcp_destinations(&rule.route, &key.namespace, v.port.port)
                 else {
                     continue;
                 };
-                out.push(FilterChain {
-                    transport_socket: None,
-                    name: None,
-                    filter_chain_match: chain_match,
-                    filters: vec![NetworkFilter::TcpProxy(TcpProxy {
-                        stat_prefix: cluster.clone().unwrap_or_else(|| {
-                            ClusterName::outbound(v.port.port, "", &v.svc.fqdn).to_string()
-                        }),
-                        cluster,
-                        weighted_clusters,
-                        idle_timeout,
-                        ..TcpProxy::default()
-                    })],
-                });
+                out.push(tcp_route_chain(
+                    chain_match,
+                    to,
+                    &ClusterName::outbound(v.port.port, "", &v.svc.fqdn).to_string(),
+                    idle_timeout,
+                ));
             }
         }
         out
@@ -1134,11 +1142,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
 
     /// Where the VirtualService's `tcp` rules applying to this port send a connection, per
     /// [`tcp_rules_by_source`] (`None`: a rule without destinations, the service's cluster).
-    #[allow(clippy::type_complexity)]
-    fn tcp_routes(
-        &mut self,
-        v: &Visible<'v>,
-    ) -> Vec<(Labels, Option<(Option<String>, Option<WeightedClusters>)>)> {
+    fn tcp_routes(&mut self, v: &Visible<'v>) -> Vec<(Labels, Option<TcpDestination>)> {
         let Some((key, vs)) = self.virtual_service_for(&v.svc.fqdn) else {
             return Vec::new();
         };
@@ -1172,7 +1176,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
         route: &[rustmesh_api::virtual_service::RouteDestination],
         vs_ns: &str,
         port: u16,
-    ) -> Option<(Option<String>, Option<WeightedClusters>)> {
+    ) -> Option<TcpDestination> {
         let dests: Vec<(String, u32)> = route
             .iter()
             .filter(|d| route.len() == 1 || d.weight.unwrap_or(0) > 0)

@@ -12,6 +12,8 @@
 //! - [`manager`]: keeps a valid certificate in a [`Store`]: fetches at start, renews at 80 % of
 //!   the lifetime, retries with backoff while the CA is down, and keeps serving with the current
 //!   certificate until it expires.
+//! - [`pinned`]: client certificates a gateway server pins (subject alt names, certificate
+//!   and key digests), checked after the chain;
 //! - [`verified`]: peer chains verified once per verifier, not at every handshake (the
 //!   handshake's own signature always is);
 //! - [`tls`]: Istio's mutual TLS between sidecars as rustls configurations (chains verified
@@ -21,6 +23,7 @@ pub mod ca_client;
 pub mod cert;
 pub mod credential;
 pub mod manager;
+pub mod pinned;
 pub mod tls;
 pub mod verified;
 

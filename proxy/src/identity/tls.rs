@@ -15,7 +15,8 @@
 //!   at all (`insecureSkipVerify`), with the client certificate from files for `MUTUAL`.
 //! - A gateway's TLS with a `Gateway` server's `credentialName` is
 //!   [`credential_server_config`]: the Secret's certificate, and for `MUTUAL` clients verified
-//!   against the Secret's CA (plain WebPKI: DNS names, no SPIFFE ids).
+//!   against the Secret's CA (plain WebPKI: DNS names, no SPIFFE ids) and the server's pins
+//!   ([`super::pinned`]).
 //! - A peer's chain is verified against the roots once per configuration
 //!   ([`super::verified`]); its handshake signature at every handshake.
 //! - Only TLS 1.2 and 1.3 with the provider's default suites (ring); a terminating chain's
@@ -33,6 +34,7 @@ use rustmesh_xds::tls::{TlsParameters, TlsVersion};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::cert::WorkloadCert;
+use super::pinned::{ClientPins, PinnedClientVerifier};
 use super::verified::ChainCache;
 
 /// Why a TLS configuration could not be built.
@@ -134,16 +136,23 @@ pub fn server_config(
     alpn: &[&[u8]],
     require_client_certificate: bool,
 ) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
-    server_config_with(cert, alpn, require_client_certificate, None)
+    server_config_with(
+        cert,
+        alpn,
+        require_client_certificate,
+        None,
+        &ClientPins::default(),
+    )
 }
 
-/// [`server_config`] narrowed by `params` (a gateway server's `ISTIO_MUTUAL` with TLS
-/// versions or suites).
+/// [`server_config`] narrowed by `params` and `pins` (a gateway server's `ISTIO_MUTUAL` with
+/// TLS versions or suites, or `subjectAltNames` and certificate digests).
 pub fn server_config_with(
     cert: &WorkloadCert,
     alpn: &[&[u8]],
     require_client_certificate: bool,
     params: Option<&TlsParameters>,
+    pins: &ClientPins,
 ) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
     let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
         roots(cert)?.into(),
@@ -154,9 +163,12 @@ pub fn server_config_with(
     } else {
         builder.allow_unauthenticated()
     };
-    let verifier = Arc::new(super::verified::CachingClientVerifier::new(
-        builder.build().map_err(|e| TlsConfigError(e.to_string()))?,
-    ));
+    let verifier = PinnedClientVerifier::wrap(
+        Arc::new(super::verified::CachingClientVerifier::new(
+            builder.build().map_err(|e| TlsConfigError(e.to_string()))?,
+        )),
+        pins,
+    );
     let mut config = server_builder(params)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(cert.chain.clone(), cert.key())
@@ -167,8 +179,9 @@ pub fn server_config_with(
 
 /// The server side of a gateway's TLS (a `Gateway` server's `credentialName`): presents `chain`
 /// and `key` (a Kubernetes Secret's, not the workload's) and, with `roots` (the Secret's CA),
-/// verifies a client certificate against them, requiring one when `require_client_certificate`
-/// (`MUTUAL`); without `roots` no client certificate is asked for (`SIMPLE`).
+/// verifies a client certificate against them and `pins`, requiring one when
+/// `require_client_certificate` (`MUTUAL`); without `roots` no client certificate is asked for
+/// (`SIMPLE`).
 pub fn credential_server_config(
     chain: Vec<CertificateDer<'static>>,
     key: rustls::pki_types::PrivateKeyDer<'static>,
@@ -176,6 +189,7 @@ pub fn credential_server_config(
     require_client_certificate: bool,
     alpn: &[&[u8]],
     params: Option<&TlsParameters>,
+    pins: &ClientPins,
 ) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
     let builder = server_builder(params)?;
     let builder = match roots {
@@ -192,9 +206,17 @@ pub fn credential_server_config(
             let verifier = verifier
                 .build()
                 .map_err(|e| TlsConfigError(format!("the client CA certificates: {e}")))?;
-            builder.with_client_cert_verifier(Arc::new(
-                super::verified::CachingClientVerifier::new(verifier),
+            builder.with_client_cert_verifier(PinnedClientVerifier::wrap(
+                Arc::new(super::verified::CachingClientVerifier::new(verifier)),
+                pins,
             ))
+        }
+        None if !pins.is_empty() => {
+            return Err(TlsConfigError(
+                "client certificates are pinned but there are no CA certificates to verify \
+                 them against"
+                    .into(),
+            ));
         }
         None if require_client_certificate => {
             return Err(TlsConfigError(
@@ -290,7 +312,7 @@ enum Check {
 
 /// Whether a certificate's subject alt names include `want`: DNS names case-insensitively (a
 /// `*.` wildcard covering one label), IP addresses and URIs exactly.
-fn has_san(cert: &X509Certificate<'_>, want: &str) -> bool {
+pub(crate) fn has_san(cert: &X509Certificate<'_>, want: &str) -> bool {
     use x509_parser::extensions::GeneralName;
     let Ok(Some(sans)) = cert.subject_alternative_name() else {
         return false;

@@ -889,15 +889,15 @@ mod tests {
 
     #[test]
     fn a_transport_socket_the_proxy_cannot_honour_is_refused_naming_its_field() {
-        // A gateway server's MUTUAL with subjectAltNames: validation reads it, the proxy does
-        // not check client names, so the chain is refused rather than served without them.
+        // A client certificate required with nothing to verify it against: the document's
+        // validation lets it pass, the proxy cannot serve it, so the chain is refused rather
+        // than served without verifying clients.
         let mut tls = serde_json::to_value(rustmesh_xds::tls::gateway_termination(
             rustmesh_xds::tls::GatewayCert::Credential("c"),
-            rustmesh_xds::tls::ClientCerts::Required,
+            rustmesh_xds::tls::ClientCerts::Ignored,
         ))
         .unwrap();
-        tls["commonTlsContext"]["combinedValidationContext"]["defaultValidationContext"] =
-            json!({"matchSubjectAltNames": [{"exact": "client.example.com"}]});
+        tls["requireClientCertificate"] = json!(true);
         let config = ProxyConfig::from_json(
             &json!({"listeners": [{"name": "l", "address": {"socketAddress": {"address": "0.0.0.0", "portValue": 1}},
                 "filterChains": [{"filterChainMatch": {"serverNames": ["a.example.com"], "transportProtocol": "tls"},
@@ -910,7 +910,7 @@ mod tests {
         let err = compile_error(&config);
         assert_eq!(
             err.0,
-            "listeners[0].filterChains[0].transportSocket.typedConfig.commonTlsContext.combinedValidationContext.defaultValidationContext.matchSubjectAltNames"
+            "listeners[0].filterChains[0].transportSocket.typedConfig.requireClientCertificate"
         );
     }
 
