@@ -15,7 +15,9 @@
 //! <gateway>:443 --cacert ...` (curl's `--resolve --cacert`) is answered by productpage when
 //! the client trusts that host's CA, and fails when it trusts only the other's (each SNI gets
 //! its own certificate); `b` refuses a client without a certificate and serves one whose
-//! certificate its CA issued. The listener is `0.0.0.0_8443`, the route tables are named as
+//! certificate its CA issued; pinned (`verifyCertificateHash`) to another certificate, b
+//! refuses that client, and pinned to the client's, serves it again. The listener is
+//! `0.0.0.0_8443`, the route tables are named as
 //! Istio's (`https.443.<port name>.<gateway>.<namespace>`), and `rustmeshctl proxy-config
 //! secret` lists both credentials on the gateway.
 //!
@@ -325,6 +327,22 @@ async fn https_get_path(
         .await
 }
 
+/// The hex SHA-256 digest of a PEM certificate, colons between bytes (as `openssl x509
+/// -fingerprint -sha256` prints it): a `verifyCertificateHash` entry.
+fn certificate_hash(pem: &str) -> String {
+    use base64::Engine as _;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .expect("a PEM certificate");
+    ring::digest::digest(&ring::digest::SHA256, &der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// Polls [`https_get`] until productpage answers (the gateway may not have its configuration
 /// or the credential yet); the name of the pod that answered.
 async fn until_productpage(
@@ -464,6 +482,54 @@ async fn s17_ingress_gateway_terminates_tls_by_sni_with_credential_name() {
         err.contains("CertificateRequired") || err.contains("reset"),
         "{err}"
     );
+
+    // Client pinning: b pinned (verifyCertificateHash) to another certificate refuses the
+    // client whose certificate b's CA issued; pinned to the client's, serves it again.
+    let pinned = |hash: String| {
+        SECURE_GATEWAY.replace(
+            "tls: {mode: MUTUAL, credentialName: e2e-ingress-b}",
+            &format!(
+                "tls: {{mode: MUTUAL, credentialName: e2e-ingress-b, \
+                 verifyCertificateHash: ['{hash}']}}"
+            ),
+        )
+    };
+    ctx.apply_istio(&ns, &pinned(certificate_hash(&b.server.0)))
+        .await
+        .unwrap();
+    let err = poll(
+        "b pinned to another certificate refuses the client",
+        Duration::from_secs(60),
+        Duration::from_millis(1000),
+        || async {
+            match https_get(&ctx, client, &gateway, "b.e2e.test", "ca-b.crt", true).await {
+                Ok(r) => Err(format!("still answered by {r}")),
+                Err(e) => Ok(Some(e)),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        err.contains("CertificateUnknown") || err.contains("reset"),
+        "{err}"
+    );
+    ctx.apply_istio(&ns, &pinned(certificate_hash(&b.client.0)))
+        .await
+        .unwrap();
+    let pod = until_productpage(
+        &ctx,
+        client,
+        &gateway,
+        "b.e2e.test",
+        "ca-b.crt",
+        true,
+        Duration::from_secs(60),
+    )
+    .await;
+    ctx.log(format!(
+        "b.e2e.test pinned to the client's certificate: {pod}"
+    ));
 
     // Named as Istio's: the listener on 8443, one route table per server.
     let gateway_pod = ctx

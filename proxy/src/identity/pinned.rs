@@ -72,7 +72,7 @@ impl ClientPins {
                 .iter()
                 .any(|want| super::tls::has_san(&cert, want))
         {
-            return Err(TlsError::General(format!(
+            return Err(refused(format!(
                 "the client's certificate names none of the subject alt names [{}]",
                 self.sans.join(", ")
             )));
@@ -87,13 +87,20 @@ impl ClientPins {
         if pinned {
             Ok(())
         } else {
-            Err(TlsError::General(
+            Err(refused(
                 "the client's certificate is not one of verifyCertificateHash, nor is its key \
                  one of verifyCertificateSpki"
                     .into(),
             ))
         }
     }
+}
+
+/// A refused certificate: the client gets a `certificate_unknown` alert, the log the reason.
+fn refused(why: String) -> TlsError {
+    TlsError::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+        Arc::new(std::io::Error::other(why)),
+    )))
 }
 
 fn exact(s: &str) -> rustmesh_xds::route::StringMatcher {
