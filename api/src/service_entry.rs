@@ -6,11 +6,13 @@
 //! location, every resolution: NONE, STATIC, and DNS and DNS_ROUND_ROBIN, whose hosts or
 //! endpoint names the sidecar resolves; IP and DNS-name endpoints with their ports and labels,
 //! a STATIC entry's `workloadSelector` (the ready pods of the entry's namespace with those
-//! labels, on the port's `targetPort`; rustmesh has no WorkloadEntry kind), exportTo). What it
+//! labels, on the port's `targetPort`; rustmesh has no WorkloadEntry kind), endpoint
+//! `weight`s, the identities mutual TLS to the entry accepts (`subjectAltNames` and the
+//! endpoints' `serviceAccount`s), exportTo). What it
 //! does not render is refused naming the field, never accepted and silently ignored: the
-//! field-support table ([`crate::support`]) refuses `subjectAltNames` and the endpoints'
-//! `network`, `locality`, `weight` and `serviceAccount`;
-//! [`ServiceEntrySpec::unsupported`] refuses CIDR blocks in `addresses`, `unix://` endpoints,
+//! field-support table ([`crate::support`]) refuses the endpoints' `network` and `locality`;
+//! [`ServiceEntrySpec::unsupported`] refuses CIDR blocks in `addresses`, `subjectAltNames`
+//! that are not SPIFFE ids, `serviceAccount`s that cannot be one, `unix://` endpoints,
 //! wildcard hosts with resolution DNS or DNS_ROUND_ROBIN and more than
 //! [`MAX_DNS_ENDPOINTS`] endpoints to resolve. [`ServiceEntrySpec::istio_errors`] gives
 //! Istio's own verdict without those refusals (what `istioctl validate` would say).
@@ -702,7 +704,9 @@ pub const MAX_DNS_ENDPOINTS: usize = rustmesh_xds::config::MAX_DNS_NAMES;
 impl ServiceEntrySpec {
     /// rustmesh's refusals that depend on a field's value rather than its presence (the
     /// support table's `ReportedBy` entries): CIDR blocks in `addresses` (the listeners are
-    /// per address), `unix://` endpoints (the proxy dials TCP only), wildcard hosts with
+    /// per address), `subjectAltNames` that are not SPIFFE ids (the sidecars verify mesh
+    /// peers by SPIFFE id), an endpoint `serviceAccount` that cannot name a service account,
+    /// `unix://` endpoints (the proxy dials TCP only), wildcard hosts with
     /// resolution DNS or DNS_ROUND_ROBIN (a wildcard is not a name to resolve: without endpoints
     /// Istio refuses it too, with endpoints rustmesh does not render it) and more than
     /// [`MAX_DNS_ENDPOINTS`] endpoints to resolve (the sidecar resolves at most that many
@@ -752,7 +756,30 @@ impl ServiceEntrySpec {
                 ));
             }
         }
+        for (i, san) in self.subject_alt_names.iter().enumerate() {
+            if let Err(e) = san.parse::<rustmesh_xds::identity::SpiffeId>() {
+                out.push(FieldError::new(
+                    format!("spec.subjectAltNames[{i}]"),
+                    format!(
+                        "not implemented by rustmesh: {san:?} is not a SPIFFE id ({e}); the \
+                         sidecars verify a mesh peer by its SPIFFE id \
+                         (spiffe://<trust domain>/ns/<namespace>/sa/<service account>), so \
+                         other names are {}",
+                        crate::support::SERVICE_ENTRY_NOT_RENDERED
+                    ),
+                ));
+            }
+        }
         for (i, e) in self.endpoints.iter().enumerate() {
+            if let Some(sa) = e.service_account.as_deref().filter(|s| !s.is_empty())
+                && let Err(err) =
+                    rustmesh_xds::identity::SpiffeId::new("cluster.local", "default", sa)
+            {
+                out.push(FieldError::new(
+                    format!("spec.endpoints[{i}].serviceAccount"),
+                    format!("{sa:?} cannot be a service account's name: {err}"),
+                ));
+            }
             if let Some(address) = e.address.as_deref().filter(|a| a.starts_with("unix://")) {
                 out.push(FieldError::new(
                     format!("spec.endpoints[{i}].address"),
@@ -881,6 +908,27 @@ mod tests {
             "hosts: [a.example.com]\naddresses: [10.0.0.1]\nports: [{number: 80, name: http, protocol: HTTP}]\nresolution: STATIC\nendpoints: [{address: 10.2.0.1, ports: {http: 8080}, labels: {v: '1'}}]\n",
         );
         assert_eq!(s.validate(), vec![]);
+    }
+
+    #[test]
+    fn identities_and_weights_are_accepted_and_what_cannot_be_an_identity_is_refused() {
+        let s = spec(
+            "hosts: [api.internal]\nports: [{number: 80, name: http, protocol: HTTP}]\nlocation: MESH_INTERNAL\nresolution: STATIC\nsubjectAltNames: ['spiffe://cluster.local/ns/vm/sa/api']\nendpoints: [{address: 10.2.0.1, weight: 3, serviceAccount: api}, {address: 10.2.0.2, weight: 0}]\n",
+        );
+        assert_eq!(s.validate(), vec![]);
+        let s = spec(
+            "hosts: [api.internal]\nports: [{number: 80, name: http, protocol: HTTP}]\nlocation: MESH_INTERNAL\nresolution: STATIC\nsubjectAltNames: ['spiffe://cluster.local/ns/vm/sa/api', api.example.com]\nendpoints: [{address: 10.2.0.1, serviceAccount: 'api/v1'}]\n",
+        );
+        let errors = s.validate();
+        assert_eq!(
+            errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(),
+            [
+                "spec.subjectAltNames[1]",
+                "spec.endpoints[0].serviceAccount"
+            ]
+        );
+        assert!(errors[0].message.contains("SPIFFE"), "{errors:?}");
+        assert!(errors[1].message.contains("api/v1"), "{errors:?}");
     }
 
     #[test]

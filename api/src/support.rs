@@ -837,29 +837,43 @@ const SERVICE_ENTRY: &[Entry] = &[
         "endpoint localities are not rendered yet (issue #20)",
         r#""us-east1/a""#,
     ),
-    refused(
+    rendered(
         "spec.endpoints[].weight",
-        "endpoint weights are not rendered yet (issue #20)",
-        "3",
+        &[],
+        "render/clusters.rs load_assignment and dns_load_assignment: the endpoint's \
+         loadBalancingWeight (0 or unset: 1, as Istio), for every address a name resolves to; \
+         the proxy's balancers pick in proportion",
     ),
-    refused(
-        "spec.endpoints[].serviceAccount",
-        "endpoint service accounts (the identity mutual TLS expects) are not rendered yet \
-         (issue #20)",
-        r#""api""#,
-    ),
+    Entry {
+        path: "spec.endpoints[].serviceAccount",
+        leaves: &[],
+        support: Support::ReportedBy(
+            "rustmesh_api::service_entry::ServiceEntrySpec::unsupported: rendered (operator \
+             registry Svc::identities: spiffe://<trust domain>/ns/<entry namespace>/sa/<name> \
+             is among the identities mutual TLS to the entry accepts); a name that cannot be a \
+             service account's is refused",
+        ),
+        harmless: &[],
+        example: r#"{"address": "10.0.0.1", "serviceAccount": "api/v1"}"#,
+    },
     rendered(
         "spec.workloadSelector",
         &["labels"],
         "operator registry::selected_pods (the entry's namespace's ready pods, STATIC)",
     ),
     rendered("spec.exportTo", &[], "operator registry::exported"),
-    refused(
-        "spec.subjectAltNames",
-        "verifying the endpoints' identities against subjectAltNames is not rendered yet \
-         (issue #20)",
-        r#"["spiffe://cluster.local/ns/default/sa/api"]"#,
-    ),
+    Entry {
+        path: "spec.subjectAltNames",
+        leaves: &[],
+        support: Support::ReportedBy(
+            "rustmesh_api::service_entry::ServiceEntrySpec::unsupported: SPIFFE ids are \
+             rendered (operator registry Svc::identities: among the identities mutual TLS to \
+             the entry accepts, with its endpoints' service accounts); other names are refused, \
+             not rendered yet (issue #20): the sidecars verify mesh peers by SPIFFE id",
+        ),
+        harmless: &[],
+        example: r#"["api.example.com"]"#,
+    },
 ];
 
 /// The words every Gateway refusal carries: the part of issue #20 not done yet.

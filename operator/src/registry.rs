@@ -37,6 +37,7 @@ use rustmesh_api::validate::Validate;
 use rustmesh_api::workload::{canonical_name_label, canonical_revision};
 use rustmesh_xds::cluster::EndpointWorkload;
 use rustmesh_xds::config::is_dns_name;
+use rustmesh_xds::identity::SpiffeId;
 use rustmesh_xds::names::service_fqdn;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
@@ -82,6 +83,9 @@ pub struct EntryInfo {
     pub addresses: Vec<IpAddr>,
     /// Whether `addresses` is an allocated class E address.
     pub allocated: bool,
+    /// The entry's `subjectAltNames` (SPIFFE ids): identities its endpoints may present to
+    /// mutual TLS, beside those of their service accounts.
+    pub subject_alt_names: Vec<String>,
 }
 
 /// An endpoint of a DNS-resolved service: a DNS name (or IP address), the port for each port
@@ -91,9 +95,26 @@ pub struct DnsEndpoint {
     pub address: String,
     pub ports: BTreeMap<String, u16>,
     pub labels: BTreeMap<String, String>,
+    /// The endpoint's load-balancing weight (a ServiceEntry endpoint's `weight`), for every
+    /// address its name resolves to.
+    pub weight: Option<u32>,
+    /// The service account of the workload behind the name (a ServiceEntry endpoint's
+    /// `serviceAccount`), in the entry's namespace.
+    pub service_account: Option<String>,
 }
 
 impl DnsEndpoint {
+    /// The name (or address) `address` at the service's ports, without labels.
+    pub fn named(address: &str) -> Self {
+        DnsEndpoint {
+            address: address.to_string(),
+            ports: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            weight: None,
+            service_account: None,
+        }
+    }
+
     /// The endpoint's port for `port`: the one its `ports` maps the port's name to, else the
     /// port's `targetPort`, else its number.
     pub fn port_for(&self, port: &SvcPort) -> u16 {
@@ -152,6 +173,31 @@ impl Svc {
             })
     }
 
+    /// The identities (SPIFFE ids, sorted) mutual TLS to `port` of this service accepts, as
+    /// Istio's service accounts of a service: those of the pods and entry endpoints behind the
+    /// port and of the names a DNS entry resolves, in the service's namespace, and an entry's
+    /// `subjectAltNames`.
+    pub fn identities(&self, trust_domain: &str, port: &SvcPort) -> Vec<String> {
+        let dns_accounts = self
+            .dns
+            .iter()
+            .flat_map(|d| &d.endpoints)
+            .filter_map(|e| e.service_account.as_deref());
+        let mut out: BTreeSet<String> = port
+            .service_accounts()
+            .into_iter()
+            .chain(dns_accounts)
+            .filter_map(|sa| SpiffeId::new(trust_domain, &self.namespace, sa).ok())
+            .map(|id| id.to_string())
+            .collect();
+        out.extend(
+            self.entry
+                .iter()
+                .flat_map(|e| e.subject_alt_names.iter().cloned()),
+        );
+        out.into_iter().collect()
+    }
+
     /// Whether a client in `namespace` may see this service.
     pub fn exported_to(&self, namespace: &str) -> bool {
         exported(&self.export_to, &self.namespace, namespace)
@@ -198,8 +244,11 @@ pub struct Ep {
     /// The pod behind the address (Endpoints `targetRef`), when known.
     pub pod: Option<ObjKey>,
     pub labels: Labels,
-    /// The pod's service account, when the pod is known.
+    /// The pod's service account, when the pod is known (or a ServiceEntry endpoint's
+    /// `serviceAccount`).
     pub service_account: Option<String>,
+    /// A ServiceEntry endpoint's `weight` (pods have none: 1).
+    pub weight: Option<u32>,
     /// The pod's workload, canonical service and revision and cluster, when the pod is known
     /// (written into the endpoint's metadata, for the client sidecars' metric labels).
     pub workload: Option<EndpointWorkload>,
@@ -274,11 +323,7 @@ fn convert(
             .filter(|n| is_dns_name(n) || n.parse::<IpAddr>().is_ok())?;
         Some(DnsResolution {
             logical: false,
-            endpoints: vec![DnsEndpoint {
-                address: name.to_string(),
-                ports: BTreeMap::new(),
-                labels: BTreeMap::new(),
-            }],
+            endpoints: vec![DnsEndpoint::named(name)],
         })
     } else {
         None
@@ -404,6 +449,7 @@ fn entry_services(index: &Index, taken: &mut BTreeSet<String>) -> Vec<Svc> {
                     resolution: spec.resolution(),
                     addresses: addresses.clone(),
                     allocated: false,
+                    subject_alt_names: spec.subject_alt_names.clone(),
                 }),
                 dns: dns_resolution(spec, host),
             });
@@ -433,11 +479,7 @@ fn dns_resolution(spec: &rustmesh_api::ServiceEntrySpec, host: &str) -> Option<D
     if spec.endpoints.is_empty() {
         return Some(DnsResolution {
             logical,
-            endpoints: vec![DnsEndpoint {
-                address: host.to_string(),
-                ports: BTreeMap::new(),
-                labels: BTreeMap::new(),
-            }],
+            endpoints: vec![DnsEndpoint::named(host)],
         });
     }
     let endpoints = spec
@@ -452,6 +494,8 @@ fn dns_resolution(spec: &rustmesh_api::ServiceEntrySpec, host: &str) -> Option<D
                     .filter_map(|(n, p)| Some((n.clone(), u16::try_from(*p).ok()?)))
                     .collect(),
                 labels: e.labels.clone(),
+                weight: e.weight,
+                service_account: e.service_account.clone().filter(|s| !s.is_empty()),
             })
         })
         .collect();
@@ -546,8 +590,9 @@ fn entry_ports(
                     port,
                     pod: None,
                     labels: e.labels.clone(),
-                    service_account: None,
+                    service_account: e.service_account.clone().filter(|s| !s.is_empty()),
                     workload: None,
+                    weight: e.weight,
                 });
             }
             for (key, pod, ip) in selected {
@@ -627,6 +672,7 @@ fn pod_endpoint(
         port,
         labels: info.map(|p| p.labels.clone()).unwrap_or_default(),
         service_account: info.map(|p| p.service_account.clone()),
+        weight: None,
         workload: pod
             .as_ref()
             .zip(info)

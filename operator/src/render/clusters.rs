@@ -37,7 +37,6 @@ use rustmesh_xds::cluster::{
     MaglevLbConfig, OutlierDetection, RingHashLbConfig, ServiceRef, Thresholds, UpstreamProtocol,
 };
 use rustmesh_xds::duration::Duration;
-use rustmesh_xds::identity::SpiffeId;
 use rustmesh_xds::names::{BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER_V4, PASSTHROUGH_CLUSTER};
 use rustmesh_xds::route::{HashCookie, HashPolicy};
 use rustmesh_xds::tls::{
@@ -230,16 +229,6 @@ fn outlier_detection(o: Option<&DrOutlier>) -> Option<OutlierDetection> {
         max_ejection_percent: to_u32(o.max_ejection_percent),
         min_health_percent: to_u32(o.min_health_percent),
     })
-}
-
-/// The SPIFFE ids of the service accounts behind a port of a service of `namespace`, sorted:
-/// the identities an outbound cluster to it accepts.
-pub fn expected_sans(mesh: &MeshConfig, namespace: &str, port: &SvcPort) -> Vec<String> {
-    port.service_accounts()
-        .into_iter()
-        .filter_map(|sa| SpiffeId::new(&mesh.trust_domain, namespace, sa).ok())
-        .map(|id| id.to_string())
-        .collect()
 }
 
 /// How an outbound cluster talks to its endpoints, as Istio decides it: `(transportSocket,
@@ -506,7 +495,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
                     && !super::peer_authn::disables_mtls(self.view, &w.svc.namespace),
                 &w.svc.fqdn,
                 &istio_sni(w.port.port, w.subset.unwrap_or(""), &w.svc.fqdn),
-                expected_sans(&self.view.index.mesh, &w.svc.namespace, w.port),
+                w.svc.identities(&self.view.index.mesh.trust_domain, w.port),
                 dr.is_some_and(|(_, d)| {
                     d.spec
                         .workload_selector
@@ -562,10 +551,11 @@ pub fn dns_load_assignment(
         .filter(|e| selects(&e.labels))
         .map(|e| {
             let at = e.port_for(port);
-            let ep = match e.address.parse::<std::net::IpAddr>() {
+            let mut ep = match e.address.parse::<std::net::IpAddr>() {
                 Ok(ip) => LbEndpoint::new(SocketAddr::new(ip, at)),
                 Err(_) => LbEndpoint::named(&e.address, at),
             };
+            ep.load_balancing_weight = weight(e.weight);
             with_mesh_tls(ep, mtls, &e.labels)
         })
         .collect();
@@ -592,10 +582,17 @@ pub fn load_assignment(
             if let Some(w) = &e.workload {
                 ep = ep.with_workload(w);
             }
+            ep.load_balancing_weight = weight(e.weight);
             with_mesh_tls(ep, mtls, &e.labels)
         })
         .collect();
     assignment(cluster, lb_endpoints)
+}
+
+/// An endpoint's `loadBalancingWeight`: a ServiceEntry endpoint's `weight`, none for 0 or
+/// unset (Envoy's and Istio's 1).
+fn weight(w: Option<u32>) -> Option<u32> {
+    w.filter(|w| *w > 0)
 }
 
 /// `ep` with the metadata auto mTLS matches on, when the mesh has a CA (`mtls`) and `labels`

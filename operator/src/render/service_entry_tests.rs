@@ -191,6 +191,88 @@ spec:
     assert_eq!(dns.addresses, [ip("192.0.2.10"), ip("192.0.2.11")]);
 }
 
+/// Endpoint `weight`s become the endpoints' load-balancing weights (0 is Istio's 1, left
+/// unset), and the identities mutual TLS to a MESH_INTERNAL entry accepts are its
+/// `subjectAltNames` and its endpoints' service accounts in its namespace, for STATIC and DNS
+/// resolutions alike.
+#[test]
+fn endpoint_weights_and_identities_reach_the_cluster() {
+    let mut index = bookinfo();
+    index.mesh.ca_host = Some("istiod.istio-system.svc:15012".to_string());
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: vm-api, namespace: default}
+spec:
+  hosts: [api.internal]
+  addresses: [192.0.2.20]
+  ports:
+  - {number: 8080, name: http, protocol: HTTP}
+  location: MESH_INTERNAL
+  resolution: STATIC
+  subjectAltNames: ["spiffe://cluster.local/ns/vm/sa/legacy"]
+  endpoints:
+  - {address: 10.10.0.1, weight: 3, serviceAccount: api, labels: {security.istio.io/tlsMode: istio}}
+  - {address: 10.10.0.2, weight: 0, labels: {security.istio.io/tlsMode: istio}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: dns-api, namespace: default}
+spec:
+  hosts: [dns-api.internal]
+  ports:
+  - {number: 8080, name: http, protocol: HTTP}
+  location: MESH_INTERNAL
+  resolution: DNS
+  endpoints:
+  - {address: a.dns-api.internal, weight: 2, serviceAccount: dns-api}
+  - {address: b.dns-api.internal}
+"#,
+    );
+    for name in ["vm-api", "dns-api"] {
+        let v = verdict(&index, Kind::ServiceEntry, "default", name);
+        assert!(
+            v.accepted && v.findings.is_empty(),
+            "{name}: {:?}",
+            v.findings
+        );
+    }
+    let c = rendered(&index, "default");
+    let weights = |la: &ClusterLoadAssignment| -> Vec<Option<u32>> {
+        la.lb_endpoints().map(|e| e.load_balancing_weight).collect()
+    };
+    let sans = |cluster: &rustmesh_xds::cluster::Cluster| -> Vec<String> {
+        let m = &cluster.transport_socket_matches;
+        assert!(!m.is_empty(), "{}: auto mutual TLS", cluster.name);
+        m[0].transport_socket
+            .tls()
+            .unwrap()
+            .common_tls_context
+            .expected_sans()
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    };
+    let vm = c.cluster("outbound|8080||api.internal").unwrap();
+    assert_eq!(weights(c.load_assignment(vm).unwrap()), [Some(3), None]);
+    assert_eq!(
+        sans(vm),
+        [
+            "spiffe://cluster.local/ns/default/sa/api",
+            "spiffe://cluster.local/ns/vm/sa/legacy"
+        ]
+    );
+    let dns = c.cluster("outbound|8080||dns-api.internal").unwrap();
+    assert_eq!(dns.type_, DiscoveryType::StrictDns);
+    assert_eq!(
+        weights(dns.load_assignment.as_ref().unwrap()),
+        [Some(2), None]
+    );
+    assert_eq!(sans(dns), ["spiffe://cluster.local/ns/default/sa/dns-api"]);
+}
+
 #[test]
 fn static_hosts_without_addresses_get_a_class_e_address_for_the_dns_proxy() {
     let yaml = r#"
