@@ -759,9 +759,10 @@ impl ServiceEntrySpec {
         for (i, san) in self.subject_alt_names.iter().enumerate() {
             if let Err(e) = san.parse::<rustmesh_xds::identity::SpiffeId>() {
                 out.push(FieldError::new(
-                    format!("spec.subjectAltNames[{i}]"),
+                    "spec.subjectAltNames",
                     format!(
-                        "not implemented by rustmesh: {san:?} is not a SPIFFE id ({e}); the \
+                        "not implemented by rustmesh: {san:?} (spec.subjectAltNames[{i}]) is \
+                         not a SPIFFE id ({e}); the \
                          sidecars verify a mesh peer by its SPIFFE id \
                          (spiffe://<trust domain>/ns/<namespace>/sa/<service account>), so \
                          other names are {}",
@@ -922,12 +923,10 @@ mod tests {
         let errors = s.validate();
         assert_eq!(
             errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(),
-            [
-                "spec.subjectAltNames[1]",
-                "spec.endpoints[0].serviceAccount"
-            ]
+            ["spec.subjectAltNames", "spec.endpoints[0].serviceAccount"]
         );
         assert!(errors[0].message.contains("SPIFFE"), "{errors:?}");
+        assert!(errors[0].message.contains("[1]"), "{errors:?}");
         assert!(errors[1].message.contains("api/v1"), "{errors:?}");
     }
 

@@ -872,7 +872,7 @@ const SERVICE_ENTRY: &[Entry] = &[
              not rendered yet (issue #20): the sidecars verify mesh peers by SPIFFE id",
         ),
         harmless: &[],
-        example: r#"["api.example.com"]"#,
+        example: r#"{"subjectAltNames": ["api.example.com"]}"#,
     },
 ];
 

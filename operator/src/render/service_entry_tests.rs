@@ -659,13 +659,12 @@ spec:
   hosts: [vm.internal]
   ports: [{number: 80, name: http, protocol: HTTP}]
   resolution: STATIC
-  endpoints: [{address: 10.50.0.1}]
-  subjectAltNames: ["spiffe://cluster.local/ns/default/sa/vm"]
+  endpoints: [{address: 10.50.0.1, locality: us-east1/a}]
 "#,
     );
     let v = verdict(&fresh, Kind::ServiceEntry, "default", "selector");
     assert!(!v.accepted);
-    assert_eq!(v.findings[0].field, "spec.subjectAltNames");
+    assert_eq!(v.findings[0].field, "spec.endpoints[0].locality");
     assert!(
         rendered(&fresh, "default")
             .cluster("outbound|80||vm.internal")
