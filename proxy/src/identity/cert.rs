@@ -289,6 +289,53 @@ pub fn verify_chain(
         .map_err(|e| CertError::Untrusted(e.to_string()))
 }
 
+/// Whether a certificate's subject alt names include `want`: DNS names case-insensitively (a
+/// `*.` wildcard covering one label), IP addresses and URIs exactly.
+pub(crate) fn has_san(cert: &X509Certificate<'_>, want: &str) -> bool {
+    let Ok(Some(sans)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    sans.value.general_names.iter().any(|n| match n {
+        GeneralName::DNSName(d) => dns_matches(d, want),
+        GeneralName::URI(u) => *u == want,
+        GeneralName::IPAddress(bytes) => {
+            let ip = match bytes.len() {
+                4 => <[u8; 4]>::try_from(*bytes).ok().map(std::net::IpAddr::from),
+                16 => <[u8; 16]>::try_from(*bytes)
+                    .ok()
+                    .map(std::net::IpAddr::from),
+                _ => None,
+            };
+            ip.is_some_and(|ip| want.parse::<std::net::IpAddr>().ok() == Some(ip))
+        }
+        _ => false,
+    })
+}
+
+fn dns_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => name
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest.eq_ignore_ascii_case(suffix)),
+        None => pattern.eq_ignore_ascii_case(name),
+    }
+}
+
+#[cfg(test)]
+mod names {
+    use super::dns_matches;
+
+    #[test]
+    fn a_wildcard_covers_exactly_one_label() {
+        assert!(dns_matches("api.example.com", "API.example.com"));
+        assert!(dns_matches("*.example.com", "api.example.com"));
+        assert!(!dns_matches("*.example.com", "example.com"));
+        assert!(!dns_matches("*.example.com", "a.b.example.com"));
+        assert!(!dns_matches("*.example.com", ".example.com"));
+        assert!(!dns_matches("api.example.com", "api.example.org"));
+    }
+}
+
 #[cfg(test)]
 mod fuzz {
     use super::*;

@@ -70,7 +70,7 @@ impl ClientPins {
             && !self
                 .sans
                 .iter()
-                .any(|want| super::tls::has_san(&cert, want))
+                .any(|want| super::cert::has_san(&cert, want))
         {
             return Err(refused(format!(
                 "the client's certificate names none of the subject alt names [{}]",
