@@ -11,7 +11,7 @@
 //! endpoints' `serviceAccount`s), exportTo). What it
 //! does not render is refused naming the field, never accepted and silently ignored: the
 //! field-support table ([`crate::support`]) refuses the endpoints' `network` and `locality`;
-//! [`ServiceEntrySpec::unsupported`] refuses CIDR blocks in `addresses`, `subjectAltNames`
+//! [`ServiceEntrySpec::unsupported`] refuses `subjectAltNames`
 //! that are not SPIFFE ids, `serviceAccount`s that cannot be one, `unix://` endpoints,
 //! wildcard hosts with resolution DNS or DNS_ROUND_ROBIN and more than
 //! [`MAX_DNS_ENDPOINTS`] endpoints to resolve. [`ServiceEntrySpec::istio_errors`] gives
@@ -703,8 +703,7 @@ pub const MAX_DNS_ENDPOINTS: usize = rustmesh_xds::config::MAX_DNS_NAMES;
 
 impl ServiceEntrySpec {
     /// rustmesh's refusals that depend on a field's value rather than its presence (the
-    /// support table's `ReportedBy` entries): CIDR blocks in `addresses` (the listeners are
-    /// per address), `subjectAltNames` that are not SPIFFE ids (the sidecars verify mesh
+    /// support table's `ReportedBy` entries): `subjectAltNames` that are not SPIFFE ids (the sidecars verify mesh
     /// peers by SPIFFE id), an endpoint `serviceAccount` that cannot name a service account,
     /// `unix://` endpoints (the proxy dials TCP only), wildcard hosts with
     /// resolution DNS or DNS_ROUND_ROBIN (a wildcard is not a name to resolve: without endpoints
@@ -739,18 +738,6 @@ impl ServiceEntrySpec {
                          cluster",
                         self.endpoints.len(),
                         resolution.as_str(),
-                        crate::support::SERVICE_ENTRY_NOT_RENDERED
-                    ),
-                ));
-            }
-        }
-        for (i, address) in self.addresses.iter().enumerate() {
-            if address.contains('/') {
-                out.push(FieldError::new(
-                    "spec.addresses",
-                    format!(
-                        "not implemented by rustmesh: the CIDR block {address:?} \
-                         (spec.addresses[{i}]) is {}; give IP addresses",
                         crate::support::SERVICE_ENTRY_NOT_RENDERED
                     ),
                 ));
@@ -888,7 +875,7 @@ mod tests {
     }
 
     #[test]
-    fn cidr_addresses_and_unix_endpoints_are_refused_by_name() {
+    fn unix_endpoints_are_refused_by_name_and_cidr_blocks_accepted() {
         let s = spec(
             "hosts: [a.example.com]\naddresses: [10.0.0.1, 10.1.0.0/16]\nports: [{number: 80, name: http, protocol: HTTP}]\nresolution: STATIC\nendpoints: [{address: 10.2.0.1}, {address: 'unix:///var/run/a.sock'}]\n",
         );
@@ -897,13 +884,7 @@ mod tests {
             .into_iter()
             .map(|e| (e.field, e.message.contains("issue #20")))
             .collect();
-        assert_eq!(
-            found,
-            [
-                ("spec.addresses".to_string(), true),
-                ("spec.endpoints[1].address".to_string(), true)
-            ]
-        );
+        assert_eq!(found, [("spec.endpoints[1].address".to_string(), true)]);
         // Plain IP addresses and endpoints: nothing refused.
         let s = spec(
             "hosts: [a.example.com]\naddresses: [10.0.0.1]\nports: [{number: 80, name: http, protocol: HTTP}]\nresolution: STATIC\nendpoints: [{address: 10.2.0.1, ports: {http: 8080}, labels: {v: '1'}}]\n",
@@ -1328,8 +1309,8 @@ mod tests {
         let text = include_str!("../tests/fixtures/valid/service-entry.yaml");
         let (mut accepted, mut refused) = (0, 0);
         for (i, result) in load_all(text).into_iter().enumerate() {
-            // Accepted (resolution NONE and DNS, a workloadSelector), or refused only as not
-            // rendered yet (a CIDR block, a unix socket).
+            // Accepted (resolution NONE and DNS, a CIDR block, a workloadSelector), or refused
+            // only as not rendered yet (a unix socket).
             match result {
                 Ok(_) => accepted += 1,
                 Err(err) => {
@@ -1340,7 +1321,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!((accepted, refused), (6, 2));
+        assert_eq!((accepted, refused), (7, 1));
         use serde::Deserialize;
         for d in serde_norway::Deserializer::from_str(text) {
             let se = ServiceEntry::deserialize(d).unwrap();

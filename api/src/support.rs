@@ -775,17 +775,12 @@ const SERVICE_ENTRY: &[Entry] = &[
         harmless: &[],
         example: r#"{"hosts": ["*.example.com"], "resolution": "DNS", "endpoints": [{"address": "egress.example.com"}]}"#,
     },
-    Entry {
-        path: "spec.addresses",
-        leaves: &[],
-        support: Support::ReportedBy(
-            "rustmesh_api::service_entry::ServiceEntrySpec::unsupported: IP addresses are \
-             rendered (listeners ADDRESS_PORT, DNS answers); CIDR blocks are refused, not \
-             rendered yet (issue #20)",
-        ),
-        harmless: &[],
-        example: r#"{"addresses": ["192.0.2.0/24"]}"#,
-    },
+    rendered(
+        "spec.addresses",
+        &[],
+        "render/mod.rs: IP addresses are listeners ADDRESS_PORT and DNS answers; CIDR blocks \
+         (NONE and STATIC) chains on 0.0.0.0_PORT matching the block (prefixRanges)",
+    ),
     rendered(
         "spec.ports[]",
         &["name", "number", "protocol", "targetPort"],

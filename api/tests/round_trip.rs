@@ -88,7 +88,7 @@ fn assert_same(path: &str, written: &Value, back: &Value) {
 }
 
 /// Reads a valid fixture. Some of Istio's ServiceEntry examples use what rustmesh does not
-/// render yet (#20: CIDR blocks, unix sockets, workloadSelector): they are
+/// render yet (#20: unix sockets): they are
 /// refused naming only that (they are valid for Istio), so they are read here without
 /// rustmesh's refusals.
 fn load_valid(name: &str, text: &str) -> Vec<IstioObject> {

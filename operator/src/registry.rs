@@ -35,6 +35,7 @@ use rustmesh_api::common::labels_match;
 use rustmesh_api::service_entry::{Location, Resolution};
 use rustmesh_api::validate::Validate;
 use rustmesh_api::workload::{canonical_name_label, canonical_revision};
+use rustmesh_xds::address::CidrRange;
 use rustmesh_xds::cluster::EndpointWorkload;
 use rustmesh_xds::config::is_dns_name;
 use rustmesh_xds::identity::SpiffeId;
@@ -79,8 +80,12 @@ pub struct EntryInfo {
     pub key: ObjKey,
     pub location: Location,
     pub resolution: Resolution,
-    /// Its `addresses`, else the address allocated to the host (STATIC), else none.
+    /// Its `addresses` that are IP addresses, else the address allocated to the host (STATIC,
+    /// without CIDR blocks either), else none.
     pub addresses: Vec<IpAddr>,
+    /// Its `addresses` that are CIDR blocks (resolutions NONE and STATIC): a connection to any
+    /// address in one, on a TCP, TLS or protocol-less port of the entry, is the entry's.
+    pub cidrs: Vec<CidrRange>,
     /// Whether `addresses` is an allocated class E address.
     pub allocated: bool,
     /// The entry's `subjectAltNames` (SPIFFE ids): identities its endpoints may present to
@@ -423,6 +428,12 @@ fn entry_services(index: &Index, taken: &mut BTreeSet<String>) -> Vec<Svc> {
             .iter()
             .filter_map(|a| a.parse().ok())
             .collect();
+        let cidrs: Vec<CidrRange> = spec
+            .addresses
+            .iter()
+            .filter(|a| a.contains('/'))
+            .filter_map(|a| CidrRange::parse(a))
+            .collect();
         used.extend(&addresses);
         for host in &spec.hosts {
             if !taken.insert(host.clone()) {
@@ -431,6 +442,7 @@ fn entry_services(index: &Index, taken: &mut BTreeSet<String>) -> Vec<Svc> {
             let ports = entry_ports(spec, &selected, &index.mesh.cluster_id);
             let allocate = spec.resolution() == Resolution::Static
                 && addresses.is_empty()
+                && cidrs.is_empty()
                 && !host.contains('*')
                 && host.parse::<IpAddr>().is_err();
             if allocate {
@@ -448,6 +460,7 @@ fn entry_services(index: &Index, taken: &mut BTreeSet<String>) -> Vec<Svc> {
                     location: spec.location(),
                     resolution: spec.resolution(),
                     addresses: addresses.clone(),
+                    cidrs: cidrs.clone(),
                     allocated: false,
                     subject_alt_names: spec.subject_alt_names.clone(),
                 }),

@@ -2,8 +2,9 @@
 //! ServiceEntry as the operator renders it (issue #20) opens a REGISTRY_ONLY mesh to its hosts
 //! and to nothing else: the sidecar's DNS proxy answers the hosts (the given address; for
 //! STATIC without addresses the class E address allocated to the host), resolution NONE goes
-//! to the original destination, STATIC to the entry's endpoint, and an unregistered
-//! destination is refused (`BlackHoleCluster`).
+//! to the original destination, STATIC to the entry's endpoint, a CIDR block lets addresses in
+//! it through on the entry's port (and no other), and an unregistered destination is refused
+//! (`BlackHoleCluster`).
 //!
 //! The configuration is the operator's own render (`rustmesh_operator::render`) of a namespace
 //! holding only the entries and a REGISTRY_ONLY Sidecar. Skips (printing why) without root,
@@ -24,8 +25,10 @@ fn registry_only_lets_service_entry_hosts_through_and_blocks_the_rest() {
         return;
     }
     let mut net = Net::new();
-    let (client, external) = (net.pod(), net.pod());
+    let (client, external, other) = (net.pod(), net.pod(), net.pod());
     let direct = external.serve("0.0.0.0:7000", "direct");
+    let in_block = external.serve("0.0.0.0:7200", "block");
+    let beside_block = other.serve("0.0.0.0:7200", "beside");
     let endpoint = external.serve("0.0.0.0:7001", "endpoint");
     let outside = external.serve("0.0.0.0:8000", "outside");
 
@@ -61,6 +64,16 @@ spec:
   resolution: STATIC
   endpoints:
   - {{address: "{ip}", ports: {{tcp: 7001}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: subnet, namespace: default}}
+spec:
+  hosts: [subnet.external.test]
+  addresses: ["{ip}/32"]
+  ports: [{{number: 7200, name: tcp, protocol: TCP}}]
+  location: MESH_EXTERNAL
+  resolution: NONE
 "#,
             ip = external.ip
         ),
@@ -111,6 +124,12 @@ spec:
         "endpoint static"
     );
     assert!(endpoint.saw("static").is_some());
+    // A CIDR block: an address in it passes on the entry's port, one beside it does not.
+    assert_eq!(client.talk(external.at(7200), "in").unwrap(), "block in");
+    assert!(in_block.saw("in").is_some());
+    let beside = client.talk(other.at(7200), "beside");
+    assert!(beside.is_err(), "outside the block: {beside:?}");
+    assert!(beside_block.saw("beside").is_none());
     // Not in the registry: refused, nothing reaches the server.
     let refused = client.talk(external.at(8000), "blocked");
     assert!(
@@ -128,7 +147,11 @@ spec:
         "{stats}"
     );
     assert!(
-        stats.contains("cluster.BlackHoleCluster.upstream_cx_none_healthy: 1"),
+        stats.contains("cluster.outbound|7200||subnet.external.test.upstream_cx_total: 1"),
+        "{stats}"
+    );
+    assert!(
+        stats.contains("cluster.BlackHoleCluster.upstream_cx_none_healthy: 2"),
         "{stats}"
     );
 }

@@ -57,6 +57,23 @@ pub struct CidrRange {
 }
 
 impl CidrRange {
+    /// `ADDRESS/LEN` (or an address alone, its full length), `None` when it is neither or the
+    /// length is longer than the address's.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (ip, len) = match s.split_once('/') {
+            Some((ip, len)) => (ip.parse::<IpAddr>().ok()?, len.parse::<u8>().ok()?),
+            None => {
+                let ip: IpAddr = s.parse().ok()?;
+                (ip, if ip.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let range = CidrRange {
+            address_prefix: ip,
+            prefix_len: len,
+        };
+        (len <= range.max_len()).then_some(range)
+    }
+
     /// Whether `ip` falls in this range (an IPv4 range never contains an IPv6 address).
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.address_prefix, ip) {

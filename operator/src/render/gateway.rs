@@ -77,9 +77,8 @@
 //! accepted Gateway holds none.
 
 use super::{
-    Ctx, EdsRecipes, MeshView, Scope, authz, hcm, parse_cidr, request_authn, server_names,
-    static_clusters, tcp_route_chain, tcp_rules_by_source, telemetry, with_ca_name,
-    with_mesh_telemetry,
+    Ctx, EdsRecipes, MeshView, Scope, authz, hcm, request_authn, server_names, static_clusters,
+    tcp_route_chain, tcp_rules_by_source, telemetry, with_ca_name, with_mesh_telemetry,
 };
 use crate::index::{Labels, ObjKey};
 use crate::registry::exported;
@@ -679,7 +678,7 @@ fn passthrough_chains(ctx: &mut Ctx<'_, '_>, port: u16, ps: &PortServer<'_>) -> 
                     prefix_ranges: m
                         .destination_subnets
                         .iter()
-                        .filter_map(|s| parse_cidr(s))
+                        .filter_map(|s| rustmesh_xds::address::CidrRange::parse(s))
                         .collect(),
                     transport_protocol: Some(TLS.to_string()),
                     source_labels: m.source_labels.clone(),

@@ -41,9 +41,11 @@
 //! - ServiceEntry hosts are registry services of their own (`crate::registry`), rendered as
 //!   Istio renders them: HTTP ports a virtual host `HOST:PORT` on the port's route table
 //!   (domains: the host, its addresses, each with and without `:PORT`), TCP/TLS and
-//!   protocol-less ports a listener per address (`ADDRESS_PORT`), or `0.0.0.0_PORT` without
-//!   addresses (TCP and protocol-less: every connection to that port, as Istio's; TLS and
-//!   HTTPS: one chain per host matching the SNI, the rest to the catch-all), clusters
+//!   protocol-less ports a listener per address (`ADDRESS_PORT`), chains on `0.0.0.0_PORT`
+//!   matching CIDR blocks (`prefixRanges`, before the listener's other chains), or
+//!   `0.0.0.0_PORT` without addresses (TCP and protocol-less: every connection to that port,
+//!   as Istio's; TLS and HTTPS: one chain per host matching the SNI, the rest to the
+//!   catch-all), clusters
 //!   `outbound|PORT||HOST` (resolution NONE: ORIGINAL_DST, to the address the application
 //!   connected to; STATIC: the entry's endpoints; DNS: STRICT_DNS of the endpoints' names,
 //!   else of the host; DNS_ROUND_ROBIN: LOGICAL_DNS of the one name; the sidecar resolves
@@ -563,19 +565,28 @@ pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsReci
     // tell the hosts apart by SNI, as Istio's; other connections to the port go where unknown
     // destinations go.
     let mut sni_ports: BTreeMap<u16, Vec<Visible>> = BTreeMap::new();
+    // TCP, TLS and protocol-less ports of ServiceEntry hosts with CIDR blocks: chains on
+    // `0.0.0.0_<port>` matching the blocks (Istio's `destinationCIDR`).
+    let mut cidr_ports: BTreeMap<u16, Vec<Visible>> = BTreeMap::new();
     for v in &visible {
         let lp = v.protocol.listener();
         if !matches!(lp, ListenerProtocol::Tcp | ListenerProtocol::Auto) {
             continue;
         }
-        if matches!(v.protocol, Protocol::Tls | Protocol::Https)
-            && v.svc.entry.as_ref().is_some_and(|e| e.addresses.is_empty())
-        {
+        let addressless = v
+            .svc
+            .entry
+            .as_ref()
+            .is_some_and(|e| e.addresses.is_empty() && e.cidrs.is_empty());
+        if matches!(v.protocol, Protocol::Tls | Protocol::Https) && addressless {
             sni_ports.entry(v.port.port).or_default().push(*v);
             continue;
         }
+        if v.svc.entry.as_ref().is_some_and(|e| !e.cidrs.is_empty()) {
+            cidr_ports.entry(v.port.port).or_default().push(*v);
+        }
         let ips: Vec<IpAddr> = match (&v.svc.entry, v.svc.cluster_ip) {
-            (Some(e), _) if e.addresses.is_empty() => vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
+            (Some(_), _) if addressless => vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
             (Some(e), _) => e.addresses.clone(),
             (None, Some(ip)) => vec![ip],
             (None, None) => v.port.endpoints.iter().map(|e| e.ip).collect(),
@@ -642,6 +653,40 @@ pub fn render_parts(view: &MeshView<'_>, scope: &Scope) -> (ProxyConfig, EdsReci
         // An HTTP port, or a TCP entry without addresses, holding the port keeps it.
         if let std::collections::btree_map::Entry::Vacant(slot) = listeners.entry(key) {
             slot.insert(ctx.sni_listener(*port, members));
+        }
+    }
+    for (port, members) in &cidr_ports {
+        let chains = ctx.cidr_chains(members);
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        match listeners.entry((any, *port)) {
+            // Beside an HTTP port's, an SNI port's or an addressless entry's chains: a
+            // destination in a block matches its chain before theirs (Envoy's order).
+            std::collections::btree_map::Entry::Occupied(l) => {
+                let l = l.into_mut();
+                let mut chains: Vec<FilterChain> = chains
+                    .into_iter()
+                    .filter(|c| {
+                        !l.filter_chains
+                            .iter()
+                            .any(|x| x.filter_chain_match == c.filter_chain_match)
+                    })
+                    .collect();
+                if chains.iter().any(|c| needs_sniffing(&c.filter_chain_match)) {
+                    l.listener_filters_timeout.get_or_insert_with(sniff_timeout);
+                }
+                chains.append(&mut l.filter_chains);
+                l.filter_chains = chains;
+            }
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                let sniffs = chains.iter().any(|c| needs_sniffing(&c.filter_chain_match));
+                slot.insert(outbound_listener(
+                    any,
+                    *port,
+                    chains,
+                    Some(ctx.catch_all_chain()),
+                    sniffs,
+                ));
+            }
         }
     }
 
@@ -757,6 +802,14 @@ fn tcp_proxy(stat_prefix: &str, cluster: &str) -> NetworkFilter {
         cluster: Some(cluster.to_string()),
         ..TcpProxy::default()
     })
+}
+
+/// Whether a chain matches on what only the connection's first bytes tell (SNI, TLS or not,
+/// ALPN or HTTP).
+fn needs_sniffing(m: &FilterChainMatch) -> bool {
+    !m.server_names.is_empty()
+        || m.transport_protocol.is_some()
+        || !m.application_protocols.is_empty()
 }
 
 /// How long an outbound listener sniffs for HTTP before treating the connection as TCP.
@@ -1059,6 +1112,44 @@ impl<'v, 'a> Ctx<'v, 'a> {
         outbound_listener(any, port, chains, Some(self.catch_all_chain()), true)
     }
 
+    /// The chains on `0.0.0.0_<port>` of ServiceEntry hosts with CIDR blocks (`members`, in
+    /// name order): per host, a TLS or HTTPS port's `tls` rules (by SNI) and then, unless a
+    /// rule matches everything, its TCP chains, each matching an original destination in the
+    /// host's blocks (a rule's own `destinationSubnets` stay). A protocol-less port is
+    /// proxied as TCP there (no HTTP routing by host for a block). Of equal matches (two
+    /// entries with one block), the first host's holds.
+    fn cidr_chains(&mut self, members: &[Visible<'v>]) -> Vec<FilterChain> {
+        let mut out: Vec<FilterChain> = Vec::new();
+        for v in members {
+            let cidrs = v
+                .svc
+                .entry
+                .as_ref()
+                .map(|e| e.cidrs.clone())
+                .unwrap_or_default();
+            let mut chains = if matches!(v.protocol, Protocol::Tls | Protocol::Https) {
+                self.tls_chains(v)
+            } else {
+                Vec::new()
+            };
+            if !chains.iter().any(|c| c.filter_chain_match.is_empty()) {
+                chains.extend(self.tcp_chains(v));
+            }
+            for mut chain in chains {
+                if chain.filter_chain_match.prefix_ranges.is_empty() {
+                    chain.filter_chain_match.prefix_ranges = cidrs.clone();
+                }
+                if !out
+                    .iter()
+                    .any(|c| c.filter_chain_match == chain.filter_chain_match)
+                {
+                    out.push(chain);
+                }
+            }
+        }
+        out
+    }
+
     /// The TCP chains of a TCP or auto port: to the service's cluster, or where the
     /// VirtualService's first applicable `tcp` rule sends it. Rules applying only to pods with
     /// `sourceLabels` come first, a chain each carrying the labels; the last chain applies to
@@ -1111,7 +1202,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
                     prefix_ranges: m
                         .destination_subnets
                         .iter()
-                        .filter_map(|s| parse_cidr(s))
+                        .filter_map(|s| CidrRange::parse(s))
                         .collect(),
                     source_labels: m.source_labels.clone(),
                     ..FilterChainMatch::default()
@@ -1156,7 +1247,7 @@ impl<'v, 'a> Ctx<'v, 'a> {
                         v.svc
                             .vips()
                             .into_iter()
-                            .any(|ip| parse_cidr(s).is_some_and(|c| c.contains(ip)))
+                            .any(|ip| CidrRange::parse(s).is_some_and(|c| c.contains(ip)))
                     }))
         });
         rules
@@ -1527,20 +1618,6 @@ pub(crate) fn server_names<S: AsRef<str>>(hosts: &[S]) -> Vec<String> {
     out.sort();
     out.dedup();
     out
-}
-
-fn parse_cidr(s: &str) -> Option<CidrRange> {
-    let (ip, len) = match s.split_once('/') {
-        Some((ip, len)) => (ip.parse::<IpAddr>().ok()?, len.parse::<u8>().ok()?),
-        None => {
-            let ip: IpAddr = s.parse().ok()?;
-            (ip, if ip.is_ipv4() { 32 } else { 128 })
-        }
-    };
-    Some(CidrRange {
-        address_prefix: ip,
-        prefix_len: len,
-    })
 }
 
 /// The chain terminating Istio's mutual TLS, accepting ALPN `alpn` (the chain matches

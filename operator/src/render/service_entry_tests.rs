@@ -273,6 +273,108 @@ spec:
     assert_eq!(sans(dns), ["spiffe://cluster.local/ns/default/sa/dns-api"]);
 }
 
+/// CIDR `addresses` (Istio's `destinationCIDR`): a TCP port's chain on `0.0.0.0_PORT` matching
+/// the block, to the entry's cluster; other destinations on the port go where unknown ones
+/// go; the entry's IP address keeps its own listener and DNS answer (a block gets none);
+/// beside an HTTP port's chains on the same port the block's comes first; a second entry
+/// with the same block on the same port adds no second chain.
+#[test]
+fn cidr_addresses_are_chains_matching_the_block_on_the_ports_wildcard_listener() {
+    let mut index = bookinfo();
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: vpc-db, namespace: default}
+spec:
+  hosts: [db.vpc.internal]
+  addresses: [10.20.0.0/16, 192.0.2.30]
+  ports:
+  - {number: 5432, name: pg, protocol: TCP}
+  location: MESH_EXTERNAL
+  resolution: NONE
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: vpc-db-again, namespace: default}
+spec:
+  hosts: [dc.vpc.internal]
+  addresses: [10.20.0.0/16]
+  ports:
+  - {number: 5432, name: pg, protocol: TCP}
+  location: MESH_EXTERNAL
+  resolution: NONE
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: vpc-web, namespace: default}
+spec:
+  hosts: [web.vpc.internal]
+  addresses: [10.30.0.0/16]
+  ports:
+  - {number: 9080, name: tcp, protocol: TCP}
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints: [{address: 10.30.0.7}]
+"#,
+    );
+    for name in ["vpc-db", "vpc-db-again", "vpc-web"] {
+        let v = verdict(&index, Kind::ServiceEntry, "default", name);
+        assert!(v.accepted, "{name}: {:?}", v.findings);
+    }
+    let c = rendered(&index, "default");
+    let block = |s: &str| rustmesh_xds::address::CidrRange::parse(s).unwrap();
+    let l = c.listener("0.0.0.0_5432").expect("0.0.0.0_5432");
+    assert_eq!(l.filter_chains.len(), 1, "one chain for the block");
+    assert_eq!(
+        l.filter_chains[0].filter_chain_match.prefix_ranges,
+        [block("10.20.0.0/16")]
+    );
+    assert_eq!(
+        dest(&l.filter_chains[0].filters[0]),
+        "outbound|5432||db.vpc.internal"
+    );
+    let default = l.default_filter_chain.as_ref().expect("default chain");
+    assert_eq!(dest(&default.filters[0]), PASSTHROUGH_CLUSTER);
+    assert_eq!(
+        c.cluster("outbound|5432||db.vpc.internal").unwrap().type_,
+        DiscoveryType::OriginalDst
+    );
+    let own = c
+        .listener("192.0.2.30_5432")
+        .expect("the IP address's listener");
+    assert_eq!(
+        dest(&own.filter_chains[0].filters[0]),
+        "outbound|5432||db.vpc.internal"
+    );
+    let dns = c.dns.iter().find(|d| d.name == "db.vpc.internal").unwrap();
+    assert_eq!(dns.addresses, [ip("192.0.2.30")]);
+    // A block-only STATIC host gets no class E address.
+    assert!(
+        c.dns
+            .iter()
+            .find(|d| d.name == "web.vpc.internal")
+            .is_none_or(|d| d.addresses.is_empty())
+    );
+    // Port 9080 is bookinfo's HTTP port: the block's chain first, the HTTP chains after.
+    let l = c.listener("0.0.0.0_9080").expect("0.0.0.0_9080");
+    assert_eq!(
+        l.filter_chains[0].filter_chain_match.prefix_ranges,
+        [block("10.30.0.0/16")]
+    );
+    assert_eq!(
+        dest(&l.filter_chains[0].filters[0]),
+        "outbound|9080||web.vpc.internal"
+    );
+    assert!(
+        l.filter_chains[1..]
+            .iter()
+            .any(|fc| dest(&fc.filters[0]) == "Route: 9080"),
+        "the HTTP port's chain stays"
+    );
+}
+
 #[test]
 fn static_hosts_without_addresses_get_a_class_e_address_for_the_dns_proxy() {
     let yaml = r#"
