@@ -7,13 +7,13 @@
 //! (DNS names, a `*.` wildcard in the certificate covering one label, URIs and IP addresses,
 //! as Envoy's exact matchers), and that the SHA-256 digest of the certificate or of its
 //! SubjectPublicKeyInfo be one of those given, when any are (either list, as in Envoy). The
-//! pins are checked at every handshake, after the chain (whose verification is cached).
+//! pins are checked at every handshake, after the chain (whose verification is cached), by
+//! [`super::verified::CachingClientVerifier`].
 
 use std::sync::Arc;
 
-use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, Error as TlsError, SignatureScheme};
+use rustls::Error as TlsError;
+use rustls::pki_types::CertificateDer;
 use rustmesh_xds::tls::{CertificateValidationContext, Sha256};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -111,83 +111,6 @@ fn sha256(bytes: &[u8]) -> Sha256 {
     let mut out = [0u8; 32];
     out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
     out
-}
-
-/// A client-certificate verifier that runs `inner` (the chain against the roots, and the
-/// handshake signatures), then checks `pins` on the client's certificate.
-#[derive(Debug)]
-pub struct PinnedClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    pins: ClientPins,
-}
-
-impl PinnedClientVerifier {
-    /// `inner`, then `pins`; `inner` as it is when nothing is pinned.
-    pub fn wrap(
-        inner: Arc<dyn ClientCertVerifier>,
-        pins: &ClientPins,
-    ) -> Arc<dyn ClientCertVerifier> {
-        if pins.is_empty() {
-            return inner;
-        }
-        Arc::new(PinnedClientVerifier {
-            inner,
-            pins: pins.clone(),
-        })
-    }
-}
-
-impl ClientCertVerifier for PinnedClientVerifier {
-    fn offer_client_auth(&self) -> bool {
-        self.inner.offer_client_auth()
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        self.inner.client_auth_mandatory()
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, TlsError> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        self.pins.check(end_entity)?;
-        Ok(verified)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, TlsError> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, TlsError> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-
-    fn requires_raw_public_keys(&self) -> bool {
-        self.inner.requires_raw_public_keys()
-    }
 }
 
 #[cfg(test)]

@@ -34,7 +34,8 @@ use rustmesh_xds::tls::{TlsParameters, TlsVersion};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::cert::WorkloadCert;
-use super::pinned::{ClientPins, PinnedClientVerifier};
+use super::pinned::ClientPins;
+use super::verified::CachingClientVerifier;
 use super::verified::ChainCache;
 
 /// Why a TLS configuration could not be built.
@@ -163,12 +164,10 @@ pub fn server_config_with(
     } else {
         builder.allow_unauthenticated()
     };
-    let verifier = PinnedClientVerifier::wrap(
-        Arc::new(super::verified::CachingClientVerifier::new(
-            builder.build().map_err(|e| TlsConfigError(e.to_string()))?,
-        )),
-        pins,
-    );
+    let verifier = Arc::new(CachingClientVerifier::new(
+        builder.build().map_err(|e| TlsConfigError(e.to_string()))?,
+        pins.clone(),
+    ));
     let mut config = server_builder(params)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(cert.chain.clone(), cert.key())
@@ -206,10 +205,10 @@ pub fn credential_server_config(
             let verifier = verifier
                 .build()
                 .map_err(|e| TlsConfigError(format!("the client CA certificates: {e}")))?;
-            builder.with_client_cert_verifier(PinnedClientVerifier::wrap(
-                Arc::new(super::verified::CachingClientVerifier::new(verifier)),
-                pins,
-            ))
+            builder.with_client_cert_verifier(Arc::new(CachingClientVerifier::new(
+                verifier,
+                pins.clone(),
+            )))
         }
         None if !pins.is_empty() => {
             return Err(TlsConfigError(

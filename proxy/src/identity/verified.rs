@@ -13,7 +13,9 @@
 //! At most [`MAX_CHAINS`] entries: when full, the cache starts over.
 //!
 //! [`CachingClientVerifier`] puts the cache in front of rustls' client-certificate verifier
-//! (the server side of mutual TLS); the client side's verifier uses [`ChainCache`] directly.
+//! (the server side of mutual TLS), then checks a gateway server's pins on the client's
+//! certificate at every handshake ([`super::pinned`]); the client side's verifier uses
+//! [`ChainCache`] directly.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +25,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, Error as TlsError, SignatureScheme};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use super::pinned::ClientPins;
 use crate::sync::lock;
 
 /// The most chains remembered by one verifier.
@@ -101,20 +104,23 @@ impl ChainCache {
     }
 }
 
-/// A client-certificate verifier that checks a chain once ([`ChainCache`]) and delegates
-/// everything else, the handshake signatures included, to `inner`.
+/// A client-certificate verifier that checks a chain once ([`ChainCache`]), then `pins` on
+/// the client's certificate every time, and delegates everything else, the handshake
+/// signatures included, to `inner`.
 #[derive(Debug)]
 pub struct CachingClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     cache: ChainCache,
+    pins: ClientPins,
 }
 
 impl CachingClientVerifier {
-    /// `inner` with a cache in front.
-    pub fn new(inner: Arc<dyn ClientCertVerifier>) -> Self {
+    /// `inner` with a cache in front and `pins` (none: [`ClientPins::default`]) after it.
+    pub fn new(inner: Arc<dyn ClientCertVerifier>, pins: ClientPins) -> Self {
         CachingClientVerifier {
             inner,
             cache: ChainCache::default(),
+            pins,
         }
     }
 }
@@ -138,14 +144,13 @@ impl ClientCertVerifier for CachingClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, TlsError> {
-        if self.cache.verified(end_entity, intermediates, now) {
-            return Ok(ClientCertVerified::assertion());
+        if !self.cache.verified(end_entity, intermediates, now) {
+            self.inner
+                .verify_client_cert(end_entity, intermediates, now)?;
+            self.cache.remember(end_entity, intermediates);
         }
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        self.cache.remember(end_entity, intermediates);
-        Ok(verified)
+        self.pins.check(end_entity)?;
+        Ok(ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
