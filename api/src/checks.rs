@@ -122,7 +122,8 @@ pub fn virtual_service_redirects(spec: &VirtualServiceSpec) -> Vec<FieldError> {
 /// mesh CA a warning (the traffic stays plaintext). Origination to a server outside the mesh
 /// (`SIMPLE`, `MUTUAL`) is rendered from files in the sidecar or, in a rule with a
 /// `workloadSelector` (Istio's rule for sidecars), from the `credentialName` Secret the CA
-/// serves: `caCrl` (not implemented), a relative path, an invalid `sni` or Secret name, files
+/// serves (with the revocation lists of `caCrl`, a file, or of the Secret): `caCrl` beside a
+/// `credentialName` the sidecar uses, a relative path, an invalid `sni` or Secret name, files
 /// beside a `credentialName` (Istio refuses them too), a `credentialName` without the CA, and
 /// a `MUTUAL` without certificate and key are errors; a `SIMPLE` `credentialName` a sidecar
 /// does not use (no `workloadSelector`) and fields the mode does not use are warnings. Never
@@ -214,10 +215,18 @@ pub fn destination_rule_tls(spec: &DestinationRuleSpec, has_ca: bool) -> Vec<Fin
                         );
                     }
                 }
-                if tls.ca_crl.is_some() {
+                if tls.ca_crl.as_deref().is_some_and(|c| !c.is_empty())
+                    && tls
+                        .credential_name
+                        .as_deref()
+                        .is_some_and(|c| !c.is_empty())
+                    && selector
+                {
                     err(
                         "caCrl",
-                        "certificate revocation lists are not implemented".into(),
+                        "cannot be given with credentialName: the Secret's revocation list (its \
+                         ca.crl or crl key) is used"
+                            .into(),
                     );
                 }
                 if let Some(sni) = tls.sni.as_deref().filter(|s| !s.is_empty())
@@ -229,6 +238,7 @@ pub fn destination_rule_tls(spec: &DestinationRuleSpec, has_ca: bool) -> Vec<Fin
                     ("caCertificates", &tls.ca_certificates),
                     ("clientCertificate", &tls.client_certificate),
                     ("privateKey", &tls.private_key),
+                    ("caCrl", &tls.ca_crl),
                 ] {
                     if let Some(v) = value
                         && (v.contains('~') || (!v.is_empty() && !v.starts_with('/')))
@@ -284,9 +294,16 @@ pub fn destination_rule_tls(spec: &DestinationRuleSpec, has_ca: bool) -> Vec<Fin
                     }
                 }
                 if tls.insecure_skip_verify == Some(true) {
-                    if has(&tls.ca_certificates) {
+                    for field in [
+                        ("caCertificates", &tls.ca_certificates),
+                        ("caCrl", &tls.ca_crl),
+                    ]
+                    .into_iter()
+                    .filter(|(_, v)| has(v))
+                    .map(|(f, _)| f)
+                    {
                         warn(
-                            "caCertificates",
+                            field,
                             "ignored: insecureSkipVerify is true, the server is not verified",
                         );
                     }

@@ -226,6 +226,7 @@ impl ServerTlsSettings {
             match_subject_alt_names: rustmesh_xds::tls::exact_sans(&self.subject_alt_names),
             verify_certificate_spki: self.verify_certificate_spki.clone(),
             verify_certificate_hash: self.verify_certificate_hash.clone(),
+            crl: None,
         }
     }
 }
@@ -506,6 +507,7 @@ impl GatewaySpec {
             if let Some(tls) = &server.tls {
                 out.extend(tls_parameter_errors(i, tls, tls_server, server.tls_mode()));
                 out.extend(client_pin_errors(i, tls, tls_server, server.tls_mode()));
+                out.extend(crl_errors(i, tls, tls_server, server.tls_mode()));
             }
             let Some(mode) = server.tls_mode() else {
                 continue;
@@ -664,6 +666,37 @@ fn client_pin_errors(
         )
     })
     .collect()
+}
+
+/// rustmesh's checks of a server's `caCrl` (a file in the gateway pod, as `caCertificates`):
+/// rendered beside `caCertificates` on a `MUTUAL` or `OPTIONAL_MUTUAL` HTTPS or TLS server, as
+/// an absolute path; refused where no client certificate is verified against a CA file, where
+/// it would be ignored: a server asking for none, `ISTIO_MUTUAL` (the mesh root has no list
+/// here), or a `credentialName` (whose Secret carries its lists as `ca.crl` or `crl`).
+fn crl_errors(
+    i: usize,
+    tls: &ServerTlsSettings,
+    tls_server: bool,
+    mode: Option<&str>,
+) -> Vec<FieldError> {
+    let Some(crl) = non_empty(&tls.ca_crl) else {
+        return Vec::new();
+    };
+    let field = format!("spec.servers[{i}].tls.caCrl");
+    let why = if !(tls_server && mode.is_some_and(|m| matches!(m, "MUTUAL" | "OPTIONAL_MUTUAL"))) {
+        "this server verifies no client certificate against a CA file (only MUTUAL and \
+         OPTIONAL_MUTUAL HTTPS and TLS servers do): its caCrl would be ignored"
+            .to_string()
+    } else if non_empty(&tls.credential_name).is_some() {
+        "cannot be given with credentialName: the Secret's revocation list (its ca.crl or crl \
+         key) is used, as in Istio"
+            .to_string()
+    } else if !crl.starts_with('/') {
+        format!("{crl:?} is not an absolute path to a file in the gateway's pod")
+    } else {
+        return Vec::new();
+    };
+    vec![FieldError::new(field, why)]
 }
 
 /// A string field's value when it is set and not empty (protobuf's unset string).
@@ -1047,6 +1080,44 @@ mod tests {
                 "spec.servers[2].tls.caCertificates",
             ]
         );
+    }
+
+    #[test]
+    fn a_revocation_list_is_taken_where_clients_are_verified_against_a_ca_file() {
+        let server = |i: u16, tls: &str| {
+            format!(
+                "- port: {{number: {i}, name: s{i}, protocol: HTTPS}}\n  hosts: ['*']\n  tls: {tls}\n"
+            )
+        };
+        let files = "serverCertificate: /c.pem, privateKey: /k.pem, caCertificates: /ca.pem";
+        let s = spec(&format!(
+            "servers:\n{}{}{}{}{}{}",
+            server(443, &format!("{{mode: MUTUAL, {files}, caCrl: /ca.crl}}")),
+            server(
+                444,
+                &format!("{{mode: OPTIONAL_MUTUAL, {files}, caCrl: /ca.crl}}")
+            ),
+            server(445, &format!("{{mode: MUTUAL, {files}, caCrl: ca.crl}}")),
+            server(
+                446,
+                "{mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem, caCrl: /ca.crl}"
+            ),
+            server(447, "{mode: MUTUAL, credentialName: c, caCrl: /ca.crl}"),
+            server(448, "{mode: PASSTHROUGH, caCrl: /ca.crl}"),
+        ));
+        let errors = s.validate();
+        assert_eq!(
+            fields(errors.clone()),
+            [
+                "spec.servers[2].tls.caCrl",
+                "spec.servers[3].tls.caCrl",
+                "spec.servers[4].tls.caCrl",
+                "spec.servers[5].tls.caCrl",
+            ]
+        );
+        assert!(errors[0].message.contains("absolute"), "{errors:?}");
+        assert!(errors[1].message.contains("would be ignored"), "{errors:?}");
+        assert!(errors[2].message.contains("ca.crl or crl"), "{errors:?}");
     }
 
     #[test]

@@ -433,12 +433,15 @@ const DESTINATION_RULE: &[Entry] = &[
         path: "**.tls.caCrl",
         leaves: &[],
         support: Support::ReportedBy(
-            "rustmesh_api::checks::destination_rule_tls (the operator's tls findings): refused \
-             with SIMPLE and MUTUAL (revocation lists are not implemented) and ISTIO_MUTUAL; \
-             unused without TLS",
+            "rustmesh_api::checks::destination_rule_tls (the operator's tls findings): rendered \
+             with SIMPLE and MUTUAL (render/clusters.rs upstream_tls: the validation context's \
+             crl file, which the sidecar checks the server's chain against) as an absolute \
+             path; refused as a relative path, beside a credentialName the sidecar uses (the \
+             Secret's ca.crl or crl key is) and with ISTIO_MUTUAL; warned with \
+             insecureSkipVerify; unused without TLS",
         ),
         harmless: &[],
-        example: r#"{"mode": "SIMPLE", "caCrl": "/etc/certs/crl.pem"}"#,
+        example: r#"{"mode": "SIMPLE", "caCrl": "etc/certs/crl.pem"}"#,
     },
 ];
 
@@ -1009,11 +1012,20 @@ const GATEWAY: &[Entry] = &[
         "render/gateway.rs: a MUTUAL or OPTIONAL_MUTUAL server with certificate files \
          verifies clients against file-root:<caCertificates>",
     ),
-    refused(
-        "spec.servers[].tls.caCrl",
-        "revocation lists on gateways are not rendered yet (issue #20)",
-        r#""/etc/certs/crl.pem""#,
-    ),
+    Entry {
+        path: "spec.servers[].tls.caCrl",
+        leaves: &[],
+        support: Support::ReportedBy(
+            "rustmesh_api::gateway::GatewaySpec::unsupported: rendered (render/gateway.rs: the \
+             validation context's crl file, which the proxy checks every client chain \
+             against) on MUTUAL and OPTIONAL_MUTUAL servers with caCertificates, as an absolute \
+             path; refused on servers that verify no client certificate against a CA file \
+             (SIMPLE, PASSTHROUGH, ISTIO_MUTUAL, plain text) and beside a credentialName, \
+             whose Secret's ca.crl or crl key is used",
+        ),
+        harmless: &[],
+        example: r#"{"mode": "SIMPLE", "credentialName": "c", "caCrl": "/etc/certs/crl.pem"}"#,
+    },
     rendered(
         "spec.servers[].tls.credentialName",
         &[],

@@ -14,10 +14,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, LogParams, ObjectMeta, Patch, PatchParams};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use rustmesh_testkit::pki::{TestCa, Usage};
 use serde_json::json;
 use std::time::Duration;
 
@@ -26,31 +23,21 @@ pub struct Pki {
     pub ca: String,
     pub server: (String, String),
     pub client: (String, String),
+    /// The CA itself, to issue more or sign revocation lists.
+    pub authority: TestCa,
 }
 
 impl Pki {
     /// A new CA (common name `ca_cn`), a server certificate for `server_names` (common name
     /// `server_cn`) and a client certificate with common name `client_cn`.
     pub fn new(ca_cn: &str, server_cn: &str, server_names: Vec<String>, client_cn: &str) -> Pki {
-        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca.distinguished_name.push(DnType::CommonName, ca_cn);
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca_key = KeyPair::generate().expect("CA key");
-        let ca_pem = ca.self_signed(&ca_key).expect("CA certificate").pem();
-        let issuer = Issuer::new(ca, ca_key);
-        let leaf = |cn: &str, names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
-            let mut params = CertificateParams::new(names).expect("leaf params");
-            params.distinguished_name.push(DnType::CommonName, cn);
-            params.extended_key_usages = vec![usage];
-            let key = KeyPair::generate().expect("leaf key");
-            let cert = params.signed_by(&key, &issuer).expect("leaf certificate");
-            (cert.pem(), key.serialize_pem())
-        };
+        let authority = TestCa::new(ca_cn);
+        let names: Vec<&str> = server_names.iter().map(String::as_str).collect();
         Pki {
-            server: leaf(server_cn, server_names, ExtendedKeyUsagePurpose::ServerAuth),
-            client: leaf(client_cn, vec![], ExtendedKeyUsagePurpose::ClientAuth),
-            ca: ca_pem,
+            server: authority.issue_with(server_cn, &names, None, Usage::Server),
+            client: authority.issue_with(client_cn, &[], None, Usage::Client),
+            ca: authority.pem.clone(),
+            authority,
         }
     }
 }

@@ -1454,7 +1454,7 @@ spec:
     - port: {number: 9080}
       tls: {mode: MUTUAL, privateKey: etc/k.pem, sni: "bad name!"}
     - port: {number: 9081}
-      tls: {mode: SIMPLE, credentialName: db-ca, caCrl: /etc/crl.pem}
+      tls: {mode: SIMPLE, credentialName: db-ca, caCrl: etc/crl.pem}
     - port: {number: 9082}
       tls: {mode: MUTUAL, clientCertificate: "", privateKey: /etc/k.pem}
 "#,

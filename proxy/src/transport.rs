@@ -56,7 +56,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 use rustmesh_xds::identity::SpiffeId;
 use rustmesh_xds::tls::{DownstreamTlsContext, SDS_CACERT_SUFFIX, Secret, UpstreamTlsContext};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -65,8 +65,8 @@ use tokio::net::TcpStream;
 use crate::identity::Store;
 use crate::identity::pinned::ClientPins;
 use crate::identity::tls::{
-    client_config, credential_server_config, external_client_config, peer_identity,
-    server_config_with,
+    Trust, client_config, credential_server_config, external_client_config, peer_identity,
+    pem_crls, server_config_with,
 };
 use crate::sync::lock;
 
@@ -317,7 +317,8 @@ pub struct Terminate {
 struct ServedFiles {
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
-    roots: Option<rustls::RootCertStore>,
+    /// The client CA, with the revocation lists of the `crl` file if any.
+    roots: Option<Trust>,
     /// A fingerprint of the bytes read: a re-read with the same content keeps the
     /// configuration built.
     version: u64,
@@ -339,12 +340,15 @@ enum Serves {
         require_client_certificate: bool,
     },
     /// A gateway server's certificate files (`file-cert:<cert>~<key>`), clients verified
-    /// against the CA file `roots` (`file-root:<path>`) when set: read from the gateway pod's
-    /// filesystem (a mounted Secret), again every [`crate::identity::credential::REFRESH`].
+    /// against the CA file `roots` (`file-root:<path>`) when set, and the revocation lists of
+    /// the file `crl` (the validation context's `crl`, a server's `caCrl`): read from the
+    /// gateway pod's filesystem (a mounted Secret), again every
+    /// [`crate::identity::credential::REFRESH`].
     Files {
         cert: String,
         key: String,
         roots: Option<String>,
+        crl: Option<String>,
         require_client_certificate: bool,
     },
 }
@@ -442,6 +446,9 @@ impl Terminate {
                     "certificate files go with a CA file",
                     "file-root:<caCertificates>",
                 )?,
+                crl: validation
+                    .and_then(|v| v.default_validation_context.crl.as_ref())
+                    .map(|c| c.filename.clone()),
                 require_client_certificate: ctx.require_client_certificate,
             },
             Some(_) => {
@@ -488,6 +495,7 @@ impl Terminate {
         cert: &str,
         key: &str,
         roots: Option<&str>,
+        crl: Option<&str>,
     ) -> Result<Arc<ServedFiles>, TlsError> {
         let mut held = lock(&self.files);
         if let Some((at, f)) = &*held
@@ -496,7 +504,7 @@ impl Terminate {
             return Ok(f.clone());
         }
         let now = std::time::Instant::now();
-        match read_served_files(cert, key, roots) {
+        match read_served_files(cert, key, roots, crl) {
             Ok(read) => {
                 let f = match &*held {
                     Some((_, old)) if old.version == read.version => old.clone(),
@@ -539,8 +547,12 @@ impl Terminate {
         };
         let files = match &self.serves {
             Serves::Files {
-                cert, key, roots, ..
-            } => Some(self.served_files(cert, key, roots.as_deref())?),
+                cert,
+                key,
+                roots,
+                crl,
+                ..
+            } => Some(self.served_files(cert, key, roots.as_deref(), crl.as_deref())?),
             _ => None,
         };
         let versions = match (&fetched, &files) {
@@ -588,9 +600,12 @@ impl Terminate {
                     TlsError::Credential(format!("kubernetes://{name}: no private key"))
                 })?;
                 let roots = match (roots, roots_name) {
-                    (Some(r), Some(n)) => Some(root_store(r.roots.iter().cloned(), |e| {
-                        TlsError::Credential(format!("kubernetes://{n}: a CA certificate: {e}"))
-                    })?),
+                    (Some(r), Some(n)) => Some(Trust {
+                        roots: root_store(r.roots.iter().cloned(), |e| {
+                            TlsError::Credential(format!("kubernetes://{n}: a CA certificate: {e}"))
+                        })?,
+                        crls: r.crls.clone(),
+                    }),
                     _ => None,
                 };
                 credential_server_config(
@@ -676,6 +691,9 @@ enum Kind {
     External {
         /// Where the roots are; no verification when `verify` is off.
         roots: RootsFrom,
+        /// The file of revocation lists checked beside roots from a file or the system's
+        /// (`caCrl`; a credential's come with its roots).
+        crl: Option<String>,
         verify: bool,
         /// Where the client certificate and key are (`MUTUAL`).
         client: Option<ClientFrom>,
@@ -709,7 +727,7 @@ enum ClientFrom {
 /// The roots and client certificate of [`Kind::External`], read from their files or
 /// credentials; `version` changes when a credential does.
 struct Material {
-    roots: Option<rustls::RootCertStore>,
+    roots: Option<Trust>,
     client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     version: u64,
 }
@@ -719,7 +737,7 @@ type Assembled = ((u64, u64), Arc<Material>);
 
 /// What the files of [`Kind::External`] held, read once.
 struct Files {
-    roots: Option<rustls::RootCertStore>,
+    roots: Option<Trust>,
     client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 }
 
@@ -786,6 +804,9 @@ impl Originate {
                 });
             Kind::External {
                 roots,
+                crl: validation
+                    .and_then(|v| v.default_validation_context.crl.as_ref())
+                    .map(|c| c.filename.clone()),
                 verify: validation.is_some(),
                 client,
                 sans: sans.into_iter().map(str::to_string).collect(),
@@ -833,6 +854,7 @@ impl Originate {
     fn files(
         &self,
         roots: &RootsFrom,
+        crl: Option<&str>,
         verify: bool,
         client: Option<&ClientFrom>,
     ) -> Result<Arc<Files>, TlsError> {
@@ -846,6 +868,13 @@ impl Originate {
             })?),
             (true, RootsFrom::System) => Some(system_roots()?),
             _ => None,
+        };
+        let roots = match roots {
+            Some(roots) => Some(Trust {
+                roots,
+                crls: crl.map(read_crls).transpose()?.unwrap_or_default(),
+            }),
+            None => None,
         };
         let client = match client {
             Some(ClientFrom::Files(cert, key)) => {
@@ -867,6 +896,7 @@ impl Originate {
     async fn material(&self) -> Result<Arc<Material>, TlsError> {
         let Kind::External {
             roots,
+            crl,
             verify,
             client,
             ..
@@ -887,7 +917,7 @@ impl Originate {
             }
             _ => None,
         };
-        let files = self.files(roots, *verify, client.as_ref())?;
+        let files = self.files(roots, crl.as_deref(), *verify, client.as_ref())?;
         let versions = (
             roots_cred.as_ref().map_or(0, |c| c.version),
             client_cred.as_ref().map_or(0, |c| c.version),
@@ -899,9 +929,12 @@ impl Originate {
             return Ok(m.clone());
         }
         let roots = match roots_cred {
-            Some(c) => Some(root_store(c.roots.iter().cloned(), |e| {
-                TlsError::Credential(format!("a CA certificate: {e}"))
-            })?),
+            Some(c) => Some(Trust {
+                roots: root_store(c.roots.iter().cloned(), |e| {
+                    TlsError::Credential(format!("a CA certificate: {e}"))
+                })?,
+                crls: c.crls.clone(),
+            }),
             None => files.roots.clone(),
         };
         let client = match (&client_cred, &files.client) {
@@ -1075,23 +1108,32 @@ fn read_file(path: &str) -> Result<Vec<u8>, TlsError> {
     Ok(bytes)
 }
 
-/// Reads a gateway server's certificate chain, key and (for `MUTUAL`) client CA files, each at
-/// most [`MAX_FILE_BYTES`]; errors name the file, never the key's content.
-fn read_served_files(cert: &str, key: &str, roots: Option<&str>) -> Result<ServedFiles, TlsError> {
+/// Reads a gateway server's certificate chain, key and (for `MUTUAL`) client CA and revocation
+/// list files, each at most [`MAX_FILE_BYTES`]; errors name the file, never the key's content.
+fn read_served_files(
+    cert: &str,
+    key: &str,
+    roots: Option<&str>,
+    crl: Option<&str>,
+) -> Result<ServedFiles, TlsError> {
     use rustls::pki_types::pem::PemObject;
     use std::hash::{Hash, Hasher};
     let cert_bytes = read_file(cert)?;
     let key_bytes = read_file(key)?;
     let roots_bytes = roots.map(read_file).transpose()?;
+    let crls = crl.map(read_crls).transpose()?.unwrap_or_default();
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (&cert_bytes, &key_bytes, &roots_bytes).hash(&mut h);
+    (&cert_bytes, &key_bytes, &roots_bytes, &crls).hash(&mut h);
     let chain = pem_certs(cert, &cert_bytes)?;
     let key_der = PrivateKeyDer::from_pem_slice(&key_bytes)
         .map_err(|e| TlsError::File(format!("{key}: not a PEM private key: {e}")))?;
     let roots = match (roots, roots_bytes) {
-        (Some(path), Some(bytes)) => Some(root_store(pem_certs(path, &bytes)?, |e| {
-            TlsError::File(format!("{path}: {e}"))
-        })?),
+        (Some(path), Some(bytes)) => Some(Trust {
+            roots: root_store(pem_certs(path, &bytes)?, |e| {
+                TlsError::File(format!("{path}: {e}"))
+            })?,
+            crls,
+        }),
         _ => None,
     };
     Ok(ServedFiles {
@@ -1100,6 +1142,11 @@ fn read_served_files(cert: &str, key: &str, roots: Option<&str>) -> Result<Serve
         roots,
         version: h.finish().max(1),
     })
+}
+
+/// The certificate revocation lists of a PEM file (`caCrl`), at least one, each parsed.
+fn read_crls(path: &str) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    pem_crls(path, &read_file(path)?).map_err(TlsError::File)
 }
 
 /// The certificates of a PEM file, at least one.
@@ -1142,6 +1189,7 @@ fn system_roots() -> Result<rustls::RootCertStore, TlsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustmesh_testkit::pki::{TestCa, Usage};
     use rustmesh_xds::route::StringMatcher;
     use rustmesh_xds::tls::{
         ClientCerts, GatewayCert, gateway_istio_mutual, gateway_termination, istio_downstream,
@@ -1266,51 +1314,22 @@ mod tests {
         );
     }
 
-    /// A private CA, issuing certificates for the tests.
-    struct TestCa {
-        /// Its certificate, PEM.
-        pem: String,
-        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    }
-
-    impl TestCa {
-        /// A CA named `name` (its subject's common name: CAs of one test differ by it, so a
-        /// certificate of one is not taken for the other's by name).
-        fn new(name: &str) -> Self {
-            use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-            let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-            ca.distinguished_name.push(DnType::CommonName, name);
-            ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            let ca_key = KeyPair::generate().unwrap();
-            let pem = ca.self_signed(&ca_key).unwrap().pem();
-            TestCa {
-                pem,
-                issuer: Issuer::new(ca, ca_key),
-            }
-        }
-
-        /// A certificate for the DNS names `dns` and, if given, the URI `uri` (a SPIFFE id),
-        /// as PEM (certificate, PKCS#8 key).
-        fn issue(&self, dns: &[&str], uri: Option<&str>) -> (String, String) {
-            use rcgen::{CertificateParams, KeyPair, SanType};
-            let mut params =
-                CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>())
-                    .unwrap();
-            if let Some(uri) = uri {
-                params
-                    .subject_alt_names
-                    .push(SanType::URI(uri.try_into().unwrap()));
-            }
-            let key = KeyPair::generate().unwrap();
-            let cert = params.signed_by(&key, &self.issuer).unwrap();
-            (cert.pem(), key.serialize_pem())
-        }
+    /// Files of a gateway server in `dir`: a certificate for `name` issued by `ca`, its key,
+    /// and `ca`'s certificate (the client CA), as `tls.crt`, `tls.key` and `ca.crt`: their
+    /// paths, in that order.
+    fn served_files(dir: &std::path::Path, ca: &TestCa, name: &str) -> (String, String, String) {
+        let (chain, key) = ca.issue(name, &[name]);
+        let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
+        std::fs::write(path("ca.crt"), &ca.pem).unwrap();
+        std::fs::write(path("tls.crt"), &chain).unwrap();
+        std::fs::write(path("tls.key"), &key).unwrap();
+        (path("tls.crt"), path("tls.key"), path("ca.crt"))
     }
 
     /// A private CA and a server certificate for `name` it issued, as PEM (CA, chain, key).
     fn private_ca(name: &str) -> (String, String, String) {
         let ca = TestCa::new("private CA");
-        let (chain, key) = ca.issue(&[name], None);
+        let (chain, key) = ca.issue(name, &[name]);
         (ca.pem, chain, key)
     }
 
@@ -1393,9 +1412,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // The router's workload certificate (a DNS name too, so the test client can check
         // it with rustls' own verifier).
-        let (chain, key) = mesh.issue(
+        let (chain, key) = mesh.issue_with(
+            "gw",
             &["gw.example.com"],
             Some("spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"),
+            Usage::Any,
         );
         std::fs::write(dir.path().join("cert-chain.pem"), &chain).unwrap();
         std::fs::write(dir.path().join("key.pem"), &key).unwrap();
@@ -1416,7 +1437,12 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.contains("CertificateRequired"), "{err}");
-        let sidecar = mesh.issue(&[], Some("spiffe://cluster.local/ns/default/sa/sleep"));
+        let sidecar = mesh.issue_with(
+            "client",
+            &[],
+            Some("spiffe://cluster.local/ns/default/sa/sleep"),
+            Usage::Any,
+        );
         let leaf = handshake_as(&t, "gw.example.com", &mesh.pem, Some(&sidecar))
             .await
             .unwrap();
@@ -1427,8 +1453,12 @@ mod tests {
                 .unwrap()
                 .to_vec()
         );
-        let stranger = TestCa::new("another mesh's root")
-            .issue(&[], Some("spiffe://other/ns/default/sa/sleep"));
+        let stranger = TestCa::new("another mesh's root").issue_with(
+            "client",
+            &[],
+            Some("spiffe://other/ns/default/sa/sleep"),
+            Usage::Any,
+        );
         let err = handshake_as(&t, "gw.example.com", &mesh.pem, Some(&stranger))
             .await
             .unwrap_err();
@@ -1506,7 +1536,7 @@ mod tests {
         use rustls::{CipherSuite as Suite, ProtocolVersion as Version};
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new("gateway CA");
-        let (chain, key) = ca.issue(&["params.example.com"], None);
+        let (chain, key) = ca.issue("params", &["params.example.com"]);
         let path = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
         std::fs::write(path("tls.crt"), &chain).unwrap();
         std::fs::write(path("tls.key"), &key).unwrap();
@@ -1517,6 +1547,7 @@ mod tests {
                     cert: &cert_path,
                     key: &key_path,
                     ca: None,
+                    crl: None,
                 },
                 ClientCerts::Ignored,
             );
@@ -1606,7 +1637,7 @@ mod tests {
     async fn an_optional_mutual_gateway_server_verifies_a_client_certificate_only_when_presented() {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new("gateway client CA");
-        let (chain, key) = ca.issue(&["optional.example.com"], None);
+        let (chain, key) = ca.issue("optional", &["optional.example.com"]);
         let path = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
         std::fs::write(path("ca.crt"), &ca.pem).unwrap();
         std::fs::write(path("tls.crt"), &chain).unwrap();
@@ -1617,6 +1648,7 @@ mod tests {
                 cert: &cert_path,
                 key: &key_path,
                 ca: Some(&ca_path),
+                crl: None,
             },
             ClientCerts::Optional,
         );
@@ -1627,16 +1659,17 @@ mod tests {
                 cert: cert_path.clone(),
                 key: key_path.clone(),
                 roots: Some(ca_path.clone()),
+                crl: None,
                 require_client_certificate: false,
             }
         );
         let name = "optional.example.com";
         handshake(&t, name, &ca.pem).await.unwrap();
-        let client = ca.issue(&["client.example.com"], None);
+        let client = ca.issue("client", &["client.example.com"]);
         handshake_as(&t, name, &ca.pem, Some(&client))
             .await
             .unwrap();
-        let stranger = TestCa::new("another CA").issue(&["client.example.com"], None);
+        let stranger = TestCa::new("another CA").issue("client", &["client.example.com"]);
         let err = handshake_as(&t, name, &ca.pem, Some(&stranger))
             .await
             .unwrap_err();
@@ -1654,18 +1687,14 @@ mod tests {
         use x509_parser::prelude::{FromDer, X509Certificate};
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new("gateway client CA");
-        let (chain, key) = ca.issue(&["pinned.example.com"], None);
-        let path = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
-        std::fs::write(path("ca.crt"), &ca.pem).unwrap();
-        std::fs::write(path("tls.crt"), &chain).unwrap();
-        std::fs::write(path("tls.key"), &key).unwrap();
-        let (cert_path, key_path, ca_path) = (path("tls.crt"), path("tls.key"), path("ca.crt"));
+        let (cert_path, key_path, ca_path) = served_files(dir.path(), &ca, "pinned.example.com");
         let pinned = |clients, pins: CertificateValidationContext| {
             let mut ctx = gateway_termination(
                 GatewayCert::Files {
                     cert: &cert_path,
                     key: &key_path,
                     ca: Some(&ca_path),
+                    crl: None,
                 },
                 clients,
             );
@@ -1676,11 +1705,13 @@ mod tests {
                 .default_validation_context = pins;
             Terminate::new(&ctx, Arc::new(Store::default())).unwrap()
         };
-        let alice = ca.issue(
+        let alice = ca.issue_with(
+            "alice",
             &["alice.example.com"],
             Some("spiffe://cluster.local/ns/foo/sa/alice"),
+            Usage::Any,
         );
-        let bob = ca.issue(&["bob.example.com"], None);
+        let bob = ca.issue("bob", &["bob.example.com"]);
         let der = CertificateDer::from_pem_slice(alice.0.as_bytes()).unwrap();
         let digest = |b: &[u8]| ring::digest::digest(&ring::digest::SHA256, b);
         let hash: String = digest(der.as_ref())
@@ -1735,6 +1766,72 @@ mod tests {
         }
     }
 
+    /// A gateway server's `caCrl` (the validation context's `crl` file), with real rustls
+    /// clients: a client the list revokes is refused (`CertificateRevoked`), one it does not
+    /// revoke gets in; a list from another CA says nothing of the client's certificate, which
+    /// is refused too (its revocation status is unknown); a file that is no list fails the
+    /// handshake naming the file.
+    #[tokio::test]
+    async fn a_gateway_servers_revocation_list_refuses_the_clients_it_revokes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("gateway client CA");
+        let (cert, key, ca_path) = served_files(dir.path(), &ca, "crl.example.com");
+        let alice = ca.issue("alice", &["alice.example.com"]);
+        let bob = ca.issue("bob", &["bob.example.com"]);
+        let crl = |name: &str, pem: &str| {
+            let path = dir.path().join(name).to_str().unwrap().to_string();
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        let serving = |crl: &str, clients| {
+            let ctx = gateway_termination(
+                GatewayCert::Files {
+                    cert: &cert,
+                    key: &key,
+                    ca: Some(&ca_path),
+                    crl: Some(crl),
+                },
+                clients,
+            );
+            Terminate::new(&ctx, Arc::new(Store::default())).unwrap()
+        };
+        let name = "crl.example.com";
+        let revokes_bob = crl("bob.crl", &ca.revoke(&[&bob.0]));
+        for clients in [ClientCerts::Required, ClientCerts::Optional] {
+            let t = serving(&revokes_bob, clients);
+            handshake_as(&t, name, &ca.pem, Some(&alice))
+                .await
+                .unwrap_or_else(|e| panic!("{clients:?}: alice is not revoked: {e}"));
+            let err = handshake_as(&t, name, &ca.pem, Some(&bob))
+                .await
+                .unwrap_err();
+            assert!(err.contains("CertificateRevoked"), "{clients:?}: {err}");
+        }
+        let other = crl("other.crl", &TestCa::new("another CA").revoke(&[]));
+        let t = serving(&other, ClientCerts::Required);
+        let err = handshake_as(&t, name, &ca.pem, Some(&alice))
+            .await
+            .unwrap_err();
+        // (webpki finds no path whose revocation status it knows: rustls says UnknownCA.)
+        assert!(
+            err.contains("UnknownCA") || err.contains("CertificateUnknown"),
+            "alice's status is unknown: refused: {err}"
+        );
+        let garbage = crl("garbage.crl", &ca.pem);
+        let t = serving(&garbage, ClientCerts::Required);
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::spawn(TcpStream::connect(l.local_addr().unwrap()));
+        let (tcp, _) = l.accept().await.unwrap();
+        let _client = client.await.unwrap().unwrap();
+        match t.accept(tcp).await {
+            Err(TlsError::File(e)) => assert!(
+                e.contains("garbage.crl") && e.contains("revocation list"),
+                "{e}"
+            ),
+            other => panic!("a certificate is no revocation list: {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn a_gateway_server_presents_its_certificate_files_and_mutual_checks_the_ca_file() {
         use rustls::pki_types::pem::PemObject;
@@ -1749,6 +1846,7 @@ mod tests {
             cert: &cert_path,
             key: &key_path,
             ca,
+            crl: None,
         };
         // SIMPLE: the chain from the files is presented.
         let simple = Terminate::new(
@@ -1781,6 +1879,7 @@ mod tests {
                     cert: &missing,
                     key: &key_path,
                     ca: None,
+                    crl: None,
                 },
                 ClientCerts::Ignored,
             ),

@@ -12,7 +12,8 @@
 //!   (exact and `*.` wildcard) and present their own certificates; a ClientHello naming no
 //!   server and plain text are refused and counted;
 //! - `MUTUAL`: a client without a certificate, or with one of another CA, is refused (counted
-//!   as a TLS refusal); one whose certificate the Secret's CA issued is served;
+//!   as a TLS refusal); one whose certificate the Secret's CA issued is served, until the
+//!   Secret's revocation list (`ca.crl`) revokes it, while another client is still served;
 //! - a credential the CA does not serve (no such Secret, or a gateway whose account may not
 //!   read Secrets) fails the handshake: the client gets nothing at all, not a byte;
 //! - a rotated Secret is presented by the next handshakes;
@@ -31,7 +32,6 @@ use bytes::Bytes;
 use ca_common::Secrets;
 use http_body_util::{BodyExt, Empty};
 use http_common::{Behavior, TestClusters, Upstream, upstream};
-use rcgen::{CertificateParams, DnType, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
 use rustmesh_operator::ca::service::{Ca, CaMetrics};
 use rustmesh_proxy::cluster::ClusterManager;
@@ -42,6 +42,7 @@ use rustmesh_proxy::listener::bound::{BindStatus, Router};
 use rustmesh_proxy::metrics::{Metrics as IstioMetrics, WorkloadInfo};
 use rustmesh_proxy::snapshot::{Snapshot, Store};
 use rustmesh_proxy::stats::{Metrics, Refusal};
+use rustmesh_testkit::pki::TestCa;
 use rustmesh_xds::ProxyConfig;
 use rustmesh_xds::tls::{ClientCerts, GatewayCert, gateway_termination};
 use serde_json::{Value, json};
@@ -57,10 +58,7 @@ const PATIENCE: Duration = Duration::from_secs(20);
 // ---- the Secrets' CAs ---------------------------------------------------------------------------
 
 /// A private CA, as a user makes one for a gateway's certificate.
-struct Pki {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
+struct Pki(TestCa);
 
 /// A certificate chain and key, as PEM and as rustls takes them.
 struct Leaf {
@@ -83,35 +81,19 @@ impl Leaf {
 
 impl Pki {
     fn new(cn: &str) -> Pki {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, cn);
-        let key = KeyPair::generate().unwrap();
-        let root = params.self_signed(&key).unwrap();
-        Pki {
-            pem: root.pem(),
-            issuer: Issuer::new(params, key),
-        }
+        Pki(TestCa::new(cn))
     }
 
     /// A leaf with common name `cn` for DNS names `names`.
     fn leaf(&self, cn: &str, names: &[&str]) -> Leaf {
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
+        let (cert_pem, key_pem) = self.0.issue(cn, names);
+        Leaf { cert_pem, key_pem }
     }
 
     fn roots(&self) -> rustls::RootCertStore {
         let mut roots = rustls::RootCertStore::empty();
         roots
-            .add(CertificateDer::from_pem_slice(self.pem.as_bytes()).unwrap())
+            .add(CertificateDer::from_pem_slice(self.0.pem.as_bytes()).unwrap())
             .unwrap();
         roots
     }
@@ -199,6 +181,8 @@ struct World {
     clients_ca: Pki,
     httpbin_leaf: Leaf,
     bookinfo_leaf: Leaf,
+    /// Secret `mutual-credential`'s keys and values.
+    mutual_files: [(&'static str, String); 3],
     ca_addr: SocketAddr,
     authority: Arc<rustmesh_operator::ca::authority::Authority>,
     _stop_ca: tokio::sync::oneshot::Sender<()>,
@@ -218,6 +202,11 @@ impl World {
         let httpbin_leaf = httpbin_ca.leaf("httpbin", &["httpbin.example.com"]);
         let bookinfo_leaf = bookinfo_ca.leaf("bookinfo", &["*.bookinfo.example"]);
         let mutual_leaf = httpbin_ca.leaf("mutual", &["mutual.example.com"]);
+        let mutual_files = [
+            ("tls.crt", mutual_leaf.cert_pem),
+            ("tls.key", mutual_leaf.key_pem),
+            ("ca.crt", clients_ca.0.pem.clone()),
+        ];
         let secrets = Secrets::default();
         // A TLS Secret, a generic one (Istio's `cert`/`key`), and one with its clients' CA.
         secrets.put(
@@ -239,11 +228,7 @@ impl World {
         secrets.put(
             NS,
             "mutual-credential",
-            &[
-                ("tls.crt", &mutual_leaf.cert_pem),
-                ("tls.key", &mutual_leaf.key_pem),
-                ("ca.crt", &clients_ca.pem),
-            ],
+            &mutual_files.each_ref().map(|(k, v)| (*k, v.as_str())),
         );
         let gateway = ca_common::id(NS, SA);
         secrets.allow(&gateway);
@@ -262,6 +247,7 @@ impl World {
             clients_ca,
             httpbin_leaf,
             bookinfo_leaf,
+            mutual_files,
             ca_addr,
             authority,
             _stop_ca: stop_ca,
@@ -613,6 +599,43 @@ async fn mutual_requires_a_client_certificate_of_the_secrets_ca() {
     .unwrap();
     assert_eq!((a.status, a.upstream.as_str()), (200, "httpbin"));
     assert_eq!(world.httpbin.hits(), 1);
+
+    // The Secret gains a revocation list (`ca.crl`) revoking that client: refused from the
+    // next handshakes on (the gateway fetches the Secret again every 200 ms here), while
+    // another client of the same CA is still served.
+    let other = world.clients_ca.leaf("wget", &[]);
+    let revoking = world.clients_ca.0.revoke(&[&client.cert_pem]);
+    let mut revoked = world
+        .mutual_files
+        .each_ref()
+        .map(|(k, v)| (*k, v.as_str()))
+        .to_vec();
+    revoked.push(("ca.crl", &revoking));
+    world.secrets.put(NS, "mutual-credential", &revoked);
+    let deadline = Instant::now() + PATIENCE;
+    let e = loop {
+        match https_get(
+            gw.addr,
+            sni,
+            world.httpbin_ca.roots(),
+            Some(client.rustls()),
+        )
+        .await
+        {
+            Err(e) => break e,
+            Ok(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Ok(_) => panic!("the Secret's revocation list was never used"),
+        }
+    };
+    // (TLS 1.3: the client's handshake is done before the server's alert; its request fails.)
+    gw.wait_refused(Refusal::TlsHandshake, 3).await;
+    let hits = world.httpbin.hits();
+    let b = https_get(gw.addr, sni, world.httpbin_ca.roots(), Some(other.rustls()))
+        .await
+        .unwrap_or_else(|o| panic!("another client is served ({e}): {o}"));
+    assert_eq!((b.status, world.httpbin.hits()), (200, hits + 1));
 }
 
 #[tokio::test]

@@ -14,11 +14,13 @@
 //!   it, and refuses `SIMPLE`);
 //! - a missing file fails the cluster's requests, naming nothing to the app but 503, without
 //!   opening a connection to the server;
+//! - `caCrl`: a server whose certificate the file's revocation list revokes is refused, one it
+//!   does not revoke is served; a file that is no list fails the requests like a missing one;
 //! - a `credentialName` (`kubernetes://<secret>`, `kubernetes://<secret>-cacert`) is served by
 //!   the real mesh CA (the operator's, on loopback; a table stands in for the API server's
 //!   Secrets and SubjectAccessReview) to a workload whose account may list Secrets, refused
-//!   otherwise before any connection; a rotated Secret is used by the next connections; the
-//!   last good copy keeps serving while the CA is down.
+//!   otherwise before any connection; a rotated Secret is used by the next connections, its
+//!   revocation list (`ca.crl`) too; the last good copy keeps serving while the CA is down.
 
 mod ca_common;
 
@@ -31,7 +33,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 use ca_common::Secrets;
 use http_body_util::{BodyExt, Empty};
-use rcgen::{CertificateParams, DnType, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use rustmesh_proxy::cluster::ClusterManager;
 use rustmesh_proxy::drain;
@@ -41,6 +42,7 @@ use rustmesh_proxy::metrics::{Metrics as IstioMetrics, WorkloadInfo};
 use rustmesh_proxy::snapshot::{Snapshot, Store};
 use rustmesh_proxy::socket::{ClientAddr, FixedAddrs, OrigDstAddr};
 use rustmesh_proxy::stats::Metrics;
+use rustmesh_testkit::pki::TestCa;
 use rustmesh_xds::ProxyConfig;
 use rustmesh_xds::tls::{ClientCert, ServerRoots, external_upstream};
 use serde_json::{Value, json};
@@ -54,37 +56,23 @@ const NAME: &str = "ext.example.com";
 
 // ---- a private CA and the files a user would give ------------------------------------------
 
+/// The test CA, with its certificate in `ca.pem` of a directory of the test's.
 struct Pki {
     dir: tempfile::TempDir,
-    issuer: Issuer<'static, KeyPair>,
+    ca: TestCa,
 }
 
 impl Pki {
     fn new() -> Pki {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "test root");
-        let key = KeyPair::generate().unwrap();
-        let root = params.self_signed(&key).unwrap();
+        let ca = TestCa::new("test root");
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), root.pem()).unwrap();
-        Pki {
-            dir,
-            issuer: Issuer::new(params, key),
-        }
+        std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
+        Pki { dir, ca }
     }
 
     /// A leaf for `names` with common name `cn`: (chain PEM, key PEM).
     fn leaf(&self, cn: &str, names: &[&str]) -> (String, String) {
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
+        self.ca.issue(cn, names)
     }
 
     fn path(&self, file: &str) -> String {
@@ -107,10 +95,13 @@ impl Pki {
 struct Server {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
+    /// Its certificate, PEM.
+    cert: String,
 }
 
 async fn tls_server(pki: &Pki, names: &[&str], require_client: bool, tcp: bool) -> Server {
-    let (chain, key) = pki.leaf(names[0], names);
+    let (cert, key) = pki.leaf(names[0], names);
+    let chain = cert.clone();
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain.as_bytes())
         .collect::<Result<_, _>>()
         .unwrap();
@@ -196,7 +187,11 @@ async fn tls_server(pki: &Pki, names: &[&str], require_client: bool, tcp: bool) 
             });
         }
     });
-    Server { addr, accepted }
+    Server {
+        addr,
+        accepted,
+        cert,
+    }
 }
 
 // ---- the client sidecar ----------------------------------------------------------------------
@@ -324,7 +319,7 @@ impl Sidecar {
 
 fn simple(roots: ServerRoots, sans: &[&str]) -> Value {
     let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
-    serde_json::to_value(external_upstream(NAME, &[], None, &roots, &sans)).unwrap()
+    serde_json::to_value(external_upstream(NAME, &[], None, &roots, None, &sans)).unwrap()
 }
 
 fn ca_file(pki: &Pki) -> ServerRoots {
@@ -470,6 +465,7 @@ async fn mutual_presents_the_client_certificate_of_its_files() {
             key: &key,
         }),
         &ca_file(&pki),
+        None,
         &[],
     ))
     .unwrap();
@@ -482,6 +478,48 @@ async fn mutual_presents_the_client_certificate_of_its_files() {
     // The same server refuses SIMPLE (no client certificate).
     let simple = Sidecar::new(client_doc(server.addr, simple(ca_file(&pki), &[]), false));
     assert_eq!(simple.get().await.0, 503);
+}
+
+/// `caCrl`: the server's chain is checked against the revocation lists of the file. A server
+/// whose certificate a list revokes is refused (503), one of the same CA it does not revoke
+/// is served; a file that holds no list fails the requests, as a missing CA file does.
+#[tokio::test]
+async fn a_revocation_list_file_refuses_the_servers_it_revokes() {
+    let pki = Pki::new();
+    let revoked = tls_server(&pki, &[NAME], false, false).await;
+    let valid = tls_server(&pki, &[NAME], false, false).await;
+    std::fs::write(pki.path("revoked.crl"), pki.ca.revoke(&[&revoked.cert])).unwrap();
+    std::fs::write(pki.path("not-a.crl"), &revoked.cert).unwrap();
+    let with_crl = |crl: &str| {
+        serde_json::to_value(external_upstream(
+            NAME,
+            &[],
+            None,
+            &ca_file(&pki),
+            Some(&pki.path(crl)),
+            &[],
+        ))
+        .unwrap()
+    };
+    let to_revoked = Sidecar::new(client_doc(revoked.addr, with_crl("revoked.crl"), false));
+    assert_eq!(to_revoked.get().await.0, 503, "a revoked server");
+    assert!(
+        revoked.accepted.load(Ordering::SeqCst) > 0,
+        "refused in TLS"
+    );
+    let to_valid = Sidecar::new(client_doc(valid.addr, with_crl("revoked.crl"), false));
+    assert_eq!(
+        to_valid.get().await,
+        (200, "HTTP/1.1 sni=ext.example.com client=-".to_string())
+    );
+    let garbage = Sidecar::new(client_doc(valid.addr, with_crl("not-a.crl"), false));
+    let before = valid.accepted.load(Ordering::SeqCst);
+    assert_eq!(garbage.get().await.0, 503);
+    assert_eq!(
+        valid.accepted.load(Ordering::SeqCst),
+        before,
+        "no connection without the lists"
+    );
 }
 
 #[tokio::test]
@@ -545,6 +583,7 @@ async fn a_credential_name_is_served_by_the_ca_to_a_workload_allowed_to_read_it(
             &[],
             Some(ClientCert::Credential("ext-client")),
             &ServerRoots::Credential("ext-client".into()),
+            None,
             &[],
         );
         client_doc(server.addr, serde_json::to_value(tls).unwrap(), false)
@@ -609,6 +648,33 @@ async fn a_credential_name_is_served_by_the_ca_to_a_workload_allowed_to_read_it(
     }
     assert!(rotated, "the rotated Secret was never used");
 
+    // The Secret's revocation list (`ca.crl`) revoking the server's certificate: the next
+    // connections are refused; without it again, served.
+    let revoking = pki.ca.revoke(&[&server.cert]);
+    secrets.put(
+        "shop",
+        "ext-client",
+        &[
+            ("tls.crt", &cert2),
+            ("tls.key", &key2),
+            ("ca.crt", &ca_pem),
+            ("ca.crl", &revoking),
+        ],
+    );
+    assert!(
+        until(false, || reaches_server(sidecar.tcp)).await,
+        "the Secret's revocation list was never used"
+    );
+    secrets.put(
+        "shop",
+        "ext-client",
+        &[("tls.crt", &cert2), ("tls.key", &key2), ("ca.crt", &ca_pem)],
+    );
+    assert!(
+        until(true, || reaches_server(sidecar.tcp)).await,
+        "served again without the list"
+    );
+
     // The CA goes away: the last good copy keeps serving past its refresh time.
     let _ = stop_ca.send(());
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -641,6 +707,27 @@ async fn a_credential_name_is_served_by_the_ca_to_a_workload_allowed_to_read_it(
         assert!(answer.contains("client=payments-client-2\n"), "{answer}");
     }
     held.abort();
+}
+
+/// Whether a connection through the sidecar's TCP listener reaches the server (its first
+/// bytes arrive).
+async fn reaches_server(at: SocketAddr) -> bool {
+    let mut s = TcpStream::connect(at).await.unwrap();
+    let _ = s.write_all(b"ping\n").await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf)).await;
+    matches!(read, Ok(Ok(n)) if n > 0)
+}
+
+/// Whether `check` gives `want` within 5 s (polled every 100 ms).
+async fn until<F: std::future::Future<Output = bool>>(want: bool, check: impl Fn() -> F) -> bool {
+    for _ in 0..50 {
+        if check().await == want {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
 }
 
 /// What a connection through the sidecar's TCP listener gets before it closes.

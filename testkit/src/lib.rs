@@ -1,6 +1,7 @@
 //! `rustmesh-testkit` (dev-only, never published): the harness of the integration tests that
 //! need a real Kubernetes API server (`operator/tests/rbac_cluster.rs`,
-//! `proxy/tests/config_api.rs`).
+//! `proxy/tests/config_api.rs`), and the private PKI of the tests that need real certificates
+//! ([`pki::TestCa`]).
 //!
 //! - The cluster is the local e2e cluster (`e2e/local-cluster up`): its admin kubeconfig
 //!   [`ADMIN_KUBECONFIG`], or the file `$RUSTMESH_KUBECONFIG` names ([`kubeconfig_path`]).
@@ -18,6 +19,8 @@
 //! async fn body(admin: kube::Client, ns: &str) { /* ... */ }
 //! ```
 #![forbid(unsafe_code)]
+
+pub mod pki;
 
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;

@@ -363,7 +363,7 @@ mod tests {
             "DestinationRule",
             "networking.istio.io",
             "v1",
-            dr(json!({"mode": "SIMPLE", "caCrl": "/etc/crl.pem"})),
+            dr(json!({"mode": "SIMPLE", "caCrl": "etc/crl.pem"})),
         );
         let (resp, verdict) = response(&body);
         assert_eq!(verdict, Verdict::Denied);

@@ -85,6 +85,11 @@ pub const KEY_TLS_CRT: &str = "tls.crt";
 pub const KEY_TLS_KEY: &str = "tls.key";
 /// See [`KEY_TLS_CRT`].
 pub const KEY_CA_CRT: &str = "ca.crt";
+/// Istio's key of the certificate revocation lists (PEM) of a generic credential Secret,
+/// read with its CA certificates.
+pub const KEY_CRL: &str = "crl";
+/// Istio's key of the certificate revocation lists of a `kubernetes.io/tls` credential Secret.
+pub const KEY_CA_CRL: &str = "ca.crl";
 
 /// `FetchCredentialRequest`: one SDS resource of a credential, by Istio's name without the
 /// `kubernetes://` prefix: `<secret>` (certificate and key) or `<secret>-cacert` (the roots).
@@ -96,7 +101,8 @@ pub struct FetchCredentialRequest {
 }
 
 /// `FetchCredentialResponse`: PEM texts; for `<secret>` the chain and key, for
-/// `<secret>-cacert` the CA certificates. Its `Debug` never shows the key.
+/// `<secret>-cacert` the CA certificates and revocation lists. Its `Debug` never shows the
+/// key.
 #[derive(Clone, PartialEq, prost::Message)]
 #[prost(skip_debug)]
 pub struct FetchCredentialResponse {
@@ -109,6 +115,9 @@ pub struct FetchCredentialResponse {
     /// The CA certificates (empty for a certificate and key).
     #[prost(string, tag = "3")]
     pub ca_certificates: String,
+    /// The certificate revocation lists of the CA (empty: none; only for the roots).
+    #[prost(string, tag = "4")]
+    pub crl: String,
 }
 
 impl std::fmt::Debug for FetchCredentialResponse {
@@ -117,6 +126,7 @@ impl std::fmt::Debug for FetchCredentialResponse {
             .field("cert_chain", &self.cert_chain.len())
             .field("private_key", &"<redacted>")
             .field("ca_certificates", &self.ca_certificates.len())
+            .field("crl", &self.crl.len())
             .finish()
     }
 }
@@ -170,6 +180,7 @@ mod tests {
             cert_chain: "C".into(),
             private_key: "SECRET-KEY".into(),
             ca_certificates: String::new(),
+            crl: String::new(),
         };
         assert!(!format!("{r:?}").contains("SECRET-KEY"));
         assert_eq!(

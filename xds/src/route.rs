@@ -169,6 +169,13 @@ pub struct StringMatcher {
 }
 
 impl StringMatcher {
+    /// The value of an `exact` matcher with nothing else set (no `ignoreCase`), the only kind
+    /// a certificate's subject alt names are compared with; `None` for any other matcher.
+    pub fn exact_only(&self) -> Option<&str> {
+        let exact = self.exact.as_deref()?;
+        (*self == StringMatcher::exact(exact)).then_some(exact)
+    }
+
     pub fn exact(s: &str) -> Self {
         StringMatcher {
             exact: Some(s.to_string()),

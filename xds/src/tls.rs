@@ -397,6 +397,28 @@ pub struct CertificateValidationContext {
     /// certificate matching either is accepted, as in Envoy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub verify_certificate_hash: Vec<String>,
+    /// The certificate revocation lists (PEM) the peer's chain is checked against: a file in
+    /// the proxy (a Gateway server's or a DestinationRule's `caCrl`), beside roots from a
+    /// file or the system's. A credential's lists come with its roots (the Secret's `ca.crl`
+    /// or `crl`), not here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl: Option<DataSource>,
+}
+
+/// Envoy's `DataSource`, as far as rustmesh reads one: a file in the proxy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DataSource {
+    pub filename: String,
+}
+
+impl DataSource {
+    /// The file at `path`.
+    pub fn file(path: &str) -> Self {
+        DataSource {
+            filename: path.to_string(),
+        }
+    }
 }
 
 /// `exact` matchers of `sans`.
@@ -612,13 +634,7 @@ impl CommonTlsContext {
                 .iter()
                 .enumerate()
             {
-                let only_exact = m.exact.is_some()
-                    && m.prefix.is_none()
-                    && m.suffix.is_none()
-                    && m.contains.is_none()
-                    && m.safe_regex.is_none()
-                    && !m.ignore_case;
-                if !only_exact {
+                if m.exact_only().is_none() {
                     out.push((
                         format!("combinedValidationContext.defaultValidationContext.matchSubjectAltNames[{i}]"),
                         "only `exact` subject alt name matchers are implemented".to_string(),
@@ -627,6 +643,28 @@ impl CommonTlsContext {
             }
             let pinned = &v.default_validation_context;
             let at = "combinedValidationContext.defaultValidationContext";
+            if let Some(crl) = &pinned.crl {
+                let problem = match v.validation_context_sds_secret_config.secret() {
+                    Secret::FileRoot(_) => None,
+                    Secret::SystemRoot if external => None,
+                    Secret::Credential(_) => Some(
+                        "a credential's revocation lists come from its Secret (ca.crl or crl), \
+                         not a file",
+                    ),
+                    _ => Some(
+                        "revocation lists are checked beside CA certificates from a file or \
+                         the system's, not the mesh root",
+                    ),
+                };
+                if let Some(message) = problem {
+                    out.push((format!("{at}.crl"), message.to_string()));
+                } else if !crl.filename.starts_with('/') {
+                    out.push((
+                        format!("{at}.crl.filename"),
+                        format!("{:?} is not an absolute path", crl.filename),
+                    ));
+                }
+            }
             if external {
                 for (field, set) in [
                     (
@@ -761,12 +799,14 @@ pub enum ClientCert<'a> {
 /// TLS origination to a server outside the mesh, as Istio renders a DestinationRule's `SIMPLE`
 /// (`client: None`) or `MUTUAL` (`client: Some(..)`, files in the sidecar or a Secret):
 /// `sni`, ALPN `alpn` (none: the proxy offers what the connection carries), the server's
-/// chain verified against `roots` and its name one of `sans` (the `sni` when empty).
+/// chain verified against `roots` and the revocation lists in the file `crl` (`caCrl`), and
+/// its name one of `sans` (the `sni` when empty).
 pub fn external_upstream(
     sni: &str,
     alpn: &[&str],
     client: Option<ClientCert<'_>>,
     roots: &ServerRoots,
+    crl: Option<&str>,
     sans: &[String],
 ) -> UpstreamTlsContext {
     let root = match roots {
@@ -791,6 +831,7 @@ pub fn external_upstream(
             combined_validation_context: root.map(|name| CombinedValidationContext {
                 default_validation_context: CertificateValidationContext {
                     match_subject_alt_names: exact_sans(sans),
+                    crl: crl.map(DataSource::file),
                     ..CertificateValidationContext::default()
                 },
                 validation_context_sds_secret_config: SdsSecretConfig { name },
@@ -820,14 +861,16 @@ pub fn istio_downstream(alpn: &[&str]) -> DownstreamTlsContext {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GatewayCert<'a> {
     /// A `credentialName` Secret: `kubernetes://<name>`, clients verified against
-    /// `kubernetes://<name>-cacert`.
+    /// `kubernetes://<name>-cacert` (with the Secret's revocation lists, if any).
     Credential(&'a str),
-    /// Files in the gateway pod (`serverCertificate`, `privateKey`, `caCertificates`): Istio's
-    /// `file-cert:<cert>~<key>`, clients verified against `file-root:<ca>`.
+    /// Files in the gateway pod (`serverCertificate`, `privateKey`, `caCertificates`,
+    /// `caCrl`): Istio's `file-cert:<cert>~<key>`, clients verified against `file-root:<ca>`
+    /// and the revocation lists of the validation context's `crl`.
     Files {
         cert: &'a str,
         key: &'a str,
         ca: Option<&'a str>,
+        crl: Option<&'a str>,
     },
 }
 
@@ -858,10 +901,14 @@ pub fn gateway_termination(cert: GatewayCert<'_>, clients: ClientCerts) -> Downs
             format!("{SDS_KUBERNETES}{name}"),
             Some(format!("{SDS_KUBERNETES}{name}{SDS_CACERT_SUFFIX}")),
         ),
-        GatewayCert::Files { cert, key, ca } => (
+        GatewayCert::Files { cert, key, ca, .. } => (
             format!("{SDS_FILE_CERT}{cert}~{key}"),
             ca.map(|ca| format!("{SDS_FILE_ROOT}{ca}")),
         ),
+    };
+    let crl = match cert {
+        GatewayCert::Files { crl, .. } => crl.map(DataSource::file),
+        GatewayCert::Credential(_) => None,
     };
     DownstreamTlsContext {
         common_tls_context: CommonTlsContext {
@@ -870,7 +917,10 @@ pub fn gateway_termination(cert: GatewayCert<'_>, clients: ClientCerts) -> Downs
             tls_certificate_sds_secret_configs: vec![SdsSecretConfig::named(&certificate)],
             combined_validation_context: roots.filter(|_| clients != ClientCerts::Ignored).map(
                 |name| CombinedValidationContext {
-                    default_validation_context: CertificateValidationContext::default(),
+                    default_validation_context: CertificateValidationContext {
+                        crl,
+                        ..CertificateValidationContext::default()
+                    },
                     validation_context_sds_secret_config: SdsSecretConfig::named(&name),
                 },
             ),
@@ -930,6 +980,7 @@ mod tests {
             cert: "/etc/certs/tls.crt",
             key: "/etc/certs/tls.key",
             ca,
+            crl: None,
         };
         let mutual = gateway_termination(files(Some("/etc/certs/ca.crt")), ClientCerts::Required);
         assert_eq!(
@@ -950,6 +1001,86 @@ mod tests {
         for c in [&simple, &mutual] {
             assert!(c.common_tls_context.problems(Side::Downstream).is_empty());
         }
+        // caCrl: Envoy's `crl` file beside the CA file.
+        let revoking = gateway_termination(
+            GatewayCert::Files {
+                cert: "/etc/certs/tls.crt",
+                key: "/etc/certs/tls.key",
+                ca: Some("/etc/certs/ca.crt"),
+                crl: Some("/etc/certs/ca.crl"),
+            },
+            ClientCerts::Required,
+        );
+        assert_eq!(
+            serde_json::to_value(&revoking).unwrap()["commonTlsContext"]["combinedValidationContext"]
+                ["defaultValidationContext"],
+            json!({"crl": {"filename": "/etc/certs/ca.crl"}})
+        );
+        assert!(
+            revoking
+                .common_tls_context
+                .problems(Side::Downstream)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_revocation_list_file_goes_with_a_ca_file_and_is_an_absolute_path() {
+        let crl_problems = |mut ctx: CommonTlsContext, path: &str, side: Side| {
+            ctx.combined_validation_context
+                .as_mut()
+                .unwrap()
+                .default_validation_context
+                .crl = Some(DataSource::file(path));
+            ctx.problems(side)
+        };
+        let files = gateway_termination(
+            GatewayCert::Files {
+                cert: "/c.pem",
+                key: "/k.pem",
+                ca: Some("/ca.pem"),
+                crl: None,
+            },
+            ClientCerts::Required,
+        )
+        .common_tls_context;
+        assert!(crl_problems(files.clone(), "/ca.crl", Side::Downstream).is_empty());
+        let relative = crl_problems(files, "ca.crl", Side::Downstream);
+        assert_eq!(
+            relative[0].0,
+            "combinedValidationContext.defaultValidationContext.crl.filename"
+        );
+        // The mesh root and a credential's roots take no file.
+        let mesh = crl_problems(
+            gateway_istio_mutual().common_tls_context,
+            "/ca.crl",
+            Side::Downstream,
+        );
+        assert!(mesh[0].1.contains("not the mesh root"), "{mesh:?}");
+        let credential = crl_problems(
+            gateway_termination(GatewayCert::Credential("c"), ClientCerts::Required)
+                .common_tls_context,
+            "/ca.crl",
+            Side::Downstream,
+        );
+        assert!(credential[0].1.contains("ca.crl or crl"), "{credential:?}");
+        // Upstream, beside the system's roots too.
+        let system =
+            external_upstream("db", &[], None, &ServerRoots::System, Some("/crl.pem"), &[]);
+        assert_eq!(
+            serde_json::to_value(&system).unwrap()["commonTlsContext"]["combinedValidationContext"]
+                ["defaultValidationContext"]["crl"],
+            json!({"filename": "/crl.pem"})
+        );
+        assert!(
+            system
+                .common_tls_context
+                .problems(Side::Upstream)
+                .is_empty()
+        );
+        let back: UpstreamTlsContext =
+            serde_json::from_value(serde_json::to_value(&system).unwrap()).unwrap();
+        assert_eq!(back, system);
     }
 
     #[test]
@@ -988,6 +1119,7 @@ mod tests {
             cert: "/c.pem",
             key: "/k.pem",
             ca: Some("/ca.pem"),
+            crl: None,
         };
         let optional = gateway_termination(files, ClientCerts::Optional);
         assert!(!optional.require_client_certificate);
@@ -1096,6 +1228,7 @@ mod tests {
             &[],
             None,
             &ServerRoots::File("/etc/ca.pem".into()),
+            None,
             &["api.example.com".into()],
         );
         assert_eq!(
@@ -1126,6 +1259,7 @@ mod tests {
                 key: "/k.pem",
             }),
             &ServerRoots::System,
+            None,
             &[],
         );
         let c = &mutual.common_tls_context;
@@ -1145,7 +1279,7 @@ mod tests {
             Secret::SystemRoot
         );
         assert!(c.problems(Side::Upstream).is_empty());
-        let insecure = external_upstream("db", &[], None, &ServerRoots::SkipVerify, &[]);
+        let insecure = external_upstream("db", &[], None, &ServerRoots::SkipVerify, None, &[]);
         assert!(
             insecure
                 .common_tls_context
@@ -1169,6 +1303,7 @@ mod tests {
             &[],
             Some(ClientCert::Credential("db-client")),
             &ServerRoots::Credential("db-client".into()),
+            None,
             &[],
         );
         assert_eq!(
@@ -1227,6 +1362,7 @@ mod tests {
             match_subject_alt_names: exact_sans(&["client.example.com".to_string()]),
             verify_certificate_spki: vec![spki.to_string()],
             verify_certificate_hash: vec![hex.to_string(), colons],
+            crl: None,
         };
         let (hashes, spkis) = v.default_validation_context.pinned_digests().unwrap();
         assert_eq!(hashes.len(), 2);
@@ -1354,8 +1490,14 @@ mod tests {
             .is_err()
         );
         // Clusters originate TLS with the defaults: parameters there are a problem.
-        let mut upstream =
-            external_upstream("www.example.com", &[], None, &ServerRoots::System, &[]);
+        let mut upstream = external_upstream(
+            "www.example.com",
+            &[],
+            None,
+            &ServerRoots::System,
+            None,
+            &[],
+        );
         upstream.common_tls_context.tls_params = Some(params(json!({})));
         let p = upstream.common_tls_context.problems(Side::Upstream);
         assert_eq!(

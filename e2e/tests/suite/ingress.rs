@@ -531,6 +531,40 @@ async fn s17_ingress_gateway_terminates_tls_by_sni_with_credential_name() {
         "b.e2e.test pinned to the client's certificate: {pod}"
     ));
 
+    // Revocation: the Secret gains `ca.crl`, b's CA revoking the client's certificate. The
+    // gateway fetches the Secret again (every 60 s) and refuses that client from then on.
+    put_secret(
+        &ctx,
+        MESH_NAMESPACE,
+        "e2e-ingress-b",
+        "kubernetes.io/tls",
+        &[
+            ("tls.crt", &b.server.0),
+            ("tls.key", &b.server.1),
+            ("ca.crt", &b.ca),
+            ("ca.crl", &b.authority.revoke(&[&b.client.0])),
+        ],
+    )
+    .await;
+    let err = poll(
+        "the Secret's revocation list refuses the client",
+        Duration::from_secs(150),
+        Duration::from_millis(2000),
+        || async {
+            match https_get(&ctx, client, &gateway, "b.e2e.test", "ca-b.crt", true).await {
+                Ok(r) => Err(format!("still answered by {r}")),
+                Err(e) => Ok(Some(e)),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        err.contains("CertificateRevoked") || err.contains("reset"),
+        "{err}"
+    );
+    ctx.log(format!("b.e2e.test with the client revoked: {err}"));
+
     // Named as Istio's: the listener on 8443, one route table per server.
     let gateway_pod = ctx
         .pod_name(MESH_NAMESPACE, "istio=ingressgateway")

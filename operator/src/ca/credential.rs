@@ -7,7 +7,8 @@
 //!
 //! Istio's Secret shapes are read ([`answer`], pure, tested alone): a generic Secret with `cert`,
 //! `key`, `cacert`, or a TLS Secret with `tls.crt`, `tls.key`, `ca.crt`; the roots of `<secret>`
-//! come from a Secret `<secret>-cacert` when there is one, else from `<secret>`'s own CA key.
+//! come from a Secret `<secret>-cacert` when there is one, else from `<secret>`'s own CA key,
+//! with the certificate revocation lists of the same Secret (`crl` or `ca.crl`), if any.
 //! [`KubeSecrets`] reads Secrets (`get` by name, never `list`) and asks the API server.
 //! Nothing read is logged or kept.
 
@@ -16,7 +17,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use rustmesh_xds::ca::{
-    FetchCredentialResponse, KEY_CA_CRT, KEY_CACERT, KEY_CERT, KEY_KEY, KEY_TLS_CRT, KEY_TLS_KEY,
+    FetchCredentialResponse, KEY_CA_CRL, KEY_CA_CRT, KEY_CACERT, KEY_CERT, KEY_CRL, KEY_KEY,
+    KEY_TLS_CRT, KEY_TLS_KEY,
 };
 use rustmesh_xds::identity::SpiffeId;
 use rustmesh_xds::tls::SDS_CACERT_SUFFIX;
@@ -169,6 +171,7 @@ pub fn answer(
                 cert_chain: text(data, namespace, name, cert)?,
                 private_key: text(data, namespace, name, key)?,
                 ca_certificates: String::new(),
+                crl: String::new(),
             })
         }
         Wanted::Roots(name) => {
@@ -190,10 +193,18 @@ pub fn answer(
                 wanted: "no CA certificates (cacert or ca.crt)",
                 found: keys(data),
             })?;
+            let crl = match [KEY_CRL, KEY_CA_CRL]
+                .into_iter()
+                .find(|k| data.get(*k).is_some_and(|v| !v.is_empty()))
+            {
+                Some(k) => text(data, namespace, from, k)?,
+                None => String::new(),
+            };
             Ok(FetchCredentialResponse {
                 cert_chain: String::new(),
                 private_key: String::new(),
                 ca_certificates: text(data, namespace, from, key)?,
+                crl,
             })
         }
     }
@@ -386,6 +397,24 @@ mod tests {
             roots(None, None),
             Err(CredentialError::NotFound { .. })
         ));
+        // The revocation lists come with the roots, from the same Secret.
+        let crl = |p, c| answer(&Wanted::Roots("db"), "ns", p, c).map(|r| r.crl);
+        let tls = data(&[
+            ("tls.crt", "C"),
+            ("tls.key", "K"),
+            ("ca.crt", "R1"),
+            ("ca.crl", "L1"),
+        ]);
+        let generic = data(&[("cacert", "R2"), ("crl", "L2")]);
+        assert_eq!(crl(Some(&tls), None).unwrap(), "L1");
+        assert_eq!(crl(Some(&tls), Some(&generic)).unwrap(), "L2");
+        assert_eq!(
+            crl(Some(&tls), Some(&separate)).unwrap(),
+            "",
+            "R2's Secret has none"
+        );
+        let certificate = answer(&Wanted::Certificate("db"), "ns", Some(&tls), None).unwrap();
+        assert!(certificate.crl.is_empty(), "only the roots carry lists");
     }
 
     /// A table of Secrets and of the accounts that may list them.

@@ -273,12 +273,22 @@ pub fn upstream_tls(
             }),
             _ => None,
         };
+        // `caCrl` goes with roots from a file or the system's (validation refuses it beside a
+        // credential the sidecar uses, whose Secret carries its lists, and warns that it is
+        // unused with insecureSkipVerify).
+        let crl = match roots {
+            ServerRoots::File(_) | ServerRoots::System => {
+                t.ca_crl.as_deref().filter(|c| !c.is_empty())
+            }
+            ServerRoots::SkipVerify | ServerRoots::Credential(_) => None,
+        };
         return (
             Some(UpstreamTransportSocket::Tls(Box::new(external_upstream(
                 sni,
                 &[],
                 client,
                 &roots,
+                crl,
                 &t.subject_alt_names,
             )))),
             Vec::new(),

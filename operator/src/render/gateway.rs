@@ -762,7 +762,11 @@ fn termination(server: &rustmesh_api::gateway::Server) -> Option<DownstreamTlsCo
         .combined_validation_context
         .as_mut()
     {
-        v.default_validation_context = tls.client_pins();
+        // The pins join what the termination set (a CA file's revocation list).
+        v.default_validation_context = rustmesh_xds::tls::CertificateValidationContext {
+            crl: v.default_validation_context.crl.take(),
+            ..tls.client_pins()
+        };
     }
     Some(context)
 }
@@ -788,6 +792,7 @@ fn credential_termination(
             cert,
             key,
             ca: set(&tls.ca_certificates),
+            crl: set(&tls.ca_crl),
         },
         _ => return None,
     };

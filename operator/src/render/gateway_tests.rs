@@ -1007,7 +1007,8 @@ spec:
 
 /// Istio's file-mounted gateway certificates (the older secure ingress task, the Secret
 /// mounted in the gateway pod): `serverCertificate`/`privateKey` become
-/// `file-cert:<cert>~<key>`, `MUTUAL`'s `caCertificates` `file-root:<ca>`.
+/// `file-cert:<cert>~<key>`, `MUTUAL`'s `caCertificates` `file-root:<ca>`, its `caCrl` the
+/// validation context's `crl` (beside the client pins).
 #[test]
 fn certificate_files_are_presented_as_istios_file_secrets() {
     let mut index = mesh_with_ingress();
@@ -1026,6 +1027,8 @@ spec:
       serverCertificate: /etc/istio/ingressgateway-certs/tls.crt
       privateKey: /etc/istio/ingressgateway-certs/tls.key
       caCertificates: /etc/istio/ingressgateway-ca-certs/ca.crt
+      caCrl: /etc/istio/ingressgateway-ca-certs/ca.crl
+      subjectAltNames: [client.example.com]
     hosts: [httpbin.example.com]
 ---
 apiVersion: networking.istio.io/v1
@@ -1050,14 +1053,19 @@ spec:
         t.common_tls_context.tls_certificate_sds_secret_configs[0].name,
         "file-cert:/etc/istio/ingressgateway-certs/tls.crt~/etc/istio/ingressgateway-certs/tls.key"
     );
+    let validation = t
+        .common_tls_context
+        .combined_validation_context
+        .as_ref()
+        .expect("MUTUAL verifies clients");
     assert_eq!(
-        t.common_tls_context
-            .combined_validation_context
-            .as_ref()
-            .expect("MUTUAL verifies clients")
-            .validation_context_sds_secret_config
-            .name,
+        validation.validation_context_sds_secret_config.name,
         "file-root:/etc/istio/ingressgateway-ca-certs/ca.crt"
+    );
+    assert_eq!(
+        serde_json::to_value(&validation.default_validation_context).unwrap(),
+        serde_json::json!({"matchSubjectAltNames": [{"exact": "client.example.com"}],
+            "crl": {"filename": "/etc/istio/ingressgateway-ca-certs/ca.crl"}})
     );
     assert!(t.require_client_certificate);
 }

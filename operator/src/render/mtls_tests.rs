@@ -292,7 +292,7 @@ spec:
   - name: v3
     labels: {version: v3}
     trafficPolicy:
-      tls: {mode: SIMPLE, caCertificates: /etc/reviews/ca.pem, subjectAltNames: [reviews.example.com]}
+      tls: {mode: SIMPLE, caCertificates: /etc/reviews/ca.pem, caCrl: /etc/reviews/ca.crl, subjectAltNames: [reviews.example.com]}
   - name: v4
     labels: {version: v4}
     trafficPolicy:
@@ -347,6 +347,11 @@ spec:
     assert_eq!(
         roots.validation_context_sds_secret_config.name,
         "file-root:/etc/reviews/ca.pem"
+    );
+    // caCrl: Envoy's crl file beside the roots.
+    assert_eq!(
+        roots.default_validation_context.crl,
+        Some(rustmesh_xds::tls::DataSource::file("/etc/reviews/ca.crl"))
     );
     assert_eq!(
         v3.common_tls_context.expected_sans(),

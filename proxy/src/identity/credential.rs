@@ -35,6 +35,9 @@ pub struct Credential {
     pub key: Option<PrivateKeyDer<'static>>,
     /// The CA certificates (empty for a certificate).
     pub roots: Vec<CertificateDer<'static>>,
+    /// The CA's certificate revocation lists (the Secret's `ca.crl` or `crl`; only with
+    /// roots, empty when it has none).
+    pub crls: Vec<rustls::pki_types::CertificateRevocationListDer<'static>>,
     /// Distinct for each distinct content fetched.
     pub version: u64,
 }
@@ -45,6 +48,7 @@ impl std::fmt::Debug for Credential {
             .field("chain", &self.chain.len())
             .field("key", &self.key.as_ref().map(|_| "<redacted>"))
             .field("roots", &self.roots.len())
+            .field("crls", &self.crls.len())
             .field("version", &self.version)
             .finish()
     }
@@ -68,10 +72,19 @@ pub fn parse(
         if roots.is_empty() {
             return Err(format!("kubernetes://{name}: no CA certificate"));
         }
+        let crls = if answer.crl.trim().is_empty() {
+            Vec::new()
+        } else {
+            super::tls::pem_crls(
+                &format!("kubernetes://{name}: the revocation list"),
+                answer.crl.as_bytes(),
+            )?
+        };
         return Ok(Credential {
             chain: Vec::new(),
             key: None,
             roots,
+            crls,
             version,
         });
     }
@@ -86,6 +99,7 @@ pub fn parse(
         chain,
         key: Some(key),
         roots: Vec::new(),
+        crls: Vec::new(),
         version,
     })
 }
@@ -227,6 +241,7 @@ impl Inner {
                     &answer.cert_chain,
                     &answer.private_key,
                     &answer.ca_certificates,
+                    &answer.crl,
                 )
                     .hash(&mut h);
                 let fingerprint = h.finish();
@@ -325,6 +340,7 @@ mod tests {
             cert_chain: cert.clone(),
             private_key: key.clone(),
             ca_certificates: String::new(),
+            crl: String::new(),
         };
         let c = parse("db", &answer, 1).unwrap();
         assert_eq!(
@@ -345,6 +361,45 @@ mod tests {
         };
         let e = parse("db", &no_key, 1).unwrap_err();
         assert!(e.contains("not a PEM private key"), "{e}");
+    }
+
+    #[test]
+    fn roots_carry_the_secrets_revocation_lists_and_a_bad_list_is_refused() {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertificateRevocationListParams, IsCa, Issuer,
+            KeyIdMethod, KeyPair, SerialNumber, date_time_ymd,
+        };
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let ca = params.self_signed(&key).unwrap().pem();
+        let crl = CertificateRevocationListParams {
+            this_update: date_time_ymd(2026, 1, 1),
+            next_update: date_time_ymd(2099, 1, 1),
+            crl_number: SerialNumber::from(7u64),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&Issuer::new(params, key))
+        .unwrap()
+        .pem()
+        .unwrap();
+        let roots = |crl: &str| FetchCredentialResponse {
+            ca_certificates: ca.clone(),
+            crl: crl.to_string(),
+            ..FetchCredentialResponse::default()
+        };
+        assert_eq!(parse("db-cacert", &roots(""), 1).unwrap().crls.len(), 0);
+        assert_eq!(parse("db-cacert", &roots(&crl), 1).unwrap().crls.len(), 1);
+        let e = parse("db-cacert", &roots(&ca), 1).unwrap_err();
+        assert!(
+            e.contains("kubernetes://db-cacert") && e.contains("revocation list"),
+            "{e}"
+        );
+        let mangled = crl.replace("\n", "\nAAAA\n").replacen("\nAAAA\n", "\n", 1);
+        let e = parse("db-cacert", &roots(&mangled), 1).unwrap_err();
+        assert!(e.contains("revocation list"), "{e}");
     }
 
     #[tokio::test]

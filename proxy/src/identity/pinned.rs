@@ -35,9 +35,9 @@ impl ClientPins {
     pub fn of(v: &CertificateValidationContext) -> Result<Self, (String, String)> {
         let mut sans = Vec::new();
         for (i, m) in v.match_subject_alt_names.iter().enumerate() {
-            match &m.exact {
-                Some(s) if *m == exact(s) => sans.push(s.clone()),
-                _ => {
+            match m.exact_only() {
+                Some(s) => sans.push(s.to_string()),
+                None => {
                     return Err((
                         format!("matchSubjectAltNames[{i}]"),
                         "only `exact` subject alt name matchers are implemented".into(),
@@ -101,10 +101,6 @@ fn refused(why: String) -> TlsError {
     TlsError::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
         Arc::new(std::io::Error::other(why)),
     )))
-}
-
-fn exact(s: &str) -> rustmesh_xds::route::StringMatcher {
-    rustmesh_xds::tls::exact_sans(&[s.to_string()]).remove(0)
 }
 
 fn sha256(bytes: &[u8]) -> Sha256 {
@@ -175,6 +171,7 @@ mod tests {
             match_subject_alt_names: rustmesh_xds::tls::exact_sans(&["a.example".into()]),
             verify_certificate_spki: vec![],
             verify_certificate_hash: vec!["00".repeat(32)],
+            crl: None,
         };
         assert_eq!(
             ClientPins::of(&v),

@@ -17,6 +17,11 @@
 //!   [`credential_server_config`]: the Secret's certificate, and for `MUTUAL` clients verified
 //!   against the Secret's CA (plain WebPKI: DNS names, no SPIFFE ids) and the server's pins
 //!   ([`super::pinned`]).
+//! - Certificate revocation lists (a `caCrl` file, a credential Secret's `ca.crl`) go with the
+//!   roots as a [`Trust`]: a client's chain (rustls' verifier) or a server's (webpki, called
+//!   here, as the name check is the mesh's own) is refused when a list revokes any certificate
+//!   of it, or when no list is from the CA that issued one of them (Envoy's rule that a list
+//!   for one CA of a chain needs lists for all of them, applied to every chain).
 //! - A peer's chain is verified against the roots once per configuration
 //!   ([`super::verified`]); its handshake signature at every handshake.
 //! - Only TLS 1.2 and 1.3 with the provider's default suites (ring); a terminating chain's
@@ -27,7 +32,8 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, DistinguishedName, Error as TlsError, SignatureScheme};
 use rustmesh_xds::identity::SpiffeId;
 use rustmesh_xds::tls::{TlsParameters, TlsVersion};
@@ -37,6 +43,46 @@ use super::cert::WorkloadCert;
 use super::pinned::ClientPins;
 use super::verified::CachingClientVerifier;
 use super::verified::ChainCache;
+
+/// The CA certificates a peer's chain is verified against, and the certificate revocation
+/// lists it is checked against (none: no revocation check).
+#[derive(Clone, Debug)]
+pub struct Trust {
+    /// The CA certificates.
+    pub roots: rustls::RootCertStore,
+    /// The revocation lists (DER), each already parsed once ([`pem_crls`]).
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
+}
+
+impl Trust {
+    /// `roots` without revocation lists.
+    pub fn roots(roots: rustls::RootCertStore) -> Self {
+        Trust {
+            roots,
+            crls: Vec::new(),
+        }
+    }
+}
+
+/// The certificate revocation lists of the PEM text `pem` (`what` names it in errors), at
+/// least one, each parsed, so a bad list is refused when it is read rather than at a
+/// handshake.
+pub fn pem_crls(
+    what: &str,
+    pem: &[u8],
+) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let crls = CertificateRevocationListDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{what}: not PEM certificate revocation lists: {e}"))?;
+    if crls.is_empty() {
+        return Err(format!("{what}: no certificate revocation list (X509 CRL)"));
+    }
+    for (i, crl) in crls.iter().enumerate() {
+        webpki::OwnedCertRevocationList::from_der(crl.as_ref())
+            .map_err(|e| format!("{what}: revocation list {i}: {e}"))?;
+    }
+    Ok(crls)
+}
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -176,27 +222,28 @@ pub fn server_config_with(
     Ok(Arc::new(config))
 }
 
-/// The server side of a gateway's TLS (a `Gateway` server's `credentialName`): presents `chain`
-/// and `key` (a Kubernetes Secret's, not the workload's) and, with `roots` (the Secret's CA),
-/// verifies a client certificate against them and `pins`, requiring one when
-/// `require_client_certificate` (`MUTUAL`); without `roots` no client certificate is asked for
-/// (`SIMPLE`).
+/// The server side of a gateway's TLS (a `Gateway` server's `credentialName` or files):
+/// presents `chain` and `key` (a Kubernetes Secret's or files', not the workload's) and, with
+/// `trust` (the Secret's CA and revocation lists, or the files'), verifies a client
+/// certificate against them and `pins`, requiring one when `require_client_certificate`
+/// (`MUTUAL`); without `trust` no client certificate is asked for (`SIMPLE`).
 pub fn credential_server_config(
     chain: Vec<CertificateDer<'static>>,
     key: rustls::pki_types::PrivateKeyDer<'static>,
-    roots: Option<rustls::RootCertStore>,
+    trust: Option<Trust>,
     require_client_certificate: bool,
     alpn: &[&[u8]],
     params: Option<&TlsParameters>,
     pins: &ClientPins,
 ) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
     let builder = server_builder(params)?;
-    let builder = match roots {
-        Some(roots) => {
+    let builder = match trust {
+        Some(Trust { roots, crls }) => {
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 roots.into(),
                 provider(),
-            );
+            )
+            .with_crls(crls);
             let verifier = if require_client_certificate {
                 verifier
             } else {
@@ -241,12 +288,10 @@ pub fn client_config(
     expected: Vec<SpiffeId>,
     alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ClientConfig>, TlsConfigError> {
-    let verifier = Arc::new(ServerVerifier {
-        roots: Some(roots(cert)?),
-        check: Check::Spiffe(expected),
-        provider: provider(),
-        chains: ChainCache::default(),
-    });
+    let verifier = Arc::new(ServerVerifier::new(
+        Some(Trust::roots(roots(cert)?)),
+        Check::Spiffe(expected),
+    )?);
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsConfigError(e.to_string()))?
@@ -259,11 +304,12 @@ pub fn client_config(
 }
 
 /// The client side towards a server outside the mesh: presents `client` (chain, key) if any,
-/// verifies the server's chain against `roots` (not at all when `None`: `insecureSkipVerify`)
-/// and its name: one of `sans` (DNS names, with a certificate's `*.` wildcard, IP addresses or
-/// URIs, compared exactly) or, when `sans` is empty, the server name the client sends.
+/// verifies the server's chain against `trust` (its roots and revocation lists; not at all
+/// when `None`: `insecureSkipVerify`) and its name: one of `sans` (DNS names, with a
+/// certificate's `*.` wildcard, IP addresses or URIs, compared exactly) or, when `sans` is
+/// empty, the server name the client sends.
 pub fn external_client_config(
-    roots: Option<rustls::RootCertStore>,
+    trust: Option<Trust>,
     sans: Vec<String>,
     client: Option<(
         Vec<CertificateDer<'static>>,
@@ -276,12 +322,7 @@ pub fn external_client_config(
     } else {
         Check::Sans(sans)
     };
-    let verifier = Arc::new(ServerVerifier {
-        roots,
-        check,
-        provider: provider(),
-        chains: ChainCache::default(),
-    });
+    let verifier = Arc::new(ServerVerifier::new(trust, check)?);
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsConfigError(e.to_string()))?
@@ -314,10 +355,82 @@ enum Check {
 struct ServerVerifier {
     /// `None`: no verification at all (`insecureSkipVerify`).
     roots: Option<rustls::RootCertStore>,
+    /// The revocation lists of the trust, parsed.
+    crls: Vec<webpki::CertRevocationList<'static>>,
     check: Check,
     provider: Arc<CryptoProvider>,
-    /// Chains already verified against `roots`.
+    /// Chains already verified against `roots` and `crls`.
     chains: ChainCache,
+}
+
+impl ServerVerifier {
+    fn new(trust: Option<Trust>, check: Check) -> Result<Self, TlsConfigError> {
+        let (roots, crls) = match trust {
+            Some(Trust { roots, crls }) => (Some(roots), crls),
+            None => (None, Vec::new()),
+        };
+        let crls = crls
+            .iter()
+            .map(|c| {
+                webpki::OwnedCertRevocationList::from_der(c.as_ref())
+                    .map(webpki::CertRevocationList::from)
+                    .map_err(|e| TlsConfigError(format!("a certificate revocation list: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ServerVerifier {
+            roots,
+            crls,
+            check,
+            provider: provider(),
+            chains: ChainCache::default(),
+        })
+    }
+
+    /// The server's chain to `roots` for server authentication, no certificate of it revoked
+    /// by `crls` (when there are any).
+    fn verify_chain(
+        &self,
+        roots: &rustls::RootCertStore,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), TlsError> {
+        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(pki_error)?;
+        let crls: Vec<&webpki::CertRevocationList<'_>> = self.crls.iter().collect();
+        let revocation = webpki::RevocationOptionsBuilder::new(&crls)
+            .ok()
+            .map(|b| b.build());
+        cert.verify_for_usage(
+            self.provider.signature_verification_algorithms.all,
+            &roots.roots,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            revocation,
+            None,
+        )
+        .map(|_| ())
+        .map_err(pki_error)
+    }
+}
+
+/// rustls' error (hence the TLS alert sent) for webpki's `e`.
+fn pki_error(e: webpki::Error) -> TlsError {
+    use rustls::CertificateError as C;
+    use webpki::Error as E;
+    let c = match e {
+        E::BadDer | E::BadDerTime | E::TrailingData(_) => C::BadEncoding,
+        E::CertExpired { .. } | E::InvalidCertValidity => C::Expired,
+        E::CertNotValidYet { .. } => C::NotValidYet,
+        E::UnknownIssuer => C::UnknownIssuer,
+        E::CertRevoked => C::Revoked,
+        E::UnknownRevocationStatus => C::UnknownRevocationStatus,
+        E::CrlExpired { .. } => C::ExpiredRevocationList,
+        E::InvalidSignatureForPublicKey => C::BadSignature,
+        E::RequiredEkuNotFoundContext(_) => C::InvalidPurpose,
+        other => C::Other(rustls::OtherError(Arc::new(other))),
+    };
+    TlsError::InvalidCertificate(c)
 }
 
 impl ServerCertVerifier for ServerVerifier {
@@ -334,13 +447,7 @@ impl ServerCertVerifier for ServerVerifier {
         };
         let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
         if !self.chains.verified(end_entity, intermediates, now) {
-            rustls::client::verify_server_cert_signed_by_trust_anchor(
-                &parsed,
-                roots,
-                intermediates,
-                now,
-                self.provider.signature_verification_algorithms.all,
-            )?;
+            self.verify_chain(roots, end_entity, intermediates, now)?;
             self.chains.remember(end_entity, intermediates);
         }
         let expected = match &self.check {
