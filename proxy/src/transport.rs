@@ -656,9 +656,34 @@ impl Terminate {
     /// Runs the server handshake on `tcp` (its ClientHello was only peeked at). Without the
     /// certificate to present (no workload certificate, a credential the CA does not serve)
     /// nothing is sent: the connection is to be closed.
+    ///
+    /// A client offering none of the chain's ALPN protocols is served without ALPN, as Envoy
+    /// serves it (rustls alone would refuse it with `no_application_protocol`): a sidecar's
+    /// `ISTIO_MUTUAL` to a gateway offers Istio's protocols (`istio-peer-exchange`, `istio`),
+    /// a gateway's chain `h2` and `http/1.1`.
     pub async fn accept(&self, tcp: TcpStream) -> Result<Io, TlsError> {
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.config().await?);
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        let config = self.config().await?;
+        let handshake = async {
+            if config.alpn_protocols.is_empty() {
+                return tokio_rustls::TlsAcceptor::from(config).accept(tcp).await;
+            }
+            let start =
+                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
+                    .await?;
+            let overlap = match start.client_hello().alpn() {
+                Some(mut offered) => offered.any(|p| config.alpn_protocols.iter().any(|o| o == p)),
+                None => true,
+            };
+            let config = if overlap {
+                config
+            } else {
+                let mut without = Arc::unwrap_or_clone(config);
+                without.alpn_protocols.clear();
+                Arc::new(without)
+            };
+            start.into_stream(config).await
+        };
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(Ok(s)) => Ok(Io::Server(Box::new(s))),
             Ok(Err(e)) => Err(TlsError::Handshake(e)),
             Err(_) => Err(TlsError::Timeout),
@@ -1764,6 +1789,68 @@ mod tests {
                 .await
                 .unwrap_err();
         }
+    }
+
+    /// A gateway chain's ALPN is `h2`, `http/1.1`: a client offering `h2` gets it; a client
+    /// offering none of them (a sidecar's `ISTIO_MUTUAL` offers `istio-peer-exchange`,
+    /// `istio` for TCP) is served without ALPN, as by Envoy, not refused.
+    #[tokio::test]
+    async fn a_client_offering_other_alpn_protocols_is_served_without_alpn() {
+        use rustls::pki_types::pem::PemObject;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("gateway CA");
+        let (cert, key, _) = served_files(dir.path(), &ca, "alpn.example.com");
+        let ctx = gateway_termination(
+            GatewayCert::Files {
+                cert: &cert,
+                key: &key,
+                ca: None,
+                crl: None,
+            },
+            ClientCerts::Ignored,
+        );
+        let t = Terminate::new(&ctx, Arc::new(Store::default())).unwrap();
+        let agreed = |offered: &'static [&'static [u8]]| {
+            let t = &t;
+            let ca = ca.pem.clone();
+            async move {
+                let mut roots = rustls::RootCertStore::empty();
+                roots
+                    .add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
+                    .unwrap();
+                let mut config = rustls::ClientConfig::builder()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                config.alpn_protocols = offered.iter().map(|p| p.to_vec()).collect();
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = l.local_addr().unwrap();
+                let server = async {
+                    let (tcp, _) = l.accept().await.unwrap();
+                    t.accept(tcp).await.map(|io| io.alpn().map(<[u8]>::to_vec))
+                };
+                let client = async {
+                    let tcp = TcpStream::connect(addr).await.unwrap();
+                    tokio_rustls::TlsConnector::from(Arc::new(config))
+                        .connect(ServerName::try_from("alpn.example.com").unwrap(), tcp)
+                        .await
+                        .map(|s| s.get_ref().1.alpn_protocol().map(<[u8]>::to_vec))
+                };
+                let (server, client) = tokio::join!(server, client);
+                (
+                    server.map_err(|e| e.to_string()),
+                    client.map_err(|e| e.to_string()),
+                )
+            }
+        };
+        let (server, client) = agreed(&[b"h2"]).await;
+        assert_eq!(
+            (server.unwrap(), client.unwrap()),
+            (Some(b"h2".to_vec()), Some(b"h2".to_vec()))
+        );
+        let (server, client) = agreed(&[b"istio-peer-exchange", b"istio"]).await;
+        assert_eq!((server.unwrap(), client.unwrap()), (None, None));
+        let (server, client) = agreed(&[]).await;
+        assert_eq!((server.unwrap(), client.unwrap()), (None, None));
     }
 
     /// A gateway server's `caCrl` (the validation context's `crl` file), with real rustls

@@ -11,10 +11,20 @@
 //! client's; the gateway's listener and route table are named as Istio's (`0.0.0.0_8080`,
 //! `http.8080`). Without the VirtualService the client's sidecar sends the request straight
 //! to the server.
+//!
+//! Then Istio's mutual TLS between the sidecar and the egress gateway: the Gateway's server on
+//! 443 is `ISTIO_MUTUAL` (the gateway presents its workload certificate and requires the
+//! client's, both from the mesh CA), a DestinationRule gives the sidecar's cluster for the
+//! gateway's port 443 `ISTIO_MUTUAL` with `sni` the external host (the server's host, which
+//! picks its filter chain), and the VirtualService sends the client's requests there. The
+//! request still reaches the external server from the gateway's pod, and the gateway's
+//! listener `0.0.0.0_8443` terminates mutual TLS; with the DestinationRule gone the sidecar
+//! speaks plain HTTP to port 443 and the gateway serves nothing.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use rustmesh_api::DestinationRule;
 use rustmesh_e2e::sample::{self, EXTERNAL_PORT};
 use rustmesh_e2e::{Ctx, MANAGER, poll, setup};
 use serde_json::json;
@@ -47,7 +57,8 @@ async fn deploy_egress_gateway(ctx: &Ctx, ns: &str) -> String {
                     "containers": [{
                         "name": "istio-proxy",
                         "image": "auto",
-                        "ports": [{"name": "http2", "containerPort": 8080, "protocol": "TCP"}],
+                        "ports": [{"name": "http2", "containerPort": 8080, "protocol": "TCP"},
+                                  {"name": "https", "containerPort": 8443, "protocol": "TCP"}],
                         "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
                     }],
                 },
@@ -60,7 +71,8 @@ async fn deploy_egress_gateway(ctx: &Ctx, ns: &str) -> String {
         "metadata": {"name": "istio-egressgateway", "namespace": ns},
         "spec": {
             "selector": {"istio": "egressgateway"},
-            "ports": [{"name": "http2", "port": 80, "targetPort": 8080, "protocol": "TCP"}],
+            "ports": [{"name": "http2", "port": 80, "targetPort": 8080, "protocol": "TCP"},
+                      {"name": "https", "port": 443, "targetPort": 8443, "protocol": "TCP"}],
         },
     });
     let pp = PatchParams::apply(MANAGER).force();
@@ -130,6 +142,54 @@ spec:
     route:
     - destination: {{host: istio-egressgateway.{gateway_ns}.svc.cluster.local, port: {{number: 80}}}}
   - match: [{{gateways: [egress-gateway], port: 80}}]
+    route:
+    - destination: {{host: "{HOST}", port: {{number: {EXTERNAL_PORT}}}}}
+"#
+    )
+}
+
+/// Istio's egress gateway with mutual TLS from the sidecars: an `ISTIO_MUTUAL` HTTPS server on
+/// 443 for the host, the sidecars' cluster for the gateway's 443 `ISTIO_MUTUAL` with `sni` the
+/// host, the mesh's requests to it and the gateway's to the server.
+fn mutual_through_the_gateway(gateway_ns: &str) -> String {
+    let gateway = format!("istio-egressgateway.{gateway_ns}.svc.cluster.local");
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: egress-gateway
+spec:
+  selector:
+    istio: egressgateway
+  servers:
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    hosts: ["{HOST}"]
+    tls: {{mode: ISTIO_MUTUAL}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: egressgateway-for-external
+spec:
+  host: {gateway}
+  trafficPolicy:
+    portLevelSettings:
+    - port: {{number: 443}}
+      tls: {{mode: ISTIO_MUTUAL, sni: "{HOST}"}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: external-through-egress-gateway
+spec:
+  hosts: ["{HOST}"]
+  gateways: [egress-gateway, mesh]
+  http:
+  - match: [{{gateways: [mesh], port: {EXTERNAL_PORT}}}]
+    route:
+    - destination: {{host: {gateway}, port: {{number: 443}}}}
+  - match: [{{gateways: [egress-gateway], port: 443}}]
     route:
     - destination: {{host: "{HOST}", port: {{number: {EXTERNAL_PORT}}}}}
 "#
@@ -242,6 +302,76 @@ async fn s19_an_egress_gateway_made_with_the_gateway_template_carries_a_service_
         clusters.contains(&format!("outbound|{EXTERNAL_PORT}||{HOST}")),
         "{clusters}"
     );
+
+    // Mutual TLS from the sidecar to the egress gateway (ISTIO_MUTUAL both ends).
+    ctx.apply_istio(&ns, &mutual_through_the_gateway(&gateway_ns))
+        .await
+        .unwrap();
+    let listeners = poll(
+        "the gateway's 0.0.0.0_8443 terminating ISTIO_MUTUAL",
+        Duration::from_secs(120),
+        Duration::from_millis(1000),
+        || async {
+            let l = ctx
+                .proxy_config(&gateway_ns, &gateway_pod, &["listeners", "-o", "json"])
+                .await
+                .map_err(|e| e.to_string())?;
+            if l.contains("\"0.0.0.0_8443\"") && l.contains("ROOTCA") {
+                Ok(Some(l))
+            } else {
+                Err("no 0.0.0.0_8443 with the mesh root yet".to_string())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        listeners.contains(HOST),
+        "the chain's server name: {listeners}"
+    );
+    let r = from(
+        gateway_ip.clone(),
+        "the ServiceEntry host is reached through the egress gateway over mutual TLS",
+    )
+    .await;
+    assert_eq!(
+        r.headers.get("host").map(String::as_str),
+        Some(HOST),
+        "{r:?}"
+    );
+    // The sidecar's cluster to the gateway's 443 speaks ISTIO_MUTUAL with the host as SNI.
+    let client_clusters = ctx
+        .proxy_config(&ns, &pod, &["clusters", "-o", "json"])
+        .await
+        .unwrap();
+    let gateway_cluster =
+        format!("outbound|443||istio-egressgateway.{gateway_ns}.svc.cluster.local");
+    assert!(
+        client_clusters.contains(&gateway_cluster),
+        "{gateway_cluster} in {client_clusters}"
+    );
+    // Without the DestinationRule the sidecar sends plain HTTP to 443, which the gateway's
+    // mutual TLS chain does not serve: the request fails.
+    Api::<DestinationRule>::namespaced(ctx.client.clone(), &ns)
+        .delete("egressgateway-for-external", &DeleteParams::default())
+        .await
+        .unwrap();
+    poll(
+        "plain text to the ISTIO_MUTUAL server is refused",
+        Duration::from_secs(120),
+        Duration::from_millis(1000),
+        || async {
+            match ctx
+                .http_get(&ns, &pod, "productpage", &url, &[host.as_str()])
+                .await
+            {
+                Ok(r) if r.service == "external" => Err(format!("still served from {}", r.peer)),
+                _ => Ok(Some(())),
+            }
+        },
+    )
+    .await
+    .unwrap();
 
     ctx.delete_istio(&ns).await.unwrap();
     ctx.delete_namespace(&ns).await;
