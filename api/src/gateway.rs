@@ -543,11 +543,14 @@ impl GatewaySpec {
                 .filter(|(_, v)| set(v))
                 .map(|(f, _)| f)
                 .collect();
+                let secret = set(&tls.credential_name) || !tls.credential_names.is_empty();
                 if mode == "PASSTHROUGH" {
                     for field in files
                         .iter()
                         .copied()
                         .chain(set(&tls.credential_name).then_some("credentialName"))
+                        .chain((!tls.credential_names.is_empty()).then_some("credentialNames"))
+                        .chain((!tls.tls_certificates.is_empty()).then_some("tlsCertificates"))
                     {
                         out.push(FieldError::new(
                             format!("spec.servers[{i}].tls.{field}"),
@@ -557,7 +560,7 @@ impl GatewaySpec {
                             ),
                         ));
                     }
-                } else if set(&tls.credential_name) {
+                } else if secret {
                     // Istio reads the Secret and ignores the files: refused, not ignored.
                     for field in files {
                         out.push(FieldError::new(
@@ -568,13 +571,45 @@ impl GatewaySpec {
                             ),
                         ));
                     }
-                } else if mode == "SIMPLE" && set(&tls.ca_certificates) {
+                } else if mode == "SIMPLE" {
                     // SIMPLE verifies no client: the CA would be ignored.
-                    out.push(FieldError::new(
-                        format!("spec.servers[{i}].tls.caCertificates"),
-                        "a SIMPLE server verifies no client certificate: its caCertificates \
-                         would be ignored, remove it or use MUTUAL",
-                    ));
+                    let entries = tls.tls_certificates.iter().enumerate();
+                    for field in set(&tls.ca_certificates)
+                        .then(|| "caCertificates".to_string())
+                        .into_iter()
+                        .chain(
+                            entries
+                                .filter(|(_, c)| set(&c.ca_certificates))
+                                .map(|(j, _)| format!("tlsCertificates[{j}].caCertificates")),
+                        )
+                    {
+                        out.push(FieldError::new(
+                            format!("spec.servers[{i}].tls.{field}"),
+                            "a SIMPLE server verifies no client certificate: its \
+                             caCertificates would be ignored, remove it or use MUTUAL",
+                        ));
+                    }
+                } else if let Some(ca) = non_empty(&tls.ca_certificates).or_else(|| {
+                    tls.tls_certificates
+                        .first()
+                        .and_then(|c| non_empty(&c.ca_certificates))
+                }) {
+                    // One CA verifies the clients of every certificate (the server's, else the
+                    // first certificate's): another one would be ignored.
+                    for (j, c) in tls.tls_certificates.iter().enumerate() {
+                        if non_empty(&c.ca_certificates).is_some_and(|own| own != ca) {
+                            out.push(FieldError::new(
+                                format!(
+                                    "spec.servers[{i}].tls.tlsCertificates[{j}].caCertificates"
+                                ),
+                                format!(
+                                    "clients are verified against one CA bundle, {ca:?} (the \
+                                     server's caCertificates, else the first certificate's): \
+                                     this one would be ignored"
+                                ),
+                            ));
+                        }
+                    }
                 }
             }
         }
@@ -607,6 +642,14 @@ fn tls_parameter_errors(
         ("cipherSuites", !tls.cipher_suites.is_empty()),
         // A PASSTHROUGH server's is reported with its certificate files.
         ("credentialName", !tls_server && set(&tls.credential_name)),
+        (
+            "credentialNames",
+            !tls_server && !tls.credential_names.is_empty(),
+        ),
+        (
+            "tlsCertificates",
+            !tls_server && !tls.tls_certificates.is_empty(),
+        ),
     ]
     .into_iter()
     .filter(|(_, on)| *on)
@@ -687,7 +730,7 @@ fn crl_errors(
         "this server verifies no client certificate against a CA file (only MUTUAL and \
          OPTIONAL_MUTUAL HTTPS and TLS servers do): its caCrl would be ignored"
             .to_string()
-    } else if non_empty(&tls.credential_name).is_some() {
+    } else if non_empty(&tls.credential_name).is_some() || !tls.credential_names.is_empty() {
         "cannot be given with credentialName: the Secret's revocation list (its ca.crl or crl \
          key) is used, as in Istio"
             .to_string()
@@ -757,14 +800,67 @@ fn tls_problems(at: &str, tls: &ServerTlsSettings) -> Vec<FieldError> {
         ));
         return out;
     }
-    let credential = tls
-        .credential_name
-        .as_deref()
-        .is_some_and(|c| !c.is_empty())
-        || !tls.credential_names.is_empty()
-        || !tls.tls_certificates.is_empty();
+    let secret = non_empty(&tls.credential_name).is_some() || !tls.credential_names.is_empty();
+    let listed = !tls.tls_certificates.is_empty();
+    let mut err = |field: String, message: String| {
+        out.push(FieldError::new(format!("{at}.tls.{field}"), message))
+    };
+    // Istio's one-of rules and its limit of two (an RSA and an ECDSA certificate).
+    if non_empty(&tls.credential_name).is_some() && !tls.credential_names.is_empty() {
+        err(
+            "credentialNames".into(),
+            "only one of credentialName and credentialNames can be given".into(),
+        );
+    }
+    if listed && (tls.server_certificate.is_some() || tls.private_key.is_some()) {
+        err(
+            "tlsCertificates".into(),
+            "only one of serverCertificate/privateKey and tlsCertificates can be given".into(),
+        );
+    }
+    if listed && secret {
+        err(
+            "tlsCertificates".into(),
+            "only one of credentialName(s) and tlsCertificates can be given".into(),
+        );
+    }
+    for (field, n) in [
+        ("credentialNames", tls.credential_names.len()),
+        ("tlsCertificates", tls.tls_certificates.len()),
+    ] {
+        if n > MAX_CERTIFICATES {
+            err(
+                field.into(),
+                format!("at most {MAX_CERTIFICATES} (an RSA and an ECDSA certificate), not {n}"),
+            );
+        }
+    }
     match mode {
-        "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL" if !credential => {
+        "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL" if !secret && listed => {
+            for (j, c) in tls.tls_certificates.iter().enumerate() {
+                for (field, value) in [
+                    ("serverCertificate", &c.server_certificate),
+                    ("privateKey", &c.private_key),
+                ] {
+                    if non_empty(value).is_none() {
+                        err(
+                            format!("tlsCertificates[{j}].{field}"),
+                            format!("{mode} TLS requires a {field} in each certificate"),
+                        );
+                    }
+                }
+            }
+            if mode != "SIMPLE"
+                && non_empty(&tls.ca_certificates).is_none()
+                && non_empty(&tls.tls_certificates[0].ca_certificates).is_none()
+            {
+                err(
+                    "caCertificates".into(),
+                    format!("{mode} TLS requires a client CA bundle (or a credentialName)"),
+                );
+            }
+        }
+        "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL" if !secret => {
             if tls.server_certificate.as_deref().is_none_or(str::is_empty) {
                 out.push(FieldError::new(
                     format!("{at}.tls.serverCertificate"),
@@ -787,9 +883,11 @@ fn tls_problems(at: &str, tls: &ServerTlsSettings) -> Vec<FieldError> {
         "ISTIO_MUTUAL" => {
             for (field, set) in [
                 ("credentialName", tls.credential_name.is_some()),
+                ("credentialNames", !tls.credential_names.is_empty()),
                 ("serverCertificate", tls.server_certificate.is_some()),
                 ("privateKey", tls.private_key.is_some()),
                 ("caCertificates", tls.ca_certificates.is_some()),
+                ("tlsCertificates", listed),
             ] {
                 if set {
                     out.push(FieldError::new(
@@ -807,8 +905,19 @@ fn tls_problems(at: &str, tls: &ServerTlsSettings) -> Vec<FieldError> {
     {
         out.push(FieldError::new(format!("{at}.tls.credentialName"), problem));
     }
+    for (j, name) in tls.credential_names.iter().enumerate() {
+        if let Some(problem) = rustmesh_xds::ca::secret_name_problem(name) {
+            out.push(FieldError::new(
+                format!("{at}.tls.credentialNames[{j}]"),
+                problem,
+            ));
+        }
+    }
     out
 }
+
+/// The most `credentialNames` or `tlsCertificates` a server has (Istio's limit).
+pub const MAX_CERTIFICATES: usize = rustmesh_xds::tls::MAX_SERVER_CERTIFICATES;
 
 /// The reserved gateway name meaning every sidecar of the mesh.
 pub const MESH: &str = "mesh";
@@ -914,8 +1023,8 @@ mod tests {
 
     #[test]
     fn refused_fields_are_named_with_issue_20() {
-        // AUTO_PASSTHROUGH, or a mode on an HTTP server; several credentials. ISTIO_MUTUAL
-        // (server b) is rendered.
+        // AUTO_PASSTHROUGH, or a mode on an HTTP server. ISTIO_MUTUAL (server b) and two
+        // credentials (server e) are rendered.
         let s = spec(
             "servers:\n- port: {number: 443, name: a, protocol: TLS}\n  hosts: ['*']\n  tls: {mode: AUTO_PASSTHROUGH}\n- port: {number: 444, name: b, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: ISTIO_MUTUAL}\n- port: {number: 80, name: c, protocol: HTTP}\n  hosts: ['*']\n  tls: {mode: PASSTHROUGH, httpsRedirect: true}\n- port: {number: 446, name: e, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: SIMPLE, credentialNames: [rsa, ecdsa]}\n",
         );
@@ -924,11 +1033,7 @@ mod tests {
         named.sort();
         assert_eq!(
             named,
-            [
-                "spec.servers[0].tls.mode",
-                "spec.servers[2].tls.mode",
-                "spec.servers[3].tls.credentialNames",
-            ]
+            ["spec.servers[0].tls.mode", "spec.servers[2].tls.mode",]
         );
         assert!(
             errors
@@ -1083,6 +1188,74 @@ mod tests {
     }
 
     #[test]
+    fn two_certificates_are_taken_as_istio_takes_them_and_what_would_be_ignored_is_refused() {
+        let server = |i: u16, tls: &str| {
+            format!(
+                "- port: {{number: {i}, name: s{i}, protocol: HTTPS}}\n  hosts: ['*']\n  tls: {tls}\n"
+            )
+        };
+        let pair = "{serverCertificate: /rsa.pem, privateKey: /rsa.key}, {serverCertificate: /ec.pem, privateKey: /ec.key}";
+        let ok = spec(&format!(
+            "servers:\n{}{}{}{}",
+            server(443, "{mode: SIMPLE, credentialNames: [rsa, ecdsa]}"),
+            server(
+                444,
+                "{mode: MUTUAL, credentialNames: [rsa, ecdsa], caCrl: /x}"
+            ),
+            server(
+                445,
+                &format!(
+                    "{{mode: MUTUAL, tlsCertificates: [{pair}], caCertificates: /ca.pem, caCrl: /ca.crl}}"
+                )
+            ),
+            server(
+                446,
+                "{mode: OPTIONAL_MUTUAL, tlsCertificates: [{serverCertificate: /c, privateKey: /k, caCertificates: /ca.pem}, {serverCertificate: /d, privateKey: /l, caCertificates: /ca.pem}]}"
+            ),
+        ));
+        // (server 1's caCrl is next to credentials: the Secret's list is used.)
+        assert_eq!(fields(ok.validate()), ["spec.servers[1].tls.caCrl"]);
+        let bad = spec(&format!(
+            "servers:\n{}{}{}{}{}{}{}{}",
+            server(
+                443,
+                "{mode: SIMPLE, credentialName: a, credentialNames: [b]}"
+            ),
+            server(444, "{mode: SIMPLE, credentialNames: [a, b, c]}"),
+            server(
+                445,
+                &format!("{{mode: SIMPLE, tlsCertificates: [{pair}], serverCertificate: /c.pem}}")
+            ),
+            server(
+                446,
+                "{mode: SIMPLE, tlsCertificates: [{serverCertificate: /c}]}"
+            ),
+            server(447, &format!("{{mode: MUTUAL, tlsCertificates: [{pair}]}}")),
+            server(
+                448,
+                "{mode: MUTUAL, tlsCertificates: [{serverCertificate: /c, privateKey: /k, caCertificates: /a.pem}, {serverCertificate: /d, privateKey: /l, caCertificates: /b.pem}]}"
+            ),
+            server(449, "{mode: PASSTHROUGH, credentialNames: [a]}"),
+            server(450, "{mode: SIMPLE, credentialNames: [Not_A_Secret]}"),
+        ));
+        let mut named = fields(bad.validate());
+        named.sort();
+        assert_eq!(
+            named,
+            [
+                "spec.servers[0].tls.credentialNames",
+                "spec.servers[1].tls.credentialNames",
+                "spec.servers[2].tls.tlsCertificates",
+                "spec.servers[3].tls.tlsCertificates[0].privateKey",
+                "spec.servers[4].tls.caCertificates",
+                "spec.servers[5].tls.tlsCertificates[1].caCertificates",
+                "spec.servers[6].tls.credentialNames",
+                "spec.servers[7].tls.credentialNames[0]",
+            ]
+        );
+    }
+
+    #[test]
     fn a_revocation_list_is_taken_where_clients_are_verified_against_a_ca_file() {
         let server = |i: u16, tls: &str| {
             format!(
@@ -1141,7 +1314,7 @@ mod tests {
             );
             assert!(errors[0].message.contains("ISTIO_MUTUAL"), "{errors:?}");
         }
-        // The fields not rendered on any server stay refused next to it too.
+        // Revocation lists and other credentials are refused next to it too.
         let s = spec(
             "servers:\n- port: {number: 443, name: a, protocol: HTTPS}\n  hosts: ['*']\n  tls: {mode: ISTIO_MUTUAL, subjectAltNames: [spiffe://cluster.local/ns/a/sa/b], credentialNames: [a], caCrl: /crl.pem}\n",
         );

@@ -1034,16 +1034,34 @@ const GATEWAY: &[Entry] = &[
          which the mesh CA serves to the gateway's proxy when its service account may list \
          Secrets of its namespace",
     ),
-    refused(
-        "spec.servers[].tls.credentialNames",
-        "gateway certificates from Secrets are not rendered yet (issue #20)",
-        r#"["bookinfo-rsa", "bookinfo-ecdsa"]"#,
-    ),
-    refused(
-        "spec.servers[].tls.tlsCertificates",
-        "gateway certificates are not rendered yet (issue #20)",
-        r#"[{"serverCertificate": "/etc/certs/server.pem", "privateKey": "/etc/certs/key.pem"}]"#,
-    ),
+    Entry {
+        path: "spec.servers[].tls.credentialNames",
+        leaves: &[],
+        support: Support::ReportedBy(
+            "rustmesh_api::gateway::GatewaySpec::unsupported: rendered (render/gateway.rs: one \
+             kubernetes://<name> certificate each, the proxy presenting the one a client can \
+             verify, by SNI then key type; clients verified against the first's -cacert) on \
+             SIMPLE, MUTUAL and OPTIONAL_MUTUAL servers, at most two, not with credentialName \
+             (Istio's rules); refused on PASSTHROUGH and plain-text servers, where it would be \
+             ignored",
+        ),
+        harmless: &[],
+        example: r#"{"mode": "PASSTHROUGH", "credentialNames": ["bookinfo-rsa", "bookinfo-ecdsa"]}"#,
+    },
+    Entry {
+        path: "spec.servers[].tls.tlsCertificates",
+        leaves: &[],
+        support: Support::ReportedBy(
+            "rustmesh_api::gateway::GatewaySpec::unsupported: rendered (render/gateway.rs: one \
+             file-cert:<serverCertificate>~<privateKey> each, picked per client as \
+             credentialNames; clients verified against the server's caCertificates, else the \
+             first certificate's) on SIMPLE, MUTUAL and OPTIONAL_MUTUAL servers, at most two; \
+             refused on PASSTHROUGH and plain-text servers, and a certificate's other CA bundle \
+             (it would be ignored)",
+        ),
+        harmless: &[],
+        example: r#"{"mode": "PASSTHROUGH", "tlsCertificates": [{"serverCertificate": "/etc/certs/server.pem", "privateKey": "/etc/certs/key.pem"}]}"#,
+    },
     client_pin(
         "spec.servers[].tls.subjectAltNames",
         r#"{"mode": "SIMPLE", "credentialName": "c", "subjectAltNames": ["client.example.com"]}"#,

@@ -65,8 +65,8 @@ use tokio::net::TcpStream;
 use crate::identity::Store;
 use crate::identity::pinned::ClientPins;
 use crate::identity::tls::{
-    Trust, client_config, credential_server_config, external_client_config, peer_identity,
-    pem_crls, server_config_with,
+    ChainAndKey, Trust, client_config, credential_server_config, external_client_config,
+    peer_identity, pem_crls, server_config_with,
 };
 use crate::sync::lock;
 
@@ -315,8 +315,8 @@ pub struct Terminate {
 
 /// The certificate chain, key and client CA of a [`Serves::Files`] chain, as read.
 struct ServedFiles {
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    /// Each certificate chain and its key.
+    certs: Vec<ChainAndKey>,
     /// The client CA, with the revocation lists of the `crl` file if any.
     roots: Option<Trust>,
     /// A fingerprint of the bytes read: a re-read with the same content keeps the
@@ -332,21 +332,21 @@ type CachedFor<T> = Mutex<Option<((u64, u64), T)>>;
 enum Serves {
     /// The mesh's mutual TLS: the workload certificate, clients verified against the mesh root.
     Mesh { require_client_certificate: bool },
-    /// A gateway server's `credentialName`: the certificate of `kubernetes://<cert>`, clients
-    /// verified against `kubernetes://<roots>` when set (names without the prefix).
+    /// A gateway server's `credentialName` (or `credentialNames`): the certificate of each
+    /// `kubernetes://<cert>`, clients verified against `kubernetes://<roots>` when set (names
+    /// without the prefix).
     Credential {
-        cert: String,
+        certs: Vec<String>,
         roots: Option<String>,
         require_client_certificate: bool,
     },
-    /// A gateway server's certificate files (`file-cert:<cert>~<key>`), clients verified
-    /// against the CA file `roots` (`file-root:<path>`) when set, and the revocation lists of
-    /// the file `crl` (the validation context's `crl`, a server's `caCrl`): read from the
-    /// gateway pod's filesystem (a mounted Secret), again every
+    /// A gateway server's certificate files (each `file-cert:<cert>~<key>` of `certs`),
+    /// clients verified against the CA file `roots` (`file-root:<path>`) when set, and the
+    /// revocation lists of the file `crl` (the validation context's `crl`, a server's
+    /// `caCrl`): read from the gateway pod's filesystem (a mounted Secret), again every
     /// [`crate::identity::credential::REFRESH`].
     Files {
-        cert: String,
-        key: String,
+        certs: Vec<(String, String)>,
         roots: Option<String>,
         crl: Option<String>,
         require_client_certificate: bool,
@@ -390,10 +390,14 @@ impl Terminate {
             }
             None => ClientPins::default(),
         };
-        if common.tls_certificate_sds_secret_configs.len() > 1 {
+        let certs = &common.tls_certificate_sds_secret_configs;
+        if certs.len() > rustmesh_xds::tls::MAX_SERVER_CERTIFICATES {
             return Err(err(
                 "tlsCertificateSdsSecretConfigs",
-                "at most one certificate is supported".into(),
+                format!(
+                    "at most {} certificates are presented",
+                    rustmesh_xds::tls::MAX_SERVER_CERTIFICATES
+                ),
             ));
         }
         if let Some(p) = &common.tls_params
@@ -402,8 +406,21 @@ impl Terminate {
             return Err(err(&format!("tlsParams.{field}"), message));
         }
         let roots_field = "combinedValidationContext.validationContextSdsSecretConfig.name";
-        let cert = common.tls_certificate_sds_secret_configs.first();
+        let cert = certs.first();
+        // Every certificate after the first is of its kind (xds validation says so too).
+        let rest = |i: usize, of: &str| {
+            err(
+                &format!("tlsCertificateSdsSecretConfigs[{i}].name"),
+                format!("several certificates are all {of}"),
+            )
+        };
         let serves = match cert.map(|c| c.secret()) {
+            Some(Secret::Workload) | None if common.is_mesh() && certs.len() > 1 => {
+                return Err(rest(
+                    1,
+                    "kubernetes://<secret> or all file-cert:<cert>~<key>",
+                ));
+            }
             // The mesh's own (an empty list with the mesh root is Istio's inbound too).
             Some(Secret::Workload) | None if common.is_mesh() => {
                 if let Some(v) = validation
@@ -422,7 +439,14 @@ impl Terminate {
                 }
             }
             Some(Secret::Credential(name)) => Serves::Credential {
-                cert: name.to_string(),
+                certs: certs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| match c.secret() {
+                        Secret::Credential(n) => Ok(n.to_string()),
+                        _ => Err(rest(i, "kubernetes://<secret>")),
+                    })
+                    .collect::<Result<_, _>>()?,
                 roots: client_roots(
                     ctx,
                     |s| match s {
@@ -434,9 +458,15 @@ impl Terminate {
                 )?,
                 require_client_certificate: ctx.require_client_certificate,
             },
-            Some(Secret::FileCert { cert, key }) => Serves::Files {
-                cert: cert.to_string(),
-                key: key.to_string(),
+            Some(Secret::FileCert { .. }) => Serves::Files {
+                certs: certs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| match c.secret() {
+                        Secret::FileCert { cert, key } => Ok((cert.to_string(), key.to_string())),
+                        _ => Err(rest(i, "file-cert:<cert>~<key>")),
+                    })
+                    .collect::<Result<_, _>>()?,
                 roots: client_roots(
                     ctx,
                     |s| match s {
@@ -492,8 +522,7 @@ impl Terminate {
     /// is used by the next handshakes). While a re-read fails, the last good copy serves.
     fn served_files(
         &self,
-        cert: &str,
-        key: &str,
+        certs: &[(String, String)],
         roots: Option<&str>,
         crl: Option<&str>,
     ) -> Result<Arc<ServedFiles>, TlsError> {
@@ -504,7 +533,7 @@ impl Terminate {
             return Ok(f.clone());
         }
         let now = std::time::Instant::now();
-        match read_served_files(cert, key, roots, crl) {
+        match read_served_files(certs, roots, crl) {
             Ok(read) => {
                 let f = match &*held {
                     Some((_, old)) if old.version == read.version => old.clone(),
@@ -531,11 +560,14 @@ impl Terminate {
         // version says whether the cached configuration still holds.
         let fetched = match &self.serves {
             Serves::Mesh { .. } | Serves::Files { .. } => None,
-            Serves::Credential { cert, roots, .. } => {
+            Serves::Credential { certs, roots, .. } => {
                 let credentials = self.store.credentials();
-                let cert = credentials.get(cert).await.map_err(|e| {
-                    TlsError::Credential(format!("the certificate to present: {e}"))
-                })?;
+                let mut cert = Vec::with_capacity(certs.len());
+                for name in certs {
+                    cert.push(credentials.get(name).await.map_err(|e| {
+                        TlsError::Credential(format!("the certificate to present: {e}"))
+                    })?);
+                }
                 let roots = match roots {
                     Some(name) => Some(credentials.get(name).await.map_err(|e| {
                         TlsError::Credential(format!("the CA to verify clients against: {e}"))
@@ -547,16 +579,17 @@ impl Terminate {
         };
         let files = match &self.serves {
             Serves::Files {
-                cert,
-                key,
-                roots,
-                crl,
-                ..
-            } => Some(self.served_files(cert, key, roots.as_deref(), crl.as_deref())?),
+                certs, roots, crl, ..
+            } => Some(self.served_files(certs, roots.as_deref(), crl.as_deref())?),
             _ => None,
         };
         let versions = match (&fetched, &files) {
-            (Some((cert, roots)), _) => (cert.version, roots.as_ref().map_or(0, |r| r.version)),
+            (Some((certs, roots)), _) => (
+                certs
+                    .iter()
+                    .fold(0u64, |v, c| v.wrapping_mul(1 << 32).wrapping_add(c.version)),
+                roots.as_ref().map_or(0, |r| r.version),
+            ),
             (None, Some(f)) => (f.version, 0),
             (None, None) => (self.store.generation(), 0),
         };
@@ -590,15 +623,19 @@ impl Terminate {
             }
             (
                 Serves::Credential {
-                    cert: name,
+                    certs: names,
                     roots: roots_name,
                     require_client_certificate,
                 },
-                Some((cert, roots)),
+                Some((certs, roots)),
             ) => {
-                let key = cert.key.as_ref().ok_or_else(|| {
-                    TlsError::Credential(format!("kubernetes://{name}: no private key"))
-                })?;
+                let mut presented = Vec::with_capacity(certs.len());
+                for (cert, name) in certs.iter().zip(names) {
+                    let key = cert.key.as_ref().ok_or_else(|| {
+                        TlsError::Credential(format!("kubernetes://{name}: no private key"))
+                    })?;
+                    presented.push((cert.chain.clone(), key.clone_key()));
+                }
                 let roots = match (roots, roots_name) {
                     (Some(r), Some(n)) => Some(Trust {
                         roots: root_store(r.roots.iter().cloned(), |e| {
@@ -609,31 +646,38 @@ impl Terminate {
                     _ => None,
                 };
                 credential_server_config(
-                    cert.chain.clone(),
-                    key.clone_key(),
+                    presented,
                     roots,
                     *require_client_certificate,
                     &alpn,
                     self.params.as_ref(),
                     &self.pins,
                 )
-                .map_err(|e| TlsError::Credential(format!("kubernetes://{name}: {e}")))?
+                .map_err(|e| {
+                    TlsError::Credential(format!(
+                        "kubernetes://{}: {e}",
+                        names.join(", kubernetes://")
+                    ))
+                })?
             }
             (Serves::Credential { .. }, None) => {
                 return Err(TlsError::Config("a credential that was not fetched".into()));
             }
             (
                 Serves::Files {
-                    cert,
+                    certs,
                     require_client_certificate,
                     ..
                 },
                 _,
             ) => {
                 let f = files.ok_or_else(|| TlsError::Config("files that were not read".into()))?;
+                let cert = &certs[0].0;
                 credential_server_config(
-                    f.chain.clone(),
-                    f.key.clone_key(),
+                    f.certs
+                        .iter()
+                        .map(|(chain, key)| (chain.clone(), key.clone_key()))
+                        .collect(),
                     f.roots.clone(),
                     *require_client_certificate,
                     &alpn,
@@ -1136,22 +1180,26 @@ fn read_file(path: &str) -> Result<Vec<u8>, TlsError> {
 /// Reads a gateway server's certificate chain, key and (for `MUTUAL`) client CA and revocation
 /// list files, each at most [`MAX_FILE_BYTES`]; errors name the file, never the key's content.
 fn read_served_files(
-    cert: &str,
-    key: &str,
+    certs: &[(String, String)],
     roots: Option<&str>,
     crl: Option<&str>,
 ) -> Result<ServedFiles, TlsError> {
     use rustls::pki_types::pem::PemObject;
     use std::hash::{Hash, Hasher};
-    let cert_bytes = read_file(cert)?;
-    let key_bytes = read_file(key)?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut read = Vec::with_capacity(certs.len());
+    for (cert, key) in certs {
+        let cert_bytes = read_file(cert)?;
+        let key_bytes = read_file(key)?;
+        (&cert_bytes, &key_bytes).hash(&mut h);
+        let chain = pem_certs(cert, &cert_bytes)?;
+        let key_der = PrivateKeyDer::from_pem_slice(&key_bytes)
+            .map_err(|e| TlsError::File(format!("{key}: not a PEM private key: {e}")))?;
+        read.push((chain, key_der));
+    }
     let roots_bytes = roots.map(read_file).transpose()?;
     let crls = crl.map(read_crls).transpose()?.unwrap_or_default();
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (&cert_bytes, &key_bytes, &roots_bytes, &crls).hash(&mut h);
-    let chain = pem_certs(cert, &cert_bytes)?;
-    let key_der = PrivateKeyDer::from_pem_slice(&key_bytes)
-        .map_err(|e| TlsError::File(format!("{key}: not a PEM private key: {e}")))?;
+    (&roots_bytes, &crls).hash(&mut h);
     let roots = match (roots, roots_bytes) {
         (Some(path), Some(bytes)) => Some(Trust {
             roots: root_store(pem_certs(path, &bytes)?, |e| {
@@ -1162,8 +1210,7 @@ fn read_served_files(
         _ => None,
     };
     Ok(ServedFiles {
-        chain,
-        key: key_der,
+        certs: read,
         roots,
         version: h.finish().max(1),
     })
@@ -1232,7 +1279,7 @@ mod tests {
                 ClientCerts::Ignored
             )),
             Ok(Serves::Credential {
-                cert: "httpbin-credential".into(),
+                certs: vec!["httpbin-credential".into()],
                 roots: None,
                 require_client_certificate: false,
             })
@@ -1243,7 +1290,7 @@ mod tests {
                 ClientCerts::Required
             )),
             Ok(Serves::Credential {
-                cert: "httpbin-credential".into(),
+                certs: vec!["httpbin-credential".into()],
                 roots: Some("httpbin-credential-cacert".into()),
                 require_client_certificate: true,
             })
@@ -1681,8 +1728,7 @@ mod tests {
         assert_eq!(
             t.serves,
             Serves::Files {
-                cert: cert_path.clone(),
-                key: key_path.clone(),
+                certs: vec![(cert_path.clone(), key_path.clone())],
                 roots: Some(ca_path.clone()),
                 crl: None,
                 require_client_certificate: false,
@@ -1788,6 +1834,150 @@ mod tests {
             handshake_as(&optional, name, &ca.pem, Some(&bob))
                 .await
                 .unwrap_err();
+        }
+    }
+
+    /// A gateway server's two certificates (`credentialNames`, `tlsCertificates`), with real
+    /// rustls clients: each client gets the one whose key it can verify (an Ed25519-only
+    /// client the Ed25519 one, an ECDSA-only client the ECDSA one), and, of certificates for
+    /// different names, the one for its SNI; a key that is not its certificate's is refused.
+    #[tokio::test]
+    async fn of_two_certificates_each_client_gets_one_it_can_verify() {
+        use rustls::crypto::WebPkiSupportedAlgorithms;
+        use rustls::pki_types::SignatureVerificationAlgorithm as Alg;
+        use rustls::pki_types::pem::PemObject;
+        use webpki::ring::{ECDSA_P256_SHA256, ED25519};
+        static ALL: &[&dyn Alg] = &[ECDSA_P256_SHA256, ED25519];
+        type Mapping = &'static [(rustls::SignatureScheme, &'static [&'static dyn Alg])];
+        static ONLY_ED25519: Mapping = &[(rustls::SignatureScheme::ED25519, &[ED25519])];
+        static ONLY_ECDSA: Mapping = &[(
+            rustls::SignatureScheme::ECDSA_NISTP256_SHA256,
+            &[ECDSA_P256_SHA256],
+        )];
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("dual CA");
+        let write = |name: &str, (cert, key): (String, String)| {
+            let path = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+            std::fs::write(path(&format!("{name}.crt")), &cert).unwrap();
+            std::fs::write(path(&format!("{name}.key")), &key).unwrap();
+            (
+                path(&format!("{name}.crt")),
+                path(&format!("{name}.key")),
+                cert,
+            )
+        };
+        let ecdsa = write("ecdsa", ca.issue("ecdsa", &["dual.example.com"]));
+        let ed25519 = write(
+            "ed25519",
+            ca.issue_ed25519("ed25519", &["dual.example.com"]),
+        );
+        let other = write("other", ca.issue("other", &["other.example.com"]));
+        let serving = |certs: &[&(String, String, String)]| {
+            let certs: Vec<GatewayCert<'_>> = certs
+                .iter()
+                .map(|(cert, key, _)| GatewayCert::Files {
+                    cert,
+                    key,
+                    ca: None,
+                    crl: None,
+                })
+                .collect();
+            let ctx = rustmesh_xds::tls::gateway_termination_with(&certs, ClientCerts::Ignored);
+            Terminate::new(&ctx, Arc::new(Store::default())).unwrap()
+        };
+        let leaf_of = |pem: &str| {
+            CertificateDer::from_pem_slice(pem.as_bytes())
+                .unwrap()
+                .to_vec()
+        };
+        /// The leaf `t` presents to a client trusting `ca` for `sni`, verifying only what
+        /// `mapping` lists (all of ring's when `None`), or why the handshake failed.
+        async fn presented(
+            t: &Terminate,
+            ca: &str,
+            sni: &'static str,
+            mapping: Option<Mapping>,
+        ) -> Result<Vec<u8>, String> {
+            let mut provider = rustls::crypto::ring::default_provider();
+            if let Some(mapping) = mapping {
+                provider.signature_verification_algorithms =
+                    WebPkiSupportedAlgorithms { all: ALL, mapping };
+            }
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
+                .unwrap();
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            {
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = l.local_addr().unwrap();
+                let server = async {
+                    let (tcp, _) = l.accept().await.unwrap();
+                    let _ = t.accept(tcp).await;
+                };
+                let client = async {
+                    let tcp = TcpStream::connect(addr).await.unwrap();
+                    tokio_rustls::TlsConnector::from(Arc::new(config))
+                        .connect(ServerName::try_from(sni).unwrap(), tcp)
+                        .await
+                        .map(|s| s.get_ref().1.peer_certificates().unwrap()[0].to_vec())
+                        .map_err(|e| e.to_string())
+                };
+                tokio::join!(server, client).1
+            }
+        }
+        let dual = serving(&[&ecdsa, &ed25519]);
+        let sni = "dual.example.com";
+        assert_eq!(
+            presented(&dual, &ca.pem, sni, Some(ONLY_ED25519))
+                .await
+                .unwrap(),
+            leaf_of(&ed25519.2)
+        );
+        assert_eq!(
+            presented(&dual, &ca.pem, sni, Some(ONLY_ECDSA))
+                .await
+                .unwrap(),
+            leaf_of(&ecdsa.2)
+        );
+        assert_eq!(
+            presented(&dual, &ca.pem, sni, None).await.unwrap(),
+            leaf_of(&ecdsa.2),
+            "the first"
+        );
+        // By name first: other.example.com gets its own certificate.
+        let named = serving(&[&ecdsa, &other]);
+        assert_eq!(
+            presented(&named, &ca.pem, "other.example.com", None)
+                .await
+                .unwrap(),
+            leaf_of(&other.2)
+        );
+        assert_eq!(
+            presented(&named, &ca.pem, sni, None).await.unwrap(),
+            leaf_of(&ecdsa.2)
+        );
+        // Only an ECDSA certificate: an Ed25519-only client gets none, the handshake fails.
+        let ecdsa_only = serving(&[&ecdsa, &other]);
+        assert!(
+            presented(&ecdsa_only, &ca.pem, sni, Some(ONLY_ED25519))
+                .await
+                .is_err()
+        );
+        // A key that is not its certificate's is refused.
+        let mismatched = (ecdsa.0.clone(), ed25519.1.clone(), String::new());
+        let t = serving(&[&mismatched, &ed25519]);
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::spawn(TcpStream::connect(l.local_addr().unwrap()));
+        let (tcp, _) = l.accept().await.unwrap();
+        let _client = client.await.unwrap().unwrap();
+        match t.accept(tcp).await {
+            Err(TlsError::File(e)) => assert!(e.contains("certificate 0"), "{e}"),
+            other => panic!("a mismatched key is refused: {other:?}"),
         }
     }
 

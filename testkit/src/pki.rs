@@ -65,6 +65,25 @@ impl TestCa {
         uri: Option<&str>,
         usage: Usage,
     ) -> (String, String) {
+        let key = KeyPair::generate().expect("leaf key");
+        self.leaf(cn, dns, uri, usage, key)
+    }
+
+    /// [`TestCa::issue`] with an Ed25519 key (the others are ECDSA P-256): a server with both
+    /// presents the one a client can verify.
+    pub fn issue_ed25519(&self, cn: &str, dns: &[&str]) -> (String, String) {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("Ed25519 key");
+        self.leaf(cn, dns, None, Usage::Any, key)
+    }
+
+    fn leaf(
+        &self,
+        cn: &str,
+        dns: &[&str],
+        uri: Option<&str>,
+        usage: Usage,
+        key: KeyPair,
+    ) -> (String, String) {
         let mut params =
             CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>())
                 .expect("leaf params");
@@ -79,7 +98,6 @@ impl TestCa {
             Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
             Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
         };
-        let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("leaf");
         (cert.pem(), key.serialize_pem())
     }

@@ -563,10 +563,31 @@ impl CommonTlsContext {
                 out.push((format!("tlsCertificateSdsSecretConfigs[{i}].name"), message));
             }
         }
-        if self.tls_certificate_sds_secret_configs.len() > 1 {
+        // Downstream, a gateway server's two certificates (`credentialNames`,
+        // `tlsCertificates`: RSA and ECDSA), of one kind; upstream, one client certificate.
+        let certs = &self.tls_certificate_sds_secret_configs;
+        let most = if external { 1 } else { MAX_SERVER_CERTIFICATES };
+        if certs.len() > most {
             out.push((
                 "tlsCertificateSdsSecretConfigs".to_string(),
-                "at most one certificate is supported".to_string(),
+                format!("at most {most} certificate(s) here"),
+            ));
+        }
+        let kind = |s: &SdsSecretConfig| match s.secret() {
+            Secret::Credential(_) => 1,
+            Secret::FileCert { .. } => 2,
+            _ => 0,
+        };
+        if certs.len() > 1
+            && certs
+                .iter()
+                .any(|c| kind(c) == 0 || kind(c) != kind(&certs[0]))
+        {
+            out.push((
+                "tlsCertificateSdsSecretConfigs".to_string(),
+                "several certificates must all be kubernetes://<secret> or all \
+                 file-cert:<certificate>~<key>"
+                    .to_string(),
             ));
         }
         let cert_is_mesh = self
@@ -886,6 +907,10 @@ pub enum ClientCerts {
     Required,
 }
 
+/// The most certificates a terminating chain presents (Istio's limit on `credentialNames` and
+/// `tlsCertificates`: an RSA and an ECDSA one).
+pub const MAX_SERVER_CERTIFICATES: usize = 2;
+
 /// The ALPN of a gateway server terminating TLS, as Istio's gateways: `h2`, `http/1.1`.
 pub const ALPN_GATEWAY: [&str; 2] = ["h2", "http/1.1"];
 
@@ -896,25 +921,40 @@ pub const ALPN_GATEWAY: [&str; 2] = ["h2", "http/1.1"];
 /// refused by validation for both mutual modes, so none is rendered here). ALPN
 /// [`ALPN_GATEWAY`].
 pub fn gateway_termination(cert: GatewayCert<'_>, clients: ClientCerts) -> DownstreamTlsContext {
-    let (certificate, roots) = match cert {
-        GatewayCert::Credential(name) => (
-            format!("{SDS_KUBERNETES}{name}"),
-            Some(format!("{SDS_KUBERNETES}{name}{SDS_CACERT_SUFFIX}")),
-        ),
-        GatewayCert::Files { cert, key, ca, .. } => (
-            format!("{SDS_FILE_CERT}{cert}~{key}"),
-            ca.map(|ca| format!("{SDS_FILE_ROOT}{ca}")),
-        ),
+    gateway_termination_with(&[cert], clients)
+}
+
+/// [`gateway_termination`] presenting each of `certs` (a server's `credentialNames` or
+/// `tlsCertificates`), in order: the proxy picks one per client (by SNI, then the key types
+/// the client can verify). Clients are verified against the first's CA (its credential's
+/// `-cacert`, or its CA file and revocation list), as Istio does.
+pub fn gateway_termination_with(
+    certs: &[GatewayCert<'_>],
+    clients: ClientCerts,
+) -> DownstreamTlsContext {
+    let sds = |cert: &GatewayCert<'_>| match cert {
+        GatewayCert::Credential(name) => format!("{SDS_KUBERNETES}{name}"),
+        GatewayCert::Files { cert, key, .. } => format!("{SDS_FILE_CERT}{cert}~{key}"),
     };
-    let crl = match cert {
-        GatewayCert::Files { crl, .. } => crl.map(DataSource::file),
-        GatewayCert::Credential(_) => None,
+    let (roots, crl) = match certs.first() {
+        Some(GatewayCert::Credential(name)) => (
+            Some(format!("{SDS_KUBERNETES}{name}{SDS_CACERT_SUFFIX}")),
+            None,
+        ),
+        Some(GatewayCert::Files { ca, crl, .. }) => (
+            ca.map(|ca| format!("{SDS_FILE_ROOT}{ca}")),
+            crl.map(DataSource::file),
+        ),
+        None => (None, None),
     };
     DownstreamTlsContext {
         common_tls_context: CommonTlsContext {
             tls_params: None,
             alpn_protocols: ALPN_GATEWAY.iter().map(|s| s.to_string()).collect(),
-            tls_certificate_sds_secret_configs: vec![SdsSecretConfig::named(&certificate)],
+            tls_certificate_sds_secret_configs: certs
+                .iter()
+                .map(|c| SdsSecretConfig::named(&sds(c)))
+                .collect(),
             combined_validation_context: roots.filter(|_| clients != ClientCerts::Ignored).map(
                 |name| CombinedValidationContext {
                     default_validation_context: CertificateValidationContext {
@@ -1022,6 +1062,69 @@ mod tests {
                 .problems(Side::Downstream)
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn two_certificates_of_one_kind_are_presented_and_the_first_ones_ca_verifies_clients() {
+        let two = gateway_termination_with(
+            &[
+                GatewayCert::Credential("rsa"),
+                GatewayCert::Credential("ecdsa"),
+            ],
+            ClientCerts::Required,
+        );
+        assert_eq!(
+            serde_json::to_value(&two).unwrap()["commonTlsContext"],
+            json!({"alpnProtocols": ["h2", "http/1.1"],
+                "tlsCertificateSdsSecretConfigs": [{"name": "kubernetes://rsa"}, {"name": "kubernetes://ecdsa"}],
+                "combinedValidationContext": {"defaultValidationContext": {},
+                    "validationContextSdsSecretConfig": {"name": "kubernetes://rsa-cacert"}}})
+        );
+        assert!(two.common_tls_context.problems(Side::Downstream).is_empty());
+        let files = |cert, ca| GatewayCert::Files {
+            cert,
+            key: "/k.pem",
+            ca,
+            crl: None,
+        };
+        let two = gateway_termination_with(
+            &[files("/rsa.pem", Some("/ca.pem")), files("/ec.pem", None)],
+            ClientCerts::Optional,
+        );
+        let c = &two.common_tls_context;
+        assert_eq!(c.tls_certificate_sds_secret_configs.len(), 2);
+        assert_eq!(
+            c.combined_validation_context
+                .as_ref()
+                .unwrap()
+                .validation_context_sds_secret_config
+                .name,
+            "file-root:/ca.pem"
+        );
+        assert!(c.problems(Side::Downstream).is_empty());
+        // Three, two kinds, the workload's among others, or two upstream: refused.
+        let problems = |certs: &[&str], side| {
+            let mut c = two.common_tls_context.clone();
+            c.combined_validation_context = None;
+            c.tls_certificate_sds_secret_configs =
+                certs.iter().map(|n| SdsSecretConfig::named(n)).collect();
+            c.problems(side)
+        };
+        for (certs, side) in [
+            (
+                &["kubernetes://a", "kubernetes://b", "kubernetes://c"][..],
+                Side::Downstream,
+            ),
+            (&["kubernetes://a", "file-cert:/c~/k"][..], Side::Downstream),
+            (&["default", "kubernetes://a"][..], Side::Downstream),
+            (&["file-cert:/c~/k", "file-cert:/d~/k"][..], Side::Upstream),
+        ] {
+            let p = problems(certs, side);
+            assert!(
+                p.iter().any(|(f, _)| f == "tlsCertificateSdsSecretConfigs"),
+                "{certs:?}: {p:?}"
+            );
+        }
     }
 
     #[test]

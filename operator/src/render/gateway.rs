@@ -52,7 +52,9 @@
 //!   `OPTIONAL_MUTUAL`: the same validation context, `requireClientCertificate: false`;
 //!   `rustmesh_xds::tls::gateway_termination`),
 //!   or with the files `serverCertificate`/`privateKey` (`file-cert:<cert>~<key>`, `MUTUAL`
-//!   and `OPTIONAL_MUTUAL`: `file-root:<caCertificates>`) the gateway pod mounts, or
+//!   and `OPTIONAL_MUTUAL`: `file-root:<caCertificates>`, and `caCrl` as the context's
+//!   `crl`) the gateway pod mounts, or with two of either (`credentialNames`,
+//!   `tlsCertificates`: `rustmesh_xds::tls::gateway_termination_with`, the first's CA), or
 //!   (`ISTIO_MUTUAL`) with the gateway's workload certificate `default`, a client certificate
 //!   required and verified against the mesh root `ROOTCA`, as a sidecar's inbound mutual TLS
 //!   (`rustmesh_xds::tls::gateway_istio_mutual`; without the mesh CA the router has no
@@ -93,7 +95,7 @@ use rustmesh_xds::route::{RedirectAction, Route, RouteConfiguration, RouteMatch,
 use rustmesh_xds::scope::{ProxyRole, select_scope, selects};
 use rustmesh_xds::tls::{
     ClientCerts, DownstreamTlsContext, DownstreamTransportSocket, GatewayCert,
-    gateway_istio_mutual, gateway_termination,
+    gateway_istio_mutual, gateway_termination_with,
 };
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -782,21 +784,42 @@ fn credential_termination(
         _ => return None,
     };
     use rustmesh_api::gateway::non_empty as set;
-    let cert = match (
+    // The CA of several certificates from files: the server's, else the first's (validation
+    // refuses another one).
+    let ca = set(&tls.ca_certificates).or_else(|| {
+        tls.tls_certificates
+            .first()
+            .and_then(|c| set(&c.ca_certificates))
+    });
+    let files = |cert, key| GatewayCert::Files {
+        cert,
+        key,
+        ca,
+        crl: set(&tls.ca_crl),
+    };
+    let certs: Vec<GatewayCert<'_>> = match (
         set(&tls.credential_name),
         set(&tls.server_certificate),
         set(&tls.private_key),
     ) {
-        (Some(name), None, None) => GatewayCert::Credential(name),
-        (None, Some(cert), Some(key)) => GatewayCert::Files {
-            cert,
-            key,
-            ca: set(&tls.ca_certificates),
-            crl: set(&tls.ca_crl),
-        },
+        (Some(name), None, None) => vec![GatewayCert::Credential(name)],
+        (None, Some(cert), Some(key)) => vec![files(cert, key)],
+        (None, None, None) if !tls.credential_names.is_empty() => tls
+            .credential_names
+            .iter()
+            .map(|n| GatewayCert::Credential(n))
+            .collect(),
+        (None, None, None) => tls
+            .tls_certificates
+            .iter()
+            .map(|c| Some(files(set(&c.server_certificate)?, set(&c.private_key)?)))
+            .collect::<Option<_>>()?,
         _ => return None,
     };
-    Some(gateway_termination(cert, clients))
+    if certs.is_empty() {
+        return None;
+    }
+    Some(gateway_termination_with(&certs, clients))
 }
 
 /// The route of a virtual host whose server sets `tls.httpsRedirect`: every request answered

@@ -449,7 +449,8 @@ spec:
   selector: {istio: ingressgateway}
   servers:
   - port: {number: 443, name: https, protocol: HTTPS}
-    tls: {mode: ISTIO_MUTUAL, credentialNames: [a, b]}
+    bind: 10.0.0.1
+    tls: {mode: SIMPLE, credentialNames: [a, b]}
     hosts: [httpbin.example.com]
   - port: {number: 8443, name: tls, protocol: TLS}
     tls: {mode: AUTO_PASSTHROUGH}
@@ -461,10 +462,7 @@ spec:
     let fields: Vec<&str> = v.findings.iter().map(|f| f.field.as_str()).collect();
     assert_eq!(
         fields,
-        [
-            "spec.servers[0].tls.credentialNames",
-            "spec.servers[1].tls.mode"
-        ],
+        ["spec.servers[0].bind", "spec.servers[1].tls.mode"],
         "{:?}",
         v.findings
     );
@@ -1068,6 +1066,83 @@ spec:
             "crl": {"filename": "/etc/istio/ingressgateway-ca-certs/ca.crl"}})
     );
     assert!(t.require_client_certificate);
+}
+
+/// Two certificates per server (Istio's `credentialNames` and `tlsCertificates`, an RSA and
+/// an ECDSA one): a chain presenting both, clients verified against the first's CA.
+#[test]
+fn two_credentials_or_two_certificate_files_are_one_chain_presenting_both() {
+    let mut index = mesh_with_ingress();
+    istio(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: dual, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https-secrets, protocol: HTTPS}
+    tls: {mode: MUTUAL, credentialNames: [httpbin-rsa, httpbin-ecdsa]}
+    hosts: [httpbin.example.com]
+  - port: {number: 443, name: https-files, protocol: HTTPS}
+    tls:
+      mode: OPTIONAL_MUTUAL
+      tlsCertificates:
+      - {serverCertificate: /etc/certs/rsa.crt, privateKey: /etc/certs/rsa.key, caCertificates: /etc/certs/ca.crt}
+      - {serverCertificate: /etc/certs/ec.crt, privateKey: /etc/certs/ec.key}
+    hosts: [files.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: dual, namespace: default}
+spec:
+  hosts: [httpbin.example.com, files.example.com]
+  gateways: [istio-system/dual]
+  http:
+  - route:
+    - destination: {host: productpage, port: {number: 9080}}
+"#,
+    );
+    let v = &verdict(&index, Kind::Gateway, "istio-system", "dual");
+    assert!(v.accepted && v.findings.is_empty(), "{:?}", v.findings);
+    let c = rendered(&index, &gateway_scope());
+    let l = c.listener("0.0.0.0_8443").expect("listener 0.0.0.0_8443");
+    let shape = |t: &rustmesh_xds::tls::DownstreamTlsContext| {
+        let c = &t.common_tls_context;
+        (
+            c.tls_certificate_sds_secret_configs
+                .iter()
+                .map(|s| s.name.clone())
+                .collect::<Vec<_>>(),
+            c.combined_validation_context
+                .as_ref()
+                .map(|v| v.validation_context_sds_secret_config.name.clone()),
+            t.require_client_certificate,
+        )
+    };
+    assert_eq!(
+        shape(tls_for(l, "httpbin.example.com")),
+        (
+            vec![
+                "kubernetes://httpbin-rsa".to_string(),
+                "kubernetes://httpbin-ecdsa".to_string()
+            ],
+            Some("kubernetes://httpbin-rsa-cacert".to_string()),
+            true
+        )
+    );
+    assert_eq!(
+        shape(tls_for(l, "files.example.com")),
+        (
+            vec![
+                "file-cert:/etc/certs/rsa.crt~/etc/certs/rsa.key".to_string(),
+                "file-cert:/etc/certs/ec.crt~/etc/certs/ec.key".to_string()
+            ],
+            Some("file-root:/etc/certs/ca.crt".to_string()),
+            false
+        )
+    );
 }
 
 /// A gateway server's `ISTIO_MUTUAL` (Istio: the gateway's workload certificate, clients from

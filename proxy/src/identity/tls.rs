@@ -222,14 +222,20 @@ pub fn server_config_with(
     Ok(Arc::new(config))
 }
 
-/// The server side of a gateway's TLS (a `Gateway` server's `credentialName` or files):
-/// presents `chain` and `key` (a Kubernetes Secret's or files', not the workload's) and, with
-/// `trust` (the Secret's CA and revocation lists, or the files'), verifies a client
+/// A certificate chain (leaf first) and its private key.
+pub type ChainAndKey = (
+    Vec<CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+);
+
+/// The server side of a gateway's TLS (a `Gateway` server's `credentialName` or files, or
+/// its `credentialNames` or `tlsCertificates`): presents one of `certs` (a Kubernetes
+/// Secret's or files', not the workload's; with several, per client: [`ByClientHello`]) and,
+/// with `trust` (the Secret's CA and revocation lists, or the files'), verifies a client
 /// certificate against them and `pins`, requiring one when `require_client_certificate`
 /// (`MUTUAL`); without `trust` no client certificate is asked for (`SIMPLE`).
 pub fn credential_server_config(
-    chain: Vec<CertificateDer<'static>>,
-    key: rustls::pki_types::PrivateKeyDer<'static>,
+    certs: Vec<ChainAndKey>,
     trust: Option<Trust>,
     require_client_certificate: bool,
     alpn: &[&[u8]],
@@ -273,11 +279,94 @@ pub fn credential_server_config(
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .map_err(|e| TlsConfigError(format!("the certificate and key: {e}")))?;
+    let mut config = match <[ChainAndKey; 1]>::try_from(certs) {
+        Ok([(chain, key)]) => builder
+            .with_single_cert(chain, key)
+            .map_err(|e| TlsConfigError(format!("the certificate and key: {e}")))?,
+        Err(certs) => builder.with_cert_resolver(Arc::new(ByClientHello::new(certs)?)),
+    };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// A server's several certificates (a Gateway server's `credentialNames` or
+/// `tlsCertificates`: an RSA and an ECDSA one, as a rule), one picked per ClientHello as
+/// Envoy picks: among those whose names cover the client's SNI (all of them when none does,
+/// or without SNI), the first whose key is ECDSA or Ed25519 and signs with a scheme the client
+/// offers, else the first whose key does. A client that can verify none of them gets no
+/// certificate, and the handshake fails.
+#[derive(Debug)]
+pub struct ByClientHello {
+    certs: Vec<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl ByClientHello {
+    /// Each of `certs` (at least one), its key loaded and checked against its certificate.
+    pub fn new(certs: Vec<ChainAndKey>) -> Result<Self, TlsConfigError> {
+        if certs.is_empty() {
+            return Err(TlsConfigError("no certificate to present".into()));
+        }
+        let provider = provider();
+        let certs = certs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (chain, key))| {
+                let key = provider
+                    .key_provider
+                    .load_private_key(key)
+                    .map_err(|e| TlsConfigError(format!("certificate {i}: the key: {e}")))?;
+                let certified = rustls::sign::CertifiedKey::new(chain, key);
+                certified.keys_match().map_err(|e| {
+                    TlsConfigError(format!("certificate {i}: the certificate and key: {e}"))
+                })?;
+                Ok(Arc::new(certified))
+            })
+            .collect::<Result<_, TlsConfigError>>()?;
+        Ok(ByClientHello { certs })
+    }
+}
+
+/// Whether the leaf of `c` is valid for `name`.
+fn names(c: &rustls::sign::CertifiedKey, name: &ServerName<'_>) -> bool {
+    c.cert
+        .first()
+        .and_then(|leaf| webpki::EndEntityCert::try_from(leaf).ok())
+        .is_some_and(|leaf| leaf.verify_is_valid_for_subject_name(name).is_ok())
+}
+
+impl rustls::server::ResolvesServerCert for ByClientHello {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let sni = hello
+            .server_name()
+            .and_then(|n| ServerName::try_from(n).ok());
+        let named: Vec<&Arc<rustls::sign::CertifiedKey>> = match &sni {
+            Some(sni) => self.certs.iter().filter(|c| names(c, sni)).collect(),
+            None => Vec::new(),
+        };
+        let candidates = if named.is_empty() {
+            self.certs.iter().collect()
+        } else {
+            named
+        };
+        let schemes = hello.signature_schemes();
+        let usable: Vec<_> = candidates
+            .into_iter()
+            .filter(|c| c.key.choose_scheme(schemes).is_some())
+            .collect();
+        usable
+            .iter()
+            .find(|c| {
+                matches!(
+                    c.key.algorithm(),
+                    rustls::SignatureAlgorithm::ECDSA | rustls::SignatureAlgorithm::ED25519
+                )
+            })
+            .or(usable.first())
+            .map(|c| Arc::clone(c))
+    }
 }
 
 /// The client side: presents `cert` and accepts a server whose chain verifies against the mesh
