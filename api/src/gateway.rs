@@ -516,15 +516,20 @@ impl GatewaySpec {
                 out.push(FieldError::new(
                     format!("spec.servers[{i}].tls.mode"),
                     format!(
-                        "not implemented by rustmesh: tls.mode {mode} {} {} (PASSTHROUGH, \
-                         SIMPLE, MUTUAL, OPTIONAL_MUTUAL and ISTIO_MUTUAL on HTTPS and TLS \
-                         servers are rendered)",
+                        "not implemented by rustmesh: tls.mode {mode}{} (PASSTHROUGH, SIMPLE, \
+                         MUTUAL, OPTIONAL_MUTUAL and ISTIO_MUTUAL on HTTPS and TLS servers are \
+                         rendered{})",
                         if tls_server {
-                            "is"
+                            ""
                         } else {
-                            "on a server that is not HTTPS or TLS is"
+                            " on a server that is not HTTPS or TLS"
                         },
-                        crate::support::GATEWAY_NOT_RENDERED
+                        if mode == "AUTO_PASSTHROUGH" {
+                            "; AUTO_PASSTHROUGH serves multi-network east-west gateways, \
+                             which rustmesh does not have"
+                        } else {
+                            ""
+                        }
                     ),
                 ));
             } else if let Some(tls) = server
@@ -937,7 +942,7 @@ fn host_problem(host: &str) -> Option<String> {
 }
 
 impl Validate for GatewaySpec {
-    /// rustmesh's refusals (fields and values not rendered yet, each naming the field), then
+    /// rustmesh's refusals (fields and values rustmesh does not implement, each naming the field), then
     /// Istio's errors.
     fn validate(&self) -> Vec<FieldError> {
         let mut out = crate::support::refused_fields("Gateway", self);
@@ -1044,7 +1049,7 @@ mod tests {
         );
         for e in &errors {
             assert!(
-                e.message.contains("issue #20"),
+                e.message.contains(crate::support::GATEWAY_NOT_RENDERED),
                 "{}: {}",
                 e.field,
                 e.message

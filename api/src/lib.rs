@@ -6,7 +6,7 @@
 //!   [`PeerAuthentication`], [`AuthorizationPolicy`], [`RequestAuthentication`] and
 //!   [`Telemetry`] read Istio's own YAML unchanged (camelCase, `0.5s` durations, `oneOf` fields
 //!   such as `StringMatch`). What a ServiceEntry or a Gateway may hold that the operator does
-//!   not render yet (issue #20) is refused by name ([`support`]).
+//!   not render is refused by name ([`support`]).
 //! - [`parse::load`] reads multi-document YAML and reports errors with field path and line. It
 //!   reads within [`rustmesh_xds::yaml::Limits::MANIFESTS`]: a stream of at most 16 MiB, whose
 //!   aliases may not expand it past 4 Mi nodes or 64 MiB of text in all, nested at most 64 deep

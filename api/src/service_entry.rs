@@ -720,11 +720,10 @@ impl ServiceEntrySpec {
                         "spec.hosts",
                         format!(
                             "not implemented by rustmesh: the wildcard host {host:?} \
-                             (spec.hosts[{i}]) with spec.resolution {} is {}: a wildcard is \
-                             not a name the sidecar can resolve; use resolution NONE, or list \
-                             the hosts",
+                             (spec.hosts[{i}]) with spec.resolution {}: a wildcard is not a \
+                             name the sidecar can resolve; use resolution NONE, or list the \
+                             hosts",
                             resolution.as_str(),
-                            crate::support::SERVICE_ENTRY_NOT_RENDERED
                         ),
                     ));
                 }
@@ -733,12 +732,10 @@ impl ServiceEntrySpec {
                 out.push(FieldError::new(
                     "spec.endpoints",
                     format!(
-                        "not implemented by rustmesh: {} endpoints with spec.resolution {} \
-                         are {}: the sidecar resolves at most {MAX_DNS_ENDPOINTS} names per \
-                         cluster",
+                        "not implemented by rustmesh: {} endpoints with spec.resolution {}: \
+                         the sidecar resolves at most {MAX_DNS_ENDPOINTS} names per cluster",
                         self.endpoints.len(),
                         resolution.as_str(),
-                        crate::support::SERVICE_ENTRY_NOT_RENDERED
                     ),
                 ));
             }
@@ -752,8 +749,7 @@ impl ServiceEntrySpec {
                          not a SPIFFE id ({e}); the \
                          sidecars verify a mesh peer by its SPIFFE id \
                          (spiffe://<trust domain>/ns/<namespace>/sa/<service account>), so \
-                         other names are {}",
-                        crate::support::SERVICE_ENTRY_NOT_RENDERED
+                         other names are refused"
                     ),
                 ));
             }
@@ -772,8 +768,8 @@ impl ServiceEntrySpec {
                 out.push(FieldError::new(
                     format!("spec.endpoints[{i}].address"),
                     format!(
-                        "not implemented by rustmesh: unix socket endpoints ({address}) are {}",
-                        crate::support::SERVICE_ENTRY_NOT_RENDERED
+                        "not implemented by rustmesh: unix socket endpoints ({address}): the \
+                         sidecar connects over TCP only"
                     ),
                 ));
             }
@@ -783,7 +779,7 @@ impl ServiceEntrySpec {
 }
 
 impl Validate for ServiceEntrySpec {
-    /// rustmesh's refusals (fields and values not rendered yet, each naming the field), then
+    /// rustmesh's refusals (fields and values rustmesh does not implement, each naming the field), then
     /// Istio's errors. The refusals come first: a refused field may also break one of Istio's
     /// rules (a `workloadSelector` beside `endpoints`), and the first message should say what
     /// rustmesh lacks.
@@ -868,7 +864,7 @@ mod tests {
                 message.contains("not implemented by rustmesh")
                     && message.contains("spec.hosts[0]")
                     && message.contains("spec.resolution DNS")
-                    && message.contains("issue #20"),
+                    && message.contains(crate::support::SERVICE_ENTRY_NOT_RENDERED),
                 "{message}"
             );
         }
@@ -882,7 +878,13 @@ mod tests {
         let found: Vec<(String, bool)> = s
             .validate()
             .into_iter()
-            .map(|e| (e.field, e.message.contains("issue #20")))
+            .map(|e| {
+                (
+                    e.field,
+                    e.message
+                        .contains(crate::support::SERVICE_ENTRY_NOT_RENDERED),
+                )
+            })
             .collect();
         assert_eq!(found, [("spec.endpoints[1].address".to_string(), true)]);
         // Plain IP addresses and endpoints: nothing refused.
@@ -1213,7 +1215,11 @@ mod tests {
                 .unsupported()
                 .into_iter()
                 .map(|e| {
-                    assert!(e.message.contains("issue #20"), "{e}");
+                    assert!(
+                        e.message
+                            .contains(crate::support::SERVICE_ENTRY_NOT_RENDERED),
+                        "{e}"
+                    );
                     e.field
                 })
                 .collect()
@@ -1310,12 +1316,17 @@ mod tests {
         let (mut accepted, mut refused) = (0, 0);
         for (i, result) in load_all(text).into_iter().enumerate() {
             // Accepted (resolution NONE and DNS, a CIDR block, a workloadSelector), or refused
-            // only as not rendered yet (a unix socket).
+            // only as not implemented (a unix socket).
             match result {
                 Ok(_) => accepted += 1,
                 Err(err) => {
                     for e in err.field_errors() {
-                        assert!(e.message.contains("issue #20"), "document {}: {e}", i + 1);
+                        assert!(
+                            e.message
+                                .contains(crate::support::SERVICE_ENTRY_NOT_RENDERED),
+                            "document {}: {e}",
+                            i + 1
+                        );
                     }
                     refused += 1;
                 }

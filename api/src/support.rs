@@ -759,8 +759,8 @@ const TELEMETRY: &[Entry] = &[
     ),
 ];
 
-/// The words every ServiceEntry refusal carries: the part of issue #20 not done yet.
-pub const SERVICE_ENTRY_NOT_RENDERED: &str = "not rendered yet (issue #20)";
+/// The words every ServiceEntry refusal carries (docs/istio-fields.md says why each is not).
+pub const SERVICE_ENTRY_NOT_RENDERED: &str = "not implemented by rustmesh";
 
 /// ServiceEntry: the common egress cases are rendered (hosts, IP addresses, ports, location,
 /// every resolution, IP and DNS-name endpoints with their ports and labels, exportTo); the rest is
@@ -773,7 +773,7 @@ const SERVICE_ENTRY: &[Entry] = &[
             "rustmesh_api::service_entry::ServiceEntrySpec::unsupported: operator registry.rs \
              renders one registry service per host (render/: clusters outbound|PORT||HOST, \
              listeners, virtual hosts, DNS entries); a wildcard host with resolution DNS or \
-             DNS_ROUND_ROBIN is refused (no name to resolve), not rendered yet (issue #20)",
+             DNS_ROUND_ROBIN is refused (no name to resolve), not implemented by rustmesh",
         ),
         harmless: &[],
         example: r#"{"hosts": ["*.example.com"], "resolution": "DNS", "endpoints": [{"address": "egress.example.com"}]}"#,
@@ -813,7 +813,7 @@ const SERVICE_ENTRY: &[Entry] = &[
             "rustmesh_api::service_entry::ServiceEntrySpec::unsupported: IP addresses are \
              rendered (the cluster's endpoints), and DNS names with resolution DNS and \
              DNS_ROUND_ROBIN (resolved by the sidecar); unix:// sockets are refused, not \
-             rendered yet (issue #20)",
+             implemented by rustmesh",
         ),
         harmless: &[],
         example: r#"{"address": "unix:///var/run/api.sock"}"#,
@@ -827,12 +827,12 @@ const SERVICE_ENTRY: &[Entry] = &[
     ),
     refused(
         "spec.endpoints[].network",
-        "multi-network endpoints are not rendered yet (issue #20)",
+        "multi-network endpoints are not implemented by rustmesh",
         r#""network-2""#,
     ),
     refused(
         "spec.endpoints[].locality",
-        "endpoint localities are not rendered yet (issue #20)",
+        "endpoint localities are not implemented by rustmesh",
         r#""us-east1/a""#,
     ),
     rendered(
@@ -867,15 +867,15 @@ const SERVICE_ENTRY: &[Entry] = &[
             "rustmesh_api::service_entry::ServiceEntrySpec::unsupported: SPIFFE ids are \
              rendered (operator registry Svc::identities: among the identities mutual TLS to \
              the entry accepts, with its endpoints' service accounts); other names are refused, \
-             not rendered yet (issue #20): the sidecars verify mesh peers by SPIFFE id",
+             not implemented by rustmesh: the sidecars verify mesh peers by SPIFFE id",
         ),
         harmless: &[],
         example: r#"{"subjectAltNames": ["api.example.com"]}"#,
     },
 ];
 
-/// The words every Gateway refusal carries: the part of issue #20 not done yet.
-pub const GATEWAY_NOT_RENDERED: &str = "not rendered yet (issue #20)";
+/// The words every Gateway refusal carries (docs/istio-fields.md says why each is not).
+pub const GATEWAY_NOT_RENDERED: &str = "not implemented by rustmesh";
 
 /// A Gateway server's `minProtocolVersion`, `maxProtocolVersion` or `cipherSuites`: rendered
 /// as the chain's `tlsParams` on a server that terminates TLS; refused by value (TLS 1.0 and
@@ -890,7 +890,7 @@ const fn tls_parameter(path: &'static str, example: &'static str) -> Entry {
              suites) on SIMPLE, MUTUAL, OPTIONAL_MUTUAL and ISTIO_MUTUAL servers; the field on a \
              server that terminates no TLS, a minimum above the maximum, TLSV1_0 and TLSV1_1 \
              (rustls has neither) and suites other than the ECDHE AES-GCM and ChaCha20 ones \
-             are refused, not rendered yet (issue #20)",
+             are refused, not implemented by rustmesh",
         ),
         harmless: &[],
         example,
@@ -945,7 +945,7 @@ const GATEWAY: &[Entry] = &[
     ),
     refused(
         "spec.servers[].port.targetPort",
-        "a Gateway's targetPort is not rendered yet (issue #20); Istio ignores it too, the \
+        "a Gateway's targetPort is not implemented by rustmesh; Istio ignores it too, the \
          listener's port is the targetPort of the Service selecting the gateway pod",
         "8080",
     ),
@@ -962,13 +962,13 @@ const GATEWAY: &[Entry] = &[
     ),
     refused(
         "spec.servers[].bind",
-        "binding a server to one address is not rendered yet (issue #20): the listener binds \
+        "binding a server to one address is not implemented by rustmesh: the listener binds \
          0.0.0.0",
         r#""10.0.0.1""#,
     ),
     refused(
         "spec.servers[].defaultEndpoint",
-        "a server's defaultEndpoint is not rendered yet (issue #20)",
+        "a server's defaultEndpoint is not implemented by rustmesh",
         r#""127.0.0.1:8080""#,
     ),
     rendered(
@@ -988,7 +988,7 @@ const GATEWAY: &[Entry] = &[
              workload certificate, a client certificate from the mesh root required) and \
              PASSTHROUGH (a chain per SNI of the bound VirtualServices' tls routes, proxying \
              the TLS bytes unopened); AUTO_PASSTHROUGH and any mode on another server are \
-             refused, not rendered yet (issue #20)",
+             refused, not implemented by rustmesh",
         ),
         harmless: &[],
         example: r#"{"mode": "AUTO_PASSTHROUGH"}"#,

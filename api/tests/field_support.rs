@@ -175,11 +175,11 @@ fn the_base_objects_are_valid_and_report_nothing() {
     assert_eq!(spec.warnings(), vec![]);
 }
 
-/// What a Gateway cannot have yet (#20) is refused naming the part of the issue left, and a
+/// What a Gateway cannot have is refused saying rustmesh does not implement it, and a
 /// field refused only for some values names the check that reports it; the HTTP and TCP
 /// protocols are rendered, whatever their case.
 #[test]
-fn every_gateway_refusal_names_issue_20() {
+fn every_gateway_refusal_says_it_is_not_implemented() {
     for e in support::table("Gateway").iter().filter(|e| e.reported()) {
         match e.support {
             Support::Refused(why) => assert!(
@@ -249,10 +249,10 @@ fn every_gateway_refusal_names_issue_20() {
     }
 }
 
-/// What a ServiceEntry cannot have yet (#20) is refused naming the part of the issue left, and
+/// What a ServiceEntry cannot have is refused saying rustmesh does not implement it, and
 /// a field refused only for some values names the check that reports it.
 #[test]
-fn every_service_entry_refusal_names_issue_20() {
+fn every_service_entry_refusal_says_it_is_not_implemented() {
     for e in support::table("ServiceEntry")
         .iter()
         .filter(|e| e.reported())

@@ -1575,27 +1575,39 @@ mod tests {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
+        let (_, client) = one_handshake(t, config, name).await;
+        let c = client?;
+        let c = c.get_ref().1;
+        Ok((
+            c.protocol_version().unwrap(),
+            c.negotiated_cipher_suite().unwrap().suite(),
+        ))
+    }
+
+    /// One handshake of a rustls client with `config` for `sni` against `t`, on loopback:
+    /// what the server's accept gave, and the client's connection or why it failed.
+    async fn one_handshake(
+        t: &Terminate,
+        config: rustls::ClientConfig,
+        sni: &str,
+    ) -> (
+        Result<Io, TlsError>,
+        Result<tokio_rustls::client::TlsStream<TcpStream>, String>,
+    ) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let server = async {
             let (tcp, _) = l.accept().await.unwrap();
-            let _ = t.accept(tcp).await;
+            t.accept(tcp).await
         };
         let client = async {
             let tcp = TcpStream::connect(addr).await.unwrap();
-            let name = ServerName::try_from(name.to_string()).unwrap();
-            let s = tokio_rustls::TlsConnector::from(Arc::new(config))
-                .connect(name, tcp)
+            tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
                 .await
-                .map_err(|e| e.to_string())?;
-            let c = s.get_ref().1;
-            Ok((
-                c.protocol_version().unwrap(),
-                c.negotiated_cipher_suite().unwrap().suite(),
-            ))
+                .map_err(|e| e.to_string())
         };
-        let ((), agreed) = tokio::join!(server, client);
-        agreed
+        tokio::join!(server, client)
     }
 
     /// A gateway server's `minProtocolVersion`, `maxProtocolVersion` and `cipherSuites`
@@ -1912,23 +1924,8 @@ mod tests {
                 .unwrap()
                 .with_root_certificates(roots)
                 .with_no_client_auth();
-            {
-                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let addr = l.local_addr().unwrap();
-                let server = async {
-                    let (tcp, _) = l.accept().await.unwrap();
-                    let _ = t.accept(tcp).await;
-                };
-                let client = async {
-                    let tcp = TcpStream::connect(addr).await.unwrap();
-                    tokio_rustls::TlsConnector::from(Arc::new(config))
-                        .connect(ServerName::try_from(sni).unwrap(), tcp)
-                        .await
-                        .map(|s| s.get_ref().1.peer_certificates().unwrap()[0].to_vec())
-                        .map_err(|e| e.to_string())
-                };
-                tokio::join!(server, client).1
-            }
+            let (_, client) = one_handshake(t, config, sni).await;
+            client.map(|s| s.get_ref().1.peer_certificates().unwrap()[0].to_vec())
         }
         let dual = serving(&[&ecdsa, &ed25519]);
         let sni = "dual.example.com";
@@ -2012,23 +2009,12 @@ mod tests {
                     .with_root_certificates(roots)
                     .with_no_client_auth();
                 config.alpn_protocols = offered.iter().map(|p| p.to_vec()).collect();
-                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let addr = l.local_addr().unwrap();
-                let server = async {
-                    let (tcp, _) = l.accept().await.unwrap();
-                    t.accept(tcp).await.map(|io| io.alpn().map(<[u8]>::to_vec))
-                };
-                let client = async {
-                    let tcp = TcpStream::connect(addr).await.unwrap();
-                    tokio_rustls::TlsConnector::from(Arc::new(config))
-                        .connect(ServerName::try_from("alpn.example.com").unwrap(), tcp)
-                        .await
-                        .map(|s| s.get_ref().1.alpn_protocol().map(<[u8]>::to_vec))
-                };
-                let (server, client) = tokio::join!(server, client);
+                let (server, client) = one_handshake(t, config, "alpn.example.com").await;
                 (
-                    server.map_err(|e| e.to_string()),
-                    client.map_err(|e| e.to_string()),
+                    server
+                        .map(|io| io.alpn().map(<[u8]>::to_vec))
+                        .map_err(|e| e.to_string()),
+                    client.map(|s| s.get_ref().1.alpn_protocol().map(<[u8]>::to_vec)),
                 )
             }
         };

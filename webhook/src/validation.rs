@@ -597,7 +597,7 @@ mod tests {
         assert!(
             message.starts_with("spec.hosts: not implemented by rustmesh")
                 && message.contains("spec.resolution DNS")
-                && message.contains("issue #20"),
+                && message.contains(rustmesh_api::support::SERVICE_ENTRY_NOT_RENDERED),
             "{message}"
         );
         // Istio's own rules: a full wildcard host.
@@ -714,7 +714,7 @@ mod tests {
         assert!(
             message.starts_with("spec.servers[0].tls.mode: not implemented by rustmesh")
                 && message.contains("AUTO_PASSTHROUGH")
-                && message.contains("issue #20"),
+                && message.contains(rustmesh_api::support::GATEWAY_NOT_RENDERED),
             "{message}"
         );
         // Istio's own rules: a server without hosts.

@@ -467,7 +467,9 @@ spec:
         v.findings
     );
     assert!(
-        v.findings.iter().all(|f| f.message.contains("issue #20")),
+        v.findings.iter().all(|f| f
+            .message
+            .contains(rustmesh_api::support::GATEWAY_NOT_RENDERED)),
         "{:?}",
         v.findings
     );

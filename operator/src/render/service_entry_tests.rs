@@ -741,7 +741,12 @@ fn refused_fields_are_named_and_an_invalid_update_keeps_the_accepted_version() {
     let v = verdict(&index, Kind::ServiceEntry, "default", "example-https");
     assert!(!v.accepted);
     assert_eq!(v.findings[0].field, "spec.hosts");
-    assert!(v.findings[0].message.contains("issue #20"), "{v:?}");
+    assert!(
+        v.findings[0]
+            .message
+            .contains(rustmesh_api::support::SERVICE_ENTRY_NOT_RENDERED),
+        "{v:?}"
+    );
     assert_eq!(v.serving_previous, Some(0));
     let c = rendered(&index, "default");
     assert!(c.cluster("outbound|443||www.example.com").is_some());
