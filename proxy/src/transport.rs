@@ -797,7 +797,7 @@ enum ClientFrom {
 /// credentials; `version` changes when a credential does.
 struct Material {
     roots: Option<Trust>,
-    client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    client: Option<ChainAndKey>,
     version: u64,
 }
 
@@ -807,7 +807,7 @@ type Assembled = ((u64, u64), Arc<Material>);
 /// What the files of [`Kind::External`] held, read once.
 struct Files {
     roots: Option<Trust>,
-    client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    client: Option<ChainAndKey>,
 }
 
 impl std::fmt::Debug for Originate {

@@ -400,10 +400,7 @@ pub fn client_config(
 pub fn external_client_config(
     trust: Option<Trust>,
     sans: Vec<String>,
-    client: Option<(
-        Vec<CertificateDer<'static>>,
-        rustls::pki_types::PrivateKeyDer<'static>,
-    )>,
+    client: Option<ChainAndKey>,
     alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ClientConfig>, TlsConfigError> {
     let check = if sans.is_empty() {
